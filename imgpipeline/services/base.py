@@ -1,0 +1,126 @@
+"""A local service run in the background: ports, pid file, log, readiness, clean stop."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from imgpipeline.services.process import alive, free_port, port_open, read_pid, spawn, terminate
+
+
+class ServiceError(Exception):
+    """A local service cannot be started; the message says why and what to do."""
+
+
+class LocalService:
+    """Subclasses name their ports and say how to prepare, start and probe the process."""
+
+    name = "service"
+    port_names: tuple[str, ...] = ("port",)
+    start_timeout_s = 60.0
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.pidfile = self.workdir / f"{self.name}.pid"
+        self.logfile = self.workdir / f"{self.name}.log"
+        self.statefile = self.workdir / "state.json"
+
+    # -- what subclasses provide -------------------------------------------------
+    def prepare(self, ports: dict[str, int]) -> None:
+        """Write config, format storage: whatever must exist before the process starts."""
+
+    def argv(self, ports: dict[str, int]) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self, ports: dict[str, int]) -> bool:
+        """True once the service does real work (not merely listens)."""
+        raise NotImplementedError
+
+    def address(self, ports: dict[str, int]) -> str:
+        raise NotImplementedError
+
+    def env(self, ports: dict[str, int]) -> dict[str, str]:
+        """Settings for clients of this service."""
+        return {}
+
+    # -- shared behaviour --------------------------------------------------------
+    @property
+    def ports(self) -> dict[str, int]:
+        try:
+            return json.loads(self.statefile.read_text())["ports"]
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    @property
+    def pid(self) -> int | None:
+        return read_pid(self.pidfile)
+
+    def running(self) -> bool:
+        return alive(self.pid)
+
+    def _choose_ports(self) -> dict[str, int]:
+        """Reuse the last ports when they are free (the broker's quorum remembers them)."""
+        previous = self.ports
+        if set(previous) == set(self.port_names) and not any(
+            port_open(p) for p in previous.values()
+        ):
+            return previous
+        chosen: dict[str, int] = {}
+        for name in self.port_names:
+            port = free_port()
+            while port in chosen.values():
+                port = free_port()
+            chosen[name] = port
+        return chosen
+
+    def start(self) -> dict:
+        """Start (or find running) and wait until ready; returns status()."""
+        if self.running() and self.ready(self.ports):
+            return self.status()
+        self.stop()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ports = self._choose_ports()
+        self.prepare(ports)
+        self.statefile.write_text(json.dumps({"ports": ports}))
+        started = time.monotonic()
+        pid = spawn(self.argv(ports), pidfile=self.pidfile, logfile=self.logfile, cwd=self.workdir)
+        deadline = started + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if not alive(pid):
+                raise ServiceError(
+                    f"{self.name} exited during start-up; last lines of {self.logfile}:\n"
+                    + self.log_tail()
+                )
+            if self.ready(ports):
+                return {**self.status(), "start_s": round(time.monotonic() - started, 2)}
+            time.sleep(0.25)
+        self.stop()
+        raise ServiceError(
+            f"{self.name} was not ready after {self.start_timeout_s:.0f} s; "
+            f"last lines of {self.logfile}:\n{self.log_tail()}"
+        )
+
+    def stop(self, grace_s: float = 30.0) -> bool:
+        gone = terminate(self.pid, grace_s)
+        if gone:
+            self.pidfile.unlink(missing_ok=True)
+        return gone
+
+    def status(self) -> dict:
+        ports = self.ports
+        running = self.running()
+        return {
+            "name": self.name,
+            "running": running,
+            "healthy": running and bool(ports) and self.ready(ports),
+            "address": self.address(ports) if ports else None,
+            "pid": self.pid if running else None,
+            "log": str(self.logfile),
+        }
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

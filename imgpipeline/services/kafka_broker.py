@@ -1,0 +1,200 @@
+"""A single-node Apache Kafka broker in KRaft mode, from Maven Central jars.
+
+The jars are resolved once per machine with Maven into the cache; with KAFKA_HOME set,
+that install's `libs/` is used instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from imgpipeline.fetch import cache_dir
+from imgpipeline.services.base import LocalService, ServiceError
+
+KAFKA_VERSION = "4.3.1"
+LOG4J_VERSION = "2.24.3"
+INSTALL_HINT = (
+    "The local Kafka broker needs Java 17+ and Maven (to fetch the broker jars once), "
+    "or KAFKA_HOME pointing at an Apache Kafka 4.x install: install openjdk-17 and maven, "
+    "or set KAFKA_BOOTSTRAP_SERVERS to a broker you already run."
+)
+
+POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>imgpipeline.local</groupId><artifactId>kafka-broker</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_VERSION}</version></dependency>
+    <!-- the broker POM lacks an SLF4J binding -->
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{LOG4J_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>{LOG4J_VERSION}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = OUT
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+logger.broker.name = kafka.server.BrokerServer
+logger.broker.level = INFO
+"""
+
+
+def java_major_version() -> int | None:
+    java = shutil.which("java")
+    if not java:
+        return None
+    result = subprocess.run([java, "-version"], capture_output=True, text=True)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def kafka_classpath() -> str:
+    """The broker's classpath: $KAFKA_HOME/libs, else the cached Maven jars (resolved once)."""
+    kafka_home = os.environ.get("KAFKA_HOME")
+    if kafka_home:
+        libs = Path(kafka_home) / "libs"
+        if not any(libs.glob("kafka_2.13-*.jar")):
+            raise ServiceError(f"KAFKA_HOME={kafka_home} has no libs/kafka_2.13-*.jar; " + INSTALL_HINT)
+        return f"{libs}/*"
+    version = java_major_version()
+    if version is None or version < 17:
+        found = "no java on PATH" if version is None else f"java {version} found"
+        raise ServiceError(f"{INSTALL_HINT} ({found})")
+    folder = cache_dir() / f"kafka-{KAFKA_VERSION}"
+    libs, done = folder / "libs", folder / "libs.complete"
+    if not done.exists():
+        mvn = shutil.which("mvn")
+        if not mvn:
+            raise ServiceError(f"{INSTALL_HINT} (no mvn on PATH)")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pom.xml").write_text(POM)
+        shutil.rmtree(libs, ignore_errors=True)
+        print(f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} (once)")
+        result = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(folder / "pom.xml"),
+             "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ServiceError(
+                "Maven could not fetch the Kafka broker jars:\n"
+                + (result.stdout + result.stderr)[-2000:]
+            )
+        done.write_text(KAFKA_VERSION)
+    return f"{libs}/*"
+
+
+class KafkaBroker(LocalService):
+    """Kafka broker + controller in one JVM on 127.0.0.1, data under its workdir."""
+
+    name = "kafka"
+    port_names = ("port", "controller_port")
+    start_timeout_s = 90.0
+
+    def server_properties(self, ports: dict[str, int]) -> str:
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{ports['controller_port']}",
+            f"listeners=PLAINTEXT://127.0.0.1:{ports['port']},"
+            f"CONTROLLER://127.0.0.1:{ports['controller_port']}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{ports['port']}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.workdir / 'data'}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "share.coordinator.state.topic.num.partitions=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.cleaner.dedupe.buffer.size=16777216",
+            "auto.create.topics.enable=false",
+            "",
+        ])
+
+    def _java(self, classpath: str) -> list[str]:
+        return [
+            shutil.which("java") or "java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+            "-cp", classpath,
+        ]
+
+    def prepare(self, ports: dict[str, int]) -> None:
+        classpath = kafka_classpath()
+        properties = self.workdir / "server.properties"
+        previous = properties.read_text() if properties.exists() else None
+        current = self.server_properties(ports)
+        data = self.workdir / "data"
+        if previous != current:
+            # The quorum's voter set remembers the controller address: new ports, new data.
+            shutil.rmtree(data, ignore_errors=True)
+        properties.write_text(current)
+        (self.workdir / "log4j2.properties").write_text(LOG4J2)
+        if (data / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            [*self._java(classpath), "kafka.tools.StorageTool", "format", "--standalone",
+             "-t", cluster_id, "-c", str(properties)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ServiceError("formatting the Kafka storage failed:\n" + result.stderr[-2000:])
+
+    def argv(self, ports: dict[str, int]) -> list[str]:
+        return [*self._java(kafka_classpath()), "kafka.Kafka", str(self.workdir / "server.properties")]
+
+    def address(self, ports: dict[str, int]) -> str:
+        return f"127.0.0.1:{ports['port']}"
+
+    def env(self, ports: dict[str, int]) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.address(ports)}
+
+    def ready(self, ports: dict[str, int]) -> bool:
+        """Ready when an admin client can create the project's topics."""
+        from kafka.errors import KafkaError
+
+        from imgpipeline.config import ConfigError
+        from imgpipeline.resources.kafka import KafkaResource
+
+        if not ports:
+            return False
+        resource = KafkaResource(
+            bootstrap_servers=self.address(ports),
+            frames_topic=os.environ.get("IMGPIPELINE_FRAMES_TOPIC") or "frames",
+            connect_timeout_s=2.0,
+        )
+        try:
+            resource.ensure_topics()
+            return True
+        except (ConfigError, KafkaError, OSError):
+            return False

@@ -1,0 +1,1 @@
+"""Pure image code: decoding, quality metrics, the detector, drawing."""
