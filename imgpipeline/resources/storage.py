@@ -140,7 +140,7 @@ class LocalStorage(Storage):
         return sha256_hex(path.read_bytes()) if path.is_file() else None
 
     def list(self, prefix: str = "") -> list[str]:
-        base = self.folder / prefix if prefix else self.folder
+        base = self._path(prefix.rstrip("/")) if prefix else self.folder
         if base.is_file():
             return [prefix]
         if not base.is_dir():
@@ -232,7 +232,10 @@ class S3Storage(Storage):
         return head.get("Metadata", {}).get("sha256") or sha256_hex(self.get(key))
 
     def list(self, prefix: str = "") -> list[str]:
-        full = self._object_key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        if prefix:
+            full = self._object_key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
+        else:
+            full = f"{self.prefix}/" if self.prefix else ""
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys = []
         for page in self.client.get_paginator("list_objects_v2").paginate(

@@ -1,0 +1,62 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgpipeline.services.process import alive
+
+pytestmark = pytest.mark.integration
+
+
+def imgpipeline(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "IMGPIPELINE_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "imgpipeline.cli", *args],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def processes_of(home: Path) -> list[int]:
+    """Live processes whose command line or working directory lies under home."""
+    text = str(home)
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            try:
+                cwd = os.readlink(proc / "cwd")
+            except OSError:
+                cwd = ""
+            if (text in cmdline or cwd.startswith(text)) and alive(int(proc.name)):
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_services_up_status_down_leaves_nothing_running(tmp_path):
+    up = imgpipeline(tmp_path, "services", "up")
+    assert up.returncode == 0, up.stderr
+    assert re.search(r"kafka\s+ready at 127\.0\.0\.1:\d+", up.stdout)
+    assert re.search(r"s3\s+ready at http://127\.0\.0\.1:\d+", up.stdout)
+    env_file = (tmp_path / ".imgpipeline" / "services.env").read_text()
+    assert re.search(r"^KAFKA_BOOTSTRAP_SERVERS=127\.0\.0\.1:\d+$", env_file, re.M)
+
+    status = imgpipeline(tmp_path, "services", "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert re.search(r"kafka\s+healthy at 127\.0\.0\.1:\d+ \(pid \d+\)", status.stdout)
+    assert re.search(r"s3\s+healthy at http://127\.0\.0\.1:\d+ \(pid \d+\)", status.stdout)
+    # The broker and the endpoint run in folders of this home.
+    assert len(processes_of(tmp_path)) >= 2
+
+    down = imgpipeline(tmp_path, "services", "down")
+    assert down.returncode == 0, down.stderr
+    assert "STILL RUNNING" not in down.stdout
+    assert processes_of(tmp_path) == []
+    after = imgpipeline(tmp_path, "services", "status")
+    assert after.returncode == 1
+    assert re.search(r"kafka\s+stopped", after.stdout) and re.search(r"s3\s+stopped", after.stdout)
