@@ -90,6 +90,51 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_produce(args) -> int:
+    from datetime import datetime
+
+    from imgpipeline.definitions import build_resources
+    from imgpipeline.ingest.producer import FrameProducer
+    from imgpipeline.ingest.sources import (
+        image_files,
+        image_frames,
+        parse_size,
+        video_frame_count,
+        video_frames,
+        watch_frames,
+    )
+
+    settings = Settings.from_env()
+    resources = build_resources(settings)
+    max_size = parse_size(args.max_size)
+    producer = FrameProducer(resources["kafka"], resources["storage"], args.source,
+                             inline=args.inline)
+    if args.kind == "images":
+        folder = Path(args.path)
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a folder of images")
+        if args.watch:
+            print(f"watching {folder} for new images (Ctrl-C to stop)")
+            frames = watch_frames(folder, max_size=max_size)
+            total = None
+        else:
+            frames = image_frames(folder, args.source, sequential=args.sequential, max_size=max_size)
+            total = len(image_files(folder))
+    else:
+        start = datetime.fromisoformat(args.start_time.replace("Z", "+00:00")) if args.start_time else None
+        frames = video_frames(args.path, args.source, fps=args.fps, max_frames=args.max_frames,
+                              start=start, max_size=max_size)
+        total = video_frame_count(args.path, args.fps, args.max_frames)
+    try:
+        summary = producer.send_all(frames, total=total)
+    except KeyboardInterrupt:
+        summary = producer.summary
+    for failure in summary.failures:
+        print(f"  failed: {failure}", file=sys.stderr)
+    print(f"{args.source} → {settings.frames_topic}: {summary.line()}")
+    return 1 if summary.failed and not summary.sent else 0
+
+
 def cmd_demo(args) -> int:
     from imgpipeline.demo import run_demo
 
@@ -138,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="check the broker, storage and weights")
     check.set_defaults(func=cmd_check)
+
+    produce = commands.add_parser("produce", help="send frames to Kafka (images, watch, video)")
+    kinds = produce.add_subparsers(dest="kind", required=True)
+    images = kinds.add_parser("images", help="every image below a folder")
+    images.add_argument("path", metavar="DIR")
+    images.add_argument("--watch", action="store_true", help="keep sending new files as they appear")
+    images.add_argument("--sequential", action="store_true",
+                        help="frame ids <source>-000001… instead of the file names")
+    video = kinds.add_parser("video", help="a video file or an RTSP/HTTP stream")
+    video.add_argument("path", metavar="PATH_OR_RTSP_URL")
+    video.add_argument("--fps", type=float, help="sample this many frames per second (default: all)")
+    video.add_argument("--max-frames", type=int, help="stop after this many frames")
+    video.add_argument("--start-time", help="captured_at of the first frame (ISO 8601; default: now)")
+    for kind in (images, video):
+        kind.add_argument("--source", required=True, help="source id, e.g. cam1 (the message key)")
+        kind.add_argument("--max-size", metavar="WxH", help="shrink frames to fit, e.g. 1280x720")
+        kind.add_argument("--inline", action="store_true",
+                          help="send the image bytes in the message (metadata in headers)")
+    produce.set_defaults(func=cmd_produce)
 
     demo = commands.add_parser("demo", help="the whole pipeline end to end on the embedded defaults")
     demo.set_defaults(func=cmd_demo)

@@ -95,6 +95,19 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value or default
 
 
+def _number(name: str, default: float, minimum: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw} must be at least {minimum:g}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The non-secret settings, read from the environment and checked at load.
@@ -112,6 +125,10 @@ class Settings:
     kafka_sasl_username: str | None
     kafka_ssl_cafile: str | None
     frames_topic: str
+    max_batch: int = 500
+    max_wait_s: float = 5.0
+    sensor_interval_s: int = 5
+    max_runs_in_flight: int = 4
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -126,6 +143,10 @@ class Settings:
             kafka_sasl_username=_env("KAFKA_SASL_USERNAME"),
             kafka_ssl_cafile=_env("KAFKA_SSL_CAFILE"),
             frames_topic=_env("IMGPIPELINE_FRAMES_TOPIC", "frames"),
+            max_batch=int(_number("IMGPIPELINE_MAX_BATCH", 500, minimum=1)),
+            max_wait_s=_number("IMGPIPELINE_MAX_WAIT_S", 5.0, minimum=0),
+            sensor_interval_s=int(_number("IMGPIPELINE_SENSOR_INTERVAL_S", 5, minimum=1)),
+            max_runs_in_flight=int(_number("IMGPIPELINE_MAX_RUNS_IN_FLIGHT", 4, minimum=1)),
         )
         settings.validate()
         return settings

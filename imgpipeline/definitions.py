@@ -2,8 +2,11 @@
 
 import dagster as dg
 
+from imgpipeline.assets.streaming import kafka_frames, landing_metadata
 from imgpipeline.config import Settings
+from imgpipeline.jobs.detect_frames import detect_frames
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.sensors.frames_sensor import BatchPolicy, build_frames_sensor
 
 
 def build_resources(settings: Settings) -> dict:
@@ -14,5 +17,20 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
+def batch_policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_s,
+        max_runs_in_flight=settings.max_runs_in_flight,
+        interval_s=settings.sensor_interval_s,
+    )
+
+
 # Settings are read and checked here, so a bad one fails the load with a message to fix it.
-defs = dg.Definitions(resources=build_resources(Settings.from_env()))
+settings = Settings.from_env()
+defs = dg.Definitions(
+    assets=[kafka_frames, landing_metadata],
+    jobs=[detect_frames],
+    sensors=[build_frames_sensor(batch_policy(settings))],
+    resources=build_resources(settings),
+)

@@ -1,0 +1,1 @@
+"""Assets: the streaming sources (Kafka topic, landing metadata) and the warehouse tables."""

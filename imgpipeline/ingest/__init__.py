@@ -1,0 +1,1 @@
+"""Producers: images, watched folders, video files and RTSP streams."""

@@ -1,0 +1,1 @@
+"""Jobs: detect_frames."""

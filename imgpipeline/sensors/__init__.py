@@ -1,0 +1,1 @@
+"""Sensors: frames_sensor."""

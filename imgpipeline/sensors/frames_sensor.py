@@ -1,0 +1,167 @@
+"""frames_sensor: turns new Kafka offsets into detect_frames runs, reading offsets only.
+
+The cursor holds the next offset per partition. A partition's pending range is launched
+when it reaches `max_batch` frames or when its oldest pending offset has waited
+`max_wait_s`; a backlog is split into `max_batch` ranges. Small batches when traffic is
+light (latency), full ones under backlog (throughput).
+"""
+
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from imgpipeline.config import ConfigError
+from imgpipeline.jobs.detect_frames import PARTITION_TAG, detect_frames
+from imgpipeline.resources import KafkaResource
+
+TOPIC_ASSET = dg.AssetKey("kafka_frames")
+ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch: int = 500
+    max_wait_s: float = 5.0
+    # Runs of detect_frames queued or running at once; more would only wait in the queue.
+    max_runs_in_flight: int = 4
+    interval_s: int = 5
+
+
+@dataclass
+class Plan:
+    ranges: list[tuple[int, int, int]] = field(default_factory=list)  # partition, start, end
+    cursor: dict = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)
+
+
+def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], now: float,
+                policy: BatchPolicy, budget: int) -> Plan:
+    """Pure planning: which offset ranges to launch now, and the next cursor.
+
+    cursor: {"partitions": {"0": {"next": 12, "since": 1700000000.0}}, "gaps": 0}
+    """
+    partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
+    plan = Plan(cursor={"partitions": partitions, "gaps": cursor.get("gaps", 0)})
+    for partition in sorted(ends):
+        state = partitions.setdefault(str(partition), {"next": beginnings[partition], "since": None})
+        if state["next"] < beginnings[partition]:
+            lost = beginnings[partition] - state["next"]
+            plan.gaps.append(
+                f"partition {partition}: offsets {state['next']}..{beginnings[partition] - 1} were "
+                f"deleted by retention before processing ({lost} messages skipped)"
+            )
+            plan.cursor["gaps"] += lost
+            state["next"], state["since"] = beginnings[partition], None
+        pending = ends[partition] - state["next"]
+        while pending >= policy.max_batch and budget > 0:
+            plan.ranges.append((partition, state["next"], state["next"] + policy.max_batch))
+            state["next"] += policy.max_batch
+            pending -= policy.max_batch
+            budget -= 1
+            state["since"] = None
+        if pending <= 0:
+            state["since"] = None
+            continue
+        if state["since"] is None:
+            state["since"] = now
+        if now - state["since"] >= policy.max_wait_s and budget > 0:
+            plan.ranges.append((partition, state["next"], ends[partition]))
+            state["next"], state["since"] = ends[partition], None
+            budget -= 1
+    return plan
+
+
+def run_request(topic: str, partition: int, start: int, end: int) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=f"{topic}-{partition}-{start}-{end}",
+        run_config={"ops": {"detect": {"config": {
+            "topic": topic, "partition": partition, "start_offset": start, "end_offset": end,
+        }}}},
+        tags={PARTITION_TAG: f"{topic}-{partition}"},
+    )
+
+
+def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="frames_sensor",
+        job=detect_frames,
+        minimum_interval_seconds=policy.interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Launches detect_frames over new offsets of the frames topic: up to {policy.max_batch} "
+            f"frames per run, or fewer after {policy.max_wait_s:g} s of waiting."
+        ),
+    )
+    def frames_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
+        topic = kafka.frames_topic
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        if cursor.get("topic") not in (None, topic):
+            cursor = {}  # the topic was renamed: start over on the new one
+        try:
+            consumer = kafka.consumer()
+        except ConfigError as exc:
+            return dg.SkipReason(f"Kafka unreachable, tick skipped: {exc}")
+        try:
+            from kafka import TopicPartition
+            from kafka.errors import KafkaError
+
+            try:
+                ids = consumer.partitions_for_topic(topic)
+                if not ids:
+                    return dg.SkipReason(f"topic {topic!r} does not exist yet")
+                tps = [TopicPartition(topic, p) for p in sorted(ids)]
+                ends = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
+                beginnings = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
+                known = cursor.get("partitions", {})
+                for tp in tps:
+                    if str(tp.partition) not in known:
+                        # A new partition starts where the consumer group left off, if anywhere.
+                        committed = consumer.committed(tp)
+                        if committed is not None:
+                            known[str(tp.partition)] = {"next": committed, "since": None}
+                cursor["partitions"] = known
+            except KafkaError as exc:
+                return dg.SkipReason(f"Kafka error, tick skipped: {type(exc).__name__}: {exc}")
+        finally:
+            consumer.close()
+
+        in_flight = context.instance.get_runs_count(
+            dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE)
+        )
+        budget = max(0, policy.max_runs_in_flight - in_flight)
+        plan = plan_ranges(cursor, ends, beginnings, time.time(), policy, budget)
+        for gap in plan.gaps:
+            context.log.warning(gap)
+
+        lag = {p: ends[p] - plan.cursor["partitions"][str(p)]["next"] for p in ends}
+        events = []
+        if lag != {int(p): v for p, v in cursor.get("lag", {}).items()}:
+            events.append(dg.AssetObservation(
+                asset_key=TOPIC_ASSET,
+                metadata={
+                    "unlaunched_lag": dg.MetadataValue.int(sum(lag.values())),
+                    "end_offsets": dg.MetadataValue.json({str(p): o for p, o in ends.items()}),
+                    "next_offsets": dg.MetadataValue.json(
+                        {p: s["next"] for p, s in plan.cursor["partitions"].items()}
+                    ),
+                    "skipped_by_retention": dg.MetadataValue.int(plan.cursor["gaps"]),
+                },
+            ))
+        new_cursor = {**plan.cursor, "topic": topic, "lag": {str(p): v for p, v in lag.items()}}
+        requests = [run_request(topic, p, start, end) for p, start, end in plan.ranges]
+        if not requests and not events and new_cursor == cursor:
+            return dg.SkipReason(f"no new frames on {topic} ({in_flight} runs in flight)")
+        return dg.SensorResult(
+            run_requests=requests, cursor=json.dumps(new_cursor), asset_events=events,
+            skip_reason=None if requests else f"waiting: {sum(lag.values())} frames pending",
+        )
+
+    return frames_sensor
