@@ -3,6 +3,7 @@ import uuid
 import pytest
 
 from imgpipeline.config import ConfigError
+from imgpipeline.resources import StorageResource
 from imgpipeline.resources.storage import BadObject, sha256_hex
 from imgpipeline_tests.conftest import s3_storage_resource
 
@@ -60,6 +61,6 @@ def test_bad_objects_are_refused(storage):
 
 def test_missing_bucket_names_the_fix(services):
     resource = s3_storage_resource(services)
-    missing = resource.model_copy(update={"uri": f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/x"})
+    missing = StorageResource(**{**resource.model_dump(), "uri": f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/x"})
     with pytest.raises(ConfigError, match=r"bucket 'no-such-bucket-\w+' does not exist at http://127"):
         missing.open().check()
