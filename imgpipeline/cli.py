@@ -14,20 +14,7 @@ from imgpipeline.config import ConfigError, Settings, services_env_file, state_d
 def _services():
     from imgpipeline.services import LocalServices
 
-    return LocalServices(state_dir() / "services")
-
-
-def dagster_home() -> Path:
-    """`.imgpipeline/dagster`, holding a link to the project's dagster.yaml."""
-    home = state_dir() / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
-    link = home / "dagster.yaml"
-    source = Path.cwd() / "dagster.yaml"
-    if not source.exists():
-        source = Path(__file__).resolve().parent.parent / "dagster.yaml"
-    if source.exists() and not link.exists():
-        link.symlink_to(source)
-    return home
+    return LocalServices(state_dir())
 
 
 def cmd_services(args) -> int:
@@ -40,7 +27,6 @@ def cmd_services(args) -> int:
             )
         env_file = services_env_file()
         env_file.write_text(services.env_file_text(storage=args.storage))
-        dagster_home()
         print(f"settings written to {env_file}; the imgpipeline command and definitions read it")
         return 0
     if args.action == "down":
@@ -143,9 +129,11 @@ def cmd_demo(args) -> int:
 
 def cmd_dev(args) -> int:
     """`dagster dev` with DAGSTER_HOME under `.imgpipeline/` and the service settings loaded."""
+    from imgpipeline.services import dagster_home
+
     Settings.from_env()  # loads services.env into the environment, checks settings
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home())}
-    argv = ["dagster", "dev", "-w", "workspace.yaml", "-h", args.host, "-p", str(args.port)]
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(state_dir()))}
+    argv = ["dagster", "dev", "-m", "imgpipeline.definitions", "-h", args.host, "-p", str(args.port)]
     os.execvpe(argv[0], argv, env)
     return 0
 

@@ -25,7 +25,7 @@ from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
     """Kafka and S3 for the whole session; stopped (and checked gone) at the end."""
-    local = LocalServices(tmp_path_factory.mktemp("services"))
+    local = LocalServices(tmp_path_factory.mktemp("state"))
     local.up(log=lambda _msg: None)
     yield local
     local.down()

@@ -5,36 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgpipeline.services.base import LocalService, ServiceError
+from imgpipeline.services.dagster_dev import DagsterDev, dagster_home
 from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline.services.s3_endpoint import BUCKET, S3Endpoint
 
-__all__ = ["KafkaBroker", "LocalService", "LocalServices", "S3Endpoint", "ServiceError"]
+__all__ = ["DagsterDev", "KafkaBroker", "LocalService", "LocalServices", "S3Endpoint", "ServiceError"]
 
 
 class LocalServices:
-    """The broker and the S3 endpoint under one folder (`.imgpipeline/services` by default)."""
+    """The broker, the S3 endpoint and (on request) `dagster dev`, under one state folder.
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.kafka = KafkaBroker(self.root / "kafka")
-        self.s3 = S3Endpoint(self.root / "s3")
+    state is the project's `.imgpipeline/`: services live in `services/`, Dagster's
+    instance in `dagster/`.
+    """
+
+    def __init__(self, state: Path):
+        self.state = Path(state)
+        root = self.state / "services"
+        self.kafka = KafkaBroker(root / "kafka")
+        self.s3 = S3Endpoint(root / "s3")
+        self.dagster = DagsterDev(root / "dagster", self.state / "dagster", self.state.parent)
 
     @property
     def all(self) -> list[LocalService]:
-        return [self.kafka, self.s3]
+        return [self.kafka, self.s3, self.dagster]
 
     def up(self, log=print) -> list[dict]:
+        """Start the broker and the S3 endpoint (not the UI: see up_ui)."""
         statuses = []
-        for service in self.all:
+        for service in (self.kafka, self.s3):
             log(f"starting {service.name} …")
             statuses.append(service.start())
         return statuses
+
+    def up_ui(self) -> dict:
+        """`dagster dev` in the background: UI, daemon, sensors, runs."""
+        dagster_home(self.state)
+        return self.dagster.start()
 
     def down(self) -> dict[str, bool]:
         return {service.name: service.stop() for service in self.all}
 
     def status(self) -> list[dict]:
-        return [service.status() for service in self.all]
+        """Kafka and S3 always; the UI when it runs."""
+        return [s.status() for s in self.all if s is not self.dagster or s.running()]
 
     def env(self) -> dict[str, str]:
         """Client settings for the services that run (empty for those that don't)."""

@@ -18,6 +18,7 @@ class LocalService:
 
     name = "service"
     port_names: tuple[str, ...] = ("port",)
+    preferred_ports: dict[str, int] = {}
     start_timeout_s = 60.0
 
     def __init__(self, workdir: Path):
@@ -44,6 +45,10 @@ class LocalService:
         """Settings for clients of this service."""
         return {}
 
+    def process_env(self) -> dict[str, str]:
+        """Extra environment of the service's own process."""
+        return {}
+
     # -- shared behaviour --------------------------------------------------------
     @property
     def ports(self) -> dict[str, int]:
@@ -68,7 +73,9 @@ class LocalService:
             return previous
         chosen: dict[str, int] = {}
         for name in self.port_names:
-            port = free_port()
+            port = self.preferred_ports.get(name)
+            if port is None or port_open(port):
+                port = free_port()
             while port in chosen.values():
                 port = free_port()
             chosen[name] = port
@@ -84,7 +91,8 @@ class LocalService:
         self.prepare(ports)
         self.statefile.write_text(json.dumps({"ports": ports}))
         started = time.monotonic()
-        pid = spawn(self.argv(ports), pidfile=self.pidfile, logfile=self.logfile, cwd=self.workdir)
+        pid = spawn(self.argv(ports), pidfile=self.pidfile, logfile=self.logfile, cwd=self.workdir,
+                    env=self.process_env())
         deadline = started + self.start_timeout_s
         while time.monotonic() < deadline:
             if not alive(pid):
