@@ -1,5 +1,7 @@
 """The code location: every asset, job, sensor, schedule and resource, assembled once."""
 
+import warnings
+
 import dagster as dg
 
 from imgpipeline.assets.streaming import kafka_frames, landing_metadata
@@ -25,6 +27,9 @@ def batch_policy(settings: Settings) -> BatchPolicy:
         interval_s=settings.sensor_interval_s,
     )
 
+
+# Dagster's own sensor constructor passes a beta parameter; the warning is not ours to fix.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 # Settings are read and checked here, so a bad one fails the load with a message to fix it.
 settings = Settings.from_env()
