@@ -121,6 +121,16 @@ def cmd_produce(args) -> int:
     return 1 if summary.failed and not summary.sent else 0
 
 
+def cmd_bench(args) -> int:
+    from imgpipeline import bench
+
+    if args.what == "sensor":
+        bench.bench_sensor(args.messages)
+    else:
+        bench.bench_detect(args.frames)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from imgpipeline.demo import run_demo
 
@@ -190,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         kind.add_argument("--inline", action="store_true",
                           help="send the image bytes in the message (metadata in headers)")
     produce.set_defaults(func=cmd_produce)
+
+    bench = commands.add_parser("bench", help="benchmarks (print figures, write .imgpipeline/bench/)")
+    what = bench.add_subparsers(dest="what", required=True)
+    sensor = what.add_parser("sensor", help="frames_sensor tick time over a large backlog")
+    sensor.add_argument("--messages", type=int, default=1_000_000)
+    detect = what.add_parser("detect", help="one detect_frames run against a bare detector loop")
+    detect.add_argument("--frames", type=int, default=500)
+    bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="the whole pipeline end to end on the embedded defaults")
     demo.set_defaults(func=cmd_demo)
