@@ -121,6 +121,48 @@ def cmd_produce(args) -> int:
     return 1 if summary.failed and not summary.sent else 0
 
 
+def _warehouse():
+    from imgpipeline import warehouse
+    from imgpipeline.definitions import build_resources
+
+    return warehouse.connect(build_resources(Settings.from_env())["storage"])
+
+
+def cmd_query(args) -> int:
+    import duckdb
+
+    con = _warehouse()
+    try:
+        relation = con.sql(args.sql)
+    except duckdb.Error as exc:
+        raise ConfigError(f"query failed: {exc}") from None
+    if relation is None:
+        return 0
+    if args.csv:
+        relation.to_df().to_csv(sys.stdout, index=False)
+    else:
+        relation.show(max_rows=args.max_rows, max_width=10_000)
+    return 0
+
+
+def cmd_summary(args) -> int:
+    con = _warehouse()
+    relation = con.sql(
+        "SELECT source_id, class_name, frames, objects, frames_with_class, "
+        "round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf, "
+        "round(mean_brightness, 1) AS brightness, typical_size, "
+        "round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share "
+        "FROM daily_summary WHERE day = ? ORDER BY source_id, objects DESC, class_name",
+        params=[args.date],
+    )
+    if not relation.fetchall():
+        print(f"no daily_summary rows for {args.date}; materialize the daily_summary partition "
+              f"{args.date} first (see the README's Backfills section)")
+        return 1
+    relation.show(max_rows=200, max_width=10_000)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from imgpipeline import bench
 
@@ -200,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
         kind.add_argument("--inline", action="store_true",
                           help="send the image bytes in the message (metadata in headers)")
     produce.set_defaults(func=cmd_produce)
+
+    query = commands.add_parser(
+        "query", help="SQL over the warehouse (views frames, detections, daily_summary)"
+    )
+    query.add_argument("sql")
+    query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    query.add_argument("--max-rows", type=int, default=100)
+    query.set_defaults(func=cmd_query)
+
+    summary = commands.add_parser("summary", help="a day's daily_summary as a table")
+    summary.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
+    summary.set_defaults(func=cmd_summary)
 
     bench = commands.add_parser("bench", help="benchmarks (print figures, write .imgpipeline/bench/)")
     what = bench.add_subparsers(dest="what", required=True)

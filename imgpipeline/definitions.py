@@ -1,10 +1,16 @@
 """The code location: every asset, job, sensor, schedule and resource, assembled once."""
 
-import warnings
-
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from imgpipeline.assets.streaming import kafka_frames, landing_metadata
+from imgpipeline.assets.warehouse import (
+    daily_summary,
+    daily_summary_job,
+    daily_summary_schedule,
+    hourly_tables,
+    warehouse_automation,
+)
 from imgpipeline.config import Settings
 from imgpipeline.jobs.detect_frames import detect_frames
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
@@ -16,6 +22,7 @@ def build_resources(settings: Settings) -> dict:
         "kafka": KafkaResource.from_settings(settings),
         "storage": StorageResource.from_settings(settings),
         "detector": DetectorResource(),
+        "duckdb": DuckDBResource(database=":memory:"),
     }
 
 
@@ -28,14 +35,12 @@ def batch_policy(settings: Settings) -> BatchPolicy:
     )
 
 
-# Dagster's own sensor constructor passes a beta parameter; the warning is not ours to fix.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-
 # Settings are read and checked here, so a bad one fails the load with a message to fix it.
 settings = Settings.from_env()
 defs = dg.Definitions(
-    assets=[kafka_frames, landing_metadata],
-    jobs=[detect_frames],
-    sensors=[build_frames_sensor(batch_policy(settings))],
+    assets=[kafka_frames, landing_metadata, hourly_tables, daily_summary],
+    jobs=[detect_frames, daily_summary_job],
+    sensors=[build_frames_sensor(batch_policy(settings)), warehouse_automation],
+    schedules=[daily_summary_schedule],
     resources=build_resources(settings),
 )
