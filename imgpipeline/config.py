@@ -90,6 +90,12 @@ def env_secret(name: str):
     return dg.EnvVar(name) if os.environ.get(name) else None
 
 
+def resolved(value):
+    """The value of a possibly unresolved `dg.EnvVar` (outside a Dagster run, e.g. the CLI)."""
+    get_value = getattr(value, "get_value", None)
+    return get_value() if callable(get_value) else value
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or default

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from imgpipeline.config import resolved
 from imgpipeline.jobs.detect_frames import LANDING
 from imgpipeline.partitions import hour_path
 
@@ -146,8 +147,9 @@ def prepare_connection(con, storage) -> None:
         return
     con.execute(f"LOAD '{httpfs_extension()}'")
     options = [f"REGION '{storage.region}'"]
-    if storage.access_key_id:
-        options += [f"KEY_ID '{storage.access_key_id}'", f"SECRET '{storage.secret_access_key}'"]
+    key_id, secret = resolved(storage.access_key_id), resolved(storage.secret_access_key)
+    if key_id:
+        options += [f"KEY_ID '{key_id}'", f"SECRET '{secret}'"]
     else:
         options.append("PROVIDER credential_chain")
     if storage.endpoint_url:

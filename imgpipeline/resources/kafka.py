@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from imgpipeline.config import ConfigError, Settings, env_secret
+from imgpipeline.config import ConfigError, Settings, env_secret, resolved
 
 CONSUMER_GROUP = "imgpipeline-detect"
 
@@ -52,7 +52,7 @@ class KafkaResource(dg.ConfigurableResource):
             config.update(
                 sasl_mechanism=self.sasl_mechanism,
                 sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
+                sasl_plain_password=resolved(self.sasl_password),
             )
         if self.ssl_cafile:
             config["ssl_cafile"] = self.ssl_cafile

@@ -20,6 +20,7 @@ from imgpipeline.config import (
     StorageLocation,
     env_secret,
     parse_storage_uri,
+    resolved,
 )
 
 
@@ -322,8 +323,8 @@ class StorageResource(dg.ConfigurableResource):
             "s3",
             endpoint_url=self.endpoint_url,
             region_name=self.region,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
+            aws_access_key_id=resolved(self.access_key_id),
+            aws_secret_access_key=resolved(self.secret_access_key),
             config=Config(
                 retries={"max_attempts": 3, "mode": "standard"},
                 connect_timeout=5,
