@@ -146,15 +146,9 @@ def cmd_query(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    con = _warehouse()
-    relation = con.sql(
-        "SELECT source_id, class_name, frames, objects, frames_with_class, "
-        "round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf, "
-        "round(mean_brightness, 1) AS brightness, typical_size, "
-        "round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share "
-        "FROM daily_summary WHERE day = ? ORDER BY source_id, objects DESC, class_name",
-        params=[args.date],
-    )
+    from imgpipeline.warehouse import SUMMARY_SQL
+
+    relation = _warehouse().sql(SUMMARY_SQL, params=[args.date])
     if not relation.fetchall():
         print(f"no daily_summary rows for {args.date}; materialize the daily_summary partition "
               f"{args.date} first (see the README's Backfills section)")

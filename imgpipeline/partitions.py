@@ -10,8 +10,11 @@ import dagster as dg
 # The first event-time hour the warehouse knows; set it earlier to backfill older frames.
 START = os.environ.get("IMGPIPELINE_PARTITIONS_START", "2026-01-01")
 
-hourly_partitions = dg.HourlyPartitionsDefinition(start_date=f"{START}-00:00", timezone="UTC")
-daily_partitions = dg.DailyPartitionsDefinition(start_date=START, timezone="UTC")
+# end_offset=1: the current hour and day are partitions too, filled as frames arrive.
+hourly_partitions = dg.HourlyPartitionsDefinition(
+    start_date=f"{START}-00:00", timezone="UTC", end_offset=1
+)
+daily_partitions = dg.DailyPartitionsDefinition(start_date=START, timezone="UTC", end_offset=1)
 
 
 def hour_key(moment: datetime) -> str:

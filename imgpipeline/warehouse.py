@@ -295,6 +295,16 @@ def summary_mismatch(summary: pa.Table, frames: pa.Table, detections: pa.Table) 
     return problems
 
 
+SUMMARY_SQL = """
+SELECT source_id, coalesce(class_name, '(none)') AS class_name, frames, objects, frames_with_class,
+       round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf,
+       round(mean_brightness, 1) AS brightness, typical_size,
+       round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share
+FROM daily_summary WHERE day = CAST(? AS DATE)
+ORDER BY source_id, objects DESC, class_name
+"""
+
+
 def connect(storage):
     """A DuckDB connection with the warehouse views over whichever storage is configured."""
     import duckdb

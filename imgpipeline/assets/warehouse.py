@@ -167,11 +167,14 @@ daily_summary_job = dg.define_asset_job(
     "daily_summary_job", selection=[daily_summary], partitions_def=daily_partitions,
 )
 
-# Yesterday, shortly after midnight UTC (late frames of the last hour get half an hour).
-daily_summary_schedule = dg.build_schedule_from_partitioned_job(
-    daily_summary_job, name="daily_summary_schedule", hour_of_day=0, minute_of_hour=30,
+@dg.schedule(
+    job=daily_summary_job, cron_schedule="30 0 * * *", execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+def daily_summary_schedule(context: dg.ScheduleEvaluationContext):
+    """Yesterday's daily_summary, half an hour after midnight UTC (time for late frames)."""
+    yesterday = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
+    return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
 
 warehouse_automation = dg.AutomationConditionSensorDefinition(
     "warehouse_automation",
