@@ -162,6 +162,8 @@ def cmd_bench(args) -> int:
 
     if args.what == "sensor":
         bench.bench_sensor(args.messages)
+    elif args.what == "summary":
+        bench.bench_summary(args.rows)
     else:
         bench.bench_detect(args.frames)
     return 0
@@ -255,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sensor.add_argument("--messages", type=int, default=1_000_000)
     detect = what.add_parser("detect", help="one detect_frames run against a bare detector loop")
     detect.add_argument("--frames", type=int, default=500)
+    summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
+    summary_bench.add_argument("--rows", type=int, default=10_000_000)
     bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="the whole pipeline end to end on the embedded defaults")

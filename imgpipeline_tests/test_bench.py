@@ -7,9 +7,8 @@ import pytest
 from imgpipeline import bench
 from imgpipeline.config import state_dir
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.integration
 def test_bench_sensor_and_detect_write_their_figures(services, monkeypatch):
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", services.kafka.address(services.kafka.ports))
     bench.bench_sensor(messages=300)
@@ -20,3 +19,11 @@ def test_bench_sensor_and_detect_write_their_figures(services, monkeypatch):
     detect = json.loads((state_dir() / "bench" / "detect.json").read_text())
     assert set(detect) == {"frames", "bare_fps", "run_fps", "run_over_bare", "frame_size"}
     assert detect["frames"] == 6 and detect["frame_size"] == "640x272"
+
+
+def test_bench_summary_agrees_with_mapreduce_and_writes_its_keys(tmp_path):
+    result = bench.bench_summary(rows=20_000, folder=tmp_path)
+    assert result["same_numbers"] is True
+    written = json.loads((state_dir() / "bench" / "summary.json").read_text())
+    assert {"duckdb_s", "mapreduce_s", "ratio"} <= set(written)
+    assert written["rows"] == 20_000
