@@ -208,3 +208,222 @@ def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
     print(f"same numbers: yes; DuckDB is {result['ratio']}× faster")
     write_result("summary", result)
     return result
+
+
+# -- the pipeline against the bare detector and a plain consumer --------------------------------
+
+def bench_frames(count: int):
+    """`count` frames of bikes.mp4 (repeated as needed), with unique ids."""
+    from imgpipeline.fetch import sample
+    from imgpipeline.ingest.producer import Frame
+    from imgpipeline.ingest.sources import video_frames
+
+    video = list(video_frames(str(sample("bikes.mp4")), "bench", start=datetime.now(UTC)))
+    run = uuid.uuid4().hex[:6]
+    return [Frame(f"bench-{run}-{i:06d}", f.data, f.captured, f.width, f.height)
+            for i, f in enumerate(video[i % len(video)] for i in range(count))]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def send_frames(producer, frames, rate: float | None, sent_at: dict[str, float]) -> None:
+    """Send at `rate` frames/s (or as fast as possible), recording each send time."""
+    started = time.monotonic()
+    for index, frame in enumerate(frames):
+        if rate:
+            time.sleep(max(0.0, started + index / rate - time.monotonic()))
+        sent_at[frame.frame_id] = time.time()
+        producer.send(frame)
+        if rate:
+            producer.flush()
+    producer.flush()
+
+
+def bare_fps(frames, detector) -> float:
+    from imgpipeline.vision.quality import decode_image
+
+    started = time.perf_counter()
+    for frame in frames:
+        detector.detect(decode_image(frame.data))
+    return len(frames) / (time.perf_counter() - started)
+
+
+def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print) -> dict:
+    """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing."""
+    import os
+    import threading
+
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+    from imgpipeline.jobs.detect_frames import LANDING
+    from imgpipeline.services import LocalServices
+
+    home = Path(tempfile.mkdtemp(prefix="imgpipeline-bench-home-"))
+    overrides = {"IMGPIPELINE_HOME": str(home), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                 "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic, "IMGPIPELINE_STORAGE_URI": storage.uri}
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    local = LocalServices(home / ".imgpipeline")
+    try:
+        log("  starting dagster dev (daemon, sensor) …")
+        local.up_ui()
+        producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(home / "ledger"), flush_every=100)
+        store, seen_files = storage.open(), set()
+        landed_at: dict[str, float] = {}
+        deadline = time.monotonic() + timeout_s
+
+        def wait_for(count: int) -> None:
+            while len(landed_at) < count and time.monotonic() < deadline:
+                for key in store.list(f"{LANDING}/"):
+                    if key not in seen_files:
+                        seen_files.add(key)
+                        now = time.time()
+                        for line in store.get(key).splitlines():
+                            landed_at.setdefault(json.loads(line)["frame_id"], now)
+                time.sleep(0.25)
+
+        # One warm-up frame through the whole path: the daemon, the sensor and the code server
+        # are running when the measured frames arrive, as in steady operation.
+        warm_up = frames[0]
+        send_frames(producer, [type(warm_up)(warm_up.frame_id + "-warm-up", warm_up.data, warm_up.captured,
+                                             warm_up.width, warm_up.height)], None, {})
+        wait_for(1)
+        landed_at.clear()
+        sent_at: dict[str, float] = {}
+        sender = threading.Thread(target=send_frames, args=(producer, frames, rate, sent_at))
+        sender.start()
+        wait_for(len(frames))
+        sender.join()
+        producer.producer.close()
+    finally:
+        local.dagster.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if len(landed_at) < len(frames):
+        raise SystemExit(f"only {len(landed_at)} of {len(frames)} frames landed within {timeout_s:.0f} s; "
+                         f"see {local.dagster.logfile}")
+    return {"sent_at": sent_at, "done_at": landed_at}
+
+
+def run_plain_consumer(frames, kafka, storage, rate) -> dict:
+    """The older pipelines' way: one consumer loop; per message fetch, detect, write one JSON file."""
+    import threading
+
+    from kafka import TopicPartition
+
+    from imgpipeline.ingest.messages import parse_message
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+    from imgpipeline.resources import DetectorResource
+    from imgpipeline.vision.quality import decode_image
+
+    detector = DetectorResource(threads=0).load()
+    store = storage.open()
+    folder = Path(tempfile.mkdtemp(prefix="imgpipeline-bench-plain-"))
+    producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
+    sent_at: dict[str, float] = {}
+    done_at: dict[str, float] = {}
+    sender = threading.Thread(target=send_frames, args=(producer, frames, rate, sent_at))
+    sender.start()
+    consumer = kafka.consumer(group_id=None)
+    tps = [TopicPartition(kafka.frames_topic, p) for p in consumer.partitions_for_topic(kafka.frames_topic)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning()
+    while len(done_at) < len(frames):
+        for records in consumer.poll(timeout_ms=1000, max_records=1).values():
+            for record in records:
+                message, _ = parse_message(record.value, record.headers)
+                image = decode_image(store.get(store.key_for(message.uri)))
+                found = detector.detect(image)
+                store.put(f"plain/{message.frame_id}.json", json.dumps(
+                    {"frame_id": message.frame_id, "detections": [d.as_record() for d in found]}).encode())
+                done_at[message.frame_id] = time.time()
+    consumer.close()
+    sender.join()
+    producer.producer.close()
+    return {"sent_at": sent_at, "done_at": done_at}
+
+
+def _rates(timing: dict) -> tuple[float, list[float]]:
+    sent, done = timing["sent_at"], timing["done_at"]
+    latencies = [done[k] - sent[k] for k in done if k in sent]
+    return len(done) / (max(done.values()) - min(sent.values())), latencies
+
+
+def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: float = 1800.0,
+                   resources: dict | None = None) -> dict:
+    """Bare detector, the whole pipeline through a real daemon, and a plain consumer, on the same frames.
+
+    Without resources, the local services are set up as for the demo.
+    """
+    from imgpipeline.definitions import build_resources
+    from imgpipeline.demo import prepare_local
+    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+
+    if resources is None:
+        print("set-up: weights, samples, local Kafka and S3 endpoint")
+        _, settings, _ = prepare_local(log=lambda line: None)
+        resources = build_resources(settings)
+    batch = bench_frames(frames)
+    # The bare loop and the plain consumer are single processes: they get OpenCV's default
+    # threads (all cores), their best case.
+    detector = DetectorResource(threads=0).load()
+    print(f"bare: decode + detect over {frames} frames …")
+    bare = bare_fps(batch, detector)
+
+    def fresh(kind):
+        kafka = KafkaResource(**{**resources["kafka"].model_dump(),
+                                 "frames_topic": f"bench-{kind}-{uuid.uuid4().hex[:6]}"})
+        kafka.ensure_topics(partitions=1)
+        folder = Path(tempfile.mkdtemp(prefix=f"imgpipeline-bench-{kind}-"))
+        return kafka, StorageResource(uri=(folder / "store").as_uri())
+
+    mode = f"at {rate:g} frames/s" if rate else "as a backlog"
+    print(f"pipeline: {frames} frames {mode} → Kafka → frames_sensor → detect_frames (daemon) …")
+    kafka, storage = fresh("pipeline")
+    pipeline_fps, pipeline_lat = _rates(run_pipeline(batch, kafka, storage, rate, timeout_s))
+    print(f"plain consumer: the same {frames} frames {mode} …")
+    kafka, storage = fresh("plain")
+    plain_fps, plain_lat = _rates(run_plain_consumer(batch, kafka, storage, rate))
+
+    result = {
+        "frames": frames, "rate": rate,
+        "bare_fps": round(bare, 2), "pipeline_fps": round(pipeline_fps, 2),
+        "plain_consumer_fps": round(plain_fps, 2), "efficiency": round(pipeline_fps / bare, 3),
+        "latency_p50_s": round(percentile(pipeline_lat, 0.5), 2),
+        "latency_p95_s": round(percentile(pipeline_lat, 0.95), 2),
+        "plain_latency_p50_s": round(percentile(plain_lat, 0.5), 2),
+        "plain_latency_p95_s": round(percentile(plain_lat, 0.95), 2),
+    }
+    print(f"\n{'':<16}{'frames/s':>10}{'p50 s':>9}{'p95 s':>9}")
+    print(f"{'bare detector':<16}{result['bare_fps']:>10.2f}{'':>9}{'':>9}")
+    print(f"{'pipeline':<16}{result['pipeline_fps']:>10.2f}{result['latency_p50_s']:>9.2f}"
+          f"{result['latency_p95_s']:>9.2f}")
+    print(f"{'plain consumer':<16}{result['plain_consumer_fps']:>10.2f}{result['plain_latency_p50_s']:>9.2f}"
+          f"{result['plain_latency_p95_s']:>9.2f}")
+    print(f"efficiency (pipeline ÷ bare): {result['efficiency']:.3f}")
+    write_result("pipeline", result)
+    return result
+
+
+def bench_detector(frames: int = 100) -> dict:
+    """Input sizes 320/416/608: frames/s and objects found on the same frames."""
+    from imgpipeline.resources import DetectorResource
+    from imgpipeline.vision.quality import decode_image
+
+    images = [decode_image(f.data) for f in bench_frames(frames)]
+    result = {"frames": frames, "sizes": {}}
+    print(f"{'size':>6}{'frames/s':>10}{'objects':>9}")
+    for size in (320, 416, 608):
+        detector = DetectorResource(input_size=size).load()
+        started = time.perf_counter()
+        objects = sum(len(detector.detect(image)) for image in images)
+        fps = frames / (time.perf_counter() - started)
+        result["sizes"][str(size)] = {"fps": round(fps, 2), "objects": objects}
+        print(f"{size:>6}{fps:>10.2f}{objects:>9}")
+    write_result("detector", result)
+    return result

@@ -67,7 +67,9 @@ def run_checks(settings: Settings, *, log=print) -> None:
     log(f"  kafka    ok: {settings.kafka_bootstrap_servers}")
     resources["storage"].open().check()
     log(f"  storage  ok: {settings.storage_uri}")
-    resources["detector"].load()
+    from imgpipeline.fetch import verify_weights
+
+    verify_weights(Path(resources["detector"].models_dir))
     log(f"  detector ok: {resources['detector'].models_dir}")
 
 
@@ -164,6 +166,10 @@ def cmd_bench(args) -> int:
         bench.bench_sensor(args.messages)
     elif args.what == "summary":
         bench.bench_summary(args.rows)
+    elif args.what == "pipeline":
+        bench.bench_pipeline(args.frames, args.rate)
+    elif args.what == "detector":
+        bench.bench_detector(args.frames)
     else:
         bench.bench_detect(args.frames)
     return 0
@@ -257,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     sensor.add_argument("--messages", type=int, default=1_000_000)
     detect = what.add_parser("detect", help="one detect_frames run against a bare detector loop")
     detect.add_argument("--frames", type=int, default=500)
+    pipeline = what.add_parser(
+        "pipeline", help="the whole pipeline against the bare detector and a plain consumer"
+    )
+    pipeline.add_argument("--frames", type=int, default=1000)
+    pipeline.add_argument("--rate", type=float, help="steady input rate in frames/s (default: a backlog)")
+    detector = what.add_parser("detector", help="input sizes 320/416/608: frames/s and objects found")
+    detector.add_argument("--frames", type=int, default=100)
     summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
     summary_bench.add_argument("--rows", type=int, default=10_000_000)
     bench.set_defaults(func=cmd_bench)

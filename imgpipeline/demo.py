@@ -15,29 +15,37 @@ from datetime import UTC, datetime, timedelta
 from imgpipeline.config import Settings, services_env_file, state_dir
 
 
-def run_demo(timeout_s: float = 600.0) -> int:
+def prepare_local(log=print):
+    """Weights, sample data and the local broker and S3 endpoint, as the embedded defaults need.
+
+    Returns the services, the settings (now pointing at them) and the sample paths.
+    """
     from imgpipeline.cli import run_checks
-    from imgpipeline.definitions import build_resources
     from imgpipeline.fetch import fetch_samples, fetch_weights
-    from imgpipeline.ingest.producer import FrameProducer
-    from imgpipeline.ingest.sources import image_frame, video_frames
     from imgpipeline.services import LocalServices
 
-    print("1/6 model weights")
-    fetch_weights()
-    print("2/6 sample data: a street video and two photos")
+    fetch_weights(log=log)
     samples = fetch_samples()
-    print("3/6 local Kafka broker, S3 endpoint and Dagster (UI + daemon)")
     services = LocalServices(state_dir())
-    for status in services.up():
-        print(f"  {status['name']:<7} ready at {status['address']}")
+    for status in services.up(log=log):
+        log(f"  {status['name']:<7} ready at {status['address']}")
     services_env_file().write_text(services.env_file_text())
     settings = Settings.from_env()
     run_checks(settings, log=lambda line: None)
+    return services, settings, samples
+
+
+def run_demo(timeout_s: float = 600.0) -> int:
+    from imgpipeline.definitions import build_resources
+    from imgpipeline.ingest.producer import FrameProducer
+    from imgpipeline.ingest.sources import image_frame, video_frames
+
+    print("1/4 set-up: model weights, sample data, local Kafka broker, S3 endpoint, Dagster")
+    services, settings, samples = prepare_local()
     ui = services.up_ui()
     print(f"  dagster ready at {ui['address']}")
 
-    print("4/6 producing frames to Kafka")
+    print("2/4 producing a street video and two photos to Kafka")
     resources = build_resources(settings)
     ids: list[str] = []
 
@@ -55,14 +63,14 @@ def run_demo(timeout_s: float = 600.0) -> int:
     stills = [image_frame(samples[name], name.split(".")[0], None) for name in ("bus.jpg", "zidane.jpg")]
     print("  photos (bus.jpg, zidane.jpg): " + photos.send_all(remember(stills), progress=False).line())
 
-    print("5/6 frames_sensor launches detect_frames runs; waiting for the landing metadata")
+    print("3/4 frames_sensor launches detect_frames runs; waiting for the landing metadata")
     records = wait_for_landing(resources["storage"].open(), set(ids), timeout_s)
     if records is None:
         print(f"  not all frames landed within {timeout_s:.0f} s; see the runs at {ui['address']}/runs")
         return 1
     report(records)
 
-    print("6/6 hourly frames/detections (Parquet) and daily_summary (DuckDB) for those hours")
+    print("4/4 hourly frames/detections (Parquet) and daily_summary (DuckDB) for those hours")
     days = build_warehouse(records, settings, resources)
     from imgpipeline.warehouse import SUMMARY_SQL, connect
 

@@ -27,3 +27,23 @@ def test_bench_summary_agrees_with_mapreduce_and_writes_its_keys(tmp_path):
     written = json.loads((state_dir() / "bench" / "summary.json").read_text())
     assert {"duckdb_s", "mapreduce_s", "ratio"} <= set(written)
     assert written["rows"] == 20_000
+
+
+@pytest.mark.integration
+def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
+    from imgpipeline.resources import DetectorResource
+
+    bench.bench_pipeline(frames=4, resources={"kafka": kafka, "detector": DetectorResource()},
+                         timeout_s=300)
+    written = json.loads((state_dir() / "bench" / "pipeline.json").read_text())
+    assert {"bare_fps", "pipeline_fps", "plain_consumer_fps", "efficiency", "latency_p50_s",
+            "latency_p95_s", "frames", "rate"} <= set(written)
+    assert written["frames"] == 4 and written["rate"] is None
+    assert written["efficiency"] == pytest.approx(written["pipeline_fps"] / written["bare_fps"], rel=0.01)
+
+
+def test_bench_detector_compares_three_sizes():
+    bench.bench_detector(frames=3)
+    written = json.loads((state_dir() / "bench" / "detector.json").read_text())
+    assert set(written["sizes"]) == {"320", "416", "608"}
+    assert all(v["fps"] > 0 and v["objects"] >= 0 for v in written["sizes"].values())

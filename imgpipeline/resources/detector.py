@@ -29,8 +29,8 @@ class DetectorResource(dg.ConfigurableResource):
         from imgpipeline.fetch import CFG, NAMES, verify_weights
         from imgpipeline.vision.detector import YoloDetector
 
-        if self.threads:
-            cv2.setNumThreads(self.threads)
+        # Process-wide in OpenCV: set it every time (-1 restores OpenCV's default).
+        cv2.setNumThreads(self.threads or -1)
         folder = Path(self.models_dir)
         weights = verify_weights(folder)
         return YoloDetector(

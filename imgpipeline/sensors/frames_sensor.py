@@ -29,10 +29,11 @@ ACTIVE = [
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch: int = 500
-    max_wait_s: float = 5.0
-    # Runs of detect_frames queued or running at once; more would only wait in the queue.
-    max_runs_in_flight: int = 4
-    interval_s: int = 5
+    max_wait_s: float = 2.0
+    # Runs of detect_frames queued or running at once, as many as the run queue runs at once:
+    # while both are busy, new frames wait and go out as one larger batch (less start-up).
+    max_runs_in_flight: int = 2
+    interval_s: int = 2
 
 
 @dataclass
