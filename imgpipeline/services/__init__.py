@@ -50,14 +50,6 @@ class LocalServices:
         """Kafka and S3 always; the UI when it runs."""
         return [s.status() for s in self.all if s is not self.dagster or s.running()]
 
-    def env(self) -> dict[str, str]:
-        """Client settings for the services that run (empty for those that don't)."""
-        values: dict[str, str] = {}
-        for service in self.all:
-            if service.running():
-                values.update(service.env(service.ports))
-        return values
-
     def env_file_text(self, storage: str = "local") -> str:
         """The services.env that `dagster dev` and the CLI read; S3 lines active on request."""
         kafka = self.kafka.env(self.kafka.ports) if self.kafka.running() else {}
