@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 import uuid
@@ -11,13 +12,25 @@ from pathlib import Path
 
 from imgpipeline.config import Settings, state_dir
 
+_scratch: list[Path] = []
+
+
+def scratch_dir(name: str) -> Path:
+    """A temporary folder for a benchmark: removed once it succeeds, kept to look into when it fails."""
+    folder = Path(tempfile.mkdtemp(prefix=f"imgpipeline-bench-{name}-"))
+    _scratch.append(folder)
+    return folder
+
 
 def write_result(name: str, result: dict) -> Path:
+    """The figures to `.imgpipeline/bench/<name>.json`; the benchmark's temporary folders go."""
     folder = state_dir() / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {path}")
+    while _scratch:
+        shutil.rmtree(_scratch.pop(), ignore_errors=True)
     return path
 
 
@@ -78,7 +91,7 @@ def bench_detect(frames: int = 500) -> dict:
     kafka = KafkaResource(**{**resources["kafka"].model_dump(),
                              "frames_topic": f"bench-{uuid.uuid4().hex[:8]}"})
     kafka.ensure_topics(partitions=1)
-    folder = Path(tempfile.mkdtemp(prefix="imgpipeline-bench-"))
+    folder = scratch_dir("detect")
     storage = StorageResource(uri=(folder / "store").as_uri())
     batch = bench_frames(frames)
     FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger")).send_all(batch, progress=False)
@@ -109,6 +122,72 @@ def bench_detect(frames: int = 500) -> dict:
     return result
 
 
+def _local_resources() -> dict:
+    """The resources on the local services, set up as for the demo."""
+    from imgpipeline.definitions import build_resources
+    from imgpipeline.demo import prepare_local
+
+    print("set-up: weights, samples, local Kafka and S3 endpoint")
+    _, settings, _ = prepare_local(log=lambda line: None)
+    return build_resources(settings)
+
+
+def _peak_rss_of_run(kafka_fields: dict, storage_uri: str, frames: int) -> float:
+    """In a fresh process: one detect_frames run over offsets [0, frames); the process's peak RSS, MB."""
+    import resource
+
+    import dagster as dg
+
+    from imgpipeline.jobs.detect_frames import detect_frames
+    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+
+    kafka = KafkaResource(**kafka_fields)
+    run_config = {"ops": {"detect": {"config": {
+        "topic": kafka.frames_topic, "partition": 0, "start_offset": 0, "end_offset": frames}}}}
+    with dg.instance_for_test() as instance:
+        outcome = detect_frames.execute_in_process(
+            run_config=run_config, instance=instance,
+            resources={"kafka": kafka, "storage": StorageResource(uri=storage_uri),
+                       "detector": DetectorResource()},
+        )
+    if not outcome.success:
+        raise SystemExit(f"the detect_frames run over {frames} frames failed")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def bench_memory(sizes: tuple[int, ...] = (10, 500, 2000), resources: dict | None = None) -> dict:
+    """Peak memory of a detect_frames run (its own process) against the number of frames in the run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+    from imgpipeline.resources import KafkaResource, StorageResource
+
+    resources = resources or _local_resources()
+    result = {"frames": list(sizes), "peak_rss_mb": []}
+    spawn = multiprocessing.get_context("spawn")
+    print(f"{'frames':>8}{'peak RSS MB':>13}")
+    for size in sizes:
+        # A fresh topic and store per size: no frame is a duplicate of an earlier run's.
+        kafka = KafkaResource(**{**resources["kafka"].model_dump(),
+                                 "frames_topic": f"bench-memory-{uuid.uuid4().hex[:6]}"})
+        kafka.ensure_topics(partitions=1)
+        folder = scratch_dir("memory")
+        storage = StorageResource(uri=(folder / "store").as_uri())
+        producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
+        producer.send_all(bench_frames(size), progress=False)
+        producer.producer.close()
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            peak = pool.submit(_peak_rss_of_run, kafka.model_dump(), storage.uri, size).result()
+        result["peak_rss_mb"].append(round(peak, 1))
+        print(f"{size:>8}{peak:>13.1f}")
+    growth = (result["peak_rss_mb"][-1] - result["peak_rss_mb"][0]) / max(1, sizes[-1] - sizes[0]) * 1000
+    result["growth_mb_per_1000_frames"] = round(growth, 2)
+    print(f"growth: {growth:.2f} MB per 1,000 frames")
+    write_result("memory", result)
+    return result
+
+
 def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
     """DuckDB's daily summary against mapper | sort | reducer over the same detection rows."""
     import subprocess
@@ -118,7 +197,7 @@ def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
 
     from imgpipeline import warehouse as wh
 
-    folder = folder or Path(tempfile.mkdtemp(prefix="imgpipeline-bench-summary-"))
+    folder = folder or scratch_dir("summary")
     folder.mkdir(parents=True, exist_ok=True)
     frames_n = max(1, rows // 5)
     days = ["2026-11-20", "2026-11-21"]
@@ -251,7 +330,7 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print) -> d
     from imgpipeline.jobs.detect_frames import LANDING
     from imgpipeline.services import LocalServices
 
-    home = Path(tempfile.mkdtemp(prefix="imgpipeline-bench-home-"))
+    home = scratch_dir("home")
     overrides = {"IMGPIPELINE_HOME": str(home), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                  "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic, "IMGPIPELINE_STORAGE_URI": storage.uri}
     saved = {k: os.environ.get(k) for k in overrides}
@@ -314,7 +393,7 @@ def run_plain_consumer(frames, kafka, storage, rate) -> dict:
 
     detector = DetectorResource(threads=0).load()
     store = storage.open()
-    folder = Path(tempfile.mkdtemp(prefix="imgpipeline-bench-plain-"))
+    folder = scratch_dir("plain")
     producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
     sent_at: dict[str, float] = {}
     done_at: dict[str, float] = {}
@@ -351,14 +430,9 @@ def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: flo
 
     Without resources, the local services are set up as for the demo.
     """
-    from imgpipeline.definitions import build_resources
-    from imgpipeline.demo import prepare_local
     from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 
-    if resources is None:
-        print("set-up: weights, samples, local Kafka and S3 endpoint")
-        _, settings, _ = prepare_local(log=lambda line: None)
-        resources = build_resources(settings)
+    resources = resources or _local_resources()
     batch = bench_frames(frames)
     # The bare loop and the plain consumer are single processes: they get OpenCV's default
     # threads (all cores), their best case.
@@ -370,7 +444,7 @@ def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: flo
         kafka = KafkaResource(**{**resources["kafka"].model_dump(),
                                  "frames_topic": f"bench-{kind}-{uuid.uuid4().hex[:6]}"})
         kafka.ensure_topics(partitions=1)
-        folder = Path(tempfile.mkdtemp(prefix=f"imgpipeline-bench-{kind}-"))
+        folder = scratch_dir(kind)
         return kafka, StorageResource(uri=(folder / "store").as_uri())
 
     mode = f"at {rate:g} frames/s" if rate else "as a backlog"

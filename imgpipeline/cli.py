@@ -170,6 +170,8 @@ def cmd_bench(args) -> int:
         bench.bench_pipeline(args.frames, args.rate)
     elif args.what == "detector":
         bench.bench_detector(args.frames)
+    elif args.what == "memory":
+        bench.bench_memory(tuple(args.frames))
     else:
         bench.bench_detect(args.frames)
     return 0
@@ -270,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--rate", type=float, help="steady input rate in frames/s (default: a backlog)")
     detector = what.add_parser("detector", help="input sizes 320/416/608: frames/s and objects found")
     detector.add_argument("--frames", type=int, default=100)
+    memory = what.add_parser("memory", help="peak memory of a detect_frames run against its batch size")
+    memory.add_argument("--frames", type=int, nargs="+", default=[10, 500, 2000],
+                        help="batch sizes, one run each (default: 10 500 2000)")
     summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
     summary_bench.add_argument("--rows", type=int, default=10_000_000)
     bench.set_defaults(func=cmd_bench)

@@ -132,10 +132,11 @@ class Settings:
     kafka_ssl_cafile: str | None
     frames_topic: str
     max_batch: int = 500
-    max_wait_s: float = 2.0
-    sensor_interval_s: int = 2
+    max_wait_s: float = 0.0
+    sensor_interval_s: int = 5
     max_runs_in_flight: int = 2
     detector_threads: int = 0
+    detector_workers: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -151,10 +152,11 @@ class Settings:
             kafka_ssl_cafile=_env("KAFKA_SSL_CAFILE"),
             frames_topic=_env("IMGPIPELINE_FRAMES_TOPIC", "frames"),
             max_batch=int(_number("IMGPIPELINE_MAX_BATCH", 500, minimum=1)),
-            max_wait_s=_number("IMGPIPELINE_MAX_WAIT_S", 2.0, minimum=0),
-            sensor_interval_s=int(_number("IMGPIPELINE_SENSOR_INTERVAL_S", 2, minimum=1)),
+            max_wait_s=_number("IMGPIPELINE_MAX_WAIT_S", 0.0, minimum=0),
+            sensor_interval_s=int(_number("IMGPIPELINE_SENSOR_INTERVAL_S", 5, minimum=1)),
             max_runs_in_flight=int(_number("IMGPIPELINE_MAX_RUNS_IN_FLIGHT", 2, minimum=1)),
             detector_threads=int(_number("IMGPIPELINE_DETECTOR_THREADS", 0, minimum=0)),
+            detector_workers=int(_number("IMGPIPELINE_DETECTOR_WORKERS", 0, minimum=0)),
         )
         settings.validate()
         return settings

@@ -23,7 +23,9 @@ def build_resources(settings: Settings) -> dict:
         "storage": StorageResource.from_settings(settings),
         # 0 = OpenCV's default (all cores). One thread per run, with two runs overlapping,
         # measured the same frames/s within noise (`imgpipeline bench pipeline`).
-        "detector": DetectorResource(threads=settings.detector_threads),
+        "detector": DetectorResource(
+            threads=settings.detector_threads, workers=settings.detector_workers
+        ),
         "duckdb": DuckDBResource(database=":memory:"),
     }
 

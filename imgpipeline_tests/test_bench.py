@@ -49,3 +49,13 @@ def test_bench_detector_compares_three_sizes():
     written = json.loads((state_dir() / "bench" / "detector.json").read_text())
     assert set(written["sizes"]) == {"320", "416", "608"}
     assert all(v["fps"] > 0 and v["objects"] >= 0 for v in written["sizes"].values())
+
+
+@pytest.mark.integration
+def test_bench_memory_measures_a_run_per_batch_size(kafka):
+    result = bench.bench_memory(sizes=(2, 6), resources={"kafka": kafka})
+    written = json.loads((state_dir() / "bench" / "memory.json").read_text())
+    assert written == result and written["frames"] == [2, 6]
+    # A run loads the model: its process peaks well above an idle interpreter's ~10 MB.
+    assert len(written["peak_rss_mb"]) == 2 and min(written["peak_rss_mb"]) > 100
+    assert "growth_mb_per_1000_frames" in written

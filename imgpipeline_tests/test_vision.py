@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 import pytest
@@ -29,6 +31,18 @@ def test_class_filter_keeps_only_asked_classes():
     assert [d.class_name for d in found] == ["bus"]
     with pytest.raises(ValueError, match="unknown class names"):
         DetectorResource(classes=["unicorn"]).load()
+
+
+def test_detector_pool_in_threads_finds_what_one_detector_finds(detector):
+    images = [decode_image(sample(name).read_bytes()) for name in ("bus.jpg", "zidane.jpg")] * 3
+    pool = DetectorResource(workers=2).load_pool()
+    assert pool.size == 2 and pool.name == detector.name
+    with ThreadPoolExecutor(max_workers=3) as threads:
+        in_parallel = list(threads.map(pool.detect, images))
+    # One OpenCV thread per net may round the last digit differently from the shared net.
+    def rounded(found):
+        return [(d.class_name, round(d.confidence, 2), d.box) for d in found]
+    assert [rounded(f) for f in in_parallel] == [rounded(detector.detect(i)) for i in images]
 
 
 def test_quality_metrics_tell_dark_flat_and_blurred_frames():

@@ -204,12 +204,15 @@ def _text(raw: bytes | None) -> str | None:
         return base64.b64encode(raw).decode()
 
 
-def prefetched(items: Iterator[Incoming], prepare, lookahead: int = 8) -> Iterator[Prepared]:
-    """prepare() the next items in threads while the caller works on the current one."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch") as pool:
+def ahead(items: Iterator, work, workers: int, lookahead: int) -> Iterator:
+    """work(item) for each item on `workers` threads, results in order, at most `lookahead` pending.
+
+    The bound keeps a run's memory flat whatever its batch size: frames are streamed, not held.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=work.__name__) as pool:
         pending: deque = deque()
         for item in items:
-            pending.append(pool.submit(prepare, item))
+            pending.append(pool.submit(work, item))
             if len(pending) >= lookahead:
                 yield pending.popleft().result()
         while pending:
@@ -267,7 +270,7 @@ def detect_op(
     topic = config.topic or kafka.frames_topic
     store = storage.open()
     processor = FrameProcessor(
-        store, detector.load(), run_id=context.run_id, dark_threshold=config.dark_threshold,
+        store, detector.load_pool(), run_id=context.run_id, dark_threshold=config.dark_threshold,
         annotate=config.annotate, max_bytes=storage.max_frame_bytes,
     )
     if config.uris:
@@ -285,11 +288,15 @@ def detect_op(
         incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset)
 
     producer = None
-    by_hour: dict[datetime, list[dict]] = {}
+    by_hour: dict[datetime, list[str]] = {}
     landed: dict[datetime, set[str]] = {}
     counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "duplicate": 0, "dlq": 0}
-    try:
-        for prepared in prefetched(incoming, processor.prepare):
+
+    def screened() -> Iterator[tuple[Prepared, dict]]:
+        """Frames in offset order after the cheap checks: bad input to the DLQ, duplicates out."""
+        nonlocal producer
+        # Parse, fetch and decode the next frames while the detectors work.
+        for prepared in ahead(incoming, processor.prepare, workers=2, lookahead=8):
             counts["read"] += 1
             # Error records are cheap to finish; good frames are checked before detection.
             record = processor.finish(prepared) if prepared.error is not None else prepared.record
@@ -305,20 +312,27 @@ def detect_op(
                 counts["duplicate"] += 1
                 continue
             seen.add(record["frame_id"])
-            if prepared.error is None:
-                record = processor.finish(prepared)
-            counts[record["status"]] += 1
-            by_hour.setdefault(hour, []).append(record)
+            yield prepared, record
             if counts["read"] % 100 == 0:
                 context.log.info(f"{counts['read']} frames read: {counts}")
+
+    def detect(item: tuple[Prepared, dict]) -> dict:
+        prepared, record = item
+        return record if prepared.error is not None else processor.finish(prepared)
+
+    try:
+        workers = processor.detector.size
+        for record in ahead(screened(), detect, workers=workers, lookahead=2 * workers):
+            counts[record["status"]] += 1
+            # Held as JSON lines until the landing write: a fraction of the records' size.
+            by_hour.setdefault(event_hour(record), []).append(json.dumps(record, separators=(",", ":")))
         if producer is not None:
             producer.flush()
 
         written = []
         for hour, records in sorted(by_hour.items()):
             key = landing_key(hour, name)
-            body = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-            store.put(key, body.encode())
+            store.put(key, "".join(line + "\n" for line in records).encode())
             written.append(key)
             context.log_event(dg.AssetMaterialization(
                 asset_key=LANDING_ASSET,

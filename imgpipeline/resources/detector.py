@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -20,25 +21,46 @@ class DetectorResource(dg.ConfigurableResource):
     classes: list[str] | None = Field(
         default=None, description="Keep only these COCO class names (None keeps all)."
     )
-    threads: int = Field(default=0, description="cv2.setNumThreads; 0 leaves OpenCV's default.")
+    threads: int = Field(
+        default=0,
+        description="cv2.setNumThreads; 0: OpenCV's default for one detector, cores ÷ workers for a pool.",
+    )
+    workers: int = Field(
+        default=0, description="Detectors working side by side in a run; 0: one per core, at most 4."
+    )
 
     def load(self):
-        """Load the model once (per run); raises ConfigError for missing or corrupt weights."""
+        """One detector; raises ConfigError for missing or corrupt weights."""
+        return self._build(1, self.threads or -1)[0]
+
+    def load_pool(self):
+        """The detectors of a run (loaded once per run), for frames detected in parallel threads."""
+        from imgpipeline.vision.detector import DetectorPool
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = self.workers or min(4, cores)
+        threads = self.threads or (max(1, cores // workers) if workers > 1 else -1)
+        return DetectorPool(self._build(workers, threads))
+
+    def _build(self, count: int, threads: int):
         import cv2
 
         from imgpipeline.fetch import CFG, NAMES, verify_weights
         from imgpipeline.vision.detector import YoloDetector
 
         # Process-wide in OpenCV: set it every time (-1 restores OpenCV's default).
-        cv2.setNumThreads(self.threads or -1)
+        cv2.setNumThreads(threads)
         folder = Path(self.models_dir)
         weights = verify_weights(folder)
-        return YoloDetector(
-            folder / CFG,
-            weights,
-            folder / NAMES,
-            input_size=self.input_size,
-            confidence=self.confidence,
-            nms=self.nms,
-            classes=self.classes,
-        )
+        return [
+            YoloDetector(
+                folder / CFG,
+                weights,
+                folder / NAMES,
+                input_size=self.input_size,
+                confidence=self.confidence,
+                nms=self.nms,
+                classes=self.classes,
+            )
+            for _ in range(count)
+        ]
