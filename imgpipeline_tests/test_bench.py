@@ -39,6 +39,8 @@ def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
     assert {"bare_fps", "pipeline_fps", "plain_consumer_fps", "efficiency", "latency_p50_s",
             "latency_p95_s", "frames", "rate"} <= set(written)
     assert written["frames"] == 4 and written["rate"] is None
+    # The daemon launched at least one detect_frames run for the measured frames.
+    assert written["runs"] >= 1 and written["first_launch_s"] >= 0 and written["run_startup_s"] > 0
     # The figures are rounded on their own, so their ratio matches the efficiency to rounding only.
     ratio = written["pipeline_fps"] / written["bare_fps"]
     assert written["efficiency"] == pytest.approx(ratio, rel=0.02, abs=0.001)

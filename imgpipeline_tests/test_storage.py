@@ -35,6 +35,20 @@ def test_put_list_get_on_both_backends(storage):
     assert not store.exists("frames/cam1/2026-11-21/cam1-000002.jpg")
 
 
+def test_put_file_streams_a_large_object_on_both_backends(storage, tmp_path):
+    # Over boto3's 8 MB multipart threshold: the S3 backend uploads it in parts.
+    body = b"".join(b"%08d{}\n" % i for i in range(1_200_000))
+    spooled = tmp_path / "spooled.jsonl"
+    spooled.write_bytes(body)
+    store = storage.open()
+    with spooled.open("rb") as file:
+        uri = store.put_file("landing/big.jsonl", file, sha256=sha256_hex(body))
+    key = store.key_for(uri)
+    assert store.size(key) == len(body) > 8 * 1024 * 1024
+    assert store.get(key) == body
+    assert store.stored_sha256(key) == sha256_hex(body)
+
+
 def test_bad_objects_are_refused(storage):
     store = storage.open()
     store.put("frames/a.jpg", b"x" * 100)

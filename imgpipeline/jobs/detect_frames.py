@@ -8,7 +8,9 @@ and a frame already landed in its event-time hour by another range is not landed
 
 
 import base64
+import hashlib
 import json
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -236,6 +238,21 @@ def dead_letter(incoming: Incoming, reason: str, run_id: str) -> bytes:
     }).encode()
 
 
+class Spool:
+    """One hour's landing records on local disk until the run writes them: memory stays flat."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the op when it ends)
+        self.sha256 = hashlib.sha256()
+        self.records = 0
+
+    def add(self, record: dict) -> None:
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        self.file.write(line)
+        self.sha256.update(line)
+        self.records += 1
+
+
 def landing_key(hour: datetime, name: str) -> str:
     return f"{LANDING}/{hour_path(hour)}/{name}.jsonl"
 
@@ -288,7 +305,7 @@ def detect_op(
         incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset)
 
     producer = None
-    by_hour: dict[datetime, list[str]] = {}
+    by_hour: dict[datetime, Spool] = {}
     landed: dict[datetime, set[str]] = {}
     counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "duplicate": 0, "dlq": 0}
 
@@ -324,25 +341,28 @@ def detect_op(
         workers = processor.detector.size
         for record in ahead(screened(), detect, workers=workers, lookahead=2 * workers):
             counts[record["status"]] += 1
-            # Held as JSON lines until the landing write: a fraction of the records' size.
-            by_hour.setdefault(event_hour(record), []).append(json.dumps(record, separators=(",", ":")))
+            hour = event_hour(record)
+            (by_hour.get(hour) or by_hour.setdefault(hour, Spool())).add(record)
         if producer is not None:
             producer.flush()
 
         written = []
-        for hour, records in sorted(by_hour.items()):
+        for hour, spool in sorted(by_hour.items()):
             key = landing_key(hour, name)
-            store.put(key, "".join(line + "\n" for line in records).encode())
+            spool.file.seek(0)
+            store.put_file(key, spool.file, sha256=spool.sha256.hexdigest())
             written.append(key)
             context.log_event(dg.AssetMaterialization(
                 asset_key=LANDING_ASSET,
                 partition=hour_key(hour),
-                description=f"{len(records)} frame records from {name}",
-                metadata={"path": dg.MetadataValue.path(store.uri(key)), "records": len(records)},
+                description=f"{spool.records} frame records from {name}",
+                metadata={"path": dg.MetadataValue.path(store.uri(key)), "records": spool.records},
             ))
         if consumer is not None and config.commit:
             commit_range(consumer, topic, config.partition, config.end_offset)
     finally:
+        for spool in by_hour.values():
+            spool.file.close()
         if consumer is not None:
             consumer.close()
         if producer is not None:

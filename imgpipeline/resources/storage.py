@@ -7,8 +7,11 @@ differ only in how bytes are put, got and listed.
 from __future__ import annotations
 
 import hashlib
+import io
 import posixpath
+import shutil
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 import dagster as dg
@@ -74,6 +77,10 @@ class Storage:
         """Write an object (replacing it) and return its URI."""
         raise NotImplementedError
 
+    def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
+        """Write an object from a binary file read from its current position, in chunks."""
+        raise NotImplementedError
+
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         raise NotImplementedError
 
@@ -116,11 +123,15 @@ class LocalStorage(Storage):
         return self._path(key).is_file()
 
     def put(self, key: str, data: bytes, *, sha256: str | None = None) -> str:
+        return self.put_file(key, io.BytesIO(data), sha256=sha256 or "")
+
+    def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so readers never see half a file.
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
+        with tmp.open("wb") as out:
+            shutil.copyfileobj(file, out)
         tmp.replace(path)
         return self.uri(key)
 
@@ -204,6 +215,12 @@ class S3Storage(Storage):
             Body=data,
             Metadata={"sha256": sha256 or sha256_hex(data)},
         )
+        return self.uri(key)
+
+    def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
+        # A managed transfer: large files go up in parts, never whole in memory.
+        self.client.upload_fileobj(file, self.bucket, self._object_key(key),
+                                   ExtraArgs={"Metadata": {"sha256": sha256}})
         return self.uri(key)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
