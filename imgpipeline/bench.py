@@ -34,6 +34,25 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def fresh_topic_and_store(kafka, kind: str):
+    """A new one-partition topic and an empty local store: no frame is a duplicate of an earlier run's."""
+    from imgpipeline.resources import KafkaResource, StorageResource
+
+    kafka = KafkaResource(**{**kafka.model_dump(), "frames_topic": f"bench-{kind}-{uuid.uuid4().hex[:6]}"})
+    kafka.ensure_topics(partitions=1)
+    folder = scratch_dir(kind)
+    return kafka, StorageResource(uri=(folder / "store").as_uri()), folder
+
+
+def send_backlog(kafka, storage, folder: Path, frames) -> None:
+    """All frames to the topic at once, before anything reads them."""
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+
+    producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
+    producer.send_all(frames, progress=False)
+    producer.producer.close()
+
+
 def bench_sensor(messages: int = 1_000_000) -> dict:
     """Tick time of frames_sensor over a backlog of `messages` on a fresh topic."""
     import dagster as dg
@@ -82,19 +101,12 @@ def bench_detect(frames: int = 500) -> dict:
     import dagster as dg
 
     from imgpipeline.definitions import build_resources
-    from imgpipeline.ingest.producer import FrameProducer, Ledger
     from imgpipeline.jobs.detect_frames import detect_frames
-    from imgpipeline.resources import KafkaResource, StorageResource
 
-    settings = Settings.from_env()
-    resources = build_resources(settings)
-    kafka = KafkaResource(**{**resources["kafka"].model_dump(),
-                             "frames_topic": f"bench-{uuid.uuid4().hex[:8]}"})
-    kafka.ensure_topics(partitions=1)
-    folder = scratch_dir("detect")
-    storage = StorageResource(uri=(folder / "store").as_uri())
+    resources = build_resources(Settings.from_env())
+    kafka, storage, folder = fresh_topic_and_store(resources["kafka"], "detect")
     batch = bench_frames(frames)
-    FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger")).send_all(batch, progress=False)
+    send_backlog(kafka, storage, folder, batch)
 
     bare_s = frames / bare_fps(batch, resources["detector"].load())
 
@@ -160,23 +172,13 @@ def bench_memory(sizes: tuple[int, ...] = (10, 500, 2000), resources: dict | Non
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from imgpipeline.ingest.producer import FrameProducer, Ledger
-    from imgpipeline.resources import KafkaResource, StorageResource
-
     resources = resources or _local_resources()
     result = {"frames": list(sizes), "peak_rss_mb": []}
     spawn = multiprocessing.get_context("spawn")
     print(f"{'frames':>8}{'peak RSS MB':>13}")
     for size in sizes:
-        # A fresh topic and store per size: no frame is a duplicate of an earlier run's.
-        kafka = KafkaResource(**{**resources["kafka"].model_dump(),
-                                 "frames_topic": f"bench-memory-{uuid.uuid4().hex[:6]}"})
-        kafka.ensure_topics(partitions=1)
-        folder = scratch_dir("memory")
-        storage = StorageResource(uri=(folder / "store").as_uri())
-        producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
-        producer.send_all(bench_frames(size), progress=False)
-        producer.producer.close()
+        kafka, storage, folder = fresh_topic_and_store(resources["kafka"], "memory")
+        send_backlog(kafka, storage, folder, bench_frames(size))
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             peak = pool.submit(_peak_rss_of_run, kafka.model_dump(), storage.uri, size).result()
         result["peak_rss_mb"].append(round(peak, 1))
@@ -449,7 +451,7 @@ def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: flo
 
     Without resources, the local services are set up as for the demo.
     """
-    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+    from imgpipeline.resources import DetectorResource
 
     resources = resources or _local_resources()
     batch = bench_frames(frames)
@@ -459,20 +461,13 @@ def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: flo
     print(f"bare: decode + detect over {frames} frames …")
     bare_before = bare_fps(batch, detector)
 
-    def fresh(kind):
-        kafka = KafkaResource(**{**resources["kafka"].model_dump(),
-                                 "frames_topic": f"bench-{kind}-{uuid.uuid4().hex[:6]}"})
-        kafka.ensure_topics(partitions=1)
-        folder = scratch_dir(kind)
-        return kafka, StorageResource(uri=(folder / "store").as_uri())
-
     mode = f"at {rate:g} frames/s" if rate else "as a backlog"
     print(f"pipeline: {frames} frames {mode} → Kafka → frames_sensor → detect_frames (daemon) …")
-    kafka, storage = fresh("pipeline")
+    kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "pipeline")
     timing = run_pipeline(batch, kafka, storage, rate, timeout_s)
     pipeline_fps, pipeline_lat = _rates(timing)
     print(f"plain consumer: the same {frames} frames {mode} …")
-    kafka, storage = fresh("plain")
+    kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "plain")
     plain_fps, plain_lat = _rates(run_plain_consumer(batch, kafka, storage, rate))
     # This machine's speed drifts over minutes: the bare loop runs before and after, and the
     # pipeline is compared with their mean.
