@@ -60,3 +60,14 @@ def test_services_up_status_down_leaves_nothing_running(tmp_path):
     after = imgpipeline(tmp_path, "services", "status")
     assert after.returncode == 1
     assert re.search(r"kafka\s+stopped", after.stdout) and re.search(r"s3\s+stopped", after.stdout)
+
+
+def test_cluster_ids_never_look_like_an_option():
+    import base64
+
+    from imgpipeline.services.kafka_broker import new_cluster_id
+
+    # One random UUID in 64 encodes with a leading '-': 2,000 ids would hold ~31 of them.
+    ids = [new_cluster_id() for _ in range(2000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)

@@ -105,6 +105,15 @@ def kafka_classpath() -> str:
     return f"{libs}/*"
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka makes them: URL-safe base64 of a UUID, never starting with '-'
+    (the storage tool would read such an id as an option, as Kafka's own Uuid.randomUuid avoids)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaBroker(LocalService):
     """Kafka broker + controller in one JVM on 127.0.0.1, data under its workdir."""
 
@@ -160,7 +169,7 @@ class KafkaBroker(LocalService):
         (self.workdir / "log4j2.properties").write_text(LOG4J2)
         if (data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             [*self._java(classpath), "kafka.tools.StorageTool", "format", "--standalone",
              "-t", cluster_id, "-c", str(properties)],
