@@ -134,6 +134,7 @@ class Settings:
     max_batch: int = 500
     max_wait_s: float = 0.0
     sensor_interval_s: int = 5
+    sensor_watch_s: float = 3.5
     max_runs_in_flight: int = 2
     detector_threads: int = 0
     detector_workers: int = 0
@@ -154,6 +155,7 @@ class Settings:
             max_batch=int(_number("IMGPIPELINE_MAX_BATCH", 500, minimum=1)),
             max_wait_s=_number("IMGPIPELINE_MAX_WAIT_S", 0.0, minimum=0),
             sensor_interval_s=int(_number("IMGPIPELINE_SENSOR_INTERVAL_S", 5, minimum=1)),
+            sensor_watch_s=_number("IMGPIPELINE_SENSOR_WATCH_S", 3.5, minimum=0),
             max_runs_in_flight=int(_number("IMGPIPELINE_MAX_RUNS_IN_FLIGHT", 2, minimum=1)),
             detector_threads=int(_number("IMGPIPELINE_DETECTOR_THREADS", 0, minimum=0)),
             detector_workers=int(_number("IMGPIPELINE_DETECTOR_WORKERS", 0, minimum=0)),
@@ -183,6 +185,14 @@ class Settings:
             raise ConfigError(
                 f"KAFKA_SSL_CAFILE={self.kafka_ssl_cafile} is not a file; point it at the "
                 "PEM file of the CA that signed the brokers' certificates"
+            )
+        # A tick still watching when the daemon's 5 s loop comes round makes the next one wait.
+        longest_watch = max(self.sensor_interval_s, 5) - 1
+        if self.sensor_watch_s > longest_watch:
+            raise ConfigError(
+                f"IMGPIPELINE_SENSOR_WATCH_S={self.sensor_watch_s:g} is too long for ticks "
+                f"{self.sensor_interval_s} s apart (the daemon's loop is 5 s); use at most "
+                f"{longest_watch} or 0 to turn watching off"
             )
         if not self.frames_topic or any(c in self.frames_topic for c in " /\\"):
             raise ConfigError(

@@ -36,6 +36,7 @@ def batch_policy(settings: Settings) -> BatchPolicy:
         max_wait_s=settings.max_wait_s,
         max_runs_in_flight=settings.max_runs_in_flight,
         interval_s=settings.sensor_interval_s,
+        watch_s=settings.sensor_watch_s,
     )
 
 

@@ -64,3 +64,11 @@ def test_malformed_env_file_line(tmp_path):
     path.write_text("GOOD=1\nnot a setting\n")
     with pytest.raises(ConfigError, match=r"x.env:2: expected KEY=VALUE"):
         read_env_file(path)
+
+
+def test_sensor_watch_must_end_before_the_next_tick(monkeypatch):
+    monkeypatch.setenv("IMGPIPELINE_SENSOR_WATCH_S", "4.5")
+    with pytest.raises(ConfigError, match=r"IMGPIPELINE_SENSOR_WATCH_S=4.5 is too long.*at most 4 or 0"):
+        Settings.from_env()
+    monkeypatch.setenv("IMGPIPELINE_SENSOR_INTERVAL_S", "10")
+    assert Settings.from_env().sensor_watch_s == 4.5

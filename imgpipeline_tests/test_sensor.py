@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import dagster as dg
 import pytest
@@ -65,6 +67,26 @@ def test_sensor_batches_a_backlog_into_ranges(kafka):
         observation = result.asset_events[0]
         assert observation.asset_key == dg.AssetKey("kafka_frames")
         assert observation.metadata["unlaunched_lag"].value == 50
+
+
+@pytest.mark.integration
+def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=2, watch_s=3, settle_s=0.5)
+    with dg.instance_for_test() as instance:
+        quiet = tick(kafka, instance, policy)  # watches, sees nothing
+        assert not quiet.run_requests
+
+        def burst():  # 150 frames in three parts, sent while the next tick watches
+            for _ in range(3):
+                fill(kafka, 50)
+                time.sleep(0.1)
+
+        sender = threading.Timer(0.5, burst)
+        sender.start()
+        result = tick(kafka, instance, policy, cursor=quiet.cursor)
+        sender.join()
+        assert [r.run_key for r in result.run_requests] == [
+            f"{kafka.frames_topic}-0-0-100", f"{kafka.frames_topic}-0-100-150"]
 
 
 @pytest.mark.integration

@@ -4,6 +4,11 @@ The cursor holds the next offset per partition. A partition's pending range is l
 when it reaches `max_batch` frames or when its oldest pending offset has waited
 `max_wait_s`; a backlog is split into `max_batch` ranges. Small batches when traffic is
 light (latency), full ones under backlog (throughput).
+
+The daemon evaluates sensors every 5 s at best. A tick that finds nothing pending watches
+the end offsets for up to `watch_s` instead of returning at once, and launches what arrives
+once it stops growing (a burst, split evenly) or fills the runs it may launch: frames wait
+for a run a fraction of a second, not up to a whole daemon loop.
 """
 
 
@@ -36,6 +41,11 @@ class BatchPolicy:
     # while both are busy, new frames wait and go out as one larger batch (less start-up).
     max_runs_in_flight: int = 2
     interval_s: int = 5
+    # How long a tick with nothing pending watches for new frames (0: look once and return).
+    # Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.
+    watch_s: float = 0.0
+    # A burst is over once its end offsets have not moved for this long.
+    settle_s: float = 0.5
 
 
 @dataclass
@@ -82,6 +92,30 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
     return plan
 
 
+def watch_ends(read_ends, ends: dict[int, int], seconds: float, settle_s: float, enough: int,
+               poll_s: float = 0.2) -> dict[int, int]:
+    """End offsets after watching for up to `seconds`: returned once new offsets have stopped
+    arriving for `settle_s`, or `enough` have arrived, or at the end of the watch."""
+    first = dict(ends)
+    deadline = time.monotonic() + seconds
+    moved_at = None
+    while time.monotonic() + poll_s < deadline:
+        time.sleep(poll_s)
+        latest = read_ends()
+        if latest != ends:
+            ends, moved_at = latest, time.monotonic()
+        if moved_at is not None and (
+            time.monotonic() - moved_at >= settle_s
+            or sum(ends[p] - first.get(p, 0) for p in ends) >= enough
+        ):
+            break
+    return ends
+
+
+def runs_in_flight(context: dg.SensorEvaluationContext) -> int:
+    return context.instance.get_runs_count(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE))
+
+
 def run_request(topic: str, partition: int, start: int, end: int) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"{topic}-{partition}-{start}-{end}",
@@ -96,11 +130,14 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
     @dg.sensor(
         name="frames_sensor",
         job=detect_frames,
-        minimum_interval_seconds=policy.interval_s,
+        # The daemon's loop comes round every 5 s give or take milliseconds: a minimum of exactly
+        # 5 s would skip every other loop. One second less keeps ticks `interval_s` apart.
+        minimum_interval_seconds=max(1, policy.interval_s - 1),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Launches detect_frames over new offsets of the frames topic: up to {policy.max_batch} "
-            f"frames per run, or fewer once the oldest has waited {policy.max_wait_s:g} s."
+            f"frames per run, or fewer once the oldest has waited {policy.max_wait_s:g} s. "
+            f"A tick with nothing pending watches for new frames for up to {policy.watch_s:g} s."
         ),
     )
     def frames_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
@@ -121,7 +158,11 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
                 if not ids:
                     return dg.SkipReason(f"topic {topic!r} does not exist yet")
                 tps = [TopicPartition(topic, p) for p in sorted(ids)]
-                ends = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
+
+                def read_ends() -> dict[int, int]:
+                    return {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
+
+                ends = read_ends()
                 beginnings = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
                 known = cursor.get("partitions", {})
                 for tp in tps:
@@ -131,14 +172,19 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
                         if committed is not None:
                             known[str(tp.partition)] = {"next": committed, "since": None}
                 cursor["partitions"] = known
+                pending = sum(ends[p] - max(known.get(str(p), {}).get("next", 0), beginnings[p])
+                              for p in ends)
+                idle = pending <= 0 and runs_in_flight(context) < policy.max_runs_in_flight
+                if policy.watch_s > 0 and idle:
+                    ends = watch_ends(read_ends, ends, policy.watch_s, policy.settle_s,
+                                      enough=policy.max_runs_in_flight * policy.max_batch)
             except KafkaError as exc:
                 return dg.SkipReason(f"Kafka error, tick skipped: {type(exc).__name__}: {exc}")
         finally:
             consumer.close()
 
-        in_flight = context.instance.get_runs_count(
-            dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE)
-        )
+        # Counted after the watch: a run may have finished meanwhile.
+        in_flight = runs_in_flight(context)
         budget = max(0, policy.max_runs_in_flight - in_flight)
         plan = plan_ranges(cursor, ends, beginnings, time.time(), policy, budget)
         for gap in plan.gaps:
