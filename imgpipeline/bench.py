@@ -446,54 +446,90 @@ def _rates(timing: dict) -> tuple[float, list[float]]:
 
 
 def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: float = 1800.0,
-                   resources: dict | None = None) -> dict:
+                   resources: dict | None = None, repeat: int = 1) -> dict:
     """Bare detector, the whole pipeline through a real daemon, and a plain consumer, on the same frames.
 
+    With `repeat` > 1 the pipeline and the plain consumer race again, in alternating order, with a
+    bare loop between rounds; the figures are medians over rounds and each round is kept.
     Without resources, the local services are set up as for the demo.
     """
+    from statistics import median
+
     from imgpipeline.resources import DetectorResource
 
+    if repeat < 1:
+        raise SystemExit(f"--repeat {repeat}: use 1 or more rounds")
     resources = resources or _local_resources()
     batch = bench_frames(frames)
     # The bare loop and the plain consumer are single processes: they get OpenCV's default
     # threads (all cores), their best case.
     detector = DetectorResource(threads=0).load()
-    print(f"bare: decode + detect over {frames} frames …")
-    bare_before = bare_fps(batch, detector)
-
     mode = f"at {rate:g} frames/s" if rate else "as a backlog"
-    print(f"pipeline: {frames} frames {mode} → Kafka → frames_sensor → detect_frames (daemon) …")
-    kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "pipeline")
-    timing = run_pipeline(batch, kafka, storage, rate, timeout_s)
-    pipeline_fps, pipeline_lat = _rates(timing)
-    print(f"plain consumer: the same {frames} frames {mode} …")
-    kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "plain")
-    plain_fps, plain_lat = _rates(run_plain_consumer(batch, kafka, storage, rate))
-    # This machine's speed drifts over minutes: the bare loop runs before and after, and the
-    # pipeline is compared with their mean.
-    print("bare again, after the others …")
-    bare_after = bare_fps(batch, detector)
-    bare = (bare_before + bare_after) / 2
+    print(f"bare: decode + detect over {frames} frames …")
+    bares = [bare_fps(batch, detector)]
+    rounds, latencies = [], []
 
+    def pipeline_leg(round_: dict) -> None:
+        print(f"pipeline: {frames} frames {mode} → Kafka → frames_sensor → detect_frames (daemon) …")
+        kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "pipeline")
+        timing = run_pipeline(batch, kafka, storage, rate, timeout_s)
+        round_["pipeline_fps"], lat = _rates(timing)
+        latencies.append(lat)
+        round_.update(timing["runs"])
+
+    def plain_leg(round_: dict) -> None:
+        print(f"plain consumer: the same {frames} frames {mode} …")
+        kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "plain")
+        round_["plain_consumer_fps"], round_["plain_latencies"] = _rates(
+            run_plain_consumer(batch, kafka, storage, rate))
+
+    for index in range(repeat):
+        if repeat > 1:
+            print(f"round {index + 1} of {repeat}")
+        round_: dict = {}
+        # This machine's speed drifts over minutes: the two legs swap places every round, and
+        # each round is compared with the bare loops run just before and just after it.
+        for leg in (pipeline_leg, plain_leg) if index % 2 == 0 else (plain_leg, pipeline_leg):
+            leg(round_)
+        print("bare again …")
+        bares.append(bare_fps(batch, detector))
+        round_["bare_fps"] = (bares[-2] + bares[-1]) / 2
+        round_["efficiency"] = round_["pipeline_fps"] / round_["bare_fps"]
+        rounds.append(round_)
+
+    def mid(key: str) -> float:
+        return median(r[key] for r in rounds)
+
+    pipeline_lat = [x for lat in latencies for x in lat]
+    plain_lat = [x for r in rounds for x in r.pop("plain_latencies")]
     result = {
         "frames": frames, "rate": rate,
-        "bare_fps": round(bare, 2), "pipeline_fps": round(pipeline_fps, 2),
-        "plain_consumer_fps": round(plain_fps, 2), "efficiency": round(pipeline_fps / bare, 3),
+        "bare_fps": round(mid("bare_fps"), 2), "pipeline_fps": round(mid("pipeline_fps"), 2),
+        "plain_consumer_fps": round(mid("plain_consumer_fps"), 2), "efficiency": round(mid("efficiency"), 3),
         "latency_p50_s": round(percentile(pipeline_lat, 0.5), 2),
         "latency_p95_s": round(percentile(pipeline_lat, 0.95), 2),
         "plain_latency_p50_s": round(percentile(plain_lat, 0.5), 2),
         "plain_latency_p95_s": round(percentile(plain_lat, 0.95), 2),
-        "bare_fps_before": round(bare_before, 2), "bare_fps_after": round(bare_after, 2),
-        **timing["runs"],
+        "bare_fps_each": [round(b, 2) for b in bares],
+        "runs": rounds[0]["runs"], "first_launch_s": rounds[0]["first_launch_s"],
+        "run_startup_s": rounds[0]["run_startup_s"],
+        "rounds": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rounds],
+        "pipeline_wins": sum(r["pipeline_fps"] > r["plain_consumer_fps"] for r in rounds),
     }
     print(f"\n{'':<16}{'frames/s':>10}{'p50 s':>9}{'p95 s':>9}")
     print(f"{'bare detector':<16}{result['bare_fps']:>10.2f}{'':>9}{'':>9}"
-          f"  (before {result['bare_fps_before']:.2f}, after {result['bare_fps_after']:.2f})")
+          f"  (each: {', '.join(f'{b:.2f}' for b in result['bare_fps_each'])})")
     print(f"{'pipeline':<16}{result['pipeline_fps']:>10.2f}{result['latency_p50_s']:>9.2f}"
           f"{result['latency_p95_s']:>9.2f}")
     print(f"{'plain consumer':<16}{result['plain_consumer_fps']:>10.2f}{result['plain_latency_p50_s']:>9.2f}"
           f"{result['plain_latency_p95_s']:>9.2f}")
     print(f"efficiency (pipeline ÷ bare): {result['efficiency']:.3f}")
+    if repeat > 1:
+        print(f"figures are medians of {repeat} rounds; the pipeline was faster than the plain consumer "
+              f"in {result['pipeline_wins']} of {repeat}")
+        for number, r in enumerate(result["rounds"], 1):
+            print(f"  round {number}: pipeline {r['pipeline_fps']:.2f}, plain {r['plain_consumer_fps']:.2f}, "
+                  f"bare {r['bare_fps']:.2f} frames/s, efficiency {r['efficiency']:.3f}")
     print(f"pipeline: {result['runs']} runs; first run created {result['first_launch_s']} s after the "
           f"first frame was sent; runs took {result['run_startup_s']} s on average to start")
     write_result("pipeline", result)

@@ -167,7 +167,7 @@ def cmd_bench(args) -> int:
     elif args.what == "summary":
         bench.bench_summary(args.rows)
     elif args.what == "pipeline":
-        bench.bench_pipeline(args.frames, args.rate)
+        bench.bench_pipeline(args.frames, args.rate, repeat=args.repeat)
     elif args.what == "detector":
         bench.bench_detector(args.frames)
     elif args.what == "memory":
@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.add_argument("--frames", type=int, default=1000)
     pipeline.add_argument("--rate", type=float, help="steady input rate in frames/s (default: a backlog)")
+    pipeline.add_argument("--repeat", type=int, default=1,
+                          help="rounds of pipeline against plain consumer, in alternating order; medians")
     detector = what.add_parser("detector", help="input sizes 320/416/608: frames/s and objects found")
     detector.add_argument("--frames", type=int, default=100)
     memory = what.add_parser("memory", help="peak memory of a detect_frames run against its batch size")
