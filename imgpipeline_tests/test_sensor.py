@@ -88,6 +88,15 @@ def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
         assert [r.run_key for r in result.run_requests] == [
             f"{kafka.frames_topic}-0-0-100", f"{kafka.frames_topic}-0-100-150"]
 
+        # A tick that starts in the middle of a burst waits for the rest of it too.
+        fill(kafka, 50)
+        sender = threading.Timer(0.2, burst)
+        sender.start()
+        later = tick(kafka, instance, policy, cursor=result.cursor)
+        sender.join()
+        assert [r.run_key for r in later.run_requests] == [
+            f"{kafka.frames_topic}-0-150-250", f"{kafka.frames_topic}-0-250-350"]
+
 
 @pytest.mark.integration
 def test_sensor_respects_runs_in_flight(kafka):

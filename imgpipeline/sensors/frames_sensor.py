@@ -5,14 +5,16 @@ when it reaches `max_batch` frames or when its oldest pending offset has waited
 `max_wait_s`; a backlog is split into `max_batch` ranges. Small batches when traffic is
 light (latency), full ones under backlog (throughput).
 
-The daemon evaluates sensors every 5 s at best. A tick that finds nothing pending watches
-the end offsets for up to `watch_s` instead of returning at once, and launches what arrives
-once it stops growing (a burst, split evenly) or fills the runs it may launch: frames wait
-for a run a fraction of a second, not up to a whole daemon loop.
+The daemon evaluates sensors every 5 s at best. A tick that may launch a run watches the end
+offsets for up to `watch_s` instead of returning at once: with nothing pending it waits for
+new frames; while frames arrive at burst speed it waits for the burst to end (split evenly,
+not a short first run) or to fill the runs it may launch; a slow trickle goes at once.
+Frames wait for a run a fraction of a second, not up to a whole daemon loop.
 """
 
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -44,8 +46,10 @@ class BatchPolicy:
     # How long a tick with nothing pending watches for new frames (0: look once and return).
     # Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.
     watch_s: float = 0.0
-    # A burst is over once its end offsets have not moved for this long.
+    # While watching, frames arriving faster than `burst_fps` over the last `settle_s` are a
+    # burst still being produced: worth waiting for. A slower trickle is launched as it is.
     settle_s: float = 0.5
+    burst_fps: float = 100.0
 
 
 @dataclass
@@ -92,22 +96,31 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
     return plan
 
 
-def watch_ends(read_ends, ends: dict[int, int], seconds: float, settle_s: float, enough: int,
-               poll_s: float = 0.2) -> dict[int, int]:
-    """End offsets after watching for up to `seconds`: returned once new offsets have stopped
-    arriving for `settle_s`, or `enough` have arrived, or at the end of the watch."""
-    first = dict(ends)
-    deadline = time.monotonic() + seconds
-    moved_at = None
+def watch_ends(read_ends, ends: dict[int, int], pending: int, policy: BatchPolicy,
+               enough: int, poll_s: float = 0.2) -> dict[int, int]:
+    """End offsets once a burst has arrived: watched for up to `policy.watch_s`.
+
+    With nothing pending, it waits for the first new frames. It keeps watching while frames
+    arrive at burst speed (`burst_fps` over the last `settle_s`), so a backlog being produced is
+    seen whole; a steady trickle, a burst that has ended, or `enough` frames end the watch.
+    """
+    deadline = time.monotonic() + policy.watch_s
+    window = max(1, math.ceil(policy.settle_s / poll_s))  # polls
+    base = sum(ends.values())
+    totals = [base]  # one per poll, from the burst's first frames
+    arrived = pending > 0
     while time.monotonic() + poll_s < deadline:
         time.sleep(poll_s)
-        latest = read_ends()
-        if latest != ends:
-            ends, moved_at = latest, time.monotonic()
-        if moved_at is not None and (
-            time.monotonic() - moved_at >= settle_s
-            or sum(ends[p] - first.get(p, 0) for p in ends) >= enough
-        ):
+        ends = read_ends()
+        total = sum(ends.values())
+        if total - base + pending >= enough:
+            break
+        if not arrived:
+            arrived = total > base
+            totals = [total]
+            continue
+        totals.append(total)
+        if len(totals) > window and totals[-1] - totals[-1 - window] < policy.burst_fps * window * poll_s:
             break
     return ends
 
@@ -137,7 +150,7 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         description=(
             f"Launches detect_frames over new offsets of the frames topic: up to {policy.max_batch} "
             f"frames per run, or fewer once the oldest has waited {policy.max_wait_s:g} s. "
-            f"A tick with nothing pending watches for new frames for up to {policy.watch_s:g} s."
+            f"A tick watches for a burst of new frames for up to {policy.watch_s:g} s."
         ),
     )
     def frames_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
@@ -174,10 +187,10 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
                 cursor["partitions"] = known
                 pending = sum(ends[p] - max(known.get(str(p), {}).get("next", 0), beginnings[p])
                               for p in ends)
-                idle = pending <= 0 and runs_in_flight(context) < policy.max_runs_in_flight
-                if policy.watch_s > 0 and idle:
-                    ends = watch_ends(read_ends, ends, policy.watch_s, policy.settle_s,
-                                      enough=policy.max_runs_in_flight * policy.max_batch)
+                enough = policy.max_runs_in_flight * policy.max_batch
+                room = runs_in_flight(context) < policy.max_runs_in_flight
+                if policy.watch_s > 0 and room and pending < enough:
+                    ends = watch_ends(read_ends, ends, pending, policy, enough)
             except KafkaError as exc:
                 return dg.SkipReason(f"Kafka error, tick skipped: {type(exc).__name__}: {exc}")
         finally:
