@@ -76,26 +76,25 @@ def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
         quiet = tick(kafka, instance, policy)  # watches, sees nothing
         assert not quiet.run_requests
 
-        def burst():  # 150 frames in three parts, sent while the next tick watches
-            for _ in range(3):
-                fill(kafka, 50)
-                time.sleep(0.1)
+        def keys_of_tick_during_burst(cursor, delay_s):
+            """A tick while 150 frames arrive in three parts, starting `delay_s` into it."""
+            def burst():
+                for _ in range(3):
+                    fill(kafka, 50)
+                    time.sleep(0.1)
 
-        sender = threading.Timer(0.5, burst)
-        sender.start()
-        result = tick(kafka, instance, policy, cursor=quiet.cursor)
-        sender.join()
-        assert [r.run_key for r in result.run_requests] == [
-            f"{kafka.frames_topic}-0-0-100", f"{kafka.frames_topic}-0-100-150"]
+            sender = threading.Timer(delay_s, burst)
+            sender.start()
+            result = tick(kafka, instance, policy, cursor=cursor)
+            sender.join()
+            return result, [r.run_key.removeprefix(f"{kafka.frames_topic}-0-") for r in result.run_requests]
 
+        result, keys = keys_of_tick_during_burst(quiet.cursor, 0.5)
+        assert keys == ["0-100", "100-150"]
         # A tick that starts in the middle of a burst waits for the rest of it too.
         fill(kafka, 50)
-        sender = threading.Timer(0.2, burst)
-        sender.start()
-        later = tick(kafka, instance, policy, cursor=result.cursor)
-        sender.join()
-        assert [r.run_key for r in later.run_requests] == [
-            f"{kafka.frames_topic}-0-150-250", f"{kafka.frames_topic}-0-250-350"]
+        _, keys = keys_of_tick_during_burst(result.cursor, 0.2)
+        assert keys == ["150-250", "250-350"]
 
 
 @pytest.mark.integration
