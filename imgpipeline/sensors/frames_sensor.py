@@ -43,8 +43,8 @@ class BatchPolicy:
     # while both are busy, new frames wait and go out as one larger batch (less start-up).
     max_runs_in_flight: int = 2
     interval_s: int = 5
-    # How long a tick with nothing pending watches for new frames (0: look once and return).
-    # Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.
+    # How long a tick that may launch a run watches for a burst of new frames (0: look once
+    # and return). Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.
     watch_s: float = 0.0
     # While watching, frames arriving faster than `burst_fps` over the last `settle_s` are a
     # burst still being produced: worth waiting for. A slower trickle is launched as it is.
