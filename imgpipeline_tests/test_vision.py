@@ -45,6 +45,12 @@ def test_detector_pool_in_threads_finds_what_one_detector_finds(detector):
     assert [rounded(f) for f in in_parallel] == [rounded(detector.detect(i)) for i in images]
 
 
+def test_sharpness_is_the_variance_of_the_laplacian():
+    photo = decode_image(sample("zidane.jpg").read_bytes())
+    grey = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    assert measure_quality(photo).sharpness == pytest.approx(cv2.Laplacian(grey, cv2.CV_64F).var(), abs=1e-3)
+
+
 def test_quality_metrics_tell_dark_flat_and_blurred_frames():
     photo = decode_image(sample("zidane.jpg").read_bytes())
     normal = measure_quality(photo)

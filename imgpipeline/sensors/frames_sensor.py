@@ -188,8 +188,8 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
                 pending = sum(ends[p] - max(known.get(str(p), {}).get("next", 0), beginnings[p])
                               for p in ends)
                 enough = policy.max_runs_in_flight * policy.max_batch
-                room = runs_in_flight(context) < policy.max_runs_in_flight
-                if policy.watch_s > 0 and room and pending < enough:
+                if (policy.watch_s > 0 and pending < enough
+                        and runs_in_flight(context) < policy.max_runs_in_flight):
                     ends = watch_ends(read_ends, ends, pending, policy, enough)
             except KafkaError as exc:
                 return dg.SkipReason(f"Kafka error, tick skipped: {type(exc).__name__}: {exc}")
