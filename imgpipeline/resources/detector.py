@@ -10,6 +10,10 @@ from pydantic import Field
 
 from imgpipeline.config import models_dir
 
+# Pools loaded ahead of any run by the fork server runs start from (imgpipeline.launcher); a
+# forked run whose detector settings match takes its pool instead of loading one.
+_preloaded: dict[tuple, list] = {}
+
 
 class DetectorResource(dg.ConfigurableResource):
     """YOLOv4-tiny (Darknet) run by OpenCV DNN. Weights are checked by sha256 before use."""
@@ -37,10 +41,43 @@ class DetectorResource(dg.ConfigurableResource):
         """The detectors of a run (loaded once per run), for frames detected in parallel threads."""
         from imgpipeline.vision.detector import DetectorPool
 
+        workers, threads = self._pool_shape()
+        detectors = _preloaded.pop(self._pool_key(workers), None)
+        if detectors:
+            import cv2
+
+            cv2.setNumThreads(threads)  # process-wide in OpenCV; preloading ran on one thread
+        return DetectorPool(detectors or self._build(workers, threads))
+
+    def preload_pool(self) -> None:
+        """Load this resource's pool and run each net once, for runs forked from this process.
+
+        OpenCV stays on one thread here: a forked child would wait forever on a thread pool
+        that exists only in its parent.
+        """
+        import cv2
+        import numpy as np
+
+        workers, _ = self._pool_shape()
+        detectors = self._build(workers, 1)
+        blank = np.zeros((self.input_size, self.input_size, 3), np.uint8)
+        for detector in detectors:
+            detector.detect(blank)  # a net's first pass allocates its layers: ~0.3 s
+        _preloaded[self._pool_key(workers)] = detectors
+        cv2.setNumThreads(1)
+
+    def _pool_shape(self) -> tuple[int, int]:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = self.workers or min(4, cores)
-        threads = self.threads or (max(1, cores // workers) if workers > 1 else -1)
-        return DetectorPool(self._build(workers, threads))
+        return workers, self.threads or (max(1, cores // workers) if workers > 1 else -1)
+
+    def _pool_key(self, workers: int) -> tuple:
+        from imgpipeline.fetch import WEIGHTS
+
+        weights = Path(self.models_dir) / WEIGHTS
+        stat = weights.stat() if weights.exists() else None
+        return (str(weights), stat and (stat.st_size, stat.st_mtime_ns), self.input_size,
+                self.confidence, self.nms, tuple(self.classes or ()), workers)
 
     def _build(self, count: int, threads: int):
         import cv2
