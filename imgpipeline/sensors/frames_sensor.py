@@ -125,8 +125,21 @@ def watch_ends(read_ends, ends: dict[int, int], pending: int, policy: BatchPolic
     return ends
 
 
+# `context.instance` is built anew for every tick: on SQLite storage that costs ~60 ms of CPU
+# (schema checks) against ~3 ms for the count. The code server keeps one per instance it serves.
+_instances: dict[str, dg.DagsterInstance] = {}
+
+
 def runs_in_flight(context: dg.SensorEvaluationContext) -> int:
-    return context.instance.get_runs_count(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE))
+    ref = context.instance_ref
+    if ref is None:  # a context built around an instance object, as in tests
+        instance = context.instance
+    else:
+        from dagster._serdes import serialize_value
+
+        key = serialize_value(ref)
+        instance = _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
+    return instance.get_runs_count(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE))
 
 
 def run_request(topic: str, partition: int, start: int, end: int) -> dg.RunRequest:
