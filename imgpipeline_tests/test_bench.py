@@ -41,6 +41,7 @@ def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
     assert written["frames"] == 4 and written["rate"] is None
     # The daemon launched at least one detect_frames run for the measured frames.
     assert written["runs"] >= 1 and written["first_launch_s"] >= 0 and written["run_startup_s"] > 0
+    assert 0 <= written["runs_forked"] <= written["runs"]
     # Two rounds, each with both legs and the bare loops around it; the figures are their medians.
     assert len(written["rounds"]) == 2 and len(written["bare_fps_each"]) == 3
     assert 0 <= written["pipeline_wins"] <= 2
