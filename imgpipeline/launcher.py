@@ -78,7 +78,9 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
 
     def _fork_server(self) -> ForkServerClient:
         if self._server is None or not self._server.alive():
-            self._server = ForkServerClient(self.preload)
+            from dagster._serdes import serialize_value
+
+            self._server = ForkServerClient(self.preload, serialize_value(self._instance.get_ref()))
         return self._server
 
     def _forkable(self, origin) -> bool:
@@ -115,9 +117,9 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
 class ForkServerClient:
     """The daemon's side of the fork server: one request line, one reply line."""
 
-    def __init__(self, modules: list[str]):
+    def __init__(self, modules: list[str], instance_ref: str):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "imgpipeline.launcher", *modules],
+            [sys.executable, "-m", "imgpipeline.launcher", "--instance-ref", instance_ref, *modules],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.ready = threading.Event()
@@ -163,29 +165,18 @@ class ForkServerClient:
                 self.process.kill()
 
 
-# The server side: `python -m imgpipeline.launcher MODULE…`.
+# The server side: `python -m imgpipeline.launcher --instance-ref JSON MODULE…`.
 
 
-def serve(modules: list[str]) -> None:
+def serve(argv: list[str]) -> None:
     # Loading the code location puts `.env` values into os.environ: a restart must not inherit them.
     environment = dict(os.environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runs; the daemon closes stdin
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished runs are reaped by the kernel
-    import cv2
-
-    cv2.setNumThreads(1)  # no OpenCV thread pool: children would wait on threads they lack
-    loaded = [importlib.import_module(name) for name in modules]
-    import dagster._cli  # noqa: F401  (what a run imports before its code location)
-
-    for module in loaded:
-        for defs in [v for v in vars(module).values() if isinstance(v, dg.Definitions)]:
-            for resource in (defs.resources or {}).values():
-                if hasattr(resource, "preload_pool"):
-                    try:
-                        resource.preload_pool()
-                    except Exception as error:  # the run itself reports it, with context
-                        print(f"fork server: not preloading {type(resource).__name__}: {error}",
-                              file=sys.stderr)
+    if len(argv) < 3 or argv[0] != "--instance-ref":
+        raise SystemExit("usage: python -m imgpipeline.launcher --instance-ref JSON MODULE…")
+    _, instance_ref, *modules = argv
+    warm_up(instance_ref, modules)
     watched = _watched_files()
     loaded_state = _state(watched)
     print("ready", flush=True)
@@ -196,8 +187,35 @@ def serve(modules: list[str]) -> None:
             _run_child(line.strip(), fresh_env=environment if stale else None)
         print(f"{pid} restarting" if stale else pid, flush=True)
         if stale:
-            os.execve(sys.executable, [sys.executable, "-m", "imgpipeline.launcher", *modules],
-                      environment)
+            os.execve(sys.executable, [sys.executable, "-m", "imgpipeline.launcher", *argv], environment)
+
+
+def warm_up(instance_ref: str, modules: list[str]) -> None:
+    """Everything a run would otherwise do before its first frame that can be done once.
+
+    Stays single-threaded where it matters: a forked child has only the thread that forked it.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)  # no OpenCV thread pool: children would wait on threads they lack
+    loaded = [importlib.import_module(name) for name in modules]
+    import dagster._cli  # noqa: F401  (what a run imports before its code location)
+    from dagster._core.instance import InstanceRef
+    from dagster._serdes import deserialize_value
+
+    # The instance's storage stack (SQLAlchemy, Alembic, the event log): ~1.3 s of imports.
+    with dg.DagsterInstance.from_ref(deserialize_value(instance_ref, InstanceRef)) as instance:
+        instance.get_run_records(limit=1)
+        instance.compute_log_manager  # noqa: B018
+    for module in loaded:
+        for defs in [v for v in vars(module).values() if isinstance(v, dg.Definitions)]:
+            for resource in (defs.resources or {}).values():
+                if hasattr(resource, "preload"):
+                    try:
+                        resource.preload()
+                    except Exception as error:  # the run itself reports it, with context
+                        print(f"fork server: not preloading {type(resource).__name__}: {error}",
+                              file=sys.stderr)
 
 
 def _watched_files() -> list[Path]:

@@ -49,7 +49,7 @@ class DetectorResource(dg.ConfigurableResource):
             cv2.setNumThreads(threads)  # process-wide in OpenCV; preloading ran on one thread
         return DetectorPool(detectors or self._build(workers, threads))
 
-    def preload_pool(self) -> None:
+    def preload(self) -> None:
         """Load this resource's pool and run each net once, for runs forked from this process.
 
         OpenCV stays on one thread here: a forked child would wait forever on a thread pool

@@ -75,6 +75,11 @@ class KafkaResource(dg.ConfigurableResource):
         except KafkaError as exc:
             raise self._unreachable(exc) from None
 
+    def preload(self) -> None:
+        """Import the client ahead of runs forked from this process (~150 modules, 0.3 s)."""
+        import kafka.admin  # noqa: F401
+        from kafka import KafkaConsumer, KafkaProducer  # noqa: F401
+
     def consumer(self, **overrides):
         """A consumer without a subscription, for assign + seek over exact ranges."""
         from kafka import KafkaConsumer

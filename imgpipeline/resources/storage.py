@@ -332,6 +332,12 @@ class StorageResource(dg.ConfigurableResource):
                 self._storage = S3Storage(location, self._s3_client(), self.endpoint_url)
         return self._storage
 
+    def preload(self) -> None:
+        """Import the S3 client ahead of runs forked from this process."""
+        if self.location.scheme != "file":
+            import boto3  # noqa: F401
+            from botocore.config import Config  # noqa: F401
+
     def _s3_client(self):
         import boto3
         from botocore.config import Config
