@@ -28,6 +28,7 @@ import dagster as dg
 PID_TAG = "imgpipeline/run_worker_pid"
 HOST_TAG = "imgpipeline/run_worker_host"
 DEFAULT_PRELOAD = ["imgpipeline.definitions"]
+INSTANCE_REF_ENV = "IMGPIPELINE_FORK_SERVER_INSTANCE_REF"
 REPLY_TIMEOUT_S = 10.0
 
 
@@ -118,8 +119,10 @@ class ForkServerClient:
     """The daemon's side of the fork server: one request line, one reply line."""
 
     def __init__(self, modules: list[str], instance_ref: str):
+        # The instance ref goes by environment, not argv: `ps` shows argv to everyone.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "imgpipeline.launcher", "--instance-ref", instance_ref, *modules],
+            [sys.executable, "-m", "imgpipeline.launcher", *modules],
+            env={**os.environ, INSTANCE_REF_ENV: instance_ref},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.ready = threading.Event()
@@ -165,17 +168,17 @@ class ForkServerClient:
                 self.process.kill()
 
 
-# The server side: `python -m imgpipeline.launcher --instance-ref JSON MODULE…`.
+# The server side: `python -m imgpipeline.launcher MODULE…`, the instance ref in INSTANCE_REF_ENV.
 
 
-def serve(argv: list[str]) -> None:
+def serve(modules: list[str]) -> None:
+    instance_ref = os.environ.pop(INSTANCE_REF_ENV, None)
+    if not instance_ref or not modules:
+        raise SystemExit(f"usage: {INSTANCE_REF_ENV}=<instance ref> python -m imgpipeline.launcher MODULE…")
     # Loading the code location puts `.env` values into os.environ: a restart must not inherit them.
     environment = dict(os.environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runs; the daemon closes stdin
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished runs are reaped by the kernel
-    if len(argv) < 3 or argv[0] != "--instance-ref":
-        raise SystemExit("usage: python -m imgpipeline.launcher --instance-ref JSON MODULE…")
-    _, instance_ref, *modules = argv
     warm_up(instance_ref, modules)
     watched = _watched_files()
     loaded_state = _state(watched)
@@ -187,7 +190,8 @@ def serve(argv: list[str]) -> None:
             _run_child(line.strip(), fresh_env=environment if stale else None)
         print(f"{pid} restarting" if stale else pid, flush=True)
         if stale:
-            os.execve(sys.executable, [sys.executable, "-m", "imgpipeline.launcher", *argv], environment)
+            os.execve(sys.executable, [sys.executable, "-m", "imgpipeline.launcher", *modules],
+                      {**environment, INSTANCE_REF_ENV: instance_ref})
 
 
 def warm_up(instance_ref: str, modules: list[str]) -> None:
@@ -239,15 +243,16 @@ def _run_child(args_json: str, *, fresh_env: dict[str, str] | None) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(2, 1)  # the run logs where the daemon does, never into the reply pipe
-        argv = ["dagster", "api", "execute_run", args_json]
-        if fresh_env is not None:
-            os.execve(sys.executable, [sys.executable, "-m", *argv], fresh_env)
+        argv = ["dagster", "api", "execute_run"]
+        if fresh_env is not None:  # the run's args by environment, as `dagster api execute_run` reads them
+            os.execve(sys.executable, [sys.executable, "-m", *argv],
+                      {**fresh_env, "DAGSTER_EXECUTE_RUN_ARGS": args_json})
         import random
 
         random.seed()
         from dagster._cli import main
 
-        sys.argv = argv
+        sys.argv = [*argv, args_json]
         main()
         code = 0
     except SystemExit as done:
