@@ -45,6 +45,8 @@ def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
     # Two rounds, each with both legs and the bare loops around it; the figures are their medians.
     assert len(written["rounds"]) == 2 and len(written["bare_fps_each"]) == 3
     assert 0 <= written["pipeline_wins"] <= 2
+    ratios = sorted(r["pipeline_fps"] / r["plain_consumer_fps"] for r in written["rounds"])
+    assert written["pipeline_vs_plain"] == pytest.approx(sum(ratios) / 2, rel=0.01, abs=0.002)
     for key in ("pipeline_fps", "plain_consumer_fps", "efficiency"):
         values = sorted(r[key] for r in written["rounds"])
         assert written[key] == pytest.approx(sum(values) / 2, rel=0.01, abs=0.002)
