@@ -6,7 +6,8 @@ detectors: ~4 s on 2 cores before the first frame. `ForkingRunLauncher` keeps a 
 beside the daemon that has done all of that once, and forks it for each run; the child then
 executes the run exactly as `dagster api execute_run` does.
 
-Runs of code locations the server has not loaded, and runs launched while it is starting, go the
+A launch waits for a starting server (2 s on an idle machine; the default way would take as
+long); runs of code locations the server has not loaded, or launched when it cannot start, go the
 default way. When a source file of the package or an env file changes, the next run starts from
 a fresh interpreter and the server restarts, so no run executes stale code or settings.
 """
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +32,9 @@ HOST_TAG = "imgpipeline/run_worker_host"
 DEFAULT_PRELOAD = ["imgpipeline.definitions"]
 INSTANCE_REF_ENV = "IMGPIPELINE_FORK_SERVER_INSTANCE_REF"
 REPLY_TIMEOUT_S = 10.0
+# A launch waits this long for a starting server: a run started the default way takes as long,
+# and would compete with the server's warm-up for the same cores.
+READY_TIMEOUT_S = 15.0
 
 
 class ForkingRunLauncher(dg.DefaultRunLauncher):
@@ -64,7 +69,10 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
             args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id,
                                   instance_ref=self._instance.get_ref())
             with self._lock:
-                pid = self._fork_server().fork_run(serialize_value(args))
+                server = self._fork_server()
+            if server.wait_ready(READY_TIMEOUT_S):
+                with self._lock:
+                    pid = server.fork_run(serialize_value(args))
         if pid is None:
             super().launch_run(context)
             return
@@ -75,7 +83,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         """Start the fork server if it is not up; True once it is ready (waits up to timeout_s)."""
         with self._lock:
             server = self._fork_server()
-        return server.ready.wait(timeout_s)
+        return server.wait_ready(timeout_s)
 
     def _fork_server(self) -> ForkServerClient:
         if self._server is None or not self._server.alive():
@@ -141,8 +149,16 @@ class ForkServerClient:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """True once the server is ready; False at the timeout or as soon as it has exited."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or not self.alive():
+                return False
+        return True
+
     def fork_run(self, args_json: str) -> int | None:
-        """The pid of the forked run, or None while the server is not ready (launch the default way)."""
+        """The pid of the forked run, or None when the server is not ready (launch the default way)."""
         if not self.ready.is_set() or not self.alive():
             return None
         try:

@@ -23,14 +23,15 @@ LAUNCHER = {"module": "imgpipeline.launcher", "class": "ForkingRunLauncher"}
 
 @pytest.fixture
 def instance(kafka, tmp_path, monkeypatch):
-    """An instance with the forking launcher, its server warm; storage comes from `.env` ("first")."""
+    """An instance with the forking launcher, its server starting; storage from `.env` ("first")."""
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
     monkeypatch.setenv("IMGPIPELINE_FRAMES_TOPIC", kafka.frames_topic)
     monkeypatch.delenv("IMGPIPELINE_STORAGE_URI", raising=False)
     write_env(tmp_path, "first")
     with dg.instance_for_test(overrides={"run_launcher": LAUNCHER}) as instance:
-        assert instance.run_launcher.warm(timeout_s=120), "the fork server never became ready"
+        # Started before this process loads the code location, which copies `.env` into os.environ.
+        assert not instance.run_launcher.warm()
         yield instance
         instance.run_launcher.dispose()
 
@@ -74,6 +75,7 @@ def worker_pid(instance, run) -> int:
 
 
 def test_forked_runs_land_frames_and_see_a_changed_env(instance, kafka, tmp_path):
+    """The first launch waits for the starting server: even the first run is forked."""
     first = StorageResource(uri=(tmp_path / "first").as_uri())
     send_backlog(kafka, first, tmp_path / "sent-1", bench_frames(6))
     runs = wait_finished(instance, launch_backlog(instance, kafka))
