@@ -129,7 +129,7 @@ class ForkServerClient:
     def __init__(self, modules: list[str], instance_ref: str):
         # The instance ref goes by environment, not argv: `ps` shows argv to everyone.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "imgpipeline.launcher", *modules],
+            server_argv(modules),
             env={**os.environ, INSTANCE_REF_ENV: instance_ref},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
@@ -187,6 +187,10 @@ class ForkServerClient:
 # The server side: `python -m imgpipeline.launcher MODULE…`, the instance ref in INSTANCE_REF_ENV.
 
 
+def server_argv(modules: list[str]) -> list[str]:
+    return [sys.executable, "-m", "imgpipeline.launcher", *modules]
+
+
 def serve(modules: list[str]) -> None:
     instance_ref = os.environ.pop(INSTANCE_REF_ENV, None)
     if not instance_ref or not modules:
@@ -206,8 +210,7 @@ def serve(modules: list[str]) -> None:
             _run_child(line.strip(), fresh_env=environment if stale else None)
         print(f"{pid} restarting" if stale else pid, flush=True)
         if stale:
-            os.execve(sys.executable, [sys.executable, "-m", "imgpipeline.launcher", *modules],
-                      {**environment, INSTANCE_REF_ENV: instance_ref})
+            os.execve(sys.executable, server_argv(modules), {**environment, INSTANCE_REF_ENV: instance_ref})
 
 
 def warm_up(instance_ref: str, modules: list[str]) -> None:
