@@ -4,22 +4,38 @@ launchers as `imgpipeline services`, on their own ports and folders."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
-from pathlib import Path
 
 import pytest
 
-# Keep the checkout's own `.imgpipeline/` (and a running `services up`) out of the tests.
-_HOME = Path(tempfile.mkdtemp(prefix="imgpipeline-test-home-"))
-os.environ["IMGPIPELINE_HOME"] = str(_HOME)
-for _name in ("KAFKA_BOOTSTRAP_SERVERS", "IMGPIPELINE_STORAGE_URI", "AWS_ENDPOINT_URL",
-              "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "IMGPIPELINE_FRAMES_TOPIC"):
-    os.environ.pop(_name, None)
+from imgpipeline.resources import KafkaResource, StorageResource
+from imgpipeline.services import LocalServices
+from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET
 
-from imgpipeline.resources import KafkaResource, StorageResource  # noqa: E402
-from imgpipeline.services import LocalServices  # noqa: E402
-from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET  # noqa: E402
+# Settings of the shell or a running `services up` that must not reach the tests.
+_ISOLATED = ("KAFKA_BOOTSTRAP_SERVERS", "IMGPIPELINE_STORAGE_URI", "AWS_ENDPOINT_URL",
+             "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "IMGPIPELINE_FRAMES_TOPIC")
+_saved: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    """Before any test module is imported: a home of the tests' own, so the checkout's `.imgpipeline/`
+    and `.env` stay out; put back as it was when the session ends."""
+    home = tempfile.mkdtemp(prefix="imgpipeline-test-home-")
+    for name in ("IMGPIPELINE_HOME", *_ISOLATED):
+        _saved[name] = os.environ.pop(name, None)
+    os.environ["IMGPIPELINE_HOME"] = home
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.get("IMGPIPELINE_HOME", ""), ignore_errors=True)
+    for name, value in _saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

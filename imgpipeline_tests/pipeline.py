@@ -7,11 +7,12 @@ import time
 
 import dagster as dg
 
-from imgpipeline.jobs.detect_frames import LANDING, detect_frames
+from imgpipeline.defs.streaming.detect_frames import detect_frames
+from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+from imgpipeline.defs.streaming.landing import all_records, landing_keys
 from imgpipeline.resources import DetectorResource
-from imgpipeline.sensors.frames_sensor import BatchPolicy, build_frames_sensor
 
-IMMEDIATE = BatchPolicy(max_batch=100, max_wait_s=0)
+IMMEDIATE = BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0)
 
 
 def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
@@ -44,13 +45,31 @@ def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
 
 
 def landing_records(storage) -> list[dict]:
-    store = storage.open()
-    records = []
-    for key in store.list(f"{LANDING}/"):
-        records += [json.loads(line) for line in store.get(key).splitlines() if line.strip()]
-    return records
+    return all_records(storage.open())
 
 
 def landing_files(storage) -> dict[str, bytes]:
     store = storage.open()
-    return {key: store.get(key) for key in store.list(f"{LANDING}/")}
+    return {key: store.get(key) for key in landing_keys(store)}
+
+
+def video_backlog(count: int, source: str = "test"):
+    """`count` frames of bikes.mp4 (repeated as needed), ids unique to this call."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from imgpipeline.cli.fetch import sample
+    from imgpipeline.ingest.producer import Frame
+    from imgpipeline.ingest.sources import video_frames
+
+    video = list(video_frames(str(sample("bikes.mp4")), source, start=datetime.now(UTC)))
+    tag = uuid.uuid4().hex[:6]
+    return [Frame(f"{source}-{tag}-{i:06d}", f.data, f.captured, f.width, f.height)
+            for i, f in ((i, video[i % len(video)]) for i in range(count))]
+
+
+def produce(kafka, storage, folder, frames) -> None:
+    """Send frames to the topic with a ledger of their own (nothing is skipped as sent before)."""
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+
+    FrameProducer(kafka, storage, "test", ledger=Ledger(folder / "ledger")).send_all(frames, progress=False)

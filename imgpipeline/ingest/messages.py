@@ -1,4 +1,4 @@
-"""The frame message contract (DESIGN.md): JSON with a claim-check URI, or inline image bytes.
+"""The frame message contract (docs/contracts.md): JSON with a claim-check URI, or inline image bytes.
 
 Messages are untrusted input: parsing says exactly what is wrong, as a BadInput reason.
 """
@@ -53,7 +53,7 @@ def iso_utc(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)
     except (TypeError, ValueError):
         raise BadInput(f"captured_at {text!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:

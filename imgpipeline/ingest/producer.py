@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from imgpipeline.config import state_dir
+from imgpipeline.paths import state_dir
 from imgpipeline.ingest.messages import FrameMessage, frame_key, iso_utc
 from imgpipeline.resources.storage import sha256_hex
 

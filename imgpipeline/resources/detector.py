@@ -8,14 +8,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from imgpipeline.config import models_dir
+from imgpipeline.paths import models_dir
+from imgpipeline.resources.settings import FromEnv, setting
 
-# Pools loaded ahead of any run by the fork server runs start from (imgpipeline.launcher); a
+# Pools loaded ahead of any run by the fork server runs start from (imgpipeline.lib.launcher); a
 # forked run whose detector settings match takes its pool instead of loading one.
 _preloaded: dict[tuple, list] = {}
 
 
-class DetectorResource(dg.ConfigurableResource):
+class DetectorResource(FromEnv, dg.ConfigurableResource):
     """YOLOv4-tiny (Darknet) run by OpenCV DNN. Weights are checked by sha256 before use."""
 
     models_dir: str = Field(default_factory=lambda: str(models_dir()))
@@ -25,13 +26,14 @@ class DetectorResource(dg.ConfigurableResource):
     classes: list[str] | None = Field(
         default=None, description="Keep only these COCO class names (None keeps all)."
     )
-    threads: int = Field(
-        default=0,
-        description="cv2.setNumThreads; 0: OpenCV's default for one detector, cores ÷ workers for a pool.",
-    )
-    workers: int = Field(
-        default=0, description="Detectors working side by side in a run; 0: one per core, at most 4."
-    )
+    threads: int = setting(
+        "IMGPIPELINE_DETECTOR_THREADS", 0,
+        "OpenCV threads per detector; 0: OpenCV's default for one detector, cores ÷ workers for a pool",
+        ge=0)
+    workers: int = setting(
+        "IMGPIPELINE_DETECTOR_WORKERS", 0,
+        "detectors working side by side in a run; 0: one per core, at most 4",
+        ge=0)
 
     def load(self):
         """One detector; raises ConfigError for missing or corrupt weights."""
@@ -72,7 +74,7 @@ class DetectorResource(dg.ConfigurableResource):
         return workers, self.threads or (max(1, cores // workers) if workers > 1 else -1)
 
     def _pool_key(self, workers: int) -> tuple:
-        from imgpipeline.fetch import WEIGHTS
+        from imgpipeline.vision.model_files import WEIGHTS
 
         weights = Path(self.models_dir) / WEIGHTS
         stat = weights.stat() if weights.exists() else None
@@ -82,8 +84,8 @@ class DetectorResource(dg.ConfigurableResource):
     def _build(self, count: int, threads: int):
         import cv2
 
-        from imgpipeline.fetch import CFG, NAMES, verify_weights
         from imgpipeline.vision.detector import YoloDetector
+        from imgpipeline.vision.model_files import CFG, NAMES, verify_weights
 
         # Process-wide in OpenCV: set it every time (-1 restores OpenCV's default).
         cv2.setNumThreads(threads)

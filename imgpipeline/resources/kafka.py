@@ -2,39 +2,75 @@
 
 from __future__ import annotations
 
-import dagster as dg
+from pathlib import Path
 
-from imgpipeline.config import ConfigError, Settings, env_secret, resolved
+import dagster as dg
+from pydantic import field_validator, model_validator
+
+from imgpipeline import ConfigError
+from imgpipeline.resources.settings import FromEnv, resolved, setting
 
 CONSUMER_GROUP = "imgpipeline-detect"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-class KafkaResource(dg.ConfigurableResource):
+class KafkaResource(FromEnv, dg.ConfigurableResource):
     """A Kafka cluster: bootstrap servers, security (PLAINTEXT, SSL, SASL PLAIN/SCRAM) and topics.
 
     The SASL password comes from the environment as a `dg.EnvVar`.
     """
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_cafile: str | None = None
-    frames_topic: str = "frames"
+    bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "comma-separated brokers")
+    security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", ", ".join(SECURITY_PROTOCOLS))
+    sasl_mechanism: str | None = setting("KAFKA_SASL_MECHANISM", None, ", ".join(SASL_MECHANISMS))
+    sasl_username: str | None = setting("KAFKA_SASL_USERNAME", None, "SASL user name")
+    sasl_password: str | None = setting("KAFKA_SASL_PASSWORD", None, "SASL password (a secret)", secret=True)
+    ssl_cafile: str | None = setting("KAFKA_SSL_CAFILE", None, "PEM file of the brokers' CA",
+                                     shown="system CAs")
+    frames_topic: str = setting("IMGPIPELINE_FRAMES_TOPIC", "frames",
+                                "the frames topic; the DLQ is `<topic>.dlq`")
     connect_timeout_s: float = 10.0
 
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
     @classmethod
-    def from_settings(cls, settings: Settings) -> KafkaResource:
-        return cls(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            security_protocol=settings.kafka_security_protocol,
-            sasl_mechanism=settings.kafka_sasl_mechanism,
-            sasl_username=settings.kafka_sasl_username,
-            sasl_password=env_secret("KAFKA_SASL_PASSWORD"),
-            ssl_cafile=settings.kafka_ssl_cafile,
-            frames_topic=settings.frames_topic,
-        )
+    def _upper(cls, value):
+        return value.strip().upper() or None if isinstance(value, str) else value
+
+    @field_validator("security_protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value not in SECURITY_PROTOCOLS:
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={value!r} is not known; "
+                             f"use one of {', '.join(SECURITY_PROTOCOLS)}")
+        return value
+
+    @field_validator("frames_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not value or any(c in value for c in " /\\"):
+            raise ValueError(f"IMGPIPELINE_FRAMES_TOPIC={value!r} is not a valid Kafka topic name")
+        return value
+
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _cafile_exists(cls, value: str | None) -> str | None:
+        if value and not Path(value).is_file():
+            raise ValueError(f"KAFKA_SSL_CAFILE={value} is not a file; point it at the PEM file of the "
+                             "CA that signed the brokers' certificates")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self):
+        protocol = self.security_protocol
+        if protocol.startswith("SASL_"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM set to "
+                                 f"one of {', '.join(SASL_MECHANISMS)}")
+            if not self.sasl_username or not self.sasl_password:
+                raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                                 "KAFKA_SASL_PASSWORD in the environment")
+        return self
 
     @property
     def dlq_topic(self) -> str:

@@ -10,21 +10,86 @@ import hashlib
 import io
 import posixpath
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, field_validator
 
-from imgpipeline.config import (
-    ConfigError,
-    Settings,
-    StorageLocation,
-    env_secret,
-    parse_storage_uri,
-    resolved,
-)
+from imgpipeline import ConfigError
+from imgpipeline.paths import state_dir
+from imgpipeline.resources.settings import FromEnv, resolved, setting
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """A parsed storage root: `file` with a folder, or `s3` with a bucket and key prefix."""
+
+    scheme: str
+    bucket: str | None
+    prefix: str
+    folder: Path | None
+
+
+def parse_storage_uri(uri: str) -> StorageLocation:
+    """Parse `file:///abs/folder`, a plain folder path, or `s3://bucket/prefix`."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"IMGPIPELINE_STORAGE_URI={uri!r}: a file URI needs three slashes, "
+                "e.g. file:///var/lib/imgpipeline"
+            )
+        if not path:
+            raise ConfigError("IMGPIPELINE_STORAGE_URI is empty; use file:///path or s3://bucket/prefix")
+        return StorageLocation("file", None, "", Path(path).expanduser().resolve())
+    if parsed.scheme == "s3":
+        bucket = parsed.netloc
+        if not _valid_bucket_name(bucket):
+            raise ConfigError(
+                f"IMGPIPELINE_STORAGE_URI={uri!r}: {bucket!r} is not a valid S3 bucket name "
+                "(3-63 lowercase letters, digits, dots and hyphens)"
+            )
+        return StorageLocation("s3", bucket, parsed.path.strip("/"), None)
+    raise ConfigError(
+        f"IMGPIPELINE_STORAGE_URI={uri!r}: unknown scheme {parsed.scheme!r}; "
+        "use file:///path/to/folder or s3://bucket/prefix"
+    )
+
+
+def _valid_bucket_name(name: str) -> bool:
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+    return (
+        3 <= len(name) <= 63
+        and set(name) <= allowed
+        and name[0].isalnum()
+        and name[-1].isalnum()
+        and ".." not in name
+    )
+
+
+def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret: str | None, *,
+              connect_timeout: float = 5, read_timeout: float = 30, attempts: int = 3):
+    """The one way this project builds a boto3 S3 client (path-style addressing on custom endpoints)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=Config(
+            retries={"max_attempts": attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        ),
+    )
 
 
 class BadObject(Exception):
@@ -291,7 +356,7 @@ class S3Storage(Storage):
             ) from None
 
 
-class StorageResource(dg.ConfigurableResource):
+class StorageResource(FromEnv, dg.ConfigurableResource):
     """Where frames, landing metadata and the warehouse live.
 
     `uri` is `file:///folder` (the default) or `s3://bucket/prefix`; `endpoint_url` points
@@ -299,24 +364,29 @@ class StorageResource(dg.ConfigurableResource):
     come from the environment as `dg.EnvVar`s; without them boto3's own chain is used.
     """
 
-    uri: str
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
+    uri: str = setting("IMGPIPELINE_STORAGE_URI", description="`file:///folder` or `s3://bucket/prefix`",
+                       default_factory=lambda: (state_dir() / "data").as_uri(),
+                       shown="`file://<project>/.imgpipeline/data`")
+    endpoint_url: str | None = setting(
+        "AWS_ENDPOINT_URL", None, "an S3-compatible store: MinIO, Hetzner Object Storage, the local endpoint",
+        shown="AWS")
+    region: str = setting("AWS_REGION", "us-east-1", "S3 region")
+    access_key_id: str | None = setting("AWS_ACCESS_KEY_ID", None, "S3 key id", secret=True,
+                                        shown="boto3's chain")
+    secret_access_key: str | None = setting("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (a secret)",
+                                            secret=True, shown="boto3's chain")
     max_frame_bytes: int = 20 * 1024 * 1024
 
     _storage: Storage | None = PrivateAttr(default=None)
 
+    @field_validator("uri")
     @classmethod
-    def from_settings(cls, settings: Settings) -> StorageResource:
-        return cls(
-            uri=settings.storage_uri,
-            endpoint_url=settings.aws_endpoint_url,
-            region=settings.aws_region,
-            access_key_id=env_secret("AWS_ACCESS_KEY_ID"),
-            secret_access_key=env_secret("AWS_SECRET_ACCESS_KEY"),
-        )
+    def _valid_root(cls, value: str) -> str:
+        try:
+            parse_storage_uri(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @property
     def location(self) -> StorageLocation:
@@ -329,7 +399,9 @@ class StorageResource(dg.ConfigurableResource):
             if location.scheme == "file":
                 self._storage = LocalStorage(location)
             else:
-                self._storage = S3Storage(location, self._s3_client(), self.endpoint_url)
+                client = s3_client(self.endpoint_url, self.region, resolved(self.access_key_id),
+                                   resolved(self.secret_access_key))
+                self._storage = S3Storage(location, client, self.endpoint_url)
         return self._storage
 
     def preload(self) -> None:
@@ -337,22 +409,3 @@ class StorageResource(dg.ConfigurableResource):
         if self.location.scheme != "file":
             import boto3  # noqa: F401
             from botocore.config import Config  # noqa: F401
-
-    def _s3_client(self):
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id=resolved(self.access_key_id),
-            aws_secret_access_key=resolved(self.secret_access_key),
-            config=Config(
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=30,
-                s3={"addressing_style": "path"} if self.endpoint_url else None,
-            ),
-        )
-

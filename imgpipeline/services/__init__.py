@@ -63,6 +63,9 @@ class LocalServices:
                 "# Local S3 endpoint (in memory)."
                 + ("" if active else " Uncomment to keep data there instead of the local folder:")
             )
-            lines.append(f"{prefix}IMGPIPELINE_STORAGE_URI=s3://{BUCKET}/data")
+            from imgpipeline.resources.settings import env_name
+            from imgpipeline.resources.storage import StorageResource
+
+            lines.append(f"{prefix}{env_name(StorageResource, 'uri')}=s3://{BUCKET}/data")
             lines += [f"{prefix}{key}={value}" for key, value in s3.items()]
         return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from imgpipeline.paths import HOME_ENV
 from imgpipeline.services.base import LocalService
 
 
@@ -22,13 +23,10 @@ class DagsterDev(LocalService):
         self.project_home = project_home
 
     def argv(self, ports: dict[str, int]) -> list[str]:
-        return [sys.executable, "-m", "dagster", "dev", "-m", "imgpipeline.definitions",
-                "-h", "127.0.0.1", "-p", str(ports["port"])]
+        return dagster_dev_argv("127.0.0.1", ports["port"])
 
     def process_env(self) -> dict[str, str]:
-        # Run workers start in other folders: tell them where the project's state lives.
-        return {"DAGSTER_HOME": str(self.dagster_home), "IMGPIPELINE_HOME": str(self.project_home),
-                "PYTHONUNBUFFERED": "1"}
+        return {**dagster_env(self.dagster_home, self.project_home), "PYTHONUNBUFFERED": "1"}
 
     def address(self, ports: dict[str, int]) -> str:
         return f"http://127.0.0.1:{ports['port']}"
@@ -42,6 +40,18 @@ class DagsterDev(LocalService):
         except OSError:
             return False
 
+
+
+def dagster_dev_argv(host: str, port: int) -> list[str]:
+    """`dagster dev` for this code location, with this interpreter (no venv on PATH needed)."""
+    return [sys.executable, "-m", "dagster", "dev", "-m", "imgpipeline.definitions",
+            "-h", host, "-p", str(port)]
+
+
+def dagster_env(home: Path, project_home: Path) -> dict[str, str]:
+    """The environment of `dagster dev`: its instance, and (run workers start in other folders) where
+    the project's state lives."""
+    return {"DAGSTER_HOME": str(home), HOME_ENV: str(project_home)}
 
 
 def dagster_home(state: Path) -> Path:

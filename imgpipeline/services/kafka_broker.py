@@ -14,11 +14,13 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from imgpipeline.fetch import cache_dir
+from imgpipeline.paths import cache_dir
 from imgpipeline.services.base import LocalService, ServiceError
 
 KAFKA_VERSION = "4.3.1"
 LOG4J_VERSION = "2.24.3"
+# The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
+SETTINGS = [("KAFKA_HOME", "jars from Maven Central", "an Apache Kafka 4.x install for the local broker")]
 INSTALL_HINT = (
     "The local Kafka broker needs Java 17+ and Maven (to fetch the broker jars once), "
     "or KAFKA_HOME pointing at an Apache Kafka 4.x install: install openjdk-17 and maven, "
@@ -186,20 +188,23 @@ class KafkaBroker(LocalService):
         return f"127.0.0.1:{ports['port']}"
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP_SERVERS": self.address(ports)}
+        from imgpipeline.resources.kafka import KafkaResource
+        from imgpipeline.resources.settings import env_name
+
+        return {env_name(KafkaResource, "bootstrap_servers"): self.address(ports)}
 
     def ready(self, ports: dict[str, int]) -> bool:
         """Ready when an admin client can create the project's topics."""
         from kafka.errors import KafkaError
 
-        from imgpipeline.config import ConfigError
+        from imgpipeline import ConfigError
         from imgpipeline.resources.kafka import KafkaResource
 
         if not ports:
             return False
         resource = KafkaResource(
             bootstrap_servers=self.address(ports),
-            frames_topic=os.environ.get("IMGPIPELINE_FRAMES_TOPIC") or "frames",
+            frames_topic=KafkaResource.env_value("frames_topic"),
             connect_timeout_s=2.0,
         )
         try:

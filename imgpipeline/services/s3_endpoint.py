@@ -18,17 +18,11 @@ REGION = "us-east-1"
 
 
 def s3_client(endpoint_url: str):
-    import boto3
-    from botocore.config import Config
+    """A client for probing the endpoint: short timeouts, one attempt."""
+    from imgpipeline.resources.storage import s3_client as client
 
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name=REGION,
-        aws_access_key_id=LOCAL_KEY_ID,
-        aws_secret_access_key=LOCAL_SECRET,
-        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
-    )
+    return client(endpoint_url, REGION, LOCAL_KEY_ID, LOCAL_SECRET, connect_timeout=2, read_timeout=5,
+                  attempts=1)
 
 
 class S3Endpoint(LocalService):
@@ -42,12 +36,12 @@ class S3Endpoint(LocalService):
         return f"http://127.0.0.1:{ports['port']}"
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
-        return {
-            "AWS_ENDPOINT_URL": self.address(ports),
-            "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET,
-            "AWS_REGION": REGION,
-        }
+        from imgpipeline.resources.settings import env_name
+        from imgpipeline.resources.storage import StorageResource
+
+        values = {"endpoint_url": self.address(ports), "access_key_id": LOCAL_KEY_ID,
+                  "secret_access_key": LOCAL_SECRET, "region": REGION}
+        return {env_name(StorageResource, field): value for field, value in values.items()}
 
     def ready(self, ports: dict[str, int]) -> bool:
         """Ready when the project bucket answers (created on first contact)."""

@@ -1,1 +1,0 @@
-"""Assets: the streaming sources (Kafka topic, landing metadata) and the warehouse tables."""

@@ -1,0 +1,5 @@
+import sys
+
+from imgpipeline.cli.main import main
+
+sys.exit(main())

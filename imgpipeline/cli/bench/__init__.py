@@ -1,0 +1,1 @@
+"""`imgpipeline bench …`: figures, printed and written to `.imgpipeline/bench/`; never asserted."""

@@ -1,0 +1,31 @@
+"""`imgpipeline bench WHAT`: each benchmark from its own module."""
+
+from __future__ import annotations
+
+
+def bench(args) -> int:
+    if args.what == "sensor":
+        from imgpipeline.cli.bench.sensor import bench_sensor
+
+        bench_sensor(args.messages)
+    elif args.what == "summary":
+        from imgpipeline.cli.bench.summary import bench_summary
+
+        bench_summary(args.rows)
+    elif args.what == "pipeline":
+        from imgpipeline.cli.bench.pipeline import bench_pipeline
+
+        bench_pipeline(args.frames, args.rate, repeat=args.repeat)
+    elif args.what == "memory":
+        from imgpipeline.cli.bench.memory import bench_memory
+
+        bench_memory(tuple(args.frames))
+    elif args.what == "detector":
+        from imgpipeline.cli.bench.detect import bench_detector
+
+        bench_detector(args.frames)
+    else:
+        from imgpipeline.cli.bench.detect import bench_detect
+
+        bench_detect(args.frames)
+    return 0

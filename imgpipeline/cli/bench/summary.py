@@ -1,0 +1,101 @@
+"""`imgpipeline bench summary`: DuckDB's daily summary against `mapper | sort | reducer`."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from pathlib import Path
+
+from imgpipeline.cli.bench.common import scratch_dir, write_result
+
+
+def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
+    """DuckDB's daily summary against mapper | sort | reducer over the same detection rows."""
+    import subprocess
+    import sys
+
+    import duckdb
+
+    from imgpipeline.defs.warehouse.sql import daily_summary_sql
+
+    folder = folder or scratch_dir("summary")
+    folder.mkdir(parents=True, exist_ok=True)
+    frames_n = max(1, rows // 5)
+    days = ["2026-11-20", "2026-11-21"]
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    print(f"generating {rows:,} synthetic detection rows over {frames_n:,} frames in {folder} …")
+    started = time.perf_counter()
+    # Frames spread evenly over two days, 20 sources; detections 5 per frame, 10 classes.
+    con.execute(f"""
+        CREATE TABLE fr AS SELECT
+            'f' || i AS frame_id, 'cam' || (i % 20) AS source_id,
+            TIMESTAMPTZ '2026-11-20 00:00:00+00'
+                + to_milliseconds(i * (172800000 // {frames_n})) AS captured_at,
+            CASE WHEN i % 50 = 0 THEN 'skipped_dark' WHEN i % 97 = 0 THEN 'error'
+                 ELSE 'detected' END AS status,
+            640 + (i % 3) * 640 AS width, 360 + (i % 3) * 360 AS height, 20000 + i % 5000 AS bytes,
+            (i * 37 % 2550) / 10.0 AS brightness
+        FROM range({frames_n}) t(i)""")
+    classes = ["person", "car", "bicycle", "motorbike", "bus", "truck", "dog", "cat", "bird", "bench"]
+    con.execute(f"""
+        CREATE TABLE de AS SELECT
+            fr.frame_id, fr.source_id, fr.captured_at, CAST(d AS INTEGER) AS detection_index,
+            CAST((hash(fr.frame_id || d) % 10) AS INTEGER) AS class_id,
+            {classes}[CAST((hash(fr.frame_id || d) % 10) AS INTEGER) + 1] AS class_name,
+            round(0.25 + (hash(fr.frame_id || d || 'c') % 7500) / 10000.0, 4) AS confidence
+        FROM fr, range(5) r(d)
+        LIMIT {rows}""")
+    con.execute("""
+        CREATE OR REPLACE TABLE de AS SELECT *, CAST(row_number() OVER (
+            PARTITION BY frame_id, class_name ORDER BY confidence DESC, detection_index
+        ) AS INTEGER) AS class_rank
+        FROM de""")
+    paths = {"frames": [], "detections": []}
+    for day in days:
+        for table, name in (("fr", "frames"), ("de", "detections")):
+            path = folder / f"{name}-{day}.parquet"
+            con.execute(f"COPY (SELECT * FROM {table} WHERE CAST(captured_at AS DATE) = DATE '{day}' "
+                        f"ORDER BY captured_at) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+            paths[name].append(str(path))
+    csv_path = folder / "detections.csv"
+    con.execute(f"COPY (SELECT strftime(captured_at, '%Y-%m-%d') AS day, source_id, class_name, "
+                f"confidence, hour(captured_at) AS hour FROM de) TO '{csv_path}' (HEADER, DELIMITER ',')")
+    print(f"  generated in {time.perf_counter() - started:.1f} s")
+
+    # DuckDB: the daily_summary asset's own SQL, one query per day, over the Parquet files.
+    started = time.perf_counter()
+    duck = {}
+    for day, frames_path, detections_path in zip(days, paths["frames"], paths["detections"], strict=True):
+        sql = daily_summary_sql(date.fromisoformat(day), [frames_path], [detections_path])
+        for row in duckdb.connect().execute("SET TimeZone = 'UTC'").execute(sql).fetchall():
+            _, source, class_name, _, _, objects, mean, best, hours = row[:9]
+            duck[f"{day}|{source}|{class_name}"] = (objects, mean, best, list(hours))
+    duckdb_s = time.perf_counter() - started
+    print(f"DuckDB daily summary: {duckdb_s:.2f} s ({len(duck)} rows)")
+
+    started = time.perf_counter()
+    python = sys.executable
+    pipeline = (f"'{python}' -m imgpipeline.cli.bench.mapreduce map < '{csv_path}' "
+                f"| LC_ALL=C sort -t \"$(printf '\\t')\" -k1,1 -S 25% --parallel=2 -T '{folder}' "
+                f"| '{python}' -m imgpipeline.cli.bench.mapreduce reduce")
+    output = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True,
+                            check=True).stdout
+    mapreduce_s = time.perf_counter() - started
+    mapped = {}
+    for line in output.splitlines():
+        key, objects, mean, best, hours = line.split("\t")
+        mapped[key] = (int(objects), float(mean), float(best), [int(h) for h in hours.split()])
+    print(f"mapper | sort | reducer: {mapreduce_s:.2f} s ({len(mapped)} rows)")
+
+    same = set(duck) == set(mapped) and all(
+        duck[k][0] == mapped[k][0] and abs(duck[k][1] - mapped[k][1]) < 1e-9
+        and duck[k][2] == mapped[k][2] and duck[k][3] == mapped[k][3] for k in duck
+    )
+    if not same:
+        raise SystemExit("DuckDB and mapper|sort|reducer disagree: the benchmark is void")
+    result = {"rows": rows, "duckdb_s": round(duckdb_s, 3), "mapreduce_s": round(mapreduce_s, 3),
+              "ratio": round(mapreduce_s / duckdb_s, 1), "same_numbers": same}
+    print(f"same numbers: yes; DuckDB is {result['ratio']}× faster")
+    write_result("summary", result)
+    return result

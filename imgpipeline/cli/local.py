@@ -1,0 +1,76 @@
+"""`imgpipeline services`, `check` and `dev`: the local services, a check of every configured part,
+and `dagster dev` for this project."""
+
+from __future__ import annotations
+
+import os
+
+from imgpipeline.paths import services_env_file, state_dir
+
+
+def local_services():
+    from imgpipeline.services import LocalServices
+
+    return LocalServices(state_dir())
+
+
+def services(args) -> int:
+    local = local_services()
+    if args.action == "up":
+        for status in local.up():
+            print(
+                f"  {status['name']:<6} ready at {status['address']} "
+                f"(pid {status['pid']}, {status.get('start_s', 0):.1f} s)"
+            )
+        env_file = services_env_file()
+        env_file.write_text(local.env_file_text(storage=args.storage))
+        print(f"settings written to {env_file}; the imgpipeline command and definitions read it")
+        return 0
+    if args.action == "down":
+        for name, gone in local.down().items():
+            print(f"  {name:<6} {'stopped' if gone else 'STILL RUNNING'}")
+        services_env_file().unlink(missing_ok=True)
+        return 0
+    healthy = True
+    for status in local.status():
+        state = "healthy" if status["healthy"] else ("unhealthy" if status["running"] else "stopped")
+        healthy &= status["healthy"]
+        where = f" at {status['address']} (pid {status['pid']})" if status["running"] else ""
+        print(f"  {status['name']:<6} {state}{where}  log: {status['log']}")
+    return 0 if healthy else 1
+
+
+def run_checks(*, log=print) -> None:
+    """Check every configured part (broker, storage, weights); raise ConfigError on the first bad one."""
+    from pathlib import Path
+
+    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+    from imgpipeline.vision.model_files import verify_weights
+
+    kafka = KafkaResource.from_env()
+    kafka.check()
+    log(f"  kafka    ok: {kafka.bootstrap_servers}")
+    storage = StorageResource.from_env()
+    storage.open().check()
+    log(f"  storage  ok: {storage.uri}")
+    detector = DetectorResource.from_env()
+    verify_weights(Path(detector.models_dir))
+    log(f"  detector ok: {detector.models_dir}")
+
+
+def check(args) -> int:
+    run_checks()
+    return 0
+
+
+def dev(args) -> int:
+    """`dagster dev` with DAGSTER_HOME under `.imgpipeline/`; settings are checked before it starts."""
+    from imgpipeline.cli.settings import check_settings
+    from imgpipeline.paths import project_home
+    from imgpipeline.services.dagster_dev import dagster_dev_argv, dagster_env, dagster_home
+
+    check_settings()
+    env = {**os.environ, **dagster_env(dagster_home(state_dir()), project_home())}
+    argv = dagster_dev_argv(args.host, args.port)
+    os.execve(argv[0], argv, env)
+    return 0

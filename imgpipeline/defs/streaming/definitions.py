@@ -1,0 +1,13 @@
+"""The streaming domain's Definitions: the topic and landing assets, detect_frames and frames_sensor."""
+
+import dagster as dg
+
+from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
+from imgpipeline.defs.streaming.detect_frames import detect_frames
+from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+
+defs = dg.Definitions(
+    assets=[kafka_frames, landing_metadata],
+    jobs=[detect_frames],
+    sensors=[build_frames_sensor(BatchPolicy.from_env())],
+)

@@ -1,0 +1,218 @@
+"""detect_frames: read an exact Kafka offset range, detect objects, land per-frame metadata.
+
+One run handles many frames and loads the model once. Bad input goes to the dead-letter
+topic with a reason and lands as a record with status `error`; the batch goes on.
+Landing files are named after the range, so re-running a range rewrites the same files,
+and a frame already landed in its event-time hour by another range is not landed again.
+"""
+
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import dagster as dg
+from pydantic import Field
+
+from imgpipeline.defs.partitions import hour_key
+from imgpipeline.defs.streaming.assets import LANDING_ASSET
+from imgpipeline.defs.streaming.landing import Spool, event_hour, landed_frame_ids, landing_key, range_name
+from imgpipeline.defs.streaming.processing import (
+    FrameProcessor,
+    Incoming,
+    Prepared,
+    ahead,
+    dead_letter,
+    read_range,
+    uri_messages,
+)
+from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.resources.storage import sha256_hex
+
+PARTITION_TAG = "imgpipeline/kafka-partition"
+
+
+class DetectFramesConfig(dg.Config):
+    """Which frames to process: a Kafka offset range (end exclusive) or explicit frame URIs."""
+
+    topic: str = Field(default="", description="Kafka topic; empty means the configured frames topic.")
+    partition: int = 0
+    start_offset: int = Field(default=0, description="First offset of the range.")
+    end_offset: int = Field(default=0, description="One past the last offset (exclusive).")
+    uris: list[str] = Field(default=[], description="Frame URIs to process instead of a range.")
+    dark_threshold: float = Field(
+        default=20.0, description="Frames darker than this mean brightness (0-255) skip detection."
+    )
+    annotate: bool = Field(default=False, description="Also write annotated/<source>/<date>/<id>.jpg.")
+    commit: bool = Field(default=True, description="Commit the range to the consumer group after success.")
+
+
+def detect_run_config(topic: str, partition: int, start: int, end: int) -> dict:
+    """The run config of detect_frames over the offsets [start, end) of one partition."""
+    return {"ops": {"detect": {"config": {
+        "topic": topic, "partition": partition, "start_offset": start, "end_offset": end,
+    }}}}
+
+
+@dataclass
+class FrameSource:
+    """What a run reads: an exact offset range (with its consumer) or explicit URIs."""
+
+    name: str
+    incoming: Iterator[Incoming]
+    consumer: object = None
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+
+
+def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, store) -> FrameSource:
+    if config.uris:
+        name = f"uris-{sha256_hex(json.dumps(sorted(config.uris)).encode())[:16]}"
+        return FrameSource(name, iter(uri_messages(config.uris, store)))
+    if config.end_offset <= config.start_offset:
+        raise dg.Failure(
+            f"empty range: end_offset {config.end_offset} <= start_offset {config.start_offset} "
+            "(end_offset is exclusive)"
+        )
+    consumer = kafka.consumer()
+    incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset)
+    return FrameSource(range_name(topic, config.partition, config.start_offset, config.end_offset),
+                       incoming, consumer)
+
+
+class Batch:
+    """A run's frames on their way to landing: dead letters, duplicates, detection, spools per hour."""
+
+    def __init__(self, context: dg.OpExecutionContext, kafka: KafkaResource, store,
+                 processor: FrameProcessor, name: str):
+        self.context, self.kafka, self.store = context, kafka, store
+        self.processor, self.name = processor, name
+        self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "duplicate": 0, "dlq": 0}
+        self.spools: dict[datetime, Spool] = {}
+        self.landed: dict[datetime, set[str]] = {}
+        self.producer = None
+
+    def process(self, incoming: Iterator[Incoming]) -> None:
+        """Every frame in offset order: screened, detected by the pool, spooled by event hour."""
+        workers = self.processor.detector.size
+        for record in ahead(self.screened(incoming), self.detect, workers=workers, lookahead=2 * workers):
+            self.counts[record["status"]] += 1
+            hour = event_hour(record)
+            (self.spools.get(hour) or self.spools.setdefault(hour, Spool())).add(record)
+        if self.producer is not None:
+            self.producer.flush()
+
+    def screened(self, incoming: Iterator[Incoming]) -> Iterator[tuple[Prepared, dict]]:
+        """Frames after the cheap checks: bad input to the DLQ, duplicates out."""
+        # Parse, fetch and decode the next frames while the detectors work.
+        for prepared in ahead(incoming, self.processor.prepare, workers=2, lookahead=8):
+            self.counts["read"] += 1
+            if prepared.error is not None:
+                record = self.processor.finish(prepared)  # error records are cheap to finish
+                self.dead_letter(prepared)
+            else:
+                record = prepared.record
+            if self.is_duplicate(record):
+                self.counts["duplicate"] += 1
+                continue
+            yield prepared, record
+            if self.counts["read"] % 100 == 0:
+                self.context.log.info(f"{self.counts['read']} frames read: {self.counts}")
+
+    def dead_letter(self, prepared: Prepared) -> None:
+        self.producer = self.producer or self.kafka.producer()
+        self.producer.send(self.kafka.dlq_topic, key=prepared.incoming.key,
+                           value=dead_letter(prepared.incoming, prepared.error, self.context.run_id))
+        self.counts["dlq"] += 1
+        self.context.log.warning(f"offset {prepared.incoming.offset}: {prepared.error} (sent to DLQ)")
+
+    def is_duplicate(self, record: dict) -> bool:
+        """True when the frame has landed in its hour already (by another range or earlier here)."""
+        hour = event_hour(record)
+        seen = self.landed.get(hour)
+        if seen is None:
+            seen = self.landed[hour] = landed_frame_ids(self.store, hour, self.name)
+        if record["frame_id"] in seen:
+            return True
+        seen.add(record["frame_id"])
+        return False
+
+    def detect(self, item: tuple[Prepared, dict]) -> dict:
+        prepared, record = item
+        return record if prepared.error is not None else self.processor.finish(prepared)
+
+    def land(self) -> list[str]:
+        """One landing file per event-time hour, each reported as a landing_metadata materialization."""
+        written = []
+        for hour, spool in sorted(self.spools.items()):
+            key = landing_key(hour, self.name)
+            uri = spool.land(self.store, key)
+            written.append(key)
+            self.context.log_event(dg.AssetMaterialization(
+                asset_key=LANDING_ASSET,
+                partition=hour_key(hour),
+                description=f"{spool.records} frame records from {self.name}",
+                metadata={"path": dg.MetadataValue.path(uri), "records": spool.records},
+            ))
+        return written
+
+    def close(self) -> None:
+        for spool in self.spools.values():
+            spool.close()
+        if self.producer is not None:
+            self.producer.close()
+
+
+@dg.op(name="detect", tags={"kind": "opencv"})
+def detect_op(
+    context: dg.OpExecutionContext,
+    config: DetectFramesConfig,
+    kafka: KafkaResource,
+    storage: StorageResource,
+    detector: DetectorResource,
+) -> dg.Output[dict]:
+    """Detect objects in a range of frames and land one metadata file per event-time hour."""
+    topic = config.topic or kafka.frames_topic
+    store = storage.open()
+    processor = FrameProcessor(
+        store, detector.load_pool(), run_id=context.run_id, dark_threshold=config.dark_threshold,
+        annotate=config.annotate, max_bytes=storage.max_frame_bytes,
+    )
+    source = open_source(config, topic, kafka, store)
+    batch = Batch(context, kafka, store, processor, source.name)
+    try:
+        batch.process(source.incoming)
+        written = batch.land()
+        if source.consumer is not None and config.commit:
+            commit_range(source.consumer, topic, config.partition, config.end_offset)
+    finally:
+        batch.close()
+        source.close()
+    context.log.info(f"done: {batch.counts}; landing files: {len(written)}")
+    return dg.Output(
+        {"counts": batch.counts, "landing": written},
+        metadata={k: dg.MetadataValue.int(v) for k, v in batch.counts.items()},
+    )
+
+
+def commit_range(consumer, topic: str, partition: int, end_offset: int) -> None:
+    """Move the group's committed offset to end_offset, never backwards (replays)."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    tp = TopicPartition(topic, partition)
+    committed = consumer.committed(tp)
+    if committed is None or committed < end_offset:
+        consumer.commit({tp: OffsetAndMetadata(end_offset, "", -1)})
+
+
+@dg.job(
+    name="detect_frames",
+    executor_def=dg.in_process_executor,
+    description="Object detection over a Kafka offset range (or frame URIs); lands per-frame metadata.",
+)
+def detect_frames():
+    detect_op()

@@ -1,0 +1,85 @@
+"""Landing records: the one module that writes and reads `landing/metadata/` (docs/contracts.md).
+
+A run lands one JSON-lines file per event-time hour it saw, named after its offset range:
+`landing/metadata/dt=<date>/hour=<HH>/<topic>-<partition>-<start>-<end>.jsonl`, so re-running a
+range rewrites the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+
+from imgpipeline.defs.partitions import hour_path
+from imgpipeline.ingest.messages import parse_time
+
+LANDING = "landing/metadata"
+
+
+def range_name(topic: str, partition: int, start: int, end: int) -> str:
+    """`<topic>-<partition>-<start>-<end>`: a range's landing file name and its run key."""
+    return f"{topic}-{partition}-{start}-{end}"
+
+
+def landing_key(hour: datetime, name: str) -> str:
+    return f"{LANDING}/{hour_path(hour)}/{name}.jsonl"
+
+
+def event_hour(record: dict) -> datetime:
+    """The UTC hour of a record's capture time: its landing folder and warehouse partition."""
+    return parse_time(record["captured_at"]).replace(minute=0, second=0, microsecond=0)
+
+
+class Spool:
+    """One hour's landing records on local disk until the run writes them: memory stays flat."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.sha256 = hashlib.sha256()
+        self.records = 0
+
+    def add(self, record: dict) -> None:
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        self.file.write(line)
+        self.sha256.update(line)
+        self.records += 1
+
+    def land(self, store, key: str) -> str:
+        """Write the spooled records to `key` (replacing it); returns its URI."""
+        self.file.seek(0)
+        return store.put_file(key, self.file, sha256=self.sha256.hexdigest())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def landing_keys(store, hour: datetime | None = None) -> list[str]:
+    """The landing files of an event-time hour, or of every hour."""
+    prefix = f"{LANDING}/{hour_path(hour)}/" if hour else f"{LANDING}/"
+    return [key for key in store.list(prefix) if key.endswith(".jsonl")]
+
+
+def read_records(store, key: str) -> Iterator[dict]:
+    """The records of one landing file, in the order they were written."""
+    for line in store.get(key).splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def hour_records(store, hour: datetime) -> list[dict]:
+    """Every landing record of an event-time hour, as written by the runs."""
+    return [record for key in landing_keys(store, hour) for record in read_records(store, key)]
+
+
+def all_records(store) -> list[dict]:
+    return [record for key in landing_keys(store) for record in read_records(store, key)]
+
+
+def landed_frame_ids(store, hour: datetime, except_name: str) -> set[str]:
+    """frame_ids already landed in an event-time hour by other ranges."""
+    own = landing_key(hour, except_name)
+    return {record["frame_id"] for key in landing_keys(store, hour) if key != own
+            for record in read_records(store, key)}

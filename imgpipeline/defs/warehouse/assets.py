@@ -1,0 +1,144 @@
+"""Warehouse assets: hourly `frames` and `detections`, daily `daily_summary` (DuckDB).
+
+Each run handles a whole partition range (single-run backfills) and rewrites the files of
+every partition in it, so re-materializing gives the same rows in the same order.
+"""
+
+from datetime import date, timedelta
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from imgpipeline.defs.partitions import daily_partitions, days_in, hour_key, hourly_partitions, hours_in
+from imgpipeline.defs.streaming.assets import landing_metadata
+from imgpipeline.defs.streaming.landing import hour_records
+from imgpipeline.defs.warehouse import checks, sql
+from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.resources import StorageResource
+
+# Like eager(), but for every hour, not just the latest: late frames re-materialize their hour.
+on_landing_update = dg.AutomationCondition.eager().without(
+    dg.AutomationCondition.in_latest_time_window()
+).with_label("landing updated")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "frames",
+            description="One row per frame and event-time hour: ids, times, status, error, size, "
+                        "quality, object count, model, Kafka position, run id. Deduplicated on frame_id "
+                        "(the latest processing wins).",
+            deps=[landing_metadata], partitions_def=hourly_partitions, group_name="warehouse",
+            automation_condition=on_landing_update, kinds={"parquet"},
+        ),
+        dg.AssetSpec(
+            "detections",
+            description="One row per detected object: frame, source, capture time, class, "
+                        "confidence, box (x, y, w, h in pixels).",
+            deps=[landing_metadata], partitions_def=hourly_partitions, group_name="warehouse",
+            automation_condition=on_landing_update, kinds={"parquet"},
+        ),
+    ],
+    check_specs=checks.check_specs("frames", "detections"),
+    partitions_def=hourly_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    can_subset=False,
+)
+def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource):
+    """Landing metadata of each hour → typed, deduplicated Parquet for frames and detections."""
+    store = storage.open()
+    hours = hours_in(context.partition_time_window)
+    rows = {"frames": 0, "detections": 0}
+    failures = checks.no_failures("frames", "detections")
+    for hour in hours:
+        records = hour_records(store, hour)
+        latest = wh.latest_per_frame(records)
+        for table, build in (("frames", wh.frames_table), ("detections", wh.detections_table)):
+            store.put(wh.hourly_key(table, hour), wh.to_parquet(build(latest)))
+        # Checks read back what is stored, not what was meant to be written.
+        frames = wh.from_parquet(store.get(wh.hourly_key("frames", hour)))
+        detections = wh.from_parquet(store.get(wh.hourly_key("detections", hour)))
+        rows["frames"] += frames.num_rows
+        rows["detections"] += detections.num_rows
+        checks.check_hour(hour_key(hour), frames, detections, records, failures)
+    context.log.info(f"{len(hours)} hours: {rows['frames']} frames, {rows['detections']} detections")
+    for table in ("frames", "detections"):
+        yield dg.MaterializeResult(
+            asset_key=table,
+            metadata={"rows": dg.MetadataValue.int(rows[table]), "hours": len(hours),
+                      "path": dg.MetadataValue.path(store.uri(f"warehouse/{table}"))},
+        )
+    yield from checks.check_results(failures, len(hours))
+
+
+def summarize_day(con, storage: StorageResource, day: date, failures: dict):
+    """One day's summary: computed by DuckDB over the hourly Parquet, stored, read back and checked."""
+    store = storage.open()
+    keys = {
+        table: [k for k in store.list(f"warehouse/{table}/dt={day}/") if k.endswith(".parquet")]
+        for table in ("frames", "detections")
+    }
+    paths = {t: [sql.scan_path(storage, k) for k in ks] for t, ks in keys.items()}
+    result = con.execute(sql.daily_summary_sql(day, paths["frames"], paths["detections"]))
+    table = result.to_arrow_table().cast(wh.DAILY_SUMMARY_SCHEMA)
+    store.put(wh.daily_key("daily_summary", day), wh.to_parquet(table))
+    stored = wh.from_parquet(store.get(wh.daily_key("daily_summary", day)))
+    if problems := checks.schema_problems(stored, wh.DAILY_SUMMARY_SCHEMA):
+        failures["daily_summary", "schema_as_declared"][str(day)] = problems
+    hourly = {t: wh.concat([wh.from_parquet(store.get(k)) for k in ks], t) for t, ks in keys.items()}
+    if problems := checks.summary_mismatch(stored, hourly["frames"], hourly["detections"]):
+        failures["daily_summary", "totals_match_hourly"][str(day)] = problems
+    return stored
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    deps=["frames", "detections"],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="warehouse",
+    kinds={"duckdb", "parquet"},
+    check_specs=checks.check_specs("daily_summary"),
+)
+def daily_summary(context: dg.AssetExecutionContext, storage: StorageResource, duckdb: DuckDBResource):
+    """Per day × source × class: frames, objects, mean and max confidence, objects per hour,
+    brightness and frame-size distribution, share of dark and errored frames (DuckDB over the
+    hourly Parquet)."""
+    days = days_in(context.partition_time_window)
+    total_rows, failures, preview = 0, checks.no_failures("daily_summary"), None
+    with duckdb.get_connection() as con:
+        sql.prepare_connection(con, storage)
+        for day in days:
+            stored = summarize_day(con, storage, day, failures)
+            total_rows += stored.num_rows
+            preview = stored if preview is None or stored.num_rows else preview
+    yield dg.MaterializeResult(metadata={
+        "rows": dg.MetadataValue.int(total_rows),
+        "days": len(days),
+        "preview": dg.MetadataValue.md(sql.markdown_table(preview.drop_columns(["objects_per_hour"]))
+                                       if preview is not None else "(empty)"),
+    })
+    yield from checks.check_results(failures, len(days))
+
+
+daily_summary_job = dg.define_asset_job(
+    "daily_summary_job", selection=[daily_summary], partitions_def=daily_partitions,
+)
+
+
+@dg.schedule(
+    job=daily_summary_job, cron_schedule="30 0 * * *", execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def daily_summary_schedule(context: dg.ScheduleEvaluationContext):
+    """Yesterday's daily_summary, half an hour after midnight UTC (time for late frames)."""
+    yesterday = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
+    return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
+
+
+warehouse_automation = dg.AutomationConditionSensorDefinition(
+    "warehouse_automation",
+    target=dg.AssetSelection.assets("frames", "detections"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)

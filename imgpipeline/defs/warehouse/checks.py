@@ -1,0 +1,105 @@
+"""Asset checks of the warehouse: pure functions over stored tables, reported as asset checks."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow as pa
+
+from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA
+
+# What each check proves, as the UI shows it beside the asset.
+CHECKS = {
+    "frames": {
+        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "no_duplicate_frame_id": "Each frame appears once per hour: retried runs and replays add no rows.",
+        "matches_landing": "The hour's rows are exactly the distinct frames of its landing metadata: "
+                           "nothing landed is missing, nothing is extra.",
+    },
+    "detections": {
+        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "matches_frames": "The hour's detection rows add up to the object counts of its frames.",
+    },
+    "daily_summary": {
+        "schema_as_declared": "The stored Parquet of every day has exactly the declared columns and types.",
+        "totals_match_hourly": "The day's objects and frames per source equal the hourly tables' rows.",
+    },
+}
+
+
+def check_specs(*assets: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=asset, description=text)
+            for asset in assets for name, text in CHECKS[asset].items()]
+
+
+def no_failures(*assets: str) -> dict[tuple[str, str], dict]:
+    """An empty failure record per check: (asset, check) → {partition: what is wrong}."""
+    return {(asset, name): {} for asset in assets for name in CHECKS[asset]}
+
+
+def check_results(failures: dict[tuple[str, str], dict], checked: int) -> list[dg.AssetCheckResult]:
+    """One result per check over the run's partitions."""
+    return [dg.AssetCheckResult(
+        asset_key=asset, check_name=name, passed=not failed,
+        metadata={"partitions_checked": checked,
+                  "failures": dg.MetadataValue.json(dict(list(failed.items())[:20]))},
+    ) for (asset, name), failed in failures.items()]
+
+
+def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[dict], failures: dict) -> None:
+    """Record what is wrong with one stored hour of frames and detections under its partition key."""
+    if problems := schema_problems(frames, FRAMES_SCHEMA):
+        failures["frames", "schema_as_declared"][key] = problems
+    if dupes := duplicate_frame_ids(frames):
+        failures["frames", "no_duplicate_frame_id"][key] = dupes[:20]
+    mismatch = landing_mismatch(frames, records)
+    if mismatch["missing"] or mismatch["extra"] or mismatch["rows"] != mismatch["distinct_landed"]:
+        failures["frames", "matches_landing"][key] = mismatch
+    if problems := schema_problems(detections, DETECTIONS_SCHEMA):
+        failures["detections", "schema_as_declared"][key] = problems
+    expected = sum(frames.column("object_count").to_pylist())
+    if detections.num_rows != expected:
+        failures["detections", "matches_frames"][key] = f"{detections.num_rows} rows, frames say {expected}"
+
+def schema_problems(table: pa.Table, schema: pa.Schema) -> list[str]:
+    """Differences between a stored table's schema and the declared one."""
+    if table.schema.remove_metadata().equals(schema):
+        return []
+    stored = {f.name: f.type for f in table.schema}
+    problems = [f"missing column {f.name}" for f in schema if f.name not in stored]
+    problems += [f"{f.name} is {stored[f.name]}, declared {f.type}" for f in schema
+                 if f.name in stored and stored[f.name] != f.type]
+    problems += [f"undeclared column {name}" for name in stored if name not in schema.names]
+    return problems or ["column order differs from the declaration"]
+
+
+def duplicate_frame_ids(table: pa.Table) -> list[str]:
+    ids = table.column("frame_id").to_pylist()
+    seen, dupes = set(), set()
+    for frame_id in ids:
+        (dupes if frame_id in seen else seen).add(frame_id)
+    return sorted(dupes)
+
+
+def landing_mismatch(table: pa.Table, records: list[dict]) -> dict:
+    """Frames missing from the table or extra in it, against the distinct landing frame ids."""
+    stored = set(table.column("frame_id").to_pylist())
+    landed = {r["frame_id"] for r in records}
+    return {"missing": sorted(landed - stored), "extra": sorted(stored - landed),
+            "rows": table.num_rows, "distinct_landed": len(landed)}
+
+
+def summary_mismatch(summary: pa.Table, frames: pa.Table, detections: pa.Table) -> list[str]:
+    """Where a day's summary disagrees with the hourly tables it was computed from."""
+    problems = []
+    if sum(summary.column("objects").to_pylist()) != detections.num_rows:
+        problems.append(f"objects {sum(summary.column('objects').to_pylist())} != "
+                        f"{detections.num_rows} detection rows")
+    per_source = {}
+    for row in summary.select(["source_id", "frames"]).to_pylist():
+        per_source[row["source_id"]] = row["frames"]
+    counted: dict[str, int] = {}
+    for source in frames.column("source_id").to_pylist():
+        counted[source] = counted.get(source, 0) + 1
+    if per_source != counted:
+        problems.append(f"frames per source {per_source} != hourly rows {counted}")
+    return problems

@@ -1,0 +1,18 @@
+"""The warehouse domain's Definitions: hourly tables, daily_summary, their schedule and automation."""
+
+import dagster as dg
+
+from imgpipeline.defs.warehouse.assets import (
+    daily_summary,
+    daily_summary_job,
+    daily_summary_schedule,
+    hourly_tables,
+    warehouse_automation,
+)
+
+defs = dg.Definitions(
+    assets=[hourly_tables, daily_summary],
+    jobs=[daily_summary_job],
+    sensors=[warehouse_automation],
+    schedules=[daily_summary_schedule],
+)

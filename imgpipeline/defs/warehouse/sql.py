@@ -1,0 +1,153 @@
+"""DuckDB over the warehouse: the connection (httpfs for S3), the views, the summary SQL.
+
+DuckDB reads the Parquet files where they lie: local paths, or s3:// URIs through httpfs loaded
+from its PyPI package (no download at run time).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+
+from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, SCHEMAS, TS
+from imgpipeline.resources.settings import resolved
+
+
+def httpfs_extension() -> Path:
+    import duckdb
+    import duckdb_extension_httpfs
+
+    folder = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    return next(folder.rglob("httpfs.duckdb_extension"))
+
+
+def prepare_connection(con, storage) -> None:
+    """UTC session; for S3, httpfs loaded from its PyPI package and a secret for the root."""
+    con.execute("SET TimeZone = 'UTC'")
+    location = storage.location
+    if location.scheme != "s3":
+        return
+    con.execute(f"LOAD '{httpfs_extension()}'")
+    options = [f"REGION '{storage.region}'"]
+    key_id, secret = resolved(storage.access_key_id), resolved(storage.secret_access_key)
+    if key_id:
+        options += [f"KEY_ID '{key_id}'", f"SECRET '{secret}'"]
+    else:
+        options.append("PROVIDER credential_chain")
+    if storage.endpoint_url:
+        endpoint = storage.endpoint_url
+        use_ssl = endpoint.startswith("https://")
+        options += [f"ENDPOINT '{endpoint.split('://', 1)[-1].rstrip('/')}'", "URL_STYLE 'path'",
+                    f"USE_SSL {'true' if use_ssl else 'false'}"]
+    con.execute(f"CREATE OR REPLACE SECRET imgpipeline_s3 (TYPE s3, {', '.join(options)})")
+
+
+def scan_path(storage, key: str) -> str:
+    """What DuckDB reads for a key: a local path or an s3:// URI."""
+    store = storage.open()
+    if storage.location.scheme == "file":
+        return str(store.folder / key)
+    return store.uri(key)
+
+
+def create_views(con, storage) -> list[str]:
+    """Views `frames`, `detections`, `daily_summary` over every Parquet file of each table."""
+    store = storage.open()
+    created = []
+    for table, schema in SCHEMAS.items():
+        keys = [k for k in store.list(f"warehouse/{table}/") if k.endswith(".parquet")]
+        if keys:
+            paths = ", ".join(f"'{scan_path(storage, k)}'" for k in keys)
+            source = f"read_parquet([{paths}], hive_partitioning = true)"
+        else:
+            source = _empty_select(schema)
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {source}")
+        created.append(table)
+    return created
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    types = {pa.string(): "VARCHAR", TS: "TIMESTAMPTZ", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+             pa.float64(): "DOUBLE", pa.date32(): "DATE", pa.list_(pa.int64()): "BIGINT[]"}
+    columns = ", ".join(f'CAST(NULL AS {types[f.type]}) AS "{f.name}"' for f in schema)
+    return f"(SELECT {columns} WHERE false)"
+
+
+def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list[str]) -> str:
+    """DuckDB SQL for one day's summary per source × class over the hourly Parquet files."""
+    def source(paths, schema):
+        return (f"read_parquet([{', '.join(repr(p) for p in paths)}])" if paths else _empty_select(schema))
+
+    # Hours by epoch arithmetic (the data is UTC): much cheaper than hour() on TIMESTAMPTZ.
+    hour = "CAST((epoch_ms(captured_at) // 3600000) % 24 AS INTEGER)"
+    return f"""
+    WITH fr AS (SELECT * FROM {source(frames_paths, FRAMES_SCHEMA)}),
+         de AS (SELECT * FROM {source(detections_paths, DETECTIONS_SCHEMA)}),
+    per_source AS (
+        SELECT source_id, DATE '{day.isoformat()}' AS day, count(*) AS frames,
+               avg(brightness) AS mean_brightness,
+               quantile_cont(brightness, 0.1) AS p10_brightness,
+               quantile_cont(brightness, 0.5) AS p50_brightness,
+               quantile_cont(brightness, 0.9) AS p90_brightness,
+               mode(CAST(width AS VARCHAR) || 'x' || CAST(height AS VARCHAR)) AS typical_size,
+               CAST(median(bytes) AS DOUBLE) AS median_bytes,
+               avg(CASE WHEN status = 'skipped_dark' THEN 1.0 ELSE 0.0 END) AS dark_share,
+               avg(CASE WHEN status = 'error' THEN 1.0 ELSE 0.0 END) AS error_share
+        FROM fr GROUP BY source_id
+    ),
+    per_class AS (
+        SELECT source_id, class_name, count(*) FILTER (WHERE class_rank = 1) AS frames_with_class,
+               count(*) AS objects, avg(confidence) AS mean_confidence,
+               max(confidence) AS max_confidence, histogram({hour}) AS hours
+        FROM de GROUP BY source_id, class_name
+    )
+    SELECT s.day, s.source_id, c.class_name, s.frames,
+           coalesce(c.frames_with_class, 0) AS frames_with_class, coalesce(c.objects, 0) AS objects,
+           c.mean_confidence, c.max_confidence,
+           list_transform(range(24), h -> coalesce(c.hours[CAST(h AS INTEGER)], 0)) AS objects_per_hour,
+           s.mean_brightness, s.p10_brightness, s.p50_brightness, s.p90_brightness,
+           s.typical_size, s.median_bytes, s.dark_share, s.error_share
+    FROM per_source s LEFT JOIN per_class c USING (source_id)
+    ORDER BY s.source_id, c.class_name NULLS FIRST
+    """
+
+
+def markdown_table(table: pa.Table, limit: int = 20) -> str:
+    """A small Markdown preview (the UI renders it)."""
+    names = table.column_names
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in table.slice(0, limit).to_pylist():
+        cells = []
+        for name in names:
+            value = row[name]
+            if isinstance(value, float):
+                value = f"{value:.3f}"
+            elif isinstance(value, list):
+                value = " ".join(str(v) for v in value)
+            cells.append("" if value is None else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    if table.num_rows > limit:
+        lines.append(f"\n… {table.num_rows - limit} more rows")
+    return "\n".join(lines)
+
+
+SUMMARY_SQL = """
+SELECT source_id, coalesce(class_name, '(none)') AS class_name, frames, objects, frames_with_class,
+       round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf,
+       round(mean_brightness, 1) AS brightness, typical_size,
+       round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share
+FROM daily_summary WHERE day = CAST(? AS DATE)
+ORDER BY source_id, objects DESC, class_name
+"""
+
+
+def connect(storage):
+    """A DuckDB connection with the warehouse views over whichever storage is configured."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    prepare_connection(con, storage)
+    create_views(con, storage)
+    return con

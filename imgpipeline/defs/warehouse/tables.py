@@ -1,0 +1,126 @@
+"""Warehouse tables: their schemas (docs/contracts.md), their Parquet files, and the rows built from
+landing records.
+
+Hourly tables live at `warehouse/<table>/dt=YYYY-MM-DD/hour=HH/part-0.parquet`, the daily
+summary at `warehouse/daily_summary/dt=YYYY-MM-DD/part-0.parquet`, on the local folder or S3 alike.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import date, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgpipeline.defs.partitions import hour_path
+from imgpipeline.ingest.messages import parse_time
+
+TS = pa.timestamp("ms", tz="UTC")
+
+FRAMES_SCHEMA = pa.schema([
+    ("frame_id", pa.string()), ("source_id", pa.string()), ("file_name", pa.string()),
+    ("uri", pa.string()), ("sha256", pa.string()), ("content_type", pa.string()),
+    ("captured_at", TS), ("ingested_at", TS), ("processed_at", TS),
+    ("status", pa.string()), ("error", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()),
+    ("brightness", pa.float64()), ("contrast", pa.float64()), ("sharpness", pa.float64()),
+    ("object_count", pa.int32()), ("model", pa.string()),
+    ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()), ("run_id", pa.string()),
+])
+
+DETECTIONS_SCHEMA = pa.schema([
+    ("frame_id", pa.string()), ("source_id", pa.string()), ("captured_at", TS),
+    ("detection_index", pa.int32()), ("class_id", pa.int32()), ("class_name", pa.string()),
+    ("confidence", pa.float64()),
+    # 1 for the most confident detection of its class in the frame, 2 for the next, …
+    ("class_rank", pa.int32()),
+    ("x", pa.int32()), ("y", pa.int32()), ("w", pa.int32()), ("h", pa.int32()),
+    ("track_id", pa.int64()),
+])
+
+DAILY_SUMMARY_SCHEMA = pa.schema([
+    ("day", pa.date32()), ("source_id", pa.string()), ("class_name", pa.string()),
+    ("frames", pa.int64()), ("frames_with_class", pa.int64()), ("objects", pa.int64()),
+    ("mean_confidence", pa.float64()), ("max_confidence", pa.float64()),
+    ("objects_per_hour", pa.list_(pa.int64())),
+    ("mean_brightness", pa.float64()), ("p10_brightness", pa.float64()),
+    ("p50_brightness", pa.float64()), ("p90_brightness", pa.float64()),
+    ("typical_size", pa.string()), ("median_bytes", pa.float64()),
+    ("dark_share", pa.float64()), ("error_share", pa.float64()),
+])
+
+SCHEMAS = {"frames": FRAMES_SCHEMA, "detections": DETECTIONS_SCHEMA, "daily_summary": DAILY_SUMMARY_SCHEMA}
+
+
+def hourly_key(table: str, hour: datetime) -> str:
+    return f"warehouse/{table}/{hour_path(hour)}/part-0.parquet"
+
+
+def daily_key(table: str, day: date) -> str:
+    return f"warehouse/{table}/dt={day.isoformat()}/part-0.parquet"
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def from_parquet(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data))
+
+
+def concat(tables: list[pa.Table], table_name: str) -> pa.Table:
+    return pa.concat_tables(tables) if tables else SCHEMAS[table_name].empty_table()
+
+
+# -- landing records → hourly tables -------------------------------------------------------
+
+def latest_per_frame(records: list[dict]) -> list[dict]:
+    """One record per frame_id: the latest processing wins; ordered by capture time and id."""
+    best: dict[str, dict] = {}
+    for record in sorted(records, key=lambda r: (r["processed_at"] or "", r["topic"] or "",
+                                                 r["partition"] or 0, r["offset"] or 0)):
+        best[record["frame_id"]] = record
+    return sorted(best.values(), key=lambda r: (r["captured_at"], r["frame_id"]))
+
+
+def _time(text: str | None) -> datetime | None:
+    return parse_time(text) if text else None
+
+
+def frames_table(records: list[dict]) -> pa.Table:
+    rows = []
+    for r in records:
+        uri = r.get("uri")
+        rows.append({
+            **{name: r.get(name) for name in FRAMES_SCHEMA.names},
+            "file_name": uri.rsplit("/", 1)[-1] if uri else None,
+            "captured_at": _time(r.get("captured_at")),
+            "ingested_at": _time(r.get("ingested_at")),
+            "processed_at": _time(r.get("processed_at")),
+        })
+    return pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA)
+
+
+def detections_table(records: list[dict]) -> pa.Table:
+    rows = []
+    for r in records:
+        detections = r.get("detections") or []
+        order = sorted(range(len(detections)), key=lambda i: -detections[i]["confidence"])
+        ranks, seen = {}, {}
+        for i in order:
+            name = detections[i]["class_name"]
+            seen[name] = ranks[i] = seen.get(name, 0) + 1
+        for index, d in enumerate(detections):
+            x, y, w, h = d["box"]
+            rows.append({
+                "frame_id": r["frame_id"], "source_id": r["source_id"],
+                "captured_at": _time(r["captured_at"]), "detection_index": index,
+                "class_id": d["class_id"], "class_name": d["class_name"],
+                "confidence": d["confidence"], "class_rank": ranks[index],
+                "x": x, "y": y, "w": w, "h": h,
+                "track_id": d.get("track_id"),
+            })
+    return pa.Table.from_pylist(rows, schema=DETECTIONS_SCHEMA)

@@ -1,1 +1,0 @@
-"""Jobs: detect_frames."""

@@ -1,0 +1,1 @@
+"""Framework extensions: the run launcher."""

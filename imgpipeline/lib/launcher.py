@@ -1,0 +1,291 @@
+"""A run launcher whose runs start from a process that has already loaded the code location.
+
+Dagster's default launcher asks the code server for a run; the code server spawns a fresh
+interpreter that imports Dagster and the code location, then the run loads and first-runs its
+detectors: ~4 s on 2 cores before the first frame. `ForkingRunLauncher` keeps a fork server
+beside the daemon that has done all of that once, and forks it for each run; the child then
+executes the run exactly as `dagster api execute_run` does.
+
+A launch waits for a starting server (2 s on an idle machine; the default way would take as
+long); runs of code locations the server has not loaded, or launched when it cannot start, go the
+default way. When a source file of the package or an env file changes, the next run starts from
+a fresh interpreter and the server restarts, so no run executes stale code or settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+
+PID_TAG = "imgpipeline/run_worker_pid"
+HOST_TAG = "imgpipeline/run_worker_host"
+DEFAULT_PRELOAD = ["imgpipeline.definitions"]
+INSTANCE_REF_ENV = "IMGPIPELINE_FORK_SERVER_INSTANCE_REF"
+REPLY_TIMEOUT_S = 10.0
+# A launch waits this long for a starting server: a run started the default way takes as long,
+# and would compete with the server's warm-up for the same cores.
+READY_TIMEOUT_S = 15.0
+
+
+class ForkingRunLauncher(dg.DefaultRunLauncher):
+    """Forks each run from a warm fork server; falls back to the default launcher."""
+
+    def __init__(self, inst_data=None, preload: list[str] | None = None):
+        super().__init__(inst_data=inst_data)
+        self.preload = list(preload or DEFAULT_PRELOAD)
+        self._server: ForkServerClient | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def config_type(cls):
+        return {
+            "preload": dg.Field(
+                dg.Array(str), is_required=False, default_value=DEFAULT_PRELOAD,
+                description="Code location modules the fork server imports ahead of runs.",
+            )
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return cls(inst_data=inst_data, preload=config_value.get("preload"))
+
+    def launch_run(self, context) -> None:
+        run = context.dagster_run
+        pid = None
+        if self._forkable(run.job_code_origin):
+            from dagster._grpc.types import ExecuteRunArgs
+            from dagster._serdes import serialize_value
+
+            args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id,
+                                  instance_ref=self._instance.get_ref())
+            with self._lock:
+                server = self._fork_server()
+            if server.wait_ready(READY_TIMEOUT_S):
+                with self._lock:
+                    pid = server.fork_run(serialize_value(args))
+        if pid is None:
+            super().launch_run(context)
+            return
+        self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
+        self._run_ids.add(run.run_id)
+
+    def warm(self, timeout_s: float = 0.0) -> bool:
+        """Start the fork server if it is not up; True once it is ready (waits up to timeout_s)."""
+        with self._lock:
+            server = self._fork_server()
+        return server.wait_ready(timeout_s)
+
+    def _fork_server(self) -> ForkServerClient:
+        if self._server is None or not self._server.alive():
+            from dagster._serdes import serialize_value
+
+            self._server = ForkServerClient(self.preload, serialize_value(self._instance.get_ref()))
+        return self._server
+
+    def _forkable(self, origin) -> bool:
+        if origin is None:
+            return False
+        repository = origin.repository_origin
+        return (getattr(repository.code_pointer, "module", None) in self.preload
+                and os.path.realpath(repository.executable_path) == os.path.realpath(sys.executable))
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id) if self.has_instance else None
+        if run is None or PID_TAG not in run.tags:
+            return super().terminate(run_id)
+        if run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        if run.tags.get(HOST_TAG) != socket.gethostname():
+            self._instance.report_engine_event(
+                f"Run worker runs on {run.tags.get(HOST_TAG)}; cannot signal it from here.",
+                dagster_run=run, cls=self.__class__)
+            return False
+        try:
+            # The run's own interrupt handling turns this into a canceled run.
+            os.kill(int(run.tags[PID_TAG]), signal.SIGINT)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def dispose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+class ForkServerClient:
+    """The daemon's side of the fork server: one request line, one reply line."""
+
+    def __init__(self, modules: list[str], instance_ref: str):
+        # The instance ref goes by environment, not argv: `ps` shows argv to everyone.
+        self.process = subprocess.Popen(
+            server_argv(modules),
+            env={**os.environ, INSTANCE_REF_ENV: instance_ref},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.ready = threading.Event()
+        self._replies: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="fork-server-replies", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if line.strip() == "ready":
+                self.ready.set()
+            else:
+                self._replies.put(line.strip())
+        self.ready.clear()
+        self._replies.put("")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """True once the server is ready; False at the timeout or as soon as it has exited."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or not self.alive():
+                return False
+        return True
+
+    def fork_run(self, args_json: str) -> int | None:
+        """The pid of the forked run, or None when the server is not ready (launch the default way)."""
+        if not self.ready.is_set() or not self.alive():
+            return None
+        try:
+            self.process.stdin.write(args_json + "\n")
+            self.process.stdin.flush()
+            reply = self._replies.get(timeout=REPLY_TIMEOUT_S).split()
+        except (OSError, queue.Empty):
+            self.close()
+            return None
+        if not reply or not reply[0].isdigit():
+            return None
+        if "restarting" in reply:
+            self.ready.clear()  # the server loads the changed code before it forks again
+        return int(reply[0])
+
+    def close(self) -> None:
+        self.ready.clear()
+        if self.alive():
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+# The server side: `python -m imgpipeline.lib.launcher MODULE…`, the instance ref in INSTANCE_REF_ENV.
+
+
+def server_argv(modules: list[str]) -> list[str]:
+    return [sys.executable, "-m", "imgpipeline.lib.launcher", *modules]
+
+
+def serve(modules: list[str]) -> None:
+    instance_ref = os.environ.pop(INSTANCE_REF_ENV, None)
+    if not instance_ref or not modules:
+        raise SystemExit(f"usage: {INSTANCE_REF_ENV}=<instance ref> "
+                         "python -m imgpipeline.lib.launcher MODULE…")
+    # Loading the code location exports secrets found only in env files into os.environ
+    # (resources.settings): a restart must not inherit them.
+    environment = dict(os.environ)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runs; the daemon closes stdin
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished runs are reaped by the kernel
+    warm_up(instance_ref, modules)
+    watched = _watched_files()
+    loaded_state = _state(watched)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        stale = _state(watched) != loaded_state
+        pid = os.fork()
+        if pid == 0:
+            _run_child(line.strip(), fresh_env=environment if stale else None)
+        print(f"{pid} restarting" if stale else pid, flush=True)
+        if stale:
+            os.execve(sys.executable, server_argv(modules), {**environment, INSTANCE_REF_ENV: instance_ref})
+
+
+def warm_up(instance_ref: str, modules: list[str]) -> None:
+    """Everything a run would otherwise do before its first frame that can be done once.
+
+    Stays single-threaded where it matters: a forked child has only the thread that forked it.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)  # no OpenCV thread pool: children would wait on threads they lack
+    loaded = [importlib.import_module(name) for name in modules]
+    import dagster._cli  # noqa: F401  (what a run imports before its code location)
+    from dagster._core.instance import InstanceRef
+    from dagster._serdes import deserialize_value
+
+    # The instance's storage stack (SQLAlchemy, Alembic, the event log): ~1.3 s of imports.
+    with dg.DagsterInstance.from_ref(deserialize_value(instance_ref, InstanceRef)) as instance:
+        instance.get_run_records(limit=1)
+        instance.compute_log_manager  # noqa: B018
+    for module in loaded:
+        for defs in [v for v in vars(module).values() if isinstance(v, dg.Definitions)]:
+            for resource in (defs.resources or {}).values():
+                if hasattr(resource, "preload"):
+                    try:
+                        resource.preload()
+                    except Exception as error:  # the run itself reports it, with context
+                        print(f"fork server: not preloading {type(resource).__name__}: {error}",
+                              file=sys.stderr)
+
+
+def _watched_files() -> list[Path]:
+    from imgpipeline.paths import PACKAGE_DIR, env_files
+
+    files = {Path(m.__file__).resolve() for m in list(sys.modules.values())
+             if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(PACKAGE_DIR)}
+    return sorted(files) + env_files()
+
+
+def _state(files: list[Path]) -> list[int | None]:
+    return [f.stat().st_mtime_ns if f.exists() else None for f in files]
+
+
+def _run_child(args_json: str, *, fresh_env: dict[str, str] | None) -> None:
+    """Execute the run in this forked child, or with fresh_env in a new interpreter; never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(2, 1)  # the run logs where the daemon does, never into the reply pipe
+        argv = ["dagster", "api", "execute_run"]
+        if fresh_env is not None:  # the run's args by environment, as `dagster api execute_run` reads them
+            os.execve(sys.executable, [sys.executable, "-m", *argv],
+                      {**fresh_env, "DAGSTER_EXECUTE_RUN_ARGS": args_json})
+        import random
+
+        random.seed()
+        from dagster._cli import main
+
+        sys.argv = [*argv, args_json]
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])

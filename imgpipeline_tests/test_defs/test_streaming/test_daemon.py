@@ -1,0 +1,74 @@
+"""The real thing: `dagster dev`'s daemon runs frames_sensor, and `dagster job launch` replays."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from imgpipeline.cli.fetch import sample
+from imgpipeline.ingest.producer import FrameProducer, Ledger
+from imgpipeline.ingest.sources import image_frames
+from imgpipeline.resources import StorageResource
+from imgpipeline.services import LocalServices
+from imgpipeline_tests.pipeline import landing_files
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch):
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
+    monkeypatch.setenv("IMGPIPELINE_FRAMES_TOPIC", kafka.frames_topic)
+    monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", storage.uri)
+    monkeypatch.setenv("IMGPIPELINE_MAX_WAIT_S", "0")
+    monkeypatch.setenv("IMGPIPELINE_SENSOR_INTERVAL_S", "1")
+    monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
+    local = LocalServices(tmp_path / ".imgpipeline")
+    ui = local.up_ui()
+    try:
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        for name in ("bus.jpg", "zidane.jpg"):
+            (photos / name).write_bytes(sample(name).read_bytes())
+        FrameProducer(kafka, storage, "cam1", ledger=Ledger(tmp_path / "cam1.sent")).send_all(
+            image_frames(photos, "cam1"), progress=False)
+
+        files = wait_for(lambda: landing_files(storage), 180, "the sensor's run to land the frames")
+        (key, body), = files.items()
+        assert key.endswith(".jsonl") and {json.loads(x)["frame_id"] for x in body.splitlines()} == {
+            "bus", "zidane"}
+        storage.open().delete(key)
+
+        range_name = key.rsplit("/", 1)[1].removesuffix(".jsonl")
+        partition, start, end = (int(x) for x in range_name.rsplit("-", 3)[1:])
+        config = {"ops": {"detect": {"config": {
+            "topic": kafka.frames_topic, "partition": partition, "start_offset": start, "end_offset": end}}}}
+        launch = subprocess.run(
+            [sys.executable, "-m", "dagster", "job", "launch", "-m", "imgpipeline.definitions",
+             "-j", "detect_frames", "--config-json", json.dumps(config)],
+            env={**os.environ, "DAGSTER_HOME": str(local.dagster.dagster_home)},
+            capture_output=True, text=True, timeout=120,
+        )
+        assert launch.returncode == 0, launch.stderr[-2000:]
+        replayed = wait_for(lambda: landing_files(storage), 180, "the launched run to land the range")
+        assert list(replayed) == [key]
+        assert len(replayed[key].splitlines()) == 2
+    finally:
+        local.dagster.stop()
+    assert not local.dagster.running()
+    assert ui["address"].startswith("http://127.0.0.1:")

@@ -1,0 +1,146 @@
+"""frames_sensor on the real broker: batching, backlog, gaps, missing topics, dead brokers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import dagster as dg
+import pytest
+
+from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor, plan_ranges
+from imgpipeline.resources import KafkaResource
+from imgpipeline.services.process import free_port
+
+
+def tick(kafka, instance, policy, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
+    return build_frames_sensor(policy)(context)
+
+
+def fill(kafka, count, partition=0):
+    producer = kafka.producer()
+    for i in range(count):
+        producer.send(kafka.frames_topic, value=b"x%d" % i, partition=partition)
+    producer.flush()
+    producer.close()
+
+
+def test_plan_splits_backlog_and_waits_for_small_batches():
+    policy = BatchPolicy(max_batch=100, max_wait_s=5, watch_s=0)
+    plan = plan_ranges({}, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1000.0, policy=policy, budget=10)
+    assert plan.ranges == [(0, 0, 100), (0, 100, 200)]
+    assert plan.cursor["partitions"] == {"0": {"next": 200, "since": 1000.0},
+                                         "1": {"next": 0, "since": 1000.0}}
+    later = plan_ranges(plan.cursor, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1005.0, policy=policy, budget=10)
+    assert later.ranges == [(0, 200, 250), (1, 0, 30)]
+    limited = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budget=3)
+    assert limited.ranges == [(0, 0, 100), (0, 100, 200), (0, 200, 300)]
+    assert limited.cursor["partitions"]["0"]["next"] == 300
+
+
+def test_plan_skips_offsets_deleted_by_retention():
+    plan = plan_ranges({"partitions": {"0": {"next": 10, "since": None}}, "gaps": 0}, {0: 60}, {0: 40},
+                       now=0.0, policy=BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0), budget=5)
+    assert plan.ranges == [(0, 40, 60)]
+    assert plan.cursor["gaps"] == 30
+    assert "offsets 10..39 were deleted by retention" in plan.gaps[0]
+
+
+@pytest.mark.integration
+def test_sensor_batches_a_backlog_into_ranges(kafka):
+    fill(kafka, 250)
+    policy = BatchPolicy(max_batch=100, max_wait_s=3600, max_runs_in_flight=10, watch_s=0)
+    with dg.instance_for_test() as instance:
+        result = tick(kafka, instance, policy)
+        keys = [r.run_key for r in result.run_requests]
+        assert keys == [f"{kafka.frames_topic}-0-0-100", f"{kafka.frames_topic}-0-100-200"]
+        config = result.run_requests[0].run_config["ops"]["detect"]["config"]
+        assert config == {"topic": kafka.frames_topic, "partition": 0, "start_offset": 0, "end_offset": 100}
+        cursor = json.loads(result.cursor)
+        assert cursor["partitions"]["0"]["next"] == 200 and cursor["lag"] == {"0": 50, "1": 0}
+        # Nothing new and the wait not over: the remainder waits.
+        again = tick(kafka, instance, policy, cursor=result.cursor)
+        assert not getattr(again, "run_requests", None)
+        # The lag is observed on the kafka_frames asset.
+        observation = result.asset_events[0]
+        assert observation.asset_key == dg.AssetKey("kafka_frames")
+        assert observation.metadata["unlaunched_lag"].value == 50
+
+
+@pytest.mark.integration
+def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=2, watch_s=3, settle_s=0.5)
+    with dg.instance_for_test() as instance:
+        quiet = tick(kafka, instance, policy)  # watches, sees nothing
+        assert not quiet.run_requests
+
+        def keys_of_tick_during_burst(cursor, delay_s):
+            """A tick while 150 frames arrive in three parts, starting `delay_s` into it."""
+            def burst():
+                for _ in range(3):
+                    fill(kafka, 50)
+                    time.sleep(0.1)
+
+            sender = threading.Timer(delay_s, burst)
+            sender.start()
+            result = tick(kafka, instance, policy, cursor=cursor)
+            sender.join()
+            return result, [r.run_key.removeprefix(f"{kafka.frames_topic}-0-") for r in result.run_requests]
+
+        result, keys = keys_of_tick_during_burst(quiet.cursor, 0.5)
+        assert keys == ["0-100", "100-150"]
+        # A tick that starts in the middle of a burst waits for the rest of it too.
+        fill(kafka, 50)
+        _, keys = keys_of_tick_during_burst(result.cursor, 0.2)
+        assert keys == ["150-250", "250-350"]
+
+
+@pytest.mark.integration
+def test_sensor_respects_runs_in_flight(kafka):
+    fill(kafka, 500)
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=2, watch_s=0)
+    with dg.instance_for_test() as instance:
+        result = tick(kafka, instance, policy)
+        assert len(result.run_requests) == 2
+        assert json.loads(result.cursor)["partitions"]["0"]["next"] == 200
+
+
+@pytest.mark.integration
+def test_new_partitions_and_retention_gaps(kafka):
+    fill(kafka, 40)
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=10, watch_s=0)
+    with dg.instance_for_test() as instance:
+        first = tick(kafka, instance, policy)
+        assert [r.run_key for r in first.run_requests] == [f"{kafka.frames_topic}-0-0-40"]
+
+        from kafka import TopicPartition
+        from kafka.admin import NewPartitions
+
+        fill(kafka, 30)  # offsets 40..69, then retention deletes up to 60
+        admin = kafka.admin()
+        try:
+            admin.delete_records({TopicPartition(kafka.frames_topic, 0): 60})
+            admin.create_partitions({kafka.frames_topic: NewPartitions(total_count=3)})
+        finally:
+            admin.close()
+        fill(kafka, 5, partition=2)
+        second = tick(kafka, instance, policy, cursor=first.cursor)
+        assert sorted(r.run_key for r in second.run_requests) == [
+            f"{kafka.frames_topic}-0-60-70", f"{kafka.frames_topic}-2-0-5"]
+        cursor = json.loads(second.cursor)
+        assert cursor["gaps"] == 20
+        assert set(cursor["partitions"]) == {"0", "1", "2"}
+
+
+@pytest.mark.integration
+def test_missing_topic_and_dead_broker_skip_the_tick(services):
+    with dg.instance_for_test() as instance:
+        missing = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
+                                frames_topic="no-such-topic")
+        result = tick(missing, instance, BatchPolicy(watch_s=0))
+        assert "topic 'no-such-topic' does not exist yet" in result.skip_message
+        dead = KafkaResource(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout_s=1)
+        result = tick(dead, instance, BatchPolicy(watch_s=0))
+        assert result.skip_message.startswith("Kafka unreachable, tick skipped: cannot reach Kafka")

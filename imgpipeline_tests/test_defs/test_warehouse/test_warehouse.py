@@ -1,0 +1,180 @@
+"""The batch path on the real broker and storage: landing → hourly Parquet → DuckDB summary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from imgpipeline.cli.fetch import sample
+from imgpipeline.defs.warehouse import checks, tables
+from imgpipeline.ingest.messages import FrameMessage
+from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
+from imgpipeline.ingest.sources import video_frames
+from imgpipeline.vision.quality import decode_image, encode_jpeg
+from imgpipeline_tests.pipeline import drain, landing_records
+
+START = datetime(2026, 11, 20, 23, 59, 57, tzinfo=UTC)
+
+
+def storage_env(storage, kafka) -> dict:
+    env = {**os.environ, "IMGPIPELINE_STORAGE_URI": storage.uri,
+           "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic}
+    if storage.endpoint_url:
+        env.update(AWS_ENDPOINT_URL=storage.endpoint_url, AWS_ACCESS_KEY_ID=storage.access_key_id,
+                   AWS_SECRET_ACCESS_KEY=storage.secret_access_key)
+    return env
+
+
+def cli(env, *args, module="imgpipeline.cli") -> str:
+    result = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def expected_from_landing(records: list[dict]) -> pd.DataFrame:
+    """An independent summary: pandas over the raw landing records, latest record per frame."""
+    frames = pd.DataFrame(records).sort_values("processed_at").drop_duplicates("frame_id", keep="last")
+    frames["day"] = pd.to_datetime(frames["captured_at"]).dt.strftime("%Y-%m-%d")
+    rows = []
+    for (day, source), group in frames.groupby(["day", "source_id"]):
+        dets = [(d["class_name"], d["confidence"]) for ds in group["detections"] for d in ds]
+        per_class = pd.DataFrame(dets, columns=["class_name", "confidence"])
+        dark = float((group["status"] == "skipped_dark").mean())
+        error = float((group["status"] == "error").mean())
+        if per_class.empty:
+            rows.append((day, source, None, len(group), 0, None, dark, error))
+        for name, c in per_class.groupby("class_name"):
+            rows.append((day, source, name, len(group), len(c), c["confidence"].max(), dark, error))
+    columns = ["day", "source_id", "class_name", "frames", "objects", "max_confidence", "dark_share",
+               "error_share"]
+    return pd.DataFrame(rows, columns=columns).sort_values(
+        ["day", "source_id", "class_name"], na_position="first").reset_index(drop=True)
+
+
+@pytest.mark.integration
+def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
+    # Frames across midnight: the street video, a dark frame and a corrupt message.
+    frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=120))
+    dark = (decode_image(sample("zidane.jpg").read_bytes()) * 0.05).astype(np.uint8)
+    night = datetime(2026, 11, 21, 3, 5, tzinfo=UTC)
+    frames.append(Frame("night-1", encode_jpeg(dark), night, 1280, 720))
+    producer = FrameProducer(kafka, storage, "bikes", ledger=Ledger(tmp_path / "ledger"))
+    producer.send_all(frames, progress=False)
+    sender = kafka.producer()
+    missing = FrameMessage("gone-1", "broken", "2026-11-21T05:00:00.000Z",
+                           storage.open().uri("frames/broken/2026-11-21/gone-1.jpg"), None, None, None)
+    sender.send(kafka.frames_topic, key=b"broken", value=missing.to_json())
+    sender.flush()
+    sender.close()
+    with dg.instance_for_test() as instance:
+        drain(kafka, storage, instance)
+    records = landing_records(storage)
+    assert len(records) == 122
+
+    env = storage_env(storage, kafka)
+    # A real single-run backfill of both days, from the CLI, as the README shows it.
+    cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "frames,detections",
+        "--partition-range", "2026-11-20-22:00...2026-11-21-23:00", module="dagster")
+    cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "daily_summary",
+        "--partition-range", "2026-11-20...2026-11-21", module="dagster")
+
+    store = storage.open()
+    assert store.exists("warehouse/frames/dt=2026-11-20/hour=22/part-0.parquet")  # empty hour
+    empty_hour = store.get("warehouse/frames/dt=2026-11-20/hour=22/part-0.parquet")
+    assert tables.from_parquet(empty_hour).num_rows == 0
+
+    query = "SELECT {} FROM daily_summary ORDER BY day, source_id, class_name NULLS FIRST"
+    got = pd.read_csv(pd.io.common.StringIO(cli(env, "query", "--csv", query.format(
+        "strftime(day, '%Y-%m-%d') AS day, source_id, class_name, frames, objects, max_confidence, "
+        "dark_share, error_share"))))
+    expected = expected_from_landing(records)
+    for frame in (got, expected):  # a source without detections has one row with no class
+        frame["class_name"] = frame["class_name"].astype(object).fillna("(none)")
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, atol=1e-9)
+    assert set(got["day"]) == {"2026-11-20", "2026-11-21"}
+    assert float(got[got.source_id == "bikes"]["dark_share"].max()) > 0
+    assert float(got[got.source_id == "broken"]["error_share"].max()) == 1.0
+
+    counts = cli(env, "query", "--csv", "SELECT count(*) AS n, count(DISTINCT frame_id) AS d FROM frames")
+    assert counts.splitlines()[1] == "122,122"
+    summary = cli(env, "summary", "--date", "2026-11-21")
+    assert "bikes" in summary and "person" in summary
+
+
+@pytest.mark.integration
+def test_rematerializing_gives_the_same_rows_in_the_same_order(kafka, storage, tmp_path):
+    from dagster_duckdb import DuckDBResource
+
+    from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
+
+    frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=60))
+    producer = FrameProducer(kafka, storage, "bikes", ledger=Ledger(tmp_path / "ledger"))
+    producer.send_all(frames, progress=False)
+    resources = {"storage": storage, "duckdb": DuckDBResource(database=":memory:")}
+    with dg.instance_for_test() as instance:
+        drain(kafka, storage, instance)
+
+        def run(asset, partition):
+            result = dg.materialize([asset], partition_key=partition, instance=instance,
+                                    resources=resources)
+            assert result.success
+            checks = result.get_asset_check_evaluations()
+            assert checks and all(c.passed for c in checks)
+            return result
+
+        store = storage.open()
+        run(hourly_tables, "2026-11-20-23:00")
+        first = store.get("warehouse/detections/dt=2026-11-20/hour=23/part-0.parquet")
+        run(daily_summary, "2026-11-20")
+        summary = store.get("warehouse/daily_summary/dt=2026-11-20/part-0.parquet")
+        run(hourly_tables, "2026-11-20-23:00")
+        run(daily_summary, "2026-11-20")
+        again = store.get("warehouse/detections/dt=2026-11-20/hour=23/part-0.parquet")
+        assert tables.from_parquet(again).equals(tables.from_parquet(first))
+        assert tables.from_parquet(store.get("warehouse/daily_summary/dt=2026-11-20/part-0.parquet")).equals(
+            tables.from_parquet(summary))
+        assert tables.from_parquet(first).num_rows > 0
+
+
+def test_checks_fail_on_a_duplicate_or_a_missing_frame():
+    records = [
+        {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
+         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
+         "status": "detected", "object_count": 1,
+         "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5, "box": [1, 2, 3, 4]}]}
+        for i in range(3)
+    ]
+    table = tables.frames_table(tables.latest_per_frame(records))
+    assert checks.duplicate_frame_ids(table) == []
+    assert checks.landing_mismatch(table, records)["missing"] == []
+    assert checks.schema_problems(table, tables.FRAMES_SCHEMA) == []
+
+    duplicated = pa.concat_tables([table, table.slice(1, 1)])
+    assert checks.duplicate_frame_ids(duplicated) == ["f1"]
+    missing = table.slice(0, 2)
+    assert checks.landing_mismatch(missing, records)["missing"] == ["f2"]
+    without_status = table.drop_columns(["status"])
+    assert checks.schema_problems(without_status, tables.FRAMES_SCHEMA) == ["missing column status"]
+
+    detections = tables.detections_table(records)
+    summary = pa.Table.from_pylist(
+        [{"source_id": "s", "frames": 3, "objects": 3}], schema=pa.schema(
+            [("source_id", pa.string()), ("frames", pa.int64()), ("objects", pa.int64())]))
+    assert checks.summary_mismatch(summary, table, detections) == []
+    assert checks.summary_mismatch(summary, missing, detections.slice(0, 2)) != []
+
+
+def test_latest_processing_wins():
+    old = {"frame_id": "a", "processed_at": "2026-11-21T10:00:00.000Z", "captured_at": "x", "topic": "t",
+           "partition": 0, "offset": 1, "status": "error"}
+    new = {**old, "processed_at": "2026-11-21T11:00:00.000Z", "offset": 9, "status": "detected"}
+    assert tables.latest_per_frame([new, old]) == [new]

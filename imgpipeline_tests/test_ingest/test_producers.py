@@ -1,0 +1,96 @@
+"""Producers: folder, watched folder, video sampling, resize, and the CLI's summary line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from kafka import TopicPartition
+
+from imgpipeline.cli.fetch import sample
+from imgpipeline.ingest.producer import FrameProducer, Ledger
+from imgpipeline.ingest.sources import image_frames, parse_size, video_frames, watch_frames
+
+
+def message_count(kafka) -> int:
+    consumer = kafka.consumer()
+    ends = consumer.end_offsets([TopicPartition(kafka.frames_topic, p) for p in (0, 1)])
+    consumer.close()
+    return sum(ends.values())
+
+
+def test_video_sampling_and_timestamps():
+    start = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+    frames = list(video_frames(str(sample("bikes.mp4")), "cam1", fps=5, start=start))
+    assert len(frames) == 50
+    assert frames[0].frame_id == "cam1-000001" and frames[1].frame_id == "cam1-000006"
+    pairs = zip(frames, frames[1:], strict=False)
+    steps = {round((b.captured - a.captured).total_seconds(), 2) for a, b in pairs}
+    assert steps == {0.2}
+    assert frames[0].captured == start and (frames[0].width, frames[0].height) == (640, 272)
+    assert len(list(video_frames(str(sample("bikes.mp4")), "cam1", max_frames=7))) == 7
+
+
+def test_resize_and_sequential_ids(tmp_path):
+    (tmp_path / "b.jpg").write_bytes(sample("bus.jpg").read_bytes())
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    frames = list(image_frames(tmp_path, "cam2", sequential=True, max_size=parse_size("400x400")))
+    good = [f for f in frames if not isinstance(f, Exception)]
+    assert [f.frame_id for f in good] == ["cam2-000001"]
+    assert (good[0].width, good[0].height) == (300, 400)  # 810x1080 shrunk to fit, aspect kept
+    assert any(isinstance(f, Exception) and "broken.jpg" in str(f) for f in frames)
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        parse_size("400")
+
+
+@pytest.mark.integration
+def test_watch_sends_new_files_once_across_restarts(kafka, tmp_path):
+    from imgpipeline.resources import StorageResource
+
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "first.jpg").write_bytes(sample("zidane.jpg").read_bytes())
+    ledger = tmp_path / "cam3.sent"
+
+    def watch_for(seconds, add=None):
+        stop_at = time.monotonic() + seconds
+        producer = FrameProducer(kafka, storage, "cam3", ledger=Ledger(ledger), flush_every=1)
+        if add:
+            threading.Timer(0.5, add).start()
+        return producer.send_all(
+            watch_frames(folder, interval_s=0.1, stop=lambda: time.monotonic() > stop_at), progress=False)
+
+    first = watch_for(1.5, add=lambda: (folder / "second.jpg").write_bytes(sample("bus.jpg").read_bytes()))
+    assert (first.sent, first.already_present) == (2, 0)
+    restarted = watch_for(1.0)
+    assert (restarted.sent, restarted.already_present) == (0, 2)
+    assert message_count(kafka) == 2
+
+
+@pytest.mark.integration
+def test_cli_produce_prints_a_summary_and_sends_nothing_twice(kafka, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("bus.jpg", "zidane.jpg"):
+        (photos / name).write_bytes(sample(name).read_bytes())
+    env = {**os.environ, "IMGPIPELINE_HOME": str(tmp_path),
+           "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
+           "IMGPIPELINE_STORAGE_URI": (tmp_path / "store").as_uri()}
+
+    def produce():
+        result = subprocess.run([sys.executable, "-m", "imgpipeline.cli", "produce", "images", str(photos),
+                                 "--source", "cam4"], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    assert produce() == f"cam4 → {kafka.frames_topic}: sent 2, already present 0, failed 0"
+    assert produce() == f"cam4 → {kafka.frames_topic}: sent 0, already present 2, failed 0"
+    assert message_count(kafka) == 2
+    stored = sorted(p.name for p in (tmp_path / "store" / "frames" / "cam4").rglob("*.jpg"))
+    assert stored == ["bus.jpg", "zidane.jpg"]

@@ -1,0 +1,108 @@
+"""ForkingRunLauncher: runs forked from the warm server land their frames, stop when asked, and
+pick up a changed `.env` (the server restarts rather than run on stale settings)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
+from imgpipeline.lib.launcher import PID_TAG
+from imgpipeline.resources import StorageResource
+from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog
+
+pytestmark = pytest.mark.integration
+
+LAUNCHER = {"module": "imgpipeline.lib.launcher", "class": "ForkingRunLauncher"}
+
+
+@pytest.fixture
+def instance(kafka, tmp_path, monkeypatch):
+    """An instance with the forking launcher, its server starting; storage from `.env` ("first")."""
+    monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
+    monkeypatch.setenv("IMGPIPELINE_FRAMES_TOPIC", kafka.frames_topic)
+    monkeypatch.delenv("IMGPIPELINE_STORAGE_URI", raising=False)
+    write_env(tmp_path, "first")
+    with dg.instance_for_test(overrides={"run_launcher": LAUNCHER}) as instance:
+        # Started before this process loads the code location, which copies `.env` into os.environ.
+        assert not instance.run_launcher.warm()
+        yield instance
+        instance.run_launcher.dispose()
+
+
+def write_env(home, store: str) -> StorageResource:
+    storage = StorageResource(uri=(home / store).as_uri())
+    (home / ".env").write_text(f"IMGPIPELINE_STORAGE_URI={storage.uri}\n")
+    return storage
+
+
+def launch_backlog(instance, kafka) -> list[dg.DagsterRun]:
+    """The sensor's run requests for what is on the topic, each launched through the launcher."""
+    context = dg.build_sensor_context(instance=instance, resources={"kafka": kafka})
+    requests = build_frames_sensor(IMMEDIATE)(context).run_requests
+    job = ReconstructableRepository.for_module("imgpipeline.definitions", "defs").get_reconstructable_job(
+        "detect_frames")
+    runs = []
+    for request in requests:
+        run = instance.create_run_for_job(
+            job_def=job.get_definition(), job_code_origin=job.get_python_origin(),
+            run_config=request.run_config, tags=request.tags)
+        runs.append(instance.launch_run(run.run_id, workspace=None))
+    return runs
+
+
+def wait_finished(instance, runs, timeout_s: float = 180) -> list[dg.DagsterRun]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        latest = [instance.get_run_by_id(run.run_id) for run in runs]
+        if all(run.is_finished for run in latest):
+            return latest
+        time.sleep(0.5)
+    raise AssertionError(f"runs not finished after {timeout_s:.0f} s: {[r.status for r in latest]}")
+
+
+def worker_pid(instance, run) -> int:
+    """The pid the run's own process reported when it started."""
+    (pid,) = [int(m[1]) for e in instance.all_logs(run.run_id)
+              if (m := re.search(r"Started process for run \(pid: (\d+)\)", e.message or ""))]
+    return pid
+
+
+def test_forked_runs_land_frames_and_see_a_changed_env(instance, kafka, tmp_path):
+    """The first launch waits for the starting server: even the first run is forked."""
+    first = StorageResource(uri=(tmp_path / "first").as_uri())
+    produce(kafka, first, tmp_path / "sent-1", video_backlog(6))
+    runs = wait_finished(instance, launch_backlog(instance, kafka))
+    assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+    assert [int(run.tags[PID_TAG]) for run in runs] == [worker_pid(instance, run) for run in runs]
+    assert len(landing_records(first)) == 6
+
+    # A new .env: the next run starts from a fresh interpreter and lands where .env now says.
+    second = write_env(tmp_path, "second")
+    produce(kafka, second, tmp_path / "sent-2", video_backlog(4))
+    runs = wait_finished(instance, launch_backlog(instance, kafka))
+    assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+    assert [int(run.tags[PID_TAG]) for run in runs] == [worker_pid(instance, run) for run in runs]
+    assert len(landing_records(second)) == 4 and len(landing_records(first)) == 6
+    assert instance.run_launcher.warm(timeout_s=120), "the fork server did not come back"
+
+
+def test_terminate_cancels_a_forked_run(instance, kafka, tmp_path):
+    storage = StorageResource(uri=(tmp_path / "first").as_uri())
+    produce(kafka, storage, tmp_path / "sent", video_backlog(100))
+    runs = launch_backlog(instance, kafka)
+    deadline = time.monotonic() + 60
+    while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
+        assert time.monotonic() < deadline, "the forked runs never started"
+        time.sleep(0.2)
+    time.sleep(1)  # into the frames (100 take ~7 s)
+    assert all(instance.run_launcher.terminate(run.run_id) for run in runs)
+    runs = wait_finished(instance, runs)
+    assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.CANCELED}
+    assert all(PID_TAG in run.tags for run in runs)
+    assert landing_records(storage) == []

@@ -1,0 +1,46 @@
+import pytest
+from kafka import TopicPartition
+
+from imgpipeline import ConfigError
+from imgpipeline.resources import KafkaResource
+from imgpipeline.services.process import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_produce_and_consume_on_the_real_broker(kafka):
+    producer = kafka.producer()
+    for i in range(20):
+        producer.send(kafka.frames_topic, key=f"cam{i % 2}".encode(), value=f"frame-{i}".encode())
+    producer.flush()
+    producer.close()
+
+    consumer = kafka.consumer()
+    partitions = [TopicPartition(kafka.frames_topic, p) for p in (0, 1)]
+    ends = consumer.end_offsets(partitions)
+    assert sum(ends.values()) == 20
+    consumer.assign(partitions)
+    for tp in partitions:
+        consumer.seek(tp, 0)
+    seen = []
+    while len(seen) < 20:
+        batch = consumer.poll(timeout_ms=5000)
+        assert batch, "broker returned nothing within 5 s"
+        seen += [record.value.decode() for records in batch.values() for record in records]
+    consumer.close()
+    assert sorted(seen) == sorted(f"frame-{i}" for i in range(20))
+
+
+def test_topics_exist_with_a_dead_letter_topic(kafka):
+    admin = kafka.admin()
+    try:
+        topics = set(admin.list_topics())
+    finally:
+        admin.close()
+    assert {kafka.frames_topic, kafka.dlq_topic} <= topics
+
+
+def test_unreachable_broker_names_the_fix():
+    resource = KafkaResource(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout_s=1)
+    with pytest.raises(ConfigError, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+.*imgpipeline services up"):
+        resource.check()
