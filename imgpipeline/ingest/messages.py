@@ -5,6 +5,7 @@ Messages are untrusted input: parsing says exactly what is wrong, as a BadInput 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -44,6 +45,11 @@ class FrameMessage:
     @property
     def captured(self) -> datetime:
         return parse_time(self.captured_at)
+
+
+def sha256_hex(data: bytes) -> str:
+    """The content hash of a frame: the message's `sha256` field and stored objects' checksum."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def iso_utc(moment: datetime) -> str:

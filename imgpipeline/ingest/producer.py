@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from imgpipeline.ingest.messages import FrameMessage, frame_key, iso_utc, sha256_hex
 from imgpipeline.paths import state_dir
-from imgpipeline.ingest.messages import FrameMessage, frame_key, iso_utc
-from imgpipeline.resources.storage import sha256_hex
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ differ only in how bytes are put, got and listed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import posixpath
 import shutil
@@ -19,6 +18,7 @@ import dagster as dg
 from pydantic import PrivateAttr, field_validator
 
 from imgpipeline import ConfigError
+from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.paths import state_dir
 from imgpipeline.resources.settings import FromEnv, resolved, setting
 
@@ -94,10 +94,6 @@ def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret:
 
 class BadObject(Exception):
     """An object that must not or cannot be read: outside the root, missing or too big."""
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def clean_key(key: str) -> str:

@@ -17,14 +17,14 @@ from pathlib import Path
 from imgpipeline.paths import cache_dir
 from imgpipeline.services.base import LocalService, ServiceError
 
-KAFKA_VERSION = "4.3.1"
+BROKER_VERSION = "4.3.1"
 LOG4J_VERSION = "2.24.3"
 # The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
 SETTINGS = [("KAFKA_HOME", "jars from Maven Central", "an Apache Kafka 4.x install for the local broker")]
 INSTALL_HINT = (
     "The local Kafka broker needs Java 17+ and Maven (to fetch the broker jars once), "
     "or KAFKA_HOME pointing at an Apache Kafka 4.x install: install openjdk-17 and maven, "
-    "or set KAFKA_BOOTSTRAP_SERVERS to a broker you already run."
+    "or point the project at a broker you already run (its Kafka settings: `imgpipeline settings`)."
 )
 
 POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -33,7 +33,7 @@ POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <packaging>pom</packaging>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
-      <version>{KAFKA_VERSION}</version></dependency>
+      <version>{BROKER_VERSION}</version></dependency>
     <!-- the broker POM lacks an SLF4J binding -->
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
       <version>{LOG4J_VERSION}</version></dependency>
@@ -81,7 +81,7 @@ def kafka_classpath() -> str:
     if version is None or version < 17:
         found = "no java on PATH" if version is None else f"java {version} found"
         raise ServiceError(f"{INSTALL_HINT} ({found})")
-    folder = cache_dir() / f"kafka-{KAFKA_VERSION}"
+    folder = cache_dir() / f"kafka-{BROKER_VERSION}"
     libs, done = folder / "libs", folder / "libs.complete"
     if not done.exists():
         mvn = shutil.which("mvn")
@@ -90,7 +90,7 @@ def kafka_classpath() -> str:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pom.xml").write_text(POM)
         shutil.rmtree(libs, ignore_errors=True)
-        print(f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} (once)")
+        print(f"resolving Apache Kafka {BROKER_VERSION} jars from Maven Central into {libs} (once)")
         result = subprocess.run(
             [mvn, "-q", "-B", "-f", str(folder / "pom.xml"),
              "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
@@ -103,7 +103,7 @@ def kafka_classpath() -> str:
                 "Maven could not fetch the Kafka broker jars:\n"
                 + (result.stdout + result.stderr)[-2000:]
             )
-        done.write_text(KAFKA_VERSION)
+        done.write_text(BROKER_VERSION)
     return f"{libs}/*"
 
 

@@ -1,7 +1,7 @@
 """A local S3 HTTP endpoint (moto server) with the project bucket created.
 
-It keeps objects in memory: they are gone when it stops. Point IMGPIPELINE_STORAGE_URI at
-a real store for data that must last.
+It keeps objects in memory: they are gone when it stops. Point the storage root at a real store
+for data that must last.
 """
 
 from __future__ import annotations

@@ -8,24 +8,49 @@ from pathlib import Path
 
 from imgpipeline.cli.bench.common import scratch_dir, write_result
 
+DAYS = ["2026-11-20", "2026-11-21"]
+
 
 def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
     """DuckDB's daily summary against mapper | sort | reducer over the same detection rows."""
-    import subprocess
-    import sys
-
-    import duckdb
-
-    from imgpipeline.defs.warehouse.sql import daily_summary_sql
-
     folder = folder or scratch_dir("summary")
     folder.mkdir(parents=True, exist_ok=True)
+    print(f"generating {rows:,} synthetic detection rows over {max(1, rows // 5):,} frames in {folder} …")
+    started = time.perf_counter()
+    paths, csv_path = generate(rows, folder)
+    print(f"  generated in {time.perf_counter() - started:.1f} s")
+
+    started = time.perf_counter()
+    duck = duckdb_summary(paths)
+    duckdb_s = time.perf_counter() - started
+    print(f"DuckDB daily summary: {duckdb_s:.2f} s ({len(duck)} rows)")
+
+    started = time.perf_counter()
+    mapped = mapreduce_summary(csv_path, folder)
+    mapreduce_s = time.perf_counter() - started
+    print(f"mapper | sort | reducer: {mapreduce_s:.2f} s ({len(mapped)} rows)")
+
+    same = set(duck) == set(mapped) and all(
+        duck[k][0] == mapped[k][0] and abs(duck[k][1] - mapped[k][1]) < 1e-9
+        and duck[k][2] == mapped[k][2] and duck[k][3] == mapped[k][3] for k in duck
+    )
+    if not same:
+        raise SystemExit("DuckDB and mapper|sort|reducer disagree: the benchmark is void")
+    result = {"rows": rows, "duckdb_s": round(duckdb_s, 3), "mapreduce_s": round(mapreduce_s, 3),
+              "ratio": round(mapreduce_s / duckdb_s, 1), "same_numbers": same}
+    print(f"same numbers: yes; DuckDB is {result['ratio']}× faster")
+    write_result("summary", result)
+    return result
+
+
+def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
+    """Synthetic frames and detections over two days: Parquet per table and day, and the CSV the
+    mapper reads."""
+    import duckdb
+
     frames_n = max(1, rows // 5)
-    days = ["2026-11-20", "2026-11-21"]
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    print(f"generating {rows:,} synthetic detection rows over {frames_n:,} frames in {folder} …")
-    started = time.perf_counter()
     # Frames spread evenly over two days, 20 sources; detections 5 per frame, 10 classes.
     con.execute(f"""
         CREATE TABLE fr AS SELECT
@@ -52,7 +77,7 @@ def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
         ) AS INTEGER) AS class_rank
         FROM de""")
     paths = {"frames": [], "detections": []}
-    for day in days:
+    for day in DAYS:
         for table, name in (("fr", "frames"), ("de", "detections")):
             path = folder / f"{name}-{day}.parquet"
             con.execute(f"COPY (SELECT * FROM {table} WHERE CAST(captured_at AS DATE) = DATE '{day}' "
@@ -61,41 +86,37 @@ def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
     csv_path = folder / "detections.csv"
     con.execute(f"COPY (SELECT strftime(captured_at, '%Y-%m-%d') AS day, source_id, class_name, "
                 f"confidence, hour(captured_at) AS hour FROM de) TO '{csv_path}' (HEADER, DELIMITER ',')")
-    print(f"  generated in {time.perf_counter() - started:.1f} s")
+    return paths, csv_path
 
-    # DuckDB: the daily_summary asset's own SQL, one query per day, over the Parquet files.
-    started = time.perf_counter()
+
+def duckdb_summary(paths: dict[str, list[str]]) -> dict[str, tuple]:
+    """The daily_summary asset's own SQL, one query per day, over the Parquet files."""
+    import duckdb
+
+    from imgpipeline.defs.warehouse.sql import daily_summary_sql
+
     duck = {}
-    for day, frames_path, detections_path in zip(days, paths["frames"], paths["detections"], strict=True):
+    for day, frames_path, detections_path in zip(DAYS, paths["frames"], paths["detections"], strict=True):
         sql = daily_summary_sql(date.fromisoformat(day), [frames_path], [detections_path])
         for row in duckdb.connect().execute("SET TimeZone = 'UTC'").execute(sql).fetchall():
             _, source, class_name, _, _, objects, mean, best, hours = row[:9]
             duck[f"{day}|{source}|{class_name}"] = (objects, mean, best, list(hours))
-    duckdb_s = time.perf_counter() - started
-    print(f"DuckDB daily summary: {duckdb_s:.2f} s ({len(duck)} rows)")
+    return duck
 
-    started = time.perf_counter()
+
+def mapreduce_summary(csv_path: Path, folder: Path) -> dict[str, tuple]:
+    """The older pipelines' Hadoop-streaming job, as `mapper | sort | reducer` on this machine."""
+    import subprocess
+    import sys
+
     python = sys.executable
     pipeline = (f"'{python}' -m imgpipeline.cli.bench.mapreduce map < '{csv_path}' "
                 f"| LC_ALL=C sort -t \"$(printf '\\t')\" -k1,1 -S 25% --parallel=2 -T '{folder}' "
                 f"| '{python}' -m imgpipeline.cli.bench.mapreduce reduce")
     output = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True,
                             check=True).stdout
-    mapreduce_s = time.perf_counter() - started
     mapped = {}
     for line in output.splitlines():
         key, objects, mean, best, hours = line.split("\t")
         mapped[key] = (int(objects), float(mean), float(best), [int(h) for h in hours.split()])
-    print(f"mapper | sort | reducer: {mapreduce_s:.2f} s ({len(mapped)} rows)")
-
-    same = set(duck) == set(mapped) and all(
-        duck[k][0] == mapped[k][0] and abs(duck[k][1] - mapped[k][1]) < 1e-9
-        and duck[k][2] == mapped[k][2] and duck[k][3] == mapped[k][3] for k in duck
-    )
-    if not same:
-        raise SystemExit("DuckDB and mapper|sort|reducer disagree: the benchmark is void")
-    result = {"rows": rows, "duckdb_s": round(duckdb_s, 3), "mapreduce_s": round(mapreduce_s, 3),
-              "ratio": round(mapreduce_s / duckdb_s, 1), "same_numbers": same}
-    print(f"same numbers: yes; DuckDB is {result['ratio']}× faster")
-    write_result("summary", result)
-    return result
+    return mapped

@@ -27,8 +27,8 @@ from imgpipeline.defs.streaming.processing import (
     read_range,
     uri_messages,
 )
+from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
-from imgpipeline.resources.storage import sha256_hex
 
 PARTITION_TAG = "imgpipeline/kafka-partition"
 

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from imgpipeline.ingest.messages import BadInput, FrameMessage, frame_key, iso_utc, parse_message
-from imgpipeline.resources.storage import BadObject, sha256_hex
+from imgpipeline.ingest.messages import BadInput, FrameMessage, frame_key, iso_utc, parse_message, sha256_hex
+from imgpipeline.resources.storage import BadObject
 
 
 @dataclass
