@@ -19,7 +19,7 @@ from pydantic import PrivateAttr, field_validator
 
 from imgpipeline import ConfigError
 from imgpipeline.ingest.messages import sha256_hex
-from imgpipeline.paths import state_dir
+from imgpipeline.paths import environment, state_dir
 from imgpipeline.resources.settings import FromEnv, resolved, setting
 
 
@@ -366,7 +366,9 @@ class StorageResource(FromEnv, dg.ConfigurableResource):
     endpoint_url: str | None = setting(
         "AWS_ENDPOINT_URL", None, "an S3-compatible store: MinIO, Hetzner Object Storage, the local endpoint",
         shown="AWS")
-    region: str = setting("AWS_REGION", "us-east-1", "S3 region")
+    region: str = setting("AWS_REGION", description="S3 region",
+                          default_factory=lambda: environment().get("AWS_DEFAULT_REGION") or "us-east-1",
+                          shown="`AWS_DEFAULT_REGION`, else `us-east-1`")
     access_key_id: str | None = setting("AWS_ACCESS_KEY_ID", None, "S3 key id", secret=True,
                                         shown="boto3's chain")
     secret_access_key: str | None = setting("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (a secret)",

@@ -120,3 +120,11 @@ def test_a_secret_from_an_env_file_is_held_as_its_variable(monkeypatch, tmp_path
     assert "from-the-file" not in repr(storage) + storage.model_dump_json()
     assert storage.secret_access_key == "AWS_SECRET_ACCESS_KEY"  # an EnvVar names its variable
     assert storage.secret_access_key.get_value() == "from-the-file"
+
+
+def test_the_region_falls_back_to_aws_default_region(monkeypatch):
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    assert StorageResource.from_env().region == "eu-central-1"
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert StorageResource.from_env().region == "eu-west-3"
