@@ -2,8 +2,9 @@
 
 `imgpipeline services up` writes the addresses of the local services to
 `.imgpipeline/services.env`; a `.env` in the project root may hold a person's own settings.
-Settings see the shell's variables first, then `.env`, then `services.env` (`environment()`);
-nothing here writes to `os.environ`.
+Every setting sees the shell's variables first, then `.env`, then `services.env` (`environment()`);
+nothing here writes to `os.environ`. `IMGPIPELINE_HOME`, which says where those files are, comes
+from the shell alone.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ HOME_ENV = "IMGPIPELINE_HOME"
 
 # The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
 SETTINGS = [
-    (HOME_ENV, "working directory", "where `.imgpipeline/` lives"),
+    (HOME_ENV, "working directory", "where `.imgpipeline/` and `.env` live (from the shell only)"),
     ("IMGPIPELINE_MODELS_DIR", "`models/` of the checkout", "the model cfg, names, checksums and weights"),
-    ("IMGPIPELINE_CACHE_DIR", "`~/.cache/imgpipeline`", "broker jars, wheels, sample data"),
+    ("IMGPIPELINE_CACHE_DIR", "`$XDG_CACHE_HOME/imgpipeline`, else `~/.cache/imgpipeline`",
+     "broker jars, wheels, sample data"),
 ]
 
 
@@ -49,7 +51,7 @@ def models_dir() -> Path:
     `models/` of the source checkout when the package is installed from one (editable
     install), else `models/` under the project home.
     """
-    configured = os.environ.get("IMGPIPELINE_MODELS_DIR")
+    configured = environment().get("IMGPIPELINE_MODELS_DIR")
     if configured:
         return Path(configured).resolve()
     checkout = PACKAGE_DIR.parent / "models"
@@ -61,7 +63,7 @@ def models_dir() -> Path:
 def cache_dir() -> Path:
     """Per-machine cache for downloads that outlive a checkout: $IMGPIPELINE_CACHE_DIR."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgpipeline"
-    return Path(os.environ.get("IMGPIPELINE_CACHE_DIR") or default)
+    return Path(environment().get("IMGPIPELINE_CACHE_DIR") or default)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

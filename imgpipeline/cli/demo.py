@@ -89,7 +89,7 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
     recorded in the demo's Dagster instance so the UI shows them."""
     import dagster as dg
 
-    from imgpipeline.defs.partitions import hour_key
+    from imgpipeline.defs.hours import hour_key
     from imgpipeline.defs.streaming.landing import event_hour
     from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
 

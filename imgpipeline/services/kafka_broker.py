@@ -7,25 +7,29 @@ that install's `libs/` is used instead.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
-from imgpipeline.paths import cache_dir
+from imgpipeline.paths import cache_dir, environment
 from imgpipeline.services.base import LocalService, ServiceError
 
 BROKER_VERSION = "4.3.1"
 LOG4J_VERSION = "2.24.3"
 # The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
 SETTINGS = [("KAFKA_HOME", "jars from Maven Central", "an Apache Kafka 4.x install for the local broker")]
-INSTALL_HINT = (
-    "The local Kafka broker needs Java 17+ and Maven (to fetch the broker jars once), "
-    "or KAFKA_HOME pointing at an Apache Kafka 4.x install: install openjdk-17 and maven, "
-    "or point the project at a broker you already run (its Kafka settings: `imgpipeline settings`)."
-)
+
+
+def install_hint() -> str:
+    from imgpipeline.resources.kafka import KafkaResource
+    from imgpipeline.resources.settings import env_name
+
+    return ("The local Kafka broker needs Java 17+ and Maven (to fetch the broker jars once), "
+            "or KAFKA_HOME pointing at an Apache Kafka 4.x install: install openjdk-17 and maven, "
+            f"or set {env_name(KafkaResource, 'bootstrap_servers')} to a broker you already run.")
+
 
 POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -71,22 +75,22 @@ def java_major_version() -> int | None:
 
 def kafka_classpath() -> str:
     """The broker's classpath: $KAFKA_HOME/libs, else the cached Maven jars (resolved once)."""
-    kafka_home = os.environ.get("KAFKA_HOME")
+    kafka_home = environment().get("KAFKA_HOME")
     if kafka_home:
         libs = Path(kafka_home) / "libs"
         if not any(libs.glob("kafka_2.13-*.jar")):
-            raise ServiceError(f"KAFKA_HOME={kafka_home} has no libs/kafka_2.13-*.jar; " + INSTALL_HINT)
+            raise ServiceError(f"KAFKA_HOME={kafka_home} has no libs/kafka_2.13-*.jar; " + install_hint())
         return f"{libs}/*"
     version = java_major_version()
     if version is None or version < 17:
         found = "no java on PATH" if version is None else f"java {version} found"
-        raise ServiceError(f"{INSTALL_HINT} ({found})")
+        raise ServiceError(f"{install_hint()} ({found})")
     folder = cache_dir() / f"kafka-{BROKER_VERSION}"
     libs, done = folder / "libs", folder / "libs.complete"
     if not done.exists():
         mvn = shutil.which("mvn")
         if not mvn:
-            raise ServiceError(f"{INSTALL_HINT} (no mvn on PATH)")
+            raise ServiceError(f"{install_hint()} (no mvn on PATH)")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pom.xml").write_text(POM)
         shutil.rmtree(libs, ignore_errors=True)

@@ -128,3 +128,25 @@ def test_the_region_falls_back_to_aws_default_region(monkeypatch):
     assert StorageResource.from_env().region == "eu-central-1"
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
     assert StorageResource.from_env().region == "eu-west-3"
+
+
+def test_dot_env_wins_over_services_env_and_reaches_paths(monkeypatch, tmp_path):
+    from imgpipeline.paths import models_dir
+
+    monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
+    for name in ("IMGPIPELINE_FRAMES_TOPIC", "IMGPIPELINE_MODELS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".imgpipeline").mkdir()
+    (tmp_path / ".imgpipeline" / "services.env").write_text("IMGPIPELINE_FRAMES_TOPIC=from-services\n")
+    (tmp_path / ".env").write_text(
+        f"IMGPIPELINE_FRAMES_TOPIC=from-dot-env\nIMGPIPELINE_MODELS_DIR={tmp_path}/m\n")
+    assert KafkaResource.from_env().frames_topic == "from-dot-env"
+    assert models_dir() == tmp_path / "m"
+
+
+def test_an_unknown_model_source_names_the_choices(monkeypatch):
+    from imgpipeline.cli.fetch import fetch_weights
+
+    monkeypatch.setenv("IMGPIPELINE_MODEL_SOURCE", "huggingface")
+    with pytest.raises(ConfigError, match="MODEL_SOURCE='huggingface' is not known; use one of auto"):
+        fetch_weights(log=lambda line: None)

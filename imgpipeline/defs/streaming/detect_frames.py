@@ -7,7 +7,6 @@ and a frame already landed in its event-time hour by another range is not landed
 """
 
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,9 +14,16 @@ from datetime import datetime
 import dagster as dg
 from pydantic import Field
 
-from imgpipeline.defs.partitions import hour_key
+from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.assets import LANDING_ASSET
-from imgpipeline.defs.streaming.landing import Spool, event_hour, landed_frame_ids, landing_key, range_name
+from imgpipeline.defs.streaming.landing import (
+    Spool,
+    event_hour,
+    landed_frame_ids,
+    landing_key,
+    range_name,
+    uris_name,
+)
 from imgpipeline.defs.streaming.processing import (
     FrameProcessor,
     Incoming,
@@ -27,7 +33,6 @@ from imgpipeline.defs.streaming.processing import (
     read_range,
     uri_messages,
 )
-from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 
 PARTITION_TAG = "imgpipeline/kafka-partition"
@@ -70,8 +75,7 @@ class FrameSource:
 
 def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, store) -> FrameSource:
     if config.uris:
-        name = f"uris-{sha256_hex(json.dumps(sorted(config.uris)).encode())[:16]}"
-        return FrameSource(name, iter(uri_messages(config.uris, store)))
+        return FrameSource(uris_name(config.uris), iter(uri_messages(config.uris, store)))
     if config.end_offset <= config.start_offset:
         raise dg.Failure(
             f"empty range: end_offset {config.end_offset} <= start_offset {config.start_offset} "

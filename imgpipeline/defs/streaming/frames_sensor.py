@@ -12,8 +12,6 @@ not a short first run) or to fill the runs it may launch; a slow trickle goes at
 Frames wait for a run a fraction of a second, not up to a whole daemon loop.
 """
 
-
-
 import json
 import math
 import time
@@ -40,7 +38,7 @@ ACTIVE = [
 class BatchPolicy(FromEnv, BaseModel):
     """How frames_sensor batches offsets into runs."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_batch: int = setting("IMGPIPELINE_MAX_BATCH", 500, "frames per run at most", ge=1)
     # The daemon evaluates sensors at most every 5 s, so frames seen at a tick have already

@@ -1,8 +1,8 @@
 """Landing records: the one module that writes and reads `landing/metadata/` (docs/contracts.md).
 
 A run lands one JSON-lines file per event-time hour it saw, named after its offset range:
-`landing/metadata/dt=<date>/hour=<HH>/<topic>-<partition>-<start>-<end>.jsonl`, so re-running a
-range rewrites the same files.
+`landing/metadata/dt=<date>/hour=<HH>/<topic>-<partition>-<start>-<end>.jsonl` (`uris-<hash>.jsonl`
+for a run over explicit frame URIs), so re-running a range rewrites the same files.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 
-from imgpipeline.defs.partitions import hour_path
-from imgpipeline.ingest.messages import parse_time
+from imgpipeline.defs.hours import hour_path
+from imgpipeline.ingest.messages import parse_time, sha256_hex
 
 LANDING = "landing/metadata"
 
@@ -22,6 +22,11 @@ LANDING = "landing/metadata"
 def range_name(topic: str, partition: int, start: int, end: int) -> str:
     """`<topic>-<partition>-<start>-<end>`: a range's landing file name and its run key."""
     return f"{topic}-{partition}-{start}-{end}"
+
+
+def uris_name(uris: list[str]) -> str:
+    """`uris-<hash>`: the landing file name of a run over explicit frame URIs (same URIs, same name)."""
+    return f"uris-{sha256_hex(json.dumps(sorted(uris)).encode())[:16]}"
 
 
 def landing_key(hour: datetime, name: str) -> str:

@@ -9,7 +9,8 @@ from datetime import date, timedelta
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.defs.partitions import daily_partitions, days_in, hour_key, hourly_partitions, hours_in
+from imgpipeline.defs.hours import days_in, hour_key, hours_in
+from imgpipeline.defs.partitions import daily_partitions, hourly_partitions
 from imgpipeline.defs.streaming.assets import landing_metadata
 from imgpipeline.defs.streaming.landing import hour_records
 from imgpipeline.defs.warehouse import checks, sql

@@ -13,7 +13,7 @@ from datetime import date, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgpipeline.defs.partitions import hour_path
+from imgpipeline.defs.hours import hour_path
 from imgpipeline.ingest.messages import parse_time
 
 TS = pa.timestamp("ms", tz="UTC")
