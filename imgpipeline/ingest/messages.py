@@ -15,6 +15,9 @@ SCHEMA_VERSION = 1
 # Inline messages carry the image as the value and these headers.
 HEADER_PREFIX = "imgpipeline."
 FRAME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+CONTENT_TYPE = re.compile(r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+$")
+MAX_SIDE = 100_000  # pixels; a camera frame is far below
 
 
 class BadInput(Exception):
@@ -58,69 +61,100 @@ def iso_utc(moment: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
+    if not isinstance(text, str) or len(text) > 64:
+        raise BadInput(f"captured_at {_short(text)} is not an ISO 8601 time")
     try:
         moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise BadInput(f"captured_at {text!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise BadInput(f"captured_at {text!r} has no time zone")
-    return moment.astimezone(UTC)
+        if moment.tzinfo is None:
+            raise BadInput(f"captured_at {text!r} has no time zone")
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 in a zone east of UTC
+        raise BadInput(f"captured_at {text!r} is not an ISO 8601 time in UTC's range") from None
 
 
 def is_inline(headers) -> bool:
-    return any(key.startswith(HEADER_PREFIX) for key, _ in headers or ())
+    return any(isinstance(key, str) and key.startswith(HEADER_PREFIX) for key, _ in headers or ())
 
 
 def parse_message(value: bytes | None, headers) -> tuple[FrameMessage, bytes | None]:
-    """The frame message and, for inline messages, the image bytes; BadInput otherwise."""
+    """The frame message and, for inline messages, the image bytes; BadInput otherwise.
+
+    Every field is checked for type and range here, so nothing later trips over a value.
+    """
     if is_inline(headers):
         fields = {
-            key[len(HEADER_PREFIX) :]: raw.decode("utf-8", "replace")
+            key[len(HEADER_PREFIX) :]: (raw or b"").decode("utf-8", "replace")
             for key, raw in headers
-            if key.startswith(HEADER_PREFIX)
+            if isinstance(key, str) and key.startswith(HEADER_PREFIX)
         }
-        fields["uri"] = None
+        fields.pop("uri", None)  # inline bytes are stored by the run, never read from a claimed URI
         if not value:
             raise BadInput("inline message has an empty value")
-        return _build(fields), value
+        return _build(fields, inline=True), value
     if value is None:
         raise BadInput("message has no value")
     try:
         fields = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"malformed JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: bad JSON, or an integer of thousands of digits; RecursionError: deep nesting
+        raise BadInput(f"malformed JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(fields, dict):
         raise BadInput("message is JSON but not an object")
-    if not fields.get("uri"):
-        raise BadInput("message has no uri")
-    return _build(fields), None
+    return _build(fields, inline=False), None
 
 
-def _build(fields: dict) -> FrameMessage:
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(fields: dict, name: str, *, required: bool, limit: int, pattern: re.Pattern | None = None):
+    value = fields.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadInput(f"field {name!r} is missing")
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"field {name!r} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise BadInput(f"field {name!r} is {len(value)} characters long, over the limit of {limit}")
+    if pattern is not None and not pattern.match(value):
+        raise BadInput(f"{name} {_short(value)} does not have the form {pattern.pattern}")
+    return value
+
+
+def _side(fields: dict, name: str) -> int | None:
+    """A width or height: a whole number of pixels (JSON number, or digits in a header)."""
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    digits = isinstance(value, str) and value.isdigit() and len(value) <= 6
+    if digits or (isinstance(value, float) and value.is_integer()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+        raise BadInput(f"{name} {_short(value)} is not a whole number of pixels from 1 to {MAX_SIDE}")
+    return value
+
+
+def _build(fields: dict, *, inline: bool) -> FrameMessage:
     schema = fields.get("schema")
-    if str(schema) != str(SCHEMA_VERSION):
-        raise BadInput(f"unknown schema version {schema!r} (this pipeline reads {SCHEMA_VERSION})")
-    for name in ("frame_id", "source_id", "captured_at"):
-        if not fields.get(name) or not isinstance(fields[name], str):
-            raise BadInput(f"field {name!r} is missing or not a string")
-    for name in ("frame_id", "source_id"):
-        if not FRAME_ID.match(fields[name]):
-            raise BadInput(f"{name} {fields[name]!r} has characters outside [A-Za-z0-9._-]")
-    parse_time(fields["captured_at"])
-    try:
-        width = int(fields["width"]) if fields.get("width") is not None else None
-        height = int(fields["height"]) if fields.get("height") is not None else None
-    except (TypeError, ValueError):
-        raise BadInput("width and height must be integers") from None
+    if schema not in (SCHEMA_VERSION, str(SCHEMA_VERSION)):
+        raise BadInput(f"unknown schema version {_short(schema)} (this pipeline reads {SCHEMA_VERSION})")
+    frame_id = _text(fields, "frame_id", required=True, limit=128, pattern=FRAME_ID)
+    source_id = _text(fields, "source_id", required=True, limit=128, pattern=FRAME_ID)
+    captured_at = _text(fields, "captured_at", required=True, limit=64)
+    parse_time(captured_at)
+    uri = None if inline else _text(fields, "uri", required=True, limit=2048)
     return FrameMessage(
-        frame_id=fields["frame_id"],
-        source_id=fields["source_id"],
-        captured_at=fields["captured_at"],
-        uri=fields.get("uri"),
-        sha256=fields.get("sha256") or None,
-        width=width,
-        height=height,
-        content_type=fields.get("content_type") or "image/jpeg",
+        frame_id=frame_id,
+        source_id=source_id,
+        captured_at=captured_at,
+        uri=uri,
+        sha256=_text(fields, "sha256", required=False, limit=64, pattern=SHA256),
+        width=_side(fields, "width"),
+        height=_side(fields, "height"),
+        content_type=_text(fields, "content_type", required=False, limit=100, pattern=CONTENT_TYPE)
+        or "image/jpeg",
     )
 
 

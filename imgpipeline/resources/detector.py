@@ -30,6 +30,9 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         "IMGPIPELINE_DETECTOR_THREADS", 0,
         "OpenCV threads per detector; 0: OpenCV's default for one detector, cores ÷ workers for a pool",
         ge=0)
+    max_pixels: int = setting(
+        "IMGPIPELINE_MAX_PIXELS", 40_000_000,
+        "frames whose image header declares more pixels are refused before decoding (a pixel bomb)", ge=1)
     workers: int = setting(
         "IMGPIPELINE_DETECTOR_WORKERS", 0,
         "detectors working side by side in a run; 0: one per core, at most 4",

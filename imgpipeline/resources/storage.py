@@ -6,9 +6,12 @@ differ only in how bytes are put, got and listed.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import posixpath
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -90,6 +93,10 @@ def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret:
             s3={"addressing_style": "path"} if endpoint_url else None,
         ),
     )
+
+
+# errno values that say a key names no readable object (as opposed to a failing disk or root).
+NOT_AN_OBJECT = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
 
 
 class BadObject(Exception):
@@ -189,11 +196,24 @@ class LocalStorage(Storage):
     def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so readers never see half a file.
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as out:
-            shutil.copyfileobj(file, out)
-        tmp.replace(path)
+        # A temp name of its own (writers of one key never share one), on disk before the rename, and
+        # the rename on disk before we return: readers never see half a file, and a crash after a
+        # Kafka commit never loses what the commit counted as landed.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(file, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         return self.uri(key)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
@@ -203,6 +223,10 @@ class LocalStorage(Storage):
             return path.read_bytes()
         except FileNotFoundError:
             raise BadObject(f"object {key} does not exist in {self.root_uri}") from None
+        except OSError as exc:
+            if exc.errno in NOT_AN_OBJECT:  # names a folder, too long a name, …: this key's problem
+                raise BadObject(f"object {key} cannot be read: {exc.strerror}") from None
+            raise  # the disk's or the root's problem: the caller's environment fails
 
     def size(self, key: str) -> int | None:
         path = self._path(key)
@@ -292,7 +316,12 @@ class S3Storage(Storage):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise BadObject(f"object {key} does not exist in {self.root_uri}") from None
-            raise
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if 400 <= status < 500 and status not in (408, 429):  # an answer about this object
+                code = exc.response.get("Error", {}).get("Code")
+                reason = f"object {key} cannot be read from {self.root_uri}: {code} ({status})"
+                raise BadObject(reason) from None
+            raise  # the service's problem (5xx, throttling): the caller's environment fails
         body = response["Body"]
         self._check_size(key, response["ContentLength"], max_bytes)
         try:

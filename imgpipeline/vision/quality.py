@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import cv2
@@ -12,11 +13,43 @@ class UndecodableImage(ValueError):
     """The bytes are not an image OpenCV can decode."""
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG/... bytes into a BGR array, or raise UndecodableImage."""
+def header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as the image's header declares them, read without decoding the pixels;
+    UndecodableImage when no known image header is there."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError as exc:  # twice Pillow's own limit (179 MP): no camera frame
+        raise UndecodableImage(f"image header refused: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise UndecodableImage(
+            f"cannot decode {len(data)} bytes as an image: no known image header") from None
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode JPEG/PNG/... bytes into a BGR array, or raise UndecodableImage.
+
+    With max_pixels, an image whose header declares more pixels is refused before any pixel is
+    decoded: a few hundred KB of PNG can declare 20000×20000 (1.2 GB decoded).
+    """
     if not data:
         raise UndecodableImage("empty payload")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if max_pixels is not None:
+        size = header_size(data)
+        if size[0] * size[1] > max_pixels:
+            raise UndecodableImage(f"image declares {size[0]}x{size[1]} pixels, over the limit of "
+                                   f"{max_pixels:,}")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. a header OpenCV refuses outright
+        reason = str(exc).strip()[:200]
+        raise UndecodableImage(f"cannot decode {len(data)} bytes as an image: {reason}") from None
     if image is None or image.size == 0:
         raise UndecodableImage(f"cannot decode {len(data)} bytes as an image")
     return image

@@ -8,7 +8,7 @@ and a frame already landed in its event-time hour by another range is not landed
 
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import dagster as dg
@@ -19,9 +19,11 @@ from imgpipeline.defs.streaming.assets import LANDING_ASSET
 from imgpipeline.defs.streaming.landing import (
     Spool,
     event_hour,
-    landed_frame_ids,
+    identity,
+    landed_frames,
     landing_key,
     range_name,
+    record_gaps,
     uris_name,
 )
 from imgpipeline.defs.streaming.processing import (
@@ -30,6 +32,7 @@ from imgpipeline.defs.streaming.processing import (
     Prepared,
     ahead,
     dead_letter,
+    origin,
     read_range,
     uri_messages,
 )
@@ -67,6 +70,8 @@ class FrameSource:
     name: str
     incoming: Iterator[Incoming]
     consumer: object = None
+    # Offsets of the range deleted by retention before they were read: [first, end) each.
+    gaps: list[tuple[int, int]] = field(default_factory=list)
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -81,10 +86,13 @@ def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, st
             f"empty range: end_offset {config.end_offset} <= start_offset {config.start_offset} "
             "(end_offset is exclusive)"
         )
-    consumer = kafka.consumer()
-    incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset)
-    return FrameSource(range_name(topic, config.partition, config.start_offset, config.end_offset),
-                       incoming, consumer)
+    # "none": an offset below the log's start is an error we account for, never a silent jump.
+    consumer = kafka.consumer(auto_offset_reset="none")
+    source = FrameSource(range_name(topic, config.partition, config.start_offset, config.end_offset),
+                         iter(()), consumer)
+    source.incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset,
+                                 source.gaps)
+    return source
 
 
 class Batch:
@@ -96,18 +104,21 @@ class Batch:
         self.processor, self.name = processor, name
         self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "duplicate": 0, "dlq": 0}
         self.spools: dict[datetime, Spool] = {}
-        self.landed: dict[datetime, set[str]] = {}
+        self.landed: dict[datetime, set[tuple]] = {}
         self.producer = None
+        self.letters: list = []  # the DLQ sends' futures, confirmed before anything lands
 
     def process(self, incoming: Iterator[Incoming]) -> None:
         """Every frame in offset order: screened, detected by the pool, spooled by event hour."""
         workers = self.processor.detector.size
-        for record in ahead(self.screened(incoming), self.detect, workers=workers, lookahead=2 * workers):
+        for prepared, record in ahead(self.screened(incoming), self.detect, workers=workers,
+                                      lookahead=2 * workers):
+            if record["status"] == "error" and not prepared.dead_lettered:
+                self.dead_letter(prepared)  # failed in detection, after the cheap checks
             self.counts[record["status"]] += 1
             hour = event_hour(record)
             (self.spools.get(hour) or self.spools.setdefault(hour, Spool())).add(record)
-        if self.producer is not None:
-            self.producer.flush()
+        self.confirm_dead_letters()
 
     def screened(self, incoming: Iterator[Incoming]) -> Iterator[tuple[Prepared, dict]]:
         """Frames after the cheap checks: bad input to the DLQ, duplicates out."""
@@ -127,26 +138,38 @@ class Batch:
                 self.context.log.info(f"{self.counts['read']} frames read: {self.counts}")
 
     def dead_letter(self, prepared: Prepared) -> None:
-        self.producer = self.producer or self.kafka.producer()
-        self.producer.send(self.kafka.dlq_topic, key=prepared.incoming.key,
-                           value=dead_letter(prepared.incoming, prepared.error, self.context.run_id))
+        # A DLQ that cannot be reached fails the run within 15 s instead of blocking for a minute.
+        self.producer = self.producer or self.kafka.producer(max_block_ms=15_000)
+        self.letters.append(self.producer.send(
+            self.kafka.dlq_topic, key=origin(prepared.incoming).encode(),
+            value=dead_letter(prepared.incoming, prepared.error, self.context.run_id)))
+        prepared.dead_lettered = True
         self.counts["dlq"] += 1
         self.context.log.warning(f"offset {prepared.incoming.offset}: {prepared.error} (sent to DLQ)")
+
+    def confirm_dead_letters(self) -> None:
+        """Wait until the broker has every dead letter (acks=all): one that failed fails the run, and
+        nothing lands or is committed."""
+        if self.producer is None:
+            return
+        self.producer.flush(timeout=60)
+        for letter in self.letters:
+            letter.get(timeout=30)  # raises the send's error
 
     def is_duplicate(self, record: dict) -> bool:
         """True when the frame has landed in its hour already (by another range or earlier here)."""
         hour = event_hour(record)
         seen = self.landed.get(hour)
         if seen is None:
-            seen = self.landed[hour] = landed_frame_ids(self.store, hour, self.name)
-        if record["frame_id"] in seen:
+            seen = self.landed[hour] = landed_frames(self.store, hour, self.name)
+        if identity(record) in seen:
             return True
-        seen.add(record["frame_id"])
+        seen.add(identity(record))
         return False
 
-    def detect(self, item: tuple[Prepared, dict]) -> dict:
+    def detect(self, item: tuple[Prepared, dict]) -> tuple[Prepared, dict]:
         prepared, record = item
-        return record if prepared.error is not None else self.processor.finish(prepared)
+        return prepared, record if prepared.error is not None else self.processor.finish(prepared)
 
     def land(self) -> list[str]:
         """One landing file per event-time hour, each reported as a landing_metadata materialization."""
@@ -183,13 +206,17 @@ def detect_op(
     store = storage.open()
     processor = FrameProcessor(
         store, detector.load_pool(), run_id=context.run_id, dark_threshold=config.dark_threshold,
-        annotate=config.annotate, max_bytes=storage.max_frame_bytes,
+        annotate=config.annotate, max_bytes=storage.max_frame_bytes, max_pixels=detector.max_pixels,
     )
     source = open_source(config, topic, kafka, store)
     batch = Batch(context, kafka, store, processor, source.name)
     try:
         batch.process(source.incoming)
         written = batch.land()
+        if source.gaps:
+            batch.counts["deleted_by_retention"] = sum(end - first for first, end in source.gaps)
+            written.append(record_gaps(store, source.name, source.gaps))
+            context.log.warning(f"offsets deleted by retention before they were read: {source.gaps}")
         if source.consumer is not None and config.commit:
             commit_range(source.consumer, topic, config.partition, config.end_offset)
     finally:

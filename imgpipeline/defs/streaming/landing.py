@@ -17,6 +17,7 @@ from imgpipeline.defs.hours import hour_path
 from imgpipeline.ingest.messages import parse_time, sha256_hex
 
 LANDING = "landing/metadata"
+GAPS = "landing/gaps"
 
 
 def range_name(topic: str, partition: int, start: int, end: int) -> str:
@@ -33,6 +34,11 @@ def landing_key(hour: datetime, name: str) -> str:
     return f"{LANDING}/{hour_path(hour)}/{name}.jsonl"
 
 
+def identity(record: dict) -> tuple[str | None, str]:
+    """A frame is (source_id, frame_id): two cameras may both send IMG_0001.jpg."""
+    return record["source_id"], record["frame_id"]
+
+
 def event_hour(record: dict) -> datetime:
     """The UTC hour of a record's capture time: its landing folder and warehouse partition."""
     return parse_time(record["captured_at"]).replace(minute=0, second=0, microsecond=0)
@@ -45,15 +51,22 @@ class Spool:
         self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self.sha256 = hashlib.sha256()
         self.records = 0
+        self.frames: set[tuple] = set()
 
     def add(self, record: dict) -> None:
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         self.file.write(line)
         self.sha256.update(line)
         self.records += 1
+        self.frames.add(identity(record))
 
     def land(self, store, key: str) -> str:
-        """Write the spooled records to `key` (replacing it); returns its URI."""
+        """Write the spooled records to `key`; returns its URI. A file already there keeps the records
+        of frames this run did not see (a replay whose head retention deleted): landing never shrinks."""
+        if store.exists(key):
+            for record in read_records(store, key):
+                if identity(record) not in self.frames:
+                    self.add(record)
         self.file.seek(0)
         return store.put_file(key, self.file, sha256=self.sha256.hexdigest())
 
@@ -83,8 +96,16 @@ def all_records(store) -> list[dict]:
     return [record for key in landing_keys(store) for record in read_records(store, key)]
 
 
-def landed_frame_ids(store, hour: datetime, except_name: str) -> set[str]:
-    """frame_ids already landed in an event-time hour by other ranges."""
+def landed_frames(store, hour: datetime, except_name: str) -> set[tuple]:
+    """The frames (source_id, frame_id) already landed in an event-time hour by other ranges."""
     own = landing_key(hour, except_name)
-    return {record["frame_id"] for key in landing_keys(store, hour) if key != own
+    return {identity(record) for key in landing_keys(store, hour) if key != own
             for record in read_records(store, key)}
+
+
+def record_gaps(store, name: str, gaps: list[tuple[int, int]]) -> str:
+    """`landing/gaps/<range>.json`: the offsets of a range that retention deleted before they were
+    read, so every offset of a committed range is accounted for."""
+    key = f"{GAPS}/{name}.json"
+    store.put(key, json.dumps({"range": name, "deleted": [list(gap) for gap in gaps]}).encode())
+    return key

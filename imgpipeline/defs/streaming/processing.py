@@ -31,22 +31,45 @@ class Incoming:
     timestamp_ms: int | None
 
 
-def read_range(consumer, topic: str, partition: int, start: int, end: int,
-               idle_polls: int = 3) -> Iterator[Incoming]:
-    """Exactly the records in [start, end), streamed: assign + seek + bounded polls."""
+class RangeIncomplete(Exception):
+    """Offsets of a run's range could not be read (broker or leader unavailable): the run fails and
+    is retried, and nothing is landed or committed."""
+
+
+def read_range(consumer, topic: str, partition: int, start: int, end: int, gaps: list[tuple[int, int]],
+               idle_polls: int = 5) -> Iterator[Incoming]:
+    """Exactly the records in [start, end), streamed: assign + seek + bounded polls.
+
+    Every offset is accounted for: read, or deleted by retention before it was read (proved by the
+    log's beginning offset; appended to `gaps` as [first, end)). Anything else that stops the read
+    short raises RangeIncomplete. Offsets the consumer passes without a record (compaction,
+    transaction markers) are not messages.
+    """
     from kafka import TopicPartition
+    from kafka.errors import OffsetOutOfRangeError
 
     tp = TopicPartition(topic, partition)
     consumer.assign([tp])
-    consumer.seek(tp, start)
+    consumer.seek(tp, skip_deleted(consumer, tp, start, end, gaps))
     idle = 0
     while consumer.position(tp) < end:
-        batch = consumer.poll(timeout_ms=2000, max_records=100).get(tp, [])
+        try:
+            batch = consumer.poll(timeout_ms=2000, max_records=100).get(tp, [])
+        except OffsetOutOfRangeError:  # retention deleted the offsets ahead of us while we read
+            consumer.seek(tp, skip_deleted(consumer, tp, consumer.position(tp), end, gaps))
+            continue
         if not batch:
             idle += 1
+            position = consumer.position(tp)
             if idle >= idle_polls:
-                # Offsets deleted by retention or compaction: nothing more to read.
-                break
+                resumed = skip_deleted(consumer, tp, position, end, gaps)
+                if resumed == position:
+                    raise RangeIncomplete(
+                        f"{topic}-{partition}: offsets {position}..{end - 1} could not be read after "
+                        f"{idle} polls (the log ends at {consumer.end_offsets([tp])[tp]}); the run fails "
+                        "and is retried rather than landing part of its range")
+                consumer.seek(tp, resumed)
+                idle = 0
             continue
         idle = 0
         for record in batch:
@@ -55,6 +78,16 @@ def read_range(consumer, topic: str, partition: int, start: int, end: int,
                                list(record.headers or []), record.timestamp)
             if record.offset >= end - 1:
                 return
+
+
+def skip_deleted(consumer, tp, position: int, end: int, gaps: list[tuple[int, int]]) -> int:
+    """Where to read from: `position`, or the log's beginning when retention deleted offsets from
+    `position` on (recorded in `gaps`)."""
+    beginning = consumer.beginning_offsets([tp])[tp]
+    if beginning <= position:
+        return position
+    gaps.append((position, min(beginning, end)))
+    return min(beginning, end)
 
 
 @dataclass
@@ -67,19 +100,21 @@ class Prepared:
     image: object = None
     size: int = 0
     error: str | None = None
+    dead_lettered: bool = False
 
 
 class FrameProcessor:
     """The per-frame work of a run; the detector is loaded once and reused."""
 
     def __init__(self, store, detector, *, run_id: str, dark_threshold: float,
-                 annotate: bool, max_bytes: int):
+                 annotate: bool, max_bytes: int, max_pixels: int | None = None):
         self.store = store
         self.detector = detector
         self.run_id = run_id
         self.dark_threshold = dark_threshold
         self.annotate = annotate
         self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
 
     def prepare(self, incoming: Incoming) -> Prepared:
         """Parse, fetch and decode; thread-safe, so it runs ahead of the detector."""
@@ -98,12 +133,9 @@ class FrameProcessor:
             if message.sha256 and sha256_hex(data) != message.sha256:
                 raise BadInput("frame bytes do not match the message's sha256")
             if inline is not None:
-                # Store inline frames before processing, so every frame has a URI.
-                key = frame_key(message.source_id, message.captured, message.frame_id)
-                self.store.put(key, data, sha256=message.sha256)
-                prepared.message = message = _with_uri(message, self.store.uri(key))
+                prepared.message = message = self.store_inline(message, data)
             prepared.size = len(data)
-            prepared.image = decode_image(data)
+            prepared.image = decode_image(data, self.max_pixels)
             quality = measure_quality(prepared.image)
             prepared.record = self.base_record(incoming, message) | {
                 "bytes": len(data),
@@ -116,7 +148,25 @@ class FrameProcessor:
         except (BadInput, BadObject, UndecodableImage) as exc:
             prepared.error = str(exc)
             prepared.image = None
+        except Exception as exc:
+            if environment_failure(exc):
+                raise  # the run fails and is retried; nothing is committed
+            prepared.error = f"unexpected {type(exc).__name__}: {str(exc)[:300]}"
+            prepared.image = None
         return prepared
+
+    def store_inline(self, message: FrameMessage, data: bytes) -> FrameMessage:
+        """Store an inline frame before processing, so every frame has a URI. A stored frame is never
+        replaced by different bytes: the same key with other content is refused."""
+        key = frame_key(message.source_id, message.captured, message.frame_id)
+        digest = sha256_hex(data)
+        stored = self.store.stored_sha256(key)
+        if stored is None:
+            self.store.put(key, data, sha256=digest)
+        elif stored != digest:
+            raise BadInput(f"{key} already holds a different frame (sha256 {stored[:12]}…, this one "
+                           f"{digest[:12]}…); a stored frame is never replaced")
+        return _with_uri(message, self.store.uri(key))
 
     def base_record(self, incoming: Incoming, message: FrameMessage | None) -> dict:
         ingested = (
@@ -138,30 +188,47 @@ class FrameProcessor:
         }
 
     def finish(self, prepared: Prepared) -> dict:
-        """Detect (unless dark or bad) and return the landing record."""
-        from imgpipeline.vision.drawing import draw_detections
-        from imgpipeline.vision.quality import encode_jpeg
-
+        """Detect (unless dark or bad) and return the landing record; a frame that fails here becomes
+        an error record like any other bad frame."""
+        if prepared.error is None:
+            try:
+                record = self.detect(prepared)
+            except Exception as exc:
+                if environment_failure(exc):
+                    raise
+                prepared.error = f"detection failed: {type(exc).__name__}: {str(exc)[:300]}"
         if prepared.error is not None:
             record = self.base_record(prepared.incoming, prepared.message)
             record.update(status="error", error=prepared.error)
-        else:
-            record = prepared.record
-            if record["brightness"] < self.dark_threshold:
-                record["status"] = "skipped_dark"
-            else:
-                found = self.detector.detect(prepared.image)
-                record.update(
-                    status="detected",
-                    object_count=len(found),
-                    detections=[d.as_record() for d in found],
-                )
-                if self.annotate:
-                    message = prepared.message
-                    key = f"annotated/{message.source_id}/{message.captured.date()}/{message.frame_id}.jpg"
-                    self.store.put(key, encode_jpeg(draw_detections(prepared.image, found)))
+        prepared.image = None
         record["processed_at"] = iso_utc(datetime.now(UTC))
         return record
+
+    def detect(self, prepared: Prepared) -> dict:
+        from imgpipeline.vision.drawing import draw_detections
+        from imgpipeline.vision.quality import encode_jpeg
+
+        record = prepared.record
+        if record["brightness"] < self.dark_threshold:
+            record["status"] = "skipped_dark"
+            return record
+        found = self.detector.detect(prepared.image)
+        record.update(status="detected", object_count=len(found), detections=[d.as_record() for d in found])
+        if self.annotate:
+            message = prepared.message
+            key = f"annotated/{message.source_id}/{message.captured.date()}/{message.frame_id}.jpg"
+            self.store.put(key, encode_jpeg(draw_detections(prepared.image, found)))
+        return record
+
+
+def environment_failure(exc: BaseException) -> bool:
+    """True for failures of the run's environment (storage or broker unreachable, disk full):
+    they fail the run, which is retried. Anything else about one frame is that frame's error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from kafka.errors import KafkaError
+
+    # An S3 answer about one object (4xx) is a BadObject already; what is left is the service's.
+    return isinstance(exc, (OSError, BotoCoreError, ClientError, KafkaError, MemoryError))
 
 
 def _with_uri(message: FrameMessage, uri: str) -> FrameMessage:
@@ -192,21 +259,38 @@ def ahead(items: Iterator, work, workers: int, lookahead: int) -> Iterator:
             yield pending.popleft().result()
 
 
+# A dead letter fits the broker's default 1 MiB message limit, headers included.
+MAX_DEAD_LETTER_BYTES = 900_000
+
+
+def origin(incoming: Incoming) -> str:
+    """`<topic>-<partition>-<offset>`: where a message was read; the key of its dead letter, so a
+    retried run's second letter for the same message is the same key (a compacted DLQ keeps one)."""
+    return f"{incoming.topic}-{incoming.partition}-{incoming.offset}"
+
+
 def dead_letter(incoming: Incoming, reason: str, run_id: str) -> bytes:
-    """The DLQ message: where the original came from, why it failed, and the original value."""
+    """The DLQ message: where the original came from, why it failed, and the original value when it
+    fits (else its size and sha256 only)."""
     value = incoming.value or b""
-    return json.dumps({
-        "reason": reason,
+    letter = {
+        "reason": reason[:2000],
         "topic": incoming.topic,
         "partition": incoming.partition,
         "offset": incoming.offset,
-        "key": _text(incoming.key),
-        "headers": {k: _text(v) for k, v in incoming.headers},
+        "key": (_text(incoming.key) or "")[:1024] if incoming.key is not None else None,
+        "headers": {str(k)[:256]: (_text(v) or "")[:1024] for k, v in list(incoming.headers or [])[:100]},
         "run_id": run_id,
         "failed_at": iso_utc(datetime.now(UTC)),
         "value_bytes": len(value),
-        "value_base64": base64.b64encode(value).decode() if len(value) <= 1 << 20 else None,
-    }).encode()
+        "value_sha256": sha256_hex(value),
+        "value_base64": None,
+    }
+    encoded = json.dumps(letter).encode()
+    if len(encoded) + 4 * (len(value) + 2) // 3 + 16 <= MAX_DEAD_LETTER_BYTES:
+        letter["value_base64"] = base64.b64encode(value).decode()
+        encoded = json.dumps(letter).encode()
+    return encoded
 
 
 def uri_messages(uris: list[str], store) -> Iterator[Incoming]:

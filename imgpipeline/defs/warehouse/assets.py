@@ -28,8 +28,8 @@ on_landing_update = dg.AutomationCondition.eager().without(
         dg.AssetSpec(
             "frames",
             description="One row per frame and event-time hour: ids, times, status, error, size, "
-                        "quality, object count, model, Kafka position, run id. Deduplicated on frame_id "
-                        "(the latest processing wins).",
+                        "quality, object count, model, Kafka position, run id. Deduplicated on (source_id, "
+                        "frame_id) (the latest processing wins).",
             deps=[landing_metadata], partitions_def=hourly_partitions, group_name="warehouse",
             automation_condition=on_landing_update, kinds={"parquet"},
         ),

@@ -11,7 +11,8 @@ from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA
 CHECKS = {
     "frames": {
         "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
-        "no_duplicate_frame_id": "Each frame appears once per hour: retried runs and replays add no rows.",
+        "no_duplicate_frame": "Each frame (source_id, frame_id) appears once per hour: retried runs and "
+                              "replays add no rows.",
         "matches_landing": "The hour's rows are exactly the distinct frames of its landing metadata: "
                            "nothing landed is missing, nothing is extra.",
     },
@@ -49,8 +50,8 @@ def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[d
     """Record what is wrong with one stored hour of frames and detections under its partition key."""
     if problems := schema_problems(frames, FRAMES_SCHEMA):
         failures["frames", "schema_as_declared"][key] = problems
-    if dupes := duplicate_frame_ids(frames):
-        failures["frames", "no_duplicate_frame_id"][key] = dupes[:20]
+    if dupes := duplicate_frames(frames):
+        failures["frames", "no_duplicate_frame"][key] = dupes[:20]
     mismatch = landing_mismatch(frames, records)
     if mismatch["missing"] or mismatch["extra"] or mismatch["rows"] != mismatch["distinct_landed"]:
         failures["frames", "matches_landing"][key] = mismatch
@@ -72,18 +73,23 @@ def schema_problems(table: pa.Table, schema: pa.Schema) -> list[str]:
     return problems or ["column order differs from the declaration"]
 
 
-def duplicate_frame_ids(table: pa.Table) -> list[str]:
-    ids = table.column("frame_id").to_pylist()
+def frame_names(table: pa.Table) -> list[str]:
+    """`<source_id>/<frame_id>` of each row: a frame's identity, as the checks report it."""
+    return [f"{s}/{f}" for s, f in zip(table.column("source_id").to_pylist(),
+                                       table.column("frame_id").to_pylist(), strict=True)]
+
+
+def duplicate_frames(table: pa.Table) -> list[str]:
     seen, dupes = set(), set()
-    for frame_id in ids:
-        (dupes if frame_id in seen else seen).add(frame_id)
+    for name in frame_names(table):
+        (dupes if name in seen else seen).add(name)
     return sorted(dupes)
 
 
 def landing_mismatch(table: pa.Table, records: list[dict]) -> dict:
-    """Frames missing from the table or extra in it, against the distinct landing frame ids."""
-    stored = set(table.column("frame_id").to_pylist())
-    landed = {r["frame_id"] for r in records}
+    """Frames missing from the table or extra in it, against the distinct landed frames."""
+    stored = set(frame_names(table))
+    landed = {f"{r['source_id']}/{r['frame_id']}" for r in records}
     return {"missing": sorted(landed - stored), "extra": sorted(stored - landed),
             "rows": table.num_rows, "distinct_landed": len(landed)}
 

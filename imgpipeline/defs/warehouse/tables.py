@@ -78,12 +78,13 @@ def concat(tables: list[pa.Table], table_name: str) -> pa.Table:
 # -- landing records → hourly tables -------------------------------------------------------
 
 def latest_per_frame(records: list[dict]) -> list[dict]:
-    """One record per frame_id: the latest processing wins; ordered by capture time and id."""
+    """One record per frame (source_id, frame_id): the latest processing wins; ordered by capture
+    time, source and id."""
     best: dict[str, dict] = {}
     for record in sorted(records, key=lambda r: (r["processed_at"] or "", r["topic"] or "",
                                                  r["partition"] or 0, r["offset"] or 0)):
-        best[record["frame_id"]] = record
-    return sorted(best.values(), key=lambda r: (r["captured_at"], r["frame_id"]))
+        best[record.get("source_id"), record["frame_id"]] = record
+    return sorted(best.values(), key=lambda r: (r["captured_at"], r.get("source_id") or "", r["frame_id"]))
 
 
 def _time(text: str | None) -> datetime | None:

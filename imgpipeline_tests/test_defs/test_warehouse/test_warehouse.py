@@ -154,14 +154,14 @@ def test_checks_fail_on_a_duplicate_or_a_missing_frame():
         for i in range(3)
     ]
     table = tables.frames_table(tables.latest_per_frame(records))
-    assert checks.duplicate_frame_ids(table) == []
+    assert checks.duplicate_frames(table) == []
     assert checks.landing_mismatch(table, records)["missing"] == []
     assert checks.schema_problems(table, tables.FRAMES_SCHEMA) == []
 
     duplicated = pa.concat_tables([table, table.slice(1, 1)])
-    assert checks.duplicate_frame_ids(duplicated) == ["f1"]
+    assert checks.duplicate_frames(duplicated) == ["s/f1"]
     missing = table.slice(0, 2)
-    assert checks.landing_mismatch(missing, records)["missing"] == ["f2"]
+    assert checks.landing_mismatch(missing, records)["missing"] == ["s/f2"]
     without_status = table.drop_columns(["status"])
     assert checks.schema_problems(without_status, tables.FRAMES_SCHEMA) == ["missing column status"]
 
