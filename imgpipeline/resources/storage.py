@@ -149,6 +149,11 @@ class Storage:
         """Write an object from a binary file read from its current position, in chunks."""
         raise NotImplementedError
 
+    def put_new(self, key: str, data: bytes, *, sha256: str) -> str | None:
+        """Write an object only if the key is free, atomically (two writers: one wins); None when
+        written, else the sha256 of what the key already holds."""
+        raise NotImplementedError
+
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         raise NotImplementedError
 
@@ -175,6 +180,15 @@ class Storage:
             raise BadObject(f"object {key} is {size} bytes, over the limit of {max_bytes}")
 
 
+def _fsync_folder(folder: Path) -> None:
+    """A rename is durable once its folder is on disk."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 class LocalStorage(Storage):
     def __init__(self, location: StorageLocation):
         self.location = location
@@ -193,28 +207,44 @@ class LocalStorage(Storage):
     def put(self, key: str, data: bytes, *, sha256: str | None = None) -> str:
         return self.put_file(key, io.BytesIO(data), sha256=sha256 or "")
 
+    def put_new(self, key: str, data: bytes, *, sha256: str) -> str | None:
+        path = self._path(key)
+        tmp = self._durable_temp(path, io.BytesIO(data))
+        try:
+            os.link(tmp, path)  # fails, atomically, when the key exists
+        except FileExistsError:
+            return self.stored_sha256(key)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        _fsync_folder(path.parent)
+        return None
+
     def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
         path = self._path(key)
+        tmp = self._durable_temp(path, file)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+        return self.uri(key)
+
+    def _durable_temp(self, path: Path, file: BinaryIO) -> str:
+        """The bytes in a temp file of their own beside `path` (writers of one key never share one),
+        on disk before it is renamed: readers never see half a file, and a crash after a Kafka commit
+        never loses what the commit counted as landed."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp name of its own (writers of one key never share one), on disk before the rename, and
-        # the rename on disk before we return: readers never see half a file, and a crash after a
-        # Kafka commit never loses what the commit counted as landed.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(file, out)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-        return self.uri(key)
+        return tmp
 
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
@@ -301,6 +331,18 @@ class S3Storage(Storage):
             Metadata={"sha256": sha256 or sha256_hex(data)},
         )
         return self.uri(key)
+
+    def put_new(self, key: str, data: bytes, *, sha256: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data,
+                                   Metadata={"sha256": sha256}, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return self.stored_sha256(key)  # 412: the key exists; 409: a write to it raced ours
+            raise
+        return None
 
     def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
         # A managed transfer: large files go up in parts, never whole in memory.

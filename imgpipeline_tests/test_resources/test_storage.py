@@ -78,3 +78,36 @@ def test_missing_bucket_names_the_fix(services):
     missing = StorageResource(**{**resource.model_dump(), "uri": f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/x"})
     with pytest.raises(ConfigError, match=r"bucket 'no-such-bucket-\w+' does not exist at http://127"):
         missing.open().check()
+
+
+def test_put_new_never_replaces_and_one_of_racing_writers_wins(storage):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = storage.open()
+    key = f"frames/race/{uuid.uuid4().hex}.jpg"
+    bodies = [bytes([i]) * 1000 for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda body: store.put_new(key, body, sha256=sha256_hex(body)), bodies))
+    winners = [body for body, answer in zip(bodies, answers, strict=True) if answer is None]
+    assert len(winners) == 1 and store.get(key) == winners[0]
+    assert {a for a in answers if a is not None} == {sha256_hex(winners[0])}
+    assert store.list("frames/race/") == [key]  # no temp file left behind
+
+
+def test_local_writes_of_one_key_do_not_share_a_temp_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    bodies = [bytes([i]) * 200_000 for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda body: store.put("landing/x.jsonl", body), bodies))
+    assert store.get("landing/x.jsonl") in bodies  # one writer's whole bytes, never a mix
+    assert sorted(p.name for p in (tmp_path / "store" / "landing").iterdir()) == ["x.jsonl"]
+
+
+def test_a_key_naming_a_folder_or_too_long_a_name_is_a_bad_object(tmp_path):
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    store.put("frames/cam/2026-11-20/a.jpg", b"x")
+    for key in ("frames/cam/2026-11-20", "frames/cam/" + "a" * 300 + ".jpg"):
+        with pytest.raises(BadObject, match="cannot be read|does not exist"):
+            store.get(key)

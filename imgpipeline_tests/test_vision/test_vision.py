@@ -69,3 +69,39 @@ def test_decode_refuses_garbage_and_round_trips_jpeg():
         decode_image(b"")
     image = np.zeros((20, 30, 3), np.uint8)
     assert decode_image(encode_jpeg(image)).shape == (20, 30, 3)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG of one grey level: a few hundred KB that decode to width × height × 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(height)), 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_a_pixel_bomb_is_refused_from_its_header():
+    bomb = png_declaring(8000, 6000)  # 48 MP in ~50 KB
+    assert len(bomb) < 200_000
+    with pytest.raises(UndecodableImage, match="declares 8000x6000 pixels, over the limit of 40,000,000"):
+        decode_image(bomb, max_pixels=40_000_000)
+    assert decode_image(png_declaring(64, 48), max_pixels=40_000_000).shape == (48, 64, 3)
+
+
+def test_odd_but_real_images_still_decode():
+    for image, ext in ((np.zeros((9, 7, 4), np.uint8), ".png"), (np.zeros((9, 7, 3), np.uint16), ".png"),
+                       (np.zeros((9, 7, 3), np.uint8), ".webp"), (np.zeros((1, 1, 3), np.uint8), ".png")):
+        data = cv2.imencode(ext, image)[1].tobytes()
+        assert decode_image(data, max_pixels=40_000_000).shape[:2] == image.shape[:2]
+
+
+def test_a_header_opencv_would_choke_on_is_refused():
+    # A JPEG start-of-frame declaring 60000×60000: refused from the header, never handed to OpenCV.
+    header = (b"\xff\xd8\xff\xc0\x00\x11\x08" + (60000).to_bytes(2, "big") * 2
+              + b"\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01\xff\xd9")
+    with pytest.raises(UndecodableImage):
+        decode_image(header, max_pixels=40_000_000)

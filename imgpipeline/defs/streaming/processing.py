@@ -160,10 +160,8 @@ class FrameProcessor:
         replaced by different bytes: the same key with other content is refused."""
         key = frame_key(message.source_id, message.captured, message.frame_id)
         digest = sha256_hex(data)
-        stored = self.store.stored_sha256(key)
-        if stored is None:
-            self.store.put(key, data, sha256=digest)
-        elif stored != digest:
+        stored = self.store.put_new(key, data, sha256=digest)
+        if stored not in (None, digest):
             raise BadInput(f"{key} already holds a different frame (sha256 {stored[:12]}…, this one "
                            f"{digest[:12]}…); a stored frame is never replaced")
         return _with_uri(message, self.store.uri(key))
