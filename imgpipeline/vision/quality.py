@@ -25,8 +25,9 @@ def header_size(data: bytes) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 return image.size
-    except Image.DecompressionBombError as exc:  # twice Pillow's own limit (179 MP): no camera frame
-        raise UndecodableImage(f"image header refused: {exc}") from None
+    except Image.DecompressionBombError:  # over twice Pillow's own limit (179 MP): no camera frame
+        raise UndecodableImage(f"image declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
+                               "over any limit (a decompression bomb)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise UndecodableImage(
             f"cannot decode {len(data)} bytes as an image: no known image header") from None

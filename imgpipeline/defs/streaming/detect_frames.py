@@ -133,6 +133,11 @@ class Batch:
             if self.is_duplicate(record):
                 self.counts["duplicate"] += 1
                 continue
+            if prepared.inline is not None and prepared.error is None:
+                self.processor.store_inline(prepared)
+                if prepared.error is not None:
+                    record = self.processor.finish(prepared)
+                    self.dead_letter(prepared)
             yield prepared, record
             if self.counts["read"] % 100 == 0:
                 self.context.log.info(f"{self.counts['read']} frames read: {self.counts}")

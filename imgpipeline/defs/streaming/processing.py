@@ -101,6 +101,7 @@ class Prepared:
     size: int = 0
     error: str | None = None
     dead_lettered: bool = False
+    inline: bytes | None = None  # an inline frame's bytes until they are stored
 
 
 class FrameProcessor:
@@ -132,8 +133,7 @@ class FrameProcessor:
                 data = self.store.get(self.store.key_for(message.uri), max_bytes=self.max_bytes)
             if message.sha256 and sha256_hex(data) != message.sha256:
                 raise BadInput("frame bytes do not match the message's sha256")
-            if inline is not None:
-                prepared.message = message = self.store_inline(message, data)
+            prepared.inline = inline  # stored later, in offset order (store_inline)
             prepared.size = len(data)
             prepared.image = decode_image(data, self.max_pixels)
             quality = measure_quality(prepared.image)
@@ -155,16 +155,22 @@ class FrameProcessor:
             prepared.image = None
         return prepared
 
-    def store_inline(self, message: FrameMessage, data: bytes) -> FrameMessage:
-        """Store an inline frame before processing, so every frame has a URI. A stored frame is never
-        replaced by different bytes: the same key with other content is refused."""
+    def store_inline(self, prepared: Prepared) -> None:
+        """Store an inline frame before it is detected, so every frame has a URI; called in offset
+        order, so of two messages for one frame the first is the one stored. A stored frame is never
+        replaced by different bytes: the same key with other content makes this frame an error."""
+        message, data = prepared.message, prepared.inline
+        prepared.inline = None
         key = frame_key(message.source_id, message.captured, message.frame_id)
         digest = sha256_hex(data)
         stored = self.store.put_new(key, data, sha256=digest)
         if stored not in (None, digest):
-            raise BadInput(f"{key} already holds a different frame (sha256 {stored[:12]}…, this one "
-                           f"{digest[:12]}…); a stored frame is never replaced")
-        return _with_uri(message, self.store.uri(key))
+            prepared.error = (f"{key} already holds a different frame (sha256 {stored[:12]}…, this one "
+                              f"{digest[:12]}…); a stored frame is never replaced")
+            prepared.image = None
+            return
+        prepared.message = _with_uri(message, self.store.uri(key))
+        prepared.record["uri"] = prepared.message.uri
 
     def base_record(self, incoming: Incoming, message: FrameMessage | None) -> dict:
         ingested = (

@@ -203,9 +203,18 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     send(kafka, [(first, stored.to_headers()), (other, stored.to_headers())])
     with dg.instance_for_test() as instance:
         assert run(kafka, local, instance, 0, 2).success
-    records = sorted(landing_records(local), key=lambda r: r["offset"])
-    assert records[0]["status"] == "detected"
-    # The second, with other bytes under the same frame, is refused: a duplicate in its hour
-    # at best, never an overwrite of the first frame's bytes.
-    assert len(records) == 1 or "already holds a different frame" in records[1]["error"]
+    # The first message for the frame is stored and detected; the second, with other bytes for the
+    # same frame, is a duplicate in its hour and never replaces the first one's bytes.
+    (record,) = landing_records(local)
+    assert (record["offset"], record["status"]) == (0, "detected")
     assert store.get(frame_key("cam9", WHEN, "same")) == first
+
+    # A frame stored by a producer (claim check) and an inline message with other bytes for it: the
+    # message is an error with its reason, the stored bytes stay.
+    store.put(frame_key("cam9", WHEN, "claimed"), first)
+    send(kafka, [(other, FrameMessage("claimed", "cam9", STAMP, None, None, None, None).to_headers())])
+    with dg.instance_for_test() as instance:
+        assert run(kafka, local, instance, 2, 3).success
+    (refused,) = [r for r in landing_records(local) if r["offset"] == 2]
+    assert refused["status"] == "error" and "already holds a different frame" in refused["error"]
+    assert store.get(frame_key("cam9", WHEN, "claimed")) == first
