@@ -99,6 +99,37 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         return (getattr(repository.code_pointer, "module", None) in self.preload
                 and os.path.realpath(repository.executable_path) == os.path.realpath(sys.executable))
 
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: dg.DagsterRun):
+        """Whether the process executing a started run is still there, for Dagster's run monitoring:
+        a worker killed from outside (the OOM killer, `kill -9`) fails its run within one monitoring
+        interval, and run retries launch it again. Forked runs carry their pid in a tag; a run
+        launched the default way reported its pid when its process started."""
+        from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+
+        from imgpipeline.services.process import alive
+
+        host = run.tags.get(HOST_TAG, socket.gethostname())
+        if host != socket.gethostname():
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"worker on {host}: not checked from here")
+        pid = int(run.tags[PID_TAG]) if PID_TAG in run.tags else self._reported_pid(run.run_id)
+        if pid is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker pid reported yet")
+        if alive(pid):
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker {pid} is running")
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker {pid} is gone (killed or crashed)")
+
+    def _reported_pid(self, run_id: str) -> int | None:
+        for entry in self._instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+            data = entry.dagster_event.engine_event_data if entry.dagster_event else None
+            pid = data.metadata.get("pid") if data else None
+            if pid is not None and (entry.message or "").startswith("Started process for run"):
+                return int(pid.value)
+        return None
+
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
         if run is None or PID_TAG not in run.tags:

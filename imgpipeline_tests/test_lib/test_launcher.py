@@ -106,3 +106,49 @@ def test_terminate_cancels_a_forked_run(instance, kafka, tmp_path):
     assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.CANCELED}
     assert all(PID_TAG in run.tags for run in runs)
     assert landing_records(storage) == []
+
+
+def test_a_killed_worker_fails_its_run_under_run_monitoring(instance, kafka, tmp_path):
+    """`kill -9` of a forked run worker (as the OOM killer does): the run does not stay STARTED
+    forever; run monitoring sees the worker gone and fails the run, so retries can run it again."""
+    import logging
+    import os
+    import signal
+
+    from dagster._core.launcher import WorkerStatus
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+    from kafka import TopicPartition
+
+    from imgpipeline.services.process import alive
+
+    storage = StorageResource(uri=(tmp_path / "first").as_uri())
+    produce(kafka, storage, tmp_path / "sent", video_backlog(100))
+    runs = launch_backlog(instance, kafka)
+    deadline = time.monotonic() + 60
+    while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
+        assert time.monotonic() < deadline, "the forked runs never started"
+        time.sleep(0.2)
+    time.sleep(1)  # into the frames
+    launcher = instance.run_launcher
+    pids = [int(instance.get_run_by_id(run.run_id).tags[PID_TAG]) for run in runs]
+    assert {launcher.check_run_worker_health(instance.get_run_by_id(run.run_id)).status
+            for run in runs} == {WorkerStatus.RUNNING}
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline + 30, "the killed workers are still there"
+        time.sleep(0.1)
+
+    for run in runs:
+        record = instance.get_run_record_by_id(run.run_id)
+        assert record.dagster_run.status == dg.DagsterRunStatus.STARTED  # nobody else noticed
+        assert launcher.check_run_worker_health(record.dagster_run).status == WorkerStatus.FAILED
+        monitor_started_run(instance, None, record, logging.getLogger("run-monitoring"))
+    failed = [instance.get_run_by_id(run.run_id) for run in runs]
+    assert {run.status for run in failed} == {dg.DagsterRunStatus.FAILURE}
+    assert landing_records(storage) == []
+    consumer = kafka.consumer()
+    try:
+        assert [consumer.committed(TopicPartition(kafka.frames_topic, p)) for p in (0, 1)] == [None, None]
+    finally:
+        consumer.close()
