@@ -54,13 +54,15 @@ class DetectFramesConfig(dg.Config):
     )
     annotate: bool = Field(default=False, description="Also write annotated/<source>/<date>/<id>.jpg.")
     commit: bool = Field(default=True, description="Commit the range to the consumer group after success.")
+    generation: int = Field(
+        default=0, description="How many times the topic's offsets were reset (re-created topic): "
+                               "names the landing files of a range so reused offsets never collide.")
 
 
-def detect_run_config(topic: str, partition: int, start: int, end: int) -> dict:
+def detect_run_config(topic: str, partition: int, start: int, end: int, generation: int = 0) -> dict:
     """The run config of detect_frames over the offsets [start, end) of one partition."""
-    return {"ops": {"detect": {"config": {
-        "topic": topic, "partition": partition, "start_offset": start, "end_offset": end,
-    }}}}
+    config = {"topic": topic, "partition": partition, "start_offset": start, "end_offset": end}
+    return {"ops": {"detect": {"config": config | ({"generation": generation} if generation else {})}}}
 
 
 @dataclass
@@ -88,8 +90,8 @@ def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, st
         )
     # "none": an offset below the log's start is an error we account for, never a silent jump.
     consumer = kafka.consumer(auto_offset_reset="none")
-    source = FrameSource(range_name(topic, config.partition, config.start_offset, config.end_offset),
-                         iter(()), consumer)
+    name = range_name(topic, config.partition, config.start_offset, config.end_offset, config.generation)
+    source = FrameSource(name, iter(()), consumer)
     source.incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset,
                                  source.gaps)
     return source

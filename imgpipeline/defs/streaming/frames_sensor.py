@@ -87,7 +87,7 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
     cursor: {"partitions": {"0": {"next": 12, "since": 1700000000.0}}, "gaps": 0}
     """
     partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
-    plan = Plan(cursor={"partitions": partitions, "gaps": cursor.get("gaps", 0)})
+    plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
     for partition in sorted(ends):
         state = partitions.setdefault(str(partition), {"next": beginnings[partition], "since": None})
         if state["next"] < beginnings[partition]:
@@ -163,12 +163,44 @@ def runs_in_flight(context: dg.SensorEvaluationContext) -> int:
     return instance.get_runs_count(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE))
 
 
-def run_request(topic: str, partition: int, start: int, end: int) -> dg.RunRequest:
+def run_request(topic: str, partition: int, start: int, end: int, generation: int = 0) -> dg.RunRequest:
     return dg.RunRequest(
-        run_key=range_name(topic, partition, start, end),
-        run_config=detect_run_config(topic, partition, start, end),
+        run_key=range_name(topic, partition, start, end, generation),
+        run_config=detect_run_config(topic, partition, start, end, generation),
         tags={PARTITION_TAG: f"{topic}-{partition}"},
     )
+
+
+def detect_reset(cursor: dict, ends: dict[int, int], beginnings: dict[int, int],
+                 topic_id: str | None) -> list[str]:
+    """Offsets that went backwards (the topic re-created, or moved to a new cluster): the cursor
+    starts over on the new log in a new generation, and each reset is said in a warning.
+
+    The topic's id tells a re-created topic even when its new log has passed the old cursor; a
+    partition whose end is below the cursor tells it on a cluster that gives no id.
+    """
+    partitions = cursor.setdefault("partitions", {})
+    known_id = cursor.get("topic_id")
+    if topic_id and known_id and topic_id != known_id:
+        reset = sorted(int(p) for p in partitions)
+        why = f"the topic was re-created (id {known_id} → {topic_id})"
+    else:
+        reset = sorted(p for p in ends if str(p) in partitions and ends[p] < partitions[str(p)]["next"])
+        why = "its log ends below the next offset the sensor expected"
+    if topic_id:
+        cursor["topic_id"] = topic_id
+    if not reset:
+        return []
+    cursor["generation"] = cursor.get("generation", 0) + 1
+    warnings = []
+    for p in reset:
+        old = partitions[str(p)]["next"]
+        partitions[str(p)] = {"next": beginnings.get(p, 0), "since": None}
+        warnings.append(f"partition {p}: offsets went backwards ({why}; expected {old}, the log now ends "
+                        f"at {ends.get(p, 0)}): starting over at {beginnings.get(p, 0)} as generation "
+                        f"{cursor['generation']}, whose run keys and landing files end in "
+                        f"-g{cursor['generation']}")
+    return warnings
 
 
 @dataclass
@@ -177,6 +209,7 @@ class Offsets:
 
     ends: dict[int, int]
     beginnings: dict[int, int]
+    topic_id: str | None = None
 
 
 def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, cursor: dict,
@@ -202,6 +235,8 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
 
         ends = read_ends()
         beginnings = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
+        for warning in detect_reset(cursor, ends, beginnings, topic_id_of(consumer, topic)):
+            context.log.warning(warning)
         known = cursor.setdefault("partitions", {})
         for tp in tps:
             if str(tp.partition) not in known:
@@ -214,11 +249,18 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
         if (policy.watch_s > 0 and pending < enough
                 and runs_in_flight(context) < policy.max_runs_in_flight):
             ends = watch_ends(read_ends, ends, pending, policy, enough)
-        return Offsets(ends, beginnings)
+        return Offsets(ends, beginnings, cursor.get("topic_id"))
     except KafkaError as exc:
         return dg.SkipReason(f"Kafka error, tick skipped: {type(exc).__name__}: {exc}")
     finally:
         consumer.close()
+
+
+def topic_id_of(consumer, topic: str) -> str | None:
+    """The topic's id from the consumer's metadata (kafka-python 3 keeps it), else None."""
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    topic_id = cluster.topic_id(topic) if cluster is not None and hasattr(cluster, "topic_id") else None
+    return str(topic_id) if topic_id else None
 
 
 def lag_observation(lag: dict[int, int], ends: dict[int, int], plan: Plan) -> dg.AssetObservation:
@@ -272,7 +314,8 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         if lag != {int(p): v for p, v in previous.get("lag", {}).items()}:
             events.append(lag_observation(lag, ends, plan))
         new_cursor = {**plan.cursor, "topic": topic, "lag": {str(p): v for p, v in lag.items()}}
-        requests = [run_request(topic, p, start, end) for p, start, end in plan.ranges]
+        generation = plan.cursor.get("generation", 0)
+        requests = [run_request(topic, p, start, end, generation) for p, start, end in plan.ranges]
         if not requests and not events and new_cursor == cursor:
             return dg.SkipReason(f"no new frames on {topic} ({in_flight} runs in flight)")
         return dg.SensorResult(

@@ -20,9 +20,10 @@ LANDING = "landing/metadata"
 GAPS = "landing/gaps"
 
 
-def range_name(topic: str, partition: int, start: int, end: int) -> str:
-    """`<topic>-<partition>-<start>-<end>`: a range's landing file name and its run key."""
-    return f"{topic}-{partition}-{start}-{end}"
+def range_name(topic: str, partition: int, start: int, end: int, generation: int = 0) -> str:
+    """`<topic>-<partition>-<start>-<end>`: a range's landing file name and its run key; after the
+    topic's offsets were reset (`-g<generation>`), so reused offsets never collide with old ones."""
+    return f"{topic}-{partition}-{start}-{end}" + (f"-g{generation}" if generation else "")
 
 
 def uris_name(uris: list[str]) -> str:

@@ -144,3 +144,52 @@ def test_missing_topic_and_dead_broker_skip_the_tick(services):
         dead = KafkaResource(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout_s=1)
         result = tick(dead, instance, BatchPolicy(watch_s=0))
         assert result.skip_message.startswith("Kafka unreachable, tick skipped: cannot reach Kafka")
+
+
+def test_offsets_going_backwards_start_a_new_generation():
+    from imgpipeline.defs.streaming.frames_sensor import detect_reset, run_request
+
+    cursor = {"partitions": {"0": {"next": 500, "since": None}, "1": {"next": 40, "since": None}},
+              "topic_id": "a"}
+    # The same topic, one partition's log now ends below the cursor (moved to a new cluster).
+    warnings = detect_reset(cursor, {0: 12, 1: 60}, {0: 0, 1: 0}, "a")
+    assert len(warnings) == 1 and "partition 0: offsets went backwards" in warnings[0]
+    assert cursor["generation"] == 1 and cursor["partitions"]["0"] == {"next": 0, "since": None}
+    assert cursor["partitions"]["1"]["next"] == 40
+    # A re-created topic (a new id) starts every partition over, even past the old cursor.
+    warnings = detect_reset(cursor, {0: 900, 1: 900}, {0: 0, 1: 0}, "b")
+    assert len(warnings) == 2 and "re-created" in warnings[0] and cursor["generation"] == 2
+    assert detect_reset(cursor, {0: 900, 1: 900}, {0: 0, 1: 0}, "b") == []
+    # Reused offsets get run keys and landing names of their own.
+    request = run_request("frames", 0, 0, 100, generation=2)
+    assert request.run_key == "frames-0-0-100-g2"
+    assert request.run_config["ops"]["detect"]["config"]["generation"] == 2
+    assert run_request("frames", 0, 0, 100).run_key == "frames-0-0-100"
+
+
+@pytest.mark.integration
+def test_a_re_created_topic_is_noticed_and_gets_new_run_keys(kafka):
+    from kafka.admin import NewTopic
+
+    fill(kafka, 30)
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=10, watch_s=0)
+    with dg.instance_for_test() as instance:
+        first = tick(kafka, instance, policy)
+        assert [r.run_key for r in first.run_requests] == [f"{kafka.frames_topic}-0-0-30"]
+        admin = kafka.admin()
+        try:
+            admin.delete_topics([kafka.frames_topic])
+            deadline = time.monotonic() + 60
+            while True:  # deletion is asynchronous
+                try:
+                    admin.create_topics([NewTopic(kafka.frames_topic, 2, 1)])
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline, "the topic could not be re-created"
+                    time.sleep(0.5)
+        finally:
+            admin.close()
+        fill(kafka, 50)  # past the old cursor: only the topic's id tells it is new
+        second = tick(kafka, instance, policy, cursor=first.cursor)
+    assert [r.run_key for r in second.run_requests] == [f"{kafka.frames_topic}-0-0-50-g1"]
+    assert json.loads(second.cursor)["generation"] == 1

@@ -37,8 +37,8 @@ def send(kafka, messages: list[tuple[bytes | None, list]]) -> None:
     producer.close()
 
 
-def run(kafka, storage, instance, start: int, end: int, commit: bool = True):
-    config = detect_run_config(kafka.frames_topic, 0, start, end)
+def run(kafka, storage, instance, start: int, end: int, commit: bool = True, generation: int = 0):
+    config = detect_run_config(kafka.frames_topic, 0, start, end, generation)
     config["ops"]["detect"]["config"]["commit"] = commit
     return detect_frames.execute_in_process(
         run_config=config, instance=instance, raise_on_error=False,
@@ -218,3 +218,12 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     (refused,) = [r for r in landing_records(local) if r["offset"] == 2]
     assert refused["status"] == "error" and "already holds a different frame" in refused["error"]
     assert store.get(frame_key("cam9", WHEN, "claimed")) == first
+
+
+def test_a_new_generation_lands_under_names_of_its_own(kafka, local):
+    store = local.open()
+    send(kafka, [good_frame(store, "f0"), good_frame(store, "f1")])
+    with dg.instance_for_test() as instance:
+        assert run(kafka, local, instance, 0, 2, generation=3).success
+    (key,) = landing_files(local)
+    assert key.endswith(f"/{kafka.frames_topic}-0-0-2-g3.jsonl")
