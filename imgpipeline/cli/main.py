@@ -111,6 +111,11 @@ def add_bench(commands) -> None:
 
 def add_run(commands) -> None:
     """settings, demo, dev."""
+    repair = commands.add_parser(
+        "repair", help="run again every launched offset range that is not accounted for (the holes)")
+    repair.add_argument("--dry-run", action="store_true", help="only list the holes (exit 1 when any)")
+    repair.set_defaults(module="repair", run="repair")
+
     settings = commands.add_parser("settings", help="every setting: variable, value, default, meaning")
     settings.add_argument("--markdown", action="store_true",
                           help="the README's configuration table (defaults, not this environment's values)")

@@ -18,12 +18,14 @@ from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.assets import LANDING_ASSET
 from imgpipeline.defs.streaming.landing import (
     Spool,
+    accounted_ranges,
+    contiguous_end,
     event_hour,
     identity,
     landed_frames,
     landing_key,
     range_name,
-    record_gaps,
+    record_range,
     uris_name,
 )
 from imgpipeline.defs.streaming.processing import (
@@ -222,10 +224,14 @@ def detect_op(
         written = batch.land()
         if source.gaps:
             batch.counts["deleted_by_retention"] = sum(end - first for first, end in source.gaps)
-            written.append(record_gaps(store, source.name, source.gaps))
             context.log.warning(f"offsets deleted by retention before they were read: {source.gaps}")
-        if source.consumer is not None and config.commit:
-            commit_range(source.consumer, topic, config.partition, config.end_offset)
+        if source.consumer is not None:
+            ledger = record_range(store, topic, config.partition, config.start_offset, config.end_offset,
+                                  config.generation, run_id=context.run_id, counts=batch.counts,
+                                  gaps=source.gaps, landing=written)
+            written.append(ledger)
+            if config.commit:
+                commit_accounted(source.consumer, store, topic, config.partition, config.generation)
     finally:
         batch.close()
         source.close()
@@ -236,15 +242,20 @@ def detect_op(
     )
 
 
-def commit_range(consumer, topic: str, partition: int, end_offset: int) -> None:
-    """Move the group's committed offset to end_offset, never backwards (replays)."""
+def commit_accounted(consumer, store, topic: str, partition: int, generation: int = 0) -> int | None:
+    """Move the group's committed offset as far as the accounted ranges reach without a hole, never
+    backwards: a range that failed holds the commit at its start, so lag tools show it."""
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
     tp = TopicPartition(topic, partition)
     committed = consumer.committed(tp)
-    if committed is None or committed < end_offset:
-        consumer.commit({tp: OffsetAndMetadata(end_offset, "", -1)})
+    base = committed if committed is not None else consumer.beginning_offsets([tp])[tp]
+    reach = contiguous_end(accounted_ranges(store, topic, partition, generation), base)
+    if reach > base:
+        consumer.commit({tp: OffsetAndMetadata(reach, "", -1)})
+        return reach
+    return committed
 
 
 @dg.job(

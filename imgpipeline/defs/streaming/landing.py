@@ -17,7 +17,7 @@ from imgpipeline.defs.hours import hour_path
 from imgpipeline.ingest.messages import parse_time, sha256_hex
 
 LANDING = "landing/metadata"
-GAPS = "landing/gaps"
+RANGES = "landing/ranges"
 
 
 def range_name(topic: str, partition: int, start: int, end: int, generation: int = 0) -> str:
@@ -104,9 +104,54 @@ def landed_frames(store, hour: datetime, except_name: str) -> set[tuple]:
             for record in read_records(store, key)}
 
 
-def record_gaps(store, name: str, gaps: list[tuple[int, int]]) -> str:
-    """`landing/gaps/<range>.json`: the offsets of a range that retention deleted before they were
-    read, so every offset of a committed range is accounted for."""
-    key = f"{GAPS}/{name}.json"
-    store.put(key, json.dumps({"range": name, "deleted": [list(gap) for gap in gaps]}).encode())
+def ledger_prefix(topic: str, partition: int, generation: int = 0) -> str:
+    return f"{RANGES}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
+
+
+def record_range(store, topic: str, partition: int, start: int, end: int, generation: int, *,
+                 run_id: str, counts: dict, gaps: list[tuple[int, int]], landing: list[str]) -> str:
+    """`landing/ranges/<topic>/<partition>/[g<N>/]<start>-<end>.json`: the proof that a range is
+    accounted for, offset by offset (landed, dead-lettered, a duplicate, or deleted by retention
+    before it was read: `deleted`, each [first, end)). Written after the landing files, before the
+    commit."""
+    key = f"{ledger_prefix(topic, partition, generation)}{start}-{end}.json"
+    store.put(key, json.dumps({"range": range_name(topic, partition, start, end, generation),
+                               "start": start, "end": end, "generation": generation, "run_id": run_id,
+                               "counts": counts, "deleted": [list(g) for g in gaps],
+                               "landing": landing}).encode())
     return key
+
+
+def accounted_ranges(store, topic: str, partition: int, generation: int = 0) -> list[tuple[int, int]]:
+    """The [start, end) ranges of a partition that runs have accounted for, sorted."""
+    prefix, found = ledger_prefix(topic, partition, generation), []
+    for key in store.list(prefix):
+        name = key[len(prefix):]
+        if "/" not in name and name.endswith(".json"):  # not another generation's folder
+            start, _, end = name.removesuffix(".json").partition("-")
+            found.append((int(start), int(end)))
+    return sorted(found)
+
+
+def holes(ranges: list[tuple[int, int]], first: int, upto: int) -> list[tuple[int, int]]:
+    """The offsets in [first, upto) that no range covers, as [start, end) ranges."""
+    missing, position = [], first
+    for start, end in sorted(ranges):
+        if start > position:
+            missing.append((position, min(start, upto)))
+        position = max(position, end)
+        if position >= upto:
+            break
+    if position < upto:
+        missing.append((position, upto))
+    return [(s, e) for s, e in missing if s < e]
+
+
+def contiguous_end(ranges: list[tuple[int, int]], base: int) -> int:
+    """How far from `base` the ranges cover without a hole: where a consumer group may commit."""
+    position = base
+    for start, end in sorted(ranges):
+        if start > position:
+            break
+        position = max(position, end)
+    return position

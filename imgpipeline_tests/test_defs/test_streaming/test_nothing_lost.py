@@ -174,8 +174,10 @@ def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafk
         # the frames they held stay landed.
         assert run(kafka, local, instance, 0, 8, commit=False).success
     assert {r["frame_id"] for r in landing_records(local)} == before
-    (gap_key,) = store.list("landing/gaps/")
-    assert json.loads(store.get(gap_key)) == {"range": f"{kafka.frames_topic}-0-0-8", "deleted": [[0, 5]]}
+    (ledger,) = store.list("landing/ranges/")
+    entry = json.loads(store.get(ledger))
+    assert (entry["range"], entry["deleted"]) == (f"{kafka.frames_topic}-0-0-8", [[0, 5]])
+    assert entry["counts"]["deleted_by_retention"] == 5
 
 
 def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
@@ -227,3 +229,40 @@ def test_a_new_generation_lands_under_names_of_its_own(kafka, local):
         assert run(kafka, local, instance, 0, 2, generation=3).success
     (key,) = landing_files(local)
     assert key.endswith(f"/{kafka.frames_topic}-0-0-2-g3.jsonl")
+
+
+def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
+    from imgpipeline.defs.streaming.assets import kafka_frames
+    from imgpipeline.defs.streaming.reconcile import offsets_accounted_for, reconcile_frames, repair_holes
+
+    store = local.open()
+    send(kafka, [good_frame(store, f"f{i}") for i in range(9)])
+
+    def check(instance) -> dg.AssetCheckEvaluation:
+        job = dg.Definitions(assets=[kafka_frames], asset_checks=[offsets_accounted_for],
+                             jobs=[reconcile_frames], resources={"kafka": kafka, "storage": local}
+                             ).resolve_job_def("reconcile_frames")
+        result = job.execute_in_process(instance=instance)
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    with dg.instance_for_test() as instance:
+        assert run(kafka, local, instance, 0, 3).success
+        # The middle range was launched and failed for good (its retries spent).
+        instance.create_run_for_job(detect_frames, run_config=detect_run_config(kafka.frames_topic, 0, 3, 6),
+                                    status=dg.DagsterRunStatus.FAILURE)
+        assert run(kafka, local, instance, 6, 9).success
+        # A later range never commits past the missing one: lag tools see it.
+        assert committed(kafka) == 3
+        failed = check(instance)
+        assert not failed.passed
+        assert failed.metadata["holes"].value == {"0": [[3, 6]]}
+        assert failed.metadata["missing_offsets"].value == 3
+
+        lines = []
+        assert repair_holes(instance, {"kafka": kafka, "storage": local, "detector": DetectorResource()},
+                            max_batch=2, log=lines.append)
+        assert "2 repair runs; 0 offsets still missing" in lines[-1]
+        assert check(instance).passed
+    assert sorted(r["frame_id"] for r in landing_records(local)) == [f"f{i}" for i in range(9)]
+    assert committed(kafka) == 9

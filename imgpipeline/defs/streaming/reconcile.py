@@ -1,0 +1,155 @@
+"""Reconciliation: is every offset the sensor launched accounted for? The holes, and their repair.
+
+The range ledger (`landing/ranges/`, written by each run before its commit) says which offsets runs
+have accounted for. Up to the sensor's cursor, every offset still in the log must be in a ledger
+range or in a run that is queued or running; what is not is a hole, named with its offsets.
+`imgpipeline repair` runs the holes again.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from imgpipeline.defs.streaming.assets import TOPIC_ASSET
+from imgpipeline.defs.streaming.detect_frames import detect_frames
+from imgpipeline.defs.streaming.frames_sensor import ACTIVE
+from imgpipeline.defs.streaming.landing import accounted_ranges, holes
+from imgpipeline.resources import KafkaResource, StorageResource
+
+SENSOR = "frames_sensor"
+
+
+@dataclass
+class Coverage:
+    """One partition: offsets [beginning, upto) should be accounted for; `holes` are not."""
+
+    partition: int
+    generation: int
+    beginning: int
+    upto: int
+    holes: list[tuple[int, int]] = field(default_factory=list)
+    deleted_before_read: int = 0  # below the log's beginning and in no ledger range: retention's
+
+    @property
+    def missing(self) -> int:
+        return sum(end - start for start, end in self.holes)
+
+
+def sensor_cursor(instance: dg.DagsterInstance) -> dict:
+    """frames_sensor's cursor as the daemon keeps it ({} before its first tick)."""
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name == SENSOR and state.instigator_data and state.instigator_data.cursor:
+            return json.loads(state.instigator_data.cursor)
+    return {}
+
+
+def launched_ranges(instance: dg.DagsterInstance, topic: str, generation: int
+                    ) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]]:
+    """The ranges of detect_frames runs of this topic and generation, per partition: all of them, and
+    those queued or running."""
+    launched: dict[int, list[tuple[int, int]]] = {}
+    running: dict[int, list[tuple[int, int]]] = {}
+    for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name)):
+        config = run.run_config.get("ops", {}).get("detect", {}).get("config", {})
+        if config.get("topic") != topic or "end_offset" not in config or config.get("uris"):
+            continue
+        if config.get("generation", 0) != generation:
+            continue
+        span = (config["start_offset"], config["end_offset"])
+        launched.setdefault(config.get("partition", 0), []).append(span)
+        if run.status in ACTIVE:
+            running.setdefault(config.get("partition", 0), []).append(span)
+    return launched, running
+
+
+def coverage(store, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[Coverage]:
+    """Per partition: up to the sensor's cursor (or the furthest run launched), which offsets still in
+    the log no ledger range and no queued or running run covers."""
+    from kafka import TopicPartition
+
+    topic = kafka.frames_topic
+    cursor = sensor_cursor(instance)
+    if cursor.get("topic") not in (None, topic):
+        cursor = {}
+    generation = cursor.get("generation", 0)
+    launched, running = launched_ranges(instance, topic, generation)
+    upto = {int(p): state["next"] for p, state in cursor.get("partitions", {}).items()}
+    for partition, spans in launched.items():
+        upto[partition] = max(upto.get(partition, 0), *(end for _, end in spans))
+    consumer = kafka.consumer(group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(upto)]
+        beginnings = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()} if tps else {}
+    finally:
+        consumer.close()
+    report = []
+    for partition, end in sorted(upto.items()):
+        done = accounted_ranges(store, topic, partition, generation)
+        beginning = min(beginnings.get(partition, 0), end)
+        report.append(Coverage(
+            partition, generation, beginning, end,
+            holes=holes(done + running.get(partition, []), beginning, end),
+            deleted_before_read=sum(e - s for s, e in holes(done, 0, beginning))))
+    return report
+
+
+@dg.asset_check(
+    asset=TOPIC_ASSET,
+    name="offsets_accounted_for",
+    description="Every offset the sensor launched that is still in the log is accounted for — landed, "
+                "dead-lettered, a duplicate or a recorded retention gap (the range ledger) — or in a run "
+                "that is queued or running. Fails naming the holes; `imgpipeline repair` runs them again.",
+)
+def offsets_accounted_for(context: dg.AssetCheckExecutionContext, kafka: KafkaResource,
+                          storage: StorageResource) -> dg.AssetCheckResult:
+    report = coverage(storage.open(), kafka, context.instance)
+    return dg.AssetCheckResult(
+        passed=not any(c.holes for c in report),
+        metadata={
+            "missing_offsets": dg.MetadataValue.int(sum(c.missing for c in report)),
+            "holes": dg.MetadataValue.json({str(c.partition): [list(h) for h in c.holes[:50]]
+                                            for c in report if c.holes}),
+            "accounted_up_to": dg.MetadataValue.json({str(c.partition): c.upto for c in report}),
+            "deleted_before_read": dg.MetadataValue.int(sum(c.deleted_before_read for c in report)),
+        },
+    )
+
+
+reconcile_frames = dg.define_asset_job(
+    "reconcile_frames", selection=dg.AssetSelection.checks(offsets_accounted_for),
+    description="Checks that every launched offset of the frames topic is accounted for.",
+)
+
+reconcile_schedule = dg.ScheduleDefinition(
+    job=reconcile_frames, cron_schedule="*/15 * * * *", execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+def repair_holes(instance: dg.DagsterInstance, resources: dict, max_batch: int, log=print) -> bool:
+    """Run detect_frames over every hole (at most `max_batch` offsets a run), recorded in the instance
+    and tagged `imgpipeline/repair`; True when nothing is left missing."""
+    from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_run_config
+
+    kafka, store = resources["kafka"], resources["storage"].open()
+    report = coverage(store, kafka, instance)
+    work = [(c.partition, c.generation, start, min(start + max_batch, end))
+            for c in report for hole_start, end in c.holes for start in range(hole_start, end, max_batch)]
+    for c in report:
+        log(f"  partition {c.partition}: {c.beginning}..{c.upto - 1} launched, "
+            f"{c.missing} missing in {len(c.holes)} holes {c.holes[:5]}")
+    ok = True
+    for partition, generation, start, end in work:
+        result = detect_frames.execute_in_process(
+            run_config=detect_run_config(kafka.frames_topic, partition, start, end, generation),
+            instance=instance, resources=resources, raise_on_error=False,
+            tags={PARTITION_TAG: f"{kafka.frames_topic}-{partition}", "imgpipeline/repair": "true"})
+        ok &= result.success
+        log(f"  repaired {kafka.frames_topic}-{partition} {start}..{end - 1}: "
+            f"{'done' if result.success else 'FAILED, see run ' + result.run_id}")
+    left = sum(c.missing for c in coverage(store, kafka, instance))
+    log(f"{len(work)} repair runs; {left} offsets still missing")
+    return ok and left == 0
