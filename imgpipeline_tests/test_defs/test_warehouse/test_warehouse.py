@@ -178,3 +178,28 @@ def test_latest_processing_wins():
            "partition": 0, "offset": 1, "status": "error"}
     new = {**old, "processed_at": "2026-11-21T11:00:00.000Z", "offset": 9, "status": "detected"}
     assert tables.latest_per_frame([new, old]) == [new]
+
+
+def test_the_s3_secret_never_appears_in_sql_text():
+    import duckdb
+
+    from imgpipeline.defs.warehouse.sql import prepare_connection
+    from imgpipeline.resources import StorageResource
+
+    class Recorded:
+        """A real DuckDB connection that remembers the SQL text it was given."""
+
+        def __init__(self):
+            self.con, self.statements = duckdb.connect(), []
+
+        def execute(self, sql, *params):
+            self.statements.append(sql)
+            return self.con.execute(sql, *params)
+
+    storage = StorageResource(uri="s3://bucket/prefix", endpoint_url="http://127.0.0.1:9",
+                              access_key_id="key-id-1", secret_access_key="top-secret-value")
+    recorded = Recorded()
+    prepare_connection(recorded, storage)
+    assert not any("top-secret-value" in sql or "key-id-1" in sql for sql in recorded.statements)
+    (secret,) = recorded.con.execute("SELECT secret_string FROM duckdb_secrets()").fetchone()
+    assert "key_id=key-id-1" in secret and "endpoint=127.0.0.1:9" in secret and "top-secret" not in secret
