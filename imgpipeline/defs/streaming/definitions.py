@@ -5,12 +5,17 @@ import dagster as dg
 from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
 from imgpipeline.defs.streaming.detect_frames import detect_frames
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
-from imgpipeline.defs.streaming.reconcile import offsets_accounted_for, reconcile_frames, reconcile_schedule
+from imgpipeline.defs.streaming.reconcile import (
+    offsets_accounted_for,
+    reconcile_frames,
+    reconcile_schedule,
+    repair_sensor,
+)
 
 defs = dg.Definitions(
     assets=[kafka_frames, landing_metadata],
     asset_checks=[offsets_accounted_for],
     jobs=[detect_frames, reconcile_frames],
-    sensors=[build_frames_sensor(BatchPolicy.from_env())],
+    sensors=[build_frames_sensor(BatchPolicy.from_env()), repair_sensor],
     schedules=[reconcile_schedule],
 )

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from imgpipeline.defs.streaming.assets import TOPIC_ASSET
-from imgpipeline.defs.streaming.detect_frames import detect_frames
-from imgpipeline.defs.streaming.frames_sensor import ACTIVE
-from imgpipeline.defs.streaming.landing import accounted_ranges, holes
+from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
+from imgpipeline.defs.streaming.frames_sensor import ACTIVE, BatchPolicy
+from imgpipeline.defs.streaming.landing import accounted_ranges, holes, range_name
 from imgpipeline.resources import KafkaResource, StorageResource
 
 SENSOR = "frames_sensor"
@@ -132,8 +132,6 @@ reconcile_schedule = dg.ScheduleDefinition(
 def repair_holes(instance: dg.DagsterInstance, resources: dict, max_batch: int, log=print) -> bool:
     """Run detect_frames over every hole (at most `max_batch` offsets a run), recorded in the instance
     and tagged `imgpipeline/repair`; True when nothing is left missing."""
-    from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_run_config
-
     kafka, store = resources["kafka"], resources["storage"].open()
     report = coverage(store, kafka, instance)
     work = [(c.partition, c.generation, start, min(start + max_batch, end))
@@ -153,3 +151,57 @@ def repair_holes(instance: dg.DagsterInstance, resources: dict, max_batch: int, 
     left = sum(c.missing for c in coverage(store, kafka, instance))
     log(f"{len(work)} repair runs; {left} offsets still missing")
     return ok and left == 0
+
+
+# A hole is repaired first REPAIR_BACKOFF_S after it was seen (time for run retries to finish), then
+# after twice as long each time, at most REPAIR_ATTEMPTS times; then it waits for `imgpipeline repair`.
+REPAIR_BACKOFF_S = 300
+REPAIR_ATTEMPTS = 5
+
+
+def plan_repairs(report: list[Coverage], attempts: dict, now: float, max_batch: int, topic: str
+                 ) -> tuple[list[tuple[int, int, int, int, int]], dict, list[str]]:
+    """Pure: which holes to run again now (partition, generation, start, end, attempt), the next
+    attempts record {range: {"n": tries so far, "at": when the wait began}}, and what gave up."""
+    due, seen, given_up = [], {}, []
+    for c in report:
+        for hole_start, hole_end in c.holes:
+            for start in range(hole_start, hole_end, max_batch):
+                end = min(start + max_batch, hole_end)
+                name = range_name(topic, c.partition, start, end, c.generation)
+                state = seen[name] = dict(attempts.get(name, {"n": 0, "at": now}))
+                if state["n"] >= REPAIR_ATTEMPTS:
+                    given_up.append(name)
+                elif now >= state["at"] + REPAIR_BACKOFF_S * 2 ** state["n"]:
+                    state["n"] += 1
+                    state["at"] = now
+                    due.append((c.partition, c.generation, start, end, state["n"]))
+    return due, seen, given_up  # ranges no longer holes drop out of the record
+
+
+@dg.sensor(
+    name="repair_sensor",
+    job=detect_frames,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=f"Runs again, with backoff ({REPAIR_BACKOFF_S} s, doubling, {REPAIR_ATTEMPTS} times), "
+                "every range the sensor launched that no run accounted for (a run that failed for good).",
+)
+def repair_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource):
+    import time
+
+    topic = kafka.frames_topic
+    report = coverage(storage.open(), kafka, context.instance)
+    attempts = json.loads(context.cursor) if context.cursor else {}
+    max_batch = BatchPolicy.from_env().max_batch
+    due, record, given_up = plan_repairs(report, attempts, time.time(), max_batch, topic)
+    for name in given_up:
+        context.log.warning(f"{name}: still missing after {REPAIR_ATTEMPTS} repairs; "
+                            "run `imgpipeline repair`")
+    requests = [dg.RunRequest(
+        run_key=f"repair-{range_name(topic, partition, start, end, generation)}-{attempt}",
+        run_config=detect_run_config(topic, partition, start, end, generation),
+        tags={PARTITION_TAG: f"{topic}-{partition}", "imgpipeline/repair": str(attempt)},
+    ) for partition, generation, start, end, attempt in due]
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(record),
+                           skip_reason=None if requests else "no hole due for repair")

@@ -193,3 +193,26 @@ def test_a_re_created_topic_is_noticed_and_gets_new_run_keys(kafka):
         second = tick(kafka, instance, policy, cursor=first.cursor)
     assert [r.run_key for r in second.run_requests] == [f"{kafka.frames_topic}-0-0-50-g1"]
     assert json.loads(second.cursor)["generation"] == 1
+
+
+def test_repairs_back_off_and_give_up_after_their_attempts():
+    from imgpipeline.defs.streaming.reconcile import REPAIR_ATTEMPTS, REPAIR_BACKOFF_S, Coverage, plan_repairs
+
+    report = [Coverage(partition=0, generation=0, beginning=0, upto=300, holes=[(100, 250)])]
+
+    def plan(record, now, holes=report):
+        return plan_repairs(holes, record, now=now, max_batch=100, topic="frames")
+
+    due, record, _ = plan({}, 1000.0)
+    assert due == [] and set(record) == {"frames-0-100-200", "frames-0-200-250"}  # seen, not yet due
+    at = 1000.0 + REPAIR_BACKOFF_S
+    due, record, _ = plan(record, at)
+    assert due == [(0, 0, 100, 200, 1), (0, 0, 200, 250, 1)]
+    # The next try waits twice as long.
+    assert plan(record, at + REPAIR_BACKOFF_S)[0] == []
+    due, record, _ = plan(record, at + 2 * REPAIR_BACKOFF_S)
+    assert [d[-1] for d in due] == [2, 2]
+    due, _, given_up = plan({k: {"n": REPAIR_ATTEMPTS, "at": 0} for k in record}, 1e12)
+    assert due == [] and sorted(given_up) == sorted(record)
+    # A hole that was filled drops out of the record.
+    assert plan(record, 1e12, holes=[])[1] == {}

@@ -266,3 +266,28 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         assert check(instance).passed
     assert sorted(r["frame_id"] for r in landing_records(local)) == [f"f{i}" for i in range(9)]
     assert committed(kafka) == 9
+
+
+def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
+    from imgpipeline.defs.streaming.reconcile import REPAIR_BACKOFF_S, repair_sensor
+
+    store = local.open()
+    send(kafka, [good_frame(store, f"f{i}") for i in range(4)])
+    with dg.instance_for_test() as instance:
+        assert run(kafka, local, instance, 0, 2).success
+        instance.create_run_for_job(detect_frames, run_config=detect_run_config(kafka.frames_topic, 0, 2, 4),
+                                    status=dg.DagsterRunStatus.FAILURE)
+
+        def tick(cursor=None):
+            return repair_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                                         resources={"kafka": kafka, "storage": local}))
+
+        seen = tick()
+        assert seen.run_requests == []  # run retries get their time first
+        name = f"{kafka.frames_topic}-0-2-4"
+        waited = json.dumps({name: {"n": 0, "at": json.loads(seen.cursor)[name]["at"] - REPAIR_BACKOFF_S}})
+        (request,) = tick(waited).run_requests
+        assert request.run_key == f"repair-{name}-1"
+        assert run(kafka, local, instance, 2, 4).success  # what the daemon does with the request
+        assert tick(waited).run_requests == [] and json.loads(tick(waited).cursor) == {}
+    assert sorted(r["frame_id"] for r in landing_records(local)) == ["f0", "f1", "f2", "f3"]
