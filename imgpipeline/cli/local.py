@@ -8,14 +8,14 @@ import os
 from imgpipeline.paths import services_env_file, state_dir
 
 
-def local_services():
+def local_services(secure_kafka: bool = False):
     from imgpipeline.services import LocalServices
 
-    return LocalServices(state_dir())
+    return LocalServices(state_dir(), secure_kafka=secure_kafka)
 
 
 def services(args) -> int:
-    local = local_services()
+    local = local_services(secure_kafka=getattr(args, "kafka", "plaintext") == "sasl_ssl")
     if args.action == "up":
         for status in local.up():
             print(
@@ -23,6 +23,7 @@ def services(args) -> int:
                 f"(pid {status['pid']}, {status.get('start_s', 0):.1f} s)"
             )
         env_file = services_env_file()
+        env_file.touch(mode=0o600)  # it may hold the local broker's SASL password
         env_file.write_text(local.env_file_text(storage=args.storage))
         print(f"settings written to {env_file}; the imgpipeline command and definitions read it")
         return 0

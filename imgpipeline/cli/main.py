@@ -31,6 +31,10 @@ def add_setup(commands) -> None:
         default="local",
         help="with `up`: keep data in the local folder (default) or on the local S3 endpoint",
     )
+    services.add_argument(
+        "--kafka", choices=["plaintext", "sasl_ssl"], default="plaintext",
+        help="with `up`: clients use a SASL_SSL listener (SCRAM-SHA-512 over TLS, a self-made CA) "
+             "instead of PLAINTEXT, as against a real cluster")
     services.set_defaults(module="local", run="services")
 
     models = commands.add_parser("models", help="model weights")

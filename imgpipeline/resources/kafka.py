@@ -95,11 +95,40 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         return config
 
     def _unreachable(self, exc: Exception) -> ConfigError:
-        return ConfigError(
-            f"cannot reach Kafka at {self.bootstrap_servers} ({type(exc).__name__}: {exc}); "
-            "start the local broker with `imgpipeline services up`, or set "
-            "KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_PROTOCOL/SASL settings) for your cluster"
-        )
+        return ConfigError(f"cannot use Kafka at {self.bootstrap_servers}: {self.diagnose(exc)}")
+
+    def diagnose(self, exc: Exception) -> str:
+        """Why the first broker cannot be used, found by a probe of our own (kafka-python only says it
+        could not bootstrap): unreachable, an untrusted certificate, or a refused SASL login. Never
+        shows a secret."""
+        import socket
+        import ssl
+
+        host, _, port = self.bootstrap_servers.split(",")[0].strip().rpartition(":")
+        try:
+            raw = socket.create_connection((host, int(port)), timeout=self.connect_timeout_s)
+        except (OSError, ValueError) as error:
+            return (f"{host}:{port} does not answer ({error}); start the local broker with "
+                    "`imgpipeline services up`, or set KAFKA_BOOTSTRAP_SERVERS for your cluster")
+        with raw:
+            if self.security_protocol in ("SSL", "SASL_SSL"):
+                context = ssl.create_default_context(cafile=self.ssl_cafile)
+                try:
+                    context.wrap_socket(raw, server_hostname=host).close()
+                except ssl.SSLCertVerificationError as error:
+                    trusted = (f"KAFKA_SSL_CAFILE ({self.ssl_cafile})" if self.ssl_cafile
+                               else "the system CAs")
+                    return (f"the certificate of {host}:{port} is not trusted ({error.verify_message}): "
+                            f"it is not signed by a CA in {trusted}; point KAFKA_SSL_CAFILE at the PEM file "
+                            "of the CA that signed the brokers' certificates")
+                except (ssl.SSLError, OSError) as error:
+                    return (f"no TLS handshake with {host}:{port} ({error}); is it the broker's TLS "
+                            "listener, and KAFKA_SECURITY_PROTOCOL right?")
+            if self.security_protocol.startswith("SASL_"):
+                return (f"{host}:{port} answers but refused the SASL login of user {self.sasl_username!r} "
+                        f"with {self.sasl_mechanism}; check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD "
+                        "(and that the broker enables that mechanism)")
+        return f"{host}:{port} answers but the Kafka client failed: {type(exc).__name__}: {exc}"
 
     def producer(self, **overrides):
         from kafka import KafkaProducer

@@ -19,10 +19,10 @@ class LocalServices:
     instance in `dagster/`.
     """
 
-    def __init__(self, state: Path):
+    def __init__(self, state: Path, secure_kafka: bool = False):
         self.state = Path(state)
         root = self.state / "services"
-        self.kafka = KafkaBroker(root / "kafka")
+        self.kafka = KafkaBroker(root / "kafka", secure=secure_kafka)
         self.s3 = S3Endpoint(root / "s3")
         self.dagster = DagsterDev(root / "dagster", self.state / "dagster", self.state.parent)
 

@@ -7,6 +7,7 @@ that install's `libs/` is used instead.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -111,6 +112,34 @@ def kafka_classpath() -> str:
     return f"{libs}/*"
 
 
+def make_tls(folder: Path, password: str) -> Path:
+    """A self-made CA and a broker certificate for 127.0.0.1 (openssl), as a PKCS12 keystore; the CA's
+    PEM is what clients trust (KAFKA_SSL_CAFILE). Made once per broker folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keystore = folder / "broker.p12"
+    if keystore.exists():
+        return keystore
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise ServiceError("the SASL_SSL listener needs openssl to make its certificates: install openssl")
+
+    def run(*args: str) -> None:
+        result = subprocess.run([openssl, *args], cwd=folder, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServiceError(f"openssl {args[0]} failed: {result.stderr[-1000:]}")
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=imgpipeline local CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "broker.key",
+        "-out", "broker.csr")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "3650", "-extfile", "san.ext", "-out", "broker.pem")
+    run("pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", "ca.pem",
+        "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{password}")
+    return keystore
+
+
 def new_cluster_id() -> str:
     """A KRaft cluster id as Kafka makes them: URL-safe base64 of a UUID, never starting with '-'
     (the storage tool would read such an id as an option, as Kafka's own Uuid.randomUuid avoids)."""
@@ -120,24 +149,78 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_USER = "imgpipeline"
+
+
 class KafkaBroker(LocalService):
-    """Kafka broker + controller in one JVM on 127.0.0.1, data under its workdir."""
+    """Kafka broker + controller in one JVM on 127.0.0.1, data under its workdir.
+
+    With `secure`, a SASL_SSL listener too (SASL/PLAIN and SCRAM-SHA-256/512 over TLS with a self-made
+    CA), for clients configured as against a real cluster; the PLAINTEXT listener stays for the
+    broker's own readiness probe.
+    """
 
     name = "kafka"
     port_names = ("port", "controller_port")
     start_timeout_s = 90.0
+
+    def __init__(self, workdir: Path, secure: bool = False):
+        super().__init__(workdir)
+        self.secure = secure
+        if secure:
+            self.port_names = (*KafkaBroker.port_names, "secure_port")
+
+    def credentials(self) -> dict[str, str]:
+        """The SASL user's password and the keystore's, made once (a file only its owner reads)."""
+        path = self.workdir / "sasl.json"
+        if not path.exists():
+            import secrets
+
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(json.dumps({"user": SASL_USER, "password": secrets.token_urlsafe(18),
+                                        "keystore_password": secrets.token_urlsafe(18)}))
+        return json.loads(path.read_text())
+
+    def ca_file(self) -> Path:
+        return self.workdir / "tls" / "ca.pem"
+
+    def listener_properties(self, ports: dict[str, int]) -> list[str]:
+        plain = f"PLAINTEXT://127.0.0.1:{ports['port']}"
+        controller = f"CONTROLLER://127.0.0.1:{ports['controller_port']}"
+        if not self.secure:
+            return [f"listeners={plain},{controller}", f"advertised.listeners={plain}",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"]
+        creds = self.credentials()
+        secure = f"SASL_SSL://127.0.0.1:{ports['secure_port']}"
+        jaas = "listener.name.sasl_ssl.{}.sasl.jaas.config=org.apache.kafka.common.security.{}"
+        return [
+            f"listeners={plain},{controller},{secure}", f"advertised.listeners={plain},{secure}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            f"sasl.enabled.mechanisms={','.join(SASL_MECHANISMS)}",
+            jaas.format("plain", "plain.PlainLoginModule required ")
+            + f'user_{creds["user"]}="{creds["password"]}";',
+            jaas.format("scram-sha-256", "scram.ScramLoginModule required;"),
+            jaas.format("scram-sha-512", "scram.ScramLoginModule required;"),
+            "ssl.keystore.type=PKCS12", f"ssl.keystore.location={self.workdir / 'tls' / 'broker.p12'}",
+            f"ssl.keystore.password={creds['keystore_password']}",
+            f"ssl.key.password={creds['keystore_password']}",
+        ]
+
+    def start(self) -> dict:
+        if self.running() and set(self.ports) != set(self.port_names):
+            self.stop()  # started with or without the SASL_SSL listener: the other way now
+        return super().start()
 
     def server_properties(self, ports: dict[str, int]) -> str:
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{ports['controller_port']}",
-            f"listeners=PLAINTEXT://127.0.0.1:{ports['port']},"
-            f"CONTROLLER://127.0.0.1:{ports['controller_port']}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{ports['port']}",
+            *self.listener_properties(ports),
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={self.workdir / 'data'}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",
@@ -164,6 +247,8 @@ class KafkaBroker(LocalService):
 
     def prepare(self, ports: dict[str, int]) -> None:
         classpath = kafka_classpath()
+        if self.secure:
+            make_tls(self.workdir / "tls", self.credentials()["keystore_password"])
         properties = self.workdir / "server.properties"
         previous = properties.read_text() if properties.exists() else None
         current = self.server_properties(ports)
@@ -178,12 +263,21 @@ class KafkaBroker(LocalService):
         cluster_id = new_cluster_id()
         result = subprocess.run(
             [*self._java(classpath), "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(properties)],
+             "-t", cluster_id, "-c", str(properties), *self.scram_users()],
             capture_output=True,
             text=True,
         )
         if result.returncode != 0:
             raise ServiceError("formatting the Kafka storage failed:\n" + result.stderr[-2000:])
+
+    def scram_users(self) -> list[str]:
+        """The SCRAM credentials the storage tool writes into the new cluster's metadata."""
+        if not self.secure:
+            return []
+        creds = self.credentials()
+        user = f"name={creds['user']},password={creds['password']}"
+        return [arg for mechanism in SASL_MECHANISMS if mechanism.startswith("SCRAM")
+                for arg in ("--add-scram", f"{mechanism}=[{user}]")]
 
     def argv(self, ports: dict[str, int]) -> list[str]:
         return [*self._java(kafka_classpath()), "kafka.Kafka", str(self.workdir / "server.properties")]
@@ -192,10 +286,17 @@ class KafkaBroker(LocalService):
         return f"127.0.0.1:{ports['port']}"
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
+        """Client settings: the PLAINTEXT listener, or with `secure` the SASL_SSL one (SCRAM-SHA-512)."""
         from imgpipeline.resources.kafka import KafkaResource
         from imgpipeline.resources.settings import env_name
 
-        return {env_name(KafkaResource, "bootstrap_servers"): self.address(ports)}
+        if not self.secure:
+            return {env_name(KafkaResource, "bootstrap_servers"): self.address(ports)}
+        creds = self.credentials()
+        values = {"bootstrap_servers": f"127.0.0.1:{ports['secure_port']}", "security_protocol": "SASL_SSL",
+                  "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": creds["user"],
+                  "sasl_password": creds["password"], "ssl_cafile": str(self.ca_file())}
+        return {env_name(KafkaResource, field): value for field, value in values.items()}
 
     def ready(self, ports: dict[str, int]) -> bool:
         """Ready when an admin client can create the project's topics."""

@@ -1,0 +1,92 @@
+"""Kafka security for real: a local broker with a SASL_SSL listener (SASL/PLAIN and SCRAM over TLS,
+a self-made CA), started by the same launcher as `imgpipeline services up --kafka sasl_ssl`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import dagster as dg
+import pytest
+
+from imgpipeline import ConfigError
+from imgpipeline.cli.fetch import sample
+from imgpipeline.ingest.messages import FrameMessage, sha256_hex
+from imgpipeline.resources import KafkaResource, StorageResource
+from imgpipeline.services.kafka_broker import KafkaBroker
+from imgpipeline_tests.pipeline import drain, landing_records
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory):
+    broker = KafkaBroker(tmp_path_factory.mktemp("secure-kafka"), secure=True)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def secure(secure_broker, monkeypatch) -> KafkaResource:
+    """A client of the SASL_SSL listener as `services.env` configures it; the password as an EnvVar."""
+    env = secure_broker.env(secure_broker.ports)
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", env["KAFKA_SASL_PASSWORD"])
+    return KafkaResource(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], security_protocol="SASL_SSL",
+                         sasl_mechanism="SCRAM-SHA-512", sasl_username=env["KAFKA_SASL_USERNAME"],
+                         sasl_password=dg.EnvVar("KAFKA_SASL_PASSWORD"), ssl_cafile=env["KAFKA_SSL_CAFILE"],
+                         frames_topic=f"frames-{uuid.uuid4().hex[:8]}", connect_timeout_s=5)
+
+
+def test_the_pipeline_runs_over_sasl_ssl(secure, tmp_path):
+    """Producer, frames_sensor, detect_frames runs and the DLQ, all over SASL_SSL with SCRAM-SHA-512."""
+    secure.ensure_topics(partitions=1)
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    store = storage.open()
+    good = sample("zidane.jpg").read_bytes()
+    uri = store.put("frames/cam1/2026-11-20/a.jpg", good)
+    producer = secure.producer()
+    producer.send(secure.frames_topic, key=b"cam1", value=FrameMessage(
+        "a", "cam1", "2026-11-20T10:00:00.000Z", uri, sha256_hex(good), None, None).to_json())
+    producer.send(secure.frames_topic, key=b"cam1", value=b"{not json")
+    producer.flush()
+    producer.close()
+    with dg.instance_for_test() as instance:
+        runs, _ = drain(secure, storage, instance)
+    assert runs and all(outcome.success for _, outcome in runs)
+    assert sorted(r["status"] for r in landing_records(storage)) == ["detected", "error"]
+    consumer = secure.consumer(group_id=None)
+    try:
+        from kafka import TopicPartition
+
+        tp = TopicPartition(secure.dlq_topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning()
+        (letter,) = [r for rs in consumer.poll(timeout_ms=10_000).values() for r in rs]
+        assert "malformed JSON" in json.loads(letter.value)["reason"]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_every_mechanism_logs_in(secure, mechanism):
+    KafkaResource(**{**secure.model_dump(), "sasl_mechanism": mechanism}).check()
+
+
+def test_a_wrong_password_names_the_fix_and_never_the_password(secure, monkeypatch):
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "not-the-password-xyz")
+    with pytest.raises(ConfigError, match="refused the SASL login of user 'imgpipeline' with SCRAM-SHA-512; "
+                                          "check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD") as failure:
+        KafkaResource(**{**secure.model_dump(), "connect_timeout_s": 2}).check()
+    assert "not-the-password-xyz" not in str(failure.value)
+
+
+def test_an_untrusted_ca_names_the_fix(secure, tmp_path):
+    other = KafkaBroker(tmp_path / "other", secure=True)
+    from imgpipeline.services.kafka_broker import make_tls
+
+    make_tls(other.workdir / "tls", "pw")  # another CA than the broker's
+    with pytest.raises(ConfigError, match=r"is not trusted .*not signed by a CA in KAFKA_SSL_CAFILE .*point "
+                                          r"KAFKA_SSL_CAFILE at the PEM file"):
+        KafkaResource(**{**secure.model_dump(), "ssl_cafile": str(other.ca_file()),
+                         "connect_timeout_s": 2}).check()
