@@ -95,7 +95,7 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         return config
 
     def _unreachable(self, exc: Exception) -> ConfigError:
-        return ConfigError(f"cannot use Kafka at {self.bootstrap_servers}: {self.diagnose(exc)}")
+        return ConfigError(f"cannot reach Kafka at {self.bootstrap_servers}: {self.diagnose(exc)}")
 
     def diagnose(self, exc: Exception) -> str:
         """Why the first broker cannot be used, found by a probe of our own (kafka-python only says it
@@ -187,8 +187,11 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         admin = self.admin()
         try:
             existing = set(admin.list_topics())
+            # The DLQ is compacted: letters are keyed by origin, so a retried run's second letter for a
+            # message replaces the first.
             wanted = [
-                NewTopic(name, partitions if name == self.frames_topic else 1, 1)
+                NewTopic(self.frames_topic, partitions, 1) if name == self.frames_topic
+                else NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})
                 for name in (self.frames_topic, self.dlq_topic)
                 if name not in existing
             ]

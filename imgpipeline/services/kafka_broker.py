@@ -114,7 +114,7 @@ def kafka_classpath() -> str:
 
 def make_tls(folder: Path, password: str) -> Path:
     """A self-made CA and a broker certificate for 127.0.0.1 (openssl), as a PKCS12 keystore; the CA's
-    PEM is what clients trust (KAFKA_SSL_CAFILE). Made once per broker folder."""
+    PEM is what clients trust (their CA file setting). Made once per broker folder."""
     folder.mkdir(parents=True, exist_ok=True)
     keystore = folder / "broker.p12"
     if keystore.exists():

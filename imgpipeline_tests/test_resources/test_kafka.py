@@ -31,13 +31,18 @@ def test_produce_and_consume_on_the_real_broker(kafka):
     assert sorted(seen) == sorted(f"frame-{i}" for i in range(20))
 
 
-def test_topics_exist_with_a_dead_letter_topic(kafka):
+def test_topics_exist_with_a_compacted_dead_letter_topic(kafka):
+    from kafka.admin import ConfigResource, ConfigResourceType
+
     admin = kafka.admin()
     try:
         topics = set(admin.list_topics())
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, kafka.dlq_topic)])
     finally:
         admin.close()
     assert {kafka.frames_topic, kafka.dlq_topic} <= topics
+    # Letters are keyed by origin: a retried run's second letter for a message replaces the first.
+    assert configs["topic"][kafka.dlq_topic]["cleanup.policy"]["value"] == "compact"
 
 
 def test_unreachable_broker_names_the_fix():
