@@ -66,6 +66,19 @@ def wait_finished(instance, runs, timeout_s: float = 180) -> list[dg.DagsterRun]
     raise AssertionError(f"runs not finished after {timeout_s:.0f} s: {[r.status for r in latest]}")
 
 
+def detecting_runs(instance, kafka, tmp_path) -> tuple[StorageResource, list[dg.DagsterRun]]:
+    """Forked runs over 100 frames, a second into their frames (100 take ~7 s)."""
+    storage = StorageResource(uri=(tmp_path / "first").as_uri())
+    produce(kafka, storage, tmp_path / "sent", video_backlog(100))
+    runs = launch_backlog(instance, kafka)
+    deadline = time.monotonic() + 60
+    while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
+        assert time.monotonic() < deadline, "the forked runs never started"
+        time.sleep(0.2)
+    time.sleep(1)
+    return storage, runs
+
+
 def worker_pid(instance, run) -> int:
     """The pid the run's own process reported when it started."""
     (pid,) = [int(m[1]) for e in instance.all_logs(run.run_id)
@@ -93,14 +106,7 @@ def test_forked_runs_land_frames_and_see_a_changed_env(instance, kafka, tmp_path
 
 
 def test_terminate_cancels_a_forked_run(instance, kafka, tmp_path):
-    storage = StorageResource(uri=(tmp_path / "first").as_uri())
-    produce(kafka, storage, tmp_path / "sent", video_backlog(100))
-    runs = launch_backlog(instance, kafka)
-    deadline = time.monotonic() + 60
-    while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
-        assert time.monotonic() < deadline, "the forked runs never started"
-        time.sleep(0.2)
-    time.sleep(1)  # into the frames (100 take ~7 s)
+    storage, runs = detecting_runs(instance, kafka, tmp_path)
     assert all(instance.run_launcher.terminate(run.run_id) for run in runs)
     runs = wait_finished(instance, runs)
     assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.CANCELED}
@@ -121,14 +127,8 @@ def test_a_killed_worker_fails_its_run_under_run_monitoring(instance, kafka, tmp
 
     from imgpipeline.services.process import alive
 
-    storage = StorageResource(uri=(tmp_path / "first").as_uri())
-    produce(kafka, storage, tmp_path / "sent", video_backlog(100))
-    runs = launch_backlog(instance, kafka)
+    storage, runs = detecting_runs(instance, kafka, tmp_path)
     deadline = time.monotonic() + 60
-    while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
-        assert time.monotonic() < deadline, "the forked runs never started"
-        time.sleep(0.2)
-    time.sleep(1)  # into the frames
     launcher = instance.run_launcher
     pids = [int(instance.get_run_by_id(run.run_id).tags[PID_TAG]) for run in runs]
     assert {launcher.check_run_worker_health(instance.get_run_by_id(run.run_id)).status
