@@ -105,8 +105,13 @@ class FrameProducer:
                                headers=message.to_headers())
         else:
             object_key = frame_key(self.source_id, frame.captured, frame.frame_id)
-            if self.store.stored_sha256(object_key) != digest:
-                self.store.put(object_key, frame.data, sha256=digest)
+            stored = self.store.put_new(object_key, frame.data, sha256=digest)
+            if stored not in (None, digest):  # a stored frame is never replaced by other bytes
+                self.summary.failed += 1
+                self.summary.failures.append(
+                    f"{frame.frame_id}: {object_key} already holds a different frame (sha256 "
+                    f"{stored[:12]}…); give this frame another id or another capture date")
+                return False
             message = self.message(frame, digest, self.store.uri(object_key))
             self.producer.send(self.kafka.frames_topic, key=key, value=message.to_json())
         self._unflushed.append((frame.frame_id, digest))

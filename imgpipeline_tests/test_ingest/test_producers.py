@@ -13,7 +13,7 @@ import pytest
 from kafka import TopicPartition
 
 from imgpipeline.cli.fetch import sample
-from imgpipeline.ingest.producer import FrameProducer, Ledger
+from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, parse_size, video_frames, watch_frames
 
 
@@ -94,3 +94,21 @@ def test_cli_produce_prints_a_summary_and_sends_nothing_twice(kafka, tmp_path):
     assert message_count(kafka) == 2
     stored = sorted(p.name for p in (tmp_path / "store" / "frames" / "cam4").rglob("*.jpg"))
     assert stored == ["bus.jpg", "zidane.jpg"]
+
+
+@pytest.mark.integration
+def test_a_producer_never_replaces_a_stored_frame(kafka, tmp_path):
+    from datetime import UTC, datetime
+
+    from imgpipeline.ingest.messages import frame_key
+    from imgpipeline.resources import StorageResource
+
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    when = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    storage.open().put(frame_key("cam7", when, "f1"), b"the first frame's bytes")
+    producer = FrameProducer(kafka, storage, "cam7", ledger=Ledger(tmp_path / "sent"))
+    summary = producer.send_all([Frame("f1", b"other bytes", when, 1, 1), Frame("f2", b"new", when, 1, 1)],
+                                progress=False)
+    assert (summary.sent, summary.failed) == (1, 1)
+    assert "already holds a different frame" in summary.failures[0]
+    assert storage.open().get(frame_key("cam7", when, "f1")) == b"the first frame's bytes"
