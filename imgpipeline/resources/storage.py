@@ -95,6 +95,8 @@ def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret:
     )
 
 
+CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                    "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
 # errno values that say a key names no readable object (as opposed to a failing disk or root).
 NOT_AN_OBJECT = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
 
@@ -359,8 +361,10 @@ class S3Storage(Storage):
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise BadObject(f"object {key} does not exist in {self.root_uri}") from None
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            if 400 <= status < 500 and status not in (408, 429):  # an answer about this object
-                code = exc.response.get("Error", {}).get("Code")
+            code = exc.response.get("Error", {}).get("Code")
+            # An answer about this object; not one about our credentials (they fail the run, or every
+            # frame would be dead-lettered while a key is expired), nor throttling.
+            if 400 <= status < 500 and status not in (401, 403, 408, 429) and code not in CREDENTIAL_CODES:
                 reason = f"object {key} cannot be read from {self.root_uri}: {code} ({status})"
                 raise BadObject(reason) from None
             raise  # the service's problem (5xx, throttling): the caller's environment fails

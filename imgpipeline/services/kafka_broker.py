@@ -135,8 +135,12 @@ def make_tls(folder: Path, password: str) -> Path:
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     run("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-days", "3650", "-extfile", "san.ext", "-out", "broker.pem")
+    secret = folder / "keystore.pass"  # by file, not on a command line anyone can read
+    secret.touch(mode=0o600)
+    secret.write_text(password + "\n")
     run("pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", "ca.pem",
-        "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{password}")
+        "-name", "broker", "-out", "broker.p12", "-passout", "file:keystore.pass")
+    secret.unlink()
     return keystore
 
 
@@ -257,6 +261,7 @@ class KafkaBroker(LocalService):
             # The quorum's voter set remembers the controller address: new ports, new data.
             shutil.rmtree(data, ignore_errors=True)
         properties.write_text(current)
+        properties.chmod(0o600)  # with the SASL_SSL listener it holds passwords
         (self.workdir / "log4j2.properties").write_text(LOG4J2)
         if (data / "meta.properties").exists():
             return

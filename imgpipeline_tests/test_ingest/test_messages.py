@@ -65,3 +65,13 @@ def test_hostile_inline_headers_are_refused_with_a_reason():
 def test_good_messages_still_parse():
     message, inline = parse_message(raw(width=640, height=480.0, sha256="a" * 64), [])
     assert (message.width, message.height, message.sha256, inline) == (640, 480, "a" * 64, None)
+
+
+def test_a_broker_timestamp_out_of_any_calendar_reads_as_now():
+    from datetime import UTC, datetime, timedelta
+
+    from imgpipeline.defs.streaming.processing import broker_time
+
+    assert broker_time(1_700_000_000_000) == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    for hostile in (2**62, -(2**62), None):
+        assert abs(broker_time(hostile) - datetime.now(UTC)) < timedelta(seconds=5)

@@ -68,6 +68,12 @@ def test_the_pipeline_runs_over_sasl_ssl(secure, tmp_path):
         consumer.close()
 
 
+def test_the_broker_keeps_its_secrets_to_its_owner(secure_broker):
+    for name in ("sasl.json", "server.properties"):
+        assert (secure_broker.workdir / name).stat().st_mode & 0o077 == 0, name
+    assert not (secure_broker.workdir / "tls" / "keystore.pass").exists()
+
+
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
 def test_every_mechanism_logs_in(secure, mechanism):
     KafkaResource(**{**secure.model_dump(), "sasl_mechanism": mechanism}).check()

@@ -173,10 +173,7 @@ class FrameProcessor:
         prepared.record["uri"] = prepared.message.uri
 
     def base_record(self, incoming: Incoming, message: FrameMessage | None) -> dict:
-        ingested = (
-            iso_utc(datetime.fromtimestamp(incoming.timestamp_ms / 1000, UTC))
-            if incoming.timestamp_ms is not None else iso_utc(datetime.now(UTC))
-        )
+        ingested = iso_utc(broker_time(incoming.timestamp_ms))
         if message is None:
             # Unparseable: identify it by where it was read, date it by the broker.
             fields = {"schema": None, "frame_id": f"{incoming.topic}-{incoming.partition}-{incoming.offset}",
@@ -223,6 +220,14 @@ class FrameProcessor:
             key = f"annotated/{message.source_id}/{message.captured.date()}/{message.frame_id}.jpg"
             self.store.put(key, encode_jpeg(draw_detections(prepared.image, found)))
         return record
+
+
+def broker_time(timestamp_ms: int | None) -> datetime:
+    """The message's timestamp; a producer sets it, so one out of any calendar's range reads as now."""
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return datetime.now(UTC)
 
 
 def environment_failure(exc: BaseException) -> bool:
