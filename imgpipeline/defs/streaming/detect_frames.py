@@ -93,10 +93,9 @@ def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, st
     # "none": an offset below the log's start is an error we account for, never a silent jump.
     consumer = kafka.consumer(auto_offset_reset="none")
     name = range_name(topic, config.partition, config.start_offset, config.end_offset, config.generation)
-    source = FrameSource(name, iter(()), consumer)
-    source.incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset,
-                                 source.gaps)
-    return source
+    gaps: list[tuple[int, int]] = []  # filled by read_range as it reads
+    incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset, gaps)
+    return FrameSource(name, incoming, consumer, gaps)
 
 
 class Batch:
