@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from imgpipeline.cli.fetch import fetch_samples, fetch_weights
+from imgpipeline.cli.fetch import fetch_model, fetch_samples
 from imgpipeline.cli.local import local_services, run_checks
 from imgpipeline.paths import services_env_file
 
@@ -23,7 +23,7 @@ def prepare_local(log=print):
     """
     from imgpipeline.defs.resources import resources_from_env
 
-    fetch_weights(log=log)
+    fetch_model(log=log)
     samples = fetch_samples()
     services = local_services()
     for status in services.up(log=log):
@@ -131,7 +131,10 @@ def wait_for_landing(store, wanted: set[str], timeout_s: float) -> dict[str, dic
 
 def report(records: dict[str, dict]) -> None:
     statuses = Counter(r["status"] for r in records.values())
-    print(f"\nfound in {len(records)} frames ({', '.join(f'{n} {s}' for s, n in statuses.items())}):")
+    detectors = Counter(f"{r.get('model')} on {r.get('engine')} at {r.get('precision')}, model sha256 "
+                        f"{(r.get('model_sha256') or '?')[:12]}…" for r in records.values())
+    print(f"\nfound in {len(records)} frames ({', '.join(f'{n} {s}' for s, n in statuses.items())}) by "
+          + "; ".join(detectors) + ":")
     by_source: dict[str, Counter] = {}
     for record in records.values():
         counts = by_source.setdefault(record["source_id"], Counter())

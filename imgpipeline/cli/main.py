@@ -37,7 +37,7 @@ def add_setup(commands) -> None:
              "instead of PLAINTEXT, as against a real cluster")
     services.set_defaults(module="local", run="services")
 
-    models = commands.add_parser("models", help="model weights")
+    models = commands.add_parser("models", help="model weights and their ONNX form")
     models.add_argument("action", choices=["fetch"])
     models.add_argument(
         "--source",
@@ -103,8 +103,17 @@ def add_bench(commands) -> None:
     pipeline.add_argument("--rate", type=float, help="steady input rate in frames/s (default: a backlog)")
     pipeline.add_argument("--repeat", type=int, default=1,
                           help="rounds of pipeline against plain consumer, in alternating order; medians")
-    detector = what.add_parser("detector", help="input sizes 320/416/608: frames/s and objects found")
-    detector.add_argument("--frames", type=int, default=100)
+    pipeline.add_argument("--engines", nargs="+", metavar="ENGINE",
+                          help="detector engines whose pipelines race in each round, the first measured "
+                               "against the plain consumer (default: the configured engine, then opencv)")
+    detector = what.add_parser(
+        "detector", help="engines and precisions on the same frames: frames/s, memory, agreement")
+    detector.add_argument("--frames", type=int, default=250)
+    detector.add_argument("--variants", nargs="+", metavar="ENGINE[:PRECISION]",
+                          help="the first is the reference (default: opencv onnxruntime openvino:f32 "
+                               "openvino:default)")
+    detector.add_argument("--size", type=int, default=416, help="input size, a multiple of 32")
+    detector.add_argument("--rounds", type=int, default=1, help="interleaved rounds; frames/s are medians")
     memory = what.add_parser("memory", help="peak memory of a detect_frames run against its batch size")
     memory.add_argument("--frames", type=int, nargs="+", default=[10, 500, 2000],
                         help="batch sizes, one run each (default: 10 500 2000)")

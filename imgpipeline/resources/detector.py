@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from imgpipeline.paths import models_dir
 from imgpipeline.resources.settings import FromEnv, setting
 
-# Pools loaded ahead of any run by the fork server runs start from (imgpipeline.lib.launcher); a
-# forked run whose detector settings match takes its pool instead of loading one.
+# Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.launcher): OpenCV
+# nets, whose settings a forked run matches to take them instead of loading its own, and model
+# files' digests (by path, size and mtime), so a forked run does not hash them again.
 _preloaded: dict[tuple, list] = {}
+_digests: dict[tuple, str] = {}
 
 
 class DetectorResource(FromEnv, dg.ConfigurableResource):
-    """YOLOv4-tiny (Darknet) run by OpenCV DNN. Weights are checked by sha256 before use."""
+    """YOLOv4-tiny on an inference engine. Model files are checked by sha256 before use."""
 
     models_dir: str = Field(default_factory=lambda: str(models_dir()))
     input_size: int = 416
@@ -26,21 +29,63 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     classes: list[str] | None = Field(
         default=None, description="Keep only these COCO class names (None keeps all)."
     )
+    engine: str = setting(
+        "IMGPIPELINE_DETECTOR_ENGINE", "openvino",
+        "`openvino`, `onnxruntime` or `opencv` (the reference): what runs the model; "
+        "every engine shares pre- and post-processing")
+    precision: str = setting(
+        "IMGPIPELINE_DETECTOR_PRECISION", "default",
+        "OpenVINO's inference precision: `default` (the CPU's own, bf16 where it has it: about twice "
+        "as fast, a few boxes near the threshold differ), `f32` (the reference's detections), `bf16`, `f16`")
     threads: int = setting(
         "IMGPIPELINE_DETECTOR_THREADS", 0,
-        "OpenCV threads per detector; 0: OpenCV's default for one detector, cores ÷ workers for a pool",
+        "threads per detector (`opencv`, `onnxruntime`); 0: the engine's default for one detector, "
+        "cores ÷ workers for a pool",
         ge=0)
     max_pixels: int = setting(
         "IMGPIPELINE_MAX_PIXELS", 40_000_000,
         "frames whose image header declares more pixels are refused before decoding (a pixel bomb)", ge=1)
     workers: int = setting(
         "IMGPIPELINE_DETECTOR_WORKERS", 0,
-        "detectors working side by side in a run; 0: one per core, at most 4",
+        "detections running side by side in a run; 0: OpenVINO's optimal number of requests, "
+        "else one per core, at most 4",
         ge=0)
 
+    @field_validator("engine", "precision", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        from imgpipeline.vision.engines import ENGINES
+
+        if value not in ENGINES:
+            raise ValueError(f"IMGPIPELINE_DETECTOR_ENGINE={value!r} is not known; "
+                             f"use one of {', '.join(ENGINES)}")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from imgpipeline.vision.engines import PRECISIONS
+
+        if value not in PRECISIONS:
+            raise ValueError(f"IMGPIPELINE_DETECTOR_PRECISION={value!r} is not known; "
+                             f"use one of {', '.join(PRECISIONS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _precision_needs_openvino(self):
+        if self.precision != "default" and self.engine != "openvino":
+            raise ValueError(f"IMGPIPELINE_DETECTOR_PRECISION={self.precision} applies to the openvino "
+                             f"engine only; {self.engine} runs at f32: unset it or use the openvino engine")
+        return self
+
     def load(self):
-        """One detector; raises ConfigError for missing or corrupt weights."""
-        return self._build(1, self.threads or -1)[0]
+        """One detector; raises ConfigError for missing or corrupt model files."""
+        return self._build(1, self.threads or (-1 if self.engine == "opencv" else _cores()))[0]
 
     def load_pool(self):
         """The detectors of a run (loaded once per run), for frames detected in parallel threads."""
@@ -55,54 +100,87 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         return DetectorPool(detectors or self._build(workers, threads))
 
     def preload(self) -> None:
-        """Load this resource's pool and run each net once, for runs forked from this process.
+        """Get ready for runs forked from this process, starting no thread pool a child would lack.
 
-        OpenCV stays on one thread here: a forked child would wait forever on a thread pool
-        that exists only in its parent.
+        OpenCV nets are loaded and run once on one thread (a forked child would wait forever on
+        a thread pool that exists only in its parent). OpenVINO and ONNX Runtime start their
+        pools when a model is compiled, which hangs a forked child: here they are only imported
+        and the model file hashed; each run compiles its own (0.1–0.4 s).
         """
         import cv2
-        import numpy as np
 
+        cv2.setNumThreads(1)
+        if self.engine != "opencv":
+            from imgpipeline.vision.engines import import_openvino
+
+            import_openvino() if self.engine == "openvino" else importlib.import_module(self.engine)
+            self._model_file()
+            return
         workers, _ = self._pool_shape()
-        detectors = self._build(workers, 1)
-        blank = np.zeros((self.input_size, self.input_size, 3), np.uint8)
-        for detector in detectors:
-            detector.detect(blank)  # a net's first pass allocates its layers: ~0.3 s
-        _preloaded[self._pool_key(workers)] = detectors
+        _preloaded[self._pool_key(workers)] = self._build(workers, 1)  # each net has run once
         cv2.setNumThreads(1)
 
     def _pool_shape(self) -> tuple[int, int]:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = _cores()
+        if self.engine == "openvino":
+            return self.workers, 0  # 0 workers: the compiled model's optimal number of requests
         workers = self.workers or min(4, cores)
-        return workers, self.threads or (max(1, cores // workers) if workers > 1 else -1)
+        single = -1 if self.engine == "opencv" else cores
+        return workers, self.threads or (max(1, cores // workers) if workers > 1 else single)
 
     def _pool_key(self, workers: int) -> tuple:
         from imgpipeline.vision.model_files import WEIGHTS
 
         weights = Path(self.models_dir) / WEIGHTS
-        stat = weights.stat() if weights.exists() else None
-        return (str(weights), stat and (stat.st_size, stat.st_mtime_ns), self.input_size,
-                self.confidence, self.nms, tuple(self.classes or ()), workers)
+        return (self.engine, self.precision, str(weights), _stat(weights), self.input_size, self.confidence,
+                self.nms, tuple(self.classes or ()), workers)
+
+    def _model_file(self) -> tuple[Path, str]:
+        """The file this engine runs, verified, and its sha256."""
+        from imgpipeline.vision.model_files import ONNX, WEIGHTS, file_sha256, verify
+
+        name = WEIGHTS if self.engine == "opencv" else ONNX
+        path = Path(self.models_dir) / name
+        key = (str(path), _stat(path))
+        digest = _digests.get(key) or (file_sha256(path) if path.is_file() else None)
+        verify(name, Path(self.models_dir), digest=digest)
+        _digests[key] = digest
+        return path, digest
 
     def _build(self, count: int, threads: int):
         import cv2
 
-        from imgpipeline.vision.detector import YoloDetector
-        from imgpipeline.vision.model_files import CFG, NAMES, verify_weights
+        from imgpipeline.vision import engines
+        from imgpipeline.vision.darknet import heads, parse_cfg
+        from imgpipeline.vision.detector import Identity, YoloDetector
+        from imgpipeline.vision.model_files import CFG, NAMES
 
         # Process-wide in OpenCV: set it every time (-1 restores OpenCV's default).
-        cv2.setNumThreads(threads)
+        cv2.setNumThreads(threads if self.engine == "opencv" else 1)
         folder = Path(self.models_dir)
-        weights = verify_weights(folder)
+        sections = parse_cfg(folder / CFG)
+        path, digest = self._model_file()
+        if self.engine == "opencv":
+            # OpenCV names a cfg layer's convolution conv_<index>; each head reads the one before it.
+            layers = [f"conv_{i - 1}" for i, layer in enumerate(sections[1:]) if layer["type"] == "yolo"]
+            sessions = engines.opencv(folder / CFG, path, layers, self.input_size, count)
+        elif self.engine == "onnxruntime":
+            sessions = engines.onnxruntime(path, self.input_size, count, threads)
+        else:
+            sessions = engines.openvino(path, self.input_size, self.precision, count)
+        identity = Identity(model=f"yolov4-tiny-{self.input_size}", model_sha256=digest,
+                            engine=self.engine, precision=sessions.precision)
         return [
-            YoloDetector(
-                folder / CFG,
-                weights,
-                folder / NAMES,
-                input_size=self.input_size,
-                confidence=self.confidence,
-                nms=self.nms,
-                classes=self.classes,
-            )
-            for _ in range(count)
+            YoloDetector(infer, identity, heads(sections), folder / NAMES, input_size=self.input_size,
+                         confidence=self.confidence, nms=self.nms, classes=self.classes)
+            for infer in sessions.infers
         ]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _stat(path: Path):
+    stat = path.stat() if path.exists() else None
+    return stat and (stat.st_size, stat.st_mtime_ns)

@@ -1,14 +1,25 @@
-"""YOLOv4-tiny through OpenCV DNN: load once, detect many frames."""
+"""YOLOv4-tiny on any engine: one pre-processing, one decoding and NMS; only inference differs.
+
+Pre-processing is OpenCV's `blobFromImage` (a plain resize, RGB, 1/255), and decoding follows
+OpenCV's region layer and `DetectionModel` step by step (the same box truncation, per-class
+NMS by `cv2.dnn.NMSBoxes`), so the `opencv` engine gives exactly what `DetectionModel` gives and
+the other engines differ from it only by what their inference computes.
+"""
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from imgpipeline.vision.darknet import Head
+
+# An engine's inference: a 1×3×S×S float32 blob in, each YOLO head's raw tensor out.
+Infer = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -24,13 +35,80 @@ class Detection:
         return record
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What produced a detection: the model, the file the engine ran, the engine and its precision."""
+
+    model: str  # e.g. yolov4-tiny-416
+    model_sha256: str
+    engine: str
+    precision: str
+
+    def as_record(self) -> dict:
+        return asdict(self)
+
+
+def blob(image: np.ndarray, size: int) -> np.ndarray:
+    return cv2.dnn.blobFromImage(image, 1 / 255.0, (size, size), swapRB=True, crop=False)
+
+
+def candidates(outputs: Sequence[np.ndarray], heads: Sequence[Head], size: int) -> np.ndarray:
+    """Rows of (cx, cy, w, h, objectness, class scores…), normalized, as OpenCV's region layer gives them."""
+    rows = []
+    for raw, head in zip(outputs, heads, strict=True):
+        anchors = len(head.anchors)
+        _, _, height, width = raw.shape
+        t = raw.reshape(anchors, 5 + head.classes, height, width).transpose(2, 3, 0, 1)
+        s = 1 / (1 + np.exp(-t))
+        grid_y, grid_x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+        shift = (head.scale_x_y - 1) / 2
+        out = np.empty_like(s)
+        out[..., 0] = (grid_x[..., None] + s[..., 0] * head.scale_x_y - shift) / width
+        out[..., 1] = (grid_y[..., None] + s[..., 1] * head.scale_x_y - shift) / height
+        sizes = np.asarray(head.anchors, np.float32)
+        out[..., 2] = np.exp(t[..., 2]) * sizes[:, 0] / size
+        out[..., 3] = np.exp(t[..., 3]) * sizes[:, 1] / size
+        out[..., 4] = s[..., 4]
+        scores = s[..., 5:] * s[..., 4:5]
+        out[..., 5:] = np.where(scores > head.thresh, scores, 0)
+        rows.append(out.reshape(-1, 5 + head.classes))
+    return np.concatenate(rows).astype(np.float32, copy=False)
+
+
+def select(rows: np.ndarray, frame_w: int, frame_h: int, confidence: float, nms: float):
+    """DetectionModel's post-processing: best class per row, integer boxes, per-class NMS."""
+    scores = rows[:, 5:]
+    class_ids = scores.argmax(axis=1)
+    best = scores[np.arange(len(rows)), class_ids]
+    keep = best >= np.float32(confidence)
+    rows, class_ids, best = rows[keep], class_ids[keep], best[keep]
+    # C++ float→int conversions truncate toward zero, as astype does.
+    cx = (rows[:, 0] * np.float32(frame_w)).astype(np.int64)
+    cy = (rows[:, 1] * np.float32(frame_h)).astype(np.int64)
+    w = (rows[:, 2] * np.float32(frame_w)).astype(np.int64)
+    h = (rows[:, 3] * np.float32(frame_h)).astype(np.int64)
+    left = np.maximum(0, np.minimum(cx - w // 2, frame_w - 1))
+    top = np.maximum(0, np.minimum(cy - h // 2, frame_h - 1))
+    w = np.maximum(1, np.minimum(w, frame_w - left))
+    h = np.maximum(1, np.minimum(h, frame_h - top))
+    boxes = np.stack([left, top, w, h], axis=1)
+    found = []
+    for class_id in np.unique(class_ids):
+        members = np.flatnonzero(class_ids == class_id)
+        kept = cv2.dnn.NMSBoxes(boxes[members].tolist(), best[members].tolist(), confidence, nms)
+        found.extend((int(class_id), float(best[members[i]]), tuple(int(v) for v in boxes[members[i]]))
+                     for i in np.asarray(kept).reshape(-1))
+    return found
+
+
 class YoloDetector:
-    """A Darknet YOLO model in OpenCV DNN with NMS and an optional class filter."""
+    """A YOLO model's detection around one engine's inference, with an optional class filter."""
 
     def __init__(
         self,
-        cfg: Path,
-        weights: Path,
+        infer: Infer,
+        identity: Identity,
+        heads: Sequence[Head],
         names: Path,
         *,
         input_size: int = 416,
@@ -45,40 +123,30 @@ class YoloDetector:
         if unknown:
             raise ValueError(f"unknown class names {sorted(unknown)}; see {names}")
         self.keep = {self.class_names.index(c) for c in classes} if classes else None
+        self.infer = infer
+        self.identity = identity
+        self.heads = list(heads)
         self.input_size = input_size
         self.confidence = confidence
         self.nms = nms
-        net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
-        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        self.model = cv2.dnn.DetectionModel(net)
-        self.model.setInputParams(
-            scale=1 / 255.0, size=(input_size, input_size), swapRB=True, crop=False
-        )
-        self.name = f"yolov4-tiny-{input_size}"
+
+    @property
+    def name(self) -> str:
+        return self.identity.model
+
+    def raw(self, image: np.ndarray) -> list[np.ndarray]:
+        """The heads' raw tensors for one frame."""
+        return [np.asarray(out) for out in self.infer(blob(image, self.input_size))]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        class_ids, confidences, boxes = self.model.detect(
-            image, confThreshold=self.confidence, nmsThreshold=self.nms
-        )
-        found = []
-        for class_id, confidence, box in zip(
-            np.asarray(class_ids).reshape(-1),
-            np.asarray(confidences).reshape(-1),
-            np.asarray(boxes).reshape(-1, 4),
-            strict=True,
-        ):
-            class_id = int(class_id)
-            if self.keep is not None and class_id not in self.keep:
-                continue
-            found.append(
-                Detection(
-                    class_id=class_id,
-                    class_name=self.class_names[class_id],
-                    confidence=round(float(confidence), 4),
-                    box=tuple(int(v) for v in box),
-                )
-            )
+        rows = candidates(self.raw(image), self.heads, self.input_size)
+        height, width = image.shape[:2]
+        found = [
+            Detection(class_id=class_id, class_name=self.class_names[class_id],
+                      confidence=round(confidence, 4), box=box)
+            for class_id, confidence, box in select(rows, width, height, self.confidence, self.nms)
+            if self.keep is None or class_id in self.keep
+        ]
         found.sort(key=lambda d: (-d.confidence, d.class_id, d.box))
         return found
 
@@ -86,8 +154,8 @@ class YoloDetector:
 class DetectorPool:
     """Detectors shared by threads, one frame each at a time.
 
-    OpenCV DNN releases the GIL while it works, and on few cores several single-threaded nets
-    keep the CPU busier than one net using every core (14 against 12 frames/s on 2 cores).
+    Every engine releases the GIL while it infers, and on few cores several single-threaded
+    inferences keep the CPU busier than one using every core.
     """
 
     def __init__(self, detectors: Sequence[YoloDetector]):
@@ -95,6 +163,7 @@ class DetectorPool:
             raise ValueError("a detector pool needs at least one detector")
         self.size = len(detectors)
         self.name = detectors[0].name
+        self.identity = detectors[0].identity
         self._idle: queue.SimpleQueue[YoloDetector] = queue.SimpleQueue()
         for detector in detectors:
             self._idle.put(detector)

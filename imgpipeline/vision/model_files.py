@@ -1,4 +1,5 @@
-"""The model's files in `models/`: the Darknet cfg, the class names and the weights, checked by sha256."""
+"""The model's files in `models/`: the Darknet cfg, the class names, the weights and their ONNX form,
+checked by sha256 against `models/SHA256SUMS`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from imgpipeline.paths import models_dir
 WEIGHTS = "yolov4-tiny.weights"
 CFG = "yolov4-tiny.cfg"
 NAMES = "coco.names"
+ONNX = "yolov4-tiny.onnx"  # written by `imgpipeline models fetch` from the verified weights
 
 
 def file_sha256(path: Path) -> str:
@@ -32,16 +34,19 @@ def expected_sha256(name: str, folder: Path | None = None) -> str:
 
 def verify_weights(folder: Path | None = None) -> Path:
     """The weights path, once its sha256 matches; else a ConfigError that says what to do."""
+    return verify(WEIGHTS, folder)
+
+
+def verify(name: str, folder: Path | None = None, *, digest: str | None = None) -> Path:
+    """A model file's path once its sha256 (`digest`, if already computed) matches SHA256SUMS."""
     folder = folder or models_dir()
-    path = folder / WEIGHTS
+    path = folder / name
     if not path.is_file():
-        raise ConfigError(
-            f"model weights {path} are missing; run `imgpipeline models fetch` to download them"
-        )
-    actual, expected = file_sha256(path), expected_sha256(WEIGHTS, folder)
+        raise ConfigError(f"model file {path} is missing; run `imgpipeline models fetch` to get it")
+    actual, expected = digest or file_sha256(path), expected_sha256(name, folder)
     if actual != expected:
         raise ConfigError(
-            f"model weights {path} are corrupt (sha256 {actual[:12]}…, expected {expected[:12]}…); "
+            f"model file {path} is corrupt (sha256 {actual[:12]}…, expected {expected[:12]}…); "
             "delete the file and run `imgpipeline models fetch` again"
         )
     return path

@@ -38,7 +38,7 @@ def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
     from imgpipeline.resources import DetectorResource
 
     bench_pipeline(frames=4, resources={"kafka": kafka, "detector": DetectorResource()},
-                         timeout_s=300, repeat=2)
+                   timeout_s=300, repeat=2, engines=["openvino", "opencv"])
     written = json.loads((state_dir() / "bench" / "pipeline.json").read_text())
     assert {"bare_fps", "pipeline_fps", "plain_consumer_fps", "efficiency", "latency_p50_s",
             "latency_p95_s", "frames", "rate"} <= set(written)
@@ -54,13 +54,28 @@ def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
     for key in ("pipeline_fps", "plain_consumer_fps", "efficiency"):
         values = sorted(r[key] for r in written["rounds"])
         assert written[key] == pytest.approx(sum(values) / 2, rel=0.01, abs=0.002)
+    # Each engine's pipeline raced in every round; the speed-up is their paired ratio.
+    assert written["engine"] == "openvino" and list(written["engines"]) == ["openvino", "opencv"]
+    assert all(set(r["engines"]) == {"openvino", "opencv"} for r in written["rounds"])
+    assert written["engines"]["opencv"]["precision"] == "f32"
+    assert written["engines"]["openvino"]["primary_speedup"] == 1
+    ratios = sorted(r["engines"]["openvino"]["pipeline_fps"] / r["engines"]["opencv"]["pipeline_fps"]
+                    for r in written["rounds"])
+    speedup = written["engines"]["opencv"]["primary_speedup"]
+    assert speedup == pytest.approx(sum(ratios) / 2, rel=0.01, abs=0.002)
 
 
-def test_bench_detector_compares_three_sizes():
-    bench_detector(frames=3)
+def test_bench_detector_compares_engines_with_the_reference():
+    result = bench_detector(frames=6, variants=("opencv", "onnxruntime", "openvino:f32"))
     written = json.loads((state_dir() / "bench" / "detector.json").read_text())
-    assert set(written["sizes"]) == {"320", "416", "608"}
-    assert all(v["fps"] > 0 and v["objects"] >= 0 for v in written["sizes"].values())
+    assert written == json.loads(json.dumps(result))
+    assert written["reference"] == "opencv" and list(written["variants"]) == ["opencv", "onnxruntime",
+                                                                               "openvino:f32"]
+    for row in written["variants"].values():
+        assert row["fps"] > 0 and row["rss_added_mb"] > 0 and row["precision"] == "f32"
+        # f32 engines find what the reference finds.
+        assert row["matched"] == row["reference_boxes"] == row["boxes"] > 0
+    assert written["variants"]["opencv"]["speedup"] == 1
 
 
 @pytest.mark.integration

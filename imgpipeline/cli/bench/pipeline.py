@@ -3,6 +3,7 @@ detector and a plain consumer loop, on the same frames."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from imgpipeline.cli.bench.common import (
 )
 
 
-def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print) -> dict:
+def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None) -> dict:
     """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing."""
     import os
     import threading
@@ -31,8 +32,9 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print) -> d
     from imgpipeline.services import LocalServices
 
     home = scratch_dir("home")
+    chosen = ((detector, "engine"), (detector, "precision")) if detector else ()
     overrides = {HOME_ENV: str(home), **{env_name(type(r), f): getattr(r, f) for r, f in (
-        (kafka, "bootstrap_servers"), (kafka, "frames_topic"), (storage, "uri"))}}
+        (kafka, "bootstrap_servers"), (kafka, "frames_topic"), (storage, "uri"), *chosen)}}
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     local = LocalServices(home / ".imgpipeline")
@@ -103,7 +105,7 @@ def run_timings(dagster_home: Path, since: float) -> dict:
     }
 
 
-def run_plain_consumer(frames, kafka, storage, rate) -> dict:
+def run_plain_consumer(frames, kafka, storage, rate, detector) -> dict:
     """The older pipelines' way: one consumer loop; per message fetch, detect, write one JSON file."""
     import threading
 
@@ -111,10 +113,8 @@ def run_plain_consumer(frames, kafka, storage, rate) -> dict:
 
     from imgpipeline.ingest.messages import parse_message
     from imgpipeline.ingest.producer import FrameProducer, Ledger
-    from imgpipeline.resources import DetectorResource
     from imgpipeline.vision.quality import decode_image
 
-    detector = DetectorResource(threads=0).load()
     store = storage.open()
     folder = scratch_dir("plain")
     producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
@@ -147,92 +147,142 @@ def _rates(timing: dict) -> tuple[float, list[float]]:
     return len(done) / (max(done.values()) - min(sent.values())), latencies
 
 
-def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: float = 1800.0,
-                   resources: dict | None = None, repeat: int = 1) -> dict:
-    """Bare detector, the whole pipeline through a real daemon, and a plain consumer, on the same frames.
-
-    With `repeat` > 1 the pipeline and the plain consumer race again, in alternating order, with a
-    bare loop between rounds; the figures are medians over rounds and each round is kept.
-    Without resources, the local services are set up as for the demo.
-    """
+def engine_detectors(engines: list[str] | None = None) -> dict:
+    """The detector settings each engine is benchmarked with: the configured engine first (with the
+    configured precision), then `opencv`, the reference, unless `engines` says otherwise."""
     from imgpipeline.resources import DetectorResource
 
+    configured = DetectorResource.from_env()
+    engines = list(dict.fromkeys(engines or [configured.engine, "opencv"]))
+    return {e: DetectorResource.from_env(
+        engine=e, precision=configured.precision if e == configured.engine else "default") for e in engines}
+
+
+def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: float = 1800.0,
+                   resources: dict | None = None, repeat: int = 1, engines: list[str] | None = None) -> dict:
+    """Bare detector, the whole pipeline through a real daemon on each engine, and a plain consumer,
+    on the same frames.
+
+    The first engine is the pipeline's (the configured one by default); every other engine runs
+    the same pipeline leg in the same round, for a paired comparison. With `repeat` > 1 the legs
+    race again, in alternating order, with bare loops between rounds; the figures are medians over
+    rounds and each round is kept. Without resources, the local services are set up as for the demo.
+    """
     if repeat < 1:
         raise SystemExit(f"--repeat {repeat}: use 1 or more rounds")
+    settings = engine_detectors(engines)
+    primary = next(iter(settings))
     resources = resources or local_resources()
     batch = bench_frames(frames)
-    # The bare loop and the plain consumer are single processes: they get OpenCV's default
-    # threads (all cores), their best case.
-    detector = DetectorResource(threads=0).load()
+    # The bare loops and the plain consumer are single processes: one detector on all cores.
+    detectors = {e: d.model_copy(update={"threads": 0}).load() for e, d in settings.items()}
     mode = f"at {rate:g} frames/s" if rate else "as a backlog"
-    print(f"bare: decode + detect over {frames} frames …")
-    bares = [bare_fps(batch, detector)]
-    rounds, latencies = [], []
 
-    def pipeline_leg(round_: dict) -> None:
-        print(f"pipeline: {frames} frames {mode} → Kafka → frames_sensor → detect_frames (daemon) …")
+    def bare_round() -> dict[str, float]:
+        print(f"bare: decode + detect over {frames} frames on {', '.join(detectors)} …")
+        return {e: bare_fps(batch, d) for e, d in detectors.items()}
+
+    bares = [bare_round()]
+    rounds, latencies = [], {e: [] for e in settings}
+
+    def pipeline_leg(engine: str, round_: dict) -> None:
+        print(f"pipeline on {engine}: {frames} frames {mode} → Kafka → frames_sensor → "
+              "detect_frames (daemon) …")
         kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "pipeline")
-        timing = run_pipeline(batch, kafka, storage, rate, timeout_s)
-        round_["pipeline_fps"], lat = _rates(timing)
-        latencies.append(lat)
-        round_.update(timing["runs"])
+        timing = run_pipeline(batch, kafka, storage, rate, timeout_s, detector=settings[engine])
+        fps, lat = _rates(timing)
+        latencies[engine].append(lat)
+        round_["engines"][engine] = {"pipeline_fps": fps, **timing["runs"]}
+        if engine == primary:
+            round_["pipeline_fps"] = fps
+            round_.update(timing["runs"])
 
     def plain_leg(round_: dict) -> None:
-        print(f"plain consumer: the same {frames} frames {mode} …")
+        print(f"plain consumer on {primary}: the same {frames} frames {mode} …")
         kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "plain")
         round_["plain_consumer_fps"], round_["plain_latencies"] = _rates(
-            run_plain_consumer(batch, kafka, storage, rate))
+            run_plain_consumer(batch, kafka, storage, rate, detectors[primary]))
 
+    legs = [functools.partial(pipeline_leg, e) for e in settings] + [plain_leg]
     for index in range(repeat):
         if repeat > 1:
             print(f"round {index + 1} of {repeat}")
-        round_: dict = {}
-        # This machine's speed drifts over minutes: the two legs swap places every round, and
-        # each round is compared with the bare loops run just before and just after it.
-        for leg in (pipeline_leg, plain_leg) if index % 2 == 0 else (plain_leg, pipeline_leg):
+        round_: dict = {"engines": {}}
+        # This machine's speed drifts over minutes: the legs run in reverse order every other
+        # round, and each round is compared with the bare loops run just before and just after it.
+        for leg in legs if index % 2 == 0 else legs[::-1]:
             leg(round_)
-        print("bare again …")
-        bares.append(bare_fps(batch, detector))
-        round_["bare_fps"] = (bares[-2] + bares[-1]) / 2
-        round_["efficiency"] = round_["pipeline_fps"] / round_["bare_fps"]
+        bares.append(bare_round())
+        for engine, figures in round_["engines"].items():
+            figures["bare_fps"] = (bares[-2][engine] + bares[-1][engine]) / 2
+            figures["efficiency"] = figures["pipeline_fps"] / figures["bare_fps"]
+        round_["bare_fps"] = round_["engines"][primary]["bare_fps"]
+        round_["efficiency"] = round_["engines"][primary]["efficiency"]
         rounds.append(round_)
 
-    result = combine_rounds(rounds, latencies, bares, frames, rate)
+    precisions = {e: d.identity.precision for e, d in detectors.items()}
+    result = combine_rounds(rounds, latencies, bares, frames, rate, precisions)
     print_pipeline(result, repeat)
     write_result("pipeline", result)
     return result
 
 
-def combine_rounds(rounds: list[dict], latencies: list[list[float]], bares: list[float], frames: int,
-                   rate: float | None) -> dict:
+def combine_rounds(rounds: list[dict], latencies: dict[str, list[list[float]]], bares: list[dict],
+                   frames: int, rate: float | None, precisions: dict[str, str]) -> dict:
     """The benchmark's figures: medians over rounds, latency percentiles, each round kept."""
     from statistics import median
+
+    primary = next(iter(precisions))
 
     def mid(key: str) -> float:
         return median(r[key] for r in rounds)
 
-    pipeline_lat = [x for lat in latencies for x in lat]
+    def flat(engine: str) -> list[float]:
+        return [x for lat in latencies[engine] for x in lat]
+
+    engines = {}
+    for engine, precision in precisions.items():
+        each = [r["engines"][engine] for r in rounds]
+        engines[engine] = {
+            "precision": precision,
+            "pipeline_fps": round(median(e["pipeline_fps"] for e in each), 2),
+            "bare_fps": round(median(e["bare_fps"] for e in each), 2),
+            "efficiency": round(median(e["efficiency"] for e in each), 3),
+            "latency_p50_s": round(percentile(flat(engine), 0.5), 2),
+            "latency_p95_s": round(percentile(flat(engine), 0.95), 2),
+            # Paired within each round: the primary engine's pipeline ÷ this one's.
+            "primary_speedup": round(median(r["engines"][primary]["pipeline_fps"]
+                                            / r["engines"][engine]["pipeline_fps"] for r in rounds), 3),
+        }
     plain_lat = [x for r in rounds for x in r.pop("plain_latencies")]
     return {
-        "frames": frames, "rate": rate,
+        "frames": frames, "rate": rate, "engine": primary,
         "bare_fps": round(mid("bare_fps"), 2), "pipeline_fps": round(mid("pipeline_fps"), 2),
         "plain_consumer_fps": round(mid("plain_consumer_fps"), 2), "efficiency": round(mid("efficiency"), 3),
-        "latency_p50_s": round(percentile(pipeline_lat, 0.5), 2),
-        "latency_p95_s": round(percentile(pipeline_lat, 0.95), 2),
+        "latency_p50_s": engines[primary]["latency_p50_s"],
+        "latency_p95_s": engines[primary]["latency_p95_s"],
         "plain_latency_p50_s": round(percentile(plain_lat, 0.5), 2),
         "plain_latency_p95_s": round(percentile(plain_lat, 0.95), 2),
-        "bare_fps_each": [round(b, 2) for b in bares],
+        "bare_fps_each": [round(b[primary], 2) for b in bares],
+        "engines": engines,
         "runs": rounds[0]["runs"], "first_launch_s": rounds[0]["first_launch_s"],
         "run_startup_s": rounds[0]["run_startup_s"], "runs_forked": rounds[0]["runs_forked"],
-        "rounds": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rounds],
+        "rounds": [_rounded(r) for r in rounds],
         "pipeline_wins": sum(r["pipeline_fps"] > r["plain_consumer_fps"] for r in rounds),
         # Paired within each round, so the machine's drift between rounds cancels out.
         "pipeline_vs_plain": round(median(r["pipeline_fps"] / r["plain_consumer_fps"] for r in rounds), 3),
     }
 
 
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 3) if isinstance(value, float) else value
+
+
 def print_pipeline(result: dict, repeat: int) -> None:
-    print(f"\n{'':<16}{'frames/s':>10}{'p50 s':>9}{'p95 s':>9}")
+    print(f"\non {result['engine']}:")
+    print(f"{'':<16}{'frames/s':>10}{'p50 s':>9}{'p95 s':>9}")
     print(f"{'bare detector':<16}{result['bare_fps']:>10.2f}{'':>9}{'':>9}"
           f"  (each: {', '.join(f'{b:.2f}' for b in result['bare_fps_each'])})")
     print(f"{'pipeline':<16}{result['pipeline_fps']:>10.2f}{result['latency_p50_s']:>9.2f}"
@@ -247,6 +297,17 @@ def print_pipeline(result: dict, repeat: int) -> None:
         for number, r in enumerate(result["rounds"], 1):
             print(f"  round {number}: pipeline {r['pipeline_fps']:.2f}, plain {r['plain_consumer_fps']:.2f}, "
                   f"bare {r['bare_fps']:.2f} frames/s, efficiency {r['efficiency']:.3f}")
-    print(f"pipeline: {result['runs']} runs ({result['runs_forked']} forked from the warm server); "
+    primary = result["engine"]
+    if len(result["engines"]) > 1:
+        print(f"\n{'engine':<14}{'precision':>10}{'pipeline':>10}{'bare':>8}{'efficiency':>11}{'p50 s':>7}"
+              f"{'p95 s':>7}{primary + ' ×':>14}")
+        for engine, e in result["engines"].items():
+            print(f"{engine:<14}{e['precision']:>10}{e['pipeline_fps']:>10.2f}{e['bare_fps']:>8.2f}"
+                  f"{e['efficiency']:>11.3f}{e['latency_p50_s']:>7.2f}{e['latency_p95_s']:>7.2f}"
+                  f"{e['primary_speedup']:>14.2f}")
+        print(f"(frames/s; the last column is the {primary} pipeline's frames/s ÷ this engine's, "
+              "median of the rounds' paired ratios)")
+    print(f"pipeline on {primary}: {result['runs']} runs ({result['runs_forked']} forked from the warm "
+          "server); "
           f"first run created {result['first_launch_s']} s after the first frame was sent; "
           f"runs took {result['run_startup_s']} s on average to start")

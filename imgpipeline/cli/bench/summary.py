@@ -60,7 +60,8 @@ def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
             CASE WHEN i % 50 = 0 THEN 'skipped_dark' WHEN i % 97 = 0 THEN 'error'
                  ELSE 'detected' END AS status,
             640 + (i % 3) * 640 AS width, 360 + (i % 3) * 360 AS height, 20000 + i % 5000 AS bytes,
-            (i * 37 % 2550) / 10.0 AS brightness
+            (i * 37 % 2550) / 10.0 AS brightness,
+            'yolov4-tiny-416' AS model, 'synthetic' AS model_sha256, 'synthetic' AS engine, 'f32' AS precision
         FROM range({frames_n}) t(i)""")
     classes = ["person", "car", "bicycle", "motorbike", "bus", "truck", "dog", "cat", "bird", "bench"]
     con.execute(f"""
@@ -68,7 +69,8 @@ def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
             fr.frame_id, fr.source_id, fr.captured_at, CAST(d AS INTEGER) AS detection_index,
             CAST((hash(fr.frame_id || d) % 10) AS INTEGER) AS class_id,
             {classes}[CAST((hash(fr.frame_id || d) % 10) AS INTEGER) + 1] AS class_name,
-            round(0.25 + (hash(fr.frame_id || d || 'c') % 7500) / 10000.0, 4) AS confidence
+            round(0.25 + (hash(fr.frame_id || d || 'c') % 7500) / 10000.0, 4) AS confidence,
+            fr.model, fr.model_sha256, fr.engine, fr.precision
         FROM fr, range(5) r(d)
         LIMIT {rows}""")
     con.execute("""
@@ -98,9 +100,11 @@ def duckdb_summary(paths: dict[str, list[str]]) -> dict[str, tuple]:
     duck = {}
     for day, frames_path, detections_path in zip(DAYS, paths["frames"], paths["detections"], strict=True):
         sql = daily_summary_sql(date.fromisoformat(day), [frames_path], [detections_path])
-        for row in duckdb.connect().execute("SET TimeZone = 'UTC'").execute(sql).fetchall():
-            _, source, class_name, _, _, objects, mean, best, hours = row[:9]
-            duck[f"{day}|{source}|{class_name}"] = (objects, mean, best, list(hours))
+        result = duckdb.connect().execute("SET TimeZone = 'UTC'").execute(sql)
+        names = [column[0] for column in result.description]
+        for row in map(lambda values: dict(zip(names, values, strict=True)), result.fetchall()):
+            duck[f"{day}|{row['source_id']}|{row['class_name']}"] = (
+                row["objects"], row["mean_confidence"], row["max_confidence"], list(row["objects_per_hour"]))
     return duck
 
 

@@ -185,7 +185,7 @@ class FrameProcessor:
             "status": None, "error": None, "ingested_at": ingested, "processed_at": None,
             "run_id": self.run_id, "topic": incoming.topic, "partition": incoming.partition,
             "offset": incoming.offset, "bytes": None, "brightness": None, "contrast": None,
-            "sharpness": None, "model": self.detector.name, "object_count": 0, "detections": [],
+            "sharpness": None, **self.detector.identity.as_record(), "object_count": 0, "detections": [],
         }
 
     def finish(self, prepared: Prepared) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pyarrow as pa
 
-from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA
+from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
 
 # What each check proves, as the UI shows it beside the asset.
 CHECKS = {
@@ -22,7 +22,8 @@ CHECKS = {
     },
     "daily_summary": {
         "schema_as_declared": "The stored Parquet of every day has exactly the declared columns and types.",
-        "totals_match_hourly": "The day's objects and frames per source equal the hourly tables' rows.",
+        "totals_match_hourly": "The day's objects and frames per source and detector identity (model, "
+                               "engine, precision) equal the hourly tables' rows.",
     },
 }
 
@@ -100,12 +101,14 @@ def summary_mismatch(summary: pa.Table, frames: pa.Table, detections: pa.Table) 
     if sum(summary.column("objects").to_pylist()) != detections.num_rows:
         problems.append(f"objects {sum(summary.column('objects').to_pylist())} != "
                         f"{detections.num_rows} detection rows")
+    keys = ["source_id", *IDENTITY]
     per_source = {}
-    for row in summary.select(["source_id", "frames"]).to_pylist():
-        per_source[row["source_id"]] = row["frames"]
+    for row in summary.select([*keys, "frames"]).to_pylist():
+        per_source["/".join(str(row[k]) for k in keys)] = row["frames"]
     counted: dict[str, int] = {}
-    for source in frames.column("source_id").to_pylist():
-        counted[source] = counted.get(source, 0) + 1
+    for row in frames.select(keys).to_pylist():
+        key = "/".join(str(row[k]) for k in keys)
+        counted[key] = counted.get(key, 0) + 1
     if per_source != counted:
         problems.append(f"frames per source {per_source} != hourly rows {counted}")
     return problems

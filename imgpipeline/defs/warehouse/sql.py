@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, SCHEMAS, TS
+from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY, SCHEMAS, TS
 from imgpipeline.resources.settings import resolved
 
 
@@ -79,17 +79,20 @@ def _empty_select(schema: pa.Schema) -> str:
 
 
 def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list[str]) -> str:
-    """DuckDB SQL for one day's summary per source × class over the hourly Parquet files."""
+    """DuckDB SQL for one day's summary per source × detector identity × class over the hourly
+    Parquet files (frames of unknown identity, landed before it was recorded, group together)."""
     def source(paths, schema):
         return (f"read_parquet([{', '.join(repr(p) for p in paths)}])" if paths else _empty_select(schema))
 
     # Hours by epoch arithmetic (the data is UTC): much cheaper than hour() on TIMESTAMPTZ.
     hour = "CAST((epoch_ms(captured_at) // 3600000) % 24 AS INTEGER)"
+    identity = ", ".join(IDENTITY)
+    same = " AND ".join(f"s.{name} IS NOT DISTINCT FROM c.{name}" for name in ("source_id", *IDENTITY))
     return f"""
     WITH fr AS (SELECT * FROM {source(frames_paths, FRAMES_SCHEMA)}),
          de AS (SELECT * FROM {source(detections_paths, DETECTIONS_SCHEMA)}),
     per_source AS (
-        SELECT source_id, DATE '{day.isoformat()}' AS day, count(*) AS frames,
+        SELECT source_id, {identity}, DATE '{day.isoformat()}' AS day, count(*) AS frames,
                avg(brightness) AS mean_brightness,
                quantile_cont(brightness, 0.1) AS p10_brightness,
                quantile_cont(brightness, 0.5) AS p50_brightness,
@@ -98,22 +101,22 @@ def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list
                CAST(median(bytes) AS DOUBLE) AS median_bytes,
                avg(CASE WHEN status = 'skipped_dark' THEN 1.0 ELSE 0.0 END) AS dark_share,
                avg(CASE WHEN status = 'error' THEN 1.0 ELSE 0.0 END) AS error_share
-        FROM fr GROUP BY source_id
+        FROM fr GROUP BY source_id, {identity}
     ),
     per_class AS (
-        SELECT source_id, class_name, count(*) FILTER (WHERE class_rank = 1) AS frames_with_class,
+        SELECT source_id, {identity}, class_name, count(*) FILTER (WHERE class_rank = 1) AS frames_with_class,
                count(*) AS objects, avg(confidence) AS mean_confidence,
                max(confidence) AS max_confidence, histogram({hour}) AS hours
-        FROM de GROUP BY source_id, class_name
+        FROM de GROUP BY source_id, {identity}, class_name
     )
-    SELECT s.day, s.source_id, c.class_name, s.frames,
+    SELECT s.day, s.source_id, {", ".join(f"s.{name}" for name in IDENTITY)}, c.class_name, s.frames,
            coalesce(c.frames_with_class, 0) AS frames_with_class, coalesce(c.objects, 0) AS objects,
            c.mean_confidence, c.max_confidence,
            list_transform(range(24), h -> coalesce(c.hours[CAST(h AS INTEGER)], 0)) AS objects_per_hour,
            s.mean_brightness, s.p10_brightness, s.p50_brightness, s.p90_brightness,
            s.typical_size, s.median_bytes, s.dark_share, s.error_share
-    FROM per_source s LEFT JOIN per_class c USING (source_id)
-    ORDER BY s.source_id, c.class_name NULLS FIRST
+    FROM per_source s LEFT JOIN per_class c ON {same}
+    ORDER BY s.source_id, {", ".join(f"s.{name}" for name in IDENTITY)}, c.class_name NULLS FIRST
     """
 
 
@@ -137,12 +140,13 @@ def markdown_table(table: pa.Table, limit: int = 20) -> str:
 
 
 SUMMARY_SQL = """
-SELECT source_id, coalesce(class_name, '(none)') AS class_name, frames, objects, frames_with_class,
+SELECT source_id, coalesce(engine || ' ' || precision, '(unrecorded)') AS engine,
+       coalesce(class_name, '(none)') AS class_name, frames, objects, frames_with_class,
        round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf,
        round(mean_brightness, 1) AS brightness, typical_size,
        round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share
 FROM daily_summary WHERE day = CAST(? AS DATE)
-ORDER BY source_id, objects DESC, class_name
+ORDER BY source_id, engine, objects DESC, class_name
 """
 
 

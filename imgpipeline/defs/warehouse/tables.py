@@ -17,6 +17,10 @@ from imgpipeline.defs.hours import hour_path
 from imgpipeline.ingest.messages import parse_time
 
 TS = pa.timestamp("ms", tz="UTC")
+# What produced a frame's detections, on every row: results of different models, engines or
+# precisions are never summed together unnoticed.
+IDENTITY = ("model", "model_sha256", "engine", "precision")
+_IDENTITY_FIELDS = [(name, pa.string()) for name in IDENTITY]
 
 FRAMES_SCHEMA = pa.schema([
     ("frame_id", pa.string()), ("source_id", pa.string()), ("file_name", pa.string()),
@@ -25,7 +29,7 @@ FRAMES_SCHEMA = pa.schema([
     ("status", pa.string()), ("error", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()),
     ("brightness", pa.float64()), ("contrast", pa.float64()), ("sharpness", pa.float64()),
-    ("object_count", pa.int32()), ("model", pa.string()),
+    ("object_count", pa.int32()), *_IDENTITY_FIELDS,
     ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()), ("run_id", pa.string()),
 ])
 
@@ -36,11 +40,11 @@ DETECTIONS_SCHEMA = pa.schema([
     # 1 for the most confident detection of its class in the frame, 2 for the next, …
     ("class_rank", pa.int32()),
     ("x", pa.int32()), ("y", pa.int32()), ("w", pa.int32()), ("h", pa.int32()),
-    ("track_id", pa.int64()),
+    ("track_id", pa.int64()), *_IDENTITY_FIELDS,
 ])
 
 DAILY_SUMMARY_SCHEMA = pa.schema([
-    ("day", pa.date32()), ("source_id", pa.string()), ("class_name", pa.string()),
+    ("day", pa.date32()), ("source_id", pa.string()), *_IDENTITY_FIELDS, ("class_name", pa.string()),
     ("frames", pa.int64()), ("frames_with_class", pa.int64()), ("objects", pa.int64()),
     ("mean_confidence", pa.float64()), ("max_confidence", pa.float64()),
     ("objects_per_hour", pa.list_(pa.int64())),
@@ -123,5 +127,6 @@ def detections_table(records: list[dict]) -> pa.Table:
                 "confidence": d["confidence"], "class_rank": ranks[index],
                 "x": x, "y": y, "w": w, "h": h,
                 "track_id": d.get("track_id"),
+                **{name: r.get(name) for name in IDENTITY},
             })
     return pa.Table.from_pylist(rows, schema=DETECTIONS_SCHEMA)

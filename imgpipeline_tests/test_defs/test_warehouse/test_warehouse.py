@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import numpy as np
@@ -145,11 +145,14 @@ def test_rematerializing_gives_the_same_rows_in_the_same_order(kafka, storage, t
         assert tables.from_parquet(first).num_rows > 0
 
 
+IDENTITY = {"model": "yolov4-tiny-416", "model_sha256": "ab" * 32, "engine": "openvino", "precision": "bf16"}
+
+
 def test_checks_fail_on_a_duplicate_or_a_missing_frame():
     records = [
         {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
          "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
-         "status": "detected", "object_count": 1,
+         "status": "detected", "object_count": 1, **IDENTITY,
          "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5, "box": [1, 2, 3, 4]}]}
         for i in range(3)
     ]
@@ -166,11 +169,40 @@ def test_checks_fail_on_a_duplicate_or_a_missing_frame():
     assert checks.schema_problems(without_status, tables.FRAMES_SCHEMA) == ["missing column status"]
 
     detections = tables.detections_table(records)
-    summary = pa.Table.from_pylist(
-        [{"source_id": "s", "frames": 3, "objects": 3}], schema=pa.schema(
-            [("source_id", pa.string()), ("frames", pa.int64()), ("objects", pa.int64())]))
+    summary = pa.Table.from_pylist([{"source_id": "s", **IDENTITY, "frames": 3, "objects": 3}])
     assert checks.summary_mismatch(summary, table, detections) == []
     assert checks.summary_mismatch(summary, missing, detections.slice(0, 2)) != []
+    # The same frames counted under another engine are not this summary's.
+    other = pa.Table.from_pylist(
+        [{"source_id": "s", **IDENTITY, "engine": "opencv", "frames": 3, "objects": 3}])
+    assert checks.summary_mismatch(other, table, detections) != []
+
+
+def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
+    import duckdb
+
+    from imgpipeline.defs.warehouse.sql import daily_summary_sql
+
+    records = [
+        {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
+         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
+         "status": "detected", "object_count": 1 + i % 2,
+         **IDENTITY, **({"engine": "opencv", "precision": "f32"} if i % 2 else {}),
+         "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5,
+                         "box": [1, 2, 3, 4]}] * (1 + i % 2)}
+        for i in range(6)
+    ]
+    frames, detections = tmp_path / "frames.parquet", tmp_path / "detections.parquet"
+    frames.write_bytes(tables.to_parquet(tables.frames_table(records)))
+    detections.write_bytes(tables.to_parquet(tables.detections_table(records)))
+    assert set(tables.detections_table(records).column("engine").to_pylist()) == {"openvino", "opencv"}
+    sql = daily_summary_sql(date(2026, 11, 21), [str(frames)], [str(detections)])
+    result = duckdb.connect().execute(sql)
+    names = [c[0] for c in result.description]
+    rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+    assert names[:7] == ["day", "source_id", "model", "model_sha256", "engine", "precision", "class_name"]
+    assert {(r["engine"], r["precision"]): (r["frames"], r["objects"]) for r in rows} == {
+        ("openvino", "bf16"): (3, 3), ("opencv", "f32"): (3, 6)}
 
 
 def test_latest_processing_wins():

@@ -1,0 +1,191 @@
+"""Darknet models: the cfg's layers, the YOLO heads' decoding parameters, and the ONNX form.
+
+The converter writes the network up to the two YOLO heads' raw convolution outputs; decoding
+(sigmoid, anchors, `scale_x_y`) and NMS stay in `imgpipeline.vision.detector`, shared by every
+engine. Batch norm is folded into the convolutions with OpenCV's epsilon (1e-6), so the ONNX
+model computes what OpenCV's Darknet importer computes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgpipeline import ConfigError
+
+BN_EPSILON = 1e-6
+OPSET = 13
+INPUT = "images"
+
+
+@dataclass(frozen=True)
+class Head:
+    """One YOLO output: which anchors it uses and how its raw tensor decodes."""
+
+    anchors: tuple[tuple[float, float], ...]  # (width, height) in input pixels, this head's own
+    classes: int
+    scale_x_y: float
+    thresh: float  # class probabilities at or below it read as 0, as OpenCV's region layer does
+
+
+def parse_cfg(path: Path) -> list[dict[str, str]]:
+    """The cfg's sections in order, each a dict with its `type` (`net`, `convolutional`, …)."""
+    sections: list[dict[str, str]] = []
+    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if match := re.fullmatch(r"\[(\w+)\]", line):
+            sections.append({"type": match.group(1)})
+        elif "=" in line and sections:
+            key, _, value = line.partition("=")
+            sections[-1][key.strip()] = value.strip()
+        else:
+            raise ConfigError(f"{path}:{number}: cannot read {raw!r} as a Darknet cfg line")
+    if not sections or sections[0]["type"] != "net":
+        raise ConfigError(f"{path} does not start with a [net] section")
+    return sections
+
+
+def _ints(value: str) -> list[int]:
+    return [int(v) for v in value.replace(" ", "").split(",") if v]
+
+
+def heads(sections: list[dict[str, str]]) -> list[Head]:
+    """The YOLO heads in output order, read from the cfg (each head's mask picks its anchors)."""
+    found = []
+    for layer in sections[1:]:
+        if layer["type"] != "yolo":
+            continue
+        flat = [float(v) for v in layer["anchors"].replace(" ", "").split(",") if v]
+        pairs = list(zip(flat[0::2], flat[1::2], strict=True))
+        found.append(Head(
+            anchors=tuple(pairs[m] for m in _ints(layer["mask"])),
+            classes=int(layer["classes"]),
+            scale_x_y=float(layer.get("scale_x_y", 1.0)),
+            thresh=float(layer.get("thresh", 0.2)),
+        ))
+    return found
+
+
+class _Weights:
+    """Darknet's weights file: a header, then each layer's float32 arrays in cfg order."""
+
+    def __init__(self, path: Path):
+        data = Path(path).read_bytes()
+        major, minor, _ = np.frombuffer(data, np.int32, 3)
+        header = 20 if major * 10 + minor >= 2 else 16  # `seen` became 64-bit in 0.2
+        self.values = np.frombuffer(data, np.float32, offset=header)
+        self.position = 0
+        self.path = path
+
+    def take(self, count: int) -> np.ndarray:
+        if self.position + count > self.values.size:
+            raise ConfigError(f"{self.path} ends before the cfg's layers do: wrong weights for this cfg")
+        chunk = self.values[self.position:self.position + count]
+        self.position += count
+        return chunk
+
+    def done(self) -> None:
+        if self.position != self.values.size:
+            raise ConfigError(f"{self.path} has {self.values.size - self.position} values the cfg does "
+                              "not use: wrong weights for this cfg")
+
+
+def to_onnx(cfg: Path, weights: Path):
+    """The Darknet model as an ONNX ModelProto whose outputs are the heads' raw tensors."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    sections = parse_cfg(cfg)
+    source = _Weights(weights)
+    nodes, initializers = [], []
+    outputs: list[tuple[str, int]] = []  # each layer's tensor and channel count, by layer index
+    head_tensors: list[tuple[str, int]] = []
+    tensor, channels = INPUT, int(sections[0].get("channels", 3))
+
+    def constant(name: str, array: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    for index, layer in enumerate(sections[1:]):
+        kind, name = layer["type"], f"{layer['type']}_{index}"
+        if kind == "convolutional":
+            filters, size = int(layer["filters"]), int(layer["size"])
+            stride = int(layer.get("stride", 1))
+            pad = size // 2 if int(layer.get("pad", 0)) else int(layer.get("padding", 0))
+            bias = source.take(filters)
+            if int(layer.get("batch_normalize", 0)):
+                scale, mean, variance = source.take(filters), source.take(filters), source.take(filters)
+                kernel = source.take(filters * channels * size * size).reshape(filters, channels, size, size)
+                factor = scale / np.sqrt(variance + BN_EPSILON)
+                kernel = kernel * factor[:, None, None, None]
+                bias = bias - mean * factor
+            else:
+                kernel = source.take(filters * channels * size * size).reshape(filters, channels, size, size)
+            nodes.append(helper.make_node(
+                "Conv", [tensor, constant(f"{name}.w", kernel.astype(np.float32)),
+                         constant(f"{name}.b", bias.astype(np.float32))], [name],
+                kernel_shape=[size, size], strides=[stride, stride], pads=[pad] * 4))
+            tensor, channels = name, filters
+            activation = layer.get("activation", "linear")
+            if activation == "leaky":
+                nodes.append(helper.make_node("LeakyRelu", [tensor], [f"{name}.act"], alpha=0.1))
+                tensor = f"{name}.act"
+            elif activation != "linear":
+                raise ConfigError(f"{cfg}: activation {activation!r} (layer {index}) is not supported")
+        elif kind == "maxpool":
+            size = int(layer["size"])
+            stride = int(layer.get("stride", size))
+            padding = int(layer.get("padding", size - 1))  # Darknet pads right and bottom
+            begin = padding // 2
+            nodes.append(helper.make_node(
+                "MaxPool", [tensor], [name], kernel_shape=[size, size], strides=[stride, stride],
+                pads=[begin, begin, padding - begin, padding - begin]))
+            tensor = name
+        elif kind == "route":
+            sources = [outputs[i if i >= 0 else index + i] for i in _ints(layer["layers"])]
+            groups, group = int(layer.get("groups", 1)), int(layer.get("group_id", 0))
+            if groups > 1:
+                (tensor, channels), = sources
+                width = channels // groups
+                nodes.append(helper.make_node(
+                    "Slice", [tensor, constant(f"{name}.start", np.array([width * group])),
+                              constant(f"{name}.end", np.array([width * (group + 1)])),
+                              constant(f"{name}.axis", np.array([1]))], [name]))
+                tensor, channels = name, width
+            elif len(sources) == 1:
+                tensor, channels = sources[0]
+            else:
+                nodes.append(helper.make_node("Concat", [t for t, _ in sources], [name], axis=1))
+                tensor, channels = name, sum(c for _, c in sources)
+        elif kind == "upsample":
+            stride = float(layer.get("stride", 2))
+            scales = constant(f"{name}.scales", np.array([1, 1, stride, stride], np.float32))
+            nodes.append(helper.make_node(
+                "Resize", [tensor, "", scales],
+                [name], mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"))
+            tensor = name
+        elif kind == "yolo":
+            head_tensors.append((tensor, channels))  # the raw tensor; the layer itself passes it through
+        else:
+            raise ConfigError(f"{cfg}: layer type [{kind}] (layer {index}) is not supported")
+        outputs.append((tensor, channels))
+    source.done()
+
+    named = []
+    for number, (raw, width) in enumerate(head_tensors):
+        nodes.append(helper.make_node("Identity", [raw], [f"head{number}"]))
+        shape = [1, width, None, None]
+        named.append(helper.make_tensor_value_info(f"head{number}", TensorProto.FLOAT, shape))
+    graph = helper.make_graph(
+        nodes, "yolo", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])],
+        named, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="imgpipeline")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

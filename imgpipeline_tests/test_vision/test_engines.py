@@ -1,0 +1,181 @@
+"""Every engine against the reference (OpenCV DNN on the Darknet files) on the same frames."""
+
+import multiprocessing
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+from imgpipeline.cli.fetch import sample
+from imgpipeline.resources import DetectorResource
+from imgpipeline.vision.agreement import compare
+from imgpipeline.vision.quality import decode_image
+
+F32_ENGINES = [("onnxruntime", "default"), ("openvino", "f32")]
+
+
+def video(limit: int | None = None) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(sample("bikes.mp4")))
+    frames = []
+    while limit is None or len(frames) < limit:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def frames():
+    found = video()
+    assert len(found) >= 200
+    return found
+
+
+def detect_all(resource: DetectorResource, frames: list[np.ndarray]):
+    pool = resource.load_pool()
+    with ThreadPoolExecutor(max_workers=pool.size) as threads:
+        return pool, list(threads.map(pool.detect, frames))
+
+
+@pytest.fixture(scope="module")
+def reference(frames):
+    return detect_all(DetectorResource(engine="opencv"), frames)[1]
+
+
+def photos():
+    return [decode_image(sample(name).read_bytes()) for name in ("bus.jpg", "zidane.jpg")]
+
+
+@pytest.mark.parametrize(("engine", "precision"), F32_ENGINES)
+def test_onnx_heads_equal_opencvs_raw_heads(engine, precision):
+    opencv = DetectorResource(engine="opencv").load()
+    other = DetectorResource(engine=engine, precision=precision).load()
+    for image in photos() + video(8)[::4]:
+        expected, got = opencv.raw(image), other.raw(image)
+        assert [a.shape for a in got] == [a.shape for a in expected] == [(1, 255, 13, 13), (1, 255, 26, 26)]
+        for a, b in zip(expected, got, strict=True):
+            assert np.abs(a - b).max() < 1e-3
+
+
+def test_shared_decoding_gives_exactly_what_opencvs_detection_model_gives(frames, reference):
+    from imgpipeline.paths import models_dir
+    from imgpipeline.vision.model_files import CFG, WEIGHTS
+
+    net = cv2.dnn.readNetFromDarknet(str(models_dir() / CFG), str(models_dir() / WEIGHTS))
+    model = cv2.dnn.DetectionModel(net)
+    model.setInputParams(scale=1 / 255.0, size=(416, 416), swapRB=True, crop=False)
+    for frame, ours in zip(frames[::5] + photos(), reference[::5] + [None, None], strict=True):
+        ours = ours or DetectorResource(engine="opencv").load().detect(frame)
+        ids, scores, boxes = model.detect(frame, confThreshold=0.25, nmsThreshold=0.45)
+        theirs = sorted((int(c), round(float(s), 4), tuple(int(v) for v in b)) for c, s, b in zip(
+            np.asarray(ids).reshape(-1), np.asarray(scores).reshape(-1), np.asarray(boxes).reshape(-1, 4),
+            strict=True))
+        assert sorted((d.class_id, d.confidence, d.box) for d in ours) == theirs
+
+
+@pytest.mark.parametrize(("engine", "precision"), F32_ENGINES)
+def test_f32_engines_detect_what_the_reference_detects(frames, reference, engine, precision):
+    pool, found = detect_all(DetectorResource(engine=engine, precision=precision), frames)
+    assert pool.identity.precision == "f32"
+    result = compare(reference, found)
+    assert result.reference > 300
+    # Same classes and integer boxes; confidences may differ in the 4th decimal.
+    assert result.identical == result.reference == result.other, result.summary()
+
+
+def test_default_precision_agrees_with_the_reference(frames, reference):
+    pool, found = detect_all(DetectorResource(engine="openvino"), frames)
+    result = compare(reference, found)
+    summary = result.summary()
+    if pool.identity.precision == "f32":  # a CPU without bf16 or f16 runs the reference's precision
+        assert result.identical == result.reference == result.other, summary
+        return
+    assert result.matched_share >= 0.95, summary
+    assert max(result.confidence_diffs) <= 0.1, summary
+    # What differs is near the 0.25 threshold, on either side.
+    assert all(c < 0.4 for c in result.unmatched_reference + result.unmatched_other), summary
+
+
+def _detect_in_child(resource, image, answers):
+    answers.put([(d.class_id, d.confidence, d.box) for d in resource.load_pool().detect(image)])
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime", "opencv"])
+def test_a_process_forked_after_preload_detects(engine):
+    """The fork server preloads, then forks runs: no engine may leave a pool the child waits on."""
+    image = photos()[0]
+    resource = DetectorResource(engine=engine)
+    expected = [(d.class_id, d.confidence, d.box) for d in resource.load_pool().detect(image)]
+    resource.preload()
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_detect_in_child, args=(resource, image, answers))
+    child.start()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung, f"a child forked after preloading {engine} did not finish detecting in 60 s"
+    assert child.exitcode == 0
+    assert answers.get(timeout=5) == expected
+
+
+def test_nets_preloaded_for_one_engine_never_serve_another():
+    image = photos()[0]
+    DetectorResource(engine="opencv", workers=2).preload()
+    pool = DetectorResource(engine="openvino", precision="f32", workers=2).load_pool()
+    assert pool.identity.engine == "openvino"
+    assert [d.box for d in pool.detect(image)] == [
+        d.box for d in DetectorResource(engine="openvino", precision="f32").load().detect(image)]
+    # The preloaded nets still serve the run of their own engine.
+    assert DetectorResource(engine="opencv", workers=2).load_pool().identity.engine == "opencv"
+
+
+TELEMETRY_PROBE = """
+import socket, sys
+import numpy as np
+attempts = []
+def refuse(self, address, *args):
+    attempts.append(address)
+    raise OSError("no network")
+socket.socket.connect = socket.socket.connect_ex = refuse
+from imgpipeline.resources import DetectorResource
+detector = DetectorResource(engine="openvino").load()
+detector.detect(np.zeros((64, 64, 3), np.uint8))
+from openvino_telemetry import Telemetry
+print(detector.identity.engine, attempts, Telemetry().consent)
+"""
+
+
+def test_openvino_runs_without_telemetry_or_any_connection(tmp_path):
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    result = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    # No socket was opened, telemetry has no consent, and nothing was written in the home folder.
+    assert result.stdout.split() == ["openvino", "[]", "False"]
+    assert list(home.iterdir()) == []
+
+
+def test_bad_engine_settings_say_what_to_use(monkeypatch):
+    from imgpipeline import ConfigError
+
+    monkeypatch.setenv("IMGPIPELINE_DETECTOR_ENGINE", "tensorrt")
+    with pytest.raises(ConfigError, match="IMGPIPELINE_DETECTOR_ENGINE='tensorrt' is not known; use one of "
+                                          "opencv, openvino, onnxruntime"):
+        DetectorResource.from_env()
+    monkeypatch.setenv("IMGPIPELINE_DETECTOR_ENGINE", "onnxruntime")
+    monkeypatch.setenv("IMGPIPELINE_DETECTOR_PRECISION", "bf16")
+    with pytest.raises(ConfigError, match="applies to the openvino engine only"):
+        DetectorResource.from_env()
+    monkeypatch.setenv("IMGPIPELINE_DETECTOR_ENGINE", "OpenVINO")
+    monkeypatch.setenv("IMGPIPELINE_DETECTOR_PRECISION", "F32")
+    resource = DetectorResource.from_env()
+    assert (resource.engine, resource.precision) == ("openvino", "f32")
