@@ -42,13 +42,11 @@ def services(args) -> int:
 
 
 def run_checks(*, log=print) -> None:
-    """Check every setting, then every configured part (broker, storage, weights); raise ConfigError
+    """Check every setting, then every configured part (broker, storage, the model file the detector
+    engine runs); raise ConfigError
     on the first bad one."""
-    from pathlib import Path
-
     from imgpipeline.cli.settings import check_settings
     from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
-    from imgpipeline.vision.model_files import verify_weights
 
     check_settings()
 
@@ -59,8 +57,8 @@ def run_checks(*, log=print) -> None:
     storage.open().check()
     log(f"  storage  ok: {storage.uri}")
     detector = DetectorResource.from_env()
-    verify_weights(Path(detector.models_dir))
-    log(f"  detector ok: {detector.models_dir}")
+    path, _ = detector.model_file()
+    log(f"  detector ok: {detector.engine} runs {path}")
 
 
 def check(args) -> int:

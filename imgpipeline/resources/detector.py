@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
 from imgpipeline.paths import models_dir
-from imgpipeline.resources.settings import FromEnv, setting
+from imgpipeline.resources.settings import FromEnv, one_of, setting
 
 # Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.launcher): OpenCV
 # nets, whose settings a forked run matches to take them instead of loading its own, and model
@@ -56,25 +56,12 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     def _lower(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("engine")
+    @field_validator("engine", "precision")
     @classmethod
-    def _known_engine(cls, value: str) -> str:
-        from imgpipeline.vision.engines import ENGINES
+    def _known(cls, value: str, info) -> str:
+        from imgpipeline.vision.engines import ENGINES, PRECISIONS
 
-        if value not in ENGINES:
-            raise ValueError(f"IMGPIPELINE_DETECTOR_ENGINE={value!r} is not known; "
-                             f"use one of {', '.join(ENGINES)}")
-        return value
-
-    @field_validator("precision")
-    @classmethod
-    def _known_precision(cls, value: str) -> str:
-        from imgpipeline.vision.engines import PRECISIONS
-
-        if value not in PRECISIONS:
-            raise ValueError(f"IMGPIPELINE_DETECTOR_PRECISION={value!r} is not known; "
-                             f"use one of {', '.join(PRECISIONS)}")
-        return value
+        return one_of(cls, info.field_name, value, ENGINES if info.field_name == "engine" else PRECISIONS)
 
     @model_validator(mode="after")
     def _precision_needs_openvino(self):
@@ -114,7 +101,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
             from imgpipeline.vision.engines import import_openvino
 
             import_openvino() if self.engine == "openvino" else importlib.import_module(self.engine)
-            self._model_file()
+            self.model_file()
             return
         workers, _ = self._pool_shape()
         _preloaded[self._pool_key(workers)] = self._build(workers, 1)  # each net has run once
@@ -135,7 +122,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         return (self.engine, self.precision, str(weights), _stat(weights), self.input_size, self.confidence,
                 self.nms, tuple(self.classes or ()), workers)
 
-    def _model_file(self) -> tuple[Path, str]:
+    def model_file(self) -> tuple[Path, str]:
         """The file this engine runs, verified, and its sha256."""
         from imgpipeline.vision.model_files import ONNX, WEIGHTS, file_sha256, verify
 
@@ -159,7 +146,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         cv2.setNumThreads(threads if self.engine == "opencv" else 1)
         folder = Path(self.models_dir)
         sections = parse_cfg(folder / CFG)
-        path, digest = self._model_file()
+        path, digest = self.model_file()
         if self.engine == "opencv":
             # OpenCV names a cfg layer's convolution conv_<index>; each head reads the one before it.
             layers = [f"conv_{i - 1}" for i, layer in enumerate(sections[1:]) if layer["type"] == "yolo"]

@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import field_validator, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.resources.settings import FromEnv, resolved, setting
+from imgpipeline.resources.settings import FromEnv, one_of, resolved, setting
 
 CONSUMER_GROUP = "imgpipeline-detect"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -40,10 +40,7 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
     @field_validator("security_protocol")
     @classmethod
     def _known_protocol(cls, value: str) -> str:
-        if value not in SECURITY_PROTOCOLS:
-            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={value!r} is not known; "
-                             f"use one of {', '.join(SECURITY_PROTOCOLS)}")
-        return value
+        return one_of(cls, "security_protocol", value, SECURITY_PROTOCOLS)
 
     @field_validator("frames_topic")
     @classmethod

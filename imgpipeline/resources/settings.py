@@ -29,6 +29,13 @@ def setting(env: str, default: Any = None, description: str = "", *, shown: str 
     return Field(default=default, description=description, json_schema_extra=extra, **constraints)
 
 
+def one_of(model, name: str, value, choices):
+    """A validator's answer: `value` when it is one of `choices`, else an error naming the variable."""
+    if value not in choices:
+        raise ValueError(f"{env_name(model, name)}={value!r} is not known; use one of {', '.join(choices)}")
+    return value
+
+
 def _extra(model, name: str) -> dict:
     return model.model_fields[name].json_schema_extra or {}
 

@@ -60,7 +60,8 @@ def candidates(outputs: Sequence[np.ndarray], heads: Sequence[Head], size: int) 
         _, _, height, width = raw.shape
         t = raw.reshape(anchors, 5 + head.classes, height, width).transpose(2, 3, 0, 1)
         s = 1 / (1 + np.exp(-t))
-        grid_y, grid_x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+        grid_y, grid_x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32),
+                                     indexing="ij")
         shift = (head.scale_x_y - 1) / 2
         out = np.empty_like(s)
         out[..., 0] = (grid_x[..., None] + s[..., 0] * head.scale_x_y - shift) / width

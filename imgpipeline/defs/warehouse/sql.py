@@ -63,7 +63,8 @@ def create_views(con, storage) -> list[str]:
         keys = [k for k in store.list(f"warehouse/{table}/") if k.endswith(".parquet")]
         if keys:
             paths = ", ".join(f"'{scan_path(storage, k)}'" for k in keys)
-            source = f"read_parquet([{paths}], hive_partitioning = true)"
+            # By name: hours written before a column was added read it as NULL.
+            source = f"read_parquet([{paths}], hive_partitioning = true, union_by_name = true)"
         else:
             source = _empty_select(schema)
         con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {source}")
@@ -82,7 +83,8 @@ def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list
     """DuckDB SQL for one day's summary per source × detector identity × class over the hourly
     Parquet files (frames of unknown identity, landed before it was recorded, group together)."""
     def source(paths, schema):
-        return (f"read_parquet([{', '.join(repr(p) for p in paths)}])" if paths else _empty_select(schema))
+        return (f"read_parquet([{', '.join(repr(p) for p in paths)}], union_by_name = true)" if paths
+                else _empty_select(schema))
 
     # Hours by epoch arithmetic (the data is UTC): much cheaper than hour() on TIMESTAMPTZ.
     hour = "CAST((epoch_ms(captured_at) // 3600000) % 24 AS INTEGER)"
