@@ -67,9 +67,10 @@ def wait_finished(instance, runs, timeout_s: float = 180) -> list[dg.DagsterRun]
 
 
 def detecting_runs(instance, kafka, tmp_path) -> tuple[StorageResource, list[dg.DagsterRun]]:
-    """Forked runs over 100 frames, a second into their frames (100 take ~7 s)."""
+    """Forked runs over 200 frames (two ranges side by side: ~4 s each on OpenVINO, ~8 s on OpenCV),
+    a second into their frames."""
     storage = StorageResource(uri=(tmp_path / "first").as_uri())
-    produce(kafka, storage, tmp_path / "sent", video_backlog(100))
+    produce(kafka, storage, tmp_path / "sent", video_backlog(200))
     runs = launch_backlog(instance, kafka)
     deadline = time.monotonic() + 60
     while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
