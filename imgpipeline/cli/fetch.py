@@ -8,9 +8,11 @@ them and never install them.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -145,8 +147,10 @@ def write_onnx(log=print) -> Path:
         target.unlink(missing_ok=True)
     weights = verify_weights(folder)
     log(f"converting {weights.name} to ONNX")
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_bytes(to_onnx(folder / CFG, weights).SerializeToString())
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
+    tmp = Path(name)
+    with os.fdopen(handle, "wb") as out:
+        out.write(to_onnx(folder / CFG, weights).SerializeToString())
     actual, expected = file_sha256(tmp), expected_sha256(ONNX, folder)
     if actual != expected:
         tmp.unlink()

@@ -52,28 +52,44 @@ def blob(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.dnn.blobFromImage(image, 1 / 255.0, (size, size), swapRB=True, crop=False)
 
 
-def candidates(outputs: Sequence[np.ndarray], heads: Sequence[Head], size: int) -> np.ndarray:
-    """Rows of (cx, cy, w, h, objectness, class scores…), normalized, as OpenCV's region layer gives them."""
+def candidates(outputs: Sequence[np.ndarray], heads: Sequence[Head], size: int,
+               confidence: float = 0.0) -> np.ndarray:
+    """Rows of (cx, cy, w, h, objectness, class scores…), normalized, as OpenCV's region layer gives
+    them, in its order.
+
+    With `confidence` > 0, rows that cannot reach it are left out first: a class score is its
+    sigmoid times the objectness, so a row whose objectness is at most the head's threshold has
+    every class score zeroed. Most rows are such rows; nothing else changes.
+    """
     rows = []
     for raw, head in zip(outputs, heads, strict=True):
         anchors = len(head.anchors)
         _, _, height, width = raw.shape
         t = raw.reshape(anchors, 5 + head.classes, height, width).transpose(2, 3, 0, 1)
-        s = 1 / (1 + np.exp(-t))
-        grid_y, grid_x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32),
-                                     indexing="ij")
+        t = t.reshape(-1, 5 + head.classes)  # one row per (y, x, anchor)
+        cell = np.arange(len(t))
+        objectness = _sigmoid(t[:, 4])
+        if confidence > 0:
+            cell = cell[objectness > head.thresh]
+            t, objectness = t[cell], objectness[cell]
+        grid_x = ((cell // anchors) % width).astype(np.float32)
+        grid_y = (cell // (anchors * width)).astype(np.float32)
+        sizes = np.asarray(head.anchors, np.float32)[cell % anchors]
         shift = (head.scale_x_y - 1) / 2
-        out = np.empty_like(s)
-        out[..., 0] = (grid_x[..., None] + s[..., 0] * head.scale_x_y - shift) / width
-        out[..., 1] = (grid_y[..., None] + s[..., 1] * head.scale_x_y - shift) / height
-        sizes = np.asarray(head.anchors, np.float32)
-        out[..., 2] = np.exp(t[..., 2]) * sizes[:, 0] / size
-        out[..., 3] = np.exp(t[..., 3]) * sizes[:, 1] / size
-        out[..., 4] = s[..., 4]
-        scores = s[..., 5:] * s[..., 4:5]
-        out[..., 5:] = np.where(scores > head.thresh, scores, 0)
-        rows.append(out.reshape(-1, 5 + head.classes))
-    return np.concatenate(rows).astype(np.float32, copy=False)
+        out = np.empty(t.shape, np.float32)
+        out[:, 0] = (grid_x + _sigmoid(t[:, 0]) * head.scale_x_y - shift) / width
+        out[:, 1] = (grid_y + _sigmoid(t[:, 1]) * head.scale_x_y - shift) / height
+        out[:, 2] = np.exp(t[:, 2]) * sizes[:, 0] / size
+        out[:, 3] = np.exp(t[:, 3]) * sizes[:, 1] / size
+        out[:, 4] = objectness
+        scores = _sigmoid(t[:, 5:]) * objectness[:, None]
+        out[:, 5:] = np.where(scores > head.thresh, scores, 0)
+        rows.append(out)
+    return np.concatenate(rows)
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-values))
 
 
 def select(rows: np.ndarray, frame_w: int, frame_h: int, confidence: float, nms: float):
@@ -140,7 +156,7 @@ class YoloDetector:
         return [np.asarray(out) for out in self.infer(blob(image, self.input_size))]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        rows = candidates(self.raw(image), self.heads, self.input_size)
+        rows = candidates(self.raw(image), self.heads, self.input_size, self.confidence)
         height, width = image.shape[:2]
         found = [
             Detection(class_id=class_id, class_name=self.class_names[class_id],

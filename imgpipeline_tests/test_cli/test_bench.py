@@ -58,7 +58,6 @@ def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
     assert written["engine"] == "openvino" and list(written["engines"]) == ["openvino", "opencv"]
     assert all(set(r["engines"]) == {"openvino", "opencv"} for r in written["rounds"])
     assert written["engines"]["opencv"]["precision"] == "f32"
-    assert written["engines"]["openvino"]["primary_speedup"] == 1
     ratios = sorted(r["engines"]["openvino"]["pipeline_fps"] / r["engines"]["opencv"]["pipeline_fps"]
                     for r in written["rounds"])
     speedup = written["engines"]["opencv"]["primary_speedup"]
@@ -75,7 +74,6 @@ def test_bench_detector_compares_engines_with_the_reference():
         assert row["fps"] > 0 and row["rss_added_mb"] > 0 and row["precision"] == "f32"
         # f32 engines find what the reference finds.
         assert row["matched"] == row["reference_boxes"] == row["boxes"] > 0
-    assert written["variants"]["opencv"]["speedup"] == 1
 
 
 @pytest.mark.integration
