@@ -26,7 +26,7 @@ def _peak_rss_of_run(kafka_fields: dict, storage_uri: str, frames: int) -> float
         outcome = detect_frames.execute_in_process(
             run_config=run_config, instance=instance,
             resources={"kafka": kafka, "storage": StorageResource(uri=storage_uri),
-                       "detector": DetectorResource()},
+                       "detector": DetectorResource.from_env()},
         )
     if not outcome.success:
         raise SystemExit(f"the detect_frames run over {frames} frames failed")
