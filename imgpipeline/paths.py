@@ -20,7 +20,8 @@ HOME_ENV = "IMGPIPELINE_HOME"
 # The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
 SETTINGS = [
     (HOME_ENV, "working directory", "where `.imgpipeline/` and `.env` live (from the shell only)"),
-    ("IMGPIPELINE_MODELS_DIR", "`models/` of the checkout", "the model cfg, names, checksums and weights"),
+    ("IMGPIPELINE_MODELS_DIR", "`models/` of the checkout",
+     "the model cfg, names, checksums, weights and ONNX form"),
     ("IMGPIPELINE_CACHE_DIR", "`$XDG_CACHE_HOME/imgpipeline`, else `~/.cache/imgpipeline`",
      "broker jars, wheels, sample data"),
 ]
