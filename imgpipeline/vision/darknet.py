@@ -76,8 +76,12 @@ class _Weights:
 
     def __init__(self, path: Path):
         data = Path(path).read_bytes()
+        if len(data) < 20:
+            raise ConfigError(f"{path} is {len(data)} bytes: too short for Darknet weights")
         major, minor, _ = np.frombuffer(data, np.int32, 3)
         header = 20 if major * 10 + minor >= 2 else 16  # `seen` became 64-bit in 0.2
+        if (len(data) - header) % 4:
+            raise ConfigError(f"{path} ends in the middle of a value: truncated or not Darknet weights")
         self.values = np.frombuffer(data, np.float32, offset=header)
         self.position = 0
         self.path = path

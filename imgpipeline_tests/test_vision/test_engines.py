@@ -182,3 +182,36 @@ def test_bad_engine_settings_say_what_to_use(monkeypatch):
     monkeypatch.setenv("IMGPIPELINE_DETECTOR_PRECISION", "F32")
     resource = DetectorResource.from_env()
     assert (resource.engine, resource.precision) == ("openvino", "f32")
+
+
+def test_the_converter_refuses_hostile_model_files(tmp_path):
+    """Files in the models folder are input too: each defect is named, and nothing is written."""
+    from imgpipeline import ConfigError
+    from imgpipeline.paths import models_dir
+    from imgpipeline.vision.darknet import to_onnx
+    from imgpipeline.vision.model_files import CFG, WEIGHTS
+
+    cfg_text = (models_dir() / CFG).read_text()
+    weights = (models_dir() / WEIGHTS).read_bytes()
+
+    def convert(cfg: str, data: bytes):
+        (tmp_path / "m.cfg").write_text(cfg)
+        (tmp_path / "m.weights").write_bytes(data)
+        return to_onnx(tmp_path / "m.cfg", tmp_path / "m.weights")
+
+    with pytest.raises(ConfigError, match="ends before the cfg's layers do"):
+        convert(cfg_text, weights[: 20 + 4 * 100_000])
+    with pytest.raises(ConfigError, match="ends in the middle of a value"):
+        convert(cfg_text, weights[:-3])
+    with pytest.raises(ConfigError, match="too short for Darknet weights"):
+        convert(cfg_text, b"\x01\x02")
+    with pytest.raises(ConfigError, match="values the cfg does not use"):
+        convert(cfg_text, weights + b"\0" * 64)
+    with pytest.raises(ConfigError, match=r"layer type \[shortcut\]"):
+        convert(cfg_text.replace("[maxpool]", "[shortcut]", 1), weights)
+    with pytest.raises(ConfigError, match="activation 'mish'"):
+        convert(cfg_text.replace("activation=leaky", "activation=mish", 1), weights)
+    with pytest.raises(ConfigError, match="cannot read"):
+        convert(cfg_text.replace("[net]", "[net]\nthis is not a cfg line", 1), weights)
+    with pytest.raises(ConfigError, match=r"does not start with a \[net\]"):
+        convert(cfg_text[cfg_text.index("[convolutional]"):], weights)
