@@ -90,9 +90,9 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         """Get ready for runs forked from this process, starting no thread pool a child would lack.
 
         OpenCV nets are loaded and run once on one thread (a forked child would wait forever on
-        a thread pool that exists only in its parent). OpenVINO and ONNX Runtime start their
-        pools when a model is compiled, which hangs a forked child: here they are only imported
-        and the model file hashed; each run compiles its own (0.1–0.4 s).
+        a thread pool that exists only in its parent). A model OpenVINO compiled before a fork
+        hangs its first inference in the child: here the engines are only imported and the model
+        file hashed; each run compiles its own (0.1–0.4 s).
         """
         import cv2
 
@@ -105,7 +105,6 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
             return
         workers, _ = self._pool_shape()
         _preloaded[self._pool_key(workers)] = self._build(workers, 1)  # each net has run once
-        cv2.setNumThreads(1)
 
     def _pool_shape(self) -> tuple[int, int]:
         cores = _cores()
