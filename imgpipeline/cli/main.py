@@ -77,7 +77,8 @@ def add_produce(commands) -> None:
 
 def add_query(commands) -> None:
     query = commands.add_parser(
-        "query", help="SQL over the warehouse (views frames, detections, daily_summary)"
+        "query",
+        help="SQL over the warehouse (views frames, detections, daily_summary, tracks, object_counts)",
     )
     query.add_argument("sql")
     query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
@@ -87,6 +88,11 @@ def add_query(commands) -> None:
     summary = commands.add_parser("summary", help="a day's daily_summary as a table")
     summary.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
     summary.set_defaults(module="query", run="summary")
+
+    counts = commands.add_parser("counts", help="a day's distinct objects and line crossings")
+    counts.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
+    counts.add_argument("--source", help="one source id (default: all)")
+    counts.set_defaults(module="query", run="counts")
 
 
 def add_bench(commands) -> None:

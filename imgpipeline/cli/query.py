@@ -42,3 +42,29 @@ def summary(args) -> int:
         return 1
     relation.show(max_rows=200, max_width=10_000)
     return 0
+
+
+def counts(args) -> int:
+    """A day's distinct objects and line crossings per source and class."""
+    from imgpipeline.defs.warehouse.sql import COUNTS_SQL
+    from imgpipeline.resources import TrackingResource
+
+    zones = TrackingResource.from_env().zones()
+    con = warehouse()
+    relation = con.sql(COUNTS_SQL, params=[args.date, zones.sha256, args.source])
+    if not relation.fetchall():
+        print(f"no tracked objects on {args.date}{' for ' + args.source if args.source else ''}; materialize "
+              f"detections and object_counts for that day first (see the README's Tracking and counting)")
+        return 1
+    print(f"{args.date}: distinct objects (unique_objects) and detections of them (object_frames); "
+          f"crossings per line counted with zones file {zones.path or '(none)'} "
+          f"(sha256 {(zones.sha256 or '-')[:12]})")
+    relation.show(max_rows=500, max_width=10_000)
+    others = con.sql("SELECT DISTINCT zones_sha256 FROM object_counts WHERE CAST(hour AS DATE) = "
+                     "CAST(? AS DATE) AND zones_sha256 IS DISTINCT FROM ?",
+                     params=[args.date, zones.sha256]).fetchall()
+    if others:
+        print("also counted that day with other zones files: "
+              + ", ".join((sha or "none")[:12] for (sha,) in others)
+              + " (README: Tracking and counting shows the query comparing them)")
+    return 0

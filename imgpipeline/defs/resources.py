@@ -2,7 +2,7 @@
 
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource, TrackingResource
 
 
 def resources_from_env() -> dict:
@@ -10,5 +10,6 @@ def resources_from_env() -> dict:
         "kafka": KafkaResource.from_env(),
         "storage": StorageResource.from_env(),
         "detector": DetectorResource.from_env(),
+        "tracking": TrackingResource.from_env(),
         "duckdb": DuckDBResource(database=":memory:"),
     }

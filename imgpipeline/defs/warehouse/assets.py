@@ -13,9 +13,10 @@ from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions
 from imgpipeline.defs.streaming.assets import landing_metadata
 from imgpipeline.defs.streaming.landing import hour_records
+from imgpipeline.defs.tracking.tracker import track_hour
 from imgpipeline.defs.warehouse import checks, sql
 from imgpipeline.defs.warehouse import tables as wh
-from imgpipeline.resources import StorageResource
+from imgpipeline.resources import StorageResource, TrackingResource
 
 # Like eager(), but for every hour, not just the latest: late frames re-materialize their hour.
 on_landing_update = dg.AutomationCondition.eager().without(
@@ -36,7 +37,8 @@ on_landing_update = dg.AutomationCondition.eager().without(
         dg.AssetSpec(
             "detections",
             description="One row per detected object: frame, source, capture time, class, "
-                        "confidence, box (x, y, w, h in pixels).",
+                        "confidence, box (x, y, w, h in pixels), and the track (distinct object) it "
+                        "belongs to once the tracker has confirmed it.",
             deps=[landing_metadata], partitions_def=hourly_partitions, group_name="warehouse",
             automation_condition=on_landing_update, kinds={"parquet"},
         ),
@@ -46,17 +48,20 @@ on_landing_update = dg.AutomationCondition.eager().without(
     backfill_policy=dg.BackfillPolicy.single_run(),
     can_subset=False,
 )
-def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource):
-    """Landing metadata of each hour → typed, deduplicated Parquet for frames and detections."""
+def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, tracking: TrackingResource):
+    """Landing metadata of each hour → typed, deduplicated Parquet for frames and detections, the
+    detections tracked (ByteTrack) in capture order from where the previous hour's tracks left off."""
     store = storage.open()
+    settings = tracking.settings()
     hours = hours_in(context.partition_time_window)
     rows = {"frames": 0, "detections": 0}
     failures = checks.no_failures("frames", "detections")
     for hour in hours:
         records = hour_records(store, hour)
         latest = wh.latest_per_frame(records)
-        for table, build in (("frames", wh.frames_table), ("detections", wh.detections_table)):
-            store.put(wh.hourly_key(table, hour), wh.to_parquet(build(latest)))
+        track_ids = track_hour(store, hour, latest, settings)
+        store.put(wh.hourly_key("frames", hour), wh.to_parquet(wh.frames_table(latest)))
+        store.put(wh.hourly_key("detections", hour), wh.to_parquet(wh.detections_table(latest, track_ids)))
         # Checks read back what is stored, not what was meant to be written.
         frames = wh.from_parquet(store.get(wh.hourly_key("frames", hour)))
         detections = wh.from_parquet(store.get(wh.hourly_key("detections", hour)))

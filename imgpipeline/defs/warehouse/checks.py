@@ -28,14 +28,15 @@ CHECKS = {
 }
 
 
-def check_specs(*assets: str) -> list[dg.AssetCheckSpec]:
+def check_specs(*assets: str, checks: dict = CHECKS) -> list[dg.AssetCheckSpec]:
+    """The specs of the assets' checks, from a domain's table of checks (the warehouse's by default)."""
     return [dg.AssetCheckSpec(name, asset=asset, description=text)
-            for asset in assets for name, text in CHECKS[asset].items()]
+            for asset in assets for name, text in checks[asset].items()]
 
 
-def no_failures(*assets: str) -> dict[tuple[str, str], dict]:
+def no_failures(*assets: str, checks: dict = CHECKS) -> dict[tuple[str, str], dict]:
     """An empty failure record per check: (asset, check) → {partition: what is wrong}."""
-    return {(asset, name): {} for asset in assets for name in CHECKS[asset]}
+    return {(asset, name): {} for asset in assets for name in checks[asset]}
 
 
 def check_results(failures: dict[tuple[str, str], dict], checked: int) -> list[dg.AssetCheckResult]:

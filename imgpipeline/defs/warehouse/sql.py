@@ -107,12 +107,14 @@ def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list
     ),
     per_class AS (
         SELECT source_id, {identity}, class_name, count(*) FILTER (WHERE class_rank = 1) AS frames_with_class,
-               count(*) AS objects, avg(confidence) AS mean_confidence,
+               count(*) AS objects, count(DISTINCT track_id) AS unique_objects,
+               avg(confidence) AS mean_confidence,
                max(confidence) AS max_confidence, histogram({hour}) AS hours
         FROM de GROUP BY source_id, {identity}, class_name
     )
     SELECT s.day, s.source_id, {", ".join(f"s.{name}" for name in IDENTITY)}, c.class_name, s.frames,
            coalesce(c.frames_with_class, 0) AS frames_with_class, coalesce(c.objects, 0) AS objects,
+           coalesce(c.unique_objects, 0) AS unique_objects,
            c.mean_confidence, c.max_confidence,
            list_transform(range(24), h -> coalesce(c.hours[CAST(h AS INTEGER)], 0)) AS objects_per_hour,
            s.mean_brightness, s.p10_brightness, s.p50_brightness, s.p90_brightness,
@@ -143,12 +145,35 @@ def markdown_table(table: pa.Table, limit: int = 20) -> str:
 
 SUMMARY_SQL = """
 SELECT source_id, coalesce(engine || ' ' || precision, '(unrecorded)') AS engine,
-       coalesce(class_name, '(none)') AS class_name, frames, objects, frames_with_class,
+       coalesce(class_name, '(none)') AS class_name, frames, objects, unique_objects, frames_with_class,
        round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf,
        round(mean_brightness, 1) AS brightness, typical_size,
        round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share
 FROM daily_summary WHERE day = CAST(? AS DATE)
 ORDER BY source_id, engine, objects DESC, class_name
+"""
+
+
+# A day's distinct objects per source and class (from the tracked detections) and the line crossings
+# each way, counted with one zones file (parameters: day, zones sha256, source or NULL for all).
+COUNTS_SQL = """
+WITH objects AS (
+    SELECT source_id, class_name, count(*) AS object_frames, count(DISTINCT track_id) AS unique_objects
+    FROM detections
+    WHERE CAST(captured_at AS DATE) = CAST($1 AS DATE) AND ($3 IS NULL OR source_id = $3)
+    GROUP BY ALL
+),
+lines AS (
+    SELECT source_id, class_name, name AS line, sum(crossed_in) AS crossed_in, sum(crossed_out) AS crossed_out
+    FROM object_counts
+    WHERE kind = 'line' AND CAST(hour AS DATE) = CAST($1 AS DATE) AND zones_sha256 IS NOT DISTINCT FROM $2
+          AND ($3 IS NULL OR source_id = $3)
+    GROUP BY ALL
+)
+SELECT o.source_id, o.class_name, o.unique_objects, o.object_frames, l.line, l.crossed_in, l.crossed_out
+FROM objects o LEFT JOIN lines l USING (source_id, class_name)
+WHERE o.unique_objects > 0
+ORDER BY o.source_id, o.unique_objects DESC, o.class_name, l.line
 """
 
 

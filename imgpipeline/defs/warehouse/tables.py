@@ -40,12 +40,14 @@ DETECTIONS_SCHEMA = pa.schema([
     # 1 for the most confident detection of its class in the frame, 2 for the next, …
     ("class_rank", pa.int32()),
     ("x", pa.int32()), ("y", pa.int32()), ("w", pa.int32()), ("h", pa.int32()),
+    # The object this detection belongs to (vision/tracking.py); null until its track is confirmed.
     ("track_id", pa.int64()), *_IDENTITY_FIELDS,
 ])
 
 DAILY_SUMMARY_SCHEMA = pa.schema([
     ("day", pa.date32()), ("source_id", pa.string()), *_IDENTITY_FIELDS, ("class_name", pa.string()),
     ("frames", pa.int64()), ("frames_with_class", pa.int64()), ("objects", pa.int64()),
+    ("unique_objects", pa.int64()),
     ("mean_confidence", pa.float64()), ("max_confidence", pa.float64()),
     ("objects_per_hour", pa.list_(pa.int64())),
     ("mean_brightness", pa.float64()), ("p10_brightness", pa.float64()),
@@ -54,11 +56,35 @@ DAILY_SUMMARY_SCHEMA = pa.schema([
     ("dark_share", pa.float64()), ("error_share", pa.float64()),
 ])
 
-SCHEMAS = {"frames": FRAMES_SCHEMA, "detections": DETECTIONS_SCHEMA, "daily_summary": DAILY_SUMMARY_SCHEMA}
+# One row per track per hour. Entry and exit are the bottom centre of its first and last box of the hour.
+TRACKS_SCHEMA = pa.schema([
+    ("hour", TS), ("source_id", pa.string()), ("track_id", pa.int64()), ("class_name", pa.string()),
+    ("first_seen", TS), ("last_seen", TS), ("frames", pa.int32()), ("max_confidence", pa.float64()),
+    ("entry_x", pa.float64()), ("entry_y", pa.float64()), ("exit_x", pa.float64()), ("exit_y", pa.float64()),
+])
+
+# Per hour × source × class: `objects` rows (distinct objects), `line` rows (crossings per line),
+# `zone` rows (visits and dwell per zone); zones_sha256 names the zones file they were counted with.
+OBJECT_COUNTS_SCHEMA = pa.schema([
+    ("hour", TS), ("source_id", pa.string()), ("class_name", pa.string()),
+    ("kind", pa.string()), ("name", pa.string()), ("unique_objects", pa.int64()),
+    ("crossed_in", pa.int64()), ("crossed_out", pa.int64()),
+    ("visits", pa.int64()), ("dwell_p50_s", pa.float64()), ("dwell_p95_s", pa.float64()),
+    ("dwell_max_s", pa.float64()), ("zones_sha256", pa.string()),
+])
+
+SCHEMAS = {"frames": FRAMES_SCHEMA, "detections": DETECTIONS_SCHEMA, "daily_summary": DAILY_SUMMARY_SCHEMA,
+           "tracks": TRACKS_SCHEMA, "object_counts": OBJECT_COUNTS_SCHEMA}
 
 
 def hourly_key(table: str, hour: datetime) -> str:
     return f"warehouse/{table}/{hour_path(hour)}/part-0.parquet"
+
+
+def counts_key(hour: datetime, zones_sha256: str | None) -> str:
+    """object_counts of an hour counted with one zones file: counts made with an earlier file stay
+    beside them, so old and new counts can be compared."""
+    return f"warehouse/object_counts/{hour_path(hour)}/zones-{(zones_sha256 or 'none')[:12]}.parquet"
 
 
 def daily_key(table: str, day: date) -> str:
@@ -109,7 +135,10 @@ def frames_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA)
 
 
-def detections_table(records: list[dict]) -> pa.Table:
+def detections_table(records: list[dict], track_ids: dict[tuple[str, str, int], int] | None = None
+                     ) -> pa.Table:
+    """One row per detection; `track_ids` ((source, frame, detection index) → id) fills track_id."""
+    track_ids = track_ids or {}
     rows = []
     for r in records:
         detections = r.get("detections") or []
@@ -126,7 +155,7 @@ def detections_table(records: list[dict]) -> pa.Table:
                 "class_id": d["class_id"], "class_name": d["class_name"],
                 "confidence": d["confidence"], "class_rank": ranks[index],
                 "x": x, "y": y, "w": w, "h": h,
-                "track_id": d.get("track_id"),
+                "track_id": track_ids.get((r["source_id"], r["frame_id"], index)),
                 **{name: r.get(name) for name in IDENTITY},
             })
     return pa.Table.from_pylist(rows, schema=DETECTIONS_SCHEMA)

@@ -14,7 +14,7 @@ from kafka import TopicPartition
 from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
-from imgpipeline.resources import DetectorResource, StorageResource
+from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
 from imgpipeline_tests.pipeline import landing_files, landing_records
 from imgpipeline_tests.test_vision.test_vision import png_declaring
 
@@ -190,7 +190,7 @@ def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
     with dg.instance_for_test() as instance:
         assert run(kafka, local, instance, 0, 4).success
         assert dg.materialize([hourly_tables], instance=instance, partition_key="2026-11-20-10:00",
-                              resources={"storage": local}).success
+                              resources={"storage": local, "tracking": TrackingResource()}).success
     assert len(landing_records(local)) == 4
     frames = from_parquet(store.get(hourly_key("frames", WHEN)))
     assert sorted(zip(frames.column("source_id").to_pylist(), frames.column("frame_id").to_pylist(),

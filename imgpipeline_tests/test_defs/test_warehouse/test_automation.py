@@ -13,6 +13,7 @@ from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
 from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
+from imgpipeline.resources import TrackingResource
 from imgpipeline_tests.pipeline import drain
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,8 @@ def produce(kafka, storage, tmp_path, start, count, source):
 def test_landing_updates_request_their_hours_even_late(kafka, storage, tmp_path):
     defs = dg.Definitions(
         assets=[kafka_frames, landing_metadata, hourly_tables, daily_summary],
-        resources={"storage": storage, "duckdb": DuckDBResource(database=":memory:")},
+        resources={"storage": storage, "duckdb": DuckDBResource(database=":memory:"),
+                   "tracking": TrackingResource()},
     )
     with dg.instance_for_test() as instance:
         # The first evaluation sets the baseline, as the automation sensor's first tick does.

@@ -18,6 +18,7 @@ from imgpipeline.defs.warehouse import checks, tables
 from imgpipeline.ingest.messages import FrameMessage
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
+from imgpipeline.resources import TrackingResource
 from imgpipeline.vision.quality import decode_image, encode_jpeg
 from imgpipeline_tests.pipeline import drain, landing_records
 
@@ -119,7 +120,8 @@ def test_rematerializing_gives_the_same_rows_in_the_same_order(kafka, storage, t
     frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=60))
     producer = FrameProducer(kafka, storage, "bikes", ledger=Ledger(tmp_path / "ledger"))
     producer.send_all(frames, progress=False)
-    resources = {"storage": storage, "duckdb": DuckDBResource(database=":memory:")}
+    resources = {"storage": storage, "duckdb": DuckDBResource(database=":memory:"),
+                 "tracking": TrackingResource()}
     with dg.instance_for_test() as instance:
         drain(kafka, storage, instance)
 

@@ -1,0 +1,1 @@
+"""Tracking domain: distinct objects (tracks) and what they did (lines crossed, zones visited)."""

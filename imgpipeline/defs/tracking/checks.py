@@ -1,0 +1,78 @@
+"""Asset checks of the tracking tables: pure functions over stored tables, reported as asset checks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pyarrow as pa
+
+from imgpipeline.defs.warehouse.checks import schema_problems
+from imgpipeline.defs.warehouse.tables import OBJECT_COUNTS_SCHEMA, TRACKS_SCHEMA
+
+CHECKS = {
+    "tracks": {
+        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "frames_match_detections": "The hour's tracks' frames add up to its detections that have a track id.",
+        "no_reused_track_id": "Within a source and day a track id is one object: one class, hours that "
+        "follow each other in time, at most one detection per frame.",
+    },
+    "object_counts": {
+        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "crossings_within_objects": "Per line and class, crossings in minus crossings out is never more "
+        "than the distinct objects that crossed (nor out minus in).",
+    },
+}
+
+
+def check_hour(
+    key: str, tracks: pa.Table, counts: pa.Table, detections: pa.Table, day_tracks: pa.Table, failures: dict
+) -> None:
+    """Record what is wrong with one stored hour of tracks and object counts under its partition key."""
+    if problems := schema_problems(tracks, TRACKS_SCHEMA):
+        failures["tracks", "schema_as_declared"][key] = problems
+    if problems := schema_problems(counts, OBJECT_COUNTS_SCHEMA):
+        failures["object_counts", "schema_as_declared"][key] = problems
+    tracked = sum(1 for t in detections.column("track_id").to_pylist() if t is not None)
+    if (framed := sum(tracks.column("frames").to_pylist())) != tracked:
+        failures["tracks", "frames_match_detections"][key] = (
+            f"tracks' frames {framed}, tracked detections {tracked}"
+        )
+    if problems := reused_ids(day_tracks, detections):
+        failures["tracks", "no_reused_track_id"][key] = problems[:20]
+    if problems := crossing_excess(counts):
+        failures["object_counts", "crossings_within_objects"][key] = problems[:20]
+
+
+def reused_ids(day_tracks: pa.Table, detections: pa.Table) -> list[str]:
+    """Track ids that stand for more than one object in a day's tracks or an hour's detections."""
+    problems = []
+    rows: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for row in day_tracks.select(
+        ["source_id", "track_id", "class_name", "first_seen", "last_seen"]
+    ).to_pylist():
+        rows[row["source_id"], row["track_id"]].append(row)
+    for (source, track), seen in sorted(rows.items()):
+        if len({r["class_name"] for r in seen}) > 1:
+            problems.append(f"{source}/{track}: classes {sorted({r['class_name'] for r in seen})}")
+        seen.sort(key=lambda r: r["first_seen"])
+        if any(b["first_seen"] <= a["last_seen"] for a, b in zip(seen, seen[1:], strict=False)):
+            problems.append(f"{source}/{track}: hours overlap in time")
+    per_frame: dict[tuple, int] = defaultdict(int)
+    for d in detections.select(["source_id", "frame_id", "track_id"]).to_pylist():
+        if d["track_id"] is not None:
+            per_frame[d["source_id"], d["frame_id"], d["track_id"]] += 1
+    problems += [
+        f"{s}/{t}: {n} detections in frame {f}" for (s, f, t), n in sorted(per_frame.items()) if n > 1
+    ]
+    return problems
+
+
+def crossing_excess(counts: pa.Table) -> list[str]:
+    problems = []
+    for row in counts.to_pylist():
+        if row["kind"] == "line" and abs(row["crossed_in"] - row["crossed_out"]) > row["unique_objects"]:
+            problems.append(
+                f"{row['source_id']} {row['class_name']} line {row['name']}: in {row['crossed_in']}, "
+                f"out {row['crossed_out']}, objects {row['unique_objects']}"
+            )
+    return problems

@@ -1,0 +1,80 @@
+"""Tracking and counting as a resource: ByteTrack's settings and the lines and zones file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import model_validator
+
+from imgpipeline import ConfigError
+from imgpipeline.paths import project_home
+from imgpipeline.resources.settings import FromEnv, setting
+from imgpipeline.vision import zones
+from imgpipeline.vision.tracking import TrackerSettings
+
+DEFAULT_ZONES_FILE = "zones.yaml"
+
+
+class TrackingResource(FromEnv, dg.ConfigurableResource):
+    """How detections become tracks (ByteTrack), and where lines and zones are counted."""
+
+    zones_file: str = setting(
+        "IMGPIPELINE_ZONES_FILE",
+        "",
+        "lines and zones counted per source (YAML; see the README's Tracking and counting); "
+        "unset: `zones.yaml` in the project home when there is one, else none",
+        shown="`zones.yaml` if present",
+    )
+    lost_s: float = setting(
+        "IMGPIPELINE_TRACK_LOST_S",
+        1.0,
+        "seconds a track may go unseen and still continue (capture time, whatever the frame rate)",
+        gt=0,
+        le=600,
+    )
+    minimum_frames: int = setting(
+        "IMGPIPELINE_TRACK_MIN_FRAMES",
+        3,
+        "consecutive detections before a track is confirmed; unconfirmed detections are never counted",
+        ge=1,
+        le=100,
+    )
+    activation: float = setting(
+        "IMGPIPELINE_TRACK_ACTIVATION",
+        0.5,
+        "confidence a detection needs to start a track (weaker ones only continue tracks)",
+        ge=0,
+        le=1,
+    )
+
+    @model_validator(mode="after")
+    def _zones_readable(self):
+        try:
+            self.zones()
+        except ConfigError as exc:
+            raise ValueError(f"{exc}") from None
+        return self
+
+    def zones_path(self) -> Path | None:
+        """The zones file in use: the configured one (which must exist), else the default if present."""
+        if self.zones_file:
+            return Path(self.zones_file).expanduser().resolve()
+        default = project_home() / DEFAULT_ZONES_FILE
+        return default if default.exists() else None
+
+    def zones(self) -> zones.Zones:
+        path = self.zones_path()
+        if path is None:
+            return zones.no_zones()
+        if not path.exists():
+            raise ConfigError(
+                f"IMGPIPELINE_ZONES_FILE={self.zones_file}: no such file; "
+                "write one (see the README) or unset it"
+            )
+        return zones.load(path)
+
+    def settings(self) -> TrackerSettings:
+        return TrackerSettings(
+            lost_s=self.lost_s, minimum_frames=self.minimum_frames, activation=self.activation
+        )

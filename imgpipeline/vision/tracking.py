@@ -1,0 +1,167 @@
+"""Tracking: ByteTrack from Roboflow's `trackers` over one source's stored detections, in capture order.
+
+One tracker per class, so a cyclist's person box and bicycle box never swap identities. Time comes
+from the frames' capture times, not their count: the tracker's frame rate is the source's own
+sampling rate, and a track is kept while lost for `lost_s` seconds whatever that rate is.
+
+A track id is given when the tracker confirms a track (`minimum_frames` consecutive detections);
+detections before that, and detections never confirmed, have none. Ids are derived from the capture
+time of the frame that confirmed the track (milliseconds × 1000 + its order in that frame), so they
+are unique within a source and the same whenever the same detections are tracked again.
+
+Tracking an hour starts by replaying the end of the previous hour as it is stored, with the ids it
+was given: a tracker confirmed there keeps its recorded id, so an object crossing the hour keeps
+one id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Ids are milliseconds × this + the order of the new tracks confirmed in one millisecond.
+IDS_PER_MS = 1000
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    lost_s: float = 1.0  # how long a track unseen is kept for re-association
+    minimum_frames: int = 3  # consecutive detections before a track is confirmed (and counted)
+    activation: float = 0.5  # confidence a detection needs to start a track
+    high_confidence: float = 0.5  # first association stage above, second stage below
+    minimum_iou: float = 0.1
+    replay_s: float = 10.0  # how much of the previous hour is replayed to continue its tracks
+
+
+@dataclass(frozen=True)
+class Observation:
+    index: int  # detection_index within its frame
+    class_name: str
+    confidence: float
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels
+
+
+@dataclass
+class TrackedFrame:
+    frame_id: str
+    seconds: float  # capture time, seconds since the epoch
+    observations: list[Observation]
+    # Replayed frames only: detection_index → the track id stored for it (None when unconfirmed).
+    recorded: dict[int, int | None] = field(default_factory=dict)
+
+
+def frame_rate(seconds: Iterable[float], default: float = 5.0) -> float:
+    """The sampling rate of a source: 1 / the median gap between consecutive capture times."""
+    times = sorted(seconds)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+    return 1.0 / float(np.median(gaps)) if gaps else default
+
+
+class SourceTracker:
+    """Per-class ByteTrack trackers of one source; `step` gives each detection its tracker's id."""
+
+    def __init__(self, settings: TrackerSettings, rate: float):
+        self.settings, self.rate = settings, rate
+        self.trackers: dict[str, object] = {}
+
+    def _tracker(self, class_name: str):
+        from trackers import ByteTrackTracker
+
+        if class_name not in self.trackers:
+            s = self.settings
+            self.trackers[class_name] = ByteTrackTracker(
+                # `lost_track_buffer` is in frames at 30 frames/s; with timestamps it means lost_s seconds.
+                lost_track_buffer=max(1, round(s.lost_s * 30)),
+                frame_rate=self.rate,
+                track_activation_threshold=s.activation,
+                minimum_consecutive_frames=s.minimum_frames,
+                minimum_iou_threshold=s.minimum_iou,
+                high_conf_det_threshold=s.high_confidence,
+            )
+        return self.trackers[class_name]
+
+    def step(self, frame: TrackedFrame) -> dict[int, tuple[str, int]]:
+        """detection_index → (class, the tracker's id) for the confirmed detections of one frame.
+
+        Every class's tracker sees every frame (an empty one too), so lost tracks age in time.
+        """
+        import supervision as sv
+
+        by_class: dict[str, list[Observation]] = defaultdict(list)
+        for observation in frame.observations:
+            by_class[observation.class_name].append(observation)
+        for class_name in by_class:
+            self._tracker(class_name)
+        confirmed = {}
+        for class_name in sorted(self.trackers):
+            observations = by_class.get(class_name, [])
+            tracker = self.trackers[class_name]
+            if not observations and not tracker.tracks:
+                continue  # nothing to age or match: the next update measures time from the last one
+            detections = sv.Detections(
+                xyxy=np.array(
+                    [[x, y, x + w, y + h] for x, y, w, h in (o.box for o in observations)], dtype=np.float32
+                ).reshape(-1, 4),
+                confidence=np.array([o.confidence for o in observations], dtype=np.float32),
+                data={"index": np.array([o.index for o in observations], dtype=np.int64)},
+            )
+            result = tracker.update(detections, timestamp=frame.seconds)
+            if len(result) == 0:
+                continue
+            for index, tracker_id in zip(result.data["index"], result.tracker_id, strict=True):
+                if tracker_id >= 0:
+                    confirmed[int(index)] = (class_name, int(tracker_id))
+        return confirmed
+
+
+class _Ids:
+    """Track ids from the capture time of the confirming frame, in detection order within it."""
+
+    def __init__(self):
+        self.ms, self.next = None, 0
+
+    def new(self, seconds: float) -> int:
+        ms = round(seconds * 1000)
+        if ms != self.ms:
+            self.ms, self.next = ms, 0
+        self.next += 1
+        return ms * IDS_PER_MS + self.next - 1
+
+
+def assign(
+    replay: list[TrackedFrame], frames: list[TrackedFrame], settings: TrackerSettings
+) -> dict[tuple[str, int], int]:
+    """Track ids of one source's confirmed detections in `frames`: (frame_id, detection_index) → id.
+
+    `replay` is the stored end of the previous hour with its recorded ids; both lists are in capture
+    order. A tracker confirmed in the replay takes the id recorded most often for its detections.
+    """
+    tracker = SourceTracker(settings, frame_rate(f.seconds for f in [*replay, *frames]))
+    votes: dict[tuple[str, int], Counter] = defaultdict(Counter)
+    for frame in replay:
+        for index, key in tracker.step(frame).items():
+            if (recorded := frame.recorded.get(index)) is not None:
+                votes[key][recorded] += 1
+    ids = _continued(votes)
+    allocate = _Ids()
+    assigned = {}
+    for frame in frames:
+        for index, key in sorted(tracker.step(frame).items()):
+            if key not in ids:
+                ids[key] = allocate.new(frame.seconds)
+            assigned[frame.frame_id, index] = ids[key]
+    return assigned
+
+
+def _continued(votes: dict[tuple[str, int], Counter]) -> dict[tuple[str, int], int]:
+    """Tracker → recorded id, one to one, the best-supported pairs first."""
+    pairs = sorted(((-n, recorded, key) for key, counts in votes.items() for recorded, n in counts.items()))
+    taken, ids = set(), {}
+    for _, recorded, key in pairs:
+        if key not in ids and recorded not in taken:
+            ids[key] = recorded
+            taken.add(recorded)
+    return ids
