@@ -60,7 +60,7 @@ def counts(args) -> int:
           f"crossings per line counted with zones file {zones.path or '(none)'} "
           f"(sha256 {(zones.sha256 or '-')[:12]})")
     relation.show(max_rows=500, max_width=10_000)
-    others = con.sql("SELECT DISTINCT zones_sha256 FROM object_counts WHERE CAST(hour AS DATE) = "
+    others = con.sql("SELECT DISTINCT zones_sha256 FROM object_counts WHERE CAST(hour_start AS DATE) = "
                      "CAST(? AS DATE) AND zones_sha256 IS DISTINCT FROM ?",
                      params=[args.date, zones.sha256]).fetchall()
     if others:

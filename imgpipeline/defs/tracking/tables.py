@@ -49,7 +49,7 @@ def tracks_table(hour: datetime, detections: pa.Table) -> pa.Table:
         first, last = seen[0], seen[-1]
         rows.append(
             {
-                "hour": hour,
+                "hour_start": hour,
                 "source_id": source,
                 "track_id": track_id,
                 "class_name": first["class_name"],
@@ -99,5 +99,5 @@ def object_counts_table(store, hour: datetime, zones: Zones) -> pa.Table:
         spec = zones.of(source)
         counts = counting.count(source_frames, zones, source, start, end)
         for row in counting.rows(counts, [line.name for line in spec.lines], [z.name for z in spec.zones]):
-            rows.append({"hour": hour, "source_id": source, **row, "zones_sha256": zones.sha256})
+            rows.append({"hour_start": hour, "source_id": source, **row, "zones_sha256": zones.sha256})
     return pa.Table.from_pylist(rows, schema=wh.OBJECT_COUNTS_SCHEMA)

@@ -166,8 +166,8 @@ WITH objects AS (
 lines AS (
     SELECT source_id, class_name, name AS line, sum(crossed_in) AS crossed_in, sum(crossed_out) AS crossed_out
     FROM object_counts
-    WHERE kind = 'line' AND CAST(hour AS DATE) = CAST($1 AS DATE) AND zones_sha256 IS NOT DISTINCT FROM $2
-          AND ($3 IS NULL OR source_id = $3)
+    WHERE kind = 'line' AND CAST(hour_start AS DATE) = CAST($1 AS DATE)
+          AND zones_sha256 IS NOT DISTINCT FROM $2 AND ($3 IS NULL OR source_id = $3)
     GROUP BY ALL
 )
 SELECT o.source_id, o.class_name, o.unique_objects, o.object_frames, l.line, l.crossed_in, l.crossed_out

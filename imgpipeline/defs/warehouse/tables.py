@@ -56,9 +56,10 @@ DAILY_SUMMARY_SCHEMA = pa.schema([
     ("dark_share", pa.float64()), ("error_share", pa.float64()),
 ])
 
+# (`hour_start`, not `hour`: the hive path's `hour=HH` is a column of the views already.)
 # One row per track per hour. Entry and exit are the bottom centre of its first and last box of the hour.
 TRACKS_SCHEMA = pa.schema([
-    ("hour", TS), ("source_id", pa.string()), ("track_id", pa.int64()), ("class_name", pa.string()),
+    ("hour_start", TS), ("source_id", pa.string()), ("track_id", pa.int64()), ("class_name", pa.string()),
     ("first_seen", TS), ("last_seen", TS), ("frames", pa.int32()), ("max_confidence", pa.float64()),
     ("entry_x", pa.float64()), ("entry_y", pa.float64()), ("exit_x", pa.float64()), ("exit_y", pa.float64()),
 ])
@@ -66,7 +67,7 @@ TRACKS_SCHEMA = pa.schema([
 # Per hour × source × class: `objects` rows (distinct objects), `line` rows (crossings per line),
 # `zone` rows (visits and dwell per zone); zones_sha256 names the zones file they were counted with.
 OBJECT_COUNTS_SCHEMA = pa.schema([
-    ("hour", TS), ("source_id", pa.string()), ("class_name", pa.string()),
+    ("hour_start", TS), ("source_id", pa.string()), ("class_name", pa.string()),
     ("kind", pa.string()), ("name", pa.string()), ("unique_objects", pa.int64()),
     ("crossed_in", pa.int64()), ("crossed_out", pa.int64()),
     ("visits", pa.int64()), ("dwell_p50_s", pa.float64()), ("dwell_p95_s", pa.float64()),

@@ -1,0 +1,138 @@
+"""The tracking domain through real materializations: ids across an hour, re-materializing, re-counting
+with a changed zones file (a single-run backfill) and `imgpipeline counts`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from imgpipeline.defs.streaming.landing import Spool, event_hour, landing_key
+from imgpipeline.defs.tracking.assets import tracking_tables
+from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
+from imgpipeline.defs.warehouse.sql import connect
+from imgpipeline.resources import StorageResource, TrackingResource
+from imgpipeline_tests.scenes import frames_of, landing_records, moving
+
+START = datetime(2026, 11, 20, 10, 59, 50, tzinfo=UTC)  # ten seconds before 11:00
+TEN, ELEVEN = datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 11, tzinfo=UTC)
+ZONES = """
+sources:
+  cam:
+    lines: [{name: door, start: [%d, 0], end: [%d, 480]}]
+"""
+
+
+def land(store, records: list[dict]) -> None:
+    by_hour: dict[datetime, list[dict]] = {}
+    for record in records:
+        by_hour.setdefault(event_hour(record), []).append(record)
+    for hour, hour_records in by_hour.items():
+        spool = Spool()
+        for record in hour_records:
+            spool.add(record)
+        spool.land(store, landing_key(hour, "frames-0-0-100"))
+        spool.close()
+
+
+def materialize(assets, first: str, last: str, resources: dict, instance) -> dg.ExecuteInProcessResult:
+    result = dg.materialize(assets, instance=instance, resources=resources, tags={
+        "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
+    assert result.success
+    failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+    assert not failed, failed
+    return result
+
+
+def scene():
+    """A person walking through 10:59:58–11:00:03 across a line at x = 320; a car crossing back at 11:00;
+    a car parked all along."""
+    things = [moving("person", 100, 540, 8, 13), moving("car", 600, 50, 10, 16, y=300),
+              moving("car", 20, 21, 0, 20, y=460)]
+    return landing_records(frames_of(things, START, 20, 5.0))
+
+
+def test_tracks_continue_over_the_hour_and_rematerializing_changes_nothing(tmp_path):
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    zones_file = tmp_path / "zones.yaml"
+    zones_file.write_text(ZONES % (320, 320))
+    resources = {"storage": storage, "tracking": TrackingResource(zones_file=str(zones_file)),
+                 "duckdb": DuckDBResource(database=":memory:")}
+    store = storage.open()
+    land(store, scene())
+    with dg.instance_for_test() as instance:
+        materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
+        materialize([tracking_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
+        materialize([daily_summary], "2026-11-20", "2026-11-20", resources, instance)
+
+        con = connect(storage)
+        person = con.sql("SELECT DISTINCT track_id FROM detections WHERE class_name = 'person' "
+                         "AND track_id IS NOT NULL").fetchall()
+        assert len(person) == 1  # one id on both sides of 11:00
+        hours = con.sql(f"SELECT hour_start, frames FROM tracks WHERE track_id = {person[0][0]} "
+                        "ORDER BY hour_start").fetchall()
+        assert [h.hour for h, _ in hours] == [10, 11]
+        assert sum(n for _, n in hours) == con.sql(
+            f"SELECT count(*) FROM detections WHERE track_id = {person[0][0]}").fetchone()[0]
+        summary = dict(con.sql("SELECT class_name, unique_objects FROM daily_summary").fetchall())
+        assert summary == {"person": 1, "car": 2}
+        object_frames = dict(con.sql("SELECT class_name, objects FROM daily_summary").fetchall())
+        assert object_frames["car"] > 50  # the parked car is detected in every frame, counted once
+        crossings = con.sql("SELECT class_name, hour_start, crossed_in, crossed_out FROM object_counts "
+                            "WHERE kind = 'line' AND (crossed_in + crossed_out) > 0 ORDER BY 1").fetchall()
+        assert [(c, h.hour, i, o) for c, h, i, o in crossings] == [("car", 11, 0, 1), ("person", 11, 1, 0)]
+
+        before = {t: store.get(wh.hourly_key(t, ELEVEN)) for t in ("detections", "tracks")}
+        counts_before = store.list("warehouse/object_counts/dt=2026-11-20/hour=11/")
+        materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
+        materialize([tracking_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
+        for table, data in before.items():
+            again = wh.from_parquet(store.get(wh.hourly_key(table, ELEVEN)))
+            assert again.equals(wh.from_parquet(data)), table
+        assert store.list("warehouse/object_counts/dt=2026-11-20/hour=11/") == counts_before
+
+
+def test_a_changed_zones_file_and_a_backfill_recount_history_beside_the_old_counts(tmp_path):
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    zones_file = tmp_path / "zones.yaml"
+    zones_file.write_text(ZONES % (320, 320))
+    land(storage.open(), scene())
+    env = {**os.environ, "IMGPIPELINE_STORAGE_URI": storage.uri, "IMGPIPELINE_ZONES_FILE": str(zones_file),
+           "IMGPIPELINE_HOME": str(tmp_path)}
+    with dg.instance_for_test() as instance:
+        resources = {"storage": storage, "tracking": TrackingResource(zones_file=str(zones_file))}
+        materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
+        materialize([tracking_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
+        old = TrackingResource(zones_file=str(zones_file)).zones().sha256
+        printed = cli(env, "counts", "--date", "2026-11-20")
+        assert "door" in printed and old[:12] in printed
+
+        zones_file.write_text(ZONES % (5, 5))  # a line the walker never reaches: no crossing
+        new = TrackingResource(zones_file=str(zones_file)).zones().sha256
+        # The backfill: one run over the range.
+        result = materialize([tracking_tables], "2026-11-20-10:00", "2026-11-20-11:00",
+                             {"storage": storage, "tracking": TrackingResource(zones_file=str(zones_file))},
+                             instance)
+        assert len(instance.get_runs()) == 3
+        counted = [m for m in result.asset_materializations_for_node("tracking_tables")
+                   if m.asset_key == dg.AssetKey("object_counts")]
+        assert counted and all(m.metadata["zones_sha256"].value == new for m in counted)
+
+    side_by_side = connect(storage).sql(
+        "SELECT zones_sha256, sum(crossed_in) AS crossed_in, sum(crossed_out) AS crossed_out "
+        "FROM object_counts WHERE kind = 'line' GROUP BY ALL").fetchall()
+    assert sorted(side_by_side) == sorted([(old, 1, 1), (new, 0, 0)])
+    printed = cli(env, "counts", "--date", "2026-11-20", "--source", "cam")
+    assert new[:12] in printed and "also counted that day with other zones files: " + old[:12] in printed
+
+
+def cli(env, *args) -> str:
+    done = subprocess.run([sys.executable, "-m", "imgpipeline.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
