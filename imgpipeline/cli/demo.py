@@ -70,7 +70,7 @@ def run_demo(timeout_s: float = 600.0) -> int:
         return 1
     report(records)
 
-    print("4/4 hourly frames/detections (Parquet) and daily_summary (DuckDB) for those hours")
+    print("4/4 hourly frames/detections (Parquet), tracks and object counts, daily_summary (DuckDB)")
     days = build_warehouse(records, services, resources)
     from imgpipeline.defs.warehouse.sql import SUMMARY_SQL, connect
 
@@ -78,6 +78,7 @@ def run_demo(timeout_s: float = 600.0) -> int:
     for day in days:
         print(f"\ndaily_summary {day}:")
         con.sql(SUMMARY_SQL, params=[day]).show(max_rows=40, max_width=200)
+    report_counts(con, days, resources["tracking"].zones())
     print(f"\nDagster UI: {ui['address']}  (lineage graph: {ui['address']}/asset-groups)")
     print("Query the warehouse: imgpipeline query \"SELECT class_name, count(*) FROM detections GROUP BY 1\"")
     print("Stop everything with: imgpipeline services down")
@@ -91,12 +92,14 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
 
     from imgpipeline.defs.hours import hour_key
     from imgpipeline.defs.streaming.landing import event_hour
+    from imgpipeline.defs.tracking.assets import tracking_tables
     from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
 
     hours = sorted({event_hour(r) for r in records.values()})
     days = sorted({h.strftime("%Y-%m-%d") for h in hours})
     instance = dg.DagsterInstance.from_config(str(services.dagster.dagster_home))
     for assets, first, last in ((hourly_tables, hour_key(hours[0]), hour_key(hours[-1])),
+                                (tracking_tables, hour_key(hours[0]), hour_key(hours[-1])),
                                 (daily_summary, days[0], days[-1])):
         result = dg.materialize(
             [assets], instance=instance, resources=resources,
@@ -109,6 +112,27 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
         print(f"  {', '.join(k.to_user_string() for k in assets.keys)}: {first} … {last}, "
               f"checks passed {passed}/{len(checks)}")
     return days
+
+
+def report_counts(con, days: list[str], zones) -> None:
+    """The street video's distinct cars, people and bicycles and the crossings of its lines each way."""
+    from imgpipeline.defs.warehouse.sql import COUNTS_SQL
+
+    rows = [row for day in days
+            for row in con.sql(COUNTS_SQL, params=[day, zones.sha256, "street-cam"]).fetchall()]
+    lines = [f"{line.name} at x = {line.start[0]:g}" for line in zones.of("street-cam").lines]
+    print(f"\nstreet-cam, tracked; lines from {zones.path or '(no zones file)'}: "
+          f"{', '.join(lines) or 'none'} (`in` is left to right)")
+    for name in ("car", "person", "bicycle"):
+        mine = [row for row in rows if row[1] == name]
+        if not mine:
+            continue
+        _, _, unique, frames, *_ = mine[0]
+        crossings = "; ".join(f"{line} {crossed_in} in, {crossed_out} out"
+                              for *_, line, crossed_in, crossed_out in mine if line)
+        print(f"  {name:<8} {unique} distinct objects in {frames} detections"
+              + (f"; crossed {crossings}" if crossings else ""))
+    print(f"  imgpipeline counts --date {days[-1]} --source street-cam   prints them again")
 
 
 def wait_for_landing(store, wanted: set[str], timeout_s: float) -> dict[str, dict] | None:

@@ -78,11 +78,15 @@ def test_the_resource_fails_at_load_naming_the_setting(tmp_path, monkeypatch):
         TrackingResource.from_env()
 
 
-def test_without_a_zones_file_counts_have_no_lines_and_the_checkout_file_is_valid(monkeypatch, tmp_path):
+def test_the_zones_file_is_the_project_homes_else_the_checkouts_unless_none(monkeypatch, tmp_path):
     from imgpipeline.paths import PACKAGE_DIR
 
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     monkeypatch.delenv("IMGPIPELINE_ZONES_FILE", raising=False)
+    shipped = TrackingResource.from_env().zones()
+    assert shipped.path == str(PACKAGE_DIR.parent / "zones.yaml")
+    assert [line.name for line in shipped.of("street-cam").lines] == ["west", "east"]
+    (tmp_path / "zones.yaml").write_bytes(GOOD)
+    assert TrackingResource.from_env().zones().of("cam").lines[0].name == "door"
+    monkeypatch.setenv("IMGPIPELINE_ZONES_FILE", "none")
     assert TrackingResource.from_env().zones().sha256 is None
-    shipped = zones.load(PACKAGE_DIR.parent / "zones.yaml")
-    assert [line.name for line in shipped.of("street-cam").lines] == ["middle"]

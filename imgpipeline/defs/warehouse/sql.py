@@ -164,7 +164,8 @@ WITH objects AS (
     GROUP BY ALL
 ),
 lines AS (
-    SELECT source_id, class_name, name AS line, sum(crossed_in) AS crossed_in, sum(crossed_out) AS crossed_out
+    SELECT source_id, class_name, name AS line, CAST(sum(crossed_in) AS BIGINT) AS crossed_in,
+           CAST(sum(crossed_out) AS BIGINT) AS crossed_out
     FROM object_counts
     WHERE kind = 'line' AND CAST(hour_start AS DATE) = CAST($1 AS DATE)
           AND zones_sha256 IS NOT DISTINCT FROM $2 AND ($3 IS NULL OR source_id = $3)
