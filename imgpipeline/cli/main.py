@@ -123,6 +123,9 @@ def add_bench(commands) -> None:
     memory = what.add_parser("memory", help="peak memory of a detect_frames run against its batch size")
     memory.add_argument("--frames", type=int, nargs="+", default=[10, 500, 2000],
                         help="batch sizes, one run each (default: 10 500 2000)")
+    tracking = what.add_parser("tracking", help="tracking and counting against detection (detections/s)")
+    tracking.add_argument("--rounds", type=int, default=8,
+                          help="times the street video is tracked end to end")
     summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
     summary_bench.add_argument("--rows", type=int, default=10_000_000)
     bench.set_defaults(module="bench.command", run="bench")

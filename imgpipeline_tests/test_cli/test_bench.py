@@ -84,3 +84,15 @@ def test_bench_memory_measures_a_run_per_batch_size(kafka):
     # A run loads the model: its process peaks well above an idle interpreter's ~10 MB.
     assert len(written["peak_rss_mb"]) == 2 and min(written["peak_rss_mb"]) > 100
     assert "growth_mb_per_1000_frames" in written
+
+
+def test_bench_tracking_tracks_the_street_video_and_writes_its_figures():
+    from imgpipeline.cli.bench.tracking import bench_tracking
+
+    result = bench_tracking(rounds=2)
+    written = json.loads((state_dir() / "bench" / "tracking.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    assert result["frames"] == 500 and result["detections"] > 500
+    assert 0 < result["unique_cars"] < result["car_detections"] / 10
+    assert 0 < result["tracked_share"] < 1
+    assert result["lines"] == ["west", "east"]

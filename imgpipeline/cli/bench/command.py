@@ -20,6 +20,10 @@ def bench(args) -> int:
         from imgpipeline.cli.bench.memory import bench_memory
 
         bench_memory(tuple(args.frames))
+    elif args.what == "tracking":
+        from imgpipeline.cli.bench.tracking import bench_tracking
+
+        bench_tracking(args.rounds)
     elif args.what == "detector":
         from imgpipeline.cli.bench.detect import VARIANTS, bench_detector
 
