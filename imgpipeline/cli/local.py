@@ -43,10 +43,9 @@ def services(args) -> int:
 
 def run_checks(*, log=print) -> None:
     """Check every setting, then every configured part (broker, storage, the model file the detector
-    engine runs); raise ConfigError
-    on the first bad one."""
+    engine runs, the zones file); raise ConfigError on the first bad one."""
     from imgpipeline.cli.settings import check_settings
-    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource, TrackingResource
 
     check_settings()
 
@@ -59,6 +58,10 @@ def run_checks(*, log=print) -> None:
     detector = DetectorResource.from_env()
     path, _ = detector.model_file()
     log(f"  detector ok: {detector.engine} runs {path}")
+    zones = TrackingResource.from_env().zones()
+    counted = {source: len(spec.lines) + len(spec.zones) for source, spec in zones.spec.sources.items()}
+    log(f"  zones    ok: {zones.path or 'none'}"
+        + (f" ({', '.join(f'{s}: {n} lines and zones' for s, n in counted.items())})" if counted else ""))
 
 
 def check(args) -> int:

@@ -22,9 +22,9 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
     zones_file: str = setting(
         "IMGPIPELINE_ZONES_FILE",
         "",
-        "lines and zones counted per source (YAML; see the README's Tracking and counting); "
-        "unset: `zones.yaml` in the project home when there is one, else none",
-        shown="`zones.yaml` if present",
+        "lines and zones counted per source (YAML; README: Tracking and counting); `none`: no lines or "
+        "zones; unset: `zones.yaml` in the project home, else the checkout's (the demo's lines)",
+        shown="`zones.yaml`",
     )
     lost_s: float = setting(
         "IMGPIPELINE_TRACK_LOST_S",

@@ -107,7 +107,8 @@ def summarize_day(con, storage: StorageResource, day: date, failures: dict):
     check_specs=checks.check_specs("daily_summary"),
 )
 def daily_summary(context: dg.AssetExecutionContext, storage: StorageResource, duckdb: DuckDBResource):
-    """Per day × source × class: frames, objects, mean and max confidence, objects per hour,
+    """Per day × source × class: frames, objects (detections), unique objects (distinct tracks),
+    mean and max confidence, objects per hour,
     brightness and frame-size distribution, share of dark and errored frames (DuckDB over the
     hourly Parquet)."""
     days = days_in(context.partition_time_window)
