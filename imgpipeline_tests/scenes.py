@@ -61,23 +61,8 @@ def tracked(frames, settings: TrackerSettings | None = None) -> tuple[list[Track
     return tf, assign([], tf, settings or TrackerSettings())
 
 
-def counted(
-    tf: list[TrackedFrame], ids: dict, width: int = 640, height: int = 480
-) -> list[counting.CountedFrame]:
-    return [
-        counting.CountedFrame(
-            f.frame_id,
-            f.seconds,
-            width,
-            height,
-            [
-                counting.Tracked(ids[f.frame_id, o.index], o.class_name, o.confidence, o.box)
-                for o in f.observations
-                if (f.frame_id, o.index) in ids
-            ],
-        )
-        for f in tf
-    ]
+def counted(tf: list[TrackedFrame], ids: dict, width: int = 640, height: int = 480) -> list:
+    return counting.from_tracker(tf, ids, width, height)
 
 
 def landing_records(frames, source: str = "cam", width: int = 640, height: int = 480) -> list[dict]:

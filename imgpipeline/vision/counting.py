@@ -52,6 +52,17 @@ class Counts:
     visits: list[Visit] = field(default_factory=list)
 
 
+def from_tracker(frames, ids: dict[tuple[str, int], int], width: int, height: int) -> list[CountedFrame]:
+    """The tracker's frames (`vision.tracking.TrackedFrame`) and the ids it gave, as counting takes them:
+    each frame with its confirmed detections only."""
+    return [
+        CountedFrame(f.frame_id, f.seconds, width, height, [
+            Tracked(ids[f.frame_id, o.index], o.class_name, o.confidence, o.box)
+            for o in f.observations if (f.frame_id, o.index) in ids])
+        for f in frames
+    ]
+
+
 def count(frames: list[CountedFrame], zones: Zones, source_id: str, start: float, end: float) -> Counts:
     """Counts of the hour [start, end) from a source's frames in capture order (they may begin
     before and end after it)."""

@@ -45,20 +45,7 @@ def bench_tracking(rounds: int) -> dict:
     started = time.perf_counter()
     ids = assign([], frames, tracking.settings())
     track_s = time.perf_counter() - started
-    tracked = [
-        counting.CountedFrame(
-            f.frame_id,
-            f.seconds,
-            width,
-            height,
-            [
-                counting.Tracked(ids[f.frame_id, o.index], o.class_name, o.confidence, o.box)
-                for o in f.observations
-                if (f.frame_id, o.index) in ids
-            ],
-        )
-        for f in frames
-    ]
+    tracked = counting.from_tracker(frames, ids, width, height)
     zones = tracking.zones()
     started = time.perf_counter()
     counts = counting.count(tracked, zones, "street-cam", 0, 4e9)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 import pyarrow as pa
 
+from imgpipeline.defs.tracking.tables import DETECTION_COLUMNS
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
@@ -47,19 +48,7 @@ def stored_frames(frames: pa.Table, detections: pa.Table, since: datetime) -> di
             found[row["source_id"], row["frame_id"]] = TrackedFrame(
                 row["frame_id"], row["captured_at"].timestamp(), []
             )
-    columns = [
-        "source_id",
-        "frame_id",
-        "detection_index",
-        "class_name",
-        "confidence",
-        "x",
-        "y",
-        "w",
-        "h",
-        "track_id",
-    ]
-    for d in detections.select(columns).to_pylist():
+    for d in detections.select(DETECTION_COLUMNS).to_pylist():
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None:
             frame.observations.append(
