@@ -70,6 +70,9 @@ def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
             CAST((hash(fr.frame_id || d) % 10) AS INTEGER) AS class_id,
             {classes}[CAST((hash(fr.frame_id || d) % 10) AS INTEGER) + 1] AS class_name,
             round(0.25 + (hash(fr.frame_id || d || 'c') % 7500) / 10000.0, 4) AS confidence,
+            -- an object per source and detection slot for a minute, as a tracker would give
+            CAST(hash(fr.source_id || '/' || d || '/' || (epoch_ms(fr.captured_at) // 60000)) >> 12
+                 AS BIGINT) AS track_id,
             fr.model, fr.model_sha256, fr.engine, fr.precision
         FROM fr, range(5) r(d)
         LIMIT {rows}""")
