@@ -80,6 +80,7 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
         return zones.load(path)
 
     def settings(self) -> TrackerSettings:
-        return TrackerSettings(
-            lost_s=self.lost_s, minimum_frames=self.minimum_frames, activation=self.activation
-        )
+        # ByteTrack's first stage takes the detections that could start a track; weaker ones only
+        # continue one (its second stage).
+        return TrackerSettings(lost_s=self.lost_s, minimum_frames=self.minimum_frames,
+                               activation=self.activation, high_confidence=self.activation)

@@ -74,9 +74,10 @@ def count(frames: list[CountedFrame], zones: Zones, source_id: str, start: float
     open_visits: dict[tuple[str, int], Visit] = {}
     for frame in frames:
         counted = start <= frame.seconds < end
-        lines, areas = geometry.setdefault(
-            (frame.width, frame.height), zones.geometry(source_id, frame.width, frame.height)
-        )
+        size = (frame.width, frame.height)
+        if size not in geometry:
+            geometry[size] = zones.geometry(source_id, *size)
+        lines, areas = geometry[size]
         if counted:
             for t in frame.tracked:
                 counts.objects[t.class_name].add(t.track_id)

@@ -24,6 +24,9 @@ import numpy as np
 
 # Ids are milliseconds × this + the order of the new tracks confirmed in one millisecond.
 IDS_PER_MS = 1000
+# A track is kept while lost for at least this many of the source's frame intervals: a source sampled
+# every 2 s still continues its tracks over a missed frame.
+LOST_INTERVALS = 2.5
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,15 @@ class TrackerSettings:
     activation: float = 0.5  # confidence a detection needs to start a track
     high_confidence: float = 0.5  # first association stage above, second stage below
     minimum_iou: float = 0.1
-    replay_s: float = 10.0  # how much of the previous hour is replayed to continue its tracks
+    replay_s: float = 10.0  # how much of the previous hour is replayed to continue its tracks (at least)
+
+    def lost_for(self, rate: float) -> float:
+        """Seconds a track may go unseen at a sampling rate: lost_s, or longer for slow sources."""
+        return max(self.lost_s, LOST_INTERVALS / rate)
+
+    def replay_for(self, rate: float) -> float:
+        """Seconds of the previous hour to replay: enough to confirm a track again and to keep it lost."""
+        return max(self.replay_s, self.lost_for(rate) + (self.minimum_frames + 1) / rate)
 
 
 @dataclass(frozen=True)
@@ -73,8 +84,8 @@ class SourceTracker:
         if class_name not in self.trackers:
             s = self.settings
             self.trackers[class_name] = ByteTrackTracker(
-                # `lost_track_buffer` is in frames at 30 frames/s; with timestamps it means lost_s seconds.
-                lost_track_buffer=max(1, round(s.lost_s * 30)),
+                # `lost_track_buffer` is in frames at 30 frames/s; with timestamps it means seconds × 30.
+                lost_track_buffer=max(1, round(s.lost_for(self.rate) * 30)),
                 frame_rate=self.rate,
                 track_activation_threshold=s.activation,
                 minimum_consecutive_frames=s.minimum_frames,

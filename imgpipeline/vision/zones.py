@@ -108,10 +108,16 @@ class Zones:
         import supervision as sv
 
         spec = self.of(source_id)
+        if not (width and height and width > 0 and height > 0):
+            return {}, {}  # a frame of unknown size: where its boxes lie is unknown too
         sx, sy = (width, height) if spec.units == "fraction" else (1, 1)
 
         def scaled(point):
             return float(point[0]) * sx, float(point[1]) * sy
+
+        def inside(point):  # a zone's mask is as large as its extent: no larger than the frame
+            x, y = scaled(point)
+            return min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))
 
         def anchors(name):
             return [getattr(sv.Position, a) for a in ANCHORS[name]]
@@ -127,7 +133,7 @@ class Zones:
         }
         zones = {
             zone.name: sv.PolygonZone(
-                np.array([scaled(p) for p in zone.polygon]).round().astype(int),
+                np.array([inside(p) for p in zone.polygon]).round().astype(int),
                 triggering_anchors=anchors(zone.anchor),
             )
             for zone in spec.zones
@@ -145,6 +151,17 @@ class _NoAliases(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        """A key written twice is a mistake (the second would silently win): refused."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is written twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def no_zones() -> Zones:
     return Zones(ZonesFile(), None)
@@ -153,12 +170,12 @@ def no_zones() -> Zones:
 def load(path: Path) -> Zones:
     """Read and check a zones file; a ConfigError says where it is wrong and what to write."""
     try:
-        size = path.stat().st_size
+        with path.open("rb") as file:  # at most one byte more than allowed: /dev/zero is refused too
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"zones file {path}: cannot read it ({exc.strerror})") from None
-    if size > MAX_FILE_BYTES:
-        raise ConfigError(f"zones file {path}: {size} bytes; lines and zones fit in {MAX_FILE_BYTES}")
-    data = path.read_bytes()
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"zones file {path}: more than {MAX_FILE_BYTES} bytes; lines and zones fit in less")
     return parse(data, str(path))
 
 
@@ -167,6 +184,8 @@ def parse(data: bytes, name: str = "zones.yaml") -> Zones:
         document = yaml.load(data.decode("utf-8"), Loader=_NoAliases) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"{name}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply to be lines and zones") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -70,7 +70,7 @@ def test_standing_in_a_zone_for_30_s_dwells_30_s():
 
 
 def test_a_track_over_an_hour_boundary_keeps_its_id_and_counts_once_a_day():
-    walker = moving("person", 100, 540, 0, 5)  # 10:59:58 to 11:00:03
+    walker = moving("person", 100, 540, 0, 5)  # 10:59:58 to 11:00:03, over the line at 11:00:01
     frames = frames_of([walker], START + timedelta(minutes=59, seconds=58), 5, 5.0)
     tf, _ = tracked(frames)
     boundary = (START + timedelta(hours=1)).timestamp()
@@ -80,10 +80,32 @@ def test_a_track_over_an_hour_boundary_keeps_its_id_and_counts_once_a_day():
     for f in before:  # what the first hour stored
         f.recorded = {o.index: first.get((f.frame_id, o.index)) for o in f.observations}
     second = assign(before, after, TrackerSettings())
-    assert first and second
+    ids = {**first, **second}
+    frames_counted = counting.from_tracker(tf, ids, 640, 480)
+    hours = [counting.count(frames_counted, LINE, "cam", t, t + 3600) for t in (boundary - 3600, boundary)]
+    assert hours[0].objects["person"] and hours[1].objects["person"]  # seen in both hours
+    assert hours[0].objects["person"] | hours[1].objects["person"] == set(first.values())  # one object
+    assert len(set(first.values())) == 1
+    assert [len(h.crossings) for h in hours] == [0, 1]  # it crossed once, after 11:00
+
+
+@pytest.mark.parametrize("interval_s", [2.0, 5.0])
+def test_a_slowly_sampled_source_is_tracked_and_continues_over_the_hour(interval_s):
+    # A parked car sampled every 2 s or 5 s from 10:58 to 11:02: one object, whatever the rate.
+    car = Thing("car", lambda t: (200, 200, 80, 40))
+    frames = frames_of([car], START + timedelta(minutes=58), 240, 1 / interval_s)
+    tf, _ = tracked(frames)
+    boundary = (START + timedelta(hours=1)).timestamp()
+    settings = TrackerSettings()
+    before = [f for f in tf if f.seconds < boundary]
+    first = assign([], before, settings)
+    for f in before:
+        f.recorded = {o.index: first.get((f.frame_id, o.index)) for o in f.observations}
+    window = settings.replay_for(1 / interval_s)
+    second = assign([f for f in before if f.seconds >= boundary - window],
+                    [f for f in tf if f.seconds >= boundary], settings)
+    assert len(first) >= len(before) - settings.minimum_frames
     assert set(first.values()) == set(second.values()) and len(set(first.values())) == 1
-    # Counted in both hours, one object on the day: the id is the same.
-    assert len({*first.values(), *second.values()}) == 1
 
 
 @pytest.mark.parametrize("fps", [2.0, 5.0, 10.0])

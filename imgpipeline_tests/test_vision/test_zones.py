@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from imgpipeline import ConfigError
@@ -36,6 +38,8 @@ sources:
      "min_frames: Input should be greater than or equal to 1"),
     (b"sources:\n  cam:\n    units: miles\n", "sources.cam.units: Input should be 'pixels' or 'fraction'"),
     (b"\xff\xfe not text", "not UTF-8 text"),
+    (b"[" * 50_000, "nested too deeply"),
+    (b"sources:\n  cam:\n    units: fraction\n  cam:\n    lines: []\n", "'cam' is written twice"),
 ])
 def test_a_bad_zones_file_says_where_and_what(text, says):
     with pytest.raises(ConfigError) as error:
@@ -54,13 +58,23 @@ def test_a_good_file_loads_with_its_sha256_and_resolves_fractions_per_frame_size
     assert (lines["door"].vector.start.x, lines["door"].vector.end.y) == (320, 480)
     assert areas["bench"].polygon.max(axis=0).tolist() == [192, 144]
     assert loaded.geometry("other", 640, 480) == ({}, {})
+    assert loaded.geometry("cam", 0, None) == ({}, {})  # a frame of unknown size counts on no line
+
+
+def test_a_zone_far_outside_the_frame_costs_no_more_than_the_frame():
+    huge = zones.parse(b"sources:\n  cam:\n    zones: [{name: z, polygon: [[0, 0], [20000, 0], "
+                       b"[20000, 20000]]}]\n")
+    _, areas = huge.geometry("cam", 640, 480)
+    assert areas["z"].mask.shape == (482, 642)
 
 
 def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
     path = tmp_path / "zones.yaml"
     path.write_bytes(b"#" * (zones.MAX_FILE_BYTES + 1))
-    with pytest.raises(ConfigError, match="bytes; lines and zones fit in"):
+    with pytest.raises(ConfigError, match="more than 1000000 bytes"):
         zones.load(path)
+    with pytest.raises(ConfigError, match="more than 1000000 bytes"):
+        zones.load(Path("/dev/zero"))  # endless: read no further than the limit
 
 
 def test_the_resource_fails_at_load_naming_the_setting(tmp_path, monkeypatch):

@@ -19,7 +19,8 @@ CHECKS = {
     "object_counts": {
         "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
         "crossings_within_objects": "Per line and class, crossings in minus crossings out is never more "
-        "than the distinct objects that crossed (nor out minus in).",
+        "than the distinct objects that crossed (nor out minus in), and those are never more than the "
+        "class's distinct objects of the hour.",
     },
 }
 
@@ -68,11 +69,20 @@ def reused_ids(day_tracks: pa.Table, detections: pa.Table) -> list[str]:
 
 
 def crossing_excess(counts: pa.Table) -> list[str]:
+    """Line rows whose net crossings exceed the objects that crossed, or whose crossers exceed the
+    class's objects in the hour."""
+    rows = counts.to_pylist()
+    objects = {(r["hour_start"], r["source_id"], r["class_name"]): r["unique_objects"]
+               for r in rows if r["kind"] == "objects"}
     problems = []
-    for row in counts.to_pylist():
-        if row["kind"] == "line" and abs(row["crossed_in"] - row["crossed_out"]) > row["unique_objects"]:
-            problems.append(
-                f"{row['source_id']} {row['class_name']} line {row['name']}: in {row['crossed_in']}, "
-                f"out {row['crossed_out']}, objects {row['unique_objects']}"
-            )
+    for row in rows:
+        if row["kind"] != "line":
+            continue
+        where = f"{row['source_id']} {row['class_name']} line {row['name']}"
+        if abs(row["crossed_in"] - row["crossed_out"]) > row["unique_objects"]:
+            problems.append(f"{where}: in {row['crossed_in']}, out {row['crossed_out']}, "
+                            f"objects that crossed {row['unique_objects']}")
+        seen = objects.get((row["hour_start"], row["source_id"], row["class_name"]), 0)
+        if row["unique_objects"] > seen:
+            problems.append(f"{where}: {row['unique_objects']} objects crossed, {seen} seen in the hour")
     return problems

@@ -14,7 +14,7 @@ import pyarrow as pa
 from imgpipeline.defs.tracking.tables import DETECTION_COLUMNS
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.ingest.messages import parse_time
-from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
+from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
 
 # (source_id, frame_id, detection_index) → track id
 TrackIds = dict[tuple[str, str, int], int]
@@ -73,17 +73,21 @@ def _ordered(frames: dict[str, list[TrackedFrame]]) -> dict[str, list[TrackedFra
 def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSettings) -> TrackIds:
     """Track ids of an hour's detections, continuing the tracks of the previous hour as stored."""
     previous = hour - timedelta(hours=1)
+    landed = landed_frames(records)
+    windows = {source: settings.replay_for(frame_rate(f.seconds for f in frames))
+               for source, frames in landed.items()}
     replay: dict[str, list[TrackedFrame]] = {}
-    if store.exists(wh.hourly_key("frames", previous)) and store.exists(
-        wh.hourly_key("detections", previous)
-    ):
+    if windows and store.exists(wh.hourly_key("frames", previous)) and store.exists(
+            wh.hourly_key("detections", previous)):
         replay = stored_frames(
             wh.from_parquet(store.get(wh.hourly_key("frames", previous))),
             wh.from_parquet(store.get(wh.hourly_key("detections", previous))),
-            since=hour - timedelta(seconds=settings.replay_s),
+            since=hour - timedelta(seconds=max(windows.values())),
         )
     ids: TrackIds = {}
-    for source, frames in landed_frames(records).items():
-        for (frame_id, index), track_id in assign(replay.get(source, []), frames, settings).items():
+    for source, frames in landed.items():
+        since = hour.timestamp() - windows[source]
+        tail = [f for f in replay.get(source, []) if f.seconds >= since]
+        for (frame_id, index), track_id in assign(tail, frames, settings).items():
             ids[source, frame_id, index] = track_id
     return ids

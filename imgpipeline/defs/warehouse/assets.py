@@ -18,10 +18,15 @@ from imgpipeline.defs.warehouse import checks, sql
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.resources import StorageResource, TrackingResource
 
-# Like eager(), but for every hour, not just the latest: late frames re-materialize their hour.
+# Like eager(), but for every hour, not just the latest: late frames re-materialize their hour, and
+# (detections continuing the previous hour's tracks) every hour after it, in one run. An hour whose
+# previous hour was never materialized does not wait for it.
 on_landing_update = dg.AutomationCondition.eager().without(
     dg.AutomationCondition.in_latest_time_window()
-).with_label("landing updated")
+).without(~dg.AutomationCondition.any_deps_missing()).with_label("landing updated")
+
+# An hour's tracks continue from the previous hour's, as stored.
+PREVIOUS_HOUR = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 
 
 @dg.multi_asset(
@@ -39,7 +44,8 @@ on_landing_update = dg.AutomationCondition.eager().without(
             description="One row per detected object: frame, source, capture time, class, "
                         "confidence, box (x, y, w, h in pixels), and the track (distinct object) it "
                         "belongs to once the tracker has confirmed it.",
-            deps=[landing_metadata], partitions_def=hourly_partitions, group_name="warehouse",
+            deps=[landing_metadata, dg.AssetDep("detections", partition_mapping=PREVIOUS_HOUR)],
+            partitions_def=hourly_partitions, group_name="warehouse",
             automation_condition=on_landing_update, kinds={"parquet"},
         ),
     ],
