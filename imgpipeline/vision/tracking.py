@@ -77,6 +77,7 @@ class SourceTracker:
     def __init__(self, settings: TrackerSettings, rate: float):
         self.settings, self.rate = settings, rate
         self.trackers: dict[str, object] = {}
+        self.last = float("-inf")
 
     def _tracker(self, class_name: str):
         from trackers import ByteTrackTracker
@@ -106,6 +107,9 @@ class SourceTracker:
             by_class[observation.class_name].append(observation)
         for class_name in by_class:
             self._tracker(class_name)
+        # Time must advance for the tracker to take a frame: two frames of one source captured in the
+        # same instant (a burst, a clock's resolution) are taken a microsecond apart, in id order.
+        self.last = seconds = max(frame.seconds, self.last + 1e-6)
         confirmed = {}
         for class_name in sorted(self.trackers):
             observations = by_class.get(class_name, [])
@@ -119,7 +123,7 @@ class SourceTracker:
                 confidence=np.array([o.confidence for o in observations], dtype=np.float32),
                 data={"index": np.array([o.index for o in observations], dtype=np.int64)},
             )
-            result = tracker.update(detections, timestamp=frame.seconds)
+            result = tracker.update(detections, timestamp=seconds)
             if len(result) == 0:
                 continue
             for index, tracker_id in zip(result.data["index"], result.tracker_id, strict=True):

@@ -6,11 +6,13 @@ the row; tracking itself is `vision/tracking.py`.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
+from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.tracking.tables import DETECTION_COLUMNS
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.ingest.messages import parse_time
@@ -70,24 +72,66 @@ def _ordered(frames: dict[str, list[TrackedFrame]]) -> dict[str, list[TrackedFra
     }
 
 
-def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSettings) -> TrackIds:
-    """Track ids of an hour's detections, continuing the tracks of the previous hour as stored."""
+def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSettings) -> tuple[TrackIds, str]:
+    """Track ids of an hour's detections, continuing the tracks of the previous hour as stored; and the
+    digest of the previous hour's detections they continue from ("none" when it is not stored)."""
     previous = hour - timedelta(hours=1)
     landed = landed_frames(records)
     windows = {source: settings.replay_for(frame_rate(f.seconds for f in frames))
                for source, frames in landed.items()}
     replay: dict[str, list[TrackedFrame]] = {}
-    if windows and store.exists(wh.hourly_key("frames", previous)) and store.exists(
-            wh.hourly_key("detections", previous)):
-        replay = stored_frames(
-            wh.from_parquet(store.get(wh.hourly_key("frames", previous))),
-            wh.from_parquet(store.get(wh.hourly_key("detections", previous))),
-            since=hour - timedelta(seconds=max(windows.values())),
-        )
+    seed = "none"
+    frames_key, detections_key = wh.hourly_key("frames", previous), wh.hourly_key("detections", previous)
+    if store.exists(frames_key) and store.exists(detections_key):
+        stored = store.get(detections_key)
+        seed = hashlib.sha256(stored).hexdigest()
+        if windows:
+            since = hour - timedelta(seconds=max(windows.values()))
+            replay = stored_frames(wh.from_parquet(store.get(frames_key)), wh.from_parquet(stored), since)
     ids: TrackIds = {}
     for source, frames in landed.items():
         since = hour.timestamp() - windows[source]
         tail = [f for f in replay.get(source, []) if f.seconds >= since]
         for (frame_id, index), track_id in assign(tail, frames, settings).items():
             ids[source, frame_id, index] = track_id
-    return ids
+    return ids, seed
+
+
+# -- hours to track again ----------------------------------------------------------------------
+# Each hour's detections record the digest of the previous hour's detections they continued from
+# (`_seeded_from` beside the Parquet). When an hour is made again and comes out different, the hour
+# after it is marked under `warehouse/retrack/`; retrack_sensor runs it, which may mark the next.
+
+def seed_key(hour: datetime) -> str:
+    return f"warehouse/detections/{hour_path(hour)}/_seeded_from"
+
+
+def retrack_key(hour: datetime) -> str:
+    return f"{RETRACK}/{hour_path(hour)}"
+
+
+RETRACK = "warehouse/retrack"
+
+
+def mark_next_if_stale(store, hour: datetime) -> datetime | None:
+    """Mark the hour after `hour` to be tracked again when it continued other detections than those
+    `hour` holds now; returns it when marked."""
+    following = hour + timedelta(hours=1)
+    if not store.exists(wh.hourly_key("detections", following)):
+        return None
+    now = hashlib.sha256(store.get(wh.hourly_key("detections", hour))).hexdigest()
+    recorded = store.get(seed_key(following)).decode() if store.exists(seed_key(following)) else None
+    if recorded == now:
+        return None
+    store.put(retrack_key(following), now.encode())
+    return following
+
+
+def marked_hours(store) -> list[tuple[datetime, str]]:
+    """(hour, the digest it should continue from) of every hour marked to be tracked again."""
+    found = []
+    for key in store.list(f"{RETRACK}/"):
+        day, hour = key.removeprefix(f"{RETRACK}/").split("/")
+        moment = datetime.strptime(f"{day[3:]} {hour[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+        found.append((moment, store.get(key).decode()))
+    return sorted(found)

@@ -13,20 +13,15 @@ from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions
 from imgpipeline.defs.streaming.assets import landing_metadata
 from imgpipeline.defs.streaming.landing import hour_records
-from imgpipeline.defs.tracking.tracker import track_hour
+from imgpipeline.defs.tracking import tracker
 from imgpipeline.defs.warehouse import checks, sql
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.resources import StorageResource, TrackingResource
 
-# Like eager(), but for every hour, not just the latest: late frames re-materialize their hour, and
-# (detections continuing the previous hour's tracks) every hour after it, in one run. An hour whose
-# previous hour was never materialized does not wait for it.
+# Like eager(), but for every hour, not just the latest: late frames re-materialize their hour.
 on_landing_update = dg.AutomationCondition.eager().without(
     dg.AutomationCondition.in_latest_time_window()
-).without(~dg.AutomationCondition.any_deps_missing()).with_label("landing updated")
-
-# An hour's tracks continue from the previous hour's, as stored.
-PREVIOUS_HOUR = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+).with_label("landing updated")
 
 
 @dg.multi_asset(
@@ -44,8 +39,7 @@ PREVIOUS_HOUR = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
             description="One row per detected object: frame, source, capture time, class, "
                         "confidence, box (x, y, w, h in pixels), and the track (distinct object) it "
                         "belongs to once the tracker has confirmed it.",
-            deps=[landing_metadata, dg.AssetDep("detections", partition_mapping=PREVIOUS_HOUR)],
-            partitions_def=hourly_partitions, group_name="warehouse",
+            deps=[landing_metadata], partitions_def=hourly_partitions, group_name="warehouse",
             automation_condition=on_landing_update, kinds={"parquet"},
         ),
     ],
@@ -65,9 +59,12 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     for hour in hours:
         records = hour_records(store, hour)
         latest = wh.latest_per_frame(records)
-        track_ids = track_hour(store, hour, latest, settings)
+        if store.exists(tracker.retrack_key(hour)):  # made now, from the previous hour as it is
+            store.delete(tracker.retrack_key(hour))
+        track_ids, seed = tracker.track_hour(store, hour, latest, settings)
         store.put(wh.hourly_key("frames", hour), wh.to_parquet(wh.frames_table(latest)))
         store.put(wh.hourly_key("detections", hour), wh.to_parquet(wh.detections_table(latest, track_ids)))
+        store.put(tracker.seed_key(hour), seed.encode())
         # Checks read back what is stored, not what was meant to be written.
         frames = wh.from_parquet(store.get(wh.hourly_key("frames", hour)))
         detections = wh.from_parquet(store.get(wh.hourly_key("detections", hour)))
@@ -75,6 +72,9 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         rows["detections"] += detections.num_rows
         checks.check_hour(hour_key(hour), frames, detections, records, failures)
     context.log.info(f"{len(hours)} hours: {rows['frames']} frames, {rows['detections']} detections")
+    if (stale := tracker.mark_next_if_stale(store, hours[-1])) is not None:
+        context.log.info(f"{hour_key(stale)} continued other detections of {hour_key(hours[-1])}: "
+                         "retrack_sensor makes it again")
     for table in ("frames", "detections"):
         yield dg.MaterializeResult(
             asset_key=table,
@@ -147,6 +147,22 @@ def daily_summary_schedule(context: dg.ScheduleEvaluationContext):
     """Yesterday's daily_summary, half an hour after midnight UTC (time for late frames)."""
     yesterday = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
     return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
+
+
+hourly_tables_job = dg.define_asset_job(
+    "hourly_tables_job", selection=["frames", "detections"], partitions_def=hourly_partitions,
+)
+
+
+@dg.sensor(
+    job=hourly_tables_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Makes again each hour whose tracks continued detections of the hour before that have "
+                "since changed (late frames), one hour after another until they come out the same.",
+)
+def retrack_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
+    requests = [dg.RunRequest(run_key=f"retrack-{hour_key(hour)}-{seed[:16]}", partition_key=hour_key(hour))
+                for hour, seed in tracker.marked_hours(storage.open())]
+    return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "no hour to track again")
 
 
 warehouse_automation = dg.AutomationConditionSensorDefinition(

@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from imgpipeline.defs.streaming.landing import Spool, event_hour, landing_key
+from imgpipeline.defs.tracking import tracker
 from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse import tables as wh
-from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
+from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables, retrack_sensor
 from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
@@ -136,3 +137,45 @@ def cli(env, *args) -> str:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_changes(tmp_path):
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    resources = {"storage": storage, "tracking": TrackingResource(zones_file="none")}
+    store = storage.open()
+    land(store, scene())
+    with dg.instance_for_test() as instance:
+        materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-12:00", resources, instance)
+        assert tracker.marked_hours(store) == []
+        # The frames of 10:59:55–11:00:05 are processed again and now find a second walker (the
+        # latest processing wins): first those of 10:00 land, then those of 11:00.
+        late = moving("person", 100, 540, 55, 65, y=400)
+        again = []
+        for record in scene():
+            t = (datetime.fromisoformat(record["captured_at"]) - START).total_seconds() + 50
+            if (box := late.box(t)) is not None:
+                record["detections"].append({"class_id": 0, "class_name": "person", "confidence": 0.9,
+                                             "box": list(box)})
+                record.update(object_count=len(record["detections"]), processed_at="2026-11-21T00:00:00Z")
+                again.append(record)
+        land(store, [r for r in again if r["captured_at"] < "2026-11-20T11"])
+        materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-10:00", resources, instance)
+        assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN]  # 11:00 continued other detections
+
+        context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+        result = retrack_sensor(context)
+        assert [r.partition_key for r in result.run_requests] == ["2026-11-20-11:00"]
+        assert retrack_sensor(context).run_requests[0].run_key == result.run_requests[0].run_key  # no twice
+        land(store, [r for r in again if r["captured_at"] >= "2026-11-20T11"])
+        materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
+        # 11:00 changed (the walker's later frames), so 12:00 is next; made again, nothing changes.
+        assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN + timedelta(hours=1)]
+        materialize([hourly_tables], "2026-11-20-12:00", "2026-11-20-12:00", resources, instance)
+        assert tracker.marked_hours(store) == []
+        assert retrack_sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage})
+                              ).run_requests == []
+
+    walker = connect(storage).sql(
+        "SELECT count(DISTINCT track_id), count(DISTINCT hour) FROM detections "
+        "WHERE y = 360 AND track_id IS NOT NULL").fetchone()
+    assert walker == (1, 2)  # one id on both sides of 11:00, though 10:00 was made after 11:00

@@ -1,4 +1,4 @@
-"""Late frames re-materialize the right hours without a person stepping in."""
+"""Late frames re-materialize the right hour without a person stepping in."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from dagster_duckdb import DuckDBResource
 
 from imgpipeline.cli.fetch import sample
-from imgpipeline.defs.partitions import hourly_partitions
 from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
 from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
 from imgpipeline.ingest.producer import FrameProducer, Ledger
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.integration
 
 def requested_hours(result, key: str) -> set[str]:
     return set(result.get_requested_partitions(dg.AssetKey(key)))
-
-
-def requested_from(result, key: str, first: str) -> bool:
-    """The hours requested are `first` and every hour after it up to the latest (the hour may turn
-    while the test runs)."""
-    got = requested_hours(result, key)
-    keys = hourly_partitions.get_partition_keys()
-    return bool(got) and min(got) == first and max(got) in keys[-2:] and got == {
-        k for k in keys if first <= k <= max(got)}
 
 
 def produce(kafka, storage, tmp_path, start, count, source):
@@ -52,17 +42,15 @@ def test_landing_updates_request_their_hours_even_late(kafka, storage, tmp_path)
         produce(kafka, storage, tmp_path, datetime(2026, 11, 20, 10, 30, tzinfo=UTC), 5, "cam1")
         drain(kafka, storage, instance)
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
-        # The hour, and the hours after it: their tracks continue from it.
-        assert requested_from(first, "frames", "2026-11-20-10:00")
-        assert requested_from(first, "detections", "2026-11-20-10:00")
+        assert requested_hours(first, "frames") == {"2026-11-20-10:00"}
+        assert requested_hours(first, "detections") == {"2026-11-20-10:00"}
 
         # Nothing new: nothing requested.
         quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert requested_hours(quiet, "frames") == set()
 
-        # A late frame for an old hour lands: that hour and the ones after it are requested, not the
-        # hours before it.
+        # A late frame for an old hour lands: that hour, and only that one, is requested.
         produce(kafka, storage, tmp_path, datetime(2026, 11, 19, 7, 15, tzinfo=UTC), 1, "late-cam")
         drain(kafka, storage, instance)
         late = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
-        assert requested_from(late, "frames", "2026-11-19-07:00")
+        assert requested_hours(late, "frames") == {"2026-11-19-07:00"}
