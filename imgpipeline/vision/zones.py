@@ -163,6 +163,24 @@ class _NoAliases(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_DEPTH = 12  # a zones file nests 6 deep (sources, source, zones, zone, polygon, point)
+
+
+def _shallow(text: str, name: str) -> None:
+    """Refuse deep nesting before building anything: the parser's events come without recursion,
+    building nested objects would recurse once per level."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                raise ConfigError(f"{name}: nested more than {MAX_DEPTH} deep at line {line}; "
+                                  "lines and zones need 6")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def no_zones() -> Zones:
     return Zones(ZonesFile(), None)
 
@@ -181,11 +199,11 @@ def load(path: Path) -> Zones:
 
 def parse(data: bytes, name: str = "zones.yaml") -> Zones:
     try:
-        document = yaml.load(data.decode("utf-8"), Loader=_NoAliases) or {}
+        text = data.decode("utf-8")
+        _shallow(text, name)
+        document = yaml.load(text, Loader=_NoAliases) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"{name}: not UTF-8 text") from None
-    except RecursionError:
-        raise ConfigError(f"{name}: nested too deeply to be lines and zones") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

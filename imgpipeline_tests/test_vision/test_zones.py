@@ -38,7 +38,7 @@ sources:
      "min_frames: Input should be greater than or equal to 1"),
     (b"sources:\n  cam:\n    units: miles\n", "sources.cam.units: Input should be 'pixels' or 'fraction'"),
     (b"\xff\xfe not text", "not UTF-8 text"),
-    (b"[" * 50_000, "nested too deeply"),
+    (b"[" * 50_000, "nested more than 12 deep at line 1"),
     (b"sources:\n  cam:\n    units: fraction\n  cam:\n    lines: []\n", "'cam' is written twice"),
 ])
 def test_a_bad_zones_file_says_where_and_what(text, says):
