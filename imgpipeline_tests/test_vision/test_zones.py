@@ -39,6 +39,7 @@ sources:
     (b"sources:\n  cam:\n    units: miles\n", "sources.cam.units: Input should be 'pixels' or 'fraction'"),
     (b"\xff\xfe not text", "not UTF-8 text"),
     (b"[" * 50_000, "nested more than 12 deep at line 1"),
+    (b"? [1, 2]\n: x\n", "a key must be a plain name or number"),
     (b"sources:\n  cam:\n    units: fraction\n  cam:\n    lines: []\n", "'cam' is written twice"),
 ])
 def test_a_bad_zones_file_says_where_and_what(text, says):

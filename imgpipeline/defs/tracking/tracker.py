@@ -77,17 +77,18 @@ def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSett
     digest of the previous hour's detections they continue from ("none" when it is not stored)."""
     previous = hour - timedelta(hours=1)
     landed = landed_frames(records)
-    windows = {source: settings.replay_for(frame_rate(f.seconds for f in frames))
-               for source, frames in landed.items()}
+    # A source with one frame this hour says nothing of its rate: its whole previous hour is replayed.
+    windows = {source: settings.replay_for(frame_rate(f.seconds for f in frames)) if len(frames) > 1
+               else 3600.0 for source, frames in landed.items()}
     replay: dict[str, list[TrackedFrame]] = {}
     seed = "none"
     frames_key, detections_key = wh.hourly_key("frames", previous), wh.hourly_key("detections", previous)
     if store.exists(frames_key) and store.exists(detections_key):
-        stored = store.get(detections_key)
-        seed = hashlib.sha256(stored).hexdigest()
+        stored = wh.from_parquet(store.get(detections_key))
+        seed = content_digest(stored)
         if windows:
             since = hour - timedelta(seconds=max(windows.values()))
-            replay = stored_frames(wh.from_parquet(store.get(frames_key)), wh.from_parquet(stored), since)
+            replay = stored_frames(wh.from_parquet(store.get(frames_key)), stored, since)
     ids: TrackIds = {}
     for source, frames in landed.items():
         since = hour.timestamp() - windows[source]
@@ -98,19 +99,40 @@ def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSett
 
 
 # -- hours to track again ----------------------------------------------------------------------
-# Each hour's detections record the digest of the previous hour's detections they continued from
-# (`_seeded_from` beside the Parquet). When an hour is made again and comes out different, the hour
-# after it is marked under `warehouse/retrack/`; retrack_sensor runs it, which may mark the next.
+# Each hour's detections record, in their Parquet's metadata, the digest of the previous hour's
+# detections they continued from. When an hour is made again and its detections come out different,
+# the hour after it is marked under `warehouse/retrack/` with the new digest; retrack_sensor makes that
+# hour again, which clears the mark and may mark the next. An hour that comes out the same ends it.
 
-def seed_key(hour: datetime) -> str:
-    return f"warehouse/detections/{hour_path(hour)}/_seeded_from"
+RETRACK = "warehouse/retrack"
+SEEDED_FROM = b"imgpipeline.seeded_from"
+
+
+def content_digest(detections: pa.Table) -> str:
+    """sha256 of a detections table's rows and columns (not its metadata, not its file's bytes)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, detections.schema.remove_metadata()) as writer:
+        writer.write_table(detections.replace_schema_metadata(None))
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def with_seed(detections: pa.Table, seed: str) -> pa.Table:
+    return detections.replace_schema_metadata({SEEDED_FROM: seed.encode()})
+
+
+def seeded_from(detections: pa.Table) -> str | None:
+    return (detections.schema.metadata or {}).get(SEEDED_FROM, b"").decode() or None
 
 
 def retrack_key(hour: datetime) -> str:
     return f"{RETRACK}/{hour_path(hour)}"
 
 
-RETRACK = "warehouse/retrack"
+def clear_mark(store, hour: datetime, seed: str) -> None:
+    """The hour was made from what its mark asked for: the mark goes (a newer mark stays)."""
+    key = retrack_key(hour)
+    if store.exists(key) and store.get(key).decode() == seed:
+        store.delete(key)
 
 
 def mark_next_if_stale(store, hour: datetime) -> datetime | None:
@@ -119,19 +141,29 @@ def mark_next_if_stale(store, hour: datetime) -> datetime | None:
     following = hour + timedelta(hours=1)
     if not store.exists(wh.hourly_key("detections", following)):
         return None
-    now = hashlib.sha256(store.get(wh.hourly_key("detections", hour))).hexdigest()
-    recorded = store.get(seed_key(following)).decode() if store.exists(seed_key(following)) else None
-    if recorded == now:
+    now = content_digest(wh.from_parquet(store.get(wh.hourly_key("detections", hour))))
+    if seeded_from(wh.from_parquet(store.get(wh.hourly_key("detections", following)))) == now:
+        clear_mark(store, following, now)
         return None
     store.put(retrack_key(following), now.encode())
     return following
 
 
 def marked_hours(store) -> list[tuple[datetime, str]]:
-    """(hour, the digest it should continue from) of every hour marked to be tracked again."""
+    """(hour, the digest it should continue from) of every hour marked to be tracked again; keys that
+    are not marks, or marks gone meanwhile, are passed over."""
     found = []
     for key in store.list(f"{RETRACK}/"):
-        day, hour = key.removeprefix(f"{RETRACK}/").split("/")
-        moment = datetime.strptime(f"{day[3:]} {hour[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-        found.append((moment, store.get(key).decode()))
+        try:
+            day, hour = key.removeprefix(f"{RETRACK}/").split("/")
+            moment = datetime.strptime(f"{day} {hour}", "dt=%Y-%m-%d hour=%H").replace(tzinfo=UTC)
+            found.append((moment, store.get(key).decode()))
+        except Exception:  # noqa: BLE001 (a folder object, a stray key, a mark cleared since listing)
+            continue
     return sorted(found)
+
+
+def is_current(store, hour: datetime, seed: str) -> bool:
+    """The hour's stored detections already continue `seed`."""
+    key = wh.hourly_key("detections", hour)
+    return store.exists(key) and seeded_from(wh.from_parquet(store.get(key))) == seed

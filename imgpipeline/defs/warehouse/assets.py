@@ -59,12 +59,11 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     for hour in hours:
         records = hour_records(store, hour)
         latest = wh.latest_per_frame(records)
-        if store.exists(tracker.retrack_key(hour)):  # made now, from the previous hour as it is
-            store.delete(tracker.retrack_key(hour))
         track_ids, seed = tracker.track_hour(store, hour, latest, settings)
         store.put(wh.hourly_key("frames", hour), wh.to_parquet(wh.frames_table(latest)))
-        store.put(wh.hourly_key("detections", hour), wh.to_parquet(wh.detections_table(latest, track_ids)))
-        store.put(tracker.seed_key(hour), seed.encode())
+        store.put(wh.hourly_key("detections", hour),
+                  wh.to_parquet(tracker.with_seed(wh.detections_table(latest, track_ids), seed)))
+        tracker.clear_mark(store, hour, seed)
         # Checks read back what is stored, not what was meant to be written.
         frames = wh.from_parquet(store.get(wh.hourly_key("frames", hour)))
         detections = wh.from_parquet(store.get(wh.hourly_key("detections", hour)))
@@ -160,9 +159,36 @@ hourly_tables_job = dg.define_asset_job(
                 "since changed (late frames), one hour after another until they come out the same.",
 )
 def retrack_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
-    requests = [dg.RunRequest(run_key=f"retrack-{hour_key(hour)}-{seed[:16]}", partition_key=hour_key(hour))
-                for hour, seed in tracker.marked_hours(storage.open())]
+    store = storage.open()
+    busy = hours_in_progress(context.instance)
+    requests = []
+    for hour, seed in tracker.marked_hours(store):
+        key = hour_key(hour)
+        if not hourly_partitions.has_partition_key(key):
+            context.log.warning(f"{tracker.retrack_key(hour)}: {key} is not an hourly partition; left alone")
+        elif tracker.is_current(store, hour, seed):
+            tracker.clear_mark(store, hour, seed)  # made meanwhile from the right hour
+        elif key not in busy:
+            # No run key: a failed run leaves the mark, and the next tick asks again.
+            requests.append(dg.RunRequest(partition_key=key, tags={"imgpipeline/retrack": seed[:16]}))
     return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "no hour to track again")
+
+
+def hours_in_progress(instance) -> set[str]:
+    """Hourly partition keys that a queued or running run of the hourly tables will make."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[
+        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED]))
+    busy = set()
+    for run in runs:
+        if run.asset_selection is not None and dg.AssetKey("detections") not in run.asset_selection:
+            continue
+        tags = run.tags
+        first = tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition")
+        last = tags.get("dagster/asset_partition_range_end") or first
+        if first and len(first) == len("2026-01-01-00:00"):
+            busy |= {k for k in hourly_partitions.get_partition_keys() if first <= k <= last}
+    return busy
 
 
 warehouse_automation = dg.AutomationConditionSensorDefinition(

@@ -162,18 +162,24 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-10:00", resources, instance)
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN]  # 11:00 continued other detections
 
-        context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
-        result = retrack_sensor(context)
-        assert [r.partition_key for r in result.run_requests] == ["2026-11-20-11:00"]
-        assert retrack_sensor(context).run_requests[0].run_key == result.run_requests[0].run_key  # no twice
+        def sensor():
+            context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+            requests = retrack_sensor(context)
+            return [r.partition_key for r in requests.run_requests]
+
+        assert sensor() == ["2026-11-20-11:00"]
         land(store, [r for r in again if r["captured_at"] >= "2026-11-20T11"])
         materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
-        # 11:00 changed (the walker's later frames), so 12:00 is next; made again, nothing changes.
+        # 11:00 is made from 10:00 as it is now (its mark goes), and changed itself: 12:00 is next.
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN + timedelta(hours=1)]
+        assert sensor() == ["2026-11-20-12:00"]
         materialize([hourly_tables], "2026-11-20-12:00", "2026-11-20-12:00", resources, instance)
-        assert tracker.marked_hours(store) == []
-        assert retrack_sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage})
-                              ).run_requests == []
+        assert tracker.marked_hours(store) == [] and sensor() == []  # 12:00 came out the same: the end
+
+        # A mark for an hour already made from the right detections is cleared without a run.
+        seed = tracker.seeded_from(wh.from_parquet(store.get(wh.hourly_key("detections", ELEVEN))))
+        store.put(tracker.retrack_key(ELEVEN), seed.encode())
+        assert sensor() == [] and tracker.marked_hours(store) == []
 
     walker = connect(storage).sql(
         "SELECT count(DISTINCT track_id), count(DISTINCT hour) FROM detections "
