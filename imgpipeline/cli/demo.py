@@ -130,7 +130,7 @@ def report_counts(con, days: list[str], zones) -> None:
         _, _, unique, frames, *_ = mine[0]
         crossings = "; ".join(f"{line} {crossed_in} in, {crossed_out} out"
                               for *_, line, crossed_in, crossed_out in mine if line)
-        print(f"  {name:<8} {unique} distinct objects in {frames} detections"
+        print(f"  {name:<8} {unique} distinct {'object' if unique == 1 else 'objects'} in {frames} detections"
               + (f"; crossed {crossings}" if crossings else ""))
     print(f"  imgpipeline counts --date {days[-1]} --source street-cam   prints them again")
 
