@@ -9,6 +9,7 @@ in one run, without tracking again.
 from datetime import timedelta
 
 import dagster as dg
+import pyarrow as pa
 
 from imgpipeline.defs.hours import hour_key, hours_in
 from imgpipeline.defs.partitions import hourly_partitions
@@ -72,6 +73,7 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
     hours = hours_in(context.partition_time_window)
     failures = wc.no_failures("tracks", "object_counts", checks=checks.CHECKS)
     totals = {"tracks": 0, "object_counts": 0, "crossings": 0}
+    tracks_by_hour: dict = {}  # each hour's stored tracks, read once in the run (the day's id check)
     for hour in hours:
         detections = tt.stored(store, "detections", [hour], tt.DETECTION_COLUMNS)
         store.put(wh.hourly_key("tracks", hour), wh.to_parquet(tt.tracks_table(hour, detections)))
@@ -80,10 +82,12 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
         # Checks read back what is stored.
         tracks = wh.from_parquet(store.get(wh.hourly_key("tracks", hour)))
         counts = wh.from_parquet(store.get(counts_key))
-        day = hour.replace(hour=0)
-        day_tracks = tt.stored(
-            store, "tracks", [day + timedelta(hours=h) for h in range(24)], wh.TRACKS_SCHEMA.names
-        )
+        tracks_by_hour[hour] = tracks.select(wh.TRACKS_SCHEMA.names)
+        day = [hour.replace(hour=0) + timedelta(hours=h) for h in range(24)]
+        for other in day:
+            if other not in tracks_by_hour:
+                tracks_by_hour[other] = tt.stored(store, "tracks", [other], wh.TRACKS_SCHEMA.names)
+        day_tracks = pa.concat_tables([tracks_by_hour[h] for h in day])
         checks.check_hour(hour_key(hour), tracks, counts, detections, day_tracks, failures)
         totals["tracks"] += tracks.num_rows
         totals["object_counts"] += counts.num_rows

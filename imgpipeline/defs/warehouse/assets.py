@@ -186,8 +186,8 @@ def hours_in_progress(instance) -> set[str]:
         tags = run.tags
         first = tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition")
         last = tags.get("dagster/asset_partition_range_end") or first
-        if first and len(first) == len("2026-01-01-00:00"):
-            busy |= {k for k in hourly_partitions.get_partition_keys() if first <= k <= last}
+        if first and len(first) == len("2026-01-01-00:00"):  # an hourly key, not a day's
+            busy.update(hourly_partitions.get_partition_keys_in_range(dg.PartitionKeyRange(first, last)))
     return busy
 
 

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster_duckdb import DuckDBResource
 
 from imgpipeline.defs.streaming.landing import Spool, event_hour, landing_key
@@ -167,6 +168,16 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
             requests = retrack_sensor(context)
             return [r.partition_key for r in requests.run_requests]
 
+        assert sensor() == ["2026-11-20-11:00"]
+        # While a run is making 11:00, it is not asked for again; once that run is gone, it is.
+        busy = DagsterRun(job_name="hourly_tables_job", run_id="making-11",
+                          status=dg.DagsterRunStatus.STARTED,
+                          asset_selection=frozenset({dg.AssetKey("detections")}),
+                          tags={"dagster/asset_partition_range_start": "2026-11-20-11:00",
+                                "dagster/asset_partition_range_end": "2026-11-20-11:00"})
+        instance.add_run(busy)
+        assert sensor() == []
+        instance.report_run_canceled(busy)
         assert sensor() == ["2026-11-20-11:00"]
         land(store, [r for r in again if r["captured_at"] >= "2026-11-20T11"])
         materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
