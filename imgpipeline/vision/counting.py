@@ -41,6 +41,17 @@ class Visit:
     class_name: str
     start: float
     end: float
+    frames: list[tuple[float, str]] = field(default_factory=list)  # (seconds, frame id) inside the zone
+
+
+@dataclass(frozen=True)
+class Crossing:
+    line: str
+    class_name: str
+    track_id: int
+    way: str  # in | out
+    frame_id: str
+    seconds: float
 
 
 @dataclass
@@ -48,7 +59,7 @@ class Counts:
     """What one source's tracks did in one hour."""
 
     objects: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # class → tracks
-    crossings: list[tuple[str, str, int, str]] = field(default_factory=list)  # line, class, track, in|out
+    crossings: list[Crossing] = field(default_factory=list)
     visits: list[Visit] = field(default_factory=list)
 
 
@@ -94,17 +105,20 @@ def count(frames: list[CountedFrame], zones: Zones, source_id: str, start: float
             crossed_in, crossed_out = line.trigger(detections)
             for t, went_in, went_out in zip(frame.tracked, crossed_in, crossed_out, strict=True):
                 if counted and (went_in or went_out):
-                    counts.crossings.append((name, t.class_name, t.track_id, "in" if went_in else "out"))
+                    way = "in" if went_in else "out"
+                    counts.crossings.append(
+                        Crossing(name, t.class_name, t.track_id, way, frame.frame_id, frame.seconds))
         for name, area in areas.items():
             inside = area.trigger(detections) if frame.tracked else []
             for t, is_in in zip(frame.tracked, inside, strict=True):
                 visit = open_visits.get((name, t.track_id))
                 if is_in and visit is None:
-                    open_visits[name, t.track_id] = Visit(
+                    visit = open_visits[name, t.track_id] = Visit(
                         name, t.track_id, t.class_name, frame.seconds, frame.seconds
                     )
-                elif is_in:
+                if is_in:
                     visit.end = frame.seconds
+                    visit.frames.append((frame.seconds, frame.frame_id))
                 elif visit is not None:
                     _close(open_visits.pop((name, t.track_id)), counts, start, end)
     for visit in open_visits.values():
@@ -132,9 +146,7 @@ def rows(counts: Counts, line_names: list[str], zone_names: list[str]) -> list[d
         )
         for line in line_names:
             mine = [
-                (track, way)
-                for name, cls, track, way in counts.crossings
-                if name == line and cls == class_name
+                (c.track_id, c.way) for c in counts.crossings if c.line == line and c.class_name == class_name
             ]
             found.append(
                 {

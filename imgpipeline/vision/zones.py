@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imgpipeline import ConfigError
+from imgpipeline import yaml_file
 
-MAX_FILE_BYTES = 1_000_000
+MAX_FILE_BYTES = yaml_file.MAX_FILE_BYTES
 MAX_PIXELS = 20_000  # a polygon becomes a mask as large as its extent: bounded
 ANCHORS = {
     "bottom_center": ("BOTTOM_CENTER",),
@@ -141,47 +140,7 @@ class Zones:
         return lines, zones
 
 
-class _NoAliases(yaml.SafeLoader):
-    """Safe YAML without aliases: a few bytes of nested aliases would expand to billions of nodes."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        """A key written twice is a mistake (the second would silently win): refused."""
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool | None):
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a key must be a plain name or number", key_node.start_mark)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is written twice in one mapping", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 MAX_DEPTH = 12  # a zones file nests 6 deep (sources, source, zones, zone, polygon, point)
-
-
-def _shallow(text: str, name: str) -> None:
-    """Refuse deep nesting before building anything: the parser's events come without recursion,
-    building nested objects would recurse once per level."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                line = event.start_mark.line + 1
-                raise ConfigError(f"{name}: nested more than {MAX_DEPTH} deep at line {line}; "
-                                  "lines and zones need 6")
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
 
 
 def no_zones() -> Zones:
@@ -190,41 +149,20 @@ def no_zones() -> Zones:
 
 def load(path: Path) -> Zones:
     """Read and check a zones file; a ConfigError says where it is wrong and what to write."""
-    try:
-        with path.open("rb") as file:  # at most one byte more than allowed: /dev/zero is refused too
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"zones file {path}: cannot read it ({exc.strerror})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"zones file {path}: more than {MAX_FILE_BYTES} bytes; lines and zones fit in less")
-    return parse(data, str(path))
+    return parse(yaml_file.read_bounded(path, "zones file"), str(path))
 
 
 def parse(data: bytes, name: str = "zones.yaml") -> Zones:
-    try:
-        text = data.decode("utf-8")
-        _shallow(text, name)
-        document = yaml.load(text, Loader=_NoAliases) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{name}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{name}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{name}: expected a mapping with `sources:`, got {type(document).__name__}")
-    try:
-        spec = ZonesFile.model_validate(document)
-    except ValidationError as exc:
-        raise ConfigError(f"{name}: " + "; ".join(_where(e) for e in exc.errors()[:10])) from None
+    document = yaml_file.parse_mapping(data, name, max_depth=MAX_DEPTH, needed="lines and zones need 6",
+                                       top="`sources:`")
+    spec = yaml_file.validated(ZonesFile, document, name, _where)
     return Zones(spec, hashlib.sha256(data).hexdigest(), name)
 
 
 def _where(error: dict) -> str:
-    path = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
+    text = yaml_file.error_text(error)
     if error["type"] in ("tuple_type", "missing", "too_long") and {"start", "end", "polygon"} & {
         str(part) for part in error["loc"]
     }:
-        message += " (a point is [x, y])"
-    return f"{path}: {message}" if path else message
+        text += " (a point is [x, y])"
+    return text

@@ -1,0 +1,192 @@
+"""Which frames and tracks fire which alert rules: pure functions over one hour and the hour before it.
+
+Every alert has a key that says what happened (rule, source, and the frame, track, line or zone it is
+about), so the same frames evaluated again give the same alerts. An hour's alerts are those that fire
+in it; rules look back at most an hour (cooldowns, dwell and silence are shorter than that), so the
+hour before is all the history they need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from imgpipeline.vision import counting
+from imgpipeline.vision.alert_rules import AlertRules
+from imgpipeline.vision.zones import Zones
+
+
+@dataclass(frozen=True)
+class Seen:
+    index: int
+    class_name: str
+    confidence: float
+    box: tuple[int, int, int, int]
+    track_id: int | None
+
+
+@dataclass
+class EventFrame:
+    frame_id: str
+    seconds: float
+    status: str
+    brightness: float | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seen: list[Seen] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Event:
+    rule: str
+    source_id: str
+    key: str
+    seconds: float  # when it fired, capture time
+    frame_id: str  # the evidence frame
+    frame_ids: tuple[str, ...]
+    detail: str
+    track_id: int | None = None
+    detection_index: int | None = None
+    class_name: str | None = None
+
+
+def evaluate(rules: AlertRules, frames: dict[str, list[EventFrame]], zones: Zones, start: float,
+             end: float) -> list[Event]:
+    """The alerts that fire in [start, end) from each source's frames in capture order (given from the
+    hour before `start`, and after `end` where known: silence is known once later frames came)."""
+    latest = max((f.seconds for fs in frames.values() for f in fs), default=None)
+    found = []
+    for source, source_frames in sorted(frames.items()):
+        source_frames = sorted(source_frames, key=lambda f: (f.seconds, f.frame_id))
+        mine = [r for r in rules.rules if r.watches(source)]
+        counts = None
+        if any(r.kind in ("zone_enter", "line_cross", "dwell") for r in mine):
+            counts = counting.count(_counted(source_frames), zones, source, start - 3600, end)
+        for rule in mine:
+            for event in _fire(rule, source, source_frames, counts, latest):
+                if start <= event.seconds < end:
+                    found.append(event)
+    return sorted(found, key=lambda e: (e.seconds, e.source_id, e.rule, e.key))
+
+
+def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | None) -> Iterable[Event]:
+    key = f"{rule.name}|{source}"
+    if rule.kind in ("class", "count", "dark", "frozen"):
+        condition = {"class": _class_seen, "count": _crowd, "dark": _dark, "frozen": _frozen}[rule.kind]
+        holds = condition(rule, frames)
+        for frame, (detail, subject) in _episodes(frames, holds, rule.cooldown_s):
+            yield Event(rule.name, source, f"{key}|frame|{frame.frame_id}", frame.seconds, frame.frame_id,
+                        (frame.frame_id,), detail, *_subject(subject))
+    elif rule.kind == "silent":
+        yield from _silences(rule, source, frames, latest)
+    elif rule.kind == "line_cross":
+        by_id = {f.frame_id: f for f in frames}
+        for c in counts.crossings:
+            if c.line == rule.line and rule.direction in ("any", c.way) and _wanted(rule, c.class_name):
+                frame = by_id[c.frame_id]
+                yield Event(rule.name, source, f"{key}|line|{c.line}|{c.track_id}|{c.way}|{c.frame_id}",
+                            c.seconds, c.frame_id, (c.frame_id,),
+                            f"{c.class_name} {c.track_id} crossed line {c.line} ({c.way})",
+                            *_subject(_tracked(frame, c.track_id)))
+    else:  # zone_enter, dwell
+        by_id = {f.frame_id: f for f in frames}
+        for visit in counts.visits:
+            if visit.zone != rule.zone or not _wanted(rule, visit.class_name):
+                continue
+            entered_at, entry = visit.frames[0]
+            visit_key = f"{key}|zone|{visit.zone}|{visit.track_id}|{entry}"
+            if rule.kind == "zone_enter":
+                yield Event(rule.name, source, visit_key, entered_at, entry, (entry,),
+                            f"{visit.class_name} {visit.track_id} entered zone {visit.zone}",
+                            *_subject(_tracked(by_id[entry], visit.track_id)))
+                continue
+            over = next(((s, fid) for s, fid in visit.frames if s - visit.start >= rule.seconds), None)
+            if over is not None:
+                yield Event(rule.name, source, visit_key, over[0], over[1], (entry, over[1]),
+                            f"{visit.class_name} {visit.track_id} in zone {visit.zone} "
+                            f"for {rule.seconds:g} s",
+                            *_subject(_tracked(by_id[over[1]], visit.track_id)))
+
+
+def _episodes(frames: list[EventFrame], holds: Callable, cooldown_s: float):
+    """Frames where the condition starts to hold: it holds, and held on no frame in the cooldown before."""
+    last = None
+    for frame in frames:
+        found = holds(frame)
+        if found is None:
+            continue
+        if last is None or frame.seconds - last > cooldown_s:
+            yield frame, found
+        last = frame.seconds
+
+
+def _class_seen(rule, frames):
+    def holds(frame):
+        seen = [s for s in frame.seen if s.class_name in rule.classes and s.confidence >= rule.min_confidence]
+        if seen:
+            best = max(seen, key=lambda s: (s.confidence, -s.index))
+            return f"{best.class_name} seen ({best.confidence:.2f})", best
+        return None
+    return holds
+
+
+def _crowd(rule, frames):
+    def holds(frame):
+        seen = [s for s in frame.seen if s.class_name in rule.classes and s.confidence >= rule.min_confidence]
+        if len(seen) >= rule.at_least:
+            return f"{len(seen)} × {'/'.join(sorted({s.class_name for s in seen}))} in one frame", None
+        return None
+    return holds
+
+
+def _dark(rule, frames):
+    def holds(frame):
+        dark = frame.status == "skipped_dark" if rule.max_brightness is None else (
+            frame.brightness is not None and frame.brightness < rule.max_brightness)
+        return (f"dark frame (brightness {frame.brightness:.1f})" if frame.brightness is not None
+                else "dark frame", None) if dark else None
+    return holds
+
+
+def _frozen(rule, frames):
+    runs: dict[str, int] = {}
+    previous = None
+    for frame in frames:
+        same = previous is not None and frame.sha256 is not None and frame.sha256 == previous.sha256
+        runs[frame.frame_id] = runs[previous.frame_id] + 1 if same else 1
+        previous = frame
+
+    def holds(frame):
+        n = runs[frame.frame_id]
+        return (f"{n} identical frames in a row", None) if n >= rule.frames else None
+    return holds
+
+
+def _silences(rule, source: str, frames: list[EventFrame], latest: float | None) -> Iterable[Event]:
+    limit = rule.minutes * 60
+    for before, after in zip(frames, [*frames[1:], None], strict=True):
+        until = after.seconds if after is not None else latest
+        if until is not None and until - before.seconds >= limit:
+            ids = (before.frame_id,) + ((after.frame_id,) if after is not None else ())
+            yield Event(rule.name, source, f"{rule.name}|{source}|silent|{before.frame_id}",
+                        before.seconds + limit, before.frame_id, ids,
+                        f"no frame for {rule.minutes:g} min after this one")
+
+
+def _counted(frames: list[EventFrame]) -> list[counting.CountedFrame]:
+    return [counting.CountedFrame(f.frame_id, f.seconds, f.width, f.height, [
+        counting.Tracked(s.track_id, s.class_name, s.confidence, s.box)
+        for s in f.seen if s.track_id is not None]) for f in frames if f.status == "detected"]
+
+
+def _wanted(rule, class_name: str) -> bool:
+    return rule.classes is None or class_name in rule.classes
+
+
+def _tracked(frame: EventFrame, track_id: int) -> Seen | None:
+    return next((s for s in frame.seen if s.track_id == track_id), None)
+
+
+def _subject(seen: Seen | None) -> tuple:
+    return (seen.track_id, seen.index, seen.class_name) if seen is not None else (None, None, None)
