@@ -46,6 +46,19 @@ def env_files() -> list[Path]:
     return [project_home() / ".env", services_env_file()]
 
 
+def project_file(configured: str, default_name: str) -> Path | None:
+    """A file a person edits (zones, alert rules): the configured path, else `default_name` in the project
+    home, else the checkout's; None when it is set to `none` or there is none."""
+    if configured.strip().lower() == "none":
+        return None
+    if configured:
+        return Path(configured).expanduser().resolve()
+    for folder in (project_home(), PACKAGE_DIR.parent):
+        if (folder / default_name).exists():
+            return folder / default_name
+    return None
+
+
 def models_dir() -> Path:
     """Where the model cfg, names and weights live: $IMGPIPELINE_MODELS_DIR, else `models/`.
 

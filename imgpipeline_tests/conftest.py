@@ -49,10 +49,11 @@ def services(tmp_path_factory):
 
 @pytest.fixture
 def kafka(services) -> KafkaResource:
-    """The session broker with a fresh frames topic (and DLQ) for this test."""
+    """The session broker with fresh frames and alerts topics (and their DLQs) for this test."""
     resource = KafkaResource(
         bootstrap_servers=services.kafka.address(services.kafka.ports),
         frames_topic=f"frames-{uuid.uuid4().hex[:8]}",
+        alerts_topic=f"alerts-{uuid.uuid4().hex[:8]}",
     )
     resource.ensure_topics(partitions=2)
     return resource

@@ -12,9 +12,16 @@ def setting_models() -> list:
     """Every model whose fields are settings (resources and small settings models)."""
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
-    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource, TrackingResource
+    from imgpipeline.resources import (
+        AlertsResource,
+        DetectorResource,
+        KafkaResource,
+        StorageResource,
+        TrackingResource,
+    )
 
-    return [StorageResource, KafkaResource, BatchPolicy, DetectorResource, TrackingResource, Calendar]
+    return [StorageResource, KafkaResource, BatchPolicy, DetectorResource, TrackingResource, AlertsResource,
+            Calendar]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

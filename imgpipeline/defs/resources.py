@@ -2,14 +2,24 @@
 
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource, TrackingResource
+from imgpipeline.resources import (
+    AlertsResource,
+    DetectorResource,
+    KafkaResource,
+    StorageResource,
+    TrackingResource,
+)
 
 
 def resources_from_env() -> dict:
+    tracking, alerts = TrackingResource.from_env(), AlertsResource.from_env()
+    # Rules and zones are separate files: a rule naming a line that is not drawn fails here, at load.
+    alerts.check_against(tracking.zones())
     return {
         "kafka": KafkaResource.from_env(),
         "storage": StorageResource.from_env(),
         "detector": DetectorResource.from_env(),
-        "tracking": TrackingResource.from_env(),
+        "tracking": tracking,
+        "alert_rules": alerts,
         "duckdb": DuckDBResource(database=":memory:"),
     }

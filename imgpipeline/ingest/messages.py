@@ -161,3 +161,9 @@ def _build(fields: dict, *, inline: bool) -> FrameMessage:
 def frame_key(source_id: str, captured: datetime, frame_id: str) -> str:
     """Where a frame's bytes live under the storage root (the claim check)."""
     return f"frames/{source_id}/{captured.date().isoformat()}/{frame_id}.jpg"
+
+
+def annotated_key(source_id: str, captured: datetime, frame_id: str, crop: int | None = None) -> str:
+    """Where a frame's annotated copy lives (boxes drawn), or the crop of one of its detections."""
+    name = frame_id if crop is None else f"{frame_id}.crop-{crop}"
+    return f"annotated/{source_id}/{captured.date().isoformat()}/{name}.jpg"

@@ -1,8 +1,9 @@
-"""Dagster resources: Kafka, storage, the detector and tracking."""
+"""Dagster resources: Kafka, storage, the detector, tracking and alerts."""
 
+from imgpipeline.resources.alerts import AlertsResource
 from imgpipeline.resources.detector import DetectorResource
 from imgpipeline.resources.kafka import KafkaResource
 from imgpipeline.resources.storage import StorageResource
 from imgpipeline.resources.tracking import TrackingResource
 
-__all__ = ["DetectorResource", "KafkaResource", "StorageResource", "TrackingResource"]
+__all__ = ["AlertsResource", "DetectorResource", "KafkaResource", "StorageResource", "TrackingResource"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dagster as dg
 from pydantic import field_validator, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.resources.settings import FromEnv, one_of, resolved, setting
+from imgpipeline.resources.settings import FromEnv, env_name, one_of, resolved, setting
 
 CONSUMER_GROUP = "imgpipeline-detect"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -30,6 +31,9 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                                      shown="system CAs")
     frames_topic: str = setting("IMGPIPELINE_FRAMES_TOPIC", "frames",
                                 "the frames topic; the DLQ is `<topic>.dlq`")
+    alerts_topic: str = setting("IMGPIPELINE_ALERTS_TOPIC", "alerts",
+                                "where alerts are published, keyed by alert number; webhook deliveries "
+                                "that fail are dead-lettered to `<topic>.dlq`")
     connect_timeout_s: float = 10.0
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
@@ -42,11 +46,11 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
     def _known_protocol(cls, value: str) -> str:
         return one_of(cls, "security_protocol", value, SECURITY_PROTOCOLS)
 
-    @field_validator("frames_topic")
+    @field_validator("frames_topic", "alerts_topic")
     @classmethod
-    def _topic_name(cls, value: str) -> str:
-        if not value or any(c in value for c in " /\\"):
-            raise ValueError(f"IMGPIPELINE_FRAMES_TOPIC={value!r} is not a valid Kafka topic name")
+    def _topic_name(cls, value: str, info) -> str:
+        if not re.match(r"^[A-Za-z0-9._-]{1,200}$", value or ""):
+            raise ValueError(f"{env_name(cls, info.field_name)}={value!r} is not a valid Kafka topic name")
         return value
 
     @field_validator("ssl_cafile")
@@ -177,19 +181,19 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
             admin.close()
 
     def ensure_topics(self, partitions: int = 2) -> None:
-        """Create the frames topic and its dead-letter topic when they are missing."""
+        """Create the frames and alerts topics and their dead-letter topics when they are missing."""
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
         admin = self.admin()
         try:
             existing = set(admin.list_topics())
-            # The DLQ is compacted: letters are keyed by origin, so a retried run's second letter for a
-            # message replaces the first.
+            # The DLQs and alerts are compacted: letters are keyed by origin and alerts by number, so a
+            # retried run's second letter (or alert) replaces the first.
             wanted = [
                 NewTopic(self.frames_topic, partitions, 1) if name == self.frames_topic
                 else NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})
-                for name in (self.frames_topic, self.dlq_topic)
+                for name in (self.frames_topic, self.dlq_topic, self.alerts_topic, f"{self.alerts_topic}.dlq")
                 if name not in existing
             ]
             if wanted:

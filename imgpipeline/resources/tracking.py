@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import PACKAGE_DIR, project_home
+from imgpipeline.paths import project_file
 from imgpipeline.resources.settings import FromEnv, setting
 from imgpipeline.vision import zones
 from imgpipeline.vision.tracking import TrackerSettings
@@ -57,16 +57,8 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
         return self
 
     def zones_path(self) -> Path | None:
-        """The zones file in use: the configured one (which must exist), else the project home's, else
-        the one beside the package in a checkout; None when there is none or it is set to `none`."""
-        if self.zones_file.strip().lower() == "none":
-            return None
-        if self.zones_file:
-            return Path(self.zones_file).expanduser().resolve()
-        for folder in (project_home(), PACKAGE_DIR.parent):
-            if (folder / DEFAULT_ZONES_FILE).exists():
-                return folder / DEFAULT_ZONES_FILE
-        return None
+        """The zones file in use (the configured one must exist); None when there is none."""
+        return project_file(self.zones_file, DEFAULT_ZONES_FILE)
 
     def zones(self) -> zones.Zones:
         path = self.zones_path()

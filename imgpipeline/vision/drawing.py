@@ -21,3 +21,30 @@ def draw_detections(image: np.ndarray, detections) -> np.ndarray:
 def _color(class_id: int) -> tuple[int, int, int]:
     # A stable, distinct colour per class.
     return ((class_id * 67) % 256, (class_id * 131 + 80) % 256, (class_id * 199 + 160) % 256)
+
+
+def highlight(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The subject of an alert: a thick white frame around its box, on the annotated copy."""
+    x, y, w, h = box
+    cv2.rectangle(image, (x - 3, y - 3), (x + w + 3, y + h + 3), (255, 255, 255), 3)
+    return image
+
+
+def crop(image: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.2) -> np.ndarray:
+    """The box with a margin around it, clipped to the image."""
+    x, y, w, h = box
+    height, width = image.shape[:2]
+    dx, dy = int(w * margin), int(h * margin)
+    left, top = max(0, x - dx), max(0, y - dy)
+    right, bottom = min(width, x + w + dx), min(height, y + h + dy)
+    if right <= left or bottom <= top:
+        return image
+    return image[top:bottom, left:right].copy()
+
+
+def thumbnail(image: np.ndarray, width: int = 240) -> np.ndarray:
+    """A copy at most `width` pixels wide, aspect kept."""
+    height, current = image.shape[:2]
+    if current <= width:
+        return image
+    return cv2.resize(image, (width, max(1, round(height * width / current))), interpolation=cv2.INTER_AREA)

@@ -14,7 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from imgpipeline.ingest.messages import BadInput, FrameMessage, frame_key, iso_utc, parse_message, sha256_hex
+from imgpipeline.ingest.messages import (
+    BadInput,
+    FrameMessage,
+    annotated_key,
+    frame_key,
+    iso_utc,
+    parse_message,
+    sha256_hex,
+)
 from imgpipeline.resources.storage import BadObject
 
 
@@ -217,7 +225,7 @@ class FrameProcessor:
         record.update(status="detected", object_count=len(found), detections=[d.as_record() for d in found])
         if self.annotate:
             message = prepared.message
-            key = f"annotated/{message.source_id}/{message.captured.date()}/{message.frame_id}.jpg"
+            key = annotated_key(message.source_id, message.captured, message.frame_id)
             self.store.put(key, encode_jpeg(draw_detections(prepared.image, found)))
         return record
 

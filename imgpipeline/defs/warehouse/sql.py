@@ -74,7 +74,8 @@ def create_views(con, storage) -> list[str]:
 
 def _empty_select(schema: pa.Schema) -> str:
     types = {pa.string(): "VARCHAR", TS: "TIMESTAMPTZ", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
-             pa.float64(): "DOUBLE", pa.date32(): "DATE", pa.list_(pa.int64()): "BIGINT[]"}
+             pa.float64(): "DOUBLE", pa.date32(): "DATE", pa.list_(pa.int64()): "BIGINT[]",
+             pa.list_(pa.string()): "VARCHAR[]"}
     columns = ", ".join(f'CAST(NULL AS {types[f.type]}) AS "{f.name}"' for f in schema)
     return f"(SELECT {columns} WHERE false)"
 

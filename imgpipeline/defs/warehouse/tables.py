@@ -74,8 +74,18 @@ OBJECT_COUNTS_SCHEMA = pa.schema([
     ("dwell_max_s", pa.float64()), ("zones_sha256", pa.string()),
 ])
 
+# One row per alert, in the hour it fired: its number (stable, never reused), the rule, what it is about,
+# and its evidence (frames, track, the annotated image and crop under `annotated/`).
+ALERTS_SCHEMA = pa.schema([
+    ("number", pa.int64()), ("fired_at", TS), ("hour_start", TS), ("source_id", pa.string()),
+    ("rule", pa.string()), ("kind", pa.string()), ("severity", pa.string()), ("detail", pa.string()),
+    ("frame_id", pa.string()), ("frame_ids", pa.list_(pa.string())), ("track_id", pa.int64()),
+    ("class_name", pa.string()), ("detection_index", pa.int32()), ("annotated_key", pa.string()),
+    ("crop_key", pa.string()), ("alert_key", pa.string()), ("rules_sha256", pa.string()),
+])
+
 SCHEMAS = {"frames": FRAMES_SCHEMA, "detections": DETECTIONS_SCHEMA, "daily_summary": DAILY_SUMMARY_SCHEMA,
-           "tracks": TRACKS_SCHEMA, "object_counts": OBJECT_COUNTS_SCHEMA}
+           "tracks": TRACKS_SCHEMA, "object_counts": OBJECT_COUNTS_SCHEMA, "alerts": ALERTS_SCHEMA}
 
 
 def hourly_key(table: str, hour: datetime) -> str:

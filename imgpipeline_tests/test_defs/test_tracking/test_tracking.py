@@ -30,7 +30,8 @@ sources:
 """
 
 
-def land(store, records: list[dict]) -> None:
+def land(store, records: list[dict], ranges: str = "frames-0-0-100") -> None:
+    """The records as one detect_frames run over the offset range `ranges` lands them."""
     by_hour: dict[datetime, list[dict]] = {}
     for record in records:
         by_hour.setdefault(event_hour(record), []).append(record)
@@ -38,7 +39,7 @@ def land(store, records: list[dict]) -> None:
         spool = Spool()
         for record in hour_records:
             spool.add(record)
-        spool.land(store, landing_key(hour, "frames-0-0-100"))
+        spool.land(store, landing_key(hour, ranges))
         spool.close()
 
 

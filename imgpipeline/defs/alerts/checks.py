@@ -1,0 +1,33 @@
+"""Checks of the alerts table: numbers given once, and evidence stored for every alert that has a frame."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from imgpipeline.defs.warehouse.checks import schema_problems
+from imgpipeline.defs.warehouse.tables import ALERTS_SCHEMA
+
+CHECKS = {
+    "alerts": {
+        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "one_number_per_alert": "Every alert has one number and every number one alert, the one the "
+                                "ledger gave it: replays, retries and backfills add no alert and no number.",
+        "evidence_stored": "Every alert about a frame that was decoded has its annotated image (and crop, "
+                           "when it is about one object) stored under annotated/.",
+    },
+}
+
+
+def check_hour(key: str, alerts: pa.Table, ledger, store, failures: dict) -> None:
+    if problems := schema_problems(alerts, ALERTS_SCHEMA):
+        failures["alerts", "schema_as_declared"][key] = problems
+    rows = alerts.to_pylist()
+    wrong = [f"{r['number']}: {r['alert_key']}" for r in rows if ledger.key_of(r["number"]) != r["alert_key"]]
+    numbers, keys = [r["number"] for r in rows], [r["alert_key"] for r in rows]
+    if len(set(numbers)) != len(numbers) or len(set(keys)) != len(keys) or wrong:
+        failures["alerts", "one_number_per_alert"][key] = {"not_the_ledgers": wrong[:20],
+                                                           "repeated": len(numbers) - len(set(numbers))}
+    missing = [r["number"] for r in rows
+               for k in (r["annotated_key"], r["crop_key"]) if k and not store.exists(k)]
+    if missing:
+        failures["alerts", "evidence_stored"][key] = missing[:20]

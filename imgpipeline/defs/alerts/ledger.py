@@ -1,0 +1,89 @@
+"""Alert numbers and deliveries, kept in storage: a number is given once, to one alert, forever.
+
+An alert is known by its key (what happened: rule, source, frame, track); the ledger gives each key the
+next free number and remembers which notifications went out, so an hour made again, a replay or a
+backfill finds the same numbers and notifies nobody twice.
+
+    alerts/ledger/numbers/<number>.json   the key a number was given to (created once: put-if-absent)
+    alerts/ledger/keys/<sha256 of key>.json   the key's number, `claiming` until its number is taken
+    alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered)
+
+A number is claimed by creating its file only if it does not exist, so two runs never take one number.
+The key's file says which number it is claiming before the claim, so a run killed between the two
+writes finds its own claim again instead of taking a second number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+ROOT = "alerts/ledger"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Ledger:
+    def __init__(self, store):
+        self.store = store
+        self._next: int | None = None
+
+    def _key_file(self, key: str) -> str:
+        return f"{ROOT}/keys/{_digest(key.encode())}.json"
+
+    @staticmethod
+    def number_file(number: int) -> str:
+        return f"{ROOT}/numbers/{number:010d}.json"
+
+    def _read(self, name: str) -> dict | None:
+        return json.loads(self.store.get(name)) if self.store.exists(name) else None
+
+    def _write(self, name: str, record: dict) -> None:
+        self.store.put(name, json.dumps(record, sort_keys=True).encode())
+
+    def _first_free(self) -> int:
+        if self._next is None:
+            taken = [int(k.rsplit("/", 1)[-1].split(".")[0]) for k in self.store.list(f"{ROOT}/numbers/")
+                     if k.endswith(".json")]
+            self._next = max(taken, default=0) + 1
+        return self._next
+
+    def number(self, key: str) -> int:
+        """The key's number: the one it was given, else the next free one, claimed now."""
+        mine = self._read(self._key_file(key))
+        if mine is not None and mine["state"] == "given":
+            return mine["number"]
+        number = mine["number"] if mine is not None else self._first_free()
+        while True:
+            self._write(self._key_file(key), {"key": key, "number": number, "state": "claiming"})
+            data = json.dumps({"key": key}, sort_keys=True).encode()
+            taken = self.store.put_new(self.number_file(number), data, sha256=_digest(data))
+            if taken is None or self.key_of(number) == key:  # ours now, or ours from before a crash
+                break
+            number = max(number + 1, self._first_free())
+        self._next = max(self._first_free(), number + 1)
+        self._write(self._key_file(key), {"key": key, "number": number, "state": "given"})
+        return number
+
+    def key_of(self, number: int) -> str | None:
+        record = self._read(self.number_file(number))
+        return record["key"] if record else None
+
+    def _sent_file(self, number: int, target: str) -> str:
+        return f"{ROOT}/sent/{number:010d}/{target}.json"
+
+    def sent(self, number: int, target: str) -> dict | None:
+        """How a notification of the alert to a target ended, if it was made: delivered or dead-lettered."""
+        return self._read(self._sent_file(number, target))
+
+    def record_sent(self, number: int, target: str, state: str, **detail) -> None:
+        self._write(self._sent_file(number, target),
+                    {"state": state, "at": datetime.now(UTC).isoformat(), **detail})
+
+    def deliveries(self, number: int) -> dict[str, dict]:
+        prefix = f"{ROOT}/sent/{number:010d}/"
+        return {k[len(prefix):].removesuffix(".json"): json.loads(self.store.get(k))
+                for k in self.store.list(prefix) if k.endswith(".json")}

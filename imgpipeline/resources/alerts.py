@@ -1,0 +1,72 @@
+"""Alerts as a resource: the rules file, and where a person opens an alert (the viewer's address)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dagster as dg
+from pydantic import field_validator, model_validator
+
+from imgpipeline import ConfigError
+from imgpipeline.paths import environment, models_dir, project_file
+from imgpipeline.resources.settings import FromEnv, setting
+from imgpipeline.vision import alert_rules
+from imgpipeline.vision.model_files import NAMES
+
+DEFAULT_ALERTS_FILE = "alerts.yaml"
+
+
+class AlertsResource(FromEnv, dg.ConfigurableResource):
+    """Which events raise alerts (`alerts.yaml`) and where people are sent to look at them."""
+
+    alerts_file: str = setting(
+        "IMGPIPELINE_ALERTS_FILE",
+        "",
+        "alert rules and their webhooks (YAML; README: Alerts); `none`: no alerts; unset: `alerts.yaml` in "
+        "the project home, else the checkout's (the demo's rules)",
+        shown="`alerts.yaml`",
+    )
+    viewer_url: str = setting(
+        "IMGPIPELINE_VIEWER_URL",
+        "http://127.0.0.1:8765",
+        "the viewer's address as people reach it (`imgpipeline serve`): alert links in notifications and "
+        "the daily report's link in the Dagster UI",
+    )
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+            raise ValueError(f"IMGPIPELINE_VIEWER_URL={value!r} is not an http:// or https:// address")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _rules_readable(self):
+        try:
+            self.rules()
+        except ConfigError as exc:
+            raise ValueError(f"{exc}") from None
+        return self
+
+    def rules_path(self) -> Path | None:
+        return project_file(self.alerts_file, DEFAULT_ALERTS_FILE)
+
+    def rules(self) -> alert_rules.AlertRules:
+        path = self.rules_path()
+        if path is None:
+            return alert_rules.no_rules()
+        if not path.exists():
+            raise ConfigError(f"IMGPIPELINE_ALERTS_FILE={self.alerts_file}: no such file; write one (see the "
+                              "README) or unset it")
+        return alert_rules.load(path)
+
+    def check_against(self, zones) -> None:
+        """The rules name lines and zones the zones file draws and classes the model knows."""
+        names = models_dir() / NAMES
+        known = names.read_text().split("\n") if names.exists() else None
+        self.rules().check_against(zones, known)
+
+    def token(self, env: str) -> str | None:
+        """A webhook's bearer token, from the environment only."""
+        return environment().get(env) or None

@@ -1,0 +1,150 @@
+"""The alerts asset through real materializations: each rule's alerts with their evidence, numbered once;
+Kafka and webhooks told once, through failures, re-materializing, replays and backfills."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from imgpipeline.defs.alerts.assets import alerts
+from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.defs.warehouse.sql import connect
+from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
+from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, ZONES, records
+from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+from imgpipeline_tests.test_defs.test_tracking.test_tracking import ELEVEN, TEN, land, materialize
+
+pytestmark = pytest.mark.integration
+
+
+class Hook:
+    """A local webhook that answers 500 to its first `failures` POSTs, then 200; it keeps every request."""
+
+    def __init__(self, failures: int):
+        self.requests: list[dict] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.requests.append({"body": json.loads(body), "headers": dict(self.headers)})
+                self.send_response(500 if len(hook.requests) <= failures else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def hooks():
+    ops, broken = Hook(failures=2), Hook(failures=1000)
+    yield ops, broken
+    ops.close()
+    broken.close()
+
+
+def setup(tmp_path, kafka, hooks, monkeypatch):
+    ops, broken = hooks
+    monkeypatch.setenv("OPS_TOKEN", "t0ken-never-logged")
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(RULES % {"ops": ops.url, "broken": broken.url})
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    resources = {"storage": storage, "kafka": kafka,
+                 "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml")),
+                 "alert_rules": AlertsResource(alerts_file=str(tmp_path / "alerts.yaml"))}
+    return storage, resources
+
+
+def stored_alerts(storage) -> list[dict]:
+    rows = connect(storage).sql("SELECT * EXCLUDE (dt, hour) FROM alerts ORDER BY number").to_arrow_table()
+    return rows.to_pylist()
+
+
+def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hooks, monkeypatch):
+    ops, broken = hooks
+    storage, resources = setup(tmp_path, kafka, hooks, monkeypatch)
+    store = storage.open()
+    landed = records(store)
+    with dg.instance_for_test() as instance:
+        materialize([hourly_tables], *RANGE, resources, instance)
+        result = materialize([alerts], *RANGE, resources, instance)
+        first = stored_alerts(storage)
+
+        by_rule = {}
+        for row in first:
+            by_rule.setdefault(row["rule"], []).append(row)
+        assert sorted(by_rule) == ["car-seen", "on-the-bench", "person-through-door", "two-cars"]
+        assert [len(by_rule[r]) for r in sorted(by_rule)] == [1, 1, 1, 1]  # each condition once
+        assert [r["number"] for r in first] == [1, 2, 3, 4]
+        crossing = by_rule["person-through-door"][0]
+        assert crossing["track_id"] is not None and crossing["class_name"] == "person"
+        assert crossing["fired_at"].hour == 11 and crossing["hour_start"].hour == 11
+        for row in first:  # the annotated frame always; the crop when the alert is about one object
+            assert store.exists(row["annotated_key"]), row
+            assert row["annotated_key"].startswith(f"annotated/cam/2026-11-20/{row['frame_id']}")
+        assert store.exists(crossing["crop_key"])
+        assert by_rule["two-cars"][0]["crop_key"] is None
+
+        # Kafka: every alert once, keyed by its number.
+        topic = read_all(kafka, kafka.alerts_topic)
+        assert sorted(int(m.key) for m in topic) == [1, 2, 3, 4]
+        assert json.loads(topic[0].value)["url"].endswith(f"/alerts/{json.loads(topic[0].value)['number']}")
+        # The webhook failed twice, then took the one alert its rule sends: one delivery, three tries.
+        assert len(ops.requests) == 3
+        assert [r["body"]["number"] for r in ops.requests] == [crossing["number"]] * 3
+        assert ops.requests[-1]["headers"]["Authorization"] == "Bearer t0ken-never-logged"
+        ledger = Ledger(store)
+        assert ledger.deliveries(crossing["number"])["ops"]["attempts"] == 3
+        # The webhook that never answers well: tried twice, then dead-lettered with the reason.
+        bench = by_rule["on-the-bench"][0]
+        assert len(broken.requests) == 2
+        letters = read_all(kafka, f"{kafka.alerts_topic}.dlq")
+        assert [(m.key, dict(m.headers)["reason"]) for m in letters] == [
+            (f"{bench['number']}-broken".encode(), b"HTTP 500")]
+        assert ledger.deliveries(bench["number"])["broken"]["state"] == "dead"
+        metadata = result.asset_materializations_for_node("alerts")[0].metadata
+        assert metadata["alerts"].value == 4 and metadata["dead_lettered"].value == 1
+        assert "t0ken" not in json.dumps({k: str(v) for k, v in metadata.items()})
+
+        # The hour made again, and the range backfilled again: the same alerts, nobody told twice.
+        materialize([alerts], RANGE[1], RANGE[1], resources, instance)
+        materialize([hourly_tables, alerts], *RANGE, resources, instance)
+        assert stored_alerts(storage) == first
+        assert len(read_all(kafka, kafka.alerts_topic)) == 4
+        assert len(ops.requests) == 3 and len(broken.requests) == 2
+
+        # The frames replayed: processed again by a later run over other offsets, the hours made again.
+        replayed = [{**r, "processed_at": "2026-11-21T09:00:00Z", "run_id": "replay"} for r in landed]
+        land(store, replayed, "frames-0-500-600")
+        materialize([hourly_tables, alerts], *RANGE, resources, instance)
+        assert stored_alerts(storage) == first
+        assert len(read_all(kafka, kafka.alerts_topic)) == 4
+        assert len(ops.requests) == 3
+
+
+def test_no_rules_no_alerts_and_quiet_data_raises_none(tmp_path, kafka, hooks, monkeypatch):
+    storage, resources = setup(tmp_path, kafka, hooks, monkeypatch)
+    (tmp_path / "alerts.yaml").write_text("rules:\n  - {name: dogs, kind: class, classes: [dog]}\n")
+    records(storage.open())
+    with dg.instance_for_test() as instance:
+        materialize([hourly_tables], *RANGE, resources, instance)
+        materialize([alerts], *RANGE, resources, instance)
+    store = storage.open()
+    assert [k for k in store.list("warehouse/alerts/")] == [
+        wh.hourly_key("alerts", hour) for hour in (TEN, ELEVEN)]  # both hours made, empty
+    assert stored_alerts(storage) == []
+    assert read_all(kafka, kafka.alerts_topic) == []
+    assert not store.list("annotated/")

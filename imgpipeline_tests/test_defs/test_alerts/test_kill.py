@@ -1,0 +1,103 @@
+"""An alerts backfill SIGKILLed mid-work and run again: the alerts and numbers of an unbroken run, every
+alert on Kafka and at its webhook, a repeat (a kill between a send and its record) only ever the same
+alert under the same key."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+
+from imgpipeline.defs.alerts.assets import alerts
+from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
+from imgpipeline_tests.test_defs.test_alerts.scene import START, ZONES, records
+from imgpipeline_tests.test_defs.test_alerts.test_alerts import Hook, stored_alerts
+from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+
+pytestmark = pytest.mark.integration
+
+HOURS = 10
+FIRST = START.replace(hour=0, minute=0, second=0)
+# A scene across the end of each of the first HOURS hours: the range holds the hour after the last too.
+RANGE = (f"{FIRST:%Y-%m-%d-%H}:00", f"{FIRST + timedelta(hours=HOURS):%Y-%m-%d-%H}:00")
+RULES = """
+notify: {ops: {url: "%s", backoff_s: 0.05}}
+rules:
+  - {name: through-door, kind: line_cross, line: door, classes: [person], notify: [ops]}
+  - {name: on-the-bench, kind: zone_enter, zone: bench, classes: [person], notify: [ops]}
+  - {name: car-seen, kind: class, classes: [car]}
+"""
+
+
+def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kafka, services):
+    hook = Hook(failures=0)
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(RULES % hook.url)
+    clean, broken = (StorageResource(uri=(tmp_path / name).as_uri()) for name in ("clean", "broken"))
+    clean_kafka = KafkaResource(bootstrap_servers=kafka.bootstrap_servers, frames_topic=kafka.frames_topic,
+                                alerts_topic=f"{kafka.alerts_topic}-clean")
+    clean_kafka.ensure_topics()
+    for storage in (clean, broken):
+        for h in range(HOURS):
+            records(storage.open(), FIRST + timedelta(hours=h, minutes=59, seconds=50), f"cam{h:02d}",
+                    f"frames-0-{h}00-{h}99")
+    tags = {"dagster/asset_partition_range_start": RANGE[0], "dagster/asset_partition_range_end": RANGE[1]}
+    tracking = TrackingResource(zones_file=str(tmp_path / "zones.yaml"))
+    rules = AlertsResource(alerts_file=str(tmp_path / "alerts.yaml"))
+    with dg.instance_for_test() as instance:
+        for storage, topic in ((clean, clean_kafka), (broken, kafka)):
+            resources = {"storage": storage, "kafka": topic, "tracking": tracking, "alert_rules": rules}
+            assert dg.materialize([hourly_tables], instance=instance, resources=resources, tags=tags).success
+        assert dg.materialize([alerts], instance=instance, tags=tags, resources={
+            "storage": clean, "kafka": clean_kafka, "tracking": tracking, "alert_rules": rules}).success
+    unbroken = stored_alerts(clean)
+    sent_unbroken = len(hook.requests)
+    assert len(unbroken) == 3 * HOURS and sent_unbroken == 2 * HOURS
+
+    env = {**os.environ, "IMGPIPELINE_STORAGE_URI": broken.uri,
+           "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
+           "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
+           "IMGPIPELINE_ZONES_FILE": str(tmp_path / "zones.yaml"),
+           "IMGPIPELINE_ALERTS_FILE": str(tmp_path / "alerts.yaml"),
+           "IMGPIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    (tmp_path / "dagster").mkdir()
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
+               "--select", "alerts", "--partition-range", "...".join(RANGE)]
+    folder = broken.open().folder
+    middle = folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS // 2))
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not middle.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert middle.exists(), "the run ended before it was half done"
+    assert not (folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS))).exists(), \
+        "the run finished before it was killed"
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert stored_alerts(broken) == unbroken
+
+    # Kafka: every alert, and a repeat only as the very same message under the same key.
+    by_number = defaultdict(set)
+    for message in read_all(kafka, kafka.alerts_topic):
+        by_number[int(message.key)].add(message.value)
+    assert sorted(by_number) == [row["number"] for row in unbroken]
+    assert all(len(values) == 1 for values in by_number.values())
+    # The webhook: every alert its rules send, a repeat only under the same idempotency key.
+    later = hook.requests[sent_unbroken:]
+    keys = {r["body"]["number"]: r["headers"]["Idempotency-Key"] for r in later}
+    assert sorted(keys) == sorted(row["number"] for row in unbroken if row["rule"] != "car-seen")
+    assert all(r["headers"]["Idempotency-Key"] == keys[r["body"]["number"]] for r in later)
+    hook.close()
