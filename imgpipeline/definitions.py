@@ -3,6 +3,7 @@
 import dagster as dg
 
 from imgpipeline.defs.alerts import definitions as alerts
+from imgpipeline.defs.reports import definitions as reports
 from imgpipeline.defs.resources import resources_from_env
 from imgpipeline.defs.streaming import definitions as streaming
 from imgpipeline.defs.tracking import definitions as tracking
@@ -13,6 +14,7 @@ defs = dg.Definitions.merge(
     warehouse.defs,
     tracking.defs,
     alerts.defs,
+    reports.defs,
     # One process per run: a step subprocess would add seconds to every short asset run.
     dg.Definitions(resources=resources_from_env(), executor=dg.in_process_executor),
 )

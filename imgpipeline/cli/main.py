@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time image analytics on Kafka, Dagster, YOLOv4-tiny and DuckDB.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (add_setup, add_produce, add_query, add_bench, add_run):
+    for add in (add_setup, add_produce, add_query, add_alerts, add_bench, add_run):
         add(commands)
     return parser
 
@@ -93,6 +93,22 @@ def add_query(commands) -> None:
     counts.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
     counts.add_argument("--source", help="one source id (default: all)")
     counts.set_defaults(module="query", run="counts")
+
+
+def add_alerts(commands) -> None:
+    alerts = commands.add_parser("alerts", help="alerts raised by the rules in alerts.yaml")
+    what = alerts.add_subparsers(dest="what", required=True)
+    listing = what.add_parser("list", help="a day's alerts, newest first")
+    listing.add_argument("--date", help="YYYY-MM-DD (UTC; default: today)")
+    listing.add_argument("--source", help="one source id (default: all)")
+    show = what.add_parser("show", help="one alert by number: what, when, its frames, images and deliveries")
+    show.add_argument("number", type=int)
+    alerts.set_defaults(module="alerts", run="alerts")
+
+    serve = commands.add_parser("serve", help="the viewer: counts, alerts by number, frames, charts")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.set_defaults(module="serve", run="serve")
 
 
 def add_bench(commands) -> None:

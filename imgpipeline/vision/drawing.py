@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Labelled:
+    """A box as drawing takes it, from a table row rather than the detector."""
+
+    box: tuple[int, int, int, int]
+    class_name: str
+    confidence: float
+    class_id: int | None = None
+
+
 def draw_detections(image: np.ndarray, detections) -> np.ndarray:
+    """A copy with each detection's box and label (detector results or `Labelled` rows)."""
     canvas = image.copy()
     for d in detections:
         x, y, w, h = d.box
-        color = _color(d.class_id)
+        color = _color(d.class_id if d.class_id is not None else sum(d.class_name.encode()) % 80)
         cv2.rectangle(canvas, (x, y), (x + w, y + h), color, 2)
         label = f"{d.class_name} {d.confidence:.2f}"
         cv2.putText(canvas, label, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# Frames darker than this mean brightness (0–255) skip detection unless a run says otherwise.
+DARK_THRESHOLD = 20.0
+
 
 class UndecodableImage(ValueError):
     """The bytes are not an image OpenCV can decode."""

@@ -69,7 +69,7 @@ def draw_evidence(store, event: events.Event, frame: dict | None, seen: list[eve
         image = decode_image(store.get(store.key_for(frame["uri"]), max_bytes=max_bytes))
     except (BadObject, UndecodableImage):
         return None, None
-    boxes = [_Box(s.box, s.class_name, s.confidence) for s in seen]
+    boxes = [drawing.Labelled(s.box, s.class_name, s.confidence) for s in seen]
     annotated = drawing.draw_detections(image, boxes)
     subject = next((s for s in seen if s.index == event.detection_index), None)
     crop_key = None
@@ -80,11 +80,3 @@ def draw_evidence(store, event: events.Event, frame: dict | None, seen: list[eve
     key = annotated_key(event.source_id, frame["captured_at"], event.frame_id)
     store.put(key, encode_jpeg(annotated))
     return key, crop_key
-
-
-class _Box:
-    """A detection as drawing takes it; the colour follows the class name."""
-
-    def __init__(self, box, class_name: str, confidence: float):
-        self.box, self.class_name, self.confidence = box, class_name, confidence
-        self.class_id = sum(class_name.encode()) % 80

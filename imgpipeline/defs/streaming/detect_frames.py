@@ -39,6 +39,7 @@ from imgpipeline.defs.streaming.processing import (
     uri_messages,
 )
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.vision.quality import DARK_THRESHOLD
 
 PARTITION_TAG = "imgpipeline/kafka-partition"
 
@@ -52,7 +53,7 @@ class DetectFramesConfig(dg.Config):
     end_offset: int = Field(default=0, description="One past the last offset (exclusive).")
     uris: list[str] = Field(default=[], description="Frame URIs to process instead of a range.")
     dark_threshold: float = Field(
-        default=20.0, description="Frames darker than this mean brightness (0-255) skip detection."
+        default=DARK_THRESHOLD, description="Frames darker than this mean brightness (0-255) skip detection."
     )
     annotate: bool = Field(default=False, description="Also write annotated/<source>/<date>/<id>.jpg.")
     commit: bool = Field(default=True, description="Commit the range to the consumer group after success.")

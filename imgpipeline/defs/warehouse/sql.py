@@ -77,7 +77,8 @@ def _empty_select(schema: pa.Schema) -> str:
              pa.float64(): "DOUBLE", pa.date32(): "DATE", pa.list_(pa.int64()): "BIGINT[]",
              pa.list_(pa.string()): "VARCHAR[]"}
     columns = ", ".join(f'CAST(NULL AS {types[f.type]}) AS "{f.name}"' for f in schema)
-    return f"(SELECT {columns} WHERE false)"
+    # The hive path's columns too, typed as DuckDB reads them from `dt=YYYY-MM-DD/hour=HH`.
+    return f"(SELECT {columns}, CAST(NULL AS DATE) AS dt, CAST(NULL AS VARCHAR) AS hour WHERE false)"
 
 
 def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list[str]) -> str:

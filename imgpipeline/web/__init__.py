@@ -1,0 +1,5 @@
+"""What people look at: the viewer's pages and the daily report, drawn from the warehouse.
+
+Queries take a DuckDB connection with the warehouse views; charts are SVG drawn here, so pages and
+reports need no script and no network. The web app itself is `imgpipeline serve` (cli/serve.py).
+"""
