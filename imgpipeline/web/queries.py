@@ -33,6 +33,14 @@ def hourly_counts(con, day: date) -> list[dict]:
         FROM detections WHERE dt = ? GROUP BY ALL ORDER BY source_id, hour, class_name""", [day])
 
 
+def class_totals(con, day: date) -> list[dict]:
+    """Per source and class: the day's detections and distinct objects (a track seen in two hours is one
+    object of the day, not two)."""
+    return _rows(con, """
+        SELECT source_id, class_name, count(*) AS detections, count(DISTINCT track_id) AS unique_objects
+        FROM detections WHERE dt = ? GROUP BY ALL ORDER BY source_id, detections DESC, class_name""", [day])
+
+
 def hourly_crossings(con, day: date, zones_sha256: str | None) -> list[dict]:
     """Per source, hour and line: crossings each way (counted with the zones file in use)."""
     return _rows(con, """

@@ -29,6 +29,7 @@ def day_context(con, day: date, zones_sha256: str | None) -> dict:
     """Per source: the day's totals, a chart of each hour's objects per class (distinct objects where
     tracking has run, detections otherwise) and the line crossings."""
     counts = queries.hourly_counts(con, day)
+    totals = queries.class_totals(con, day)
     crossings = queries.hourly_crossings(con, day, zones_sha256)
     per_source = []
     for total in queries.day_totals(con, day):
@@ -41,14 +42,10 @@ def day_context(con, day: date, zones_sha256: str | None) -> dict:
             series[row["class_name"]][row["hour"]] = row[measure]
         ordered = dict(sorted(series.items(), key=lambda kv: -sum(kv[1])))
         what = "distinct objects" if tracked else "detections"
-        by_class = defaultdict(lambda: {"detections": 0, "unique_objects": 0})
-        for row in mine:
-            by_class[row["class_name"]]["detections"] += row["detections"]
-            by_class[row["class_name"]]["unique_objects"] += row["unique_objects"]
         per_source.append({
             **total, "tracked": tracked,
             "chart": charts.bars(f"{source}: {what} per hour (UTC)", HOURS, ordered),
-            "classes": sorted(by_class.items(), key=lambda kv: -kv[1]["detections"]),
+            "classes": [r for r in totals if r["source_id"] == source],
             "crossings": [r for r in crossings if r["source_id"] == source],
         })
     return {"day": day, "sources": per_source}

@@ -1,0 +1,221 @@
+"""The viewer in a real browser (Debian's chromium driven by Playwright) over the demo's data: every
+page, what a person would check on it, and screenshots; then hostile requests, which get nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from imgpipeline.cli.serve import Warehouse
+from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.resources import KafkaResource, StorageResource
+from imgpipeline.web import queries
+from imgpipeline_tests.test_cli.street import DAY, Viewer, free_port, make_street
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def street(services, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("street")
+    kafka = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
+                          frames_topic=f"frames-{uuid.uuid4().hex[:8]}",
+                          alerts_topic=f"alerts-{uuid.uuid4().hex[:8]}")
+    kafka.ensure_topics(partitions=2)
+    storage = StorageResource(uri=(folder / "store").as_uri())
+    port = free_port()
+    resources = make_street(kafka, storage, folder, f"http://127.0.0.1:{port}")
+    viewer = Viewer(Warehouse(storage, resources["tracking"], resources["alert_rules"]), port)
+    yield viewer, resources, folder
+    viewer.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "chromium is missing: apt-get install chromium (.ci/run does)"
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: $SCREENSHOTS_DIR when set (the README's picture), else a temporary folder."""
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def loaded(page, selector: str) -> bool:
+    """The image arrived and decoded (a broken image has no natural width)."""
+    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+
+def test_the_day_page_charts_each_hour_per_class(street, browser, shots):
+    viewer, _, _ = street
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/?date={DAY}")
+    section = page.locator('section[data-source="street-cam"]')
+    classes = set(section.locator("rect.bar").evaluate_all("rs => rs.map(r => r.dataset.series)"))
+    assert {"car", "person", "bicycle"} <= classes
+    hours = set(section.locator("rect.bar").evaluate_all("rs => rs.map(r => r.dataset.category)"))
+    assert hours == {"10", "11"}  # the video runs over 11:00
+    rows = {r.split("\t")[0]: r.split("\t")[1:] for r in section.locator("table.classes tr").all_inner_texts()}
+    assert rows["car"] == ["178", "6"] and rows["person"] == ["90", "5"]  # the day's, as the demo counts
+    assert page.locator('section[data-source="photos"]').count() == 1
+    page.screenshot(path=str(shots / "day.png"), full_page=True)
+    page.close()
+
+
+def test_an_alert_opens_by_its_number_with_its_images(street, browser, shots):
+    viewer, resources, _ = street
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/alerts?date={DAY}")
+    numbers = page.locator("table.alerts tr[data-number]").evaluate_all("rs => rs.map(r => r.dataset.number)")
+    assert numbers, "the street raised no alert"
+    page.screenshot(path=str(shots / "alerts.png"), full_page=True)
+    warehouse = Warehouse(resources["storage"], resources["tracking"], resources["alert_rules"])
+    with_crop = [a for a in queries.alerts(warehouse.cursor(), None) if a["crop_key"]]
+    assert with_crop, "no alert about one object"
+    number = str(with_crop[0]["number"])
+    page.fill("input[name=number]", number)
+    page.click("text=Open alert")
+    page.wait_for_url(f"**/alerts/{number}")
+    assert page.locator("h1").inner_text().startswith(f"Alert {number}:")
+    assert loaded(page, "#annotated") and loaded(page, "#crop")
+    assert "kafka: delivered" in page.locator("table.alert").inner_text()
+    page.screenshot(path=str(shots / "alert.png"), full_page=True)
+    page.close()
+
+
+def test_the_frame_search_finds_a_known_frame_and_opens_it(street, browser, shots):
+    viewer, _, _ = street
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/frames?date={DAY}")
+    page.fill("input[name=name]", "bus")
+    with page.expect_navigation():
+        page.click("text=Search")
+    figures = page.locator("figure[data-frame]")
+    assert figures.evaluate_all("fs => fs.map(f => f.dataset.frame)") == ["bus"]
+    assert loaded(page, "figure[data-frame=bus] img")
+    page.goto(f"{viewer.url}/frames?date={DAY}&source=street-cam&class=bicycle&start=10:59&end=11:00")
+    found = figures.evaluate_all("fs => fs.map(f => f.dataset.frame)")
+    assert found and all(f.startswith("street-cam") for f in found)
+    page.screenshot(path=str(shots / "frames.png"), full_page=True)
+    page.goto(f"{viewer.url}/frames?date={DAY}")
+    page.fill("input[name=name]", "bus")
+    with page.expect_navigation():
+        page.click("text=Search")
+    with page.expect_navigation():
+        page.click("figure[data-frame=bus] a")
+    assert "bus" in page.locator("table.detections").inner_text()
+    assert loaded(page, "#annotated")
+    page.close()
+
+
+def test_the_charts_and_operations_pages(street, browser, shots):
+    viewer, _, _ = street
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/charts?date={DAY}")
+    titles = page.locator("svg.chart > title").evaluate_all("ts => ts.map(t => t.textContent)")
+    assert [t.split(":")[0] for t in titles] == [
+        "Image sizes (KB)", "Frames processed per hour of the day (UTC), by status",
+        "Brightness over the day (mean 0–255) per source"]
+    assert set(page.locator("polyline.line").evaluate_all("ls => ls.map(l => l.dataset.series)")) == {
+        "photos", "street-cam"}
+    assert page.locator("line.threshold").count() == 1  # the dark filter's level
+    page.screenshot(path=str(shots / "charts.png"), full_page=True)
+    page.goto(f"{viewer.url}/operations?date={DAY}")
+    assert set(page.locator("polyline.line").evaluate_all("ls => ls.map(l => l.dataset.series)")) == {
+        "in", "processed"}
+    hours = page.locator("table.per-hour tr").all_inner_texts()[1:]
+    assert [h.split()[0] for h in hours] == ["10:00", "11:00"]
+    assert sum(int(h.split()[1]) for h in hours) == 252
+    page.screenshot(path=str(shots / "operations.png"), full_page=True)
+    page.close()
+
+
+def test_the_daily_report_is_one_file_with_its_alert_images(street, browser, shots):
+    viewer, resources, _ = street
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/reports/{DAY}")
+    assert page.locator("h1").inner_text() == f"Daily report: {DAY}"
+    images = page.locator("table.alerts img")
+    assert images.count() >= 1
+    assert all(src.startswith("data:image/jpeg;base64,")
+               for src in images.evaluate_all("is => is.map(i => i.getAttribute('src'))"))
+    assert page.locator("svg.chart").count() >= 6
+    page.screenshot(path=str(shots / "report.png"), full_page=True)
+    page.close()
+    report = resources["storage"].open().get(f"reports/daily/{DAY}.html").decode()
+    assert "<script" not in report and 'src="http' not in report  # nothing to fetch: self-contained
+
+
+def test_pages_work_with_javascript_off(street, browser):
+    viewer, _, _ = street
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(f"{viewer.url}/alerts?date={DAY}")
+    number = page.locator("table.alerts tr[data-number]").first.get_attribute("data-number")
+    page.fill("input[name=number]", number)
+    page.click("text=Open alert")
+    page.wait_for_url(f"**/alerts/{number}")
+    page.goto(f"{viewer.url}/?date=2026-11-19")  # the day form, a plain GET
+    assert "No frames on 2026-11-19" in page.content()
+    context.close()
+
+
+def status(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_hostile_requests_get_nothing_outside_the_storage_root(street):
+    viewer, resources, folder = street
+    storage = resources["storage"]
+    # A frames row planted with a URI outside the root (a forged table): its image is refused.
+    planted = {name: None for name in wh.FRAMES_SCHEMA.names}
+    planted.update(frame_id="evil", source_id="cam", uri="file:///etc/passwd", status="detected",
+                   captured_at=wh.parse_time("2026-11-18T10:00:00Z"))
+    storage.open().put("warehouse/frames/dt=2026-11-18/hour=10/part-0.parquet",
+                       wh.to_parquet(pa.Table.from_pylist([planted], schema=wh.FRAMES_SCHEMA)))
+    secret = folder / "secret.txt"
+    secret.write_text("top secret")
+    requests = {
+        "/frames/2026-11-18/cam/evil/image.jpg": 404,
+        "/frames/2026-11-20/..%2F..%2F..%2Fetc/passwd/image.jpg": 404,
+        "/frames/2026-11-20/street-cam/..%2Fsecret/thumb.jpg": 404,
+        f"/frames/2026-11-20/street-cam/{'a' * 200}/image.jpg": 404,
+        "/reports/..%2F..%2Fsecret.txt": 404,  # no route: a day holds no slash
+        "/reports/2026-11-20%00": 400,
+        "/alerts/open?number=1%3BDROP": 400,
+        "/alerts/99999999999": 404,
+        "/alerts/1/..%2F..%2Fsecret.jpg": 404,
+        "/?date=2026-13-45": 400,
+        "/frames?date=2026-11-20&start=25:99": 400,
+        "/alerts?date=2026-11-20&source=%3Cscript%3E": 400,
+    }
+    for path, expected in requests.items():
+        code, body = status(viewer.url + path)
+        assert code == expected, (path, code)
+        assert "top secret" not in body and "root:" not in body
+        assert "<script>" not in body
+    # Search text is data, never SQL or markup.
+    code, body = status(viewer.url + "/frames?date=2026-11-20&name=%27%3B%20DROP%20VIEW%20frames%3B--%25_")
+    assert code == 200 and "0 frames shown" in body
+    assert status(viewer.url + "/frames?date=2026-11-20&name=bus")[0] == 200
