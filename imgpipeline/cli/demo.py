@@ -70,7 +70,8 @@ def run_demo(timeout_s: float = 600.0) -> int:
         return 1
     report(records)
 
-    print("4/4 hourly frames/detections (Parquet), tracks and object counts, daily_summary (DuckDB)")
+    print("4/4 hourly frames/detections (Parquet), tracks and object counts, alerts, daily_summary (DuckDB), "
+          "daily_report")
     days = build_warehouse(records, services, resources)
     from imgpipeline.defs.warehouse.sql import SUMMARY_SQL, connect
 
@@ -79,7 +80,11 @@ def run_demo(timeout_s: float = 600.0) -> int:
         print(f"\ndaily_summary {day}:")
         con.sql(SUMMARY_SQL, params=[day]).show(max_rows=40, max_width=200)
     report_counts(con, days, resources["tracking"].zones())
-    print(f"\nDagster UI: {ui['address']}  (lineage graph: {ui['address']}/asset-groups)")
+    report_alerts(con, days)
+    viewer = services.up_viewer()
+    print(f"\nViewer: {viewer['address']}/?date={days[-1]}  (alerts by number, frames, charts, operations; "
+          f"report: {viewer['address']}/reports/{days[-1]})")
+    print(f"Dagster UI: {ui['address']}  (lineage graph: {ui['address']}/asset-groups)")
     print("Query the warehouse: imgpipeline query \"SELECT class_name, count(*) FROM detections GROUP BY 1\"")
     print("Stop everything with: imgpipeline services down")
     return 0
@@ -90,7 +95,9 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
     recorded in the demo's Dagster instance so the UI shows them."""
     import dagster as dg
 
+    from imgpipeline.defs.alerts.assets import alerts
     from imgpipeline.defs.hours import hour_key
+    from imgpipeline.defs.reports.assets import daily_report
     from imgpipeline.defs.streaming.landing import event_hour
     from imgpipeline.defs.tracking.assets import tracking_tables
     from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
@@ -100,7 +107,8 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
     instance = dg.DagsterInstance.from_config(str(services.dagster.dagster_home))
     for assets, first, last in ((hourly_tables, hour_key(hours[0]), hour_key(hours[-1])),
                                 (tracking_tables, hour_key(hours[0]), hour_key(hours[-1])),
-                                (daily_summary, days[0], days[-1])):
+                                (alerts, hour_key(hours[0]), hour_key(hours[-1])),
+                                (daily_summary, days[0], days[-1]), (daily_report, days[0], days[-1])):
         result = dg.materialize(
             [assets], instance=instance, resources=resources,
             # Step-by-step events are in the UI; the terminal gets warnings only.
@@ -133,6 +141,18 @@ def report_counts(con, days: list[str], zones) -> None:
         print(f"  {name:<8} {unique} distinct {'object' if unique == 1 else 'objects'} in {frames} detections"
               + (f"; crossed {crossings}" if crossings else ""))
     print(f"  imgpipeline counts --date {days[-1]} --source street-cam   prints them again")
+
+
+def report_alerts(con, days: list[str]) -> None:
+    """How many alerts the rules in alerts.yaml raised, and the first few."""
+    from imgpipeline.web import queries
+
+    raised = [a for day in days for a in queries.alerts(con, datetime.fromisoformat(day).date())]
+    print(f"\n{len(raised)} {'alert' if len(raised) == 1 else 'alerts'} raised (rules: alerts.yaml; each "
+          "also published to the Kafka topic `alerts`):")
+    for a in sorted(raised, key=lambda a: a["number"])[:8]:
+        print(f"  {a['number']:>4}  {a['severity']:<8} {a['rule']:<18} {a['detail']}")
+    print("  imgpipeline alerts list   lists them; imgpipeline alerts show N   shows one")
 
 
 def wait_for_landing(store, wanted: set[str], timeout_s: float) -> dict[str, dict] | None:

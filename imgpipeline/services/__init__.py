@@ -8,12 +8,13 @@ from imgpipeline.services.base import LocalService, ServiceError
 from imgpipeline.services.dagster_dev import DagsterDev, dagster_home
 from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline.services.s3_endpoint import BUCKET, S3Endpoint
+from imgpipeline.services.viewer import ViewerService
 
 __all__ = ["DagsterDev", "KafkaBroker", "LocalService", "LocalServices", "S3Endpoint", "ServiceError"]
 
 
 class LocalServices:
-    """The broker, the S3 endpoint and (on request) `dagster dev`, under one state folder.
+    """The broker, the S3 endpoint and (on request) `dagster dev` and the viewer, under one state folder.
 
     state is the project's `.imgpipeline/`: services live in `services/`, Dagster's
     instance in `dagster/`.
@@ -25,10 +26,11 @@ class LocalServices:
         self.kafka = KafkaBroker(root / "kafka", secure=secure_kafka)
         self.s3 = S3Endpoint(root / "s3")
         self.dagster = DagsterDev(root / "dagster", self.state / "dagster", self.state.parent)
+        self.viewer = ViewerService(root / "viewer", self.state.parent)
 
     @property
     def all(self) -> list[LocalService]:
-        return [self.kafka, self.s3, self.dagster]
+        return [self.kafka, self.s3, self.dagster, self.viewer]
 
     def up(self, log=print) -> list[dict]:
         """Start the broker and the S3 endpoint (not the UI: see up_ui)."""
@@ -43,12 +45,16 @@ class LocalServices:
         dagster_home(self.state)
         return self.dagster.start()
 
+    def up_viewer(self) -> dict:
+        """`imgpipeline serve` in the background, over the storage services.env points at."""
+        return self.viewer.start()
+
     def down(self) -> dict[str, bool]:
         return {service.name: service.stop() for service in self.all}
 
     def status(self) -> list[dict]:
-        """Kafka and S3 always; the UI when it runs."""
-        return [s.status() for s in self.all if s is not self.dagster or s.running()]
+        """Kafka and S3 always; the UI and the viewer when they run."""
+        return [s.status() for s in self.all if s in (self.kafka, self.s3) or s.running()]
 
     def env_file_text(self, storage: str = "local") -> str:
         """The services.env that `dagster dev` and the CLI read; S3 lines active on request."""

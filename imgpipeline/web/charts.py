@@ -55,15 +55,17 @@ def _axis(top: float) -> list[str]:
     return parts
 
 
-def empty(title: str) -> Markup:
+def empty(title: str, text: str = "no data for this day") -> Markup:
     return _frame(title, [f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" class="none">'
-                          "no data for this day</text>"], [], f"{title}: no data")
+                          f"{escape(text)}</text>"], [], f"{title}: {text}")
 
 
-def bars(title: str, categories: list[str], series: dict[str, list[float]]) -> Markup:
-    """Stacked bars: one bar per category, one colour per series (each a value per category)."""
+def bars(title: str, categories: list[str], series: dict[str, list[float]],
+         none: str = "no data for this day") -> Markup:
+    """Stacked bars: one bar per category, one colour per series (each a value per category); `none` is
+    said when every value is zero."""
     if not categories or not series or not any(v for values in series.values() for v in values):
-        return empty(title)
+        return empty(title, none)
     totals = [sum(values[i] for values in series.values()) for i in range(len(categories))]
     top = _nice_max(max(totals))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM

@@ -87,13 +87,13 @@ def operations_context(con, day: date) -> dict:
         "day": day, "per_hour": per_hour,
         "flow": charts.lines("Frames per minute: in (ingested) and processed", {
             "in": [(r["seconds"], r["came_in"]) for r in minute],
-            "processed": [(r["seconds"], r["processed"]) for r in minute]},
-            (start, start + 86400), _hour_marks(start)),
+            "processed": [(r["seconds"], r["processed"]) for r in minute]}, *_span(minute, start)),
         "lag": charts.bars("Lag, capture to processed (s), p50 and p95 per hour", HOURS, {
             "p50": _per_hour(per_hour, "lag_p50_s"),
             "p95 − p50": [max(0.0, a - b) for a, b in zip(_per_hour(per_hour, "lag_p95_s"),
                                                           _per_hour(per_hour, "lag_p50_s"), strict=True)]}),
-        "problems": charts.bars("Errors and dark frames per hour", HOURS, problems),
+        "problems": charts.bars("Errors and dark frames per hour", HOURS, problems,
+                                none="no errors and no dark frames this day"),
     }
 
 
@@ -106,6 +106,18 @@ def _per_hour(rows: list[dict], column: str) -> list[float]:
 
 def _hour_marks(start: float) -> list[tuple[float, str]]:
     return [(start + h * 3600, f"{h:02d}") for h in range(0, 25, 3)]
+
+
+def _span(rows: list[dict], start: float) -> tuple[tuple[float, float], list[tuple[float, str]]]:
+    """The day, when the minutes fall in it; else (frames ingested on another day: a backfill, a late
+    camera) the minutes' own span, labelled with their times."""
+    seconds = [r["seconds"] for r in rows]
+    if not seconds or (start <= min(seconds) and max(seconds) < start + 86400):
+        return (start, start + 86400), _hour_marks(start)
+    low, high = min(seconds) - 60, max(seconds) + 60
+    marks = [low + (high - low) * i / 6 for i in range(7)]
+    fmt = "%H:%M" if high - low < 86400 else "%m-%d %H:%M"
+    return (low, high), [(m, datetime.fromtimestamp(m, UTC).strftime(fmt)) for m in marks]
 
 
 def report(con, day: date, zones_sha256: str | None, images: dict[int, str], viewer_url: str) -> str:

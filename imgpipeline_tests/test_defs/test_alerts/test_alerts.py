@@ -148,3 +148,46 @@ def test_no_rules_no_alerts_and_quiet_data_raises_none(tmp_path, kafka, hooks, m
     assert stored_alerts(storage) == []
     assert read_all(kafka, kafka.alerts_topic) == []
     assert not store.list("annotated/")
+
+
+def test_a_webhook_redirect_or_hang_is_a_failed_delivery_never_followed():
+    from imgpipeline.defs.alerts.notify import post
+    from imgpipeline.vision.alert_rules import Webhook
+
+    elsewhere = Hook(failures=0)
+    moved: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            moved.append(self.headers.get("Authorization"))
+            self.send_response(302)
+            self.send_header("Location", elsewhere.url)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = Webhook(url=f"http://127.0.0.1:{server.server_port}/", attempts=3, backoff_s=0)
+    delivery = post(hook, b"{}", "secret-token", "k")
+    assert (delivery.delivered, delivery.attempts, delivery.reason) == (False, 1, "HTTP 302 (final)")
+    assert moved == ["Bearer secret-token"] and elsewhere.requests == []  # the token went nowhere else
+    server.shutdown()
+    elsewhere.close()
+
+    class Hang(BaseHTTPRequestHandler):
+        def do_POST(self):
+            threading.Event().wait(3)
+
+        def log_message(self, *args):
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Hang)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    pauses: list[float] = []
+    hook = Webhook(url=f"http://127.0.0.1:{slow.server_port}/", attempts=2, backoff_s=0.5, timeout_s=0.3)
+    delivery = post(hook, b"{}", None, "k", sleep=pauses.append)
+    assert not delivery.delivered and delivery.attempts == 2 and "timed out" in delivery.reason
+    assert pauses == [0.5]
+    slow.shutdown()

@@ -1,0 +1,41 @@
+"""`imgpipeline serve` in the background: the viewer the demo leaves running."""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from imgpipeline.paths import HOME_ENV
+from imgpipeline.services.base import LocalService
+
+
+class ViewerService(LocalService):
+    name = "viewer"
+    preferred_ports = {"port": 8765}
+
+    def __init__(self, workdir: Path, project_home: Path):
+        super().__init__(workdir)
+        self.project_home = project_home
+
+    def argv(self, ports: dict[str, int]) -> list[str]:
+        return [sys.executable, "-m", "imgpipeline.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(ports["port"])]
+
+    def process_env(self) -> dict[str, str]:
+        return {HOME_ENV: str(self.project_home), "PYTHONUNBUFFERED": "1"}
+
+    def address(self, ports: dict[str, int]) -> str:
+        return f"http://127.0.0.1:{ports['port']}"
+
+    def ready(self, ports: dict[str, int]) -> bool:
+        if not ports:
+            return False
+        try:
+            with urllib.request.urlopen(self.address(ports) + "/alerts", timeout=5) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return True  # it answers
+        except OSError:
+            return False
