@@ -142,6 +142,8 @@ def add_bench(commands) -> None:
     tracking = what.add_parser("tracking", help="tracking and counting against detection (detections/s)")
     tracking.add_argument("--rounds", type=int, default=8,
                           help="times the street video is tracked end to end")
+    viewer = what.add_parser("viewer", help="the viewer's page load times over a day of many frames")
+    viewer.add_argument("--frames", type=int, default=100_000)
     summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
     summary_bench.add_argument("--rows", type=int, default=10_000_000)
     bench.set_defaults(module="bench.command", run="bench")

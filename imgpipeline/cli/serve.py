@@ -264,6 +264,32 @@ def _only(handler, name: str, allowed: tuple[str, ...]):
     return wrapped
 
 
+class Running:
+    """The app under uvicorn in a thread on a free loopback port (benchmarks and tests)."""
+
+    def __init__(self, app):
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the viewer did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 def warehouse_from_env() -> Warehouse:
     from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
 

@@ -137,7 +137,7 @@ def processing_hours(con, day: date) -> list[dict]:
         FROM frames WHERE dt = ? AND processed_at IS NOT NULL GROUP BY ALL ORDER BY 1, 2""", [day])
 
 
-def brightness(con, day: date, points: int = 1500) -> list[dict]:
+def brightness(con, day: date, points: int = 400) -> list[dict]:
     """Brightness over time per source (the dark filter's input), at most `points` per source."""
     return _rows(con, """
         WITH numbered AS (

@@ -1,13 +1,10 @@
 """The demo's data, made as the demo makes it: the street video and two photos through Kafka, real
 detect_frames runs, the hourly tables, tracking, alerts (with the checkout's zones and rules), the daily
-summary and report; then the viewer serving it on a free port."""
+summary and report."""
 
 from __future__ import annotations
 
 import dataclasses
-import socket
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -28,7 +25,7 @@ START = datetime(2026, 11, 20, 10, 59, 55, tzinfo=UTC)  # the 10 s video runs ov
 DAY = "2026-11-20"
 
 
-def make_street(kafka, storage, folder, viewer_url: str) -> dict:
+def make_street(kafka, storage, folder) -> dict:
     """Produce, detect and build everything the viewer shows; the resources used."""
     video = FrameProducer(kafka, storage, "street-cam", ledger=Ledger(folder / "ledger-video"))
     video.send_all(video_frames(str(sample("bikes.mp4")), "street-cam", start=START), progress=False)
@@ -40,8 +37,7 @@ def make_street(kafka, storage, folder, viewer_url: str) -> dict:
     resources = {
         "storage": storage, "kafka": kafka, "duckdb": DuckDBResource(database=":memory:"),
         "tracking": TrackingResource(zones_file=str(PACKAGE_DIR.parent / "zones.yaml")),
-        "alert_rules": AlertsResource(alerts_file=str(PACKAGE_DIR.parent / "alerts.yaml"),
-                                      viewer_url=viewer_url),
+        "alert_rules": AlertsResource(alerts_file=str(PACKAGE_DIR.parent / "alerts.yaml")),
     }
     with dg.instance_for_test() as instance:
         drain(kafka, storage, instance)
@@ -53,32 +49,3 @@ def make_street(kafka, storage, folder, viewer_url: str) -> dict:
                 "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
             assert result.success
     return resources
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Viewer:
-    """`imgpipeline serve`'s app under uvicorn in a thread."""
-
-    def __init__(self, warehouse, port: int):
-        import uvicorn
-
-        from imgpipeline.cli.serve import create_app
-
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(warehouse), host="127.0.0.1", port=port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the viewer did not start"
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)

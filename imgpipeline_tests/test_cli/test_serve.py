@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from imgpipeline.cli.serve import Warehouse
+from imgpipeline.cli.serve import Running, Warehouse, create_app
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.web import queries
-from imgpipeline_tests.test_cli.street import DAY, Viewer, free_port, make_street
+from imgpipeline_tests.test_cli.street import DAY, make_street
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +32,8 @@ def street(services, tmp_path_factory):
                           alerts_topic=f"alerts-{uuid.uuid4().hex[:8]}")
     kafka.ensure_topics(partitions=2)
     storage = StorageResource(uri=(folder / "store").as_uri())
-    port = free_port()
-    resources = make_street(kafka, storage, folder, f"http://127.0.0.1:{port}")
-    viewer = Viewer(Warehouse(storage, resources["tracking"], resources["alert_rules"]), port)
+    resources = make_street(kafka, storage, folder)
+    viewer = Running(create_app(Warehouse(storage, resources["tracking"], resources["alert_rules"])))
     yield viewer, resources, folder
     viewer.stop()
 
@@ -59,8 +58,11 @@ def shots(tmp_path_factory) -> Path:
 
 
 def loaded(page, selector: str) -> bool:
-    """The image arrived and decoded (a broken image has no natural width)."""
-    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+    """The image arrived and decoded (a broken image has no natural width); fails after 20 s."""
+    page.wait_for_function("s => { const i = document.querySelector(s); "
+                           "return i !== null && i.complete && i.naturalWidth > 0 }",
+                           arg=selector, timeout=20_000)
+    return page.eval_on_selector(selector, "img => img.naturalWidth > 0")
 
 
 def test_the_day_page_charts_each_hour_per_class(street, browser, shots):
@@ -72,7 +74,8 @@ def test_the_day_page_charts_each_hour_per_class(street, browser, shots):
     assert {"car", "person", "bicycle"} <= classes
     hours = set(section.locator("rect.bar").evaluate_all("rs => rs.map(r => r.dataset.category)"))
     assert hours == {"10", "11"}  # the video runs over 11:00
-    rows = {r.split("\t")[0]: r.split("\t")[1:] for r in section.locator("table.classes tr").all_inner_texts()}
+    texts = section.locator("table.classes tr").all_inner_texts()
+    rows = {r.split("\t")[0]: r.split("\t")[1:] for r in texts}
     assert rows["car"] == ["178", "6"] and rows["person"] == ["90", "5"]  # the day's, as the demo counts
     assert page.locator('section[data-source="photos"]').count() == 1
     page.screenshot(path=str(shots / "day.png"), full_page=True)

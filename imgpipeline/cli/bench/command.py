@@ -24,6 +24,10 @@ def bench(args) -> int:
         from imgpipeline.cli.bench.tracking import bench_tracking
 
         bench_tracking(args.rounds)
+    elif args.what == "viewer":
+        from imgpipeline.cli.bench.viewer import bench_viewer
+
+        bench_viewer(args.frames)
     elif args.what == "detector":
         from imgpipeline.cli.bench.detect import VARIANTS, bench_detector
 

@@ -72,11 +72,15 @@ def create_views(con, storage) -> list[str]:
     return created
 
 
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """The DuckDB type of a warehouse column."""
+    return {pa.string(): "VARCHAR", TS: "TIMESTAMPTZ", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+            pa.float64(): "DOUBLE", pa.date32(): "DATE", pa.list_(pa.int64()): "BIGINT[]",
+            pa.list_(pa.string()): "VARCHAR[]"}[arrow_type]
+
+
 def _empty_select(schema: pa.Schema) -> str:
-    types = {pa.string(): "VARCHAR", TS: "TIMESTAMPTZ", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
-             pa.float64(): "DOUBLE", pa.date32(): "DATE", pa.list_(pa.int64()): "BIGINT[]",
-             pa.list_(pa.string()): "VARCHAR[]"}
-    columns = ", ".join(f'CAST(NULL AS {types[f.type]}) AS "{f.name}"' for f in schema)
+    columns = ", ".join(f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in schema)
     # The hive path's columns too, typed as DuckDB reads them from `dt=YYYY-MM-DD/hour=HH`.
     return f"(SELECT {columns}, CAST(NULL AS DATE) AS dt, CAST(NULL AS VARCHAR) AS hour WHERE false)"
 

@@ -1,0 +1,145 @@
+"""`imgpipeline bench viewer`: how long the viewer's pages take over a day of many frames, and how large
+the daily report of that day is.
+
+The day is synthetic (made like `bench summary`'s data, in the warehouse's own layout and schemas): 24
+hourly files per table, 20 sources, 5 detections per frame with track ids, a few hundred alerts. The
+pages are requested over HTTP from the app under uvicorn, as a browser would, once cold (the first
+request builds the views) and then five times warm (median).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+from imgpipeline.cli.bench.common import scratch_dir, write_result
+
+DAY = date(2026, 11, 20)
+CLASSES = ["person", "car", "bicycle", "motorbike", "bus", "truck", "dog", "cat", "bird", "bench"]
+
+
+def generate(frames: int, folder: Path) -> None:
+    """A day of synthetic frames, detections and alerts under the warehouse layout, with a few real
+    JPEGs that every frame points at (thumbnails are drawn from them)."""
+    import duckdb
+    import numpy as np
+
+    from imgpipeline.defs.warehouse.sql import duckdb_type
+    from imgpipeline.defs.warehouse.tables import SCHEMAS
+    from imgpipeline.vision.quality import encode_jpeg
+
+    images = []
+    for k in range(8):
+        key = f"frames/bench/{DAY}/img-{k}.jpg"
+        path = folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(k)
+        path.write_bytes(encode_jpeg(rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)))
+        images.append(path.as_uri())
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    captured = f"TIMESTAMPTZ '{DAY} 00:00:00+00' + to_milliseconds(i * (86400000 // {frames}))"
+    made = {
+        "frames": f"""
+            SELECT 'f' || i AS frame_id, 'cam' || (i % 20) AS source_id, 'f' || i || '.jpg' AS file_name,
+                   {images}[i % 8 + 1] AS uri,
+                   {captured} AS captured_at, captured_at + INTERVAL 1 SECOND AS ingested_at,
+                   captured_at + INTERVAL 3 SECOND AS processed_at,
+                   CASE WHEN i % 50 = 0 THEN 'skipped_dark' WHEN i % 97 = 0 THEN 'error' ELSE 'detected' END
+                       AS status,
+                   1280 AS width, 720 AS height, 20000 + i % 50000 AS bytes,
+                   (i * 37 % 2550) / 10.0 AS brightness,
+                   5 AS object_count, 'frames' AS topic, 0 AS partition, i AS offset
+            FROM range({frames}) t(i)""",
+        "detections": f"""
+            SELECT 'f' || i AS frame_id, 'cam' || (i % 20) AS source_id,
+                   {captured} AS captured_at, d AS detection_index,
+                   CAST(hash(i, d) % 10 AS INTEGER) AS class_id,
+                   {CLASSES}[CAST(hash(i, d) % 10 AS INTEGER) + 1] AS class_name,
+                   0.25 + (hash(i, d, 'c') % 7500) / 10000.0 AS confidence, 1 AS class_rank,
+                   100 * d AS x, 100 AS y, 80 AS w, 160 AS h,
+                   CAST(hash(i % 20, d, i // 300) >> 12 AS BIGINT) AS track_id
+            FROM range({frames}) t(i), range(5) r(d)""",
+        "alerts": f"""
+            SELECT n + 1 AS number,
+                   TIMESTAMPTZ '{DAY} 00:00:00+00' + to_milliseconds(n * 288000) AS fired_at,
+                   date_trunc('hour', fired_at) AS hour_start, 'cam' || (n % 20) AS source_id,
+                   'person-on-road' AS rule, 'zone_enter' AS kind, 'critical' AS severity,
+                   'person entered zone road' AS detail, 'f' || (n * 333) AS frame_id,
+                   ['f' || (n * 333)] AS frame_ids, 'bench-' || n AS alert_key
+            FROM range(300) t(n)""",
+    }
+    for table, select in made.items():
+        schema = SCHEMAS[table]
+        con.execute(f"CREATE TABLE {table} AS {select}")
+        have = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+        columns = ", ".join(
+            f'CAST({chr(34) + f.name + chr(34) if f.name in have else "NULL"} AS {duckdb_type(f.type)}) '
+            f'AS "{f.name}"' for f in schema)
+        for hour in range(24):
+            path = folder / f"warehouse/{table}/dt={DAY}/hour={hour:02d}/part-0.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            time_column = "fired_at" if table == "alerts" else "captured_at"
+            con.execute(f"COPY (SELECT {columns} FROM {table} WHERE hour({time_column}) = {hour} "
+                        f"ORDER BY {time_column}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+
+
+PAGES = [
+    ("day", f"/?date={DAY}"),
+    ("alerts", f"/alerts?date={DAY}"),
+    ("alert", "/alerts/150"),
+    ("frames", f"/frames?date={DAY}"),
+    ("frame search", f"/frames?date={DAY}&source=cam7&class=dog&start=10:00&end=14:00&name=f1"),
+    ("frame", f"/frames/{DAY}/cam7/f50007"),
+    ("thumbnail", f"/frames/{DAY}/cam7/f50007/thumb.jpg"),
+    ("charts", f"/charts?date={DAY}"),
+    ("operations", f"/operations?date={DAY}"),
+    ("report", f"/reports/{DAY}"),
+]
+
+
+def _get(url: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=600) as response:
+        size = len(response.read())
+        assert response.status == 200, (url, response.status)
+    return time.perf_counter() - started, size
+
+
+def bench_viewer(frames: int = 100_000) -> dict:
+    """Page load times over one day of `frames` frames, and the size of its daily report."""
+    from imgpipeline.cli.serve import Running, Warehouse, create_app
+    from imgpipeline.defs.warehouse.sql import connect
+    from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
+    from imgpipeline.web import render
+
+    folder = scratch_dir("viewer")
+    print(f"generating a day of {frames:,} frames ({frames * 5:,} detections, 300 alerts) in {folder} …")
+    started = time.perf_counter()
+    generate(frames, folder)
+    print(f"  generated in {time.perf_counter() - started:.1f} s")
+    storage = StorageResource(uri=folder.as_uri())
+    tracking, alerts = TrackingResource(zones_file="none"), AlertsResource(alerts_file="none")
+    started = time.perf_counter()
+    html = render.report(connect(storage), DAY, None, {}, alerts.viewer_url)
+    report_s = time.perf_counter() - started
+    storage.open().put(render.report_key(DAY), html.encode())
+    print(f"daily report: {len(html) / 1024:.0f} KB, rendered in {report_s:.2f} s")
+    running = Running(create_app(Warehouse(storage, tracking, alerts, refresh_s=3600)))
+    figures = {}
+    try:
+        print(f"{'page':<14} {'cold s':>7} {'warm s':>7} {'KB':>7}")
+        for name, path in PAGES:
+            cold, size = _get(running.url + path)
+            warm = statistics.median(_get(running.url + path)[0] for _ in range(5))
+            figures[name] = {"cold_s": round(cold, 3), "warm_s": round(warm, 3), "kb": round(size / 1024, 1)}
+            print(f"{name:<14} {cold:>7.3f} {warm:>7.3f} {size / 1024:>7.1f}")
+    finally:
+        running.stop()
+    result = {"frames": frames, "detections": frames * 5, "alerts": 300, "pages": figures,
+              "report_kb": round(len(html) / 1024, 1), "report_render_s": round(report_s, 2)}
+    write_result("viewer", result)
+    return result
