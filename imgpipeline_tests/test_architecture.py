@@ -111,8 +111,11 @@ def test_no_import_cycle_function_level_imports_included():
 
 
 def test_dependencies_point_one_way():
-    """cli → defs → resources → vision / ingest; nothing below imports what stands above it."""
+    """cli → defs → web, resources → vision / ingest; nothing below imports what stands above it."""
     above = {
+        "imgpipeline.web": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
+                            "imgpipeline.services", "imgpipeline.lib"),
+        "imgpipeline.yaml_file": ("imgpipeline.",),
         "imgpipeline.defs": ("imgpipeline.cli",),
         "imgpipeline.lib": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions"),
         "imgpipeline.services": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions"),
