@@ -73,3 +73,21 @@ def produce(kafka, storage, folder, frames) -> None:
     from imgpipeline.ingest.producer import FrameProducer, Ledger
 
     FrameProducer(kafka, storage, "test", ledger=Ledger(folder / "ledger")).send_all(frames, progress=False)
+
+
+def kill_when(command: list[str], env: dict, made, not_made, timeout_s: float = 180) -> None:
+    """Run a command in its own process group and SIGKILL the group once `made` exists; the kill must
+    land mid-work: `made` there, `not_made` not yet."""
+    import os
+    import signal
+    import subprocess
+
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not made.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert made.exists(), "the run ended before it was half done"
+    assert not not_made.exists(), "the run finished before it was killed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
@@ -27,3 +27,15 @@ hourly_partitions = dg.HourlyPartitionsDefinition(
     start_date=f"{START}-00:00", timezone="UTC", end_offset=1
 )
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START, timezone="UTC", end_offset=1)
+
+
+def yesterday_schedule(name: str, job, cron_schedule: str, description: str) -> dg.ScheduleDefinition:
+    """A schedule that runs `job` for the day before, once a day (UTC), keyed by that day."""
+
+    @dg.schedule(name=name, job=job, cron_schedule=cron_schedule, execution_timezone="UTC",
+                 default_status=dg.DefaultScheduleStatus.RUNNING, description=description)
+    def _schedule(context: dg.ScheduleEvaluationContext):
+        yesterday = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
+        return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
+
+    return _schedule

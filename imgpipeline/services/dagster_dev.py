@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
-import urllib.request
 from pathlib import Path
 
 from imgpipeline.paths import HOME_ENV
-from imgpipeline.services.base import LocalService
+from imgpipeline.services.base import LocalService, answers_http
 
 
 class DagsterDev(LocalService):
@@ -32,13 +31,7 @@ class DagsterDev(LocalService):
         return f"http://127.0.0.1:{ports['port']}"
 
     def ready(self, ports: dict[str, int]) -> bool:
-        if not ports:
-            return False
-        try:
-            with urllib.request.urlopen(self.address(ports) + "/server_info", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return bool(ports) and answers_http(self.address(ports) + "/server_info")
 
 
 

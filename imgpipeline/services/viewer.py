@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from imgpipeline.paths import HOME_ENV
-from imgpipeline.services.base import LocalService
+from imgpipeline.services.base import LocalService, answers_http
 
 
 class ViewerService(LocalService):
@@ -30,12 +28,4 @@ class ViewerService(LocalService):
         return f"http://127.0.0.1:{ports['port']}"
 
     def ready(self, ports: dict[str, int]) -> bool:
-        if not ports:
-            return False
-        try:
-            with urllib.request.urlopen(self.address(ports) + "/alerts", timeout=5) as response:
-                return response.status == 200
-        except urllib.error.HTTPError:
-            return True  # it answers
-        except OSError:
-            return False
+        return bool(ports) and answers_http(self.address(ports) + "/alerts")

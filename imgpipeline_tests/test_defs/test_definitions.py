@@ -30,3 +30,18 @@ def test_resources_are_bound():
 
     assert isinstance(defs, dg.Definitions)
     assert {"kafka", "storage", "detector"} <= set(defs.resources)
+
+
+def test_the_daily_schedules_ask_for_the_day_before():
+    from datetime import UTC, datetime
+
+    import dagster as dg
+
+    from imgpipeline.definitions import defs
+
+    repository = defs.get_repository_def()
+    for name in ("daily_summary_schedule", "daily_report_schedule"):
+        context = dg.build_schedule_context(
+            repository_def=repository, scheduled_execution_time=datetime(2026, 12, 1, 0, 45, tzinfo=UTC))
+        [request] = repository.get_schedule_def(name).evaluate_tick(context).run_requests
+        assert (request.partition_key, request.run_key) == ("2026-11-30", "2026-11-30"), name

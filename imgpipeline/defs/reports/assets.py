@@ -6,12 +6,11 @@ attachment or a shared folder.
 """
 
 import base64
-from datetime import timedelta
 
 import dagster as dg
 
 from imgpipeline.defs.hours import days_in
-from imgpipeline.defs.partitions import daily_partitions
+from imgpipeline.defs.partitions import daily_partitions, yesterday_schedule
 from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
 from imgpipeline.resources.storage import BadObject
@@ -75,11 +74,6 @@ daily_report_job = dg.define_asset_job(
 )
 
 
-@dg.schedule(
-    job=daily_report_job, cron_schedule="45 0 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-def daily_report_schedule(context: dg.ScheduleEvaluationContext):
-    """Yesterday's report, after yesterday's daily_summary (00:30 UTC)."""
-    yesterday = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
-    return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
+daily_report_schedule = yesterday_schedule(
+    "daily_report_schedule", daily_report_job, "45 0 * * *",
+    "Yesterday's report, after yesterday's daily_summary (00:30 UTC).")

@@ -4,13 +4,13 @@ Each run handles a whole partition range (single-run backfills) and rewrites the
 every partition in it, so re-materializing gives the same rows in the same order.
 """
 
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
-from imgpipeline.defs.partitions import daily_partitions, hourly_partitions
+from imgpipeline.defs.partitions import daily_partitions, hourly_partitions, yesterday_schedule
 from imgpipeline.defs.streaming.assets import landing_metadata
 from imgpipeline.defs.streaming.landing import hour_records
 from imgpipeline.defs.tracking import tracker
@@ -138,14 +138,9 @@ daily_summary_job = dg.define_asset_job(
 )
 
 
-@dg.schedule(
-    job=daily_summary_job, cron_schedule="30 0 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-def daily_summary_schedule(context: dg.ScheduleEvaluationContext):
-    """Yesterday's daily_summary, half an hour after midnight UTC (time for late frames)."""
-    yesterday = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
-    return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
+daily_summary_schedule = yesterday_schedule(
+    "daily_summary_schedule", daily_summary_job, "30 0 * * *",
+    "Yesterday's daily_summary, half an hour after midnight UTC (time for late frames).")
 
 
 hourly_tables_job = dg.define_asset_job(

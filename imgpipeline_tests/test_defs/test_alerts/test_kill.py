@@ -5,10 +5,8 @@ alert under the same key."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from datetime import timedelta
 
@@ -19,6 +17,7 @@ from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
+from imgpipeline_tests.pipeline import kill_when
 from imgpipeline_tests.test_defs.test_alerts.scene import START, ZONES, records
 from imgpipeline_tests.test_defs.test_alerts.test_alerts import Hook, stored_alerts
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
@@ -73,17 +72,8 @@ def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kaf
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
                "--select", "alerts", "--partition-range", "...".join(RANGE)]
     folder = broken.open().folder
-    middle = folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS // 2))
-    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not middle.exists() and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
-    assert middle.exists(), "the run ended before it was half done"
-    assert not (folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS))).exists(), \
-        "the run finished before it was killed"
+    kill_when(command, env, folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS // 2)),
+              folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS)))
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]

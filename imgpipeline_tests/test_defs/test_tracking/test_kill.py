@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -16,6 +14,7 @@ from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import StorageResource, TrackingResource
+from imgpipeline_tests.pipeline import kill_when
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
 from imgpipeline_tests.test_defs.test_tracking.test_tracking import ZONES, land
 
@@ -66,17 +65,8 @@ def test_a_killed_backfill_run_again_equals_an_unbroken_one(tmp_path):
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
                "--select", "frames,detections,tracks,object_counts", "--partition-range", "...".join(RANGE)]
     folder = broken.open().folder
-    middle = folder / wh.hourly_key("tracks", FIRST + timedelta(hours=HOURS // 2))
-    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not middle.exists() and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
-    assert middle.exists(), "the run ended before it was half done"
-    last = folder / wh.hourly_key("tracks", FIRST + timedelta(hours=HOURS - 1))
-    assert not last.exists(), "the run finished before it was killed"
+    kill_when(command, env, folder / wh.hourly_key("tracks", FIRST + timedelta(hours=HOURS // 2)),
+              folder / wh.hourly_key("tracks", FIRST + timedelta(hours=HOURS - 1)))
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
