@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import urlencode
 
@@ -121,7 +121,7 @@ def create_app(warehouse: Warehouse):
 
     def open_alert(request):
         number = request.query_params.get("number", "").strip().lstrip("#")
-        if not number.isdigit() or len(number) > 12:
+        if not re.fullmatch(r"[0-9]{1,12}", number):
             return message("Not an alert number", "An alert number is a whole number, e.g. 42.", 400)
         return RedirectResponse(f"/alerts/{int(number)}", status_code=303)
 
@@ -180,25 +180,27 @@ def create_app(warehouse: Warehouse):
                     classes=queries.classes(con, day), frames=found[:queries.PAGE_SIZE],
                     more=len(found) > queries.PAGE_SIZE, page=page_number, query_for=query_for)
 
+    def find_frame(con, day: date, source: str, frame_id: str) -> tuple[date, dict]:
+        """The frame on that day, else the day before (an alert's frames may begin before midnight)."""
+        for when in (day, day - timedelta(days=1)):
+            found = queries.frame(con, when, source, frame_id)
+            if found is not None:
+                return when, found
+        raise NotFound(f"no frame {frame_id} of {source} on {day}")
+
     @guarded
     def frame_page(request, con):
-        day, source, frame_id = frame_args(request)
-        found = queries.frame(con, day, source, frame_id)
-        if found is None:
-            raise NotFound(f"no frame {frame_id} of {source} on {day}")
+        day, found = find_frame(con, *frame_args(request))
         return page("frame.html", day=day, f=found,
-                    detections=queries.frame_detections(con, day, source, frame_id))
+                    detections=queries.frame_detections(con, day, found["source_id"], found["frame_id"]))
 
-    @lru_cache(maxsize=2048)
-    def drawn(day: date, source: str, frame_id: str, kind: str) -> bytes:
-        con = warehouse.cursor()
-        found = queries.frame(con, day, source, frame_id)
-        if found is None or not found["uri"]:
-            raise NotFound(f"no image of {frame_id}")
+    def drawn(con, day: date, found: dict, kind: str) -> bytes:
+        if not found["uri"]:
+            raise NotFound(f"no image of {found['frame_id']}")
         key = warehouse.store.key_for(found["uri"])  # a URI outside the root is refused here
         image = decode_image(warehouse.image(key), warehouse.max_pixels)
         if kind in ("annotated", "thumb"):
-            rows = queries.frame_detections(con, day, source, frame_id)
+            rows = queries.frame_detections(con, day, found["source_id"], found["frame_id"])
             image = drawing.draw_detections(image, [drawing.Labelled(
                 (d["x"], d["y"], d["w"], d["h"]), d["class_name"], d["confidence"], d["class_id"])
                 for d in rows])
@@ -206,14 +208,23 @@ def create_app(warehouse: Warehouse):
             image = drawing.thumbnail(image, 240)
         return encode_jpeg(image, 85)
 
+    @lru_cache(maxsize=4096)
+    def thumbnail(day: date, source: str, frame_id: str, processed_at) -> bytes:
+        """Only thumbnails are kept (about 10 KB each), keyed by when the frame was processed: a frame
+        processed again shows its new boxes."""
+        con = warehouse.cursor()
+        return drawn(con, day, queries.frame(con, day, source, frame_id), "thumb")
+
     @guarded
     def frame_image(request, con):
-        day, source, frame_id = frame_args(request)
+        day, found = find_frame(con, *frame_args(request))
         kind = request.path_params["kind"]
         if kind not in ("thumb", "annotated", "image"):
             raise NotFound("no such image")
         try:
-            return jpeg(drawn(day, source, frame_id, kind))
+            if kind == "thumb":
+                return jpeg(thumbnail(day, found["source_id"], found["frame_id"], found["processed_at"]))
+            return jpeg(drawn(con, day, found, kind))
         except (BadObject, UndecodableImage) as exc:
             raise NotFound(f"the image cannot be shown: {exc}") from None
 
@@ -239,7 +250,10 @@ def create_app(warehouse: Warehouse):
                                         f"partition {day} (README: The viewer and reports).", 404, day)
         return HTMLResponse(warehouse.store.get(key), headers=HEADERS)
 
-    return Starlette(routes=[
+    def not_found(request, exc):
+        return message("Not found", "There is no such page.", 404)
+
+    return Starlette(exception_handlers={404: not_found}, routes=[
         Route("/", day_page),
         Route("/alerts", alerts_page),
         Route("/alerts/open", open_alert),
@@ -255,11 +269,11 @@ def create_app(warehouse: Warehouse):
 
 
 def _only(handler, name: str, allowed: tuple[str, ...]):
-    from starlette.responses import PlainTextResponse
+    from starlette.exceptions import HTTPException
 
     def wrapped(request):
         if request.path_params[name] not in allowed:
-            return PlainTextResponse("not found", status_code=404)
+            raise HTTPException(404)
         return handler(request)
     return wrapped
 

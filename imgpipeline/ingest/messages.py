@@ -163,7 +163,8 @@ def frame_key(source_id: str, captured: datetime, frame_id: str) -> str:
     return f"frames/{source_id}/{captured.date().isoformat()}/{frame_id}.jpg"
 
 
-def annotated_key(source_id: str, captured: datetime, frame_id: str, crop: int | None = None) -> str:
-    """Where a frame's annotated copy lives (boxes drawn), or the crop of one of its detections."""
-    name = frame_id if crop is None else f"{frame_id}.crop-{crop}"
+def annotated_key(source_id: str, captured: datetime, frame_id: str, variant: str | None = None) -> str:
+    """Where a frame's annotated copy lives (boxes drawn), or a variant of it (an alert's own drawing,
+    its crop)."""
+    name = frame_id if variant is None else f"{frame_id}.{variant}"
     return f"annotated/{source_id}/{captured.date().isoformat()}/{name}.jpg"

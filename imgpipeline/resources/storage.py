@@ -335,16 +335,24 @@ class S3Storage(Storage):
         return self.uri(key)
 
     def put_new(self, key: str, data: bytes, *, sha256: str) -> str | None:
+        import time
+
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data,
-                                   Metadata={"sha256": sha256}, IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
-                return self.stored_sha256(key)  # 412: the key exists; 409: a write to it raced ours
-            raise
-        return None
+        for attempt in range(8):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data,
+                                       Metadata={"sha256": sha256}, IfNoneMatch="*")
+                return None
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 412:  # the key exists: never None, even before its metadata shows
+                    return self.stored_sha256(key) or ""
+                if status != 409:
+                    raise
+                # 409: a write to the key raced ours and is still in flight; ask again once it landed
+                time.sleep(0.05 * 2**attempt)
+        return self.stored_sha256(key) or ""
 
     def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
         # A managed transfer: large files go up in parts, never whole in memory.

@@ -64,17 +64,18 @@ def evaluate(rules: AlertRules, frames: dict[str, list[EventFrame]], zones: Zone
         if any(r.kind in ("zone_enter", "line_cross", "dwell") for r in mine):
             counts = counting.count(_counted(source_frames), zones, source, start - 3600, end)
         for rule in mine:
-            for event in _fire(rule, source, source_frames, counts, latest):
+            for event in _fire(rule, source, source_frames, counts, latest, start):
                 if start <= event.seconds < end:
                     found.append(event)
     return sorted(found, key=lambda e: (e.seconds, e.source_id, e.rule, e.key))
 
 
-def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | None) -> Iterable[Event]:
+def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | None,
+          start: float) -> Iterable[Event]:
     key = f"{rule.name}|{source}"
     if rule.kind in ("class", "count", "dark", "frozen"):
         condition = {"class": _class_seen, "count": _crowd, "dark": _dark, "frozen": _frozen}[rule.kind]
-        holds = condition(rule, frames)
+        holds = condition(rule, frames, start)
         for frame, (detail, subject) in _episodes(frames, holds, rule.cooldown_s):
             yield Event(rule.name, source, f"{key}|frame|{frame.frame_id}", frame.seconds, frame.frame_id,
                         (frame.frame_id,), detail, *_subject(subject))
@@ -110,18 +111,21 @@ def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | N
 
 
 def _episodes(frames: list[EventFrame], holds: Callable, cooldown_s: float):
-    """Frames where the condition starts to hold: it holds, and held on no frame in the cooldown before."""
-    last = None
+    """Frames where the condition starts to hold: it holds there and not on the source's frame before (a
+    run of frames where it holds is one episode, however far apart they come), and no earlier episode
+    ended within the cooldown before (a condition that flickers is one alert)."""
+    last, before = None, False
     for frame in frames:
         found = holds(frame)
         if found is None:
+            before = False
             continue
-        if last is None or frame.seconds - last > cooldown_s:
+        if not before and (last is None or frame.seconds - last > cooldown_s):
             yield frame, found
-        last = frame.seconds
+        before, last = True, frame.seconds
 
 
-def _class_seen(rule, frames):
+def _class_seen(rule, frames, start):
     def holds(frame):
         seen = [s for s in frame.seen if s.class_name in rule.classes and s.confidence >= rule.min_confidence]
         if seen:
@@ -131,7 +135,7 @@ def _class_seen(rule, frames):
     return holds
 
 
-def _crowd(rule, frames):
+def _crowd(rule, frames, start):
     def holds(frame):
         seen = [s for s in frame.seen if s.class_name in rule.classes and s.confidence >= rule.min_confidence]
         if len(seen) >= rule.at_least:
@@ -140,7 +144,7 @@ def _crowd(rule, frames):
     return holds
 
 
-def _dark(rule, frames):
+def _dark(rule, frames, start):
     def holds(frame):
         dark = frame.status == "skipped_dark" if rule.max_brightness is None else (
             frame.brightness is not None and frame.brightness < rule.max_brightness)
@@ -149,12 +153,17 @@ def _dark(rule, frames):
     return holds
 
 
-def _frozen(rule, frames):
+def _frozen(rule, frames, start):
+    # Identical frames in a row; a run that begins with the first frame read, before the hour, may have
+    # begun earlier still (its length is unknown): it fired then, or is left alone.
     runs: dict[str, int] = {}
-    previous = None
+    previous, unknown = None, bool(frames) and frames[0].seconds < start
     for frame in frames:
         same = previous is not None and frame.sha256 is not None and frame.sha256 == previous.sha256
         runs[frame.frame_id] = runs[previous.frame_id] + 1 if same else 1
+        unknown = unknown and same if previous is not None else unknown
+        if unknown:
+            runs[frame.frame_id] = 0
         previous = frame
 
     def holds(frame):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -33,7 +34,8 @@ def street(services, tmp_path_factory):
     kafka.ensure_topics(partitions=2)
     storage = StorageResource(uri=(folder / "store").as_uri())
     resources = make_street(kafka, storage, folder)
-    viewer = Running(create_app(Warehouse(storage, resources["tracking"], resources["alert_rules"])))
+    viewer = Running(create_app(Warehouse(storage, resources["tracking"], resources["alert_rules"],
+                                          refresh_s=1)))
     yield viewer, resources, folder
     viewer.stop()
 
@@ -191,16 +193,29 @@ def status(url: str) -> tuple[int, str]:
 def test_hostile_requests_get_nothing_outside_the_storage_root(street):
     viewer, resources, folder = street
     storage = resources["storage"]
-    # A frames row planted with a URI outside the root (a forged table): its image is refused.
-    planted = {name: None for name in wh.FRAMES_SCHEMA.names}
-    planted.update(frame_id="evil", source_id="cam", uri="file:///etc/passwd", status="detected",
-                   captured_at=wh.parse_time("2026-11-18T10:00:00Z"))
-    storage.open().put("warehouse/frames/dt=2026-11-18/hour=10/part-0.parquet",
-                       wh.to_parquet(pa.Table.from_pylist([planted], schema=wh.FRAMES_SCHEMA)))
+    # Rows planted in a forged table: frame URIs outside the root, markup in names and alert text.
+    store = storage.open()
+    when = wh.parse_time("2026-11-18T10:00:00Z")
+    frames = [{**dict.fromkeys(wh.FRAMES_SCHEMA.names), "frame_id": fid, "source_id": "cam", "uri": uri,
+               "status": "detected", "captured_at": when, "processed_at": when, "ingested_at": when}
+              for fid, uri in (("evil", "file:///etc/passwd"),
+                               ("evil2", f"{store.root_uri}/frames/../../secret.txt"))]
+    detections = [{**dict.fromkeys(wh.DETECTIONS_SCHEMA.names), "frame_id": "evil", "source_id": "cam",
+                   "captured_at": when, "detection_index": 0, "class_id": 0,
+                   "class_name": "<script>x</script>", "confidence": 0.9, "class_rank": 1,
+                   "x": 1, "y": 1, "w": 5, "h": 5}]
+    alerts = [{**dict.fromkeys(wh.ALERTS_SCHEMA.names), "number": 999_999, "fired_at": when,
+               "hour_start": when, "source_id": "cam", "rule": "r", "kind": "class", "severity": "info",
+               "detail": "<img src=x onerror=alert(1)>", "frame_id": "evil", "frame_ids": ["evil"]}]
+    for table, rows in (("frames", frames), ("detections", detections), ("alerts", alerts)):
+        store.put(f"warehouse/{table}/dt=2026-11-18/hour=10/part-0.parquet",
+                  wh.to_parquet(pa.Table.from_pylist(rows, schema=wh.SCHEMAS[table])))
     secret = folder / "secret.txt"
     secret.write_text("top secret")
     requests = {
         "/frames/2026-11-18/cam/evil/image.jpg": 404,
+        "/frames/2026-11-18/cam/evil2/thumb.jpg": 404,
+        "/frames/2026-11-20/street-cam/..bus/image.jpg": 404,
         "/frames/2026-11-20/..%2F..%2F..%2Fetc/passwd/image.jpg": 404,
         "/frames/2026-11-20/street-cam/..%2Fsecret/thumb.jpg": 404,
         f"/frames/2026-11-20/street-cam/{'a' * 200}/image.jpg": 404,
@@ -218,6 +233,15 @@ def test_hostile_requests_get_nothing_outside_the_storage_root(street):
         assert code == expected, (path, code)
         assert "top secret" not in body and "root:" not in body
         assert "<script>" not in body
+    # What the warehouse holds is text on the pages and in the charts, never markup.
+    time.sleep(1.1)  # the viewer sees new files within its refresh interval
+    for path in ("/?date=2026-11-18", "/alerts?date=2026-11-18", "/alerts/999999",
+                 "/frames/2026-11-18/cam/evil"):
+        code, body = status(viewer.url + path)
+        assert code == 200, path
+        assert "<script>x" not in body and "<img src=x" not in body, path
+    assert "&lt;script&gt;x" in status(viewer.url + "/?date=2026-11-18")[1]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in status(viewer.url + "/alerts/999999")[1]
     # Search text is data, never SQL or markup.
     code, body = status(viewer.url + "/frames?date=2026-11-20&name=%27%3B%20DROP%20VIEW%20frames%3B--%25_")
     assert code == 200 and "0 frames shown" in body

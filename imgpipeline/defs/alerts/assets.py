@@ -31,6 +31,7 @@ from imgpipeline.vision import events
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=wc.check_specs("alerts", checks=checks.CHECKS),
     kinds={"parquet", "kafka"},
+    pool="alerts",  # one run at a time (dagster.yaml)
 )
 def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: KafkaResource,
            tracking: TrackingResource, alert_rules: AlertsResource):
@@ -47,11 +48,13 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         per_source = at.event_frames(frames, detections)
         fired = events.evaluate(rules, per_source, zones, hour.timestamp(), hour.timestamp() + 3600)
         numbers = [ledger.number(event.key) for event in fired]
-        evidence = draw_all(store, fired, frames, per_source, storage.max_frame_bytes)
+        evidence = draw_all(store, fired, numbers, frames, per_source, storage.max_frame_bytes)
         table = at.alert_rows(hour, fired, numbers, rules, evidence)
         store.put(wh.hourly_key("alerts", hour), wh.to_parquet(table))
         stored = wh.from_parquet(store.get(wh.hourly_key("alerts", hour)))
-        checks.check_hour(hour_key(hour), stored, ledger, store, failures)
+        drawable = {(f["source_id"], f["frame_id"]) for f in frames.select(at.FRAME_COLUMNS).to_pylist()
+                    if f["status"] in at.DRAWN and f["uri"]}
+        checks.check_hour(hour_key(hour), stored, ledger, store, drawable, failures)
         messages = [notify.payload(row, alert_rules.viewer_url, store) for row in stored.to_pylist()]
         totals["kafka"] += notify.publish(kafka, ledger, messages)
         sent = notify.notify_webhooks(kafka, ledger, rules, messages, alert_rules.token)
@@ -73,11 +76,12 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     yield from wc.check_results(failures, len(hours))
 
 
-def draw_all(store, fired, frames, per_source, max_bytes: int) -> dict:
+def draw_all(store, fired, numbers, frames, per_source, max_bytes: int) -> dict:
     """Evidence per alert key: each alert's frame drawn with its detections."""
     wanted = {(e.source_id, e.frame_id) for e in fired}
     rows = {(f["source_id"], f["frame_id"]): f for f in frames.select(at.FRAME_COLUMNS).to_pylist()
             if (f["source_id"], f["frame_id"]) in wanted}
     seen = {(s, f.frame_id): f.seen for s, fs in per_source.items() for f in fs if (s, f.frame_id) in wanted}
-    return {e.key: at.draw_evidence(store, e, rows.get((e.source_id, e.frame_id)),
-                                    seen.get((e.source_id, e.frame_id), []), max_bytes) for e in fired}
+    return {e.key: at.draw_evidence(store, e, n, rows.get((e.source_id, e.frame_id)),
+                                    seen.get((e.source_id, e.frame_id), []), max_bytes)
+            for e, n in zip(fired, numbers, strict=True)}

@@ -12,13 +12,14 @@ CHECKS = {
         "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
         "one_number_per_alert": "Every alert has one number and every number one alert, the one the "
                                 "ledger gave it: replays, retries and backfills add no alert and no number.",
-        "evidence_stored": "Every alert about a frame that was decoded has its annotated image (and crop, "
-                           "when it is about one object) stored under annotated/.",
+        "evidence_stored": "Every alert about a frame that was decoded has its annotated image stored under "
+                           "annotated/, and its crop when it is about one object.",
     },
 }
 
 
-def check_hour(key: str, alerts: pa.Table, ledger, store, failures: dict) -> None:
+def check_hour(key: str, alerts: pa.Table, ledger, store, drawable: set, failures: dict) -> None:
+    """`drawable`: the (source, frame) pairs whose image decoded when processed."""
     if problems := schema_problems(alerts, ALERTS_SCHEMA):
         failures["alerts", "schema_as_declared"][key] = problems
     rows = alerts.to_pylist()
@@ -28,6 +29,8 @@ def check_hour(key: str, alerts: pa.Table, ledger, store, failures: dict) -> Non
         failures["alerts", "one_number_per_alert"][key] = {"not_the_ledgers": wrong[:20],
                                                            "repeated": len(numbers) - len(set(numbers))}
     missing = [r["number"] for r in rows
-               for k in (r["annotated_key"], r["crop_key"]) if k and not store.exists(k)]
+               if ((r["source_id"], r["frame_id"]) in drawable
+                   and (not r["annotated_key"] or (r["detection_index"] is not None and not r["crop_key"])))
+               or any(k and not store.exists(k) for k in (r["annotated_key"], r["crop_key"]))]
     if missing:
         failures["alerts", "evidence_stored"][key] = missing[:20]

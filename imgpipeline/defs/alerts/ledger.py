@@ -4,13 +4,18 @@ An alert is known by its key (what happened: rule, source, frame, track); the le
 next free number and remembers which notifications went out, so an hour made again, a replay or a
 backfill finds the same numbers and notifies nobody twice.
 
-    alerts/ledger/numbers/<number>.json   the key a number was given to (created once: put-if-absent)
-    alerts/ledger/keys/<sha256 of key>.json   the key's number, `claiming` until its number is taken
+    alerts/ledger/numbers/<number>.json   the key a number was claimed for (created once: put-if-absent)
+    alerts/ledger/keys/<sha256 of key>.json   the number given to the key (created once: put-if-absent)
+    alerts/ledger/claims/<sha256 of key>.json   the number a run is claiming for the key, before it does
     alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered)
 
-A number is claimed by creating its file only if it does not exist, so two runs never take one number.
-The key's file says which number it is claiming before the claim, so a run killed between the two
-writes finds its own claim again instead of taking a second number.
+Numbers are written zero-padded to ten digits. A number is claimed by creating its file only if it
+does not exist, so two runs never take one number; the key is then bound to it the same way, so two
+runs racing for one key agree on the number that was bound first (the other claim stays unused and is
+never given again). A run writes which number it is claiming before it claims it, so a run killed
+between the claim and the binding finds its own claim again instead of taking a second number.
+Alerts runs are also one at a time (the `alerts` concurrency pool, dagster.yaml), so two runs do not
+notify the same alert at once.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class Ledger:
     def _key_file(self, key: str) -> str:
         return f"{ROOT}/keys/{_digest(key.encode())}.json"
 
+    def _claim_file(self, key: str) -> str:
+        return f"{ROOT}/claims/{_digest(key.encode())}.json"
+
     @staticmethod
     def number_file(number: int) -> str:
         return f"{ROOT}/numbers/{number:010d}.json"
@@ -44,6 +52,11 @@ class Ledger:
     def _write(self, name: str, record: dict) -> None:
         self.store.put(name, json.dumps(record, sort_keys=True).encode())
 
+    def _create(self, name: str, record: dict) -> bool:
+        """Write the record only if the file does not exist; False when it did."""
+        data = json.dumps(record, sort_keys=True).encode()
+        return self.store.put_new(name, data, sha256=_digest(data)) is None
+
     def _first_free(self) -> int:
         if self._next is None:
             taken = [int(k.rsplit("/", 1)[-1].split(".")[0]) for k in self.store.list(f"{ROOT}/numbers/")
@@ -52,21 +65,26 @@ class Ledger:
         return self._next
 
     def number(self, key: str) -> int:
-        """The key's number: the one it was given, else the next free one, claimed now."""
-        mine = self._read(self._key_file(key))
-        if mine is not None and mine["state"] == "given":
-            return mine["number"]
-        number = mine["number"] if mine is not None else self._first_free()
+        """The key's number: the one it was given, else the next free one, claimed and bound now."""
+        given = self.number_of(key)
+        if given is not None:
+            return given
+        claim = self._read(self._claim_file(key))
+        number = claim["number"] if claim is not None else self._first_free()
         while True:
-            self._write(self._key_file(key), {"key": key, "number": number, "state": "claiming"})
-            data = json.dumps({"key": key}, sort_keys=True).encode()
-            taken = self.store.put_new(self.number_file(number), data, sha256=_digest(data))
-            if taken is None or self.key_of(number) == key:  # ours now, or ours from before a crash
-                break
+            self._write(self._claim_file(key), {"key": key, "number": number})
+            if self._create(self.number_file(number), {"key": key}) or self.key_of(number) == key:
+                break  # ours now, or ours from before a crash
             number = max(number + 1, self._first_free())
         self._next = max(self._first_free(), number + 1)
-        self._write(self._key_file(key), {"key": key, "number": number, "state": "given"})
+        if not self._create(self._key_file(key), {"key": key, "number": number}):
+            return self.number_of(key)  # another run bound the key first: its number stands
         return number
+
+    def number_of(self, key: str) -> int | None:
+        """The number given to a key, if one was."""
+        record = self._read(self._key_file(key))
+        return record["number"] if record is not None else None
 
     def key_of(self, number: int) -> str | None:
         record = self._read(self.number_file(number))

@@ -9,6 +9,7 @@ webhook address often carries a secret.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -66,15 +67,18 @@ class Delivery:
     reason: str = ""
 
 
-def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=time.sleep) -> Delivery:
-    """POST the body until the webhook answers 2xx, at most `attempts` times; a 4xx other than 408 and
-    429 is final (sending the same alert again will not change the answer)."""
+def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=time.sleep,
+         attempts: int | None = None) -> Delivery:
+    """POST the body until the webhook answers 2xx, at most `attempts` times (the webhook's own number
+    unless given); a 4xx other than 408 and 429 is final (sending the same alert again will not change
+    the answer)."""
     headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key,
                "User-Agent": "imgpipeline-alerts"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     reason, pause = "", webhook.backoff_s
-    for attempt in range(1, webhook.attempts + 1):
+    attempts = attempts or webhook.attempts
+    for attempt in range(1, attempts + 1):
         request = urllib.request.Request(webhook.url, data=body, headers=headers, method="POST")
         try:
             with _OPENER.open(request, timeout=webhook.timeout_s) as response:
@@ -84,18 +88,21 @@ def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=ti
             reason = f"HTTP {exc.code}"
             if 300 <= exc.code < 500 and exc.code not in (408, 429):
                 return Delivery(False, attempt, reason + " (final)")
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-        if attempt < webhook.attempts:
+        if attempt < attempts:
             sleep(pause)
             pause *= 2
-    return Delivery(False, webhook.attempts, reason)
+    return Delivery(False, attempts, reason)
 
 
 def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of) -> dict[str, int]:
-    """Each alert to its rule's webhooks, once; refusals dead-lettered. Counts per outcome."""
+    """Each alert to its rule's webhooks, once; refusals dead-lettered. Counts per outcome.
+
+    A webhook that failed for good in this run gets one try per further alert (its retries would only
+    hold the run up while it is down): a run's time on a dead webhook is one retry sequence."""
     counts = {"delivered": 0, "dead": 0}
-    letters = []
+    letters, down = [], set()
     for message in messages:
         for target in rules.rule(message["rule"]).notify:
             if ledger.sent(message["number"], target) is not None:
@@ -103,12 +110,15 @@ def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of
             webhook = rules.spec.notify[target]
             token = token_of(webhook.token_env) if webhook.token_env else None
             delivery = post(webhook, json.dumps(message).encode(), token,
-                            f"imgpipeline-alert-{message['number']}-{target}")
+                            f"imgpipeline-alert-{message['number']}-{target}",
+                            attempts=1 if target in down else None)
             if delivery.delivered:
                 ledger.record_sent(message["number"], target, "delivered", attempts=delivery.attempts)
                 counts["delivered"] += 1
+                down.discard(target)
             else:
                 letters.append((message, target, delivery))
+                down.add(target)
     if letters:
         producer = kafka.producer()
         try:

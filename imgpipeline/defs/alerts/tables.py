@@ -59,10 +59,11 @@ def alert_rows(hour: datetime, fired: list[events.Event], numbers: list[int], ru
     return pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=wh.ALERTS_SCHEMA)
 
 
-def draw_evidence(store, event: events.Event, frame: dict | None, seen: list[events.Seen],
+def draw_evidence(store, event: events.Event, number: int, frame: dict | None, seen: list[events.Seen],
                   max_bytes: int) -> tuple[str | None, str | None]:
     """The alert frame with its detections drawn (the subject framed in white) and the subject's crop,
-    stored under `annotated/`; (None, None) when the frame's image cannot be read."""
+    stored under `annotated/` as the alert's own (`<frame>.alert-<number>[.crop].jpg`: two alerts on one
+    frame frame different subjects); (None, None) when the frame's image cannot be read."""
     if frame is None or frame["status"] not in DRAWN or not frame["uri"]:
         return None, None
     try:
@@ -75,8 +76,9 @@ def draw_evidence(store, event: events.Event, frame: dict | None, seen: list[eve
     crop_key = None
     if subject is not None:
         drawing.highlight(annotated, subject.box)
-        crop_key = annotated_key(event.source_id, frame["captured_at"], event.frame_id, subject.index)
+        crop_key = annotated_key(event.source_id, frame["captured_at"], event.frame_id,
+                                 f"alert-{number}.crop")
         store.put(crop_key, encode_jpeg(drawing.crop(image, subject.box)))
-    key = annotated_key(event.source_id, frame["captured_at"], event.frame_id)
+    key = annotated_key(event.source_id, frame["captured_at"], event.frame_id, f"alert-{number}")
     store.put(key, encode_jpeg(annotated))
     return key, crop_key

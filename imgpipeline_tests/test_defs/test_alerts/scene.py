@@ -33,7 +33,7 @@ rules:
 """
 
 
-def records(store, start=START, prefix="cam", ranges="frames-0-0-100") -> list[dict]:
+def records(store, start=START, prefix="cam", ranges="frames-0-0-100", tweak=None) -> list[dict]:
     """A person walking through the door into the bench zone across 11:00; a car parked all along and a
     second car passing at the start. Every frame has its image in storage; the records are landed."""
     things = [moving("person", 100, 560, 8, 14), moving("car", 20, 21, 0, 20, y=460),
@@ -45,10 +45,14 @@ def records(store, start=START, prefix="cam", ranges="frames-0-0-100") -> list[d
         for d in record["detections"]:
             x, y, w, h = d["box"]
             cv2.rectangle(image, (x, y), (x + w, y + h), (30, 200, 30), -1)
+        # Each frame's own bytes, as a live camera's (frames alike to the byte are a frozen camera).
+        cv2.putText(image, record["frame_id"], (8, 470), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
         data = encode_jpeg(image)
         captured = datetime.fromisoformat(record["captured_at"].replace("Z", "+00:00"))
         key = frame_key("cam", captured, record["frame_id"])
         store.put(key, data)
         record.update(uri=store.uri(key), sha256=sha256_hex(data), brightness=90.0)
+    if tweak is not None:
+        tweak(found)
     land(store, found, ranges)
     return found

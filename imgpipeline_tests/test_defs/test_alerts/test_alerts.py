@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
 from imgpipeline.defs.alerts.assets import alerts
@@ -16,7 +18,7 @@ from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
-from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, ZONES, records
+from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, START, ZONES, records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_defs.test_tracking.test_tracking import ELEVEN, TEN, land, materialize
 
@@ -94,7 +96,8 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
         assert crossing["fired_at"].hour == 11 and crossing["hour_start"].hour == 11
         for row in first:  # the annotated frame always; the crop when the alert is about one object
             assert store.exists(row["annotated_key"]), row
-            assert row["annotated_key"].startswith(f"annotated/cam/2026-11-20/{row['frame_id']}")
+            own = f"{row['frame_id']}.alert-{row['number']}.jpg"
+            assert row["annotated_key"] == f"annotated/cam/2026-11-20/{own}"
         assert store.exists(crossing["crop_key"])
         assert by_rule["two-cars"][0]["crop_key"] is None
 
@@ -191,3 +194,82 @@ def test_a_webhook_redirect_or_hang_is_a_failed_delivery_never_followed():
     assert not delivery.delivered and delivery.attempts == 2 and "timed out" in delivery.reason
     assert pauses == [0.5]
     slow.shutdown()
+
+
+def test_a_webhook_that_is_down_holds_a_run_up_by_one_retry_sequence(tmp_path, kafka):
+    from imgpipeline.defs.alerts.notify import notify_webhooks
+    from imgpipeline.vision.alert_rules import parse
+
+    down = Hook(failures=1000)
+    rules = parse(f"""
+notify: {{down: {{url: "{down.url}", attempts: 3, backoff_s: 0}}}}
+rules: [{{name: r, kind: class, classes: [dog], notify: [down]}}]
+""".encode())
+    ledger = Ledger(StorageResource(uri=(tmp_path / "store").as_uri()).open())
+    messages = [{"number": n, "rule": "r"} for n in (1, 2, 3)]
+    assert notify_webhooks(kafka, ledger, rules, messages, lambda env: None) == {"delivered": 0, "dead": 3}
+    assert [r["body"]["number"] for r in down.requests] == [1, 1, 1, 2, 3]
+    letters = read_all(kafka, f"{kafka.alerts_topic}.dlq")
+    assert sorted(int(m.key.split(b"-")[0]) for m in letters) == [1, 2, 3]
+    assert notify_webhooks(kafka, ledger, rules, messages, lambda env: None) == {"delivered": 0, "dead": 0}
+    down.close()
+
+
+CAMERA_RULES = """
+rules:
+  - {name: dark, kind: dark}
+  - {name: frozen, kind: frozen, frames: 3}
+  - {name: silent, kind: silent, minutes: 2}
+  - {name: lingering, kind: dwell, zone: bench, seconds: 1, classes: [person]}
+"""
+
+
+def test_camera_and_dwell_rules_read_the_stored_tables(tmp_path, kafka, hooks, monkeypatch):
+    storage, resources = setup(tmp_path, kafka, hooks, monkeypatch)
+    (tmp_path / "alerts.yaml").write_text(CAMERA_RULES)
+
+    def dark_and_frozen(found):
+        for record in found[10:15]:  # the dark filter skipped these: no detections
+            record.update(status="skipped_dark", brightness=4.0, detections=[], object_count=0)
+        for record in found[30:36]:
+            record["sha256"] = "a" * 64
+
+    store = storage.open()
+    records(store, tweak=dark_and_frozen)
+    # The camera comes back three minutes later: silent for more than two minutes in between.
+    records(store, START + timedelta(minutes=3), "later", "frames-0-100-200")
+    with dg.instance_for_test() as instance:
+        materialize([hourly_tables], *RANGE, resources, instance)
+        materialize([alerts], *RANGE, resources, instance)
+    fired = {row["rule"]: row for row in stored_alerts(storage)}
+    assert sorted(fired) == ["dark", "frozen", "lingering", "silent"]
+    assert fired["dark"]["frame_id"] == "cam-0010"
+    assert fired["frozen"]["frame_id"] == "cam-0032"  # the third identical frame
+    assert fired["silent"]["frame_ids"] == ["cam-0099", "later-0000"]
+    assert fired["lingering"]["track_id"] is not None
+    assert "in zone bench for 1 s" in fired["lingering"]["detail"]
+    assert sum(row["rule"] == "dark" for row in stored_alerts(storage)) == 1
+
+
+def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
+    from imgpipeline.defs.alerts import checks as ac
+    from imgpipeline.defs.warehouse import checks as wc
+
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    ledger = Ledger(store)
+    row = {name: None for name in wh.ALERTS_SCHEMA.names}
+    row.update(number=ledger.number("k1"), alert_key="k1", source_id="cam", frame_id="f1", frame_ids=["f1"])
+
+    def failed(rows, drawable=frozenset()):
+        failures = wc.no_failures("alerts", checks=ac.CHECKS)
+        table = pa.Table.from_pylist(rows, schema=wh.ALERTS_SCHEMA)
+        ac.check_hour("h", table, ledger, store, drawable, failures)
+        return {name for (_, name), found in failures.items() if found}
+
+    assert failed([row]) == set()
+    assert failed([row, {**row, "alert_key": "k2"}]) == {"one_number_per_alert"}  # a number twice
+    assert failed([{**row, "number": 99}]) == {"one_number_per_alert"}  # not the ledger's number
+    assert failed([row], {("cam", "f1")}) == {"evidence_stored"}  # a readable frame without its image
+    store.put("annotated/x.jpg", b"jpeg")
+    assert failed([{**row, "annotated_key": "annotated/x.jpg"}], {("cam", "f1")}) == set()
+    assert failed([{**row, "annotated_key": "annotated/gone.jpg"}]) == {"evidence_stored"}

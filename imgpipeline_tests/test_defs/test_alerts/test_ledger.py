@@ -25,15 +25,35 @@ def test_a_claim_cut_short_is_found_again(storage):
     store = storage.open()
     ledger = Ledger(store)
     ledger.number("a")
-    # A run killed after claiming number 2 for "b" but before recording it as given.
-    store.put(ledger._key_file("b"), json.dumps({"key": "b", "number": 2, "state": "claiming"}).encode())
+    # A run killed after claiming number 2 for "b" but before binding "b" to it.
+    store.put(ledger._claim_file("b"), json.dumps({"key": "b", "number": 2}).encode())
     data = json.dumps({"key": "b"}, sort_keys=True).encode()
     assert store.put_new(Ledger.number_file(2), data, sha256="x") is None
     assert Ledger(store).number("b") == 2
     assert Ledger(store).number("c") == 3
     # …and one killed before its claim landed: the number it meant to take is still free.
-    store.put(ledger._key_file("d"), json.dumps({"key": "d", "number": 4, "state": "claiming"}).encode())
+    store.put(ledger._claim_file("d"), json.dumps({"key": "d", "number": 4}).encode())
     assert Ledger(store).number("d") == 4
+
+
+def test_two_runs_racing_for_one_key_agree_on_its_number(storage):
+    store = storage.open()
+    numbers: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def claim():
+        ledger = Ledger(store)
+        barrier.wait()
+        numbers.append(ledger.number("same"))
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(numbers)) == 1 and len(numbers) == 4
+    assert Ledger(store).number_of("same") == numbers[0]
+    assert Ledger(store).number("next") > numbers[0]  # claims lost in the race are never given again
 
 
 def test_runs_claiming_at_once_never_share_a_number(storage):
@@ -52,5 +72,5 @@ def test_runs_claiming_at_once_never_share_a_number(storage):
     for thread in threads:
         thread.join()
     assert len(given) == 45
-    assert sorted(given.values()) == list(range(1, 46))  # none shared, none skipped
+    assert len(set(given.values())) == 45  # none shared
     assert all(Ledger(store).key_of(n) == k for k, n in given.items())
