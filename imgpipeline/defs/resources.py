@@ -12,7 +12,8 @@ from imgpipeline.resources import (
 
 
 def resources_from_env() -> dict:
-    tracking, alerts = TrackingResource.from_env(), AlertsResource.from_env()
+    tracking = TrackingResource.from_env()
+    alerts = AlertsResource.from_env().for_zones(tracking.zones_path())
     # Rules and zones are separate files: a rule naming a line that is not drawn fails here, at load.
     alerts.check_against(tracking.zones())
     return {

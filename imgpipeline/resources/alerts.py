@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import field_validator, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import environment, models_dir, project_file
+from imgpipeline.paths import PACKAGE_DIR, environment, models_dir, project_file
 from imgpipeline.resources.settings import FromEnv, setting
 from imgpipeline.vision import alert_rules
 from imgpipeline.vision.model_files import NAMES
@@ -24,7 +24,7 @@ class AlertsResource(FromEnv, dg.ConfigurableResource):
         "IMGPIPELINE_ALERTS_FILE",
         "",
         "alert rules and their webhooks (YAML; README: Alerts); `none`: no alerts; unset: `alerts.yaml` in "
-        "the project home, else the checkout's (the demo's rules)",
+        "the project home, else the checkout's (the demo's rules, used only with the checkout's zones file)",
         shown="`alerts.yaml`",
     )
     viewer_url: str = setting(
@@ -60,6 +60,15 @@ class AlertsResource(FromEnv, dg.ConfigurableResource):
             raise ConfigError(f"IMGPIPELINE_ALERTS_FILE={self.alerts_file}: no such file; write one (see the "
                               "README) or unset it")
         return alert_rules.load(path)
+
+    def for_zones(self, zones_path: Path | None) -> AlertsResource:
+        """These settings with the zones file in use: the checkout's rules name the checkout's lines and
+        zones, so with another zones file (a site's own) they are not used unless asked for."""
+        path, checkout = self.rules_path(), PACKAGE_DIR.parent
+        if (not self.alerts_file and path is not None and path.parent == checkout
+                and (zones_path is None or zones_path.parent != checkout)):
+            return AlertsResource(alerts_file="none", viewer_url=self.viewer_url)
+        return self
 
     def check_against(self, zones) -> None:
         """The rules name lines and zones the zones file draws and classes the model knows."""
