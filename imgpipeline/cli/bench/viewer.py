@@ -92,7 +92,7 @@ PAGES = [
     ("alerts", f"/alerts?date={DAY}"),
     ("alert", "/alerts/150"),
     ("frames", f"/frames?date={DAY}"),
-    ("frame search", f"/frames?date={DAY}&source=cam7&class=dog&start=10:00&end=14:00&name=f1"),
+    ("frame search", f"/frames?date={DAY}&source=cam7&class=dog&start=10:00&end=14:00&name=7.jpg"),
     ("frame", f"/frames/{DAY}/cam7/f50007"),
     ("thumbnail", f"/frames/{DAY}/cam7/f50007/thumb.jpg"),
     ("charts", f"/charts?date={DAY}"),
