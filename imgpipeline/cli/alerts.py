@@ -34,9 +34,7 @@ def alerts(args) -> int:
     found = queries.alert(con, args.number)
     store = StorageResource.from_env().open()
     if found is None:
-        key = Ledger(store).key_of(args.number)
-        print(f"alert {args.number} was given to {key}, which the current rules and frames no longer raise"
-              if key else f"there is no alert {args.number}")
+        print(Ledger(store).missing(args.number))
         return 1
     deliveries = Ledger(store).deliveries(args.number)
     print(f"alert {found['number']}: {found['severity']} · {found['rule']} ({found['kind']})")

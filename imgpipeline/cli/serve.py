@@ -129,9 +129,7 @@ def create_app(warehouse: Warehouse):
         number = request.path_params["number"]
         found = queries.alert(con, number)
         if found is None:
-            key = Ledger(warehouse.store).key_of(number) if number < 10**10 else None
-            raise NotFound(f"Alert {number} was given to {key}, which the current rules and frames no "
-                           "longer raise." if key else f"There is no alert {number}.")
+            raise NotFound(Ledger(warehouse.store).missing(number).capitalize() + ".")
         return found
 
     @guarded

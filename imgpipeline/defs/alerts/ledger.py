@@ -86,6 +86,17 @@ class Ledger:
         record = self._read(self._key_file(key))
         return record["number"] if record is not None else None
 
+    def missing(self, number: int) -> str:
+        """Why there is no alert with this number: never given, given to an alert the rules no longer
+        raise, or claimed in a race another run won (the alert has that run's number)."""
+        key = self.key_of(number) if 0 < number < 10**10 else None
+        if key is None:
+            return f"there is no alert {number}"
+        given = self.number_of(key)
+        if given is not None and given != number:
+            return f"{number} was claimed by a run that lost a race for it: that alert is number {given}"
+        return f"alert {number} was given to {key}, which the current rules and frames no longer raise"
+
     def key_of(self, number: int) -> str | None:
         record = self._read(self.number_file(number))
         return record["key"] if record else None

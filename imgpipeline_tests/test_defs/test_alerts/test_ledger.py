@@ -53,6 +53,15 @@ def test_two_runs_racing_for_one_key_agree_on_its_number(storage):
         thread.join()
     assert len(set(numbers)) == 1 and len(numbers) == 4
     assert Ledger(store).number_of("same") == numbers[0]
+    # What a number that is no alert in the tables says: a claim lost in a race points at the winner.
+    ledger = Ledger(store)
+    lost = ledger.number("next") + 1
+    data = json.dumps({"key": "same"}, sort_keys=True).encode()
+    assert store.put_new(Ledger.number_file(lost), data, sha256="x") is None
+    assert ledger.missing(lost) == f"{lost} was claimed by a run that lost a race for it: that alert is " \
+                                   f"number {numbers[0]}"
+    assert ledger.missing(numbers[0]).endswith("which the current rules and frames no longer raise")
+    assert ledger.missing(lost + 1) == f"there is no alert {lost + 1}"
     assert Ledger(store).number("next") > numbers[0]  # claims lost in the race are never given again
 
 
