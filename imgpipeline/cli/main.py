@@ -74,6 +74,20 @@ def add_produce(commands) -> None:
                           help="send the image bytes in the message (metadata in headers)")
     produce.set_defaults(module="produce", run="produce")
 
+    bridge = commands.add_parser("bridge", help="forward camera images from another transport to Kafka")
+    transports = bridge.add_subparsers(dest="transport", required=True)
+    mqtt = transports.add_parser(
+        "mqtt", help="images published to MQTT topics (payload = image bytes) to frames on Kafka")
+    mqtt.add_argument("--broker", help="HOST:PORT (default: the MQTT broker setting)")
+    mqtt.add_argument("--topic", action="append", required=True,
+                      help="a topic filter, e.g. images/raw or cameras/+/frames (the + level is the source "
+                           "id); repeat for more")
+    mqtt.add_argument("--source", help="source id for every message (default: the topic's + level)")
+    mqtt.add_argument("--client-id", default="imgpipeline-bridge",
+                      help="the MQTT client id: its persistent session keeps what the bridge has not "
+                           "acknowledged while it is down")
+    mqtt.set_defaults(module="bridge", run="bridge")
+
 
 def add_query(commands) -> None:
     query = commands.add_parser(

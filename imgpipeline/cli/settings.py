@@ -12,6 +12,7 @@ def setting_models() -> list:
     """Every model whose fields are settings (resources and small settings models)."""
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+    from imgpipeline.ingest.mqtt import MqttSettings
     from imgpipeline.resources import (
         AlertsResource,
         DetectorResource,
@@ -21,7 +22,7 @@ def setting_models() -> list:
     )
 
     return [StorageResource, KafkaResource, BatchPolicy, DetectorResource, TrackingResource, AlertsResource,
-            Calendar]
+            MqttSettings, Calendar]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from imgpipeline.services.base import LocalService, ServiceError
 from imgpipeline.services.dagster_dev import DagsterDev, dagster_home
 from imgpipeline.services.kafka_broker import KafkaBroker
+from imgpipeline.services.mosquitto import INSTALL_HINT, Mosquitto, mosquitto_path
 from imgpipeline.services.s3_endpoint import BUCKET, S3Endpoint
 from imgpipeline.services.viewer import ViewerService
 
@@ -27,15 +28,19 @@ class LocalServices:
         self.s3 = S3Endpoint(root / "s3")
         self.dagster = DagsterDev(root / "dagster", self.state / "dagster", self.state.parent)
         self.viewer = ViewerService(root / "viewer", self.state.parent)
+        self.mqtt = Mosquitto(root / "mqtt")
 
     @property
     def all(self) -> list[LocalService]:
-        return [self.kafka, self.s3, self.dagster, self.viewer]
+        return [self.kafka, self.s3, self.mqtt, self.dagster, self.viewer]
 
     def up(self, log=print) -> list[dict]:
-        """Start the broker and the S3 endpoint (not the UI: see up_ui)."""
+        """Start the broker, the S3 endpoint and, when it is installed, Mosquitto (not the UI: see up_ui)."""
         statuses = []
-        for service in (self.kafka, self.s3):
+        for service in (self.kafka, self.s3, self.mqtt):
+            if service is self.mqtt and mosquitto_path() is None:
+                log(f"no MQTT broker: mosquitto is not installed ({INSTALL_HINT})")
+                continue
             log(f"starting {service.name} …")
             statuses.append(service.start())
         return statuses
@@ -53,12 +58,13 @@ class LocalServices:
         return {service.name: service.stop() for service in self.all}
 
     def status(self) -> list[dict]:
-        """Kafka and S3 always; the UI and the viewer when they run."""
+        """Kafka and S3 always; the MQTT broker, the UI and the viewer when they run."""
         return [s.status() for s in self.all if s in (self.kafka, self.s3) or s.running()]
 
     def env_file_text(self, storage: str = "local") -> str:
         """The services.env that `dagster dev` and the CLI read; S3 lines active on request."""
         kafka = self.kafka.env(self.kafka.ports) if self.kafka.running() else {}
+        kafka.update(self.mqtt.env(self.mqtt.ports) if self.mqtt.running() else {})
         s3 = self.s3.env(self.s3.ports) if self.s3.running() else {}
         lines = ["# Written by `imgpipeline services up`; variables set in the shell win."]
         lines += [f"{key}={value}" for key, value in kafka.items()]

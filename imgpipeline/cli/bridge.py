@@ -1,0 +1,22 @@
+"""`imgpipeline bridge mqtt`: camera images from MQTT topics to frames on Kafka."""
+
+from __future__ import annotations
+
+
+def bridge(args) -> int:
+    from imgpipeline.ingest.mqtt import MqttBridge, MqttSettings
+    from imgpipeline.resources import KafkaResource, StorageResource
+
+    overrides = {"broker": args.broker} if args.broker else {}
+    settings = MqttSettings.from_env(**overrides)
+    kafka = KafkaResource.from_env()
+    kafka.ensure_topics()
+    bridge = MqttBridge(kafka, StorageResource.from_env(), args.topic, source=args.source,
+                        client_id=args.client_id, settings=settings)
+    print(f"bridge: {settings.broker} {', '.join(args.topic)} → Kafka {kafka.frames_topic} "
+          "(Ctrl-C stops it; what it has not acknowledged waits in its session)", flush=True)
+    try:
+        bridge.run()
+    finally:
+        print(f"bridge: {bridge.forwarded} messages forwarded", flush=True)
+    return 0

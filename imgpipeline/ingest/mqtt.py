@@ -1,0 +1,172 @@
+"""The MQTT bridge: camera images published to MQTT become frames on Kafka, none lost, none twice.
+
+Each message's payload is an image. The bridge stores it under `frames/` (the claim check) and sends
+the frame message to Kafka with `acks=all`, like every producer; only once Kafka has acknowledged it
+does it acknowledge the MQTT message (QoS 1, a persistent session, manual acknowledgement). A bridge
+killed mid-stream loses nothing (the broker delivers what was not acknowledged again) and sends
+nothing twice: a frame's id is derived from its bytes, and the producer's ledger knows what was sent.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from imgpipeline import ConfigError
+from imgpipeline.ingest.messages import FRAME_ID, sha256_hex
+from imgpipeline.ingest.producer import Frame, FrameProducer
+from imgpipeline.resources.settings import FromEnv, resolved, setting
+
+TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?$")
+
+
+class MqttSettings(FromEnv, BaseModel):
+    """Where the MQTT broker is and how the bridge logs in (the password from the environment only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker: str = setting("IMGPIPELINE_MQTT_BROKER", "127.0.0.1:1883", "the MQTT broker, HOST:PORT")
+    username: str | None = setting("IMGPIPELINE_MQTT_USERNAME", None, "MQTT user name")
+    password: str | None = setting("IMGPIPELINE_MQTT_PASSWORD", None, "MQTT password (a secret)",
+                                   secret=True)
+    cafile: str | None = setting("IMGPIPELINE_MQTT_CAFILE", None,
+                                 "PEM file of the broker's CA: TLS to the broker", shown="no TLS")
+
+    @field_validator("broker")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"IMGPIPELINE_MQTT_BROKER={value!r} is not HOST:PORT")
+        return value
+
+
+def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
+    """The source id of a message: the configured one, else the topic level the filter's first `+`
+    stands for (`cameras/+/frames` on `cameras/cam7/frames` gives cam7)."""
+    if fixed:
+        return fixed
+    levels, wanted = topic.split("/"), topic_filter.split("/")
+    for level, pattern in zip(levels, wanted, strict=False):
+        if pattern == "+":
+            return level
+    raise ConfigError(f"topic {topic_filter!r} names no source: give --source or a `+` level")
+
+
+@dataclass
+class Received:
+    mid: int
+    topic: str
+    topic_filter: str
+    payload: bytes
+
+
+class MqttBridge:
+    """Subscribes, stores and sends, then acknowledges; `run` until stopped or `limit` messages."""
+
+    def __init__(self, kafka, storage, topics: list[str], *, source: str | None = None,
+                 client_id: str = "imgpipeline-bridge", settings: MqttSettings | None = None,
+                 batch: int = 25, log=print):
+        for topic in topics:
+            if not topic or not TOPIC_FILTER.match(topic):
+                raise ConfigError(f"{topic!r} is not an MQTT topic filter")
+            if not source and "+" not in topic.split("/"):
+                raise ConfigError(f"topic {topic!r} has no `+` level to take the source id from: give "
+                                  "--source")
+        if source and not FRAME_ID.match(source):
+            raise ConfigError(f"--source {source!r} is not a source id ({FRAME_ID.pattern})")
+        self.kafka, self.storage, self.topics, self.source = kafka, storage, topics, source
+        self.client_id, self.batch, self.log = client_id, batch, log
+        self.settings = settings or MqttSettings.from_env()
+        self.inbox: queue.Queue[Received] = queue.Queue()
+        self.producers: dict[str, FrameProducer] = {}
+        self.forwarded = 0
+
+    def _client(self):
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=False, manual_ack=True)
+        if self.settings.username:
+            client.username_pw_set(self.settings.username, resolved(self.settings.password))
+        if self.settings.cafile:
+            client.tls_set(ca_certs=self.settings.cafile)
+
+        def on_connect(client, userdata, flags, reason_code, properties):
+            if reason_code.is_failure:
+                self.log(f"bridge: the broker refused the connection: {reason_code}")
+                return
+            client.subscribe([(topic, 1) for topic in self.topics])
+
+        def on_message(client, userdata, message):
+            topic_filter = next((t for t in self.topics if mqtt.topic_matches_sub(t, message.topic)), "")
+            self.inbox.put(Received(message.mid, message.topic, topic_filter, bytes(message.payload)))
+
+        client.on_connect, client.on_message = on_connect, on_message
+        return client
+
+    def run(self, limit: int | None = None, idle_s: float | None = None) -> int:
+        """Forward messages until `limit` were forwarded or nothing came for `idle_s` seconds."""
+        host, _, port = self.settings.broker.rpartition(":")
+        self.producers = {}
+        client = self._client()
+        try:
+            client.connect(host, int(port))
+        except OSError as exc:
+            raise ConfigError(f"cannot reach the MQTT broker at {self.settings.broker}: {exc}") from None
+        client.loop_start()
+        last = time.monotonic()
+        try:
+            while limit is None or self.forwarded < limit:
+                taken = self._take()
+                if not taken:
+                    if idle_s is not None and time.monotonic() - last > idle_s:
+                        break
+                    continue
+                last = time.monotonic()
+                self._forward(client, taken)
+        finally:
+            for producer in self.producers.values():
+                producer.close()
+            client.loop_stop()
+            client.disconnect()
+        return self.forwarded
+
+    def _take(self) -> list[Received]:
+        taken = []
+        try:
+            taken.append(self.inbox.get(timeout=0.2))
+            while len(taken) < self.batch:
+                taken.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return taken
+
+    def _forward(self, client, taken: list[Received]) -> None:
+        from imgpipeline.vision.quality import UndecodableImage, header_size
+
+        for message in taken:
+            source = source_of(message.topic, message.topic_filter, self.source)
+            if not FRAME_ID.match(source):
+                self.log(f"bridge: topic {message.topic!r}: {source!r} is not a source id; dropped")
+                continue
+            producer = self.producers.get(source)
+            if producer is None:
+                producer = self.producers[source] = FrameProducer(self.kafka, self.storage, source)
+            try:
+                width, height = header_size(message.payload)
+            except UndecodableImage:
+                width = height = None  # not an image: the run says so (an error record and a dead letter)
+            digest = sha256_hex(message.payload)
+            frame_id = f"{source}-{digest[:20]}"
+            producer.send(Frame(frame_id, message.payload, datetime.now(UTC), width, height))
+        for producer in self.producers.values():
+            producer.flush()  # acks=all: Kafka has every frame of the batch
+        for message in taken:
+            client.ack(message.mid, 1)
+        self.forwarded += len(taken)

@@ -1,0 +1,136 @@
+"""The MQTT bridge against Debian's Mosquitto and the real Kafka broker: images published with paho and
+with mosquitto_pub land as detected frames; a bridge SIGKILLed mid-stream and started again loses and
+duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from imgpipeline import ConfigError
+from imgpipeline.cli.fetch import sample
+from imgpipeline.ingest.mqtt import MqttBridge, MqttSettings, source_of
+from imgpipeline.resources import StorageResource
+from imgpipeline.vision.quality import encode_jpeg
+from imgpipeline_tests.pipeline import drain, landing_records
+from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+
+pytestmark = pytest.mark.integration
+
+
+def publisher(settings: MqttSettings):
+    import paho.mqtt.client as mqtt
+
+    host, _, port = settings.broker.rpartition(":")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="")
+    client.connect(host, int(port))
+    client.loop_start()
+    return client
+
+
+def publish(client, topic: str, payloads: list[bytes]) -> None:
+    infos = [client.publish(topic, payload, qos=1) for payload in payloads]
+    for info in infos:
+        info.wait_for_publish(timeout=30)
+
+
+def images(n: int, tag: str) -> list[bytes]:
+    found = []
+    for i in range(n):
+        image = np.full((48, 64, 3), (i * 7) % 255, np.uint8)
+        cv2.putText(image, f"{tag}{i}", (2, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        found.append(encode_jpeg(image))
+    return found
+
+
+@pytest.fixture
+def mqtt(services) -> MqttSettings:
+    assert services.mqtt.running(), "mosquitto is not running: apt-get install mosquitto (.ci/run does)"
+    return MqttSettings(broker=services.mqtt.address(services.mqtt.ports))
+
+
+def test_the_source_comes_from_the_topic_or_the_setting():
+    assert source_of("cameras/cam7/frames", "cameras/+/frames", None) == "cam7"
+    assert source_of("images/raw", "images/raw", "gate") == "gate"
+    for topics, source, says in [(["images/raw"], None, "no `+` level"), (["a/#/b"], None, "not an MQTT"),
+                                 (["cameras/+/x"], "../etc", "not a source id")]:
+        with pytest.raises(ConfigError, match=says):
+            MqttBridge(None, None, topics, source=source, settings=MqttSettings())
+
+
+def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeypatch):
+    import dagster as dg
+
+    monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    bridge = MqttBridge(kafka, storage, ["cameras/+/frames", "images/raw"], client_id="bridge-e2e",
+                        settings=mqtt, log=lambda line: None)
+    # Subscribe first (the session keeps what comes while the bridge is away), then publish.
+    bridge.run(idle_s=0.5)
+    client = publisher(mqtt)
+    photos = [sample("bus.jpg").read_bytes(), sample("zidane.jpg").read_bytes()]
+    publish(client, "cameras/gate/frames", photos + [b"not an image at all"])
+    client.loop_stop()
+    host, _, port = mqtt.broker.rpartition(":")
+    subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-q", "1", "-t", "cameras/yard/frames",
+                    "-f", str(sample("bus.jpg"))], check=True, timeout=30)
+    assert bridge.run(limit=4, idle_s=20) == 4
+    with dg.instance_for_test() as instance:
+        drain(kafka, storage, instance)
+    records = {(r["source_id"], r["status"]) for r in landing_records(storage)}
+    assert sorted(records) == [("gate", "detected"), ("gate", "error"), ("yard", "detected")]
+    by_status = [r for r in landing_records(storage) if r["source_id"] == "gate"]
+    assert sum(r["status"] == "detected" for r in by_status) == 2
+    assert any("bus" in {d["class_name"] for d in r["detections"]} for r in by_status)
+    dead = [json.loads(m.value) for m in read_all(kafka, kafka.dlq_topic)]
+    assert len(dead) == 1 and "image" in json.dumps(dead[0]).lower()
+
+
+def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tmp_path):
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic, "IMGPIPELINE_STORAGE_URI": storage.uri,
+           "IMGPIPELINE_HOME": str(tmp_path), "IMGPIPELINE_MQTT_BROKER": mqtt.broker}
+    command = [sys.executable, "-m", "imgpipeline.cli", "bridge", "mqtt", "--topic", "yard/+/f",
+               "--client-id", "bridge-kill"]
+
+    def start():
+        bridge = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True, text=True)
+        assert "bridge:" in bridge.stdout.readline()  # connected and subscribed from here on
+        time.sleep(1)
+        return bridge
+
+    bridge = start()
+    client = publisher(mqtt)
+    sent = images(300, "k")
+    publish(client, "yard/cam-k/f", sent)
+    deadline = time.monotonic() + 120
+    while len(read_all(kafka, kafka.frames_topic)) < 80 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(bridge.pid, signal.SIGKILL)
+    bridge.wait()
+    before = len(read_all(kafka, kafka.frames_topic))
+    assert 0 < before < 300, "the kill did not land mid-stream"
+    bridge = start()  # its session kept what the first one had not acknowledged
+    deadline = time.monotonic() + 120
+    while len(read_all(kafka, kafka.frames_topic)) < 300 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # anything late would show now
+    os.killpg(bridge.pid, signal.SIGTERM)
+    bridge.wait()
+    client.loop_stop()
+    messages = [json.loads(m.value) for m in read_all(kafka, kafka.frames_topic)]
+    ids = [m["frame_id"] for m in messages]
+    from imgpipeline.ingest.messages import sha256_hex
+
+    assert sorted(ids) == sorted(f"cam-k-{sha256_hex(p)[:20]}" for p in sent)  # each once, none lost
+    assert all(storage.open().exists(storage.open().key_for(m["uri"])) for m in messages)
