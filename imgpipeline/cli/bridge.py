@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 def bridge(args) -> int:
-    from imgpipeline.ingest.mqtt import MqttBridge, MqttSettings
+    from imgpipeline.ingest.mqtt import MqttBridge
     from imgpipeline.resources import KafkaResource, StorageResource
+    from imgpipeline.resources.mqtt import MqttSettings
 
     overrides = {"broker": args.broker} if args.broker else {}
     settings = MqttSettings.from_env(**overrides)

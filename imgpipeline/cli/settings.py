@@ -12,7 +12,6 @@ def setting_models() -> list:
     """Every model whose fields are settings (resources and small settings models)."""
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
-    from imgpipeline.ingest.mqtt import MqttSettings
     from imgpipeline.resources import (
         AlertsResource,
         DetectorResource,
@@ -20,6 +19,7 @@ def setting_models() -> list:
         StorageResource,
         TrackingResource,
     )
+    from imgpipeline.resources.mqtt import MqttSettings
 
     return [StorageResource, KafkaResource, BatchPolicy, DetectorResource, TrackingResource, AlertsResource,
             MqttSettings, Calendar]

@@ -15,35 +15,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, field_validator
-
 from imgpipeline import ConfigError
 from imgpipeline.ingest.messages import FRAME_ID, sha256_hex
 from imgpipeline.ingest.producer import Frame, FrameProducer
-from imgpipeline.resources.settings import FromEnv, resolved, setting
 
 TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?$")
-
-
-class MqttSettings(FromEnv, BaseModel):
-    """Where the MQTT broker is and how the bridge logs in (the password from the environment only)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    broker: str = setting("IMGPIPELINE_MQTT_BROKER", "127.0.0.1:1883", "the MQTT broker, HOST:PORT")
-    username: str | None = setting("IMGPIPELINE_MQTT_USERNAME", None, "MQTT user name")
-    password: str | None = setting("IMGPIPELINE_MQTT_PASSWORD", None, "MQTT password (a secret)",
-                                   secret=True)
-    cafile: str | None = setting("IMGPIPELINE_MQTT_CAFILE", None,
-                                 "PEM file of the broker's CA: TLS to the broker", shown="no TLS")
-
-    @field_validator("broker")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"IMGPIPELINE_MQTT_BROKER={value!r} is not HOST:PORT")
-        return value
 
 
 def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
@@ -70,7 +46,7 @@ class MqttBridge:
     """Subscribes, stores and sends, then acknowledges; `run` until stopped or `limit` messages."""
 
     def __init__(self, kafka, storage, topics: list[str], *, source: str | None = None,
-                 client_id: str = "imgpipeline-bridge", settings: MqttSettings | None = None,
+                 client_id: str = "imgpipeline-bridge", settings=None,
                  batch: int = 25, log=print):
         for topic in topics:
             if not topic or not TOPIC_FILTER.match(topic):
@@ -82,7 +58,7 @@ class MqttBridge:
             raise ConfigError(f"--source {source!r} is not a source id ({FRAME_ID.pattern})")
         self.kafka, self.storage, self.topics, self.source = kafka, storage, topics, source
         self.client_id, self.batch, self.log = client_id, batch, log
-        self.settings = settings or MqttSettings.from_env()
+        self.settings = settings  # resources.mqtt.MqttSettings: the broker, the login, TLS
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.producers: dict[str, FrameProducer] = {}
         self.forwarded = 0
@@ -92,8 +68,9 @@ class MqttBridge:
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              clean_session=False, manual_ack=True)
-        if self.settings.username:
-            client.username_pw_set(self.settings.username, resolved(self.settings.password))
+        username, password = self.settings.credentials()
+        if username:
+            client.username_pw_set(username, password)
         if self.settings.cafile:
             client.tls_set(ca_certs=self.settings.cafile)
 

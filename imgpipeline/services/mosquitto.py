@@ -47,7 +47,7 @@ class Mosquitto(LocalService):
         return f"127.0.0.1:{ports['port']}"
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
-        from imgpipeline.ingest.mqtt import MqttSettings
+        from imgpipeline.resources.mqtt import MqttSettings
         from imgpipeline.resources.settings import env_name
 
         return {env_name(MqttSettings, "broker"): self.address(ports)}

@@ -17,8 +17,9 @@ import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.fetch import sample
-from imgpipeline.ingest.mqtt import MqttBridge, MqttSettings, source_of
+from imgpipeline.ingest.mqtt import MqttBridge, source_of
 from imgpipeline.resources import StorageResource
+from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline.vision.quality import encode_jpeg
 from imgpipeline_tests.pipeline import drain, landing_records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
