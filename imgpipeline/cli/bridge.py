@@ -14,10 +14,13 @@ def bridge(args) -> int:
     kafka.ensure_topics()
     bridge = MqttBridge(kafka, StorageResource.from_env(), args.topic, source=args.source,
                         client_id=args.client_id, settings=settings)
-    print(f"bridge: {settings.broker} {', '.join(args.topic)} → Kafka {kafka.frames_topic} "
-          "(Ctrl-C stops it; what it has not acknowledged waits in its session)", flush=True)
+    def ready():
+        print(f"bridge: subscribed to {', '.join(args.topic)} at {settings.broker} → Kafka "
+              f"{kafka.frames_topic} (Ctrl-C stops it; what it has not acknowledged waits in its session)",
+              flush=True)
+
     try:
-        bridge.run()
+        bridge.run(ready=ready)
     finally:
         print(f"bridge: {bridge.forwarded} messages forwarded", flush=True)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ class MqttBridge:
         self.client_id, self.batch, self.log = client_id, batch, log
         self.settings = settings  # resources.mqtt.MqttSettings: the broker, the login, TLS
         self.inbox: queue.Queue[Received] = queue.Queue()
+        self.subscribed = threading.Event()
         self.producers: dict[str, FrameProducer] = {}
         self.forwarded = 0
 
@@ -80,15 +82,22 @@ class MqttBridge:
                 return
             client.subscribe([(topic, 1) for topic in self.topics])
 
+        def on_subscribe(client, userdata, mid, reason_codes, properties):
+            if any(code.is_failure for code in reason_codes):
+                self.log(f"bridge: the broker refused a subscription: {reason_codes}")
+            else:
+                self.subscribed.set()
+
         def on_message(client, userdata, message):
             topic_filter = next((t for t in self.topics if mqtt.topic_matches_sub(t, message.topic)), "")
             self.inbox.put(Received(message.mid, message.topic, topic_filter, bytes(message.payload)))
 
-        client.on_connect, client.on_message = on_connect, on_message
+        client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
         return client
 
-    def run(self, limit: int | None = None, idle_s: float | None = None) -> int:
-        """Forward messages until `limit` were forwarded or nothing came for `idle_s` seconds."""
+    def run(self, limit: int | None = None, idle_s: float | None = None, ready=None) -> int:
+        """Forward messages until `limit` were forwarded or nothing came for `idle_s` seconds; `ready` is
+        called once the broker confirmed the subscriptions (from then on nothing published is missed)."""
         host, _, port = self.settings.broker.rpartition(":")
         self.producers = {}
         client = self._client()
@@ -97,6 +106,12 @@ class MqttBridge:
         except OSError as exc:
             raise ConfigError(f"cannot reach the MQTT broker at {self.settings.broker}: {exc}") from None
         client.loop_start()
+        if not self.subscribed.wait(30):
+            client.loop_stop()
+            raise ConfigError(f"the MQTT broker at {self.settings.broker} did not confirm the subscriptions "
+                              f"to {', '.join(self.topics)} within 30 s")
+        if ready is not None:
+            ready()
         last = time.monotonic()
         try:
             while limit is None or self.forwarded < limit:
