@@ -3,12 +3,16 @@
 Each message's payload is an image. The bridge stores it under `frames/` (the claim check) and sends
 the frame message to Kafka with `acks=all`, like every producer; only once Kafka has acknowledged it
 does it acknowledge the MQTT message (QoS 1, a persistent session, manual acknowledgement). A bridge
-killed mid-stream loses nothing (the broker delivers what was not acknowledged again) and sends
-nothing twice: a frame's id is derived from its bytes, and the producer's ledger knows what was sent.
+killed mid-stream loses nothing: the broker delivers what was not acknowledged again. A redelivery
+lands once: a frame's id is derived from its bytes, its capture time is the one first given to it
+(kept in a journal written before the frame is sent), and the producer's ledger knows what Kafka
+acknowledged. A frame sent but not yet recorded when the bridge died goes out again as the very same
+message, which the warehouse keeps once.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from imgpipeline import ConfigError
-from imgpipeline.ingest.messages import FRAME_ID, sha256_hex
-from imgpipeline.ingest.producer import Frame, FrameProducer
+from imgpipeline.ingest.messages import FRAME_ID, iso_utc, parse_time, sha256_hex
+from imgpipeline.ingest.producer import Frame, FrameProducer, ledger_for
 
 TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?$")
 
@@ -33,6 +37,29 @@ def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
         if pattern == "+":
             return level
     raise ConfigError(f"topic {topic_filter!r} names no source: give --source or a `+` level")
+
+
+class Journal:
+    """The capture time first given to each frame id, appended before the frame is sent."""
+
+    def __init__(self, path):
+        self.path, self.times = path, {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                frame_id, _, when = line.partition(" ")
+                if when:
+                    self.times[frame_id] = when
+
+    def captured(self, frame_id: str) -> datetime:
+        when = self.times.get(frame_id)
+        if when is None:
+            when = self.times[frame_id] = iso_utc(datetime.now(UTC))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write(f"{frame_id} {when}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        return parse_time(when)
 
 
 @dataclass
@@ -99,7 +126,7 @@ class MqttBridge:
         """Forward messages until `limit` were forwarded or nothing came for `idle_s` seconds; `ready` is
         called once the broker confirmed the subscriptions (from then on nothing published is missed)."""
         host, _, port = self.settings.broker.rpartition(":")
-        self.producers = {}
+        self.producers, self.journals = {}, {}
         client = self._client()
         try:
             client.connect(host, int(port))
@@ -150,13 +177,16 @@ class MqttBridge:
             producer = self.producers.get(source)
             if producer is None:
                 producer = self.producers[source] = FrameProducer(self.kafka, self.storage, source)
+                self.journals[source] = Journal(ledger_for(self.kafka.frames_topic, source).path
+                                                .with_suffix(".captured"))
             try:
                 width, height = header_size(message.payload)
             except UndecodableImage:
                 width = height = None  # not an image: the run says so (an error record and a dead letter)
             digest = sha256_hex(message.payload)
             frame_id = f"{source}-{digest[:20]}"
-            producer.send(Frame(frame_id, message.payload, datetime.now(UTC), width, height))
+            captured = self.journals[source].captured(frame_id)
+            producer.send(Frame(frame_id, message.payload, captured, width, height))
         for producer in self.producers.values():
             producer.flush()  # acks=all: Kafka has every frame of the batch
         for message in taken:
