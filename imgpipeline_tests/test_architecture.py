@@ -115,7 +115,6 @@ def test_dependencies_point_one_way():
     above = {
         "imgpipeline.web": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
                             "imgpipeline.services", "imgpipeline.lib"),
-        "imgpipeline.yaml_file": ("imgpipeline.",),
         "imgpipeline.defs": ("imgpipeline.cli",),
         "imgpipeline.lib": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions"),
         "imgpipeline.services": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions"),

@@ -126,7 +126,7 @@ class MqttBridge:
         """Forward messages until `limit` were forwarded or nothing came for `idle_s` seconds; `ready` is
         called once the broker confirmed the subscriptions (from then on nothing published is missed)."""
         host, _, port = self.settings.broker.rpartition(":")
-        self.producers, self.journals = {}, {}
+        self.producers, self.journals, self.forwarded = {}, {}, 0
         client = self._client()
         try:
             client.connect(host, int(port))

@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imgpipeline import ConfigError, yaml_file
+from imgpipeline import ConfigError
+from imgpipeline.vision import yaml_file
 
 MAX_DEPTH = 8  # rules, rule, classes: 4 deep
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -211,9 +212,8 @@ def load(path: Path) -> AlertRules:
 
 
 def parse(data: bytes, name: str = "alerts.yaml") -> AlertRules:
-    document = yaml_file.parse_mapping(data, name, max_depth=MAX_DEPTH, needed="alert rules need 4",
-                                       top="`rules:` (and `notify:`)")
-    spec = yaml_file.validated(AlertsFile, document, name, _where)
+    spec = yaml_file.parse_model(data, name, AlertsFile, max_depth=MAX_DEPTH, needed="alert rules need 4",
+                                 top="`rules:` (and `notify:`)", where=_where)
     return AlertRules(spec, hashlib.sha256(data).hexdigest(), name)
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imgpipeline import yaml_file
+from imgpipeline.vision import yaml_file
 
 MAX_FILE_BYTES = yaml_file.MAX_FILE_BYTES
 MAX_PIXELS = 20_000  # a polygon becomes a mask as large as its extent: bounded
@@ -153,9 +153,8 @@ def load(path: Path) -> Zones:
 
 
 def parse(data: bytes, name: str = "zones.yaml") -> Zones:
-    document = yaml_file.parse_mapping(data, name, max_depth=MAX_DEPTH, needed="lines and zones need 6",
-                                       top="`sources:`")
-    spec = yaml_file.validated(ZonesFile, document, name, _where)
+    spec = yaml_file.parse_model(data, name, ZonesFile, max_depth=MAX_DEPTH, needed="lines and zones need 6",
+                                 top="`sources:`", where=_where)
     return Zones(spec, hashlib.sha256(data).hexdigest(), name)
 
 

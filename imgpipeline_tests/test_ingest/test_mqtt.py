@@ -86,11 +86,13 @@ def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeyp
     client = publisher(mqtt)
     photos = [sample("bus.jpg").read_bytes(), sample("zidane.jpg").read_bytes()]
     publish(client, "cameras/gate/frames", photos + [b"not an image at all"])
+    publish(client, "cameras/../frames", photos[:1])  # a topic level that is no source id: dropped
     client.loop_stop()
     host, _, port = mqtt.broker.rpartition(":")
     subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-q", "1", "-t", "cameras/yard/frames",
                     "-f", str(sample("bus.jpg"))], check=True, timeout=30)
-    assert bridge.run(limit=4, idle_s=20) == 4
+    assert bridge.run(limit=5, idle_s=20) == 5
+    assert bridge.run(idle_s=1) == 0  # all acknowledged, the dropped one too: nothing comes again
     with dg.instance_for_test() as instance:
         drain(kafka, storage, instance)
     records = {(r["source_id"], r["status"]) for r in landing_records(storage)}

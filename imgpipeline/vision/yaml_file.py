@@ -69,8 +69,14 @@ def read_bounded(path: Path, what: str) -> bytes:
     return data
 
 
-def parse_mapping(data: bytes, name: str, *, max_depth: int, needed: str, top: str) -> dict:
-    """A YAML document that must be a mapping (`top` says what it should hold)."""
+def parse_model(data: bytes, name: str, model, *, max_depth: int, needed: str, top: str, where=None):
+    """A YAML document, a mapping (`top` says what it should hold), validated as `model`; `where`
+    words a validation error (default: its path and message)."""
+    return validated(model, _parse_mapping(data, name, max_depth=max_depth, needed=needed, top=top), name,
+                     where)
+
+
+def _parse_mapping(data: bytes, name: str, *, max_depth: int, needed: str, top: str) -> dict:
     try:
         text = data.decode("utf-8")
         _shallow(text, name, max_depth, needed)
@@ -87,7 +93,7 @@ def parse_mapping(data: bytes, name: str, *, max_depth: int, needed: str, top: s
 
 
 def validated(model, document: dict, name: str, where=None):
-    """`model` validated from the document; the first errors, each with its path, in one ConfigError."""
+    """The model validated from a document, every error in one ConfigError."""
     try:
         return model.model_validate(document)
     except ValidationError as exc:
