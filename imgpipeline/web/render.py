@@ -4,7 +4,7 @@ frames, the earlier pipelines' charts and the operations figures."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import jinja2
 
@@ -127,7 +127,3 @@ def report(con, day: date, zones_sha256: str | None, images: dict[int, str], vie
                   charts=charts_context(con, day), ops=operations_context(con, day),
                   alerts=queries.alerts(con, day), images=images, viewer_url=viewer_url,
                   made_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), standalone=True)
-
-
-def next_day(day: date, days: int) -> date:
-    return day + timedelta(days=days)
