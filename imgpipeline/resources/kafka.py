@@ -191,7 +191,11 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
             # The DLQs and alerts are compacted: letters are keyed by origin and alerts by number, so a
             # retried run's second letter (or alert) replaces the first.
             wanted = [
-                NewTopic(self.frames_topic, partitions, 1) if name == self.frames_topic
+                # The broker's append time dates a frame's arrival whatever the producer's clock says:
+                # it is the frame's ingested_at, and its wait under overload.
+                NewTopic(self.frames_topic, partitions, 1,
+                         topic_configs={"message.timestamp.type": "LogAppendTime"})
+                if name == self.frames_topic
                 else NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})
                 for name in (self.frames_topic, self.dlq_topic, self.alerts_topic, f"{self.alerts_topic}.dlq")
                 if name not in existing

@@ -52,11 +52,12 @@ def hourly_crossings(con, day: date, zones_sha256: str | None) -> list[dict]:
 
 
 def day_totals(con, day: date) -> list[dict]:
-    """Per source: frames, detected, dark, errors."""
+    """Per source: frames, detected, dark, errors, shed."""
     return _rows(con, """
         SELECT source_id, count(*) AS frames, count(*) FILTER (WHERE status = 'detected') AS detected,
                count(*) FILTER (WHERE status = 'skipped_dark') AS dark,
                count(*) FILTER (WHERE status = 'error') AS errors,
+               count(*) FILTER (WHERE status = 'shed') AS shed,
                min(captured_at) AS first_frame, max(captured_at) AS last_frame
         FROM frames WHERE dt = ? GROUP BY source_id ORDER BY source_id""", [day])
 
@@ -151,7 +152,7 @@ def brightness(con, day: date, points: int = 400) -> list[dict]:
 
 def operations(con, day: date) -> dict:
     """Frames in (ingested) and processed per minute; per hour the lag (processed − captured, p50 and
-    p95), frames, errors (each also dead-lettered with its reason) and dark frames."""
+    p95), frames, errors (each also dead-lettered with its reason), dark frames and frames shed."""
     per_minute = _rows(con, """
         WITH marks AS (
             SELECT date_trunc('minute', ingested_at) AS minute, 1 AS came, 0 AS done FROM frames
@@ -166,6 +167,7 @@ def operations(con, day: date) -> dict:
                quantile_cont(epoch(processed_at) - epoch(captured_at), 0.5) AS lag_p50_s,
                quantile_cont(epoch(processed_at) - epoch(captured_at), 0.95) AS lag_p95_s,
                count(*) FILTER (WHERE status = 'error') AS errors,
-               count(*) FILTER (WHERE status = 'skipped_dark') AS dark
+               count(*) FILTER (WHERE status = 'skipped_dark') AS dark,
+               count(*) FILTER (WHERE status = 'shed') AS shed
         FROM frames WHERE dt = ? GROUP BY ALL ORDER BY hour""", [day])
     return {"per_minute": per_minute, "per_hour": per_hour}

@@ -79,10 +79,11 @@ def operations_context(con, day: date) -> dict:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
     minute = figures["per_minute"]
     per_hour = figures["per_hour"]
-    problems = {"errors (dead-lettered)": [0] * 24, "dark": [0] * 24}
+    problems = {"errors (dead-lettered)": [0] * 24, "dark": [0] * 24, "shed": [0] * 24}
     for row in per_hour:
         problems["errors (dead-lettered)"][row["hour"]] = row["errors"]
         problems["dark"][row["hour"]] = row["dark"]
+        problems["shed"][row["hour"]] = row["shed"]
     return {
         "day": day, "per_hour": per_hour,
         "flow": charts.lines("Frames per minute: in (ingested) and processed", {
@@ -92,8 +93,8 @@ def operations_context(con, day: date) -> dict:
             "p50": _per_hour(per_hour, "lag_p50_s"),
             "p95 − p50": [max(0.0, a - b) for a, b in zip(_per_hour(per_hour, "lag_p95_s"),
                                                           _per_hour(per_hour, "lag_p50_s"), strict=True)]}),
-        "problems": charts.bars("Errors and dark frames per hour", HOURS, problems,
-                                none="no errors and no dark frames this day"),
+        "problems": charts.bars("Errors, dark and shed frames per hour", HOURS, problems,
+                                none="no errors, dark or shed frames this day"),
     }
 
 

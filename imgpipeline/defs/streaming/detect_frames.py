@@ -32,6 +32,7 @@ from imgpipeline.defs.streaming.processing import (
     FrameProcessor,
     Incoming,
     Prepared,
+    Shedding,
     ahead,
     dead_letter,
     origin,
@@ -56,16 +57,26 @@ class DetectFramesConfig(dg.Config):
         default=DARK_THRESHOLD, description="Frames darker than this mean brightness (0-255) skip detection."
     )
     annotate: bool = Field(default=False, description="Also write annotated/<source>/<date>/<id>.jpg.")
+    shed_after_s: float = Field(
+        default=0.0, ge=0,
+        description="Under overload: frames that waited on the topic longer than this are detected one "
+                    "in k per source (k = wait / this, rounded up) and the rest recorded as `shed`. "
+                    "0 detects every frame.")
     commit: bool = Field(default=True, description="Commit the range to the consumer group after success.")
     generation: int = Field(
         default=0, description="How many times the topic's offsets were reset (re-created topic): "
                                "names the landing files of a range so reused offsets never collide.")
 
 
-def detect_run_config(topic: str, partition: int, start: int, end: int, generation: int = 0) -> dict:
+def detect_run_config(topic: str, partition: int, start: int, end: int, generation: int = 0,
+                      shed_after_s: float = 0.0) -> dict:
     """The run config of detect_frames over the offsets [start, end) of one partition."""
     config = {"topic": topic, "partition": partition, "start_offset": start, "end_offset": end}
-    return {"ops": {"detect": {"config": config | ({"generation": generation} if generation else {})}}}
+    if generation:
+        config["generation"] = generation
+    if shed_after_s:
+        config["shed_after_s"] = shed_after_s
+    return {"ops": {"detect": {"config": config}}}
 
 
 @dataclass
@@ -106,7 +117,8 @@ class Batch:
                  processor: FrameProcessor, name: str):
         self.context, self.kafka, self.store = context, kafka, store
         self.processor, self.name = processor, name
-        self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "duplicate": 0, "dlq": 0}
+        self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "shed": 0, "duplicate": 0,
+                       "dlq": 0}
         self.spools: dict[datetime, Spool] = {}
         self.landed: dict[datetime, set[tuple]] = {}
         self.producer = None
@@ -220,7 +232,7 @@ def detect_op(
     source = open_source(config, topic, kafka, store)
     batch = Batch(context, kafka, store, processor, source.name)
     try:
-        batch.process(source.incoming)
+        batch.process(Shedding(config.shed_after_s).mark(source.incoming))
         written = batch.land()
         if source.gaps:
             batch.counts["deleted_by_retention"] = sum(end - first for first, end in source.gaps)

@@ -57,6 +57,12 @@ class BatchPolicy(FromEnv, BaseModel):
         "IMGPIPELINE_SENSOR_WATCH_S", 3.5,
         "how long an idle tick watches for new frames (0: off); at most the interval − 1 "
         "(4 for the daemon's 5 s loop)", ge=0)
+    # Overload: past this wait on the topic, runs detect one frame in k per source and record the
+    # rest as `shed` (detect_frames' shed_after_s). Off by default: every frame is detected.
+    shed_after_s: float = setting(
+        "IMGPIPELINE_SHED_AFTER_S", 0.0,
+        "under overload, frames that waited longer than this on the topic are detected one in k per "
+        "source and the rest recorded as `shed` (0: detect every frame)", ge=0)
     # While watching, frames arriving faster than `burst_fps` over the last `settle_s` are a
     # burst still being produced: worth waiting for. A slower trickle is launched as it is.
     settle_s: float = 0.5
@@ -163,10 +169,11 @@ def runs_in_flight(context: dg.SensorEvaluationContext) -> int:
     return instance.get_runs_count(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE))
 
 
-def run_request(topic: str, partition: int, start: int, end: int, generation: int = 0) -> dg.RunRequest:
+def run_request(topic: str, partition: int, start: int, end: int, generation: int = 0,
+                shed_after_s: float = 0.0) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=range_name(topic, partition, start, end, generation),
-        run_config=detect_run_config(topic, partition, start, end, generation),
+        run_config=detect_run_config(topic, partition, start, end, generation, shed_after_s),
         tags={PARTITION_TAG: f"{topic}-{partition}"},
     )
 
@@ -315,7 +322,8 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
             events.append(lag_observation(lag, ends, plan))
         new_cursor = {**plan.cursor, "topic": topic, "lag": {str(p): v for p, v in lag.items()}}
         generation = plan.cursor.get("generation", 0)
-        requests = [run_request(topic, p, start, end, generation) for p, start, end in plan.ranges]
+        requests = [run_request(topic, p, start, end, generation, policy.shed_after_s)
+                    for p, start, end in plan.ranges]
         if not requests and not events and new_cursor == cursor:
             return dg.SkipReason(f"no new frames on {topic} ({in_flight} runs in flight)")
         return dg.SensorResult(

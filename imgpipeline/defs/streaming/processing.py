@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,7 @@ class Incoming:
     value: bytes | None
     headers: list
     timestamp_ms: int | None
+    shed: str | None = None  # why the frame is recorded without detection (overload), if it is
 
 
 class RangeIncomplete(Exception):
@@ -98,6 +101,40 @@ def skip_deleted(consumer, tp, position: int, end: int, gaps: list[tuple[int, in
     return min(beginning, end)
 
 
+class Shedding:
+    """Under overload, one frame in k per source is detected; the others are recorded as `shed`.
+
+    A frame's wait is how long it has been on the topic: now − the broker's append time. Past
+    `after_s`, k = ceil(wait / after_s): the further behind, the fewer frames detected, so the
+    runs catch up and the wait settles near (overload factor) × after_s instead of growing.
+    A source's first late frame is detected, then every k-th. 0 turns shedding off.
+    """
+
+    def __init__(self, after_s: float, clock=time.time):
+        self.after_s = after_s
+        self.clock = clock
+        self.since_kept: dict[bytes | None, int] = {}  # per source (the message key)
+
+    def mark(self, incoming: Iterator[Incoming]) -> Iterator[Incoming]:
+        for item in incoming:
+            if self.after_s > 0 and item.timestamp_ms is not None:
+                item.shed = self.reason(item.key, self.clock() - item.timestamp_ms / 1000)
+            yield item
+
+    def reason(self, source: bytes | None, waited: float) -> str | None:
+        if waited <= self.after_s:
+            self.since_kept.pop(source, None)
+            return None
+        k = math.ceil(waited / self.after_s)
+        since = self.since_kept.get(source)
+        if since is None or since + 1 >= k:
+            self.since_kept[source] = 0
+            return None
+        self.since_kept[source] = since + 1
+        return (f"shed: waited {waited:.1f} s on the topic, over the bound of {self.after_s:g} s; "
+                f"1 frame in {k} of this source detected")
+
+
 @dataclass
 class Prepared:
     """A message after parsing, fetching, decoding and measuring (done ahead in a thread)."""
@@ -133,6 +170,8 @@ class FrameProcessor:
         try:
             message, inline = parse_message(incoming.value, incoming.headers)
             prepared.message = message
+            if incoming.shed is not None:
+                return self.shed(prepared, inline)
             if inline is not None:
                 if len(inline) > self.max_bytes:
                     raise BadInput(f"inline frame is {len(inline)} bytes, over the limit of {self.max_bytes}")
@@ -161,6 +200,20 @@ class FrameProcessor:
                 raise  # the run fails and is retried; nothing is committed
             prepared.error = f"unexpected {type(exc).__name__}: {str(exc)[:300]}"
             prepared.image = None
+        return prepared
+
+    def shed(self, prepared: Prepared, inline: bytes | None) -> Prepared:
+        """A well-formed frame shed under overload: recorded with its reason, neither fetched nor
+        decoded (an inline one is still stored, so every shed frame can be detected later)."""
+        if inline is not None:
+            if len(inline) > self.max_bytes:
+                raise BadInput(f"inline frame is {len(inline)} bytes, over the limit of {self.max_bytes}")
+            if prepared.message.sha256 and sha256_hex(inline) != prepared.message.sha256:
+                raise BadInput("frame bytes do not match the message's sha256")
+        prepared.inline = inline
+        prepared.record = self.base_record(prepared.incoming, prepared.message) | {
+            "status": "shed", "error": prepared.incoming.shed,
+            "bytes": len(inline) if inline is not None else None}
         return prepared
 
     def store_inline(self, prepared: Prepared) -> None:
@@ -218,6 +271,8 @@ class FrameProcessor:
         from imgpipeline.vision.quality import encode_jpeg
 
         record = prepared.record
+        if record["status"] == "shed":
+            return record
         if record["brightness"] < self.dark_threshold:
             record["status"] = "skipped_dark"
             return record

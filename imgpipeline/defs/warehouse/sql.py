@@ -108,7 +108,8 @@ def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list
                mode(CAST(width AS VARCHAR) || 'x' || CAST(height AS VARCHAR)) AS typical_size,
                CAST(median(bytes) AS DOUBLE) AS median_bytes,
                avg(CASE WHEN status = 'skipped_dark' THEN 1.0 ELSE 0.0 END) AS dark_share,
-               avg(CASE WHEN status = 'error' THEN 1.0 ELSE 0.0 END) AS error_share
+               avg(CASE WHEN status = 'error' THEN 1.0 ELSE 0.0 END) AS error_share,
+               avg(CASE WHEN status = 'shed' THEN 1.0 ELSE 0.0 END) AS shed_share
         FROM fr GROUP BY source_id, {identity}
     ),
     per_class AS (
@@ -124,7 +125,7 @@ def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list
            c.mean_confidence, c.max_confidence,
            list_transform(range(24), h -> coalesce(c.hours[CAST(h AS INTEGER)], 0)) AS objects_per_hour,
            s.mean_brightness, s.p10_brightness, s.p50_brightness, s.p90_brightness,
-           s.typical_size, s.median_bytes, s.dark_share, s.error_share
+           s.typical_size, s.median_bytes, s.dark_share, s.error_share, s.shed_share
     FROM per_source s LEFT JOIN per_class c ON {same}
     ORDER BY s.source_id, {", ".join(f"s.{name}" for name in IDENTITY)}, c.class_name NULLS FIRST
     """
@@ -154,7 +155,8 @@ SELECT source_id, coalesce(engine || ' ' || precision, '(unrecorded)') AS engine
        coalesce(class_name, '(none)') AS class_name, frames, objects, unique_objects, frames_with_class,
        round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf,
        round(mean_brightness, 1) AS brightness, typical_size,
-       round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share
+       round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share,
+       round(shed_share, 3) AS shed_share
 FROM daily_summary WHERE day = CAST(? AS DATE)
 ORDER BY source_id, engine, objects DESC, class_name
 """

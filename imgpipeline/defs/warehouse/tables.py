@@ -54,6 +54,7 @@ DAILY_SUMMARY_SCHEMA = pa.schema([
     ("p50_brightness", pa.float64()), ("p90_brightness", pa.float64()),
     ("typical_size", pa.string()), ("median_bytes", pa.float64()),
     ("dark_share", pa.float64()), ("error_share", pa.float64()),
+    ("shed_share", pa.float64()),
 ])
 
 # (`hour_start`, not `hour`: the hive path's `hour=HH` is a column of the views already.)
