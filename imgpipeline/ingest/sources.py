@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 
@@ -97,12 +101,26 @@ def watch_frames(folder: Path, *, interval_s: float = 1.0, max_size=None,
 
 def video_frames(source: str, source_id: str, *, fps: float | None = None,
                  max_frames: int | None = None, start: datetime | None = None,
-                 max_size: tuple[int, int] | None = None) -> Iterator[Frame | Exception]:
-    """Frames of a video file or stream, sampled at `fps` (every frame when None).
+                 max_size: tuple[int, int] | None = None, live: LiveStream | None = None,
+                 log: Callable[[str], None] | None = None) -> Iterator[Frame | Exception]:
+    """Frames of a video file or a live stream, sampled at `fps` (every frame when None).
 
-    captured_at = start (default: now) + the stream's own timestamp of the frame.
-    Frame ids are `<source>-<frame number in the stream>`, so a re-run gives the same ids.
+    A URL (rtsp://, http://, udp://, …) is a live stream: see `live_frames`. A file's frames are
+    captured at start (default: now) + the video's own timestamp of the frame, and their ids are
+    `<source>-<frame number in the video>`, so a re-run gives the same ids.
     """
+    if is_live(source):
+        if start is not None:
+            raise ValueError("a start time applies to video files; a live stream's frames are "
+                             "stamped with the time they are read")
+        return live_frames(source, source_id, fps=fps, max_frames=max_frames, max_size=max_size,
+                           live=live or LiveStream(), log=log or _to_stderr)
+    return file_frames(source, source_id, fps=fps, max_frames=max_frames, start=start,
+                       max_size=max_size)
+
+
+def file_frames(source: str, source_id: str, *, fps: float | None, max_frames: int | None,
+                start: datetime | None, max_size: tuple[int, int] | None) -> Iterator[Frame]:
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise ValueError(f"cannot open video {source!r}")
@@ -132,7 +150,133 @@ def video_frames(source: str, source_id: str, *, fps: float | None = None,
         capture.release()
 
 
+LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt"}
+
+# OpenCV's FFmpeg backend reads its demuxer options from this variable when it opens a capture.
+CAPTURE_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
+
+def is_live(source: str) -> bool:
+    """True for a stream URL (rtsp://, http://, udp://, …); False for a file path."""
+    return urlsplit(source).scheme.lower() in LIVE_SCHEMES
+
+
+class StreamLost(ConnectionError):
+    """A live stream could not be (re)opened within the configured attempts or outage time."""
+
+
+@dataclass(frozen=True)
+class LiveStream:
+    """How a live stream is opened, how a dead one is noticed, and how it is reopened.
+
+    After a drop the stream is reopened after 1 s, then 2 s, 4 s, … up to `max_delay_s`; after
+    `attempts` failed opens in a row, or an outage longer than `give_up_after_s`, reading ends with
+    StreamLost. `rtsp_transport` applies when OPENCV_FFMPEG_CAPTURE_OPTIONS is not set (that
+    variable, when set, is passed to FFmpeg as it is).
+    """
+
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    attempts: int = 20
+    give_up_after_s: float | None = 600.0
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    rtsp_transport: str = "tcp"
+
+    def delay_s(self, attempt: int) -> float:
+        """The wait before open attempt `attempt` (1, 2, …) after a drop."""
+        return min(self.max_delay_s, self.first_delay_s * 2 ** (attempt - 1))
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def open_stream(url: str, live: LiveStream):
+    """A capture of the URL through FFmpeg with open and read timeouts; closed when it failed."""
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(live.open_timeout_s * 1000),
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(live.read_timeout_s * 1000)]
+    own_options = CAPTURE_OPTIONS not in os.environ and url.lower().startswith("rtsp")
+    if own_options:
+        os.environ[CAPTURE_OPTIONS] = f"rtsp_transport;{live.rtsp_transport}"
+    try:
+        capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+    finally:
+        if own_options:
+            os.environ.pop(CAPTURE_OPTIONS, None)
+    if not capture.isOpened():
+        capture.release()
+        return None
+    return capture
+
+
+def live_frames(url: str, source_id: str, *, fps: float | None = None,
+                max_frames: int | None = None, max_size: tuple[int, int] | None = None,
+                live: LiveStream = LiveStream(),
+                log: Callable[[str], None] = _to_stderr) -> Iterator[Frame]:
+    """Frames of a live stream until `max_frames`, reopening it whenever it drops.
+
+    Frame ids are `<source>-<UTC start of this run>-<number>`, numbered 1, 2, … across reconnects,
+    so they never collide across drops or producer restarts; captured_at is the wall-clock time
+    the frame was read (a stream's own timestamps restart after a reconnect). `fps` samples by
+    wall clock.
+    """
+    run_id = f"{source_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    step_s = 1.0 / fps if fps else 0.0
+    next_at = 0.0
+    sent = failed = waits = 0
+    outage_since: float | None = None  # when the stream was lost, or first failed to open
+    dropped = False
+    while max_frames is None or sent < max_frames:
+        opening = time.monotonic()
+        capture = open_stream(url, live)
+        read = 0
+        if capture is not None:
+            try:
+                while max_frames is None or sent < max_frames:
+                    ok, image = capture.read()
+                    if not ok:
+                        break
+                    read += 1
+                    if outage_since is not None:
+                        verb = "reconnected to" if dropped else "opened"
+                        log(f"{verb} {url} after {time.monotonic() - outage_since:.1f} s")
+                        outage_since = None
+                    now = time.monotonic()
+                    if now < next_at:
+                        continue
+                    next_at = max(next_at + step_s, now)
+                    captured = datetime.now(UTC)
+                    image = fit(image, max_size)
+                    height, width = image.shape[:2]
+                    sent += 1
+                    yield Frame(f"{run_id}-{sent:06d}", encode_jpeg(image), captured, width, height)
+            finally:
+                capture.release()
+            if max_frames is not None and sent >= max_frames:
+                return
+        if read:  # it ran, then dropped: a new outage begins
+            failed = waits = 0
+            outage_since, dropped = time.monotonic(), True
+            what = f"stream {url} dropped after {read} frames"
+        else:  # it did not open, or opened and gave no frame
+            failed += 1
+            outage_since = opening if outage_since is None else outage_since
+            outage_s = time.monotonic() - outage_since
+            if failed >= live.attempts or (live.give_up_after_s is not None
+                                           and outage_s >= live.give_up_after_s):
+                raise StreamLost(f"cannot open stream {url}: {failed} attempts in a row failed "
+                                 f"over {outage_s:.1f} s; giving up")
+            what = f"cannot open stream {url}" if capture is None else f"stream {url} gave no frames"
+        waits += 1
+        delay = live.delay_s(waits)
+        log(f"{what}; reconnecting in {delay:g} s (attempt {failed + 1})")
+        time.sleep(delay)
+
+
 def video_frame_count(source: str, fps: float | None, max_frames: int | None) -> int | None:
+    if is_live(source):
+        return max_frames
     capture = cv2.VideoCapture(source)
     try:
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
