@@ -12,6 +12,7 @@ def setting_models() -> list:
     """Every model whose fields are settings (resources and small settings models)."""
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+    from imgpipeline.defs.streaming.health import SourcePolicy
     from imgpipeline.resources import (
         AlertsResource,
         DetectorResource,
@@ -21,8 +22,8 @@ def setting_models() -> list:
     )
     from imgpipeline.resources.mqtt import MqttSettings
 
-    return [StorageResource, KafkaResource, BatchPolicy, DetectorResource, TrackingResource, AlertsResource,
-            MqttSettings, Calendar]
+    return [StorageResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource, TrackingResource,
+            AlertsResource, MqttSettings, Calendar]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

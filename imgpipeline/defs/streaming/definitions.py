@@ -1,10 +1,12 @@
-"""The streaming domain's Definitions: the topic and landing assets, detect_frames and frames_sensor."""
+"""The streaming domain's Definitions: the topic and landing assets, detect_frames and frames_sensor,
+reconciliation and the sources' freshness."""
 
 import dagster as dg
 
 from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
 from imgpipeline.defs.streaming.detect_frames import detect_frames
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+from imgpipeline.defs.streaming.health import check_sources, check_sources_schedule, sources_fresh
 from imgpipeline.defs.streaming.reconcile import (
     offsets_accounted_for,
     reconcile_frames,
@@ -14,8 +16,8 @@ from imgpipeline.defs.streaming.reconcile import (
 
 defs = dg.Definitions(
     assets=[kafka_frames, landing_metadata],
-    asset_checks=[offsets_accounted_for],
-    jobs=[detect_frames, reconcile_frames],
+    asset_checks=[offsets_accounted_for, sources_fresh],
+    jobs=[detect_frames, reconcile_frames, check_sources],
     sensors=[build_frames_sensor(BatchPolicy.from_env()), repair_sensor],
-    schedules=[reconcile_schedule],
+    schedules=[reconcile_schedule, check_sources_schedule],
 )

@@ -24,8 +24,10 @@ from imgpipeline.defs.streaming.landing import (
     identity,
     landed_frames,
     landing_key,
+    latest_times,
     range_name,
     record_range,
+    record_sources,
     uris_name,
 )
 from imgpipeline.defs.streaming.processing import (
@@ -120,6 +122,7 @@ class Batch:
         self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "shed": 0, "duplicate": 0,
                        "dlq": 0}
         self.spools: dict[datetime, Spool] = {}
+        self.latest: dict[str, dict] = {}  # per source: the latest capture, ingest and processing times
         self.landed: dict[datetime, set[tuple]] = {}
         self.producer = None
         self.letters: list = []  # the DLQ sends' futures, confirmed before anything lands
@@ -132,6 +135,7 @@ class Batch:
             if record["status"] == "error" and not prepared.dead_lettered:
                 self.dead_letter(prepared)  # failed in detection, after the cheap checks
             self.counts[record["status"]] += 1
+            latest_times(self.latest, record)
             hour = event_hour(record)
             (self.spools.get(hour) or self.spools.setdefault(hour, Spool())).add(record)
         self.confirm_dead_letters()
@@ -207,6 +211,9 @@ class Batch:
             ))
         return written
 
+    def land_sources(self) -> list[str]:
+        return record_sources(self.store, self.latest)
+
     def close(self) -> None:
         for spool in self.spools.values():
             spool.close()
@@ -234,6 +241,7 @@ def detect_op(
     try:
         batch.process(Shedding(config.shed_after_s).mark(source.incoming))
         written = batch.land()
+        batch.land_sources()
         if source.gaps:
             batch.counts["deleted_by_retention"] = sum(end - first for first, end in source.gaps)
             context.log.warning(f"offsets deleted by retention before they were read: {source.gaps}")

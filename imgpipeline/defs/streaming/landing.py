@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from imgpipeline.defs.hours import hour_path
-from imgpipeline.ingest.messages import parse_time, sha256_hex
+from imgpipeline.ingest.messages import iso_utc, parse_time, sha256_hex
+from imgpipeline.resources.storage import BadObject
 
 LANDING = "landing/metadata"
 RANGES = "landing/ranges"
@@ -155,3 +156,51 @@ def contiguous_end(ranges: list[tuple[int, int]], base: int) -> int:
             break
         position = max(position, end)
     return position
+
+
+SOURCES = "landing/sources"
+
+
+def record_sources(store, last: dict[str, dict]) -> list[str]:
+    """`landing/sources/<source_id>.json`: when each source's latest frame was captured, reached the
+    broker and was processed. A run only moves these forward, so they say when a camera fell silent
+    long after its frames left the landing hours anyone reads; deleting a file retires the source."""
+    written = []
+    for source, times in sorted(last.items()):
+        key = f"{SOURCES}/{source}.json"
+        known = source_times(store, key)
+        merged = {field: max(filter(None, (known.get(field), value)), default=None)  # ISO UTC: text order
+                  for field, value in times.items()}
+        if merged != {field: known.get(field) for field in times}:
+            store.put(key, json.dumps({"source_id": source, **merged}).encode())
+            written.append(key)
+    return written
+
+
+def latest_times(last: dict[str, dict], record: dict) -> None:
+    """Fold a landed record of a well-formed message into the per-source latest times."""
+    if record.get("schema") is None:
+        return  # unparsed: its source is only the key the sender chose
+    times = last.setdefault(record["source_id"], {})
+    for field in ("captured_at", "ingested_at", "processed_at"):
+        if record.get(field):
+            value = iso_utc(parse_time(record[field]))
+            times[field] = max(times.get(field) or value, value)
+
+
+def source_times(store, key: str) -> dict:
+    try:
+        return json.loads(store.get(key, max_bytes=10_000)) if store.exists(key) else {}
+    except (ValueError, OSError, BadObject):
+        return {}  # damaged or unreadable: the next run rewrites it
+
+
+def known_sources(store) -> dict[str, dict]:
+    """Every source a run has recorded: its last capture, ingest and processing times (ISO UTC)."""
+    found = {}
+    for key in store.list(f"{SOURCES}/"):
+        if key.endswith(".json"):
+            times = source_times(store, key)
+            if times.get("source_id"):
+                found[times["source_id"]] = times
+    return found

@@ -1,0 +1,186 @@
+"""`imgpipeline status`: the broker and its topics, the detect group's lag, storage, the last runs, and
+per source what came in and what became of it. Exits 1 when something needs a look, saying what."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from imgpipeline import ConfigError
+
+
+@dataclass
+class Report:
+    sections: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def status(args) -> int:
+    from imgpipeline.defs.streaming.health import SourcePolicy
+    from imgpipeline.resources import KafkaResource, StorageResource
+
+    now = datetime.now(UTC)
+    window = timedelta(minutes=args.minutes)
+    report = Report()
+    # A broker that is down is said within seconds, not after a client's default minute.
+    kafka = KafkaResource.from_env().model_copy(update={"connect_timeout_s": 3.0})
+    report.sections["broker"] = broker_section(kafka, report)
+    storage = StorageResource.from_env()
+    report.sections["storage"] = storage_section(storage, report)
+    report.sections["runs"] = runs_section(now, report)
+    if report.sections["storage"].get("reachable"):
+        report.sections["sources"] = sources_section(
+            storage, now, window, SourcePolicy.from_env().silent_after_min, report)
+    if args.json:
+        print(json.dumps({"at": now.isoformat(), "window_min": args.minutes, **report.sections,
+                          "problems": report.problems}, indent=2, default=str))
+    else:
+        print_report(report, now, args.minutes)
+    return 1 if report.problems else 0
+
+
+def broker_section(kafka, report: Report) -> dict:
+    from kafka import TopicPartition
+    from kafka.errors import KafkaError
+
+    section = {"address": kafka.bootstrap_servers, "reachable": False}
+    try:
+        consumer = kafka.consumer()
+    except ConfigError as exc:
+        report.problems.append(f"broker: {exc}")
+        section["error"] = str(exc)
+        return section
+    try:
+        section["reachable"] = True
+        topics = {}
+        for name in (kafka.frames_topic, kafka.dlq_topic, kafka.alerts_topic, f"{kafka.alerts_topic}.dlq"):
+            ids = consumer.partitions_for_topic(name)
+            if not ids:
+                topics[name] = None
+                if name == kafka.frames_topic:
+                    report.problems.append(f"topic {name} does not exist (imgpipeline services up, or "
+                                           "the first producer, creates it)")
+                continue
+            tps = [TopicPartition(name, p) for p in sorted(ids)]
+            ends, beginnings = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+            topic = {"partitions": len(tps), "messages": sum(ends[tp] - beginnings[tp] for tp in tps)}
+            if name == kafka.frames_topic:
+                topic["lag"] = {}
+                for tp in tps:
+                    committed = consumer.committed(tp)
+                    topic["lag"][tp.partition] = ends[tp] - (committed if committed is not None
+                                                             else beginnings[tp])
+            topics[name] = topic
+        section["topics"] = topics
+    except KafkaError as exc:
+        report.problems.append(f"broker: {type(exc).__name__}: {exc}")
+        section["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        consumer.close()
+    return section
+
+
+def storage_section(storage, report: Report) -> dict:
+    section = {"uri": storage.uri, "reachable": False}
+    try:
+        store = storage.open()
+        store.list("landing/sources/")
+        section["reachable"] = True
+    except Exception as exc:  # any failure to list is what this line reports
+        report.problems.append(f"storage {storage.uri}: {type(exc).__name__}: {str(exc)[:300]}")
+        section["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return section
+
+
+def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
+    import dagster as dg
+
+    from imgpipeline.paths import state_dir
+    from imgpipeline.services.dagster_dev import dagster_home
+
+    home = state_dir() / "dagster"
+    if not (home / "storage").exists() and not (home / "history").exists():
+        return {"instance": None}
+    with dg.DagsterInstance.from_config(str(dagster_home(state_dir()))) as instance:
+        records = instance.get_run_records(limit=last)
+        day_ago = now - timedelta(days=1)
+        failed = instance.get_run_records(dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.FAILURE], created_after=day_ago))
+        runs = [{"job": r.dagster_run.job_name, "status": r.dagster_run.status.value,
+                 "created": r.create_timestamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                 "seconds": round(r.end_time - r.start_time, 1) if r.start_time and r.end_time else None,
+                 "run_id": r.dagster_run.run_id[:8]} for r in records]
+    if failed:
+        latest = failed[0].dagster_run
+        report.problems.append(f"{len(failed)} runs failed in the last 24 h (latest: {latest.job_name} "
+                               f"{latest.run_id[:8]}; `dagster run list` or the UI's Runs page)")
+    return {"instance": str(home), "last": runs, "failed_24h": len(failed)}
+
+
+def sources_section(storage, now: datetime, window: timedelta, silent_min: float, report: Report) -> dict:
+    from imgpipeline.defs.streaming.health import silent_sources, source_activity
+
+    activity = source_activity(storage.open(), now, window)
+    minutes = window.total_seconds() / 60
+    silent = silent_sources(activity, now, silent_min)
+    for name, gap in sorted(silent.items()):
+        report.problems.append(f"source {name} silent for {gap:g} min (over {silent_min:g}; "
+                               f"IMGPIPELINE_SOURCE_SILENT_MIN). Retired for good? delete "
+                               f"landing/sources/{name}.json")
+    return {a.source_id: {
+        "in_per_min": round(a.came_in / minutes, 2),
+        "processed_per_min": round(a.processed / minutes, 2),
+        "last_frame": a.last.get("ingested_at"),
+        "last_captured": a.last.get("captured_at"),
+        "dark_share": round(a.share("skipped_dark"), 3),
+        "error_share": round(a.share("error"), 3),
+        "shed_share": round(a.share("shed"), 3),
+        "silent": a.source_id in silent,
+    } for a in activity}
+
+
+def print_report(report: Report, now: datetime, minutes: float) -> None:
+    print(f"imgpipeline status at {now:%Y-%m-%d %H:%M:%S} UTC")
+    broker = report.sections["broker"]
+    if broker["reachable"]:
+        print(f"broker   {broker['address']}: reachable")
+        for name, topic in broker.get("topics", {}).items():
+            if topic is None:
+                print(f"  topic {name:<22} missing")
+                continue
+            line = f"  topic {name:<22} {topic['partitions']} partitions, {topic['messages']} messages"
+            if "lag" in topic:
+                per = ", ".join(f"{p}: {lag}" for p, lag in topic["lag"].items())
+                line += f"; lag {sum(topic['lag'].values())} (by partition {per})"
+            print(line)
+    else:
+        print(f"broker   {broker['address']}: UNREACHABLE")
+    storage = report.sections["storage"]
+    print(f"storage  {storage['uri']}: {'reachable' if storage['reachable'] else 'UNREACHABLE'}")
+    runs = report.sections["runs"]
+    if runs.get("instance") is None:
+        print("runs     no Dagster instance here yet (`imgpipeline dev` or `imgpipeline demo` makes one)")
+    else:
+        print(f"runs     {runs['failed_24h']} failed in the last 24 h; the last {len(runs['last'])}:")
+        for run in runs["last"]:
+            took = f"{run['seconds']:>7.1f} s" if run["seconds"] is not None else "        "
+            print(f"  {run['created']}  {run['job']:<24} {run['status']:<10} {took}  {run['run_id']}")
+    sources = report.sections.get("sources")
+    if sources is not None:
+        print(f"sources  {len(sources)} known; the last {minutes:g} min:")
+        if sources:
+            print(f"  {'source':<24} {'in/min':>7} {'done/min':>8}  {'last frame (broker time)':<24} "
+                  f"{'dark':>5} {'error':>5} {'shed':>5}")
+        for name, s in sources.items():
+            last = (s["last_frame"] or "never")[:19].replace("T", " ")
+            flag = "  SILENT" if s["silent"] else ""
+            print(f"  {name:<24} {s['in_per_min']:>7.1f} {s['processed_per_min']:>8.1f}  {last:<24} "
+                  f"{s['dark_share']:>5.0%} {s['error_share']:>5.0%} {s['shed_share']:>5.0%}{flag}")
+    if report.problems:
+        count = len(report.problems)
+        print(f"{count} problem{'s' if count > 1 else ''}:")
+        for problem in report.problems:
+            print(f"  - {problem}")
+    else:
+        print("healthy")

@@ -1,0 +1,117 @@
+"""How the sources are doing: who sent frames lately, how many came in and were processed, and what
+became of them. `imgpipeline status` prints it; the asset check `sources_fresh` fails on a silent one.
+
+A source is known once a run recorded it (`landing/sources/<source_id>.json`); it stays known until
+that file is deleted, so a camera that died a week ago is still reported silent.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict
+
+from imgpipeline.defs.streaming.assets import TOPIC_ASSET
+from imgpipeline.defs.streaming.landing import hour_records, known_sources
+from imgpipeline.ingest.messages import parse_time
+from imgpipeline.resources import StorageResource
+from imgpipeline.resources.settings import FromEnv, setting
+
+
+class SourcePolicy(FromEnv, BaseModel):
+    """When a source counts as silent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    silent_after_min: float = setting(
+        "IMGPIPELINE_SOURCE_SILENT_MIN", 10.0,
+        "a source none of whose frames reached the broker for this many minutes is silent: it fails "
+        "the check sources_fresh and `imgpipeline status`", gt=0)
+
+
+@dataclass
+class SourceActivity:
+    """One source: its latest times, and what its frames did in the window."""
+
+    source_id: str
+    last: dict
+    came_in: int = 0  # frames that reached the broker in the window (and have been processed)
+    statuses: Counter = field(default_factory=Counter)  # frames processed in the window, by status
+
+    @property
+    def processed(self) -> int:
+        return sum(self.statuses.values())
+
+    def share(self, status: str) -> float:
+        return self.statuses[status] / self.processed if self.processed else 0.0
+
+    def silent_for(self, now: datetime) -> timedelta | None:
+        """Since the latest of its frames reached the broker (None: never recorded)."""
+        latest = self.last.get("ingested_at")
+        return now - parse_time(latest) if latest else None
+
+
+def source_activity(store, now: datetime, window: timedelta) -> list[SourceActivity]:
+    """Every known source, with the frames of the window: landed in the event-time hours it covers."""
+    sources = {name: SourceActivity(name, times) for name, times in known_sources(store).items()}
+    since = now - window
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    while hour <= now:
+        for record in hour_records(store, hour):
+            activity = sources.get(record.get("source_id"))
+            if activity is None or record.get("schema") is None:
+                continue
+            if record.get("ingested_at") and since <= parse_time(record["ingested_at"]) <= now:
+                activity.came_in += 1
+            if record.get("processed_at") and since <= parse_time(record["processed_at"]) <= now:
+                activity.statuses[record["status"]] += 1
+        hour += timedelta(hours=1)
+    return sorted(sources.values(), key=lambda a: a.source_id)
+
+
+def silent_sources(activity: list[SourceActivity], now: datetime, after_min: float) -> dict[str, float]:
+    """The sources silent for longer than `after_min`: minutes since their latest frame."""
+    silent = {}
+    for source in activity:
+        gap = source.silent_for(now)
+        if gap is not None and gap > timedelta(minutes=after_min):
+            silent[source.source_id] = round(gap.total_seconds() / 60, 1)
+    return silent
+
+
+@dg.asset_check(
+    asset=TOPIC_ASSET,
+    name="sources_fresh",
+    description="Every known source sent a frame within IMGPIPELINE_SOURCE_SILENT_MIN minutes (the "
+                "broker's time of its latest processed frame). Fails naming the silent ones; a frame "
+                "waiting unprocessed does not count, so a stuck pipeline fails it too.",
+)
+def sources_fresh(storage: StorageResource) -> dg.AssetCheckResult:
+    policy = SourcePolicy.from_env()
+    now = datetime.now(UTC)
+    activity = source_activity(storage.open(), now, timedelta(0))
+    silent = silent_sources(activity, now, policy.silent_after_min)
+    return dg.AssetCheckResult(
+        passed=not silent,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(f"{len(silent)} of {len(activity)} sources silent for over "
+                     f"{policy.silent_after_min:g} min: {', '.join(sorted(silent))}" if silent
+                     else f"all {len(activity)} sources sent a frame within {policy.silent_after_min:g} min"),
+        metadata={
+            "sources": dg.MetadataValue.int(len(activity)),
+            "silent_minutes": dg.MetadataValue.json(silent),
+            "last_frame": dg.MetadataValue.json({a.source_id: a.last.get("ingested_at") for a in activity}),
+        },
+    )
+
+
+check_sources = dg.define_asset_job(
+    "check_sources", selection=dg.AssetSelection.checks(sources_fresh),
+    description="Checks that every known source sent a frame lately.",
+)
+
+check_sources_schedule = dg.ScheduleDefinition(
+    job=check_sources, cron_schedule="*/5 * * * *", execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
