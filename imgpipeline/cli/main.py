@@ -108,6 +108,13 @@ def add_query(commands) -> None:
     counts.add_argument("--source", help="one source id (default: all)")
     counts.set_defaults(module="query", run="counts")
 
+    status = commands.add_parser(
+        "status", help="broker, topics and lag, storage, the last runs, and each source's recent frames "
+                       "(exit 1 when something needs a look)")
+    status.add_argument("--minutes", type=float, default=15, help="the window of the per-source figures")
+    status.add_argument("--json", action="store_true", help="the same figures as JSON")
+    status.set_defaults(module="status", run="status")
+
 
 def add_alerts(commands) -> None:
     alerts = commands.add_parser("alerts", help="alerts raised by the rules in alerts.yaml")
@@ -158,6 +165,18 @@ def add_bench(commands) -> None:
                           help="times the street video is tracked end to end")
     viewer = what.add_parser("viewer", help="the viewer's page load times over a day of many frames")
     viewer.add_argument("--frames", type=int, default=100_000)
+    overload = what.add_parser(
+        "overload", help="input at several times the detection rate: frames shed, waits, with shedding on "
+                         "and off")
+    overload.add_argument("--factors", type=float, nargs="+", default=[2.0, 5.0],
+                          help="input rates as multiples of the bare detector's (default: 2 5)")
+    overload.add_argument("--seconds", type=float, default=30.0, help="how long the input lasts")
+    overload.add_argument("--shed-after", type=float, default=5.0,
+                          help="the shedding bound (s) of the legs with shedding")
+    mqtt = what.add_parser("mqtt", help="the MQTT bridge: JPEGs published with QoS 1 to frames on Kafka "
+                                        "(messages/s, MB/s)")
+    mqtt.add_argument("--messages", type=int, default=2000)
+    mqtt.add_argument("--size", metavar="WxH", default="640x480", help="the JPEGs' size (default: 640x480)")
     summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
     summary_bench.add_argument("--rows", type=int, default=10_000_000)
     bench.set_defaults(module="bench.command", run="bench")

@@ -119,15 +119,16 @@ def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
 
 
 def sources_section(storage, now: datetime, window: timedelta, silent_min: float, report: Report) -> dict:
-    from imgpipeline.defs.streaming.health import silent_sources, source_activity
+    from imgpipeline.defs.streaming.health import SourcePolicy, silent_sources, source_activity
+    from imgpipeline.resources.settings import env_name
 
     activity = source_activity(storage.open(), now, window)
     minutes = window.total_seconds() / 60
     silent = silent_sources(activity, now, silent_min)
+    variable = env_name(SourcePolicy, "silent_after_min")
     for name, gap in sorted(silent.items()):
-        report.problems.append(f"source {name} silent for {gap:g} min (over {silent_min:g}; "
-                               f"IMGPIPELINE_SOURCE_SILENT_MIN). Retired for good? delete "
-                               f"landing/sources/{name}.json")
+        report.problems.append(f"source {name} silent for {gap:g} min (over {silent_min:g}; {variable}). "
+                               f"Retired for good? delete landing/sources/{name}.json")
     return {a.source_id: {
         "in_per_min": round(a.came_in / minutes, 2),
         "processed_per_min": round(a.processed / minutes, 2),

@@ -88,67 +88,84 @@ class MqttBridge:
         self.client_id, self.batch, self.log = client_id, batch, log
         self.settings = settings  # resources.mqtt.MqttSettings: the broker, the login, TLS
         self.inbox: queue.Queue[Received] = queue.Queue()
-        self.subscribed = threading.Event()
+        self.settled = threading.Event()  # the subscriptions confirmed, or `failure` says why not
+        self.answered, self.failure = False, None
         self.producers: dict[str, FrameProducer] = {}
         self.forwarded = 0
+        # Monotonic times of this run's first message taken and of Kafka's acknowledgement of its last.
+        self.first_at: float | None = None
+        self.acked_at: float | None = None
+
+    def _fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = why
+        self.settled.set()
 
     def _client(self):
         import paho.mqtt.client as mqtt
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=False, manual_ack=True)
-        username, password = self.settings.credentials()
-        if username:
-            client.username_pw_set(username, password)
-        if self.settings.cafile:
-            client.tls_set(ca_certs=self.settings.cafile)
+        client = self.settings.client(self.client_id, clean_session=False, manual_ack=True)
 
         def on_connect(client, userdata, flags, reason_code, properties):
+            self.answered = True
             if reason_code.is_failure:
-                self.log(f"bridge: the broker refused the connection: {reason_code}")
+                self._fail(self.settings.refusal(reason_code))
                 return
             client.subscribe([(topic, 1) for topic in self.topics])
 
+        def on_disconnect(client, userdata, flags, reason_code, properties):
+            if not self.answered:  # e.g. a TLS listener that got no TLS
+                self._fail(self.settings.closed_early(reason_code))
+
         def on_subscribe(client, userdata, mid, reason_codes, properties):
             if any(code.is_failure for code in reason_codes):
-                self.log(f"bridge: the broker refused a subscription: {reason_codes}")
+                self._fail(f"the MQTT broker at {self.settings.broker} refused the subscription to "
+                           f"{', '.join(self.topics)} ({', '.join(map(str, reason_codes))}): may this login "
+                           "read those topics?")
             else:
-                self.subscribed.set()
+                self.settled.set()
 
         def on_message(client, userdata, message):
             topic_filter = next((t for t in self.topics if mqtt.topic_matches_sub(t, message.topic)), "")
             self.inbox.put(Received(message.mid, message.topic, topic_filter, bytes(message.payload)))
 
-        client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+        client.on_connect, client.on_disconnect = on_connect, on_disconnect
+        client.on_subscribe, client.on_message = on_subscribe, on_message
         return client
 
     def run(self, limit: int | None = None, idle_s: float | None = None, ready=None) -> int:
         """Forward messages until `limit` were forwarded or nothing came for `idle_s` seconds; `ready` is
-        called once the broker confirmed the subscriptions (from then on nothing published is missed)."""
-        host, _, port = self.settings.broker.rpartition(":")
+        called once the broker confirmed the subscriptions (from then on nothing published is missed).
+        A broker that refuses the login, the TLS handshake or the subscriptions raises a ConfigError that
+        says what to fix."""
         self.producers, self.journals, self.forwarded = {}, {}, 0
+        self.first_at = self.acked_at = None
+        self.answered, self.failure = False, None
+        self.settled.clear()
         client = self._client()
-        try:
-            client.connect(host, int(port))
-        except OSError as exc:
-            raise ConfigError(f"cannot reach the MQTT broker at {self.settings.broker}: {exc}") from None
+        self.settings.connect(client)
         client.loop_start()
-        if not self.subscribed.wait(30):
-            client.loop_stop()
-            raise ConfigError(f"the MQTT broker at {self.settings.broker} did not confirm the subscriptions "
-                              f"to {', '.join(self.topics)} within 30 s")
-        if ready is not None:
-            ready()
-        last = time.monotonic()
         try:
+            if not self.settled.wait(30):
+                raise ConfigError(f"the MQTT broker at {self.settings.broker} did not confirm the "
+                                  f"subscriptions to {', '.join(self.topics)} within 30 s")
+            if self.failure:
+                raise ConfigError(self.failure)
+            if ready is not None:
+                ready()
+            last = time.monotonic()
             while limit is None or self.forwarded < limit:
+                if self.failure:  # refused when it connected again
+                    raise ConfigError(self.failure)
                 taken = self._take()
                 if not taken:
                     if idle_s is not None and time.monotonic() - last > idle_s:
                         break
                     continue
                 last = time.monotonic()
+                self.first_at = self.first_at or last
                 self._forward(client, taken)
+                self.acked_at = time.monotonic()
         finally:
             for producer in self.producers.values():
                 producer.close()

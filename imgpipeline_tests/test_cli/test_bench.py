@@ -96,3 +96,24 @@ def test_bench_tracking_tracks_the_street_video_and_writes_its_figures():
     assert 0 < result["unique_cars"] < result["car_detections"] / 10
     assert 0 < result["tracked_share"] < 1
     assert result["lines"] == ["west", "east"]
+
+
+@pytest.mark.integration
+def test_bench_mqtt_bridges_every_message_and_prints_its_figures(services, kafka, capsys):
+    from imgpipeline.cli.bench.mqtt import bench_mqtt
+    from imgpipeline.resources.mqtt import MqttSettings
+    from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+
+    settings = MqttSettings(broker=services.mqtt.address(services.mqtt.ports))
+    result = bench_mqtt(messages=40, size=(160, 120), resources={"kafka": kafka}, settings=settings)
+    printed = capsys.readouterr().out
+    for line in ("published: 40 in", "end to end (first publish to last Kafka ack): 40 in", " MB/s",
+                 "bridge (its first message to its last Kafka ack): ", "landed on Kafka: 40 of 40"):
+        assert line in printed, printed
+    written = json.loads((state_dir() / "bench" / "mqtt.json").read_text())
+    assert written == result and written["size"] == "160x120"
+    assert {"end_to_end_messages_per_s", "end_to_end_mb_per_s", "publish_messages_per_s",
+            "bridge_messages_per_s"} <= set(written)
+    frames = [json.loads(m.value) for m in read_all(kafka, written["topic"])]
+    assert len({f["frame_id"] for f in frames}) == 40 and {f["source_id"] for f in frames} == {"cam"}
+    assert {(f["width"], f["height"]) for f in frames} == {(160, 120)}

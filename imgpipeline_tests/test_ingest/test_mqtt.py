@@ -35,11 +35,9 @@ pytestmark = pytest.mark.integration
 
 
 def publisher(settings: MqttSettings):
-    import paho.mqtt.client as mqtt
-
-    host, _, port = settings.broker.rpartition(":")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="")
-    client.connect(host, int(port))
+    """A camera's client: the same login and TLS settings as the bridge's."""
+    client = settings.client()
+    settings.connect(client)
     client.loop_start()
     return client
 

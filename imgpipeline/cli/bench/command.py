@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from imgpipeline import ConfigError
+
 
 def bench(args) -> int:
     if args.what == "sensor":
@@ -28,6 +30,19 @@ def bench(args) -> int:
         from imgpipeline.cli.bench.viewer import bench_viewer
 
         bench_viewer(args.frames)
+    elif args.what == "overload":
+        from imgpipeline.cli.bench.overload import bench_overload
+
+        bench_overload(tuple(args.factors), args.seconds, args.shed_after)
+    elif args.what == "mqtt":
+        from imgpipeline.cli.bench.mqtt import bench_mqtt
+        from imgpipeline.ingest.sources import parse_size
+
+        try:
+            size = parse_size(args.size)
+        except ValueError:
+            raise ConfigError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+        bench_mqtt(args.messages, size)
     elif args.what == "detector":
         from imgpipeline.cli.bench.detect import VARIANTS, bench_detector
 

@@ -70,15 +70,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def send_frames(producer, frames, rate: float | None, sent_at: dict[str, float]) -> None:
-    """Send at `rate` frames/s (or as fast as possible), recording each send time."""
+def send_frames(producer, frames, rate: float | None, sent_at: dict[str, float],
+                flush_every: int = 1) -> None:
+    """Send at `rate` frames/s (or as fast as possible), recording each send time; at a rate, each
+    `flush_every` frames wait for the broker's acknowledgement."""
     started = time.monotonic()
     for index, frame in enumerate(frames):
         if rate:
             time.sleep(max(0.0, started + index / rate - time.monotonic()))
         sent_at[frame.frame_id] = time.time()
         producer.send(frame)
-        if rate:
+        if rate and (index + 1) % flush_every == 0:
             producer.flush()
     producer.flush()
 

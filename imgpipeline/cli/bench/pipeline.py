@@ -20,7 +20,8 @@ from imgpipeline.cli.bench.common import (
 )
 
 
-def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None) -> dict:
+def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None,
+                 flush_every: int = 1) -> dict:
     """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing."""
     import os
     import threading
@@ -64,7 +65,7 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
         wait_for(1)
         landed_at.clear()
         sent_at: dict[str, float] = {}
-        sender = threading.Thread(target=send_frames, args=(producer, frames, rate, sent_at))
+        sender = threading.Thread(target=send_frames, args=(producer, frames, rate, sent_at, flush_every))
         sender.start()
         wait_for(len(frames))
         sender.join()
