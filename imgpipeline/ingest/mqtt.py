@@ -187,6 +187,12 @@ class MqttBridge:
         from imgpipeline.vision.quality import UndecodableImage, header_size
 
         for message in taken:
+            if not message.topic_filter:
+                # The persistent session kept a subscription of an earlier run with other --topic
+                # values: nothing of this run asked for it, so it is acknowledged and dropped.
+                self.log(f"bridge: topic {message.topic!r} matches none of {', '.join(self.topics)} "
+                         "(a subscription kept from an earlier run); dropped")
+                continue
             source = source_of(message.topic, message.topic_filter, self.source)
             if not FRAME_ID.match(source):
                 self.log(f"bridge: topic {message.topic!r}: {source!r} is not a source id; dropped")

@@ -150,15 +150,26 @@ def file_frames(source: str, source_id: str, *, fps: float | None, max_frames: i
         capture.release()
 
 
-LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt"}
+# http(s) is left out: a video file served over HTTP ends, and is read like a file.
+LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "rtp", "srt"}
 
 # OpenCV's FFmpeg backend reads its demuxer options from this variable when it opens a capture.
 CAPTURE_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
 
 def is_live(source: str) -> bool:
-    """True for a stream URL (rtsp://, http://, udp://, …); False for a file path."""
+    """True for a stream URL (rtsp://, udp://, …); False for a file path or an http(s) URL."""
     return urlsplit(source).scheme.lower() in LIVE_SCHEMES
+
+
+def shown(url: str) -> str:
+    """The URL without its user and password (cameras carry them there), for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 class StreamLost(ConnectionError):
@@ -222,6 +233,7 @@ def live_frames(url: str, source_id: str, *, fps: float | None = None,
     wall clock.
     """
     run_id = f"{source_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    safe = shown(url)
     step_s = 1.0 / fps if fps else 0.0
     next_at = 0.0
     sent = failed = waits = 0
@@ -240,7 +252,7 @@ def live_frames(url: str, source_id: str, *, fps: float | None = None,
                     read += 1
                     if outage_since is not None:
                         verb = "reconnected to" if dropped else "opened"
-                        log(f"{verb} {url} after {time.monotonic() - outage_since:.1f} s")
+                        log(f"{verb} {safe} after {time.monotonic() - outage_since:.1f} s")
                         outage_since = None
                     now = time.monotonic()
                     if now < next_at:
@@ -258,16 +270,16 @@ def live_frames(url: str, source_id: str, *, fps: float | None = None,
         if read:  # it ran, then dropped: a new outage begins
             failed = waits = 0
             outage_since, dropped = time.monotonic(), True
-            what = f"stream {url} dropped after {read} frames"
+            what = f"stream {safe} dropped after {read} frames"
         else:  # it did not open, or opened and gave no frame
             failed += 1
             outage_since = opening if outage_since is None else outage_since
             outage_s = time.monotonic() - outage_since
             if failed >= live.attempts or (live.give_up_after_s is not None
                                            and outage_s >= live.give_up_after_s):
-                raise StreamLost(f"cannot open stream {url}: {failed} attempts in a row failed "
+                raise StreamLost(f"cannot open stream {safe}: {failed} attempts in a row failed "
                                  f"over {outage_s:.1f} s; giving up")
-            what = f"cannot open stream {url}" if capture is None else f"stream {url} gave no frames"
+            what = f"cannot open stream {safe}" if capture is None else f"stream {safe} gave no frames"
         waits += 1
         delay = live.delay_s(waits)
         log(f"{what}; reconnecting in {delay:g} s (attempt {failed + 1})")

@@ -102,6 +102,25 @@ def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeyp
     assert len(dead) == 1 and "image" in json.dumps(dead[0]).lower()
 
 
+def test_a_bridge_restarted_with_other_topics_drops_what_only_the_old_ones_asked_for(mqtt, kafka, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    said: list[str] = []
+    old = MqttBridge(kafka, storage, ["old/+/frames"], client_id="bridge-moved", settings=mqtt,
+                     log=said.append)
+    old.run(idle_s=0.5)  # the persistent session now holds this subscription
+    client = publisher(mqtt)
+    publish(client, "old/cam1/frames", images(2, "old"))  # queued for the session while it is away
+    client.loop_stop()
+    moved = MqttBridge(kafka, storage, ["cameras/+/frames"], client_id="bridge-moved", settings=mqtt,
+                       log=said.append)
+    moved.run(idle_s=2)
+    assert moved.run(idle_s=1) == 0  # dropped and acknowledged: nothing comes again
+    assert sum("matches none of cameras/+/frames" in line for line in said) == 2, said
+    assert read_all(kafka, kafka.frames_topic) == []
+
+
 def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tmp_path):
     import dagster as dg
 

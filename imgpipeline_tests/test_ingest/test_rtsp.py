@@ -58,8 +58,9 @@ def sent_frames(kafka, storage: StorageResource) -> list[tuple]:
 def test_reconnect_waits_double_up_to_the_cap():
     waits = [LiveStream().delay_s(attempt) for attempt in range(1, 8)]
     assert waits == [1, 2, 4, 8, 16, 30, 30]
-    assert [is_live(s) for s in ("rtsp://cam.local/s", "HTTP://cam/mjpg", "udp://@:5000", "street.mp4",
-                                 "/data/cam1.mkv")] == [True, True, True, False, False]
+    assert [is_live(s) for s in ("rtsp://cam.local/s", "RTSPS://cam/s", "udp://@:5000", "street.mp4",
+                                 "/data/cam1.mkv", "https://example.org/v.mp4")] == [
+        True, True, True, False, False, False]
 
 
 @pytest.mark.integration
@@ -143,18 +144,19 @@ def test_a_camera_that_is_not_there_ends_with_a_clear_error_and_sends_nothing(se
         port = silent.getsockname()[1]
     else:
         port = free_port()
-    url = f"rtsp://127.0.0.1:{port}/camera"
+    # A camera's login lives in its URL: it is never said.
+    url, shown = f"rtsp://admin:s3cret@127.0.0.1:{port}/camera", f"rtsp://***@127.0.0.1:{port}/camera"
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     producer = FrameProducer(kafka, storage, "ghost", ledger=Ledger(tmp_path / "ghost.sent"))
     said: list[str] = []
     live = LiveStream(first_delay_s=0.1, max_delay_s=0.5, attempts=3, open_timeout_s=1.0, read_timeout_s=1.0)
     try:
-        gives_up = f"cannot open stream {re.escape(url)}: 3 attempts in a row failed"
+        gives_up = f"cannot open stream {re.escape(shown)}: 3 attempts in a row failed"
         with pytest.raises(StreamLost, match=gives_up):
             producer.send_all(video_frames(url, "ghost", live=live, log=said.append), progress=False)
     finally:
         silent.close()
-    assert said == [f"cannot open stream {url}; reconnecting in 0.1 s (attempt 2)",
-                    f"cannot open stream {url}; reconnecting in 0.2 s (attempt 3)"]
+    assert said == [f"cannot open stream {shown}; reconnecting in 0.1 s (attempt 2)",
+                    f"cannot open stream {shown}; reconnecting in 0.2 s (attempt 3)"]
     assert producer.summary.sent == 0
     assert read_all(kafka, kafka.frames_topic) == []

@@ -54,8 +54,23 @@ def overload_leg(resources: dict, fps: float, factor: float, seconds: float, she
         "wait_p50_s": round(percentile(waits, 0.5), 1), "wait_p95_s": round(percentile(waits, 0.95), 1),
         "wait_max_s": round(waits[-1], 1), "wait_last_tenth_p50_s": round(percentile(late, 0.5), 1),
         "drained_after_s": round(max(timing["done_at"].values()) - min(sent.values()), 1),
-        "runs": timing["runs"]["runs"],
+        "runs": timing["runs"]["runs"], "run_peak_rss_mb": run_peak_rss(timing["dagster_home"]),
     }
+
+
+def run_peak_rss(dagster_home) -> float | None:
+    """The largest peak memory any detect_frames run of the leg reported."""
+    import dagster as dg
+
+    peaks = []
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        for record in instance.get_run_records(dg.RunsFilter(job_name="detect_frames")):
+            outputs = instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
+            for entry in outputs:
+                metadata = entry.dagster_event.step_output_data.metadata
+                if "peak_rss_mb" in metadata:
+                    peaks.append(metadata["peak_rss_mb"].value)
+    return max(peaks) if peaks else None
 
 
 def bench_overload(factors: tuple[float, ...] = (2.0, 5.0), seconds: float = 30.0,
@@ -81,12 +96,12 @@ def bench_overload(factors: tuple[float, ...] = (2.0, 5.0), seconds: float = 30.
 
 def print_overload(fps: float, legs: list[dict]) -> None:
     print(f"\n{'input':>10} {'shedding':>9} {'frames':>7} {'records':>8} {'detected':>9} {'shed':>6} "
-          f"{'wait p50':>9} {'p95':>6} {'max':>6} {'last 10%':>9} {'drained':>8}")
+          f"{'wait p50':>9} {'p95':>6} {'max':>6} {'last 10%':>9} {'drained':>8} {'run RSS':>8}")
     for leg in legs:
         shed = f"{leg['shed_after_s']:g} s" if leg["shed_after_s"] else "off"
         print(f"{leg['input_fps']:>6.1f} f/s {shed:>9} {leg['frames']:>7} {leg['records']:>8} "
               f"{leg['detected']:>9} {leg['shed']:>6} {leg['wait_p50_s']:>8.1f}s "
               f"{leg['wait_p95_s']:>5.1f}s {leg['wait_max_s']:>5.1f}s {leg['wait_last_tenth_p50_s']:>8.1f}s "
-              f"{leg['drained_after_s']:>7.1f}s")
+              f"{leg['drained_after_s']:>7.1f}s {leg['run_peak_rss_mb'] or 0:>6.0f}MB")
     print(f"(bare detector {fps:.1f} frames/s; wait = processed − reached the broker; every frame is one "
           "record, detected or shed)")

@@ -81,7 +81,8 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
     if len(landed_at) < len(frames):
         raise SystemExit(f"only {len(landed_at)} of {len(frames)} frames landed within {timeout_s:.0f} s; "
                          f"see {local.dagster.logfile}")
-    return {"sent_at": sent_at, "done_at": landed_at, "runs": runs}
+    return {"sent_at": sent_at, "done_at": landed_at, "runs": runs,
+            "dagster_home": local.dagster.dagster_home}
 
 
 def run_timings(dagster_home: Path, since: float) -> dict:

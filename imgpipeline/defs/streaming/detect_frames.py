@@ -241,7 +241,8 @@ def detect_op(
     try:
         batch.process(Shedding(config.shed_after_s).mark(source.incoming))
         written = batch.land()
-        batch.land_sources()
+        if source.consumer is not None:  # frames from the topic: explicit URIs say nothing of a camera
+            batch.land_sources()
         if source.gaps:
             batch.counts["deleted_by_retention"] = sum(end - first for first, end in source.gaps)
             context.log.warning(f"offsets deleted by retention before they were read: {source.gaps}")
@@ -258,8 +259,16 @@ def detect_op(
     context.log.info(f"done: {batch.counts}; landing files: {len(written)}")
     return dg.Output(
         {"counts": batch.counts, "landing": written},
-        metadata={k: dg.MetadataValue.int(v) for k, v in batch.counts.items()},
+        metadata={**{k: dg.MetadataValue.int(v) for k, v in batch.counts.items()},
+                  # bounded by the range's size whatever the lag: frames are streamed, not held
+                  "peak_rss_mb": dg.MetadataValue.float(peak_rss_mb())},
     )
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
 def commit_accounted(consumer, store, topic: str, partition: int, generation: int = 0) -> int | None:

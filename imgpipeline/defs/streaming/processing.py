@@ -204,8 +204,11 @@ class FrameProcessor:
 
     def shed(self, prepared: Prepared, inline: bytes | None) -> Prepared:
         """A well-formed frame shed under overload: recorded with its reason, neither fetched nor
-        decoded (an inline one is still stored, so every shed frame can be detected later)."""
-        if inline is not None:
+        decoded. An inline one is still stored, so every shed frame's image is kept; running its range
+        again without shedding detects it."""
+        if inline is None:
+            self.store.key_for(prepared.message.uri)  # a URI outside the root is an error, shed or not
+        else:
             if len(inline) > self.max_bytes:
                 raise BadInput(f"inline frame is {len(inline)} bytes, over the limit of {self.max_bytes}")
             if prepared.message.sha256 and sha256_hex(inline) != prepared.message.sha256:

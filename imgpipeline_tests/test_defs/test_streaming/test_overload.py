@@ -7,13 +7,17 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
 
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
-from imgpipeline.defs.streaming.processing import Incoming, Shedding
+from imgpipeline.defs.streaming.processing import FrameProcessor, Incoming, Shedding
+from imgpipeline.ingest.messages import FrameMessage
 from imgpipeline.ingest.producer import FrameProducer, Ledger
+from imgpipeline.resources import StorageResource
+from imgpipeline.vision.detector import Identity
 from imgpipeline_tests.pipeline import drain, landing_records, video_backlog
 
 REASON = re.compile(r"shed: waited (\d+\.\d) s on the topic, over the bound of 0\.5 s; 1 frame in (\d+) "
@@ -100,3 +104,24 @@ def test_overload_sheds_frames_and_accounts_for_every_one(kafka, storage, tmp_pa
             assert run_of_shed < int(match.group(2)), (name, record["frame_id"])
             assert record["uri"] and record["detections"] == []  # the frame itself is kept
         assert any(r["status"] == "detected" for r in frames), name
+
+
+
+def test_a_shed_frame_is_still_screened_as_untrusted_input(tmp_path):
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    # The detector is never asked: a shed frame is not detected.
+    recorder = SimpleNamespace(identity=Identity("yolov4-tiny-416", "0" * 64, "opencv", "f32"))
+    processor = FrameProcessor(store, recorder, run_id="r", dark_threshold=10, annotate=False, max_bytes=1000)
+
+    def shed(uri: str | None, inline: bytes | None = None, sha256: str | None = None):
+        message = FrameMessage("f1", "cam", "2026-11-22T10:00:00.000Z", uri, sha256, None, None)
+        value, headers = (inline, message.to_headers()) if inline is not None else (message.to_json(), [])
+        return processor.prepare(Incoming("frames", 0, 7, b"cam", value, headers, 1000, shed="shed: …"))
+
+    assert shed(store.uri("frames/cam/2026-11-22/f1.jpg")).record["status"] == "shed"
+    root = store.uri("f.jpg").removesuffix("f.jpg")
+    for uri in ("file:///etc/passwd", root + "frames/../../secret.jpg", root + "f.jpg?x=1"):
+        prepared = shed(uri)
+        assert prepared.record is None and "URI" in prepared.error, uri  # an error, dead-lettered
+    assert "sha256" in shed(None, b"jpeg bytes", sha256="0" * 64).error
+    assert "over the limit" in shed(None, b"x" * 1001).error
