@@ -20,6 +20,8 @@ def status(args) -> int:
     from imgpipeline.defs.streaming.health import SourcePolicy
     from imgpipeline.resources import KafkaResource, StorageResource
 
+    if not args.minutes > 0:
+        raise ConfigError(f"--minutes {args.minutes:g}: the window must be longer than 0 minutes")
     now = datetime.now(UTC)
     window = timedelta(minutes=args.minutes)
     report = Report()
@@ -150,7 +152,9 @@ def print_report(report: Report, now: datetime, minutes: float) -> None:
             if topic is None:
                 print(f"  topic {name:<22} missing")
                 continue
-            line = f"  topic {name:<22} {topic['partitions']} partitions, {topic['messages']} messages"
+            count = topic["partitions"]
+            line = (f"  topic {name:<22} {count} partition{'s' if count > 1 else ''}, "
+                    f"{topic['messages']} messages")
             if "lag" in topic:
                 per = ", ".join(f"{p}: {lag}" for p, lag in topic["lag"].items())
                 line += f"; lag {sum(topic['lag'].values())} (by partition {per})"

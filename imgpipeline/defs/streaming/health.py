@@ -53,11 +53,12 @@ class SourceActivity:
 
 
 def source_activity(store, now: datetime, window: timedelta) -> list[SourceActivity]:
-    """Every known source, with the frames of the window: landed in the event-time hours it covers."""
+    """Every known source, with the frames of the window: landed in the event-time hours it covers (an
+    empty window reads no landing file: the latest times alone)."""
     sources = {name: SourceActivity(name, times) for name, times in known_sources(store).items()}
     since = now - window
     hour = since.replace(minute=0, second=0, microsecond=0)
-    while hour <= now:
+    while window > timedelta(0) and hour <= now:
         for record in hour_records(store, hour):
             activity = sources.get(record.get("source_id"))
             if activity is None or record.get("schema") is None:
