@@ -27,7 +27,7 @@ def prepare_local(log=print):
     samples = fetch_samples()
     services = local_services()
     for status in services.up(log=log):
-        log(f"  {status['name']:<7} ready at {status['address']}")
+        log(f"  {status['name']:<8} ready at {status['address']}")
     services_env_file().write_text(services.env_file_text())
     run_checks(log=lambda line: None)
     return services, resources_from_env(), samples
@@ -101,10 +101,11 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
     from imgpipeline.defs.streaming.landing import event_hour
     from imgpipeline.defs.tracking.assets import tracking_tables
     from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
+    from imgpipeline.lib.instance import open_instance
 
     hours = sorted({event_hour(r) for r in records.values()})
     days = sorted({h.strftime("%Y-%m-%d") for h in hours})
-    instance = dg.DagsterInstance.from_config(str(services.dagster.dagster_home))
+    instance = open_instance(services.dagster.dagster_home)
     for assets, first, last in ((hourly_tables, hour_key(hours[0]), hour_key(hours[-1])),
                                 (tracking_tables, hour_key(hours[0]), hour_key(hours[-1])),
                                 (alerts, hour_key(hours[0]), hour_key(hours[-1])),

@@ -17,7 +17,7 @@ def local_services(secure_kafka: bool = False):
 def services(args) -> int:
     local = local_services(secure_kafka=getattr(args, "kafka", "plaintext") == "sasl_ssl")
     if args.action == "up":
-        for status in local.up():
+        for status in local.up(instance=getattr(args, "instance", "sqlite")):
             print(
                 f"  {status['name']:<6} ready at {status['address']} "
                 f"(pid {status['pid']}, {status.get('start_s', 0):.1f} s)"
@@ -29,7 +29,7 @@ def services(args) -> int:
         return 0
     if args.action == "down":
         for name, gone in local.down().items():
-            print(f"  {name:<6} {'stopped' if gone else 'STILL RUNNING'}")
+            print(f"  {name:<8} {'stopped' if gone else 'STILL RUNNING'}")
         services_env_file().unlink(missing_ok=True)
         return 0
     healthy = True
@@ -37,7 +37,7 @@ def services(args) -> int:
         state = "healthy" if status["healthy"] else ("unhealthy" if status["running"] else "stopped")
         healthy &= status["healthy"]
         where = f" at {status['address']} (pid {status['pid']})" if status["running"] else ""
-        print(f"  {status['name']:<6} {state}{where}  log: {status['log']}")
+        print(f"  {status['name']:<8} {state}{where}  log: {status['log']}")
     return 0 if healthy else 1
 
 

@@ -35,6 +35,11 @@ def add_setup(commands) -> None:
         "--kafka", choices=["plaintext", "sasl_ssl"], default="plaintext",
         help="with `up`: clients use a SASL_SSL listener (SCRAM-SHA-512 over TLS, a self-made CA) "
              "instead of PLAINTEXT, as against a real cluster")
+    services.add_argument(
+        "--instance", choices=["sqlite", "postgres"], default="sqlite",
+        help="with `up`: `postgres` also starts a local PostgreSQL server (Debian's postgresql package) and "
+             "points the Dagster instance at it (IMGPIPELINE_INSTANCE=postgres in services.env); "
+             "default: SQLite files in .imgpipeline/dagster")
     services.set_defaults(module="local", run="services")
 
     models = commands.add_parser("models", help="model weights and their ONNX form")

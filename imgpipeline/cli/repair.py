@@ -5,16 +5,16 @@ from __future__ import annotations
 
 
 def repair(args) -> int:
-    import dagster as dg
 
     from imgpipeline.defs.resources import resources_from_env
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.reconcile import coverage, repair_holes
+    from imgpipeline.lib.instance import open_instance
     from imgpipeline.paths import state_dir
     from imgpipeline.services.dagster_dev import dagster_home
 
     resources = resources_from_env()
-    with dg.DagsterInstance.from_config(str(dagster_home(state_dir()))) as instance:
+    with open_instance(dagster_home(state_dir())) as instance:
         if args.dry_run:
             report = coverage(resources["storage"].open(), resources["kafka"], instance)
             for c in report:

@@ -13,6 +13,7 @@ def setting_models() -> list:
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.health import SourcePolicy
+    from imgpipeline.lib.instance import InstanceSettings
     from imgpipeline.resources import (
         AlertsResource,
         DetectorResource,
@@ -23,7 +24,7 @@ def setting_models() -> list:
     from imgpipeline.resources.mqtt import MqttSettings
 
     return [StorageResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource, TrackingResource,
-            AlertsResource, MqttSettings, Calendar]
+            AlertsResource, MqttSettings, Calendar, InstanceSettings]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

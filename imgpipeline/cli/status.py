@@ -98,13 +98,15 @@ def storage_section(storage, report: Report) -> dict:
 def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
     import dagster as dg
 
+    from imgpipeline.lib.instance import InstanceSettings, open_instance
     from imgpipeline.paths import state_dir
     from imgpipeline.services.dagster_dev import dagster_home
 
     home = state_dir() / "dagster"
-    if not (home / "storage").exists() and not (home / "history").exists():
+    on_files = InstanceSettings.from_env().kind == "sqlite"
+    if on_files and not (home / "storage").exists() and not (home / "history").exists():
         return {"instance": None}
-    with dg.DagsterInstance.from_config(str(dagster_home(state_dir()))) as instance:
+    with open_instance(dagster_home(state_dir())) as instance:
         records = instance.get_run_records(limit=last)
         day_ago = now - timedelta(days=1)
         failed = instance.get_run_records(dg.RunsFilter(

@@ -8,10 +8,12 @@ from imgpipeline.services.base import LocalService, ServiceError
 from imgpipeline.services.dagster_dev import DagsterDev, dagster_home
 from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline.services.mosquitto import INSTALL_HINT, Mosquitto, mosquitto_path
+from imgpipeline.services.postgres import Postgres
 from imgpipeline.services.s3_endpoint import BUCKET, S3Endpoint
 from imgpipeline.services.viewer import ViewerService
 
-__all__ = ["DagsterDev", "KafkaBroker", "LocalService", "LocalServices", "S3Endpoint", "ServiceError"]
+__all__ = ["DagsterDev", "KafkaBroker", "LocalService", "LocalServices", "Postgres", "S3Endpoint",
+           "ServiceError"]
 
 
 class LocalServices:
@@ -29,15 +31,18 @@ class LocalServices:
         self.dagster = DagsterDev(root / "dagster", self.state / "dagster", self.state.parent)
         self.viewer = ViewerService(root / "viewer", self.state.parent)
         self.mqtt = Mosquitto(root / "mqtt")
+        self.postgres = Postgres(root / "postgres")
 
     @property
     def all(self) -> list[LocalService]:
-        return [self.kafka, self.s3, self.mqtt, self.dagster, self.viewer]
+        return [self.kafka, self.s3, self.mqtt, self.postgres, self.dagster, self.viewer]
 
-    def up(self, log=print) -> list[dict]:
-        """Start the broker, the S3 endpoint and, when it is installed, Mosquitto (not the UI: see up_ui)."""
+    def up(self, log=print, instance: str = "sqlite") -> list[dict]:
+        """Start the broker, the S3 endpoint, Mosquitto when it is installed and, for
+        `instance="postgres"`, the instance's PostgreSQL server (not the UI: see up_ui)."""
         statuses = []
-        for service in (self.kafka, self.s3, self.mqtt):
+        wanted = [self.kafka, self.s3, self.mqtt] + ([self.postgres] if instance == "postgres" else [])
+        for service in wanted:
             if service is self.mqtt and mosquitto_path() is None:
                 log(f"no MQTT broker: mosquitto is not installed ({INSTALL_HINT})")
                 continue
@@ -65,6 +70,7 @@ class LocalServices:
         """The services.env that `dagster dev` and the CLI read; S3 lines active on request."""
         kafka = self.kafka.env(self.kafka.ports) if self.kafka.running() else {}
         kafka.update(self.mqtt.env(self.mqtt.ports) if self.mqtt.running() else {})
+        kafka.update(self.postgres.env(self.postgres.ports) if self.postgres.running() else {})
         s3 = self.s3.env(self.s3.ports) if self.s3.running() else {}
         lines = ["# Written by `imgpipeline services up`; variables set in the shell win."]
         lines += [f"{key}={value}" for key, value in kafka.items()]

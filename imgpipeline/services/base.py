@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -49,6 +50,12 @@ class LocalService:
         """Extra environment of the service's own process."""
         return {}
 
+    def spawn_options(self) -> dict:
+        """Extra Popen arguments of the service's own process (e.g. the user it runs as)."""
+        return {}
+
+    stop_signal = signal.SIGTERM
+
     # -- shared behaviour --------------------------------------------------------
     @property
     def ports(self) -> dict[str, int]:
@@ -92,7 +99,7 @@ class LocalService:
         self.statefile.write_text(json.dumps({"ports": ports}))
         started = time.monotonic()
         pid = spawn(self.argv(ports), pidfile=self.pidfile, logfile=self.logfile, cwd=self.workdir,
-                    env=self.process_env())
+                    env=self.process_env(), **self.spawn_options())
         deadline = started + self.start_timeout_s
         while time.monotonic() < deadline:
             if not alive(pid):
@@ -110,7 +117,7 @@ class LocalService:
         )
 
     def stop(self, grace_s: float = 30.0) -> bool:
-        gone = terminate(self.pid, grace_s)
+        gone = terminate(self.pid, grace_s, self.stop_signal)
         if gone:
             self.pidfile.unlink(missing_ok=True)
         return gone

@@ -42,19 +42,21 @@ def dagster_dev_argv(host: str, port: int) -> list[str]:
 
 
 def dagster_env(home: Path, project_home: Path) -> dict[str, str]:
-    """The environment of `dagster dev`: its instance, and (run workers start in other folders) where
-    the project's state lives."""
-    return {"DAGSTER_HOME": str(home), HOME_ENV: str(project_home)}
+    """The environment of `dagster dev`: its instance (and the PostgreSQL URL it reads, when it is on
+    PostgreSQL), and (run workers start in other folders) where the project's state lives."""
+    from imgpipeline.lib.instance import instance_env
+
+    return {"DAGSTER_HOME": str(home), HOME_ENV: str(project_home), **instance_env()}
 
 
 def dagster_home(state: Path) -> Path:
-    """`.imgpipeline/dagster`: DAGSTER_HOME, holding a link to the project's dagster.yaml."""
+    """`.imgpipeline/dagster`: DAGSTER_HOME, holding the project's dagster.yaml (a link to it), with the
+    PostgreSQL storage block when IMGPIPELINE_INSTANCE=postgres."""
+    from imgpipeline.lib.instance import InstanceSettings, write_instance_yaml
+
     home = state / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    link = home / "dagster.yaml"
-    for source in (state.parent / "dagster.yaml", Path(__file__).resolve().parents[2] / "dagster.yaml"):
-        if source.exists():
-            if not link.exists():
-                link.symlink_to(source)
-            break
+    candidates = (state.parent / "dagster.yaml", Path(__file__).resolve().parents[2] / "dagster.yaml")
+    project_yaml = next((source for source in candidates if source.exists()), None)
+    write_instance_yaml(home, project_yaml, InstanceSettings.from_env())
     return home

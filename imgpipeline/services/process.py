@@ -51,8 +51,9 @@ def read_pid(pidfile: Path) -> int | None:
 
 
 def spawn(argv: list[str], *, pidfile: Path, logfile: Path, env: dict | None = None,
-          cwd: Path | None = None) -> int:
-    """Start a detached process (own session, survives its parent) logging to logfile."""
+          cwd: Path | None = None, **options) -> int:
+    """Start a detached process (own session, survives its parent) logging to logfile; options go to
+    Popen (e.g. `user` and `group` for a server that will not run as root)."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "ab") as log:
         process = subprocess.Popen(
@@ -63,6 +64,7 @@ def spawn(argv: list[str], *, pidfile: Path, logfile: Path, env: dict | None = N
             cwd=cwd,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            **options,
         )
     pidfile.write_text(f"{process.pid}\n")
     _children[process.pid] = process
@@ -75,12 +77,12 @@ def reap(pid: int) -> None:
         child.poll()
 
 
-def terminate(pid: int | None, grace_s: float = 30.0) -> bool:
-    """SIGTERM the process group, wait up to grace_s, then SIGKILL. True when it is gone."""
+def terminate(pid: int | None, grace_s: float = 30.0, first: int = signal.SIGTERM) -> bool:
+    """`first` (SIGTERM) to the process group, wait up to grace_s, then SIGKILL. True when it is gone."""
     if not alive(pid):
         return True
     assert pid is not None
-    _signal_group(pid, signal.SIGTERM)
+    _signal_group(pid, first)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         reap(pid)

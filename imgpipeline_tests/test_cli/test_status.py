@@ -16,6 +16,7 @@ import pytest
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.defs.streaming.health import check_sources, sources_fresh
 from imgpipeline.ingest.producer import FrameProducer, Ledger
+from imgpipeline.lib.instance import open_instance
 from imgpipeline.paths import HOME_ENV, state_dir
 from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline.services.dagster_dev import dagster_home
@@ -51,7 +52,7 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
            "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic}
     send(kafka, storage, tmp_path, "cam-a", 20)
     send(kafka, storage, tmp_path, "cam-b", 12)
-    with dg.DagsterInstance.from_config(str(dagster_home(state_dir()))) as instance:
+    with open_instance(dagster_home(state_dir())) as instance:
         drain(kafka, storage, instance)
 
         code, out = status(env, "--json")

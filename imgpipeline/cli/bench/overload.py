@@ -62,8 +62,10 @@ def run_peak_rss(dagster_home) -> float | None:
     """The largest peak memory any detect_frames run of the leg reported."""
     import dagster as dg
 
+    from imgpipeline.lib.instance import open_instance
+
     peaks = []
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+    with open_instance(dagster_home) as instance:
         for record in instance.get_run_records(dg.RunsFilter(job_name="detect_frames")):
             outputs = instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
             for entry in outputs:

@@ -89,9 +89,10 @@ def run_timings(dagster_home: Path, since: float) -> dict:
     """Where the pipeline's fixed costs went, from the runs its daemon recorded after `since`."""
     import dagster as dg
 
+    from imgpipeline.lib.instance import open_instance
     from imgpipeline.lib.launcher import PID_TAG
 
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+    with open_instance(dagster_home) as instance:
         records = [r for r in instance.get_run_records(dg.RunsFilter(job_name="detect_frames"))
                    if r.create_timestamp.timestamp() >= since]
     created = [r.create_timestamp.timestamp() for r in records]

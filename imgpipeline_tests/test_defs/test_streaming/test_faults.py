@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import dagster as dg
 import pytest
 
+from imgpipeline.lib.instance import open_instance
 from imgpipeline.lib.launcher import PID_TAG
 from imgpipeline.resources import StorageResource
 from imgpipeline.services import LocalServices
@@ -35,7 +36,7 @@ class Pipeline:
     sent: list[str]
 
     def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_config(str(self.local.dagster.dagster_home))
+        return open_instance(self.local.dagster.dagster_home)
 
     def started_run(self, timeout_s: float = 180) -> dg.DagsterRun:
         """A detect_frames run that has been detecting for a second and is still running."""

@@ -1,0 +1,108 @@
+"""Where Dagster keeps runs, events, schedules and sensor cursors: SQLite files in DAGSTER_HOME (one
+machine), or PostgreSQL (`IMGPIPELINE_INSTANCE=postgres`), which a daemon, a webserver and run workers
+on several machines can share.
+
+DAGSTER_HOME's `dagster.yaml` is the project's `dagster.yaml` (a link to it) on SQLite; on PostgreSQL it
+is the same text with a `storage: postgres:` block whose URL Dagster reads from the environment
+(`IMGPIPELINE_POSTGRES_URL`), so the password is in no file. `dagster_env()` hands that variable to
+`dagster dev` and, through it, to the daemon and every run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from imgpipeline.resources.settings import FromEnv, env_name, one_of, resolved, setting
+
+KINDS = ("sqlite", "postgres")
+MARK = "# Written by imgpipeline for IMGPIPELINE_INSTANCE=postgres"
+
+
+class InstanceSettings(FromEnv, BaseModel):
+    """Which storage the Dagster instance uses."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    kind: str = setting(
+        "IMGPIPELINE_INSTANCE", "sqlite",
+        "where Dagster keeps runs, events and sensor cursors: `sqlite` (files in DAGSTER_HOME, one "
+        "machine) or `postgres` (`IMGPIPELINE_POSTGRES_URL`)")
+    postgres_url: object = setting(
+        "IMGPIPELINE_POSTGRES_URL", None,
+        "the PostgreSQL database of the instance, `postgresql://user:password@host:port/db` (a secret; "
+        "`imgpipeline services up --instance postgres` writes one for a local server)", secret=True)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, value):
+        return one_of(cls, "kind", str(value).strip().lower(), KINDS)
+
+    @model_validator(mode="after")
+    def _url_for_postgres(self):
+        url = self.url()
+        if self.kind == "postgres" and not url:
+            raise ValueError(f"{env_name(type(self), 'kind')}=postgres needs {url_env()}: "
+                             "postgresql://user:password@host:port/db "
+                             "(`imgpipeline services up --instance postgres` starts a local one)")
+        if url:
+            parts = urlsplit(url)
+            database = parts.path.strip("/")
+            if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not database:
+                # The URL is not repeated: it holds a password.
+                raise ValueError(f"{url_env()} is not a PostgreSQL URL; expected "
+                                 "postgresql://user:password@host:port/db")
+        return self
+
+    def url(self) -> str | None:
+        return resolved(self.postgres_url)
+
+
+def url_env() -> str:
+    return env_name(InstanceSettings, "postgres_url")
+
+
+def storage_block() -> str:
+    """The instance's `storage:` on PostgreSQL, the URL read from the environment by Dagster."""
+    return (f"\n{MARK}: runs, events, schedules and sensor cursors in PostgreSQL,\n"
+            f"# at the URL in ${url_env()} (read by Dagster when the instance loads).\n"
+            f"storage:\n  postgres:\n    postgres_url:\n      env: {url_env()}\n")
+
+
+def write_instance_yaml(home: Path, project_yaml: Path | None, settings: InstanceSettings) -> Path:
+    """DAGSTER_HOME/dagster.yaml for the chosen storage: a link to the project's file on SQLite, the
+    project's file plus the PostgreSQL storage block otherwise. A file of the other kind is replaced;
+    a person's own file (neither a link nor written here) is left alone."""
+    target = home / "dagster.yaml"
+    ours = target.is_symlink() or (target.exists() and MARK in target.read_text())
+    if target.exists() and not ours:
+        return target
+    if settings.kind == "sqlite":
+        linked = target.is_symlink() and target.resolve() == (project_yaml and project_yaml.resolve())
+        if project_yaml is not None and not linked:
+            target.unlink(missing_ok=True)
+            target.symlink_to(project_yaml)
+        return target
+    text = (project_yaml.read_text() if project_yaml is not None else "") + storage_block()
+    if target.is_symlink() or not target.exists() or target.read_text() != text:
+        target.unlink(missing_ok=True)
+        target.write_text(text)
+    return target
+
+
+def instance_env(settings: InstanceSettings | None = None) -> dict[str, str]:
+    """What a Dagster process needs in its environment to open the instance: the PostgreSQL URL."""
+    settings = settings or InstanceSettings.from_env()
+    return {url_env(): settings.url()} if settings.kind == "postgres" else {}
+
+
+def open_instance(home: Path):
+    """The instance of DAGSTER_HOME `home` in this process (the URL exported first when it comes from an
+    env file)."""
+    import dagster as dg
+
+    os.environ.update(instance_env())
+    return dg.DagsterInstance.from_config(str(home))

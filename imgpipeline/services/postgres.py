@@ -1,0 +1,145 @@
+"""A throwaway PostgreSQL server for the Dagster instance: Debian's packages, a cluster of its own made
+by initdb, on a free loopback port, TCP only, password login (scram-sha-256).
+
+initdb and the server refuse to run as root: as root, both run as the `postgres` user, and the cluster
+lives in a folder that user owns under /var/tmp (a project folder under /root is closed to it); the
+service's folder keeps the log, the pid and the login. PostgreSQL is a system package, not a Python one:
+when it is missing, `imgpipeline services up --instance postgres` says how to install it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from imgpipeline.services.base import LocalService, ServiceError
+
+INSTALL_HINT = "apt-get install postgresql (Debian, Ubuntu)"
+USER = "imgpipeline"
+DATABASE = "dagster"
+SERVER_USER = "postgres"
+
+
+def postgres_bin(tool: str) -> str | None:
+    """A PostgreSQL program: on PATH, else the newest of Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(tool)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"),
+                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    return versions[-1] if versions else None
+
+
+def _as_server_user() -> dict:
+    """subprocess arguments that run a program as `postgres` when this process is root."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        entry = pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise ServiceError(f"PostgreSQL will not run as root and there is no {SERVER_USER!r} user to run it "
+                           f"as; {INSTALL_HINT} makes one") from None
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+class Postgres(LocalService):
+    name = "postgres"
+    preferred_ports = {"port": 5432}
+    start_timeout_s = 60.0
+    # SIGTERM waits for every client to leave; SIGINT ends their sessions and stops cleanly.
+    stop_signal = signal.SIGINT
+
+    def credentials(self) -> dict[str, str]:
+        """The login, made once (a file only its owner reads)."""
+        path = self.workdir / "login.json"
+        if not path.exists():
+            import secrets
+
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(json.dumps({"user": USER, "password": secrets.token_urlsafe(18)}))
+        return json.loads(path.read_text())
+
+    @property
+    def data(self) -> Path:
+        if os.geteuid() != 0:
+            return self.workdir / "data"
+        tag = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:12]
+        return Path("/var/tmp") / f"imgpipeline-postgres-{tag}"
+
+    def prepare(self, ports: dict[str, int]) -> None:
+        if postgres_bin("postgres") is None or postgres_bin("initdb") is None:
+            raise ServiceError(f"PostgreSQL is not installed: {INSTALL_HINT}")
+        if (self.data / "PG_VERSION").exists():
+            return
+        owner = _as_server_user()
+        self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        password_file = self.data.parent / f".{self.data.name}.pw"
+        password_file.touch(mode=0o600)
+        password_file.write_text(self.credentials()["password"] + "\n")
+        if owner:
+            os.chown(self.data, owner["user"], owner["group"])
+            os.chown(password_file, owner["user"], owner["group"])
+        try:
+            result = subprocess.run(
+                [postgres_bin("initdb"), "-D", str(self.data), "-U", USER, "--pwfile", str(password_file),
+                 "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+                capture_output=True, text=True, timeout=120, cwd="/", **owner)
+        finally:
+            password_file.unlink(missing_ok=True)
+        if result.returncode != 0:
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise ServiceError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    def argv(self, ports: dict[str, int]) -> list[str]:
+        return [postgres_bin("postgres") or "postgres", "-D", str(self.data), "-p", str(ports["port"]),
+                "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                # A daemon, a webserver, a code server and each run hold a few connections.
+                "-c", "max_connections=200", "-c", "fsync=on"]
+
+    def spawn_options(self) -> dict:
+        return _as_server_user()
+
+    def address(self, ports: dict[str, int]) -> str:
+        return f"127.0.0.1:{ports['port']}"
+
+    def url(self, ports: dict[str, int], database: str = DATABASE) -> str:
+        creds = self.credentials()
+        return f"postgresql://{creds['user']}:{creds['password']}@127.0.0.1:{ports['port']}/{database}"
+
+    def env(self, ports: dict[str, int]) -> dict[str, str]:
+        from imgpipeline.lib.instance import InstanceSettings
+        from imgpipeline.resources.settings import env_name
+
+        return {env_name(InstanceSettings, "kind"): "postgres",
+                env_name(InstanceSettings, "postgres_url"): self.url(ports)}
+
+    def sql(self, ports: dict[str, int], statement: str, database: str = "postgres") -> str:
+        """One statement through psql as the service's user; its output, or ServiceError."""
+        creds = self.credentials()
+        result = subprocess.run(
+            [postgres_bin("psql") or "psql", "-h", "127.0.0.1", "-p", str(ports["port"]), "-U", creds["user"],
+             "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", statement],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "PGPASSWORD": creds["password"], "PGCONNECT_TIMEOUT": "3"})
+        if result.returncode != 0:
+            raise ServiceError(f"psql: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def ready(self, ports: dict[str, int]) -> bool:
+        """Ready once it answers a query, with the instance's database made."""
+        if not ports:
+            return False
+        try:
+            if self.sql(ports, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":
+                self.sql(ports, f"CREATE DATABASE {DATABASE}")
+            return True
+        except (ServiceError, subprocess.TimeoutExpired):
+            return False
