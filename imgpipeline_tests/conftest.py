@@ -16,7 +16,8 @@ from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET
 
 # Settings of the shell or a running `services up` that must not reach the tests.
 _ISOLATED = ("KAFKA_BOOTSTRAP_SERVERS", "IMGPIPELINE_STORAGE_URI", "AWS_ENDPOINT_URL",
-             "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "IMGPIPELINE_FRAMES_TOPIC")
+             "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "IMGPIPELINE_FRAMES_TOPIC",
+             "IMGPIPELINE_INSTANCE", "IMGPIPELINE_POSTGRES_URL")
 _saved: dict[str, str | None] = {}
 
 
@@ -36,6 +37,48 @@ def pytest_unconfigure(config):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def instance_server(tmp_path_factory):
+    """With IMGPIPELINE_TEST_INSTANCE=postgres: a PostgreSQL server for the session (the launcher of
+    `imgpipeline services up --instance postgres`), every Dagster instance of the tests on it."""
+    from imgpipeline.lib.instance import InstanceSettings
+    from imgpipeline.resources.settings import env_name
+    from imgpipeline.services import Postgres
+    from imgpipeline_tests.instances import TEMPLATE, make_template, session_instance_kind
+
+    if session_instance_kind() != "postgres":
+        yield None
+        return
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    ports = server.ports
+    server.sql(ports, f"CREATE DATABASE {TEMPLATE}")
+    make_template(server.url(ports, TEMPLATE))
+    kind = env_name(InstanceSettings, "kind")
+    os.environ[kind] = "postgres"
+    yield server
+    os.environ.pop(kind, None)
+    server.stop()
+    shutil.rmtree(server.data, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def instance_database(instance_server, monkeypatch):
+    """On PostgreSQL, each test's instance is a database of its own, a copy of the template's tables."""
+    if instance_server is None:
+        yield None
+        return
+    from imgpipeline.lib.instance import url_env
+    from imgpipeline_tests.instances import TEMPLATE
+
+    ports = instance_server.ports
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    instance_server.sql(ports, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    monkeypatch.setenv(url_env(), instance_server.url(ports, name))
+    yield name
+    instance_server.sql(ports, f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")

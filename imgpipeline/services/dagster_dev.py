@@ -51,7 +51,7 @@ def dagster_env(home: Path, project_home: Path) -> dict[str, str]:
 
 def dagster_home(state: Path) -> Path:
     """`.imgpipeline/dagster`: DAGSTER_HOME, holding the project's dagster.yaml (a link to it), with the
-    PostgreSQL storage block when IMGPIPELINE_INSTANCE=postgres."""
+    PostgreSQL storage block when the instance is set to PostgreSQL (lib/instance.py)."""
     from imgpipeline.lib.instance import InstanceSettings, write_instance_yaml
 
     home = state / "dagster"

@@ -19,6 +19,7 @@ from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frame, video_frames
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import AlertsResource, TrackingResource
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain
 
 START = datetime(2026, 11, 20, 10, 59, 55, tzinfo=UTC)  # the 10 s video runs over 11:00
@@ -39,7 +40,7 @@ def make_street(kafka, storage, folder) -> dict:
         "tracking": TrackingResource(zones_file=str(PACKAGE_DIR.parent / "zones.yaml")),
         "alert_rules": AlertsResource(alerts_file=str(PACKAGE_DIR.parent / "alerts.yaml")),
     }
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         drain(kafka, storage, instance)
         for assets, first, last in (([hourly_tables], "2026-11-20-10:00", "2026-11-20-11:00"),
                                     ([tracking_tables], "2026-11-20-10:00", "2026-11-20-11:00"),

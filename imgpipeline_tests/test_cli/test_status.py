@@ -22,7 +22,7 @@ from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline.services.dagster_dev import dagster_home
 from imgpipeline_tests.pipeline import drain, video_backlog
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
 def status(env: dict, *args: str) -> tuple[int, str]:

@@ -28,10 +28,11 @@ from imgpipeline.ingest.mqtt import MqttBridge, source_of
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline.vision.quality import encode_jpeg
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
 def publisher(settings: MqttSettings):
@@ -73,7 +74,6 @@ def test_the_source_comes_from_the_topic_or_the_setting():
 
 
 def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeypatch):
-    import dagster as dg
 
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
@@ -91,7 +91,7 @@ def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeyp
                     "-f", str(sample("bus.jpg"))], check=True, timeout=30)
     assert bridge.run(limit=5, idle_s=20) == 5
     assert bridge.run(idle_s=1) == 0  # all acknowledged, the dropped one too: nothing comes again
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         drain(kafka, storage, instance)
     records = {(r["source_id"], r["status"]) for r in landing_records(storage)}
     assert sorted(records) == [("gate", "detected"), ("gate", "error"), ("yard", "detected")]
@@ -166,7 +166,7 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     # A frame sent but not yet recorded when the bridge died went out again as the very same message…
     assert all(len(versions) == 1 for versions in by_id.values())
     # …and lands once: detected, and one row each in the frames table.
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         drain(kafka, storage, instance, policy=BatchPolicy(max_batch=400, max_wait_s=0, watch_s=0))
         hours = sorted({event_hour(r) for r in landing_records(storage)})
         resources = {"storage": storage, "tracking": TrackingResource(zones_file="none")}

@@ -13,9 +13,10 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.lib.launcher import PID_TAG
 from imgpipeline.resources import StorageResource
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 LAUNCHER = {"module": "imgpipeline.lib.launcher", "class": "ForkingRunLauncher"}
 
@@ -28,7 +29,7 @@ def instance(kafka, tmp_path, monkeypatch):
     monkeypatch.setenv("IMGPIPELINE_FRAMES_TOPIC", kafka.frames_topic)
     monkeypatch.delenv("IMGPIPELINE_STORAGE_URI", raising=False)
     write_env(tmp_path, "first")
-    with dg.instance_for_test(overrides={"run_launcher": LAUNCHER}) as instance:
+    with fresh_instance({"run_launcher": LAUNCHER}) as instance:
         # Started before this process loads the code location, which copies `.env` into os.environ.
         assert not instance.run_launcher.warm()
         yield instance

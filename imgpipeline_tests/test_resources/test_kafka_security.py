@@ -14,9 +14,10 @@ from imgpipeline.cli.fetch import sample
 from imgpipeline.ingest.messages import FrameMessage, sha256_hex
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services.kafka_broker import KafkaBroker
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_the_pipeline_runs_over_sasl_ssl(secure, tmp_path):
     producer.send(secure.frames_topic, key=b"cam1", value=b"{not json")
     producer.flush()
     producer.close()
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         runs, _ = drain(secure, storage, instance)
     assert runs and all(outcome.success for _, outcome in runs)
     assert sorted(r["status"] for r in landing_records(storage)) == ["detected", "error"]

@@ -5,6 +5,12 @@ when it reaches `max_batch` frames or when its oldest pending offset has waited
 `max_wait_s`; a backlog is split into `max_batch` ranges. Small batches when traffic is
 light (latency), full ones under backlog (throughput).
 
+Partitions are the unit of parallelism. Each has at most `runs_per_partition` runs queued or
+running, counted by the run tag PARTITION_TAG: a busy partition cannot fill the run queue ahead of
+a quiet one, and the queue (first in, first out, with a limit per partition value of that tag in
+dagster.yaml) starts them side by side up to its own limit. A tick's requests alternate between
+partitions.
+
 The daemon evaluates sensors every 5 s at best. A tick that may launch a run watches the end
 offsets for up to `watch_s` instead of returning at once: with nothing pending it waits for
 new frames; while frames arrive at burst speed it waits for the burst to end (split evenly,
@@ -46,10 +52,14 @@ class BatchPolicy(FromEnv, BaseModel):
     max_wait_s: float = setting(
         "IMGPIPELINE_MAX_WAIT_S", 0.0, "a partial batch is launched once its oldest frame waited this long",
         ge=0)
-    # Runs of detect_frames queued or running at once, as many as the run queue runs at once:
-    # while both are busy, new frames wait and go out as one larger batch (less start-up).
-    max_runs_in_flight: int = setting(
-        "IMGPIPELINE_MAX_RUNS_IN_FLIGHT", 2, "detect_frames runs queued or running at once", ge=1)
+    # Runs of detect_frames queued or running at once per partition of the frames topic: while they
+    # are busy, the partition's new frames wait and go out as one larger batch (less start-up). How
+    # many run at once is the run queue's to say (dagster.yaml: max_concurrent_runs, and its tag limit
+    # per partition).
+    runs_per_partition: int = setting(
+        "IMGPIPELINE_RUNS_PER_PARTITION", 2,
+        "detect_frames runs queued or running at once per partition of the frames topic (the run "
+        "queue's limits in dagster.yaml say how many run)", ge=1)
     interval_s: int = setting("IMGPIPELINE_SENSOR_INTERVAL_S", 5, "seconds between sensor ticks", ge=1)
     # How long a tick that may launch a run watches for a burst of new frames (0: look once
     # and return). Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.
@@ -87,10 +97,12 @@ class Plan:
 
 
 def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], now: float,
-                policy: BatchPolicy, budget: int) -> Plan:
+                policy: BatchPolicy, budgets: dict[int, int]) -> Plan:
     """Pure planning: which offset ranges to launch now, and the next cursor.
 
     cursor: {"partitions": {"0": {"next": 12, "since": 1700000000.0}}, "gaps": 0}
+    budgets: runs each partition may still launch (absent: none). The ranges come out alternating
+    between partitions (each one's first, then each one's second …), the order the queue starts them.
     """
     partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
     plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
@@ -105,6 +117,7 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
             plan.cursor["gaps"] += lost
             state["next"], state["since"] = beginnings[partition], None
         pending = ends[partition] - state["next"]
+        budget = budgets.get(partition, 0)
         while pending >= policy.max_batch and budget > 0:
             plan.ranges.append((partition, state["next"], state["next"] + policy.max_batch))
             state["next"] += policy.max_batch
@@ -120,6 +133,12 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
             plan.ranges.append((partition, state["next"], ends[partition]))
             state["next"], state["since"] = ends[partition], None
             budget -= 1
+    nth: dict[int, int] = {}
+    ranked = []
+    for r in plan.ranges:
+        nth[r[0]] = nth.get(r[0], -1) + 1
+        ranked.append((nth[r[0]], r))
+    plan.ranges = [r for _, r in sorted(ranked)]
     return plan
 
 
@@ -157,7 +176,8 @@ def watch_ends(read_ends, ends: dict[int, int], pending: int, policy: BatchPolic
 _instances: dict[str, dg.DagsterInstance] = {}
 
 
-def runs_in_flight(context: dg.SensorEvaluationContext) -> int:
+def runs_in_flight(context: dg.SensorEvaluationContext, topic: str) -> dict[int, int]:
+    """detect_frames runs queued or running, per partition of `topic` (by their PARTITION_TAG)."""
     ref = context.instance_ref
     if ref is None:  # a context built around an instance object, as in tests
         instance = context.instance
@@ -166,7 +186,19 @@ def runs_in_flight(context: dg.SensorEvaluationContext) -> int:
 
         key = serialize_value(ref)
         instance = _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
-    return instance.get_runs_count(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE))
+    counts: dict[int, int] = {}
+    prefix = f"{topic}-"
+    for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE)):
+        value = run.tags.get(PARTITION_TAG, "")
+        if value.startswith(prefix) and value[len(prefix):].isdigit():
+            partition = int(value[len(prefix):])
+            counts[partition] = counts.get(partition, 0) + 1
+    return counts
+
+
+def free_runs(in_flight: dict[int, int], partitions, policy: BatchPolicy) -> dict[int, int]:
+    """Runs each partition may still launch."""
+    return {p: max(0, policy.runs_per_partition - in_flight.get(p, 0)) for p in partitions}
 
 
 def run_request(topic: str, partition: int, start: int, end: int, generation: int = 0,
@@ -252,10 +284,11 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
                 if committed is not None:
                     known[str(tp.partition)] = {"next": committed, "since": None}
         pending = sum(ends[p] - max(known.get(str(p), {}).get("next", 0), beginnings[p]) for p in ends)
-        enough = policy.max_runs_in_flight * policy.max_batch
-        if (policy.watch_s > 0 and pending < enough
-                and runs_in_flight(context) < policy.max_runs_in_flight):
-            ends = watch_ends(read_ends, ends, pending, policy, enough)
+        if policy.watch_s > 0:
+            free = sum(free_runs(runs_in_flight(context, topic), ends, policy).values())
+            enough = free * policy.max_batch
+            if free and pending < enough:
+                ends = watch_ends(read_ends, ends, pending, policy, enough)
         return Offsets(ends, beginnings, cursor.get("topic_id"))
     except KafkaError as exc:
         return dg.SkipReason(f"Kafka error, tick skipped: {type(exc).__name__}: {exc}")
@@ -309,9 +342,9 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
             return offsets
 
         # Counted after the watch: a run may have finished meanwhile.
-        in_flight = runs_in_flight(context)
-        budget = max(0, policy.max_runs_in_flight - in_flight)
-        plan = plan_ranges(cursor, offsets.ends, offsets.beginnings, time.time(), policy, budget)
+        in_flight = runs_in_flight(context, topic)
+        budgets = free_runs(in_flight, offsets.ends, policy)
+        plan = plan_ranges(cursor, offsets.ends, offsets.beginnings, time.time(), policy, budgets)
         for gap in plan.gaps:
             context.log.warning(gap)
 
@@ -325,7 +358,7 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         requests = [run_request(topic, p, start, end, generation, policy.shed_after_s)
                     for p, start, end in plan.ranges]
         if not requests and not events and new_cursor == cursor:
-            return dg.SkipReason(f"no new frames on {topic} ({in_flight} runs in flight)")
+            return dg.SkipReason(f"no new frames on {topic} ({sum(in_flight.values())} runs in flight)")
         return dg.SensorResult(
             run_requests=requests, cursor=json.dumps(new_cursor), asset_events=events,
             skip_reason=None if requests else f"waiting: {sum(lag.values())} frames pending",

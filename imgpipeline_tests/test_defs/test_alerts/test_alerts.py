@@ -8,7 +8,6 @@ import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import dagster as dg
 import pyarrow as pa
 import pytest
 
@@ -18,11 +17,12 @@ from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, START, ZONES, records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_defs.test_tracking.test_tracking import ELEVEN, TEN, land, materialize
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
 class Hook:
@@ -80,7 +80,7 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
     storage, resources = setup(tmp_path, kafka, hooks, monkeypatch)
     store = storage.open()
     landed = records(store)
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         materialize([hourly_tables], *RANGE, resources, instance)
         result = materialize([alerts], *RANGE, resources, instance)
         first = stored_alerts(storage)
@@ -142,7 +142,7 @@ def test_no_rules_no_alerts_and_quiet_data_raises_none(tmp_path, kafka, hooks, m
     storage, resources = setup(tmp_path, kafka, hooks, monkeypatch)
     (tmp_path / "alerts.yaml").write_text("rules:\n  - {name: dogs, kind: class, classes: [dog]}\n")
     records(storage.open())
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         materialize([hourly_tables], *RANGE, resources, instance)
         materialize([alerts], *RANGE, resources, instance)
     store = storage.open()
@@ -238,7 +238,7 @@ def test_camera_and_dwell_rules_read_the_stored_tables(tmp_path, kafka, hooks, m
     records(store, tweak=dark_and_frozen)
     # The camera comes back three minutes later: silent for more than two minutes in between.
     records(store, START + timedelta(minutes=3), "later", "frames-0-100-200")
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         materialize([hourly_tables], *RANGE, resources, instance)
         materialize([alerts], *RANGE, resources, instance)
     fired = {row["rule"]: row for row in stored_alerts(storage)}

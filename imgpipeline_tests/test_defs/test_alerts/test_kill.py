@@ -17,12 +17,13 @@ from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
+from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import kill_when
 from imgpipeline_tests.test_defs.test_alerts.scene import START, ZONES, records
 from imgpipeline_tests.test_defs.test_alerts.test_alerts import Hook, stored_alerts
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 HOURS = 10
 FIRST = START.replace(hour=0, minute=0, second=0)
@@ -52,7 +53,7 @@ def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kaf
     tags = {"dagster/asset_partition_range_start": RANGE[0], "dagster/asset_partition_range_end": RANGE[1]}
     tracking = TrackingResource(zones_file=str(tmp_path / "zones.yaml"))
     rules = AlertsResource(alerts_file=str(tmp_path / "alerts.yaml"))
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         for storage, topic in ((clean, clean_kafka), (broken, kafka)):
             resources = {"storage": storage, "kafka": topic, "tracking": tracking, "alert_rules": rules}
             assert dg.materialize([hourly_tables], instance=instance, resources=resources, tags=tags).success
@@ -68,8 +69,7 @@ def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kaf
            "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
            "IMGPIPELINE_ZONES_FILE": str(tmp_path / "zones.yaml"),
            "IMGPIPELINE_ALERTS_FILE": str(tmp_path / "alerts.yaml"),
-           "IMGPIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    (tmp_path / "dagster").mkdir()
+           "IMGPIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": bare_home(tmp_path / "dagster")}
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
                "--select", "alerts", "--partition-range", "...".join(RANGE)]
     folder = broken.open().folder

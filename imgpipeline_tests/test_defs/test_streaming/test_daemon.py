@@ -17,7 +17,7 @@ from imgpipeline.resources import StorageResource
 from imgpipeline.services import LocalServices
 from imgpipeline_tests.pipeline import landing_files
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
 def wait_for(condition, timeout_s: float, what: str):

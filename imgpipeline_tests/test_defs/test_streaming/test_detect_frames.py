@@ -7,7 +7,6 @@ import json
 from collections import Counter
 from datetime import UTC, datetime
 
-import dagster as dg
 import pytest
 from kafka import TopicPartition
 
@@ -18,9 +17,10 @@ from imgpipeline.ingest.sources import image_frames, video_frames
 from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline.resources.storage import sha256_hex
 from imgpipeline.vision.model_files import expected_sha256
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_files, landing_records
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 START = datetime(2026, 11, 20, 23, 59, 55, tzinfo=UTC)
 
 
@@ -54,7 +54,7 @@ def test_video_and_photos_are_detected_exactly_once(kafka, storage, tmp_path):
         image_frames(photos, "street"), progress=False)
     assert (video.sent, stills.sent, video.failed + stills.failed) == (250, 2, 0)
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         runs, _ = drain(kafka, storage, instance)
     # bikes and street are keyed to partitions; 250 frames → ranges of at most 100.
     assert all(len(r.run_key.split("-")) >= 4 for r, _ in runs)
@@ -109,7 +109,7 @@ def test_duplicates_and_replays_add_no_records(kafka, storage, tmp_path):
     rerun = producer(kafka, storage, "bikes", tmp_path).send_all(frames, progress=False)
     assert (first.summary.sent, again.summary.sent, rerun.sent, rerun.already_present) == (32, 32, 0, 32)
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         runs, _ = drain(kafka, storage, instance)
         records = landing_records(storage)
         assert len(records) == 32 == len({r["frame_id"] for r in records})
@@ -179,7 +179,7 @@ def test_bad_messages_go_to_the_dlq_and_the_batch_goes_on(kafka, storage):
     sender.flush()
     sender.close()
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         runs, _ = drain(kafka, storage, instance)
     assert all(outcome.success for _, outcome in runs)
 
@@ -214,7 +214,7 @@ def test_explicit_frame_uris_are_processed(kafka, storage):
     key = frame_key("cam5", START, "cam5-000001")
     store.put(key, sample("bus.jpg").read_bytes())
     uris = [store.uri(key), "file:///etc/passwd"]
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = detect_frames.execute_in_process(
             run_config={"ops": {"detect": {"config": {"uris": uris, "annotate": True}}}},
             instance=instance,

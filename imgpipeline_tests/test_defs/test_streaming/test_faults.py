@@ -25,7 +25,7 @@ from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import s3_storage_resource
 from imgpipeline_tests.pipeline import landing_records, produce, video_backlog
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 FRAMES = 300
 
 

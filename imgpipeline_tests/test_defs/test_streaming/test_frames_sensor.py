@@ -12,6 +12,9 @@ import pytest
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor, plan_ranges
 from imgpipeline.resources import KafkaResource
 from imgpipeline.services.process import free_port
+from imgpipeline_tests.instances import fresh_instance
+
+pytestmark = pytest.mark.instance
 
 
 def tick(kafka, instance, policy, cursor=None):
@@ -29,20 +32,33 @@ def fill(kafka, count, partition=0):
 
 def test_plan_splits_backlog_and_waits_for_small_batches():
     policy = BatchPolicy(max_batch=100, max_wait_s=5, watch_s=0)
-    plan = plan_ranges({}, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1000.0, policy=policy, budget=10)
+    plan = plan_ranges({}, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1000.0, policy=policy, budgets={0: 10, 1: 10})
     assert plan.ranges == [(0, 0, 100), (0, 100, 200)]
     assert plan.cursor["partitions"] == {"0": {"next": 200, "since": 1000.0},
                                          "1": {"next": 0, "since": 1000.0}}
-    later = plan_ranges(plan.cursor, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1005.0, policy=policy, budget=10)
+    later = plan_ranges(plan.cursor, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1005.0, policy=policy, budgets={0: 10, 1: 10})
     assert later.ranges == [(0, 200, 250), (1, 0, 30)]
-    limited = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budget=3)
+    limited = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budgets={0: 3})
     assert limited.ranges == [(0, 0, 100), (0, 100, 200), (0, 200, 300)]
     assert limited.cursor["partitions"]["0"]["next"] == 300
 
 
+def test_plan_gives_each_partition_its_own_runs_in_turn():
+    """A busy partition's backlog does not take a quiet partition's turn: each has its own budget, and
+    the ranges alternate (the order the run queue starts them)."""
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0)
+    ends, beginnings = {0: 1000, 1: 30, 2: 250, 3: 0}, {0: 0, 1: 0, 2: 0, 3: 0}
+    plan = plan_ranges({}, ends, beginnings, now=0.0, policy=policy, budgets={0: 2, 1: 2, 2: 2, 3: 2})
+    assert plan.ranges == [(0, 0, 100), (1, 0, 30), (2, 0, 100), (0, 100, 200), (2, 100, 200)]
+    # Partition 0's runs all busy: the others still go, and 0 waits where it was.
+    busy = plan_ranges({}, ends, beginnings, now=0.0, policy=policy, budgets={0: 0, 1: 2, 2: 1, 3: 2})
+    assert busy.ranges == [(1, 0, 30), (2, 0, 100)]
+    assert busy.cursor["partitions"]["0"]["next"] == 0 and busy.cursor["partitions"]["2"]["next"] == 100
+
+
 def test_plan_skips_offsets_deleted_by_retention():
     plan = plan_ranges({"partitions": {"0": {"next": 10, "since": None}}, "gaps": 0}, {0: 60}, {0: 40},
-                       now=0.0, policy=BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0), budget=5)
+                       now=0.0, policy=BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0), budgets={0: 5})
     assert plan.ranges == [(0, 40, 60)]
     assert plan.cursor["gaps"] == 30
     assert "offsets 10..39 were deleted by retention" in plan.gaps[0]
@@ -51,8 +67,8 @@ def test_plan_skips_offsets_deleted_by_retention():
 @pytest.mark.integration
 def test_sensor_batches_a_backlog_into_ranges(kafka):
     fill(kafka, 250)
-    policy = BatchPolicy(max_batch=100, max_wait_s=3600, max_runs_in_flight=10, watch_s=0)
-    with dg.instance_for_test() as instance:
+    policy = BatchPolicy(max_batch=100, max_wait_s=3600, runs_per_partition=10, watch_s=0)
+    with fresh_instance() as instance:
         result = tick(kafka, instance, policy)
         keys = [r.run_key for r in result.run_requests]
         assert keys == [f"{kafka.frames_topic}-0-0-100", f"{kafka.frames_topic}-0-100-200"]
@@ -71,8 +87,8 @@ def test_sensor_batches_a_backlog_into_ranges(kafka):
 
 @pytest.mark.integration
 def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=2, watch_s=3, settle_s=0.5)
-    with dg.instance_for_test() as instance:
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=3, settle_s=0.5)
+    with fresh_instance() as instance:
         quiet = tick(kafka, instance, policy)  # watches, sees nothing
         assert not quiet.run_requests
 
@@ -100,8 +116,8 @@ def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
 @pytest.mark.integration
 def test_sensor_respects_runs_in_flight(kafka):
     fill(kafka, 500)
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=2, watch_s=0)
-    with dg.instance_for_test() as instance:
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
+    with fresh_instance() as instance:
         result = tick(kafka, instance, policy)
         assert len(result.run_requests) == 2
         assert json.loads(result.cursor)["partitions"]["0"]["next"] == 200
@@ -110,8 +126,8 @@ def test_sensor_respects_runs_in_flight(kafka):
 @pytest.mark.integration
 def test_new_partitions_and_retention_gaps(kafka):
     fill(kafka, 40)
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=10, watch_s=0)
-    with dg.instance_for_test() as instance:
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=10, watch_s=0)
+    with fresh_instance() as instance:
         first = tick(kafka, instance, policy)
         assert [r.run_key for r in first.run_requests] == [f"{kafka.frames_topic}-0-0-40"]
 
@@ -136,7 +152,7 @@ def test_new_partitions_and_retention_gaps(kafka):
 
 @pytest.mark.integration
 def test_missing_topic_and_dead_broker_skip_the_tick(services):
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         missing = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
                                 frames_topic="no-such-topic")
         result = tick(missing, instance, BatchPolicy(watch_s=0))
@@ -172,8 +188,8 @@ def test_a_re_created_topic_is_noticed_and_gets_new_run_keys(kafka):
     from kafka.admin import NewTopic
 
     fill(kafka, 30)
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, max_runs_in_flight=10, watch_s=0)
-    with dg.instance_for_test() as instance:
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=10, watch_s=0)
+    with fresh_instance() as instance:
         first = tick(kafka, instance, policy)
         assert [r.run_key for r in first.run_requests] == [f"{kafka.frames_topic}-0-0-30"]
         admin = kafka.admin()

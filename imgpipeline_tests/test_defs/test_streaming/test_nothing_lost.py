@@ -15,10 +15,11 @@ from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import landing_files, landing_records
 from imgpipeline_tests.test_vision.test_vision import png_declaring
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 WHEN = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
 STAMP = "2026-11-20T10:30:00.000Z"
 
@@ -103,7 +104,7 @@ def test_poison_in_a_batch_is_that_frame_s_error_and_the_good_frames_land(kafka,
     batch.append(good_frame(store, "good-last"))
     send(kafka, batch)
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = run(kafka, local, instance, 0, len(batch))
         assert result.success
         records = landing_records(local)
@@ -139,7 +140,7 @@ def test_an_unwritable_dlq_fails_the_run_and_nothing_is_committed(kafka, local):
         admin.delete_topics([kafka.dlq_topic])
     finally:
         admin.close()
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = run(kafka, local, instance, 0, 3)
     assert not result.success
     assert landing_files(local) == {} and committed(kafka) is None
@@ -148,7 +149,7 @@ def test_an_unwritable_dlq_fails_the_run_and_nothing_is_committed(kafka, local):
 def test_a_range_the_log_cannot_give_fails_instead_of_landing_part(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(3)])
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         result = run(kafka, local, instance, 0, 5)  # offsets 3 and 4 do not exist
     assert not result.success
     failure = result.get_step_failure_events()[0].event_specific_data.error
@@ -160,7 +161,7 @@ def test_a_range_the_log_cannot_give_fails_instead_of_landing_part(kafka, local)
 def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(8)])
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 8).success
         before = {r["frame_id"] for r in landing_records(local)}
         assert len(before) == 8
@@ -187,7 +188,7 @@ def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, name, source) for source in ("cam1", "cam2")
                  for name in ("IMG_0001", "IMG_0002")])
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 4).success
         assert dg.materialize([hourly_tables], instance=instance, partition_key="2026-11-20-10:00",
                               resources={"storage": local, "tracking": TrackingResource()}).success
@@ -203,7 +204,7 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     first, other = sample("zidane.jpg").read_bytes(), sample("bus.jpg").read_bytes()
     stored = FrameMessage("same", "cam9", STAMP, None, None, None, None)
     send(kafka, [(first, stored.to_headers()), (other, stored.to_headers())])
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 2).success
     # The first message for the frame is stored and detected; the second, with other bytes for the
     # same frame, is a duplicate in its hour and never replaces the first one's bytes.
@@ -215,7 +216,7 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     # message is an error with its reason, the stored bytes stay.
     store.put(frame_key("cam9", WHEN, "claimed"), first)
     send(kafka, [(other, FrameMessage("claimed", "cam9", STAMP, None, None, None, None).to_headers())])
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         assert run(kafka, local, instance, 2, 3).success
     (refused,) = [r for r in landing_records(local) if r["offset"] == 2]
     assert refused["status"] == "error" and "already holds a different frame" in refused["error"]
@@ -225,7 +226,7 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
 def test_a_new_generation_lands_under_names_of_its_own(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, "f0"), good_frame(store, "f1")])
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 2, generation=3).success
     (key,) = landing_files(local)
     assert key.endswith(f"/{kafka.frames_topic}-0-0-2-g3.jsonl")
@@ -246,7 +247,7 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         (evaluation,) = result.get_asset_check_evaluations()
         return evaluation
 
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 3).success
         # The middle range was launched and failed for good (its retries spent).
         instance.create_run_for_job(detect_frames, run_config=detect_run_config(kafka.frames_topic, 0, 3, 6),
@@ -273,7 +274,7 @@ def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
 
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(4)])
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 2).success
         instance.create_run_for_job(detect_frames, run_config=detect_run_config(kafka.frames_topic, 0, 2, 4),
                                     status=dg.DagsterRunStatus.FAILURE)

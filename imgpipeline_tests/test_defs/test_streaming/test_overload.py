@@ -9,7 +9,6 @@ import time
 from collections import Counter, defaultdict
 from types import SimpleNamespace
 
-import dagster as dg
 import pytest
 
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
@@ -18,7 +17,10 @@ from imgpipeline.ingest.messages import FrameMessage
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.resources import StorageResource
 from imgpipeline.vision.detector import Identity
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records, video_backlog
+
+pytestmark = pytest.mark.instance
 
 REASON = re.compile(r"shed: waited (\d+\.\d) s on the topic, over the bound of 0\.5 s; 1 frame in (\d+) "
                     r"of this source detected")
@@ -63,7 +65,7 @@ def test_overload_sheds_frames_and_accounts_for_every_one(kafka, storage, tmp_pa
     for thread in cameras:
         thread.start()
     runs, cursor = [], None
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         while any(thread.is_alive() for thread in cameras):
             more, cursor = drain(kafka, storage, instance, policy, cursor, max_ticks=200)
             runs += more

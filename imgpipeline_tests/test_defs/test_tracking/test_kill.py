@@ -14,11 +14,12 @@ from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import StorageResource, TrackingResource
+from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import kill_when
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
 from imgpipeline_tests.test_defs.test_tracking.test_tracking import ZONES, land
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 FIRST = datetime(2026, 11, 20, 0, tzinfo=UTC)
 HOURS = 12
@@ -55,13 +56,12 @@ def test_a_killed_backfill_run_again_equals_an_unbroken_one(tmp_path):
 
     resources = {"storage": clean, "tracking": TrackingResource(zones_file=str(zones_file))}
     tags = {"dagster/asset_partition_range_start": RANGE[0], "dagster/asset_partition_range_end": RANGE[1]}
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         for assets in ([hourly_tables], [tracking_tables]):
             assert dg.materialize(assets, instance=instance, resources=resources, tags=tags).success
 
     env = {**os.environ, "IMGPIPELINE_STORAGE_URI": broken.uri, "IMGPIPELINE_ZONES_FILE": str(zones_file),
-           "IMGPIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    (tmp_path / "dagster").mkdir()
+           "IMGPIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": bare_home(tmp_path / "dagster")}
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
                "--select", "frames,detections,tracks,object_counts", "--partition-range", "...".join(RANGE)]
     folder = broken.open().folder

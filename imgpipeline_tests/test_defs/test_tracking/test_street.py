@@ -18,9 +18,10 @@ from imgpipeline.ingest.sources import video_frames
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.services import LocalServices
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.test_defs.test_streaming.test_daemon import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 START = datetime(2026, 11, 20, 10, 59, 55, tzinfo=UTC)  # the 10 s video runs over 11:00
 HOURS = [datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 11, tzinfo=UTC)]
@@ -96,7 +97,7 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
     resources = {"storage": storage, "tracking": TrackingResource(zones_file=zones_file)}
     tags = {"dagster/asset_partition_range_start": "2026-11-20-10:00",
             "dagster/asset_partition_range_end": "2026-11-20-11:00"}
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         for assets in ([hourly_tables], [tracking_tables]):
             assert dg.materialize(assets, instance=instance, resources=resources, tags=tags).success
     after = snapshot(storage)

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_duckdb import DuckDBResource
 
@@ -19,7 +20,10 @@ from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables, retrack_sensor
 from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import StorageResource, TrackingResource
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
+
+pytestmark = pytest.mark.instance
 
 START = datetime(2026, 11, 20, 10, 59, 50, tzinfo=UTC)  # ten seconds before 11:00
 TEN, ELEVEN = datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 11, tzinfo=UTC)
@@ -68,7 +72,7 @@ def test_tracks_continue_over_the_hour_and_rematerializing_changes_nothing(tmp_p
                  "duckdb": DuckDBResource(database=":memory:")}
     store = storage.open()
     land(store, scene())
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
         materialize([tracking_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
         materialize([daily_summary], "2026-11-20", "2026-11-20", resources, instance)
@@ -107,7 +111,7 @@ def test_a_changed_zones_file_and_a_backfill_recount_history_beside_the_old_coun
     land(storage.open(), scene())
     env = {**os.environ, "IMGPIPELINE_STORAGE_URI": storage.uri, "IMGPIPELINE_ZONES_FILE": str(zones_file),
            "IMGPIPELINE_HOME": str(tmp_path)}
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         resources = {"storage": storage, "tracking": TrackingResource(zones_file=str(zones_file))}
         materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
         materialize([tracking_tables], "2026-11-20-10:00", "2026-11-20-11:00", resources, instance)
@@ -146,7 +150,7 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
     resources = {"storage": storage, "tracking": TrackingResource(zones_file="none")}
     store = storage.open()
     land(store, scene())
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-12:00", resources, instance)
         assert tracker.marked_hours(store) == []
         # The frames of 10:59:55–11:00:05 are processed again and now find a second walker (the

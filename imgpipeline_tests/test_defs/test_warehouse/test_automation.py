@@ -14,9 +14,10 @@ from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
 from imgpipeline.resources import TrackingResource
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
 def requested_hours(result, key: str) -> set[str]:
@@ -35,7 +36,7 @@ def test_landing_updates_request_their_hours_even_late(kafka, storage, tmp_path)
         resources={"storage": storage, "duckdb": DuckDBResource(database=":memory:"),
                    "tracking": TrackingResource()},
     )
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         # The first evaluation sets the baseline, as the automation sensor's first tick does.
         baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert baseline.total_requested == 0

@@ -20,7 +20,10 @@ from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
 from imgpipeline.resources import TrackingResource
 from imgpipeline.vision.quality import decode_image, encode_jpeg
+from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
+
+pytestmark = pytest.mark.instance
 
 START = datetime(2026, 11, 20, 23, 59, 57, tzinfo=UTC)
 
@@ -76,7 +79,7 @@ def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
     sender.send(kafka.frames_topic, key=b"broken", value=missing.to_json())
     sender.flush()
     sender.close()
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         drain(kafka, storage, instance)
     records = landing_records(storage)
     assert len(records) == 122
@@ -122,7 +125,7 @@ def test_rematerializing_gives_the_same_rows_in_the_same_order(kafka, storage, t
     producer.send_all(frames, progress=False)
     resources = {"storage": storage, "duckdb": DuckDBResource(database=":memory:"),
                  "tracking": TrackingResource()}
-    with dg.instance_for_test() as instance:
+    with fresh_instance() as instance:
         drain(kafka, storage, instance)
 
         def run(asset, partition):
