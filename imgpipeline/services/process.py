@@ -79,6 +79,8 @@ def reap(pid: int) -> None:
 
 def terminate(pid: int | None, grace_s: float = 30.0, first: int = signal.SIGTERM) -> bool:
     """`first` (SIGTERM) to the process group, wait up to grace_s, then SIGKILL. True when it is gone."""
+    if pid:
+        reap(pid)  # one killed from outside: its pid must not stay taken by a zombie
     if not alive(pid):
         return True
     assert pid is not None

@@ -1,0 +1,156 @@
+"""The Dagster instance on PostgreSQL: `imgpipeline services up --instance postgres` as a user runs it,
+settings that cannot work refused at load, and the server SIGKILLed under a working daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from imgpipeline.lib.instance import InstanceSettings, open_instance, url_env
+from imgpipeline.resources import StorageResource
+from imgpipeline.resources.settings import env_name
+from imgpipeline.services import LocalServices, Postgres
+from imgpipeline.services.postgres import postgres_bin
+from imgpipeline_tests.pipeline import landing_records, produce, video_backlog
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(postgres_bin("initdb") is None, reason="postgresql is not installed "
+                                 "(.ci/run installs it)")]
+KIND = env_name(InstanceSettings, "kind")
+
+
+def cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgpipeline.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def clean_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in (KIND, url_env(), "DAGSTER_HOME")}
+    return {**env, "IMGPIPELINE_HOME": str(tmp_path)}
+
+
+def test_services_up_with_the_instance_on_postgres(tmp_path):
+    env = clean_env(tmp_path)
+    up = cli("services", "up", "--instance", "postgres", env=env)
+    state = tmp_path / ".imgpipeline"
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        assert "postgres ready at 127.0.0.1:" in up.stdout
+        env_file = state / "services.env"
+        settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+                        if "=" in line and not line.startswith("#"))
+        assert settings[KIND] == "postgres"
+        password = json.loads((state / "services" / "postgres" / "login.json").read_text())["password"]
+        assert f":{password}@127.0.0.1:" in settings[url_env()]
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        assert password not in up.stdout + up.stderr
+
+        # The instance the CLI and `dagster dev` open: the project's settings plus PostgreSQL storage.
+        home = state / "dagster"
+        os.environ[url_env()] = settings[url_env()]
+        try:
+            from imgpipeline.services.dagster_dev import dagster_home
+
+            os.environ[KIND] = "postgres"
+            assert dagster_home(state) == home
+            text = (home / "dagster.yaml").read_text()
+            assert not (home / "dagster.yaml").is_symlink() and "ForkingRunLauncher" in text
+            assert f"env: {url_env()}" in text and password not in text
+            with open_instance(home) as instance:
+                assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+                result = dg.materialize([probe], instance=instance)
+                assert result.success
+                run_id = result.run_id
+        finally:
+            os.environ.pop(url_env(), None)
+            os.environ.pop(KIND, None)
+        service = Postgres(state / "services" / "postgres")
+        assert service.sql(service.ports, f"SELECT status FROM runs WHERE run_id = '{run_id}'",
+                           database="dagster") == "SUCCESS"
+        status = cli("services", "status", env=env)
+        assert "postgres healthy at 127.0.0.1:" in status.stdout
+    finally:
+        down = cli("services", "down", env=env)
+    assert down.returncode == 0 and "postgres stopped" in down.stdout
+    assert not (state / "services.env").exists()
+    # Back on SQLite: the instance file is the link to the project's dagster.yaml again.
+    from imgpipeline.services.dagster_dev import dagster_home
+
+    assert (dagster_home(state) / "dagster.yaml").is_symlink()
+
+
+@dg.asset
+def probe() -> int:
+    return 1
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({KIND: "mysql"}, "IMGPIPELINE_INSTANCE='mysql' is not known; use one of sqlite, postgres"),
+    ({KIND: "postgres"}, "IMGPIPELINE_INSTANCE=postgres needs IMGPIPELINE_POSTGRES_URL"),
+    ({KIND: "postgres", "IMGPIPELINE_POSTGRES_URL": "mysql://u:hunter2secret@db/dagster"},
+     "IMGPIPELINE_POSTGRES_URL is not a PostgreSQL URL"),
+    ({KIND: "postgres", "IMGPIPELINE_POSTGRES_URL": "postgresql://u:hunter2secret@db:5432"},
+     "IMGPIPELINE_POSTGRES_URL is not a PostgreSQL URL"),
+])
+def test_instance_settings_that_cannot_work_fail_at_load(tmp_path, values, expected):
+    """`imgpipeline check` stops on them with what to fix, and never repeats the URL's password."""
+    result = cli("check", env={**clean_env(tmp_path), **values}, timeout=120)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "hunter2secret" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka, tmp_path, monkeypatch):
+    """SIGKILL the instance's server while runs detect, start it again 5 s later: every frame lands
+    exactly once, and every run ends."""
+    server = Postgres(tmp_path / "postgres")
+    server.start()
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    for name, value in {KIND: "postgres", url_env(): server.url(server.ports),
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                        "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
+                        "IMGPIPELINE_STORAGE_URI": storage.uri,
+                        "IMGPIPELINE_MAX_BATCH": "40", "IMGPIPELINE_MAX_WAIT_S": "0",
+                        "IMGPIPELINE_SENSOR_INTERVAL_S": "1", "IMGPIPELINE_HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    frames = video_backlog(300, "pg-cam")
+    produce(kafka, storage, tmp_path, frames)
+    local = LocalServices(tmp_path / ".imgpipeline")
+    local.up_ui()
+    try:
+        deadline = time.monotonic() + 180
+        while not landing_records(storage) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 0 < len(landing_records(storage)) < len(frames), "the kill must land mid-work"
+        os.killpg(server.pid, signal.SIGKILL)
+        time.sleep(5)
+        server.start()
+        deadline = time.monotonic() + 420
+        while len({r["frame_id"] for r in landing_records(storage)}) < len(frames) \
+                and time.monotonic() < deadline:
+            time.sleep(2)
+        with open_instance(local.dagster.dagster_home) as instance:
+            while time.monotonic() < deadline:
+                runs = instance.get_runs(dg.RunsFilter(job_name="detect_frames"))
+                if runs and all(run.is_finished for run in runs):
+                    break
+                time.sleep(1)
+    finally:
+        local.dagster.stop()
+        server.stop()
+    counts = Counter(r["frame_id"] for r in landing_records(storage))
+    print(f"postgres SIGKILLed mid-work: {len(frames)} frames, {len(counts)} landed, "
+          f"runs {dict(Counter(run.status.value for run in runs))}")
+    assert sorted(counts) == sorted(f.frame_id for f in frames)
+    assert set(counts.values()) == {1}
+    assert all(run.is_finished for run in runs)
