@@ -36,7 +36,8 @@ def test_plan_splits_backlog_and_waits_for_small_batches():
     assert plan.ranges == [(0, 0, 100), (0, 100, 200)]
     assert plan.cursor["partitions"] == {"0": {"next": 200, "since": 1000.0},
                                          "1": {"next": 0, "since": 1000.0}}
-    later = plan_ranges(plan.cursor, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1005.0, policy=policy, budgets={0: 10, 1: 10})
+    later = plan_ranges(plan.cursor, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1005.0, policy=policy,
+                        budgets={0: 10, 1: 10})
     assert later.ranges == [(0, 200, 250), (1, 0, 30)]
     limited = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budgets={0: 3})
     assert limited.ranges == [(0, 0, 100), (0, 100, 200), (0, 200, 300)]
