@@ -103,23 +103,29 @@ def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
     from imgpipeline.services.dagster_dev import dagster_home
 
     home = state_dir() / "dagster"
-    on_files = InstanceSettings.from_env().kind == "sqlite"
-    if on_files and not (home / "storage").exists() and not (home / "history").exists():
+    settings = InstanceSettings.from_env()
+    if settings.kind == "sqlite" and not (home / "storage").exists() and not (home / "history").exists():
         return {"instance": None}
-    with open_instance(dagster_home(state_dir())) as instance:
-        records = instance.get_run_records(limit=last)
-        day_ago = now - timedelta(days=1)
-        failed = instance.get_run_records(dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.FAILURE], created_after=day_ago))
-        runs = [{"job": r.dagster_run.job_name, "status": r.dagster_run.status.value,
-                 "created": r.create_timestamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                 "seconds": round(r.end_time - r.start_time, 1) if r.start_time and r.end_time else None,
-                 "run_id": r.dagster_run.run_id[:8]} for r in records]
+    where = str(home) if settings.kind == "sqlite" else settings.shown_url()
+    try:
+        with open_instance(dagster_home(state_dir())) as instance:
+            records = instance.get_run_records(limit=last)
+            day_ago = now - timedelta(days=1)
+            failed = instance.get_run_records(dg.RunsFilter(
+                statuses=[dg.DagsterRunStatus.FAILURE], created_after=day_ago))
+    except Exception as exc:  # the instance's database down: said, and the rest still reported
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        report.problems.append(f"instance: cannot read runs from {where}: {reason}")
+        return {"instance": where, "reachable": False, "last": [], "failed_24h": 0}
+    runs = [{"job": r.dagster_run.job_name, "status": r.dagster_run.status.value,
+             "created": r.create_timestamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+             "seconds": round(r.end_time - r.start_time, 1) if r.start_time and r.end_time else None,
+             "run_id": r.dagster_run.run_id[:8]} for r in records]
     if failed:
         latest = failed[0].dagster_run
         report.problems.append(f"{len(failed)} runs failed in the last 24 h (latest: {latest.job_name} "
                                f"{latest.run_id[:8]}; `dagster run list` or the UI's Runs page)")
-    return {"instance": str(home), "last": runs, "failed_24h": len(failed)}
+    return {"instance": where, "reachable": True, "last": runs, "failed_24h": len(failed)}
 
 
 def sources_section(storage, now: datetime, window: timedelta, silent_min: float, report: Report) -> dict:
@@ -168,8 +174,11 @@ def print_report(report: Report, now: datetime, minutes: float) -> None:
     runs = report.sections["runs"]
     if runs.get("instance") is None:
         print("runs     no Dagster instance here yet (`imgpipeline dev` or `imgpipeline demo` makes one)")
+    elif not runs["reachable"]:
+        print(f"runs     instance {runs['instance']}: UNREACHABLE")
     else:
-        print(f"runs     {runs['failed_24h']} failed in the last 24 h; the last {len(runs['last'])}:")
+        print(f"runs     instance {runs['instance']}; {runs['failed_24h']} failed in the last 24 h; "
+              f"the last {len(runs['last'])}:")
         for run in runs["last"]:
             took = f"{run['seconds']:>7.1f} s" if run["seconds"] is not None else "        "
             print(f"  {run['created']}  {run['job']:<24} {run['status']:<10} {took}  {run['run_id']}")

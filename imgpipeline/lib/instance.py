@@ -60,6 +60,12 @@ class InstanceSettings(FromEnv, BaseModel):
     def url(self) -> str | None:
         return resolved(self.postgres_url)
 
+    def shown_url(self) -> str:
+        """The database as it may be said: `postgresql://host:port/db`, no login."""
+        parts = urlsplit(self.url() or "")
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
 
 def url_env() -> str:
     return env_name(InstanceSettings, "postgres_url")

@@ -79,9 +79,20 @@ def test_services_up_with_the_instance_on_postgres(tmp_path):
                            database="dagster") == "SUCCESS"
         status = cli("services", "status", env=env)
         assert "postgres healthy at 127.0.0.1:" in status.stdout
+        port = service.ports["port"]
+        report = cli("status", env=env)
+        assert f"runs     instance postgresql://127.0.0.1:{port}/dagster; 0 failed" in report.stdout
+        assert password not in report.stdout + report.stderr
+        # The instance's server down: said, with the rest of the report.
+        assert service.stop()
+        report = cli("status", env=env)
+        assert report.returncode == 1
+        assert f"runs     instance postgresql://127.0.0.1:{port}/dagster: UNREACHABLE" in report.stdout
+        assert f"instance: cannot read runs from postgresql://127.0.0.1:{port}/dagster" in report.stdout
+        assert "storage  file://" in report.stdout and password not in report.stdout + report.stderr
     finally:
         down = cli("services", "down", env=env)
-    assert down.returncode == 0 and "postgres stopped" in down.stdout
+    assert down.returncode == 0 and "postgres stopped" in down.stdout, down.stdout
     assert not (state / "services.env").exists()
     # Back on SQLite: the instance file is the link to the project's dagster.yaml again.
     from imgpipeline.services.dagster_dev import dagster_home
