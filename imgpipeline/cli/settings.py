@@ -51,7 +51,15 @@ def markdown_table() -> str:
 
 
 def check_settings() -> list:
-    """Every settings model built from the environment: a bad value raises ConfigError with its fix."""
+    """Every settings model built from the environment: a bad value raises ConfigError with its fix, and
+    so does a setting that was renamed (it would be ignored without a word)."""
+    from imgpipeline import ConfigError
+    from imgpipeline.defs.streaming.frames_sensor import RENAMED
+
+    current = environment()
+    for old, new in RENAMED.items():
+        if current.get(old, "").strip():
+            raise ConfigError(f"{old} is no longer read: use {new}")
     return [model.from_env() for model in setting_models()]
 
 

@@ -150,3 +150,16 @@ def test_an_unknown_model_source_names_the_choices(monkeypatch):
     monkeypatch.setenv("IMGPIPELINE_MODEL_SOURCE", "huggingface")
     with pytest.raises(ConfigError, match="MODEL_SOURCE='huggingface' is not known; use one of auto"):
         fetch_weights(log=lambda line: None)
+
+
+def test_a_renamed_setting_stops_the_check_with_its_new_name(monkeypatch):
+    from imgpipeline.cli.settings import check_settings
+
+    monkeypatch.setenv("IMGPIPELINE_MAX_RUNS_IN_FLIGHT", "4")
+    with pytest.raises(ConfigError, match=r"IMGPIPELINE_MAX_RUNS_IN_FLIGHT is no longer read: use "
+                                          r"IMGPIPELINE_RUNS_PER_PARTITION"):
+        check_settings()
+    monkeypatch.delenv("IMGPIPELINE_MAX_RUNS_IN_FLIGHT")
+    monkeypatch.setenv("IMGPIPELINE_RUNS_PER_PARTITION", "0")
+    with pytest.raises(ConfigError, match=r"IMGPIPELINE_RUNS_PER_PARTITION='0': .*greater than or equal"):
+        check_settings()

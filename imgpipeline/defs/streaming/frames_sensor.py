@@ -41,6 +41,13 @@ ACTIVE = [
 ]
 
 
+# Settings that were renamed, with what to use instead: set, they stop `imgpipeline check` and `dev`.
+RENAMED = {
+    "IMGPIPELINE_MAX_RUNS_IN_FLIGHT": "IMGPIPELINE_RUNS_PER_PARTITION, which counts runs per partition of "
+                                      "the frames topic (the run queue's limits are in dagster.yaml)",
+}
+
+
 class BatchPolicy(FromEnv, BaseModel):
     """How frames_sensor batches offsets into runs."""
 
