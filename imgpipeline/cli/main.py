@@ -38,7 +38,7 @@ def add_setup(commands) -> None:
     services.add_argument(
         "--instance", choices=["sqlite", "postgres"], default="sqlite",
         help="with `up`: `postgres` also starts a local PostgreSQL server (Debian's postgresql package) and "
-             "points the Dagster instance at it (IMGPIPELINE_INSTANCE=postgres in services.env); "
+             "points the Dagster instance at it (written to services.env); "
              "default: SQLite files in .imgpipeline/dagster")
     services.set_defaults(module="local", run="services")
 
@@ -178,6 +178,15 @@ def add_bench(commands) -> None:
     overload.add_argument("--seconds", type=float, default=30.0, help="how long the input lasts")
     overload.add_argument("--shed-after", type=float, default=5.0,
                           help="the shedding bound (s) of the legs with shedding")
+    scale = what.add_parser(
+        "scale", help="many cameras through the daemon, sensor and runs with a no-op detector: the "
+                      "orchestration's figures per hour, day and month, and what bends first")
+    scale.add_argument("--sources", type=int, default=1000, help="cameras, each its own message key")
+    scale.add_argument("--partitions", type=int, default=12, help="partitions of the frames topic")
+    scale.add_argument("--fps", type=float, default=1.0, help="frames per second of each camera")
+    scale.add_argument("--seconds", type=float, default=120.0, help="how long the cameras send")
+    scale.add_argument("--max-batch", type=int, metavar="N",
+                       help="frames per run at most (default: the configured batch size)")
     mqtt = what.add_parser("mqtt", help="the MQTT bridge: JPEGs published with QoS 1 to frames on Kafka "
                                         "(messages/s, MB/s)")
     mqtt.add_argument("--messages", type=int, default=2000)

@@ -32,7 +32,8 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     engine: str = setting(
         "IMGPIPELINE_DETECTOR_ENGINE", "openvino",
         "`openvino`, `onnxruntime` or `opencv` (the reference): what runs the model; "
-        "every engine shares pre- and post-processing")
+        "every engine shares pre- and post-processing. `noop` runs no model and finds nothing: it exists "
+        "to measure orchestration (`imgpipeline bench scale`), never for real detection")
     precision: str = setting(
         "IMGPIPELINE_DETECTOR_PRECISION", "default",
         "OpenVINO's inference precision: `default` (the CPU's own, bf16 where it has it: about twice "
@@ -66,8 +67,9 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     @model_validator(mode="after")
     def _precision_needs_openvino(self):
         if self.precision != "default" and self.engine != "openvino":
+            runs = "runs no model" if self.engine == "noop" else "runs at f32"
             raise ValueError(f"IMGPIPELINE_DETECTOR_PRECISION={self.precision} applies to the openvino "
-                             f"engine only; {self.engine} runs at f32: unset it or use the openvino engine")
+                             f"engine only; {self.engine} {runs}: unset it or use the openvino engine")
         return self
 
     def load(self):
@@ -97,6 +99,8 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         import cv2
 
         cv2.setNumThreads(1)
+        if self.engine == "noop":
+            return
         if self.engine != "opencv":
             from imgpipeline.vision.engines import import_openvino
 
@@ -122,10 +126,11 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
                 self.nms, tuple(self.classes or ()), workers)
 
     def model_file(self) -> tuple[Path, str]:
-        """The file this engine runs, verified, and its sha256."""
-        from imgpipeline.vision.model_files import ONNX, WEIGHTS, file_sha256, verify
+        """The file this engine runs, verified, and its sha256; for `noop`, which runs none, the class
+        names the zones and alert rules are checked against."""
+        from imgpipeline.vision.model_files import NAMES, ONNX, WEIGHTS, file_sha256, verify
 
-        name = WEIGHTS if self.engine == "opencv" else ONNX
+        name = {"opencv": WEIGHTS, "noop": NAMES}.get(self.engine, ONNX)
         path = Path(self.models_dir) / name
         key = (str(path), _stat(path))
         digest = _digests.get(key) or (file_sha256(path) if path.is_file() else None)
@@ -141,6 +146,8 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         from imgpipeline.vision.detector import Identity, YoloDetector
         from imgpipeline.vision.model_files import CFG, NAMES
 
+        if self.engine == "noop":  # no model file, no inference: nothing to load
+            return [engines.NoopDetector() for _ in range(count)]
         # Process-wide in OpenCV: set it every time (-1 restores OpenCV's default).
         cv2.setNumThreads(threads if self.engine == "opencv" else 1)
         folder = Path(self.models_dir)

@@ -3,6 +3,9 @@
 `opencv` runs the Darknet files in OpenCV DNN (the reference); `onnxruntime` and `openvino` run
 the ONNX form written by `imgpipeline models fetch`. An engine's sessions are made in the
 process that uses them: thread pools started before a `fork` do not exist in the child.
+
+`noop` runs nothing and finds nothing: it exists to measure orchestration (`imgpipeline bench
+scale`), never for real detection.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 from imgpipeline import ConfigError
 from imgpipeline.vision.darknet import INPUT
 
-ENGINES = ("opencv", "openvino", "onnxruntime")
+# `noop` last: the engines that detect come first in every listing.
+ENGINES = ("opencv", "openvino", "onnxruntime", "noop")
 # OpenVINO's inference precision: `default` is the CPU's own (bf16 where the CPU has it).
 PRECISIONS = ("default", "f32", "bf16", "f16")
 
@@ -40,6 +44,24 @@ class Sessions:
         for infer in dict.fromkeys(self.infers):
             infer(blank)
         return self
+
+
+class NoopDetector:
+    """The `noop` engine: no model, no inference, no detections, next to no cost.
+
+    For benchmarks of the orchestration only (`imgpipeline bench scale`): frames are still read,
+    fetched, checked and decoded by the run, and their records say engine `noop`, so they are never
+    taken for a real detector's results.
+    """
+
+    def __init__(self):
+        from imgpipeline.vision.detector import Identity  # OpenCV: imported by the runs only
+
+        self.identity = Identity(model="noop", model_sha256="none", engine="noop", precision="none")
+        self.name = self.identity.model
+
+    def detect(self, image: np.ndarray) -> list:
+        return []
 
 
 def opencv(cfg: Path, weights: Path, head_layers: Sequence[str], input_size: int, workers: int) -> Sessions:

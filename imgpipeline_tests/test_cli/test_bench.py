@@ -117,3 +117,85 @@ def test_bench_mqtt_bridges_every_message_and_prints_its_figures(services, kafka
     frames = [json.loads(m.value) for m in read_all(kafka, written["topic"])]
     assert len({f["frame_id"] for f in frames}) == 40 and {f["source_id"] for f in frames} == {"cam"}
     assert {(f["width"], f["height"]) for f in frames} == {(160, 120)}
+
+
+@pytest.mark.integration
+def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp_path, capsys):
+    from pathlib import Path
+
+    import dagster as dg
+
+    from imgpipeline.cli.bench.scale import NOTICE, WARM_UP, bench_scale, source_names
+    from imgpipeline.cli.main import build_parser
+    from imgpipeline.defs.streaming.landing import all_records
+    from imgpipeline.defs.warehouse.tables import from_parquet
+    from imgpipeline.lib.instance import open_instance
+    from imgpipeline.resources import StorageResource
+
+    args = build_parser().parse_args(["bench", "scale", "--sources", "20", "--max-batch", "50"])
+    assert (args.what, args.sources, args.partitions, args.fps, args.seconds, args.max_batch) == (
+        "scale", 20, 12, 1.0, 120.0, 50)
+
+    result = bench_scale(sources=20, partitions=4, fps=5, seconds=10, resources={"kafka": kafka},
+                         folder=tmp_path, drain_timeout_s=300)
+    printed = capsys.readouterr().out
+    # Said loudly, before and after the figures.
+    assert printed.count(NOTICE) >= 3 and "sent" in printed and "landed" in printed
+    written = json.loads((state_dir() / "bench" / "scale.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    assert written["engine"] == "noop" and written["notice"] == NOTICE
+
+    # Every frame sent became exactly one landing record, detected by nothing.
+    store = StorageResource(uri=written["store"]).open()
+    records = [r for r in all_records(store) if r["source_id"] != WARM_UP]
+    sent = 20 * 5 * 10
+    assert written["frames_sent"] == sent == len(records)
+    assert len({(r["source_id"], r["frame_id"]) for r in records}) == sent
+    assert written["records"] == written["distinct_frames"] == sent
+    assert written["statuses"] == {"detected": sent}
+    assert {r["engine"] for r in records} == {"noop"} and {r["object_count"] for r in records} == {0}
+    assert {r["source_id"] for r in records} == set(source_names(20))
+    # Keyed by source: a source stays on one partition, and the sources spread over the partitions.
+    partition_of = {}
+    for r in records:
+        assert partition_of.setdefault(r["source_id"], r["partition"]) == r["partition"]
+    assert len(set(partition_of.values())) > 1
+    assert written["drained"] and written["lag_remaining"] == 0
+
+    # The runs counted are the instance's detect_frames runs (the warm-up's apart).
+    with open_instance(Path(written["dagster_home"])) as instance:
+        in_instance = instance.get_runs(dg.RunsFilter(job_name="detect_frames"))
+    assert written["runs"] == len(in_instance) - written["warm_up_runs"] >= 1
+    assert written["warm_up_runs"] >= 1
+    assert {r["run_id"] for r in records} <= {run.run_id for run in in_instance}
+    # Ranges, runs, files and frames reconcile.
+    assert written["ranges"] <= written["runs"]
+    assert written["frames_per_run"] == pytest.approx(sent / written["runs"], abs=0.05)
+    assert written["ranges"] <= written["landing_files"] <= written["ranges"] * written["warehouse"]["hours"]
+    assert written["landing_bytes"] > 0 and written["ticks"] >= 1
+    assert 0 <= written["run_start_fraction_p50"] <= 1 and 0 <= written["run_start_fraction_mean"] <= 1
+
+    # The warehouse of the hours covered was built: two files an hour, one a day, every frame a row.
+    warehouse = written["warehouse"]
+    assert warehouse["hourly_files"] == 2 * warehouse["hours"]
+    assert warehouse["daily_files"] == warehouse["days"]
+    frame_rows = [row for key in store.list("warehouse/frames/") if key.endswith(".parquet")
+                  for row in from_parquet(store.get(key)).to_pylist() if row["source_id"] != WARM_UP]
+    assert len(frame_rows) == sent
+
+    # Per hour from the measured span; a day is 24 hours and a month 30 days of it.
+    span = written["input_span_s"]
+    per_hour, per_day, per_month = written["per_hour"], written["per_day"], written["per_month"]
+    assert per_hour["runs"] == pytest.approx(written["runs"] * 3600 / span, rel=0.01)
+    assert per_hour["landing_files"] == pytest.approx(written["landing_files"] * 3600 / span, rel=0.01)
+    assert per_hour["landing_bytes"] == pytest.approx(written["landing_bytes"] * 3600 / span, rel=0.01)
+    assert set(per_hour) == set(per_day) == set(per_month) >= {
+        "runs", "landing_files", "landing_bytes", "parquet_files", "warehouse_build_s"}
+    for key, value in per_hour.items():
+        assert per_day[key] == pytest.approx(value * 24, rel=1e-6, abs=1e-3)
+        assert per_month[key] == pytest.approx(value * 24 * 30, rel=1e-6, abs=1e-3)
+    # What bends first is the most loaded of the limits compared, and it is said.
+    assert written["bends_first"] == max(written["bends"], key=lambda b: b["ratio"])
+    assert {"sensor tick", "run start-up", "keeping up (lag)", "duplicate screening",
+            "warehouse rebuilds"} <= {b["what"] for b in written["bends"]}
+    assert f"{written['bends_first']['what']} " in printed and "What moves it:" in printed

@@ -215,3 +215,33 @@ def test_the_converter_refuses_hostile_model_files(tmp_path):
         convert(cfg_text.replace("[net]", "[net]\nthis is not a cfg line", 1), weights)
     with pytest.raises(ConfigError, match=r"does not start with a \[net\]"):
         convert(cfg_text[cfg_text.index("[convolutional]"):], weights)
+
+
+def test_the_noop_engine_needs_no_model_and_finds_nothing(tmp_path):
+    from imgpipeline.vision.engines import ENGINES
+
+    empty = DetectorResource(engine="noop", models_dir=str(tmp_path))  # no model file at all
+    for image in photos():
+        assert empty.load().detect(image) == []
+        assert empty.load_pool().detect(image) == []
+    # Its records say what made them: never taken for a real detector's.
+    assert empty.load_pool().identity.as_record() == {
+        "model": "noop", "model_sha256": "none", "engine": "noop", "precision": "none"}
+    assert "noop" in ENGINES and ENGINES[0] == "opencv"
+
+
+def test_an_unknown_engine_is_refused_with_every_engine_named():
+    import pydantic
+
+    from imgpipeline.resources.settings import env_name
+    from imgpipeline.vision.engines import ENGINES
+
+    with pytest.raises(pydantic.ValidationError) as refused:
+        DetectorResource(engine="yolo-magic")
+    message = str(refused.value)
+    assert f"{env_name(DetectorResource, 'engine')}='yolo-magic' is not known" in message
+    assert f"use one of {', '.join(ENGINES)}" in message
+    assert all(engine in message for engine in ("opencv", "openvino", "onnxruntime", "noop"))
+    # The setting's help says what the no-op engine is for.
+    described = DetectorResource.model_fields["engine"].description or ""
+    assert "noop" in described and "never for real detection" in described

@@ -34,6 +34,10 @@ def bench(args) -> int:
         from imgpipeline.cli.bench.overload import bench_overload
 
         bench_overload(tuple(args.factors), args.seconds, args.shed_after)
+    elif args.what == "scale":
+        from imgpipeline.cli.bench.scale import bench_scale
+
+        bench_scale(args.sources, args.partitions, args.fps, args.seconds, args.max_batch)
     elif args.what == "mqtt":
         from imgpipeline.cli.bench.mqtt import bench_mqtt
         from imgpipeline.ingest.sources import parse_size
