@@ -46,7 +46,7 @@ def instance_server(tmp_path_factory):
     from imgpipeline.lib.instance import InstanceSettings
     from imgpipeline.resources.settings import env_name
     from imgpipeline.services import Postgres
-    from imgpipeline_tests.instances import TEMPLATE, make_template, session_instance_kind
+    from imgpipeline_tests.instances import SERVER, TEMPLATE, make_template, session_instance_kind
 
     if session_instance_kind() != "postgres":
         yield None
@@ -58,7 +58,9 @@ def instance_server(tmp_path_factory):
     make_template(server.url(ports, TEMPLATE))
     kind = env_name(InstanceSettings, "kind")
     os.environ[kind] = "postgres"
+    SERVER.append(server)
     yield server
+    SERVER.clear()
     os.environ.pop(kind, None)
     server.stop()
     shutil.rmtree(server.data, ignore_errors=True)
@@ -71,14 +73,12 @@ def instance_database(instance_server, monkeypatch):
         yield None
         return
     from imgpipeline.lib.instance import url_env
-    from imgpipeline_tests.instances import TEMPLATE
+    from imgpipeline_tests.instances import drop_database, new_database
 
-    ports = instance_server.ports
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    instance_server.sql(ports, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    monkeypatch.setenv(url_env(), instance_server.url(ports, name))
-    yield name
-    instance_server.sql(ports, f"DROP DATABASE {name} WITH (FORCE)")
+    url = new_database()
+    monkeypatch.setenv(url_env(), url)
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""The Dagster instance tests run on: SQLite files (the default), or the session's PostgreSQL server with
-a fresh database per test when `IMGPIPELINE_TEST_INSTANCE=postgres` (`.ci/run` runs the tests marked
-`instance` that way too)."""
+"""The Dagster instance tests run on: SQLite files (the default), or the session's PostgreSQL server when
+`IMGPIPELINE_TEST_INSTANCE=postgres` (`.ci/run` runs the tests marked `instance` that way too): each
+test has a database of its own (the URL in the environment, for `dagster` processes it starts), and so
+does each instance `fresh_instance()` opens, copies of a template with the instance's tables."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from imgpipeline.resources.settings import env_name
 
 TEST_INSTANCE_ENV = "IMGPIPELINE_TEST_INSTANCE"
 TEMPLATE = "dagster_template"
+# The session's PostgreSQL server (conftest's instance_server), when the tests run on it.
+SERVER = []
 
 
 def session_instance_kind() -> str:
@@ -36,11 +39,41 @@ def overrides(extra: dict | None = None) -> dict:
     return {**storage, **(extra or {})}
 
 
+def new_database() -> str:
+    """A database of its own on the session's server, a copy of the template; its URL."""
+    import uuid
+
+    (server,) = SERVER
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    server.sql(server.ports, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    return server.url(server.ports, name)
+
+
+def drop_database(url: str) -> None:
+    (server,) = SERVER
+    server.sql(server.ports, f"DROP DATABASE {url.rsplit('/', 1)[1]} WITH (FORCE)")
+
+
 @contextmanager
 def fresh_instance(extra: dict | None = None) -> Iterator[dg.DagsterInstance]:
-    """`dg.instance_for_test`, on the storage this test session runs on."""
-    with dg.instance_for_test(overrides=overrides(extra) or None) as instance:
-        yield instance
+    """`dg.instance_for_test`, on the storage this test session runs on: on PostgreSQL a database of its
+    own, checked to be PostgreSQL's (a silent fall back to SQLite would make that pass prove nothing)."""
+    if not on_postgres():
+        with dg.instance_for_test(overrides=extra) as instance:
+            yield instance
+        return
+    url, saved = new_database(), os.environ.get(url_env())
+    os.environ[url_env()] = url
+    try:
+        with dg.instance_for_test(overrides=overrides(extra)) as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage", instance.run_storage
+            yield instance
+    finally:
+        if saved is None:
+            os.environ.pop(url_env(), None)
+        else:
+            os.environ[url_env()] = saved
+        drop_database(url)
 
 
 def make_template(url: str) -> None:
@@ -48,11 +81,14 @@ def make_template(url: str) -> None:
     import tempfile
 
     os.environ[url_env()] = url
-    with tempfile.TemporaryDirectory() as home:
-        with open(os.path.join(home, "dagster.yaml"), "w") as handle:
-            handle.write(storage_block())
-        with dg.DagsterInstance.from_config(home) as instance:
-            instance.get_runs_count()
+    try:
+        with tempfile.TemporaryDirectory() as home:
+            with open(os.path.join(home, "dagster.yaml"), "w") as handle:
+                handle.write(storage_block())
+            with dg.DagsterInstance.from_config(home) as instance:
+                instance.get_runs_count()
+    finally:
+        os.environ.pop(url_env(), None)  # nothing may write into the template afterwards
 
 
 def bare_home(path) -> str:

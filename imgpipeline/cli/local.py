@@ -26,6 +26,9 @@ def services(args) -> int:
         env_file.touch(mode=0o600)  # it may hold the local broker's SASL password
         env_file.write_text(local.env_file_text(storage=args.storage))
         print(f"settings written to {env_file}; the imgpipeline command and definitions read it")
+        from imgpipeline.resources import KafkaResource
+
+        KafkaResource.from_env().ensure_topics(log=print)  # the frames topic grown to its setting
         return 0
     if args.action == "down":
         for name, gone in local.down().items():

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from imgpipeline import ConfigError
 from imgpipeline.resources.settings import FromEnv, env_name, one_of, resolved, setting
 
 KINDS = ("sqlite", "postgres")
@@ -49,12 +50,19 @@ class InstanceSettings(FromEnv, BaseModel):
                              "postgresql://user:password@host:port/db "
                              "(`imgpipeline services up --instance postgres` starts a local one)")
         if url:
+            # The URL is never repeated: it holds a password.
+            expected = ("expected postgresql://user:password@host:port/db, with characters such as @ : / # ? "
+                        "in the user or password percent-encoded")
             parts = urlsplit(url)
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
             database = parts.path.strip("/")
             if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not database:
-                # The URL is not repeated: it holds a password.
-                raise ValueError(f"{url_env()} is not a PostgreSQL URL; expected "
-                                 "postgresql://user:password@host:port/db")
+                raise ValueError(f"{url_env()} is not a PostgreSQL URL; {expected}")
+            if port == -1 or port == 0:
+                raise ValueError(f"{url_env()} has a port that is not a number from 1 to 65535; {expected}")
         return self
 
     def url(self) -> str | None:
@@ -85,6 +93,11 @@ def write_instance_yaml(home: Path, project_yaml: Path | None, settings: Instanc
     target = home / "dagster.yaml"
     ours = target.is_symlink() or (target.exists() and MARK in target.read_text())
     if target.exists() and not ours:
+        if settings.kind == "postgres" and "postgres" not in str(_storage_of(target)):
+            raise ConfigError(
+                f"{env_name(InstanceSettings, 'kind')}=postgres, but {target} is a file of your own whose "
+                "storage is not PostgreSQL: give it a `storage: postgres:` block (its URL from the "
+                f"environment: `postgres_url: {{env: {url_env()}}}`), or remove it and it is written for you")
         return target
     if settings.kind == "sqlite":
         linked = target.is_symlink() and target.resolve() == (project_yaml and project_yaml.resolve())
@@ -97,6 +110,15 @@ def write_instance_yaml(home: Path, project_yaml: Path | None, settings: Instanc
         target.unlink(missing_ok=True)
         target.write_text(text)
     return target
+
+
+def _storage_of(path: Path):
+    import yaml
+
+    try:
+        return (yaml.safe_load(path.read_text()) or {}).get("storage")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
 
 
 def instance_env(settings: InstanceSettings | None = None) -> dict[str, str]:

@@ -31,6 +31,11 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                                      shown="system CAs")
     frames_topic: str = setting("IMGPIPELINE_FRAMES_TOPIC", "frames",
                                 "the frames topic; the DLQ is `<topic>.dlq`")
+    frames_partitions: int = setting(
+        "IMGPIPELINE_FRAMES_PARTITIONS", 2,
+        "partitions of the frames topic, the unit of parallel detection: made with this many, and a topic "
+        "with fewer grown to it when the topics are checked (`imgpipeline services up`, the MQTT bridge); "
+        "a source's frames then move to another partition once", ge=1, le=1000)
     alerts_topic: str = setting("IMGPIPELINE_ALERTS_TOPIC", "alerts",
                                 "where alerts are published, keyed by alert number; webhook deliveries "
                                 "that fail are dead-lettered to `<topic>.dlq`")
@@ -180,14 +185,24 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         finally:
             admin.close()
 
-    def ensure_topics(self, partitions: int = 2) -> None:
-        """Create the frames and alerts topics and their dead-letter topics when they are missing."""
-        from kafka.admin import NewTopic
+    def ensure_topics(self, partitions: int | None = None, log=None) -> None:
+        """Create the frames and alerts topics and their dead-letter topics when they are missing; a
+        frames topic with fewer partitions than asked (`frames_partitions`) is grown, never shrunk."""
+        from kafka.admin import NewPartitions, NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
+        partitions = partitions or self.frames_partitions
         admin = self.admin()
         try:
             existing = set(admin.list_topics())
+            if self.frames_topic in existing:
+                (described,) = admin.describe_topics([self.frames_topic])
+                have = len(described.get("partitions") or [])
+                if 0 < have < partitions:
+                    admin.create_partitions({self.frames_topic: NewPartitions(total_count=partitions)})
+                    if log is not None:
+                        log(f"topic {self.frames_topic}: {have} → {partitions} partitions; sources' new "
+                            "frames may go to another partition from now on")
             # The DLQs and alerts are compacted: letters are keyed by origin and alerts by number, so a
             # retried run's second letter (or alert) replaces the first.
             wanted = [

@@ -74,29 +74,44 @@ class Postgres(LocalService):
         tag = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:12]
         return Path("/var/tmp") / f"imgpipeline-postgres-{tag}"
 
+    def _login_mark(self) -> str:
+        """What ties a cluster to the login it was made with (a hash, not the password)."""
+        creds = self.credentials()
+        return hashlib.sha256(f"{creds['user']}:{creds['password']}".encode()).hexdigest()
+
     def prepare(self, ports: dict[str, int]) -> None:
         if postgres_bin("postgres") is None or postgres_bin("initdb") is None:
             raise ServiceError(f"PostgreSQL is not installed: {INSTALL_HINT}")
+        mark = self.data / "imgpipeline-login.sha256"
         if (self.data / "PG_VERSION").exists():
-            return
+            if mark.exists() and mark.read_text().strip() == self._login_mark():
+                return
+            # Made with another login (the service's folder was deleted and a new password made): a
+            # throwaway cluster, made again rather than left refusing every login.
+            shutil.rmtree(self.data)
         owner = _as_server_user()
         self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        password_file = self.data.parent / f".{self.data.name}.pw"
+        # initdb reads the password from a file, in a folder of a random name only its owner opens.
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="imgpipeline-initdb-"))
+        password_file = folder / "password"
         password_file.touch(mode=0o600)
         password_file.write_text(self.credentials()["password"] + "\n")
         if owner:
-            os.chown(self.data, owner["user"], owner["group"])
-            os.chown(password_file, owner["user"], owner["group"])
+            for path in (self.data, folder, password_file):
+                os.chown(path, owner["user"], owner["group"])
         try:
             result = subprocess.run(
                 [postgres_bin("initdb"), "-D", str(self.data), "-U", USER, "--pwfile", str(password_file),
                  "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
                 capture_output=True, text=True, timeout=120, cwd="/", **owner)
         finally:
-            password_file.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
         if result.returncode != 0:
             shutil.rmtree(self.data, ignore_errors=True)
             raise ServiceError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
+        mark.write_text(self._login_mark() + "\n")
 
     def argv(self, ports: dict[str, int]) -> list[str]:
         return [postgres_bin("postgres") or "postgres", "-D", str(self.data), "-p", str(ports["port"]),

@@ -20,7 +20,7 @@ from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.web import queries
 from imgpipeline_tests.test_cli.street import DAY, make_street
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -49,3 +49,27 @@ def test_unreachable_broker_names_the_fix():
     resource = KafkaResource(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout_s=1)
     with pytest.raises(ConfigError, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+.*imgpipeline services up"):
         resource.check()
+
+
+def test_the_frames_topic_is_grown_to_its_partitions_never_shrunk(kafka, monkeypatch):
+    """`kafka` made the topic with 2 partitions: asking for 4 grows it, and says so; asking for 2 again
+    leaves 4; 0 is refused at load."""
+    def partitions() -> int:
+        consumer = kafka.consumer()
+        try:
+            return len(consumer.partitions_for_topic(kafka.frames_topic))
+        finally:
+            consumer.close()
+
+    assert partitions() == 2
+    said = []
+    kafka.model_copy(update={"frames_partitions": 4}).ensure_topics(log=said.append)
+    assert partitions() == 4
+    assert said == [f"topic {kafka.frames_topic}: 2 → 4 partitions; sources' new frames may go to another "
+                    "partition from now on"]
+    said.clear()
+    kafka.model_copy(update={"frames_partitions": 2}).ensure_topics(log=said.append)
+    assert partitions() == 4 and said == []
+    monkeypatch.setenv("IMGPIPELINE_FRAMES_PARTITIONS", "0")
+    with pytest.raises(ConfigError, match=r"IMGPIPELINE_FRAMES_PARTITIONS='0': .*greater than or equal to 1"):
+        KafkaResource.from_env()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -98,6 +99,7 @@ def test_services_up_with_the_instance_on_postgres(tmp_path):
     from imgpipeline.services.dagster_dev import dagster_home
 
     assert (dagster_home(state) / "dagster.yaml").is_symlink()
+    shutil.rmtree(Postgres(state / "services" / "postgres").data, ignore_errors=True)
 
 
 @dg.asset
@@ -112,6 +114,10 @@ def probe() -> int:
      "IMGPIPELINE_POSTGRES_URL is not a PostgreSQL URL"),
     ({KIND: "postgres", "IMGPIPELINE_POSTGRES_URL": "postgresql://u:hunter2secret@db:5432"},
      "IMGPIPELINE_POSTGRES_URL is not a PostgreSQL URL"),
+    ({KIND: "postgres", "IMGPIPELINE_POSTGRES_URL": "postgresql://u:hunter2secret@db:99999/dagster"},
+     "IMGPIPELINE_POSTGRES_URL has a port that is not a number from 1 to 65535"),
+    ({KIND: "postgres", "IMGPIPELINE_POSTGRES_URL": "postgresql://u:hunter2secret#1@db:5432/dagster"},
+     "percent-encoded"),
 ])
 def test_instance_settings_that_cannot_work_fail_at_load(tmp_path, values, expected):
     """`imgpipeline check` stops on them with what to fix, and never repeats the URL's password."""
@@ -119,6 +125,31 @@ def test_instance_settings_that_cannot_work_fail_at_load(tmp_path, values, expec
     assert result.returncode != 0
     assert expected in result.stderr
     assert "hunter2secret" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_dagster_yaml_of_ones_own_is_left_alone_unless_it_cannot_do_what_is_asked(tmp_path):
+    from imgpipeline import ConfigError
+    from imgpipeline.lib.instance import write_instance_yaml
+
+    home, project = tmp_path / "home", tmp_path / "dagster.yaml"
+    home.mkdir()
+    project.write_text("telemetry:\n  enabled: false\n")
+    postgres = InstanceSettings(kind="postgres", postgres_url="postgresql://u:pw@db:5432/dagster")
+    own = home / "dagster.yaml"
+    own.write_text("telemetry:\n  enabled: true\n")
+    assert write_instance_yaml(home, project, InstanceSettings()) == own and "true" in own.read_text()
+    with pytest.raises(ConfigError, match="is a file of your own whose storage is not PostgreSQL"):
+        write_instance_yaml(home, project, postgres)
+    own.write_text("storage:\n  postgres:\n    postgres_url: {env: IMGPIPELINE_POSTGRES_URL}\n")
+    write_instance_yaml(home, project, postgres)
+    assert own.read_text().startswith("storage:") and not own.is_symlink()
+    # Ours: switched both ways, the password in neither.
+    own.unlink()
+    write_instance_yaml(home, project, postgres)
+    assert "enabled: false" in own.read_text() and "env: IMGPIPELINE_POSTGRES_URL" in own.read_text()
+    assert ":pw@" not in own.read_text()
+    write_instance_yaml(home, project, InstanceSettings())
+    assert own.is_symlink() and own.resolve() == project.resolve()
 
 
 def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka, tmp_path, monkeypatch):
@@ -138,6 +169,7 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
     produce(kafka, storage, tmp_path, frames)
     local = LocalServices(tmp_path / ".imgpipeline")
     local.up_ui()
+    runs: list[dg.DagsterRun] = []
     try:
         deadline = time.monotonic() + 180
         while not landing_records(storage) and time.monotonic() < deadline:
@@ -159,6 +191,7 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
     finally:
         local.dagster.stop()
         server.stop()
+        shutil.rmtree(server.data, ignore_errors=True)
     counts = Counter(r["frame_id"] for r in landing_records(storage))
     print(f"postgres SIGKILLed mid-work: {len(frames)} frames, {len(counts)} landed, "
           f"runs {dict(Counter(run.status.value for run in runs))}")

@@ -125,6 +125,29 @@ def test_sensor_respects_runs_in_flight(kafka):
 
 
 @pytest.mark.integration
+def test_runs_in_flight_are_counted_per_partition(kafka):
+    """Runs queued or running hold their own partition's budget only; finished runs and other topics'
+    runs hold none."""
+    from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames
+
+    fill(kafka, 300, partition=0)
+    fill(kafka, 300, partition=1)
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
+    with fresh_instance() as instance:
+        def run(tag: str):
+            return instance.create_run_for_job(detect_frames, tags={PARTITION_TAG: tag})  # NOT_STARTED
+
+        run(f"{kafka.frames_topic}-0")
+        run(f"{kafka.frames_topic}-0")
+        run(f"{kafka.frames_topic}-1")
+        instance.report_run_failed(run(f"{kafka.frames_topic}-1"))  # finished: holds nothing
+        run("another-topic-1")
+        result = tick(kafka, instance, policy)
+        # Partition 0 has its 2; partition 1 may launch one more; the other topic's run counts nowhere.
+        assert [r.run_key for r in result.run_requests] == [f"{kafka.frames_topic}-1-0-100"]
+
+
+@pytest.mark.integration
 def test_new_partitions_and_retention_gaps(kafka):
     fill(kafka, 40)
     policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=10, watch_s=0)

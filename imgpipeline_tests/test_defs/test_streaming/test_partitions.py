@@ -1,8 +1,9 @@
 """Partitions as the unit of parallelism, under a real daemon (`dagster dev`), its run queue and forked
 runs: a frames topic of 4 partitions fed by 8 cameras, one partition with a backlog ten times the
 others'. Runs of different partitions run side by side, never two of one partition (the queue's tag
-limit, set to 1 here), every camera's frames land in the order it captured them, and the quiet
-partitions are served while the busy one still has a backlog."""
+limit, set to 1 here, while the sensor keeps 2 of a partition queued or running), every camera's frames
+land in the order it captured them, and the quiet partitions are served while the busy one still has a
+backlog."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
                         "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
                         "IMGPIPELINE_STORAGE_URI": storage.uri,
                         "IMGPIPELINE_MAX_BATCH": "50", "IMGPIPELINE_MAX_WAIT_S": "0",
-                        "IMGPIPELINE_RUNS_PER_PARTITION": "1", "IMGPIPELINE_SENSOR_INTERVAL_S": "1",
+                        "IMGPIPELINE_RUNS_PER_PARTITION": "2", "IMGPIPELINE_SENSOR_INTERVAL_S": "1",
                         "IMGPIPELINE_HOME": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)
 
@@ -77,6 +78,7 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
 
     local = LocalServices(tmp_path / ".imgpipeline")
     local.up_ui()
+    run_records: list[dg.RunRecord] = []
     try:
         deadline = time.monotonic() + 400
         while len(landing_records(storage)) < total and time.monotonic() < deadline:
