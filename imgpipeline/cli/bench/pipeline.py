@@ -28,14 +28,17 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
 
     from imgpipeline.defs.streaming.landing import landing_keys, read_records
     from imgpipeline.ingest.producer import FrameProducer, Ledger
+    from imgpipeline.lib.instance import InstanceSettings
     from imgpipeline.paths import HOME_ENV
     from imgpipeline.resources.settings import env_name
     from imgpipeline.services import LocalServices
 
     home = scratch_dir("home")
     chosen = ((detector, "engine"), (detector, "precision")) if detector else ()
-    overrides = {HOME_ENV: str(home), **{env_name(type(r), f): getattr(r, f) for r, f in (
-        (kafka, "bootstrap_servers"), (kafka, "frames_topic"), (storage, "uri"), *chosen)}}
+    # An instance of the benchmark's own (SQLite in its scratch folder), never the project's PostgreSQL.
+    overrides = {HOME_ENV: str(home), env_name(InstanceSettings, "kind"): "sqlite",
+                 **{env_name(type(r), f): getattr(r, f) for r, f in (
+                     (kafka, "bootstrap_servers"), (kafka, "frames_topic"), (storage, "uri"), *chosen)}}
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     local = LocalServices(home / ".imgpipeline")

@@ -239,7 +239,7 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
     topic, the ledgers and the instance say."""
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.ingest.messages import frame_key, sha256_hex
-    from imgpipeline.lib.instance import open_instance
+    from imgpipeline.lib.instance import InstanceSettings, open_instance
     from imgpipeline.paths import HOME_ENV
     from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
     from imgpipeline.resources.settings import env_name
@@ -263,6 +263,8 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
         env_name(StorageResource, "uri"): storage.uri,
         env_name(DetectorResource, "engine"): "noop",
         env_name(DetectorResource, "precision"): "default",
+        # An instance of the benchmark's own (SQLite in its scratch folder), never the project's PostgreSQL.
+        env_name(InstanceSettings, "kind"): "sqlite",
     }
     if max_batch is not None:
         overrides[env_name(BatchPolicy, "max_batch")] = str(max_batch)
