@@ -67,9 +67,10 @@ def instance_server(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def instance_database(instance_server, monkeypatch):
-    """On PostgreSQL, each test's instance is a database of its own, a copy of the template's tables."""
-    if instance_server is None:
+def instance_database(request, instance_server, monkeypatch):
+    """On PostgreSQL, each test marked `instance` has a database of its own, a copy of the template's
+    tables. Other tests get none: one that opened an instance unmarked would fail, not pass on SQLite."""
+    if instance_server is None or request.node.get_closest_marker("instance") is None:
         yield None
         return
     from imgpipeline.lib.instance import url_env
