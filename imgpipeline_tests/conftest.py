@@ -23,7 +23,13 @@ _saved: dict[str, str | None] = {}
 
 def pytest_configure(config):
     """Before any test module is imported: a home of the tests' own, so the checkout's `.imgpipeline/`
-    and `.env` stay out; put back as it was when the session ends."""
+    and `.env` stay out; put back as it was when the session ends. Processes the tests start stop on
+    SIGTERM and SIGINT as they would from a terminal, even when the shell that started the tests ignored
+    those signals (its children would inherit that)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     home = tempfile.mkdtemp(prefix="imgpipeline-test-home-")
     for name in ("IMGPIPELINE_HOME", *_ISOLATED):
         _saved[name] = os.environ.pop(name, None)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def bridge(args) -> int:
+    import signal
+
     from imgpipeline.ingest.mqtt import MqttBridge
     from imgpipeline.resources import KafkaResource, StorageResource
     from imgpipeline.resources.mqtt import MqttSettings
@@ -19,6 +25,10 @@ def bridge(args) -> int:
               f"{kafka.frames_topic} (Ctrl-C stops it; what it has not acknowledged waits in its session)",
               flush=True)
 
+    # SIGTERM (a container's stop) and Ctrl-C end it the same clean way, even when the shell that started
+    # it ignored them: producers flushed and closed, the MQTT session left with what is not acknowledged.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _stop)
     try:
         bridge.run(ready=ready)
     finally:

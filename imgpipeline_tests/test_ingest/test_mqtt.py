@@ -156,7 +156,7 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
         time.sleep(0.2)
     time.sleep(2)  # anything late would show now
     os.killpg(bridge.pid, signal.SIGTERM)
-    bridge.wait()
+    assert bridge.wait(timeout=30) == 130  # SIGTERM ends it as Ctrl-C does
     client.loop_stop()
     messages = [json.loads(m.value) for m in read_all(kafka, kafka.frames_topic)]
     by_id: dict[str, set] = {}
