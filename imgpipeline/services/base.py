@@ -50,6 +50,20 @@ class LocalService:
         """Extra environment of the service's own process."""
         return {}
 
+    login_user = "imgpipeline"
+
+    def credentials(self) -> dict[str, str]:
+        """The service's login (`login_user` and a generated password), made once, in a file only its
+        owner reads."""
+        path = self.workdir / "login.json"
+        if not path.exists():
+            import secrets
+
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(json.dumps({"user": self.login_user, "password": secrets.token_urlsafe(18)}))
+        return json.loads(path.read_text())
+
     def spawn_options(self) -> dict:
         """Extra Popen arguments of the service's own process (e.g. the user it runs as)."""
         return {}

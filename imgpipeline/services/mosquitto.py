@@ -9,7 +9,6 @@ cameras would.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
@@ -28,6 +27,7 @@ def mosquitto_path() -> str | None:
 
 class Mosquitto(LocalService):
     name = "mqtt"
+    login_user = MQTT_USER
     preferred_ports = {"port": 1883}
     start_timeout_s = 20.0
 
@@ -36,17 +36,6 @@ class Mosquitto(LocalService):
         self.secure = secure
         if secure:
             self.preferred_ports = {"port": 8883}
-
-    def credentials(self) -> dict[str, str]:
-        """The user's password, made once (a file only its owner reads)."""
-        path = self.workdir / "login.json"
-        if not path.exists():
-            import secrets
-
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(json.dumps({"user": MQTT_USER, "password": secrets.token_urlsafe(18)}))
-        return json.loads(path.read_text())
 
     def ca_file(self) -> Path:
         return self.workdir / "tls" / "ca.pem"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import pwd
 import shutil
@@ -51,21 +50,11 @@ def _as_server_user() -> dict:
 
 class Postgres(LocalService):
     name = "postgres"
+    login_user = USER
     preferred_ports = {"port": 5432}
     start_timeout_s = 60.0
     # SIGTERM waits for every client to leave; SIGINT ends their sessions and stops cleanly.
     stop_signal = signal.SIGINT
-
-    def credentials(self) -> dict[str, str]:
-        """The login, made once (a file only its owner reads)."""
-        path = self.workdir / "login.json"
-        if not path.exists():
-            import secrets
-
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(json.dumps({"user": USER, "password": secrets.token_urlsafe(18)}))
-        return json.loads(path.read_text())
 
     @property
     def data(self) -> Path:

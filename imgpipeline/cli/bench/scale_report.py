@@ -1,0 +1,366 @@
+"""`imgpipeline bench scale`, its figures: what the run measured turned into rates per hour, day and
+month, each load against its limit ordered by when it bends, and the printed report."""
+
+from __future__ import annotations
+
+import os
+
+from imgpipeline.cli.bench.common import percentile
+
+NOTICE = ("THE DETECTOR IS A NO-OP (engine `noop`): frames are fetched, checked (sha256) and decoded, "
+          "nothing is detected. These figures measure orchestration only, not detection.")
+HOURS_PER_DAY, DAYS_PER_MONTH = 24, 30
+# Past this share of a run spent starting, the runs cost more in start-up than in work.
+START_SHARE_LIMIT = 0.5
+SAMPLE_S = 2.0  # seconds between lag samples
+
+
+def slope(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, value) samples; 0 with fewer than two."""
+    if len(samples) < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in samples) / len(samples)
+    mean_v = sum(v for _, v in samples) / len(samples)
+    spread = sum((t - mean_t) ** 2 for t, _ in samples)
+    return sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread if spread else 0.0
+
+
+def figures(sources: int, partitions: int, fps: float, seconds: float, live: dict, landing: dict,
+            warehouse: dict, screening: dict) -> dict:
+    """The measured figures, per hour of input, per day and month, and what bends first."""
+    from imgpipeline.defs.warehouse.assets import warehouse_automation
+
+    sent = live["sent"]
+    span = max(1e-9, (live["last_sent"] or live["t0"]) - (live["first_sent"] or live["t0"]))
+    achieved = sent / span if sent > 1 else 0.0
+    per_hour_scale = 3600.0 / span
+    ticks = live["tick_durations"]
+    policy = live["policy"]
+    runs = live["runs"]
+    finished = [r for r in runs if r["ended"] and r["step_start"]]
+    def starting(run: dict, since: str) -> float:
+        """The share of a run, from `since` to its end, that passed before its op started."""
+        return (run["step_start"] - run[since]) / max(1e-9, run["ended"] - run[since])
+
+    starts = [starting(r, "created") for r in finished]
+    launched = [r for r in finished if r["launched"]]
+    launch_starts = [starting(r, "launched") for r in launched]
+    run_s = [r["ended"] - r["created"] for r in finished]
+    sizes = sorted(ledger["end"] - ledger["start"] for ledger in live["ledgers"])
+    window_end = live["drained_at"] or live["t_end"]
+    window = max(1e-9, window_end - live["t0"])
+    slots = min(live["in_flight_cap"], live["max_concurrent_runs"] or live["in_flight_cap"])
+    # Runs in flight on average (queued or running, as the sensor counts them) and running, per slot.
+    def until_end(run: dict) -> float:
+        return min(run["ended"] or window_end, window_end)
+
+    in_flight = sum(until_end(r) - r["created"] for r in runs) / window
+    running = sum(until_end(r) - r["started"] for r in runs if r["started"]) / window
+    # The lag's trend while input lasted, past the ramp (the first runs wait for a tick and start up).
+    ramp = max(span / 4, 2 * policy["interval_s"] + SAMPLE_S)
+    input_samples = [(t, lag) for t, lag in live["lag_samples"] if ramp <= t <= span + SAMPLE_S]
+    growth = slope(input_samples) if len(input_samples) >= 3 else None
+    # The lag saws up and down by a tick's input: a trend that does not outgrow two ticks' worth over
+    # the window is no trend.
+    window_s = input_samples[-1][0] - input_samples[0][0] if len(input_samples) >= 3 else 0.0
+    growing = growth is not None and growth * window_s > 2 * achieved * policy["interval_s"]
+    drain_s = round(live["drained_at"] - live["input_end"], 1) if live["drained_at"] else None
+    drained_frames = live["lag_at_input_end"] - live["lag_remaining"]
+    drain_elapsed = (live["drained_at"] or live["t_end"]) - live["input_end"]
+    frames_hour = achieved * 3600
+    records = max(1, landing["records"])
+    # A build costs a fixed part (timed over no frames) and a part per frame: an hour of this input is
+    # built once (hourly tables), a day once (daily_summary, a 24th of it per hour).
+    per_frame_h = max(0.0, warehouse.get("hourly_s", 0.0) - warehouse.get("empty_hourly_s", 0.0)) / records
+    per_frame_d = max(0.0, warehouse.get("daily_s", 0.0) - warehouse.get("empty_daily_s", 0.0)) / records
+    hourly_build = warehouse.get("empty_hourly_s", 0.0) + per_frame_h * frames_hour
+    build_hour = (hourly_build + warehouse.get("empty_daily_s", 0.0) / HOURS_PER_DAY
+                  + per_frame_d * frames_hour)
+    per_hour = {
+        "frames": round(landing["records"] * per_hour_scale, 1),
+        "runs": round(len(runs) * per_hour_scale, 1),
+        "landing_files": round(len(landing["files"]) * per_hour_scale, 1),
+        "landing_bytes": round(landing["bytes"] * per_hour_scale),
+        # Parquet files do not grow with the input: two per hourly partition, one per day.
+        "parquet_files": round(warehouse["hourly_files"] / max(1, warehouse["hours"])
+                               + warehouse["daily_files"] / max(1, warehouse["days"]) / HOURS_PER_DAY, 3),
+        "warehouse_build_s": round(build_hour, 2),
+    }
+    per_day = {k: round(v * HOURS_PER_DAY, 3) for k, v in per_hour.items()}
+    per_month = {k: round(v * HOURS_PER_DAY * DAYS_PER_MONTH, 3) for k, v in per_hour.items()}
+    result = {
+        "notice": NOTICE, "engine": "noop", "sources": sources, "partitions": partitions, "fps": fps,
+        "seconds": seconds, "topic": live["topic"], "policy": policy,
+        "in_flight_cap": live["in_flight_cap"], "in_flight_env": live["in_flight_env"],
+        "max_concurrent_runs": live["max_concurrent_runs"], "run_slots": slots,
+        "frames_sent": sent, "input_fps_asked": round(sources * fps, 1), "input_fps": round(achieved, 1),
+        "input_span_s": round(span, 1),
+        "records": landing["records"], "distinct_frames": landing["distinct"],
+        "statuses": landing["statuses"],
+        "wait_p50_s": landing["wait_p50_s"], "wait_p95_s": landing["wait_p95_s"],
+        "wait_max_s": landing["wait_max_s"],
+        "sensor_interval_s": policy["interval_s"], "ticks": live["ticks"],
+        "ticks_failed": live["ticks_failed"],
+        "tick_p50_s": round(percentile(ticks, 0.5), 3) if ticks else None,
+        "tick_p95_s": round(percentile(ticks, 0.95), 3) if ticks else None,
+        "tick_max_s": round(max(ticks), 3) if ticks else None,
+        "runs": len(runs), "runs_failed": sum(r["status"] == "FAILURE" for r in runs),
+        "warm_up_runs": live["warm_up_runs"], "other_runs": live["other_runs"],
+        "ranges": len(sizes), "frames_per_run": round(sum(sizes) / len(runs), 1) if runs else None,
+        "frames_per_range_p50": percentile(sizes, 0.5) if sizes else None,
+        "frames_per_range_max": sizes[-1] if sizes else None,
+        "run_s_mean": round(sum(run_s) / len(run_s), 2) if run_s else None,
+        "run_start_fraction_p50": round(percentile(starts, 0.5), 3) if starts else None,
+        "run_start_fraction_mean": mean_of(starts, 3),
+        # The same from the run's launch (off the queue), the wait for a run slot left out.
+        "run_launch_start_fraction_p50": round(percentile(launch_starts, 0.5), 3) if launch_starts else None,
+        "run_launch_start_fraction_mean": mean_of(launch_starts, 3),
+        "run_queued_s_mean": mean_of([r["launched"] - r["created"] for r in launched]),
+        "run_starting_s_mean": mean_of([r["step_start"] - r["launched"] for r in launched]),
+        "run_op_s_mean": mean_of([r["ended"] - r["step_start"] for r in finished]),
+        "landing_files": len(landing["files"]), "landing_bytes": landing["bytes"],
+        "lag_at_input_end": live["lag_at_input_end"],
+        "partition_lag_at_input_end": {str(p): lag for p, lag
+                                       in sorted(live["partition_lag_at_input_end"].items())},
+        "lag_growth_fps": round(growth, 1) if growth is not None else None, "lag_growing": growing,
+        "lag_samples": live["lag_samples"],
+        "drained": live["drained_at"] is not None, "drain_s": drain_s,
+        "lag_remaining": live["lag_remaining"],
+        "drain_fps": (round(drained_frames / drain_elapsed, 1)
+                      if drain_elapsed > 0 and drained_frames else None),
+        "runs_in_flight_mean": round(in_flight, 2), "runs_running_mean": round(running, 2),
+        "runs_in_flight_peak": peak_overlap([(r["created"], r["ended"] or window_end) for r in runs]),
+        "run_slot_occupancy": round(running / slots, 3),
+        "cpu_busy_input": live["cpu_busy_input"], "cpu_busy_drain": live["cpu_busy_drain"],
+        "cores": _cores(),
+        "warehouse": {**warehouse, "hourly_s_per_frame": round(per_frame_h, 9),
+                      "daily_s_per_frame": round(per_frame_d, 9), "hour_build_s": round(hourly_build, 2)},
+        "screening": {**screening, "s_per_record": round(screening["s_per_record"], 9)},
+        "warehouse_automation_interval_s": warehouse_automation.minimum_interval_seconds,
+        "per_hour": per_hour, "per_day": per_day, "per_month": per_month,
+        "dagster_home": str(live["dagster_home"]), "store": live["storage"].uri,
+    }
+    result["bends"] = bends(result)
+    result["bends_first"] = result["bends"][0] if result["bends"] else None
+    return result
+
+
+def peak_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one moment."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def mean_of(values: list[float], digits: int = 2) -> float | None:
+    return round(sum(values) / len(values), digits) if values else None
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def bends(r: dict) -> list[dict]:
+    """Each measured load against its limit (ratio = load ÷ limit), and when it bends: at once (0 s)
+    when it is over its limit already, after `bends_after_s` into each hour for a load that grows as
+    the hour fills, or not within an hour (None). Ordered by when, then by ratio: the first is where
+    the orchestration bends first."""
+    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+    from imgpipeline.resources.settings import env_name
+
+    batch_env, wait_env = env_name(BatchPolicy, "max_batch"), env_name(BatchPolicy, "max_wait_s")
+    interval_env = env_name(BatchPolicy, "interval_s")
+    larger = f"larger batches, so fewer runs ({batch_env}, {wait_env})"
+    slots, cpu = r["run_slots"], r["cpu_busy_input"]
+    found = []
+
+    def add(what: str, ratio: float, measured: str, limit: str, setting: str,
+            after_s: float | None = None) -> None:
+        """`after_s`: when a load growing through the hour reaches its limit (None: a steady load)."""
+        if after_s is None:
+            after_s = 0.0 if ratio >= 1 else None
+        found.append({"what": what, "ratio": round(ratio, 3), "bends_after_s": after_s and round(after_s),
+                      "measured": measured, "limit": limit, "setting": setting})
+
+    if r["tick_p95_s"] is not None:
+        add("sensor tick", r["tick_p95_s"] / r["sensor_interval_s"],
+            f"p95 {r['tick_p95_s']:.2f} s, max {r['tick_max_s']:.2f} s (an idle tick's watch for new frames, "
+            f"up to {r['policy']['watch_s']:g} s, included)",
+            f"the tick interval, {r['sensor_interval_s']} s",
+            f"{interval_env} (ticks further apart) or fewer partitions: a tick reads every partition's "
+            "offsets and submits every run it requests")
+    if r["run_launch_start_fraction_mean"] is not None:
+        add("run start-up", r["run_launch_start_fraction_mean"] / START_SHARE_LIMIT,
+            f"{r['run_launch_start_fraction_mean']:.0%} of a run from its launch is spent starting "
+            f"({r['run_starting_s_mean']} s of {r['run_starting_s_mean'] + r['run_op_s_mean']:.2f} s), "
+            f"{r['frames_per_run'] or 0:,.0f} frames per run",
+            f"{START_SHARE_LIMIT:.0%} of each run", larger)
+    achieved, growth = r["input_fps"], r["lag_growth_fps"]
+    if achieved and r["lag_growing"]:
+        processed = max(achieved - growth, 0.01 * achieved)
+        keep_up = achieved / processed
+        measured = (f"lag grew {growth:,.0f} frames/s while input lasted: {processed:,.0f} of "
+                    f"{achieved:,.0f} frames/s processed")
+    else:
+        keep_up = r["run_slot_occupancy"]
+        trend = ("input too short for the lag's trend" if growth is None else
+                 f"lag steady (trend {growth:+,.1f} frames/s, within a tick's ups and downs)")
+        measured = f"runs running {r['run_slot_occupancy']:.0%} of the slots' time, {trend}"
+    measured += (f"; {r['runs_in_flight_mean']:.1f} runs in flight on average for {slots} slots, "
+                 f"{r['runs_running_mean']:.2f} running; CPU {_pct(cpu)} busy")
+    if cpu is not None and cpu >= 0.9:
+        moves = ("the machine's CPU, which is saturated: more cores or machines; fewer processes and "
+                 f"files per frame with {larger}")
+    elif r["runs_in_flight_mean"] > slots and r["run_slot_occupancy"] < 0.8:
+        moves = (f"runs wait in the queue while its {slots} slots stand idle "
+                 f"{1 - r['run_slot_occupancy']:.0%} of the time: the queue fills a slot a run has freed "
+                 f"on its next pass (dequeue_interval_seconds in dagster.yaml), so every launch should "
+                 f"carry more frames: {batch_env} (now {r['policy']['max_batch']}); and, with CPU "
+                 f"{_pct(cpu)} busy, more slots: max_concurrent_runs in dagster.yaml")
+    elif r["run_slot_occupancy"] >= 0.8:
+        moves = f"more runs at once: max_concurrent_runs in dagster.yaml (CPU {_pct(cpu)} busy); {larger}"
+    elif r["runs_in_flight_mean"] >= 0.8 * r["in_flight_cap"]:
+        moves = f"more runs in flight: {r['in_flight_env']}, more partitions"
+    else:
+        moves = f"{larger}; ticks closer together ({interval_env})"
+    add("keeping up (lag)", keep_up, measured, f"{slots} run slots, lag not growing", moves)
+
+    # Duplicate screening: a run reads every frame id landed in its hour so far, so its cost grows
+    # through the hour; summed over the runs, a load on the run slots that reaches them after t* s.
+    runs_s = r["per_hour"]["runs"] / 3600
+    per_frame = r["screening"]["s_per_record"]
+    load_hour = runs_s * per_frame * achieved * 3600 / slots  # at the hour's last run
+    add("duplicate screening", load_hour,
+        f"each run re-reads the frame ids landed in its hour: {per_frame * 1e6:.1f} µs a record, "
+        f"{per_frame * achieved * 3600:,.1f} s a run at the end of an hour of {achieved * 3600:,.0f} frames, "
+        f"{r['per_hour']['runs']:,.0f} runs an hour",
+        f"the {slots} run slots' time",
+        f"{larger}; the cost is runs × the hour's frames (landing.py's landed_frames reads every landing "
+        "file of the hour in every run)",
+        after_s=3600 / load_hour if load_hour >= 1 else None)
+
+    # Warehouse: the automation rebuilds the current hour after landing updates, one build at a time,
+    # each over all of the hour's landing files so far: at most one slot, busy B / (B + interval).
+    wh = r["warehouse"]
+    build_hour = wh["hour_build_s"]
+    interval = r["warehouse_automation_interval_s"] or 30
+    slot_share = build_hour / (build_hour + interval) / slots
+    add("warehouse rebuilds", slot_share,
+        f"an hour's frames and detections build in {build_hour:,.1f} s of 3,600 at this rate "
+        f"({wh['empty_hourly_s']:.1f} s fixed + {wh['hourly_s_per_frame'] * 1e6:.1f} µs a frame) from "
+        f"{r['per_hour']['landing_files']:,.0f} landing files, rebuilt after landing updates (every "
+        f"{interval} s at most)",
+        f"the {slots} run slots' time (one build at a time: at most 1 of {slots})",
+        f"fewer landing files an hour: {larger}; the automation's interval",
+        after_s=0.0 if build_hour >= 3600 else None)
+    if cpu is not None:
+        add("machine CPU", cpu / 0.95, f"{cpu:.0%} busy while input lasted (the benchmark's producer and "
+            "broker included)", f"95 % of {r['cores']} cores", "more cores or machines")
+    return sorted(found, key=lambda b: (b["bends_after_s"] is None, b["bends_after_s"] or 0, -b["ratio"]))
+
+
+def _n(value, unit: str = "") -> str:
+    """A figure for the table: — when unknown, two decimals below 100, thousands separated above."""
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value < 100:
+        return f"{value:,.2f}{unit}"
+    return f"{value:,.0f}{unit}"
+
+
+def _pct(share: float | None) -> str:
+    return "—" if share is None else f"{share:.0%}"
+
+
+def summary_rows(r: dict) -> list[tuple[str, str]]:
+    hour, wh = r["per_hour"], r["warehouse"]
+    asked = r["input_fps_asked"]
+    short = r["input_fps"] < 0.95 * asked
+    rate_note = (f"  ← only {r['input_fps'] / max(1e-9, asked):.0%} of the rate asked: this machine "
+                 "could not produce more" if short else "")
+    statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(r["statuses"].items()))
+    lags = r["partition_lag_at_input_end"].values()
+    drain = (f"drained {r['drain_s']} s after input stopped" if r["drained"] else
+             f"NOT drained: {r['lag_remaining']:,} frames left when the benchmark stopped waiting")
+    if r["drain_fps"]:
+        drain += f" (drain rate {r['drain_fps']:,.0f} frames/s"
+        drain += ")" if r["drained"] else f": ~{r['lag_remaining'] / r['drain_fps']:,.0f} s more)"
+    trend = ("its trend unknown (input too short)" if r["lag_growth_fps"] is None else
+             f"grew {r['lag_growth_fps']:,.1f} frames/s while input lasted")
+    others = ", ".join(f"{job} {count}" for job, count in sorted(r["other_runs"].items()))
+    return [
+        ("input", f"{r['frames_sent']:,} frames from {r['sources']:,} sources over {r['partitions']} "
+                  f"partitions in {r['input_span_s']:.1f} s: {r['input_fps']:,.1f} frames/s achieved of "
+                  f"{asked:,.1f} asked{rate_note}"),
+        ("landed", f"{r['records']:,} records, {r['distinct_frames']:,} distinct frames ({statuses}); "
+                   f"wait on the topic until landed p50 {_n(r['wait_p50_s'], ' s')}, "
+                   f"p95 {_n(r['wait_p95_s'], ' s')}, max {_n(r['wait_max_s'], ' s')}"),
+        ("sensor tick", f"p50 {_n(r['tick_p50_s'], ' s')}, p95 {_n(r['tick_p95_s'], ' s')}, "
+                        f"max {_n(r['tick_max_s'], ' s')} against a {r['sensor_interval_s']} s interval "
+                        f"({r['ticks']} ticks, {r['ticks_failed']} failed; an idle tick watches for new "
+                        f"frames up to {r['policy']['watch_s']:g} s by design)"),
+        ("runs", f"{r['runs']:,} detect_frames runs ({r['runs_failed']} failed), {_n(hour['runs'])} an hour; "
+                 f"{_n(r['frames_per_run'])} frames per run (range p50 {_n(r['frames_per_range_p50'])}, "
+                 f"max {_n(r['frames_per_range_max'])}); {r['run_slots']} run slots"),
+        ("run start-up", f"from creation to its op's start: {_pct(r['run_start_fraction_p50'])} p50, "
+                         f"{_pct(r['run_start_fraction_mean'])} mean of a run; from launch (off the queue): "
+                         f"{_pct(r['run_launch_start_fraction_p50'])} p50, "
+                         f"{_pct(r['run_launch_start_fraction_mean'])} mean. Queued "
+                         f"{_n(r['run_queued_s_mean'], ' s')}, "
+                         f"starting {_n(r['run_starting_s_mean'], ' s')}, "
+                         f"op {_n(r['run_op_s_mean'], ' s')} (means; whole run {_n(r['run_s_mean'], ' s')})"),
+        ("other runs", others or "none"),
+        ("landing files", f"{r['landing_files']:,} ({_n(hour['landing_files'])} an hour), "
+                          f"{r['landing_bytes'] / 1e6:,.1f} MB "
+                          f"({hour['landing_bytes'] / 1e9:,.2f} GB an hour)"),
+        ("lag", f"{r['lag_at_input_end']:,} when input stopped (per partition {min(lags, default=0):,}–"
+                f"{max(lags, default=0):,}); {trend}; {drain}"),
+        ("run slots", f"{r['run_slots']}: on average {r['runs_in_flight_mean']:.2f} runs in flight (queued "
+                      f"or running; peak {r['runs_in_flight_peak']}), {r['runs_running_mean']:.2f} running "
+                      f"({_pct(r['run_slot_occupancy'])} of the slots); machine CPU "
+                      f"{_pct(r['cpu_busy_input'])} busy while input lasted, {_pct(r['cpu_busy_drain'])} "
+                      f"while draining ({r['cores']} cores)"),
+        ("warehouse", f"{wh['hours']} hour(s) of frames + detections in {_n(wh.get('hourly_s'), ' s')}, "
+                      f"daily_summary in {_n(wh.get('daily_s'), ' s')}: "
+                      f"{_n(hour['warehouse_build_s'], ' s')} per hour of input (fixed "
+                      f"{wh['empty_hourly_s']:.2f} + {wh['empty_daily_s']:.2f} s, timed over no frames; "
+                      f"{(wh['hourly_s_per_frame'] + wh['daily_s_per_frame']) * 1e6:.1f} µs a frame); "
+                      f"{wh['parquet_files']} Parquet files ({_n(hour['parquet_files'])} an hour)"),
+    ]
+
+
+def _when(bend: dict) -> str:
+    after = bend["bends_after_s"]
+    if after is None:
+        return "holds"
+    return "bent already" if after == 0 else f"bends {after / 60:.0f} min into each hour"
+
+
+EXTRAPOLATED = {"frames": ("frames", 1), "runs": ("runs", 1), "landing_files": ("landing files", 1),
+                "landing_bytes": ("landing GB", 1e9), "parquet_files": ("Parquet files", 1),
+                "warehouse_build_s": ("warehouse build h", 3600)}
+
+
+def print_scale(r: dict) -> None:
+    print(f"\n{NOTICE}\n")
+    for label, text in summary_rows(r):
+        print(f"{label:<14} {text}")
+    print(f"\n{'extrapolated':<22}{'per hour':>14}{'per day':>16}{'per month (30 d)':>19}")
+    for key, (label, unit) in EXTRAPOLATED.items():
+        values = [r[period][key] / unit for period in ("per_hour", "per_day", "per_month")]
+        decimals = 2 if unit != 1 else 0
+        print(f"{label:<22}" + "".join(f"{v:>{w},.{decimals if v >= 100 else 2}f}"
+                                       for v, w in zip(values, (14, 16, 19), strict=True)))
+    print("(per hour of input at the achieved rate; a day is 24 such hours, a month 30 days)")
+    print("\nwhere it bends, earliest first (load ÷ limit at the end of an hour of this input; when):")
+    for bend in r["bends"]:
+        print(f"  {bend['ratio']:>7.2f}  {bend['what']:<20} {_when(bend)}: {bend['measured']}; "
+              f"limit: {bend['limit']}")
+    first = r["bends_first"]
+    if first:
+        print(f"\nFirst to bend: {first['what']} ({_when(first)}, {first['ratio']:.2f} of its limit).\n"
+              f"  What moves it: {first['setting']}.")
+    print(f"\n{NOTICE}")
