@@ -15,8 +15,9 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import urlencode
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # source and frame ids (the message contract)
-CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+from imgpipeline.ingest.messages import FRAME_ID
+
+CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 HEADERS = {
     # Pages use inline styles and inline SVG only; images come from here (or data: in reports).
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
@@ -114,7 +115,7 @@ def create_app(warehouse: Warehouse):
     def alerts_page(request, con):
         day = day_of(request, con)
         source = request.query_params.get("source") or None
-        if source is not None and not ID.match(source):
+        if source is not None and not FRAME_ID.match(source):
             raise ValueError("source is not a source id")
         return page("alerts.html", day=day, source=source, sources=queries.sources(con, day),
                     alerts=queries.alerts(con, day, source))
@@ -153,7 +154,7 @@ def create_app(warehouse: Warehouse):
 
     def frame_args(request) -> tuple[date, str, str]:
         params = request.path_params
-        if not (ID.match(params["source"]) and ID.match(params["frame_id"])):
+        if not (FRAME_ID.match(params["source"]) and FRAME_ID.match(params["frame_id"])):
             raise NotFound("no such frame")
         return date.fromisoformat(params["day"]), params["source"], params["frame_id"]
 

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 SCHEMA_VERSION = 1
 # Inline messages carry the image as the value and these headers.
 HEADER_PREFIX = "imgpipeline."
-FRAME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-CONTENT_TYPE = re.compile(r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+$")
+FRAME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+CONTENT_TYPE = re.compile(r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+\Z")
 MAX_SIDE = 100_000  # pixels; a camera frame is far below
 
 

@@ -24,7 +24,7 @@ from imgpipeline import ConfigError
 from imgpipeline.ingest.messages import FRAME_ID, iso_utc, parse_time, sha256_hex
 from imgpipeline.ingest.producer import Frame, FrameProducer, ledger_for
 
-TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?$")
+TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?\Z")
 
 
 def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:

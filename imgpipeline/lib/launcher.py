@@ -29,12 +29,18 @@ import dagster as dg
 
 PID_TAG = "imgpipeline/run_worker_pid"
 HOST_TAG = "imgpipeline/run_worker_host"
+# When the worker process started (services.process.started_at): a later process given the same pid
+# (after a restart, or pids wrapping around) is not the run's worker.
+STARTED_TAG = "imgpipeline/run_worker_started"
 DEFAULT_PRELOAD = ["imgpipeline.definitions"]
 INSTANCE_REF_ENV = "IMGPIPELINE_FORK_SERVER_INSTANCE_REF"
 REPLY_TIMEOUT_S = 10.0
 # A launch waits this long for a starting server: a run started the default way takes as long,
 # and would compete with the server's warm-up for the same cores.
 READY_TIMEOUT_S = 15.0
+# Start times from /proc are whole clock ticks on a boot time in whole seconds: a process that started
+# more than this after its worker's recorded start is another one.
+START_SLACK_S = 2.0
 
 
 class ForkingRunLauncher(dg.DefaultRunLauncher):
@@ -76,7 +82,12 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         if pid is None:
             super().launch_run(context)
             return
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
+        from imgpipeline.services.process import started_at
+
+        started = started_at(pid)
+        self._instance.add_run_tags(run.run_id, {
+            PID_TAG: str(pid), HOST_TAG: socket.gethostname(),
+            **({STARTED_TAG: f"{started:.2f}"} if started is not None else {})})
         self._run_ids.add(run.run_id)
 
     def warm(self, timeout_s: float = 0.0) -> bool:
@@ -106,29 +117,47 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
     def check_run_worker_health(self, run: dg.DagsterRun):
         """Whether the process executing a started run is still there, for Dagster's run monitoring:
         a worker killed from outside (the OOM killer, `kill -9`) fails its run within one monitoring
-        interval, and run retries launch it again. Forked runs carry their pid in a tag; a run
-        launched the default way reported its pid when its process started."""
+        interval, and run retries launch it again. Forked runs carry their pid and its process's start
+        time in tags; a run launched the default way reported its pid when its process started.
+
+        Only a worker seen running on this host is alive: one recorded on another host (a daemon
+        moved to another machine or pod, whose workers went with the old one), or a pid that now
+        belongs to a later process (a restart, pids wrapping around), fails the run, so it is retried
+        instead of holding its partition's run budget forever."""
         from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
-        from imgpipeline.services.process import alive
+        from imgpipeline.services.process import alive, started_at
 
-        host = run.tags.get(HOST_TAG, socket.gethostname())
-        if host != socket.gethostname():
-            return CheckRunHealthResult(WorkerStatus.RUNNING, f"worker on {host}: not checked from here")
-        pid = int(run.tags[PID_TAG]) if PID_TAG in run.tags else self._reported_pid(run.run_id)
+        here = socket.gethostname()
+        host = run.tags.get(HOST_TAG, here)
+        if host != here:
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED, f"run worker recorded on host {host}, not on {here} where the daemon "
+                "runs: no worker of this daemon executes it")
+        pid, started_by = self._worker(run)
         if pid is None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker pid reported yet")
-        if alive(pid):
-            return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker {pid} is running")
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker {pid} is gone (killed or crashed)")
+        if not alive(pid):
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker {pid} is gone (killed or crashed)")
+        started = started_at(pid)
+        if started is not None and started_by is not None and started > started_by + START_SLACK_S:
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED, f"run worker {pid} is gone: that pid now belongs to a process started "
+                f"at {_clock(started)}, after the worker (by {_clock(started_by)})")
+        return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker {pid} is running")
 
-    def _reported_pid(self, run_id: str) -> int | None:
-        for entry in self._instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+    def _worker(self, run: dg.DagsterRun) -> tuple[int | None, float | None]:
+        """The worker's pid and the latest time its process can have started: the recorded start time
+        of a forked worker, else when a worker launched the default way reported its pid."""
+        if PID_TAG in run.tags:
+            started = run.tags.get(STARTED_TAG)
+            return int(run.tags[PID_TAG]), float(started) if started else None
+        for entry in self._instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
             data = entry.dagster_event.engine_event_data if entry.dagster_event else None
             pid = data.metadata.get("pid") if data else None
             if pid is not None and (entry.message or "").startswith("Started process for run"):
-                return int(pid.value)
-        return None
+                return int(pid.value), entry.timestamp
+        return None, None
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
@@ -320,3 +349,9 @@ def _run_child(args_json: str, *, fresh_env: dict[str, str] | None) -> None:
 
 if __name__ == "__main__":
     serve(sys.argv[1:])
+
+
+def _clock(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

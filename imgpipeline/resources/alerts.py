@@ -37,7 +37,7 @@ class AlertsResource(FromEnv, dg.ConfigurableResource):
     @field_validator("viewer_url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        if not re.match(r"^https?://[^\s/]+(/\S*)?\Z", value):
             raise ValueError(f"IMGPIPELINE_VIEWER_URL={value!r} is not an http:// or https:// address")
         return value.rstrip("/")
 

@@ -54,7 +54,7 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
     @field_validator("frames_topic", "alerts_topic")
     @classmethod
     def _topic_name(cls, value: str, info) -> str:
-        if not re.match(r"^[A-Za-z0-9._-]{1,200}$", value or ""):
+        if not re.match(r"^[A-Za-z0-9._-]{1,200}\Z", value or ""):
             raise ValueError(f"{env_name(cls, info.field_name)}={value!r} is not a valid Kafka topic name")
         return value
 

@@ -7,6 +7,7 @@ that install's `libs/` is used instead.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import re
 import shutil
@@ -89,27 +90,37 @@ def kafka_classpath() -> str:
     folder = cache_dir() / f"kafka-{BROKER_VERSION}"
     libs, done = folder / "libs", folder / "libs.complete"
     if not done.exists():
-        mvn = shutil.which("mvn")
-        if not mvn:
-            raise ServiceError(f"{install_hint()} (no mvn on PATH)")
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "pom.xml").write_text(POM)
-        shutil.rmtree(libs, ignore_errors=True)
-        print(f"resolving Apache Kafka {BROKER_VERSION} jars from Maven Central into {libs} (once)")
-        result = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(folder / "pom.xml"),
-             "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise ServiceError(
-                "Maven could not fetch the Kafka broker jars:\n"
-                + (result.stdout + result.stderr)[-2000:]
-            )
-        done.write_text(BROKER_VERSION)
+        # Two first starts at once (a test session beside `services up`) resolve once: the second
+        # waits for the first instead of emptying the folder under it.
+        with open(folder / "resolve.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                resolve_jars(folder, libs)
+                done.write_text(BROKER_VERSION)
     return f"{libs}/*"
+
+
+def resolve_jars(folder: Path, libs: Path) -> None:
+    """The broker's runtime jars from Maven Central into `libs`."""
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise ServiceError(f"{install_hint()} (no mvn on PATH)")
+    (folder / "pom.xml").write_text(POM)
+    shutil.rmtree(libs, ignore_errors=True)
+    print(f"resolving Apache Kafka {BROKER_VERSION} jars from Maven Central into {libs} (once)")
+    result = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(folder / "pom.xml"),
+         "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
+         "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ServiceError(
+            "Maven could not fetch the Kafka broker jars:\n"
+            + (result.stdout + result.stderr)[-2000:]
+        )
 
 
 def make_tls(folder: Path, password: str) -> Path:

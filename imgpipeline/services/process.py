@@ -43,6 +43,21 @@ def alive(pid: int | None) -> bool:
         return True
 
 
+def started_at(pid: int | None) -> float | None:
+    """When a process started, in seconds since the epoch (to the clock tick; the same process always
+    gives the same figure on one boot); None when it is gone or there is no /proc to ask. Tells a
+    process from a later one that was given the same pid."""
+    if not pid:
+        return None
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def read_pid(pidfile: Path) -> int | None:
     try:
         return int(pidfile.read_text().strip())

@@ -19,8 +19,8 @@ from imgpipeline import ConfigError
 from imgpipeline.vision import yaml_file
 
 MAX_DEPTH = 8  # rules, rule, classes: 4 deep
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}\Z")
 # Rules look back at most the hour before the one evaluated (hourly alerts read it, no further).
 WITHIN_AN_HOUR = {"gt": 0, "lt": 3600}
 

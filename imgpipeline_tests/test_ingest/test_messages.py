@@ -36,6 +36,10 @@ def raw(**changes) -> bytes:
     (raw(sha256="not-a-digest"), "does not have the form"),
     (raw(frame_id="../../etc/passwd"), "does not have the form"),
     (raw(source_id="x" * 200), "over the limit of 128"),
+    # `$` would let a trailing newline through: identity checks match the whole text.
+    (raw(frame_id="cam1-000042\n"), "does not have the form"),
+    (raw(source_id="cam1\n"), "does not have the form"),
+    (raw(content_type="image/jpeg\n"), "does not have the form"),
     (raw(schema={"nested": [1, 2]}), "unknown schema version"),
     (b'"just a string"', "not an object"),
     (b"\xff\xfe", "malformed JSON"),

@@ -68,7 +68,8 @@ def test_the_source_comes_from_the_topic_or_the_setting():
     assert source_of("cameras/cam7/frames", "cameras/+/frames", None) == "cam7"
     assert source_of("images/raw", "images/raw", "gate") == "gate"
     for topics, source, says in [(["images/raw"], None, "no `[+]` level"), (["a/#/b"], None, "not an MQTT"),
-                                 (["cameras/+/x"], "../etc", "not a source id")]:
+                                 (["cameras/+/x"], "../etc", "not a source id"),
+                                 (["images/raw"], "gate\n", "not a source id")]:
         with pytest.raises(ConfigError, match=says):
             MqttBridge(None, None, topics, source=source, settings=MqttSettings())
 

@@ -154,3 +154,64 @@ def test_a_killed_worker_fails_its_run_under_run_monitoring(instance, kafka, tmp
         assert [consumer.committed(TopicPartition(kafka.frames_topic, p)) for p in (0, 1)] == [None, None]
     finally:
         consumer.close()
+
+
+def test_a_worker_on_another_host_or_a_reused_pid_is_not_alive(tmp_path):
+    """Run monitoring is not fooled by a pid that is alive but not the run's worker: recorded on another
+    host, or taken by a process that started after the worker (a restart, pids wrapping around). Such a
+    run fails, so retries run it again, instead of holding its partition's run budget forever; the
+    worker that really is there stays running."""
+    import logging
+    import socket
+    import subprocess
+
+    from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
+    from dagster._core.events.log import EventLogEntry
+    from dagster._core.launcher import WorkerStatus
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+
+    from imgpipeline.lib.launcher import HOST_TAG, STARTED_TAG
+    from imgpipeline.services.process import started_at
+
+    stranger = subprocess.Popen(["sleep", "300"])  # alive, and no run's worker
+    pid, here, long_ago = str(stranger.pid), socket.gethostname(), time.time() - 600
+    try:
+        with fresh_instance({"run_launcher": LAUNCHER}) as instance:
+            cases = {
+                "on another host": {PID_TAG: pid, HOST_TAG: f"not-{here}"},
+                "pid taken later": {PID_TAG: pid, HOST_TAG: here, STARTED_TAG: f"{long_ago:.2f}"},
+                "reported, pid taken later": {},
+                "the worker itself": {PID_TAG: pid, HOST_TAG: here,
+                                      STARTED_TAG: f"{started_at(stranger.pid):.2f}"},
+            }
+            runs = {name: create_run_for_test(instance, job_name="detect_frames", tags=tags,
+                                              status=dg.DagsterRunStatus.STARTED)
+                    for name, tags in cases.items()}
+            # A worker launched the default way reports its pid when it starts: ten minutes ago here.
+            reported = runs["reported, pid taken later"]
+            event = DagsterEvent(
+                event_type_value=DagsterEventType.ENGINE_EVENT.value, job_name="detect_frames",
+                message=f"Started process for run (pid: {pid}).",
+                event_specific_data=EngineEventData(metadata={"pid": dg.MetadataValue.text(pid)}))
+            instance.store_event(EventLogEntry(
+                error_info=None, level=logging.DEBUG, user_message=event.message, run_id=reported.run_id,
+                timestamp=long_ago, dagster_event=event))
+
+            launcher = instance.run_launcher
+            health = {name: launcher.check_run_worker_health(run) for name, run in runs.items()}
+            assert {name: h.status for name, h in health.items()} == {
+                "on another host": WorkerStatus.FAILED, "pid taken later": WorkerStatus.FAILED,
+                "reported, pid taken later": WorkerStatus.FAILED, "the worker itself": WorkerStatus.RUNNING}
+            assert f"not-{here}" in health["on another host"].msg
+            assert "belongs to a process started" in health["pid taken later"].msg
+            for run in runs.values():
+                monitor_started_run(instance, None, instance.get_run_record_by_id(run.run_id),
+                                    logging.getLogger("run-monitoring"))
+            failed, started = dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.STARTED
+            assert {name: instance.get_run_by_id(run.run_id).status for name, run in runs.items()} == {
+                "on another host": failed, "pid taken later": failed, "reported, pid taken later": failed,
+                "the worker itself": started}
+    finally:
+        stranger.kill()
+        stranger.wait()
