@@ -57,7 +57,7 @@ def run_checks(*, log=print) -> None:
     log(f"  kafka    ok: {kafka.bootstrap_servers}")
     storage = StorageResource.from_env()
     storage.open().check()
-    log(f"  storage  ok: {storage.uri}")
+    log(f"  storage  ok: {storage.uri} (put-if-absent honoured: a stored frame is never replaced)")
     detector = DetectorResource.from_env()
     path, _ = detector.model_file()
     log(f"  detector ok: {detector.engine} runs {path}")

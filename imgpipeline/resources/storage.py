@@ -177,6 +177,10 @@ class Storage:
         """Raise ConfigError when the root cannot be used."""
         raise NotImplementedError
 
+    def require_conditional_writes(self) -> None:
+        """Raise ConfigError when put_new cannot be trusted to refuse a taken key. A local folder's is a
+        hard link, atomic or failing loudly; an S3 store is asked once."""
+
     def _check_size(self, key: str, size: int, max_bytes: int | None) -> None:
         if max_bytes is not None and size > max_bytes:
             raise BadObject(f"object {key} is {size} bytes, over the limit of {max_bytes}")
@@ -288,12 +292,25 @@ class LocalStorage(Storage):
             self.folder.mkdir(parents=True, exist_ok=True)
             probe = self.folder / ".imgpipeline-write-check"
             probe.write_bytes(b"")
-            probe.unlink()
+            try:  # put-if-absent is a hard link, which fails when the name is taken
+                os.link(probe, probe.with_name(probe.name + ".link"))
+                probe.with_name(probe.name + ".link").unlink()
+            except OSError as exc:
+                raise ConfigError(
+                    f"storage folder {self.folder} is on a filesystem without hard links ({exc.strerror}), "
+                    "which put-if-absent needs (a stored frame is never replaced, alert numbers are given "
+                    "once); point IMGPIPELINE_STORAGE_URI at a local filesystem or S3") from None
+            finally:
+                probe.unlink()
         except OSError as exc:
             raise ConfigError(
                 f"storage folder {self.folder} is not writable ({exc.strerror}); "
                 "fix its permissions or point IMGPIPELINE_STORAGE_URI elsewhere"
             ) from None
+
+
+# Per (endpoint, bucket): whether the store honours put-if-absent, once probed in this process.
+_CONDITIONAL_WRITES: dict[tuple[str | None, str], bool] = {}
 
 
 class S3Storage(Storage):
@@ -335,6 +352,38 @@ class S3Storage(Storage):
         return self.uri(key)
 
     def put_new(self, key: str, data: bytes, *, sha256: str) -> str | None:
+        self.require_conditional_writes()
+        return self._put_if_absent(key, data, sha256)
+
+    def conditional_writes(self) -> bool:
+        """Whether the store refuses to overwrite a key written with put-if-absent (`If-None-Match: *`),
+        as AWS S3 and current S3-compatible stores do; a store that ignores the header overwrites
+        silently. Probed once per process and store with an object of its own, written twice."""
+        import uuid
+
+        where = (self.endpoint_url, self.bucket)
+        if where not in _CONDITIONAL_WRITES:
+            probe = f".imgpipeline-conditional-write-check/{uuid.uuid4().hex}"
+            try:
+                first = self._put_if_absent(probe, b"first", sha256_hex(b"first"))
+                second = self._put_if_absent(probe, b"second", sha256_hex(b"second"))
+            finally:
+                self.delete(probe)
+            _CONDITIONAL_WRITES[where] = first is None and second is not None
+        return _CONDITIONAL_WRITES[where]
+
+    def require_conditional_writes(self) -> None:
+        """Raise ConfigError on a store that ignores put-if-absent: what depends on it (a stored frame is
+        never replaced, alert numbers are given once) refuses to run rather than silently break."""
+        if not self.conditional_writes():
+            where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+            raise ConfigError(
+                f"the S3 store{where} (bucket {self.bucket!r}) ignores conditional writes (`If-None-Match: "
+                "*` overwrote an object it should have refused): frames could be replaced and alert numbers "
+                "given twice, so nothing is written there; use a store that honours it (AWS S3, or an "
+                "S3-compatible server of 2024 or later)")
+
+    def _put_if_absent(self, key: str, data: bytes, sha256: str) -> str | None:
         import time
 
         from botocore.exceptions import ClientError
@@ -415,6 +464,7 @@ class S3Storage(Storage):
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            self.require_conditional_writes()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("404", "NoSuchBucket", "NotFound"):

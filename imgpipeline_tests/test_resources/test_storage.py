@@ -1,3 +1,5 @@
+import contextlib
+import os
 import uuid
 
 import pytest
@@ -5,6 +7,7 @@ import pytest
 from imgpipeline import ConfigError
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.storage import BadObject, sha256_hex
+from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import s3_storage_resource
 
 pytestmark = pytest.mark.integration
@@ -111,3 +114,84 @@ def test_a_key_naming_a_folder_or_too_long_a_name_is_a_bad_object(tmp_path):
     for key in ("frames/cam/2026-11-20", "frames/cam/" + "a" * 300 + ".jpg"):
         with pytest.raises(BadObject, match="cannot be read|does not exist"):
             store.get(key)
+
+
+@contextlib.contextmanager
+def ignoring_put_if_absent(endpoint: str):
+    """An S3 endpoint that ignores `If-None-Match`, as S3-compatible servers before 2024 do: a real HTTP
+    proxy in front of the local endpoint that drops the header from every request."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlparse
+
+    target = urlparse(endpoint)
+
+    class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("if-none-match", "expect")}
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_store_that_ignores_put_if_absent_is_refused_and_replaces_nothing(services, tmp_path):
+    """`imgpipeline check` says whether the store honours put-if-absent; on one that does not, storing a
+    frame and numbering an alert refuse (ConfigError) instead of overwriting."""
+    from imgpipeline.defs.alerts.ledger import Ledger
+    from imgpipeline_tests.test_services.test_postgres import cli
+
+    direct = s3_storage_resource(services)
+    assert direct.open().conditional_writes()
+    with ignoring_put_if_absent(direct.endpoint_url) as endpoint:
+        resource = StorageResource(**{**direct.model_dump(), "endpoint_url": endpoint})
+        store = resource.open()
+        key = f"frames/cam1/2026-11-20/{uuid.uuid4().hex}.jpg"
+        store.put(key, b"the frame")
+        with pytest.raises(ConfigError, match="ignores conditional writes"):
+            store.check()
+        with pytest.raises(ConfigError, match="ignores conditional writes"):
+            store.put_new(key, b"other bytes", sha256=sha256_hex(b"other bytes"))
+        with pytest.raises(ConfigError, match="ignores conditional writes"):
+            Ledger(store).number("rule/cam1/2026-11-20T10")
+        assert store.get(key) == b"the frame"
+        assert store.list("alerts/") == []  # not even a claim
+        assert not [k for k in direct.open().list() if "conditional-write-check" in k]  # probes cleaned up
+
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KAFKA_"))},
+               "IMGPIPELINE_HOME": str(tmp_path), "IMGPIPELINE_STORAGE_URI": resource.uri,
+               "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID,
+               "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET,
+               "KAFKA_BOOTSTRAP_SERVERS": services.kafka.address(services.kafka.ports)}
+        refused = cli("check", env=env, timeout=120)
+        assert refused.returncode != 0 and "ignores conditional writes" in refused.stderr + refused.stdout
+        assert "Traceback" not in refused.stderr
+    honoured = cli("check", env={**env, "AWS_ENDPOINT_URL": direct.endpoint_url}, timeout=120)
+    assert honoured.returncode == 0, honoured.stderr[-2000:]
+    assert "put-if-absent honoured" in honoured.stdout

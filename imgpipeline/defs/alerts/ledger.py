@@ -69,6 +69,7 @@ class Ledger:
         given = self.number_of(key)
         if given is not None:
             return given
+        self.store.require_conditional_writes()  # numbers are given once only where put-if-absent holds
         claim = self._read(self._claim_file(key))
         number = claim["number"] if claim is not None else self._first_free()
         while True:
