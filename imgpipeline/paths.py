@@ -41,6 +41,18 @@ def services_env_file() -> Path:
     return state_dir() / "services.env"
 
 
+def write_services_env(text: str) -> Path:
+    """Write `services.env`, readable by its owner only (it may hold the local services' passwords),
+    whatever mode an earlier one had."""
+    path = services_env_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    return path
+
+
 def env_files() -> list[Path]:
     """The env files settings read, the one that wins first."""
     return [project_home() / ".env", services_env_file()]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from imgpipeline.cli.fetch import fetch_model, fetch_samples
 from imgpipeline.cli.local import local_services, run_checks
-from imgpipeline.paths import services_env_file
+from imgpipeline.paths import write_services_env
 
 
 def prepare_local(log=print):
@@ -28,7 +28,7 @@ def prepare_local(log=print):
     services = local_services()
     for status in services.up(log=log):
         log(f"  {status['name']:<8} ready at {status['address']}")
-    services_env_file().write_text(services.env_file_text())
+    write_services_env(services.env_file_text())
     run_checks(log=lambda line: None)
     return services, resources_from_env(), samples
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from imgpipeline.paths import services_env_file, state_dir
+from imgpipeline.paths import services_env_file, state_dir, write_services_env
 
 
 def local_services(secure_kafka: bool = False):
@@ -22,9 +22,7 @@ def services(args) -> int:
                 f"  {status['name']:<6} ready at {status['address']} "
                 f"(pid {status['pid']}, {status.get('start_s', 0):.1f} s)"
             )
-        env_file = services_env_file()
-        env_file.touch(mode=0o600)  # it may hold the local broker's SASL password
-        env_file.write_text(local.env_file_text(storage=args.storage))
+        env_file = write_services_env(local.env_file_text(storage=args.storage))
         print(f"settings written to {env_file}; the imgpipeline command and definitions read it")
         from imgpipeline.resources import KafkaResource
 

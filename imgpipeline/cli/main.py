@@ -68,7 +68,9 @@ def add_produce(commands) -> None:
     images.add_argument("--sequential", action="store_true",
                         help="frame ids <source>-000001… instead of the file names")
     video = kinds.add_parser("video", help="a video file or an RTSP/HTTP stream")
-    video.add_argument("path", metavar="PATH_OR_RTSP_URL")
+    video.add_argument("path", metavar="PATH_OR_RTSP_URL",
+                       help="a video file, an http(s) or RTSP URL, or env:NAME to read it from the variable "
+                            "NAME (a camera login then stays off the command line)")
     video.add_argument("--fps", type=float, help="sample this many frames per second (default: all)")
     video.add_argument("--max-frames", type=int, help="stop after this many frames")
     video.add_argument("--start-time", help="captured_at of the first frame (ISO 8601; default: now)")

@@ -6,6 +6,7 @@ camera gateway.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -38,14 +39,37 @@ def frames_of(args):
         return (image_frames(folder, args.source, sequential=args.sequential, max_size=max_size),
                 len(image_files(folder)))
     start = datetime.fromisoformat(args.start_time) if args.start_time else None
+    path = video_location(args.path)
     try:
         # A live stream's drops and reconnects are said above the progress bar.
-        frames = video_frames(args.path, args.source, fps=args.fps, max_frames=args.max_frames,
+        frames = video_frames(path, args.source, fps=args.fps, max_frames=args.max_frames,
                               start=start, max_size=max_size,
                               log=lambda line: tqdm.write(line, file=sys.stderr))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    return frames, video_frame_count(args.path, args.fps, args.max_frames)
+    return frames, video_frame_count(path, args.fps, args.max_frames)
+
+
+def video_location(given: str) -> str:
+    """The video's path or URL; `env:NAME` reads it from the variable NAME (the shell, `.env` or
+    `services.env`), so a camera URL with a login never sits on a command line, where `ps` and the
+    shell's history would show it."""
+    if not given.startswith(ENV_PREFIX):
+        return given
+    from imgpipeline.paths import environment
+
+    name = given.removeprefix(ENV_PREFIX)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+        raise ConfigError(f"{given!r}: after {ENV_PREFIX} comes the name of an environment variable, e.g. "
+                          f"{ENV_PREFIX}CAM1_URL")
+    value = environment().get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set: export {name}='rtsp://user:password@camera/stream' (or put it "
+                          f"in .env) before `imgpipeline produce video {ENV_PREFIX}{name}`")
+    return value
+
+
+ENV_PREFIX = "env:"
 
 
 def produce(args) -> int:

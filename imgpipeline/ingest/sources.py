@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import cv2
 
 from imgpipeline.ingest.producer import Frame
+from imgpipeline.redaction import shown_url
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -123,7 +124,7 @@ def file_frames(source: str, source_id: str, *, fps: float | None, max_frames: i
                 start: datetime | None, max_size: tuple[int, int] | None) -> Iterator[Frame]:
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
-        raise ValueError(f"cannot open video {source!r}")
+        raise ValueError(f"cannot open video {shown_url(source)!r}")
     start = start or datetime.now(UTC)
     stream_fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     step_ms = 1000.0 / fps if fps else 0.0
@@ -160,16 +161,6 @@ CAPTURE_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 def is_live(source: str) -> bool:
     """True for a stream URL (rtsp://, udp://, …); False for a file path or an http(s) URL."""
     return urlsplit(source).scheme.lower() in LIVE_SCHEMES
-
-
-def shown(url: str) -> str:
-    """The URL without its user and password (cameras carry them there), for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 class StreamLost(ConnectionError):
@@ -233,7 +224,7 @@ def live_frames(url: str, source_id: str, *, fps: float | None = None,
     wall clock.
     """
     run_id = f"{source_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    safe = shown(url)
+    safe = shown_url(url)
     step_s = 1.0 / fps if fps else 0.0
     next_at = 0.0
     sent = failed = waits = 0

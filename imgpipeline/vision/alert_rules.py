@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imgpipeline import ConfigError
+from imgpipeline.redaction import shown_url
 from imgpipeline.vision import yaml_file
 
 MAX_DEPTH = 8  # rules, rule, classes: 4 deep
@@ -42,7 +43,7 @@ class Webhook(_Strict):
     @classmethod
     def _http(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"{value!r} is not an http:// or https:// address")
+            raise ValueError(f"{shown_url(value, path=False)!r} is not an http:// or https:// address")
         return value
 
     @field_validator("token_env")

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.redaction import redact
 
 KAFKA = "kafka"
 
@@ -88,8 +89,9 @@ def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=ti
             reason = f"HTTP {exc.code}"
             if 300 <= exc.code < 500 and exc.code not in (408, 429):
                 return Delivery(False, attempt, reason + " (final)")
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            # Error text repeats the address, and a webhook's address carries its token.
+            reason = redact(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", webhook.url, paths=False)
         if attempt < attempts:
             sleep(pause)
             pause *= 2

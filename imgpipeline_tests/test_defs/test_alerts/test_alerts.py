@@ -215,6 +215,40 @@ rules: [{{name: r, kind: class, classes: [dog], notify: [down]}}]
     down.close()
 
 
+def test_a_webhook_address_is_never_said(tmp_path, kafka):
+    """A webhook's login and the token in its path or query stay out of every reason, ledger entry,
+    dead-letter header and config error, whatever the failure repeats of the address."""
+    from imgpipeline import ConfigError
+    from imgpipeline.defs.alerts.notify import notify_webhooks
+    from imgpipeline.services.process import free_port
+    from imgpipeline.vision.alert_rules import parse
+
+    secrets = ("pa55-SECRET", "tok-SECRET", "sig-SECRET")
+    closed = free_port()
+    hooks = {  # each fails with text that repeats part of the address
+        "login": f"http://bot:pa55-SECRET@127.0.0.1:{closed}/services/T0/B0/tok-SECRET?sig=sig-SECRET",
+        "control": f"http://127.0.0.1:{closed}/services/T0/tok-SECRET\\x01?sig=sig-SECRET",  # YAML's escape
+        "refused": f"http://127.0.0.1:{closed}/services/T0/tok-SECRET?sig=sig-SECRET",
+    }
+    notify = ", ".join(f'{name}: {{url: "{url}", attempts: 1}}' for name, url in hooks.items())
+    rules = parse(f"notify: {{{notify}}}\nrules: [{{name: r, kind: class, classes: [dog], notify: "
+                  f"[{', '.join(hooks)}]}}]\n".encode())
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    assert notify_webhooks(kafka, Ledger(store), rules, [{"number": 7, "rule": "r"}], lambda env: None) == {
+        "delivered": 0, "dead": 3}
+    deliveries = Ledger(store).deliveries(7)
+    assert set(deliveries) == set(hooks)
+    assert all(d["state"] == "dead" and d["reason"] for d in deliveries.values())
+    assert "control characters" in deliveries["control"]["reason"]  # the client's words, no token
+    letters = read_all(kafka, f"{kafka.alerts_topic}.dlq")
+    said = [json.dumps(deliveries)] + [v.decode("utf-8", "replace") for m in letters for _, v in m.headers]
+    said += [store.get(k).decode() for k in store.list("alerts/")]
+    assert len(letters) == 3 and not [s for s in secrets for text in said if s in text]
+    with pytest.raises(ConfigError) as refused:
+        parse(b'notify: {x: {url: "ftp://bot:pa55-SECRET@host/tok-SECRET"}}\nrules: []\n')
+    assert "ftp://***@host/***" in str(refused.value) and not [s for s in secrets if s in str(refused.value)]
+
+
 CAMERA_RULES = """
 rules:
   - {name: dark, kind: dark}
