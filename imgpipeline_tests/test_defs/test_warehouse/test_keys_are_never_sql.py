@@ -134,13 +134,13 @@ def test_daily_summary_runs_nothing_a_key_says(storage, tmp_path):
 
 
 def test_a_storage_folder_with_quotes_in_its_name(tmp_path, capsys):
-    from imgpipeline.defs.warehouse.sql import connect, query_daily_summary, table_files
+    from imgpipeline.defs.warehouse import sql
 
     storage = StorageResource(uri=str(tmp_path / "o'neil's \"store\"; DROP TABLE x"))
     write_hour(storage)
-    con = connect(storage)
+    con = sql.connect(storage)
     assert con.sql("SELECT count(*) FROM frames").fetchone() == (3,)
-    files = {t: table_files(storage, t, f"dt={DAY}/").paths for t in ("frames", "detections")}
-    summary = query_daily_summary(con, DAY, files["frames"], files["detections"]).fetchall()
+    files = {t: sql.table_files(storage, t, f"dt={DAY}/").paths for t in ("frames", "detections")}
+    summary = sql.query_daily_summary(con, DAY, files["frames"], files["detections"]).fetchall()
     assert len(summary) == 1
     assert capsys.readouterr().err == ""
