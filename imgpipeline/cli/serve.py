@@ -9,6 +9,7 @@ must lie there too), sizes are bounded, and nothing else on the machine is reach
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -40,14 +41,21 @@ class Warehouse:
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._con, self._made = None, 0.0
+        self._refused = ""
 
     def cursor(self):
         from imgpipeline.defs.warehouse.sql import connect
 
         with self._lock:
             if self._con is None or time.monotonic() - self._made > self.refresh_s:
-                self._con, self._made = connect(self.storage), time.monotonic()
+                self._con, self._made = connect(self.storage, report=self._report), time.monotonic()
             return self._con.cursor()
+
+    def _report(self, refused: str) -> None:
+        """Keys not read, said once (not at every refresh) until they change."""
+        if refused != self._refused:
+            self._refused = refused
+            print(refused, file=sys.stderr, flush=True)
 
     def image(self, key: str) -> bytes:
         """An object's bytes, when it lies under the root and is no larger than a frame may be."""

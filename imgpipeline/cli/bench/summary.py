@@ -52,30 +52,30 @@ def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     # Frames spread evenly over two days, 20 sources; detections 5 per frame, 10 classes.
-    con.execute(f"""
+    con.execute("""
         CREATE TABLE fr AS SELECT
             'f' || i AS frame_id, 'cam' || (i % 20) AS source_id,
             TIMESTAMPTZ '2026-11-20 00:00:00+00'
-                + to_milliseconds(i * (172800000 // {frames_n})) AS captured_at,
+                + to_milliseconds(i * (172800000 // $frames)) AS captured_at,
             CASE WHEN i % 50 = 0 THEN 'skipped_dark' WHEN i % 97 = 0 THEN 'error'
                  ELSE 'detected' END AS status,
             640 + (i % 3) * 640 AS width, 360 + (i % 3) * 360 AS height, 20000 + i % 5000 AS bytes,
             (i * 37 % 2550) / 10.0 AS brightness,
             'yolov4-tiny-416' AS model, 'synthetic' AS model_sha256, 'synthetic' AS engine, 'f32' AS precision
-        FROM range({frames_n}) t(i)""")
+        FROM range($frames) t(i)""", {"frames": frames_n})
     classes = ["person", "car", "bicycle", "motorbike", "bus", "truck", "dog", "cat", "bird", "bench"]
-    con.execute(f"""
+    con.execute("""
         CREATE TABLE de AS SELECT
             fr.frame_id, fr.source_id, fr.captured_at, CAST(d AS INTEGER) AS detection_index,
             CAST((hash(fr.frame_id || d) % 10) AS INTEGER) AS class_id,
-            {classes}[CAST((hash(fr.frame_id || d) % 10) AS INTEGER) + 1] AS class_name,
+            $classes[CAST((hash(fr.frame_id || d) % 10) AS INTEGER) + 1] AS class_name,
             round(0.25 + (hash(fr.frame_id || d || 'c') % 7500) / 10000.0, 4) AS confidence,
             -- an object per source and detection slot for a minute, as a tracker would give
             CAST(hash(fr.source_id || '/' || d || '/' || (epoch_ms(fr.captured_at) // 60000)) >> 12
                  AS BIGINT) AS track_id,
             fr.model, fr.model_sha256, fr.engine, fr.precision
         FROM fr, range(5) r(d)
-        LIMIT {rows}""")
+        LIMIT $rows""", {"classes": classes, "rows": rows})
     con.execute("""
         CREATE OR REPLACE TABLE de AS SELECT *, CAST(row_number() OVER (
             PARTITION BY frame_id, class_name ORDER BY confidence DESC, detection_index
@@ -85,12 +85,12 @@ def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
     for day in DAYS:
         for table, name in (("fr", "frames"), ("de", "detections")):
             path = folder / f"{name}-{day}.parquet"
-            con.execute(f"COPY (SELECT * FROM {table} WHERE CAST(captured_at AS DATE) = DATE '{day}' "
-                        f"ORDER BY captured_at) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+            con.sql(f"SELECT * FROM {table} WHERE CAST(captured_at AS DATE) = CAST(? AS DATE) "
+                    "ORDER BY captured_at", params=[day]).write_parquet(str(path), compression="zstd")
             paths[name].append(str(path))
     csv_path = folder / "detections.csv"
-    con.execute(f"COPY (SELECT strftime(captured_at, '%Y-%m-%d') AS day, source_id, class_name, "
-                f"confidence, hour(captured_at) AS hour FROM de) TO '{csv_path}' (HEADER, DELIMITER ',')")
+    con.sql("SELECT strftime(captured_at, '%Y-%m-%d') AS day, source_id, class_name, confidence, "
+            "hour(captured_at) AS hour FROM de").write_csv(str(csv_path), header=True, sep=",")
     return paths, csv_path
 
 
@@ -98,12 +98,12 @@ def duckdb_summary(paths: dict[str, list[str]]) -> dict[str, tuple]:
     """The daily_summary asset's own SQL, one query per day, over the Parquet files."""
     import duckdb
 
-    from imgpipeline.defs.warehouse.sql import daily_summary_sql
+    from imgpipeline.defs.warehouse.sql import query_daily_summary
 
     duck = {}
     for day, frames_path, detections_path in zip(DAYS, paths["frames"], paths["detections"], strict=True):
-        sql = daily_summary_sql(date.fromisoformat(day), [frames_path], [detections_path])
-        result = duckdb.connect().execute("SET TimeZone = 'UTC'").execute(sql)
+        con = duckdb.connect().execute("SET TimeZone = 'UTC'")
+        result = query_daily_summary(con, date.fromisoformat(day), [frames_path], [detections_path])
         names = [column[0] for column in result.description]
         for row in map(lambda values: dict(zip(names, values, strict=True)), result.fetchall()):
             duck[f"{day}|{row['source_id']}|{row['class_name']}"] = (

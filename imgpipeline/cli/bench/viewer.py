@@ -41,11 +41,12 @@ def generate(frames: int, folder: Path) -> None:
         images.append(path.as_uri())
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    captured = f"TIMESTAMPTZ '{DAY} 00:00:00+00' + to_milliseconds(i * (86400000 // {frames}))"
+    captured = "CAST($day AS TIMESTAMPTZ) + to_milliseconds(i * (86400000 // $frames))"
+    # Per table: its SELECT and the values it takes as parameters.
     made = {
-        "frames": f"""
+        "frames": (f"""
             SELECT 'f' || i AS frame_id, 'cam' || (i % 20) AS source_id, 'f' || i || '.jpg' AS file_name,
-                   {images}[i % 8 + 1] AS uri,
+                   $images[i % 8 + 1] AS uri,
                    {captured} AS captured_at, captured_at + INTERVAL 1 SECOND AS ingested_at,
                    captured_at + INTERVAL 3 SECOND AS processed_at,
                    CASE WHEN i % 50 = 0 THEN 'skipped_dark' WHEN i % 97 = 0 THEN 'error' ELSE 'detected' END
@@ -53,28 +54,28 @@ def generate(frames: int, folder: Path) -> None:
                    1280 AS width, 720 AS height, 20000 + i % 50000 AS bytes,
                    (i * 37 % 2550) / 10.0 AS brightness,
                    5 AS object_count, 'frames' AS topic, 0 AS partition, i AS offset
-            FROM range({frames}) t(i)""",
-        "detections": f"""
+            FROM range($frames) t(i)""", {"day": DAY, "frames": frames, "images": images}),
+        "detections": (f"""
             SELECT 'f' || i AS frame_id, 'cam' || (i % 20) AS source_id,
                    {captured} AS captured_at, d AS detection_index,
                    CAST(hash(i, d) % 10 AS INTEGER) AS class_id,
-                   {CLASSES}[CAST(hash(i, d) % 10 AS INTEGER) + 1] AS class_name,
+                   $classes[CAST(hash(i, d) % 10 AS INTEGER) + 1] AS class_name,
                    0.25 + (hash(i, d, 'c') % 7500) / 10000.0 AS confidence, 1 AS class_rank,
                    100 * d AS x, 100 AS y, 80 AS w, 160 AS h,
                    CAST(hash(i % 20, d, i // 300) >> 12 AS BIGINT) AS track_id
-            FROM range({frames}) t(i), range(5) r(d)""",
-        "alerts": f"""
+            FROM range($frames) t(i), range(5) r(d)""", {"day": DAY, "frames": frames, "classes": CLASSES}),
+        "alerts": ("""
             SELECT n + 1 AS number,
-                   TIMESTAMPTZ '{DAY} 00:00:00+00' + to_milliseconds(n * 288000) AS fired_at,
+                   CAST($day AS TIMESTAMPTZ) + to_milliseconds(n * 288000) AS fired_at,
                    date_trunc('hour', fired_at) AS hour_start, 'cam' || (n % 20) AS source_id,
                    'person-on-road' AS rule, 'zone_enter' AS kind, 'critical' AS severity,
                    'person entered zone road' AS detail, 'f' || (n * 333) AS frame_id,
                    ['f' || (n * 333)] AS frame_ids, 'bench-' || n AS alert_key
-            FROM range(300) t(n)""",
+            FROM range(300) t(n)""", {"day": DAY}),
     }
-    for table, select in made.items():
+    for table, (select, values) in made.items():
         schema = SCHEMAS[table]
-        con.execute(f"CREATE TABLE {table} AS {select}")
+        con.execute(f"CREATE TABLE {table} AS {select}", values)
         have = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
         columns = ", ".join(
             f'CAST({chr(34) + f.name + chr(34) if f.name in have else "NULL"} AS {duckdb_type(f.type)}) '
@@ -83,8 +84,8 @@ def generate(frames: int, folder: Path) -> None:
             path = folder / f"warehouse/{table}/dt={DAY}/hour={hour:02d}/part-0.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             time_column = "fired_at" if table == "alerts" else "captured_at"
-            con.execute(f"COPY (SELECT {columns} FROM {table} WHERE hour({time_column}) = {hour} "
-                        f"ORDER BY {time_column}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+            con.sql(f"SELECT {columns} FROM {table} WHERE hour({time_column}) = ? ORDER BY {time_column}",
+                    params=[hour]).write_parquet(str(path), compression="zstd")
 
 
 PAGES = [

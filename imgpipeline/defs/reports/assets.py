@@ -49,7 +49,7 @@ def daily_report(context: dg.AssetExecutionContext, storage: StorageResource, tr
                  alert_rules: AlertsResource):
     """The day's report, written under reports/daily/."""
     store = storage.open()
-    con = connect(storage)
+    con = connect(storage, report=context.log.warning)
     sizes, alert_count = {}, 0
     for day in days_in(context.partition_time_window):
         day_alerts = queries.alerts(con, day)

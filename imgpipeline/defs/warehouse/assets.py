@@ -7,6 +7,7 @@ every partition in it, so re-materializing gives the same rows in the same order
 from datetime import date
 
 import dagster as dg
+import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
@@ -83,24 +84,21 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     yield from checks.check_results(failures, len(hours))
 
 
-def summarize_day(con, storage: StorageResource, day: date, failures: dict):
-    """One day's summary: computed by DuckDB over the hourly Parquet, stored, read back and checked."""
+def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> tuple[pa.Table, list[str]]:
+    """One day's summary: computed by DuckDB over the hourly Parquet, stored, read back and checked;
+    with the keys of that day refused as not of the layout (not read)."""
     store = storage.open()
-    keys = {
-        table: [k for k in store.list(f"warehouse/{table}/dt={day}/") if k.endswith(".parquet")]
-        for table in ("frames", "detections")
-    }
-    paths = {t: [sql.scan_path(storage, k) for k in ks] for t, ks in keys.items()}
-    result = con.execute(sql.daily_summary_sql(day, paths["frames"], paths["detections"]))
+    files = {table: sql.table_files(storage, table, f"dt={day}/") for table in ("frames", "detections")}
+    result = sql.query_daily_summary(con, day, files["frames"].paths, files["detections"].paths)
     table = result.to_arrow_table().cast(wh.DAILY_SUMMARY_SCHEMA)
     store.put(wh.daily_key("daily_summary", day), wh.to_parquet(table))
     stored = wh.from_parquet(store.get(wh.daily_key("daily_summary", day)))
     if problems := checks.schema_problems(stored, wh.DAILY_SUMMARY_SCHEMA):
         failures["daily_summary", "schema_as_declared"][str(day)] = problems
-    hourly = {t: wh.concat([wh.from_parquet(store.get(k)) for k in ks], t) for t, ks in keys.items()}
+    hourly = {t: wh.concat([wh.from_parquet(store.get(k)) for k in f.keys], t) for t, f in files.items()}
     if problems := checks.summary_mismatch(stored, hourly["frames"], hourly["detections"]):
         failures["daily_summary", "totals_match_hourly"][str(day)] = problems
-    return stored
+    return stored, [k for f in files.values() for k in f.refused]
 
 
 @dg.asset(
@@ -117,16 +115,20 @@ def daily_summary(context: dg.AssetExecutionContext, storage: StorageResource, d
     brightness and frame-size distribution, share of dark and errored frames (DuckDB over the
     hourly Parquet)."""
     days = days_in(context.partition_time_window)
-    total_rows, failures, preview = 0, checks.no_failures("daily_summary"), None
+    total_rows, failures, preview, refused = 0, checks.no_failures("daily_summary"), None, []
     with duckdb.get_connection() as con:
         sql.prepare_connection(con, storage)
         for day in days:
-            stored = summarize_day(con, storage, day, failures)
+            stored, refused_keys = summarize_day(con, storage, day, failures)
             total_rows += stored.num_rows
             preview = stored if preview is None or stored.num_rows else preview
+            refused += refused_keys
+    if refused:
+        context.log.warning(sql.refused_message(refused))
     yield dg.MaterializeResult(metadata={
         "rows": dg.MetadataValue.int(total_rows),
         "days": len(days),
+        "refused_keys": dg.MetadataValue.int(len(refused)),
         "preview": dg.MetadataValue.md(sql.markdown_table(preview.drop_columns(["objects_per_hour"]))
                                        if preview is not None else "(empty)"),
     })

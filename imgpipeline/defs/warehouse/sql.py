@@ -2,16 +2,30 @@
 
 DuckDB reads the Parquet files where they lie: local paths, or s3:// URIs through httpfs loaded
 from its PyPI package (no download at run time).
+
+No string from outside becomes SQL text: storage keys, paths, days and settings go in as bound
+parameters or as values of DuckDB's Python API, and only keys of the warehouse layout are read at all
+(`table_files`); any other key is refused and reported.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
 
-from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY, SCHEMAS, TS
+from imgpipeline.defs.warehouse.tables import (
+    DETECTIONS_SCHEMA,
+    FRAMES_SCHEMA,
+    IDENTITY,
+    SCHEMAS,
+    TS,
+    is_table_key,
+)
 from imgpipeline.resources.settings import resolved
 
 
@@ -32,7 +46,7 @@ def prepare_connection(con, storage) -> None:
     location = storage.location
     if location.scheme != "s3":
         return
-    con.execute(f"LOAD '{httpfs_extension()}'")
+    con.load_extension(str(httpfs_extension()))  # a path, given as a value
     options, values = ["REGION ?"], [storage.region]
     key_id, secret = resolved(storage.access_key_id), resolved(storage.secret_access_key)
     if key_id:
@@ -47,29 +61,53 @@ def prepare_connection(con, storage) -> None:
     con.execute(f"CREATE OR REPLACE SECRET imgpipeline_s3 (TYPE s3, {', '.join(options)})", values)
 
 
-def scan_path(storage, key: str) -> str:
-    """What DuckDB reads for a key: a local path or an s3:// URI."""
+@dataclass(frozen=True)
+class TableFiles:
+    """A table's files: their keys, what DuckDB reads for each (a local path or an s3:// URI, in the
+    same order), and the keys under the table's folder refused as not of the layout."""
+
+    keys: list[str]
+    paths: list[str]
+    refused: list[str]
+
+
+def table_files(storage, table: str, folder: str = "") -> TableFiles:
+    """The one place storage keys become what DuckDB reads: the keys under `warehouse/<table>/<folder>`,
+    each checked against the layout. A key of any other shape (a quote, a newline, a glob character, a
+    stray copy) is refused for the caller to report, and never read."""
     store = storage.open()
+    listed = store.list(f"warehouse/{table}/{folder}")
+    keys = [k for k in listed if is_table_key(table, k)]
     if storage.location.scheme == "file":
-        return str(store.folder / key)
-    return store.uri(key)
+        paths = [str(store.folder / k) for k in keys]
+    else:
+        paths = [store.uri(k) for k in keys]
+    return TableFiles(keys, paths, [k for k in listed if not is_table_key(table, k)])
+
+
+def refused_message(refused: list[str]) -> str:
+    """Keys refused by table_files, each quoted (a newline in a key cannot forge a line of the report)."""
+    shown = ", ".join(repr(k) for k in refused[:10])
+    more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+    return (f"{len(refused)} objects under warehouse/ not read: their keys are not of the warehouse "
+            f"layout (docs/contracts.md): {shown}{more}")
 
 
 def create_views(con, storage) -> list[str]:
-    """Views `frames`, `detections`, `daily_summary` over every Parquet file of each table."""
-    store = storage.open()
-    created = []
+    """Views `frames`, `detections`, `daily_summary`, … over every Parquet file of each table; returns
+    the keys refused (table_files). A view cannot take parameters, so the file list goes in through
+    DuckDB's Python API as a value, never as SQL text."""
+    refused = []
     for table, schema in SCHEMAS.items():
-        keys = [k for k in store.list(f"warehouse/{table}/") if k.endswith(".parquet")]
-        if keys:
-            paths = ", ".join(f"'{scan_path(storage, k)}'" for k in keys)
+        files = table_files(storage, table)
+        refused += files.refused
+        if files.paths:
             # By name: hours written before a column was added read it as NULL.
-            source = f"read_parquet([{paths}], hive_partitioning = true, union_by_name = true)"
+            source = con.read_parquet(files.paths, hive_partitioning=True, union_by_name=True)
         else:
-            source = _empty_select(schema)
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {source}")
-        created.append(table)
-    return created
+            source = con.sql(f"SELECT * FROM {_empty_select(schema)}")
+        source.create_view(table, replace=True)
+    return refused
 
 
 def duckdb_type(arrow_type: pa.DataType) -> str:
@@ -85,22 +123,33 @@ def _empty_select(schema: pa.Schema) -> str:
     return f"(SELECT {columns}, CAST(NULL AS DATE) AS dt, CAST(NULL AS VARCHAR) AS hour WHERE false)"
 
 
-def daily_summary_sql(day: date, frames_paths: list[str], detections_paths: list[str]) -> str:
-    """DuckDB SQL for one day's summary per source × detector identity × class over the hourly
-    Parquet files (frames of unknown identity, landed before it was recorded, group together)."""
-    def source(paths, schema):
-        return (f"read_parquet([{', '.join(repr(p) for p in paths)}], union_by_name = true)" if paths
-                else _empty_select(schema))
+def query_daily_summary(con, day: date, frames_paths: list[str], detections_paths: list[str]):
+    """One day's summary per source × detector identity × class over the hourly Parquet files (frames
+    of unknown identity, landed before it was recorded, group together): DuckDB's result. The day and
+    the file lists are bound parameters."""
+    params: dict = {"day": day}
 
+    def source(name, paths, schema):
+        if not paths:
+            return _empty_select(schema)
+        params[name] = paths
+        return f"read_parquet(${name}, union_by_name = true)"
+
+    sql = _daily_summary_sql(source("frames", frames_paths, FRAMES_SCHEMA),
+                             source("detections", detections_paths, DETECTIONS_SCHEMA))
+    return con.execute(sql, params)
+
+
+def _daily_summary_sql(frames_source: str, detections_source: str) -> str:
     # Hours by epoch arithmetic (the data is UTC): much cheaper than hour() on TIMESTAMPTZ.
     hour = "CAST((epoch_ms(captured_at) // 3600000) % 24 AS INTEGER)"
     identity = ", ".join(IDENTITY)
     same = " AND ".join(f"s.{name} IS NOT DISTINCT FROM c.{name}" for name in ("source_id", *IDENTITY))
     return f"""
-    WITH fr AS (SELECT * FROM {source(frames_paths, FRAMES_SCHEMA)}),
-         de AS (SELECT * FROM {source(detections_paths, DETECTIONS_SCHEMA)}),
+    WITH fr AS (SELECT * FROM {frames_source}),
+         de AS (SELECT * FROM {detections_source}),
     per_source AS (
-        SELECT source_id, {identity}, DATE '{day.isoformat()}' AS day, count(*) AS frames,
+        SELECT source_id, {identity}, CAST($day AS DATE) AS day, count(*) AS frames,
                avg(brightness) AS mean_brightness,
                quantile_cont(brightness, 0.1) AS p10_brightness,
                quantile_cont(brightness, 0.5) AS p50_brightness,
@@ -186,11 +235,17 @@ ORDER BY o.source_id, o.unique_objects DESC, o.class_name, l.line
 """
 
 
-def connect(storage):
-    """A DuckDB connection with the warehouse views over whichever storage is configured."""
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def connect(storage, report: Callable[[str], None] = _to_stderr):
+    """A DuckDB connection with the warehouse views over whichever storage is configured; keys refused
+    as not of the layout are reported (on stderr unless `report` says where)."""
     import duckdb
 
     con = duckdb.connect(":memory:")
     prepare_connection(con, storage)
-    create_views(con, storage)
+    if refused := create_views(con, storage):
+        report(refused_message(refused))
     return con

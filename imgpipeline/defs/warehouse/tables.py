@@ -8,6 +8,7 @@ summary at `warehouse/daily_summary/dt=YYYY-MM-DD/part-0.parquet`, on the local 
 from __future__ import annotations
 
 import io
+import re
 from datetime import date, datetime
 
 import pyarrow as pa
@@ -101,6 +102,22 @@ def counts_key(hour: datetime, zones_sha256: str | None) -> str:
 
 def daily_key(table: str, day: date) -> str:
     return f"warehouse/{table}/dt={day.isoformat()}/part-0.parquet"
+
+
+# The shape of every key the three functions above write: what a reader of the warehouse accepts.
+_DAY, _HOUR = "dt=[0-9]{4}-[0-9]{2}-[0-9]{2}", "hour=[0-9]{2}"
+_KEY_SHAPES = {
+    "daily_summary": f"{_DAY}/part-0\\.parquet",
+    "object_counts": f"{_DAY}/{_HOUR}/zones-(?:[0-9a-f]{{12}}|none)\\.parquet",
+}
+_HOURLY_SHAPE = f"{_DAY}/{_HOUR}/part-0\\.parquet"
+
+
+def is_table_key(table: str, key: str) -> bool:
+    """Whether `key` is one of `table`'s Parquet files exactly as hourly_key, counts_key and daily_key
+    name them (nothing else under the table's folder is read)."""
+    shape = _KEY_SHAPES.get(table, _HOURLY_SHAPE)
+    return re.fullmatch(f"warehouse/{re.escape(table)}/{shape}", key) is not None
 
 
 def to_parquet(table: pa.Table) -> bytes:

@@ -186,7 +186,7 @@ def test_checks_fail_on_a_duplicate_or_a_missing_frame():
 def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
     import duckdb
 
-    from imgpipeline.defs.warehouse.sql import daily_summary_sql
+    from imgpipeline.defs.warehouse.sql import query_daily_summary
 
     records = [
         {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
@@ -201,8 +201,7 @@ def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
     frames.write_bytes(tables.to_parquet(tables.frames_table(records)))
     detections.write_bytes(tables.to_parquet(tables.detections_table(records)))
     assert set(tables.detections_table(records).column("engine").to_pylist()) == {"openvino", "opencv"}
-    sql = daily_summary_sql(date(2026, 11, 21), [str(frames)], [str(detections)])
-    result = duckdb.connect().execute(sql)
+    result = query_daily_summary(duckdb.connect(), date(2026, 11, 21), [str(frames)], [str(detections)])
     names = [c[0] for c in result.description]
     rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
     assert names[:7] == ["day", "source_id", "model", "model_sha256", "engine", "precision", "class_name"]
@@ -232,6 +231,9 @@ def test_the_s3_secret_never_appears_in_sql_text():
         def execute(self, sql, *params):
             self.statements.append(sql)
             return self.con.execute(sql, *params)
+
+        def __getattr__(self, name):  # the rest of the API (load_extension) takes no SQL text
+            return getattr(self.con, name)
 
     storage = StorageResource(uri="s3://bucket/prefix", endpoint_url="http://127.0.0.1:9",
                               access_key_id="key-id-1", secret_access_key="top-secret-value")
