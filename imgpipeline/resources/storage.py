@@ -95,8 +95,10 @@ def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret:
     )
 
 
-CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-                    "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
+CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                    "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
+ARCHIVED = "InvalidObjectState"  # in an archive storage class (Glacier): restore it to read it
+READ_CHECK = ".imgpipeline-read-check"
 # errno values that say a key names no readable object (as opposed to a failing disk or root).
 NOT_AN_OBJECT = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
 
@@ -369,19 +371,42 @@ class S3Storage(Storage):
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise BadObject(f"object {key} does not exist in {self.root_uri}") from None
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            code = exc.response.get("Error", {}).get("Code")
-            # An answer about this object; not one about our credentials (they fail the run, or every
-            # frame would be dead-lettered while a key is expired), nor throttling.
-            if 400 <= status < 500 and status not in (401, 403, 408, 429) and code not in CREDENTIAL_CODES:
+            code = exc.response.get("Error", {}).get("Code") or ""
+            if self._refused_alone(code, status):
                 reason = f"object {key} cannot be read from {self.root_uri}: {code} ({status})"
                 raise BadObject(reason) from None
-            raise  # the service's problem (5xx, throttling): the caller's environment fails
+            raise  # the store's problem (credentials, 5xx, throttling): the caller's environment fails
         body = response["Body"]
         self._check_size(key, response["ContentLength"], max_bytes)
         try:
             return body.read()
         finally:
             body.close()
+
+    def _refused_alone(self, code: str, status: int) -> bool:
+        """Whether an error reading one object is that object's: it is archived, or the store denies it
+        (a key policy, a KMS key) while it reads others. Never our credentials (they fail the run, or
+        every frame would be dead-lettered while a key is expired), nor throttling."""
+        if code == ARCHIVED:
+            return True
+        if code == "AccessDenied" or code.startswith("KMS."):
+            # About this object (a policy denying its key, a KMS key we may not use) or about every one
+            # (no s3:GetObject at all, the bucket's KMS key disabled): the store tells which.
+            return self.reads()
+        return 400 <= status < 500 and status not in (401, 403, 408, 429) and code not in CREDENTIAL_CODES
+
+    def reads(self) -> bool:
+        """Whether the store reads at all: an object of our own, written and read back. Asked after
+        each denial, so credentials revoked mid-run fail the run instead of dead-lettering the rest."""
+        from botocore.exceptions import ClientError
+
+        probe = self._object_key(READ_CHECK)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
+            self.client.get_object(Bucket=self.bucket, Key=probe)["Body"].close()
+        except ClientError:
+            return False
+        return True
 
     def size(self, key: str) -> int | None:
         head = self._head(key)

@@ -111,3 +111,34 @@ def test_a_key_naming_a_folder_or_too_long_a_name_is_a_bad_object(tmp_path):
     for key in ("frames/cam/2026-11-20", "frames/cam/" + "a" * 300 + ".jpg"):
         with pytest.raises(BadObject, match="cannot be read|does not exist"):
             store.get(key)
+
+
+def test_an_object_the_store_refuses_alone_is_a_bad_object(services):
+    from imgpipeline_tests.conftest import s3_user
+
+    with s3_user(services, denied=["frames/denied.jpg"]) as resource:
+        store = resource.open()
+        for name in ("ok", "denied"):
+            store.put(f"frames/{name}.jpg", name.encode())
+        store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/frames/archived.jpg", Body=b"cold",
+                                StorageClass="GLACIER")
+        assert store.get("frames/ok.jpg") == b"ok"
+        with pytest.raises(BadObject, match=r"frames/denied.jpg cannot be read .*: AccessDenied \(403\)"):
+            store.get("frames/denied.jpg")
+        with pytest.raises(BadObject, match=r"frames/archived.jpg cannot be read .*: InvalidObjectState"):
+            store.get("frames/archived.jpg")
+
+
+def test_a_store_that_refuses_every_read_is_no_object_s_fault(services):
+    from botocore.exceptions import ClientError
+
+    from imgpipeline_tests.conftest import s3_user
+
+    with s3_user(services, denied=["*"]) as resource:
+        store = resource.open()
+        store.put("frames/a.jpg", b"a")
+        with pytest.raises(ClientError, match="AccessDenied"):
+            store.get("frames/a.jpg")
+        stranger = StorageResource(**{**resource.model_dump(), "access_key_id": "AKIA" + "0" * 16}).open()
+        with pytest.raises(ClientError, match="InvalidAccessKeyId"):
+            stranger.get("frames/a.jpg")
