@@ -372,7 +372,7 @@ class S3Storage(Storage):
                 raise BadObject(f"object {key} does not exist in {self.root_uri}") from None
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             code = exc.response.get("Error", {}).get("Code") or ""
-            if self._refused_alone(code, status):
+            if self.refused_alone(code, status):
                 reason = f"object {key} cannot be read from {self.root_uri}: {code} ({status})"
                 raise BadObject(reason) from None
             raise  # the store's problem (credentials, 5xx, throttling): the caller's environment fails
@@ -383,7 +383,7 @@ class S3Storage(Storage):
         finally:
             body.close()
 
-    def _refused_alone(self, code: str, status: int) -> bool:
+    def refused_alone(self, code: str, status: int) -> bool:
         """Whether an error reading one object is that object's: it is archived, or the store denies it
         (a key policy, a KMS key) while it reads others. Never our credentials (they fail the run, or
         every frame would be dead-lettered while a key is expired), nor throttling."""

@@ -5,7 +5,7 @@ import pytest
 from imgpipeline import ConfigError
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.storage import BadObject, sha256_hex
-from imgpipeline_tests.conftest import s3_storage_resource
+from imgpipeline_tests.conftest import s3_storage_resource, s3_user
 
 pytestmark = pytest.mark.integration
 
@@ -114,8 +114,6 @@ def test_a_key_naming_a_folder_or_too_long_a_name_is_a_bad_object(tmp_path):
 
 
 def test_an_object_the_store_refuses_alone_is_a_bad_object(services):
-    from imgpipeline_tests.conftest import s3_user
-
     with s3_user(services, denied=["frames/denied.jpg"]) as resource:
         store = resource.open()
         for name in ("ok", "denied"):
@@ -132,8 +130,6 @@ def test_an_object_the_store_refuses_alone_is_a_bad_object(services):
 def test_a_store_that_refuses_every_read_is_no_object_s_fault(services):
     from botocore.exceptions import ClientError
 
-    from imgpipeline_tests.conftest import s3_user
-
     with s3_user(services, denied=["*"]) as resource:
         store = resource.open()
         store.put("frames/a.jpg", b"a")
@@ -142,3 +138,13 @@ def test_a_store_that_refuses_every_read_is_no_object_s_fault(services):
         stranger = StorageResource(**{**resource.model_dump(), "access_key_id": "AKIA" + "0" * 16}).open()
         with pytest.raises(ClientError, match="InvalidAccessKeyId"):
             stranger.get("frames/a.jpg")
+
+
+def test_a_kms_refusal_is_one_object_s_while_the_store_reads(services):
+    # moto keeps an object's KMS key id but never asks KMS on a read, so no read of it is refused: the
+    # refusal's code is given here, and whether the store still reads is asked of the endpoint.
+    with s3_user(services, denied=[]) as resource:
+        assert resource.open().refused_alone("KMS.DisabledException", 400)
+    with s3_user(services, denied=["*"]) as resource:
+        assert not resource.open().refused_alone("KMS.DisabledException", 400)
+        assert not resource.open().refused_alone("AccessDenied", 403)

@@ -346,8 +346,9 @@ RECORD_FRAMING = 128  # Kafka's bytes around one record's key and value in a bat
 # replaced by their size and sha256: the key, each header's name and value. The reason is cut instead.
 MAX_PART_BYTES = 1024
 MAX_REASON_BYTES = 8192
-MAX_HEADERS = 100  # listed in a letter; beyond them, only their number (so a letter without the
-# original value stays under ~220 KB, and the value's base64 decides the rest)
+# Headers listed in a letter; of the rest, only their number. So a letter without the original value
+# stays under ~220 KB, and whether the value's base64 fits decides the rest.
+MAX_HEADERS = 100
 
 
 def origin(incoming: Incoming) -> str:

@@ -16,6 +16,7 @@ from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
+from imgpipeline_tests.conftest import s3_user
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import landing_files, landing_records
 from imgpipeline_tests.test_vision.test_vision import png_declaring
@@ -402,8 +403,6 @@ def test_letters_of_two_messages_never_share_a_key(kafka, local):
 def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services):
     """A key the store's policy denies and an archived object are their frames' errors; a store that
     refuses every read fails the run, and nothing lands or is committed."""
-    from imgpipeline_tests.conftest import s3_user
-
     denied, archived = frame_key("cam9", WHEN, "denied"), frame_key("cam9", WHEN, "archived")
     with s3_user(services, denied=[denied]) as storage:
         store = storage.open()
