@@ -95,10 +95,13 @@ def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret:
     )
 
 
-CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-                    "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
+# S3 answers about the store or the request, never one object: our credentials (or every frame would be
+# dead-lettered while a key is expired), the bucket, the clock, throttling.
+STORE_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+               "TokenRefreshRequired", "AuthorizationHeaderMalformed", "NoSuchBucket", "AllAccessDisabled",
+               "AccountProblem", "RequestTimeTooSkewed", "RequestTimeout", "SlowDown"}
 ARCHIVED = "InvalidObjectState"  # in an archive storage class (Glacier): restore it to read it
-READ_CHECK = ".imgpipeline-read-check"
+READ_CHECK = ".imgpipeline-read-check"  # the object of our own that tells whether a store reads
 # errno values that say a key names no readable object (as opposed to a failing disk or root).
 NOT_AN_OBJECT = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
 
@@ -384,29 +387,37 @@ class S3Storage(Storage):
             body.close()
 
     def refused_alone(self, code: str, status: int) -> bool:
-        """Whether an error reading one object is that object's: it is archived, or the store denies it
-        (a key policy, a KMS key) while it reads others. Never our credentials (they fail the run, or
-        every frame would be dead-lettered while a key is expired), nor throttling."""
+        """Whether an S3 error reading one object is that object's: it is archived, or it is refused
+        (a policy denying its key, a KMS key we may not use, any other 4xx) while the store reads an
+        object of its own. A store that refuses every read, and answers about the store, are not."""
         if code == ARCHIVED:
             return True
-        if code == "AccessDenied" or code.startswith("KMS."):
-            # About this object (a policy denying its key, a KMS key we may not use) or about every one
-            # (no s3:GetObject at all, the bucket's KMS key disabled): the store tells which.
-            return self.reads()
-        return 400 <= status < 500 and status not in (401, 403, 408, 429) and code not in CREDENTIAL_CODES
+        if code in STORE_CODES or status in (408, 429) or not 400 <= status < 500:
+            return False
+        return self.reads()
 
     def reads(self) -> bool:
-        """Whether the store reads at all: an object of our own, written and read back. Asked after
-        each denial, so credentials revoked mid-run fail the run instead of dead-lettering the rest."""
+        """Whether the store reads at all: READ_CHECK read back (written first when it cannot be). Asked
+        after each refusal, so credentials revoked mid-run fail the run instead of dead-lettering the
+        rest of it."""
         from botocore.exceptions import ClientError
 
         probe = self._object_key(READ_CHECK)
+
+        def read() -> bool:
+            try:
+                self.client.get_object(Bucket=self.bucket, Key=probe)["Body"].close()
+            except ClientError:
+                return False
+            return True
+
+        if read():
+            return True
         try:
             self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
-            self.client.get_object(Bucket=self.bucket, Key=probe)["Body"].close()
         except ClientError:
             return False
-        return True
+        return read()
 
     def size(self, key: str) -> int | None:
         head = self._head(key)

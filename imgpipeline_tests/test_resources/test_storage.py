@@ -138,6 +138,10 @@ def test_a_store_that_refuses_every_read_is_no_object_s_fault(services):
         stranger = StorageResource(**{**resource.model_dump(), "access_key_id": "AKIA" + "0" * 16}).open()
         with pytest.raises(ClientError, match="InvalidAccessKeyId"):
             stranger.get("frames/a.jpg")
+    gone = StorageResource(**{**s3_storage_resource(services).model_dump(),
+                              "uri": f"s3://gone-{uuid.uuid4().hex[:8]}/x"}).open()
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        gone.get("frames/a.jpg")
 
 
 def test_a_kms_refusal_is_one_object_s_while_the_store_reads(services):

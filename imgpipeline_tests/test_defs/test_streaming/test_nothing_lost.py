@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -16,7 +17,7 @@ from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
-from imgpipeline_tests.conftest import s3_user
+from imgpipeline_tests.conftest import s3_storage_resource, s3_user
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import landing_files, landing_records
 from imgpipeline_tests.test_vision.test_vision import png_declaring
@@ -402,7 +403,7 @@ def test_letters_of_two_messages_never_share_a_key(kafka, local):
 
 def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services):
     """A key the store's policy denies and an archived object are their frames' errors; a store that
-    refuses every read fails the run, and nothing lands or is committed."""
+    refuses every read, or a bucket gone, fails the run: nothing lands, is dead-lettered or committed."""
     denied, archived = frame_key("cam9", WHEN, "denied"), frame_key("cam9", WHEN, "archived")
     with s3_user(services, denied=[denied]) as storage:
         store = storage.open()
@@ -429,3 +430,15 @@ def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services
         assert not result.success
         assert "AccessDenied" in result.get_step_failure_events()[0].event_specific_data.error.cause.message
         assert landing_files(storage) == {} and committed(kafka) == 4
+        assert len(dead_letters(kafka)) == 2  # a frame that is retried is no bad input
+
+    # The bucket gone: the run fails before a letter is written.
+    gone = StorageResource(**{**s3_storage_resource(services).model_dump(),
+                              "uri": f"s3://gone-{uuid.uuid4().hex[:8]}/x"})
+    uri = gone.open().uri(frame_key("cam9", WHEN, "d"))
+    send(kafka, [(FrameMessage("d", "cam9", STAMP, uri, None, None, None).to_json(), [])])
+    with fresh_instance() as instance:
+        result = run(kafka, gone, instance, 5, 6)
+    assert not result.success
+    assert "NoSuchBucket" in result.get_step_failure_events()[0].event_specific_data.error.cause.message
+    assert len(dead_letters(kafka)) == 2 and committed(kafka) == 4
