@@ -3,16 +3,19 @@ launchers as `imgpipeline services`, on their own ports and folders."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
-from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET
+from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET, REGION
 
 # Settings of the shell or a running `services up` that must not reach the tests.
 _ISOLATED = ("KAFKA_BOOTSTRAP_SERVERS", "IMGPIPELINE_STORAGE_URI", "AWS_ENDPOINT_URL",
@@ -124,3 +127,39 @@ def storage(request, tmp_path) -> StorageResource:
     if request.param == "local":
         return StorageResource(uri=(tmp_path / "store").as_uri())
     return s3_storage_resource(request.getfixturevalue("services"))
+
+
+@contextmanager
+def s3_user(services, denied: list[str]) -> Iterator[StorageResource]:
+    """Storage on the S3 endpoint as a user of its own, allowed everything but reading the `denied`
+    keys (patterns relative to a fresh root). Meanwhile the endpoint checks every request's signature
+    and permissions as AWS does (moto's IAM emulation), so the session's own login is refused."""
+    import boto3
+
+    endpoint, prefix, user = services.s3.address(services.s3.ports), uuid.uuid4().hex[:8], uuid.uuid4().hex
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=LOCAL_KEY_ID,
+                       aws_secret_access_key=LOCAL_SECRET)
+    iam.create_user(UserName=user)
+    login = iam.create_access_key(UserName=user)["AccessKey"]
+    statements = [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]
+    if denied:
+        statements.append({"Effect": "Deny", "Action": "s3:GetObject",
+                           "Resource": [f"arn:aws:s3:::{BUCKET}/{prefix}/{key}" for key in denied]})
+    iam.put_user_policy(UserName=user, PolicyName="reader", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": statements}))
+    checks_after(endpoint, "0")
+    try:
+        yield StorageResource(uri=f"s3://{BUCKET}/{prefix}", endpoint_url=endpoint,
+                              access_key_id=login["AccessKeyId"], secret_access_key=login["SecretAccessKey"])
+    finally:
+        checks_after(endpoint, "inf")
+
+
+def checks_after(endpoint: str, requests: str) -> None:
+    """moto's switch: the endpoint checks signatures and permissions after this many more requests."""
+    from urllib.request import Request, urlopen
+
+    switch = Request(f"{endpoint}/moto-api/reset-auth", data=requests.encode(),
+                     headers={"Content-Type": "text/plain"})
+    with urlopen(switch, timeout=10) as answer:
+        assert answer.status == 200

@@ -14,6 +14,7 @@ from imgpipeline.resources.settings import FromEnv, env_name, one_of, resolved, 
 CONSUMER_GROUP = "imgpipeline-detect"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+MESSAGE_BYTES = 1_048_588  # Kafka's default max.message.bytes
 
 
 class KafkaResource(FromEnv, dg.ConfigurableResource):
@@ -204,14 +205,16 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                         log(f"topic {self.frames_topic}: {have} → {partitions} partitions; sources' new "
                             "frames may go to another partition from now on")
             # The DLQs and alerts are compacted: letters are keyed by origin and alerts by number, so a
-            # retried run's second letter (or alert) replaces the first.
+            # retried run's second letter (or alert) replaces the first. They take messages up to
+            # Kafka's default limit even on a cluster set lower: a dead letter is bounded below it.
             wanted = [
                 # The broker's append time dates a frame's arrival whatever the producer's clock says:
                 # it is the frame's ingested_at, and its wait under overload.
                 NewTopic(self.frames_topic, partitions, 1,
                          topic_configs={"message.timestamp.type": "LogAppendTime"})
                 if name == self.frames_topic
-                else NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})
+                else NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact",
+                                                         "max.message.bytes": str(MESSAGE_BYTES)})
                 for name in (self.frames_topic, self.dlq_topic, self.alerts_topic, f"{self.alerts_topic}.dlq")
                 if name not in existing
             ]

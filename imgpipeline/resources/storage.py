@@ -95,8 +95,13 @@ def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret:
     )
 
 
-CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-                    "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
+# S3 answers about the store or the request, never one object: our credentials (or every frame would be
+# dead-lettered while a key is expired), the bucket, the clock, throttling.
+STORE_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+               "TokenRefreshRequired", "AuthorizationHeaderMalformed", "NoSuchBucket", "AllAccessDisabled",
+               "AccountProblem", "RequestTimeTooSkewed", "RequestTimeout", "SlowDown"}
+ARCHIVED = "InvalidObjectState"  # in an archive storage class (Glacier): restore it to read it
+READ_CHECK = ".imgpipeline-read-check"  # the object of our own that tells whether a store reads
 # errno values that say a key names no readable object (as opposed to a failing disk or root).
 NOT_AN_OBJECT = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
 
@@ -418,19 +423,50 @@ class S3Storage(Storage):
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise BadObject(f"object {key} does not exist in {self.root_uri}") from None
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            code = exc.response.get("Error", {}).get("Code")
-            # An answer about this object; not one about our credentials (they fail the run, or every
-            # frame would be dead-lettered while a key is expired), nor throttling.
-            if 400 <= status < 500 and status not in (401, 403, 408, 429) and code not in CREDENTIAL_CODES:
+            code = exc.response.get("Error", {}).get("Code") or ""
+            if self.refused_alone(code, status):
                 reason = f"object {key} cannot be read from {self.root_uri}: {code} ({status})"
                 raise BadObject(reason) from None
-            raise  # the service's problem (5xx, throttling): the caller's environment fails
+            raise  # the store's problem (credentials, 5xx, throttling): the caller's environment fails
         body = response["Body"]
         self._check_size(key, response["ContentLength"], max_bytes)
         try:
             return body.read()
         finally:
             body.close()
+
+    def refused_alone(self, code: str, status: int) -> bool:
+        """Whether an S3 error reading one object is that object's: it is archived, or it is refused
+        (a policy denying its key, a KMS key we may not use, any other 4xx) while the store reads an
+        object of its own. A store that refuses every read, and answers about the store, are not."""
+        if code == ARCHIVED:
+            return True
+        if code in STORE_CODES or status in (408, 429) or not 400 <= status < 500:
+            return False
+        return self.reads()
+
+    def reads(self) -> bool:
+        """Whether the store reads at all: READ_CHECK read back (written first when it cannot be). Asked
+        after each refusal, so credentials revoked mid-run fail the run instead of dead-lettering the
+        rest of it."""
+        from botocore.exceptions import ClientError
+
+        probe = self._object_key(READ_CHECK)
+
+        def read() -> bool:
+            try:
+                self.client.get_object(Bucket=self.bucket, Key=probe)["Body"].close()
+            except ClientError:
+                return False
+            return True
+
+        if read():
+            return True
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
+        except ClientError:
+            return False
+        return read()
 
     def size(self, key: str) -> int | None:
         head = self._head(key)

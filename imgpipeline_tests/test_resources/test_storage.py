@@ -8,7 +8,7 @@ from imgpipeline import ConfigError
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.storage import BadObject, sha256_hex
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
-from imgpipeline_tests.conftest import s3_storage_resource
+from imgpipeline_tests.conftest import s3_storage_resource, s3_user
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +195,44 @@ def test_a_store_that_ignores_put_if_absent_is_refused_and_replaces_nothing(serv
     honoured = cli("check", env={**env, "AWS_ENDPOINT_URL": direct.endpoint_url}, timeout=120)
     assert honoured.returncode == 0, honoured.stderr[-2000:]
     assert "put-if-absent honoured" in honoured.stdout
+
+
+def test_an_object_the_store_refuses_alone_is_a_bad_object(services):
+    with s3_user(services, denied=["frames/denied.jpg"]) as resource:
+        store = resource.open()
+        for name in ("ok", "denied"):
+            store.put(f"frames/{name}.jpg", name.encode())
+        store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/frames/archived.jpg", Body=b"cold",
+                                StorageClass="GLACIER")
+        assert store.get("frames/ok.jpg") == b"ok"
+        with pytest.raises(BadObject, match=r"frames/denied.jpg cannot be read .*: AccessDenied \(403\)"):
+            store.get("frames/denied.jpg")
+        with pytest.raises(BadObject, match=r"frames/archived.jpg cannot be read .*: InvalidObjectState"):
+            store.get("frames/archived.jpg")
+
+
+def test_a_store_that_refuses_every_read_is_no_object_s_fault(services):
+    from botocore.exceptions import ClientError
+
+    with s3_user(services, denied=["*"]) as resource:
+        store = resource.open()
+        store.put("frames/a.jpg", b"a")
+        with pytest.raises(ClientError, match="AccessDenied"):
+            store.get("frames/a.jpg")
+        stranger = StorageResource(**{**resource.model_dump(), "access_key_id": "AKIA" + "0" * 16}).open()
+        with pytest.raises(ClientError, match="InvalidAccessKeyId"):
+            stranger.get("frames/a.jpg")
+    gone = StorageResource(**{**s3_storage_resource(services).model_dump(),
+                              "uri": f"s3://gone-{uuid.uuid4().hex[:8]}/x"}).open()
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        gone.get("frames/a.jpg")
+
+
+def test_a_kms_refusal_is_one_object_s_while_the_store_reads(services):
+    # moto keeps an object's KMS key id but never asks KMS on a read, so no read of it is refused: the
+    # refusal's code is given here, and whether the store still reads is asked of the endpoint.
+    with s3_user(services, denied=[]) as resource:
+        assert resource.open().refused_alone("KMS.DisabledException", 400)
+    with s3_user(services, denied=["*"]) as resource:
+        assert not resource.open().refused_alone("KMS.DisabledException", 400)
+        assert not resource.open().refused_alone("AccessDenied", 403)

@@ -37,7 +37,6 @@ from imgpipeline.defs.streaming.processing import (
     Shedding,
     ahead,
     dead_letter,
-    origin,
     read_range,
     uri_messages,
 )
@@ -108,7 +107,8 @@ def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, st
     consumer = kafka.consumer(auto_offset_reset="none")
     name = range_name(topic, config.partition, config.start_offset, config.end_offset, config.generation)
     gaps: list[tuple[int, int]] = []  # filled by read_range as it reads
-    incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset, gaps)
+    incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset, gaps,
+                          generation=config.generation)
     return FrameSource(name, incoming, consumer, gaps)
 
 
@@ -165,9 +165,8 @@ class Batch:
     def dead_letter(self, prepared: Prepared) -> None:
         # A DLQ that cannot be reached fails the run within 15 s instead of blocking for a minute.
         self.producer = self.producer or self.kafka.producer(max_block_ms=15_000)
-        self.letters.append(self.producer.send(
-            self.kafka.dlq_topic, key=origin(prepared.incoming).encode(),
-            value=dead_letter(prepared.incoming, prepared.error, self.context.run_id)))
+        key, letter = dead_letter(prepared.incoming, prepared.error, self.context.run_id)
+        self.letters.append(self.producer.send(self.kafka.dlq_topic, key=key, value=letter))
         prepared.dead_lettered = True
         self.counts["dlq"] += 1
         self.context.log.warning(f"offset {prepared.incoming.offset}: {prepared.error} (sent to DLQ)")

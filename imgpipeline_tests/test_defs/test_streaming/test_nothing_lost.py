@@ -3,8 +3,10 @@ log cannot give, retention gaps, replays, two cameras with the same file names."
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -15,6 +17,7 @@ from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
+from imgpipeline_tests.conftest import s3_storage_resource, s3_user
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import landing_files, landing_records
 from imgpipeline_tests.test_vision.test_vision import png_declaring
@@ -292,3 +295,150 @@ def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
         assert run(kafka, local, instance, 2, 4).success  # what the daemon does with the request
         assert tick(waited).run_requests == [] and json.loads(tick(waited).cursor) == {}
     assert sorted(r["frame_id"] for r in landing_records(local)) == ["f0", "f1", "f2", "f3"]
+
+
+def test_hostile_letters_stay_bounded_and_the_batch_lands(kafka, local):
+    """A 5 MB key and header set of characters JSON escapes twelvefold and a value just under the DLQ's
+    limit, from a frames topic that takes 16 MB messages: each letter fits the DLQ, the batch lands."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from imgpipeline.defs.streaming.processing import MAX_DEAD_LETTER_BYTES
+
+    admin = kafka.admin()
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, kafka.frames_topic,
+                                            configs={"max.message.bytes": str(16 * 2**20)})])
+    finally:
+        admin.close()
+    store = local.open()
+    smile = "\U0001f600"  # four bytes of UTF-8, twelve once JSON-escaped (a surrogate pair)
+    key = (smile * 300_000).encode()
+    headers = [(f"h{i}" + "\x00" * 200, (smile * 10_000).encode()) for i in range(100)]
+    big = b"\xff\xd8" + os.urandom(1_048_000)
+    producer = kafka.producer(max_request_size=32 * 2**20)
+    for message_key, value, message_headers in [
+        (b"cam9", *good_frame(store, "a")),
+        (key, b"{not json", headers),
+        (b"cam9", *good_frame(store, "b")),
+        (b"cam9", big, FrameMessage("big", "cam9", STAMP, None, None, None, None).to_headers()),
+        (b"cam9", *good_frame(store, "c")),
+    ]:
+        producer.send(kafka.frames_topic, key=message_key, value=value, headers=message_headers, partition=0)
+    producer.flush()
+    producer.close()
+
+    with fresh_instance() as instance:
+        assert run(kafka, local, instance, 0, 5).success
+    statuses = {r["offset"]: r["status"] for r in landing_records(local)}
+    assert statuses == {0: "detected", 1: "error", 2: "detected", 3: "error", 4: "detected"}
+    letters = dead_letters(kafka)
+    assert all(len(r.key) + len(r.value) <= MAX_DEAD_LETTER_BYTES for r in letters)
+    hostile, oversized = (json.loads(r.value) for r in sorted(letters, key=lambda r: r.offset))
+    assert hostile["reason"].startswith("malformed JSON")
+    assert hostile["key"] == {"bytes": len(key), "sha256": sha256_hex(key)}
+    assert hostile["headers"] == [[{"bytes": len(name), "sha256": sha256_hex(name.encode())},
+                                   {"bytes": len(value), "sha256": sha256_hex(value)}]
+                                  for name, value in headers]
+    assert base64.b64decode(hostile["value_base64"]) == b"{not json"
+    assert (oversized["value_base64"], oversized["value_bytes"]) == (None, len(big))
+    assert oversized["value_sha256"] == sha256_hex(big)
+
+
+def test_a_letter_is_measured_as_sent_and_uses_its_room():
+    from imgpipeline.defs.streaming.processing import (
+        MAX_DEAD_LETTER_BYTES,
+        RECORD_FRAMING,
+        Incoming,
+        dead_letter,
+    )
+
+    key = ("\x01" * 2_000_000).encode()
+    headers = [("h", b"\x00" * 5_000_000)] + [(f"n{i}", ("\U0001f600" * 200).encode()) for i in range(300)]
+    incoming = Incoming("frames", 0, 7, key, b"{", headers, None)
+    record_key, value = dead_letter(incoming, "\x00" * 1_000_000, "run")
+    letter = json.loads(value)
+    assert len(record_key) + len(value) + RECORD_FRAMING <= MAX_DEAD_LETTER_BYTES
+    assert letter["reason"].startswith("\x00" * 1000) and letter["reason"].endswith("…")
+    assert letter["key"] == {"bytes": len(key), "sha256": sha256_hex(key)}
+    assert letter["headers"][0] == ["h", {"bytes": 5_000_000, "sha256": sha256_hex(b"\x00" * 5_000_000)}]
+    assert len(letter["headers"]) == 100 and letter["headers_omitted"] == 201
+    assert letter["value_base64"] == base64.b64encode(b"{").decode()
+
+    # Values around the bound: each letter fits, and the largest values that fit are still carried.
+    def letter_of(size: int) -> tuple[int, bool]:
+        incoming = Incoming("frames", 0, 7, b"cam9", b"x" * size, [], None)
+        record_key, value = dead_letter(incoming, "bad", "run")
+        return len(record_key) + len(value) + RECORD_FRAMING, json.loads(value)["value_base64"] is not None
+
+    sizes = [letter_of(size) for size in range(749_600, 750_000)]
+    assert all(sent <= MAX_DEAD_LETTER_BYTES for sent, _ in sizes)
+    assert sizes[0][1] and not sizes[-1][1]
+    assert max(sent for sent, carried in sizes if carried) > MAX_DEAD_LETTER_BYTES - 4
+
+
+def test_letters_of_two_messages_never_share_a_key(kafka, local):
+    """Explicit-URI runs and the generations of a re-created topic reuse positions; their letters'
+    keys do not, so a compacted DLQ keeps one letter per message. A retried run's letter replaces its
+    first one."""
+    store = local.open()
+    missing = [store.uri(frame_key("cam9", WHEN, f"missing-{i}")) for i in range(2)]
+    send(kafka, [(b"{not json", [])])
+    with fresh_instance() as instance:
+        for uris in ([missing[0]], [missing[1]], [missing[0]]):  # the last one: the first run retried
+            assert detect_frames.execute_in_process(
+                run_config={"ops": {"detect": {"config": {"uris": uris}}}}, instance=instance,
+                resources={"kafka": kafka, "storage": local, "detector": DetectorResource()}).success
+        for generation in (0, 1, 1):
+            assert run(kafka, local, instance, 0, 1, generation=generation).success
+    letters = dead_letters(kafka)
+    keys = [r.key for r in letters]
+    assert len(keys) == 6 and len(set(keys)) == 4
+    assert keys[0] == keys[2] and keys[4] == keys[5]
+    compacted = {r.key: json.loads(r.value) for r in letters}  # what compaction keeps: the last per key
+    reasons = [letter["reason"] for letter in compacted.values()]
+    assert [sum(f"{name}.jpg does not exist" in reason for reason in reasons)
+            for name in ("missing-0", "missing-1")] == [1, 1]
+    assert sum(reason.startswith("malformed JSON") for reason in reasons) == 2  # generations 0 and 1
+
+
+def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services):
+    """A key the store's policy denies and an archived object are their frames' errors; a store that
+    refuses every read, or a bucket gone, fails the run: nothing lands, is dead-lettered or committed."""
+    denied, archived = frame_key("cam9", WHEN, "denied"), frame_key("cam9", WHEN, "archived")
+    with s3_user(services, denied=[denied]) as storage:
+        store = storage.open()
+        frames = [good_frame(store, name) for name in ("a", "denied", "archived", "b")]
+        store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/{archived}",
+                                Body=sample("zidane.jpg").read_bytes(), StorageClass="GLACIER")
+        send(kafka, frames)
+        with fresh_instance() as instance:
+            assert run(kafka, storage, instance, 0, 4).success
+        records = {r["frame_id"]: r for r in landing_records(storage)}
+        assert {name: r["status"] for name, r in records.items()} == {
+            "a": "detected", "denied": "error", "archived": "error", "b": "detected"}
+        assert "AccessDenied" in records["denied"]["error"]
+        assert "InvalidObjectState" in records["archived"]["error"]
+        reasons = {json.loads(r.value)["offset"]: json.loads(r.value)["reason"] for r in dead_letters(kafka)}
+        assert reasons == {1: records["denied"]["error"], 2: records["archived"]["error"]}
+        assert committed(kafka) == 4
+
+    with s3_user(services, denied=["*"]) as storage:
+        store = storage.open()
+        send(kafka, [good_frame(store, "c")])
+        with fresh_instance() as instance:
+            result = run(kafka, storage, instance, 4, 5)
+        assert not result.success
+        assert "AccessDenied" in result.get_step_failure_events()[0].event_specific_data.error.cause.message
+        assert landing_files(storage) == {} and committed(kafka) == 4
+        assert len(dead_letters(kafka)) == 2  # a frame that is retried is no bad input
+
+    # The bucket gone: the run fails before a letter is written.
+    gone = StorageResource(**{**s3_storage_resource(services).model_dump(),
+                              "uri": f"s3://gone-{uuid.uuid4().hex[:8]}/x"})
+    uri = gone.open().uri(frame_key("cam9", WHEN, "d"))
+    send(kafka, [(FrameMessage("d", "cam9", STAMP, uri, None, None, None).to_json(), [])])
+    with fresh_instance() as instance:
+        result = run(kafka, gone, instance, 5, 6)
+    assert not result.success
+    assert "NoSuchBucket" in result.get_step_failure_events()[0].event_specific_data.error.cause.message
+    assert len(dead_letters(kafka)) == 2 and committed(kafka) == 4
