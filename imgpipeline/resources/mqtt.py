@@ -26,6 +26,10 @@ class MqttSettings(FromEnv, BaseModel):
                                    secret=True)
     cafile: str | None = setting("IMGPIPELINE_MQTT_CAFILE", None,
                                  "PEM file of the broker's CA: TLS to the broker", shown="no TLS")
+    max_payload_bytes: int = setting(
+        "IMGPIPELINE_MQTT_MAX_PAYLOAD_BYTES", 20_000_000,
+        "the bridge dead-letters a larger MQTT payload with its size and sha256 (never stored or sent as a "
+        "frame) and goes on", ge=1)
 
     @field_validator("broker")
     @classmethod
