@@ -16,7 +16,8 @@ CLIENT_ID_REFUSED = 133
 
 
 class MqttSettings(FromEnv, BaseModel):
-    """Where the MQTT broker is and how the bridge logs in (the password from the environment only)."""
+    """Where the MQTT broker is, how the bridge logs in (the password from the environment only) and the
+    largest payload it takes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,8 +29,8 @@ class MqttSettings(FromEnv, BaseModel):
                                  "PEM file of the broker's CA: TLS to the broker", shown="no TLS")
     max_payload_bytes: int = setting(
         "IMGPIPELINE_MQTT_MAX_PAYLOAD_BYTES", 20_000_000,
-        "the bridge dead-letters a larger MQTT payload with its size and sha256 (never stored or sent as a "
-        "frame) and goes on", ge=1)
+        "the bridge dead-letters a larger MQTT payload (never stored or sent as a frame), acknowledges it "
+        "and goes on", ge=1)
 
     @field_validator("broker")
     @classmethod

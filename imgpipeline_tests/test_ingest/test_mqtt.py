@@ -59,12 +59,6 @@ def images(n: int, tag: str) -> list[bytes]:
     return found
 
 
-@pytest.fixture
-def mqtt(services) -> MqttSettings:
-    assert services.mqtt.running(), "mosquitto is not running: apt-get install mosquitto (.ci/run does)"
-    return MqttSettings(broker=services.mqtt.address(services.mqtt.ports))
-
-
 def test_the_source_comes_from_the_topic_or_the_setting():
     assert source_of("cameras/cam7/frames", "cameras/+/frames", None) == "cam7"
     assert source_of("images/raw", "images/raw", "gate") == "gate"
