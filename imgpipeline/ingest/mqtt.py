@@ -261,8 +261,8 @@ class MqttBridge:
         return source, Frame(frame_id, message.payload, captured, width, height)
 
     def _forward(self, client, taken: list[Received]) -> bool:
-        """Send a batch on and acknowledge what is settled; False when some of it waits for Kafka (or came on
-        an earlier connection) and must be delivered again."""
+        """Send a batch on and acknowledge what is settled; False when some of it waits for Kafka and must be
+        delivered again (to a new connection)."""
         current = [m for m in taken if m.connection == self.connection]
         if len(current) < len(taken):
             self.log(f"bridge: {len(taken) - len(current)} messages came on an earlier connection; not "
@@ -300,7 +300,8 @@ class MqttBridge:
         settled, unsent = self._dead_letter(letters)
         for message in done + settled:
             self._ack(client, message)
-        return not (waiting or unsent or len(current) < len(taken))
+        # Messages of an earlier connection need no new one: the current connection was sent them again.
+        return not (waiting or unsent)
 
     def _dead_letter(self, letters: list[tuple[Received, str]]) -> tuple[list[Received], int]:
         """Send each message's dead letter to `<frames topic>.dlq`; the messages whose letter Kafka

@@ -161,9 +161,13 @@ class FrameProducer:
             try:
                 self.producer.flush(timeout=self.kafka.delivery_bound_s)
             except KafkaTimeoutError:
-                # The client kept a send unanswered past its own delivery timeout: it lost track of it.
-                # Closing it fails what it still holds; the next send opens a fresh one.
-                self.producer.close(timeout=0)
+                # The client kept a send unanswered past its own delivery timeout: it lost track of it. It is
+                # abandoned without waiting (its close flushes first, and says it timed out); what it held
+                # counts as failed below, and the next send opens a fresh one.
+                try:
+                    self.producer.close(timeout=0)
+                except KafkaTimeoutError:
+                    pass
                 self.producer = None
         acknowledged = []
         for frame_id, digest, future in self._pending:
