@@ -7,6 +7,22 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
+def mqtt_letter(topic: str, payload: bytes, reason: str, sender: str) -> tuple[bytes, bytes]:
+    """The dead letter (key, value) of an MQTT message the bridge cannot forward, in the run path's format:
+    `topic` is the MQTT topic, partition and offset are -1 (not read from Kafka). The key is the topic and
+    the payload's sha256, so the letter of a message delivered again replaces the first in the compacted
+    DLQ."""
+    import time
+
+    from imgpipeline.defs.streaming.processing import Incoming, dead_letter
+    from imgpipeline.ingest.messages import sha256_hex
+
+    incoming = Incoming(topic, -1, -1, None, payload, [], int(time.time() * 1000))
+    key = f"mqtt-{sha256_hex(topic.encode())[:16]}-{sha256_hex(payload)}"
+    _, value = dead_letter(incoming, reason, sender)  # keyed by the MQTT message, not a Kafka offset
+    return key.encode(), value
+
+
 def bridge(args) -> int:
     import signal
 
@@ -18,7 +34,7 @@ def bridge(args) -> int:
     settings = MqttSettings.from_env(**overrides)
     kafka = KafkaResource.from_env()
     kafka.ensure_topics()
-    bridge = MqttBridge(kafka, StorageResource.from_env(), args.topic, source=args.source,
+    bridge = MqttBridge(kafka, StorageResource.from_env(), args.topic, letter=mqtt_letter, source=args.source,
                         client_id=args.client_id, settings=settings)
     def ready():
         print(f"bridge: subscribed to {', '.join(args.topic)} at {settings.broker} → Kafka "

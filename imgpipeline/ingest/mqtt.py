@@ -25,6 +25,9 @@ from imgpipeline.ingest.messages import FRAME_ID, iso_utc, parse_time, sha256_he
 from imgpipeline.ingest.producer import Frame, FrameProducer, ledger_for
 
 TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?\Z")
+# After a batch some of which Kafka did not take, the bridge connects again after this pause, doubled
+# while it goes on failing.
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
 
 
 def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
@@ -68,14 +71,25 @@ class Received:
     topic: str
     topic_filter: str
     payload: bytes
+    connection: int  # the connection that delivered it: a packet id names this message on that one only
+
+
+class Refused(Exception):
+    """A message that cannot become a frame; str(exc) is the reason its dead letter gives."""
 
 
 class MqttBridge:
-    """Subscribes, stores and sends, then acknowledges; `run` until stopped or `limit` messages."""
+    """Subscribes, stores and sends, then acknowledges; `run` until stopped or `limit` messages.
 
-    def __init__(self, kafka, storage, topics: list[str], *, source: str | None = None,
-                 client_id: str = "imgpipeline-bridge", settings=None,
-                 batch: int = 25, log=print):
+    A message is acknowledged only once it is settled: its frame acknowledged by Kafka, or its dead letter
+    (a payload over the size limit, a topic level that is no source id) acknowledged by Kafka. A frame
+    Kafka did not take (broker away past the delivery timeout, a missing permission) is not acknowledged:
+    the bridge connects again, after a pause, and the MQTT broker delivers it again. Acknowledgements go
+    to the connection that delivered the message only: packet ids start over on a new connection.
+    """
+
+    def __init__(self, kafka, storage, topics: list[str], *, letter, source: str | None = None,
+                 client_id: str = "imgpipeline-bridge", settings=None, batch: int = 25, log=print):
         for topic in topics:
             if not topic or not TOPIC_FILTER.match(topic):
                 raise ConfigError(f"{topic!r} is not an MQTT topic filter")
@@ -86,12 +100,19 @@ class MqttBridge:
             raise ConfigError(f"--source {source!r} is not a source id ({FRAME_ID.pattern})")
         self.kafka, self.storage, self.topics, self.source = kafka, storage, topics, source
         self.client_id, self.batch, self.log = client_id, batch, log
-        self.settings = settings  # resources.mqtt.MqttSettings: the broker, the login, TLS
+        self.settings = settings  # resources.mqtt.MqttSettings: the broker, the login, TLS, the payload limit
+        # (topic, payload, reason, sender) → the dead letter's (key, value): the run path's format, which
+        # the code location owns (cli.bridge.mqtt_letter)
+        self.letter = letter
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.settled = threading.Event()  # the subscriptions confirmed, or `failure` says why not
         self.answered, self.failure = False, None
         self.producers: dict[str, FrameProducer] = {}
+        self.letters = None  # the producer of the bridge's own dead letters, opened on the first
         self.forwarded = 0
+        # Counts connections and their ends, so a message of an earlier connection is known as such; the
+        # lock keeps an acknowledgement from going out once the connection that delivered it is gone.
+        self.connection, self.connection_lock = 0, threading.Lock()
         # Monotonic times of this run's first message taken and of Kafka's acknowledgement of its last.
         self.first_at: float | None = None
         self.acked_at: float | None = None
@@ -100,6 +121,10 @@ class MqttBridge:
         if self.failure is None:
             self.failure = why
         self.settled.set()
+
+    def _next_connection(self) -> None:
+        with self.connection_lock:
+            self.connection += 1
 
     def _client(self):
         import paho.mqtt.client as mqtt
@@ -111,9 +136,11 @@ class MqttBridge:
             if reason_code.is_failure:
                 self._fail(self.settings.refusal(reason_code))
                 return
+            self._next_connection()
             client.subscribe([(topic, 1) for topic in self.topics])
 
         def on_disconnect(client, userdata, flags, reason_code, properties):
+            self._next_connection()
             if not self.answered:  # e.g. a TLS listener that got no TLS
                 self._fail(self.settings.closed_early(reason_code))
 
@@ -127,30 +154,44 @@ class MqttBridge:
 
         def on_message(client, userdata, message):
             topic_filter = next((t for t in self.topics if mqtt.topic_matches_sub(t, message.topic)), "")
-            self.inbox.put(Received(message.mid, message.topic, topic_filter, bytes(message.payload)))
+            self.inbox.put(Received(message.mid, message.topic, topic_filter, bytes(message.payload),
+                                    self.connection))
 
         client.on_connect, client.on_disconnect = on_connect, on_disconnect
         client.on_subscribe, client.on_message = on_subscribe, on_message
         return client
 
-    def run(self, limit: int | None = None, idle_s: float | None = None, ready=None) -> int:
-        """Forward messages until `limit` were forwarded or nothing came for `idle_s` seconds; `ready` is
-        called once the broker confirmed the subscriptions (from then on nothing published is missed).
-        A broker that refuses the login, the TLS handshake or the subscriptions raises a ConfigError that
-        says what to fix."""
-        self.producers, self.journals, self.forwarded = {}, {}, 0
-        self.first_at = self.acked_at = None
+    def _connect(self):
+        """A connected client whose subscriptions the broker confirmed; ConfigError says what to fix."""
         self.answered, self.failure = False, None
         self.settled.clear()
         client = self._client()
         self.settings.connect(client)
         client.loop_start()
+        if not self.settled.wait(30):
+            client.loop_stop()
+            raise ConfigError(f"the MQTT broker at {self.settings.broker} did not confirm the "
+                              f"subscriptions to {', '.join(self.topics)} within 30 s")
+        if self.failure:
+            client.loop_stop()
+            raise ConfigError(self.failure)
+        return client
+
+    def _disconnect(self, client) -> None:
+        client.loop_stop()
+        client.disconnect()
+        self._next_connection()  # whatever that connection delivered is not acknowledged any more
+
+    def run(self, limit: int | None = None, idle_s: float | None = None, ready=None) -> int:
+        """Forward messages until `limit` were acknowledged or nothing came for `idle_s` seconds; `ready` is
+        called once the broker confirmed the subscriptions (from then on nothing published is missed).
+        A broker that refuses the login, the TLS handshake or the subscriptions raises a ConfigError that
+        says what to fix."""
+        self.producers, self.journals, self.forwarded = {}, {}, 0
+        self.first_at = self.acked_at = None
+        client = self._connect()
+        pause = RECONNECT_FIRST_S
         try:
-            if not self.settled.wait(30):
-                raise ConfigError(f"the MQTT broker at {self.settings.broker} did not confirm the "
-                                  f"subscriptions to {', '.join(self.topics)} within 30 s")
-            if self.failure:
-                raise ConfigError(self.failure)
             if ready is not None:
                 ready()
             last = time.monotonic()
@@ -164,13 +205,25 @@ class MqttBridge:
                     continue
                 last = time.monotonic()
                 self.first_at = self.first_at or last
-                self._forward(client, taken)
-                self.acked_at = time.monotonic()
+                if self._forward(client, taken):
+                    self.acked_at, pause = time.monotonic(), RECONNECT_FIRST_S
+                    continue
+                # What Kafka did not take waits in the MQTT session; a broker sends it again only to a new
+                # connection.
+                self.log(f"bridge: connecting to the MQTT broker again in {pause:g} s, to be sent what is "
+                         "not acknowledged")
+                self._disconnect(client)
+                time.sleep(pause)
+                pause = min(RECONNECT_MAX_S, pause * 2)
+                client = self._connect()
+                last = time.monotonic()
         finally:
             for producer in self.producers.values():
                 producer.close()
-            client.loop_stop()
-            client.disconnect()
+            if self.letters is not None:
+                self.letters.close()
+                self.letters = None
+            self._disconnect(client)
         return self.forwarded
 
     def _take(self) -> list[Received]:
@@ -183,35 +236,95 @@ class MqttBridge:
             pass
         return taken
 
-    def _forward(self, client, taken: list[Received]) -> None:
+    def _frame(self, message: Received) -> tuple[str, Frame]:
+        """The source and frame of a message; Refused says why it can be none (its dead letter's reason)."""
         from imgpipeline.vision.quality import UndecodableImage, header_size
 
-        for message in taken:
+        limit = self.settings.max_payload_bytes
+        if len(message.payload) > limit:
+            raise Refused(f"payload of {len(message.payload):,} bytes is over the bridge's limit "
+                          f"({self.settings.env_setting('max_payload_bytes')})")
+        source = source_of(message.topic, message.topic_filter, self.source)
+        if not FRAME_ID.match(source):
+            raise Refused(f"topic {message.topic!r}: the level {source!r} is not a source id "
+                          f"({FRAME_ID.pattern})")
+        try:
+            width, height = header_size(message.payload)
+        except UndecodableImage:
+            width = height = None  # not an image: the run says so (an error record and a dead letter)
+        digest = sha256_hex(message.payload)
+        frame_id = f"{source}-{digest[:20]}"
+        if source not in self.journals:
+            self.journals[source] = Journal(ledger_for(self.kafka.frames_topic, source).path
+                                            .with_suffix(".captured"))
+        captured = self.journals[source].captured(frame_id)
+        return source, Frame(frame_id, message.payload, captured, width, height)
+
+    def _forward(self, client, taken: list[Received]) -> bool:
+        """Send a batch on and acknowledge what is settled; False when some of it waits for Kafka and must be
+        delivered again (to a new connection)."""
+        current = [m for m in taken if m.connection == self.connection]
+        if len(current) < len(taken):
+            self.log(f"bridge: {len(taken) - len(current)} messages came on an earlier connection; not "
+                     "acknowledged there, the broker delivers them again")
+        done, letters, frames = [], [], []
+        for message in current:
             if not message.topic_filter:
                 # The persistent session kept a subscription of an earlier run with other --topic
                 # values: nothing of this run asked for it, so it is acknowledged and dropped.
                 self.log(f"bridge: topic {message.topic!r} matches none of {', '.join(self.topics)} "
                          "(a subscription kept from an earlier run); dropped")
+                done.append(message)
                 continue
-            source = source_of(message.topic, message.topic_filter, self.source)
-            if not FRAME_ID.match(source):
-                self.log(f"bridge: topic {message.topic!r}: {source!r} is not a source id; dropped")
+            try:
+                source, frame = self._frame(message)
+            except Refused as why:
+                letters.append((message, str(why)))
                 continue
             producer = self.producers.get(source)
             if producer is None:
                 producer = self.producers[source] = FrameProducer(self.kafka, self.storage, source)
-                self.journals[source] = Journal(ledger_for(self.kafka.frames_topic, source).path
-                                                .with_suffix(".captured"))
-            try:
-                width, height = header_size(message.payload)
-            except UndecodableImage:
-                width = height = None  # not an image: the run says so (an error record and a dead letter)
-            digest = sha256_hex(message.payload)
-            frame_id = f"{source}-{digest[:20]}"
-            captured = self.journals[source].captured(frame_id)
-            producer.send(Frame(frame_id, message.payload, captured, width, height))
-        for producer in self.producers.values():
-            producer.flush()  # acks=all: Kafka has every frame of the batch
-        for message in taken:
-            client.ack(message.mid, 1)
-        self.forwarded += len(taken)
+            producer.send(frame)
+            frames.append((message, frame.frame_id))
+        outcomes = {o.frame_id: o for producer in self.producers.values() for o in producer.flush()}
+        waiting = 0
+        for message, frame_id in frames:
+            outcome = outcomes[frame_id]
+            if outcome.failure is None:
+                done.append(message)
+            elif outcome.permanent:
+                letters.append((message, outcome.failure))
+            else:
+                self.log(f"bridge: {frame_id} from {message.topic!r} not acknowledged: {outcome.failure}")
+                waiting += 1
+        settled, unsent = self._dead_letter(letters)
+        for message in done + settled:
+            self._ack(client, message)
+        # Messages of an earlier connection need no new one: the current connection was sent them again.
+        return not (waiting or unsent)
+
+    def _dead_letter(self, letters: list[tuple[Received, str]]) -> tuple[list[Received], int]:
+        """Send each message's dead letter to `<frames topic>.dlq`; the messages whose letter Kafka
+        acknowledged, and how many it did not."""
+        if not letters:
+            return [], 0
+        if self.letters is None:
+            self.letters = self.kafka.producer()
+        sent = []
+        for message, reason in letters:
+            self.log(f"bridge: message on {message.topic!r} ({len(message.payload):,} bytes) dead-lettered: "
+                     f"{reason}")
+            key, value = self.letter(message.topic, message.payload, reason, f"mqtt-bridge {self.client_id}")
+            sent.append((message, self.letters.send(self.kafka.dlq_topic, key=key, value=value)))
+        self.letters.flush(timeout=self.kafka.delivery_bound_s)
+        acknowledged = [message for message, future in sent if future.succeeded()]
+        if len(acknowledged) < len(sent):
+            self.log(f"bridge: {len(sent) - len(acknowledged)} dead letters not acknowledged by Kafka; their "
+                     "messages wait in the MQTT session")
+        return acknowledged, len(sent) - len(acknowledged)
+
+    def _ack(self, client, message: Received) -> None:
+        with self.connection_lock:
+            if message.connection == self.connection:
+                client.ack(message.mid, 1)
+                self.forwarded += 1

@@ -30,6 +30,9 @@ class Frame:
 
 @dataclass
 class ProduceSummary:
+    """What a producer did: frames Kafka acknowledged, frames it had sent before, frames that failed (each
+    with its reason; none of them is in the ledger, so the next run sends them again)."""
+
     sent: int = 0
     already_present: int = 0
     failed: int = 0
@@ -37,6 +40,16 @@ class ProduceSummary:
 
     def line(self) -> str:
         return f"sent {self.sent}, already present {self.already_present}, failed {self.failed}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one frame given to a producer."""
+
+    frame_id: str
+    sha256: str
+    failure: str | None = None  # why it is not on Kafka; None: acknowledged, now or on an earlier run
+    permanent: bool = False  # sending it again fails the same way (too large; its key holds other bytes)
 
 
 class Ledger:
@@ -67,7 +80,13 @@ def ledger_for(topic: str, source_id: str) -> Ledger:
 
 
 class FrameProducer:
-    """Stores and sends frames of one source; flushes in batches, then records them as sent."""
+    """Stores and sends frames of one source; flushes in batches, then records what Kafka acknowledged.
+
+    Never stuck: every frame sent is acknowledged or failed within the Kafka resource's delivery timeout
+    (2 minutes by default) of its send, whether the broker is away or back, and a flush never waits longer
+    than `kafka.delivery_bound_s` (that and 10 s). So a producer whose broker went away is sending again,
+    or has ended, at most that long after the broker returns.
+    """
 
     def __init__(self, kafka, storage, source_id: str, *, inline: bool = False,
                  flush_every: int = 50, ledger: Ledger | None = None):
@@ -79,7 +98,8 @@ class FrameProducer:
         self.ledger = ledger or ledger_for(kafka.frames_topic, source_id)
         self.producer = kafka.producer()
         self.summary = ProduceSummary()
-        self._unflushed: list[tuple[str, str]] = []
+        self._pending: list[tuple[str, str, object]] = []  # frame id, sha256, Kafka's future of the send
+        self._settled: list[Outcome] = []  # settled since the last flush without waiting for Kafka
 
     def message(self, frame: Frame, digest: str, uri: str | None) -> FrameMessage:
         return FrameMessage(
@@ -93,46 +113,85 @@ class FrameProducer:
         )
 
     def send(self, frame: Frame) -> bool:
-        """Send one frame unless the ledger has it; True when it was sent."""
+        """Send one frame unless the ledger has it; True when it went to Kafka (flush says how it fared)."""
+        from kafka.errors import KafkaError
+
         digest = sha256_hex(frame.data)
         if (frame.frame_id, digest) in self.ledger:
             self.summary.already_present += 1
+            self._settled.append(Outcome(frame.frame_id, digest))
             return False
         key = self.source_id.encode()
         if self.inline:
             message = self.message(frame, digest, None)
-            self.producer.send(self.kafka.frames_topic, key=key, value=frame.data,
-                               headers=message.to_headers())
+            value, headers = frame.data, message.to_headers()
         else:
             object_key = frame_key(self.source_id, frame.captured, frame.frame_id)
             stored = self.store.put_new(object_key, frame.data, sha256=digest)
             if stored not in (None, digest):  # a stored frame is never replaced by other bytes
-                self.summary.failed += 1
-                self.summary.failures.append(
-                    f"{frame.frame_id}: {object_key} already holds a different frame (sha256 "
-                    f"{stored[:12]}…); give this frame another id or another capture date")
+                self._fail(frame.frame_id, digest, f"{object_key} already holds a different frame (sha256 "
+                           f"{stored[:12]}…); give this frame another id or another capture date",
+                           permanent=True)
                 return False
-            message = self.message(frame, digest, self.store.uri(object_key))
-            self.producer.send(self.kafka.frames_topic, key=key, value=message.to_json())
-        self._unflushed.append((frame.frame_id, digest))
-        self.summary.sent += 1
-        if len(self._unflushed) >= self.flush_every:
+            value, headers = self.message(frame, digest, self.store.uri(object_key)).to_json(), None
+        try:
+            if self.producer is None:  # the last one lost track of its sends (see flush)
+                self.producer = self.kafka.producer()
+            future = self.producer.send(self.kafka.frames_topic, key=key, value=value, headers=headers)
+        except KafkaError as exc:  # no room or no metadata within max_block_ms, or over the request size
+            self._fail(frame.frame_id, digest, *kafka_failure(exc, self.kafka, size=len(value)))
+            return False
+        self._pending.append((frame.frame_id, digest, future))
+        if len(self._pending) >= self.flush_every:
             self.flush()
         return True
 
-    def flush(self) -> None:
-        """Wait for the broker's acknowledgement (acks=all), then record the frames as sent."""
-        self.producer.flush()
-        self.ledger.add(self._unflushed)
-        self._unflushed = []
+    def _fail(self, frame_id: str, digest: str, reason: str, permanent: bool = False) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append(f"{frame_id}: {reason}")
+        self._settled.append(Outcome(frame_id, digest, reason, permanent))
+
+    def flush(self) -> list[Outcome]:
+        """Wait for Kafka's answer to each frame sent since the last flush (acks=all), at most
+        `kafka.delivery_bound_s`; record the acknowledged ones as sent and count the others as failed with
+        their reason. Returns what became of every frame given since the last flush."""
+        from kafka.errors import KafkaTimeoutError
+
+        if self.producer is not None:
+            try:
+                self.producer.flush(timeout=self.kafka.delivery_bound_s)
+            except KafkaTimeoutError:
+                # The client kept a send unanswered past its own delivery timeout: it lost track of it. It is
+                # abandoned without waiting (its close flushes first, and says it timed out); what it held
+                # counts as failed below, and the next send opens a fresh one.
+                try:
+                    self.producer.close(timeout=0)
+                except KafkaTimeoutError:
+                    pass
+                self.producer = None
+        acknowledged = []
+        for frame_id, digest, future in self._pending:
+            if future.succeeded():
+                acknowledged.append((frame_id, digest))
+                self._settled.append(Outcome(frame_id, digest))
+            elif future.is_done:
+                self._fail(frame_id, digest, *kafka_failure(future.exception, self.kafka))
+            else:
+                self._fail(frame_id, digest, f"Kafka did not answer within {self.kafka.delivery_bound_s:g} s")
+        self.ledger.add(acknowledged)
+        self.summary.sent += len(acknowledged)
+        settled, self._settled, self._pending = self._settled, [], []
+        return settled
 
     def close(self) -> None:
         self.flush()
-        self.producer.close()
+        if self.producer is not None:
+            self.producer.close()
 
     def send_all(self, frames: Iterable[Frame | Exception], total: int | None = None,
                  progress: bool = True) -> ProduceSummary:
-        """Send every frame; a source error (bad file) counts as failed and the rest go on."""
+        """Send every frame; a source error (bad file) or a frame Kafka refused counts as failed and the rest
+        go on."""
         try:
             for item in _progress(frames, total, enabled=progress):
                 if isinstance(item, Exception):
@@ -143,6 +202,34 @@ class FrameProducer:
         finally:
             self.close()
         return self.summary
+
+
+def kafka_failure(exc: Exception, kafka, size: int | None = None) -> tuple[str, bool]:
+    """Why Kafka did not take a frame, said for an operator, and whether sending it again fails the same
+    way (a message over the size limit does; a broker that was away or a missing permission need not).
+    `size` is the message's, given when the send itself failed (before anything reached the broker)."""
+    from kafka.errors import (
+        AuthorizationError,
+        InvalidRecordError,
+        KafkaTimeoutError,
+        MessageSizeTooLargeError,
+        RecordListTooLargeError,
+    )
+
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError | InvalidRecordError):
+        bytes_ = f"{size:,} bytes, " if size is not None else ""
+        return (f"Kafka refused it ({bytes_}over the topic's max.message.bytes or the producer's request "
+                f"limit; {what})", True)
+    if isinstance(exc, AuthorizationError):
+        return f"Kafka refused it: may this login write to {kafka.frames_topic}? ({what})", False
+    if isinstance(exc, KafkaTimeoutError) and size is not None:
+        return (f"not sent: no metadata of the topic or no room to buffer it within "
+                f"{kafka.env_setting('max_block_ms')} ms; is the broker away? ({what})", False)
+    if isinstance(exc, KafkaTimeoutError):
+        delivery = kafka.env_setting("delivery_timeout_ms")
+        return f"Kafka did not acknowledge it within {delivery} ms ({what})", False
+    return f"Kafka refused it ({what})", False
 
 
 def _progress(items: Iterable, total: int | None, enabled: bool) -> Iterator:

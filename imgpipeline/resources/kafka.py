@@ -15,6 +15,8 @@ CONSUMER_GROUP = "imgpipeline-detect"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MESSAGE_BYTES = 1_048_588  # Kafka's default max.message.bytes
+LINGER_MS = 5
+DELIVERY_MARGIN_S = 10.0
 
 
 class KafkaResource(FromEnv, dg.ConfigurableResource):
@@ -40,6 +42,18 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
     alerts_topic: str = setting("IMGPIPELINE_ALERTS_TOPIC", "alerts",
                                 "where alerts are published, keyed by alert number; webhook deliveries "
                                 "that fail are dead-lettered to `<topic>.dlq`")
+    request_timeout_ms: int = setting(
+        "KAFKA_REQUEST_TIMEOUT_MS", 30_000,
+        "how long a client waits for the broker's answer to one request before it tries again", ge=1000,
+        le=300_000)
+    delivery_timeout_ms: int = setting(
+        "KAFKA_DELIVERY_TIMEOUT_MS", 120_000,
+        "a frame a producer or the MQTT bridge sent is acknowledged by Kafka or counted as failed within "
+        "this (retries included): the longest a producer waits for a broker that is away", ge=1000)
+    max_block_ms: int = setting(
+        "KAFKA_MAX_BLOCK_MS", 60_000,
+        "how long sending one frame may wait for the topic's metadata or for room in the send buffer; "
+        "then that frame fails", ge=0)
     connect_timeout_s: float = 10.0
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
@@ -79,6 +93,24 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                                  "KAFKA_SASL_PASSWORD in the environment")
         return self
 
+    @model_validator(mode="after")
+    def _delivery_outlasts_a_request(self):
+        least = self.request_timeout_ms + LINGER_MS
+        if self.delivery_timeout_ms < least:
+            delivery = env_name(type(self), "delivery_timeout_ms")
+            request = env_name(type(self), "request_timeout_ms")
+            raise ValueError(f"{delivery}={self.delivery_timeout_ms} is shorter than one request ({request}="
+                             f"{self.request_timeout_ms} + {LINGER_MS} ms of linger): set it to {least} or "
+                             "more")
+        return self
+
+    @property
+    def delivery_bound_s(self) -> float:
+        """The longest a producer's flush may wait: the delivery timeout, and a margin for the client's own
+        bookkeeping. Past it, what Kafka has not answered counts as failed (a client that lost track of a
+        batch must not hold a producer forever)."""
+        return self.delivery_timeout_ms / 1000 + DELIVERY_MARGIN_S
+
     @property
     def dlq_topic(self) -> str:
         return f"{self.frames_topic}.dlq"
@@ -89,7 +121,7 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "security_protocol": self.security_protocol,
             "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
-            "request_timeout_ms": 30_000,
+            "request_timeout_ms": self.request_timeout_ms,
         }
         if self.security_protocol.startswith("SASL_"):
             config.update(
@@ -141,7 +173,13 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        config = {"acks": "all", "linger_ms": 5, **self.client_config(), **overrides}
+        # Not idempotent: kafka-python 3.0.12's idempotent sender, once a batch expires, drops its producer id
+        # and never asks for another, so every later send and flush waits forever (a producer whose broker
+        # was frozen past the delivery timeout hung). Retries may then write a frame twice, which the
+        # pipeline keeps once (it dedupes on the frame).
+        config = {"acks": "all", "linger_ms": LINGER_MS, "enable_idempotence": False,
+                  "delivery_timeout_ms": self.delivery_timeout_ms, "max_block_ms": self.max_block_ms,
+                  **self.client_config(), **overrides}
         try:
             return KafkaProducer(**config)
         except KafkaError as exc:

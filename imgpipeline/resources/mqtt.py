@@ -16,7 +16,8 @@ CLIENT_ID_REFUSED = 133
 
 
 class MqttSettings(FromEnv, BaseModel):
-    """Where the MQTT broker is and how the bridge logs in (the password from the environment only)."""
+    """Where the MQTT broker is, how the bridge logs in (the password from the environment only) and the
+    largest payload it takes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -26,6 +27,10 @@ class MqttSettings(FromEnv, BaseModel):
                                    secret=True)
     cafile: str | None = setting("IMGPIPELINE_MQTT_CAFILE", None,
                                  "PEM file of the broker's CA: TLS to the broker", shown="no TLS")
+    max_payload_bytes: int = setting(
+        "IMGPIPELINE_MQTT_MAX_PAYLOAD_BYTES", 20_000_000,
+        "the bridge dead-letters a larger MQTT payload (never stored or sent as a frame), acknowledges it "
+        "and goes on", ge=1)
 
     @field_validator("broker")
     @classmethod

@@ -54,6 +54,10 @@ def resolved(value):
 class FromEnv:
     """Mixin for pydantic models (and Dagster resources) whose fields are `setting`s."""
 
+    def env_setting(self, name: str) -> str:
+        """`VARIABLE=value` of one (non-secret) setting, for messages that say what to change."""
+        return f"{env_name(type(self), name)}={getattr(self, name)}"
+
     @classmethod
     def env_value(cls, name: str):
         """One setting as the environment gives it (raw), else its default; nothing else is checked."""

@@ -34,6 +34,10 @@ def header_size(data: bytes) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise UndecodableImage(
             f"cannot decode {len(data)} bytes as an image: no known image header") from None
+    except Exception as exc:  # a format plugin's own error on a hostile header (a DDS of an unknown
+        # pixel format: NotImplementedError; a SPIDER header with an infinite field: OverflowError)
+        raise UndecodableImage(f"cannot read the image header of {len(data)} bytes: "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:

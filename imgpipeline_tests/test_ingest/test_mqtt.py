@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from imgpipeline import ConfigError
+from imgpipeline.cli.bridge import mqtt_letter
 from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
@@ -58,12 +59,6 @@ def images(n: int, tag: str) -> list[bytes]:
     return found
 
 
-@pytest.fixture
-def mqtt(services) -> MqttSettings:
-    assert services.mqtt.running(), "mosquitto is not running: apt-get install mosquitto (.ci/run does)"
-    return MqttSettings(broker=services.mqtt.address(services.mqtt.ports))
-
-
 def test_the_source_comes_from_the_topic_or_the_setting():
     assert source_of("cameras/cam7/frames", "cameras/+/frames", None) == "cam7"
     assert source_of("images/raw", "images/raw", "gate") == "gate"
@@ -71,27 +66,27 @@ def test_the_source_comes_from_the_topic_or_the_setting():
                                  (["cameras/+/x"], "../etc", "not a source id"),
                                  (["images/raw"], "gate\n", "not a source id")]:
         with pytest.raises(ConfigError, match=says):
-            MqttBridge(None, None, topics, source=source, settings=MqttSettings())
+            MqttBridge(None, None, topics, letter=mqtt_letter, source=source, settings=MqttSettings())
 
 
 def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeypatch):
 
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
-    bridge = MqttBridge(kafka, storage, ["cameras/+/frames"], client_id="bridge-e2e",
+    bridge = MqttBridge(kafka, storage, ["cameras/+/frames"], letter=mqtt_letter, client_id="bridge-e2e",
                         settings=mqtt, log=lambda line: None)
     # Subscribe first (the session keeps what comes while the bridge is away), then publish.
     bridge.run(idle_s=0.5)
     client = publisher(mqtt)
     photos = [sample("bus.jpg").read_bytes(), sample("zidane.jpg").read_bytes()]
     publish(client, "cameras/gate/frames", photos + [b"not an image at all"])
-    publish(client, "cameras/../frames", photos[:1])  # a topic level that is no source id: dropped
+    publish(client, "cameras/../frames", photos[:1])  # a topic level that is no source id: dead-lettered
     client.loop_stop()
     host, _, port = mqtt.broker.rpartition(":")
     subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-q", "1", "-t", "cameras/yard/frames",
                     "-f", str(sample("bus.jpg"))], check=True, timeout=30)
     assert bridge.run(limit=5, idle_s=20) == 5
-    assert bridge.run(idle_s=1) == 0  # all acknowledged, the dropped one too: nothing comes again
+    assert bridge.run(idle_s=1) == 0  # all acknowledged, the dead-lettered one too: nothing comes again
     with fresh_instance() as instance:
         drain(kafka, storage, instance)
     records = {(r["source_id"], r["status"]) for r in landing_records(storage)}
@@ -99,8 +94,10 @@ def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeyp
     by_status = [r for r in landing_records(storage) if r["source_id"] == "gate"]
     assert sum(r["status"] == "detected" for r in by_status) == 2
     assert any("bus" in {d["class_name"] for d in r["detections"]} for r in by_status)
-    dead = [json.loads(m.value) for m in read_all(kafka, kafka.dlq_topic)]
-    assert len(dead) == 1 and "image" in json.dumps(dead[0]).lower()
+    dead = {m["topic"]: m for m in (json.loads(m.value) for m in read_all(kafka, kafka.dlq_topic))}
+    assert sorted(dead) == ["cameras/../frames", kafka.frames_topic]
+    assert "image" in dead[kafka.frames_topic]["reason"].lower()
+    assert "is not a source id" in dead["cameras/../frames"]["reason"]
 
 
 def test_a_bridge_restarted_with_other_topics_drops_what_only_the_old_ones_asked_for(mqtt, kafka, tmp_path,
@@ -108,14 +105,14 @@ def test_a_bridge_restarted_with_other_topics_drops_what_only_the_old_ones_asked
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     said: list[str] = []
-    old = MqttBridge(kafka, storage, ["old/+/frames"], client_id="bridge-moved", settings=mqtt,
-                     log=said.append)
+    old = MqttBridge(kafka, storage, ["old/+/frames"], letter=mqtt_letter, client_id="bridge-moved",
+                     settings=mqtt, log=said.append)
     old.run(idle_s=0.5)  # the persistent session now holds this subscription
     client = publisher(mqtt)
     publish(client, "old/cam1/frames", images(2, "old"))  # queued for the session while it is away
     client.loop_stop()
-    moved = MqttBridge(kafka, storage, ["cameras/+/frames"], client_id="bridge-moved", settings=mqtt,
-                       log=said.append)
+    moved = MqttBridge(kafka, storage, ["cameras/+/frames"], letter=mqtt_letter, client_id="bridge-moved",
+                       settings=mqtt, log=said.append)
     moved.run(idle_s=2)
     assert moved.run(idle_s=1) == 0  # dropped and acknowledged: nothing comes again
     assert sum("matches none of cameras/+/frames" in line for line in said) == 2, said

@@ -112,3 +112,32 @@ def test_a_producer_never_replaces_a_stored_frame(kafka, tmp_path):
     assert (summary.sent, summary.failed) == (1, 1)
     assert "already holds a different frame" in summary.failures[0]
     assert storage.open().get(frame_key("cam7", when, "f1")) == b"the first frame's bytes"
+
+
+@pytest.mark.integration
+def test_a_frame_over_the_topics_message_limit_fails_alone_and_is_not_ledgered(kafka, tmp_path):
+    import numpy as np
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from imgpipeline.resources import StorageResource
+    from imgpipeline.vision.quality import encode_jpeg
+
+    admin = kafka.admin()
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, kafka.frames_topic,
+                                        configs={"max.message.bytes": "20000"})])
+    admin.close()
+    when = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    small = encode_jpeg(np.full((48, 64, 3), 90, np.uint8))
+    noise = encode_jpeg(np.random.default_rng(7).integers(0, 255, (240, 320, 3), np.uint8))
+    assert len(small) < 10_000 < 20_000 < len(noise) < 1_000_000  # the broker refuses it, not the client
+    frames = [Frame(f"f{i}", small + bytes([i]), when, 64, 48) for i in range(4)]
+    frames.insert(2, Frame("big", noise, when, 320, 240))
+    ledger = tmp_path / "sent"
+    producer = FrameProducer(kafka, StorageResource(uri=(tmp_path / "store").as_uri()), "cam8", inline=True,
+                             ledger=Ledger(ledger), flush_every=2)
+    summary = producer.send_all(frames, progress=False)
+    assert (summary.sent, summary.failed) == (4, 1)
+    (failure,) = summary.failures
+    assert failure.startswith("big: Kafka refused it") and "max.message.bytes" in failure
+    assert sorted(line.split()[0] for line in ledger.read_text().splitlines()) == ["f0", "f1", "f2", "f3"]
+    assert message_count(kafka) == 4

@@ -51,6 +51,7 @@ def bench_mqtt(messages: int = 2000, size: tuple[int, int] = (640, 480), resourc
     set up as for the demo; the MQTT broker is the configured one (the local Mosquitto unless
     the broker setting names another)."""
     from imgpipeline import ConfigError
+    from imgpipeline.cli.bridge import mqtt_letter
     from imgpipeline.ingest.mqtt import MqttBridge
     from imgpipeline.ingest.producer import ledger_for
     from imgpipeline.resources.mqtt import MqttSettings
@@ -65,8 +66,8 @@ def bench_mqtt(messages: int = 2000, size: tuple[int, int] = (640, 480), resourc
     print(f"{messages:,} JPEGs of {width}x{height} ({total_mb * 1000 / messages:.0f} KB each) over MQTT "
           f"{settings.broker} (QoS 1) through the bridge to Kafka {kafka.frames_topic}")
 
-    bridge = MqttBridge(kafka, storage, [f"bench-{run}/+/frames"], client_id=f"bench-{run}",
-                        settings=settings, log=lambda line: None)
+    bridge = MqttBridge(kafka, storage, [f"bench-{run}/+/frames"], letter=mqtt_letter,
+                        client_id=f"bench-{run}", settings=settings, log=lambda line: None)
     subscribed, failed = threading.Event(), []
 
     def forward():
