@@ -125,6 +125,15 @@ def ledger_prefix(topic: str, partition: int, generation: int = 0) -> str:
     return f"{RANGES}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
 
 
+def range_key(topic: str, partition: int, start: int, end: int, generation: int = 0) -> str:
+    return f"{ledger_prefix(topic, partition, generation)}{start}-{end}.json"
+
+
+def range_entry(store, topic: str, partition: int, start: int, end: int, generation: int = 0) -> dict:
+    """The ledger entry of one accounted range, as record_range wrote it."""
+    return json.loads(store.get(range_key(topic, partition, start, end, generation)))
+
+
 def record_range(store, topic: str, partition: int, start: int, end: int, generation: int, *,
                  run_id: str, counts: dict, gaps: list[tuple[int, int]], duplicates: list[int],
                  landing: list[str]) -> str:
@@ -132,7 +141,7 @@ def record_range(store, topic: str, partition: int, start: int, end: int, genera
     accounted for, offset by offset (landed, dead-lettered, a duplicate of a frame already processed:
     `duplicates`, or deleted by retention before it was read: `deleted`; each as [first, end) spans).
     Written after the landing files, before the commit."""
-    key = f"{ledger_prefix(topic, partition, generation)}{start}-{end}.json"
+    key = range_key(topic, partition, start, end, generation)
     store.put(key, json.dumps({"range": range_name(topic, partition, start, end, generation),
                                "start": start, "end": end, "generation": generation, "run_id": run_id,
                                "counts": counts, "deleted": [list(g) for g in gaps],

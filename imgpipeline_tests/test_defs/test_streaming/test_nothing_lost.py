@@ -232,20 +232,23 @@ def test_a_new_generation_lands_under_names_of_its_own(kafka, local):
     assert key.endswith(f"/{kafka.frames_topic}-0-0-2-g3.jsonl")
 
 
-def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
+def accounted_for(kafka, storage, instance) -> dg.AssetCheckEvaluation:
+    """The check offsets_accounted_for, run as its job runs it."""
     from imgpipeline.defs.streaming.assets import kafka_frames
-    from imgpipeline.defs.streaming.reconcile import offsets_accounted_for, reconcile_frames, repair_holes
+    from imgpipeline.defs.streaming.reconcile import offsets_accounted_for, reconcile_frames
+
+    job = dg.Definitions(assets=[kafka_frames], asset_checks=[offsets_accounted_for],
+                         jobs=[reconcile_frames], resources={"kafka": kafka, "storage": storage}
+                         ).resolve_job_def("reconcile_frames")
+    (evaluation,) = job.execute_in_process(instance=instance).get_asset_check_evaluations()
+    return evaluation
+
+
+def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
+    from imgpipeline.defs.streaming.reconcile import repair_holes
 
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(9)])
-
-    def check(instance) -> dg.AssetCheckEvaluation:
-        job = dg.Definitions(assets=[kafka_frames], asset_checks=[offsets_accounted_for],
-                             jobs=[reconcile_frames], resources={"kafka": kafka, "storage": local}
-                             ).resolve_job_def("reconcile_frames")
-        result = job.execute_in_process(instance=instance)
-        (evaluation,) = result.get_asset_check_evaluations()
-        return evaluation
 
     with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 3).success
@@ -255,7 +258,7 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         assert run(kafka, local, instance, 6, 9).success
         # A later range never commits past the missing one: lag tools see it.
         assert committed(kafka) == 3
-        failed = check(instance)
+        failed = accounted_for(kafka, local, instance)
         assert not failed.passed
         assert failed.metadata["holes"].value == {"0": [[3, 6]]}
         assert failed.metadata["missing_offsets"].value == 3
@@ -264,7 +267,7 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         assert repair_holes(instance, {"kafka": kafka, "storage": local, "detector": DetectorResource()},
                             max_batch=2, log=lines.append)
         assert "2 repair runs; 0 offsets still missing" in lines[-1]
-        assert check(instance).passed
+        assert accounted_for(kafka, local, instance).passed
     assert sorted(r["frame_id"] for r in landing_records(local)) == [f"f{i}" for i in range(9)]
     assert committed(kafka) == 9
 
@@ -347,6 +350,9 @@ def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
         assert not [r for r in landing_records(local) if r["offset"] >= 6]
         entry = json.loads(store.get(f"landing/ranges/{kafka.frames_topic}/0/6-8.json"))
         assert (entry["counts"]["duplicate"], entry["duplicates"]) == (2, [[6, 8]])
+        check = accounted_for(kafka, local, instance)
+        assert check.passed and check.metadata["duplicates"].value == 2
+        assert check.metadata["duplicate_offsets"].value == {"0": [[6, 8]]}
 
         # A run of the first range that raced the second (it had not seen its landing) lands its errors
         # after the successes: the warehouse keeps the successes all the same.
