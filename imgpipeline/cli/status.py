@@ -129,7 +129,9 @@ def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
 
 
 def sources_section(storage, now: datetime, window: timedelta, silent_min: float, report: Report) -> dict:
+    from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.health import SourcePolicy, silent_sources, source_activity
+    from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
     from imgpipeline.resources.settings import env_name
 
     activity = source_activity(storage.open(), now, window)
@@ -139,6 +141,13 @@ def sources_section(storage, now: datetime, window: timedelta, silent_min: float
     for name, gap in sorted(silent.items()):
         report.problems.append(f"source {name} silent for {gap:g} min (over {silent_min:g}; {variable}). "
                                f"Retired for good? delete landing/sources/{name}.json")
+    limit = env_name(Calendar, "future_limit_min")
+    for a in activity:
+        if count := a.statuses[OUT_OF_RANGE]:
+            report.problems.append(
+                f"source {a.source_id}: {count} frames in the last {minutes:g} min captured before the "
+                f"partitions' start or over {limit} ahead of the broker (status {OUT_OF_RANGE}, not "
+                "detected): is its clock right?")
     return {a.source_id: {
         "in_per_min": round(a.came_in / minutes, 2),
         "processed_per_min": round(a.processed / minutes, 2),
@@ -147,6 +156,7 @@ def sources_section(storage, now: datetime, window: timedelta, silent_min: float
         "dark_share": round(a.share("skipped_dark"), 3),
         "error_share": round(a.share("error"), 3),
         "shed_share": round(a.share("shed"), 3),
+        "out_of_range": a.statuses[OUT_OF_RANGE],
         "silent": a.source_id in silent,
     } for a in activity}
 
@@ -187,12 +197,13 @@ def print_report(report: Report, now: datetime, minutes: float) -> None:
         print(f"sources  {len(sources)} known; the last {minutes:g} min:")
         if sources:
             print(f"  {'source':<24} {'in/min':>7} {'done/min':>8}  {'last frame (broker time)':<24} "
-                  f"{'dark':>5} {'error':>5} {'shed':>5}")
+                  f"{'dark':>5} {'error':>5} {'shed':>5} {'out of range':>12}")
         for name, s in sources.items():
             last = (s["last_frame"] or "never")[:19].replace("T", " ")
             flag = "  SILENT" if s["silent"] else ""
             print(f"  {name:<24} {s['in_per_min']:>7.1f} {s['processed_per_min']:>8.1f}  {last:<24} "
-                  f"{s['dark_share']:>5.0%} {s['error_share']:>5.0%} {s['shed_share']:>5.0%}{flag}")
+                  f"{s['dark_share']:>5.0%} {s['error_share']:>5.0%} {s['shed_share']:>5.0%} "
+                  f"{s['out_of_range']:>12}{flag}")
     if report.problems:
         count = len(report.problems)
         print(f"{count} problem{'s' if count > 1 else ''}:")

@@ -111,6 +111,25 @@ def test_a_bad_partitions_start_names_its_variable(monkeypatch):
         Calendar.from_env()
 
 
+def test_capture_times_out_of_the_partitions_range_say_why(monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from imgpipeline.defs.partitions import Calendar
+
+    monkeypatch.setenv("IMGPIPELINE_FUTURE_LIMIT_MIN", "30")
+    calendar = Calendar.from_env()
+    received = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+    assert calendar.out_of_range(received + timedelta(minutes=30), received) is None
+    assert calendar.out_of_range(datetime(2026, 1, 1, tzinfo=UTC), received) is None
+    assert "before the partitions' start 2026-01-01 (IMGPIPELINE_PARTITIONS_START)" in calendar.out_of_range(
+        datetime(2025, 12, 31, 23, 59, tzinfo=UTC), received)
+    assert "31 min after the frame reached the broker" in calendar.out_of_range(
+        received + timedelta(minutes=31), received)
+    monkeypatch.setenv("IMGPIPELINE_FUTURE_LIMIT_MIN", "0")
+    with pytest.raises(ConfigError, match=r"IMGPIPELINE_FUTURE_LIMIT_MIN='0'"):
+        Calendar.from_env()
+
+
 def test_a_secret_from_an_env_file_is_held_as_its_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "")  # restored to what it was when the test ends

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
 from imgpipeline.defs.tracking import tables as tt
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.ingest.messages import annotated_key
@@ -28,6 +29,8 @@ def event_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[event
     """Each source's frames with their detections, as the rules take them."""
     found: dict[tuple[str, str], events.EventFrame] = {}
     for f in frames.select(FRAME_COLUMNS).to_pylist():
+        if f["status"] == OUT_OF_RANGE:
+            continue  # its capture time says nothing of when it was seen: silences and runs ignore it
         found[f["source_id"], f["frame_id"]] = events.EventFrame(
             f["frame_id"], f["captured_at"].timestamp(), f["status"], f["brightness"], f["sha256"],
             f["width"], f["height"])

@@ -3,7 +3,8 @@
 One run handles many frames and loads the model once. Bad input goes to the dead-letter
 topic with a reason and lands as a record with status `error`; the batch goes on.
 Landing files are named after the range, so re-running a range rewrites the same files,
-and a frame already landed in its event-time hour by another range is not landed again.
+and a frame already processed in its event-time hour is not landed again (its offset is a
+duplicate in the range ledger); one landed only as an error is processed when it comes again.
 """
 
 
@@ -17,6 +18,7 @@ from pydantic import Field
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.assets import LANDING_ASSET
 from imgpipeline.defs.streaming.landing import (
+    OUT_OF_RANGE,
     Spool,
     accounted_ranges,
     contiguous_end,
@@ -25,6 +27,7 @@ from imgpipeline.defs.streaming.landing import (
     landed_frames,
     landing_key,
     latest_times,
+    processed,
     range_name,
     record_range,
     record_sources,
@@ -119,8 +122,9 @@ class Batch:
                  processor: FrameProcessor, name: str):
         self.context, self.kafka, self.store = context, kafka, store
         self.processor, self.name = processor, name
-        self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "shed": 0, "duplicate": 0,
-                       "dlq": 0}
+        self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "shed": 0,
+                       OUT_OF_RANGE: 0, "duplicate": 0, "dlq": 0}
+        self.duplicates: list[int] = []  # offsets of messages for frames already processed
         self.spools: dict[datetime, Spool] = {}
         self.latest: dict[str, dict] = {}  # per source: the latest capture, ingest and processing times
         self.landed: dict[datetime, set[tuple]] = {}
@@ -152,12 +156,15 @@ class Batch:
                 record = prepared.record
             if self.is_duplicate(record):
                 self.counts["duplicate"] += 1
+                self.duplicates.append(prepared.incoming.offset)
                 continue
             if prepared.inline is not None and prepared.error is None:
                 self.processor.store_inline(prepared)
                 if prepared.error is not None:
                     record = self.processor.finish(prepared)
                     self.dead_letter(prepared)
+            if processed(record):
+                self.seen(record).add(identity(record))
             yield prepared, record
             if self.counts["read"] % 100 == 0:
                 self.context.log.info(f"{self.counts['read']} frames read: {self.counts}")
@@ -181,15 +188,16 @@ class Batch:
             letter.get(timeout=30)  # raises the send's error
 
     def is_duplicate(self, record: dict) -> bool:
-        """True when the frame has landed in its hour already (by another range or earlier here)."""
+        """True when the frame was processed in its hour already (by another range or earlier here):
+        errors never block the frame they were about."""
+        return identity(record) in self.seen(record)
+
+    def seen(self, record: dict) -> set[tuple]:
+        """The frames processed in the record's hour, read from landing once per hour."""
         hour = event_hour(record)
-        seen = self.landed.get(hour)
-        if seen is None:
-            seen = self.landed[hour] = landed_frames(self.store, hour, self.name)
-        if identity(record) in seen:
-            return True
-        seen.add(identity(record))
-        return False
+        if (found := self.landed.get(hour)) is None:
+            found = self.landed[hour] = landed_frames(self.store, hour, self.name)
+        return found
 
     def detect(self, item: tuple[Prepared, dict]) -> tuple[Prepared, dict]:
         prepared, record = item
@@ -248,7 +256,7 @@ def detect_op(
         if source.consumer is not None:
             ledger = record_range(store, topic, config.partition, config.start_offset, config.end_offset,
                                   config.generation, run_id=context.run_id, counts=batch.counts,
-                                  gaps=source.gaps, landing=written)
+                                  gaps=source.gaps, duplicates=batch.duplicates, landing=written)
             written.append(ledger)
             if config.commit:
                 commit_accounted(source.consumer, store, topic, config.partition, config.generation)

@@ -20,6 +20,13 @@ from imgpipeline.resources.storage import BadObject
 LANDING = "landing/metadata"
 RANGES = "landing/ranges"
 
+# A frame whose capture time lies before the partitions' start or too far ahead of the broker's time
+# (defs/partitions.py): recorded, not detected, in the hour it reached the broker.
+OUT_OF_RANGE = "out_of_range"
+# Statuses of a frame that was not processed: another message for the same frame is processed all the
+# same, and a processed record of the frame is kept over these whatever their order.
+UNPROCESSED = ("error", OUT_OF_RANGE)
+
 
 def range_name(topic: str, partition: int, start: int, end: int, generation: int = 0) -> str:
     """`<topic>-<partition>-<start>-<end>`: a range's landing file name and its run key; after the
@@ -41,9 +48,16 @@ def identity(record: dict) -> tuple[str | None, str]:
     return record["source_id"], record["frame_id"]
 
 
+def processed(record: dict) -> bool:
+    """True for a frame that was processed (detected, dark or shed), not an error or out of range."""
+    return record.get("status") not in UNPROCESSED
+
+
 def event_hour(record: dict) -> datetime:
-    """The UTC hour of a record's capture time: its landing folder and warehouse partition."""
-    return parse_time(record["captured_at"]).replace(minute=0, second=0, microsecond=0)
+    """The UTC hour of a record's capture time: its landing folder and warehouse partition. A frame
+    captured out of range goes to the hour it reached the broker, which a partition reads."""
+    moment = record["ingested_at"] if record.get("status") == OUT_OF_RANGE else record["captured_at"]
+    return parse_time(moment).replace(minute=0, second=0, microsecond=0)
 
 
 class Spool:
@@ -99,28 +113,52 @@ def all_records(store) -> list[dict]:
 
 
 def landed_frames(store, hour: datetime, except_name: str) -> set[tuple]:
-    """The frames (source_id, frame_id) already landed in an event-time hour by other ranges."""
+    """The frames (source_id, frame_id) already processed in an event-time hour by other ranges; a
+    frame landed only as an error (or out of range) is not among them, so a message sent again once
+    right is processed."""
     own = landing_key(hour, except_name)
     return {identity(record) for key in landing_keys(store, hour) if key != own
-            for record in read_records(store, key)}
+            for record in read_records(store, key) if processed(record)}
 
 
 def ledger_prefix(topic: str, partition: int, generation: int = 0) -> str:
     return f"{RANGES}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
 
 
+def range_key(topic: str, partition: int, start: int, end: int, generation: int = 0) -> str:
+    return f"{ledger_prefix(topic, partition, generation)}{start}-{end}.json"
+
+
+def range_entry(store, topic: str, partition: int, start: int, end: int, generation: int = 0) -> dict:
+    """The ledger entry of one accounted range, as record_range wrote it."""
+    return json.loads(store.get(range_key(topic, partition, start, end, generation)))
+
+
 def record_range(store, topic: str, partition: int, start: int, end: int, generation: int, *,
-                 run_id: str, counts: dict, gaps: list[tuple[int, int]], landing: list[str]) -> str:
+                 run_id: str, counts: dict, gaps: list[tuple[int, int]], duplicates: list[int],
+                 landing: list[str]) -> str:
     """`landing/ranges/<topic>/<partition>/[g<N>/]<start>-<end>.json`: the proof that a range is
-    accounted for, offset by offset (landed, dead-lettered, a duplicate, or deleted by retention
-    before it was read: `deleted`, each [first, end)). Written after the landing files, before the
-    commit."""
-    key = f"{ledger_prefix(topic, partition, generation)}{start}-{end}.json"
+    accounted for, offset by offset (landed, dead-lettered, a duplicate of a frame already processed:
+    `duplicates`, or deleted by retention before it was read: `deleted`; each as [first, end) spans).
+    Written after the landing files, before the commit."""
+    key = range_key(topic, partition, start, end, generation)
     store.put(key, json.dumps({"range": range_name(topic, partition, start, end, generation),
                                "start": start, "end": end, "generation": generation, "run_id": run_id,
                                "counts": counts, "deleted": [list(g) for g in gaps],
+                               "duplicates": [list(s) for s in spans(duplicates)],
                                "landing": landing}).encode())
     return key
+
+
+def spans(offsets: list[int]) -> list[tuple[int, int]]:
+    """Offsets as sorted [first, end) spans: [3, 4, 5, 9] → [(3, 6), (9, 10)]."""
+    found: list[tuple[int, int]] = []
+    for offset in sorted(set(offsets)):
+        if found and found[-1][1] == offset:
+            found[-1] = (found[-1][0], offset + 1)
+        else:
+            found.append((offset, offset + 1))
+    return found
 
 
 def accounted_ranges(store, topic: str, partition: int, generation: int = 0) -> list[tuple[int, int]]:
@@ -183,6 +221,8 @@ def latest_times(last: dict[str, dict], record: dict) -> None:
         return  # unparsed: its source is only the key the sender chose
     times = last.setdefault(record["source_id"], {})
     for field in ("captured_at", "ingested_at", "processed_at"):
+        if field == "captured_at" and record.get("status") == OUT_OF_RANGE:
+            continue  # a clock years ahead would stay the source's latest capture for good
         if record.get(field):
             value = iso_utc(parse_time(record[field]))
             times[field] = max(times.get(field) or value, value)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import accumulate
 
+from imgpipeline.defs.partitions import CALENDAR, Calendar
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
 from imgpipeline.ingest.messages import (
     BadInput,
     FrameMessage,
@@ -156,7 +158,8 @@ class FrameProcessor:
     """The per-frame work of a run; the detector is loaded once and reused."""
 
     def __init__(self, store, detector, *, run_id: str, dark_threshold: float,
-                 annotate: bool, max_bytes: int, max_pixels: int | None = None):
+                 annotate: bool, max_bytes: int, max_pixels: int | None = None,
+                 calendar: Calendar = CALENDAR):
         self.store = store
         self.detector = detector
         self.run_id = run_id
@@ -164,6 +167,7 @@ class FrameProcessor:
         self.annotate = annotate
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.calendar = calendar
 
     def prepare(self, incoming: Incoming) -> Prepared:
         """Parse, fetch and decode; thread-safe, so it runs ahead of the detector."""
@@ -173,8 +177,11 @@ class FrameProcessor:
         try:
             message, inline = parse_message(incoming.value, incoming.headers)
             prepared.message = message
+            why = self.calendar.out_of_range(message.captured, broker_time(incoming.timestamp_ms))
+            if why is not None:
+                return self.undetected(prepared, inline, OUT_OF_RANGE, why)
             if incoming.shed is not None:
-                return self.shed(prepared, inline)
+                return self.undetected(prepared, inline, "shed", incoming.shed)
             if inline is not None:
                 if len(inline) > self.max_bytes:
                     raise BadInput(f"inline frame is {len(inline)} bytes, over the limit of {self.max_bytes}")
@@ -205,10 +212,10 @@ class FrameProcessor:
             prepared.image = None
         return prepared
 
-    def shed(self, prepared: Prepared, inline: bytes | None) -> Prepared:
-        """A well-formed frame shed under overload: recorded with its reason, neither fetched nor
-        decoded. An inline one is still stored, so every shed frame's image is kept; running its range
-        again without shedding detects it."""
+    def undetected(self, prepared: Prepared, inline: bytes | None, status: str, reason: str) -> Prepared:
+        """A well-formed frame recorded with a status and its reason, neither fetched nor decoded: shed
+        under overload, or captured out of the partitions' range. An inline one is still stored, so
+        its image is kept; running a shed frame's range again without shedding detects it."""
         if inline is None:
             self.store.key_for(prepared.message.uri)  # a URI outside the root is an error, shed or not
         else:
@@ -218,8 +225,7 @@ class FrameProcessor:
                 raise BadInput("frame bytes do not match the message's sha256")
         prepared.inline = inline
         prepared.record = self.base_record(prepared.incoming, prepared.message) | {
-            "status": "shed", "error": prepared.incoming.shed,
-            "bytes": len(inline) if inline is not None else None}
+            "status": status, "error": reason, "bytes": len(inline) if inline is not None else None}
         return prepared
 
     def store_inline(self, prepared: Prepared) -> None:
@@ -277,7 +283,7 @@ class FrameProcessor:
         from imgpipeline.vision.quality import encode_jpeg
 
         record = prepared.record
-        if record["status"] == "shed":
+        if record["status"] in ("shed", OUT_OF_RANGE):
             return record
         if record["brightness"] < self.dark_threshold:
             record["status"] = "skipped_dark"

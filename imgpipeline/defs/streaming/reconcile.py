@@ -14,7 +14,7 @@ import dagster as dg
 from imgpipeline.defs.streaming.assets import TOPIC_ASSET
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
 from imgpipeline.defs.streaming.frames_sensor import ACTIVE, BatchPolicy
-from imgpipeline.defs.streaming.landing import accounted_ranges, holes, range_name
+from imgpipeline.defs.streaming.landing import accounted_ranges, holes, range_entry, range_name
 from imgpipeline.resources import KafkaResource, StorageResource
 
 SENSOR = "frames_sensor"
@@ -96,19 +96,44 @@ def coverage(store, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[
     return report
 
 
+# How many of a partition's latest ledger entries the check reads for duplicates: its cost stays flat
+# whatever the history.
+RECENT_RANGES = 200
+
+
+def recent_duplicates(store, topic: str, report: list[Coverage]) -> dict[int, list[list[int]]]:
+    """Per partition, the offsets of duplicates (messages for frames already processed, not landed
+    again) in its latest RECENT_RANGES accounted ranges still in the log, as [first, end) spans."""
+    found = {}
+    for c in report:
+        recent = [r for r in accounted_ranges(store, topic, c.partition, c.generation) if r[1] > c.beginning]
+        entries = [range_entry(store, topic, c.partition, start, end, c.generation)
+                   for start, end in recent[-RECENT_RANGES:]]
+        spans = [span for entry in entries for span in entry.get("duplicates", [])]
+        if spans:
+            found[c.partition] = spans
+    return found
+
+
 @dg.asset_check(
     asset=TOPIC_ASSET,
     name="offsets_accounted_for",
     description="Every offset the sensor launched that is still in the log is accounted for — landed, "
                 "dead-lettered, a duplicate or a recorded retention gap (the range ledger) — or in a run "
-                "that is queued or running. Fails naming the holes; `imgpipeline repair` runs them again.",
+                "that is queued or running. Fails naming the holes; `imgpipeline repair` runs them again. "
+                f"Shows the duplicates' offsets of each partition's latest {RECENT_RANGES} ranges.",
 )
 def offsets_accounted_for(context: dg.AssetCheckExecutionContext, kafka: KafkaResource,
                           storage: StorageResource) -> dg.AssetCheckResult:
-    report = coverage(storage.open(), kafka, context.instance)
+    store = storage.open()
+    report = coverage(store, kafka, context.instance)
+    duplicates = recent_duplicates(store, kafka.frames_topic, report)
     return dg.AssetCheckResult(
         passed=not any(c.holes for c in report),
         metadata={
+            "duplicates": dg.MetadataValue.int(sum(e - s for spans in duplicates.values() for s, e in spans)),
+            "duplicate_offsets": dg.MetadataValue.json({str(p): spans[:50]
+                                                        for p, spans in duplicates.items()}),
             "missing_offsets": dg.MetadataValue.int(sum(c.missing for c in report)),
             "holes": dg.MetadataValue.json({str(c.partition): [list(h) for h in c.holes[:50]]
                                             for c in report if c.holes}),

@@ -31,7 +31,9 @@ on_landing_update = dg.AutomationCondition.eager().without(
             "frames",
             description="One row per frame and event-time hour: ids, times, status, error, size, "
                         "quality, object count, model, Kafka position, run id. Deduplicated on (source_id, "
-                        "frame_id) (the latest processing wins).",
+                        "frame_id): a processed record over an error whatever their order, else the latest. "
+                        "A frame captured out of range is a row with status out_of_range in the hour it "
+                        "reached the broker.",
             deps=[landing_metadata], partitions_def=hourly_partitions, group_name="warehouse",
             automation_condition=on_landing_update, kinds={"parquet"},
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pyarrow as pa
 
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
 from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
 
 # What each check proves, as the UI shows it beside the asset.
@@ -15,6 +16,9 @@ CHECKS = {
                               "replays add no rows.",
         "matches_landing": "The hour's rows are exactly the distinct frames of its landing metadata: "
                            "nothing landed is missing, nothing is extra.",
+        "captured_in_range": "No frame of the hour was captured out of range (before the partitions' start "
+                             "or too far ahead of the broker's time): such frames are rows with status "
+                             "out_of_range in the hour they reached the broker, counted here (a warning).",
     },
     "detections": {
         "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
@@ -39,10 +43,15 @@ def no_failures(*assets: str, checks: dict = CHECKS) -> dict[tuple[str, str], di
     return {(asset, name): {} for asset in assets for name in checks[asset]}
 
 
+# Checks that report what the data says about its sources rather than a fault of the pipeline.
+WARNINGS = {("frames", "captured_in_range")}
+
+
 def check_results(failures: dict[tuple[str, str], dict], checked: int) -> list[dg.AssetCheckResult]:
     """One result per check over the run's partitions."""
     return [dg.AssetCheckResult(
         asset_key=asset, check_name=name, passed=not failed,
+        severity=dg.AssetCheckSeverity.WARN if (asset, name) in WARNINGS else dg.AssetCheckSeverity.ERROR,
         metadata={"partitions_checked": checked,
                   "failures": dg.MetadataValue.json(dict(list(failed.items())[:20]))},
     ) for (asset, name), failed in failures.items()]
@@ -57,6 +66,8 @@ def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[d
     mismatch = landing_mismatch(frames, records)
     if mismatch["missing"] or mismatch["extra"] or mismatch["rows"] != mismatch["distinct_landed"]:
         failures["frames", "matches_landing"][key] = mismatch
+    if out := out_of_range(frames):
+        failures["frames", "captured_in_range"][key] = {"frames": len(out), "first": out[:20]}
     if problems := schema_problems(detections, DETECTIONS_SCHEMA):
         failures["detections", "schema_as_declared"][key] = problems
     expected = sum(frames.column("object_count").to_pylist())
@@ -86,6 +97,12 @@ def duplicate_frames(table: pa.Table) -> list[str]:
     for name in frame_names(table):
         (dupes if name in seen else seen).add(name)
     return sorted(dupes)
+
+
+def out_of_range(table: pa.Table) -> list[str]:
+    """The frames of a table recorded as captured out of range."""
+    return [name for name, status in zip(frame_names(table), table.column("status").to_pylist(), strict=True)
+            if status == OUT_OF_RANGE]
 
 
 def landing_mismatch(table: pa.Table, records: list[dict]) -> dict:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgpipeline.defs.hours import hour_path
+from imgpipeline.defs.streaming.landing import processed
 from imgpipeline.ingest.messages import parse_time
 
 TS = pa.timestamp("ms", tz="UTC")
@@ -137,10 +138,10 @@ def concat(tables: list[pa.Table], table_name: str) -> pa.Table:
 # -- landing records → hourly tables -------------------------------------------------------
 
 def latest_per_frame(records: list[dict]) -> list[dict]:
-    """One record per frame (source_id, frame_id): the latest processing wins; ordered by capture
-    time, source and id."""
+    """One record per frame (source_id, frame_id): a processed record over an error (or out of range)
+    whatever their order, then the latest processing; ordered by capture time, source and id."""
     best: dict[str, dict] = {}
-    for record in sorted(records, key=lambda r: (r["processed_at"] or "", r["topic"] or "",
+    for record in sorted(records, key=lambda r: (processed(r), r["processed_at"] or "", r["topic"] or "",
                                                  r["partition"] or 0, r["offset"] or 0)):
         best[record.get("source_id"), record["frame_id"]] = record
     return sorted(best.values(), key=lambda r: (r["captured_at"], r.get("source_id") or "", r["frame_id"]))

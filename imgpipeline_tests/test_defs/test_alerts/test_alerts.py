@@ -307,3 +307,16 @@ def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
     store.put("annotated/x.jpg", b"jpeg")
     assert failed([{**row, "annotated_key": "annotated/x.jpg"}], {("cam", "f1")}) == set()
     assert failed([{**row, "annotated_key": "annotated/gone.jpg"}]) == {"evidence_stored"}
+
+
+def test_a_frame_captured_out_of_range_is_no_event_frame():
+    from imgpipeline.defs.alerts.tables import event_frames
+
+    def row(frame_id: str, captured: str, status: str) -> dict:
+        return {"frame_id": frame_id, "source_id": "cam", "captured_at": captured, "status": status,
+                "ingested_at": "2026-11-20T10:00:00.000Z", "processed_at": "2026-11-20T10:00:01.000Z"}
+
+    frames = wh.frames_table([row("a", "2026-11-20T10:00:00.000Z", "detected"),
+                              row("b", "2099-01-01T00:00:00.000Z", "out_of_range")])
+    found = event_frames(frames, wh.DETECTIONS_SCHEMA.empty_table())
+    assert [f.frame_id for f in found["cam"]] == ["a"]  # a clock decades ahead is no silence

@@ -235,20 +235,23 @@ def test_a_new_generation_lands_under_names_of_its_own(kafka, local):
     assert key.endswith(f"/{kafka.frames_topic}-0-0-2-g3.jsonl")
 
 
-def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
+def accounted_for(kafka, storage, instance) -> dg.AssetCheckEvaluation:
+    """The check offsets_accounted_for, run as its job runs it."""
     from imgpipeline.defs.streaming.assets import kafka_frames
-    from imgpipeline.defs.streaming.reconcile import offsets_accounted_for, reconcile_frames, repair_holes
+    from imgpipeline.defs.streaming.reconcile import offsets_accounted_for, reconcile_frames
+
+    job = dg.Definitions(assets=[kafka_frames], asset_checks=[offsets_accounted_for],
+                         jobs=[reconcile_frames], resources={"kafka": kafka, "storage": storage}
+                         ).resolve_job_def("reconcile_frames")
+    (evaluation,) = job.execute_in_process(instance=instance).get_asset_check_evaluations()
+    return evaluation
+
+
+def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
+    from imgpipeline.defs.streaming.reconcile import repair_holes
 
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(9)])
-
-    def check(instance) -> dg.AssetCheckEvaluation:
-        job = dg.Definitions(assets=[kafka_frames], asset_checks=[offsets_accounted_for],
-                             jobs=[reconcile_frames], resources={"kafka": kafka, "storage": local}
-                             ).resolve_job_def("reconcile_frames")
-        result = job.execute_in_process(instance=instance)
-        (evaluation,) = result.get_asset_check_evaluations()
-        return evaluation
 
     with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 3).success
@@ -258,7 +261,7 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         assert run(kafka, local, instance, 6, 9).success
         # A later range never commits past the missing one: lag tools see it.
         assert committed(kafka) == 3
-        failed = check(instance)
+        failed = accounted_for(kafka, local, instance)
         assert not failed.passed
         assert failed.metadata["holes"].value == {"0": [[3, 6]]}
         assert failed.metadata["missing_offsets"].value == 3
@@ -267,7 +270,7 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         assert repair_holes(instance, {"kafka": kafka, "storage": local, "detector": DetectorResource()},
                             max_batch=2, log=lines.append)
         assert "2 repair runs; 0 offsets still missing" in lines[-1]
-        assert check(instance).passed
+        assert accounted_for(kafka, local, instance).passed
     assert sorted(r["frame_id"] for r in landing_records(local)) == [f"f{i}" for i in range(9)]
     assert committed(kafka) == 9
 
@@ -442,3 +445,137 @@ def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services
     assert not result.success
     assert "NoSuchBucket" in result.get_step_failure_events()[0].event_specific_data.error.cause.message
     assert len(dead_letters(kafka)) == 2 and committed(kafka) == 4
+
+
+def materialize_hours(storage, instance, hours) -> list[dg.AssetCheckEvaluation]:
+    """The hourly tables of each hour (partition keys), as the automation would make them."""
+    from imgpipeline.defs.warehouse.assets import hourly_tables
+
+    evaluations = []
+    for hour in sorted(hours):
+        result = dg.materialize([hourly_tables], instance=instance, partition_key=hour,
+                                resources={"storage": storage, "tracking": TrackingResource()})
+        assert result.success
+        evaluations += result.get_asset_check_evaluations()
+    return evaluations
+
+
+def frame_rows(storage, when: datetime) -> dict[str, dict]:
+    from imgpipeline.defs.warehouse.tables import from_parquet, hourly_key
+
+    table = from_parquet(storage.open().get(hourly_key("frames", when)))
+    return {row["frame_id"]: row for row in table.to_pylist()}
+
+
+def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
+    store = local.open()
+    data = sample("zidane.jpg").read_bytes()
+
+    def claim(name: str, digest: str | None) -> tuple[bytes, list]:
+        uri = store.uri(frame_key("cam9", WHEN, name))
+        return FrameMessage(name, "cam9", STAMP, uri, digest, None, None).to_json(), []
+
+    # First sent wrong: the image missing, truncated, or not the bytes the message's sha256 names.
+    store.put(frame_key("cam9", WHEN, "truncated"), data[: len(data) // 3])
+    store.put(frame_key("cam9", WHEN, "wrong-sha"), data)
+    send(kafka, [claim("missing", sha256_hex(data)), claim("truncated", None), claim("wrong-sha", "0" * 64)])
+    with fresh_instance() as instance:
+        assert run(kafka, local, instance, 0, 3).success
+        assert {r["frame_id"]: r["status"] for r in landing_records(local)} == {
+            "missing": "error", "truncated": "error", "wrong-sha": "error"}
+
+        # Sent again once right: processed, not screened out as duplicates of their errors.
+        store.put(frame_key("cam9", WHEN, "missing"), data)
+        store.put(frame_key("cam9", WHEN, "truncated"), data)
+        names = ("missing", "truncated", "wrong-sha")
+        send(kafka, [claim(name, sha256_hex(data)) for name in names])
+        assert run(kafka, local, instance, 3, 6).success
+        latest = {r["frame_id"]: r["status"] for r in landing_records(local) if r["offset"] >= 3}
+        assert latest == dict.fromkeys(names, "detected")
+
+        # A true duplicate, and a later error for a frame already processed: neither lands, and the
+        # range ledger names their offsets.
+        send(kafka, [claim("missing", sha256_hex(data)), claim("wrong-sha", "0" * 64)])
+        assert run(kafka, local, instance, 6, 8).success
+        assert not [r for r in landing_records(local) if r["offset"] >= 6]
+        entry = json.loads(store.get(f"landing/ranges/{kafka.frames_topic}/0/6-8.json"))
+        assert (entry["counts"]["duplicate"], entry["duplicates"]) == (2, [[6, 8]])
+        check = accounted_for(kafka, local, instance)
+        assert check.passed and check.metadata["duplicates"].value == 2
+        assert check.metadata["duplicate_offsets"].value == {"0": [[6, 8]]}
+
+        # A run of the first range that raced the second (it had not seen its landing) lands its errors
+        # after the successes: the warehouse keeps the successes all the same.
+        racing = StorageResource(uri=(tmp_path / "racing").as_uri())
+        assert run(kafka, racing, instance, 0, 3, commit=False).success
+        (key,) = landing_files(racing)
+        assert {r["status"] for r in landing_records(racing)} == {"error"}
+        store.put(key, racing.open().get(key))
+        processed_at = {(r["frame_id"], r["status"]): r["processed_at"] for r in landing_records(local)}
+        assert processed_at["missing", "error"] > processed_at["missing", "detected"]
+
+        evaluations = materialize_hours(local, instance, {"2026-11-20-10:00"})
+    rows = frame_rows(local, WHEN)
+    assert {name: (row["status"], row["offset"]) for name, row in rows.items()} == {
+        "missing": ("detected", 3), "truncated": ("detected", 4), "wrong-sha": ("detected", 5)}
+    assert all(e.passed for e in evaluations), [e.check_name for e in evaluations if not e.passed]
+
+
+def test_a_frame_captured_out_of_range_is_a_row_counted_by_status_and_a_check(kafka, local, tmp_path):
+    import subprocess
+    import sys
+
+    from imgpipeline.defs.hours import hour_key
+    from imgpipeline.defs.partitions import hourly_partitions
+    from imgpipeline.defs.streaming.landing import event_hour
+    from imgpipeline.ingest.messages import iso_utc, parse_time
+
+    store = local.open()
+    data = sample("zidane.jpg").read_bytes()
+    now = datetime.now(UTC)
+    times = {"ancient": datetime(2020, 6, 1, 8, 0, tzinfo=UTC),  # before the partitions' start
+             "future": datetime(2099, 1, 1, 12, 0, tzinfo=UTC),  # a camera clock decades ahead
+             "timely": now}
+    messages = []
+    for name, captured in times.items():
+        key = frame_key("cam9", captured, name)
+        store.put(key, data)
+        messages.append((FrameMessage(name, "cam9", iso_utc(captured), store.uri(key), sha256_hex(data),
+                                      None, None).to_json(), []))
+    send(kafka, messages)
+    with fresh_instance() as instance:
+        assert run(kafka, local, instance, 0, 3).success
+        records = {r["frame_id"]: r for r in landing_records(local)}
+        # Every landing file lies in an hour a partition reads.
+        for key in landing_files(local):
+            folder = "/".join(key.split("/")[2:4])  # landing/metadata/dt=…/hour=…/<range>.jsonl
+            hour = datetime.strptime(folder, "dt=%Y-%m-%d/hour=%H").replace(tzinfo=UTC)
+            assert hourly_partitions.has_partition_key(hour_key(hour)), key
+        assert {name: r["status"] for name, r in records.items()} == {
+            "ancient": "out_of_range", "future": "out_of_range", "timely": "detected"}
+        assert "before the partitions' start" in records["ancient"]["error"]
+        assert "IMGPIPELINE_FUTURE_LIMIT_MIN" in records["future"]["error"]
+        hours = {hour_key(event_hour(r)) for r in records.values()}
+        evaluations = materialize_hours(local, instance, hours)
+
+    rows = {}
+    for hour in hours:
+        rows |= frame_rows(local, datetime.strptime(hour, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC))
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "ancient": "out_of_range", "future": "out_of_range", "timely": "detected"}
+    assert rows["future"]["captured_at"] == times["future"]  # the time as sent, in the hour it arrived
+    for name in ("ancient", "future"):
+        arrived = parse_time(records[name]["ingested_at"]).replace(minute=0, second=0, microsecond=0)
+        assert hour_key(arrived) in hours
+    (check,) = [e for e in evaluations if e.check_name == "captured_in_range" and not e.passed]
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    counted = sum(f["frames"] for f in check.metadata["failures"].value.values())
+    assert counted == 2
+
+    env = {**os.environ, "IMGPIPELINE_HOME": str(tmp_path / "home"), "IMGPIPELINE_STORAGE_URI": local.uri,
+           "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic}
+    done = subprocess.run([sys.executable, "-m", "imgpipeline.cli", "status", "--json"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout)
+    assert report["sources"]["cam9"]["out_of_range"] == 2
+    assert done.returncode == 1 and any("cam9: 2 frames" in p for p in report["problems"])

@@ -118,7 +118,8 @@ def test_a_shed_frame_is_still_screened_as_untrusted_input(tmp_path):
     def shed(uri: str | None, inline: bytes | None = None, sha256: str | None = None):
         message = FrameMessage("f1", "cam", "2026-11-22T10:00:00.000Z", uri, sha256, None, None)
         value, headers = (inline, message.to_headers()) if inline is not None else (message.to_json(), [])
-        return processor.prepare(Incoming("frames", 0, 7, b"cam", value, headers, 1000, shed="shed: …"))
+        arrived_ms = 1_795_341_601_000  # 2026-11-22T10:00:01Z: a second after its capture
+        return processor.prepare(Incoming("frames", 0, 7, b"cam", value, headers, arrived_ms, shed="shed: …"))
 
     assert shed(store.uri("frames/cam/2026-11-22/f1.jpg")).record["status"] == "shed"
     root = store.uri("f.jpg").removesuffix("f.jpg")

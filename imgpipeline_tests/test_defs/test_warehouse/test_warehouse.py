@@ -214,6 +214,9 @@ def test_latest_processing_wins():
            "partition": 0, "offset": 1, "status": "error"}
     new = {**old, "processed_at": "2026-11-21T11:00:00.000Z", "offset": 9, "status": "detected"}
     assert tables.latest_per_frame([new, old]) == [new]
+    # A later error (a run that raced the successful one) never replaces a success.
+    later_error = {**old, "processed_at": "2026-11-21T12:00:00.000Z", "offset": 3}
+    assert tables.latest_per_frame([later_error, new, old]) == [new]
 
 
 def test_the_s3_secret_never_appears_in_sql_text():
