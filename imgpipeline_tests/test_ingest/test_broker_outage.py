@@ -27,7 +27,7 @@ from imgpipeline_tests.pipeline import drain, landing_records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_ingest.test_mqtt import images, publish, publisher
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.edge]
 
 # Test-sized Kafka client timeouts: the broker stays frozen three delivery timeouts.
 TIMEOUTS = {"KAFKA_REQUEST_TIMEOUT_MS": "2000", "KAFKA_DELIVERY_TIMEOUT_MS": "5000",

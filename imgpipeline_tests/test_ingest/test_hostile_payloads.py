@@ -23,7 +23,7 @@ from imgpipeline_tests.pipeline import drain, landing_records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_ingest.test_mqtt import images, publish, publisher
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.edge]
 LIMIT = 50_000
 
 

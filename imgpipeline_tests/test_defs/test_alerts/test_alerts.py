@@ -215,6 +215,7 @@ rules: [{{name: r, kind: class, classes: [dog], notify: [down]}}]
     down.close()
 
 
+@pytest.mark.edge
 def test_a_webhook_address_is_never_said(tmp_path, kafka):
     """A webhook's login and the token in its path or query stay out of every reason, ledger entry,
     dead-letter header and config error, whatever the failure repeats of the address."""
@@ -309,6 +310,7 @@ def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
     assert failed([{**row, "annotated_key": "annotated/gone.jpg"}]) == {"evidence_stored"}
 
 
+@pytest.mark.edge
 def test_a_frame_captured_out_of_range_is_no_event_frame():
     from imgpipeline.defs.alerts.tables import event_frames
 

@@ -300,6 +300,7 @@ def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
     assert sorted(r["frame_id"] for r in landing_records(local)) == ["f0", "f1", "f2", "f3"]
 
 
+@pytest.mark.edge
 def test_hostile_letters_stay_bounded_and_the_batch_lands(kafka, local):
     """A 5 MB key and header set of characters JSON escapes twelvefold and a value just under the DLQ's
     limit, from a frames topic that takes 16 MB messages: each letter fits the DLQ, the batch lands."""
@@ -347,6 +348,7 @@ def test_hostile_letters_stay_bounded_and_the_batch_lands(kafka, local):
     assert oversized["value_sha256"] == sha256_hex(big)
 
 
+@pytest.mark.edge
 def test_a_letter_is_measured_as_sent_and_uses_its_room():
     from imgpipeline.defs.streaming.processing import (
         MAX_DEAD_LETTER_BYTES,
@@ -379,6 +381,7 @@ def test_a_letter_is_measured_as_sent_and_uses_its_room():
     assert max(sent for sent, carried in sizes if carried) > MAX_DEAD_LETTER_BYTES - 4
 
 
+@pytest.mark.edge
 def test_letters_of_two_messages_never_share_a_key(kafka, local):
     """Explicit-URI runs and the generations of a re-created topic reuse positions; their letters'
     keys do not, so a compacted DLQ keeps one letter per message. A retried run's letter replaces its
@@ -404,6 +407,7 @@ def test_letters_of_two_messages_never_share_a_key(kafka, local):
     assert sum(reason.startswith("malformed JSON") for reason in reasons) == 2  # generations 0 and 1
 
 
+@pytest.mark.edge
 def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services):
     """A key the store's policy denies and an archived object are their frames' errors; a store that
     refuses every read, or a bucket gone, fails the run: nothing lands, is dead-lettered or committed."""
@@ -467,6 +471,7 @@ def frame_rows(storage, when: datetime) -> dict[str, dict]:
     return {row["frame_id"]: row for row in table.to_pylist()}
 
 
+@pytest.mark.edge
 def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
     store = local.open()
     data = sample("zidane.jpg").read_bytes()
@@ -521,6 +526,7 @@ def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
     assert all(e.passed for e in evaluations), [e.check_name for e in evaluations if not e.passed]
 
 
+@pytest.mark.edge
 def test_a_frame_captured_out_of_range_is_a_row_counted_by_status_and_a_check(kafka, local, tmp_path):
     import subprocess
     import sys

@@ -108,6 +108,7 @@ def test_views_and_query_run_nothing_a_key_says(storage, tmp_path, capsys, monke
 
 @pytest.mark.integration
 @pytest.mark.instance
+@pytest.mark.edge
 def test_daily_summary_runs_nothing_a_key_says(storage, tmp_path):
     from dagster_duckdb import DuckDBResource
 
