@@ -14,7 +14,8 @@ def mqtt_letter(topic: str, payload: bytes, reason: str, sender: str) -> tuple[b
     DLQ."""
     import time
 
-    from imgpipeline.defs.streaming.processing import Incoming, dead_letter
+    from imgpipeline.defs.streaming.dead_letters import dead_letter
+    from imgpipeline.defs.streaming.processing import Incoming
     from imgpipeline.ingest.messages import sha256_hex
 
     incoming = Incoming(topic, -1, -1, None, payload, [], int(time.time() * 1000))

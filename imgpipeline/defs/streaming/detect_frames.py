@@ -17,6 +17,7 @@ from pydantic import Field
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.assets import LANDING_ASSET
+from imgpipeline.defs.streaming.dead_letters import dead_letter
 from imgpipeline.defs.streaming.landing import (
     OUT_OF_RANGE,
     Spool,
@@ -39,7 +40,6 @@ from imgpipeline.defs.streaming.processing import (
     Prepared,
     Shedding,
     ahead,
-    dead_letter,
     read_range,
     uri_messages,
 )

@@ -306,7 +306,7 @@ def test_hostile_letters_stay_bounded_and_the_batch_lands(kafka, local):
     limit, from a frames topic that takes 16 MB messages: each letter fits the DLQ, the batch lands."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from imgpipeline.defs.streaming.processing import MAX_DEAD_LETTER_BYTES
+    from imgpipeline.defs.streaming.dead_letters import MAX_DEAD_LETTER_BYTES
 
     admin = kafka.admin()
     try:
@@ -350,12 +350,8 @@ def test_hostile_letters_stay_bounded_and_the_batch_lands(kafka, local):
 
 @pytest.mark.edge
 def test_a_letter_is_measured_as_sent_and_uses_its_room():
-    from imgpipeline.defs.streaming.processing import (
-        MAX_DEAD_LETTER_BYTES,
-        RECORD_FRAMING,
-        Incoming,
-        dead_letter,
-    )
+    from imgpipeline.defs.streaming.dead_letters import MAX_DEAD_LETTER_BYTES, RECORD_FRAMING, dead_letter
+    from imgpipeline.defs.streaming.processing import Incoming
 
     key = ("\x01" * 2_000_000).encode()
     headers = [("h", b"\x00" * 5_000_000)] + [(f"n{i}", ("\U0001f600" * 200).encode()) for i in range(300)]
