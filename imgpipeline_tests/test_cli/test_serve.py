@@ -14,10 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from imgpipeline.cli.serve import Running, Warehouse, create_app
+from imgpipeline.cli.serve import Running, Warehouse
 from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.web import queries
+from imgpipeline.web.app import create_app
 from imgpipeline_tests.test_cli.street import DAY, make_street
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
@@ -198,11 +199,8 @@ def status(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode(errors="replace")
 
 
-def test_hostile_requests_get_nothing_outside_the_storage_root(street):
-    viewer, resources, folder = street
-    storage = resources["storage"]
-    # Rows planted in a forged table: frame URIs outside the root, markup in names and alert text.
-    store = storage.open()
+def plant_forged_rows(store) -> None:
+    """Rows of a forged hour on 2026-11-18: frame URIs outside the root, markup in names and alert text."""
     when = wh.parse_time("2026-11-18T10:00:00Z")
     frames = [{**dict.fromkeys(wh.FRAMES_SCHEMA.names), "frame_id": fid, "source_id": "cam", "uri": uri,
                "status": "detected", "captured_at": when, "processed_at": when, "ingested_at": when}
@@ -218,6 +216,11 @@ def test_hostile_requests_get_nothing_outside_the_storage_root(street):
     for table, rows in (("frames", frames), ("detections", detections), ("alerts", alerts)):
         store.put(f"warehouse/{table}/dt=2026-11-18/hour=10/part-0.parquet",
                   wh.to_parquet(pa.Table.from_pylist(rows, schema=wh.SCHEMAS[table])))
+
+
+def test_hostile_requests_get_nothing_outside_the_storage_root(street):
+    viewer, resources, folder = street
+    plant_forged_rows(resources["storage"].open())
     secret = folder / "secret.txt"
     secret.write_text("top secret")
     requests = {

@@ -21,24 +21,31 @@ DAY = date(2026, 11, 20)
 CLASSES = ["person", "car", "bicycle", "motorbike", "bus", "truck", "dog", "cat", "bird", "bench"]
 
 
-def generate(frames: int, folder: Path) -> None:
-    """A day of synthetic frames, detections and alerts under the warehouse layout, with a few real
-    JPEGs that every frame points at (thumbnails are drawn from them)."""
-    import duckdb
+def write_images(folder: Path, count: int = 8) -> list[str]:
+    """A few real JPEGs of noise under the folder (thumbnails are drawn from them): their URIs."""
     import numpy as np
 
-    from imgpipeline.defs.warehouse.sql import duckdb_type
-    from imgpipeline.defs.warehouse.tables import SCHEMAS
     from imgpipeline.vision.quality import encode_jpeg
 
     images = []
-    for k in range(8):
-        key = f"frames/bench/{DAY}/img-{k}.jpg"
-        path = folder / key
+    for k in range(count):
+        path = folder / f"frames/bench/{DAY}/img-{k}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(k)
         path.write_bytes(encode_jpeg(rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)))
         images.append(path.as_uri())
+    return images
+
+
+def generate(frames: int, folder: Path) -> None:
+    """A day of synthetic frames, detections and alerts under the warehouse layout, with a few real
+    JPEGs that every frame points at."""
+    import duckdb
+
+    from imgpipeline.defs.warehouse.sql import duckdb_type
+    from imgpipeline.defs.warehouse.tables import SCHEMAS
+
+    images = write_images(folder)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     captured = "CAST($day AS TIMESTAMPTZ) + to_milliseconds(i * (86400000 // $frames))"
@@ -112,10 +119,11 @@ def _get(url: str) -> tuple[float, int]:
 
 def bench_viewer(frames: int = 100_000) -> dict:
     """Page load times over one day of `frames` frames, and the size of its daily report."""
-    from imgpipeline.cli.serve import Running, Warehouse, create_app
+    from imgpipeline.cli.serve import Running, Warehouse
     from imgpipeline.defs.warehouse.sql import connect
     from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
     from imgpipeline.web import render
+    from imgpipeline.web.app import create_app
 
     folder = scratch_dir("viewer")
     print(f"generating a day of {frames:,} frames ({frames * 5:,} detections, 300 alerts) in {folder} …")

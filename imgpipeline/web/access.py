@@ -1,0 +1,41 @@
+"""What the viewer is given: the warehouse as its launcher opens it (`imgpipeline serve`, cli/serve.py).
+
+The app depends on this interface only, so the web layer needs neither the code location's definitions
+nor how the DuckDB views are made.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from imgpipeline.resources.storage import Storage
+
+
+class AlertLedger(Protocol):
+    """The ledger of alert numbers and notifications, as far as the viewer reads it."""
+
+    def missing(self, number: int) -> str:
+        """Why there is no alert with this number."""
+
+    def deliveries(self, number: int) -> dict[str, dict]:
+        """How each notification of the alert ended, by target."""
+
+
+class WarehouseAccess(Protocol):
+    """The storage and the warehouse views over it."""
+
+    store: Storage
+    max_pixels: int  # the largest image the viewer decodes
+
+    def cursor(self):
+        """A DuckDB cursor with the warehouse views (frames, detections, alerts, …), one per request."""
+
+    def image(self, key: str) -> bytes:
+        """An object's bytes, only when the key lies under the storage root and the object is no
+        larger than a frame may be (else BadObject)."""
+
+    def ledger(self) -> AlertLedger:
+        """The alert ledger in the same storage."""
+
+    def zones_sha256(self) -> str | None:
+        """The zones file the line crossings are counted with (None: no zones)."""

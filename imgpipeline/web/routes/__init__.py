@@ -1,0 +1,1 @@
+"""The viewer's pages, one module per group; each module's `routes` go into the app (web/app.py)."""

@@ -1,0 +1,84 @@
+"""Alerts: a day's list (`/alerts`), one alert by its number with its deliveries, and its annotated
+image and crop."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.responses import RedirectResponse
+from starlette.routing import Route
+
+from imgpipeline.ingest.messages import FRAME_ID
+from imgpipeline.resources.storage import BadObject
+from imgpipeline.web import queries
+from imgpipeline.web.responses import (
+    NO_SUCH_PAGE,
+    NotFound,
+    day_of,
+    guarded,
+    jpeg,
+    message,
+    page,
+    warehouse_of,
+)
+
+IMAGES = ("annotated", "crop")
+NUMBER = re.compile(r"[0-9]{1,12}")
+
+
+@guarded
+def alerts_page(request, con):
+    day = day_of(request, con)
+    source = request.query_params.get("source") or None
+    if source is not None and not FRAME_ID.match(source):
+        raise ValueError("source is not a source id")
+    return page("alerts.html", day=day, source=source, sources=queries.sources(con, day),
+                alerts=queries.alerts(con, day, source))
+
+
+def open_alert(request):
+    """The form's `?number=` (`42` or `#42`) to the alert's own page."""
+    number = request.query_params.get("number", "").strip().lstrip("#")
+    if not NUMBER.fullmatch(number):
+        return message("Not an alert number", "An alert number is a whole number, e.g. 42.", 400)
+    return RedirectResponse(f"/alerts/{int(number)}", status_code=303)
+
+
+def find_alert(request, con) -> dict:
+    """The alert the path names; else a 404 saying why it is not there (the ledger knows)."""
+    number = request.path_params["number"]
+    found = queries.alert(con, number)
+    if found is None:
+        raise NotFound(warehouse_of(request).ledger().missing(number).capitalize() + ".")
+    return found
+
+
+@guarded
+def alert_page(request, con):
+    found = find_alert(request, con)
+    warehouse = warehouse_of(request)
+    uris = {name: warehouse.store.uri(found[f"{name}_key"]) for name in IMAGES if found[f"{name}_key"]}
+    return page("alert.html", a=found, day=found["day"], uris=uris,
+                deliveries=warehouse.ledger().deliveries(found["number"]))
+
+
+@guarded
+def alert_image(request, con):
+    kind = request.path_params["kind"]
+    if kind not in IMAGES:
+        raise NotFound(NO_SUCH_PAGE)
+    key = find_alert(request, con)[f"{kind}_key"]
+    if not key:
+        raise NotFound("this alert has no such image")
+    try:
+        return jpeg(warehouse_of(request).image(key))
+    except BadObject as exc:
+        raise NotFound(str(exc)) from None
+
+
+routes = [
+    Route("/alerts", alerts_page),
+    Route("/alerts/open", open_alert),
+    Route("/alerts/{number:int}", alert_page),
+    Route("/alerts/{number:int}/{kind:str}.jpg", alert_image),
+]
