@@ -53,12 +53,23 @@ def find_alert(request, con) -> dict:
     return found
 
 
+def image_uris(store, found: dict) -> dict[str, str]:
+    """Where the alert's images lie; a key that would leave the storage root is shown as refused."""
+    uris = {}
+    for name in IMAGES:
+        if key := found[f"{name}_key"]:
+            try:
+                uris[name] = store.uri(key)
+            except BadObject as exc:
+                uris[name] = f"refused: {exc}"
+    return uris
+
+
 @guarded
 def alert_page(request, con):
     found = find_alert(request, con)
     warehouse = warehouse_of(request)
-    uris = {name: warehouse.store.uri(found[f"{name}_key"]) for name in IMAGES if found[f"{name}_key"]}
-    return page("alert.html", a=found, day=found["day"], uris=uris,
+    return page("alert.html", a=found, day=found["day"], uris=image_uris(warehouse.store, found),
                 deliveries=warehouse.ledger().deliveries(found["number"]))
 
 
