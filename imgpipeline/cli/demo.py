@@ -73,7 +73,7 @@ def run_demo(timeout_s: float = 600.0) -> int:
     print("4/4 hourly frames/detections (Parquet), tracks and object counts, alerts, daily_summary (DuckDB), "
           "daily_report")
     days = build_warehouse(records, services, resources)
-    from imgpipeline.defs.warehouse.sql import SUMMARY_SQL, connect
+    from imgpipeline.defs.tables.views import SUMMARY_SQL, connect
 
     con = connect(resources["storage"])
     for day in days:
@@ -125,7 +125,7 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
 
 def report_counts(con, days: list[str], zones) -> None:
     """The street video's distinct cars, people and bicycles and the crossings of its lines each way."""
-    from imgpipeline.defs.warehouse.sql import COUNTS_SQL
+    from imgpipeline.defs.tables.views import COUNTS_SQL
 
     rows = [row for day in days
             for row in con.sql(COUNTS_SQL, params=[day, zones.sha256, "street-cam"]).fetchall()]

@@ -9,7 +9,7 @@ from imgpipeline import ConfigError
 
 def warehouse():
     """A DuckDB connection with the views frames, detections and daily_summary."""
-    from imgpipeline.defs.warehouse.sql import connect
+    from imgpipeline.defs.tables.views import connect
     from imgpipeline.resources import StorageResource
 
     return connect(StorageResource.from_env())
@@ -33,7 +33,7 @@ def query(args) -> int:
 
 
 def summary(args) -> int:
-    from imgpipeline.defs.warehouse.sql import SUMMARY_SQL
+    from imgpipeline.defs.tables.views import SUMMARY_SQL
 
     relation = warehouse().sql(SUMMARY_SQL, params=[args.date])
     if not relation.fetchall():
@@ -46,7 +46,7 @@ def summary(args) -> int:
 
 def counts(args) -> int:
     """A day's distinct objects and line crossings per source and class."""
-    from imgpipeline.defs.warehouse.sql import COUNTS_SQL
+    from imgpipeline.defs.tables.views import COUNTS_SQL
     from imgpipeline.resources import TrackingResource
 
     zones = TrackingResource.from_env().zones()

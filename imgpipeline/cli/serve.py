@@ -44,7 +44,7 @@ class Warehouse:
         self._refused = ""
 
     def cursor(self):
-        from imgpipeline.defs.warehouse.sql import connect
+        from imgpipeline.defs.tables.views import connect
 
         with self._lock:
             if self._con is None or time.monotonic() - self._made > self.refresh_s:

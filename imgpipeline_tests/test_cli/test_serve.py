@@ -15,7 +15,8 @@ import pyarrow as pa
 import pytest
 
 from imgpipeline.cli.serve import Running, Warehouse, create_app
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TABLES, to_parquet
+from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.web import queries
 from imgpipeline_tests.test_cli.street import DAY, make_street
@@ -203,21 +204,21 @@ def test_hostile_requests_get_nothing_outside_the_storage_root(street):
     storage = resources["storage"]
     # Rows planted in a forged table: frame URIs outside the root, markup in names and alert text.
     store = storage.open()
-    when = wh.parse_time("2026-11-18T10:00:00Z")
-    frames = [{**dict.fromkeys(wh.FRAMES_SCHEMA.names), "frame_id": fid, "source_id": "cam", "uri": uri,
+    when = parse_time("2026-11-18T10:00:00Z")
+    frames = [{**dict.fromkeys(FRAMES.schema.names), "frame_id": fid, "source_id": "cam", "uri": uri,
                "status": "detected", "captured_at": when, "processed_at": when, "ingested_at": when}
               for fid, uri in (("evil", "file:///etc/passwd"),
                                ("evil2", f"{store.root_uri}/frames/../../secret.txt"))]
-    detections = [{**dict.fromkeys(wh.DETECTIONS_SCHEMA.names), "frame_id": "evil", "source_id": "cam",
+    detections = [{**dict.fromkeys(DETECTIONS.schema.names), "frame_id": "evil", "source_id": "cam",
                    "captured_at": when, "detection_index": 0, "class_id": 0,
                    "class_name": "<script>x</script>", "confidence": 0.9, "class_rank": 1,
                    "x": 1, "y": 1, "w": 5, "h": 5}]
-    alerts = [{**dict.fromkeys(wh.ALERTS_SCHEMA.names), "number": 999_999, "fired_at": when,
+    alerts = [{**dict.fromkeys(ALERTS.schema.names), "number": 999_999, "fired_at": when,
                "hour_start": when, "source_id": "cam", "rule": "r", "kind": "class", "severity": "info",
                "detail": "<img src=x onerror=alert(1)>", "frame_id": "evil", "frame_ids": ["evil"]}]
     for table, rows in (("frames", frames), ("detections", detections), ("alerts", alerts)):
         store.put(f"warehouse/{table}/dt=2026-11-18/hour=10/part-0.parquet",
-                  wh.to_parquet(pa.Table.from_pylist(rows, schema=wh.SCHEMAS[table])))
+                  to_parquet(pa.Table.from_pylist(rows, schema=TABLES[table].schema)))
     secret = folder / "secret.txt"
     secret.write_text("top secret")
     requests = {

@@ -22,8 +22,8 @@ from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
 from imgpipeline.defs.streaming.landing import event_hour
+from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.warehouse.assets import hourly_tables
-from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.ingest.mqtt import MqttBridge, source_of
 from imgpipeline.resources import StorageResource, TrackingResource

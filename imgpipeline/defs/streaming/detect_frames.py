@@ -16,7 +16,6 @@ import dagster as dg
 from pydantic import Field
 
 from imgpipeline.defs.hours import hour_key
-from imgpipeline.defs.streaming.assets import LANDING_ASSET
 from imgpipeline.defs.streaming.dead_letters import dead_letter
 from imgpipeline.defs.streaming.landing import (
     OUT_OF_RANGE,
@@ -43,6 +42,7 @@ from imgpipeline.defs.streaming.processing import (
     read_range,
     uri_messages,
 )
+from imgpipeline.defs.tables import LANDING_ASSET
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 from imgpipeline.vision.quality import DARK_THRESHOLD
 

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from imgpipeline.defs.streaming.assets import TOPIC_ASSET
 from imgpipeline.defs.streaming.landing import hour_records, known_sources
+from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import FromEnv, setting

@@ -15,6 +15,7 @@ from kafka import TopicPartition
 
 from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
+from imgpipeline.defs.tables import FRAMES
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
 from imgpipeline_tests.conftest import s3_storage_resource, s3_user
@@ -185,8 +186,8 @@ def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafk
 
 
 def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
+    from imgpipeline.defs.tables import from_parquet
     from imgpipeline.defs.warehouse.assets import hourly_tables
-    from imgpipeline.defs.warehouse.tables import from_parquet, hourly_key
 
     store = local.open()
     send(kafka, [good_frame(store, name, source) for source in ("cam1", "cam2")
@@ -196,7 +197,7 @@ def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
         assert dg.materialize([hourly_tables], instance=instance, partition_key="2026-11-20-10:00",
                               resources={"storage": local, "tracking": TrackingResource()}).success
     assert len(landing_records(local)) == 4
-    frames = from_parquet(store.get(hourly_key("frames", WHEN)))
+    frames = from_parquet(store.get(FRAMES.hour_key(WHEN)))
     assert sorted(zip(frames.column("source_id").to_pylist(), frames.column("frame_id").to_pylist(),
                       strict=True)) == [("cam1", "IMG_0001"), ("cam1", "IMG_0002"),
                                         ("cam2", "IMG_0001"), ("cam2", "IMG_0002")]
@@ -461,9 +462,9 @@ def materialize_hours(storage, instance, hours) -> list[dg.AssetCheckEvaluation]
 
 
 def frame_rows(storage, when: datetime) -> dict[str, dict]:
-    from imgpipeline.defs.warehouse.tables import from_parquet, hourly_key
+    from imgpipeline.defs.tables import from_parquet
 
-    table = from_parquet(storage.open().get(hourly_key("frames", when)))
+    table = from_parquet(storage.open().get(FRAMES.hour_key(when)))
     return {row["frame_id"]: row for row in table.to_pylist()}
 
 

@@ -14,11 +14,11 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster_duckdb import DuckDBResource
 
 from imgpipeline.defs.streaming.landing import Spool, event_hour, landing_key
-from imgpipeline.defs.tracking import tracker
+from imgpipeline.defs.tables import DETECTIONS, TABLES, from_parquet
+from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.tracking.assets import tracking_tables
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.warehouse import tracked as tracker
 from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables, retrack_sensor
-from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
@@ -94,13 +94,13 @@ def test_tracks_continue_over_the_hour_and_rematerializing_changes_nothing(tmp_p
                             "WHERE kind = 'line' AND (crossed_in + crossed_out) > 0 ORDER BY 1").fetchall()
         assert [(c, h.hour, i, o) for c, h, i, o in crossings] == [("car", 11, 0, 1), ("person", 11, 1, 0)]
 
-        before = {t: store.get(wh.hourly_key(t, ELEVEN)) for t in ("detections", "tracks")}
+        before = {t: store.get(TABLES[t].hour_key(ELEVEN)) for t in ("detections", "tracks")}
         counts_before = store.list("warehouse/object_counts/dt=2026-11-20/hour=11/")
         materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
         materialize([tracking_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
         for table, data in before.items():
-            again = wh.from_parquet(store.get(wh.hourly_key(table, ELEVEN)))
-            assert again.equals(wh.from_parquet(data)), table
+            again = from_parquet(store.get(TABLES[table].hour_key(ELEVEN)))
+            assert again.equals(from_parquet(data)), table
         assert store.list("warehouse/object_counts/dt=2026-11-20/hour=11/") == counts_before
 
 
@@ -193,7 +193,7 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         assert tracker.marked_hours(store) == [] and sensor() == []  # 12:00 came out the same: the end
 
         # A mark for an hour already made from the right detections is cleared without a run.
-        seed = tracker.seeded_from(wh.from_parquet(store.get(wh.hourly_key("detections", ELEVEN))))
+        seed = tracker.seeded_from(from_parquet(store.get(DETECTIONS.hour_key(ELEVEN))))
         store.put(tracker.retrack_key(ELEVEN), seed.encode())
         assert sensor() == [] and tracker.marked_hours(store) == []
 

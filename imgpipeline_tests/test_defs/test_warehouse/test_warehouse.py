@@ -14,7 +14,10 @@ import pyarrow as pa
 import pytest
 
 from imgpipeline.cli.fetch import sample
-from imgpipeline.defs.warehouse import checks, tables
+from imgpipeline.defs.tables import FRAMES, from_parquet, to_parquet
+from imgpipeline.defs.tables.checks import schema_problems
+from imgpipeline.defs.warehouse import checks
+from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.ingest.messages import FrameMessage
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
@@ -94,7 +97,7 @@ def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
     store = storage.open()
     assert store.exists("warehouse/frames/dt=2026-11-20/hour=22/part-0.parquet")  # empty hour
     empty_hour = store.get("warehouse/frames/dt=2026-11-20/hour=22/part-0.parquet")
-    assert tables.from_parquet(empty_hour).num_rows == 0
+    assert from_parquet(empty_hour).num_rows == 0
 
     query = "SELECT {} FROM daily_summary ORDER BY day, source_id, class_name NULLS FIRST"
     got = pd.read_csv(pd.io.common.StringIO(cli(env, "query", "--csv", query.format(
@@ -144,10 +147,10 @@ def test_rematerializing_gives_the_same_rows_in_the_same_order(kafka, storage, t
         run(hourly_tables, "2026-11-20-23:00")
         run(daily_summary, "2026-11-20")
         again = store.get("warehouse/detections/dt=2026-11-20/hour=23/part-0.parquet")
-        assert tables.from_parquet(again).equals(tables.from_parquet(first))
-        assert tables.from_parquet(store.get("warehouse/daily_summary/dt=2026-11-20/part-0.parquet")).equals(
-            tables.from_parquet(summary))
-        assert tables.from_parquet(first).num_rows > 0
+        assert from_parquet(again).equals(from_parquet(first))
+        assert from_parquet(store.get("warehouse/daily_summary/dt=2026-11-20/part-0.parquet")).equals(
+            from_parquet(summary))
+        assert from_parquet(first).num_rows > 0
 
 
 IDENTITY = {"model": "yolov4-tiny-416", "model_sha256": "ab" * 32, "engine": "openvino", "precision": "bf16"}
@@ -161,19 +164,19 @@ def test_checks_fail_on_a_duplicate_or_a_missing_frame():
          "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5, "box": [1, 2, 3, 4]}]}
         for i in range(3)
     ]
-    table = tables.frames_table(tables.latest_per_frame(records))
+    table = warehouse_rows.frames_table(warehouse_rows.latest_per_frame(records))
     assert checks.duplicate_frames(table) == []
     assert checks.landing_mismatch(table, records)["missing"] == []
-    assert checks.schema_problems(table, tables.FRAMES_SCHEMA) == []
+    assert schema_problems(table, FRAMES.schema) == []
 
     duplicated = pa.concat_tables([table, table.slice(1, 1)])
     assert checks.duplicate_frames(duplicated) == ["s/f1"]
     missing = table.slice(0, 2)
     assert checks.landing_mismatch(missing, records)["missing"] == ["s/f2"]
     without_status = table.drop_columns(["status"])
-    assert checks.schema_problems(without_status, tables.FRAMES_SCHEMA) == ["missing column status"]
+    assert schema_problems(without_status, FRAMES.schema) == ["missing column status"]
 
-    detections = tables.detections_table(records)
+    detections = warehouse_rows.detections_table(records)
     summary = pa.Table.from_pylist([{"source_id": "s", **IDENTITY, "frames": 3, "objects": 3}])
     assert checks.summary_mismatch(summary, table, detections) == []
     assert checks.summary_mismatch(summary, missing, detections.slice(0, 2)) != []
@@ -198,9 +201,10 @@ def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
         for i in range(6)
     ]
     frames, detections = tmp_path / "frames.parquet", tmp_path / "detections.parquet"
-    frames.write_bytes(tables.to_parquet(tables.frames_table(records)))
-    detections.write_bytes(tables.to_parquet(tables.detections_table(records)))
-    assert set(tables.detections_table(records).column("engine").to_pylist()) == {"openvino", "opencv"}
+    frames.write_bytes(to_parquet(warehouse_rows.frames_table(records)))
+    detections.write_bytes(to_parquet(warehouse_rows.detections_table(records)))
+    engines = warehouse_rows.detections_table(records).column("engine").to_pylist()
+    assert set(engines) == {"openvino", "opencv"}
     result = query_daily_summary(duckdb.connect(), date(2026, 11, 21), [str(frames)], [str(detections)])
     names = [c[0] for c in result.description]
     rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
@@ -213,16 +217,16 @@ def test_latest_processing_wins():
     old = {"frame_id": "a", "processed_at": "2026-11-21T10:00:00.000Z", "captured_at": "x", "topic": "t",
            "partition": 0, "offset": 1, "status": "error"}
     new = {**old, "processed_at": "2026-11-21T11:00:00.000Z", "offset": 9, "status": "detected"}
-    assert tables.latest_per_frame([new, old]) == [new]
+    assert warehouse_rows.latest_per_frame([new, old]) == [new]
     # A later error (a run that raced the successful one) never replaces a success.
     later_error = {**old, "processed_at": "2026-11-21T12:00:00.000Z", "offset": 3}
-    assert tables.latest_per_frame([later_error, new, old]) == [new]
+    assert warehouse_rows.latest_per_frame([later_error, new, old]) == [new]
 
 
 def test_the_s3_secret_never_appears_in_sql_text():
     import duckdb
 
-    from imgpipeline.defs.warehouse.sql import prepare_connection
+    from imgpipeline.defs.tables.views import prepare_connection
     from imgpipeline.resources import StorageResource
 
     class Recorded:

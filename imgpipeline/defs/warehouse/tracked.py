@@ -1,7 +1,8 @@
-"""The tracker's inputs from the warehouse: an hour's frames as landed, the previous hour as stored.
+"""Track ids of the warehouse's detections: an hour's frames as landed, tracked on from the previous
+hour as stored, and the hours to track again when an earlier hour changed.
 
-The warehouse's hourly run calls `track_hour` so `detections.track_id` is written with the rest of
-the row; tracking itself is `vision/tracking.py`.
+The hourly run calls `track_hour` so `detections.track_id` is written with the rest of the row;
+tracking itself is `vision/tracking.py`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from imgpipeline.defs.hours import hour_path
-from imgpipeline.defs.tracking.tables import DETECTION_COLUMNS
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
 
@@ -50,7 +50,7 @@ def stored_frames(frames: pa.Table, detections: pa.Table, since: datetime) -> di
             found[row["source_id"], row["frame_id"]] = TrackedFrame(
                 row["frame_id"], row["captured_at"].timestamp(), []
             )
-    for d in detections.select(DETECTION_COLUMNS).to_pylist():
+    for d in detections.select(TRACKED_COLUMNS).to_pylist():
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None:
             frame.observations.append(
@@ -82,13 +82,13 @@ def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSett
                else 3600.0 for source, frames in landed.items()}
     replay: dict[str, list[TrackedFrame]] = {}
     seed = "none"
-    frames_key, detections_key = wh.hourly_key("frames", previous), wh.hourly_key("detections", previous)
+    frames_key, detections_key = FRAMES.hour_key(previous), DETECTIONS.hour_key(previous)
     if store.exists(frames_key) and store.exists(detections_key):
-        stored = wh.from_parquet(store.get(detections_key))
+        stored = DETECTIONS.read(store, detections_key)
         seed = content_digest(stored)
         if windows:
             since = hour - timedelta(seconds=max(windows.values()))
-            replay = stored_frames(wh.from_parquet(store.get(frames_key)), stored, since)
+            replay = stored_frames(FRAMES.read(store, frames_key), stored, since)
     ids: TrackIds = {}
     for source, frames in landed.items():
         since = hour.timestamp() - windows[source]
@@ -139,10 +139,10 @@ def mark_next_if_stale(store, hour: datetime) -> datetime | None:
     """Mark the hour after `hour` to be tracked again when it continued other detections than those
     `hour` holds now; returns it when marked."""
     following = hour + timedelta(hours=1)
-    if not store.exists(wh.hourly_key("detections", following)):
+    if not store.exists(DETECTIONS.hour_key(following)):
         return None
-    now = content_digest(wh.from_parquet(store.get(wh.hourly_key("detections", hour))))
-    if seeded_from(wh.from_parquet(store.get(wh.hourly_key("detections", following)))) == now:
+    now = content_digest(DETECTIONS.read(store, DETECTIONS.hour_key(hour)))
+    if seeded_from(DETECTIONS.read(store, DETECTIONS.hour_key(following))) == now:
         clear_mark(store, following, now)
         return None
     store.put(retrack_key(following), now.encode())
@@ -165,5 +165,5 @@ def marked_hours(store) -> list[tuple[datetime, str]]:
 
 def is_current(store, hour: datetime, seed: str) -> bool:
     """The hour's stored detections already continue `seed`."""
-    key = wh.hourly_key("detections", hour)
-    return store.exists(key) and seeded_from(wh.from_parquet(store.get(key))) == seed
+    key = DETECTIONS.hour_key(hour)
+    return store.exists(key) and seeded_from(DETECTIONS.read(store, key)) == seed
