@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
 from imgpipeline.defs.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
 from imgpipeline.defs.tables.checks import SCHEMA_AS_DECLARED, schema_problems
 
@@ -36,7 +36,8 @@ CHECKS = {
 WARNINGS = frozenset({("frames", "captured_in_range")})
 
 
-def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[dict], failures: dict) -> None:
+def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[LandingRecord],
+               failures: dict) -> None:
     """Record what is wrong with one stored hour of frames and detections under its partition key."""
     if problems := schema_problems(frames, FRAMES_SCHEMA):
         failures["frames", "schema_as_declared"][key] = problems
@@ -73,10 +74,10 @@ def out_of_range(table: pa.Table) -> list[str]:
             if status == OUT_OF_RANGE]
 
 
-def landing_mismatch(table: pa.Table, records: list[dict]) -> dict:
+def landing_mismatch(table: pa.Table, records: list[LandingRecord]) -> dict:
     """Frames missing from the table or extra in it, against the distinct landed frames."""
     stored = set(frame_names(table))
-    landed = {f"{r['source_id']}/{r['frame_id']}" for r in records}
+    landed = {f"{r.source_id}/{r.frame_id}" for r in records}
     return {"missing": sorted(landed - stored), "extra": sorted(stored - landed),
             "rows": table.num_rows, "distinct_landed": len(landed)}
 

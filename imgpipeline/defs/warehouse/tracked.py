@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from imgpipeline.defs.hours import hour_path
+from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
@@ -26,17 +27,17 @@ def _seconds(moment) -> float:
     return (parse_time(moment) if isinstance(moment, str) else moment).timestamp()
 
 
-def landed_frames(records: list[dict]) -> dict[str, list[TrackedFrame]]:
+def landed_frames(records: list[LandingRecord]) -> dict[str, list[TrackedFrame]]:
     """Each source's detected frames, in capture order, from the hour's landing records."""
     frames: dict[str, list[TrackedFrame]] = defaultdict(list)
     for r in records:
-        if r.get("status") != "detected":
+        if r.status != "detected":
             continue  # nothing was observed: the tracker is not told anything
         observations = [
             Observation(i, d["class_name"], d["confidence"], tuple(d["box"]))
-            for i, d in enumerate(r.get("detections") or [])
+            for i, d in enumerate(r.detections or [])
         ]
-        frames[r["source_id"]].append(TrackedFrame(r["frame_id"], _seconds(r["captured_at"]), observations))
+        frames[r.source_id].append(TrackedFrame(r.frame_id, _seconds(r.captured_at), observations))
     return _ordered(frames)
 
 
@@ -72,7 +73,8 @@ def _ordered(frames: dict[str, list[TrackedFrame]]) -> dict[str, list[TrackedFra
     }
 
 
-def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSettings) -> tuple[TrackIds, str]:
+def track_hour(store, hour: datetime, records: list[LandingRecord],
+               settings: TrackerSettings) -> tuple[TrackIds, str]:
     """Track ids of an hour's detections, continuing the tracks of the previous hour as stored; and the
     digest of the previous hour's detections they continue from ("none" when it is not stored)."""
     previous = hour - timedelta(hours=1)

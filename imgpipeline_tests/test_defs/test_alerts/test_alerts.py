@@ -266,9 +266,10 @@ def test_camera_and_dwell_rules_read_the_stored_tables(tmp_path, kafka, hooks, m
 
     def dark_and_frozen(found):
         for record in found[10:15]:  # the dark filter skipped these: no detections
-            record.update(status="skipped_dark", brightness=4.0, detections=[], object_count=0)
+            record.status, record.brightness = "skipped_dark", 4.0
+            record.detections, record.object_count = [], 0
         for record in found[30:36]:
-            record["sha256"] = "a" * 64
+            record.sha256 = "a" * 64
 
     store = storage.open()
     records(store, tweak=dark_and_frozen)
@@ -314,12 +315,14 @@ def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
 @pytest.mark.edge
 def test_a_frame_captured_out_of_range_is_no_event_frame():
     from imgpipeline.defs.alerts.rows import event_frames
+    from imgpipeline.defs.streaming.landing import LandingRecord
 
-    def row(frame_id: str, captured: str, status: str) -> dict:
-        return {"frame_id": frame_id, "source_id": "cam", "captured_at": captured, "status": status,
-                "ingested_at": "2026-11-20T10:00:00.000Z", "processed_at": "2026-11-20T10:00:01.000Z"}
+    def row(frame_id: str, captured: str, status: str) -> LandingRecord:
+        return LandingRecord(schema=1, frame_id=frame_id, source_id="cam", captured_at=captured,
+                             status=status, ingested_at="2026-11-20T10:00:00.000Z",
+                             processed_at="2026-11-20T10:00:01.000Z")
 
     frames = warehouse_rows.frames_table([row("a", "2026-11-20T10:00:00.000Z", "detected"),
-                              row("b", "2099-01-01T00:00:00.000Z", "out_of_range")])
+                                          row("b", "2099-01-01T00:00:00.000Z", "out_of_range")])
     found = event_frames(frames, DETECTIONS.schema.empty_table())
     assert [f.frame_id for f in found["cam"]] == ["a"]  # a clock decades ahead is no silence

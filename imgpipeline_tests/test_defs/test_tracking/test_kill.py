@@ -34,7 +34,7 @@ def scenes() -> list[dict]:
         frames = frames_of(things, FIRST + timedelta(hours=h, minutes=59, seconds=30), 60, 5.0)
         frames = [(f"cam-{h:02d}-{n:04d}", when, seen) for n, (_, when, seen) in enumerate(frames)]
         for record in landing_records(frames):
-            record["offset"] = offset = offset + 1
+            record.offset = offset = offset + 1
             records.append(record)
     return records
 

@@ -13,7 +13,7 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.defs.streaming.landing import Spool, event_hour, landing_key
+from imgpipeline.defs.streaming.landing import LandingRecord, Spool, landing_key
 from imgpipeline.defs.tables import DETECTIONS, TABLES, from_parquet
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.tracking.assets import tracking_tables
@@ -34,11 +34,11 @@ sources:
 """
 
 
-def land(store, records: list[dict], ranges: str = "frames-0-0-100") -> None:
+def land(store, records: list[LandingRecord], ranges: str = "frames-0-0-100") -> None:
     """The records as one detect_frames run over the offset range `ranges` lands them."""
-    by_hour: dict[datetime, list[dict]] = {}
+    by_hour: dict[datetime, list[LandingRecord]] = {}
     for record in records:
-        by_hour.setdefault(event_hour(record), []).append(record)
+        by_hour.setdefault(record.event_hour, []).append(record)
     for hour, hour_records in by_hour.items():
         spool = Spool()
         for record in hour_records:
@@ -158,13 +158,13 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         late = moving("person", 100, 540, 55, 65, y=400)
         again = []
         for record in scene():
-            t = (datetime.fromisoformat(record["captured_at"]) - START).total_seconds() + 50
+            t = (datetime.fromisoformat(record.captured_at) - START).total_seconds() + 50
             if (box := late.box(t)) is not None:
-                record["detections"].append({"class_id": 0, "class_name": "person", "confidence": 0.9,
+                record.detections.append({"class_id": 0, "class_name": "person", "confidence": 0.9,
                                              "box": list(box)})
-                record.update(object_count=len(record["detections"]), processed_at="2026-11-21T00:00:00Z")
+                record.object_count, record.processed_at = len(record.detections), "2026-11-21T00:00:00Z"
                 again.append(record)
-        land(store, [r for r in again if r["captured_at"] < "2026-11-20T11"])
+        land(store, [r for r in again if r.captured_at < "2026-11-20T11"])
         materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-10:00", resources, instance)
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN]  # 11:00 continued other detections
 
@@ -184,7 +184,7 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         assert sensor() == []
         instance.report_run_canceled(busy)
         assert sensor() == ["2026-11-20-11:00"]
-        land(store, [r for r in again if r["captured_at"] >= "2026-11-20T11"])
+        land(store, [r for r in again if r.captured_at >= "2026-11-20T11"])
         materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
         # 11:00 is made from 10:00 as it is now (its mark goes), and changed itself: 12:00 is next.
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN + timedelta(hours=1)]

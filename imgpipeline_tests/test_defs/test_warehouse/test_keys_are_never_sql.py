@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.defs.tables import (
     DAILY_SUMMARY,
     DETECTIONS,
@@ -30,13 +31,13 @@ HOUR = datetime(2026, 11, 21, 10, tzinfo=UTC)
 FOLDER = "dt=2026-11-21/hour=10/"
 
 
-def records(n: int = 3) -> list[dict]:
+def records(n: int = 3) -> list[LandingRecord]:
     return [
-        {"frame_id": f"f{i}", "source_id": "cam1", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
-         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
-         "status": "detected", "object_count": 1, "width": 640, "height": 480, "bytes": 1000 + i,
-         "brightness": 100.0, "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5,
-                                              "box": [1, 2, 3, 4]}]}
+        LandingRecord(schema=1, frame_id=f"f{i}", source_id="cam1", captured_at=f"2026-11-21T10:00:0{i}.000Z",
+                      processed_at="2026-11-21T10:01:00.000Z", topic="t", partition=0, offset=i,
+                      status="detected", object_count=1, width=640, height=480, bytes=1000 + i,
+                      brightness=100.0, detections=[{"class_id": 0, "class_name": "person", "confidence": 0.5,
+                                                     "box": [1, 2, 3, 4]}])
         for i in range(n)
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import dagster as dg
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from imgpipeline.cli.fetch import sample
+from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.defs.tables import FRAMES, from_parquet, to_parquet
 from imgpipeline.defs.tables.checks import schema_problems
 from imgpipeline.defs.warehouse import checks
@@ -158,10 +160,11 @@ IDENTITY = {"model": "yolov4-tiny-416", "model_sha256": "ab" * 32, "engine": "op
 
 def test_checks_fail_on_a_duplicate_or_a_missing_frame():
     records = [
-        {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
-         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
-         "status": "detected", "object_count": 1, **IDENTITY,
-         "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5, "box": [1, 2, 3, 4]}]}
+        LandingRecord(schema=1, frame_id=f"f{i}", source_id="s", captured_at=f"2026-11-21T10:00:0{i}.000Z",
+                      processed_at="2026-11-21T10:01:00.000Z", topic="t", partition=0, offset=i,
+                      status="detected", object_count=1, **IDENTITY,
+                      detections=[{"class_id": 0, "class_name": "person", "confidence": 0.5,
+                                   "box": [1, 2, 3, 4]}])
         for i in range(3)
     ]
     table = warehouse_rows.frames_table(warehouse_rows.latest_per_frame(records))
@@ -192,12 +195,12 @@ def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
     from imgpipeline.defs.warehouse.sql import query_daily_summary
 
     records = [
-        {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
-         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
-         "status": "detected", "object_count": 1 + i % 2,
-         **IDENTITY, **({"engine": "opencv", "precision": "f32"} if i % 2 else {}),
-         "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5,
-                         "box": [1, 2, 3, 4]}] * (1 + i % 2)}
+        LandingRecord(schema=1, frame_id=f"f{i}", source_id="s", captured_at=f"2026-11-21T10:00:0{i}.000Z",
+                      processed_at="2026-11-21T10:01:00.000Z", topic="t", partition=0, offset=i,
+                      status="detected", object_count=1 + i % 2,
+                      **IDENTITY | ({"engine": "opencv", "precision": "f32"} if i % 2 else {}),
+                      detections=[{"class_id": 0, "class_name": "person", "confidence": 0.5,
+                                   "box": [1, 2, 3, 4]}] * (1 + i % 2))
         for i in range(6)
     ]
     frames, detections = tmp_path / "frames.parquet", tmp_path / "detections.parquet"
@@ -214,12 +217,12 @@ def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
 
 
 def test_latest_processing_wins():
-    old = {"frame_id": "a", "processed_at": "2026-11-21T10:00:00.000Z", "captured_at": "x", "topic": "t",
-           "partition": 0, "offset": 1, "status": "error"}
-    new = {**old, "processed_at": "2026-11-21T11:00:00.000Z", "offset": 9, "status": "detected"}
+    old = LandingRecord(schema=1, frame_id="a", source_id="s", processed_at="2026-11-21T10:00:00.000Z",
+                        captured_at="x", topic="t", partition=0, offset=1, status="error")
+    new = replace(old, processed_at="2026-11-21T11:00:00.000Z", offset=9, status="detected")
     assert warehouse_rows.latest_per_frame([new, old]) == [new]
     # A later error (a run that raced the successful one) never replaces a success.
-    later_error = {**old, "processed_at": "2026-11-21T12:00:00.000Z", "offset": 3}
+    later_error = replace(old, processed_at="2026-11-21T12:00:00.000Z", offset=3)
     assert warehouse_rows.latest_per_frame([later_error, new, old]) == [new]
 
 
