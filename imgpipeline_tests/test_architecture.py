@@ -13,7 +13,7 @@ from pathlib import Path
 import imgpipeline
 
 PACKAGE = Path(imgpipeline.__file__).parent
-README = PACKAGE.parent / "README.md"
+CONFIGURATION_DOC = PACKAGE.parent / "docs" / "configuration.md"
 VARIABLE = re.compile(r"\b(?:IMGPIPELINE|KAFKA|AWS)_[A-Z][A-Z0-9_]*\b")
 
 
@@ -58,10 +58,10 @@ def test_each_setting_is_named_in_one_module():
     assert {v: sorted(m) for v, m in homes.items() if len(m) > 1} == {}
 
 
-def test_the_readme_configuration_table_is_the_code():
+def test_the_configuration_doc_table_is_the_code():
     from imgpipeline.cli.settings import all_rows, markdown_table
 
-    text = README.read_text()
+    text = CONFIGURATION_DOC.read_text()
     start, end = "<!-- settings: `imgpipeline settings --markdown` -->\n", "<!-- end settings -->"
     block = text.split(start, 1)[1].split(end)[0]
     assert block == markdown_table()

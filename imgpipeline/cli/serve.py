@@ -254,7 +254,7 @@ def create_app(warehouse: Warehouse):
         key = report_key(day)
         if not warehouse.store.exists(key):
             return message("No report", f"No daily report for {day} yet: materialize the daily_report "
-                                        f"partition {day} (README: The viewer and reports).", 404, day)
+                                        f"partition {day} (docs/viewer.md).", 404, day)
         return HTMLResponse(warehouse.store.get(key), headers=HEADERS)
 
     def not_found(request, exc):

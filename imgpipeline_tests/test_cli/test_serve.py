@@ -54,7 +54,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    """Where screenshots go: $SCREENSHOTS_DIR when set (the README's picture), else a temporary folder."""
+    """Where screenshots go: $SCREENSHOTS_DIR when set (docs/viewer.md's picture), else a temporary folder."""
     folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder

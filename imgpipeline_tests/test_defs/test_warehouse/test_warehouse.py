@@ -90,7 +90,7 @@ def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
     assert len(records) == 122
 
     env = storage_env(storage, kafka)
-    # A real single-run backfill of both days, from the CLI, as the README shows it.
+    # A real single-run backfill of both days, from the CLI, as docs/warehouse.md shows it.
     cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "frames,detections",
         "--partition-range", "2026-11-20-22:00...2026-11-21-23:00", module="dagster")
     cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "daily_summary",
