@@ -17,7 +17,7 @@ from imgpipeline import ConfigError
 PACKAGE_DIR = Path(__file__).resolve().parent
 HOME_ENV = "IMGPIPELINE_HOME"
 
-# The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
+# This module's settings, for `imgpipeline settings` and docs/configuration.md: variable, default, meaning.
 SETTINGS = [
     (HOME_ENV, "working directory", "where `.imgpipeline/` and `.env` live (from the shell only)"),
     ("IMGPIPELINE_MODELS_DIR", "`models/` of the checkout",

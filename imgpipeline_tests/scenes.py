@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.vision import counting
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
 
@@ -65,31 +66,16 @@ def counted(tf: list[TrackedFrame], ids: dict, width: int = 640, height: int = 4
     return counting.from_tracker(tf, ids, width, height)
 
 
-def landing_records(frames, source: str = "cam", width: int = 640, height: int = 480) -> list[dict]:
+def landing_records(frames, source: str = "cam", width: int = 640, height: int = 480) -> list[LandingRecord]:
     """Landing records of detected frames, as detect_frames writes them."""
     records = []
     for offset, (fid, when, seen) in enumerate(frames):
         stamp = when.isoformat().replace("+00:00", "Z")
-        records.append(
-            {
-                "frame_id": fid,
-                "source_id": source,
-                "captured_at": stamp,
-                "ingested_at": stamp,
-                "processed_at": stamp,
-                "status": "detected",
-                "error": None,
-                "width": width,
-                "height": height,
-                "object_count": len(seen),
-                "topic": "frames",
-                "partition": 0,
-                "offset": offset,
-                "run_id": "test",
-                "detections": [
-                    {"class_id": 0, "class_name": c, "confidence": conf, "box": list(box)}
-                    for c, conf, box in seen
-                ],
-            }
-        )
+        records.append(LandingRecord(
+            schema=1, frame_id=fid, source_id=source, captured_at=stamp, ingested_at=stamp,
+            processed_at=stamp, status="detected", width=width, height=height, object_count=len(seen),
+            topic="frames", partition=0, offset=offset, run_id="test",
+            detections=[{"class_id": 0, "class_name": c, "confidence": conf, "box": list(box)}
+                        for c, conf, box in seen],
+        ))
     return records

@@ -13,7 +13,7 @@ from pathlib import Path
 import imgpipeline
 
 PACKAGE = Path(imgpipeline.__file__).parent
-README = PACKAGE.parent / "README.md"
+CONFIGURATION_DOC = PACKAGE.parent / "docs" / "configuration.md"
 VARIABLE = re.compile(r"\b(?:IMGPIPELINE|KAFKA|AWS)_[A-Z][A-Z0-9_]*\b")
 
 
@@ -58,10 +58,10 @@ def test_each_setting_is_named_in_one_module():
     assert {v: sorted(m) for v, m in homes.items() if len(m) > 1} == {}
 
 
-def test_the_readme_configuration_table_is_the_code():
+def test_the_configuration_doc_table_is_the_code():
     from imgpipeline.cli.settings import all_rows, markdown_table
 
-    text = README.read_text()
+    text = CONFIGURATION_DOC.read_text()
     start, end = "<!-- settings: `imgpipeline settings --markdown` -->\n", "<!-- end settings -->"
     block = text.split(start, 1)[1].split(end)[0]
     assert block == markdown_table()
@@ -138,6 +138,78 @@ def test_dependencies_point_one_way():
     assert wrong == []
 
 
+# The domains of the code location in their order: each imports only those before it (alerts and
+# reports are peers), and all stand on the shared modules of `defs/` (the table layer, partitions).
+DOMAINS = {"streaming": 0, "warehouse": 1, "tracking": 2, "alerts": 3, "reports": 3}
+
+
+def domain_of(module: str) -> str | None:
+    parts = module.split(".")
+    in_defs = len(parts) > 2 and parts[:2] == ["imgpipeline", "defs"]
+    return parts[2] if in_defs and parts[2] in DOMAINS else None
+
+
+def domain_order_breaches(edges: dict[str, set[str]]) -> list[str]:
+    breaches = []
+    for module, targets in edges.items():
+        if module.startswith("imgpipeline.defs.") and domain_of(module) is None:
+            # a shared module of defs/ stands below every domain
+            breaches += [f"{module} imports {t}" for t in targets if domain_of(t) is not None]
+        elif (own := domain_of(module)) is not None:
+            breaches += [f"{module} imports {t}" for t in targets
+                         if (other := domain_of(t)) is not None and other != own
+                         and DOMAINS[other] >= DOMAINS[own]]
+    return sorted(breaches)
+
+
+def test_domains_import_only_earlier_domains():
+    edges = graph()
+    assert {domain_of(m) for m in edges} >= set(DOMAINS)  # every domain is seen
+    assert domain_order_breaches(edges) == []
+    # and a breach is found: the warehouse reaching into tracking, a table layer reaching into a domain
+    assert domain_order_breaches({"imgpipeline.defs.warehouse.assets": {"imgpipeline.defs.tracking.rows"},
+                                  "imgpipeline.defs.tables": {"imgpipeline.defs.alerts.ledger"},
+                                  "imgpipeline.defs.alerts.assets": {"imgpipeline.defs.reports.assets"}}) == [
+        "imgpipeline.defs.alerts.assets imports imgpipeline.defs.reports.assets",
+        "imgpipeline.defs.tables imports imgpipeline.defs.alerts.ledger",
+        "imgpipeline.defs.warehouse.assets imports imgpipeline.defs.tracking.rows"]
+
+
+def literal_asset_keys(path: Path) -> list[str]:
+    """Where a module names an asset by a string literal: `dg.AssetKey("…")`, `AssetSpec("…")`,
+    `AssetDep("…")`, `AssetSelection.assets("…")`, or a string in `deps=[…]`, `selection=[…]`,
+    `asset=`, `asset_key=` or `key=`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        args = list(node.args) if name in ("AssetKey", "AssetSpec", "AssetDep", "assets") else []
+        for keyword in node.keywords:
+            if keyword.arg in ("deps", "selection", "asset", "asset_key", "key"):
+                value = keyword.value
+                args += list(value.elts) if isinstance(value, (ast.List, ast.Tuple, ast.Set)) else [value]
+        found += [f"{path.name}:{arg.lineno} {arg.value!r}" for arg in args
+                  if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+    return found
+
+
+def test_asset_keys_are_declared_once():
+    """Each asset key has one home, the table layer: a key mistyped in `deps` would load silently as an
+    external asset, so the code location holds exactly the keys declared there."""
+    from imgpipeline.definitions import defs
+    from imgpipeline.defs.tables import ASSET_KEYS
+
+    home = PACKAGE / "defs" / "tables" / "__init__.py"
+    elsewhere = [hit for name, path in modules().items() if path != home and name.startswith("imgpipeline.")
+                 for hit in literal_asset_keys(path)]
+    assert elsewhere == []
+    assert literal_asset_keys(home)  # the search itself finds literals
+    graph_keys = set(defs.get_repository_def().asset_graph.get_all_asset_keys())
+    assert graph_keys == set(ASSET_KEYS)
+    assert len(ASSET_KEYS) == len(set(ASSET_KEYS))
+
+
 def loaded_after(code: str) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
@@ -162,19 +234,19 @@ def test_produce_help_loads_no_dagster_and_produce_no_definitions():
 
 def test_query_and_services_do_not_load_the_definitions():
     loaded = loaded_after("import imgpipeline.cli.query as q, imgpipeline.cli.local as l\n"
-                          "import imgpipeline.defs.warehouse.sql, imgpipeline.services")
-    assert "imgpipeline.defs.warehouse.sql" in loaded
+                          "import imgpipeline.defs.tables.views, imgpipeline.services")
+    assert "imgpipeline.defs.tables.views" in loaded
     assert not {m for m in loaded if m.startswith("imgpipeline")
                 and m.endswith((".assets", "definitions", ".partitions", "_sensor", ".detect_frames"))}
 
 
 def test_the_contracts_document_names_every_column():
-    from imgpipeline.defs.warehouse.tables import SCHEMAS
+    from imgpipeline.defs.tables import TABLES
 
     text = (PACKAGE.parent / "docs" / "contracts.md").read_text()
-    for table, schema in SCHEMAS.items():
-        section = text.split(f"**{table}**", 1)[1].split("\n\n", 1)[0]
-        assert re.findall(r"`(\w+)`", section) == schema.names, table
+    for name, table in TABLES.items():
+        section = text.split(f"**{name}**", 1)[1].split("\n\n", 1)[0]
+        assert re.findall(r"`(\w+)`", section) == table.schema.names, name
 
 
 def test_every_asset_check_says_what_it_proves():

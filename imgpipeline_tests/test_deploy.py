@@ -74,7 +74,7 @@ CHART_KEYS = {
     ("concurrency", "runs"): {"maxConcurrentRuns", "tagConcurrencyLimits"},
 }
 
-# What the Kafka, S3 and storage Secret must hold (README: Configuration).
+# What the Kafka, S3 and storage Secret must hold (docs/configuration.md).
 SECRET_SETTINGS = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM",
                    "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                    "AWS_ENDPOINT_URL", "IMGPIPELINE_STORAGE_URI"}

@@ -23,7 +23,7 @@ def alerts(args) -> int:
         found = queries.alerts(con, day, args.source)
         if not found:
             print(f"no alerts on {day}{' from ' + args.source if args.source else ''} (alerts are made "
-                  "hourly from the rules in alerts.yaml; see the README's Alerts)")
+                  "hourly from the rules in alerts.yaml; see docs/alerts.md)")
             return 0
         print(f"{len(found)} alerts on {day}, newest first:")
         for a in found:

@@ -73,7 +73,7 @@ def run_demo(timeout_s: float = 600.0) -> int:
     print("4/4 hourly frames/detections (Parquet), tracks and object counts, alerts, daily_summary (DuckDB), "
           "daily_report")
     days = build_warehouse(records, services, resources)
-    from imgpipeline.defs.warehouse.sql import SUMMARY_SQL, connect
+    from imgpipeline.defs.tables.views import SUMMARY_SQL, connect
 
     con = connect(resources["storage"])
     for day in days:
@@ -90,7 +90,7 @@ def run_demo(timeout_s: float = 600.0) -> int:
     return 0
 
 
-def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
+def build_warehouse(records: dict, services, resources) -> list[str]:
     """Single-run backfills of the hourly tables and the daily summary the records touch,
     recorded in the demo's Dagster instance so the UI shows them."""
     import dagster as dg
@@ -98,12 +98,11 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
     from imgpipeline.defs.alerts.assets import alerts
     from imgpipeline.defs.hours import hour_key
     from imgpipeline.defs.reports.assets import daily_report
-    from imgpipeline.defs.streaming.landing import event_hour
     from imgpipeline.defs.tracking.assets import tracking_tables
     from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
     from imgpipeline.lib.instance import open_instance
 
-    hours = sorted({event_hour(r) for r in records.values()})
+    hours = sorted({r.event_hour for r in records.values()})
     days = sorted({h.strftime("%Y-%m-%d") for h in hours})
     instance = open_instance(services.dagster.dagster_home)
     for assets, first, last in ((hourly_tables, hour_key(hours[0]), hour_key(hours[-1])),
@@ -125,7 +124,7 @@ def build_warehouse(records: dict[str, dict], services, resources) -> list[str]:
 
 def report_counts(con, days: list[str], zones) -> None:
     """The street video's distinct cars, people and bicycles and the crossings of its lines each way."""
-    from imgpipeline.defs.warehouse.sql import COUNTS_SQL
+    from imgpipeline.defs.tables.views import COUNTS_SQL
 
     rows = [row for day in days
             for row in con.sql(COUNTS_SQL, params=[day, zones.sha256, "street-cam"]).fetchall()]
@@ -156,15 +155,15 @@ def report_alerts(con, days: list[str]) -> None:
     print("  imgpipeline alerts list   lists them; imgpipeline alerts show N   shows one")
 
 
-def wait_for_landing(store, wanted: set[str], timeout_s: float) -> dict[str, dict] | None:
+def wait_for_landing(store, wanted: set[str], timeout_s: float) -> dict | None:
     """Poll the landing metadata until every wanted frame has a record; None on timeout."""
     from imgpipeline.defs.streaming.landing import all_records
 
     deadline = time.monotonic() + timeout_s
-    found: dict[str, dict] = {}
+    found: dict = {}
     last = -1
     while time.monotonic() < deadline:
-        found = {r["frame_id"]: r for r in all_records(store) if r["frame_id"] in wanted}
+        found = {r.frame_id: r for r in all_records(store) if r.frame_id in wanted}
         if len(found) != last:
             print(f"  {len(found)}/{len(wanted)} frames landed")
             last = len(found)
@@ -174,20 +173,21 @@ def wait_for_landing(store, wanted: set[str], timeout_s: float) -> dict[str, dic
     return None
 
 
-def report(records: dict[str, dict]) -> None:
-    statuses = Counter(r["status"] for r in records.values())
-    detectors = Counter(f"{r.get('model')} on {r.get('engine')} at {r.get('precision')}, model sha256 "
-                        f"{(r.get('model_sha256') or '?')[:12]}…" for r in records.values())
+def report(records: dict) -> None:
+    """What the detector found in the landed frames (LandingRecords by frame id), per source."""
+    statuses = Counter(r.status for r in records.values())
+    detectors = Counter(f"{r.model} on {r.engine} at {r.precision}, model sha256 "
+                        f"{(r.model_sha256 or '?')[:12]}…" for r in records.values())
     print(f"\nfound in {len(records)} frames ({', '.join(f'{n} {s}' for s, n in statuses.items())}) by "
           + "; ".join(detectors) + ":")
     by_source: dict[str, Counter] = {}
     for record in records.values():
-        counts = by_source.setdefault(record["source_id"], Counter())
-        counts.update(d["class_name"] for d in record["detections"])
+        counts = by_source.setdefault(record.source_id, Counter())
+        counts.update(d["class_name"] for d in record.detections)
     for source, counts in sorted(by_source.items()):
         top = ", ".join(f"{name} {n}" for name, n in counts.most_common(6))
         print(f"  {source:<11} {top}")
     bus = records.get("bus")
     if bus:
         print("  bus.jpg:    " + ", ".join(
-            f"{d['class_name']} {d['confidence']:.2f}" for d in bus["detections"]))
+            f"{d['class_name']} {d['confidence']:.2f}" for d in bus.detections))

@@ -207,7 +207,7 @@ def add_run(commands) -> None:
 
     settings = commands.add_parser("settings", help="every setting: variable, value, default, meaning")
     settings.add_argument("--markdown", action="store_true",
-                          help="the README's configuration table (defaults, not this environment's values)")
+                          help="the table of docs/configuration.md (defaults, not this environment's values)")
     settings.set_defaults(module="settings", run="settings")
 
     demo = commands.add_parser("demo", help="the whole pipeline end to end on the embedded defaults")

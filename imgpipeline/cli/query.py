@@ -9,7 +9,7 @@ from imgpipeline import ConfigError
 
 def warehouse():
     """A DuckDB connection with the views frames, detections and daily_summary."""
-    from imgpipeline.defs.warehouse.sql import connect
+    from imgpipeline.defs.tables.views import connect
     from imgpipeline.resources import StorageResource
 
     return connect(StorageResource.from_env())
@@ -33,12 +33,12 @@ def query(args) -> int:
 
 
 def summary(args) -> int:
-    from imgpipeline.defs.warehouse.sql import SUMMARY_SQL
+    from imgpipeline.defs.tables.views import SUMMARY_SQL
 
     relation = warehouse().sql(SUMMARY_SQL, params=[args.date])
     if not relation.fetchall():
         print(f"no daily_summary rows for {args.date}; materialize the daily_summary partition "
-              f"{args.date} first (see the README's Backfills section)")
+              f"{args.date} first (see docs/warehouse.md#backfills)")
         return 1
     relation.show(max_rows=200, max_width=10_000)
     return 0
@@ -46,7 +46,7 @@ def summary(args) -> int:
 
 def counts(args) -> int:
     """A day's distinct objects and line crossings per source and class."""
-    from imgpipeline.defs.warehouse.sql import COUNTS_SQL
+    from imgpipeline.defs.tables.views import COUNTS_SQL
     from imgpipeline.resources import TrackingResource
 
     zones = TrackingResource.from_env().zones()
@@ -54,7 +54,7 @@ def counts(args) -> int:
     relation = con.sql(COUNTS_SQL, params=[args.date, zones.sha256, args.source])
     if not relation.fetchall():
         print(f"no tracked objects on {args.date}{' for ' + args.source if args.source else ''}; materialize "
-              f"detections and object_counts for that day first (see the README's Tracking and counting)")
+              f"detections and object_counts for that day first (see docs/tracking.md)")
         return 1
     print(f"{args.date}: distinct objects (unique_objects) and detections of them (object_frames); "
           f"crossings per line counted with zones file {zones.path or '(none)'} "
@@ -66,5 +66,5 @@ def counts(args) -> int:
     if others:
         print("also counted that day with other zones files: "
               + ", ".join((sha or "none")[:12] for (sha,) in others)
-              + " (README: Tracking and counting shows the query comparing them)")
+              + " (docs/tracking.md shows the query comparing them)")
     return 0

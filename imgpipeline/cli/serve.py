@@ -12,7 +12,7 @@ import threading
 import time
 
 from imgpipeline.defs.alerts.ledger import Ledger
-from imgpipeline.defs.warehouse.sql import connect
+from imgpipeline.defs.tables.views import connect
 from imgpipeline.web.app import create_app
 
 

@@ -1,6 +1,6 @@
 """`imgpipeline settings`: every setting the project reads, from where it is declared.
 
-The README's configuration table is `imgpipeline settings --markdown`; a test keeps the two equal.
+The table of docs/configuration.md is `imgpipeline settings --markdown`; a test keeps the two equal.
 """
 
 from __future__ import annotations

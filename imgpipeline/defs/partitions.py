@@ -48,6 +48,12 @@ hourly_partitions = dg.HourlyPartitionsDefinition(
 )
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START, timezone="UTC", end_offset=1)
 
+# An hour with the hours either side: counts and alerts read the hour before (which side of a line a
+# track was on, history for the rules) and the hour after (how long a visit lasted, silences).
+AROUND = dg.TimeWindowPartitionMapping(
+    start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True
+)
+
 
 def yesterday_schedule(name: str, job, cron_schedule: str, description: str) -> dg.ScheduleDefinition:
     """A schedule that runs `job` for the day before, once a day (UTC), keyed by that day."""

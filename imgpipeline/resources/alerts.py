@@ -23,7 +23,7 @@ class AlertsResource(FromEnv, dg.ConfigurableResource):
     alerts_file: str = setting(
         "IMGPIPELINE_ALERTS_FILE",
         "",
-        "alert rules and their webhooks (YAML; README: Alerts); `none`: no alerts; unset: `alerts.yaml` in "
+        "alert rules and their webhooks (YAML; docs/alerts.md); `none`: no alerts; unset: `alerts.yaml` in "
         "the project home, else the checkout's (the demo's rules, used only with the checkout's zones file)",
         shown="`alerts.yaml`",
     )
@@ -57,8 +57,8 @@ class AlertsResource(FromEnv, dg.ConfigurableResource):
         if path is None:
             return alert_rules.no_rules()
         if not path.exists():
-            raise ConfigError(f"IMGPIPELINE_ALERTS_FILE={self.alerts_file}: no such file; write one (see the "
-                              "README) or unset it")
+            raise ConfigError(f"IMGPIPELINE_ALERTS_FILE={self.alerts_file}: no such file; write one (see "
+                              "docs/alerts.md) or unset it")
         return alert_rules.load(path)
 
     def for_zones(self, zones_path: Path | None) -> AlertsResource:

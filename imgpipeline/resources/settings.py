@@ -21,7 +21,7 @@ from imgpipeline.paths import environment
 
 def setting(env: str, default: Any = None, description: str = "", *, shown: str | None = None,
             secret: bool = False, default_factory=None, **constraints) -> Any:
-    """A field read from the variable `env`; `shown` is the default as the README states it."""
+    """A field read from the variable `env`; `shown` is the default as docs/configuration.md states it."""
     extra = {"env": env, "secret": secret, "shown": shown}
     if default_factory is not None:
         return Field(default_factory=default_factory, description=description,

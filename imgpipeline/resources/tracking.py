@@ -22,7 +22,7 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
     zones_file: str = setting(
         "IMGPIPELINE_ZONES_FILE",
         "",
-        "lines and zones counted per source (YAML; README: Tracking and counting); `none`: no lines or "
+        "lines and zones counted per source (YAML; docs/tracking.md); `none`: no lines or "
         "zones; unset: `zones.yaml` in the project home, else the checkout's (the demo's lines)",
         shown="`zones.yaml`",
     )
@@ -67,7 +67,7 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
         if not path.exists():
             raise ConfigError(
                 f"IMGPIPELINE_ZONES_FILE={self.zones_file}: no such file; "
-                "write one (see the README) or unset it"
+                "write one (see docs/tracking.md) or unset it"
             )
         return zones.load(path)
 

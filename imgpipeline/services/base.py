@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from imgpipeline.services.process import alive, free_port, port_open, read_pid, spawn, terminate
+from imgpipeline.services.process import PortClaims, alive, read_pid, spawn, terminate
 
 
 class ServiceError(Exception):
@@ -85,21 +85,18 @@ class LocalService:
     def running(self) -> bool:
         return alive(self.pid)
 
-    def _choose_ports(self) -> dict[str, int]:
-        """Reuse the last ports when they are free (the broker's quorum remembers them)."""
+    def _choose_ports(self, claims: PortClaims) -> dict[str, int]:
+        """Reuse the last ports when they are free (the broker's quorum remembers them), else the
+        preferred ones, else any; each claimed until the service is up, so that services starting at
+        the same time on this machine never pick the same port."""
         previous = self.ports
-        if set(previous) == set(self.port_names) and not any(
-            port_open(p) for p in previous.values()
-        ):
+        if set(previous) == set(self.port_names) and all(claims.claim(p) for p in previous.values()):
             return previous
-        chosen: dict[str, int] = {}
+        claims.release()
+        chosen = {}
         for name in self.port_names:
             port = self.preferred_ports.get(name)
-            if port is None or port_open(port):
-                port = free_port()
-            while port in chosen.values():
-                port = free_port()
-            chosen[name] = port
+            chosen[name] = port if port is not None and claims.claim(port) else claims.any()
         return chosen
 
     def start(self) -> dict:
@@ -108,7 +105,11 @@ class LocalService:
             return self.status()
         self.stop()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ports = self._choose_ports()
+        with PortClaims() as claims:
+            ports = self._choose_ports(claims)
+            return self._start_on(ports)
+
+    def _start_on(self, ports: dict[str, int]) -> dict:
         self.prepare(ports)
         self.statefile.write_text(json.dumps({"ports": ports}))
         started = time.monotonic()

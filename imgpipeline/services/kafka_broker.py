@@ -20,7 +20,7 @@ from imgpipeline.services.base import LocalService, ServiceError
 
 BROKER_VERSION = "4.3.1"
 LOG4J_VERSION = "2.24.3"
-# The settings of this module, for `imgpipeline settings` and the README: variable, default, meaning.
+# This module's settings, for `imgpipeline settings` and docs/configuration.md: variable, default, meaning.
 SETTINGS = [("KAFKA_HOME", "jars from Maven Central", "an Apache Kafka 4.x install for the local broker")]
 
 

@@ -20,6 +20,53 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PortClaims:
+    """Ports a starting service has chosen, claimed (a lock file per port, held until released) so that
+    another process choosing at the same moment passes them over; a port is claimable when nothing
+    listens on it and no one else claims it."""
+
+    def __init__(self):
+        import tempfile
+
+        self.folder = Path(tempfile.gettempdir()) / "imgpipeline-ports"
+        self.held: dict[int, object] = {}
+
+    def claim(self, port: int) -> bool:
+        import fcntl
+
+        if port in self.held:
+            return True
+        self.folder.mkdir(exist_ok=True)
+        handle = open(self.folder / f"{port}.lock", "w")  # noqa: SIM115 (closed by release())
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        if port_open(port):
+            handle.close()
+            return False
+        self.held[port] = handle
+        return True
+
+    def any(self) -> int:
+        """A free port, claimed."""
+        while not self.claim(port := free_port()):
+            pass
+        return port
+
+    def release(self) -> None:
+        for handle in self.held.values():
+            handle.close()
+        self.held.clear()
+
+    def __enter__(self) -> PortClaims:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

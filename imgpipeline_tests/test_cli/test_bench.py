@@ -128,7 +128,7 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
     from imgpipeline.cli.bench.scale import NOTICE, WARM_UP, bench_scale, source_names
     from imgpipeline.cli.main import build_parser
     from imgpipeline.defs.streaming.landing import all_records
-    from imgpipeline.defs.warehouse.tables import from_parquet
+    from imgpipeline.defs.tables import from_parquet
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.resources import StorageResource
 
@@ -147,18 +147,18 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
 
     # Every frame sent became exactly one landing record, detected by nothing.
     store = StorageResource(uri=written["store"]).open()
-    records = [r for r in all_records(store) if r["source_id"] != WARM_UP]
+    records = [r for r in all_records(store) if r.source_id != WARM_UP]
     sent = 20 * 5 * 10
     assert written["frames_sent"] == sent == len(records)
-    assert len({(r["source_id"], r["frame_id"]) for r in records}) == sent
+    assert len({(r.source_id, r.frame_id) for r in records}) == sent
     assert written["records"] == written["distinct_frames"] == sent
     assert written["statuses"] == {"detected": sent}
-    assert {r["engine"] for r in records} == {"noop"} and {r["object_count"] for r in records} == {0}
-    assert {r["source_id"] for r in records} == set(source_names(20))
+    assert {r.engine for r in records} == {"noop"} and {r.object_count for r in records} == {0}
+    assert {r.source_id for r in records} == set(source_names(20))
     # Keyed by source: a source stays on one partition, and the sources spread over the partitions.
     partition_of = {}
     for r in records:
-        assert partition_of.setdefault(r["source_id"], r["partition"]) == r["partition"]
+        assert partition_of.setdefault(r.source_id, r.partition) == r.partition
     assert len(set(partition_of.values())) > 1
     assert written["drained"] and written["lag_remaining"] == 0
 
@@ -167,7 +167,7 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
         in_instance = instance.get_runs(dg.RunsFilter(job_name="detect_frames"))
     assert written["runs"] == len(in_instance) - written["warm_up_runs"] >= 1
     assert written["warm_up_runs"] >= 1
-    assert {r["run_id"] for r in records} <= {run.run_id for run in in_instance}
+    assert {r.run_id for r in records} <= {run.run_id for run in in_instance}
     # Ranges, runs, files and frames reconcile.
     assert written["ranges"] <= written["runs"]
     assert written["frames_per_run"] == pytest.approx(sent / written["runs"], abs=0.05)

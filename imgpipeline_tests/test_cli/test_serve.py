@@ -15,7 +15,8 @@ import pyarrow as pa
 import pytest
 
 from imgpipeline.cli.serve import Running, Warehouse
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TABLES, to_parquet
+from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.web import queries
 from imgpipeline.web.app import create_app
@@ -54,7 +55,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    """Where screenshots go: $SCREENSHOTS_DIR when set (the README's picture), else a temporary folder."""
+    """Where screenshots go: $SCREENSHOTS_DIR when set (docs/viewer.md's picture), else a temporary folder."""
     folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -201,21 +202,21 @@ def status(url: str) -> tuple[int, str]:
 
 def plant_forged_rows(store) -> None:
     """Rows of a forged hour on 2026-11-18: frame URIs outside the root, markup in names and alert text."""
-    when = wh.parse_time("2026-11-18T10:00:00Z")
-    frames = [{**dict.fromkeys(wh.FRAMES_SCHEMA.names), "frame_id": fid, "source_id": "cam", "uri": uri,
+    when = parse_time("2026-11-18T10:00:00Z")
+    frames = [{**dict.fromkeys(FRAMES.schema.names), "frame_id": fid, "source_id": "cam", "uri": uri,
                "status": "detected", "captured_at": when, "processed_at": when, "ingested_at": when}
               for fid, uri in (("evil", "file:///etc/passwd"),
                                ("evil2", f"{store.root_uri}/frames/../../secret.txt"))]
-    detections = [{**dict.fromkeys(wh.DETECTIONS_SCHEMA.names), "frame_id": "evil", "source_id": "cam",
+    detections = [{**dict.fromkeys(DETECTIONS.schema.names), "frame_id": "evil", "source_id": "cam",
                    "captured_at": when, "detection_index": 0, "class_id": 0,
                    "class_name": "<script>x</script>", "confidence": 0.9, "class_rank": 1,
                    "x": 1, "y": 1, "w": 5, "h": 5}]
-    alerts = [{**dict.fromkeys(wh.ALERTS_SCHEMA.names), "number": 999_999, "fired_at": when,
+    alerts = [{**dict.fromkeys(ALERTS.schema.names), "number": 999_999, "fired_at": when,
                "hour_start": when, "source_id": "cam", "rule": "r", "kind": "class", "severity": "info",
                "detail": "<img src=x onerror=alert(1)>", "frame_id": "evil", "frame_ids": ["evil"]}]
     for table, rows in (("frames", frames), ("detections", detections), ("alerts", alerts)):
         store.put(f"warehouse/{table}/dt=2026-11-18/hour=10/part-0.parquet",
-                  wh.to_parquet(pa.Table.from_pylist(rows, schema=wh.SCHEMAS[table])))
+                  to_parquet(pa.Table.from_pylist(rows, schema=TABLES[table].schema)))
 
 
 def test_hostile_requests_get_nothing_outside_the_storage_root(street):

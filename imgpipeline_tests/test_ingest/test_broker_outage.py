@@ -137,7 +137,7 @@ def test_a_broker_frozen_past_the_delivery_timeout_loses_nothing(services, kafka
 
     with fresh_instance() as instance:
         drain(kafka, storage, instance, detector=DetectorResource(engine="noop"))
-    landed = Counter((r["source_id"], r["frame_id"]) for r in landing_records(storage))
+    landed = Counter((r.source_id, r.frame_id) for r in landing_records(storage))
     assert {f for s, f in landed if s == "cam-v"} == every_frame
     assert {f for s, f in landed if s == "cam-m"} == wanted
     assert set(landed.values()) == {1}

@@ -82,7 +82,7 @@ def test_no_payload_stops_the_bridge(mqtt, kafka, tmp_path, monkeypatch):
     # The run dead-letters what the bridge forwarded and cannot be decoded, with the reason.
     with fresh_instance() as instance:
         drain(kafka, storage, instance, detector=DetectorResource(engine="noop"))
-    status = {r["frame_id"]: (r["status"], r["error"] or "") for r in landing_records(storage)}
+    status = {r.frame_id: (r.status, r.error or "") for r in landing_records(storage)}
     by_name = {name: status[f"gate-{sha256_hex(p)[:20]}"] for name, p in forwarded.items()}
     assert by_name["photo"][0] == "detected"
     assert {name: s for name, (s, _) in by_name.items() if name != "photo"} == {

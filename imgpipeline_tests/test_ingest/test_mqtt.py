@@ -21,9 +21,8 @@ from imgpipeline.cli.bridge import mqtt_letter
 from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
-from imgpipeline.defs.streaming.landing import event_hour
+from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.warehouse.assets import hourly_tables
-from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.ingest.mqtt import MqttBridge, source_of
 from imgpipeline.resources import StorageResource, TrackingResource
@@ -89,11 +88,11 @@ def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeyp
     assert bridge.run(idle_s=1) == 0  # all acknowledged, the dead-lettered one too: nothing comes again
     with fresh_instance() as instance:
         drain(kafka, storage, instance)
-    records = {(r["source_id"], r["status"]) for r in landing_records(storage)}
+    records = {(r.source_id, r.status) for r in landing_records(storage)}
     assert sorted(records) == [("gate", "detected"), ("gate", "error"), ("yard", "detected")]
-    by_status = [r for r in landing_records(storage) if r["source_id"] == "gate"]
-    assert sum(r["status"] == "detected" for r in by_status) == 2
-    assert any("bus" in {d["class_name"] for d in r["detections"]} for r in by_status)
+    by_status = [r for r in landing_records(storage) if r.source_id == "gate"]
+    assert sum(r.status == "detected" for r in by_status) == 2
+    assert any("bus" in {d["class_name"] for d in r.detections} for r in by_status)
     dead = {m["topic"]: m for m in (json.loads(m.value) for m in read_all(kafka, kafka.dlq_topic))}
     assert sorted(dead) == ["cameras/../frames", kafka.frames_topic]
     assert "image" in dead[kafka.frames_topic]["reason"].lower()
@@ -166,7 +165,7 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     # …and lands once: detected, and one row each in the frames table.
     with fresh_instance() as instance:
         drain(kafka, storage, instance, policy=BatchPolicy(max_batch=400, max_wait_s=0, watch_s=0))
-        hours = sorted({event_hour(r) for r in landing_records(storage)})
+        hours = sorted({r.event_hour for r in landing_records(storage)})
         resources = {"storage": storage, "tracking": TrackingResource(zones_file="none")}
         assert dg.materialize([hourly_tables], instance=instance, resources=resources, tags={
             "dagster/asset_partition_range_start": hour_key(hours[0]),

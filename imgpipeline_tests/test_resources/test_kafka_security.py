@@ -55,7 +55,7 @@ def test_the_pipeline_runs_over_sasl_ssl(secure, tmp_path):
     with fresh_instance() as instance:
         runs, _ = drain(secure, storage, instance)
     assert runs and all(outcome.success for _, outcome in runs)
-    assert sorted(r["status"] for r in landing_records(storage)) == ["detected", "error"]
+    assert sorted(r.status for r in landing_records(storage)) == ["detected", "error"]
     consumer = secure.consumer(group_id=None)
     try:
         from kafka import TopicPartition

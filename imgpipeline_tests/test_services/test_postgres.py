@@ -179,7 +179,7 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
         time.sleep(5)
         server.start()
         deadline = time.monotonic() + 420
-        while len({r["frame_id"] for r in landing_records(storage)}) < len(frames) \
+        while len({r.frame_id for r in landing_records(storage)}) < len(frames) \
                 and time.monotonic() < deadline:
             time.sleep(2)
         with open_instance(local.dagster.dagster_home) as instance:
@@ -192,7 +192,7 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
         local.dagster.stop()
         server.stop()
         shutil.rmtree(server.data, ignore_errors=True)
-    counts = Counter(r["frame_id"] for r in landing_records(storage))
+    counts = Counter(r.frame_id for r in landing_records(storage))
     print(f"postgres SIGKILLed mid-work: {len(frames)} frames, {len(counts)} landed, "
           f"runs {dict(Counter(run.status.value for run in runs))}")
     assert sorted(counts) == sorted(f.frame_id for f in frames)

@@ -71,3 +71,23 @@ def test_cluster_ids_never_look_like_an_option():
     ids = [new_cluster_id() for _ in range(2000)]
     assert not any(i.startswith("-") for i in ids)
     assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+
+
+def test_services_starting_at_once_never_claim_the_same_port():
+    """Two starts at the same moment (two checkouts, two test workers) pass over each other's ports,
+    preferred ones included, and over ports something listens on."""
+    import socket
+
+    from imgpipeline.services.process import PortClaims
+
+    with PortClaims() as first, PortClaims() as second:
+        port = first.any()
+        assert not second.claim(port)  # claimed by the first start, though nothing listens yet
+        other = second.any()
+        assert other != port
+    with PortClaims() as third:
+        assert third.claim(port)  # released once the first start was done
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            assert not third.claim(listener.getsockname()[1])

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from imgpipeline.cli.serve import Running, Warehouse
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import TABLES, to_parquet
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
 from imgpipeline.vision.quality import decode_image, encode_jpeg
 from imgpipeline.web.app import create_app
@@ -31,9 +31,9 @@ def noise(height: int, width: int, seed: int) -> bytes:
 
 
 def put_table(store, table: str, rows: list[dict]) -> None:
-    rows = [{**dict.fromkeys(wh.SCHEMAS[table].names), **row} for row in rows]
+    rows = [{**dict.fromkeys(TABLES[table].schema.names), **row} for row in rows]
     store.put(f"warehouse/{table}/dt={DAY}/hour=10/part-0.parquet",
-              wh.to_parquet(pa.Table.from_pylist(rows, schema=wh.SCHEMAS[table])))
+              to_parquet(pa.Table.from_pylist(rows, schema=TABLES[table].schema)))
 
 
 def plant(store, secret_uri: str) -> None:

@@ -39,16 +39,15 @@ def overload_leg(resources: dict, fps: float, factor: float, seconds: float, she
         else:
             os.environ[shed_env] = saved
     records = all_records(storage.open())
-    statuses = Counter(r["status"] for r in records)
-    waits = sorted((parse_time(r["processed_at"]) - parse_time(r["ingested_at"])).total_seconds()
-                   for r in records)
-    last = sorted(records, key=lambda r: r["ingested_at"])[-max(1, len(records) // 10):]
-    late = [(parse_time(r["processed_at"]) - parse_time(r["ingested_at"])).total_seconds() for r in last]
+    statuses = Counter(r.status for r in records)
+    waits = sorted((parse_time(r.processed_at) - parse_time(r.ingested_at)).total_seconds() for r in records)
+    last = sorted(records, key=lambda r: r.ingested_at)[-max(1, len(records) // 10):]
+    late = [(parse_time(r.processed_at) - parse_time(r.ingested_at)).total_seconds() for r in last]
     sent = timing["sent_at"]
     return {
         "factor": factor, "shed_after_s": shed_after_s, "frames": len(frames),
         "input_fps": round(len(sent) / (max(sent.values()) - min(sent.values())), 1),
-        "records": len(records), "distinct": len({r["frame_id"] for r in records}),
+        "records": len(records), "distinct": len({r.frame_id for r in records}),
         "detected": statuses["detected"] + statuses["skipped_dark"], "shed": statuses["shed"],
         "errors": statuses["error"], "shed_share": round(statuses["shed"] / max(1, len(records)), 3),
         "wait_p50_s": round(percentile(waits, 0.5), 1), "wait_p95_s": round(percentile(waits, 0.95), 1),

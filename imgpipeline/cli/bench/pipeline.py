@@ -57,7 +57,7 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
                         seen_files.add(key)
                         now = time.time()
                         for record in read_records(store, key):
-                            landed_at.setdefault(record["frame_id"], now)
+                            landed_at.setdefault(record.frame_id, now)
                 time.sleep(0.25)
 
         # One warm-up frame through the whole path: the daemon, the sensor and the code server

@@ -401,7 +401,7 @@ def instance_figures(instance, t0: float) -> dict:
 
 def landing_figures(storage, warm_up_landing: list[str]) -> dict:
     """Every landing file but the warm-up's: records, distinct frames, statuses, bytes, waits."""
-    from imgpipeline.defs.streaming.landing import event_hour, identity, landing_keys
+    from imgpipeline.defs.streaming.landing import landing_keys, parse_records
     from imgpipeline.ingest.messages import parse_time
 
     store = storage.open()
@@ -413,17 +413,14 @@ def landing_figures(storage, warm_up_landing: list[str]) -> dict:
         data = store.get(key)
         files.append(key)
         size += len(data)
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if record["source_id"] == WARM_UP:
+        for record in parse_records(data):
+            if record.source_id == WARM_UP:
                 continue
             records += 1
-            frames.add(identity(record))
-            statuses[record["status"]] += 1
-            per_hour[event_hour(record)] += 1
-            waited = parse_time(record["processed_at"]) - parse_time(record["ingested_at"])
+            frames.add(record.identity)
+            statuses[record.status] += 1
+            per_hour[record.event_hour] += 1
+            waited = parse_time(record.processed_at) - parse_time(record.ingested_at)
             waits.append(waited.total_seconds())
     return {"files": files, "bytes": size, "records": records, "distinct": len(frames),
             "statuses": dict(statuses), "hours": sorted(per_hour), "per_hour": per_hour,

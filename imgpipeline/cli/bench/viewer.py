@@ -42,8 +42,8 @@ def generate(frames: int, folder: Path) -> None:
     JPEGs that every frame points at."""
     import duckdb
 
-    from imgpipeline.defs.warehouse.sql import duckdb_type
-    from imgpipeline.defs.warehouse.tables import SCHEMAS
+    from imgpipeline.defs.tables import TABLES
+    from imgpipeline.defs.tables.views import duckdb_type
 
     images = write_images(folder)
     con = duckdb.connect()
@@ -81,7 +81,7 @@ def generate(frames: int, folder: Path) -> None:
             FROM range(300) t(n)""", {"day": DAY}),
     }
     for table, (select, values) in made.items():
-        schema = SCHEMAS[table]
+        schema = TABLES[table].schema
         con.execute(f"CREATE TABLE {table} AS {select}", values)
         have = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
         columns = ", ".join(
@@ -120,7 +120,7 @@ def _get(url: str) -> tuple[float, int]:
 def bench_viewer(frames: int = 100_000) -> dict:
     """Page load times over one day of `frames` frames, and the size of its daily report."""
     from imgpipeline.cli.serve import Running, Warehouse
-    from imgpipeline.defs.warehouse.sql import connect
+    from imgpipeline.defs.tables.views import connect
     from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
     from imgpipeline.web import render
     from imgpipeline.web.app import create_app

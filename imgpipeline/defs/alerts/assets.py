@@ -8,28 +8,28 @@ again, replaying its frames or backfilling a range raises and sends nothing twic
 import dagster as dg
 
 from imgpipeline.defs.alerts import checks, notify
-from imgpipeline.defs.alerts import tables as at
+from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.automation import on_detections_update
 from imgpipeline.defs.hours import hour_key, hours_in
-from imgpipeline.defs.partitions import hourly_partitions
-from imgpipeline.defs.tracking import tables as tt
-from imgpipeline.defs.tracking.assets import AROUND, on_detections_update
-from imgpipeline.defs.warehouse import checks as wc
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.partitions import AROUND, hourly_partitions
+from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TRACKED_COLUMNS
+from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
 from imgpipeline.vision import events
 
 
 @dg.asset(
+    key=ALERTS.key,
     description="One row per alert, in the hour it fired: a number that is stable and never reused, the "
     "rule and severity, what it is about (source, frames, track, class) and its evidence (annotated image "
     "and crop under annotated/). Published to Kafka `alerts` and the rules' webhooks, once each.",
-    deps=[dg.AssetDep(name, partition_mapping=AROUND) for name in ("detections", "frames")],
+    deps=[dg.AssetDep(table.key, partition_mapping=AROUND) for table in (DETECTIONS, FRAMES)],
     partitions_def=hourly_partitions,
     group_name="alerts",
     automation_condition=on_detections_update,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=wc.check_specs("alerts", checks=checks.CHECKS),
+    check_specs=check_specs(checks.CHECKS, "alerts"),
     kinds={"parquet", "kafka"},
     pool="alerts",  # one run at a time (dagster.yaml)
 )
@@ -40,18 +40,18 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     rules, zones = alert_rules.rules(), tracking.zones()
     ledger = Ledger(store)
     hours = hours_in(context.partition_time_window)
-    failures = wc.no_failures("alerts", checks=checks.CHECKS)
+    failures = no_failures(checks.CHECKS, "alerts")
     totals = {"alerts": 0, "kafka": 0, "delivered": 0, "dead": 0}
     for hour in hours:
-        frames = tt.stored(store, "frames", at.around(hour), at.FRAME_COLUMNS)
-        detections = tt.stored(store, "detections", at.around(hour), tt.DETECTION_COLUMNS)
+        frames = FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS)
+        detections = DETECTIONS.stored_hours(store, at.around(hour), TRACKED_COLUMNS)
         per_source = at.event_frames(frames, detections)
         fired = events.evaluate(rules, per_source, zones, hour.timestamp(), hour.timestamp() + 3600)
         numbers = [ledger.number(event.key) for event in fired]
         evidence = draw_all(store, fired, numbers, frames, per_source, storage.max_frame_bytes)
         table = at.alert_rows(hour, fired, numbers, rules, evidence)
-        store.put(wh.hourly_key("alerts", hour), wh.to_parquet(table))
-        stored = wh.from_parquet(store.get(wh.hourly_key("alerts", hour)))
+        ALERTS.write(store, ALERTS.hour_key(hour), table)
+        stored = ALERTS.read(store, ALERTS.hour_key(hour))
         drawable = {(f["source_id"], f["frame_id"]) for f in frames.select(at.FRAME_COLUMNS).to_pylist()
                     if f["status"] in at.DRAWN and f["uri"]}
         checks.check_hour(hour_key(hour), stored, ledger, store, drawable, failures)
@@ -70,10 +70,10 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         "alerts": dg.MetadataValue.int(totals["alerts"]), "hours": len(hours),
         "sent_to_kafka": totals["kafka"], "webhook_deliveries": totals["delivered"],
         "dead_lettered": totals["dead"], "rules_sha256": rules.sha256 or "(no rules file)",
-        "path": dg.MetadataValue.path(store.uri("warehouse/alerts")),
+        "path": dg.MetadataValue.path(store.uri(ALERTS.folder.rstrip("/"))),
         "viewer": dg.MetadataValue.url(f"{alert_rules.viewer_url}/alerts"),
     })
-    yield from wc.check_results(failures, len(hours))
+    yield from check_results(failures, len(hours))
 
 
 def draw_all(store, fired, numbers, frames, per_source, max_bytes: int) -> dict:

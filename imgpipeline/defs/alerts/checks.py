@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from imgpipeline.defs.warehouse.checks import schema_problems
-from imgpipeline.defs.warehouse.tables import ALERTS_SCHEMA
+from imgpipeline.defs.tables import ALERTS_SCHEMA
+from imgpipeline.defs.tables.checks import SCHEMA_AS_DECLARED, schema_problems
 
 CHECKS = {
     "alerts": {
-        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "schema_as_declared": SCHEMA_AS_DECLARED,
         "one_number_per_alert": "Every alert has one number and every number one alert, the one the "
                                 "ledger gave it: replays, retries and backfills add no alert and no number.",
         "evidence_stored": "Every alert about a frame that was decoded has its annotated image stored under "

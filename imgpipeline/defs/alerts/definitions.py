@@ -3,12 +3,9 @@
 import dagster as dg
 
 from imgpipeline.defs.alerts.assets import alerts
+from imgpipeline.defs.automation import automation_sensor
+from imgpipeline.defs.tables import ALERTS
 
-alerts_automation = dg.AutomationConditionSensorDefinition(
-    "alerts_automation",
-    target=dg.AssetSelection.assets("alerts"),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-)
+alerts_automation = automation_sensor("alerts_automation", ALERTS.key)
 
 defs = dg.Definitions(assets=[alerts], sensors=[alerts_automation])

@@ -11,7 +11,8 @@ import dagster as dg
 
 from imgpipeline.defs.hours import days_in
 from imgpipeline.defs.partitions import daily_partitions, yesterday_schedule
-from imgpipeline.defs.warehouse.sql import connect
+from imgpipeline.defs.tables import ALERTS, DAILY_SUMMARY, OBJECT_COUNTS, REPORT_ASSET
+from imgpipeline.defs.tables.views import connect
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision import drawing
@@ -36,10 +37,11 @@ def alert_images(store, alerts: list[dict], max_bytes: int, width: int = 160) ->
 
 
 @dg.asset(
+    key=REPORT_ASSET,
     description="One self-contained HTML file per day: objects per hour and source, line crossings, the "
     "day's alerts with their images, image sizes, processing hours, brightness and the operations "
     "figures. Its materialization links the file and the viewer's copy.",
-    deps=["daily_summary", "alerts", "object_counts"],
+    deps=[DAILY_SUMMARY.key, ALERTS.key, OBJECT_COUNTS.key],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="alerts",

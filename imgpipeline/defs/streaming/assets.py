@@ -3,9 +3,7 @@
 import dagster as dg
 
 from imgpipeline.defs.partitions import hourly_partitions
-
-TOPIC_ASSET = dg.AssetKey("kafka_frames")
-LANDING_ASSET = dg.AssetKey("landing_metadata")
+from imgpipeline.defs.tables import LANDING_ASSET, TOPIC_ASSET
 
 kafka_frames = dg.AssetSpec(
     TOPIC_ASSET,

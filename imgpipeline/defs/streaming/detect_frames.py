@@ -16,19 +16,16 @@ import dagster as dg
 from pydantic import Field
 
 from imgpipeline.defs.hours import hour_key
-from imgpipeline.defs.streaming.assets import LANDING_ASSET
 from imgpipeline.defs.streaming.dead_letters import dead_letter
 from imgpipeline.defs.streaming.landing import (
     OUT_OF_RANGE,
+    LandingRecord,
     Spool,
     accounted_ranges,
     contiguous_end,
-    event_hour,
-    identity,
     landed_frames,
     landing_key,
     latest_times,
-    processed,
     range_name,
     record_range,
     record_sources,
@@ -43,6 +40,7 @@ from imgpipeline.defs.streaming.processing import (
     read_range,
     uri_messages,
 )
+from imgpipeline.defs.tables import LANDING_ASSET
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 from imgpipeline.vision.quality import DARK_THRESHOLD
 
@@ -136,15 +134,15 @@ class Batch:
         workers = self.processor.detector.size
         for prepared, record in ahead(self.screened(incoming), self.detect, workers=workers,
                                       lookahead=2 * workers):
-            if record["status"] == "error" and not prepared.dead_lettered:
+            if record.status == "error" and not prepared.dead_lettered:
                 self.dead_letter(prepared)  # failed in detection, after the cheap checks
-            self.counts[record["status"]] += 1
+            self.counts[record.status] += 1
             latest_times(self.latest, record)
-            hour = event_hour(record)
+            hour = record.event_hour
             (self.spools.get(hour) or self.spools.setdefault(hour, Spool())).add(record)
         self.confirm_dead_letters()
 
-    def screened(self, incoming: Iterator[Incoming]) -> Iterator[tuple[Prepared, dict]]:
+    def screened(self, incoming: Iterator[Incoming]) -> Iterator[tuple[Prepared, LandingRecord]]:
         """Frames after the cheap checks: bad input to the DLQ, duplicates out."""
         # Parse, fetch and decode the next frames while the detectors work.
         for prepared in ahead(incoming, self.processor.prepare, workers=2, lookahead=8):
@@ -163,8 +161,8 @@ class Batch:
                 if prepared.error is not None:
                     record = self.processor.finish(prepared)
                     self.dead_letter(prepared)
-            if processed(record):
-                self.seen(record).add(identity(record))
+            if record.processed:
+                self.seen(record).add(record.identity)
             yield prepared, record
             if self.counts["read"] % 100 == 0:
                 self.context.log.info(f"{self.counts['read']} frames read: {self.counts}")
@@ -187,19 +185,19 @@ class Batch:
         for letter in self.letters:
             letter.get(timeout=30)  # raises the send's error
 
-    def is_duplicate(self, record: dict) -> bool:
+    def is_duplicate(self, record: LandingRecord) -> bool:
         """True when the frame was processed in its hour already (by another range or earlier here):
         errors never block the frame they were about."""
-        return identity(record) in self.seen(record)
+        return record.identity in self.seen(record)
 
-    def seen(self, record: dict) -> set[tuple]:
+    def seen(self, record: LandingRecord) -> set[tuple]:
         """The frames processed in the record's hour, read from landing once per hour."""
-        hour = event_hour(record)
+        hour = record.event_hour
         if (found := self.landed.get(hour)) is None:
             found = self.landed[hour] = landed_frames(self.store, hour, self.name)
         return found
 
-    def detect(self, item: tuple[Prepared, dict]) -> tuple[Prepared, dict]:
+    def detect(self, item: tuple[Prepared, LandingRecord]) -> tuple[Prepared, LandingRecord]:
         prepared, record = item
         return prepared, record if prepared.error is not None else self.processor.finish(prepared)
 

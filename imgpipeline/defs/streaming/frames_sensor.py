@@ -27,9 +27,9 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.defs.streaming.assets import TOPIC_ASSET
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
 from imgpipeline.defs.streaming.landing import range_name
+from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import KafkaResource
 from imgpipeline.resources.settings import FromEnv, setting
 

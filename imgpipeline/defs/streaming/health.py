@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from imgpipeline.defs.streaming.assets import TOPIC_ASSET
 from imgpipeline.defs.streaming.landing import hour_records, known_sources
+from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import FromEnv, setting
@@ -60,13 +60,13 @@ def source_activity(store, now: datetime, window: timedelta) -> list[SourceActiv
     hour = since.replace(minute=0, second=0, microsecond=0)
     while window > timedelta(0) and hour <= now:
         for record in hour_records(store, hour):
-            activity = sources.get(record.get("source_id"))
-            if activity is None or record.get("schema") is None:
+            activity = sources.get(record.source_id)
+            if activity is None or record.schema is None:
                 continue
-            if record.get("ingested_at") and since <= parse_time(record["ingested_at"]) <= now:
+            if record.ingested_at and since <= parse_time(record.ingested_at) <= now:
                 activity.came_in += 1
-            if record.get("processed_at") and since <= parse_time(record["processed_at"]) <= now:
-                activity.statuses[record["status"]] += 1
+            if record.processed_at and since <= parse_time(record.processed_at) <= now:
+                activity.statuses[record.status] += 1
         hour += timedelta(hours=1)
     return sorted(sources.values(), key=lambda a: a.source_id)
 

@@ -11,7 +11,9 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import TypedDict
 
 from imgpipeline.defs.hours import hour_path
 from imgpipeline.ingest.messages import iso_utc, parse_time, sha256_hex
@@ -43,21 +45,84 @@ def landing_key(hour: datetime, name: str) -> str:
     return f"{LANDING}/{hour_path(hour)}/{name}.jsonl"
 
 
-def identity(record: dict) -> tuple[str | None, str]:
-    """A frame is (source_id, frame_id): two cameras may both send IMG_0001.jpg."""
-    return record["source_id"], record["frame_id"]
+class LandedDetection(TypedDict):
+    """One object a detector found in a frame; the box is x, y, w, h in pixels of the frame."""
+
+    class_id: int
+    class_name: str
+    confidence: float
+    box: list[int]
 
 
-def processed(record: dict) -> bool:
-    """True for a frame that was processed (detected, dark or shed), not an error or out of range."""
-    return record.get("status") not in UNPROCESSED
+@dataclass(slots=True, kw_only=True)
+class LandingRecord:
+    """One frame as a run processed it: a line of a landing file (docs/contracts.md), its fields in
+    the order they are written. Built by the run (`processing.py`), read back by `read_records`."""
+
+    # the frame message's fields (for a message that could not be parsed: schema None, frame_id
+    # `<topic>-<partition>-<offset>`, captured_at the broker's time)
+    schema: int | None
+    frame_id: str
+    source_id: str | None
+    captured_at: str
+    uri: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    content_type: str | None = None
+    # what the run made of it
+    status: str | None = None
+    error: str | None = None
+    ingested_at: str | None = None
+    processed_at: str | None = None
+    run_id: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    bytes: int | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    sharpness: float | None = None
+    # what produced its detections (absent from records landed before they were recorded)
+    model: str | None = None
+    model_sha256: str | None = None
+    engine: str | None = None
+    precision: str | None = None
+    object_count: int = 0
+    detections: list[LandedDetection] = field(default_factory=list)
+
+    @property
+    def identity(self) -> tuple[str | None, str]:
+        """A frame is (source_id, frame_id): two cameras may both send IMG_0001.jpg."""
+        return self.source_id, self.frame_id
+
+    @property
+    def processed(self) -> bool:
+        """True for a frame that was processed (detected, dark or shed), not an error or out of range."""
+        return self.status not in UNPROCESSED
+
+    @property
+    def event_hour(self) -> datetime:
+        """The UTC hour of the capture time: the record's landing folder and warehouse partition. A
+        frame captured out of range goes to the hour it reached the broker, which a partition reads."""
+        moment = self.ingested_at if self.status == OUT_OF_RANGE else self.captured_at
+        return parse_time(moment).replace(minute=0, second=0, microsecond=0)
+
+    def to_json(self) -> bytes:
+        return json.dumps({name: getattr(self, name) for name in _FIELDS}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, line: bytes | str) -> LandingRecord:
+        written = json.loads(line)
+        try:
+            return cls(**written)
+        except TypeError:  # written by another version: fields it lacks are empty, others are left out
+            return cls(**{name: written.get(name) for name in _FIELDS
+                          if name in written or name in _REQUIRED})
 
 
-def event_hour(record: dict) -> datetime:
-    """The UTC hour of a record's capture time: its landing folder and warehouse partition. A frame
-    captured out of range goes to the hour it reached the broker, which a partition reads."""
-    moment = record["ingested_at"] if record.get("status") == OUT_OF_RANGE else record["captured_at"]
-    return parse_time(moment).replace(minute=0, second=0, microsecond=0)
+_FIELDS = tuple(f.name for f in fields(LandingRecord))
+_REQUIRED = ("schema", "frame_id", "source_id", "captured_at")
 
 
 class Spool:
@@ -69,19 +134,19 @@ class Spool:
         self.records = 0
         self.frames: set[tuple] = set()
 
-    def add(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    def add(self, record: LandingRecord) -> None:
+        line = record.to_json() + b"\n"
         self.file.write(line)
         self.sha256.update(line)
         self.records += 1
-        self.frames.add(identity(record))
+        self.frames.add(record.identity)
 
     def land(self, store, key: str) -> str:
         """Write the spooled records to `key`; returns its URI. A file already there keeps the records
         of frames this run did not see (a replay whose head retention deleted): landing never shrinks."""
         if store.exists(key):
             for record in read_records(store, key):
-                if identity(record) not in self.frames:
+                if record.identity not in self.frames:
                     self.add(record)
         self.file.seek(0)
         return store.put_file(key, self.file, sha256=self.sha256.hexdigest())
@@ -96,19 +161,24 @@ def landing_keys(store, hour: datetime | None = None) -> list[str]:
     return [key for key in store.list(prefix) if key.endswith(".jsonl")]
 
 
-def read_records(store, key: str) -> Iterator[dict]:
+def read_records(store, key: str) -> Iterator[LandingRecord]:
     """The records of one landing file, in the order they were written."""
-    for line in store.get(key).splitlines():
+    return parse_records(store.get(key))
+
+
+def parse_records(data: bytes) -> Iterator[LandingRecord]:
+    """The records of a landing file's bytes, in order."""
+    for line in data.splitlines():
         if line.strip():
-            yield json.loads(line)
+            yield LandingRecord.from_json(line)
 
 
-def hour_records(store, hour: datetime) -> list[dict]:
+def hour_records(store, hour: datetime) -> list[LandingRecord]:
     """Every landing record of an event-time hour, as written by the runs."""
     return [record for key in landing_keys(store, hour) for record in read_records(store, key)]
 
 
-def all_records(store) -> list[dict]:
+def all_records(store) -> list[LandingRecord]:
     return [record for key in landing_keys(store) for record in read_records(store, key)]
 
 
@@ -117,8 +187,8 @@ def landed_frames(store, hour: datetime, except_name: str) -> set[tuple]:
     frame landed only as an error (or out of range) is not among them, so a message sent again once
     right is processed."""
     own = landing_key(hour, except_name)
-    return {identity(record) for key in landing_keys(store, hour) if key != own
-            for record in read_records(store, key) if processed(record)}
+    return {record.identity for key in landing_keys(store, hour) if key != own
+            for record in read_records(store, key) if record.processed}
 
 
 def ledger_prefix(topic: str, partition: int, generation: int = 0) -> str:
@@ -207,25 +277,26 @@ def record_sources(store, last: dict[str, dict]) -> list[str]:
     for source, times in sorted(last.items()):
         key = f"{SOURCES}/{source}.json"
         known = source_times(store, key)
-        merged = {field: max(filter(None, (known.get(field), value)), default=None)  # ISO UTC: text order
-                  for field, value in times.items()}
-        if merged != {field: known.get(field) for field in times}:
+        merged = {name: max(filter(None, (known.get(name), value)), default=None)  # ISO UTC: text order
+                  for name, value in times.items()}
+        if merged != {name: known.get(name) for name in times}:
             store.put(key, json.dumps({"source_id": source, **merged}).encode())
             written.append(key)
     return written
 
 
-def latest_times(last: dict[str, dict], record: dict) -> None:
+def latest_times(last: dict[str, dict], record: LandingRecord) -> None:
     """Fold a landed record of a well-formed message into the per-source latest times."""
-    if record.get("schema") is None:
+    if record.schema is None:
         return  # unparsed: its source is only the key the sender chose
-    times = last.setdefault(record["source_id"], {})
-    for field in ("captured_at", "ingested_at", "processed_at"):
-        if field == "captured_at" and record.get("status") == OUT_OF_RANGE:
-            continue  # a clock years ahead would stay the source's latest capture for good
-        if record.get(field):
-            value = iso_utc(parse_time(record[field]))
-            times[field] = max(times.get(field) or value, value)
+    times = last.setdefault(record.source_id, {})
+    # out of range: a clock years ahead would stay the source's latest capture for good
+    captured = None if record.status == OUT_OF_RANGE else record.captured_at
+    for name, moment in (("captured_at", captured), ("ingested_at", record.ingested_at),
+                         ("processed_at", record.processed_at)):
+        if moment:
+            value = iso_utc(parse_time(moment))
+            times[name] = max(times.get(name) or value, value)
 
 
 def source_times(store, key: str) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from imgpipeline.defs.partitions import CALENDAR, Calendar
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
 from imgpipeline.ingest.messages import (
     BadInput,
     FrameMessage,
@@ -145,7 +145,7 @@ class Prepared:
 
     incoming: Incoming
     message: FrameMessage | None = None
-    record: dict | None = None
+    record: LandingRecord | None = None
     image: object = None
     size: int = 0
     error: str | None = None
@@ -193,14 +193,10 @@ class FrameProcessor:
             prepared.size = len(data)
             prepared.image = decode_image(data, self.max_pixels)
             quality = measure_quality(prepared.image)
-            prepared.record = self.base_record(incoming, message) | {
-                "bytes": len(data),
-                "brightness": quality.brightness,
-                "contrast": quality.contrast,
-                "sharpness": quality.sharpness,
-            }
             height, width = prepared.image.shape[:2]
-            prepared.record.update(width=width, height=height)
+            prepared.record = self.base_record(incoming, message, bytes=len(data),
+                                               brightness=quality.brightness, contrast=quality.contrast,
+                                               sharpness=quality.sharpness, width=width, height=height)
         except (BadInput, BadObject, UndecodableImage) as exc:
             prepared.error = str(exc)
             prepared.image = None
@@ -223,8 +219,8 @@ class FrameProcessor:
             if prepared.message.sha256 and sha256_hex(inline) != prepared.message.sha256:
                 raise BadInput("frame bytes do not match the message's sha256")
         prepared.inline = inline
-        prepared.record = self.base_record(prepared.incoming, prepared.message) | {
-            "status": status, "error": reason, "bytes": len(inline) if inline is not None else None}
+        prepared.record = self.base_record(prepared.incoming, prepared.message, status=status, error=reason,
+                                           bytes=len(inline) if inline is not None else None)
         return prepared
 
     def store_inline(self, prepared: Prepared) -> None:
@@ -242,25 +238,22 @@ class FrameProcessor:
             prepared.image = None
             return
         prepared.message = _with_uri(message, self.store.uri(key))
-        prepared.record["uri"] = prepared.message.uri
+        prepared.record.uri = prepared.message.uri
 
-    def base_record(self, incoming: Incoming, message: FrameMessage | None) -> dict:
+    def base_record(self, incoming: Incoming, message: FrameMessage | None, **measured) -> LandingRecord:
+        """The one place a landing record is made: the message's fields (or, unparseable, where it was
+        read and when the broker took it), where it was read, the detector, and what was `measured`."""
         ingested = iso_utc(broker_time(incoming.timestamp_ms))
         if message is None:
-            # Unparseable: identify it by where it was read, date it by the broker.
             fields = {"schema": None, "frame_id": f"{incoming.topic}-{incoming.partition}-{incoming.offset}",
-                      "source_id": text_of(incoming.key), "captured_at": ingested, "uri": None,
-                      "sha256": None, "width": None, "height": None, "content_type": None}
+                      "source_id": text_of(incoming.key), "captured_at": ingested}
         else:
             fields = json.loads(message.to_json())
-        return fields | {
-            "status": None, "error": None, "ingested_at": ingested, "processed_at": None,
-            "run_id": self.run_id, "topic": incoming.topic, "partition": incoming.partition,
-            "offset": incoming.offset, "bytes": None, "brightness": None, "contrast": None,
-            "sharpness": None, **self.detector.identity.as_record(), "object_count": 0, "detections": [],
-        }
+        read = {"ingested_at": ingested, "run_id": self.run_id, "topic": incoming.topic,
+                "partition": incoming.partition, "offset": incoming.offset}
+        return LandingRecord(**fields | read | self.detector.identity.as_record() | measured)
 
-    def finish(self, prepared: Prepared) -> dict:
+    def finish(self, prepared: Prepared) -> LandingRecord:
         """Detect (unless dark or bad) and return the landing record; a frame that fails here becomes
         an error record like any other bad frame."""
         if prepared.error is None:
@@ -271,24 +264,25 @@ class FrameProcessor:
                     raise
                 prepared.error = f"detection failed: {type(exc).__name__}: {str(exc)[:300]}"
         if prepared.error is not None:
-            record = self.base_record(prepared.incoming, prepared.message)
-            record.update(status="error", error=prepared.error)
+            record = self.base_record(prepared.incoming, prepared.message, status="error",
+                                      error=prepared.error)
         prepared.image = None
-        record["processed_at"] = iso_utc(datetime.now(UTC))
+        record.processed_at = iso_utc(datetime.now(UTC))
         return record
 
-    def detect(self, prepared: Prepared) -> dict:
+    def detect(self, prepared: Prepared) -> LandingRecord:
         from imgpipeline.vision.drawing import draw_detections
         from imgpipeline.vision.quality import encode_jpeg
 
         record = prepared.record
-        if record["status"] in ("shed", OUT_OF_RANGE):
+        if record.status in ("shed", OUT_OF_RANGE):
             return record
-        if record["brightness"] < self.dark_threshold:
-            record["status"] = "skipped_dark"
+        if record.brightness < self.dark_threshold:
+            record.status = "skipped_dark"
             return record
         found = self.detector.detect(prepared.image)
-        record.update(status="detected", object_count=len(found), detections=[d.as_record() for d in found])
+        record.status, record.object_count = "detected", len(found)
+        record.detections = [d.as_record() for d in found]
         if self.annotate:
             message = prepared.message
             key = annotated_key(message.source_id, message.captured, message.frame_id)

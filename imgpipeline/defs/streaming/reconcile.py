@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from imgpipeline.defs.streaming.assets import TOPIC_ASSET
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
 from imgpipeline.defs.streaming.frames_sensor import ACTIVE, BatchPolicy
 from imgpipeline.defs.streaming.landing import accounted_ranges, holes, range_entry, range_name
+from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import KafkaResource, StorageResource
 
 SENSOR = "frames_sensor"

@@ -6,18 +6,18 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-from imgpipeline.defs.warehouse.checks import schema_problems
-from imgpipeline.defs.warehouse.tables import OBJECT_COUNTS_SCHEMA, TRACKS_SCHEMA
+from imgpipeline.defs.tables import OBJECT_COUNTS_SCHEMA, TRACKS_SCHEMA
+from imgpipeline.defs.tables.checks import SCHEMA_AS_DECLARED, schema_problems
 
 CHECKS = {
     "tracks": {
-        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "schema_as_declared": SCHEMA_AS_DECLARED,
         "frames_match_detections": "The hour's tracks' frames add up to its detections that have a track id.",
         "no_reused_track_id": "Within a source and day a track id is one object: one class, hours that "
         "follow each other in time, at most one detection per frame.",
     },
     "object_counts": {
-        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "schema_as_declared": SCHEMA_AS_DECLARED,
         "crossings_within_objects": "Per line and class, crossings in minus crossings out is never more "
         "than the distinct objects that crossed (nor out minus in), and those are never more than the "
         "class's distinct objects of the hour.",

@@ -2,13 +2,10 @@
 
 import dagster as dg
 
+from imgpipeline.defs.automation import automation_sensor
+from imgpipeline.defs.tables import OBJECT_COUNTS, TRACKS
 from imgpipeline.defs.tracking.assets import tracking_tables
 
-tracking_automation = dg.AutomationConditionSensorDefinition(
-    "tracking_automation",
-    target=dg.AssetSelection.assets("tracks", "object_counts"),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-)
+tracking_automation = automation_sensor("tracking_automation", TRACKS.key, OBJECT_COUNTS.key)
 
 defs = dg.Definitions(assets=[tracking_tables], sensors=[tracking_automation])

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import pyarrow as pa
 
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
-from imgpipeline.defs.warehouse.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
+from imgpipeline.defs.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
+from imgpipeline.defs.tables.checks import SCHEMA_AS_DECLARED, schema_problems
 
 # What each check proves, as the UI shows it beside the asset.
 CHECKS = {
     "frames": {
-        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "schema_as_declared": SCHEMA_AS_DECLARED,
         "no_duplicate_frame": "Each frame (source_id, frame_id) appears once per hour: retried runs and "
                               "replays add no rows.",
         "matches_landing": "The hour's rows are exactly the distinct frames of its landing metadata: "
@@ -21,7 +21,7 @@ CHECKS = {
                              "out_of_range in the hour they reached the broker, counted here (a warning).",
     },
     "detections": {
-        "schema_as_declared": "The stored Parquet of every hour has exactly the declared columns and types.",
+        "schema_as_declared": SCHEMA_AS_DECLARED,
         "matches_frames": "The hour's detection rows add up to the object counts of its frames.",
     },
     "daily_summary": {
@@ -32,32 +32,12 @@ CHECKS = {
 }
 
 
-def check_specs(*assets: str, checks: dict = CHECKS) -> list[dg.AssetCheckSpec]:
-    """The specs of the assets' checks, from a domain's table of checks (the warehouse's by default)."""
-    return [dg.AssetCheckSpec(name, asset=asset, description=text)
-            for asset in assets for name, text in checks[asset].items()]
-
-
-def no_failures(*assets: str, checks: dict = CHECKS) -> dict[tuple[str, str], dict]:
-    """An empty failure record per check: (asset, check) → {partition: what is wrong}."""
-    return {(asset, name): {} for asset in assets for name in checks[asset]}
-
-
 # Checks that report what the data says about its sources rather than a fault of the pipeline.
-WARNINGS = {("frames", "captured_in_range")}
+WARNINGS = frozenset({("frames", "captured_in_range")})
 
 
-def check_results(failures: dict[tuple[str, str], dict], checked: int) -> list[dg.AssetCheckResult]:
-    """One result per check over the run's partitions."""
-    return [dg.AssetCheckResult(
-        asset_key=asset, check_name=name, passed=not failed,
-        severity=dg.AssetCheckSeverity.WARN if (asset, name) in WARNINGS else dg.AssetCheckSeverity.ERROR,
-        metadata={"partitions_checked": checked,
-                  "failures": dg.MetadataValue.json(dict(list(failed.items())[:20]))},
-    ) for (asset, name), failed in failures.items()]
-
-
-def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[dict], failures: dict) -> None:
+def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[LandingRecord],
+               failures: dict) -> None:
     """Record what is wrong with one stored hour of frames and detections under its partition key."""
     if problems := schema_problems(frames, FRAMES_SCHEMA):
         failures["frames", "schema_as_declared"][key] = problems
@@ -73,17 +53,6 @@ def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[d
     expected = sum(frames.column("object_count").to_pylist())
     if detections.num_rows != expected:
         failures["detections", "matches_frames"][key] = f"{detections.num_rows} rows, frames say {expected}"
-
-def schema_problems(table: pa.Table, schema: pa.Schema) -> list[str]:
-    """Differences between a stored table's schema and the declared one."""
-    if table.schema.remove_metadata().equals(schema):
-        return []
-    stored = {f.name: f.type for f in table.schema}
-    problems = [f"missing column {f.name}" for f in schema if f.name not in stored]
-    problems += [f"{f.name} is {stored[f.name]}, declared {f.type}" for f in schema
-                 if f.name in stored and stored[f.name] != f.type]
-    problems += [f"undeclared column {name}" for name in stored if name not in schema.names]
-    return problems or ["column order differs from the declaration"]
 
 
 def frame_names(table: pa.Table) -> list[str]:
@@ -105,10 +74,10 @@ def out_of_range(table: pa.Table) -> list[str]:
             if status == OUT_OF_RANGE]
 
 
-def landing_mismatch(table: pa.Table, records: list[dict]) -> dict:
+def landing_mismatch(table: pa.Table, records: list[LandingRecord]) -> dict:
     """Frames missing from the table or extra in it, against the distinct landed frames."""
     stored = set(frame_names(table))
-    landed = {f"{r['source_id']}/{r['frame_id']}" for r in records}
+    landed = {f"{r.source_id}/{r.frame_id}" for r in records}
     return {"missing": sorted(landed - stored), "extra": sorted(stored - landed),
             "rows": table.num_rows, "distinct_landed": len(landed)}
 

@@ -20,7 +20,7 @@ def report_page(request):
     key = report_key(day)
     if not store.exists(key):
         return message("No report", f"No daily report for {day} yet: materialize the daily_report "
-                                    f"partition {day} (README: The viewer and reports).", 404, day)
+                                    f"partition {day} (docs/viewer.md).", 404, day)
     return HTMLResponse(store.get(key), headers=HEADERS)
 
 

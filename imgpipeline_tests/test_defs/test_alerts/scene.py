@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
+from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.ingest.messages import frame_key, sha256_hex
 from imgpipeline.vision.quality import encode_jpeg
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
@@ -33,7 +34,7 @@ rules:
 """
 
 
-def records(store, start=START, prefix="cam", ranges="frames-0-0-100", tweak=None) -> list[dict]:
+def records(store, start=START, prefix="cam", ranges="frames-0-0-100", tweak=None) -> list[LandingRecord]:
     """A person walking through the door into the bench zone across 11:00; a car parked all along and a
     second car passing at the start. Every frame has its image in storage; the records are landed."""
     things = [moving("person", 100, 560, 8, 14), moving("car", 20, 21, 0, 20, y=460),
@@ -42,16 +43,16 @@ def records(store, start=START, prefix="cam", ranges="frames-0-0-100", tweak=Non
                              in enumerate(frames_of(things, start, 20, 5.0))])
     for record in found:
         image = np.full((480, 640, 3), 90, np.uint8)
-        for d in record["detections"]:
+        for d in record.detections:
             x, y, w, h = d["box"]
             cv2.rectangle(image, (x, y), (x + w, y + h), (30, 200, 30), -1)
         # Each frame's own bytes, as a live camera's (frames alike to the byte are a frozen camera).
-        cv2.putText(image, record["frame_id"], (8, 470), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        cv2.putText(image, record.frame_id, (8, 470), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
         data = encode_jpeg(image)
-        captured = datetime.fromisoformat(record["captured_at"].replace("Z", "+00:00"))
-        key = frame_key("cam", captured, record["frame_id"])
+        captured = datetime.fromisoformat(record.captured_at.replace("Z", "+00:00"))
+        key = frame_key("cam", captured, record.frame_id)
         store.put(key, data)
-        record.update(uri=store.uri(key), sha256=sha256_hex(data), brightness=90.0)
+        record.uri, record.sha256, record.brightness = store.uri(key), sha256_hex(data), 90.0
     if tweak is not None:
         tweak(found)
     land(store, found, ranges)

@@ -13,9 +13,10 @@ import pytest
 
 from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.ledger import Ledger
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import ALERTS, DETECTIONS
+from imgpipeline.defs.tables.views import connect
+from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.defs.warehouse.assets import hourly_tables
-from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, START, ZONES, records
@@ -147,7 +148,7 @@ def test_no_rules_no_alerts_and_quiet_data_raises_none(tmp_path, kafka, hooks, m
         materialize([alerts], *RANGE, resources, instance)
     store = storage.open()
     assert [k for k in store.list("warehouse/alerts/")] == [
-        wh.hourly_key("alerts", hour) for hour in (TEN, ELEVEN)]  # both hours made, empty
+        ALERTS.hour_key(hour) for hour in (TEN, ELEVEN)]  # both hours made, empty
     assert stored_alerts(storage) == []
     assert read_all(kafka, kafka.alerts_topic) == []
     assert not store.list("annotated/")
@@ -265,9 +266,10 @@ def test_camera_and_dwell_rules_read_the_stored_tables(tmp_path, kafka, hooks, m
 
     def dark_and_frozen(found):
         for record in found[10:15]:  # the dark filter skipped these: no detections
-            record.update(status="skipped_dark", brightness=4.0, detections=[], object_count=0)
+            record.status, record.brightness = "skipped_dark", 4.0
+            record.detections, record.object_count = [], 0
         for record in found[30:36]:
-            record["sha256"] = "a" * 64
+            record.sha256 = "a" * 64
 
     store = storage.open()
     records(store, tweak=dark_and_frozen)
@@ -288,16 +290,16 @@ def test_camera_and_dwell_rules_read_the_stored_tables(tmp_path, kafka, hooks, m
 
 def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
     from imgpipeline.defs.alerts import checks as ac
-    from imgpipeline.defs.warehouse import checks as wc
+    from imgpipeline.defs.tables.checks import no_failures
 
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
     ledger = Ledger(store)
-    row = {name: None for name in wh.ALERTS_SCHEMA.names}
+    row = {name: None for name in ALERTS.schema.names}
     row.update(number=ledger.number("k1"), alert_key="k1", source_id="cam", frame_id="f1", frame_ids=["f1"])
 
     def failed(rows, drawable=frozenset()):
-        failures = wc.no_failures("alerts", checks=ac.CHECKS)
-        table = pa.Table.from_pylist(rows, schema=wh.ALERTS_SCHEMA)
+        failures = no_failures(ac.CHECKS, "alerts")
+        table = pa.Table.from_pylist(rows, schema=ALERTS.schema)
         ac.check_hour("h", table, ledger, store, drawable, failures)
         return {name for (_, name), found in failures.items() if found}
 
@@ -312,13 +314,15 @@ def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
 
 @pytest.mark.edge
 def test_a_frame_captured_out_of_range_is_no_event_frame():
-    from imgpipeline.defs.alerts.tables import event_frames
+    from imgpipeline.defs.alerts.rows import event_frames
+    from imgpipeline.defs.streaming.landing import LandingRecord
 
-    def row(frame_id: str, captured: str, status: str) -> dict:
-        return {"frame_id": frame_id, "source_id": "cam", "captured_at": captured, "status": status,
-                "ingested_at": "2026-11-20T10:00:00.000Z", "processed_at": "2026-11-20T10:00:01.000Z"}
+    def row(frame_id: str, captured: str, status: str) -> LandingRecord:
+        return LandingRecord(schema=1, frame_id=frame_id, source_id="cam", captured_at=captured,
+                             status=status, ingested_at="2026-11-20T10:00:00.000Z",
+                             processed_at="2026-11-20T10:00:01.000Z")
 
-    frames = wh.frames_table([row("a", "2026-11-20T10:00:00.000Z", "detected"),
-                              row("b", "2099-01-01T00:00:00.000Z", "out_of_range")])
-    found = event_frames(frames, wh.DETECTIONS_SCHEMA.empty_table())
+    frames = warehouse_rows.frames_table([row("a", "2026-11-20T10:00:00.000Z", "detected"),
+                                          row("b", "2099-01-01T00:00:00.000Z", "out_of_range")])
+    found = event_frames(frames, DETECTIONS.schema.empty_table())
     assert [f.frame_id for f in found["cam"]] == ["a"]  # a clock decades ahead is no silence

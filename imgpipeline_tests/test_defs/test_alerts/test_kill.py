@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from imgpipeline.defs.alerts.assets import alerts
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import ALERTS
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
@@ -73,8 +73,8 @@ def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kaf
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
                "--select", "alerts", "--partition-range", "...".join(RANGE)]
     folder = broken.open().folder
-    kill_when(command, env, folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS // 2)),
-              folder / wh.hourly_key("alerts", FIRST + timedelta(hours=HOURS)))
+    kill_when(command, env, folder / ALERTS.hour_key(FIRST + timedelta(hours=HOURS // 2)),
+              folder / ALERTS.hour_key(FIRST + timedelta(hours=HOURS)))
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]

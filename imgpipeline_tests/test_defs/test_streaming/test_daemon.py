@@ -11,6 +11,7 @@ import time
 import pytest
 
 from imgpipeline.cli.fetch import sample
+from imgpipeline.defs.streaming.landing import parse_records
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames
 from imgpipeline.resources import StorageResource
@@ -50,7 +51,7 @@ def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch):
 
         files = wait_for(lambda: landing_files(storage), 180, "the sensor's run to land the frames")
         (key, body), = files.items()
-        assert key.endswith(".jsonl") and {json.loads(x)["frame_id"] for x in body.splitlines()} == {
+        assert key.endswith(".jsonl") and {r.frame_id for r in parse_records(body)} == {
             "bus", "zidane"}
         storage.open().delete(key)
 

@@ -61,29 +61,29 @@ def test_video_and_photos_are_detected_exactly_once(kafka, storage, tmp_path):
     assert sum(o.output_for_node("detect")["counts"]["read"] for _, o in runs) == 252
 
     records = landing_records(storage)
-    ids = Counter(r["frame_id"] for r in records)
+    ids = Counter(r.frame_id for r in records)
     assert set(ids) == {f"bikes-{i:06d}" for i in range(1, 251)} | {"bus", "zidane"}
     assert max(ids.values()) == 1
-    assert {r["status"] for r in records} == {"detected"}
+    assert {r.status for r in records} == {"detected"}
     # Every record names what detected it: the default engine and the file it ran, by sha256.
     engine = DetectorResource.from_env()
     path, digest = engine.model_file()
     assert digest == expected_sha256(path.name, path.parent)
-    assert {(r["model"], r["model_sha256"], r["engine"]) for r in records} == {
+    assert {(r.model, r.model_sha256, r.engine) for r in records} == {
         ("yolov4-tiny-416", digest, engine.engine)}
-    assert len({r["precision"] for r in records}) == 1
+    assert len({r.precision for r in records}) == 1
     # The video crosses midnight: frames land in the hour of their captured_at.
     hours = {k.split("/")[2] + "/" + k.split("/")[3] for k in landing_files(storage)}
     assert {"dt=2026-11-20/hour=23", "dt=2026-11-21/hour=00"} <= hours
 
-    video_classes = Counter(d["class_name"] for r in records if r["source_id"] == "bikes"
-                            for d in r["detections"])
+    video_classes = Counter(d["class_name"] for r in records if r.source_id == "bikes"
+                            for d in r.detections)
     assert video_classes["person"] > 50 and video_classes["car"] > 20 and video_classes["bicycle"] > 20
-    bus = next(r for r in records if r["frame_id"] == "bus")
-    assert Counter(d["class_name"] for d in bus["detections"])["person"] >= 3
-    assert "bus" in {d["class_name"] for d in bus["detections"]}
-    assert bus["object_count"] == len(bus["detections"])
-    assert bus["width"] == 810 and bus["height"] == 1080
+    bus = next(r for r in records if r.frame_id == "bus")
+    assert Counter(d["class_name"] for d in bus.detections)["person"] >= 3
+    assert "bus" in {d["class_name"] for d in bus.detections}
+    assert bus.object_count == len(bus.detections)
+    assert bus.width == 810 and bus.height == 1080
 
     # The consumer group has committed every range, so standard lag tools see zero lag.
     consumer = kafka.consumer()
@@ -112,7 +112,7 @@ def test_duplicates_and_replays_add_no_records(kafka, storage, tmp_path):
     with fresh_instance() as instance:
         runs, _ = drain(kafka, storage, instance)
         records = landing_records(storage)
-        assert len(records) == 32 == len({r["frame_id"] for r in records})
+        assert len(records) == 32 == len({r.frame_id for r in records})
         counts = [o.output_for_node("detect")["counts"] for _, o in runs]
         assert sum(c["duplicate"] for c in counts) == 32
 
@@ -183,14 +183,14 @@ def test_bad_messages_go_to_the_dlq_and_the_batch_goes_on(kafka, storage):
         runs, _ = drain(kafka, storage, instance)
     assert all(outcome.success for _, outcome in runs)
 
-    records = {r["frame_id"]: r for r in landing_records(storage)}
+    records = {r.frame_id: r for r in landing_records(storage)}
     assert len(records) == 10
-    assert records["good"]["status"] == "detected" and records["good"]["object_count"] >= 2
-    assert records["inline-ok"]["status"] == "detected"
+    assert records["good"].status == "detected" and records["good"].object_count >= 2
+    assert records["inline-ok"].status == "detected"
     # An inline frame is stored before processing, so its record points at its bytes.
-    assert records["inline-ok"]["uri"] == store.uri(frame_key("cam9", START, "inline-ok"))
+    assert records["inline-ok"].uri == store.uri(frame_key("cam9", START, "inline-ok"))
     assert store.get(frame_key("cam9", START, "inline-ok")) == good
-    errors = [r for r in records.values() if r["status"] == "error"]
+    errors = [r for r in records.values() if r.status == "error"]
     assert len(errors) == 8
 
     dlq = read_all(kafka, kafka.dlq_topic)
@@ -203,7 +203,7 @@ def test_bad_messages_go_to_the_dlq_and_the_batch_goes_on(kafka, storage):
         assert base64.b64decode(letter["value_base64"]) == value
     # The unparseable message is identified by where it was read.
     partition = letters[0]["partition"]
-    assert records[f"{kafka.frames_topic}-{partition}-0"]["error"].startswith("malformed JSON")
+    assert records[f"{kafka.frames_topic}-{partition}-0"].error.startswith("malformed JSON")
 
 
 def test_explicit_frame_uris_are_processed(kafka, storage):
@@ -221,11 +221,11 @@ def test_explicit_frame_uris_are_processed(kafka, storage):
             resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()},
         )
     assert result.success
-    records = {r["frame_id"]: r for r in landing_records(storage)}
-    assert records["cam5-000001"]["status"] == "detected"
-    assert records["cam5-000001"]["source_id"] == "cam5"
-    assert "bus" in {d["class_name"] for d in records["cam5-000001"]["detections"]}
-    assert records["uri-1"]["status"] == "error" and "outside the storage root" in records["uri-1"]["error"]
+    records = {r.frame_id: r for r in landing_records(storage)}
+    assert records["cam5-000001"].status == "detected"
+    assert records["cam5-000001"].source_id == "cam5"
+    assert "bus" in {d["class_name"] for d in records["cam5-000001"].detections}
+    assert records["uri-1"].status == "error" and "outside the storage root" in records["uri-1"].error
     # The annotated derivative is a decodable image of the same size.
     annotated = store.get(f"annotated/cam5/{START.date()}/cam5-000001.jpg")
     from imgpipeline.vision.quality import decode_image

@@ -67,7 +67,7 @@ class Pipeline:
         """Wait until every frame sent has landed; assert none twice; print the figures."""
         deadline = time.monotonic() + timeout_s
         while True:
-            counts = Counter(r["frame_id"] for r in landing_records(self.storage))
+            counts = Counter(r.frame_id for r in landing_records(self.storage))
             if set(counts) >= set(self.sent) or time.monotonic() > deadline:
                 break
             time.sleep(1)

@@ -15,6 +15,7 @@ from kafka import TopicPartition
 
 from imgpipeline.cli.fetch import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
+from imgpipeline.defs.tables import FRAMES
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
 from imgpipeline_tests.conftest import s3_storage_resource, s3_user
@@ -112,7 +113,7 @@ def test_poison_in_a_batch_is_that_frame_s_error_and_the_good_frames_land(kafka,
         assert result.success
         records = landing_records(local)
         assert len(records) == len(batch)
-        statuses = {r["offset"]: r["status"] for r in records}
+        statuses = {r.offset: r.status for r in records}
         assert {statuses[o] for o in range(0, len(batch), 2)} == {"detected"}  # every good frame
         assert {statuses[o] for o in range(1, len(batch), 2)} == {"error"}  # every poison, with its reason
         letters = dead_letters(kafka)
@@ -166,7 +167,7 @@ def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafk
     send(kafka, [good_frame(store, f"f{i}") for i in range(8)])
     with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 8).success
-        before = {r["frame_id"] for r in landing_records(local)}
+        before = {r.frame_id for r in landing_records(local)}
         assert len(before) == 8
 
         admin = kafka.admin()
@@ -177,7 +178,7 @@ def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafk
         # A replay after retention deleted the range's head: offsets 0..4 are a recorded gap, and
         # the frames they held stay landed.
         assert run(kafka, local, instance, 0, 8, commit=False).success
-    assert {r["frame_id"] for r in landing_records(local)} == before
+    assert {r.frame_id for r in landing_records(local)} == before
     (ledger,) = store.list("landing/ranges/")
     entry = json.loads(store.get(ledger))
     assert (entry["range"], entry["deleted"]) == (f"{kafka.frames_topic}-0-0-8", [[0, 5]])
@@ -185,8 +186,8 @@ def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafk
 
 
 def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
+    from imgpipeline.defs.tables import from_parquet
     from imgpipeline.defs.warehouse.assets import hourly_tables
-    from imgpipeline.defs.warehouse.tables import from_parquet, hourly_key
 
     store = local.open()
     send(kafka, [good_frame(store, name, source) for source in ("cam1", "cam2")
@@ -196,7 +197,7 @@ def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
         assert dg.materialize([hourly_tables], instance=instance, partition_key="2026-11-20-10:00",
                               resources={"storage": local, "tracking": TrackingResource()}).success
     assert len(landing_records(local)) == 4
-    frames = from_parquet(store.get(hourly_key("frames", WHEN)))
+    frames = from_parquet(store.get(FRAMES.hour_key(WHEN)))
     assert sorted(zip(frames.column("source_id").to_pylist(), frames.column("frame_id").to_pylist(),
                       strict=True)) == [("cam1", "IMG_0001"), ("cam1", "IMG_0002"),
                                         ("cam2", "IMG_0001"), ("cam2", "IMG_0002")]
@@ -212,7 +213,7 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     # The first message for the frame is stored and detected; the second, with other bytes for the
     # same frame, is a duplicate in its hour and never replaces the first one's bytes.
     (record,) = landing_records(local)
-    assert (record["offset"], record["status"]) == (0, "detected")
+    assert (record.offset, record.status) == (0, "detected")
     assert store.get(frame_key("cam9", WHEN, "same")) == first
 
     # A frame stored by a producer (claim check) and an inline message with other bytes for it: the
@@ -221,8 +222,8 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     send(kafka, [(other, FrameMessage("claimed", "cam9", STAMP, None, None, None, None).to_headers())])
     with fresh_instance() as instance:
         assert run(kafka, local, instance, 2, 3).success
-    (refused,) = [r for r in landing_records(local) if r["offset"] == 2]
-    assert refused["status"] == "error" and "already holds a different frame" in refused["error"]
+    (refused,) = [r for r in landing_records(local) if r.offset == 2]
+    assert refused.status == "error" and "already holds a different frame" in refused.error
     assert store.get(frame_key("cam9", WHEN, "claimed")) == first
 
 
@@ -271,7 +272,7 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
                             max_batch=2, log=lines.append)
         assert "2 repair runs; 0 offsets still missing" in lines[-1]
         assert accounted_for(kafka, local, instance).passed
-    assert sorted(r["frame_id"] for r in landing_records(local)) == [f"f{i}" for i in range(9)]
+    assert sorted(r.frame_id for r in landing_records(local)) == [f"f{i}" for i in range(9)]
     assert committed(kafka) == 9
 
 
@@ -297,7 +298,7 @@ def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
         assert request.run_key == f"repair-{name}-1"
         assert run(kafka, local, instance, 2, 4).success  # what the daemon does with the request
         assert tick(waited).run_requests == [] and json.loads(tick(waited).cursor) == {}
-    assert sorted(r["frame_id"] for r in landing_records(local)) == ["f0", "f1", "f2", "f3"]
+    assert sorted(r.frame_id for r in landing_records(local)) == ["f0", "f1", "f2", "f3"]
 
 
 @pytest.mark.edge
@@ -333,7 +334,7 @@ def test_hostile_letters_stay_bounded_and_the_batch_lands(kafka, local):
 
     with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 5).success
-    statuses = {r["offset"]: r["status"] for r in landing_records(local)}
+    statuses = {r.offset: r.status for r in landing_records(local)}
     assert statuses == {0: "detected", 1: "error", 2: "detected", 3: "error", 4: "detected"}
     letters = dead_letters(kafka)
     assert all(len(r.key) + len(r.value) <= MAX_DEAD_LETTER_BYTES for r in letters)
@@ -416,13 +417,13 @@ def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services
         send(kafka, frames)
         with fresh_instance() as instance:
             assert run(kafka, storage, instance, 0, 4).success
-        records = {r["frame_id"]: r for r in landing_records(storage)}
-        assert {name: r["status"] for name, r in records.items()} == {
+        records = {r.frame_id: r for r in landing_records(storage)}
+        assert {name: r.status for name, r in records.items()} == {
             "a": "detected", "denied": "error", "archived": "error", "b": "detected"}
-        assert "AccessDenied" in records["denied"]["error"]
-        assert "InvalidObjectState" in records["archived"]["error"]
+        assert "AccessDenied" in records["denied"].error
+        assert "InvalidObjectState" in records["archived"].error
         reasons = {json.loads(r.value)["offset"]: json.loads(r.value)["reason"] for r in dead_letters(kafka)}
-        assert reasons == {1: records["denied"]["error"], 2: records["archived"]["error"]}
+        assert reasons == {1: records["denied"].error, 2: records["archived"].error}
         assert committed(kafka) == 4
 
     with s3_user(services, denied=["*"]) as storage:
@@ -461,9 +462,9 @@ def materialize_hours(storage, instance, hours) -> list[dg.AssetCheckEvaluation]
 
 
 def frame_rows(storage, when: datetime) -> dict[str, dict]:
-    from imgpipeline.defs.warehouse.tables import from_parquet, hourly_key
+    from imgpipeline.defs.tables import from_parquet
 
-    table = from_parquet(storage.open().get(hourly_key("frames", when)))
+    table = from_parquet(storage.open().get(FRAMES.hour_key(when)))
     return {row["frame_id"]: row for row in table.to_pylist()}
 
 
@@ -482,7 +483,7 @@ def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
     send(kafka, [claim("missing", sha256_hex(data)), claim("truncated", None), claim("wrong-sha", "0" * 64)])
     with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 3).success
-        assert {r["frame_id"]: r["status"] for r in landing_records(local)} == {
+        assert {r.frame_id: r.status for r in landing_records(local)} == {
             "missing": "error", "truncated": "error", "wrong-sha": "error"}
 
         # Sent again once right: processed, not screened out as duplicates of their errors.
@@ -491,14 +492,14 @@ def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
         names = ("missing", "truncated", "wrong-sha")
         send(kafka, [claim(name, sha256_hex(data)) for name in names])
         assert run(kafka, local, instance, 3, 6).success
-        latest = {r["frame_id"]: r["status"] for r in landing_records(local) if r["offset"] >= 3}
+        latest = {r.frame_id: r.status for r in landing_records(local) if r.offset >= 3}
         assert latest == dict.fromkeys(names, "detected")
 
         # A true duplicate, and a later error for a frame already processed: neither lands, and the
         # range ledger names their offsets.
         send(kafka, [claim("missing", sha256_hex(data)), claim("wrong-sha", "0" * 64)])
         assert run(kafka, local, instance, 6, 8).success
-        assert not [r for r in landing_records(local) if r["offset"] >= 6]
+        assert not [r for r in landing_records(local) if r.offset >= 6]
         entry = json.loads(store.get(f"landing/ranges/{kafka.frames_topic}/0/6-8.json"))
         assert (entry["counts"]["duplicate"], entry["duplicates"]) == (2, [[6, 8]])
         check = accounted_for(kafka, local, instance)
@@ -510,9 +511,9 @@ def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
         racing = StorageResource(uri=(tmp_path / "racing").as_uri())
         assert run(kafka, racing, instance, 0, 3, commit=False).success
         (key,) = landing_files(racing)
-        assert {r["status"] for r in landing_records(racing)} == {"error"}
+        assert {r.status for r in landing_records(racing)} == {"error"}
         store.put(key, racing.open().get(key))
-        processed_at = {(r["frame_id"], r["status"]): r["processed_at"] for r in landing_records(local)}
+        processed_at = {(r.frame_id, r.status): r.processed_at for r in landing_records(local)}
         assert processed_at["missing", "error"] > processed_at["missing", "detected"]
 
         evaluations = materialize_hours(local, instance, {"2026-11-20-10:00"})
@@ -529,7 +530,6 @@ def test_a_frame_captured_out_of_range_is_a_row_counted_by_status_and_a_check(ka
 
     from imgpipeline.defs.hours import hour_key
     from imgpipeline.defs.partitions import hourly_partitions
-    from imgpipeline.defs.streaming.landing import event_hour
     from imgpipeline.ingest.messages import iso_utc, parse_time
 
     store = local.open()
@@ -547,17 +547,17 @@ def test_a_frame_captured_out_of_range_is_a_row_counted_by_status_and_a_check(ka
     send(kafka, messages)
     with fresh_instance() as instance:
         assert run(kafka, local, instance, 0, 3).success
-        records = {r["frame_id"]: r for r in landing_records(local)}
+        records = {r.frame_id: r for r in landing_records(local)}
         # Every landing file lies in an hour a partition reads.
         for key in landing_files(local):
             folder = "/".join(key.split("/")[2:4])  # landing/metadata/dt=…/hour=…/<range>.jsonl
             hour = datetime.strptime(folder, "dt=%Y-%m-%d/hour=%H").replace(tzinfo=UTC)
             assert hourly_partitions.has_partition_key(hour_key(hour)), key
-        assert {name: r["status"] for name, r in records.items()} == {
+        assert {name: r.status for name, r in records.items()} == {
             "ancient": "out_of_range", "future": "out_of_range", "timely": "detected"}
-        assert "before the partitions' start" in records["ancient"]["error"]
-        assert "IMGPIPELINE_FUTURE_LIMIT_MIN" in records["future"]["error"]
-        hours = {hour_key(event_hour(r)) for r in records.values()}
+        assert "before the partitions' start" in records["ancient"].error
+        assert "IMGPIPELINE_FUTURE_LIMIT_MIN" in records["future"].error
+        hours = {hour_key(r.event_hour) for r in records.values()}
         evaluations = materialize_hours(local, instance, hours)
 
     rows = {}
@@ -567,7 +567,7 @@ def test_a_frame_captured_out_of_range_is_a_row_counted_by_status_and_a_check(ka
         "ancient": "out_of_range", "future": "out_of_range", "timely": "detected"}
     assert rows["future"]["captured_at"] == times["future"]  # the time as sent, in the hour it arrived
     for name in ("ancient", "future"):
-        arrived = parse_time(records[name]["ingested_at"]).replace(minute=0, second=0, microsecond=0)
+        arrived = parse_time(records[name].ingested_at).replace(minute=0, second=0, microsecond=0)
         assert hour_key(arrived) in hours
     (check,) = [e for e in evaluations if e.check_name == "captured_in_range" and not e.passed]
     assert check.severity == dg.AssetCheckSeverity.WARN

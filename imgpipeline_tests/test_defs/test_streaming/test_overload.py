@@ -74,9 +74,9 @@ def test_overload_sheds_frames_and_accounts_for_every_one(kafka, storage, tmp_pa
     assert len(sent) == 480
 
     records = landing_records(storage)
-    ids = [r["frame_id"] for r in records]
+    ids = [r.frame_id for r in records]
     assert len(ids) == len(set(ids)) == 480 and set(ids) == set(sent)  # nothing lost, nothing twice
-    statuses = Counter(r["status"] for r in records)
+    statuses = Counter(r.status for r in records)
     assert set(statuses) <= {"detected", "shed", "skipped_dark"}
     assert statuses["shed"] > 0 and statuses["detected"] > 0
 
@@ -90,22 +90,22 @@ def test_overload_sheds_frames_and_accounts_for_every_one(kafka, storage, tmp_pa
 
     # Each shed frame says why; per source, no more than k − 1 frames in a row are shed.
     by_source = defaultdict(list)
-    for record in sorted(records, key=lambda r: (r["partition"], r["offset"])):
-        by_source[record["source_id"]].append(record)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_source[record.source_id].append(record)
     for name, frames in by_source.items():
         run_of_shed = 0
         for record in frames:
-            if record["status"] != "shed":
+            if record.status != "shed":
                 run_of_shed = 0
-                assert record["error"] is None
+                assert record.error is None
                 continue
-            match = REASON.fullmatch(record["error"])
-            assert match, record["error"]
+            match = REASON.fullmatch(record.error)
+            assert match, record.error
             assert float(match.group(1)) > 0.5 and int(match.group(2)) >= 2
             run_of_shed += 1
-            assert run_of_shed < int(match.group(2)), (name, record["frame_id"])
-            assert record["uri"] and record["detections"] == []  # the frame itself is kept
-        assert any(r["status"] == "detected" for r in frames), name
+            assert run_of_shed < int(match.group(2)), (name, record.frame_id)
+            assert record.uri and record.detections == []  # the frame itself is kept
+        assert any(r.status == "detected" for r in frames), name
 
 
 
@@ -121,7 +121,7 @@ def test_a_shed_frame_is_still_screened_as_untrusted_input(tmp_path):
         arrived_ms = 1_795_341_601_000  # 2026-11-22T10:00:01Z: a second after its capture
         return processor.prepare(Incoming("frames", 0, 7, b"cam", value, headers, arrived_ms, shed="shed: …"))
 
-    assert shed(store.uri("frames/cam/2026-11-22/f1.jpg")).record["status"] == "shed"
+    assert shed(store.uri("frames/cam/2026-11-22/f1.jpg")).record.status == "shed"
     root = store.uri("f.jpg").removesuffix("f.jpg")
     for uri in ("file:///etc/passwd", root + "frames/../../secret.jpg", root + "f.jpg?x=1"):
         prepared = shed(uri)

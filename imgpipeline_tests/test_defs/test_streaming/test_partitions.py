@@ -93,18 +93,18 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
         local.dagster.stop()
 
     landed = landing_records(storage)
-    assert sorted(r["frame_id"] for r in landed) == sorted(i for ids in sent.values() for i in ids)
-    assert {r["status"] for r in landed} == {"detected"}
+    assert sorted(r.frame_id for r in landed) == sorted(i for ids in sent.values() for i in ids)
+    assert {r.status for r in landed} == {"detected"}
 
     # Each camera's frames: all on its partition, in the order it captured them.
     by_source = defaultdict(list)
     for record in landed:
-        by_source[record["source_id"]].append(record)
+        by_source[record.source_id].append(record)
     for source, mine in by_source.items():
-        in_order = sorted(mine, key=lambda r: r["offset"])
-        assert {r["partition"] for r in mine} == {chosen[source]}, source
-        assert [r["frame_id"] for r in in_order] == sent[source], source
-        assert [r["captured_at"] for r in in_order] == sorted(r["captured_at"] for r in mine), source
+        in_order = sorted(mine, key=lambda r: r.offset)
+        assert {r.partition for r in mine} == {chosen[source]}, source
+        assert [r.frame_id for r in in_order] == sent[source], source
+        assert [r.captured_at for r in in_order] == sorted(r.captured_at for r in mine), source
 
     runs = [r for r in run_records if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS]
     assert len(runs) == len(run_records)

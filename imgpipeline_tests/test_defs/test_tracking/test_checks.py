@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
+from imgpipeline.defs.tables import DETECTIONS, OBJECT_COUNTS
 from imgpipeline.defs.tracking import checks
-from imgpipeline.defs.tracking.tables import tracks_table
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tracking.rows import tracks_table
 
 HOUR = datetime(2026, 11, 20, 10, tzinfo=UTC)
 
@@ -19,12 +19,12 @@ def detections(rows: list[tuple[str, int | None]]) -> pa.Table:
         "frame_id": frame, "source_id": "cam", "captured_at": HOUR + timedelta(seconds=n),
         "detection_index": 0, "class_id": 0, "class_name": "person", "confidence": 0.9, "class_rank": 1,
         "x": 10 * n, "y": 0, "w": 20, "h": 40, "track_id": track,
-    } for n, (frame, track) in enumerate(rows)], schema=wh.DETECTIONS_SCHEMA)
+    } for n, (frame, track) in enumerate(rows)], schema=DETECTIONS.schema)
 
 
 def counts(rows: list[dict]) -> pa.Table:
     base = {"hour_start": HOUR, "source_id": "cam", "class_name": "person", "zones_sha256": "ab"}
-    return pa.Table.from_pylist([{**base, **row} for row in rows], schema=wh.OBJECT_COUNTS_SCHEMA)
+    return pa.Table.from_pylist([{**base, **row} for row in rows], schema=OBJECT_COUNTS.schema)
 
 
 def failed(tracks, object_counts, hour_detections, day_tracks) -> set[str]:

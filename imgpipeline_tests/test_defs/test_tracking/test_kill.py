@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 
+from imgpipeline.defs.tables import TRACKS, from_parquet
 from imgpipeline.defs.tracking.assets import tracking_tables
-from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
@@ -34,7 +34,7 @@ def scenes() -> list[dict]:
         frames = frames_of(things, FIRST + timedelta(hours=h, minutes=59, seconds=30), 60, 5.0)
         frames = [(f"cam-{h:02d}-{n:04d}", when, seen) for n, (_, when, seen) in enumerate(frames)]
         for record in landing_records(frames):
-            record["offset"] = offset = offset + 1
+            record.offset = offset = offset + 1
             records.append(record)
     return records
 
@@ -42,7 +42,7 @@ def scenes() -> list[dict]:
 def tables(storage: StorageResource) -> dict[str, object]:
     """Every warehouse file: Parquet as tables, the rest (what each hour was tracked from) as bytes."""
     store = storage.open()
-    return {key: wh.from_parquet(store.get(key)) if key.endswith(".parquet") else store.get(key)
+    return {key: from_parquet(store.get(key)) if key.endswith(".parquet") else store.get(key)
             for key in sorted(store.list("warehouse/"))}
 
 
@@ -65,8 +65,8 @@ def test_a_killed_backfill_run_again_equals_an_unbroken_one(tmp_path):
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
                "--select", "frames,detections,tracks,object_counts", "--partition-range", "...".join(RANGE)]
     folder = broken.open().folder
-    kill_when(command, env, folder / wh.hourly_key("tracks", FIRST + timedelta(hours=HOURS // 2)),
-              folder / wh.hourly_key("tracks", FIRST + timedelta(hours=HOURS - 1)))
+    kill_when(command, env, folder / TRACKS.hour_key(FIRST + timedelta(hours=HOURS // 2)),
+              folder / TRACKS.hour_key(FIRST + timedelta(hours=HOURS - 1)))
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 
 from imgpipeline.cli.fetch import sample
+from imgpipeline.defs.tables import OBJECT_COUNTS, TABLES, from_parquet
+from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.tracking.assets import tracking_tables
-from imgpipeline.defs.warehouse import tables as wh
 from imgpipeline.defs.warehouse.assets import hourly_tables
-from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
 from imgpipeline.paths import PACKAGE_DIR
@@ -25,29 +25,29 @@ pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 START = datetime(2026, 11, 20, 10, 59, 55, tzinfo=UTC)  # the 10 s video runs over 11:00
 HOURS = [datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 11, tzinfo=UTC)]
-TABLES = ("frames", "detections", "tracks")
+HOURLY = ("frames", "detections", "tracks")
 
 
 def settled(storage: StorageResource, frames: int):
     """True once every frame is in the hourly tables and both hours were counted after the last
     detections were written."""
     folder = storage.open().folder
-    files = {t: [folder / wh.hourly_key(t, h) for h in HOURS] for t in TABLES}
+    files = {t: [folder / TABLES[t].hour_key(h) for h in HOURS] for t in HOURLY}
     counts = [p for h in HOURS
-              for p in (folder / wh.hourly_key("object_counts", h)).parent.glob("zones-*.parquet")]
+              for p in (folder / OBJECT_COUNTS.hour_key(h)).parent.glob("zones-*.parquet")]
     if not all(p.exists() for ps in files.values() for p in ps) or len(counts) < 2:
         return False
-    if sum(wh.from_parquet(p.read_bytes()).num_rows for p in files["frames"]) != frames:
+    if sum(from_parquet(p.read_bytes()).num_rows for p in files["frames"]) != frames:
         return False
     return min(p.stat().st_mtime for p in counts) > max(p.stat().st_mtime for p in files["detections"])
 
 
 def snapshot(storage: StorageResource) -> dict:
     store = storage.open()
-    found = {(t, h): wh.from_parquet(store.get(wh.hourly_key(t, h))) for t in TABLES for h in HOURS}
+    found = {(t, h): from_parquet(store.get(TABLES[t].hour_key(h))) for t in HOURLY for h in HOURS}
     for h in HOURS:
         for key in store.list(f"warehouse/object_counts/{h:dt=%Y-%m-%d/hour=%H}/"):
-            found["object_counts", h] = wh.from_parquet(store.get(key))
+            found["object_counts", h] = from_parquet(store.get(key))
     return found
 
 

@@ -13,12 +13,12 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.defs.streaming.landing import Spool, event_hour, landing_key
-from imgpipeline.defs.tracking import tracker
+from imgpipeline.defs.streaming.landing import LandingRecord, Spool, landing_key
+from imgpipeline.defs.tables import DETECTIONS, TABLES, from_parquet
+from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.tracking.assets import tracking_tables
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.warehouse import tracked as tracker
 from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables, retrack_sensor
-from imgpipeline.defs.warehouse.sql import connect
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
@@ -34,11 +34,11 @@ sources:
 """
 
 
-def land(store, records: list[dict], ranges: str = "frames-0-0-100") -> None:
+def land(store, records: list[LandingRecord], ranges: str = "frames-0-0-100") -> None:
     """The records as one detect_frames run over the offset range `ranges` lands them."""
-    by_hour: dict[datetime, list[dict]] = {}
+    by_hour: dict[datetime, list[LandingRecord]] = {}
     for record in records:
-        by_hour.setdefault(event_hour(record), []).append(record)
+        by_hour.setdefault(record.event_hour, []).append(record)
     for hour, hour_records in by_hour.items():
         spool = Spool()
         for record in hour_records:
@@ -94,13 +94,13 @@ def test_tracks_continue_over_the_hour_and_rematerializing_changes_nothing(tmp_p
                             "WHERE kind = 'line' AND (crossed_in + crossed_out) > 0 ORDER BY 1").fetchall()
         assert [(c, h.hour, i, o) for c, h, i, o in crossings] == [("car", 11, 0, 1), ("person", 11, 1, 0)]
 
-        before = {t: store.get(wh.hourly_key(t, ELEVEN)) for t in ("detections", "tracks")}
+        before = {t: store.get(TABLES[t].hour_key(ELEVEN)) for t in ("detections", "tracks")}
         counts_before = store.list("warehouse/object_counts/dt=2026-11-20/hour=11/")
         materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
         materialize([tracking_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
         for table, data in before.items():
-            again = wh.from_parquet(store.get(wh.hourly_key(table, ELEVEN)))
-            assert again.equals(wh.from_parquet(data)), table
+            again = from_parquet(store.get(TABLES[table].hour_key(ELEVEN)))
+            assert again.equals(from_parquet(data)), table
         assert store.list("warehouse/object_counts/dt=2026-11-20/hour=11/") == counts_before
 
 
@@ -158,13 +158,13 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         late = moving("person", 100, 540, 55, 65, y=400)
         again = []
         for record in scene():
-            t = (datetime.fromisoformat(record["captured_at"]) - START).total_seconds() + 50
+            t = (datetime.fromisoformat(record.captured_at) - START).total_seconds() + 50
             if (box := late.box(t)) is not None:
-                record["detections"].append({"class_id": 0, "class_name": "person", "confidence": 0.9,
+                record.detections.append({"class_id": 0, "class_name": "person", "confidence": 0.9,
                                              "box": list(box)})
-                record.update(object_count=len(record["detections"]), processed_at="2026-11-21T00:00:00Z")
+                record.object_count, record.processed_at = len(record.detections), "2026-11-21T00:00:00Z"
                 again.append(record)
-        land(store, [r for r in again if r["captured_at"] < "2026-11-20T11"])
+        land(store, [r for r in again if r.captured_at < "2026-11-20T11"])
         materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-10:00", resources, instance)
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN]  # 11:00 continued other detections
 
@@ -184,7 +184,7 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         assert sensor() == []
         instance.report_run_canceled(busy)
         assert sensor() == ["2026-11-20-11:00"]
-        land(store, [r for r in again if r["captured_at"] >= "2026-11-20T11"])
+        land(store, [r for r in again if r.captured_at >= "2026-11-20T11"])
         materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
         # 11:00 is made from 10:00 as it is now (its mark goes), and changed itself: 12:00 is next.
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN + timedelta(hours=1)]
@@ -193,7 +193,7 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         assert tracker.marked_hours(store) == [] and sensor() == []  # 12:00 came out the same: the end
 
         # A mark for an hour already made from the right detections is cleared without a run.
-        seed = tracker.seeded_from(wh.from_parquet(store.get(wh.hourly_key("detections", ELEVEN))))
+        seed = tracker.seeded_from(from_parquet(store.get(DETECTIONS.hour_key(ELEVEN))))
         store.put(tracker.retrack_key(ELEVEN), seed.encode())
         assert sensor() == [] and tracker.marked_hours(store) == []
 

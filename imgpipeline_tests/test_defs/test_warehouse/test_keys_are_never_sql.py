@@ -11,7 +11,18 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from imgpipeline.defs.warehouse import tables
+from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.tables import (
+    DAILY_SUMMARY,
+    DETECTIONS,
+    FRAMES,
+    OBJECT_COUNTS,
+    TABLES,
+    counts_part,
+    from_parquet,
+    to_parquet,
+)
+from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.resources import StorageResource
 from imgpipeline_tests.instances import fresh_instance
 
@@ -20,24 +31,24 @@ HOUR = datetime(2026, 11, 21, 10, tzinfo=UTC)
 FOLDER = "dt=2026-11-21/hour=10/"
 
 
-def records(n: int = 3) -> list[dict]:
+def records(n: int = 3) -> list[LandingRecord]:
     return [
-        {"frame_id": f"f{i}", "source_id": "cam1", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
-         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
-         "status": "detected", "object_count": 1, "width": 640, "height": 480, "bytes": 1000 + i,
-         "brightness": 100.0, "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5,
-                                              "box": [1, 2, 3, 4]}]}
+        LandingRecord(schema=1, frame_id=f"f{i}", source_id="cam1", captured_at=f"2026-11-21T10:00:0{i}.000Z",
+                      processed_at="2026-11-21T10:01:00.000Z", topic="t", partition=0, offset=i,
+                      status="detected", object_count=1, width=640, height=480, bytes=1000 + i,
+                      brightness=100.0, detections=[{"class_id": 0, "class_name": "person", "confidence": 0.5,
+                                                     "box": [1, 2, 3, 4]}])
         for i in range(n)
     ]
 
 
 def write_hour(storage) -> dict[str, bytes]:
     """One genuine hour of frames and detections; the Parquet bytes of each table."""
-    latest = tables.latest_per_frame(records())
-    data = {"frames": tables.to_parquet(tables.frames_table(latest)),
-            "detections": tables.to_parquet(tables.detections_table(latest))}
+    latest = warehouse_rows.latest_per_frame(records())
+    data = {"frames": to_parquet(warehouse_rows.frames_table(latest)),
+            "detections": to_parquet(warehouse_rows.detections_table(latest))}
     for table, parquet in data.items():
-        storage.open().put(tables.hourly_key(table, HOUR), parquet)
+        storage.open().put(TABLES[table].hour_key(HOUR), parquet)
     return data
 
 
@@ -65,21 +76,21 @@ def plant(storage, table: str, parquet: bytes, target: Path) -> list[str]:
 
 
 def test_only_keys_of_the_layout_are_table_keys():
-    assert tables.is_table_key("frames", tables.hourly_key("frames", HOUR))
-    assert tables.is_table_key("daily_summary", tables.daily_key("daily_summary", DAY))
-    assert tables.is_table_key("object_counts", tables.counts_key(HOUR, "ab12" * 16))
-    assert tables.is_table_key("object_counts", tables.counts_key(HOUR, None))
-    genuine = tables.hourly_key("frames", HOUR)
+    assert FRAMES.is_key(FRAMES.hour_key(HOUR))
+    assert DAILY_SUMMARY.is_key(DAILY_SUMMARY.day_key(DAY))
+    assert OBJECT_COUNTS.is_key(OBJECT_COUNTS.hour_key(HOUR, counts_part("ab12" * 16)))
+    assert OBJECT_COUNTS.is_key(OBJECT_COUNTS.hour_key(HOUR, counts_part(None)))
+    genuine = FRAMES.hour_key(HOUR)
     for key in [*hostile_keys("frames", Path("/tmp/x")), genuine + "\n", genuine.replace("10", "1０"),
-                tables.hourly_key("detections", HOUR), tables.daily_key("frames", DAY),
+                DETECTIONS.hour_key(HOUR), FRAMES.day_key(DAY),
                 genuine.replace("part-0", "part-1"), "warehouse/frames/" + genuine]:
-        assert not tables.is_table_key("frames", key), key
+        assert not FRAMES.is_key(key), key
 
 
 @pytest.mark.integration
 def test_views_and_query_run_nothing_a_key_says(storage, tmp_path, capsys, monkeypatch):
     from imgpipeline.cli.main import main
-    from imgpipeline.defs.warehouse.sql import connect
+    from imgpipeline.defs.tables.views import connect
 
     data = write_hour(storage)
     target = tmp_path / "planted.csv"
@@ -128,20 +139,21 @@ def test_daily_summary_runs_nothing_a_key_says(storage, tmp_path):
     assert checks and all(check.passed for check in checks)
     (materialization,) = result.asset_materializations_for_node("daily_summary")
     assert materialization.metadata["refused_keys"].value == len(keys)
-    summary = tables.from_parquet(storage.open().get(tables.daily_key("daily_summary", DAY))).to_pylist()
+    summary = from_parquet(storage.open().get(DAILY_SUMMARY.day_key(DAY))).to_pylist()
     assert [(r["source_id"], r["class_name"], r["frames"], r["objects"]) for r in summary] == [
         ("cam1", "person", 3, 3)]
     assert any(all(repr(key) in message for key in keys) for message in warnings), warnings
 
 
 def test_a_storage_folder_with_quotes_in_its_name(tmp_path, capsys):
+    from imgpipeline.defs.tables import views
     from imgpipeline.defs.warehouse import sql
 
     storage = StorageResource(uri=str(tmp_path / "o'neil's \"store\"; DROP TABLE x"))
     write_hour(storage)
-    con = sql.connect(storage)
+    con = views.connect(storage)
     assert con.sql("SELECT count(*) FROM frames").fetchone() == (3,)
-    files = {t: sql.table_files(storage, t, f"dt={DAY}/").paths for t in ("frames", "detections")}
+    files = {t: views.table_files(storage, t, f"dt={DAY}/").paths for t in ("frames", "detections")}
     summary = sql.query_daily_summary(con, DAY, files["frames"], files["detections"]).fetchall()
     assert len(summary) == 1
     assert capsys.readouterr().err == ""

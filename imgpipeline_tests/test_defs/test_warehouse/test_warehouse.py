@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import dagster as dg
@@ -14,7 +15,11 @@ import pyarrow as pa
 import pytest
 
 from imgpipeline.cli.fetch import sample
-from imgpipeline.defs.warehouse import checks, tables
+from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.tables import FRAMES, from_parquet, to_parquet
+from imgpipeline.defs.tables.checks import schema_problems
+from imgpipeline.defs.warehouse import checks
+from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.ingest.messages import FrameMessage
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
@@ -85,7 +90,7 @@ def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
     assert len(records) == 122
 
     env = storage_env(storage, kafka)
-    # A real single-run backfill of both days, from the CLI, as the README shows it.
+    # A real single-run backfill of both days, from the CLI, as docs/warehouse.md shows it.
     cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "frames,detections",
         "--partition-range", "2026-11-20-22:00...2026-11-21-23:00", module="dagster")
     cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "daily_summary",
@@ -94,7 +99,7 @@ def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
     store = storage.open()
     assert store.exists("warehouse/frames/dt=2026-11-20/hour=22/part-0.parquet")  # empty hour
     empty_hour = store.get("warehouse/frames/dt=2026-11-20/hour=22/part-0.parquet")
-    assert tables.from_parquet(empty_hour).num_rows == 0
+    assert from_parquet(empty_hour).num_rows == 0
 
     query = "SELECT {} FROM daily_summary ORDER BY day, source_id, class_name NULLS FIRST"
     got = pd.read_csv(pd.io.common.StringIO(cli(env, "query", "--csv", query.format(
@@ -144,10 +149,10 @@ def test_rematerializing_gives_the_same_rows_in_the_same_order(kafka, storage, t
         run(hourly_tables, "2026-11-20-23:00")
         run(daily_summary, "2026-11-20")
         again = store.get("warehouse/detections/dt=2026-11-20/hour=23/part-0.parquet")
-        assert tables.from_parquet(again).equals(tables.from_parquet(first))
-        assert tables.from_parquet(store.get("warehouse/daily_summary/dt=2026-11-20/part-0.parquet")).equals(
-            tables.from_parquet(summary))
-        assert tables.from_parquet(first).num_rows > 0
+        assert from_parquet(again).equals(from_parquet(first))
+        assert from_parquet(store.get("warehouse/daily_summary/dt=2026-11-20/part-0.parquet")).equals(
+            from_parquet(summary))
+        assert from_parquet(first).num_rows > 0
 
 
 IDENTITY = {"model": "yolov4-tiny-416", "model_sha256": "ab" * 32, "engine": "openvino", "precision": "bf16"}
@@ -155,25 +160,26 @@ IDENTITY = {"model": "yolov4-tiny-416", "model_sha256": "ab" * 32, "engine": "op
 
 def test_checks_fail_on_a_duplicate_or_a_missing_frame():
     records = [
-        {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
-         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
-         "status": "detected", "object_count": 1, **IDENTITY,
-         "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5, "box": [1, 2, 3, 4]}]}
+        LandingRecord(schema=1, frame_id=f"f{i}", source_id="s", captured_at=f"2026-11-21T10:00:0{i}.000Z",
+                      processed_at="2026-11-21T10:01:00.000Z", topic="t", partition=0, offset=i,
+                      status="detected", object_count=1, **IDENTITY,
+                      detections=[{"class_id": 0, "class_name": "person", "confidence": 0.5,
+                                   "box": [1, 2, 3, 4]}])
         for i in range(3)
     ]
-    table = tables.frames_table(tables.latest_per_frame(records))
+    table = warehouse_rows.frames_table(warehouse_rows.latest_per_frame(records))
     assert checks.duplicate_frames(table) == []
     assert checks.landing_mismatch(table, records)["missing"] == []
-    assert checks.schema_problems(table, tables.FRAMES_SCHEMA) == []
+    assert schema_problems(table, FRAMES.schema) == []
 
     duplicated = pa.concat_tables([table, table.slice(1, 1)])
     assert checks.duplicate_frames(duplicated) == ["s/f1"]
     missing = table.slice(0, 2)
     assert checks.landing_mismatch(missing, records)["missing"] == ["s/f2"]
     without_status = table.drop_columns(["status"])
-    assert checks.schema_problems(without_status, tables.FRAMES_SCHEMA) == ["missing column status"]
+    assert schema_problems(without_status, FRAMES.schema) == ["missing column status"]
 
-    detections = tables.detections_table(records)
+    detections = warehouse_rows.detections_table(records)
     summary = pa.Table.from_pylist([{"source_id": "s", **IDENTITY, "frames": 3, "objects": 3}])
     assert checks.summary_mismatch(summary, table, detections) == []
     assert checks.summary_mismatch(summary, missing, detections.slice(0, 2)) != []
@@ -189,18 +195,19 @@ def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
     from imgpipeline.defs.warehouse.sql import query_daily_summary
 
     records = [
-        {"frame_id": f"f{i}", "source_id": "s", "captured_at": f"2026-11-21T10:00:0{i}.000Z",
-         "processed_at": "2026-11-21T10:01:00.000Z", "topic": "t", "partition": 0, "offset": i,
-         "status": "detected", "object_count": 1 + i % 2,
-         **IDENTITY, **({"engine": "opencv", "precision": "f32"} if i % 2 else {}),
-         "detections": [{"class_id": 0, "class_name": "person", "confidence": 0.5,
-                         "box": [1, 2, 3, 4]}] * (1 + i % 2)}
+        LandingRecord(schema=1, frame_id=f"f{i}", source_id="s", captured_at=f"2026-11-21T10:00:0{i}.000Z",
+                      processed_at="2026-11-21T10:01:00.000Z", topic="t", partition=0, offset=i,
+                      status="detected", object_count=1 + i % 2,
+                      **IDENTITY | ({"engine": "opencv", "precision": "f32"} if i % 2 else {}),
+                      detections=[{"class_id": 0, "class_name": "person", "confidence": 0.5,
+                                   "box": [1, 2, 3, 4]}] * (1 + i % 2))
         for i in range(6)
     ]
     frames, detections = tmp_path / "frames.parquet", tmp_path / "detections.parquet"
-    frames.write_bytes(tables.to_parquet(tables.frames_table(records)))
-    detections.write_bytes(tables.to_parquet(tables.detections_table(records)))
-    assert set(tables.detections_table(records).column("engine").to_pylist()) == {"openvino", "opencv"}
+    frames.write_bytes(to_parquet(warehouse_rows.frames_table(records)))
+    detections.write_bytes(to_parquet(warehouse_rows.detections_table(records)))
+    engines = warehouse_rows.detections_table(records).column("engine").to_pylist()
+    assert set(engines) == {"openvino", "opencv"}
     result = query_daily_summary(duckdb.connect(), date(2026, 11, 21), [str(frames)], [str(detections)])
     names = [c[0] for c in result.description]
     rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
@@ -210,19 +217,19 @@ def test_daily_summary_keeps_each_detector_identity_apart(tmp_path):
 
 
 def test_latest_processing_wins():
-    old = {"frame_id": "a", "processed_at": "2026-11-21T10:00:00.000Z", "captured_at": "x", "topic": "t",
-           "partition": 0, "offset": 1, "status": "error"}
-    new = {**old, "processed_at": "2026-11-21T11:00:00.000Z", "offset": 9, "status": "detected"}
-    assert tables.latest_per_frame([new, old]) == [new]
+    old = LandingRecord(schema=1, frame_id="a", source_id="s", processed_at="2026-11-21T10:00:00.000Z",
+                        captured_at="x", topic="t", partition=0, offset=1, status="error")
+    new = replace(old, processed_at="2026-11-21T11:00:00.000Z", offset=9, status="detected")
+    assert warehouse_rows.latest_per_frame([new, old]) == [new]
     # A later error (a run that raced the successful one) never replaces a success.
-    later_error = {**old, "processed_at": "2026-11-21T12:00:00.000Z", "offset": 3}
-    assert tables.latest_per_frame([later_error, new, old]) == [new]
+    later_error = replace(old, processed_at="2026-11-21T12:00:00.000Z", offset=3)
+    assert warehouse_rows.latest_per_frame([later_error, new, old]) == [new]
 
 
 def test_the_s3_secret_never_appears_in_sql_text():
     import duckdb
 
-    from imgpipeline.defs.warehouse.sql import prepare_connection
+    from imgpipeline.defs.tables.views import prepare_connection
     from imgpipeline.resources import StorageResource
 
     class Recorded:

@@ -1,4 +1,4 @@
-"""Alert rows from the stored hourly tables, and each alert's evidence images (schema: warehouse/tables)."""
+"""Alert rows from the stored hourly tables, and each alert's evidence images (columns: defs/tables)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
-from imgpipeline.defs.tracking import tables as tt
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import ALERTS_SCHEMA, TRACKED_COLUMNS
 from imgpipeline.ingest.messages import annotated_key
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision import drawing, events
@@ -34,7 +33,7 @@ def event_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[event
         found[f["source_id"], f["frame_id"]] = events.EventFrame(
             f["frame_id"], f["captured_at"].timestamp(), f["status"], f["brightness"], f["sha256"],
             f["width"], f["height"])
-    for d in sorted(detections.select(tt.DETECTION_COLUMNS).to_pylist(), key=lambda d: d["detection_index"]):
+    for d in sorted(detections.select(TRACKED_COLUMNS).to_pylist(), key=lambda d: d["detection_index"]):
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None:
             frame.seen.append(events.Seen(d["detection_index"], d["class_name"], d["confidence"],
@@ -59,7 +58,7 @@ def alert_rows(hour: datetime, fired: list[events.Event], numbers: list[int], ru
             "detection_index": event.detection_index, "annotated_key": annotated, "crop_key": crop,
             "alert_key": event.key, "rules_sha256": rules.sha256,
         })
-    return pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=wh.ALERTS_SCHEMA)
+    return pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=ALERTS_SCHEMA)
 
 
 def draw_evidence(store, event: events.Event, number: int, frame: dict | None, seen: list[events.Seen],

@@ -1,4 +1,4 @@
-"""Rows of the tracking tables from the stored hourly frames and detections (schemas: warehouse/tables.py)."""
+"""Rows of the tracking tables from the stored hourly frames and detections (columns: defs/tables)."""
 
 from __future__ import annotations
 
@@ -7,36 +7,11 @@ from datetime import datetime, timedelta
 
 import pyarrow as pa
 
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.tables import DETECTIONS, FRAMES, OBJECT_COUNTS_SCHEMA, TRACKED_COLUMNS, TRACKS_SCHEMA
 from imgpipeline.vision import counting
 from imgpipeline.vision.zones import Zones
 
 FRAME_COLUMNS = ["source_id", "frame_id", "captured_at", "status", "width", "height"]
-DETECTION_COLUMNS = [
-    "source_id",
-    "frame_id",
-    "captured_at",
-    "detection_index",
-    "track_id",
-    "class_name",
-    "confidence",
-    "x",
-    "y",
-    "w",
-    "h",
-]
-
-
-def stored(store, table: str, hours: list[datetime], columns: list[str]) -> pa.Table:
-    """The given columns of a table's stored hours (hours not stored yet add nothing)."""
-    parts = [wh.SCHEMAS[table].empty_table().select(columns)]
-    for hour in hours:
-        key = wh.hourly_key(table, hour)
-        if store.exists(key):
-            parts.append(wh.from_parquet(store.get(key)).select(columns))
-    return pa.concat_tables(parts)
-
-
 def tracks_table(hour: datetime, detections: pa.Table) -> pa.Table:
     """One row per track seen in the hour, from its confirmed detections."""
     by_track: dict[tuple[str, int], list[dict]] = defaultdict(list)
@@ -63,7 +38,7 @@ def tracks_table(hour: datetime, detections: pa.Table) -> pa.Table:
                 "exit_y": float(last["y"] + last["h"]),
             }
         )
-    return pa.Table.from_pylist(rows, schema=wh.TRACKS_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=TRACKS_SCHEMA)
 
 
 def counted_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[counting.CountedFrame]]:
@@ -74,7 +49,7 @@ def counted_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[cou
             found[f["source_id"], f["frame_id"]] = counting.CountedFrame(
                 f["frame_id"], f["captured_at"].timestamp(), f["width"], f["height"]
             )
-    for d in sorted(detections.select(DETECTION_COLUMNS).to_pylist(), key=lambda d: d["detection_index"]):
+    for d in sorted(detections.select(TRACKED_COLUMNS).to_pylist(), key=lambda d: d["detection_index"]):
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None and d["track_id"] is not None:
             frame.tracked.append(
@@ -91,8 +66,8 @@ def counted_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[cou
 def object_counts_table(store, hour: datetime, zones: Zones) -> pa.Table:
     """The hour's counts per source and class, from the stored hours around it."""
     around = [hour - timedelta(hours=1), hour, hour + timedelta(hours=1)]
-    frames = stored(store, "frames", around, FRAME_COLUMNS)
-    detections = stored(store, "detections", around, DETECTION_COLUMNS)
+    frames = FRAMES.stored_hours(store, around, FRAME_COLUMNS)
+    detections = DETECTIONS.stored_hours(store, around, TRACKED_COLUMNS)
     start, end = hour.timestamp(), (hour + timedelta(hours=1)).timestamp()
     rows = []
     for source, source_frames in counted_frames(frames, detections).items():
@@ -100,4 +75,4 @@ def object_counts_table(store, hour: datetime, zones: Zones) -> pa.Table:
         counts = counting.count(source_frames, zones, source, start, end)
         for row in counting.rows(counts, [line.name for line in spec.lines], [z.name for z in spec.zones]):
             rows.append({"hour_start": hour, "source_id": source, **row, "zones_sha256": zones.sha256})
-    return pa.Table.from_pylist(rows, schema=wh.OBJECT_COUNTS_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=OBJECT_COUNTS_SCHEMA)

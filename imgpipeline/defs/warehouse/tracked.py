@@ -1,7 +1,8 @@
-"""The tracker's inputs from the warehouse: an hour's frames as landed, the previous hour as stored.
+"""Track ids of the warehouse's detections: an hour's frames as landed, tracked on from the previous
+hour as stored, and the hours to track again when an earlier hour changed.
 
-The warehouse's hourly run calls `track_hour` so `detections.track_id` is written with the rest of
-the row; tracking itself is `vision/tracking.py`.
+The hourly run calls `track_hour` so `detections.track_id` is written with the rest of the row;
+tracking itself is `vision/tracking.py`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from imgpipeline.defs.hours import hour_path
-from imgpipeline.defs.tracking.tables import DETECTION_COLUMNS
-from imgpipeline.defs.warehouse import tables as wh
+from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
 
@@ -26,17 +27,17 @@ def _seconds(moment) -> float:
     return (parse_time(moment) if isinstance(moment, str) else moment).timestamp()
 
 
-def landed_frames(records: list[dict]) -> dict[str, list[TrackedFrame]]:
+def landed_frames(records: list[LandingRecord]) -> dict[str, list[TrackedFrame]]:
     """Each source's detected frames, in capture order, from the hour's landing records."""
     frames: dict[str, list[TrackedFrame]] = defaultdict(list)
     for r in records:
-        if r.get("status") != "detected":
+        if r.status != "detected":
             continue  # nothing was observed: the tracker is not told anything
         observations = [
             Observation(i, d["class_name"], d["confidence"], tuple(d["box"]))
-            for i, d in enumerate(r.get("detections") or [])
+            for i, d in enumerate(r.detections or [])
         ]
-        frames[r["source_id"]].append(TrackedFrame(r["frame_id"], _seconds(r["captured_at"]), observations))
+        frames[r.source_id].append(TrackedFrame(r.frame_id, _seconds(r.captured_at), observations))
     return _ordered(frames)
 
 
@@ -50,7 +51,7 @@ def stored_frames(frames: pa.Table, detections: pa.Table, since: datetime) -> di
             found[row["source_id"], row["frame_id"]] = TrackedFrame(
                 row["frame_id"], row["captured_at"].timestamp(), []
             )
-    for d in detections.select(DETECTION_COLUMNS).to_pylist():
+    for d in detections.select(TRACKED_COLUMNS).to_pylist():
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None:
             frame.observations.append(
@@ -72,7 +73,8 @@ def _ordered(frames: dict[str, list[TrackedFrame]]) -> dict[str, list[TrackedFra
     }
 
 
-def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSettings) -> tuple[TrackIds, str]:
+def track_hour(store, hour: datetime, records: list[LandingRecord],
+               settings: TrackerSettings) -> tuple[TrackIds, str]:
     """Track ids of an hour's detections, continuing the tracks of the previous hour as stored; and the
     digest of the previous hour's detections they continue from ("none" when it is not stored)."""
     previous = hour - timedelta(hours=1)
@@ -82,13 +84,13 @@ def track_hour(store, hour: datetime, records: list[dict], settings: TrackerSett
                else 3600.0 for source, frames in landed.items()}
     replay: dict[str, list[TrackedFrame]] = {}
     seed = "none"
-    frames_key, detections_key = wh.hourly_key("frames", previous), wh.hourly_key("detections", previous)
+    frames_key, detections_key = FRAMES.hour_key(previous), DETECTIONS.hour_key(previous)
     if store.exists(frames_key) and store.exists(detections_key):
-        stored = wh.from_parquet(store.get(detections_key))
+        stored = DETECTIONS.read(store, detections_key)
         seed = content_digest(stored)
         if windows:
             since = hour - timedelta(seconds=max(windows.values()))
-            replay = stored_frames(wh.from_parquet(store.get(frames_key)), stored, since)
+            replay = stored_frames(FRAMES.read(store, frames_key), stored, since)
     ids: TrackIds = {}
     for source, frames in landed.items():
         since = hour.timestamp() - windows[source]
@@ -139,10 +141,10 @@ def mark_next_if_stale(store, hour: datetime) -> datetime | None:
     """Mark the hour after `hour` to be tracked again when it continued other detections than those
     `hour` holds now; returns it when marked."""
     following = hour + timedelta(hours=1)
-    if not store.exists(wh.hourly_key("detections", following)):
+    if not store.exists(DETECTIONS.hour_key(following)):
         return None
-    now = content_digest(wh.from_parquet(store.get(wh.hourly_key("detections", hour))))
-    if seeded_from(wh.from_parquet(store.get(wh.hourly_key("detections", following)))) == now:
+    now = content_digest(DETECTIONS.read(store, DETECTIONS.hour_key(hour)))
+    if seeded_from(DETECTIONS.read(store, DETECTIONS.hour_key(following))) == now:
         clear_mark(store, following, now)
         return None
     store.put(retrack_key(following), now.encode())
@@ -165,5 +167,5 @@ def marked_hours(store) -> list[tuple[datetime, str]]:
 
 def is_current(store, hour: datetime, seed: str) -> bool:
     """The hour's stored detections already continue `seed`."""
-    key = wh.hourly_key("detections", hour)
-    return store.exists(key) and seeded_from(wh.from_parquet(store.get(key))) == seed
+    key = DETECTIONS.hour_key(hour)
+    return store.exists(key) and seeded_from(DETECTIONS.read(store, key)) == seed

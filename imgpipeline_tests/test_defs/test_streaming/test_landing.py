@@ -1,0 +1,56 @@
+"""The landing record: one declared type, written and read back as the contract says."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from imgpipeline.defs.streaming.landing import LandingRecord, Spool, landing_key, parse_records, read_records
+from imgpipeline.resources import StorageResource
+
+CONTRACTS = Path(__file__).parents[3] / "docs" / "contracts.md"
+
+
+def a_record(**fields) -> LandingRecord:
+    return LandingRecord(schema=1, frame_id="f1", source_id="cam", captured_at="2026-11-21T10:00:00.000Z",
+                         status="detected", object_count=1, ingested_at="2026-11-21T10:00:01.000Z",
+                         detections=[{"class_id": 0, "class_name": "person", "confidence": 0.9,
+                                      "box": [1, 2, 3, 4]}], **fields)
+
+
+def test_a_record_is_written_in_the_contracts_order_and_read_back_equal(tmp_path):
+    record = a_record(model="yolov4-tiny-416", engine="openvino", precision="f32")
+    written = json.loads(record.to_json())
+    assert list(written) == [f.name for f in dataclasses.fields(LandingRecord)]
+    assert written["detections"][0]["box"] == [1, 2, 3, 4]
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    spool = Spool()
+    spool.add(record)
+    key = landing_key(record.event_hour, "frames-0-0-1")
+    spool.land(store, key)
+    spool.close()
+    assert list(read_records(store, key)) == [record]
+    assert key == "landing/metadata/dt=2026-11-21/hour=10/frames-0-0-1.jsonl"
+
+
+def test_records_of_other_versions_read_with_what_they_hold():
+    older = {"schema": 1, "frame_id": "f1", "source_id": "cam", "captured_at": "2026-11-21T10:00:00.000Z",
+             "status": "detected", "object_count": 0, "detections": []}  # landed before identities
+    newer = {**older, "frame_id": "f2", "tracked_by": "a later version"}
+    read = list(parse_records(b"\n".join(json.dumps(x).encode() for x in (older, newer)) + b"\n\n"))
+    assert [r.frame_id for r in read] == ["f1", "f2"]
+    assert {(r.model, r.engine, r.precision) for r in read} == {(None, None, None)}
+    assert not hasattr(read[1], "tracked_by")
+
+
+def test_out_of_range_records_go_to_the_hour_they_reached_the_broker():
+    record = a_record()
+    assert record.event_hour.hour == 10 and record.processed and record.identity == ("cam", "f1")
+    record.status, record.captured_at = "out_of_range", "2099-01-01T00:00:00.000Z"
+    assert not record.processed and record.event_hour.isoformat() == "2026-11-21T10:00:00+00:00"
+
+
+def test_the_contract_names_every_field():
+    section = CONTRACTS.read_text().split("## Landing record", 1)[1].split("\n## ", 1)[0]
+    assert [f.name for f in dataclasses.fields(LandingRecord) if f"`{f.name}`" not in section] == []
