@@ -95,18 +95,21 @@ def generate(frames: int, folder: Path) -> None:
                     params=[hour]).write_parquet(str(path), compression="zstd")
 
 
-PAGES = [
-    ("day", f"/?date={DAY}"),
-    ("alerts", f"/alerts?date={DAY}"),
-    ("alert", "/alerts/150"),
-    ("frames", f"/frames?date={DAY}"),
-    ("frame search", f"/frames?date={DAY}&source=cam7&class=dog&start=10:00&end=14:00&name=7.jpg"),
-    ("frame", f"/frames/{DAY}/cam7/f50007"),
-    ("thumbnail", f"/frames/{DAY}/cam7/f50007/thumb.jpg"),
-    ("charts", f"/charts?date={DAY}"),
-    ("operations", f"/operations?date={DAY}"),
-    ("report", f"/reports/{DAY}"),
-]
+def pages(frames: int) -> list[tuple[str, str]]:
+    """The pages timed, by name; the frame pages show a frame of cam7 from the middle of the day."""
+    frame = f"/frames/{DAY}/cam7/f{(frames // 2) // 20 * 20 + 7}"
+    return [
+        ("day", f"/?date={DAY}"),
+        ("alerts", f"/alerts?date={DAY}"),
+        ("alert", "/alerts/150"),
+        ("frames", f"/frames?date={DAY}"),
+        ("frame search", f"/frames?date={DAY}&source=cam7&class=dog&start=10:00&end=14:00&name=7.jpg"),
+        ("frame", frame),
+        ("thumbnail", f"{frame}/thumb.jpg"),
+        ("charts", f"/charts?date={DAY}"),
+        ("operations", f"/operations?date={DAY}"),
+        ("report", f"/reports/{DAY}"),
+    ]
 
 
 def _get(url: str) -> tuple[float, int]:
@@ -141,7 +144,7 @@ def bench_viewer(frames: int = 100_000) -> dict:
     figures = {}
     try:
         print(f"{'page':<14} {'cold s':>7} {'warm s':>7} {'KB':>7}")
-        for name, path in PAGES:
+        for name, path in pages(frames):
             cold, size = _get(running.url + path)
             warm = statistics.median(_get(running.url + path)[0] for _ in range(5))
             figures[name] = {"cold_s": round(cold, 3), "warm_s": round(warm, 3), "kb": round(size / 1024, 1)}
