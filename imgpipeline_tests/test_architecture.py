@@ -257,3 +257,39 @@ def test_every_asset_check_says_what_it_proves():
     assert len(specs) >= 7
     assert {spec.name: bool(spec.description and len(spec.description) > 30) for spec in specs} == {
         spec.name: True for spec in specs}
+
+
+def engine_name_branches(tree: ast.AST, names: set[str]) -> list[int]:
+    """Lines that single out engines by name: a comparison with (or membership in) string literals
+    naming an engine, a dict keyed by them, a `case` on them."""
+
+    def named(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        return isinstance(node, ast.Tuple | ast.List | ast.Set) and any(map(named, node.elts))
+
+    def branches(node) -> bool:
+        if isinstance(node, ast.Compare):
+            return any(map(named, [node.left, *node.comparators]))
+        if isinstance(node, ast.Dict):
+            return any(key is not None and named(key) for key in node.keys)
+        return isinstance(node, ast.MatchValue) and named(node.value)
+
+    return [node.lineno for node in ast.walk(tree) if branches(node)]
+
+
+def test_only_the_engines_package_names_engines_in_branches():
+    """What differs between engines is each engine's own module: nothing else compares an engine's
+    name with a literal, so a new engine needs no branch elsewhere."""
+    from imgpipeline.vision import engines
+
+    names = set(engines.names())
+    home = PACKAGE / "vision" / "engines"
+    found = {name: lines for name, path in modules().items() if home not in path.parents
+             and (lines := engine_name_branches(ast.parse(path.read_text()), names))}
+    assert found == {}
+    # The scan sees each kind of branch.
+    branches = ('engine == "opencv"', 'engine in ("noop", "opencv")', '{"noop": 1}.get(engine)',
+                'match engine:\n    case "openvino":\n        pass')
+    assert all(engine_name_branches(ast.parse(code), names) for code in branches)
+    assert engine_name_branches(ast.parse('engine == configured or engine == "tensorrt"'), names) == []

@@ -224,56 +224,100 @@ def live_frames(url: str, source_id: str, *, fps: float | None = None,
     wall clock.
     """
     run_id = f"{source_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    safe = shown_url(url)
-    step_s = 1.0 / fps if fps else 0.0
-    next_at = 0.0
-    sent = failed = waits = 0
-    outage_since: float | None = None  # when the stream was lost, or first failed to open
-    dropped = False
+    outage = _Outage(shown_url(url), live, log)
+    due = _Sampling(fps)
+    sent = 0
     while max_frames is None or sent < max_frames:
         opening = time.monotonic()
         capture = open_stream(url, live)
         read = 0
         if capture is not None:
             try:
-                while max_frames is None or sent < max_frames:
-                    ok, image = capture.read()
-                    if not ok:
-                        break
+                for image in _images(capture, outage):
                     read += 1
-                    if outage_since is not None:
-                        verb = "reconnected to" if dropped else "opened"
-                        log(f"{verb} {safe} after {time.monotonic() - outage_since:.1f} s")
-                        outage_since = None
-                    now = time.monotonic()
-                    if now < next_at:
+                    if not due():
                         continue
-                    next_at = max(next_at + step_s, now)
-                    captured = datetime.now(UTC)
-                    image = fit(image, max_size)
-                    height, width = image.shape[:2]
                     sent += 1
-                    yield Frame(f"{run_id}-{sent:06d}", encode_jpeg(image), captured, width, height)
+                    yield _live_frame(f"{run_id}-{sent:06d}", image, max_size)
+                    if max_frames is not None and sent >= max_frames:
+                        return
             finally:
                 capture.release()
-            if max_frames is not None and sent >= max_frames:
-                return
-        if read:  # it ran, then dropped: a new outage begins
-            failed = waits = 0
-            outage_since, dropped = time.monotonic(), True
-            what = f"stream {safe} dropped after {read} frames"
-        else:  # it did not open, or opened and gave no frame
-            failed += 1
-            outage_since = opening if outage_since is None else outage_since
-            outage_s = time.monotonic() - outage_since
-            if failed >= live.attempts or (live.give_up_after_s is not None
-                                           and outage_s >= live.give_up_after_s):
-                raise StreamLost(f"cannot open stream {safe}: {failed} attempts in a row failed "
-                                 f"over {outage_s:.1f} s; giving up")
-            what = f"cannot open stream {safe}" if capture is None else f"stream {safe} gave no frames"
-        waits += 1
-        delay = live.delay_s(waits)
-        log(f"{what}; reconnecting in {delay:g} s (attempt {failed + 1})")
+        what = outage.dropped(read) if read else outage.failed_to_open(opening, capture is not None)
+        outage.wait(what)
+
+
+def _images(capture, outage: _Outage) -> Iterator:
+    """The images of an open capture until a read fails; the first one ends an outage."""
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            return
+        outage.over()
+        yield image
+
+
+def _live_frame(frame_id: str, image, max_size: tuple[int, int] | None) -> Frame:
+    """A frame read from a live stream, captured now."""
+    captured = datetime.now(UTC)
+    image = fit(image, max_size)
+    height, width = image.shape[:2]
+    return Frame(frame_id, encode_jpeg(image), captured, width, height)
+
+
+class _Sampling:
+    """`fps` by wall clock: called as each image is read, True when that image is due."""
+
+    def __init__(self, fps: float | None):
+        self.step_s = 1.0 / fps if fps else 0.0
+        self.next_at = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_at:
+            return False
+        self.next_at = max(self.next_at + self.step_s, now)
+        return True
+
+
+class _Outage:
+    """A live stream's time without frames: since when, the failed opens in a row, the waits."""
+
+    def __init__(self, shown: str, live: LiveStream, log: Callable[[str], None]):
+        self.shown, self.live, self.log = shown, live, log
+        self.since: float | None = None  # when the stream was lost, or first failed to open
+        self.was_dropped = False
+        self.failed = self.waits = 0
+
+    def over(self) -> None:
+        """A frame was read: an outage going on ends (and says how long it lasted)."""
+        if self.since is not None:
+            verb = "reconnected to" if self.was_dropped else "opened"
+            self.log(f"{verb} {self.shown} after {time.monotonic() - self.since:.1f} s")
+            self.since = None
+
+    def dropped(self, read: int) -> str:
+        """It ran, then dropped: a new outage begins."""
+        self.failed = self.waits = 0
+        self.since, self.was_dropped = time.monotonic(), True
+        return f"stream {self.shown} dropped after {read} frames"
+
+    def failed_to_open(self, opening: float, opened: bool) -> str:
+        """It did not open, or opened and gave no frame; StreamLost once that is too many or too long."""
+        self.failed += 1
+        self.since = opening if self.since is None else self.since
+        outage_s = time.monotonic() - self.since
+        if self.failed >= self.live.attempts or (self.live.give_up_after_s is not None
+                                                 and outage_s >= self.live.give_up_after_s):
+            raise StreamLost(f"cannot open stream {self.shown}: {self.failed} attempts in a row failed "
+                             f"over {outage_s:.1f} s; giving up")
+        return f"stream {self.shown} gave no frames" if opened else f"cannot open stream {self.shown}"
+
+    def wait(self, what: str) -> None:
+        """Say what happened, then wait before the next open (1 s, 2 s, 4 s, … after a drop)."""
+        self.waits += 1
+        delay = self.live.delay_s(self.waits)
+        self.log(f"{what}; reconnecting in {delay:g} s (attempt {self.failed + 1})")
         time.sleep(delay)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
@@ -12,9 +11,10 @@ from pydantic import Field, field_validator, model_validator
 from imgpipeline.paths import models_dir
 from imgpipeline.resources.settings import FromEnv, one_of, setting
 
-# Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.launcher): OpenCV
-# nets, whose settings a forked run matches to take them instead of loading its own, and model
-# files' digests (by path, size and mtime), so a forked run does not hash them again.
+# Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.launcher): detectors
+# an engine builds before a fork (OpenCV's nets), whose settings a forked run matches to take them
+# instead of loading its own, and model files' digests (by path, size and mtime), so a forked run
+# does not hash them again.
 _preloaded: dict[tuple, list] = {}
 _digests: dict[tuple, str] = {}
 
@@ -57,24 +57,40 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     def _lower(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("engine", "precision")
+    @field_validator("engine")
     @classmethod
-    def _known(cls, value: str, info) -> str:
-        from imgpipeline.vision.engines import ENGINES, PRECISIONS
+    def _registered(cls, value: str) -> str:
+        from imgpipeline.vision import engines
 
-        return one_of(cls, info.field_name, value, ENGINES if info.field_name == "engine" else PRECISIONS)
+        return one_of(cls, "engine", value, engines.names())
+
+    @field_validator("precision")
+    @classmethod
+    def _accepted_by_some_engine(cls, value: str) -> str:
+        from imgpipeline.vision import engines
+
+        return one_of(cls, "precision", value, engines.precisions())
 
     @model_validator(mode="after")
-    def _precision_needs_openvino(self):
-        if self.precision != "default" and self.engine != "openvino":
-            runs = "runs no model" if self.engine == "noop" else "runs at f32"
-            raise ValueError(f"IMGPIPELINE_DETECTOR_PRECISION={self.precision} applies to the openvino "
-                             f"engine only; {self.engine} {runs}: unset it or use the openvino engine")
+    def _precision_the_engine_accepts(self):
+        from imgpipeline.vision import engines
+
+        if self.precision not in self._engine.precisions:
+            named = f"{' or '.join(engines.taking(self.precision))} engine"
+            raise ValueError(f"{self.env_setting('precision')} applies to the {named} only; {self.engine} "
+                             f"{self._engine.default_means}: unset it or use the {named}")
         return self
+
+    @property
+    def _engine(self):
+        """The registered engine the setting names."""
+        from imgpipeline.vision import engines
+
+        return engines.get(self.engine)
 
     def load(self):
         """One detector; raises ConfigError for missing or corrupt model files."""
-        return self._build(1, self.threads or (-1 if self.engine == "opencv" else _cores()))[0]
+        return self._build(1, self.threads or self._engine.threads_for_one(_cores()))[0]
 
     def load_pool(self):
         """The detectors of a run (loaded once per run), for frames detected in parallel threads."""
@@ -83,40 +99,28 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         workers, threads = self._pool_shape()
         detectors = _preloaded.pop(self._pool_key(workers), None)
         if detectors:
-            import cv2
-
-            cv2.setNumThreads(threads)  # process-wide in OpenCV; preloading ran on one thread
+            self._engine.set_threads(threads)  # process-wide in OpenCV; preloading ran on one thread
         return DetectorPool(detectors or self._build(workers, threads))
 
     def preload(self) -> None:
         """Get ready for runs forked from this process, starting no thread pool a child would lack.
 
-        OpenCV nets are loaded and run once on one thread (a forked child would wait forever on
-        a thread pool that exists only in its parent). A model OpenVINO compiled before a fork
-        hangs its first inference in the child: here the engines are only imported and the model
-        file hashed; each run compiles its own (0.1–0.4 s).
+        What each engine does is its own (`Engine.preload`): OpenCV nets are loaded and run once on
+        one thread, and a forked run whose settings match takes them instead of loading its own; a
+        model OpenVINO compiled before a fork would hang its first inference in the child, so
+        OpenVINO (and ONNX Runtime) are only imported and the model file hashed, and each run
+        compiles its own (0.1–0.4 s).
         """
         import cv2
 
         cv2.setNumThreads(1)
-        if self.engine == "noop":
-            return
-        if self.engine != "opencv":
-            from imgpipeline.vision.engines import import_openvino
-
-            import_openvino() if self.engine == "openvino" else importlib.import_module(self.engine)
-            self.model_file()
-            return
         workers, _ = self._pool_shape()
-        _preloaded[self._pool_key(workers)] = self._build(workers, 1)  # each net has run once
+        detectors = self._engine.preload(self._model(), workers, self.precision)
+        if detectors:
+            _preloaded[self._pool_key(workers)] = detectors  # each has run once
 
     def _pool_shape(self) -> tuple[int, int]:
-        cores = _cores()
-        if self.engine == "openvino":
-            return self.workers, 0  # 0 workers: the compiled model's optimal number of requests
-        workers = self.workers or min(4, cores)
-        single = -1 if self.engine == "opencv" else cores
-        return workers, self.threads or (max(1, cores // workers) if workers > 1 else single)
+        return self._engine.pool_shape(self.workers, self.threads, _cores())
 
     def _pool_key(self, workers: int) -> tuple:
         from imgpipeline.vision.model_files import WEIGHTS
@@ -128,9 +132,13 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     def model_file(self) -> tuple[Path, str]:
         """The file this engine runs, verified, and its sha256; for `noop`, which runs none, the class
         names the zones and alert rules are checked against."""
-        from imgpipeline.vision.model_files import NAMES, ONNX, WEIGHTS, file_sha256, verify
+        return self._verified(self._engine.model_file)
 
-        name = {"opencv": WEIGHTS, "noop": NAMES}.get(self.engine, ONNX)
+    def _verified(self, name: str) -> tuple[Path, str]:
+        """A file of the models folder once its sha256 matches, and the sha256 (hashed once per
+        path, size and mtime)."""
+        from imgpipeline.vision.model_files import file_sha256, verify
+
         path = Path(self.models_dir) / name
         key = (str(path), _stat(path))
         digest = _digests.get(key) or (file_sha256(path) if path.is_file() else None)
@@ -138,36 +146,14 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         _digests[key] = digest
         return path, digest
 
+    def _model(self):
+        from imgpipeline.vision.engines import Model
+
+        return Model(Path(self.models_dir), self.input_size, self.confidence, self.nms, self.classes,
+                     self._verified)
+
     def _build(self, count: int, threads: int):
-        import cv2
-
-        from imgpipeline.vision import engines
-        from imgpipeline.vision.darknet import heads, parse_cfg
-        from imgpipeline.vision.detector import Identity, YoloDetector
-        from imgpipeline.vision.model_files import CFG, NAMES
-
-        if self.engine == "noop":  # no model file, no inference: nothing to load
-            return [engines.NoopDetector() for _ in range(count)]
-        # Process-wide in OpenCV: set it every time (-1 restores OpenCV's default).
-        cv2.setNumThreads(threads if self.engine == "opencv" else 1)
-        folder = Path(self.models_dir)
-        sections = parse_cfg(folder / CFG)
-        path, digest = self.model_file()
-        if self.engine == "opencv":
-            # OpenCV names a cfg layer's convolution conv_<index>; each head reads the one before it.
-            layers = [f"conv_{i - 1}" for i, layer in enumerate(sections[1:]) if layer["type"] == "yolo"]
-            sessions = engines.opencv(folder / CFG, path, layers, self.input_size, count)
-        elif self.engine == "onnxruntime":
-            sessions = engines.onnxruntime(path, self.input_size, count, threads)
-        else:
-            sessions = engines.openvino(path, self.input_size, self.precision, count)
-        identity = Identity(model=f"yolov4-tiny-{self.input_size}", model_sha256=digest,
-                            engine=self.engine, precision=sessions.precision)
-        return [
-            YoloDetector(infer, identity, heads(sections), folder / NAMES, input_size=self.input_size,
-                         confidence=self.confidence, nms=self.nms, classes=self.classes)
-            for infer in sessions.infers
-        ]
+        return self._engine.detectors(self._model(), count, threads, self.precision)
 
 
 def _cores() -> int:

@@ -101,95 +101,120 @@ class _Weights:
 
 def to_onnx(cfg: Path, weights: Path):
     """The Darknet model as an ONNX ModelProto whose outputs are the heads' raw tensors."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     sections = parse_cfg(cfg)
-    source = _Weights(weights)
-    nodes, initializers = [], []
-    outputs: list[tuple[str, int]] = []  # each layer's tensor and channel count, by layer index
-    head_tensors: list[tuple[str, int]] = []
-    tensor, channels = INPUT, int(sections[0].get("channels", 3))
+    graph = _Graph(cfg, _Weights(weights), int(sections[0].get("channels", 3)))
+    for index, layer in enumerate(sections[1:]):
+        graph.add(index, layer)
+    graph.weights.done()
+    return graph.model()
 
-    def constant(name: str, array: np.ndarray) -> str:
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+
+class _Graph:
+    """The ONNX graph of a Darknet network, built layer by layer in cfg order."""
+
+    def __init__(self, cfg: Path, weights: _Weights, channels: int):
+        self.cfg, self.weights = cfg, weights
+        self.nodes: list = []
+        self.initializers: list = []
+        self.outputs: list[tuple[str, int]] = []  # each layer's tensor and channel count, by layer index
+        self.heads: list[tuple[str, int]] = []
+        self.tensor, self.channels = INPUT, channels  # the latest layer's output
+        self.layers = {"convolutional": self.convolutional, "maxpool": self.maxpool, "route": self.route,
+                       "upsample": self.upsample, "yolo": self.yolo}
+
+    def add(self, index: int, layer: dict[str, str]) -> None:
+        kind = layer["type"]
+        if kind not in self.layers:
+            raise ConfigError(f"{self.cfg}: layer type [{kind}] (layer {index}) is not supported")
+        self.layers[kind](f"{kind}_{index}", index, layer)
+        self.outputs.append((self.tensor, self.channels))
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    for index, layer in enumerate(sections[1:]):
-        kind, name = layer["type"], f"{layer['type']}_{index}"
-        if kind == "convolutional":
-            filters, size = int(layer["filters"]), int(layer["size"])
-            stride = int(layer.get("stride", 1))
-            pad = size // 2 if int(layer.get("pad", 0)) else int(layer.get("padding", 0))
-            bias = source.take(filters)
-            if int(layer.get("batch_normalize", 0)):
-                scale, mean, variance = source.take(filters), source.take(filters), source.take(filters)
-                kernel = source.take(filters * channels * size * size).reshape(filters, channels, size, size)
-                factor = scale / np.sqrt(variance + BN_EPSILON)
-                kernel = kernel * factor[:, None, None, None]
-                bias = bias - mean * factor
-            else:
-                kernel = source.take(filters * channels * size * size).reshape(filters, channels, size, size)
-            nodes.append(helper.make_node(
-                "Conv", [tensor, constant(f"{name}.w", kernel.astype(np.float32)),
-                         constant(f"{name}.b", bias.astype(np.float32))], [name],
-                kernel_shape=[size, size], strides=[stride, stride], pads=[pad] * 4))
-            tensor, channels = name, filters
-            activation = layer.get("activation", "linear")
-            if activation == "leaky":
-                nodes.append(helper.make_node("LeakyRelu", [tensor], [f"{name}.act"], alpha=0.1))
-                tensor = f"{name}.act"
-            elif activation != "linear":
-                raise ConfigError(f"{cfg}: activation {activation!r} (layer {index}) is not supported")
-        elif kind == "maxpool":
-            size = int(layer["size"])
-            stride = int(layer.get("stride", size))
-            padding = int(layer.get("padding", size - 1))  # Darknet pads right and bottom
-            begin = padding // 2
-            nodes.append(helper.make_node(
-                "MaxPool", [tensor], [name], kernel_shape=[size, size], strides=[stride, stride],
-                pads=[begin, begin, padding - begin, padding - begin]))
-            tensor = name
-        elif kind == "route":
-            sources = [outputs[i if i >= 0 else index + i] for i in _ints(layer["layers"])]
-            groups, group = int(layer.get("groups", 1)), int(layer.get("group_id", 0))
-            if groups > 1:
-                (tensor, channels), = sources
-                width = channels // groups
-                nodes.append(helper.make_node(
-                    "Slice", [tensor, constant(f"{name}.start", np.array([width * group])),
-                              constant(f"{name}.end", np.array([width * (group + 1)])),
-                              constant(f"{name}.axis", np.array([1]))], [name]))
-                tensor, channels = name, width
-            elif len(sources) == 1:
-                tensor, channels = sources[0]
-            else:
-                nodes.append(helper.make_node("Concat", [t for t, _ in sources], [name], axis=1))
-                tensor, channels = name, sum(c for _, c in sources)
-        elif kind == "upsample":
-            stride = float(layer.get("stride", 2))
-            scales = constant(f"{name}.scales", np.array([1, 1, stride, stride], np.float32))
-            nodes.append(helper.make_node(
-                "Resize", [tensor, "", scales],
-                [name], mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"))
-            tensor = name
-        elif kind == "yolo":
-            head_tensors.append((tensor, channels))  # the raw tensor; the layer itself passes it through
-        else:
-            raise ConfigError(f"{cfg}: layer type [{kind}] (layer {index}) is not supported")
-        outputs.append((tensor, channels))
-    source.done()
+    def node(self, op: str, inputs: list[str], name: str, **attributes) -> None:
+        """A node whose output is `name`, which becomes the latest layer's output."""
+        from onnx import helper
 
-    named = []
-    for number, (raw, width) in enumerate(head_tensors):
-        nodes.append(helper.make_node("Identity", [raw], [f"head{number}"]))
-        shape = [1, width, None, None]
-        named.append(helper.make_tensor_value_info(f"head{number}", TensorProto.FLOAT, shape))
-    graph = helper.make_graph(
-        nodes, "yolo", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])],
-        named, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="imgpipeline")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+        self.nodes.append(helper.make_node(op, inputs, [name], **attributes))
+        self.tensor = name
+
+    def convolutional(self, name: str, index: int, layer: dict[str, str]) -> None:
+        """Conv with batch norm folded in (OpenCV's epsilon), then its activation."""
+        filters, size = int(layer["filters"]), int(layer["size"])
+        stride = int(layer.get("stride", 1))
+        pad = size // 2 if int(layer.get("pad", 0)) else int(layer.get("padding", 0))
+        bias = self.weights.take(filters)
+        if int(layer.get("batch_normalize", 0)):
+            scale, mean, variance = (self.weights.take(filters) for _ in range(3))
+            kernel = self.weights.take(filters * self.channels * size * size)
+            factor = scale / np.sqrt(variance + BN_EPSILON)
+            kernel = kernel.reshape(filters, self.channels, size, size) * factor[:, None, None, None]
+            bias = bias - mean * factor
+        else:
+            kernel = self.weights.take(filters * self.channels * size * size)
+            kernel = kernel.reshape(filters, self.channels, size, size)
+        self.node("Conv", [self.tensor, self.constant(f"{name}.w", kernel.astype(np.float32)),
+                           self.constant(f"{name}.b", bias.astype(np.float32))], name,
+                  kernel_shape=[size, size], strides=[stride, stride], pads=[pad] * 4)
+        self.channels = filters
+        activation = layer.get("activation", "linear")
+        if activation == "leaky":
+            self.node("LeakyRelu", [name], f"{name}.act", alpha=0.1)
+        elif activation != "linear":
+            raise ConfigError(f"{self.cfg}: activation {activation!r} (layer {index}) is not supported")
+
+    def maxpool(self, name: str, index: int, layer: dict[str, str]) -> None:
+        size = int(layer["size"])
+        stride = int(layer.get("stride", size))
+        padding = int(layer.get("padding", size - 1))  # Darknet pads right and bottom
+        begin = padding // 2
+        self.node("MaxPool", [self.tensor], name, kernel_shape=[size, size], strides=[stride, stride],
+                  pads=[begin, begin, padding - begin, padding - begin])
+
+    def route(self, name: str, index: int, layer: dict[str, str]) -> None:
+        """Earlier layers' outputs: one passed on, a group of its channels, or several concatenated."""
+        sources = [self.outputs[i if i >= 0 else index + i] for i in _ints(layer["layers"])]
+        groups, group = int(layer.get("groups", 1)), int(layer.get("group_id", 0))
+        if groups > 1:
+            (tensor, channels), = sources
+            width = channels // groups
+            self.node("Slice", [tensor, self.constant(f"{name}.start", np.array([width * group])),
+                                self.constant(f"{name}.end", np.array([width * (group + 1)])),
+                                self.constant(f"{name}.axis", np.array([1]))], name)
+            self.channels = width
+        elif len(sources) == 1:
+            self.tensor, self.channels = sources[0]
+        else:
+            self.node("Concat", [t for t, _ in sources], name, axis=1)
+            self.channels = sum(c for _, c in sources)
+
+    def upsample(self, name: str, index: int, layer: dict[str, str]) -> None:
+        stride = float(layer.get("stride", 2))
+        scales = self.constant(f"{name}.scales", np.array([1, 1, stride, stride], np.float32))
+        self.node("Resize", [self.tensor, "", scales], name, mode="nearest",
+                  coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+    def yolo(self, name: str, index: int, layer: dict[str, str]) -> None:
+        self.heads.append((self.tensor, self.channels))  # the raw tensor; the layer itself passes it through
+
+    def model(self):
+        """The checked ModelProto: the heads' raw tensors as outputs head0, head1, …"""
+        import onnx
+        from onnx import TensorProto, helper
+
+        named = []
+        for number, (raw, width) in enumerate(self.heads):
+            self.nodes.append(helper.make_node("Identity", [raw], [f"head{number}"]))
+            shape = [1, width, None, None]
+            named.append(helper.make_tensor_value_info(f"head{number}", TensorProto.FLOAT, shape))
+        images = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])
+        graph = helper.make_graph(self.nodes, "yolo", [images], named, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="imgpipeline")
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model

@@ -218,7 +218,7 @@ def test_the_converter_refuses_hostile_model_files(tmp_path):
 
 
 def test_the_noop_engine_needs_no_model_and_finds_nothing(tmp_path):
-    from imgpipeline.vision.engines import ENGINES
+    from imgpipeline.vision.engines import names
 
     empty = DetectorResource(engine="noop", models_dir=str(tmp_path))  # no model file at all
     for image in photos():
@@ -227,20 +227,20 @@ def test_the_noop_engine_needs_no_model_and_finds_nothing(tmp_path):
     # Its records say what made them: never taken for a real detector's.
     assert empty.load_pool().identity.as_record() == {
         "model": "noop", "model_sha256": "none", "engine": "noop", "precision": "none"}
-    assert "noop" in ENGINES and ENGINES[0] == "opencv"
+    assert "noop" in names() and names()[0] == "opencv"
 
 
 def test_an_unknown_engine_is_refused_with_every_engine_named():
     import pydantic
 
     from imgpipeline.resources.settings import env_name
-    from imgpipeline.vision.engines import ENGINES
+    from imgpipeline.vision.engines import names
 
     with pytest.raises(pydantic.ValidationError) as refused:
         DetectorResource(engine="yolo-magic")
     message = str(refused.value)
     assert f"{env_name(DetectorResource, 'engine')}='yolo-magic' is not known" in message
-    assert f"use one of {', '.join(ENGINES)}" in message
+    assert f"use one of {', '.join(names())}" in message
     assert all(engine in message for engine in ("opencv", "openvino", "onnxruntime", "noop"))
     # The setting's help says what the no-op engine is for.
     described = DetectorResource.model_fields["engine"].description or ""

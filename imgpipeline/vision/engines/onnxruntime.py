@@ -1,0 +1,36 @@
+"""`onnxruntime`: the ONNX form of the model in ONNX Runtime, on the CPU at f32."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imgpipeline.vision.darknet import INPUT
+from imgpipeline.vision.engines import register
+from imgpipeline.vision.engines.base import Engine, Network, Sessions
+from imgpipeline.vision.model_files import ONNX
+
+
+@register
+class OnnxRuntime(Engine):
+    """One session shared by the workers; each call computes on its caller's thread."""
+
+    name = "onnxruntime"
+    model_file = ONNX
+    order = 2
+
+    def import_runtime(self) -> None:
+        import onnxruntime  # noqa: F401
+
+    def sessions(self, network: Network, count: int, threads: int, precision: str) -> Sessions:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(network.path), options, providers=["CPUExecutionProvider"])
+
+        def infer(blob: np.ndarray):
+            return session.run(None, {INPUT: blob})
+
+        return Sessions([infer] * count, "f32").warmed(network.input_size)
