@@ -35,15 +35,31 @@ GUIDE = DEPLOY / "README.md"
 # The sections each YAML file of deploy/ must have at its top level.
 SECTIONS = {
     "helm/values.yaml": {"dagsterWebserver", "dagster-user-deployments", "runLauncher", "postgresql",
-                         "generatePostgresqlPasswordSecret", "global", "dagsterDaemon", "concurrency"},
+                         "generatePostgresqlPasswordSecret", "global", "dagsterDaemon", "concurrency",
+                         "computeLogManager"},
     "dagster.yaml": {"storage", "run_launcher", "run_coordinator", "concurrency", "run_retries",
-                     "run_monitoring"},
+                     "run_monitoring", "compute_logs"},
 }
 
 # Keys the chart declares where the values set some (its schema under helm/dagster/schema/schema/charts/,
 # and for run monitoring its template helpers/instance: dagster's repository): a misspelt key would be
 # ignored by the chart, not refused.
 CHART_KEYS = {
+    ("dagsterWebserver",): {
+        "replicaCount", "image", "nameOverride", "pathPrefix", "service", "workspace", "env", "envConfigMaps",
+        "envSecrets", "deploymentLabels", "labels", "nodeSelector", "affinity", "tolerations",
+        "podSecurityContext", "securityContext", "resources", "readinessProbe", "livenessProbe",
+        "startupProbe", "annotations", "enableReadOnly", "dbStatementTimeout", "dbPoolRecycle", "logLevel",
+        "schedulerName", "volumeMounts", "volumes"},
+    ("dagsterDaemon",): {
+        "enabled", "image", "runCoordinator", "heartbeatTolerance", "env", "envConfigMaps", "envSecrets",
+        "deploymentLabels", "labels", "nodeSelector", "affinity", "tolerations", "podSecurityContext",
+        "securityContext", "resources", "livenessProbe", "readinessProbe", "startupProbe", "annotations",
+        "runMonitoring", "runRetries", "sensors", "schedules", "schedulerName", "volumeMounts", "volumes"},
+    ("computeLogManager",): {"type", "config"},
+    ("computeLogManager", "config"): {"azureBlobComputeLogManager", "gcsComputeLogManager",
+                                      "s3ComputeLogManager", "customComputeLogManager"},
+    ("computeLogManager", "config", "customComputeLogManager"): {"module", "class", "config"},
     ("dagster-user-deployments",): {"enabled", "enableSubchart", "imagePullSecrets", "deployments"},
     ("dagster-user-deployments", "deployments", 0): {
         "name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns", "port", "env",
@@ -236,6 +252,11 @@ def test_the_instance_runs_the_queue_monitoring_and_retries(tmp_path, instance):
         assert built.run_monitoring_enabled
         assert built.run_monitoring_max_resume_run_attempts == 0
         assert built.run_retries_enabled and built.run_retries_max_retries == 2
+        logs = built.compute_log_manager
+        assert type(logs).__name__ == "S3ComputeLogManager"
+        config = instance["compute_logs"]["config"]
+        assert (logs._s3_bucket, logs._s3_prefix) == (config["bucket"], config["prefix"])
+        assert logs.upload_interval == config["upload_interval"]
     finally:
         built.dispose()
 
@@ -252,6 +273,57 @@ def test_queue_limits_in_two_places_are_refused(tmp_path, monkeypatch, instance)
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(doubled))
     with pytest.raises(DagsterInvalidConfigError, match="max_concurrent_runs"):
         dagster_instance_config(str(tmp_path))
+
+
+# --- run logs in S3 ---------------------------------------------------------------------------------------
+
+
+def guide_storage(guide: str):
+    """The storage resource the guide's Secret `imgpipeline-env` amounts to (its root, endpoint, region)."""
+    from imgpipeline.resources import StorageResource
+
+    keys = kubectl_creates(guide)["imgpipeline-env"]
+    return StorageResource(uri=keys["IMGPIPELINE_STORAGE_URI"], endpoint_url=keys["AWS_ENDPOINT_URL"],
+                           region=keys["AWS_REGION"])
+
+
+def test_run_logs_go_to_the_bucket_as_the_project_writes_them(instance, guide, settings):
+    """deploy/dagster.yaml's compute_logs is the block `imgpipeline dev` writes for the guide's storage
+    root: the root's bucket, `<prefix>/compute_logs`, its endpoint and region; it passes
+    S3ComputeLogManager's schema and holds no key (boto3 reads them from the environment)."""
+    from dagster._config import process_config
+    from dagster._serdes.config_class import class_from_code_pointer
+    from dagster_aws.s3 import S3ComputeLogManager
+
+    from imgpipeline.lib.instance import compute_logs_config
+
+    block = instance["compute_logs"]
+    assert block == compute_logs_config(guide_storage(guide))
+    assert block["config"]["bucket"] == "my-frames-bucket"
+    assert block["config"]["prefix"] == "imgpipeline/compute_logs"
+    assert class_from_code_pointer(block["module"], block["class"]) is S3ComputeLogManager
+    result = process_config(S3ComputeLogManager.config_type(), block["config"])
+    assert result.success, result.errors
+    text = yaml.safe_dump(block).lower()
+    assert not re.search(r"key|secret|token|password", text), text
+    assert not [name for name in settings if settings[name] and name.lower() in text]
+
+
+def test_values_write_the_same_run_logs_and_give_their_readers_the_keys(values, instance, guide, settings):
+    """The chart's custom compute log manager type writes the block as it stands; the webserver (reading
+    the logs) and the daemon (writing its own) get a Secret with the S3 keys, created by the guide from
+    variables, as run pods and the code location have them in `imgpipeline-env`."""
+    assert values["computeLogManager"] == {
+        "type": "CustomComputeLogManager",
+        "config": {"customComputeLogManager": instance["compute_logs"]}}
+    created = kubectl_creates(guide)
+    keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert keys <= set(created["imgpipeline-env"])
+    for part in ("dagsterWebserver", "dagsterDaemon"):
+        (secret,) = secret_names(values[part]["envSecrets"])
+        assert keys <= set(created[secret]), part
+        assert set(created[secret]) <= set(settings)
+        assert all(value.startswith("$") for key, value in created[secret].items() if settings[key])
 
 
 # --- the Helm values agree with the instance config and the code --------------------------------------

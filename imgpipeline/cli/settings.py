@@ -18,13 +18,14 @@ def setting_models() -> list:
         AlertsResource,
         DetectorResource,
         KafkaResource,
+        S3ClientResource,
         StorageResource,
         TrackingResource,
     )
     from imgpipeline.resources.mqtt import MqttSettings
 
-    return [StorageResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource, TrackingResource,
-            AlertsResource, MqttSettings, Calendar, InstanceSettings]
+    return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
+            TrackingResource, AlertsResource, MqttSettings, Calendar, InstanceSettings]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

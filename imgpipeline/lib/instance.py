@@ -1,11 +1,14 @@
 """Where Dagster keeps runs, events, schedules and sensor cursors: SQLite files in DAGSTER_HOME (one
 machine), or PostgreSQL (`IMGPIPELINE_INSTANCE=postgres`), which a daemon, a webserver and run workers
-on several machines can share.
+on several machines can share; and where it keeps each run's stdout and stderr: in DAGSTER_HOME, or in
+the storage root's bucket when that is on S3.
 
-DAGSTER_HOME's `dagster.yaml` is the project's `dagster.yaml` (a link to it) on SQLite; on PostgreSQL it
-is the same text with a `storage: postgres:` block whose URL Dagster reads from the environment
-(`IMGPIPELINE_POSTGRES_URL`), so the password is in no file. `dagster_env()` hands that variable to
-`dagster dev` and, through it, to the daemon and every run.
+DAGSTER_HOME's `dagster.yaml` is the project's `dagster.yaml` (a link to it) on SQLite with a local
+storage root; otherwise it is the same text with a `storage: postgres:` block whose URL Dagster reads
+from the environment (`IMGPIPELINE_POSTGRES_URL`), and a `compute_logs:` block naming the bucket, prefix,
+endpoint and region (dagster-aws's S3ComputeLogManager, its keys boto3's from the environment). No
+password or key is in the file: `dagster_env()` hands them to `dagster dev` and, through it, to the
+daemon and every run.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from imgpipeline import ConfigError
 from imgpipeline.resources.settings import FromEnv, env_name, one_of, resolved, setting
+from imgpipeline.resources.storage import S3ClientResource, StorageResource
 
 KINDS = ("sqlite", "postgres")
-MARK = "# Written by imgpipeline for IMGPIPELINE_INSTANCE=postgres"
+MARK = "# Written by imgpipeline"  # what a file of ours says first (a person's own is left alone)
+# Under the storage root on S3: each run's stdout and stderr (`<prefix>/compute_logs/storage/<run id>/…`).
+COMPUTE_LOGS = "compute_logs"
 
 
 class InstanceSettings(FromEnv, BaseModel):
@@ -81,15 +87,49 @@ def url_env() -> str:
 
 def storage_block() -> str:
     """The instance's `storage:` on PostgreSQL, the URL read from the environment by Dagster."""
-    return (f"\n{MARK}: runs, events, schedules and sensor cursors in PostgreSQL,\n"
+    return (f"\n{MARK} for {env_name(InstanceSettings, 'kind')}=postgres: runs, events, schedules and "
+            "sensor cursors in PostgreSQL,\n"
             f"# at the URL in ${url_env()} (read by Dagster when the instance loads).\n"
             f"storage:\n  postgres:\n    postgres_url:\n      env: {url_env()}\n")
 
 
-def write_instance_yaml(home: Path, project_yaml: Path | None, settings: InstanceSettings) -> Path:
-    """DAGSTER_HOME/dagster.yaml for the chosen storage: a link to the project's file on SQLite, the
-    project's file plus the PostgreSQL storage block otherwise. A file of the other kind is replaced;
-    a person's own file (neither a link nor written here) is left alone."""
+def compute_logs_config(storage: StorageResource) -> dict | None:
+    """The instance's `compute_logs:` for a storage root on S3: each run's stdout and stderr as objects
+    under `<root>/compute_logs/`, written by dagster-aws's S3ComputeLogManager at the root's endpoint, so
+    they outlive the process or pod that ran it (deploy/dagster.yaml has the same block). None for a
+    local root (Dagster keeps them in DAGSTER_HOME). No key: boto3 finds them in the environment of each
+    Dagster process."""
+    location = storage.location
+    if location.scheme != "s3":
+        return None
+    config = {"bucket": location.bucket, "prefix": "/".join(filter(None, (location.prefix, COMPUTE_LOGS))),
+              "endpoint_url": storage.endpoint_url, "region": storage.region,
+              # what a running step printed goes up every 30 s too: a worker killed mid-run leaves it
+              "upload_interval": 30}
+    config = {key: value for key, value in config.items() if value}  # no endpoint: AWS's own
+    return {"module": "dagster_aws.s3.compute_log_manager", "class": "S3ComputeLogManager", "config": config}
+
+
+def compute_logs_block(storage: StorageResource) -> str:
+    """`compute_logs_config` as the text of the instance file; empty for a local root."""
+    import yaml
+
+    config = compute_logs_config(storage)
+    if config is None:
+        return ""
+    keys = " and ".join(env_name(S3ClientResource, name)
+                        for name in ("aws_access_key_id", "aws_secret_access_key"))
+    return (f"\n{MARK} for {env_name(StorageResource, 'uri')}={storage.uri}: each run's stdout and stderr\n"
+            f"# in the bucket, the keys from {keys} in the environment (never here).\n"
+            + yaml.safe_dump({"compute_logs": config}, sort_keys=False))
+
+
+def write_instance_yaml(home: Path, project_yaml: Path | None, settings: InstanceSettings,
+                        storage: StorageResource | None = None) -> Path:
+    """DAGSTER_HOME/dagster.yaml for the chosen instance storage and storage root (`storage`; None: a local
+    one): a link to the project's file on SQLite with a local root, else the project's file plus the
+    PostgreSQL storage block and the S3 compute logs block as they apply. A file of another kind is
+    replaced; a person's own file (neither a link nor written here) is left alone."""
     target = home / "dagster.yaml"
     ours = target.is_symlink() or (target.exists() and MARK in target.read_text())
     if target.exists() and not ours:
@@ -99,13 +139,15 @@ def write_instance_yaml(home: Path, project_yaml: Path | None, settings: Instanc
                 "storage is not PostgreSQL: give it a `storage: postgres:` block (its URL from the "
                 f"environment: `postgres_url: {{env: {url_env()}}}`), or remove it and it is written for you")
         return target
-    if settings.kind == "sqlite":
+    added = (storage_block() if settings.kind == "postgres" else "") + (
+        compute_logs_block(storage) if storage is not None else "")
+    if not added:
         linked = target.is_symlink() and target.resolve() == (project_yaml and project_yaml.resolve())
         if project_yaml is not None and not linked:
             target.unlink(missing_ok=True)
             target.symlink_to(project_yaml)
         return target
-    text = (project_yaml.read_text() if project_yaml is not None else "") + storage_block()
+    text = (project_yaml.read_text() if project_yaml is not None else "") + added
     if target.is_symlink() or not target.exists() or target.read_text() != text:
         target.unlink(missing_ok=True)
         target.write_text(text)
@@ -121,10 +163,20 @@ def _storage_of(path: Path):
         return None
 
 
-def instance_env(settings: InstanceSettings | None = None) -> dict[str, str]:
-    """What a Dagster process needs in its environment to open the instance: the PostgreSQL URL."""
+def instance_env(settings: InstanceSettings | None = None,
+                 storage: StorageResource | None = None) -> dict[str, str]:
+    """What a Dagster process needs in its environment to open the instance and use it: the PostgreSQL
+    URL, and for run logs in S3 the region and the keys (when set; else boto3's chain)."""
     settings = settings or InstanceSettings.from_env()
-    return {url_env(): settings.url()} if settings.kind == "postgres" else {}
+    storage = storage or StorageResource.from_env()
+    env = {url_env(): settings.url()} if settings.kind == "postgres" else {}
+    if compute_logs_config(storage) is not None:
+        s3 = storage.s3
+        for name in ("region_name", "aws_access_key_id", "aws_secret_access_key"):
+            value = resolved(getattr(s3, name))
+            if value:
+                env[env_name(S3ClientResource, name)] = value
+    return env
 
 
 def open_instance(home: Path):

@@ -104,10 +104,23 @@ def _explain(model, exc: ValidationError, raw: dict[str, str]) -> str:
     return "; ".join(lines)
 
 
+def declared(model) -> list[str]:
+    """A model's fields in the order its classes declare them, base classes first: a field a subclass
+    declares again (as the S3 client does dagster-aws's) takes the place the subclass gives it."""
+    import inspect
+
+    order: list[str] = []
+    for klass in reversed(model.__mro__):
+        for name in inspect.get_annotations(klass):
+            if name in model.model_fields:
+                order = [*(known for known in order if known != name), name]
+    return order
+
+
 def rows(model) -> list[tuple[str, str, str]]:
     """(variable, default as shown, meaning) of each setting of a model, in declaration order."""
     found = []
-    for field in model.model_fields.values():
+    for field in (model.model_fields[name] for name in declared(model)):
         extra = field.json_schema_extra or {}
         if "env" not in extra:
             continue

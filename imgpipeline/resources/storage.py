@@ -18,6 +18,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr, field_validator
 
 from imgpipeline import ConfigError
@@ -71,27 +72,6 @@ def _valid_bucket_name(name: str) -> bool:
         and name[0].isalnum()
         and name[-1].isalnum()
         and ".." not in name
-    )
-
-
-def s3_client(endpoint_url: str | None, region: str, key_id: str | None, secret: str | None, *,
-              connect_timeout: float = 5, read_timeout: float = 30, attempts: int = 3):
-    """The one way this project builds a boto3 S3 client (path-style addressing on custom endpoints)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name=region,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        config=Config(
-            retries={"max_attempts": attempts, "mode": "standard"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            s3={"addressing_style": "path"} if endpoint_url else None,
-        ),
     )
 
 
@@ -521,30 +501,84 @@ class S3Storage(Storage):
             ) from None
 
 
+class S3ClientResource(FromEnv, S3Resource):
+    """The S3 client of the storage root: dagster-aws's `S3Resource` with its endpoint, region and keys
+    declared as settings (the keys as `dg.EnvVar`s), and what a store beside AWS needs on top: connect
+    and read timeouts, and path-style addressing on a custom endpoint (an S3-compatible store seldom
+    serves a bucket as a host name). Without keys, boto3's own chain is used."""
+
+    endpoint_url: str | None = setting(
+        "AWS_ENDPOINT_URL", None, "an S3-compatible store: MinIO, Hetzner Object Storage, the local endpoint",
+        shown="AWS")
+    region_name: str = setting("AWS_REGION", description="S3 region",
+                               default_factory=lambda: environment().get("AWS_DEFAULT_REGION") or "us-east-1",
+                               shown="`AWS_DEFAULT_REGION`, else `us-east-1`")
+    aws_access_key_id: str | None = setting("AWS_ACCESS_KEY_ID", None, "S3 key id", secret=True,
+                                            shown="boto3's chain")
+    aws_secret_access_key: str | None = setting("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (a secret)",
+                                                secret=True, shown="boto3's chain")
+    max_attempts: int = 3
+    connect_timeout: float = 5
+    read_timeout: float = 30
+
+    def get_client(self):
+        """A boto3 S3 client; the keys resolved here too, outside a run (the command line)."""
+        import boto3
+        from botocore.config import Config
+        from dagster_aws.utils import construct_boto_client_retry_config
+
+        config = construct_boto_client_retry_config(self.max_attempts).merge(Config(
+            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            s3={"addressing_style": "path"} if self.endpoint_url else None))
+        return boto3.session.Session(profile_name=self.profile_name).client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=resolved(self.aws_access_key_id),
+            aws_secret_access_key=resolved(self.aws_secret_access_key),
+            aws_session_token=resolved(self.aws_session_token),
+            config=config,
+        )
+
+
+# The S3 settings by the names the storage resource gives them, and their fields on its S3 client.
+S3_SETTINGS = {"endpoint_url": "endpoint_url", "region": "region_name", "access_key_id": "aws_access_key_id",
+               "secret_access_key": "aws_secret_access_key"}
+
+
 class StorageResource(FromEnv, dg.ConfigurableResource):
     """Where frames, landing metadata and the warehouse live.
 
-    `uri` is `file:///folder` (the default) or `s3://bucket/prefix`; `endpoint_url` points
-    at an S3-compatible store (MinIO, Hetzner Object Storage, a local endpoint). The keys
-    come from the environment as `dg.EnvVar`s; without them boto3's own chain is used.
+    `uri` is `file:///folder` (the default) or `s3://bucket/prefix`. An S3 root is reached through
+    the nested resource `s3` (`S3ClientResource`, dagster-aws's S3 resource: the endpoint of an
+    S3-compatible store such as MinIO, Hetzner Object Storage or the local endpoint, the region and the
+    keys); a local folder never uses it. Its settings read and may be given here under the names
+    `endpoint_url`, `region`, `access_key_id` and `secret_access_key`.
     """
 
     uri: str = setting("IMGPIPELINE_STORAGE_URI", description="`file:///folder` or `s3://bucket/prefix`",
                        default_factory=lambda: (state_dir() / "data").as_uri(),
                        shown="`file://<project>/.imgpipeline/data`")
-    endpoint_url: str | None = setting(
-        "AWS_ENDPOINT_URL", None, "an S3-compatible store: MinIO, Hetzner Object Storage, the local endpoint",
-        shown="AWS")
-    region: str = setting("AWS_REGION", description="S3 region",
-                          default_factory=lambda: environment().get("AWS_DEFAULT_REGION") or "us-east-1",
-                          shown="`AWS_DEFAULT_REGION`, else `us-east-1`")
-    access_key_id: str | None = setting("AWS_ACCESS_KEY_ID", None, "S3 key id", secret=True,
-                                        shown="boto3's chain")
-    secret_access_key: str | None = setting("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (a secret)",
-                                            secret=True, shown="boto3's chain")
+    s3: S3ClientResource
     max_frame_bytes: int = 20 * 1024 * 1024
 
     _storage: Storage | None = PrivateAttr(default=None)
+
+    def __init__(self, **data):
+        # Always given to Dagster as the nested resource (the UI shows it), with any S3 setting given here.
+        given = {field: data.pop(name) for name, field in S3_SETTINGS.items() if name in data}
+        s3 = data.pop("s3", None)
+        if isinstance(s3, S3ClientResource) and not given:
+            data["s3"] = s3
+        else:
+            data["s3"] = S3ClientResource(**{**(dict(s3) if s3 is not None else {}), **given})
+        super().__init__(**data)
+
+    @classmethod
+    def from_env(cls, **overrides):
+        return super().from_env(**{"s3": S3ClientResource.from_env(), **overrides})
 
     @field_validator("uri")
     @classmethod
@@ -559,16 +593,30 @@ class StorageResource(FromEnv, dg.ConfigurableResource):
     def location(self) -> StorageLocation:
         return parse_storage_uri(self.uri)
 
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.s3.endpoint_url
+
+    @property
+    def region(self) -> str:
+        return self.s3.region_name
+
+    @property
+    def access_key_id(self) -> str | None:
+        return self.s3.aws_access_key_id
+
+    @property
+    def secret_access_key(self) -> str | None:
+        return self.s3.aws_secret_access_key
+
     def open(self) -> Storage:
-        """The backend for this root (built once per resource instance)."""
+        """The backend for this root (built once per resource instance, its S3 client with it)."""
         if self._storage is None:
             location = self.location
             if location.scheme == "file":
                 self._storage = LocalStorage(location)
             else:
-                client = s3_client(self.endpoint_url, self.region, resolved(self.access_key_id),
-                                   resolved(self.secret_access_key))
-                self._storage = S3Storage(location, client, self.endpoint_url)
+                self._storage = S3Storage(location, self.s3.get_client(), self.endpoint_url)
         return self._storage
 
     def preload(self) -> None:

@@ -43,7 +43,8 @@ def dagster_dev_argv(host: str, port: int) -> list[str]:
 
 def dagster_env(home: Path, project_home: Path) -> dict[str, str]:
     """The environment of `dagster dev`: its instance (and the PostgreSQL URL it reads, when it is on
-    PostgreSQL), and (run workers start in other folders) where the project's state lives."""
+    PostgreSQL; the S3 region and keys its run logs are written and read with, when they are in S3), and
+    (run workers start in other folders) where the project's state lives."""
     from imgpipeline.lib.instance import instance_env
 
     return {"DAGSTER_HOME": str(home), HOME_ENV: str(project_home), **instance_env()}
@@ -51,12 +52,14 @@ def dagster_env(home: Path, project_home: Path) -> dict[str, str]:
 
 def dagster_home(state: Path) -> Path:
     """`.imgpipeline/dagster`: DAGSTER_HOME, holding the project's dagster.yaml (a link to it), with the
-    PostgreSQL storage block when the instance is set to PostgreSQL (lib/instance.py)."""
+    PostgreSQL storage block when the instance is set to PostgreSQL and the S3 compute logs block when the
+    storage root is on S3 (lib/instance.py)."""
     from imgpipeline.lib.instance import InstanceSettings, write_instance_yaml
+    from imgpipeline.resources import StorageResource
 
     home = state / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     candidates = (state.parent / "dagster.yaml", Path(__file__).resolve().parents[2] / "dagster.yaml")
     project_yaml = next((source for source in candidates if source.exists()), None)
-    write_instance_yaml(home, project_yaml, InstanceSettings.from_env())
+    write_instance_yaml(home, project_yaml, InstanceSettings.from_env(), StorageResource.from_env())
     return home

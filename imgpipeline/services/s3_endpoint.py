@@ -19,10 +19,11 @@ REGION = "us-east-1"
 
 def s3_client(endpoint_url: str):
     """A client for probing the endpoint: short timeouts, one attempt."""
-    from imgpipeline.resources.storage import s3_client as client
+    from imgpipeline.resources.storage import S3ClientResource
 
-    return client(endpoint_url, REGION, LOCAL_KEY_ID, LOCAL_SECRET, connect_timeout=2, read_timeout=5,
-                  attempts=1)
+    return S3ClientResource(endpoint_url=endpoint_url, region_name=REGION, aws_access_key_id=LOCAL_KEY_ID,
+                            aws_secret_access_key=LOCAL_SECRET, connect_timeout=2, read_timeout=5,
+                            max_attempts=1).get_client()
 
 
 class S3Endpoint(LocalService):
@@ -37,11 +38,11 @@ class S3Endpoint(LocalService):
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
         from imgpipeline.resources.settings import env_name
-        from imgpipeline.resources.storage import StorageResource
+        from imgpipeline.resources.storage import S3ClientResource
 
-        values = {"endpoint_url": self.address(ports), "access_key_id": LOCAL_KEY_ID,
-                  "secret_access_key": LOCAL_SECRET, "region": REGION}
-        return {env_name(StorageResource, field): value for field, value in values.items()}
+        values = {"endpoint_url": self.address(ports), "aws_access_key_id": LOCAL_KEY_ID,
+                  "aws_secret_access_key": LOCAL_SECRET, "region_name": REGION}
+        return {env_name(S3ClientResource, field): value for field, value in values.items()}
 
     def ready(self, ports: dict[str, int]) -> bool:
         """Ready when the project bucket answers (created on first contact)."""

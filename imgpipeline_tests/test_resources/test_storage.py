@@ -236,3 +236,40 @@ def test_a_kms_refusal_is_one_object_s_while_the_store_reads(services):
     with s3_user(services, denied=["*"]) as resource:
         assert not resource.open().refused_alone("KMS.DisabledException", 400)
         assert not resource.open().refused_alone("AccessDenied", 403)
+
+
+def test_the_s3_client_is_the_nested_dagster_aws_resource(services, monkeypatch):
+    """The storage resource's S3 client comes from its nested resource `s3`, dagster-aws's S3Resource,
+    whose endpoint, region and keys are the S3 settings: it reaches the endpoint they name, once per
+    resource. The code location's storage resource shows it nested in the Dagster UI."""
+    from dagster._core.remote_representation.external_data import NestedResourceType, RepositorySnap
+    from dagster_aws.s3 import S3Resource
+
+    from imgpipeline.resources import S3ClientResource
+
+    endpoint = services.s3.address(services.s3.ports)
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID,
+                        "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET, "AWS_REGION": "eu-west-3"}.items():
+        monkeypatch.setenv(name, value)
+    resource = StorageResource.from_env(uri=s3_storage_resource(services).uri)
+    assert isinstance(resource.s3, S3Resource) and resource.nested_resources == {"s3": resource.s3}
+    assert (resource.endpoint_url, resource.region) == (resource.s3.endpoint_url, "eu-west-3") == (
+        endpoint, resource.s3.region_name)
+    store = resource.open()
+    assert store is resource.open()  # one client per resource
+    assert store.client.meta.endpoint_url == endpoint and store.client.meta.region_name == "eu-west-3"
+    store.put("frames/through-the-nested-client.jpg", b"bytes")
+    assert s3_storage_resource(services, resource.location.prefix).open().get(
+        "frames/through-the-nested-client.jpg") == b"bytes"
+    # The probes' client is the same resource with its own timeouts and a single attempt.
+    probe = S3ClientResource(endpoint_url=endpoint, aws_access_key_id=LOCAL_KEY_ID,
+                             aws_secret_access_key=LOCAL_SECRET, max_attempts=1, connect_timeout=2)
+    assert probe.get_client().head_bucket(Bucket=resource.location.bucket)["ResponseMetadata"][
+        "HTTPStatusCode"] == 200
+
+    from imgpipeline.definitions import defs
+
+    snap = RepositorySnap.from_def(defs.get_repository_def())
+    (storage,) = [snap_resource for snap_resource in snap.resources if snap_resource.name == "storage"]
+    nested = storage.nested_resources["s3"]
+    assert (nested.type, nested.name) == (NestedResourceType.ANONYMOUS, "S3ClientResource")
