@@ -23,6 +23,8 @@ from imgpipeline.services.dagster_dev import dagster_home
 from imgpipeline_tests.pipeline import drain, video_backlog
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
+# Between cam-b's last frame and cam-a's next ones: what tells a silent source from a live one.
+GAP_S = 40
 
 
 def status(env: dict, *args: str) -> tuple[int, str]:
@@ -52,6 +54,7 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
            "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic}
     send(kafka, storage, tmp_path, "cam-a", 20)
     send(kafka, storage, tmp_path, "cam-b", 12)
+    b_sent = time.time()  # cam-b's last frame reached the broker before this
     with open_instance(dagster_home(state_dir())) as instance:
         drain(kafka, storage, instance)
 
@@ -70,17 +73,21 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
         code, text = status(env)
         assert code == 0 and text.rstrip().endswith("healthy") and "cam-b" in text
 
-        # cam-b falls silent while cam-a goes on; then a run fails.
-        time.sleep(20)
-        send(kafka, storage, tmp_path, "cam-a", 5)
-        drain(kafka, storage, instance)
+        # A run fails; cam-b falls silent while cam-a goes on.
         failed = detect_frames.execute_in_process(
             run_config=detect_run_config(kafka.frames_topic, 0, 5, 5), instance=instance,
             resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()},
             raise_on_error=False)
         assert not failed.success
-
-        silent_env = {**env, "IMGPIPELINE_SOURCE_SILENT_MIN": "0.2"}  # 12 s
+        while time.time() - b_sent < GAP_S:
+            time.sleep(0.2)
+        a_sent = time.time()  # cam-a's new frames reach the broker after this
+        send(kafka, storage, tmp_path, "cam-a", 5)
+        drain(kafka, storage, instance)
+        # Silent means longer than this without a frame: cam-a is GAP_S / 2 inside it, cam-b GAP_S / 2
+        # beyond it, however long the runs took; the three verdicts below take less than GAP_S / 2.
+        silent_min = f"{(time.time() - a_sent + GAP_S / 2) / 60:.4f}"
+        silent_env = {**env, "IMGPIPELINE_SOURCE_SILENT_MIN": silent_min}
         code, out = status(silent_env, "--json")
         report = json.loads(out)
         assert code == 1
@@ -92,7 +99,7 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
         assert code == 1 and "SILENT" in text and "2 problems:" in text
 
         # The same verdict as a Dagster asset check, kept in the instance's history.
-        monkeypatch.setenv("IMGPIPELINE_SOURCE_SILENT_MIN", "0.2")
+        monkeypatch.setenv("IMGPIPELINE_SOURCE_SILENT_MIN", silent_min)
         job = dg.Definitions(asset_checks=[sources_fresh], jobs=[check_sources],
                              resources={"storage": storage}).resolve_job_def("check_sources")
         result = job.execute_in_process(instance=instance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -131,7 +132,7 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
         assert len(ops.requests) == 3 and len(broken.requests) == 2
 
         # The frames replayed: processed again by a later run over other offsets, the hours made again.
-        replayed = [{**r, "processed_at": "2026-11-21T09:00:00Z", "run_id": "replay"} for r in landed]
+        replayed = [replace(r, processed_at="2026-11-21T09:00:00Z", run_id="replay") for r in landed]
         land(store, replayed, "frames-0-500-600")
         materialize([hourly_tables, alerts], *RANGE, resources, instance)
         assert stored_alerts(storage) == first

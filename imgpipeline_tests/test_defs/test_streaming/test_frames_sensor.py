@@ -88,7 +88,7 @@ def test_sensor_batches_a_backlog_into_ranges(kafka):
 
 @pytest.mark.integration
 def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=3, settle_s=0.5)
+    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=4, settle_s=1.5)
     with fresh_instance() as instance:
         quiet = tick(kafka, instance, policy)  # watches, sees nothing
         assert not quiet.run_requests
