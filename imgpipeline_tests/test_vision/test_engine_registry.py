@@ -9,6 +9,7 @@ import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.fetch import sample
+from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.ingest.messages import frame_key
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 from imgpipeline.resources.settings import env_name
@@ -47,8 +48,8 @@ def detected_in_a_run(tmp_path, detector: DetectorResource) -> dict:
     return record
 
 
-def identity_of(record: dict) -> dict:
-    return {name: record[name] for name in ("model", "model_sha256", "engine", "precision")}
+def identity_of(record: LandingRecord) -> dict:
+    return {name: getattr(record, name) for name in ("model", "model_sha256", "engine", "precision")}
 
 
 @pytest.mark.instance
@@ -56,13 +57,13 @@ def identity_of(record: dict) -> dict:
 def test_every_registered_engine_is_chosen_by_its_name_and_named_on_its_rows(tmp_path, name):
     detector = DetectorResource(engine=name)
     record = detected_in_a_run(tmp_path, detector)
-    assert record["status"] == "detected" and record["engine"] == name
+    assert record.status == "detected" and record.engine == name
     assert identity_of(record) == detector.load().identity.as_record()
     # An engine that runs a model names its file by sha256 and finds the bus; `noop` runs none.
-    runs_a_model = record["model_sha256"] != "none"
+    runs_a_model = record.model_sha256 != "none"
     if runs_a_model:
-        assert record["model_sha256"] == expected_sha256(detector.model_file()[0].name)
-    assert ("bus" in {d["class_name"] for d in record["detections"]}) == runs_a_model
+        assert record.model_sha256 == expected_sha256(detector.model_file()[0].name)
+    assert ("bus" in {d["class_name"] for d in record.detections}) == runs_a_model
 
 
 class OnnxInOpenCV(Engine):
@@ -125,7 +126,7 @@ def test_an_engine_registered_like_the_others_is_chosen_by_its_name_alone(regist
     # A real run with it names it on its rows.
     record = detected_in_a_run(tmp_path, resource)
     assert identity_of(record) == pool.identity.as_record()
-    assert "bus" in {d["class_name"] for d in record["detections"]}
+    assert "bus" in {d["class_name"] for d in record.detections}
 
     # It accepts only `default`, as it declared: other precisions are refused with the fix.
     monkeypatch.setenv(env_name(DetectorResource, "precision"), "bf16")

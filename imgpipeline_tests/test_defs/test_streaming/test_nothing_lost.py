@@ -287,8 +287,9 @@ def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
                                     status=dg.DagsterRunStatus.FAILURE)
 
         def tick(cursor=None):
-            return repair_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                         resources={"kafka": kafka, "storage": local}))
+            with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                         resources={"kafka": kafka, "storage": local}) as context:
+                return repair_sensor(context)
 
         seen = tick()
         assert seen.run_requests == []  # run retries get their time first

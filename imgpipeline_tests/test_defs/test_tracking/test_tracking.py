@@ -169,8 +169,8 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN]  # 11:00 continued other detections
 
         def sensor():
-            context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
-            requests = retrack_sensor(context)
+            with dg.build_sensor_context(instance=instance, resources={"storage": storage}) as context:
+                requests = retrack_sensor(context)
             return [r.partition_key for r in requests.run_requests]
 
         assert sensor() == ["2026-11-20-11:00"]
