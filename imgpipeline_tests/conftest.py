@@ -10,18 +10,22 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
-from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET, REGION
+from imgpipeline.services.mosquitto import Mosquitto, mosquitto_path
+from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET, REGION, S3Endpoint
 
 # Settings of the shell or a running `services up` that must not reach the tests.
 _ISOLATED = ("KAFKA_BOOTSTRAP_SERVERS", "IMGPIPELINE_STORAGE_URI", "AWS_ENDPOINT_URL",
              "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "IMGPIPELINE_FRAMES_TOPIC",
              "IMGPIPELINE_INSTANCE", "IMGPIPELINE_POSTGRES_URL")
 _saved: dict[str, str | None] = {}
+# Where the workers of a run spread over pytest-xdist workers share their broker and S3 endpoint.
+SHARED_ENV = "IMGPIPELINE_TEST_SHARED_SERVICES"
 
 
 def pytest_configure(config):
@@ -33,6 +37,9 @@ def pytest_configure(config):
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if spread_over_workers(config) and not hasattr(config, "workerinput"):
+        # The run's controller: a folder its workers share services in (they inherit the variable).
+        os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="imgpipeline-test-shared-")
     home = tempfile.mkdtemp(prefix="imgpipeline-test-home-")
     for name in ("IMGPIPELINE_HOME", *_ISOLATED):
         _saved[name] = os.environ.pop(name, None)
@@ -40,6 +47,16 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    shared = os.environ.get(SHARED_ENV)
+    if shared and not hasattr(config, "workerinput"):  # every worker is done: the shared services go
+        from imgpipeline.services import Postgres
+
+        LocalServices(Path(shared) / "state").down()
+        server = Postgres(Path(shared) / "postgres")
+        server.stop()
+        shutil.rmtree(server.data, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+        os.environ.pop(SHARED_ENV, None)
     shutil.rmtree(os.environ.get("IMGPIPELINE_HOME", ""), ignore_errors=True)
     for name, value in _saved.items():
         if value is None:
@@ -60,19 +77,25 @@ def instance_server(tmp_path_factory):
     if session_instance_kind() != "postgres":
         yield None
         return
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
-    server.start()
-    ports = server.ports
-    server.sql(ports, f"CREATE DATABASE {TEMPLATE}")
-    make_template(server.url(ports, TEMPLATE))
+    shared = os.environ.get(SHARED_ENV)
+    server = Postgres(Path(shared) / "postgres" if shared else tmp_path_factory.mktemp("postgres"))
+    with worker_lock("postgres"):  # the workers of a run share one server and its template
+        server.start()
+        ports = server.ports
+        made = server.workdir / "template-made"
+        if not made.exists():
+            server.sql(ports, f"CREATE DATABASE {TEMPLATE}")
+            make_template(server.url(ports, TEMPLATE))
+            made.touch()
     kind = env_name(InstanceSettings, "kind")
     os.environ[kind] = "postgres"
     SERVER.append(server)
     yield server
     SERVER.clear()
     os.environ.pop(kind, None)
-    server.stop()
-    shutil.rmtree(server.data, ignore_errors=True)
+    if not shared:  # else the run stops it once every worker is done
+        server.stop()
+        shutil.rmtree(server.data, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -91,18 +114,61 @@ def instance_database(request, instance_server, monkeypatch):
     drop_database(url)
 
 
+@contextmanager
+def worker_lock(name: str) -> Iterator[None]:
+    """Held by one worker of a run at a time (a no-op for a run without workers)."""
+    import fcntl
+
+    shared = os.environ.get(SHARED_ENV)
+    if not shared:
+        yield
+        return
+    with open(Path(shared) / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def spread_over_workers(config) -> bool:
+    """Whether this run spreads its tests over pytest-xdist workers."""
+    return config.pluginmanager.hasplugin("xdist") and bool(config.getoption("numprocesses", None))
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
-    """Kafka and S3 for the whole session; stopped (and checked gone) at the end."""
-    local = LocalServices(tmp_path_factory.mktemp("state"))
+    """Kafka, S3 and Mosquitto for the session. Workers of one run share the broker and the S3 endpoint
+    (every test has topics and a prefix of its own; the first worker that needs them starts them, the run
+    stops them when all are done) and each has a Mosquitto of its own (bridges subscribe to shared topic
+    filters). Tests that kill, freeze or reconfigure a service use `own_services`."""
+    shared = os.environ.get(SHARED_ENV)
+    if not shared:
+        local = LocalServices(tmp_path_factory.mktemp("state"))
+        local.up(log=lambda _msg: None)
+        yield local
+        local.down()
+        return
+    with worker_lock("services"):
+        local = LocalServices(Path(shared) / "state")
+        local.kafka.start()
+        local.s3.start()
+    local.mqtt = Mosquitto(tmp_path_factory.mktemp("mqtt"))
+    if mosquitto_path() is not None:
+        local.mqtt.start()
+    yield local
+    local.mqtt.stop()
+
+
+@pytest.fixture(scope="module")
+def own_services(tmp_path_factory):
+    """Kafka, S3 and Mosquitto of a module's own, for tests that kill, freeze or reconfigure them while
+    other tests go on with the session's."""
+    local = LocalServices(tmp_path_factory.mktemp("own-state"))
     local.up(log=lambda _msg: None)
     yield local
     local.down()
 
 
-@pytest.fixture
-def kafka(services) -> KafkaResource:
-    """The session broker with fresh frames and alerts topics (and their DLQs) for this test."""
+def fresh_topics(services) -> KafkaResource:
+    """The services' broker with fresh frames and alerts topics (and their DLQs)."""
     resource = KafkaResource(
         bootstrap_servers=services.kafka.address(services.kafka.ports),
         frames_topic=f"frames-{uuid.uuid4().hex[:8]}",
@@ -110,6 +176,12 @@ def kafka(services) -> KafkaResource:
     )
     resource.ensure_topics(partitions=2)
     return resource
+
+
+@pytest.fixture
+def kafka(services) -> KafkaResource:
+    """The session broker with fresh frames and alerts topics (and their DLQs) for this test."""
+    return fresh_topics(services)
 
 
 def s3_storage_resource(services, prefix: str | None = None) -> StorageResource:
@@ -130,13 +202,25 @@ def storage(request, tmp_path) -> StorageResource:
 
 
 @contextmanager
-def s3_user(services, denied: list[str]) -> Iterator[StorageResource]:
-    """Storage on the S3 endpoint as a user of its own, allowed everything but reading the `denied`
-    keys (patterns relative to a fresh root). Meanwhile the endpoint checks every request's signature
-    and permissions as AWS does (moto's IAM emulation), so the session's own login is refused."""
+def s3_user(denied: list[str]) -> Iterator[StorageResource]:
+    """Storage as a user of its own, allowed everything but reading the `denied` keys (patterns relative
+    to a fresh root), on an S3 endpoint of its own: meanwhile that endpoint checks every request's
+    signature and permissions as AWS does (moto's IAM emulation), which refuses any other login."""
+    with tempfile.TemporaryDirectory(prefix="imgpipeline-test-s3-") as folder:
+        endpoint = S3Endpoint(Path(folder))
+        endpoint.start()
+        try:
+            with _s3_user(endpoint.address(endpoint.ports), denied) as storage:
+                yield storage
+        finally:
+            endpoint.stop()
+
+
+@contextmanager
+def _s3_user(endpoint: str, denied: list[str]) -> Iterator[StorageResource]:
     import boto3
 
-    endpoint, prefix, user = services.s3.address(services.s3.ports), uuid.uuid4().hex[:8], uuid.uuid4().hex
+    prefix, user = uuid.uuid4().hex[:8], uuid.uuid4().hex
     iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=LOCAL_KEY_ID,
                        aws_secret_access_key=LOCAL_SECRET)
     iam.create_user(UserName=user)

@@ -22,6 +22,7 @@ from kafka import TopicPartition
 from imgpipeline.cli.fetch import sample
 from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource
+from imgpipeline_tests.conftest import fresh_topics
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
@@ -78,7 +79,15 @@ def counts(summary: str) -> tuple[int, int]:
     return tuple(int(summary.split(f"{word} ")[1].split(",")[0]) for word in ("sent", "failed"))
 
 
-def test_a_broker_frozen_past_the_delivery_timeout_loses_nothing(services, kafka, mqtt, tmp_path, started):
+@pytest.fixture
+def own_kafka(own_services):
+    """Fresh topics on a broker of this module's own: the test freezes it."""
+    return fresh_topics(own_services)
+
+
+def test_a_broker_frozen_past_the_delivery_timeout_loses_nothing(own_services, own_kafka, mqtt, tmp_path,
+                                                                   started):
+    services, kafka = own_services, own_kafka
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     env = {**os.environ, **TIMEOUTS, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic, "IMGPIPELINE_STORAGE_URI": storage.uri,

@@ -197,8 +197,8 @@ def test_a_store_that_ignores_put_if_absent_is_refused_and_replaces_nothing(serv
     assert "put-if-absent honoured" in honoured.stdout
 
 
-def test_an_object_the_store_refuses_alone_is_a_bad_object(services):
-    with s3_user(services, denied=["frames/denied.jpg"]) as resource:
+def test_an_object_the_store_refuses_alone_is_a_bad_object():
+    with s3_user(denied=["frames/denied.jpg"]) as resource:
         store = resource.open()
         for name in ("ok", "denied"):
             store.put(f"frames/{name}.jpg", name.encode())
@@ -214,7 +214,7 @@ def test_an_object_the_store_refuses_alone_is_a_bad_object(services):
 def test_a_store_that_refuses_every_read_is_no_object_s_fault(services):
     from botocore.exceptions import ClientError
 
-    with s3_user(services, denied=["*"]) as resource:
+    with s3_user(denied=["*"]) as resource:
         store = resource.open()
         store.put("frames/a.jpg", b"a")
         with pytest.raises(ClientError, match="AccessDenied"):
@@ -228,12 +228,12 @@ def test_a_store_that_refuses_every_read_is_no_object_s_fault(services):
         gone.get("frames/a.jpg")
 
 
-def test_a_kms_refusal_is_one_object_s_while_the_store_reads(services):
+def test_a_kms_refusal_is_one_object_s_while_the_store_reads():
     # moto keeps an object's KMS key id but never asks KMS on a read, so no read of it is refused: the
     # refusal's code is given here, and whether the store still reads is asked of the endpoint.
-    with s3_user(services, denied=[]) as resource:
+    with s3_user(denied=[]) as resource:
         assert resource.open().refused_alone("KMS.DisabledException", 400)
-    with s3_user(services, denied=["*"]) as resource:
+    with s3_user(denied=["*"]) as resource:
         assert not resource.open().refused_alone("KMS.DisabledException", 400)
         assert not resource.open().refused_alone("AccessDenied", 403)
 

@@ -22,10 +22,10 @@ from imgpipeline.resources import StorageResource
 from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
-from imgpipeline_tests.conftest import s3_storage_resource
+from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
 from imgpipeline_tests.pipeline import landing_records, produce, video_backlog
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.xdist_group("faults")]
 FRAMES = 300
 
 
@@ -82,8 +82,15 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(kafka, services, tmp_path, monkeypatch):
+def services(own_services):
+    """A broker and an S3 endpoint of this module's own: the tests kill and freeze them."""
+    return own_services
+
+
+@pytest.fixture
+def pipeline(services, tmp_path, monkeypatch):
     """`dagster dev` on a fresh topic and S3 prefix, 300 frames sent as runs of 100."""
+    kafka = fresh_topics(services)
     storage = s3_storage_resource(services)
     for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                         "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,

@@ -410,7 +410,7 @@ def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services
     """A key the store's policy denies and an archived object are their frames' errors; a store that
     refuses every read, or a bucket gone, fails the run: nothing lands, is dead-lettered or committed."""
     denied, archived = frame_key("cam9", WHEN, "denied"), frame_key("cam9", WHEN, "archived")
-    with s3_user(services, denied=[denied]) as storage:
+    with s3_user(denied=[denied]) as storage:
         store = storage.open()
         frames = [good_frame(store, name) for name in ("a", "denied", "archived", "b")]
         store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/{archived}",
@@ -427,7 +427,7 @@ def test_an_object_the_store_refuses_alone_is_that_frame_s_error(kafka, services
         assert reasons == {1: records["denied"].error, 2: records["archived"].error}
         assert committed(kafka) == 4
 
-    with s3_user(services, denied=["*"]) as storage:
+    with s3_user(denied=["*"]) as storage:
         store = storage.open()
         send(kafka, [good_frame(store, "c")])
         with fresh_instance() as instance:
