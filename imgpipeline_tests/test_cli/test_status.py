@@ -84,22 +84,24 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
         a_sent = time.time()  # cam-a's new frames reach the broker after this
         send(kafka, storage, tmp_path, "cam-a", 5)
         drain(kafka, storage, instance)
-        # Silent means longer than this without a frame: cam-a is GAP_S / 2 inside it, cam-b GAP_S / 2
-        # beyond it, however long the runs took; the three verdicts below take less than GAP_S / 2.
-        silent_min = f"{(time.time() - a_sent + GAP_S / 2) / 60:.4f}"
-        silent_env = {**env, "IMGPIPELINE_SOURCE_SILENT_MIN": silent_min}
-        code, out = status(silent_env, "--json")
+
+        def silent_after() -> str:
+            """Silent means longer than this without a frame, set before each verdict: cam-a is GAP_S / 2
+            inside it and cam-b GAP_S / 2 beyond it, however long the runs took (a verdict takes less)."""
+            return f"{(time.time() - a_sent + GAP_S / 2) / 60:.4f}"
+
+        code, out = status({**env, "IMGPIPELINE_SOURCE_SILENT_MIN": silent_after()}, "--json")
         report = json.loads(out)
         assert code == 1
         assert report["sources"]["cam-b"]["silent"] and not report["sources"]["cam-a"]["silent"]
         assert any(p.startswith("source cam-b silent for") for p in report["problems"])
         assert not any("cam-a" in p for p in report["problems"])
         assert report["runs"]["failed_24h"] == 1 and any("1 runs failed" in p for p in report["problems"])
-        code, text = status(silent_env)
+        code, text = status({**env, "IMGPIPELINE_SOURCE_SILENT_MIN": silent_after()})
         assert code == 1 and "SILENT" in text and "2 problems:" in text
 
         # The same verdict as a Dagster asset check, kept in the instance's history.
-        monkeypatch.setenv("IMGPIPELINE_SOURCE_SILENT_MIN", silent_min)
+        monkeypatch.setenv("IMGPIPELINE_SOURCE_SILENT_MIN", silent_after())
         job = dg.Definitions(asset_checks=[sources_fresh], jobs=[check_sources],
                              resources={"storage": storage}).resolve_job_def("check_sources")
         result = job.execute_in_process(instance=instance)
