@@ -25,7 +25,7 @@ from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
 from imgpipeline_tests.pipeline import landing_records, produce, video_backlog
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.xdist_group("faults")]
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
 FRAMES = 300
 
 
@@ -75,9 +75,11 @@ class Pipeline:
         doubled = sum(n - 1 for n in counts.values())
         with self.instance() as instance:
             runs = Counter(r.status.value for r in instance.get_runs(dg.RunsFilter(job_name="detect_frames")))
-        print(f"\n{what}: sent {len(self.sent)}, landed {len(set(counts) & set(self.sent))}, "
-              f"duplicated {doubled}, recovered {recovered:.1f} s after the fault; runs {dict(runs)}")
-        assert set(counts) == set(self.sent), f"{len(set(self.sent) - set(counts))} frames never landed"
+        figures = (f"{what}: sent {len(self.sent)}, landed {len(set(counts) & set(self.sent))}, "
+                   f"duplicated {doubled}, recovered {recovered:.1f} s after the fault; runs {dict(runs)}")
+        print(f"\n{figures}")
+        missing = len(set(self.sent) - set(counts))
+        assert not missing, f"{missing} frames never landed ({figures})"
         assert doubled == 0
 
 
