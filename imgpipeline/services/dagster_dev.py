@@ -31,7 +31,30 @@ class DagsterDev(LocalService):
         return f"http://127.0.0.1:{ports['port']}"
 
     def ready(self, ports: dict[str, int]) -> bool:
-        return bool(ports) and answers_http(self.address(ports) + "/server_info")
+        return (bool(ports) and answers_http(self.address(ports) + "/server_info")
+                and retries_armed(self.dagster_home))
+
+
+def retries_armed(home: Path) -> bool:
+    """Whether the daemon watches for failed runs, so that run retries can follow them.
+
+    Dagster's run-retry daemon starts, on an instance it has never run on, from the newest event of
+    its first tick: a run that failed before then (a worker killed in the first seconds of a fresh
+    `dagster dev`) would never be retried, only repaired minutes later by repair_sensor. `dagster dev`
+    counts as ready once that daemon has recorded where it reads from (at once on an instance it has
+    run on before), or straight away where the instance has run retries off.
+    """
+    from dagster._core.events import DagsterEventType
+
+    from imgpipeline.lib.instance import open_instance
+
+    key = f"EVENT_LOG_CONSUMER_CURSOR-{DagsterEventType.RUN_FAILURE.value}"
+    try:
+        with open_instance(home) as instance:
+            return not instance.run_retries_enabled or bool(
+                instance.daemon_cursor_storage.get_cursor_values({key}).get(key))
+    except Exception:  # the instance's storage not answering yet: not ready
+        return False
 
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pytest
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
 
 from imgpipeline.lib.instance import open_instance
 from imgpipeline.lib.launcher import PID_TAG
@@ -115,7 +116,10 @@ def test_a_run_worker_killed_mid_range(pipeline):
     fault_at = time.monotonic()
     pipeline.landed_exactly_once(fault_at, "run worker SIGKILL")
     with pipeline.instance() as instance:
-        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        killed = instance.get_run_by_id(run.run_id)
+    assert killed.status == dg.DagsterRunStatus.FAILURE
+    # Run retries took it up (`dagster dev` is ready only once they watch), not repair_sensor minutes later.
+    assert AUTO_RETRY_RUN_ID_TAG in killed.tags
 
 
 def test_the_daemon_killed_and_restarted_mid_run(pipeline):
