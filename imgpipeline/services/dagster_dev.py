@@ -45,10 +45,11 @@ def retries_armed(home: Path) -> bool:
     run on before), or straight away where the instance has run retries off.
     """
     from dagster._core.events import DagsterEventType
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import _create_cursor_key
 
     from imgpipeline.lib.instance import open_instance
 
-    key = f"EVENT_LOG_CONSUMER_CURSOR-{DagsterEventType.RUN_FAILURE.value}"
+    key = _create_cursor_key(DagsterEventType.RUN_FAILURE)  # the daemon's own name for its cursor
     try:
         with open_instance(home) as instance:
             return not instance.run_retries_enabled or bool(
