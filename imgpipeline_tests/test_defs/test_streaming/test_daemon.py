@@ -21,14 +21,16 @@ from imgpipeline_tests.pipeline import landing_files
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
-def wait_for(condition, timeout_s: float, what: str):
+def wait_for(condition, timeout_s: float, what: str, explain=None):
+    """condition()'s first true value within timeout_s; else fails, with what explain() says it saw."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(1)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    seen = f"; {explain()}" if explain else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{seen}")
 
 
 def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
+from imgpipeline.lib.instance import open_instance
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.services import LocalServices
@@ -42,6 +43,17 @@ def settled(storage: StorageResource, frames: int):
     return min(p.stat().st_mtime for p in counts) > max(p.stat().st_mtime for p in files["detections"])
 
 
+def runs_seen(dagster_home) -> str:
+    """The instance's runs, oldest first: job, status, hours and what asked for them."""
+    with open_instance(dagster_home) as instance:
+        runs = instance.get_runs()
+    return "runs: " + "; ".join(
+        f"{r.job_name} {r.status.value} {r.tags.get('dagster/asset_partition_range_start', '')}.."
+        f"{r.tags.get('dagster/asset_partition_range_end', r.tags.get('dagster/partition', ''))} "
+        f"{r.tags.get('dagster/sensor_name', r.tags.get('dagster/automation_condition', ''))}"
+        for r in reversed(runs))
+
+
 def snapshot(storage: StorageResource) -> dict:
     store = storage.open()
     found = {(t, h): from_parquet(store.get(TABLES[t].hour_key(h))) for t in HOURLY for h in HOURS}
@@ -67,7 +79,7 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
         FrameProducer(kafka, storage, "street-cam", ledger=Ledger(tmp_path / "sent")).send_all(
             iter(frames), progress=False)
         wait_for(lambda: settled(storage, len(frames)), 420, "detection, then the automation sensors' "
-                 "warehouse and tracking runs")
+                 "warehouse and tracking runs", explain=lambda: runs_seen(local.dagster.dagster_home))
     finally:
         local.dagster.stop()
 

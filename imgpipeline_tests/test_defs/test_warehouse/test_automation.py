@@ -1,4 +1,5 @@
-"""Late frames re-materialize the right hour without a person stepping in."""
+"""Late frames re-materialize the right hour without a person stepping in, and an update that lands
+while its hour is being made is made once more."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import pytest
 from dagster_duckdb import DuckDBResource
 
 from imgpipeline.cli.fetch import sample
+from imgpipeline.defs.partitions import hourly_partitions
 from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
+from imgpipeline.defs.tables import DETECTIONS, FRAMES, LANDING_ASSET, OBJECT_COUNTS, TRACKS
+from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
-from imgpipeline.resources import TrackingResource
+from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain
 
@@ -55,3 +59,52 @@ def test_landing_updates_request_their_hours_even_late(kafka, storage, tmp_path)
         drain(kafka, storage, instance)
         late = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
         assert requested_hours(late, "frames") == {"2026-11-19-07:00"}
+
+
+HOUR = "2026-11-20-10:00"
+
+
+def updated(instance, *keys: dg.AssetKey, hours=(HOUR,)) -> None:
+    for key in keys:
+        for hour in hours:
+            instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=hour))
+
+
+@pytest.mark.parametrize(("upstream", "targets"), [
+    ((LANDING_ASSET,), (FRAMES.key, DETECTIONS.key)),
+    ((FRAMES.key, DETECTIONS.key), (TRACKS.key, OBJECT_COUNTS.key)),
+], ids=["warehouse", "tracking"])
+def test_an_update_during_the_hours_run_asks_for_one_more(tmp_path, upstream, targets):
+    """The run in progress read its hour before the update: when it is done, the hour is made again,
+    once (Dagster's eager() would count the run's own materialization as having handled the update)."""
+    job = dg.define_asset_job("made", selection=list(targets), partitions_def=hourly_partitions)
+    defs = dg.Definitions(
+        assets=[kafka_frames, landing_metadata, hourly_tables, tracking_tables], jobs=[job],
+        resources={"storage": StorageResource(uri=tmp_path.as_uri()), "tracking": TrackingResource()},
+    )
+    with fresh_instance() as instance:
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+
+        def requested() -> set[str]:
+            nonlocal evaluation
+            evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                                           cursor=evaluation.cursor)
+            return {hour for key in targets for hour in evaluation.get_requested_partitions(key)}
+
+        updated(instance, *upstream)
+        first = requested()  # the hour, and for the counts the hours beside it too
+        assert HOUR in first
+        run = instance.create_run_for_job(
+            defs.resolve_job_def("made"), asset_selection=frozenset(targets),
+            tags={"dagster/asset_partition_range_start": min(first),
+                  "dagster/asset_partition_range_end": max(first)})
+        assert requested() == set()
+        updated(instance, *upstream)  # lands while the run is in progress: it waits for the run
+        assert requested() == set()
+        # The run writes what it read before the update, and ends.
+        updated(instance, *targets, hours=sorted(first))
+        instance.report_dagster_event(dg.DagsterEvent(
+            dg.DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name), run.run_id)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert requested() == first
+        assert requested() == set()  # once, not again and again
