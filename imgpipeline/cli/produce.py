@@ -13,8 +13,9 @@ from pathlib import Path
 from imgpipeline import ConfigError
 
 
-def frames_of(args):
-    """The frames the arguments name, and how many there will be (None when unknown)."""
+def frames_of(args, ledger):
+    """The frames the arguments name, and how many there will be (None when unknown). A video file's
+    frames start at --start-time, else where the ledger says this file's first run started."""
     from datetime import datetime
 
     from tqdm import tqdm
@@ -22,6 +23,7 @@ def frames_of(args):
     from imgpipeline.ingest.sources import (
         image_files,
         image_frames,
+        is_live,
         parse_size,
         video_frame_count,
         video_frames,
@@ -38,8 +40,10 @@ def frames_of(args):
             return watch_frames(folder, max_size=max_size), None
         return (image_frames(folder, args.source, sequential=args.sequential, max_size=max_size),
                 len(image_files(folder)))
-    start = datetime.fromisoformat(args.start_time) if args.start_time else None
     path = video_location(args.path)
+    start = datetime.fromisoformat(args.start_time) if args.start_time else None
+    if start is None and not is_live(path) and Path(path).is_file():
+        start = ledger.start_of(path)
     try:
         # A live stream's drops and reconnects are said above the progress bar.
         frames = video_frames(path, args.source, fps=args.fps, max_frames=args.max_frames,
@@ -81,7 +85,7 @@ def produce(args) -> int:
 
     kafka = KafkaResource.from_env()
     producer = FrameProducer(kafka, StorageResource.from_env(), args.source, inline=args.inline)
-    frames, total = frames_of(args)
+    frames, total = frames_of(args, producer.ledger)
     lost = None
     try:
         summary = producer.send_all(frames, total=total)

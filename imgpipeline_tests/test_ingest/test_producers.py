@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from kafka import TopicPartition
 
+from imgpipeline import ConfigError
 from imgpipeline.cli.fetch import sample
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, parse_size, video_frames, watch_frames
@@ -94,6 +95,23 @@ def test_cli_produce_prints_a_summary_and_sends_nothing_twice(kafka, tmp_path):
     assert message_count(kafka) == 2
     stored = sorted(p.name for p in (tmp_path / "store" / "frames" / "cam4").rglob("*.jpg"))
     assert stored == ["bus.jpg", "zidane.jpg"]
+
+
+def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_one(tmp_path):
+    video = tmp_path / "bikes.mp4"
+    video.write_bytes(sample("bikes.mp4").read_bytes())
+    ledger = Ledger(tmp_path / "producers" / "frames" / "cam.sent")
+    first = ledger.start_of(str(video))
+    assert abs((datetime.now(UTC) - first).total_seconds()) < 60
+    time.sleep(0.01)
+    assert Ledger(ledger.path).start_of(str(video)) == first  # a later run, a new process
+    os.utime(video, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file written again
+    assert Ledger(ledger.path).start_of(str(video)) > first
+    other = Ledger(tmp_path / "producers" / "frames" / "other.sent")
+    assert other.start_of(str(video)) != first  # each source its own
+    ledger.path.with_name("cam.sent.starts").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"cam\.sent\.starts.*delete it"):
+        Ledger(ledger.path).start_of(str(video))
 
 
 @pytest.mark.integration
