@@ -22,7 +22,7 @@ from imgpipeline.web import queries
 from imgpipeline.web.app import create_app
 from imgpipeline_tests.test_cli.street import DAY, make_street
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

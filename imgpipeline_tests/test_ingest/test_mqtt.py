@@ -32,7 +32,7 @@ from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
 
 def publisher(settings: MqttSettings):

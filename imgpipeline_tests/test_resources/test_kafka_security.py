@@ -17,7 +17,7 @@ from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
 
 @pytest.fixture(scope="module")

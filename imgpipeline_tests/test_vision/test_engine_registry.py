@@ -53,6 +53,7 @@ def identity_of(record: LandingRecord) -> dict:
 
 
 @pytest.mark.instance
+@pytest.mark.results
 @pytest.mark.parametrize("name", engines.names())
 def test_every_registered_engine_is_chosen_by_its_name_and_named_on_its_rows(tmp_path, name):
     detector = DetectorResource(engine=name)

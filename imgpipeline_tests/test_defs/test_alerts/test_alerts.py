@@ -24,7 +24,7 @@ from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, START, Z
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_defs.test_tracking.test_tracking import ELEVEN, TEN, land, materialize
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
 
 class Hook:

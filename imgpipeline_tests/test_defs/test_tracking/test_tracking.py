@@ -64,6 +64,7 @@ def scene():
     return landing_records(frames_of(things, START, 20, 5.0))
 
 
+@pytest.mark.results
 def test_tracks_continue_over_the_hour_and_rematerializing_changes_nothing(tmp_path):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     zones_file = tmp_path / "zones.yaml"
@@ -104,6 +105,7 @@ def test_tracks_continue_over_the_hour_and_rematerializing_changes_nothing(tmp_p
         assert store.list("warehouse/object_counts/dt=2026-11-20/hour=11/") == counts_before
 
 
+@pytest.mark.results
 def test_a_changed_zones_file_and_a_backfill_recount_history_beside_the_old_counts(tmp_path):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     zones_file = tmp_path / "zones.yaml"

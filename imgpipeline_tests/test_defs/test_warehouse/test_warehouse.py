@@ -28,7 +28,7 @@ from imgpipeline.vision.quality import decode_image, encode_jpeg
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
 
-pytestmark = pytest.mark.instance
+pytestmark = [pytest.mark.instance, pytest.mark.results]
 
 START = datetime(2026, 11, 20, 23, 59, 57, tzinfo=UTC)
 
