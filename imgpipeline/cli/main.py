@@ -73,7 +73,8 @@ def add_produce(commands) -> None:
                             "NAME (a camera login then stays off the command line)")
     video.add_argument("--fps", type=float, help="sample this many frames per second (default: all)")
     video.add_argument("--max-frames", type=int, help="stop after this many frames")
-    video.add_argument("--start-time", help="captured_at of the first frame (ISO 8601; default: now)")
+    video.add_argument("--start-time", help="captured_at of a video file's first frame (ISO 8601; "
+                       "default: the one its last run of the source used, else now)")
     for kind in (images, video):
         kind.add_argument("--source", required=True, help="source id, e.g. cam1 (the message key)")
         kind.add_argument("--max-size", metavar="WxH", help="shrink frames to fit, e.g. 1280x720")

@@ -15,7 +15,7 @@ from imgpipeline import ConfigError
 
 def frames_of(args, ledger):
     """The frames the arguments name, and how many there will be (None when unknown). A video file's
-    frames start at --start-time, else where the ledger says this file's first run started."""
+    frames start at --start-time, else where its last run of the source started (the ledger's)."""
     from datetime import datetime
 
     from tqdm import tqdm
@@ -42,8 +42,8 @@ def frames_of(args, ledger):
                 len(image_files(folder)))
     path = video_location(args.path)
     start = datetime.fromisoformat(args.start_time) if args.start_time else None
-    if start is None and not is_live(path) and Path(path).is_file():
-        start = ledger.start_of(path)
+    if not is_live(path) and Path(path).is_file():
+        start = ledger.start_of(path, start)
     try:
         # A live stream's drops and reconnects are said above the progress bar.
         frames = video_frames(path, args.source, fps=args.fps, max_frames=args.max_frames,

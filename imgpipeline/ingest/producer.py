@@ -7,6 +7,7 @@ already stored with the same sha256 is not uploaded again.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -67,11 +68,12 @@ class Ledger:
     def __contains__(self, item: tuple[str, str]) -> bool:
         return item in self.sent
 
-    def start_of(self, video: str) -> datetime:
-        """The capture time of a video file's first frame: now on its first run, the same on every
-        later run of the same file (path, size, modification time), so a frame sent again after a failed
-        delivery that Kafka did take has the same time, lands in the same hour and is a duplicate there
-        (a new time could put it in the next hour, counted twice)."""
+    def start_of(self, video: str, given: datetime | None = None) -> datetime:
+        """The capture time of a video file's first frame: `given` (and remembered), else the one its last
+        run of this source used (the same file: path, size, modification time), else now. A frame sent
+        again after a failed delivery that Kafka did take then has the same time, lands in the same hour
+        and is a duplicate there (a new time could put it in the next hour, counted twice)."""
+        import fcntl
         import hashlib
         import json
 
@@ -79,19 +81,24 @@ class Ledger:
         key = hashlib.sha256(f"{Path(video).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
         key = key.hexdigest()[:20]
         starts_file = self.path.with_name(self.path.name + ".starts")
-        try:
-            starts = json.loads(starts_file.read_text()) if starts_file.exists() else {}
-            known = {k: datetime.fromisoformat(v) for k, v in starts.items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"{starts_file} is not the video start times this producer wrote ({exc}): "
-                              "delete it, and re-runs of the videos it named start at a new time") from exc
-        if key not in known:
-            known[key] = datetime.fromisoformat(iso_utc(datetime.now(UTC)))  # as stored: to the ms
-            starts_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = starts_file.with_name(starts_file.name + ".partial")
-            partial.write_text(json.dumps({k: iso_utc(v) for k, v in known.items()}))
-            partial.replace(starts_file)
-        return known[key]
+        starts_file.parent.mkdir(parents=True, exist_ok=True)
+        # Two producers of the source at once (two files of one camera) each keep their file's start.
+        with open(starts_file.with_name(starts_file.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                starts = json.loads(starts_file.read_text()) if starts_file.exists() else {}
+                known = {k: datetime.fromisoformat(v) for k, v in starts.items()}
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"{starts_file} is not the video start times this producer wrote "
+                                  f"({exc}): delete it, and re-runs of the videos it named start at a new "
+                                  "time") from exc
+            if given is not None or key not in known:
+                # As stored: to the millisecond.
+                known[key] = datetime.fromisoformat(iso_utc(given or datetime.now(UTC)))
+                partial = starts_file.with_name(f"{starts_file.name}.{os.getpid()}.partial")
+                partial.write_text(json.dumps({k: iso_utc(v) for k, v in known.items()}))
+                partial.replace(starts_file)
+            return known[key]
 
     def add(self, items: list[tuple[str, str]]) -> None:
         if not items:

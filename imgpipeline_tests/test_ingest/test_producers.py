@@ -109,6 +109,21 @@ def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_on
     assert Ledger(ledger.path).start_of(str(video)) > first
     other = Ledger(tmp_path / "producers" / "frames" / "other.sent")
     assert other.start_of(str(video)) != first  # each source its own
+    given = datetime(2026, 11, 20, 10, 59, 55, tzinfo=UTC)  # --start-time: used, and kept for later runs
+    assert other.start_of(str(video), given) == given == Ledger(other.path).start_of(str(video))
+
+    # Producers of one source at once, each with a file of its own: every file keeps its start.
+    copies = [tmp_path / f"part-{i}.mp4" for i in range(8)]
+    for copy in copies:
+        copy.write_bytes(b"not decoded here")
+    starts: dict = {}
+    threads = [threading.Thread(target=lambda c=c: starts.update({c: Ledger(ledger.path).start_of(str(c))}))
+               for c in copies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(Ledger(ledger.path).start_of(str(c)) == starts[c] for c in copies)
     ledger.path.with_name("cam.sent.starts").write_text("{not json")
     with pytest.raises(ConfigError, match=r"cam\.sent\.starts.*delete it"):
         Ledger(ledger.path).start_of(str(video))
