@@ -54,6 +54,11 @@ class Outcome:
     permanent: bool = False  # sending it again fails the same way (too large; its key holds other bytes)
 
 
+# The video files of a source whose start a re-run finds (about 60 bytes each, the whole read per run): a
+# file re-run after 1000 newer ones starts at a new time.
+VIDEO_STARTS_KEPT = 1000
+
+
 class Ledger:
     """Frames this source has sent to this topic, one `frame_id sha256` line each."""
 
@@ -93,10 +98,12 @@ class Ledger:
                                   f"({exc}): delete it, and re-runs of the videos it named start at a new "
                                   "time") from exc
             if given is not None or key not in known:
+                known.pop(key, None)  # the newest last: the oldest files are forgotten first
                 # As stored: to the millisecond.
                 known[key] = datetime.fromisoformat(iso_utc(given or datetime.now(UTC)))
+                kept = list(known.items())[-VIDEO_STARTS_KEPT:]
                 partial = starts_file.with_name(f"{starts_file.name}.{os.getpid()}.partial")
-                partial.write_text(json.dumps({k: iso_utc(v) for k, v in known.items()}))
+                partial.write_text(json.dumps({k: iso_utc(v) for k, v in kept}))
                 partial.replace(starts_file)
             return known[key]
 

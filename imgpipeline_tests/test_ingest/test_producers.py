@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from kafka import TopicPartition
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.fetch import sample
+from imgpipeline.ingest import producer as producer_module
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, parse_size, video_frames, watch_frames
 
@@ -97,7 +99,7 @@ def test_cli_produce_prints_a_summary_and_sends_nothing_twice(kafka, tmp_path):
     assert stored == ["bus.jpg", "zidane.jpg"]
 
 
-def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_one(tmp_path):
+def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_one(tmp_path, monkeypatch):
     video = tmp_path / "bikes.mp4"
     video.write_bytes(sample("bikes.mp4").read_bytes())
     ledger = Ledger(tmp_path / "producers" / "frames" / "cam.sent")
@@ -124,6 +126,15 @@ def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_on
     for thread in threads:
         thread.join()
     assert all(Ledger(ledger.path).start_of(str(c)) == starts[c] for c in copies)
+    # Bounded: the newest files of the source are kept, the oldest forgotten first.
+    monkeypatch.setattr(producer_module, "VIDEO_STARTS_KEPT", 3)
+    bounded = Ledger(tmp_path / "producers" / "frames" / "bounded.sent")
+    kept = {c: bounded.start_of(str(c)) for c in copies[:4]}
+    assert len(json.loads(bounded.path.with_name("bounded.sent.starts").read_text())) == 3
+    assert all(bounded.start_of(str(c)) == kept[c] for c in copies[1:4])
+    time.sleep(0.01)
+    assert bounded.start_of(str(copies[0])) > kept[copies[0]]  # forgotten: a new start
+
     ledger.path.with_name("cam.sent.starts").write_text("{not json")
     with pytest.raises(ConfigError, match=r"cam\.sent\.starts.*delete it"):
         Ledger(ledger.path).start_of(str(video))
