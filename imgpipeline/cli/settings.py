@@ -10,6 +10,7 @@ from imgpipeline.paths import environment
 
 def setting_models() -> list:
     """Every model whose fields are settings (resources and small settings models)."""
+    from imgpipeline.defs.automation import AutomationPolicy
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.health import SourcePolicy
@@ -25,7 +26,7 @@ def setting_models() -> list:
     from imgpipeline.resources.mqtt import MqttSettings
 
     return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
-            TrackingResource, AlertsResource, MqttSettings, Calendar, InstanceSettings]
+            TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, InstanceSettings]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

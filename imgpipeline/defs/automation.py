@@ -1,8 +1,23 @@
 """When the hourly assets are made: the automation conditions the domains share."""
 
 import dagster as dg
+from pydantic import BaseModel, ConfigDict
+
+from imgpipeline.resources.settings import FromEnv, setting
 
 AC = dg.AutomationCondition
+
+
+class AutomationPolicy(FromEnv, BaseModel):
+    """How often the domains' automation sensors look at their assets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: int = setting(
+        "IMGPIPELINE_AUTOMATION_INTERVAL_S", 30,
+        "seconds between evaluations of the warehouse, tracking and alerts automation sensors: an hour's "
+        "tables follow its new frames this much later at most, each evaluation reading the hours' records",
+        ge=1)
 
 # Like eager(), for every hour: a dependency updated since the target was last requested, or the target
 # newly missing. eager() counts an update as handled once the target is requested *or updated*, so an
@@ -29,8 +44,8 @@ on_detections_update = (_updated_since_requested & _when_nothing_in_progress).wi
 
 
 def automation_sensor(name: str, *keys: dg.AssetKey) -> dg.AutomationConditionSensorDefinition:
-    """The sensor that evaluates the conditions of a domain's assets, every 30 s."""
+    """The sensor that evaluates the conditions of a domain's assets (every 30 s by default)."""
     return dg.AutomationConditionSensorDefinition(
         name, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=AutomationPolicy.from_env().interval_s,
     )

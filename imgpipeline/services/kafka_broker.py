@@ -253,8 +253,11 @@ class KafkaBroker(LocalService):
         ])
 
     def _java(self, classpath: str) -> list[str]:
+        # A broker for one machine's frames: the quick compiler only and the serial collector start it in
+        # half the CPU time and half the wait of the JVM's server defaults (C2, G1), and it idles cheaper.
         return [
-            shutil.which("java") or "java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC",
+            shutil.which("java") or "java", "-Xms64m", "-Xmx512m", "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
             "-cp", classpath,

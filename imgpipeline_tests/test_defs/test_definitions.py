@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 
 def validate(env_overrides: dict) -> subprocess.CompletedProcess:
@@ -45,3 +46,19 @@ def test_the_daily_schedules_ask_for_the_day_before():
             repository_def=repository, scheduled_execution_time=datetime(2026, 12, 1, 0, 45, tzinfo=UTC))
         [request] = repository.get_schedule_def(name).evaluate_tick(context).run_requests
         assert (request.partition_key, request.run_key) == ("2026-11-30", "2026-11-30"), name
+
+
+def test_the_automation_sensors_look_as_often_as_the_setting_says(monkeypatch):
+    from imgpipeline import ConfigError
+    from imgpipeline.definitions import defs
+    from imgpipeline.defs.automation import automation_sensor
+    from imgpipeline.defs.tables import FRAMES
+
+    sensors = {s.name: s.minimum_interval_seconds for s in defs.get_repository_def().sensor_defs
+               if isinstance(s, dg.AutomationConditionSensorDefinition)}
+    assert sensors == {"warehouse_automation": 30, "tracking_automation": 30, "alerts_automation": 30}
+    monkeypatch.setenv("IMGPIPELINE_AUTOMATION_INTERVAL_S", "5")
+    assert automation_sensor("fresher", FRAMES.key).minimum_interval_seconds == 5
+    monkeypatch.setenv("IMGPIPELINE_AUTOMATION_INTERVAL_S", "0")
+    with pytest.raises(ConfigError, match="IMGPIPELINE_AUTOMATION_INTERVAL_S"):
+        automation_sensor("never", FRAMES.key)

@@ -69,7 +69,8 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
     for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                         "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
                         "IMGPIPELINE_STORAGE_URI": storage.uri,
-                        "IMGPIPELINE_SENSOR_INTERVAL_S": "1", "IMGPIPELINE_HOME": str(tmp_path),
+                        "IMGPIPELINE_SENSOR_INTERVAL_S": "1", "IMGPIPELINE_AUTOMATION_INTERVAL_S": "5",
+                        "IMGPIPELINE_HOME": str(tmp_path),
                         "IMGPIPELINE_ZONES_FILE": zones_file}.items():
         monkeypatch.setenv(name, value)
     local = LocalServices(tmp_path / ".imgpipeline")
