@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,6 @@ from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
 from imgpipeline.services.mosquitto import Mosquitto, mosquitto_path
 from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET, REGION, S3Endpoint
-from imgpipeline_tests.instances import session_instance_kind
 
 # Settings of the shell or a running `services up` that must not reach the tests.
 _ISOLATED = ("KAFKA_BOOTSTRAP_SERVERS", "IMGPIPELINE_STORAGE_URI", "AWS_ENDPOINT_URL",
@@ -66,43 +66,30 @@ def pytest_unconfigure(config):
             os.environ[name] = value
 
 
-def pytest_generate_tests(metafunc):
-    """With IMGPIPELINE_TEST_INSTANCE=both, each test that keeps runs, events or cursors in an instance
-    (marked `instance`, less `edge` and `results`) runs on SQLite files and again on PostgreSQL."""
-    from imgpipeline_tests.instances import BOTH, on_both
-
-    if session_instance_kind() == "both" and on_both(metafunc.definition):
-        metafunc.fixturenames.append("instance_kind")
-        metafunc.parametrize("instance_kind", BOTH)
-
-
 def pytest_collection_modifyitems(config, items):
-    """Files with tests that keep an instance first (they start daemons and runs: the longest tests), then
-    those that need the broker, then the rest. `.ci/run`'s workers take files in this order; a long file
-    taken last would leave the other worker idle while it runs."""
-    rank = {}
+    """The files whose tests are marked `long` first, the most minutes first, then the rest by their
+    number of tests (as pytest-xdist orders them): `.ci/run`'s PostgreSQL pass takes them in this order
+    (`--no-loadscope-reorder`), so that no long test is left for last while the other worker idles."""
+    minutes, count = Counter(), Counter()
     for item in items:
-        key = item.nodeid.split("::")[0]
-        marks = {mark.name for mark in item.iter_markers()}
-        rank[key] = min(rank.get(key, 2), 0 if "instance" in marks else 1 if "integration" in marks else 2)
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+        path = item.nodeid.split("::")[0]
+        count[path] += 1
+        minutes[path] += sum(mark.args[0] for mark in item.iter_markers("long"))
+    items.sort(key=lambda item: (-minutes[item.nodeid.split("::")[0]], -count[item.nodeid.split("::")[0]]))
 
 
-@pytest.fixture
-def instance_kind() -> str:
-    """Where this test's Dagster instance keeps its runs: `sqlite` or `postgres` (IMGPIPELINE_TEST_INSTANCE;
-    with `both`, tests marked `instance` are parametrized over the two and the rest run on SQLite)."""
-    kind = session_instance_kind()
-    return "sqlite" if kind == "both" else kind
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def instance_server(tmp_path_factory):
-    """A PostgreSQL server for the session (the launcher of `imgpipeline services up --instance
-    postgres`), started by the first test that needs it, shared by the workers of a run."""
+    """With IMGPIPELINE_TEST_INSTANCE=postgres: a PostgreSQL server for the session (the launcher of
+    `imgpipeline services up --instance postgres`), every Dagster instance of the tests on it."""
+    from imgpipeline.lib.instance import InstanceSettings
+    from imgpipeline.resources.settings import env_name
     from imgpipeline.services import Postgres
-    from imgpipeline_tests.instances import SERVER, TEMPLATE, make_template
+    from imgpipeline_tests.instances import SERVER, TEMPLATE, make_template, session_instance_kind
 
+    if session_instance_kind() != "postgres":
+        yield None
+        return
     shared = os.environ.get(SHARED_ENV)
     server = Postgres(Path(shared) / "postgres" if shared else tmp_path_factory.mktemp("postgres"))
     with worker_lock("postgres"):  # the workers of a run share one server and its template
@@ -113,30 +100,25 @@ def instance_server(tmp_path_factory):
             server.sql(ports, f"CREATE DATABASE {TEMPLATE}")
             make_template(server.url(ports, TEMPLATE))
             made.touch()
+    kind = env_name(InstanceSettings, "kind")
+    os.environ[kind] = "postgres"
     SERVER.append(server)
     yield server
     SERVER.clear()
+    os.environ.pop(kind, None)
     if not shared:  # else the run stops it once every worker is done
         server.stop()
         shutil.rmtree(server.data, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
-def instance_database(request, instance_kind, monkeypatch):
-    """On PostgreSQL, every Dagster instance of the test is on the session's server, and a test marked
-    `instance` has a database of its own, a copy of the template's tables. Other tests get none: one
-    that opened an instance unmarked would fail, not pass on SQLite."""
-    from imgpipeline.lib.instance import InstanceSettings, url_env
-    from imgpipeline.resources.settings import env_name
-
-    if instance_kind != "postgres":
+def instance_database(request, instance_server, monkeypatch):
+    """On PostgreSQL, each test marked `instance` has a database of its own, a copy of the template's
+    tables. Other tests get none: one that opened an instance unmarked would fail, not pass on SQLite."""
+    if instance_server is None or request.node.get_closest_marker("instance") is None:
         yield None
         return
-    request.getfixturevalue("instance_server")
-    monkeypatch.setenv(env_name(InstanceSettings, "kind"), "postgres")
-    if request.node.get_closest_marker("instance") is None:
-        yield None
-        return
+    from imgpipeline.lib.instance import url_env
     from imgpipeline_tests.instances import drop_database, new_database
 
     url = new_database()

@@ -1,8 +1,7 @@
 """The Dagster instance tests run on: SQLite files (the default), or the session's PostgreSQL server when
-`IMGPIPELINE_TEST_INSTANCE=postgres` (with `both`, as `.ci/run` does, the tests marked `instance` run on
-each): on PostgreSQL each test has a database of its own (the URL in the environment, for `dagster`
-processes it starts), and so does each instance `fresh_instance()` opens, copies of a template with the
-instance's tables."""
+`IMGPIPELINE_TEST_INSTANCE=postgres` (`.ci/run` runs the tests marked `instance` that way too): each
+test has a database of its own (the URL in the environment, for `dagster` processes it starts), and so
+does each instance `fresh_instance()` opens, copies of a template with the instance's tables."""
 
 from __future__ import annotations
 
@@ -21,22 +20,11 @@ TEMPLATE = "dagster_template"
 SERVER = []
 
 
-BOTH = ("sqlite", "postgres")
-
-
 def session_instance_kind() -> str:
-    """sqlite (the default), postgres, or both (tests marked `instance` on each, `.ci/run`'s way)."""
     kind = os.environ.get(TEST_INSTANCE_ENV, "sqlite").strip().lower() or "sqlite"
-    if kind not in (*BOTH, "both"):
-        raise ValueError(f"{TEST_INSTANCE_ENV}={kind!r}: use sqlite, postgres or both")
+    if kind not in ("sqlite", "postgres"):
+        raise ValueError(f"{TEST_INSTANCE_ENV}={kind!r}: use sqlite or postgres")
     return kind
-
-
-def on_both(item) -> bool:
-    """Whether a test runs on both instance storages under `both`: it keeps runs, events or cursors in
-    an instance (`instance`), and what it proves depends on where (not `edge`, not `results`)."""
-    return item.get_closest_marker("instance") is not None and not any(
-        item.get_closest_marker(name) for name in ("edge", "results"))
 
 
 def on_postgres() -> bool:

@@ -46,6 +46,7 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.long(1)
 def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp_path, monkeypatch):
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
     storage = StorageResource(uri=(tmp_path / "store").as_uri())

@@ -38,6 +38,7 @@ rules:
 """
 
 
+@pytest.mark.long(1)
 def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kafka, services):
     hook = Hook(failures=0)
     (tmp_path / "zones.yaml").write_text(ZONES)

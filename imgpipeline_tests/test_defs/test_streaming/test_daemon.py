@@ -33,6 +33,7 @@ def wait_for(condition, timeout_s: float, what: str, explain=None):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{seen}")
 
 
+@pytest.mark.long(0.75)
 def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)

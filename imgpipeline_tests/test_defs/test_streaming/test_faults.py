@@ -26,7 +26,7 @@ from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
 from imgpipeline_tests.pipeline import landing_records, produce, video_backlog
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.long(1.2)]
 FRAMES = 300
 
 

@@ -49,6 +49,7 @@ def overlap(a: dg.RunRecord, b: dg.RunRecord) -> bool:
     return a.start_time < b.end_time and b.start_time < a.end_time
 
 
+@pytest.mark.long(1.5)
 def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_path, monkeypatch):
     kafka = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
                           frames_topic=f"frames-fair-{tmp_path.name[-8:]}")

@@ -46,6 +46,7 @@ def tables(storage: StorageResource) -> dict[str, object]:
             for key in sorted(store.list("warehouse/"))}
 
 
+@pytest.mark.long(1)
 def test_a_killed_backfill_run_again_equals_an_unbroken_one(tmp_path):
     zones_file = tmp_path / "zones.yaml"
     zones_file.write_text(ZONES % (320, 320))

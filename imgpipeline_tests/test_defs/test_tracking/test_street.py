@@ -63,6 +63,7 @@ def snapshot(storage: StorageResource) -> dict:
     return found
 
 
+@pytest.mark.long(3)
 def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeypatch):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     zones_file = str(PACKAGE_DIR.parent / "zones.yaml")
