@@ -19,6 +19,7 @@ class AutomationPolicy(FromEnv, BaseModel):
         "tables follow its new frames this much later at most, each evaluation reading the hours' records",
         ge=1)
 
+
 # Like eager(), for every hour: a dependency updated since the target was last requested, or the target
 # newly missing. eager() counts an update as handled once the target is requested *or updated*, so an
 # update that lands while the target's own run is in progress (that run read the data before it) is

@@ -62,8 +62,8 @@ VIDEO_STARTS_KEPT = 1000
 class Ledger:
     """Frames this source has sent to this topic, one `frame_id sha256` line each."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, starts_kept: int = VIDEO_STARTS_KEPT):
+        self.path, self.starts_kept = path, starts_kept
         self.sent: set[tuple[str, str]] = set()
         if path.exists():
             for line in path.read_text().splitlines():
@@ -101,7 +101,7 @@ class Ledger:
                 known.pop(key, None)  # the newest last: the oldest files are forgotten first
                 # As stored: to the millisecond.
                 known[key] = datetime.fromisoformat(iso_utc(given or datetime.now(UTC)))
-                kept = list(known.items())[-VIDEO_STARTS_KEPT:]
+                kept = list(known.items())[-self.starts_kept:]
                 partial = starts_file.with_name(f"{starts_file.name}.{os.getpid()}.partial")
                 partial.write_text(json.dumps({k: iso_utc(v) for k, v in kept}))
                 partial.replace(starts_file)

@@ -15,7 +15,6 @@ from kafka import TopicPartition
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.fetch import sample
-from imgpipeline.ingest import producer as producer_module
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, parse_size, video_frames, watch_frames
 
@@ -99,7 +98,7 @@ def test_cli_produce_prints_a_summary_and_sends_nothing_twice(kafka, tmp_path):
     assert stored == ["bus.jpg", "zidane.jpg"]
 
 
-def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_one(tmp_path, monkeypatch):
+def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_one(tmp_path):
     video = tmp_path / "bikes.mp4"
     video.write_bytes(sample("bikes.mp4").read_bytes())
     ledger = Ledger(tmp_path / "producers" / "frames" / "cam.sent")
@@ -127,8 +126,7 @@ def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_on
         thread.join()
     assert all(Ledger(ledger.path).start_of(str(c)) == starts[c] for c in copies)
     # Bounded: the newest files of the source are kept, the oldest forgotten first.
-    monkeypatch.setattr(producer_module, "VIDEO_STARTS_KEPT", 3)
-    bounded = Ledger(tmp_path / "producers" / "frames" / "bounded.sent")
+    bounded = Ledger(tmp_path / "producers" / "frames" / "bounded.sent", starts_kept=3)
     kept = {c: bounded.start_of(str(c)) for c in copies[:4]}
     assert len(json.loads(bounded.path.with_name("bounded.sent.starts").read_text())) == 3
     assert all(bounded.start_of(str(c)) == kept[c] for c in copies[1:4])
