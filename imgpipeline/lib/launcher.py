@@ -183,6 +183,31 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
             self._server.close()
 
 
+def fail_orphaned_starts(instance: dg.DagsterInstance) -> list[str]:
+    """Fail the runs left starting by a daemon that is gone, so run retries launch them again now.
+
+    Dagster's run monitoring asks the launcher about started runs only: a run whose forked worker died
+    before it reported its start (the daemon killed with its fork server and runs) would wait the whole
+    start timeout (`run_monitoring.start_timeout_seconds`, 180 s) before it is retried. Called before a
+    daemon starts; a run whose worker is still running, or that has no worker yet, is left alone. The
+    ids of the runs failed."""
+    from dagster._core.launcher import WorkerStatus
+
+    launcher = instance.run_launcher
+    if not isinstance(launcher, ForkingRunLauncher):
+        return []
+    failed = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING])):
+        if PID_TAG not in run.tags:
+            continue
+        health = launcher.check_run_worker_health(run)
+        if health.status == WorkerStatus.FAILED:
+            instance.report_run_failed(run, f"Run never started: {health.msg}, with the daemon that "
+                                       "launched it.")
+            failed.append(run.run_id)
+    return failed
+
+
 class ForkServerClient:
     """The daemon's side of the fork server: one request line, one reply line."""
 

@@ -34,6 +34,17 @@ class DagsterDev(LocalService):
         return (bool(ports) and answers_http(self.address(ports) + "/server_info")
                 and retries_armed(self.dagster_home))
 
+    def prepare(self, ports: dict[str, int]) -> None:
+        """Runs a killed daemon left starting fail at once (and are retried), not after the start timeout."""
+        from imgpipeline.lib.instance import open_instance
+        from imgpipeline.lib.launcher import fail_orphaned_starts
+
+        try:
+            with open_instance(self.dagster_home) as instance:
+                fail_orphaned_starts(instance)
+        except Exception:  # noqa: BLE001 - storage not answering: `dagster dev` says so itself; the timeout stays
+            pass
+
 
 def retries_armed(home: Path) -> bool:
     """Whether the daemon watches for failed runs, so that run retries can follow them.

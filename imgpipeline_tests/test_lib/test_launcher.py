@@ -215,3 +215,52 @@ def test_a_worker_on_another_host_or_a_reused_pid_is_not_alive(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_runs_a_killed_daemon_left_starting_fail_when_it_starts_again(tmp_path, monkeypatch):
+    """A daemon killed with its fork server and runs leaves runs STARTING whose worker never reported
+    its start; Dagster's run monitoring would wait its start timeout (180 s) for them. `dagster dev`
+    fails them as it starts again, so run retries launch them at once; a run whose worker is alive, or
+    that has no worker yet, is left starting."""
+    import socket
+    import subprocess
+
+    from dagster._core.test_utils import create_run_for_test
+
+    from imgpipeline.lib.instance import open_instance
+    from imgpipeline.lib.launcher import HOST_TAG, STARTED_TAG
+    from imgpipeline.services import LocalServices
+    from imgpipeline.services.dagster_dev import dagster_home
+    from imgpipeline.services.process import started_at
+
+    monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
+    here = socket.gethostname()
+    gone = subprocess.Popen(["sleep", "0"])
+    gone_started = started_at(gone.pid)
+    gone.wait()
+    living = subprocess.Popen(["sleep", "300"])
+    cases = {
+        "worker gone": {PID_TAG: str(gone.pid), HOST_TAG: here, STARTED_TAG: f"{gone_started:.2f}"},
+        "worker alive": {PID_TAG: str(living.pid), HOST_TAG: here,
+                         STARTED_TAG: f"{started_at(living.pid):.2f}"},
+        "no worker yet": {},
+    }
+    local = LocalServices(tmp_path / ".imgpipeline")
+    dagster_home(local.state)  # as `up_ui` makes it before it starts `dagster dev`
+    try:
+        with open_instance(local.dagster.dagster_home) as instance:
+            assert type(instance.run_launcher).__name__ == "ForkingRunLauncher"
+            runs = {name: create_run_for_test(instance, job_name="detect_frames", tags=tags,
+                                              status=dg.DagsterRunStatus.STARTING)
+                    for name, tags in cases.items()}
+        local.dagster.prepare({})
+        with open_instance(local.dagster.dagster_home) as instance:
+            status = {name: instance.get_run_by_id(run.run_id).status for name, run in runs.items()}
+            failure = instance.all_logs(runs["worker gone"].run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    finally:
+        living.kill()
+        living.wait()
+    starting = dg.DagsterRunStatus.STARTING
+    assert status == {"worker gone": dg.DagsterRunStatus.FAILURE, "worker alive": starting,
+                      "no worker yet": starting}
+    assert len(failure) == 1 and f"run worker {gone.pid} is gone" in failure[0].message
