@@ -12,18 +12,28 @@ message, which the warehouse keeps once.
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from imgpipeline import ConfigError
 from imgpipeline.ingest.messages import FRAME_ID, iso_utc, parse_time, sha256_hex
-from imgpipeline.ingest.producer import Frame, FrameProducer, ledger_for
+from imgpipeline.ingest.producer import (
+    Frame,
+    FrameProducer,
+    append_lines,
+    day_of,
+    ledger_for,
+    modified_day,
+    read_day_lines,
+)
 
+# A journal time as iso_utc writes it, whole.
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?\Z")
 # After a batch some of which Kafka did not take, the bridge connects again after this pause, doubled
 # while it goes on failing.
@@ -43,26 +53,39 @@ def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
 
 
 class Journal:
-    """The capture time first given to each frame id, appended before the frame is sent."""
+    """The capture time first given to each frame id, appended before the frame is sent: a file per UTC day
+    of first capture in `<path>.days/`. Only the last `days` days are read (at start, and as days pass),
+    so start-up and memory do not grow with history; a message delivered again after them is a new frame
+    with a new time. A journal of one file (`<path>`, written before it was kept by day) is read while it
+    was last written within those days."""
 
-    def __init__(self, path):
-        self.path, self.times = path, {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                frame_id, _, when = line.partition(" ")
-                if when:
-                    self.times[frame_id] = when
+    def __init__(self, path: Path, days: int = 7):
+        self.path, self.days = path, days
+        self.days_dir = path.with_name(path.name + ".days")
+        self.times: dict[str, str] = {}
+        self._window: tuple[str, ...] = ()
 
     def captured(self, frame_id: str) -> datetime:
+        now = datetime.now(UTC)
+        self._read_window(now)
         when = self.times.get(frame_id)
         if when is None:
-            when = self.times[frame_id] = iso_utc(datetime.now(UTC))
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as handle:
-                handle.write(f"{frame_id} {when}\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            when = self.times[frame_id] = iso_utc(now)
+            append_lines(self.days_dir / day_of(now), [f"{frame_id} {when}"], sync=True)
         return parse_time(when)
+
+    def _read_window(self, now: datetime) -> None:
+        """The journal's days in memory: read again when the day changes (the oldest day dropped)."""
+        window = tuple(day_of(now - timedelta(days=n)) for n in range(self.days))
+        if window == self._window:
+            return
+        self._window, self.times = window, {}
+        files = [self.days_dir / day for day in reversed(window)]
+        if self.path.is_file() and modified_day(self.path) >= window[-1]:
+            files.insert(0, self.path)
+        for file in files:
+            for frame_id, when in read_day_lines(file, ISO_UTC):
+                self.times.setdefault(frame_id, when)
 
 
 @dataclass
@@ -256,7 +279,7 @@ class MqttBridge:
         frame_id = f"{source}-{digest[:20]}"
         if source not in self.journals:
             self.journals[source] = Journal(ledger_for(self.kafka.frames_topic, source).path
-                                            .with_suffix(".captured"))
+                                            .with_suffix(".captured"), days=self.settings.journal_days)
         captured = self.journals[source].captured(frame_id)
         return source, Frame(frame_id, message.payload, captured, width, height)
 

@@ -8,6 +8,7 @@ already stored with the same sha256 is not uploaded again.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -59,19 +60,105 @@ class Outcome:
 VIDEO_STARTS_KEPT = 1000
 
 
+# The capture days of frames a producer keeps in memory: a live source looks up today (and yesterday
+# around midnight); a day looked up again after it was dropped is read again from its file.
+DAYS_IN_MEMORY = 3
+
+
+def day_of(moment: datetime) -> str:
+    """The UTC day of a capture time, as the ledger's and journal's day files are named."""
+    return moment.astimezone(UTC).date().isoformat()
+
+
+def modified_day(path: Path) -> str:
+    """The UTC day a file was last written."""
+    return day_of(datetime.fromtimestamp(path.stat().st_mtime, UTC))
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def read_day_lines(path: Path, value: re.Pattern) -> list[tuple[str, str]]:
+    """The `key value` lines of a day file whose value is whole (matches `value`): a line cut short by a
+    kill mid-append is left out (its frame is sent again, and landing keeps it once)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [(key, found) for key, _, found in (line.partition(" ") for line in text.splitlines())
+            if key and value.match(found)]
+
+
+def append_lines(path: Path, lines: list[str], sync: bool = False) -> None:
+    """Append whole lines to a day file; after a line cut short by a kill, on lines of their own (the cut one
+    is left out when read: its value is not whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as handle:
+        cut = handle.tell() > 0 and (handle.seek(-1, os.SEEK_END) or handle.read(1)) != b"\n"
+        handle.write(("\n" if cut else "").encode() + "".join(f"{line}\n" for line in lines).encode())
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 class Ledger:
-    """Frames this source has sent to this topic, one `frame_id sha256` line each."""
+    """Frames this source has sent to this topic: a file per capture day (UTC) in `<path>.days/`, one
+    `frame_id sha256` line per frame, appended after Kafka acknowledged it.
+
+    Nothing is read at start: a day's file is read when a frame captured that day is first looked up, and
+    at most `DAYS_IN_MEMORY` days are held (the least recently used dropped first), so start-up and memory
+    stay flat however long the source has been sending. A ledger of one file (`<path>`, written before the
+    ledger was kept by day) is read only for frames captured on or before the day it was last written.
+    """
 
     def __init__(self, path: Path, starts_kept: int = VIDEO_STARTS_KEPT):
         self.path, self.starts_kept = path, starts_kept
-        self.sent: set[tuple[str, str]] = set()
-        if path.exists():
-            for line in path.read_text().splitlines():
-                frame_id, _, digest = line.partition(" ")
-                self.sent.add((frame_id, digest))
+        self.days_dir = path.with_name(path.name + ".days")
+        self._days: dict[str, set[tuple[str, str]]] = {}  # insertion order: least recently used first
+        self._legacy: set[tuple[str, str]] | None = None
+        self._legacy_written: str | None = None  # the day the one-file ledger was last written; "": none
 
-    def __contains__(self, item: tuple[str, str]) -> bool:
-        return item in self.sent
+    def has(self, frame_id: str, digest: str, captured: datetime) -> bool:
+        """Whether this frame (its id and bytes) was acknowledged by Kafka on an earlier send."""
+        day = day_of(captured)
+        return (frame_id, digest) in self._day(day) or (frame_id, digest) in self._legacy_before(day)
+
+    def add(self, items: list[tuple[str, str, datetime]]) -> None:
+        """Record frames Kafka acknowledged: (frame id, sha256, capture time) each."""
+        by_day: dict[str, list[tuple[str, str]]] = {}
+        for frame_id, digest, captured in items:
+            by_day.setdefault(day_of(captured), []).append((frame_id, digest))
+        for day, entries in by_day.items():
+            append_lines(self.days_dir / day, [f"{frame_id} {digest}" for frame_id, digest in entries])
+            self._day(day).update(entries)
+
+    def entries(self) -> list[tuple[str, str]]:
+        """Every (frame id, sha256) recorded, oldest day first (to inspect it: a producer never reads all)."""
+        days = sorted(self.days_dir.iterdir()) if self.days_dir.is_dir() else []
+        legacy = read_day_lines(self.path, SHA256_HEX) if self.path.is_file() else []
+        return legacy + [entry for day in days for entry in read_day_lines(day, SHA256_HEX)]
+
+    @property
+    def days_in_memory(self) -> list[str]:
+        return list(self._days)
+
+    def _day(self, day: str) -> set[tuple[str, str]]:
+        found = self._days.pop(day, None)
+        if found is None:
+            found = set(read_day_lines(self.days_dir / day, SHA256_HEX))
+        self._days[day] = found  # the most recently used last
+        while len(self._days) > DAYS_IN_MEMORY:
+            self._days.pop(next(iter(self._days)))
+        return found
+
+    def _legacy_before(self, day: str) -> set[tuple[str, str]]:
+        if self._legacy_written is None:  # looked at once: nothing writes that file any more
+            self._legacy_written = modified_day(self.path) if self.path.is_file() else ""
+        if day > self._legacy_written:
+            return set()
+        if self._legacy is None:
+            self._legacy = set(read_day_lines(self.path, SHA256_HEX))
+        return self._legacy
 
     def start_of(self, video: str, given: datetime | None = None) -> datetime:
         """The capture time of a video file's first frame: `given` (and remembered), else the one its last
@@ -107,13 +194,6 @@ class Ledger:
                 partial.replace(starts_file)
             return known[key]
 
-    def add(self, items: list[tuple[str, str]]) -> None:
-        if not items:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.writelines(f"{frame_id} {digest}\n" for frame_id, digest in items)
-        self.sent.update(items)
 
 
 def ledger_for(topic: str, source_id: str) -> Ledger:
@@ -139,7 +219,7 @@ class FrameProducer:
         self.ledger = ledger or ledger_for(kafka.frames_topic, source_id)
         self.producer = kafka.producer()
         self.summary = ProduceSummary()
-        self._pending: list[tuple[str, str, object]] = []  # frame id, sha256, Kafka's future of the send
+        self._pending: list[tuple[str, str, datetime, object]] = []  # id, sha256, capture time, the send
         self._settled: list[Outcome] = []  # settled since the last flush without waiting for Kafka
 
     def message(self, frame: Frame, digest: str, uri: str | None) -> FrameMessage:
@@ -158,7 +238,7 @@ class FrameProducer:
         from kafka.errors import KafkaError
 
         digest = sha256_hex(frame.data)
-        if (frame.frame_id, digest) in self.ledger:
+        if self.ledger.has(frame.frame_id, digest, frame.captured):
             self.summary.already_present += 1
             self._settled.append(Outcome(frame.frame_id, digest))
             return False
@@ -182,7 +262,7 @@ class FrameProducer:
         except KafkaError as exc:  # no room or no metadata within max_block_ms, or over the request size
             self._fail(frame.frame_id, digest, *kafka_failure(exc, self.kafka, size=len(value)))
             return False
-        self._pending.append((frame.frame_id, digest, future))
+        self._pending.append((frame.frame_id, digest, frame.captured, future))
         if len(self._pending) >= self.flush_every:
             self.flush()
         return True
@@ -211,9 +291,9 @@ class FrameProducer:
                     pass
                 self.producer = None
         acknowledged = []
-        for frame_id, digest, future in self._pending:
+        for frame_id, digest, captured, future in self._pending:
             if future.succeeded():
-                acknowledged.append((frame_id, digest))
+                acknowledged.append((frame_id, digest, captured))
                 self._settled.append(Outcome(frame_id, digest))
             elif future.is_done:
                 self._fail(frame_id, digest, *kafka_failure(future.exception, self.kafka))

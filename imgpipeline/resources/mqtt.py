@@ -31,6 +31,10 @@ class MqttSettings(FromEnv, BaseModel):
         "IMGPIPELINE_MQTT_MAX_PAYLOAD_BYTES", 20_000_000,
         "the bridge dead-letters a larger MQTT payload (never stored or sent as a frame), acknowledges it "
         "and goes on", ge=1)
+    journal_days: int = setting(
+        "IMGPIPELINE_MQTT_JOURNAL_DAYS", 7,
+        "days the bridge remembers each frame's first capture time: a message delivered again within them "
+        "keeps its time (and lands once); the bridge reads only these days' journal files", ge=1)
 
     @field_validator("broker")
     @classmethod

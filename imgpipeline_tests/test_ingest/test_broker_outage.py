@@ -21,6 +21,7 @@ from kafka import TopicPartition
 
 from imgpipeline.cli.fetch import sample
 from imgpipeline.ingest.messages import sha256_hex
+from imgpipeline.ingest.producer import Ledger
 from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline_tests.conftest import fresh_topics
 from imgpipeline_tests.instances import fresh_instance
@@ -125,9 +126,10 @@ def test_a_broker_frozen_past_the_delivery_timeout_loses_nothing(own_services, o
     sent, failed = counts(summary)
     assert 0 < failed == len(failures) and sent + failed == VIDEO_FRAMES, summary
     assert all("not acknowledge it within KAFKA_DELIVERY_TIMEOUT_MS=5000" in line for line in failures)
-    ledger = next(tmp_path.rglob("cam-v.sent")).read_text().splitlines()
+    days = next(tmp_path.rglob("cam-v.sent.days"))
+    ledger = Ledger(days.with_name("cam-v.sent")).entries()
     assert len(ledger) == sent  # only what Kafka acknowledged
-    assert {line.split()[0] for line in ledger} <= set(frame_ids(kafka, "cam-v"))
+    assert {frame_id for frame_id, _ in ledger} <= set(frame_ids(kafka, "cam-v"))
 
     again = subprocess.run(video, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -173,3 +173,40 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     rows = connect(storage).sql("SELECT frame_id, status FROM frames").fetchall()
     assert len(rows) == 300 and {f for f, _ in rows} == set(by_id) and {s for _, s in rows} == {"detected"}
     print(f"messages on Kafka: {len(messages)} for 300 frames ({len(messages) - 300} sent again)")
+
+
+def test_the_journal_reads_only_its_last_days(tmp_path, monkeypatch):
+    """The bridge's journal of first capture times is kept by day and only the last
+    IMGPIPELINE_MQTT_JOURNAL_DAYS are read: a frame id seen within them keeps its time, one older is new."""
+    from datetime import UTC, datetime, timedelta
+
+    import imgpipeline.ingest.mqtt as bridge_module
+    from imgpipeline.ingest.mqtt import Journal
+
+    class Clock(datetime):
+        now_is = datetime(2026, 3, 10, 12, tzinfo=UTC)
+
+        @classmethod
+        def now(cls, tz=None):
+            return cls.now_is
+
+    monkeypatch.setattr(bridge_module, "datetime", Clock)
+    path = tmp_path / "cam.captured"
+    journal = Journal(path, days=2)
+    first = journal.captured("cam-aaa")
+    assert first == Clock.now_is and (tmp_path / "cam.captured.days" / "2026-03-10").exists()
+    Clock.now_is += timedelta(days=1)
+    restarted = Journal(path, days=2)
+    assert restarted.captured("cam-aaa") == first  # delivered again the next day: the same time
+    # An older day's file, outside the window, made a directory: never read.
+    (tmp_path / "cam.captured.days" / "2026-03-01").mkdir()
+    Clock.now_is += timedelta(days=1)  # 2026-03-12: the 10th is out of a two-day window
+    assert restarted.captured("cam-aaa") == Clock.now_is != first
+    assert Journal(path, days=2).captured("cam-aaa") == Clock.now_is
+    assert set(restarted.times) == {"cam-aaa"}
+    # A time cut short by a kill mid-append is no time: the id gets a new one, on a line of its own.
+    with open(tmp_path / "cam.captured.days" / "2026-03-12", "a") as handle:
+        handle.write("cam-bbb 2026-03-12T1")
+    Clock.now_is += timedelta(minutes=5)
+    assert Journal(path, days=2).captured("cam-bbb") == Clock.now_is
+    assert Journal(path, days=2).captured("cam-bbb") == Clock.now_is

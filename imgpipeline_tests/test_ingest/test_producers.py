@@ -181,5 +181,57 @@ def test_a_frame_over_the_topics_message_limit_fails_alone_and_is_not_ledgered(k
     assert (summary.sent, summary.failed) == (4, 1)
     (failure,) = summary.failures
     assert failure.startswith("big: Kafka refused it") and "max.message.bytes" in failure
-    assert sorted(line.split()[0] for line in ledger.read_text().splitlines()) == ["f0", "f1", "f2", "f3"]
+    assert sorted(frame_id for frame_id, _ in Ledger(ledger).entries()) == ["f0", "f1", "f2", "f3"]
     assert message_count(kafka) == 4
+
+
+def test_the_ledger_reads_only_the_days_looked_up_and_holds_few(tmp_path):
+    """Kept by capture day: nothing is read at start, a day's file when a frame of that day is looked up,
+    at most three days in memory; a line cut short by a kill mid-append is not counted; a one-file ledger
+    of before is read for frames captured up to the day it was last written."""
+    from datetime import timedelta
+
+    from imgpipeline.ingest.messages import sha256_hex
+    from imgpipeline.ingest.producer import DAYS_IN_MEMORY
+
+    def d(name: str) -> str:
+        return sha256_hex(name.encode())
+
+    path = tmp_path / "producers" / "frames" / "cam.sent"
+    first = datetime(2026, 1, 1, 23, 59, tzinfo=UTC)
+    days = [first + timedelta(days=n) for n in range(5)]
+    Ledger(path).add([(f"f{n}-{i}", d(f"{n}{i}"), day) for n, day in enumerate(days) for i in range(2)])
+    assert sorted(p.name for p in (path.parent / "cam.sent.days").iterdir()) == [
+        "2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]
+
+    # The first day's file made unreadable as a file: lookups of the other days never touch it.
+    first_file = path.parent / "cam.sent.days" / "2026-01-01"
+    first_file.unlink()
+    first_file.mkdir()
+    ledger = Ledger(path)
+    assert ledger.days_in_memory == []
+    assert all(ledger.has(f"f{n}-{i}", d(f"{n}{i}"), days[n]) for n in range(1, 5) for i in range(2))
+    assert ledger.days_in_memory == ["2026-01-03", "2026-01-04", "2026-01-05"] and DAYS_IN_MEMORY == 3
+    assert not ledger.has("f4-0", d("other bytes"), days[4]) and not ledger.has("f4-0", d("40"), days[3])
+    assert ledger.has("f1-1", d("11"), days[1])  # read again once dropped
+    first_file.rmdir()
+
+    # A kill in the middle of an append: the cut line is no frame; the lines before and after it are.
+    with open(path.parent / "cam.sent.days" / "2026-01-05", "a") as handle:
+        handle.write(f"f-cut {d('cut')[:40]}")
+    again = Ledger(path)
+    assert not again.has("f-cut", d("cut")[:40], days[4]) and again.has("f4-1", d("41"), days[4])
+    again.add([("f-next", d("next"), days[4])])
+    reread = Ledger(path)
+    assert reread.has("f-next", d("next"), days[4]) and not reread.has("f-cut", d("cut")[:40], days[4])
+    assert ("f-cut", d("cut")[:40]) not in reread.entries()
+
+    # A ledger of one file, last written on 2026-01-03: its frames count up to that day only.
+    path.write_text(f"old-1 {d('old')}\n")
+    written = datetime(2026, 1, 3, 12, tzinfo=UTC).timestamp()
+    os.utime(path, (written, written))
+    legacy = Ledger(path)
+    assert legacy.has("old-1", d("old"), days[1])
+    assert legacy.has("old-1", d("old"), days[1] + timedelta(hours=1))
+    assert not legacy.has("old-1", d("old"), days[4])
+    assert ("old-1", d("old")) in legacy.entries() and ("f2-0", d("20")) in legacy.entries()
