@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from imgpipeline.cli.fetch import fetch_model, fetch_samples
 from imgpipeline.cli.local import local_services, run_checks
@@ -75,7 +75,7 @@ def run_demo(timeout_s: float = 600.0) -> int:
     days = build_warehouse(records, services, resources)
     from imgpipeline.defs.tables.views import SUMMARY_SQL, connect
 
-    con = connect(resources["storage"])
+    con = connect(resources["storage"], days=[date.fromisoformat(day) for day in days])
     for day in days:
         print(f"\ndaily_summary {day}:")
         con.sql(SUMMARY_SQL, params=[day]).show(max_rows=40, max_width=200)

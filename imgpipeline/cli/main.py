@@ -105,6 +105,8 @@ def add_query(commands) -> None:
     query.add_argument("sql")
     query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     query.add_argument("--max-rows", type=int, default=100)
+    query.add_argument("--day", action="append", metavar="YYYY-MM-DD",
+                       help="read only this day's files (UTC; repeat for more days; default: every day)")
     query.set_defaults(module="query", run="query")
 
     summary = commands.add_parser("summary", help="a day's daily_summary as a table")

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import sys
+from datetime import date
 
 from imgpipeline import ConfigError
 
 
-def warehouse():
-    """A DuckDB connection with the views frames, detections and daily_summary."""
+def warehouse(days: list[str] | None = None):
+    """A DuckDB connection with the warehouse views: over every day, or the days given (YYYY-MM-DD, UTC)
+    only, whose files alone are listed and read."""
     from imgpipeline.defs.tables.views import connect
     from imgpipeline.resources import StorageResource
 
-    return connect(StorageResource.from_env())
+    return connect(StorageResource.from_env(), days=None if days is None else [day_arg(d) for d in days])
+
+
+def day_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{text[:40]!r} is not a day: give YYYY-MM-DD (UTC)") from None
 
 
 def query(args) -> int:
     import duckdb
 
-    con = warehouse()
+    con = warehouse(args.day)
     try:
         relation = con.sql(args.sql)
     except duckdb.Error as exc:
@@ -35,7 +44,7 @@ def query(args) -> int:
 def summary(args) -> int:
     from imgpipeline.defs.tables.views import SUMMARY_SQL
 
-    relation = warehouse().sql(SUMMARY_SQL, params=[args.date])
+    relation = warehouse([args.date]).sql(SUMMARY_SQL, params=[args.date])
     if not relation.fetchall():
         print(f"no daily_summary rows for {args.date}; materialize the daily_summary partition "
               f"{args.date} first (see docs/warehouse.md#backfills)")
@@ -50,7 +59,7 @@ def counts(args) -> int:
     from imgpipeline.resources import TrackingResource
 
     zones = TrackingResource.from_env().zones()
-    con = warehouse()
+    con = warehouse([args.date])
     relation = con.sql(COUNTS_SQL, params=[args.date, zones.sha256, args.source])
     if not relation.fetchall():
         print(f"no tracked objects on {args.date}{' for ' + args.source if args.source else ''}; materialize "

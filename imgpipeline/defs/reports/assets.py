@@ -51,9 +51,10 @@ def daily_report(context: dg.AssetExecutionContext, storage: StorageResource, tr
                  alert_rules: AlertsResource):
     """The day's report, written under reports/daily/."""
     store = storage.open()
-    con = connect(storage, report=context.log.warning)
+    days = days_in(context.partition_time_window)
+    con = connect(storage, report=context.log.warning, days=days)  # those days' files only
     sizes, alert_count = {}, 0
-    for day in days_in(context.partition_time_window):
+    for day in days:
         day_alerts = queries.alerts(con, day)
         html = render.report(con, day, tracking.zones().sha256,
                              alert_images(store, day_alerts, storage.max_frame_bytes), alert_rules.viewer_url)

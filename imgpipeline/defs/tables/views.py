@@ -11,8 +11,9 @@ parameters or as values of DuckDB's Python API, and only keys of the warehouse l
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -86,13 +87,17 @@ def refused_message(refused: list[str]) -> str:
             f"layout (docs/contracts.md): {shown}{more}")
 
 
-def create_views(con, storage) -> list[str]:
-    """Views `frames`, `detections`, `daily_summary`, … over every Parquet file of each table; returns
-    the keys refused (table_files). A view cannot take parameters, so the file list goes in through
-    DuckDB's Python API as a value, never as SQL text."""
+def create_views(con, storage, days: Iterable[date] | None = None) -> list[str]:
+    """Views `frames`, `detections`, `daily_summary`, … over every Parquet file of each table, or with
+    `days` over those days' files only (`dt=YYYY-MM-DD/`: a day's question lists and reads that day, however
+    many months are stored); returns the keys refused (table_files). A view cannot take parameters, so the
+    file list goes in through DuckDB's Python API as a value, never as SQL text."""
+    folders = [""] if days is None else [f"dt={day.isoformat()}/" for day in sorted(set(days))]
     refused = []
     for table, layout in TABLES.items():
-        files = table_files(storage, table)
+        listed = [table_files(storage, table, folder) for folder in folders]
+        files = TableFiles(*([item for found in listed for item in getattr(found, name)]
+                             for name in ("keys", "paths", "refused")))
         refused += files.refused
         if files.paths:
             # By name: hours written before a column was added read it as NULL.
@@ -156,13 +161,14 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def connect(storage, report: Callable[[str], None] = _to_stderr):
-    """A DuckDB connection with the warehouse views over whichever storage is configured; keys refused
-    as not of the layout are reported (on stderr unless `report` says where)."""
+def connect(storage, report: Callable[[str], None] = _to_stderr, days: Iterable[date] | None = None):
+    """A DuckDB connection with the warehouse views over whichever storage is configured (over `days`
+    only, when given); keys refused as not of the layout are reported (on stderr unless `report` says
+    where)."""
     import duckdb
 
     con = duckdb.connect(":memory:")
     prepare_connection(con, storage)
-    if refused := create_views(con, storage):
+    if refused := create_views(con, storage, days):
         report(refused_message(refused))
     return con
