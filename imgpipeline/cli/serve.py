@@ -12,30 +12,47 @@ import threading
 import time
 
 from imgpipeline.defs.alerts.ledger import Ledger
-from imgpipeline.defs.tables.views import connect
+from imgpipeline.defs.tables.views import connect, known_days
 from imgpipeline.web.app import create_app
 
 
 class Warehouse:
-    """The storage and a DuckDB connection with the warehouse views, refreshed every `refresh_s` so new
-    hours appear without a restart; each request gets its own cursor (web/access.py's WarehouseAccess)."""
+    """The storage and DuckDB connections with the warehouse views: one per set of days (and tables) asked
+    for, over those days' files only, each made again after `refresh_s` so new hours appear without a
+    restart; each request gets its own cursor (web/access.py's WarehouseAccess). A day's page lists and
+    reads that day, however many months are stored."""
 
-    def __init__(self, storage, tracking, alerts, refresh_s: float = 10.0):
+    def __init__(self, storage, tracking, alerts, refresh_s: float = 10.0, kept: int = 16):
         from imgpipeline.resources import DetectorResource
 
         self.storage, self.store = storage, storage.open()
         self.tracking, self.alerts = tracking, alerts
         self.max_pixels = int(DetectorResource.env_value("max_pixels"))
-        self.refresh_s = refresh_s
+        self.refresh_s, self.kept = refresh_s, kept
         self._lock = threading.Lock()
-        self._con, self._made = None, 0.0
+        self._cons: dict = {}  # (days, tables) → (connection, when made); the least recently used first
+        self._days: tuple[list, float] = ([], -refresh_s)
         self._refused = ""
 
-    def cursor(self):
+    def cursor(self, days=None, tables=None):
+        key = (None if days is None else tuple(sorted(set(days))), None if tables is None else tuple(tables))
         with self._lock:
-            if self._con is None or time.monotonic() - self._made > self.refresh_s:
-                self._con, self._made = connect(self.storage, report=self._report), time.monotonic()
-            return self._con.cursor()
+            con, made = self._cons.pop(key, (None, 0.0))
+            if con is None or time.monotonic() - made > self.refresh_s:
+                con = connect(self.storage, report=self._report, days=key[0], tables=key[1])
+                made = time.monotonic()
+            self._cons[key] = (con, made)
+            while len(self._cons) > self.kept:
+                self._cons.pop(next(iter(self._cons)))
+            return con.cursor()
+
+    def days(self) -> list:
+        with self._lock:
+            found, made = self._days
+            if time.monotonic() - made > self.refresh_s:
+                found = known_days(self.storage)
+                self._days = (found, time.monotonic())
+            return found
 
     def _report(self, refused: str) -> None:
         """Keys not read, said once (not at every refresh) until they change."""

@@ -155,6 +155,11 @@ class Storage:
         """Keys below a prefix, sorted."""
         raise NotImplementedError
 
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the folders right under `prefix` (a folder, ending in `/`), sorted: one listing
+        request however many objects they hold."""
+        raise NotImplementedError
+
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
@@ -268,6 +273,10 @@ class LocalStorage(Storage):
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".")
         )
+
+    def folders(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/"))
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -470,6 +479,15 @@ class S3Storage(Storage):
         ):
             keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
         return sorted(keys)
+
+    def folders(self, prefix: str) -> list[str]:
+        full = self._object_key(prefix.rstrip("/")) + "/"
+        names = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=full, Delimiter="/"
+        ):
+            names.extend(item["Prefix"][len(full):].rstrip("/") for item in page.get("CommonPrefixes", []))
+        return sorted(names)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))

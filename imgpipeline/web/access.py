@@ -6,6 +6,8 @@ nor how the DuckDB views are made.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import date
 from typing import Protocol
 
 from imgpipeline.resources.storage import Storage
@@ -27,8 +29,12 @@ class WarehouseAccess(Protocol):
     store: Storage
     max_pixels: int  # the largest image the viewer decodes
 
-    def cursor(self):
-        """A DuckDB cursor with the warehouse views (frames, detections, alerts, …), one per request."""
+    def cursor(self, days: Iterable[date] | None = None, tables: Iterable[str] | None = None):
+        """A DuckDB cursor with the warehouse views (frames, detections, alerts, …), one per request: over
+        the `days` given only (None: every day), and the `tables` given only (None: all)."""
+
+    def days(self) -> list[date]:
+        """The days that have frames, newest first (from a listing of folders, not of files)."""
 
     def image(self, key: str) -> bytes:
         """An object's bytes, only when the key lies under the storage root and the object is no

@@ -1,5 +1,5 @@
 """The viewer's and the report's questions to the warehouse, as SQL over its views (one day at a time:
-the `dt` filter reads only that day's files). Every value goes in as a parameter."""
+the views of a day's page hold only that day's files). Every value goes in as a parameter."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ def _rows(con, sql: str, params: list) -> list[dict]:
     relation = con.execute(sql, params)
     names = [d[0] for d in relation.description]
     return [dict(zip(names, row, strict=True)) for row in relation.fetchall()]
-
-
-def days(con) -> list[date]:
-    """The days that have frames, newest first."""
-    return [row["dt"] for row in _rows(con, "SELECT DISTINCT dt FROM frames WHERE dt IS NOT NULL "
-                                            "ORDER BY dt DESC LIMIT 400", [])]
 
 
 def sources(con, day: date) -> list[str]:

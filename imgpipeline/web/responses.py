@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 from starlette.responses import HTMLResponse, Response
 
-from imgpipeline.web import queries, render
+from imgpipeline.web import render
 from imgpipeline.web.access import WarehouseAccess
 
 HEADERS = {
@@ -51,22 +51,26 @@ def warehouse_of(request) -> WarehouseAccess:
     return request.app.state.warehouse
 
 
-def guarded(handler):
-    """A page over a fresh warehouse cursor: `handler(request, con)`. Input not understood (ValueError)
-    becomes a 400 page, NotFound a 404 page, each saying why."""
+def guarded(days_for=None, tables: tuple[str, ...] | None = None):
+    """A page over a fresh warehouse cursor: `handler(request, con)`, its views over the days
+    `days_for(request)` names (a day's page reads that day's files; None: every day) and over `tables` only
+    when given. Input not understood (ValueError) becomes a 400 page, NotFound a 404 page, each saying why."""
 
-    @functools.wraps(handler)
-    def wrapped(request):
-        try:
-            return handler(request, warehouse_of(request).cursor())
-        except ValueError as exc:
-            return message("Not understood", str(exc), 400)
-        except NotFound as exc:
-            return message("Not found", str(exc), 404)
-    return wrapped
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapped(request):
+            try:
+                days = days_for(request) if days_for is not None else None
+                return handler(request, warehouse_of(request).cursor(days, tables))
+            except ValueError as exc:
+                return message("Not understood", str(exc), 400)
+            except NotFound as exc:
+                return message("Not found", str(exc), 404)
+        return wrapped
+    return decorate
 
 
-def day_of(request, con) -> date:
+def day_of(request) -> date:
     """The day in `?date=`; without one, today when the warehouse has it, else its latest day."""
     text = request.query_params.get("date")
     if text:
@@ -74,5 +78,10 @@ def day_of(request, con) -> date:
             return date.fromisoformat(text)
         except ValueError:
             raise ValueError(f"date {text[:40]!r} is not a day (YYYY-MM-DD)") from None
-    known = queries.days(con)
+    known = warehouse_of(request).days()
     return today() if not known or today() in known else known[0]
+
+
+def the_day(request) -> list[date]:
+    """The page's day, for `guarded`: its views read that day's files only."""
+    return [day_of(request)]

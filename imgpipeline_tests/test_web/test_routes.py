@@ -187,3 +187,29 @@ def test_a_report_is_named_by_its_day(viewer):
                              "/reports/..", "/nowhere"]) == {
         "/reports/2026-11-20%00": 400, "/reports/20261120x": 400, "/reports/..%2F..%2Fsecret.jpg": 404,
         "/reports/..": 400, "/nowhere": 404}
+
+
+def test_a_days_pages_never_read_another_days_files(tmp_path):
+    """The views behind a day's pages hold that day's files only: a broken file of the next day leaves
+    every page of this day (and an alert found by number) as it was; the day list still names both days,
+    from a listing of folders; only the broken day's own pages fail."""
+    storage = StorageResource(uri=(tmp_path / "store").as_uri(), max_frame_bytes=MAX_BYTES)
+    store = storage.open()
+    plant(store, (tmp_path / "absent.jpg").as_uri())
+    for table in ("frames", "detections"):
+        store.put(f"warehouse/{table}/dt=2026-11-21/hour=10/part-0.parquet", b"no parquet at all")
+    warehouse = Warehouse(storage, TrackingResource(zones_file="none"), AlertsResource(alerts_file="none"))
+    assert warehouse.days() == [date(2026, 11, 21), DAY]
+    running = Running(create_app(warehouse))
+    try:
+        viewer = (running, store, b"never served")
+        fine = [f"/?date={DAY}", f"/charts?date={DAY}", f"/operations?date={DAY}", f"/frames?date={DAY}",
+                f"/frames/{DAY}/cam/f1", f"/frames/{DAY}/cam/f1/annotated.jpg", f"/alerts?date={DAY}",
+                "/alerts/7"]
+        assert statuses(viewer, fine) == dict.fromkeys(fine, 200)
+        assert b"2026-11-21" in get(viewer, f"/?date={DAY}")[2]  # the day list names it
+        # The newest day, the page without a date, and that day's pages read its broken files.
+        for path in ("/", "/?date=2026-11-21", "/frames?date=2026-11-21"):
+            assert get(viewer, path)[0] == 500, path
+    finally:
+        running.stop()

@@ -10,6 +10,7 @@ parameters or as values of DuckDB's Python API, and only keys of the warehouse l
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -79,6 +80,19 @@ def table_files(storage, table: str, folder: str = "") -> TableFiles:
     return TableFiles(keys, paths, [k for k in listed if not layout.is_key(k)])
 
 
+def known_days(storage, limit: int = 400) -> list[date]:
+    """The days that have frames, newest first: the `dt=` folders of the frames table, from one listing of
+    that folder (not of its files)."""
+    found = []
+    for name in storage.open().folders(TABLES["frames"].folder):
+        if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}", name):
+            try:
+                found.append(date.fromisoformat(name[3:]))
+            except ValueError:  # dt=2026-13-45: no day
+                continue
+    return sorted(found, reverse=True)[:limit]
+
+
 def refused_message(refused: list[str]) -> str:
     """Keys refused by table_files, each quoted (a newline in a key cannot forge a line of the report)."""
     shown = ", ".join(repr(k) for k in refused[:10])
@@ -87,14 +101,18 @@ def refused_message(refused: list[str]) -> str:
             f"layout (docs/contracts.md): {shown}{more}")
 
 
-def create_views(con, storage, days: Iterable[date] | None = None) -> list[str]:
+def create_views(con, storage, days: Iterable[date] | None = None,
+                 tables: Iterable[str] | None = None) -> list[str]:
     """Views `frames`, `detections`, `daily_summary`, … over every Parquet file of each table, or with
     `days` over those days' files only (`dt=YYYY-MM-DD/`: a day's question lists and reads that day, however
-    many months are stored); returns the keys refused (table_files). A view cannot take parameters, so the
-    file list goes in through DuckDB's Python API as a value, never as SQL text."""
+    many months are stored), and with `tables` those views only; returns the keys refused (table_files).
+    A view cannot take parameters, so the file list goes in through DuckDB's Python API as a value, never
+    as SQL text."""
     folders = [""] if days is None else [f"dt={day.isoformat()}/" for day in sorted(set(days))]
     refused = []
     for table, layout in TABLES.items():
+        if tables is not None and table not in tables:
+            continue
         listed = [table_files(storage, table, folder) for folder in folders]
         files = TableFiles(*([item for found in listed for item in getattr(found, name)]
                              for name in ("keys", "paths", "refused")))
@@ -161,14 +179,15 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def connect(storage, report: Callable[[str], None] = _to_stderr, days: Iterable[date] | None = None):
+def connect(storage, report: Callable[[str], None] = _to_stderr, days: Iterable[date] | None = None,
+            tables: Iterable[str] | None = None):
     """A DuckDB connection with the warehouse views over whichever storage is configured (over `days`
-    only, when given); keys refused as not of the layout are reported (on stderr unless `report` says
-    where)."""
+    only, and the `tables` only, when given); keys refused as not of the layout are reported (on stderr
+    unless `report` says where)."""
     import duckdb
 
     con = duckdb.connect(":memory:")
     prepare_connection(con, storage)
-    if refused := create_views(con, storage, days):
+    if refused := create_views(con, storage, days, tables):
         report(refused_message(refused))
     return con

@@ -19,6 +19,7 @@ from imgpipeline.web.responses import (
     jpeg,
     message,
     page,
+    the_day,
     warehouse_of,
 )
 
@@ -26,9 +27,9 @@ IMAGES = ("annotated", "crop")
 NUMBER = re.compile(r"[0-9]{1,12}")
 
 
-@guarded
+@guarded(the_day)
 def alerts_page(request, con):
-    day = day_of(request, con)
+    day = day_of(request)
     source = request.query_params.get("source") or None
     if source is not None and not FRAME_ID.match(source):
         raise ValueError("source is not a source id")
@@ -65,7 +66,7 @@ def image_uris(store, found: dict) -> dict[str, str]:
     return uris
 
 
-@guarded
+@guarded(tables=("alerts",))  # found by number, on whichever day
 def alert_page(request, con):
     found = find_alert(request, con)
     warehouse = warehouse_of(request)
@@ -73,7 +74,7 @@ def alert_page(request, con):
                 deliveries=warehouse.ledger().deliveries(found["number"]))
 
 
-@guarded
+@guarded(tables=("alerts",))
 def alert_image(request, con):
     kind = request.path_params["kind"]
     if kind not in IMAGES:

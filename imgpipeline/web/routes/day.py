@@ -5,27 +5,29 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from imgpipeline.web import queries, render
-from imgpipeline.web.responses import day_of, guarded, page, warehouse_of
+from imgpipeline.web import render
+from imgpipeline.web.responses import day_of, guarded, page, the_day, warehouse_of
 
 
-@guarded
+@guarded(the_day)
 def day_page(request, con):
-    day = day_of(request, con)
-    return page("day.html", days=queries.days(con),
+    day = day_of(request)
+    return page("day.html", days=warehouse_of(request).days(),
                 **render.day_context(con, day, warehouse_of(request).zones_sha256()))
 
 
-@guarded
+@guarded(the_day)
 def charts_page(request, con):
-    day = day_of(request, con)
-    return page("charts.html", day=day, days=queries.days(con), charts=render.charts_context(con, day))
+    day = day_of(request)
+    return page("charts.html", day=day, days=warehouse_of(request).days(),
+                charts=render.charts_context(con, day))
 
 
-@guarded
+@guarded(the_day)
 def operations_page(request, con):
-    day = day_of(request, con)
-    return page("operations.html", day=day, days=queries.days(con), ops=render.operations_context(con, day))
+    day = day_of(request)
+    return page("operations.html", day=day, days=warehouse_of(request).days(),
+                ops=render.operations_context(con, day))
 
 
 routes = [

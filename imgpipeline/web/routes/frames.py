@@ -20,7 +20,7 @@ from imgpipeline.vision import drawing
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg
 from imgpipeline.web import queries
 from imgpipeline.web.access import WarehouseAccess
-from imgpipeline.web.responses import NotFound, day_of, guarded, jpeg, page, warehouse_of
+from imgpipeline.web.responses import NotFound, day_of, guarded, jpeg, page, the_day, warehouse_of
 
 CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 IMAGES = ("thumb", "annotated", "image")
@@ -37,9 +37,9 @@ def search_query(params) -> dict:
     return query
 
 
-@guarded
+@guarded(the_day)
 def frames_page(request, con):
-    day = day_of(request, con)
+    day = day_of(request)
     q = request.query_params
     query = search_query(q)
     page_number = int(q.get("page", "0")) if q.get("page", "0").isdigit() else 0
@@ -62,6 +62,12 @@ def frame_args(request) -> tuple[date, str, str]:
     return date.fromisoformat(params["day"]), params["source"], params["frame_id"]
 
 
+def frame_days(request) -> list[date]:
+    """The days a frame's page reads: the day its path names and the day before (find_frame)."""
+    day = frame_args(request)[0]
+    return [day, day - timedelta(days=1)]
+
+
 def find_frame(con, day: date, source: str, frame_id: str) -> tuple[date, dict]:
     """The frame on that day, else the day before (an alert's frames may begin before midnight)."""
     for when in (day, day - timedelta(days=1)):
@@ -71,7 +77,7 @@ def find_frame(con, day: date, source: str, frame_id: str) -> tuple[date, dict]:
     raise NotFound(f"no frame {frame_id} of {source} on {day}")
 
 
-@guarded
+@guarded(frame_days)
 def frame_page(request, con):
     day, found = find_frame(con, *frame_args(request))
     return page("frame.html", day=day, f=found,
@@ -103,11 +109,11 @@ class Thumbnails:
         self.get = lru_cache(maxsize=size)(self._draw)
 
     def _draw(self, day: date, source: str, frame_id: str, processed_at) -> bytes:
-        con = self.warehouse.cursor()
+        con = self.warehouse.cursor([day])
         return drawn(self.warehouse, con, day, queries.frame(con, day, source, frame_id), "thumb")
 
 
-@guarded
+@guarded(frame_days)
 def frame_image(request, con):
     day, found = find_frame(con, *frame_args(request))
     kind = request.path_params["kind"]

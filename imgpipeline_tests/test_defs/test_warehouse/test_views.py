@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from imgpipeline.defs.tables import FRAMES
-from imgpipeline.defs.tables.views import connect
+from imgpipeline.defs.tables.views import connect, known_days
 from imgpipeline_tests.test_defs.test_warehouse.test_keys_are_never_sql import DAY, write_hour
 
 OTHER_HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -25,6 +25,8 @@ def test_views_of_a_day_never_read_another_days_files(storage, capsys, monkeypat
     with pytest.raises(duckdb.Error):
         connect(storage).sql("SELECT count(*) FROM frames").fetchall()
 
+    # The days with frames, from one listing of the frames table's folders (the S3 endpoint's delimiter).
+    assert known_days(storage) == [OTHER_HOUR.date(), DAY]
     con = connect(storage, days=[DAY])
     assert con.sql("SELECT count(*) FROM frames").fetchone() == (3,)
     assert con.sql("SELECT DISTINCT dt FROM frames").fetchall() == [(DAY,)]
