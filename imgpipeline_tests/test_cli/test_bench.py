@@ -34,6 +34,7 @@ def test_bench_summary_agrees_with_mapreduce_and_writes_its_keys(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.long(1.4)
 def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
     from imgpipeline.resources import DetectorResource
 
@@ -120,6 +121,7 @@ def test_bench_mqtt_bridges_every_message_and_prints_its_figures(services, kafka
 
 
 @pytest.mark.integration
+@pytest.mark.long(0.7)
 def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp_path, capsys):
     from pathlib import Path
 

@@ -34,6 +34,7 @@ def test_a_bad_setting_stops_a_command_with_its_fix(monkeypatch, capsys):
 
 
 @pytest.mark.integration
+@pytest.mark.long(0.4)
 def test_dev_runs_from_the_venv_script_without_the_venv_on_path(tmp_path):
     """`.venv/bin/imgpipeline dev`, as the README calls the tool, with no activated venv."""
     script = Path(sys.executable).parent / "imgpipeline"

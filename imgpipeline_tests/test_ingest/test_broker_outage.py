@@ -86,6 +86,7 @@ def own_kafka(own_services):
     return fresh_topics(own_services)
 
 
+@pytest.mark.long(0.5)
 def test_a_broker_frozen_past_the_delivery_timeout_loses_nothing(own_services, own_kafka, mqtt, tmp_path,
                                                                    started):
     services, kafka = own_services, own_kafka

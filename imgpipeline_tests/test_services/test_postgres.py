@@ -40,6 +40,7 @@ def clean_env(tmp_path: Path) -> dict:
     return {**env, "IMGPIPELINE_HOME": str(tmp_path)}
 
 
+@pytest.mark.long(0.5)
 def test_services_up_with_the_instance_on_postgres(tmp_path):
     env = clean_env(tmp_path)
     up = cli("services", "up", "--instance", "postgres", env=env)
@@ -152,6 +153,7 @@ def test_a_dagster_yaml_of_ones_own_is_left_alone_unless_it_cannot_do_what_is_as
     assert own.is_symlink() and own.resolve() == project.resolve()
 
 
+@pytest.mark.long(1)
 def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka, tmp_path, monkeypatch):
     """SIGKILL the instance's server while runs detect, start it again 5 s later: every frame lands
     exactly once, and every run ends."""

@@ -70,6 +70,7 @@ def expected_from_landing(records: list[dict]) -> pd.DataFrame:
 
 
 @pytest.mark.integration
+@pytest.mark.long(0.4)
 def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
     # Frames across midnight: the street video, a dark frame and a corrupt message.
     frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=120))
