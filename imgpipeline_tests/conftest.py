@@ -115,7 +115,8 @@ def instance_server(tmp_path_factory):
 def instance_database(request, instance_server, monkeypatch):
     """On PostgreSQL, each test marked `instance` has a database of its own, a copy of the template's
     tables. Other tests get none: one that opened an instance unmarked would fail, not pass on SQLite."""
-    if instance_server is None or request.node.get_closest_marker("instance") is None:
+    if (instance_server is None or request.node.get_closest_marker("instance") is None
+            or "module_database" in request.fixturenames):
         yield None
         return
     from imgpipeline.lib.instance import url_env
@@ -124,6 +125,23 @@ def instance_database(request, instance_server, monkeypatch):
     url = new_database()
     monkeypatch.setenv(url_env(), url)
     yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def module_database(instance_server):
+    """On PostgreSQL, one database for a module's tests instead of one each: for tests that share a
+    `dagster dev` (its instance is that database)."""
+    if instance_server is None:
+        yield None
+        return
+    from imgpipeline.lib.instance import url_env
+    from imgpipeline_tests.instances import drop_database, new_database
+
+    url = new_database()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(url_env(), url)
+        yield url
     drop_database(url)
 
 

@@ -91,3 +91,15 @@ def kill_when(command: list[str], env: dict, made, not_made, timeout_s: float = 
     run.wait()
     assert made.exists(), "the run ended before it was half done"
     assert not not_made.exists(), "the run finished before it was killed"
+
+
+def stop_at_once(service) -> None:
+    """A background service a test is done with, SIGKILLed with its process group: what it would still do
+    on a graceful stop (`dagster dev` takes seconds to wind down its daemon and code servers) matters to no
+    test."""
+    import signal
+
+    from imgpipeline.services.process import terminate
+
+    terminate(service.pid, 0, signal.SIGKILL)
+    service.pidfile.unlink(missing_ok=True)

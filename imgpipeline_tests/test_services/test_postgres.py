@@ -22,7 +22,7 @@ from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import env_name
 from imgpipeline.services import LocalServices, Postgres
 from imgpipeline.services.postgres import postgres_bin
-from imgpipeline_tests.pipeline import landing_records, produce, video_backlog
+from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(postgres_bin("initdb") is None, reason="postgresql is not installed "
@@ -191,7 +191,7 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
                     break
                 time.sleep(1)
     finally:
-        local.dagster.stop()
+        stop_at_once(local.dagster)
         server.stop()
         shutil.rmtree(server.data, ignore_errors=True)
     counts = Counter(r.frame_id for r in landing_records(storage))

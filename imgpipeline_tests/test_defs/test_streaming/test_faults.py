@@ -1,6 +1,7 @@
 """Faults under a real daemon (`dagster dev`), the real broker and the real S3 endpoint: a run worker
 SIGKILLed mid-range, the daemon killed and restarted mid-run, the broker SIGKILLed and restarted, the
-S3 endpoint frozen (SIGSTOP) for 30 s. Every time every frame lands exactly once.
+S3 endpoint frozen (SIGSTOP) for 30 s, one after the other under one `dagster dev`. Every time every
+frame lands exactly once.
 
 Each case prints what it measured (frames sent, landed, duplicated, seconds from the fault until
 everything had landed); run with `-s` to see them. No timing is asserted."""
@@ -24,7 +25,7 @@ from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
-from imgpipeline_tests.pipeline import landing_records, produce, video_backlog
+from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.long(1.2)]
 FRAMES = 300
@@ -84,31 +85,41 @@ class Pipeline:
         assert doubled == 0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def services(own_services):
     """A broker and an S3 endpoint of this module's own: the tests kill and freeze them."""
     return own_services
 
 
-@pytest.fixture
-def pipeline(services, tmp_path, monkeypatch):
-    """`dagster dev` on a fresh topic and S3 prefix, 300 frames sent as runs of 100."""
+@pytest.fixture(scope="module")
+def daemon(services, module_database, tmp_path_factory):
+    """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
+    S3 prefix of its own, launching runs of 100 frames."""
+    home = tmp_path_factory.mktemp("faults")
     kafka = fresh_topics(services)
     storage = s3_storage_resource(services)
-    for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-                        "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
-                        "IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": storage.endpoint_url,
-                        "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET,
-                        "IMGPIPELINE_MAX_BATCH": "100", "IMGPIPELINE_HOME": str(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
-    local = LocalServices(tmp_path / ".imgpipeline")
-    local.up_ui()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                            "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
+                            "IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": storage.endpoint_url,
+                            "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET,
+                            "IMGPIPELINE_MAX_BATCH": "100", "IMGPIPELINE_HOME": str(home)}.items():
+            patch.setenv(name, value)
+        local = LocalServices(home / ".imgpipeline")
+        local.up_ui()
+        try:
+            yield local, kafka, storage
+        finally:
+            stop_at_once(local.dagster)
+
+
+@pytest.fixture
+def pipeline(daemon, tmp_path):
+    """300 frames of this test's own sent to the module's `dagster dev`."""
+    local, kafka, storage = daemon
     frames = video_backlog(FRAMES, source="cam")
-    try:
-        produce(kafka, storage, tmp_path / "sent", frames)
-        yield Pipeline(local, storage, [f.frame_id for f in frames])
-    finally:
-        local.dagster.stop()
+    produce(kafka, storage, tmp_path / "sent", frames)
+    return Pipeline(local, storage, [f.frame_id for f in frames])
 
 
 def test_a_run_worker_killed_mid_range(pipeline):

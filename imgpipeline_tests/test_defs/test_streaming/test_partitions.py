@@ -20,7 +20,7 @@ from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.lib.instance import open_instance
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
-from imgpipeline_tests.pipeline import landing_records, video_backlog
+from imgpipeline_tests.pipeline import landing_records, stop_at_once, video_backlog
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 PARTITIONS = 4
@@ -91,7 +91,7 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
                     break
                 time.sleep(1)
     finally:
-        local.dagster.stop()
+        stop_at_once(local.dagster)
 
     landed = landing_records(storage)
     assert sorted(r.frame_id for r in landed) == sorted(i for ids in sent.values() for i in ids)

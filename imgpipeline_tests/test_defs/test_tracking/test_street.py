@@ -20,6 +20,7 @@ from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.services import LocalServices
 from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.pipeline import stop_at_once
 from imgpipeline_tests.test_defs.test_streaming.test_daemon import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
@@ -83,7 +84,7 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
         wait_for(lambda: settled(storage, len(frames)), 420, "detection, then the automation sensors' "
                  "warehouse and tracking runs", explain=lambda: runs_seen(local.dagster.dagster_home))
     finally:
-        local.dagster.stop()
+        stop_at_once(local.dagster)
 
     con = connect(storage)
     per_class = {c: (n, u) for c, n, u in con.sql(
