@@ -264,3 +264,49 @@ def test_runs_a_killed_daemon_left_starting_fail_when_it_starts_again(tmp_path, 
     assert status == {"worker gone": dg.DagsterRunStatus.FAILURE, "worker alive": starting,
                       "no worker yet": starting}
     assert len(failure) == 1 and f"run worker {gone.pid} is gone" in failure[0].message
+
+
+@dg.op
+def fails():
+    raise RuntimeError("the worker went away")
+
+
+@dg.job
+def failing():
+    fails()
+
+
+def test_a_failure_run_retries_read_too_early_is_read_again():
+    """The run-retry daemon's cursor past a failure it read while the run still looked started (its
+    retry never made): put back before that failure, and only for a run that is owed a retry."""
+    from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import _create_cursor_key
+
+    from imgpipeline.lib.launcher import RETRY_GRACE_S, RETRY_WINDOW_S, rewind_lost_retries
+
+    key = _create_cursor_key(dg.DagsterEventType.RUN_FAILURE)
+    with fresh_instance({"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
+        lost, retried = (failing.execute_in_process(instance=instance, raise_on_error=False).run_id
+                         for _ in range(2))
+        instance.add_run_tags(retried, {AUTO_RETRY_RUN_ID_TAG: "its-retry"})
+        assert instance.get_run_by_id(lost).tags["dagster/will_retry"] == "true"
+        failure = next(event for event in instance.fetch_run_status_changes(
+            dg.DagsterEventType.RUN_FAILURE, limit=10).records if event.run_id == lost)
+        past = str(instance.event_log_storage.get_maximum_record_id())
+        instance.daemon_cursor_storage.set_cursor_values({key: past})
+
+        assert rewind_lost_retries(instance, now=time.time()) == []  # its retry may still be on the way
+        assert rewind_lost_retries(instance, now=time.time() + RETRY_WINDOW_S + 60) == []  # repair's now
+        assert instance.daemon_cursor_storage.get_cursor_values({key})[key] == past
+        assert rewind_lost_retries(instance, now=time.time() + RETRY_GRACE_S + 5) == [lost]
+        cursor = int(instance.daemon_cursor_storage.get_cursor_values({key})[key])
+        assert cursor == failure.storage_id - 1
+        # What the daemon reads on its next look: the failure it missed, so the run is retried.
+        again = instance.event_log_storage.get_logs_for_all_runs_by_log_id(
+            after_cursor=cursor, dagster_event_type={dg.DagsterEventType.RUN_FAILURE})
+        assert lost in {entry.run_id for entry in again.values()}
+
+    with fresh_instance({"run_retries": {"enabled": False}}) as instance:
+        failing.execute_in_process(instance=instance, raise_on_error=False)
+        instance.daemon_cursor_storage.set_cursor_values({key: "1000000"})
+        assert rewind_lost_retries(instance, now=time.time() + RETRY_GRACE_S + 5) == []

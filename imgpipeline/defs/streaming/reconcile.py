@@ -210,11 +210,16 @@ def plan_repairs(report: list[Coverage], attempts: dict, now: float, max_batch: 
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=f"Runs again, with backoff ({REPAIR_BACKOFF_S} s, doubling, {REPAIR_ATTEMPTS} times), "
-                "every range the sensor launched that no run accounted for (a run that failed for good).",
+                "every range the sensor launched that no run accounted for (a run that failed for good); "
+                "first has run retries read again a failure they missed.",
 )
 def repair_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource):
     import time
 
+    from imgpipeline.lib.launcher import rewind_lost_retries
+
+    for run_id in rewind_lost_retries(context.instance):
+        context.log.warning(f"run {run_id} failed and run retries missed it: they read its failure again")
     topic = kafka.frames_topic
     report = coverage(storage.open(), kafka, context.instance)
     attempts = json.loads(context.cursor) if context.cursor else {}
