@@ -38,7 +38,7 @@ SECTIONS = {
                          "generatePostgresqlPasswordSecret", "global", "dagsterDaemon", "concurrency",
                          "computeLogManager"},
     "dagster.yaml": {"storage", "run_launcher", "run_coordinator", "concurrency", "run_retries",
-                     "run_monitoring", "compute_logs"},
+                     "run_monitoring", "compute_logs", "retention"},
 }
 
 # Keys the chart declares where the values set some (its schema under helm/dagster/schema/schema/charts/,

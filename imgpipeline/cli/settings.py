@@ -14,6 +14,7 @@ def setting_models() -> list:
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.health import SourcePolicy
+    from imgpipeline.defs.streaming.upkeep import InstanceRetention
     from imgpipeline.lib.instance import InstanceSettings
     from imgpipeline.resources import (
         AlertsResource,
@@ -26,7 +27,8 @@ def setting_models() -> list:
     from imgpipeline.resources.mqtt import MqttSettings
 
     return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
-            TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, InstanceSettings]
+            TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, InstanceSettings,
+            InstanceRetention]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

@@ -1,5 +1,5 @@
 """The streaming domain's Definitions: the topic and landing assets, detect_frames and frames_sensor,
-reconciliation and the sources' freshness."""
+reconciliation, the sources' freshness and the purge of old runs."""
 
 import dagster as dg
 
@@ -13,11 +13,12 @@ from imgpipeline.defs.streaming.reconcile import (
     reconcile_schedule,
     repair_sensor,
 )
+from imgpipeline.defs.streaming.upkeep import purge_runs_job, purge_schedule
 
 defs = dg.Definitions(
     assets=[kafka_frames, landing_metadata],
     asset_checks=[offsets_accounted_for, sources_fresh],
-    jobs=[detect_frames, reconcile_frames, check_sources],
+    jobs=[detect_frames, reconcile_frames, check_sources, purge_runs_job],
     sensors=[build_frames_sensor(BatchPolicy.from_env()), repair_sensor],
-    schedules=[reconcile_schedule, check_sources_schedule],
+    schedules=[reconcile_schedule, check_sources_schedule, purge_schedule],
 )

@@ -1,0 +1,100 @@
+"""Dagster's instance kept to a bounded size: detect_frames runs purged by age.
+
+frames_sensor launches a detect_frames run per batch: thousands an hour at a thousand cameras, each a
+run record and an event log in Dagster's storage, read by every page of the runs list and by each
+check that lists runs. What the runs made lives in the landing files, the range ledger and the
+warehouse, so their records are kept a stated time: `purge_runs` (daily) deletes the finished ones
+older than IMGPIPELINE_RUNS_KEEP_DAYS, and failed ones after IMGPIPELINE_FAILED_RUNS_KEEP_DAYS (a failure
+is looked into later than a success). Runs of the asset jobs (an hour's tables, a day's summary) are
+few and hold Dagster's record of which partitions are made: they are kept. Sensor and schedule ticks
+are purged by the daemon itself (`retention:` in dagster.yaml).
+"""
+
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from imgpipeline.defs.streaming.detect_frames import detect_frames
+from imgpipeline.resources.settings import FromEnv, env_name, setting
+
+DAY_S = 86400
+# Runs deleted per query: each batch is read anew, so a purge killed midway is finished by the next.
+PURGE_BATCH = 500
+SUCCEEDED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.CANCELED]
+
+
+class InstanceRetention(FromEnv, BaseModel):
+    """How long Dagster's instance keeps the records of detect_frames runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    runs_keep_days: float = setting(
+        "IMGPIPELINE_RUNS_KEEP_DAYS", 7,
+        "days a finished detect_frames run's record and event log are kept (`purge_runs`, daily); what "
+        "it made stays in the landing and the warehouse", gt=0)
+    failed_runs_keep_days: float = setting(
+        "IMGPIPELINE_FAILED_RUNS_KEEP_DAYS", 30,
+        "days a failed detect_frames run's record and event log are kept, at least "
+        "IMGPIPELINE_RUNS_KEEP_DAYS", gt=0)
+
+    @model_validator(mode="after")
+    def _failures_kept_longer(self):
+        failed, done = self.failed_runs_keep_days, self.runs_keep_days
+        if failed < done:
+            model = type(self)
+            raise ValueError(f"{env_name(model, 'failed_runs_keep_days')}={failed:g} is shorter than "
+                             f"{env_name(model, 'runs_keep_days')}={done:g}: failed runs are kept at least "
+                             "as long as the others")
+        return self
+
+
+def purge_runs(instance: dg.DagsterInstance, retention: InstanceRetention, now: float | None = None,
+               log=print) -> Counter:
+    """Delete the detect_frames runs past their keeping time, oldest first; how many of each status.
+
+    A run's event log goes before its record: a purge killed between the two leaves a run that the next
+    purge finds and deletes, never events of a run that no longer exists."""
+    now = time.time() if now is None else now
+    deleted: Counter = Counter()
+    for statuses, days in ((SUCCEEDED, retention.runs_keep_days),
+                           ([dg.DagsterRunStatus.FAILURE], retention.failed_runs_keep_days)):
+        before = datetime.fromtimestamp(now - days * DAY_S, UTC)
+        while records := instance.get_run_records(
+                dg.RunsFilter(job_name=detect_frames.name, statuses=statuses, updated_before=before),
+                limit=PURGE_BATCH, ascending=True):
+            for record in records:
+                run_id = record.dagster_run.run_id
+                instance.event_log_storage.delete_events(run_id)
+                instance.run_storage.delete_run(run_id)
+                deleted[record.dagster_run.status.value] += 1
+            log(f"purged {sum(deleted.values())} detect_frames runs so far (updated before "
+                f"{before:%Y-%m-%d %H:%M} UTC: {', '.join(s.value for s in statuses)})")
+    return deleted
+
+
+@dg.op(description="Deletes the records and event logs of detect_frames runs past their keeping time.")
+def purge_detect_runs(context: dg.OpExecutionContext) -> dg.Output[dict]:
+    retention = InstanceRetention.from_env()
+    deleted = purge_runs(context.instance, retention, log=context.log.info)
+    return dg.Output(dict(deleted), metadata={
+        "deleted": dg.MetadataValue.int(sum(deleted.values())),
+        "by_status": dg.MetadataValue.json(dict(deleted)),
+        "runs_keep_days": dg.MetadataValue.float(float(retention.runs_keep_days)),
+        "failed_runs_keep_days": dg.MetadataValue.float(float(retention.failed_runs_keep_days)),
+    })
+
+
+@dg.job(name="purge_runs",
+        description="Purges detect_frames runs older than IMGPIPELINE_RUNS_KEEP_DAYS (failed ones: "
+                    "IMGPIPELINE_FAILED_RUNS_KEEP_DAYS) from Dagster's instance.")
+def purge_runs_job():
+    purge_detect_runs()
+
+
+purge_schedule = dg.ScheduleDefinition(
+    job=purge_runs_job, cron_schedule="17 3 * * *", execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
