@@ -68,7 +68,7 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(config, items):
     """The files whose tests are marked `long` first, the most minutes first, then the rest by their
-    number of tests (as pytest-xdist orders them): `.ci/run`'s PostgreSQL pass takes them in this order
+    number of tests (as pytest-xdist orders them): both passes of `.ci/run` take them in this order
     (`--no-loadscope-reorder`), so that no long test is left for last while the other worker idles."""
     minutes, count = Counter(), Counter()
     for item in items:

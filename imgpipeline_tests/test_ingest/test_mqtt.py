@@ -72,8 +72,9 @@ def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeyp
 
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    said: list[str] = []
     bridge = MqttBridge(kafka, storage, ["cameras/+/frames"], letter=mqtt_letter, client_id="bridge-e2e",
-                        settings=mqtt, log=lambda line: None)
+                        settings=mqtt, log=said.append)
     # Subscribe first (the session keeps what comes while the bridge is away), then publish.
     bridge.run(idle_s=0.5)
     client = publisher(mqtt)
@@ -84,8 +85,9 @@ def test_published_images_land_as_detected_frames(mqtt, kafka, tmp_path, monkeyp
     host, _, port = mqtt.broker.rpartition(":")
     subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-q", "1", "-t", "cameras/yard/frames",
                     "-f", str(sample("bus.jpg"))], check=True, timeout=30)
-    assert bridge.run(limit=5, idle_s=20) == 5
-    assert bridge.run(idle_s=1) == 0  # all acknowledged, the dead-lettered one too: nothing comes again
+    assert bridge.run(limit=5, idle_s=20) == 5, said
+    # All acknowledged, the dead-lettered one too: nothing comes again.
+    assert bridge.run(idle_s=1) == 0, said
     with fresh_instance() as instance:
         drain(kafka, storage, instance)
     records = {(r.source_id, r.status) for r in landing_records(storage)}

@@ -27,7 +27,7 @@ from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
 from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.long(1.2)]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.long(0.7)]
 FRAMES = 200  # two runs of 100: one to fault mid-range, one beside it
 
 
