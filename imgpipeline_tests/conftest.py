@@ -52,7 +52,7 @@ def pytest_unconfigure(config):
     if shared and not hasattr(config, "workerinput"):  # every worker is done: the shared services go
         from imgpipeline.services import Postgres
 
-        LocalServices(Path(shared) / "state").down()
+        down_at_once(LocalServices(Path(shared) / "state"))
         server = Postgres(Path(shared) / "postgres")
         server.stop()
         shutil.rmtree(server.data, ignore_errors=True)
@@ -164,6 +164,15 @@ def spread_over_workers(config) -> bool:
     return config.pluginmanager.hasplugin("xdist") and bool(config.getoption("numprocesses", None))
 
 
+def down_at_once(local: LocalServices) -> None:
+    """Services whose data goes with the tests, SIGKILLed: a broker with the suite's thousands of
+    partitions can take its whole 30 s of grace to stop politely."""
+    from imgpipeline_tests.pipeline import stop_at_once
+
+    for service in local.all:
+        stop_at_once(service)
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
     """Kafka, S3 and Mosquitto for the session. Workers of one run share the broker and the S3 endpoint
@@ -175,7 +184,7 @@ def services(tmp_path_factory):
         local = LocalServices(tmp_path_factory.mktemp("state"))
         local.up(log=lambda _msg: None)
         yield local
-        local.down()
+        down_at_once(local)
         return
     with worker_lock("services"):
         local = LocalServices(Path(shared) / "state")
@@ -195,7 +204,7 @@ def own_services(tmp_path_factory):
     local = LocalServices(tmp_path_factory.mktemp("own-state"))
     local.up(log=lambda _msg: None)
     yield local
-    local.down()
+    down_at_once(local)
 
 
 def fresh_topics(services) -> KafkaResource:
