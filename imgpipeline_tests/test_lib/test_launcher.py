@@ -282,7 +282,7 @@ def test_a_failure_run_retries_read_too_early_is_read_again():
     from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
     from dagster._daemon.auto_run_reexecution.event_log_consumer import _create_cursor_key
 
-    from imgpipeline.lib.launcher import RETRY_GRACE_S, RETRY_WINDOW_S, rewind_lost_retries
+    from imgpipeline.lib.retries import RETRY_GRACE_S, RETRY_WINDOW_S, rewind_lost_retries
 
     key = _create_cursor_key(dg.DagsterEventType.RUN_FAILURE)
     with fresh_instance({"run_retries": {"enabled": True, "max_retries": 2}}) as instance:

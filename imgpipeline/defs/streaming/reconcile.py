@@ -216,7 +216,7 @@ def plan_repairs(report: list[Coverage], attempts: dict, now: float, max_batch: 
 def repair_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource):
     import time
 
-    from imgpipeline.lib.launcher import rewind_lost_retries
+    from imgpipeline.lib.retries import rewind_lost_retries
 
     for run_id in rewind_lost_retries(context.instance):
         context.log.warning(f"run {run_id} failed and run retries missed it: they read its failure again")
