@@ -18,7 +18,7 @@ from dagster._serdes import serialize_value
 
 from imgpipeline import ConfigError
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
-from imgpipeline.defs.streaming.upkeep import DAY_S, InstanceRetention, purge_runs
+from imgpipeline.defs.streaming.upkeep import DAY_S, InstanceRetention, purge_runs, purge_runs_job
 from imgpipeline_tests.instances import fresh_instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
@@ -78,6 +78,19 @@ def test_runs_are_purged_by_age_failed_ones_later_other_jobs_never():
         month = purge_runs(instance, KEEP, now=time.time() + 31 * DAY_S, log=lambda _: None)
         assert month == {"FAILURE": 2}
         assert kept(instance, failed + other) == [False] * 2 + [True] * 2
+
+
+def test_the_purge_job_reads_its_keeping_times_from_the_environment(monkeypatch):
+    monkeypatch.setenv("IMGPIPELINE_RUNS_KEEP_DAYS", str(1 / DAY_S))  # a second
+    with fresh_instance() as instance:
+        done = runs(instance, detect_frames, DagsterEventType.RUN_SUCCESS, 2)
+        failed = runs(instance, detect_frames, DagsterEventType.RUN_FAILURE, 1)
+        time.sleep(1.5)
+        result = purge_runs_job.execute_in_process(instance=instance)
+        assert result.success
+        purged = result.output_for_node("purge_detect_runs")
+        assert purged == {"SUCCESS": 2}
+        assert kept(instance, done + failed) == [False, False, True]
 
 
 def test_a_shorter_keeping_time_for_failures_fails_at_load(monkeypatch):
