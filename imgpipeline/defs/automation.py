@@ -31,7 +31,10 @@ _updated_since_requested = (
     AC.any_deps_match(AC.newly_updated()).since(AC.newly_requested())
     | AC.newly_missing().since(AC.newly_requested() | AC.initial_evaluation())
 )
-_when_nothing_in_progress = ~AC.any_deps_in_progress() & ~AC.in_progress()
+# A dependency that a run is making is waited for. Not one in a backfill: Dagster counts an hour of a
+# backfill as in progress until the backfill daemon's next pass (every 30 s) sees its run done, which
+# would hold the hour's tracking back up to 30 s after its tables were made.
+_when_nothing_in_progress = ~AC.any_deps_match(AC.run_in_progress()) & ~AC.in_progress()
 
 # Late frames re-materialize their hour, whichever it is.
 on_landing_update = (
@@ -44,9 +47,14 @@ on_landing_update = (
 on_detections_update = (_updated_since_requested & _when_nothing_in_progress).with_label("detections updated")
 
 
-def automation_sensor(name: str, *keys: dg.AssetKey) -> dg.AutomationConditionSensorDefinition:
-    """The sensor that evaluates the conditions of a domain's assets (every 30 s by default)."""
+def automation_sensor(name: str, *keys: dg.AssetKey, run_per_hour: bool = False
+                      ) -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates the conditions of a domain's assets (every 30 s by default).
+
+    Hours asked for in one evaluation are made by one run over their range, through a backfill that the
+    backfill daemon launches on its next pass (up to 30 s later); with `run_per_hour`, for assets whose
+    hours do not depend on each other, each hour is a run of its own, launched at once."""
     return dg.AutomationConditionSensorDefinition(
         name, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=AutomationPolicy.from_env().interval_s,
+        minimum_interval_seconds=AutomationPolicy.from_env().interval_s, emit_backfills=not run_per_hour,
     )
