@@ -5,6 +5,7 @@ import dagster as dg
 from imgpipeline.defs.alerts import definitions as alerts
 from imgpipeline.defs.reports import definitions as reports
 from imgpipeline.defs.resources import resources_from_env
+from imgpipeline.defs.retention import definitions as retention
 from imgpipeline.defs.streaming import definitions as streaming
 from imgpipeline.defs.tracking import definitions as tracking
 from imgpipeline.defs.warehouse import definitions as warehouse
@@ -15,6 +16,7 @@ defs = dg.Definitions.merge(
     tracking.defs,
     alerts.defs,
     reports.defs,
+    retention.defs,
     # One process per run: a step subprocess would add seconds to every short asset run.
     dg.Definitions(resources=resources_from_env(), executor=dg.in_process_executor),
 )

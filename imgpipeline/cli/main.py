@@ -208,6 +208,14 @@ def add_run(commands) -> None:
     repair.add_argument("--dry-run", action="store_true", help="only list the holes (exit 1 when any)")
     repair.set_defaults(module="repair", run="repair")
 
+    retention = commands.add_parser(
+        "retention", help="delete what is past its keeping time now, or print the S3 lifecycle rules")
+    what = retention.add_subparsers(dest="what", required=True)
+    sweep = what.add_parser("run", help="the retention job's work, here: delete by age and record it")
+    sweep.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    what.add_parser("rules", help="S3 lifecycle rules (JSON) that expire what the retention job deletes")
+    retention.set_defaults(module="retention", run="retention")
+
     settings = commands.add_parser("settings", help="every setting: variable, value, default, meaning")
     settings.add_argument("--markdown", action="store_true",
                           help="the table of docs/configuration.md (defaults, not this environment's values)")

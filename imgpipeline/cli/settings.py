@@ -12,6 +12,7 @@ def setting_models() -> list:
     """Every model whose fields are settings (resources and small settings models)."""
     from imgpipeline.defs.automation import AutomationPolicy
     from imgpipeline.defs.partitions import Calendar
+    from imgpipeline.defs.retention.sweep import DataRetention
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.health import SourcePolicy
     from imgpipeline.defs.streaming.upkeep import InstanceRetention
@@ -28,7 +29,7 @@ def setting_models() -> list:
 
     return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
             TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, InstanceSettings,
-            InstanceRetention]
+            InstanceRetention, DataRetention]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

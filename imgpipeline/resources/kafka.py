@@ -115,6 +115,30 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
     def dlq_topic(self) -> str:
         return f"{self.frames_topic}.dlq"
 
+    @property
+    def dead_letter_topics(self) -> list[str]:
+        return [self.dlq_topic, f"{self.alerts_topic}.dlq"]
+
+    def keep_dead_letters(self, days: int) -> dict[str, str]:
+        """Have the broker delete dead letters older than `days` (0: keep them for ever): the topics stay
+        compacted (a letter per origin), and with `delete` their segments older than retention.ms go.
+        Topics not created yet are passed over (ensure_topics makes them; the next call sets them)."""
+        from kafka.admin import ConfigResource, ConfigResourceType
+
+        configs = ({"cleanup.policy": "compact,delete", "retention.ms": str(days * 86_400_000)} if days
+                   else {"cleanup.policy": "compact", "retention.ms": "-1"})
+        admin = self.admin()
+        try:
+            present = [t for t in self.dead_letter_topics if t in set(admin.list_topics())]
+            if present:
+                answers = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=configs)
+                                               for t in present]).get("topic", {})
+                if refused := {t: answer for t, answer in answers.items() if answer != "OK"}:
+                    raise ConfigError(f"the broker refused the dead letters' retention: {refused}")
+        finally:
+            admin.close()
+        return {topic: configs["retention.ms"] for topic in present}
+
     def client_config(self) -> dict:
         """Connection settings shared by producers, consumers and the admin client."""
         config: dict = {
@@ -253,7 +277,7 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                 if name == self.frames_topic
                 else NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact",
                                                          "max.message.bytes": str(MESSAGE_BYTES)})
-                for name in (self.frames_topic, self.dlq_topic, self.alerts_topic, f"{self.alerts_topic}.dlq")
+                for name in (self.frames_topic, self.alerts_topic, *self.dead_letter_topics)
                 if name not in existing
             ]
             if wanted:

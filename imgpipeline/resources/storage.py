@@ -6,6 +6,7 @@ differ only in how bytes are put, got and listed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -163,6 +164,11 @@ class Storage:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete objects (those already gone are no error)."""
+        for key in keys:
+            self.delete(key)
+
     def check(self) -> None:
         """Raise ConfigError when the root cannot be used."""
         raise NotImplementedError
@@ -280,6 +286,20 @@ class LocalStorage(Storage):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete the files, then each folder they leave empty up to the root (a day's folder goes with
+        its last file, so listings of folders no longer show it)."""
+        emptied = set()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            emptied.update(path.parents)
+        root = self.folder.resolve()
+        for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+            if folder.resolve() != root and root in folder.resolve().parents:
+                with contextlib.suppress(OSError):  # not empty, or gone
+                    folder.rmdir()
 
     def check(self) -> None:
         try:
@@ -491,6 +511,15 @@ class S3Storage(Storage):
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+
+    def delete_many(self, keys: list[str]) -> None:
+        """DeleteObjects, a thousand keys a request; a key S3 would not delete raises OSError."""
+        for first in range(0, len(keys), 1000):
+            batch = [{"Key": self._object_key(k)} for k in keys[first:first + 1000]]
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if errors := answer.get("Errors"):
+                shown = "; ".join(f"{e.get('Key')}: {e.get('Code')}" for e in errors[:5])
+                raise OSError(f"S3 did not delete {len(errors)} of {len(batch)} objects: {shown}")
 
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -12,7 +12,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import date, datetime
 from typing import TypedDict
 
 from imgpipeline.defs.hours import hour_path
@@ -153,6 +153,20 @@ class Spool:
 
     def close(self) -> None:
         self.file.close()
+
+
+RETIRED = "landing/retired"
+
+
+def retired_key(day: date) -> str:
+    """`landing/retired/<date>.json`: written by retention before it deletes a day's landing files. From
+    then on the day's tables are kept as built: a late frame lands, but never rebuilds them from what
+    is left."""
+    return f"{RETIRED}/{day.isoformat()}.json"
+
+
+def is_retired(store, day: date) -> bool:
+    return store.exists(retired_key(day))
 
 
 def landing_keys(store, hour: datetime | None = None) -> list[str]:

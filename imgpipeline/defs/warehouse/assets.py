@@ -13,7 +13,7 @@ from dagster_duckdb import DuckDBResource
 from imgpipeline.defs.automation import automation_sensor, on_landing_update
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions, yesterday_schedule
-from imgpipeline.defs.streaming.landing import hour_records
+from imgpipeline.defs.streaming.landing import hour_records, is_retired
 from imgpipeline.defs.tables import DAILY_SUMMARY, DETECTIONS, FRAMES, LANDING_ASSET, TABLES, views
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures, schema_problems
 from imgpipeline.defs.warehouse import checks, rows, sql, tracked
@@ -54,7 +54,14 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     hours = hours_in(context.partition_time_window)
     counted = {"frames": 0, "detections": 0}
     failures = no_failures(checks.CHECKS, "frames", "detections")
+    retired_days = {day for day in {hour.date() for hour in hours} if is_retired(store, day)}
+    retired = [hour for hour in hours if hour.date() in retired_days]
+    if retired:
+        context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are "
+                            "of days whose landing retention deleted: their tables stay as they were built")
     for hour in hours:
+        if hour in retired:
+            continue
         records = hour_records(store, hour)
         latest = rows.latest_per_frame(records)
         track_ids, seed = tracked.track_hour(store, hour, latest, settings)
@@ -76,6 +83,7 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         yield dg.MaterializeResult(
             asset_key=table.key,
             metadata={"rows": dg.MetadataValue.int(counted[table.name]), "hours": len(hours),
+                      "hours_kept_as_built": len(retired),
                       "path": dg.MetadataValue.path(store.uri(table.folder.rstrip("/")))},
         )
     yield from check_results(failures, len(hours), checks.WARNINGS)
