@@ -9,7 +9,14 @@ from datetime import date
 
 
 def retention(args) -> int:
-    from imgpipeline.defs.retention.sweep import DataRetention, lifecycle_rules, record_key, sweep, totals
+    from imgpipeline.defs.retention.sweep import (
+        DataRetention,
+        lifecycle_rules,
+        plural,
+        record_key,
+        sweep,
+        totals,
+    )
     from imgpipeline.resources import KafkaResource, StorageResource
 
     settings = DataRetention.from_env()
@@ -26,7 +33,7 @@ def retention(args) -> int:
                    keep_dead_letters=kafka.keep_dead_letters if kafka else None)
     deleted = totals(record)
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {sum(deleted.values())} objects: "
+    print(f"{verb} {plural(sum(deleted.values()), 'object')}: "
           + (", ".join(f"{kind} {n}" for kind, n in deleted.items()) or "nothing past its keeping time"))
     if not args.dry_run:
         print(f"recorded in {store.uri(record_key(date.fromisoformat(record['day'])))}")

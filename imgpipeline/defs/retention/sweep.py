@@ -188,7 +188,8 @@ def sweep(store, retention: DataRetention, today: date | None = None, log=print,
             if not dry_run:
                 store.put(key, json.dumps(record, indent=1).encode())
                 store.delete_many(keys)
-            log(f"{name} of {day} ({label}): {len(keys)} objects {'would be ' if dry_run else ''}deleted")
+            log(f"{name} of {day} ({label}): {plural(len(keys), 'object')} {'would be ' if dry_run else ''}"
+                "deleted")
     if keep_dead_letters is not None and not dry_run:
         days = retention.dead_letters_keep_days
         record["dead_letters"] = {"retention_ms": keep_dead_letters(days)}
@@ -198,6 +199,10 @@ def sweep(store, retention: DataRetention, today: date | None = None, log=print,
     if not dry_run:
         store.put(key, json.dumps(record, indent=1).encode())
     return record
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def totals(record: dict) -> dict[str, int]:
