@@ -188,9 +188,9 @@ def fail_orphaned_starts(instance: dg.DagsterInstance) -> list[str]:
 
     Dagster's run monitoring asks the launcher about started runs only: a run whose forked worker died
     before it reported its start (the daemon killed with its fork server and runs) would wait the whole
-    start timeout (`run_monitoring.start_timeout_seconds`, 180 s) before it is retried. Called before a
-    daemon starts; a run whose worker is still running, or that has no worker yet, is left alone. The
-    ids of the runs failed."""
+    start timeout (`run_monitoring.start_timeout_seconds`, 60 s in dagster.yaml) before it is retried.
+    Called before a daemon starts; a run whose worker is still running, or that has no worker yet (that
+    one is the start timeout's), is left alone. The ids of the runs failed."""
     from dagster._core.launcher import WorkerStatus
 
     launcher = instance.run_launcher

@@ -219,7 +219,7 @@ def test_a_worker_on_another_host_or_a_reused_pid_is_not_alive(tmp_path):
 
 def test_runs_a_killed_daemon_left_starting_fail_when_it_starts_again(tmp_path, monkeypatch):
     """A daemon killed with its fork server and runs leaves runs STARTING whose worker never reported
-    its start; Dagster's run monitoring would wait its start timeout (180 s) for them. `dagster dev`
+    its start; Dagster's run monitoring would wait its start timeout (60 s) for them. `dagster dev`
     fails them as it starts again, so run retries launch them at once; a run whose worker is alive, or
     that has no worker yet, is left starting."""
     import socket
