@@ -13,6 +13,7 @@ def setting_models() -> list:
     from imgpipeline.defs.automation import AutomationPolicy
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.retention.sweep import DataRetention
+    from imgpipeline.defs.streaming.detect_frames import Screening
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.health import SourcePolicy
     from imgpipeline.defs.streaming.upkeep import InstanceRetention
@@ -29,7 +30,7 @@ def setting_models() -> list:
 
     return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
             TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, InstanceSettings,
-            InstanceRetention, DataRetention]
+            InstanceRetention, DataRetention, Screening]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

@@ -475,16 +475,19 @@ def build_warehouse(storage, hours: list[datetime], dagster_home: Path, empty_st
 
 
 def screening_cost(storage, landing: dict) -> dict:
-    """What a run pays to screen duplicates: it reads every frame id already landed in its hour.
-    Timed here over the fullest hour, per record read."""
+    """What a run pays to screen duplicates: it reads the frame ids already landed in its hour by its
+    partition's ranges within the window (Screening.window). Timed here over the whole
+    fullest hour, per record read."""
+    from imgpipeline.defs.streaming.detect_frames import Screening
     from imgpipeline.defs.streaming.landing import landed_frames
 
+    window = Screening.from_env().window
     if not landing["hours"]:
-        return {"hour_records": 0, "read_s": 0.0, "s_per_record": 0.0}
+        return {"hour_records": 0, "read_s": 0.0, "s_per_record": 0.0, "window": window}
     hour = max(landing["hours"], key=lambda h: landing["per_hour"][h])
     store = storage.open()
     started = time.perf_counter()
     seen = landed_frames(store, hour, "")
     elapsed = time.perf_counter() - started
     return {"hour_records": len(seen), "read_s": round(elapsed, 3),
-            "s_per_record": elapsed / len(seen) if seen else 0.0}
+            "s_per_record": elapsed / len(seen) if seen else 0.0, "window": window}

@@ -168,6 +168,7 @@ def bends(r: dict) -> list[dict]:
     when it is over its limit already, after `bends_after_s` into each hour for a load that grows as
     the hour fills, or not within an hour (None). Ordered by when, then by ratio: the first is where
     the orchestration bends first."""
+    from imgpipeline.defs.streaming.detect_frames import Screening
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.resources.settings import env_name
 
@@ -228,18 +229,23 @@ def bends(r: dict) -> list[dict]:
         moves = f"{larger}; ticks closer together ({interval_env})"
     add("keeping up (lag)", keep_up, measured, f"{slots} run slots, lag not growing", moves)
 
-    # Duplicate screening: a run reads every frame id landed in its hour so far, so its cost grows
-    # through the hour; summed over the runs, a load on the run slots that reaches them after t* s.
+    # Duplicate screening: a run reads the frame ids its partition landed in its hour within the
+    # window before its range, so its cost grows through the hour's first window of offsets and then
+    # stays; summed over the runs, a load on the run slots.
     runs_s = r["per_hour"]["runs"] / 3600
     per_frame = r["screening"]["s_per_record"]
-    load_hour = runs_s * per_frame * achieved * 3600 / slots  # at the hour's last run
+    window = r["screening"].get("window", 0)
+    partition_hour = achieved * 3600 / r["partitions"]
+    read = min(window, partition_hour) if window else achieved * 3600  # records a run reads at most
+    load_hour = runs_s * per_frame * read / slots
     add("duplicate screening", load_hour,
-        f"each run re-reads the frame ids landed in its hour: {per_frame * 1e6:.1f} µs a record, "
-        f"{per_frame * achieved * 3600:,.1f} s a run at the end of an hour of {achieved * 3600:,.0f} frames, "
-        f"{r['per_hour']['runs']:,.0f} runs an hour",
+        f"each run reads the frame ids landed in its hour by its partition's ranges of the last "
+        f"{window:,} offsets: {per_frame * 1e6:.1f} µs a record, {per_frame * read:,.2f} s a run at most, "
+        f"{r['per_hour']['runs']:,.0f} runs an hour" if window else
+        f"each run reads every frame id landed in its hour: {per_frame * 1e6:.1f} µs a record, "
+        f"{per_frame * read:,.1f} s a run at the end of an hour of {achieved * 3600:,.0f} frames",
         f"the {slots} run slots' time",
-        f"{larger}; the cost is runs × the hour's frames (landing.py's landed_frames reads every landing "
-        "file of the hour in every run)",
+        f"{larger}; a smaller {env_name(Screening, 'window')} (offsets screened)",
         after_s=3600 / load_hour if load_hour >= 1 else None)
 
     # Warehouse: the automation rebuilds the current hour after landing updates, one build at a time,

@@ -3,8 +3,9 @@
 One run handles many frames and loads the model once. Bad input goes to the dead-letter
 topic with a reason and lands as a record with status `error`; the batch goes on.
 Landing files are named after the range, so re-running a range rewrites the same files,
-and a frame already processed in its event-time hour is not landed again (its offset is a
-duplicate in the range ledger); one landed only as an error is processed when it comes again.
+and a frame already processed in its event-time hour by a neighbouring range of its partition (within
+IMGPIPELINE_DUPLICATE_WINDOW offsets) is not landed again (its offset is a duplicate in the range
+ledger); one landed only as an error is processed when it comes again.
 """
 
 
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.dead_letters import dead_letter
 from imgpipeline.defs.streaming.landing import (
     OUT_OF_RANGE,
     LandingRecord,
+    Neighbours,
     Spool,
     accounted_ranges,
     contiguous_end,
@@ -42,9 +44,29 @@ from imgpipeline.defs.streaming.processing import (
 )
 from imgpipeline.defs.tables import LANDING_ASSET
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.resources.settings import FromEnv, setting
 from imgpipeline.vision.quality import DARK_THRESHOLD
 
 PARTITION_TAG = "imgpipeline/kafka-partition"
+
+
+class Screening(FromEnv, BaseModel):
+    """How far back a run looks for frames already processed in their hour."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window: int = setting(
+        "IMGPIPELINE_DUPLICATE_WINDOW", 100_000,
+        "offsets of its partition before a run's range whose landing the run screens its frames against: a "
+        "frame sent again within them is a duplicate, not landed again; one sent again later lands again "
+        "and the warehouse keeps one row of it (0: every landing file of the hour, read by every run)",
+        ge=0)
+
+    def near(self, topic: str, config: "DetectFramesConfig") -> Neighbours | None:
+        """The ranges a run over `config` screens against; None: all (explicit URIs, or no window)."""
+        if config.uris or not self.window:
+            return None
+        return Neighbours(topic, config.partition, config.generation, config.start_offset, self.window)
 
 
 class DetectFramesConfig(dg.Config):
@@ -117,9 +139,9 @@ class Batch:
     """A run's frames on their way to landing: dead letters, duplicates, detection, spools per hour."""
 
     def __init__(self, context: dg.OpExecutionContext, kafka: KafkaResource, store,
-                 processor: FrameProcessor, name: str):
+                 processor: FrameProcessor, name: str, near: Neighbours | None = None):
         self.context, self.kafka, self.store = context, kafka, store
-        self.processor, self.name = processor, name
+        self.processor, self.name, self.near = processor, name, near
         self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "shed": 0,
                        OUT_OF_RANGE: 0, "duplicate": 0, "dlq": 0}
         self.duplicates: list[int] = []  # offsets of messages for frames already processed
@@ -191,10 +213,11 @@ class Batch:
         return record.identity in self.seen(record)
 
     def seen(self, record: LandingRecord) -> set[tuple]:
-        """The frames processed in the record's hour, read from landing once per hour."""
+        """The frames processed in the record's hour (by the neighbouring ranges), read from landing once
+        per hour."""
         hour = record.event_hour
         if (found := self.landed.get(hour)) is None:
-            found = self.landed[hour] = landed_frames(self.store, hour, self.name)
+            found = self.landed[hour] = landed_frames(self.store, hour, self.name, self.near)
         return found
 
     def detect(self, item: tuple[Prepared, LandingRecord]) -> tuple[Prepared, LandingRecord]:
@@ -242,7 +265,7 @@ def detect_op(
         annotate=config.annotate, max_bytes=storage.max_frame_bytes, max_pixels=detector.max_pixels,
     )
     source = open_source(config, topic, kafka, store)
-    batch = Batch(context, kafka, store, processor, source.name)
+    batch = Batch(context, kafka, store, processor, source.name, Screening.from_env().near(topic, config))
     try:
         batch.process(Shedding(config.shed_after_s).mark(source.incoming))
         written = batch.land()

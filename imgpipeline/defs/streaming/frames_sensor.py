@@ -2,8 +2,10 @@
 
 The cursor holds the next offset per partition. A partition's pending range is launched
 when it reaches `max_batch` frames or when its oldest pending offset has waited
-`max_wait_s`; a backlog is split into `max_batch` ranges. Small batches when traffic is
-light (latency), full ones under backlog (throughput).
+`max_wait_s`; a backlog is split into `max_batch` ranges, or, when the partition's free runs
+cannot take it so, evenly over those runs up to `max_backlog_batch` each. Small batches when
+traffic is light (latency), large ones under backlog (throughput, and runs per hour that stop
+growing with the frame rate).
 
 Partitions are the unit of parallelism. Each has at most `runs_per_partition` runs queued or
 running, counted by the run tag PARTITION_TAG: a busy partition cannot fill the run queue ahead of
@@ -53,7 +55,15 @@ class BatchPolicy(FromEnv, BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_batch: int = setting("IMGPIPELINE_MAX_BATCH", 500, "frames per run at most", ge=1)
+    max_batch: int = setting("IMGPIPELINE_MAX_BATCH", 500, "frames per run at most, but under a backlog",
+                             ge=1)
+    # Under a backlog, runs grow instead of multiplying: each run's start-up is paid for more frames,
+    # and runs per hour stop growing with the frame rate once batches reach this.
+    max_backlog_batch: int = setting(
+        "IMGPIPELINE_MAX_BACKLOG_BATCH", 5000,
+        "frames per run at most under a backlog: a partition with more frames pending than its free runs "
+        "take at IMGPIPELINE_MAX_BATCH splits them evenly over those runs, up to this many each (at or below "
+        "IMGPIPELINE_MAX_BATCH: runs never grow)", ge=1)
     # The daemon evaluates sensors at most every 5 s, so frames seen at a tick have already
     # waited up to 5 s: 0 launches them at once; more than 5 s trades latency for larger runs.
     max_wait_s: float = setting(
@@ -84,6 +94,12 @@ class BatchPolicy(FromEnv, BaseModel):
     # burst still being produced: worth waiting for. A slower trickle is launched as it is.
     settle_s: float = 0.5
     burst_fps: float = 100.0
+
+    def batch_for(self, pending: int, free_runs: int) -> int:
+        """Frames per run for a partition with `pending` frames that may launch `free_runs` runs."""
+        if free_runs <= 0 or pending <= free_runs * self.max_batch:
+            return self.max_batch
+        return max(self.max_batch, min(self.max_backlog_batch, math.ceil(pending / free_runs)))
 
     @model_validator(mode="after")
     def _watch_ends_before_next_tick(self):
@@ -125,10 +141,13 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
             state["next"], state["since"] = beginnings[partition], None
         pending = ends[partition] - state["next"]
         budget = budgets.get(partition, 0)
-        while pending >= policy.max_batch and budget > 0:
-            plan.ranges.append((partition, state["next"], state["next"] + policy.max_batch))
-            state["next"] += policy.max_batch
-            pending -= policy.max_batch
+        batch = policy.batch_for(pending, budget)
+        grown = batch > policy.max_batch  # the backlog split evenly: the last run takes what is left
+        while budget > 0 and (pending >= batch or (grown and pending > 0)):
+            size = min(batch, pending)
+            plan.ranges.append((partition, state["next"], state["next"] + size))
+            state["next"] += size
+            pending -= size
             budget -= 1
             state["since"] = None
         if pending <= 0:

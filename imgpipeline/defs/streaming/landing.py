@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -196,13 +197,39 @@ def all_records(store) -> list[LandingRecord]:
     return [record for key in landing_keys(store) for record in read_records(store, key)]
 
 
-def landed_frames(store, hour: datetime, except_name: str) -> set[tuple]:
-    """The frames (source_id, frame_id) already processed in an event-time hour by other ranges; a
-    frame landed only as an error (or out of range) is not among them, so a message sent again once
-    right is processed."""
+RANGE_NAME = re.compile(r"(.+)-([0-9]+)-([0-9]+)-([0-9]+)(?:-g([0-9]+))?")
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The ranges whose landing a run over [start, …) screens its frames against: those of its topic,
+    partition and generation that end less than `window` offsets before its start (or after it), and
+    every run over explicit URIs. A source's frames share a partition (its key), so a frame sent again
+    comes a little later on the same partition; what a run reads no longer grows with its hour."""
+
+    topic: str
+    partition: int
+    generation: int
+    start: int
+    window: int
+
+    def include(self, name: str) -> bool:
+        found = RANGE_NAME.fullmatch(name)
+        if found is None:
+            return True  # uris-…: runs by hand, few
+        topic, partition, _, end, generation = found.groups()
+        return ((topic, int(partition), int(generation or 0)) == (self.topic, self.partition, self.generation)
+                and int(end) > self.start - self.window)
+
+
+def landed_frames(store, hour: datetime, except_name: str, near: Neighbours | None = None) -> set[tuple]:
+    """The frames (source_id, frame_id) already processed in an event-time hour by other ranges (only the
+    `near` ones when given); a frame landed only as an error (or out of range) is not among them, so a
+    message sent again once right is processed."""
     own = landing_key(hour, except_name)
-    return {record.identity for key in landing_keys(store, hour) if key != own
-            for record in read_records(store, key) if record.processed}
+    keys = [key for key in landing_keys(store, hour) if key != own
+            and (near is None or near.include(key.rsplit("/", 1)[-1].removesuffix(".jsonl")))]
+    return {record.identity for key in keys for record in read_records(store, key) if record.processed}
 
 
 def ledger_prefix(topic: str, partition: int, generation: int = 0) -> str:

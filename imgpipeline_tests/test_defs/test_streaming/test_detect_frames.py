@@ -231,3 +231,36 @@ def test_explicit_frame_uris_are_processed(kafka, storage):
     from imgpipeline.vision.quality import decode_image
 
     assert decode_image(annotated).shape == decode_image(sample("bus.jpg").read_bytes()).shape
+
+
+def test_a_frame_sent_again_past_the_screening_window_lands_again_and_the_tables_keep_one_row(
+        kafka, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from imgpipeline.defs.warehouse.assets import hourly_tables
+    from imgpipeline.resources import TrackingResource
+
+    monkeypatch.setenv("IMGPIPELINE_DUPLICATE_WINDOW", "10")
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=50))
+    with fresh_instance() as instance:
+        for part, ledger in ((frames[:30], "a"), (frames[30:], "b"), (frames[:5] + frames[30:35], "c")):
+            producer(kafka, storage, "bikes", tmp_path / ledger).send_all(part, progress=False)
+            runs, _ = drain(kafka, storage, instance)
+        # Offsets 50-59 of the source's partition: frames 30-34 were landed by the range 30-50, within 10
+        # offsets of it: duplicates; frames 0-4 by the range 0-30, past the window: landed again.
+        (request, outcome), = runs
+        assert request.run_key.split("-")[-2:] == ["50", "60"]
+        assert outcome.output_for_node("detect")["counts"]["duplicate"] == 5
+        landed = Counter(r.frame_id for r in landing_records(storage))
+        assert len(landed) == 50 and sorted(f for f, n in landed.items() if n > 1) == sorted(
+            f.frame_id for f in frames[:5])
+        result = dg.materialize([hourly_tables], instance=instance, tags={
+            "dagster/asset_partition_range_start": "2026-11-20-23:00",
+            "dagster/asset_partition_range_end": "2026-11-21-00:00"},
+            resources={"storage": storage, "tracking": TrackingResource()})
+        assert result.success
+    from imgpipeline.defs.tables.views import connect
+
+    con = connect(storage)
+    assert con.sql("SELECT count(*), count(DISTINCT frame_id) FROM frames").fetchone() == (50, 50)

@@ -39,15 +39,31 @@ def test_plan_splits_backlog_and_waits_for_small_batches():
     later = plan_ranges(plan.cursor, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1005.0, policy=policy,
                         budgets={0: 10, 1: 10})
     assert later.ranges == [(0, 200, 250), (1, 0, 30)]
-    limited = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budgets={0: 3})
+    fixed = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=5, watch_s=0)
+    limited = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=fixed, budgets={0: 3})
     assert limited.ranges == [(0, 0, 100), (0, 100, 200), (0, 200, 300)]
     assert limited.cursor["partitions"]["0"]["next"] == 300
+
+
+def test_a_backlog_grows_the_runs_up_to_their_cap():
+    """More frames than a partition's free runs take at max_batch: split evenly over those runs, each at
+    most max_backlog_batch; what is left waits for the next runs."""
+    policy = BatchPolicy(max_batch=100, max_backlog_batch=400, max_wait_s=5, watch_s=0)
+    even = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budgets={0: 3})
+    assert even.ranges == [(0, 0, 334), (0, 334, 668), (0, 668, 1000)]
+    assert even.cursor["partitions"]["0"] == {"next": 1000, "since": None}
+    capped = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budgets={0: 2})
+    assert capped.ranges == [(0, 0, 400), (0, 400, 800)]
+    assert capped.cursor["partitions"]["0"] == {"next": 800, "since": 0.0}
+    # What fits the free runs at max_batch is not grown.
+    small = plan_ranges({}, {0: 250}, {0: 0}, now=0.0, policy=policy, budgets={0: 3})
+    assert small.ranges == [(0, 0, 100), (0, 100, 200)]
 
 
 def test_plan_gives_each_partition_its_own_runs_in_turn():
     """A busy partition's backlog does not take a quiet partition's turn: each has its own budget, and
     the ranges alternate (the order the run queue starts them)."""
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0)
+    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=0, watch_s=0)
     ends, beginnings = {0: 1000, 1: 30, 2: 250, 3: 0}, {0: 0, 1: 0, 2: 0, 3: 0}
     plan = plan_ranges({}, ends, beginnings, now=0.0, policy=policy, budgets={0: 2, 1: 2, 2: 2, 3: 2})
     assert plan.ranges == [(0, 0, 100), (1, 0, 30), (2, 0, 100), (0, 100, 200), (2, 100, 200)]
@@ -117,7 +133,7 @@ def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
 @pytest.mark.integration
 def test_sensor_respects_runs_in_flight(kafka):
     fill(kafka, 500)
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
+    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
     with fresh_instance() as instance:
         result = tick(kafka, instance, policy)
         assert len(result.run_requests) == 2
@@ -132,7 +148,7 @@ def test_runs_in_flight_are_counted_per_partition(kafka):
 
     fill(kafka, 300, partition=0)
     fill(kafka, 300, partition=1)
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
+    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
     with fresh_instance() as instance:
         def run(tag: str):
             return instance.create_run_for_job(detect_frames, tags={PARTITION_TAG: tag})  # NOT_STARTED

@@ -6,7 +6,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-from imgpipeline.defs.streaming.landing import LandingRecord, Spool, landing_key, parse_records, read_records
+from imgpipeline.defs.streaming.landing import (
+    LandingRecord,
+    Neighbours,
+    Spool,
+    landed_frames,
+    landing_key,
+    parse_records,
+    read_records,
+)
 from imgpipeline.resources import StorageResource
 
 CONTRACTS = Path(__file__).parents[3] / "docs" / "contracts.md"
@@ -54,3 +62,19 @@ def test_out_of_range_records_go_to_the_hour_they_reached_the_broker():
 def test_the_contract_names_every_field():
     section = CONTRACTS.read_text().split("## Landing record", 1)[1].split("\n## ", 1)[0]
     assert [f.name for f in dataclasses.fields(LandingRecord) if f"`{f.name}`" not in section] == []
+
+
+def test_a_run_screens_against_its_partitions_ranges_within_the_window(tmp_path):
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    hour = a_record().event_hour
+    files = {"frames-0-0-100": "far", "frames-0-150000-150100": "near", "frames-0-200100-200200": "after",
+             "frames-1-199000-199100": "other-partition", "frames-0-199000-199100-g1": "other-generation",
+             "frames-x-0-199000-199100": "other-topic", "uris-0123456789abcdef": "by-uri",
+             "frames-0-200000-200100": "own"}
+    for name, frame_id in files.items():
+        store.put(landing_key(hour, name), a_record(frame_id=frame_id).to_json() + b"\n")
+    near = Neighbours("frames", 0, 0, start=200000, window=100000)
+    assert {f for _, f in landed_frames(store, hour, "frames-0-200000-200100", near)} == {
+        "near", "after", "by-uri"}
+    every = landed_frames(store, hour, "frames-0-200000-200100")
+    assert {f for _, f in every} == set(files.values()) - {"own"}
