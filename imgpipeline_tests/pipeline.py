@@ -44,6 +44,16 @@ def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
     raise AssertionError(f"still pending after {max_ticks} ticks: {cursor}")
 
 
+def storage_env(storage) -> dict:
+    """The environment that gives a process this storage resource (a store killed mid-work is one)."""
+    import os
+
+    s3 = storage.s3
+    given = {"IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": s3.endpoint_url,
+             "AWS_ACCESS_KEY_ID": s3.aws_access_key_id, "AWS_SECRET_ACCESS_KEY": s3.aws_secret_access_key}
+    return {**os.environ, **{name: str(value) for name, value in given.items() if value}}
+
+
 def landing_records(storage) -> list[dict]:
     return all_records(storage.open())
 

@@ -7,7 +7,6 @@ lifecycle rules are ones an S3 endpoint takes."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from imgpipeline.defs.tables import FRAMES, from_parquet
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.pipeline import storage_env
 
 pytestmark = [pytest.mark.integration]
 
@@ -125,14 +125,6 @@ from imgpipeline.defs.retention.sweep import DataRetention, sweep
 from imgpipeline.resources import StorageResource
 sweep(StorageResource.from_env().open(), DataRetention(), today=date(2026, 11, 24), log=lambda line: None)
 """
-
-
-def storage_env(storage: StorageResource) -> dict:
-    """The environment that gives a process this storage resource."""
-    s3 = storage.s3
-    given = {"IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": s3.endpoint_url,
-             "AWS_ACCESS_KEY_ID": s3.aws_access_key_id, "AWS_SECRET_ACCESS_KEY": s3.aws_secret_access_key}
-    return {**os.environ, **{name: str(value) for name, value in given.items() if value}}
 
 
 def test_a_sweep_killed_midway_is_finished_by_the_next(storage):

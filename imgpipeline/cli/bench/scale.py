@@ -121,7 +121,7 @@ class Watch:
         self.tps = [TopicPartition(self.kafka.frames_topic, p) for p in range(self.partitions)]
 
     def refresh(self) -> None:
-        from imgpipeline.defs.streaming.landing import ledger_prefix
+        from imgpipeline.defs.streaming.ledger import ledger_prefix
 
         for partition in range(self.partitions):
             prefix = ledger_prefix(self.kafka.frames_topic, partition)

@@ -23,16 +23,14 @@ from imgpipeline.defs.streaming.landing import (
     LandingRecord,
     Neighbours,
     Spool,
-    accounted_ranges,
-    contiguous_end,
     landed_frames,
     landing_key,
     latest_times,
     range_name,
-    record_range,
     record_sources,
     uris_name,
 )
+from imgpipeline.defs.streaming.ledger import Ledger, contiguous_end, fold_ledger, read_ledger, record_range
 from imgpipeline.defs.streaming.processing import (
     FrameProcessor,
     Incoming,
@@ -279,8 +277,10 @@ def detect_op(
                                   config.generation, run_id=context.run_id, counts=batch.counts,
                                   gaps=source.gaps, duplicates=batch.duplicates, landing=written)
             written.append(ledger)
+            accounted = read_ledger(store, topic, config.partition, config.generation)
+            fold_ledger(store, topic, config.partition, config.generation, ledger=accounted)
             if config.commit:
-                commit_accounted(source.consumer, store, topic, config.partition, config.generation)
+                commit_accounted(source.consumer, accounted, topic, config.partition)
     finally:
         batch.close()
         source.close()
@@ -299,16 +299,17 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def commit_accounted(consumer, store, topic: str, partition: int, generation: int = 0) -> int | None:
-    """Move the group's committed offset as far as the accounted ranges reach without a hole, never
-    backwards: a range that failed holds the commit at its start, so lag tools show it."""
+def commit_accounted(consumer, ledger: Ledger, topic: str, partition: int) -> int | None:
+    """Move the group's committed offset as far as the partition's accounted ranges (its ledger as read)
+    reach without a hole, never backwards: a range that failed holds the commit at its start, so lag
+    tools show it."""
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
     tp = TopicPartition(topic, partition)
     committed = consumer.committed(tp)
     base = committed if committed is not None else consumer.beginning_offsets([tp])[tp]
-    reach = contiguous_end(accounted_ranges(store, topic, partition, generation), base)
+    reach = contiguous_end(([ledger.folded] if ledger.folded else []) + ledger.live_ranges, base)
     if reach > base:
         consumer.commit({tp: OffsetAndMetadata(reach, "", -1)})
         return reach

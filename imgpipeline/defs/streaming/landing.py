@@ -21,7 +21,6 @@ from imgpipeline.ingest.messages import iso_utc, parse_time, sha256_hex
 from imgpipeline.resources.storage import BadObject
 
 LANDING = "landing/metadata"
-RANGES = "landing/ranges"
 
 # A frame whose capture time lies before the partitions' start or too far ahead of the broker's time
 # (defs/partitions.py): recorded, not detected, in the hour it reached the broker.
@@ -230,81 +229,6 @@ def landed_frames(store, hour: datetime, except_name: str, near: Neighbours | No
     keys = [key for key in landing_keys(store, hour) if key != own
             and (near is None or near.include(key.rsplit("/", 1)[-1].removesuffix(".jsonl")))]
     return {record.identity for key in keys for record in read_records(store, key) if record.processed}
-
-
-def ledger_prefix(topic: str, partition: int, generation: int = 0) -> str:
-    return f"{RANGES}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
-
-
-def range_key(topic: str, partition: int, start: int, end: int, generation: int = 0) -> str:
-    return f"{ledger_prefix(topic, partition, generation)}{start}-{end}.json"
-
-
-def range_entry(store, topic: str, partition: int, start: int, end: int, generation: int = 0) -> dict:
-    """The ledger entry of one accounted range, as record_range wrote it."""
-    return json.loads(store.get(range_key(topic, partition, start, end, generation)))
-
-
-def record_range(store, topic: str, partition: int, start: int, end: int, generation: int, *,
-                 run_id: str, counts: dict, gaps: list[tuple[int, int]], duplicates: list[int],
-                 landing: list[str]) -> str:
-    """`landing/ranges/<topic>/<partition>/[g<N>/]<start>-<end>.json`: the proof that a range is
-    accounted for, offset by offset (landed, dead-lettered, a duplicate of a frame already processed:
-    `duplicates`, or deleted by retention before it was read: `deleted`; each as [first, end) spans).
-    Written after the landing files, before the commit."""
-    key = range_key(topic, partition, start, end, generation)
-    store.put(key, json.dumps({"range": range_name(topic, partition, start, end, generation),
-                               "start": start, "end": end, "generation": generation, "run_id": run_id,
-                               "counts": counts, "deleted": [list(g) for g in gaps],
-                               "duplicates": [list(s) for s in spans(duplicates)],
-                               "landing": landing}).encode())
-    return key
-
-
-def spans(offsets: list[int]) -> list[tuple[int, int]]:
-    """Offsets as sorted [first, end) spans: [3, 4, 5, 9] → [(3, 6), (9, 10)]."""
-    found: list[tuple[int, int]] = []
-    for offset in sorted(set(offsets)):
-        if found and found[-1][1] == offset:
-            found[-1] = (found[-1][0], offset + 1)
-        else:
-            found.append((offset, offset + 1))
-    return found
-
-
-def accounted_ranges(store, topic: str, partition: int, generation: int = 0) -> list[tuple[int, int]]:
-    """The [start, end) ranges of a partition that runs have accounted for, sorted."""
-    prefix, found = ledger_prefix(topic, partition, generation), []
-    for key in store.list(prefix):
-        name = key[len(prefix):]
-        if "/" not in name and name.endswith(".json"):  # not another generation's folder
-            start, _, end = name.removesuffix(".json").partition("-")
-            found.append((int(start), int(end)))
-    return sorted(found)
-
-
-def holes(ranges: list[tuple[int, int]], first: int, upto: int) -> list[tuple[int, int]]:
-    """The offsets in [first, upto) that no range covers, as [start, end) ranges."""
-    missing, position = [], first
-    for start, end in sorted(ranges):
-        if start > position:
-            missing.append((position, min(start, upto)))
-        position = max(position, end)
-        if position >= upto:
-            break
-    if position < upto:
-        missing.append((position, upto))
-    return [(s, e) for s, e in missing if s < e]
-
-
-def contiguous_end(ranges: list[tuple[int, int]], base: int) -> int:
-    """How far from `base` the ranges cover without a hole: where a consumer group may commit."""
-    position = base
-    for start, end in sorted(ranges):
-        if start > position:
-            break
-        position = max(position, end)
-    return position
 
 
 SOURCES = "landing/sources"

@@ -13,7 +13,8 @@ import dagster as dg
 
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
 from imgpipeline.defs.streaming.frames_sensor import ACTIVE, BatchPolicy
-from imgpipeline.defs.streaming.landing import accounted_ranges, holes, range_entry, range_name
+from imgpipeline.defs.streaming.landing import range_name
+from imgpipeline.defs.streaming.ledger import KEEP_LIVE, accounted_ranges, holes, range_entry, read_ledger
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import KafkaResource, StorageResource
 
@@ -97,8 +98,8 @@ def coverage(store, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[
 
 
 # How many of a partition's latest ledger entries the check reads for duplicates: its cost stays flat
-# whatever the history.
-RECENT_RANGES = 200
+# whatever the history (the ledger keeps at least these live when it folds).
+RECENT_RANGES = KEEP_LIVE
 
 
 def recent_duplicates(store, topic: str, report: list[Coverage]) -> dict[int, list[list[int]]]:
@@ -106,7 +107,8 @@ def recent_duplicates(store, topic: str, report: list[Coverage]) -> dict[int, li
     again) in its latest RECENT_RANGES accounted ranges still in the log, as [first, end) spans."""
     found = {}
     for c in report:
-        recent = [r for r in accounted_ranges(store, topic, c.partition, c.generation) if r[1] > c.beginning]
+        live = read_ledger(store, topic, c.partition, c.generation).live_ranges
+        recent = [r for r in live if r[1] > c.beginning]
         entries = [range_entry(store, topic, c.partition, start, end, c.generation)
                    for start, end in recent[-RECENT_RANGES:]]
         spans = [span for entry in entries for span in entry.get("duplicates", [])]

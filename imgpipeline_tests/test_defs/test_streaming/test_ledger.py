@@ -1,0 +1,102 @@
+"""The range ledger folded: a partition's oldest contiguous entries become one archive and one mark, so a
+commit or the coverage check lists a bounded number of objects; what is accounted for is the same at
+every moment of a fold, one SIGKILLed midway included, and the next fold finishes it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from imgpipeline.defs.streaming.ledger import (
+    ARCHIVE,
+    accounted_ranges,
+    contiguous_end,
+    fold_ledger,
+    folded_prefix,
+    holes,
+    ledger_prefix,
+    range_entry,
+    read_ledger,
+    record_range,
+)
+from imgpipeline_tests.pipeline import storage_env
+
+pytestmark = [pytest.mark.integration]
+TOPIC = "frames"
+
+
+def write_ledger(store, ranges: list[tuple[int, int]]) -> None:
+    for start, end in ranges:
+        record_range(store, TOPIC, 0, start, end, 0, run_id=f"run-{start}", counts={"read": end - start},
+                     gaps=[], duplicates=[start] if start % 100 == 0 else [], landing=[])
+
+
+def accounted(store) -> tuple[int, list[tuple[int, int]]]:
+    """Where a commit from offset 0 may go, and the holes up to the last offset: what folding must keep."""
+    ranges = accounted_ranges(store, TOPIC, 0)
+    return contiguous_end(ranges, 0), holes(ranges, 0, max(end for _, end in ranges))
+
+
+# 200 ranges of 10 offsets, a hole at 2000-2010 (a run still working), 20 ranges after it.
+RANGES = [(s, s + 10) for s in range(0, 2000, 10)] + [(s, s + 10) for s in range(2010, 2210, 10)]
+
+
+def test_a_fold_keeps_what_is_accounted_for_and_lists_a_bounded_ledger(storage):
+    store = storage.open()
+    write_ledger(store, RANGES)
+    before = accounted(store)
+    assert before == (2000, [(2000, 2010)])
+    entries = {(s, e): range_entry(store, TOPIC, 0, s, e) for s, e in RANGES[:170]}
+
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) == (0, 1700)  # all but the latest 50
+    assert accounted(store) == before
+    ledger = read_ledger(store, TOPIC, 0)
+    assert ledger.folded == (0, 1700) and len(ledger.marks) == 1 and len(ledger.live) == 50
+    assert len(store.list(ledger_prefix(TOPIC, 0))) == 50
+    # The folded entries are kept, as written, in the archive.
+    (archive,) = store.list(f"{ARCHIVE}/{TOPIC}/0/")
+    archived = [json.loads(line) for line in store.get(archive).splitlines()]
+    assert {(e["start"], e["end"]): e for e in archived} == entries
+    # Nothing more to fold until more runs come; then only what is contiguous with the mark.
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) is None
+    write_ledger(store, [(s, s + 10) for s in range(2210, 2800, 10)])
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) == (0, 2000)  # up to the hole
+    write_ledger(store, [(2000, 2010)] + [(s, s + 10) for s in range(2800, 3100, 10)])  # the hole's run done
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) == (0, 2600)
+    assert accounted(store) == (3100, [])
+    assert len(read_ledger(store, TOPIC, 0).marks) == 1
+
+
+FOLD = """
+from imgpipeline.defs.streaming.ledger import fold_ledger
+from imgpipeline.resources import StorageResource
+fold_ledger(StorageResource.from_env().open(), "frames", 0, keep=50, fold_at=100)
+"""
+
+
+def test_a_fold_killed_midway_loses_nothing_and_the_next_finishes_it(storage):
+    store = storage.open()
+    count = 800 if storage.location.scheme == "file" else 300  # S3 deletes slower: fewer keep it midway
+    ranges = [(s, s + 10) for s in range(0, 10 * count, 10)]
+    folded = (0, 10 * (count - 50))
+    write_ledger(store, ranges)
+    before = accounted(store)
+    folding = subprocess.Popen([sys.executable, "-c", FOLD], env=storage_env(storage))
+    deadline = time.monotonic() + 300
+    while not store.list(folded_prefix(TOPIC, 0)) and folding.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)  # the mark is written before the folded entries are deleted
+    folding.send_signal(signal.SIGKILL)
+    folding.wait()
+    midway = read_ledger(store, TOPIC, 0)
+    assert midway.folded == folded and len(midway.live) > 50, "the fold was not killed midway"
+    assert accounted(store) == before
+
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) is None  # nothing new: what was left goes
+    after = read_ledger(store, TOPIC, 0)
+    assert after.folded == folded and len(after.live) == 50 and len(after.marks) == 1
+    assert accounted(store) == before
