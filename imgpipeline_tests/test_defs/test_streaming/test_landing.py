@@ -72,7 +72,8 @@ def test_a_run_screens_against_its_partitions_ranges_within_the_window(tmp_path)
              "frames-x-0-199000-199100": "other-topic", "uris-0123456789abcdef": "by-uri",
              "frames-0-200000-200100": "own"}
     for name, frame_id in files.items():
-        store.put(landing_key(hour, name), a_record(frame_id=frame_id).to_json() + b"\n")
+        record = dataclasses.replace(a_record(), frame_id=frame_id)
+        store.put(landing_key(hour, name), record.to_json() + b"\n")
     near = Neighbours("frames", 0, 0, start=200000, window=100000)
     assert {f for _, f in landed_frames(store, hour, "frames-0-200000-200100", near)} == {
         "near", "after", "by-uri"}
