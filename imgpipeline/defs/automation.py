@@ -31,10 +31,12 @@ _updated_since_requested = (
     AC.any_deps_match(AC.newly_updated()).since(AC.newly_requested())
     | AC.newly_missing().since(AC.newly_requested() | AC.initial_evaluation())
 )
-# A dependency that a run is making is waited for. Not one in a backfill: Dagster counts an hour of a
+_when_nothing_in_progress = ~AC.any_deps_in_progress() & ~AC.in_progress()
+# Tracking waits for the detections a run is making, not for a backfill's: Dagster counts an hour of a
 # backfill as in progress until the backfill daemon's next pass (every 30 s) sees its run done, which
-# would hold the hour's tracking back up to 30 s after its tables were made.
-_when_nothing_in_progress = ~AC.any_deps_match(AC.run_in_progress()) & ~AC.in_progress()
+# would hold the hour's tracks back up to 30 s after its tables were made. Alerts keep waiting for the
+# whole backfill: what they send cannot be taken back.
+_when_no_run_in_progress = ~AC.any_deps_match(AC.run_in_progress()) & ~AC.in_progress()
 
 # Late frames re-materialize their hour, whichever it is.
 on_landing_update = (
@@ -45,6 +47,7 @@ on_landing_update = (
 # counts and alerts are made as its detections come, and made again once the next hour's detections
 # exist.
 on_detections_update = (_updated_since_requested & _when_nothing_in_progress).with_label("detections updated")
+on_detections_made = (_updated_since_requested & _when_no_run_in_progress).with_label("detections made")
 
 
 def automation_sensor(name: str, *keys: dg.AssetKey, run_per_hour: bool = False

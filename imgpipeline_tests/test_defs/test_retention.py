@@ -55,7 +55,7 @@ def build(storage: StorageResource, hour: datetime) -> dg.ExecuteInProcessResult
     return result
 
 
-OLD = ["frames/cam1/2026-10-20/a.jpg", "frames/cam1/2026-10-20/b.jpg", "frames/cam2/2026-10-01/d.jpg",
+OLD = ["frames/cam1/2026-10-20/a.jpg", "frames/cam1/2026-10-24/b.jpg", "frames/cam2/2026-10-01/d.jpg",
        "annotated/cam1/2026-10-20/a.jpg", "reports/daily/2025-11-01.html"]
 EVIDENCE = ["annotated/cam1/2026-10-20/a.alert-0000000001.jpg",
             "annotated/cam1/2026-10-20/a.alert-0000000001.crop.jpg"]
@@ -75,8 +75,15 @@ def test_what_is_past_its_time_goes_and_the_rest_stays(storage):
     frames_before = store.get(FRAMES.hour_key(OLD_HOUR))
     land(store, UNBUILT_HOUR, "frames-0-3-4", [record("g", UNBUILT_HOUR, 1)])
 
+    if storage.location.scheme == "s3":  # a folder object, as S3 consoles make: not a key of the layout
+        marker = f"{storage.location.prefix}/frames/cam1/2026-10-20/"
+        store.client.put_object(Bucket=storage.location.bucket, Key=marker, Body=b"")
+
     made = sweep(store, DataRetention(), today=TODAY, **QUIET)
 
+    if storage.location.scheme == "s3":
+        assert made["skipped"] == ["frames/cam1/2026-10-20/"]
+        store.client.head_object(Bucket=storage.location.bucket, Key=marker)  # still there
     assert [k for k in OLD if store.exists(k)] == []
     assert [k for k in KEPT if not store.exists(k)] == []
     assert not store.exists(landing_key(OLD_HOUR, "frames-0-0-3")) and is_retired(store, OLD_HOUR.date())
@@ -89,7 +96,7 @@ def test_what_is_past_its_time_goes_and_the_rest_stays(storage):
     stored = json.loads(store.get(record_key(TODAY)))
     assert stored == made and stored["finished_at"]
     assert stored["deleted"] == {
-        "frames": {"2026-10-01": {"cam2": 1}, "2026-10-20": {"cam1": 2}},
+        "frames": {"2026-10-01": {"cam2": 1}, "2026-10-20": {"cam1": 1}, "2026-10-24": {"cam1": 1}},
         "annotated": {"2026-10-20": {"cam1": 1}},
         "reports": {"2025-11-01": {"reports": 1}},
         "landing": {"2026-10-20": {"landing": 1}},

@@ -7,7 +7,8 @@ keeping time: with 30 days, on 2026-11-24 the days up to 2026-10-24 are deleted.
 touched: a frame whose bytes are gone keeps its rows.
 
 A day's objects are recorded in `retention/<date of the sweep>.json` before they are deleted, so a
-sweep killed midway is finished by the next with the same record. Landing goes last of all, and only for
+sweep killed midway is finished by the next one of the same UTC day with the same record (the next
+day's counts what was left). Landing goes last of all, and only for
 a day whose landed hours all have their tables: the day is marked retired first (`landing.retired_key`),
 and its tables are kept as built from then on.
 """
@@ -23,9 +24,10 @@ from datetime import UTC, date, datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.streaming.landing import LANDING, retired_key
-from imgpipeline.defs.tables import FRAMES
+from imgpipeline.defs.tables import DETECTIONS, FRAMES
 from imgpipeline.ingest.messages import FRAME_ID, iso_utc
 from imgpipeline.resources.settings import FromEnv, setting
+from imgpipeline.resources.storage import BadObject, clean_key
 
 RECORDS = "retention"
 DAY = re.compile(r"(?:dt=)?([0-9]{4}-[0-9]{2}-[0-9]{2})")
@@ -108,7 +110,8 @@ def old_days(store, name: str, kind: Kind, before: date) -> Iterator[tuple[date,
     found = []
     if kind.layout == "day file":
         for key in store.list(f"{kind.top}/"):
-            if (day := day_of(key.rsplit("/", 1)[-1])) is not None and day < before:
+            file = key[len(kind.top) + 1:]
+            if "/" not in file and (day := day_of(file)) is not None and day < before:
                 found.append((day, name, key))
         return iter(sorted(found))
     tops = [(kind.top, name)]
@@ -123,7 +126,8 @@ def old_days(store, name: str, kind: Kind, before: date) -> Iterator[tuple[date,
 
 
 def unbuilt_hours(store, day_prefix: str, keys: list[str]) -> list[str]:
-    """The hours of a day's landing files that have no frames table: their landing must stay."""
+    """The hours of a day's landing files without both their frames and detections tables: their landing
+    must stay."""
     missing = set()
     for key in keys:
         part = key[len(day_prefix):].split("/", 1)[0]
@@ -131,7 +135,7 @@ def unbuilt_hours(store, day_prefix: str, keys: list[str]) -> list[str]:
             continue
         day = day_of(day_prefix.rstrip("/").rsplit("/", 1)[-1])
         moment = datetime(day.year, day.month, day.day, int(hour.group(1)), tzinfo=UTC)
-        if not store.exists(FRAMES.hour_key(moment)):
+        if not all(store.exists(table.hour_key(moment)) for table in (FRAMES, DETECTIONS)):
             missing.add(part)
     return sorted(missing)
 
@@ -148,6 +152,17 @@ def retire(store, day: date, prefix: str, keys: list[str], record: dict, log, dr
         store.put(retired_key(day), json.dumps({"retired_at": iso_utc(datetime.now(UTC)),
                                                 "objects": len(keys)}).encode())
     return True
+
+
+def of_the_layout(keys: list[str]) -> tuple[list[str], list[str]]:
+    """Keys the store takes as keys, and the others (`a//b`, a folder object `…/`): never deleted here."""
+    good, odd = [], []
+    for key in keys:
+        try:
+            good.append(clean_key(key))
+        except BadObject:
+            odd.append(key)
+    return good, odd
 
 
 def record_key(today: date) -> str:
@@ -177,7 +192,10 @@ def sweep(store, retention: DataRetention, today: date | None = None, log=print,
         if before is None:
             continue
         for day, label, prefix in old_days(store, name, kind, before):
-            keys = [k for k in store.list(prefix) if kind.selects(k)]
+            keys, odd = of_the_layout([k for k in store.list(prefix) if kind.selects(k)])
+            if odd:
+                record["skipped"] = sorted(set(record.get("skipped", [])) | set(odd))[:1000]
+                log(f"{name} of {day}: {plural(len(odd), 'key')} not of the layout left alone: {odd[0]!r}")
             if not keys:
                 continue
             if name == "landing" and not retire(store, day, prefix, keys, record, log, dry_run):

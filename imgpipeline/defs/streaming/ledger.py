@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from imgpipeline.defs.streaming.landing import range_name
+from imgpipeline.resources.storage import BadObject
 
 RANGES = "landing/ranges"
 ARCHIVE = "landing/ranges-archive"
@@ -120,7 +121,12 @@ def folded_prefix(topic: str, partition: int, generation: int = 0) -> str:
 
 
 def read_ledger(store, topic: str, partition: int, generation: int = 0) -> Ledger:
-    """One listing of the marks and one of the live entries (another generation's folder passed over)."""
+    """One listing of the live entries, then one of the marks (another generation's folder passed over).
+    In that order: a fold between the two shows its entries twice, never a hole."""
+    prefix, live = ledger_prefix(topic, partition, generation), []
+    for key in store.list(prefix):
+        if (found := ENTRY.fullmatch(key[len(prefix):])) is not None:
+            live.append((int(found.group(1)), int(found.group(2)), key))
     marks, folded = [], None
     mark_prefix = folded_prefix(topic, partition, generation)
     for key in store.list(mark_prefix):
@@ -128,37 +134,39 @@ def read_ledger(store, topic: str, partition: int, generation: int = 0) -> Ledge
             marks.append(key)
             span = (int(found.group(2)), int(found.group(1)))
             folded = span if folded is None or span[1] > folded[1] else folded
-    prefix, live = ledger_prefix(topic, partition, generation), []
-    for key in store.list(prefix):
-        if (found := ENTRY.fullmatch(key[len(prefix):])) is not None:
-            live.append((int(found.group(1)), int(found.group(2)), key))
     return Ledger(folded, sorted(marks), sorted(live))
 
 
 def fold_ledger(store, topic: str, partition: int, generation: int = 0, *, keep: int = KEEP_LIVE,
                 fold_at: int = FOLD_AT, ledger: Ledger | None = None) -> tuple[int, int] | None:
-    """Fold the partition's oldest contiguous live entries (all but the latest `keep`) once there are more
-    than `fold_at`; the folded span after it, or None when nothing was folded. Entries under the mark
-    (a fold killed before it deleted them, a range run again) go either way."""
+    """Fold the partition's oldest live entries that touch the folded span or each other without a hole
+    (all but the latest `keep`) once there are more than `fold_at`; the folded span after it, or None
+    when nothing was folded. Entries inside the mark (a fold killed before it deleted them, a range run
+    again) go either way. Another fold that deleted an entry first wins: this one stops, changing nothing."""
     ledger = ledger or read_ledger(store, topic, partition, generation)
     mark = ledger.folded
-    under = [key for _, end, key in ledger.live if mark and end <= mark[1]]
-    live = [entry for entry in ledger.live if not (mark and entry[1] <= mark[1])]
-    folded, position = [], mark[1] if mark else (live[0][0] if live else 0)
+    inside = [key for start, end, key in ledger.live if mark and mark[0] <= start and end <= mark[1]]
+    live = [entry for entry in ledger.live if entry[2] not in inside]
+    folded = []
     if len(live) > fold_at:
+        low, high = mark if mark else (live[0][0], live[0][0])
         for start, end, key in live[:len(live) - keep]:
-            if start > position:
+            if start > high:
                 break  # a hole: what is past it is not accounted for without it
+            if end < low:
+                continue  # below the span with a hole between: stays live
             folded.append(key)
-            position = max(position, end)
+            low, high = min(low, start), max(high, end)
     if folded:
-        first = mark[0] if mark else live[0][0]
-        archive = f"{ARCHIVE}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
-        store.put(f"{archive}{live[0][0] if not mark else mark[1]}-{position}.jsonl",
-                  b"".join(store.get(key).strip() + b"\n" for key in folded))
-        new_mark = f"{folded_prefix(topic, partition, generation)}{position:020d}-{first}.json"
-        store.put(new_mark, json.dumps({"from": first, "to": position, "entries": len(folded)}).encode())
+        try:
+            lines = b"".join(store.get(key).strip() + b"\n" for key in folded)
+        except BadObject:
+            return None  # folded meanwhile by another run of the partition
+        suffix = f"{topic}/{partition}/" + (f"g{generation}/" if generation else "")
+        store.put(f"{ARCHIVE}/{suffix}{low}-{high}.jsonl", lines)
+        new_mark = f"{FOLDED}/{suffix}{high:020d}-{low}.json"
+        store.put(new_mark, json.dumps({"from": low, "to": high, "entries": len(folded)}).encode())
         store.delete_many([key for key in ledger.marks if key != new_mark])
-        mark = (first, position)
-    store.delete_many(under + folded)
+        mark = (low, high)
+    store.delete_many(inside + folded)
     return mark if folded else None

@@ -17,6 +17,7 @@ from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.ledger import KEEP_LIVE, accounted_ranges, holes, range_entry, read_ledger
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import KafkaResource, StorageResource
+from imgpipeline.resources.storage import BadObject
 
 SENSOR = "frames_sensor"
 
@@ -109,8 +110,12 @@ def recent_duplicates(store, topic: str, report: list[Coverage]) -> dict[int, li
     for c in report:
         live = read_ledger(store, topic, c.partition, c.generation).live_ranges
         recent = [r for r in live if r[1] > c.beginning]
-        entries = [range_entry(store, topic, c.partition, start, end, c.generation)
-                   for start, end in recent[-RECENT_RANGES:]]
+        entries = []
+        for start, end in recent[-RECENT_RANGES:]:
+            try:
+                entries.append(range_entry(store, topic, c.partition, start, end, c.generation))
+            except BadObject:
+                continue  # folded since it was listed
         spans = [span for entry in entries for span in entry.get("duplicates", [])]
         if spans:
             found[c.partition] = spans

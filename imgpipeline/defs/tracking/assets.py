@@ -11,7 +11,7 @@ from datetime import timedelta
 import dagster as dg
 import pyarrow as pa
 
-from imgpipeline.defs.automation import on_detections_update
+from imgpipeline.defs.automation import on_detections_made
 from imgpipeline.defs.hours import hour_key, hours_in
 from imgpipeline.defs.partitions import AROUND, hourly_partitions
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, OBJECT_COUNTS, TRACKED_COLUMNS, TRACKS, counts_part
@@ -30,7 +30,7 @@ from imgpipeline.resources import StorageResource, TrackingResource
             deps=[DETECTIONS.key],
             partitions_def=hourly_partitions,
             group_name="tracking",
-            automation_condition=on_detections_update,
+            automation_condition=on_detections_made,
             kinds={"parquet"},
         ),
         dg.AssetSpec(
@@ -43,7 +43,7 @@ from imgpipeline.resources import StorageResource, TrackingResource
             ],
             partitions_def=hourly_partitions,
             group_name="tracking",
-            automation_condition=on_detections_update,
+            automation_condition=on_detections_made,
             kinds={"parquet"},
         ),
     ],

@@ -18,6 +18,7 @@ from imgpipeline.defs.tables import DAILY_SUMMARY, DETECTIONS, FRAMES, LANDING_A
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures, schema_problems
 from imgpipeline.defs.warehouse import checks, rows, sql, tracked
 from imgpipeline.resources import StorageResource, TrackingResource
+from imgpipeline.resources.storage import BadObject
 
 
 @dg.multi_asset(
@@ -54,15 +55,11 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     hours = hours_in(context.partition_time_window)
     counted = {"frames": 0, "detections": 0}
     failures = no_failures(checks.CHECKS, "frames", "detections")
-    retired_days = {day for day in {hour.date() for hour in hours} if is_retired(store, day)}
-    retired = [hour for hour in hours if hour.date() in retired_days]
-    if retired:
-        context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are "
-                            "of days whose landing retention deleted: their tables stay as they were built")
+    retired = []
     for hour in hours:
-        if hour in retired:
+        if (records := landing_of(store, hour)) is None:
+            retired.append(hour)  # its tables stay as they were built
             continue
-        records = hour_records(store, hour)
         latest = rows.latest_per_frame(records)
         track_ids, seed = tracked.track_hour(store, hour, latest, settings)
         FRAMES.write(store, FRAMES.hour_key(hour), rows.frames_table(latest))
@@ -76,6 +73,9 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         counted["detections"] += detections.num_rows
         checks.check_hour(hour_key(hour), frames, detections, records, failures)
     context.log.info(f"{len(hours)} hours: {counted['frames']} frames, {counted['detections']} detections")
+    if retired:
+        context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are of "
+                            "days whose landing retention deleted: their tables stay as they were built")
     if (stale := tracked.mark_next_if_stale(store, hours[-1])) is not None:
         context.log.info(f"{hour_key(stale)} continued other detections of {hour_key(hours[-1])}: "
                          "retrack_sensor makes it again")
@@ -87,6 +87,22 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
                       "path": dg.MetadataValue.path(store.uri(table.folder.rstrip("/")))},
         )
     yield from check_results(failures, len(hours), checks.WARNINGS)
+
+
+def landing_of(store, hour) -> list | None:
+    """The hour's landing records, or None when retention retired its day's landing. Retention marks a
+    day before it deletes anything of it: a day still unmarked after the read was read whole."""
+    if is_retired(store, hour.date()):
+        return None
+    try:
+        records = hour_records(store, hour)
+    except BadObject:
+        records = None  # a file gone while it was read: retention's, unless the mark says otherwise
+    if is_retired(store, hour.date()):
+        return None
+    if records is None:
+        raise dg.Failure(f"{hour_key(hour)}: a landing file went while it was read")
+    return records
 
 
 def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> tuple[pa.Table, list[str]]:

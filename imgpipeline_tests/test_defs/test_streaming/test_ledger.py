@@ -72,6 +72,24 @@ def test_a_fold_keeps_what_is_accounted_for_and_lists_a_bounded_ledger(storage):
     assert len(read_ledger(store, TOPIC, 0).marks) == 1
 
 
+def test_a_range_run_again_below_the_fold_joins_it_and_a_fold_that_lost_a_race_changes_nothing(storage):
+    store = storage.open()
+    write_ledger(store, [(s, s + 10) for s in range(10, 2000, 10)])  # the range 0-10 failed
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) == (10, 1500)
+    write_ledger(store, [(0, 10)])  # repaired
+    assert accounted(store) == (2000, [])
+    write_ledger(store, [(s, s + 10) for s in range(2000, 2600, 10)])
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) == (0, 2100)
+    assert accounted(store) == (2600, [])
+
+    # Another run of the partition folded the same entries first: this fold stops and changes nothing.
+    write_ledger(store, [(s, s + 10) for s in range(2600, 3200, 10)])
+    ledger = read_ledger(store, TOPIC, 0)
+    store.delete(ledger.live[0][2])
+    assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100, ledger=ledger) is None
+    assert read_ledger(store, TOPIC, 0).folded == (0, 2100)
+
+
 FOLD = """
 from imgpipeline.defs.streaming.ledger import fold_ledger
 from imgpipeline.resources import StorageResource

@@ -87,7 +87,8 @@ def test_overload_sheds_frames_and_accounts_for_every_one(kafka, storage, tmp_pa
     assert counted["read"] == 480 and counted["shed"] == statuses["shed"]
     assert counted["detected"] + counted["skipped_dark"] + counted["shed"] == 480
     # Runs grow under the backlog, never past their cap.
-    assert max(c["read"] for c in (o.output_for_node("detect")["counts"] for _, o in runs)) <= 120
+    largest = max(c["read"] for c in (o.output_for_node("detect")["counts"] for _, o in runs))
+    assert 60 < largest <= 120
 
     # Each shed frame says why; per source, no more than k − 1 frames in a row are shed.
     by_source = defaultdict(list)
