@@ -164,7 +164,9 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
                         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                         "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
                         "IMGPIPELINE_STORAGE_URI": storage.uri,
-                        "IMGPIPELINE_MAX_BATCH": "40", "IMGPIPELINE_MAX_WAIT_S": "0",
+                        # runs of 40 whatever the backlog: the first lands long before the last
+                        "IMGPIPELINE_MAX_BATCH": "40", "IMGPIPELINE_MAX_BACKLOG_BATCH": "40",
+                        "IMGPIPELINE_MAX_WAIT_S": "0",
                         "IMGPIPELINE_SENSOR_INTERVAL_S": "1", "IMGPIPELINE_HOME": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     frames = video_backlog(300, "pg-cam")

@@ -103,7 +103,8 @@ def daemon(services, module_database, tmp_path_factory):
                             "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
                             "IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": storage.endpoint_url,
                             "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET,
-                            "IMGPIPELINE_MAX_BATCH": "100", "IMGPIPELINE_HOME": str(home)}.items():
+                            "IMGPIPELINE_MAX_BATCH": "100", "IMGPIPELINE_MAX_BACKLOG_BATCH": "100",
+                            "IMGPIPELINE_HOME": str(home)}.items():
             patch.setenv(name, value)
         local = LocalServices(home / ".imgpipeline")
         local.up_ui()
