@@ -38,6 +38,9 @@ TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?\Z")
 # After a batch some of which Kafka did not take, the bridge connects again after this pause, doubled
 # while it goes on failing.
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
+# Before it disconnects, the bridge unsubscribes from `<SETTLE_FILTER>/<client id>` (subscribed by no one)
+# and waits up to SETTLE_S for the answer: proof the broker read the acknowledgements sent before it.
+SETTLE_FILTER, SETTLE_S = "imgpipeline/bridge-settled", 10.0
 
 
 def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
@@ -201,6 +204,18 @@ class MqttBridge:
         return client
 
     def _disconnect(self, client) -> None:
+        """End the connection once the broker has read every acknowledgement sent on it. The broker reads
+        a connection's packets in order, so the answer to an UNSUBSCRIBE (of a filter this client never
+        subscribes) comes after them. Without that wait, a bridge that connects again at once can be
+        taken for the same client before the broker read the last acknowledgements: it drops the old
+        connection unread and delivers those messages again."""
+        if client.is_connected():
+            answered = threading.Event()
+            client.on_unsubscribe = lambda *args: answered.set()
+            rc, _ = client.unsubscribe(f"{SETTLE_FILTER}/{self.client_id}")
+            if rc == 0 and not answered.wait(SETTLE_S):
+                self.log(f"bridge: the MQTT broker at {self.settings.broker} did not answer within "
+                         f"{SETTLE_S:g} s; what it did not read of the last acknowledgements comes again")
         client.loop_stop()
         client.disconnect()
         self._next_connection()  # whatever that connection delivered is not acknowledged any more

@@ -63,8 +63,8 @@ def test_no_payload_stops_the_bridge(mqtt, kafka, tmp_path, monkeypatch):
     publish(camera, "cameras/gate/frames", [forwarded["photo"]])
     camera.loop_stop()
 
-    assert bridge.run(limit=7, idle_s=20) == 7  # each acknowledged, the bridge still running
-    assert bridge.run(idle_s=1) == 0  # nothing comes again: no message loops in the session
+    assert bridge.run(limit=7, idle_s=20) == 7, said  # each acknowledged, the bridge still running
+    assert bridge.run(idle_s=1) == 0, said  # nothing comes again: no message loops in the session
 
     frames = [json.loads(m.value) for m in read_all(kafka, kafka.frames_topic)]
     wanted = sorted(f"gate-{sha256_hex(p)[:20]}" for p in forwarded.values())
