@@ -48,28 +48,36 @@ def sensor_cursor(instance: dg.DagsterInstance) -> dict:
     return {}
 
 
+# How many of the latest detect_frames runs the check reads for how far runs were launched, beside the
+# sensor's cursor (which a range run by hand or by `imgpipeline repair` does not move).
+RECENT_RUNS = 200
+
+
 def launched_ranges(instance: dg.DagsterInstance, topic: str, generation: int
-                    ) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]]:
-    """The ranges of detect_frames runs of this topic and generation, per partition: all of them, and
-    those queued or running."""
-    launched: dict[int, list[tuple[int, int]]] = {}
+                    ) -> tuple[dict[int, int], dict[int, list[tuple[int, int]]]]:
+    """Per partition of this topic and generation: the furthest end of its latest RECENT_RUNS
+    detect_frames runs, and the ranges of its runs queued or running. Both read as many runs as that
+    window and the runs in flight hold, whatever the instance's history."""
+    furthest: dict[int, int] = {}
     running: dict[int, list[tuple[int, int]]] = {}
-    for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name)):
-        config = run.run_config.get("ops", {}).get("detect", {}).get("config", {})
-        if config.get("topic") != topic or "end_offset" not in config or config.get("uris"):
-            continue
-        if config.get("generation", 0) != generation:
-            continue
-        span = (config["start_offset"], config["end_offset"])
-        launched.setdefault(config.get("partition", 0), []).append(span)
-        if run.status in ACTIVE:
-            running.setdefault(config.get("partition", 0), []).append(span)
-    return launched, running
+    for statuses, limit in ((None, RECENT_RUNS), (ACTIVE, None)):
+        for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=statuses or []),
+                                     limit=limit):
+            config = run.run_config.get("ops", {}).get("detect", {}).get("config", {})
+            if (config.get("topic") != topic or "end_offset" not in config or config.get("uris")
+                    or config.get("generation", 0) != generation):
+                continue
+            partition, end = config.get("partition", 0), config["end_offset"]
+            furthest[partition] = max(furthest.get(partition, 0), end)
+            if statuses:
+                running.setdefault(partition, []).append((config["start_offset"], end))
+    return furthest, running
 
 
 def coverage(store, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[Coverage]:
-    """Per partition: up to the sensor's cursor (or the furthest run launched), which offsets still in
-    the log no ledger range and no queued or running run covers."""
+    """Per partition: up to the sensor's cursor (or the furthest of the latest runs), which offsets still in
+    the log no ledger range and no queued or running run covers. It reads the cursor, the latest runs and
+    those in flight, and the ledger's newest mark and live entries: a cost that does not grow with history."""
     from kafka import TopicPartition
 
     topic = kafka.frames_topic
@@ -77,10 +85,10 @@ def coverage(store, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[
     if cursor.get("topic") not in (None, topic):
         cursor = {}
     generation = cursor.get("generation", 0)
-    launched, running = launched_ranges(instance, topic, generation)
+    furthest, running = launched_ranges(instance, topic, generation)
     upto = {int(p): state["next"] for p, state in cursor.get("partitions", {}).items()}
-    for partition, spans in launched.items():
-        upto[partition] = max(upto.get(partition, 0), *(end for _, end in spans))
+    for partition, end in furthest.items():
+        upto[partition] = max(upto.get(partition, 0), end)
     consumer = kafka.consumer(group_id=None)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(upto)]
