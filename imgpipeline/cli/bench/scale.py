@@ -183,7 +183,10 @@ def in_flight_cap(policy, partitions: int) -> tuple[int, str]:
     """How many detect_frames runs the sensor lets be queued or running at once, and its setting."""
     from imgpipeline.resources.settings import env_name
 
-    return policy.runs_per_partition * partitions, env_name(type(policy), "runs_per_partition")
+    per_partition = policy.runs_per_partition * partitions
+    if policy.max_runs_in_flight < per_partition:
+        return policy.max_runs_in_flight, env_name(type(policy), "max_runs_in_flight")
+    return per_partition, env_name(type(policy), "runs_per_partition")
 
 
 def bench_scale(sources: int = 1000, partitions: int = 12, fps: float = 1.0, seconds: float = 120.0,

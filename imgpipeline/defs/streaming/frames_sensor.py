@@ -77,6 +77,14 @@ class BatchPolicy(FromEnv, BaseModel):
         "IMGPIPELINE_RUNS_PER_PARTITION", 2,
         "detect_frames runs queued or running at once per partition of the frames topic (the run "
         "queue's limits in dagster.yaml say how many run)", ge=1)
+    # Runs queued or running at once over all partitions: twice the run queue's slots (dagster.yaml:
+    # max_concurrent_runs 2), one starting while one runs. Under a backlog of many partitions the frames
+    # wait on the topic instead of in many small queued runs, and leave in larger runs as slots free.
+    max_runs_in_flight: int = setting(
+        "IMGPIPELINE_MAX_RUNS_IN_FLIGHT", 4,
+        "detect_frames runs queued or running at once over all partitions (twice dagster.yaml's "
+        "max_concurrent_runs): past it, frames wait on the topic and leave in larger runs as runs end; "
+        "the partitions served longest ago go first", ge=1)
     interval_s: int = setting("IMGPIPELINE_SENSOR_INTERVAL_S", 5, "seconds between sensor ticks", ge=1)
     # How long a tick that may launch a run watches for a burst of new frames (0: look once
     # and return). Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.
@@ -120,12 +128,14 @@ class Plan:
 
 
 def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], now: float,
-                policy: BatchPolicy, budgets: dict[int, int]) -> Plan:
+                policy: BatchPolicy, budgets: dict[int, int], room: int | None = None) -> Plan:
     """Pure planning: which offset ranges to launch now, and the next cursor.
 
-    cursor: {"partitions": {"0": {"next": 12, "since": 1700000000.0}}, "gaps": 0}
-    budgets: runs each partition may still launch (absent: none). The ranges come out alternating
-    between partitions (each one's first, then each one's second …), the order the queue starts them.
+    cursor: {"partitions": {"0": {"next": 12, "since": 1700000000.0, "served": 1700000000.0}}, "gaps": 0}
+    budgets: runs each partition may still launch (absent: none); `room`: runs all of them may still
+    launch together (None: no such limit), shared one at a time among the partitions with frames
+    pending, those served longest ago first. The ranges come out alternating between partitions (each
+    one's first, then each one's second …), the order the queue starts them.
     """
     partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
     plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
@@ -139,6 +149,12 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
             )
             plan.cursor["gaps"] += lost
             state["next"], state["since"] = beginnings[partition], None
+    if room is not None:
+        wanting = [p for p in ends if ends[p] > partitions[str(p)]["next"]]
+        budgets = share_runs(budgets, room, sorted(
+            wanting, key=lambda p: (partitions[str(p)].get("served", 0.0), p)))
+    for partition in sorted(ends):
+        state = partitions[str(partition)]
         pending = ends[partition] - state["next"]
         budget = budgets.get(partition, 0)
         batch = policy.batch_for(pending, budget)
@@ -159,6 +175,9 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
             plan.ranges.append((partition, state["next"], ends[partition]))
             state["next"], state["since"] = ends[partition], None
             budget -= 1
+    if room is not None:
+        for partition in {r[0] for r in plan.ranges}:
+            partitions[str(partition)]["served"] = now
     nth: dict[int, int] = {}
     ranked = []
     for r in plan.ranges:
@@ -166,6 +185,20 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
         ranked.append((nth[r[0]], r))
     plan.ranges = [r for _, r in sorted(ranked)]
     return plan
+
+
+def share_runs(budgets: dict[int, int], room: int, wanting: list[int]) -> dict[int, int]:
+    """Pure: `room` runs shared among the `wanting` partitions in their order, one each per round, none
+    past its own budget."""
+    shared = dict.fromkeys(budgets, 0)
+    while room > 0:
+        takers = [p for p in wanting if shared.get(p, 0) < budgets.get(p, 0)][:room]
+        if not takers:
+            break
+        for partition in takers:
+            shared[partition] += 1
+        room -= len(takers)
+    return shared
 
 
 def watch_ends(read_ends, ends: dict[int, int], pending: int, policy: BatchPolicy,
@@ -225,6 +258,11 @@ def runs_in_flight(context: dg.SensorEvaluationContext, topic: str) -> dict[int,
 def free_runs(in_flight: dict[int, int], partitions, policy: BatchPolicy) -> dict[int, int]:
     """Runs each partition may still launch."""
     return {p: max(0, policy.runs_per_partition - in_flight.get(p, 0)) for p in partitions}
+
+
+def room_left(in_flight: dict[int, int], policy: BatchPolicy) -> int:
+    """Runs all partitions may still launch together."""
+    return max(0, policy.max_runs_in_flight - sum(in_flight.values()))
 
 
 def run_request(topic: str, partition: int, start: int, end: int, generation: int = 0,
@@ -311,7 +349,8 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
                     known[str(tp.partition)] = {"next": committed, "since": None}
         pending = sum(ends[p] - max(known.get(str(p), {}).get("next", 0), beginnings[p]) for p in ends)
         if policy.watch_s > 0:
-            free = sum(free_runs(runs_in_flight(context, topic), ends, policy).values())
+            in_flight = runs_in_flight(context, topic)
+            free = min(sum(free_runs(in_flight, ends, policy).values()), room_left(in_flight, policy))
             enough = free * policy.max_batch
             if free and pending < enough:
                 ends = watch_ends(read_ends, ends, pending, policy, enough)
@@ -370,7 +409,8 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         # Counted after the watch: a run may have finished meanwhile.
         in_flight = runs_in_flight(context, topic)
         budgets = free_runs(in_flight, offsets.ends, policy)
-        plan = plan_ranges(cursor, offsets.ends, offsets.beginnings, time.time(), policy, budgets)
+        plan = plan_ranges(cursor, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
+                           room_left(in_flight, policy))
         for gap in plan.gaps:
             context.log.warning(gap)
 

@@ -73,6 +73,27 @@ def test_plan_gives_each_partition_its_own_runs_in_turn():
     assert busy.cursor["partitions"]["0"]["next"] == 0 and busy.cursor["partitions"]["2"]["next"] == 100
 
 
+def test_runs_in_flight_over_all_partitions_are_shared_in_turn_and_grow():
+    """Past the room left over all partitions, frames wait on the topic: the room goes one run at a time
+    to the partitions with frames pending, those served longest ago first, and each run takes the
+    partition's backlog whole (up to max_backlog_batch) instead of a max_batch slice."""
+    policy = BatchPolicy(max_batch=100, max_backlog_batch=400, max_wait_s=0, watch_s=0)
+    ends, beginnings = {0: 300, 1: 1000, 2: 50, 3: 0}, dict.fromkeys(range(4), 0)
+    budgets = dict.fromkeys(range(4), 2)
+    first = plan_ranges({}, ends, beginnings, now=10.0, policy=policy, budgets=budgets, room=2)
+    assert first.ranges == [(0, 0, 300), (1, 0, 400)]
+    assert {p: s.get("served") for p, s in first.cursor["partitions"].items()} == {
+        "0": 10.0, "1": 10.0, "2": None, "3": None}
+    # The next tick: partition 2, never served, goes before 0 and 1; partition 3 has nothing pending.
+    later = {0: 600, 1: 1000, 2: 50, 3: 0}
+    second = plan_ranges(first.cursor, later, beginnings, now=20.0, policy=policy, budgets=budgets, room=2)
+    assert second.ranges == [(0, 300, 600), (2, 0, 50)]
+    third = plan_ranges(second.cursor, later, beginnings, now=30.0, policy=policy, budgets=budgets, room=3)
+    assert third.ranges == [(1, 400, 700), (1, 700, 1000)]  # 1 waited longest; 0 and 2 have nothing left
+    assert plan_ranges(third.cursor, later, beginnings, now=40.0, policy=policy, budgets=budgets,
+                       room=0).ranges == []
+
+
 def test_plan_skips_offsets_deleted_by_retention():
     plan = plan_ranges({"partitions": {"0": {"next": 10, "since": None}}, "gaps": 0}, {0: 60}, {0: 40},
                        now=0.0, policy=BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0), budgets={0: 5})
