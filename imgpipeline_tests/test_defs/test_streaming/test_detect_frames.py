@@ -20,7 +20,7 @@ from imgpipeline.vision.model_files import expected_sha256
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_files, landing_records
 
-pytestmark = [pytest.mark.integration, pytest.mark.instance]
+pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 START = datetime(2026, 11, 20, 23, 59, 55, tzinfo=UTC)
 
 

@@ -80,6 +80,7 @@ def good_frame(store, name: str, source: str = "cam9") -> tuple[bytes, list]:
     return FrameMessage(name, source, STAMP, store.uri(key), sha256_hex(data), None, None).to_json(), []
 
 
+@pytest.mark.results
 def test_poison_in_a_batch_is_that_frame_s_error_and_the_good_frames_land(kafka, local):
     store = local.open()
     store.put(frame_key("cam9", WHEN, "bomb"), png_declaring(8000, 6000))
@@ -136,6 +137,7 @@ def test_poison_in_a_batch_is_that_frame_s_error_and_the_good_frames_land(kafka,
         assert keys == sorted(f"{kafka.frames_topic}-0-{o}".encode() for o in range(1, len(batch), 2))
 
 
+@pytest.mark.results
 def test_an_unwritable_dlq_fails_the_run_and_nothing_is_committed(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, "a"), (b"{not json", []), good_frame(store, "b")])
@@ -150,6 +152,7 @@ def test_an_unwritable_dlq_fails_the_run_and_nothing_is_committed(kafka, local):
     assert landing_files(local) == {} and committed(kafka) is None
 
 
+@pytest.mark.results
 def test_a_range_the_log_cannot_give_fails_instead_of_landing_part(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(3)])
@@ -162,6 +165,7 @@ def test_a_range_the_log_cannot_give_fails_instead_of_landing_part(kafka, local)
     assert landing_files(local) == {} and committed(kafka) is None
 
 
+@pytest.mark.results
 def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(8)])
@@ -185,6 +189,7 @@ def test_retention_gaps_are_recorded_and_a_replay_never_shrinks_what_landed(kafk
     assert entry["counts"]["deleted_by_retention"] == 5
 
 
+@pytest.mark.results
 def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
     from imgpipeline.defs.tables import from_parquet
     from imgpipeline.defs.warehouse.assets import hourly_tables
@@ -203,6 +208,7 @@ def test_two_cameras_with_the_same_file_names_are_two_frames(kafka, local):
                                         ("cam2", "IMG_0001"), ("cam2", "IMG_0002")]
 
 
+@pytest.mark.results
 def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     store = local.open()
     first, other = sample("zidane.jpg").read_bytes(), sample("bus.jpg").read_bytes()
@@ -227,6 +233,7 @@ def test_an_inline_frame_never_replaces_a_stored_one(kafka, local):
     assert store.get(frame_key("cam9", WHEN, "claimed")) == first
 
 
+@pytest.mark.results
 def test_a_new_generation_lands_under_names_of_its_own(kafka, local):
     store = local.open()
     send(kafka, [good_frame(store, "f0"), good_frame(store, "f1")])

@@ -46,6 +46,7 @@ def test_one_in_k_per_source_once_late():
 
 
 @pytest.mark.integration
+@pytest.mark.results
 def test_overload_sheds_frames_and_accounts_for_every_one(kafka, storage, tmp_path):
     # Two cameras send as fast as they can for a bounded time, several times faster than one machine
     # detects, while the sensor and its runs work as the daemon would run them.
