@@ -38,7 +38,7 @@ TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?\Z")
 # After a batch some of which Kafka did not take, the bridge connects again after this pause, doubled
 # while it goes on failing.
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
-# Before it disconnects, the bridge unsubscribes from `<SETTLE_FILTER>/<client id>` (subscribed by no one)
+# Before it disconnects, the bridge unsubscribes from SETTLE_FILTER (a filter no one subscribes to)
 # and waits up to SETTLE_S for the answer: proof the broker read the acknowledgements sent before it.
 SETTLE_FILTER, SETTLE_S = "imgpipeline/bridge-settled", 10.0
 
@@ -212,7 +212,7 @@ class MqttBridge:
         if client.is_connected():
             answered = threading.Event()
             client.on_unsubscribe = lambda *args: answered.set()
-            rc, _ = client.unsubscribe(f"{SETTLE_FILTER}/{self.client_id}")
+            rc, _ = client.unsubscribe(SETTLE_FILTER)
             if rc == 0 and not answered.wait(SETTLE_S):
                 self.log(f"bridge: the MQTT broker at {self.settings.broker} did not answer within "
                          f"{SETTLE_S:g} s; what it did not read of the last acknowledgements comes again")

@@ -176,9 +176,12 @@ def test_a_renamed_setting_stops_the_check_with_its_new_name(monkeypatch):
 
     monkeypatch.setenv("IMGPIPELINE_MAX_RUNS_IN_FLIGHT", "4")
     with pytest.raises(ConfigError, match=r"IMGPIPELINE_MAX_RUNS_IN_FLIGHT is no longer read: use "
-                                          r"IMGPIPELINE_RUNS_PER_PARTITION"):
+                                          r"IMGPIPELINE_RUNS_PER_PARTITION, .* and "
+                                          r"IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT"):
         check_settings()
     monkeypatch.delenv("IMGPIPELINE_MAX_RUNS_IN_FLIGHT")
+    monkeypatch.setenv("IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT", "40")
+    check_settings()  # the setting over all partitions is read
     monkeypatch.setenv("IMGPIPELINE_RUNS_PER_PARTITION", "0")
     with pytest.raises(ConfigError, match=r"IMGPIPELINE_RUNS_PER_PARTITION='0': .*greater than or equal"):
         check_settings()

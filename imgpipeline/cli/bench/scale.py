@@ -184,8 +184,8 @@ def in_flight_cap(policy, partitions: int) -> tuple[int, str]:
     from imgpipeline.resources.settings import env_name
 
     per_partition = policy.runs_per_partition * partitions
-    if policy.max_runs_in_flight < per_partition:
-        return policy.max_runs_in_flight, env_name(type(policy), "max_runs_in_flight")
+    if policy.total_runs_in_flight < per_partition:
+        return policy.total_runs_in_flight, env_name(type(policy), "total_runs_in_flight")
     return per_partition, env_name(type(policy), "runs_per_partition")
 
 

@@ -46,7 +46,8 @@ ACTIVE = [
 # Settings that were renamed, with what to use instead: set, they stop `imgpipeline check` and `dev`.
 RENAMED = {
     "IMGPIPELINE_MAX_RUNS_IN_FLIGHT": "IMGPIPELINE_RUNS_PER_PARTITION, which counts runs per partition of "
-                                      "the frames topic (the run queue's limits are in dagster.yaml)",
+                                      "the frames topic, and IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT, over all of "
+                                      "them (twice dagster.yaml's max_concurrent_runs)",
 }
 
 
@@ -80,8 +81,8 @@ class BatchPolicy(FromEnv, BaseModel):
     # Runs queued or running at once over all partitions: twice the run queue's slots (dagster.yaml:
     # max_concurrent_runs 2), one starting while one runs. Under a backlog of many partitions the frames
     # wait on the topic instead of in many small queued runs, and leave in larger runs as slots free.
-    max_runs_in_flight: int = setting(
-        "IMGPIPELINE_MAX_RUNS_IN_FLIGHT", 4,
+    total_runs_in_flight: int = setting(
+        "IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT", 4,
         "detect_frames runs queued or running at once over all partitions (twice dagster.yaml's "
         "max_concurrent_runs): past it, frames wait on the topic and leave in larger runs as runs end; "
         "the partitions served longest ago go first", ge=1)
@@ -133,9 +134,10 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
 
     cursor: {"partitions": {"0": {"next": 12, "since": 1700000000.0, "served": 1700000000.0}}, "gaps": 0}
     budgets: runs each partition may still launch (absent: none); `room`: runs all of them may still
-    launch together (None: no such limit), shared one at a time among the partitions with frames
-    pending, those served longest ago first. The ranges come out alternating between partitions (each
-    one's first, then each one's second …), the order the queue starts them.
+    launch together (None: no such limit), shared one at a time among the partitions ready to launch
+    (a full batch pending, or waited long enough), those served longest ago first. The ranges come out
+    alternating between partitions (each one's first, then each one's second …), the order the queue
+    starts them.
     """
     partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
     plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
@@ -150,7 +152,7 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
             plan.cursor["gaps"] += lost
             state["next"], state["since"] = beginnings[partition], None
     if room is not None:
-        wanting = [p for p in ends if ends[p] > partitions[str(p)]["next"]]
+        wanting = [p for p in ends if ready(partitions[str(p)], ends[p], now, policy)]
         budgets = share_runs(budgets, room, sorted(
             wanting, key=lambda p: (partitions[str(p)].get("served", 0.0), p)))
     for partition in sorted(ends):
@@ -185,6 +187,14 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
         ranked.append((nth[r[0]], r))
     plan.ranges = [r for _, r in sorted(ranked)]
     return plan
+
+
+def ready(state: dict, end: int, now: float, policy: BatchPolicy) -> bool:
+    """Whether a partition would launch a run now: a full batch pending, or its oldest pending offset
+    waited IMGPIPELINE_MAX_WAIT_S (a partition first seen pending now has waited 0 s)."""
+    pending = end - state["next"]
+    since = state["since"] if state.get("since") is not None else now
+    return pending > 0 and (pending >= policy.max_batch or now - since >= policy.max_wait_s)
 
 
 def share_runs(budgets: dict[int, int], room: int, wanting: list[int]) -> dict[int, int]:
@@ -262,7 +272,7 @@ def free_runs(in_flight: dict[int, int], partitions, policy: BatchPolicy) -> dic
 
 def room_left(in_flight: dict[int, int], policy: BatchPolicy) -> int:
     """Runs all partitions may still launch together."""
-    return max(0, policy.max_runs_in_flight - sum(in_flight.values()))
+    return max(0, policy.total_runs_in_flight - sum(in_flight.values()))
 
 
 def run_request(topic: str, partition: int, start: int, end: int, generation: int = 0,
@@ -393,7 +403,9 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         description=(
             f"Launches detect_frames over new offsets of the frames topic: up to {policy.max_batch} "
             f"frames per run, or fewer once the oldest has waited {policy.max_wait_s:g} s. "
-            f"A tick watches for a burst of new frames for up to {policy.watch_s:g} s."
+            f"A tick watches for a burst of new frames for up to {policy.watch_s:g} s. At most "
+            f"{policy.runs_per_partition} runs of a partition and {policy.total_runs_in_flight} in all are "
+            "queued or running; past that, frames wait on the topic and leave in larger runs."
         ),
     )
     def frames_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):

@@ -94,6 +94,22 @@ def test_runs_in_flight_over_all_partitions_are_shared_in_turn_and_grow():
                        room=0).ranges == []
 
 
+def test_the_room_goes_to_partitions_ready_to_launch():
+    """A partition whose few frames still wait for IMGPIPELINE_MAX_WAIT_S takes none of the room: a
+    partition with a full batch does, and the waiting one goes once its wait is over."""
+    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=10, watch_s=0)
+    ends, beginnings, budgets = {0: 30, 1: 100}, {0: 0, 1: 0}, {0: 2, 1: 2}
+    first = plan_ranges({}, ends, beginnings, now=0.0, policy=policy, budgets=budgets, room=1)
+    assert first.ranges == [(1, 0, 100)]
+    assert first.cursor["partitions"]["0"] == {"next": 0, "since": 0.0}
+    later = {0: 30, 1: 200}
+    waiting = plan_ranges(first.cursor, later, beginnings, now=5.0, policy=policy, budgets=budgets, room=1)
+    assert waiting.ranges == [(1, 100, 200)]
+    due = plan_ranges(waiting.cursor, {0: 30, 1: 300}, beginnings, now=10.0, policy=policy, budgets=budgets,
+                      room=1)
+    assert due.ranges == [(0, 0, 30)]  # waited 10 s, and served longer ago than partition 1
+
+
 def test_plan_skips_offsets_deleted_by_retention():
     plan = plan_ranges({"partitions": {"0": {"next": 10, "since": None}}, "gaps": 0}, {0: 60}, {0: 40},
                        now=0.0, policy=BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0), budgets={0: 5})
