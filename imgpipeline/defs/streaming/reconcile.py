@@ -61,7 +61,7 @@ def launched_ranges(instance: dg.DagsterInstance, topic: str, generation: int
     furthest: dict[int, int] = {}
     running: dict[int, list[tuple[int, int]]] = {}
     for statuses, limit in ((None, RECENT_RUNS), (ACTIVE, None)):
-        for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=statuses or []),
+        for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=statuses),
                                      limit=limit):
             config = run.run_config.get("ops", {}).get("detect", {}).get("config", {})
             if (config.get("topic") != topic or "end_offset" not in config or config.get("uris")
