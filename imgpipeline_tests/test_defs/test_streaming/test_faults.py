@@ -145,6 +145,7 @@ def test_the_daemon_killed_and_restarted_mid_run(pipeline):
     pipeline.landed_exactly_once(fault_at, "dagster dev SIGKILL + restart")
 
 
+@pytest.mark.edge  # the broker's outage, not where the instance keeps the runs that wait it out
 def test_the_broker_killed_and_restarted_mid_run(pipeline, services):
     pipeline.started_run()
     os.kill(services.kafka.pid, signal.SIGKILL)
@@ -154,6 +155,7 @@ def test_the_broker_killed_and_restarted_mid_run(pipeline, services):
     pipeline.landed_exactly_once(fault_at, "broker SIGKILL + restart")
 
 
+@pytest.mark.edge  # the object store's outage, likewise
 def test_the_s3_endpoint_frozen_for_30_s_mid_run(pipeline, services):
     pipeline.started_run()
     pid = services.s3.pid
