@@ -156,6 +156,11 @@ class Storage:
         """Keys below a prefix, sorted."""
         raise NotImplementedError
 
+    def versions(self, prefix: str) -> dict[str, str]:
+        """Each key below a prefix with a tag of its version (from the listing, no read): a key written
+        again gets another tag (S3: its ETag and size; a folder: its size and modification time)."""
+        raise NotImplementedError
+
     def folders(self, prefix: str) -> list[str]:
         """The names of the folders right under `prefix` (a folder, ending in `/`), sorted: one listing
         request however many objects they hold."""
@@ -279,6 +284,16 @@ class LocalStorage(Storage):
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".")
         )
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        found = {}
+        for key in self.list(prefix):
+            try:
+                stat = self._path(key).stat()
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            found[key] = f"{stat.st_size}:{stat.st_mtime_ns}"
+        return found
 
     def folders(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/"))
@@ -492,13 +507,19 @@ class S3Storage(Storage):
             full = self._object_key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
         else:
             full = f"{self.prefix}/" if self.prefix else ""
+        return sorted(self._listed(full))
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        full = self._object_key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
+        return {key: f"{item['ETag']}:{item['Size']}" for key, item in sorted(self._listed(full).items())}
+
+    def _listed(self, full: str) -> dict[str, dict]:
+        """The listing's entries below a full object-key prefix, by key."""
         strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=full
-        ):
-            keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
-        return sorted(keys)
+        found = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            found.update((item["Key"][strip:], item) for item in page.get("Contents", []))
+        return found
 
     def folders(self, prefix: str) -> list[str]:
         full = self._object_key(prefix.rstrip("/")) + "/"

@@ -22,6 +22,7 @@ from imgpipeline.defs.retention.sweep import DataRetention, lifecycle_rules, rec
 from imgpipeline.defs.streaming.landing import LandingRecord, is_retired, landing_key
 from imgpipeline.defs.tables import FRAMES, from_parquet
 from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.defs.warehouse.builds import build_key
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import storage_env
@@ -99,8 +100,9 @@ def test_what_is_past_its_time_goes_and_the_rest_stays(storage):
         "frames": {"2026-10-01": {"cam2": 1}, "2026-10-20": {"cam1": 1}, "2026-10-24": {"cam1": 1}},
         "annotated": {"2026-10-20": {"cam1": 1}},
         "reports": {"2025-11-01": {"reports": 1}},
-        "landing": {"2026-10-20": {"landing": 1}},
+        "landing": {"2026-10-20": {"landing": 2}},  # its file, and the record of what its build read
     }
+    assert not store.exists(build_key(OLD_HOUR))
     assert stored["kept"] == {"landing": {"2026-10-21": "no tables for hour=05"}}
     # Nothing left to do: a second sweep the same day deletes nothing more and keeps the record.
     assert totals(sweep(store, DataRetention(), today=TODAY, **QUIET)) == totals(made)

@@ -10,7 +10,7 @@ A day's objects are recorded in `retention/<date of the sweep>.json` before they
 sweep killed midway is finished by the next one of the same UTC day with the same record (the next
 day's counts what was left). Landing goes last of all, and only for
 a day whose landed hours all have their tables: the day is marked retired first (`landing.retired_key`),
-and its tables are kept as built from then on.
+and its tables are kept as built from then on; the records of what its hours' builds read go with it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.streaming.landing import LANDING, retired_key
 from imgpipeline.defs.tables import DETECTIONS, FRAMES
+from imgpipeline.defs.warehouse.builds import BUILDS
 from imgpipeline.ingest.messages import FRAME_ID, iso_utc
 from imgpipeline.resources.settings import FromEnv, setting
 from imgpipeline.resources.storage import BadObject, clean_key
@@ -198,8 +199,10 @@ def sweep(store, retention: DataRetention, today: date | None = None, log=print,
                 log(f"{name} of {day}: {plural(len(odd), 'key')} not of the layout left alone: {odd[0]!r}")
             if not keys:
                 continue
-            if name == "landing" and not retire(store, day, prefix, keys, record, log, dry_run):
-                continue
+            if name == "landing":
+                if not retire(store, day, prefix, keys, record, log, dry_run):
+                    continue
+                keys += store.list(f"{BUILDS}/dt={day.isoformat()}/")  # what its builds read: never again
             counted = record["deleted"].setdefault(name, {}).setdefault(day.isoformat(), {})
             # A sweep killed after recording a folder finds fewer of its objects: the record keeps the most.
             counted[label] = max(counted.get(label, 0), len(keys))

@@ -175,6 +175,12 @@ def landing_keys(store, hour: datetime | None = None) -> list[str]:
     return [key for key in store.list(prefix) if key.endswith(".jsonl")]
 
 
+def landing_versions(store, hour: datetime) -> dict[str, str]:
+    """The landing files of an event-time hour, each with the tag of its version (`Storage.versions`)."""
+    return {key: tag for key, tag in store.versions(f"{LANDING}/{hour_path(hour)}/").items()
+            if key.endswith(".jsonl")}
+
+
 def read_records(store, key: str) -> Iterator[LandingRecord]:
     """The records of one landing file, in the order they were written."""
     return parse_records(store.get(key))

@@ -13,10 +13,10 @@ from dagster_duckdb import DuckDBResource
 from imgpipeline.defs.automation import automation_sensor, on_landing_update
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions, yesterday_schedule
-from imgpipeline.defs.streaming.landing import hour_records, is_retired
+from imgpipeline.defs.streaming.landing import is_retired, landing_versions, read_records
 from imgpipeline.defs.tables import DAILY_SUMMARY, DETECTIONS, FRAMES, LANDING_ASSET, TABLES, views
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures, schema_problems
-from imgpipeline.defs.warehouse import checks, rows, sql, tracked
+from imgpipeline.defs.warehouse import builds, checks, sql, tracked
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.storage import BadObject
 
@@ -49,29 +49,33 @@ from imgpipeline.resources.storage import BadObject
 )
 def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, tracking: TrackingResource):
     """Landing metadata of each hour → typed, deduplicated Parquet for frames and detections, the
-    detections tracked (ByteTrack) in capture order from where the previous hour's tracks left off."""
+    detections tracked (ByteTrack) in capture order from where the previous hour's tracks left off. A run
+    of one hour adds only the landing files new since its last build (`builds.py`)."""
     store = storage.open()
     settings = tracking.settings()
     hours = hours_in(context.partition_time_window)
-    counted = {"frames": 0, "detections": 0}
+    counted = {"frames": 0, "detections": 0, "extended": 0}
     failures = no_failures(checks.CHECKS, "frames", "detections")
     retired = []
     for hour in hours:
-        if (records := landing_of(store, hour)) is None:
+        made = make_hour(store, hour, settings, extend=len(hours) == 1 and not context.run.tags.get(WHOLE))
+        if made is None:
             retired.append(hour)  # its tables stay as they were built
             continue
-        latest = rows.latest_per_frame(records)
-        track_ids, seed = tracked.track_hour(store, hour, latest, settings)
-        FRAMES.write(store, FRAMES.hour_key(hour), rows.frames_table(latest))
-        DETECTIONS.write(store, DETECTIONS.hour_key(hour),
-                         tracked.with_seed(rows.detections_table(latest, track_ids), seed))
-        tracked.clear_mark(store, hour, seed)
+        if made.whole or made.added:
+            for table, rows_ in ((FRAMES, made.frames), (DETECTIONS, made.detections)):
+                table.write(store, table.hour_key(hour), builds.stamped(rows_, made.build.id, made.seed))
+            made.build.write(store, hour)
+        tracked.clear_mark(store, hour, made.seed)
+        context.log.info(f"{hour_key(hour)}: " + (f"made whole from {made.added} landing files ({made.whole})"
+                                                  if made.whole else f"{made.added} new landing files added"))
+        counted["extended"] += made.whole is None
         # Checks read back what is stored, not what was meant to be written.
         frames = FRAMES.read(store, FRAMES.hour_key(hour))
         detections = DETECTIONS.read(store, DETECTIONS.hour_key(hour))
         counted["frames"] += frames.num_rows
         counted["detections"] += detections.num_rows
-        checks.check_hour(hour_key(hour), frames, detections, records, failures)
+        checks.check_hour(hour_key(hour), frames, detections, made.landed, failures)
     context.log.info(f"{len(hours)} hours: {counted['frames']} frames, {counted['detections']} detections")
     if retired:
         context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are of "
@@ -83,26 +87,51 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         yield dg.MaterializeResult(
             asset_key=table.key,
             metadata={"rows": dg.MetadataValue.int(counted[table.name]), "hours": len(hours),
-                      "hours_kept_as_built": len(retired),
+                      "hours_kept_as_built": len(retired), "hours_extended": counted["extended"],
                       "path": dg.MetadataValue.path(store.uri(table.folder.rstrip("/")))},
         )
     yield from check_results(failures, len(hours), checks.WARNINGS)
 
 
-def landing_of(store, hour) -> list | None:
-    """The hour's landing records, or None when retention retired its day's landing. Retention marks a
-    day before it deletes anything of it: a day still unmarked after the read was read whole."""
+# A run tag that makes every hour of the run whole from its landing, as a backfill does.
+WHOLE = "imgpipeline/whole"
+
+
+def make_hour(store, hour, settings, extend: bool) -> builds.Made | None:
+    """The hour's tables extended by its new landing files when `extend` and it can be, else made whole
+    from all of its landing; None when retention retired its day's landing."""
     if is_retired(store, hour.date()):
         return None
+    why = "a run of several hours or asked whole"
+    if extend:
+        try:
+            found = builds.extend(store, hour, settings)
+        except BadObject:
+            found = "a landing file went while it was read"
+        if isinstance(found, builds.Made):
+            return found
+        why = found
+    if (landing := landing_of(store, hour)) is None:
+        return None
+    return builds.whole(store, hour, *landing, settings, why)
+
+
+def landing_of(store, hour) -> tuple[dict[str, str], list] | None:
+    """The hour's landing files (with their versions) and records, or None when retention retired its
+    day's landing. Retention marks a day before it deletes anything of it: a day still unmarked after
+    the read was read whole."""
+    if is_retired(store, hour.date()):
+        return None
+    listing = landing_versions(store, hour)
     try:
-        records = hour_records(store, hour)
+        records = [record for key in listing for record in read_records(store, key)]
     except BadObject:
         records = None  # a file gone while it was read: retention's, unless the mark says otherwise
     if is_retired(store, hour.date()):
         return None
     if records is None:
         raise dg.Failure(f"{hour_key(hour)}: a landing file went while it was read")
-    return records
+    return listing, records
 
 
 def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> tuple[pa.Table, list[str]]:

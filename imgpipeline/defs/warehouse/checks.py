@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
 from imgpipeline.defs.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
@@ -36,16 +37,15 @@ CHECKS = {
 WARNINGS = frozenset({("frames", "captured_in_range")})
 
 
-def check_hour(key: str, frames: pa.Table, detections: pa.Table, records: list[LandingRecord],
-               failures: dict) -> None:
-    """Record what is wrong with one stored hour of frames and detections under its partition key."""
+def check_hour(key: str, frames: pa.Table, detections: pa.Table, landed: dict, failures: dict) -> None:
+    """Record what is wrong with one stored hour of frames and detections under its partition key;
+    `landed`: the stored frames against the landing (landing_mismatch's figures)."""
     if problems := schema_problems(frames, FRAMES_SCHEMA):
         failures["frames", "schema_as_declared"][key] = problems
     if dupes := duplicate_frames(frames):
         failures["frames", "no_duplicate_frame"][key] = dupes[:20]
-    mismatch = landing_mismatch(frames, records)
-    if mismatch["missing"] or mismatch["extra"] or mismatch["rows"] != mismatch["distinct_landed"]:
-        failures["frames", "matches_landing"][key] = mismatch
+    if landed["missing"] or landed["extra"] or frames.num_rows != landed["distinct_landed"]:
+        failures["frames", "matches_landing"][key] = {**landed, "rows": frames.num_rows}
     if out := out_of_range(frames):
         failures["frames", "captured_in_range"][key] = {"frames": len(out), "first": out[:20]}
     if problems := schema_problems(detections, DETECTIONS_SCHEMA):
@@ -62,16 +62,13 @@ def frame_names(table: pa.Table) -> list[str]:
 
 
 def duplicate_frames(table: pa.Table) -> list[str]:
-    seen, dupes = set(), set()
-    for name in frame_names(table):
-        (dupes if name in seen else seen).add(name)
-    return sorted(dupes)
+    counted = table.group_by(["source_id", "frame_id"]).aggregate([([], "count_all")])
+    return sorted(set(frame_names(counted.filter(pc.greater(counted.column("count_all"), 1)))))
 
 
 def out_of_range(table: pa.Table) -> list[str]:
     """The frames of a table recorded as captured out of range."""
-    return [name for name, status in zip(frame_names(table), table.column("status").to_pylist(), strict=True)
-            if status == OUT_OF_RANGE]
+    return frame_names(table.filter(pc.equal(table.column("status"), OUT_OF_RANGE)))
 
 
 def landing_mismatch(table: pa.Table, records: list[LandingRecord]) -> dict:

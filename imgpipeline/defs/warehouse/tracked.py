@@ -12,10 +12,11 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.streaming.landing import LandingRecord
-from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS
+from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS, TS
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
 
@@ -44,10 +45,12 @@ def landed_frames(records: list[LandingRecord]) -> dict[str, list[TrackedFrame]]
 def stored_frames(frames: pa.Table, detections: pa.Table, since: datetime) -> dict[str, list[TrackedFrame]]:
     """Each source's detected frames captured from `since` on, from stored hourly tables, with the
     track ids they were given."""
-    cutoff = since.timestamp()
+    # Only the rows from `since` on become Python objects: the rest of a long hour is never walked.
+    frames, detections = (t.filter(pc.greater_equal(t.column("captured_at"), pa.scalar(since, TS)))
+                          for t in (frames, detections))
     found: dict[tuple[str, str], TrackedFrame] = {}
     for row in frames.select(["source_id", "frame_id", "captured_at", "status"]).to_pylist():
-        if row["status"] == "detected" and row["captured_at"].timestamp() >= cutoff:
+        if row["status"] == "detected":
             found[row["source_id"], row["frame_id"]] = TrackedFrame(
                 row["frame_id"], row["captured_at"].timestamp(), []
             )
@@ -79,9 +82,7 @@ def track_hour(store, hour: datetime, records: list[LandingRecord],
     digest of the previous hour's detections they continue from ("none" when it is not stored)."""
     previous = hour - timedelta(hours=1)
     landed = landed_frames(records)
-    # A source with one frame this hour says nothing of its rate: its whole previous hour is replayed.
-    windows = {source: settings.replay_for(frame_rate(f.seconds for f in frames)) if len(frames) > 1
-               else 3600.0 for source, frames in landed.items()}
+    windows = replay_windows(landed, settings)
     replay: dict[str, list[TrackedFrame]] = {}
     seed = "none"
     frames_key, detections_key = FRAMES.hour_key(previous), DETECTIONS.hour_key(previous)
@@ -91,13 +92,48 @@ def track_hour(store, hour: datetime, records: list[LandingRecord],
         if windows:
             since = hour - timedelta(seconds=max(windows.values()))
             replay = stored_frames(FRAMES.read(store, frames_key), stored, since)
+    starts = {source: hour.timestamp() for source in landed}
+    return assigned(landed, replay, starts, windows, settings), seed
+
+
+def track_more(store, hour: datetime, frames: pa.Table, detections: pa.Table,
+               landed: dict[str, list[TrackedFrame]], settings: TrackerSettings) -> TrackIds:
+    """Track ids of frames added to an hour after those of its stored tables (each source's new frames
+    all captured after its stored ones), continuing the stored tracks: the stored end of the hour (and
+    of the hour before, when the replay reaches back into it) is replayed with its recorded ids."""
+    windows = replay_windows(landed, settings)
+    if not windows:
+        return {}
+    starts = {source: frames_[0].seconds for source, frames_ in landed.items()}
+    since = datetime.fromtimestamp(min(starts[s] - windows[s] for s in landed), UTC)
+    tables = [(frames, detections)]
+    previous = hour - timedelta(hours=1)
+    if since < hour and all(store.exists(t.hour_key(previous)) for t in (FRAMES, DETECTIONS)):
+        tables.insert(0, (FRAMES.read(store, FRAMES.hour_key(previous)),
+                          DETECTIONS.read(store, DETECTIONS.hour_key(previous))))
+    replay: dict[str, list[TrackedFrame]] = defaultdict(list)
+    for stored_f, stored_d in tables:
+        for source, found in stored_frames(stored_f, stored_d, since).items():
+            replay[source].extend(found)
+    return assigned(landed, replay, starts, windows, settings)
+
+
+def replay_windows(landed: dict[str, list[TrackedFrame]], settings: TrackerSettings) -> dict[str, float]:
+    """Seconds of stored frames to replay before each source's landed ones. A source with one frame
+    says nothing of its rate: a whole hour is replayed."""
+    return {source: settings.replay_for(frame_rate(f.seconds for f in frames)) if len(frames) > 1
+            else 3600.0 for source, frames in landed.items()}
+
+
+def assigned(landed: dict[str, list[TrackedFrame]], replay: dict[str, list[TrackedFrame]],
+             starts: dict[str, float], windows: dict[str, float], settings: TrackerSettings) -> TrackIds:
     ids: TrackIds = {}
     for source, frames in landed.items():
-        since = hour.timestamp() - windows[source]
+        since = starts[source] - windows[source]
         tail = [f for f in replay.get(source, []) if f.seconds >= since]
         for (frame_id, index), track_id in assign(tail, frames, settings).items():
             ids[source, frame_id, index] = track_id
-    return ids, seed
+    return ids
 
 
 # -- hours to track again ----------------------------------------------------------------------

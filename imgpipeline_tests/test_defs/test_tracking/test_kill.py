@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from imgpipeline.defs.tables import TRACKS, from_parquet
 from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.defs.warehouse.builds import BUILDS
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import kill_when
@@ -40,10 +42,18 @@ def scenes() -> list[dict]:
 
 
 def tables(storage: StorageResource) -> dict[str, object]:
-    """Every warehouse file: Parquet as tables, the rest (what each hour was tracked from) as bytes."""
+    """Every warehouse file: Parquet as tables, builds as the landing files and frames they read (their
+    ids and the versions of the files are the store's own), the rest (what each hour was tracked from)
+    as bytes."""
     store = storage.open()
-    return {key: from_parquet(store.get(key)) if key.endswith(".parquet") else store.get(key)
+    return {key: from_parquet(store.get(key)) if key.endswith(".parquet")
+            else read_build(store, key) if key.startswith(BUILDS) else store.get(key)
             for key in sorted(store.list("warehouse/"))}
+
+
+def read_build(store, key: str) -> bytes:
+    written = json.loads(store.get(key))
+    return json.dumps([sorted(written["landing"]), written["frames"]]).encode()
 
 
 @pytest.mark.long(1)

@@ -1,0 +1,171 @@
+"""An hour's tables made whole from its landing, or extended by the landing files added since.
+
+Every build of an hour records, at `warehouse/builds/dt=YYYY-MM-DD/hour=HH.json`, the landing files it
+read (each with the tag of its version in the store's listing), the frames they held, and an id also
+written into the metadata of both tables' Parquet. The next run of that hour alone lists the hour's
+landing and, when every recorded file is still there unchanged and both tables carry the recorded id,
+reads only the new files: their frames are merged into the stored tables in the tables' order, and
+their detections are tracked on from the stored end of the hour. It makes the hour whole instead when
+a recorded file changed or went (a range run again), a new frame is already in the tables (landed
+again), a source's new detected frames are not all captured after its stored ones (late frames: the
+tracks would not follow capture order), the hour is marked to be tracked again, or the run covers more
+than one hour (backfills). Either way the same rows come out in the same order; track ids can differ
+from a whole rebuild's only where the tracker would have decided otherwise with the whole hour behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imgpipeline.defs.hours import hour_path
+from imgpipeline.defs.streaming.landing import LandingRecord, landing_versions, read_records
+from imgpipeline.defs.tables import DETECTIONS, FRAMES
+from imgpipeline.defs.warehouse import rows, tracked
+from imgpipeline.defs.warehouse.checks import landing_mismatch
+from imgpipeline.resources.storage import BadObject
+from imgpipeline.vision.tracking import TrackerSettings
+
+BUILDS = "warehouse/builds"
+BUILT_BY = b"imgpipeline.build"
+FRAME_ORDER = [("captured_at", "ascending"), ("source_id", "ascending"), ("frame_id", "ascending")]
+DETECTION_ORDER = [*FRAME_ORDER, ("detection_index", "ascending")]
+
+
+def build_key(hour: datetime) -> str:
+    return f"{BUILDS}/{hour_path(hour)}.json"
+
+
+@dataclass(frozen=True)
+class Build:
+    """What one build of an hour read: landing key → version tag, and the distinct frames they held."""
+
+    id: str
+    landing: dict[str, str]
+    frames: int
+
+    def write(self, store, hour: datetime) -> None:
+        store.put(build_key(hour), json.dumps({"id": self.id, "frames": self.frames,
+                                               "landing": self.landing}).encode())
+
+    @classmethod
+    def read(cls, store, hour: datetime) -> Build | None:
+        try:
+            written = json.loads(store.get(build_key(hour)))
+            return cls(str(written["id"]), dict(written["landing"]), int(written["frames"]))
+        except (BadObject, FileNotFoundError, KeyError, TypeError, ValueError):
+            return None  # none yet, or not one this code wrote: the hour is made whole
+
+
+@dataclass
+class Made:
+    """An hour's tables as a build made them, with what its checks compare them to."""
+
+    frames: pa.Table
+    detections: pa.Table
+    seed: str
+    build: Build
+    landed: dict  # the check matches_landing's figures (checks.landing_mismatch's shape)
+    added: int  # landing files read
+    whole: str | None = None  # why the hour was made whole; None when extended
+
+
+def stamped(table: pa.Table, build_id: str, seed: str) -> pa.Table:
+    return table.replace_schema_metadata({tracked.SEEDED_FROM: seed.encode(), BUILT_BY: build_id.encode()})
+
+
+def built_by(table: pa.Table) -> str | None:
+    return (table.schema.metadata or {}).get(BUILT_BY, b"").decode() or None
+
+
+def tables_of(latest: list[LandingRecord], track_ids: tracked.TrackIds) -> tuple[pa.Table, pa.Table]:
+    """An hour's frames and detections of deduplicated records, in the tables' order."""
+    return (rows.frames_table(latest).sort_by(FRAME_ORDER),
+            rows.detections_table(latest, track_ids).sort_by(DETECTION_ORDER))
+
+
+def whole(store, hour: datetime, landing: dict[str, str], records: list[LandingRecord],
+          settings: TrackerSettings, why: str) -> Made:
+    """The hour made from all of its landing records (`landing`: the files they were read from)."""
+    latest = rows.latest_per_frame(records)
+    track_ids, seed = tracked.track_hour(store, hour, latest, settings)
+    frames, detections = tables_of(latest, track_ids)
+    build = Build(uuid.uuid4().hex, landing, frames.num_rows)
+    return Made(frames, detections, seed, build, landing_mismatch(frames, records), len(landing), why)
+
+
+def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
+    """The hour's stored tables with the landing files added since their build; or, when it cannot be
+    extended, why it is made whole."""
+    build = Build.read(store, hour)
+    if build is None:
+        return "no build of it is recorded"
+    if store.exists(tracked.retrack_key(hour)):
+        return "it is marked to be tracked again"
+    listing = landing_versions(store, hour)
+    if changed := [key for key, tag in build.landing.items() if listing.get(key) != tag]:
+        return f"{len(changed)} landing file(s) it was built from changed or went"
+    try:
+        frames, detections = (t.read(store, t.hour_key(hour)) for t in (FRAMES, DETECTIONS))
+    except BadObject:
+        return "its tables are not stored"
+    if not built_by(frames) == built_by(detections) == build.id:
+        return "its tables are not those of the recorded build"
+    new = sorted(set(listing) - set(build.landing))
+    if not new:
+        return Made(frames, detections, tracked.seeded_from(detections) or "none", build,
+                    {"missing": [], "extra": [], "rows": frames.num_rows, "distinct_landed": build.frames}, 0)
+    latest = rows.latest_per_frame([r for key in new for r in read_records(store, key)])
+    if again := landed_again(frames, latest):
+        return f"{again} frame(s) landed again"
+    landed = tracked.landed_frames(latest)
+    if late := late_sources(frames, landed):
+        return f"frames of {late} captured before its stored ones"
+    new_frames, new_detections = tables_of(latest, tracked.track_more(store, hour, frames, detections,
+                                                                       landed, settings))
+    seed = tracked.seeded_from(detections) or "none"
+    frames = pa.concat_tables([frames.replace_schema_metadata(None), new_frames]).sort_by(FRAME_ORDER)
+    detections = pa.concat_tables([detections.replace_schema_metadata(None),
+                                   new_detections]).sort_by(DETECTION_ORDER)
+    expected = build.frames + new_frames.num_rows
+    made = Build(uuid.uuid4().hex, {**build.landing, **{key: listing[key] for key in new}}, expected)
+    missing = sorted(f"{s}/{f}" for s, f in {r.identity for r in latest} - present(frames, latest))
+    return Made(frames, detections, seed, made,
+                {"missing": missing, "extra": [], "rows": frames.num_rows, "distinct_landed": expected},
+                len(new))
+
+
+def present(frames: pa.Table, latest: list[LandingRecord]) -> set[tuple]:
+    """Which of the records' frames (source_id, frame_id) a table holds: only rows with their ids are
+    looked at."""
+    if not latest:
+        return set()
+    ids = pa.array(sorted({r.frame_id for r in latest}), pa.string())
+    candidates = frames.filter(pc.is_in(frames.column("frame_id"), ids))
+    found = set(zip(candidates.column("source_id").to_pylist(), candidates.column("frame_id").to_pylist(),
+                    strict=True))
+    return found & {r.identity for r in latest}
+
+
+def landed_again(frames: pa.Table, latest: list[LandingRecord]) -> int:
+    return len(present(frames, latest))
+
+
+def late_sources(frames: pa.Table, landed: dict[str, list[tracked.TrackedFrame]]) -> str | None:
+    """The first source whose new detected frames do not all come after its stored detected ones."""
+    detected = frames.filter(pc.equal(frames.column("status"), "detected"))
+    if not landed or detected.num_rows == 0:
+        return None
+    last = detected.group_by("source_id").aggregate([("captured_at", "max")])
+    latest = dict(zip(last.column("source_id").to_pylist(), last.column("captured_at_max").to_pylist(),
+                      strict=True))
+    for source, new in landed.items():
+        # stored times are whole milliseconds: a new frame within the stored last one's is late too
+        if source in latest and new[0].seconds < latest[source].timestamp() + 0.001:
+            return source
+    return None
