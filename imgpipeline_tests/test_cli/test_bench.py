@@ -184,6 +184,11 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
     frame_rows = [row for key in store.list("warehouse/frames/") if key.endswith(".parquet")
                   for row in from_parquet(store.get(key)).to_pylist() if row["source_id"] != WARM_UP]
     assert len(frame_rows) == sent
+    # The fullest hour was made whole without its partitions' last ranges, then extended by them: all
+    # of its frames are rows (above), and the extension is what added them.
+    extension = warehouse["extension"]
+    assert extension["extended"] and 1 <= extension["files"] <= 4 and extension["new_frames"] > 0
+    assert extension["new_frames"] < extension["stored_frames"] <= len(frame_rows) + 1  # warm-up
 
     # Per hour from the measured span; a day is 24 hours and a month 30 days of it.
     span = written["input_span_s"]
@@ -203,5 +208,5 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
     order = [(b["bends_after_s"] is None, b["bends_after_s"] or 0, -b["ratio"]) for b in bends]
     assert order == sorted(order)
     assert {"sensor tick", "run start-up", "keeping up (lag)", "duplicate screening",
-            "warehouse rebuilds"} <= {b["what"] for b in written["bends"]}
+            "current hour builds"} <= {b["what"] for b in written["bends"]}
     assert f"{written['bends_first']['what']} " in printed and "What moves it:" in printed

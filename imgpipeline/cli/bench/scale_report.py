@@ -25,6 +25,18 @@ def slope(samples: list[tuple[float, float]]) -> float:
     return sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread if spread else 0.0
 
 
+def hour_extension_s(warehouse: dict, achieved: float, frames_hour: float, interval: float) -> float | None:
+    """What extending the current hour costs at the end of an hour of this input: the fixed part of a
+    build, the frames landed since the last one (an automation interval's), and reading and writing the
+    hour's stored tables (per stored frame); None when no extension was measured."""
+    ext = warehouse.get("extension")
+    if not ext or not ext["extended"]:
+        return None
+    fixed, merge = warehouse.get("empty_hourly_s", 0.0), ext["merge_s_per_frame"]
+    per_new = max(0.0, ext["extend_s"] - fixed - merge * ext["stored_frames"]) / max(1, ext["new_frames"])
+    return round(fixed + per_new * achieved * interval + merge * frames_hour, 2)
+
+
 def figures(sources: int, partitions: int, fps: float, seconds: float, live: dict, landing: dict,
             warehouse: dict, screening: dict) -> dict:
     """The measured figures, per hour of input, per day and month, and what bends first."""
@@ -76,6 +88,8 @@ def figures(sources: int, partitions: int, fps: float, seconds: float, live: dic
     hourly_build = warehouse.get("empty_hourly_s", 0.0) + per_frame_h * frames_hour
     build_hour = (hourly_build + warehouse.get("empty_daily_s", 0.0) / HOURS_PER_DAY
                   + per_frame_d * frames_hour)
+    interval = warehouse_automation.minimum_interval_seconds
+    extend_end = hour_extension_s(warehouse, achieved, frames_hour, interval)
     per_hour = {
         "frames": round(landing["records"] * per_hour_scale, 1),
         "runs": round(len(runs) * per_hour_scale, 1),
@@ -134,7 +148,8 @@ def figures(sources: int, partitions: int, fps: float, seconds: float, live: dic
         "cpu_busy_input": live["cpu_busy_input"], "cpu_busy_drain": live["cpu_busy_drain"],
         "cores": _cores(),
         "warehouse": {**warehouse, "hourly_s_per_frame": round(per_frame_h, 9),
-                      "daily_s_per_frame": round(per_frame_d, 9), "hour_build_s": round(hourly_build, 2)},
+                      "daily_s_per_frame": round(per_frame_d, 9), "hour_build_s": round(hourly_build, 2),
+                      "hour_end_extension_s": extend_end},
         "screening": {**screening, "s_per_record": round(screening["s_per_record"], 9)},
         "warehouse_automation_interval_s": warehouse_automation.minimum_interval_seconds,
         "per_hour": per_hour, "per_day": per_day, "per_month": per_month,
@@ -248,20 +263,27 @@ def bends(r: dict) -> list[dict]:
         f"{larger}; a smaller {env_name(Screening, 'window')} (offsets screened)",
         after_s=3600 / load_hour if load_hour >= 1 else None)
 
-    # Warehouse: the automation rebuilds the current hour after landing updates, one build at a time,
-    # each over all of the hour's landing files so far: at most one slot, busy B / (B + interval).
+    # Warehouse: the automation builds the current hour after landing updates, one build at a time, each
+    # adding the files landed since the last one: at most one slot, busy B / (B + interval).
     wh = r["warehouse"]
-    build_hour = wh["hour_build_s"]
     interval = r["warehouse_automation_interval_s"] or 30
-    slot_share = build_hour / (build_hour + interval) / slots
-    add("warehouse rebuilds", slot_share,
-        f"an hour's frames and detections build in {build_hour:,.1f} s of 3,600 at this rate "
-        f"({wh['empty_hourly_s']:.1f} s fixed + {wh['hourly_s_per_frame'] * 1e6:.1f} µs a frame) from "
-        f"{r['per_hour']['landing_files']:,.0f} landing files, rebuilt after landing updates (every "
-        f"{interval} s at most)",
+    ext = wh.get("extension")
+    if wh.get("hour_end_extension_s") is not None:
+        build_s = wh["hour_end_extension_s"]
+        what = (f"the current hour is extended by what landed since its last build: {ext['extend_s']:.1f} s "
+                f"for {ext['files']} files ({ext['new_frames']:,} frames) over {ext['stored_frames']:,} "
+                f"stored; {build_s:,.1f} s at the end of an hour at this rate (reading and writing the "
+                f"hour's Parquet: {ext['merge_s_per_frame'] * 1e6:.2f} µs a stored frame), every "
+                f"{interval} s at most; made whole once: {wh['hour_build_s']:,.1f} s")
+    else:
+        build_s = wh["hour_build_s"]
+        what = (f"an hour's frames and detections build whole in {build_s:,.1f} s of 3,600 at this rate "
+                f"({wh['empty_hourly_s']:.1f} s fixed + {wh['hourly_s_per_frame'] * 1e6:.1f} µs a frame), "
+                f"rebuilt after landing updates (every {interval} s at most; no extension was measured)")
+    add("current hour builds", build_s / (build_s + interval) / slots, what,
         f"the {slots} run slots' time (one build at a time: at most 1 of {slots})",
-        f"fewer landing files an hour: {larger}; the automation's interval",
-        after_s=0.0 if build_hour >= 3600 else None)
+        f"the automation's interval; fewer landing files an hour: {larger}",
+        after_s=0.0 if build_s >= 3600 else None)
     if cpu is not None:
         add("machine CPU", cpu / 0.95, f"{cpu:.0%} busy while input lasted (the benchmark's producer and "
             "broker included)", f"95 % of {r['cores']} cores", "more cores or machines")
