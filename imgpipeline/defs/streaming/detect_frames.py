@@ -9,6 +9,7 @@ ledger); one landed only as an error is processed when it comes again.
 """
 
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -133,6 +134,10 @@ def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, st
     return FrameSource(name, incoming, consumer, gaps)
 
 
+# Seconds between a run's progress lines: each is an event in the instance, a write a line.
+PROGRESS_S = 5.0
+
+
 class Batch:
     """A run's frames on their way to landing: dead letters, duplicates, detection, spools per hour."""
 
@@ -148,6 +153,7 @@ class Batch:
         self.landed: dict[datetime, set[tuple]] = {}
         self.producer = None
         self.letters: list = []  # the DLQ sends' futures, confirmed before anything lands
+        self.progress_at = time.monotonic() + PROGRESS_S
 
     def process(self, incoming: Iterator[Incoming]) -> None:
         """Every frame in offset order: screened, detected by the pool, spooled by event hour."""
@@ -184,7 +190,8 @@ class Batch:
             if record.processed:
                 self.seen(record).add(record.identity)
             yield prepared, record
-            if self.counts["read"] % 100 == 0:
+            if time.monotonic() >= self.progress_at:
+                self.progress_at = time.monotonic() + PROGRESS_S
                 self.context.log.info(f"{self.counts['read']} frames read: {self.counts}")
 
     def dead_letter(self, prepared: Prepared) -> None:

@@ -7,10 +7,11 @@ landing and, when every recorded file is still there unchanged and both tables c
 reads only the new files: their frames are merged into the stored tables in the tables' order, and
 their detections are tracked on from the stored end of the hour. It makes the hour whole instead when
 a recorded file changed or went (a range run again), a new frame is already in the tables (landed
-again), a source's new detected frames are not all captured after its stored ones (late frames: the
-tracks would not follow capture order), the hour is marked to be tracked again, or the run covers more
-than one hour (backfills). Either way the same rows come out in the same order; track ids can differ
-from a whole rebuild's only where the tracker would have decided otherwise with the whole hour behind it.
+again), a source with objects detected in the hour has new detected frames not all captured after its
+stored ones (late frames: the tracks would not follow capture order), the hour is marked to be tracked
+again, or the run covers more than one hour (backfills). Either way the same rows come out in the
+same order; track ids can differ from a whole rebuild's only where the tracker would have decided
+otherwise with the whole hour behind it.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
     if again := landed_again(frames, latest):
         return f"{again} frame(s) landed again"
     landed = tracked.landed_frames(latest)
-    if late := late_sources(frames, landed):
+    if late := late_sources(frames, detections, landed):
         return f"frames of {late} captured before its stored ones"
     new_frames, new_detections = tables_of(latest, tracked.track_more(store, hour, frames, detections,
                                                                        landed, settings))
@@ -156,8 +157,13 @@ def landed_again(frames: pa.Table, latest: list[LandingRecord]) -> int:
     return len(present(frames, latest))
 
 
-def late_sources(frames: pa.Table, landed: dict[str, list[tracked.TrackedFrame]]) -> str | None:
-    """The first source whose new detected frames do not all come after its stored detected ones."""
+def late_sources(frames: pa.Table, detections: pa.Table,
+                 landed: dict[str, list[tracked.TrackedFrame]]) -> str | None:
+    """The first source whose new detected frames do not all come after its stored detected ones. A
+    source with no object detected in the hour, stored or new, has no track whatever the order."""
+    with_objects = set(pc.unique(detections.column("source_id")).to_pylist()) | {
+        source for source, new in landed.items() if any(f.observations for f in new)}
+    landed = {source: new for source, new in landed.items() if source in with_objects}
     detected = frames.filter(pc.equal(frames.column("status"), "detected"))
     if not landed or detected.num_rows == 0:
         return None

@@ -64,8 +64,15 @@ def test_ranges_added_one_by_one_come_out_as_the_hour_made_whole(storage):
             land(store, part, f"frames-0-{n * 100}-{n * 100 + 100}")
             extended.append(build(storage, instance)["hours_extended"])
         assert extended == [0, 1, 1]  # the first build had nothing to extend
+        # A camera that saw nothing all hour has no track whatever the order: its frames landing later
+        # than frames it captured after them (concurrent ranges) still extend the hour.
+        idle = landing_records(frames_of([], HOUR + timedelta(seconds=5), 10, 2.0, "idle"), source="idle")
+        for n, part in enumerate((idle[10:], idle[:10])):
+            land(store, part, f"frames-1-{n * 100}-{n * 100 + 100}")
+            assert build(storage, instance)["hours_extended"] == 1
+        records += idle
         recorded = builds.Build.read(store, HOUR)
-        assert len(recorded.landing) == 3 and recorded.frames == len(records)
+        assert len(recorded.landing) == 5 and recorded.frames == len(records)
         frames, detections = stored(store)
         assert frames.num_rows == len(records)
         assert detections.num_rows == sum(r.object_count for r in records)
