@@ -17,6 +17,7 @@ def setting_models() -> list:
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.health import SourcePolicy
     from imgpipeline.defs.streaming.upkeep import InstanceRetention
+    from imgpipeline.defs.warehouse.compaction import Compaction
     from imgpipeline.lib.instance import InstanceSettings
     from imgpipeline.resources import (
         AlertsResource,
@@ -30,7 +31,7 @@ def setting_models() -> list:
 
     return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
             TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, InstanceSettings,
-            InstanceRetention, DataRetention, Screening]
+            InstanceRetention, DataRetention, Screening, Compaction]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

@@ -65,3 +65,15 @@ def yesterday_schedule(name: str, job, cron_schedule: str, description: str) -> 
         return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
 
     return _schedule
+
+
+def scheduled_job(name: str, op, cron_schedule: str, description: str
+                  ) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
+    """A job of one op and the schedule (UTC, running from the start) that launches it."""
+
+    @dg.job(name=name, description=description)
+    def _job():
+        op()
+
+    return _job, dg.ScheduleDefinition(job=_job, cron_schedule=cron_schedule, execution_timezone="UTC",
+                                       default_status=dg.DefaultScheduleStatus.RUNNING)

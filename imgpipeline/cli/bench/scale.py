@@ -495,17 +495,12 @@ def extend_hour(storage, hour: datetime, build) -> dict:
     """An hour made whole without its partitions' last landing files, then extended by them (timed), as
     the automation adds a run's ranges to the current hour; and what reading and writing the hour's
     stored tables costs a frame (an extension's part that grows with the hour)."""
-    from imgpipeline.defs.streaming.landing import RANGE_NAME, landing_keys, parse_records
+    from imgpipeline.defs.streaming.landing import landing_keys, parse_records, ranges_of
     from imgpipeline.defs.tables import DETECTIONS, FRAMES, to_parquet
 
     store = storage.open()
-    last: dict[tuple, tuple[int, str]] = {}
-    for key in landing_keys(store, hour):
-        if (found := RANGE_NAME.fullmatch(key.rsplit("/", 1)[-1].removesuffix(".jsonl"))) is not None:
-            topic, partition, start, _, generation = found.groups()
-            at = (topic, partition, generation)
-            last[at] = max(last.get(at, (-1, "")), (int(start), key))
-    held = {key: store.get(key) for _, key in last.values()}
+    last = [files[-1][2] for files in ranges_of(landing_keys(store, hour)).values()]
+    held = {key: store.get(key) for key in last}
     store.delete_many(list(held))
     try:
         build(True)

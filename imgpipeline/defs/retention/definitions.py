@@ -5,6 +5,7 @@ from datetime import date
 
 import dagster as dg
 
+from imgpipeline.defs.partitions import scheduled_job
 from imgpipeline.defs.retention.sweep import DataRetention, record_key, sweep, totals
 from imgpipeline.resources import KafkaResource, StorageResource
 
@@ -26,15 +27,9 @@ def delete_by_age(context: dg.OpExecutionContext, storage: StorageResource,
     })
 
 
-@dg.job(name="retention", description="Deletes what is past its keeping time (IMGPIPELINE_*_KEEP_DAYS) "
-                                      "and records it under retention/<date>.json.")
-def retention_job():
-    delete_by_age()
-
-
-retention_schedule = dg.ScheduleDefinition(
-    job=retention_job, cron_schedule="47 3 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+retention_job, retention_schedule = scheduled_job(
+    "retention", delete_by_age, "47 3 * * *",
+    "Deletes what is past its keeping time (IMGPIPELINE_*_KEEP_DAYS) and records it under "
+    "retention/<date>.json.")
 
 defs = dg.Definitions(jobs=[retention_job], schedules=[retention_schedule])

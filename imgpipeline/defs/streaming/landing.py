@@ -205,6 +205,35 @@ def all_records(store) -> list[LandingRecord]:
 RANGE_NAME = re.compile(r"(.+)-([0-9]+)-([0-9]+)-([0-9]+)(?:-g([0-9]+))?")
 
 
+def ranges_of(keys) -> dict[tuple[str, int, int], list[tuple[int, int, str]]]:
+    """Landing files named after ranges, per (topic, partition, generation): (start, end, key) in range
+    order. Files of runs over explicit URIs are not among them."""
+    groups: dict[tuple[str, int, int], list[tuple[int, int, str]]] = {}
+    for key in keys:
+        if (found := RANGE_NAME.fullmatch(key.rsplit("/", 1)[-1].removesuffix(".jsonl"))) is not None:
+            topic, partition, start, end, generation = found.groups()
+            group = (topic, int(partition), int(generation or 0))
+            groups.setdefault(group, []).append((int(start), int(end), key))
+    return {group: sorted(files) for group, files in groups.items()}
+
+
+def compact_files(store, hour: datetime, group: tuple[str, int, int],
+                  files: list[tuple[int, int, str]]) -> str:
+    """One file of a partition's landing files of an hour, named after the span of their ranges: their
+    lines in range order, a line two of them share once. Returns its key; the files stay."""
+    topic, partition, generation = group
+    into = landing_key(hour, range_name(topic, partition, files[0][0], max(end for _, end, _ in files),
+                                        generation))
+    seen, lines = set(), []
+    for *_, key in files:
+        for line in store.get(key).splitlines():
+            if line.strip() and line not in seen:
+                seen.add(line)
+                lines.append(line)
+    store.put(into, b"\n".join(lines) + b"\n")
+    return into
+
+
 @dataclass(frozen=True)
 class Neighbours:
     """The ranges whose landing a run over [start, …) screens its frames against: those of its topic,

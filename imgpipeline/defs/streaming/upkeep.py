@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from imgpipeline.defs.partitions import scheduled_job
 from imgpipeline.defs.streaming.detect_frames import detect_frames
 from imgpipeline.resources.settings import FromEnv, env_name, setting
 
@@ -87,14 +88,7 @@ def purge_detect_runs(context: dg.OpExecutionContext) -> dg.Output[dict]:
     })
 
 
-@dg.job(name="purge_runs",
-        description="Purges detect_frames runs older than IMGPIPELINE_RUNS_KEEP_DAYS (failed ones: "
-                    "IMGPIPELINE_FAILED_RUNS_KEEP_DAYS) from Dagster's instance.")
-def purge_runs_job():
-    purge_detect_runs()
-
-
-purge_schedule = dg.ScheduleDefinition(
-    job=purge_runs_job, cron_schedule="17 3 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+purge_runs_job, purge_schedule = scheduled_job(
+    "purge_runs", purge_detect_runs, "17 3 * * *",
+    "Purges detect_frames runs older than IMGPIPELINE_RUNS_KEEP_DAYS (failed ones: "
+    "IMGPIPELINE_FAILED_RUNS_KEEP_DAYS) from Dagster's instance.")

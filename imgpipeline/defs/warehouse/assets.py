@@ -62,10 +62,10 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         if made is None:
             retired.append(hour)  # its tables stay as they were built
             continue
-        if made.whole or made.added:
+        written = bool(made.whole or made.added)
+        if written:
             for table, rows_ in ((FRAMES, made.frames), (DETECTIONS, made.detections)):
                 table.write(store, table.hour_key(hour), builds.stamped(rows_, made.build.id, made.seed))
-            made.build.write(store, hour)
         tracked.clear_mark(store, hour, made.seed)
         context.log.info(f"{hour_key(hour)}: " + (f"made whole from {made.added} landing files ({made.whole})"
                                                   if made.whole else f"{made.added} new landing files added"))
@@ -76,6 +76,10 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         counted["frames"] += frames.num_rows
         counted["detections"] += detections.num_rows
         checks.check_hour(hour_key(hour), frames, detections, made.landed, failures)
+        passed = not any(hour_key(hour) in found for check, found in failures.items()
+                         if check not in checks.WARNINGS)
+        if written or made.build.passed != passed:
+            made.build.checked(passed).write(store, hour)  # after its tables: a build cut short has none
     context.log.info(f"{len(hours)} hours: {counted['frames']} frames, {counted['detections']} detections")
     if retired:
         context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are of "
@@ -116,22 +120,22 @@ def make_hour(store, hour, settings, extend: bool) -> builds.Made | None:
     return builds.whole(store, hour, *landing, settings, why)
 
 
-def landing_of(store, hour) -> tuple[dict[str, str], list] | None:
+def landing_of(store, hour, attempts: int = 3) -> tuple[dict[str, str], list] | None:
     """The hour's landing files (with their versions) and records, or None when retention retired its
     day's landing. Retention marks a day before it deletes anything of it: a day still unmarked after
-    the read was read whole."""
+    the read was read whole. A file gone while it was read otherwise was compacted: the hour is listed
+    and read again."""
+    for _ in range(attempts):
+        if is_retired(store, hour.date()):
+            return None
+        listing = landing_versions(store, hour)
+        try:
+            return listing, [record for key in listing for record in read_records(store, key)]
+        except BadObject:
+            continue  # retention's, or compaction's: the mark says which
     if is_retired(store, hour.date()):
         return None
-    listing = landing_versions(store, hour)
-    try:
-        records = [record for key in listing for record in read_records(store, key)]
-    except BadObject:
-        records = None  # a file gone while it was read: retention's, unless the mark says otherwise
-    if is_retired(store, hour.date()):
-        return None
-    if records is None:
-        raise dg.Failure(f"{hour_key(hour)}: a landing file went while it was read")
-    return listing, records
+    raise dg.Failure(f"{hour_key(hour)}: landing files went while they were read, {attempts} times")
 
 
 def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> tuple[pa.Table, list[str]]:

@@ -44,21 +44,27 @@ def build_key(hour: datetime) -> str:
 
 @dataclass(frozen=True)
 class Build:
-    """What one build of an hour read: landing key → version tag, and the distinct frames they held."""
+    """What one build of an hour read: landing key → version tag, the distinct frames they held, and
+    whether the checks of the tables it made passed."""
 
     id: str
     landing: dict[str, str]
     frames: int
+    passed: bool = False
 
     def write(self, store, hour: datetime) -> None:
-        store.put(build_key(hour), json.dumps({"id": self.id, "frames": self.frames,
+        store.put(build_key(hour), json.dumps({"id": self.id, "frames": self.frames, "passed": self.passed,
                                                "landing": self.landing}).encode())
+
+    def checked(self, passed: bool) -> Build:
+        return Build(self.id, self.landing, self.frames, passed)
 
     @classmethod
     def read(cls, store, hour: datetime) -> Build | None:
         try:
             written = json.loads(store.get(build_key(hour)))
-            return cls(str(written["id"]), dict(written["landing"]), int(written["frames"]))
+            return cls(str(written["id"]), dict(written["landing"]), int(written["frames"]),
+                       written.get("passed") is True)
         except (BadObject, FileNotFoundError, KeyError, TypeError, ValueError):
             return None  # none yet, or not one this code wrote: the hour is made whole
 

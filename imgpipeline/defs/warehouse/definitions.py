@@ -1,4 +1,5 @@
-"""The warehouse domain's Definitions: hourly tables, daily_summary, their schedule and automation."""
+"""The warehouse domain's Definitions: hourly tables, daily_summary, their schedule and automation, and
+the compaction of built hours' landing."""
 
 import dagster as dg
 
@@ -11,10 +12,11 @@ from imgpipeline.defs.warehouse.assets import (
     retrack_sensor,
     warehouse_automation,
 )
+from imgpipeline.defs.warehouse.compaction import compact_landing_job, compact_landing_schedule
 
 defs = dg.Definitions(
     assets=[hourly_tables, daily_summary],
-    jobs=[daily_summary_job, hourly_tables_job],
+    jobs=[daily_summary_job, hourly_tables_job, compact_landing_job],
     sensors=[warehouse_automation, retrack_sensor],
-    schedules=[daily_summary_schedule],
+    schedules=[daily_summary_schedule, compact_landing_schedule],
 )
