@@ -158,7 +158,7 @@ class Storage:
 
     def versions(self, prefix: str) -> dict[str, str]:
         """Each key below a prefix with a tag of its version (from the listing, no read): a key written
-        again gets another tag (S3: its ETag and size; a folder: its size and modification time)."""
+        again gets another tag (S3: its ETag and size; a folder: its size, modification time and inode)."""
         raise NotImplementedError
 
     def folders(self, prefix: str) -> list[str]:
@@ -292,7 +292,7 @@ class LocalStorage(Storage):
                 stat = self._path(key).stat()
             except FileNotFoundError:
                 continue  # deleted since the listing
-            found[key] = f"{stat.st_size}:{stat.st_mtime_ns}"
+            found[key] = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"  # a rename gives a new inode
         return found
 
     def folders(self, prefix: str) -> list[str]:

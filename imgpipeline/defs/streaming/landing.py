@@ -217,13 +217,18 @@ def ranges_of(keys) -> dict[tuple[str, int, int], list[tuple[int, int, str]]]:
     return {group: sorted(files) for group, files in groups.items()}
 
 
+def span_key(hour: datetime, group: tuple[str, int, int], files: list[tuple[int, int, str]]) -> str:
+    """The landing key of a partition's files of an hour compacted: named after the span of their ranges."""
+    topic, partition, generation = group
+    return landing_key(hour, range_name(topic, partition, files[0][0], max(end for _, end, _ in files),
+                                        generation))
+
+
 def compact_files(store, hour: datetime, group: tuple[str, int, int],
                   files: list[tuple[int, int, str]]) -> str:
     """One file of a partition's landing files of an hour, named after the span of their ranges: their
     lines in range order, a line two of them share once. Returns its key; the files stay."""
-    topic, partition, generation = group
-    into = landing_key(hour, range_name(topic, partition, files[0][0], max(end for _, end, _ in files),
-                                        generation))
+    into = span_key(hour, group, files)
     seen, lines = set(), []
     for *_, key in files:
         for line in store.get(key).splitlines():
@@ -263,7 +268,16 @@ def landed_frames(store, hour: datetime, except_name: str, near: Neighbours | No
     own = landing_key(hour, except_name)
     keys = [key for key in landing_keys(store, hour) if key != own
             and (near is None or near.include(key.rsplit("/", 1)[-1].removesuffix(".jsonl")))]
-    return {record.identity for key in keys for record in read_records(store, key) if record.processed}
+    # The run's own range may lie inside a compacted file of its partition: its own records are not
+    # someone else's (a range run again detects every frame again).
+    mine = ranges_of([own])
+    found = set()
+    for key in keys:
+        same = ranges_of([key]).keys() & mine.keys()
+        start, end = (mine[next(iter(same))][0][:2]) if same else (0, 0)
+        found.update(record.identity for record in read_records(store, key) if record.processed
+                     and not (record.offset is not None and start <= record.offset < end))
+    return found
 
 
 SOURCES = "landing/sources"

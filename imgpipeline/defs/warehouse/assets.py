@@ -75,7 +75,8 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         detections = DETECTIONS.read(store, DETECTIONS.hour_key(hour))
         counted["frames"] += frames.num_rows
         counted["detections"] += detections.num_rows
-        checks.check_hour(hour_key(hour), frames, detections, made.landed, failures)
+        landed = made.against_landing(frames, detections)
+        checks.check_hour(hour_key(hour), frames, detections, landed, failures)
         passed = not any(hour_key(hour) in found for check, found in failures.items()
                          if check not in checks.WARNINGS)
         if written or made.build.passed != passed:

@@ -16,9 +16,10 @@ otherwise with the whole hour behind it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import pyarrow as pa
@@ -33,9 +34,18 @@ from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision.tracking import TrackerSettings
 
 BUILDS = "warehouse/builds"
+# Raised whenever what a build makes of the same landing changes (rows.py, the tracker's settings of
+# use, the tables' order): an hour recorded by another version of the code is made whole, never extended
+# into a mix of the two. The tables' schemas count too.
+LOGIC = 1
 BUILT_BY = b"imgpipeline.build"
 FRAME_ORDER = [("captured_at", "ascending"), ("source_id", "ascending"), ("frame_id", "ascending")]
 DETECTION_ORDER = [*FRAME_ORDER, ("detection_index", "ascending")]
+
+
+def code_version() -> str:
+    """What a build's rows depend on in the code: LOGIC and both tables' schemas."""
+    return hashlib.sha256(f"{LOGIC}|{FRAMES.schema}|{DETECTIONS.schema}".encode()).hexdigest()[:16]
 
 
 def build_key(hour: datetime) -> str:
@@ -51,20 +61,21 @@ class Build:
     landing: dict[str, str]
     frames: int
     passed: bool = False
+    version: str = field(default_factory=lambda: code_version())
 
     def write(self, store, hour: datetime) -> None:
         store.put(build_key(hour), json.dumps({"id": self.id, "frames": self.frames, "passed": self.passed,
-                                               "landing": self.landing}).encode())
+                                               "version": self.version, "landing": self.landing}).encode())
 
     def checked(self, passed: bool) -> Build:
-        return Build(self.id, self.landing, self.frames, passed)
+        return replace(self, passed=passed)
 
     @classmethod
     def read(cls, store, hour: datetime) -> Build | None:
         try:
             written = json.loads(store.get(build_key(hour)))
             return cls(str(written["id"]), dict(written["landing"]), int(written["frames"]),
-                       written.get("passed") is True)
+                       written.get("passed") is True, str(written.get("version")))
         except (BadObject, FileNotFoundError, KeyError, TypeError, ValueError):
             return None  # none yet, or not one this code wrote: the hour is made whole
 
@@ -77,9 +88,24 @@ class Made:
     detections: pa.Table
     seed: str
     build: Build
-    landed: dict  # the check matches_landing's figures (checks.landing_mismatch's shape)
+    records: list[LandingRecord]  # what was read: the hour's landing (whole), the new files' (extended)
     added: int  # landing files read
     whole: str | None = None  # why the hour was made whole; None when extended
+
+    def against_landing(self, frames: pa.Table, detections: pa.Table) -> dict:
+        """The stored tables against what was read (the check matches_landing's figures): made whole,
+        against every landing record of the hour; extended, the new files' frames must each be a row and
+        the rows as many as the build's frames before plus theirs. Both tables must be of this build."""
+        if self.whole is not None:
+            found = landing_mismatch(frames, self.records)
+        else:
+            missing = {r.identity for r in self.records} - present(frames, self.records)
+            found = {"missing": sorted(f"{s}/{f}" for s, f in missing), "extra": [], "rows": frames.num_rows,
+                     "distinct_landed": self.build.frames}
+        if not built_by(frames) == built_by(detections) == self.build.id:
+            found["builds"] = (f"frames of build {built_by(frames)}, detections of build "
+                               f"{built_by(detections)}, recorded {self.build.id}")
+        return found
 
 
 def stamped(table: pa.Table, build_id: str, seed: str) -> pa.Table:
@@ -103,7 +129,7 @@ def whole(store, hour: datetime, landing: dict[str, str], records: list[LandingR
     track_ids, seed = tracked.track_hour(store, hour, latest, settings)
     frames, detections = tables_of(latest, track_ids)
     build = Build(uuid.uuid4().hex, landing, frames.num_rows)
-    return Made(frames, detections, seed, build, landing_mismatch(frames, records), len(landing), why)
+    return Made(frames, detections, seed, build, records, len(landing), why)
 
 
 def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
@@ -112,6 +138,8 @@ def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
     build = Build.read(store, hour)
     if build is None:
         return "no build of it is recorded"
+    if build.version != code_version():
+        return "another version of the code built it"
     if store.exists(tracked.retrack_key(hour)):
         return "it is marked to be tracked again"
     listing = landing_versions(store, hour)
@@ -125,8 +153,7 @@ def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
         return "its tables are not those of the recorded build"
     new = sorted(set(listing) - set(build.landing))
     if not new:
-        return Made(frames, detections, tracked.seeded_from(detections) or "none", build,
-                    {"missing": [], "extra": [], "rows": frames.num_rows, "distinct_landed": build.frames}, 0)
+        return Made(frames, detections, tracked.seeded_from(detections) or "none", build, [], 0)
     latest = rows.latest_per_frame([r for key in new for r in read_records(store, key)])
     if again := landed_again(frames, latest):
         return f"{again} frame(s) landed again"
@@ -139,12 +166,9 @@ def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
     frames = pa.concat_tables([frames.replace_schema_metadata(None), new_frames]).sort_by(FRAME_ORDER)
     detections = pa.concat_tables([detections.replace_schema_metadata(None),
                                    new_detections]).sort_by(DETECTION_ORDER)
-    expected = build.frames + new_frames.num_rows
-    made = Build(uuid.uuid4().hex, {**build.landing, **{key: listing[key] for key in new}}, expected)
-    missing = sorted(f"{s}/{f}" for s, f in {r.identity for r in latest} - present(frames, latest))
-    return Made(frames, detections, seed, made,
-                {"missing": missing, "extra": [], "rows": frames.num_rows, "distinct_landed": expected},
-                len(new))
+    made = Build(uuid.uuid4().hex, {**build.landing, **{key: listing[key] for key in new}},
+                 build.frames + new_frames.num_rows)
+    return Made(frames, detections, seed, made, latest, len(new))
 
 
 def present(frames: pa.Table, latest: list[LandingRecord]) -> set[tuple]:

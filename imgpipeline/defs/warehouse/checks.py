@@ -39,12 +39,14 @@ WARNINGS = frozenset({("frames", "captured_in_range")})
 
 def check_hour(key: str, frames: pa.Table, detections: pa.Table, landed: dict, failures: dict) -> None:
     """Record what is wrong with one stored hour of frames and detections under its partition key;
-    `landed`: the stored frames against the landing (landing_mismatch's figures)."""
+    `landed`: the stored frames against the landing (landing_mismatch's figures, and `builds` when the
+    tables are not both of the build that made them)."""
     if problems := schema_problems(frames, FRAMES_SCHEMA):
         failures["frames", "schema_as_declared"][key] = problems
     if dupes := duplicate_frames(frames):
         failures["frames", "no_duplicate_frame"][key] = dupes[:20]
-    if landed["missing"] or landed["extra"] or frames.num_rows != landed["distinct_landed"]:
+    if (landed["missing"] or landed["extra"] or landed.get("builds")
+            or frames.num_rows != landed["distinct_landed"]):
         failures["frames", "matches_landing"][key] = {**landed, "rows": frames.num_rows}
     if out := out_of_range(frames):
         failures["frames", "captured_in_range"][key] = {"frames": len(out), "first": out[:20]}

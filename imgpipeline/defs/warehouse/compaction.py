@@ -20,6 +20,7 @@ compaction of the hour finishes it. When nothing landed in the hour since its bu
 is brought up to date with the compacted files, so the hour can still be extended by late files.
 """
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -27,10 +28,20 @@ from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.partitions import scheduled_job
-from imgpipeline.defs.streaming.landing import compact_files, is_retired, landing_versions, ranges_of
-from imgpipeline.defs.warehouse.builds import Build
+from imgpipeline.defs.streaming.detect_frames import detect_frames
+from imgpipeline.defs.streaming.frames_sensor import ACTIVE
+from imgpipeline.defs.streaming.landing import (
+    compact_files,
+    is_retired,
+    landing_versions,
+    ranges_of,
+    span_key,
+)
+from imgpipeline.defs.tables import DETECTIONS, FRAMES
+from imgpipeline.defs.warehouse.builds import Build, built_by
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import FromEnv, setting
+from imgpipeline.resources.storage import BadObject
 
 LOOKBACK = timedelta(days=2)  # hours older than this past the wait are left as they are
 
@@ -56,17 +67,30 @@ class Compaction(FromEnv, BaseModel):
         return found
 
 
-def compact_hour(store, hour: datetime) -> tuple[int, int] | str:
-    """Compact one hour's landing: (files before, files after), or why it was left as it is."""
+Range = tuple[str | None, int, int, int, int]  # topic (None: the default), partition, generation, start, end
+
+
+def compact_hour(store, hour: datetime, busy: list[Range] = ()) -> tuple[int, int] | str:
+    """Compact one hour's landing: (files before, files after), or why it was left as it is. Only an
+    hour whose files are those its last build read (less what a compaction cut short already folded
+    into a span) and whose tables are that build's; a partition a queued or running detect_frames run
+    may still write to (`busy`: its range overlaps the files') waits for the next time."""
     if is_retired(store, hour.date()):
         return "its day's landing was retired"
     build = Build.read(store, hour)
     if build is None or not build.passed:
         return "no build of it passed its checks"
     listing = landing_versions(store, hour)
-    todo = {group: files for group, files in ranges_of(listing).items() if len(files) > 1}
-    if not todo:
-        return "compacted already"
+    spans = {group: span_key(hour, group, files) for group, files in ranges_of(build.landing).items()}
+    if why := unlike_build(build, listing, spans):
+        return why
+    try:
+        if not all(built_by(t.read(store, t.hour_key(hour))) == build.id for t in (FRAMES, DETECTIONS)):
+            return "its tables are not those of its build"
+    except BadObject:
+        return "its tables are not stored"
+    todo = {group: files for group, files in ranges_of(listing).items()
+            if len(files) > 1 and not overlaps(group, files, busy)}
     written = {}
     for group, files in todo.items():
         into = compact_files(store, hour, group, files)
@@ -74,18 +98,52 @@ def compact_hour(store, hour: datetime) -> tuple[int, int] | str:
     now = landing_versions(store, hour)
     # Only what was read goes: a file written again meanwhile (a range run again) stays for the next.
     store.delete_many([key for keys in written.values() for key in keys if now.get(key) == listing[key]])
-    if build.landing == listing:  # the build read exactly these: it reads the same from the compacted
-        after = landing_versions(store, hour)
-        kept = {key: tag for key, tag in after.items() if key in written or listing.get(key) == tag}
-        Build(build.id, kept, build.frames, build.passed).write(store, hour)
-    return len(listing), len(landing_versions(store, hour))
+    after = landing_versions(store, hour)
+    record = {key: tag for key, tag in after.items()
+              if key in written or key in spans.values() or build.landing.get(key) == tag}
+    if record != build.landing:
+        replace(build, landing=record).write(store, hour)
+    return (len(listing), len(after)) if written else "compacted already"
 
 
-def compact(store, compaction: Compaction, now: datetime, log=print) -> dict[str, int]:
+def unlike_build(build: Build, listing: dict[str, str], spans: dict) -> str | None:
+    """Why the hour's files are not those its build read, or None: each recorded file is there unchanged,
+    or gone into its partition's span (a compaction cut short), and nothing else is there."""
+    into = set(spans.values())
+    for key, tag in build.landing.items():
+        group = next(iter(ranges_of([key])), None)
+        if listing.get(key) != tag and key not in into and not (key not in listing and spans.get(group)
+                                                                in listing):
+            return "a file it was built from changed or went since its build: it is made again first"
+    if set(listing) - set(build.landing) - into:
+        return "files landed since its build: it is made again first"
+    return None
+
+
+def overlaps(group: tuple[str, int, int], files: list[tuple[int, int, str]], busy: list[Range]) -> bool:
+    topic, partition, generation = group
+    first, last = files[0][0], max(end for _, end, _ in files)
+    return any(t in (None, topic) and (p, g) == (partition, generation) and start < last and end > first
+               for t, p, g, start, end in busy)
+
+
+def running_ranges(instance: dg.DagsterInstance) -> list[Range]:
+    """The offset ranges of the detect_frames runs queued or running."""
+    found = []
+    for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE)):
+        config = run.run_config.get("ops", {}).get("detect", {}).get("config", {})
+        if "end_offset" in config and not config.get("uris"):
+            found.append((config.get("topic"), config.get("partition", 0), config.get("generation", 0),
+                          config["start_offset"], config["end_offset"]))
+    return found
+
+
+def compact(store, compaction: Compaction, now: datetime, log=print,
+            busy: list[Range] = ()) -> dict[str, int]:
     """Compact the landing of every hour due; how many hours, files before and after."""
     totals = {"hours": 0, "files_before": 0, "files_after": 0}
     for hour in compaction.hours(now):
-        done = compact_hour(store, hour)
+        done = compact_hour(store, hour, busy)
         if isinstance(done, tuple):
             totals["hours"] += 1
             totals["files_before"] += done[0]
@@ -98,7 +156,8 @@ def compact(store, compaction: Compaction, now: datetime, log=print) -> dict[str
                    "IMGPIPELINE_COMPACT_AFTER_H past its end) into one per partition of the frames topic.")
 def compact_landing_op(context: dg.OpExecutionContext, storage: StorageResource) -> dg.Output[dict]:
     compaction = Compaction.from_env()
-    totals = compact(storage.open(), compaction, datetime.now(UTC), log=context.log.info)
+    totals = compact(storage.open(), compaction, datetime.now(UTC), log=context.log.info,
+                     busy=running_ranges(context.instance))
     return dg.Output(totals, metadata={name: dg.MetadataValue.int(n) for name, n in totals.items()})
 
 

@@ -5,6 +5,7 @@ both backends."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -107,10 +108,16 @@ def test_what_cannot_be_extended_is_made_whole(storage):
         land(store, records[50:51], "frames-0-600-700")
         assert build(storage, instance)["hours_extended"] == 0
         assert stored(store)[0].num_rows == 102
+        # Built by another version of the code: made whole, not extended into a mix of the two.
+        recorded = builds.Build.read(store, HOUR)
+        replace(recorded, version="an older one").write(store, HOUR)
+        land(store, records[100:101], "frames-0-700-701")
+        assert build(storage, instance)["hours_extended"] == 0
+        assert builds.Build.read(store, HOUR).version == builds.code_version()
         # A build cut short after its tables, before its record (as a killed run leaves it): the tables
         # are not of the recorded build, so the next run makes the hour whole.
         record = store.get(builds.build_key(HOUR))
-        land(store, records[100:150], "frames-0-100-200")
+        land(store, records[101:150], "frames-0-100-200")
         assert build(storage, instance)["hours_extended"] == 1
         store.put(builds.build_key(HOUR), record)
         land(store, records[150:], "frames-0-200-300")
@@ -123,3 +130,26 @@ def test_what_cannot_be_extended_is_made_whole(storage):
 
 def vars_of(record: LandingRecord) -> dict:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+def test_the_check_compares_the_stored_tables_with_what_was_read():
+    from imgpipeline.defs.tables.checks import no_failures
+    from imgpipeline.defs.warehouse import checks
+
+    records = scene()
+    frames, detections = builds.tables_of(records[:10], {})
+    made = builds.Made(frames, detections, "none", builds.Build("b1", {}, 10), records[5:12], 1)
+    stamped = [builds.stamped(t, "b1", "none") for t in (frames, detections)]
+    failures = no_failures(checks.CHECKS, "frames", "detections")
+    checks.check_hour(KEY, *stamped, made.against_landing(*stamped), failures)
+    found = failures["frames", "matches_landing"][KEY]
+    assert found["missing"] == ["cam/cam-000010", "cam/cam-000011"] and "builds" not in found
+    # Frames and detections written by two builds (two runs of the hour at once) fail it too.
+    failures = no_failures(checks.CHECKS, "frames", "detections")
+    other = builds.stamped(detections, "b2", "none")
+    made = builds.Made(frames, detections, "none", builds.Build("b1", {}, 10), records[:10], 1)
+    checks.check_hour(KEY, stamped[0], other, made.against_landing(stamped[0], other), failures)
+    assert "b2" in failures["frames", "matches_landing"][KEY]["builds"]
+    # Made whole: against every record read.
+    whole = builds.Made(frames, detections, "none", builds.Build("b1", {}, 10), records[:11], 1, "asked")
+    assert whole.against_landing(*stamped)["missing"] == ["cam/cam-000010"]

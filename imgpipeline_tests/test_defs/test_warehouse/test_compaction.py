@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -16,7 +17,9 @@ import pytest
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.landing import (
     LandingRecord,
+    Neighbours,
     Spool,
+    landed_frames,
     landing_key,
     landing_keys,
     landing_versions,
@@ -80,12 +83,22 @@ def test_a_built_hour_is_compacted_per_partition_and_reads_the_same(storage):
         assert compact(store, Compaction(after_h=2), early, **QUIET)["hours"] == 0
         assert compact(store, Compaction(after_h=0), NOW, **QUIET)["hours"] == 0
         assert len(names(store)) == 6
+        # A partition a queued or running run may still write to waits: only partition 1 goes.
+        busy = [("frames", 0, 0, 100, 150)]
+        assert compact(store, Compaction(after_h=2), NOW, busy=busy, **QUIET)["files_after"] == 5
+        assert names(store)[:3] == ["frames-0-0-70.jsonl", "frames-0-140-210.jsonl", "frames-0-70-140.jsonl"]
 
         done = compact(store, Compaction(after_h=2), NOW, **QUIET)
-        assert done == {"hours": 1, "files_before": 6, "files_after": 3}
+        assert done == {"hours": 1, "files_before": 5, "files_after": 3}
         assert names(store) == ["frames-0-0-210.jsonl", "frames-1-0-20.jsonl",
                                 f"{uris_name(['s3://bucket/frames/hand/1.jpg'])}.jsonl"]
         assert lines(store) == before  # every record, once
+        # A range run again screens against the compacted file as against its neighbours, less its own
+        # frames: it detects them again.
+        again = landed_frames(store, HOUR, "frames-0-70-140", Neighbours("frames", 0, 0, 70, 100_000))
+        records = scene()
+        assert {r.identity for r in records[70:140]}.isdisjoint(again)
+        assert {r.identity for r in records[:70] + records[140:]} <= again
         assert compact_hour(store, HOUR) == "compacted already"
         # The build's record follows the compacted files: nothing new, nothing written again.
         assert set(builds.Build.read(store, HOUR).landing) == set(landing_versions(store, HOUR))
@@ -96,13 +109,25 @@ def test_a_built_hour_is_compacted_per_partition_and_reads_the_same(storage):
         whole = whole_tables(storage, instance)
         assert all(a.equals(b) for a, b in zip(whole, tables, strict=True))
 
-        # A late frame lands beside the compacted file and is added to the hour.
+        # Cut short after its deletes, before the build's record followed: the next one brings it up to date.
         late = landing_records(frames_of([], HOUR + timedelta(seconds=2), 1, 1.0, "late"), source="late")
         land(store, late, "frames-0-500-501")
         build(storage, instance)
+        record = store.get(builds.build_key(HOUR))
+        compact(store, Compaction(after_h=2), NOW, **QUIET)
+        store.put(builds.build_key(HOUR), record)
+        assert compact_hour(store, HOUR) == "compacted already"
+        assert set(builds.Build.read(store, HOUR).landing) == set(landing_versions(store, HOUR))
+
+        # Late frames land beside the compacted file: not compacted before the hour is made again with
+        # them; an idle camera's frame extends it, one of the tracked camera's makes it whole.
+        tracked_late = replace(records[5], frame_id="cam-late")
+        land(store, [tracked_late], "frames-0-600-601")
+        assert compact_hour(store, HOUR).startswith("files landed since its build")
+        assert build(storage, instance)["hours_extended"] == 0
         frames, _ = stored(store)
-        assert frames.num_rows == tables[0].num_rows + 1
-        assert "late" in frames.column("source_id").to_pylist()
+        assert frames.num_rows == tables[0].num_rows + 2
+        assert {"late-000000", "cam-late"} <= set(frames.column("frame_id").to_pylist())
         assert compact(store, Compaction(after_h=2), NOW, **QUIET)["files_after"] == 3
 
 
@@ -146,6 +171,8 @@ def test_a_compaction_killed_midway_is_finished_by_the_next(storage):
         assert sorted(names(store)) == sorted(key.rsplit("/", 1)[-1] for key in (first, second))
         assert lines(store) == before
         assert sum(len(store.get(key).splitlines()) for key in (first, second)) == len(before)
+        assert set(builds.Build.read(store, HOUR).landing) == {first, second}
+        assert build(storage, instance)["hours_extended"] == 1  # the record follows: nothing new
         assert all(a.equals(b) for a, b in zip(whole_tables(storage, instance), tables, strict=True))
 
 
