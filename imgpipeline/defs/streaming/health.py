@@ -59,10 +59,13 @@ def source_activity(store, now: datetime, window: timedelta) -> list[SourceActiv
     since = now - window
     hour = since.replace(minute=0, second=0, microsecond=0)
     while window > timedelta(0) and hour <= now:
+        seen = set()  # a record in two files (a compaction cut short) counts once
         for record in hour_records(store, hour):
             activity = sources.get(record.source_id)
-            if activity is None or record.schema is None:
+            once = (record.identity, record.processed_at, record.offset, record.run_id)
+            if activity is None or record.schema is None or once in seen:
                 continue
+            seen.add(once)
             if record.ingested_at and since <= parse_time(record.ingested_at) <= now:
                 activity.came_in += 1
             if record.processed_at and since <= parse_time(record.processed_at) <= now:

@@ -227,15 +227,20 @@ def span_key(hour: datetime, group: tuple[str, int, int], files: list[tuple[int,
 def compact_files(store, hour: datetime, group: tuple[str, int, int],
                   files: list[tuple[int, int, str]]) -> str:
     """One file of a partition's landing files of an hour, named after the span of their ranges: their
-    lines in range order, a line two of them share once. Returns its key; the files stay."""
+    lines in range order, a line two of them share once. Returns its key; the files stay. One file is
+    in memory at a time, and a 16-byte digest of each line: the rest waits in a temporary file."""
     into = span_key(hour, group, files)
-    seen, lines = set(), []
-    for *_, key in files:
-        for line in store.get(key).splitlines():
-            if line.strip() and line not in seen:
-                seen.add(line)
-                lines.append(line)
-    store.put(into, b"\n".join(lines) + b"\n")
+    seen, digest = set(), hashlib.sha256()
+    with tempfile.TemporaryFile() as spooled:
+        for *_, key in files:
+            for line in store.get(key).splitlines():
+                mark = hashlib.blake2b(line, digest_size=16).digest()
+                if line.strip() and mark not in seen:
+                    seen.add(mark)
+                    spooled.write(line + b"\n")
+                    digest.update(line + b"\n")
+        spooled.seek(0)
+        store.put_file(into, spooled, sha256=digest.hexdigest())
     return into
 
 

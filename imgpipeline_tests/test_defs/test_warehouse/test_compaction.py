@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from imgpipeline.defs.hours import hour_key
+from imgpipeline.defs.streaming.health import source_activity
 from imgpipeline.defs.streaming.landing import (
     LandingRecord,
     Neighbours,
@@ -23,6 +24,7 @@ from imgpipeline.defs.streaming.landing import (
     landing_key,
     landing_keys,
     landing_versions,
+    record_sources,
     uris_name,
 )
 from imgpipeline.defs.warehouse import builds
@@ -163,8 +165,12 @@ def test_a_compaction_killed_midway_is_finished_by_the_next(storage):
         compacting.send_signal(signal.SIGKILL)
         compacting.wait()
         assert store.exists(first) and not store.exists(second), "the compaction was not killed midway"
-        # Cut short: lines twice at worst, the hour reads the same.
+        # Cut short: lines twice at worst, the hour reads the same, and `status` counts each frame once.
         assert lines(store) == before
+        assert sum(len(store.get(k).splitlines()) for k in landing_keys(store, HOUR)) > len(before)
+        record_sources(store, {"b": {"ingested_at": records[-1].ingested_at}})
+        activity = source_activity(store, HOUR + timedelta(hours=1), timedelta(hours=2))
+        assert [(a.source_id, a.came_in) for a in activity] == [("b", len(idle))]
         assert all(a.equals(b) for a, b in zip(whole_tables(storage, instance), tables, strict=True))
 
         compact(store, Compaction(after_h=2), NOW, **QUIET)
