@@ -108,6 +108,11 @@ def test_what_cannot_be_extended_is_made_whole(storage):
         land(store, records[50:51], "frames-0-600-700")
         assert build(storage, instance)["hours_extended"] == 0
         assert stored(store)[0].num_rows == 102
+        # A record that is not one this code wrote (damaged, hostile): made whole, and written anew.
+        for junk in (b"\x00not json", b'{"id": 1}', b'{"id": "x", "landing": [], "frames": "many"}'):
+            store.put(builds.build_key(HOUR), junk)
+            assert build(storage, instance)["hours_extended"] == 0
+        assert builds.Build.read(store, HOUR).frames == stored(store)[0].num_rows
         # Built by another version of the code: made whole, not extended into a mix of the two.
         recorded = builds.Build.read(store, HOUR)
         replace(recorded, version="an older one").write(store, HOUR)
