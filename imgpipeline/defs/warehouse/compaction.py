@@ -84,13 +84,15 @@ def compact_hour(store, hour: datetime, busy: list[Range] = ()) -> tuple[int, in
     spans = {group: span_key(hour, group, files) for group, files in ranges_of(build.landing).items()}
     if why := unlike_build(build, listing, spans):
         return why
+    todo = {group: files for group, files in ranges_of(listing).items()
+            if len(files) > 1 and not overlaps(group, files, busy)}
+    if not todo and set(listing) == set(build.landing):
+        return "compacted already"  # the usual answer, from listings alone: no table is read
     try:
         if not all(built_by(t.read(store, t.hour_key(hour))) == build.id for t in (FRAMES, DETECTIONS)):
             return "its tables are not those of its build"
     except BadObject:
         return "its tables are not stored"
-    todo = {group: files for group, files in ranges_of(listing).items()
-            if len(files) > 1 and not overlaps(group, files, busy)}
     written = {}
     for group, files in todo.items():
         into = compact_files(store, hour, group, files)
