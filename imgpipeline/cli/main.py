@@ -192,6 +192,22 @@ def add_bench(commands) -> None:
     scale.add_argument("--seconds", type=float, default=120.0, help="how long the cameras send")
     scale.add_argument("--max-batch", type=int, metavar="N",
                        help="frames per run at most (default: the configured batch size)")
+    soak = what.add_parser(
+        "soak", help="a month of history written at the layout real runs write, then the recurring work "
+                     "(sensor, runs, current hour, automation, coverage, status, viewer, summary) timed at "
+                     "its first and last day")
+    soak.add_argument("--days", type=int, default=32,
+                      help="days of history ending yesterday (default 32: retention keeps 30)")
+    soak.add_argument("--fps", type=float, default=1000.0,
+                      help="the history's frames/s (its offsets and layout)")
+    soak.add_argument("--partitions", type=int, default=12, help="partitions of the frames topic")
+    soak.add_argument("--sources", type=int, default=1000, help="cameras")
+    soak.add_argument("--hour-frames", type=int, default=1200,
+                      help="landing records written an hour: a sample of the hour's frames")
+    soak.add_argument("--hour-runs", type=int, default=1000,
+                      help="detect_frames run records an hour, for the days the purge keeps")
+    soak.add_argument("--live-frames", type=int, default=3000, help="live frames run at each point")
+    soak.add_argument("--repeat", type=int, default=3, help="measurements of each cost (the median)")
     mqtt = what.add_parser("mqtt", help="the MQTT bridge: JPEGs published with QoS 1 to frames on Kafka "
                                         "(messages/s, MB/s)")
     mqtt.add_argument("--messages", type=int, default=2000)

@@ -38,6 +38,11 @@ def bench(args) -> int:
         from imgpipeline.cli.bench.scale import bench_scale
 
         bench_scale(args.sources, args.partitions, args.fps, args.seconds, args.max_batch)
+    elif args.what == "soak":
+        from imgpipeline.cli.bench.soak import bench_soak
+
+        bench_soak(args.days, args.fps, args.partitions, args.sources, args.hour_frames, args.hour_runs,
+                   args.live_frames, args.repeat)
     elif args.what == "mqtt":
         from imgpipeline.cli.bench.mqtt import bench_mqtt
         from imgpipeline.ingest.sources import parse_size

@@ -10,6 +10,8 @@ few and hold Dagster's record of which partitions are made: they are kept. Senso
 are purged by the daemon itself (`retention:` in dagster.yaml).
 """
 
+import contextlib
+import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -68,12 +70,35 @@ def purge_runs(instance: dg.DagsterInstance, retention: InstanceRetention, now: 
                 limit=PURGE_BATCH, ascending=True):
             for record in records:
                 run_id = record.dagster_run.run_id
-                instance.event_log_storage.delete_events(run_id)
+                delete_events(instance, run_id)
                 instance.run_storage.delete_run(run_id)
                 deleted[record.dagster_run.status.value] += 1
             log(f"purged {sum(deleted.values())} detect_frames runs so far (updated before "
                 f"{before:%Y-%m-%d %H:%M} UTC: {', '.join(s.value for s in statuses)})")
     return deleted
+
+
+def delete_events(instance: dg.DagsterInstance, run_id: str) -> None:
+    """A run's event log deleted. On SQLite each run's events are a file of their own
+    (`history/runs/<run id>.db`) beside the index: Dagster's own deletion empties that file but leaves it
+    (and makes one for a run that had none), a file a run for ever; here the run's rows leave the index
+    and its file goes. Deleting again finds nothing and is fine. Another process that had read that run's
+    events (a UI page of the run open) gets an error reading them again, never another run's events."""
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqliteEventLogStorage):
+        storage.delete_events(run_id)
+        return
+    with storage.index_connection() as conn:
+        storage.delete_events_for_run(conn, run_id)
+    if storage.supports_global_concurrency_limits:
+        storage.free_concurrency_slots_for_run(run_id)
+    shard = storage.path_for_shard(run_id)
+    storage._initialized_dbs.discard(run_id)  # a file made again (a read) gets its tables again
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(shard + suffix)
 
 
 @dg.op(description="Deletes the records and event logs of detect_frames runs past their keeping time.")
