@@ -43,6 +43,14 @@ ACTIVE = [
 ]
 
 
+def detect_runs_in_flight(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """The detect_frames runs queued or running. Asked for by status alone (Dagster's status index), the
+    job told apart here: asked for by job as well, SQLite walks every detect_frames run the instance
+    keeps (0.11 s at 190,000 runs, at every tick) to find the few in flight."""
+    runs = instance.get_runs(dg.RunsFilter(statuses=ACTIVE))
+    return [run for run in runs if run.job_name == detect_frames.name]
+
+
 # Settings that were renamed, with what to use instead: set, they stop `imgpipeline check` and `dev`.
 RENAMED = {
     "IMGPIPELINE_MAX_RUNS_IN_FLIGHT": "IMGPIPELINE_RUNS_PER_PARTITION, which counts runs per partition of "
@@ -257,7 +265,7 @@ def runs_in_flight(context: dg.SensorEvaluationContext, topic: str) -> dict[int,
         instance = _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
     counts: dict[int, int] = {}
     prefix = f"{topic}-"
-    for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE)):
+    for run in detect_runs_in_flight(instance):
         value = run.tags.get(PARTITION_TAG, "")
         if value.startswith(prefix) and value[len(prefix):].isdigit():
             partition = int(value[len(prefix):])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
-from imgpipeline.defs.streaming.frames_sensor import ACTIVE, BatchPolicy
+from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, detect_runs_in_flight
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.ledger import KEEP_LIVE, accounted_ranges, holes, range_entry, read_ledger
 from imgpipeline.defs.tables import TOPIC_ASSET
@@ -60,16 +60,16 @@ def launched_ranges(instance: dg.DagsterInstance, topic: str, generation: int
     window and the runs in flight hold, whatever the instance's history."""
     furthest: dict[int, int] = {}
     running: dict[int, list[tuple[int, int]]] = {}
-    for statuses, limit in ((None, RECENT_RUNS), (ACTIVE, None)):
-        for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=statuses),
-                                     limit=limit):
+    latest = instance.get_runs(dg.RunsFilter(job_name=detect_frames.name), limit=RECENT_RUNS)
+    for in_flight, runs in ((False, latest), (True, detect_runs_in_flight(instance))):
+        for run in runs:
             config = run.run_config.get("ops", {}).get("detect", {}).get("config", {})
             if (config.get("topic") != topic or "end_offset" not in config or config.get("uris")
                     or config.get("generation", 0) != generation):
                 continue
             partition, end = config.get("partition", 0), config["end_offset"]
             furthest[partition] = max(furthest.get(partition, 0), end)
-            if statuses:
+            if in_flight:
                 running.setdefault(partition, []).append((config["start_offset"], end))
     return furthest, running
 

@@ -28,8 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.partitions import scheduled_job
-from imgpipeline.defs.streaming.detect_frames import detect_frames
-from imgpipeline.defs.streaming.frames_sensor import ACTIVE
+from imgpipeline.defs.streaming.frames_sensor import detect_runs_in_flight
 from imgpipeline.defs.streaming.landing import (
     compact_files,
     is_retired,
@@ -132,7 +131,7 @@ def overlaps(group: tuple[str, int, int], files: list[tuple[int, int, str]], bus
 def running_ranges(instance: dg.DagsterInstance) -> list[Range]:
     """The offset ranges of the detect_frames runs queued or running."""
     found = []
-    for run in instance.get_runs(dg.RunsFilter(job_name=detect_frames.name, statuses=ACTIVE)):
+    for run in detect_runs_in_flight(instance):
         config = run.run_config.get("ops", {}).get("detect", {}).get("config", {})
         if "end_offset" in config and not config.get("uris"):
             found.append((config.get("topic"), config.get("partition", 0), config.get("generation", 0),
