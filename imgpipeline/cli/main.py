@@ -207,6 +207,8 @@ def add_bench(commands) -> None:
     soak.add_argument("--hour-runs", type=int, default=1000,
                       help="detect_frames run records an hour, for the days the purge keeps")
     soak.add_argument("--live-frames", type=int, default=3000, help="live frames run at each point")
+    soak.add_argument("--hour-base", type=int, default=30_000,
+                      help="frames the live frames' hour holds before them, as an hour under way does")
     soak.add_argument("--repeat", type=int, default=3, help="measurements of each cost (the median)")
     mqtt = what.add_parser("mqtt", help="the MQTT bridge: JPEGs published with QoS 1 to frames on Kafka "
                                         "(messages/s, MB/s)")

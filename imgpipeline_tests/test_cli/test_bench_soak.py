@@ -30,13 +30,15 @@ def test_bench_soak_times_both_points_over_a_history_it_keeps_to_its_settings(ka
     monkeypatch.setenv("IMGPIPELINE_RUNS_KEEP_DAYS", "1")
     monkeypatch.setenv("IMGPIPELINE_FAILED_RUNS_KEEP_DAYS", "1")
     shape = {"days": 4, "partitions": 3, "sources": 9, "hour_frames": 18, "hour_runs": 6}
-    result = bench_soak(**shape, live_frames=30, repeat=1, resources={"kafka": kafka}, folder=tmp_path)
+    result = bench_soak(**shape, live_frames=30, repeat=1, resources={"kafka": kafka}, folder=tmp_path,
+                        hour_base=100, warm_up=False)
     printed = capsys.readouterr().out
     assert json.loads((state_dir() / "bench" / "soak.json").read_text()) == json.loads(json.dumps(result))
 
     # Every cost timed at both points, printed with its ratio.
     for point in ("first", "last"):
         costs = result[point]["costs"]
+        assert result[point]["hour_frames"] >= 100  # the live frames' hour held its base before them
         assert set(costs) == set(COSTS) and all(v > 0 for v in costs.values())
     for name, label in COSTS.items():
         first, last = result["first"]["costs"][name], result["last"]["costs"][name]

@@ -42,7 +42,7 @@ def bench(args) -> int:
         from imgpipeline.cli.bench.soak import bench_soak
 
         bench_soak(args.days, args.fps, args.partitions, args.sources, args.hour_frames, args.hour_runs,
-                   args.live_frames, args.repeat)
+                   args.live_frames, args.repeat, args.hour_base)
     elif args.what == "mqtt":
         from imgpipeline.cli.bench.mqtt import bench_mqtt
         from imgpipeline.ingest.sources import parse_size

@@ -6,7 +6,8 @@ The history (soak_history.py) is written a day at a time into a fresh local fold
 warms the process up); then the days before it are written, retention's sweep and the purge of run
 records run as their schedules would today, and the same work is timed again at "day N". The work is
 the real code's, in this process, on a fresh topic of the local Kafka broker: the frames sensor's tick,
-detect_frames runs (the no-op engine) over live frames, the current hour's tables extended by them, the
+detect_frames runs (the no-op engine) over live frames (in an hour that holds `hour_base` frames before
+them, as an hour under way does), the current hour's tables extended by them, the
 warehouse's automation evaluated, the coverage check, `imgpipeline status`, a day page of the viewer
 (cold: its views made), `imgpipeline query --day`'s start-up, a daily summary, and producers' and the
 MQTT bridge's start (their ledgers and journals). Each figure is the median of `repeat` measurements;
@@ -61,13 +62,13 @@ def timed(action, repeat: int = 1) -> float:
 class Soak:
     """The fresh folder, instance, topic and environment of one soak, and the work it times."""
 
-    def __init__(self, kafka, folder: Path, shape: Shape, live_frames: int, repeat: int):
+    def __init__(self, kafka, folder: Path, shape: Shape, live_frames: int, repeat: int, hour_base: int):
         from imgpipeline.lib.instance import InstanceSettings
         from imgpipeline.paths import HOME_ENV
         from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
         from imgpipeline.resources.settings import env_name
 
-        self.shape, self.live_frames, self.repeat = shape, live_frames, repeat
+        self.shape, self.live_frames, self.repeat, self.hour_base = shape, live_frames, repeat, hour_base
         topic = f"bench-soak-{uuid.uuid4().hex[:6]}"
         self.kafka = KafkaResource(**{**kafka.model_dump(), "frames_topic": topic})
         self.storage = StorageResource(uri=(folder / "store").as_uri())
@@ -83,7 +84,7 @@ class Soak:
                     env_name(InstanceSettings, "kind"): "sqlite"}
         self.cursor: str | None = None
         self.evaluation = None
-        self.built = False
+        self.hour: datetime | None = None
         self.sent = 0
 
     @contextlib.contextmanager
@@ -252,15 +253,20 @@ class Soak:
     def measure(self, label: str, yesterday: date) -> dict:
         """Every cost at this point of the history."""
         from imgpipeline.defs.streaming.reconcile import coverage
+        from imgpipeline.defs.tables import FRAMES
 
         print(f"{label}: timing the recurring work …")
+        now = datetime.now(UTC)
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        if hour != self.hour:  # the live frames' hour already holds frames, as an hour under way does
+            until = max(hour + timedelta(seconds=1), now - timedelta(seconds=30))
+            self.history.hour(hour, self.hour_base, until=until)
+            self.hour = hour
+        if self.evaluation is None:
+            self.automation()  # the first evaluation sets the baseline, as the sensor's first tick does
         per_round = max(1, self.live_frames // self.repeat)
         self.send(per_round)
         runs = self.drain()
-        if not self.built:
-            self.build_hour(whole=True)
-            self.automation()
-            self.built = True
         extend, automation = [], []
         for _ in range(self.repeat):
             self.send(per_round)
@@ -268,20 +274,23 @@ class Soak:
             automation.append(self.automation())
             extend.append(self.build_hour(whole=False))
         store = self.storage.open()
+        often = 3 * self.repeat  # the costs of milliseconds: more measurements for a steady median
         costs = {
-            "sensor_tick_s": timed(lambda: self.tick(self.sensor), self.repeat),
+            "sensor_tick_s": timed(lambda: self.tick(self.sensor), often),
             "run_s": statistics.median(runs),
             "extend_s": statistics.median(extend),
             "automation_s": statistics.median(automation),
-            "coverage_s": timed(lambda: coverage(store, self.kafka, self.instance), self.repeat),
+            "coverage_s": timed(lambda: coverage(store, self.kafka, self.instance), often),
             "status_s": timed(self.status, self.repeat),
             "day_page_s": statistics.median(self.day_page(yesterday) for _ in range(self.repeat)),
-            "query_start_s": timed(lambda: self.query_start(yesterday), self.repeat),
+            "query_start_s": timed(lambda: self.query_start(yesterday), often),
             "daily_summary_s": timed(lambda: self.daily_summary(yesterday), self.repeat),
-            "producer_start_s": timed(lambda: self.producer_start(yesterday), self.repeat),
-            "bridge_start_s": timed(self.bridge_start, self.repeat),
+            "producer_start_s": timed(lambda: self.producer_start(yesterday), often),
+            "bridge_start_s": timed(self.bridge_start, often),
         }
-        return {"costs": costs, "runs": len(runs), "live_frames": self.sent, **self.sizes()}
+        hour_frames = FRAMES.read(store, FRAMES.hour_key(hour)).num_rows
+        return {"costs": costs, "runs": len(runs), "live_frames": self.sent, "hour_frames": hour_frames,
+                **self.sizes()}
 
     def sizes(self) -> dict:
         import dagster as dg
@@ -297,27 +306,30 @@ class Soak:
 
 def bench_soak(days: int = 32, fps: float = 1000.0, partitions: int = 12, sources: int = 1000,
                hour_frames: int = 1200, hour_runs: int = 1000, live_frames: int = 3000, repeat: int = 3,
-               *, resources: dict | None = None, folder: Path | None = None) -> dict:
+               hour_base: int = 30_000, *, resources: dict | None = None, folder: Path | None = None,
+               warm_up: bool = True) -> dict:
     """Write the history's last day, time the work; write the rest, sweep and purge as today's schedules
     would, time it again."""
     from imgpipeline import ConfigError
 
-    if days < 2 or min(partitions, sources, hour_frames, hour_runs, live_frames, repeat) < 1 or fps <= 0:
+    if days < 2 or min(partitions, sources, hour_frames, hour_runs, live_frames, repeat, hour_base) < 1 \
+            or fps <= 0:
         raise ConfigError("bench soak: --days must be at least 2, --partitions, --sources, --hour-frames, "
-                          "--hour-runs, --live-frames and --repeat at least 1, --fps more than 0")
+                          "--hour-runs, --live-frames, --repeat and --hour-base at least 1, --fps more "
+                          "than 0")
     shape = Shape(days, fps, partitions, sources, hour_frames, hour_runs)
     print(f"history: {shape.sentence()}")
     resources = resources or local_resources()
     folder = Path(folder) if folder else scratch_dir("soak")
-    soak = Soak(resources["kafka"], folder, shape, live_frames, repeat)
+    soak = Soak(resources["kafka"], folder, shape, live_frames, repeat, hour_base)
     with soak.environment():
-        result = run(soak, shape)
+        result = run(soak, shape, warm_up)
     print_soak(result)
     write_result("soak", result)
     return result
 
 
-def run(soak: Soak, shape: Shape) -> dict:
+def run(soak: Soak, shape: Shape, warm_up: bool) -> dict:
     from imgpipeline.cli.bench.scale import delete_topics, synthetic_jpeg
     from imgpipeline.defs.retention.sweep import DataRetention, sweep
     from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
@@ -342,11 +354,13 @@ def run(soak: Soak, shape: Shape) -> dict:
     try:
         with open_instance(dagster_home(state_dir())) as instance:
             soak.instance = instance
-            history = History(store, instance, soak.kafka.frames_topic, shape, state_dir(), soak.image)
+            soak.history = history = History(store, instance, soak.kafka.frames_topic, shape, state_dir(),
+                                             soak.image)
             started = time.perf_counter()
             history.day(yesterday, with_runs=True)
             print(f"  day 1 written in {time.perf_counter() - started:.0f} s")
-            soak.measure("warm-up (not counted)", yesterday)  # imports, caches, the hour's first build
+            if warm_up:
+                soak.measure("warm-up (not counted)", yesterday)  # imports, caches, the hour's first build
             first = soak.measure("day 1", yesterday)
             started = time.perf_counter()
             for back in range(2, shape.days + 1):

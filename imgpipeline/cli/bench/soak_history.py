@@ -80,23 +80,23 @@ class History:
         first = datetime.combine(date(2000, 1, 1), time(), UTC)
         return int((start - first).total_seconds() // HOUR_S) * self.shape.hour_offsets()
 
-    def records(self, start: datetime) -> dict[int, list]:
-        """The hour's sampled landing records, per partition, in offset order."""
+    def records(self, start: datetime, count: int, until: datetime) -> dict[int, list]:
+        """`count` landing records captured from the hour's start until `until`, per partition, in
+        offset order."""
         from imgpipeline.defs.streaming.landing import LandingRecord
         from imgpipeline.ingest.messages import SCHEMA_VERSION, iso_utc
 
         shape, base = self.shape, self.offsets(start)
         per_partition: dict[int, list] = {p: [] for p in range(shape.partitions)}
-        step = HOUR_S / shape.hour_frames
-        for n in range(shape.hour_frames):
+        step = (until - start).total_seconds() / count
+        for n in range(count):
             index = n % shape.sources
             partition = index % shape.partitions
             captured = start + timedelta(seconds=n * step)
             boxes = [{"class_id": 0, "class_name": "person", "confidence": 0.8,
                       "box": [10 + n % 100, 20, 30, 60]}] if index % 10 == 0 else []
             frame_id = f"h{start:%Y%m%d%H}-{n:07d}"
-            offset = base + len(per_partition[partition]) * shape.hour_offsets() * shape.partitions \
-                // shape.hour_frames
+            offset = base + len(per_partition[partition]) * shape.hour_offsets() * shape.partitions // count
             per_partition[partition].append(LandingRecord(
                 schema=SCHEMA_VERSION, frame_id=frame_id, source_id=source_of(index, self.width),
                 captured_at=iso_utc(captured), uri=self.uri, sha256=self.sha256, width=160, height=120,
@@ -108,8 +108,9 @@ class History:
                 object_count=len(boxes), detections=boxes))
         return per_partition
 
-    def hour(self, start: datetime) -> None:
-        """The hour's compacted landing, then its tables and build record as the warehouse makes them."""
+    def hour(self, start: datetime, count: int | None = None, until: datetime | None = None) -> None:
+        """The hour's compacted landing (`hour_frames` records, or `count` captured until `until`), then
+        its tables and build record as the warehouse makes them."""
         from imgpipeline.defs.hours import hour_key
         from imgpipeline.defs.streaming.landing import landing_key, landing_versions, range_name
         from imgpipeline.defs.tables import DETECTIONS, FRAMES, LANDING_ASSET
@@ -117,7 +118,8 @@ class History:
 
         base, span = self.offsets(start), self.shape.hour_offsets()
         every = []
-        for partition, records in self.records(start).items():
+        records_of = self.records(start, count or self.shape.hour_frames, until or start + timedelta(hours=1))
+        for partition, records in records_of.items():
             if not records:
                 continue
             name = range_name(self.topic, partition, base, base + span)
