@@ -2,7 +2,7 @@
 remove what is past its keeping time and nothing else, and the live frames it times land once each."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,7 @@ def test_bench_soak_times_both_points_over_a_history_it_keeps_to_its_settings(ka
         assert result["ratios"][name] == round(last / first, 2)
         assert label in printed
 
-    today = datetime.now(UTC).date()
+    today = date.fromisoformat(result["today"])  # the bench's today, whatever the clock says since
     kept = {str(today - timedelta(days=back)) for back in range(0, 3)}  # today, and 2 days back
     gone = {str(today - timedelta(days=back)) for back in (3, 4)}
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
@@ -67,10 +67,11 @@ def test_bench_soak_times_both_points_over_a_history_it_keeps_to_its_settings(ka
                           strict=True))
     assert sum(per_source.values()) == 24 * shape["hour_frames"]
 
-    # The purge left no finished detect_frames run older than a day, and removed the history's older ones.
+    # The purge left no finished detect_frames run older than a day when it ran, and removed the history's
+    # older ones.
     with open_instance(Path(tmp_path / "home" / ".imgpipeline" / "dagster")) as instance:
-        old = instance.get_runs_count(dg.RunsFilter(job_name="detect_frames",
-                                                    updated_before=datetime.now(UTC) - timedelta(days=1)))
+        cutoff = datetime.fromtimestamp(result["purged_at"], UTC) - timedelta(days=1)
+        old = instance.get_runs_count(dg.RunsFilter(job_name="detect_frames", updated_before=cutoff))
         left = instance.get_runs_count(dg.RunsFilter(job_name="detect_frames"))
     assert old == 0 and result["runs_purged"] >= 24 * shape["hour_runs"]
     assert left + result["runs_purged"] == result["written"]["detect_runs"] + result["last"]["runs"]

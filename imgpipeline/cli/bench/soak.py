@@ -31,6 +31,8 @@ from imgpipeline.cli.bench.soak_history import History, Shape, source_of
 
 # Dagster's own events of the runs made here: warnings only.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# A cost at the last day more than this many times its first day's grows with history.
+LIMIT = 1.2
 # Cameras whose ledger and journal a start reads.
 STARTED = 50
 # What is timed, in the order printed.
@@ -100,6 +102,12 @@ class Soak:
                 else:
                     os.environ[name] = value
 
+    def capture_time(self) -> datetime:
+        """Now, or the last moment of the measured hour once the clock has passed it: a measurement's live
+        frames all go to the hour it extends."""
+        now = datetime.now(UTC)
+        return now if self.hour is None else min(now, self.hour + timedelta(hours=1, milliseconds=-1))
+
     def send(self, frames: int) -> None:
         """`frames` live frames, captured now, over the cameras (each its own key)."""
         from imgpipeline.ingest.messages import FrameMessage, iso_utc
@@ -110,7 +118,7 @@ class Soak:
             for n in range(frames):
                 source = source_of((self.sent + n) % self.shape.sources, width)
                 message = FrameMessage(frame_id=f"live-{self.sent + n:08d}", source_id=source,
-                                       captured_at=iso_utc(datetime.now(UTC)), uri=self.image[0],
+                                       captured_at=iso_utc(self.capture_time()), uri=self.image[0],
                                        sha256=self.image[1], width=160, height=120)
                 producer.send(self.kafka.frames_topic, key=source.encode(), value=message.to_json())
             producer.flush()
@@ -149,18 +157,18 @@ class Soak:
                     raise SystemExit(f"bench soak: the detect_frames run {request.run_key} failed")
         raise SystemExit("bench soak: frames still pending after 100 ticks")
 
-    def build_hour(self, whole: bool) -> float:
+    def build_hour(self, hour: datetime) -> float:
+        """The hour's tables extended by its new landing files, as the warehouse automation asks."""
         import dagster as dg
 
         from imgpipeline.defs.hours import hour_key
-        from imgpipeline.defs.warehouse.assets import WHOLE, hourly_tables
+        from imgpipeline.defs.warehouse.assets import hourly_tables
         from imgpipeline.resources import TrackingResource
 
-        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         started = time.perf_counter()
         result = dg.materialize([hourly_tables], instance=self.instance, partition_key=hour_key(hour),
                                 resources={"storage": self.storage, "tracking": TrackingResource.from_env()},
-                                tags={WHOLE: "1"} if whole else {}, run_config=QUIET, raise_on_error=False)
+                                run_config=QUIET, raise_on_error=False)
         if not result.success:
             raise SystemExit(f"bench soak: the build of {hour_key(hour)} failed")
         return time.perf_counter() - started
@@ -272,7 +280,7 @@ class Soak:
             self.send(per_round)
             runs += self.drain()
             automation.append(self.automation())
-            extend.append(self.build_hour(whole=False))
+            extend.append(self.build_hour(hour))
         store = self.storage.open()
         often = 3 * self.repeat  # the costs of milliseconds: more measurements for a steady median
         costs = {
@@ -339,7 +347,6 @@ def run(soak: Soak, shape: Shape, warm_up: bool) -> dict:
     from imgpipeline.paths import state_dir
     from imgpipeline.services.dagster_dev import dagster_home
 
-    soak.kafka.ensure_topics(partitions=shape.partitions)
     store = soak.storage.open()
     data = synthetic_jpeg()
     key = frame_key("bench-soak", datetime.now(UTC), "frame")
@@ -352,6 +359,7 @@ def run(soak: Soak, shape: Shape, warm_up: bool) -> dict:
     yesterday = today - timedelta(days=1)
     runs_days = InstanceRetention.from_env().runs_keep_days
     try:
+        soak.kafka.ensure_topics(partitions=shape.partitions)
         with open_instance(dagster_home(state_dir())) as instance:
             soak.instance = instance
             soak.history = history = History(store, instance, soak.kafka.frames_topic, shape, state_dir(),
@@ -370,7 +378,8 @@ def run(soak: Soak, shape: Shape, warm_up: bool) -> dict:
             written = soak.sizes()
             started = time.perf_counter()
             swept = sweep(store, DataRetention.from_env(), today, log=lambda line: None)
-            purged = purge_runs(instance, InstanceRetention.from_env(), log=lambda line: None)
+            purged_at = time.time()
+            purged = purge_runs(instance, InstanceRetention.from_env(), now=purged_at, log=lambda line: None)
             upkeep_s = time.perf_counter() - started
             last = soak.measure(f"day {shape.days}", yesterday)
     finally:
@@ -379,8 +388,11 @@ def run(soak: Soak, shape: Shape, warm_up: bool) -> dict:
                for kind, per_day in swept.get("deleted", {}).items()}
     ratios = {name: round(last["costs"][name] / first["costs"][name], 2) if first["costs"][name] else None
               for name in COSTS}
-    return {"shape": shape.__dict__, "first": first, "last": last, "written": written, "ratios": ratios,
-            "retention_removed": removed, "runs_purged": sum(purged.values()), "upkeep_s": round(upkeep_s, 1)}
+    over = sorted(name for name, ratio in ratios.items() if ratio and ratio > LIMIT)
+    return {"shape": shape.__dict__, "today": today.isoformat(), "first": first, "last": last,
+            "written": written, "ratios": ratios, "over_limit": over,
+            "retention_removed": removed, "runs_purged": sum(purged.values()), "purged_at": purged_at,
+            "upkeep_s": round(upkeep_s, 1)}
 
 
 def print_soak(result: dict) -> None:
@@ -402,4 +414,6 @@ def print_soak(result: dict) -> None:
           f"{result['runs_purged']:,} runs")
     worst = max((r for r in result["ratios"].values() if r is not None), default=None)
     if worst is not None:
-        print(f"largest ratio day {days} ÷ day 1: {worst:.2f}")
+        over = ", ".join(COSTS[name] for name in result["over_limit"])
+        print(f"largest ratio day {days} ÷ day 1: {worst:.2f}; "
+              + (f"over {LIMIT:g}×: {over}" if over else f"every cost within {LIMIT:g}× of day 1"))

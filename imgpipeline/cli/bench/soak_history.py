@@ -8,8 +8,9 @@ An hour of history holds what real runs, the warehouse and compaction leave of i
 - the hour's `frames` and `detections` tables and its build record, made by the warehouse's own code from
   that landing (tracked, stamped, checked), as the automation leaves them;
 - in Dagster's instance, `hour_runs` detect_frames run records (finished, with the tags and run config the
-  sensor gives) for the days the purge has not reached, and a materialization of `landing_metadata`,
-  `frames` and `detections` for the hour.
+  sensor gives, without their event logs) for the days the purge has not reached, and one materialization
+  of `landing_metadata`, `frames` and `detections` for the hour. The run records name a topic of their own
+  (`<topic>.history`): made-up offsets under the live topic's name would be holes to the coverage check.
 
 A day also holds `images` frames a camera under `frames/` and `annotated/` (one small JPEG's bytes),
 the daily report, `daily_summary` materialized, each camera's producer ledger and MQTT journal day files,
@@ -150,15 +151,15 @@ class History:
         from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
 
         storage = self.instance.run_storage
-        count, base = self.shape.hour_runs, self.offsets(start)
+        count, base, topic = self.shape.hour_runs, self.offsets(start), f"{self.topic}.history"
         size = max(1, self.shape.hour_offsets() * self.shape.partitions // max(1, count))
         rows, tags = [], []
         for n in range(count):
             partition = n % self.shape.partitions
             first = base + (n // self.shape.partitions) * size
             run = dg.DagsterRun(job_name=detect_frames.name, run_id=str(uuid.uuid4()),
-                                run_config=detect_run_config(self.topic, partition, first, first + size),
-                                tags={PARTITION_TAG: f"{self.topic}-{partition}"},
+                                run_config=detect_run_config(topic, partition, first, first + size),
+                                tags={PARTITION_TAG: f"{topic}-{partition}"},
                                 status=dg.DagsterRunStatus.SUCCESS)
             at = start + timedelta(seconds=n * HOUR_S / count)
             rows.append({"run_id": run.run_id, "pipeline_name": run.job_name, "status": run.status.value,
