@@ -19,6 +19,7 @@ def test_bench_soak_times_both_points_over_a_history_it_keeps_to_its_settings(ka
     from imgpipeline.cli.bench.soak import COSTS, bench_soak
     from imgpipeline.cli.main import build_parser
     from imgpipeline.defs.streaming.landing import LANDING, all_records
+    from imgpipeline.defs.streaming.ledger import ARCHIVE
     from imgpipeline.defs.tables import DAILY_SUMMARY, FRAMES
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.resources import StorageResource
@@ -49,13 +50,15 @@ def test_bench_soak_times_both_points_over_a_history_it_keeps_to_its_settings(ka
     kept = {str(today - timedelta(days=back)) for back in range(0, 3)}  # today, and 2 days back
     gone = {str(today - timedelta(days=back)) for back in (3, 4)}
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
-    # Retention removed the days past two and left the others: landing, frames, annotated copies, reports.
-    landing_days = {key.split("dt=")[1][:10] for key in store.list(f"{LANDING}/")}
-    assert landing_days and landing_days <= kept and not landing_days & gone
+    # Retention removed the days past two and left the others: landing, the range ledger's archive, frames,
+    # annotated copies, reports.
+    for top in (LANDING, ARCHIVE):
+        landing_days = {key.split("dt=")[1][:10] for key in store.list(f"{top}/")}
+        assert landing_days and landing_days <= kept and not landing_days & gone, top
     for folder in ("frames/", "annotated/"):
         days = {key.split("/")[2] for key in store.list(folder) if not key.startswith(f"{folder}bench-soak/")}
         assert days == kept - {str(today)}, folder
-    assert result["retention_removed"]["landing"] > 0 and result["retention_removed"]["frames"] > 0
+    assert all(result["retention_removed"][kind] > 0 for kind in ("landing", "ranges_archive", "frames"))
     # A deleted day keeps its rows: each history hour's sampled frames are rows, on the removed days too.
     for day in sorted(gone | kept - {str(today)}):
         hours = [datetime.fromisoformat(f"{day}T{h:02d}:00+00:00") for h in range(24)]

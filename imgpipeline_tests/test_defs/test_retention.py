@@ -57,11 +57,12 @@ def build(storage: StorageResource, hour: datetime) -> dg.ExecuteInProcessResult
 
 
 OLD = ["frames/cam1/2026-10-20/a.jpg", "frames/cam1/2026-10-24/b.jpg", "frames/cam2/2026-10-01/d.jpg",
-       "annotated/cam1/2026-10-20/a.jpg", "reports/daily/2025-11-01.html"]
+       "annotated/cam1/2026-10-20/a.jpg", "reports/daily/2025-11-01.html",
+       "landing/ranges-archive/dt=2026-10-20/frames/0/0-1700.jsonl"]
 EVIDENCE = ["annotated/cam1/2026-10-20/a.alert-0000000001.jpg",
             "annotated/cam1/2026-10-20/a.alert-0000000001.crop.jpg"]
 KEPT = ["frames/cam1/2026-11-20/c.jpg", "frames/cam1/2026-10-25/e.jpg", *EVIDENCE,
-        "reports/daily/2026-10-20.html",
+        "reports/daily/2026-10-20.html", "landing/ranges-archive/dt=2026-11-20/frames/0/1700-3400.jsonl",
         # not of the layout: never touched
         "frames/not a source/2026-01-01/x.jpg", "frames/cam1/2026-13-45/y.jpg", "frames/cam1/latest/z.jpg",
         "frames/cam1/20261001/w.jpg", "other/2026-01-01/v.jpg"]
@@ -100,6 +101,7 @@ def test_what_is_past_its_time_goes_and_the_rest_stays(storage):
         "frames": {"2026-10-01": {"cam2": 1}, "2026-10-20": {"cam1": 1}, "2026-10-24": {"cam1": 1}},
         "annotated": {"2026-10-20": {"cam1": 1}},
         "reports": {"2025-11-01": {"reports": 1}},
+        "ranges_archive": {"2026-10-20": {"ranges_archive": 1}},
         "landing": {"2026-10-20": {"landing": 2}},  # its file, and the record of what its build read
     }
     assert not store.exists(build_key(OLD_HOUR))
@@ -124,7 +126,7 @@ def test_a_dry_run_deletes_nothing(tmp_path):
     for key in OLD:
         store.put(key, b"x")
     made = sweep(store, DataRetention(), today=TODAY, dry_run=True, **QUIET)
-    assert totals(made) == {"frames": 3, "annotated": 1, "reports": 1}
+    assert totals(made) == {"frames": 3, "annotated": 1, "reports": 1, "ranges_archive": 1}
     assert all(store.exists(k) for k in OLD) and not store.exists(record_key(TODAY))
 
 
@@ -190,13 +192,14 @@ def test_the_lifecycle_rules_are_taken_by_s3(services):
     storage = s3_storage_resource(services, prefix="site")
     rules, notes = lifecycle_rules(DataRetention(), storage.location.prefix)
     assert {r["Filter"]["Prefix"]: r["Expiration"]["Days"] for r in rules["Rules"]} == {
-        "site/frames/": 31, "site/reports/daily/": 366}
+        "site/frames/": 31, "site/reports/daily/": 366, "site/landing/ranges-archive/": 31}
     assert any(n.startswith("annotated/") for n in notes) and any(n.startswith("landing/") for n in notes)
     client = storage.open().client
     client.put_bucket_lifecycle_configuration(Bucket=storage.location.bucket, LifecycleConfiguration=rules)
     try:
         taken = client.get_bucket_lifecycle_configuration(Bucket=storage.location.bucket)["Rules"]
-        assert {r["ID"] for r in taken} == {"imgpipeline-frames", "imgpipeline-reports"}
+        assert {r["ID"] for r in taken} == {"imgpipeline-frames", "imgpipeline-reports",
+                                            "imgpipeline-ranges-archive"}
     finally:
         client.delete_bucket_lifecycle(Bucket=storage.location.bucket)
 

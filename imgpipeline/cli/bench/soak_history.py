@@ -174,7 +174,7 @@ class History:
     def day_files(self, day: date) -> None:
         """What is kept by day: frames and annotated copies, the report, ledgers and journals, the
         folded range ledger."""
-        from imgpipeline.defs.streaming.ledger import ARCHIVE, KEEP_LIVE
+        from imgpipeline.defs.streaming.ledger import KEEP_LIVE, archive_key
         from imgpipeline.ingest.messages import annotated_key, frame_key
         from imgpipeline.web.render import report_key
 
@@ -201,5 +201,5 @@ class History:
                 entries = [json.dumps({"start": base + k * size, "end": base + (k + 1) * size})
                            for k in range(first, min(runs, first + KEEP_LIVE))]
                 low, high = base + first * size, base + (first + len(entries)) * size
-                self.store.put(f"{ARCHIVE}/{self.topic}/{partition}/{low}-{high}.jsonl",
+                self.store.put(archive_key(self.topic, partition, 0, low, high, day),
                                "".join(f"{e}\n" for e in entries).encode())

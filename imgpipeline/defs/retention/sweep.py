@@ -2,9 +2,10 @@
 
 Every kind of object has the day it belongs to in its key (docs/contracts.md): `frames/<source>/<date>/`,
 `annotated/<source>/<date>/` (an alert's evidence there too, named `….alert-<number>….jpg`),
-`landing/metadata/dt=<date>/`, `reports/daily/<date>.html`. A day goes once it is older than its kind's
-keeping time: with 30 days, on 2026-11-24 the days up to 2026-10-24 are deleted. The warehouse is never
-touched: a frame whose bytes are gone keeps its rows.
+`landing/metadata/dt=<date>/`, `reports/daily/<date>.html`, the range ledger's archive
+`landing/ranges-archive/dt=<date of its fold>/` (kept as long as landing). A day goes once it is older
+than its kind's keeping time: with 30 days, on 2026-11-24 the days up to 2026-10-24 are deleted. The
+warehouse is never touched: a frame whose bytes are gone keeps its rows.
 
 A day's objects are recorded in `retention/<date of the sweep>.json` before they are deleted, so a
 sweep killed midway is finished by the next one of the same UTC day with the same record (the next
@@ -24,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.streaming.landing import LANDING, retired_key
+from imgpipeline.defs.streaming.ledger import ARCHIVE
 from imgpipeline.defs.tables import DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse.builds import BUILDS
 from imgpipeline.ingest.messages import FRAME_ID, iso_utc
@@ -90,6 +92,7 @@ KINDS = {
     "annotated": Kind("annotated", "annotated", "source/day", selects=lambda key: not _evidence(key)),
     "evidence": Kind("evidence", "annotated", "source/day", selects=_evidence),
     "reports": Kind("reports", "reports/daily", "day file"),
+    "ranges_archive": Kind("landing", ARCHIVE, "day"),
     # Last: a day's landing goes only after everything else of the day was dealt with.
     "landing": Kind("landing", LANDING, "day"),
 }
@@ -255,6 +258,7 @@ def lifecycle_rules(retention: DataRetention, prefix: str) -> tuple[dict, list[s
     if retention.reports_keep_days:
         expire("reports", "reports/daily/", retention.reports_keep_days)
     if retention.landing_keep_days:
+        expire("ranges-archive", "landing/ranges-archive/", retention.landing_keep_days)
         notes.append("landing/metadata/: the retention job deletes a day only once its hours have tables, "
                      "and marks it so that a late frame never rebuilds its tables from what is left; a "
                      "lifecycle rule cannot")

@@ -3,7 +3,9 @@
 
 A run writes `landing/ranges/<topic>/<partition>/[g<N>/]<start>-<end>.json`. Once a partition holds
 more than FOLD_AT such entries, the oldest contiguous ones (all but the latest KEEP_LIVE) are folded:
-copied, one JSON line each, into `landing/ranges-archive/<topic>/<partition>/[g<N>/]<first>-<end>.jsonl`,
+copied, one JSON line each, into
+`landing/ranges-archive/dt=<day of the fold>/<topic>/<partition>/[g<N>/]<first>-<end>.jsonl` (retention
+deletes a day's archive with the landing's keeping time: nothing reads it, it is there for an operator),
 then summed up by one mark, `landing/ranges-folded/<topic>/<partition>/[g<N>/]<end>-<first>.json`
 (every offset in [first, end) is accounted for), then deleted. What a commit or the coverage check
 lists is the newest mark and the live entries: as many as are in flight plus KEEP_LIVE to FOLD_AT,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.resources.storage import BadObject
@@ -116,6 +119,12 @@ class Ledger:
         return [(start, end) for start, end, _ in self.live]
 
 
+def archive_key(topic: str, partition: int, generation: int, first: int, end: int, day: date) -> str:
+    """Where a fold copies the entries of [first, end): under the day it folds them."""
+    return (f"{ARCHIVE}/dt={day.isoformat()}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
+            + f"{first}-{end}.jsonl")
+
+
 def folded_prefix(topic: str, partition: int, generation: int = 0) -> str:
     return f"{FOLDED}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
 
@@ -162,9 +171,8 @@ def fold_ledger(store, topic: str, partition: int, generation: int = 0, *, keep:
             lines = b"".join(store.get(key).strip() + b"\n" for key in folded)
         except BadObject:
             return None  # folded meanwhile by another run of the partition
-        suffix = f"{topic}/{partition}/" + (f"g{generation}/" if generation else "")
-        store.put(f"{ARCHIVE}/{suffix}{low}-{high}.jsonl", lines)
-        new_mark = f"{FOLDED}/{suffix}{high:020d}-{low}.json"
+        store.put(archive_key(topic, partition, generation, low, high, datetime.now(UTC).date()), lines)
+        new_mark = f"{folded_prefix(topic, partition, generation)}{high:020d}-{low}.json"
         store.put(new_mark, json.dumps({"from": low, "to": high, "entries": len(folded)}).encode())
         store.delete_many([key for key in ledger.marks if key != new_mark])
         mark = (low, high)

@@ -5,6 +5,7 @@ every moment of a fold, one SIGKILLed midway included, and the next fold finishe
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -58,8 +59,9 @@ def test_a_fold_keeps_what_is_accounted_for_and_lists_a_bounded_ledger(storage):
     ledger = read_ledger(store, TOPIC, 0)
     assert ledger.folded == (0, 1700) and len(ledger.marks) == 1 and len(ledger.live) == 50
     assert len(store.list(ledger_prefix(TOPIC, 0))) == 50
-    # The folded entries are kept, as written, in the archive.
-    (archive,) = store.list(f"{ARCHIVE}/{TOPIC}/0/")
+    # The folded entries are kept, as written, in the archive under the day of the fold.
+    (archive,) = store.list(f"{ARCHIVE}/")
+    assert re.fullmatch(rf"{ARCHIVE}/dt=[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}/{TOPIC}/0/0-1700\.jsonl", archive)
     archived = [json.loads(line) for line in store.get(archive).splitlines()]
     assert {(e["start"], e["end"]): e for e in archived} == entries
     # Nothing more to fold until more runs come; then only what is contiguous with the mark.
