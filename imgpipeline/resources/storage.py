@@ -161,6 +161,11 @@ class Storage:
         again gets another tag (S3: its ETag and size; a folder: its size, modification time and inode)."""
         raise NotImplementedError
 
+    def written(self, prefix: str) -> dict[str, float]:
+        """Each key below a prefix with the time it was last written (seconds since the epoch, the store's
+        clock: a folder's modification time, S3's LastModified), from the listing, no read."""
+        raise NotImplementedError
+
     def folders(self, prefix: str) -> list[str]:
         """The names of the folders right under `prefix` (a folder, ending in `/`), sorted: one listing
         request however many objects they hold."""
@@ -293,6 +298,15 @@ class LocalStorage(Storage):
             except FileNotFoundError:
                 continue  # deleted since the listing
             found[key] = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"  # a rename gives a new inode
+        return found
+
+    def written(self, prefix: str) -> dict[str, float]:
+        found = {}
+        for key in self.list(prefix):
+            try:
+                found[key] = self._path(key).stat().st_mtime
+            except FileNotFoundError:
+                continue  # deleted since the listing
         return found
 
     def folders(self, prefix: str) -> list[str]:
@@ -512,6 +526,10 @@ class S3Storage(Storage):
     def versions(self, prefix: str) -> dict[str, str]:
         full = self._object_key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
         return {key: f"{item['ETag']}:{item['Size']}" for key, item in sorted(self._listed(full).items())}
+
+    def written(self, prefix: str) -> dict[str, float]:
+        full = self._object_key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
+        return {key: item["LastModified"].timestamp() for key, item in sorted(self._listed(full).items())}
 
     def _listed(self, full: str) -> dict[str, dict]:
         """The listing's entries below a full object-key prefix, by key."""

@@ -18,6 +18,10 @@ from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import FromEnv, setting
 
+# How far the store's clock (which dates a landing file's last write) may be behind the runs' clock
+# (which stamps processed_at): a file written this long before the window began is still read.
+CLOCK_SLACK = timedelta(minutes=5)
+
 
 class SourcePolicy(FromEnv, BaseModel):
     """When a source counts as silent."""
@@ -53,14 +57,16 @@ class SourceActivity:
 
 
 def source_activity(store, now: datetime, window: timedelta) -> list[SourceActivity]:
-    """Every known source, with the frames of the window: landed in the event-time hours it covers (an
-    empty window reads no landing file: the latest times alone)."""
+    """Every known source, with the frames of the window: landed in the event-time hours it covers, in
+    the files written since the window began (an empty window reads no landing file: the latest times
+    alone). A file last written before then holds only records processed before then: at 1,000 frames/s
+    that leaves the window's frames to read, not its hours' millions."""
     sources = {name: SourceActivity(name, times) for name, times in known_sources(store).items()}
     since = now - window
     hour = since.replace(minute=0, second=0, microsecond=0)
     while window > timedelta(0) and hour <= now:
         seen = set()  # a record in two files (a compaction cut short) counts once
-        for record in hour_records(store, hour):
+        for record in hour_records(store, hour, written_since=since - CLOCK_SLACK):
             activity = sources.get(record.source_id)
             once = (record.identity, record.processed_at, record.offset, record.run_id)
             if activity is None or record.schema is None or once in seen:

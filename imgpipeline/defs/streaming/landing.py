@@ -193,9 +193,16 @@ def parse_records(data: bytes) -> Iterator[LandingRecord]:
             yield LandingRecord.from_json(line)
 
 
-def hour_records(store, hour: datetime) -> list[LandingRecord]:
-    """Every landing record of an event-time hour, as written by the runs."""
-    return [record for key in landing_keys(store, hour) for record in read_records(store, key)]
+def hour_records(store, hour: datetime, written_since: datetime | None = None) -> list[LandingRecord]:
+    """Every landing record of an event-time hour, as written by the runs; with `written_since`, only
+    those of the files written since then (the store's clock)."""
+    if written_since is None:
+        keys = landing_keys(store, hour)
+    else:
+        since = written_since.timestamp()
+        keys = [key for key, at in store.written(f"{LANDING}/{hour_path(hour)}/").items()
+                if key.endswith(".jsonl") and at >= since]
+    return [record for key in keys for record in read_records(store, key)]
 
 
 def all_records(store) -> list[LandingRecord]:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from imgpipeline.defs.streaming.landing import (
     LandingRecord,
     Neighbours,
     Spool,
+    hour_records,
     landed_frames,
     landing_key,
     parse_records,
     read_records,
+    record_sources,
 )
 from imgpipeline.resources import StorageResource
 
@@ -79,3 +85,38 @@ def test_a_run_screens_against_its_partitions_ranges_within_the_window(tmp_path)
         "near", "after", "by-uri"}
     every = landed_frames(store, hour, "frames-0-200000-200100")
     assert {f for _, f in every} == set(files.values()) - {"own"}
+
+
+@pytest.mark.integration
+def test_status_reads_only_the_landing_files_written_since_its_window_began(storage, monkeypatch):
+    """A file last written before the window holds only records processed before it: `status` counts
+    from the files written since (the store's clock, a slack for the runs' clock aside), so its cost is the
+    window's frames, not its hours'."""
+    from imgpipeline.defs.streaming import health
+
+    store = storage.open()
+    hour = datetime(2026, 11, 21, 10, tzinfo=UTC)
+    record_sources(store, {"cam": {"ingested_at": "2026-11-21T10:00:01.000Z"}})
+    keys = []
+    for n, name in enumerate(("frames-0-0-1", "frames-0-1-2")):
+        if n:
+            time.sleep(2.2)  # S3 dates an object to the second
+        record = dataclasses.replace(a_record(offset=n, processed_at="2026-11-21T10:30:00.000Z"),
+                                     frame_id=f"f{n}")
+        keys.append(landing_key(hour, name))
+        store.put(keys[-1], record.to_json() + b"\n")
+    written = store.written("landing/metadata/")
+    assert sorted(written) == keys and written[keys[1]] - written[keys[0]] >= 1
+    between = datetime.fromtimestamp((written[keys[0]] + written[keys[1]]) / 2, UTC)
+    # Both records say they were processed in the window; the first one's file was written before it.
+    monkeypatch.setattr(health, "CLOCK_SLACK", timedelta(0))
+    now = datetime(2026, 11, 21, 10, 40, tzinfo=UTC)
+    window = now - datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+    assert [r.frame_id for r in hour_records(store, hour, written_since=between)] == ["f1"]
+    assert [r.frame_id for r in hour_records(store, hour)] == ["f0", "f1"]
+    monkeypatch.setattr(health, "CLOCK_SLACK", now - between - window)  # the window begins at `between`
+    (activity,) = health.source_activity(store, now, window)
+    assert activity.statuses["detected"] == 1
+    monkeypatch.setattr(health, "CLOCK_SLACK", timedelta(days=3650))  # a store whose clock is far behind
+    (activity,) = health.source_activity(store, now, window)
+    assert activity.statuses["detected"] == 2
