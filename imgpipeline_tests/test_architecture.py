@@ -210,6 +210,20 @@ def test_asset_keys_are_declared_once():
     assert len(ASSET_KEYS) == len(set(ASSET_KEYS))
 
 
+# Functions are read whole on one screen; the benchmarks' long measuring scripts aside.
+LONGEST_FUNCTION = 60
+
+
+def test_functions_outside_the_benchmarks_are_under_60_lines():
+    too_long = sorted(
+        (node.end_lineno - node.lineno + 1, f"{name}.{node.name}")
+        for name, path in modules().items() if not name.startswith("imgpipeline.cli.bench")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 >= LONGEST_FUNCTION)
+    assert too_long == []
+
+
 def loaded_after(code: str) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],

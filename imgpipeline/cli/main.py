@@ -175,6 +175,18 @@ def add_bench(commands) -> None:
                           help="times the street video is tracked end to end")
     viewer = what.add_parser("viewer", help="the viewer's page load times over a day of many frames")
     viewer.add_argument("--frames", type=int, default=100_000)
+    add_load_benches(what)
+    mqtt = what.add_parser("mqtt", help="the MQTT bridge: JPEGs published with QoS 1 to frames on Kafka "
+                                        "(messages/s, MB/s)")
+    mqtt.add_argument("--messages", type=int, default=2000)
+    mqtt.add_argument("--size", metavar="WxH", default="640x480", help="the JPEGs' size (default: 640x480)")
+    summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
+    summary_bench.add_argument("--rows", type=int, default=10_000_000)
+    bench.set_defaults(module="bench.command", run="bench")
+
+
+def add_load_benches(what) -> None:
+    """The benchmarks of the pipeline under load: overload, many cameras, a month of history."""
     overload = what.add_parser(
         "overload", help="input at several times the detection rate: frames shed, waits, with shedding on "
                          "and off")
@@ -210,13 +222,6 @@ def add_bench(commands) -> None:
     soak.add_argument("--hour-base", type=int, default=30_000,
                       help="frames the live frames' hour holds before them, as an hour under way does")
     soak.add_argument("--repeat", type=int, default=3, help="measurements of each cost (the median)")
-    mqtt = what.add_parser("mqtt", help="the MQTT bridge: JPEGs published with QoS 1 to frames on Kafka "
-                                        "(messages/s, MB/s)")
-    mqtt.add_argument("--messages", type=int, default=2000)
-    mqtt.add_argument("--size", metavar="WxH", default="640x480", help="the JPEGs' size (default: 640x480)")
-    summary_bench = what.add_parser("summary", help="DuckDB daily summary against mapper | sort | reducer")
-    summary_bench.add_argument("--rows", type=int, default=10_000_000)
-    bench.set_defaults(module="bench.command", run="bench")
 
 
 def add_run(commands) -> None:
