@@ -130,7 +130,7 @@ class History:
         made = builds.whole(self.store, start, landing_versions(self.store, start), every, self.settings,
                             "history")
         for table, rows in ((FRAMES, made.frames), (DETECTIONS, made.detections)):
-            table.write(self.store, table.hour_key(start), builds.stamped(rows, made.build.id, made.seed))
+            table.write(self.store, table.hour_key(start), builds.stamped(rows, made.build, made.seed))
             self.materialized(table.key, hour_key(start))
         made.build.checked(True).write(self.store, start)
 

@@ -19,6 +19,7 @@ from imgpipeline.defs.tables.checks import check_results, check_specs, no_failur
 from imgpipeline.defs.tracking import checks
 from imgpipeline.defs.tracking import rows as tr
 from imgpipeline.resources import StorageResource, TrackingResource
+from imgpipeline.resources.storage import BadObject
 
 
 @dg.multi_asset(
@@ -58,11 +59,14 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
     zones = tracking.zones()
     hours = hours_in(context.partition_time_window)
     failures = no_failures(checks.CHECKS, "tracks", "object_counts")
-    totals = {"tracks": 0, "object_counts": 0, "crossings": 0}
+    totals = {"tracks": 0, "object_counts": 0, "crossings": 0, "detections_read": 0}
     tracks_by_hour: dict = {}  # each hour's stored tracks, read once in the run (the day's id check)
     for hour in hours:
-        detections = DETECTIONS.stored_hours(store, [hour], TRACKED_COLUMNS)
-        TRACKS.write(store, TRACKS.hour_key(hour), tr.tracks_table(hour, detections))
+        detections = stored_hour(store, DETECTIONS, hour)
+        made, read = tr.hour_tracks(hour, detections, stored_tracks(store, hour))
+        totals["detections_read"] += read
+        TRACKS.write(store, TRACKS.hour_key(hour), made)
+        detections = detections.select(TRACKED_COLUMNS)
         counts_key = OBJECT_COUNTS.hour_key(hour, counts_part(zones.sha256))
         OBJECT_COUNTS.write(store, counts_key, tr.object_counts_table(store, hour, zones))
         # Checks read back what is stored.
@@ -81,16 +85,33 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
             v or 0 for c in ("crossed_in", "crossed_out") for v in counts.column(c).to_pylist()
         )
     context.log.info(
-        f"{len(hours)} hours: {totals['tracks']} track-hours, {totals['crossings']} line crossings "
+        f"{len(hours)} hours: {totals['tracks']} track-hours ({totals['detections_read']} detections read "
+        f"for them), {totals['crossings']} line crossings "
         f"(zones file {zones.path or 'none'}, sha256 {zones.sha256 or '-'})"
     )
     for table in (TRACKS, OBJECT_COUNTS):
         metadata = {
             "rows": dg.MetadataValue.int(totals[table.name]),
             "hours": len(hours),
+            **({"detections_read": totals["detections_read"]} if table is TRACKS else {}),
             "path": dg.MetadataValue.path(store.uri(table.folder.rstrip("/"))),
         }
         if table is OBJECT_COUNTS:
             metadata["zones_sha256"] = zones.sha256 or "(no zones file)"
         yield dg.MaterializeResult(asset_key=table.key, metadata=metadata)
     yield from check_results(failures, len(hours))
+
+
+
+def stored_hour(store, table, hour) -> pa.Table:
+    """An hour of a table as stored, with its metadata (the table empty when the hour is not stored)."""
+    key = table.hour_key(hour)
+    return table.read(store, key) if store.exists(key) else table.empty()
+
+
+def stored_tracks(store, hour) -> pa.Table | None:
+    """The hour's tracks as stored, or None when there are none to add to (not stored, not readable)."""
+    try:
+        return TRACKS.read(store, TRACKS.hour_key(hour))
+    except (BadObject, pa.ArrowInvalid):
+        return None

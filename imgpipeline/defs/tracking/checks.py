@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgpipeline.defs.tables import OBJECT_COUNTS_SCHEMA, TRACKS_SCHEMA
 from imgpipeline.defs.tables.checks import SCHEMA_AS_DECLARED, schema_problems
@@ -33,8 +34,8 @@ def check_hour(
         failures["tracks", "schema_as_declared"][key] = problems
     if problems := schema_problems(counts, OBJECT_COUNTS_SCHEMA):
         failures["object_counts", "schema_as_declared"][key] = problems
-    tracked = sum(1 for t in detections.column("track_id").to_pylist() if t is not None)
-    if (framed := sum(tracks.column("frames").to_pylist())) != tracked:
+    tracked = detections.num_rows - detections.column("track_id").null_count
+    if (framed := pc.sum(tracks.column("frames")).as_py() or 0) != tracked:
         failures["tracks", "frames_match_detections"][key] = (
             f"tracks' frames {framed}, tracked detections {tracked}"
         )
@@ -58,13 +59,12 @@ def reused_ids(day_tracks: pa.Table, detections: pa.Table) -> list[str]:
         seen.sort(key=lambda r: r["first_seen"])
         if any(b["first_seen"] <= a["last_seen"] for a, b in zip(seen, seen[1:], strict=False)):
             problems.append(f"{source}/{track}: hours overlap in time")
-    per_frame: dict[tuple, int] = defaultdict(int)
-    for d in detections.select(["source_id", "frame_id", "track_id"]).to_pylist():
-        if d["track_id"] is not None:
-            per_frame[d["source_id"], d["frame_id"], d["track_id"]] += 1
-    problems += [
-        f"{s}/{t}: {n} detections in frame {f}" for (s, f, t), n in sorted(per_frame.items()) if n > 1
-    ]
+    keys = ["source_id", "frame_id", "track_id"]
+    tracked = detections.select(keys).filter(pc.is_valid(detections.column("track_id")))
+    per_frame = tracked.group_by(keys).aggregate([([], "count_all")])
+    twice = per_frame.filter(pc.greater(per_frame.column("count_all"), 1)).to_pylist()
+    problems += [f"{d['source_id']}/{d['track_id']}: {d['count_all']} detections in frame {d['frame_id']}"
+                 for d in sorted(twice, key=lambda d: (d["source_id"], d["frame_id"], d["track_id"]))]
     return problems
 
 

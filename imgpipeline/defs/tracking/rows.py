@@ -2,56 +2,151 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import datetime, timedelta
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, OBJECT_COUNTS_SCHEMA, TRACKED_COLUMNS, TRACKS_SCHEMA
+from imgpipeline.defs.warehouse.builds import based_on
 from imgpipeline.vision import counting
 from imgpipeline.vision.zones import Zones
 
 FRAME_COLUMNS = ["source_id", "frame_id", "captured_at", "status", "width", "height"]
+# In a stored hour of tracks: the detections' base build it was made under, and each source's latest
+# detection it took in (JSON: source → milliseconds). While the base is the same, the rows after those
+# are all it has not taken in yet (warehouse/builds.py).
+TRACKED_BASE = b"imgpipeline.tracked_base"
+TAKEN_UNTIL = b"imgpipeline.taken_until"
+_TRACK_ORDER = [("source_id", "ascending"), ("track_id", "ascending")]
+
+
 def tracks_table(hour: datetime, detections: pa.Table) -> pa.Table:
-    """One row per track seen in the hour, from its confirmed detections."""
-    by_track: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for d in detections.to_pylist():
-        if d["track_id"] is not None:
-            by_track[d["source_id"], d["track_id"]].append(d)
-    rows = []
-    for (source, track_id), seen in sorted(by_track.items()):
-        seen.sort(key=lambda d: (d["captured_at"], d["frame_id"]))
-        first, last = seen[0], seen[-1]
-        rows.append(
-            {
-                "hour_start": hour,
-                "source_id": source,
-                "track_id": track_id,
-                "class_name": first["class_name"],
-                "first_seen": first["captured_at"],
-                "last_seen": last["captured_at"],
-                "frames": len(seen),
-                "max_confidence": max(d["confidence"] for d in seen),
-                "entry_x": first["x"] + first["w"] / 2,
-                "entry_y": float(first["y"] + first["h"]),
-                "exit_x": last["x"] + last["w"] / 2,
-                "exit_y": float(last["y"] + last["h"]),
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=TRACKS_SCHEMA)
+    """One row per track seen in the hour, from its confirmed detections: columnar, in (source, track)
+    order; entry and exit from its first and last detection in (capture time, frame id) order."""
+    seen = detections.filter(pc.is_valid(detections.column("track_id")))
+    seen = seen.sort_by([*_TRACK_ORDER, ("captured_at", "ascending"), ("frame_id", "ascending")])
+    starts, ends = _groups(seen)
+    first, last = seen.take(starts), seen.take(ends)
+    frames = np.diff(np.append(starts, seen.num_rows))
+    confidence = np.maximum.reduceat(_floats(seen, "confidence"), starts) if len(starts) else np.empty(0)
+    return _tracks(hour, first, first.column("captured_at"), last.column("captured_at"), frames, confidence,
+                   *_bottom_centre(first), *_bottom_centre(last))
+
+
+def tracks_added(hour: datetime, stored: pa.Table, added: pa.Table) -> pa.Table:
+    """An hour's stored tracks with the tracks of detections added after them (each source's added
+    detections all captured after its stored ones): a track in both keeps its first entry and class,
+    takes the added part's exit, and sums its frames."""
+    both = pa.concat_tables([stored.select(TRACKS_SCHEMA.names).cast(TRACKS_SCHEMA),
+                             tracks_table(hour, added)])
+    both = both.sort_by([*_TRACK_ORDER, ("first_seen", "ascending"), ("last_seen", "ascending")])
+    starts, ends = _groups(both)
+    first, last = both.take(starts), both.take(ends)
+    frames = np.add.reduceat(both.column("frames").to_numpy(), starts) if len(starts) else np.empty(0)
+    confidence = np.maximum.reduceat(_floats(both, "max_confidence"), starts) if len(starts) else np.empty(0)
+    return _tracks(hour, first, first.column("first_seen"), last.column("last_seen"), frames, confidence,
+                   first.column("entry_x"), first.column("entry_y"), last.column("exit_x"),
+                   last.column("exit_y"))
+
+
+def _groups(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """First and last row of each run of equal (source_id, track_id) in a table sorted by them."""
+    n = table.num_rows
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    source, track = (table.column(c).combine_chunks() for c in ("source_id", "track_id"))
+    changed = pc.or_(pc.not_equal(source.slice(1), source.slice(0, n - 1)),
+                     pc.not_equal(track.slice(1), track.slice(0, n - 1)))
+    starts = np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1
+    starts = np.concatenate([[0], starts]).astype(np.int64)
+    return starts, np.append(starts[1:] - 1, n - 1)
+
+
+def _floats(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy().astype(np.float64)
+
+
+def _bottom_centre(boxes: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    x, y, w, h = (boxes.column(c).to_numpy().astype(np.float64) for c in ("x", "y", "w", "h"))
+    return x + w / 2, y + h
+
+
+def _tracks(hour, first: pa.Table, first_seen, last_seen, frames, confidence, entry_x, entry_y, exit_x,
+            exit_y) -> pa.Table:
+    n = first.num_rows
+    return pa.table({
+        "hour_start": pa.array([hour] * n, TRACKS_SCHEMA.field("hour_start").type),
+        "source_id": first.column("source_id"), "track_id": first.column("track_id"),
+        "class_name": first.column("class_name"), "first_seen": first_seen, "last_seen": last_seen,
+        "frames": pa.array(frames, pa.int32()), "max_confidence": pa.array(confidence, pa.float64()),
+        "entry_x": entry_x, "entry_y": entry_y, "exit_x": exit_x, "exit_y": exit_y,
+    }, schema=TRACKS_SCHEMA)
+
+
+def hour_tracks(hour: datetime, detections: pa.Table, stored: pa.Table | None) -> tuple[pa.Table, int]:
+    """The hour's tracks, stamped with what they took in, and how many detection rows were read for
+    them: only those added since the stored tracks when the detections are still of the base build they
+    were made under, else all of them."""
+    base = based_on(detections)
+    marks = taken_until(stored) if stored is not None and base and tracked_base(stored) == base else None
+    if marks is None:
+        tracks, read = tracks_table(hour, detections), detections.num_rows
+    else:
+        added = detections.filter(_after(detections, marks))
+        tracks, read = tracks_added(hour, stored, added), added.num_rows
+    latest = detections.group_by("source_id").aggregate([("captured_at", "max")])
+    until = {source: int(moment.timestamp() * 1000) for source, moment in zip(
+        latest.column("source_id").to_pylist(), latest.column("captured_at_max").to_pylist(), strict=True)}
+    return tracks.replace_schema_metadata({TRACKED_BASE: (base or "").encode(),
+                                           TAKEN_UNTIL: json.dumps(until).encode()}), read
+
+
+def tracked_base(tracks: pa.Table) -> str | None:
+    return (tracks.schema.metadata or {}).get(TRACKED_BASE, b"").decode() or None
+
+
+def taken_until(tracks: pa.Table) -> dict[str, int] | None:
+    """Each source's latest detection a stored hour of tracks took in (milliseconds), or None when not
+    recorded or not readable."""
+    try:
+        marks = json.loads((tracks.schema.metadata or {}).get(TAKEN_UNTIL, b""))
+    except ValueError:
+        return None
+    if not isinstance(marks, dict) or not all(isinstance(v, int) for v in marks.values()):
+        return None
+    return marks
+
+
+def _after(detections: pa.Table, marks: dict[str, int]) -> pa.Array:
+    """Which detections were captured after their source's mark (all of a source without one)."""
+    sources = pa.array(list(marks), pa.string())
+    until = pa.array(list(marks.values()), pa.int64())
+    at = pc.index_in(detections.column("source_id"), value_set=sources)
+    mark = pc.take(until, at)
+    ms = pc.cast(detections.column("captured_at"), pa.int64())
+    return pc.fill_null(pc.greater(ms, mark), True)
 
 
 def counted_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[counting.CountedFrame]]:
-    """Each source's detected frames in capture order with their confirmed (tracked) detections."""
+    """Each source's detected frames in capture order with their confirmed (tracked) detections. Sources
+    with no confirmed detection count nothing and are left out before any row is read into Python (the
+    frames of a source that has one all count: an empty frame ages a line's memory of a track)."""
+    detections = detections.select(TRACKED_COLUMNS).filter(pc.is_valid(detections.column("track_id")))
+    frames = frames.select(FRAME_COLUMNS).filter(pc.and_(
+        pc.equal(frames.column("status"), "detected"),
+        pc.is_in(frames.column("source_id"), pc.unique(detections.column("source_id")))))
     found: dict[tuple[str, str], counting.CountedFrame] = {}
-    for f in frames.select(FRAME_COLUMNS).to_pylist():
-        if f["status"] == "detected":
-            found[f["source_id"], f["frame_id"]] = counting.CountedFrame(
-                f["frame_id"], f["captured_at"].timestamp(), f["width"], f["height"]
-            )
-    for d in sorted(detections.select(TRACKED_COLUMNS).to_pylist(), key=lambda d: d["detection_index"]):
+    for f in frames.to_pylist():
+        found[f["source_id"], f["frame_id"]] = counting.CountedFrame(
+            f["frame_id"], f["captured_at"].timestamp(), f["width"], f["height"]
+        )
+    for d in sorted(detections.to_pylist(), key=lambda d: d["detection_index"]):
         frame = found.get((d["source_id"], d["frame_id"]))
-        if frame is not None and d["track_id"] is not None:
+        if frame is not None:
             frame.tracked.append(
                 counting.Tracked(
                     d["track_id"], d["class_name"], d["confidence"], (d["x"], d["y"], d["w"], d["h"])

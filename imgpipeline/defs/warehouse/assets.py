@@ -65,7 +65,7 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         written = bool(made.whole or made.added)
         if written:
             for table, rows_ in ((FRAMES, made.frames), (DETECTIONS, made.detections)):
-                table.write(store, table.hour_key(hour), builds.stamped(rows_, made.build.id, made.seed))
+                table.write(store, table.hour_key(hour), builds.stamped(rows_, made.build, made.seed))
         tracked.clear_mark(store, hour, made.seed)
         context.log.info(f"{hour_key(hour)}: " + (f"made whole from {made.added} landing files ({made.whole})"
                                                   if made.whole else f"{made.added} new landing files added"))

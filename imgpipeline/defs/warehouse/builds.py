@@ -12,6 +12,11 @@ stored ones (late frames: the tracks would not follow capture order), the hour i
 again, or the run covers more than one hour (backfills). Either way the same rows come out in the
 same order; track ids can differ from a whole rebuild's only where the tracker would have decided
 otherwise with the whole hour behind it.
+
+A build also records its base: the whole build its extensions go back to (a whole build is its own
+base), written into the detections' metadata too. While the base stays, no stored row changes: each
+extension only adds rows, and a source with objects only after its stored ones, so what read the
+detections under that base (the hour's tracks) reads only the rows added since.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ BUILDS = "warehouse/builds"
 # into a mix of the two. The tables' schemas count too.
 LOGIC = 1
 BUILT_BY = b"imgpipeline.build"
+BASED_ON = b"imgpipeline.base"
 FRAME_ORDER = [("captured_at", "ascending"), ("source_id", "ascending"), ("frame_id", "ascending")]
 DETECTION_ORDER = [*FRAME_ORDER, ("detection_index", "ascending")]
 
@@ -62,10 +68,12 @@ class Build:
     frames: int
     passed: bool = False
     version: str = field(default_factory=lambda: code_version())
+    base: str = ""  # the whole build this one extends (its own id when whole); "" when not recorded
 
     def write(self, store, hour: datetime) -> None:
         store.put(build_key(hour), json.dumps({"id": self.id, "frames": self.frames, "passed": self.passed,
-                                               "version": self.version, "landing": self.landing}).encode())
+                                               "version": self.version, "base": self.base,
+                                               "landing": self.landing}).encode())
 
     def checked(self, passed: bool) -> Build:
         return replace(self, passed=passed)
@@ -75,7 +83,8 @@ class Build:
         try:
             written = json.loads(store.get(build_key(hour)))
             return cls(str(written["id"]), dict(written["landing"]), int(written["frames"]),
-                       written.get("passed") is True, str(written.get("version")))
+                       written.get("passed") is True, str(written.get("version")),
+                       str(written.get("base") or ""))
         except (BadObject, FileNotFoundError, KeyError, TypeError, ValueError):
             return None  # none yet, or not one this code wrote: the hour is made whole
 
@@ -108,12 +117,19 @@ class Made:
         return found
 
 
-def stamped(table: pa.Table, build_id: str, seed: str) -> pa.Table:
-    return table.replace_schema_metadata({tracked.SEEDED_FROM: seed.encode(), BUILT_BY: build_id.encode()})
+def stamped(table: pa.Table, build: Build, seed: str) -> pa.Table:
+    return table.replace_schema_metadata({tracked.SEEDED_FROM: seed.encode(), BUILT_BY: build.id.encode(),
+                                          BASED_ON: build.base.encode()})
 
 
 def built_by(table: pa.Table) -> str | None:
     return (table.schema.metadata or {}).get(BUILT_BY, b"").decode() or None
+
+
+def based_on(table: pa.Table) -> str | None:
+    """The base build of a stored hour's tables (None when not recorded): rows of one base are never
+    changed, only added to."""
+    return (table.schema.metadata or {}).get(BASED_ON, b"").decode() or None
 
 
 def tables_of(latest: list[LandingRecord], track_ids: tracked.TrackIds) -> tuple[pa.Table, pa.Table]:
@@ -128,7 +144,8 @@ def whole(store, hour: datetime, landing: dict[str, str], records: list[LandingR
     latest = rows.latest_per_frame(records)
     track_ids, seed = tracked.track_hour(store, hour, latest, settings)
     frames, detections = tables_of(latest, track_ids)
-    build = Build(uuid.uuid4().hex, landing, frames.num_rows)
+    made = uuid.uuid4().hex
+    build = Build(made, landing, frames.num_rows, base=made)
     return Made(frames, detections, seed, build, records, len(landing), why)
 
 
@@ -166,8 +183,9 @@ def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
     frames = pa.concat_tables([frames.replace_schema_metadata(None), new_frames]).sort_by(FRAME_ORDER)
     detections = pa.concat_tables([detections.replace_schema_metadata(None),
                                    new_detections]).sort_by(DETECTION_ORDER)
-    made = Build(uuid.uuid4().hex, {**build.landing, **{key: listing[key] for key in new}},
-                 build.frames + new_frames.num_rows)
+    made_id = uuid.uuid4().hex
+    made = Build(made_id, {**build.landing, **{key: listing[key] for key in new}},
+                 build.frames + new_frames.num_rows, base=build.base or made_id)
     return Made(frames, detections, seed, made, latest, len(new))
 
 

@@ -144,14 +144,14 @@ def test_the_check_compares_the_stored_tables_with_what_was_read():
     records = scene()
     frames, detections = builds.tables_of(records[:10], {})
     made = builds.Made(frames, detections, "none", builds.Build("b1", {}, 10), records[5:12], 1)
-    stamped = [builds.stamped(t, "b1", "none") for t in (frames, detections)]
+    stamped = [builds.stamped(t, builds.Build("b1", {}, 10), "none") for t in (frames, detections)]
     failures = no_failures(checks.CHECKS, "frames", "detections")
     checks.check_hour(KEY, *stamped, made.against_landing(*stamped), failures)
     found = failures["frames", "matches_landing"][KEY]
     assert found["missing"] == ["cam/cam-000010", "cam/cam-000011"] and "builds" not in found
     # Frames and detections written by two builds (two runs of the hour at once) fail it too.
     failures = no_failures(checks.CHECKS, "frames", "detections")
-    other = builds.stamped(detections, "b2", "none")
+    other = builds.stamped(detections, builds.Build("b2", {}, 10), "none")
     made = builds.Made(frames, detections, "none", builds.Build("b1", {}, 10), records[:10], 1)
     checks.check_hour(KEY, stamped[0], other, made.against_landing(stamped[0], other), failures)
     assert "b2" in failures["frames", "matches_landing"][KEY]["builds"]
