@@ -98,9 +98,10 @@ def hour_tracks(hour: datetime, detections: pa.Table, stored: pa.Table | None) -
     else:
         added = detections.filter(_after(detections, marks))
         tracks, read = tracks_added(hour, stored, added), added.num_rows
-    latest = detections.group_by("source_id").aggregate([("captured_at", "max")])
-    until = {source: int(moment.timestamp() * 1000) for source, moment in zip(
-        latest.column("source_id").to_pylist(), latest.column("captured_at_max").to_pylist(), strict=True)}
+    ms = pa.table({"source_id": detections.column("source_id"), "ms": _milliseconds(detections)})
+    latest = ms.group_by("source_id").aggregate([("ms", "max")])
+    until = dict(zip(latest.column("source_id").to_pylist(), latest.column("ms_max").to_pylist(),
+                     strict=True))
     return tracks.replace_schema_metadata({TRACKED_BASE: (base or "").encode(),
                                            TAKEN_UNTIL: json.dumps(until).encode()}), read
 
@@ -127,8 +128,12 @@ def _after(detections: pa.Table, marks: dict[str, int]) -> pa.Array:
     until = pa.array(list(marks.values()), pa.int64())
     at = pc.index_in(detections.column("source_id"), value_set=sources)
     mark = pc.take(until, at)
-    ms = pc.cast(detections.column("captured_at"), pa.int64())
-    return pc.fill_null(pc.greater(ms, mark), True)
+    return pc.fill_null(pc.greater(_milliseconds(detections), mark), True)
+
+
+def _milliseconds(detections: pa.Table) -> pa.ChunkedArray:
+    """Capture times as whole milliseconds since the epoch (as stored): marks compare exactly."""
+    return pc.cast(detections.column("captured_at"), pa.int64())
 
 
 def counted_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[counting.CountedFrame]]:
