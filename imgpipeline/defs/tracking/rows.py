@@ -136,14 +136,20 @@ def _milliseconds(detections: pa.Table) -> pa.ChunkedArray:
     return pc.cast(detections.column("captured_at"), pa.int64())
 
 
-def counted_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[counting.CountedFrame]]:
-    """Each source's detected frames in capture order with their confirmed (tracked) detections. Sources
-    with no confirmed detection count nothing and are left out before any row is read into Python (the
-    frames of a source that has one all count: an empty frame ages a line's memory of a track)."""
+def counted_frames(frames: pa.Table, detections: pa.Table, zones: Zones | None = None
+                   ) -> dict[str, list[counting.CountedFrame]]:
+    """Each source's detected frames in capture order with their confirmed (tracked) detections.
+
+    Only frames that can change a count are read into Python: a source with no confirmed detection counts
+    nothing, and of the frames with none (which only age a line's memory of the tracks not in them) as
+    many in a row as it takes to forget every track (given `zones`: a line's `min_frames` + 1, at least 2;
+    none for a source without lines): further ones change nothing."""
     detections = detections.select(TRACKED_COLUMNS).filter(pc.is_valid(detections.column("track_id")))
     frames = frames.select(FRAME_COLUMNS).filter(pc.and_(
         pc.equal(frames.column("status"), "detected"),
         pc.is_in(frames.column("source_id"), pc.unique(detections.column("source_id")))))
+    if zones is not None:
+        frames = frames.filter(_may_count(frames, detections, zones))
     found: dict[tuple[str, str], counting.CountedFrame] = {}
     for f in frames.to_pylist():
         found[f["source_id"], f["frame_id"]] = counting.CountedFrame(
@@ -163,6 +169,42 @@ def counted_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[cou
     return {s: sorted(fs, key=lambda f: (f.seconds, f.frame_id)) for s, fs in sorted(per_source.items())}
 
 
+def _may_count(frames: pa.Table, detections: pa.Table, zones: Zones) -> np.ndarray:
+    """Which frames counting must see: those with a confirmed detection, and of each run of frames
+    without one (in capture order, per source and frame size: each size has lines of its own) the first
+    few that age the lines' memory."""
+    order = pc.sort_indices(frames, sort_keys=[("source_id", "ascending"), ("width", "ascending"),
+                                               ("height", "ascending"), ("captured_at", "ascending"),
+                                               ("frame_id", "ascending")]).to_numpy()
+    n = len(order)
+    if n == 0:
+        return np.zeros(0, bool)
+    ordered = frames.take(order)
+    has = pc.is_in(_frame_keys(ordered), value_set=pc.unique(_frame_keys(detections))).to_numpy(
+        zero_copy_only=False)
+    group = np.zeros(n, bool)
+    group[0] = True
+    for column in ("source_id", "width", "height"):
+        values = ordered.column(column).combine_chunks()
+        group[1:] |= pc.not_equal(values.slice(1), values.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    index = np.arange(n)
+    reset = np.maximum.accumulate(np.where(has | group, index, 0))
+    in_run = index - reset - has[reset]  # place among the frames without a detection since the last reset
+    sources = ordered.column("source_id").combine_chunks()
+    names = pc.unique(sources)
+    forget = pa.array([max((max(2, line.min_frames + 1) for line in zones.of(name).lines), default=0)
+                       for name in names.to_pylist()], pa.int64())
+    keep_empty = pc.take(forget, pc.index_in(sources, value_set=names)).to_numpy()
+    needed = np.zeros(n, bool)
+    needed[order] = has | (in_run < keep_empty)
+    return needed
+
+
+def _frame_keys(table: pa.Table) -> pa.ChunkedArray:
+    """`source_id/frame_id` of each row: one string per frame (ids hold no `/`)."""
+    return pc.binary_join_element_wise(table.column("source_id"), table.column("frame_id"), "/")
+
+
 def object_counts_table(store, hour: datetime, zones: Zones) -> pa.Table:
     """The hour's counts per source and class, from the stored hours around it."""
     around = [hour - timedelta(hours=1), hour, hour + timedelta(hours=1)]
@@ -170,7 +212,7 @@ def object_counts_table(store, hour: datetime, zones: Zones) -> pa.Table:
     detections = DETECTIONS.stored_hours(store, around, TRACKED_COLUMNS)
     start, end = hour.timestamp(), (hour + timedelta(hours=1)).timestamp()
     rows = []
-    for source, source_frames in counted_frames(frames, detections).items():
+    for source, source_frames in counted_frames(frames, detections, zones).items():
         spec = zones.of(source)
         counts = counting.count(source_frames, zones, source, start, end)
         for row in counting.rows(counts, [line.name for line in spec.lines], [z.name for z in spec.zones]):
