@@ -30,10 +30,12 @@ from imgpipeline.ingest.producer import (
     ledger_for,
     modified_day,
     read_day_lines,
+    write_lines,
 )
 
-# A journal time as iso_utc writes it, whole.
+# A journal time as iso_utc writes it, whole; a day file's name.
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+DAY_FILE = re.compile(r"\d{4}-\d\d-\d\d\Z")
 TOPIC_FILTER = re.compile(r"^[^#+]*(\+[^#+]*)*(#)?\Z")
 # After a batch some of which Kafka did not take, the bridge connects again after this pause, doubled
 # while it goes on failing.
@@ -56,15 +58,18 @@ def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
 
 
 class Journal:
-    """The capture time first given to each frame id, appended before the frame is sent: a file per UTC day
-    of first capture in `<path>.days/`. Only the last `days` days are read (at start, and as days pass),
-    so start-up and memory do not grow with history; a message delivered again after them is a new frame
-    with a new time. A journal of one file (`<path>`, written before it was kept by day) is read while it
-    was last written within those days."""
+    """The capture time first given to each frame id, appended before the frame is sent to today's file
+    (UTC) in `<path>.days/`. When the day changes, the days before today are folded into one file,
+    `<path>.window`, keeping only the entries of the last `days` days (written aside and renamed over it,
+    then the folded day files deleted), so start-up reads two files however long the bridge has run, and
+    memory and disk hold the window only; a message delivered again after it is a new frame with a new time.
+    A journal of one file (`<path>`, written before it was kept by day) is read while it was last written
+    within those days."""
 
     def __init__(self, path: Path, days: int = 7):
         self.path, self.days = path, days
         self.days_dir = path.with_name(path.name + ".days")
+        self.window_file = path.with_name(path.name + ".window")
         self.times: dict[str, str] = {}
         self._window: tuple[str, ...] = ()
 
@@ -78,17 +83,33 @@ class Journal:
         return parse_time(when)
 
     def _read_window(self, now: datetime) -> None:
-        """The journal's days in memory: read again when the day changes (the oldest day dropped)."""
+        """The journal's days in memory: read again when the day changes (the days before folded)."""
         window = tuple(day_of(now - timedelta(days=n)) for n in range(self.days))
         if window == self._window:
             return
         self._window, self.times = window, {}
-        files = [self.days_dir / day for day in reversed(window)]
+        entries = self._fold(today=window[0], oldest=window[-1])
         if self.path.is_file() and modified_day(self.path) >= window[-1]:
-            files.insert(0, self.path)
-        for file in files:
-            for frame_id, when in read_day_lines(file, ISO_UTC):
-                self.times.setdefault(frame_id, when)
+            entries = read_day_lines(self.path, ISO_UTC) + entries
+        for frame_id, when in entries + read_day_lines(self.days_dir / window[0], ISO_UTC):
+            self.times.setdefault(frame_id, when)
+
+    def _fold(self, today: str, oldest: str) -> list[tuple[str, str]]:
+        """The entries of the window's days before today, from the window file and the day files not yet
+        folded into it (all of them after a fold cut short); those day files folded in and deleted."""
+        days = sorted(p for p in self.days_dir.glob("*")
+                      if DAY_FILE.match(p.name) and p.name < today and p.is_file())
+        folded = read_day_lines(self.window_file, ISO_UTC)
+        entries, seen = [], set()
+        for frame_id, when in folded + [entry for day in days for entry in read_day_lines(day, ISO_UTC)]:
+            if when[:10] >= oldest and frame_id not in seen:
+                seen.add(frame_id)
+                entries.append((frame_id, when))
+        if days or len(entries) < len(folded):
+            write_lines(self.window_file, [f"{frame_id} {when}" for frame_id, when in entries])
+            for day in days:
+                day.unlink(missing_ok=True)
+        return entries
 
 
 @dataclass

@@ -80,9 +80,10 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 
 def read_day_lines(path: Path, value: re.Pattern) -> list[tuple[str, str]]:
     """The `key value` lines of a day file whose value is whole (matches `value`): a line cut short by a
-    kill mid-append is left out (its frame is sent again, and landing keeps it once)."""
+    kill mid-append is left out (its frame is sent again, and landing keeps it once); bytes that are not
+    text (a damaged disk) spoil only their own line."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8", "replace")
     except FileNotFoundError:
         return []
     return [(key, found) for key, _, found in (line.partition(" ") for line in text.splitlines())
@@ -99,6 +100,23 @@ def append_lines(path: Path, lines: list[str], sync: bool = False) -> None:
         if sync:
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Replace a file with whole lines, atomically: written aside, synced, renamed over it (a kill leaves
+    the old file or the new, and at most a stray `.tmp` that the next write replaces)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(path.name + ".tmp")
+    with open(aside, "wb") as handle:
+        handle.write("".join(f"{line}\n" for line in lines).encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(aside, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class Ledger:

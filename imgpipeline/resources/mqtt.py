@@ -34,7 +34,7 @@ class MqttSettings(FromEnv, BaseModel):
     journal_days: int = setting(
         "IMGPIPELINE_MQTT_JOURNAL_DAYS", 7,
         "days the bridge remembers each frame's first capture time: a message delivered again within them "
-        "keeps its time (and lands once); the bridge reads only these days' journal files", ge=1)
+        "keeps its time (and lands once); the journal keeps only these days' entries", ge=1)
 
     @field_validator("broker")
     @classmethod
