@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import cv2
 import numpy as np
@@ -24,7 +25,7 @@ from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.messages import sha256_hex
-from imgpipeline.ingest.mqtt import MqttBridge, source_of
+from imgpipeline.ingest.mqtt import Journal, MqttBridge, source_of
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline.vision.quality import encode_jpeg
@@ -177,22 +178,25 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     print(f"messages on Kafka: {len(messages)} for 300 frames ({len(messages) - 300} sent again)")
 
 
-def test_the_journal_reads_only_its_last_days(tmp_path, monkeypatch):
-    """The bridge's journal of first capture times is kept by day and only the last
-    IMGPIPELINE_MQTT_JOURNAL_DAYS are read: a frame id seen within them keeps its time, one older is new."""
-    from datetime import UTC, datetime, timedelta
-
+def journal_clock(monkeypatch, start: datetime) -> type[datetime]:
+    """The bridge's clock made one the test moves: its `now_is`."""
     import imgpipeline.ingest.mqtt as bridge_module
-    from imgpipeline.ingest.mqtt import Journal
 
     class Clock(datetime):
-        now_is = datetime(2026, 3, 10, 12, tzinfo=UTC)
+        now_is = start
 
         @classmethod
         def now(cls, tz=None):
             return cls.now_is
 
     monkeypatch.setattr(bridge_module, "datetime", Clock)
+    return Clock
+
+
+def test_the_journal_reads_only_its_last_days(tmp_path, monkeypatch):
+    """The bridge's journal of first capture times is kept by day and only the last
+    IMGPIPELINE_MQTT_JOURNAL_DAYS are read: a frame id seen within them keeps its time, one older is new."""
+    Clock = journal_clock(monkeypatch, datetime(2026, 3, 10, 12, tzinfo=UTC))
     path = tmp_path / "cam.captured"
     journal = Journal(path, days=2)
     first = journal.captured("cam-aaa")
@@ -219,19 +223,7 @@ def test_the_journal_folds_past_days_into_one_window_file_and_a_fold_cut_short_i
     """When the day changes the days before it become one file of the window's entries, so a start reads
     two files whatever the bridge's age; a fold killed before or after its rename is finished by the
     next start with every time kept, and a damaged window file loses only its damaged lines."""
-    from datetime import UTC, datetime, timedelta
-
-    import imgpipeline.ingest.mqtt as bridge_module
-    from imgpipeline.ingest.mqtt import Journal
-
-    class Clock(datetime):
-        now_is = datetime(2026, 3, 1, 12, tzinfo=UTC)
-
-        @classmethod
-        def now(cls, tz=None):
-            return cls.now_is
-
-    monkeypatch.setattr(bridge_module, "datetime", Clock)
+    Clock = journal_clock(monkeypatch, datetime(2026, 3, 1, 12, tzinfo=UTC))
     path = tmp_path / "cam.captured"
     days, window = tmp_path / "cam.captured.days", tmp_path / "cam.captured.window"
     first = {}
