@@ -102,7 +102,6 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
     yield from check_results(failures, len(hours))
 
 
-
 def stored_hour(store, table, hour) -> pa.Table:
     """An hour of a table as stored, with its metadata (the table empty when the hour is not stored)."""
     key = table.hour_key(hour)
