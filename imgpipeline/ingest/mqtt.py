@@ -59,10 +59,12 @@ def source_of(topic: str, topic_filter: str, fixed: str | None) -> str:
 
 class Journal:
     """The capture time first given to each frame id, appended before the frame is sent to today's file
-    (UTC) in `<path>.days/`. When the day changes, the days before today are folded into one file,
+    (UTC) in `<path>.days/`. When the day changes, the days before yesterday are folded into one file,
     `<path>.window`, keeping only the entries of the last `days` days (written aside and renamed over it,
-    then the folded day files deleted), so start-up reads two files however long the bridge has run, and
-    memory and disk hold the window only; a message delivered again after it is a new frame with a new time.
+    then the folded day files deleted), so start-up reads three files however long the bridge has run, and
+    memory and disk hold the window only (yesterday's file is left alone: a bridge of the same source still
+    running across midnight may be appending to it); a message delivered again after it is a new frame with
+    a new time.
     A journal of one file (`<path>`, written before it was kept by day) is read while it was last written
     within those days."""
 
@@ -87,18 +89,21 @@ class Journal:
         window = tuple(day_of(now - timedelta(days=n)) for n in range(self.days))
         if window == self._window:
             return
-        self._window, self.times = window, {}
-        entries = self._fold(today=window[0], oldest=window[-1])
+        entries = self._fold(before=window[1] if self.days > 1 else window[0], oldest=window[-1])
         if self.path.is_file() and modified_day(self.path) >= window[-1]:
             entries = read_day_lines(self.path, ISO_UTC) + entries
-        for frame_id, when in entries + read_day_lines(self.days_dir / window[0], ISO_UTC):
-            self.times.setdefault(frame_id, when)
+        recent = [self.days_dir / day for day in reversed(window[:2])]
+        times: dict[str, str] = {}
+        for frame_id, when in entries + [entry for day in recent for entry in read_day_lines(day, ISO_UTC)]:
+            if when[:10] >= window[-1]:
+                times.setdefault(frame_id, when)
+        self._window, self.times = window, times
 
-    def _fold(self, today: str, oldest: str) -> list[tuple[str, str]]:
-        """The entries of the window's days before today, from the window file and the day files not yet
+    def _fold(self, before: str, oldest: str) -> list[tuple[str, str]]:
+        """The entries of the window's days before `before`, from the window file and the day files not yet
         folded into it (all of them after a fold cut short); those day files folded in and deleted."""
         days = sorted(p for p in self.days_dir.glob("*")
-                      if DAY_FILE.match(p.name) and p.name < today and p.is_file())
+                      if DAY_FILE.match(p.name) and p.name < before and p.is_file())
         folded = read_day_lines(self.window_file, ISO_UTC)
         entries, seen = [], set()
         for frame_id, when in folded + [entry for day in days for entry in read_day_lines(day, ISO_UTC)]:

@@ -104,9 +104,9 @@ def append_lines(path: Path, lines: list[str], sync: bool = False) -> None:
 
 def write_lines(path: Path, lines: list[str]) -> None:
     """Replace a file with whole lines, atomically: written aside, synced, renamed over it (a kill leaves
-    the old file or the new, and at most a stray `.tmp` that the next write replaces)."""
+    the old file or the new, and at most a stray `.<pid>.tmp`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(path.name + ".tmp")
+    aside = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers at once never share one
     with open(aside, "wb") as handle:
         handle.write("".join(f"{line}\n" for line in lines).encode())
         handle.flush()

@@ -220,43 +220,50 @@ def test_the_journal_reads_only_its_last_days(tmp_path, monkeypatch):
 
 def test_the_journal_folds_past_days_into_one_window_file_and_a_fold_cut_short_is_finished(tmp_path,
                                                                                             monkeypatch):
-    """When the day changes the days before it become one file of the window's entries, so a start reads
-    two files whatever the bridge's age; a fold killed before or after its rename is finished by the
-    next start with every time kept, and a damaged window file loses only its damaged lines."""
+    """When the day changes the days before yesterday become one file of the window's entries, so a start
+    reads three files whatever the bridge's age, and yesterday's file, which a bridge still running across
+    midnight may append to, is left alone; a fold killed before or after its rename is finished by the
+    next start with every time kept once, and a damaged window file loses only its damaged lines."""
     Clock = journal_clock(monkeypatch, datetime(2026, 3, 1, 12, tzinfo=UTC))
     path = tmp_path / "cam.captured"
     days, window = tmp_path / "cam.captured.days", tmp_path / "cam.captured.window"
     first = {}
-    for day in range(10):  # ten days of one bridge, three new frames a day
+    for day in range(10):  # ten days of one bridge (2026-03-01 to 10), three new frames a day
         journal = Journal(path, days=3)
         for n in range(3):
             first[f"cam-{day}-{n}"] = journal.captured(f"cam-{day}-{n}")
         Clock.now_is += timedelta(days=1)
-    # 2026-03-11: the 9th and 10th are in the window file (the 10th folded in by this start), today in
-    # its day file; the days before are dropped.
+    # 2026-03-11: the 9th in the window file, the 10th (yesterday) and today in their day files; the days
+    # before are dropped.
     journal = Journal(path, days=3)
     assert journal.captured("cam-9-0") == first["cam-9-0"] and journal.captured("cam-8-2") == first["cam-8-2"]
     assert journal.captured("cam-7-0") == Clock.now_is  # out of the window: a new frame
-    assert [p.name for p in days.iterdir()] == ["2026-03-11"]
+    assert sorted(p.name for p in days.iterdir()) == ["2026-03-10", "2026-03-11"]
     folded = window.read_bytes()
-    assert {line.split()[0] for line in folded.decode().splitlines()} == {
-        f"cam-{d}-{n}" for d in (8, 9) for n in range(3)}
+    assert sorted(line.split()[0] for line in folded.decode().splitlines()) == [
+        f"cam-8-{n}" for n in range(3)]
+    # An older bridge of the camera still writing yesterday's file: its entry is read, not lost.
+    with open(days / "2026-03-10", "a") as handle:
+        handle.write(f"cam-late {first['cam-9-0']:%Y-%m-%dT%H:%M:%S.000Z}\n")
+    assert Journal(path, days=3).captured("cam-late") == first["cam-9-0"]
     assert Journal(path, days=3).captured("cam-7-0") == Clock.now_is
     assert window.read_bytes() == folded  # a start the same day folds nothing
 
     # The next day's fold killed before its rename (a stray file aside, the day file still there), then
-    # after it (a day file folded in but not deleted): the next start finishes it, every time kept.
+    # after it (a day file folded in but not deleted): the next start finishes it, every time kept once.
     again = Clock.now_is
     Clock.now_is += timedelta(days=1)
-    (tmp_path / "cam.captured.window.tmp").write_bytes(b"cam-9-0 2026-03-13T00:00:00.000Z\n\x00\xff")
+    (tmp_path / "cam.captured.window.4242.tmp").write_bytes(b"cam-9-0 2026-03-13T00:00:00.000Z\n\x00\xff")
     journal = Journal(path, days=3)
     assert journal.captured("cam-7-0") == again and journal.captured("cam-9-1") == first["cam-9-1"]
+    assert journal.captured("cam-late") == first["cam-9-0"]
     assert journal.captured("cam-8-0") == Clock.now_is  # the 9th is out of the window now
-    assert not (tmp_path / "cam.captured.window.tmp").exists() and [p.name for p in days.iterdir()] == [
-        "2026-03-12"]
-    (days / "2026-03-11").write_text(f"cam-9-2 {first['cam-9-2']:%Y-%m-%dT%H:%M:%S.000Z}\n")
+    assert sorted(p.name for p in days.iterdir()) == ["2026-03-11", "2026-03-12"]
+    (days / "2026-03-10").write_text(f"cam-9-2 {first['cam-9-2']:%Y-%m-%dT%H:%M:%S.000Z}\n")
     assert Journal(path, days=3).captured("cam-9-2") == first["cam-9-2"]
-    assert not (days / "2026-03-11").exists()
+    assert not (days / "2026-03-10").exists()
+    ids = [line.split()[0] for line in window.read_text().splitlines()]
+    assert sorted(ids) == sorted({*ids}) == sorted([*(f"cam-9-{n}" for n in range(3)), "cam-late"])
 
     # Damaged lines in the window file (cut short, no time, not text) are no times; the rest stand.
     with open(window, "ab") as handle:

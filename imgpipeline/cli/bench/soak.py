@@ -10,7 +10,8 @@ detect_frames runs (the no-op engine) over live frames (in an hour that holds `h
 them, as an hour under way does), the current hour's tables extended by them, the
 warehouse's automation evaluated, the coverage check, `imgpipeline status`, a day page of the viewer
 (cold: its views made), `imgpipeline query --day`'s start-up, a daily summary, and producers' and the
-MQTT bridge's start (their ledgers and journals). Each figure is the median of `repeat` measurements;
+MQTT bridge's start (their ledgers and journals). Each figure is the median of `repeat` measurements
+(the automation's of 9 evaluations after each);
 it prints each at both points and their ratio, the store's and the instance's size, and what retention
 and the purge removed.
 """

@@ -93,6 +93,8 @@ def hour_tracks(hour: datetime, detections: pa.Table, stored: pa.Table | None) -
     were made under, else all of them."""
     base = based_on(detections)
     marks = taken_until(stored) if stored is not None and base and tracked_base(stored) == base else None
+    if marks is not None and not _agrees(stored, detections, marks):
+        marks = None  # the stored tracks took in rows these detections do not hold (runs that overlapped)
     if marks is None:
         tracks, read = tracks_table(hour, detections), detections.num_rows
     else:
@@ -117,9 +119,25 @@ def taken_until(tracks: pa.Table) -> dict[str, int] | None:
         marks = json.loads((tracks.schema.metadata or {}).get(TAKEN_UNTIL, b""))
     except ValueError:
         return None
-    if not isinstance(marks, dict) or not all(isinstance(v, int) for v in marks.values()):
+    if not isinstance(marks, dict) or not all(
+            type(v) is int and -(2**63) <= v < 2**63 for v in marks.values()):
         return None
     return marks
+
+
+def _agrees(stored: pa.Table, detections: pa.Table, marks: dict[str, int]) -> bool:
+    """Whether the stored tracks are made of exactly the detections up to their sources' marks: per source,
+    their frames add up to the tracked detections captured at or before its mark. Two runs of an hour that
+    overlapped can leave tracks of detections a later write dropped, or marks older than the tracks."""
+    tracked = detections.filter(pc.is_valid(detections.column("track_id")))
+    taken = tracked.filter(pc.invert(_after(tracked, marks)))
+    have = _sums(taken.group_by("source_id").aggregate([("source_id", "count")]), "source_id_count")
+    kept = _sums(stored.group_by("source_id").aggregate([("frames", "sum")]), "frames_sum")
+    return have == kept
+
+
+def _sums(table: pa.Table, column: str) -> dict[str, int]:
+    return dict(zip(table.column("source_id").to_pylist(), table.column(column).to_pylist(), strict=True))
 
 
 def _after(detections: pa.Table, marks: dict[str, int]) -> pa.Array:

@@ -65,7 +65,8 @@ def test_tracks_follow_the_extended_hour_reading_only_what_was_added(storage):
     assert sum(added.column("frames").to_pylist()) > 0
 
 
-@pytest.mark.parametrize("taken", [b"not json", b'{"cam": "soon"}', b"[1, 2]"])
+@pytest.mark.parametrize("taken", [b"not json", b'{"cam": "soon"}', b"[1, 2]", b'{"cam": true}',
+                                   b'{"cam": 123456789012345678901234567890}'])
 def test_stored_tracks_with_a_damaged_or_hostile_mark_are_made_from_every_detection(storage, taken):
     records, store = scene(), storage.open()
     with fresh_instance() as instance:
@@ -82,3 +83,21 @@ def test_stored_tracks_with_a_damaged_or_hostile_mark_are_made_from_every_detect
         build(storage, instance, whole=True)
         track(storage, instance)
         assert damaged.equals(stored_tracks(store))
+
+
+def test_tracks_that_took_in_more_than_the_stored_detections_hold_are_made_from_every_detection(storage):
+    """Two runs of an hour that overlapped: the stored tracks took in an extension the detections as
+    stored now do not hold (of the same base). Added to, they would count those frames twice."""
+    records, store = scene(), storage.open()
+    with fresh_instance() as instance:
+        land(store, records[:100], "frames-0-0-100")
+        build(storage, instance)
+        earlier = store.get(DETECTIONS.hour_key(HOUR))
+        land(store, records[100:], "frames-0-100-200")
+        build(storage, instance)
+        track(storage, instance)  # the tracks of both parts
+        store.put(DETECTIONS.hour_key(HOUR), earlier)  # the first part's detections written last
+        assert track(storage, instance) == detection_rows(store)
+        tracks = TRACKS.read(store, TRACKS.hour_key(HOUR))
+        detections = DETECTIONS.read(store, DETECTIONS.hour_key(HOUR))
+    assert sum(tracks.column("frames").to_pylist()) == detections.column("track_id").drop_null().length()
