@@ -204,7 +204,9 @@ def _may_count(frames: pa.Table, detections: pa.Table, zones: Zones) -> np.ndarr
     group[0] = True
     for column in ("source_id", "width", "height"):
         values = ordered.column(column).combine_chunks()
-        group[1:] |= pc.not_equal(values.slice(1), values.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        # A size not recorded (null) starts a group of its own: more frames kept, never fewer.
+        changed = pc.fill_null(pc.not_equal(values.slice(1), values.slice(0, n - 1)), True)
+        group[1:] |= changed.to_numpy(zero_copy_only=False)
     index = np.arange(n)
     reset = np.maximum.accumulate(np.where(has | group, index, 0))
     in_run = index - reset - has[reset]  # place among the frames without a detection since the last reset

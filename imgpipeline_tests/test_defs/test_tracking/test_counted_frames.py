@@ -87,3 +87,22 @@ def test_the_frames_counting_reads_count_as_every_frame_does(seed, min_frames):
     crossings = sum(r["crossed_in"] + r["crossed_out"] for r in found["cam-a"] if r["kind"] == "line")
     assert crossings > 0 and any(r["kind"] == "zone" and r["visits"] for r in found["cam-b"])
     assert "cam-c" not in needed  # a camera that saw nothing counts nothing
+
+
+def test_frames_whose_size_was_not_recorded_are_kept_not_refused():
+    """Rows written before frame sizes were recorded (or by hand) have none: such frames start a group of
+    their own and are read, never dropped, and counting does not fail on them."""
+    spec = zones.parse(ZONES % 2)
+    frames, detections = scene(5)
+    rows = frames.to_pylist()
+    for row in rows[::7]:
+        row["width"] = row["height"] = None
+    frames = pa.Table.from_pylist(rows, frames.schema)
+    needed = counted_frames(frames, detections, spec)
+    kept = {f.frame_id for fs in needed.values() for f in fs}
+    detected = {r["frame_id"] for r in rows if r["status"] == "detected"}
+    confirmed = {d["frame_id"] for d in detections.to_pylist() if d["track_id"] is not None}
+    assert confirmed & detected <= kept
+    # cam-a has lines: a frame of no recorded size starts a group, and is read even with nothing in it.
+    unsized = {r["frame_id"] for r in rows[::7] if r["status"] == "detected" and r["source_id"] == "cam-a"}
+    assert unsized and unsized <= kept
