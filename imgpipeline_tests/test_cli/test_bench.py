@@ -101,6 +101,9 @@ def test_bench_detector_compares_engines_with_the_reference():
         assert row["fps"] > 0 and row["rss_added_mb"] > 0 and row["precision"] == "f32"
         # f32 engines find what the reference finds.
         assert row["matched"] == row["reference_boxes"] == row["boxes"] > 0
+        loose = row["loose"]
+        assert loose["iou"] == 0.5 and loose["matched"] == loose["reference_boxes"] == row["reference_boxes"]
+        assert loose["confident_missed"] == 0 and set(loose["recall_per_class"].values()) == {1.0}
 
 
 @pytest.mark.integration
