@@ -20,6 +20,9 @@ FRAME_COLUMNS = ["source_id", "frame_id", "captured_at", "status", "width", "hei
 # detection it took in (JSON: source → milliseconds). While the base is the same, the rows after those
 # are all it has not taken in yet (warehouse/builds.py).
 TRACKED_BASE = b"imgpipeline.tracked_base"
+# Stamped beside the base: stored tracks summarized by another version of this module's rules are made
+# again from every detection, never merged with. Change it whenever a track's row is made differently.
+TRACKS_RULES = "1"
 TAKEN_UNTIL = b"imgpipeline.taken_until"
 _TRACK_ORDER = [("source_id", "ascending"), ("track_id", "ascending")]
 
@@ -92,7 +95,8 @@ def hour_tracks(hour: datetime, detections: pa.Table, stored: pa.Table | None) -
     them: only those added since the stored tracks when the detections are still of the base build they
     were made under, else all of them."""
     base = based_on(detections)
-    marks = taken_until(stored) if stored is not None and base and tracked_base(stored) == base else None
+    stamp = f"{base}@{TRACKS_RULES}" if base else ""
+    marks = taken_until(stored) if stored is not None and base and tracked_base(stored) == stamp else None
     if marks is not None and not _agrees(stored, detections, marks):
         marks = None  # the stored tracks took in rows these detections do not hold (runs that overlapped)
     if marks is None:
@@ -104,7 +108,7 @@ def hour_tracks(hour: datetime, detections: pa.Table, stored: pa.Table | None) -
     latest = ms.group_by("source_id").aggregate([("ms", "max")])
     until = dict(zip(latest.column("source_id").to_pylist(), latest.column("ms_max").to_pylist(),
                      strict=True))
-    return tracks.replace_schema_metadata({TRACKED_BASE: (base or "").encode(),
+    return tracks.replace_schema_metadata({TRACKED_BASE: stamp.encode(),
                                            TAKEN_UNTIL: json.dumps(until).encode()}), read
 
 

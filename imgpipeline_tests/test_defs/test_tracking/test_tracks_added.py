@@ -65,19 +65,29 @@ def test_tracks_follow_the_extended_hour_reading_only_what_was_added(storage):
     assert sum(added.column("frames").to_pylist()) > 0
 
 
+def tracked_then_extended(storage, instance) -> pa.Table:
+    """The hour's first part landed, built and tracked, then its second landed and built (not tracked yet):
+    the stored tracks, which the next run of the hour would add to."""
+    records, store = scene(), storage.open()
+    land(store, records[:100], "frames-0-0-100")
+    build(storage, instance)
+    track(storage, instance)
+    land(store, records[100:], "frames-0-100-200")
+    build(storage, instance)
+    return TRACKS.read(store, TRACKS.hour_key(HOUR))
+
+
+def restamped(store, stored: pa.Table, key: bytes, value: bytes) -> None:
+    TRACKS.write(store, TRACKS.hour_key(HOUR),
+                 stored.replace_schema_metadata({**stored.schema.metadata, key: value}))
+
+
 @pytest.mark.parametrize("taken", [b"not json", b'{"cam": "soon"}', b"[1, 2]", b'{"cam": true}',
                                    b'{"cam": 123456789012345678901234567890}'])
 def test_stored_tracks_with_a_damaged_or_hostile_mark_are_made_from_every_detection(storage, taken):
-    records, store = scene(), storage.open()
+    store = storage.open()
     with fresh_instance() as instance:
-        land(store, records[:100], "frames-0-0-100")
-        build(storage, instance)
-        track(storage, instance)
-        land(store, records[100:], "frames-0-100-200")
-        build(storage, instance)
-        stored = TRACKS.read(store, TRACKS.hour_key(HOUR))
-        TRACKS.write(store, TRACKS.hour_key(HOUR),
-                     stored.replace_schema_metadata({**stored.schema.metadata, tr.TAKEN_UNTIL: taken}))
+        restamped(store, tracked_then_extended(storage, instance), tr.TAKEN_UNTIL, taken)
         assert track(storage, instance) == detection_rows(store)
         damaged = stored_tracks(store)
         build(storage, instance, whole=True)
@@ -101,3 +111,15 @@ def test_tracks_that_took_in_more_than_the_stored_detections_hold_are_made_from_
         tracks = TRACKS.read(store, TRACKS.hour_key(HOUR))
         detections = DETECTIONS.read(store, DETECTIONS.hour_key(HOUR))
     assert sum(tracks.column("frames").to_pylist()) == detections.column("track_id").drop_null().length()
+
+
+def test_tracks_made_under_other_rules_are_made_again_from_every_detection(storage):
+    """Stored tracks stamped by another version of the tracks' rules are never merged with."""
+    store = storage.open()
+    with fresh_instance() as instance:
+        stored = tracked_then_extended(storage, instance)
+        base = stored.schema.metadata[tr.TRACKED_BASE].decode()
+        assert base.endswith(f"@{tr.TRACKS_RULES}")
+        restamped(store, stored, tr.TRACKED_BASE, (base.rsplit("@", 1)[0] + "@0").encode())
+        assert track(storage, instance) == detection_rows(store)
+        assert TRACKS.read(store, TRACKS.hour_key(HOUR)).schema.metadata[tr.TRACKED_BASE].decode() == base
