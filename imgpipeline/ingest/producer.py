@@ -7,6 +7,7 @@ already stored with the same sha256 is not uploaded again.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from imgpipeline import ConfigError
 from imgpipeline.ingest.messages import FrameMessage, frame_key, iso_utc, sha256_hex
-from imgpipeline.paths import state_dir
+from imgpipeline.paths import replace_durably, state_dir
 
 
 @dataclass(frozen=True)
@@ -103,20 +104,8 @@ def append_lines(path: Path, lines: list[str], sync: bool = False) -> None:
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
-    """Replace a file with whole lines, atomically: written aside, synced, renamed over it (a kill leaves
-    the old file or the new, and at most a stray `.<pid>.tmp`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers at once never share one
-    with open(aside, "wb") as handle:
-        handle.write("".join(f"{line}\n" for line in lines).encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(aside, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Replace a file with whole lines, durably (a kill leaves the old file or the new)."""
+    replace_durably(path, io.BytesIO("".join(f"{line}\n" for line in lines).encode()))
 
 
 class Ledger:

@@ -11,8 +11,6 @@ import errno
 import io
 import os
 import posixpath
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,7 +22,7 @@ from pydantic import PrivateAttr, field_validator
 
 from imgpipeline import ConfigError
 from imgpipeline.ingest.messages import sha256_hex
-from imgpipeline.paths import environment, state_dir
+from imgpipeline.paths import durable_temp, environment, fsync_folder, replace_durably, state_dir
 from imgpipeline.resources.settings import FromEnv, resolved, setting
 
 
@@ -192,15 +190,6 @@ class Storage:
             raise BadObject(f"object {key} is {size} bytes, over the limit of {max_bytes}")
 
 
-def _fsync_folder(folder: Path) -> None:
-    """A rename is durable once its folder is on disk."""
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
 class LocalStorage(Storage):
     def __init__(self, location: StorageLocation):
         self.location = location
@@ -221,42 +210,20 @@ class LocalStorage(Storage):
 
     def put_new(self, key: str, data: bytes, *, sha256: str) -> str | None:
         path = self._path(key)
-        tmp = self._durable_temp(path, io.BytesIO(data))
+        tmp = durable_temp(path, io.BytesIO(data))
         try:
             os.link(tmp, path)  # fails, atomically, when the key exists
         except FileExistsError:
             return self.stored_sha256(key)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
         return None
 
     def put_file(self, key: str, file: BinaryIO, *, sha256: str) -> str:
-        path = self._path(key)
-        tmp = self._durable_temp(path, file)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
+        # On disk before it is renamed: a crash after a Kafka commit never loses what it counted as landed.
+        replace_durably(self._path(key), file)
         return self.uri(key)
-
-    def _durable_temp(self, path: Path, file: BinaryIO) -> str:
-        """The bytes in a temp file of their own beside `path` (writers of one key never share one),
-        on disk before it is renamed: readers never see half a file, and a crash after a Kafka commit
-        never loses what the commit counted as landed."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(file, out)
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return tmp
 
     def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         path = self._path(key)

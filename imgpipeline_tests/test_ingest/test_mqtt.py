@@ -253,7 +253,7 @@ def test_the_journal_folds_past_days_into_one_window_file_and_a_fold_cut_short_i
     # after it (a day file folded in but not deleted): the next start finishes it, every time kept once.
     again = Clock.now_is
     Clock.now_is += timedelta(days=1)
-    (tmp_path / "cam.captured.window.4242.tmp").write_bytes(b"cam-9-0 2026-03-13T00:00:00.000Z\n\x00\xff")
+    (tmp_path / ".cam.captured.window.k3x9_q.tmp").write_bytes(b"cam-9-0 2026-03-13T00:00:00.000Z\n\x00\xff")
     journal = Journal(path, days=3)
     assert journal.captured("cam-7-0") == again and journal.captured("cam-9-1") == first["cam-9-1"]
     assert journal.captured("cam-late") == first["cam-9-0"]

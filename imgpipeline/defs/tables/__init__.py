@@ -83,14 +83,15 @@ class Table:
     def read(self, store, key: str) -> pa.Table:
         return from_parquet(store.get(key))
 
+    def stored_hour(self, store, hour: datetime) -> pa.Table:
+        """An hour of the table as stored, with its metadata (empty when the hour is not stored yet)."""
+        key = self.hour_key(hour)
+        return self.read(store, key) if store.exists(key) else self.empty()
+
     def stored_hours(self, store, hours: list[datetime], columns: list[str]) -> pa.Table:
         """The given columns of the table's stored hours (hours not stored yet add nothing)."""
-        parts = [self.empty(columns)]
-        for hour in hours:
-            key = self.hour_key(hour)
-            if store.exists(key):
-                parts.append(self.read(store, key).select(columns))
-        return pa.concat_tables(parts)
+        return pa.concat_tables([self.empty(columns),
+                                 *(self.stored_hour(store, hour).select(columns) for hour in hours)])
 
 
 FRAMES = Table("frames", FRAMES_SCHEMA)

@@ -62,7 +62,7 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
     totals = {"tracks": 0, "object_counts": 0, "crossings": 0, "detections_read": 0}
     tracks_by_hour: dict = {}  # each hour's stored tracks, read once in the run (the day's id check)
     for hour in hours:
-        detections = stored_hour(store, DETECTIONS, hour)
+        detections = DETECTIONS.stored_hour(store, hour)
         made, read = tr.hour_tracks(hour, detections, stored_tracks(store, hour))
         totals["detections_read"] += read
         TRACKS.write(store, TRACKS.hour_key(hour), made)
@@ -100,12 +100,6 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
             metadata["zones_sha256"] = zones.sha256 or "(no zones file)"
         yield dg.MaterializeResult(asset_key=table.key, metadata=metadata)
     yield from check_results(failures, len(hours))
-
-
-def stored_hour(store, table, hour) -> pa.Table:
-    """An hour of a table as stored, with its metadata (the table empty when the hour is not stored)."""
-    key = table.hour_key(hour)
-    return table.read(store, key) if store.exists(key) else table.empty()
 
 
 def stored_tracks(store, hour) -> pa.Table | None:
