@@ -16,6 +16,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,15 +69,15 @@ class Journal:
     A journal of one file (`<path>`, written before it was kept by day) is read while it was last written
     within those days."""
 
-    def __init__(self, path: Path, days: int = 7):
-        self.path, self.days = path, days
+    def __init__(self, path: Path, days: int = 7, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.path, self.days, self.clock = path, days, clock
         self.days_dir = path.with_name(path.name + ".days")
         self.window_file = path.with_name(path.name + ".window")
         self.times: dict[str, str] = {}
         self._window: tuple[str, ...] = ()
 
     def captured(self, frame_id: str) -> datetime:
-        now = datetime.now(UTC)
+        now = self.clock()
         self._read_window(now)
         when = self.times.get(frame_id)
         if when is None:

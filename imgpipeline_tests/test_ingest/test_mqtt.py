@@ -178,66 +178,60 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     print(f"messages on Kafka: {len(messages)} for 300 frames ({len(messages) - 300} sent again)")
 
 
-def journal_clock(monkeypatch, start: datetime) -> type[datetime]:
-    """The bridge's clock made one the test moves: its `now_is`."""
-    import imgpipeline.ingest.mqtt as bridge_module
+class Clock:
+    """A clock the test moves: `now_is`."""
 
-    class Clock(datetime):
-        now_is = start
+    def __init__(self, start: datetime):
+        self.now_is = start
 
-        @classmethod
-        def now(cls, tz=None):
-            return cls.now_is
-
-    monkeypatch.setattr(bridge_module, "datetime", Clock)
-    return Clock
+    def __call__(self) -> datetime:
+        return self.now_is
 
 
-def test_the_journal_reads_only_its_last_days(tmp_path, monkeypatch):
+def test_the_journal_reads_only_its_last_days(tmp_path):
     """The bridge's journal of first capture times is kept by day and only the last
     IMGPIPELINE_MQTT_JOURNAL_DAYS are read: a frame id seen within them keeps its time, one older is new."""
-    Clock = journal_clock(monkeypatch, datetime(2026, 3, 10, 12, tzinfo=UTC))
+    clock = Clock(datetime(2026, 3, 10, 12, tzinfo=UTC))
     path = tmp_path / "cam.captured"
-    journal = Journal(path, days=2)
+    journal = Journal(path, days=2, clock=clock)
     first = journal.captured("cam-aaa")
-    assert first == Clock.now_is and (tmp_path / "cam.captured.days" / "2026-03-10").exists()
-    Clock.now_is += timedelta(days=1)
-    restarted = Journal(path, days=2)
+    assert first == clock.now_is and (tmp_path / "cam.captured.days" / "2026-03-10").exists()
+    clock.now_is += timedelta(days=1)
+    restarted = Journal(path, days=2, clock=clock)
     assert restarted.captured("cam-aaa") == first  # delivered again the next day: the same time
     # An older day's file, outside the window, made a directory: never read.
     (tmp_path / "cam.captured.days" / "2026-03-01").mkdir()
-    Clock.now_is += timedelta(days=1)  # 2026-03-12: the 10th is out of a two-day window
-    assert restarted.captured("cam-aaa") == Clock.now_is != first
-    assert Journal(path, days=2).captured("cam-aaa") == Clock.now_is
+    clock.now_is += timedelta(days=1)  # 2026-03-12: the 10th is out of a two-day window
+    assert restarted.captured("cam-aaa") == clock.now_is != first
+    assert Journal(path, days=2, clock=clock).captured("cam-aaa") == clock.now_is
     assert set(restarted.times) == {"cam-aaa"}
     # A time cut short by a kill mid-append is no time: the id gets a new one, on a line of its own.
     with open(tmp_path / "cam.captured.days" / "2026-03-12", "a") as handle:
         handle.write("cam-bbb 2026-03-12T1")
-    Clock.now_is += timedelta(minutes=5)
-    assert Journal(path, days=2).captured("cam-bbb") == Clock.now_is
-    assert Journal(path, days=2).captured("cam-bbb") == Clock.now_is
+    clock.now_is += timedelta(minutes=5)
+    assert Journal(path, days=2, clock=clock).captured("cam-bbb") == clock.now_is
+    assert Journal(path, days=2, clock=clock).captured("cam-bbb") == clock.now_is
 
 
-def test_the_journal_folds_past_days_into_one_window_file_and_a_fold_cut_short_is_finished(tmp_path,
-                                                                                            monkeypatch):
+def test_the_journal_folds_past_days_into_one_window_file_and_a_fold_cut_short_is_finished(tmp_path):
     """When the day changes the days before yesterday become one file of the window's entries, so a start
     reads three files whatever the bridge's age, and yesterday's file, which a bridge still running across
     midnight may append to, is left alone; a fold killed before or after its rename is finished by the
     next start with every time kept once, and a damaged window file loses only its damaged lines."""
-    Clock = journal_clock(monkeypatch, datetime(2026, 3, 1, 12, tzinfo=UTC))
+    clock = Clock(datetime(2026, 3, 1, 12, tzinfo=UTC))
     path = tmp_path / "cam.captured"
     days, window = tmp_path / "cam.captured.days", tmp_path / "cam.captured.window"
     first = {}
     for day in range(10):  # ten days of one bridge (2026-03-01 to 10), three new frames a day
-        journal = Journal(path, days=3)
+        journal = Journal(path, days=3, clock=clock)
         for n in range(3):
             first[f"cam-{day}-{n}"] = journal.captured(f"cam-{day}-{n}")
-        Clock.now_is += timedelta(days=1)
+        clock.now_is += timedelta(days=1)
     # 2026-03-11: the 9th in the window file, the 10th (yesterday) and today in their day files; the days
     # before are dropped.
-    journal = Journal(path, days=3)
+    journal = Journal(path, days=3, clock=clock)
     assert journal.captured("cam-9-0") == first["cam-9-0"] and journal.captured("cam-8-2") == first["cam-8-2"]
-    assert journal.captured("cam-7-0") == Clock.now_is  # out of the window: a new frame
+    assert journal.captured("cam-7-0") == clock.now_is  # out of the window: a new frame
     assert sorted(p.name for p in days.iterdir()) == ["2026-03-10", "2026-03-11"]
     folded = window.read_bytes()
     assert sorted(line.split()[0] for line in folded.decode().splitlines()) == [
@@ -245,22 +239,22 @@ def test_the_journal_folds_past_days_into_one_window_file_and_a_fold_cut_short_i
     # An older bridge of the camera still writing yesterday's file: its entry is read, not lost.
     with open(days / "2026-03-10", "a") as handle:
         handle.write(f"cam-late {first['cam-9-0']:%Y-%m-%dT%H:%M:%S.000Z}\n")
-    assert Journal(path, days=3).captured("cam-late") == first["cam-9-0"]
-    assert Journal(path, days=3).captured("cam-7-0") == Clock.now_is
+    assert Journal(path, days=3, clock=clock).captured("cam-late") == first["cam-9-0"]
+    assert Journal(path, days=3, clock=clock).captured("cam-7-0") == clock.now_is
     assert window.read_bytes() == folded  # a start the same day folds nothing
 
     # The next day's fold killed before its rename (a stray file aside, the day file still there), then
     # after it (a day file folded in but not deleted): the next start finishes it, every time kept once.
-    again = Clock.now_is
-    Clock.now_is += timedelta(days=1)
+    again = clock.now_is
+    clock.now_is += timedelta(days=1)
     (tmp_path / ".cam.captured.window.k3x9_q.tmp").write_bytes(b"cam-9-0 2026-03-13T00:00:00.000Z\n\x00\xff")
-    journal = Journal(path, days=3)
+    journal = Journal(path, days=3, clock=clock)
     assert journal.captured("cam-7-0") == again and journal.captured("cam-9-1") == first["cam-9-1"]
     assert journal.captured("cam-late") == first["cam-9-0"]
-    assert journal.captured("cam-8-0") == Clock.now_is  # the 9th is out of the window now
+    assert journal.captured("cam-8-0") == clock.now_is  # the 9th is out of the window now
     assert sorted(p.name for p in days.iterdir()) == ["2026-03-11", "2026-03-12"]
     (days / "2026-03-10").write_text(f"cam-9-2 {first['cam-9-2']:%Y-%m-%dT%H:%M:%S.000Z}\n")
-    assert Journal(path, days=3).captured("cam-9-2") == first["cam-9-2"]
+    assert Journal(path, days=3, clock=clock).captured("cam-9-2") == first["cam-9-2"]
     assert not (days / "2026-03-10").exists()
     ids = [line.split()[0] for line in window.read_text().splitlines()]
     assert sorted(ids) == sorted({*ids}) == sorted([*(f"cam-9-{n}" for n in range(3)), "cam-late"])
@@ -268,6 +262,6 @@ def test_the_journal_folds_past_days_into_one_window_file_and_a_fold_cut_short_i
     # Damaged lines in the window file (cut short, no time, not text) are no times; the rest stand.
     with open(window, "ab") as handle:
         handle.write(b"cam-x 2026-03-1\nno-time\n\xff\xfe\x00 binary\n../../etc 2026-03-12T00:00:00.000Z\n")
-    journal = Journal(path, days=3)
+    journal = Journal(path, days=3, clock=clock)
     assert journal.captured("cam-9-1") == first["cam-9-1"]
-    assert journal.captured("cam-x") == Clock.now_is
+    assert journal.captured("cam-x") == clock.now_is

@@ -56,7 +56,8 @@ class SourceActivity:
         return now - parse_time(latest) if latest else None
 
 
-def source_activity(store, now: datetime, window: timedelta) -> list[SourceActivity]:
+def source_activity(store, now: datetime, window: timedelta,
+                    slack: timedelta = CLOCK_SLACK) -> list[SourceActivity]:
     """Every known source, with the frames of the window: landed in the event-time hours it covers, in
     the files written since the window began (an empty window reads no landing file: the latest times
     alone). A file last written before then holds only records processed before then: at 1,000 frames/s
@@ -66,7 +67,7 @@ def source_activity(store, now: datetime, window: timedelta) -> list[SourceActiv
     hour = since.replace(minute=0, second=0, microsecond=0)
     while window > timedelta(0) and hour <= now:
         seen = set()  # a record in two files (a compaction cut short) counts once
-        for record in hour_records(store, hour, written_since=since - CLOCK_SLACK):
+        for record in hour_records(store, hour, written_since=since - slack):
             activity = sources.get(record.source_id)
             once = (record.identity, record.processed_at, record.offset, record.run_id)
             if activity is None or record.schema is None or once in seen:

@@ -88,7 +88,7 @@ def test_a_run_screens_against_its_partitions_ranges_within_the_window(tmp_path)
 
 
 @pytest.mark.integration
-def test_status_reads_only_the_landing_files_written_since_its_window_began(storage, monkeypatch):
+def test_status_reads_only_the_landing_files_written_since_its_window_began(storage):
     """A file last written before the window holds only records processed before it: `status` counts
     from the files written since (the store's clock, a slack for the runs' clock aside), so its cost is the
     window's frames, not its hours'."""
@@ -109,14 +109,12 @@ def test_status_reads_only_the_landing_files_written_since_its_window_began(stor
     assert sorted(written) == keys and written[keys[1]] - written[keys[0]] >= 1
     between = datetime.fromtimestamp((written[keys[0]] + written[keys[1]]) / 2, UTC)
     # Both records say they were processed in the window; the first one's file was written before it.
-    monkeypatch.setattr(health, "CLOCK_SLACK", timedelta(0))
     now = datetime(2026, 11, 21, 10, 40, tzinfo=UTC)
     window = now - datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
     assert [r.frame_id for r in hour_records(store, hour, written_since=between)] == ["f1"]
     assert [r.frame_id for r in hour_records(store, hour)] == ["f0", "f1"]
-    monkeypatch.setattr(health, "CLOCK_SLACK", now - between - window)  # the window begins at `between`
-    (activity,) = health.source_activity(store, now, window)
+    # A slack that makes the window begin at `between` for the store's clock:
+    (activity,) = health.source_activity(store, now, window, slack=now - between - window)
     assert activity.statuses["detected"] == 1
-    monkeypatch.setattr(health, "CLOCK_SLACK", timedelta(days=3650))  # a store whose clock is far behind
-    (activity,) = health.source_activity(store, now, window)
+    (activity,) = health.source_activity(store, now, window, slack=timedelta(days=3650))  # a store far behind
     assert activity.statuses["detected"] == 2
