@@ -68,7 +68,7 @@ def video_backlog(count: int, source: str = "test"):
     import uuid
     from datetime import UTC, datetime
 
-    from imgpipeline.cli.fetch import sample
+    from imgpipeline.cli.samples import sample
     from imgpipeline.ingest.producer import Frame
     from imgpipeline.ingest.sources import video_frames
 

@@ -11,8 +11,9 @@ import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
-from imgpipeline.cli.fetch import fetch_model, fetch_samples
+from imgpipeline.cli.fetch import fetch_model
 from imgpipeline.cli.local import local_services, run_checks
+from imgpipeline.cli.samples import fetch_samples
 from imgpipeline.paths import write_services_env
 
 

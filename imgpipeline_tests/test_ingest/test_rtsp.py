@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.messages import parse_message
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import LiveStream, StreamLost, is_live, video_frames

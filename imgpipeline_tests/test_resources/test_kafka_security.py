@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from imgpipeline import ConfigError
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.messages import FrameMessage, sha256_hex
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services.kafka_broker import KafkaBroker

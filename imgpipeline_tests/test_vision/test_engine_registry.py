@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imgpipeline import ConfigError
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.ingest.messages import frame_key
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
@@ -17,7 +17,7 @@ from imgpipeline.services.process import free_port
 from imgpipeline.vision import engines
 from imgpipeline.vision.agreement import compare
 from imgpipeline.vision.engines import Engine, Network, Sessions, register
-from imgpipeline.vision.model_files import ONNX, expected_sha256
+from imgpipeline.vision.model_files import ONNX, expected_sha256, file_sha256
 from imgpipeline.vision.quality import decode_image
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import landing_records
@@ -63,7 +63,7 @@ def test_every_registered_engine_is_chosen_by_its_name_and_named_on_its_rows(tmp
     # An engine that runs a model names its file by sha256 and finds the bus; `noop` runs none.
     runs_a_model = record.model_sha256 != "none"
     if runs_a_model:
-        assert record.model_sha256 == expected_sha256(detector.model_file()[0].name)
+        assert record.model_sha256 == detector.model_file()[1] == file_sha256(detector.model_file()[0])
     assert ("bus" in {d["class_name"] for d in record.detections}) == runs_a_model
 
 

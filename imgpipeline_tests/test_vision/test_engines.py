@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision.agreement import compare
 from imgpipeline.vision.quality import decode_image
@@ -99,8 +99,8 @@ def test_f32_engines_detect_what_the_reference_detects(detected, reference, engi
     assert result.identical == result.reference == result.other, result.summary()
 
 
-def test_default_precision_agrees_with_the_reference(detected, reference):
-    pool, found = detected(DetectorResource(engine="openvino"))
+def test_the_cpus_own_precision_agrees_with_the_reference(detected, reference):
+    pool, found = detected(DetectorResource(engine="openvino", precision="default"))
     result = compare(reference, found)
     summary = result.summary()
     if pool.identity.precision == "f32":  # a CPU without bf16 or f16 runs the reference's precision

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg, measure_quality
 

@@ -55,7 +55,7 @@ def send_backlog(kafka, storage, folder: Path, frames) -> None:
 
 def bench_frames(count: int):
     """`count` frames of bikes.mp4 (repeated as needed), with unique ids."""
-    from imgpipeline.cli.fetch import sample
+    from imgpipeline.cli.samples import sample
     from imgpipeline.ingest.producer import Frame
     from imgpipeline.ingest.sources import video_frames
 

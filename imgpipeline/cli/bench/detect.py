@@ -52,7 +52,7 @@ def bench_detect(frames: int = 500) -> dict:
 
 
 # What `bench detector` compares by default: the reference first, then each engine and precision.
-VARIANTS = ("opencv", "onnxruntime", "openvino:f32", "openvino:default")
+VARIANTS = ("opencv", "onnxruntime", "openvino:f32", "openvino:default", "openvino:int8")
 
 
 def _engine_figures(variant: str, input_size: int, images: list) -> dict:
@@ -78,21 +78,25 @@ def _engine_figures(variant: str, input_size: int, images: list) -> dict:
             "precision": pool.identity.precision, "detections": found}
 
 
-def bench_detector(frames: int = 250, variants: tuple[str, ...] = VARIANTS, input_size: int = 416,
+def bench_detector(frames: int = 254, variants: tuple[str, ...] = VARIANTS, input_size: int = 416,
                    rounds: int = 1) -> dict:
     """Engines and precisions on the same frames: frames/s, memory, agreement with the reference.
 
-    Each variant runs in its own process (its memory is its own), `rounds` times interleaved; the
-    first variant is the reference the others are compared with.
+    The frames are those the INT8 model is scored on, held apart from its calibration (bikes.mp4's
+    frames 125–249 and the two photos), each once for agreement and as many times as `frames` asks
+    for frames/s. Each variant runs in its own process (its memory is its own), `rounds` times
+    interleaved; the first variant is the reference the others are compared with.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from statistics import median
 
+    from imgpipeline.cli.quantize import frames as sample_frames
+    from imgpipeline.vision import int8
     from imgpipeline.vision.agreement import CONFIDENT, LOOSE_IOU, MATCH_IOU, compare
-    from imgpipeline.vision.quality import decode_image
 
-    images = [decode_image(f.data) for f in bench_frames(frames)]
+    held = sample_frames(int8.HELD_APART, int8.PHOTOS)[:frames]
+    images = [held[i % len(held)] for i in range(frames)]
     spawn = multiprocessing.get_context("spawn")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for number in range(rounds):
@@ -100,8 +104,9 @@ def bench_detector(frames: int = 250, variants: tuple[str, ...] = VARIANTS, inpu
             print(f"round {number + 1}/{rounds}: {variant} over {frames} frames …", flush=True)
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as process:
                 runs[variant].append(process.submit(_engine_figures, variant, input_size, images).result())
-    reference = runs[variants[0]][0]["detections"]
-    result = {"frames": frames, "input_size": input_size, "rounds": rounds, "reference": variants[0],
+    reference = runs[variants[0]][0]["detections"][:len(held)]
+    result = {"frames": frames, "distinct_frames": len(held), "scored_on": int8.SCORED_ON,
+              "input_size": input_size, "rounds": rounds, "reference": variants[0],
               "match": f"same class, IoU >= {MATCH_IOU}; loosely, IoU >= {LOOSE_IOU} (`loose`, with the "
                        f"recall of each class and the reference's boxes of confidence >= {CONFIDENT} missed)",
               "variants": {}}
@@ -111,8 +116,8 @@ def bench_detector(frames: int = 250, variants: tuple[str, ...] = VARIANTS, inpu
     base = median(r["fps"] for r in runs[variants[0]])
     for variant in variants:
         figures = runs[variant]
-        agreement = compare(reference, figures[0]["detections"]).summary()
-        loose = compare(reference, figures[0]["detections"], at_iou=LOOSE_IOU).summary()
+        found = figures[0]["detections"][:len(held)]
+        agreement, loose = (compare(reference, found, at_iou=iou).summary() for iou in (MATCH_IOU, LOOSE_IOU))
         fps = median(r["fps"] for r in figures)
         row = {"precision": figures[0]["precision"], "workers": figures[0]["workers"], "fps": round(fps, 2),
                "fps_each": [round(r["fps"], 2) for r in figures], "speedup": round(fps / base, 2),
@@ -129,5 +134,9 @@ def bench_detector(frames: int = 250, variants: tuple[str, ...] = VARIANTS, inpu
         if short:
             print(f"{'':<20}classes recalled short of all at IoU ≥ {LOOSE_IOU}: "
                   + ", ".join(f"{name} {recall:.0%}" for name, recall in short.items()))
+        if row["mean_confidence_diff"]:
+            print(f"{'':<20}confidence differences of matched boxes: mean {row['mean_confidence_diff']:.4f}, "
+                  f"p95 {row['p95_confidence_diff']:.4f}, max {row['max_confidence_diff']:.4f}")
+    print(f"\nframes: {int8.SCORED_ON}, {len(held)} distinct, {frames} timed; agreement over each once")
     write_result("detector", result)
     return result

@@ -15,7 +15,7 @@ def bench_images(count: int, width: int, height: int) -> list[bytes]:
     (a frame's id is derived from its bytes, so no two may be equal)."""
     import cv2
 
-    from imgpipeline.cli.fetch import sample
+    from imgpipeline.cli.samples import sample
     from imgpipeline.vision.quality import encode_jpeg
 
     photos = [cv2.resize(cv2.imread(str(sample(name))), (width, height))

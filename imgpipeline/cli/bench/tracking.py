@@ -13,7 +13,7 @@ def bench_tracking(rounds: int) -> dict:
     (one source, later capture times), so tracks start and end as in a longer stream."""
     import cv2
 
-    from imgpipeline.cli.fetch import sample
+    from imgpipeline.cli.samples import sample
     from imgpipeline.resources import DetectorResource, TrackingResource
     from imgpipeline.vision import counting
     from imgpipeline.vision.tracking import Observation, TrackedFrame, assign

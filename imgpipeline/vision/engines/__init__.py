@@ -53,13 +53,13 @@ def get(name: str) -> Engine:
 
 
 def precisions() -> tuple[str, ...]:
-    """Every precision some engine accepts, `default` first."""
-    return tuple(dict.fromkeys(p for name in names() for p in REGISTRY[name].precisions))
+    """Every precision some engine accepts: `auto` (which every engine accepts), then `default`."""
+    return tuple(dict.fromkeys(("auto", *(p for name in names() for p in REGISTRY[name].precisions))))
 
 
 def taking(precision: str) -> list[str]:
     """The engines that accept `precision`, in listing order."""
-    return [name for name in names() if precision in REGISTRY[name].precisions]
+    return [name for name in names() if precision == "auto" or precision in REGISTRY[name].precisions]
 
 
 # Each engine module registers itself when imported; the runtimes they run on are imported only

@@ -71,12 +71,21 @@ class Engine:
 
     name: ClassVar[str]  # the value of the detector's engine setting that selects it
     model_file: ClassVar[str]  # the file of the models folder it runs, checked by sha256
-    # The precisions it accepts, `default` first; `default_means` says what `default` is for it,
-    # as a message puts it after the engine's name.
+    # The precisions it accepts, `default` first (and `auto`, which every engine accepts and resolves
+    # with `auto`); `default_means` says what `default` is for it, as a message puts it after the
+    # engine's name.
     precisions: ClassVar[tuple[str, ...]] = ("default",)
     default_means: ClassVar[str] = "runs at f32"
     # Where it stands in listings (lowest first): the reference first, engines that detect nothing last.
     order: ClassVar[int] = 50
+
+    def model_file_for(self, precision: str) -> str:
+        """The file of the models folder it runs at `precision`."""
+        return self.model_file
+
+    def auto(self, model: Model) -> tuple[str, str]:
+        """The precision `auto` runs, the fastest of those proven on this CPU, and why."""
+        return "default", "the only one this engine has"
 
     def threads_for_one(self, cores: int) -> int:
         """Threads of a detector loaded alone when the setting leaves them to the engine (0)."""
@@ -106,7 +115,7 @@ class Engine:
         sessions.
         """
         self.import_runtime()
-        model.verified(self.model_file)
+        model.verified(self.model_file_for(precision))
         return None
 
     def sessions(self, network: Network, count: int, threads: int, precision: str) -> Sessions:
@@ -123,7 +132,7 @@ class Engine:
 
         self.set_threads(threads)  # process-wide in OpenCV: set every time
         sections = parse_cfg(model.folder / CFG)
-        path, digest = model.verified(self.model_file)
+        path, digest = model.verified(self.model_file_for(precision))
         network = Network(model.folder / CFG, sections, path, model.input_size)
         sessions = self.sessions(network, count, threads, precision)
         identity = Identity(model=f"yolov4-tiny-{model.input_size}", model_sha256=digest,

@@ -1,4 +1,5 @@
-"""`openvino`: the ONNX form of the model compiled by OpenVINO for the CPU, at the precision set."""
+"""`openvino`: the ONNX form of the model compiled by OpenVINO for the CPU, at the precision set, or
+its INT8 form (`imgpipeline.vision.int8`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import numpy as np
 from imgpipeline import ConfigError
 from imgpipeline.vision.darknet import INPUT
 from imgpipeline.vision.engines import register
-from imgpipeline.vision.engines.base import Engine, Network, Sessions
-from imgpipeline.vision.model_files import ONNX
+from imgpipeline.vision.engines.base import Engine, Model, Network, Sessions
+from imgpipeline.vision.model_files import INT8_XML, ONNX
 
 
 def import_openvino():
@@ -40,10 +41,19 @@ class OpenVINO(Engine):
 
     name = "openvino"
     model_file = ONNX
-    # OpenVINO's inference precision: `default` is the CPU's own (bf16 where the CPU has it).
-    precisions = ("default", "f32", "bf16", "f16")
+    # OpenVINO's inference precision: `default` is the CPU's own (bf16 where the CPU has it); `int8`
+    # runs the INT8 model, its layers kept at floating point at the CPU's own precision.
+    precisions = ("default", "f32", "bf16", "f16", "int8")
     default_means = "runs at the CPU's own precision (bf16 where the CPU has it)"
     order = 1
+
+    def model_file_for(self, precision: str) -> str:
+        return INT8_XML if precision == "int8" else ONNX
+
+    def auto(self, model: Model) -> tuple[str, str]:
+        from imgpipeline.vision import int8
+
+        return int8.auto(model.folder)
 
     def pool_shape(self, workers: int, threads: int, cores: int) -> tuple[int, int]:
         return workers, 0  # 0 workers: the compiled model's optimal number of requests
@@ -58,14 +68,15 @@ class OpenVINO(Engine):
         config = {"PERFORMANCE_HINT": "LATENCY" if count == 1 else "THROUGHPUT"}
         if count > 1:
             config["PERFORMANCE_HINT_NUM_REQUESTS"] = count
-        if precision != "default":
+        if precision not in ("default", "int8"):
             config["INFERENCE_PRECISION_HINT"] = precision
         try:
             compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as error:
             raise ConfigError(f"OpenVINO cannot run the model at precision {precision!r} on this CPU: "
                               f"{str(error).splitlines()[0]}; use the precision `default` or `f32`") from None
-        actual = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        actual = "int8" if precision == "int8" else hint
         requests = count or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
         def one():

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.defs.streaming.landing import parse_records
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from kafka import TopicPartition
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.messages import FrameMessage, frame_key
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, video_frames

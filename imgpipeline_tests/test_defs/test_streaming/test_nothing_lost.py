@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 from kafka import TopicPartition
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.defs.tables import FRAMES
 from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.defs.partitions import hourly_partitions
 from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, LANDING_ASSET, OBJECT_COUNTS, TRACKS

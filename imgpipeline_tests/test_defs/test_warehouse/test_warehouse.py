@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from imgpipeline.cli.fetch import sample
+from imgpipeline.cli.samples import sample
 from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.defs.tables import FRAMES, from_parquet, to_parquet
 from imgpipeline.defs.tables.checks import schema_problems
