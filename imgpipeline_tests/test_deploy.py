@@ -528,7 +528,8 @@ def test_what_the_image_copies_exists_and_reaches_the_build():
     for kept in ("imgpipeline/definitions.py", "models/SHA256SUMS", "models/yolov4-tiny.cfg"):
         assert not ignored(kept, patterns), kept
     for left_out in (".env", ".imgpipeline/services.env", "models/yolov4-tiny.weights",
-                     "models/yolov4-tiny.onnx", "imgpipeline/__pycache__/paths.cpython-311.pyc",
+                     "models/yolov4-tiny.onnx", "models/yolov4-tiny-int8.bin", "models/yolov4-tiny-int8.json",
+                     "models/.int8.lock", "imgpipeline/__pycache__/paths.cpython-311.pyc",
                      ".venv/bin/python"):
         assert ignored(left_out, patterns), left_out
 

@@ -85,10 +85,11 @@ def fetch_model(source: str | None = None, log=print) -> None:
     write_int8(log)
 
 
-def write_int8(log=print) -> dict:
-    """The INT8 form of the verified ONNX model and its record of this CPU (`imgpipeline.vision.int8`);
-    nothing to do when the files are those the record of this CPU names, passed or not (quantizing
-    again on the same CPU gives the same model)."""
+def write_int8(log=print) -> dict | None:
+    """The INT8 form of the verified ONNX model and the record of the precisions proven on this CPU
+    (`imgpipeline.vision.int8`); nothing to do when the record is of this CPU and recipe and names the
+    files, INT8 passed or not. When it cannot be made, that is said and nothing else fails: the
+    precision `auto` then runs f32."""
     from imgpipeline.cli import quantize
     from imgpipeline.vision import int8
 
@@ -96,13 +97,19 @@ def write_int8(log=print) -> dict:
     verify(ONNX, folder)
     record = int8.current(folder)
     if record is None:
-        return quantize.make(folder, log=log)
-    if record["passed"]:
+        try:
+            return quantize.make(folder, log=log)
+        except (ConfigError, OSError, RuntimeError) as error:
+            log(f"the INT8 model could not be made ({error}); the precision `auto` runs f32 until "
+                "`imgpipeline models fetch` makes it")
+            return None
+    entry = record["precisions"]["int8"]
+    if entry["passed"]:
         log(f"INT8 model already made and proven on this CPU: {folder / INT8_XML}")
     else:
-        failures = "; ".join(record["failures"])
-        log(f"INT8 model already made on this CPU, where it failed its floors ({failures}): "
-            "the precision `auto` runs the CPU's own")
+        log(f"INT8 model already made on this CPU and recipe, where it failed its floors "
+            f"({'; '.join(entry['failures'])})")
+    log(f"the precision `auto` runs {int8.auto(folder)[0]}")
     return record
 
 
@@ -130,6 +137,7 @@ def write_onnx(log=print) -> Path:
         raise ConfigError(f"the converted model's sha256 is {actual[:12]}…, SHA256SUMS expects "
                           f"{expected[:12]}…: "
                           "the cfg or the converter changed; reinstall the project (`pip install -e .`)")
+    os.chmod(tmp, 0o644)  # read by the user runs run as, not only the one who fetched it
     tmp.replace(target)
     log(f"ONNX model verified (sha256 {actual[:12]}…): {target}")
     return target

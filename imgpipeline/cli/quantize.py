@@ -4,6 +4,7 @@ against f32 on frames held apart from them, its speed probed, its files and reco
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -18,13 +19,8 @@ from imgpipeline import ConfigError
 from imgpipeline.paths import replace_durably
 from imgpipeline.services.process import alive
 from imgpipeline.vision import int8
-from imgpipeline.vision.int8 import CALIBRATION, FLOORS, HELD_APART, PHOTOS, SCORED_ON
+from imgpipeline.vision.int8 import CALIBRATION, HELD_APART, KEPT, PHOTOS, SCORED_ON
 from imgpipeline.vision.model_files import INT8_BIN, INT8_RECORD, INT8_XML, ONNX, file_sha256
-
-# Layers kept at floating point: the first five convolutions, which see the image's own values, and
-# the two heads, whose outputs are the boxes and scores themselves. Quantizing them costs most of the
-# agreement and little of the speed.
-KEPT = tuple(f"convolutional_{n}/WithoutBiases" for n in (0, 1, 2, 4, 5, 29, 36))
 
 
 def frames(numbers: range, photos: tuple[str, ...] = ()) -> list:
@@ -41,8 +37,9 @@ def frames(numbers: range, photos: tuple[str, ...] = ()) -> list:
     return [decode_image(video[n].data) for n in numbers] + photographed
 
 
-def quantize(onnx: Path, input_size: int, calibration: list):
-    """The ONNX model's OpenVINO form, quantized to INT8 by NNCF on the calibration frames."""
+def quantize(onnx: Path, input_size: int, calibration: list, overflow_fix: str):
+    """The ONNX model's OpenVINO form, quantized to INT8 by NNCF on the calibration frames
+    (`overflow_fix`: NNCF's, by name)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -60,7 +57,8 @@ def quantize(onnx: Path, input_size: int, calibration: list):
         ignored_scope=nncf.IgnoredScope(names=list(KEPT)),
         # The extremes seen, not quantiles: a clipped activation moves boxes more than a coarser step.
         advanced_parameters=AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+            overflow_fix=getattr(nncf.OverflowFix, overflow_fix)))
 
 
 def _timed(pool, images: list) -> tuple[list, float]:
@@ -72,44 +70,61 @@ def _timed(pool, images: list) -> tuple[list, float]:
 
 
 def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print) -> dict:
-    """Quantize the verified ONNX model in `folder`, score it and probe its speed, and write the INT8
-    files and their record (the record last: files without a matching record are never run)."""
+    """Quantize the verified ONNX model in `folder`, prove it and the CPU's own precision against f32,
+    and write the INT8 files and their record (the record last: files it does not name never run).
+    One process at a time makes them: another that was making them when this one started leaves its
+    record, which is taken as it is."""
+    with open(folder / ".int8.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record := int8.current(folder):
+            log(f"INT8 model made by another process meanwhile: {folder / INT8_XML}")
+            return record
+        _sweep_scratch(folder)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=f".int8.{os.getpid()}.") as scratch:
+            record = _made(folder, Path(scratch), input_size, log)
+            for name in (INT8_XML, INT8_BIN):
+                os.chmod(Path(scratch) / name, 0o644)  # read by the user runs run as, not only the maker
+                (Path(scratch) / name).replace(folder / name)
+        with tempfile.TemporaryFile() as text:
+            text.write(json.dumps(record, indent=1).encode())
+            text.seek(0)
+            replace_durably(folder / INT8_RECORD, text)
+        os.chmod(folder / INT8_RECORD, 0o644)
+    for name, entry in record["precisions"].items():
+        figures = entry["figures"]
+        log(f"{name} {'passed' if entry['passed'] else 'FAILED'} its floors: "
+            f"{figures['matched_share_iou_0.5']:.1%} of f32's boxes at IoU ≥ 0.5, "
+            f"{figures['matched_share_iou_0.9']:.1%} at ≥ 0.9, {figures['confident_missed']} of confidence "
+            f"≥ 0.5 lost; {entry['fps']:.0f} frames/s against {record['f32_fps']:.0f} at f32")
+    precision, why = int8.auto(folder)
+    log(f"the precision `auto` runs {precision} on {int8.cpu_text(record['cpu'])}: {why}")
+    return record
+
+
+def _made(folder: Path, scratch: Path, input_size: int, log) -> dict:
+    """The INT8 model quantized into `scratch` and its record, the precisions scored and timed."""
     import nncf
 
     from imgpipeline.vision.engines.openvino import import_openvino
 
-    _sweep_scratch(folder)
     log(f"quantizing {ONNX} to INT8 (NNCF {nncf.__version__}) on bikes.mp4 frames "
         f"{CALIBRATION.start}–{CALIBRATION.stop - 1}")
     started = time.perf_counter()
-    quantized = quantize(folder / ONNX, input_size, frames(CALIBRATION))
-    with tempfile.TemporaryDirectory(dir=folder, prefix=f".int8.{os.getpid()}.") as scratch:
-        draft = Path(scratch) / INT8_XML
-        import_openvino().save_model(quantized, str(draft), compress_to_fp16=False)
-        sums = {name: file_sha256(Path(scratch) / name) for name in (INT8_XML, INT8_BIN)}
-        record = {"model": INT8_XML, "files": sums, "cpu": int8.this_cpu(),
-                  "made_by": f"nncf {nncf.__version__}, openvino {import_openvino().__version__}",
-                  "made_s": round(time.perf_counter() - started, 1),
-                  "calibration": f"bikes.mp4 frames {CALIBRATION.start}-{CALIBRATION.stop - 1}",
-                  **_scored(folder, draft, sums[INT8_XML], input_size, log)}
-        for name in (INT8_XML, INT8_BIN):
-            (Path(scratch) / name).replace(folder / name)
-    with tempfile.TemporaryFile() as text:
-        text.write(json.dumps(record, indent=1).encode())
-        text.seek(0)
-        replace_durably(folder / INT8_RECORD, text)
-    figures, fps, own = record["figures"], record["probe"]["fps"], record["probe"]["default_is"]
-    log(f"INT8 model {'passed' if record['passed'] else 'FAILED'} its floors: "
-        f"{figures['matched_share_iou_0.5']:.1%} of f32's boxes at IoU ≥ 0.5, "
-        f"{figures['matched_share_iou_0.9']:.1%} at ≥ 0.9, {figures['confident_missed']} of confidence "
-        f"≥ 0.5 lost; {fps['int8']:.0f} frames/s against {fps[own]:.0f} at {own} and {fps['f32']:.0f} at "
-        f"f32 on {int8.cpu_text(record['cpu'])}")
-    return record
+    cpu = int8.this_cpu()
+    quantized = quantize(folder / ONNX, input_size, frames(CALIBRATION), int8.overflow_fix(cpu))
+    import_openvino().save_model(quantized, str(scratch / INT8_XML), compress_to_fp16=False)
+    made_s = time.perf_counter() - started
+    digest = int8.model_sha256(scratch)
+    return {"model": INT8_XML, "sha256": digest,
+            "files": {name: file_sha256(scratch / name) for name in (INT8_XML, INT8_BIN)},
+            "cpu": cpu, "recipe": int8.recipe(folder), "made_s": round(made_s, 1),
+            **_scored(folder, scratch / INT8_XML, digest, input_size, log)}
 
 
 def _scored(folder: Path, draft: Path, digest: str, input_size: int, log) -> dict:
-    """The drafted INT8 model's agreement with f32 on the held-apart frames, its floors, and the probe:
-    frames/s of f32, the CPU's own precision and INT8 over those frames, as a run's pool detects."""
+    """The drafted INT8 model's and the CPU's own precision's agreement with f32 on the held-apart
+    frames, against the floors, and the probe: frames/s of each over those frames, as a run's pool
+    detects."""
     from imgpipeline.resources import DetectorResource
     from imgpipeline.vision import engines
     from imgpipeline.vision.detector import DetectorPool
@@ -123,17 +138,16 @@ def _scored(folder: Path, draft: Path, digest: str, input_size: int, log) -> dic
     log(f"scoring it against f32 on {len(held)} frames held apart from the calibration ({SCORED_ON})")
     reference, f32_fps = _timed(pool("f32"), held)
     own = pool("default")
-    _, own_fps = _timed(own, held)
     model = Model(folder, input_size, 0.25, 0.45, None, lambda name: (draft, digest))
-    candidate = DetectorPool(engines.get("openvino").detectors(model, own.size, 0, "int8"))
-    found, int8_fps = _timed(candidate, held)
-    scored = int8.score(reference, found)
-    return {"passed": not scored["failures"], "failures": scored["failures"], "floors": FLOORS,
-            "figures": scored["figures"], "scored_on": SCORED_ON, "reference": "openvino f32",
-            "probe": {"frames": len(held), "workers": candidate.size, "default_is": own.identity.precision,
-                      "fps": {"f32": round(f32_fps, 1), own.identity.precision: round(own_fps, 1),
-                              "int8": round(int8_fps, 1)}},
-            "agreement": {"iou_0.5": scored["iou_0.5"], "iou_0.9": scored["iou_0.9"]}}
+    pools = {"int8": DetectorPool(engines.get("openvino").detectors(model, own.size, 0, "int8"))}
+    if own.identity.precision != "f32":
+        pools[own.identity.precision] = own
+    precisions = {}
+    for name, candidate in pools.items():
+        found, fps = _timed(candidate, held)
+        precisions[name] = {**int8.score(reference, found), "fps": round(fps, 1)}
+    return {"reference": "openvino f32", "frames": len(held), "workers": own.size,
+            "f32_fps": round(f32_fps, 1), "default_is": own.identity.precision, "precisions": precisions}
 
 
 def _sweep_scratch(folder: Path) -> None:

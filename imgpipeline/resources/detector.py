@@ -128,8 +128,8 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         from imgpipeline.vision.model_files import WEIGHTS
 
         weights = Path(self.models_dir) / WEIGHTS
-        return (self.engine, self.precision, str(weights), _stat(weights), self.input_size, self.confidence,
-                self.nms, tuple(self.classes or ()), workers)
+        return (self.engine, self.resolved_precision(), str(weights), _stat(weights), self.input_size,
+                self.confidence, self.nms, tuple(self.classes or ()), workers)
 
     def resolved_precision(self) -> str:
         """The precision setting, with `auto` turned into the one it runs on this CPU."""
@@ -152,13 +152,12 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         from imgpipeline.vision import int8
         from imgpipeline.vision.model_files import INT8_XML, file_sha256, verify
 
+        if name == INT8_XML:  # made here: its record proves it; its sha256 covers the .xml and .bin
+            return int8.verify(Path(self.models_dir))
         path = Path(self.models_dir) / name
         key = (str(path), _stat(path))
         digest = _digests.get(key) or (file_sha256(path) if path.is_file() else None)
-        if name == INT8_XML:
-            int8.verify(Path(self.models_dir), digest)
-        else:
-            verify(name, Path(self.models_dir), digest=digest)
+        verify(name, Path(self.models_dir), digest=digest)
         _digests[key] = digest
         return path, digest
 

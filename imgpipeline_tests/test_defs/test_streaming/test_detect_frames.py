@@ -16,7 +16,8 @@ from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, video_frames
 from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline.resources.storage import sha256_hex
-from imgpipeline.vision.model_files import expected_sha256
+from imgpipeline.vision import int8
+from imgpipeline.vision.model_files import INT8_XML, expected_sha256
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_files, landing_records
 
@@ -65,13 +66,14 @@ def test_video_and_photos_are_detected_exactly_once(kafka, storage, tmp_path):
     assert set(ids) == {f"bikes-{i:06d}" for i in range(1, 251)} | {"bus", "zidane"}
     assert max(ids.values()) == 1
     assert {r.status for r in records} == {"detected"}
-    # Every record names what detected it: the default engine and the file it ran, by sha256.
+    # Every record names what detected it: the default engine, its precision and the model it ran, by
+    # sha256 (SHA256SUMS's, or for the INT8 model made here, its record's).
     engine = DetectorResource.from_env()
     path, digest = engine.model_file()
-    assert digest == expected_sha256(path.name, path.parent)
-    assert {(r.model, r.model_sha256, r.engine) for r in records} == {
-        ("yolov4-tiny-416", digest, engine.engine)}
-    assert len({r.precision for r in records}) == 1
+    made_here = int8.read_record(path.parent) if path.name == INT8_XML else None
+    assert digest == (made_here["sha256"] if made_here else expected_sha256(path.name, path.parent))
+    assert {(r.model, r.model_sha256, r.engine, r.precision) for r in records} == {
+        ("yolov4-tiny-416", digest, engine.engine, engine.load().identity.precision)}
     # The video crosses midnight: frames land in the hour of their captured_at.
     hours = {k.split("/")[2] + "/" + k.split("/")[3] for k in landing_files(storage)}
     assert {"dt=2026-11-20/hour=23", "dt=2026-11-21/hour=00"} <= hours
