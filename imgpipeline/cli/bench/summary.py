@@ -76,10 +76,13 @@ def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
     con.execute("""
         CREATE TABLE de AS SELECT
             fr.frame_id, fr.source_id, fr.captured_at, CAST(d AS INTEGER) AS detection_index,
-            CAST((hash(fr.frame_id || d) % 10) AS INTEGER) AS class_id,
-            $classes[CAST((hash(fr.frame_id || d) % 10) AS INTEGER) + 1] AS class_name,
+            CAST((hash(fr.source_id || '/' || d || '/' || (epoch_ms(fr.captured_at) // 60000)) % 10)
+                 AS INTEGER) AS class_id,
+            $classes[CAST((hash(fr.source_id || '/' || d || '/' || (epoch_ms(fr.captured_at) // 60000)) % 10)
+                     AS INTEGER) + 1] AS class_name,
             round(0.25 + (hash(fr.frame_id || d || 'c') % 7500) / 10000.0, 4) AS confidence,
-            -- an object per source and detection slot for a minute, as a tracker would give
+            -- an object per source and detection slot for a minute, as a tracker would give: one class
+            -- each, as the tracker tracks each class on its own
             CAST(hash(fr.source_id || '/' || d || '/' || (epoch_ms(fr.captured_at) // 60000)) >> 12
                  AS BIGINT) AS track_id,
             fr.model, fr.model_sha256, fr.engine, fr.precision
