@@ -125,6 +125,13 @@ def add_query(commands) -> None:
     status.add_argument("--json", action="store_true", help="the same figures as JSON")
     status.set_defaults(module="status", run="status")
 
+    metrics = commands.add_parser(
+        "metrics", help="what `status` knows as Prometheus gauges on /metrics (deploy/grafana draws them)")
+    metrics.add_argument("--host", default="127.0.0.1")
+    metrics.add_argument("--port", type=int, default=9464)
+    metrics.add_argument("--minutes", type=float, default=5, help="the window of the per-source figures")
+    metrics.set_defaults(module="metrics", run="metrics")
+
 
 def add_alerts(commands) -> None:
     alerts = commands.add_parser("alerts", help="alerts raised by the rules in alerts.yaml")

@@ -17,13 +17,24 @@ class Report:
 
 
 def status(args) -> int:
+    now = datetime.now(UTC)
+    report = gather(now, args.minutes)
+    if args.json:
+        print(json.dumps({"at": now.isoformat(), "window_min": args.minutes, **report.sections,
+                          "problems": report.problems}, indent=2, default=str))
+    else:
+        print_report(report, now, args.minutes)
+    return 1 if report.problems else 0
+
+
+def gather(now: datetime, minutes: float) -> Report:
+    """Every section, as the configured settings find the parts, the sources' figures over the last
+    `minutes`; what needs a look in its problems."""
     from imgpipeline.defs.streaming.health import SourcePolicy
     from imgpipeline.resources import KafkaResource, StorageResource
 
-    if not args.minutes > 0:
-        raise ConfigError(f"--minutes {args.minutes:g}: the window must be longer than 0 minutes")
-    now = datetime.now(UTC)
-    window = timedelta(minutes=args.minutes)
+    if not minutes > 0:
+        raise ConfigError(f"--minutes {minutes:g}: the window must be longer than 0 minutes")
     report = Report()
     # A broker that is down is said within seconds, not after a client's default minute.
     kafka = KafkaResource.from_env().model_copy(update={"connect_timeout_s": 3.0})
@@ -33,13 +44,8 @@ def status(args) -> int:
     report.sections["runs"] = runs_section(now, report)
     if report.sections["storage"].get("reachable"):
         report.sections["sources"] = sources_section(
-            storage, now, window, SourcePolicy.from_env().silent_after_min, report)
-    if args.json:
-        print(json.dumps({"at": now.isoformat(), "window_min": args.minutes, **report.sections,
-                          "problems": report.problems}, indent=2, default=str))
-    else:
-        print_report(report, now, args.minutes)
-    return 1 if report.problems else 0
+            storage, now, timedelta(minutes=minutes), SourcePolicy.from_env().silent_after_min, report)
+    return report
 
 
 def broker_section(kafka, report: Report) -> dict:

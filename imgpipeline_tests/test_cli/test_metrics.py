@@ -1,0 +1,99 @@
+"""`imgpipeline metrics`: the status as Prometheus gauges, scraped over HTTP before and after real runs
+detect real frames, and the Grafana dashboard that draws them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from imgpipeline import ConfigError
+from imgpipeline.cli.metrics import metrics, serve_metrics
+from imgpipeline.lib.instance import open_instance
+from imgpipeline.paths import HOME_ENV, state_dir
+from imgpipeline.resources import StorageResource
+from imgpipeline.services.dagster_dev import dagster_home
+from imgpipeline.services.process import free_port
+from imgpipeline_tests.pipeline import drain
+from imgpipeline_tests.test_cli.test_status import send
+
+DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "imgpipeline.json"
+
+
+def scrape(port: int) -> dict[str, dict[tuple, float]]:
+    """Each metric's samples by their labels, as a Prometheus server parses the page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+            for family in text_string_to_metric_families(text)}
+
+
+@pytest.mark.integration
+def test_the_endpoint_says_what_status_knows_before_and_after_runs(kafka, tmp_path, monkeypatch):
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    for name, value in {"IMGPIPELINE_STORAGE_URI": storage.uri,
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                        "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
+                        "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic}.items():
+        monkeypatch.setenv(name, value)
+    send(kafka, storage, tmp_path, "cam-a", 6)
+    send(kafka, storage, tmp_path, "cam-b", 4)
+    port = free_port()
+    server, _ = serve_metrics("127.0.0.1", port, minutes=5)
+    try:
+        before = scrape(port)
+        assert before["imgpipeline_up"][(("part", "broker"),)] == 1
+        assert before["imgpipeline_up"][(("part", "storage"),)] == 1
+        assert sum(before["imgpipeline_frames_lag"].values()) == 10
+        assert before["imgpipeline_topic_messages"][(("topic", kafka.frames_topic),)] == 10
+        assert "imgpipeline_source_frames_done_per_minute" not in before or not any(
+            before["imgpipeline_source_frames_done_per_minute"].values())
+
+        with open_instance(dagster_home(state_dir())) as instance:
+            drain(kafka, storage, instance)
+        after = scrape(port)
+    finally:
+        server.shutdown()
+    assert sum(after["imgpipeline_frames_lag"].values()) == 0
+    assert after["imgpipeline_problems"][()] == 0 and after["imgpipeline_runs_failed_24h"][()] == 0
+    assert after["imgpipeline_up"][(("part", "instance"),)] == 1
+    done = after["imgpipeline_source_frames_done_per_minute"]
+    assert done == {(("source", "cam-a"),): round(6 / 5, 2), (("source", "cam-b"),): round(4 / 5, 2)}
+    assert after["imgpipeline_source_frames_in_per_minute"] == done
+    assert after["imgpipeline_source_share"][(("source", "cam-a"), ("status", "error"))] == 0
+    assert after["imgpipeline_source_silent"] == {(("source", "cam-a"),): 0, (("source", "cam-b"),): 0}
+    assert after["imgpipeline_last_run_seconds"][(("job", "detect_frames"),)] > 0
+    assert all(stamp > 1.7e9 for stamp in after["imgpipeline_source_last_frame_timestamp_seconds"].values())
+    # Every series the dashboard draws is one the endpoint serves.
+    drawn = {name for target in targets(json.loads(DASHBOARD.read_text()))
+             for name in re.findall(r"imgpipeline_\w+", target["expr"])}
+    assert drawn and drawn <= set(after), drawn - set(after)
+
+
+def targets(dashboard: dict) -> list[dict]:
+    return [target for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_the_dashboard_loads_with_a_prometheus_source_to_choose_and_a_query_on_every_panel():
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) >= 8 and dashboard["uid"] == "imgpipeline"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
+        assert all(target["expr"].strip() and target["refId"] for target in panel["targets"])
+
+
+def test_a_window_that_is_not_one_fails_before_the_endpoint_starts():
+    with pytest.raises(ConfigError, match="--minutes 0: the window must be longer than 0 minutes"):
+        metrics(argparse.Namespace(host="127.0.0.1", port=free_port(), minutes=0))
