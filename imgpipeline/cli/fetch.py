@@ -99,7 +99,7 @@ def write_int8(log=print) -> dict | None:
     if record is None:
         try:
             return quantize.make(folder, log=log)
-        except (ConfigError, OSError, RuntimeError) as error:
+        except Exception as error:  # NNCF's and OpenVINO's own errors too: the rest of the fetch stands
             log(f"the INT8 model could not be made ({error}); the precision `auto` runs f32 until "
                 "`imgpipeline models fetch` makes it")
             return None
@@ -109,7 +109,8 @@ def write_int8(log=print) -> dict | None:
     else:
         log(f"INT8 model already made on this CPU and recipe, where it failed its floors "
             f"({'; '.join(entry['failures'])})")
-    log(f"the precision `auto` runs {int8.auto(folder)[0]}")
+    precision, why = int8.auto(folder)
+    log(f"the precision `auto` runs {precision}: {why}")
     return record
 
 

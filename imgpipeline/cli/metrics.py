@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from imgpipeline import ConfigError
+
 # The share of a source's frames in the window by status, as the `status` label says it.
 SHARES = {"dark": "dark_share", "error": "error_share", "shed": "shed_share"}
 
@@ -27,7 +29,13 @@ class StatusCollector:
         from imgpipeline.cli.status import gather
 
         started = time.perf_counter()
-        yield from families(gather(datetime.now(UTC), self.minutes), self.minutes)
+        try:
+            found = families(gather(datetime.now(UTC), self.minutes), self.minutes)
+        except Exception:  # the scrape still answers, saying it could not gather (its page stays 200)
+            found = []
+        yield from found
+        yield GaugeMetricFamily("imgpipeline_scrape_failed", "1 when the status could not be gathered "
+                                "(`imgpipeline status` says why).", value=float(not found))
         yield GaugeMetricFamily("imgpipeline_scrape_seconds", "How long this scrape took to gather the "
                                 "status.", value=time.perf_counter() - started)
 
@@ -60,7 +68,8 @@ def families(report, minutes: float) -> list:
     if runs.get("reachable"):
         found.append(gauge("runs_failed_24h", "Runs that failed in the last 24 hours.",
                            value=runs["failed_24h"]))
-        took = gauge("last_run_seconds", "How long the latest finished run of each job took.", ["job"])
+        took = gauge("last_run_seconds", "How long the latest finished run of each Dagster job among the "
+                     "last runs took.", ["dagster_job"])
         for job in dict.fromkeys(run["job"] for run in runs["last"]):
             seconds = next((r["seconds"] for r in runs["last"]
                             if r["job"] == job and r["seconds"] is not None), None)
@@ -99,7 +108,11 @@ def serve_metrics(host: str, port: int, minutes: float):
 
     registry = CollectorRegistry()
     registry.register(StatusCollector(minutes))
-    return start_http_server(port, addr=host, registry=registry)
+    try:
+        return start_http_server(port, addr=host, registry=registry)
+    except (OSError, OverflowError) as error:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {error}; pick another --host or "
+                          "--port") from None
 
 
 def metrics(args) -> int:
@@ -113,4 +126,5 @@ def metrics(args) -> int:
         thread.join()
     except KeyboardInterrupt:
         server.shutdown()
+        server.server_close()
     return 0

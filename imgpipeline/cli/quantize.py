@@ -16,8 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import replace_durably
-from imgpipeline.services.process import alive
+from imgpipeline.paths import durable_temp, fsync_folder
 from imgpipeline.vision import int8
 from imgpipeline.vision.int8 import CALIBRATION, HELD_APART, KEPT, PHOTOS, SCORED_ON
 from imgpipeline.vision.model_files import INT8_BIN, INT8_RECORD, INT8_XML, ONNX, file_sha256
@@ -88,8 +87,10 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
         with tempfile.TemporaryFile() as text:
             text.write(json.dumps(record, indent=1).encode())
             text.seek(0)
-            replace_durably(folder / INT8_RECORD, text)
-        os.chmod(folder / INT8_RECORD, 0o644)
+            written = durable_temp(folder / INT8_RECORD, text)
+        os.chmod(written, 0o644)  # readable by the user runs run as before it is the record
+        os.replace(written, folder / INT8_RECORD)
+        fsync_folder(folder)
     for name, entry in record["precisions"].items():
         figures = entry["figures"]
         log(f"{name} {'passed' if entry['passed'] else 'FAILED'} its floors: "
@@ -151,10 +152,11 @@ def _scored(folder: Path, draft: Path, digest: str, input_size: int, log) -> dic
 
 
 def _sweep_scratch(folder: Path) -> None:
-    """Remove the scratch folders of makes that were killed (their process is gone)."""
+    """Remove what makes that were killed left (held under the lock, nothing else is making one): their
+    scratch folders and a record's temp file."""
     for scratch in folder.glob(".int8.*.*"):
-        pid = scratch.name.split(".")[2]
-        if pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    for temp in folder.glob(f".{INT8_RECORD}.*.tmp"):
+        temp.unlink(missing_ok=True)
 
 

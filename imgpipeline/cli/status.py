@@ -43,8 +43,12 @@ def gather(now: datetime, minutes: float) -> Report:
     report.sections["storage"] = storage_section(storage, report)
     report.sections["runs"] = runs_section(now, report)
     if report.sections["storage"].get("reachable"):
-        report.sections["sources"] = sources_section(
-            storage, now, timedelta(minutes=minutes), SourcePolicy.from_env().silent_after_min, report)
+        try:
+            report.sections["sources"] = sources_section(
+                storage, now, timedelta(minutes=minutes), SourcePolicy.from_env().silent_after_min, report)
+        except Exception as exc:  # the store failing between two reads: said, the rest still reported
+            report.problems.append(f"sources: cannot read the landing of {storage.uri}: "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}")
     return report
 
 

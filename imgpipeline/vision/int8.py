@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -44,6 +45,8 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_b
 # the weights are quantized to 7 bits (NNCF's overflow fix), on others to 8.
 VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 REMAKE = "run `imgpipeline models fetch` to make it again"
+# The precisions a record may prove: INT8, and the CPU's own where it is not f32.
+PROVEN = ("int8", "bf16", "f16")
 
 _digests: dict[tuple, str] = {}  # the model's sha256 by its files' (path, size, mtime)
 
@@ -102,11 +105,19 @@ def model_sha256(folder: Path) -> str:
     return _digests[key]
 
 
-def _proven(entry) -> bool:
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _proven(name, entry) -> bool:
     figures = entry.get("figures") if isinstance(entry, dict) else None
-    return (isinstance(figures, dict) and isinstance(entry.get("passed"), bool)
-            and isinstance(entry.get("failures"), list) and isinstance(entry.get("fps"), int | float)
-            and all(isinstance(figures.get(name), int | float) for name in FLOORS))
+    return (name in PROVEN and isinstance(figures, dict) and isinstance(entry.get("passed"), bool)
+            and _strings(entry.get("failures")) and _number(entry.get("fps"))
+            and all(_number(figures.get(name)) for name in FLOORS))
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def read_record(folder: Path) -> dict | None:
@@ -118,11 +129,13 @@ def read_record(folder: Path) -> dict | None:
         return None
     except (OSError, ValueError) as error:
         raise ConfigError(f"{path} is damaged ({error}); {REMAKE}") from None
-    precisions = record.get("precisions") if isinstance(record, dict) else None
-    if not (isinstance(record.get("sha256") if isinstance(record, dict) else None, str)
-            and isinstance(record.get("cpu"), dict) and isinstance(record.get("recipe"), dict)
-            and isinstance(record.get("f32_fps"), int | float) and isinstance(precisions, dict)
-            and "int8" in precisions and all(_proven(entry) for entry in precisions.values())):
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path} is damaged (not a record of precisions proven here); {REMAKE}")
+    precisions, cpu = record.get("precisions"), record.get("cpu")
+    if not (isinstance(record.get("sha256"), str) and isinstance(cpu, dict) and _strings(cpu.get("flags"))
+            and isinstance(cpu.get("model"), str) and isinstance(record.get("recipe"), dict)
+            and _number(record.get("f32_fps")) and isinstance(precisions, dict) and "int8" in precisions
+            and all(_proven(name, entry) for name, entry in precisions.items())):
         raise ConfigError(f"{path} is damaged (not a record of precisions proven here); {REMAKE}")
     return record
 

@@ -70,7 +70,7 @@ def test_the_endpoint_says_what_status_knows_before_and_after_runs(kafka, tmp_pa
     assert after["imgpipeline_source_frames_in_per_minute"] == done
     assert after["imgpipeline_source_share"][(("source", "cam-a"), ("status", "error"))] == 0
     assert after["imgpipeline_source_silent"] == {(("source", "cam-a"),): 0, (("source", "cam-b"),): 0}
-    assert after["imgpipeline_last_run_seconds"][(("job", "detect_frames"),)] > 0
+    assert after["imgpipeline_last_run_seconds"][(("dagster_job", "detect_frames"),)] > 0
     assert all(stamp > 1.7e9 for stamp in after["imgpipeline_source_last_frame_timestamp_seconds"].values())
     # Every series the dashboard draws is one the endpoint serves.
     drawn = {name for target in targets(json.loads(DASHBOARD.read_text()))
@@ -94,6 +94,32 @@ def test_the_dashboard_loads_with_a_prometheus_source_to_choose_and_a_query_on_e
         assert all(target["expr"].strip() and target["refId"] for target in panel["targets"])
 
 
-def test_a_window_that_is_not_one_fails_before_the_endpoint_starts():
+def test_a_window_that_is_not_one_or_a_port_taken_fails_before_the_endpoint_starts():
+    import socket
+
     with pytest.raises(ConfigError, match="--minutes 0: the window must be longer than 0 minutes"):
         metrics(argparse.Namespace(host="127.0.0.1", port=free_port(), minutes=0))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot serve metrics on 127.0.0.1:{port}: .*pick another"):
+            serve_metrics("127.0.0.1", port, minutes=5)
+
+
+def test_a_scrape_with_the_broker_down_answers_and_says_so(tmp_path, monkeypatch):
+    from imgpipeline_tests.test_cli.test_status import closed_port
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", (tmp_path / "store").as_uri())
+    port = free_port()
+    server, _ = serve_metrics("127.0.0.1", port, minutes=5)
+    try:
+        page = scrape(port)
+    finally:
+        server.shutdown()
+    assert page["imgpipeline_up"][(("part", "broker"),)] == 0
+    assert page["imgpipeline_up"][(("part", "storage"),)] == 1
+    assert page["imgpipeline_problems"][()] >= 1 and page["imgpipeline_scrape_failed"][()] == 0
+    assert not page.get("imgpipeline_frames_lag")

@@ -64,9 +64,10 @@ def test_rows_of_the_int8_model_name_it_by_the_sha256_of_its_two_files():
 
 
 def expected_auto(record: dict) -> str:
-    """What `auto` should pick by the record: the fastest that passed, f32 unless one beat it."""
+    """What `auto` should pick by the record: the fastest that passed, f32 unless one ran faster."""
     passed = {name: e["fps"] for name, e in record["precisions"].items() if e["passed"]}
-    return max({**passed, "f32": record["f32_fps"]}.items(), key=lambda item: item[1])[0]
+    fastest = max(passed, key=passed.get, default="f32")
+    return fastest if fastest != "f32" and passed[fastest] > record["f32_fps"] else "f32"
 
 
 def test_auto_runs_the_fastest_precision_that_passed_its_floors_here_and_f32_is_one_setting_away():
@@ -151,6 +152,16 @@ DAMAGE = {
         lambda folder: _rewrite(folder, lambda r: r["recipe"].update(releases="nncf 2.0", kept=[])),
         r"made by another recipe \(kept, releases changed\)"),
     "the .bin missing": (lambda folder: (folder / INT8_BIN).unlink(), rf"{INT8_BIN} is missing"),
+    "a precision not provable": (
+        lambda folder: _rewrite(folder, lambda r: r["precisions"].update(auto=r["precisions"]["int8"])),
+        r"damaged"),
+    "failures that are not words": (
+        lambda folder: _rewrite(folder, lambda r: r["precisions"]["int8"].update(failures=[1])), r"damaged"),
+    "flags that are not words": (
+        lambda folder: _rewrite(folder, lambda r: r["cpu"].update(flags=[None])), r"damaged"),
+    "a speed that is no number": (
+        lambda folder: (folder / INT8_RECORD).write_text((folder / INT8_RECORD).read_text().replace(
+            '"f32_fps": ', '"f32_fps": NaN, "was": ', 1)), r"damaged"),
 }
 
 
@@ -164,6 +175,21 @@ def test_int8_files_their_record_does_not_prove_here_are_refused_and_auto_runs_f
     auto = DetectorResource(models_dir=str(folder), engine="openvino")
     assert auto.load().identity.precision == "f32"
     assert auto.why_precision().startswith("auto: nothing faster proven here: ")
+
+
+def test_auto_runs_f32_when_nothing_proven_ran_faster(tmp_path):
+    folder = model_folder(tmp_path)
+    _rewrite(folder, lambda r: [entry.update(fps=r["f32_fps"]) for entry in r["precisions"].values()])
+    auto = DetectorResource(models_dir=str(folder), engine="openvino")
+    assert auto.load().identity.precision == "f32"
+    assert auto.why_precision() == "auto: the reference: nothing proven here ran faster"
+
+
+def test_weights_are_quantized_to_7_bits_only_on_cpus_without_vnni():
+    assert int8.overflow_fix({"model": "AVX2 only", "flags": ["avx2"]}) == "ENABLE"
+    for vnni in int8.VNNI:
+        assert int8.overflow_fix({"model": "with VNNI", "flags": ["avx2", vnni]}) == "DISABLE"
+    assert int8.read_record(models_dir())["recipe"]["overflow_fix"] == int8.overflow_fix(int8.this_cpu())
 
 
 def test_int8_that_failed_its_floors_is_refused_and_auto_runs_the_fastest_that_passed(tmp_path):

@@ -39,13 +39,13 @@ def _daily_summary_sql(frames_source: str, detections_source: str) -> str:
     return f"""
     WITH fr AS (SELECT * FROM {frames_source}),
          de AS (SELECT * FROM {detections_source}),
-    -- The three quantiles from one sort, and the commonest size as one number (width × 1,000,000 +
-    -- height) rather than a string made for every frame: together half the cost.
+    -- The three quantiles from one sort, and the commonest size as one number (the width in the upper 32
+    -- bits, the height in the lower) rather than a string made for every frame: together half the cost.
     per_source_raw AS (
         SELECT source_id, {identity}, CAST($day AS DATE) AS day, count(*) AS frames,
                avg(brightness) AS mean_brightness,
                quantile_cont(brightness, [0.1, 0.5, 0.9]) AS brightness_quantiles,
-               mode(CAST(width AS BIGINT) * 1000000 + height) AS typical_size_number,
+               mode((CAST(width AS BIGINT) << 32) | CAST(height AS BIGINT)) AS typical_size_number,
                CAST(median(bytes) AS DOUBLE) AS median_bytes,
                avg(CASE WHEN status = 'skipped_dark' THEN 1.0 ELSE 0.0 END) AS dark_share,
                avg(CASE WHEN status = 'error' THEN 1.0 ELSE 0.0 END) AS error_share,
@@ -55,8 +55,8 @@ def _daily_summary_sql(frames_source: str, detections_source: str) -> str:
     per_source AS (
         SELECT *, brightness_quantiles[1] AS p10_brightness, brightness_quantiles[2] AS p50_brightness,
                brightness_quantiles[3] AS p90_brightness,
-               CAST(typical_size_number // 1000000 AS VARCHAR) || 'x'
-                   || CAST(typical_size_number % 1000000 AS VARCHAR) AS typical_size
+               CAST(typical_size_number >> 32 AS VARCHAR) || 'x'
+                   || CAST(typical_size_number & 4294967295 AS VARCHAR) AS typical_size
         FROM per_source_raw
     ),
     -- Grouped by the identity's hash, not its four strings (taken back from the group's rows): counting

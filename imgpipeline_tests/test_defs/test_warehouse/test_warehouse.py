@@ -253,3 +253,31 @@ def test_the_s3_secret_never_appears_in_sql_text():
     assert not any("top-secret-value" in sql or "key-id-1" in sql for sql in recorded.statements)
     (secret,) = recorded.con.execute("SELECT secret_string FROM duckdb_secrets()").fetchone()
     assert "key_id=key-id-1" in secret and "endpoint=127.0.0.1:9" in secret and "top-secret" not in secret
+
+
+def test_daily_summary_frame_figures_are_those_of_the_frames(tmp_path):
+    """The commonest size (a tall frame's too; frames of unknown size left out) and the brightness
+    quantiles, as pandas computes them from the same frames."""
+    import duckdb
+
+    from imgpipeline.defs.warehouse.sql import query_daily_summary
+
+    sizes = [(1, 1_000_000)] * 3 + [(640, 360)] * 2 + [(None, None)] * 4
+    records = [
+        LandingRecord(schema=1, frame_id=f"f{i}", source_id="s", captured_at=f"2026-11-21T10:00:0{i}.000Z",
+                      processed_at="2026-11-21T10:01:00.000Z", topic="t", partition=0, offset=i,
+                      status="detected" if width else "error", width=width, height=height,
+                      brightness=float(i * 11 % 7 * 30), object_count=0, **IDENTITY, detections=[])
+        for i, (width, height) in enumerate(sizes)
+    ]
+    frames, detections = tmp_path / "frames.parquet", tmp_path / "detections.parquet"
+    frames.write_bytes(to_parquet(warehouse_rows.frames_table(records)))
+    detections.write_bytes(to_parquet(warehouse_rows.detections_table(records)))
+    result = query_daily_summary(duckdb.connect(), date(2026, 11, 21), [str(frames)], [str(detections)])
+    names = [c[0] for c in result.description]
+    (row,) = [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+    brightness = pd.Series([r.brightness for r in records])
+    assert row["typical_size"] == "1x1000000" and row["frames"] == len(records)
+    assert [row["p10_brightness"], row["p50_brightness"], row["p90_brightness"]] == pytest.approx(
+        brightness.quantile([0.1, 0.5, 0.9]).tolist())
+    assert row["error_share"] == pytest.approx(4 / 9)
