@@ -41,14 +41,14 @@ class Pipeline:
         return open_instance(self.local.dagster.dagster_home)
 
     def started_run(self, timeout_s: float = 180) -> dg.DagsterRun:
-        """A detect_frames run that has been detecting for a second and is still running."""
+        """A detect_frames run that has been running for half a second and is still running."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.instance() as instance:
                 runs = instance.get_runs(dg.RunsFilter(job_name="detect_frames",
                                                        statuses=[dg.DagsterRunStatus.STARTED]))
             if runs and PID_TAG in runs[0].tags:
-                time.sleep(1)
+                time.sleep(0.5)
                 if alive(int(runs[0].tags[PID_TAG])):
                     return runs[0]
             time.sleep(0.2)
@@ -94,7 +94,7 @@ def services(own_services):
 @pytest.fixture(scope="module")
 def daemon(services, module_database, tmp_path_factory):
     """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
-    S3 prefix of its own, launching runs of 100 frames."""
+    S3 prefix of its own, launching runs of 100 frames at f32."""
     home = tmp_path_factory.mktemp("faults")
     kafka = fresh_topics(services)
     storage = s3_storage_resource(services)
@@ -104,6 +104,9 @@ def daemon(services, module_database, tmp_path_factory):
                             "IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": storage.endpoint_url,
                             "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET,
                             "IMGPIPELINE_MAX_BATCH": "100", "IMGPIPELINE_MAX_BACKLOG_BATCH": "100",
+                            # The reference's precision, the slowest: a run of 100 frames lasts long enough
+                            # to be caught mid-range (at INT8 it can be done within a second).
+                            "IMGPIPELINE_DETECTOR_PRECISION": "f32",
                             "IMGPIPELINE_HOME": str(home)}.items():
             patch.setenv(name, value)
         local = LocalServices(home / ".imgpipeline")
