@@ -60,7 +60,7 @@ def quantize(onnx: Path, input_size: int, calibration: list, overflow_fix: str):
             overflow_fix=getattr(nncf.OverflowFix, overflow_fix)))
 
 
-def _timed(pool, images: list) -> tuple[list, float]:
+def timed(pool, images: list) -> tuple[list, float]:
     """A pool's detections of the images (threads as a run uses them) and its frames/s."""
     with ThreadPoolExecutor(max_workers=pool.size) as threads:
         started = time.perf_counter()
@@ -137,7 +137,7 @@ def _scored(folder: Path, draft: Path, digest: str, input_size: int, log) -> dic
 
     held = frames(HELD_APART, PHOTOS)
     log(f"scoring it against f32 on {len(held)} frames held apart from the calibration ({SCORED_ON})")
-    reference, f32_fps = _timed(pool("f32"), held)
+    reference, f32_fps = timed(pool("f32"), held)
     own = pool("default")
     model = Model(folder, input_size, 0.25, 0.45, None, lambda name: (draft, digest))
     pools = {"int8": DetectorPool(engines.get("openvino").detectors(model, own.size, 0, "int8"))}
@@ -145,7 +145,7 @@ def _scored(folder: Path, draft: Path, digest: str, input_size: int, log) -> dic
         pools[own.identity.precision] = own
     precisions = {}
     for name, candidate in pools.items():
-        found, fps = _timed(candidate, held)
+        found, fps = timed(candidate, held)
         precisions[name] = {**int8.score(reference, found), "fps": round(fps, 1)}
     return {"reference": "openvino f32", "frames": len(held), "workers": own.size,
             "f32_fps": round(f32_fps, 1), "default_is": own.identity.precision, "precisions": precisions}

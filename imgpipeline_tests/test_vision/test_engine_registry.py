@@ -13,7 +13,6 @@ from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.ingest.messages import frame_key
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 from imgpipeline.resources.settings import env_name
-from imgpipeline.services.process import free_port
 from imgpipeline.vision import engines, int8
 from imgpipeline.vision.agreement import compare
 from imgpipeline.vision.engines import Engine, Network, Sessions, register
@@ -26,19 +25,15 @@ from imgpipeline_tests.test_vision.test_engines import video
 CAPTURED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
-def detected_in_a_run(tmp_path, detector: DetectorResource) -> dict:
-    """The landing record of bus.jpg after a real detect_frames run over its URI with `detector`.
-
-    A run over the URIs of good frames sends no dead letter and reads no topic: no broker is needed,
-    and the Kafka resource points at a port where none listens.
-    """
+def detected_in_a_run(tmp_path, kafka: KafkaResource, detector: DetectorResource) -> dict:
+    """The landing record of bus.jpg after a real detect_frames run over its URI with `detector`, on the
+    real broker."""
     from imgpipeline.defs.streaming.detect_frames import detect_frames
 
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     store = storage.open()
     key = frame_key("cam1", CAPTURED, "cam1-000001")
     store.put(key, sample("bus.jpg").read_bytes())
-    kafka = KafkaResource(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout_s=1)
     with fresh_instance() as instance:
         result = detect_frames.execute_in_process(
             run_config={"ops": {"detect": {"config": {"uris": [store.uri(key)]}}}}, instance=instance,
@@ -52,12 +47,13 @@ def identity_of(record: LandingRecord) -> dict:
     return {name: getattr(record, name) for name in ("model", "model_sha256", "engine", "precision")}
 
 
+@pytest.mark.integration
 @pytest.mark.instance
 @pytest.mark.results
 @pytest.mark.parametrize("name", engines.names())
-def test_every_registered_engine_is_chosen_by_its_name_and_named_on_its_rows(tmp_path, name):
+def test_every_registered_engine_is_chosen_by_its_name_and_named_on_its_rows(kafka, tmp_path, name):
     detector = DetectorResource(engine=name)
-    record = detected_in_a_run(tmp_path, detector)
+    record = detected_in_a_run(tmp_path, kafka, detector)
     assert record.status == "detected" and record.engine == name
     assert identity_of(record) == detector.load().identity.as_record()
     # An engine that runs a model names its file by sha256 and finds the bus; `noop` runs none.
@@ -93,12 +89,17 @@ class OnnxInOpenCV(Engine):
 
 
 @pytest.fixture
-def registry(monkeypatch):
+def registry():
     """The registry as it is now, put back after the test: what a test registers stays its own."""
-    monkeypatch.setattr(engines, "REGISTRY", dict(engines.REGISTRY))
+    before = dict(engines.REGISTRY)
+    yield
+    engines.REGISTRY.clear()
+    engines.REGISTRY.update(before)
 
 
-def test_an_engine_registered_like_the_others_is_chosen_by_its_name_alone(registry, monkeypatch, tmp_path):
+@pytest.mark.integration
+def test_an_engine_registered_like_the_others_is_chosen_by_its_name_alone(registry, kafka, monkeypatch,
+                                                                         tmp_path):
     register(OnnxInOpenCV)
     assert engines.names()[0] == "opencv" and engines.names()[-1] == "noop"
     assert "opencv-onnx" in engines.names()
@@ -128,7 +129,7 @@ def test_an_engine_registered_like_the_others_is_chosen_by_its_name_alone(regist
         "precision": "f32"}
 
     # A real run with it names it on its rows.
-    record = detected_in_a_run(tmp_path, resource)
+    record = detected_in_a_run(tmp_path, kafka, resource)
     assert identity_of(record) == pool.identity.as_record()
     assert "bus" in {d["class_name"] for d in record.detections}
 

@@ -58,8 +58,7 @@ VARIANTS = ("opencv", "onnxruntime", "openvino:f32", "openvino:default", "openvi
 
 def _engine_figures(variant: str, input_size: int, images: list) -> dict:
     """In a fresh process: one engine's pool over the frames in threads, as a run uses it."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    from imgpipeline.cli.quantize import timed
     from imgpipeline.resources import DetectorResource
 
     def rss_mb() -> float:
@@ -70,12 +69,9 @@ def _engine_figures(variant: str, input_size: int, images: list) -> dict:
     before = rss_mb()
     pool = DetectorResource(engine=engine, precision=precision or "default",
                             input_size=input_size).load_pool()
-    with ThreadPoolExecutor(max_workers=pool.size) as threads:
-        list(threads.map(pool.detect, images[:pool.size * 2]))  # warm-up: first inferences allocate
-        started = time.perf_counter()
-        found = list(threads.map(pool.detect, images))
-        elapsed = time.perf_counter() - started
-    return {"fps": len(images) / elapsed, "rss_added_mb": rss_mb() - before, "workers": pool.size,
+    timed(pool, images[:pool.size * 2])  # warm-up: first inferences allocate
+    found, fps = timed(pool, images)
+    return {"fps": fps, "rss_added_mb": rss_mb() - before, "workers": pool.size,
             "precision": pool.identity.precision, "detections": found}
 
 
