@@ -29,8 +29,10 @@ def test_bench_summary_agrees_with_mapreduce_and_writes_its_keys(tmp_path):
     result = bench_summary(rows=20_000, folder=tmp_path)
     assert result["same_numbers"] is True
     written = json.loads((state_dir() / "bench" / "summary.json").read_text())
-    assert {"duckdb_s", "duckdb_first_s", "mapreduce_s", "ratio"} <= set(written)
+    assert {"duckdb_s", "duckdb_first_s", "mapreduce_s", "ratio", "class_hours_made_s",
+            "from_detections_s", "from_detections_ratio"} <= set(written)
     assert written["rows"] == 20_000
+    assert written["days_summed_from_class_hours"] == 2  # the asset's way: both days from class_hours
 
 
 @pytest.mark.integration

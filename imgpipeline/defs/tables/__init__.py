@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.tables.schemas import (
     ALERTS_SCHEMA,
+    CLASS_HOURS_SCHEMA,
     DAILY_SUMMARY_SCHEMA,
     DETECTIONS_SCHEMA,
     FRAMES_SCHEMA,
@@ -30,8 +31,8 @@ from imgpipeline.defs.tables.schemas import (
     TS,
 )
 
-__all__ = ["IDENTITY", "TS", "Table", "TABLES", "FRAMES", "DETECTIONS", "DAILY_SUMMARY", "TRACKS",
-           "OBJECT_COUNTS", "ALERTS", "TOPIC_ASSET", "LANDING_ASSET", "REPORT_ASSET", "ASSET_KEYS",
+__all__ = ["IDENTITY", "TS", "Table", "TABLES", "FRAMES", "DETECTIONS", "CLASS_HOURS", "DAILY_SUMMARY",
+           "TRACKS", "OBJECT_COUNTS", "ALERTS", "TOPIC_ASSET", "LANDING_ASSET", "REPORT_ASSET", "ASSET_KEYS",
            "TRACKED_COLUMNS", "to_parquet", "from_parquet"]
 
 _DAY, _HOUR = "dt=[0-9]{4}-[0-9]{2}-[0-9]{2}", "hour=[0-9]{2}"
@@ -96,11 +97,12 @@ class Table:
 
 FRAMES = Table("frames", FRAMES_SCHEMA)
 DETECTIONS = Table("detections", DETECTIONS_SCHEMA)
+CLASS_HOURS = Table("class_hours", CLASS_HOURS_SCHEMA)
 DAILY_SUMMARY = Table("daily_summary", DAILY_SUMMARY_SCHEMA, daily=True)
 TRACKS = Table("tracks", TRACKS_SCHEMA)
 OBJECT_COUNTS = Table("object_counts", OBJECT_COUNTS_SCHEMA, part="zones-(?:[0-9a-f]{12}|none)")
 ALERTS = Table("alerts", ALERTS_SCHEMA)
-TABLES = {t.name: t for t in (FRAMES, DETECTIONS, DAILY_SUMMARY, TRACKS, OBJECT_COUNTS, ALERTS)}
+TABLES = {t.name: t for t in (FRAMES, DETECTIONS, CLASS_HOURS, DAILY_SUMMARY, TRACKS, OBJECT_COUNTS, ALERTS)}
 
 # The assets that are not warehouse tables. Every asset key is declared here, once: a key mistyped
 # where it is used fails at import, where a mistyped string would load as an unrelated external asset.

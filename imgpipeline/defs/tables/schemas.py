@@ -36,6 +36,14 @@ DETECTIONS_SCHEMA = pa.schema([
     ("track_id", pa.int64()), *_IDENTITY_FIELDS,
 ])
 
+# Per hour of capture × source × detector identity × class, made with the hour's detections (and stamped
+# with their build): what the daily summary sums instead of reading every detection again.
+CLASS_HOURS_SCHEMA = pa.schema([
+    ("hour_start", TS), ("source_id", pa.string()), *_IDENTITY_FIELDS, ("class_name", pa.string()),
+    ("frames_with_class", pa.int64()), ("objects", pa.int64()), ("confidence_sum", pa.float64()),
+    ("max_confidence", pa.float64()), ("track_ids", pa.list_(pa.int64())),
+])
+
 DAILY_SUMMARY_SCHEMA = pa.schema([
     ("day", pa.date32()), ("source_id", pa.string()), *_IDENTITY_FIELDS, ("class_name", pa.string()),
     ("frames", pa.int64()), ("frames_with_class", pa.int64()), ("objects", pa.int64()),

@@ -1,4 +1,4 @@
-"""Warehouse assets: hourly `frames` and `detections`, daily `daily_summary` (DuckDB).
+"""Warehouse assets: hourly `frames`, `detections` and `class_hours`, daily `daily_summary` (DuckDB).
 
 Each run handles a whole partition range (single-run backfills) and rewrites the files of
 every partition in it, so re-materializing gives the same rows in the same order.
@@ -14,33 +14,44 @@ from imgpipeline.defs.automation import automation_sensor, on_landing_update
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions, yesterday_schedule
 from imgpipeline.defs.streaming.landing import is_retired, landing_versions, read_records
-from imgpipeline.defs.tables import DAILY_SUMMARY, DETECTIONS, FRAMES, LANDING_ASSET, TABLES, views
+from imgpipeline.defs.tables import (
+    CLASS_HOURS,
+    DAILY_SUMMARY,
+    DETECTIONS,
+    FRAMES,
+    LANDING_ASSET,
+    TABLES,
+    views,
+)
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures, schema_problems
 from imgpipeline.defs.warehouse import builds, checks, sql, tracked
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.storage import BadObject
 
 
+def hourly_spec(table, description: str) -> dg.AssetSpec:
+    """An hourly table the landing makes, kept up by the warehouse's automation."""
+    return dg.AssetSpec(table.key, description=description, deps=[LANDING_ASSET],
+                        partitions_def=hourly_partitions, group_name="warehouse",
+                        automation_condition=on_landing_update, kinds={"parquet"})
+
+
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(
-            FRAMES.key,
-            description="One row per frame and event-time hour: ids, times, status, error, size, "
-                        "quality, object count, model, Kafka position, run id. Deduplicated on (source_id, "
-                        "frame_id): a processed record over an error whatever their order, else the latest. "
-                        "A frame captured out of range is a row with status out_of_range in the hour it "
-                        "reached the broker.",
-            deps=[LANDING_ASSET], partitions_def=hourly_partitions, group_name="warehouse",
-            automation_condition=on_landing_update, kinds={"parquet"},
-        ),
-        dg.AssetSpec(
-            DETECTIONS.key,
-            description="One row per detected object: frame, source, capture time, class, "
-                        "confidence, box (x, y, w, h in pixels), and the track (distinct object) it "
-                        "belongs to once the tracker has confirmed it.",
-            deps=[LANDING_ASSET], partitions_def=hourly_partitions, group_name="warehouse",
-            automation_condition=on_landing_update, kinds={"parquet"},
-        ),
+        hourly_spec(FRAMES,
+                    "One row per frame and event-time hour: ids, times, status, error, size, quality, "
+                    "object count, model, Kafka position, run id. Deduplicated on (source_id, frame_id): "
+                    "a processed record over an error whatever their order, else the latest. A frame "
+                    "captured out of range is a row with status out_of_range in the hour it reached the "
+                    "broker."),
+        hourly_spec(DETECTIONS,
+                    "One row per detected object: frame, source, capture time, class, confidence, box (x, "
+                    "y, w, h in pixels), and the track (distinct object) it belongs to once the tracker "
+                    "has confirmed it."),
+        hourly_spec(CLASS_HOURS,
+                    "Per hour of capture × source × detector identity × class: frames with the class, "
+                    "detections, their confidence sum and max, and the distinct track ids; made with the "
+                    "hour's detections and stamped with their build, for the daily summary to sum."),
     ],
     check_specs=check_specs(checks.CHECKS, "frames", "detections"),
     partitions_def=hourly_partitions,
@@ -64,7 +75,9 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
             continue
         written = bool(made.whole or made.added)
         if written:
-            for table, rows_ in ((FRAMES, made.frames), (DETECTIONS, made.detections)):
+            # class_hours last: one cut short before it keeps the stamp of an older build, and is not read.
+            for table, rows_ in ((FRAMES, made.frames), (DETECTIONS, made.detections),
+                                 (CLASS_HOURS, sql.class_hours(made.detections))):
                 table.write(store, table.hour_key(hour), builds.stamped(rows_, made.build, made.seed))
         tracked.clear_mark(store, hour, made.seed)
         context.log.info(f"{hour_key(hour)}: " + (f"made whole from {made.added} landing files ({made.whole})"
@@ -88,10 +101,10 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     if (stale := tracked.mark_next_if_stale(store, hours[-1])) is not None:
         context.log.info(f"{hour_key(stale)} continued other detections of {hour_key(hours[-1])}: "
                          "retrack_sensor makes it again")
-    for table in (FRAMES, DETECTIONS):
+    for table in (FRAMES, DETECTIONS, CLASS_HOURS):
         yield dg.MaterializeResult(
             asset_key=table.key,
-            metadata={"rows": dg.MetadataValue.int(counted[table.name]), "hours": len(hours),
+            metadata={"rows": dg.MetadataValue.int(counted.get(table.name, 0)), "hours": len(hours),
                       "hours_kept_as_built": len(retired), "hours_extended": counted["extended"],
                       "path": dg.MetadataValue.path(store.uri(table.folder.rstrip("/")))},
         )
@@ -143,14 +156,19 @@ def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> t
     """One day's summary: computed by DuckDB over the hourly Parquet, stored, read back and checked;
     with the keys of that day refused as not of the layout (not read)."""
     store = storage.open()
-    files = {table: views.table_files(storage, table, f"dt={day}/") for table in ("frames", "detections")}
-    result = sql.query_daily_summary(con, day, files["frames"].paths, files["detections"].paths)
+    files = {table: views.table_files(storage, table, f"dt={day}/")
+             for table in ("frames", "detections", "class_hours")}
+    hours = {t: {k.removeprefix(TABLES[t].folder): p for k, p in zip(f.keys, f.paths, strict=True)}
+             for t, f in files.items()}
+    made, raw = sql.summary_sources(con, hours["detections"], hours["class_hours"])
+    result = sql.query_daily_summary(con, day, files["frames"].paths, raw, made)
     table = result.to_arrow_table().cast(DAILY_SUMMARY.schema)
     DAILY_SUMMARY.write(store, DAILY_SUMMARY.day_key(day), table)
     stored = DAILY_SUMMARY.read(store, DAILY_SUMMARY.day_key(day))
     if problems := schema_problems(stored, DAILY_SUMMARY.schema):
         failures["daily_summary", "schema_as_declared"][str(day)] = problems
-    hourly = {t: TABLES[t].concat([TABLES[t].read(store, k) for k in f.keys]) for t, f in files.items()}
+    hourly = {t: TABLES[t].concat([TABLES[t].read(store, k) for k in files[t].keys])
+              for t in ("frames", "detections")}
     if problems := checks.summary_mismatch(stored, hourly["frames"], hourly["detections"]):
         failures["daily_summary", "totals_match_hourly"][str(day)] = problems
     return stored, [k for f in files.values() for k in f.refused]
@@ -159,7 +177,7 @@ def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> t
 @dg.asset(
     key=DAILY_SUMMARY.key,
     partitions_def=daily_partitions,
-    deps=[FRAMES.key, DETECTIONS.key],
+    deps=[FRAMES.key, DETECTIONS.key, CLASS_HOURS.key],
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="warehouse",
     kinds={"duckdb", "parquet"},
@@ -202,7 +220,8 @@ daily_summary_schedule = yesterday_schedule(
 
 
 hourly_tables_job = dg.define_asset_job(
-    "hourly_tables_job", selection=[FRAMES.key, DETECTIONS.key], partitions_def=hourly_partitions,
+    "hourly_tables_job", selection=[FRAMES.key, DETECTIONS.key, CLASS_HOURS.key],
+    partitions_def=hourly_partitions,
 )
 
 
@@ -244,4 +263,4 @@ def hours_in_progress(instance) -> set[str]:
     return busy
 
 
-warehouse_automation = automation_sensor("warehouse_automation", FRAMES.key, DETECTIONS.key)
+warehouse_automation = automation_sensor("warehouse_automation", FRAMES.key, DETECTIONS.key, CLASS_HOURS.key)

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.streaming.landing import LandingRecord, landing_versions, read_records
 from imgpipeline.defs.tables import DETECTIONS, FRAMES
-from imgpipeline.defs.warehouse import rows, tracked
+from imgpipeline.defs.warehouse import rows, sql, tracked
 from imgpipeline.defs.warehouse.checks import landing_mismatch
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision.tracking import TrackerSettings
@@ -43,7 +43,7 @@ BUILDS = "warehouse/builds"
 # use, the tables' order): an hour recorded by another version of the code is made whole, never extended
 # into a mix of the two. The tables' schemas count too.
 LOGIC = 1
-BUILT_BY = b"imgpipeline.build"
+BUILT_BY = sql.BUILT_BY.encode()
 BASED_ON = b"imgpipeline.base"
 FRAME_ORDER = [("captured_at", "ascending"), ("source_id", "ascending"), ("frame_id", "ascending")]
 DETECTION_ORDER = [*FRAME_ORDER, ("detection_index", "ascending")]

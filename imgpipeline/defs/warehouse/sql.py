@@ -1,4 +1,5 @@
-"""The daily summary's SQL: DuckDB over a day's hourly Parquet files (the connection: defs/tables/views).
+"""The daily summary's SQL: DuckDB over a day's hourly Parquet files (the connection: defs/tables/views),
+and the class_hours rows the hourly build makes for it.
 
 The day and the file lists are bound parameters; no string from outside becomes SQL text.
 """
@@ -9,36 +10,87 @@ from datetime import date
 
 import pyarrow as pa
 
-from imgpipeline.defs.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
+from imgpipeline.defs.tables.schemas import CLASS_HOURS_SCHEMA, DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
 from imgpipeline.defs.tables.views import empty_select
 
+# The hour of capture by epoch arithmetic (the data is UTC): much cheaper than hour() on TIMESTAMPTZ.
+HOUR_MS = "(epoch_ms(captured_at) // 3600000)"
+BUILT_BY = "imgpipeline.build"  # the build id in a table file's metadata (builds.BUILT_BY)
 
-def query_daily_summary(con, day: date, frames_paths: list[str], detections_paths: list[str]):
+
+def class_hours_sql(detections_source: str) -> str:
+    """class_hours' rows from detection rows: the one definition the hourly build stores and the daily
+    summary falls back to for an hour whose class_hours is missing or of another build."""
+    return f"""
+    SELECT to_timestamp({HOUR_MS} * 3600) AS hour_start, source_id, {", ".join(IDENTITY)}, class_name,
+           count(*) FILTER (WHERE class_rank = 1) AS frames_with_class, count(*) AS objects,
+           sum(confidence) AS confidence_sum, max(confidence) AS max_confidence,
+           coalesce(list(DISTINCT track_id ORDER BY track_id) FILTER (WHERE track_id IS NOT NULL), [])
+               AS track_ids
+    FROM {detections_source}
+    GROUP BY ALL
+    """
+
+
+def class_hours(detections: pa.Table) -> pa.Table:
+    """An hour's class_hours from its detections, in a stable order."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("hour_detections", detections.select(list(DETECTIONS_SCHEMA.names)))
+    order = ", ".join(("hour_start", "source_id", *IDENTITY, "class_name"))
+    rows = con.execute(f"{class_hours_sql('hour_detections')} ORDER BY {order}").to_arrow_table()
+    return rows.cast(CLASS_HOURS_SCHEMA)
+
+
+def summary_sources(con, detections: dict[str, str], made: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(class_hours files, detections files) a day's summary reads: each hour's class_hours where it was
+    made with the detections stored now (the same build id in both files' metadata), else that hour's
+    detections. Both maps: an hour's name (the key below its table's folder) → the path DuckDB reads."""
+    paths = [*detections.values(), *(made[hour] for hour in detections if hour in made)]
+    stamps = dict(con.execute(
+        "SELECT file_name, decode(value) FROM parquet_kv_metadata($paths) WHERE decode(key) = $key",
+        {"paths": paths, "key": BUILT_BY}).fetchall()) if paths else {}
+    rollups, raw = [], []
+    for hour, path in detections.items():
+        current = hour in made and stamps.get(path) is not None and stamps.get(made[hour]) == stamps[path]
+        (rollups if current else raw).append(made[hour] if current else path)
+    return rollups, raw
+
+
+def query_daily_summary(con, day: date, frames_paths: list[str], detections_paths: list[str],
+                        class_hours_paths: list[str] = ()):
     """One day's summary per source × detector identity × class over the hourly Parquet files (frames
-    of unknown identity, landed before it was recorded, group together): DuckDB's result. The day and
-    the file lists are bound parameters."""
+    of unknown identity, landed before it was recorded, group together): DuckDB's result. The objects
+    come from class_hours files and from detections files (hours without a current class_hours), which
+    must not cover the same hours (summary_sources). The day and the file lists are bound parameters."""
     params: dict = {"day": day}
 
     def source(name, paths, schema):
         if not paths:
             return empty_select(schema)
-        params[name] = paths
+        params[name] = list(paths)
         return f"read_parquet(${name}, union_by_name = true)"
 
     sql = _daily_summary_sql(source("frames", frames_paths, FRAMES_SCHEMA),
-                             source("detections", detections_paths, DETECTIONS_SCHEMA))
+                             source("detections", detections_paths, DETECTIONS_SCHEMA),
+                             source("class_hours", class_hours_paths, CLASS_HOURS_SCHEMA))
     return con.execute(sql, params)
 
 
-def _daily_summary_sql(frames_source: str, detections_source: str) -> str:
-    # Hours by epoch arithmetic (the data is UTC): much cheaper than hour() on TIMESTAMPTZ.
-    hour = "CAST((epoch_ms(captured_at) // 3600000) % 24 AS INTEGER)"
+def _daily_summary_sql(frames_source: str, detections_source: str, class_hours_source: str) -> str:
     identity = ", ".join(IDENTITY)
     same = " AND ".join(f"s.{name} IS NOT DISTINCT FROM c.{name}" for name in ("source_id", *IDENTITY))
     any_identity = ", ".join(f"any_value({name}) AS {name}" for name in IDENTITY)
+    columns = ", ".join(CLASS_HOURS_SCHEMA.names)
+    per_hour = ", ".join(f"CAST(coalesce(sum(objects) FILTER (WHERE hour_of_day = {h}), 0) AS BIGINT)"
+                         for h in range(24))
     return f"""
     WITH fr AS (SELECT * FROM {frames_source}),
-         de AS (SELECT * FROM {detections_source}),
+         ch AS (SELECT {columns}, CAST((epoch_ms(hour_start) // 3600000) % 24 AS INTEGER) AS hour_of_day
+                FROM (SELECT {columns} FROM {class_hours_source}
+                      UNION ALL SELECT {columns} FROM ({class_hours_sql(detections_source)}))),
     -- The three quantiles from one sort, and the commonest size as one number (the width in the upper 32
     -- bits, the height in the lower) rather than a string made for every frame: together half the cost.
     per_source_raw AS (
@@ -59,22 +111,24 @@ def _daily_summary_sql(frames_source: str, detections_source: str) -> str:
                    || CAST(typical_size_number & 4294967295 AS VARCHAR) AS typical_size
         FROM per_source_raw
     ),
-    -- Grouped by the identity's hash, not its four strings (taken back from the group's rows): counting
-    -- a class's distinct tracks costs a third less. Two identities of one source and class with the same
-    -- 64-bit hash would be merged, and the check totals_match_hourly would say so.
+    -- The hours' rows summed per class. Grouped by the identity's hash, not its four strings (taken back
+    -- from the group's rows); two identities of one source and class with the same 64-bit hash would be
+    -- merged, and the check totals_match_hourly would say so. A track seen in several hours counts once.
     per_class AS (
         SELECT source_id, {any_identity}, class_name,
-               count(*) FILTER (WHERE class_rank = 1) AS frames_with_class, count(*) AS objects,
-               count(DISTINCT track_id) AS unique_objects,
-               avg(confidence) AS mean_confidence, max(confidence) AS max_confidence,
-               histogram({hour}) AS hours
-        FROM de GROUP BY source_id, hash({identity}), class_name
+               CAST(sum(frames_with_class) AS BIGINT) AS frames_with_class,
+               CAST(sum(objects) AS BIGINT) AS objects,
+               CAST(len(list_distinct(flatten(list(track_ids)))) AS BIGINT) AS unique_objects,
+               sum(confidence_sum) / sum(objects) AS mean_confidence, max(max_confidence) AS max_confidence,
+               [{per_hour}] AS objects_per_hour
+        FROM ch GROUP BY source_id, hash({identity}), class_name
     )
     SELECT s.day, s.source_id, {", ".join(f"s.{name}" for name in IDENTITY)}, c.class_name, s.frames,
            coalesce(c.frames_with_class, 0) AS frames_with_class, coalesce(c.objects, 0) AS objects,
            coalesce(c.unique_objects, 0) AS unique_objects,
            c.mean_confidence, c.max_confidence,
-           list_transform(range(24), h -> coalesce(c.hours[CAST(h AS INTEGER)], 0)) AS objects_per_hour,
+           coalesce(c.objects_per_hour, list_transform(range(24), h -> CAST(0 AS BIGINT)))
+               AS objects_per_hour,
            s.mean_brightness, s.p10_brightness, s.p50_brightness, s.p90_brightness,
            s.typical_size, s.median_bytes, s.dark_share, s.error_share, s.shed_share
     FROM per_source s LEFT JOIN per_class c ON {same}

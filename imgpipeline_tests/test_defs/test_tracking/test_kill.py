@@ -74,7 +74,8 @@ def test_a_killed_backfill_run_again_equals_an_unbroken_one(tmp_path):
     env = {**os.environ, "IMGPIPELINE_STORAGE_URI": broken.uri, "IMGPIPELINE_ZONES_FILE": str(zones_file),
            "IMGPIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": bare_home(tmp_path / "dagster")}
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
-               "--select", "frames,detections,tracks,object_counts", "--partition-range", "...".join(RANGE)]
+               "--select", "frames,detections,class_hours,tracks,object_counts",
+               "--partition-range", "...".join(RANGE)]
     folder = broken.open().folder
     kill_when(command, env, folder / TRACKS.hour_key(FIRST + timedelta(hours=HOURS // 2)),
               folder / TRACKS.hour_key(FIRST + timedelta(hours=HOURS - 1)))

@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 from imgpipeline.cli.samples import sample
 from imgpipeline.defs.partitions import hourly_partitions
 from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
-from imgpipeline.defs.tables import DETECTIONS, FRAMES, LANDING_ASSET, OBJECT_COUNTS, TRACKS
+from imgpipeline.defs.tables import CLASS_HOURS, DETECTIONS, FRAMES, LANDING_ASSET, OBJECT_COUNTS, TRACKS
 from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
 from imgpipeline.ingest.producer import FrameProducer, Ledger
@@ -72,7 +72,7 @@ def updated(instance, *keys: dg.AssetKey, hours=(HOUR,)) -> None:
 
 @pytest.mark.parametrize("tick_between", [True, False], ids=["after-a-tick", "before-the-next-tick"])
 @pytest.mark.parametrize(("upstream", "targets"), [
-    ((LANDING_ASSET,), (FRAMES.key, DETECTIONS.key)),
+    ((LANDING_ASSET,), (FRAMES.key, DETECTIONS.key, CLASS_HOURS.key)),
     ((FRAMES.key, DETECTIONS.key), (TRACKS.key, OBJECT_COUNTS.key)),
 ], ids=["warehouse", "tracking"])
 def test_an_update_during_the_hours_run_asks_for_one_more(tmp_path, upstream, targets, tick_between):

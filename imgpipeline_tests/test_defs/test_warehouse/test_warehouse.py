@@ -92,8 +92,9 @@ def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
 
     env = storage_env(storage, kafka)
     # A real single-run backfill of both days, from the CLI, as docs/warehouse.md shows it.
-    cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "frames,detections",
-        "--partition-range", "2026-11-20-22:00...2026-11-21-23:00", module="dagster")
+    cli(env, "asset", "materialize", "-m", "imgpipeline.definitions",
+        "--select", "frames,detections,class_hours", "--partition-range",
+        "2026-11-20-22:00...2026-11-21-23:00", module="dagster")
     cli(env, "asset", "materialize", "-m", "imgpipeline.definitions", "--select", "daily_summary",
         "--partition-range", "2026-11-20...2026-11-21", module="dagster")
 
@@ -281,3 +282,74 @@ def test_daily_summary_frame_figures_are_those_of_the_frames(tmp_path):
     assert [row["p10_brightness"], row["p50_brightness"], row["p90_brightness"]] == pytest.approx(
         brightness.quantile([0.1, 0.5, 0.9]).tolist())
     assert row["error_share"] == pytest.approx(4 / 9)
+
+
+@pytest.mark.integration
+def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_detections(
+        kafka, storage, tmp_path):
+    """Each hour's class_hours is made with its detections and stamped with their build; the summary sums
+    it instead of the detections, reads the detections of an hour whose class_hours is missing or of
+    another build, and gives the same numbers either way. One that lies under the right stamp is caught
+    by the summary's check against the hourly tables."""
+    from dagster_duckdb import DuckDBResource
+
+    from imgpipeline.defs.tables import CLASS_HOURS, DETECTIONS
+    from imgpipeline.defs.warehouse import builds
+    from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables
+
+    frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=40))
+    producer = FrameProducer(kafka, storage, "bikes", ledger=Ledger(tmp_path / "ledger"))
+    producer.send_all(frames, progress=False)
+    resources = {"storage": storage, "duckdb": DuckDBResource(database=":memory:"),
+                 "tracking": TrackingResource()}
+    hour, day = datetime(2026, 11, 20, 23, tzinfo=UTC), "2026-11-20"
+    store = storage.open()
+    with fresh_instance() as instance:
+        drain(kafka, storage, instance)
+
+        def summary() -> tuple[list[dict], dict[str, bool]]:
+            result = dg.materialize([daily_summary], partition_key=day, instance=instance,
+                                    resources=resources)
+            checked = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+            rows = from_parquet(store.get(f"warehouse/daily_summary/dt={day}/part-0.parquet")).to_pylist()
+            return rows, checked
+
+        assert dg.materialize([hourly_tables], partition_key="2026-11-20-23:00", instance=instance,
+                              resources=resources).success
+        detections = DETECTIONS.read(store, DETECTIONS.hour_key(hour))
+        made = CLASS_HOURS.read(store, CLASS_HOURS.hour_key(hour))
+        assert builds.built_by(made) == builds.built_by(detections) is not None
+        # What the rows must say, from the detections by pyarrow rather than by the SQL that made them.
+        by_class = {}
+        for row in detections.to_pylist():
+            tally = by_class.setdefault(row["class_name"], {"objects": 0, "best": 0.0, "tracks": set()})
+            tally["objects"] += 1
+            tally["best"] = max(tally["best"], row["confidence"])
+            tally["tracks"] |= {row["track_id"]} - {None}
+        assert {r["class_name"]: (r["objects"], r["max_confidence"], sorted(r["track_ids"]))
+                for r in made.to_pylist()} == {
+            name: (t["objects"], t["best"], sorted(t["tracks"])) for name, t in by_class.items()}
+        assert any(r["track_ids"] for r in made.to_pylist())
+
+        from_made, checked = summary()
+        assert all(checked.values()) and sum(r["objects"] for r in from_made) == detections.num_rows
+
+        def same(rows):
+            assert len(rows) == len(from_made)
+            for got, want in zip(rows, from_made, strict=True):
+                assert got == {**want, "mean_confidence": pytest.approx(want["mean_confidence"])}
+
+        key = CLASS_HOURS.hour_key(hour)
+        lying = made.set_column(made.schema.get_field_index("objects"), "objects",
+                                pa.array([n * 2 for n in made.column("objects").to_pylist()], pa.int64()))
+        store.put(key, to_parquet(lying.replace_schema_metadata({b"imgpipeline.build": b"another"})))
+        rows, checked = summary()  # of another build: the detections are read instead
+        same(rows)
+        assert all(checked.values())
+        store.delete(key)
+        rows, checked = summary()  # missing: the same
+        same(rows)
+        store.put(key, to_parquet(lying.replace_schema_metadata(made.schema.metadata)))
+        rows, checked = summary()  # a lie under the right stamp is read, and the check says so
+        assert sum(r["objects"] for r in rows) == 2 * detections.num_rows
+        assert checked["totals_match_hourly"] is False
