@@ -76,6 +76,12 @@ def families(report, minutes: float) -> list:
             if seconds is not None:
                 took.add_metric([job], seconds)
         found.append(took)
+    if (alerts := sections.get("alerts")) is not None:
+        raised = gauge("alerts_24h", "Alerts raised in the last 24 hours, by rule (the alerts tables).",
+                       ["rule"])
+        for rule, count in alerts["last_24h"].items():
+            raised.add_metric([rule], count)
+        found.append(raised)
     return found + _source_families(sections.get("sources") or {}, minutes, gauge)
 
 
@@ -90,6 +96,8 @@ def _source_families(sources: dict, minutes: float, gauge) -> list:
                    ["source"])
     last = gauge("source_last_frame_timestamp_seconds", "When the source's latest frame reached the broker.",
                  ["source"])
+    wait = gauge("source_wait_seconds", "From reaching the broker to processed, of the frames processed "
+                 f"{window}: the median and the 95th percentile.", ["source", "quantile"])
     for name, s in sources.items():
         came.add_metric([name], s["in_per_min"])
         done.add_metric([name], s["processed_per_min"])
@@ -99,7 +107,10 @@ def _source_families(sources: dict, minutes: float, gauge) -> list:
         silent.add_metric([name], float(s["silent"]))
         if s["last_frame"]:
             last.add_metric([name], datetime.fromisoformat(str(s["last_frame"])).timestamp())
-    return [came, done, share, out, silent, last]
+        for quantile, key in (("0.5", "wait_p50_s"), ("0.95", "wait_p95_s")):
+            if s[key] is not None:
+                wait.add_metric([name, quantile], s[key])
+    return [came, done, share, out, silent, last, wait]
 
 
 def serve_metrics(host: str, port: int, minutes: float):

@@ -49,6 +49,11 @@ def gather(now: datetime, minutes: float) -> Report:
         except Exception as exc:  # the store failing between two reads: said, the rest still reported
             report.problems.append(f"sources: cannot read the landing of {storage.uri}: "
                                    f"{type(exc).__name__}: {str(exc)[:300]}")
+        try:
+            report.sections["alerts"] = alerts_section(storage, now)
+        except Exception as exc:
+            report.problems.append(f"alerts: cannot read the alerts tables of {storage.uri}: "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}")
     return report
 
 
@@ -166,9 +171,30 @@ def sources_section(storage, now: datetime, window: timedelta, silent_min: float
         "dark_share": round(a.share("skipped_dark"), 3),
         "error_share": round(a.share("error"), 3),
         "shed_share": round(a.share("shed"), 3),
+        # broker → processed, of the frames processed in the window
+        "wait_p50_s": _seconds(a.wait(0.5)), "wait_p95_s": _seconds(a.wait(0.95)),
         "out_of_range": a.statuses[OUT_OF_RANGE],
         "silent": a.source_id in silent,
     } for a in activity}
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def alerts_section(storage, now: datetime) -> dict:
+    """The alerts raised in the last 24 hours, per rule: from the alerts tables of those hours."""
+    from imgpipeline.defs.tables import ALERTS
+
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    hours = [hour - timedelta(hours=h) for h in range(24, -1, -1)]
+    fired = ALERTS.stored_hours(storage.open(), hours, ["fired_at", "rule"]).to_pylist()
+    since = now - timedelta(hours=24)
+    per_rule: dict[str, int] = {}
+    for row in fired:
+        if row["fired_at"] is not None and row["fired_at"] >= since:
+            per_rule[row["rule"]] = per_rule.get(row["rule"], 0) + 1
+    return {"last_24h": dict(sorted(per_rule.items()))}
 
 
 def print_report(report: Report, now: datetime, minutes: float) -> None:
@@ -207,13 +233,19 @@ def print_report(report: Report, now: datetime, minutes: float) -> None:
         print(f"sources  {len(sources)} known; the last {minutes:g} min:")
         if sources:
             print(f"  {'source':<24} {'in/min':>7} {'done/min':>8}  {'last frame (broker time)':<24} "
-                  f"{'dark':>5} {'error':>5} {'shed':>5} {'out of range':>12}")
+                  f"{'dark':>5} {'error':>5} {'shed':>5} {'out of range':>12} {'wait p50/p95':>13}")
         for name, s in sources.items():
             last = (s["last_frame"] or "never")[:19].replace("T", " ")
             flag = "  SILENT" if s["silent"] else ""
+            waits = (f"{s['wait_p50_s']:.1f}/{s['wait_p95_s']:.1f} s" if s["wait_p50_s"] is not None
+                     else "-")
             print(f"  {name:<24} {s['in_per_min']:>7.1f} {s['processed_per_min']:>8.1f}  {last:<24} "
                   f"{s['dark_share']:>5.0%} {s['error_share']:>5.0%} {s['shed_share']:>5.0%} "
-                  f"{s['out_of_range']:>12}{flag}")
+                  f"{s['out_of_range']:>12} {waits:>13}{flag}")
+    if (alerts := report.sections.get("alerts")) is not None:
+        raised = alerts["last_24h"]
+        print(f"alerts   {sum(raised.values())} in the last 24 h" + (": " + ", ".join(
+            f"{rule} {count}" for rule, count in raised.items()) if raised else ""))
     if report.problems:
         count = len(report.problems)
         print(f"{count} problem{'s' if count > 1 else ''}:")

@@ -7,18 +7,23 @@ import argparse
 import json
 import re
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.metrics import metrics, serve_metrics
+from imgpipeline.defs.tables import ALERTS
+from imgpipeline.ingest.messages import parse_time
 from imgpipeline.lib.instance import open_instance
+from imgpipeline.lib.stats import percentile
 from imgpipeline.paths import HOME_ENV, state_dir
 from imgpipeline.resources import StorageResource
 from imgpipeline.services.dagster_dev import dagster_home
 from imgpipeline.services.process import free_port
-from imgpipeline_tests.pipeline import drain
+from imgpipeline_tests.pipeline import drain, landing_records
 from imgpipeline_tests.test_cli.test_status import send
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "imgpipeline.json"
@@ -46,6 +51,16 @@ def test_the_endpoint_says_what_status_knows_before_and_after_runs(kafka, tmp_pa
         monkeypatch.setenv(name, value)
     send(kafka, storage, tmp_path, "cam-a", 6)
     send(kafka, storage, tmp_path, "cam-b", 4)
+    # Alerts of two rules in the last 24 hours, and one of a day before them.
+    now = datetime.now(UTC)
+    fired = [(now - timedelta(minutes=1), "dog-seen"), (now - timedelta(hours=3), "dog-seen"),
+             (now - timedelta(hours=5), "crowd"), (now - timedelta(hours=30), "crowd")]
+    for at, rule in fired:
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        rows = ALERTS.stored_hour(storage.open(), hour).to_pylist()
+        rows.append({**dict.fromkeys(ALERTS.schema.names), "number": len(rows) + 1, "fired_at": at,
+                     "hour_start": hour, "source_id": "cam-a", "rule": rule})
+        ALERTS.write(storage.open(), ALERTS.hour_key(hour), pa.Table.from_pylist(rows, schema=ALERTS.schema))
     port = free_port()
     server, _ = serve_metrics("127.0.0.1", port, minutes=5)
     try:
@@ -72,6 +87,16 @@ def test_the_endpoint_says_what_status_knows_before_and_after_runs(kafka, tmp_pa
     assert after["imgpipeline_source_silent"] == {(("source", "cam-a"),): 0, (("source", "cam-b"),): 0}
     assert after["imgpipeline_last_run_seconds"][(("dagster_job", "detect_frames"),)] > 0
     assert all(stamp > 1.7e9 for stamp in after["imgpipeline_source_last_frame_timestamp_seconds"].values())
+    assert after["imgpipeline_alerts_24h"] == {(("rule", "crowd"),): 1, (("rule", "dog-seen"),): 2}
+    # The waits are those of the landing records: reaching the broker → processed.
+    waits = {}
+    for record in landing_records(storage):
+        waits.setdefault(record.source_id, []).append(
+            (parse_time(record.processed_at) - parse_time(record.ingested_at)).total_seconds())
+    assert after["imgpipeline_source_wait_seconds"] == {
+        (("quantile", q), ("source", source)): pytest.approx(percentile(values, float(q)), abs=0.006)
+        for source, values in waits.items() for q in ("0.5", "0.95")}
+    assert all(value > 0 for value in after["imgpipeline_source_wait_seconds"].values())
     # Every series the dashboard draws is one the endpoint serves.
     drawn = {name for target in targets(json.loads(DASHBOARD.read_text()))
              for name in re.findall(r"imgpipeline_\w+", target["expr"])}

@@ -65,11 +65,6 @@ def bench_frames(count: int):
             for i, f in enumerate(video[i % len(video)] for i in range(count))]
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def send_frames(producer, frames, rate: float | None, sent_at: dict[str, float],
                 flush_every: int = 1) -> None:
     """Send at `rate` frames/s (or as fast as possible), recording each send time; at a rate, each

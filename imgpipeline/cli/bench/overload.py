@@ -11,9 +11,9 @@ from imgpipeline.cli.bench.common import (
     bench_frames,
     fresh_topic_and_store,
     local_resources,
-    percentile,
     write_result,
 )
+from imgpipeline.lib.stats import percentile
 
 
 def overload_leg(resources: dict, fps: float, factor: float, seconds: float, shed_after_s: float) -> dict:

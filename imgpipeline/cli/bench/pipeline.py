@@ -13,11 +13,11 @@ from imgpipeline.cli.bench.common import (
     bench_frames,
     fresh_topic_and_store,
     local_resources,
-    percentile,
     scratch_dir,
     send_frames,
     write_result,
 )
+from imgpipeline.lib.stats import percentile
 
 
 def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None,

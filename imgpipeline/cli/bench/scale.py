@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgpipeline.cli.bench.common import local_resources, percentile, scratch_dir, write_result
+from imgpipeline.cli.bench.common import local_resources, scratch_dir, write_result
 from imgpipeline.cli.bench.scale_report import NOTICE, SAMPLE_S, figures, print_scale
+from imgpipeline.lib.stats import percentile
 
 WARM_UP = "warm-up"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from imgpipeline.cli.bench.common import percentile
+from imgpipeline.lib.stats import percentile
 
 NOTICE = ("THE DETECTOR IS A NO-OP (engine `noop`): frames are fetched, checked (sha256) and decoded, "
           "nothing is detected. These figures measure orchestration only, not detection.")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from imgpipeline.defs.streaming.landing import hour_records, known_sources
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.ingest.messages import parse_time
+from imgpipeline.lib.stats import percentile
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import FromEnv, setting
 
@@ -42,6 +43,8 @@ class SourceActivity:
     last: dict
     came_in: int = 0  # frames that reached the broker in the window (and have been processed)
     statuses: Counter = field(default_factory=Counter)  # frames processed in the window, by status
+    # Seconds from reaching the broker to processed, of each frame processed in the window.
+    waits: list[float] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -49,6 +52,10 @@ class SourceActivity:
 
     def share(self, status: str) -> float:
         return self.statuses[status] / self.processed if self.processed else 0.0
+
+    def wait(self, q: float) -> float | None:
+        """The q-quantile of the window's waits, None without one."""
+        return percentile(self.waits, q) if self.waits else None
 
     def silent_for(self, now: datetime) -> timedelta | None:
         """Since the latest of its frames reached the broker (None: never recorded)."""
@@ -75,8 +82,10 @@ def source_activity(store, now: datetime, window: timedelta,
             seen.add(once)
             if record.ingested_at and since <= parse_time(record.ingested_at) <= now:
                 activity.came_in += 1
-            if record.processed_at and since <= parse_time(record.processed_at) <= now:
+            if record.processed_at and since <= (processed := parse_time(record.processed_at)) <= now:
                 activity.statuses[record.status] += 1
+                if record.ingested_at:
+                    activity.waits.append((processed - parse_time(record.ingested_at)).total_seconds())
         hour += timedelta(hours=1)
     return sorted(sources.values(), key=lambda a: a.source_id)
 
