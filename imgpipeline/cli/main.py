@@ -203,6 +203,14 @@ def add_load_benches(what) -> None:
     overload.add_argument("--seconds", type=float, default=30.0, help="how long the input lasts")
     overload.add_argument("--shed-after", type=float, default=5.0,
                           help="the shedding bound (s) of the legs with shedding")
+    latency = what.add_parser(
+        "latency", help="the street video at a steady rate through the daemon: send → landed and send → "
+                        "alert on Kafka (frame and track rules), then a backlog against the bare detector")
+    latency.add_argument("--seconds", type=float, default=120.0, help="how long the steady input lasts")
+    latency.add_argument("--rate", type=float, default=2.0, help="frames/s of the steady input")
+    latency.add_argument("--backlog", type=int, default=500, help="frames of the backlog that follows")
+    latency.add_argument("--settle", type=float, default=600.0,
+                         help="seconds to wait after the input for the hours' alerts")
     scale = what.add_parser(
         "scale", help="many cameras through the daemon, sensor and runs with a no-op detector: the "
                       "orchestration's figures per hour, day and month, and what bends first")

@@ -241,3 +241,25 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
     assert {"sensor tick", "run start-up", "keeping up (lag)", "duplicate screening",
             "current hour builds"} <= {b["what"] for b in written["bends"]}
     assert f"{written['bends_first']['what']} " in printed and "What moves it:" in printed
+
+
+@pytest.mark.integration
+@pytest.mark.long(2.5)
+def test_bench_latency_times_the_alerts_the_tables_hold(kafka):
+    """The street video through the real daemon and the whole hourly chain: every frame lands, the chain
+    settles, and each alert the alerts tables hold reached the Kafka topic (per kind of rule)."""
+    from imgpipeline.cli.bench.latency import bench_latency
+    from imgpipeline.resources import DetectorResource
+
+    # 160 frames: past the one where the demo's street has four cars in a frame.
+    bench_latency(seconds=8, rate=20, backlog=10, settle_s=400,
+                  resources={"kafka": kafka, "detector": DetectorResource()})
+    written = json.loads((state_dir() / "bench" / "latency.json").read_text())
+    assert written["settled"] is True and written["landed"]["count"] == written["frames"] == 160
+    assert written["alerts_stored"]["all"] >= 1
+    assert written["alerts_received"] == written["alerts_stored"]["all"]
+    for kind in ("frame_rule", "track_rule"):
+        assert written[kind]["count"] == written["alerts_stored"][kind]
+        if written[kind]["count"]:
+            assert 0 < written[kind]["p50_s"] <= written[kind]["p95_s"] <= written[kind]["max_s"]
+    assert written["backlog"] == 10 and written["efficiency"] > 0

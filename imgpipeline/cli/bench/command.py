@@ -34,6 +34,10 @@ def bench(args) -> int:
         from imgpipeline.cli.bench.overload import bench_overload
 
         bench_overload(tuple(args.factors), args.seconds, args.shed_after)
+    elif args.what == "latency":
+        from imgpipeline.cli.bench.latency import bench_latency
+
+        bench_latency(args.seconds, args.rate, args.backlog, args.settle)
     elif args.what == "scale":
         from imgpipeline.cli.bench.scale import bench_scale
 

@@ -3,8 +3,10 @@ detector and a plain consumer loop, on the same frames."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,14 +22,11 @@ from imgpipeline.cli.bench.common import (
 from imgpipeline.lib.stats import percentile
 
 
-def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None,
-                 flush_every: int = 1) -> dict:
-    """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing."""
-    import os
-    import threading
-
-    from imgpipeline.defs.streaming.landing import landing_keys, read_records
-    from imgpipeline.ingest.producer import FrameProducer, Ledger
+@contextlib.contextmanager
+def daemon(kafka, storage, detector=None, env: dict | None = None, log=print):
+    """A real `dagster dev` (daemon, sensors, code server) on the given topic and store, with an
+    instance of its own (SQLite in a scratch folder, never the project's PostgreSQL): the LocalServices
+    it runs under. `env` adds settings for it."""
     from imgpipeline.lib.instance import InstanceSettings
     from imgpipeline.paths import HOME_ENV
     from imgpipeline.resources.settings import env_name
@@ -35,45 +34,17 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
 
     home = scratch_dir("home")
     chosen = ((detector, "engine"), (detector, "precision")) if detector else ()
-    # An instance of the benchmark's own (SQLite in its scratch folder), never the project's PostgreSQL.
     overrides = {HOME_ENV: str(home), env_name(InstanceSettings, "kind"): "sqlite",
                  **{env_name(type(r), f): getattr(r, f) for r, f in (
-                     (kafka, "bootstrap_servers"), (kafka, "frames_topic"), (storage, "uri"), *chosen)}}
+                     (kafka, "bootstrap_servers"), (kafka, "frames_topic"), (kafka, "alerts_topic"),
+                     (storage, "uri"), *chosen)}, **(env or {})}
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     local = LocalServices(home / ".imgpipeline")
     try:
-        log("  starting dagster dev (daemon, sensor) …")
+        log("  starting dagster dev (daemon, sensors) …")
         local.up_ui()
-        producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(home / "ledger"), flush_every=100)
-        store, seen_files = storage.open(), set()
-        landed_at: dict[str, float] = {}
-        deadline = time.monotonic() + timeout_s
-
-        def wait_for(count: int) -> None:
-            while len(landed_at) < count and time.monotonic() < deadline:
-                for key in landing_keys(store):
-                    if key not in seen_files:
-                        seen_files.add(key)
-                        now = time.time()
-                        for record in read_records(store, key):
-                            landed_at.setdefault(record.frame_id, now)
-                time.sleep(0.25)
-
-        # One warm-up frame through the whole path: the daemon, the sensor and the code server
-        # are running when the measured frames arrive, as in steady operation.
-        warm_up = frames[0]
-        send_frames(producer, [type(warm_up)(warm_up.frame_id + "-warm-up", warm_up.data, warm_up.captured,
-                                             warm_up.width, warm_up.height)], None, {})
-        wait_for(1)
-        landed_at.clear()
-        sent_at: dict[str, float] = {}
-        sender = threading.Thread(target=send_frames, args=(producer, frames, rate, sent_at, flush_every))
-        sender.start()
-        wait_for(len(frames))
-        sender.join()
-        producer.producer.close()
-        runs = run_timings(local.dagster.dagster_home, since=min(sent_at.values()))
+        yield local
     finally:
         local.dagster.stop()
         for key, value in saved.items():
@@ -81,10 +52,62 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    if len(landed_at) < len(frames):
-        raise SystemExit(f"only {len(landed_at)} of {len(frames)} frames landed within {timeout_s:.0f} s; "
-                         f"see {local.dagster.logfile}")
-    return {"sent_at": sent_at, "done_at": landed_at, "runs": runs,
+
+
+class LandingWatch:
+    """When each frame's landing record appeared in the store (polled every quarter second)."""
+
+    def __init__(self, storage):
+        self.store, self.seen_files, self.landed_at = storage.open(), set(), {}
+
+    def wait_for(self, count: int, deadline: float) -> bool:
+        """Until `count` frames landed or the monotonic deadline passed: whether they did."""
+        from imgpipeline.defs.streaming.landing import landing_keys, read_records
+
+        while len(self.landed_at) < count and time.monotonic() < deadline:
+            for key in landing_keys(self.store):
+                if key not in self.seen_files:
+                    self.seen_files.add(key)
+                    now = time.time()
+                    for record in read_records(self.store, key):
+                        self.landed_at.setdefault(record.frame_id, now)
+            time.sleep(0.25)
+        return len(self.landed_at) >= count
+
+
+def warm_up(producer, watch: LandingWatch, frame, deadline: float) -> None:
+    """One frame through the whole path, so the daemon, the sensor and the code server are running when
+    the measured frames arrive, as in steady operation."""
+    send_frames(producer, [type(frame)(frame.frame_id + "-warm-up", frame.data, frame.captured,
+                                       frame.width, frame.height)], None, {})
+    watch.wait_for(1, deadline)
+    watch.landed_at.clear()
+
+
+def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None,
+                 flush_every: int = 1) -> dict:
+    """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing."""
+    import threading
+
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+
+    with daemon(kafka, storage, detector, log=log) as local:
+        producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(local.state.parent / "ledger"),
+                                 flush_every=100)
+        watch = LandingWatch(storage)
+        deadline = time.monotonic() + timeout_s
+        warm_up(producer, watch, frames[0], deadline)
+        sent_at: dict[str, float] = {}
+        sender = threading.Thread(target=send_frames, args=(producer, frames, rate, sent_at, flush_every))
+        sender.start()
+        watch.wait_for(len(frames), deadline)
+        sender.join()
+        producer.producer.close()
+        runs = run_timings(local.dagster.dagster_home, since=min(sent_at.values()))
+    if len(watch.landed_at) < len(frames):
+        raise SystemExit(f"only {len(watch.landed_at)} of {len(frames)} frames landed within "
+                         f"{timeout_s:.0f} s; see {local.dagster.logfile}")
+    return {"sent_at": sent_at, "done_at": watch.landed_at, "runs": runs,
             "dagster_home": local.dagster.dagster_home}
 
 

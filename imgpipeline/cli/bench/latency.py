@@ -1,0 +1,219 @@
+"""`imgpipeline bench latency`: the street video sent at a steady rate through the real daemon, as its
+camera would send it, and how long after each frame was sent it landed and its alerts reached the Kafka
+topic `alerts` (the rules of alerts.yaml and the lines and zones of zones.yaml, as the demo has them);
+then a backlog through the same daemon against the bare detector's frames/s.
+
+The alerts are the hourly chain's (landing → the hour's tables → tracks → alerts): the benchmark waits
+until each hour of the frames was made again by runs created after everything landed, then reads the
+topic once more.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+
+from imgpipeline.cli.bench.common import (
+    bare_fps,
+    bench_frames,
+    fresh_topic_and_store,
+    local_resources,
+    send_frames,
+    write_result,
+)
+from imgpipeline.cli.bench.pipeline import LandingWatch, daemon, warm_up
+from imgpipeline.lib.stats import percentile
+
+SOURCE = "street-cam"  # the source alerts.yaml and zones.yaml speak of
+FRAME_RULES = ("class", "count", "dark", "frozen")  # decided by a frame (and the source's frames before it)
+TRACK_RULES = ("zone_enter", "line_cross", "dwell")  # decided by a track
+
+
+def street_frames(count: int, start: datetime) -> list:
+    """`count` frames of bikes.mp4 as the street camera's, the video again after its end, captured at its
+    own pace from `start`."""
+    from imgpipeline.cli.samples import sample
+    from imgpipeline.ingest.producer import Frame
+    from imgpipeline.ingest.sources import video_frames
+
+    video = list(video_frames(str(sample("bikes.mp4")), SOURCE, start=start))
+    length = video[-1].captured - video[0].captured + (video[1].captured - video[0].captured)
+    return [Frame(f"{SOURCE}-{i:06d}", f.data, f.captured + (i // len(video)) * length, f.width, f.height)
+            for i, f in enumerate(video[i % len(video)] for i in range(count))]
+
+
+class AlertsWatch:
+    """Every message on the alerts topic, with when it arrived, read by a thread from the start."""
+
+    def __init__(self, kafka):
+        self.kafka, self.received, self.stop = kafka, [], threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        consumer = self.kafka.consumer(auto_offset_reset="earliest")
+        consumer.subscribe([self.kafka.alerts_topic])
+        try:
+            while not self.stop.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    now = time.time()
+                    self.received += [(json.loads(r.value), now) for r in records]
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def made_after(instance, hours: list[str], after: float) -> bool:
+    """Whether each hour's detections, tracks and alerts were made again, in that order, by runs created
+    after `after` (each after the one before it wrote its tables): the alerts of all that landed."""
+    import dagster as dg
+
+    from imgpipeline.defs.tables import ALERTS, DETECTIONS, TRACKS
+
+    for hour in hours:
+        since = after
+        for key in (DETECTIONS.key, TRACKS.key, ALERTS.key):
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[hour], after_timestamp=since),
+                limit=100).records
+            written = [r.timestamp for r in records
+                       if (run := instance.get_run_record_by_id(r.run_id)) is not None
+                       and run.create_timestamp.timestamp() >= since]
+            if not written:
+                return False
+            since = min(written)
+    return True
+
+
+def figures(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    return {"count": len(values), "p50_s": round(percentile(values, 0.5), 2),
+            "p95_s": round(percentile(values, 0.95), 2), "max_s": round(max(values), 2)}
+
+
+def alert_latencies(received: list[tuple[dict, float]], sent_at: dict[str, float]) -> dict:
+    """Send → on the topic, per kind of rule, from each alert's first arrival (its evidence frame's send)."""
+    first: dict[int, tuple[dict, float]] = {}
+    for message, at in received:
+        first.setdefault(message["number"], (message, at))
+    kinds = {"frame_rule": FRAME_RULES, "track_rule": TRACK_RULES}
+    found = {}
+    for name, rule_kinds in kinds.items():
+        mine = [(m, at) for m, at in first.values() if m["kind"] in rule_kinds and m["frame_id"] in sent_at]
+        found[name] = {**figures([at - sent_at[m["frame_id"]] for m, at in mine]),
+                       "rules": sorted({m["rule"] for m, _ in mine})}
+    return found
+
+
+def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500, settle_s: float = 600.0,
+                  resources: dict | None = None) -> dict:
+    """Steady input, then a backlog, through one real daemon; each figure from this one run."""
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+    from imgpipeline.lib.instance import open_instance
+    from imgpipeline.resources import DetectorResource
+
+    if seconds <= 0 or rate <= 0 or backlog < 1:
+        raise SystemExit("--seconds and --rate must be over 0 and --backlog at least 1")
+    resources = resources or local_resources()
+    kafka, storage, folder = fresh_topic_and_store(resources["kafka"], "latency")
+    kafka = kafka.model_copy(update={"alerts_topic": f"{kafka.frames_topic}-alerts"})
+    kafka.ensure_topics(partitions=1)
+    street = street_frames(max(2, round(seconds * rate)), datetime.now(UTC))
+    queue = bench_frames(backlog)
+    detector = DetectorResource.from_env().model_copy(update={"threads": 0}).load()
+    bare = [bare_fps(queue, detector)]
+    alerts = AlertsWatch(kafka)
+    with daemon(kafka, storage) as local:
+        producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
+        camera = FrameProducer(kafka, storage, SOURCE, ledger=Ledger(folder / "ledger"))
+        watch = LandingWatch(storage)
+        warm_up(producer, watch, queue[0], time.monotonic() + 300)
+        print(f"steady: {len(street)} frames of {SOURCE} at {rate:g} frames/s …")
+        sent_at: dict[str, float] = {}
+        sender = threading.Thread(target=send_frames, args=(camera, street, rate, sent_at, 1))
+        sender.start()
+        landed = watch.wait_for(len(street), time.monotonic() + seconds + settle_s)
+        sender.join()
+        camera.producer.close()
+        if not landed:
+            raise SystemExit(f"only {len(watch.landed_at)} of {len(street)} frames landed; see "
+                             f"{local.dagster.logfile}")
+        steady_landed = dict(watch.landed_at)
+        hours = sorted({f.captured.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%d-%H:00")
+                        for f in street})
+        print(f"  all landed; waiting for the hours' tables, tracks and alerts (at most {settle_s:g} s) …")
+        settled = wait_settled(local.dagster.dagster_home, hours, max(steady_landed.values()), settle_s,
+                               open_instance)
+        time.sleep(3)  # the last alerts run's messages reach the topic's reader
+        stored = stored_alerts(storage, street)
+        print(f"backlog: {backlog} frames at once …")
+        watch.landed_at.clear()
+        backlog_sent: dict[str, float] = {}
+        send_frames(producer, queue, None, backlog_sent)
+        done = watch.wait_for(backlog, time.monotonic() + 1800)
+        producer.producer.close()
+    alerts.close()
+    bare.append(bare_fps(queue, detector))
+    backlog_landed = [watch.landed_at[f.frame_id] for f in queue if f.frame_id in watch.landed_at]
+    if not done or len(backlog_landed) < backlog:
+        raise SystemExit(f"only {len(backlog_landed)} of {backlog} backlog frames landed within 1800 s")
+    pipeline_fps = backlog / (max(backlog_landed) - min(backlog_sent.values()))
+    bare_mean = sum(bare) / len(bare)
+    result = {
+        "frames": len(street), "rate": rate, "settled": settled,
+        "landed": figures([steady_landed[k] - sent_at[k] for k in steady_landed if k in sent_at]),
+        **alert_latencies(alerts.received, sent_at),
+        "alerts_received": len({m["number"] for m, _ in alerts.received}), "alerts_stored": stored,
+        "backlog": backlog, "backlog_fps": round(pipeline_fps, 1), "bare_fps": round(bare_mean, 1),
+        "efficiency": round(pipeline_fps / bare_mean, 3), "precision": detector.identity.precision,
+    }
+    print_latency(result)
+    write_result("latency", result)
+    return result
+
+
+def stored_alerts(storage, frames) -> dict[str, int]:
+    """The alerts tables' rows of the frames' hours, per kind of rule."""
+    from imgpipeline.defs.tables import ALERTS
+
+    hours = sorted({f.captured.replace(minute=0, second=0, microsecond=0) for f in frames})
+    kinds = ALERTS.stored_hours(storage.open(), hours, ["kind"]).column("kind").to_pylist()
+    return {"frame_rule": sum(k in FRAME_RULES for k in kinds),
+            "track_rule": sum(k in TRACK_RULES for k in kinds), "all": len(kinds)}
+
+
+def wait_settled(dagster_home, hours: list[str], last_landed: float, settle_s: float, open_instance) -> bool:
+    deadline = time.monotonic() + settle_s
+    with open_instance(dagster_home) as instance:
+        while time.monotonic() < deadline:
+            if made_after(instance, hours, last_landed):
+                return True
+            time.sleep(2)
+    print(f"  not settled within {settle_s:g} s: the alert figures are of what arrived by then")
+    return False
+
+
+def print_latency(result: dict) -> None:
+    def row(name: str, found: dict) -> str:
+        if not found.get("count"):
+            return f"  {name:<28} none"
+        rules = f"  ({', '.join(found['rules'])})" if found.get("rules") else ""
+        return (f"  {name:<28} {found['count']:>5} {found['p50_s']:>7.2f} {found['p95_s']:>7.2f} "
+                f"{found['max_s']:>7.2f}{rules}")
+
+    print(f"\n{result['frames']} frames at {result['rate']:g} frames/s, detected at {result['precision']}:")
+    print(f"  {'':<28} {'count':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
+    print(row("send → landed", result["landed"]))
+    print(row("send → alert, frame rule", result["frame_rule"]))
+    print(row("send → alert, track rule", result["track_rule"]))
+    print(f"alerts: {result['alerts_received']} on the topic, {result['alerts_stored']['all']} in the alerts "
+          "tables")
+    print(f"backlog of {result['backlog']}: {result['backlog_fps']} frames/s, bare detector "
+          f"{result['bare_fps']}: efficiency {result['efficiency']:.2f}")
+
