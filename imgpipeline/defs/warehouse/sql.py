@@ -20,15 +20,17 @@ BUILT_BY = "imgpipeline.build"  # the build id in a table file's metadata (build
 
 def class_hours_sql(detections_source: str) -> str:
     """class_hours' rows from detection rows: the one definition the hourly build stores and the daily
-    summary falls back to for an hour whose class_hours is missing or of another build."""
+    summary falls back to for an hour whose class_hours is missing or of another build. Grouped by the
+    identity's hash, its strings taken back from the group (a fifth less time; see per_class)."""
     return f"""
-    SELECT to_timestamp({HOUR_MS} * 3600) AS hour_start, source_id, {", ".join(IDENTITY)}, class_name,
+    SELECT to_timestamp({HOUR_MS} * 3600) AS hour_start, source_id,
+           {", ".join(f"any_value({name}) AS {name}" for name in IDENTITY)}, class_name,
            count(*) FILTER (WHERE class_rank = 1) AS frames_with_class, count(*) AS objects,
            sum(confidence) AS confidence_sum, max(confidence) AS max_confidence,
            coalesce(list(DISTINCT track_id ORDER BY track_id) FILTER (WHERE track_id IS NOT NULL), [])
                AS track_ids
     FROM {detections_source}
-    GROUP BY ALL
+    GROUP BY {HOUR_MS}, source_id, hash({", ".join(IDENTITY)}), class_name
     """
 
 
