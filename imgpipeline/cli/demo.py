@@ -71,7 +71,8 @@ def run_demo(timeout_s: float = 600.0) -> int:
         return 1
     report(records)
 
-    print("4/4 hourly frames/detections (Parquet), tracks and object counts, alerts, daily_summary (DuckDB), "
+    print("4/4 hourly frames/detections/class_hours (Parquet), tracks and object counts, alerts, "
+          "daily_summary (DuckDB), "
           "daily_report")
     days = build_warehouse(records, services, resources)
     from imgpipeline.defs.tables.views import SUMMARY_SQL, connect

@@ -100,7 +100,8 @@ def add_produce(commands) -> None:
 def add_query(commands) -> None:
     query = commands.add_parser(
         "query",
-        help="SQL over the warehouse (views frames, detections, daily_summary, tracks, object_counts)",
+        help="SQL over the warehouse (views frames, detections, class_hours, daily_summary, tracks, "
+             "object_counts, alerts)",
     )
     query.add_argument("sql")
     query.add_argument("--csv", action="store_true", help="print CSV instead of a table")

@@ -3,9 +3,9 @@ camera would send it, and how long after each frame was sent it landed and its a
 topic `alerts` (the rules of alerts.yaml and the lines and zones of zones.yaml, as the demo has them);
 then a backlog through the same daemon against the bare detector's frames/s.
 
-The alerts are the hourly chain's (landing → the hour's tables → tracks → alerts): the benchmark waits
-until each hour of the frames was made again by runs created after everything landed, then reads the
-topic once more.
+The alerts are the hourly chain's (landing → the hour's tables → alerts): the benchmark waits until
+each hour's detections were made again by a run created after everything landed and its alerts by a
+run created after that, then reads the topic once more.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from imgpipeline.cli.bench.common import (
 )
 from imgpipeline.cli.bench.pipeline import LandingWatch, daemon, warm_up
 from imgpipeline.lib.stats import percentile
+from imgpipeline.vision.alert_rules import TRACKED_KINDS
 
 SOURCE = "street-cam"  # the source alerts.yaml and zones.yaml speak of
 FRAME_RULES = ("class", "count", "dark", "frozen")  # decided by a frame (and the source's frames before it)
-TRACK_RULES = ("zone_enter", "line_cross", "dwell")  # decided by a track
+TRACK_RULES = TRACKED_KINDS  # decided by a track
 
 
 def street_frames(count: int, start: datetime) -> list:
@@ -53,8 +54,13 @@ class AlertsWatch:
         self.thread.start()
 
     def _read(self) -> None:
-        consumer = self.kafka.consumer(auto_offset_reset="earliest")
-        consumer.subscribe([self.kafka.alerts_topic])
+        from kafka import TopicPartition
+
+        # No group: a member of the detect group would make the runs' commits fail.
+        consumer = self.kafka.consumer(group_id=None)
+        partitions = consumer.partitions_for_topic(self.kafka.alerts_topic) or {0}
+        consumer.assign([TopicPartition(self.kafka.alerts_topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
         try:
             while not self.stop.is_set():
                 for records in consumer.poll(timeout_ms=200).values():
@@ -69,15 +75,15 @@ class AlertsWatch:
 
 
 def made_after(instance, hours: list[str], after: float) -> bool:
-    """Whether each hour's detections, tracks and alerts were made again, in that order, by runs created
-    after `after` (each after the one before it wrote its tables): the alerts of all that landed."""
+    """Whether each hour's detections were made again by a run created after `after`, and its alerts by
+    a run created after those detections were written: the alerts of all that landed."""
     import dagster as dg
 
-    from imgpipeline.defs.tables import ALERTS, DETECTIONS, TRACKS
+    from imgpipeline.defs.tables import ALERTS, DETECTIONS
 
     for hour in hours:
         since = after
-        for key in (DETECTIONS.key, TRACKS.key, ALERTS.key):
+        for key in (DETECTIONS.key, ALERTS.key):
             records = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key, asset_partitions=[hour], after_timestamp=since),
                 limit=100).records
@@ -101,7 +107,8 @@ def alert_latencies(received: list[tuple[dict, float]], sent_at: dict[str, float
     """Send → on the topic, per kind of rule, from each alert's first arrival (its evidence frame's send)."""
     first: dict[int, tuple[dict, float]] = {}
     for message, at in received:
-        first.setdefault(message["number"], (message, at))
+        if message["source_id"] == SOURCE:
+            first.setdefault(message["number"], (message, at))
     kinds = {"frame_rule": FRAME_RULES, "track_rule": TRACK_RULES}
     found = {}
     for name, rule_kinds in kinds.items():
@@ -169,7 +176,8 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
         "frames": len(street), "rate": rate, "settled": settled,
         "landed": figures([steady_landed[k] - sent_at[k] for k in steady_landed if k in sent_at]),
         **alert_latencies(alerts.received, sent_at),
-        "alerts_received": len({m["number"] for m, _ in alerts.received}), "alerts_stored": stored,
+        "alerts_received": len({m["number"] for m, _ in alerts.received if m["source_id"] == SOURCE}),
+        "alerts_stored": stored,
         "backlog": backlog, "backlog_fps": round(pipeline_fps, 1), "bare_fps": round(bare_mean, 1),
         "efficiency": round(pipeline_fps / bare_mean, 3), "precision": detector.identity.precision,
     }
@@ -179,11 +187,12 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
 
 
 def stored_alerts(storage, frames) -> dict[str, int]:
-    """The alerts tables' rows of the frames' hours, per kind of rule."""
+    """The alerts tables' rows of the camera in the frames' hours, per kind of rule."""
     from imgpipeline.defs.tables import ALERTS
 
     hours = sorted({f.captured.replace(minute=0, second=0, microsecond=0) for f in frames})
-    kinds = ALERTS.stored_hours(storage.open(), hours, ["kind"]).column("kind").to_pylist()
+    rows = ALERTS.stored_hours(storage.open(), hours, ["kind", "source_id"]).to_pylist()
+    kinds = [row["kind"] for row in rows if row["source_id"] == SOURCE]
     return {"frame_rule": sum(k in FRAME_RULES for k in kinds),
             "track_rule": sum(k in TRACK_RULES for k in kinds), "all": len(kinds)}
 

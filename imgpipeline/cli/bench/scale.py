@@ -480,7 +480,7 @@ def build_warehouse(storage, hours: list[datetime], dagster_home: Path, empty_st
         timings["extension"] = extend_hour(storage, fullest, lambda whole: build(
             instance, storage, hourly_tables, hour_key(fullest), hour_key(fullest), whole))
     keys = [k for k in storage.open().list("warehouse/") if k.endswith(".parquet")]
-    hourly_files = [k for k in keys if k.split("/")[1] in ("frames", "detections")]
+    hourly_files = [k for k in keys if k.split("/")[1] in ("frames", "detections", "class_hours")]
     daily_files = [k for k in keys if k.split("/")[1] == "daily_summary"]
     return {"hours": len(hours), "days": len(days), **timings, "hourly_files": len(hourly_files),
             "daily_files": len(daily_files), "parquet_files": len(hourly_files) + len(daily_files)}

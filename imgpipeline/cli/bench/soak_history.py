@@ -114,7 +114,7 @@ class History:
         its tables and build record as the warehouse makes them."""
         from imgpipeline.defs.hours import hour_key
         from imgpipeline.defs.streaming.landing import landing_key, landing_versions, range_name
-        from imgpipeline.defs.tables import DETECTIONS, FRAMES, LANDING_ASSET
+        from imgpipeline.defs.tables import LANDING_ASSET
         from imgpipeline.defs.warehouse import builds
 
         base, span = self.offsets(start), self.shape.hour_offsets()
@@ -129,8 +129,8 @@ class History:
         self.materialized(LANDING_ASSET, hour_key(start))
         made = builds.whole(self.store, start, landing_versions(self.store, start), every, self.settings,
                             "history")
-        for table, rows in ((FRAMES, made.frames), (DETECTIONS, made.detections)):
-            table.write(self.store, table.hour_key(start), builds.stamped(rows, made.build, made.seed))
+        builds.write_tables(self.store, start, made)
+        for table in builds.HOURLY:
             self.materialized(table.key, hour_key(start))
         made.build.checked(True).write(self.store, start)
 

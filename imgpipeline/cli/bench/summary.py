@@ -45,6 +45,8 @@ def bench_summary(rows: int = 10_000_000, folder: Path | None = None) -> dict:
     same = agree(duck, mapped) and agree(from_detections, mapped)
     if not same:
         raise SystemExit("DuckDB and mapper|sort|reducer disagree: the benchmark is void")
+    if (differ := differences(duck, from_detections)):
+        raise SystemExit(f"the summary over class_hours and over the detections differ: {differ[:5]}")
     result = {"rows": rows, "duckdb_s": round(duckdb_s, 3), "duckdb_first_s": round(first_s, 3),
               "class_hours_made_s": round(made_s, 3), "days_summed_from_class_hours": summed,
               "from_detections_s": round(detections_s, 3),
@@ -67,9 +69,20 @@ def timed(summary) -> tuple[float, dict, float]:
 
 
 def agree(duck: dict, mapped: dict) -> bool:
+    """The mapper's figures (objects, mean and max confidence, objects per hour) are DuckDB's."""
     return set(duck) == set(mapped) and all(
-        duck[k][0] == mapped[k][0] and abs(duck[k][1] - mapped[k][1]) < 1e-9
-        and duck[k][2] == mapped[k][2] and duck[k][3] == mapped[k][3] for k in duck)
+        duck[k]["objects"] == mapped[k][0] and abs(duck[k]["mean_confidence"] - mapped[k][1]) < 1e-9
+        and duck[k]["max_confidence"] == mapped[k][2] and duck[k]["objects_per_hour"] == mapped[k][3]
+        for k in duck)
+
+
+def differences(one: dict, other: dict) -> list[str]:
+    """Where two DuckDB summaries differ, in any column (the mean confidence beyond 1e-9)."""
+    if set(one) != set(other):
+        return [f"rows {sorted(set(one) ^ set(other))[:5]}"]
+    return [f"{k} {name}" for k in one for name, value in one[k].items()
+            if (abs(value - other[k][name]) > 1e-9 if name == "mean_confidence" and value is not None
+                else value != other[k][name])]
 
 
 def generate(rows: int, folder: Path) -> tuple[dict[str, list[str]], Path]:
@@ -132,15 +145,17 @@ def make_class_hours(detections_paths: list[str], folder: Path) -> list[str]:
     """Each day's class_hours rows from its detections by the hourly build's SQL, stamped with their build."""
     import duckdb
 
-    from imgpipeline.defs.warehouse.sql import BUILT_BY, class_hours_sql
+    from imgpipeline.defs.warehouse.sql import BUILT_BY, MADE_BY, class_hours_sql, class_hours_version
 
     made = []
     for day, detections in zip(DAYS, detections_paths, strict=True):
         path = folder / f"class_hours-{day}.parquet"
         con = duckdb.connect().execute("SET TimeZone = 'UTC'")
         con.execute(f"COPY ({class_hours_sql('read_parquet($detections)')}) TO $path "
-                    f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{'{BUILT_BY}': $build}})",
-                    {"detections": detections, "path": str(path), "build": f"bench-{day}"})
+                    f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{'{BUILT_BY}': $build, "
+                    f"'{MADE_BY}': $version}})",
+                    {"detections": detections, "path": str(path), "build": f"bench-{day}",
+                     "version": class_hours_version()})
         made.append(str(path))
     return made
 
@@ -162,8 +177,8 @@ def duckdb_summary(paths: dict[str, list[str]]) -> tuple[dict[str, tuple], int]:
         result = query_daily_summary(con, date.fromisoformat(day), [frames_path], detections, class_hours)
         names = [column[0] for column in result.description]
         for row in map(lambda values: dict(zip(names, values, strict=True)), result.fetchall()):
-            duck[f"{day}|{row['source_id']}|{row['class_name']}"] = (
-                row["objects"], row["mean_confidence"], row["max_confidence"], list(row["objects_per_hour"]))
+            duck[f"{day}|{row['source_id']}|{row['class_name']}"] = {
+                **row, "objects_per_hour": list(row["objects_per_hour"])}
     return duck, summed
 
 

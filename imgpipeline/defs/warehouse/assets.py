@@ -65,7 +65,7 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     store = storage.open()
     settings = tracking.settings()
     hours = hours_in(context.partition_time_window)
-    counted = {"frames": 0, "detections": 0, "extended": 0}
+    counted = {"frames": 0, "detections": 0, "class_hours": 0, "extended": 0}
     failures = no_failures(checks.CHECKS, "frames", "detections")
     retired = []
     for hour in hours:
@@ -75,10 +75,7 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
             continue
         written = bool(made.whole or made.added)
         if written:
-            # class_hours last: one cut short before it keeps the stamp of an older build, and is not read.
-            for table, rows_ in ((FRAMES, made.frames), (DETECTIONS, made.detections),
-                                 (CLASS_HOURS, sql.class_hours(made.detections))):
-                table.write(store, table.hour_key(hour), builds.stamped(rows_, made.build, made.seed))
+            builds.write_tables(store, hour, made)
         tracked.clear_mark(store, hour, made.seed)
         context.log.info(f"{hour_key(hour)}: " + (f"made whole from {made.added} landing files ({made.whole})"
                                                   if made.whole else f"{made.added} new landing files added"))
@@ -88,6 +85,8 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         detections = DETECTIONS.read(store, DETECTIONS.hour_key(hour))
         counted["frames"] += frames.num_rows
         counted["detections"] += detections.num_rows
+        if store.exists(made_key := CLASS_HOURS.hour_key(hour)):
+            counted["class_hours"] += CLASS_HOURS.read(store, made_key).num_rows
         landed = made.against_landing(frames, detections)
         checks.check_hour(hour_key(hour), frames, detections, landed, failures)
         passed = not any(hour_key(hour) in found for check, found in failures.items()
@@ -101,10 +100,10 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     if (stale := tracked.mark_next_if_stale(store, hours[-1])) is not None:
         context.log.info(f"{hour_key(stale)} continued other detections of {hour_key(hours[-1])}: "
                          "retrack_sensor makes it again")
-    for table in (FRAMES, DETECTIONS, CLASS_HOURS):
+    for table in builds.HOURLY:
         yield dg.MaterializeResult(
             asset_key=table.key,
-            metadata={"rows": dg.MetadataValue.int(counted.get(table.name, 0)), "hours": len(hours),
+            metadata={"rows": dg.MetadataValue.int(counted[table.name]), "hours": len(hours),
                       "hours_kept_as_built": len(retired), "hours_extended": counted["extended"],
                       "path": dg.MetadataValue.path(store.uri(table.folder.rstrip("/")))},
         )
@@ -167,9 +166,9 @@ def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> t
     stored = DAILY_SUMMARY.read(store, DAILY_SUMMARY.day_key(day))
     if problems := schema_problems(stored, DAILY_SUMMARY.schema):
         failures["daily_summary", "schema_as_declared"][str(day)] = problems
-    hourly = {t: TABLES[t].concat([TABLES[t].read(store, k) for k in files[t].keys])
-              for t in ("frames", "detections")}
-    if problems := checks.summary_mismatch(stored, hourly["frames"], hourly["detections"]):
+    frames = FRAMES.concat([FRAMES.read(store, k) for k in files["frames"].keys])
+    # The detections' rows counted from their files' footers: the check reads no detection again.
+    if problems := checks.summary_mismatch(stored, frames, sql.rows_in(con, files["detections"].paths)):
         failures["daily_summary", "totals_match_hourly"][str(day)] = problems
     return stored, [k for f in files.values() for k in f.refused]
 

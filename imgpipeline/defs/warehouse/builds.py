@@ -2,8 +2,9 @@
 
 Every build of an hour records, at `warehouse/builds/dt=YYYY-MM-DD/hour=HH.json`, the landing files it
 read (each with the tag of its version in the store's listing), the frames they held, and an id also
-written into the metadata of both tables' Parquet. The next run of that hour alone lists the hour's
-landing and, when every recorded file is still there unchanged and both tables carry the recorded id,
+written into the metadata of its tables' Parquet (class_hours' too). The next run of that hour alone
+lists the hour's landing and, when every recorded file is still there unchanged and both tables (frames
+and detections) carry the recorded id,
 reads only the new files: their frames are merged into the stored tables in the tables' order, and
 their detections are tracked on from the stored end of the hour. It makes the hour whole instead when
 a recorded file changed or went (a range run again), a new frame is already in the tables (landed
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 
 from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.streaming.landing import LandingRecord, landing_versions, read_records
-from imgpipeline.defs.tables import DETECTIONS, FRAMES
+from imgpipeline.defs.tables import CLASS_HOURS, DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse import rows, sql, tracked
 from imgpipeline.defs.warehouse.checks import landing_mismatch
 from imgpipeline.resources.storage import BadObject
@@ -117,9 +118,20 @@ class Made:
         return found
 
 
+HOURLY = (FRAMES, DETECTIONS, CLASS_HOURS)  # the tables a build writes, in the order it writes them
+
+
+def write_tables(store, hour: datetime, made: Made) -> None:
+    """The hour's frames, detections and class_hours, each stamped with the build. class_hours last: a
+    build cut short before it leaves one of an older build, which the daily summary does not read."""
+    for table, rows_ in zip(HOURLY, (made.frames, made.detections, sql.class_hours(made.detections)),
+                            strict=True):
+        table.write(store, table.hour_key(hour), stamped(rows_, made.build, made.seed))
+
+
 def stamped(table: pa.Table, build: Build, seed: str) -> pa.Table:
-    return table.replace_schema_metadata({tracked.SEEDED_FROM: seed.encode(), BUILT_BY: build.id.encode(),
-                                          BASED_ON: build.base.encode()})
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), tracked.SEEDED_FROM: seed.encode(),
+                                          BUILT_BY: build.id.encode(), BASED_ON: build.base.encode()})
 
 
 def built_by(table: pa.Table) -> str | None:

@@ -81,12 +81,13 @@ def landing_mismatch(table: pa.Table, records: list[LandingRecord]) -> dict:
             "rows": table.num_rows, "distinct_landed": len(landed)}
 
 
-def summary_mismatch(summary: pa.Table, frames: pa.Table, detections: pa.Table) -> list[str]:
-    """Where a day's summary disagrees with the hourly tables it was computed from."""
+def summary_mismatch(summary: pa.Table, frames: pa.Table, detection_rows: int) -> list[str]:
+    """Where a day's summary disagrees with the hourly tables it was computed from: its frames, and the
+    number of its detection rows."""
     problems = []
-    if sum(summary.column("objects").to_pylist()) != detections.num_rows:
+    if sum(summary.column("objects").to_pylist()) != detection_rows:
         problems.append(f"objects {sum(summary.column('objects').to_pylist())} != "
-                        f"{detections.num_rows} detection rows")
+                        f"{detection_rows} detection rows")
     keys = ["source_id", *IDENTITY]
     per_source = {}
     for row in summary.select([*keys, "frames"]).to_pylist():

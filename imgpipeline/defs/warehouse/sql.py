@@ -6,6 +6,7 @@ The day and the file lists are bound parameters; no string from outside becomes 
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 
 import pyarrow as pa
@@ -16,6 +17,7 @@ from imgpipeline.defs.tables.views import empty_select
 # The hour of capture by epoch arithmetic (the data is UTC): much cheaper than hour() on TIMESTAMPTZ.
 HOUR_MS = "(epoch_ms(captured_at) // 3600000)"
 BUILT_BY = "imgpipeline.build"  # the build id in a table file's metadata (builds.BUILT_BY)
+MADE_BY = "imgpipeline.class_hours"  # in a class_hours file: the version of the code that made it
 
 
 def class_hours_sql(detections_source: str) -> str:
@@ -34,8 +36,14 @@ def class_hours_sql(detections_source: str) -> str:
     """
 
 
+def class_hours_version() -> str:
+    """What class_hours rows depend on in the code: their SQL and columns. A file of another version is
+    not summed (its hour's detections are read instead) until its hour is made again."""
+    return hashlib.sha256(f"{class_hours_sql('d')}|{CLASS_HOURS_SCHEMA}".encode()).hexdigest()[:16]
+
+
 def class_hours(detections: pa.Table) -> pa.Table:
-    """An hour's class_hours from its detections, in a stable order."""
+    """An hour's class_hours from its detections, in a stable order, with the version that made them."""
     import duckdb
 
     con = duckdb.connect()
@@ -43,22 +51,38 @@ def class_hours(detections: pa.Table) -> pa.Table:
     con.register("hour_detections", detections.select(list(DETECTIONS_SCHEMA.names)))
     order = ", ".join(("hour_start", "source_id", *IDENTITY, "class_name"))
     rows = con.execute(f"{class_hours_sql('hour_detections')} ORDER BY {order}").to_arrow_table()
-    return rows.cast(CLASS_HOURS_SCHEMA)
+    return rows.cast(CLASS_HOURS_SCHEMA).replace_schema_metadata({MADE_BY: class_hours_version()})
 
 
 def summary_sources(con, detections: dict[str, str], made: dict[str, str]) -> tuple[list[str], list[str]]:
     """(class_hours files, detections files) a day's summary reads: each hour's class_hours where it was
-    made with the detections stored now (the same build id in both files' metadata), else that hour's
-    detections. Both maps: an hour's name (the key below its table's folder) → the path DuckDB reads."""
+    made with the detections stored now (the same build id in both files' metadata) by this version of
+    the code, else that hour's detections. Both maps: an hour's name (the key below its table's folder)
+    → the path DuckDB reads."""
     paths = [*detections.values(), *(made[hour] for hour in detections if hour in made)]
-    stamps = dict(con.execute(
-        "SELECT file_name, decode(value) FROM parquet_kv_metadata($paths) WHERE decode(key) = $key",
-        {"paths": paths, "key": BUILT_BY}).fetchall()) if paths else {}
-    rollups, raw = [], []
+    found: dict[tuple[str, str], str] = {}
+    if paths:
+        for path, key, value in con.execute(
+                "SELECT file_name, decode(key), decode(value) FROM parquet_kv_metadata($paths) "
+                "WHERE decode(key) IN ($built, $made)", {"paths": paths, "built": BUILT_BY, "made": MADE_BY}
+        ).fetchall():
+            found[path, key] = value
+    version, rollups, raw = class_hours_version(), [], []
     for hour, path in detections.items():
-        current = hour in made and stamps.get(path) is not None and stamps.get(made[hour]) == stamps[path]
+        build = found.get((path, BUILT_BY))
+        current = (hour in made and build is not None and found.get((made[hour], BUILT_BY)) == build
+                   and found.get((made[hour], MADE_BY)) == version)
         (rollups if current else raw).append(made[hour] if current else path)
     return rollups, raw
+
+
+def rows_in(con, paths: list[str]) -> int:
+    """The rows of Parquet files, from their footers."""
+    if not paths:
+        return 0
+    (rows,) = con.execute("SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata($paths)",
+                          {"paths": list(paths)}).fetchone()
+    return int(rows)
 
 
 def query_daily_summary(con, day: date, frames_paths: list[str], detections_paths: list[str],
@@ -73,7 +97,10 @@ def query_daily_summary(con, day: date, frames_paths: list[str], detections_path
         if not paths:
             return empty_select(schema)
         params[name] = list(paths)
-        return f"read_parquet(${name}, union_by_name = true)"
+        # Every declared column, whatever the files hold: files written before a column existed read it
+        # as NULL even when no file of the day has it.
+        return (f"(SELECT * FROM {empty_select(schema)} UNION ALL BY NAME "
+                f"SELECT * FROM read_parquet(${name}, union_by_name = true))")
 
     sql = _daily_summary_sql(source("frames", frames_paths, FRAMES_SCHEMA),
                              source("detections", detections_paths, DETECTIONS_SCHEMA),
@@ -115,7 +142,7 @@ def _daily_summary_sql(frames_source: str, detections_source: str, class_hours_s
     ),
     -- The hours' rows summed per class. Grouped by the identity's hash, not its four strings (taken back
     -- from the group's rows); two identities of one source and class with the same 64-bit hash would be
-    -- merged, and the check totals_match_hourly would say so. A track seen in several hours counts once.
+    -- merged (about one chance in 2^64 for a pair). A track seen in several hours counts once.
     per_class AS (
         SELECT source_id, {any_identity}, class_name,
                CAST(sum(frames_with_class) AS BIGINT) AS frames_with_class,
