@@ -151,15 +151,19 @@ def landing_of(store, hour, attempts: int = 3) -> tuple[dict[str, str], list] | 
     raise dg.Failure(f"{hour_key(hour)}: landing files went while they were read, {attempts} times")
 
 
-def summarize_day(con, storage: StorageResource, day: date, failures: dict) -> tuple[pa.Table, list[str]]:
+def summarize_day(con, storage: StorageResource, day: date, failures: dict,
+                  read: dict[str, int]) -> tuple[pa.Table, list[str]]:
     """One day's summary: computed by DuckDB over the hourly Parquet, stored, read back and checked;
-    with the keys of that day refused as not of the layout (not read)."""
+    with the keys of that day refused as not of the layout (not read). `read` counts the hours summed
+    from class_hours and those read from their detections."""
     store = storage.open()
     files = {table: views.table_files(storage, table, f"dt={day}/")
              for table in ("frames", "detections", "class_hours")}
     hours = {t: {k.removeprefix(TABLES[t].folder): p for k, p in zip(f.keys, f.paths, strict=True)}
              for t, f in files.items()}
     made, raw = sql.summary_sources(con, hours["detections"], hours["class_hours"])
+    read["class_hours"] += len(made)
+    read["detections"] += len(raw)
     result = sql.query_daily_summary(con, day, files["frames"].paths, raw, made)
     table = result.to_arrow_table().cast(DAILY_SUMMARY.schema)
     DAILY_SUMMARY.write(store, DAILY_SUMMARY.day_key(day), table)
@@ -189,18 +193,26 @@ def daily_summary(context: dg.AssetExecutionContext, storage: StorageResource, d
     hourly Parquet)."""
     days = days_in(context.partition_time_window)
     total_rows, failures, preview, refused = 0, no_failures(checks.CHECKS, "daily_summary"), None, []
+    read = {"class_hours": 0, "detections": 0}
     with duckdb.get_connection() as con:
         views.prepare_connection(con, storage)
         for day in days:
-            stored, refused_keys = summarize_day(con, storage, day, failures)
+            stored, refused_keys = summarize_day(con, storage, day, failures, read)
             total_rows += stored.num_rows
             preview = stored if preview is None or stored.num_rows else preview
             refused += refused_keys
     if refused:
         context.log.warning(views.refused_message(refused))
+    if read["detections"]:
+        context.log.info(f"{read['detections']} hours read from their detections (their class_hours missing, "
+                         "of another build or of another version of the code; a backfill of "
+                         f"frames,detections,class_hours over them makes it), {read['class_hours']} summed "
+                         "from class_hours")
     yield dg.MaterializeResult(metadata={
         "rows": dg.MetadataValue.int(total_rows),
         "days": len(days),
+        "hours_from_class_hours": dg.MetadataValue.int(read["class_hours"]),
+        "hours_from_detections": dg.MetadataValue.int(read["detections"]),
         "refused_keys": dg.MetadataValue.int(len(refused)),
         "preview": dg.MetadataValue.md(sql.markdown_table(preview.drop_columns(["objects_per_hour"]))
                                        if preview is not None else "(empty)"),

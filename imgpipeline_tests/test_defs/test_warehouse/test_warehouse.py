@@ -312,6 +312,9 @@ def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_de
             result = dg.materialize([daily_summary], partition_key=day, instance=instance,
                                     resources=resources)
             checked = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+            (event,) = result.get_asset_materialization_events()
+            read = event.materialization.metadata
+            checked["summed"] = (read["hours_from_class_hours"].value, read["hours_from_detections"].value)
             rows = from_parquet(store.get(f"warehouse/daily_summary/dt={day}/part-0.parquet")).to_pylist()
             return rows, checked
 
@@ -333,6 +336,7 @@ def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_de
         assert any(r["track_ids"] for r in made.to_pylist())
 
         from_made, checked = summary()
+        assert checked.pop("summed") == (1, 0)  # the hour from its class_hours
         assert all(checked.values()) and sum(r["objects"] for r in from_made) == detections.num_rows
 
         def same(rows):
@@ -346,7 +350,7 @@ def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_de
         store.put(key, to_parquet(lying.replace_schema_metadata({b"imgpipeline.build": b"another"})))
         rows, checked = summary()  # of another build: the detections are read instead
         same(rows)
-        assert all(checked.values())
+        assert checked.pop("summed") == (0, 1) and all(checked.values())
         older = {**made.schema.metadata, b"imgpipeline.class_hours": b"an older version"}
         store.put(key, to_parquet(lying.replace_schema_metadata(older)))
         rows, checked = summary()  # of this build, made by another version of the code: the same
@@ -356,6 +360,7 @@ def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_de
         same(rows)
         store.put(key, to_parquet(lying.replace_schema_metadata(made.schema.metadata)))
         rows, checked = summary()  # a lie under the right stamp is read, and the check says so
+        assert checked.pop("summed") == (1, 0)
         assert sum(r["objects"] for r in rows) == 2 * detections.num_rows
         assert checked["totals_match_hourly"] is False
 
