@@ -58,15 +58,16 @@ def summary_sources(con, detections: dict[str, str], made: dict[str, str]) -> tu
     """(class_hours files, detections files) a day's summary reads: each hour's class_hours where it was
     made with the detections stored now (the same build id in both files' metadata) by this version of
     the code, else that hour's detections. Both maps: an hour's name (the key below its table's folder)
-    → the path DuckDB reads."""
-    paths = [*detections.values(), *(made[hour] for hour in detections if hour in made)]
-    found: dict[tuple[str, str], str] = {}
-    if paths:
-        for path, key, value in con.execute(
-                "SELECT file_name, decode(key), decode(value) FROM parquet_kv_metadata($paths) "
-                "WHERE decode(key) IN ($built, $made)", {"paths": paths, "built": BUILT_BY, "made": MADE_BY}
-        ).fetchall():
-            found[path, key] = value
+    → the path DuckDB reads. A class_hours file that cannot be read is not summed; a detections file
+    that cannot be read fails the summary, as reading its rows would."""
+    import duckdb
+
+    found = _stamps(con, list(detections.values()))
+    for hour in detections.keys() & made.keys():
+        try:
+            found.update(_stamps(con, [made[hour]]))
+        except duckdb.Error:
+            continue  # a derived file, damaged or cut short: its hour's detections are read instead
     version, rollups, raw = class_hours_version(), [], []
     for hour, path in detections.items():
         build = found.get((path, BUILT_BY))
@@ -74,6 +75,16 @@ def summary_sources(con, detections: dict[str, str], made: dict[str, str]) -> tu
                    and found.get((made[hour], MADE_BY)) == version)
         (rollups if current else raw).append(made[hour] if current else path)
     return rollups, raw
+
+
+def _stamps(con, paths: list[str]) -> dict[tuple[str, str], str]:
+    """(path, key) → value of the build and class_hours metadata keys of Parquet files, from footers."""
+    if not paths:
+        return {}
+    rows = con.execute("SELECT file_name, decode(key), decode(value) FROM parquet_kv_metadata($paths) "
+                       "WHERE decode(key) IN ($built, $made)",
+                       {"paths": paths, "built": BUILT_BY, "made": MADE_BY}).fetchall()
+    return {(path, key): value for path, key, value in rows}
 
 
 def rows_in(con, paths: list[str]) -> int:

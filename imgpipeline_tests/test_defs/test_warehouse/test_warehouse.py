@@ -288,8 +288,8 @@ def test_daily_summary_frame_figures_are_those_of_the_frames(tmp_path):
 def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_detections(
         kafka, storage, tmp_path):
     """Each hour's class_hours is made with its detections and stamped with their build; the summary sums
-    it instead of the detections, reads the detections of an hour whose class_hours is missing, of
-    another build or made by another version of the code, and gives the same numbers either way (the
+    it instead of the detections, reads the detections of an hour whose class_hours is missing, damaged,
+    of another build or made by another version of the code, and gives the same numbers either way (the
     mean confidence to the last bit or so). One that lies under the right stamp is caught by the
     summary's check against the hourly tables."""
     from dagster_duckdb import DuckDBResource
@@ -355,6 +355,10 @@ def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_de
         store.put(key, to_parquet(lying.replace_schema_metadata(older)))
         rows, checked = summary()  # of this build, made by another version of the code: the same
         same(rows)
+        store.put(key, b"PAR1 not a Parquet file")
+        rows, checked = summary()  # damaged: the same, from the detections
+        same(rows)
+        assert checked.pop("summed") == (0, 1) and all(checked.values())
         store.delete(key)
         rows, checked = summary()  # missing: the same
         same(rows)
