@@ -11,7 +11,7 @@ ledger); one landed only as an error is processed when it comes again.
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
@@ -61,11 +61,9 @@ class Screening(FromEnv, BaseModel):
         "and the warehouse keeps one row of it (0: every landing file of the hour, read by every run)",
         ge=0)
 
-    def near(self, topic: str, config: "DetectFramesConfig") -> Neighbours | None:
-        """The ranges a run over `config` screens against; None: all (explicit URIs, or no window)."""
-        if config.uris or not self.window:
-            return None
-        return Neighbours(topic, config.partition, config.generation, config.start_offset, self.window)
+    def near(self, topic: str, partition: int, generation: int, start: int) -> Neighbours | None:
+        """The ranges a run over [start, …) of a partition screens against; None: all (no window)."""
+        return Neighbours(topic, partition, generation, start, self.window) if self.window else None
 
 
 class DetectFramesConfig(dg.Config):
@@ -102,38 +100,6 @@ def detect_run_config(topic: str, partition: int, start: int, end: int, generati
     return {"ops": {"detect": {"config": config}}}
 
 
-@dataclass
-class FrameSource:
-    """What a run reads: an exact offset range (with its consumer) or explicit URIs."""
-
-    name: str
-    incoming: Iterator[Incoming]
-    consumer: object = None
-    # Offsets of the range deleted by retention before they were read: [first, end) each.
-    gaps: list[tuple[int, int]] = field(default_factory=list)
-
-    def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-
-
-def open_source(config: DetectFramesConfig, topic: str, kafka: KafkaResource, store) -> FrameSource:
-    if config.uris:
-        return FrameSource(uris_name(config.uris), iter(uri_messages(config.uris, store)))
-    if config.end_offset <= config.start_offset:
-        raise dg.Failure(
-            f"empty range: end_offset {config.end_offset} <= start_offset {config.start_offset} "
-            "(end_offset is exclusive)"
-        )
-    # "none": an offset below the log's start is an error we account for, never a silent jump.
-    consumer = kafka.consumer(auto_offset_reset="none")
-    name = range_name(topic, config.partition, config.start_offset, config.end_offset, config.generation)
-    gaps: list[tuple[int, int]] = []  # filled by read_range as it reads
-    incoming = read_range(consumer, topic, config.partition, config.start_offset, config.end_offset, gaps,
-                          generation=config.generation)
-    return FrameSource(name, incoming, consumer, gaps)
-
-
 # Seconds between a run's progress lines: each is an event in the instance, a write a line.
 PROGRESS_S = 5.0
 
@@ -142,7 +108,8 @@ class Batch:
     """A run's frames on their way to landing: dead letters, duplicates, detection, spools per hour."""
 
     def __init__(self, context: dg.OpExecutionContext, kafka: KafkaResource, store,
-                 processor: FrameProcessor, name: str, near: Neighbours | None = None):
+                 processor: FrameProcessor, name: str, near: Neighbours | None = None,
+                 landed: dict[datetime, set[tuple]] | None = None):
         self.context, self.kafka, self.store = context, kafka, store
         self.processor, self.name, self.near = processor, name, near
         self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "shed": 0,
@@ -150,7 +117,9 @@ class Batch:
         self.duplicates: list[int] = []  # offsets of messages for frames already processed
         self.spools: dict[datetime, Spool] = {}
         self.latest: dict[str, dict] = {}  # per source: the latest capture, ingest and processing times
-        self.landed: dict[datetime, set[tuple]] = {}
+        # Per event hour, the frames processed there (read from landing once per hour); a run that detects
+        # many ranges passes one dict for all of them.
+        self.landed: dict[datetime, set[tuple]] = {} if landed is None else landed
         self.producer = None
         self.letters: list = []  # the DLQ sends' futures, confirmed before anything lands
         self.progress_at = time.monotonic() + PROGRESS_S
@@ -254,6 +223,71 @@ class Batch:
             self.producer.close()
 
 
+@dataclass
+class Lane:
+    """What detects a run's ranges: the store, the detectors, the consumer reading the topic."""
+
+    context: dg.OpExecutionContext
+    kafka: KafkaResource
+    store: object
+    processor: FrameProcessor
+    consumer: object
+    topic: str
+
+
+def detect_range(lane: Lane, partition: int, start: int, end: int, generation: int = 0, *,
+                 shed_after_s: float = 0.0, commit: bool = True, near: Neighbours | None = None,
+                 landed: dict | None = None) -> tuple[dict, list[str]]:
+    """Detect the offsets [start, end) of a partition and account for them: a landing file per event hour,
+    the sources' latest times, the range's ledger entry, the group's commit, the ledger's fold. Returns
+    the range's counts and the keys it wrote."""
+    topic, store = lane.topic, lane.store
+    gaps: list[tuple[int, int]] = []  # filled by read_range as it reads
+    incoming = read_range(lane.consumer, topic, partition, start, end, gaps, generation=generation)
+    batch = Batch(lane.context, lane.kafka, store, lane.processor,
+                  range_name(topic, partition, start, end, generation), near, landed)
+    try:
+        batch.process(Shedding(shed_after_s).mark(incoming))
+        written = batch.land()
+        batch.land_sources()
+        if gaps:
+            batch.counts["deleted_by_retention"] = sum(stop - first for first, stop in gaps)
+            lane.context.log.warning(f"offsets deleted by retention before they were read: {gaps}")
+        ledger = record_range(store, topic, partition, start, end, generation, run_id=lane.context.run_id,
+                              counts=batch.counts, gaps=gaps, duplicates=batch.duplicates, landing=written)
+        written.append(ledger)
+        accounted = read_ledger(store, topic, partition, generation)
+        if commit:
+            commit_accounted(lane.consumer, accounted, topic, partition)
+        try:  # housekeeping after the commit: a fold that fails is done by a later run
+            fold_ledger(store, topic, partition, generation, ledger=accounted)
+        except OSError as exc:
+            lane.context.log.warning(f"the range ledger of partition {partition} was not folded: {exc}")
+    finally:
+        batch.close()
+    return batch.counts, written
+
+
+def detect_uris(context: dg.OpExecutionContext, kafka: KafkaResource, store, processor: FrameProcessor,
+                uris: list[str]) -> tuple[dict, list[str]]:
+    """Detect frames named by URI: landed like a range's, with no ledger or commit (no camera's offsets)."""
+    batch = Batch(context, kafka, store, processor, uris_name(uris))
+    try:
+        batch.process(iter(uri_messages(uris, store)))
+        return batch.counts, batch.land()
+    finally:
+        batch.close()
+
+
+def frame_processor(context: dg.OpExecutionContext, store, storage: StorageResource,
+                    detector: DetectorResource, dark_threshold: float = DARK_THRESHOLD,
+                    annotate: bool = False) -> FrameProcessor:
+    return FrameProcessor(
+        store, detector.load_pool(), run_id=context.run_id, dark_threshold=dark_threshold,
+        annotate=annotate, max_bytes=storage.max_frame_bytes, max_pixels=detector.max_pixels,
+    )
+
+
 @dg.op(name="detect", tags={"kind": "opencv"})
 def detect_op(
     context: dg.OpExecutionContext,
@@ -265,39 +299,29 @@ def detect_op(
     """Detect objects in a range of frames and land one metadata file per event-time hour."""
     topic = config.topic or kafka.frames_topic
     store = storage.open()
-    processor = FrameProcessor(
-        store, detector.load_pool(), run_id=context.run_id, dark_threshold=config.dark_threshold,
-        annotate=config.annotate, max_bytes=storage.max_frame_bytes, max_pixels=detector.max_pixels,
-    )
-    source = open_source(config, topic, kafka, store)
-    batch = Batch(context, kafka, store, processor, source.name, Screening.from_env().near(topic, config))
-    try:
-        batch.process(Shedding(config.shed_after_s).mark(source.incoming))
-        written = batch.land()
-        if source.consumer is not None:  # frames from the topic: explicit URIs say nothing of a camera
-            batch.land_sources()
-        if source.gaps:
-            batch.counts["deleted_by_retention"] = sum(end - first for first, end in source.gaps)
-            context.log.warning(f"offsets deleted by retention before they were read: {source.gaps}")
-        if source.consumer is not None:
-            ledger = record_range(store, topic, config.partition, config.start_offset, config.end_offset,
-                                  config.generation, run_id=context.run_id, counts=batch.counts,
-                                  gaps=source.gaps, duplicates=batch.duplicates, landing=written)
-            written.append(ledger)
-            accounted = read_ledger(store, topic, config.partition, config.generation)
-            if config.commit:
-                commit_accounted(source.consumer, accounted, topic, config.partition)
-            try:  # housekeeping after the commit: a fold that fails is done by a later run
-                fold_ledger(store, topic, config.partition, config.generation, ledger=accounted)
-            except OSError as exc:
-                context.log.warning(f"the range ledger of partition {config.partition} was not folded: {exc}")
-    finally:
-        batch.close()
-        source.close()
-    context.log.info(f"done: {batch.counts}; landing files: {len(written)}")
+    processor = frame_processor(context, store, storage, detector, config.dark_threshold, config.annotate)
+    if config.uris:
+        counts, written = detect_uris(context, kafka, store, processor, config.uris)
+    elif config.end_offset <= config.start_offset:
+        raise dg.Failure(
+            f"empty range: end_offset {config.end_offset} <= start_offset {config.start_offset} "
+            "(end_offset is exclusive)"
+        )
+    else:
+        # "none": an offset below the log's start is an error we account for, never a silent jump.
+        consumer = kafka.consumer(auto_offset_reset="none")
+        partition, start, generation = config.partition, config.start_offset, config.generation
+        try:
+            counts, written = detect_range(
+                Lane(context, kafka, store, processor, consumer, topic), partition, start, config.end_offset,
+                generation, shed_after_s=config.shed_after_s, commit=config.commit,
+                near=Screening.from_env().near(topic, partition, generation, start))
+        finally:
+            consumer.close()
+    context.log.info(f"done: {counts}; landing files: {len(written)}")
     return dg.Output(
-        {"counts": batch.counts, "landing": written},
-        metadata={**{k: dg.MetadataValue.int(v) for k, v in batch.counts.items()},
+        {"counts": counts, "landing": written},
+        metadata={**{k: dg.MetadataValue.int(v) for k, v in counts.items()},
                   # bounded by the range's size whatever the lag: frames are streamed, not held
                   "peak_rss_mb": dg.MetadataValue.float(peak_rss_mb())},
     )

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from imgpipeline import ConfigError
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
+from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, follow_frames
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import KafkaResource
@@ -107,6 +108,15 @@ class BatchPolicy(FromEnv, BaseModel):
         "IMGPIPELINE_SHED_AFTER_S", 0.0,
         "under overload, frames that waited longer than this on the topic are detected one in k per "
         "source and the rest recorded as `shed` (0: detect every frame)", ge=0)
+    # The fast lane (follow.py): one long-lived follow_frames run detects the topic's frames as they come,
+    # instead of a detect_frames run per batch: landed within a second or two instead of five to seven.
+    fast_lane: bool = setting(
+        "IMGPIPELINE_FAST_LANE", False,
+        "1: one follow_frames run detects every partition's new frames as they come (landed within ~1 s; "
+        "it holds one of the run queue's slots for good); 0: a detect_frames run per batch")
+    fast_lane_run_s: float = setting(
+        "IMGPIPELINE_FAST_LANE_RUN_S", 3600.0,
+        "seconds a follow_frames run follows before it ends and the sensor launches the next", ge=60)
     # While watching, frames arriving faster than `burst_fps` over the last `settle_s` are a
     # burst still being produced: worth waiting for. A slower trickle is launched as it is.
     settle_s: float = 0.5
@@ -253,8 +263,8 @@ def watch_ends(read_ends, ends: dict[int, int], pending: int, policy: BatchPolic
 _instances: dict[str, dg.DagsterInstance] = {}
 
 
-def runs_in_flight(context: dg.SensorEvaluationContext, topic: str) -> dict[int, int]:
-    """detect_frames runs queued or running, per partition of `topic` (by their PARTITION_TAG)."""
+def active_runs(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:
+    """The runs queued or running, read from the instance the code server keeps for the tick's."""
     ref = context.instance_ref
     if ref is None:  # a context built around an instance object, as in tests
         instance = context.instance
@@ -263,14 +273,26 @@ def runs_in_flight(context: dg.SensorEvaluationContext, topic: str) -> dict[int,
 
         key = serialize_value(ref)
         instance = _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
+    return instance.get_runs(dg.RunsFilter(statuses=ACTIVE))
+
+
+def runs_in_flight(context: dg.SensorEvaluationContext, topic: str,
+                   active: list[dg.DagsterRun] | None = None) -> dict[int, int]:
+    """detect_frames runs queued or running, per partition of `topic` (by their PARTITION_TAG)."""
     counts: dict[int, int] = {}
     prefix = f"{topic}-"
-    for run in detect_runs_in_flight(instance):
+    for run in active_runs(context) if active is None else active:
         value = run.tags.get(PARTITION_TAG, "")
-        if value.startswith(prefix) and value[len(prefix):].isdigit():
+        if run.job_name == detect_frames.name and value.startswith(prefix) and value[len(prefix):].isdigit():
             partition = int(value[len(prefix):])
             counts[partition] = counts.get(partition, 0) + 1
     return counts
+
+
+def followers(active: list[dg.DagsterRun], topic: str) -> list[dg.DagsterRun]:
+    """The follow_frames runs of `topic` queued or running."""
+    return [run for run in active
+            if run.job_name == follow_frames.name and run.tags.get(FAST_LANE_TAG) == topic]
 
 
 def free_runs(in_flight: dict[int, int], partitions, policy: BatchPolicy) -> dict[int, int]:
@@ -331,6 +353,7 @@ class Offsets:
     ends: dict[int, int]
     beginnings: dict[int, int]
     topic_id: str | None = None
+    committed: dict[int, int | None] = field(default_factory=dict)  # the group's, read for the fast lane
 
 
 def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, cursor: dict,
@@ -365,6 +388,9 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
                 committed = consumer.committed(tp)
                 if committed is not None:
                     known[str(tp.partition)] = {"next": committed, "since": None}
+        if policy.fast_lane or cursor.get("followed"):  # how far the fast lane got; it needs no watch
+            committed = {tp.partition: consumer.committed(tp) for tp in tps}
+            return Offsets(ends, beginnings, cursor.get("topic_id"), committed)
         pending = sum(ends[p] - max(known.get(str(p), {}).get("next", 0), beginnings[p]) for p in ends)
         if policy.watch_s > 0:
             in_flight = runs_in_flight(context, topic)
@@ -403,7 +429,7 @@ def lag_observation(lag: dict[int, int], ends: dict[int, int], plan: Plan) -> dg
 def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
     @dg.sensor(
         name="frames_sensor",
-        job=detect_frames,
+        jobs=[detect_frames, follow_frames],
         # The daemon's loop comes round every 5 s give or take milliseconds: a minimum of exactly
         # 5 s would skip every other loop. One second less keeps ticks `interval_s` apart.
         minimum_interval_seconds=max(1, policy.interval_s - 1),
@@ -421,16 +447,27 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         previous = json.loads(context.cursor) if context.cursor else {}
         if previous.get("topic") not in (None, topic):
             previous = {}  # the topic was renamed: start over on the new one
+        active = active_runs(context)
+        lanes = followers(active, topic)
+        if lanes and not policy.fast_lane:
+            return dg.SkipReason(f"follow_frames run {lanes[0].run_id} still follows {topic} "
+                                 "(IMGPIPELINE_FAST_LANE is off now): detect_frames runs go on where it ends")
         cursor = json.loads(json.dumps(previous))
         offsets = read_offsets(context, kafka, cursor, policy)
         if isinstance(offsets, dg.SkipReason):
             return offsets
 
-        # Counted after the watch: a run may have finished meanwhile.
-        in_flight = runs_in_flight(context, topic)
-        budgets = free_runs(in_flight, offsets.ends, policy)
-        plan = plan_ranges(cursor, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
-                           room_left(in_flight, policy))
+        if policy.fast_lane:
+            plan = follow_plan(cursor, offsets, following=True)
+            in_flight: dict[int, int] = {}
+        else:
+            # Off after the fast lane: ranges go on from where its runs committed.
+            base = follow_plan(cursor, offsets, following=False).cursor if cursor.get("followed") else cursor
+            # Counted after the watch: a run may have finished meanwhile.
+            in_flight = runs_in_flight(context, topic)
+            budgets = free_runs(in_flight, offsets.ends, policy)
+            plan = plan_ranges(base, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
+                               room_left(in_flight, policy))
         for gap in plan.gaps:
             context.log.warning(gap)
 
@@ -443,11 +480,50 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         generation = plan.cursor.get("generation", 0)
         requests = [run_request(topic, p, start, end, generation, policy.shed_after_s)
                     for p, start, end in plan.ranges]
+        if policy.fast_lane and not lanes:
+            requests.append(follow_request(topic, plan.cursor, policy))
         if not requests and not events and new_cursor == cursor:
-            return dg.SkipReason(f"no new frames on {topic} ({sum(in_flight.values())} runs in flight)")
+            flying = sum(in_flight.values()) + len(lanes)
+            return dg.SkipReason(f"no new frames on {topic} ({flying} runs in flight)")
         return dg.SensorResult(
             run_requests=requests, cursor=json.dumps(new_cursor), asset_events=events,
             skip_reason=None if requests else f"waiting: {sum(lag.values())} frames pending",
         )
 
     return frames_sensor
+
+
+def follow_plan(cursor: dict, offsets: Offsets, following: bool) -> Plan:
+    """Pure: with the fast lane, each partition's next offset is where the consumer group's commit says the
+    follow_frames runs accounted for every offset; no ranges. Off again (`following` False), the cursor
+    takes that once, for ranges to be planned from there."""
+    partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
+    for partition in sorted(offsets.ends):
+        state = partitions.setdefault(str(partition), {"next": offsets.beginnings[partition], "since": None})
+        committed = offsets.committed.get(partition)
+        if committed is not None and committed > state["next"]:
+            state["next"], state["since"] = committed, None
+    plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
+    plan.cursor.pop("followed", None)
+    if following:
+        plan.cursor["followed"] = True
+    return plan
+
+
+def follow_request(topic: str, cursor: dict, policy: BatchPolicy) -> dg.RunRequest:
+    """A follow_frames run from the cursor's next offsets on; the sensor relaunches it, run retries
+    do not (two would read the same offsets)."""
+    generation = cursor.get("generation", 0)
+    starts = {p: state["next"] for p, state in cursor["partitions"].items()}
+    config = {"topic": topic, "starts": starts, "run_s": policy.fast_lane_run_s}
+    if generation:
+        config["generation"] = generation
+    if policy.shed_after_s:
+        config["shed_after_s"] = policy.shed_after_s
+    return dg.RunRequest(
+        run_key=f"follow-{topic}-g{generation}-" + "-".join(f"{p}.{o}" for p, o in sorted(starts.items()))
+                + f"-{time.time_ns()}",
+        job_name=follow_frames.name,
+        run_config={"ops": {"follow": {"config": config}}},
+        tags={FAST_LANE_TAG: topic, "dagster/max_retries": "0"},
+    )

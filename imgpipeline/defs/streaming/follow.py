@@ -1,0 +1,221 @@
+"""follow_frames, the fast lane: one long-lived run detects every partition's new frames as they come.
+
+A detect_frames run per batch waits for a sensor tick (every 5 s) and a run start (a second when
+forked) before its first frame: seconds from send to landing however fast the detector. With
+IMGPIPELINE_FAST_LANE=1, frames_sensor instead keeps one follow_frames run of the frames topic alive.
+It reads the partitions' end offsets every `poll_s` and detects what is new as a range of its
+partition, up to `max_batch` frames, exactly as a detect_frames run would (detect_range): landing
+files named after the range, the ledger entry, the group's commit, the fold. Each range's landing is
+reported as a materialization of the run.
+
+Before it reads a range the run claims it: `landing/claims/<topic>/<partition>/[g<N>/]<start>.json`
+holds its end. A run that starts, whatever ended the one before it (SIGKILL, a lost machine, the
+end of its time), goes on in each partition from where the range ledger accounts for every offset
+from the sensor's cursor without a hole; a range claimed there and never accounted for is detected
+again first with the same ends, so it rewrites the same landing files. The run queue starts one such
+run of a topic at a time (the tag imgpipeline/fast-lane, limit 1 in dagster.yaml) and run retries
+leave it to the sensor, so two never read the same offsets.
+
+The run ends after `run_s` (the sensor launches the next: one run's events stay a bounded page in the
+UI), when the topic gains partitions (the next one follows them too), or when offsets go backwards
+(the topic re-created: the sensor starts a new generation).
+"""
+
+import json
+import time
+
+import dagster as dg
+from pydantic import Field
+
+from imgpipeline.defs.streaming.detect_frames import (
+    PROGRESS_S,
+    Lane,
+    Screening,
+    detect_range,
+    frame_processor,
+    peak_rss_mb,
+)
+from imgpipeline.defs.streaming.ledger import accounted_ranges, contiguous_end
+from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+
+FAST_LANE_TAG = "imgpipeline/fast-lane"
+CLAIMS = "landing/claims"
+
+
+class FollowConfig(dg.Config):
+    """Which topic to follow, from where, and for how long."""
+
+    topic: str = Field(default="", description="Kafka topic; empty means the configured frames topic.")
+    starts: dict[str, int] = Field(
+        default={}, description="Per partition, the offset to follow from at least (the sensor's cursor "
+                                "when it launched the run); a partition not named starts at the group's "
+                                "commit, else at the log's beginning.")
+    generation: int = 0
+    max_batch: int = Field(default=500, ge=1, description="Frames per range at most (a backlog).")
+    poll_s: float = Field(default=0.05, gt=0, description="Seconds between looks at the end offsets.")
+    run_s: float = Field(default=3600.0, ge=0, description="Seconds the run follows before it ends (0: on).")
+    idle_end_s: float = Field(default=0.0, ge=0,
+                              description="End after this many seconds without a new frame (0: never).")
+    shed_after_s: float = Field(default=0.0, ge=0, description="As detect_frames' shed_after_s.")
+
+
+def claims_prefix(topic: str, partition: int, generation: int = 0) -> str:
+    return f"{CLAIMS}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
+
+
+def resume(store, topic: str, partition: int, generation: int, floor: int) -> tuple[int, int | None]:
+    """Where a run goes on in a partition: how far from `floor` the ledger accounts for every offset, and
+    the end of a range claimed there and not accounted for (None: none). Older claims are deleted."""
+    position = contiguous_end(accounted_ranges(store, topic, partition, generation), floor)
+    prefix, claimed, stale = claims_prefix(topic, partition, generation), None, []
+    for key in store.list(prefix):
+        name = key[len(prefix):].removesuffix(".json")
+        if not name.isdigit():
+            continue
+        if int(name) < position:
+            stale.append(key)
+        elif int(name) == position:
+            claimed = int(json.loads(store.get(key))["end"])
+    store.delete_many(stale)
+    return position, claimed if claimed is not None and claimed > position else None
+
+
+class Follower:
+    """One follow_frames run: its partitions' positions, and each range detected in turn."""
+
+    def __init__(self, lane: Lane, config: FollowConfig):
+        self.lane, self.config = lane, config
+        self.positions: dict[int, int] = {}
+        self.claimed: dict[int, int] = {}  # partition: the end of a claimed range to detect again first
+        self.screening = Screening.from_env()
+        self.landed: dict[int, tuple[int, dict]] = {}  # partition: (from offset, frames per event hour)
+        self.totals: dict[str, int] = {}
+        self.ranges = 0
+        self.progress_at = time.monotonic() + PROGRESS_S
+
+    def start(self, partitions: list[int]) -> None:
+        from kafka import TopicPartition
+
+        consumer, topic, generation = self.lane.consumer, self.lane.topic, self.config.generation
+        tps = [TopicPartition(topic, p) for p in partitions]
+        beginnings = consumer.beginning_offsets(tps)
+        for tp in tps:
+            floor = self.config.starts.get(str(tp.partition))
+            if floor is None:
+                committed = consumer.committed(tp)
+                floor = committed if committed is not None else beginnings[tp]
+            position, claimed = resume(self.lane.store, topic, tp.partition, generation, floor)
+            self.positions[tp.partition] = position
+            if claimed is not None:
+                self.claimed[tp.partition] = claimed
+                self.lane.context.log.info(
+                    f"partition {tp.partition}: offsets {position}..{claimed - 1} were claimed by a run that "
+                    "did not account for them: detecting them again first")
+        self.lane.context.log.info(f"following {topic} from {self.positions}")
+
+    def step(self, ends: dict[int, int]) -> bool:
+        """Detect what is new in each partition (up to max_batch each); whether anything was."""
+        worked = False
+        for partition, position in sorted(self.positions.items()):
+            end = ends.get(partition, position)
+            if end < position:
+                raise dg.Failure(
+                    f"{self.lane.topic}-{partition}: offsets went backwards (the log ends at {end}, this run "
+                    f"is at {position}): the topic was re-created; frames_sensor starts a new generation")
+            stop = self.claimed.pop(partition, None) or min(end, position + self.config.max_batch)
+            if stop > position:
+                self.detect(partition, position, stop)
+                worked = True
+        return worked
+
+    def detect(self, partition: int, start: int, end: int) -> None:
+        lane, generation = self.lane, self.config.generation
+        claim = f"{claims_prefix(lane.topic, partition, generation)}{start}.json"
+        lane.store.put(claim, json.dumps({"end": end, "run_id": lane.context.run_id}).encode())
+        near = self.screening.near(lane.topic, partition, generation, start)
+        counts, _ = detect_range(lane, partition, start, end, generation,
+                                 shed_after_s=self.config.shed_after_s, near=near,
+                                 landed=self.landed_for(partition, start))
+        lane.store.delete_many([claim])
+        self.positions[partition] = end
+        self.ranges += 1
+        for name, value in counts.items():
+            self.totals[name] = self.totals.get(name, 0) + value
+        if time.monotonic() >= self.progress_at:
+            self.progress_at = time.monotonic() + PROGRESS_S
+            lane.context.log.info(f"{self.ranges} ranges, at {self.positions}: {self.totals}")
+
+    def landed_for(self, partition: int, start: int) -> dict:
+        """The frames the partition's ranges screen against, kept between ranges (each adds its own) and
+        read again from landing once the run is a screening window past where it read them."""
+        since, landed = self.landed.get(partition, (start, {}))
+        window = self.screening.window
+        if window and start - since > window:
+            since, landed = start, {}
+        self.landed[partition] = (since, landed)
+        return landed
+
+
+def follow(follower: Follower, config: FollowConfig) -> str:
+    """Follow until the run's time is up, it idled `idle_end_s`, or the topic gained partitions; why it
+    ended."""
+    from kafka import TopicPartition
+
+    consumer, topic = follower.lane.consumer, follower.lane.topic
+    partitions = sorted(consumer.partitions_for_topic(topic) or [])
+    if not partitions:
+        raise dg.Failure(f"topic {topic!r} does not exist")
+    follower.start(partitions)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    began = idle_since = looked = time.monotonic()
+    while True:
+        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
+        now = time.monotonic()
+        if follower.step(ends):
+            idle_since = time.monotonic()
+            continue
+        if config.idle_end_s and now - idle_since >= config.idle_end_s:
+            return f"no new frame for {config.idle_end_s:g} s"
+        if config.run_s and now - began >= config.run_s:
+            return f"followed for {config.run_s:g} s: the sensor launches the next run"
+        if now - looked >= 30:
+            looked = now
+            if sorted(consumer.partitions_for_topic(topic) or []) != partitions:
+                return "the topic has new partitions: the next run follows them too"
+        time.sleep(config.poll_s)
+
+
+@dg.op(name="follow", tags={"kind": "opencv"})
+def follow_op(
+    context: dg.OpExecutionContext,
+    config: FollowConfig,
+    kafka: KafkaResource,
+    storage: StorageResource,
+    detector: DetectorResource,
+) -> dg.Output[dict]:
+    """Detect every partition's new frames as they come, a range at a time, as detect_frames would."""
+    store = storage.open()
+    consumer = kafka.consumer(auto_offset_reset="none")
+    follower = Follower(Lane(context, kafka, store, frame_processor(context, store, storage, detector),
+                             consumer, config.topic or kafka.frames_topic), config)
+    try:
+        why = follow(follower, config)
+    finally:
+        consumer.close()
+    context.log.info(f"done ({why}): {follower.ranges} ranges, {follower.totals}")
+    return dg.Output(
+        {"counts": follower.totals, "ranges": follower.ranges, "positions": follower.positions},
+        metadata={"ranges": dg.MetadataValue.int(follower.ranges),
+                  **{k: dg.MetadataValue.int(v) for k, v in follower.totals.items()},
+                  "peak_rss_mb": dg.MetadataValue.float(peak_rss_mb())},
+    )
+
+
+@dg.job(
+    name="follow_frames",
+    executor_def=dg.in_process_executor,
+    description="The fast lane: detects every partition's new frames as they come, a range at a time "
+                "(IMGPIPELINE_FAST_LANE).",
+)
+def follow_frames():
+    follow_op()

@@ -1,0 +1,172 @@
+"""The fast lane on the real broker and storage: frames_sensor keeps one follow_frames run alive, which
+detects each partition's frames as they come, accounts for them as detect_frames runs do, and, killed
+mid-range, is taken over by the next run with nothing lost or doubled."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import Counter
+
+import dagster as dg
+import pytest
+from kafka import TopicPartition
+
+from imgpipeline.defs.streaming.follow import CLAIMS, FAST_LANE_TAG, claims_prefix, follow_frames
+from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+from imgpipeline.defs.streaming.landing import range_name
+from imgpipeline.defs.streaming.ledger import accounted_ranges, range_key
+from imgpipeline.resources import DetectorResource
+from imgpipeline_tests.instances import bare_home, fresh_instance
+from imgpipeline_tests.pipeline import kill_when, landing_records, produce, storage_env, video_backlog
+
+pytestmark = [pytest.mark.integration, pytest.mark.instance]
+LANE = BatchPolicy(fast_lane=True, watch_s=0)
+
+
+def tick(kafka, storage, instance, cursor=None, policy=LANE):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
+    return build_frames_sensor(policy)(context)
+
+
+def follow(request, instance, kafka, storage, **config) -> dg.ExecuteInProcessResult:
+    """The requested follow_frames run, executed here until it idles for a second."""
+    run_config = json.loads(json.dumps(request.run_config))
+    run_config["ops"]["follow"]["config"].update({"idle_end_s": 1.5, **config})
+    return follow_frames.execute_in_process(
+        run_config=run_config, instance=instance, tags=request.tags,
+        resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()})
+
+
+def ends_of(kafka) -> dict[int, int]:
+    consumer = kafka.consumer()
+    tps = [TopicPartition(kafka.frames_topic, p) for p in consumer.partitions_for_topic(kafka.frames_topic)]
+    ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
+    committed = {tp.partition: consumer.committed(tp) or 0 for tp in tps}
+    consumer.close()
+    return ends, committed
+
+
+def assert_each_offset_once(kafka, storage, sent: list[str]) -> None:
+    """Every frame sent landed once; every partition's ledger covers [0, end) and the group committed end."""
+    landed = Counter(record.frame_id for record in landing_records(storage))
+    assert set(landed) == set(sent) and set(landed.values()) == {1}
+    ends, committed = ends_of(kafka)
+    store = storage.open()
+    for partition, end in ends.items():
+        ranges = accounted_ranges(store, kafka.frames_topic, partition)
+        assert [r for r in ranges if r[0] < end] == sorted(ranges), ranges
+        position = 0
+        for start, stop in ranges:  # contiguous, no offset in two ranges
+            assert start == position
+            position = stop
+        assert position == end and committed[partition] == end
+
+
+def test_the_fast_lane_detects_frames_as_they_come_and_accounts_for_each_offset_once(kafka, storage,
+                                                                                   tmp_path):
+    early = video_backlog(30, "cam-a") + video_backlog(30, "cam-b")
+    produce(kafka, storage, tmp_path, early)
+    with fresh_instance() as instance:
+        first = tick(kafka, storage, instance)
+        # One run follows the topic: no detect_frames range is launched beside it.
+        assert [r.job_name for r in first.run_requests] == [follow_frames.name]
+        request = first.run_requests[0]
+        assert request.tags[FAST_LANE_TAG] == kafka.frames_topic
+        assert request.run_config["ops"]["follow"]["config"]["starts"] == {"0": 0, "1": 0}
+
+        late = [video_backlog(3, "cam-a" if n % 2 else "cam-b") for n in range(6)]
+
+        def send_late() -> None:  # once the run is under way: a burst every 0.7 s
+            while not landing_records(storage):
+                time.sleep(0.05)
+            for n, burst in enumerate(late):
+                time.sleep(0.7)
+                (tmp_path / str(n)).mkdir()
+                produce(kafka, storage, tmp_path / str(n), burst)
+
+        trickle = threading.Thread(target=send_late)
+        trickle.start()
+        result = follow(request, instance, kafka, storage)
+        trickle.join()
+        assert result.success
+        out = result.output_for_node("follow")
+        # The frames that came while it ran were detected a few at a time, as they came.
+        assert out["ranges"] >= 1 + len(late)
+        sent = [f.frame_id for f in early] + [f.frame_id for frames in late for f in frames]
+        assert out["counts"]["read"] == len(sent)
+        assert_each_offset_once(kafka, storage, sent)
+        materialized = result.asset_materializations_for_node("follow")
+        assert len(materialized) >= out["ranges"]  # each range's landing, reported as it landed
+
+        # The sensor's cursor follows the commit; the run ended, so it launches the next from there.
+        ends, _ = ends_of(kafka)
+        second = tick(kafka, storage, instance, cursor=first.cursor)
+        cursor = json.loads(second.cursor)
+        assert {int(p): s["next"] for p, s in cursor["partitions"].items()} == ends
+        assert not any(cursor["lag"].values())
+        assert [r.run_config["ops"]["follow"]["config"]["starts"] for r in second.run_requests] == [
+            {str(p): o for p, o in ends.items()}]
+        assert not storage.open().list(CLAIMS)
+
+
+def test_a_follower_in_flight_holds_the_sensor_back_and_turned_off_it_goes_on_from_the_commit(kafka, storage,
+                                                                                                tmp_path):
+    produce(kafka, storage, tmp_path, video_backlog(20, "cam-a"))
+    with fresh_instance() as instance:
+        first = tick(kafka, storage, instance)
+        request = first.run_requests[0]
+        # While a follow_frames run is in flight, neither mode launches anything beside it.
+        instance.create_run_for_job(follow_frames, run_config=request.run_config, tags=request.tags)
+        assert not getattr(tick(kafka, storage, instance, cursor=first.cursor), "run_requests", None)
+        off = BatchPolicy(max_batch=100, watch_s=0)
+        held = tick(kafka, storage, instance, cursor=first.cursor, policy=off)
+        assert isinstance(held, dg.SkipReason) and "still follows" in held.skip_message
+        for run in instance.get_runs(dg.RunsFilter(job_name=follow_frames.name)):
+            instance.report_run_canceled(run)
+
+        assert follow(request, instance, kafka, storage).success
+        ends, _ = ends_of(kafka)
+        (tmp_path / "more").mkdir()
+        produce(kafka, storage, tmp_path / "more", video_backlog(5, "cam-a"))
+        # The fast lane off: ranges start where the follower's commit is, not where the cursor was.
+        after = tick(kafka, storage, instance, cursor=first.cursor, policy=off)
+        ranges = {(r.run_config["ops"]["detect"]["config"]["partition"],
+                   r.run_config["ops"]["detect"]["config"]["start_offset"]) for r in after.run_requests}
+        assert ranges and all(start == ends[p] for p, start in ranges)
+        assert "followed" not in json.loads(after.cursor)
+
+
+def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(kafka, tmp_path):
+    from imgpipeline.resources import StorageResource
+
+    storage = StorageResource(uri=str(tmp_path / "store"))
+    frames = video_backlog(80, "cam-a")
+    produce(kafka, storage, tmp_path, frames)
+    ends, _ = ends_of(kafka)
+    (partition, end), = [(p, e) for p, e in ends.items() if e]
+    topic = kafka.frames_topic
+    config = {"ops": {"follow": {"config": {"topic": topic, "starts": {str(p): 0 for p in ends},
+                                            "idle_end_s": 60}}}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    env = {**storage_env(storage), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "IMGPIPELINE_FRAMES_TOPIC": topic, "IMGPIPELINE_HOME": str(tmp_path),
+           "DAGSTER_HOME": bare_home(tmp_path / "dagster")}
+    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "imgpipeline.definitions",
+               "-j", follow_frames.name, "-c", str(tmp_path / "run.json")]
+    folder = storage.open().folder
+    claim = folder / f"{claims_prefix(topic, partition)}0.json"
+    kill_when(command, env, claim, folder / range_key(topic, partition, 0, end))
+    assert json.loads(claim.read_text())["end"] == end  # killed between its claim and its ledger entry
+
+    with fresh_instance() as instance:
+        first = tick(kafka, storage, instance)
+        result = follow(first.run_requests[0], instance, kafka, storage)
+    assert result.success
+    # The claimed range was detected again with the same ends: the same landing files, rewritten.
+    assert range_name(topic, partition, 0, end) in json.dumps(
+        [m.description for m in result.asset_materializations_for_node("follow")])
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
+    assert not storage.open().list(CLAIMS)
