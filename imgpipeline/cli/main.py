@@ -212,6 +212,9 @@ def add_load_benches(what) -> None:
     latency.add_argument("--backlog", type=int, default=500, help="frames of the backlog that follows")
     latency.add_argument("--settle", type=float, default=600.0,
                          help="seconds to wait after the input for the hours' alerts")
+    latency.add_argument("--lane", choices=["fast", "batch"], default="fast",
+                         help="fast: a follow_frames run detects frames as they come "
+                              "(the fast lane); batch: a detect_frames run per batch")
     scale = what.add_parser(
         "scale", help="many cameras through the daemon, sensor and runs with a no-op detector: the "
                       "orchestration's figures per hour, day and month, and what bends first")

@@ -119,7 +119,7 @@ def alert_latencies(received: list[tuple[dict, float]], sent_at: dict[str, float
 
 
 def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500, settle_s: float = 600.0,
-                  resources: dict | None = None) -> dict:
+                  resources: dict | None = None, lane: str = "fast") -> dict:
     """Steady input, then a backlog, through one real daemon; each figure from this one run."""
     from imgpipeline.ingest.producer import FrameProducer, Ledger
     from imgpipeline.lib.instance import open_instance
@@ -136,7 +136,10 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
     detector = DetectorResource.from_env().model_copy(update={"threads": 0}).load()
     bare = [bare_fps(queue, detector)]
     alerts = AlertsWatch(kafka)
-    with daemon(kafka, storage) as local:
+    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+    from imgpipeline.resources.settings import env_name
+
+    with daemon(kafka, storage, env={env_name(BatchPolicy, "fast_lane"): str(int(lane == "fast"))}) as local:
         producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
         camera = FrameProducer(kafka, storage, SOURCE, ledger=Ledger(folder / "ledger"))
         watch = LandingWatch(storage)
@@ -180,6 +183,7 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
         "alerts_stored": stored,
         "backlog": backlog, "backlog_fps": round(pipeline_fps, 1), "bare_fps": round(bare_mean, 1),
         "efficiency": round(pipeline_fps / bare_mean, 3), "precision": detector.identity.precision,
+        "lane": lane,
     }
     print_latency(result)
     write_result("latency", result)
@@ -216,7 +220,9 @@ def print_latency(result: dict) -> None:
         return (f"  {name:<28} {found['count']:>5} {found['p50_s']:>7.2f} {found['p95_s']:>7.2f} "
                 f"{found['max_s']:>7.2f}{rules}")
 
-    print(f"\n{result['frames']} frames at {result['rate']:g} frames/s, detected at {result['precision']}:")
+    lane = {"fast": "the fast lane (follow_frames)", "batch": "a detect_frames run per batch"}[result["lane"]]
+    print(f"\n{result['frames']} frames at {result['rate']:g} frames/s through {lane}, detected at "
+          f"{result['precision']}:")
     print(f"  {'':<28} {'count':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
     print(row("send → landed", result["landed"]))
     print(row("send → alert, frame rule", result["frame_rule"]))

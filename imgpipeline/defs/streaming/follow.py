@@ -1,9 +1,9 @@
 """follow_frames, the fast lane: one long-lived run detects every partition's new frames as they come.
 
 A detect_frames run per batch waits for a sensor tick (every 5 s) and a run start (a second when
-forked) before its first frame: seconds from send to landing however fast the detector. With
-IMGPIPELINE_FAST_LANE=1, frames_sensor instead keeps one follow_frames run of the frames topic alive.
-It reads the partitions' end offsets every `poll_s` and detects what is new as a range of its
+forked) before its first frame: seconds from send to landing however fast the detector. With the
+fast lane on (BatchPolicy.fast_lane), frames_sensor instead keeps one follow_frames run of the frames
+topic alive. It reads the partitions' end offsets every `poll_s` and detects what is new as a range of its
 partition, up to `max_batch` frames, exactly as a detect_frames run would (detect_range): landing
 files named after the range, the ledger entry, the group's commit, the fold. Each range's landing is
 reported as a materialization of the run.
@@ -215,7 +215,7 @@ def follow_op(
     name="follow_frames",
     executor_def=dg.in_process_executor,
     description="The fast lane: detects every partition's new frames as they come, a range at a time "
-                "(IMGPIPELINE_FAST_LANE).",
+                "(frames_sensor keeps one alive when the fast lane is on).",
 )
 def follow_frames():
     follow_op()

@@ -112,11 +112,13 @@ class BatchPolicy(FromEnv, BaseModel):
     # instead of a detect_frames run per batch: landed within a second or two instead of five to seven.
     fast_lane: bool = setting(
         "IMGPIPELINE_FAST_LANE", False,
-        "1: one follow_frames run detects every partition's new frames as they come (landed within ~1 s; "
-        "it holds one of the run queue's slots for good); 0: a detect_frames run per batch")
+        "1: one follow_frames run detects every partition's new frames as they come (landed within ~1 s; it "
+        "holds one of the run queue's slots for good); 0: a detect_frames run per batch (docs/streaming.md)",
+        shown="`0`")
     fast_lane_run_s: float = setting(
         "IMGPIPELINE_FAST_LANE_RUN_S", 3600.0,
-        "seconds a follow_frames run follows before it ends and the sensor launches the next", ge=60)
+        "seconds a follow_frames run follows before it ends and the sensor launches the next", shown="`3600`",
+        ge=60)
     # While watching, frames arriving faster than `burst_fps` over the last `settle_s` are a
     # burst still being produced: worth waiting for. A slower trickle is launched as it is.
     settle_s: float = 0.5
@@ -457,17 +459,7 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         if isinstance(offsets, dg.SkipReason):
             return offsets
 
-        if policy.fast_lane:
-            plan = follow_plan(cursor, offsets, following=True)
-            in_flight: dict[int, int] = {}
-        else:
-            # Off after the fast lane: ranges go on from where its runs committed.
-            base = follow_plan(cursor, offsets, following=False).cursor if cursor.get("followed") else cursor
-            # Counted after the watch: a run may have finished meanwhile.
-            in_flight = runs_in_flight(context, topic)
-            budgets = free_runs(in_flight, offsets.ends, policy)
-            plan = plan_ranges(base, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
-                               room_left(in_flight, policy))
+        plan, in_flight = plan_tick(context, topic, cursor, offsets, policy)
         for gap in plan.gaps:
             context.log.warning(gap)
 
@@ -493,6 +485,20 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
     return frames_sensor
 
 
+def plan_tick(context: dg.SensorEvaluationContext, topic: str, cursor: dict, offsets: Offsets,
+              policy: BatchPolicy) -> tuple[Plan, dict[int, int]]:
+    """The tick's plan, and the detect_frames runs in flight per partition it counted."""
+    if policy.fast_lane:
+        return follow_plan(cursor, offsets, following=True), {}
+    # Off after the fast lane: ranges go on from where its runs committed.
+    base = follow_plan(cursor, offsets, following=False).cursor if cursor.get("followed") else cursor
+    # Counted after the watch: a run may have finished meanwhile.
+    in_flight = runs_in_flight(context, topic)
+    budgets = free_runs(in_flight, offsets.ends, policy)
+    return plan_ranges(base, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
+                       room_left(in_flight, policy)), in_flight
+
+
 def follow_plan(cursor: dict, offsets: Offsets, following: bool) -> Plan:
     """Pure: with the fast lane, each partition's next offset is where the consumer group's commit says the
     follow_frames runs accounted for every offset; no ranges. Off again (`following` False), the cursor
@@ -515,7 +521,8 @@ def follow_request(topic: str, cursor: dict, policy: BatchPolicy) -> dg.RunReque
     do not (two would read the same offsets)."""
     generation = cursor.get("generation", 0)
     starts = {p: state["next"] for p, state in cursor["partitions"].items()}
-    config = {"topic": topic, "starts": starts, "run_s": policy.fast_lane_run_s}
+    config = {"topic": topic, "starts": starts, "run_s": policy.fast_lane_run_s,
+              "max_batch": policy.max_batch}
     if generation:
         config["generation"] = generation
     if policy.shed_after_s:

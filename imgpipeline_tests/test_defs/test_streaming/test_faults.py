@@ -1,7 +1,8 @@
 """Faults under a real daemon (`dagster dev`), the real broker and the real S3 endpoint: a run worker
 SIGKILLed mid-range, the daemon killed and restarted mid-run, the broker SIGKILLed and restarted, the
-S3 endpoint frozen (SIGSTOP) for 30 s, one after the other under one `dagster dev`. Every time every
-frame lands exactly once.
+S3 endpoint frozen (SIGSTOP) for 30 s, one after the other under one `dagster dev`, with a detect_frames
+run per batch and again with the fast lane (one follow_frames run). Every time every frame lands exactly
+once.
 
 Each case prints what it measured (frames sent, landed, duplicated, seconds from the fault until
 everything had landed); run with `-s` to see them. No timing is asserted."""
@@ -36,23 +37,24 @@ class Pipeline:
     local: LocalServices
     storage: StorageResource
     sent: list[str]
+    job: str  # detect_frames, or follow_frames with the fast lane
 
     def instance(self) -> dg.DagsterInstance:
         return open_instance(self.local.dagster.dagster_home)
 
     def started_run(self, timeout_s: float = 180) -> dg.DagsterRun:
-        """A detect_frames run that has been running for half a second and is still running."""
+        """A run of the job that has been running for half a second and is still running."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.instance() as instance:
-                runs = instance.get_runs(dg.RunsFilter(job_name="detect_frames",
+                runs = instance.get_runs(dg.RunsFilter(job_name=self.job,
                                                        statuses=[dg.DagsterRunStatus.STARTED]))
             if runs and PID_TAG in runs[0].tags:
                 time.sleep(0.5)
                 if alive(int(runs[0].tags[PID_TAG])):
                     return runs[0]
             time.sleep(0.2)
-        raise AssertionError("no detect_frames run started")
+        raise AssertionError(f"no {self.job} run started")
 
     def kill_a_started_run(self) -> dg.DagsterRun:
         """SIGKILL the worker of a run a second into its frames; a run that finished in the meantime
@@ -76,8 +78,8 @@ class Pipeline:
         recovered = time.monotonic() - fault_at
         doubled = sum(n - 1 for n in counts.values())
         with self.instance() as instance:
-            runs = Counter(r.status.value for r in instance.get_runs(dg.RunsFilter(job_name="detect_frames")))
-        figures = (f"{what}: sent {len(self.sent)}, landed {len(set(counts) & set(self.sent))}, "
+            runs = Counter(r.status.value for r in instance.get_runs(dg.RunsFilter(job_name=self.job)))
+        figures = (f"{what} ({self.job}): sent {len(self.sent)}, landed {len(set(counts) & set(self.sent))}, "
                    f"duplicated {doubled}, recovered {recovered:.1f} s after the fault; runs {dict(runs)}")
         print(f"\n{figures}")
         missing = len(set(self.sent) - set(counts))
@@ -91,10 +93,10 @@ def services(own_services):
     return own_services
 
 
-@pytest.fixture(scope="module")
-def daemon(services, module_database, tmp_path_factory):
+@pytest.fixture(scope="module", params=["detect_frames", "follow_frames"])
+def daemon(request, services, module_database, tmp_path_factory):
     """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
-    S3 prefix of its own, launching runs of 100 frames at f32."""
+    S3 prefix of its own, launching runs of 100 frames at f32; then again with the fast lane."""
     home = tmp_path_factory.mktemp("faults")
     kafka = fresh_topics(services)
     storage = s3_storage_resource(services)
@@ -107,12 +109,13 @@ def daemon(services, module_database, tmp_path_factory):
                             # The reference's precision, the slowest: a run of 100 frames lasts long enough
                             # to be caught mid-range (at INT8 it can be done within a second).
                             "IMGPIPELINE_DETECTOR_PRECISION": "f32",
+                            "IMGPIPELINE_FAST_LANE": str(int(request.param == "follow_frames")),
                             "IMGPIPELINE_HOME": str(home)}.items():
             patch.setenv(name, value)
         local = LocalServices(home / ".imgpipeline")
         local.up_ui()
         try:
-            yield local, kafka, storage
+            yield local, kafka, storage, request.param
         finally:
             stop_at_once(local.dagster)
 
@@ -120,10 +123,10 @@ def daemon(services, module_database, tmp_path_factory):
 @pytest.fixture
 def pipeline(daemon, tmp_path):
     """FRAMES frames of this test's own sent to the module's `dagster dev`."""
-    local, kafka, storage = daemon
+    local, kafka, storage, job = daemon
     frames = video_backlog(FRAMES, source="cam")
     produce(kafka, storage, tmp_path / "sent", frames)
-    return Pipeline(local, storage, [f.frame_id for f in frames])
+    return Pipeline(local, storage, [f.frame_id for f in frames], job)
 
 
 def test_a_run_worker_killed_mid_range(pipeline):
@@ -131,10 +134,16 @@ def test_a_run_worker_killed_mid_range(pipeline):
     fault_at = time.monotonic()
     pipeline.landed_exactly_once(fault_at, "run worker SIGKILL")
     with pipeline.instance() as instance:
-        killed = instance.get_run_by_id(run.run_id)
+        killed = instance.get_run_record_by_id(run.run_id)
+        after = instance.get_runs(dg.RunsFilter(job_name=pipeline.job, created_after=killed.create_timestamp))
+        killed = killed.dagster_run
     assert killed.status == dg.DagsterRunStatus.FAILURE
-    # Run retries took it up (`dagster dev` is ready only once they watch), not repair_sensor minutes later.
-    assert AUTO_RETRY_RUN_ID_TAG in killed.tags
+    if pipeline.job == "detect_frames":
+        # Run retries took it up (`dagster dev` is ready only once they watch), not repair_sensor minutes
+        # later.
+        assert AUTO_RETRY_RUN_ID_TAG in killed.tags
+    else:  # not retried: the sensor launched the next follow_frames run, which took over the claim
+        assert AUTO_RETRY_RUN_ID_TAG not in killed.tags and after
 
 
 def test_the_daemon_killed_and_restarted_mid_run(pipeline):
