@@ -26,9 +26,9 @@ def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
     runs = []
     for _ in range(max_ticks):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
-        result = sensor(context)
-        requests = getattr(result, "run_requests", None) or []
-        cursor = getattr(result, "cursor", None) or cursor
+        result = sensor.evaluate_tick(context)  # as the daemon evaluates it, its run requests checked
+        requests = result.run_requests or []
+        cursor = result.cursor or cursor
         for request in requests:
             outcome = detect_frames.execute_in_process(
                 run_config=request.run_config, instance=instance, resources=resources,

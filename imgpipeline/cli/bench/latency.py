@@ -1,7 +1,8 @@
 """`imgpipeline bench latency`: the street video sent at a steady rate through the real daemon, as its
 camera would send it, and how long after each frame was sent it landed and its alerts reached the Kafka
 topic `alerts` (the rules of alerts.yaml and the lines and zones of zones.yaml, as the demo has them);
-then a backlog through the same daemon against the bare detector's frames/s.
+then a backlog through the same daemon against the bare detector's frames/s: sent while the daemon and
+its runs are stopped (SIGSTOP), timed from when they go on until the last frame landed.
 
 The alerts are the hourly chain's (landing → the hour's tables → alerts): the benchmark waits until
 each hour's detections were made again by a run created after everything landed and its alerts by a
@@ -11,8 +12,11 @@ run created after that, then reads the topic once more.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from imgpipeline.cli.bench.common import (
@@ -162,18 +166,19 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
                                open_instance)
         time.sleep(3)  # the last alerts run's messages reach the topic's reader
         stored = stored_alerts(storage, street)
-        print(f"backlog: {backlog} frames at once …")
+        print(f"backlog: {backlog} frames sent while the daemon and its runs are paused …")
         watch.landed_at.clear()
-        backlog_sent: dict[str, float] = {}
-        send_frames(producer, queue, None, backlog_sent)
-        done = watch.wait_for(backlog, time.monotonic() + 1800)
+        with paused(local.dagster.pid):  # on the topic before the pipeline goes on: a backlog, not a race
+            send_frames(producer, queue, None, {})
+        resumed = time.time()
+        done = watch.wait_for(backlog, time.monotonic() + 1800, poll_s=0.1)
         producer.producer.close()
     alerts.close()
     bare.append(bare_fps(queue, detector))
     backlog_landed = [watch.landed_at[f.frame_id] for f in queue if f.frame_id in watch.landed_at]
     if not done or len(backlog_landed) < backlog:
         raise SystemExit(f"only {len(backlog_landed)} of {backlog} backlog frames landed within 1800 s")
-    pipeline_fps = backlog / (max(backlog_landed) - min(backlog_sent.values()))
+    pipeline_fps = backlog / (max(backlog_landed) - resumed)
     bare_mean = sum(bare) / len(bare)
     result = {
         "frames": len(street), "rate": rate, "settled": settled,
@@ -188,6 +193,16 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
     print_latency(result)
     write_result("latency", result)
     return result
+
+
+@contextmanager
+def paused(group: int):
+    """The process group (`dagster dev`: its daemon, code server and runs) stopped, continued after."""
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(group, signal.SIGCONT)
 
 
 def stored_alerts(storage, frames) -> dict[str, int]:

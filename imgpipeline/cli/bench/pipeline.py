@@ -60,7 +60,7 @@ class LandingWatch:
     def __init__(self, storage):
         self.store, self.seen_files, self.landed_at = storage.open(), set(), {}
 
-    def wait_for(self, count: int, deadline: float) -> bool:
+    def wait_for(self, count: int, deadline: float, poll_s: float = 0.25) -> bool:
         """Until `count` frames landed or the monotonic deadline passed: whether they did."""
         from imgpipeline.defs.streaming.landing import landing_keys, read_records
 
@@ -71,7 +71,7 @@ class LandingWatch:
                     now = time.time()
                     for record in read_records(self.store, key):
                         self.landed_at.setdefault(record.frame_id, now)
-            time.sleep(0.25)
+            time.sleep(poll_s)
         return len(self.landed_at) >= count
 
 

@@ -129,8 +129,11 @@ class Batch:
         workers = self.processor.detector.size
         for prepared, record in ahead(self.screened(incoming), self.detect, workers=workers,
                                       lookahead=2 * workers):
-            if record.status == "error" and not prepared.dead_lettered:
-                self.dead_letter(prepared)  # failed in detection, after the cheap checks
+            if record.status == "error":
+                # Failed in detection, after the cheap checks: the frame is processed when it comes again.
+                self.seen(record).discard(record.identity)
+                if not prepared.dead_lettered:
+                    self.dead_letter(prepared)
             self.counts[record.status] += 1
             latest_times(self.latest, record)
             hour = record.event_hour
@@ -236,7 +239,7 @@ class Lane:
 
 
 def detect_range(lane: Lane, partition: int, start: int, end: int, generation: int = 0, *,
-                 shed_after_s: float = 0.0, commit: bool = True, near: Neighbours | None = None,
+                 shedding: Shedding | None = None, commit: bool = True, near: Neighbours | None = None,
                  landed: dict | None = None) -> tuple[dict, list[str]]:
     """Detect the offsets [start, end) of a partition and account for them: a landing file per event hour,
     the sources' latest times, the range's ledger entry, the group's commit, the ledger's fold. Returns
@@ -247,7 +250,7 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
     batch = Batch(lane.context, lane.kafka, store, lane.processor,
                   range_name(topic, partition, start, end, generation), near, landed)
     try:
-        batch.process(Shedding(shed_after_s).mark(incoming))
+        batch.process((shedding or Shedding(0)).mark(incoming))
         written = batch.land()
         batch.land_sources()
         if gaps:
@@ -258,7 +261,7 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
         written.append(ledger)
         accounted = read_ledger(store, topic, partition, generation)
         if commit:
-            commit_accounted(lane.consumer, accounted, topic, partition)
+            commit_accounted(lane.consumer, accounted, topic, partition, generation)
         try:  # housekeeping after the commit: a fold that fails is done by a later run
             fold_ledger(store, topic, partition, generation, ledger=accounted)
         except OSError as exc:
@@ -314,7 +317,7 @@ def detect_op(
         try:
             counts, written = detect_range(
                 Lane(context, kafka, store, processor, consumer, topic), partition, start, config.end_offset,
-                generation, shed_after_s=config.shed_after_s, commit=config.commit,
+                generation, shedding=Shedding(config.shed_after_s), commit=config.commit,
                 near=Screening.from_env().near(topic, partition, generation, start))
         finally:
             consumer.close()
@@ -333,21 +336,30 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def commit_accounted(consumer, ledger: Ledger, topic: str, partition: int) -> int | None:
+def commit_accounted(consumer, ledger: Ledger, topic: str, partition: int, generation: int = 0) -> int | None:
     """Move the group's committed offset as far as the partition's accounted ranges (its ledger as read)
     reach without a hole, never backwards: a range that failed holds the commit at its start, so lag
-    tools show it."""
+    tools show it. The commit's metadata names the generation (`g<N>`): one of another generation (the
+    topic re-created) is not where this one is."""
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
     tp = TopicPartition(topic, partition)
-    committed = consumer.committed(tp)
+    committed = of_generation(consumer.committed(tp, metadata=True), generation)
     base = committed if committed is not None else consumer.beginning_offsets([tp])[tp]
     reach = contiguous_end(([ledger.folded] if ledger.folded else []) + ledger.live_ranges, base)
     if reach > base:
-        consumer.commit({tp: OffsetAndMetadata(reach, "", -1)})
+        consumer.commit({tp: OffsetAndMetadata(reach, f"g{generation}", -1)})
         return reach
     return committed
+
+
+def of_generation(committed, generation: int) -> int | None:
+    """A committed offset (with its metadata) if committed in `generation` (or naming none), else None."""
+    if committed is None:
+        return None
+    said = committed.metadata or ""
+    return committed.offset if said in ("", f"g{generation}") else None
 
 
 @dg.job(

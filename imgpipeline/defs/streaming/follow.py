@@ -33,13 +33,20 @@ from imgpipeline.defs.streaming.detect_frames import (
     Screening,
     detect_range,
     frame_processor,
+    of_generation,
     peak_rss_mb,
 )
 from imgpipeline.defs.streaming.ledger import accounted_ranges, contiguous_end
+from imgpipeline.defs.streaming.processing import Shedding, topic_id_of
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 
 FAST_LANE_TAG = "imgpipeline/fast-lane"
+# On a follow_frames run: how far it accounted for each partition's offsets from where it started
+# ({"generation": N, "positions": {"0": offset, …}}), brought up to date every PROGRESS_S and at its end.
+POSITIONS_TAG = "imgpipeline/fast-lane-positions"
 CLAIMS = "landing/claims"
+# Seconds between looks at the topic's partitions and id (each asks the cluster).
+TOPIC_CHECK_S = 30.0
 
 
 class FollowConfig(dg.Config):
@@ -89,6 +96,7 @@ class Follower:
         self.claimed: dict[int, int] = {}  # partition: the end of a claimed range to detect again first
         self.screening = Screening.from_env()
         self.landed: dict[int, tuple[int, dict]] = {}  # partition: (from offset, frames per event hour)
+        self.shedding: dict[int, Shedding] = {}  # partition: its sources' one-in-k, kept between ranges
         self.totals: dict[str, int] = {}
         self.ranges = 0
         self.progress_at = time.monotonic() + PROGRESS_S
@@ -102,7 +110,7 @@ class Follower:
         for tp in tps:
             floor = self.config.starts.get(str(tp.partition))
             if floor is None:
-                committed = consumer.committed(tp)
+                committed = of_generation(consumer.committed(tp, metadata=True), generation)
                 floor = committed if committed is not None else beginnings[tp]
             position, claimed = resume(self.lane.store, topic, tp.partition, generation, floor)
             self.positions[tp.partition] = position
@@ -130,11 +138,16 @@ class Follower:
 
     def detect(self, partition: int, start: int, end: int) -> None:
         lane, generation = self.lane, self.config.generation
+        run = lane.context.instance.get_run_by_id(lane.context.run_id)
+        if run is not None and run.status != dg.DagsterRunStatus.STARTED:
+            # Failed or cancelled meanwhile (a worker that was frozen, then let go): the sensor has launched
+            # the next run, which goes on from the ledger. This one reads no further.
+            raise dg.Failure(f"this run is {run.status.value}: another follow_frames run takes over")
         claim = f"{claims_prefix(lane.topic, partition, generation)}{start}.json"
         lane.store.put(claim, json.dumps({"end": end, "run_id": lane.context.run_id}).encode())
         near = self.screening.near(lane.topic, partition, generation, start)
-        counts, _ = detect_range(lane, partition, start, end, generation,
-                                 shed_after_s=self.config.shed_after_s, near=near,
+        shedding = self.shedding.setdefault(partition, Shedding(self.config.shed_after_s))
+        counts, _ = detect_range(lane, partition, start, end, generation, shedding=shedding, near=near,
                                  landed=self.landed_for(partition, start))
         lane.store.delete_many([claim])
         self.positions[partition] = end
@@ -144,6 +157,13 @@ class Follower:
         if time.monotonic() >= self.progress_at:
             self.progress_at = time.monotonic() + PROGRESS_S
             lane.context.log.info(f"{self.ranges} ranges, at {self.positions}: {self.totals}")
+            self.report()
+
+    def report(self) -> None:
+        """The positions as the run's tag: where the sensor's cursor goes on from."""
+        positions = {str(p): o for p, o in self.positions.items()}
+        value = json.dumps({"generation": self.config.generation, "positions": positions})
+        self.lane.context.instance.add_run_tags(self.lane.context.run_id, {POSITIONS_TAG: value})
 
     def landed_for(self, partition: int, start: int) -> dict:
         """The frames the partition's ranges screen against, kept between ranges (each adds its own) and
@@ -157,32 +177,35 @@ class Follower:
 
 
 def follow(follower: Follower, config: FollowConfig) -> str:
-    """Follow until the run's time is up, it idled `idle_end_s`, or the topic gained partitions; why it
-    ended."""
+    """Follow until the run's time is up, it idled `idle_end_s`, or the topic changed (new partitions,
+    another id); why it ended."""
     from kafka import TopicPartition
 
     consumer, topic = follower.lane.consumer, follower.lane.topic
-    partitions = sorted(consumer.partitions_for_topic(topic) or [])
+    partitions, topic_id = sorted(consumer.partitions_for_topic(topic) or []), topic_id_of(consumer, topic)
     if not partitions:
         raise dg.Failure(f"topic {topic!r} does not exist")
     follower.start(partitions)
     tps = [TopicPartition(topic, p) for p in partitions]
     began = idle_since = looked = time.monotonic()
     while True:
-        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
         now = time.monotonic()
-        if follower.step(ends):
-            idle_since = time.monotonic()
-            continue
-        if config.idle_end_s and now - idle_since >= config.idle_end_s:
-            return f"no new frame for {config.idle_end_s:g} s"
         if config.run_s and now - began >= config.run_s:
             return f"followed for {config.run_s:g} s: the sensor launches the next run"
-        if now - looked >= 30:
+        if now - looked >= TOPIC_CHECK_S:
             looked = now
+            consumer.topics()  # asks the cluster: partitions and id as they are now
             if sorted(consumer.partitions_for_topic(topic) or []) != partitions:
                 return "the topic has new partitions: the next run follows them too"
-        time.sleep(config.poll_s)
+            if topic_id and topic_id_of(consumer, topic) not in (None, topic_id):
+                return "the topic was re-created: the sensor starts a new generation"
+        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
+        if follower.step(ends):
+            idle_since = time.monotonic()
+        elif config.idle_end_s and now - idle_since >= config.idle_end_s:
+            return f"no new frame for {config.idle_end_s:g} s"
+        else:
+            time.sleep(config.poll_s)
 
 
 @dg.op(name="follow", tags={"kind": "opencv"})
@@ -202,6 +225,8 @@ def follow_op(
         why = follow(follower, config)
     finally:
         consumer.close()
+        if follower.ranges:
+            follower.report()
     context.log.info(f"done ({why}): {follower.ranges} ranges, {follower.totals}")
     return dg.Output(
         {"counts": follower.totals, "ranges": follower.ranges, "positions": follower.positions},

@@ -18,6 +18,9 @@ offsets for up to `watch_s` instead of returning at once: with nothing pending i
 new frames; while frames arrive at burst speed it waits for the burst to end (split evenly,
 not a short first run) or to fill the runs it may launch; a slow trickle goes at once.
 Frames wait for a run a fraction of a second, not up to a whole daemon loop.
+
+With the fast lane on (`fast_lane`), it launches no ranges: it keeps one follow_frames run of the topic
+alive (follow.py) and moves its cursor as far as that run accounted for the offsets.
 """
 
 import json
@@ -29,9 +32,15 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
-from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, follow_frames
+from imgpipeline.defs.streaming.detect_frames import (
+    PARTITION_TAG,
+    detect_frames,
+    detect_run_config,
+    of_generation,
+)
+from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, POSITIONS_TAG, follow_frames
 from imgpipeline.defs.streaming.landing import range_name
+from imgpipeline.defs.streaming.processing import topic_id_of
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import KafkaResource
 from imgpipeline.resources.settings import FromEnv, setting
@@ -265,17 +274,46 @@ def watch_ends(read_ends, ends: dict[int, int], pending: int, policy: BatchPolic
 _instances: dict[str, dg.DagsterInstance] = {}
 
 
-def active_runs(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:
-    """The runs queued or running, read from the instance the code server keeps for the tick's."""
+def tick_instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance:
+    """The instance the code server keeps for the tick's."""
     ref = context.instance_ref
     if ref is None:  # a context built around an instance object, as in tests
-        instance = context.instance
-    else:
-        from dagster._serdes import serialize_value
+        return context.instance
+    from dagster._serdes import serialize_value
 
-        key = serialize_value(ref)
-        instance = _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
-    return instance.get_runs(dg.RunsFilter(statuses=ACTIVE))
+    key = serialize_value(ref)
+    return _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
+
+
+def active_runs(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:
+    """The runs queued or running."""
+    return tick_instance(context).get_runs(dg.RunsFilter(statuses=ACTIVE))
+
+
+# After follow_frames runs failed one after the other, the next waits this long, doubled for each
+# further failure, up to LANE_BACKOFF_MAX_S: a range that fails every time is tried again, not in a loop.
+LANE_BACKOFF_S = 10.0
+LANE_BACKOFF_MAX_S = 300.0
+
+
+def lane_backoff(context: dg.SensorEvaluationContext, topic: str, now: float) -> str | None:
+    """Why the next follow_frames run of `topic` waits (its predecessors failed, the last one lately), or
+    None. The first failure is taken over at once: a killed worker loses a tick, not minutes."""
+    records = tick_instance(context).get_run_records(
+        dg.RunsFilter(job_name=follow_frames.name, tags={FAST_LANE_TAG: topic}), limit=8)
+    failed = 0
+    for record in records:
+        if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+            break
+        failed += 1
+    if failed < 2:
+        return None
+    wait = min(LANE_BACKOFF_MAX_S, LANE_BACKOFF_S * 2 ** (failed - 2))
+    ended = records[0].end_time or records[0].update_timestamp.timestamp()
+    if now - ended >= wait:
+        return None
+    return (f"the last {failed} follow_frames runs failed (the latest: {records[0].dagster_run.run_id}): the "
+            f"next starts {wait:g} s after it, in {wait - (now - ended):.0f} s")
 
 
 def runs_in_flight(context: dg.SensorEvaluationContext, topic: str,
@@ -311,6 +349,7 @@ def run_request(topic: str, partition: int, start: int, end: int, generation: in
                 shed_after_s: float = 0.0) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=range_name(topic, partition, start, end, generation),
+        job_name=detect_frames.name,
         run_config=detect_run_config(topic, partition, start, end, generation, shed_after_s),
         tags={PARTITION_TAG: f"{topic}-{partition}"},
     )
@@ -391,7 +430,9 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
                 if committed is not None:
                     known[str(tp.partition)] = {"next": committed, "since": None}
         if policy.fast_lane or cursor.get("followed"):  # how far the fast lane got; it needs no watch
-            committed = {tp.partition: consumer.committed(tp) for tp in tps}
+            generation = cursor.get("generation", 0)
+            committed = {tp.partition: of_generation(consumer.committed(tp, metadata=True), generation)
+                         for tp in tps}
             return Offsets(ends, beginnings, cursor.get("topic_id"), committed)
         pending = sum(ends[p] - max(known.get(str(p), {}).get("next", 0), beginnings[p]) for p in ends)
         if policy.watch_s > 0:
@@ -405,13 +446,6 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
         return dg.SkipReason(f"Kafka error, tick skipped: {type(exc).__name__}: {exc}")
     finally:
         consumer.close()
-
-
-def topic_id_of(consumer, topic: str) -> str | None:
-    """The topic's id from the consumer's metadata (kafka-python 3 keeps it), else None."""
-    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
-    topic_id = cluster.topic_id(topic) if cluster is not None and hasattr(cluster, "topic_id") else None
-    return str(topic_id) if topic_id else None
 
 
 def lag_observation(lag: dict[int, int], ends: dict[int, int], plan: Plan) -> dg.AssetObservation:
@@ -428,6 +462,18 @@ def lag_observation(lag: dict[int, int], ends: dict[int, int], plan: Plan) -> dg
     )
 
 
+def sensor_description(policy: BatchPolicy) -> str:
+    return (
+        f"Launches detect_frames over new offsets of the frames topic: up to {policy.max_batch} "
+        f"frames per run, or fewer once the oldest has waited {policy.max_wait_s:g} s. "
+        f"A tick watches for a burst of new frames for up to {policy.watch_s:g} s. At most "
+        f"{policy.runs_per_partition} runs of a partition and {policy.total_runs_in_flight} in all are "
+        "queued or running; past that, frames wait on the topic and leave in larger runs. "
+        + ("The fast lane is on: one follow_frames run detects the topic's frames as they come instead."
+           if policy.fast_lane else "")
+    ).strip()
+
+
 def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
     @dg.sensor(
         name="frames_sensor",
@@ -436,13 +482,7 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         # 5 s would skip every other loop. One second less keeps ticks `interval_s` apart.
         minimum_interval_seconds=max(1, policy.interval_s - 1),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=(
-            f"Launches detect_frames over new offsets of the frames topic: up to {policy.max_batch} "
-            f"frames per run, or fewer once the oldest has waited {policy.max_wait_s:g} s. "
-            f"A tick watches for a burst of new frames for up to {policy.watch_s:g} s. At most "
-            f"{policy.runs_per_partition} runs of a partition and {policy.total_runs_in_flight} in all are "
-            "queued or running; past that, frames wait on the topic and leave in larger runs."
-        ),
+        description=sensor_description(policy),
     )
     def frames_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
         topic = kafka.frames_topic
@@ -459,7 +499,7 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         if isinstance(offsets, dg.SkipReason):
             return offsets
 
-        plan, in_flight = plan_tick(context, topic, cursor, offsets, policy)
+        plan, in_flight = plan_tick(context, topic, cursor, offsets, policy, lanes)
         for gap in plan.gaps:
             context.log.warning(gap)
 
@@ -473,7 +513,10 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         requests = [run_request(topic, p, start, end, generation, policy.shed_after_s)
                     for p, start, end in plan.ranges]
         if policy.fast_lane and not lanes:
-            requests.append(follow_request(topic, plan.cursor, policy))
+            if (waiting := lane_backoff(context, topic, time.time())) is None:
+                requests.append(follow_request(topic, plan.cursor, policy))
+            else:
+                context.log.warning(waiting)
         if not requests and not events and new_cursor == cursor:
             flying = sum(in_flight.values()) + len(lanes)
             return dg.SkipReason(f"no new frames on {topic} ({flying} runs in flight)")
@@ -486,12 +529,15 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
 
 
 def plan_tick(context: dg.SensorEvaluationContext, topic: str, cursor: dict, offsets: Offsets,
-              policy: BatchPolicy) -> tuple[Plan, dict[int, int]]:
+              policy: BatchPolicy, lanes: list[dg.DagsterRun]) -> tuple[Plan, dict[int, int]]:
     """The tick's plan, and the detect_frames runs in flight per partition it counted."""
     if policy.fast_lane:
-        return follow_plan(cursor, offsets, following=True), {}
-    # Off after the fast lane: ranges go on from where its runs committed.
-    base = follow_plan(cursor, offsets, following=False).cursor if cursor.get("followed") else cursor
+        return follow_plan(cursor, offsets, True, lane_positions(context, topic, lanes, cursor)), {}
+    # Off after the fast lane: ranges go on from where its runs got to.
+    if cursor.get("followed"):
+        base = follow_plan(cursor, offsets, False, lane_positions(context, topic, lanes, cursor)).cursor
+    else:
+        base = cursor
     # Counted after the watch: a run may have finished meanwhile.
     in_flight = runs_in_flight(context, topic)
     budgets = free_runs(in_flight, offsets.ends, policy)
@@ -499,16 +545,28 @@ def plan_tick(context: dg.SensorEvaluationContext, topic: str, cursor: dict, off
                        room_left(in_flight, policy)), in_flight
 
 
-def follow_plan(cursor: dict, offsets: Offsets, following: bool) -> Plan:
-    """Pure: with the fast lane, each partition's next offset is where the consumer group's commit says the
-    follow_frames runs accounted for every offset; no ranges. Off again (`following` False), the cursor
-    takes that once, for ranges to be planned from there."""
+def lane_positions(context: dg.SensorEvaluationContext, topic: str, lanes: list[dg.DagsterRun],
+                   cursor: dict) -> dict[int, int]:
+    """How far the follow_frames run in flight (else the latest) accounted for each partition, as its tag
+    says, if of the cursor's generation."""
+    runs = lanes or tick_instance(context).get_runs(
+        dg.RunsFilter(job_name=follow_frames.name, tags={FAST_LANE_TAG: topic}), limit=1)
+    said = json.loads(runs[0].tags.get(POSITIONS_TAG, "{}")) if runs else {}
+    if said.get("generation", 0) != cursor.get("generation", 0):
+        return {}
+    return {int(p): int(o) for p, o in said.get("positions", {}).items()}
+
+
+def follow_plan(cursor: dict, offsets: Offsets, following: bool, positions: dict[int, int]) -> Plan:
+    """Pure: with the fast lane, each partition's next offset is where the follow_frames runs accounted for
+    every offset, as the consumer group's commit or the runs' `positions` say; no ranges. Off again
+    (`following` False), the cursor takes that once, for ranges to be planned from there."""
     partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
     for partition in sorted(offsets.ends):
         state = partitions.setdefault(str(partition), {"next": offsets.beginnings[partition], "since": None})
-        committed = offsets.committed.get(partition)
-        if committed is not None and committed > state["next"]:
-            state["next"], state["since"] = committed, None
+        reached = max(offsets.committed.get(partition) or 0, positions.get(partition, 0))
+        if reached > state["next"]:
+            state["next"], state["since"] = min(reached, offsets.ends[partition]), None
     plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
     plan.cursor.pop("followed", None)
     if following:
@@ -532,5 +590,7 @@ def follow_request(topic: str, cursor: dict, policy: BatchPolicy) -> dg.RunReque
                 + f"-{time.time_ns()}",
         job_name=follow_frames.name,
         run_config={"ops": {"follow": {"config": config}}},
-        tags={FAST_LANE_TAG: topic, "dagster/max_retries": "0"},
+        # Run monitoring ends a run that outlived its time by far (hung): the sensor launches the next.
+        tags={FAST_LANE_TAG: topic, "dagster/max_retries": "0",
+              "dagster/max_runtime": str(int(policy.fast_lane_run_s + 600))},
     )

@@ -95,6 +95,13 @@ def read_range(consumer, topic: str, partition: int, start: int, end: int, gaps:
                 return
 
 
+def topic_id_of(consumer, topic: str) -> str | None:
+    """The topic's id from the consumer's metadata (kafka-python 3 keeps it), else None."""
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    topic_id = cluster.topic_id(topic) if cluster is not None and hasattr(cluster, "topic_id") else None
+    return str(topic_id) if topic_id else None
+
+
 def skip_deleted(consumer, tp, position: int, end: int, gaps: list[tuple[int, int]]) -> int:
     """Where to read from: `position`, or the log's beginning when retention deleted offsets from
     `position` on (recorded in `gaps`)."""

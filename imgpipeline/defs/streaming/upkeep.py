@@ -1,4 +1,4 @@
-"""Dagster's instance kept to a bounded size: detect_frames runs purged by age.
+"""Dagster's instance kept to a bounded size: detect_frames (and follow_frames) runs purged by age.
 
 frames_sensor launches a detect_frames run per batch: thousands an hour at a thousand cameras, each a
 run record and an event log in Dagster's storage, read by every page of the runs list and by each
@@ -11,6 +11,7 @@ are purged by the daemon itself (`retention:` in dagster.yaml).
 """
 
 import contextlib
+import itertools
 import os
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from imgpipeline.defs.partitions import scheduled_job
 from imgpipeline.defs.streaming.detect_frames import detect_frames
+from imgpipeline.defs.streaming.follow import follow_frames
 from imgpipeline.resources.settings import FromEnv, env_name, setting
 
 DAY_S = 86400
@@ -56,24 +58,27 @@ class InstanceRetention(FromEnv, BaseModel):
 
 def purge_runs(instance: dg.DagsterInstance, retention: InstanceRetention, now: float | None = None,
                log=print) -> Counter:
-    """Delete the detect_frames runs past their keeping time, oldest first; how many of each status.
+    """Delete the detect_frames and follow_frames runs past their keeping time, oldest first; how many of
+    each status.
 
     A run's event log goes before its record: a purge killed between the two leaves a run that the next
     purge finds and deletes, never events of a run that no longer exists."""
     now = time.time() if now is None else now
     deleted: Counter = Counter()
-    for statuses, days in ((SUCCEEDED, retention.runs_keep_days),
-                           ([dg.DagsterRunStatus.FAILURE], retention.failed_runs_keep_days)):
+    for job, (statuses, days) in itertools.product(
+            (detect_frames.name, follow_frames.name),
+            ((SUCCEEDED, retention.runs_keep_days),
+             ([dg.DagsterRunStatus.FAILURE], retention.failed_runs_keep_days))):
         before = datetime.fromtimestamp(now - days * DAY_S, UTC)
         while records := instance.get_run_records(
-                dg.RunsFilter(job_name=detect_frames.name, statuses=statuses, updated_before=before),
+                dg.RunsFilter(job_name=job, statuses=statuses, updated_before=before),
                 limit=PURGE_BATCH, ascending=True):
             for record in records:
                 run_id = record.dagster_run.run_id
                 delete_events(instance, run_id)
                 instance.run_storage.delete_run(run_id)
                 deleted[record.dagster_run.status.value] += 1
-            log(f"purged {sum(deleted.values())} detect_frames runs so far (updated before "
+            log(f"purged {sum(deleted.values())} runs so far, now of {job} (updated before "
                 f"{before:%Y-%m-%d %H:%M} UTC: {', '.join(s.value for s in statuses)})")
     return deleted
 

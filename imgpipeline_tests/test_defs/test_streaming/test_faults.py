@@ -19,6 +19,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
 
+from imgpipeline.defs.streaming.follow import CLAIMS
 from imgpipeline.lib.instance import open_instance
 from imgpipeline.lib.launcher import PID_TAG
 from imgpipeline.resources import StorageResource
@@ -61,6 +62,11 @@ class Pipeline:
         (a range takes a few seconds) makes way for the next one."""
         while True:
             run = self.started_run()
+            if self.job == "follow_frames":  # a follower may be idle: killed once it claimed a range
+                store, deadline = self.storage.open(), time.monotonic() + 120
+                while not store.list(CLAIMS) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert store.list(CLAIMS), "the follower claimed no range"
             try:
                 os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
                 return run

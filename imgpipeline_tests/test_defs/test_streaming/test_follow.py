@@ -15,7 +15,12 @@ import pytest
 from kafka import TopicPartition
 
 from imgpipeline.defs.streaming.follow import CLAIMS, FAST_LANE_TAG, claims_prefix, follow_frames
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+from imgpipeline.defs.streaming.frames_sensor import (
+    LANE_BACKOFF_S,
+    BatchPolicy,
+    build_frames_sensor,
+    lane_backoff,
+)
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.ledger import accounted_ranges, range_key
 from imgpipeline.resources import DetectorResource
@@ -27,8 +32,9 @@ LANE = BatchPolicy(fast_lane=True, watch_s=0)
 
 
 def tick(kafka, storage, instance, cursor=None, policy=LANE):
+    """One tick of frames_sensor as the daemon evaluates it (its run requests checked)."""
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
-    return build_frames_sensor(policy)(context)
+    return build_frames_sensor(policy).evaluate_tick(context)
 
 
 def follow(request, instance, kafka, storage, **config) -> dg.ExecuteInProcessResult:
@@ -120,10 +126,10 @@ def test_a_follower_in_flight_holds_the_sensor_back_and_turned_off_it_goes_on_fr
         request = first.run_requests[0]
         # While a follow_frames run is in flight, neither mode launches anything beside it.
         instance.create_run_for_job(follow_frames, run_config=request.run_config, tags=request.tags)
-        assert not getattr(tick(kafka, storage, instance, cursor=first.cursor), "run_requests", None)
+        assert not tick(kafka, storage, instance, cursor=first.cursor).run_requests
         off = BatchPolicy(max_batch=100, watch_s=0)
         held = tick(kafka, storage, instance, cursor=first.cursor, policy=off)
-        assert isinstance(held, dg.SkipReason) and "still follows" in held.skip_message
+        assert not held.run_requests and "still follows" in held.skip_message
         for run in instance.get_runs(dg.RunsFilter(job_name=follow_frames.name)):
             instance.report_run_canceled(run)
 
@@ -160,6 +166,9 @@ def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(
     claim = folder / f"{claims_prefix(topic, partition)}0.json"
     kill_when(command, env, claim, folder / range_key(topic, partition, 0, end))
     assert json.loads(claim.read_text())["end"] == end  # killed between its claim and its ledger entry
+    more = video_backlog(20, "cam-a")  # the next run sees [0, end + 20): a range of its own would differ
+    (tmp_path / "more").mkdir()
+    produce(kafka, storage, tmp_path / "more", more)
 
     with fresh_instance() as instance:
         first = tick(kafka, storage, instance)
@@ -168,5 +177,25 @@ def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(
     # The claimed range was detected again with the same ends: the same landing files, rewritten.
     assert range_name(topic, partition, 0, end) in json.dumps(
         [m.description for m in result.asset_materializations_for_node("follow")])
-    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
+    assert (0, end) in accounted_ranges(storage.open(), topic, partition)
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames + more])
     assert not storage.open().list(CLAIMS)
+
+
+def test_followers_that_keep_failing_are_launched_again_later_not_in_a_loop(kafka, storage, tmp_path):
+    produce(kafka, storage, tmp_path, video_backlog(5, "cam-a"))
+    with fresh_instance() as instance:
+        request = tick(kafka, storage, instance).run_requests[0]
+        failed = []
+        for attempt in range(3):
+            run = instance.create_run_for_job(follow_frames, run_config=request.run_config, tags=request.tags)
+            instance.report_run_failed(run)
+            failed.append(run)
+            # One failure is taken over at once (a killed worker); two and more wait, longer each time.
+            requests = tick(kafka, storage, instance).run_requests
+            assert [r.job_name for r in requests] == ([follow_frames.name] if attempt == 0 else [])
+        context = dg.build_sensor_context(instance=instance)
+        record = instance.get_run_record_by_id(failed[-1].run_id)
+        ended = record.end_time or record.update_timestamp.timestamp()
+        assert "the last 3 follow_frames runs failed" in lane_backoff(context, kafka.frames_topic, ended + 1)
+        assert lane_backoff(context, kafka.frames_topic, ended + LANE_BACKOFF_S * 2) is None
