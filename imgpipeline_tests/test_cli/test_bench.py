@@ -246,8 +246,8 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
 @pytest.mark.integration
 @pytest.mark.long(2.5)
 def test_bench_latency_times_the_alerts_the_tables_hold(kafka):
-    """The street video through the real daemon and the whole hourly chain: every frame lands, the chain
-    settles, and each alert the alerts tables hold reached the Kafka topic (per kind of rule)."""
+    """The street video through the real daemon's fast lane and the whole hourly chain: every frame lands,
+    the chain settles, and each alert the alerts tables hold reached the Kafka topic (per kind of rule)."""
     from imgpipeline.cli.bench.latency import bench_latency
 
     # 160 frames: past the one where the demo's street has four cars in a frame.
@@ -261,3 +261,4 @@ def test_bench_latency_times_the_alerts_the_tables_hold(kafka):
         if written[kind]["count"]:
             assert 0 < written[kind]["p50_s"] <= written[kind]["p95_s"] <= written[kind]["max_s"]
     assert written["backlog"] == 10 and written["efficiency"] > 0
+    assert written["lane"] == "fast"  # the default: a follow_frames run detected the frames
