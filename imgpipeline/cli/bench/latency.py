@@ -197,12 +197,20 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
 
 @contextmanager
 def paused(group: int):
-    """The process group (`dagster dev`: its daemon, code server and runs) stopped, continued after."""
+    """The process group (`dagster dev`: its daemon, code server and runs) stopped, continued after, the
+    benchmark itself stopped by SIGTERM or SIGHUP meanwhile too (a stopped group would stay stopped)."""
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
     os.killpg(group, signal.SIGSTOP)
     try:
         yield
     finally:
         os.killpg(group, signal.SIGCONT)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def stored_alerts(storage, frames) -> dict[str, int]:

@@ -355,11 +355,12 @@ def commit_accounted(consumer, ledger: Ledger, topic: str, partition: int, gener
 
 
 def of_generation(committed, generation: int) -> int | None:
-    """A committed offset (with its metadata) if committed in `generation` (or naming none), else None."""
+    """A committed offset (with its metadata) if committed in `generation`, else None. A commit naming no
+    generation (made before commits named theirs) is taken for generation 0's."""
     if committed is None:
         return None
-    said = committed.metadata or ""
-    return committed.offset if said in ("", f"g{generation}") else None
+    said = committed.metadata or ("g0" if not generation else "")
+    return committed.offset if said == f"g{generation}" else None
 
 
 @dg.job(

@@ -87,6 +87,10 @@ def resume(store, topic: str, partition: int, generation: int, floor: int) -> tu
     return position, claimed if claimed is not None and claimed > position else None
 
 
+class Superseded(Exception):
+    """The run was cancelled: it ends, reading no further."""
+
+
 class Follower:
     """One follow_frames run: its partitions' positions, and each range detected in turn."""
 
@@ -121,10 +125,13 @@ class Follower:
                     "did not account for them: detecting them again first")
         self.lane.context.log.info(f"following {topic} from {self.positions}")
 
-    def step(self, ends: dict[int, int]) -> bool:
-        """Detect what is new in each partition (up to max_batch each); whether anything was."""
+    def step(self, ends: dict[int, int], until: float | None = None) -> bool:
+        """Detect what is new in each partition (up to max_batch each, none once the monotonic `until` has
+        passed); whether anything was."""
         worked = False
         for partition, position in sorted(self.positions.items()):
+            if until is not None and time.monotonic() >= until:
+                break
             end = ends.get(partition, position)
             if end < position:
                 raise dg.Failure(
@@ -139,9 +146,11 @@ class Follower:
     def detect(self, partition: int, start: int, end: int) -> None:
         lane, generation = self.lane, self.config.generation
         run = lane.context.instance.get_run_by_id(lane.context.run_id)
+        if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            raise Superseded(f"the run is {run.status.value}")
         if run is not None and run.status != dg.DagsterRunStatus.STARTED:
-            # Failed or cancelled meanwhile (a worker that was frozen, then let go): the sensor has launched
-            # the next run, which goes on from the ledger. This one reads no further.
+            # Failed meanwhile (a worker that was frozen, then let go): the sensor has launched the next run,
+            # which goes on from the ledger. This one reads no further.
             raise dg.Failure(f"this run is {run.status.value}: another follow_frames run takes over")
         claim = f"{claims_prefix(lane.topic, partition, generation)}{start}.json"
         lane.store.put(claim, json.dumps({"end": end, "run_id": lane.context.run_id}).encode())
@@ -200,7 +209,11 @@ def follow(follower: Follower, config: FollowConfig) -> str:
             if topic_id and topic_id_of(consumer, topic) not in (None, topic_id):
                 return "the topic was re-created: the sensor starts a new generation"
         ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
-        if follower.step(ends):
+        try:
+            worked = follower.step(ends, until=began + config.run_s if config.run_s else None)
+        except Superseded as exc:
+            return str(exc)
+        if worked:
             idle_since = time.monotonic()
         elif config.idle_end_s and now - idle_since >= config.idle_end_s:
             return f"no new frame for {config.idle_end_s:g} s"

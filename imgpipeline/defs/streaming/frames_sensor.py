@@ -426,7 +426,7 @@ def read_offsets(context: dg.SensorEvaluationContext, kafka: KafkaResource, curs
         for tp in tps:
             if str(tp.partition) not in known:
                 # A new partition starts where the consumer group left off, if anywhere.
-                committed = consumer.committed(tp)
+                committed = of_generation(consumer.committed(tp, metadata=True), cursor.get("generation", 0))
                 if committed is not None:
                     known[str(tp.partition)] = {"next": committed, "since": None}
         if policy.fast_lane or cursor.get("followed"):  # how far the fast lane got; it needs no watch
@@ -504,7 +504,7 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
             context.log.warning(gap)
 
         ends = offsets.ends
-        lag = {p: ends[p] - plan.cursor["partitions"][str(p)]["next"] for p in ends}
+        lag = {p: max(0, ends[p] - plan.cursor["partitions"][str(p)]["next"]) for p in ends}
         events = []
         if lag != {int(p): v for p, v in previous.get("lag", {}).items()}:
             events.append(lag_observation(lag, ends, plan))
@@ -551,10 +551,13 @@ def lane_positions(context: dg.SensorEvaluationContext, topic: str, lanes: list[
     says, if of the cursor's generation."""
     runs = lanes or tick_instance(context).get_runs(
         dg.RunsFilter(job_name=follow_frames.name, tags={FAST_LANE_TAG: topic}), limit=1)
-    said = json.loads(runs[0].tags.get(POSITIONS_TAG, "{}")) if runs else {}
-    if said.get("generation", 0) != cursor.get("generation", 0):
+    try:
+        said = json.loads(runs[0].tags.get(POSITIONS_TAG, "{}")) if runs else {}
+        if said.get("generation", 0) != cursor.get("generation", 0):
+            return {}
+        return {int(p): int(o) for p, o in said.get("positions", {}).items()}
+    except (ValueError, TypeError, AttributeError):  # a tag edited by hand: the commit alone says
         return {}
-    return {int(p): int(o) for p, o in said.get("positions", {}).items()}
 
 
 def follow_plan(cursor: dict, offsets: Offsets, following: bool, positions: dict[int, int]) -> Plan:
@@ -565,8 +568,8 @@ def follow_plan(cursor: dict, offsets: Offsets, following: bool, positions: dict
     for partition in sorted(offsets.ends):
         state = partitions.setdefault(str(partition), {"next": offsets.beginnings[partition], "since": None})
         reached = max(offsets.committed.get(partition) or 0, positions.get(partition, 0))
-        if reached > state["next"]:
-            state["next"], state["since"] = min(reached, offsets.ends[partition]), None
+        if reached > state["next"]:  # past the log's end: the next tick's reset check says so
+            state["next"], state["since"] = reached, None
     plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
     plan.cursor.pop("followed", None)
     if following:
