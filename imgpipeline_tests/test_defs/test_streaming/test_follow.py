@@ -199,3 +199,28 @@ def test_followers_that_keep_failing_are_launched_again_later_not_in_a_loop(kafk
         ended = record.end_time or record.update_timestamp.timestamp()
         assert "the last 3 follow_frames runs failed" in lane_backoff(context, kafka.frames_topic, ended + 1)
         assert lane_backoff(context, kafka.frames_topic, ended + LANE_BACKOFF_S * 2) is None
+
+
+def test_the_cursor_follows_the_fast_lane_as_far_as_its_runs_accounted_in_its_generation():
+    from kafka.structs import OffsetAndMetadata
+
+    from imgpipeline.defs.streaming.detect_frames import of_generation
+    from imgpipeline.defs.streaming.frames_sensor import Offsets, follow_plan
+
+    offsets = Offsets(ends={0: 100, 1: 50}, beginnings={0: 0, 1: 0}, committed={0: 40, 1: None})
+    cursor = {"partitions": {"0": {"next": 10, "since": 1.0}}, "gaps": 0}
+    # The further of the group's commit and the runs' positions; never backwards.
+    plan = follow_plan(cursor, offsets, True, positions={0: 60, 1: 20})
+    assert {p: s["next"] for p, s in plan.cursor["partitions"].items()} == {"0": 60, "1": 20}
+    assert plan.ranges == [] and plan.cursor["followed"] is True
+    behind = follow_plan(plan.cursor, offsets, True, positions={0: 30})
+    assert behind.cursor["partitions"]["0"]["next"] == 60
+    # Turned off: taken once, then ranges are planned from there.
+    off = follow_plan(plan.cursor, offsets, False, positions={})
+    assert "followed" not in off.cursor and off.cursor["partitions"]["0"]["next"] == 60
+    # A commit names its generation; one that names none is generation 0's.
+    assert of_generation(OffsetAndMetadata(5, "", -1), 0) == 5
+    assert of_generation(OffsetAndMetadata(5, "", -1), 1) is None
+    assert of_generation(OffsetAndMetadata(5, "g1", -1), 1) == 5
+    assert of_generation(OffsetAndMetadata(5, "g0", -1), 1) is None
+    assert of_generation(None, 0) is None
