@@ -22,7 +22,8 @@ from packaging.version import Version
 
 from imgpipeline.cli.settings import all_rows
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG
-from imgpipeline.defs.streaming.frames_sensor import run_request
+from imgpipeline.defs.streaming.follow import FAST_LANE_TAG
+from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, follow_request, run_request
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -246,7 +247,7 @@ def test_the_instance_runs_the_queue_monitoring_and_retries(tmp_path, instance):
         concurrency = built.get_concurrency_config()
         queue = concurrency.run_queue_config
         assert queue.max_concurrent_runs == instance["concurrency"]["runs"]["max_concurrent_runs"]
-        assert [limit["key"] for limit in queue.tag_concurrency_limits] == [PARTITION_TAG]
+        assert [limit["key"] for limit in queue.tag_concurrency_limits] == [PARTITION_TAG, FAST_LANE_TAG]
         assert concurrency.pool_config.default_pool_limit == 1
         assert concurrency.pool_config.pool_granularity.value == "run"
         assert built.run_monitoring_enabled
@@ -400,11 +401,15 @@ def test_pool_limit_is_the_projects(values):
 
 
 def test_partition_limit_is_on_the_tag_detect_frames_runs_carry(values, instance, deployment):
-    (limit,) = values["concurrency"]["runs"]["tagConcurrencyLimits"]
+    limit, lane = values["concurrency"]["runs"]["tagConcurrencyLimits"]
     assert limit["key"] == PARTITION_TAG
     assert limit["value"] == {"applyLimitPerUniqueValue": True}
-    assert instance["concurrency"]["runs"]["tag_concurrency_limits"] == [limit]
+    assert instance["concurrency"]["runs"]["tag_concurrency_limits"] == [limit, lane]
     assert run_request("frames", 3, 0, 10).tags[PARTITION_TAG] == "frames-3"
+    # The fast lane: one follow_frames run of a topic at a time, on the tag the sensor gives it.
+    assert lane == {"key": FAST_LANE_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    cursor = {"partitions": {"3": {"next": 10, "since": None}}}
+    assert follow_request("frames", cursor, BatchPolicy(fast_lane=True)).tags[FAST_LANE_TAG] == "frames"
     # The sensor keeps at most this many queued or running per partition; the tag limit bounds those
     # running, and leaves room in the queue for the other jobs' runs.
     per_partition = int(deployment["env"]["IMGPIPELINE_RUNS_PER_PARTITION"])
