@@ -6,6 +6,10 @@ from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.automation import automation_sensor
 from imgpipeline.defs.tables import ALERTS
 
-alerts_automation = automation_sensor("alerts_automation", ALERTS.key)
+# An hour's alerts read detections only (its own and the hours beside it), never another hour's alerts,
+# and their numbers come from the ledger whatever the order: each hour is a run launched as soon as it is
+# asked for (not a backfill waiting for the backfill daemon's next pass, up to 30 s), one at a time (the
+# `alerts` pool).
+alerts_automation = automation_sensor("alerts_automation", ALERTS.key, run_per_hour=True)
 
 defs = dg.Definitions(assets=[alerts], sensors=[alerts_automation])
