@@ -128,6 +128,7 @@ def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
             day_ago = now - timedelta(days=1)
             failed = instance.get_run_records(dg.RunsFilter(
                 statuses=[dg.DagsterRunStatus.FAILURE], created_after=day_ago))
+            lane = fast_lane(instance)
     except Exception as exc:  # the instance's database down: said, and the rest still reported
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         report.problems.append(f"instance: cannot read runs from {where}: {reason}")
@@ -140,7 +141,26 @@ def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
         latest = failed[0].dagster_run
         report.problems.append(f"{len(failed)} runs failed in the last 24 h (latest: {latest.job_name} "
                                f"{latest.run_id[:8]}; `dagster run list` or the UI's Runs page)")
-    return {"instance": where, "reachable": True, "last": runs, "failed_24h": len(failed)}
+    return {"instance": where, "reachable": True, "last": runs, "failed_24h": len(failed), "fast_lane": lane}
+
+
+def fast_lane(instance) -> dict | None:
+    """The latest follow_frames run (the fast lane's): its status and how far it accounted for each
+    partition; None when the fast lane never ran here."""
+    import dagster as dg
+
+    from imgpipeline.defs.streaming.follow import POSITIONS_TAG, follow_frames
+
+    (record,) = instance.get_run_records(dg.RunsFilter(job_name=follow_frames.name), limit=1) or [None]
+    if record is None:
+        return None
+    try:
+        positions = json.loads(record.dagster_run.tags.get(POSITIONS_TAG, "{}")).get("positions", {})
+    except (ValueError, AttributeError):
+        positions = {}
+    return {"run_id": record.dagster_run.run_id[:8], "status": record.dagster_run.status.value,
+            "created": record.create_timestamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            "positions": positions}
 
 
 def sources_section(storage, now: datetime, window: timedelta, silent_min: float, report: Report) -> dict:
@@ -197,6 +217,23 @@ def alerts_section(storage, now: datetime) -> dict:
     return {"last_24h": dict(sorted(per_rule.items()))}
 
 
+def print_runs(runs: dict) -> None:
+    if runs.get("instance") is None:
+        print("runs     no Dagster instance here yet (`imgpipeline dev` or `imgpipeline demo` makes one)")
+    elif not runs["reachable"]:
+        print(f"runs     instance {runs['instance']}: UNREACHABLE")
+    else:
+        print(f"runs     instance {runs['instance']}; {runs['failed_24h']} failed in the last 24 h; "
+              f"the last {len(runs['last'])}:")
+        for run in runs["last"]:
+            took = f"{run['seconds']:>7.1f} s" if run["seconds"] is not None else "        "
+            print(f"  {run['created']}  {run['job']:<24} {run['status']:<10} {took}  {run['run_id']}")
+        if (lane := runs.get("fast_lane")) is not None:
+            at = ", ".join(f"{p}: {o}" for p, o in lane["positions"].items()) or "no range yet"
+            print(f"  fast lane: follow_frames {lane['run_id']} {lane['status']} since {lane['created']}; "
+                  f"accounted up to offset {at} (by partition)")
+
+
 def print_report(report: Report, now: datetime, minutes: float) -> None:
     print(f"imgpipeline status at {now:%Y-%m-%d %H:%M:%S} UTC")
     broker = report.sections["broker"]
@@ -217,17 +254,7 @@ def print_report(report: Report, now: datetime, minutes: float) -> None:
         print(f"broker   {broker['address']}: UNREACHABLE")
     storage = report.sections["storage"]
     print(f"storage  {storage['uri']}: {'reachable' if storage['reachable'] else 'UNREACHABLE'}")
-    runs = report.sections["runs"]
-    if runs.get("instance") is None:
-        print("runs     no Dagster instance here yet (`imgpipeline dev` or `imgpipeline demo` makes one)")
-    elif not runs["reachable"]:
-        print(f"runs     instance {runs['instance']}: UNREACHABLE")
-    else:
-        print(f"runs     instance {runs['instance']}; {runs['failed_24h']} failed in the last 24 h; "
-              f"the last {len(runs['last'])}:")
-        for run in runs["last"]:
-            took = f"{run['seconds']:>7.1f} s" if run["seconds"] is not None else "        "
-            print(f"  {run['created']}  {run['job']:<24} {run['status']:<10} {took}  {run['run_id']}")
+    print_runs(report.sections["runs"])
     sources = report.sections.get("sources")
     if sources is not None:
         print(f"sources  {len(sources)} known; the last {minutes:g} min:")

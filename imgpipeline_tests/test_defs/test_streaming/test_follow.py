@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 from kafka import TopicPartition
 
+from imgpipeline.cli.status import fast_lane
 from imgpipeline.defs.streaming.follow import CLAIMS, FAST_LANE_TAG, claims_prefix, follow_frames
 from imgpipeline.defs.streaming.frames_sensor import (
     LANE_BACKOFF_S,
@@ -109,6 +110,10 @@ def test_the_fast_lane_detects_frames_as_they_come_and_accounts_for_each_offset_
 
         # The sensor's cursor follows the commit; the run ended, so it launches the next from there.
         ends, _ = ends_of(kafka)
+        # `imgpipeline status` shows the run and how far it got, as its positions tag says.
+        lane = fast_lane(instance)
+        assert lane["run_id"] == result.run_id[:8] and lane["status"] == "SUCCESS"
+        assert lane["positions"] == {str(p): o for p, o in ends.items()}
         second = tick(kafka, storage, instance, cursor=first.cursor)
         cursor = json.loads(second.cursor)
         assert {int(p): s["next"] for p, s in cursor["partitions"].items()} == ends
