@@ -39,6 +39,7 @@ from imgpipeline.defs.streaming.detect_frames import (
 from imgpipeline.defs.streaming.ledger import accounted_ranges, contiguous_end
 from imgpipeline.defs.streaming.processing import Shedding, topic_id_of
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.resources.storage import BadObject
 
 FAST_LANE_TAG = "imgpipeline/fast-lane"
 # On a follow_frames run: how far it accounted for each partition's offsets from where it started
@@ -82,9 +83,20 @@ def resume(store, topic: str, partition: int, generation: int, floor: int) -> tu
         if int(name) < position:
             stale.append(key)
         elif int(name) == position:
-            claimed = int(json.loads(store.get(key))["end"])
+            claimed = claimed_end(store, key)
+            if claimed is None:
+                stale.append(key)
     store.delete_many(stale)
     return position, claimed if claimed is not None and claimed > position else None
+
+
+def claimed_end(store, key: str) -> int | None:
+    """A claim's end, or None when the claim cannot be read (damaged, or not a claim): its range is then
+    detected as one of the run's own, and screening lands each frame the killed run landed once."""
+    try:
+        return int(json.loads(store.get(key))["end"])
+    except (BadObject, ValueError, KeyError, TypeError):
+        return None
 
 
 class Superseded(Exception):

@@ -229,3 +229,20 @@ def test_the_cursor_follows_the_fast_lane_as_far_as_its_runs_accounted_in_its_ge
     assert of_generation(OffsetAndMetadata(5, "g1", -1), 1) == 5
     assert of_generation(OffsetAndMetadata(5, "g0", -1), 1) is None
     assert of_generation(None, 0) is None
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"end": "x"}', b"[1, 2]", b'{"run_id": "r"}'])
+def test_a_damaged_claim_is_passed_over_and_nothing_is_lost_or_doubled(kafka, tmp_path, damage):
+    from imgpipeline.resources import StorageResource
+
+    storage = StorageResource(uri=str(tmp_path / "store"))
+    frames = video_backlog(12, "cam-a")
+    produce(kafka, storage, tmp_path, frames)
+    ends, _ = ends_of(kafka)
+    for partition in ends:  # a claim where each partition's next run starts, unreadable
+        storage.open().put(f"{claims_prefix(kafka.frames_topic, partition)}0.json", damage)
+    with fresh_instance() as instance:
+        result = follow(tick(kafka, storage, instance).run_requests[0], instance, kafka, storage)
+    assert result.success
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
+    assert not storage.open().list(CLAIMS)
