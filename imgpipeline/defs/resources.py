@@ -11,9 +11,14 @@ from imgpipeline.resources import (
 )
 
 
+def alert_rules_from_env(tracking: TrackingResource | None = None) -> AlertsResource:
+    """The alert rules in use: the checkout's only with the checkout's zones (AlertsResource.for_zones)."""
+    return AlertsResource.from_env().for_zones((tracking or TrackingResource.from_env()).zones_path())
+
+
 def resources_from_env() -> dict:
     tracking = TrackingResource.from_env()
-    alerts = AlertsResource.from_env().for_zones(tracking.zones_path())
+    alerts = alert_rules_from_env(tracking)
     # Rules and zones are separate files: a rule naming a line that is not drawn fails here, at load.
     alerts.check_against(tracking.zones())
     return {

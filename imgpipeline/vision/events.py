@@ -73,12 +73,11 @@ def evaluate(rules: AlertRules, frames: dict[str, list[EventFrame]], zones: Zone
 def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | None,
           start: float) -> Iterable[Event]:
     key = f"{rule.name}|{source}"
-    if rule.kind in ("class", "count", "dark", "frozen"):
+    if rule.kind in FRAME_KINDS:
         condition = {"class": _class_seen, "count": _crowd, "dark": _dark, "frozen": _frozen}[rule.kind]
         holds = condition(rule, frames, start)
-        for frame, (detail, subject) in _episodes(frames, holds, rule.cooldown_s):
-            yield Event(rule.name, source, f"{key}|frame|{frame.frame_id}", frame.seconds, frame.frame_id,
-                        (frame.frame_id,), detail, *_subject(subject))
+        for frame, found in _episodes(frames, holds, rule.cooldown_s):
+            yield episode_event(rule, source, frame, found)
     elif rule.kind == "silent":
         yield from _silences(rule, source, frames, latest)
     elif rule.kind == "line_cross":
@@ -108,6 +107,27 @@ def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | N
                             f"{visit.class_name} {visit.track_id} in zone {visit.zone} "
                             f"for {rule.seconds:g} s",
                             *_subject(_tracked(by_id[over[1]], visit.track_id)))
+
+
+# Rules that a frame fires by itself, given its source's frames before it (episodes over a condition).
+FRAME_KINDS = ("class", "count", "dark", "frozen")
+
+
+def episode_event(rule, source: str, frame: EventFrame, found: tuple) -> Event:
+    """The alert of an episode of a frame rule that starts at `frame` (`found`: its detail and subject)."""
+    detail, subject = found
+    return Event(rule.name, source, f"{rule.name}|{source}|frame|{frame.frame_id}", frame.seconds,
+                 frame.frame_id, (frame.frame_id,), detail, *_subject(subject))
+
+
+def frame_condition(rule) -> Callable[[EventFrame], tuple | None]:
+    """Whether a class, count or dark rule holds on a frame by itself (its detail and subject, else None);
+    a frozen rule's condition needs the frames before (`frozen_detail`)."""
+    return {"class": _class_seen, "count": _crowd, "dark": _dark}[rule.kind](rule, [], 0.0)
+
+
+def frozen_detail(run: int) -> tuple:
+    return f"{run} identical frames in a row", None
 
 
 def _episodes(frames: list[EventFrame], holds: Callable, cooldown_s: float):
@@ -168,7 +188,7 @@ def _frozen(rule, frames, start):
 
     def holds(frame):
         n = runs[frame.frame_id]
-        return (f"{n} identical frames in a row", None) if n >= rule.frames else None
+        return frozen_detail(n) if n >= rule.frames else None
     return holds
 
 
@@ -177,10 +197,15 @@ def _silences(rule, source: str, frames: list[EventFrame], latest: float | None)
     for before, after in zip(frames, [*frames[1:], None], strict=True):
         until = after.seconds if after is not None else latest
         if until is not None and until - before.seconds >= limit:
-            ids = (before.frame_id,) + ((after.frame_id,) if after is not None else ())
-            yield Event(rule.name, source, f"{rule.name}|{source}|silent|{before.frame_id}",
-                        before.seconds + limit, before.frame_id, ids,
-                        f"no frame for {rule.minutes:g} min after this one")
+            yield silence_event(rule, source, before, after)
+
+
+def silence_event(rule, source: str, before: EventFrame, after: EventFrame | None) -> Event:
+    """The alert of a silence after `before` (`after`: the source's next frame, if one came)."""
+    ids = (before.frame_id,) + ((after.frame_id,) if after is not None else ())
+    return Event(rule.name, source, f"{rule.name}|{source}|silent|{before.frame_id}",
+                 before.seconds + rule.minutes * 60, before.frame_id, ids,
+                 f"no frame for {rule.minutes:g} min after this one")
 
 
 def _counted(frames: list[EventFrame]) -> list[counting.CountedFrame]:

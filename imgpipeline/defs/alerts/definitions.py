@@ -3,7 +3,9 @@
 import dagster as dg
 
 from imgpipeline.defs.alerts.assets import alerts
+from imgpipeline.defs.alerts.live import LiveAlerts
 from imgpipeline.defs.automation import automation_sensor
+from imgpipeline.defs.streaming.listeners import listen
 from imgpipeline.defs.tables import ALERTS
 
 # An hour's alerts read detections only (its own and the hours beside it), never another hour's alerts,
@@ -11,5 +13,8 @@ from imgpipeline.defs.tables import ALERTS
 # asked for (not a backfill waiting for the backfill daemon's next pass, up to 30 s), one at a time (the
 # `alerts` pool).
 alerts_automation = automation_sensor("alerts_automation", ALERTS.key, run_per_hour=True)
+
+# Frame rules are also raised live by the fast lane as each range lands, numbered by the same ledger.
+listen(LiveAlerts())
 
 defs = dg.Definitions(assets=[alerts], sensors=[alerts_automation])

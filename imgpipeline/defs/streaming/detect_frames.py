@@ -27,11 +27,13 @@ from imgpipeline.defs.streaming.landing import (
     landed_frames,
     landing_key,
     latest_times,
+    parse_records,
     range_name,
     record_sources,
     uris_name,
 )
 from imgpipeline.defs.streaming.ledger import Ledger, contiguous_end, fold_ledger, read_ledger, record_range
+from imgpipeline.defs.streaming.listeners import LandedRange, tell
 from imgpipeline.defs.streaming.processing import (
     FrameProcessor,
     Incoming,
@@ -216,6 +218,12 @@ class Batch:
             ))
         return written
 
+    def landed_records(self) -> Iterator[LandingRecord]:
+        """The records landed, read back from the spools in event-hour order."""
+        for _, spool in sorted(self.spools.items()):
+            spool.file.seek(0)
+            yield from parse_records(spool.file.read())
+
     def land_sources(self) -> list[str]:
         return record_sources(self.store, self.latest)
 
@@ -240,10 +248,11 @@ class Lane:
 
 def detect_range(lane: Lane, partition: int, start: int, end: int, generation: int = 0, *,
                  shedding: Shedding | None = None, commit: bool = True, near: Neighbours | None = None,
-                 landed: dict | None = None) -> tuple[dict, list[str]]:
+                 landed: dict | None = None, live: bool = False) -> tuple[dict, list[str]]:
     """Detect the offsets [start, end) of a partition and account for them: a landing file per event hour,
-    the sources' latest times, the range's ledger entry, the group's commit, the ledger's fold. Returns
-    the range's counts and the keys it wrote."""
+    the sources' latest times, the listeners told (`live`: the fast lane, whose ranges of a partition come
+    one after the other), the range's ledger entry, the group's commit, the ledger's fold. Returns the
+    range's counts and the keys it wrote."""
     topic, store = lane.topic, lane.store
     gaps: list[tuple[int, int]] = []  # filled by read_range as it reads
     incoming = read_range(lane.consumer, topic, partition, start, end, gaps, generation=generation)
@@ -253,6 +262,9 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
         batch.process((shedding or Shedding(0)).mark(incoming))
         written = batch.land()
         batch.land_sources()
+        if live:
+            tell(LandedRange(lane.context, lane.kafka, store, topic, partition, start, end, generation,
+                             batch.landed_records, lane.processor.max_bytes))
         if gaps:
             batch.counts["deleted_by_retention"] = sum(stop - first for first, stop in gaps)
             lane.context.log.warning(f"offsets deleted by retention before they were read: {gaps}")

@@ -169,7 +169,7 @@ class Follower:
         near = self.screening.near(lane.topic, partition, generation, start)
         shedding = self.shedding.setdefault(partition, Shedding(self.config.shed_after_s))
         counts, _ = detect_range(lane, partition, start, end, generation, shedding=shedding, near=near,
-                                 landed=self.landed_for(partition, start))
+                                 landed=self.landed_for(partition, start), live=True)
         lane.store.delete_many([claim])
         self.positions[partition] = end
         self.ranges += 1

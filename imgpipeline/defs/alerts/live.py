@@ -1,0 +1,129 @@
+"""Live alerts: the frame rules (class, count, dark, frozen, silent) raised by the fast lane as each range
+lands, with the numbers the hourly `alerts` asset gives them.
+
+For each partition a `Watch` (vision/live_events) keeps the frame rules' state of its sources; after a
+range lands it is fed the range's records, and what fires is numbered by the alerts ledger (the same keys,
+so the hour finds them claimed), drawn as evidence, published to Kafka `alerts` and the rules' webhooks
+(each claimed first, so an hourly run never sends one too), and the watch is saved to
+`alerts/live/<topic>/<partition>[-g<N>].json` with the offset it has seen through, before the range is
+accounted for. A run that goes on after another (the next follow_frames run, or one taking over a range
+SIGKILLed mid-way) reads it back: frames fed already are passed over, so a range detected again fires
+nothing twice. A watch that did not see the offsets before its range (the first range after the fast lane
+was turned on, a range whose listener failed, rules changed) starts blind: it fires nothing in an hour
+whose history it did not see whole, and the hourly alerts raise those. Track rules (zone_enter,
+line_cross, dwell) stay with the hourly asset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from imgpipeline.defs.alerts import notify
+from imgpipeline.defs.alerts import rows as at
+from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.resources import alert_rules_from_env
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
+from imgpipeline.defs.streaming.listeners import LandedRange
+from imgpipeline.ingest.messages import parse_time
+from imgpipeline.resources.storage import BadObject
+from imgpipeline.vision import events
+from imgpipeline.vision.live_events import Watch, hour_of
+
+STATE = "alerts/live"
+
+
+def state_key(topic: str, partition: int, generation: int = 0) -> str:
+    return f"{STATE}/{topic}/{partition}" + (f"-g{generation}" if generation else "") + ".json"
+
+
+def event_frames(records) -> dict[str, list[events.EventFrame]]:
+    """Each source's frames in a range's records, as the rules take them (as `rows.event_frames` takes
+    the same frames from the hourly tables)."""
+    found: dict[str, list[events.EventFrame]] = defaultdict(list)
+    for r in records:
+        if r.status == OUT_OF_RANGE or r.source_id is None:
+            continue
+        seen = [events.Seen(i, d["class_name"], d["confidence"], tuple(d["box"]), None)
+                for i, d in enumerate(r.detections or [])]
+        found[r.source_id].append(events.EventFrame(
+            r.frame_id, parse_time(r.captured_at).timestamp(), r.status, r.brightness, r.sha256, r.width,
+            r.height, seen))
+    return dict(found)
+
+
+def load_watch(store, landed: LandedRange, rules, earliest: float) -> Watch:
+    """The partition's watch as the run before left it, if it saw through this range's start; else a blind
+    one (a fresh topic's first range is seen whole)."""
+    key = state_key(landed.topic, landed.partition, landed.generation)
+    try:
+        saved = json.loads(store.get(key)) if store.exists(key) else None
+    except (BadObject, ValueError):
+        saved = None
+    if saved is not None and isinstance(saved, dict) and saved.get("through", -1) >= landed.start:
+        watch = Watch.from_json(rules, json.dumps(saved.get("watch")).encode())
+        if watch is not None:
+            return watch
+    return Watch(rules) if landed.start == 0 and saved is None else Watch(rules, seen_since=earliest)
+
+
+class LiveAlerts:
+    """The watches of the partitions a run follows, kept between its ranges."""
+
+    def __init__(self):
+        self.watches: dict[tuple, tuple[int, Watch]] = {}
+
+    def __call__(self, landed: LandedRange) -> None:
+        resource = alert_rules_from_env()
+        rules = resource.rules()
+        if Watch(rules).idle:
+            return
+        records: list[LandingRecord] = list(landed.records())
+        frames = event_frames(records)
+        moments = [f.seconds for fs in frames.values() for f in fs]
+        if not moments:
+            return
+        store, place = landed.store, (landed.store.uri(""), landed.topic, landed.partition, landed.generation)
+        through, watch = self.watches.get(place, (-1, None))
+        if watch is None or through != landed.start or watch.rules_sha256 != rules.sha256:
+            watch = load_watch(store, landed, rules, min(moments))
+        fired = [e for source in sorted(frames) for e in watch.feed(source, frames[source])]
+        fired += watch.time_passed(max(moments))
+        if fired:
+            raise_alerts(landed, resource, rules, fired, records)
+        key = state_key(landed.topic, landed.partition, landed.generation)
+        store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json())}).encode())
+        self.watches[place] = (landed.end, watch)
+
+
+def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event], records) -> None:
+    """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each)."""
+    store, ledger = landed.store, Ledger(landed.store)
+    numbers = [ledger.number(e.key) for e in fired]
+    by_frame = {(r.source_id, r.frame_id): r for r in records}
+    frames = event_frames(records)
+    seen = {(s, f.frame_id): f.seen for s, fs in frames.items() for f in fs}
+    messages = []
+    for hour in sorted({hour_of(e.seconds) for e in fired}):
+        mine = [(e, n) for e, n in zip(fired, numbers, strict=True) if hour_of(e.seconds) == hour]
+        evidence = {e.key: at.draw_evidence(store, e, n, frame_row(by_frame.get((e.source_id, e.frame_id))),
+                                            seen.get((e.source_id, e.frame_id), []), landed.max_frame_bytes)
+                    for e, n in mine}
+        table = at.alert_rows(datetime.fromtimestamp(hour, UTC), [e for e, _ in mine], [n for _, n in mine],
+                              rules, evidence)
+        messages += [notify.payload(row, resource.viewer_url, store) for row in table.to_pylist()]
+    run_id = landed.context.run_id
+    sent = notify.publish(landed.kafka, ledger, messages, run_id)
+    told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token, run_id)
+    said = ", ".join(f"{m['number']} {m['rule']} ({m['source_id']})" for m in messages)
+    landed.context.log.info(f"live alerts: {said}; {sent} newly sent to Kafka, {told['delivered']} to "
+                            f"webhooks, {told['dead']} dead-lettered")
+
+
+def frame_row(record: LandingRecord | None) -> dict | None:
+    """A landing record as the evidence drawing takes a `frames` row."""
+    if record is None:
+        return None
+    return {"status": record.status, "uri": record.uri, "captured_at": parse_time(record.captured_at)}
+
