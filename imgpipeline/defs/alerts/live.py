@@ -84,7 +84,8 @@ class LiveAlerts:
         moments = [f.seconds for fs in frames.values() for f in fs]
         if not moments:
             return
-        store, place = landed.store, (landed.store.uri(""), landed.topic, landed.partition, landed.generation)
+        store = landed.store
+        place = (store.uri(STATE), landed.topic, landed.partition, landed.generation)
         through, watch = self.watches.get(place, (-1, None))
         if watch is None or through != landed.start or watch.rules_sha256 != rules.sha256:
             watch = load_watch(store, landed, rules, min(moments))

@@ -1,0 +1,118 @@
+"""Live alerts on the real broker and storage: the fast lane raises the frame rules' alerts of the demo's
+street video as the frames land, with the numbers the hourly `alerts` asset gives them; SIGKILLed mid-way
+and taken over, it raises and sends none twice, and the hourly asset finds them all claimed and sent."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+import imgpipeline.defs.alerts.definitions  # noqa: F401  (the code location's listeners, as a run has them)
+from imgpipeline.cli.samples import sample
+from imgpipeline.defs.alerts.assets import alerts
+from imgpipeline.defs.alerts.live import state_key
+from imgpipeline.defs.hours import hour_key
+from imgpipeline.defs.streaming.follow import CLAIMS, follow_frames
+from imgpipeline.defs.streaming.ledger import range_key
+from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.ingest.producer import FrameProducer, Ledger
+from imgpipeline.ingest.sources import video_frames
+from imgpipeline.paths import PACKAGE_DIR
+from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
+from imgpipeline.vision.events import FRAME_KINDS
+from imgpipeline_tests.instances import bare_home, fresh_instance
+from imgpipeline_tests.pipeline import kill_when, landing_records, storage_env
+from imgpipeline_tests.test_cli.street import START
+from imgpipeline_tests.test_defs.test_alerts.test_alerts import stored_alerts
+from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+from imgpipeline_tests.test_defs.test_streaming.test_follow import assert_each_offset_once, follow, tick
+from imgpipeline_tests.test_defs.test_tracking.test_tracking import materialize
+
+pytestmark = [pytest.mark.integration, pytest.mark.results]
+CHECKOUT_RULES = PACKAGE_DIR.parent / "alerts.yaml"
+# The demo's rules, and frame rules that fire often on the street video (each episode an alert).
+MORE_RULES = """
+  - {name: people-about, kind: class, classes: [person], min_confidence: 0.5, cooldown_s: 0}
+  - {name: two-cars, kind: count, classes: [car], at_least: 2, cooldown_s: 0}
+  - {name: stuck, kind: frozen, frames: 3, cooldown_s: 0}
+"""
+BATCH = 25
+
+
+def street(kafka, storage, folder) -> list:
+    """The demo's street video sent as street-cam across 11:00, four frames in a row sent with the same
+    bytes (a frozen spell)."""
+    frames = list(video_frames(str(sample("bikes.mp4")), "street-cam", start=START))
+    frames = [replace(f, data=frames[52].data) if 52 <= i < 56 else f for i, f in enumerate(frames)]
+    producer = FrameProducer(kafka, storage, "street-cam", ledger=Ledger(folder / "ledger"))
+    producer.send_all(frames, progress=False)
+    return frames
+
+
+def live_messages(kafka) -> dict[int, dict]:
+    found = [json.loads(r.value) for r in read_all(kafka, kafka.alerts_topic)]
+    numbers = [m["number"] for m in found]
+    assert len(numbers) == len(set(numbers)), f"an alert was sent twice: {sorted(numbers)}"
+    return {m["number"]: m for m in found}
+
+
+def test_live_alerts_are_the_hourly_alerts_even_after_a_sigkill(kafka, tmp_path, monkeypatch):
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(CHECKOUT_RULES.read_text() + MORE_RULES)
+    for name, value in {"IMGPIPELINE_ALERTS_FILE": str(rules), "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
+                        "IMGPIPELINE_HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    storage = StorageResource(uri=str(tmp_path / "store"))
+    frames = street(kafka, storage, tmp_path)
+    topic, store = kafka.frames_topic, storage.open()
+    partition = next(iter({r.partition for r in read_all(kafka, topic)}))
+
+    # A follow_frames run of its own process, SIGKILLed once it is a few ranges in.
+    config = {"ops": {"follow": {"config": {"topic": topic, "starts": {"0": 0, "1": 0}, "idle_end_s": 60,
+                                            "max_batch": BATCH}}}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    env = {**storage_env(storage), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "IMGPIPELINE_FRAMES_TOPIC": topic, "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
+           "IMGPIPELINE_ALERTS_FILE": str(rules), "IMGPIPELINE_HOME": str(tmp_path),
+           "DAGSTER_HOME": bare_home(tmp_path / "dagster")}
+    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "imgpipeline.definitions",
+               "-j", follow_frames.name, "-c", str(tmp_path / "run.json")]
+    folder = store.folder
+    last = len(frames) - len(frames) % BATCH
+    kill_when(command, env, folder / range_key(topic, partition, 5 * BATCH, 6 * BATCH),
+              folder / range_key(topic, partition, last - BATCH, last))
+    before_kill = live_messages(kafka)
+    assert before_kill, "the killed run raised no live alert"
+    assert json.loads(store.get(state_key(topic, partition)))["through"] >= 6 * BATCH
+
+    # The next run takes over where the ledger says, as the sensor launches it.
+    with fresh_instance() as instance:
+        request = tick(kafka, storage, instance).run_requests[0]
+        assert follow(request, instance, kafka, storage, max_batch=BATCH).success
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
+    assert not store.list(CLAIMS)
+    live = live_messages(kafka)
+    assert set(before_kill) < set(live)  # the second run raised more, and none of the first's again
+    assert all(m["kind"] in FRAME_KINDS for m in live.values())
+    assert {m["rule"] for m in live.values()} >= {"people-about", "two-cars", "stuck"}
+    assert all(m["annotated"] for m in live.values() if m["kind"] != "frozen")  # evidence drawn
+
+    # The hourly chain: the same alerts, the same numbers, and only the track rules' sent now.
+    moments = [datetime.fromisoformat(r.captured_at.replace("Z", "+00:00")) for r in landing_records(storage)]
+    first, last = (hour_key(m.replace(minute=0, second=0, microsecond=0, tzinfo=UTC))
+                   for m in (min(moments), max(moments)))
+    resources = {"storage": storage, "kafka": kafka, "tracking": TrackingResource(),
+                 "alert_rules": AlertsResource(alerts_file=str(rules))}
+    with fresh_instance() as instance:
+        materialize([hourly_tables], first, last, resources, instance)
+        materialize([alerts], first, last, resources, instance)
+    stored = stored_alerts(storage)
+    by_frame_rules = {a["number"]: (a["rule"], a["frame_id"]) for a in stored if a["kind"] in FRAME_KINDS}
+    assert by_frame_rules == {n: (m["rule"], m["frame_id"]) for n, m in live.items()}
+    everything = live_messages(kafka)  # nothing sent twice, by the stream and the hour together
+    assert set(everything) == {a["number"] for a in stored}
+    assert all(everything[n]["kind"] not in FRAME_KINDS for n in set(everything) - set(live))
