@@ -80,7 +80,7 @@ class Window:
 class Source:
     last_seconds: float
     last_frame: str
-    silenced: bool = False  # a silence after the last frame was raised
+    silenced: list[str] = field(default_factory=list)  # silent rules raised since the last frame
     windows: dict[str, dict[str, Window]] = field(default_factory=dict)  # rule: hour: window
 
 
@@ -112,17 +112,17 @@ class Watch:
                 continue
             if state is None:
                 state = self.sources[source_id] = Source(frame.seconds, frame.frame_id)
-            elif not state.silenced:
+            else:
                 fired += self._silence(source_id, state, frame.seconds, frame)
             fired += self._frame(source_id, state, frame)
-            state.last_seconds, state.last_frame, state.silenced = frame.seconds, frame.frame_id, False
+            state.last_seconds, state.last_frame, state.silenced = frame.seconds, frame.frame_id, []
         return fired
 
     def time_passed(self, latest: float) -> list[Event]:
         """Silences a frame captured at `latest` shows (a frame of another source of the partition)."""
         fired = []
         for source_id, state in sorted(self.sources.items()):
-            if not state.silenced and latest > state.last_seconds:
+            if latest > state.last_seconds:
                 fired += self._silence(source_id, state, latest, None)
         self._forget(latest)
         return fired
@@ -152,10 +152,11 @@ class Watch:
         for rule in self.silences:
             at = state.last_seconds + rule.minutes * 60
             # The hourly evaluation of the silence's hour reads frames up to two hours on from its start.
-            if rule.watches(source_id) and until >= at and until < hour_of(at) + 2 * HOUR:
+            if (rule.watches(source_id) and rule.name not in state.silenced and until >= at
+                    and until < hour_of(at) + 2 * HOUR):
                 before = EventFrame(state.last_frame, state.last_seconds, "")
                 fired.append(silence_event(rule, source_id, before, after))
-                state.silenced = True
+                state.silenced.append(rule.name)
         return fired
 
     def _forget(self, latest: float) -> None:

@@ -18,6 +18,7 @@ rules:
   - {name: dark, kind: dark}
   - {name: frozen, kind: frozen, frames: 3}
   - {name: silent, kind: silent, minutes: 10}
+  - {name: silent-long, kind: silent, minutes: 30}
   - {name: dog-at-b, kind: class, classes: [dog], sources: [b], cooldown_s: 0}
 """)
 START = 1_795_000_000.0 - 1_795_000_000.0 % HOUR + 1234.5  # a little after an hour's start
@@ -117,3 +118,13 @@ def test_frames_fed_twice_or_late_fire_nothing_more_and_other_rules_start_afresh
     assert Watch.from_json(parse(b"rules: [{name: dog, kind: class, classes: [dog]}]"), saved) is None
     assert Watch(parse(b"rules: [{name: z, kind: zone_enter, zone: road}]")).idle
     assert EARLIEST < 0
+
+
+def test_each_silent_rule_raises_its_own_silence():
+    watch = Watch(RULES)
+    quiet = [events.EventFrame("a-1", START, "detected")]
+    assert watch.feed("a", quiet) == []
+    later = watch.feed("b", [events.EventFrame("b-1", START + 2000, "detected")])
+    assert later == [] and {e.key for e in watch.time_passed(START + 2000)} == {
+        "silent|a|silent|a-1", "silent-long|a|silent|a-1"}
+    assert watch.time_passed(START + 2100) == []  # raised once

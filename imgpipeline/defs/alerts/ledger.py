@@ -123,8 +123,12 @@ class Ledger:
         name, record = f"{ROOT}/sending/{number:010d}/{target}.json", {"owner": owner, "at": time.time()}
         if self._create(name, record):
             return True
-        held = self._read(name) or {}
-        if held.get("owner") == owner or time.time() - float(held.get("at", 0)) > SENDING_LEASE_S:
+        try:
+            held = self._read(name) or {}
+            at = float(held.get("at", 0))
+        except (ValueError, TypeError, AttributeError):  # a damaged claim holds nothing
+            held, at = {}, 0.0
+        if held.get("owner") == owner or time.time() - at > SENDING_LEASE_S:
             self._write(name, record)
             return True
         return False

@@ -65,7 +65,10 @@ def load_watch(store, landed: LandedRange, rules, earliest: float) -> Watch:
         watch = Watch.from_json(rules, json.dumps(saved.get("watch")).encode())
         if watch is not None:
             return watch
-    return Watch(rules) if landed.start == 0 and saved is None else Watch(rules, seen_since=earliest)
+    # Seen whole only from a topic's very first frames: a partition added later, a topic re-created or an
+    # old one taken up may carry cameras whose history is elsewhere.
+    fresh = landed.start == 0 and not landed.generation and not store.list(f"{STATE}/{landed.topic}/")
+    return Watch(rules) if fresh else Watch(rules, seen_since=earliest)
 
 
 class LiveAlerts:
@@ -82,15 +85,15 @@ class LiveAlerts:
         records: list[LandingRecord] = list(landed.records())
         frames = event_frames(records)
         moments = [f.seconds for fs in frames.values() for f in fs]
-        if not moments:
-            return
         store = landed.store
         place = (store.uri(STATE), landed.topic, landed.partition, landed.generation)
         through, watch = self.watches.get(place, (-1, None))
         if watch is None or through != landed.start or watch.rules_sha256 != rules.sha256:
+            if not moments:
+                return  # nothing to feed, and nothing known to carry on
             watch = load_watch(store, landed, rules, min(moments))
         fired = [e for source in sorted(frames) for e in watch.feed(source, frames[source])]
-        fired += watch.time_passed(max(moments))
+        fired += watch.time_passed(max(moments)) if moments else []
         if fired:
             raise_alerts(landed, resource, rules, fired, records)
         key = state_key(landed.topic, landed.partition, landed.generation)
