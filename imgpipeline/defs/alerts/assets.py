@@ -56,8 +56,8 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
                     if f["status"] in at.DRAWN and f["uri"]}
         checks.check_hour(hour_key(hour), stored, ledger, store, drawable, failures)
         messages = [notify.payload(row, alert_rules.viewer_url, store) for row in stored.to_pylist()]
-        totals["kafka"] += notify.publish(kafka, ledger, messages, context.run_id)
-        sent = notify.notify_webhooks(kafka, ledger, rules, messages, alert_rules.token, context.run_id)
+        totals["kafka"] += notify.publish(kafka, ledger, messages)
+        sent = notify.notify_webhooks(kafka, ledger, rules, messages, alert_rules.token)
         totals["delivered"] += sent["delivered"]
         totals["dead"] += sent["dead"]
         totals["alerts"] += stored.num_rows

@@ -8,29 +8,23 @@ backfill finds the same numbers and notifies nobody twice.
     alerts/ledger/keys/<sha256 of key>.json   the number given to the key (created once: put-if-absent)
     alerts/ledger/claims/<sha256 of key>.json   the number a run is claiming for the key, before it does
     alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered)
-    alerts/ledger/sending/<number>/<target>.json   the run sending it (created once; taken over after
-                                                    SENDING_LEASE_S when its run is lost)
 
 Numbers are written zero-padded to ten digits. A number is claimed by creating its file only if it
 does not exist, so two runs never take one number; the key is then bound to it the same way, so two
 runs racing for one key agree on the number that was bound first (the other claim stays unused and is
 never given again). A run writes which number it is claiming before it claims it, so a run killed
 between the claim and the binding finds its own claim again instead of taking a second number.
-Alerts runs are also one at a time (the `alerts` concurrency pool, dagster.yaml), and a run claims a
-notification before it sends it, so the fast lane's live alerts and an hourly run never both send one.
+Alerts runs are also one at a time (the `alerts` concurrency pool, dagster.yaml), so two runs do not
+notify the same alert at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from datetime import UTC, datetime
 
 ROOT = "alerts/ledger"
-# A run that claimed a notification and neither sent it nor recorded it within this time was lost: another
-# run sends it.
-SENDING_LEASE_S = 120.0
 
 
 def _digest(data: bytes) -> str:
@@ -114,24 +108,6 @@ class Ledger:
     def sent(self, number: int, target: str) -> dict | None:
         """How a notification of the alert to a target ended, if it was made: delivered or dead-lettered."""
         return self._read(self._sent_file(number, target))
-
-    def claim_sending(self, number: int, target: str, owner: str) -> bool:
-        """Whether `owner` (a run) sends the alert to the target now: nobody did, and no other run is doing
-        it (its claim is older than the lease when its run was lost). The claim is made here."""
-        if self.sent(number, target) is not None:
-            return False
-        name, record = f"{ROOT}/sending/{number:010d}/{target}.json", {"owner": owner, "at": time.time()}
-        if self._create(name, record):
-            return True
-        try:
-            held = self._read(name) or {}
-            at = float(held.get("at", 0))
-        except (ValueError, TypeError, AttributeError):  # a damaged claim holds nothing
-            held, at = {}, 0.0
-        if held.get("owner") == owner or time.time() - at > SENDING_LEASE_S:
-            self._write(name, record)
-            return True
-        return False
 
     def record_sent(self, number: int, target: str, state: str, **detail) -> None:
         self._write(self._sent_file(number, target),

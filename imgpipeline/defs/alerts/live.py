@@ -4,7 +4,7 @@ lands, with the numbers the hourly `alerts` asset gives them.
 For each partition a `Watch` (vision/live_events) keeps the frame rules' state of its sources; after a
 range lands it is fed the range's records, and what fires is numbered by the alerts ledger (the same keys,
 so the hour finds them claimed), drawn as evidence, published to Kafka `alerts` and the rules' webhooks
-(each claimed first, so an hourly run never sends one too), and the watch is saved to
+(recorded as sent, so the hourly run sends none again), and the watch is saved to
 `alerts/live/<topic>/<partition>[-g<N>].json` with the offset it has seen through, before the range is
 accounted for. A run that goes on after another (the next follow_frames run, or one taking over a range
 SIGKILLed mid-way) reads it back: frames fed already are passed over, so a range detected again fires
@@ -117,9 +117,8 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
         table = at.alert_rows(datetime.fromtimestamp(hour, UTC), [e for e, _ in mine], [n for _, n in mine],
                               rules, evidence)
         messages += [notify.payload(row, resource.viewer_url, store) for row in table.to_pylist()]
-    run_id = landed.context.run_id
-    sent = notify.publish(landed.kafka, ledger, messages, run_id)
-    told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token, run_id)
+    sent = notify.publish(landed.kafka, ledger, messages)
+    told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token)
     said = ", ".join(f"{m['number']} {m['rule']} ({m['source_id']})" for m in messages)
     landed.context.log.info(f"live alerts: {said}; {sent} newly sent to Kafka, {told['delivered']} to "
                             f"webhooks, {told['dead']} dead-lettered")

@@ -34,10 +34,9 @@ def payload(row: dict, viewer_url: str, store) -> dict:
     }
 
 
-def publish(kafka, ledger: Ledger, messages: list[dict], owner: str = "") -> int:
-    """Alerts not yet on the topic go there, keyed by number, unless another run (`owner`: this one) is
-    sending them; each is recorded once the broker has it."""
-    waiting = [m for m in messages if ledger.claim_sending(m["number"], KAFKA, owner)]
+def publish(kafka, ledger: Ledger, messages: list[dict]) -> int:
+    """Alerts not yet on the topic go there, keyed by number; each is recorded once the broker has it."""
+    waiting = [m for m in messages if ledger.sent(m["number"], KAFKA) is None]
     if not waiting:
         return 0
     producer = kafka.producer()
@@ -99,8 +98,7 @@ def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=ti
     return Delivery(False, attempts, reason)
 
 
-def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of, owner: str = ""
-                    ) -> dict[str, int]:
+def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of) -> dict[str, int]:
     """Each alert to its rule's webhooks, once; refusals dead-lettered. Counts per outcome.
 
     A webhook that failed for good in this run gets one try per further alert (its retries would only
@@ -109,7 +107,7 @@ def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of
     letters, down = [], set()
     for message in messages:
         for target in rules.rule(message["rule"]).notify:
-            if not ledger.claim_sending(message["number"], target, owner):
+            if ledger.sent(message["number"], target) is not None:
                 continue
             webhook = rules.spec.notify[target]
             token = token_of(webhook.token_env) if webhook.token_env else None

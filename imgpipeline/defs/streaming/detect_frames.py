@@ -219,7 +219,7 @@ class Batch:
         return written
 
     def landed_records(self) -> Iterator[LandingRecord]:
-        """The records landed, read back from the spools in event-hour order."""
+        """The records spooled to land, read back in event-hour order."""
         for _, spool in sorted(self.spools.items()):
             spool.file.seek(0)
             yield from parse_records(spool.file.read())
@@ -260,11 +260,12 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
                   range_name(topic, partition, start, end, generation), near, landed)
     try:
         batch.process((shedding or Shedding(0)).mark(incoming))
+        records = list(batch.landed_records()) if live else []  # before landing: an upload closes them
         written = batch.land()
         batch.land_sources()
         if live:
             tell(LandedRange(lane.context, lane.kafka, store, topic, partition, start, end, generation,
-                             batch.landed_records, lane.processor.max_bytes))
+                             lambda: iter(records), lane.processor.max_bytes))
         if gaps:
             batch.counts["deleted_by_retention"] = sum(stop - first for first, stop in gaps)
             lane.context.log.warning(f"offsets deleted by retention before they were read: {gaps}")
