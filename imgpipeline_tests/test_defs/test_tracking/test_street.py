@@ -97,8 +97,12 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
                       "FROM detections WHERE class_name = 'bicycle' AND track_id IS NOT NULL GROUP BY 1 "
                       "ORDER BY count(*) DESC").fetchall()
     track, numbers = bicycle[0]
-    span = numbers[-1] - numbers[0] + 1
-    assert len(numbers) >= 15 and len(numbers) >= 0.8 * span  # a few frames hidden behind the railing
+    # Of the frames in its span where the detector saw a bicycle at all, the track holds nearly every one
+    # (how many frames the detector sees it in, behind the railing, depends on the CPU's precision).
+    seen = {n for (n,) in con.sql(
+        "SELECT DISTINCT CAST(split_part(frame_id, '-', 3) AS INTEGER) FROM detections "
+        "WHERE class_name = 'bicycle'").fetchall() if numbers[0] <= n <= numbers[-1]}
+    assert len(numbers) >= 15 and len(set(numbers)) >= 0.9 * len(seen)
     assert all(not set(range(min(n), max(n) + 1)) & set(numbers) for _, n in bicycle[1:])
     # A person walking over 11:00 keeps one id in both hours' tracks.
     spanning = con.sql("SELECT track_id FROM tracks WHERE class_name = 'person' GROUP BY 1 "
