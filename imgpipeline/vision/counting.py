@@ -74,54 +74,74 @@ def from_tracker(frames, ids: dict[tuple[str, int], int], width: int, height: in
     ]
 
 
-def count(frames: list[CountedFrame], zones: Zones, source_id: str, start: float, end: float) -> Counts:
-    """Counts of the hour [start, end) from a source's frames in capture order (they may begin
-    before and end after it)."""
-    import supervision as sv
+class Counter:
+    """One source's lines and zones, fed its tracked frames in capture order: what each frame crossed,
+    and the zone visits it closed (those going on are in `open`)."""
 
-    counts = Counts()
-    geometry: dict[tuple[int, int], tuple[dict, dict]] = {}
-    classes: dict[str, int] = {}
-    open_visits: dict[tuple[str, int], Visit] = {}
-    for frame in frames:
-        counted = start <= frame.seconds < end
+    def __init__(self, zones: Zones, source_id: str):
+        self.zones, self.source_id = zones, source_id
+        self.geometry: dict[tuple[int, int], tuple[dict, dict]] = {}
+        self.classes: dict[str, int] = {}
+        self.open: dict[tuple[str, int], Visit] = {}
+
+    def step(self, frame: CountedFrame, lines_only: bool = False) -> tuple[list[Crossing], list[Visit]]:
+        """The frame's crossings and the visits it ended; `lines_only`: the lines learn where its tracks
+        are and no visit opens or ends (frames replayed to take up a count where it was left)."""
+        import supervision as sv
+
         size = (frame.width, frame.height)
-        if size not in geometry:
-            geometry[size] = zones.geometry(source_id, *size)
-        lines, areas = geometry[size]
-        if counted:
-            for t in frame.tracked:
-                counts.objects[t.class_name].add(t.track_id)
+        if size not in self.geometry:
+            self.geometry[size] = self.zones.geometry(self.source_id, *size)
+        lines, areas = self.geometry[size]
         detections = sv.Detections(
             xyxy=np.array(
                 [[x, y, x + w, y + h] for x, y, w, h in (t.box for t in frame.tracked)], dtype=np.float32
             ).reshape(-1, 4),
             tracker_id=np.array([t.track_id for t in frame.tracked], dtype=np.int64),
             class_id=np.array(
-                [classes.setdefault(t.class_name, len(classes)) for t in frame.tracked], dtype=int
+                [self.classes.setdefault(t.class_name, len(self.classes)) for t in frame.tracked], dtype=int
             ),
         )
+        crossings, closed = [], []
         for name, line in lines.items():
             crossed_in, crossed_out = line.trigger(detections)
             for t, went_in, went_out in zip(frame.tracked, crossed_in, crossed_out, strict=True):
-                if counted and (went_in or went_out):
+                if went_in or went_out:
                     way = "in" if went_in else "out"
-                    counts.crossings.append(
-                        Crossing(name, t.class_name, t.track_id, way, frame.frame_id, frame.seconds))
-        for name, area in areas.items():
+                    crossings.append(Crossing(name, t.class_name, t.track_id, way, frame.frame_id,
+                                              frame.seconds))
+        for name, area in ({} if lines_only else areas).items():
             inside = area.trigger(detections) if frame.tracked else []
             for t, is_in in zip(frame.tracked, inside, strict=True):
-                visit = open_visits.get((name, t.track_id))
+                visit = self.open.get((name, t.track_id))
                 if is_in and visit is None:
-                    visit = open_visits[name, t.track_id] = Visit(
+                    visit = self.open[name, t.track_id] = Visit(
                         name, t.track_id, t.class_name, frame.seconds, frame.seconds
                     )
                 if is_in:
                     visit.end = frame.seconds
                     visit.frames.append((frame.seconds, frame.frame_id))
                 elif visit is not None:
-                    _close(open_visits.pop((name, t.track_id)), counts, start, end)
-    for visit in open_visits.values():
+                    closed.append(self.open.pop((name, t.track_id)))
+        return crossings, closed
+
+
+def count(frames: list[CountedFrame], zones: Zones, source_id: str, start: float, end: float) -> Counts:
+    """Counts of the hour [start, end) from a source's frames in capture order (they may begin
+    before and end after it)."""
+    counts = Counts()
+    counter = Counter(zones, source_id)
+    for frame in frames:
+        counted = start <= frame.seconds < end
+        if counted:
+            for t in frame.tracked:
+                counts.objects[t.class_name].add(t.track_id)
+        crossings, closed = counter.step(frame)
+        if counted:
+            counts.crossings += crossings
+        for visit in closed:
+            _close(visit, counts, start, end)
+    for visit in counter.open.values():
         _close(visit, counts, start, end)
     return counts
 

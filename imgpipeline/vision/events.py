@@ -61,7 +61,7 @@ def evaluate(rules: AlertRules, frames: dict[str, list[EventFrame]], zones: Zone
         source_frames = sorted(source_frames, key=lambda f: (f.seconds, f.frame_id))
         mine = [r for r in rules.rules if r.watches(source)]
         counts = None
-        if any(r.kind in ("zone_enter", "line_cross", "dwell") for r in mine):
+        if any(r.kind in TRACK_KINDS for r in mine):
             counts = counting.count(_counted(source_frames), zones, source, start - 3600, end)
         for rule in mine:
             for event in _fire(rule, source, source_frames, counts, latest, start):
@@ -72,7 +72,6 @@ def evaluate(rules: AlertRules, frames: dict[str, list[EventFrame]], zones: Zone
 
 def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | None,
           start: float) -> Iterable[Event]:
-    key = f"{rule.name}|{source}"
     if rule.kind in FRAME_KINDS:
         condition = {"class": _class_seen, "count": _crowd, "dark": _dark, "frozen": _frozen}[rule.kind]
         holds = condition(rule, frames, start)
@@ -83,30 +82,63 @@ def _fire(rule, source: str, frames: list[EventFrame], counts, latest: float | N
     elif rule.kind == "line_cross":
         by_id = {f.frame_id: f for f in frames}
         for c in counts.crossings:
-            if c.line == rule.line and rule.direction in ("any", c.way) and _wanted(rule, c.class_name):
-                frame = by_id[c.frame_id]
-                yield Event(rule.name, source, f"{key}|line|{c.line}|{c.track_id}|{c.way}|{c.frame_id}",
-                            c.seconds, c.frame_id, (c.frame_id,),
-                            f"{c.class_name} {c.track_id} crossed line {c.line} ({c.way})",
-                            *_subject(_tracked(frame, c.track_id)))
+            if crosses(rule, c):
+                yield crossing_event(rule, source, c, by_id[c.frame_id])
     else:  # zone_enter, dwell
         by_id = {f.frame_id: f for f in frames}
         for visit in counts.visits:
-            if visit.zone != rule.zone or not _wanted(rule, visit.class_name):
+            if not visits(rule, visit):
                 continue
-            entered_at, entry = visit.frames[0]
-            visit_key = f"{key}|zone|{visit.zone}|{visit.track_id}|{entry}"
             if rule.kind == "zone_enter":
-                yield Event(rule.name, source, visit_key, entered_at, entry, (entry,),
-                            f"{visit.class_name} {visit.track_id} entered zone {visit.zone}",
-                            *_subject(_tracked(by_id[entry], visit.track_id)))
+                yield entry_event(rule, source, visit, by_id[visit.frames[0][1]])
                 continue
-            over = next(((s, fid) for s, fid in visit.frames if s - visit.start >= rule.seconds), None)
+            over = dwelt(rule, visit)
             if over is not None:
-                yield Event(rule.name, source, visit_key, over[0], over[1], (entry, over[1]),
-                            f"{visit.class_name} {visit.track_id} in zone {visit.zone} "
-                            f"for {rule.seconds:g} s",
-                            *_subject(_tracked(by_id[over[1]], visit.track_id)))
+                yield dwell_event(rule, source, visit, over, by_id[over[1]])
+
+
+# Track rules: what a line crossing or a zone visit fires, whether found hour by hour or as frames come.
+TRACK_KINDS = ("zone_enter", "line_cross", "dwell")
+
+
+def crosses(rule, crossing: counting.Crossing) -> bool:
+    return (crossing.line == rule.line and rule.direction in ("any", crossing.way)
+            and _wanted(rule, crossing.class_name))
+
+
+def crossing_event(rule, source: str, c: counting.Crossing, frame: EventFrame) -> Event:
+    return Event(rule.name, source, f"{rule.name}|{source}|line|{c.line}|{c.track_id}|{c.way}|{c.frame_id}",
+                 c.seconds, c.frame_id, (c.frame_id,),
+                 f"{c.class_name} {c.track_id} crossed line {c.line} ({c.way})",
+                 *_subject(_tracked(frame, c.track_id)))
+
+
+def visits(rule, visit: counting.Visit) -> bool:
+    return visit.zone == rule.zone and _wanted(rule, visit.class_name)
+
+
+def _visit_key(rule, source: str, visit: counting.Visit) -> str:
+    return f"{rule.name}|{source}|zone|{visit.zone}|{visit.track_id}|{visit.frames[0][1]}"
+
+
+def entry_event(rule, source: str, visit: counting.Visit, entry: EventFrame) -> Event:
+    entered_at, entry_id = visit.frames[0]
+    return Event(rule.name, source, _visit_key(rule, source, visit), entered_at, entry_id, (entry_id,),
+                 f"{visit.class_name} {visit.track_id} entered zone {visit.zone}",
+                 *_subject(_tracked(entry, visit.track_id)))
+
+
+def dwelt(rule, visit: counting.Visit) -> tuple[float, str] | None:
+    """The first frame of a visit (seconds, frame id) at which it had lasted the dwell rule's seconds."""
+    return next(((s, fid) for s, fid in visit.frames if s - visit.start >= rule.seconds), None)
+
+
+def dwell_event(rule, source: str, visit: counting.Visit, over: tuple[float, str],
+                frame: EventFrame) -> Event:
+    entry = visit.frames[0][1]
+    return Event(rule.name, source, _visit_key(rule, source, visit), over[0], over[1], (entry, over[1]),
+                 f"{visit.class_name} {visit.track_id} in zone {visit.zone} for {rule.seconds:g} s",
+                 *_subject(_tracked(frame, visit.track_id)))
 
 
 # Rules that a frame fires by itself, given its source's frames before it (episodes over a condition).

@@ -146,6 +146,38 @@ class _Ids:
         return ms * IDS_PER_MS + self.next - 1
 
 
+class Continued:
+    """One source's tracking as it goes on: the tracker, the ids it gave, and new ids as tracks confirm.
+
+    `replay` feeds stored frames with the ids recorded for them (a tracker confirmed there takes the id
+    recorded most often for its detections); `step` then gives each new frame's confirmed detections
+    their ids. The hourly build replays the end of what is stored before each batch; the fast lane keeps
+    one going between ranges, and replays its saved tail when it starts again.
+    """
+
+    def __init__(self, settings: TrackerSettings, rate: float):
+        self.tracker = SourceTracker(settings, rate)
+        self.ids: dict[tuple[str, int], int] = {}
+        self.allocate = _Ids()
+
+    def replay(self, frames: list[TrackedFrame]) -> None:
+        votes: dict[tuple[str, int], Counter] = defaultdict(Counter)
+        for frame in frames:
+            for index, key in self.tracker.step(frame).items():
+                if (recorded := frame.recorded.get(index)) is not None:
+                    votes[key][recorded] += 1
+        self.ids = _continued(votes)
+
+    def step(self, frame: TrackedFrame) -> dict[int, int]:
+        """detection_index → track id of the frame's confirmed detections."""
+        given = {}
+        for index, key in sorted(self.tracker.step(frame).items()):
+            if key not in self.ids:
+                self.ids[key] = self.allocate.new(frame.seconds)
+            given[index] = self.ids[key]
+        return given
+
+
 def assign(
     replay: list[TrackedFrame], frames: list[TrackedFrame], settings: TrackerSettings
 ) -> dict[tuple[str, int], int]:
@@ -154,21 +186,10 @@ def assign(
     `replay` is the stored end of the previous hour with its recorded ids; both lists are in capture
     order. A tracker confirmed in the replay takes the id recorded most often for its detections.
     """
-    tracker = SourceTracker(settings, frame_rate(f.seconds for f in [*replay, *frames]))
-    votes: dict[tuple[str, int], Counter] = defaultdict(Counter)
-    for frame in replay:
-        for index, key in tracker.step(frame).items():
-            if (recorded := frame.recorded.get(index)) is not None:
-                votes[key][recorded] += 1
-    ids = _continued(votes)
-    allocate = _Ids()
-    assigned = {}
-    for frame in frames:
-        for index, key in sorted(tracker.step(frame).items()):
-            if key not in ids:
-                ids[key] = allocate.new(frame.seconds)
-            assigned[frame.frame_id, index] = ids[key]
-    return assigned
+    tracking = Continued(settings, frame_rate(f.seconds for f in [*replay, *frames]))
+    tracking.replay(replay)
+    return {(frame.frame_id, index): track_id for frame in frames
+            for index, track_id in tracking.step(frame).items()}
 
 
 def _continued(votes: dict[tuple[str, int], Counter]) -> dict[tuple[str, int], int]:

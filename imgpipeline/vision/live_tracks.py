@@ -1,0 +1,210 @@
+"""Track rules (zone_enter, line_cross, dwell) evaluated as frames come, with the keys the hourly
+evaluation gives them.
+
+Each source is tracked as its frames are fed, the way the hourly build tracks it (vision/tracking.py:
+ids from the capture time of the frame that confirmed a track), its tracks counted on the lines and zones
+as `counting.count` counts them, and a crossing, a zone entered or a dwell reached fires its alert with
+the key `events.evaluate` gives the same crossing or visit. The hourly rebuild stays the truth: it tracks
+the same frames again, and its ids are the ones given here wherever the two trackers saw the same frames
+the same way; where they differ (a frame late or missing here, a track re-associated over a restart) it
+raises its own alert.
+
+Between runs a `TrackWatch` is kept as JSON (`to_json`, `from_json`): each source's last seconds of
+frames with the ids given to them (replayed to take the tracker up where it was, as the hourly build
+replays the end of what is stored) and its open zone visits. A source it did not see from its first
+frames (a watch started after its state was lost) starts blind: tracks confirmed in its first seconds
+may be objects the hourly tracker knows from before, with other ids, and fire nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from imgpipeline.vision import counting, events
+from imgpipeline.vision.alert_rules import AlertRules
+from imgpipeline.vision.events import TRACK_KINDS, Event, EventFrame
+from imgpipeline.vision.tracking import (
+    IDS_PER_MS,
+    Continued,
+    Observation,
+    TrackedFrame,
+    TrackerSettings,
+    frame_rate,
+)
+from imgpipeline.vision.zones import Zones
+
+EARLIEST = -math.inf
+FORGET_S = 3600.0  # a source this long without a frame has no track left to go on
+# A source's first frame says nothing of its rate: a watch that did not see what came before takes it to be
+# sampled this slowly (every 2 s) to judge how long tracks from before may go on.
+SLOWEST_RATE = 0.5
+# The tracker starts again from the tail when the source's rate changes by more than this (a rate that
+# jitters within it keeps the tracker going).
+RATE_CHANGE = 0.01
+
+
+def confirmed_at(track_id: int) -> float:
+    """The capture time (seconds) of the frame that confirmed a track: ids are made of it."""
+    return track_id // IDS_PER_MS / 1000
+
+
+class SourceTracks:
+    """One source's tracking, counting and recent frames."""
+
+    def __init__(self, zones: Zones, source_id: str, settings: TrackerSettings, blind_until: float):
+        self.settings, self.blind_until = settings, blind_until
+        self.counter = counting.Counter(zones, source_id)
+        self.tail: list[tuple[TrackedFrame, EventFrame]] = []  # the last seconds fed, with their ids
+        self.tracking: Continued | None = None
+        self.rate = 0.0
+
+    @property
+    def last(self) -> tuple[float, str]:
+        frame = self.tail[-1][1]
+        return frame.seconds, frame.frame_id
+
+    def step(self, frame: EventFrame) -> tuple[EventFrame, list[counting.Crossing], list[counting.Visit]]:
+        """Track and count the source's next frame: the frame with its ids, its crossings, and the open
+        visits it is in."""
+        tracked = TrackedFrame(frame.frame_id, frame.seconds, [
+            Observation(s.index, s.class_name, s.confidence, s.box) for s in frame.seen])
+        rate = frame_rate([*(f.seconds for f, _ in self.tail), frame.seconds])
+        if self.tracking is None or abs(rate - self.rate) > RATE_CHANGE * self.rate:
+            # The tracker's rate is the source's, measured over the last seconds as the hourly build
+            # measures it over its frames; when it changes, the tracker starts again from the tail, as
+            # that build would.
+            self.rate, self.tracking = rate, Continued(self.settings, rate)
+            self.tracking.replay([f for f, _ in self.tail])
+        ids = self.tracking.step(tracked)
+        tracked.recorded = ids
+        given = EventFrame(frame.frame_id, frame.seconds, frame.status, frame.brightness, frame.sha256,
+                           frame.width, frame.height,
+                           [events.Seen(s.index, s.class_name, s.confidence, s.box, ids.get(s.index))
+                            for s in frame.seen])
+        self.tail.append((tracked, given))
+        since = frame.seconds - self.settings.replay_for(rate)
+        self.tail = [(f, g) for f, g in self.tail if f.seconds >= since]
+        counted = counting.CountedFrame(frame.frame_id, frame.seconds, frame.width, frame.height, [
+            counting.Tracked(s.track_id, s.class_name, s.confidence, s.box)
+            for s in given.seen if s.track_id is not None])
+        crossings, _ = self.counter.step(counted)
+        inside = [v for v in self.counter.open.values() if v.frames[-1][1] == frame.frame_id]
+        for key, visit in list(self.counter.open.items()):
+            del visit.frames[1:-2]  # the entry and the last two frames are all a rule reads
+            if visit.end < since:
+                del self.counter.open[key]  # its track is lost for good: no frame can go on with it
+        return given, crossings, inside
+
+    def to_dict(self) -> dict:
+        tail = [[g.frame_id, g.seconds, g.width, g.height,
+                 [[s.index, s.class_name, s.confidence, list(s.box), s.track_id] for s in g.seen]]
+                for _, g in self.tail]
+        visits = [[v.zone, v.track_id, v.class_name, v.start, v.end, [list(f) for f in v.frames]]
+                  for v in self.counter.open.values()]
+        return {"blind_until": None if self.blind_until == EARLIEST else self.blind_until,
+                "tail": tail, "visits": visits}
+
+    @classmethod
+    def from_dict(cls, zones: Zones, source_id: str, settings: TrackerSettings, saved: dict) -> SourceTracks:
+        until = saved["blind_until"]
+        tracks = cls(zones, source_id, settings, EARLIEST if until is None else float(until))
+        for frame_id, seconds, width, height, seen in saved["tail"]:
+            given = EventFrame(str(frame_id), float(seconds), "detected", None, None, width, height, [
+                events.Seen(int(i), str(c), float(p), tuple(int(v) for v in box),
+                            None if t is None else int(t)) for i, c, p, box, t in seen])
+            tracked = TrackedFrame(given.frame_id, given.seconds, [
+                Observation(s.index, s.class_name, s.confidence, s.box) for s in given.seen],
+                {s.index: s.track_id for s in given.seen if s.track_id is not None})
+            tracks.tail.append((tracked, given))
+            # The lines learn where the tail's tracks were; their visits are taken up as saved.
+            tracks.counter.step(counting.CountedFrame(given.frame_id, given.seconds, width, height, [
+                counting.Tracked(s.track_id, s.class_name, s.confidence, s.box)
+                for s in given.seen if s.track_id is not None]), lines_only=True)
+        for zone, track_id, class_name, start, end, frames in saved["visits"]:
+            tracks.counter.open[str(zone), int(track_id)] = counting.Visit(
+                str(zone), int(track_id), str(class_name), float(start), float(end),
+                [(float(s), str(f)) for s, f in frames])
+        return tracks
+
+
+class TrackWatch:
+    """The track rules' state for the sources of one partition of the frames topic."""
+
+    def __init__(self, rules: AlertRules, zones: Zones, settings: TrackerSettings,
+                 seen_since: float = EARLIEST):
+        """`seen_since`: the capture time since which every frame of the partition is fed (EARLIEST: from
+        its first frame; a watch started after its state was lost: the first fed)."""
+        self.rules_sha256, self.zones_sha256 = rules.sha256, zones.sha256
+        self.rules = [r for r in rules.rules if r.kind in TRACK_KINDS]
+        self.zones, self.settings, self.seen_since = zones, settings, seen_since
+        self.sources: dict[str, SourceTracks] = {}
+
+    @property
+    def idle(self) -> bool:
+        return not self.rules
+
+    def feed(self, source_id: str, frames: list[EventFrame]) -> list[Event]:
+        """Feed a source's new frames; the alerts they fire. Frames not newer than the source's latest
+        are passed over, and so are frames that were not detected (the tracker is told nothing of them)."""
+        mine = [r for r in self.rules if r.watches(source_id)]
+        if not mine:
+            return []
+        fired = []
+        for frame in sorted(frames, key=lambda f: (f.seconds, f.frame_id)):
+            state = self.sources.get(source_id)
+            if frame.status != "detected" or (state is not None and (frame.seconds, frame.frame_id)
+                                               <= state.last):
+                continue
+            if state is None:
+                # Tracks from before may go on into the first seconds fed: blind unless all of those
+                # seconds before were seen (and the source sent nothing in them).
+                window = self.settings.replay_for(SLOWEST_RATE)
+                until = frame.seconds + window if frame.seconds - window < self.seen_since else EARLIEST
+                state = self.sources[source_id] = SourceTracks(self.zones, source_id, self.settings, until)
+            given, crossings, inside = state.step(frame)
+            seen = [e for e in self._fire(mine, source_id, given, crossings, inside)
+                    if e.track_id is None or confirmed_at(e.track_id) >= state.blind_until]
+            fired += seen
+        return fired
+
+    @staticmethod
+    def _fire(rules, source_id: str, frame: EventFrame, crossings, inside) -> list[Event]:
+        fired = []
+        for rule in rules:
+            if rule.kind == "line_cross":
+                fired += [events.crossing_event(rule, source_id, c, frame) for c in crossings
+                          if events.crosses(rule, c)]
+                continue
+            for visit in inside:
+                if not events.visits(rule, visit):
+                    continue
+                if rule.kind == "zone_enter" and len(visit.frames) == 1:
+                    fired.append(events.entry_event(rule, source_id, visit, frame))
+                elif (rule.kind == "dwell" and (over := events.dwelt(rule, visit))
+                      and over[1] == frame.frame_id):
+                    fired.append(events.dwell_event(rule, source_id, visit, over, frame))
+        return fired
+
+    def forget(self, latest: float) -> None:
+        for source_id in [s for s, st in self.sources.items() if st.last[0] < latest - FORGET_S]:
+            del self.sources[source_id]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"seen_since": None if self.seen_since == EARLIEST else self.seen_since,
+                           "rules_sha256": self.rules_sha256, "zones_sha256": self.zones_sha256,
+                           "sources": {s: st.to_dict() for s, st in self.sources.items()}},
+                          sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, rules: AlertRules, zones: Zones, settings: TrackerSettings,
+                  data: bytes) -> TrackWatch | None:
+        """The saved watch, or None when it was kept under other rules or zones."""
+        saved = json.loads(data)
+        if saved.get("rules_sha256") != rules.sha256 or saved.get("zones_sha256") != zones.sha256:
+            return None
+        since = saved["seen_since"]
+        watch = cls(rules, zones, settings, EARLIEST if since is None else float(since))
+        for source_id, st in saved["sources"].items():
+            watch.sources[source_id] = SourceTracks.from_dict(zones, source_id, settings, st)
+        return watch

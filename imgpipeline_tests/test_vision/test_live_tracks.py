@@ -1,0 +1,156 @@
+"""Track rules evaluated as frames come fire what the hourly evaluation fires over the hourly build's
+track ids, with the same keys (vision/live_tracks against vision/tracking + vision/events)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from imgpipeline.vision import events, zones
+from imgpipeline.vision.alert_rules import parse
+from imgpipeline.vision.live_tracks import TrackWatch, confirmed_at
+from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
+
+HOUR = 3600.0
+RULES = parse(b"""
+rules:
+  - {name: crossed, kind: line_cross, line: middle, classes: [car]}
+  - {name: crossed-in, kind: line_cross, line: middle, direction: in}
+  - {name: entered, kind: zone_enter, zone: yard, classes: [person]}
+  - {name: lingered, kind: dwell, zone: yard, seconds: 20}
+  - {name: dog, kind: class, classes: [dog]}
+""")
+CAMERA = (b"{lines: [{name: middle, start: [320, 0], end: [320, 480], min_frames: 2}], "
+          b"zones: [{name: yard, polygon: [[400, 250], [640, 250], [640, 480], [400, 480]]}]}")
+ZONES = zones.parse(b"sources: {a: " + CAMERA + b", b: " + CAMERA + b"}")
+SETTINGS = TrackerSettings()
+START = 1_795_000_000.0 - 1_795_000_000.0 % HOUR + 3000.0  # ten minutes before an hour turns
+
+
+def camera(rng: random.Random, source: str, seconds: float, rate: float = 2.0) -> list[events.EventFrame]:
+    """A camera's frames at a steady rate: cars driving across the middle line either way, people walking
+    into the yard and staying a while, a detection missed now and then, and a minute with no frames."""
+    objects = []  # (class, born, x0, y, vx, vy, life)
+    t = START
+    while t < START + seconds:
+        t += rng.expovariate(1 / 12)
+        if rng.random() < 0.6:
+            x0, vx = (-60.0, rng.uniform(40, 90)) if rng.random() < 0.5 else (700.0, -rng.uniform(40, 90))
+            objects.append(("car", t, x0, rng.uniform(60, 200), vx, 0.0, 760 / abs(vx)))
+        else:
+            objects.append(("person", t, rng.uniform(300, 380), rng.uniform(300, 400), rng.uniform(8, 20),
+                            0.0, rng.uniform(15, 60)))
+    gap = (START + seconds * rng.uniform(0.3, 0.7), 60.0)
+    frames, n = [], 0
+    while (at := START + n / rate) < START + seconds:
+        n += 1
+        if gap[0] <= at < gap[0] + gap[1]:
+            continue
+        seen = []
+        for cls, born, x0, y, vx, vy, life in objects:
+            if born <= at < born + life and rng.random() > 0.08:
+                x = x0 + vx * (at - born) + rng.uniform(-2, 2)
+                w, h = (80, 50) if cls == "car" else (30, 70)
+                if -w < x < 640:
+                    seen.append(events.Seen(len(seen), cls, rng.uniform(0.55, 0.95),
+                                            (int(x), int(y + vy * (at - born)), w, h), None))
+        frames.append(events.EventFrame(f"{source}-{n:06d}", at, "detected", 90.0, f"{source}{n}", 640, 480,
+                                        seen))
+    return frames
+
+
+def tracked(frame: events.EventFrame) -> TrackedFrame:
+    return TrackedFrame(frame.frame_id, frame.seconds,
+                        [Observation(s.index, s.class_name, s.confidence, s.box) for s in frame.seen])
+
+
+def hourly(frames: dict[str, list[events.EventFrame]]) -> dict[str, events.Event]:
+    """Every track alert as the hourly chain finds it: each hour tracked on from the stored end of the
+    hour before (as warehouse/tracked.py `track_hour`), then evaluated with the hours around it."""
+    ids: dict[tuple[str, str, int], int] = {}
+    moments = [f.seconds for fs in frames.values() for f in fs]
+    first = min(moments) - min(moments) % HOUR
+    hour = first
+    while hour <= max(moments):
+        for source, fs in frames.items():
+            mine = [tracked(f) for f in fs if hour <= f.seconds < hour + HOUR]
+            replay = [tracked(f) for f in fs if hour - SETTINGS.replay_for(2.0) <= f.seconds < hour]
+            for frame in replay:
+                frame.recorded = {o.index: ids.get((source, frame.frame_id, o.index))
+                                  for o in frame.observations}
+            for (frame_id, index), track_id in assign(replay, mine, SETTINGS).items():
+                ids[source, frame_id, index] = track_id
+        hour += HOUR
+    with_ids = {s: [events.EventFrame(f.frame_id, f.seconds, f.status, f.brightness, f.sha256, f.width,
+                                      f.height, [events.Seen(x.index, x.class_name, x.confidence, x.box,
+                                                             ids.get((s, f.frame_id, x.index)))
+                                                 for x in f.seen])
+                    for f in fs] for s, fs in frames.items()}
+    found, hour = {}, first
+    while hour <= max(moments):
+        near = {s: [f for f in fs if hour - HOUR <= f.seconds < hour + 2 * HOUR]
+                for s, fs in with_ids.items()}
+        found |= {e.key: e for e in events.evaluate(RULES, near, ZONES, hour, hour + HOUR)
+                  if e.rule != "dog"}
+        hour += HOUR
+    return found
+
+
+def stream(frames, rng, watch: TrackWatch, restart_at: int | None = None) -> dict[str, events.Event]:
+    merged = sorted(((f.seconds, s, f) for s, fs in frames.items() for f in fs), key=lambda t: t[:2])
+    live, position = {}, 0
+    while position < len(merged):
+        chunk = merged[position:position + rng.randint(1, 9)]
+        position += len(chunk)
+        for source in sorted({s for _, s, _ in chunk}):
+            for event in watch.feed(source, [f for _, s, f in chunk if s == source]):
+                assert event.key not in live  # raised once
+                live[event.key] = event
+        if restart_at is not None and position >= restart_at:
+            watch, restart_at = TrackWatch.from_json(RULES, ZONES, SETTINGS, watch.to_json()), None
+    return live
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tracks_followed_as_frames_come_fire_the_hourly_alerts(seed):
+    rng = random.Random(seed)
+    frames = {s: camera(rng, s, 1200) for s in ("a", "b")}
+    truth = hourly(frames)
+    live = stream(frames, rng, TrackWatch(RULES, ZONES, SETTINGS), restart_at=rng.randint(100, 5000))
+    assert set(live) == set(truth)
+    assert {e.rule for e in live.values()} == {"crossed", "crossed-in", "entered", "lingered"}
+    assert any(hour_turns(e.seconds) for e in live.values()) or seed  # alerts on both sides of the hour
+    assert all((e.frame_id, e.seconds, e.track_id, e.detection_index, e.detail) == (
+        truth[k].frame_id, truth[k].seconds, truth[k].track_id, truth[k].detection_index, truth[k].detail)
+        for k, e in live.items())
+
+
+def hour_turns(seconds: float) -> bool:
+    return seconds >= START - START % HOUR + HOUR
+
+
+def test_a_watch_that_lost_its_state_raises_no_track_it_may_not_know_whole():
+    rng = random.Random(11)
+    frames = {"a": camera(rng, "a", 900)}
+    truth = hourly(frames)
+    later = {"a": [f for f in frames["a"] if f.seconds >= START + 300]}
+    resumed = later["a"][0].seconds
+    live = stream(later, rng, TrackWatch(RULES, ZONES, SETTINGS, seen_since=resumed))
+    assert live and set(live) <= set(truth)
+    assert all(confirmed_at(e.track_id) >= resumed + SETTINGS.replay_for(0.5) for e in live.values())
+    assert len(live) >= 0.8 * len([e for e in truth.values() if e.seconds >= resumed + 60])
+
+
+def test_frames_fed_twice_or_late_raise_nothing_and_changed_zones_start_afresh():
+    rng = random.Random(3)
+    frames = camera(rng, "a", 300)
+    watch = TrackWatch(RULES, ZONES, SETTINGS)
+    assert watch.feed("a", frames[:400])
+    assert watch.feed("a", frames[:400]) == [] and watch.feed("a", frames[300:350]) == []
+    assert watch.feed("c", frames[400:]) == []  # no rule watches it (no lines there)
+    saved = watch.to_json()
+    assert TrackWatch.from_json(RULES, ZONES, SETTINGS, saved).to_json() == saved
+    other = zones.parse(b"sources: {a: {lines: [{name: middle, start: [300, 0], end: [300, 480]}]}}")
+    assert TrackWatch.from_json(RULES, other, SETTINGS, saved) is None
+    assert TrackWatch(parse(b"rules: [{name: d, kind: class, classes: [dog]}]"), ZONES, SETTINGS).idle
