@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 from imgpipeline.vision import counting, events
 from imgpipeline.vision.alert_rules import AlertRules
@@ -137,20 +138,24 @@ class TrackWatch:
         its first frame; a watch started after its state was lost: the first fed)."""
         self.rules_sha256, self.zones_sha256 = rules.sha256, zones.sha256
         self.rules = [r for r in rules.rules if r.kind in TRACK_KINDS]
+        # A class rule's alert names the track of the object it saw: its sources are tracked too.
+        self.subjects = [r for r in rules.rules if r.kind == "class"]
         self.zones, self.settings, self.seen_since = zones, settings, seen_since
         self.sources: dict[str, SourceTracks] = {}
+        self.given: dict[str, EventFrame] = {}  # the frames of the last feed, with their track ids
 
     @property
     def idle(self) -> bool:
-        return not self.rules
+        return not self.rules and not self.subjects
 
     def feed(self, source_id: str, frames: list[EventFrame]) -> list[Event]:
-        """Feed a source's new frames; the alerts they fire. Frames not newer than the source's latest
-        are passed over, and so are frames that were not detected (the tracker is told nothing of them)."""
+        """Feed a source's new frames; the alerts they fire (`given`: the frames with their track ids).
+        Frames not newer than the source's latest are passed over, and so are frames that were not
+        detected (the tracker is told nothing of them)."""
         mine = [r for r in self.rules if r.watches(source_id)]
-        if not mine:
+        fired, self.given = [], {}
+        if not mine and not any(r.watches(source_id) for r in self.subjects):
             return []
-        fired = []
         for frame in sorted(frames, key=lambda f: (f.seconds, f.frame_id)):
             state = self.sources.get(source_id)
             if frame.status != "detected" or (state is not None and (frame.seconds, frame.frame_id)
@@ -163,6 +168,7 @@ class TrackWatch:
                 until = frame.seconds + window if frame.seconds - window < self.seen_since else EARLIEST
                 state = self.sources[source_id] = SourceTracks(self.zones, source_id, self.settings, until)
             given, crossings, inside = state.step(frame)
+            self.given[given.frame_id] = given
             seen = [e for e in self._fire(mine, source_id, given, crossings, inside)
                     if e.track_id is None or confirmed_at(e.track_id) >= state.blind_until]
             fired += seen
@@ -193,15 +199,17 @@ class TrackWatch:
     def to_json(self) -> bytes:
         return json.dumps({"seen_since": None if self.seen_since == EARLIEST else self.seen_since,
                            "rules_sha256": self.rules_sha256, "zones_sha256": self.zones_sha256,
+                           "settings": asdict(self.settings),
                            "sources": {s: st.to_dict() for s, st in self.sources.items()}},
                           sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, rules: AlertRules, zones: Zones, settings: TrackerSettings,
                   data: bytes) -> TrackWatch | None:
-        """The saved watch, or None when it was kept under other rules or zones."""
+        """The saved watch, or None when it was kept under other rules, zones or tracker settings."""
         saved = json.loads(data)
-        if saved.get("rules_sha256") != rules.sha256 or saved.get("zones_sha256") != zones.sha256:
+        if (saved.get("rules_sha256"), saved.get("zones_sha256"), saved.get("settings")) != (
+                rules.sha256, zones.sha256, asdict(settings)):
             return None
         since = saved["seen_since"]
         watch = cls(rules, zones, settings, EARLIEST if since is None else float(since))

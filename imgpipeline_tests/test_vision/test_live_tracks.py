@@ -148,9 +148,11 @@ def test_frames_fed_twice_or_late_raise_nothing_and_changed_zones_start_afresh()
     watch = TrackWatch(RULES, ZONES, SETTINGS)
     assert watch.feed("a", frames[:400])
     assert watch.feed("a", frames[:400]) == [] and watch.feed("a", frames[300:350]) == []
-    assert watch.feed("c", frames[400:]) == []  # no rule watches it (no lines there)
+    assert watch.feed("c", frames[400:]) == []  # no lines or zones there: tracked, nothing to cross
+    assert any(s.track_id for f in watch.given.values() for s in f.seen)
     saved = watch.to_json()
     assert TrackWatch.from_json(RULES, ZONES, SETTINGS, saved).to_json() == saved
     other = zones.parse(b"sources: {a: {lines: [{name: middle, start: [300, 0], end: [300, 480]}]}}")
     assert TrackWatch.from_json(RULES, other, SETTINGS, saved) is None
-    assert TrackWatch(parse(b"rules: [{name: d, kind: class, classes: [dog]}]"), ZONES, SETTINGS).idle
+    assert TrackWatch(parse(b"rules: [{name: s, kind: silent, minutes: 5}]"), ZONES, SETTINGS).idle
+    assert not TrackWatch(parse(b"rules: [{name: d, kind: class, classes: [dog]}]"), ZONES, SETTINGS).idle

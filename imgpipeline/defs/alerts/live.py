@@ -1,22 +1,25 @@
-"""Live alerts: the frame rules (class, count, dark, frozen, silent) raised by the fast lane as each range
-lands, with the numbers the hourly `alerts` asset gives them.
+"""Live alerts: the frame rules (class, count, dark, frozen, silent) and the track rules (line_cross,
+zone_enter, dwell) raised by the fast lane as each range lands, with the numbers the hourly `alerts` asset
+gives them.
 
-For each partition a `Watch` (vision/live_events) keeps the frame rules' state of its sources; after a
-range lands it is fed the range's records, and what fires is numbered by the alerts ledger (the same keys,
+For each partition a `Watch` (vision/live_events) keeps the frame rules' state of its sources and a
+`TrackWatch` (vision/live_tracks) tracks them and counts their lines and zones; after a range lands both
+are fed the range's records, and what fires is numbered by the alerts ledger (the same keys,
 so the hour finds them claimed), drawn as evidence, published to Kafka `alerts` and the rules' webhooks
 (recorded as sent, so the hourly run sends none again), and the watch is saved to
-`alerts/live/<topic>/<partition>[-g<N>].json` with the offset it has seen through, before the range is
+`alerts/live/<topic>/<partition>[-g<N>].json` with the offset they have seen through, before the range is
 accounted for. A run that goes on after another (the next follow_frames run, or one taking over a range
 SIGKILLed mid-way) reads it back: frames fed already are passed over, so a range detected again fires
 nothing twice. A watch that did not see the offsets before its range (the first range after the fast lane
 was turned on, a range whose listener failed, rules changed) starts blind: it fires nothing in an hour
-whose history it did not see whole, and the hourly alerts raise those. Track rules (zone_enter,
-line_cross, dwell) stay with the hourly asset.
+whose history it did not see whole, nor for tracks that may have begun before it, and the hourly alerts
+raise those.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from datetime import UTC, datetime
 
@@ -27,9 +30,11 @@ from imgpipeline.defs.resources import alert_rules_from_env
 from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
 from imgpipeline.defs.streaming.listeners import LandedRange
 from imgpipeline.ingest.messages import parse_time
+from imgpipeline.resources import TrackingResource
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision import events
 from imgpipeline.vision.live_events import Watch, hour_of
+from imgpipeline.vision.live_tracks import TrackWatch
 
 STATE = "alerts/live"
 
@@ -53,52 +58,74 @@ def event_frames(records) -> dict[str, list[events.EventFrame]]:
     return dict(found)
 
 
-def load_watch(store, landed: LandedRange, rules, earliest: float) -> Watch:
-    """The partition's watch as the run before left it, if it saw through this range's start; else a blind
-    one (a fresh topic's first range is seen whole)."""
+def load_watches(store, landed: LandedRange, rules, zones, settings,
+                 earliest: float) -> tuple[Watch, TrackWatch]:
+    """The partition's watches as the run before left them, if it saw through this range's start; else
+    blind ones (a fresh topic's first range is seen whole)."""
     key = state_key(landed.topic, landed.partition, landed.generation)
     try:
         saved = json.loads(store.get(key)) if store.exists(key) else None
     except (BadObject, ValueError):
         saved = None
-    if saved is not None and isinstance(saved, dict) and saved.get("through", -1) >= landed.start:
-        watch = Watch.from_json(rules, json.dumps(saved.get("watch")).encode())
-        if watch is not None:
-            return watch
+    watch = tracks = None
+    if isinstance(saved, dict) and isinstance(saved.get("through"), int) and saved["through"] >= landed.start:
+        # A part damaged or missing (a state of an earlier version has no tracks) starts blind, as if none.
+        watch = _restored(lambda: Watch.from_json(rules, json.dumps(saved["watch"]).encode()))
+        tracks = _restored(lambda: TrackWatch.from_json(rules, zones, settings,
+                                                        json.dumps(saved["tracks"]).encode()))
     # Seen whole only from a topic's very first frames: a partition added later, a topic re-created or an
     # old one taken up may carry cameras whose history is elsewhere.
     fresh = landed.start == 0 and not landed.generation and not store.list(f"{STATE}/{landed.topic}/")
-    return Watch(rules) if fresh else Watch(rules, seen_since=earliest)
+    since = -math.inf if fresh else earliest
+    return (watch or Watch(rules, seen_since=since),
+            tracks or TrackWatch(rules, zones, settings, seen_since=since))
+
+
+def _restored(load):
+    try:
+        return load()
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 class LiveAlerts:
     """The watches of the partitions a run follows, kept between its ranges."""
 
     def __init__(self):
-        self.watches: dict[tuple, tuple[int, Watch]] = {}
+        self.watches: dict[tuple, tuple[int, Watch, TrackWatch]] = {}
 
     def __call__(self, landed: LandedRange) -> None:
-        resource = alert_rules_from_env()
-        rules = resource.rules()
-        if Watch(rules).idle:
+        tracking = TrackingResource.from_env()
+        resource = alert_rules_from_env(tracking)
+        rules, zones, settings = resource.rules(), tracking.zones(), tracking.settings()
+        if Watch(rules).idle and TrackWatch(rules, zones, settings).idle:
             return
         records: list[LandingRecord] = list(landed.records())
         frames = event_frames(records)
         moments = [f.seconds for fs in frames.values() for f in fs]
         store = landed.store
         place = (store.uri(STATE), landed.topic, landed.partition, landed.generation)
-        through, watch = self.watches.get(place, (-1, None))
-        if watch is None or through != landed.start or watch.rules_sha256 != rules.sha256:
+        through, watch, tracks = self.watches.get(place, (-1, None, None))
+        if (watch is None or through != landed.start or watch.rules_sha256 != rules.sha256
+                or tracks.zones_sha256 != zones.sha256 or tracks.settings != settings):
             if not moments:
                 return  # nothing to feed, and nothing known to carry on
-            watch = load_watch(store, landed, rules, min(moments))
-        fired = [e for source in sorted(frames) for e in watch.feed(source, frames[source])]
-        fired += watch.time_passed(max(moments)) if moments else []
+            watch, tracks = load_watches(store, landed, rules, zones, settings, min(moments))
+        fired = []
+        for source in sorted(frames):
+            fired += tracks.feed(source, frames[source])
+            # The frame rules see the frames with their track ids, as the hourly tables give them.
+            fired += watch.feed(source, [tracks.given.get(f.frame_id, f) for f in frames[source]])
+        if moments:
+            fired += watch.time_passed(max(moments))
+            tracks.forget(max(moments))
+        fired.sort(key=lambda e: (e.seconds, e.source_id, e.rule, e.key))  # numbered as the hour orders them
         if fired:
             raise_alerts(landed, resource, rules, fired, records)
         key = state_key(landed.topic, landed.partition, landed.generation)
-        store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json())}).encode())
-        self.watches[place] = (landed.end, watch)
+        store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json()),
+                                   "tracks": json.loads(tracks.to_json())}).encode())
+        self.watches[place] = (landed.end, watch, tracks)
 
 
 def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event], records) -> None:

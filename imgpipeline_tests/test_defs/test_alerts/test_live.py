@@ -1,6 +1,7 @@
-"""Live alerts on the real broker and storage: the fast lane raises the frame rules' alerts of the demo's
-street video as the frames land, with the numbers the hourly `alerts` asset gives them; SIGKILLed mid-way
-and taken over, it raises and sends none twice, and the hourly asset finds them all claimed and sent."""
+"""Live alerts on the real broker and storage: the fast lane raises the alerts of the demo's street video
+(frame rules, and track rules on the checkout's lines and zones) as the frames land, with the numbers the
+hourly `alerts` asset gives them; SIGKILLed mid-way and taken over, it raises and sends none twice, and the
+hourly asset finds them all claimed and sent."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
-from imgpipeline.vision.events import FRAME_KINDS
+from imgpipeline.vision.events import FRAME_KINDS, TRACK_KINDS
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import kill_when, landing_records, storage_env
 from imgpipeline_tests.test_cli.street import START
@@ -34,11 +35,14 @@ from imgpipeline_tests.test_defs.test_tracking.test_tracking import materialize
 
 pytestmark = [pytest.mark.integration, pytest.mark.results]
 CHECKOUT_RULES = PACKAGE_DIR.parent / "alerts.yaml"
-# The demo's rules, and frame rules that fire often on the street video (each episode an alert).
+# The demo's rules, and rules that fire often on the street video (each episode, crossing or visit an alert).
 MORE_RULES = """
   - {name: people-about, kind: class, classes: [person], min_confidence: 0.5, cooldown_s: 0}
   - {name: two-cars, kind: count, classes: [car], at_least: 2, cooldown_s: 0}
   - {name: stuck, kind: frozen, frames: 3, cooldown_s: 0}
+  - {name: crossed-east, kind: line_cross, line: east}
+  - {name: on-road, kind: zone_enter, zone: road}
+  - {name: on-road-a-while, kind: dwell, zone: road, seconds: 1}
 """
 BATCH = 25
 
@@ -97,11 +101,11 @@ def test_live_alerts_are_the_hourly_alerts_even_after_a_sigkill(kafka, tmp_path,
     assert not store.list(CLAIMS)
     live = live_messages(kafka)
     assert set(before_kill) < set(live)  # the second run raised more, and none of the first's again
-    assert all(m["kind"] in FRAME_KINDS for m in live.values())
-    assert {m["rule"] for m in live.values()} >= {"people-about", "two-cars", "stuck"}
+    assert {m["rule"] for m in live.values()} >= {"people-about", "two-cars", "stuck", "crossed-east",
+                                                  "on-road", "on-road-a-while", "person-on-road"}
     assert all(m["annotated"] for m in live.values() if m["kind"] != "frozen")  # evidence drawn
 
-    # The hourly chain: the same alerts, the same numbers, and only the track rules' sent now.
+    # The hourly chain: the same alerts, the same numbers, and none sent now.
     moments = [datetime.fromisoformat(r.captured_at.replace("Z", "+00:00")) for r in landing_records(storage)]
     first, last = (hour_key(m.replace(minute=0, second=0, microsecond=0, tzinfo=UTC))
                    for m in (min(moments), max(moments)))
@@ -111,8 +115,7 @@ def test_live_alerts_are_the_hourly_alerts_even_after_a_sigkill(kafka, tmp_path,
         materialize([hourly_tables], first, last, resources, instance)
         materialize([alerts], first, last, resources, instance)
     stored = stored_alerts(storage)
-    by_frame_rules = {a["number"]: (a["rule"], a["frame_id"]) for a in stored if a["kind"] in FRAME_KINDS}
-    assert by_frame_rules == {n: (m["rule"], m["frame_id"]) for n, m in live.items()}
-    everything = live_messages(kafka)  # nothing sent twice, by the stream and the hour together
-    assert set(everything) == {a["number"] for a in stored}
-    assert all(everything[n]["kind"] not in FRAME_KINDS for n in set(everything) - set(live))
+    assert {a["number"]: (a["rule"], a["frame_id"], a["track_id"]) for a in stored} == {
+        n: (m["rule"], m["frame_id"], m["track_id"]) for n, m in live.items()}
+    assert {a["kind"] for a in stored} == {*FRAME_KINDS, *TRACK_KINDS} - {"dark"}  # no dark frame in it
+    assert live_messages(kafka) == live  # nothing sent twice, by the stream and the hour together
