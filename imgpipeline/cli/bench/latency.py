@@ -4,9 +4,11 @@ topic `alerts` (the rules of alerts.yaml and the lines and zones of zones.yaml, 
 then a backlog through the same daemon against the bare detector's frames/s: sent while the daemon and
 its runs are stopped (SIGSTOP), timed from when they go on until the last frame landed.
 
-The alerts are the hourly chain's (landing → the hour's tables → alerts): the benchmark waits until
-each hour's detections were made again by a run created after everything landed and its alerts by a
-run created after that, then reads the topic once more.
+With the fast lane (`--lane fast`) the alerts are raised live as each range lands, frame and track rules
+alike; with a run per batch (`--lane batch`) they come from the hourly chain (landing → the hour's
+tables → alerts). Either way the benchmark waits until each hour's detections were made again by a run
+created after everything landed and its alerts by a run created after that (the hourly chain, which
+confirms the live alerts and sends none again), then reads the topic once more.
 """
 
 from __future__ import annotations

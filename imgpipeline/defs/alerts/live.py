@@ -93,6 +93,7 @@ class LiveAlerts:
 
     def __init__(self):
         self.watches: dict[tuple, tuple[int, Watch, TrackWatch]] = {}
+        self.down: set[str] = set()  # webhooks that failed for good: one try per alert until one delivers
 
     def __call__(self, landed: LandedRange) -> None:
         tracking = TrackingResource.from_env()
@@ -121,14 +122,15 @@ class LiveAlerts:
             tracks.forget(max(moments))
         fired.sort(key=lambda e: (e.seconds, e.source_id, e.rule, e.key))  # numbered as the hour orders them
         if fired:
-            raise_alerts(landed, resource, rules, fired, records)
+            raise_alerts(landed, resource, rules, fired, records, self.down)
         key = state_key(landed.topic, landed.partition, landed.generation)
         store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json()),
                                    "tracks": json.loads(tracks.to_json())}).encode())
         self.watches[place] = (landed.end, watch, tracks)
 
 
-def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event], records) -> None:
+def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event], records,
+                 down: set[str]) -> None:
     """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each)."""
     store, ledger = landed.store, Ledger(landed.store)
     numbers = [ledger.number(e.key) for e in fired]
@@ -145,7 +147,7 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
                               rules, evidence)
         messages += [notify.payload(row, resource.viewer_url, store) for row in table.to_pylist()]
     sent = notify.publish(landed.kafka, ledger, messages)
-    told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token)
+    told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token, down)
     said = ", ".join(f"{m['number']} {m['rule']} ({m['source_id']})" for m in messages)
     landed.context.log.info(f"live alerts: {said}; {sent} newly sent to Kafka, {told['delivered']} to "
                             f"webhooks, {told['dead']} dead-lettered")

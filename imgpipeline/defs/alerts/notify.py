@@ -29,6 +29,7 @@ def payload(row: dict, viewer_url: str, store) -> dict:
         "source_id": row["source_id"], "fired_at": row["fired_at"].isoformat().replace("+00:00", "Z"),
         "detail": row["detail"], "frame_id": row["frame_id"], "frame_ids": row["frame_ids"],
         "track_id": row["track_id"], "class_name": row["class_name"],
+        "detection_index": row["detection_index"],
         "url": f"{viewer_url}/alerts/{row['number']}",
         "annotated": store.uri(row["annotated_key"]) if row["annotated_key"] else None,
     }
@@ -98,13 +99,16 @@ def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=ti
     return Delivery(False, attempts, reason)
 
 
-def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of) -> dict[str, int]:
+def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of,
+                    down: set[str] | None = None) -> dict[str, int]:
     """Each alert to its rule's webhooks, once; refusals dead-lettered. Counts per outcome.
 
     A webhook that failed for good in this run gets one try per further alert (its retries would only
-    hold the run up while it is down): a run's time on a dead webhook is one retry sequence."""
+    hold the run up while it is down): a run's time on a dead webhook is one retry sequence. `down`: the
+    webhooks that failed for good before, kept by a caller that notifies again and again (the live lane,
+    range after range), until one delivers."""
     counts = {"delivered": 0, "dead": 0}
-    letters, down = [], set()
+    letters, down = [], set() if down is None else down
     for message in messages:
         for target in rules.rule(message["rule"]).notify:
             if ledger.sent(message["number"], target) is not None:

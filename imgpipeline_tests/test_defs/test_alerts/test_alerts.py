@@ -32,13 +32,14 @@ class Hook:
 
     def __init__(self, failures: int):
         self.requests: list[dict] = []
+        self.failures = failures
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 hook.requests.append({"body": json.loads(body), "headers": dict(self.headers)})
-                self.send_response(500 if len(hook.requests) <= failures else 200)
+                self.send_response(500 if len(hook.requests) <= hook.failures else 200)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -214,6 +215,17 @@ rules: [{{name: r, kind: class, classes: [dog], notify: [down]}}]
     letters = read_all(kafka, f"{kafka.alerts_topic}.dlq")
     assert sorted(int(m.key.split(b"-")[0]) for m in letters) == [1, 2, 3]
     assert notify_webhooks(kafka, ledger, rules, messages, lambda env: None) == {"delivered": 0, "dead": 0}
+    # Notified again and again (the live lane, a range at a time), it is tried once per alert while down,
+    # and fully again once it delivered.
+    failed: set[str] = set()
+    for n in (4, 5):
+        assert notify_webhooks(kafka, ledger, rules, [{"number": n, "rule": "r"}], lambda env: None,
+                               failed) == {"delivered": 0, "dead": 1}
+    assert [r["body"]["number"] for r in down.requests][5:] == [4, 4, 4, 5] and failed == {"down"}
+    down.failures = len(down.requests)  # it is back
+    assert notify_webhooks(kafka, ledger, rules, [{"number": 6, "rule": "r"}], lambda env: None,
+                           failed) == {"delivered": 1, "dead": 0}
+    assert failed == set()
     down.close()
 
 

@@ -2,13 +2,15 @@
 SIGKILLed mid-range, the daemon killed and restarted mid-run, the broker SIGKILLed and restarted, the
 S3 endpoint frozen (SIGSTOP) for 30 s, one after the other under one `dagster dev`, with a detect_frames
 run per batch and again with the fast lane (one follow_frames run). Every time every frame lands exactly
-once.
+once, and no alert (the live lane's and the hourly chain's, on rules and lines that fire often on the
+street video) is sent twice or raised twice for one event.
 
 Each case prints what it measured (frames sent, landed, duplicated, seconds from the fault until
 everything had landed); run with `-s` to see them. No timing is asserted."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -22,15 +24,23 @@ from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
 from imgpipeline.defs.streaming.follow import CLAIMS
 from imgpipeline.lib.instance import open_instance
 from imgpipeline.lib.launcher import PID_TAG
-from imgpipeline.resources import StorageResource
+from imgpipeline.paths import PACKAGE_DIR
+from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
 from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog
+from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.long(0.7)]
 FRAMES = 200  # two runs of 100: one to fault mid-range, one beside it
+# Rules that fire often on the street video: a person seen (each episode), every crossing, every visit.
+RULES = """rules:
+  - {name: person, kind: class, classes: [person], cooldown_s: 0}
+  - {name: crossed, kind: line_cross, line: west}
+  - {name: on-road, kind: zone_enter, zone: road}
+"""
 
 
 @dataclass
@@ -39,6 +49,7 @@ class Pipeline:
     storage: StorageResource
     sent: list[str]
     job: str  # detect_frames, or follow_frames with the fast lane
+    kafka: KafkaResource
 
     def instance(self) -> dg.DagsterInstance:
         return open_instance(self.local.dagster.dagster_home)
@@ -91,6 +102,19 @@ class Pipeline:
         missing = len(set(self.sent) - set(counts))
         assert not missing, f"{missing} frames never landed ({figures})"
         assert doubled == 0
+        self.no_alert_doubled()
+
+    def no_alert_doubled(self) -> dict[int, dict]:
+        """The alerts on the topic so far: none sent twice, no event (a rule on one object of one frame)
+        raised under two numbers."""
+        messages = [json.loads(r.value) for r in read_all(self.kafka, self.kafka.alerts_topic)]
+        numbers = Counter(m["number"] for m in messages)
+        events = Counter((m["rule"], m["source_id"], m["frame_id"], m["detection_index"])
+                         for m in {m["number"]: m for m in messages}.values())
+        print(f"alerts on the topic: {len(numbers)} ({dict(Counter(m['rule'] for m in messages))})")
+        assert [n for n, k in numbers.items() if k > 1] == []
+        assert [e for e, k in events.items() if k > 1] == []
+        return {m["number"]: m for m in messages}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +128,10 @@ def daemon(request, services, module_database, tmp_path_factory):
     """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
     S3 prefix of its own, launching runs of 100 frames at f32; then again with the fast lane."""
     home = tmp_path_factory.mktemp("faults")
+    (home / "alerts.yaml").write_text(RULES)
+    # The checkout's lines and zones of the street video, for the camera the frames come from.
+    street = (PACKAGE_DIR.parent / "zones.yaml").read_text()
+    (home / "zones.yaml").write_text(street.replace("street-cam:", "cam:"))
     kafka = fresh_topics(services)
     storage = s3_storage_resource(services)
     with pytest.MonkeyPatch.context() as patch:
@@ -116,6 +144,9 @@ def daemon(request, services, module_database, tmp_path_factory):
                             # to be caught mid-range (at INT8 it can be done within a second).
                             "IMGPIPELINE_DETECTOR_PRECISION": "f32",
                             "IMGPIPELINE_FAST_LANE": str(int(request.param == "follow_frames")),
+                            "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
+                            "IMGPIPELINE_ALERTS_FILE": str(home / "alerts.yaml"),
+                            "IMGPIPELINE_ZONES_FILE": str(home / "zones.yaml"),
                             "IMGPIPELINE_HOME": str(home)}.items():
             patch.setenv(name, value)
         local = LocalServices(home / ".imgpipeline")
@@ -132,7 +163,7 @@ def pipeline(daemon, tmp_path):
     local, kafka, storage, job = daemon
     frames = video_backlog(FRAMES, source="cam")
     produce(kafka, storage, tmp_path / "sent", frames)
-    return Pipeline(local, storage, [f.frame_id for f in frames], job)
+    return Pipeline(local, storage, [f.frame_id for f in frames], job, kafka)
 
 
 def test_a_run_worker_killed_mid_range(pipeline):
@@ -150,6 +181,10 @@ def test_a_run_worker_killed_mid_range(pipeline):
         assert AUTO_RETRY_RUN_ID_TAG in killed.tags
     else:  # not retried: the sensor launched the next follow_frames run, which took over the claim
         assert AUTO_RETRY_RUN_ID_TAG not in killed.tags and after
+        # The run that took over went on with the killed run's live alerts: this test's frames raised
+        # alerts of frame and track rules, once each.
+        mine = [m for m in pipeline.no_alert_doubled().values() if m["frame_id"] in set(pipeline.sent)]
+        assert {m["rule"] for m in mine} >= {"person", "on-road"}
 
 
 def test_the_daemon_killed_and_restarted_mid_run(pipeline):
