@@ -129,9 +129,9 @@ def daemon(request, services, module_database, tmp_path_factory):
     S3 prefix of its own, launching runs of 100 frames at f32; then again with the fast lane."""
     home = tmp_path_factory.mktemp("faults")
     (home / "alerts.yaml").write_text(RULES)
-    # The checkout's lines and zones of the street video, for the camera the frames come from.
+    # The checkout's lines and zones of the street video, for the source the frames come from (`produce`).
     street = (PACKAGE_DIR.parent / "zones.yaml").read_text()
-    (home / "zones.yaml").write_text(street.replace("street-cam:", "cam:"))
+    (home / "zones.yaml").write_text(street.replace("street-cam:", "test:"))
     kafka = fresh_topics(services)
     storage = s3_storage_resource(services)
     with pytest.MonkeyPatch.context() as patch:
@@ -161,7 +161,7 @@ def daemon(request, services, module_database, tmp_path_factory):
 def pipeline(daemon, tmp_path):
     """FRAMES frames of this test's own sent to the module's `dagster dev`."""
     local, kafka, storage, job = daemon
-    frames = video_backlog(FRAMES, source="cam")
+    frames = video_backlog(FRAMES)
     produce(kafka, storage, tmp_path / "sent", frames)
     return Pipeline(local, storage, [f.frame_id for f in frames], job, kafka)
 
