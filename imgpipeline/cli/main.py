@@ -179,9 +179,18 @@ def add_bench(commands) -> None:
     memory = what.add_parser("memory", help="peak memory of a detect_frames run against its batch size")
     memory.add_argument("--frames", type=int, nargs="+", default=[10, 500, 2000],
                         help="batch sizes, one run each (default: 10 500 2000)")
-    tracking = what.add_parser("tracking", help="tracking and counting against detection (detections/s)")
+    tracking = what.add_parser("tracking", help="tracking and counting against detection (detections/s); "
+                                                "with --truth, every tracker scored on ground truth")
     tracking.add_argument("--rounds", type=int, default=8,
                           help="times the street video is tracked end to end")
+    tracking.add_argument("--truth", nargs="*", metavar="GT_TXT",
+                          help="score every tracker on MOTChallenge gt.txt files (none named: the packaged "
+                               "TUD-Campus and TUD-Stadtmitte): MOTA, IDF1, HOTA, ID switches, count errors")
+    tracking.add_argument("--fps", type=float, default=25.0, help="the sequences' frame rate (default 25)")
+    tracking.add_argument("--every", type=int, default=1, metavar="N",
+                          help="take every Nth frame (a camera sampled N times slower)")
+    tracking.add_argument("--seeds", type=int, default=5, help="perturbation seeds per sequence (means)")
+    tracking.add_argument("--json", action="store_true", help="print the figures as JSON")
     viewer = what.add_parser("viewer", help="the viewer's page load times over a day of many frames")
     viewer.add_argument("--frames", type=int, default=100_000)
     add_load_benches(what)

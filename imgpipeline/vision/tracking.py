@@ -1,4 +1,5 @@
-"""Tracking: ByteTrack from Roboflow's `trackers` over one source's stored detections, in capture order.
+"""Tracking: a tracker of Roboflow's `trackers` (BoT-SORT or ByteTrack by the source's rate, or the one
+configured) over one source's stored detections, in capture order.
 
 One tracker per class, so a cyclist's person box and bicycle box never swap identities. Time comes
 from the frames' capture times, not their count: the tracker's frame rate is the source's own
@@ -29,8 +30,26 @@ IDS_PER_MS = 1000
 LOST_INTERVALS = 2.5
 
 
+# The trackers of Roboflow's `trackers` a source can be tracked by (IMGPIPELINE_TRACKER): class names.
+# BoT-SORT runs without camera-motion compensation (it would need the images; tracking reads detections).
+TRACKERS = {"bytetrack": "ByteTrackTracker", "ocsort": "OCSORTTracker", "botsort": "BoTSORTTracker",
+            "sort": "SORTTracker"}
+# `auto`, the default: the tracker that scored best on ground truth at the source's rate (docs/tracking.md,
+# `imgpipeline bench tracking --truth`): BoT-SORT from this many frames/s on, ByteTrack below.
+AUTO = "auto"
+AUTO_FAST_RATE = 10.0
+
+
+def tracker_for(kind: str, rate: float) -> str:
+    """The tracker a kind means at a sampling rate (`auto` picks by the rate)."""
+    if kind == AUTO:
+        return "botsort" if rate >= AUTO_FAST_RATE else "bytetrack"
+    return kind
+
+
 @dataclass(frozen=True)
 class TrackerSettings:
+    kind: str = AUTO  # one of TRACKERS, or AUTO
     lost_s: float = 1.0  # how long a track unseen is kept for re-association
     minimum_frames: int = 3  # consecutive detections before a track is confirmed (and counted)
     activation: float = 0.5  # confidence a detection needs to start a track
@@ -71,6 +90,32 @@ def frame_rate(seconds: Iterable[float], default: float = 5.0) -> float:
     return 1.0 / float(np.median(gaps)) if gaps else default
 
 
+def new_tracker(s: TrackerSettings, rate: float):
+    """A tracker of the settings' kind for a source sampled at `rate`, each given the settings it takes."""
+    import inspect
+
+    import trackers
+
+    kind = tracker_for(s.kind, rate)
+    if kind not in TRACKERS:
+        raise ValueError(f"unknown tracker {s.kind!r}; use one of {AUTO}, {', '.join(TRACKERS)}")
+    cls = getattr(trackers, TRACKERS[kind])
+    offered = {
+        # `lost_track_buffer` is in frames at 30 frames/s; with timestamps it means seconds × 30.
+        "lost_track_buffer": max(1, round(s.lost_for(rate) * 30)),
+        "frame_rate": rate,
+        "track_activation_threshold": s.activation,
+        "minimum_consecutive_frames": s.minimum_frames,
+        "minimum_iou_threshold": s.minimum_iou,
+        "high_conf_det_threshold": s.high_confidence,
+        "enable_cmc": False,
+        # A class's tracker starts when the class is first seen: a track there waits its frames like any.
+        "instant_first_frame_activation": False,
+    }
+    taken = inspect.signature(cls).parameters
+    return cls(**{name: value for name, value in offered.items() if name in taken})
+
+
 class SourceTracker:
     """Per-class ByteTrack trackers of one source; `step` gives each detection its tracker's id."""
 
@@ -80,19 +125,8 @@ class SourceTracker:
         self.last = float("-inf")
 
     def _tracker(self, class_name: str):
-        from trackers import ByteTrackTracker
-
         if class_name not in self.trackers:
-            s = self.settings
-            self.trackers[class_name] = ByteTrackTracker(
-                # `lost_track_buffer` is in frames at 30 frames/s; with timestamps it means seconds × 30.
-                lost_track_buffer=max(1, round(s.lost_for(self.rate) * 30)),
-                frame_rate=self.rate,
-                track_activation_threshold=s.activation,
-                minimum_consecutive_frames=s.minimum_frames,
-                minimum_iou_threshold=s.minimum_iou,
-                high_conf_det_threshold=s.high_confidence,
-            )
+            self.trackers[class_name] = new_tracker(self.settings, self.rate)
         return self.trackers[class_name]
 
     def step(self, frame: TrackedFrame) -> dict[int, tuple[str, int]]:

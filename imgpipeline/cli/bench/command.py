@@ -23,9 +23,12 @@ def bench(args) -> int:
 
         bench_memory(tuple(args.frames))
     elif args.what == "tracking":
-        from imgpipeline.cli.bench.tracking import bench_tracking
+        from imgpipeline.cli.bench.tracking import bench_tracking, bench_truth
 
-        bench_tracking(args.rounds)
+        if args.truth is not None:
+            bench_truth(args.truth, args.fps, args.every, args.seeds, as_json=args.json)
+        else:
+            bench_tracking(args.rounds)
     elif args.what == "viewer":
         from imgpipeline.cli.bench.viewer import bench_viewer
 

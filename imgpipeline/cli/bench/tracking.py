@@ -1,8 +1,12 @@
-"""`imgpipeline bench tracking`: tracking and counting against detection, on the street video."""
+"""`imgpipeline bench tracking`: tracking and counting against detection, on the street video; with
+`--truth`, every tracker scored on MOTChallenge ground truth (vision/truth.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from dataclasses import asdict, replace
 
 from imgpipeline.cli.bench.common import write_result
 
@@ -16,7 +20,7 @@ def bench_tracking(rounds: int) -> dict:
     from imgpipeline.cli.samples import sample
     from imgpipeline.resources import DetectorResource, TrackingResource
     from imgpipeline.vision import counting
-    from imgpipeline.vision.tracking import Observation, TrackedFrame, assign
+    from imgpipeline.vision.tracking import Observation, TrackedFrame, assign, tracker_for
 
     capture = cv2.VideoCapture(str(sample("bikes.mp4")))
     images = []
@@ -67,13 +71,14 @@ def bench_tracking(rounds: int) -> dict:
         "car_detections": cars,
         "unique_cars": len(counts.objects.get("car", ())),
         "tracked_share": len(ids) / detections,
+        "tracker": tracker_for(tracking.settings().kind, 25.0),
     }
     print(
         f"detection ({result['engine']} {result['precision']}): {result['detect_fps']:.1f} frames/s, "
         f"{result['detect_detections_per_s']:.0f} detections/s"
     )
     print(
-        f"tracking (ByteTrack per class): {result['tracking_detections_per_s']:.0f} detections/s "
+        f"tracking ({result['tracker']} per class): {result['tracking_detections_per_s']:.0f} detections/s "
         f"({result['tracking_frames_per_s']:.0f} frames/s) over {detections} detections "
         f"in {len(frames)} frames"
     )
@@ -87,3 +92,64 @@ def bench_tracking(rounds: int) -> dict:
     )
     write_result("tracking", result)
     return result
+
+
+def bench_truth(paths: list[str], fps: float, every: int, seeds: int, as_json: bool = False) -> dict:
+    """Every tracker on each sequence's truth, over `seeds` perturbations: the means per tracker and
+    sequence, and which tracker the default (`auto`) takes at that rate."""
+    import json
+    import statistics
+
+    from imgpipeline import ConfigError
+    from imgpipeline.resources import TrackingResource
+    from imgpipeline.vision import truth
+    from imgpipeline.vision.tracking import AUTO, TRACKERS, tracker_for
+
+    if fps <= 0 or every < 1 or seeds < 1:
+        raise ConfigError("--fps must be over 0, --every and --seeds at least 1")
+    sequences = [truth.read(truth.packaged(n)) for n in ("TUD-Campus", "TUD-Stadtmitte")] if not paths \
+        else [truth.read(p) for p in paths]
+    sequences = [truth.every(s, every) for s in sequences]
+    rate = fps / every
+    base = TrackingResource.from_env().settings()
+    rows = []
+    for sequence in sequences:
+        for kind in TRACKERS:
+            runs = [truth.score(sequence, rate, replace(base, kind=kind), truth.Perturbation(seed=seed))
+                    for seed in range(seeds)]
+            row = {"sequence": sequence.name, "tracker": kind, "frames": runs[0]["frames"],
+                   "objects": runs[0]["objects"], "seeds": seeds}
+            for key in ("mota", "idf1", "hota", "id_switches", "distinct_error", "crossing_error",
+                        "detections_per_s"):
+                values = [r[key] for r in runs if r[key] is not None]
+                row[key] = round(statistics.mean(values), 4) if values else None
+            rows.append(row)
+    result = {"fps": rate, "every": every, "default": AUTO if base.kind == AUTO else base.kind,
+              "default_tracker": tracker_for(base.kind, rate), "perturbation": asdict(truth.Perturbation()),
+              "rows": rows}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        with contextlib.redirect_stdout(sys.stderr):  # standard output stays the JSON alone
+            write_result("tracking_truth", result)
+    else:
+        print_truth(result)
+        write_result("tracking_truth", result)
+    return result
+
+
+def print_truth(result: dict) -> None:
+    p = result["perturbation"]
+    print(f"at {result['fps']:g} frames/s; detections from the truth with jitter {p['jitter']:.0%} of a "
+          f"box's size, {p['miss_rate']:.0%} missed, occlusions of {p['occlusion_frames']} frames "
+          f"({p['occlusion_rate']:.0%} per object and frame), {p['false_positives']:g} false positives a "
+          f"frame; means of {result['rows'][0]['seeds']} seeds")
+    print(f"{'sequence':<16} {'tracker':<10} {'MOTA':>6} {'IDF1':>6} {'HOTA':>6} {'IDsw':>5} "
+          f"{'distinct':>9} {'crossings':>10} {'det/s':>8}")
+    for r in result["rows"]:
+        mark = " *" if r["tracker"] == result["default_tracker"] else ""
+        crossing = "-" if r["crossing_error"] is None else f"{r['crossing_error']:+.0%}".replace("+", "")
+        print(f"{r['sequence']:<16} {r['tracker']:<10} {r['mota']:>6.3f} {r['idf1']:>6.3f} {r['hota']:>6.3f} "
+              f"{r['id_switches']:>5.1f} {r['distinct_error']:>+9.1%} {crossing:>10} "
+              f"{r['detections_per_s']:>8.0f}{mark}")
+    print(f"* the default ({result['default']}) at this rate; distinct: counted objects against the truth's; "
+          "crossings: counted crossings each way that differ from the truth's, against its crossings")
