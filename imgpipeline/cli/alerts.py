@@ -28,7 +28,7 @@ def alerts(args) -> int:
         print(f"{len(found)} alerts on {day}, newest first:")
         for a in found:
             print(f"  {a['number']:>6}  {a['fired_at']:%H:%M:%S}  {a['severity']:<8} {a['rule']:<22} "
-                  f"{a['source_id']:<12} {a['detail']}")
+                  f"{a['source_id']:<12} {a['detail']}" + (f" ({a['object']})" if a["object"] else ""))
         print(f"imgpipeline alerts show N   prints one; the viewer shows it at {viewer}/alerts/N")
         return 0
     found = queries.alert(con, args.number)
@@ -36,6 +36,7 @@ def alerts(args) -> int:
     if found is None:
         print(Ledger(store).missing(args.number))
         return 1
+    found = queries.with_objects(con, [found])[0]
     deliveries = Ledger(store).deliveries(args.number)
     print(f"alert {found['number']}: {found['severity']} · {found['rule']} ({found['kind']})")
     rows = [
@@ -43,7 +44,7 @@ def alerts(args) -> int:
         ("fired", f"{found['fired_at']:%Y-%m-%d %H:%M:%S} UTC"),
         ("source", found["source_id"]),
         ("frames", ", ".join(found["frame_ids"])),
-        ("track", f"{found['class_name']} {found['track_id']}" if found["track_id"] is not None else "-"),
+        ("object", f"{found['object']} (track {found['track_id']})" if found["object"] else "-"),
         ("annotated", store.uri(found["annotated_key"]) if found["annotated_key"] else "-"),
         ("crop", store.uri(found["crop_key"]) if found["crop_key"] else "-"),
         ("notified", "; ".join(f"{t}: {d['state']}" + (f" ({d['reason']})" if d.get("reason") else "")

@@ -109,7 +109,7 @@ def crosses(rule, crossing: counting.Crossing) -> bool:
 def crossing_event(rule, source: str, c: counting.Crossing, frame: EventFrame) -> Event:
     return Event(rule.name, source, f"{rule.name}|{source}|line|{c.line}|{c.track_id}|{c.way}|{c.frame_id}",
                  c.seconds, c.frame_id, (c.frame_id,),
-                 f"{c.class_name} {c.track_id} crossed line {c.line} ({c.way})",
+                 f"{c.class_name} crossed line {c.line} ({c.way})",
                  *_subject(_tracked(frame, c.track_id)))
 
 
@@ -124,7 +124,7 @@ def _visit_key(rule, source: str, visit: counting.Visit) -> str:
 def entry_event(rule, source: str, visit: counting.Visit, entry: EventFrame) -> Event:
     entered_at, entry_id = visit.frames[0]
     return Event(rule.name, source, _visit_key(rule, source, visit), entered_at, entry_id, (entry_id,),
-                 f"{visit.class_name} {visit.track_id} entered zone {visit.zone}",
+                 f"{visit.class_name} entered zone {visit.zone}",
                  *_subject(_tracked(entry, visit.track_id)))
 
 
@@ -137,7 +137,7 @@ def dwell_event(rule, source: str, visit: counting.Visit, over: tuple[float, str
                 frame: EventFrame) -> Event:
     entry = visit.frames[0][1]
     return Event(rule.name, source, _visit_key(rule, source, visit), over[0], over[1], (entry, over[1]),
-                 f"{visit.class_name} {visit.track_id} in zone {visit.zone} for {rule.seconds:g} s",
+                 f"{visit.class_name} in zone {visit.zone} for {rule.seconds:g} s",
                  *_subject(_tracked(frame, visit.track_id)))
 
 

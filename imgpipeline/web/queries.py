@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date
 
 PAGE_SIZE = 60
+EPOCH = date(1970, 1, 1)
 
 
 def _rows(con, sql: str, params: list) -> list[dict]:
@@ -61,16 +62,66 @@ ALERT_COLUMNS = ("number, fired_at, source_id, rule, kind, severity, detail, fra
 
 
 def alerts(con, day: date | None = None, source: str | None = None, limit: int = 500) -> list[dict]:
-    return _rows(con, f"""
+    return with_objects(con, _rows(con, f"""
         SELECT {ALERT_COLUMNS} FROM alerts
         WHERE (CAST(? AS DATE) IS NULL OR dt = CAST(? AS DATE))
           AND (CAST(? AS VARCHAR) IS NULL OR source_id = ?)
-        ORDER BY fired_at DESC, number DESC LIMIT ?""", [day, day, source, source, limit])
+        ORDER BY fired_at DESC, number DESC LIMIT ?""", [day, day, source, source, limit]))
 
 
 def alert(con, number: int) -> dict | None:
+    """One alert by number, on whichever day (without `object`: see `with_objects`)."""
     found = _rows(con, f"SELECT {ALERT_COLUMNS} FROM alerts WHERE number = ? LIMIT 1", [number])
     return found[0] if found else None
+
+
+# -- objects people can name -----------------------------------------------------------------------
+# A track id is the stable key of an object, but it reads as 1795418140549000. People read `person 14`:
+# the 14th person its source's tracker confirmed that day (UTC), counted from the stored detections. A
+# track id holds the capture time of the frame that confirmed it (milliseconds × 1000), so its day, and
+# its order among the day's tracks, come from the id itself.
+MS_IDS_PER_DAY = 86_400_000 * 1000
+
+
+def confirmed_on(track_id: int) -> date:
+    return date.fromordinal(EPOCH.toordinal() + track_id // MS_IDS_PER_DAY)
+
+
+def object_numbers(con, tracks) -> dict[tuple[str, str, int], int]:
+    """(source, class, track id) → the object's number among its source's objects of its class confirmed
+    the same day, in the order they were confirmed (1, 2, …); none for a day the cursor has no
+    detections of."""
+    import duckdb
+
+    wanted = {(s, c, int(t)) for s, c, t in tracks if t is not None}
+    found = {}
+    for day in sorted({confirmed_on(t) for _, _, t in wanted}):
+        mine = {w for w in wanted if confirmed_on(w[2]) == day}
+        try:
+            rows = _rows(con, """
+                SELECT source_id, class_name, track_id,
+                       row_number() OVER (PARTITION BY source_id, class_name ORDER BY track_id) AS n
+                FROM (SELECT DISTINCT source_id, class_name, track_id FROM detections
+                      WHERE dt = ? AND source_id IN (SELECT unnest(?)) AND class_name IN (SELECT unnest(?))
+                        AND track_id // ? = ?)""",
+                         [day, sorted({s for s, _, _ in mine}), sorted({c for _, c, _ in mine}),
+                          MS_IDS_PER_DAY, day.toordinal() - EPOCH.toordinal()])
+        except duckdb.CatalogException:
+            continue  # no detections view in this cursor
+        found |= {key: r["n"] for r in rows
+                  if (key := (r["source_id"], r["class_name"], r["track_id"])) in mine}
+    return found
+
+
+def with_objects(con, rows: list[dict], source: str | None = None) -> list[dict]:
+    """The rows (with `class_name` and `track_id`, and `source_id` unless given) with `object`: `person
+    14`, or the raw id where the day's detections are not stored (retention removed them)."""
+    keys = [(source or r["source_id"], r["class_name"], r["track_id"]) for r in rows]
+    numbers = object_numbers(con, keys)
+    for row, (source_id, class_name, track_id) in zip(rows, keys, strict=True):
+        row["object"] = None if track_id is None else \
+            f"{class_name} {numbers.get((source_id, class_name, int(track_id)), track_id)}"
+    return rows
 
 
 def search_frames(con, day: date, source: str | None = None, start: str | None = None,
@@ -103,9 +154,10 @@ def frame(con, day: date, source: str, frame_id: str) -> dict | None:
 
 
 def frame_detections(con, day: date, source: str, frame_id: str) -> list[dict]:
-    return _rows(con, """
+    return with_objects(con, _rows(con, """
         SELECT detection_index, class_id, class_name, confidence, x, y, w, h, track_id FROM detections
-        WHERE dt = ? AND source_id = ? AND frame_id = ? ORDER BY detection_index""", [day, source, frame_id])
+        WHERE dt = ? AND source_id = ? AND frame_id = ? ORDER BY detection_index""", [day, source, frame_id]),
+        source)
 
 
 def classes(con, day: date) -> list[str]:

@@ -115,6 +115,40 @@ def test_an_alert_opens_by_its_number_with_its_images(street, browser, shots):
     page.close()
 
 
+def test_objects_are_named_by_their_number_of_the_day(street, browser, monkeypatch, capsys):
+    """`car 3`, not 1795…: the alert list, an alert's page and its frame's page, and `imgpipeline alerts`,
+    name the object by its place among its source's objects of that class confirmed that day, from the
+    stored detections."""
+    from imgpipeline.cli.main import main
+
+    viewer, resources, _ = street
+    con = Warehouse(resources["storage"], resources["tracking"], resources["alert_rules"]).cursor()
+    about = [a for a in queries.alerts(con, None) if a["track_id"] is not None]
+    assert about, "no alert about a tracked object"
+    page = browser.new_page()
+    for alert in about:
+        ids = sorted({t for (t,) in con.execute(
+            "SELECT DISTINCT track_id FROM detections WHERE source_id = ? AND class_name = ? "
+            "AND track_id IS NOT NULL", [alert["source_id"], alert["class_name"]]).fetchall()
+            if queries.confirmed_on(t) == queries.confirmed_on(alert["track_id"])})
+        named = f"{alert['class_name']} {ids.index(alert['track_id']) + 1}"
+        assert str(alert["track_id"]) not in alert["detail"]
+        page.goto(f"{viewer.url}/alerts/{alert['number']}")
+        shown = page.locator("table.alert").inner_text()
+        assert f"{named} (track {alert['track_id']})" in shown
+        page.goto(f"{viewer.url}/frames/{alert['day']}/{alert['source_id']}/{alert['frame_id']}")
+        assert named in page.locator("table.detections").inner_text()
+    page.goto(f"{viewer.url}/alerts?date={DAY}")
+    assert f"({named})" in page.locator(f"tr[data-number='{about[-1]['number']}']").inner_text()
+    page.close()
+    monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", resources["storage"].uri)
+    capsys.readouterr()
+    assert main(["alerts", "show", str(about[-1]["number"])]) == 0
+    assert f"object     {named} (track {about[-1]['track_id']})" in capsys.readouterr().out
+    assert main(["alerts", "list", "--date", DAY]) == 0
+    assert f"({named})" in capsys.readouterr().out
+
+
 def test_the_frame_search_finds_a_known_frame_and_opens_it(street, browser, shots):
     viewer, _, _ = street
     page = browser.new_page(viewport={"width": 1280, "height": 900})

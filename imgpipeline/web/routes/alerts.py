@@ -70,6 +70,11 @@ def image_uris(store, found: dict) -> dict[str, str]:
 def alert_page(request, con):
     found = find_alert(request, con)
     warehouse = warehouse_of(request)
+    if found["track_id"] is not None:  # its object's number, from the detections of the day it was confirmed
+        found = queries.with_objects(
+            warehouse.cursor([queries.confirmed_on(found["track_id"])], ("detections",)), [found])[0]
+    else:
+        found["object"] = None
     return page("alert.html", a=found, day=found["day"], uris=image_uris(warehouse.store, found),
                 deliveries=warehouse.ledger().deliveries(found["number"]))
 
