@@ -137,24 +137,24 @@ class TrackWatch:
         """`seen_since`: the capture time since which every frame of the partition is fed (EARLIEST: from
         its first frame; a watch started after its state was lost: the first fed)."""
         self.rules_sha256, self.zones_sha256 = rules.sha256, zones.sha256
+        # Only sources a track rule watches are tracked here (tracking every source would cost the lane a
+        # tenth of its throughput); there a class rule's alert names its object's track too.
         self.rules = [r for r in rules.rules if r.kind in TRACK_KINDS]
-        # A class rule's alert names the track of the object it saw: its sources are tracked too.
-        self.subjects = [r for r in rules.rules if r.kind == "class"]
         self.zones, self.settings, self.seen_since = zones, settings, seen_since
         self.sources: dict[str, SourceTracks] = {}
         self.given: dict[str, EventFrame] = {}  # the frames of the last feed, with their track ids
 
     @property
     def idle(self) -> bool:
-        return not self.rules and not self.subjects
+        return not self.rules
 
     def feed(self, source_id: str, frames: list[EventFrame]) -> list[Event]:
         """Feed a source's new frames; the alerts they fire (`given`: the frames with their track ids).
         Frames not newer than the source's latest are passed over, and so are frames that were not
         detected (the tracker is told nothing of them)."""
-        mine = [r for r in self.rules if r.watches(source_id)]
+        mine = [r for r in self.rules if r.watches(source_id) and self._drawn(r, source_id)]
         fired, self.given = [], {}
-        if not mine and not any(r.watches(source_id) for r in self.subjects):
+        if not mine:
             return []
         for frame in sorted(frames, key=lambda f: (f.seconds, f.frame_id)):
             state = self.sources.get(source_id)
@@ -173,6 +173,14 @@ class TrackWatch:
                     if e.track_id is None or confirmed_at(e.track_id) >= state.blind_until]
             fired += seen
         return fired
+
+    def _drawn(self, rule, source_id: str) -> bool:
+        """Whether the zones file draws the rule's line or zone for the source (else it can fire nothing
+        there, and the source is not tracked for it)."""
+        spec = self.zones.of(source_id)
+        if rule.kind == "line_cross":
+            return any(line.name == rule.line for line in spec.lines)
+        return any(zone.name == rule.zone for zone in spec.zones)
 
     @staticmethod
     def _fire(rules, source_id: str, frame: EventFrame, crossings, inside) -> list[Event]:

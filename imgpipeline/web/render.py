@@ -41,11 +41,14 @@ def day_context(con, day: date, zones_sha256: str | None) -> dict:
         for row in mine:
             series[row["class_name"]][row["hour"]] = row[measure]
         ordered = dict(sorted(series.items(), key=lambda kv: -sum(kv[1])))
-        what = "distinct objects" if tracked else "detections"
+        what = "distinct objects" if tracked else "objects"
+        # A source with no track that day sent photos, not a sequence: each detection is an object.
+        classes = [{**r, "objects": r["unique_objects"] if tracked else r["detections"]}
+                   for r in totals if r["source_id"] == source]
         per_source.append({
-            **total, "tracked": tracked,
+            **total, "tracked": tracked, "kind": "sequence" if tracked else "photos",
             "chart": charts.bars(f"{source}: {what} per hour (UTC)", HOURS, ordered),
-            "classes": [r for r in totals if r["source_id"] == source],
+            "classes": classes,
             "crossings": [r for r in crossings if r["source_id"] == source],
         })
     return {"day": day, "sources": per_source}

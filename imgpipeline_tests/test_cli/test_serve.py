@@ -89,7 +89,26 @@ def test_the_day_page_charts_each_hour_per_class(street, browser, shots):
     assert {"car", "person", "bicycle"} <= {name for name, _, _ in summary}
     assert {name: rows[name] for name, _, _ in summary} == {
         name: [str(objects), str(unique)] for name, objects, unique in summary}
-    assert page.locator('section[data-source="photos"]').count() == 1
+    assert section.locator(".kind").get_attribute("data-kind") == "sequence"
+    # The photos are no sequence: their objects are their detections, and the page says so.
+    photos = page.locator('section[data-source="photos"]')
+    assert photos.locator(".kind").get_attribute("data-kind") == "photos"
+    stills = dict(warehouse.cursor().execute(
+        "SELECT class_name, sum(objects) FROM daily_summary WHERE day = CAST(? AS DATE) "
+        "AND source_id = 'photos' AND objects > 0 GROUP BY 1", [DAY]).fetchall())
+    shown = {r.split("\t")[0]: r.split("\t")[1:]
+             for r in photos.locator("table.classes tr").all_inner_texts()}
+    assert stills and {name: shown[name] for name in stills} == {
+        name: [str(n), str(n)] for name, n in stills.items()}
+    # `imgpipeline summary` says the same.
+    from imgpipeline.defs.tables.views import SUMMARY_SQL
+
+    summary = warehouse.cursor().sql(SUMMARY_SQL, params=[DAY])
+    rows = [dict(zip(summary.columns, row, strict=True)) for row in summary.fetchall()]
+    kinds = {(r["source_id"], r["kind"]) for r in rows}
+    assert ("photos", "photos") in kinds and ("street-cam", "sequence") in kinds and len(kinds) == 2
+    assert all(r["distinct_objects"] == r["objects"] for r in rows if r["kind"] == "photos")
+    assert sum(r["distinct_objects"] for r in rows if r["source_id"] == "photos") == sum(stills.values())
     page.screenshot(path=str(shots / "day.png"), full_page=True)
     page.close()
 

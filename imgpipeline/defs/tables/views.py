@@ -139,9 +139,16 @@ def empty_select(schema: pa.Schema) -> str:
     return f"(SELECT {columns}, CAST(NULL AS DATE) AS dt, CAST(NULL AS VARCHAR) AS hour WHERE false)"
 
 
+# A source none of whose detections that day belong to a track sent photos, not a sequence (a folder of
+# stills: the tracker never sees an object twice): each detection is an object, and it says so.
 SUMMARY_SQL = """
-SELECT source_id, coalesce(engine || ' ' || precision, '(unrecorded)') AS engine,
-       coalesce(class_name, '(none)') AS class_name, frames, objects, unique_objects, frames_with_class,
+SELECT source_id,
+       CASE WHEN max(unique_objects) OVER (PARTITION BY source_id) > 0 THEN 'sequence' ELSE 'photos' END
+           AS kind,
+       coalesce(engine || ' ' || precision, '(unrecorded)') AS engine,
+       coalesce(class_name, '(none)') AS class_name, frames, objects,
+       CASE WHEN kind = 'sequence' THEN unique_objects ELSE objects END AS distinct_objects,
+       frames_with_class,
        round(mean_confidence, 3) AS mean_conf, round(max_confidence, 3) AS max_conf,
        round(mean_brightness, 1) AS brightness, typical_size,
        round(dark_share, 3) AS dark_share, round(error_share, 3) AS error_share,
