@@ -30,7 +30,7 @@ IDS_PER_MS = 1000
 LOST_INTERVALS = 2.5
 
 
-# The trackers of Roboflow's `trackers` a source can be tracked by (IMGPIPELINE_TRACKER): class names.
+# The trackers of Roboflow's `trackers` a source can be tracked by (the tracking resource picks one).
 # BoT-SORT runs without camera-motion compensation (it would need the images; tracking reads detections).
 TRACKERS = {"bytetrack": "ByteTrackTracker", "ocsort": "OCSORTTracker", "botsort": "BoTSORTTracker",
             "sort": "SORTTracker"}
