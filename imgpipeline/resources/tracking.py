@@ -11,7 +11,7 @@ from imgpipeline import ConfigError
 from imgpipeline.paths import project_file
 from imgpipeline.resources.settings import FromEnv, one_of, setting
 from imgpipeline.vision import zones
-from imgpipeline.vision.tracking import AUTO, TRACKERS, TrackerSettings
+from imgpipeline.vision.tracking import TRACKERS, TrackerSettings
 
 DEFAULT_ZONES_FILE = "zones.yaml"
 
@@ -28,11 +28,10 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
     )
     tracker: str = setting(
         "IMGPIPELINE_TRACKER",
-        "auto",
-        "the tracker (Roboflow's `trackers`): `auto` (the best on ground truth at the source's rate: "
-        "`botsort` from 10 frames/s, `bytetrack` below; docs/tracking.md), `bytetrack`, `ocsort`, `botsort` "
-        "(without camera-motion compensation) or `sort`. Changed, it tracks the hours built from then on: "
-        "backfill a range to track it again",
+        "bytetrack",
+        "the tracker (Roboflow's `trackers`): `bytetrack`, `sort` (the two best on ground truth, a few "
+        "hundredths apart: docs/tracking.md), `botsort` (without camera-motion compensation) or `ocsort`. "
+        "Changed, it tracks the hours built from then on: backfill a range to track it again",
     )
     lost_s: float = setting(
         "IMGPIPELINE_TRACK_LOST_S",
@@ -60,7 +59,7 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
     @classmethod
     def _known_tracker(cls, value):
         value = value.strip().lower() if isinstance(value, str) else value
-        return one_of(cls, "tracker", value, [AUTO, *TRACKERS])
+        return one_of(cls, "tracker", value, list(TRACKERS))
 
     @model_validator(mode="after")
     def _zones_readable(self):

@@ -1,5 +1,5 @@
-"""Tracking: a tracker of Roboflow's `trackers` (BoT-SORT or ByteTrack by the source's rate, or the one
-configured) over one source's stored detections, in capture order.
+"""Tracking: a tracker of Roboflow's `trackers` (ByteTrack unless another is configured) over one source's
+stored detections, in capture order.
 
 One tracker per class, so a cyclist's person box and bicycle box never swap identities. Time comes
 from the frames' capture times, not their count: the tracker's frame rate is the source's own
@@ -34,22 +34,11 @@ LOST_INTERVALS = 2.5
 # BoT-SORT runs without camera-motion compensation (it would need the images; tracking reads detections).
 TRACKERS = {"bytetrack": "ByteTrackTracker", "ocsort": "OCSORTTracker", "botsort": "BoTSORTTracker",
             "sort": "SORTTracker"}
-# `auto`, the default: the tracker that scored best on ground truth at the source's rate (docs/tracking.md,
-# `imgpipeline bench tracking --truth`): BoT-SORT from this many frames/s on, ByteTrack below.
-AUTO = "auto"
-AUTO_FAST_RATE = 10.0
-
-
-def tracker_for(kind: str, rate: float) -> str:
-    """The tracker a kind means at a sampling rate (`auto` picks by the rate)."""
-    if kind == AUTO:
-        return "botsort" if rate >= AUTO_FAST_RATE else "bytetrack"
-    return kind
 
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    kind: str = AUTO  # one of TRACKERS, or AUTO
+    kind: str = "bytetrack"  # one of TRACKERS
     lost_s: float = 1.0  # how long a track unseen is kept for re-association
     minimum_frames: int = 3  # consecutive detections before a track is confirmed (and counted)
     activation: float = 0.5  # confidence a detection needs to start a track
@@ -96,10 +85,9 @@ def new_tracker(s: TrackerSettings, rate: float):
 
     import trackers
 
-    kind = tracker_for(s.kind, rate)
-    if kind not in TRACKERS:
-        raise ValueError(f"unknown tracker {s.kind!r}; use one of {AUTO}, {', '.join(TRACKERS)}")
-    cls = getattr(trackers, TRACKERS[kind])
+    if s.kind not in TRACKERS:
+        raise ValueError(f"unknown tracker {s.kind!r}; use one of {', '.join(TRACKERS)}")
+    cls = getattr(trackers, TRACKERS[s.kind])
     offered = {
         # `lost_track_buffer` is in frames at 30 frames/s; with timestamps it means seconds × 30.
         "lost_track_buffer": max(1, round(s.lost_for(rate) * 30)),

@@ -7,8 +7,9 @@ world coordinates, or -1), frames from 1. A line whose flag is 0 is not scored (
 "ignore"), nor is one of a class other than 1 (pedestrian).
 
 The detections are the truth's boxes, perturbed: each edge jittered by a share of its box's size, a share
-of the detections missed at random, occlusions (an object missed for a run of frames), and false
-positives with low confidence. They go through `tracking.assign` (the hourly build's tracking, the same
+of the detections missed at random, occlusions (an object missed for a run of frames), confidences
+spread as a detector's are (some true detections too weak to start a track), and false positives with
+low confidence. They go through `tracking.assign` (the hourly build's tracking, the same
 tracker, settings and ids) at the sequence's frame rate, and through `counting.count` on two lines drawn
 across the way the scene's objects go; the truth's own tracks go through the same counting. The scores:
 MOTA, IDF1 and ID switches (motmetrics), HOTA (`trackers`' implementation of TrackEval's), and the
@@ -118,6 +119,10 @@ class Perturbation:
     occlusion_rate: float = 0.01  # per object and frame, the chance an occlusion begins …
     occlusion_frames: int = 8  # … during which it is not detected
     false_positives: float = 0.3  # per frame, on average (confidence 0.2-0.45: they seldom start a track)
+    # A true detection's confidence: a real detector scores hard cases (small, partly hidden) low, and a
+    # third of these fall below the 0.5 a track needs to start; only a tracker that associates weak
+    # detections keeps those objects.
+    confidence: tuple[float, float] = (0.25, 0.95)
 
 
 def detections(truth: Truth, fps: float, p: Perturbation) -> list[TrackedFrame]:
@@ -140,7 +145,7 @@ def detections(truth: Truth, fps: float, p: Perturbation) -> list[TrackedFrame]:
             left, right = x + rng.gauss(0, p.jitter * w), x + w + rng.gauss(0, p.jitter * w)
             top, bottom = y + rng.gauss(0, p.jitter * h), y + h + rng.gauss(0, p.jitter * h)
             box = (round(left), round(top), max(1, round(right - left)), max(1, round(bottom - top)))
-            observations.append((box, rng.uniform(0.5, 0.95)))
+            observations.append((box, rng.uniform(*p.confidence)))
         for _ in range(_poisson(rng, p.false_positives)):
             w, h = rng.uniform(20, 80), rng.uniform(50, 200)
             box = (round(rng.uniform(0, width - w)), round(rng.uniform(0, height - h)), round(w), round(h))

@@ -20,7 +20,7 @@ def bench_tracking(rounds: int) -> dict:
     from imgpipeline.cli.samples import sample
     from imgpipeline.resources import DetectorResource, TrackingResource
     from imgpipeline.vision import counting
-    from imgpipeline.vision.tracking import Observation, TrackedFrame, assign, tracker_for
+    from imgpipeline.vision.tracking import Observation, TrackedFrame, assign
 
     capture = cv2.VideoCapture(str(sample("bikes.mp4")))
     images = []
@@ -71,7 +71,7 @@ def bench_tracking(rounds: int) -> dict:
         "car_detections": cars,
         "unique_cars": len(counts.objects.get("car", ())),
         "tracked_share": len(ids) / detections,
-        "tracker": tracker_for(tracking.settings().kind, 25.0),
+        "tracker": tracking.settings().kind,
     }
     print(
         f"detection ({result['engine']} {result['precision']}): {result['detect_fps']:.1f} frames/s, "
@@ -96,14 +96,14 @@ def bench_tracking(rounds: int) -> dict:
 
 def bench_truth(paths: list[str], fps: float, every: int, seeds: int, as_json: bool = False) -> dict:
     """Every tracker on each sequence's truth, over `seeds` perturbations: the means per tracker and
-    sequence, and which tracker the default (`auto`) takes at that rate."""
+    sequence, beside the tracker in use (the tracking resource's)."""
     import json
     import statistics
 
     from imgpipeline import ConfigError
     from imgpipeline.resources import TrackingResource
     from imgpipeline.vision import truth
-    from imgpipeline.vision.tracking import AUTO, TRACKERS, tracker_for
+    from imgpipeline.vision.tracking import TRACKERS
 
     if fps <= 0 or every < 1 or seeds < 1:
         raise ConfigError("--fps must be over 0, --every and --seeds at least 1")
@@ -124,8 +124,7 @@ def bench_truth(paths: list[str], fps: float, every: int, seeds: int, as_json: b
                 values = [r[key] for r in runs if r[key] is not None]
                 row[key] = round(statistics.mean(values), 4) if values else None
             rows.append(row)
-    result = {"fps": rate, "every": every, "default": AUTO if base.kind == AUTO else base.kind,
-              "default_tracker": tracker_for(base.kind, rate), "perturbation": asdict(truth.Perturbation()),
+    result = {"fps": rate, "every": every, "default": base.kind, "perturbation": asdict(truth.Perturbation()),
               "rows": rows}
     if as_json:
         print(json.dumps(result, indent=2))
@@ -146,10 +145,10 @@ def print_truth(result: dict) -> None:
     print(f"{'sequence':<16} {'tracker':<10} {'MOTA':>6} {'IDF1':>6} {'HOTA':>6} {'IDsw':>5} "
           f"{'distinct':>9} {'crossings':>10} {'det/s':>8}")
     for r in result["rows"]:
-        mark = " *" if r["tracker"] == result["default_tracker"] else ""
+        mark = " *" if r["tracker"] == result["default"] else ""
         crossing = "-" if r["crossing_error"] is None else f"{r['crossing_error']:+.0%}".replace("+", "")
         print(f"{r['sequence']:<16} {r['tracker']:<10} {r['mota']:>6.3f} {r['idf1']:>6.3f} {r['hota']:>6.3f} "
               f"{r['id_switches']:>5.1f} {r['distinct_error']:>+9.1%} {crossing:>10} "
               f"{r['detections_per_s']:>8.0f}{mark}")
-    print(f"* the default ({result['default']}) at this rate; distinct: counted objects against the truth's; "
+    print(f"* the tracker in use ({result['default']}); distinct: counted objects against the truth's; "
           "crossings: counted crossings each way that differ from the truth's, against its crossings")
