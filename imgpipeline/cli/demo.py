@@ -153,7 +153,8 @@ def report_alerts(con, days: list[str]) -> None:
     print(f"\n{len(raised)} {'alert' if len(raised) == 1 else 'alerts'} raised (rules: alerts.yaml; each "
           "also published to the Kafka topic `alerts`):")
     for a in sorted(raised, key=lambda a: a["number"])[:8]:
-        print(f"  {a['number']:>4}  {a['severity']:<8} {a['rule']:<18} {a['detail']}")
+        print(f"  {a['number']:>4}  {a['severity']:<8} {a['rule']:<18} {a['detail']}"
+              + (f" ({a['object']})" if a["object"] else ""))
     print("  imgpipeline alerts list   lists them; imgpipeline alerts show N   shows one")
 
 
