@@ -100,3 +100,13 @@ def test_bench_tracking_truth_scores_every_tracker_on_a_given_file(tmp_path, cap
     slower = json.loads(capsys.readouterr().out)
     assert slower["fps"] == 5
     assert slower["rows"][0]["frames"] == 15
+
+
+def test_an_unknown_tracker_fails_at_load_saying_what_to_write(monkeypatch):
+    from imgpipeline.resources import TrackingResource
+
+    monkeypatch.setenv("IMGPIPELINE_TRACKER", "deepsort")
+    with pytest.raises(ConfigError, match="IMGPIPELINE_TRACKER='deepsort' is not known; use one of "):
+        TrackingResource.from_env()
+    monkeypatch.setenv("IMGPIPELINE_TRACKER", " SORT ")
+    assert TrackingResource.from_env().settings().kind == "sort"
