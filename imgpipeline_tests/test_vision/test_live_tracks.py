@@ -159,3 +159,21 @@ def test_frames_fed_twice_or_late_raise_nothing_and_changed_zones_start_afresh()
     other = zones.parse(b"sources: {a: {lines: [{name: middle, start: [300, 0], end: [300, 480]}]}}")
     assert TrackWatch.from_json(RULES, other, SETTINGS, saved) is None
     assert TrackWatch(parse(b"rules: [{name: d, kind: class, classes: [dog]}]"), ZONES, SETTINGS).idle
+
+
+@pytest.mark.parametrize("saved", [
+    b"not json", b"[]", b'{"through": "x"}', b'{"through": 50, "watch": null, "tracks": null}',
+    b'{"through": 50, "watch": {"sources": 3}, "tracks": {"sources": {"a": {"tail": [[1]]}}}}',
+])
+def test_a_damaged_live_state_starts_blind_and_fails_nothing(tmp_path, saved):
+    """A state file in storage that is not what the lane wrote (damaged, of another version, hostile)
+    gives blind watches: the range goes on and the hourly run raises what the lane cannot."""
+    from imgpipeline.defs.alerts.live import load_watches, state_key
+    from imgpipeline.defs.streaming.listeners import LandedRange
+    from imgpipeline.resources import StorageResource
+
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    store.put(state_key("frames", 0), saved)
+    landed = LandedRange(None, None, store, "frames", 0, 50, 60, 0, lambda: iter(()), 1 << 20)
+    watch, tracks = load_watches(store, landed, RULES, ZONES, SETTINGS, START)
+    assert watch.seen_since == START and tracks.seen_since == START and not tracks.sources
