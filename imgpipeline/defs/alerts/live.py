@@ -122,7 +122,7 @@ class LiveAlerts:
             tracks.forget(max(moments))
         fired.sort(key=lambda e: (e.seconds, e.source_id, e.rule, e.key))  # numbered as the hour orders them
         if fired:
-            raise_alerts(landed, resource, rules, fired, records, self.down)
+            raise_alerts(landed, resource, rules, fired, records, frames, self.down)
         key = state_key(landed.topic, landed.partition, landed.generation)
         store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json()),
                                    "tracks": json.loads(tracks.to_json())}).encode())
@@ -130,12 +130,11 @@ class LiveAlerts:
 
 
 def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event], records,
-                 down: set[str]) -> None:
+                 frames: dict[str, list[events.EventFrame]], down: set[str]) -> None:
     """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each)."""
     store, ledger = landed.store, Ledger(landed.store)
     numbers = [ledger.number(e.key) for e in fired]
     by_frame = {(r.source_id, r.frame_id): r for r in records}
-    frames = event_frames(records)
     seen = {(s, f.frame_id): f.seen for s, fs in frames.items() for f in fs}
     messages = []
     for hour in sorted({hour_of(e.seconds) for e in fired}):
