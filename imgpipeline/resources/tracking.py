@@ -17,7 +17,7 @@ DEFAULT_ZONES_FILE = "zones.yaml"
 
 
 class TrackingResource(FromEnv, dg.ConfigurableResource):
-    """How detections become tracks (ByteTrack), and where lines and zones are counted."""
+    """How detections become tracks (SORT by default), and where lines and zones are counted."""
 
     zones_file: str = setting(
         "IMGPIPELINE_ZONES_FILE",
@@ -28,9 +28,9 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
     )
     tracker: str = setting(
         "IMGPIPELINE_TRACKER",
-        "bytetrack",
-        "the tracker (Roboflow's `trackers`): `bytetrack`, `sort` (the two best on ground truth, a few "
-        "hundredths apart: docs/tracking.md), `botsort` (without camera-motion compensation) or `ocsort`. "
+        "sort",
+        "the tracker (Roboflow's `trackers`): `sort` (the best on ground truth: docs/tracking.md), "
+        "`bytetrack` (a few hundredths behind it), `botsort` (without camera-motion compensation) or `ocsort`. "
         "Changed, it tracks the hours built from then on: backfill a range to track it again",
     )
     lost_s: float = setting(
@@ -85,7 +85,7 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
         return zones.load(path)
 
     def settings(self) -> TrackerSettings:
-        # ByteTrack's first stage takes the detections that could start a track; weaker ones only
-        # continue one (its second stage).
+        # Only a detection at `activation` or more starts a track; a weaker one continues one (SORT matches
+        # every detection; ByteTrack and BoT-SORT take weaker ones in their second stage).
         return TrackerSettings(kind=self.tracker, lost_s=self.lost_s, minimum_frames=self.minimum_frames,
                                activation=self.activation, high_confidence=self.activation)

@@ -1,4 +1,4 @@
-"""Tracking: a tracker of Roboflow's `trackers` (ByteTrack unless another is configured) over one source's
+"""Tracking: a tracker of Roboflow's `trackers` (SORT unless another is configured) over one source's
 stored detections, in capture order.
 
 One tracker per class, so a cyclist's person box and bicycle box never swap identities. Time comes
@@ -38,7 +38,7 @@ TRACKERS = {"bytetrack": "ByteTrackTracker", "ocsort": "OCSORTTracker", "botsort
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    kind: str = "bytetrack"  # one of TRACKERS
+    kind: str = "sort"  # one of TRACKERS
     lost_s: float = 1.0  # how long a track unseen is kept for re-association
     minimum_frames: int = 3  # consecutive detections before a track is confirmed (and counted)
     activation: float = 0.5  # confidence a detection needs to start a track
@@ -105,7 +105,7 @@ def new_tracker(s: TrackerSettings, rate: float):
 
 
 class SourceTracker:
-    """Per-class ByteTrack trackers of one source; `step` gives each detection its tracker's id."""
+    """Per-class trackers of one source; `step` gives each detection its tracker's id."""
 
     def __init__(self, settings: TrackerSettings, rate: float):
         self.settings, self.rate = settings, rate

@@ -60,7 +60,7 @@ def hourly_spec(table, description: str) -> dg.AssetSpec:
 )
 def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, tracking: TrackingResource):
     """Landing metadata of each hour → typed, deduplicated Parquet for frames and detections, the
-    detections tracked (ByteTrack) in capture order from where the previous hour's tracks left off. A run
+    detections tracked (SORT by default) in capture order from where the previous hour's tracks left off. A run
     of one hour adds only the landing files new since its last build (`builds.py`)."""
     store = storage.open()
     settings = tracking.settings()
