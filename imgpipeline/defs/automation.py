@@ -3,13 +3,14 @@
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
+from imgpipeline.lib.launcher import NICE_TAG
 from imgpipeline.resources.settings import FromEnv, setting
 
 AC = dg.AutomationCondition
 
 
 class AutomationPolicy(FromEnv, BaseModel):
-    """How often the domains' automation sensors look at their assets."""
+    """How often the domains' automation sensors look at their assets, and how their runs yield."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -18,6 +19,12 @@ class AutomationPolicy(FromEnv, BaseModel):
         "seconds between evaluations of the warehouse, tracking and alerts automation sensors: an hour's "
         "tables follow its new frames this much later at most, each evaluation reading the hours' records",
         ge=1)
+    nice: int = setting(
+        "IMGPIPELINE_AUTOMATION_NICE", 10,
+        "how much nicer (Unix niceness, 0 to 19) than the daemon the automation sensors' runs (the hours' "
+        "tables, tracks and alerts) run: on a busy machine detection gets the CPU first and a backlog "
+        "drains at the detector's pace; 0: the same priority",
+        ge=0, le=19)
 
 
 # Like eager(), for every hour: a dependency updated since the target was last requested, or the target
@@ -60,4 +67,11 @@ def automation_sensor(name: str, *keys: dg.AssetKey, run_per_hour: bool = False
     return dg.AutomationConditionSensorDefinition(
         name, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=AutomationPolicy.from_env().interval_s, emit_backfills=not run_per_hour,
+        run_tags=yielding_tags() or None,
     )
+
+
+def yielding_tags() -> dict[str, str]:
+    """The tags of a run that yields the CPU to detection (IMGPIPELINE_AUTOMATION_NICE)."""
+    nice = AutomationPolicy.from_env().nice
+    return {NICE_TAG: str(nice)} if nice else {}

@@ -10,6 +10,9 @@ A launch waits for a starting server (2 s on an idle machine; the default way wo
 long); runs of code locations the server has not loaded, or launched when it cannot start, go the
 default way. When a source file of the package or an env file changes, the next run starts from
 a fresh interpreter and the server restarts, so no run executes stale code or settings.
+
+A run tagged `imgpipeline/nice` N runs that much nicer than the daemon (its steps' processes too): the
+hourly chain's automation runs are, so that on a busy machine detection gets the CPU first.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ HOST_TAG = "imgpipeline/run_worker_host"
 # When the worker process started (services.process.started_at): a later process given the same pid
 # (after a restart, or pids wrapping around) is not the run's worker.
 STARTED_TAG = "imgpipeline/run_worker_started"
+# How much nicer than the daemon a run's worker runs (0 to 19): the automation sensors tag their runs.
+NICE_TAG = "imgpipeline/nice"
 DEFAULT_PRELOAD = ["imgpipeline.definitions"]
 INSTANCE_REF_ENV = "IMGPIPELINE_FORK_SERVER_INSTANCE_REF"
 REPLY_TIMEOUT_S = 10.0
@@ -78,7 +83,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
                 server = self._fork_server()
             if server.wait_ready(READY_TIMEOUT_S):
                 with self._lock:
-                    pid = server.fork_run(serialize_value(args))
+                    pid = server.fork_run(serialize_value(args), nice=run_nice(run.tags))
         if pid is None:
             super().launch_run(context)
             return
@@ -242,12 +247,14 @@ class ForkServerClient:
                 return False
         return True
 
-    def fork_run(self, args_json: str) -> int | None:
-        """The pid of the forked run, or None when the server is not ready (launch the default way)."""
+    def fork_run(self, args_json: str, nice: int = 0) -> int | None:
+        """The pid of the forked run, or None when the server is not ready (launch the default way).
+
+        The request line is the niceness, a space and the run's arguments (JSON, one line)."""
         if not self.ready.is_set() or not self.alive():
             return None
         try:
-            self.process.stdin.write(args_json + "\n")
+            self.process.stdin.write(f"{nice} {args_json}\n")
             self.process.stdin.flush()
             reply = self._replies.get(timeout=REPLY_TIMEOUT_S).split()
         except (OSError, queue.Empty):
@@ -272,6 +279,14 @@ class ForkServerClient:
 # The server side: `python -m imgpipeline.lib.launcher MODULE…`, the instance ref in INSTANCE_REF_ENV.
 
 
+def run_nice(tags: dict[str, str]) -> int:
+    """The niceness a run's tags ask for: 0 to 19, 0 when absent or not a number."""
+    try:
+        return min(19, max(0, int(tags.get(NICE_TAG, 0))))
+    except ValueError:
+        return 0
+
+
 def server_argv(modules: list[str]) -> list[str]:
     return [sys.executable, "-m", "imgpipeline.lib.launcher", *modules]
 
@@ -291,10 +306,11 @@ def serve(modules: list[str]) -> None:
     loaded_state = _state(watched)
     print("ready", flush=True)
     for line in sys.stdin:
+        nice, _, args_json = line.strip().partition(" ")
         stale = _state(watched) != loaded_state
         pid = os.fork()
         if pid == 0:
-            _run_child(line.strip(), fresh_env=environment if stale else None)
+            _run_child(args_json, fresh_env=environment if stale else None, nice=int(nice))
         print(f"{pid} restarting" if stale else pid, flush=True)
         if stale:
             os.execve(sys.executable, server_argv(modules), {**environment, INSTANCE_REF_ENV: instance_ref})
@@ -340,10 +356,12 @@ def _state(files: list[Path]) -> list[int | None]:
     return [f.stat().st_mtime_ns if f.exists() else None for f in files]
 
 
-def _run_child(args_json: str, *, fresh_env: dict[str, str] | None) -> None:
+def _run_child(args_json: str, *, fresh_env: dict[str, str] | None, nice: int = 0) -> None:
     """Execute the run in this forked child, or with fresh_env in a new interpreter; never returns."""
     code = 1
     try:
+        if nice:
+            os.nice(nice)  # before the run starts anything: its step processes inherit it
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)

@@ -30,7 +30,8 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
         "IMGPIPELINE_TRACKER",
         "sort",
         "the tracker (Roboflow's `trackers`): `sort` (the best on ground truth: docs/tracking.md), "
-        "`bytetrack` (a few hundredths behind it), `botsort` (without camera-motion compensation) or `ocsort`. "
+        "`bytetrack` (a few hundredths behind it), `botsort` (without camera-motion compensation) or "
+        "`ocsort`. "
         "Changed, it tracks the hours built from then on: backfill a range to track it again",
     )
     lost_s: float = setting(

@@ -11,7 +11,7 @@ import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
-from imgpipeline.lib.launcher import PID_TAG
+from imgpipeline.lib.launcher import NICE_TAG, PID_TAG, run_nice
 from imgpipeline.resources import StorageResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog
@@ -42,7 +42,7 @@ def write_env(home, store: str) -> StorageResource:
     return storage
 
 
-def launch_backlog(instance, kafka) -> list[dg.DagsterRun]:
+def launch_backlog(instance, kafka, tags: dict[str, str] | None = None) -> list[dg.DagsterRun]:
     """The sensor's run requests for what is on the topic, each launched through the launcher."""
     context = dg.build_sensor_context(instance=instance, resources={"kafka": kafka})
     requests = build_frames_sensor(IMMEDIATE)(context).run_requests
@@ -52,7 +52,7 @@ def launch_backlog(instance, kafka) -> list[dg.DagsterRun]:
     for request in requests:
         run = instance.create_run_for_job(
             job_def=job.get_definition(), job_code_origin=job.get_python_origin(),
-            run_config=request.run_config, tags=request.tags)
+            run_config=request.run_config, tags={**request.tags, **(tags or {})})
         runs.append(instance.launch_run(run.run_id, workspace=None))
     return runs
 
@@ -67,12 +67,13 @@ def wait_finished(instance, runs, timeout_s: float = 180) -> list[dg.DagsterRun]
     raise AssertionError(f"runs not finished after {timeout_s:.0f} s: {[r.status for r in latest]}")
 
 
-def detecting_runs(instance, kafka, tmp_path) -> tuple[StorageResource, list[dg.DagsterRun]]:
+def detecting_runs(instance, kafka, tmp_path, tags: dict[str, str] | None = None
+                   ) -> tuple[StorageResource, list[dg.DagsterRun]]:
     """Forked runs over 200 frames (two ranges side by side: ~4 s each on OpenVINO, ~8 s on OpenCV),
     a second into their frames."""
     storage = StorageResource(uri=(tmp_path / "first").as_uri())
     produce(kafka, storage, tmp_path / "sent", video_backlog(200))
-    runs = launch_backlog(instance, kafka)
+    runs = launch_backlog(instance, kafka, tags)
     deadline = time.monotonic() + 60
     while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
         assert time.monotonic() < deadline, "the forked runs never started"
@@ -107,8 +108,14 @@ def test_forked_runs_land_frames_and_see_a_changed_env(instance, kafka, tmp_path
     assert instance.run_launcher.warm(timeout_s=120), "the fork server did not come back"
 
 
-def test_terminate_cancels_a_forked_run(instance, kafka, tmp_path):
-    storage, runs = detecting_runs(instance, kafka, tmp_path)
+def test_a_forked_run_runs_as_nice_as_tagged_and_terminate_cancels_it(instance, kafka, tmp_path):
+    """Runs tagged to yield the CPU (as the automation sensors tag theirs) run that much nicer."""
+    import os
+
+    storage, runs = detecting_runs(instance, kafka, tmp_path, tags={NICE_TAG: "5"})
+    pids = [int(instance.get_run_by_id(run.run_id).tags[PID_TAG]) for run in runs]
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [min(19, own + 5)] * len(pids)
     assert all(instance.run_launcher.terminate(run.run_id) for run in runs)
     runs = wait_finished(instance, runs)
     assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.CANCELED}
@@ -154,6 +161,11 @@ def test_a_killed_worker_fails_its_run_under_run_monitoring(instance, kafka, tmp
         assert [consumer.committed(TopicPartition(kafka.frames_topic, p)) for p in (0, 1)] == [None, None]
     finally:
         consumer.close()
+
+
+def test_a_runs_niceness_tag_is_read_within_bounds():
+    assert [run_nice(tags) for tags in ({}, {NICE_TAG: "10"}, {NICE_TAG: "99"}, {NICE_TAG: "-5"},
+                                         {NICE_TAG: "ten"}, {NICE_TAG: ""})] == [0, 10, 19, 0, 0, 0]
 
 
 def test_a_worker_on_another_host_or_a_reused_pid_is_not_alive(tmp_path):

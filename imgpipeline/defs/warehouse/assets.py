@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.defs.automation import automation_sensor, on_landing_update
+from imgpipeline.defs.automation import automation_sensor, on_landing_update, yielding_tags
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions, yesterday_schedule
 from imgpipeline.defs.streaming.landing import is_retired, landing_versions, read_records
@@ -60,8 +60,8 @@ def hourly_spec(table, description: str) -> dg.AssetSpec:
 )
 def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, tracking: TrackingResource):
     """Landing metadata of each hour → typed, deduplicated Parquet for frames and detections, the
-    detections tracked (SORT by default) in capture order from where the previous hour's tracks left off. A run
-    of one hour adds only the landing files new since its last build (`builds.py`)."""
+    detections tracked (SORT by default) in capture order from where the previous hour's tracks left
+    off. A run of one hour adds only the landing files new since its last build (`builds.py`)."""
     store = storage.open()
     settings = tracking.settings()
     hours = hours_in(context.partition_time_window)
@@ -253,7 +253,8 @@ def retrack_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
             tracked.clear_mark(store, hour, seed)  # made meanwhile from the right hour
         elif key not in busy:
             # No run key: a failed run leaves the mark, and the next tick asks again.
-            requests.append(dg.RunRequest(partition_key=key, tags={"imgpipeline/retrack": seed[:16]}))
+            tags = {"imgpipeline/retrack": seed[:16], **yielding_tags()}
+            requests.append(dg.RunRequest(partition_key=key, tags=tags))
     return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "no hour to track again")
 
 
