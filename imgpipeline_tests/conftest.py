@@ -233,7 +233,8 @@ def s3_storage_resource(services, prefix: str | None = None) -> StorageResource:
     )
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.covered(
+    "the same test on a local folder: where frames are stored plays no part in the instance"))])
 def storage(request, tmp_path) -> StorageResource:
     """The project's storage resource on each backend: a local folder and the S3 endpoint."""
     if request.param == "local":

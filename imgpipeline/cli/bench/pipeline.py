@@ -60,11 +60,17 @@ class LandingWatch:
     def __init__(self, storage):
         self.store, self.seen_files, self.landed_at = storage.open(), set(), {}
 
-    def wait_for(self, count: int, deadline: float, poll_s: float = 0.25) -> bool:
-        """Until `count` frames landed or the monotonic deadline passed: whether they did."""
+    def wait_for(self, count: int, deadline: float, poll_s: float = 0.25, closing: int | None = None) -> bool:
+        """Until `count` frames landed or the monotonic deadline passed: whether they did.
+
+        With `closing`, it looks once a second until no more than that many frames are left, then every
+        poll_s: the watch's own CPU (listing the landing) stays off the pipeline it times, and the last
+        frame's time is as sharp."""
         from imgpipeline.defs.streaming.landing import landing_keys, read_records
 
         while len(self.landed_at) < count and time.monotonic() < deadline:
+            if closing is not None and count - len(self.landed_at) > closing:
+                time.sleep(1.0)
             for key in landing_keys(self.store):
                 if key not in self.seen_files:
                     self.seen_files.add(key)

@@ -123,7 +123,11 @@ def services(own_services):
     return own_services
 
 
-@pytest.fixture(scope="module", params=["detect_frames", "follow_frames"])
+FAST_LANE = pytest.param("follow_frames", marks=pytest.mark.covered(
+    "the daemon's restart here with detect_frames, the fast lane's takeover in test_follow.py"))
+
+
+@pytest.fixture(scope="module", params=["detect_frames", FAST_LANE])
 def daemon(request, services, module_database, tmp_path_factory):
     """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
     S3 prefix of its own, launching runs of 100 frames at f32; then again with the fast lane."""
@@ -166,6 +170,8 @@ def pipeline(daemon, tmp_path):
     return Pipeline(local, storage, [f.frame_id for f in frames], job, kafka)
 
 
+@pytest.mark.covered("test_launcher.py: a killed worker fails its run under run monitoring, and the daemon's "
+                     "restart here")
 def test_a_run_worker_killed_mid_range(pipeline):
     run = pipeline.kill_a_started_run()
     fault_at = time.monotonic()
