@@ -39,6 +39,8 @@ rules:
 
 
 @pytest.mark.long(1)
+@pytest.mark.covered("test_tracking/test_kill.py: a killed backfill run again on PostgreSQL; the alerts' "
+                     "numbers and sends are kept in storage and Kafka, not in the instance")
 def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kafka, services):
     hook = Hook(failures=0)
     (tmp_path / "zones.yaml").write_text(ZONES)
