@@ -31,8 +31,7 @@ class TrackingResource(FromEnv, dg.ConfigurableResource):
         "sort",
         "the tracker (Roboflow's `trackers`): `sort` (the best on ground truth: docs/tracking.md), "
         "`bytetrack` (a few hundredths behind it), `botsort` (without camera-motion compensation) or "
-        "`ocsort`. "
-        "Changed, it tracks the hours built from then on: backfill a range to track it again",
+        "`ocsort`. Changed, it tracks the hours built from then on: backfill a range to track it again",
     )
     lost_s: float = setting(
         "IMGPIPELINE_TRACK_LOST_S",

@@ -168,6 +168,14 @@ def test_a_runs_niceness_tag_is_read_within_bounds():
                                          {NICE_TAG: "ten"}, {NICE_TAG: ""})] == [0, 10, 19, 0, 0, 0]
 
 
+def test_the_automation_sensors_tag_their_runs_to_yield_unless_set_to_0(monkeypatch):
+    from imgpipeline.defs.automation import automation_sensor
+
+    assert automation_sensor("s", dg.AssetKey("a")).run_tags == {NICE_TAG: "10"}
+    monkeypatch.setenv("IMGPIPELINE_AUTOMATION_NICE", "0")
+    assert NICE_TAG not in automation_sensor("s", dg.AssetKey("a")).run_tags
+
+
 def test_a_worker_on_another_host_or_a_reused_pid_is_not_alive(tmp_path):
     """Run monitoring is not fooled by a pid that is alive but not the run's worker: recorded on another
     host, or taken by a process that started after the worker (a restart, pids wrapping around). Such a
