@@ -3,6 +3,7 @@
 import dagster as dg
 
 from imgpipeline.defs.alerts import definitions as alerts
+from imgpipeline.defs.laboratory import definitions as laboratory
 from imgpipeline.defs.reports import definitions as reports
 from imgpipeline.defs.resources import resources_from_env
 from imgpipeline.defs.retention import definitions as retention
@@ -17,6 +18,7 @@ defs = dg.Definitions.merge(
     alerts.defs,
     reports.defs,
     retention.defs,
+    laboratory.defs,
     # One process per run: a step subprocess would add seconds to every short asset run.
     dg.Definitions(resources=resources_from_env(), executor=dg.in_process_executor),
 )

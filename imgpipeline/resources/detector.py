@@ -20,10 +20,16 @@ _digests: dict[tuple, str] = {}
 
 
 class DetectorResource(FromEnv, dg.ConfigurableResource):
-    """YOLOv4-tiny on an inference engine. Model files are checked by sha256 before use."""
+    """A model of the registry (`imgpipeline.vision.models`) on an inference engine. Model files are
+    checked by sha256 before use."""
 
     models_dir: str = Field(default_factory=lambda: str(models_dir()))
-    input_size: int = 416
+    model: str = setting(
+        "IMGPIPELINE_MODEL", "yolov4-tiny",
+        "the model that detects: `yolov4-tiny`, `yolov3-tiny` (`imgpipeline models fetch yolov3-tiny` gets "
+        "it) or an ONNX model added with `imgpipeline models add`; `imgpipeline models list` shows them. "
+        "Every row names its model, so rows of two models never mix")
+    input_size: int | None = Field(default=None, description="The model's input size (None: its own).")
     confidence: float = 0.25
     nms: float = 0.45
     classes: list[str] | None = Field(
@@ -54,7 +60,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         "else one per core, at most 4",
         ge=0)
 
-    @field_validator("engine", "precision", mode="before")
+    @field_validator("engine", "precision", "model", mode="before")
     @classmethod
     def _lower(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
@@ -72,6 +78,16 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         from imgpipeline.vision import engines
 
         return one_of(cls, "precision", value, engines.precisions())
+
+    @model_validator(mode="after")
+    def _known_model(self):
+        from imgpipeline import ConfigError
+
+        try:
+            self.spec()
+        except ConfigError as error:
+            raise ValueError(f"{self.env_setting('model')}: {error}") from None
+        return self
 
     @model_validator(mode="after")
     def _precision_the_engine_accepts(self):
@@ -125,11 +141,19 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         return self._engine.pool_shape(self.workers, self.threads, _cores())
 
     def _pool_key(self, workers: int) -> tuple:
-        from imgpipeline.vision.model_files import WEIGHTS
-
-        weights = Path(self.models_dir) / WEIGHTS
-        return (self.engine, self.resolved_precision(), str(weights), _stat(weights), self.input_size,
+        spec, precision = self.spec(), self.resolved_precision()
+        path = spec.folder / self._engine.model_file_for(spec, precision)
+        return (self.engine, precision, self.model, str(path), _stat(path), self._input_size(spec),
                 self.confidence, self.nms, tuple(self.classes or ()), workers)
+
+    def spec(self):
+        """The registry's entry for the model setting; a ConfigError when no model has that name."""
+        from imgpipeline.vision import models
+
+        return models.get(self.model, Path(self.models_dir))
+
+    def _input_size(self, spec) -> int:
+        return self.input_size or spec.input_size
 
     def resolved_precision(self) -> str:
         """The precision setting, with `auto` turned into the one it runs on this CPU."""
@@ -144,28 +168,29 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
     def model_file(self) -> tuple[Path, str]:
         """The file this engine runs at its precision, verified, and its sha256; for `noop`, which runs
         none, the class names the zones and alert rules are checked against."""
-        return self._verified(self._engine.model_file_for(self.resolved_precision()))
+        return self._verified(self._engine.model_file_for(self.spec(), self.resolved_precision()))
 
     def _verified(self, name: str) -> tuple[Path, str]:
-        """A file of the models folder once its sha256 matches (SHA256SUMS; for the INT8 model, its
-        record of this CPU), and the sha256 (hashed once per path, size and mtime)."""
+        """A file of the model's folder once its sha256 matches (the one the registry publishes; for the
+        INT8 model, its record of this CPU), and the sha256 (hashed once per path, size and mtime)."""
         from imgpipeline.vision import int8
-        from imgpipeline.vision.model_files import INT8_XML, file_sha256, verify
+        from imgpipeline.vision.model_files import INT8_XML, file_sha256
 
+        spec = self.spec()
         if name == INT8_XML:  # made here: its record proves it; its sha256 covers the .xml and .bin
-            return int8.verify(Path(self.models_dir))
-        path = Path(self.models_dir) / name
+            return int8.verify(spec.folder)
+        path = spec.folder / name
         key = (str(path), _stat(path))
         digest = _digests.get(key) or (file_sha256(path) if path.is_file() else None)
-        verify(name, Path(self.models_dir), digest=digest)
+        spec.verify(name, digest)
         _digests[key] = digest
         return path, digest
 
     def _model(self):
         from imgpipeline.vision.engines import Model
 
-        return Model(Path(self.models_dir), self.input_size, self.confidence, self.nms, self.classes,
-                     self._verified)
+        spec = self.spec()
+        return Model(spec, self._input_size(spec), self.confidence, self.nms, self.classes, self._verified)
 
     def _build(self, count: int, threads: int):
         return self._engine.detectors(self._model(), count, threads, self.resolved_precision())

@@ -1,9 +1,11 @@
-"""YOLOv4-tiny on any engine: one pre-processing, one decoding and NMS; only inference differs.
+"""A YOLO model on any engine: one pre-processing, one decoding per layout and one NMS; only inference
+differs.
 
-Pre-processing is OpenCV's `blobFromImage` (a plain resize, RGB, 1/255), and decoding follows
-OpenCV's region layer and `DetectionModel` step by step (the same box truncation, per-class
-NMS by `cv2.dnn.NMSBoxes`), so the `opencv` engine gives exactly what `DetectionModel` gives and
-the other engines differ from it only by what their inference computes.
+Pre-processing is OpenCV's `blobFromImage` (a plain resize, RGB, 1/255). Darknet heads decode as
+OpenCV's region layer and `DetectionModel` do, step by step (the same box truncation, per-class NMS by
+`cv2.dnn.NMSBoxes`), so the `opencv` engine gives exactly what `DetectionModel` gives and the other
+engines differ from it only by what their inference computes. ONNX exports in the YOLOv5 and YOLOv8
+layouts decode to the same rows and go through the same selection.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from imgpipeline import ConfigError
 from imgpipeline.vision.darknet import Head
 
-# An engine's inference: a 1×3×S×S float32 blob in, each YOLO head's raw tensor out.
+# An engine's inference: a 1×3×S×S float32 blob in, the model's raw outputs (each YOLO head's) out.
 Infer = Callable[[np.ndarray], Sequence[np.ndarray]]
+# A layout's decoding: the raw outputs and the confidence threshold in, `candidates`' rows out.
+Decode = Callable[[Sequence[np.ndarray], float], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,43 @@ def candidates(outputs: Sequence[np.ndarray], heads: Sequence[Head], size: int,
     return np.concatenate(rows)
 
 
+def export_rows(outputs: Sequence[np.ndarray], layout: str, classes: int, size: int,
+                confidence: float = 0.0) -> np.ndarray:
+    """`candidates`' rows from an ONNX export's one output: `yolov8` is 1 × (4 + classes) × boxes of
+    centre and size in input pixels then each class's score; `yolov5` is 1 × boxes × (5 + classes),
+    an objectness before the class scores, which it multiplies. A row's objectness here is its best
+    class score; rows that cannot reach `confidence` are left out."""
+    extra = 4 if layout == "yolov8" else 5
+    if len(outputs) != 1:
+        raise ConfigError(f"a {layout} model has one output; this one has {len(outputs)}")
+    raw = np.asarray(outputs[0], np.float32)
+    width = extra + classes
+    axis = 1 if layout == "yolov8" else 2
+    if raw.ndim != 3 or raw.shape[0] != 1 or raw.shape[axis] != width:
+        shape = "1 × (4 + classes) × boxes" if layout == "yolov8" else "1 × boxes × (5 + classes)"
+        raise ConfigError(f"a {layout} model's output is {shape}, {width} wide for its {classes} class "
+                          f"names; this one is {' × '.join(map(str, raw.shape))}: a model of another "
+                          "layout, or a names file that does not match it")
+    t = raw[0].T if layout == "yolov8" else raw[0]
+    scores = t[:, extra:] * t[:, 4:5] if layout == "yolov5" else t[:, extra:]
+    best = scores.max(axis=1) if len(t) else np.zeros(0, np.float32)
+    keep = best >= np.float32(confidence) if confidence > 0 else np.ones(len(t), bool)
+    out = np.empty((int(keep.sum()), 5 + classes), np.float32)
+    out[:, :4] = t[keep, :4] / np.float32(size)
+    out[:, 4] = best[keep]
+    out[:, 5:] = scores[keep]
+    return out
+
+
+def decoder(layout: str, size: int, classes: int, heads: Sequence[Head] = ()) -> Decode:
+    """The decoding of a layout: `darknet` (its cfg's heads), `yolov5` or `yolov8`."""
+    if layout == "darknet":
+        return lambda outputs, confidence: candidates(outputs, heads, size, confidence)
+    if layout in ("yolov5", "yolov8"):
+        return lambda outputs, confidence: export_rows(outputs, layout, classes, size, confidence)
+    raise ConfigError(f"layout {layout!r} cannot be decoded; known are darknet, yolov5 and yolov8")
+
+
 def _sigmoid(values: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-values))
 
@@ -119,7 +161,10 @@ def select(rows: np.ndarray, frame_w: int, frame_h: int, confidence: float, nms:
 
 
 class YoloDetector:
-    """A YOLO model's detection around one engine's inference, with an optional class filter."""
+    """A YOLO model's detection around one engine's inference, with an optional class filter.
+
+    `decode` is the layout's decoding (`decoder`); Darknet heads given instead decode as the cfg says.
+    """
 
     def __init__(
         self,
@@ -128,6 +173,7 @@ class YoloDetector:
         heads: Sequence[Head],
         names: Path,
         *,
+        decode: Decode | None = None,
         input_size: int = 416,
         confidence: float = 0.25,
         nms: float = 0.45,
@@ -142,7 +188,7 @@ class YoloDetector:
         self.keep = {self.class_names.index(c) for c in classes} if classes else None
         self.infer = infer
         self.identity = identity
-        self.heads = list(heads)
+        self.decode = decode or decoder("darknet", input_size, len(self.class_names), list(heads))
         self.input_size = input_size
         self.confidence = confidence
         self.nms = nms
@@ -156,7 +202,7 @@ class YoloDetector:
         return [np.asarray(out) for out in self.infer(blob(image, self.input_size))]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        rows = candidates(self.raw(image), self.heads, self.input_size, self.confidence)
+        rows = self.decode(self.raw(image), self.confidence)
         height, width = image.shape[:2]
         found = [
             Detection(class_id=class_id, class_name=self.class_names[class_id],

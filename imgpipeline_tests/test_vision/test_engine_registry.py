@@ -70,7 +70,7 @@ class OnnxInOpenCV(Engine):
     """A new engine as its own module would define it: OpenCV DNN running the ONNX form."""
 
     name = "opencv-onnx"
-    model_file = ONNX
+    runs = "onnx"
 
     def sessions(self, network: Network, count: int, threads: int, precision: str) -> Sessions:
         import cv2

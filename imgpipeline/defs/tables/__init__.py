@@ -111,6 +111,14 @@ LANDING_ASSET = dg.AssetKey("landing_metadata")
 REPORT_ASSET = dg.AssetKey("daily_report")
 ASSET_KEYS = (TOPIC_ASSET, LANDING_ASSET, *(t.key for t in TABLES.values()), REPORT_ASSET)
 
+# A model's re-detections (`defs/laboratory`): a file per hour and model, in the columns of detections,
+# and an asset per model of the registry.
+REDETECTIONS = Table("redetections", DETECTIONS_SCHEMA, part="model-[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def redetections_key(model: str) -> dg.AssetKey:
+    return dg.AssetKey(["redetections", model])
+
 # The detections' columns the trackers, counters and alert rules read.
 TRACKED_COLUMNS = ["source_id", "frame_id", "captured_at", "detection_index", "track_id", "class_name",
                    "confidence", "x", "y", "w", "h"]

@@ -77,15 +77,17 @@ def _ordered(frames: dict[str, list[TrackedFrame]]) -> dict[str, list[TrackedFra
 
 
 def track_hour(store, hour: datetime, records: list[LandingRecord],
-               settings: TrackerSettings) -> tuple[TrackIds, str]:
+               settings: TrackerSettings, previous_key: str | None = None) -> tuple[TrackIds, str]:
     """Track ids of an hour's detections, continuing the tracks of the previous hour as stored; and the
-    digest of the previous hour's detections they continue from ("none" when it is not stored)."""
+    digest of the previous hour's detections they continue from ("none" when it is not stored).
+    `previous_key`: the previous hour's detections are that file instead (a model's re-detections:
+    `defs/laboratory`); its frames are the warehouse's."""
     previous = hour - timedelta(hours=1)
     landed = landed_frames(records)
     windows = replay_windows(landed, settings)
     replay: dict[str, list[TrackedFrame]] = {}
     seed = "none"
-    frames_key, detections_key = FRAMES.hour_key(previous), DETECTIONS.hour_key(previous)
+    frames_key, detections_key = FRAMES.hour_key(previous), previous_key or DETECTIONS.hour_key(previous)
     if store.exists(frames_key) and store.exists(detections_key):
         stored = DETECTIONS.read(store, detections_key)
         seed = content_digest(stored)

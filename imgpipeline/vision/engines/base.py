@@ -1,8 +1,8 @@
 """What every engine is: the `Engine` interface, the model it is given, and the sessions it makes.
 
-An engine runs the YOLO model's inference and nothing else: pre-processing, decoding, NMS and the
-identity on every row are shared (`imgpipeline.vision.detector`). An engine says which file of the
-models folder it runs, which precisions it accepts (`default` always), its thread defaults, what
+An engine runs a model's inference and nothing else: pre-processing, decoding, NMS and the identity
+on every row are shared (`imgpipeline.vision.detector`). An engine says which of a model's files it
+runs, which precisions it accepts (`default` always), its thread defaults, what
 it does before a fork, and how it makes its inference sessions.
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+
+from imgpipeline.vision.models import ModelSpec
 
 
 @dataclass
@@ -39,24 +41,29 @@ class Sessions:
 
 @dataclass(frozen=True)
 class Model:
-    """The YOLO model as the detector's settings give it: its folder, input size and the thresholds
-    and class filter every engine shares. `verified` turns a file name of the folder into its path
-    and sha256 once the file matches SHA256SUMS (raising ConfigError otherwise)."""
+    """The model as the detector's settings give it: the registry's entry (`imgpipeline.vision.models`),
+    input size and the thresholds and class filter every engine shares. `verified` turns a file name of
+    the model's folder into its path and sha256 once the file matches its published sha256 (raising
+    ConfigError otherwise)."""
 
-    folder: Path
+    spec: ModelSpec
     input_size: int
     confidence: float
     nms: float
     classes: list[str] | None
     verified: Callable[[str], tuple[Path, str]]
 
+    @property
+    def folder(self) -> Path:
+        return self.spec.folder
+
 
 @dataclass(frozen=True)
 class Network:
-    """What an engine's sessions are made from: the Darknet cfg and its sections, the verified file
-    the engine runs and the input size."""
+    """What an engine's sessions are made from: the Darknet cfg and its sections (none for an ONNX
+    export), the verified file the engine runs and the input size."""
 
-    cfg: Path
+    cfg: Path | None
     sections: list[dict[str, str]]
     path: Path
     input_size: int
@@ -70,7 +77,8 @@ class Engine:
     """
 
     name: ClassVar[str]  # the value of the detector's engine setting that selects it
-    model_file: ClassVar[str]  # the file of the models folder it runs, checked by sha256
+    # Which of a model's files it runs, checked by sha256: `weights` (Darknet), `onnx` or `names`.
+    runs: ClassVar[str]
     # The precisions it accepts, `default` first (and `auto`, which every engine accepts and resolves
     # with `auto`); `default_means` says what `default` is for it, as a message puts it after the
     # engine's name.
@@ -79,9 +87,9 @@ class Engine:
     # Where it stands in listings (lowest first): the reference first, engines that detect nothing last.
     order: ClassVar[int] = 50
 
-    def model_file_for(self, precision: str) -> str:
-        """The file of the models folder it runs at `precision`."""
-        return self.model_file
+    def model_file_for(self, spec: ModelSpec, precision: str) -> str:
+        """The file of the model's folder it runs at `precision`."""
+        return spec.names if self.runs == "names" else spec.file(self.runs)
 
     def auto(self, model: Model) -> tuple[str, str]:
         """The precision `auto` runs, the fastest of those proven on this CPU, and why."""
@@ -115,7 +123,7 @@ class Engine:
         sessions.
         """
         self.import_runtime()
-        model.verified(self.model_file_for(precision))
+        model.verified(self.model_file_for(model.spec, precision))
         return None
 
     def sessions(self, network: Network, count: int, threads: int, precision: str) -> Sessions:
@@ -127,18 +135,23 @@ class Engine:
         """`count` detectors around this engine's sessions, sharing pre-processing, decoding and NMS;
         their identity names the model, the file run (by sha256), the engine and its precision."""
         from imgpipeline.vision.darknet import heads, parse_cfg
-        from imgpipeline.vision.detector import Identity, YoloDetector
-        from imgpipeline.vision.model_files import CFG, NAMES
+        from imgpipeline.vision.detector import Identity, YoloDetector, decoder
+        from imgpipeline.vision.models import read_names
 
         self.set_threads(threads)  # process-wide in OpenCV: set every time
-        sections = parse_cfg(model.folder / CFG)
-        path, digest = model.verified(self.model_file_for(precision))
-        network = Network(model.folder / CFG, sections, path, model.input_size)
+        spec = model.spec
+        cfg = spec.folder / spec.file("cfg") if spec.layout == "darknet" else None
+        sections = parse_cfg(cfg) if cfg else []
+        path, digest = model.verified(self.model_file_for(spec, precision))
+        names, _ = model.verified(spec.names)
+        network = Network(cfg, sections, path, model.input_size)
         sessions = self.sessions(network, count, threads, precision)
-        identity = Identity(model=f"yolov4-tiny-{model.input_size}", model_sha256=digest,
+        identity = Identity(model=f"{spec.name}-{model.input_size}", model_sha256=digest,
                             engine=self.name, precision=sessions.precision)
+        classes = len(read_names(names))
+        decode = decoder(spec.layout, model.input_size, classes, heads(sections) if cfg else ())
         return [
-            YoloDetector(infer, identity, heads(sections), model.folder / NAMES, input_size=model.input_size,
+            YoloDetector(infer, identity, (), names, decode=decode, input_size=model.input_size,
                          confidence=model.confidence, nms=model.nms, classes=model.classes)
             for infer in sessions.infers
         ]

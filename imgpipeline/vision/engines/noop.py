@@ -6,7 +6,6 @@ import numpy as np
 
 from imgpipeline.vision.engines import register
 from imgpipeline.vision.engines.base import Engine, Model
-from imgpipeline.vision.model_files import NAMES
 
 
 class NoopDetector:
@@ -29,11 +28,11 @@ class NoopDetector:
 
 @register
 class Noop(Engine):
-    """Runs no model file; its `model_file` is the class names the zones and alert rules are
-    checked against."""
+    """Runs no model file; the file it names is the class names the zones and alert rules are checked
+    against."""
 
     name = "noop"
-    model_file = NAMES
+    runs = "names"
     default_means = "runs no model"
     order = 100
 

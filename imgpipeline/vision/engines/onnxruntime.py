@@ -1,13 +1,11 @@
-"""`onnxruntime`: the ONNX form of the model in ONNX Runtime, on the CPU at f32."""
+"""`onnxruntime`: the model's ONNX form in ONNX Runtime, on the CPU at f32."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from imgpipeline.vision.darknet import INPUT
 from imgpipeline.vision.engines import register
 from imgpipeline.vision.engines.base import Engine, Network, Sessions
-from imgpipeline.vision.model_files import ONNX
 
 
 @register
@@ -15,7 +13,7 @@ class OnnxRuntime(Engine):
     """One session shared by the workers; each call computes on its caller's thread."""
 
     name = "onnxruntime"
-    model_file = ONNX
+    runs = "onnx"
     order = 2
 
     def import_runtime(self) -> None:
@@ -29,8 +27,9 @@ class OnnxRuntime(Engine):
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         session = ort.InferenceSession(str(network.path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
 
         def infer(blob: np.ndarray):
-            return session.run(None, {INPUT: blob})
+            return session.run(None, {name: blob})
 
         return Sessions([infer] * count, "f32").warmed(network.input_size)

