@@ -47,13 +47,17 @@ def backfill_runs(home, backfill_id: str) -> list[dg.DagsterRun]:
         return instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
 
 
+def hour_of(run: dg.DagsterRun) -> str:
+    return run.tags.get("dagster/partition") or run.tags["dagster/asset_partition_range_start"]
+
+
 def started_mid_hour(home, storage, backfill_id: str) -> dg.DagsterRun | None:
     """A run of the backfill detecting its hour, its file not yet written."""
     with open_instance(home) as instance:
         for run in backfill_runs(home, backfill_id):
             if run.status != dg.DagsterRunStatus.STARTED or PID_TAG not in run.tags:
                 continue
-            hour = datetime.strptime(run.tags["dagster/partition"], "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+            hour = datetime.strptime(hour_of(run), "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
             said = [e.message for e in instance.all_logs(run.run_id)
                     if e.user_message and "frames detected again" in e.user_message]
             if said and not storage.open().exists(part_key(hour, MODEL)):
@@ -61,7 +65,9 @@ def started_mid_hour(home, storage, backfill_id: str) -> dg.DagsterRun | None:
     return None
 
 
-@pytest.mark.long(4)
+@pytest.mark.long(3)
+@pytest.mark.covered("test_launcher's killed worker under run monitoring, retried; the daemon restarts of "
+                     "test_faults: backfills, runs and retries in the instance are Dagster's own")
 def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_beside_the_live_tables(
         kafka, tmp_path, monkeypatch):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
@@ -115,7 +121,7 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
                 r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
                 for r in backfill_runs(home, backfill.backfill_id))
         wait_for(both_made, 300, "both hours re-detected after the kill",
-                 explain=lambda: str([(r.tags.get("dagster/partition"), r.status.value)
+                 explain=lambda: str([(hour_of(r), r.status.value)
                                       for r in backfill_runs(home, backfill.backfill_id)]))
         print(f"\nre-detected after the kill in {time.monotonic() - killed_at:.1f} s; runs: "
               f"{Counter(r.status.value for r in backfill_runs(home, backfill.backfill_id))}")
