@@ -1,4 +1,5 @@
-"""`imgpipeline alerts list|show`: the alerts the rules raised, from the warehouse."""
+"""`imgpipeline alerts list|show`: the alerts the rules raised, from the warehouse (`backtest`:
+`imgpipeline.cli.laboratory`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from imgpipeline import ConfigError
 
 
 def alerts(args) -> int:
+    if args.what == "backtest":
+        from imgpipeline.cli.laboratory import backtest
+
+        return backtest(args)
     from imgpipeline.cli.query import warehouse
     from imgpipeline.defs.alerts.ledger import Ledger
     from imgpipeline.resources import AlertsResource, StorageResource

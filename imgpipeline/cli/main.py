@@ -129,6 +129,16 @@ def add_query(commands) -> None:
     counts.add_argument("--source", help="one source id (default: all)")
     counts.set_defaults(module="query", run="counts")
 
+    compare = commands.add_parser(
+        "compare",
+        help="a day's detections under two models: objects, distinct objects, boxes one missed, alerts")
+    compare.add_argument("--model", action="append", required=True,
+                         help="a model (give it twice: --model A --model B)")
+    compare.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
+    compare.add_argument("--source", action="append", help="only this source (repeat for more)")
+    compare.add_argument("--json", action="store_true", help="the figures as JSON")
+    compare.set_defaults(module="laboratory", run="compare")
+
     redetect = commands.add_parser(
         "redetect", help="detect stored frames of a range of hours again with a model, beside the live ones")
     redetect.add_argument("--model", required=True, help="a model of `imgpipeline models list`")
@@ -164,6 +174,15 @@ def add_alerts(commands) -> None:
     listing.add_argument("--source", help="one source id (default: all)")
     show = what.add_parser("show", help="one alert by number: what, when, its frames, images and deliveries")
     show.add_argument("number", type=int)
+    backtest = what.add_parser(
+        "backtest", help="the alerts a rules file would have raised over past hours (none numbered or sent)")
+    backtest.add_argument("rules", metavar="RULES.yaml", help="a rules file, as alerts.yaml is written")
+    backtest.add_argument("--from", dest="start", required=True, metavar="HOUR",
+                          help="first hour or day (UTC), e.g. 2026-11-20 or 2026-11-20-10:00")
+    backtest.add_argument("--to", dest="end", required=True, metavar="HOUR",
+                          help="last hour, or a day for all of it")
+    backtest.add_argument("--model", help="evaluate this model's detections (default: the live model)")
+    backtest.add_argument("--json", action="store_true", help="the figures as JSON")
     alerts.set_defaults(module="alerts", run="alerts")
 
     serve = commands.add_parser("serve", help="the viewer: counts, alerts by number, frames, charts")

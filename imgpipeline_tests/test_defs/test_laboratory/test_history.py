@@ -1,0 +1,164 @@
+"""History as a laboratory on the demo's data: the street video re-detected with yolov3-tiny, compared
+with the live yolov4-tiny results, and the demo's rules backtested, which must agree with the alerts the
+hourly asset raised, without taking a number or sending anything."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+
+from imgpipeline.cli.main import main
+from imgpipeline.defs.alerts.ledger import ROOT
+from imgpipeline.defs.laboratory.assets import redetections_asset
+from imgpipeline.defs.laboratory.history import iou
+from imgpipeline.defs.laboratory.redetect import part_key
+from imgpipeline.defs.tables import ALERTS, DETECTIONS, REDETECTIONS
+from imgpipeline.paths import PACKAGE_DIR
+from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.vision import models
+from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.test_cli.street import DAY, make_street
+
+pytestmark = [pytest.mark.integration, pytest.mark.results]
+
+HOURS = ["2026-11-20-10:00", "2026-11-20-11:00"]
+
+
+@pytest.fixture(scope="module")
+def street(services, tmp_path_factory):
+    """The demo's data, its hours re-detected with yolov3-tiny."""
+    from imgpipeline.cli.fetch import fetch_yolov3
+
+    fetch_yolov3(log=print)
+    folder = tmp_path_factory.mktemp("street")
+    kafka = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
+                          frames_topic=f"frames-{uuid.uuid4().hex[:8]}",
+                          alerts_topic=f"alerts-{uuid.uuid4().hex[:8]}")
+    kafka.ensure_topics(partitions=2)
+    storage = StorageResource(uri=(folder / "store").as_uri())
+    resources = make_street(kafka, storage, folder)
+    asset = redetections_asset(models.get("yolov3-tiny"))
+    with fresh_instance() as instance:
+        for hour in HOURS:
+            assert dg.materialize([asset], instance=instance, partition_key=hour, resources={
+                "storage": storage, "tracking": resources["tracking"],
+                "detector": DetectorResource()}).success
+    return resources
+
+
+@pytest.fixture
+def env(street, monkeypatch):
+    monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", street["storage"].uri)
+    monkeypatch.setenv("IMGPIPELINE_ZONES_FILE", street["tracking"].zones_file)
+    monkeypatch.setenv("IMGPIPELINE_ALERTS_FILE", street["alert_rules"].alerts_file)
+    return street["storage"].open()
+
+
+def stored(store, table, part: str | None = None) -> pa.Table:
+    from datetime import datetime
+
+    hours = [datetime.strptime(h, "%Y-%m-%d-%H:%M") for h in HOURS]
+    keys = [part_key(h, part) if part else table.hour_key(h) for h in hours]
+    return pa.concat_tables([table.read(store, k).replace_schema_metadata(None)
+                             for k in keys if store.exists(k)])
+
+
+def refused(capsys, argv: list[str], said: str) -> None:
+    """The command ends with code 2 and says what is wrong, nothing printed as a result."""
+    assert main(argv) == 2, argv
+    out, err = capsys.readouterr()
+    assert said in err and not out, (argv, err)
+
+
+def printed_json(capsys, argv: list[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compare_counts_each_models_objects_and_the_boxes_one_missed_as_the_tables_hold_them(env, capsys):
+    found = printed_json(capsys, ["compare", "--model", "yolov4-tiny", "--model", "yolov3-tiny",
+                                  "--date", DAY, "--json"])
+    assert found["models"] == ["yolov4-tiny", "yolov3-tiny"] and found["lacking"] == [[], []]
+    tables = [stored(env, DETECTIONS), stored(env, REDETECTIONS, "yolov3-tiny")]
+    for side, table in enumerate(tables):
+        rows = table.select(["captured_at", "class_name", "source_id", "track_id"]).to_pylist()
+        objects = Counter((r["captured_at"].strftime("%Y-%m-%dT%H"), r["class_name"]) for r in rows)
+        assert {(h["hour"][:13], h["class_name"]): h["objects"][side] for h in found["hours"]
+                if h["objects"][side]} == dict(objects)
+        tracks = {(r["captured_at"].strftime("%Y-%m-%dT%H"), r["class_name"], r["source_id"], r["track_id"])
+                  for r in rows if r["track_id"] is not None}
+        assert {(h["hour"][:13], h["class_name"]): h["distinct"][side] for h in found["hours"]
+                if h["distinct"][side]} == dict(Counter(t[:2] for t in tracks))
+        # Every box of a model is matched or counted as found by it alone.
+        per_class = Counter(r["class_name"] for r in rows)
+        assert {c["class_name"]: c["matched"] + c["only"][side] for c in found["classes"]
+                if c["matched"] + c["only"][side]} == dict(per_class)
+    cars = next(c for c in found["classes"] if c["class_name"] == "car")
+    assert cars["matched"] > 0
+    for side, samples in enumerate(cars["samples"]):
+        for sample in samples:  # a box one model found, and the other has no car over
+            frame = [r for r in tables[1 - side].to_pylist()
+                     if r["frame_id"] == sample["frame_id"] and r["class_name"] == "car"]
+            assert all(iou(tuple(sample["box"]), (r["x"], r["y"], r["w"], r["h"])) < 0.5 for r in frame)
+
+    # The table a person reads says the same.
+    assert main(["compare", "--model", "yolov4-tiny", "--model", "yolov3-tiny", "--date", DAY]) == 0
+    text = capsys.readouterr().out
+    assert f"car{cars['matched']:>21}{cars['only'][0]:>8}{cars['only'][1]:>8}" in text
+
+
+def test_a_backtest_of_the_demos_rules_finds_the_alerts_the_hourly_asset_raised_and_raises_none(
+        env, street, capsys):
+    ledger_before = sorted(env.list(f"{ROOT}/"))
+    alerts = stored(env, ALERTS).to_pylist()
+    assert alerts
+    found = printed_json(capsys, ["alerts", "backtest", street["alert_rules"].alerts_file, "--from", DAY,
+                                  "--to", DAY, "--json"])
+    assert found["model"] == "yolov4-tiny" and found["lacking"] == []
+    assert {(c["rule"], c["day"]): c["alerts"] for c in found["counts"]} == dict(
+        Counter((a["rule"], DAY) for a in alerts))
+    raised = {(a["rule"], a["frame_id"]) for a in alerts}
+    assert {(e["rule"], e["frame_id"]) for e in found["evidence"]} <= raised
+    assert sorted(env.list(f"{ROOT}/")) == ledger_before  # no number taken or claimed, nothing sent
+
+    # The same rules over yolov3-tiny's detections: each rule's alerts, from that model's rows.
+    other = printed_json(capsys, ["alerts", "backtest", street["alert_rules"].alerts_file, "--from",
+                                  "2026-11-20-10:00", "--to", "2026-11-20-11:00", "--model", "yolov3-tiny",
+                                  "--json"])
+    assert other["model"] == "yolov3-tiny" and other["rules"] == found["rules"]
+    text_argv = ["alerts", "backtest", street["alert_rules"].alerts_file, "--from", DAY, "--to", DAY]
+    assert main(text_argv) == 0
+    text = capsys.readouterr().out
+    assert "no alert numbered, nobody notified" in text
+    for count in found["counts"]:
+        assert f"{count['rule']:<24}{count['alerts']:>12}" in text
+
+
+def test_backtest_and_compare_refuse_what_they_cannot_read(env, tmp_path, capsys):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: nowhere, kind: zone_enter, zone: moon}\n")
+    refused(capsys, ["alerts", "backtest", str(rules), "--from", DAY, "--to", DAY],
+            "zone 'moon' is not drawn")
+    rules.write_text("rules:\n  - {name: unicorns, kind: class, classes: [unicorn]}\n")
+    refused(capsys, ["alerts", "backtest", str(rules), "--from", DAY, "--to", DAY], "no class 'unicorn'")
+    for argv, said in [
+        (["alerts", "backtest", str(tmp_path / "absent.yaml"), "--from", DAY, "--to", DAY], "cannot read"),
+        (["alerts", "backtest", str(PACKAGE_DIR.parent / "alerts.yaml"), "--from", DAY, "--to", "2026-11-19"],
+         "is before"),
+        (["alerts", "backtest", str(PACKAGE_DIR.parent / "alerts.yaml"), "--from", "yesterday", "--to", DAY],
+         "is not an hour"),
+        (["alerts", "backtest", str(PACKAGE_DIR.parent / "alerts.yaml"), "--from", "2020-01-01", "--to", DAY],
+         "more than 92 days"),
+        (["compare", "--model", "yolov4-tiny", "--date", DAY], "give two models"),
+        (["compare", "--model", "yolov4-tiny", "--model", "nothing", "--date", DAY], "no model named"),
+        (["compare", "--model", "yolov4-tiny", "--model", "yolov3-tiny", "--date", "20/11"], "is not a day"),
+    ]:
+        refused(capsys, argv, said)
+    # A model with no detections of the day says which hours lack them.
+    assert main(["compare", "--model", "yolov3-tiny", "--model", "yolov4-tiny", "--date", "2026-11-21"]) == 0
+    assert "objects A" in capsys.readouterr().out
