@@ -33,11 +33,6 @@ def day_hours(day: date) -> list[datetime]:
     return [start + timedelta(hours=n) for n in range(24)]
 
 
-def with_history(hours: list[datetime]) -> list[datetime]:
-    """The hours and the one either side: rules look an hour back, silences an hour on."""
-    return [hours[0] - timedelta(hours=1), *hours, hours[-1] + timedelta(hours=1)]
-
-
 def model_name(text: str | None) -> str:
     """A model of the registry; the live model when not given."""
     from imgpipeline.resources import DetectorResource
@@ -60,11 +55,8 @@ def backtest(args) -> int:
     model = model_name(args.model)
     rules.check_against(zones, models.get(model, Path(DetectorResource.from_env().models_dir)).class_names())
     hours = hours_between(parse_hour(args.start, "--from"), last_hour(args.end))
-    store = StorageResource.from_env().open()
-    found = history.model_hours(store, with_history(hours), model)
-    result = history.backtest(store, hours, rules, zones, found.detections)
-    result.update(model=model, rules_file=str(args.rules), rules_sha256=rules.sha256,
-                  lacking=[h.isoformat() for h in found.lacking if h in hours])
+    result = history.backtest_range(StorageResource.from_env().open(), hours, rules, zones, model)
+    result["rules_file"] = str(args.rules)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -73,11 +65,11 @@ def backtest(args) -> int:
     if result["lacking"]:
         print(f"  {len(result['lacking'])} hours have frames but no detections of {model} (re-detect them: "
               f"imgpipeline redetect --model {model} …): {', '.join(result['lacking'][:4])}")
-    counted = {(c["rule"], c["day"]): c["alerts"] for c in result["counts"]}
-    days = sorted({day for _, day in counted}) or [hours[0].date().isoformat()]
-    print(f"  {'rule':<24}" + "".join(f"{d:>12}" for d in days))
+    print(f"  {'rule':<24}{'alerts':>7}   per day")
     for rule in result["rules"]:
-        print(f"  {rule:<24}" + "".join(f"{counted.get((rule, d), 0):>12}" for d in days))
+        days = [c for c in result["counts"] if c["rule"] == rule]
+        print(f"  {rule:<24}{sum(c['alerts'] for c in days):>7}   "
+              + ", ".join(f"{c['day']}: {c['alerts']}" for c in days))
     for e in result["evidence"]:
         print(f"    {e['rule']}: {e['at']} {e['source_id']} {e['frame_id']}: {e['detail']}")
     return 0
@@ -87,38 +79,21 @@ def compare(args) -> int:
     from pathlib import Path
 
     from imgpipeline.defs.laboratory import history
-    from imgpipeline.resources import DetectorResource, StorageResource
+    from imgpipeline.resources import AlertsResource, DetectorResource, StorageResource, TrackingResource
     from imgpipeline.vision import models
 
     if len(args.model or []) != 2:
         raise ConfigError("give two models: --model A --model B (`imgpipeline models list` shows them)")
     folder = Path(DetectorResource.from_env().models_dir)
     a, b = (models.get(m.strip().lower(), folder).name for m in args.model)
-    store = StorageResource.from_env().open()
-    hours = day_hours(day_arg(args.date))
-    result = history.compare(history.model_hours(store, hours, a), history.model_hours(store, hours, b),
-                             args.source)
-    result["alerts"] = alerts_of(store, hours, result, a, b)
+    rules, zones = AlertsResource.from_env().rules(), TrackingResource.from_env().zones()
+    result = history.compare_hours(StorageResource.from_env().open(), day_hours(day_arg(args.date)), a, b,
+                                   rules, zones, args.source)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print_comparison(result, args.date)
     return 0
-
-
-def alerts_of(store, hours, result, a: str, b: str) -> list[dict]:
-    """The site's rules (alerts.yaml) backtested on each model's detections of the hours."""
-    from imgpipeline.defs.laboratory import history
-    from imgpipeline.resources import AlertsResource, TrackingResource
-
-    rules, zones = AlertsResource.from_env().rules(), TrackingResource.from_env().zones()
-    counted = []
-    for model in (a, b):
-        found = history.model_hours(store, with_history(hours), model)
-        result = history.backtest(store, hours, rules, zones, found.detections)
-        counted.append({rule: sum(c["alerts"] for c in result["counts"] if c["rule"] == rule)
-                        for rule in result["rules"]})
-    return [{"rule": rule, "alerts": [counted[0][rule], counted[1][rule]]} for rule in counted[0]]
 
 
 def print_comparison(result: dict, day: str) -> None:

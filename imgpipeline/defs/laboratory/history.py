@@ -159,3 +159,31 @@ def compare(a: ModelHours, b: ModelHours, sources: list[str] | None = None) -> d
 def _sample(d: dict) -> dict:
     return {"source_id": d["source_id"], "frame_id": d["frame_id"], "confidence": d["confidence"],
             "box": list(_box(d))}
+
+
+def with_history(hours: list[datetime]) -> list[datetime]:
+    """The hours and the one either side: rules look an hour back, silences an hour on."""
+    return [hours[0] - timedelta(hours=1), *hours, hours[-1] + timedelta(hours=1)]
+
+
+def backtest_range(store, hours: list[datetime], rules, zones, model: str) -> dict:
+    """A rules file over a model's detections of the hours: `backtest`'s figures, the model, the rules
+    file's sha256 and the hours with frames but none of its detections."""
+    found = model_hours(store, with_history(hours), model)
+    result = backtest(store, hours, rules, zones, found.detections)
+    result.update(model=model, rules_sha256=rules.sha256,
+                  lacking=[h.isoformat() for h in found.lacking if h in hours])
+    return result
+
+
+def compare_hours(store, hours: list[datetime], a: str, b: str, rules, zones,
+                  sources: list[str] | None = None) -> dict:
+    """`compare` of two models over the hours, and the alerts the rules would raise under each."""
+    result = compare(model_hours(store, hours, a), model_hours(store, hours, b), sources)
+    counted = [Counter() for _ in (a, b)]
+    for side, model in zip(counted, (a, b), strict=True):
+        for count in backtest_range(store, hours, rules, zones, model)["counts"]:
+            side[count["rule"]] += count["alerts"]
+    result["alerts"] = [{"rule": rule.name, "alerts": [side[rule.name] for side in counted]}
+                        for rule in rules.spec.rules]
+    return result

@@ -136,7 +136,7 @@ def test_a_backtest_of_the_demos_rules_finds_the_alerts_the_hourly_asset_raised_
     text = capsys.readouterr().out
     assert "no alert numbered, nobody notified" in text
     for count in found["counts"]:
-        assert f"{count['rule']:<24}{count['alerts']:>12}" in text
+        assert f"{count['rule']:<24}{count['alerts']:>7}   {DAY}: {count['alerts']}" in text
 
 
 def test_backtest_and_compare_refuse_what_they_cannot_read(env, tmp_path, capsys):
