@@ -288,3 +288,18 @@ def checks_after(endpoint: str, requests: str) -> None:
                      headers={"Content-Type": "text/plain"})
     with urlopen(switch, timeout=10) as answer:
         assert answer.status == 200
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright, one per module."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "chromium is missing: apt-get install chromium (.ci/run does)"
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -72,6 +72,31 @@ class Warehouse:
     def zones_sha256(self) -> str | None:
         return self.tracking.zones().sha256
 
+    def models(self) -> tuple[str, list[str]]:
+        from imgpipeline.resources import DetectorResource
+        from imgpipeline.vision import models
+
+        return DetectorResource.from_env().model, models.known()
+
+    def compare(self, day, a: str, b: str) -> dict:
+        from imgpipeline.cli.laboratory import day_hours
+        from imgpipeline.defs.laboratory import history
+
+        return history.compare_hours(self.store, day_hours(day), a, b, self.alerts.rules(),
+                                     self.tracking.zones())
+
+    def backtest(self, rules: bytes, first, last, model: str) -> dict:
+        from datetime import timedelta
+
+        from imgpipeline.cli.laboratory import day_hours
+        from imgpipeline.defs.laboratory import history
+        from imgpipeline.vision import alert_rules, models
+
+        proposed, zones = alert_rules.parse(rules, "the proposed rules"), self.tracking.zones()
+        proposed.check_against(zones, models.get(model).class_names())
+        hours = [h for n in range((last - first).days + 1) for h in day_hours(first + timedelta(days=n))]
+        return history.backtest_range(self.store, hours, proposed, zones, model)
+
 
 class Running:
     """The app under uvicorn in a thread on a free loopback port (benchmarks and tests)."""

@@ -45,3 +45,13 @@ class WarehouseAccess(Protocol):
 
     def zones_sha256(self) -> str | None:
         """The zones file the line crossings are counted with (None: no zones)."""
+
+    def models(self) -> tuple[str, list[str]]:
+        """The live model's name and every model of the registry."""
+
+    def compare(self, day: date, a: str, b: str) -> dict:
+        """A day under two models (`imgpipeline compare --json`'s figures)."""
+
+    def backtest(self, rules: bytes, first: date, last: date, model: str) -> dict:
+        """A proposed rules file's backtest over the days (`imgpipeline alerts backtest --json`'s
+        figures); a ConfigError says what is wrong with the file."""

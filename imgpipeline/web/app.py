@@ -7,13 +7,14 @@ from starlette.applications import Starlette
 
 from imgpipeline.web.access import WarehouseAccess
 from imgpipeline.web.responses import not_found
-from imgpipeline.web.routes import alerts, day, frames, reports
+from imgpipeline.web.routes import alerts, day, frames, laboratory, reports
 
 
 def create_app(warehouse: WarehouseAccess) -> Starlette:
     """The app over one warehouse; its pages find it, and the thumbnails drawn from it, in app.state."""
     app = Starlette(exception_handlers={404: not_found},
-                    routes=[*day.routes, *alerts.routes, *frames.routes, *reports.routes])
+                    routes=[*day.routes, *alerts.routes, *frames.routes, *reports.routes,
+                            *laboratory.routes])
     app.state.warehouse = warehouse
     app.state.thumbnails = frames.Thumbnails(warehouse)
     return app

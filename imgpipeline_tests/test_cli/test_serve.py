@@ -4,7 +4,6 @@ page, what a person would check on it, and screenshots; then hostile requests, w
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,6 @@ from imgpipeline_tests.test_cli.street import DAY, make_street
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +38,6 @@ def street(services, tmp_path_factory):
                                           refresh_s=1)))
     yield viewer, resources, folder
     viewer.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "chromium is missing: apt-get install chromium (.ci/run does)"
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -162,3 +163,106 @@ def test_backtest_and_compare_refuse_what_they_cannot_read(env, tmp_path, capsys
     # A model with no detections of the day says which hours lack them.
     assert main(["compare", "--model", "yolov3-tiny", "--model", "yolov4-tiny", "--date", "2026-11-21"]) == 0
     assert "objects A" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def viewer(street):
+    from imgpipeline.cli.serve import Running, Warehouse
+    from imgpipeline.web.app import create_app
+
+    running = Running(create_app(Warehouse(street["storage"], street["tracking"], street["alert_rules"])))
+    yield running
+    running.stop()
+
+
+def test_the_compare_page_shows_the_days_figures_and_draws_the_boxes_one_model_missed(
+        env, viewer, browser, capsys):
+    found = printed_json(capsys, ["compare", "--model", "yolov4-tiny", "--model", "yolov3-tiny",
+                                  "--date", DAY, "--json"])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/compare?date={DAY}&a=yolov4-tiny&b=yolov3-tiny")
+    shown = {r.get_attribute("data-class"): r.locator("td.n").all_inner_texts()
+             for r in page.locator("table.classes tr[data-class]").all()}
+    assert shown == {c["class_name"]: [str(c["matched"]), str(c["only"][0]), str(c["only"][1])]
+                     for c in found["classes"]}
+    hours = page.locator("table.hours tr[data-class]").count()
+    assert hours == len(found["hours"])
+    alerts = {r.get_attribute("data-rule"): r.locator("td.n").all_inner_texts()
+              for r in page.locator("table.alerts tr[data-rule]").all()}
+    assert alerts == {a["rule"]: [str(n) for n in a["alerts"]] for a in found["alerts"]}
+    # Each box one model found alone is drawn on its frame's thumbnail.
+    missed = page.locator("figure.missed img")
+    assert missed.count() == sum(len(s) for c in found["classes"] for s in c["samples"])
+    all_drawn(page, "figure.missed img")
+    page.close()
+
+    # A model the registry does not have, and a box outside any frame, are refused.
+    for path, status in [(f"/compare?date={DAY}&a=yolov4-tiny&b=nothing", 400),
+                         (f"/compare?date={DAY}&a=yolov4-tiny&b=yolov4-tiny", 400),
+                         (f"/compare/{DAY}/street-cam/street-cam-000001/box.jpg?x=1&y=1&w=0&h=5", 400),
+                         (f"/compare/{DAY}/street-cam/street-cam-000001/box.jpg?x=a&y=1&w=1&h=5", 400),
+                         (f"/compare/{DAY}/street-cam/..%2F..%2Fetc/box.jpg?x=1&y=1&w=1&h=5", 404)]:
+        assert fetched(viewer.url + path) == status, path
+
+
+def all_drawn(page, selector: str) -> None:
+    """Every image of the selector, each scrolled into view (they load lazily), arrived and decoded."""
+    images = page.locator(selector)
+    for n in range(images.count()):
+        images.nth(n).scroll_into_view_if_needed()
+        images.nth(n).evaluate("i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r })")
+        assert images.nth(n).evaluate("i => i.naturalWidth") > 0, images.nth(n).get_attribute("src")
+
+
+def fetched(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_backtest_page_runs_a_proposed_rules_file_and_refuses_a_bad_one(env, viewer, browser, street):
+    alerts = stored(env, ALERTS).to_pylist()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/backtest?date={DAY}")
+    # The demo's own rules, proposed again: the page finds the alerts the hourly asset raised.
+    page.fill("textarea[name=rules]", Path(street["alert_rules"].alerts_file).read_text())
+    page.fill("input[name=first]", DAY)
+    page.fill("input[name=last]", DAY)
+    page.click("form.backtest button")
+    page.wait_for_selector("table.counts")
+    shown = {r.get_attribute("data-rule"): int(r.locator("td.n").inner_text())
+             for r in page.locator("table.counts tr[data-rule]").all()}
+    assert shown == dict(Counter(a["rule"] for a in alerts))
+    assert page.locator("figure.evidence").count() >= 1
+    all_drawn(page, "figure.evidence img")
+    # A rule naming a zone nobody drew: the page says so, and the form keeps what was written.
+    page.goto(f"{viewer.url}/backtest?date={DAY}")
+    page.fill("textarea[name=rules]", "rules:\n  - {name: nowhere, kind: zone_enter, zone: moon}\n")
+    page.click("form.backtest button")
+    assert "zone 'moon' is not drawn" in page.content()
+    page.close()
+    # Hostile rules (aliases, deep nesting, bytes that are no text, too much), days and models: a 400 each.
+    good = {"rules": "rules: []\n", "first": DAY, "last": DAY, "model": "yolov4-tiny"}
+    for change in ({"rules": "a: &x [1]\nb: *x\n"}, {"rules": "rules: [" * 50}, {"rules": "\0\udcff"},
+                   {"rules": "# " + "x" * 200_000}, {"first": "2026-11-21"}, {"last": "2027-01-01"},
+                   {"first": "../"}, {"model": "nothing"}):
+        assert posted(viewer.url + "/backtest", {**good, **change}) == 400, change
+    assert posted(viewer.url + "/backtest", good) == 200
+
+
+def posted(url: str, fields: dict) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    body = urllib.parse.urlencode(fields, errors="surrogateescape").encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body)) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
