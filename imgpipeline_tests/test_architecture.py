@@ -199,7 +199,7 @@ def test_asset_keys_are_declared_once():
     """Each asset key has one home, the table layer: a key mistyped in `deps` would load silently as an
     external asset, so the code location holds exactly the keys declared there."""
     from imgpipeline.definitions import defs
-    from imgpipeline.defs.tables import ASSET_KEYS, redetections_key
+    from imgpipeline.defs.tables import ASSET_KEYS, model_key, redetections_key
     from imgpipeline.vision import models
 
     home = PACKAGE / "defs" / "tables" / "__init__.py"
@@ -208,8 +208,9 @@ def test_asset_keys_are_declared_once():
     assert elsewhere == []
     assert literal_asset_keys(home)  # the search itself finds literals
     graph_keys = set(defs.get_repository_def().asset_graph.get_all_asset_keys())
-    # and a model's re-detections for each model of the registry
-    assert graph_keys == set(ASSET_KEYS) | {redetections_key(model) for model in models.known()}
+    # and for each model of the registry, the model and its re-detections
+    assert graph_keys == set(ASSET_KEYS) | {key(model) for model in models.known()
+                                           for key in (model_key, redetections_key)}
     assert len(ASSET_KEYS) == len(set(ASSET_KEYS))
 
 

@@ -51,16 +51,23 @@ def hour_keys(model: str, first: datetime, last: datetime) -> list[str]:
 
 def submit(instance, model: str, keys: list[str], sources: list[str]) -> str:
     """Add the backfill to the instance, for its daemon to launch; its id."""
+    import dagster as dg
     from dagster._core.execution.backfill import PartitionBackfill
 
     from imgpipeline.definitions import defs
-    from imgpipeline.defs.laboratory.assets import SOURCES_TAG
+    from imgpipeline.defs.laboratory.assets import SOURCES_TAG, model_data_version
+    from imgpipeline.defs.tables import model_key
     from imgpipeline.defs.tables import redetections_key as asset_key
+    from imgpipeline.vision import models
 
     graph = defs.resolve_asset_graph()
     if asset_key(model) not in graph.get_all_asset_keys():
         raise ConfigError(f"no redetections/{model} asset: the code location loaded before the model was "
                           "added; reload it (the UI's *Reload*, or restart `imgpipeline dev`)")
+    # The model observed first: every run of the backfill records the version of the file it detects with.
+    version = model_data_version(models.get(model))
+    instance.report_runless_asset_event(dg.AssetObservation(model_key(model),
+                                                            tags={"dagster/data_version": version.value}))
     backfill_id = uuid.uuid4().hex[:8]
     tags = {SOURCES_TAG: ",".join(sources)} if sources else {}
     backfill = PartitionBackfill.from_asset_partitions(

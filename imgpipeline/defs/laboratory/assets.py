@@ -12,7 +12,7 @@ from imgpipeline import ConfigError
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.laboratory.redetect import part_key, redetect_hour
 from imgpipeline.defs.partitions import hourly_partitions
-from imgpipeline.defs.tables import FRAMES, LANDING_ASSET, REDETECTIONS, redetections_key
+from imgpipeline.defs.tables import FRAMES, LANDING_ASSET, REDETECTIONS, model_key, redetections_key
 from imgpipeline.defs.warehouse.assets import landing_of
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
 from imgpipeline.vision import models
@@ -22,9 +22,32 @@ SOURCES_TAG = "imgpipeline/sources"
 
 
 def model_version(spec: models.ModelSpec) -> str:
-    """The code version of a model's re-detections: the sha256 of the file its engines run (the
-    ONNX form, which every Darknet model also has)."""
+    """The code version of a model's re-detections: the published sha256 of the file its engines run
+    (the ONNX form, which every Darknet model also has)."""
     return spec.sha256.get(spec.files.get("onnx", ""), "unknown")[:16]
+
+
+def model_data_version(spec: models.ModelSpec) -> dg.DataVersion:
+    """The data version of a model: its ONNX file's sha256 as found (`missing` when it is not there)."""
+    from imgpipeline.vision.model_files import file_sha256
+
+    path = spec.folder / spec.files.get("onnx", "")
+    return dg.DataVersion(file_sha256(path)[:16] if path.is_file() else "missing")
+
+
+def model_asset(spec: models.ModelSpec):
+    """The model as an observable source: observed by `imgpipeline redetect` before its backfill, by each
+    re-detection run (for the runs after it) and from the UI, so the hours re-detected with another
+    version of its file show as stale."""
+    name = spec.name
+
+    @dg.observable_source_asset(key=model_key(name), group_name="laboratory",
+                                description=f"{name}: {spec.layout}, input {spec.input_size}, {spec.source}; "
+                                            "its data version is its ONNX file's sha256.")
+    def _model():
+        return model_data_version(models.get(name))
+
+    return _model
 
 
 def the_model(detector: DetectorResource, model: str) -> DetectorResource:
@@ -44,7 +67,7 @@ def redetections_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         key=redetections_key(name),
         description=f"The hour's stored frames detected again with {name} ({spec.layout}, input "
                     f"{spec.input_size}) and tracked, in the columns of `detections`, beside the live ones.",
-        deps=[LANDING_ASSET, FRAMES.key],
+        deps=[LANDING_ASSET, FRAMES.key, model_key(name)],
         partitions_def=hourly_partitions,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
         code_version=model_version(spec),
@@ -55,6 +78,8 @@ def redetections_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                       detector: DetectorResource, tracking: TrackingResource) -> dg.MaterializeResult:
         store = storage.open()
         hour = context.partition_time_window.start
+        version = model_data_version(models.get(name))
+        context.log_event(dg.AssetObservation(model_key(name), tags={"dagster/data_version": version.value}))
         sources = [s for s in context.run.tags.get(SOURCES_TAG, "").split(",") if s] or None
         landing = landing_of(store, hour)
         if landing is None:
@@ -84,13 +109,14 @@ def redetections_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     return _redetections
 
 
-def redetections_assets() -> list[dg.AssetsDefinition]:
-    """One asset per model the registry knows when the code location loads (a model added later
-    appears once the location is reloaded)."""
+def redetections_assets() -> list:
+    """For each model the registry knows when the code location loads (a model added later appears once
+    the location is reloaded): the model as a source, and its re-detections."""
     found = []
     for name in models.known():
         try:
-            found.append(redetections_asset(models.get(name)))
+            spec = models.get(name)
         except ConfigError:  # an unreadable manifest: `imgpipeline models list` says why; the rest load
             continue
+        found += [model_asset(spec), redetections_asset(spec)]
     return found

@@ -119,6 +119,11 @@ REDETECTIONS = Table("redetections", DETECTIONS_SCHEMA, part="model-[a-z0-9][a-z
 def redetections_key(model: str) -> dg.AssetKey:
     return dg.AssetKey(["redetections", model])
 
+
+def model_key(model: str) -> dg.AssetKey:
+    """A model of the registry as a versioned input: its data version is its file's sha256."""
+    return dg.AssetKey(["models", model])
+
 # The detections' columns the trackers, counters and alert rules read.
 TRACKED_COLUMNS = ["source_id", "frame_id", "captured_at", "detection_index", "track_id", "class_name",
                    "confidence", "x", "y", "w", "h"]

@@ -163,6 +163,11 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
     with open_instance(home) as instance:
         for record in instance.fetch_materializations(dg.AssetKey(["redetections", MODEL]), limit=20).records:
             metadata = record.asset_materialization.metadata
+            # the model as a versioned input: the sha256 of the file each hour was detected with
+            tags = record.asset_materialization.tags
+            assert tags[f"dagster/input_data_version/models/{MODEL}"] == models.YOLOV3_SHA256[
+                "yolov3-tiny.onnx"][:16]
+            assert tags["dagster/code_version"] == models.YOLOV3_SHA256["yolov3-tiny.onnx"][:16]
             if not metadata["kept_as_it_was"].value:
                 counted[record.partition_key] = metadata["frames_detected_again"].value
     assert counted == {"2026-11-20-10:00": sum(h == HOURS[0] for h, _ in detected),
