@@ -90,6 +90,15 @@ def progress(instance, backfill_id: str) -> tuple[str, dict[str, int]]:
     return backfill.status.value, counted
 
 
+def daemon_running() -> bool:
+    """Whether `imgpipeline dev` runs from this project's state (a daemon elsewhere, on the same
+    instance, is not seen)."""
+    from imgpipeline.paths import state_dir
+    from imgpipeline.services import LocalServices
+
+    return LocalServices(state_dir()).dagster.running()
+
+
 def redetect(args) -> int:
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.paths import state_dir
@@ -104,8 +113,9 @@ def redetect(args) -> int:
         print(f"backfill {backfill_id}: {len(keys)} hours ({keys[0]} … {keys[-1]}) of "
               f"redetections/{spec.name}"
               + (f", sources {', '.join(sources)}" if sources else "")
-              + "; the daemon launches a run per hour (`imgpipeline dev` must be running); "
-                "the UI's Backfills page shows it")
+              + "; the daemon launches a run per hour; the UI's Backfills page shows it")
+        if not daemon_running():
+            print("the daemon is not running here: the backfill waits until `imgpipeline dev` starts it")
         if not args.wait:
             return 0
         shown = None
