@@ -26,6 +26,19 @@ START = datetime(2026, 11, 20, 10, 59, 55, tzinfo=UTC)  # the 10 s video runs ov
 DAY = "2026-11-20"
 
 
+def street_in(services, folder) -> dict:
+    """The demo's data in `folder`, on fresh topics of the session's broker; the resources used."""
+    import uuid
+
+    from imgpipeline.resources import KafkaResource, StorageResource
+
+    kafka = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
+                          frames_topic=f"frames-{uuid.uuid4().hex[:8]}",
+                          alerts_topic=f"alerts-{uuid.uuid4().hex[:8]}")
+    kafka.ensure_topics(partitions=2)
+    return make_street(kafka, StorageResource(uri=(folder / "store").as_uri()), folder)
+
+
 def make_street(kafka, storage, folder) -> dict:
     """Produce, detect and build everything the viewer shows; the resources used."""
     video = FrameProducer(kafka, storage, "street-cam", ledger=Ledger(folder / "ledger-video"))

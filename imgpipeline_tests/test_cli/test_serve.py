@@ -7,7 +7,6 @@ import os
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,10 +15,9 @@ import pytest
 from imgpipeline.cli.serve import Running, Warehouse
 from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TABLES, to_parquet
 from imgpipeline.ingest.messages import parse_time
-from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.web import queries
 from imgpipeline.web.app import create_app
-from imgpipeline_tests.test_cli.street import DAY, make_street
+from imgpipeline_tests.test_cli.street import DAY, street_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
@@ -28,14 +26,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results
 @pytest.fixture(scope="module")
 def street(services, tmp_path_factory):
     folder = tmp_path_factory.mktemp("street")
-    kafka = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
-                          frames_topic=f"frames-{uuid.uuid4().hex[:8]}",
-                          alerts_topic=f"alerts-{uuid.uuid4().hex[:8]}")
-    kafka.ensure_topics(partitions=2)
-    storage = StorageResource(uri=(folder / "store").as_uri())
-    resources = make_street(kafka, storage, folder)
-    viewer = Running(create_app(Warehouse(storage, resources["tracking"], resources["alert_rules"],
-                                          refresh_s=1)))
+    resources = street_in(services, folder)
+    viewer = Running(create_app(Warehouse(resources["storage"], resources["tracking"],
+                                          resources["alert_rules"], refresh_s=1)))
     yield viewer, resources, folder
     viewer.stop()
 

@@ -25,15 +25,16 @@ from imgpipeline_tests.test_vision.test_engines import video
 CAPTURED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
-def detected_in_a_run(tmp_path, kafka: KafkaResource, detector: DetectorResource) -> dict:
-    """The landing record of bus.jpg after a real detect_frames run over its URI with `detector`, on the
-    real broker."""
+def detected_in_a_run(tmp_path, kafka: KafkaResource, detector: DetectorResource,
+                      image: bytes | None = None) -> dict:
+    """The landing record of bus.jpg (or `image`) after a real detect_frames run over its URI with
+    `detector`, on the real broker."""
     from imgpipeline.defs.streaming.detect_frames import detect_frames
 
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     store = storage.open()
     key = frame_key("cam1", CAPTURED, "cam1-000001")
-    store.put(key, sample("bus.jpg").read_bytes())
+    store.put(key, image or sample("bus.jpg").read_bytes())
     with fresh_instance() as instance:
         result = detect_frames.execute_in_process(
             run_config={"ops": {"detect": {"config": {"uris": [store.uri(key)]}}}}, instance=instance,

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from datetime import UTC, datetime
 
 import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.main import main
 from imgpipeline.cli.models import add
-from imgpipeline.ingest.messages import frame_key
-from imgpipeline.resources import DetectorResource, StorageResource
+from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import models
-from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.onnx_models import colour_detector, names_file, png, squares
-from imgpipeline_tests.pipeline import landing_records
+from imgpipeline_tests.test_vision.test_engine_registry import detected_in_a_run
 
 # Where the rectangles are drawn on a 640 × 480 frame (x, y, w, h): each is one cell of the detector's
 # grid once the frame is resized to its 320 × 320 input, so each is found as that very box.
@@ -66,21 +63,9 @@ def test_an_added_onnx_model_reads_its_layout_and_size_from_the_file_and_finds_w
 def test_a_user_onnx_model_detects_through_a_detect_frames_run_and_names_itself_on_its_rows(
         folder, tmp_path, kafka, monkeypatch):
     """Chosen by IMGPIPELINE_MODEL alone, on the real broker and storage."""
-    from imgpipeline.defs.streaming.detect_frames import detect_frames
-
     add("colours", colour_detector(tmp_path / "best.onnx"), names_file(tmp_path / "names.txt"), log=print)
     monkeypatch.setenv("IMGPIPELINE_MODEL", "colours")
-    detector = DetectorResource.from_env()
-    storage = StorageResource(uri=(tmp_path / "store").as_uri())
-    store = storage.open()
-    key = frame_key("cam1", datetime(2026, 11, 20, 12, 0, tzinfo=UTC), "cam1-000001")
-    store.put(key, png(squares(640, 480, PLACED)))
-    with fresh_instance() as instance:
-        result = detect_frames.execute_in_process(
-            run_config={"ops": {"detect": {"config": {"uris": [store.uri(key)]}}}}, instance=instance,
-            resources={"kafka": kafka, "storage": storage, "detector": detector})
-    assert result.success
-    (record,) = landing_records(storage)
+    record = detected_in_a_run(tmp_path, kafka, DetectorResource.from_env(), png(squares(640, 480, PLACED)))
     assert record.status == "detected"
     assert (record.model, record.model_sha256) == ("colours-320", sha256(folder / "colours" / "best.onnx"))
     assert {(d["class_name"], tuple(d["box"])) for d in record.detections} == EXPECTED

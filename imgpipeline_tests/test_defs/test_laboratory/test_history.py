@@ -5,7 +5,6 @@ hourly asset raised, without taking a number or sending anything."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -20,10 +19,10 @@ from imgpipeline.defs.laboratory.history import iou
 from imgpipeline.defs.laboratory.redetect import part_key
 from imgpipeline.defs.tables import ALERTS, DETECTIONS, REDETECTIONS
 from imgpipeline.paths import PACKAGE_DIR
-from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import models
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.test_cli.street import DAY, make_street
+from imgpipeline_tests.test_cli.street import DAY, street_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.results]
 
@@ -36,13 +35,8 @@ def street(services, tmp_path_factory):
     from imgpipeline.cli.fetch import fetch_yolov3
 
     fetch_yolov3(log=print)
-    folder = tmp_path_factory.mktemp("street")
-    kafka = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
-                          frames_topic=f"frames-{uuid.uuid4().hex[:8]}",
-                          alerts_topic=f"alerts-{uuid.uuid4().hex[:8]}")
-    kafka.ensure_topics(partitions=2)
-    storage = StorageResource(uri=(folder / "store").as_uri())
-    resources = make_street(kafka, storage, folder)
+    resources = street_in(services, tmp_path_factory.mktemp("street"))
+    storage = resources["storage"]
     asset = redetections_asset(models.get("yolov3-tiny"))
     with fresh_instance() as instance:
         for hour in HOURS:
