@@ -303,3 +303,13 @@ def browser():
         launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="session")
+def street_data(services, tmp_path_factory) -> tuple[dict, Path]:
+    """The demo's data, made once per worker for the modules that read it (none writes to its day): the
+    resources used and their folder."""
+    from imgpipeline_tests.test_cli.street import street_in
+
+    folder = tmp_path_factory.mktemp("street")
+    return street_in(services, folder), folder

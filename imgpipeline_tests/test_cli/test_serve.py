@@ -17,16 +17,15 @@ from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TABLES, to_parqu
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.web import queries
 from imgpipeline.web.app import create_app
-from imgpipeline_tests.test_cli.street import DAY, street_in
+from imgpipeline_tests.test_cli.street import DAY
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
 
 
 @pytest.fixture(scope="module")
-def street(services, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("street")
-    resources = street_in(services, folder)
+def street(street_data):
+    resources, folder = street_data
     viewer = Running(create_app(Warehouse(resources["storage"], resources["tracking"],
                                           resources["alert_rules"], refresh_s=1)))
     yield viewer, resources, folder

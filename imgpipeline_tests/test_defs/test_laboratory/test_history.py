@@ -22,7 +22,7 @@ from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import models
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.test_cli.street import DAY, street_in
+from imgpipeline_tests.test_cli.street import DAY
 
 pytestmark = [pytest.mark.integration, pytest.mark.results]
 
@@ -30,12 +30,12 @@ HOURS = ["2026-11-20-10:00", "2026-11-20-11:00"]
 
 
 @pytest.fixture(scope="module")
-def street(services, tmp_path_factory):
+def street(street_data):
     """The demo's data, its hours re-detected with yolov3-tiny."""
     from imgpipeline.cli.fetch import fetch_yolov3
 
     fetch_yolov3(log=print)
-    resources = street_in(services, tmp_path_factory.mktemp("street"))
+    resources, _ = street_data
     storage = resources["storage"]
     asset = redetections_asset(models.get("yolov3-tiny"))
     with fresh_instance() as instance:
