@@ -259,7 +259,10 @@ def add_load_benches(what) -> None:
                         "alert on Kafka (frame and track rules), then a backlog against the bare detector")
     latency.add_argument("--seconds", type=float, default=120.0, help="how long the steady input lasts")
     latency.add_argument("--rate", type=float, default=2.0, help="frames/s of the steady input")
-    latency.add_argument("--backlog", type=int, default=500, help="frames of the backlog that follows")
+    latency.add_argument("--backlog", type=int, default=500, help="frames of each backlog that follows")
+    latency.add_argument("--rounds", type=int, default=3,
+                         help="backlogs, each timed against the bare detector either side of it; the "
+                              "efficiency is their median")
     latency.add_argument("--settle", type=float, default=600.0,
                          help="seconds to wait after the input for the hours' alerts")
     latency.add_argument("--lane", choices=["fast", "batch"], default="fast",
