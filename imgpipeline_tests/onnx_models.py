@@ -2,7 +2,8 @@
 pure red, green and blue, one grid cell each, so what it must find is known from the picture drawn.
 
 Each cell of a `CELL`-pixel grid over the input scores a colour by how much its mean value of that
-channel exceeds half the other two's; the box is the cell itself. The classes are `COLOURS`.
+channel exceeds half the other two's; the box is the cell itself. The classes are `COLOURS`. In the
+YOLOv5 layout every row's objectness is `OBJECTNESS`, which the decoding multiplies the scores by.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 COLOURS = ("red", "green", "blue")
 CELL = 32
+OBJECTNESS = 0.75  # of every row of the YOLOv5 layout: a found colour's confidence there (1 in YOLOv8's)
 BGR = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0)}
 
 
@@ -35,7 +37,7 @@ def colour_detector(path: Path, size: int = 320, layout: str = "yolov8", *, dyna
         "half": np.array(0.5, np.float32),
     }
     if layout == "yolov5":
-        constants["ones"] = np.ones((1, 1, cells), np.float32)  # every row's objectness
+        constants["objectness"] = np.full((1, 1, cells), OBJECTNESS, np.float32)  # every row's
     nodes = [
         helper.make_node("AveragePool", ["images"], ["pooled"], kernel_shape=[CELL, CELL],
                          strides=[CELL, CELL]),
@@ -50,7 +52,7 @@ def colour_detector(path: Path, size: int = 320, layout: str = "yolov8", *, dyna
         nodes.append(helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1))
         shape = [1, 4 + len(COLOURS), "boxes" if dynamic else cells]
     else:
-        nodes += [helper.make_node("Concat", ["boxes", "ones", "scores"], ["rows"], axis=1),
+        nodes += [helper.make_node("Concat", ["boxes", "objectness", "scores"], ["rows"], axis=1),
                   helper.make_node("Transpose", ["rows"], ["output0"], perm=[0, 2, 1])]
         shape = [1, "boxes" if dynamic else cells, 5 + len(COLOURS)]
     side = "size" if dynamic else size

@@ -68,7 +68,7 @@ def backtest(args) -> int:
     for rule in result["rules"]:
         days = [c for c in result["counts"] if c["rule"] == rule]
         print(f"  {rule:<24}{sum(c['alerts'] for c in days):>7}   "
-              + ", ".join(f"{c['day']}: {c['alerts']}" for c in days))
+              + ", ".join(f"{c['day']}: {c['alerts']}" for c in days if c["alerts"]))
     for e in result["evidence"]:
         print(f"    {e['rule']}: {e['at']} {e['source_id']} {e['frame_id']}: {e['detail']}")
     return 0

@@ -17,6 +17,9 @@ from imgpipeline.paths import environment, models_dir
 from imgpipeline.vision import models as registry
 from imgpipeline.vision.model_files import file_sha256
 
+# The names an added model's files take in its folder, whatever they were called.
+MODEL_FILE, NAMES_FILE = "model.onnx", "names.txt"
+
 
 def models(args) -> int:
     if args.action == "fetch":
@@ -84,11 +87,15 @@ def show(log=print) -> int:
 def outputs_of(path: Path) -> tuple[list, list]:
     """The ONNX model's inputs' and outputs' shapes (an int per fixed dimension, None otherwise)."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's own errors: the file is not an ONNX model
         raise ConfigError(f"{path} cannot be read as an ONNX model ({error})") from None
+    if any(uses_external_data(tensor) for tensor in model.graph.initializer):
+        raise ConfigError(f"{path} keeps its weights in other files; export it as one file "
+                          "(onnx.save(model, path, save_as_external_data=False))")
     initializers = {i.name for i in model.graph.initializer}
 
     def shape(value) -> list:
@@ -165,25 +172,32 @@ def add(name: str, onnx_file: Path, names_file: Path, *, layout: str | None = No
     models_dir().mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir()))
     try:
-        shutil.copyfile(onnx_file, scratch / onnx_file.name)
-        (scratch / "names.txt").write_text("\n".join(names) + "\n")
-        files = (onnx_file.name, "names.txt")
-        sums = {f: file_sha256(scratch / f) for f in files}
-        (scratch / registry.MANIFEST).write_text(
-            f"# {name}: added by `imgpipeline models add` from {onnx_file.name}\n"
-            f"format: onnx\nlayout: {layout}\nfile: {onnx_file.name}\nnames: names.txt\ninput_size: {size}\n"
-            "sha256:\n" + "".join(f"  {f}: {sums[f]}\n" for f in files))
-        for path in scratch.iterdir():
-            os.chmod(path, 0o644)
-        os.chmod(scratch, 0o755)
+        spec = _written(scratch, onnx_file, names, layout, size)
         scratch.rename(folder)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    spec = registry.get(name)
-    log(f"added {name}: {layout}, input {size}, {len(names)} classes, {onnx_file.name} sha256 "
-        f"{sums[onnx_file.name]}; run it with {model_setting()}={name}")
-    return spec
+    log(f"added {name}: {layout}, input {size}, {len(names)} classes, {onnx_file.name} as {MODEL_FILE} "
+        f"sha256 {spec.expected(MODEL_FILE)}; run it with {model_setting()}={name}")
+    return registry.get(name)
+
+
+def _written(scratch: Path, onnx_file: Path, names: list[str], layout: str, size: int):
+    """The model's files and manifest in the scratch folder, the manifest read back as the registry
+    reads it."""
+    import yaml
+
+    shutil.copyfile(onnx_file, scratch / MODEL_FILE)
+    (scratch / NAMES_FILE).write_text("\n".join(names) + "\n")
+    sums = {f: file_sha256(scratch / f) for f in (MODEL_FILE, NAMES_FILE)}
+    manifest = {"format": "onnx", "layout": layout, "file": MODEL_FILE, "names": NAMES_FILE,
+                "input_size": size, "sha256": sums}
+    (scratch / registry.MANIFEST).write_text("# added by `imgpipeline models add`\n"
+                                             + yaml.safe_dump(manifest, sort_keys=False))
+    for path in scratch.iterdir():
+        os.chmod(path, 0o644)
+    os.chmod(scratch, 0o755)
+    return registry.read_manifest(scratch / registry.MANIFEST)
 
 
 def _trial(path: Path, layout: str, size: int, classes: int) -> None:

@@ -55,21 +55,20 @@ def submit(instance, model: str, keys: list[str], sources: list[str]) -> str:
     from dagster._core.execution.backfill import PartitionBackfill
 
     from imgpipeline.definitions import defs
+    from imgpipeline.defs.automation import yielding_tags
     from imgpipeline.defs.laboratory.assets import SOURCES_TAG, model_data_version
     from imgpipeline.defs.tables import model_key
     from imgpipeline.defs.tables import redetections_key as asset_key
     from imgpipeline.vision import models
 
     graph = defs.resolve_asset_graph()
-    if asset_key(model) not in graph.get_all_asset_keys():
-        raise ConfigError(f"no redetections/{model} asset: the code location loaded before the model was "
-                          "added; reload it (the UI's *Reload*, or restart `imgpipeline dev`)")
     # The model observed first: every run of the backfill records the version of the file it detects with.
     version = model_data_version(models.get(model))
     instance.report_runless_asset_event(dg.AssetObservation(model_key(model),
                                                             tags={"dagster/data_version": version.value}))
     backfill_id = uuid.uuid4().hex[:8]
-    tags = {SOURCES_TAG: ",".join(sources)} if sources else {}
+    # Its runs yield the CPU to the live detection, as the hourly chain's do.
+    tags = {**yielding_tags(), **({SOURCES_TAG: ",".join(sources)} if sources else {})}
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=backfill_id, asset_graph=graph, partition_names=keys, asset_selection=[asset_key(model)],
         backfill_timestamp=time.time(), tags=tags, dynamic_partitions_store=instance, all_partitions=False,
@@ -116,6 +115,9 @@ def redetect(args) -> int:
               + "; the daemon launches a run per hour; the UI's Backfills page shows it")
         if not daemon_running():
             print("the daemon is not running here: the backfill waits until `imgpipeline dev` starts it")
+        elif spec.name not in models.BUILTIN:
+            print(f"(a model added since `imgpipeline dev` started needs its code location reloaded, the "
+                  f"UI's Reload, before the daemon knows redetections/{spec.name})")
         if not args.wait:
             return 0
         shown = None

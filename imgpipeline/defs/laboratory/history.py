@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 
 from imgpipeline.defs.alerts import rows as at
-from imgpipeline.defs.laboratory.redetect import part_key
+from imgpipeline.defs.laboratory.redetect import SOURCES, part_key
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, REDETECTIONS
 from imgpipeline.vision import events
 
@@ -24,40 +24,62 @@ SAMPLES = 3
 
 @dataclass
 class ModelHours:
-    """A model's detections over hours, and which hours it lacks."""
+    """A model's detections over hours: the hours it covers (all their detected frames' sources) and
+    those it lacks (frames were detected, but not by it, or not for every source asked for)."""
 
     model: str
     detections: pa.Table
+    covered: list[datetime] = field(default_factory=list)
     lacking: list[datetime] = field(default_factory=list)
     live: list[datetime] = field(default_factory=list)  # hours whose live detections are the model's
 
 
-def model_hours(store, hours: list[datetime], model: str) -> ModelHours:
-    """The model's detections over the hours: re-detected, else live when the live rows are its own."""
+def model_hours(store, hours: list[datetime], model: str, sources: list[str] | None = None) -> ModelHours:
+    """The model's detections over the hours (of `sources` only, when given): re-detected, else live
+    when the live rows are its own. An hour no frame of which was detected is neither covered nor
+    lacking: there is nothing to find in it."""
     found = ModelHours(model, DETECTIONS.empty())
     tables = []
     for hour in hours:
-        if store.exists(key := part_key(hour, model)):
-            tables.append(REDETECTIONS.read(store, key).cast(DETECTIONS.schema))
-            continue
         frames = FRAMES.stored_hour(store, hour)
-        made_by = {m for m, s in zip(frames.column("model").to_pylist(), frames.column("status").to_pylist(),
-                                     strict=True) if s == "detected"}
-        if made_by and all(m and m.rsplit("-", 1)[0] == model for m in made_by):
+        detected = [(m, s) for m, s, status in zip(frames.column("model").to_pylist(),
+                                                   frames.column("source_id").to_pylist(),
+                                                   frames.column("status").to_pylist(), strict=True)
+                    if status == "detected" and (not sources or s in sources)]
+        if not detected:
+            continue
+        if store.exists(key := part_key(hour, model)):
+            table = REDETECTIONS.read(store, key)
+            only = (table.schema.metadata or {}).get(SOURCES, b"").decode()
+            if not only or {s for _, s in detected} <= set(only.split(",")):
+                tables.append(table.replace_schema_metadata(None).cast(DETECTIONS.schema))
+                found.covered.append(hour)
+            else:
+                found.lacking.append(hour)  # re-detected for some of its sources only
+        elif all(m and m.rsplit("-", 1)[0] == model for m, _ in detected):
             tables.append(DETECTIONS.stored_hour(store, hour).replace_schema_metadata(None))
+            found.covered.append(hour)
             found.live.append(hour)
-        elif frames.num_rows:
+        else:
             found.lacking.append(hour)
-    found.detections = DETECTIONS.concat(tables) if tables else found.detections
+    found.detections = _of_sources(DETECTIONS.concat(tables), sources) if tables else found.detections
     return found
 
 
-def fired(store, hours: list[datetime], detections: pa.Table, rules, zones) -> list[events.Event]:
-    """The alerts the rules would raise in the hours from these detections (and the stored frames),
-    each hour with the hour before as history, as the alerts asset evaluates them."""
+def _of_sources(table: pa.Table, sources: list[str] | None) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_in(table.column("source_id"), pa.array(sources))) if sources else table
+
+
+def fired(store, hours: list[datetime], detections: pa.Table, rules, zones,
+          sources: list[str] | None = None) -> list[events.Event]:
+    """The alerts the rules would raise in the hours from these detections (and the stored frames; of
+    `sources` only, when given), each hour with the hour before as history, as the alerts asset
+    evaluates them."""
     found = []
     for hour in hours:
-        frames = FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS)
+        frames = _of_sources(FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS), sources)
         near = _within(detections, at.around(hour))
         found += events.evaluate(rules, at.event_frames(frames, near), zones, hour.timestamp(),
                                  hour.timestamp() + 3600)
@@ -73,14 +95,18 @@ def _within(detections: pa.Table, hours: list[datetime]) -> pa.Table:
     return detections.filter(pc.and_(pc.greater_equal(column, start), pc.less(column, end)))
 
 
-def backtest(store, hours: list[datetime], rules, zones, detections: pa.Table) -> dict:
-    """Per rule and day: how many alerts the rules would have raised, and the first few as evidence."""
-    days: dict[tuple[str, str], list[events.Event]] = defaultdict(list)
-    for event in fired(store, hours, detections, rules, zones):
+def backtest(store, hours: list[datetime], rules, zones, detections: pa.Table,
+             sources: list[str] | None = None) -> dict:
+    """Per rule and day of the hours (none left out): how many alerts the rules would have raised, and
+    the first few of each as evidence."""
+    names = [rule.name for rule in rules.spec.rules]
+    days: dict[tuple[str, str], list[events.Event]] = {
+        (rule, day): [] for rule in names for day in sorted({h.date().isoformat() for h in hours})}
+    for event in fired(store, hours, detections, rules, zones, sources):
         day = datetime.fromtimestamp(event.seconds, hours[0].tzinfo).date().isoformat()
         days[event.rule, day].append(event)
     return {
-        "rules": [rule.name for rule in rules.spec.rules],
+        "rules": names,
         "counts": [{"rule": rule, "day": day, "alerts": len(found)}
                    for (rule, day), found in sorted(days.items())],
         "evidence": [{"rule": e.rule, "day": day, "source_id": e.source_id, "frame_id": e.frame_id,
@@ -100,12 +126,14 @@ def iou(a: tuple, b: tuple) -> float:
 
 
 def matched(a: list[dict], b: list[dict], threshold: float = 0.5) -> tuple[int, list[dict], list[dict]]:
-    """One frame's boxes of one class under two models, paired greedily by IoU (the most confident
-    first): how many pair up, and those of each left without a partner."""
-    pairs = sorted(((iou(_box(x), _box(y)), -x["confidence"], i, j) for i, x in enumerate(a)
-                    for j, y in enumerate(b)), reverse=True)
+    """One frame's boxes of one class under two models, paired greedily, the most overlapping pair first
+    (of equal overlaps, the most confident): how many pair up, and those of each left without a
+    partner."""
+    pairs = sorted((-iou(_box(x), _box(y)), -x["confidence"], -y["confidence"], i, j)
+                   for i, x in enumerate(a) for j, y in enumerate(b))
     used_a, used_b = set(), set()
-    for overlap, _, i, j in pairs:
+    for overlap, _, _, i, j in pairs:
+        overlap = -overlap
         if overlap < threshold:
             break
         if i not in used_a and j not in used_b:
@@ -119,14 +147,16 @@ def _box(row: dict) -> tuple:
     return row["x"], row["y"], row["w"], row["h"]
 
 
-def compare(a: ModelHours, b: ModelHours, sources: list[str] | None = None) -> dict:
-    """Per class and hour, each model's objects and distinct objects; per class, the boxes they share
-    (IoU ≥ 0.5, same frame and class) and those only one found, with the first few of each as samples."""
-    rows = {}
+def compare(a: ModelHours, b: ModelHours) -> dict:
+    """Over the hours both models cover: per class and hour, each model's objects and distinct objects;
+    per class, the boxes they share (IoU ≥ 0.5, same frame and class) and those only one found, with
+    the first few of each as samples."""
+    hours = set(a.covered) & set(b.covered)
+    rows: dict[str, list] = {"a": [], "b": []}
     for side, found in (("a", a), ("b", b)):
         for d in found.detections.to_pylist():
-            if not sources or d["source_id"] in sources:
-                rows.setdefault(side, []).append(d)
+            if d["captured_at"].replace(minute=0, second=0, microsecond=0) in hours:
+                rows[side].append(d)
     per_hour: dict[tuple, Counter] = defaultdict(Counter)
     tracks: dict[tuple, set] = defaultdict(set)
     frames: dict[tuple, dict[str, list]] = defaultdict(lambda: {"a": [], "b": []})
@@ -152,6 +182,7 @@ def compare(a: ModelHours, b: ModelHours, sources: list[str] | None = None) -> d
         "classes": [{"class_name": name, "matched": n["matched"], "only": [n["only_a"], n["only_b"]],
                      "samples": [missed[name]["a"], missed[name]["b"]]}
                     for name, n in sorted(classes.items())],
+        "compared": [h.isoformat() for h in sorted(hours)],
         "lacking": [[h.isoformat() for h in a.lacking], [h.isoformat() for h in b.lacking]],
     }
 
@@ -162,15 +193,20 @@ def _sample(d: dict) -> dict:
 
 
 def with_history(hours: list[datetime]) -> list[datetime]:
-    """The hours and the one either side: rules look an hour back, silences an hour on."""
-    return [hours[0] - timedelta(hours=1), *hours, hours[-1] + timedelta(hours=1)]
+    """Every hour from the one before the first to the one after the last: rules look an hour back,
+    silences an hour on."""
+    found = [hours[0] - timedelta(hours=1)]
+    while found[-1] <= hours[-1]:
+        found.append(found[-1] + timedelta(hours=1))
+    return found
 
 
-def backtest_range(store, hours: list[datetime], rules, zones, model: str) -> dict:
+def backtest_range(store, hours: list[datetime], rules, zones, model: str,
+                   sources: list[str] | None = None) -> dict:
     """A rules file over a model's detections of the hours: `backtest`'s figures, the model, the rules
     file's sha256 and the hours with frames but none of its detections."""
-    found = model_hours(store, with_history(hours), model)
-    result = backtest(store, hours, rules, zones, found.detections)
+    found = model_hours(store, with_history(hours), model, sources)
+    result = backtest(store, hours, rules, zones, found.detections, sources)
     result.update(model=model, rules_sha256=rules.sha256,
                   lacking=[h.isoformat() for h in found.lacking if h in hours])
     return result
@@ -179,10 +215,11 @@ def backtest_range(store, hours: list[datetime], rules, zones, model: str) -> di
 def compare_hours(store, hours: list[datetime], a: str, b: str, rules, zones,
                   sources: list[str] | None = None) -> dict:
     """`compare` of two models over the hours, and the alerts the rules would raise under each."""
-    result = compare(model_hours(store, hours, a), model_hours(store, hours, b), sources)
+    result = compare(model_hours(store, hours, a, sources), model_hours(store, hours, b, sources))
+    both = [hour for hour in hours if hour.isoformat() in result["compared"]]
     counted = [Counter() for _ in (a, b)]
     for side, model in zip(counted, (a, b), strict=True):
-        for count in backtest_range(store, hours, rules, zones, model)["counts"]:
+        for count in (backtest_range(store, both, rules, zones, model, sources)["counts"] if both else []):
             side[count["rule"]] += count["alerts"]
     result["alerts"] = [{"rule": rule.name, "alerts": [side[rule.name] for side in counted]}
                         for rule in rules.spec.rules]

@@ -5,9 +5,9 @@ Frames are read from storage by their landing records (the hour's latest record 
 the warehouse takes it), never from Kafka: a range is re-detected as long as its frames and landing
 are kept. Each model's rows go to `warehouse/redetections/dt=…/hour=…/model-NAME.parquet`, in the
 columns of `detections` (their identity columns naming the model, its sha256, engine and precision),
-tracked from the previous hour's re-detections of the same model as the live detections are. An hour
-already re-detected from the same landing files by the same model file is left as it is, so a
-backfill resumed after a kill does only what is left.
+tracked on from the previous hour's re-detections of the same model as the live detections are. An hour
+already re-detected from the same landing files, by the same model file at the same settings, after the
+same previous hour, is left as it is, so a backfill resumed after a kill does only what is left.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from imgpipeline.resources.storage import BadObject
 
 # What a file was made from, in its Parquet metadata: the hour's landing files and the model file.
 MADE_FROM = b"imgpipeline.made_from"
+# The sources an hour was re-detected for alone (empty: all of them), in its Parquet metadata.
+SOURCES = b"imgpipeline.sources"
 
 
 def part_key(hour: datetime, model: str) -> str:
@@ -46,9 +48,13 @@ class Redetected:
     kept: bool = False  # already made from the same landing and model file: left as it was
 
 
-def made_from(listing: dict[str, str], model_sha256: str, sources: list[str] | None) -> str:
-    """The digest of what an hour's re-detections are made from."""
-    text = json.dumps([sorted(listing.items()), model_sha256, sorted(sources or [])])
+def made_from(listing: dict[str, str], how: dict, seed: str, sources: list[str] | None) -> str:
+    """The digest of what an hour's re-detections are made from: its landing files (with their
+    versions), how they are detected and tracked (`how`: the detector's identity, thresholds and class
+    filter, the tracker's settings), the previous hour's re-detections they continue (`seed`) and the
+    sources."""
+    text = json.dumps([sorted(listing.items()), how, seed, sorted(sources or [])], sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -59,17 +65,25 @@ def stored_origin(store, key: str) -> str | None:
     return metadata.get(MADE_FROM, b"").decode() or None
 
 
+def seed_of(store, hour: datetime, model: str) -> str:
+    """The digest of the model's re-detections of the hour before, which this hour's tracks continue
+    ("none" when there are none)."""
+    previous = part_key(hour - timedelta(hours=1), model)
+    return tracked.content_digest(REDETECTIONS.read(store, previous)) if store.exists(previous) else "none"
+
+
 def redetect_hour(store, hour: datetime, landing: tuple[dict[str, str], list[LandingRecord]], pool,
-                  settings, *, model: str, max_bytes: int, max_pixels: int | None,
+                  settings, *, model: str, how: dict, max_bytes: int, max_pixels: int | None,
                   sources: list[str] | None = None, log: Callable[[str], None] = print) -> Redetected:
-    """Detect an hour's stored frames again with `pool` (the model's detectors), track them and write
-    them to the model's file of the hour. `sources`: only those sources' frames; the file keeps the
-    other sources' rows it already had."""
+    """Detect an hour's stored frames again with `pool` (the model's detectors), track them on from the
+    model's hour before and write them to the model's file of the hour. `sources`: only those sources'
+    frames; the file keeps the other sources' rows it already had."""
     from imgpipeline.vision.quality import UndecodableImage, decode_image
 
     listing, records = landing
     key = part_key(hour, model)
-    origin = made_from(listing, pool.identity.model_sha256, sources)
+    seed = seed_of(store, hour, model)
+    origin = made_from(listing, {**how, **pool.identity.as_record()}, seed, sources)
     done = Redetected()
     if stored_origin(store, key) == origin:
         done.kept = True
@@ -97,14 +111,18 @@ def redetect_hour(store, hour: datetime, landing: tuple[dict[str, str], list[Lan
                 again.append(record)
             if number % step == 0 or number == len(frames):
                 log(f"{hour:%Y-%m-%d-%H:00} {model}: {number}/{len(frames)} frames detected again")
-    ids, _ = tracked.track_hour(store, hour, again, settings, previous_key=part_key(hour - timedelta(hours=1),
-                                                                                    model))
+    ids, _ = tracked.track_hour(store, hour, again, settings,
+                                previous_key=part_key(hour - timedelta(hours=1), model))
     table = detections_table(again, ids)
+    covered = ",".join(sorted(sources or []))  # empty: every source
     if sources and store.exists(key):  # the other sources' rows as they were
         kept = REDETECTIONS.read(store, key)
+        before = (kept.schema.metadata or {}).get(SOURCES, b"").decode()
+        covered = before and ",".join(sorted(set(before.split(",")) | set(sources)))
         others = [i for i, source in enumerate(kept.column("source_id").to_pylist()) if source not in sources]
         table = pa.concat_tables([kept.take(others).cast(DETECTIONS_SCHEMA), table])
-    table = table.replace_schema_metadata({MADE_FROM: origin.encode()})
+    table = table.replace_schema_metadata({MADE_FROM: origin.encode(), tracked.SEEDED_FROM: seed.encode(),
+                                           SOURCES: covered.encode()})
     REDETECTIONS.write(store, key, table)
     done.frames, done.detections = len(again), table.num_rows
     return done

@@ -150,6 +150,9 @@ class Engine:
                             engine=self.name, precision=sessions.precision)
         classes = len(read_names(names))
         decode = decoder(spec.layout, model.input_size, classes, heads(sections) if cfg else ())
+        if spec.layout != "darknet":  # an export's output read once at load: a wrong layout fails here
+            blank = np.zeros((1, 3, model.input_size, model.input_size), np.float32)
+            decode([np.asarray(out) for out in sessions.infers[0](blank)], 0.0)
         return [
             YoloDetector(infer, identity, (), names, decode=decode, input_size=model.input_size,
                          confidence=model.confidence, nms=model.nms, classes=model.classes)

@@ -85,14 +85,17 @@ async def posted_form(request, limit: int) -> dict[str, str]:
 async def backtest_page(request):
     """The form (GET), and the proposed rules' backtest (POST): the rules are parsed and checked as a
     rules file is, and evaluated over the days; no number is taken and nobody is notified."""
+    from starlette.concurrency import run_in_threadpool
+
     warehouse = warehouse_of(request)
     live, known = warehouse.models()
     try:
         form = await posted_form(request, MAX_RULES_BYTES) if request.method == "POST" else {}
+        day = day_of(request)
     except ValueError as exc:  # over the limit, more fields than the form has, bytes that are no UTF-8
         return message("Not understood", str(exc), 400)
     rules = form.get("rules", "")
-    context = {"day": day_of(request), "models": known, "model": form.get("model") or live, "rules": rules,
+    context = {"day": day, "models": known, "model": form.get("model") or live, "rules": rules,
                "first": form.get("first", ""), "last": form.get("last", ""), "found": None}
     if request.method == "GET":
         return page("backtest.html", **context)
@@ -104,8 +107,9 @@ async def backtest_page(request):
         return message("Not understood", f"the models are {', '.join(known)}", 400)
     if not timedelta(0) <= last - first < timedelta(days=MAX_DAYS):
         return message("Not understood", f"from must come before to, at most {MAX_DAYS} days apart", 400)
-    try:
-        context["found"] = warehouse.backtest(str(rules).encode(), first, last, context["model"])
+    try:  # minutes of work at most, off the event loop: the other pages go on meanwhile
+        context["found"] = await run_in_threadpool(warehouse.backtest, str(rules).encode(), first, last,
+                                                   context["model"])
     except ConfigError as exc:
         return message("The rules cannot be used", str(exc), 400)
     context["day"] = first

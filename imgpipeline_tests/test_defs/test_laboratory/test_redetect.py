@@ -4,6 +4,7 @@ which stay as they were."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from imgpipeline.cli.samples import sample
 from imgpipeline.defs.laboratory.redetect import part_key, stored_origin
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, REDETECTIONS
 from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.defs.warehouse.tracked import SEEDED_FROM, content_digest
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
 from imgpipeline.lib.instance import open_instance
@@ -69,7 +71,7 @@ def started_mid_hour(home, storage, backfill_id: str) -> dg.DagsterRun | None:
 @pytest.mark.covered("test_launcher's killed worker under run monitoring, retried; the daemon restarts of "
                      "test_faults: backfills, runs and retries in the instance are Dagster's own")
 def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_beside_the_live_tables(
-        kafka, tmp_path, monkeypatch):
+        kafka, tmp_path, monkeypatch, capsys):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                         "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
@@ -156,8 +158,21 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
     again_classes = Counter(rows.column("class_name").to_pylist())
     print(f"per class, live yolov4-tiny: {dict(live_classes)}; {MODEL}: {dict(again_classes)}")
     assert again_classes["car"] > 0 and live_classes["car"] > 0
-    # Tracked as the live ones are, in both hours.
+    # Tracked as the live ones are, in both hours, 11:00 going on from 10:00 as it was stored.
     assert all(again[h].column("track_id").null_count < again[h].num_rows for h in HOURS)
+    assert again[HOURS[1]].schema.metadata[SEEDED_FROM].decode() == content_digest(again[HOURS[0]])
+
+    # Side by side: `compare` counts each model's objects per class from the two tables.
+    capsys.readouterr()
+    assert main(["compare", "--model", "yolov4-tiny", "--model", MODEL, "--date", "2026-11-20",
+                 "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert compared["compared"] == [h.isoformat() for h in HOURS]
+    for side, classes in enumerate((live_classes, again_classes)):
+        counted = Counter()
+        for row in compared["hours"]:
+            counted[row["class_name"]] += row["objects"][side]
+        assert +counted == classes
     # Each hour's materialization says how many frames it detected again.
     counted = {}
     with open_instance(home) as instance:
