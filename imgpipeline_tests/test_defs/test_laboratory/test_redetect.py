@@ -130,10 +130,11 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
         killed = [r for r in backfill_runs(home, backfill.backfill_id) if r.run_id == run.run_id]
         assert killed[0].status == dg.DagsterRunStatus.FAILURE
 
-        # Again, for the whole range: hours made from the same landing by the same file are kept.
+        # Again, for 11:00 (made after the kill, going on from 10:00): an hour made from the same landing
+        # by the same file at the same settings after the same hour before is kept as it is.
         origins = {h: stored_origin(store, part_key(h, MODEL)) for h in HOURS}
         written = {h: (store.folder / part_key(h, MODEL)).stat().st_mtime_ns for h in HOURS}
-        assert main(["redetect", "--model", MODEL, "--from", "2026-11-20-10:00", "--to", "2026-11-20-11:00",
+        assert main(["redetect", "--model", MODEL, "--from", "2026-11-20-11:00", "--to", "2026-11-20-11:00",
                      "--wait"]) == 0
         assert {h: (store.folder / part_key(h, MODEL)).stat().st_mtime_ns for h in HOURS} == written
         assert {h: stored_origin(store, part_key(h, MODEL)) for h in HOURS} == origins
@@ -174,7 +175,7 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
             counted[row["class_name"]] += row["objects"][side]
         assert +counted == classes
     # Each hour's materialization says how many frames it detected again.
-    counted = {}
+    counted, kept = {}, []
     with open_instance(home) as instance:
         for record in instance.fetch_materializations(dg.AssetKey(["redetections", MODEL]), limit=20).records:
             metadata = record.asset_materialization.metadata
@@ -183,7 +184,10 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
             assert tags[f"dagster/input_data_version/models/{MODEL}"] == models.YOLOV3_SHA256[
                 "yolov3-tiny.onnx"][:16]
             assert tags["dagster/code_version"] == models.YOLOV3_SHA256["yolov3-tiny.onnx"][:16]
-            if not metadata["kept_as_it_was"].value:
+            if metadata["kept_as_it_was"].value:
+                kept.append(record.partition_key)
+            else:
                 counted[record.partition_key] = metadata["frames_detected_again"].value
+    assert kept == ["2026-11-20-11:00"]  # the second backfill's
     assert counted == {"2026-11-20-10:00": sum(h == HOURS[0] for h, _ in detected),
                        "2026-11-20-11:00": sum(h == HOURS[1] for h, _ in detected)}
