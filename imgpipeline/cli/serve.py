@@ -99,7 +99,8 @@ class Warehouse:
         if len(proposed.spec.rules) > MAX_PROPOSED_RULES:
             raise ConfigError(f"{len(proposed.spec.rules)} rules: the page backtests at most "
                               f"{MAX_PROPOSED_RULES}; the command line takes any number")
-        proposed.check_against(zones, models.get(model).class_names())
+        spec = models.get(model)
+        proposed.check_against(zones, spec.class_names(), str(spec.folder / spec.names))
         hours = [h for n in range((last - first).days + 1) for h in day_hours(first + timedelta(days=n))]
         return history.backtest_range(self.store, hours, proposed, zones, model)
 

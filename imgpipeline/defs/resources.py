@@ -20,11 +20,13 @@ def resources_from_env() -> dict:
     tracking = TrackingResource.from_env()
     alerts = alert_rules_from_env(tracking)
     # Rules and zones are separate files: a rule naming a line that is not drawn fails here, at load.
-    alerts.check_against(tracking.zones())
+    # and so does a rule naming a class the live model does not know.
+    detector = DetectorResource.from_env()
+    alerts.check_against(tracking.zones(), detector.spec())
     return {
         "kafka": KafkaResource.from_env(),
         "storage": StorageResource.from_env(),
-        "detector": DetectorResource.from_env(),
+        "detector": detector,
         "tracking": tracking,
         "alert_rules": alerts,
         "duckdb": DuckDBResource(database=":memory:"),

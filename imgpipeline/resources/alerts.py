@@ -9,10 +9,9 @@ import dagster as dg
 from pydantic import field_validator, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import PACKAGE_DIR, environment, models_dir, project_file
+from imgpipeline.paths import PACKAGE_DIR, environment, project_file
 from imgpipeline.resources.settings import FromEnv, setting
 from imgpipeline.vision import alert_rules
-from imgpipeline.vision.model_files import NAMES
 
 DEFAULT_ALERTS_FILE = "alerts.yaml"
 
@@ -70,11 +69,12 @@ class AlertsResource(FromEnv, dg.ConfigurableResource):
             return AlertsResource(alerts_file="none", viewer_url=self.viewer_url)
         return self
 
-    def check_against(self, zones) -> None:
-        """The rules name lines and zones the zones file draws and classes the model knows."""
-        names = models_dir() / NAMES
-        known = names.read_text().split("\n") if names.exists() else None
-        self.rules().check_against(zones, known)
+    def check_against(self, zones, model=None) -> None:
+        """The rules name lines and zones the zones file draws and classes the live model (a ModelSpec)
+        knows; its classes go unchecked while its names file is not there yet (before a fetch)."""
+        known = model.class_names() if model is not None and (model.folder / model.names).is_file() else None
+        where = str(model.folder / model.names) if model is not None else None
+        self.rules().check_against(zones, known, where)
 
     def token(self, env: str) -> str | None:
         """A webhook's bearer token, from the environment only."""

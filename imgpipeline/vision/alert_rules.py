@@ -183,8 +183,9 @@ class AlertRules:
     def rule(self, name: str):
         return next((r for r in self.spec.rules if r.name == name), None)
 
-    def check_against(self, zones, class_names: list[str] | None) -> None:
-        """Every zone and line a rule names is drawn (for its sources) and every class is the model's."""
+    def check_against(self, zones, class_names: list[str] | None, names_file: str | None = None) -> None:
+        """Every zone and line a rule names is drawn (for its sources) and every class is the model's (its
+        names read from `names_file`)."""
         for rule in self.spec.rules:
             place = getattr(rule, "zone", None) or getattr(rule, "line", None)
             if place is not None:
@@ -199,8 +200,9 @@ class AlertRules:
             if class_names is not None:
                 unknown = [c for c in (getattr(rule, "classes", None) or []) if c not in class_names]
                 if unknown:
+                    see = names_file or "its names file"
                     raise ConfigError(f"{self.path}: rule {rule.name!r}: the model knows no class "
-                                      f"{', '.join(map(repr, unknown))} (see models/coco.names)")
+                                      f"{', '.join(map(repr, unknown))} (see {see})")
 
 
 def no_rules() -> AlertRules:

@@ -11,6 +11,7 @@ import pytest
 from imgpipeline import ConfigError
 from imgpipeline.cli.main import main
 from imgpipeline.cli.models import add
+from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import models
 from imgpipeline_tests.onnx_models import OBJECTNESS, colour_detector, names_file, png, squares
@@ -70,6 +71,26 @@ def test_a_user_onnx_model_detects_through_a_detect_frames_run_and_names_itself_
     assert record.status == "detected"
     assert (record.model, record.model_sha256) == ("colours-320", sha256(folder / "colours" / "model.onnx"))
     assert {(d["class_name"], tuple(d["box"])) for d in record.detections} == EXPECTED
+
+
+def test_alert_rules_are_checked_against_the_live_models_classes_at_load(folder, tmp_path, monkeypatch):
+    """A rule naming a class is checked against the names of the model IMGPIPELINE_MODEL picks."""
+    from imgpipeline.defs.resources import resources_from_env
+
+    add("colours", colour_detector(tmp_path / "best.onnx"), names_file(tmp_path / "names.txt"), log=print)
+    rules = tmp_path / "alerts.yaml"
+    monkeypatch.setenv("IMGPIPELINE_ALERTS_FILE", str(rules))
+    monkeypatch.setenv("IMGPIPELINE_MODEL", "colours")
+    rules.write_text("rules:\n  - {name: red-seen, kind: class, classes: [red]}\n")
+    assert resources_from_env()["alert_rules"].rules().rule("red-seen").classes == ["red"]
+    rules.write_text("rules:\n  - {name: car-seen, kind: class, classes: [car]}\n")
+    with pytest.raises(ConfigError, match=r"rule 'car-seen': the model knows no class 'car' "
+                                          rf"\(see {folder / 'colours' / 'names.txt'}\)"):
+        resources_from_env()
+    monkeypatch.setenv("IMGPIPELINE_MODEL", "yolov4-tiny")  # its names: COCO's, car among them
+    for name in ("coco.names", "SHA256SUMS"):
+        shutil.copy(PACKAGE_DIR.parent / "models" / name, folder / name)
+    assert resources_from_env()["alert_rules"].rules().rule("car-seen").classes == ["car"]
 
 
 def test_models_that_cannot_be_read_are_refused_when_added_with_what_was_found(folder, tmp_path):
