@@ -42,6 +42,7 @@ from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, POSITIONS_TAG, foll
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.processing import topic_id_of
 from imgpipeline.defs.tables import TOPIC_ASSET
+from imgpipeline.defs.ticks import bound, tick_instance
 from imgpipeline.resources import KafkaResource
 from imgpipeline.resources.settings import FromEnv, setting
 
@@ -269,22 +270,6 @@ def watch_ends(read_ends, ends: dict[int, int], pending: int, policy: BatchPolic
     return ends
 
 
-# `context.instance` is built anew for every tick: on SQLite storage that costs ~60 ms of CPU
-# (schema checks) against ~3 ms for the count. The code server keeps one per instance it serves.
-_instances: dict[str, dg.DagsterInstance] = {}
-
-
-def tick_instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance:
-    """The instance the code server keeps for the tick's."""
-    ref = context.instance_ref
-    if ref is None:  # a context built around an instance object, as in tests
-        return context.instance
-    from dagster._serdes import serialize_value
-
-    key = serialize_value(ref)
-    return _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
-
-
 def active_runs(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:
     """The runs queued or running."""
     return tick_instance(context).get_runs(dg.RunsFilter(statuses=ACTIVE))
@@ -484,7 +469,8 @@ def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=sensor_description(policy),
     )
-    def frames_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
+    def frames_sensor(context: dg.SensorEvaluationContext):
+        kafka: KafkaResource = bound(context, "kafka")
         topic = kafka.frames_topic
         previous = json.loads(context.cursor) if context.cursor else {}
         if previous.get("topic") not in (None, topic):

@@ -16,6 +16,7 @@ from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, detect_runs_in
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.ledger import KEEP_LIVE, accounted_ranges, holes, range_entry, read_ledger
 from imgpipeline.defs.tables import TOPIC_ASSET
+from imgpipeline.defs.ticks import bound, tick_instance
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.resources.storage import BadObject
 
@@ -228,15 +229,18 @@ def plan_repairs(report: list[Coverage], attempts: dict, now: float, max_batch: 
                 "every range the sensor launched that no run accounted for (a run that failed for good); "
                 "first has run retries read again a failure they missed.",
 )
-def repair_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource):
+def repair_sensor(context: dg.SensorEvaluationContext):
     import time
 
     from imgpipeline.lib.retries import rewind_lost_retries
 
-    for run_id in rewind_lost_retries(context.instance):
+    kafka: KafkaResource = bound(context, "kafka")
+    storage: StorageResource = bound(context, "storage")
+    instance = tick_instance(context)
+    for run_id in rewind_lost_retries(instance):
         context.log.warning(f"run {run_id} failed and run retries missed it: they read its failure again")
     topic = kafka.frames_topic
-    report = coverage(storage.open(), kafka, context.instance)
+    report = coverage(storage.open(), kafka, instance)
     attempts = json.loads(context.cursor) if context.cursor else {}
     max_batch = BatchPolicy.from_env().max_batch
     due, record, given_up = plan_repairs(report, attempts, time.time(), max_batch, topic)

@@ -24,6 +24,7 @@ from imgpipeline.defs.tables import (
     views,
 )
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures, schema_problems
+from imgpipeline.defs.ticks import bound, tick_instance
 from imgpipeline.defs.warehouse import builds, checks, sql, tracked
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.storage import BadObject
@@ -241,9 +242,9 @@ hourly_tables_job = dg.define_asset_job(
     description="Makes again each hour whose tracks continued detections of the hour before that have "
                 "since changed (late frames), one hour after another until they come out the same.",
 )
-def retrack_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
-    store = storage.open()
-    busy = hours_in_progress(context.instance)
+def retrack_sensor(context: dg.SensorEvaluationContext):
+    store = bound(context, "storage").open()
+    busy = hours_in_progress(tick_instance(context))
     requests = []
     for hour, seed in tracked.marked_hours(store):
         key = hour_key(hour)
