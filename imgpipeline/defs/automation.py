@@ -20,10 +20,11 @@ class AutomationPolicy(FromEnv, BaseModel):
         "tables follow its new frames this much later at most, each evaluation reading the hours' records",
         ge=1)
     nice: int = setting(
-        "IMGPIPELINE_AUTOMATION_NICE", 10,
+        "IMGPIPELINE_AUTOMATION_NICE", 19,
         "how much nicer (Unix niceness, 0 to 19) than the daemon the automation sensors' runs (the hours' "
-        "tables, tracks and alerts) run: on a busy machine detection gets the CPU first and a backlog "
-        "drains at the detector's pace; 0: the same priority",
+        "tables, tracks and alerts) run: on a busy machine they take only the CPU detection leaves (at 10 "
+        "they still took a tenth of a core from a draining backlog) and catch up when it is drained; "
+        "alerts are raised live by the stream meanwhile; 0: the same priority",
         ge=0, le=19)
 
 

@@ -105,6 +105,37 @@ def started_at(pid: int | None) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _stats() -> dict[int, list[str]]:
+    """Each process's /proc stat fields after its name (field 3 on: state, ppid, pgrp, …)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, from /proc (none where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for child, fields in _stats().items():
+        children.setdefault(int(fields[1]), []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def group_cpu_seconds(group: int) -> float:
+    """The CPU seconds (user and system) the live processes of a process group have used."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for fields in _stats().values() if int(fields[2]) == group)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def read_pid(pidfile: Path) -> int | None:
     try:
         return int(pidfile.read_text().strip())

@@ -171,7 +171,7 @@ def test_a_runs_niceness_tag_is_read_within_bounds():
 def test_the_automation_sensors_tag_their_runs_to_yield_unless_set_to_0(monkeypatch):
     from imgpipeline.defs.automation import automation_sensor
 
-    assert automation_sensor("s", dg.AssetKey("a")).run_tags == {NICE_TAG: "10"}
+    assert automation_sensor("s", dg.AssetKey("a")).run_tags == {NICE_TAG: "19"}
     monkeypatch.setenv("IMGPIPELINE_AUTOMATION_NICE", "0")
     assert NICE_TAG not in automation_sensor("s", dg.AssetKey("a")).run_tags
 

@@ -1,10 +1,13 @@
 """`imgpipeline bench latency`: the street video sent at a steady rate through the real daemon, as its
 camera would send it, and how long after each frame was sent it landed and its alerts reached the Kafka
 topic `alerts` (the rules of alerts.yaml and the lines and zones of zones.yaml, as the demo has them);
-then backlogs through the same daemon against the bare detector's frames/s: each sent while the daemon
-and its runs are stopped (SIGSTOP), timed from when they go on until its last frame landed, and the bare
-detector timed on the same frames before the first and after each, with the daemon stopped again; each
-backlog's efficiency is against the bare runs either side of it, and the figure is their median.
+then backlogs through the same daemon against the bare detector's frames/s. Each backlog is sent while
+the stream's run is stopped (SIGSTOP: the fast lane's follow_frames run; with a run per batch, the whole
+daemon, which would launch runs), the daemon and its sensors ticking on as they do when a backlog forms,
+and is timed from when the run goes on until its last frame landed; the bare detector is timed on the
+same frames before the first backlog and after each, with the daemon and its runs stopped, and the next
+backlog waits until the daemon has caught up with the ticks it missed meanwhile. Each backlog's
+efficiency is against the bare runs either side of it, and the figure is their median.
 
 With the fast lane (`--lane fast`) the alerts are raised live as each range lands, frame and track rules
 alike; with a run per batch (`--lane batch`) they come from the hourly chain (landing → the hour's
@@ -169,7 +172,9 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
                                open_instance)
         time.sleep(3)  # the last alerts run's messages reach the topic's reader
         stored = stored_alerts(storage, street)
-        backlogs = backlog_rounds(local.dagster.pid, producer, watch, detector, backlog, rounds, first_bare)
+        stream = (lambda: follower_pids(local.dagster.dagster_home)) if lane == "fast" else None
+        backlogs = backlog_rounds(local.dagster.pid, producer, watch, detector, backlog, rounds, first_bare,
+                                  stream)
         producer.producer.close()
     alerts.close()
     middle = sorted(backlogs, key=lambda r: r["efficiency"])[len(backlogs) // 2]  # the median round
@@ -188,18 +193,21 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
     return result
 
 
-def backlog_rounds(group: int, producer, watch, detector, backlog: int, rounds: int,
-                   bare: float) -> list[dict]:
-    """Each round: a backlog sent while the daemon's group is stopped and timed through it, then the
-    bare detector on the same frames with the group stopped; its efficiency against the bare runs either
-    side of it (`bare`: the first, before the daemon started)."""
+def backlog_rounds(group: int, producer, watch, detector, backlog: int, rounds: int, bare: float,
+                   stream=None) -> list[dict]:
+    """Each round: a backlog sent while the stream's run (`stream()`: its processes; else the daemon's whole
+    group) is stopped and timed through it, then the bare detector on the same frames with the group
+    stopped; its efficiency against the bare runs either side of it (`bare`: the first, before the daemon
+    started). Each round starts once the group is quiet again."""
     found = []
     for n in range(rounds):
         queue = bench_frames(backlog)
-        print(f"backlog {n + 1} of {rounds}: {backlog} frames sent while the daemon and its runs are "
-              "paused …")
+        wait_quiet(group)
+        pids = stream() if stream else None
+        print(f"backlog {n + 1} of {rounds}: {backlog} frames sent while "
+              + ("the stream's run is stopped …" if pids else "the daemon and its runs are stopped …"))
         watch.landed_at.clear()
-        with paused(group):  # on the topic before the pipeline goes on: a backlog, not a race
+        with paused(group, pids):  # on the topic before the pipeline goes on: a backlog, not a race
             send_frames(producer, queue, None, {})
         resumed = time.time()
         # Sharp at the end: the frames the bare detector would do in 2 s.
@@ -219,20 +227,61 @@ def backlog_rounds(group: int, producer, watch, detector, backlog: int, rounds: 
     return found
 
 
+def follower_pids(dagster_home) -> list[int]:
+    """The processes of the follow_frames run in flight (its worker and what it started), or none."""
+    import dagster as dg
+
+    from imgpipeline.defs.streaming.follow import follow_frames
+    from imgpipeline.lib.instance import open_instance
+    from imgpipeline.lib.launcher import PID_TAG
+    from imgpipeline.services.process import descendants
+
+    with open_instance(dagster_home) as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name=follow_frames.name,
+                                               statuses=[dg.DagsterRunStatus.STARTED]), limit=1)
+    pid = runs[0].tags.get(PID_TAG, "") if runs else ""
+    return [int(pid), *descendants(int(pid))] if pid.isdigit() else []
+
+
+def wait_quiet(group: int, below: float = 0.15, at_most_s: float = 60.0) -> None:
+    """Until the group's processes used less than `below` of a CPU over a second (the ticks it missed
+    while stopped caught up, the runs they started done), at most `at_most_s`."""
+    from imgpipeline.services.process import group_cpu_seconds
+
+    deadline = time.monotonic() + at_most_s
+    used = group_cpu_seconds(group)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = group_cpu_seconds(group)
+        if now - used < below:
+            return
+        used = now
+
+
 @contextmanager
-def paused(group: int):
-    """The process group (`dagster dev`: its daemon, code server and runs) stopped, continued after, the
-    benchmark itself stopped by SIGTERM or SIGHUP meanwhile too (a stopped group would stay stopped)."""
+def paused(group: int, pids: list[int] | None = None):
+    """The processes `pids`, else the process group (`dagster dev`: its daemon, code server and runs),
+    stopped, continued after, the benchmark itself stopped by SIGTERM or SIGHUP meanwhile too (a stopped
+    process would stay stopped)."""
 
     def leave(signum, frame):
         raise SystemExit(128 + signum)
 
+    def signal_all(sig: int) -> None:
+        if not pids:
+            os.killpg(group, sig)
+        for pid in pids or ():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
     saved = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    os.killpg(group, signal.SIGSTOP)
+    signal_all(signal.SIGSTOP)
     try:
         yield
     finally:
-        os.killpg(group, signal.SIGCONT)
+        signal_all(signal.SIGCONT)
         for sig, handler in saved.items():
             signal.signal(sig, handler)
 
