@@ -19,6 +19,7 @@ def setting_models() -> list:
     from imgpipeline.defs.streaming.upkeep import InstanceRetention
     from imgpipeline.defs.warehouse.compaction import Compaction
     from imgpipeline.lib.instance import InstanceSettings
+    from imgpipeline.lib.launcher import RunPriority
     from imgpipeline.resources import (
         AlertsResource,
         DetectorResource,
@@ -30,8 +31,8 @@ def setting_models() -> list:
     from imgpipeline.resources.mqtt import MqttSettings
 
     return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
-            TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, InstanceSettings,
-            InstanceRetention, DataRetention, Screening, Compaction]
+            TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, RunPriority,
+            InstanceSettings, InstanceRetention, DataRetention, Screening, Compaction]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

@@ -3,14 +3,14 @@
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from imgpipeline.lib.launcher import NICE_TAG
+from imgpipeline.lib.launcher import NICE_TAG, RunPriority
 from imgpipeline.resources.settings import FromEnv, setting
 
 AC = dg.AutomationCondition
 
 
 class AutomationPolicy(FromEnv, BaseModel):
-    """How often the domains' automation sensors look at their assets, and how their runs yield."""
+    """How often the domains' automation sensors look at their assets."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -19,13 +19,6 @@ class AutomationPolicy(FromEnv, BaseModel):
         "seconds between evaluations of the warehouse, tracking and alerts automation sensors: an hour's "
         "tables follow its new frames this much later at most, each evaluation reading the hours' records",
         ge=1)
-    nice: int = setting(
-        "IMGPIPELINE_AUTOMATION_NICE", 19,
-        "how much nicer (Unix niceness, 0 to 19) than the daemon the automation sensors' runs (the hours' "
-        "tables, tracks and alerts) run: on a busy machine they take only the CPU detection leaves (at 10 "
-        "they still took a tenth of a core from a draining backlog) and catch up when it is drained; "
-        "alerts are raised live by the stream meanwhile; 0: the same priority",
-        ge=0, le=19)
 
 
 # Like eager(), for every hour: a dependency updated since the target was last requested, or the target
@@ -73,6 +66,6 @@ def automation_sensor(name: str, *keys: dg.AssetKey, run_per_hour: bool = False
 
 
 def yielding_tags() -> dict[str, str]:
-    """The tags of a run that yields the CPU to detection (IMGPIPELINE_AUTOMATION_NICE)."""
-    nice = AutomationPolicy.from_env().nice
+    """The tags of a run that yields the CPU to detection (RunPriority)."""
+    nice = RunPriority.from_env().yielding
     return {NICE_TAG: str(nice)} if nice else {}

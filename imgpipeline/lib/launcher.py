@@ -12,7 +12,8 @@ default way. When a source file of the package or an env file changes, the next 
 a fresh interpreter and the server restarts, so no run executes stale code or settings.
 
 A run tagged `imgpipeline/nice` N runs that much nicer than the daemon (its steps' processes too): the
-hourly chain's automation runs are, so that on a busy machine detection gets the CPU first.
+hourly chain's automation runs are, so that on a busy machine detection gets the CPU first; so is a
+backfill's run that names no niceness (one launched from the UI), as nice as the hourly chain's.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import time
 from pathlib import Path
 
 import dagster as dg
+from pydantic import BaseModel, ConfigDict
+
+from imgpipeline.resources.settings import FromEnv, setting
 
 PID_TAG = "imgpipeline/run_worker_pid"
 HOST_TAG = "imgpipeline/run_worker_host"
@@ -46,6 +50,24 @@ READY_TIMEOUT_S = 15.0
 # Start times from /proc are whole clock ticks on a boot time in whole seconds: a process that started
 # more than this after its worker's recorded start is another one.
 START_SLACK_S = 2.0
+
+
+BACKFILL_TAG = "dagster/backfill"  # on each run a backfill launched
+
+
+class RunPriority(FromEnv, BaseModel):
+    """How much the runs that can wait yield the CPU to detection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    yielding: int = setting(
+        "IMGPIPELINE_AUTOMATION_NICE", 19,
+        "how much nicer (Unix niceness, 0 to 19) than the daemon the runs that can wait run: the automation "
+        "sensors' (the hours' tables, tracks and alerts), re-detections and any backfill's: on a busy "
+        "machine they take only the CPU detection leaves (at 10 they still took a tenth of a core from a "
+        "draining backlog) and catch up when it is drained; alerts are raised live by the stream "
+        "meanwhile; 0: the same priority",
+        ge=0, le=19)
 
 
 class ForkingRunLauncher(dg.DefaultRunLauncher):
@@ -83,7 +105,8 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
                 server = self._fork_server()
             if server.wait_ready(READY_TIMEOUT_S):
                 with self._lock:
-                    pid = server.fork_run(serialize_value(args), nice=run_nice(run.tags))
+                    nice = run_nice(run.tags, RunPriority.from_env().yielding)
+                    pid = server.fork_run(serialize_value(args), nice=nice)
         if pid is None:
             super().launch_run(context)
             return
@@ -279,10 +302,13 @@ class ForkServerClient:
 # The server side: `python -m imgpipeline.lib.launcher MODULE…`, the instance ref in INSTANCE_REF_ENV.
 
 
-def run_nice(tags: dict[str, str]) -> int:
-    """The niceness a run's tags ask for: 0 to 19, 0 when absent or not a number."""
+def run_nice(tags: dict[str, str], backfill: int = 0) -> int:
+    """The niceness a run's tags ask for: 0 to 19, 0 when not a number; when they name none, `backfill`
+    for a backfill's run, else 0."""
+    if NICE_TAG not in tags:
+        return min(19, max(0, backfill)) if BACKFILL_TAG in tags else 0
     try:
-        return min(19, max(0, int(tags.get(NICE_TAG, 0))))
+        return min(19, max(0, int(tags[NICE_TAG])))
     except ValueError:
         return 0
 

@@ -267,4 +267,6 @@ def test_bench_latency_times_the_alerts_the_tables_hold(kafka, monkeypatch):
     assert written["backlog"] == 10 and len(written["rounds"]) == 2
     assert written["efficiency"] in [r["efficiency"] for r in written["rounds"]]
     assert all(r["efficiency"] > 0 and r["backlog_fps"] > 0 for r in written["rounds"])
+    # Each backlog formed behind the fast lane's run alone, the daemon ticking on.
+    assert {r["stopped"] for r in written["rounds"]} == {"stream"}
     assert written["lane"] == "fast"  # the default: a follow_frames run detected the frames

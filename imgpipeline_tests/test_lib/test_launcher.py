@@ -11,7 +11,7 @@ import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
-from imgpipeline.lib.launcher import NICE_TAG, PID_TAG, run_nice
+from imgpipeline.lib.launcher import BACKFILL_TAG, NICE_TAG, PID_TAG, run_nice
 from imgpipeline.resources import StorageResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog
@@ -108,11 +108,15 @@ def test_forked_runs_land_frames_and_see_a_changed_env(instance, kafka, tmp_path
     assert instance.run_launcher.warm(timeout_s=120), "the fork server did not come back"
 
 
-def test_a_forked_run_runs_as_nice_as_tagged_and_terminate_cancels_it(instance, kafka, tmp_path):
-    """Runs tagged to yield the CPU (as the automation sensors tag theirs) run that much nicer."""
+@pytest.mark.parametrize("tags", [{NICE_TAG: "5"}, {BACKFILL_TAG: "from-the-ui"}])
+def test_a_forked_run_runs_as_nice_as_tagged_and_terminate_cancels_it(instance, kafka, tmp_path, tags,
+                                                                     monkeypatch):
+    """Runs tagged to yield the CPU (as the automation sensors tag theirs) run that much nicer; a backfill's
+    run that names no niceness (launched from the UI) as nice as the setting says."""
     import os
 
-    storage, runs = detecting_runs(instance, kafka, tmp_path, tags={NICE_TAG: "5"})
+    monkeypatch.setenv("IMGPIPELINE_AUTOMATION_NICE", "5")
+    storage, runs = detecting_runs(instance, kafka, tmp_path, tags=tags)
     pids = [int(instance.get_run_by_id(run.run_id).tags[PID_TAG]) for run in runs]
     own = os.getpriority(os.PRIO_PROCESS, 0)
     assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [min(19, own + 5)] * len(pids)
@@ -166,6 +170,8 @@ def test_a_killed_worker_fails_its_run_under_run_monitoring(instance, kafka, tmp
 def test_a_runs_niceness_tag_is_read_within_bounds():
     assert [run_nice(tags) for tags in ({}, {NICE_TAG: "10"}, {NICE_TAG: "99"}, {NICE_TAG: "-5"},
                                          {NICE_TAG: "ten"}, {NICE_TAG: ""})] == [0, 10, 19, 0, 0, 0]
+    backfill = {BACKFILL_TAG: "abc"}
+    assert [run_nice(tags, 19) for tags in ({}, backfill, {**backfill, NICE_TAG: "3"})] == [0, 19, 3]
 
 
 def test_the_automation_sensors_tag_their_runs_to_yield_unless_set_to_0(monkeypatch):

@@ -220,7 +220,7 @@ def backlog_rounds(group: int, producer, watch, detector, backlog: int, rounds: 
             after = bare_fps(queue, detector)
         mean = (bare + after) / 2
         found.append({"backlog_fps": round(pipeline_fps, 1), "bare_fps": round(mean, 1),
-                      "efficiency": round(pipeline_fps / mean, 3)})
+                      "efficiency": round(pipeline_fps / mean, 3), "stopped": "stream" if pids else "daemon"})
         print(f"  {pipeline_fps:.1f} frames/s against the bare detector's {mean:.1f}: "
               f"{pipeline_fps / mean:.2f}")
         bare = after
