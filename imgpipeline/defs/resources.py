@@ -20,7 +20,7 @@ def resources_from_env() -> dict:
     tracking = TrackingResource.from_env()
     alerts = alert_rules_from_env(tracking)
     # Rules and zones are separate files: a rule naming a line that is not drawn fails here, at load.
-    # and so does a rule naming a class the live model does not know.
+    # So does a rule naming a class the live model does not know.
     detector = DetectorResource.from_env()
     alerts.check_against(tracking.zones(), detector.spec())
     return {

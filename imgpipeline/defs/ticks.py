@@ -3,15 +3,20 @@
 A sensor that declares resources has them built on each tick together with a new `context.instance`:
 on SQLite storage that opens the storage and checks its schema (most of a tick's CPU; on PostgreSQL a
 new engine and connection), and a code server ticks its sensors every few seconds beside the runs. The
-sensors here declare none: they take the resources the code location binds as they are, and the
-instance the code server keeps for each instance it serves.
+sensors here declare none: they take the resources the code location binds, built once per code server
+(they are settings, with nothing to set up or tear down), and the instance the code server keeps for
+each instance it serves.
 """
 
 from __future__ import annotations
 
+import threading
+
 import dagster as dg
 
+_lock = threading.Lock()
 _instances: dict[str, dg.DagsterInstance] = {}
+_resources: dict[tuple[str, int], object] = {}
 
 
 def tick_instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance:
@@ -22,15 +27,23 @@ def tick_instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance:
     from dagster._serdes import serialize_value
 
     key = serialize_value(ref)
-    return _instances.get(key) or _instances.setdefault(key, dg.DagsterInstance.from_ref(ref))
+    with _lock:
+        if key not in _instances:
+            _instances[key] = dg.DagsterInstance.from_ref(ref)
+        return _instances[key]
 
 
 def bound(context: dg.SensorEvaluationContext, key: str):
-    """The resource the code location binds to `key` (as given to the context when it has none, as in
-    tests), built without an instance: the sensors' resources need none."""
-    repository = context.repository_def
-    definition = repository.get_top_level_resources().get(key) if repository is not None else None
-    if definition is None:
+    """The resource given to the context for `key` (as tests give them), else the one the code location
+    binds, built on the first tick that asks for it and kept."""
+    if key in (context.resource_defs or {}):
         return getattr(context.resources, key)
-    with dg.build_resources({key: definition}) as built:
-        return getattr(built, key)
+    definition = context.repository_def.get_top_level_resources()[key]
+    with _lock:
+        found = _resources.get((key, id(definition)))
+    if found is None:
+        with dg.build_resources({key: definition}, instance=tick_instance(context)) as built:
+            found = getattr(built, key)
+        with _lock:
+            found = _resources.setdefault((key, id(definition)), found)
+    return found

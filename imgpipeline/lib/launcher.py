@@ -105,7 +105,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
                 server = self._fork_server()
             if server.wait_ready(READY_TIMEOUT_S):
                 with self._lock:
-                    nice = run_nice(run.tags, RunPriority.from_env().yielding)
+                    nice = run_nice(run.tags, backfill_nice(run.tags))
                     pid = server.fork_run(serialize_value(args), nice=nice)
         if pid is None:
             super().launch_run(context)
@@ -300,6 +300,19 @@ class ForkServerClient:
 
 
 # The server side: `python -m imgpipeline.lib.launcher MODULE…`, the instance ref in INSTANCE_REF_ENV.
+
+
+def backfill_nice(tags: dict[str, str]) -> int:
+    """How nice a backfill's run that names no niceness runs: the setting, read then (an env file edited
+    since the code location loaded and now wrong leaves the default, and the run launches)."""
+    if NICE_TAG in tags or BACKFILL_TAG not in tags:
+        return 0
+    from imgpipeline import ConfigError
+
+    try:
+        return RunPriority.from_env().yielding
+    except ConfigError:
+        return RunPriority.model_fields["yielding"].default
 
 
 def run_nice(tags: dict[str, str], backfill: int = 0) -> int:

@@ -108,7 +108,11 @@ def started_at(pid: int | None) -> float | None:
 def _stats() -> dict[int, list[str]]:
     """Each process's /proc stat fields after its name (field 3 on: state, ppid, pgrp, …)."""
     found = {}
-    for entry in Path("/proc").iterdir():
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return found
+    for entry in entries:
         if entry.name.isdigit():
             try:
                 found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
@@ -130,10 +134,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def group_cpu_seconds(group: int) -> float:
-    """The CPU seconds (user and system) the live processes of a process group have used."""
-    ticks = sum(int(fields[11]) + int(fields[12]) for fields in _stats().values() if int(fields[2]) == group)
-    return ticks / os.sysconf("SC_CLK_TCK")
+def group_cpu_seconds(group: int) -> dict[tuple[int, int], float]:
+    """The CPU seconds (user and system) each live process of a process group has used, by its pid and
+    start (a later process given the same pid is another key)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {(pid, int(fields[19])): (int(fields[11]) + int(fields[12])) / tick
+            for pid, fields in _stats().items() if int(fields[2]) == group}
 
 
 def read_pid(pidfile: Path) -> int | None:

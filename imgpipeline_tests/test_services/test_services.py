@@ -1,7 +1,9 @@
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,35 @@ def test_services_starting_at_once_never_claim_the_same_port():
             listener.bind(("127.0.0.1", 0))
             listener.listen()
             assert not third.claim(listener.getsockname()[1])
+
+
+def test_a_process_tree_and_a_groups_cpu_are_read_from_proc():
+    """What bench latency stops (a run's worker and what it started) and how busy a group is."""
+    from imgpipeline.cli.bench.latency import paused
+    from imgpipeline.services.process import descendants, group_cpu_seconds
+
+    # A group of its own: a shell, a busy child, and a sleeping grandchild under a second shell.
+    tree = subprocess.Popen(["bash", "-c", "(sleep 30 & wait) & while :; do :; done & wait"],
+                            start_new_session=True)
+    try:
+        time.sleep(1.0)
+        below = descendants(tree.pid)
+        assert len(below) == 3 and tree.pid not in below  # two subshells, and the sleep under one
+        assert all(alive(pid) for pid in below)
+        assert sorted(len(descendants(pid)) for pid in below) == [0, 0, 1]
+        before = group_cpu_seconds(tree.pid)
+        assert {pid for pid, _ in before} == {tree.pid, *below}
+        time.sleep(1.0)
+        after = group_cpu_seconds(tree.pid)
+        assert sum(after.values()) - sum(before.values()) > 0.5  # the busy loop, about a core
+        with paused(tree.pid, below):  # the children stopped, the shell not
+            states = {pid: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                      for pid in [tree.pid, *below]}
+            assert {states[pid] for pid in below} == {"T"} and states[tree.pid] != "T"
+            stopped = group_cpu_seconds(tree.pid)
+            time.sleep(0.5)
+            assert sum(group_cpu_seconds(tree.pid).values()) - sum(stopped.values()) < 0.1
+        assert {Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for pid in below} != {"T"}
+    finally:
+        os.killpg(tree.pid, signal.SIGKILL)
+        tree.wait()

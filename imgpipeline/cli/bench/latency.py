@@ -233,14 +233,19 @@ def follower_pids(dagster_home) -> list[int]:
 
     from imgpipeline.defs.streaming.follow import follow_frames
     from imgpipeline.lib.instance import open_instance
-    from imgpipeline.lib.launcher import PID_TAG
-    from imgpipeline.services.process import descendants
+    from imgpipeline.lib.launcher import PID_TAG, START_SLACK_S, STARTED_TAG
+    from imgpipeline.services.process import descendants, started_at
 
     with open_instance(dagster_home) as instance:
         runs = instance.get_runs(dg.RunsFilter(job_name=follow_frames.name,
                                                statuses=[dg.DagsterRunStatus.STARTED]), limit=1)
-    pid = runs[0].tags.get(PID_TAG, "") if runs else ""
-    return [int(pid), *descendants(int(pid))] if pid.isdigit() else []
+    tags = runs[0].tags if runs else {}
+    pid, started = tags.get(PID_TAG, ""), tags.get(STARTED_TAG)
+    if not pid.isdigit() or started is None or (now := started_at(int(pid))) is None:
+        return []
+    if abs(now - float(started)) > START_SLACK_S:  # the worker is gone, its pid another process's
+        return []
+    return [int(pid), *descendants(int(pid))]
 
 
 def wait_quiet(group: int, below: float = 0.15, at_most_s: float = 60.0) -> None:
@@ -253,9 +258,10 @@ def wait_quiet(group: int, below: float = 0.15, at_most_s: float = 60.0) -> None
     while time.monotonic() < deadline:
         time.sleep(1.0)
         now = group_cpu_seconds(group)
-        if now - used < below:
+        if sum(max(0.0, seconds - used.get(key, 0.0)) for key, seconds in now.items()) < below:
             return
         used = now
+    print(f"  the daemon was still busy after {at_most_s:g} s; going on")
 
 
 @contextmanager
@@ -273,12 +279,12 @@ def paused(group: int, pids: list[int] | None = None):
         for pid in pids or ():
             try:
                 os.kill(pid, sig)
-            except ProcessLookupError:
+            except OSError:  # gone meanwhile
                 pass
 
     saved = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    signal_all(signal.SIGSTOP)
     try:
+        signal_all(signal.SIGSTOP)
         yield
     finally:
         signal_all(signal.SIGCONT)
