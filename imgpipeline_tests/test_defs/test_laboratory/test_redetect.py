@@ -112,9 +112,11 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
             (backfill,) = instance.get_backfills()
         run = wait_for(lambda: started_mid_hour(home, storage, backfill.backfill_id), 240,
                        "a run of the backfill detecting its hour")
-        os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
+        worker = int(run.tags[PID_TAG])
+        os.kill(worker, signal.SIGKILL)
         killed_at = time.monotonic()
-        assert not alive(int(run.tags[PID_TAG]))
+        # A worker as nice as 19 on a busy machine takes a moment to be scheduled to die.
+        wait_for(lambda: not alive(worker), 60, f"the killed worker {worker} to be gone")
 
         # Run monitoring fails the killed run and run retries launch it again; the backfill ends with
         # both hours made. Running the command again would do the same (the test below does).
