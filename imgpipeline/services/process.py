@@ -83,11 +83,8 @@ def alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
+    fields = _stat(pid)
+    return fields is None or fields[0] != "Z"
 
 
 def started_at(pid: int | None) -> float | None:
@@ -96,8 +93,11 @@ def started_at(pid: int | None) -> float | None:
     process from a later one that was given the same pid."""
     if not pid:
         return None
+    fields = _stat(pid)
+    if fields is None:
+        return None
     try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # starttime
+        ticks = int(fields[19])  # starttime
         boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime "))
     except (OSError, IndexError, ValueError, StopIteration):
@@ -105,20 +105,22 @@ def started_at(pid: int | None) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _stats() -> dict[int, list[str]]:
-    """Each process's /proc stat fields after its name (field 3 on: state, ppid, pgrp, …)."""
-    found = {}
+def _stat(pid: int) -> list[str] | None:
+    """A process's /proc stat fields after its name (field 3 on: state, ppid, pgrp, …); None when it is
+    gone or there is no /proc to ask."""
     try:
-        entries = list(Path("/proc").iterdir())
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _stats() -> dict[int, list[str]]:
+    """Each live process's stat fields (`_stat`)."""
+    try:
+        pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
     except OSError:
-        return found
-    for entry in entries:
-        if entry.name.isdigit():
-            try:
-                found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # gone meanwhile
-    return found
+        return {}
+    return {pid: fields for pid in pids if (fields := _stat(pid)) is not None}
 
 
 def descendants(pid: int) -> list[int]:

@@ -228,24 +228,25 @@ def backlog_rounds(group: int, producer, watch, detector, backlog: int, rounds: 
 
 
 def follower_pids(dagster_home) -> list[int]:
-    """The processes of the follow_frames run in flight (its worker and what it started), or none."""
+    """The processes of the follow_frames run in flight (its worker and what it started), or none: its
+    worker as run monitoring knows it (this host, the pid still the worker's own process)."""
     import dagster as dg
+    from dagster._core.launcher import WorkerStatus
 
     from imgpipeline.defs.streaming.follow import follow_frames
     from imgpipeline.lib.instance import open_instance
-    from imgpipeline.lib.launcher import PID_TAG, START_SLACK_S, STARTED_TAG
-    from imgpipeline.services.process import descendants, started_at
+    from imgpipeline.lib.launcher import PID_TAG
+    from imgpipeline.services.process import descendants
 
     with open_instance(dagster_home) as instance:
         runs = instance.get_runs(dg.RunsFilter(job_name=follow_frames.name,
                                                statuses=[dg.DagsterRunStatus.STARTED]), limit=1)
-    tags = runs[0].tags if runs else {}
-    pid, started = tags.get(PID_TAG, ""), tags.get(STARTED_TAG)
-    if not pid.isdigit() or started is None or (now := started_at(int(pid))) is None:
-        return []
-    if abs(now - float(started)) > START_SLACK_S:  # the worker is gone, its pid another process's
-        return []
-    return [int(pid), *descendants(int(pid))]
+        if not runs or PID_TAG not in runs[0].tags:
+            return []
+        if instance.run_launcher.check_run_worker_health(runs[0]).status != WorkerStatus.RUNNING:
+            return []
+    pid = int(runs[0].tags[PID_TAG])
+    return [pid, *descendants(pid)]
 
 
 def wait_quiet(group: int, below: float = 0.15, at_most_s: float = 60.0) -> None:
