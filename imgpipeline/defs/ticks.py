@@ -16,7 +16,7 @@ import dagster as dg
 
 _lock = threading.Lock()
 _instances: dict[str, dg.DagsterInstance] = {}
-_resources: dict[tuple[str, int], object] = {}
+_resources: dict[tuple[str, int], tuple[object, object]] = {}
 
 
 def tick_instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance:
@@ -40,10 +40,11 @@ def bound(context: dg.SensorEvaluationContext, key: str):
         return getattr(context.resources, key)
     definition = context.repository_def.get_top_level_resources()[key]
     with _lock:
-        found = _resources.get((key, id(definition)))
-    if found is None:
+        kept = _resources.get((key, id(definition)))
+    if kept is None:
         with dg.build_resources({key: definition}, instance=tick_instance(context)) as built:
-            found = getattr(built, key)
+            # kept with its definition, whose id is then never another's
+            kept = (definition, getattr(built, key))
         with _lock:
-            found = _resources.setdefault((key, id(definition)), found)
-    return found
+            kept = _resources.setdefault((key, id(definition)), kept)
+    return kept[1]

@@ -39,7 +39,8 @@ def test_ticks_take_the_bound_resources_and_build_no_instance_after_the_first(tm
         context = dg.build_sensor_context(instance=instance, repository_def=repository)
         storage = ticks.bound(context, "storage")
         assert storage is ticks.bound(context, "storage")  # built once, kept
-        assert storage.uri == StorageResource.from_env().uri  # the code location's, from the settings
+        # the code location's own (built from the settings when the definitions were imported)
+        assert storage.uri == defs.resources["storage"].uri
         other = StorageResource(uri=(tmp_path / "other").as_uri())
         with dg.build_sensor_context(instance=instance, repository_def=repository,
                                      resources={"storage": other}) as given:
