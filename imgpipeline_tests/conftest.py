@@ -45,6 +45,10 @@ def pytest_configure(config):
     for name in ("IMGPIPELINE_HOME", *_ISOLATED):
         _saved[name] = os.environ.pop(name, None)
     os.environ["IMGPIPELINE_HOME"] = home
+    if hasattr(config, "workerinput") or not spread_over_workers(config):
+        # The code location's definitions read their settings when first imported: imported here, under
+        # the tests' clean settings, they are the same whichever test of the process comes first.
+        import imgpipeline.definitions  # noqa: F401
 
 
 def pytest_unconfigure(config):

@@ -161,10 +161,14 @@ def ignoring_put_if_absent(endpoint: str):
         server.server_close()
 
 
-def test_a_store_that_ignores_put_if_absent_is_refused_and_replaces_nothing(services, tmp_path):
+def test_a_store_that_ignores_put_if_absent_is_refused_and_replaces_nothing(services, tmp_path, monkeypatch):
     """`imgpipeline check` says whether the store honours put-if-absent; on one that does not, storing a
     frame and numbering an alert refuse (ConfigError) instead of overwriting."""
     from imgpipeline.defs.alerts.ledger import Ledger
+    from imgpipeline.resources import storage as storage_module
+
+    # What the process learnt of each endpoint, its own here: the proxy's port may be another's later.
+    monkeypatch.setattr(storage_module, "_CONDITIONAL_WRITES", {})
     from imgpipeline_tests.test_services.test_postgres import cli
 
     direct = s3_storage_resource(services)

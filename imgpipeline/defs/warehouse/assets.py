@@ -4,7 +4,7 @@ Each run handles a whole partition range (single-run backfills) and rewrites the
 every partition in it, so re-materializing gives the same rows in the same order.
 """
 
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -68,13 +68,14 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     hours = hours_in(context.partition_time_window)
     counted = {"frames": 0, "detections": 0, "class_hours": 0, "extended": 0}
     failures = no_failures(checks.CHECKS, "frames", "detections")
-    retired = []
+    retired, first_whole = [], False
     for hour in hours:
         made = make_hour(store, hour, settings, extend=len(hours) == 1 and not context.run.tags.get(WHOLE))
         if made is None:
             retired.append(hour)  # its tables stay as they were built
             continue
         written = bool(made.whole or made.added)
+        first_whole = first_whole or (hour == hours[0] and bool(made.whole))
         if written:
             builds.write_tables(store, hour, made)
         tracked.clear_mark(store, hour, made.seed)
@@ -98,9 +99,13 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     if retired:
         context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are of "
                             "days whose landing retention deleted: their tables stay as they were built")
-    if (stale := tracked.mark_next_if_stale(store, hours[-1])) is not None:
-        context.log.info(f"{hour_key(stale)} continued other detections of {hour_key(hours[-1])}: "
-                         "retrack_sensor makes it again")
+    # The hour after the range continued this run's last hour; the range's first hour, made whole, the
+    # hour before as it was when read, which another run may have written since (tracked.mark_if_stale).
+    stale = [tracked.mark_if_stale(store, hours[-1] + timedelta(hours=1)),
+             tracked.mark_if_stale(store, hours[0]) if first_whole else None]
+    for hour in filter(None, stale):
+        context.log.info(f"{hour_key(hour)} continued other detections of "
+                         f"{hour_key(hour - timedelta(hours=1))}: retrack_sensor makes it again")
     for table in builds.HOURLY:
         yield dg.MaterializeResult(
             asset_key=table.key,

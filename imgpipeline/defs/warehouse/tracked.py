@@ -175,18 +175,25 @@ def clear_mark(store, hour: datetime, seed: str) -> None:
         store.delete(key)
 
 
-def mark_next_if_stale(store, hour: datetime) -> datetime | None:
-    """Mark the hour after `hour` to be tracked again when it continued other detections than those
-    `hour` holds now; returns it when marked."""
-    following = hour + timedelta(hours=1)
-    if not store.exists(DETECTIONS.hour_key(following)):
+def mark_if_stale(store, hour: datetime) -> datetime | None:
+    """Mark `hour` to be tracked again when its stored detections continued other detections of the hour
+    before than those stored now; returns it when marked.
+
+    A run checks this after its writes for the hour after its range (its last hour changed) and for its
+    first hour (the hour before may have been written by another run meanwhile). Two runs of adjacent
+    hours at once each write, then look at the other's hour: whichever looks last sees the other's write,
+    so the later hour is marked whatever the order."""
+    if not store.exists(DETECTIONS.hour_key(hour)):
         return None
-    now = content_digest(DETECTIONS.read(store, DETECTIONS.hour_key(hour)))
-    if seeded_from(DETECTIONS.read(store, DETECTIONS.hour_key(following))) == now:
-        clear_mark(store, following, now)
+    previous = hour - timedelta(hours=1)
+    now = "none"  # as track_hour seeds an hour whose previous hour is not stored
+    if all(store.exists(t.hour_key(previous)) for t in (FRAMES, DETECTIONS)):
+        now = content_digest(DETECTIONS.read(store, DETECTIONS.hour_key(previous)))
+    if (seeded_from(DETECTIONS.read(store, DETECTIONS.hour_key(hour))) or "none") == now:
+        clear_mark(store, hour, now)
         return None
-    store.put(retrack_key(following), now.encode())
-    return following
+    store.put(retrack_key(hour), now.encode())
+    return hour
 
 
 def marked_hours(store) -> list[tuple[datetime, str]]:

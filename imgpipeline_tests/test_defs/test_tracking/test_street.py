@@ -3,6 +3,7 @@ tracking tables from their automation sensors; then counted again by hand to the
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -12,6 +13,7 @@ from imgpipeline.cli.samples import sample
 from imgpipeline.defs.tables import OBJECT_COUNTS, TABLES, from_parquet
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.tracking.assets import tracking_tables
+from imgpipeline.defs.warehouse import tracked
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
@@ -43,6 +45,34 @@ def settled(storage: StorageResource, frames: int):
     if sum(from_parquet(p.read_bytes()).num_rows for p in files["frames"]) != frames:
         return False
     return min(p.stat().st_mtime for p in counts) > max(p.stat().st_mtime for p in files["detections"])
+
+
+def idle(storage: StorageResource, dagster_home) -> bool:
+    """True while nothing is left to make: no hour marked to be tracked again, no backfill waiting for
+    its runs, no run queued or under way."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    if storage.open().list(f"{tracked.RETRACK}/"):
+        return False
+    with open_instance(dagster_home) as instance:
+        return not instance.get_backfills(status=BulkActionStatus.REQUESTED) and not instance.get_runs(
+            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                                            dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+
+
+class Held:
+    """Whether a condition has held on every look for `seconds` (the automation sensors look every 5 s
+    here: a run just done may still ask for one more on their next look)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.since = seconds, None
+
+    def __call__(self, holds: bool) -> bool:
+        if not holds:
+            self.since = None
+            return False
+        self.since = self.since or time.monotonic()
+        return time.monotonic() - self.since >= self.seconds
 
 
 def runs_seen(dagster_home) -> str:
@@ -82,8 +112,10 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
         frames = list(video_frames(str(sample("bikes.mp4")), "street-cam", start=START))
         FrameProducer(kafka, storage, "street-cam", ledger=Ledger(tmp_path / "sent")).send_all(
             iter(frames), progress=False)
-        wait_for(lambda: settled(storage, len(frames)), 420, "detection, then the automation sensors' "
-                 "warehouse and tracking runs", explain=lambda: runs_seen(local.dagster.dagster_home))
+        home, held = local.dagster.dagster_home, Held(12)
+        wait_for(lambda: held(settled(storage, len(frames)) and idle(storage, home)), 480,
+                 "detection, then the automation sensors' warehouse and tracking runs, then nothing to do",
+                 explain=lambda: runs_seen(home))
     finally:
         stop_at_once(local.dagster)
 

@@ -147,6 +147,50 @@ def cli(env, *args) -> str:
     return done.stdout
 
 
+def test_two_adjacent_hours_made_at_once_have_the_later_one_tracked_again(tmp_path, monkeypatch):
+    """Runs of 10:00 and 11:00 at once (two sensors' requests, a backfill beside the automation): 11:00
+    reads 10:00 before it is written, then 10:00 is written and looks at 11:00 before 11:00 is written.
+    11:00, looking at 10:00 after its own write, sees it changed: it is marked, and made again."""
+    import threading
+
+    from imgpipeline.defs.warehouse import builds
+
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    resources = {"storage": storage, "tracking": TrackingResource(zones_file="none")}
+    store = storage.open()
+    land(store, scene())
+    reached, go_on = threading.Event(), threading.Event()
+    write_tables = builds.write_tables
+
+    def held(store_, hour, made):
+        if hour == ELEVEN and not go_on.is_set():  # 11:00 has read 10:00 (not there): it waits to write
+            reached.set()
+            assert go_on.wait(120)
+        write_tables(store_, hour, made)
+
+    monkeypatch.setattr(builds, "write_tables", held)
+    with fresh_instance() as instance, fresh_instance() as beside:
+        eleven = threading.Thread(target=materialize, args=(
+            [hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, beside))
+        eleven.start()
+        assert reached.wait(120)
+        materialize([hourly_tables], "2026-11-20-10:00", "2026-11-20-10:00", resources, instance)
+        assert tracker.marked_hours(store) == []  # 10:00 looked at 11:00 before 11:00 was written
+        go_on.set()
+        eleven.join(120)
+        assert not eleven.is_alive()
+        assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN]  # 11:00 looked after it
+        with dg.build_sensor_context(instance=instance, resources={"storage": storage}) as context:
+            assert [r.partition_key for r in retrack_sensor(context).run_requests] == ["2026-11-20-11:00"]
+        materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
+        assert tracker.marked_hours(store) == []
+
+    walker = connect(storage).sql(
+        "SELECT count(DISTINCT track_id), count(DISTINCT hour) FROM detections "
+        "WHERE class_name = 'person' AND track_id IS NOT NULL").fetchone()
+    assert walker == (1, 2)  # one id on both sides of 11:00
+
+
 def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_changes(tmp_path):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     resources = {"storage": storage, "tracking": TrackingResource(zones_file="none")}
