@@ -4,7 +4,7 @@ Each run handles a whole partition range (single-run backfills) and rewrites the
 every partition in it, so re-materializing gives the same rows in the same order.
 """
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -35,6 +35,13 @@ def hourly_spec(table, description: str) -> dg.AssetSpec:
     return dg.AssetSpec(table.key, description=description, deps=[LANDING_ASSET],
                         partitions_def=hourly_partitions, group_name="warehouse",
                         automation_condition=on_landing_update, kinds={"parquet"})
+
+
+def stale(context, marked: datetime | None) -> None:
+    """Say in the run's log that retrack_sensor will make `marked` again, if an hour was marked."""
+    if marked is not None:
+        context.log.info(f"{hour_key(marked)} continued other detections of "
+                         f"{hour_key(marked - timedelta(hours=1))}: retrack_sensor makes it again")
 
 
 @dg.multi_asset(
@@ -68,17 +75,19 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     hours = hours_in(context.partition_time_window)
     counted = {"frames": 0, "detections": 0, "class_hours": 0, "extended": 0}
     failures = no_failures(checks.CHECKS, "frames", "detections")
-    retired, first_whole = [], False
+    retired = []
     for hour in hours:
         made = make_hour(store, hour, settings, extend=len(hours) == 1 and not context.run.tags.get(WHOLE))
         if made is None:
             retired.append(hour)  # its tables stay as they were built
             continue
         written = bool(made.whole or made.added)
-        first_whole = first_whole or (hour == hours[0] and bool(made.whole))
         if written:
             builds.write_tables(store, hour, made)
         tracked.clear_mark(store, hour, made.seed)
+        if hour == hours[0] and made.whole:
+            # It continued the hour before as it was when read: another run may have written it since.
+            stale(context, tracked.mark_if_stale(store, hour))
         context.log.info(f"{hour_key(hour)}: " + (f"made whole from {made.added} landing files ({made.whole})"
                                                   if made.whole else f"{made.added} new landing files added"))
         counted["extended"] += made.whole is None
@@ -99,13 +108,7 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     if retired:
         context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are of "
                             "days whose landing retention deleted: their tables stay as they were built")
-    # The hour after the range continued this run's last hour; the range's first hour, made whole, the
-    # hour before as it was when read, which another run may have written since (tracked.mark_if_stale).
-    stale = [tracked.mark_if_stale(store, hours[-1] + timedelta(hours=1)),
-             tracked.mark_if_stale(store, hours[0]) if first_whole else None]
-    for hour in filter(None, stale):
-        context.log.info(f"{hour_key(hour)} continued other detections of "
-                         f"{hour_key(hour - timedelta(hours=1))}: retrack_sensor makes it again")
+    stale(context, tracked.mark_if_stale(store, hours[-1] + timedelta(hours=1)))  # it continued this run's
     for table in builds.HOURLY:
         yield dg.MaterializeResult(
             asset_key=table.key,
@@ -255,8 +258,8 @@ def retrack_sensor(context: dg.SensorEvaluationContext):
         key = hour_key(hour)
         if not hourly_partitions.has_partition_key(key):
             context.log.warning(f"{tracked.retrack_key(hour)}: {key} is not an hourly partition; left alone")
-        elif tracked.is_current(store, hour, seed):
-            tracked.clear_mark(store, hour, seed)  # made meanwhile from the right hour
+        elif tracked.continues(store, hour):
+            tracked.clear_mark(store, hour, seed)  # made meanwhile from the hour before as it is now
         elif key not in busy:
             # No run key: a failed run leaves the mark, and the next tick asks again.
             tags = {"imgpipeline/retrack": seed[:16], **yielding_tags()}

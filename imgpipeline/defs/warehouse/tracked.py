@@ -18,6 +18,7 @@ from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS, TS
 from imgpipeline.ingest.messages import parse_time
+from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
 
 # (source_id, frame_id, detection_index) → track id
@@ -169,27 +170,46 @@ def retrack_key(hour: datetime) -> str:
 
 
 def clear_mark(store, hour: datetime, seed: str) -> None:
-    """The hour was made from what its mark asked for: the mark goes (a newer mark stays)."""
+    """The hour was made from what its mark asked for: the mark goes (a newer mark stays; a mark another
+    run cleared meanwhile is gone already)."""
     key = retrack_key(hour)
-    if store.exists(key) and store.get(key).decode() == seed:
-        store.delete(key)
+    try:
+        if store.get(key).decode() == seed:
+            store.delete(key)
+    except BadObject:
+        pass
+
+
+def previous_digest(store, hour: datetime) -> str:
+    """The digest of the hour before's stored detections, which `hour` should continue; "none" when that
+    hour is not stored (as track_hour seeds it)."""
+    previous = hour - timedelta(hours=1)
+    if all(store.exists(t.hour_key(previous)) for t in (FRAMES, DETECTIONS)):
+        return content_digest(DETECTIONS.read(store, DETECTIONS.hour_key(previous)))
+    return "none"
+
+
+def continues(store, hour: datetime, digest: str | None = None) -> bool:
+    """The hour is stored and continues the hour before as stored now (or `digest`, its digest)."""
+    key = DETECTIONS.hour_key(hour)
+    if not store.exists(key):
+        return False
+    return (seeded_from(DETECTIONS.read(store, key)) or "none") == (digest or previous_digest(store, hour))
 
 
 def mark_if_stale(store, hour: datetime) -> datetime | None:
     """Mark `hour` to be tracked again when its stored detections continued other detections of the hour
     before than those stored now; returns it when marked.
 
-    A run checks this after its writes for the hour after its range (its last hour changed) and for its
-    first hour (the hour before may have been written by another run meanwhile). Two runs of adjacent
-    hours at once each write, then look at the other's hour: whichever looks last sees the other's write,
-    so the later hour is marked whatever the order."""
+    A run checks this, after its writes, for the hour after its range (its last hour changed) and for its
+    first hour made whole (the hour before may have been written by another run meanwhile). Two runs of
+    adjacent hours at once each write, then look at the other's hour: whichever looks last sees the
+    other's write, so the later hour is marked whatever the order (the store reads what was last
+    written: local disk and S3 do)."""
     if not store.exists(DETECTIONS.hour_key(hour)):
         return None
-    previous = hour - timedelta(hours=1)
-    now = "none"  # as track_hour seeds an hour whose previous hour is not stored
-    if all(store.exists(t.hour_key(previous)) for t in (FRAMES, DETECTIONS)):
-        now = content_digest(DETECTIONS.read(store, DETECTIONS.hour_key(previous)))
-    if (seeded_from(DETECTIONS.read(store, DETECTIONS.hour_key(hour))) or "none") == now:
+    now = previous_digest(store, hour)
+    if continues(store, hour, now):
         clear_mark(store, hour, now)
         return None
     store.put(retrack_key(hour), now.encode())
@@ -209,8 +229,3 @@ def marked_hours(store) -> list[tuple[datetime, str]]:
             continue
     return sorted(found)
 
-
-def is_current(store, hour: datetime, seed: str) -> bool:
-    """The hour's stored detections already continue `seed`."""
-    key = DETECTIONS.hour_key(hour)
-    return store.exists(key) and seeded_from(DETECTIONS.read(store, key)) == seed
