@@ -144,6 +144,23 @@ def group_cpu_seconds(group: int) -> dict[tuple[int, int], float]:
             for pid, fields in _stats().items() if int(fields[2]) == group}
 
 
+def wait_stopped(pids: list[int] | None = None, group: int | None = None, timeout_s: float = 5.0) -> bool:
+    """Wait until the processes `pids` (else those of process group `group`) are stopped by a signal or
+    gone: SIGSTOP takes effect when the kernel next schedules a process, not when it is sent. False when
+    one still runs after `timeout_s` (one in uninterruptible sleep stops when it leaves it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if pids is None:
+            states = [fields[0] for fields in _stats().values() if int(fields[2]) == group]
+        else:
+            states = [(_stat(pid) or ["X"])[0] for pid in pids]
+        if all(state in "TtZX" for state in states):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
 def read_pid(pidfile: Path) -> int | None:
     try:
         return int(pidfile.read_text().strip())

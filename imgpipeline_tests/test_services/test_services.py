@@ -98,7 +98,7 @@ def test_services_starting_at_once_never_claim_the_same_port():
 def test_a_process_tree_and_a_groups_cpu_are_read_from_proc():
     """What bench latency stops (a run's worker and what it started) and how busy a group is."""
     from imgpipeline.cli.bench.latency import paused
-    from imgpipeline.services.process import descendants, group_cpu_seconds
+    from imgpipeline.services.process import descendants, group_cpu_seconds, wait_stopped
 
     # A group of its own: a shell, a busy child, and a sleeping grandchild under a second shell.
     tree = subprocess.Popen(["bash", "-c", "(sleep 30 & wait) & while :; do :; done & wait"],
@@ -118,6 +118,7 @@ def test_a_process_tree_and_a_groups_cpu_are_read_from_proc():
             states = {pid: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
                       for pid in [tree.pid, *below]}
             assert {states[pid] for pid in below} == {"T"} and states[tree.pid] != "T"
+            assert wait_stopped(below, timeout_s=0) and not wait_stopped([tree.pid], timeout_s=0.05)
             stopped = group_cpu_seconds(tree.pid)
             time.sleep(0.5)
             assert sum(group_cpu_seconds(tree.pid).values()) - sum(stopped.values()) < 0.1

@@ -268,8 +268,9 @@ def wait_quiet(group: int, below: float = 0.15, at_most_s: float = 60.0) -> None
 @contextmanager
 def paused(group: int, pids: list[int] | None = None):
     """The processes `pids`, else the process group (`dagster dev`: its daemon, code server and runs),
-    stopped, continued after, the benchmark itself stopped by SIGTERM or SIGHUP meanwhile too (a stopped
-    process would stay stopped)."""
+    stopped (once each has, not once each was sent the signal), continued after, the benchmark itself
+    stopped by SIGTERM or SIGHUP meanwhile too (a stopped process would stay stopped)."""
+    from imgpipeline.services.process import wait_stopped
 
     def leave(signum, frame):
         raise SystemExit(128 + signum)
@@ -286,6 +287,7 @@ def paused(group: int, pids: list[int] | None = None):
     saved = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         signal_all(signal.SIGSTOP)
+        wait_stopped(pids or None, group)
         yield
     finally:
         signal_all(signal.SIGCONT)
