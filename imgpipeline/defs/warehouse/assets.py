@@ -108,7 +108,8 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
     if retired:
         context.log.warning(f"{len(retired)} hours ({hour_key(retired[0])} … {hour_key(retired[-1])}) are of "
                             "days whose landing retention deleted: their tables stay as they were built")
-    stale(context, tracked.mark_if_stale(store, hours[-1] + timedelta(hours=1)))  # it continued this run's
+    # The hour after the range continued this run's last hour as it was before.
+    stale(context, tracked.mark_if_stale(store, hours[-1] + timedelta(hours=1)))
     for table in builds.HOURLY:
         yield dg.MaterializeResult(
             asset_key=table.key,
