@@ -69,6 +69,24 @@ def colour_detector(path: Path, size: int = 320, layout: str = "yolov8", *, dyna
     return path
 
 
+def with_constants_apart(model_file: Path, path: Path) -> Path:
+    """Write the detector of `model_file` again with its tensors as Constant nodes, no initializer left in
+    the graph, and the values of those of 1 KiB and more (its boxes) kept in `<path>.data` beside `path`
+    (ONNX's external data; the small ones stay inside, where shape inference reads them)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_file))
+    constants = [helper.make_node("Constant", [], [tensor.name], value=tensor)
+                 for tensor in model.graph.initializer]
+    nodes = [*constants, *model.graph.node]
+    del model.graph.initializer[:], model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024, convert_attribute=True)
+    return path
+
+
 def names_file(path: Path) -> Path:
     path.write_text("\n".join(COLOURS) + "\n")
     return path

@@ -1,8 +1,8 @@
 """`imgpipeline models fetch | list | add`: the registry of models (`imgpipeline.vision.models`).
 
 `fetch` gets a built-in model's files and checks them; `list` shows every model, its files' sha256
-and whether they match; `add` checks an ONNX detector (its layout, input and class names, and a
-trial inference) and copies it with its manifest into `models/NAME/`.
+and whether they match; `add` checks an ONNX detector (its name, layout, input and class names) and
+copies it with its manifest into `models/NAME/`, once a trial inference of the copy proves it runs.
 """
 
 from __future__ import annotations
@@ -147,15 +147,12 @@ def _shapes(shapes: list) -> str:
 
 def add(name: str, onnx_file: Path, names_file: Path, *, layout: str | None = None,
         input_size: int | None = None, log=print) -> registry.ModelSpec:
-    """Check an ONNX detector and copy it with its names and manifest into `models/NAME/`."""
+    """Check an ONNX detector, copy it with its names and manifest into `models/NAME/` and try the copy:
+    a model refused on the way leaves nothing behind."""
     from imgpipeline.vision.yaml_file import read_bounded
 
-    if not registry.NAME.fullmatch(name) or name in registry.BUILTIN:
-        raise ConfigError(f"{name!r} cannot name a new model: lowercase letters, digits, `.`, `_` and `-`, "
-                          f"not {' or '.join(registry.BUILTIN)}")
     folder = models_dir() / name
-    if folder.exists():
-        raise ConfigError(f"{folder} exists: a model is added once (remove the folder to add it again)")
+    _check_name(name, folder)
     for given in (onnx_file, names_file):
         if not given.is_file():
             raise ConfigError(f"{given}: no such file")
@@ -168,11 +165,12 @@ def add(name: str, onnx_file: Path, names_file: Path, *, layout: str | None = No
     if len(set(names)) != len(names):
         raise ConfigError(f"{names_file}: a class name is written twice")
     layout, size = layout_of(onnx_file, len(names), layout, input_size)
-    _trial(onnx_file, layout, size, len(names))
     models_dir().mkdir(parents=True, exist_ok=True)
+    # A folder whose name starts with `.` is no model: it becomes one by its rename, once proven.
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir()))
     try:
         spec = _written(scratch, onnx_file, names, layout, size)
+        _trial(spec, f"{onnx_file}: as copied into {folder}")
         scratch.rename(folder)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -180,6 +178,22 @@ def add(name: str, onnx_file: Path, names_file: Path, *, layout: str | None = No
     log(f"added {name}: {layout}, input {size}, {len(names)} classes, {onnx_file.name} as {MODEL_FILE} "
         f"sha256 {spec.expected(MODEL_FILE)}; run it with {model_setting()}={name}")
     return registry.get(name)
+
+
+def _check_name(name: str, folder: Path) -> None:
+    """A ConfigError unless `name` can name a new model: well formed, not a built-in one's, no folder
+    yet, and not another model's once Dagster makes op names of its assets' keys."""
+    from imgpipeline.defs.tables import model_op_name, same_op_name
+
+    if not registry.NAME.fullmatch(name) or name in registry.BUILTIN:
+        raise ConfigError(f"{name!r} cannot name a new model: lowercase letters, digits, `.`, `_` and `-`, "
+                          f"not {' or '.join(registry.BUILTIN)}")
+    if folder.exists():
+        raise ConfigError(f"{folder} exists: a model is added once (remove the folder to add it again)")
+    if other := same_op_name(name, registry.known()):
+        raise ConfigError(f"{name!r} cannot name a new model: Dagster names its assets' ops as those of the "
+                          f"model {other} ({model_op_name(name)}), and the code location would not load; "
+                          "choose a name that differs from it in more than `-`, `.` and `_`")
 
 
 def _written(scratch: Path, onnx_file: Path, names: list[str], layout: str, size: int):
@@ -200,18 +214,23 @@ def _written(scratch: Path, onnx_file: Path, names: list[str], layout: str, size
     return registry.read_manifest(scratch / registry.MANIFEST)
 
 
-def _trial(path: Path, layout: str, size: int, classes: int) -> None:
-    """One inference on a blank image in ONNX Runtime, decoded as its layout: a model that cannot run
-    or whose output does not decode is refused before it is added."""
+def _trial(spec: registry.ModelSpec, what: str) -> None:
+    """One inference of the model as kept in its folder on a blank image in ONNX Runtime, decoded as its
+    layout: a model that cannot run there, or whose output does not decode, is refused (`what` names it)."""
     import numpy as np
     import onnxruntime as ort
 
     from imgpipeline.vision.detector import export_rows
 
+    size, path = spec.input_size, spec.verify(spec.file("onnx"))
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, size, size), np.float32)})
     except Exception as error:  # ONNX Runtime's own errors
-        raise ConfigError(f"{path}: ONNX Runtime cannot run it on a {size} × {size} image "
-                          f"({str(error).splitlines()[0]})") from None
-    export_rows(outputs, layout, classes, size)
+        said = str(error).splitlines()[0]
+        # Only the model file is copied: tensors it keeps in files beside it are not found there.
+        hint = ("; save it as one file, its tensors inside (onnx.save(model, path, save_as_external_data="
+                "False))") if "external" in said.lower() else ""
+        raise ConfigError(f"{what}, ONNX Runtime cannot run it on a {size} × {size} image "
+                          f"({said}){hint}") from None
+    export_rows(outputs, spec.layout, len(spec.class_names()), size)

@@ -156,9 +156,11 @@ def get(name: str, folder: Path | None = None) -> ModelSpec:
 
 
 def known(folder: Path | None = None) -> list[str]:
-    """The built-in models' names, then those of the folders with a manifest."""
+    """The built-in models' names, then those of the folders with a manifest (a folder whose name starts
+    with `.` is a model being added, not one yet)."""
     folder = folder or models_dir()
-    added = sorted(p.parent.name for p in folder.glob(f"*/{MANIFEST}") if p.parent.name not in BUILTIN)
+    added = sorted(p.parent.name for p in folder.glob(f"*/{MANIFEST}")
+                   if p.parent.name not in BUILTIN and not p.parent.name.startswith("."))
     return [*BUILTIN, *added]
 
 

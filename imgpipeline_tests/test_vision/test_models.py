@@ -14,7 +14,14 @@ from imgpipeline.cli.models import add
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import models
-from imgpipeline_tests.onnx_models import OBJECTNESS, colour_detector, names_file, png, squares
+from imgpipeline_tests.onnx_models import (
+    OBJECTNESS,
+    colour_detector,
+    names_file,
+    png,
+    squares,
+    with_constants_apart,
+)
 from imgpipeline_tests.test_vision.test_engine_registry import detected_in_a_run
 
 # Where the rectangles are drawn on a 640 × 480 frame (x, y, w, h): each is one cell of the detector's
@@ -137,6 +144,37 @@ def test_models_that_cannot_be_read_are_refused_when_added_with_what_was_found(f
     assert [(d.class_name, d.box) for d in found] == [("blue", (128, 0, 64, 64))]
     with pytest.raises(ConfigError, match="is added once"):
         add("open", tmp_path / "open.onnx", names, input_size=320, log=print)
+
+
+def test_a_name_that_dagster_would_make_anothers_is_refused_when_added_naming_the_other(folder, tmp_path):
+    """`-` and `.` become `_` in the op names Dagster makes of asset keys: `redetections/yolov4_tiny` would
+    be `redetections/yolov4-tiny`'s op, and the code location would not load."""
+    names = names_file(tmp_path / "names.txt")
+    v8 = colour_detector(tmp_path / "v8.onnx")
+    add("my-model", v8, names, log=print)
+    for name, other in (("yolov4_tiny", "yolov4-tiny"), ("yolov3.tiny", "yolov3-tiny"),
+                        ("my_model", "my-model"), ("my.model", "my-model")):
+        with pytest.raises(ConfigError, match=rf"{name!r} cannot name a new model: Dagster names its assets' "
+                                              rf"ops as those of the model {other} "):
+            add(name, v8, names, log=print)
+    assert models.known() == [*models.BUILTIN, "my-model"]
+    assert sorted(p.name for p in folder.iterdir()) == ["my-model"]
+
+
+def test_a_model_is_tried_as_copied_so_tensors_kept_in_another_file_are_refused(folder, tmp_path):
+    """Its Constant tensors in a file beside it: it runs where it is, not once copied alone."""
+    apart = with_constants_apart(colour_detector(tmp_path / "v8.onnx"), tmp_path / "apart.onnx")
+    import numpy as np
+    import onnxruntime as ort
+
+    assert (tmp_path / "apart.onnx.data").is_file()
+    # It runs where it is.
+    ort.InferenceSession(str(apart)).run(None, {"images": np.zeros((1, 3, 320, 320), np.float32)})
+    with pytest.raises(ConfigError, match=r"apart.onnx: as copied into .*models/apart, ONNX Runtime cannot "
+                                          r"run it on a 320 × 320 image \(.*\); .*one file"):
+        add("apart", apart, names_file(tmp_path / "names.txt"), log=print)
+    assert models.known() == list(models.BUILTIN)  # nothing half-added
+    assert not [p for p in folder.iterdir()]
 
 
 def test_a_model_whose_files_or_manifest_changed_is_refused_at_load_with_the_fix(folder, tmp_path):

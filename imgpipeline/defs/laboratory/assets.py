@@ -15,7 +15,15 @@ from imgpipeline import ConfigError
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.laboratory.redetect import part_key, redetect_hour
 from imgpipeline.defs.partitions import hourly_partitions
-from imgpipeline.defs.tables import FRAMES, LANDING_ASSET, REDETECTIONS, model_key, redetections_key
+from imgpipeline.defs.tables import (
+    FRAMES,
+    LANDING_ASSET,
+    REDETECTIONS,
+    model_key,
+    model_op_name,
+    redetections_key,
+    same_op_name,
+)
 from imgpipeline.defs.warehouse.assets import landing_of
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
 from imgpipeline.vision import models
@@ -121,12 +129,38 @@ def redetections_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
 
 def redetections_assets() -> list:
     """For each model the registry knows when the code location loads (a model added later appears once
-    the location is reloaded): the model as a source, and its re-detections."""
-    found = []
+    the location is reloaded): the model as a source, and its re-detections. A folder that cannot load
+    takes its place as an asset that says why, and its warning is logged: the rest load."""
+    kept, skipped = loadable_models()
+    for name, why in skipped.items():
+        dg.get_dagster_logger().warning(f"model folder {name} is not loaded: {why}")
+    return ([made for spec in kept for made in (model_asset(spec), redetections_asset(spec))]
+            + [not_loaded(name, why) for name, why in skipped.items()])
+
+
+def loadable_models() -> tuple[list[models.ModelSpec], dict[str, str]]:
+    """The registry's models whose assets load together, and why each other folder is left out: its
+    manifest cannot be read, or its name gives the op name of a model before it (the built-in ones
+    first, then by name), which Dagster refuses to load."""
+    kept: list[models.ModelSpec] = []
+    skipped: dict[str, str] = {}
     for name in models.known():
         try:
             spec = models.get(name)
-        except ConfigError:  # an unreadable manifest: `imgpipeline models list` says why; the rest load
+        except ConfigError as error:
+            skipped[name] = str(error)
             continue
-        found += [model_asset(spec), redetections_asset(spec)]
-    return found
+        if other := same_op_name(name, [k.name for k in kept]):
+            skipped[name] = (f"its assets' ops would be named as those of the model {other} "
+                             f"({model_op_name(name)}), and Dagster loads no two ops of one name; rename "
+                             f"{spec.folder} to a name that differs from {other} in more than `-`, `.` and "
+                             "`_`, then reload")
+            continue
+        kept.append(spec)
+    return kept, skipped
+
+
+def not_loaded(name: str, why: str) -> dg.AssetSpec:
+    """A model folder left out, shown in the UI where the model would be, with why."""
+    return dg.AssetSpec(model_key(name), group_name="laboratory", description=f"Not loaded: {why}",
+                        metadata={"not_loaded": why})

@@ -124,6 +124,19 @@ def model_key(model: str) -> dg.AssetKey:
     """A model of the registry as a versioned input: its data version is its file's sha256."""
     return dg.AssetKey(["models", model])
 
+
+def model_op_name(model: str) -> str:
+    """The op name Dagster makes of `redetections/MODEL` (`AssetKey.to_python_identifier`, which turns
+    `-` and `.` into `_`; that of `models/MODEL` alike): two models whose names give one op name cannot
+    load together."""
+    return redetections_key(model).to_python_identifier()
+
+
+def same_op_name(model: str, others) -> str | None:
+    """The first of the model names `others` whose op name is `model`'s, `model` itself aside."""
+    return next((o for o in others if o != model and model_op_name(o) == model_op_name(model)), None)
+
+
 # The detections' columns the trackers, counters and alert rules read.
 TRACKED_COLUMNS = ["source_id", "frame_id", "captured_at", "detection_index", "track_id", "class_name",
                    "confidence", "x", "y", "w", "h"]
