@@ -63,8 +63,9 @@ def backtest(args) -> int:
         return 0
     print(f"backtest of {args.rules} (sha256 {rules.sha256[:12]}…) over {hours[0]:%Y-%m-%d %H:00} … "
           f"{hours[-1]:%Y-%m-%d %H:00} UTC with {model}'s detections; no alert numbered, nobody notified")
-    if result["lacking"]:
-        print(f"  {lacking_text(model, result['lacking'])}")
+    for what in history.WANTING:
+        if result[what]:
+            print(f"  {history.wanting_text(model, result[what], what)}")
     print(f"  {'rule':<24}{'alerts':>7}   per day")
     for rule in result["rules"]:
         days = [c for c in result["counts"] if c["rule"] == rule]
@@ -96,20 +97,15 @@ def compare(args) -> int:
     return 0
 
 
-def lacking_text(model: str, lacking: list[str]) -> str:
-    """Which hours have frames but none of the model's detections, and the command that fills them."""
-    keys = [f"{hour[:10]}-{hour[11:13]}:00" for hour in lacking]  # ISO times to partition keys
-    return (f"{len(keys)} hour{'s' if len(keys) > 1 else ''} with frames but no detections of {model}: "
-            f"imgpipeline redetect --model {model} --from {keys[0]} --to {keys[-1]}"
-            + (" (some hours between have them already: they are left as they are)" if len(keys) > 1 else ""))
-
-
 def print_comparison(result: dict, day: str) -> None:
     a, b = result["models"]
     print(f"{day}: {a} (A) against {b} (B)")
-    for side, lacking in zip((a, b), result["lacking"], strict=True):
-        if lacking:
-            print(f"  {lacking_text(side, lacking)}")
+    from imgpipeline.defs.laboratory.history import WANTING, wanting_text
+
+    for what in WANTING:
+        for side, hours in zip((a, b), result[what], strict=True):
+            if hours:
+                print(f"  {wanting_text(side, hours, what)}")
     print(f"  {'hour':<6}{'class':<16}{'objects A':>10}{'objects B':>10}{'distinct A':>11}"
           f"{'distinct B':>11}")
     for row in result["hours"]:

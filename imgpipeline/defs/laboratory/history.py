@@ -2,7 +2,11 @@
 raised over them (a backtest: no alert numbers taken, nobody notified), and two models compared.
 
 A model's detections of an hour are its re-detections where they were made (`redetect.py`), else the
-live detections when that model made them; an hour with neither is reported as lacking.
+live detections when that model made them; an hour with neither is reported as lacking. An hour
+re-detected with frames it could not read is partial, and one re-detected before more of its frames were
+detected (its landing still growing, or late frames since) is stale: both are named, with the command that
+makes them whole, and left out as lacking hours are, so that one model never seems to miss what it was
+never shown.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 
 from imgpipeline.defs.alerts import rows as at
-from imgpipeline.defs.laboratory.redetect import SOURCES, part_key
+from imgpipeline.defs.laboratory.redetect import SOURCES, frames_done, part_key
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, REDETECTIONS
 from imgpipeline.vision import events
 
@@ -32,6 +36,8 @@ class ModelHours:
     covered: list[datetime] = field(default_factory=list)
     lacking: list[datetime] = field(default_factory=list)
     live: list[datetime] = field(default_factory=list)  # hours whose live detections are the model's
+    partial: list[datetime] = field(default_factory=list)  # re-detected with frames it could not read
+    stale: list[datetime] = field(default_factory=list)  # re-detected before more frames were detected
 
 
 def model_hours(store, hours: list[datetime], model: str, sources: list[str] | None = None) -> ModelHours:
@@ -51,11 +57,13 @@ def model_hours(store, hours: list[datetime], model: str, sources: list[str] | N
         if store.exists(key := part_key(hour, model)):
             table = REDETECTIONS.read(store, key)
             only = (table.schema.metadata or {}).get(SOURCES, b"").decode()
-            if not only or {s for _, s in detected} <= set(only.split(",")):
+            if only and not {s for _, s in detected} <= set(only.split(",")):
+                found.lacking.append(hour)  # re-detected for some of its sources only
+            elif (whole := redetected_whole(table, Counter(s for _, s in detected))) != "whole":
+                getattr(found, whole).append(hour)
+            else:
                 tables.append(table.replace_schema_metadata(None).cast(DETECTIONS.schema))
                 found.covered.append(hour)
-            else:
-                found.lacking.append(hour)  # re-detected for some of its sources only
         elif all(m and m.rsplit("-", 1)[0] == model for m, _ in detected):
             tables.append(DETECTIONS.stored_hour(store, hour).replace_schema_metadata(None))
             found.covered.append(hour)
@@ -64,6 +72,19 @@ def model_hours(store, hours: list[datetime], model: str, sources: list[str] | N
             found.lacking.append(hour)
     found.detections = _of_sources(DETECTIONS.concat(tables), sources) if tables else found.detections
     return found
+
+
+def redetected_whole(table: pa.Table, detected: Counter) -> str:
+    """`whole` when a re-detections file read every frame of its sources that the hour's `frames` now
+    holds as detected (`detected`: frames per source); `partial` when it left frames unread, `stale` when
+    the hour has more detected frames of a source than it re-detected. A file that records no counts
+    (made by an earlier version) is taken as whole."""
+    done = frames_done(table)
+    if done is None:
+        return "whole"
+    if any(done.get(source, [0, 0])[1] for source in detected):
+        return "partial"
+    return "stale" if any(n > done.get(source, [0, 0])[0] for source, n in detected.items()) else "whole"
 
 
 def _of_sources(table: pa.Table, sources: list[str] | None) -> pa.Table:
@@ -184,12 +205,31 @@ def compare(a: ModelHours, b: ModelHours) -> dict:
                     for name, n in sorted(classes.items())],
         "compared": [h.isoformat() for h in sorted(hours)],
         "lacking": [[h.isoformat() for h in a.lacking], [h.isoformat() for h in b.lacking]],
+        "partial": [[h.isoformat() for h in a.partial], [h.isoformat() for h in b.partial]],
+        "stale": [[h.isoformat() for h in a.stale], [h.isoformat() for h in b.stale]],
     }
 
 
 def _sample(d: dict) -> dict:
     return {"source_id": d["source_id"], "frame_id": d["frame_id"], "confidence": d["confidence"],
             "box": list(_box(d))}
+
+
+# Why a model's detections of hours are left out, as `model_hours` finds them.
+WANTING = {
+    "lacking": "with frames but no detections of {model}",
+    "partial": "re-detected with {model} with frames it could not read",
+    "stale": "re-detected with {model} before more of their frames were detected",
+}
+
+
+def wanting_text(model: str, hours: list[str], what: str = "lacking") -> str:
+    """Which hours (ISO times) lack the model's detections, or have them partial or stale, and the
+    command that makes them whole."""
+    keys = [f"{hour[:10]}-{hour[11:13]}:00" for hour in hours]  # ISO times to partition keys
+    return (f"{len(keys)} hour{'s' if len(keys) > 1 else ''} {WANTING[what].format(model=model)}, left out: "
+            f"imgpipeline redetect --model {model} --from {keys[0]} --to {keys[-1]}"
+            + (" (hours between that are whole already are left as they are)" if len(keys) > 1 else ""))
 
 
 def with_history(hours: list[datetime]) -> list[datetime]:
@@ -208,7 +248,8 @@ def backtest_range(store, hours: list[datetime], rules, zones, model: str,
     found = model_hours(store, with_history(hours), model, sources)
     result = backtest(store, hours, rules, zones, found.detections, sources)
     result.update(model=model, rules_sha256=rules.sha256,
-                  lacking=[h.isoformat() for h in found.lacking if h in hours])
+                  **{what: [h.isoformat() for h in getattr(found, what) if h in hours]
+                     for what in ("lacking", "partial", "stale")})
     return result
 
 

@@ -189,10 +189,81 @@ def test_an_hour_one_model_lacks_is_named_and_left_out_of_the_comparison(env, ca
         assert found["compared"] == ["2026-11-20T10:00:00+00:00"]
         assert {h["hour"][11:13] for h in found["hours"]} == {"10"}
         assert main(["compare", "--model", "yolov4-tiny", "--model", "yolov3-tiny", "--date", DAY]) == 0
-        assert ("1 hour with frames but no detections of yolov3-tiny: imgpipeline redetect --model "
+        assert ("1 hour with frames but no detections of yolov3-tiny, left out: imgpipeline redetect --model "
                 "yolov3-tiny --from 2026-11-20-11:00 --to 2026-11-20-11:00") in capsys.readouterr().out
     finally:
         moved.rename(kept)
+
+
+def redetect(storage, street, hour: str) -> dict:
+    """yolov3-tiny's re-detection of the hour in `storage`, as a backfill's run makes it: its metadata."""
+    with fresh_instance() as instance:
+        resources = {"storage": storage, "tracking": street["tracking"], "detector": DetectorResource()}
+        result = dg.materialize([redetections_asset(models.get("yolov3-tiny"))], instance=instance,
+                                partition_key=hour, resources=resources)
+        assert result.success
+        [made] = result.get_asset_materialization_events()
+        return {k: v.value for k, v in made.materialization.metadata.items()}
+
+
+def test_an_hour_redetected_partially_or_before_its_landing_was_whole_is_named_and_not_compared(
+        street, capsys, tmp_path, monkeypatch):
+    """A copy of the demo's store: 11:00 re-detected while a frame's bytes could not be read is partial,
+    10:00 re-detected while its landing held half its records is stale; both are named with the command
+    that makes them whole and compared with nothing, and making them again makes them whole."""
+    import shutil
+
+    from imgpipeline.defs.streaming.landing import read_records
+    from imgpipeline.resources import StorageResource
+
+    original = street["storage"].open()
+    shutil.copytree(original.folder, tmp_path / "store")
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    store = storage.open()
+    for key in store.list("landing/"):  # the records name their frames in the copy
+        path = store.folder / key
+        path.write_bytes(path.read_bytes().replace(original.root_uri.encode(), store.root_uri.encode()))
+    monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", storage.uri)
+    monkeypatch.setenv("IMGPIPELINE_ZONES_FILE", street["tracking"].zones_file)
+    monkeypatch.setenv("IMGPIPELINE_ALERTS_FILE", street["alert_rules"].alerts_file)
+    argv = ["compare", "--model", "yolov4-tiny", "--model", "yolov3-tiny", "--date", DAY]
+
+    # 11:00: one detected frame's bytes gone while it is re-detected.
+    record = next(r for k in store.list("landing/metadata/dt=2026-11-20/hour=11/")
+                  for r in read_records(store, k) if r.status == "detected")
+    frame = store.folder / store.key_for(record.uri)
+    frame.rename(tmp_path / "away.jpg")
+    assert redetect(storage, street, "2026-11-20-11:00")["frames_missing"] == 1
+    # 10:00: re-detected while its landing held the first half of its records.
+    hour_10 = store.list("landing/metadata/dt=2026-11-20/hour=10/")
+    files = {k: (store.folder / k).read_bytes() for k in hour_10}
+    for key, data in files.items():
+        lines = data.splitlines(keepends=True)
+        (store.folder / key).write_bytes(b"".join(lines[:len(lines) // 2]))
+    assert redetect(storage, street, "2026-11-20-10:00")["frames_missing"] == 0
+    for key, data in files.items():
+        (store.folder / key).write_bytes(data)
+
+    found = printed_json(capsys, [*argv, "--json"])
+    assert found["partial"] == [[], ["2026-11-20T11:00:00+00:00"]]
+    assert found["stale"] == [[], ["2026-11-20T10:00:00+00:00"]]
+    assert found["compared"] == [] and found["hours"] == [] and found["lacking"] == [[], []]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("1 hour re-detected with yolov3-tiny with frames it could not read, left out: "
+            "imgpipeline redetect --model yolov3-tiny --from 2026-11-20-11:00 --to 2026-11-20-11:00") in out
+    assert ("1 hour re-detected with yolov3-tiny before more of their frames were detected, left out: "
+            "imgpipeline redetect --model yolov3-tiny --from 2026-11-20-10:00 --to 2026-11-20-10:00") in out
+
+    # The frame back, both hours made again (a partial hour is not kept as made): both whole, compared.
+    (tmp_path / "away.jpg").rename(frame)
+    for hour in HOURS:
+        made = redetect(storage, street, hour)
+        assert not made["kept_as_it_was"] and made["frames_missing"] == 0
+        assert made["frames_detected_again"] > 0
+    found = printed_json(capsys, [*argv, "--json"])
+    assert found["partial"] == found["stale"] == [[], []]
+    assert found["compared"] == ["2026-11-20T10:00:00+00:00", "2026-11-20T11:00:00+00:00"]
 
 
 @pytest.fixture(scope="module")
