@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from imgpipeline import ConfigError
 
@@ -113,25 +114,59 @@ def _source_families(sources: dict, minutes: float, gauge) -> list:
     return [came, done, share, out, silent, last, wait]
 
 
-def serve_metrics(host: str, port: int, minutes: float):
-    """The endpoint in a thread: (the server, its thread); `server.shutdown()` stops it."""
-    from prometheus_client import CollectorRegistry, start_http_server
+def serve_metrics(host: str, port: int, minutes: float, more_names=()):
+    """The endpoint in a thread: (the server, its thread); `server.shutdown()` stops it. It answers only
+    requests naming its listening address or `more_names` (web/guard.py: a page that rebinds its own domain
+    name to this address gets a 400)."""
+    import socket
+    import threading
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    from imgpipeline.web.guard import Access
 
     registry = CollectorRegistry()
     registry.register(StatusCollector(minutes))
+    app = host_checked(make_wsgi_app(registry), Access.listening_on(host, more_names))
     try:
-        return start_http_server(port, addr=host, registry=registry)
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+        server = make_server(host, port, app, server_class, handler_class=QuietHandler)
     except (OSError, OverflowError) as error:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {error}; pick another --host or "
                           "--port") from None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def host_checked(app, access):
+    """The WSGI app, answering 400 to a request whose Host header names another host."""
+
+    def checked(environ, start_response):
+        if access.trusts(environ.get("HTTP_HOST", "")):
+            return app(environ, start_response)
+        start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"This server does not answer to that host name.\n"]
+    return checked
+
+
+class QuietHandler(WSGIRequestHandler):
+    """The request handler, minus a log line per request: a scrape every 15 s is no news."""
+
+    def log_message(self, format, *args):
+        pass
 
 
 def metrics(args) -> int:
     """`imgpipeline metrics`: serve until stopped."""
     from imgpipeline.cli.status import gather
+    from imgpipeline.resources.viewer import ViewerAccess
 
     gather(datetime.now(UTC), args.minutes)  # a bad setting fails here, not at the first scrape
-    server, thread = serve_metrics(args.host, args.port, args.minutes)
+    names = ViewerAccess.from_env().host_names()
+    server, thread = serve_metrics(args.host, args.port, args.minutes, names)
     print(f"metrics: http://{args.host}:{args.port}/metrics  (Ctrl-C stops it)", flush=True)
     try:
         thread.join()

@@ -137,10 +137,26 @@ def warehouse_from_env() -> Warehouse:
     return Warehouse(StorageResource.from_env(), TrackingResource.from_env(), AlertsResource.from_env())
 
 
+def access_for(host: str):
+    """Who the viewer lets in when it listens on `host` (web/guard.py): beyond loopback, only with a login
+    (else a ConfigError that says which variable to set)."""
+    from imgpipeline.resources.viewer import ViewerAccess
+    from imgpipeline.web.guard import Access, is_loopback
+
+    settings = ViewerAccess.from_env()
+    login = settings.login()
+    if login is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} lets other machines reach the viewer, so it needs a login: set "
+                          f"{settings.env('password')} in the environment (the user name is "
+                          f"{settings.env_setting('user')}), or listen on 127.0.0.1")
+    return Access.listening_on(host, settings.host_names(), login)
+
+
 def serve(args) -> int:
     import uvicorn
 
-    app = create_app(warehouse_from_env())
+    access = access_for(args.host)  # before the warehouse opens: a refusal costs nothing
+    app = create_app(warehouse_from_env(), access)
     print(f"viewer: http://{args.host}:{args.port}/  (Ctrl-C stops it)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -29,10 +29,11 @@ def setting_models() -> list:
         TrackingResource,
     )
     from imgpipeline.resources.mqtt import MqttSettings
+    from imgpipeline.resources.viewer import ViewerAccess
 
     return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
-            TrackingResource, AlertsResource, MqttSettings, Calendar, AutomationPolicy, RunPriority,
-            InstanceSettings, InstanceRetention, DataRetention, Screening, Compaction]
+            TrackingResource, AlertsResource, ViewerAccess, MqttSettings, Calendar, AutomationPolicy,
+            RunPriority, InstanceSettings, InstanceRetention, DataRetention, Screening, Compaction]
 
 
 def all_rows() -> list[tuple[str, str, str, bool]]:

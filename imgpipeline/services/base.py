@@ -156,12 +156,15 @@ class LocalService:
             return "(no log)"
 
 
-def answers_http(url: str) -> bool:
-    """True once a web service answers 200 at the URL."""
+def answers_http(url: str, answers: tuple[int, ...] = (200,)) -> bool:
+    """True once a web service answers the URL with one of `answers` (200: it works)."""
+    import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
+            return response.status in answers
+    except urllib.error.HTTPError as error:
+        return error.code in answers
     except OSError:
         return False

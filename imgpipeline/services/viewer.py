@@ -28,4 +28,5 @@ class ViewerService(LocalService):
         return f"http://127.0.0.1:{ports['port']}"
 
     def ready(self, ports: dict[str, int]) -> bool:
-        return bool(ports) and answers_http(self.address(ports) + "/alerts")
+        # A viewer with a login answers 401 until one logs in: it is up all the same.
+        return bool(ports) and answers_http(self.address(ports) + "/alerts", answers=(200, 401))

@@ -148,3 +148,39 @@ def test_a_scrape_with_the_broker_down_answers_and_says_so(tmp_path, monkeypatch
     assert page["imgpipeline_up"][(("part", "storage"),)] == 1
     assert page["imgpipeline_problems"][()] >= 1 and page["imgpipeline_scrape_failed"][()] == 0
     assert not page.get("imgpipeline_frames_lag")
+
+
+def test_the_endpoint_answers_only_to_the_host_it_listens_on(tmp_path, monkeypatch):
+    """A page that rebinds its own domain name to the endpoint's address names that domain as Host: a 400,
+    with nothing gathered; the listening address (on loopback, the loopback names) is answered."""
+    import http.client
+
+    from imgpipeline_tests.test_cli.test_status import closed_port
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", (tmp_path / "store").as_uri())
+    port = free_port()
+    server, _ = serve_metrics("127.0.0.1", port, 5)
+
+    def answer(host: str) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            connection.putrequest("GET", "/metrics", skip_host=True)
+            connection.putheader("Host", host)
+            connection.endheaders()
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    try:
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}",
+                     f"127.0.0.1:{port}@evil.example", "[::1", "a" * 5000, "localhost.evil.example"):
+            code, body = answer(host)
+            assert code == 400 and b"imgpipeline_" not in body, host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            code, body = answer(host)
+            assert code == 200 and b"imgpipeline_up" in body, host
+    finally:
+        server.shutdown()
