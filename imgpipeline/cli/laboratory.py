@@ -63,9 +63,8 @@ def backtest(args) -> int:
         return 0
     print(f"backtest of {args.rules} (sha256 {rules.sha256[:12]}…) over {hours[0]:%Y-%m-%d %H:00} … "
           f"{hours[-1]:%Y-%m-%d %H:00} UTC with {model}'s detections; no alert numbered, nobody notified")
-    for what in history.WANTING:
-        if result[what]:
-            print(f"  {history.wanting_text(model, result[what], what)}")
+    for left in result["left_out"]:
+        print(f"  {left['text']}")
     print(f"  {'rule':<24}{'alerts':>7}   per day")
     for rule in result["rules"]:
         days = [c for c in result["counts"] if c["rule"] == rule]
@@ -100,12 +99,8 @@ def compare(args) -> int:
 def print_comparison(result: dict, day: str) -> None:
     a, b = result["models"]
     print(f"{day}: {a} (A) against {b} (B)")
-    from imgpipeline.defs.laboratory.history import WANTING, wanting_text
-
-    for what in WANTING:
-        for side, hours in zip((a, b), result[what], strict=True):
-            if hours:
-                print(f"  {wanting_text(side, hours, what)}")
+    for left in result["left_out"]:
+        print(f"  {left['text']}")
     print(f"  {'hour':<6}{'class':<16}{'objects A':>10}{'objects B':>10}{'distinct A':>11}"
           f"{'distinct B':>11}")
     for row in result["hours"]:

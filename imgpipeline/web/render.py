@@ -16,14 +16,6 @@ ENV = jinja2.Environment(loader=jinja2.PackageLoader("imgpipeline.web", "templat
 HOURS = [f"{h:02d}" for h in range(24)]
 
 
-def _wanting_text(model: str, hours: list[str], what: str) -> str:
-    from imgpipeline.defs.laboratory.history import wanting_text
-
-    return wanting_text(model, hours, what)
-
-
-ENV.globals["wanting_text"] = _wanting_text  # the laboratory's pages name hours left out as its commands do
-
 
 def report_key(day: date) -> str:
     """Where a day's report is stored (daily_report writes it, the viewer serves it at /reports/<day>)."""

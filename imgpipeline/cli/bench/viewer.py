@@ -4,7 +4,9 @@ the daily report of that day is.
 The day is synthetic (made like `bench summary`'s data, in the warehouse's own layout and schemas): 24
 hourly files per table, 20 sources, 5 detections per frame with track ids, a few hundred alerts. The
 pages are requested over HTTP from the app under uvicorn, as a browser would, once cold (the first
-request builds the views) and then five times warm (median).
+request builds the views) and then five times warm (median). Then the same day is re-detected by a
+second model (its boxes moved a little, every tenth dropped) and compared with the live one, as the
+Compare page does, in a process of its own: its peak memory.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 import urllib.request
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from imgpipeline.cli.bench.common import scratch_dir, write_result
@@ -44,7 +46,9 @@ def generate(frames: int, folder: Path) -> None:
 
     from imgpipeline.defs.tables import TABLES
     from imgpipeline.defs.tables.views import duckdb_type
+    from imgpipeline.resources import StorageResource
 
+    store = StorageResource(uri=folder.as_uri()).open()
     images = write_images(folder)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -60,7 +64,8 @@ def generate(frames: int, folder: Path) -> None:
                        AS status,
                    1280 AS width, 720 AS height, 20000 + i % 50000 AS bytes,
                    (i * 37 % 2550) / 10.0 AS brightness,
-                   5 AS object_count, 'frames' AS topic, 0 AS partition, i AS offset
+                   5 AS object_count, 'frames' AS topic, 0 AS partition, i AS offset,
+                   'yolov4-tiny-416' AS model
             FROM range($frames) t(i)""", {"day": DAY, "frames": frames, "images": images}),
         "detections": (f"""
             SELECT 'f' || i AS frame_id, 'cam' || (i % 20) AS source_id,
@@ -69,7 +74,7 @@ def generate(frames: int, folder: Path) -> None:
                    $classes[CAST(hash(i, d) % 10 AS INTEGER) + 1] AS class_name,
                    0.25 + (hash(i, d, 'c') % 7500) / 10000.0 AS confidence, 1 AS class_rank,
                    100 * d AS x, 100 AS y, 80 AS w, 160 AS h,
-                   CAST(hash(i % 20, d, i // 300) >> 12 AS BIGINT) AS track_id
+                   CAST(hash(i % 20, d, i // 300) >> 12 AS BIGINT) AS track_id, 'yolov4-tiny-416' AS model
             FROM range($frames) t(i), range(5) r(d)""", {"day": DAY, "frames": frames, "classes": CLASSES}),
         "alerts": ("""
             SELECT n + 1 AS number,
@@ -87,12 +92,63 @@ def generate(frames: int, folder: Path) -> None:
         columns = ", ".join(
             f'CAST({chr(34) + f.name + chr(34) if f.name in have else "NULL"} AS {duckdb_type(f.type)}) '
             f'AS "{f.name}"' for f in schema)
-        for hour in range(24):
-            path = folder / f"warehouse/{table}/dt={DAY}/hour={hour:02d}/part-0.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            time_column = "fired_at" if table == "alerts" else "captured_at"
-            con.sql(f"SELECT {columns} FROM {table} WHERE hour({time_column}) = ? ORDER BY {time_column}",
-                    params=[hour]).write_parquet(str(path), compression="zstd")
+        time_column = "fired_at" if table == "alerts" else "captured_at"
+        for hour in range(24):  # written as the tables write them (in their types: ms, not DuckDB's µs)
+            rows = con.sql(f"SELECT {columns} FROM {table} WHERE hour({time_column}) = ? "
+                           f"ORDER BY {time_column}", params=[hour]).to_arrow_table().cast(schema)
+            TABLES[table].write(store, TABLES[table].hour_key(_hour(hour)), rows)
+
+
+def _hour(hour: int) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, hour, tzinfo=UTC)
+
+
+def redetected(folder: Path, model: str = "yolov3-tiny") -> None:
+    """The day's detections as a second model would give them: the same frames, boxes moved by a few
+    pixels, every tenth left out, in the laboratory's files."""
+    import duckdb
+
+    from imgpipeline.defs.laboratory.redetect import part_key
+    from imgpipeline.defs.tables import DETECTIONS, REDETECTIONS
+    from imgpipeline.resources import StorageResource
+
+    store, con = StorageResource(uri=folder.as_uri()).open(), duckdb.connect()
+    for hour in range(24):
+        con.register("live", DETECTIONS.stored_hour(store, _hour(hour)).replace_schema_metadata(None))
+        rows = con.sql(f"""SELECT * REPLACE (x + CAST(hash(frame_id, detection_index) % 9 AS INTEGER) AS x,
+                                             '{model}-416' AS model)
+                           FROM live WHERE hash(frame_id, detection_index) % 10 <> 0""")
+        REDETECTIONS.write(store, part_key(_hour(hour), model), rows.to_arrow_table().cast(DETECTIONS.schema))
+
+
+def compare_peak_mb(folder: Path, model: str = "yolov3-tiny") -> float:
+    """The peak memory (MB) of a process that compares the day under the live model and `model`, as the
+    Compare page does: what the comparison itself holds above a process that has imported it all."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource
+from imgpipeline.cli.laboratory import day_hours
+from imgpipeline.defs.laboratory import history
+from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
+from imgpipeline.vision import alert_rules
+from datetime import date
+store = StorageResource(uri={folder.as_uri()!r}).open()
+rules = alert_rules.parse(b"rules: []", "no rules")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+found = history.compare_hours(store, day_hours(date.fromisoformat({DAY.isoformat()!r})), "yolov4-tiny",
+                              {model!r}, rules, TrackingResource(zones_file="none").zones())
+assert found["compared"], found["left_out"]
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sum(c["matched"] for c in found["classes"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the comparison failed:\n{done.stderr[-2000:]}")
+    before, peak, matched = (int(n) for n in done.stdout.split()[-3:])
+    print(f"compare: {matched:,} boxes matched; peak {peak / 1024:.0f} MB, {(peak - before) / 1024:.0f} MB "
+          "above the process before it began")
+    return round((peak - before) / 1024, 1)
 
 
 def pages(frames: int) -> list[tuple[str, str]]:
@@ -151,7 +207,9 @@ def bench_viewer(frames: int = 100_000) -> dict:
             print(f"{name:<14} {cold:>7.3f} {warm:>7.3f} {size / 1024:>7.1f}")
     finally:
         running.stop()
+    redetected(folder)
     result = {"frames": frames, "detections": frames * 5, "alerts": 300, "pages": figures,
-              "report_kb": round(len(html) / 1024, 1), "report_render_s": round(report_s, 2)}
+              "report_kb": round(len(html) / 1024, 1), "report_render_s": round(report_s, 2),
+              "compare_peak_mb_above_start": compare_peak_mb(folder)}
     write_result("viewer", result)
     return result

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.laboratory.redetect import SOURCES, frames_done, part_key
-from imgpipeline.defs.tables import DETECTIONS, FRAMES, REDETECTIONS
+from imgpipeline.defs.tables import DETECTIONS, FRAMES, REDETECTIONS, TRACKED_COLUMNS
 from imgpipeline.vision import events
 
+TRACKED = pa.schema([DETECTIONS.schema.field(name) for name in TRACKED_COLUMNS])
 # Events kept as evidence per rule and day, and boxes per class one model found and the other missed.
 SAMPLES = 3
 
@@ -32,7 +33,7 @@ class ModelHours:
     those it lacks (frames were detected, but not by it, or not for every source asked for)."""
 
     model: str
-    detections: pa.Table
+    detections: pa.Table  # the tracked columns (TRACKED_COLUMNS) of the hours it covers
     covered: list[datetime] = field(default_factory=list)
     lacking: list[datetime] = field(default_factory=list)
     live: list[datetime] = field(default_factory=list)  # hours whose live detections are the model's
@@ -44,34 +45,45 @@ def model_hours(store, hours: list[datetime], model: str, sources: list[str] | N
     """The model's detections over the hours (of `sources` only, when given): re-detected, else live
     when the live rows are its own. An hour no frame of which was detected is neither covered nor
     lacking: there is nothing to find in it."""
-    found = ModelHours(model, DETECTIONS.empty())
+    found = ModelHours(model, DETECTIONS.empty(TRACKED_COLUMNS))
     tables = []
     for hour in hours:
-        frames = FRAMES.stored_hour(store, hour)
-        detected = [(m, s) for m, s, status in zip(frames.column("model").to_pylist(),
-                                                   frames.column("source_id").to_pylist(),
-                                                   frames.column("status").to_pylist(), strict=True)
-                    if status == "detected" and (not sources or s in sources)]
-        if not detected:
+        per_source, models = detected_frames(store, hour, sources)
+        if not per_source:
             continue
         if store.exists(key := part_key(hour, model)):
-            table = REDETECTIONS.read(store, key)
+            table = REDETECTIONS.read(store, key, TRACKED_COLUMNS)
             only = (table.schema.metadata or {}).get(SOURCES, b"").decode()
-            if only and not {s for _, s in detected} <= set(only.split(",")):
+            if only and not set(per_source) <= set(only.split(",")):
                 found.lacking.append(hour)  # re-detected for some of its sources only
-            elif (whole := redetected_whole(table, Counter(s for _, s in detected))) != "whole":
+            elif (whole := redetected_whole(table, per_source)) != "whole":
                 getattr(found, whole).append(hour)
             else:
-                tables.append(table.replace_schema_metadata(None).cast(DETECTIONS.schema))
+                tables.append(table.replace_schema_metadata(None).cast(TRACKED))
                 found.covered.append(hour)
-        elif all(m and m.rsplit("-", 1)[0] == model for m, _ in detected):
-            tables.append(DETECTIONS.stored_hour(store, hour).replace_schema_metadata(None))
+        elif all(m and m.rsplit("-", 1)[0] == model for m in models):
+            tables.append(DETECTIONS.stored_hour(store, hour, TRACKED_COLUMNS).replace_schema_metadata(None))
             found.covered.append(hour)
             found.live.append(hour)
         else:
             found.lacking.append(hour)
-    found.detections = _of_sources(DETECTIONS.concat(tables), sources) if tables else found.detections
+    found.detections = _of_sources(pa.concat_tables(tables), sources) if tables else found.detections
     return found
+
+
+def detected_frames(store, hour: datetime, sources: list[str] | None) -> tuple[Counter, set]:
+    """The hour's detected frames (of `sources` only, when given): how many per source, and the models
+    that detected them (counted by Arrow: an hour's frames never become Python rows)."""
+    import pyarrow.compute as pc
+
+    frames = FRAMES.stored_hour(store, hour, ["model", "source_id", "status"])
+    detected = frames.filter(pc.equal(frames.column("status"), "detected"))
+    if sources:
+        detected = detected.filter(pc.is_in(detected.column("source_id"), pa.array(sources)))
+    counted = detected.group_by("source_id").aggregate([("status", "count")])
+    per_source = Counter(dict(zip(counted.column("source_id").to_pylist(),
+                                  counted.column("status_count").to_pylist(), strict=True)))
+    return per_source, set(pc.unique(detected.column("model")).to_pylist())
 
 
 def redetected_whole(table: pa.Table, detected: Counter) -> str:
@@ -168,46 +180,89 @@ def _box(row: dict) -> tuple:
     return row["x"], row["y"], row["w"], row["h"]
 
 
+# Rows of one frame and class paired at a time: a comparison's memory is the day's columns, its sort
+# (spilled by DuckDB past its limit) and one batch of rows, whatever the day holds.
+BATCH_ROWS = 20_000
+MEMORY_LIMIT = "128MB"  # DuckDB's, for a comparison's counting and sorting
+
+
 def compare(a: ModelHours, b: ModelHours) -> dict:
     """Over the hours both models cover: per class and hour, each model's objects and distinct objects;
     per class, the boxes they share (IoU ≥ 0.5, same frame and class) and those only one found, with
-    the first few of each as samples."""
-    hours = set(a.covered) & set(b.covered)
-    rows: dict[str, list] = {"a": [], "b": []}
-    for side, found in (("a", a), ("b", b)):
-        for d in found.detections.to_pylist():
-            if d["captured_at"].replace(minute=0, second=0, microsecond=0) in hours:
-                rows[side].append(d)
-    per_hour: dict[tuple, Counter] = defaultdict(Counter)
-    tracks: dict[tuple, set] = defaultdict(set)
-    frames: dict[tuple, dict[str, list]] = defaultdict(lambda: {"a": [], "b": []})
-    for side, found in rows.items():
-        for d in found:
-            hour = d["captured_at"].replace(minute=0, second=0, microsecond=0)
-            per_hour[hour, d["class_name"]][side] += 1
-            if d["track_id"] is not None:
-                tracks[hour, d["class_name"], side].add((d["source_id"], d["track_id"]))
-            frames[d["source_id"], d["frame_id"], d["class_name"]][side].append(d)
-    classes: dict[str, Counter] = defaultdict(Counter)
-    missed: dict[str, dict[str, list]] = defaultdict(lambda: {"a": [], "b": []})
-    for (_, _, name), sides in sorted(frames.items()):
-        both, only_a, only_b = matched(sides["a"], sides["b"])
-        classes[name].update({"matched": both, "only_a": len(only_a), "only_b": len(only_b)})
-        for side, left in (("a", only_a), ("b", only_b)):
-            missed[name][side] += [_sample(d) for d in left][:SAMPLES - len(missed[name][side])]
+    the first few of each as samples. Counted by DuckDB over the detections' columns; only the boxes of
+    one batch of frames are ever Python objects."""
+    import tempfile
+
+    hours = sorted(set(a.covered) & set(b.covered))
+    with tempfile.TemporaryDirectory(prefix="imgpipeline-compare-") as spill:
+        return _compared(a, b, hours, spill)
+
+
+def _compared(a: ModelHours, b: ModelHours, hours: list[datetime], spill: str) -> dict:
+    import duckdb
+
+    con = duckdb.connect()
+    # What a sort holds past the limit goes to `spill` (an in-memory database would spill into `.tmp` of
+    # the working folder).
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'; SET threads = 1; SET temp_directory = ?", [spill])
+    con.register("a", a.detections)
+    con.register("b", b.detections)
+    con.execute("CREATE TEMP TABLE hours (hour BIGINT)")
+    if hours:
+        con.executemany("INSERT INTO hours VALUES (?)", [[int(h.timestamp()) // 3600] for h in hours])
+    con.execute("""CREATE TEMP VIEW rows AS SELECT * FROM (
+                       SELECT 0 AS side, * FROM a UNION ALL SELECT 1 AS side, * FROM b)
+                   WHERE epoch_ms(captured_at) // 3600000 IN (SELECT hour FROM hours)""")
+    per_hour = con.execute("""
+        SELECT epoch_ms(captured_at) // 3600000 AS hour, class_name,
+               count(*) FILTER (side = 0), count(*) FILTER (side = 1),
+               count(DISTINCT (source_id, track_id)) FILTER (side = 0 AND track_id IS NOT NULL),
+               count(DISTINCT (source_id, track_id)) FILTER (side = 1 AND track_id IS NOT NULL)
+        FROM rows GROUP BY ALL ORDER BY hour, class_name""").fetchall()
+    classes, missed = _paired(con)
     return {
         "models": [a.model, b.model],
-        "hours": [{"hour": hour.isoformat(), "class_name": name, "objects": [n["a"], n["b"]],
-                   "distinct": [len(tracks[hour, name, "a"]), len(tracks[hour, name, "b"])]}
-                  for (hour, name), n in sorted(per_hour.items())],
+        "hours": [{"hour": datetime.fromtimestamp(hour * 3600, UTC).isoformat(), "class_name": name,
+                   "objects": [n_a, n_b], "distinct": [d_a, d_b]}
+                  for hour, name, n_a, n_b, d_a, d_b in per_hour],
         "classes": [{"class_name": name, "matched": n["matched"], "only": [n["only_a"], n["only_b"]],
-                     "samples": [missed[name]["a"], missed[name]["b"]]}
+                     "samples": [missed[name][0], missed[name][1]]}
                     for name, n in sorted(classes.items())],
-        "compared": [h.isoformat() for h in sorted(hours)],
-        "lacking": [[h.isoformat() for h in a.lacking], [h.isoformat() for h in b.lacking]],
-        "partial": [[h.isoformat() for h in a.partial], [h.isoformat() for h in b.partial]],
-        "stale": [[h.isoformat() for h in a.stale], [h.isoformat() for h in b.stale]],
+        "compared": [h.isoformat() for h in hours],
+        **{what: [[h.isoformat() for h in getattr(a, what)], [h.isoformat() for h in getattr(b, what)]]
+           for what in WANTING},
+        "left_out": left_out(a) + left_out(b),
     }
+
+
+def _paired(con) -> tuple[dict[str, Counter], dict[str, list[list]]]:
+    """Per class: the boxes of one frame that pair up between the models and those left over, and the
+    first few left over of each model, frame by frame in order (streamed from DuckDB in batches)."""
+    classes: dict[str, Counter] = defaultdict(Counter)
+    missed: dict[str, list[list]] = defaultdict(lambda: [[], []])
+    ordered = con.execute("""SELECT side, source_id, frame_id, class_name, confidence, x, y, w, h FROM rows
+                             ORDER BY source_id, frame_id, class_name, side, detection_index""")
+    key, sides = None, ([], [])
+
+    def settle():
+        both, only_a, only_b = matched(*sides)
+        classes[key[2]].update({"matched": both, "only_a": len(only_a), "only_b": len(only_b)})
+        for side, left in enumerate((only_a, only_b)):
+            samples = missed[key[2]][side]
+            samples += [_sample({**d, "source_id": key[0], "frame_id": key[1]})
+                        for d in left[:SAMPLES - len(samples)]]
+
+    for batch in ordered.fetch_record_batch(BATCH_ROWS):
+        rows = zip(*batch.to_pydict().values(), strict=True)
+        for side, source, frame, name, confidence, x, y, w, h in rows:
+            if (source, frame, name) != key:
+                if key is not None:
+                    settle()
+                key, sides = (source, frame, name), ([], [])
+            sides[side].append({"confidence": confidence, "x": x, "y": y, "w": w, "h": h})
+    if key is not None:
+        settle()
+    return classes, missed
 
 
 def _sample(d: dict) -> dict:
@@ -223,13 +278,19 @@ WANTING = {
 }
 
 
-def wanting_text(model: str, hours: list[str], what: str = "lacking") -> str:
-    """Which hours (ISO times) lack the model's detections, or have them partial or stale, and the
-    command that makes them whole."""
-    keys = [f"{hour[:10]}-{hour[11:13]}:00" for hour in hours]  # ISO times to partition keys
-    return (f"{len(keys)} hour{'s' if len(keys) > 1 else ''} {WANTING[what].format(model=model)}, left out: "
-            f"imgpipeline redetect --model {model} --from {keys[0]} --to {keys[-1]}"
-            + (" (hours between that are whole already are left as they are)" if len(keys) > 1 else ""))
+def left_out(found: ModelHours, within: list[datetime] | None = None) -> list[dict]:
+    """The model's hours left out (of `within`, when given), each reason with the command that makes
+    them whole: what the command line prints and the pages show."""
+    said = []
+    for what, why in WANTING.items():
+        hours = [h for h in getattr(found, what) if within is None or h in within]
+        if hours:
+            keys = [f"{h:%Y-%m-%d-%H}:00" for h in hours]
+            said.append({"model": found.model, "what": what, "text": (
+                f"{len(keys)} hour{'s' if len(keys) > 1 else ''} {why.format(model=found.model)}, left out: "
+                f"imgpipeline redetect --model {found.model} --from {keys[0]} --to {keys[-1]}"
+                + (" (hours between that are whole already are left as they are)" if len(keys) > 1 else ""))})
+    return said
 
 
 def with_history(hours: list[datetime]) -> list[datetime]:
@@ -244,12 +305,23 @@ def with_history(hours: list[datetime]) -> list[datetime]:
 def backtest_range(store, hours: list[datetime], rules, zones, model: str,
                    sources: list[str] | None = None) -> dict:
     """A rules file over a model's detections of the hours: `backtest`'s figures, the model, the rules
-    file's sha256 and the hours with frames but none of its detections."""
-    found = model_hours(store, with_history(hours), model, sources)
-    result = backtest(store, hours, rules, zones, found.detections, sources)
+    file's sha256 and the hours left out (with frames but none of its detections, or partial or stale).
+    A day at a time, so that a month holds one day's detections at most."""
+    result: dict = {"rules": [rule.name for rule in rules.spec.rules], "counts": [], "evidence": []}
+    within = ModelHours(model, DETECTIONS.empty(TRACKED_COLUMNS))
+    for day in sorted({hour.date() for hour in hours}):
+        day_hours = [hour for hour in hours if hour.date() == day]
+        found = model_hours(store, with_history(day_hours), model, sources)
+        part = backtest(store, day_hours, rules, zones, found.detections, sources)
+        result["counts"] += part["counts"]
+        result["evidence"] += part["evidence"]
+        for what in WANTING:
+            getattr(within, what).extend(h for h in getattr(found, what) if h in day_hours)
+    result["counts"].sort(key=lambda c: (c["rule"], c["day"]))
+    result["evidence"].sort(key=lambda e: (e["rule"], e["day"]))
     result.update(model=model, rules_sha256=rules.sha256,
-                  **{what: [h.isoformat() for h in getattr(found, what) if h in hours]
-                     for what in ("lacking", "partial", "stale")})
+                  **{what: [h.isoformat() for h in getattr(within, what)] for what in WANTING},
+                  left_out=left_out(within))
     return result
 
 

@@ -81,13 +81,14 @@ class Table:
     def write(self, store, key: str, table: pa.Table) -> None:
         store.put(key, to_parquet(table))
 
-    def read(self, store, key: str) -> pa.Table:
-        return from_parquet(store.get(key))
+    def read(self, store, key: str, columns: list[str] | None = None) -> pa.Table:
+        return from_parquet(store.get(key), columns)
 
-    def stored_hour(self, store, hour: datetime) -> pa.Table:
-        """An hour of the table as stored, with its metadata (empty when the hour is not stored yet)."""
+    def stored_hour(self, store, hour: datetime, columns: list[str] | None = None) -> pa.Table:
+        """An hour of the table as stored (of `columns` only, when given), with its metadata (empty when
+        the hour is not stored yet)."""
         key = self.hour_key(hour)
-        return self.read(store, key) if store.exists(key) else self.empty()
+        return self.read(store, key, columns) if store.exists(key) else self.empty(columns)
 
     def stored_hours(self, store, hours: list[datetime], columns: list[str]) -> pa.Table:
         """The given columns of the table's stored hours (hours not stored yet add nothing)."""
@@ -154,5 +155,6 @@ def to_parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def from_parquet(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data))
+def from_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file's table; of `columns` only, when given (the others are not decoded)."""
+    return pq.read_table(io.BytesIO(data), columns=columns)

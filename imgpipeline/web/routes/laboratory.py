@@ -3,8 +3,11 @@ drawn, and a proposed rules file backtested over past days (`/backtest`), which 
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from datetime import date, timedelta
 
+from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from imgpipeline import ConfigError
@@ -17,6 +20,27 @@ from imgpipeline.web.routes.frames import find_frame, frame_args, frame_days
 # The longest range the page backtests (the command line takes a quarter).
 MAX_DAYS = 31
 MAX_RULES_BYTES = 100_000
+# Comparisons and backtests under way at once: each holds a day of detections' columns and keeps a CPU
+# busy, so more would only slow every page; the next gets a 503 that says to try again.
+HEAVY = threading.BoundedSemaphore(2)
+RETRY_AFTER_S = 15
+
+
+@contextmanager
+def heavy_slot():
+    """True while this request holds one of the slots for heavy work, False when all are taken."""
+    admitted = HEAVY.acquire(blocking=False)
+    try:
+        yield admitted
+    finally:
+        if admitted:
+            HEAVY.release()
+
+
+def busy() -> HTMLResponse:
+    response = message("Busy", "Other comparisons or backtests are under way: try again in a moment.", 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def chosen(request, name: str, default: str) -> str:
@@ -36,10 +60,13 @@ def compare_page(request, con):
     b = chosen(request, "b", next((m for m in known if m != a), a))
     if a == b:
         raise ValueError("compare two different models")
-    try:
-        found = warehouse_of(request).compare(day, a, b)
-    except ConfigError as exc:  # a model whose manifest or files went wrong since the page was drawn
-        raise ValueError(str(exc)) from None
+    with heavy_slot() as admitted:
+        if not admitted:
+            return busy()
+        try:
+            found = warehouse_of(request).compare(day, a, b)
+        except ConfigError as exc:  # a model whose manifest or files went wrong since the page was drawn
+            raise ValueError(str(exc)) from None
     return page("compare.html", day=day, a=a, b=b, models=known, found=found)
 
 
@@ -107,11 +134,14 @@ async def backtest_page(request):
         return message("Not understood", f"the models are {', '.join(known)}", 400)
     if not timedelta(0) <= last - first < timedelta(days=MAX_DAYS):
         return message("Not understood", f"from must come before to, at most {MAX_DAYS} days apart", 400)
-    try:  # minutes of work at most, off the event loop: the other pages go on meanwhile
-        context["found"] = await run_in_threadpool(warehouse.backtest, str(rules).encode(), first, last,
-                                                   context["model"])
-    except ConfigError as exc:
-        return message("The rules cannot be used", str(exc), 400)
+    with heavy_slot() as admitted:
+        if not admitted:
+            return busy()
+        try:  # minutes of work at most, off the event loop: the other pages go on meanwhile
+            context["found"] = await run_in_threadpool(warehouse.backtest, str(rules).encode(), first, last,
+                                                       context["model"])
+        except ConfigError as exc:
+            return message("The rules cannot be used", str(exc), 400)
     context["day"] = first
     return page("backtest.html", **context)
 

@@ -306,6 +306,36 @@ def test_the_compare_page_shows_the_days_figures_and_draws_the_boxes_one_model_m
         assert fetched(viewer.url + path) == status, path
 
 
+def test_comparisons_and_backtests_beyond_those_under_way_are_told_to_come_back(env, viewer):
+    """With every slot for heavy work taken (as by requests under way), a comparison and a backtest are
+    answered 503 with when to try again, and nothing else is held up; once a slot is free they run."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from imgpipeline.web.routes import laboratory
+
+    form = urllib.parse.urlencode({"rules": (PACKAGE_DIR.parent / "alerts.yaml").read_text(),
+                                   "model": "yolov4-tiny", "first": DAY, "last": DAY}).encode()
+    heavy = [f"{viewer.url}/compare?date={DAY}&a=yolov4-tiny&b=yolov3-tiny", f"{viewer.url}/backtest"]
+    taken = 0
+    while laboratory.HEAVY.acquire(blocking=False):
+        taken += 1
+    try:
+        assert taken == 2
+        for url in heavy:
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, data=form if url.endswith("backtest") else None)
+            assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "15", url
+        assert fetched(f"{viewer.url}/backtest") == 200  # the form itself is no heavy work
+    finally:
+        for _ in range(taken):
+            laboratory.HEAVY.release()
+    for url in heavy:
+        with urllib.request.urlopen(url, data=form if url.endswith("backtest") else None) as answered:
+            assert answered.status == 200 and b"yolov4-tiny" in answered.read()
+
+
 def all_drawn(page, selector: str) -> None:
     """Every image of the selector, each scrolled into view (they load lazily), arrived and decoded."""
     images = page.locator(selector)
