@@ -11,3 +11,9 @@ warnings.filterwarnings("ignore", message=r".*is currently in beta")
 
 class ConfigError(Exception):
     """A setting is wrong or a configured service cannot be used; the message says what to fix."""
+
+
+# The source id of a record of a message that named no source (unparsable, or its source id off the
+# contract) begins so (`ingest/messages.py` makes it from the message's key): the record passes the
+# contract, and the alert rules never take it for a camera (`vision/alert_rules.py`).
+STAND_IN_SOURCE = "unparsed-"

@@ -181,8 +181,8 @@ def sources_section(storage, now: datetime, window: timedelta, silent_min: float
         if count := a.statuses[OUT_OF_RANGE]:
             report.problems.append(
                 f"source {a.source_id}: {count} frames in the last {minutes:g} min captured before the "
-                f"partitions' start or over {limit} ahead of the broker (status {OUT_OF_RANGE}, not "
-                "detected): is its clock right?")
+                f"partitions' start, over {limit} ahead of the broker or in a day whose landing retention "
+                f"deleted (status {OUT_OF_RANGE}, not detected): is its clock right?")
     return {a.source_id: {
         "in_per_min": round(a.came_in / minutes, 2),
         "processed_per_min": round(a.processed / minutes, 2),

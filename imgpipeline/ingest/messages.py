@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from imgpipeline import STAND_IN_SOURCE
+
 SCHEMA_VERSION = 1
 # Inline messages carry the image as the value and these headers.
 HEADER_PREFIX = "imgpipeline."
@@ -142,6 +144,9 @@ def _build(fields: dict, *, inline: bool) -> FrameMessage:
         raise BadInput(f"unknown schema version {_short(schema)} (this pipeline reads {SCHEMA_VERSION})")
     frame_id = _text(fields, "frame_id", required=True, limit=128, pattern=FRAME_ID)
     source_id = _text(fields, "source_id", required=True, limit=128, pattern=FRAME_ID)
+    if source_id.startswith(STAND_IN_SOURCE):
+        raise BadInput(f"source_id {source_id!r}: the prefix {STAND_IN_SOURCE!r} is reserved for records of "
+                       "messages that named no source")
     captured_at = _text(fields, "captured_at", required=True, limit=64)
     parse_time(captured_at)
     uri = None if inline else _text(fields, "uri", required=True, limit=2048)
@@ -156,6 +161,13 @@ def _build(fields: dict, *, inline: bool) -> FrameMessage:
         content_type=_text(fields, "content_type", required=False, limit=100, pattern=CONTENT_TYPE)
         or "image/jpeg",
     )
+
+
+def stand_in_source(key: bytes | None) -> str:
+    """The source id of a record of a message that named no source: `unparsed-` and the first 16 hex
+    digits of the key's sha256 (`unparsed-nokey` without a key). Whatever the key holds, the id passes
+    the contract, and the same message processed again gets the same one."""
+    return STAND_IN_SOURCE + ("nokey" if key is None else sha256_hex(key)[:16])
 
 
 def frame_key(source_id: str, captured: datetime, frame_id: str) -> str:

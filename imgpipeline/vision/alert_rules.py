@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imgpipeline import ConfigError
+from imgpipeline import STAND_IN_SOURCE, ConfigError
 from imgpipeline.redaction import shown_url
 from imgpipeline.vision import yaml_file
 
@@ -38,6 +38,8 @@ class Webhook(_Strict):
     attempts: int = Field(4, ge=1, le=10)
     backoff_s: float = Field(0.5, ge=0, le=60)  # doubled after each failed attempt
     timeout_s: float = Field(5.0, gt=0, le=60)
+    # How long a refused alert is tried again by later ranges and runs before it is dead-lettered (0: not).
+    retry_for_s: float = Field(3600, ge=0, le=7 * 86400)
 
     @field_validator("url")
     @classmethod
@@ -67,8 +69,13 @@ class _Rule(_Strict):
             raise ValueError(f"{value!r}: a rule name is 1–64 letters, digits, '.', '_' or '-'")
         return value
 
-    def watches(self, source_id: str) -> bool:
-        return self.sources is None or source_id in self.sources
+    def watches(self, source_id: str | None) -> bool:
+        """Whether the rule is evaluated on a source: those it names, else every camera. A record of a
+        message that named no source (its stand-in source id, or none in files landed before stand-ins)
+        is no camera: it never fires, nor falls silent."""
+        if self.sources is not None:
+            return source_id in self.sources
+        return isinstance(source_id, str) and not source_id.startswith(STAND_IN_SOURCE)
 
 
 class _Classes(_Rule):

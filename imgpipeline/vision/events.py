@@ -57,8 +57,9 @@ def evaluate(rules: AlertRules, frames: dict[str, list[EventFrame]], zones: Zone
     hour before `start`, and after `end` where known: silence is known once later frames came)."""
     latest = max((f.seconds for fs in frames.values() for f in fs), default=None)
     found = []
-    for source, source_frames in sorted(frames.items()):
-        source_frames = sorted(source_frames, key=lambda f: (f.seconds, f.frame_id))
+    # Records of no source (in files landed before stand-ins) fire nothing, but their times count in `latest`.
+    for source in sorted(s for s in frames if s is not None):
+        source_frames = sorted(frames[source], key=lambda f: (f.seconds, f.frame_id))
         mine = [r for r in rules.rules if r.watches(source)]
         counts = None
         if any(r.kind in TRACK_KINDS for r in mine):

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -21,7 +21,8 @@ from imgpipeline.defs.retention.definitions import retention_job
 from imgpipeline.defs.retention.sweep import DataRetention, lifecycle_rules, record_key, sweep, totals
 from imgpipeline.defs.streaming.landing import LandingRecord, is_retired, landing_key
 from imgpipeline.defs.tables import FRAMES, from_parquet
-from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.defs.warehouse import assets, tracked
+from imgpipeline.defs.warehouse.assets import hourly_tables, retrack_sensor
 from imgpipeline.defs.warehouse.builds import build_key
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
@@ -48,10 +49,10 @@ def land(store, hour: datetime, name: str, records: list[LandingRecord]) -> None
     store.put(landing_key(hour, name), b"".join(r.to_json() + b"\n" for r in records))
 
 
-def build(storage: StorageResource, hour: datetime) -> dg.ExecuteInProcessResult:
+def build(storage: StorageResource, hour: datetime, tags: dict | None = None) -> dg.ExecuteInProcessResult:
     with fresh_instance() as instance:
         result = dg.materialize([hourly_tables], instance=instance, partition_key=f"{hour:%Y-%m-%d-%H}:00",
-                                resources={"storage": storage, "tracking": TrackingResource()})
+                                resources={"storage": storage, "tracking": TrackingResource()}, tags=tags)
     assert result.success
     return result
 
@@ -119,6 +120,56 @@ def test_what_is_past_its_time_goes_and_the_rest_stays(storage):
     # Evidence has a keeping time of its own.
     sweep(store, DataRetention(evidence_keep_days=10), today=TODAY, **QUIET)
     assert not any(store.exists(k) for k in EVIDENCE)
+
+
+def test_a_day_retired_while_a_whole_build_lists_its_hour_keeps_the_hour_as_built(tmp_path, monkeypatch):
+    """Retention marks and empties the day after a whole build (a backfill, a retrack, a `whole` run) found
+    it unmarked and before it lists the hour: the build sees the mark after its read and writes nothing."""
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    store = storage.open()
+    land(store, OLD_HOUR, "frames-0-0-5", [record(f"f{i}", OLD_HOUR, i) for i in range(5)])
+    build(storage, OLD_HOUR)
+    built = store.get(FRAMES.hour_key(OLD_HOUR))
+    listing, swept = assets.landing_versions, []
+
+    def listed_after_a_sweep(store_, hour):
+        if not swept:  # the run has looked at the mark: retention goes first
+            swept.append(sweep(store_, DataRetention(), today=TODAY, **QUIET))
+        return listing(store_, hour)
+
+    monkeypatch.setattr(assets, "landing_versions", listed_after_a_sweep)
+    result = build(storage, OLD_HOUR, tags={assets.WHOLE: "1"})
+    assert swept and swept[0]["deleted"]["landing"] == {"2026-10-20": {"landing": 2}}
+    assert from_parquet(store.get(FRAMES.hour_key(OLD_HOUR))).num_rows == 5
+    assert store.get(FRAMES.hour_key(OLD_HOUR)) == built
+    materialized = result.asset_materializations_for_node("hourly_tables")[0]
+    assert materialized.metadata["hours_kept_as_built"].value == 1
+
+
+def test_a_mark_on_a_retired_hour_ends_without_a_run(tmp_path):
+    """An hour marked to be tracked again, then retired with its day: its tables are kept as built, so
+    its mark goes (the run asked for it clears it; retrack_sensor clears it and asks for no run)."""
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    store = storage.open()
+    before = OLD_HOUR - timedelta(hours=1)
+    land(store, OLD_HOUR, "frames-0-0-3", [record(f"f{i}", OLD_HOUR, i) for i in range(3)])
+    land(store, before, "frames-0-3-6", [record(f"g{i}", before, i) for i in range(3)])
+    build(storage, OLD_HOUR)
+    build(storage, before)  # OLD_HOUR continued an hour before that was not there yet: it is marked
+    ((marked, digest),) = tracked.marked_hours(store)
+    assert marked == OLD_HOUR
+    sweep(store, DataRetention(), today=TODAY, **QUIET)
+    assert is_retired(store, OLD_HOUR.date())
+    built = store.get(FRAMES.hour_key(OLD_HOUR))
+
+    build(storage, OLD_HOUR)  # the run retrack_sensor asked for
+    assert tracked.marked_hours(store) == [] and store.get(FRAMES.hour_key(OLD_HOUR)) == built
+
+    store.put(tracked.retrack_key(OLD_HOUR), digest.encode())  # as a run of an older version left it
+    with fresh_instance() as instance, dg.build_sensor_context(
+            instance=instance, resources={"storage": storage}) as context:
+        assert not retrack_sensor(context).run_requests
+    assert tracked.marked_hours(store) == []
 
 
 def test_a_dry_run_deletes_nothing(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from imgpipeline.ingest.messages import BadInput, FrameMessage, parse_message
+from imgpipeline.ingest.messages import FRAME_ID, BadInput, FrameMessage, parse_message, stand_in_source
 
 WHEN = "2026-11-21T10:00:00.000Z"
 GOOD = {"schema": 1, "frame_id": "f1", "source_id": "cam1", "captured_at": WHEN,
@@ -39,6 +39,8 @@ def raw(**changes) -> bytes:
     # `$` would let a trailing newline through: identity checks match the whole text.
     (raw(frame_id="cam1-000042\n"), "does not have the form"),
     (raw(source_id="cam1\n"), "does not have the form"),
+    # The stand-in source of records of messages that named none: no camera may claim it.
+    (raw(source_id="unparsed-nokey"), "reserved"),
     (raw(content_type="image/jpeg\n"), "does not have the form"),
     (raw(schema={"nested": [1, 2]}), "unknown schema version"),
     (b'"just a string"', "not an object"),
@@ -48,6 +50,17 @@ def raw(**changes) -> bytes:
 def test_hostile_json_messages_are_refused_with_a_reason(value, reason):
     with pytest.raises(BadInput, match=reason):
         parse_message(value, [])
+
+
+def test_a_message_that_names_no_source_is_recorded_under_a_stand_in_of_its_key():
+    keys = [None, b"", b"\xff\xfe\x00\x81", b"k" * 1_000_000, b"camera #1 / lobby", b"cam1"]
+    stand_ins = [stand_in_source(key) for key in keys]
+    assert all(FRAME_ID.match(s) and s.startswith("unparsed-") for s in stand_ins), stand_ins
+    assert len(set(stand_ins)) == len(keys)  # keys apart, stand-ins apart
+    assert stand_ins == [stand_in_source(key) for key in keys]  # the same key, the same stand-in
+    for stand_in in stand_ins:  # no camera's own id
+        with pytest.raises(BadInput, match="reserved"):
+            parse_message(raw(source_id=stand_in), [])
 
 
 def test_hostile_inline_headers_are_refused_with_a_reason():

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+from imgpipeline.ingest.messages import stand_in_source
 from imgpipeline.vision import alert_rules, events, zones
 from imgpipeline_tests.scenes import Thing, frames_of, moving, tracked
 
@@ -100,6 +101,17 @@ def test_dark_frozen_and_silent_cameras():
     assert silent[0].frame_ids == (frames[-1].frame_id, later[0].frame_id)
     assert len(fired("rules: [{name: r, kind: silent, minutes: 15}]", frames + later)) == 1
     assert fired("rules: [{name: r, kind: silent, minutes: 59}]", frames + later) == []
+
+
+def test_records_that_name_no_camera_break_nothing_and_fire_nothing():
+    """Records of messages that named no source: under the stand-in of their key, or under none in files
+    landed before stand-ins were. The hour is evaluated all the same; no rule takes them for a camera."""
+    frames = scene([], 20, fps=1.0) + scene([], 5, fps=1.0, start=START + timedelta(minutes=30))
+    garbage = [events.EventFrame("frames-0-7", START.timestamp() + 25, "error")]
+    rules = alert_rules.parse(b"rules: [{name: r, kind: silent, minutes: 10}]")
+    found = events.evaluate(rules, {"cam": frames, None: garbage, stand_in_source(b"k" * 1000): garbage},
+                            ZONES, *HOUR)
+    assert [(e.rule, e.source_id) for e in found] == [("r", "cam")]
 
 
 def test_a_camera_frozen_since_before_the_hour_does_not_fire_again_in_it():

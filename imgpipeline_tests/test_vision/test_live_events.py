@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from imgpipeline.ingest.messages import stand_in_source
 from imgpipeline.vision import events
 from imgpipeline.vision.alert_rules import parse
 from imgpipeline.vision.live_events import EARLIEST, HOUR, Watch, hour_of
@@ -128,3 +129,12 @@ def test_each_silent_rule_raises_its_own_silence():
     assert later == [] and {e.key for e in watch.time_passed(START + 2000)} == {
         "silent|a|silent|a-1", "silent-long|a|silent|a-1"}
     assert watch.time_passed(START + 2100) == []  # raised once
+
+
+def test_records_of_messages_that_named_no_source_fire_nothing_live_or_hourly():
+    garbage = [events.EventFrame(f"frames-0-{n}", START + 60 * n, "error") for n in (1, 2)]
+    camera = [events.EventFrame("a-1", START, "detected"), events.EventFrame("a-2", START + 2000, "detected")]
+    frames = {"a": camera, stand_in_source(b"\xff\xfe"): garbage}
+    live = stream(frames, random.Random(0))
+    assert live.keys() == hourly(frames).keys()
+    assert {e.source_id for e in live.values()} == {"a"}  # its silences, none of the stand-in's

@@ -165,15 +165,29 @@ def test_frames_fed_twice_or_late_raise_nothing_and_changed_zones_start_afresh()
     b"not json", b"[]", b'{"through": "x"}', b'{"through": 50, "watch": null, "tracks": null}',
     b'{"through": 50, "watch": {"sources": 3}, "tracks": {"sources": {"a": {"tail": [[1]]}}}}',
 ])
-def test_a_damaged_live_state_starts_blind_and_fails_nothing(tmp_path, saved):
+def test_a_damaged_live_state_is_warmed_from_the_landing_and_fails_nothing(tmp_path, saved):
     """A state file in storage that is not what the lane wrote (damaged, of another version, hostile)
-    gives blind watches: the range goes on and the hourly run raises what the lane cannot."""
+    gives new watches, warmed with the landed frames of the range's sources since the hour before: the
+    range goes on and fires what the hourly run gives it."""
+    from datetime import UTC, datetime
+
     from imgpipeline.defs.alerts.live import load_watches, state_key
+    from imgpipeline.defs.streaming.landing import LandingRecord, landing_key
     from imgpipeline.defs.streaming.listeners import LandedRange
+    from imgpipeline.ingest.messages import iso_utc
     from imgpipeline.resources import StorageResource
+    from imgpipeline.vision.live_tracks import SLOWEST_RATE
 
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
     store.put(state_key("frames", 0), saved)
+    before = datetime.fromtimestamp(START - 60, UTC)  # a frame of another range, a minute before this one
+    record = LandingRecord(schema=1, frame_id="a-0", source_id="a", captured_at=iso_utc(before),
+                           status="detected", sha256="x")
+    store.put(landing_key(before.replace(minute=0, second=0), "frames-0-0-50"), record.to_json() + b"\n")
     landed = LandedRange(None, None, store, "frames", 0, 50, 60, 0, lambda: iter(()), 1 << 20)
-    watch, tracks = load_watches(store, landed, RULES, ZONES, SETTINGS, START)
-    assert watch.seen_since == START and tracks.seen_since == START and not tracks.sources
+    frames = {"a": [events.EventFrame("a-1", START, "detected")]}
+    watch, tracks = load_watches(store, landed, RULES, ZONES, SETTINGS, frames)
+    assert watch.seen_since == START - START % HOUR - HOUR  # from the start of the hour before
+    assert watch.sources["a"].last_frame == "a-0"  # fed what was landed
+    # The tracker only the last seconds, where "a" sent nothing.
+    assert tracks.seen_since == START - SETTINGS.replay_for(SLOWEST_RATE) and not tracks.sources

@@ -41,7 +41,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     ledger = Ledger(store)
     hours = hours_in(context.partition_time_window)
     failures = no_failures(checks.CHECKS, "alerts")
-    totals = {"alerts": 0, "kafka": 0, "delivered": 0, "dead": 0}
+    totals = {"alerts": 0, "kafka": 0, "delivered": 0, "dead": 0, "retrying": 0}
     for hour in hours:
         frames = FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS)
         detections = DETECTIONS.stored_hours(store, at.around(hour), TRACKED_COLUMNS)
@@ -61,15 +61,22 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         totals["delivered"] += sent["delivered"]
         totals["dead"] += sent["dead"]
         totals["alerts"] += stored.num_rows
+    # Refused sends of any hour whose pause is over: an outage delays an alert, it does not drop it.
+    retried, _ = notify.retry_webhooks(kafka, ledger, rules, alert_rules.token)
+    totals["delivered"] += retried["delivered"]
+    totals["dead"] += retried["dead"]
+    totals["retrying"] = retried["retrying"]  # every refused send still waiting, of any hour
     context.log.info(
         f"{len(hours)} hours: {totals['alerts']} alerts; newly sent: {totals['kafka']} to Kafka "
-        f"{kafka.alerts_topic}, {totals['delivered']} to webhooks, {totals['dead']} dead-lettered "
+        f"{kafka.alerts_topic}, {totals['delivered']} to webhooks, {totals['dead']} dead-lettered, "
+        f"{totals['retrying']} waiting to be tried again "
         f"(rules {rules.path or 'none'}, sha256 {(rules.sha256 or '-')[:12]})"
     )
     yield dg.MaterializeResult(metadata={
         "alerts": dg.MetadataValue.int(totals["alerts"]), "hours": len(hours),
         "sent_to_kafka": totals["kafka"], "webhook_deliveries": totals["delivered"],
-        "dead_lettered": totals["dead"], "rules_sha256": rules.sha256 or "(no rules file)",
+        "dead_lettered": totals["dead"], "webhook_sends_waiting": totals["retrying"],
+        "rules_sha256": rules.sha256 or "(no rules file)",
         "path": dg.MetadataValue.path(store.uri(ALERTS.folder.rstrip("/"))),
         "viewer": dg.MetadataValue.url(f"{alert_rules.viewer_url}/alerts"),
     })

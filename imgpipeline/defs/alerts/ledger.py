@@ -5,15 +5,20 @@ next free number and remembers which notifications went out, so an hour made aga
 backfill finds the same numbers and notifies nobody twice.
 
     alerts/ledger/numbers/<number>.json   the key a number was claimed for (created once: put-if-absent)
+    alerts/ledger/next.json   where the search for a free number starts: past the last number claimed
     alerts/ledger/keys/<sha256 of key>.json   the number given to the key (created once: put-if-absent)
     alerts/ledger/claims/<sha256 of key>.json   the number a run is claiming for the key, before it does
     alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered)
+    alerts/ledger/retrying/<number>-<target>.json   a webhook send that failed, with when to try it again
 
 Numbers are written zero-padded to ten digits. A number is claimed by creating its file only if it
 does not exist, so two runs never take one number; the key is then bound to it the same way, so two
 runs racing for one key agree on the number that was bound first (the other claim stays unused and is
 never given again). A run writes which number it is claiming before it claims it, so a run killed
 between the claim and the binding finds its own claim again instead of taking a second number.
+Numbering costs the same however many numbers were given: a run starts from `next.json` (a hint, written
+after each claim; a run writing it late only makes the next run find a number or two taken), and a store
+from before it is listed once.
 Alerts runs are also one at a time (the `alerts` concurrency pool, dagster.yaml), so two runs do not
 notify the same alert at once.
 """
@@ -25,6 +30,7 @@ import json
 from datetime import UTC, datetime
 
 ROOT = "alerts/ledger"
+NEXT = f"{ROOT}/next.json"
 
 
 def _digest(data: bytes) -> str:
@@ -59,10 +65,22 @@ class Ledger:
 
     def _first_free(self) -> int:
         if self._next is None:
-            taken = [int(k.rsplit("/", 1)[-1].split(".")[0]) for k in self.store.list(f"{ROOT}/numbers/")
-                     if k.endswith(".json")]
-            self._next = max(taken, default=0) + 1
+            self._next = self._written_next() or self._listed_next()
         return self._next
+
+    def _written_next(self) -> int | None:
+        """The first number past the last claim, as the runs wrote it down (None: never written, damaged)."""
+        try:
+            record = self._read(NEXT)
+            return int(record["number"]) if record is not None else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _listed_next(self) -> int:
+        """The first number past every number file: a store from before `next.json`, listed once."""
+        taken = [int(k.rsplit("/", 1)[-1].split(".")[0]) for k in self.store.list(f"{ROOT}/numbers/")
+                 if k.endswith(".json")]
+        return max(taken, default=0) + 1
 
     def number(self, key: str) -> int:
         """The key's number: the one it was given, else the next free one, claimed and bound now."""
@@ -76,8 +94,11 @@ class Ledger:
             self._write(self._claim_file(key), {"key": key, "number": number})
             if self._create(self.number_file(number), {"key": key}) or self.key_of(number) == key:
                 break  # ours now, or ours from before a crash
-            number = max(number + 1, self._first_free())
+            # Taken by another run: start again past what the runs wrote down since, else at the next one.
+            number = max(number + 1, self._written_next() or 0)
         self._next = max(self._first_free(), number + 1)
+        if (self._written_next() or 0) < self._next:
+            self._write(NEXT, {"number": self._next})
         if not self._create(self._key_file(key), {"key": key, "number": number}):
             return self.number_of(key)  # another run bound the key first: its number stands
         return number
@@ -110,8 +131,30 @@ class Ledger:
         return self._read(self._sent_file(number, target))
 
     def record_sent(self, number: int, target: str, state: str, **detail) -> None:
+        """How a notification ended for good (delivered or dead-lettered); no longer retried."""
         self._write(self._sent_file(number, target),
                     {"state": state, "at": datetime.now(UTC).isoformat(), **detail})
+
+    def _retry_file(self, number: int, target: str) -> str:
+        return f"{ROOT}/retrying/{number:010d}-{target}.json"
+
+    def retrying(self, number: int, target: str) -> dict | None:
+        """The failed send of the alert to a webhook that is being retried, if there is one."""
+        return self._read(self._retry_file(number, target))
+
+    def record_retry(self, message: dict, target: str, retry: dict) -> None:
+        """A failed send to retry later: the message itself, and when (`retry`: since, tries, next_at, …)."""
+        self._write(self._retry_file(message["number"], target),
+                    {"message": message, "target": target, **retry})
+
+    def forget_retry(self, number: int, target: str) -> None:
+        """The retried send ended (its end recorded first: a run killed between the two finds it ended)."""
+        self.store.delete(self._retry_file(number, target))
+
+    def retries(self) -> list[dict]:
+        """Every send being retried: those failing within the webhooks' retry horizons, not all ever made."""
+        return [json.loads(self.store.get(k)) for k in self.store.list(f"{ROOT}/retrying/")
+                if k.endswith(".json")]
 
     def deliveries(self, number: int) -> dict[str, dict]:
         prefix = f"{ROOT}/sent/{number:010d}/"

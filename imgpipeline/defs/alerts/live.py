@@ -10,16 +10,20 @@ so the hour finds them claimed), drawn as evidence, published to Kafka `alerts` 
 `alerts/live/<topic>/<partition>[-g<N>].json` with the offset they have seen through, before the range is
 accounted for. A run that goes on after another (the next follow_frames run, or one taking over a range
 SIGKILLed mid-way) reads it back: frames fed already are passed over, so a range detected again fires
-nothing twice. A watch that did not see the offsets before its range (the first range after the fast lane
-was turned on, a range whose listener failed, rules changed) starts blind: it fires nothing in an hour
-whose history it did not see whole, nor for tracks that may have begun before it, and the hourly alerts
-raise those.
+nothing twice. A watch whose saved state does not reach its range (the first range after the fast lane
+was turned on or after a batch run, a partition whose first range lands after another's, a range whose
+listener failed, rules changed) is warmed first: fed the frames of the range's sources landed since the
+start of the hour before (what the hourly evaluation reads as history), whatever partition or lane
+landed them, with what they fire dropped (those belong to the ranges and hours before), so it fires
+from the range's first frames what the hourly alerts give them. The tracker is warmed with the last seconds
+before the range only: tracks confirmed in them (objects the hourly tracker may know from before, under
+other ids) are left to the hourly alerts.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
@@ -27,16 +31,17 @@ from imgpipeline.defs.alerts import notify
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.resources import alert_rules_from_env
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord, landing_keys, read_records
 from imgpipeline.defs.streaming.listeners import LandedRange
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import TrackingResource
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision import events
-from imgpipeline.vision.live_events import Watch, hour_of
-from imgpipeline.vision.live_tracks import TrackWatch
+from imgpipeline.vision.live_events import HOUR, Watch, hour_of
+from imgpipeline.vision.live_tracks import SLOWEST_RATE, TrackWatch
 
 STATE = "alerts/live"
+RETRIES_EVERY_S = 60.0  # refused sends of other runs (the hourly, a run before) are looked for this often
 
 
 def state_key(topic: str, partition: int, generation: int = 0) -> str:
@@ -59,9 +64,9 @@ def event_frames(records) -> dict[str, list[events.EventFrame]]:
 
 
 def load_watches(store, landed: LandedRange, rules, zones, settings,
-                 earliest: float) -> tuple[Watch, TrackWatch]:
+                 frames: dict[str, list[events.EventFrame]]) -> tuple[Watch, TrackWatch]:
     """The partition's watches as the run before left them, if it saw through this range's start; else
-    blind ones (a fresh topic's first range is seen whole)."""
+    new ones warmed with what was landed before the range (`warmed`)."""
     key = state_key(landed.topic, landed.partition, landed.generation)
     try:
         saved = json.loads(store.get(key)) if store.exists(key) else None
@@ -69,16 +74,53 @@ def load_watches(store, landed: LandedRange, rules, zones, settings,
         saved = None
     watch = tracks = None
     if isinstance(saved, dict) and isinstance(saved.get("through"), int) and saved["through"] >= landed.start:
-        # A part damaged or missing (a state of an earlier version has no tracks) starts blind, as if none.
+        # A part damaged or missing (a state of an earlier version has no tracks) is warmed, as if none.
         watch = _restored(lambda: Watch.from_json(rules, json.dumps(saved["watch"]).encode()))
         tracks = _restored(lambda: TrackWatch.from_json(rules, zones, settings,
                                                         json.dumps(saved["tracks"]).encode()))
-    # Seen whole only from a topic's very first frames: a partition added later, a topic re-created or an
-    # old one taken up may carry cameras whose history is elsewhere.
-    fresh = landed.start == 0 and not landed.generation and not store.list(f"{STATE}/{landed.topic}/")
-    since = -math.inf if fresh else earliest
-    return (watch or Watch(rules, seen_since=since),
-            tracks or TrackWatch(rules, zones, settings, seen_since=since))
+    if watch is None or tracks is None:
+        return warmed(store, rules, zones, settings, frames)
+    return watch, tracks
+
+
+def warmed(store, rules, zones, settings,
+           frames: dict[str, list[events.EventFrame]]) -> tuple[Watch, TrackWatch]:
+    """New watches for a range, fed first the landed frames of its sources since the start of the hour
+    before its first frame's (the history the hourly evaluation reads), what those fire dropped: they
+    are the ranges' and hours' before. The tracker is fed only the last seconds before the range."""
+    moments = [f.seconds for fs in frames.values() for f in fs]
+    # A range whose frames are late by hours reads three hours at most (its older frames are left blind).
+    since = max(hour_of(min(moments)), hour_of(max(moments)) - HOUR) - HOUR
+    tracked_since = max(since, min(moments) - settings.replay_for(SLOWEST_RATE))
+    watch = Watch(rules, seen_since=since)
+    tracks = TrackWatch(rules, zones, settings, seen_since=tracked_since)
+    own = {(source, f.frame_id) for source, fs in frames.items() for f in fs}
+    history = event_frames(landed_history(store, own, since, hour_of(max(moments))))
+    for source in sorted(history):
+        tracks.feed(source, [f for f in history[source] if f.seconds >= tracked_since])
+        watch.feed(source, [tracks.given.get(f.frame_id, f) for f in history[source]])
+    if history:
+        latest = max(f.seconds for fs in history.values() for f in fs)
+        watch.time_passed(latest)
+        tracks.forget(latest)
+    return watch, tracks
+
+
+def landed_history(store, own: set[tuple], since: float, until: float) -> list[LandingRecord]:
+    """The landing records of the sources of the frames `own` in the event hours from `since` to `until`
+    (inclusive), landed by any partition or run, `own` aside; one per frame, a processed one over an error."""
+    sources = {source for source, _ in own}
+    kept: dict[tuple, LandingRecord] = {}
+    hour = since
+    while hour <= until:
+        for key in landing_keys(store, datetime.fromtimestamp(hour, UTC)):
+            for record in read_records(store, key):
+                known = kept.get(record.identity)
+                if (record.source_id in sources and record.identity not in own
+                        and (known is None or record.processed and not known.processed)):
+                    kept[record.identity] = record
+        hour += HOUR
+    return list(kept.values())
 
 
 def _restored(load):
@@ -93,7 +135,8 @@ class LiveAlerts:
 
     def __init__(self):
         self.watches: dict[tuple, tuple[int, Watch, TrackWatch]] = {}
-        self.down: set[str] = set()  # webhooks that failed for good: one try per alert until one delivers
+        self.down: set[str] = set()  # webhooks that failed: one try per alert until one delivers
+        self.retries_at = 0.0  # when a refused send (of any run) is due again: the ledger is looked at then
 
     def __call__(self, landed: LandedRange) -> None:
         tracking = TrackingResource.from_env()
@@ -111,7 +154,7 @@ class LiveAlerts:
                 or tracks.zones_sha256 != zones.sha256 or tracks.settings != settings):
             if not moments:
                 return  # nothing to feed, and nothing known to carry on
-            watch, tracks = load_watches(store, landed, rules, zones, settings, min(moments))
+            watch, tracks = load_watches(store, landed, rules, zones, settings, frames)
         fired = []
         for source in sorted(frames):
             fired += tracks.feed(source, frames[source])
@@ -122,16 +165,28 @@ class LiveAlerts:
             tracks.forget(max(moments))
         fired.sort(key=lambda e: (e.seconds, e.source_id, e.rule, e.key))  # numbered as the hour orders them
         if fired:
-            raise_alerts(landed, resource, rules, fired, records, frames, self.down)
+            told = raise_alerts(landed, resource, rules, fired, records, frames, self.down)
+            # Sends refused now: the ledger says when they are due.
+            self.retries_at = 0.0 if told["retrying"] else self.retries_at
         key = state_key(landed.topic, landed.partition, landed.generation)
         store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json()),
                                    "tracks": json.loads(tracks.to_json())}).encode())
         self.watches[place] = (landed.end, watch, tracks)
+        self.retry_refused(landed, resource, rules)
+
+    def retry_refused(self, landed: LandedRange, resource, rules) -> None:
+        """Webhook sends refused before (by this run or another) tried again once their pause is over: a
+        webhook's outage delays its alerts, range after range, and drops none."""
+        if time.time() >= self.retries_at:
+            ledger = Ledger(landed.store)
+            _, due = notify.retry_webhooks(landed.kafka, ledger, rules, resource.token, self.down)
+            self.retries_at = min(due, time.time() + RETRIES_EVERY_S)
 
 
 def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event], records,
-                 frames: dict[str, list[events.EventFrame]], down: set[str]) -> None:
-    """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each)."""
+                 frames: dict[str, list[events.EventFrame]], down: set[str]) -> dict[str, int]:
+    """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each); the
+    webhook sends per outcome."""
     store, ledger = landed.store, Ledger(landed.store)
     numbers = [ledger.number(e.key) for e in fired]
     by_frame = {(r.source_id, r.frame_id): r for r in records}
@@ -149,7 +204,8 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
     told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token, down)
     said = ", ".join(f"{m['number']} {m['rule']} ({m['source_id']})" for m in messages)
     landed.context.log.info(f"live alerts: {said}; {sent} newly sent to Kafka, {told['delivered']} to "
-                            f"webhooks, {told['dead']} dead-lettered")
+                            f"webhooks, {told['dead']} dead-lettered, {told['retrying']} to try again")
+    return told
 
 
 def frame_row(record: LandingRecord | None) -> dict | None:

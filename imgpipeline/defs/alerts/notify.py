@@ -2,15 +2,19 @@
 
 Each notification is recorded in the ledger once it is acknowledged, so a second run over the same
 alerts sends nothing. A webhook is tried `attempts` times with a doubling pause; an alert it still
-refuses is dead-lettered to `<alerts topic>.dlq` with the reason, and recorded as such. Webhooks get no
-redirects (a token must not follow one to another host) and their addresses are never logged: a
-webhook address often carries a secret.
+refuses is kept in the ledger and tried again by later ranges of the live lane and later alerts runs,
+once per try with a pause that doubles (from the webhook's `backoff_s`, at most `MAX_PAUSE_S`), until
+the webhook's `retry_for_s` has passed since it first failed: only then is it dead-lettered to
+`<alerts topic>.dlq` with the reason, and recorded as such (an answer that will not change, a 4xx other
+than 408 and 429, at once). Webhooks get no redirects (a token must not follow one to another host) and
+their addresses are never logged: a webhook address often carries a secret.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +24,7 @@ from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.redaction import redact
 
 KAFKA = "kafka"
+MAX_PAUSE_S = 60.0  # a webhook back from an outage hears of its waiting alerts within a minute
 
 
 def payload(row: dict, viewer_url: str, store) -> dict:
@@ -67,6 +72,7 @@ class Delivery:
     delivered: bool
     attempts: int
     reason: str = ""
+    final: bool = False  # an answer that sending again will not change
 
 
 def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=time.sleep,
@@ -89,7 +95,7 @@ def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=ti
         except urllib.error.HTTPError as exc:
             reason = f"HTTP {exc.code}"
             if 300 <= exc.code < 500 and exc.code not in (408, 429):
-                return Delivery(False, attempt, reason + " (final)")
+                return Delivery(False, attempt, reason + " (final)", final=True)
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             # Error text repeats the address, and a webhook's address carries its token.
             reason = redact(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", webhook.url, paths=False)
@@ -101,41 +107,103 @@ def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=ti
 
 def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of,
                     down: set[str] | None = None) -> dict[str, int]:
-    """Each alert to its rule's webhooks, once; refusals dead-lettered. Counts per outcome.
+    """Each alert to its rule's webhooks, once; refusals kept for a retry, or dead-lettered past the
+    webhook's retry horizon. Counts per outcome.
 
-    A webhook that failed for good in this run gets one try per further alert (its retries would only
-    hold the run up while it is down): a run's time on a dead webhook is one retry sequence. `down`: the
-    webhooks that failed for good before, kept by a caller that notifies again and again (the live lane,
-    range after range), until one delivers."""
-    counts = {"delivered": 0, "dead": 0}
-    letters, down = [], set() if down is None else down
-    for message in messages:
-        for target in rules.rule(message["rule"]).notify:
-            if ledger.sent(message["number"], target) is not None:
-                continue
-            webhook = rules.spec.notify[target]
-            token = token_of(webhook.token_env) if webhook.token_env else None
-            delivery = post(webhook, json.dumps(message).encode(), token,
-                            f"imgpipeline-alert-{message['number']}-{target}",
-                            attempts=1 if target in down else None)
-            if delivery.delivered:
-                ledger.record_sent(message["number"], target, "delivered", attempts=delivery.attempts)
-                counts["delivered"] += 1
-                down.discard(target)
-            else:
-                letters.append((message, target, delivery))
-                down.add(target)
+    A webhook that failed in this run gets one try per further alert (its retries would only hold the run
+    up while it is down): a run's time on a dead webhook is one retry sequence. `down`: the webhooks that
+    failed before, kept by a caller that notifies again and again (the live lane, range after range),
+    until one delivers."""
+    sends = [(m, target) for m in messages for target in rules.rule(m["rule"]).notify]
+    return _deliver(kafka, ledger, rules, sends, token_of, set() if down is None else down)[0]
+
+
+def retry_webhooks(kafka, ledger: Ledger, rules, token_of,
+                   down: set[str] | None = None) -> tuple[dict[str, int], float]:
+    """The refused sends whose pause is over, tried once more each (of any hour, raised by any run).
+    Counts per outcome, and when the first send still waiting is due (inf: none waits)."""
+    sends = []
+    for retry in ledger.retries():
+        if ledger.sent(retry["message"]["number"], retry["target"]) is None:
+            sends.append((retry["message"], retry["target"]))
+        else:  # it ended, and the run that ended it was stopped before it forgot it
+            ledger.forget_retry(retry["message"]["number"], retry["target"])
+    return _deliver(kafka, ledger, rules, sends, token_of, set() if down is None else down)
+
+
+def next_retry(before: dict | None, delivery: Delivery, webhook, now: float) -> dict | None:
+    """When to try a refused send again, or None to dead-letter it: a final answer, or the webhook's
+    retry horizon passed since the send first failed. The last try falls on the horizon."""
+    since = before["since"] if before else now
+    if delivery.final or now - since >= webhook.retry_for_s:
+        return None
+    rounds = before["rounds"] + 1 if before else 1
+    pause = min(webhook.backoff_s * 2 ** rounds, MAX_PAUSE_S)
+    return {"since": since, "rounds": rounds, "tries": (before["tries"] if before else 0) + delivery.attempts,
+            "next_at": min(now + pause, since + webhook.retry_for_s), "reason": delivery.reason}
+
+
+def _deliver(kafka, ledger: Ledger, rules, sends, token_of, down: set[str]) -> tuple[dict[str, int], float]:
+    """Each send not made yet, whose pause (if it was refused before) is over; counts per outcome, and
+    when the first send still waiting is due."""
+    counts = {"delivered": 0, "dead": 0, "retrying": 0}
+    letters, due = [], math.inf
+    for message, target in sends:
+        outcome, detail = _send(ledger, rules, message, target, token_of, down, time.time())
+        if outcome == "dead":
+            letters.append(detail)
+        elif outcome == "retrying":
+            due = min(due, detail)
+        if outcome is not None:
+            counts[outcome] += 1
     if letters:
-        producer = kafka.producer()
-        try:
-            for message, target, delivery in letters:
-                producer.send(f"{kafka.alerts_topic}.dlq", key=f"{message['number']}-{target}".encode(),
-                              value=json.dumps(message).encode(),
-                              headers=[("reason", delivery.reason.encode()), ("target", target.encode())]
-                              ).get(timeout=30)
-                ledger.record_sent(message["number"], target, "dead", attempts=delivery.attempts,
-                                   reason=delivery.reason)
-                counts["dead"] += 1
-        finally:
-            producer.close()
-    return counts
+        dead_letter(kafka, ledger, letters)
+    return counts, due
+
+
+def _send(ledger: Ledger, rules, message: dict, target: str, token_of, down: set[str], now: float):
+    """One alert to one webhook: (None, None) when that was done before; ("delivered", None); ("retrying",
+    when it is due); ("dead", the letter to send)."""
+    number = message["number"]
+    if ledger.sent(number, target) is not None:
+        return None, None
+    retry = ledger.retrying(number, target)
+    if retry is not None and retry["next_at"] > now:
+        return "retrying", retry["next_at"]  # its pause is not over
+    webhook = rules.spec.notify.get(target)
+    if webhook is None:  # a webhook taken out of the rules file while its alert waited
+        return "dead", (message, target, Delivery(False, 0, "webhook no longer in the rules file"), retry)
+    delivery = post(webhook, json.dumps(message).encode(),
+                    token_of(webhook.token_env) if webhook.token_env else None,
+                    f"imgpipeline-alert-{number}-{target}",
+                    attempts=1 if target in down or retry is not None else None)
+    tries = (retry["tries"] if retry else 0) + delivery.attempts
+    if delivery.delivered:
+        ledger.record_sent(number, target, "delivered", attempts=tries)
+        if retry is not None:
+            ledger.forget_retry(number, target)
+        down.discard(target)
+        return "delivered", None
+    down.add(target)
+    later = next_retry(retry, delivery, webhook, now)
+    if later is None:
+        return "dead", (message, target, Delivery(False, tries, delivery.reason), retry)
+    ledger.record_retry(message, target, later)
+    return "retrying", later["next_at"]
+
+
+def dead_letter(kafka, ledger: Ledger, letters: list[tuple]) -> None:
+    """Refused sends to `<alerts topic>.dlq` with their reason, recorded dead (and no longer retried)."""
+    producer = kafka.producer()
+    try:
+        for message, target, delivery, retry in letters:
+            producer.send(f"{kafka.alerts_topic}.dlq", key=f"{message['number']}-{target}".encode(),
+                          value=json.dumps(message).encode(),
+                          headers=[("reason", delivery.reason.encode()), ("target", target.encode())]
+                          ).get(timeout=30)
+            ledger.record_sent(message["number"], target, "dead", attempts=delivery.attempts,
+                               reason=delivery.reason)
+            if retry is not None:
+                ledger.forget_retry(message["number"], target)
+    finally:
+        producer.close()

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from itertools import accumulate
 
-from imgpipeline.defs.streaming.processing import Incoming, text_of
+from imgpipeline.defs.streaming.processing import Incoming
 from imgpipeline.ingest.messages import iso_utc, sha256_hex
 
 # A dead letter as sent (its key, its value and Kafka's framing of the record) stays under the
@@ -80,10 +80,18 @@ def bounded(raw: bytes | str | None) -> str | dict | None:
         return None
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     if len(data) <= MAX_PART_BYTES:  # escaping can only lengthen it: measure the short ones
-        text = text_of(data) or ""
+        text = text_of(data)
         if len(json.dumps(text)) <= MAX_PART_BYTES:
             return text
     return {"bytes": len(data), "sha256": sha256_hex(data)}
+
+
+def text_of(raw: bytes) -> str:
+    """Bytes from outside as text: UTF-8 as it is, anything else as base64."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode()
 
 
 def clipped(text: str, limit: int) -> str:

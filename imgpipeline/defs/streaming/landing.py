@@ -23,7 +23,7 @@ from imgpipeline.resources.storage import BadObject
 LANDING = "landing/metadata"
 
 # A frame whose capture time lies before the partitions' start or too far ahead of the broker's time
-# (defs/partitions.py): recorded, not detected, in the hour it reached the broker.
+# (defs/partitions.py), or in a retired day: recorded, not detected, in the hour it reached the broker.
 OUT_OF_RANGE = "out_of_range"
 # Statuses of a frame that was not processed: another message for the same frame is processed all the
 # same, and a processed record of the frame is kept over these whatever their order.
@@ -60,7 +60,8 @@ class LandingRecord:
     the order they are written. Built by the run (`processing.py`), read back by `read_records`."""
 
     # the frame message's fields (for a message that could not be parsed: schema None, frame_id
-    # `<topic>-<partition>-<offset>`, captured_at the broker's time)
+    # `<topic>-<partition>-<offset>`, source_id the stand-in of its key (`stand_in_source`; None in files
+    # landed before stand-ins), captured_at the broker's time)
     schema: int | None
     frame_id: str
     source_id: str | None
@@ -160,8 +161,8 @@ RETIRED = "landing/retired"
 
 def retired_key(day: date) -> str:
     """`landing/retired/<date>.json`: written by retention before it deletes a day's landing files. From
-    then on the day's tables are kept as built: a late frame lands, but never rebuilds them from what
-    is left."""
+    then on the day's tables are kept as built: a late frame of the day lands out of range, and nothing
+    rebuilds them from what is left."""
     return f"{RETIRED}/{day.isoformat()}.json"
 
 
@@ -314,7 +315,7 @@ def record_sources(store, last: dict[str, dict]) -> list[str]:
 def latest_times(last: dict[str, dict], record: LandingRecord) -> None:
     """Fold a landed record of a well-formed message into the per-source latest times."""
     if record.schema is None:
-        return  # unparsed: its source is only the key the sender chose
+        return  # unparsed: its source is a stand-in, no camera
     times = last.setdefault(record.source_id, {})
     # out of range: a clock years ahead would stay the source's latest capture for good
     captured = None if record.status == OUT_OF_RANGE else record.captured_at

@@ -6,7 +6,6 @@ frame's `error` record and a dead-letter entry; the rest of the batch goes on.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import time
@@ -14,10 +13,10 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from imgpipeline.defs.partitions import CALENDAR, Calendar
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
+from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord, is_retired, retired_key
 from imgpipeline.ingest.messages import (
     BadInput,
     FrameMessage,
@@ -26,6 +25,7 @@ from imgpipeline.ingest.messages import (
     iso_utc,
     parse_message,
     sha256_hex,
+    stand_in_source,
 )
 from imgpipeline.resources.storage import BadObject
 
@@ -174,6 +174,7 @@ class FrameProcessor:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.calendar = calendar
+        self.retired_days: dict[date, bool] = {}  # retention's marks as first looked at in this run
 
     def prepare(self, incoming: Incoming) -> Prepared:
         """Parse, fetch and decode; thread-safe, so it runs ahead of the detector."""
@@ -183,7 +184,8 @@ class FrameProcessor:
         try:
             message, inline = parse_message(incoming.value, incoming.headers)
             prepared.message = message
-            why = self.calendar.out_of_range(message.captured, broker_time(incoming.timestamp_ms))
+            why = (self.calendar.out_of_range(message.captured, broker_time(incoming.timestamp_ms))
+                   or self.of_a_retired_day(message.captured))
             if why is not None:
                 return self.undetected(prepared, inline, OUT_OF_RANGE, why)
             if incoming.shed is not None:
@@ -214,9 +216,21 @@ class FrameProcessor:
             prepared.image = None
         return prepared
 
+    def of_a_retired_day(self, captured: datetime) -> str | None:
+        """Why a frame's capture day takes no frame any more (None when it does): retention deleted that
+        day's landing and keeps its tables as built, so a frame landed there would never reach a table (a
+        camera clock a month behind). One look at the store per day and run."""
+        day = captured.date()
+        if day not in self.retired_days:
+            self.retired_days[day] = is_retired(self.store, day)
+        if not self.retired_days[day]:
+            return None
+        return (f"captured_at {captured.isoformat()} is of {day}, a day whose landing retention deleted "
+                f"({retired_key(day)}): its tables are kept as built")
+
     def undetected(self, prepared: Prepared, inline: bytes | None, status: str, reason: str) -> Prepared:
         """A well-formed frame recorded with a status and its reason, neither fetched nor decoded: shed
-        under overload, or captured out of the partitions' range. An inline one is still stored, so
+        under overload, or captured out of range. An inline one is still stored, so
         its image is kept; running a shed frame's range again without shedding detects it."""
         if inline is None:
             self.store.key_for(prepared.message.uri)  # a URI outside the root is an error, shed or not
@@ -249,11 +263,12 @@ class FrameProcessor:
 
     def base_record(self, incoming: Incoming, message: FrameMessage | None, **measured) -> LandingRecord:
         """The one place a landing record is made: the message's fields (or, unparseable, where it was
-        read and when the broker took it), where it was read, the detector, and what was `measured`."""
+        read, the stand-in source of its key and when the broker took it), where it was read, the
+        detector, and what was `measured`."""
         ingested = iso_utc(broker_time(incoming.timestamp_ms))
         if message is None:
             fields = {"schema": None, "frame_id": f"{incoming.topic}-{incoming.partition}-{incoming.offset}",
-                      "source_id": text_of(incoming.key), "captured_at": ingested}
+                      "source_id": stand_in_source(incoming.key), "captured_at": ingested}
         else:
             fields = json.loads(message.to_json())
         read = {"ingested_at": ingested, "run_id": self.run_id, "topic": incoming.topic,
@@ -317,16 +332,6 @@ def environment_failure(exc: BaseException) -> bool:
 
 def _with_uri(message: FrameMessage, uri: str) -> FrameMessage:
     return replace(message, uri=uri)
-
-
-def text_of(raw: bytes | None) -> str | None:
-    """Bytes from outside as text: UTF-8 as it is, anything else as base64."""
-    if raw is None:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return base64.b64encode(raw).decode()
 
 
 def ahead(items: Iterator, work, workers: int, lookahead: int) -> Iterator:

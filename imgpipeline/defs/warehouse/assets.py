@@ -80,6 +80,7 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
         made = make_hour(store, hour, settings, extend=len(hours) == 1 and not context.run.tags.get(WHOLE))
         if made is None:
             retired.append(hour)  # its tables stay as they were built
+            tracked.unmark(store, hour)  # no run can make it again
             continue
         written = bool(made.whole or made.added)
         if written:
@@ -153,9 +154,11 @@ def landing_of(store, hour, attempts: int = 3) -> tuple[dict[str, str], list] | 
             return None
         listing = landing_versions(store, hour)
         try:
-            return listing, [record for key in listing for record in read_records(store, key)]
+            records = [record for key in listing for record in read_records(store, key)]
         except BadObject:
             continue  # retention's, or compaction's: the mark says which
+        # Retention may have marked and emptied the day since the look above: the listing would be short.
+        return None if is_retired(store, hour.date()) else (listing, records)
     if is_retired(store, hour.date()):
         return None
     raise dg.Failure(f"{hour_key(hour)}: landing files went while they were read, {attempts} times")
@@ -259,6 +262,9 @@ def retrack_sensor(context: dg.SensorEvaluationContext):
         key = hour_key(hour)
         if not hourly_partitions.has_partition_key(key):
             context.log.warning(f"{tracked.retrack_key(hour)}: {key} is not an hourly partition; left alone")
+        elif is_retired(store, hour.date()):
+            tracked.unmark(store, hour)
+            context.log.info(f"{key}: its day's landing was retired, its tables are kept as built: unmarked")
         elif tracked.continues(store, hour):
             tracked.clear_mark(store, hour, seed)  # made meanwhile from the hour before as it is now
         elif key not in busy:

@@ -17,9 +17,10 @@ CHECKS = {
                               "replays add no rows.",
         "matches_landing": "The hour's rows are exactly the distinct frames of its landing metadata: "
                            "nothing landed is missing, nothing is extra.",
-        "captured_in_range": "No frame of the hour was captured out of range (before the partitions' start "
-                             "or too far ahead of the broker's time): such frames are rows with status "
-                             "out_of_range in the hour they reached the broker, counted here (a warning).",
+        "captured_in_range": "No frame of the hour was captured out of range (before the partitions' start, "
+                             "too far ahead of the broker's time, or in a day whose landing retention "
+                             "deleted): such frames are rows with status out_of_range in the hour they "
+                             "reached the broker, counted here (a warning).",
     },
     "detections": {
         "schema_as_declared": SCHEMA_AS_DECLARED,

@@ -180,6 +180,12 @@ def clear_mark(store, hour: datetime, seed: str) -> None:
         pass
 
 
+def unmark(store, hour: datetime) -> None:
+    """The hour's mark goes whatever it asks: its day's landing was retired, so its tables are kept as
+    built and no run makes it again."""
+    store.delete(retrack_key(hour))
+
+
 def previous_digest(store, hour: datetime) -> str:
     """The digest of the hour before's stored detections, which `hour` should continue; "none" when that
     hour is not stored (as track_hour seeds it)."""

@@ -24,7 +24,7 @@ sources:
 RULES = """
 notify:
   ops: {url: "%(ops)s", attempts: 4, backoff_s: 0.05, token_env: OPS_TOKEN}
-  broken: {url: "%(broken)s", attempts: 2, backoff_s: 0.05}
+  broken: {url: "%(broken)s", attempts: 2, backoff_s: 0.05, retry_for_s: 0}
 rules:
   - {name: person-through-door, kind: line_cross, line: door, classes: [person], notify: [ops],
      severity: critical}

@@ -114,7 +114,8 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
         assert ops.requests[-1]["headers"]["Authorization"] == "Bearer t0ken-never-logged"
         ledger = Ledger(store)
         assert ledger.deliveries(crossing["number"])["ops"]["attempts"] == 3
-        # The webhook that never answers well: tried twice, then dead-lettered with the reason.
+        # The webhook that never answers well, and is not to be retried later: tried twice, then
+        # dead-lettered with the reason.
         bench = by_rule["on-the-bench"][0]
         assert len(broken.requests) == 2
         letters = read_all(kafka, f"{kafka.alerts_topic}.dlq")
@@ -205,26 +206,28 @@ def test_a_webhook_that_is_down_holds_a_run_up_by_one_retry_sequence(tmp_path, k
 
     down = Hook(failures=1000)
     rules = parse(f"""
-notify: {{down: {{url: "{down.url}", attempts: 3, backoff_s: 0}}}}
+notify: {{down: {{url: "{down.url}", attempts: 3, backoff_s: 0, retry_for_s: 0}}}}
 rules: [{{name: r, kind: class, classes: [dog], notify: [down]}}]
 """.encode())
     ledger = Ledger(StorageResource(uri=(tmp_path / "store").as_uri()).open())
     messages = [{"number": n, "rule": "r"} for n in (1, 2, 3)]
-    assert notify_webhooks(kafka, ledger, rules, messages, lambda env: None) == {"delivered": 0, "dead": 3}
+    assert notify_webhooks(kafka, ledger, rules, messages, lambda env: None) == {
+        "delivered": 0, "dead": 3, "retrying": 0}
     assert [r["body"]["number"] for r in down.requests] == [1, 1, 1, 2, 3]
     letters = read_all(kafka, f"{kafka.alerts_topic}.dlq")
     assert sorted(int(m.key.split(b"-")[0]) for m in letters) == [1, 2, 3]
-    assert notify_webhooks(kafka, ledger, rules, messages, lambda env: None) == {"delivered": 0, "dead": 0}
+    assert notify_webhooks(kafka, ledger, rules, messages, lambda env: None) == {
+        "delivered": 0, "dead": 0, "retrying": 0}
     # Notified again and again (the live lane, a range at a time), it is tried once per alert while down,
     # and fully again once it delivered.
     failed: set[str] = set()
     for n in (4, 5):
         assert notify_webhooks(kafka, ledger, rules, [{"number": n, "rule": "r"}], lambda env: None,
-                               failed) == {"delivered": 0, "dead": 1}
+                               failed) == {"delivered": 0, "dead": 1, "retrying": 0}
     assert [r["body"]["number"] for r in down.requests][5:] == [4, 4, 4, 5] and failed == {"down"}
     down.failures = len(down.requests)  # it is back
     assert notify_webhooks(kafka, ledger, rules, [{"number": 6, "rule": "r"}], lambda env: None,
-                           failed) == {"delivered": 1, "dead": 0}
+                           failed) == {"delivered": 1, "dead": 0, "retrying": 0}
     assert failed == set()
     down.close()
 
@@ -245,12 +248,13 @@ def test_a_webhook_address_is_never_said(tmp_path, kafka):
         "control": f"http://127.0.0.1:{closed}/services/T0/tok-SECRET\\x01?sig=sig-SECRET",  # YAML's escape
         "refused": f"http://127.0.0.1:{closed}/services/T0/tok-SECRET?sig=sig-SECRET",
     }
-    notify = ", ".join(f'{name}: {{url: "{url}", attempts: 1}}' for name, url in hooks.items())
+    notify = ", ".join(f'{name}: {{url: "{url}", attempts: 1, retry_for_s: 0}}'
+                       for name, url in hooks.items())
     rules = parse(f"notify: {{{notify}}}\nrules: [{{name: r, kind: class, classes: [dog], notify: "
                   f"[{', '.join(hooks)}]}}]\n".encode())
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
     assert notify_webhooks(kafka, Ledger(store), rules, [{"number": 7, "rule": "r"}], lambda env: None) == {
-        "delivered": 0, "dead": 3}
+        "delivered": 0, "dead": 3, "retrying": 0}
     deliveries = Ledger(store).deliveries(7)
     assert set(deliveries) == set(hooks)
     assert all(d["state"] == "dead" and d["reason"] for d in deliveries.values())

@@ -1,14 +1,16 @@
 """Alert numbers on both storage backends: given once, kept across runs, found again after a crash
-between the claim and its record, never shared by two runs claiming at once."""
+between the claim and its record, never shared by two runs claiming at once, at a cost that does not
+grow with the numbers given."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 
 import pytest
 
-from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.alerts.ledger import NEXT, Ledger
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +85,76 @@ def test_runs_claiming_at_once_never_share_a_number(storage):
     assert len(given) == 45
     assert len(set(given.values())) == 45  # none shared
     assert all(Ledger(store).key_of(n) == k for k, n in given.items())
+
+
+class Counted:
+    """A real store that counts what each call costs: requests, and the objects a listing returns."""
+
+    def __init__(self, store):
+        self.store, self.costs = store, Counter()
+
+    def __getattr__(self, name):
+        call = getattr(self.store, name)
+
+        def counted(*args, **kwargs):
+            found = call(*args, **kwargs)
+            self.costs[name] += 1
+            if name == "list":
+                self.costs["objects listed"] += len(found)
+            return found
+
+        return counted
+
+
+def test_numbering_costs_the_same_however_many_numbers_were_given(storage):
+    store = storage.open()
+
+    def cost_of_a_run(keys: list[str]) -> Counter:
+        counted = Counted(store)
+        ledger = Ledger(counted)  # each run, and each live range, numbers with a ledger of its own
+        assert [ledger.number(k) for k in keys] == [ledger.number_of(k) for k in keys]
+        return counted.costs
+
+    Ledger(store).number("first")
+    early = cost_of_a_run(["early-1", "early-2"])
+    many = Ledger(store)
+    for i in range(60):
+        many.number(f"between-{i}")
+    late = cost_of_a_run(["late-1", "late-2"])
+    assert late == early and late["objects listed"] == 0
+    assert Ledger(store).number_of("late-2") == 65 and Ledger(store).key_of(65) == "late-2"
+
+
+def test_a_store_numbered_before_the_next_number_was_kept_goes_on_from_its_numbers(storage):
+    store = storage.open()
+    ledger = Ledger(store)
+    given = {k: ledger.number(k) for k in ("a", "b", "c")}
+    store.delete(NEXT)  # a store numbered before it
+    assert Ledger(store).number("d") == 4
+    assert {k: Ledger(store).number(k) for k in given} == given  # old keys: the same numbers
+    store.put(NEXT, json.dumps({"number": 2}).encode())  # written late by a run that claimed 1
+    assert Ledger(store).number("e") == 5  # the numbers taken since are passed over
+    store.put(NEXT, b"{damaged")
+    assert Ledger(store).number("f") == 6
+    assert [Ledger(store).key_of(n) for n in range(1, 7)] == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_runs_claiming_at_once_from_a_next_number_written_late_never_share_a_number(storage):
+    store = storage.open()
+    old = {f"old-{i}": Ledger(store).number(f"old-{i}") for i in range(10)}
+    store.put(NEXT, json.dumps({"number": 3}).encode())  # written late by a run that claimed 2
+    given: dict[str, int] = {}
+
+    def claim(worker: int):
+        ledger = Ledger(store)
+        for i in range(10):
+            given[f"{worker}-{i}"] = ledger.number(f"{worker}-{i}")
+
+    threads = [threading.Thread(target=claim, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(given.values()) == list(range(11, 41))  # none shared, none taken before
+    assert all(Ledger(store).key_of(n) == k for k, n in {**old, **given}.items())
+    assert all(Ledger(store).number_of(k) == n for k, n in {**old, **given}.items())

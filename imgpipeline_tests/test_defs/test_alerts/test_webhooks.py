@@ -1,0 +1,213 @@
+"""Webhooks through an outage: an alert a webhook refuses is tried again, by the live lane's later ranges
+and by later alerts runs, with a doubling pause, until the webhook's retry horizon; delivered once when the
+webhook is back, and dead-lettered with its reason only once the horizon has passed."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from imgpipeline.defs.alerts.assets import alerts
+from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.alerts.live import LiveAlerts
+from imgpipeline.defs.alerts.notify import Delivery, next_retry, retry_webhooks
+from imgpipeline.defs.streaming.listeners import LandedRange
+from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.resources import AlertsResource, StorageResource
+from imgpipeline.vision.alert_rules import Webhook, parse
+from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.scenes import landing_records
+from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, records
+from imgpipeline_tests.test_defs.test_alerts.test_alerts import Hook, setup
+from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+from imgpipeline_tests.test_defs.test_tracking.test_tracking import materialize
+
+START = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+DOG_RULES = """
+notify: {ops: {url: "%(url)s", attempts: 2, backoff_s: %(backoff)s%(horizon)s}}
+rules: [{name: dog-seen, kind: class, classes: [dog], cooldown_s: 0, notify: [ops]}]
+"""
+
+
+class Outage:
+    """A local webhook that answers 503 until `until` (time.monotonic()), then 200; it keeps every request
+    with its answer."""
+
+    def __init__(self, until: float):
+        self.until, self.requests = until, []
+        outage = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status = 503 if time.monotonic() < outage.until else 200
+                outage.requests.append((body["number"], status))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def delivered(self) -> list[int]:
+        return sorted(number for number, status in self.requests if status == 200)
+
+    def close(self):
+        self.server.shutdown()
+
+
+class Camera:
+    """A camera's frames landing range after range on the fast lane, a dog in every other frame (so each
+    range of two frames raises one `dog-seen` alert), fed to the live alerts as follow_frames feeds them."""
+
+    def __init__(self, kafka, store):
+        self.kafka, self.store, self.lane, self.offset = kafka, store, LiveAlerts(), 0
+        self.context = dg.build_op_context()
+
+    def range(self, dog: bool = True) -> None:
+        n = self.offset
+        seen = [("dog", 0.9, (100, 100, 80, 60))] if dog else []
+        found = landing_records([(f"cam-{n + i:06d}", START + timedelta(seconds=n + i), [] if i else seen)
+                                 for i in range(2)])
+        for i, record in enumerate(found):
+            record.offset = n + i
+        self.lane(LandedRange(self.context, self.kafka, self.store, self.kafka.frames_topic, 0, n, n + 2, 0,
+                              lambda: iter(found), 1 << 20))
+        self.offset += 2
+
+
+def live_setup(tmp_path, kafka, monkeypatch, url: str, backoff: float, horizon: str = ""):
+    (tmp_path / "alerts.yaml").write_text(DOG_RULES % {"url": url, "backoff": backoff, "horizon": horizon})
+    monkeypatch.setenv("IMGPIPELINE_ALERTS_FILE", str(tmp_path / "alerts.yaml"))
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    return store, Camera(kafka, store)
+
+
+def test_a_refused_send_waits_a_doubling_pause_until_the_horizon():
+    hook = Webhook(url="http://127.0.0.1:9/", backoff_s=1.0, retry_for_s=100)
+    refused = Delivery(False, 4, "HTTP 503")
+    first = next_retry(None, refused, hook, 1000.0)
+    assert first == {"since": 1000.0, "rounds": 1, "tries": 4, "next_at": 1002.0, "reason": "HTTP 503"}
+    second = next_retry(first, Delivery(False, 1, "HTTP 502"), hook, 1002.0)
+    assert [second[k] for k in ("rounds", "tries", "next_at", "reason")] == [2, 5, 1006.0, "HTTP 502"]
+    last = next_retry({**second, "rounds": 9}, refused, hook, 1050.0)
+    assert last["next_at"] == 1100.0  # the last try falls on the horizon
+    assert next_retry(second, refused, hook, 1100.0) is None  # past the horizon: dead-lettered
+    assert next_retry(None, Delivery(False, 1, "HTTP 404 (final)", final=True), hook, 1000.0) is None
+    assert next_retry(None, refused, Webhook(url="http://127.0.0.1:9/", retry_for_s=0), 1000.0) is None
+    with pytest.raises(ValueError, match="retry_for_s"):
+        Webhook(url="http://127.0.0.1:9/", retry_for_s=-1)
+
+
+@pytest.mark.integration
+def test_a_webhook_down_for_half_a_minute_gets_every_live_alert_once(tmp_path, kafka, monkeypatch):
+    hook = Outage(until=time.monotonic() + 30)
+    store, camera = live_setup(tmp_path, kafka, monkeypatch, hook.url, backoff=0.2)
+    ledger = Ledger(store)
+    try:
+        while time.monotonic() < hook.until:  # alerts fire while the webhook is down
+            camera.range()
+            time.sleep(1.0)  # the camera's pace: a range a second (not a wait for an outcome)
+        raised = sorted(int(m.key) for m in read_all(kafka, kafka.alerts_topic))
+        assert len(raised) >= 10 and read_all(kafka, f"{kafka.alerts_topic}.dlq") == []  # none given up
+        deadline = time.monotonic() + 120
+        while hook.delivered() != raised:  # the webhook is back: later ranges (nothing to raise) retry
+            assert time.monotonic() < deadline, f"undelivered: {sorted(set(raised) - set(hook.delivered()))}"
+            camera.range(dog=False)
+            time.sleep(0.5)  # the camera's pace
+    finally:
+        hook.close()
+    refused = [number for number, status in hook.requests if status == 503]
+    assert refused.count(raised[0]) >= 4  # the first alert was tried again and again through the outage
+    assert all(ledger.deliveries(n)["ops"]["state"] == "delivered" for n in raised)
+    assert ledger.retries() == [] and read_all(kafka, f"{kafka.alerts_topic}.dlq") == []
+    # Delivered is delivered: nothing goes out again, whatever comes after.
+    camera.range(dog=False)
+    assert hook.delivered() == raised
+
+
+@pytest.mark.integration
+def test_an_alert_refused_past_the_horizon_is_dead_lettered_with_its_reason(tmp_path, kafka, monkeypatch):
+    hook = Outage(until=float("inf"))
+    store, camera = live_setup(tmp_path, kafka, monkeypatch, hook.url, 0.1, horizon=", retry_for_s: 2")
+    ledger = Ledger(store)
+    try:
+        camera.range()
+        (number,) = [int(m.key) for m in read_all(kafka, kafka.alerts_topic)]
+        assert ledger.retrying(number, "ops")["reason"] == "HTTP 503"
+        deadline = time.monotonic() + 60
+        while ledger.sent(number, "ops") is None:
+            assert time.monotonic() < deadline, ledger.retrying(number, "ops")
+            camera.range(dog=False)
+            time.sleep(0.2)  # the camera's pace: five ranges a second
+    finally:
+        hook.close()
+    dead = ledger.sent(number, "ops")
+    assert dead["state"] == "dead" and dead["reason"] == "HTTP 503"
+    assert dead["attempts"] == len(hook.requests) > 2  # tried again later, before it was given up
+    (letter,) = read_all(kafka, f"{kafka.alerts_topic}.dlq")
+    assert letter.key == f"{number}-ops".encode() and dict(letter.headers)["reason"] == b"HTTP 503"
+    assert ledger.retries() == []
+
+
+@pytest.mark.integration
+@pytest.mark.instance
+def test_the_hourly_run_tries_again_what_a_webhook_refused(tmp_path, kafka, monkeypatch):
+    ops, broken = Hook(failures=2), Hook(failures=1000)
+    storage, resources = setup(tmp_path, kafka, (ops, broken), monkeypatch)
+    # The scene's rules, the broken webhook's refusals tried again for the default hour, 2 s apart at first.
+    retried = RULES.replace("backoff_s: 0.05, retry_for_s: 0", "backoff_s: 1")
+    (tmp_path / "retried.yaml").write_text(retried % {"ops": ops.url, "broken": broken.url})
+    resources["alert_rules"] = AlertsResource(alerts_file=str(tmp_path / "retried.yaml"))
+    store = storage.open()
+    records(store)
+    ledger = Ledger(store)
+    try:
+        with fresh_instance() as instance:
+            materialize([hourly_tables], *RANGE, resources, instance)
+            first = materialize([alerts], *RANGE, resources, instance)
+            assert read_all(kafka, f"{kafka.alerts_topic}.dlq") == []  # refused, not given up
+            (waiting,) = ledger.retries()  # the bench alert: refused twice, kept, not dead-lettered
+            number = waiting["message"]["number"]
+            assert waiting["target"] == "broken" and waiting["tries"] == 2 and len(broken.requests) == 2
+            assert ledger.sent(number, "broken") is None
+            metadata = first.asset_materializations_for_node("alerts")[0].metadata
+            assert metadata["webhook_sends_waiting"].value == 1
+            broken.failures = len(broken.requests)  # it is back
+            while time.time() < ledger.retrying(number, "broken")["next_at"]:
+                time.sleep(0.1)  # its pause: two seconds
+            materialize([alerts], RANGE[0], RANGE[0], resources, instance)  # an hour that is not the alert's
+            delivered = ledger.sent(number, "broken")
+            assert (delivered["state"], delivered["attempts"]) == ("delivered", 3)
+            materialize([alerts], *RANGE, resources, instance)
+        assert [r["body"]["number"] for r in broken.requests] == [number] * 3  # delivered once, then never
+        assert ledger.retries() == [] and read_all(kafka, f"{kafka.alerts_topic}.dlq") == []
+    finally:
+        ops.close()
+        broken.close()
+
+
+def test_a_send_ended_by_a_run_stopped_before_it_forgot_the_retry_goes_out_no_more(tmp_path):
+    hook = Outage(until=0.0)  # it would take the alert
+    rules = parse(f'notify: {{ops: {{url: "{hook.url}"}}}}\nrules: [{{name: r, kind: dark, notify: [ops]}}]\n'
+                  .encode())
+    ledger = Ledger(StorageResource(uri=(tmp_path / "store").as_uri()).open())
+    ledger.record_retry({"number": 5, "rule": "r"}, "ops",
+                        {"since": 0.0, "rounds": 1, "tries": 4, "next_at": 0.0, "reason": "HTTP 503"})
+    ledger.record_sent(5, "ops", "delivered", attempts=5)  # then the run was stopped
+    try:
+        assert retry_webhooks(None, ledger, rules, lambda env: None) == (
+            {"delivered": 0, "dead": 0, "retrying": 0}, math.inf)
+    finally:
+        hook.close()
+    assert hook.requests == [] and ledger.retries() == [] and ledger.sent(5, "ops")["attempts"] == 5
