@@ -67,12 +67,18 @@ def model_setting() -> str:
 def show(log=print) -> int:
     setting = model_setting()
     live = (environment().get(setting) or registry.DEFAULT).strip().lower()
+    from imgpipeline.defs.laboratory.assets import loadable_models
+
     log(f"models in {models_dir()} (* the one {setting} runs)")
+    _, left_out = loadable_models()
     for name in registry.known():
         try:
             spec = registry.get(name)
         except ConfigError as error:
             log(f"  {name}: unreadable: {error}")
+            continue
+        if name in left_out:
+            log(f"  {name}: not loaded by the code location: {left_out[name]}")
             continue
         files = states(spec)
         ready = all(state == "ok" for _, _, state in files)

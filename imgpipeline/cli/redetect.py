@@ -99,12 +99,16 @@ def daemon_running() -> bool:
 
 
 def redetect(args) -> int:
+    from imgpipeline.defs.laboratory.assets import loadable_models
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.paths import state_dir
     from imgpipeline.services.dagster_dev import dagster_home
     from imgpipeline.vision import models
 
     spec = models.get(args.model)
+    _, left_out = loadable_models()
+    if spec.name in left_out:
+        raise ConfigError(f"{spec.name} has no redetections asset: {left_out[spec.name]}")
     keys = hour_keys(spec.name, parse_hour(args.start, "--from"), parse_hour(args.end, "--to"))
     sources = [s.strip() for s in args.source or [] if s.strip()]
     with open_instance(dagster_home(state_dir())) as instance:

@@ -40,7 +40,8 @@ def served(models_dir) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_folders_that_cannot_load_are_left_out_with_why_in_the_ui_and_the_rest_load(tmp_path, monkeypatch):
+def test_folders_that_cannot_load_are_left_out_with_why_in_the_ui_and_the_rest_load(tmp_path, monkeypatch,
+                                                                                     capsys):
     folder = tmp_path / "models"
     folder.mkdir()
     monkeypatch.setenv("IMGPIPELINE_MODELS_DIR", str(folder))
@@ -76,3 +77,17 @@ def test_folders_that_cannot_load_are_left_out_with_why_in_the_ui_and_the_rest_l
     assert why["yolov4_tiny"].startswith("Not loaded: its assets' ops would be named as those of the model "
                                          "yolov4-tiny (redetections__yolov4_tiny)")
     assert why["broken"].startswith("Not loaded: ") and "layout" in why["broken"]
+
+    # The command line says the same: `models list` names the folders left out and why, and a backfill
+    # of a model the code location leaves out is refused before it is submitted.
+    from imgpipeline.cli.main import main
+
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    shown = capsys.readouterr().out
+    assert ("my_model: not loaded by the code location: its assets' ops would be named as those of the model "
+            "my-model") in shown
+    assert "yolov4_tiny: not loaded by the code location" in shown and "  my-model: yolov8" in shown
+    assert main(["redetect", "--model", "my_model", "--from", "2026-11-20-10:00", "--to",
+                 "2026-11-20-10:00"]) == 2
+    assert "my_model has no redetections asset: its assets' ops would be named" in capsys.readouterr().err
