@@ -149,6 +149,11 @@ def access_for(host: str):
         raise ConfigError(f"--host {host} lets other machines reach the viewer, so it needs a login: set "
                           f"{settings.env('password')} in the environment (the user name is "
                           f"{settings.env_setting('user')}), or listen on 127.0.0.1")
+    if login is None and (elsewhere := [n for n in settings.host_names() if not is_loopback(n)]):
+        # On loopback behind a proxy that passes these names on, other machines reach it all the same.
+        raise ConfigError(f"{settings.env('hosts')} names {', '.join(elsewhere)}: other machines reach the "
+                          "viewer by it (through a proxy), so it needs a login: set "
+                          f"{settings.env('password')} in the environment")
     return Access.listening_on(host, settings.host_names(), login)
 
 

@@ -5,14 +5,20 @@ A page elsewhere can reach the viewer two ways: DNS rebinding (its own domain na
 viewer: the Host header still names that domain, so an untrusted Host gets a 400) and a cross-site form
 (the browser names the page's origin in the Origin header, so an unsafe request from another origin gets
 a 403). A request naming no origin at all is no browser's (browsers name the origin of every POST, and
-the viewer's pages keep their Referer same-origin): curl and scripts send none and go on.
+the viewer's pages keep their Referer same-origin): curl and scripts send none and go on. A page elsewhere
+can also make a browser fetch a page of the viewer as an image or a script (`<img src=…/compare>`: a
+heavy comparison, once per tag): a request the browser marks as fetched for another site's page
+(`Sec-Fetch-Site` cross-site or same-site, not a navigation) gets a 403 too; following a link is fine.
+A wrong login is answered after a pause, so that guessing the password goes slowly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import re
@@ -29,6 +35,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # host[:port], the host a name, an IPv4 address or a bracketed IPv6 address (no zone, no user info)
 HOST_HEADER = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]{2,45})\]|(?P<name>[a-z0-9.-]{1,254}))(?::[0-9]{1,5})?")
 LOGIN_CHALLENGE = 'Basic realm="imgpipeline viewer", charset="UTF-8"'
+WRONG_LOGIN_PAUSE_S = 1.0
 
 
 def host_name(header: str) -> str | None:
@@ -98,6 +105,8 @@ class Access:
             return refused(401, "Log in to see the viewer.", {"WWW-Authenticate": LOGIN_CHALLENGE})
         if method not in SAFE_METHODS and from_elsewhere(headers, hosts[0]):
             return refused(403, "Changes are taken from the viewer's own pages only.")
+        if for_another_site(headers):
+            return refused(403, "The viewer's pages and images are not served to other sites' pages.")
         return None
 
 
@@ -114,7 +123,17 @@ def logged_in(authorization: str, user: str, password: str) -> bool:
         given = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
         return False
-    return hmac.compare_digest(given, f"{user}:{password}".encode())
+    # Digests of equal length: the comparison tells nothing of the login's length either.
+    expected = f"{user}:{password}".encode()
+    return hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest())
+
+
+def for_another_site(headers: Headers) -> bool:
+    """Whether the browser fetches this for a page of another site (an image, a script, a frame, a
+    fetch), as its `Sec-Fetch-*` headers say; a navigation (a link followed) is not."""
+    site = headers.get("sec-fetch-site", "").strip().lower()
+    mode = headers.get("sec-fetch-mode", "").strip().lower()
+    return site in ("cross-site", "same-site") and mode != "navigate"
 
 
 def from_elsewhere(headers: Headers, host: str) -> bool:
@@ -138,8 +157,11 @@ class Guard:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            answer = self.access.refusal(scope["method"], Headers(scope=scope))
+            headers = Headers(scope=scope)
+            answer = self.access.refusal(scope["method"], headers)
             if answer is not None:
+                if answer.status_code == 401 and "authorization" in headers:
+                    await asyncio.sleep(WRONG_LOGIN_PAUSE_S)  # a wrong login: guesses go slowly
                 await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)

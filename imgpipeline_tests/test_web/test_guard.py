@@ -130,6 +130,32 @@ def test_a_browser_posts_the_viewers_own_form_but_not_another_sites(viewer, brow
     page.close()
 
 
+def test_nothing_is_served_to_another_sites_page_but_its_links_are_followed(viewer, browser):
+    """A page elsewhere cannot make a browser load the viewer's pages as images or scripts (each would
+    start the work they show, a comparison say); a link to the viewer followed from that page works."""
+    own = f"/compare?date={DAY}"
+    fetched_for = {"cross-site": 403, "same-site": 403, "same-origin": 200, "none": 200}
+    for site, code in fetched_for.items():
+        for mode in ("no-cors", "cors"):
+            assert sent(viewer.url, own, headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": mode})[0] == code
+    followed = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    assert sent(viewer.url, own, headers=followed)[0] == 200
+    as_image = {"Sec-Fetch-Site": "Cross-Site", "Sec-Fetch-Mode": "no-cors"}
+    code, _, body = sent(viewer.url, own, headers=as_image)
+    assert code == 403 and b"not served to other sites' pages" in body
+
+    # Chromium itself: a link on another site's page to the viewer, followed (Chromium keeps that page's
+    # images from reaching a loopback address at all, so the refusal above is for other browsers).
+    page = browser.new_page()
+    link = f'<a href="{viewer.url}/alerts">go</a>'
+    page.route("http://evil.example/**", lambda route: route.fulfill(content_type="text/html", body=link))
+    page.goto("http://evil.example/")
+    with page.expect_response(f"{viewer.url}/alerts") as followed:
+        page.click("a")
+    assert followed.value.status == 200 and page.url == f"{viewer.url}/alerts"
+    page.close()
+
+
 def test_a_viewer_with_a_login_lets_in_only_who_gives_it(tmp_path, browser):
     """A login set applies on loopback too; a browser logs in with HTTP basic auth and then posts the
     backtest form as before. The demo's launcher sees such a viewer as up (it answers 401)."""
@@ -200,6 +226,19 @@ def test_serve_beyond_loopback_refuses_to_start_without_a_login(tmp_path):
     assert ("--host 0.0.0.0 lets other machines reach the viewer, so it needs a login: set "
             "IMGPIPELINE_VIEWER_PASSWORD in the environment") in err
     assert "viewer:" not in out  # it never said it was listening
+
+
+def test_serve_on_loopback_with_a_name_other_machines_reach_refuses_to_start_without_a_login(tmp_path):
+    """Behind a proxy the viewer listens on loopback, but the names it answers to are how other machines
+    reach it: without a password it does not start."""
+    environment = {**os.environ, "IMGPIPELINE_STORAGE_URI": (tmp_path / "store").as_uri(),
+                   "IMGPIPELINE_TRUSTED_HOSTS": "localhost, viewer.example"}
+    environment.pop("IMGPIPELINE_VIEWER_PASSWORD", None)
+    done = subprocess.run([sys.executable, "-m", "imgpipeline.cli", "serve", "--host", "127.0.0.1", "--port",
+                           str(free_port())], env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert ("IMGPIPELINE_TRUSTED_HOSTS names viewer.example: other machines reach the viewer by it (through "
+            "a proxy), so it needs a login: set IMGPIPELINE_VIEWER_PASSWORD") in done.stderr
 
 
 def test_serve_beyond_loopback_with_a_login(tmp_path):
