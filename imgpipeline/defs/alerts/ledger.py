@@ -29,12 +29,33 @@ import hashlib
 import json
 from datetime import UTC, datetime
 
+from imgpipeline.resources.storage import BadObject
+
 ROOT = "alerts/ledger"
 NEXT = f"{ROOT}/next.json"
+MAX_NUMBER = 10**10  # numbers are written in ten digits
 
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def retry_problem(record) -> str | None:
+    """What makes a retry record unusable (None: it is whole)."""
+    if not isinstance(record, dict) or not isinstance(record.get("message"), dict):
+        return "not a retry record"
+    number = record["message"].get("number")
+    if not _counted(number) or not 0 < number < MAX_NUMBER or not isinstance(record.get("target"), str):
+        return "no alert number or target"
+    if not all(_counted(record.get(f)) or isinstance(record.get(f), float) for f in ("since", "next_at")):
+        return "no times"
+    if not all(_counted(record.get(f)) for f in ("rounds", "tries")):
+        return "no counts"
+    return None
+
+
+def _counted(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Ledger:
@@ -72,9 +93,11 @@ class Ledger:
         """The first number past the last claim, as the runs wrote it down (None: never written, damaged)."""
         try:
             record = self._read(NEXT)
-            return int(record["number"]) if record is not None else None
-        except (KeyError, TypeError, ValueError):
+        except ValueError:
             return None
+        number = record.get("number") if isinstance(record, dict) else None
+        # Only a number an alert can have (a damaged file, 1e999 or -5, says nothing: the numbers are listed).
+        return number if isinstance(number, int) and 0 < number < MAX_NUMBER else None
 
     def _listed_next(self) -> int:
         """The first number past every number file: a store from before `next.json`, listed once."""
@@ -111,7 +134,7 @@ class Ledger:
     def missing(self, number: int) -> str:
         """Why there is no alert with this number: never given, given to an alert the rules no longer
         raise, or claimed in a race another run won (the alert has that run's number)."""
-        key = self.key_of(number) if 0 < number < 10**10 else None
+        key = self.key_of(number) if 0 < number < MAX_NUMBER else None
         if key is None:
             return f"there is no alert {number}"
         given = self.number_of(key)
@@ -152,9 +175,27 @@ class Ledger:
         self.store.delete(self._retry_file(number, target))
 
     def retries(self) -> list[dict]:
-        """Every send being retried: those failing within the webhooks' retry horizons, not all ever made."""
-        return [json.loads(self.store.get(k)) for k in self.store.list(f"{ROOT}/retrying/")
-                if k.endswith(".json")]
+        """Every send being retried: those failing within the webhooks' retry horizons, not all ever made.
+        A record that cannot be read as one (damaged, or written by hand) is set aside under
+        `retrying-damaged/`, where an operator finds it, instead of stopping every retry after it."""
+        found = []
+        for key in self.store.list(f"{ROOT}/retrying/"):
+            if not key.endswith(".json"):
+                continue
+            try:
+                data = self.store.get(key)
+            except BadObject:  # ended and forgotten by another run since the listing
+                continue
+            try:
+                record = json.loads(data)
+            except ValueError:
+                record = None
+            if retry_problem(record) is None:
+                found.append(record)
+            else:
+                self.store.put(key.replace("/retrying/", "/retrying-damaged/", 1), data)
+                self.store.delete(key)
+        return found
 
     def deliveries(self, number: int) -> dict[str, dict]:
         prefix = f"{ROOT}/sent/{number:010d}/"

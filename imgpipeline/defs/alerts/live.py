@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
+from imgpipeline import STAND_IN_SOURCE
 from imgpipeline.defs.alerts import notify
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.ledger import Ledger
@@ -53,7 +54,9 @@ def event_frames(records) -> dict[str, list[events.EventFrame]]:
     the same frames from the hourly tables)."""
     found: dict[str, list[events.EventFrame]] = defaultdict(list)
     for r in records:
-        if r.status == OUT_OF_RANGE or r.source_id is None:
+        # A stand-in source is no camera: no rule watches it, and garbage under many keys would only grow
+        # the watches (and warm them again and again).
+        if r.status == OUT_OF_RANGE or r.source_id is None or r.source_id.startswith(STAND_IN_SOURCE):
             continue
         seen = [events.Seen(i, d["class_name"], d["confidence"], tuple(d["box"]), None)
                 for i, d in enumerate(r.detections or [])]
@@ -78,16 +81,25 @@ def load_watches(store, landed: LandedRange, rules, zones, settings,
         watch = _restored(lambda: Watch.from_json(rules, json.dumps(saved["watch"]).encode()))
         tracks = _restored(lambda: TrackWatch.from_json(rules, zones, settings,
                                                         json.dumps(saved["tracks"]).encode()))
-    if watch is None or tracks is None:
-        return warmed(store, rules, zones, settings, frames)
+    if watch is None or tracks is None or not seen_all(watch, frames):
+        # The sources it knew are warmed too: a range of other cameras next does not warm it again.
+        return warmed(store, rules, zones, settings, frames, set(watch.sources) if watch else set())
     return watch, tracks
 
 
-def warmed(store, rules, zones, settings,
-           frames: dict[str, list[events.EventFrame]]) -> tuple[Watch, TrackWatch]:
-    """New watches for a range, fed first the landed frames of its sources since the start of the hour
-    before its first frame's (the history the hourly evaluation reads), what those fire dropped: they
-    are the ranges' and hours' before. The tracker is fed only the last seconds before the range."""
+def seen_all(watch: Watch, frames: dict[str, list[events.EventFrame]]) -> bool:
+    """Whether the watch has the history of every source of the range: it was warmed with the sources of
+    the range it began at, so a source first sending since (or back after it was forgotten) has none,
+    and the watch is warmed again with it."""
+    return frames.keys() <= watch.sources.keys()
+
+
+def warmed(store, rules, zones, settings, frames: dict[str, list[events.EventFrame]],
+           known: set[str] = frozenset()) -> tuple[Watch, TrackWatch]:
+    """New watches for a range, fed first the landed frames of its sources (and of the `known` ones, which
+    the watch it replaces had) since the start of the hour before its first frame's (the history the
+    hourly evaluation reads), what those fire dropped: they are the ranges' and hours' before. The
+    tracker is fed only the last seconds before the range."""
     moments = [f.seconds for fs in frames.values() for f in fs]
     # A range whose frames are late by hours reads three hours at most (its older frames are left blind).
     since = max(hour_of(min(moments)), hour_of(max(moments)) - HOUR) - HOUR
@@ -95,7 +107,7 @@ def warmed(store, rules, zones, settings,
     watch = Watch(rules, seen_since=since)
     tracks = TrackWatch(rules, zones, settings, seen_since=tracked_since)
     own = {(source, f.frame_id) for source, fs in frames.items() for f in fs}
-    history = event_frames(landed_history(store, own, since, hour_of(max(moments))))
+    history = event_frames(landed_history(store, set(frames) | known, own, since, hour_of(max(moments))))
     for source in sorted(history):
         tracks.feed(source, [f for f in history[source] if f.seconds >= tracked_since])
         watch.feed(source, [tracks.given.get(f.frame_id, f) for f in history[source]])
@@ -106,10 +118,10 @@ def warmed(store, rules, zones, settings,
     return watch, tracks
 
 
-def landed_history(store, own: set[tuple], since: float, until: float) -> list[LandingRecord]:
-    """The landing records of the sources of the frames `own` in the event hours from `since` to `until`
-    (inclusive), landed by any partition or run, `own` aside; one per frame, a processed one over an error."""
-    sources = {source for source, _ in own}
+def landed_history(store, sources: set[str], own: set[tuple], since: float,
+                   until: float) -> list[LandingRecord]:
+    """The landing records of `sources` in the event hours from `since` to `until` (inclusive), landed by
+    any partition or run, the frames `own` aside; one per frame, a processed one over an error."""
     kept: dict[tuple, LandingRecord] = {}
     hour = since
     while hour <= until:
@@ -121,6 +133,19 @@ def landed_history(store, own: set[tuple], since: float, until: float) -> list[L
                     kept[record.identity] = record
         hour += HOUR
     return list(kept.values())
+
+
+def carry_on(store, landed: LandedRange) -> None:
+    """A range with nothing to feed (all of it out of range, or gaps) after a saved state that reached its
+    start: the state is saved as reaching its end, so that the next range carries on from it instead of
+    warming it again."""
+    key = state_key(landed.topic, landed.partition, landed.generation)
+    try:
+        saved = json.loads(store.get(key)) if store.exists(key) else None
+    except (BadObject, ValueError):
+        return
+    if isinstance(saved, dict) and isinstance(saved.get("through"), int) and landed.start <= saved["through"]:
+        store.put(key, json.dumps({**saved, "through": max(saved["through"], landed.end)}).encode())
 
 
 def _restored(load):
@@ -151,9 +176,11 @@ class LiveAlerts:
         place = (store.uri(STATE), landed.topic, landed.partition, landed.generation)
         through, watch, tracks = self.watches.get(place, (-1, None, None))
         if (watch is None or through != landed.start or watch.rules_sha256 != rules.sha256
-                or tracks.zones_sha256 != zones.sha256 or tracks.settings != settings):
+                or tracks.zones_sha256 != zones.sha256 or tracks.settings != settings
+                or not seen_all(watch, frames)):
             if not moments:
-                return  # nothing to feed, and nothing known to carry on
+                carry_on(store, landed)  # nothing to feed: what was saved goes on past this range
+                return
             watch, tracks = load_watches(store, landed, rules, zones, settings, frames)
         fired = []
         for source in sorted(frames):

@@ -25,6 +25,7 @@ from imgpipeline.redaction import redact
 
 KAFKA = "kafka"
 MAX_PAUSE_S = 60.0  # a webhook back from an outage hears of its waiting alerts within a minute
+MIN_PAUSE_S = 1.0
 
 
 def payload(row: dict, viewer_url: str, store) -> dict:
@@ -138,7 +139,9 @@ def next_retry(before: dict | None, delivery: Delivery, webhook, now: float) -> 
     if delivery.final or now - since >= webhook.retry_for_s:
         return None
     rounds = before["rounds"] + 1 if before else 1
-    pause = min(webhook.backoff_s * 2 ** rounds, MAX_PAUSE_S)
+    # The exponent bounded (2 ** 1024 overflows a float) and the pause a second at least (a backoff_s of
+    # 0 would retry at every pass).
+    pause = min(max(webhook.backoff_s * 2 ** min(rounds, 32), MIN_PAUSE_S), MAX_PAUSE_S)
     return {"since": since, "rounds": rounds, "tries": (before["tries"] if before else 0) + delivery.attempts,
             "next_at": min(now + pause, since + webhook.retry_for_s), "reason": delivery.reason}
 
@@ -148,8 +151,9 @@ def _deliver(kafka, ledger: Ledger, rules, sends, token_of, down: set[str]) -> t
     when the first send still waiting is due."""
     counts = {"delivered": 0, "dead": 0, "retrying": 0}
     letters, due = [], math.inf
+    refused: dict[str, str] = {}  # webhooks that refused in this pass, and why: tried once, the rest wait
     for message, target in sends:
-        outcome, detail = _send(ledger, rules, message, target, token_of, down, time.time())
+        outcome, detail = _send(ledger, rules, message, target, token_of, down, time.time(), refused)
         if outcome == "dead":
             letters.append(detail)
         elif outcome == "retrying":
@@ -161,9 +165,12 @@ def _deliver(kafka, ledger: Ledger, rules, sends, token_of, down: set[str]) -> t
     return counts, due
 
 
-def _send(ledger: Ledger, rules, message: dict, target: str, token_of, down: set[str], now: float):
+def _send(ledger: Ledger, rules, message: dict, target: str, token_of, down: set[str], now: float,
+          refused: dict[str, str]):
     """One alert to one webhook: (None, None) when that was done before; ("delivered", None); ("retrying",
-    when it is due); ("dead", the letter to send)."""
+    when it is due); ("dead", the letter to send). A webhook in `refused` (it refused an alert moments
+    before, in this pass) is not tried again: the send waits as if refused, so that a webhook that hangs
+    costs a pass one timeout, not one per alert."""
     number = message["number"]
     if ledger.sent(number, target) is not None:
         return None, None
@@ -173,10 +180,13 @@ def _send(ledger: Ledger, rules, message: dict, target: str, token_of, down: set
     webhook = rules.spec.notify.get(target)
     if webhook is None:  # a webhook taken out of the rules file while its alert waited
         return "dead", (message, target, Delivery(False, 0, "webhook no longer in the rules file"), retry)
-    delivery = post(webhook, json.dumps(message).encode(),
-                    token_of(webhook.token_env) if webhook.token_env else None,
-                    f"imgpipeline-alert-{number}-{target}",
-                    attempts=1 if target in down or retry is not None else None)
+    if target in refused and webhook.retry_for_s > 0:  # kept for later (without retries: one try each)
+        delivery = Delivery(False, 0, f"{refused[target]} (to another alert just before: not tried again)")
+    else:
+        delivery = post(webhook, json.dumps(message).encode(),
+                        token_of(webhook.token_env) if webhook.token_env else None,
+                        f"imgpipeline-alert-{number}-{target}",
+                        attempts=1 if target in down or retry is not None else None)
     tries = (retry["tries"] if retry else 0) + delivery.attempts
     if delivery.delivered:
         ledger.record_sent(number, target, "delivered", attempts=tries)
@@ -185,6 +195,8 @@ def _send(ledger: Ledger, rules, message: dict, target: str, token_of, down: set
         down.discard(target)
         return "delivered", None
     down.add(target)
+    if not delivery.final:  # a final answer is about this alert alone
+        refused.setdefault(target, delivery.reason)
     later = next_retry(retry, delivery, webhook, now)
     if later is None:
         return "dead", (message, target, Delivery(False, tries, delivery.reason), retry)

@@ -216,3 +216,33 @@ def test_after_batch_runs_the_fast_lane_raises_the_next_frames_alerts_live(kafka
     later = {f.frame_id for frames in cameras.values() for f in frames[6:]}
     assert {said(a) for a in hourly if a["frame_id"] in later} == {said(m) for m in live.values()}
     assert {said(m) for m in live_messages(kafka).values()} == {said(a) for a in hourly}
+
+
+def test_a_camera_first_in_a_later_range_is_read_back_too_and_raises_nothing_twice(kafka, tmp_path,
+                                                                                     monkeypatch):
+    """Two cameras of one partition, detected by batch runs; then the fast lane takes the first camera's
+    next frames in one range and the second's in a later one. The watch the first range warmed knew
+    nothing of the second camera: it is warmed again with it, so the second camera's dark frame within
+    its cooldown (the episode began in the batch runs' frames) raises nothing, live or twice."""
+    rules = live_rules(kafka, tmp_path, monkeypatch, FRAME_RULES)
+    storage = StorageResource(uri=str(tmp_path / "store"))
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    cameras = {source: camera(source, 12, start, frozen=range(4, 7), dark=[2, 7])
+               for source in ("gate", "lobby")}
+    send(kafka, storage, tmp_path / "batch", {source: frames[:6] for source, frames in cameras.items()})
+    with fresh_instance() as instance:
+        _, cursor = drain(kafka, storage, instance)
+        held = {r.key.decode(): r.partition for r in read_all(kafka, kafka.frames_topic)}
+        assert held["gate"] == held["lobby"]  # one partition: one watch
+        for source, frames in cameras.items():  # each camera's next frames in a range of their own
+            send(kafka, storage, tmp_path / f"fast-{source}", {source: frames[6:]})
+            ticked = tick(kafka, storage, instance, cursor=cursor)
+            cursor = ticked.cursor or cursor
+            assert follow(ticked.run_requests[0], instance, kafka, storage, max_batch=100).success
+    live = live_messages(kafka)
+    assert {(m["source_id"], m["rule"]) for m in live.values()} == {("gate", "stuck"), ("lobby", "stuck")}
+
+    hourly = hourly_alerts(kafka, storage, rules)
+    later = {f.frame_id for frames in cameras.values() for f in frames[6:]}
+    assert {said(a) for a in hourly if a["frame_id"] in later} == {said(m) for m in live.values()}
+    assert {said(m) for m in live_messages(kafka).values()} == {said(a) for a in hourly}

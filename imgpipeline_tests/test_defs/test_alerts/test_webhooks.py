@@ -211,3 +211,59 @@ def test_a_send_ended_by_a_run_stopped_before_it_forgot_the_retry_goes_out_no_mo
     finally:
         hook.close()
     assert hook.requests == [] and ledger.retries() == [] and ledger.sent(5, "ops")["attempts"] == 5
+
+
+def test_a_webhook_that_refuses_is_tried_once_a_pass_whatever_waits_for_it(tmp_path):
+    """Twenty alerts waiting for a webhook that refuses: a pass of retries asks it once, and the other
+    nineteen wait their pause with the reason it gave (a webhook that hangs costs a pass one timeout, not
+    one per alert); once it takes them, each is delivered once."""
+    hook = Outage(until=time.monotonic() + 3600)
+    rules = parse(f'notify: {{ops: {{url: "{hook.url}", retry_for_s: 3600}}}}\n'
+                  'rules: [{name: r, kind: dark, notify: [ops]}]\n'.encode())
+    ledger = Ledger(StorageResource(uri=(tmp_path / "store").as_uri()).open())
+    for number in range(1, 21):
+        ledger.record_retry({"number": number, "rule": "r"}, "ops",
+                            {"since": time.time() - 10, "rounds": 1, "tries": 2, "next_at": 0.0,
+                             "reason": "HTTP 503"})
+    try:
+        counts, due = retry_webhooks(None, ledger, rules, lambda env: None)
+        assert counts == {"delivered": 0, "dead": 0, "retrying": 20} and len(hook.requests) == 1
+        waiting = ledger.retries()
+        assert len(waiting) == 20 and min(r["next_at"] for r in waiting) == due > time.time()
+        assert {r["reason"] for r in waiting} >= {"HTTP 503 (to another alert just before: not tried again)"}
+        hook.until = 0.0  # back
+        for retry in waiting:
+            ledger.record_retry(retry["message"], "ops", {**retry, "next_at": 0.0})
+        assert retry_webhooks(None, ledger, rules, lambda env: None)[0]["delivered"] == 20
+    finally:
+        hook.close()
+    assert hook.delivered() == list(range(1, 21)) and ledger.retries() == []
+
+
+def test_retry_state_that_is_damaged_or_out_of_bounds_stops_nothing(tmp_path):
+    """A pause never overflows nor falls to nothing; a damaged retry record is set aside for an operator
+    and the others are retried; a next number that is no alert's is not believed."""
+    from imgpipeline.defs.alerts.ledger import NEXT, ROOT
+
+    eager = Webhook(url="http://127.0.0.1:9/", backoff_s=0, retry_for_s=7 * 86400)
+    refused = Delivery(False, 1, "HTTP 503")
+    far = next_retry({"since": 0.0, "rounds": 5000, "tries": 5000}, refused, eager, 10.0)
+    assert far["rounds"] == 5001 and 10.0 < far["next_at"] <= 70.0
+    assert next_retry(None, refused, eager, 10.0)["next_at"] >= 11.0
+
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    ledger = Ledger(store)
+    whole = {"since": 0.0, "rounds": 1, "tries": 1, "next_at": 0.0, "reason": "HTTP 503"}
+    ledger.record_retry({"number": 1, "rule": "r"}, "ops", whole)
+    store.put(f"{ROOT}/retrying/0000000002-ops.json", b"{not json")
+    store.put(f"{ROOT}/retrying/0000000003-ops.json", json.dumps({"message": {"number": 3}}).encode())
+    assert [r["message"]["number"] for r in ledger.retries()] == [1]
+    assert sorted(store.list(f"{ROOT}/retrying-damaged/")) == [
+        f"{ROOT}/retrying-damaged/0000000002-ops.json", f"{ROOT}/retrying-damaged/0000000003-ops.json"]
+    assert store.list(f"{ROOT}/retrying/") == [f"{ROOT}/retrying/0000000001-ops.json"]
+
+    for hint in (b'{"number": 1e999}', b'{"number": -5}', b'{"number": 99999999999}', b"[]", b"{"):
+        store.put(NEXT, hint)
+        assert Ledger(store).number(f"key-{hint!r}") >= 1
+    numbers = [int(k.rsplit("/", 1)[1].split(".")[0]) for k in store.list(f"{ROOT}/numbers/")]
+    assert sorted(numbers) == [1, 2, 3, 4, 5]
