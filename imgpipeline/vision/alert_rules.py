@@ -157,6 +157,10 @@ Rule = Annotated[
 TRACKED_KINDS = ("zone_enter", "line_cross", "dwell")
 
 
+# What the alerts ledger records an alert's publication to Kafka under, beside its webhooks' names.
+TOPIC_RECORD = "kafka"
+
+
 class AlertsFile(_Strict):
     notify: dict[str, Webhook] = Field(default_factory=dict, max_length=50)
     rules: list[Rule] = Field(default_factory=list, max_length=200)
@@ -169,6 +173,9 @@ class AlertsFile(_Strict):
         for target in self.notify:
             if not NAME.match(target):
                 raise ValueError(f"notify: {target!r}: a webhook name is 1–64 letters, digits, '.', '_', '-'")
+            if target.lower() == TOPIC_RECORD:
+                raise ValueError(f"notify: {target!r} names the Kafka topic's own record of each alert sent: "
+                                 "give the webhook another name")
         for rule in self.rules:
             if unknown := [t for t in rule.notify if t not in self.notify]:
                 known = ", ".join(sorted(self.notify)) or "none are declared"

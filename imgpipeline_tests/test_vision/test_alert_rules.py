@@ -43,6 +43,7 @@ def test_the_checkout_rules_load_and_name_what_the_zones_file_draws():
     (b"notify: {ops: {url: 'http://x', attempts: 1000}}", "less than or equal to 10"),
     (b"notify: {ops: {url: 'http://x', retry_for_s: -60}}", "retry_for_s: Input should be greater than"),
     (b"notify: {ops: {url: 'http://x', retry_for_s: 864000}}", "retry_for_s: Input should be less than"),
+    (b"notify: {Kafka: {url: 'http://x'}}", "names the Kafka topic's own record of each alert sent"),
     (b"rules: &a [*a]", "aliases (*name) are not allowed"),
     (b"rules: []\nrules: []", "'rules' is written twice"),
     (b"- just\n- a list", "expected a mapping with `rules:`"),

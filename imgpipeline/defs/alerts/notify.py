@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.redaction import redact
+from imgpipeline.vision.alert_rules import TOPIC_RECORD
 
-KAFKA = "kafka"
+KAFKA = TOPIC_RECORD  # an alert's publication, in the ledger beside its webhooks
 MAX_PAUSE_S = 60.0  # a webhook back from an outage hears of its waiting alerts within a minute
 MIN_PAUSE_S = 1.0
 
