@@ -125,14 +125,24 @@ def landed_history(store, sources: set[str], own: set[tuple], since: float,
     kept: dict[tuple, LandingRecord] = {}
     hour = since
     while hour <= until:
-        for key in landing_keys(store, datetime.fromtimestamp(hour, UTC)):
-            for record in read_records(store, key):
-                known = kept.get(record.identity)
-                if (record.source_id in sources and record.identity not in own
-                        and (known is None or record.processed and not known.processed)):
-                    kept[record.identity] = record
+        for record in hour_records(store, datetime.fromtimestamp(hour, UTC)):
+            known = kept.get(record.identity)
+            if (record.source_id in sources and record.identity not in own
+                    and (known is None or record.processed and not known.processed)):
+                kept[record.identity] = record
         hour += HOUR
     return list(kept.values())
+
+
+def hour_records(store, hour: datetime, attempts: int = 3) -> list[LandingRecord]:
+    """An hour's landing records; a file compacted (or retired) while it was read, the hour is listed and
+    read again (a history read short would make the watch raise what was raised before)."""
+    for _ in range(attempts - 1):
+        try:
+            return [record for key in landing_keys(store, hour) for record in read_records(store, key)]
+        except BadObject:
+            continue
+    return [record for key in landing_keys(store, hour) for record in read_records(store, key)]
 
 
 def carry_on(store, landed: LandedRange) -> None:

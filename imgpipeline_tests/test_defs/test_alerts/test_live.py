@@ -246,3 +246,42 @@ def test_a_camera_first_in_a_later_range_is_read_back_too_and_raises_nothing_twi
     later = {f.frame_id for frames in cameras.values() for f in frames[6:]}
     assert {said(a) for a in hourly if a["frame_id"] in later} == {said(m) for m in live.values()}
     assert {said(m) for m in live_messages(kafka).values()} == {said(a) for a in hourly}
+
+
+def test_the_history_a_watch_is_warmed_with_is_read_whole_while_compaction_replaces_its_files(tmp_path):
+    """Compaction replaces an hour's landing files with one between the listing and the reading: the hour
+    is listed and read again, every record of it found, none twice (a history read short would make
+    the watch raise again what was raised before)."""
+    from imgpipeline.defs.alerts.live import landed_history
+    from imgpipeline.defs.streaming.landing import landing_key
+    from imgpipeline_tests.scenes import landing_records
+
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    hour = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    found = landing_records([(f"cam-{n:03d}", hour + timedelta(seconds=n), []) for n in range(6)])
+    parts = [landing_key(hour, f"frames-0-{n}-{n + 3}") for n in (0, 3)]
+    for key, records in zip(parts, (found[:3], found[3:]), strict=True):
+        store.put(key, b"".join(r.to_json() + b"\n" for r in records))
+
+    class Compacting:
+        """The store, compacting the hour's two files into one right after they are first listed."""
+
+        def __init__(self):
+            self.done = False
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def list(self, prefix: str):
+            listed = store.list(prefix)
+            if not self.done and prefix.endswith("hour=10/"):
+                self.done = True
+                store.put(landing_key(hour, "compacted-0-0-6"), b"".join(store.get(k) for k in parts))
+                for key in parts:
+                    store.delete(key)
+            return listed
+
+    compacting = Compacting()
+    history = landed_history(compacting, {"cam"}, set(), hour.timestamp(), hour.timestamp())
+    assert compacting.done
+    assert sorted(r.frame_id for r in history) == [f"cam-{n:03d}" for n in range(6)]
