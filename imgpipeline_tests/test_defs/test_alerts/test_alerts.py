@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,18 +29,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results
 
 
 class Hook:
-    """A local webhook that answers 500 to its first `failures` POSTs, then 200; it keeps every request."""
+    """A local webhook that answers 500 to its first `failures` POSTs (and 503 to every POST before
+    `until`, a time.monotonic() moment), then 200; it keeps every request with its answer."""
 
-    def __init__(self, failures: int):
+    def __init__(self, failures: int = 0, until: float = 0.0):
         self.requests: list[dict] = []
-        self.failures = failures
+        self.failures, self.until = failures, until
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.requests.append({"body": json.loads(body), "headers": dict(self.headers)})
-                self.send_response(500 if len(hook.requests) <= hook.failures else 200)
+                status = (503 if time.monotonic() < hook.until
+                          else 500 if len(hook.requests) < hook.failures else 200)
+                hook.requests.append({"body": json.loads(body), "headers": dict(self.headers),
+                                      "status": status})
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -48,6 +53,10 @@ class Hook:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def delivered(self) -> list[int]:
+        """The numbers of the alerts it took, in order."""
+        return sorted(r["body"]["number"] for r in self.requests if r["status"] == 200)
 
     def close(self):
         self.server.shutdown()
