@@ -17,3 +17,8 @@ class ConfigError(Exception):
 # contract) begins so (`ingest/messages.py` makes it from the message's key): the record passes the
 # contract, and the alert rules never take it for a camera (`vision/alert_rules.py`).
 STAND_IN_SOURCE = "unparsed-"
+
+
+def is_camera(source_id) -> bool:
+    """Whether a landed record's source id names a camera: not a stand-in, nor missing (older files)."""
+    return isinstance(source_id, str) and not source_id.startswith(STAND_IN_SOURCE)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imgpipeline import STAND_IN_SOURCE, ConfigError
+from imgpipeline import ConfigError, is_camera
 from imgpipeline.redaction import shown_url
 from imgpipeline.vision import yaml_file
 
@@ -75,7 +75,7 @@ class _Rule(_Strict):
         is no camera: it never fires, nor falls silent."""
         if self.sources is not None:
             return source_id in self.sources
-        return isinstance(source_id, str) and not source_id.startswith(STAND_IN_SOURCE)
+        return is_camera(source_id)
 
 
 class _Classes(_Rule):

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from imgpipeline import STAND_IN_SOURCE
+from imgpipeline import is_camera
 from imgpipeline.defs.alerts import notify
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.ledger import Ledger
@@ -56,7 +56,7 @@ def event_frames(records) -> dict[str, list[events.EventFrame]]:
     for r in records:
         # A stand-in source is no camera: no rule watches it, and garbage under many keys would only grow
         # the watches (and warm them again and again).
-        if r.status == OUT_OF_RANGE or r.source_id is None or r.source_id.startswith(STAND_IN_SOURCE):
+        if r.status == OUT_OF_RANGE or not is_camera(r.source_id):
             continue
         seen = [events.Seen(i, d["class_name"], d["confidence"], tuple(d["box"]), None)
                 for i, d in enumerate(r.detections or [])]
