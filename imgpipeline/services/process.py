@@ -84,7 +84,15 @@ def alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     fields = _stat(pid)
-    return fields is None or fields[0] != "Z"
+    if fields is None:  # no /proc here, or the process was reaped between the two looks: ask again
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return fields[0] != "Z"
 
 
 def started_at(pid: int | None) -> float | None:
