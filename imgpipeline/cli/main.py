@@ -235,6 +235,7 @@ def add_bench(commands) -> None:
     viewer = what.add_parser("viewer", help="the viewer's page load times over a day of many frames")
     viewer.add_argument("--frames", type=int, default=100_000)
     add_load_benches(what)
+    add_chaos_bench(what)
     mqtt = what.add_parser("mqtt", help="the MQTT bridge: JPEGs published with QoS 1 to frames on Kafka "
                                         "(messages/s, MB/s)")
     mqtt.add_argument("--messages", type=int, default=2000)
@@ -295,6 +296,19 @@ def add_load_benches(what) -> None:
     soak.add_argument("--hour-base", type=int, default=30_000,
                       help="frames the live frames' hour holds before them, as an hour under way does")
     soak.add_argument("--repeat", type=int, default=3, help="measurements of each cost (the median)")
+
+
+def add_chaos_bench(what) -> None:
+    chaos = what.add_parser(
+        "chaos", help="cameras through the whole pipeline while a seeded schedule SIGKILLs its runs, daemon "
+                      "and code server, stops its broker, S3 endpoint and PostgreSQL, restarts Mosquitto "
+                      "and the viewer and fills its disk; then whether a frame or alert was lost or doubled")
+    chaos.add_argument("--minutes", type=float, default=30.0, help="how long the cameras send")
+    chaos.add_argument("--every", type=float, default=120.0,
+                       help="seconds between faults, about (shorter: each fault shorter in proportion)")
+    chaos.add_argument("--seed", type=int, default=1, help="the schedule's seed")
+    chaos.add_argument("--settle", type=float, default=1200.0,
+                       help="seconds to wait after the cameras stop for everything to land and be made")
 
 
 def add_run(commands) -> None:

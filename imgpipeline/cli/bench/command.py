@@ -50,6 +50,10 @@ def bench(args) -> int:
 
         bench_soak(args.days, args.fps, args.partitions, args.sources, args.hour_frames, args.hour_runs,
                    args.live_frames, args.repeat, args.hour_base)
+    elif args.what == "chaos":
+        from imgpipeline.cli.bench.chaos import bench_chaos
+
+        bench_chaos(args.minutes, args.every, args.seed, args.settle)
     elif args.what == "mqtt":
         from imgpipeline.cli.bench.mqtt import bench_mqtt
         from imgpipeline.ingest.sources import parse_size

@@ -1,0 +1,49 @@
+"""`bench chaos` in its short form: every kind of fault dealt once in a seeded order while four cameras
+(three producers and the MQTT bridge) send through `dagster dev` with the fast lane on; then nothing lost
+or doubled, every offset accounted for, every alert of the tables on Kafka once and at its webhook once."""
+
+import json
+import os
+
+import pytest
+
+from imgpipeline.paths import state_dir
+
+pytestmark = [pytest.mark.integration, pytest.mark.long(6)]
+
+
+def test_a_short_chaos_loses_and_doubles_nothing(tmp_path):
+    from imgpipeline.cli.bench.chaos import bench_chaos
+    from imgpipeline.cli.bench.chaos_faults import FAULTS
+    from imgpipeline.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench", "chaos"])
+    assert (args.what, args.minutes, args.every) == ("chaos", 30.0, 120.0)
+    # Faults 5 s apart (each a few seconds long) for 3 minutes: every kind comes once.
+    result = bench_chaos(minutes=3, every_s=5, seed=7, settle_s=900, folder=tmp_path)
+    assert json.loads((state_dir() / "bench" / "chaos.json").read_text()) == json.loads(json.dumps(result))
+
+    # Every kind of fault was dealt, and did what it says.
+    kinds = set(FAULTS) - ({"fill disk"} if os.geteuid() else set())  # a tmpfs is mounted as root only
+    assert set(result["fault_counts"]) == kinds, result["faults"]
+    undealt = [f for f in result["faults"] if f["what"].startswith(("not dealt", "no run"))]
+    assert not undealt, result["faults"]
+    assert result["settled"], result
+    # Every frame each camera sent is one row, and no row is of a frame not sent.
+    frames = result["frames"]
+    assert all(n > 0 for n in result["per_camera"].values()), result["per_camera"]
+    assert frames["rows"] == frames["sent"] == sum(result["per_camera"].values())
+    assert (frames["lost"], frames["doubled"], frames["extra"]) == (0, 0, 0)
+    # Every offset has its landing record (or is a repeat of a frame landed from another) and its range.
+    offsets = result["offsets"]
+    assert offsets["end"] >= frames["sent"]
+    assert (offsets["without_record"], offsets["holes"]) == (0, 0), offsets
+    assert result["hours"]["mismatched"] == 0, result["hours"]
+    # Every alert of the tables on Kafka once and at its webhook once; none there that the tables lack.
+    alerts = result["alerts"]
+    assert alerts["tables"] > 0
+    assert {k: v for k, v in alerts.items() if k != "tables" and k != "webhook_repeats"} == {
+        "kafka_missing": 0, "kafka_doubled": 0, "kafka_extra": 0,
+        "webhook_missing": 0, "webhook_doubled": 0, "webhook_extra": 0}
+    # The viewer answered again after its restart.
+    assert result["browsed"].get("200", 0) > 0
