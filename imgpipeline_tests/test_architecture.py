@@ -311,3 +311,21 @@ def test_only_the_engines_package_names_engines_in_branches():
                 'match engine:\n    case "openvino":\n        pass')
     assert all(engine_name_branches(ast.parse(code), names) for code in branches)
     assert engine_name_branches(ast.parse('engine == configured or engine == "tensorrt"'), names) == []
+
+
+def dagster_private_imports(path: Path) -> set[str]:
+    """The `dagster._…` modules a file imports anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        found |= {name for name in names if name.startswith("dagster._")}
+    return found
+
+
+def test_only_the_door_imports_dagsters_private_modules():
+    door = PACKAGE / "lib" / "dagster_door.py"
+    elsewhere = {name: sorted(found) for name, path in modules().items()
+                 if path != door and (found := dagster_private_imports(path))}
+    assert elsewhere == {}
+    assert dagster_private_imports(door) == set()  # it names them, and imports them when first used

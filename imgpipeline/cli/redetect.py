@@ -52,13 +52,13 @@ def hour_keys(model: str, first: datetime, last: datetime) -> list[str]:
 def submit(instance, model: str, keys: list[str], sources: list[str]) -> str:
     """Add the backfill to the instance, for its daemon to launch; its id."""
     import dagster as dg
-    from dagster._core.execution.backfill import PartitionBackfill
 
     from imgpipeline.definitions import defs
     from imgpipeline.defs.automation import yielding_tags
     from imgpipeline.defs.laboratory.assets import SOURCES_TAG, model_data_version
     from imgpipeline.defs.tables import model_key
     from imgpipeline.defs.tables import redetections_key as asset_key
+    from imgpipeline.lib.dagster_door import PartitionBackfill
     from imgpipeline.vision import models
 
     graph = defs.resolve_asset_graph()

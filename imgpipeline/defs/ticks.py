@@ -24,7 +24,7 @@ def tick_instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance:
     ref = context.instance_ref
     if ref is None:  # a context built around an instance object, as in tests
         return context.instance
-    from dagster._serdes import serialize_value
+    from imgpipeline.lib.dagster_door import serialize_value
 
     key = serialize_value(ref)
     with _lock:

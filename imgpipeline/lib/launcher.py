@@ -96,8 +96,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         run = context.dagster_run
         pid = None
         if self._forkable(run.job_code_origin):
-            from dagster._grpc.types import ExecuteRunArgs
-            from dagster._serdes import serialize_value
+            from imgpipeline.lib.dagster_door import ExecuteRunArgs, serialize_value
 
             args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id,
                                   instance_ref=self._instance.get_ref())
@@ -126,7 +125,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
 
     def _fork_server(self) -> ForkServerClient:
         if self._server is None or not self._server.alive():
-            from dagster._serdes import serialize_value
+            from imgpipeline.lib.dagster_door import serialize_value
 
             self._server = ForkServerClient(self.preload, serialize_value(self._instance.get_ref()))
         return self._server
@@ -152,8 +151,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         moved to another machine or pod, whose workers went with the old one), or a pid that now
         belongs to a later process (a restart, pids wrapping around), fails the run, so it is retried
         instead of holding its partition's run budget forever."""
-        from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-
+        from imgpipeline.lib.dagster_door import CheckRunHealthResult, WorkerStatus
         from imgpipeline.services.process import alive, started_at
 
         here = socket.gethostname()
@@ -219,7 +217,7 @@ def fail_orphaned_starts(instance: dg.DagsterInstance) -> list[str]:
     start timeout (`run_monitoring.start_timeout_seconds`, 60 s in dagster.yaml) before it is retried.
     Called before a daemon starts; a run whose worker is still running, or that has no worker yet (that
     one is the start timeout's), is left alone. The ids of the runs failed."""
-    from dagster._core.launcher import WorkerStatus
+    from imgpipeline.lib.dagster_door import WorkerStatus
 
     launcher = instance.run_launcher
     if not isinstance(launcher, ForkingRunLauncher):
@@ -364,9 +362,9 @@ def warm_up(instance_ref: str, modules: list[str]) -> None:
 
     cv2.setNumThreads(1)  # no OpenCV thread pool: children would wait on threads they lack
     loaded = [importlib.import_module(name) for name in modules]
-    import dagster._cli  # noqa: F401  (what a run imports before its code location)
-    from dagster._core.instance import InstanceRef
-    from dagster._serdes import deserialize_value
+    from imgpipeline.lib.dagster_door import InstanceRef, deserialize_value, preload_cli
+
+    preload_cli()  # what a run imports before its code location
 
     # The instance's storage stack (SQLAlchemy, Alembic, the event log): ~1.3 s of imports.
     with dg.DagsterInstance.from_ref(deserialize_value(instance_ref, InstanceRef)) as instance:
@@ -412,10 +410,10 @@ def _run_child(args_json: str, *, fresh_env: dict[str, str] | None, nice: int = 
         import random
 
         random.seed()
-        from dagster._cli import main
+        from imgpipeline.lib.dagster_door import dagster_cli_main
 
         sys.argv = [*argv, args_json]
-        main()
+        dagster_cli_main()
         code = 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else int(done.code is not None)

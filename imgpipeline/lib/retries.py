@@ -26,12 +26,11 @@ def rewind_lost_retries(instance: dg.DagsterInstance, now: float | None = None) 
     failure: the daemon's next look retries it the usual way (a run that has a retry gets no second)."""
     from datetime import UTC, datetime
 
-    from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
-    from dagster._daemon.auto_run_reexecution.event_log_consumer import _create_cursor_key
+    from imgpipeline.lib.dagster_door import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG, retry_cursor_key
 
     if not instance.run_retries_enabled:
         return []
-    key = _create_cursor_key(dg.DagsterEventType.RUN_FAILURE)
+    key = retry_cursor_key()
     cursor = instance.daemon_cursor_storage.get_cursor_values({key}).get(key)
     if not cursor:
         return []

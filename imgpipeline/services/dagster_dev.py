@@ -55,12 +55,10 @@ def retries_armed(home: Path) -> bool:
     counts as ready once that daemon has recorded where it reads from (at once on an instance it has
     run on before), or straight away where the instance has run retries off.
     """
-    from dagster._core.events import DagsterEventType
-    from dagster._daemon.auto_run_reexecution.event_log_consumer import _create_cursor_key
-
+    from imgpipeline.lib.dagster_door import retry_cursor_key
     from imgpipeline.lib.instance import open_instance
 
-    key = _create_cursor_key(DagsterEventType.RUN_FAILURE)  # the daemon's own name for its cursor
+    key = retry_cursor_key()  # the daemon's own name for its cursor
     try:
         with open_instance(home) as instance:
             return not instance.run_retries_enabled or bool(

@@ -231,9 +231,9 @@ def follower_pids(dagster_home) -> list[int]:
     """The processes of the follow_frames run in flight (its worker and what it started), or none: its
     worker as run monitoring knows it (this host, the pid still the worker's own process)."""
     import dagster as dg
-    from dagster._core.launcher import WorkerStatus
 
     from imgpipeline.defs.streaming.follow import follow_frames
+    from imgpipeline.lib.dagster_door import WorkerStatus
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.lib.launcher import PID_TAG
     from imgpipeline.services.process import descendants

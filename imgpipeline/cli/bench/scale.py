@@ -374,7 +374,8 @@ def drive(instance, kafka, watch: Watch, frame: Frame, sources: int, fps: float,
 def instance_figures(instance, t0: float) -> dict:
     """What the instance recorded after `t0`: the sensor's ticks and every run."""
     import dagster as dg
-    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    from imgpipeline.lib.dagster_door import InstigatorType, TickStatus
 
     since = datetime.fromtimestamp(t0, UTC)
     ticks = []

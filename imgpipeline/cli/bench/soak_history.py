@@ -145,10 +145,9 @@ class History:
         transaction, in Dagster's own run tables with the columns its `add_run` fills (and the hour's
         create, update, start and end times)."""
         import dagster as dg
-        from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
-        from dagster._serdes import serialize_value
 
         from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
+        from imgpipeline.lib.dagster_door import RunsTable, RunTagsTable, serialize_value
 
         storage = self.instance.run_storage
         count, base, topic = self.shape.hour_runs, self.offsets(start), f"{self.topic}.history"

@@ -41,7 +41,7 @@ class Coverage:
 
 def sensor_cursor(instance: dg.DagsterInstance) -> dict:
     """frames_sensor's cursor as the daemon keeps it ({} before its first tick)."""
-    from dagster._core.scheduler.instigation import InstigatorType
+    from imgpipeline.lib.dagster_door import InstigatorType
 
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         if state.instigator_name == SENSOR and state.instigator_data and state.instigator_data.cursor:

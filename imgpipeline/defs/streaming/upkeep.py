@@ -89,7 +89,7 @@ def delete_events(instance: dg.DagsterInstance, run_id: str) -> None:
     (and makes one for a run that had none), a file a run for ever; here the run's rows leave the index
     and its file goes. Deleting again finds nothing and is fine. Another process that had read that run's
     events (a UI page of the run open) gets an error reading them again, never another run's events."""
-    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+    from imgpipeline.lib.dagster_door import SqliteEventLogStorage
 
     storage = instance.event_log_storage
     if not isinstance(storage, SqliteEventLogStorage):

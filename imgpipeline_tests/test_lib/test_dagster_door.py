@@ -1,0 +1,51 @@
+"""The door to Dagster's private modules holds against the installed Dagster: every name it lists is
+found, and each does what the project uses it for."""
+
+import inspect
+
+import dagster as dg
+
+from imgpipeline.lib import dagster_door
+from imgpipeline_tests.instances import fresh_instance
+
+
+def parameters(record) -> set[str]:
+    return set(inspect.signature(record).parameters)
+
+
+def test_every_name_of_the_door_is_found_in_this_dagster():
+    missing = []
+    for name in dagster_door.NAMES:
+        try:
+            getattr(dagster_door, name)
+        except (ImportError, AttributeError) as error:
+            missing.append(f"{name}: {error}")
+    assert missing == []
+
+
+def test_each_name_does_what_the_project_uses_it_for():
+    door = dagster_door
+    # The launcher's health answers and the run's execution arguments, through Dagster's serdes.
+    assert {door.WorkerStatus.RUNNING, door.WorkerStatus.FAILED, door.WorkerStatus.SUCCESS,
+            door.WorkerStatus.NOT_FOUND, door.WorkerStatus.UNKNOWN} <= set(door.WorkerStatus)
+    assert door.CheckRunHealthResult(door.WorkerStatus.FAILED, "gone").msg == "gone"
+    with fresh_instance() as instance:
+        ref = instance.get_ref()
+        assert door.deserialize_value(door.serialize_value(ref), door.InstanceRef) == ref
+        # A run's execution is asked for with these arguments (the launcher's tests launch real runs).
+        assert {"job_origin", "run_id", "instance_ref"} <= parameters(door.ExecuteRunArgs)
+        # The run-retry daemon's cursor key, and the tags run retries set.
+        assert door.retry_cursor_key() == door.retry_cursor_key_of(dg.DagsterEventType.RUN_FAILURE)
+        assert "RUN_FAILURE" in door.retry_cursor_key() or "PIPELINE_FAILURE" in door.retry_cursor_key()
+        assert door.AUTO_RETRY_RUN_ID_TAG.startswith("dagster/")
+        assert door.WILL_RETRY_TAG.startswith("dagster/")
+        # Sensors' saved state is asked for by instigator type (none yet on a fresh instance).
+        assert list(instance.all_instigator_state(instigator_type=door.InstigatorType.SENSOR)) == []
+        assert door.TickStatus.SUCCESS in set(door.TickStatus)
+        # The SQLite event log, whose files the purge deletes, is Dagster's own class there.
+        assert isinstance(instance.event_log_storage, door.SqliteEventLogStorage)
+        assert {"run_id", "status"} <= {c.name for c in door.RunsTable.columns}
+        assert {"run_id", "key", "value"} <= {c.name for c in door.RunTagsTable.columns}
+    assert callable(door.dagster_cli_main)
+    assert {"backfill_id", "status", "asset_selection"} <= parameters(door.PartitionBackfill)
+    door.preload_cli()
