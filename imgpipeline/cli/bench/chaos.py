@@ -235,12 +235,12 @@ class Chaos:
 
         return FrameProducer(self.kafka, self.storage, source, flush_every=10**6)
 
-    def dagster_back(self, killed: list[int], wait_s: float = 20.0) -> str:
+    def dagster_back(self, killed: list[int]) -> str:
         """`dagster dev` with its daemon and code server again: as it recovers by itself; else as its
         operator would bring it back (the code location reloaded as the UI's Reload does, and failing that,
         `dagster dev` killed and started again: its runs' workers go on). `killed`: the processes the fault
         killed, looked at only once they are gone."""
-        deadline = time.monotonic() + 10
+        deadline, wait_s = time.monotonic() + 10, self.scaled(20)
         while any(alive(pid) for pid in killed) and time.monotonic() < deadline:
             time.sleep(0.1)
         if (back := self.dagster_whole(wait_s)) is not None:
@@ -251,7 +251,7 @@ class Chaos:
             said = f"dagster dev ran on without a daemon for {wait_s:g} s"
         else:
             said = f"the code server not back within {wait_s:g} s"
-            if self.reload_code() and self.dagster_whole(wait_s) is not None:
+            if self.reload_code() and self.dagster_whole(60) is not None:
                 return said + "; the code location reloaded (the UI's Reload)"
         dagster_gone(self.local)
         self.local.up_ui()
