@@ -7,10 +7,12 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,8 @@ _ISOLATED = ("KAFKA_BOOTSTRAP_SERVERS", "IMGPIPELINE_STORAGE_URI", "AWS_ENDPOINT
 _saved: dict[str, str | None] = {}
 # Where the workers of a run spread over pytest-xdist workers share their broker and S3 endpoint.
 SHARED_ENV = "IMGPIPELINE_TEST_SHARED_SERVICES"
+# Set by .ci/run, which installs every tool the tests need: there a missing one fails its tests.
+CI_ENV = "IMGPIPELINE_CI"
 
 
 def pytest_configure(config):
@@ -292,6 +296,77 @@ def checks_after(endpoint: str, requests: str) -> None:
                      headers={"Content-Type": "text/plain"})
     with urlopen(switch, timeout=10) as answer:
         assert answer.status == 200
+
+
+def require_tool(missing: str | None) -> None:
+    """Skip a test whose tool (a Debian package .ci/run installs) is `missing`, the message saying how to
+    install it; in CI fail it instead, where a skip would leave the run green with the test never run."""
+    if missing is None:
+        return
+    if os.environ.get(CI_ENV):
+        pytest.fail(f"{missing} ({CI_ENV} is set: .ci/run installs it, and could not)", pytrace=False)
+    pytest.skip(missing)
+
+
+@dataclass
+class S3Relay:
+    """Where a relay listens, and the event set when it holds a request."""
+
+    url: str
+    held: threading.Event
+
+
+@contextmanager
+def s3_relay(endpoint: str, drop_headers: frozenset[str] = frozenset(), hold=None) -> Iterator[S3Relay]:
+    """A real HTTP proxy in front of an S3 endpoint: each request goes through less the headers named
+    in `drop_headers` (lowercase); one for which `hold(method, path)` is true is never sent on nor
+    answered (its client waits, as on a stalled network) until the relay closes."""
+    import http.client
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlparse
+
+    target, held, closing = urlparse(endpoint), threading.Event(), threading.Event()
+    dropped = drop_headers | {"expect"}  # the relay answers no `100 Continue`
+
+    class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if hold is not None and hold(self.command, self.path):
+                held.set()
+                closing.wait()
+                self.close_connection = True
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield S3Relay(f"http://127.0.0.1:{server.server_address[1]}", held)
+    finally:
+        closing.set()
+        server.shutdown()
+        server.server_close()
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -170,12 +170,13 @@ def test_every_yaml_file_parses_with_its_sections():
 
 def test_values_use_keys_the_chart_declares(values):
     for path, known in CHART_KEYS.items():
-        try:
+        name = ".".join(map(str, path))
+        try:  # a section renamed or moved would be checked against nothing
             section = at(values, path)
-        except (KeyError, IndexError):
-            continue
+        except (KeyError, IndexError, TypeError):
+            pytest.fail(f"values.yaml has no section {name}: the chart keys listed for it check nothing")
         unknown = set(section) - known
-        assert not unknown, f"{'.'.join(map(str, path))}: the chart has no {sorted(unknown)}"
+        assert not unknown, f"{name}: the chart has no {sorted(unknown)}"
 
 
 # --- deploy/dagster.yaml against the installed Dagster ----------------------------------------------------

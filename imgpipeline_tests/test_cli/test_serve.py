@@ -7,6 +7,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC
 from pathlib import Path
 
 import pyarrow as pa
@@ -147,8 +148,19 @@ def test_objects_are_named_by_their_number_of_the_day(street, browser, monkeypat
     assert f"({named})" in capsys.readouterr().out
 
 
+def frames_with(con, class_name: str) -> list[tuple]:
+    """The day's frames as the search lists them (by capture time), each with its source, capture time
+    and whether the tables hold a detection of `class_name` in it."""
+    having = set(con.execute("SELECT DISTINCT source_id, frame_id FROM detections WHERE dt = CAST(? AS DATE) "
+                             "AND class_name = ?", [DAY, class_name]).fetchall())
+    rows = con.execute("SELECT source_id, frame_id, captured_at FROM frames WHERE dt = CAST(? AS DATE)",
+                       [DAY]).fetchall()
+    return sorted((captured.astimezone(UTC), source, frame, (source, frame) in having)
+                  for source, frame, captured in rows)
+
+
 def test_the_frame_search_finds_a_known_frame_and_opens_it(street, browser, shots):
-    viewer, _, _ = street
+    viewer, resources, _ = street
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{viewer.url}/frames?date={DAY}")
     page.fill("input[name=name]", "bus")
@@ -157,9 +169,21 @@ def test_the_frame_search_finds_a_known_frame_and_opens_it(street, browser, shot
     figures = page.locator("figure[data-frame]")
     assert figures.evaluate_all("fs => fs.map(f => f.dataset.frame)") == ["bus"]
     assert loaded(page, "figure[data-frame=bus] img")
-    page.goto(f"{viewer.url}/frames?date={DAY}&source=street-cam&class=bicycle&start=10:59&end=11:00")
+    # Each filter keeps what the tables say it should: a class, a time of day (the video runs from 10:59:55
+    # to 11:00:05, so 11:00 leaves out its first seconds) and a source; the first page of them.
+    con = Warehouse(resources["storage"], resources["tracking"], resources["alert_rules"]).cursor()
+    with_bicycles = frames_with(con, "bicycle")
+    page.goto(f"{viewer.url}/frames?date={DAY}&source=street-cam&class=bicycle&start=11:00&end=11:00")
     found = figures.evaluate_all("fs => fs.map(f => f.dataset.frame)")
-    assert found and all(f.startswith("street-cam") for f in found)
+    assert found and found == [frame for at, source, frame, has in with_bicycles
+                               if source == "street-cam" and has and at.hour == 11 and at.minute == 0
+                               ][:queries.PAGE_SIZE]
+    assert any(at.hour == 10 for at, source, _, has in with_bicycles if source == "street-cam" and has)
+    page.goto(f"{viewer.url}/frames?date={DAY}&class=bus")
+    found = figures.evaluate_all("fs => fs.map(f => f.dataset.frame)")
+    assert "bus" in found and "zidane" not in found  # zidane.jpg shows two men, no bus
+    assert found == [frame for _, _, frame, has in frames_with(con, "bus") if has][:queries.PAGE_SIZE]
+    page.goto(f"{viewer.url}/frames?date={DAY}&source=street-cam&class=bicycle&start=10:59&end=11:00")
     page.screenshot(path=str(shots / "frames.png"), full_page=True)
     page.goto(f"{viewer.url}/frames?date={DAY}")
     page.fill("input[name=name]", "bus")

@@ -25,7 +25,7 @@ from imgpipeline.resources import StorageResource
 from imgpipeline.services.process import free_port
 from imgpipeline.services.rtsp import RtspCamera, rtsp_camera_missing
 from imgpipeline.vision.quality import decode_image
-from imgpipeline_tests.conftest import s3_storage_resource
+from imgpipeline_tests.conftest import CI_ENV, require_tool, s3_storage_resource
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
 # Short waits and timeouts; RTSP::Server relays over UDP only.
@@ -36,9 +36,7 @@ LIVE_ID = re.compile(r"^(?P<run>[a-z]+-\d{8}T\d{6})-(?P<number>\d{6})$")
 
 @pytest.fixture
 def camera(tmp_path):
-    missing = rtsp_camera_missing()
-    if missing:
-        pytest.skip(missing)
+    require_tool(rtsp_camera_missing())
     camera = RtspCamera(tmp_path / "camera", sample("bikes.mp4"))
     camera.start()
     yield camera
@@ -53,6 +51,21 @@ def sent_frames(kafka, storage: StorageResource) -> list[tuple]:
         message, _ = parse_message(record.value, record.headers)
         found.append((message, decode_image(store.get(store.key_for(message.uri)))))
     return found
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [(False, pytest.skip.Exception), (True, pytest.fail.Exception)])
+def test_without_its_camera_a_test_skips_on_a_developers_machine_and_fails_in_ci(
+        request, monkeypatch, tmp_path, ci, outcome):
+    """CI, where .ci/run installs the camera's packages, must not stay green with the camera's tests never
+    run because an install failed: there a missing camera fails them, naming the packages."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither ffmpeg nor perl
+    if ci:
+        monkeypatch.setenv(CI_ENV, "1")
+    else:
+        monkeypatch.delenv(CI_ENV, raising=False)
+    with pytest.raises(BaseException) as raised:
+        request.getfixturevalue("camera")
+    assert raised.type is outcome and "apt-get install ffmpeg librtsp-server-perl" in str(raised.value)
 
 
 def test_reconnect_waits_double_up_to_the_cap():

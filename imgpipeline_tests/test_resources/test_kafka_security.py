@@ -13,9 +13,11 @@ from imgpipeline import ConfigError
 from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.messages import FrameMessage, sha256_hex
 from imgpipeline.resources import KafkaResource, StorageResource
+from imgpipeline.resources.kafka import SASL_MECHANISMS
 from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
+from imgpipeline_tests.test_ingest.test_broker_outage import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
@@ -75,9 +77,50 @@ def test_the_broker_keeps_its_secrets_to_its_owner(secure_broker):
     assert not (secure_broker.workdir / "tls" / "keystore.pass").exists()
 
 
-@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
-def test_every_mechanism_logs_in(secure, mechanism):
-    KafkaResource(**{**secure.model_dump(), "sasl_mechanism": mechanism}).check()
+def logs_in(client: KafkaResource) -> bool:
+    try:
+        client.check()
+    except ConfigError as refused:
+        assert "refused the SASL login" in str(refused), refused
+        return False
+    return True
+
+
+@pytest.fixture
+def scram_only(secure) -> dict[str, KafkaResource]:
+    """Per SCRAM mechanism, a client of a user the broker holds credentials of for that mechanism alone
+    (its password the same as the owner's); returned once the broker describes them so."""
+    from kafka.admin import UserScramCredentialUpsertion
+
+    password = dg.EnvVar("KAFKA_SASL_PASSWORD").get_value()
+    users = {mechanism: f"only-{mechanism.lower()}" for mechanism in SASL_MECHANISMS if mechanism != "PLAIN"}
+    admin = secure.admin()
+    try:
+        refused = admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(user, mechanism, password) for mechanism, user in users.items()])
+        assert not any(refused.values()), refused
+
+        def described() -> bool:
+            held = admin.describe_user_scram_credentials(list(users.values()))
+            return {user: [i["mechanism"].name.replace("_", "-") for i in held[user]["credential_infos"]]
+                    for user in users.values()} == {user: [mechanism] for mechanism, user in users.items()}
+
+        wait_for(described, "the SCRAM users", timeout_s=60)
+    finally:
+        admin.close()
+    return {mechanism: KafkaResource(**{**secure.model_dump(), "sasl_mechanism": mechanism,
+                                        "sasl_username": user, "connect_timeout_s": 2})
+            for mechanism, user in users.items()}
+
+
+@pytest.mark.parametrize("mechanism", SASL_MECHANISMS)
+def test_every_mechanism_logs_in_and_is_the_one_asked_for(secure, scram_only, mechanism):
+    """The owner logs in with each mechanism; a user the broker knows for one SCRAM mechanism alone logs
+    in with that one and is refused with any other, so the client used the mechanism it was given."""
+    assert logs_in(KafkaResource(**{**secure.model_dump(), "sasl_mechanism": mechanism}))
+    tried = {holds: logs_in(KafkaResource(**{**client.model_dump(), "sasl_mechanism": mechanism}))
+             for holds, client in scram_only.items()}
+    assert tried == {holds: holds == mechanism for holds in scram_only}
 
 
 def test_a_wrong_password_names_the_fix_and_never_the_password(secure, monkeypatch):

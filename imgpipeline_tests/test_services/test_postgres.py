@@ -22,12 +22,18 @@ from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import env_name
 from imgpipeline.services import LocalServices, Postgres
 from imgpipeline.services.postgres import postgres_bin
+from imgpipeline_tests.conftest import require_tool
 from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(postgres_bin("initdb") is None, reason="postgresql is not installed "
-                                 "(.ci/run installs it)")]
+pytestmark = [pytest.mark.integration]
 KIND = env_name(InstanceSettings, "kind")
+
+
+@pytest.fixture(autouse=True)
+def postgresql_installed():
+    """Every test here runs a PostgreSQL server of its own."""
+    installed = postgres_bin("initdb") is not None
+    require_tool(None if installed else "postgresql is not installed: apt-get install postgresql")
 
 
 def cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:

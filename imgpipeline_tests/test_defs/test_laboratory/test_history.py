@@ -16,7 +16,7 @@ import pytest
 from imgpipeline.cli.main import main
 from imgpipeline.defs.alerts.ledger import ROOT
 from imgpipeline.defs.laboratory.assets import redetections_asset
-from imgpipeline.defs.laboratory.history import iou
+from imgpipeline.defs.laboratory.history import SAMPLES, iou
 from imgpipeline.defs.laboratory.redetect import part_key
 from imgpipeline.defs.tables import ALERTS, DETECTIONS, REDETECTIONS
 from imgpipeline.paths import PACKAGE_DIR
@@ -96,6 +96,11 @@ def test_compare_counts_each_models_objects_and_the_boxes_one_missed_as_the_tabl
                 if c["matched"] + c["only"][side]} == dict(per_class)
     cars = next(c for c in found["classes"] if c["class_name"] == "car")
     assert cars["matched"] > 0
+    # Each class keeps the first few boxes each model found alone, as many as it found up to the limit.
+    sides = [(c, side) for c in found["classes"] for side in (0, 1)]
+    assert {(c["class_name"], side): len(c["samples"][side]) for c, side in sides} == {
+        (c["class_name"], side): min(SAMPLES, c["only"][side]) for c, side in sides}
+    assert any(cars["samples"]), "the models agreed on every car: no missed box to check"
     for side, samples in enumerate(cars["samples"]):
         for sample in samples:  # a car that model found, and none the other found is left for it
             own = [r for r in tables[side].to_pylist()

@@ -25,6 +25,8 @@ from imgpipeline.defs.streaming.ledger import (
     read_ledger,
     record_range,
 )
+from imgpipeline.resources import StorageResource
+from imgpipeline_tests.conftest import s3_relay
 from imgpipeline_tests.pipeline import storage_env
 
 pytestmark = [pytest.mark.integration]
@@ -99,6 +101,34 @@ fold_ledger(StorageResource.from_env().open(), "frames", 0, keep=50, fold_at=100
 """
 
 
+def deletes_objects(method: str, path: str) -> bool:
+    """Whether a request to S3 is a DeleteObjects (`POST /bucket?delete`)."""
+    return method == "POST" and "?delete" in path
+
+
+def fold_killed_at_its_deletes(storage) -> None:
+    """A fold in a process of its own, SIGKILLed once its mark is written and before its entries are
+    all deleted. A folder's files take long enough to delete to be caught at it; S3 deletes them in one
+    request, which a relay in front of the endpoint holds until the process is dead."""
+    if storage.location.scheme == "file":
+        folding = subprocess.Popen([sys.executable, "-c", FOLD], env=storage_env(storage))
+        store, deadline = storage.open(), time.monotonic() + 300
+        while (not store.list(folded_prefix(TOPIC, 0)) and folding.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.001)  # the mark is written before the folded entries are deleted
+        folding.send_signal(signal.SIGKILL)
+        folding.wait()
+        return
+    with s3_relay(storage.endpoint_url, hold=deletes_objects) as relay:
+        relayed = StorageResource(**{**storage.model_dump(), "endpoint_url": relay.url})
+        folding = subprocess.Popen([sys.executable, "-c", FOLD], env=storage_env(relayed))
+        try:
+            assert relay.held.wait(300), "the fold never deleted its entries"
+        finally:
+            folding.send_signal(signal.SIGKILL)
+            folding.wait()
+
+
 def test_a_fold_killed_midway_loses_nothing_and_the_next_finishes_it(storage):
     store = storage.open()
     count = 800 if storage.location.scheme == "file" else 300
@@ -106,17 +136,9 @@ def test_a_fold_killed_midway_loses_nothing_and_the_next_finishes_it(storage):
     folded = (0, 10 * (count - 50))
     write_ledger(store, ranges)
     before = accounted(store)
-    folding = subprocess.Popen([sys.executable, "-c", FOLD], env=storage_env(storage))
-    deadline = time.monotonic() + 300
-    while not store.list(folded_prefix(TOPIC, 0)) and folding.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)  # the mark is written before the folded entries are deleted
-    folding.send_signal(signal.SIGKILL)
-    folding.wait()
+    fold_killed_at_its_deletes(storage)
     midway = read_ledger(store, TOPIC, 0)
-    if storage.location.scheme == "file":
-        # Deleting the folded files takes long enough here to be caught at it; S3 deletes them in one
-        # request, so its fold is killed wherever it is, midway or done: nothing may be lost either way.
-        assert midway.folded == folded and len(midway.live) > 50, "the fold was not killed midway"
+    assert midway.folded == folded and len(midway.live) > 50, "the fold was not killed midway"
     assert accounted(store) == before
 
     assert fold_ledger(store, TOPIC, 0, keep=50, fold_at=100) is None  # nothing new: what was left goes
