@@ -50,7 +50,8 @@ STREET = "street-cam"  # the camera zones.yaml and alerts.yaml speak of
 PHOTOS = ("dock", "gate")
 MQTT_CAMERA = "yard"
 CODE_LOCATION = "imgpipeline.definitions"  # as `dagster dev -m imgpipeline.definitions` names it
-TMPFS_SIZE = "512m"
+TMPFS_SIZE = "512m"  # the state folder's disk, filled by the disk fault (RAM while full)
+SHORT_TMPFS_SIZE = "128m"  # in the short forms (faults under 120 s apart)
 # Rules that fire often on what the cameras send, each delivered to the benchmark's webhook.
 RULES = """notify: {ops: {url: "%s", backoff_s: 0.2, retry_for_s: 86400}}
 rules:
@@ -96,6 +97,7 @@ class Camera:
         self.sent: set[str] = set()  # every frame given to the producer: each must become one row
         self.pending: list = []
         self.failures = Counter()
+        self.crashed: str | None = None
         self.thread = threading.Thread(target=self.run, name=source, daemon=True)
 
     def going(self) -> bool:
@@ -105,6 +107,12 @@ class Camera:
         return bool(self.pending) and time.monotonic() < self.chaos.drain_by
 
     def run(self) -> None:
+        try:
+            self.send()
+        except Exception as exc:  # a camera that stops sending is a result, never a silent thread
+            self.crashed = f"{type(exc).__name__}: {exc}"
+
+    def send(self) -> None:
         producer, started, n = None, time.monotonic(), 0
         while self.going():
             if not self.chaos.stopping.is_set():
@@ -130,7 +138,7 @@ class MqttCamera(Camera):
     """A camera publishing photos (each different) to Mosquitto at QoS 1; one not acknowledged is
     published again. Its frames' ids are the bridge's: the source and the payload's digest."""
 
-    def run(self) -> None:
+    def send(self) -> None:
         from imgpipeline.resources.mqtt import MqttSettings
 
         settings = MqttSettings.from_env()
@@ -155,7 +163,7 @@ class MqttCamera(Camera):
             info = client.publish(f"cameras/{self.source}/frames", payload, qos=1)
             info.wait_for_publish(timeout=5)
             return info.is_published()
-        except (RuntimeError, ValueError) as exc:  # not connected: Mosquitto is away
+        except Exception as exc:  # not connected (Mosquitto away), or the client's own failure: again
             self.failures[type(exc).__name__] += 1
             return False
 
@@ -211,7 +219,7 @@ class Chaos:
         self.home = folder / "home"
         self.tmpfs = self.home / ".imgpipeline"
         self.tmpfs.mkdir(parents=True)
-        self.mounted = mount_tmpfs(self.tmpfs)
+        self.mounted = mount_tmpfs(self.tmpfs, TMPFS_SIZE if every_s >= 120 else SHORT_TMPFS_SIZE)
         (folder / "services").mkdir()
         (self.tmpfs / "services").symlink_to(folder / "services")  # the services' own data stay on disk
         self.local = LocalServices(self.tmpfs)
@@ -221,11 +229,16 @@ class Chaos:
         self.browsed = Counter()
         self.bridge: subprocess.Popen | None = None
         self.bridge_starts = 0
+        self.keeper = threading.Thread(target=self.keep_up, daemon=True)
+        self.done = threading.Event()  # the reckoning ended: the bridge and the browser may stop
+        self.dagster_groups: list[int] = []
+        self.viewer_restarted = 0.0
+        self.browsing: list[tuple[float, str]] = []  # (monotonic time, the viewer's answer)
         self.started = time.monotonic()
 
-    def scaled(self, seconds: float) -> float:
-        """A fault's length at this schedule's pace (every_s of 120: as given)."""
-        return max(2.0, seconds * min(1.0, self.every_s / 120))
+    def scaled(self, seconds: float, at_least: float = 2.0) -> float:
+        """A fault's length at this schedule's pace (every_s of 120: as given), at least `at_least`."""
+        return max(at_least, seconds * min(1.0, self.every_s / 120))
 
     def viewer_url(self) -> str:
         return self.local.viewer.address(self.local.viewer.ports)
@@ -238,8 +251,8 @@ class Chaos:
     def dagster_back(self, killed: list[int]) -> str:
         """`dagster dev` with its daemon and code server again: as it recovers by itself; else as its
         operator would bring it back (the code location reloaded as the UI's Reload does, and failing that,
-        `dagster dev` killed and started again: its runs' workers go on). `killed`: the processes the fault
-        killed, looked at only once they are gone."""
+        `dagster dev` killed with its runs and started again; one that ended by itself left its runs
+        running). `killed`: the processes the fault killed, looked at only once they are gone."""
         deadline, wait_s = time.monotonic() + 10, self.scaled(20)
         while any(alive(pid) for pid in killed) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -253,9 +266,21 @@ class Chaos:
             said = f"the code server not back within {wait_s:g} s"
             if self.reload_code() and self.dagster_whole(60) is not None:
                 return said + "; the code location reloaded (the UI's Reload)"
-        dagster_gone(self.local)
-        self.local.up_ui()
+        dagster_gone(self)
+        self.up_dagster()
         return said + "; dagster dev started again"
+
+    def up_dagster(self) -> None:
+        """`dagster dev` started (once more if its first start fails), its process group kept."""
+        from imgpipeline.services import ServiceError
+
+        try:
+            self.local.up_ui()
+        except ServiceError as error:
+            print(f"  dagster dev did not start ({error}); once more")
+            dagster_gone(self)
+            self.local.up_ui()
+        self.dagster_groups.append(self.local.dagster.pid)
 
     def dagster_whole(self, wait_s: float) -> float | None:
         """Seconds until `dagster dev` runs with a daemon and a code server, None if not within wait_s."""
@@ -302,7 +327,7 @@ class Chaos:
         self.kafka.ensure_topics(partitions=2)
         self.storage = StorageResource.from_env()
         print("starting dagster dev (daemon, sensors, fast lane), the viewer and the MQTT bridge …")
-        self.local.up_ui()
+        self.up_dagster()
         self.local.up_viewer()
         self.start_bridge(wait_s=120)
 
@@ -327,25 +352,28 @@ class Chaos:
 
     def keep_up(self) -> None:
         """The bridge started again when it ended; the viewer asked for its alerts page every second."""
-        while not self.stopping.is_set():
+        while not self.done.is_set():
             if self.bridge is not None and self.bridge.poll() is not None:
                 self.start_bridge()
             try:
                 with urllib.request.urlopen(f"{self.viewer_url()}/alerts", timeout=30) as response:
-                    self.browsed[str(response.status)] += 1
+                    answer = str(response.status)
             except OSError as exc:
-                self.browsed[type(exc).__name__] += 1
-            time.sleep(1)
+                answer = type(exc).__name__
+            self.browsed[answer] += 1
+            self.browsing.append((time.monotonic(), answer))
+            self.done.wait(1)
 
     def deal(self, minutes: float, seed: int) -> None:
-        """The schedule: a fault every ~every_s until `minutes` have passed since the cameras started."""
+        """The schedule: a fault every ~every_s until `minutes` have passed since the cameras started and
+        every kind of fault was dealt once."""
         rng = random.Random(seed)
         kinds = [k for k in FAULTS if k != "fill disk" or self.mounted]
-        order: list[str] = []
+        order: list[str] = rng.sample(kinds, len(kinds))
         end = self.started + minutes * 60
         while True:
             wait = self.every_s * rng.uniform(0.75, 1.25)
-            if time.monotonic() + wait >= end:
+            if time.monotonic() + wait >= end and len(self.faults) >= len(kinds):
                 break
             time.sleep(wait)
             if not order:
@@ -364,22 +392,25 @@ class Chaos:
 
     def close(self) -> None:
         self.stopping.set()
+        self.done.set()
+        if self.keeper.is_alive():
+            self.keeper.join(timeout=40)  # it would start the bridge again
         if self.bridge is not None:
             self.bridge.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.bridge.wait(timeout=30)
         with contextlib.suppress(Exception):
-            dagster_gone(self.local)
+            dagster_gone(self, every=True)
         self.local.down()
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.tmpfs)], check=False)
 
 
-def mount_tmpfs(path: Path) -> bool:
+def mount_tmpfs(path: Path, size: str) -> bool:
     """A size-capped tmpfs at `path` (as root); False where it cannot be had."""
     if os.geteuid() != 0:
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(path)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True, check=False)
     return done.returncode == 0
 
@@ -401,8 +432,7 @@ def bench_chaos(minutes: float = 30.0, every_s: float = 120.0, seed: int = 1, se
             signal.signal(sig, signal.SIG_IGN)
         sys.exit(128 + signum)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, leave)
+    handlers = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         chaos.start(hook)
         cameras = [Camera(chaos, STREET, street_frames(), 2.0),
@@ -411,8 +441,8 @@ def bench_chaos(minutes: float = 30.0, every_s: float = 120.0, seed: int = 1, se
         chaos.started = time.monotonic()
         for camera in cameras:
             camera.thread.start()
-        threading.Thread(target=chaos.keep_up, daemon=True).start()
-        disk = f"the disk fault on a {TMPFS_SIZE} tmpfs" if chaos.mounted else "no disk fault (not root)"
+        chaos.keeper.start()
+        disk = "the disk fault on a tmpfs" if chaos.mounted else "no disk fault (not root)"
         print(f"chaos: {minutes:g} min, a fault every ~{every_s:g} s (seed {seed}); {disk}")
         chaos.deal(minutes, seed)
         last_fault = chaos.faults[-1]["at_s"] + chaos.faults[-1]["lasted_s"] if chaos.faults else 0.0
@@ -428,10 +458,15 @@ def bench_chaos(minutes: float = 30.0, every_s: float = 120.0, seed: int = 1, se
         hook.close()
         os.environ.clear()
         os.environ.update(saved)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     result.update(minutes=minutes, every_s=every_s, seed=seed, faults=chaos.faults,
                   fault_counts=dict(Counter(f["fault"] for f in chaos.faults)), browsed=dict(chaos.browsed),
                   bridge_starts=chaos.bridge_starts,
-                  camera_failures={c.source: dict(c.failures) for c in cameras})
+                  camera_failures={c.source: dict(c.failures) for c in cameras},
+                  cameras_crashed={c.source: c.crashed for c in cameras if c.crashed},
+                  viewer_back=any(answer == "200" and at > chaos.viewer_restarted
+                                  for at, answer in chaos.browsing))
     print_chaos(result)
     write_result("chaos", result)
     return result
@@ -441,17 +476,21 @@ def print_chaos(result: dict) -> None:
     print(f"\n{len(result['faults'])} faults in {result['minutes']:g} min: "
           + ", ".join(f"{k} ×{n}" for k, n in sorted(result["fault_counts"].items())))
     frames = result["frames"]
-    print(f"frames: {frames['sent']} sent, {frames['rows']} rows; lost {frames['lost']}, doubled "
-          f"{frames['doubled']}, rows not sent {frames['extra']}")
+    print(f"frames: {frames['sent']} sent, {frames['rows']} rows {frames['statuses']}; lost "
+          f"{frames['lost']}, doubled {frames['doubled']}, rows not sent {frames['extra']}, detected from "
+          f"two messages {frames['detected_twice']}")
     offsets = result["offsets"]
-    print(f"offsets: {offsets['end']} on the topic; without a landing record {offsets['without_record']}, "
-          f"outside the ledger {offsets['holes']}")
+    print(f"offsets: {offsets['end']} on the topic ({offsets['repeats']} repeats of a frame sent again); "
+          f"without a landing record {offsets['without_record']}, in no range of the ledger "
+          f"{offsets['holes']}")
     print(f"hours: {result['hours']['checked']} checked, rows ≠ landing in {result['hours']['mismatched']}")
     alerts = result["alerts"]
-    print(f"alerts: {alerts['tables']} in the tables; on Kafka missing {alerts['kafka_missing']}, doubled "
-          f"{alerts['kafka_doubled']}, not in the tables {alerts['kafka_extra']}; at the webhook missing "
-          f"{alerts['webhook_missing']}, doubled {alerts['webhook_doubled']} (repeats under the same key: "
-          f"{alerts['webhook_repeats']})")
+    print(f"alerts: {alerts['tables']} in the tables (doubled {alerts['tables_doubled']}); on Kafka missing "
+          f"{alerts['kafka_missing']}, doubled {alerts['kafka_doubled']}, not in the tables "
+          f"{alerts['kafka_extra']}; at the webhook missing {alerts['webhook_missing']}, doubled "
+          f"{alerts['webhook_doubled']}, not in the tables {alerts['webhook_extra']}")
     print(f"settled {result['settle_s']} s after the end of the last fault" if result["settled"]
-          else f"NOT settled within the settle time ({result['settle_s']} s)")
-    print(f"viewer answers: {result['browsed']}; bridge started {result['bridge_starts']} times")
+          else f"NOT settled within the settle time ({result['settle_s']} s after the last fault)")
+    print(f"viewer answers: {result['browsed']} (answering after its last restart: {result['viewer_back']}); "
+          f"bridge started {result['bridge_starts']} times; cameras that stopped: "
+          f"{result['cameras_crashed'] or 'none'}")

@@ -8,15 +8,16 @@ what it did, in a few words.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import http.client
 import os
 import signal
-import threading
 import time
-import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from imgpipeline.services.process import alive, descendants, terminate
+from imgpipeline.services.process import alive, descendants, terminate, wait_stopped
 
 # What a kill of a run worker takes: the fast lane's follow run has a fault of its own.
 FOLLOW_JOB = "follow_frames"
@@ -72,31 +73,41 @@ def kill_follow_run(chaos, rng) -> str:
     return kill_worker(chaos, rng, follow=True)
 
 
+def kill_under_dagster(chaos, marker: str, what: str) -> str:
+    """SIGKILL the processes under `dagster dev` whose command line holds `marker`; then `dagster dev`
+    whole again (chaos.dagster_back)."""
+    killed = []
+    for pid in dagster_children(chaos, marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            continue
+    if not killed:
+        return f"not dealt: no {what} running under dagster dev"
+    return f"SIGKILL {what} {killed}; " + chaos.dagster_back(killed)
+
+
 def kill_daemon(chaos, rng) -> str:
-    """SIGKILL the daemon process of `dagster dev`; whatever `dagster dev` makes of that, it runs again."""
-    pids = dagster_children(chaos, "dagster._daemon")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    return f"SIGKILL daemon {pids}; " + chaos.dagster_back(pids)
+    return kill_under_dagster(chaos, "dagster._daemon", "daemon")
 
 
 def kill_code_server(chaos, rng) -> str:
-    """SIGKILL the code server (the gRPC server of the code location) under `dagster dev`."""
-    pids = dagster_children(chaos, "api grpc") or dagster_children(chaos, "code-server")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    return f"SIGKILL code server {pids}; " + chaos.dagster_back(pids)
+    """The code server: the gRPC server of the code location under `dagster dev`'s code-server proxy."""
+    return kill_under_dagster(chaos, "api grpc", "code server")
 
 
 def stop_for(chaos, rng, service) -> str:
-    """SIGSTOP a service's process for 20–60 s (scaled), then SIGCONT."""
-    pid, length = service.pid, chaos.scaled(rng.uniform(20, 60))
-    os.kill(pid, signal.SIGSTOP)
+    """SIGSTOP a service's process group (PostgreSQL's postmaster and its backends alike) for 20–60 s
+    (scaled, at least 8 s), then SIGCONT."""
+    group, length = service.pid, chaos.scaled(rng.uniform(20, 60), at_least=8)
+    os.killpg(group, signal.SIGSTOP)
     try:
+        wait_stopped(group=group)
         time.sleep(length)
     finally:
-        os.kill(pid, signal.SIGCONT)
-    return f"SIGSTOP {service.name} ({pid}) for {length:.1f} s"
+        os.killpg(group, signal.SIGCONT)
+    return f"SIGSTOP {service.name} (process group {group}) for {length:.1f} s"
 
 
 def stop_broker(chaos, rng) -> str:
@@ -124,44 +135,37 @@ def restart_mosquitto(chaos, rng) -> str:
 
 
 def restart_viewer(chaos, rng) -> str:
-    """The viewer restarted while a request of a day page is in flight."""
-    asked: dict = {}
-
-    def request() -> None:
+    """The viewer restarted while a request of its day page is on the wire (sent, not yet answered)."""
+    url = urlsplit(chaos.viewer_url())
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        connection.request("GET", "/")
+        restart(chaos.local.viewer)
         try:
-            with urllib.request.urlopen(f"{chaos.viewer_url()}/", timeout=60) as response:
-                asked["status"] = response.status
-        except OSError as exc:
-            asked["status"] = type(exc).__name__
-
-    thread = threading.Thread(target=request, daemon=True)
-    thread.start()
-    time.sleep(0.05)
-    restart(chaos.local.viewer)
-    thread.join(timeout=60)
-    return f"viewer restarted mid-request (the request: {asked.get('status', 'unanswered')})"
+            answer = str(connection.getresponse().status)
+        except OSError as exc:  # the viewer went before it answered
+            answer = type(exc).__name__
+    finally:
+        connection.close()
+    chaos.viewer_restarted = time.monotonic()
+    return f"viewer restarted mid-request (the request: {answer})"
 
 
 def fill_disk(chaos, rng) -> str:
     """The tmpfs of the pipeline's local state filled for 30 s (scaled), then emptied."""
     ballast = chaos.tmpfs / "ballast"
-    length, written = chaos.scaled(30), 0
+    length, written = chaos.scaled(30, at_least=8), 0
     chunk = b"\0" * (1 << 20)
     try:
-        with ballast.open("wb") as out:
-            while True:
-                try:
+        try:
+            with ballast.open("wb") as out:
+                while True:
                     out.write(chunk)
                     out.flush()
                     written += len(chunk)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    except OSError as exc:  # the close's flush finds the disk full too
-        if exc.errno != errno.ENOSPC:
-            raise
-    try:
+        except OSError as exc:  # full (the close's flush may find it so too)
+            if exc.errno != errno.ENOSPC:
+                raise
         time.sleep(length)
     finally:
         ballast.unlink(missing_ok=True)
@@ -182,7 +186,12 @@ FAULTS = {
 }
 
 
-def dagster_gone(local) -> None:
-    """`dagster dev` and its group SIGKILLed, as a machine that lost it would."""
-    terminate(local.dagster.pid, 0, signal.SIGKILL)
-    local.dagster.pidfile.unlink(missing_ok=True)
+def dagster_gone(chaos, every: bool = False) -> None:
+    """`dagster dev` and its process group SIGKILLed (its daemon, code server and runs), as a machine that
+    lost it would; with `every`, what is left of the groups of every `dagster dev` of the chaos too (the
+    runs a `dagster dev` that ended by itself left running on)."""
+    for group in chaos.dagster_groups if every else ():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    terminate(chaos.local.dagster.pid, 0, signal.SIGKILL)
+    chaos.local.dagster.pidfile.unlink(missing_ok=True)

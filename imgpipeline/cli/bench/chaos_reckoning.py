@@ -1,7 +1,9 @@
-"""What `imgpipeline bench chaos` counts once its cameras stopped: it waits until every frame sent landed
-and each hour's tables and alerts were made after that, then compares the frames sent with the rows, the
-topic's offsets with the landing and the ledger, each hour's rows with its landing, and the alerts of the
-tables with the alerts topic and the webhook."""
+"""What `imgpipeline bench chaos` counts once its cameras stopped: it waits until every frame sent landed,
+every offset of the frames topic is in the range ledger, each hour's tables and alerts were made after
+the last frame was processed and every alert of the tables reached Kafka and the webhook; then it
+compares the frames sent with the rows, the topic's offsets with the landing and the ledger, each hour's
+rows with its landing, and the alerts of the tables with the alerts topic and the webhook, counting what
+came twice as well as what is missing."""
 
 from __future__ import annotations
 
@@ -11,50 +13,64 @@ from collections import Counter
 
 from imgpipeline.cli.bench.latency import made_after
 
+READ_S = 120  # at most this long to read a topic to its end
+
+
+def read_topic(kafka, topic: str) -> list:
+    """Every record of the topic, read to the end offsets it had when asked."""
+    from kafka import TopicPartition
+
+    consumer = kafka.consumer(group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(tps)
+        found, deadline = [], time.monotonic() + READ_S
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench chaos: {topic} not read to its end within {READ_S} s")
+            for records in consumer.poll(timeout_ms=1000).values():
+                found += records
+        return found
+    finally:
+        consumer.close()
+
 
 def topic_messages(kafka) -> dict[tuple[int, int], str | None]:
     """Every message of the frames topic: (partition, offset) → its frame id (None: not a frame)."""
-    from kafka import TopicPartition
-
     from imgpipeline.ingest.messages import BadInput, parse_message
 
-    consumer = kafka.consumer(group_id=None)
-    try:
-        partitions = sorted(consumer.partitions_for_topic(kafka.frames_topic) or ())
-        tps = [TopicPartition(kafka.frames_topic, p) for p in partitions]
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(tps)
-        found: dict[tuple[int, int], str | None] = {}
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=1000).values():
-                for r in records:
-                    try:
-                        found[r.partition, r.offset] = parse_message(r.value, r.headers)[0].frame_id
-                    except BadInput:
-                        found[r.partition, r.offset] = None
-        return found
-    finally:
-        consumer.close()
+    found: dict[tuple[int, int], str | None] = {}
+    for r in read_topic(kafka, kafka.frames_topic):
+        try:
+            found[r.partition, r.offset] = parse_message(r.value, r.headers)[0].frame_id
+        except BadInput:
+            found[r.partition, r.offset] = None
+    return found
 
 
-def topic_alerts(kafka) -> list[dict]:
+def ledger_holes(chaos) -> int:
+    """Offsets of the frames topic, from each partition's beginning to its end, in no range of the
+    ledger: what no run has accounted for."""
     from kafka import TopicPartition
 
-    consumer = kafka.consumer(group_id=None)
+    from imgpipeline.defs.streaming.ledger import accounted_ranges, holes
+    from imgpipeline.defs.streaming.reconcile import sensor_cursor
+    from imgpipeline.lib.instance import open_instance
+
+    with open_instance(chaos.local.dagster.dagster_home) as instance:
+        generation = sensor_cursor(instance).get("generation", 0)
+    consumer = chaos.kafka.consumer(group_id=None)
     try:
-        tps = [TopicPartition(kafka.alerts_topic, p)
-               for p in sorted(consumer.partitions_for_topic(kafka.alerts_topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(tps)
-        found = []
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=1000).values():
-                found += [json.loads(r.value) for r in records]
-        return found
+        topic = chaos.kafka.frames_topic
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends, beginnings = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
     finally:
         consumer.close()
+    store = chaos.storage.open()
+    return sum(end - start for tp in tps for start, end in holes(
+        accounted_ranges(store, topic, tp.partition, generation), beginnings[tp], ends[tp]))
 
 
 def landed(store) -> list:
@@ -63,47 +79,75 @@ def landed(store) -> list:
     return all_records(store)
 
 
-def wait_settled(chaos, cameras, settle_s: float) -> tuple[bool, list]:
-    """Until every frame sent has a processed landing record and each of their hours' detections and
-    alerts were made by runs created after the last of them was processed; the landing records."""
+def delivered(chaos, hook, records) -> bool:
+    """Every alert of the tables of the records' hours on the alerts topic and at the webhook."""
+    numbers = table_numbers(chaos, records)
+    on_kafka = {json.loads(r.value)["number"] for r in read_topic(chaos.kafka, chaos.kafka.alerts_topic)}
+    return set(numbers) <= on_kafka and set(numbers) <= {number for number, _ in hook.posts}
+
+
+def table_numbers(chaos, records) -> Counter:
+    from imgpipeline.defs.tables import ALERTS
+
+    hours = sorted({r.event_hour for r in records})
+    return Counter(ALERTS.stored_hours(chaos.storage.open(), hours, ["number"]).column("number").to_pylist())
+
+
+def settled_now(chaos, hook, sent: set, records: list) -> str | None:
+    """What is still to come (None: nothing): frames to land, offsets to account for, tables and alerts
+    to make after the last frame was processed, alerts to deliver."""
     from imgpipeline.ingest.messages import parse_time
     from imgpipeline.lib.instance import open_instance
 
+    if missing := len(sent - {r.identity for r in records if r.processed}):
+        return f"{missing} frames sent have not landed yet"
+    if unaccounted := ledger_holes(chaos):
+        return f"{unaccounted} offsets of the topic are in no range of the ledger yet"
+    last = max(parse_time(r.processed_at).timestamp() for r in records if r.processed_at)
+    hours = sorted({r.event_hour.strftime("%Y-%m-%d-%H:00") for r in records})
+    with open_instance(chaos.local.dagster.dagster_home) as instance:
+        if not made_after(instance, hours, last):
+            return "the hours' tables and alerts are not made after the last frame yet"
+    if not delivered(chaos, hook, records):
+        return "alerts of the tables are not all on Kafka and at the webhook yet"
+    return None
+
+
+def wait_settled(chaos, cameras, hook, settle_s: float) -> tuple[bool, list]:
+    """Until nothing is still to come (settled_now), at most settle_s; the landing records."""
     store = chaos.storage.open()
     sent = {(c.source, f) for c in cameras for f in c.sent}
     started = time.monotonic()
-    deadline, said = started + settle_s, started
-    records, missing = [], len(sent)
-    while time.monotonic() < deadline:
+    said, waiting, records = started, "", []
+    while time.monotonic() < started + settle_s:
         records = landed(store)
-        missing = len(sent - {r.identity for r in records if r.processed})
-        if not missing:
-            last = max(parse_time(r.processed_at).timestamp() for r in records if r.processed_at)
-            hours = sorted({r.event_hour.strftime("%Y-%m-%d-%H:00") for r in records})
-            with open_instance(chaos.local.dagster.dagster_home) as instance:
-                if made_after(instance, hours, last):
-                    return True, records
+        if (waiting := settled_now(chaos, hook, sent, records)) is None:
+            return True, records
         if time.monotonic() - said >= 60:
             said = time.monotonic()
-            waiting = (f"{missing} frames sent have not landed yet" if missing
-                       else "all landed; the hours' tables and alerts not made yet")
             print(f"  {said - started:.0f} s: {waiting}", flush=True)
         time.sleep(5)
-    print(f"  not settled within {settle_s:g} s: {missing} frames sent without a landing record; "
-          f"see {chaos.local.dagster.logfile}")
+    print(f"  not settled within {settle_s:g} s: {waiting}; see {chaos.local.dagster.logfile}")
     return False, records
 
 
 def frame_counts(store, cameras, records) -> tuple[dict, dict]:
-    """The frames sent against the rows of their hours' `frames`; each hour's rows against its landing."""
+    """The frames sent against the rows of their hours' `frames` (by status) and the frames detected from
+    two messages; each hour's rows against its landing."""
     from imgpipeline.defs.tables import FRAMES
 
     hours = sorted({r.event_hour for r in records})
-    rows = FRAMES.stored_hours(store, hours, ["source_id", "frame_id"]).to_pylist()
+    rows = FRAMES.stored_hours(store, hours, ["source_id", "frame_id", "status"]).to_pylist()
     counted = Counter((r["source_id"], r["frame_id"]) for r in rows)
     sent = {(c.source, f) for c in cameras for f in c.sent}
+    offsets: dict[tuple, set] = {}
+    for r in records:
+        if r.processed:
+            offsets.setdefault(r.identity, set()).add((r.partition, r.offset))
     frames = {"sent": len(sent), "rows": sum(counted.values()), "lost": len(sent - set(counted)),
-              "doubled": sum(n - 1 for n in counted.values() if n > 1), "extra": len(set(counted) - sent)}
+              "doubled": sum(n - 1 for n in counted.values() if n > 1), "extra": len(set(counted) - sent),
+              "statuses": dict(Counter(r["status"] for r in rows)),
+              "detected_twice": sum(len(at) > 1 for at in offsets.values())}
     mismatched = []
     for hour in hours:
         in_landing = {r.identity for r in records if r.event_hour == hour}
@@ -115,46 +159,37 @@ def frame_counts(store, cameras, records) -> tuple[dict, dict]:
 
 def offset_counts(chaos, records) -> dict:
     """Every offset of the frames topic: a landing record at it, or a repeat of a frame landed from
-    another offset; and no offset outside the ledger's ranges (the reconciliation's holes)."""
-    from imgpipeline.defs.streaming.reconcile import coverage
-    from imgpipeline.lib.instance import open_instance
-
+    another offset (a producer's send again); and none in no range of the ledger."""
     messages = topic_messages(chaos.kafka)
     at = {(r.partition, r.offset) for r in records if r.offset is not None}
     frames = {r.frame_id for r in records}
     without = [(p, o) for (p, o), frame in messages.items() if (p, o) not in at and frame not in frames]
     repeats = sum((p, o) not in at and frame in frames for (p, o), frame in messages.items())
-    with open_instance(chaos.local.dagster.dagster_home) as instance:
-        holes = sum(c.missing for c in coverage(chaos.storage.open(), chaos.kafka, instance))
     return {"end": len(messages), "with_record": len(at & set(messages)), "repeats": repeats,
-            "without_record": len(without), "holes": holes, "first_without": sorted(without)[:10]}
+            "without_record": len(without), "holes": ledger_holes(chaos),
+            "first_without": sorted(without)[:10]}
 
 
 def alert_counts(chaos, hook, records) -> dict:
-    """The alerts tables' numbers against the alerts topic and the webhook's posts."""
-    from imgpipeline.defs.tables import ALERTS
-
-    hours = sorted({r.event_hour for r in records})
-    tables = set(ALERTS.stored_hours(chaos.storage.open(), hours, ["number"]).column("number").to_pylist())
-    on_kafka = Counter(m["number"] for m in topic_alerts(chaos.kafka))
+    """The alerts tables' numbers against the alerts topic and the webhook's posts: each number once in
+    the tables, once on Kafka, posted once."""
+    tables = table_numbers(chaos, records)
+    messages = read_topic(chaos.kafka, chaos.kafka.alerts_topic)
+    on_kafka = Counter(json.loads(r.value)["number"] for r in messages)
     posted = Counter(number for number, _ in hook.posts)
-    keys = {}
-    for number, key in hook.posts:
-        keys.setdefault(number, set()).add(key)
-    return {"tables": len(tables),
-            "kafka_missing": len(tables - set(on_kafka)),
+    return {"tables": len(tables), "tables_doubled": sum(n - 1 for n in tables.values()),
+            "kafka_missing": len(set(tables) - set(on_kafka)),
             "kafka_doubled": sum(n - 1 for n in on_kafka.values() if n > 1),
-            "kafka_extra": len(set(on_kafka) - tables),
-            "webhook_missing": len(tables - set(posted)),
-            "webhook_doubled": sum(len(k) - 1 for k in keys.values()),
-            "webhook_repeats": sum(n - 1 for n in posted.values() if n > 1),
-            "webhook_extra": len(set(posted) - tables)}
+            "kafka_extra": len(set(on_kafka) - set(tables)),
+            "webhook_missing": len(set(tables) - set(posted)),
+            "webhook_doubled": sum(n - 1 for n in posted.values() if n > 1),
+            "webhook_extra": len(set(posted) - set(tables))}
 
 
 def reckon(chaos, cameras, hook, settle_s: float, last_fault_s: float) -> dict:
-    print(f"cameras stopped; waiting for everything to land and the hours' tables and alerts (at most "
+    print(f"cameras stopped; waiting for everything to land, be accounted for, made and delivered (at most "
           f"{settle_s:g} s) …")
-    settled, records = wait_settled(chaos, cameras, settle_s)
+    settled, records = wait_settled(chaos, cameras, hook, settle_s)
     settle = round(time.monotonic() - chaos.started - last_fault_s, 1)
     store = chaos.storage.open()
     frames, hours = frame_counts(store, cameras, records)
