@@ -8,7 +8,7 @@ from imgpipeline import ConfigError
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.storage import BadObject, sha256_hex
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
-from imgpipeline_tests.conftest import s3_storage_resource, s3_user
+from imgpipeline_tests.conftest import s3_relay, s3_storage_resource, s3_user
 
 pytestmark = pytest.mark.integration
 
@@ -120,45 +120,8 @@ def test_a_key_naming_a_folder_or_too_long_a_name_is_a_bad_object(tmp_path):
 def ignoring_put_if_absent(endpoint: str):
     """An S3 endpoint that ignores `If-None-Match`, as S3-compatible servers before 2024 do: a real HTTP
     proxy in front of the local endpoint that drops the header from every request."""
-    import http.client
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import urlparse
-
-    target = urlparse(endpoint)
-
-    class Forward(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def forward(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("if-none-match", "expect")}
-            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            answer = upstream.getresponse()
-            data = answer.read()
-            self.send_response(answer.status)
-            for name, value in answer.getheaders():
-                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            upstream.close()
-
-        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with s3_relay(endpoint, drop_headers=frozenset({"if-none-match"})) as relay:
+        yield relay.url
 
 
 def test_a_store_that_ignores_put_if_absent_is_refused_and_replaces_nothing(services, tmp_path, monkeypatch):
