@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import random
 import signal
@@ -39,11 +38,10 @@ import urllib.request
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from imgpipeline.cli.bench.chaos_faults import FAULTS, dagster_children, dagster_gone
-from imgpipeline.cli.bench.common import scratch_dir, write_result
+from imgpipeline.cli.bench.common import Hook, scratch_dir, write_result
 from imgpipeline.services.process import alive
 
 STREET = "street-cam"  # the camera zones.yaml and alerts.yaml speak of
@@ -60,31 +58,6 @@ rules:
   - {name: crossed, kind: line_cross, line: west, notify: [ops]}
   - {name: on-road, kind: zone_enter, zone: road, notify: [ops]}
 """
-
-
-class Hook:
-    """The alerts' webhook: every POST kept with its alert number and idempotency key; answers 200."""
-
-    def __init__(self):
-        self.posts: list[tuple[int, str]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.posts.append((int(body["number"]), self.headers.get("Idempotency-Key", "")))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 class Camera:

@@ -83,7 +83,7 @@ def delivered(chaos, hook, records) -> bool:
     """Every alert of the tables of the records' hours on the alerts topic and at the webhook."""
     numbers = table_numbers(chaos, records)
     on_kafka = {json.loads(r.value)["number"] for r in read_topic(chaos.kafka, chaos.kafka.alerts_topic)}
-    return set(numbers) <= on_kafka and set(numbers) <= {number for number, _ in hook.posts}
+    return set(numbers) <= on_kafka and set(numbers) <= set(hook.delivered())
 
 
 def table_numbers(chaos, records) -> Counter:
@@ -176,7 +176,7 @@ def alert_counts(chaos, hook, records) -> dict:
     tables = table_numbers(chaos, records)
     messages = read_topic(chaos.kafka, chaos.kafka.alerts_topic)
     on_kafka = Counter(json.loads(r.value)["number"] for r in messages)
-    posted = Counter(number for number, _ in hook.posts)
+    posted = Counter(hook.delivered())
     return {"tables": len(tables), "tables_doubled": sum(n - 1 for n in tables.values()),
             "kafka_missing": len(set(tables) - set(on_kafka)),
             "kafka_doubled": sum(n - 1 for n in on_kafka.values() if n > 1),

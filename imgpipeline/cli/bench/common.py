@@ -1,10 +1,12 @@
-"""What every benchmark shares: scratch folders, results, bench frames, a fresh topic and store."""
+"""What every benchmark shares: scratch folders, results, bench frames, a fresh topic and store, a local
+webhook."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -96,3 +98,36 @@ def local_resources() -> dict:
     print("set-up: weights, samples, local Kafka and S3 endpoint")
     _, resources, _ = prepare_local(log=lambda line: None)
     return resources
+
+
+class Hook:
+    """A local webhook: every POST kept with its body, headers and the status it answered, `answer(hook)`
+    (200 unless told)."""
+
+    def __init__(self, answer=lambda hook: 200):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status = answer(hook)
+                hook.requests.append({"body": body, "headers": dict(self.headers), "status": status})
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def delivered(self) -> list[int]:
+        """The numbers of the alerts it took (answered 200), in order."""
+        return sorted(r["body"]["number"] for r in self.requests if r["status"] == 200)
+
+    def close(self) -> None:
+        self.server.shutdown()

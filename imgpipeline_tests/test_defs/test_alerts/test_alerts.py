@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 
+from imgpipeline.cli.bench.common import Hook as BenchHook
 from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.tables import ALERTS, DETECTIONS
@@ -28,38 +29,14 @@ from imgpipeline_tests.test_defs.test_tracking.test_tracking import ELEVEN, TEN,
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
 
-class Hook:
+class Hook(BenchHook):
     """A local webhook that answers 500 to its first `failures` POSTs (and 503 to every POST before
     `until`, a time.monotonic() moment), then 200; it keeps every request with its answer."""
 
     def __init__(self, failures: int = 0, until: float = 0.0):
-        self.requests: list[dict] = []
-        self.failures, self.until = failures, until
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status = (503 if time.monotonic() < hook.until
-                          else 500 if len(hook.requests) < hook.failures else 200)
-                hook.requests.append({"body": json.loads(body), "headers": dict(self.headers),
-                                      "status": status})
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def delivered(self) -> list[int]:
-        """The numbers of the alerts it took, in order."""
-        return sorted(r["body"]["number"] for r in self.requests if r["status"] == 200)
-
-    def close(self):
-        self.server.shutdown()
+        self.failures, self.until = failures, until  # a test may change them as it goes
+        super().__init__(lambda hook: 503 if time.monotonic() < hook.until
+                         else 500 if len(hook.requests) < hook.failures else 200)
 
 
 @pytest.fixture
