@@ -94,8 +94,8 @@ def table_numbers(chaos, records) -> Counter:
 
 
 def settled_now(chaos, hook, sent: set, records: list) -> str | None:
-    """What is still to come (None: nothing): frames to land, offsets to account for, tables and alerts
-    to make after the last frame was processed, alerts to deliver."""
+    """What is still to come (None: nothing): frames to land, offsets to account for, each hour's tables
+    and alerts to make after its last frame was processed, alerts to deliver."""
     from imgpipeline.ingest.messages import parse_time
     from imgpipeline.lib.instance import open_instance
 
@@ -103,11 +103,14 @@ def settled_now(chaos, hook, sent: set, records: list) -> str | None:
         return f"{missing} frames sent have not landed yet"
     if unaccounted := ledger_holes(chaos):
         return f"{unaccounted} offsets of the topic are in no range of the ledger yet"
-    last = max(parse_time(r.processed_at).timestamp() for r in records if r.processed_at)
-    hours = sorted({r.event_hour.strftime("%Y-%m-%d-%H:00") for r in records})
+    last: dict[str, float] = {}  # each hour's: an hour the cameras left is made no more
+    for r in records:
+        if r.processed_at:
+            hour = r.event_hour.strftime("%Y-%m-%d-%H:00")
+            last[hour] = max(last.get(hour, 0.0), parse_time(r.processed_at).timestamp())
     with open_instance(chaos.local.dagster.dagster_home) as instance:
-        if not made_after(instance, hours, last):
-            return "the hours' tables and alerts are not made after the last frame yet"
+        if not all(made_after(instance, [hour], at) for hour, at in sorted(last.items())):
+            return "the hours' tables and alerts are not made after their last frame yet"
     if not delivered(chaos, hook, records):
         return "alerts of the tables are not all on Kafka and at the webhook yet"
     return None
