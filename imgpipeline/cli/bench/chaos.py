@@ -47,6 +47,7 @@ from imgpipeline.services.process import alive
 STREET = "street-cam"  # the camera zones.yaml and alerts.yaml speak of
 PHOTOS = ("dock", "gate")
 MQTT_CAMERA = "yard"
+UNDEALT_TRIES = 3
 CODE_LOCATION = "imgpipeline.definitions"  # as `dagster dev -m imgpipeline.definitions` names it
 TMPFS_SIZE = "512m"  # the state folder's disk, filled by the disk fault (RAM while full)
 SHORT_TMPFS_SIZE = "128m"  # in the short forms (faults under 120 s apart)
@@ -339,14 +340,17 @@ class Chaos:
 
     def deal(self, minutes: float, seed: int) -> None:
         """The schedule: a fault every ~every_s until `minutes` have passed since the cameras started and
-        every kind of fault was dealt once."""
+        every kind of fault was dealt once (one that found nothing to strike comes again, UNDEALT_TRIES
+        times at most)."""
         rng = random.Random(seed)
         kinds = [k for k in FAULTS if k != "fill disk" or self.mounted]
         order: list[str] = rng.sample(kinds, len(kinds))
         end = self.started + minutes * 60
+        tried: Counter = Counter()
+        owed = set(kinds)  # not dealt yet
         while True:
             wait = self.every_s * rng.uniform(0.75, 1.25)
-            if time.monotonic() + wait >= end and len(self.faults) >= len(kinds):
+            if time.monotonic() + wait >= end and not owed:
                 break
             time.sleep(wait)
             if not order:
@@ -357,6 +361,11 @@ class Chaos:
                 said = FAULTS[kind](self, rng)
             except Exception as exc:  # a fault that could not be dealt is said, and the schedule goes on
                 said = f"not dealt: {type(exc).__name__}: {exc}"
+            tried[kind] += 1
+            if not said.startswith("not dealt") or tried[kind] >= UNDEALT_TRIES:
+                owed.discard(kind)
+            elif kind not in order:
+                order.insert(0, kind)  # its turn comes again: nothing to strike yet (no run in flight)
             entry = {"at_s": round(began - self.started, 1), "fault": kind, "what": said,
                      "lasted_s": round(time.monotonic() - began, 1)}
             self.faults.append(entry)

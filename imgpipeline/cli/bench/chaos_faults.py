@@ -51,8 +51,8 @@ def started_workers(chaos, follow: bool) -> list[int]:
 
 
 def kill_worker(chaos, rng, follow: bool) -> str:
-    """SIGKILL a run's worker, waiting up to a minute for one to be in flight."""
-    deadline = time.monotonic() + 60
+    """SIGKILL a run's worker, waiting up to two minutes for one to be in flight."""
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if pids := started_workers(chaos, follow):
             pid = rng.choice(pids)
@@ -62,7 +62,7 @@ def kill_worker(chaos, rng, follow: bool) -> str:
                 continue
             return f"SIGKILL worker {pid}"
         time.sleep(0.2)
-    return "no run in flight within 60 s: nothing killed"
+    return "not dealt: no run in flight within 120 s"
 
 
 def kill_run_worker(chaos, rng) -> str:
