@@ -7,8 +7,9 @@ import time
 
 import dagster as dg
 
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import detect_frames
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.defs.streaming.landing import all_records, landing_keys
 from imgpipeline.resources import DetectorResource
 

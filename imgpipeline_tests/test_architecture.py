@@ -69,7 +69,7 @@ def test_the_configuration_doc_table_is_the_code():
     read_in_code = {v for path in modules().values() for v in VARIABLE.findall(path.read_text())}
     # every variable the package reads has a row (the fork server's private hand-over excepted, and
     # renamed settings, read only to say their new names)
-    from imgpipeline.defs.streaming.frames_sensor import RENAMED
+    from imgpipeline.defs.streaming.batch_policy import RENAMED
 
     assert read_in_code - declared == {"IMGPIPELINE_FORK_SERVER_INSTANCE_REF", *RENAMED}
 
@@ -329,3 +329,29 @@ def test_only_the_door_imports_dagsters_private_modules():
                  if path != door and (found := dagster_private_imports(path))}
     assert elsewhere == {}
     assert dagster_private_imports(door) == set()  # it names them, and imports them when first used
+
+
+def unannotated_stores(tree: ast.AST) -> list[int]:
+    """The lines where a parameter or attribute named `store` is not declared a `Storage`."""
+    found = []
+    for node in ast.walk(tree):
+        named = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            every = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            named = [(a.lineno, a.annotation) for a in every if a.arg == "store"]
+        elif isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "store":
+            named = [(node.lineno, node.annotation)]
+        found += [line for line, kind in named if kind is None or ast.unparse(kind) not in STORAGE_TYPES]
+    return found
+
+
+STORAGE_TYPES = {"Storage", "Storage | None"}
+
+
+def test_every_store_is_declared_a_storage():
+    undeclared = {name: lines for name, path in modules().items()
+                  if (lines := unannotated_stores(ast.parse(path.read_text())))}
+    assert undeclared == {}
+    wrong = "def f(store, store2: object): ...\nclass A:\n    store: object"
+    assert unannotated_stores(ast.parse(wrong)) == [1, 3]
+    assert unannotated_stores(ast.parse("def f(store: Storage | None = None): ...")) == []

@@ -21,9 +21,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from imgpipeline.cli.settings import all_rows
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG
 from imgpipeline.defs.streaming.follow import FAST_LANE_TAG
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, follow_request, run_request
+from imgpipeline.defs.streaming.frames_sensor import follow_request, run_request
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -15,6 +15,7 @@ from imgpipeline.cli.fetch import fetch_model
 from imgpipeline.cli.local import local_services, run_checks
 from imgpipeline.cli.samples import fetch_samples
 from imgpipeline.paths import write_services_env
+from imgpipeline.resources.storage import Storage
 
 
 def prepare_local(log=print):
@@ -158,7 +159,7 @@ def report_alerts(con, days: list[str]) -> None:
     print("  imgpipeline alerts list   lists them; imgpipeline alerts show N   shows one")
 
 
-def wait_for_landing(store, wanted: set[str], timeout_s: float) -> dict | None:
+def wait_for_landing(store: Storage, wanted: set[str], timeout_s: float) -> dict | None:
     """Poll the landing metadata until every wanted frame has a record; None on timeout."""
     from imgpipeline.defs.streaming.landing import all_records
 

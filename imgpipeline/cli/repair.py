@@ -7,7 +7,7 @@ from __future__ import annotations
 def repair(args) -> int:
 
     from imgpipeline.defs.resources import resources_from_env
-    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.defs.streaming.reconcile import coverage, repair_holes
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.paths import state_dir

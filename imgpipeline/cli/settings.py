@@ -13,13 +13,13 @@ def setting_models() -> list:
     from imgpipeline.defs.automation import AutomationPolicy
     from imgpipeline.defs.partitions import Calendar
     from imgpipeline.defs.retention.sweep import DataRetention
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.defs.streaming.detect_frames import Screening
-    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.defs.streaming.health import SourcePolicy
     from imgpipeline.defs.streaming.upkeep import InstanceRetention
     from imgpipeline.defs.warehouse.compaction import Compaction
     from imgpipeline.lib.instance import InstanceSettings
-    from imgpipeline.lib.launcher import RunPriority
+    from imgpipeline.lib.run_priority import RunPriority
     from imgpipeline.resources import (
         AlertsResource,
         DetectorResource,
@@ -63,7 +63,7 @@ def check_settings() -> list:
     """Every settings model built from the environment: a bad value raises ConfigError with its fix, and
     so does a setting that was renamed (it would be ignored without a word)."""
     from imgpipeline import ConfigError
-    from imgpipeline.defs.streaming.frames_sensor import RENAMED
+    from imgpipeline.defs.streaming.batch_policy import RENAMED
 
     current = environment()
     for old, new in RENAMED.items():

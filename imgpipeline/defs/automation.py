@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from imgpipeline.lib.launcher import NICE_TAG, RunPriority
+from imgpipeline.lib.run_priority import NICE_TAG, RunPriority
 from imgpipeline.resources.settings import FromEnv, setting
 
 AC = dg.AutomationCondition

@@ -1,1 +1,1 @@
-"""Framework extensions: the run launcher."""
+"""Framework extensions: the run launcher, its fork server and run priority."""

@@ -17,7 +17,7 @@ import importlib
 
 # name → (its module, its name there)
 NAMES: dict[str, tuple[str, str]] = {
-    # the run launcher (lib/launcher.py)
+    # the run launcher and its fork server (lib/launcher.py, lib/fork_server.py)
     "CheckRunHealthResult": ("dagster._core.launcher", "CheckRunHealthResult"),
     "WorkerStatus": ("dagster._core.launcher", "WorkerStatus"),
     "ExecuteRunArgs": ("dagster._grpc.types", "ExecuteRunArgs"),

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from imgpipeline.paths import models_dir
 from imgpipeline.resources.settings import FromEnv, one_of, setting
 
-# Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.launcher): detectors
+# Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.fork_server): detectors
 # an engine builds before a fork (OpenCV's nets), whose settings a forked run matches to take them
 # instead of loading its own, and model files' digests (by path, size and mtime), so a forked run
 # does not hash them again.

@@ -21,7 +21,7 @@ from imgpipeline import ConfigError
 from imgpipeline.cli.bridge import mqtt_letter
 from imgpipeline.cli.samples import sample
 from imgpipeline.defs.hours import hour_key
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.messages import sha256_hex

@@ -11,7 +11,8 @@ import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
-from imgpipeline.lib.launcher import BACKFILL_TAG, NICE_TAG, PID_TAG, run_nice
+from imgpipeline.lib.launcher import PID_TAG
+from imgpipeline.lib.run_priority import BACKFILL_TAG, NICE_TAG
 from imgpipeline.resources import StorageResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog
@@ -165,21 +166,6 @@ def test_a_killed_worker_fails_its_run_under_run_monitoring(instance, kafka, tmp
         assert [consumer.committed(TopicPartition(kafka.frames_topic, p)) for p in (0, 1)] == [None, None]
     finally:
         consumer.close()
-
-
-def test_a_runs_niceness_tag_is_read_within_bounds():
-    assert [run_nice(tags) for tags in ({}, {NICE_TAG: "10"}, {NICE_TAG: "99"}, {NICE_TAG: "-5"},
-                                         {NICE_TAG: "ten"}, {NICE_TAG: ""})] == [0, 10, 19, 0, 0, 0]
-    backfill = {BACKFILL_TAG: "abc"}
-    assert [run_nice(tags, 19) for tags in ({}, backfill, {**backfill, NICE_TAG: "3"})] == [0, 19, 3]
-
-
-def test_the_automation_sensors_tag_their_runs_to_yield_unless_set_to_0(monkeypatch):
-    from imgpipeline.defs.automation import automation_sensor
-
-    assert automation_sensor("s", dg.AssetKey("a")).run_tags == {NICE_TAG: "19"}
-    monkeypatch.setenv("IMGPIPELINE_AUTOMATION_NICE", "0")
-    assert NICE_TAG not in automation_sensor("s", dg.AssetKey("a")).run_tags
 
 
 def test_a_worker_on_another_host_or_a_reused_pid_is_not_alive(tmp_path):

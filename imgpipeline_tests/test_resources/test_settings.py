@@ -1,7 +1,7 @@
 import pytest
 
 from imgpipeline import ConfigError
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.paths import read_env_file
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.resources.storage import parse_storage_uri

@@ -5,75 +5,13 @@ import uuid
 import pytest
 
 from imgpipeline import ConfigError
+from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.resources import StorageResource
-from imgpipeline.resources.storage import BadObject, sha256_hex
+from imgpipeline.resources.storage import BadObject
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import s3_relay, s3_storage_resource, s3_user
 
 pytestmark = pytest.mark.integration
-
-
-def test_put_list_get_on_both_backends(storage):
-    store = storage.open()
-    store.check()
-    uri = store.put("frames/cam1/2026-11-21/cam1-000001.jpg", b"jpeg-bytes")
-    store.put("frames/cam1/2026-11-21/cam1-000002.jpg", b"more")
-    store.put("landing/metadata/dt=2026-11-21/hour=10/x.jsonl", b"{}\n")
-
-    assert uri == f"{store.root_uri}/frames/cam1/2026-11-21/cam1-000001.jpg"
-    assert store.key_for(uri) == "frames/cam1/2026-11-21/cam1-000001.jpg"
-    assert store.list("frames/") == [
-        "frames/cam1/2026-11-21/cam1-000001.jpg",
-        "frames/cam1/2026-11-21/cam1-000002.jpg",
-    ]
-    assert len(store.list()) == 3
-    assert store.get("frames/cam1/2026-11-21/cam1-000001.jpg") == b"jpeg-bytes"
-    assert store.size("frames/cam1/2026-11-21/cam1-000002.jpg") == 4
-    assert store.stored_sha256("frames/cam1/2026-11-21/cam1-000002.jpg") == sha256_hex(b"more")
-    assert store.stored_sha256("frames/none.jpg") is None
-
-    store.put("frames/cam1/2026-11-21/cam1-000002.jpg", b"replaced")
-    assert store.get("frames/cam1/2026-11-21/cam1-000002.jpg") == b"replaced"
-    store.delete("frames/cam1/2026-11-21/cam1-000002.jpg")
-    assert not store.exists("frames/cam1/2026-11-21/cam1-000002.jpg")
-
-
-def test_put_file_streams_a_large_object_on_both_backends(storage, tmp_path):
-    # Over boto3's 8 MB multipart threshold: the S3 backend uploads it in parts.
-    body = b"".join(b"%08d{}\n" % i for i in range(1_200_000))
-    spooled = tmp_path / "spooled.jsonl"
-    spooled.write_bytes(body)
-    store = storage.open()
-    with spooled.open("rb") as file:
-        uri = store.put_file("landing/big.jsonl", file, sha256=sha256_hex(body))
-    key = store.key_for(uri)
-    assert store.size(key) == len(body) > 8 * 1024 * 1024
-    assert store.get(key) == body
-    assert store.stored_sha256(key) == sha256_hex(body)
-
-
-def test_bad_objects_are_refused(storage):
-    store = storage.open()
-    store.put("frames/a.jpg", b"x" * 100)
-    with pytest.raises(BadObject, match="over the limit of 10"):
-        store.get("frames/a.jpg", max_bytes=10)
-    with pytest.raises(BadObject, match="does not exist"):
-        store.get("frames/missing.jpg")
-    outside = [
-        "file:///etc/passwd",
-        f"{store.root_uri}/../secrets.txt",
-        f"{store.root_uri}/frames/../../x.jpg",
-        f"{store.root_uri}/frames/%2e%2e/%2e%2e/x.jpg",
-        f"{store.root_uri}-other/frames/a.jpg",
-        "s3://another-bucket/frames/a.jpg",
-        f"{store.root_uri}/frames/a.jpg?versionId=1",
-    ]
-    for uri in outside:
-        with pytest.raises(BadObject):
-            store.key_for(uri)
-    for key in ["../x", "/abs", "a//b", "a\\b"]:
-        with pytest.raises(BadObject):
-            store.put(key, b"")
 
 
 def test_missing_bucket_names_the_fix(services):
@@ -81,20 +19,6 @@ def test_missing_bucket_names_the_fix(services):
     missing = StorageResource(**{**resource.model_dump(), "uri": f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/x"})
     with pytest.raises(ConfigError, match=r"bucket 'no-such-bucket-\w+' does not exist at http://127"):
         missing.open().check()
-
-
-def test_put_new_never_replaces_and_one_of_racing_writers_wins(storage):
-    from concurrent.futures import ThreadPoolExecutor
-
-    store = storage.open()
-    key = f"frames/race/{uuid.uuid4().hex}.jpg"
-    bodies = [bytes([i]) * 1000 for i in range(8)]
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda body: store.put_new(key, body, sha256=sha256_hex(body)), bodies))
-    winners = [body for body, answer in zip(bodies, answers, strict=True) if answer is None]
-    assert len(winners) == 1 and store.get(key) == winners[0]
-    assert {a for a in answers if a is not None} == {sha256_hex(winners[0])}
-    assert store.list("frames/race/") == [key]  # no temp file left behind
 
 
 def test_local_writes_of_one_key_do_not_share_a_temp_file(tmp_path):
@@ -128,7 +52,7 @@ def test_a_store_that_ignores_put_if_absent_is_refused_and_replaces_nothing(serv
     """`imgpipeline check` says whether the store honours put-if-absent; on one that does not, storing a
     frame and numbering an alert refuse (ConfigError) instead of overwriting."""
     from imgpipeline.defs.alerts.ledger import Ledger
-    from imgpipeline.resources import storage as storage_module
+    from imgpipeline.resources.storage import s3 as storage_module
 
     # What the process learnt of each endpoint, its own here: the proxy's port may be another's later.
     monkeypatch.setattr(storage_module, "_CONDITIONAL_WRITES", {})

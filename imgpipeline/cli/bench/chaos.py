@@ -278,7 +278,7 @@ class Chaos:
             return False
 
     def start(self, hook: Hook) -> None:
-        from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+        from imgpipeline.defs.streaming.batch_policy import BatchPolicy
         from imgpipeline.paths import HOME_ENV, PACKAGE_DIR
         from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
         from imgpipeline.resources.settings import env_name

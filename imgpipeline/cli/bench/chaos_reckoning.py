@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 from imgpipeline.cli.bench.latency import made_after
+from imgpipeline.resources.storage import Storage
 
 READ_S = 120  # at most this long to read a topic to its end
 
@@ -73,7 +74,7 @@ def ledger_holes(chaos) -> int:
         accounted_ranges(store, topic, tp.partition, generation), beginnings[tp], ends[tp]))
 
 
-def landed(store) -> list:
+def landed(store: Storage) -> list:
     from imgpipeline.defs.streaming.landing import all_records
 
     return all_records(store)
@@ -134,7 +135,7 @@ def wait_settled(chaos, cameras, hook, settle_s: float) -> tuple[bool, list]:
     return False, records
 
 
-def frame_counts(store, cameras, records) -> tuple[dict, dict]:
+def frame_counts(store: Storage, cameras, records) -> tuple[dict, dict]:
     """The frames sent against the rows of their hours' `frames` (by status) and the frames detected from
     two messages; each hour's rows against its landing."""
     from imgpipeline.defs.tables import FRAMES

@@ -146,7 +146,7 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
     detector = DetectorResource.from_env().model_copy(update={"threads": 0}).load()
     first_bare = bare_fps(bench_frames(backlog), detector)
     alerts = AlertsWatch(kafka)
-    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.resources.settings import env_name
 
     with daemon(kafka, storage, env={env_name(BatchPolicy, "fast_lane"): str(int(lane == "fast"))}) as local:

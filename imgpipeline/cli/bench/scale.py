@@ -24,6 +24,7 @@ from pathlib import Path
 from imgpipeline.cli.bench.common import local_resources, scratch_dir, write_result
 from imgpipeline.cli.bench.scale_report import NOTICE, SAMPLE_S, figures, print_scale
 from imgpipeline.lib.stats import percentile
+from imgpipeline.resources.storage import Storage
 
 WARM_UP = "warm-up"
 
@@ -110,7 +111,7 @@ class Watch:
     """The topic's end offsets against the ranges the runs accounted for (their ledgers)."""
 
     kafka: object
-    store: object
+    store: Storage
     partitions: int
     ledgers: dict[str, dict] = field(default_factory=dict)  # key → ledger, with its partition
     warm_up: set[str] = field(default_factory=set)  # the warm-up's ledgers
@@ -226,7 +227,7 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
              max_batch: int | None, drain_timeout_s: float, progress_s: float) -> dict:
     """Produce through a real `dagster dev` with the no-op engine forced on its processes; what the
     topic, the ledgers and the instance say."""
-    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.ingest.messages import frame_key, sha256_hex
     from imgpipeline.lib.instance import InstanceSettings, open_instance
     from imgpipeline.paths import HOME_ENV
@@ -456,7 +457,8 @@ def build_warehouse(storage, hours: list[datetime], dagster_home: Path, empty_st
           f"{len(days)} day(s) of daily_summary, in this process …")
     tracking, duckdb = TrackingResource.from_env(), DuckDBResource(database=":memory:")
 
-    def build(instance, store, assets, first: str, last: str, whole: bool = True) -> tuple[float, dict]:
+    def build(instance, store: Storage, assets, first: str, last: str, whole: bool = True) -> tuple[float,
+              dict]:
         started = time.perf_counter()
         result = dg.materialize(
             [assets], instance=instance, resources={"storage": store, "tracking": tracking, "duckdb": duckdb},

@@ -183,8 +183,8 @@ def bends(r: dict) -> list[dict]:
     when it is over its limit already, after `bends_after_s` into each hour for a load that grows as
     the hour fills, or not within an hour (None). Ordered by when, then by ratio: the first is where
     the orchestration bends first."""
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.defs.streaming.detect_frames import Screening
-    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
     from imgpipeline.resources.settings import env_name
 
     batch_env, wait_env = env_name(BatchPolicy, "max_batch"), env_name(BatchPolicy, "max_wait_s")

@@ -12,7 +12,8 @@ def bench_sensor(messages: int = 1_000_000) -> dict:
     """Tick time of frames_sensor over a backlog of `messages` on a fresh topic."""
     import dagster as dg
 
-    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
+    from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
     from imgpipeline.resources import KafkaResource
 
     kafka = KafkaResource.from_env(frames_topic=f"bench-{uuid.uuid4().hex[:8]}")

@@ -357,7 +357,8 @@ def bench_soak(days: int = 32, fps: float = 1000.0, partitions: int = 12, source
 def run(soak: Soak, shape: Shape, warm_up: bool) -> dict:
     from imgpipeline.cli.bench.scale import delete_topics, synthetic_jpeg
     from imgpipeline.defs.retention.sweep import DataRetention, sweep
-    from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
+    from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
     from imgpipeline.defs.streaming.upkeep import InstanceRetention, purge_runs
     from imgpipeline.ingest.messages import frame_key, sha256_hex
     from imgpipeline.lib.instance import open_instance

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
+from imgpipeline.resources.storage import Storage
+
 HOUR_S = 3600
 
 
@@ -58,7 +60,8 @@ def source_of(index: int, width: int) -> str:
 class History:
     """Writes days of history into the store, the instance and the state folder."""
 
-    def __init__(self, store, instance, topic: str, shape: Shape, state: Path, image: tuple[str, str, bytes]):
+    def __init__(self, store: Storage, instance, topic: str, shape: Shape, state: Path, image: tuple[str,
+                 str, bytes]):
         from imgpipeline.resources import TrackingResource
 
         self.store, self.instance, self.topic, self.shape, self.state = store, instance, topic, shape, state

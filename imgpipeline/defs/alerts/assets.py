@@ -16,6 +16,7 @@ from imgpipeline.defs.partitions import AROUND, hourly_partitions
 from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TRACKED_COLUMNS
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
+from imgpipeline.resources.storage import Storage
 from imgpipeline.vision import events
 
 
@@ -83,7 +84,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     yield from check_results(failures, len(hours))
 
 
-def draw_all(store, fired, numbers, frames, per_source, max_bytes: int) -> dict:
+def draw_all(store: Storage, fired, numbers, frames, per_source, max_bytes: int) -> dict:
     """Evidence per alert key: each alert's frame drawn with its detections."""
     wanted = {(e.source_id, e.frame_id) for e in fired}
     rows = {(f["source_id"], f["frame_id"]): f for f in frames.select(at.FRAME_COLUMNS).to_pylist()

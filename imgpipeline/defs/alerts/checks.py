@@ -6,6 +6,7 @@ import pyarrow as pa
 
 from imgpipeline.defs.tables import ALERTS_SCHEMA
 from imgpipeline.defs.tables.checks import SCHEMA_AS_DECLARED, schema_problems
+from imgpipeline.resources.storage import Storage
 
 CHECKS = {
     "alerts": {
@@ -18,7 +19,7 @@ CHECKS = {
 }
 
 
-def check_hour(key: str, alerts: pa.Table, ledger, store, drawable: set, failures: dict) -> None:
+def check_hour(key: str, alerts: pa.Table, ledger, store: Storage, drawable: set, failures: dict) -> None:
     """`drawable`: the (source, frame) pairs whose image decoded when processed."""
     if problems := schema_problems(alerts, ALERTS_SCHEMA):
         failures["alerts", "schema_as_declared"][key] = problems

@@ -29,7 +29,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 ROOT = "alerts/ledger"
 NEXT = f"{ROOT}/next.json"
@@ -59,7 +59,7 @@ def _counted(value) -> bool:
 
 
 class Ledger:
-    def __init__(self, store):
+    def __init__(self, store: Storage):
         self.store = store
         self._next: int | None = None
 

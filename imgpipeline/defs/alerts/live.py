@@ -36,7 +36,7 @@ from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord, land
 from imgpipeline.defs.streaming.listeners import LandedRange
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import TrackingResource
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision import events
 from imgpipeline.vision.live_events import HOUR, Watch, hour_of
 from imgpipeline.vision.live_tracks import SLOWEST_RATE, TrackWatch
@@ -66,7 +66,7 @@ def event_frames(records) -> dict[str, list[events.EventFrame]]:
     return dict(found)
 
 
-def load_watches(store, landed: LandedRange, rules, zones, settings,
+def load_watches(store: Storage, landed: LandedRange, rules, zones, settings,
                  frames: dict[str, list[events.EventFrame]]) -> tuple[Watch, TrackWatch]:
     """The partition's watches as the run before left them, if it saw through this range's start; else
     new ones warmed with what was landed before the range (`warmed`)."""
@@ -94,7 +94,7 @@ def seen_all(watch: Watch, frames: dict[str, list[events.EventFrame]]) -> bool:
     return frames.keys() <= watch.sources.keys()
 
 
-def warmed(store, rules, zones, settings, frames: dict[str, list[events.EventFrame]],
+def warmed(store: Storage, rules, zones, settings, frames: dict[str, list[events.EventFrame]],
            known: set[str] = frozenset()) -> tuple[Watch, TrackWatch]:
     """New watches for a range, fed first the landed frames of its sources (and of the `known` ones, which
     the watch it replaces had) since the start of the hour before its first frame's (the history the
@@ -118,7 +118,7 @@ def warmed(store, rules, zones, settings, frames: dict[str, list[events.EventFra
     return watch, tracks
 
 
-def landed_history(store, sources: set[str], own: set[tuple], since: float,
+def landed_history(store: Storage, sources: set[str], own: set[tuple], since: float,
                    until: float) -> list[LandingRecord]:
     """The landing records of `sources` in the event hours from `since` to `until` (inclusive), landed by
     any partition or run, the frames `own` aside; one per frame, a processed one over an error."""
@@ -134,7 +134,7 @@ def landed_history(store, sources: set[str], own: set[tuple], since: float,
     return list(kept.values())
 
 
-def hour_records(store, hour: datetime, attempts: int = 3) -> list[LandingRecord]:
+def hour_records(store: Storage, hour: datetime, attempts: int = 3) -> list[LandingRecord]:
     """An hour's landing records; a file compacted (or retired) while it was read, the hour is listed and
     read again (a history read short would make the watch raise what was raised before)."""
     for _ in range(attempts - 1):
@@ -145,7 +145,7 @@ def hour_records(store, hour: datetime, attempts: int = 3) -> list[LandingRecord
     return [record for key in landing_keys(store, hour) for record in read_records(store, key)]
 
 
-def carry_on(store, landed: LandedRange) -> None:
+def carry_on(store: Storage, landed: LandedRange) -> None:
     """A range with nothing to feed (all of it out of range, or gaps) after a saved state that reached its
     start: the state is saved as reaching its end, so that the next range carries on from it instead of
     warming it again."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.redaction import redact
+from imgpipeline.resources.storage import Storage
 from imgpipeline.vision.alert_rules import TOPIC_RECORD
 
 KAFKA = TOPIC_RECORD  # an alert's publication, in the ledger beside its webhooks
@@ -29,7 +30,7 @@ MAX_PAUSE_S = 60.0  # a webhook back from an outage hears of its waiting alerts 
 MIN_PAUSE_S = 1.0
 
 
-def payload(row: dict, viewer_url: str, store) -> dict:
+def payload(row: dict, viewer_url: str, store: Storage) -> dict:
     """What an alert says to the world: never a secret, always where to look."""
     return {
         "number": row["number"], "rule": row["rule"], "kind": row["kind"], "severity": row["severity"],

@@ -10,7 +10,7 @@ import pyarrow as pa
 from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
 from imgpipeline.defs.tables import ALERTS_SCHEMA, TRACKED_COLUMNS
 from imgpipeline.ingest.messages import annotated_key
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision import drawing, events
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg
 
@@ -61,7 +61,8 @@ def alert_rows(hour: datetime, fired: list[events.Event], numbers: list[int], ru
     return pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=ALERTS_SCHEMA)
 
 
-def draw_evidence(store, event: events.Event, number: int, frame: dict | None, seen: list[events.Seen],
+def draw_evidence(store: Storage, event: events.Event, number: int, frame: dict | None,
+                  seen: list[events.Seen],
                   max_bytes: int) -> tuple[str | None, str | None]:
     """The alert frame with its detections drawn (the subject framed in white) and the subject's crop,
     stored under `annotated/` as the alert's own (`<frame>.alert-<number>[.crop].jpg`: two alerts on one

@@ -20,6 +20,7 @@ import pyarrow as pa
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.laboratory.redetect import SOURCES, frames_done, part_key
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, REDETECTIONS, TRACKED_COLUMNS
+from imgpipeline.resources.storage import Storage
 from imgpipeline.vision import events
 
 TRACKED = pa.schema([DETECTIONS.schema.field(name) for name in TRACKED_COLUMNS])
@@ -41,7 +42,8 @@ class ModelHours:
     stale: list[datetime] = field(default_factory=list)  # re-detected before more frames were detected
 
 
-def model_hours(store, hours: list[datetime], model: str, sources: list[str] | None = None) -> ModelHours:
+def model_hours(store: Storage, hours: list[datetime], model: str,
+                sources: list[str] | None = None) -> ModelHours:
     """The model's detections over the hours (of `sources` only, when given): re-detected, else live
     when the live rows are its own. An hour no frame of which was detected is neither covered nor
     lacking: there is nothing to find in it."""
@@ -71,7 +73,7 @@ def model_hours(store, hours: list[datetime], model: str, sources: list[str] | N
     return found
 
 
-def detected_frames(store, hour: datetime, sources: list[str] | None) -> tuple[Counter, set]:
+def detected_frames(store: Storage, hour: datetime, sources: list[str] | None) -> tuple[Counter, set]:
     """The hour's detected frames (of `sources` only, when given): how many per source, and the models
     that detected them (counted by Arrow: an hour's frames never become Python rows)."""
     import pyarrow.compute as pc
@@ -105,7 +107,7 @@ def _of_sources(table: pa.Table, sources: list[str] | None) -> pa.Table:
     return table.filter(pc.is_in(table.column("source_id"), pa.array(sources))) if sources else table
 
 
-def fired(store, hours: list[datetime], detections: pa.Table, rules, zones,
+def fired(store: Storage, hours: list[datetime], detections: pa.Table, rules, zones,
           sources: list[str] | None = None) -> list[events.Event]:
     """The alerts the rules would raise in the hours from these detections (and the stored frames; of
     `sources` only, when given), each hour with the hour before as history, as the alerts asset
@@ -128,7 +130,7 @@ def _within(detections: pa.Table, hours: list[datetime]) -> pa.Table:
     return detections.filter(pc.and_(pc.greater_equal(column, start), pc.less(column, end)))
 
 
-def backtest(store, hours: list[datetime], rules, zones, detections: pa.Table,
+def backtest(store: Storage, hours: list[datetime], rules, zones, detections: pa.Table,
              sources: list[str] | None = None) -> dict:
     """Per rule and day of the hours (none left out): how many alerts the rules would have raised, and
     the first few of each as evidence."""
@@ -302,7 +304,7 @@ def with_history(hours: list[datetime]) -> list[datetime]:
     return found
 
 
-def backtest_range(store, hours: list[datetime], rules, zones, model: str,
+def backtest_range(store: Storage, hours: list[datetime], rules, zones, model: str,
                    sources: list[str] | None = None) -> dict:
     """A rules file over a model's detections of the hours: `backtest`'s figures, the model, the rules
     file's sha256 and the hours left out (with frames but none of its detections, or partial or stale).
@@ -325,7 +327,7 @@ def backtest_range(store, hours: list[datetime], rules, zones, model: str,
     return result
 
 
-def compare_hours(store, hours: list[datetime], a: str, b: str, rules, zones,
+def compare_hours(store: Storage, hours: list[datetime], a: str, b: str, rules, zones,
                   sources: list[str] | None = None) -> dict:
     """`compare` of two models over the hours, and the alerts the rules would raise under each."""
     result = compare(model_hours(store, hours, a, sources), model_hours(store, hours, b, sources))

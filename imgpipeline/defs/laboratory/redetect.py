@@ -30,7 +30,7 @@ from imgpipeline.defs.tables import DETECTIONS_SCHEMA, REDETECTIONS
 from imgpipeline.defs.warehouse import tracked
 from imgpipeline.defs.warehouse.rows import detections_table, latest_per_frame
 from imgpipeline.ingest.messages import sha256_hex
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 # What a file was made from, in its Parquet metadata: the hour's landing files and the model file.
 MADE_FROM = b"imgpipeline.made_from"
@@ -64,7 +64,7 @@ def made_from(listing: dict[str, str], how: dict, seed: str, sources: list[str] 
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def stored_origin(store, key: str) -> str | None:
+def stored_origin(store: Storage, key: str) -> str | None:
     if not store.exists(key):
         return None
     metadata = REDETECTIONS.read(store, key).schema.metadata or {}
@@ -91,7 +91,8 @@ def _frames_done(frames: list[LandingRecord], missing: list[LandingRecord]) -> d
     return counts
 
 
-def write_hour(store, key: str, table: pa.Table, sources: list[str] | None, counts: dict[str, list[int]],
+def write_hour(store: Storage, key: str, table: pa.Table, sources: list[str] | None, counts: dict[str,
+               list[int]],
                metadata: dict[bytes, bytes]) -> pa.Table:
     """Store an hour's re-detections with their metadata; with `sources`, beside the other sources' rows
     (and counts) the file already had. The table as stored."""
@@ -109,14 +110,14 @@ def write_hour(store, key: str, table: pa.Table, sources: list[str] | None, coun
     return table
 
 
-def seed_of(store, hour: datetime, model: str) -> str:
+def seed_of(store: Storage, hour: datetime, model: str) -> str:
     """The digest of the model's re-detections of the hour before, which this hour's tracks continue
     ("none" when there are none)."""
     previous = part_key(hour - timedelta(hours=1), model)
     return tracked.content_digest(REDETECTIONS.read(store, previous)) if store.exists(previous) else "none"
 
 
-def redetect_hour(store, hour: datetime, landing: tuple[dict[str, str], list[LandingRecord]], pool,
+def redetect_hour(store: Storage, hour: datetime, landing: tuple[dict[str, str], list[LandingRecord]], pool,
                   settings, *, model: str, how: dict, max_bytes: int, max_pixels: int | None,
                   sources: list[str] | None = None, log: Callable[[str], None] = print) -> Redetected:
     """Detect an hour's stored frames again with `pool` (the model's detectors), track them on from the

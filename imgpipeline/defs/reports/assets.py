@@ -14,14 +14,14 @@ from imgpipeline.defs.partitions import daily_partitions, yesterday_schedule
 from imgpipeline.defs.tables import ALERTS, DAILY_SUMMARY, OBJECT_COUNTS, REPORT_ASSET
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision import drawing
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg
 from imgpipeline.web import queries, render
 from imgpipeline.web.render import report_key
 
 
-def alert_images(store, alerts: list[dict], max_bytes: int, width: int = 160) -> dict[int, str]:
+def alert_images(store: Storage, alerts: list[dict], max_bytes: int, width: int = 160) -> dict[int, str]:
     """Each alert's crop (else its annotated frame) as a small JPEG data: URI."""
     found = {}
     for alert in alerts:

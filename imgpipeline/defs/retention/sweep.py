@@ -30,7 +30,7 @@ from imgpipeline.defs.tables import DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse.builds import BUILDS
 from imgpipeline.ingest.messages import FRAME_ID, iso_utc
 from imgpipeline.resources.settings import FromEnv, setting
-from imgpipeline.resources.storage import BadObject, clean_key
+from imgpipeline.resources.storage import BadObject, Storage, clean_key
 
 RECORDS = "retention"
 DAY = re.compile(r"(?:dt=)?([0-9]{4}-[0-9]{2}-[0-9]{2})")
@@ -107,7 +107,7 @@ def day_of(name: str) -> date | None:
         return None
 
 
-def old_days(store, name: str, kind: Kind, before: date) -> Iterator[tuple[date, str, str]]:
+def old_days(store: Storage, name: str, kind: Kind, before: date) -> Iterator[tuple[date, str, str]]:
     """(day, label, prefix) of each day of the kind older than `before`, oldest first; the label is the
     source, or the kind's name when days are not kept per source. A folder whose name is not a source id
     or a day (a stray upload, a hostile key) is left alone."""
@@ -129,7 +129,7 @@ def old_days(store, name: str, kind: Kind, before: date) -> Iterator[tuple[date,
     return iter(sorted(found))
 
 
-def unbuilt_hours(store, day_prefix: str, keys: list[str]) -> list[str]:
+def unbuilt_hours(store: Storage, day_prefix: str, keys: list[str]) -> list[str]:
     """The hours of a day's landing files without both their frames and detections tables: their landing
     must stay."""
     missing = set()
@@ -144,7 +144,7 @@ def unbuilt_hours(store, day_prefix: str, keys: list[str]) -> list[str]:
     return sorted(missing)
 
 
-def retire(store, day: date, prefix: str, keys: list[str], record: dict, log, dry_run: bool) -> bool:
+def retire(store: Storage, day: date, prefix: str, keys: list[str], record: dict, log, dry_run: bool) -> bool:
     """Mark a day's landing retired, unless one of its hours has no tables yet (then it is kept, and
     the record says why); True when its files may go."""
     if missing := unbuilt_hours(store, prefix, keys):
@@ -173,7 +173,7 @@ def record_key(today: date) -> str:
     return f"{RECORDS}/{today.isoformat()}.json"
 
 
-def load_record(store, today: date, retention: DataRetention) -> dict:
+def load_record(store: Storage, today: date, retention: DataRetention) -> dict:
     key = record_key(today)
     if store.exists(key):
         try:
@@ -184,7 +184,8 @@ def load_record(store, today: date, retention: DataRetention) -> dict:
             "keep_days": retention.model_dump(), "deleted": {}, "kept": {}, "finished_at": None}
 
 
-def sweep(store, retention: DataRetention, today: date | None = None, log=print, dry_run: bool = False,
+def sweep(store: Storage, retention: DataRetention, today: date | None = None, log=print,
+          dry_run: bool = False,
           keep_dead_letters: Callable[[int], dict] | None = None) -> dict:
     """Delete every kind's days past its keeping time, and with `keep_dead_letters` (the broker's) set how
     long dead letters are kept; the record of what was (or would be) deleted."""

@@ -4,9 +4,10 @@ reconciliation, the sources' freshness and the purge of old runs."""
 import dagster as dg
 
 from imgpipeline.defs.streaming.assets import kafka_frames, landing_metadata
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import detect_frames
 from imgpipeline.defs.streaming.follow import follow_frames
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor
+from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.defs.streaming.health import check_sources, check_sources_schedule, sources_fresh
 from imgpipeline.defs.streaming.reconcile import (
     offsets_accounted_for,

@@ -46,6 +46,7 @@ from imgpipeline.defs.streaming.processing import (
 from imgpipeline.defs.tables import LANDING_ASSET
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 from imgpipeline.resources.settings import FromEnv, setting
+from imgpipeline.resources.storage import Storage
 from imgpipeline.vision.quality import DARK_THRESHOLD
 
 PARTITION_TAG = "imgpipeline/kafka-partition"
@@ -109,7 +110,7 @@ PROGRESS_S = 5.0
 class Batch:
     """A run's frames on their way to landing: dead letters, duplicates, detection, spools per hour."""
 
-    def __init__(self, context: dg.OpExecutionContext, kafka: KafkaResource, store,
+    def __init__(self, context: dg.OpExecutionContext, kafka: KafkaResource, store: Storage,
                  processor: FrameProcessor, name: str, near: Neighbours | None = None,
                  landed: dict[datetime, set[tuple]] | None = None):
         self.context, self.kafka, self.store = context, kafka, store
@@ -240,7 +241,7 @@ class Lane:
 
     context: dg.OpExecutionContext
     kafka: KafkaResource
-    store: object
+    store: Storage
     processor: FrameProcessor
     consumer: object
     topic: str
@@ -284,7 +285,8 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
     return batch.counts, written
 
 
-def detect_uris(context: dg.OpExecutionContext, kafka: KafkaResource, store, processor: FrameProcessor,
+def detect_uris(context: dg.OpExecutionContext, kafka: KafkaResource, store: Storage,
+                processor: FrameProcessor,
                 uris: list[str]) -> tuple[dict, list[str]]:
     """Detect frames named by URI: landed like a range's, with no ledger or commit (no camera's offsets)."""
     batch = Batch(context, kafka, store, processor, uris_name(uris))
@@ -295,7 +297,7 @@ def detect_uris(context: dg.OpExecutionContext, kafka: KafkaResource, store, pro
         batch.close()
 
 
-def frame_processor(context: dg.OpExecutionContext, store, storage: StorageResource,
+def frame_processor(context: dg.OpExecutionContext, store: Storage, storage: StorageResource,
                     detector: DetectorResource, dark_threshold: float = DARK_THRESHOLD,
                     annotate: bool = False) -> FrameProcessor:
     return FrameProcessor(

@@ -39,7 +39,7 @@ from imgpipeline.defs.streaming.detect_frames import (
 from imgpipeline.defs.streaming.ledger import accounted_ranges, contiguous_end
 from imgpipeline.defs.streaming.processing import Shedding, topic_id_of
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 FAST_LANE_TAG = "imgpipeline/fast-lane"
 # On a follow_frames run: how far it accounted for each partition's offsets from where it started
@@ -71,7 +71,7 @@ def claims_prefix(topic: str, partition: int, generation: int = 0) -> str:
     return f"{CLAIMS}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
 
 
-def resume(store, topic: str, partition: int, generation: int, floor: int) -> tuple[int, int | None]:
+def resume(store: Storage, topic: str, partition: int, generation: int, floor: int) -> tuple[int, int | None]:
     """Where a run goes on in a partition: how far from `floor` the ledger accounts for every offset, and
     the end of a range claimed there and not accounted for (None: none). Older claims are deleted."""
     position = contiguous_end(accounted_ranges(store, topic, partition, generation), floor)
@@ -90,7 +90,7 @@ def resume(store, topic: str, partition: int, generation: int, floor: int) -> tu
     return position, claimed if claimed is not None and claimed > position else None
 
 
-def claimed_end(store, key: str) -> int | None:
+def claimed_end(store: Storage, key: str) -> int | None:
     """A claim's end, or None when the claim cannot be read (damaged, or not a claim): its range is then
     detected as one of the run's own, and screening lands each frame the killed run landed once."""
     try:

@@ -18,6 +18,7 @@ from imgpipeline.ingest.messages import parse_time
 from imgpipeline.lib.stats import percentile
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import FromEnv, setting
+from imgpipeline.resources.storage import Storage
 
 # How far the store's clock (which dates a landing file's last write) may be behind the runs' clock
 # (which stamps processed_at): a file written this long before the window began is still read.
@@ -63,7 +64,7 @@ class SourceActivity:
         return now - parse_time(latest) if latest else None
 
 
-def source_activity(store, now: datetime, window: timedelta,
+def source_activity(store: Storage, now: datetime, window: timedelta,
                     slack: timedelta = CLOCK_SLACK) -> list[SourceActivity]:
     """Every known source, with the frames of the window: landed in the event-time hours it covers, in
     the files written since the window began (an empty window reads no landing file: the latest times

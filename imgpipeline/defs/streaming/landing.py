@@ -18,7 +18,7 @@ from typing import TypedDict
 
 from imgpipeline.defs.hours import hour_path
 from imgpipeline.ingest.messages import iso_utc, parse_time, sha256_hex
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 LANDING = "landing/metadata"
 
@@ -142,7 +142,7 @@ class Spool:
         self.records += 1
         self.frames.add(record.identity)
 
-    def land(self, store, key: str) -> str:
+    def land(self, store: Storage, key: str) -> str:
         """Write the spooled records to `key`; returns its URI. A file already there keeps the records
         of frames this run did not see (a replay whose head retention deleted): landing never shrinks."""
         if store.exists(key):
@@ -166,23 +166,23 @@ def retired_key(day: date) -> str:
     return f"{RETIRED}/{day.isoformat()}.json"
 
 
-def is_retired(store, day: date) -> bool:
+def is_retired(store: Storage, day: date) -> bool:
     return store.exists(retired_key(day))
 
 
-def landing_keys(store, hour: datetime | None = None) -> list[str]:
+def landing_keys(store: Storage, hour: datetime | None = None) -> list[str]:
     """The landing files of an event-time hour, or of every hour."""
     prefix = f"{LANDING}/{hour_path(hour)}/" if hour else f"{LANDING}/"
     return [key for key in store.list(prefix) if key.endswith(".jsonl")]
 
 
-def landing_versions(store, hour: datetime) -> dict[str, str]:
+def landing_versions(store: Storage, hour: datetime) -> dict[str, str]:
     """The landing files of an event-time hour, each with the tag of its version (`Storage.versions`)."""
     return {key: tag for key, tag in store.versions(f"{LANDING}/{hour_path(hour)}/").items()
             if key.endswith(".jsonl")}
 
 
-def read_records(store, key: str) -> Iterator[LandingRecord]:
+def read_records(store: Storage, key: str) -> Iterator[LandingRecord]:
     """The records of one landing file, in the order they were written."""
     return parse_records(store.get(key))
 
@@ -194,7 +194,8 @@ def parse_records(data: bytes) -> Iterator[LandingRecord]:
             yield LandingRecord.from_json(line)
 
 
-def hour_records(store, hour: datetime, written_since: datetime | None = None) -> list[LandingRecord]:
+def hour_records(store: Storage, hour: datetime,
+                 written_since: datetime | None = None) -> list[LandingRecord]:
     """Every landing record of an event-time hour, as written by the runs; with `written_since`, only
     those of the files written since then (the store's clock)."""
     if written_since is None:
@@ -206,7 +207,7 @@ def hour_records(store, hour: datetime, written_since: datetime | None = None) -
     return [record for key in keys for record in read_records(store, key)]
 
 
-def all_records(store) -> list[LandingRecord]:
+def all_records(store: Storage) -> list[LandingRecord]:
     return [record for key in landing_keys(store) for record in read_records(store, key)]
 
 
@@ -232,7 +233,7 @@ def span_key(hour: datetime, group: tuple[str, int, int], files: list[tuple[int,
                                         generation))
 
 
-def compact_files(store, hour: datetime, group: tuple[str, int, int],
+def compact_files(store: Storage, hour: datetime, group: tuple[str, int, int],
                   files: list[tuple[int, int, str]]) -> str:
     """One file of a partition's landing files of an hour, named after the span of their ranges: their
     lines in range order, a line two of them share once. Returns its key; the files stay. One file is
@@ -274,7 +275,8 @@ class Neighbours:
                 and int(end) > self.start - self.window)
 
 
-def landed_frames(store, hour: datetime, except_name: str, near: Neighbours | None = None) -> set[tuple]:
+def landed_frames(store: Storage, hour: datetime, except_name: str,
+                  near: Neighbours | None = None) -> set[tuple]:
     """The frames (source_id, frame_id) already processed in an event-time hour by other ranges (only the
     `near` ones when given); a frame landed only as an error (or out of range) is not among them, so a
     message sent again once right is processed."""
@@ -296,7 +298,7 @@ def landed_frames(store, hour: datetime, except_name: str, near: Neighbours | No
 SOURCES = "landing/sources"
 
 
-def record_sources(store, last: dict[str, dict]) -> list[str]:
+def record_sources(store: Storage, last: dict[str, dict]) -> list[str]:
     """`landing/sources/<source_id>.json`: when each source's latest frame was captured, reached the
     broker and was processed. A run only moves these forward, so they say when a camera fell silent
     long after its frames left the landing hours anyone reads; deleting a file retires the source."""
@@ -326,14 +328,14 @@ def latest_times(last: dict[str, dict], record: LandingRecord) -> None:
             times[name] = max(times.get(name) or value, value)
 
 
-def source_times(store, key: str) -> dict:
+def source_times(store: Storage, key: str) -> dict:
     try:
         return json.loads(store.get(key, max_bytes=10_000)) if store.exists(key) else {}
     except (ValueError, OSError, BadObject):
         return {}  # damaged or unreadable: the next run rewrites it
 
 
-def known_sources(store) -> dict[str, dict]:
+def known_sources(store: Storage) -> dict[str, dict]:
     """Every source a run has recorded: its last capture, ingest and processing times (ISO UTC)."""
     found = {}
     for key in store.list(f"{SOURCES}/"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from imgpipeline.defs.streaming.landing import range_name
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 RANGES = "landing/ranges"
 ARCHIVE = "landing/ranges-archive"
@@ -42,12 +42,13 @@ def range_key(topic: str, partition: int, start: int, end: int, generation: int 
     return f"{ledger_prefix(topic, partition, generation)}{start}-{end}.json"
 
 
-def range_entry(store, topic: str, partition: int, start: int, end: int, generation: int = 0) -> dict:
+def range_entry(store: Storage, topic: str, partition: int, start: int, end: int,
+                generation: int = 0) -> dict:
     """The ledger entry of one accounted range, as record_range wrote it."""
     return json.loads(store.get(range_key(topic, partition, start, end, generation)))
 
 
-def record_range(store, topic: str, partition: int, start: int, end: int, generation: int, *,
+def record_range(store: Storage, topic: str, partition: int, start: int, end: int, generation: int, *,
                  run_id: str, counts: dict, gaps: list[tuple[int, int]], duplicates: list[int],
                  landing: list[str]) -> str:
     """`landing/ranges/<topic>/<partition>/[g<N>/]<start>-<end>.json`: the proof that a range is
@@ -74,7 +75,8 @@ def spans(offsets: list[int]) -> list[tuple[int, int]]:
     return found
 
 
-def accounted_ranges(store, topic: str, partition: int, generation: int = 0) -> list[tuple[int, int]]:
+def accounted_ranges(store: Storage, topic: str, partition: int,
+                     generation: int = 0) -> list[tuple[int, int]]:
     """The [start, end) ranges of a partition that runs have accounted for, sorted: the folded span
     (one range) and the live entries above it."""
     ledger = read_ledger(store, topic, partition, generation)
@@ -129,7 +131,7 @@ def folded_prefix(topic: str, partition: int, generation: int = 0) -> str:
     return f"{FOLDED}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
 
 
-def read_ledger(store, topic: str, partition: int, generation: int = 0) -> Ledger:
+def read_ledger(store: Storage, topic: str, partition: int, generation: int = 0) -> Ledger:
     """One listing of the live entries, then one of the marks (another generation's folder passed over).
     In that order: a fold between the two shows its entries twice, never a hole."""
     prefix, live = ledger_prefix(topic, partition, generation), []
@@ -146,7 +148,7 @@ def read_ledger(store, topic: str, partition: int, generation: int = 0) -> Ledge
     return Ledger(folded, sorted(marks), sorted(live))
 
 
-def fold_ledger(store, topic: str, partition: int, generation: int = 0, *, keep: int = KEEP_LIVE,
+def fold_ledger(store: Storage, topic: str, partition: int, generation: int = 0, *, keep: int = KEEP_LIVE,
                 fold_at: int = FOLD_AT, ledger: Ledger | None = None) -> tuple[int, int] | None:
     """Fold the partition's oldest live entries that touch the folded span or each other without a hole
     (all but the latest `keep`) once there are more than `fold_at`; the folded span after it, or None

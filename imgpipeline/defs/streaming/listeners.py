@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.resources.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class LandedRange:
 
     context: dg.OpExecutionContext
     kafka: object
-    store: object
+    store: Storage
     topic: str
     partition: int
     start: int

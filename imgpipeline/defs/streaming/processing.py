@@ -27,7 +27,7 @@ from imgpipeline.ingest.messages import (
     sha256_hex,
     stand_in_source,
 )
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 
 @dataclass
@@ -163,7 +163,7 @@ class Prepared:
 class FrameProcessor:
     """The per-frame work of a run; the detector is loaded once and reused."""
 
-    def __init__(self, store, detector, *, run_id: str, dark_threshold: float,
+    def __init__(self, store: Storage, detector, *, run_id: str, dark_threshold: float,
                  annotate: bool, max_bytes: int, max_pixels: int | None = None,
                  calendar: Calendar = CALENDAR):
         self.store = store
@@ -349,7 +349,7 @@ def ahead(items: Iterator, work, workers: int, lookahead: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def uri_messages(uris: list[str], store) -> Iterator[Incoming]:
+def uri_messages(uris: list[str], store: Storage) -> Iterator[Incoming]:
     """Explicit frame URIs as messages: source and date from the frames/ layout when present."""
     for index, uri in enumerate(uris):
         try:

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, detect_runs_in_flight
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.ledger import KEEP_LIVE, accounted_ranges, holes, range_entry, read_ledger
+from imgpipeline.defs.streaming.run_queries import detect_runs_in_flight
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.defs.ticks import bound, tick_instance
 from imgpipeline.resources import KafkaResource, StorageResource
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 SENSOR = "frames_sensor"
 
@@ -75,7 +76,7 @@ def launched_ranges(instance: dg.DagsterInstance, topic: str, generation: int
     return furthest, running
 
 
-def coverage(store, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[Coverage]:
+def coverage(store: Storage, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[Coverage]:
     """Per partition: up to the sensor's cursor (or the furthest of the latest runs), which offsets still in
     the log no ledger range and no queued or running run covers. It reads the cursor, the latest runs and
     those in flight, and the ledger's newest mark and live entries: a cost that does not grow with history."""
@@ -112,7 +113,7 @@ def coverage(store, kafka: KafkaResource, instance: dg.DagsterInstance) -> list[
 RECENT_RANGES = KEEP_LIVE
 
 
-def recent_duplicates(store, topic: str, report: list[Coverage]) -> dict[int, list[list[int]]]:
+def recent_duplicates(store: Storage, topic: str, report: list[Coverage]) -> dict[int, list[list[int]]]:
     """Per partition, the offsets of duplicates (messages for frames already processed, not landed
     again) in its latest RECENT_RANGES accounted ranges still in the log, as [first, end) spans."""
     found = {}

@@ -30,6 +30,7 @@ from imgpipeline.defs.tables.schemas import (
     TRACKS_SCHEMA,
     TS,
 )
+from imgpipeline.resources.storage import Storage
 
 __all__ = ["IDENTITY", "TS", "Table", "TABLES", "FRAMES", "DETECTIONS", "CLASS_HOURS", "DAILY_SUMMARY",
            "TRACKS", "OBJECT_COUNTS", "ALERTS", "TOPIC_ASSET", "LANDING_ASSET", "REPORT_ASSET", "ASSET_KEYS",
@@ -78,19 +79,19 @@ class Table:
     def concat(self, tables: list[pa.Table]) -> pa.Table:
         return pa.concat_tables(tables) if tables else self.empty()
 
-    def write(self, store, key: str, table: pa.Table) -> None:
+    def write(self, store: Storage, key: str, table: pa.Table) -> None:
         store.put(key, to_parquet(table))
 
-    def read(self, store, key: str, columns: list[str] | None = None) -> pa.Table:
+    def read(self, store: Storage, key: str, columns: list[str] | None = None) -> pa.Table:
         return from_parquet(store.get(key), columns)
 
-    def stored_hour(self, store, hour: datetime, columns: list[str] | None = None) -> pa.Table:
+    def stored_hour(self, store: Storage, hour: datetime, columns: list[str] | None = None) -> pa.Table:
         """An hour of the table as stored (of `columns` only, when given), with its metadata (empty when
         the hour is not stored yet)."""
         key = self.hour_key(hour)
         return self.read(store, key, columns) if store.exists(key) else self.empty(columns)
 
-    def stored_hours(self, store, hours: list[datetime], columns: list[str]) -> pa.Table:
+    def stored_hours(self, store: Storage, hours: list[datetime], columns: list[str]) -> pa.Table:
         """The given columns of the table's stored hours (hours not stored yet add nothing)."""
         return pa.concat_tables([self.empty(columns),
                                  *(self.stored_hour(store, hour).select(columns) for hour in hours)])

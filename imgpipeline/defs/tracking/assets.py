@@ -19,7 +19,7 @@ from imgpipeline.defs.tables.checks import check_results, check_specs, no_failur
 from imgpipeline.defs.tracking import checks
 from imgpipeline.defs.tracking import rows as tr
 from imgpipeline.resources import StorageResource, TrackingResource
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 
 @dg.multi_asset(
@@ -102,7 +102,7 @@ def tracking_tables(context: dg.AssetExecutionContext, storage: StorageResource,
     yield from check_results(failures, len(hours))
 
 
-def stored_tracks(store, hour) -> pa.Table | None:
+def stored_tracks(store: Storage, hour) -> pa.Table | None:
     """The hour's tracks as stored, or None when there are none to add to (not stored, not readable)."""
     try:
         return TRACKS.read(store, TRACKS.hour_key(hour))

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, OBJECT_COUNTS_SCHEMA, TRACKED_COLUMNS, TRACKS_SCHEMA
 from imgpipeline.defs.warehouse.builds import based_on
+from imgpipeline.resources.storage import Storage
 from imgpipeline.vision import counting
 from imgpipeline.vision.zones import Zones
 
@@ -229,7 +230,7 @@ def _frame_keys(table: pa.Table) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(table.column("source_id"), table.column("frame_id"), "/")
 
 
-def object_counts_table(store, hour: datetime, zones: Zones) -> pa.Table:
+def object_counts_table(store: Storage, hour: datetime, zones: Zones) -> pa.Table:
     """The hour's counts per source and class, from the stored hours around it."""
     around = [hour - timedelta(hours=1), hour, hour + timedelta(hours=1)]
     frames = FRAMES.stored_hours(store, around, FRAME_COLUMNS)

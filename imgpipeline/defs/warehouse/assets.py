@@ -27,7 +27,7 @@ from imgpipeline.defs.tables.checks import check_results, check_specs, no_failur
 from imgpipeline.defs.ticks import bound, tick_instance
 from imgpipeline.defs.warehouse import builds, checks, sql, tracked
 from imgpipeline.resources import StorageResource, TrackingResource
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 
 def hourly_spec(table, description: str) -> dg.AssetSpec:
@@ -125,7 +125,7 @@ def hourly_tables(context: dg.AssetExecutionContext, storage: StorageResource, t
 WHOLE = "imgpipeline/whole"
 
 
-def make_hour(store, hour, settings, extend: bool) -> builds.Made | None:
+def make_hour(store: Storage, hour, settings, extend: bool) -> builds.Made | None:
     """The hour's tables extended by its new landing files when `extend` and it can be, else made whole
     from all of its landing; None when retention retired its day's landing."""
     if is_retired(store, hour.date()):
@@ -144,7 +144,7 @@ def make_hour(store, hour, settings, extend: bool) -> builds.Made | None:
     return builds.whole(store, hour, *landing, settings, why)
 
 
-def landing_of(store, hour, attempts: int = 3) -> tuple[dict[str, str], list] | None:
+def landing_of(store: Storage, hour, attempts: int = 3) -> tuple[dict[str, str], list] | None:
     """The hour's landing files (with their versions) and records, or None when retention retired its
     day's landing. Retention marks a day before it deletes anything of it: a day still unmarked after
     the read was read whole. A file gone while it was read otherwise was compacted: the hour is listed

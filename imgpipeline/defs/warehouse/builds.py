@@ -36,7 +36,7 @@ from imgpipeline.defs.streaming.landing import LandingRecord, landing_versions, 
 from imgpipeline.defs.tables import CLASS_HOURS, DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse import rows, sql, tracked
 from imgpipeline.defs.warehouse.checks import landing_mismatch
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision.tracking import TrackerSettings
 
 BUILDS = "warehouse/builds"
@@ -71,7 +71,7 @@ class Build:
     version: str = field(default_factory=lambda: code_version())
     base: str = ""  # the whole build this one extends (its own id when whole); "" when not recorded
 
-    def write(self, store, hour: datetime) -> None:
+    def write(self, store: Storage, hour: datetime) -> None:
         store.put(build_key(hour), json.dumps({"id": self.id, "frames": self.frames, "passed": self.passed,
                                                "version": self.version, "base": self.base,
                                                "landing": self.landing}).encode())
@@ -80,7 +80,7 @@ class Build:
         return replace(self, passed=passed)
 
     @classmethod
-    def read(cls, store, hour: datetime) -> Build | None:
+    def read(cls, store: Storage, hour: datetime) -> Build | None:
         try:
             written = json.loads(store.get(build_key(hour)))
             return cls(str(written["id"]), dict(written["landing"]), int(written["frames"]),
@@ -121,7 +121,7 @@ class Made:
 HOURLY = (FRAMES, DETECTIONS, CLASS_HOURS)  # the tables a build writes, in the order it writes them
 
 
-def write_tables(store, hour: datetime, made: Made) -> None:
+def write_tables(store: Storage, hour: datetime, made: Made) -> None:
     """The hour's frames, detections and class_hours, each stamped with the build. class_hours last: a
     build cut short before it leaves one of an older build, which the daily summary does not read."""
     for table, rows_ in zip(HOURLY, (made.frames, made.detections, sql.class_hours(made.detections)),
@@ -150,7 +150,7 @@ def tables_of(latest: list[LandingRecord], track_ids: tracked.TrackIds) -> tuple
             rows.detections_table(latest, track_ids).sort_by(DETECTION_ORDER))
 
 
-def whole(store, hour: datetime, landing: dict[str, str], records: list[LandingRecord],
+def whole(store: Storage, hour: datetime, landing: dict[str, str], records: list[LandingRecord],
           settings: TrackerSettings, why: str) -> Made:
     """The hour made from all of its landing records (`landing`: the files they were read from)."""
     latest = rows.latest_per_frame(records)
@@ -161,7 +161,7 @@ def whole(store, hour: datetime, landing: dict[str, str], records: list[LandingR
     return Made(frames, detections, seed, build, records, len(landing), why)
 
 
-def extend(store, hour: datetime, settings: TrackerSettings) -> Made | str:
+def extend(store: Storage, hour: datetime, settings: TrackerSettings) -> Made | str:
     """The hour's stored tables with the landing files added since their build; or, when it cannot be
     extended, why it is made whole."""
     build = Build.read(store, hour)

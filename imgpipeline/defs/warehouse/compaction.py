@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.partitions import scheduled_job
-from imgpipeline.defs.streaming.frames_sensor import detect_runs_in_flight
 from imgpipeline.defs.streaming.landing import (
     compact_files,
     is_retired,
@@ -36,11 +35,12 @@ from imgpipeline.defs.streaming.landing import (
     ranges_of,
     span_key,
 )
+from imgpipeline.defs.streaming.run_queries import detect_runs_in_flight
 from imgpipeline.defs.tables import DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse.builds import Build, built_by
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import FromEnv, setting
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 
 LOOKBACK = timedelta(days=2)  # hours older than this past the wait are left as they are
 
@@ -69,7 +69,7 @@ class Compaction(FromEnv, BaseModel):
 Range = tuple[str | None, int, int, int, int]  # topic (None: the default), partition, generation, start, end
 
 
-def compact_hour(store, hour: datetime, busy: list[Range] = ()) -> tuple[int, int] | str:
+def compact_hour(store: Storage, hour: datetime, busy: list[Range] = ()) -> tuple[int, int] | str:
     """Compact one hour's landing: (files before, files after), or why it was left as it is. Only an
     hour whose files are those its last build read (less what a compaction cut short already folded
     into a span) and whose tables are that build's; a partition a queued or running detect_frames run
@@ -139,7 +139,7 @@ def running_ranges(instance: dg.DagsterInstance) -> list[Range]:
     return found
 
 
-def compact(store, compaction: Compaction, now: datetime, log=print,
+def compact(store: Storage, compaction: Compaction, now: datetime, log=print,
             busy: list[Range] = ()) -> dict[str, int]:
     """Compact the landing of every hour due; how many hours, files before and after."""
     totals = {"hours": 0, "files_before": 0, "files_after": 0}

@@ -18,7 +18,7 @@ from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.streaming.landing import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS, TS
 from imgpipeline.ingest.messages import parse_time
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
 
 # (source_id, frame_id, detection_index) → track id
@@ -77,7 +77,7 @@ def _ordered(frames: dict[str, list[TrackedFrame]]) -> dict[str, list[TrackedFra
     }
 
 
-def track_hour(store, hour: datetime, records: list[LandingRecord],
+def track_hour(store: Storage, hour: datetime, records: list[LandingRecord],
                settings: TrackerSettings, previous_key: str | None = None) -> tuple[TrackIds, str]:
     """Track ids of an hour's detections, continuing the tracks of the previous hour as stored; and the
     digest of the previous hour's detections they continue from ("none" when it is not stored).
@@ -99,7 +99,7 @@ def track_hour(store, hour: datetime, records: list[LandingRecord],
     return assigned(landed, replay, starts, windows, settings), seed
 
 
-def track_more(store, hour: datetime, frames: pa.Table, detections: pa.Table,
+def track_more(store: Storage, hour: datetime, frames: pa.Table, detections: pa.Table,
                landed: dict[str, list[TrackedFrame]], settings: TrackerSettings) -> TrackIds:
     """Track ids of frames added to an hour after those of its stored tables (each source's new frames
     all captured after its stored ones), continuing the stored tracks: the stored end of the hour (and
@@ -169,7 +169,7 @@ def retrack_key(hour: datetime) -> str:
     return f"{RETRACK}/{hour_path(hour)}"
 
 
-def clear_mark(store, hour: datetime, seed: str) -> None:
+def clear_mark(store: Storage, hour: datetime, seed: str) -> None:
     """The hour was made from what its mark asked for: the mark goes (a newer mark stays; a mark another
     run cleared meanwhile is gone already)."""
     key = retrack_key(hour)
@@ -180,13 +180,13 @@ def clear_mark(store, hour: datetime, seed: str) -> None:
         pass
 
 
-def unmark(store, hour: datetime) -> None:
+def unmark(store: Storage, hour: datetime) -> None:
     """The hour's mark goes whatever it asks: its day's landing was retired, so its tables are kept as
     built and no run makes it again."""
     store.delete(retrack_key(hour))
 
 
-def previous_digest(store, hour: datetime) -> str:
+def previous_digest(store: Storage, hour: datetime) -> str:
     """The digest of the hour before's stored detections, which `hour` should continue; "none" when that
     hour is not stored (as track_hour seeds it)."""
     previous = hour - timedelta(hours=1)
@@ -195,7 +195,7 @@ def previous_digest(store, hour: datetime) -> str:
     return "none"
 
 
-def continues(store, hour: datetime, digest: str | None = None) -> bool:
+def continues(store: Storage, hour: datetime, digest: str | None = None) -> bool:
     """The hour is stored and continues the hour before as stored now (or `digest`, its digest)."""
     key = DETECTIONS.hour_key(hour)
     if not store.exists(key):
@@ -203,7 +203,7 @@ def continues(store, hour: datetime, digest: str | None = None) -> bool:
     return (seeded_from(DETECTIONS.read(store, key)) or "none") == (digest or previous_digest(store, hour))
 
 
-def mark_if_stale(store, hour: datetime) -> datetime | None:
+def mark_if_stale(store: Storage, hour: datetime) -> datetime | None:
     """Mark `hour` to be tracked again when its stored detections continued other detections of the hour
     before than those stored now; returns it when marked.
 
@@ -222,7 +222,7 @@ def mark_if_stale(store, hour: datetime) -> datetime | None:
     return hour
 
 
-def marked_hours(store) -> list[tuple[datetime, str]]:
+def marked_hours(store: Storage) -> list[tuple[datetime, str]]:
     """(hour, the digest it should continue from) of every hour marked to be tracked again; keys that
     are not marks, or marks gone meanwhile, are passed over."""
     found = []

@@ -9,7 +9,7 @@ from starlette.responses import RedirectResponse
 from starlette.routing import Route
 
 from imgpipeline.ingest.messages import FRAME_ID
-from imgpipeline.resources.storage import BadObject
+from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.web import queries
 from imgpipeline.web.responses import (
     NO_SUCH_PAGE,
@@ -54,7 +54,7 @@ def find_alert(request, con) -> dict:
     return found
 
 
-def image_uris(store, found: dict) -> dict[str, str]:
+def image_uris(store: Storage, found: dict) -> dict[str, str]:
     """Where the alert's images lie; a key that would leave the storage root is shown as refused."""
     uris = {}
     for name in IMAGES:

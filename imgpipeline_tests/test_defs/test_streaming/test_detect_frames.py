@@ -11,11 +11,10 @@ import pytest
 from kafka import TopicPartition
 
 from imgpipeline.cli.samples import sample
-from imgpipeline.ingest.messages import FrameMessage, frame_key
+from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames, video_frames
 from imgpipeline.resources import DetectorResource, StorageResource
-from imgpipeline.resources.storage import sha256_hex
 from imgpipeline.vision import int8
 from imgpipeline.vision.model_files import INT8_XML, expected_sha256
 from imgpipeline_tests.instances import fresh_instance

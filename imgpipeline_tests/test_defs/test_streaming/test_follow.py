@@ -15,15 +15,12 @@ import pytest
 from kafka import TopicPartition
 
 from imgpipeline.cli.status import fast_lane
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.follow import CLAIMS, FAST_LANE_TAG, claims_prefix, follow_frames
-from imgpipeline.defs.streaming.frames_sensor import (
-    LANE_BACKOFF_S,
-    BatchPolicy,
-    build_frames_sensor,
-    lane_backoff,
-)
+from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.ledger import accounted_ranges, range_key
+from imgpipeline.defs.streaming.run_queries import LANE_BACKOFF_S, lane_backoff
 from imgpipeline.resources import DetectorResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import kill_when, landing_records, produce, storage_env, video_backlog
@@ -210,7 +207,8 @@ def test_the_cursor_follows_the_fast_lane_as_far_as_its_runs_accounted_in_its_ge
     from kafka.structs import OffsetAndMetadata
 
     from imgpipeline.defs.streaming.detect_frames import of_generation
-    from imgpipeline.defs.streaming.frames_sensor import Offsets, follow_plan
+    from imgpipeline.defs.streaming.offsets import Offsets
+    from imgpipeline.defs.streaming.planning import follow_plan
 
     offsets = Offsets(ends={0: 100, 1: 50}, beginnings={0: 0, 1: 0}, committed={0: 40, 1: None})
     cursor = {"partitions": {"0": {"next": 10, "since": 1.0}}, "gaps": 0}

@@ -9,7 +9,9 @@ import time
 import dagster as dg
 import pytest
 
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy, build_frames_sensor, plan_ranges
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
+from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
+from imgpipeline.defs.streaming.planning import plan_ranges
 from imgpipeline.resources import KafkaResource
 from imgpipeline.services.process import free_port
 from imgpipeline_tests.instances import fresh_instance
@@ -240,7 +242,8 @@ def test_missing_topic_and_dead_broker_skip_the_tick(services):
 
 
 def test_offsets_going_backwards_start_a_new_generation():
-    from imgpipeline.defs.streaming.frames_sensor import detect_reset, run_request
+    from imgpipeline.defs.streaming.frames_sensor import run_request
+    from imgpipeline.defs.streaming.offsets import detect_reset
 
     cursor = {"partitions": {"0": {"next": 500, "since": None}, "1": {"next": 40, "since": None}},
               "topic_id": "a"}

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from imgpipeline.defs.streaming.frames_sensor import BatchPolicy
+from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.processing import FrameProcessor, Incoming, Shedding
 from imgpipeline.ingest.messages import FrameMessage
 from imgpipeline.ingest.producer import FrameProducer, Ledger
