@@ -7,13 +7,25 @@ import time
 
 import dagster as dg
 
+from imgpipeline.defs.records.reader import all_records, landing_keys
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import detect_frames
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
-from imgpipeline.defs.streaming.landing import all_records, landing_keys
 from imgpipeline.resources import DetectorResource
 
 IMMEDIATE = BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0)
+
+
+def wait_for(condition, timeout_s: float, what: str, explain=None, every_s: float = 0.2):
+    """condition()'s first true value, asked every `every_s` for up to `timeout_s`; else fails naming what
+    it waited for, and what explain() says it saw."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            seen = f"; {explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{seen}")
+        time.sleep(every_s)
+    return value
 
 
 def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.vision import counting
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
 

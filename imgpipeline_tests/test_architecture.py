@@ -127,10 +127,17 @@ def test_dependencies_point_one_way():
                                "imgpipeline.resources", "imgpipeline.services", "imgpipeline.lib"),
         "imgpipeline.vision": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
                                "imgpipeline.resources", "imgpipeline.ingest", "imgpipeline.services"),
+        # the env files and the variables settings see stand on the folders alone
+        "imgpipeline.environment": tuple(f"imgpipeline.{name}" for name in (
+            "cli", "defs", "definitions", "web", "lib", "services", "resources", "ingest", "vision",
+            "redaction", "durable")),
         "imgpipeline.paths": ("imgpipeline.",),
+        "imgpipeline.durable": ("imgpipeline.",),
         "imgpipeline.redaction": ("imgpipeline.",),
     }
-    wrong = [f"{module} imports {target}" for module, targets in graph().items() for target in targets
+    edges = graph()
+    assert set(above) - set(edges) == set()  # each layer named is a module of the package
+    wrong = [f"{module} imports {target}" for module, targets in edges.items() for target in targets
              for layer, forbidden in above.items()
              if (module == layer or module.startswith(layer + "."))
              and any(target == f or target.startswith(f if f.endswith(".") else f + ".") for f in forbidden)
@@ -139,7 +146,8 @@ def test_dependencies_point_one_way():
 
 
 # The domains of the code location in their order: each imports only those before it (alerts and
-# reports are peers), and all stand on the shared modules of `defs/` (the table layer, partitions).
+# reports are peers), and all stand on the shared modules of `defs/` (the table layer, the records core,
+# partitions).
 DOMAINS = {"streaming": 0, "warehouse": 1, "tracking": 2, "alerts": 3, "reports": 3, "retention": 4,
            "laboratory": 4}
 
@@ -167,13 +175,36 @@ def test_domains_import_only_earlier_domains():
     edges = graph()
     assert {domain_of(m) for m in edges} >= set(DOMAINS)  # every domain is seen
     assert domain_order_breaches(edges) == []
-    # and a breach is found: the warehouse reaching into tracking, a table layer reaching into a domain
+    # and a breach is found: the warehouse reaching into tracking, a table layer or the records core
+    # reaching into a domain
     assert domain_order_breaches({"imgpipeline.defs.warehouse.assets": {"imgpipeline.defs.tracking.rows"},
                                   "imgpipeline.defs.tables": {"imgpipeline.defs.alerts.ledger"},
+                                  "imgpipeline.defs.records.ledger": {"imgpipeline.defs.streaming.follow"},
                                   "imgpipeline.defs.alerts.assets": {"imgpipeline.defs.reports.assets"}}) == [
         "imgpipeline.defs.alerts.assets imports imgpipeline.defs.reports.assets",
+        "imgpipeline.defs.records.ledger imports imgpipeline.defs.streaming.follow",
         "imgpipeline.defs.tables imports imgpipeline.defs.alerts.ledger",
         "imgpipeline.defs.warehouse.assets imports imgpipeline.defs.tracking.rows"]
+
+
+def streaming_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Where a module of another domain imports the streaming domain."""
+    return sorted(f"{module} imports {target}" for module, targets in edges.items()
+                  if domain_of(module) not in (None, "streaming") for target in targets
+                  if domain_of(target) == "streaming")
+
+
+def test_no_other_domain_imports_streaming():
+    """Streaming writes the landing records; the other domains read them through the records core
+    (`defs/records/`), never through streaming."""
+    edges = graph()
+    assert "imgpipeline.defs.records" in edges  # the core is there
+    assert streaming_imports(edges) == []
+    # and such an import is found, whereas streaming's own imports and the core's are not its business
+    assert streaming_imports({"imgpipeline.defs.alerts.live": {"imgpipeline.defs.streaming.landing"},
+                              "imgpipeline.defs.streaming.follow": {"imgpipeline.defs.streaming.ledger"},
+                              "imgpipeline.cli.status": {"imgpipeline.defs.streaming.health"}}) == [
+        "imgpipeline.defs.alerts.live imports imgpipeline.defs.streaming.landing"]
 
 
 def literal_asset_keys(path: Path) -> list[str]:
@@ -313,6 +344,43 @@ def test_only_the_engines_package_names_engines_in_branches():
     assert engine_name_branches(ast.parse('engine == configured or engine == "tensorrt"'), names) == []
 
 
+def rule_kind_branches(tree: ast.AST, names: set[str]) -> list[int]:
+    """Lines that single out a rule kind by name: `x.kind` compared with (or looked up among) literals
+    naming a kind."""
+
+    def named(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        return isinstance(node, ast.Tuple | ast.List | ast.Set) and any(map(named, node.elts))
+
+    def kind(node) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "kind"
+
+    compared = [(node.lineno, [node.left, *node.comparators]) for node in ast.walk(tree)
+                if isinstance(node, ast.Compare)]
+    return [line for line, sides in compared if any(map(kind, sides)) and any(map(named, sides))]
+
+
+def test_only_the_rules_package_names_rule_kinds_in_branches():
+    """What a kind of alert rule fires on is its module's (vision/rules/): the evaluator, the live lane
+    and the hourly asset ask the registry, so a new kind needs no branch elsewhere; and the kinds the
+    rules file accepts are the kinds registered."""
+    import typing
+
+    from imgpipeline.vision import alert_rules, rules
+
+    names = set(rules.REGISTRY)
+    home = PACKAGE / "vision" / "rules"
+    found = {name: lines for name, path in modules().items() if home not in path.parents
+             and (lines := rule_kind_branches(ast.parse(path.read_text()), names))}
+    assert found == {}
+    assert rule_kind_branches(ast.parse('rule.kind == "dwell" or r.kind in ("class", "x")'), names) == [1, 1]
+    assert rule_kind_branches(ast.parse('args.kind == "images"'), names) == []
+    schema = {typing.get_args(model.model_fields["kind"].annotation)[0]
+              for model in typing.get_args(typing.get_args(alert_rules.Rule)[0])}
+    assert schema == names
+
+
 def dagster_private_imports(path: Path) -> set[str]:
     """The `dagster._…` modules a file imports anywhere in it."""
     found = set()
@@ -355,3 +423,38 @@ def test_every_store_is_declared_a_storage():
     wrong = "def f(store, store2: object): ...\nclass A:\n    store: object"
     assert unannotated_stores(ast.parse(wrong)) == [1, 3]
     assert unannotated_stores(ast.parse("def f(store: Storage | None = None): ...")) == []
+
+
+def fixed_sleeps(source: str) -> list[int]:
+    """The lines of `time.sleep(` calls outside a loop's body and not marked `# scenario:` (why the pause is
+    part of what is tested, not a wait for something)."""
+    import io
+    import tokenize
+
+    marked = {token.start[0] for token in tokenize.generate_tokens(io.StringIO(source).readline)
+              if token.type == tokenize.COMMENT and token.string.startswith("# scenario:")}
+    found = []
+
+    def visit(node: ast.AST, in_loop: bool) -> None:
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "time.sleep" and not in_loop \
+                and node.lineno not in marked and node.end_lineno not in marked:
+            found.append(node.lineno)
+        for field, value in ast.iter_fields(node):
+            looped = in_loop or (isinstance(node, (ast.While, ast.For, ast.AsyncFor)) and field == "body")
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.AST):
+                    visit(child, looped)
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def test_tests_wait_for_conditions_not_for_fixed_times():
+    tests = PACKAGE.parent / "imgpipeline_tests"
+    fixed = {str(path.relative_to(tests)): lines for path in sorted(tests.rglob("*.py"))
+             if (lines := fixed_sleeps(path.read_text()))}
+    assert fixed == {}, "wait for a condition (pipeline.wait_for), or say `# scenario:` why the pause is it"
+    sample = ("time.sleep(1)\nwhile x:\n    time.sleep(1)\nelse:\n    time.sleep(2)\n"
+              "time.sleep(3)  # scenario: the camera is away\nfor _ in y:\n    pass\n"
+              "time.sleep(4)  # a wait\n")
+    assert fixed_sleeps(sample) == [1, 5, 9]

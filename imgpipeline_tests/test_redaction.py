@@ -48,7 +48,7 @@ def test_error_text_loses_every_piece_of_the_url_it_repeats():
 
 
 def test_services_env_is_written_for_its_owner_only(tmp_path, monkeypatch):
-    from imgpipeline.paths import services_env_file, write_services_env
+    from imgpipeline.environment import services_env_file, write_services_env
 
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     services_env_file().parent.mkdir(parents=True)

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from imgpipeline.cli.fetch import fetch_model
 from imgpipeline.cli.local import local_services, run_checks
 from imgpipeline.cli.samples import fetch_samples
-from imgpipeline.paths import write_services_env
+from imgpipeline.environment import write_services_env
 from imgpipeline.resources.storage import Storage
 
 
@@ -161,7 +161,7 @@ def report_alerts(con, days: list[str]) -> None:
 
 def wait_for_landing(store: Storage, wanted: set[str], timeout_s: float) -> dict | None:
     """Poll the landing metadata until every wanted frame has a record; None on timeout."""
-    from imgpipeline.defs.streaming.landing import all_records
+    from imgpipeline.defs.records.reader import all_records
 
     deadline = time.monotonic() + timeout_s
     found: dict = {}

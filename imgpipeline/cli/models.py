@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import environment, models_dir
+from imgpipeline.environment import environment, models_dir
 from imgpipeline.vision import models as registry
 from imgpipeline.vision.model_files import file_sha256
 

@@ -60,7 +60,7 @@ def video_location(given: str) -> str:
     shell's history would show it."""
     if not given.startswith(ENV_PREFIX):
         return given
-    from imgpipeline.paths import environment
+    from imgpipeline.environment import environment
 
     name = given.removeprefix(ENV_PREFIX)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):

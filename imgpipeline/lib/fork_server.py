@@ -149,7 +149,8 @@ def warm_up(instance_ref: str, modules: list[str]) -> None:
 
 
 def _watched_files() -> list[Path]:
-    from imgpipeline.paths import PACKAGE_DIR, env_files
+    from imgpipeline.environment import env_files
+    from imgpipeline.paths import PACKAGE_DIR
 
     files = {Path(m.__file__).resolve() for m in list(sys.modules.values())
              if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(PACKAGE_DIR)}

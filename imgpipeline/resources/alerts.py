@@ -9,7 +9,8 @@ import dagster as dg
 from pydantic import field_validator, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import PACKAGE_DIR, environment, project_file
+from imgpipeline.environment import environment
+from imgpipeline.paths import PACKAGE_DIR, project_file
 from imgpipeline.resources.settings import FromEnv, setting
 from imgpipeline.vision import alert_rules
 

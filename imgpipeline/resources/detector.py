@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
-from imgpipeline.paths import models_dir
+from imgpipeline.environment import models_dir
 from imgpipeline.resources.settings import FromEnv, one_of, setting
 
 # Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.fork_server): detectors

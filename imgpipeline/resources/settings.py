@@ -3,7 +3,7 @@
 A setting is a field of the resource that uses it (or of a small settings model when no resource
 owns it), declared with `setting(...)` and checked by that model's validators, so a resource built
 directly (tests, benchmarks, probes) is checked exactly as one built from the environment.
-`from_env()` fills the fields from `paths.environment()` and turns a validation error into a
+`from_env()` fills the fields from `environment.environment()` and turns a validation error into a
 `ConfigError` that names the variable and what to fix. Secrets become `dg.EnvVar`s: the value never
 reaches run config, logs or metadata.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import environment
+from imgpipeline.environment import environment
 
 
 def setting(env: str, default: Any = None, description: str = "", *, shown: str | None = None,

@@ -15,7 +15,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from imgpipeline.paths import cache_dir, environment
+from imgpipeline.environment import cache_dir, environment
 from imgpipeline.services.base import LocalService, ServiceError
 
 BROKER_VERSION = "4.3.1"

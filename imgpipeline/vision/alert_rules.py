@@ -154,7 +154,6 @@ Rule = Annotated[
     ClassRule | CountRule | ZoneEnterRule | LineCrossRule | DwellRule | DarkRule | SilentRule | FrozenRule,
     Field(discriminator="kind"),
 ]
-TRACKED_KINDS = ("zone_enter", "line_cross", "dwell")
 
 
 # What the alerts ledger records an alert's publication to Kafka under, beside its webhooks' names.
@@ -237,5 +236,7 @@ def parse(data: bytes, name: str = "alerts.yaml") -> AlertRules:
 def _where(error: dict) -> str:
     text = yaml_file.error_text(error)
     if error["type"] == "union_tag_not_found":
-        text += " (kind is one of class, count, zone_enter, line_cross, dwell, dark, silent, frozen)"
+        from imgpipeline.vision.rules import REGISTRY
+
+        text += f" (kind is one of {', '.join(REGISTRY)})"
     return text

@@ -1,13 +1,14 @@
-"""Track rules (zone_enter, line_cross, dwell) evaluated as frames come, with the keys the hourly
-evaluation gives them.
+"""Tracking and counting as frames come, for the track rules (zone_enter, line_cross, dwell) of the live
+lane: the steps the evaluator (vision/evaluator.py) takes, as the hourly evaluation makes them from the
+stored track ids (`evaluator.counted_steps`).
 
 Each source is tracked as its frames are fed, the way the hourly build tracks it (vision/tracking.py:
-ids from the capture time of the frame that confirmed a track), its tracks counted on the lines and zones
-as `counting.count` counts them, and a crossing, a zone entered or a dwell reached fires its alert with
-the key `events.evaluate` gives the same crossing or visit. The hourly rebuild stays the truth: it tracks
-the same frames again, and its ids are the ones given here wherever the two trackers saw the same frames
-the same way; where they differ (a frame late or missing here, a track re-associated over a restart) it
-raises its own alert.
+ids from the capture time of the frame that confirmed a track), and its tracks counted on the lines and
+zones as the hourly evaluation counts them, so a crossing, a zone entered or a dwell reached fires the
+alert with the key the hourly evaluation gives the same crossing or visit. The hourly rebuild stays the
+truth: it tracks the same frames again, and its ids are the ones given here wherever the two trackers saw
+the same frames the same way; where they differ (a frame late or missing here, a track re-associated over
+a restart) it raises its own alert.
 
 Between runs a `TrackWatch` is kept as JSON (`to_json`, `from_json`): each source's last seconds of
 frames with the ids given to them (replayed to take the tracker up where it was, as the hourly build
@@ -19,14 +20,14 @@ may be objects the hourly tracker knows from before, with other ids, and fire no
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 
 from imgpipeline.vision import counting, events
 from imgpipeline.vision.alert_rules import AlertRules
-from imgpipeline.vision.events import TRACK_KINDS, Event, EventFrame
+from imgpipeline.vision.evaluator import EARLIEST, counted, inside
+from imgpipeline.vision.events import EventFrame
+from imgpipeline.vision.rules import Step, TrackKind, kind_of
 from imgpipeline.vision.tracking import (
-    IDS_PER_MS,
     Continued,
     Observation,
     TrackedFrame,
@@ -35,7 +36,6 @@ from imgpipeline.vision.tracking import (
 )
 from imgpipeline.vision.zones import Zones
 
-EARLIEST = -math.inf
 FORGET_S = 3600.0  # a source this long without a frame has no track left to go on
 # A source's first frame says nothing of its rate: a watch that did not see what came before takes it to be
 # sampled this slowly (every 2 s) to judge how long tracks from before may go on.
@@ -43,11 +43,6 @@ SLOWEST_RATE = 0.5
 # The tracker starts again from the tail when the source's rate changes by more than this (a rate that
 # jitters within it keeps the tracker going).
 RATE_CHANGE = 0.01
-
-
-def confirmed_at(track_id: int) -> float:
-    """The capture time (seconds) of the frame that confirmed a track: ids are made of it."""
-    return track_id // IDS_PER_MS / 1000
 
 
 class SourceTracks:
@@ -65,7 +60,7 @@ class SourceTracks:
         frame = self.tail[-1][1]
         return frame.seconds, frame.frame_id
 
-    def step(self, frame: EventFrame) -> tuple[EventFrame, list[counting.Crossing], list[counting.Visit]]:
+    def step(self, frame: EventFrame) -> Step:
         """Track and count the source's next frame: the frame with its ids, its crossings, and the open
         visits it is in."""
         tracked = TrackedFrame(frame.frame_id, frame.seconds, [
@@ -86,16 +81,12 @@ class SourceTracks:
         self.tail.append((tracked, given))
         since = frame.seconds - self.settings.replay_for(rate)
         self.tail = [(f, g) for f, g in self.tail if f.seconds >= since]
-        counted = counting.CountedFrame(frame.frame_id, frame.seconds, frame.width, frame.height, [
-            counting.Tracked(s.track_id, s.class_name, s.confidence, s.box)
-            for s in given.seen if s.track_id is not None])
-        crossings, _ = self.counter.step(counted)
-        inside = [v for v in self.counter.open.values() if v.frames[-1][1] == frame.frame_id]
+        crossings, _ = self.counter.step(counted(given))
+        found = inside(self.counter, frame.frame_id)
         for key, visit in list(self.counter.open.items()):
-            del visit.frames[1:-2]  # the entry and the last two frames are all a rule reads
             if visit.end < since:
                 del self.counter.open[key]  # its track is lost for good: no frame can go on with it
-        return given, crossings, inside
+        return Step(given, crossings, found, self.blind_until)
 
     def to_dict(self) -> dict:
         tail = [[g.frame_id, g.seconds, g.width, g.height,
@@ -119,9 +110,7 @@ class SourceTracks:
                 {s.index: s.track_id for s in given.seen if s.track_id is not None})
             tracks.tail.append((tracked, given))
             # The lines learn where the tail's tracks were; their visits are taken up as saved.
-            tracks.counter.step(counting.CountedFrame(given.frame_id, given.seconds, width, height, [
-                counting.Tracked(s.track_id, s.class_name, s.confidence, s.box)
-                for s in given.seen if s.track_id is not None]), lines_only=True)
+            tracks.counter.step(counted(given), lines_only=True)
         for zone, track_id, class_name, start, end, frames in saved["visits"]:
             tracks.counter.open[str(zone), int(track_id)] = counting.Visit(
                 str(zone), int(track_id), str(class_name), float(start), float(end),
@@ -130,7 +119,8 @@ class SourceTracks:
 
 
 class TrackWatch:
-    """The track rules' state for the sources of one partition of the frames topic."""
+    """The tracking and counting of the sources of one partition of the frames topic that a track rule
+    watches."""
 
     def __init__(self, rules: AlertRules, zones: Zones, settings: TrackerSettings,
                  seen_since: float = EARLIEST):
@@ -139,27 +129,28 @@ class TrackWatch:
         self.rules_sha256, self.zones_sha256 = rules.sha256, zones.sha256
         # Only sources a track rule watches are tracked here (tracking every source would cost the lane a
         # tenth of its throughput); there a class rule's alert names its object's track too.
-        self.rules = [r for r in rules.rules if r.kind in TRACK_KINDS]
+        self.rules = [r for r in rules.rules if isinstance(kind_of(r), TrackKind)]
         self.zones, self.settings, self.seen_since = zones, settings, seen_since
         self.sources: dict[str, SourceTracks] = {}
-        self.given: dict[str, EventFrame] = {}  # the frames of the last feed, with their track ids
 
     @property
     def idle(self) -> bool:
         return not self.rules
 
-    def feed(self, source_id: str, frames: list[EventFrame]) -> list[Event]:
-        """Feed a source's new frames; the alerts they fire (`given`: the frames with their track ids).
-        Frames not newer than the source's latest are passed over, and so are frames that were not
-        detected (the tracker is told nothing of them)."""
-        mine = [r for r in self.rules if r.watches(source_id) and self._drawn(r, source_id)]
-        fired, self.given = [], {}
-        if not mine:
-            return []
+    def feed(self, source_id: str, frames: list[EventFrame]) -> list[Step]:
+        """A source's new frames as the evaluator takes them: those tracked with their ids, crossings and
+        visits. Frames not newer than the source's latest are passed on as they are, and so are frames
+        that were not detected (the tracker is told nothing of them) and the frames of a source no track
+        rule is drawn for."""
+        spec = self.zones.of(source_id)
+        if not any(r.watches(source_id) and kind_of(r).drawn(r, spec) for r in self.rules):
+            return [Step(frame) for frame in frames]
+        steps = []
         for frame in sorted(frames, key=lambda f: (f.seconds, f.frame_id)):
             state = self.sources.get(source_id)
             if frame.status != "detected" or (state is not None and (frame.seconds, frame.frame_id)
                                                <= state.last):
+                steps.append(Step(frame))
                 continue
             if state is None:
                 # Tracks from before may go on into the first seconds fed: blind unless all of those
@@ -167,38 +158,8 @@ class TrackWatch:
                 window = self.settings.replay_for(SLOWEST_RATE)
                 until = frame.seconds + window if frame.seconds - window < self.seen_since else EARLIEST
                 state = self.sources[source_id] = SourceTracks(self.zones, source_id, self.settings, until)
-            given, crossings, inside = state.step(frame)
-            self.given[given.frame_id] = given
-            seen = [e for e in self._fire(mine, source_id, given, crossings, inside)
-                    if e.track_id is None or confirmed_at(e.track_id) >= state.blind_until]
-            fired += seen
-        return fired
-
-    def _drawn(self, rule, source_id: str) -> bool:
-        """Whether the zones file draws the rule's line or zone for the source (else it can fire nothing
-        there, and the source is not tracked for it)."""
-        spec = self.zones.of(source_id)
-        if rule.kind == "line_cross":
-            return any(line.name == rule.line for line in spec.lines)
-        return any(zone.name == rule.zone for zone in spec.zones)
-
-    @staticmethod
-    def _fire(rules, source_id: str, frame: EventFrame, crossings, inside) -> list[Event]:
-        fired = []
-        for rule in rules:
-            if rule.kind == "line_cross":
-                fired += [events.crossing_event(rule, source_id, c, frame) for c in crossings
-                          if events.crosses(rule, c)]
-                continue
-            for visit in inside:
-                if not events.visits(rule, visit):
-                    continue
-                if rule.kind == "zone_enter" and len(visit.frames) == 1:
-                    fired.append(events.entry_event(rule, source_id, visit, frame))
-                elif (rule.kind == "dwell" and (over := events.dwelt(rule, visit))
-                      and over[1] == frame.frame_id):
-                    fired.append(events.dwell_event(rule, source_id, visit, over, frame))
-        return fired
+            steps.append(state.step(frame))
+        return steps
 
     def forget(self, latest: float) -> None:
         for source_id in [s for s, st in self.sources.items() if st.last[0] < latest - FORGET_S]:

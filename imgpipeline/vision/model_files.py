@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import models_dir
+from imgpipeline.environment import models_dir
 
 WEIGHTS = "yolov4-tiny.weights"
 CFG = "yolov4-tiny.cfg"

@@ -36,7 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imgpipeline import ConfigError
-from imgpipeline.paths import models_dir
+from imgpipeline.environment import models_dir
 from imgpipeline.vision import model_files
 
 DEFAULT = "yolov4-tiny"

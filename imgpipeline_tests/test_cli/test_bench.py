@@ -160,7 +160,7 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
 
     from imgpipeline.cli.bench.scale import NOTICE, WARM_UP, bench_scale, source_names
     from imgpipeline.cli.main import build_parser
-    from imgpipeline.defs.streaming.landing import all_records
+    from imgpipeline.defs.records.reader import all_records
     from imgpipeline.defs.tables import from_parquet
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.resources import StorageResource

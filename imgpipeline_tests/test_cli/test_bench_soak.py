@@ -18,8 +18,9 @@ def test_bench_soak_times_both_points_over_a_history_it_keeps_to_its_settings(ka
 
     from imgpipeline.cli.bench.soak import COSTS, bench_soak
     from imgpipeline.cli.main import build_parser
-    from imgpipeline.defs.streaming.landing import LANDING, all_records
-    from imgpipeline.defs.streaming.ledger import ARCHIVE
+    from imgpipeline.defs.records.keys import LANDING
+    from imgpipeline.defs.records.ledger import ARCHIVE
+    from imgpipeline.defs.records.reader import all_records
     from imgpipeline.defs.tables import DAILY_SUMMARY, FRAMES
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.resources import StorageResource

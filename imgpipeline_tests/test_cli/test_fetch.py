@@ -4,7 +4,7 @@ import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.fetch import fetch_weights, write_onnx
-from imgpipeline.paths import models_dir
+from imgpipeline.environment import models_dir
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision.model_files import CFG, NAMES, ONNX, WEIGHTS, file_sha256, verify, verify_weights
 

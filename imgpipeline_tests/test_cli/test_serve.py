@@ -4,7 +4,6 @@ page, what a person would check on it, and screenshots; then hostile requests, w
 from __future__ import annotations
 
 import os
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC
@@ -18,6 +17,7 @@ from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TABLES, to_parqu
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.web import queries
 from imgpipeline.web.app import create_app
+from imgpipeline_tests.pipeline import wait_for
 from imgpipeline_tests.test_cli.street import DAY
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
@@ -306,7 +306,8 @@ def test_hostile_requests_get_nothing_outside_the_storage_root(street):
         assert "top secret" not in body and "root:" not in body
         assert "<script>" not in body
     # What the warehouse holds is text on the pages and in the charts, never markup.
-    time.sleep(1.1)  # the viewer sees new files within its refresh interval
+    wait_for(lambda: "&lt;script&gt;x" in status(viewer.url + "/?date=2026-11-18")[1], 30,
+             "the viewer to read the planted rows (it looks for new files every second)")
     for path in ("/?date=2026-11-18", "/alerts?date=2026-11-18", "/alerts/999999",
                  "/frames/2026-11-18/cam/evil"):
         code, body = status(viewer.url + path)

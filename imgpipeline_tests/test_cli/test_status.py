@@ -82,7 +82,7 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
             raise_on_error=False)
         assert not failed.success
         while time.time() - b_sent < GAP_S:
-            time.sleep(0.2)
+            time.sleep(0.2)  # scenario: cam-b stays silent for GAP_S
         a_sent = time.time()  # cam-a's new frames reach the broker after this
         send(kafka, storage, tmp_path, "cam-a", 5)
         drain(kafka, storage, instance)

@@ -17,9 +17,11 @@ import dagster as dg
 import pytest
 
 from imgpipeline import ConfigError
+from imgpipeline.defs.records.keys import landing_key
+from imgpipeline.defs.records.record import LandingRecord
+from imgpipeline.defs.records.retired import is_retired
 from imgpipeline.defs.retention.definitions import retention_job
 from imgpipeline.defs.retention.sweep import DataRetention, lifecycle_rules, record_key, sweep, totals
-from imgpipeline.defs.streaming.landing import LandingRecord, is_retired, landing_key
 from imgpipeline.defs.tables import FRAMES, from_parquet
 from imgpipeline.defs.warehouse import assets, tracked
 from imgpipeline.defs.warehouse.assets import hourly_tables, retrack_sensor

@@ -25,7 +25,7 @@ from imgpipeline.ingest.producer import Ledger
 from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline_tests.conftest import fresh_topics
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import drain, landing_records
+from imgpipeline_tests.pipeline import drain, landing_records, wait_for
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_ingest.test_mqtt import images, publish, publisher
 
@@ -36,14 +36,6 @@ TIMEOUTS = {"KAFKA_REQUEST_TIMEOUT_MS": "2000", "KAFKA_DELIVERY_TIMEOUT_MS": "50
             "KAFKA_MAX_BLOCK_MS": "3000"}
 FROZEN_S = 15
 VIDEO_FRAMES = 200
-
-
-def wait_for(condition, what: str, timeout_s: float = 180):
-    deadline = time.monotonic() + timeout_s
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
-        time.sleep(0.05)
-    return found
 
 
 def messages_on(kafka) -> int:
@@ -104,18 +96,18 @@ def test_a_broker_frozen_past_the_delivery_timeout_loses_nothing(own_services, o
     camera = publisher(mqtt)
     published = images(60, "frozen")
     publish(camera, "yard/cam-m/f", published[:30])
-    wait_for(lambda: messages_on(kafka) >= 30, "the bridge's first 30 frames on Kafka")
+    wait_for(lambda: messages_on(kafka) >= 30, 180, "the bridge's first 30 frames on Kafka", every_s=0.05)
 
     video = [*cli, "produce", "video", str(sample("bikes.mp4")), "--source", "cam-v",
              "--max-frames", str(VIDEO_FRAMES)]
     producer = start(started, video, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(lambda: messages_on(kafka) > 30, "the producer's first frame on Kafka", timeout_s=120)
+    wait_for(lambda: messages_on(kafka) > 30, 120, "the producer's first frame on Kafka", every_s=0.05)
     os.kill(producer.pid, signal.SIGSTOP)  # holds it mid-stream while the broker is frozen
     os.kill(services.kafka.pid, signal.SIGSTOP)
     try:
         os.kill(producer.pid, signal.SIGCONT)
         publish(camera, "yard/cam-m/f", published[30:])  # Mosquitto takes them; Kafka cannot
-        time.sleep(FROZEN_S)  # the fault itself: a broker away for three delivery timeouts
+        time.sleep(FROZEN_S)  # scenario: the fault itself, a broker away for three delivery timeouts
     finally:
         os.kill(services.kafka.pid, signal.SIGCONT)
     returned = time.monotonic()
@@ -147,7 +139,7 @@ def test_a_broker_frozen_past_the_delivery_timeout_loses_nothing(own_services, o
 
     # The bridge kept what Kafka did not take in its MQTT session and sent it once the broker was back.
     wanted = {f"cam-m-{sha256_hex(p)[:20]}" for p in published}
-    wait_for(lambda: set(frame_ids(kafka, "cam-m")) == wanted, "the bridge's 60 frames on Kafka")
+    wait_for(lambda: set(frame_ids(kafka, "cam-m")) == wanted, 180, "the bridge's 60 frames on Kafka")
     os.killpg(bridge.pid, signal.SIGTERM)
     assert bridge.wait(timeout=60) == 130
     camera.loop_stop()

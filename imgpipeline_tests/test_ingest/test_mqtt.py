@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import cv2
@@ -30,7 +29,7 @@ from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline.vision.quality import encode_jpeg
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import drain, landing_records
+from imgpipeline_tests.pipeline import drain, landing_records, wait_for
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
@@ -143,26 +142,32 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     client = publisher(mqtt)
     sent = images(300, "k")
     publish(client, "yard/cam-k/f", sent)
-    deadline = time.monotonic() + 120
-    while len(read_all(kafka, kafka.frames_topic)) < 80 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(bridge.pid, signal.SIGKILL)
+    try:
+        wait_for(lambda: len(read_all(kafka, kafka.frames_topic)) >= 80, 120, "the bridge's first 80 frames",
+                 every_s=0.05)
+    finally:
+        os.killpg(bridge.pid, signal.SIGKILL)
     bridge.wait()
     before = len(read_all(kafka, kafka.frames_topic))
     assert 0 < before < 300, "the kill did not land mid-stream"
     bridge = start()  # its session kept what the first one had not acknowledged
-    deadline = time.monotonic() + 120
-    while len(read_all(kafka, kafka.frames_topic)) < 300 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)  # anything late would show now
-    os.killpg(bridge.pid, signal.SIGTERM)
-    assert bridge.wait(timeout=30) == 130  # SIGTERM ends it as Ctrl-C does
+    wanted = {f"cam-k-{sha256_hex(p)[:20]}" for p in sent}
+
+    def on_kafka() -> set[str]:
+        return {json.loads(m.value)["frame_id"] for m in read_all(kafka, kafka.frames_topic)}
+
+    try:
+        wait_for(lambda: on_kafka() >= wanted, 120, "every frame on Kafka")
+    finally:
+        os.killpg(bridge.pid, signal.SIGTERM)
+    # SIGTERM ends it as Ctrl-C does; once it has ended, all it sent, late copies too, is on the topic.
+    assert bridge.wait(timeout=30) == 130
     client.loop_stop()
     messages = [json.loads(m.value) for m in read_all(kafka, kafka.frames_topic)]
     by_id: dict[str, set] = {}
     for m in messages:
         by_id.setdefault(m["frame_id"], set()).add(json.dumps(m, sort_keys=True))
-    assert sorted(by_id) == sorted(f"cam-k-{sha256_hex(p)[:20]}" for p in sent)  # none lost
+    assert set(by_id) == wanted  # none lost
     # A frame sent but not yet recorded when the bridge died went out again as the very same message…
     assert all(len(versions) == 1 for versions in by_id.values())
     # …and lands once: detected, and one row each in the frames table.

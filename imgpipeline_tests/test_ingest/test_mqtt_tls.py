@@ -11,7 +11,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -20,6 +19,7 @@ from imgpipeline.ingest.messages import sha256_hex
 from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline.services.kafka_broker import make_tls
 from imgpipeline.services.mosquitto import Mosquitto
+from imgpipeline_tests.pipeline import wait_for
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_ingest.test_mqtt import images, publish, publisher
 
@@ -80,10 +80,10 @@ def test_images_published_over_tls_with_a_login_reach_kafka(tls_broker, kafka, t
     publish(client, "secure/cam-tls/frames", sent)
     client.loop_stop()
     client.disconnect()
-    deadline = time.monotonic() + 60
-    while len(read_all(kafka, kafka.frames_topic)) < len(sent) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.killpg(bridge.pid, signal.SIGINT)
+    try:
+        wait_for(lambda: len(read_all(kafka, kafka.frames_topic)) >= len(sent), 60, "the 12 frames on Kafka")
+    finally:
+        os.killpg(bridge.pid, signal.SIGINT)
     output = first + bridge.stdout.read()
     bridge.wait(timeout=30)
     landed = [json.loads(m.value) for m in read_all(kafka, kafka.frames_topic)]

@@ -104,7 +104,7 @@ def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_on
     ledger = Ledger(tmp_path / "producers" / "frames" / "cam.sent")
     first = ledger.start_of(str(video))
     assert abs((datetime.now(UTC) - first).total_seconds()) < 60
-    time.sleep(0.01)
+    time.sleep(0.01)  # scenario: a later run, whose own start would be later
     assert Ledger(ledger.path).start_of(str(video)) == first  # a later run, a new process
     os.utime(video, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file written again
     assert Ledger(ledger.path).start_of(str(video)) > first
@@ -130,7 +130,7 @@ def test_a_video_file_keeps_its_start_over_runs_and_a_changed_file_gets_a_new_on
     kept = {c: bounded.start_of(str(c)) for c in copies[:4]}
     assert len(json.loads(bounded.path.with_name("bounded.sent.starts").read_text())) == 3
     assert all(bounded.start_of(str(c)) == kept[c] for c in copies[1:4])
-    time.sleep(0.01)
+    time.sleep(0.01)  # scenario: a start taken again is a later one
     assert bounded.start_of(str(copies[0])) > kept[copies[0]]  # forgotten: a new start
 
     ledger.path.with_name("cam.sent.starts").write_text("{not json")

@@ -26,6 +26,7 @@ from imgpipeline.services.process import free_port
 from imgpipeline.services.rtsp import RtspCamera, rtsp_camera_missing
 from imgpipeline.vision.quality import decode_image
 from imgpipeline_tests.conftest import CI_ENV, require_tool, s3_storage_resource
+from imgpipeline_tests.pipeline import wait_for
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
 # Short waits and timeouts; RTSP::Server relays over UDP only.
@@ -119,15 +120,14 @@ def test_a_camera_killed_mid_stream_is_reconnected_and_nothing_is_lost(camera, k
 
     worker = threading.Thread(target=send)
     worker.start()
-    deadline = time.monotonic() + 60
-    while producer.summary.sent < 10 and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: producer.summary.sent >= 10 or not worker.is_alive(), 60, "the first 10 frames sent",
+             every_s=0.05)
     assert producer.summary.sent >= 10, outcome
     url = camera.url
     os.killpg(camera.pid, signal.SIGKILL)  # server and publisher die at once, as a camera does
     killed = datetime.now(UTC)
     camera.stop()
-    time.sleep(2)
+    time.sleep(2)  # scenario: the camera stays away two seconds
     camera.start()
     back = datetime.now(UTC)
     assert camera.url == url

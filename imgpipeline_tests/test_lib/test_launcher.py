@@ -15,7 +15,7 @@ from imgpipeline.lib.launcher import PID_TAG
 from imgpipeline.lib.run_priority import BACKFILL_TAG, NICE_TAG
 from imgpipeline.resources import StorageResource
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog
+from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
@@ -59,27 +59,31 @@ def launch_backlog(instance, kafka, tags: dict[str, str] | None = None) -> list[
 
 
 def wait_finished(instance, runs, timeout_s: float = 180) -> list[dg.DagsterRun]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        latest = [instance.get_run_by_id(run.run_id) for run in runs]
-        if all(run.is_finished for run in latest):
-            return latest
-        time.sleep(0.5)
-    raise AssertionError(f"runs not finished after {timeout_s:.0f} s: {[r.status for r in latest]}")
+    def latest() -> list[dg.DagsterRun]:
+        return [instance.get_run_by_id(run.run_id) for run in runs]
+
+    def finished() -> list[dg.DagsterRun] | None:
+        now = latest()
+        return now if all(run.is_finished for run in now) else None
+
+    return wait_for(finished, timeout_s, "the runs to finish",
+                    explain=lambda: str([run.status for run in latest()]), every_s=0.5)
 
 
 def detecting_runs(instance, kafka, tmp_path, tags: dict[str, str] | None = None
                    ) -> tuple[StorageResource, list[dg.DagsterRun]]:
     """Forked runs over 200 frames (two ranges side by side: ~4 s each on OpenVINO, ~8 s on OpenCV),
-    a second into their frames."""
+    each started and in its step, detecting."""
     storage = StorageResource(uri=(tmp_path / "first").as_uri())
     produce(kafka, storage, tmp_path / "sent", video_backlog(200))
     runs = launch_backlog(instance, kafka, tags)
-    deadline = time.monotonic() + 60
-    while {instance.get_run_by_id(run.run_id).status for run in runs} != {dg.DagsterRunStatus.STARTED}:
-        assert time.monotonic() < deadline, "the forked runs never started"
-        time.sleep(0.2)
-    time.sleep(1)
+
+    def detecting(run) -> bool:
+        return (instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+                and bool(instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)))
+
+    wait_for(lambda: all(detecting(run) for run in runs), 60, "the forked runs to start their step",
+             explain=lambda: str([instance.get_run_by_id(run.run_id).status for run in runs]))
     return storage, runs
 
 
@@ -142,16 +146,13 @@ def test_a_killed_worker_fails_its_run_under_run_monitoring(instance, kafka, tmp
     from imgpipeline.services.process import alive
 
     storage, runs = detecting_runs(instance, kafka, tmp_path)
-    deadline = time.monotonic() + 60
     launcher = instance.run_launcher
     pids = [int(instance.get_run_by_id(run.run_id).tags[PID_TAG]) for run in runs]
     assert {launcher.check_run_worker_health(instance.get_run_by_id(run.run_id)).status
             for run in runs} == {WorkerStatus.RUNNING}
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    while any(alive(pid) for pid in pids):
-        assert time.monotonic() < deadline + 30, "the killed workers are still there"
-        time.sleep(0.1)
+    wait_for(lambda: not any(alive(pid) for pid in pids), 90, "the killed workers to be gone", every_s=0.1)
 
     for run in runs:
         record = instance.get_run_record_by_id(run.run_id)

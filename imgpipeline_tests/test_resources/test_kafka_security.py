@@ -16,8 +16,7 @@ from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.resources.kafka import SASL_MECHANISMS
 from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import drain, landing_records
-from imgpipeline_tests.test_ingest.test_broker_outage import wait_for
+from imgpipeline_tests.pipeline import drain, landing_records, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
@@ -105,7 +104,7 @@ def scram_only(secure) -> dict[str, KafkaResource]:
             return {user: [i["mechanism"].name.replace("_", "-") for i in held[user]["credential_infos"]]
                     for user in users.values()} == {user: [mechanism] for mechanism, user in users.items()}
 
-        wait_for(described, "the SCRAM users", timeout_s=60)
+        wait_for(described, 60, "the SCRAM users")
     finally:
         admin.close()
     return {mechanism: KafkaResource(**{**secure.model_dump(), "sasl_mechanism": mechanism,

@@ -2,7 +2,7 @@ import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
-from imgpipeline.paths import read_env_file
+from imgpipeline.environment import read_env_file
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.resources.storage import parse_storage_uri
 
@@ -150,7 +150,7 @@ def test_the_region_falls_back_to_aws_default_region(monkeypatch):
 
 
 def test_dot_env_wins_over_services_env_and_reaches_paths(monkeypatch, tmp_path):
-    from imgpipeline.paths import models_dir
+    from imgpipeline.environment import models_dir
 
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     for name in ("IMGPIPELINE_FRAMES_TOPIC", "IMGPIPELINE_MODELS_DIR"):

@@ -23,7 +23,7 @@ from imgpipeline.resources.settings import env_name
 from imgpipeline.services import LocalServices, Postgres
 from imgpipeline.services.postgres import postgres_bin
 from imgpipeline_tests.conftest import require_tool
-from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog
+from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog, wait_for
 
 pytestmark = [pytest.mark.integration]
 KIND = env_name(InstanceSettings, "kind")
@@ -179,25 +179,21 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
     produce(kafka, storage, tmp_path, frames)
     local = LocalServices(tmp_path / ".imgpipeline")
     local.up_ui()
-    runs: list[dg.DagsterRun] = []
     try:
-        deadline = time.monotonic() + 180
-        while not landing_records(storage) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: landing_records(storage), 180, "the first run's landing file")
         assert 0 < len(landing_records(storage)) < len(frames), "the kill must land mid-work"
         os.killpg(server.pid, signal.SIGKILL)
-        time.sleep(5)
+        time.sleep(5)  # scenario: the server stays away five seconds
         server.start()
-        deadline = time.monotonic() + 420
-        while len({r.frame_id for r in landing_records(storage)}) < len(frames) \
-                and time.monotonic() < deadline:
-            time.sleep(2)
+        wait_for(lambda: len({r.frame_id for r in landing_records(storage)}) >= len(frames), 420,
+                 "every frame to land", every_s=2)
         with open_instance(local.dagster.dagster_home) as instance:
-            while time.monotonic() < deadline:
-                runs = instance.get_runs(dg.RunsFilter(job_name="detect_frames"))
-                if runs and all(run.is_finished for run in runs):
-                    break
-                time.sleep(1)
+
+            def finished() -> list[dg.DagsterRun] | None:
+                found = instance.get_runs(dg.RunsFilter(job_name="detect_frames"))
+                return found if found and all(run.is_finished for run in found) else None
+
+            runs = wait_for(finished, 120, "every run to finish", every_s=1)
     finally:
         stop_at_once(local.dagster)
         server.stop()

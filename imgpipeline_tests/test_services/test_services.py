@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgpipeline.services.process import alive
+from imgpipeline_tests.pipeline import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -104,24 +105,29 @@ def test_a_process_tree_and_a_groups_cpu_are_read_from_proc():
     tree = subprocess.Popen(["bash", "-c", "(sleep 30 & wait) & while :; do :; done & wait"],
                             start_new_session=True)
     try:
-        time.sleep(1.0)
-        below = descendants(tree.pid)
+        below = wait_for(lambda: len(found := descendants(tree.pid)) == 3 and found, 30, "the tree's three")
         assert len(below) == 3 and tree.pid not in below  # two subshells, and the sleep under one
         assert all(alive(pid) for pid in below)
         assert sorted(len(descendants(pid)) for pid in below) == [0, 0, 1]
         before = group_cpu_seconds(tree.pid)
         assert {pid for pid, _ in before} == {tree.pid, *below}
-        time.sleep(1.0)
-        after = group_cpu_seconds(tree.pid)
-        assert sum(after.values()) - sum(before.values()) > 0.5  # the busy loop, about a core
+
+        def children() -> float:
+            return sum(s for (pid, _), s in group_cpu_seconds(tree.pid).items() if pid in below)
+
+        running = children()
+        wait_for(lambda: children() > running, 30, "the busy loop's CPU seconds to grow")
         with paused(tree.pid, below):  # the children stopped, the shell not
             states = {pid: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
                       for pid in [tree.pid, *below]}
             assert {states[pid] for pid in below} == {"T"} and states[tree.pid] != "T"
             assert wait_stopped(below, timeout_s=0) and not wait_stopped([tree.pid], timeout_s=0.05)
-            stopped = group_cpu_seconds(tree.pid)
-            time.sleep(0.5)
-            assert sum(group_cpu_seconds(tree.pid).values()) - sum(stopped.values()) < 0.1
+            stopped = children()
+            spent = time.process_time() + 0.3
+            while time.process_time() < spent:  # CPU given to this process: a running busy loop gets some too
+                pass
+            assert children() == stopped  # not a tick more while stopped
+        wait_for(lambda: children() > stopped, 30, "the busy loop's CPU seconds to grow again once resumed")
         assert {Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for pid in below} != {"T"}
     finally:
         os.killpg(tree.pid, signal.SIGKILL)

@@ -9,7 +9,7 @@ import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.samples import sample
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.ingest.messages import frame_key
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 from imgpipeline.resources.settings import env_name

@@ -74,7 +74,7 @@ def test_onnx_heads_equal_opencvs_raw_heads(engine, precision):
 
 
 def test_shared_decoding_gives_exactly_what_opencvs_detection_model_gives(frames, reference):
-    from imgpipeline.paths import models_dir
+    from imgpipeline.environment import models_dir
     from imgpipeline.vision.model_files import CFG, WEIGHTS
 
     net = cv2.dnn.readNetFromDarknet(str(models_dir() / CFG), str(models_dir() / WEIGHTS))
@@ -199,7 +199,7 @@ def test_bad_engine_settings_say_what_to_use(monkeypatch):
 def test_the_converter_refuses_hostile_model_files(tmp_path):
     """Files in the models folder are input too: each defect is named, and nothing is written."""
     from imgpipeline import ConfigError
-    from imgpipeline.paths import models_dir
+    from imgpipeline.environment import models_dir
     from imgpipeline.vision.darknet import to_onnx
     from imgpipeline.vision.model_files import CFG, WEIGHTS
 

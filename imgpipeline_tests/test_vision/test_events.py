@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from imgpipeline.ingest.messages import stand_in_source
 from imgpipeline.vision import alert_rules, events, zones
+from imgpipeline.vision.evaluator import evaluate
 from imgpipeline_tests.scenes import Thing, frames_of, moving, tracked
 
 START = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -26,7 +27,7 @@ def scene(things, seconds, fps=5.0, start=START, source="cam", track=True):
 
 def fired(rules_yaml: str, frames, hour=HOUR):
     rules = alert_rules.parse(rules_yaml.encode())
-    return events.evaluate(rules, {"cam": frames}, ZONES, *hour)
+    return evaluate(rules, {"cam": frames}, ZONES, *hour)
 
 
 def test_a_person_crossing_the_door_fires_in_once_and_a_car_the_other_way_only_for_any():
@@ -109,7 +110,7 @@ def test_records_that_name_no_camera_break_nothing_and_fire_nothing():
     frames = scene([], 20, fps=1.0) + scene([], 5, fps=1.0, start=START + timedelta(minutes=30))
     garbage = [events.EventFrame("frames-0-7", START.timestamp() + 25, "error")]
     rules = alert_rules.parse(b"rules: [{name: r, kind: silent, minutes: 10}]")
-    found = events.evaluate(rules, {"cam": frames, None: garbage, stand_in_source(b"k" * 1000): garbage},
+    found = evaluate(rules, {"cam": frames, None: garbage, stand_in_source(b"k" * 1000): garbage},
                             ZONES, *HOUR)
     assert [(e.rule, e.source_id) for e in found] == [("r", "cam")]
 

@@ -15,7 +15,7 @@ import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.quantize import frames
-from imgpipeline.paths import models_dir
+from imgpipeline.environment import models_dir
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import int8
 from imgpipeline.vision.model_files import (
@@ -222,7 +222,7 @@ def test_models_fetch_killed_making_the_int8_model_leaves_nothing_that_runs_and_
     for line in process.stdout:
         lines.append(line)
         if line.startswith("scoring it against f32"):
-            time.sleep(0.5)
+            time.sleep(0.5)  # scenario: killed while it is scored, not as scoring begins
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=30)

@@ -1,5 +1,7 @@
-"""Frame rules evaluated as frames come fire what the hourly evaluation fires, with the same keys
-(vision/live_events against vision/events over the same frames)."""
+"""Frame rules evaluated as frames come fire what the hourly evaluation fires, with the same keys: the
+evaluator fed ranges as they come (and saved and restored between them, as the live lane does) and made
+afresh for each hour (as the hourly asset does), against the rules' reference (reference_rules.py) over
+the same frames."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import pytest
 from imgpipeline.ingest.messages import stand_in_source
 from imgpipeline.vision import events
 from imgpipeline.vision.alert_rules import parse
-from imgpipeline.vision.live_events import EARLIEST, HOUR, Watch, hour_of
+from imgpipeline.vision.evaluator import EARLIEST, HOUR, Evaluator, evaluate, hour_of
+from imgpipeline.vision.rules import FRAME_KINDS, Step
+from imgpipeline_tests.test_vision import reference_rules
 
 RULES = parse(b"""
 rules:
@@ -45,33 +49,40 @@ def camera(rng: random.Random, source: str, count: int) -> list[events.EventFram
     return frames
 
 
-def hourly(frames: dict[str, list[events.EventFrame]]) -> dict[str, events.Event]:
-    """Every alert as the hourly asset finds it: each hour with the hour before and after it."""
+def steps(frames: list[events.EventFrame]) -> list[Step]:
+    """Frames as the evaluator takes them, no tracking (the frame rules look at none)."""
+    return [Step(f) for f in frames]
+
+
+def hourly(frames: dict[str, list[events.EventFrame]],
+           evaluated=reference_rules.evaluate) -> dict[str, events.Event]:
+    """Every alert as the hourly asset finds it: each hour with the hour before and after it (by the
+    rules' reference, or by `evaluated`)."""
     found = {}
     moments = [f.seconds for fs in frames.values() for f in fs]
     hour = hour_of(min(moments))
     while hour <= max(moments):
         near = {s: [f for f in fs if hour - HOUR <= f.seconds < hour + 2 * HOUR] for s, fs in frames.items()}
         near = {s: fs for s, fs in near.items() if fs}  # as the tables give them: sources that sent
-        found |= {e.key: e for e in events.evaluate(RULES, near, None, hour, hour + HOUR)}
+        found |= {e.key: e for e in evaluated(RULES, near, None, hour, hour + HOUR)}
         hour += HOUR
     return found
 
 
-def stream(frames: dict[str, list[events.EventFrame]], rng: random.Random, watch: Watch | None = None,
+def stream(frames: dict[str, list[events.EventFrame]], rng: random.Random, watch: Evaluator | None = None,
            restart_at: int | None = None):
     """The frames in ranges of a few at a time, in capture order, as a run's ranges feed them."""
     merged = sorted(((f.seconds, s, f) for s, fs in frames.items() for f in fs), key=lambda t: t[:2])
-    watch = watch or Watch(RULES)
+    watch = watch or Evaluator(RULES)
     live, position = {}, 0
     while position < len(merged):
         chunk = merged[position:position + rng.randint(1, 7)]
         position += len(chunk)
         for source in sorted({s for _, s, _ in chunk}):
-            live |= {e.key: e for e in watch.feed(source, [f for _, s, f in chunk if s == source])}
+            live |= {e.key: e for e in watch.feed(source, [Step(f) for _, s, f in chunk if s == source])}
         live |= {e.key: e for e in watch.time_passed(max(t for t, _, _ in chunk))}
         if restart_at is not None and position >= restart_at:
-            watch, restart_at = Watch.from_json(RULES, watch.to_json()), None  # saved, a new run goes on
+            watch, restart_at = Evaluator.from_json(RULES, watch.to_json()), None  # saved, a new run goes on
     return live
 
 
@@ -80,10 +91,11 @@ def test_frames_fed_as_they_come_fire_the_hourly_alerts(seed):
     rng = random.Random(seed)
     frames = {s: camera(rng, s, 900) for s in ("a", "b")}
     truth = hourly(frames)
+    assert hourly(frames, evaluate) == truth  # the hourly evaluation, as the reference defines it
     live = stream(frames, rng, restart_at=rng.randint(10, 1500))
     kinds = {r.name: r.kind for r in RULES.rules}
-    assert {k for k, e in truth.items() if kinds[e.rule] in events.FRAME_KINDS} == {
-        k for k, e in live.items() if kinds[e.rule] in events.FRAME_KINDS}
+    assert {k for k, e in truth.items() if kinds[e.rule] in FRAME_KINDS} == {
+        k for k, e in live.items() if kinds[e.rule] in FRAME_KINDS}
     assert set(live) <= set(truth)  # a silence too: never one the hour would not raise
     assert len({e.rule for e in live.values()}) == len(RULES.rules)  # every kind of rule was exercised
     assert all((e.frame_id, e.seconds, e.detail) == (truth[k].frame_id, truth[k].seconds, truth[k].detail)
@@ -96,12 +108,12 @@ def test_a_watch_that_lost_its_state_fires_only_what_the_hour_would_and_catches_
     truth = hourly(frames)
     later = {s: [f for f in fs if f.seconds >= START + 1800] for s, fs in frames.items()}
     resumed_at = min(f.seconds for fs in later.values() for f in fs)
-    live = stream(later, rng, watch=Watch(RULES, seen_since=resumed_at))
+    live = stream(later, rng, watch=Evaluator(RULES, seen_since=resumed_at))
     assert live and set(live) <= set(truth)
     caught_up = hour_of(resumed_at) + 2 * HOUR  # hours whose history it saw whole
     kinds = {r.name: r.kind for r in RULES.rules}
     def settled(found):
-        return {k for k, e in found.items() if e.seconds >= caught_up and kinds[e.rule] in events.FRAME_KINDS}
+        return {k for k, e in found.items() if e.seconds >= caught_up and kinds[e.rule] in FRAME_KINDS}
 
     assert settled(truth) == settled(live)
 
@@ -109,23 +121,24 @@ def test_a_watch_that_lost_its_state_fires_only_what_the_hour_would_and_catches_
 def test_frames_fed_twice_or_late_fire_nothing_more_and_other_rules_start_afresh():
     rng = random.Random(5)
     frames = {"a": camera(rng, "a", 300)}
-    watch = Watch(RULES)
-    first = watch.feed("a", frames["a"][:200])
+    watch = Evaluator(RULES)
+    first = watch.feed("a", steps(frames["a"][:200]))
     assert first
-    assert watch.feed("a", frames["a"][:200]) == []  # a range detected again
-    assert watch.feed("a", frames["a"][150:180]) == []  # frames older than the latest
+    assert watch.feed("a", steps(frames["a"][:200])) == []  # a range detected again
+    assert watch.feed("a", steps(frames["a"][150:180])) == []  # frames older than the latest
     saved = watch.to_json()
-    assert Watch.from_json(RULES, saved).to_json() == saved
-    assert Watch.from_json(parse(b"rules: [{name: dog, kind: class, classes: [dog]}]"), saved) is None
-    assert Watch(parse(b"rules: [{name: z, kind: zone_enter, zone: road}]")).idle
+    assert Evaluator.from_json(RULES, saved).to_json() == saved
+    assert Evaluator.from_json(parse(b"rules: [{name: dog, kind: class, classes: [dog]}]"), saved) is None
+    assert Evaluator(parse(b"rules: []")).idle
+    assert not Evaluator(parse(b"rules: [{name: z, kind: zone_enter, zone: road}]")).idle  # one evaluator
     assert EARLIEST < 0
 
 
 def test_each_silent_rule_raises_its_own_silence():
-    watch = Watch(RULES)
+    watch = Evaluator(RULES)
     quiet = [events.EventFrame("a-1", START, "detected")]
-    assert watch.feed("a", quiet) == []
-    later = watch.feed("b", [events.EventFrame("b-1", START + 2000, "detected")])
+    assert watch.feed("a", steps(quiet)) == []
+    later = watch.feed("b", [Step(events.EventFrame("b-1", START + 2000, "detected"))])
     assert later == [] and {e.key for e in watch.time_passed(START + 2000)} == {
         "silent|a|silent|a-1", "silent-long|a|silent|a-1"}
     assert watch.time_passed(START + 2100) == []  # raised once

@@ -1,5 +1,6 @@
 """Track rules evaluated as frames come fire what the hourly evaluation fires over the hourly build's
-track ids, with the same keys (vision/live_tracks against vision/tracking + vision/events)."""
+track ids, with the same keys (vision/live_tracks and the evaluator against vision/tracking and the rules'
+reference, reference_rules.py); the hourly evaluation itself gives the reference's alerts."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 
 from imgpipeline.vision import events, zones
 from imgpipeline.vision.alert_rules import parse
-from imgpipeline.vision.live_tracks import TrackWatch, confirmed_at
+from imgpipeline.vision.evaluator import Evaluator, confirmed_at, evaluate
+from imgpipeline.vision.live_tracks import TrackWatch
 from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
+from imgpipeline_tests.test_vision import reference_rules
 
 HOUR = 3600.0
 RULES = parse(b"""
@@ -65,9 +68,11 @@ def tracked(frame: events.EventFrame) -> TrackedFrame:
                         [Observation(s.index, s.class_name, s.confidence, s.box) for s in frame.seen])
 
 
-def hourly(frames: dict[str, list[events.EventFrame]]) -> dict[str, events.Event]:
+def hourly(frames: dict[str, list[events.EventFrame]],
+           evaluated=reference_rules.evaluate) -> dict[str, events.Event]:
     """Every track alert as the hourly chain finds it: each hour tracked on from the stored end of the
-    hour before (as warehouse/tracked.py `track_hour`), then evaluated with the hours around it."""
+    hour before (as warehouse/tracked.py `track_hour`), then evaluated with the hours around it (by the
+    rules' reference, or by `evaluated`)."""
     ids: dict[tuple[str, str, int], int] = {}
     moments = [f.seconds for fs in frames.values() for f in fs]
     first = min(moments) - min(moments) % HOUR
@@ -91,25 +96,29 @@ def hourly(frames: dict[str, list[events.EventFrame]]) -> dict[str, events.Event
     while hour <= max(moments):
         near = {s: [f for f in fs if hour - HOUR <= f.seconds < hour + 2 * HOUR]
                 for s, fs in with_ids.items()}
-        found |= {e.key: e for e in events.evaluate(RULES, near, ZONES, hour, hour + HOUR)
-                  if e.rule != "dog"}
+        found |= {e.key: e for e in evaluated(RULES, near, ZONES, hour, hour + HOUR) if e.rule != "dog"}
         hour += HOUR
     return found
 
 
 def stream(frames, rng, watch: TrackWatch, restart_at: int | None = None) -> dict[str, events.Event]:
+    """The frames in ranges of a few at a time, tracked and counted, then evaluated, as the live lane does;
+    the track alerts."""
     merged = sorted(((f.seconds, s, f) for s, fs in frames.items() for f in fs), key=lambda t: t[:2])
+    evaluator = Evaluator(RULES, watch.seen_since)
     live, position = {}, 0
     while position < len(merged):
         chunk = merged[position:position + rng.randint(1, 9)]
         position += len(chunk)
         for source in sorted({s for _, s, _ in chunk}):
-            for event in watch.feed(source, [f for _, s, f in chunk if s == source]):
+            steps = watch.feed(source, [f for _, s, f in chunk if s == source])
+            for event in evaluator.feed(source, steps):
                 assert event.key not in live  # raised once
                 live[event.key] = event
         if restart_at is not None and position >= restart_at:
             watch, restart_at = TrackWatch.from_json(RULES, ZONES, SETTINGS, watch.to_json()), None
-    return live
+            evaluator = Evaluator.from_json(RULES, evaluator.to_json())
+    return {key: e for key, e in live.items() if e.rule != "dog"}
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -117,6 +126,7 @@ def test_tracks_followed_as_frames_come_fire_the_hourly_alerts(seed):
     rng = random.Random(seed)
     frames = {s: camera(rng, s, 1200) for s in ("a", "b")}
     truth = hourly(frames)
+    assert hourly(frames, evaluate) == truth  # the hourly evaluation, as the reference defines it
     live = stream(frames, rng, TrackWatch(RULES, ZONES, SETTINGS), restart_at=rng.randint(100, 5000))
     assert set(live) == set(truth)
     assert {e.rule for e in live.values()} == {"crossed", "crossed-in", "entered", "lingered"}
@@ -146,14 +156,21 @@ def test_frames_fed_twice_or_late_raise_nothing_and_changed_zones_start_afresh()
     rng = random.Random(3)
     frames = camera(rng, "a", 300)
     watch = TrackWatch(RULES, ZONES, SETTINGS)
-    assert watch.feed("a", frames[:400])
-    assert any(s.track_id for f in watch.given.values() for s in f.seen)  # the frames with their ids
-    assert watch.feed("a", frames[:400]) == [] and watch.feed("a", frames[300:350]) == []
-    assert watch.feed("c", frames[400:]) == [] and watch.given == {}  # no line or zone drawn there
+    steps = watch.feed("a", frames[:400])
+    assert any(s.crossings for s in steps) and any(s.inside for s in steps)
+    assert any(s.track_id for step in steps for s in step.frame.seen)  # the frames with their ids
+
+    def passed_on(fed, given):  # as they came: no ids, crossings or visits
+        return [s.frame for s in fed] == given and not any(s.crossings or s.inside for s in fed) and all(
+            s.frame is f for s, f in zip(fed, given, strict=True))
+
+    assert passed_on(watch.feed("a", frames[:400]), frames[:400])
+    assert passed_on(watch.feed("a", frames[300:350]), frames[300:350])
+    assert passed_on(watch.feed("c", frames[400:]), frames[400:])  # no line or zone drawn there
     assert "c" not in watch.sources  # not tracked
     only_b = TrackWatch(parse(b"rules: [{name: x, kind: line_cross, line: middle, sources: [b]}]"), ZONES,
                         SETTINGS)
-    assert only_b.feed("a", frames[400:]) == [] and "a" not in only_b.sources  # no rule watches it
+    assert passed_on(only_b.feed("a", frames[400:]), frames[400:]) and "a" not in only_b.sources
     saved = watch.to_json()
     assert TrackWatch.from_json(RULES, ZONES, SETTINGS, saved).to_json() == saved
     other = zones.parse(b"sources: {a: {lines: [{name: middle, start: [300, 0], end: [300, 480]}]}}")
@@ -172,8 +189,9 @@ def test_a_damaged_live_state_is_warmed_from_the_landing_and_fails_nothing(tmp_p
     from datetime import UTC, datetime
 
     from imgpipeline.defs.alerts.live import load_watches, state_key
-    from imgpipeline.defs.streaming.landing import LandingRecord, landing_key
-    from imgpipeline.defs.streaming.listeners import LandedRange
+    from imgpipeline.defs.records.keys import landing_key
+    from imgpipeline.defs.records.listeners import LandedRange
+    from imgpipeline.defs.records.record import LandingRecord
     from imgpipeline.ingest.messages import iso_utc
     from imgpipeline.resources import StorageResource
     from imgpipeline.vision.live_tracks import SLOWEST_RATE

@@ -5,7 +5,7 @@ from importlib.metadata import distributions
 
 import numpy as np
 
-from imgpipeline.paths import models_dir
+from imgpipeline.environment import models_dir
 from imgpipeline.vision.model_files import CFG, verify_weights
 
 

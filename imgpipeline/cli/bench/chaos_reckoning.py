@@ -56,7 +56,7 @@ def ledger_holes(chaos) -> int:
     ledger: what no run has accounted for."""
     from kafka import TopicPartition
 
-    from imgpipeline.defs.streaming.ledger import accounted_ranges, holes
+    from imgpipeline.defs.records.ledger import accounted_ranges, holes
     from imgpipeline.defs.streaming.reconcile import sensor_cursor
     from imgpipeline.lib.instance import open_instance
 
@@ -75,7 +75,7 @@ def ledger_holes(chaos) -> int:
 
 
 def landed(store: Storage) -> list:
-    from imgpipeline.defs.streaming.landing import all_records
+    from imgpipeline.defs.records.reader import all_records
 
     return all_records(store)
 

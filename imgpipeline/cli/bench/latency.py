@@ -36,11 +36,11 @@ from imgpipeline.cli.bench.common import (
 )
 from imgpipeline.cli.bench.pipeline import LandingWatch, daemon, warm_up
 from imgpipeline.lib.stats import percentile
-from imgpipeline.vision.alert_rules import TRACKED_KINDS
+from imgpipeline.vision.rules import TRACK_KINDS
 
 SOURCE = "street-cam"  # the source alerts.yaml and zones.yaml speak of
 FRAME_RULES = ("class", "count", "dark", "frozen")  # decided by a frame (and the source's frames before it)
-TRACK_RULES = TRACKED_KINDS  # decided by a track
+TRACK_RULES = TRACK_KINDS  # decided by a track
 
 
 def street_frames(count: int, start: datetime) -> list:

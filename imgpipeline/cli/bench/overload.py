@@ -19,8 +19,8 @@ from imgpipeline.lib.stats import percentile
 def overload_leg(resources: dict, fps: float, factor: float, seconds: float, shed_after_s: float) -> dict:
     """`factor` × the bare detection rate for `seconds`; what became of every frame, and how late."""
     from imgpipeline.cli.bench.pipeline import run_pipeline
+    from imgpipeline.defs.records.reader import all_records
     from imgpipeline.defs.streaming.batch_policy import BatchPolicy
-    from imgpipeline.defs.streaming.landing import all_records
     from imgpipeline.ingest.messages import parse_time
     from imgpipeline.resources.settings import env_name
 

@@ -66,7 +66,7 @@ class LandingWatch:
         With `closing`, it looks once a second until no more than that many frames are left, then every
         poll_s: the watch's own CPU (listing the landing) stays off the pipeline it times, and the last
         frame's time is as sharp."""
-        from imgpipeline.defs.streaming.landing import landing_keys, read_records
+        from imgpipeline.defs.records.reader import landing_keys, read_records
 
         while len(self.landed_at) < count and time.monotonic() < deadline:
             if closing is not None and count - len(self.landed_at) > closing:

@@ -123,7 +123,7 @@ class Watch:
         self.tps = [TopicPartition(self.kafka.frames_topic, p) for p in range(self.partitions)]
 
     def refresh(self) -> None:
-        from imgpipeline.defs.streaming.ledger import ledger_prefix
+        from imgpipeline.defs.records.ledger import ledger_prefix
 
         for partition in range(self.partitions):
             prefix = ledger_prefix(self.kafka.frames_topic, partition)
@@ -407,7 +407,7 @@ def instance_figures(instance, t0: float) -> dict:
 
 def landing_figures(storage, warm_up_landing: list[str]) -> dict:
     """Every landing file but the warm-up's: records, distinct frames, statuses, bytes, waits."""
-    from imgpipeline.defs.streaming.landing import landing_keys, parse_records
+    from imgpipeline.defs.records.reader import landing_keys, parse_records
     from imgpipeline.ingest.messages import parse_time
 
     store = storage.open()
@@ -490,7 +490,7 @@ def build_warehouse(storage, hours: list[datetime], dagster_home: Path, empty_st
 
 
 def landed_in(storage, hour: datetime) -> int:
-    from imgpipeline.defs.streaming.landing import landing_keys
+    from imgpipeline.defs.records.reader import landing_keys
 
     return len(landing_keys(storage.open(), hour))
 
@@ -499,7 +499,8 @@ def extend_hour(storage, hour: datetime, build) -> dict:
     """An hour made whole without its partitions' last landing files, then extended by them (timed), as
     the automation adds a run's ranges to the current hour; and what reading and writing the hour's
     stored tables costs a frame (an extension's part that grows with the hour)."""
-    from imgpipeline.defs.streaming.landing import landing_keys, parse_records, ranges_of
+    from imgpipeline.defs.records.keys import ranges_of
+    from imgpipeline.defs.records.reader import landing_keys, parse_records
     from imgpipeline.defs.tables import DETECTIONS, FRAMES, to_parquet
 
     store = storage.open()

@@ -87,7 +87,7 @@ class History:
     def records(self, start: datetime, count: int, until: datetime) -> dict[int, list]:
         """`count` landing records captured from the hour's start until `until`, per partition, in
         offset order."""
-        from imgpipeline.defs.streaming.landing import LandingRecord
+        from imgpipeline.defs.records.record import LandingRecord
         from imgpipeline.ingest.messages import SCHEMA_VERSION, iso_utc
 
         shape, base = self.shape, self.offsets(start)
@@ -116,7 +116,8 @@ class History:
         """The hour's compacted landing (`hour_frames` records, or `count` captured until `until`), then
         its tables and build record as the warehouse makes them."""
         from imgpipeline.defs.hours import hour_key
-        from imgpipeline.defs.streaming.landing import landing_key, landing_versions, range_name
+        from imgpipeline.defs.records.keys import landing_key, range_name
+        from imgpipeline.defs.records.reader import landing_versions
         from imgpipeline.defs.tables import LANDING_ASSET
         from imgpipeline.defs.warehouse import builds
 
@@ -176,7 +177,7 @@ class History:
     def day_files(self, day: date) -> None:
         """What is kept by day: frames and annotated copies, the report, ledgers and journals, the
         folded range ledger."""
-        from imgpipeline.defs.streaming.ledger import KEEP_LIVE, archive_key
+        from imgpipeline.defs.records.ledger import KEEP_LIVE, archive_key
         from imgpipeline.ingest.messages import annotated_key, frame_key
         from imgpipeline.web.render import report_key
 

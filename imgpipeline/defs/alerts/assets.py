@@ -17,7 +17,7 @@ from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TRACKED_COLUMNS
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
 from imgpipeline.resources.storage import Storage
-from imgpipeline.vision import events
+from imgpipeline.vision.evaluator import evaluate
 
 
 @dg.asset(
@@ -47,7 +47,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         frames = FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS)
         detections = DETECTIONS.stored_hours(store, at.around(hour), TRACKED_COLUMNS)
         per_source = at.event_frames(frames, detections)
-        fired = events.evaluate(rules, per_source, zones, hour.timestamp(), hour.timestamp() + 3600)
+        fired = evaluate(rules, per_source, zones, hour.timestamp(), hour.timestamp() + 3600)
         numbers = [ledger.number(event.key) for event in fired]
         evidence = draw_all(store, fired, numbers, frames, per_source, storage.max_frame_bytes)
         table = at.alert_rows(hour, fired, numbers, rules, evidence)

@@ -5,7 +5,7 @@ import dagster as dg
 from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.live import LiveAlerts
 from imgpipeline.defs.automation import automation_sensor
-from imgpipeline.defs.streaming.listeners import listen
+from imgpipeline.defs.records.listeners import listen
 from imgpipeline.defs.tables import ALERTS
 
 # An hour's alerts read detections only (its own and the hours beside it), never another hour's alerts,

@@ -2,11 +2,12 @@
 zone_enter, dwell) raised by the fast lane as each range lands, with the numbers the hourly `alerts` asset
 gives them.
 
-For each partition a `Watch` (vision/live_events) keeps the frame rules' state of its sources and a
-`TrackWatch` (vision/live_tracks) tracks them and counts their lines and zones; after a range lands both
-are fed the range's records, and what fires is numbered by the alerts ledger (the same keys,
-so the hour finds them claimed), drawn as evidence, published to Kafka `alerts` and the rules' webhooks
-(recorded as sent, so the hourly run sends none again), and the watch is saved to
+For each partition an `Evaluator` (vision/evaluator, the evaluator of the hourly alerts too) keeps the
+rules' state of its sources and a `TrackWatch` (vision/live_tracks) tracks them and counts their lines and
+zones; after a range lands its records are tracked and counted, then fed to the evaluator, and what
+fires is numbered by the alerts ledger (the same keys, so the hour finds them claimed), drawn as evidence,
+published to Kafka `alerts` and the rules' webhooks (recorded as sent, so the hourly run sends none
+again), and both states are saved to
 `alerts/live/<topic>/<partition>[-g<N>].json` with the offset they have seen through, before the range is
 accounted for. A run that goes on after another (the next follow_frames run, or one taking over a range
 SIGKILLed mid-way) reads it back: frames fed already are passed over, so a range detected again fires
@@ -31,15 +32,17 @@ from imgpipeline import is_camera
 from imgpipeline.defs.alerts import notify
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.records.listeners import LandedRange
+from imgpipeline.defs.records.reader import landing_keys, read_records
+from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
 from imgpipeline.defs.resources import alert_rules_from_env
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord, landing_keys, read_records
-from imgpipeline.defs.streaming.listeners import LandedRange
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources import TrackingResource
 from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision import events
-from imgpipeline.vision.live_events import HOUR, Watch, hour_of
+from imgpipeline.vision.evaluator import HOUR, Evaluator, hour_of
 from imgpipeline.vision.live_tracks import SLOWEST_RATE, TrackWatch
+from imgpipeline.vision.rules import Step
 
 STATE = "alerts/live"
 RETRIES_EVERY_S = 60.0  # refused sends of other runs (the hourly, a run before) are looked for this often
@@ -67,7 +70,7 @@ def event_frames(records) -> dict[str, list[events.EventFrame]]:
 
 
 def load_watches(store: Storage, landed: LandedRange, rules, zones, settings,
-                 frames: dict[str, list[events.EventFrame]]) -> tuple[Watch, TrackWatch]:
+                 frames: dict[str, list[events.EventFrame]]) -> tuple[Evaluator, TrackWatch]:
     """The partition's watches as the run before left them, if it saw through this range's start; else
     new ones warmed with what was landed before the range (`warmed`)."""
     key = state_key(landed.topic, landed.partition, landed.generation)
@@ -78,7 +81,7 @@ def load_watches(store: Storage, landed: LandedRange, rules, zones, settings,
     watch = tracks = None
     if isinstance(saved, dict) and isinstance(saved.get("through"), int) and saved["through"] >= landed.start:
         # A part damaged or missing (a state of an earlier version has no tracks) is warmed, as if none.
-        watch = _restored(lambda: Watch.from_json(rules, json.dumps(saved["watch"]).encode()))
+        watch = _restored(lambda: Evaluator.from_json(rules, json.dumps(saved["watch"]).encode()))
         tracks = _restored(lambda: TrackWatch.from_json(rules, zones, settings,
                                                         json.dumps(saved["tracks"]).encode()))
     if watch is None or tracks is None or not seen_all(watch, frames):
@@ -87,7 +90,7 @@ def load_watches(store: Storage, landed: LandedRange, rules, zones, settings,
     return watch, tracks
 
 
-def seen_all(watch: Watch, frames: dict[str, list[events.EventFrame]]) -> bool:
+def seen_all(watch: Evaluator, frames: dict[str, list[events.EventFrame]]) -> bool:
     """Whether the watch has the history of every source of the range: it was warmed with the sources of
     the range it began at, so a source first sending since (or back after it was forgotten) has none,
     and the watch is warmed again with it."""
@@ -95,7 +98,7 @@ def seen_all(watch: Watch, frames: dict[str, list[events.EventFrame]]) -> bool:
 
 
 def warmed(store: Storage, rules, zones, settings, frames: dict[str, list[events.EventFrame]],
-           known: set[str] = frozenset()) -> tuple[Watch, TrackWatch]:
+           known: set[str] = frozenset()) -> tuple[Evaluator, TrackWatch]:
     """New watches for a range, fed first the landed frames of its sources (and of the `known` ones, which
     the watch it replaces had) since the start of the hour before its first frame's (the history the
     hourly evaluation reads), what those fire dropped: they are the ranges' and hours' before. The
@@ -104,13 +107,14 @@ def warmed(store: Storage, rules, zones, settings, frames: dict[str, list[events
     # A range whose frames are late by hours reads three hours at most (its older frames are left blind).
     since = max(hour_of(min(moments)), hour_of(max(moments)) - HOUR) - HOUR
     tracked_since = max(since, min(moments) - settings.replay_for(SLOWEST_RATE))
-    watch = Watch(rules, seen_since=since)
+    watch = Evaluator(rules, seen_since=since)
     tracks = TrackWatch(rules, zones, settings, seen_since=tracked_since)
     own = {(source, f.frame_id) for source, fs in frames.items() for f in fs}
     history = event_frames(landed_history(store, set(frames) | known, own, since, hour_of(max(moments))))
     for source in sorted(history):
-        tracks.feed(source, [f for f in history[source] if f.seconds >= tracked_since])
-        watch.feed(source, [tracks.given.get(f.frame_id, f) for f in history[source]])
+        recent = {s.frame.frame_id: s for s in tracks.feed(source, [f for f in history[source]
+                                                                    if f.seconds >= tracked_since])}
+        watch.feed(source, [recent.get(f.frame_id) or Step(f) for f in history[source]])
     if history:
         latest = max(f.seconds for fs in history.values() for f in fs)
         watch.time_passed(latest)
@@ -169,7 +173,7 @@ class LiveAlerts:
     """The watches of the partitions a run follows, kept between its ranges."""
 
     def __init__(self):
-        self.watches: dict[tuple, tuple[int, Watch, TrackWatch]] = {}
+        self.watches: dict[tuple, tuple[int, Evaluator, TrackWatch]] = {}
         self.down: set[str] = set()  # webhooks that failed: one try per alert until one delivers
         self.retries_at = 0.0  # when a refused send (of any run) is due again: the ledger is looked at then
 
@@ -177,7 +181,7 @@ class LiveAlerts:
         tracking = TrackingResource.from_env()
         resource = alert_rules_from_env(tracking)
         rules, zones, settings = resource.rules(), tracking.zones(), tracking.settings()
-        if Watch(rules).idle and TrackWatch(rules, zones, settings).idle:
+        if Evaluator(rules).idle:
             return
         records: list[LandingRecord] = list(landed.records())
         frames = event_frames(records)
@@ -194,9 +198,8 @@ class LiveAlerts:
             watch, tracks = load_watches(store, landed, rules, zones, settings, frames)
         fired = []
         for source in sorted(frames):
-            fired += tracks.feed(source, frames[source])
-            # The frame rules see the frames with their track ids, as the hourly tables give them.
-            fired += watch.feed(source, [tracks.given.get(f.frame_id, f) for f in frames[source]])
+            # Every rule sees the frames with their track ids, as the hourly tables give them.
+            fired += watch.feed(source, tracks.feed(source, frames[source]))
         if moments:
             fired += watch.time_passed(max(moments))
             tracks.forget(max(moments))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE
+from imgpipeline.defs.records.record import OUT_OF_RANGE
 from imgpipeline.defs.tables import ALERTS_SCHEMA, TRACKED_COLUMNS
 from imgpipeline.ingest.messages import annotated_key
 from imgpipeline.resources.storage import BadObject, Storage

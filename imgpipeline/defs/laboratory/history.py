@@ -22,6 +22,7 @@ from imgpipeline.defs.laboratory.redetect import SOURCES, frames_done, part_key
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, REDETECTIONS, TRACKED_COLUMNS
 from imgpipeline.resources.storage import Storage
 from imgpipeline.vision import events
+from imgpipeline.vision.evaluator import evaluate
 
 TRACKED = pa.schema([DETECTIONS.schema.field(name) for name in TRACKED_COLUMNS])
 # Events kept as evidence per rule and day, and boxes per class one model found and the other missed.
@@ -116,7 +117,7 @@ def fired(store: Storage, hours: list[datetime], detections: pa.Table, rules, zo
     for hour in hours:
         frames = _of_sources(FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS), sources)
         near = _within(detections, at.around(hour))
-        found += events.evaluate(rules, at.event_frames(frames, near), zones, hour.timestamp(),
+        found += evaluate(rules, at.event_frames(frames, near), zones, hour.timestamp(),
                                  hour.timestamp() + 3600)
     return found
 

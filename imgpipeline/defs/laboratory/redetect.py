@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 import pyarrow as pa
 
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS_SCHEMA, REDETECTIONS
 from imgpipeline.defs.warehouse import tracked
 from imgpipeline.defs.warehouse.rows import detections_table, latest_per_frame

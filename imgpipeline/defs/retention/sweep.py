@@ -24,8 +24,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from imgpipeline.defs.streaming.landing import LANDING, retired_key
-from imgpipeline.defs.streaming.ledger import ARCHIVE
+from imgpipeline.defs.records.keys import LANDING
+from imgpipeline.defs.records.ledger import ARCHIVE
+from imgpipeline.defs.records.retired import retired_key
 from imgpipeline.defs.tables import DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse.builds import BUILDS
 from imgpipeline.ingest.messages import FRAME_ID, iso_utc

@@ -18,22 +18,14 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
 
 from imgpipeline.defs.hours import hour_key
+from imgpipeline.defs.records.keys import landing_key, range_name, uris_name
+from imgpipeline.defs.records.ledger import Ledger, contiguous_end, fold_ledger, read_ledger, record_range
+from imgpipeline.defs.records.listeners import LandedRange, tell
+from imgpipeline.defs.records.reader import parse_records
+from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
+from imgpipeline.defs.records.runs import DETECT_JOB
 from imgpipeline.defs.streaming.dead_letters import dead_letter
-from imgpipeline.defs.streaming.landing import (
-    OUT_OF_RANGE,
-    LandingRecord,
-    Neighbours,
-    Spool,
-    landed_frames,
-    landing_key,
-    latest_times,
-    parse_records,
-    range_name,
-    record_sources,
-    uris_name,
-)
-from imgpipeline.defs.streaming.ledger import Ledger, contiguous_end, fold_ledger, read_ledger, record_range
-from imgpipeline.defs.streaming.listeners import LandedRange, tell
+from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, latest_times, record_sources
 from imgpipeline.defs.streaming.processing import (
     FrameProcessor,
     Incoming,
@@ -379,7 +371,7 @@ def of_generation(committed, generation: int) -> int | None:
 
 
 @dg.job(
-    name="detect_frames",
+    name=DETECT_JOB,
     executor_def=dg.in_process_executor,
     description="Object detection over a Kafka offset range (or frame URIs); lands per-frame metadata.",
 )

@@ -27,6 +27,7 @@ import time
 import dagster as dg
 from pydantic import Field
 
+from imgpipeline.defs.records.ledger import accounted_ranges, contiguous_end
 from imgpipeline.defs.streaming.detect_frames import (
     PROGRESS_S,
     Lane,
@@ -36,7 +37,6 @@ from imgpipeline.defs.streaming.detect_frames import (
     of_generation,
     peak_rss_mb,
 )
-from imgpipeline.defs.streaming.ledger import accounted_ranges, contiguous_end
 from imgpipeline.defs.streaming.processing import Shedding, topic_id_of
 from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 from imgpipeline.resources.storage import BadObject, Storage

@@ -14,10 +14,10 @@ import time
 
 import dagster as dg
 
+from imgpipeline.defs.records.keys import range_name
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
 from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, follow_frames
-from imgpipeline.defs.streaming.landing import range_name
 from imgpipeline.defs.streaming.offsets import Offsets, read_offsets
 from imgpipeline.defs.streaming.planning import Plan, follow_plan, plan_ranges
 from imgpipeline.defs.streaming.run_queries import (

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from imgpipeline.defs.streaming.landing import hour_records, known_sources
+from imgpipeline.defs.records.reader import hour_records
+from imgpipeline.defs.streaming.landing import known_sources
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.lib.stats import percentile

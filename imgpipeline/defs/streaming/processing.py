@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
 from imgpipeline.defs.partitions import CALENDAR, Calendar
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord, is_retired, retired_key
+from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
+from imgpipeline.defs.records.retired import is_retired, retired_key
 from imgpipeline.ingest.messages import (
     BadInput,
     FrameMessage,

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from imgpipeline.defs.records.keys import range_name
+from imgpipeline.defs.records.ledger import KEEP_LIVE, accounted_ranges, holes, range_entry, read_ledger
+from imgpipeline.defs.records.runs import detect_runs_in_flight
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
-from imgpipeline.defs.streaming.landing import range_name
-from imgpipeline.defs.streaming.ledger import KEEP_LIVE, accounted_ranges, holes, range_entry, read_ledger
-from imgpipeline.defs.streaming.run_queries import detect_runs_in_flight
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.defs.ticks import bound, tick_instance
 from imgpipeline.resources import KafkaResource, StorageResource

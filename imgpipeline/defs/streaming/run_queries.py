@@ -1,30 +1,17 @@
 """The runs frames_sensor counts: detect_frames runs queued or running (per partition of the topic,
-by their PARTITION_TAG, and in all) and what they leave free, and the fast lane's follow_frames runs
-(in flight, failing one after the other, how far they got)."""
+by their PARTITION_TAG, and in all; which statuses are in flight: defs/records/runs.py) and what they
+leave free, and the fast lane's follow_frames runs (in flight, failing one after the other, how far
+they got)."""
 
 import json
 
 import dagster as dg
 
+from imgpipeline.defs.records.runs import ACTIVE
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames
 from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, POSITIONS_TAG, follow_frames
 from imgpipeline.defs.ticks import tick_instance
-
-ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
-
-def detect_runs_in_flight(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    """The detect_frames runs queued or running. Asked for by status alone (Dagster's status index), the
-    job told apart here: asked for by job as well, SQLite walks every detect_frames run the instance
-    keeps (0.11 s at 190,000 runs, at every tick) to find the few in flight."""
-    runs = instance.get_runs(dg.RunsFilter(statuses=ACTIVE))
-    return [run for run in runs if run.job_name == detect_frames.name]
 
 
 def active_runs(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:

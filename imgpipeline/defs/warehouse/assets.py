@@ -13,7 +13,8 @@ from dagster_duckdb import DuckDBResource
 from imgpipeline.defs.automation import automation_sensor, on_landing_update, yielding_tags
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions, yesterday_schedule
-from imgpipeline.defs.streaming.landing import is_retired, landing_versions, read_records
+from imgpipeline.defs.records.reader import landing_versions, read_records
+from imgpipeline.defs.records.retired import is_retired
 from imgpipeline.defs.tables import (
     CLASS_HOURS,
     DAILY_SUMMARY,

@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgpipeline.defs.hours import hour_path
-from imgpipeline.defs.streaming.landing import LandingRecord, landing_versions, read_records
+from imgpipeline.defs.records.reader import landing_versions, read_records
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import CLASS_HOURS, DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse import rows, sql, tracked
 from imgpipeline.defs.warehouse.checks import landing_mismatch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgpipeline.defs.streaming.landing import OUT_OF_RANGE, LandingRecord
+from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
 from imgpipeline.defs.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
 from imgpipeline.defs.tables.checks import SCHEMA_AS_DECLARED, schema_problems
 

@@ -10,7 +10,7 @@ files (`<topic>-<partition>-<start>-<end>[-g<N>].jsonl`) written as one,
 that two files share (a compaction cut short, then run again) once. The files of runs over explicit
 URIs (`uris-…`) stay as they are. It is a range name like any other: the warehouse reads it the same
 way, duplicate screening takes it as the partition's neighbour, and a late frame lands in a file of its
-own beside it and makes the hour again. The range ledger is folded the same way already (ledger.py);
+own beside it and makes the hour again. The range ledger is folded the same way already (records/ledger.py);
 its entries keep the names of the files their ranges wrote, since compacted into these.
 
 Each compacted file is written before its originals are deleted, and an original is deleted only while
@@ -28,14 +28,11 @@ from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.partitions import scheduled_job
-from imgpipeline.defs.streaming.landing import (
-    compact_files,
-    is_retired,
-    landing_versions,
-    ranges_of,
-    span_key,
-)
-from imgpipeline.defs.streaming.run_queries import detect_runs_in_flight
+from imgpipeline.defs.records.keys import ranges_of
+from imgpipeline.defs.records.reader import landing_versions
+from imgpipeline.defs.records.retired import is_retired
+from imgpipeline.defs.records.runs import detect_runs_in_flight
+from imgpipeline.defs.records.spans import compact_files, span_key
 from imgpipeline.defs.tables import DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse.builds import Build, built_by
 from imgpipeline.resources import StorageResource

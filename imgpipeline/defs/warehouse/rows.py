@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS_SCHEMA, FRAMES_SCHEMA, IDENTITY
 from imgpipeline.ingest.messages import parse_time
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgpipeline.defs.hours import hour_path
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS, TS
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources.storage import BadObject, Storage

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from imgpipeline import ConfigError
+from imgpipeline.durable import durable_temp, fsync_folder, replace_durably
 from imgpipeline.ingest.messages import sha256_hex
-from imgpipeline.paths import durable_temp, fsync_folder, replace_durably
 from imgpipeline.resources.storage.base import ROOT_SETTING, BadObject, Storage, StorageLocation, clean_key
 
 # errno values that say a key names no readable object (as opposed to a failing disk or root).

@@ -7,8 +7,8 @@ from typing import BinaryIO
 from dagster_aws.s3 import S3Resource
 
 from imgpipeline import ConfigError
+from imgpipeline.environment import environment
 from imgpipeline.ingest.messages import sha256_hex
-from imgpipeline.paths import environment
 from imgpipeline.resources.settings import FromEnv, resolved, setting
 from imgpipeline.resources.storage.base import ROOT_SETTING, BadObject, Storage, StorageLocation, clean_key
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.ingest.messages import frame_key, sha256_hex
 from imgpipeline.vision.quality import encode_jpeg
 from imgpipeline_tests.scenes import frames_of, landing_records, moving

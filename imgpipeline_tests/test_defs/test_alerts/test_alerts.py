@@ -318,7 +318,7 @@ def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
 @pytest.mark.edge
 def test_a_frame_captured_out_of_range_is_no_event_frame():
     from imgpipeline.defs.alerts.rows import event_frames
-    from imgpipeline.defs.streaming.landing import LandingRecord
+    from imgpipeline.defs.records.record import LandingRecord
 
     def row(frame_id: str, captured: str, status: str) -> LandingRecord:
         return LandingRecord(schema=1, frame_id=frame_id, source_id="cam", captured_at=captured,

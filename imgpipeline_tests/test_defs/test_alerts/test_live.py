@@ -20,15 +20,15 @@ from imgpipeline.cli.samples import sample
 from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.live import state_key
 from imgpipeline.defs.hours import hour_key
+from imgpipeline.defs.records.ledger import range_key
 from imgpipeline.defs.streaming.follow import CLAIMS, follow_frames
-from imgpipeline.defs.streaming.ledger import range_key
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
-from imgpipeline.vision.events import FRAME_KINDS, TRACK_KINDS
 from imgpipeline.vision.quality import encode_jpeg
+from imgpipeline.vision.rules import FRAME_KINDS, TRACK_KINDS
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import drain, kill_when, landing_records, storage_env
 from imgpipeline_tests.test_cli.street import START
@@ -253,7 +253,7 @@ def test_the_history_a_watch_is_warmed_with_is_read_whole_while_compaction_repla
     is listed and read again, every record of it found, none twice (a history read short would make
     the watch raise again what was raised before)."""
     from imgpipeline.defs.alerts.live import landed_history
-    from imgpipeline.defs.streaming.landing import landing_key
+    from imgpipeline.defs.records.keys import landing_key
     from imgpipeline_tests.scenes import landing_records
 
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()

@@ -16,7 +16,7 @@ from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.alerts.live import LiveAlerts
 from imgpipeline.defs.alerts.notify import Delivery, next_retry, retry_webhooks
-from imgpipeline.defs.streaming.listeners import LandedRange
+from imgpipeline.defs.records.listeners import LandedRange
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import AlertsResource, StorageResource
 from imgpipeline.vision.alert_rules import Webhook, parse

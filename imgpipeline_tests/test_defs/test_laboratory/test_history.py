@@ -218,7 +218,7 @@ def test_an_hour_redetected_partially_or_before_its_landing_was_whole_is_named_a
     that makes them whole and compared with nothing, and making them again makes them whole."""
     import shutil
 
-    from imgpipeline.defs.streaming.landing import read_records
+    from imgpipeline.defs.records.reader import read_records
     from imgpipeline.resources import StorageResource
 
     original = street["storage"].open()

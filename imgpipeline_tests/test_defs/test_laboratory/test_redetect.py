@@ -30,8 +30,7 @@ from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.vision import models
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import drain, stop_at_once
-from imgpipeline_tests.test_defs.test_streaming.test_daemon import wait_for
+from imgpipeline_tests.pipeline import drain, stop_at_once, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 

@@ -6,31 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from imgpipeline.cli.samples import sample
-from imgpipeline.defs.streaming.landing import parse_records
+from imgpipeline.defs.records.reader import parse_records
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames
 from imgpipeline.resources import StorageResource
 from imgpipeline.services import LocalServices
-from imgpipeline_tests.pipeline import landing_files
+from imgpipeline_tests.pipeline import landing_files, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
-
-
-def wait_for(condition, timeout_s: float, what: str, explain=None):
-    """condition()'s first true value within timeout_s; else fails, with what explain() says it saw."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    seen = f"; {explain()}" if explain else ""
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{seen}")
 
 
 @pytest.mark.long(0.75)

@@ -30,7 +30,7 @@ from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
 from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
-from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog
+from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog, wait_for
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.long(0.7)]
@@ -54,19 +54,22 @@ class Pipeline:
     def instance(self) -> dg.DagsterInstance:
         return open_instance(self.local.dagster.dagster_home)
 
+    def in_its_step(self) -> dg.DagsterRun | None:
+        """The latest run of the job that has started its step, if one is under way."""
+        with self.instance() as instance:
+            runs = instance.get_runs(dg.RunsFilter(job_name=self.job, statuses=[dg.DagsterRunStatus.STARTED]))
+            if runs and PID_TAG in runs[0].tags and instance.all_logs(
+                    runs[0].run_id, of_type=dg.DagsterEventType.STEP_START):
+                return runs[0]
+        return None
+
     def started_run(self, timeout_s: float = 180) -> dg.DagsterRun:
-        """A run of the job that has been running for half a second and is still running."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.instance() as instance:
-                runs = instance.get_runs(dg.RunsFilter(job_name=self.job,
-                                                       statuses=[dg.DagsterRunStatus.STARTED]))
-            if runs and PID_TAG in runs[0].tags:
-                time.sleep(0.5)
-                if alive(int(runs[0].tags[PID_TAG])):
-                    return runs[0]
-            time.sleep(0.2)
-        raise AssertionError(f"no {self.job} run started")
+        """A run of the job half a second into its step and still running."""
+        while True:
+            run = wait_for(self.in_its_step, timeout_s, f"a {self.job} run in its step")
+            time.sleep(0.5)  # scenario: the fault lands half a second into the run's frames
+            if alive(int(run.tags[PID_TAG])):
+                return run
 
     def kill_a_started_run(self) -> dg.DagsterRun:
         """SIGKILL the worker of a run a second into its frames; a run that finished in the meantime
@@ -74,10 +77,8 @@ class Pipeline:
         while True:
             run = self.started_run()
             if self.job == "follow_frames":  # a follower may be idle: killed once it claimed a range
-                store, deadline = self.storage.open(), time.monotonic() + 120
-                while not store.list(CLAIMS) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                assert store.list(CLAIMS), "the follower claimed no range"
+                wait_for(lambda: self.storage.open().list(CLAIMS), 120, "the follower to claim a range",
+                         every_s=0.02)
             try:
                 os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
                 return run
@@ -197,8 +198,7 @@ def test_the_daemon_killed_and_restarted_mid_run(pipeline):
     pipeline.started_run()
     pid = pipeline.local.dagster.pid
     os.killpg(pid, signal.SIGKILL)  # dagster dev, its daemon, code server, fork server and runs
-    while alive(pid):
-        time.sleep(0.1)
+    wait_for(lambda: not alive(pid), 60, "the killed dagster dev to be gone", every_s=0.1)
     fault_at = time.monotonic()
     pipeline.local.up_ui()
     pipeline.landed_exactly_once(fault_at, "dagster dev SIGKILL + restart")
@@ -209,7 +209,7 @@ def test_the_broker_killed_and_restarted_mid_run(pipeline, services):
     pipeline.started_run()
     os.kill(services.kafka.pid, signal.SIGKILL)
     fault_at = time.monotonic()
-    time.sleep(3)
+    time.sleep(3)  # scenario: the broker stays away three seconds
     services.kafka.start()
     pipeline.landed_exactly_once(fault_at, "broker SIGKILL + restart")
 
@@ -221,7 +221,7 @@ def test_the_s3_endpoint_frozen_for_30_s_mid_run(pipeline, services):
     os.kill(pid, signal.SIGSTOP)
     fault_at = time.monotonic()
     try:
-        time.sleep(30)
+        time.sleep(30)  # scenario: the fault itself, an endpoint frozen for 30 s
     finally:
         os.kill(pid, signal.SIGCONT)
     pipeline.landed_exactly_once(fault_at, "S3 endpoint SIGSTOP 30 s")

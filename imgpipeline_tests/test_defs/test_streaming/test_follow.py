@@ -15,15 +15,22 @@ import pytest
 from kafka import TopicPartition
 
 from imgpipeline.cli.status import fast_lane
+from imgpipeline.defs.records.keys import range_name
+from imgpipeline.defs.records.ledger import accounted_ranges, range_key
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.follow import CLAIMS, FAST_LANE_TAG, claims_prefix, follow_frames
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
-from imgpipeline.defs.streaming.landing import range_name
-from imgpipeline.defs.streaming.ledger import accounted_ranges, range_key
 from imgpipeline.defs.streaming.run_queries import LANE_BACKOFF_S, lane_backoff
 from imgpipeline.resources import DetectorResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
-from imgpipeline_tests.pipeline import kill_when, landing_records, produce, storage_env, video_backlog
+from imgpipeline_tests.pipeline import (
+    kill_when,
+    landing_records,
+    produce,
+    storage_env,
+    video_backlog,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 LANE = BatchPolicy(fast_lane=True, watch_s=0)
@@ -84,10 +91,9 @@ def test_the_fast_lane_detects_frames_as_they_come_and_accounts_for_each_offset_
         late = [video_backlog(3, "cam-a" if n % 2 else "cam-b") for n in range(6)]
 
         def send_late() -> None:  # once the run is under way: a burst every 0.7 s
-            while not landing_records(storage):
-                time.sleep(0.05)
+            wait_for(lambda: landing_records(storage), 120, "the run's first landing file", every_s=0.05)
             for n, burst in enumerate(late):
-                time.sleep(0.7)
+                time.sleep(0.7)  # scenario: the camera's pace
                 (tmp_path / str(n)).mkdir()
                 produce(kafka, storage, tmp_path / str(n), burst)
 

@@ -153,7 +153,7 @@ def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
             def burst():
                 for _ in range(3):
                     fill(kafka, 50)
-                    time.sleep(0.1)
+                    time.sleep(0.1)  # scenario: the burst comes in parts
 
             sender = threading.Timer(delay_s, burst)
             sender.start()

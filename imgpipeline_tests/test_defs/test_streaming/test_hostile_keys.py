@@ -15,7 +15,7 @@ import pytest
 from imgpipeline.cli.samples import sample
 from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.laboratory import history
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import ALERTS, FRAMES
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.messages import (

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from imgpipeline.defs.streaming.landing import (
-    LandingRecord,
-    Neighbours,
-    Spool,
-    hour_records,
-    landed_frames,
-    landing_key,
-    parse_records,
-    read_records,
-    record_sources,
-)
+from imgpipeline.defs.records.keys import landing_key
+from imgpipeline.defs.records.reader import hour_records, parse_records, read_records
+from imgpipeline.defs.records.record import LandingRecord
+from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, record_sources
 from imgpipeline.resources import StorageResource
 
 CONTRACTS = Path(__file__).parents[3] / "docs" / "contracts.md"
@@ -100,7 +93,7 @@ def test_status_reads_only_the_landing_files_written_since_its_window_began(stor
     keys = []
     for n, name in enumerate(("frames-0-0-1", "frames-0-1-2")):
         if n:
-            time.sleep(2.2)  # S3 dates an object to the second
+            time.sleep(2.2)  # scenario: two files written apart, as S3 dates an object to the second
         record = dataclasses.replace(a_record(offset=n, processed_at="2026-11-21T10:30:00.000Z"),
                                      frame_id=f"f{n}")
         keys.append(landing_key(hour, name))

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from imgpipeline.defs.streaming.ledger import (
+from imgpipeline.defs.records.ledger import (
     ARCHIVE,
     accounted_ranges,
     contiguous_end,
@@ -95,7 +95,7 @@ def test_a_range_run_again_below_the_fold_joins_it_and_a_fold_that_lost_a_race_c
 
 
 FOLD = """
-from imgpipeline.defs.streaming.ledger import fold_ledger
+from imgpipeline.defs.records.ledger import fold_ledger
 from imgpipeline.resources import StorageResource
 fold_ledger(StorageResource.from_env().open(), "frames", 0, keep=50, fold_at=100)
 """

@@ -537,8 +537,10 @@ def test_an_error_never_blocks_the_frame_it_was_about(kafka, local, tmp_path):
 def retire_day_of(storage, hour: datetime, today) -> None:
     """The hour landed and built, then its day's landing deleted by retention (which marks it retired)."""
     from imgpipeline.defs.hours import hour_key
+    from imgpipeline.defs.records.keys import landing_key
+    from imgpipeline.defs.records.record import LandingRecord
+    from imgpipeline.defs.records.retired import is_retired
     from imgpipeline.defs.retention.sweep import DataRetention, sweep
-    from imgpipeline.defs.streaming.landing import LandingRecord, is_retired, landing_key
     from imgpipeline.ingest.messages import iso_utc
 
     store = storage.open()

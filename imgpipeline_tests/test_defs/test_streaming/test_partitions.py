@@ -7,7 +7,6 @@ backlog."""
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.lib.instance import open_instance
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
-from imgpipeline_tests.pipeline import landing_records, stop_at_once, video_backlog
+from imgpipeline_tests.pipeline import landing_records, stop_at_once, video_backlog, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 PARTITIONS = 4
@@ -45,8 +44,11 @@ def cameras() -> dict[str, int]:
     return chosen
 
 
-def overlap(a: dg.RunRecord, b: dg.RunRecord) -> bool:
-    return a.start_time < b.end_time and b.start_time < a.end_time
+def event_order(instance: dg.DagsterInstance, kind: dg.DagsterEventType) -> dict[str, int]:
+    """Each run's `kind` event (its start, its success) by its place in the instance's one event log: an
+    order that no clock gives, so that what ran side by side or first reads the same on a busy machine."""
+    records = instance.fetch_run_status_changes(kind, limit=10_000, ascending=True).records
+    return {record.event_log_entry.run_id: record.storage_id for record in records}
 
 
 @pytest.mark.long(1.5)
@@ -81,17 +83,18 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
 
     local = LocalServices(tmp_path / ".imgpipeline")
     local.up_ui()
-    run_records: list[dg.RunRecord] = []
     try:
-        deadline = time.monotonic() + 400
-        while len(landing_records(storage)) < total and time.monotonic() < deadline:
-            time.sleep(2)
+        wait_for(lambda: len(landing_records(storage)) >= total, 400, "every frame to land", every_s=2)
         with open_instance(local.dagster.dagster_home) as instance:
-            while time.monotonic() < deadline:  # the last run's status lands just after its files
-                run_records = instance.get_run_records(dg.RunsFilter(job_name="detect_frames"))
-                if run_records and all(r.dagster_run.is_finished for r in run_records):
-                    break
-                time.sleep(1)
+
+            def finished() -> list[dg.DagsterRun] | None:
+                runs = instance.get_runs(dg.RunsFilter(job_name="detect_frames"))
+                return runs if runs and all(run.is_finished for run in runs) else None
+
+            # The last run's status lands just after its files.
+            all_runs = wait_for(finished, 120, "every run to finish", every_s=1)
+            started = event_order(instance, dg.DagsterEventType.RUN_START)
+            ended = event_order(instance, dg.DagsterEventType.RUN_SUCCESS)
     finally:
         stop_at_once(local.dagster)
 
@@ -109,19 +112,19 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
         assert [r.frame_id for r in in_order] == sent[source], source
         assert [r.captured_at for r in in_order] == sorted(r.captured_at for r in mine), source
 
-    runs = [r for r in run_records if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS]
-    assert len(runs) == len(run_records)
-    partition_of_run = {r.dagster_run.run_id: int(r.dagster_run.tags[PARTITION_TAG].rsplit("-", 1)[1])
-                        for r in runs}
-    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:] if overlap(a, b)]
-    same = [(a, b) for a, b in pairs
-            if partition_of_run[a.dagster_run.run_id] == partition_of_run[b.dagster_run.run_id]]
+    runs = [run.run_id for run in all_runs if run.status == dg.DagsterRunStatus.SUCCESS]
+    assert len(runs) == len(all_runs) and set(runs) == set(started) == set(ended)
+    partition_of_run = {run.run_id: int(run.tags[PARTITION_TAG].rsplit("-", 1)[1]) for run in all_runs}
+    # Side by side: each of two runs started before the other ended, in the event log's order.
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+             if started[a] < ended[b] and started[b] < ended[a]]
+    same = [(a, b) for a, b in pairs if partition_of_run[a] == partition_of_run[b]]
     assert pairs, "no two runs ran side by side"
     assert same == [], "two runs of one partition ran at once, past the queue's limit"
 
-    busy_runs = [r for r in runs if partition_of_run[r.dagster_run.run_id] == busy]
-    quiet_runs = [r for r in runs if partition_of_run[r.dagster_run.run_id] != busy]
+    busy_runs = [run for run in runs if partition_of_run[run] == busy]
+    quiet_runs = [run for run in runs if partition_of_run[run] != busy]
     assert len(busy_runs) >= 2 * BUSY // 50  # the busy partition's backlog took several runs
-    assert {partition_of_run[r.dagster_run.run_id] for r in quiet_runs} == set(range(PARTITIONS)) - {busy}
-    # Not starved: every quiet partition was done before the busy one's last run began.
-    assert max(r.end_time for r in quiet_runs) <= max(r.start_time for r in busy_runs)
+    assert {partition_of_run[run] for run in quiet_runs} == set(range(PARTITIONS)) - {busy}
+    # Not starved: every quiet partition's last run ended before the busy one's last run started.
+    assert max(ended[run] for run in quiet_runs) < max(started[run] for run in busy_runs)

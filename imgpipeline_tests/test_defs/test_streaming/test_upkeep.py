@@ -95,7 +95,7 @@ def test_the_purge_job_reads_its_keeping_times_from_the_environment(monkeypatch)
     with fresh_instance() as instance:
         done = runs(instance, detect_frames, DagsterEventType.RUN_SUCCESS, 2)
         failed = runs(instance, detect_frames, DagsterEventType.RUN_FAILURE, 1)
-        time.sleep(1.5)
+        time.sleep(1.5)  # scenario: the runs grow older than their keeping time of a second
         result = purge_runs_job.execute_in_process(instance=instance)
         assert result.success
         purged = result.output_for_node("purge_detect_runs")

@@ -22,8 +22,7 @@ from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.services import LocalServices
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import stop_at_once
-from imgpipeline_tests.test_defs.test_streaming.test_daemon import wait_for
+from imgpipeline_tests.pipeline import stop_at_once, wait_for
 
 # What the daemon makes of the street video (results): the PostgreSQL pass leaves it out.
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
@@ -115,7 +114,7 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
         home, held = local.dagster.dagster_home, Held(12)
         wait_for(lambda: held(settled(storage, len(frames)) and idle(storage, home)), 480,
                  "detection, then the automation sensors' warehouse and tracking runs, then nothing to do",
-                 explain=lambda: runs_seen(home))
+                 explain=lambda: runs_seen(home), every_s=1)
     finally:
         stop_at_once(local.dagster)
 

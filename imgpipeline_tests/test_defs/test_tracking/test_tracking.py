@@ -13,7 +13,9 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.defs.streaming.landing import LandingRecord, Spool, landing_key
+from imgpipeline.defs.records.keys import landing_key
+from imgpipeline.defs.records.record import LandingRecord
+from imgpipeline.defs.streaming.landing import Spool
 from imgpipeline.defs.tables import DETECTIONS, TABLES, from_parquet
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.tracking.assets import tracking_tables

@@ -12,7 +12,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS, FRAMES
 from imgpipeline.defs.warehouse import builds
 from imgpipeline.defs.warehouse.assets import WHOLE, hourly_tables

@@ -15,18 +15,11 @@ import dagster as dg
 import pytest
 
 from imgpipeline.defs.hours import hour_key
+from imgpipeline.defs.records.keys import landing_key, uris_name
+from imgpipeline.defs.records.reader import landing_keys, landing_versions
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.streaming.health import source_activity
-from imgpipeline.defs.streaming.landing import (
-    LandingRecord,
-    Neighbours,
-    Spool,
-    landed_frames,
-    landing_key,
-    landing_keys,
-    landing_versions,
-    record_sources,
-    uris_name,
-)
+from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, record_sources
 from imgpipeline.defs.warehouse import builds
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.defs.warehouse.compaction import Compaction, compact, compact_hour, compact_landing_job

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from imgpipeline.cli.samples import sample
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import FRAMES, from_parquet, to_parquet
 from imgpipeline.defs.tables.checks import schema_problems
 from imgpipeline.defs.warehouse import checks

@@ -1,9 +1,10 @@
 """What else happens as the fast lane lands a range, before the range is accounted for.
 
-The streaming domain imports no later domain. One that acts on frames as they land (the alerts domain
-raises live alerts) registers a listener here when its module is loaded, as the code location loads
-every domain. A listener that fails is logged and the range goes on: what it would have done, the
-hourly assets do from the landing.
+The streaming domain imports no later domain, and no later domain imports streaming. One that acts on
+frames as they land (the alerts domain raises live alerts) registers a listener here when its module is
+loaded, as the code location loads every domain; the fast lane tells the listeners of each range. A
+listener that fails is logged and the range goes on: what it would have done, the hourly assets do from
+the landing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from imgpipeline.defs.streaming.landing import LandingRecord
+from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.resources.storage import Storage
 
 

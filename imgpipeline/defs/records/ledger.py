@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from imgpipeline.defs.streaming.landing import range_name
+from imgpipeline.defs.records.keys import range_name
 from imgpipeline.resources.storage import BadObject, Storage
 
 RANGES = "landing/ranges"

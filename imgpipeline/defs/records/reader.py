@@ -1,0 +1,53 @@
+"""The one reader of landing records: the landing files of an hour (or of all), and their records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from imgpipeline.defs.hours import hour_path
+from imgpipeline.defs.records.keys import LANDING
+from imgpipeline.defs.records.record import LandingRecord
+from imgpipeline.resources.storage import Storage
+
+
+def landing_keys(store: Storage, hour: datetime | None = None) -> list[str]:
+    """The landing files of an event-time hour, or of every hour."""
+    prefix = f"{LANDING}/{hour_path(hour)}/" if hour else f"{LANDING}/"
+    return [key for key in store.list(prefix) if key.endswith(".jsonl")]
+
+
+def landing_versions(store: Storage, hour: datetime) -> dict[str, str]:
+    """The landing files of an event-time hour, each with the tag of its version (`Storage.versions`)."""
+    return {key: tag for key, tag in store.versions(f"{LANDING}/{hour_path(hour)}/").items()
+            if key.endswith(".jsonl")}
+
+
+def read_records(store: Storage, key: str) -> Iterator[LandingRecord]:
+    """The records of one landing file, in the order they were written."""
+    return parse_records(store.get(key))
+
+
+def parse_records(data: bytes) -> Iterator[LandingRecord]:
+    """The records of a landing file's bytes, in order."""
+    for line in data.splitlines():
+        if line.strip():
+            yield LandingRecord.from_json(line)
+
+
+def hour_records(store: Storage, hour: datetime,
+                 written_since: datetime | None = None) -> list[LandingRecord]:
+    """Every landing record of an event-time hour, as written by the runs; with `written_since`, only
+    those of the files written since then (the store's clock)."""
+    if written_since is None:
+        keys = landing_keys(store, hour)
+    else:
+        since = written_since.timestamp()
+        keys = [key for key, at in store.written(f"{LANDING}/{hour_path(hour)}/").items()
+                if key.endswith(".jsonl") and at >= since]
+    return [record for key in keys for record in read_records(store, key)]
+
+
+def all_records(store: Storage) -> list[LandingRecord]:
+    """Every landing record of every hour."""
+    return [record for key in landing_keys(store) for record in read_records(store, key)]
