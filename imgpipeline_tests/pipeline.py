@@ -28,6 +28,21 @@ def wait_for(condition, timeout_s: float, what: str, explain=None, every_s: floa
     return value
 
 
+def run_resources(**given) -> dict:
+    """The resources a run of the code location gets, from the settings as the environment says now (what
+    a test set in it included), the `given` ones instead of theirs."""
+    from imgpipeline.configuration import Settings
+
+    return {**Settings.from_env().resources(), **given}
+
+
+def code_location_rules():
+    """The alert rules the code location loads with, once checked against its zones and model."""
+    from imgpipeline.configuration import Settings
+
+    return Settings.from_env().checked().alert_rules
+
+
 def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
           max_ticks: int = 50, detector=None) -> tuple[list, str | None]:
     """Tick the sensor and execute every run it requests until nothing is pending.
@@ -35,7 +50,7 @@ def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
     Returns the executed (run request, result) pairs and the final cursor.
     """
     sensor = build_frames_sensor(policy)
-    resources = {"kafka": kafka, "storage": storage, "detector": detector or DetectorResource()}
+    resources = run_resources(kafka=kafka, storage=storage, detector=detector or DetectorResource())
     runs = []
     for _ in range(max_ticks):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})

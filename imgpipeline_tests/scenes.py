@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 
 from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.vision import counting
-from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
+from imgpipeline.vision.detection import Detection
+from imgpipeline.vision.tracking import TrackedFrame, TrackerSettings, assign
 
 Box = tuple[int, int, int, int]
 
@@ -55,7 +56,8 @@ def tracked(frames, settings: TrackerSettings | None = None) -> tuple[list[Track
     """The frames as the tracker takes them, and the ids it gives (no previous hour)."""
     tf = [
         TrackedFrame(
-            fid, when.timestamp(), [Observation(i, c, conf, box) for i, (c, conf, box) in enumerate(seen)]
+            fid, when.timestamp(), [Detection(index=i, class_name=c, confidence=conf, box=box)
+                                    for i, (c, conf, box) in enumerate(seen)]
         )
         for fid, when, seen in frames
     ]

@@ -108,7 +108,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycle_function_level_imports_included():
     edges = graph()
     # the walk sees module-level and function-level imports
-    assert edges["imgpipeline.cli.demo"] >= {"imgpipeline.cli.local", "imgpipeline.defs.resources"}
+    assert edges["imgpipeline.cli.demo"] >= {"imgpipeline.cli.local", "imgpipeline.configuration"}
     assert cycles(edges) == []
     assert cycles({**edges, "imgpipeline.paths": {"imgpipeline.cli.demo"}}) != []  # and a cycle is found
 
@@ -116,17 +116,23 @@ def test_no_import_cycle_function_level_imports_included():
 def test_dependencies_point_one_way():
     """cli → defs → web, resources → vision / ingest; nothing below imports what stands above it."""
     above = {
+        # the settings tree stands above the code it configures, beside the code location
+        "imgpipeline.configuration": ("imgpipeline.cli", "imgpipeline.definitions"),
         "imgpipeline.web": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
-                            "imgpipeline.services", "imgpipeline.lib"),
-        "imgpipeline.defs": ("imgpipeline.cli",),
-        "imgpipeline.lib": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions"),
-        "imgpipeline.services": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions"),
+                            "imgpipeline.services", "imgpipeline.lib", "imgpipeline.configuration"),
+        "imgpipeline.defs": ("imgpipeline.cli", "imgpipeline.configuration"),
+        "imgpipeline.lib": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
+                            "imgpipeline.configuration"),
+        "imgpipeline.services": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
+                                 "imgpipeline.configuration"),
         "imgpipeline.resources": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
-                                  "imgpipeline.services", "imgpipeline.lib"),
+                                  "imgpipeline.services", "imgpipeline.lib", "imgpipeline.configuration"),
         "imgpipeline.ingest": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
-                               "imgpipeline.resources", "imgpipeline.services", "imgpipeline.lib"),
+                               "imgpipeline.resources", "imgpipeline.services", "imgpipeline.lib",
+                               "imgpipeline.configuration"),
         "imgpipeline.vision": ("imgpipeline.cli", "imgpipeline.defs", "imgpipeline.definitions",
-                               "imgpipeline.resources", "imgpipeline.ingest", "imgpipeline.services"),
+                               "imgpipeline.resources", "imgpipeline.ingest", "imgpipeline.services",
+                               "imgpipeline.configuration"),
         # the env files and the variables settings see stand on the folders alone
         "imgpipeline.environment": tuple(f"imgpipeline.{name}" for name in (
             "cli", "defs", "definitions", "web", "lib", "services", "resources", "ingest", "vision",
@@ -458,3 +464,59 @@ def test_tests_wait_for_conditions_not_for_fixed_times():
               "time.sleep(3)  # scenario: the camera is away\nfor _ in y:\n    pass\n"
               "time.sleep(4)  # a wait\n")
     assert fixed_sleeps(sample) == [1, 5, 9]
+
+
+# Where settings may be read from the environment: where the settings tree is built (the code location,
+# the commands and what they start), the settings mechanism itself, and two places that say why.
+READS_SETTINGS = {
+    "imgpipeline.configuration": "the settings tree",
+    "imgpipeline.definitions": "the code location, made once",
+    "imgpipeline.lib.instance": "the environment of the Dagster processes a command starts",
+    "imgpipeline.lib.run_priority": "the run launcher, when it launches a backfill's run",
+    "imgpipeline.defs.partitions": "Dagster's partitions are made when the assets are declared",
+}
+
+
+def settings_read(tree: ast.AST) -> list[int]:
+    """Lines that read settings from the environment: a call of some model's `from_env`."""
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute) and node.func.attr == "from_env"]
+
+
+def test_settings_are_read_where_the_tree_is_built_never_in_a_run():
+    """A run, a sensor's tick and a listener take their settings from their resources or from what the
+    code location built them with: no module but those named reads the environment."""
+    allowed = ("imgpipeline.cli", "imgpipeline.services", "imgpipeline.resources", *READS_SETTINGS)
+    found = {name: lines for name, path in modules().items()
+             if not any(name == a or name.startswith(a + ".") for a in allowed)
+             and (lines := settings_read(ast.parse(path.read_text())))}
+    assert found == {}
+    assert settings_read(ast.parse("x = Screening.from_env().near(1)\ny = other.env()")) == [1]
+    assert all(name in modules() for name in READS_SETTINGS)
+
+
+# Where a detection's fields may be declared together: the one type, and the landing record's JSON view of it.
+DETECTION_SHAPES = {"imgpipeline.vision.detection.Detection",
+                    "imgpipeline.defs.records.record.LandedDetection"}
+DETECTION_FIELDS = {"class_name", "confidence", "box"}
+
+
+def detection_shapes(tree: ast.AST) -> list[str]:
+    """The classes that declare a detection's fields (`class_name`, `confidence` and `box`) together."""
+    def declared(node: ast.ClassDef) -> set[str]:
+        return {item.target.id for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+
+    return [node.name for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef) and declared(node) >= DETECTION_FIELDS]
+
+
+def test_a_detection_has_one_type():
+    """The detector, landing, tracking, counting, alert rules and drawing share one `Detection`; a shape
+    that must differ is a view of it (the landing record's JSON), never a second type."""
+    found = {f"{name}.{cls}" for name, path in modules().items()
+             for cls in detection_shapes(ast.parse(path.read_text()))}
+    assert found == DETECTION_SHAPES
+    sample = ("@dataclass\nclass Seen:\n    index: int\n    class_name: str\n    confidence: float\n"
+              "    box: tuple\nclass Row:\n    class_name: str\n    box: tuple\n    x = 1\n")
+    assert detection_shapes(ast.parse(sample)) == ["Seen"]

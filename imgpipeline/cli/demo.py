@@ -23,7 +23,7 @@ def prepare_local(log=print):
 
     Returns the services, the resources (now pointing at them) and the sample paths.
     """
-    from imgpipeline.defs.resources import resources_from_env
+    from imgpipeline.configuration import Settings
 
     fetch_model(log=log)
     samples = fetch_samples()
@@ -32,7 +32,7 @@ def prepare_local(log=print):
         log(f"  {status['name']:<8} ready at {status['address']}")
     write_services_env(services.env_file_text())
     run_checks(log=lambda line: None)
-    return services, resources_from_env(), samples
+    return services, Settings.from_env().checked().resources(), samples
 
 
 def demo(args) -> int:

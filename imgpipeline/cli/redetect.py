@@ -53,7 +53,7 @@ def submit(instance, model: str, keys: list[str], sources: list[str]) -> str:
     """Add the backfill to the instance, for its daemon to launch; its id."""
     import dagster as dg
 
-    from imgpipeline.definitions import defs
+    from imgpipeline.definitions import defs, settings
     from imgpipeline.defs.automation import yielding_tags
     from imgpipeline.defs.laboratory.assets import SOURCES_TAG, model_data_version
     from imgpipeline.defs.tables import model_key
@@ -68,7 +68,7 @@ def submit(instance, model: str, keys: list[str], sources: list[str]) -> str:
                                                             tags={"dagster/data_version": version.value}))
     backfill_id = uuid.uuid4().hex[:8]
     # Its runs yield the CPU to the live detection, as the hourly chain's do.
-    tags = {**yielding_tags(), **({SOURCES_TAG: ",".join(sources)} if sources else {})}
+    tags = {**yielding_tags(settings.run_priority), **({SOURCES_TAG: ",".join(sources)} if sources else {})}
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=backfill_id, asset_graph=graph, partition_names=keys, asset_selection=[asset_key(model)],
         backfill_timestamp=time.time(), tags=tags, dynamic_partitions_store=instance, all_partitions=False,

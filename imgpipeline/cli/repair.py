@@ -6,14 +6,14 @@ from __future__ import annotations
 
 def repair(args) -> int:
 
-    from imgpipeline.defs.resources import resources_from_env
+    from imgpipeline.configuration import Settings
     from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.defs.streaming.reconcile import coverage, repair_holes
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.paths import state_dir
     from imgpipeline.services.dagster_dev import dagster_home
 
-    resources = resources_from_env()
+    resources = Settings.from_env().checked().resources()
     with open_instance(dagster_home(state_dir())) as instance:
         if args.dry_run:
             report = coverage(resources["storage"].open(), resources["kafka"], instance)

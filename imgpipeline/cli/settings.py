@@ -8,34 +8,6 @@ from __future__ import annotations
 from imgpipeline.environment import environment
 
 
-def setting_models() -> list:
-    """Every model whose fields are settings (resources and small settings models)."""
-    from imgpipeline.defs.automation import AutomationPolicy
-    from imgpipeline.defs.partitions import Calendar
-    from imgpipeline.defs.retention.sweep import DataRetention
-    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
-    from imgpipeline.defs.streaming.detect_frames import Screening
-    from imgpipeline.defs.streaming.health import SourcePolicy
-    from imgpipeline.defs.streaming.upkeep import InstanceRetention
-    from imgpipeline.defs.warehouse.compaction import Compaction
-    from imgpipeline.lib.instance import InstanceSettings
-    from imgpipeline.lib.run_priority import RunPriority
-    from imgpipeline.resources import (
-        AlertsResource,
-        DetectorResource,
-        KafkaResource,
-        S3ClientResource,
-        StorageResource,
-        TrackingResource,
-    )
-    from imgpipeline.resources.mqtt import MqttSettings
-    from imgpipeline.resources.viewer import ViewerAccess
-
-    return [StorageResource, S3ClientResource, KafkaResource, BatchPolicy, SourcePolicy, DetectorResource,
-            TrackingResource, AlertsResource, ViewerAccess, MqttSettings, Calendar, AutomationPolicy,
-            RunPriority, InstanceSettings, InstanceRetention, DataRetention, Screening, Compaction]
-
-
 def all_rows() -> list[tuple[str, str, str, bool]]:
     """(variable, default, meaning, secret) of every setting: models first, then paths and tools."""
     import imgpipeline.environment
@@ -45,6 +17,8 @@ def all_rows() -> list[tuple[str, str, str, bool]]:
     from imgpipeline.services import kafka_broker
 
     found = []
+    from imgpipeline.configuration import setting_models
+
     for model in setting_models():
         secret = {f.json_schema_extra["env"] for f in model.model_fields.values()
                   if f.json_schema_extra and f.json_schema_extra.get("secret")}
@@ -60,17 +34,18 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_settings() -> list:
-    """Every settings model built from the environment: a bad value raises ConfigError with its fix, and
-    so does a setting that was renamed (it would be ignored without a word)."""
+def check_settings():
+    """The settings tree built from the environment: a bad value raises ConfigError with its fix, and so
+    does a setting that was renamed (it would be ignored without a word)."""
     from imgpipeline import ConfigError
+    from imgpipeline.configuration import Settings
     from imgpipeline.defs.streaming.batch_policy import RENAMED
 
     current = environment()
     for old, new in RENAMED.items():
         if current.get(old, "").strip():
             raise ConfigError(f"{old} is no longer read: use {new}")
-    return [model.from_env() for model in setting_models()]
+    return Settings.from_env()
 
 
 def settings(args) -> int:

@@ -51,8 +51,8 @@ on_detections_update = (_updated_since_requested & _when_nothing_in_progress).wi
 on_detections_made = (_updated_since_requested & _when_no_run_in_progress).with_label("detections made")
 
 
-def automation_sensor(name: str, *keys: dg.AssetKey, run_per_hour: bool = False
-                      ) -> dg.AutomationConditionSensorDefinition:
+def automation_sensor(name: str, *keys: dg.AssetKey, policy: AutomationPolicy, priority: RunPriority,
+                      run_per_hour: bool = False) -> dg.AutomationConditionSensorDefinition:
     """The sensor that evaluates the conditions of a domain's assets (every 30 s by default).
 
     Hours asked for in one evaluation are made by one run over their range, through a backfill that the
@@ -60,12 +60,11 @@ def automation_sensor(name: str, *keys: dg.AssetKey, run_per_hour: bool = False
     hours do not depend on each other, each hour is a run of its own, launched at once."""
     return dg.AutomationConditionSensorDefinition(
         name, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=AutomationPolicy.from_env().interval_s, emit_backfills=not run_per_hour,
-        run_tags=yielding_tags() or None,
+        minimum_interval_seconds=policy.interval_s, emit_backfills=not run_per_hour,
+        run_tags=yielding_tags(priority) or None,
     )
 
 
-def yielding_tags() -> dict[str, str]:
-    """The tags of a run that yields the CPU to detection (RunPriority)."""
-    nice = RunPriority.from_env().yielding
-    return {NICE_TAG: str(nice)} if nice else {}
+def yielding_tags(priority: RunPriority) -> dict[str, str]:
+    """The tags of a run that yields the CPU to detection."""
+    return {NICE_TAG: str(priority.yielding)} if priority.yielding else {}

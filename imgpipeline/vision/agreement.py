@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from imgpipeline.vision.detector import Detection
+from imgpipeline.vision.detection import Detection
 
 MATCH_IOU = 0.9  # the same box, a pixel or two apart
 LOOSE_IOU = 0.5  # the same object, its box moved

@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.zones import Zones
-
-
-@dataclass(frozen=True)
-class Tracked:
-    track_id: int
-    class_name: str
-    confidence: float
-    box: tuple[int, int, int, int]  # x, y, w, h in pixels
 
 
 @dataclass
@@ -31,7 +24,7 @@ class CountedFrame:
     seconds: float
     width: int
     height: int
-    tracked: list[Tracked] = field(default_factory=list)
+    tracked: list[Detection] = field(default_factory=list)  # confirmed: each with its track_id
 
 
 @dataclass
@@ -65,11 +58,10 @@ class Counts:
 
 def from_tracker(frames, ids: dict[tuple[str, int], int], width: int, height: int) -> list[CountedFrame]:
     """The tracker's frames (`vision.tracking.TrackedFrame`) and the ids it gave, as counting takes them:
-    each frame with its confirmed detections only."""
+    each frame with its confirmed detections only, given their ids."""
     return [
         CountedFrame(f.frame_id, f.seconds, width, height, [
-            Tracked(ids[f.frame_id, o.index], o.class_name, o.confidence, o.box)
-            for o in f.observations if (f.frame_id, o.index) in ids])
+            o.with_track(ids[f.frame_id, o.index]) for o in f.observations if (f.frame_id, o.index) in ids])
         for f in frames
     ]
 

@@ -20,24 +20,12 @@ import numpy as np
 
 from imgpipeline import ConfigError
 from imgpipeline.vision.darknet import Head
+from imgpipeline.vision.detection import Detection
 
 # An engine's inference: a 1×3×S×S float32 blob in, the model's raw outputs (each YOLO head's) out.
 Infer = Callable[[np.ndarray], Sequence[np.ndarray]]
 # A layout's decoding: the raw outputs and the confidence threshold in, `candidates`' rows out.
 Decode = Callable[[Sequence[np.ndarray], float], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Detection:
-    class_id: int
-    class_name: str
-    confidence: float
-    box: tuple[int, int, int, int]  # x, y, w, h in pixels of the original frame
-
-    def as_record(self) -> dict:
-        record = asdict(self)
-        record["box"] = list(self.box)
-        return record
 
 
 @dataclass(frozen=True)

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Labelled:
-    """A box as drawing takes it, from a table row rather than the detector."""
-
-    box: tuple[int, int, int, int]
-    class_name: str
-    confidence: float
-    class_id: int | None = None
+from imgpipeline.vision.detection import Detection
 
 
-def draw_detections(image: np.ndarray, detections) -> np.ndarray:
-    """A copy with each detection's box and label (detector results or `Labelled` rows)."""
+def draw_detections(image: np.ndarray, detections: Iterable[Detection]) -> np.ndarray:
+    """A copy with each detection's box and label, coloured by its class id (by its name when it has none)."""
     canvas = image.copy()
     for d in detections:
         x, y, w, h = d.box

@@ -226,9 +226,8 @@ def counted_steps(frames: list[EventFrame], zones: Zones, source: str) -> list[S
 
 def counted(frame: EventFrame) -> counting.CountedFrame:
     """A frame as counting takes it: its tracked detections only."""
-    return counting.CountedFrame(frame.frame_id, frame.seconds, frame.width, frame.height, [
-        counting.Tracked(s.track_id, s.class_name, s.confidence, s.box) for s in frame.seen
-        if s.track_id is not None])
+    return counting.CountedFrame(frame.frame_id, frame.seconds, frame.width, frame.height,
+                                 [s for s in frame.seen if s.track_id is not None])
 
 
 def inside(counter: counting.Counter, frame_id: str) -> list[counting.Visit]:

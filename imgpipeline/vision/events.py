@@ -1,5 +1,5 @@
-"""What alert rules look at and what they fire: a source's frame with its detections (`EventFrame`,
-`Seen`) and an alert (`Event`). The rules are evaluated by `vision/evaluator.py`, each kind by its module of
+"""What alert rules look at and what they fire: a source's frame with its detections (`EventFrame`) and an
+alert (`Event`). The rules are evaluated by `vision/evaluator.py`, each kind by its module of
 `vision/rules/`.
 """
 
@@ -7,14 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Seen:
-    index: int
-    class_name: str
-    confidence: float
-    box: tuple[int, int, int, int]
-    track_id: int | None
+from imgpipeline.vision.detection import Detection
 
 
 @dataclass
@@ -26,7 +19,7 @@ class EventFrame:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
-    seen: list[Seen] = field(default_factory=list)
+    seen: list[Detection] = field(default_factory=list)  # each with its index, and its track once tracked
 
 
 @dataclass(frozen=True)

@@ -22,18 +22,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from imgpipeline.vision import counting, events
+from imgpipeline.vision import counting
 from imgpipeline.vision.alert_rules import AlertRules
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.evaluator import EARLIEST, counted, inside
 from imgpipeline.vision.events import EventFrame
 from imgpipeline.vision.rules import Step, TrackKind, kind_of
-from imgpipeline.vision.tracking import (
-    Continued,
-    Observation,
-    TrackedFrame,
-    TrackerSettings,
-    frame_rate,
-)
+from imgpipeline.vision.tracking import Continued, TrackedFrame, TrackerSettings, frame_rate
 from imgpipeline.vision.zones import Zones
 
 FORGET_S = 3600.0  # a source this long without a frame has no track left to go on
@@ -63,8 +58,7 @@ class SourceTracks:
     def step(self, frame: EventFrame) -> Step:
         """Track and count the source's next frame: the frame with its ids, its crossings, and the open
         visits it is in."""
-        tracked = TrackedFrame(frame.frame_id, frame.seconds, [
-            Observation(s.index, s.class_name, s.confidence, s.box) for s in frame.seen])
+        tracked = TrackedFrame(frame.frame_id, frame.seconds, list(frame.seen))
         rate = frame_rate([*(f.seconds for f, _ in self.tail), frame.seconds])
         if self.tracking is None or abs(rate - self.rate) > RATE_CHANGE * self.rate:
             # The tracker's rate is the source's, measured over the last seconds as the hourly build
@@ -76,8 +70,7 @@ class SourceTracks:
         tracked.recorded = ids
         given = EventFrame(frame.frame_id, frame.seconds, frame.status, frame.brightness, frame.sha256,
                            frame.width, frame.height,
-                           [events.Seen(s.index, s.class_name, s.confidence, s.box, ids.get(s.index))
-                            for s in frame.seen])
+                           [s.with_track(ids.get(s.index)) for s in frame.seen])
         self.tail.append((tracked, given))
         since = frame.seconds - self.settings.replay_for(rate)
         self.tail = [(f, g) for f, g in self.tail if f.seconds >= since]
@@ -103,11 +96,11 @@ class SourceTracks:
         tracks = cls(zones, source_id, settings, EARLIEST if until is None else float(until))
         for frame_id, seconds, width, height, seen in saved["tail"]:
             given = EventFrame(str(frame_id), float(seconds), "detected", None, None, width, height, [
-                events.Seen(int(i), str(c), float(p), tuple(int(v) for v in box),
-                            None if t is None else int(t)) for i, c, p, box, t in seen])
-            tracked = TrackedFrame(given.frame_id, given.seconds, [
-                Observation(s.index, s.class_name, s.confidence, s.box) for s in given.seen],
-                {s.index: s.track_id for s in given.seen if s.track_id is not None})
+                Detection(index=int(i), class_name=str(c), confidence=float(p),
+                          box=tuple(int(v) for v in box), track_id=None if t is None else int(t))
+                for i, c, p, box, t in seen])
+            tracked = TrackedFrame(given.frame_id, given.seconds, list(given.seen),
+                                   {s.index: s.track_id for s in given.seen if s.track_id is not None})
             tracks.tail.append((tracked, given))
             # The lines learn where the tail's tracks were; their visits are taken up as saved.
             tracks.counter.step(counted(given), lines_only=True)

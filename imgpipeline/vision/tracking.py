@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgpipeline.vision.detection import Detection
+
 # Ids are milliseconds × this + the order of the new tracks confirmed in one millisecond.
 IDS_PER_MS = 1000
 # A track is kept while lost for at least this many of the source's frame intervals: a source sampled
@@ -55,19 +57,11 @@ class TrackerSettings:
         return max(self.replay_s, self.lost_for(rate) + (self.minimum_frames + 1) / rate)
 
 
-@dataclass(frozen=True)
-class Observation:
-    index: int  # detection_index within its frame
-    class_name: str
-    confidence: float
-    box: tuple[int, int, int, int]  # x, y, w, h in pixels
-
-
 @dataclass
 class TrackedFrame:
     frame_id: str
     seconds: float  # capture time, seconds since the epoch
-    observations: list[Observation]
+    observations: list[Detection]  # each with its index (detection_index within the frame)
     # Replayed frames only: detection_index → the track id stored for it (None when unconfirmed).
     recorded: dict[int, int | None] = field(default_factory=dict)
 
@@ -124,7 +118,7 @@ class SourceTracker:
         """
         import supervision as sv
 
-        by_class: dict[str, list[Observation]] = defaultdict(list)
+        by_class: dict[str, list[Detection]] = defaultdict(list)
         for observation in frame.observations:
             by_class[observation.class_name].append(observation)
         for class_name in by_class:

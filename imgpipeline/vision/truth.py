@@ -29,7 +29,8 @@ import numpy as np
 
 from imgpipeline import ConfigError
 from imgpipeline.vision import counting, zones
-from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
+from imgpipeline.vision.detection import Detection
+from imgpipeline.vision.tracking import TrackedFrame, TrackerSettings, assign
 
 CLASS = "person"
 TUD_FPS = 25.0  # the TUD sequences' frame rate (MOTChallenge 2015)
@@ -151,7 +152,8 @@ def detections(truth: Truth, fps: float, p: Perturbation) -> list[TrackedFrame]:
             box = (round(rng.uniform(0, width - w)), round(rng.uniform(0, height - h)), round(w), round(h))
             observations.append((box, rng.uniform(0.2, 0.45)))
         found.append(TrackedFrame(f"{truth.name}-{frame:06d}", frame / fps, [
-            Observation(i, CLASS, confidence, box) for i, (box, confidence) in enumerate(observations)]))
+            Detection(index=i, class_name=CLASS, confidence=confidence, box=box)
+            for i, (box, confidence) in enumerate(observations)]))
     return found
 
 
@@ -256,5 +258,5 @@ def iou(a: list, b: list) -> np.ndarray:
 
 def _truth_frames(truth: Truth, fps: float, width: int, height: int) -> list[counting.CountedFrame]:
     return [counting.CountedFrame(f"{truth.name}-{n:06d}", n / fps, width, height, [
-        counting.Tracked(ident, CLASS, 1.0, tuple(round(v) for v in box))
+        Detection(track_id=ident, class_name=CLASS, confidence=1.0, box=tuple(round(v) for v in box))
         for ident, box in sorted(truth.boxes.get(n, []))]) for n in range(1, max(truth.frames) + 1)]

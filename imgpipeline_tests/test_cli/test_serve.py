@@ -310,8 +310,9 @@ def test_hostile_requests_get_nothing_outside_the_storage_root(street):
              "the viewer to read the planted rows (it looks for new files every second)")
     for path in ("/?date=2026-11-18", "/alerts?date=2026-11-18", "/alerts/999999",
                  "/frames/2026-11-18/cam/evil"):
-        code, body = status(viewer.url + path)
-        assert code == 200, path
+        # Each page's own view of the warehouse sees the new files on its next look.
+        code, body = wait_for(lambda path=path: (shown := status(viewer.url + path))[0] == 200 and shown, 30,
+                              f"{path} to show the planted rows")
         assert "<script>x" not in body and "<img src=x" not in body, path
     assert "&lt;script&gt;x" in status(viewer.url + "/?date=2026-11-18")[1]
     assert "&lt;img src=x onerror=alert(1)&gt;" in status(viewer.url + "/alerts/999999")[1]

@@ -20,7 +20,7 @@ from imgpipeline.lib.instance import open_instance
 from imgpipeline.paths import HOME_ENV, state_dir
 from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline.services.dagster_dev import dagster_home
-from imgpipeline_tests.pipeline import drain, video_backlog
+from imgpipeline_tests.pipeline import drain, run_resources, video_backlog
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 # Between cam-b's last frame and cam-a's next ones: what tells a silent source from a live one. Each
@@ -78,7 +78,7 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
         # A run fails; cam-b falls silent while cam-a goes on.
         failed = detect_frames.execute_in_process(
             run_config=detect_run_config(kafka.frames_topic, 0, 5, 5), instance=instance,
-            resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()},
+            resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()),
             raise_on_error=False)
         assert not failed.success
         while time.time() - b_sent < GAP_S:
@@ -105,7 +105,7 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
         # The same verdict as a Dagster asset check, kept in the instance's history.
         monkeypatch.setenv("IMGPIPELINE_SOURCE_SILENT_MIN", silent_after())
         job = dg.Definitions(asset_checks=[sources_fresh], jobs=[check_sources],
-                             resources={"storage": storage}).resolve_job_def("check_sources")
+                             resources=run_resources(storage=storage)).resolve_job_def("check_sources")
         result = job.execute_in_process(instance=instance)
         (evaluation,) = result.get_asset_check_evaluations()
         assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN

@@ -50,8 +50,9 @@ def test_the_daily_schedules_ask_for_the_day_before():
 
 def test_the_automation_sensors_look_as_often_as_the_setting_says(monkeypatch):
     from imgpipeline import ConfigError
-    from imgpipeline.defs.automation import automation_sensor
+    from imgpipeline.defs.automation import AutomationPolicy, automation_sensor
     from imgpipeline.defs.tables import FRAMES
+    from imgpipeline.lib.run_priority import RunPriority
 
     # The definitions as a code server imports them, in a process of their own (this one's may have been
     # imported under another test's settings): the three sensors share the setting's one interval.
@@ -67,10 +68,13 @@ def test_the_automation_sensors_look_as_often_as_the_setting_says(monkeypatch):
                              timeout=300)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == repr([(name, interval) for name in names])
+    priority = RunPriority()
     monkeypatch.delenv("IMGPIPELINE_AUTOMATION_INTERVAL_S", raising=False)
-    assert automation_sensor("by_default", FRAMES.key).minimum_interval_seconds == 30
+    assert automation_sensor("by_default", FRAMES.key, policy=AutomationPolicy.from_env(),
+                             priority=priority).minimum_interval_seconds == 30
     monkeypatch.setenv("IMGPIPELINE_AUTOMATION_INTERVAL_S", "5")
-    assert automation_sensor("fresher", FRAMES.key).minimum_interval_seconds == 5
+    assert automation_sensor("fresher", FRAMES.key, policy=AutomationPolicy.from_env(),
+                             priority=priority).minimum_interval_seconds == 5
     monkeypatch.setenv("IMGPIPELINE_AUTOMATION_INTERVAL_S", "0")
     with pytest.raises(ConfigError, match="IMGPIPELINE_AUTOMATION_INTERVAL_S"):
-        automation_sensor("never", FRAMES.key)
+        AutomationPolicy.from_env()

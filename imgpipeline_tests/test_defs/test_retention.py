@@ -24,11 +24,12 @@ from imgpipeline.defs.retention.definitions import retention_job
 from imgpipeline.defs.retention.sweep import DataRetention, lifecycle_rules, record_key, sweep, totals
 from imgpipeline.defs.tables import FRAMES, from_parquet
 from imgpipeline.defs.warehouse import assets, tracked
-from imgpipeline.defs.warehouse.assets import hourly_tables, retrack_sensor
+from imgpipeline.defs.warehouse.assets import build_retrack_sensor, hourly_tables
 from imgpipeline.defs.warehouse.builds import build_key
+from imgpipeline.lib.run_priority import RunPriority
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import storage_env
+from imgpipeline_tests.pipeline import run_resources, storage_env
 
 pytestmark = [pytest.mark.integration]
 
@@ -170,7 +171,7 @@ def test_a_mark_on_a_retired_hour_ends_without_a_run(tmp_path):
     store.put(tracked.retrack_key(OLD_HOUR), digest.encode())  # as a run of an older version left it
     with fresh_instance() as instance, dg.build_sensor_context(
             instance=instance, resources={"storage": storage}) as context:
-        assert not retrack_sensor(context).run_requests
+        assert not build_retrack_sensor(RunPriority())(context).run_requests
     assert tracked.marked_hours(store) == []
 
 
@@ -224,7 +225,7 @@ def test_the_job_sets_the_dead_letters_retention_and_records_it(kafka, storage, 
     store.put("frames/cam1/2020-01-01/a.jpg", b"x")
     with fresh_instance() as instance:
         result = retention_job.execute_in_process(instance=instance,
-                                                  resources={"storage": storage, "kafka": kafka})
+                                                  resources=run_resources(storage=storage, kafka=kafka))
     assert result.success and result.output_for_node("delete_by_age") == {"frames": 1}
     admin = kafka.admin()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from imgpipeline.lib.run_priority import BACKFILL_TAG, NICE_TAG, run_nice
+from imgpipeline.lib.run_priority import BACKFILL_TAG, NICE_TAG, RunPriority, run_nice
 
 
 def test_a_runs_niceness_tag_is_read_within_bounds():
@@ -16,8 +16,12 @@ def test_a_runs_niceness_tag_is_read_within_bounds():
 
 
 def test_the_automation_sensors_tag_their_runs_to_yield_unless_set_to_0(monkeypatch):
-    from imgpipeline.defs.automation import automation_sensor
+    from imgpipeline.defs.automation import AutomationPolicy, automation_sensor
 
-    assert automation_sensor("s", dg.AssetKey("a")).run_tags == {NICE_TAG: "19"}
+    def sensor():  # as the code location builds it, from the settings
+        return automation_sensor("s", dg.AssetKey("a"), policy=AutomationPolicy(),
+                                 priority=RunPriority.from_env())
+
+    assert sensor().run_tags == {NICE_TAG: "19"}
     monkeypatch.setenv("IMGPIPELINE_AUTOMATION_NICE", "0")
-    assert NICE_TAG not in automation_sensor("s", dg.AssetKey("a")).run_tags
+    assert NICE_TAG not in sensor().run_tags

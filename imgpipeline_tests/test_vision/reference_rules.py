@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 
 from imgpipeline.vision import counting
 from imgpipeline.vision.alert_rules import AlertRules
-from imgpipeline.vision.events import Event, EventFrame, Seen
+from imgpipeline.vision.detection import Detection
+from imgpipeline.vision.events import Event, EventFrame
 from imgpipeline.vision.zones import Zones
 
 
@@ -206,17 +207,16 @@ def silence_event(rule, source: str, before: EventFrame, after: EventFrame | Non
 
 def _counted(frames: list[EventFrame]) -> list[counting.CountedFrame]:
     return [counting.CountedFrame(f.frame_id, f.seconds, f.width, f.height, [
-        counting.Tracked(s.track_id, s.class_name, s.confidence, s.box)
-        for s in f.seen if s.track_id is not None]) for f in frames if f.status == "detected"]
+        s for s in f.seen if s.track_id is not None]) for f in frames if f.status == "detected"]
 
 
 def _wanted(rule, class_name: str) -> bool:
     return rule.classes is None or class_name in rule.classes
 
 
-def _tracked(frame: EventFrame, track_id: int) -> Seen | None:
+def _tracked(frame: EventFrame, track_id: int) -> Detection | None:
     return next((s for s in frame.seen if s.track_id == track_id), None)
 
 
-def _subject(seen: Seen | None) -> tuple:
+def _subject(seen: Detection | None) -> tuple:
     return (seen.track_id, seen.index, seen.class_name) if seen is not None else (None, None, None)

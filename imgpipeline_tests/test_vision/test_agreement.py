@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from imgpipeline.vision.agreement import compare
-from imgpipeline.vision.detector import Detection
+from imgpipeline.vision.detection import Detection
 
 
 def box(name: str, confidence: float, x: int, y: int = 0, w: int = 100, h: int = 100) -> Detection:
-    return Detection({"person": 0, "car": 2, "dog": 16}[name], name, confidence, (x, y, w, h))
+    return Detection(class_id={"person": 0, "car": 2, "dog": 16}[name], class_name=name,
+                     confidence=confidence, box=(x, y, w, h))
 
 
 REFERENCE = [

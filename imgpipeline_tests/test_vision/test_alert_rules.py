@@ -8,6 +8,7 @@ from imgpipeline import ConfigError
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.vision import alert_rules, zones
 from imgpipeline.vision.model_files import NAMES
+from imgpipeline_tests.pipeline import code_location_rules
 
 ZONES = zones.parse(b"""
 sources:
@@ -80,15 +81,15 @@ def test_files_too_large_or_endless_are_refused(tmp_path):
 
 
 def test_the_demo_rules_come_only_with_the_demo_zones(tmp_path, monkeypatch):
-    from imgpipeline.defs.resources import resources_from_env
+    from imgpipeline.configuration import Settings
 
     monkeypatch.setenv("IMGPIPELINE_HOME", str(tmp_path))
     monkeypatch.delenv("IMGPIPELINE_ALERTS_FILE", raising=False)
     monkeypatch.delenv("IMGPIPELINE_ZONES_FILE", raising=False)
-    assert len(resources_from_env()["alert_rules"].rules().rules) >= 5  # the checkout's pair
+    assert len(code_location_rules().rules().rules) >= 5  # the checkout's pair
     own = tmp_path / "zones.yaml"
     own.write_text("sources:\n  gate:\n    lines: [{name: door, start: [0, 0], end: [9, 9]}]\n")
-    assert resources_from_env()["alert_rules"].rules().rules == []  # a site's own zones: no demo rules
+    assert code_location_rules().rules().rules == []  # a site's own zones: no demo
     (tmp_path / "alerts.yaml").write_text("rules: [{name: r, kind: zone_enter, zone: road}]\n")
     with pytest.raises(ConfigError, match="zone 'road' is not drawn for any source"):
-        resources_from_env()  # a site's own rules are checked against its zones
+        Settings.from_env().checked().resources()  # a site's own rules are checked against its zones

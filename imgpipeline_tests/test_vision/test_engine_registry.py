@@ -19,7 +19,7 @@ from imgpipeline.vision.engines import Engine, Network, Sessions, register
 from imgpipeline.vision.model_files import INT8_XML, ONNX, expected_sha256
 from imgpipeline.vision.quality import decode_image
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import landing_records
+from imgpipeline_tests.pipeline import landing_records, run_resources
 from imgpipeline_tests.test_vision.test_engines import video
 
 CAPTURED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -38,7 +38,7 @@ def detected_in_a_run(tmp_path, kafka: KafkaResource, detector: DetectorResource
     with fresh_instance() as instance:
         result = detect_frames.execute_in_process(
             run_config={"ops": {"detect": {"config": {"uris": [store.uri(key)]}}}}, instance=instance,
-            resources={"kafka": kafka, "storage": storage, "detector": detector})
+            resources=run_resources(kafka=kafka, storage=storage, detector=detector))
     assert result.success
     (record,) = landing_records(storage)
     return record

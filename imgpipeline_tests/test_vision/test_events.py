@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from imgpipeline.ingest.messages import stand_in_source
 from imgpipeline.vision import alert_rules, events, zones
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.evaluator import evaluate
 from imgpipeline_tests.scenes import Thing, frames_of, moving, tracked
 
@@ -21,7 +22,8 @@ def scene(things, seconds, fps=5.0, start=START, source="cam", track=True):
     frames = frames_of(things, start, seconds, fps, source)
     tf, ids = tracked(frames) if track else (None, {})
     return [events.EventFrame(fid, when.timestamp(), "detected", 120.0, f"sha-{fid}", 640, 480, [
-        events.Seen(i, c, conf, box, ids.get((fid, i))) for i, (c, conf, box) in enumerate(seen)])
+        Detection(index=i, class_name=c, confidence=conf, box=box, track_id=ids.get((fid, i)))
+        for i, (c, conf, box) in enumerate(seen)])
         for fid, when, seen in frames]
 
 

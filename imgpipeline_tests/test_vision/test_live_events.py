@@ -12,6 +12,7 @@ import pytest
 from imgpipeline.ingest.messages import stand_in_source
 from imgpipeline.vision import events
 from imgpipeline.vision.alert_rules import parse
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.evaluator import EARLIEST, HOUR, Evaluator, evaluate, hour_of
 from imgpipeline.vision.rules import FRAME_KINDS, Step
 from imgpipeline_tests.test_vision import reference_rules
@@ -41,9 +42,10 @@ def camera(rng: random.Random, source: str, count: int) -> list[events.EventFram
         cars = max(0, cars + rng.choice([-1, 0, 0, 0, 1])) if rng.random() < 0.2 else cars
         status = "skipped_dark" if spell["dark"] or rng.random() < 0.02 else "detected"
         sha = sha if spell["frozen"] or rng.random() < 0.1 else f"{source}-{n}"
-        seen = [events.Seen(0, "dog", rng.uniform(0.5, 1.0), (0, 0, 10, 10), None)] if spell["dog"] else []
-        seen += [events.Seen(len(seen) + i, "car", rng.uniform(0.4, 1.0), (0, 0, 10, 10), None)
-                 for i in range(cars)]
+        seen = [Detection(index=0, class_name="dog", confidence=rng.uniform(0.5, 1.0), box=(0, 0, 10, 10))
+                ] if spell["dog"] else []
+        seen += [Detection(index=len(seen) + i, class_name="car", confidence=rng.uniform(0.4, 1.0),
+                           box=(0, 0, 10, 10)) for i in range(cars)]
         frames.append(events.EventFrame(f"{source}-{n:05d}", seconds, status, 80.0, sha, 640, 480,
                                         seen if status == "detected" else []))
     return frames

@@ -10,9 +10,10 @@ import pytest
 
 from imgpipeline.vision import events, zones
 from imgpipeline.vision.alert_rules import parse
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.evaluator import Evaluator, confirmed_at, evaluate
 from imgpipeline.vision.live_tracks import TrackWatch
-from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign
+from imgpipeline.vision.tracking import TrackedFrame, TrackerSettings, assign
 from imgpipeline_tests.test_vision import reference_rules
 
 HOUR = 3600.0
@@ -56,16 +57,15 @@ def camera(rng: random.Random, source: str, seconds: float, rate: float = 2.0) -
                 x = x0 + vx * (at - born) + rng.uniform(-2, 2)
                 w, h = (80, 50) if cls == "car" else (30, 70)
                 if -w < x < 640:
-                    seen.append(events.Seen(len(seen), cls, rng.uniform(0.55, 0.95),
-                                            (int(x), int(y + vy * (at - born)), w, h), None))
+                    seen.append(Detection(index=len(seen), class_name=cls, confidence=rng.uniform(0.55, 0.95),
+                                          box=(int(x), int(y + vy * (at - born)), w, h)))
         frames.append(events.EventFrame(f"{source}-{n:06d}", at, "detected", 90.0, f"{source}{n}", 640, 480,
                                         seen))
     return frames
 
 
 def tracked(frame: events.EventFrame) -> TrackedFrame:
-    return TrackedFrame(frame.frame_id, frame.seconds,
-                        [Observation(s.index, s.class_name, s.confidence, s.box) for s in frame.seen])
+    return TrackedFrame(frame.frame_id, frame.seconds, list(frame.seen))
 
 
 def hourly(frames: dict[str, list[events.EventFrame]],
@@ -88,8 +88,7 @@ def hourly(frames: dict[str, list[events.EventFrame]],
                 ids[source, frame_id, index] = track_id
         hour += HOUR
     with_ids = {s: [events.EventFrame(f.frame_id, f.seconds, f.status, f.brightness, f.sha256, f.width,
-                                      f.height, [events.Seen(x.index, x.class_name, x.confidence, x.box,
-                                                             ids.get((s, f.frame_id, x.index)))
+                                      f.height, [x.with_track(ids.get((s, f.frame_id, x.index)))
                                                  for x in f.seen])
                     for f in fs] for s, fs in frames.items()}
     found, hour = {}, first

@@ -22,6 +22,7 @@ from imgpipeline_tests.onnx_models import (
     squares,
     with_constants_apart,
 )
+from imgpipeline_tests.pipeline import code_location_rules
 from imgpipeline_tests.test_vision.test_engine_registry import detected_in_a_run
 
 # Where the rectangles are drawn on a 640 × 480 frame (x, y, w, h): each is one cell of the detector's
@@ -82,22 +83,22 @@ def test_a_user_onnx_model_detects_through_a_detect_frames_run_and_names_itself_
 
 def test_alert_rules_are_checked_against_the_live_models_classes_at_load(folder, tmp_path, monkeypatch):
     """A rule naming a class is checked against the names of the model IMGPIPELINE_MODEL picks."""
-    from imgpipeline.defs.resources import resources_from_env
+    from imgpipeline.configuration import Settings
 
     add("colours", colour_detector(tmp_path / "best.onnx"), names_file(tmp_path / "names.txt"), log=print)
     rules = tmp_path / "alerts.yaml"
     monkeypatch.setenv("IMGPIPELINE_ALERTS_FILE", str(rules))
     monkeypatch.setenv("IMGPIPELINE_MODEL", "colours")
     rules.write_text("rules:\n  - {name: red-seen, kind: class, classes: [red]}\n")
-    assert resources_from_env()["alert_rules"].rules().rule("red-seen").classes == ["red"]
+    assert code_location_rules().rules().rule("red-seen").classes == ["red"]
     rules.write_text("rules:\n  - {name: car-seen, kind: class, classes: [car]}\n")
     with pytest.raises(ConfigError, match=r"rule 'car-seen': the model knows no class 'car' "
                                           rf"\(see {folder / 'colours' / 'names.txt'}\)"):
-        resources_from_env()
+        Settings.from_env().checked().resources()
     monkeypatch.setenv("IMGPIPELINE_MODEL", "yolov4-tiny")  # its names: COCO's, car among them
     for name in ("coco.names", "SHA256SUMS"):
         shutil.copy(PACKAGE_DIR.parent / "models" / name, folder / name)
-    assert resources_from_env()["alert_rules"].rules().rule("car-seen").classes == ["car"]
+    assert code_location_rules().rules().rule("car-seen").classes == ["car"]
 
 
 def test_models_that_cannot_be_read_are_refused_when_added_with_what_was_found(folder, tmp_path):

@@ -468,7 +468,8 @@ def print_chaos(result: dict) -> None:
     print(f"hours: {result['hours']['checked']} checked, rows ≠ landing in {result['hours']['mismatched']}")
     alerts = result["alerts"]
     print(f"alerts: {alerts['tables']} in the tables (doubled {alerts['tables_doubled']}); on Kafka missing "
-          f"{alerts['kafka_missing']}, doubled {alerts['kafka_doubled']}, not in the tables "
+          f"{alerts['kafka_missing']}, sent again under their numbers {alerts['kafka_doubled']}, saying "
+          f"another alert under a number {alerts['kafka_conflicting']}, not in the tables "
           f"{alerts['kafka_extra']}; at the webhook missing {alerts['webhook_missing']}, doubled "
           f"{alerts['webhook_doubled']}, not in the tables {alerts['webhook_extra']}")
     print(f"settled {result['settle_s']} s after the end of the last fault" if result["settled"]

@@ -19,10 +19,10 @@ def bench_detect(frames: int = 500) -> dict:
     """One detect_frames run over `frames` frames next to a bare decode+detect loop."""
     import dagster as dg
 
-    from imgpipeline.defs.resources import resources_from_env
+    from imgpipeline.configuration import Settings
     from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 
-    resources = resources_from_env()
+    resources = Settings.from_env().checked().resources()
     kafka, storage, folder = fresh_topic_and_store(resources["kafka"], "detect")
     batch = bench_frames(frames)
     send_backlog(kafka, storage, folder, batch)

@@ -17,7 +17,7 @@ def _peak_rss_of_run(kafka_fields: dict, storage_uri: str, frames: int) -> float
 
     import dagster as dg
 
-    from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
+    from imgpipeline.defs.streaming.detect_frames import Screening, detect_frames, detect_run_config
     from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
 
     kafka = KafkaResource(**kafka_fields)
@@ -26,7 +26,7 @@ def _peak_rss_of_run(kafka_fields: dict, storage_uri: str, frames: int) -> float
         outcome = detect_frames.execute_in_process(
             run_config=run_config, instance=instance,
             resources={"kafka": kafka, "storage": StorageResource(uri=storage_uri),
-                       "detector": DetectorResource.from_env()},
+                       "detector": DetectorResource.from_env(), "screening": Screening.from_env()},
         )
     if not outcome.success:
         raise SystemExit(f"the detect_frames run over {frames} frames failed")

@@ -40,7 +40,7 @@ def hour_extension_s(warehouse: dict, achieved: float, frames_hour: float, inter
 def figures(sources: int, partitions: int, fps: float, seconds: float, live: dict, landing: dict,
             warehouse: dict, screening: dict) -> dict:
     """The measured figures, per hour of input, per day and month, and what bends first."""
-    from imgpipeline.defs.warehouse.assets import warehouse_automation
+    from imgpipeline.defs.automation import AutomationPolicy
 
     sent = live["sent"]
     span = max(1e-9, (live["last_sent"] or live["t0"]) - (live["first_sent"] or live["t0"]))
@@ -88,7 +88,7 @@ def figures(sources: int, partitions: int, fps: float, seconds: float, live: dic
     hourly_build = warehouse.get("empty_hourly_s", 0.0) + per_frame_h * frames_hour
     build_hour = (hourly_build + warehouse.get("empty_daily_s", 0.0) / HOURS_PER_DAY
                   + per_frame_d * frames_hour)
-    interval = warehouse_automation.minimum_interval_seconds
+    interval = AutomationPolicy.from_env().interval_s
     extend_end = hour_extension_s(warehouse, achieved, frames_hour, interval)
     per_hour = {
         "frames": round(landing["records"] * per_hour_scale, 1),
@@ -151,7 +151,7 @@ def figures(sources: int, partitions: int, fps: float, seconds: float, live: dic
                       "daily_s_per_frame": round(per_frame_d, 9), "hour_build_s": round(hourly_build, 2),
                       "hour_end_extension_s": extend_end},
         "screening": {**screening, "s_per_record": round(screening["s_per_record"], 9)},
-        "warehouse_automation_interval_s": warehouse_automation.minimum_interval_seconds,
+        "warehouse_automation_interval_s": interval,
         "per_hour": per_hour, "per_day": per_day, "per_month": per_month,
         "dagster_home": str(live["dagster_home"]), "store": live["storage"].uri,
     }

@@ -140,10 +140,11 @@ class Soak:
 
     def drain(self) -> list[float]:
         """Ticks and every run they ask for until nothing is pending; each run's time."""
-        from imgpipeline.defs.streaming.detect_frames import detect_frames
+        from imgpipeline.defs.streaming.detect_frames import Screening, detect_frames
         from imgpipeline.resources import DetectorResource
 
-        resources = {"kafka": self.kafka, "storage": self.storage, "detector": DetectorResource.from_env()}
+        resources = {"kafka": self.kafka, "storage": self.storage, "detector": DetectorResource.from_env(),
+                     "screening": Screening.from_env()}
         spent = []
         for _ in range(100):
             requests = self.tick(self.sensor)

@@ -20,7 +20,7 @@ def bench_tracking(rounds: int) -> dict:
     from imgpipeline.cli.samples import sample
     from imgpipeline.resources import DetectorResource, TrackingResource
     from imgpipeline.vision import counting
-    from imgpipeline.vision.tracking import Observation, TrackedFrame, assign
+    from imgpipeline.vision.tracking import TrackedFrame, assign
 
     capture = cv2.VideoCapture(str(sample("bikes.mp4")))
     images = []
@@ -42,7 +42,7 @@ def bench_tracking(rounds: int) -> dict:
                 TrackedFrame(
                     f"street-{r}-{n:04d}",
                     seconds,
-                    [Observation(i, d.class_name, d.confidence, d.box) for i, d in enumerate(detections)],
+                    [replace(d, index=i) for i, d in enumerate(detections)],
                 )
             )
     tracking = TrackingResource.from_env()

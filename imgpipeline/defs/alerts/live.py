@@ -35,11 +35,10 @@ from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.records.listeners import LandedRange
 from imgpipeline.defs.records.reader import landing_keys, read_records
 from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
-from imgpipeline.defs.resources import alert_rules_from_env
 from imgpipeline.ingest.messages import parse_time
-from imgpipeline.resources import TrackingResource
 from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision import events
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.evaluator import HOUR, Evaluator, hour_of
 from imgpipeline.vision.live_tracks import SLOWEST_RATE, TrackWatch
 from imgpipeline.vision.rules import Step
@@ -61,8 +60,8 @@ def event_frames(records) -> dict[str, list[events.EventFrame]]:
         # the watches (and warm them again and again).
         if r.status == OUT_OF_RANGE or not is_camera(r.source_id):
             continue
-        seen = [events.Seen(i, d["class_name"], d["confidence"], tuple(d["box"]), None)
-                for i, d in enumerate(r.detections or [])]
+        seen = [Detection(index=i, class_name=d["class_name"], confidence=d["confidence"],
+                          box=tuple(d["box"])) for i, d in enumerate(r.detections or [])]
         found[r.source_id].append(events.EventFrame(
             r.frame_id, parse_time(r.captured_at).timestamp(), r.status, r.brightness, r.sha256, r.width,
             r.height, seen))
@@ -178,8 +177,8 @@ class LiveAlerts:
         self.retries_at = 0.0  # when a refused send (of any run) is due again: the ledger is looked at then
 
     def __call__(self, landed: LandedRange) -> None:
-        tracking = TrackingResource.from_env()
-        resource = alert_rules_from_env(tracking)
+        # The run's own settings: those it was launched with, as the hourly assets read theirs.
+        tracking, resource = landed.context.resources.tracking, landed.context.resources.alert_rules
         rules, zones, settings = resource.rules(), tracking.zones(), tracking.settings()
         if Evaluator(rules).idle:
             return

@@ -12,6 +12,7 @@ from imgpipeline.defs.tables import ALERTS_SCHEMA, TRACKED_COLUMNS
 from imgpipeline.ingest.messages import annotated_key
 from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision import drawing, events
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg
 
 FRAME_COLUMNS = ["source_id", "frame_id", "captured_at", "status", "brightness", "sha256", "width", "height",
@@ -36,8 +37,9 @@ def event_frames(frames: pa.Table, detections: pa.Table) -> dict[str, list[event
     for d in sorted(detections.select(TRACKED_COLUMNS).to_pylist(), key=lambda d: d["detection_index"]):
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None:
-            frame.seen.append(events.Seen(d["detection_index"], d["class_name"], d["confidence"],
-                                          (d["x"], d["y"], d["w"], d["h"]), d["track_id"]))
+            frame.seen.append(Detection(index=d["detection_index"], class_name=d["class_name"],
+                                        confidence=d["confidence"], box=(d["x"], d["y"], d["w"], d["h"]),
+                                        track_id=d["track_id"]))
     per_source: dict[str, list[events.EventFrame]] = defaultdict(list)
     for (source, _), frame in found.items():
         per_source[source].append(frame)
@@ -62,7 +64,7 @@ def alert_rows(hour: datetime, fired: list[events.Event], numbers: list[int], ru
 
 
 def draw_evidence(store: Storage, event: events.Event, number: int, frame: dict | None,
-                  seen: list[events.Seen],
+                  seen: list[Detection],
                   max_bytes: int) -> tuple[str | None, str | None]:
     """The alert frame with its detections drawn (the subject framed in white) and the subject's crop,
     stored under `annotated/` as the alert's own (`<frame>.alert-<number>[.crop].jpg`: two alerts on one
@@ -73,8 +75,7 @@ def draw_evidence(store: Storage, event: events.Event, number: int, frame: dict 
         image = decode_image(store.get(store.key_for(frame["uri"]), max_bytes=max_bytes))
     except (BadObject, UndecodableImage):
         return None, None
-    boxes = [drawing.Labelled(s.box, s.class_name, s.confidence) for s in seen]
-    annotated = drawing.draw_detections(image, boxes)
+    annotated = drawing.draw_detections(image, seen)
     subject = next((s for s in seen if s.index == event.detection_index), None)
     crop_key = None
     if subject is not None:

@@ -20,7 +20,8 @@ from imgpipeline.resources.storage import Storage
 
 @dataclass(frozen=True)
 class LandedRange:
-    """A range of a partition just landed: where, and its records (read back from the run's spools)."""
+    """A range of a partition just landed: where, and its records (read back from the run's spools). The
+    run's `context` holds its resources: a listener's settings are the run's, never read apart."""
 
     context: dg.OpExecutionContext
     kafka: object

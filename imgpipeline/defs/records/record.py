@@ -18,7 +18,9 @@ UNPROCESSED = ("error", OUT_OF_RANGE)
 
 
 class LandedDetection(TypedDict):
-    """One object a detector found in a frame; the box is x, y, w, h in pixels of the frame."""
+    """One object a detector found in a frame as the landing file holds it (the box x, y, w, h in pixels of
+    the frame): the JSON view of `vision.detection.Detection`, which `Detection.as_record` writes. Not a
+    second detection type: readers that track, count, alert or draw make `Detection`s of it."""
 
     class_id: int
     class_name: str

@@ -12,9 +12,9 @@ from imgpipeline.resources import KafkaResource, StorageResource
 
 @dg.op(description="Deletes frames, annotated images, landing and reports past their keeping time; sets "
                    "the dead-letter topics' retention; records what it deleted under retention/.")
-def delete_by_age(context: dg.OpExecutionContext, storage: StorageResource,
-                  kafka: KafkaResource) -> dg.Output[dict]:
-    retention = DataRetention.from_env()
+def delete_by_age(context: dg.OpExecutionContext, storage: StorageResource, kafka: KafkaResource,
+                  data_retention: DataRetention) -> dg.Output[dict]:
+    retention = data_retention
     store = storage.open()
     record = sweep(store, retention, log=context.log.info, keep_dead_letters=kafka.keep_dead_letters)
     deleted = totals(record)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict
+import dagster as dg
 
 from imgpipeline.defs.records.keys import LANDING
 from imgpipeline.defs.records.ledger import ARCHIVE
@@ -38,10 +38,8 @@ DAY = re.compile(r"(?:dt=)?([0-9]{4}-[0-9]{2}-[0-9]{2})")
 HOUR = re.compile(r"hour=([0-9]{2})")
 
 
-class DataRetention(FromEnv, BaseModel):
+class DataRetention(FromEnv, dg.ConfigurableResource):
     """How many days each kind of object is kept (0: for ever)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     frames_keep_days: int = setting(
         "IMGPIPELINE_FRAMES_KEEP_DAYS", 30,

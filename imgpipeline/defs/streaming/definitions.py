@@ -10,17 +10,19 @@ from imgpipeline.defs.streaming.follow import follow_frames
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.defs.streaming.health import check_sources, check_sources_schedule, sources_fresh
 from imgpipeline.defs.streaming.reconcile import (
+    build_repair_sensor,
     offsets_accounted_for,
     reconcile_frames,
     reconcile_schedule,
-    repair_sensor,
 )
 from imgpipeline.defs.streaming.upkeep import purge_runs_job, purge_schedule
 
-defs = dg.Definitions(
-    assets=[kafka_frames, landing_metadata],
-    asset_checks=[offsets_accounted_for, sources_fresh],
-    jobs=[detect_frames, follow_frames, reconcile_frames, check_sources, purge_runs_job],
-    sensors=[build_frames_sensor(BatchPolicy.from_env()), repair_sensor],
-    schedules=[reconcile_schedule, check_sources_schedule, purge_schedule],
-)
+
+def definitions(policy: BatchPolicy) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[kafka_frames, landing_metadata],
+        asset_checks=[offsets_accounted_for, sources_fresh],
+        jobs=[detect_frames, follow_frames, reconcile_frames, check_sources, purge_runs_job],
+        sensors=[build_frames_sensor(policy), build_repair_sensor(policy)],
+        schedules=[reconcile_schedule, check_sources_schedule, purge_schedule],
+    )

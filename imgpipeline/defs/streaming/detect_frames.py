@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.records.keys import landing_key, range_name, uris_name
@@ -44,10 +44,8 @@ from imgpipeline.vision.quality import DARK_THRESHOLD
 PARTITION_TAG = "imgpipeline/kafka-partition"
 
 
-class Screening(FromEnv, BaseModel):
+class Screening(FromEnv, dg.ConfigurableResource):
     """How far back a run looks for frames already processed in their hour."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     window: int = setting(
         "IMGPIPELINE_DUPLICATE_WINDOW", 100_000,
@@ -305,6 +303,7 @@ def detect_op(
     kafka: KafkaResource,
     storage: StorageResource,
     detector: DetectorResource,
+    screening: Screening,
 ) -> dg.Output[dict]:
     """Detect objects in a range of frames and land one metadata file per event-time hour."""
     topic = config.topic or kafka.frames_topic
@@ -325,7 +324,7 @@ def detect_op(
             counts, written = detect_range(
                 Lane(context, kafka, store, processor, consumer, topic), partition, start, config.end_offset,
                 generation, shedding=Shedding(config.shed_after_s), commit=config.commit,
-                near=Screening.from_env().near(topic, partition, generation, start))
+                near=screening.near(topic, partition, generation, start))
         finally:
             consumer.close()
     context.log.info(f"done: {counts}; landing files: {len(written)}")

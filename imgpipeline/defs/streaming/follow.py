@@ -38,7 +38,13 @@ from imgpipeline.defs.streaming.detect_frames import (
     peak_rss_mb,
 )
 from imgpipeline.defs.streaming.processing import Shedding, topic_id_of
-from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource
+from imgpipeline.resources import (
+    AlertsResource,
+    DetectorResource,
+    KafkaResource,
+    StorageResource,
+    TrackingResource,
+)
 from imgpipeline.resources.storage import BadObject, Storage
 
 FAST_LANE_TAG = "imgpipeline/fast-lane"
@@ -106,11 +112,11 @@ class Superseded(Exception):
 class Follower:
     """One follow_frames run: its partitions' positions, and each range detected in turn."""
 
-    def __init__(self, lane: Lane, config: FollowConfig):
+    def __init__(self, lane: Lane, config: FollowConfig, screening: Screening):
         self.lane, self.config = lane, config
         self.positions: dict[int, int] = {}
         self.claimed: dict[int, int] = {}  # partition: the end of a claimed range to detect again first
-        self.screening = Screening.from_env()
+        self.screening = screening
         self.landed: dict[int, tuple[int, dict]] = {}  # partition: (from offset, frames per event hour)
         self.shedding: dict[int, Shedding] = {}  # partition: its sources' one-in-k, kept between ranges
         self.totals: dict[str, int] = {}
@@ -240,12 +246,17 @@ def follow_op(
     kafka: KafkaResource,
     storage: StorageResource,
     detector: DetectorResource,
+    screening: Screening,
+    tracking: TrackingResource,
+    alert_rules: AlertsResource,
 ) -> dg.Output[dict]:
-    """Detect every partition's new frames as they come, a range at a time, as detect_frames would."""
+    """Detect every partition's new frames as they come, a range at a time, as detect_frames would. The
+    listeners told of each range landed (the live alerts) read the tracking and the alert rules from the
+    run's resources, as the hourly assets do."""
     store = storage.open()
     consumer = kafka.consumer(auto_offset_reset="none")
     follower = Follower(Lane(context, kafka, store, frame_processor(context, store, storage, detector),
-                             consumer, config.topic or kafka.frames_topic), config)
+                             consumer, config.topic or kafka.frames_topic), config, screening)
     try:
         why = follow(follower, config)
     finally:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.records.reader import hour_records
 from imgpipeline.defs.streaming.landing import known_sources
@@ -26,10 +25,8 @@ from imgpipeline.resources.storage import Storage
 CLOCK_SLACK = timedelta(minutes=5)
 
 
-class SourcePolicy(FromEnv, BaseModel):
+class SourcePolicy(FromEnv, dg.ConfigurableResource):
     """When a source counts as silent."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     silent_after_min: float = setting(
         "IMGPIPELINE_SOURCE_SILENT_MIN", 10.0,
@@ -109,8 +106,8 @@ def silent_sources(activity: list[SourceActivity], now: datetime, after_min: flo
                 "broker's time of its latest processed frame). Fails naming the silent ones; a frame "
                 "waiting unprocessed does not count, so a stuck pipeline fails it too.",
 )
-def sources_fresh(storage: StorageResource) -> dg.AssetCheckResult:
-    policy = SourcePolicy.from_env()
+def sources_fresh(storage: StorageResource, source_policy: SourcePolicy) -> dg.AssetCheckResult:
+    policy = source_policy
     now = datetime.now(UTC)
     activity = source_activity(storage.open(), now, timedelta(0))
     silent = silent_sources(activity, now, policy.silent_after_min)

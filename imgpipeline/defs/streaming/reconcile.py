@@ -221,16 +221,26 @@ def plan_repairs(report: list[Coverage], attempts: dict, now: float, max_batch: 
     return due, seen, given_up  # ranges no longer holes drop out of the record
 
 
-@dg.sensor(
-    name="repair_sensor",
-    job=detect_frames,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=f"Runs again, with backoff ({REPAIR_BACKOFF_S} s, doubling, {REPAIR_ATTEMPTS} times), "
-                "every range the sensor launched that no run accounted for (a run that failed for good); "
-                "first has run retries read again a failure they missed.",
-)
-def repair_sensor(context: dg.SensorEvaluationContext):
+def build_repair_sensor(policy: BatchPolicy) -> dg.SensorDefinition:
+    """The sensor that launches repairs, at most `policy.max_batch` offsets a run."""
+
+    @dg.sensor(
+        name="repair_sensor",
+        job=detect_frames,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Runs again, with backoff ({REPAIR_BACKOFF_S} s, doubling, {REPAIR_ATTEMPTS} times), "
+                    "every range the sensor launched that no run accounted for (a run that failed for good); "
+                    "first has run retries read again a failure they missed.",
+    )
+    def repair_sensor(context: dg.SensorEvaluationContext):
+        return repair_tick(context, policy.max_batch)
+
+    return repair_sensor
+
+
+def repair_tick(context: dg.SensorEvaluationContext, max_batch: int) -> dg.SensorResult:
+    """One evaluation of the repair sensor: the repairs due, as run requests."""
     import time
 
     from imgpipeline.lib.retries import rewind_lost_retries
@@ -243,7 +253,6 @@ def repair_sensor(context: dg.SensorEvaluationContext):
     topic = kafka.frames_topic
     report = coverage(storage.open(), kafka, instance)
     attempts = json.loads(context.cursor) if context.cursor else {}
-    max_batch = BatchPolicy.from_env().max_batch
     due, record, given_up = plan_repairs(report, attempts, time.time(), max_batch, topic)
     for name in given_up:
         context.log.warning(f"{name}: still missing after {REPAIR_ATTEMPTS} repairs; "

@@ -18,7 +18,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 
 from imgpipeline.defs.partitions import scheduled_job
 from imgpipeline.defs.streaming.detect_frames import detect_frames
@@ -31,10 +31,8 @@ PURGE_BATCH = 500
 SUCCEEDED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.CANCELED]
 
 
-class InstanceRetention(FromEnv, BaseModel):
+class InstanceRetention(FromEnv, dg.ConfigurableResource):
     """How long Dagster's instance keeps the records of detect_frames runs."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     runs_keep_days: float = setting(
         "IMGPIPELINE_RUNS_KEEP_DAYS", 7,
@@ -107,8 +105,9 @@ def delete_events(instance: dg.DagsterInstance, run_id: str) -> None:
 
 
 @dg.op(description="Deletes the records and event logs of detect_frames runs past their keeping time.")
-def purge_detect_runs(context: dg.OpExecutionContext) -> dg.Output[dict]:
-    retention = InstanceRetention.from_env()
+def purge_detect_runs(context: dg.OpExecutionContext,
+                      instance_retention: InstanceRetention) -> dg.Output[dict]:
+    retention = instance_retention
     deleted = purge_runs(context.instance, retention, log=context.log.info)
     return dg.Output(dict(deleted), metadata={
         "deleted": dg.MetadataValue.int(sum(deleted.values())),

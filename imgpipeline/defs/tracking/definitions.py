@@ -2,13 +2,15 @@
 
 import dagster as dg
 
-from imgpipeline.defs.automation import automation_sensor
+from imgpipeline.defs.automation import AutomationPolicy, automation_sensor
 from imgpipeline.defs.tables import OBJECT_COUNTS, TRACKS
 from imgpipeline.defs.tracking.assets import tracking_tables
+from imgpipeline.lib.run_priority import RunPriority
 
-# An hour's tracks and counts read detections only (its own and the hours beside it), never another
-# hour's tracks: hours are made side by side, each as soon as it is asked for.
-tracking_automation = automation_sensor("tracking_automation", TRACKS.key, OBJECT_COUNTS.key,
-                                        run_per_hour=True)
 
-defs = dg.Definitions(assets=[tracking_tables], sensors=[tracking_automation])
+def definitions(automation: AutomationPolicy, priority: RunPriority) -> dg.Definitions:
+    # An hour's tracks and counts read detections only (its own and the hours beside it), never another
+    # hour's tracks: hours are made side by side, each as soon as it is asked for.
+    sensor = automation_sensor("tracking_automation", TRACKS.key, OBJECT_COUNTS.key, policy=automation,
+                               priority=priority, run_per_hour=True)
+    return dg.Definitions(assets=[tracking_tables], sensors=[sensor])

@@ -14,6 +14,7 @@ from imgpipeline.defs.tables import DETECTIONS, FRAMES, OBJECT_COUNTS_SCHEMA, TR
 from imgpipeline.defs.warehouse.builds import based_on
 from imgpipeline.resources.storage import Storage
 from imgpipeline.vision import counting
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.zones import Zones
 
 FRAME_COLUMNS = ["source_id", "frame_id", "captured_at", "status", "width", "height"]
@@ -182,9 +183,8 @@ def counted_frames(frames: pa.Table, detections: pa.Table, zones: Zones | None =
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None:
             frame.tracked.append(
-                counting.Tracked(
-                    d["track_id"], d["class_name"], d["confidence"], (d["x"], d["y"], d["w"], d["h"])
-                )
+                Detection(track_id=d["track_id"], class_name=d["class_name"], confidence=d["confidence"],
+                          box=(d["x"], d["y"], d["w"], d["h"]))
             )
     per_source: dict[str, list[counting.CountedFrame]] = defaultdict(list)
     for (source, _), frame in found.items():

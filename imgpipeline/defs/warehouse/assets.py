@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from imgpipeline.defs.automation import automation_sensor, on_landing_update, yielding_tags
+from imgpipeline.defs.automation import AutomationPolicy, automation_sensor, on_landing_update, yielding_tags
 from imgpipeline.defs.hours import days_in, hour_key, hours_in
 from imgpipeline.defs.partitions import daily_partitions, hourly_partitions, yesterday_schedule
 from imgpipeline.defs.records.reader import landing_versions, read_records
@@ -27,6 +27,7 @@ from imgpipeline.defs.tables import (
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures, schema_problems
 from imgpipeline.defs.ticks import bound, tick_instance
 from imgpipeline.defs.warehouse import builds, checks, sql, tracked
+from imgpipeline.lib.run_priority import RunPriority
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.storage import BadObject, Storage
 
@@ -250,12 +251,23 @@ hourly_tables_job = dg.define_asset_job(
 )
 
 
-@dg.sensor(
-    job=hourly_tables_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Makes again each hour whose tracks continued detections of the hour before that have "
-                "since changed (late frames), one hour after another until they come out the same.",
-)
-def retrack_sensor(context: dg.SensorEvaluationContext):
+def build_retrack_sensor(priority: RunPriority) -> dg.SensorDefinition:
+    """The sensor that makes hours again whose tracks changed; its runs yield the CPU to detection."""
+
+    @dg.sensor(
+        name="retrack_sensor", job=hourly_tables_job, minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Makes again each hour whose tracks continued detections of the hour before that have "
+                    "since changed (late frames), one hour after another until they come out the same.",
+    )
+    def retrack_sensor(context: dg.SensorEvaluationContext):
+        return retrack_tick(context, yielding_tags(priority))
+
+    return retrack_sensor
+
+
+def retrack_tick(context: dg.SensorEvaluationContext, tags: dict[str, str]) -> dg.SensorResult:
+    """One evaluation of the retrack sensor: a run for each marked hour no run is making (`tags` on each)."""
     store = bound(context, "storage").open()
     busy = hours_in_progress(tick_instance(context))
     requests = []
@@ -270,8 +282,7 @@ def retrack_sensor(context: dg.SensorEvaluationContext):
             tracked.clear_mark(store, hour, seed)  # made meanwhile from the hour before as it is now
         elif key not in busy:
             # No run key: a failed run leaves the mark, and the next tick asks again.
-            tags = {"imgpipeline/retrack": seed[:16], **yielding_tags()}
-            requests.append(dg.RunRequest(partition_key=key, tags=tags))
+            requests.append(dg.RunRequest(partition_key=key, tags={"imgpipeline/retrack": seed[:16], **tags}))
     return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "no hour to track again")
 
 
@@ -292,4 +303,6 @@ def hours_in_progress(instance) -> set[str]:
     return busy
 
 
-warehouse_automation = automation_sensor("warehouse_automation", FRAMES.key, DETECTIONS.key, CLASS_HOURS.key)
+def warehouse_automation(automation: AutomationPolicy, priority: RunPriority) -> dg.SensorDefinition:
+    return automation_sensor("warehouse_automation", FRAMES.key, DETECTIONS.key, CLASS_HOURS.key,
+                             policy=automation, priority=priority)

@@ -24,7 +24,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.partitions import scheduled_job
@@ -42,9 +41,7 @@ from imgpipeline.resources.storage import BadObject, Storage
 LOOKBACK = timedelta(days=2)  # hours older than this past the wait are left as they are
 
 
-class Compaction(FromEnv, BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class Compaction(FromEnv, dg.ConfigurableResource):
     after_h: float = setting(
         "IMGPIPELINE_COMPACT_AFTER_H", 2,
         "hours after an hour's end before its landing files are compacted into one per partition, once "
@@ -152,8 +149,8 @@ def compact(store: Storage, compaction: Compaction, now: datetime, log=print,
 
 @dg.op(description="Compacts the landing files of each hour due (built, checks passed, "
                    "IMGPIPELINE_COMPACT_AFTER_H past its end) into one per partition of the frames topic.")
-def compact_landing_op(context: dg.OpExecutionContext, storage: StorageResource) -> dg.Output[dict]:
-    compaction = Compaction.from_env()
+def compact_landing_op(context: dg.OpExecutionContext, storage: StorageResource,
+                       compaction: Compaction) -> dg.Output[dict]:
     totals = compact(storage.open(), compaction, datetime.now(UTC), log=context.log.info,
                      busy=running_ranges(context.instance))
     return dg.Output(totals, metadata={name: dg.MetadataValue.int(n) for name, n in totals.items()})

@@ -19,7 +19,8 @@ from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.tables import DETECTIONS, FRAMES, TRACKED_COLUMNS, TS
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.resources.storage import BadObject, Storage
-from imgpipeline.vision.tracking import Observation, TrackedFrame, TrackerSettings, assign, frame_rate
+from imgpipeline.vision.detection import Detection
+from imgpipeline.vision.tracking import TrackedFrame, TrackerSettings, assign, frame_rate
 
 # (source_id, frame_id, detection_index) → track id
 TrackIds = dict[tuple[str, str, int], int]
@@ -36,7 +37,7 @@ def landed_frames(records: list[LandingRecord]) -> dict[str, list[TrackedFrame]]
         if r.status != "detected":
             continue  # nothing was observed: the tracker is not told anything
         observations = [
-            Observation(i, d["class_name"], d["confidence"], tuple(d["box"]))
+            Detection(index=i, class_name=d["class_name"], confidence=d["confidence"], box=tuple(d["box"]))
             for i, d in enumerate(r.detections or [])
         ]
         frames[r.source_id].append(TrackedFrame(r.frame_id, _seconds(r.captured_at), observations))
@@ -59,9 +60,8 @@ def stored_frames(frames: pa.Table, detections: pa.Table, since: datetime) -> di
         frame = found.get((d["source_id"], d["frame_id"]))
         if frame is not None:
             frame.observations.append(
-                Observation(
-                    d["detection_index"], d["class_name"], d["confidence"], (d["x"], d["y"], d["w"], d["h"])
-                )
+                Detection(index=d["detection_index"], class_name=d["class_name"], confidence=d["confidence"],
+                          box=(d["x"], d["y"], d["w"], d["h"]))
             )
             frame.recorded[d["detection_index"]] = d["track_id"]
     per_source: dict[str, list[TrackedFrame]] = defaultdict(list)

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 
 from imgpipeline.vision import counting
-from imgpipeline.vision.events import Event, EventFrame, Seen
+from imgpipeline.vision.detection import Detection
+from imgpipeline.vision.events import Event, EventFrame
 
 
 @dataclass
@@ -33,7 +34,7 @@ class FrameKind(Kind):
     rule holds is one episode, and an episode that starts fires (unless one ended within the cooldown)."""
 
     def holds(self, rule, frame: EventFrame, window) -> tuple | None:
-        """Whether the rule holds on the frame: its detail and subject (a `Seen`, or None), else None.
+        """Whether the rule holds on the frame: its detail and subject (a `Detection`, or None), else None.
         `window` is the evaluation the frame is fed to, for a kind that counts frames (frozen)."""
         raise NotImplementedError
 
@@ -75,17 +76,17 @@ def wanted(rule, class_name: str) -> bool:
     return rule.classes is None or class_name in rule.classes
 
 
-def tracked(frame: EventFrame, track_id: int) -> Seen | None:
+def tracked(frame: EventFrame, track_id: int) -> Detection | None:
     """The detection of a track in a frame."""
     return next((s for s in frame.seen if s.track_id == track_id), None)
 
 
-def subject(seen: Seen | None) -> tuple:
+def subject(seen: Detection | None) -> tuple:
     """An alert's subject fields (track id, detection index, class) of a detection, or none."""
     return (seen.track_id, seen.index, seen.class_name) if seen is not None else (None, None, None)
 
 
-def confident(rule, frame: EventFrame) -> list[Seen]:
+def confident(rule, frame: EventFrame) -> list[Detection]:
     """The frame's detections of the rule's classes at its confidence."""
     return [s for s in frame.seen if s.class_name in rule.classes and s.confidence >= rule.min_confidence]
 

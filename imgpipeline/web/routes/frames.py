@@ -17,6 +17,7 @@ from starlette.routing import Route
 from imgpipeline.ingest.messages import FRAME_ID
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision import drawing
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg
 from imgpipeline.web import queries
 from imgpipeline.web.access import WarehouseAccess
@@ -92,9 +93,9 @@ def drawn(warehouse: WarehouseAccess, con, day: date, found: dict, kind: str) ->
     image = decode_image(warehouse.image(key), warehouse.max_pixels)
     if kind in ("annotated", "thumb"):
         rows = queries.frame_detections(con, day, found["source_id"], found["frame_id"])
-        image = drawing.draw_detections(image, [drawing.Labelled(
-            (d["x"], d["y"], d["w"], d["h"]), d["class_name"], d["confidence"], d["class_id"])
-            for d in rows])
+        image = drawing.draw_detections(image, [Detection(
+            box=(d["x"], d["y"], d["w"], d["h"]), class_name=d["class_name"], confidence=d["confidence"],
+            class_id=d["class_id"]) for d in rows])
     if kind == "thumb":
         image = drawing.thumbnail(image, 240)
     return encode_jpeg(image, 85)

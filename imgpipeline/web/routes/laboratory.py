@@ -13,6 +13,7 @@ from starlette.routing import Route
 from imgpipeline import ConfigError
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision import drawing
+from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.quality import UndecodableImage, decode_image, encode_jpeg
 from imgpipeline.web.responses import NotFound, day_of, guarded, jpeg, message, page, the_day, warehouse_of
 from imgpipeline.web.routes.frames import find_frame, frame_args, frame_days
@@ -93,7 +94,7 @@ def box_image(request, con):
         image = decode_image(warehouse.image(warehouse.store.key_for(found["uri"])), warehouse.max_pixels)
     except (BadObject, UndecodableImage) as exc:
         raise NotFound(f"the image cannot be shown: {exc}") from None
-    image = drawing.draw_detections(image, [drawing.Labelled(box, name, 1.0, 0)])
+    image = drawing.draw_detections(image, [Detection(box=box, class_name=name, confidence=1.0, class_id=0)])
     return jpeg(encode_jpeg(drawing.thumbnail(image, 240), 85))
 
 

@@ -21,6 +21,7 @@ from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import AlertsResource, StorageResource
 from imgpipeline.vision.alert_rules import Webhook, parse
 from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.pipeline import run_resources
 from imgpipeline_tests.scenes import landing_records
 from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, records
 from imgpipeline_tests.test_defs.test_alerts.test_alerts import Hook, setup
@@ -40,7 +41,6 @@ class Camera:
 
     def __init__(self, kafka, store):
         self.kafka, self.store, self.lane, self.offset = kafka, store, LiveAlerts(), 0
-        self.context = dg.build_op_context()
 
     def range(self, dog: bool = True) -> None:
         n = self.offset
@@ -49,8 +49,11 @@ class Camera:
                                  for i in range(2)])
         for i, record in enumerate(found):
             record.offset = n + i
-        self.lane(LandedRange(self.context, self.kafka, self.store, self.kafka.frames_topic, 0, n, n + 2, 0,
-                              lambda: iter(found), 1 << 20))
+        # The run's resources, as follow_frames has them: the rules as the settings say now.
+        given = run_resources()
+        with dg.build_op_context(resources={k: given[k] for k in ("tracking", "alert_rules")}) as context:
+            self.lane(LandedRange(context, self.kafka, self.store, self.kafka.frames_topic, 0, n, n + 2, 0,
+                                  lambda: iter(found), 1 << 20))
         self.offset += 2
 
 

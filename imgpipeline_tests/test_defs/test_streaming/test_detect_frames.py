@@ -18,7 +18,7 @@ from imgpipeline.resources import DetectorResource, StorageResource
 from imgpipeline.vision import int8
 from imgpipeline.vision.model_files import INT8_XML, expected_sha256
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import drain, landing_files, landing_records
+from imgpipeline_tests.pipeline import drain, landing_files, landing_records, run_resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 START = datetime(2026, 11, 20, 23, 59, 55, tzinfo=UTC)
@@ -134,7 +134,7 @@ def drain_one(request, kafka, storage, instance):
 
     return detect_frames.execute_in_process(
         run_config=request.run_config, instance=instance, tags=request.tags,
-        resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()},
+        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()),
     )
 
 
@@ -219,7 +219,7 @@ def test_explicit_frame_uris_are_processed(kafka, storage):
         result = detect_frames.execute_in_process(
             run_config={"ops": {"detect": {"config": {"uris": uris, "annotate": True}}}},
             instance=instance,
-            resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()},
+            resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()),
         )
     assert result.success
     records = {r.frame_id: r for r in landing_records(storage)}

@@ -27,6 +27,7 @@ from imgpipeline_tests.pipeline import (
     kill_when,
     landing_records,
     produce,
+    run_resources,
     storage_env,
     video_backlog,
     wait_for,
@@ -48,7 +49,7 @@ def follow(request, instance, kafka, storage, **config) -> dg.ExecuteInProcessRe
     run_config["ops"]["follow"]["config"].update({"idle_end_s": 1.5, **config})
     return follow_frames.execute_in_process(
         run_config=run_config, instance=instance, tags=request.tags,
-        resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()})
+        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()))
 
 
 def ends_of(kafka) -> dict[int, int]:

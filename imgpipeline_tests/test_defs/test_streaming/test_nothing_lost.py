@@ -20,7 +20,7 @@ from imgpipeline.ingest.messages import FrameMessage, frame_key, sha256_hex
 from imgpipeline.resources import DetectorResource, StorageResource, TrackingResource
 from imgpipeline_tests.conftest import s3_storage_resource, s3_user
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import landing_files, landing_records
+from imgpipeline_tests.pipeline import landing_files, landing_records, run_resources
 from imgpipeline_tests.test_vision.test_vision import png_declaring
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
@@ -47,7 +47,7 @@ def run(kafka, storage, instance, start: int, end: int, commit: bool = True, gen
     config["ops"]["detect"]["config"]["commit"] = commit
     return detect_frames.execute_in_process(
         run_config=config, instance=instance, raise_on_error=False,
-        resources={"kafka": kafka, "storage": storage, "detector": DetectorResource()})
+        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()))
 
 
 def committed(kafka) -> int | None:
@@ -275,7 +275,7 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         assert failed.metadata["missing_offsets"].value == 3
 
         lines = []
-        assert repair_holes(instance, {"kafka": kafka, "storage": local, "detector": DetectorResource()},
+        assert repair_holes(instance, run_resources(kafka=kafka, storage=local, detector=DetectorResource()),
                             max_batch=2, log=lines.append)
         assert "2 repair runs; 0 offsets still missing" in lines[-1]
         assert accounted_for(kafka, local, instance).passed
@@ -284,7 +284,8 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
 
 
 def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
-    from imgpipeline.defs.streaming.reconcile import REPAIR_BACKOFF_S, repair_sensor
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
+    from imgpipeline.defs.streaming.reconcile import REPAIR_BACKOFF_S, build_repair_sensor
 
     store = local.open()
     send(kafka, [good_frame(store, f"f{i}") for i in range(4)])
@@ -296,7 +297,7 @@ def test_the_repair_sensor_runs_a_range_that_failed_for_good(kafka, local):
         def tick(cursor=None):
             with dg.build_sensor_context(instance=instance, cursor=cursor,
                                          resources={"kafka": kafka, "storage": local}) as context:
-                return repair_sensor(context)
+                return build_repair_sensor(BatchPolicy())(context)
 
         seen = tick()
         assert seen.run_requests == []  # run retries get their time first
@@ -398,7 +399,7 @@ def test_letters_of_two_messages_never_share_a_key(kafka, local):
         for uris in ([missing[0]], [missing[1]], [missing[0]]):  # the last one: the first run retried
             assert detect_frames.execute_in_process(
                 run_config={"ops": {"detect": {"config": {"uris": uris}}}}, instance=instance,
-                resources={"kafka": kafka, "storage": local, "detector": DetectorResource()}).success
+                resources=run_resources(kafka=kafka, storage=local, detector=DetectorResource())).success
         for generation in (0, 1, 1):
             assert run(kafka, local, instance, 0, 1, generation=generation).success
     letters = dead_letters(kafka)

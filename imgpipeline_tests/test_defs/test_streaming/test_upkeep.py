@@ -22,6 +22,7 @@ from imgpipeline import ConfigError
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.defs.streaming.upkeep import DAY_S, InstanceRetention, purge_runs, purge_runs_job
 from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.pipeline import run_resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 KEEP = InstanceRetention(runs_keep_days=7, failed_runs_keep_days=30)
@@ -96,7 +97,7 @@ def test_the_purge_job_reads_its_keeping_times_from_the_environment(monkeypatch)
         done = runs(instance, detect_frames, DagsterEventType.RUN_SUCCESS, 2)
         failed = runs(instance, detect_frames, DagsterEventType.RUN_FAILURE, 1)
         time.sleep(1.5)  # scenario: the runs grow older than their keeping time of a second
-        result = purge_runs_job.execute_in_process(instance=instance)
+        result = purge_runs_job.execute_in_process(instance=instance, resources=run_resources())
         assert result.success
         purged = result.output_for_node("purge_detect_runs")
         assert purged == {"SUCCESS": 2}

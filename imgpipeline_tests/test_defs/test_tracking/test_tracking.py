@@ -20,7 +20,8 @@ from imgpipeline.defs.tables import DETECTIONS, TABLES, from_parquet
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse import tracked as tracker
-from imgpipeline.defs.warehouse.assets import daily_summary, hourly_tables, retrack_sensor
+from imgpipeline.defs.warehouse.assets import build_retrack_sensor, daily_summary, hourly_tables
+from imgpipeline.lib.run_priority import RunPriority
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.scenes import frames_of, landing_records, moving
@@ -193,7 +194,8 @@ def test_two_adjacent_hours_made_at_once_have_the_later_one_tracked_again(tmp_pa
         assert not eleven.is_alive() and not failed, failed
         assert [h for h, _ in tracker.marked_hours(store)] == [ELEVEN]  # 11:00 looked after it
         with dg.build_sensor_context(instance=instance, resources={"storage": storage}) as context:
-            assert [r.partition_key for r in retrack_sensor(context).run_requests] == ["2026-11-20-11:00"]
+            requests = build_retrack_sensor(RunPriority())(context).run_requests
+            assert [r.partition_key for r in requests] == ["2026-11-20-11:00"]
         materialize([hourly_tables], "2026-11-20-11:00", "2026-11-20-11:00", resources, instance)
         assert tracker.marked_hours(store) == []
 
@@ -228,7 +230,7 @@ def test_late_frames_in_an_hour_have_the_next_hour_tracked_again_until_nothing_c
 
         def sensor():
             with dg.build_sensor_context(instance=instance, resources={"storage": storage}) as context:
-                requests = retrack_sensor(context)
+                requests = build_retrack_sensor(RunPriority())(context)
             return [r.partition_key for r in requests.run_requests]
 
         assert sensor() == ["2026-11-20-11:00"]

@@ -25,7 +25,7 @@ from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.defs.warehouse.compaction import Compaction, compact, compact_hour, compact_landing_job
 from imgpipeline.resources import TrackingResource
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import storage_env
+from imgpipeline_tests.pipeline import run_resources, storage_env
 from imgpipeline_tests.scenes import frames_of, landing_records
 from imgpipeline_tests.test_defs.test_warehouse.test_builds import HOUR, build, scene, stored, whole_tables
 
@@ -186,7 +186,8 @@ def test_the_hourly_job_compacts_the_hours_due(storage, monkeypatch):
     with fresh_instance() as instance:
         assert dg.materialize([hourly_tables], instance=instance, partition_key=hour_key(hour),
                               resources=resources).success
-        result = compact_landing_job.execute_in_process(instance=instance, resources={"storage": storage})
+        result = compact_landing_job.execute_in_process(instance=instance,
+                                                        resources=run_resources(storage=storage))
     assert result.success
     assert result.output_for_node("compact_landing_op") == {"hours": 1, "files_before": 2, "files_after": 1}
     assert [key.rsplit("/", 1)[-1] for key in landing_keys(store, hour)] == ["frames-0-0-4.jsonl"]
