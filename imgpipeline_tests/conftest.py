@@ -76,26 +76,39 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(config, items):
     """The files whose tests are marked `long` first, the most minutes first, then the rest by their
-    number of tests (as pytest-xdist orders them): both passes of `.ci/run` take them in this order
-    (`--no-loadscope-reorder`), so that no long test is left for last while the other worker idles."""
+    number of tests (as pytest-xdist orders them): `.ci/run` takes them in this order
+    (`--no-loadscope-reorder`), so that no long test is left for last while the other worker idles.
+    Which tests run on PostgreSQL (`on_postgres_by_mark`), and the files that have one (their module
+    fixtures' `dagster dev` runs on it too)."""
+    from imgpipeline_tests.instances import on_postgres_by_mark
+
     minutes, count = Counter(), Counter()
     for item in items:
         path = item.nodeid.split("::")[0]
         count[path] += 1
         minutes[path] += sum(mark.args[0] for mark in item.iter_markers("long"))
+        item.stash[ON_POSTGRES] = on_postgres_by_mark(item)
+        if item.stash[ON_POSTGRES]:
+            config.stash.setdefault(FILES_ON_POSTGRES, set()).add(path)
     items.sort(key=lambda item: (-minutes[item.nodeid.split("::")[0]], -count[item.nodeid.split("::")[0]]))
 
 
-@pytest.fixture(scope="session", autouse=True)
+ON_POSTGRES = pytest.StashKey[bool]()
+FILES_ON_POSTGRES = pytest.StashKey[set]()
+
+
+@pytest.fixture(scope="session")
 def instance_server(tmp_path_factory):
-    """With IMGPIPELINE_TEST_INSTANCE=postgres: a PostgreSQL server for the session (the launcher of
-    `imgpipeline services up --instance postgres`), every Dagster instance of the tests on it."""
-    from imgpipeline.lib.instance import InstanceSettings
-    from imgpipeline.resources.settings import env_name
+    """The PostgreSQL server of the tests that run on it (the launcher of `imgpipeline services up
+    --instance postgres`), started by the first: None where it is not installed and the tests are not
+    told to need it (their instances are on SQLite files then)."""
     from imgpipeline.services import Postgres
+    from imgpipeline.services.postgres import postgres_bin
     from imgpipeline_tests.instances import SERVER, TEMPLATE, make_template, session_instance_kind
 
-    if session_instance_kind() != "postgres":
+    if postgres_bin("initdb") is None:
+        wanted = session_instance_kind() == "postgres" or os.environ.get(CI_ENV)
+        require_tool("postgresql is not installed: apt-get install postgresql" if wanted else None)
         yield None
         return
     shared = os.environ.get(SHARED_ENV)
@@ -108,49 +121,55 @@ def instance_server(tmp_path_factory):
             server.sql(ports, f"CREATE DATABASE {TEMPLATE}")
             make_template(server.url(ports, TEMPLATE))
             made.touch()
-    kind = env_name(InstanceSettings, "kind")
-    os.environ[kind] = "postgres"
     SERVER.append(server)
     yield server
     SERVER.clear()
-    os.environ.pop(kind, None)
     if not shared:  # else the run stops it once every worker is done
         server.stop()
         shutil.rmtree(server.data, ignore_errors=True)
 
 
-@pytest.fixture(autouse=True)
-def instance_database(request, instance_server, monkeypatch):
-    """On PostgreSQL, each test marked `instance` has a database of its own, a copy of the template's
-    tables. Other tests get none: one that opened an instance unmarked would fail, not pass on SQLite."""
-    if (instance_server is None or request.node.get_closest_marker("instance") is None
-            or "module_database" in request.fixturenames):
+@contextmanager
+def on_postgres(patch: pytest.MonkeyPatch, server) -> Iterator[str | None]:
+    """The instance on a database of its own on `server` while in this block (its kind and URL in the
+    environment); nothing changed with no server."""
+    if server is None:
         yield None
         return
-    from imgpipeline.lib.instance import url_env
+    from imgpipeline.lib.instance import InstanceSettings, url_env
+    from imgpipeline.resources.settings import env_name
     from imgpipeline_tests.instances import drop_database, new_database
 
     url = new_database()
-    monkeypatch.setenv(url_env(), url)
-    yield url
-    drop_database(url)
+    patch.setenv(env_name(InstanceSettings, "kind"), "postgres")
+    patch.setenv(url_env(), url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture(autouse=True)
+def instance_database(request, monkeypatch):
+    """A test that runs on PostgreSQL (`ON_POSTGRES`) has a database of its own, a copy of the template's
+    tables; the others keep their instances in SQLite files."""
+    if not request.node.stash.get(ON_POSTGRES, False) or "module_database" in request.fixturenames:
+        yield None
+        return
+    with on_postgres(monkeypatch, request.getfixturevalue("instance_server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def module_database(instance_server):
-    """On PostgreSQL, one database for a module's tests instead of one each: for tests that share a
-    `dagster dev` (its instance is that database)."""
-    if instance_server is None:
+def module_database(request):
+    """One database for a module's tests instead of one each, for tests that share a `dagster dev` (its
+    instance is that database), when a test of the module runs on PostgreSQL."""
+    if request.node.nodeid.split("::")[0] not in request.config.stash.get(FILES_ON_POSTGRES, set()):
         yield None
         return
-    from imgpipeline.lib.instance import url_env
-    from imgpipeline_tests.instances import drop_database, new_database
-
-    url = new_database()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(url_env(), url)
+    server = request.getfixturevalue("instance_server")
+    with pytest.MonkeyPatch.context() as patch, on_postgres(patch, server) as url:
         yield url
-    drop_database(url)
 
 
 @contextmanager

@@ -1,7 +1,11 @@
-"""The Dagster instance tests run on: SQLite files (the default), or the session's PostgreSQL server when
-`IMGPIPELINE_TEST_INSTANCE=postgres` (`.ci/run` runs the tests marked `instance` that way too): each
-test has a database of its own (the URL in the environment, for `dagster` processes it starts), and so
-does each instance `fresh_instance()` opens, copies of a template with the instance's tables."""
+"""The Dagster instance tests run on: SQLite files (Dagster's default), or the session's PostgreSQL server
+for the tests whose proof depends on where the instance keeps its runs (`on_postgres_by_mark`). There
+each test has a database of its own (the URL in the environment, for `dagster` processes it starts), and
+so does each instance `fresh_instance()` opens, copies of a template with the instance's tables.
+
+`IMGPIPELINE_TEST_INSTANCE` says which tests run on PostgreSQL: `auto` (the default) those of
+`on_postgres_by_mark` when its server is installed (in CI it must be), `postgres` every test marked
+`instance`, `sqlite` none."""
 
 from __future__ import annotations
 
@@ -20,11 +24,26 @@ TEMPLATE = "dagster_template"
 SERVER = []
 
 
+KINDS = ("auto", "postgres", "sqlite")
+# The marks of tests whose proof does not depend on where the instance keeps its runs: input at the edges,
+# what runs make, and what another test proves on PostgreSQL (pyproject.toml describes each).
+NOT_BY_INSTANCE = ("edge", "results", "covered")
+
+
 def session_instance_kind() -> str:
-    kind = os.environ.get(TEST_INSTANCE_ENV, "sqlite").strip().lower() or "sqlite"
-    if kind not in ("sqlite", "postgres"):
-        raise ValueError(f"{TEST_INSTANCE_ENV}={kind!r}: use sqlite or postgres")
+    kind = os.environ.get(TEST_INSTANCE_ENV, "auto").strip().lower() or "auto"
+    if kind not in KINDS:
+        raise ValueError(f"{TEST_INSTANCE_ENV}={kind!r}: use one of {', '.join(KINDS)}")
     return kind
+
+
+def on_postgres_by_mark(item) -> bool:
+    """Whether a test (a pytest item) runs on PostgreSQL: marked `instance` and, unless
+    IMGPIPELINE_TEST_INSTANCE=postgres, none of NOT_BY_INSTANCE; never with it `sqlite`."""
+    kind = session_instance_kind()
+    if kind == "sqlite" or item.get_closest_marker("instance") is None:
+        return False
+    return kind == "postgres" or not any(item.get_closest_marker(mark) for mark in NOT_BY_INSTANCE)
 
 
 def on_postgres() -> bool:

@@ -24,7 +24,7 @@ from imgpipeline.services import LocalServices
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import stop_at_once, wait_for
 
-# What the daemon makes of the street video (results): the PostgreSQL pass leaves it out.
+# What the daemon makes of the street video (results): it runs on SQLite, the default instance.
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.results]
 
 START = datetime(2026, 11, 20, 10, 59, 55, tzinfo=UTC)  # the 10 s video runs over 11:00
