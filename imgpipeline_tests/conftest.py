@@ -152,7 +152,10 @@ def on_postgres(patch: pytest.MonkeyPatch, server) -> Iterator[str | None]:
 @pytest.fixture(autouse=True)
 def instance_database(request, monkeypatch):
     """A test that runs on PostgreSQL (`ON_POSTGRES`) has a database of its own, a copy of the template's
-    tables; the others keep their instances in SQLite files."""
+    tables; the others keep their instances in SQLite files (`fresh_instance` says how)."""
+    from imgpipeline_tests.instances import PROVES_STORAGE, proves_storage
+
+    PROVES_STORAGE[0] = proves_storage(request.node)
     if not request.node.stash.get(ON_POSTGRES, False) or "module_database" in request.fixturenames:
         yield None
         return

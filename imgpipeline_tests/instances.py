@@ -37,13 +37,20 @@ def session_instance_kind() -> str:
     return kind
 
 
+def proves_storage(item) -> bool:
+    """Whether a test's (a pytest item's) proof depends on where the instance keeps its runs: marked
+    `instance` and none of NOT_BY_INSTANCE."""
+    return item.get_closest_marker("instance") is not None and not any(
+        item.get_closest_marker(mark) for mark in NOT_BY_INSTANCE)
+
+
 def on_postgres_by_mark(item) -> bool:
-    """Whether a test (a pytest item) runs on PostgreSQL: marked `instance` and, unless
-    IMGPIPELINE_TEST_INSTANCE=postgres, none of NOT_BY_INSTANCE; never with it `sqlite`."""
+    """Whether a test runs on PostgreSQL: by default one that `proves_storage`; with
+    IMGPIPELINE_TEST_INSTANCE=postgres every test marked `instance`, with it `sqlite` none."""
     kind = session_instance_kind()
-    if kind == "sqlite" or item.get_closest_marker("instance") is None:
-        return False
-    return kind == "postgres" or not any(item.get_closest_marker(mark) for mark in NOT_BY_INSTANCE)
+    if kind == "postgres":
+        return item.get_closest_marker("instance") is not None
+    return kind == "auto" and proves_storage(item)
 
 
 def on_postgres() -> bool:
@@ -73,12 +80,29 @@ def drop_database(url: str) -> None:
     server.sql(server.ports, f"DROP DATABASE {url.rsplit('/', 1)[1]} WITH (FORCE)")
 
 
+# Whether the test under way proves something of where the instance keeps its runs: set for each test
+# by conftest's instance_database.
+PROVES_STORAGE = [False]
+
+
+def memory_event_log() -> dict:
+    """instance_for_test overrides: the event log in an in-memory SQLite database, the same SQL as the
+    files' without a database file made for each run and a commit written to disk for each event."""
+    from imgpipeline.lib.dagster_door import NAMES
+
+    module, name = NAMES["InMemoryEventLogStorage"]
+    return {"event_log_storage": {"module": module, "class": name}}
+
+
 @contextmanager
 def fresh_instance(extra: dict | None = None) -> Iterator[dg.DagsterInstance]:
-    """`dg.instance_for_test`, on the storage this test session runs on: on PostgreSQL a database of its
-    own, checked to be PostgreSQL's (a silent fall back to SQLite would make that pass prove nothing)."""
+    """`dg.instance_for_test`, on the storage this test runs on: on PostgreSQL a database of its own,
+    checked to be PostgreSQL's (a silent fall back to SQLite would make that proof nothing); on SQLite
+    files, Dagster's default, for a test whose proof depends on the instance's storage; else with its event
+    log in memory (`memory_event_log`)."""
     if not on_postgres():
-        with dg.instance_for_test(overrides=extra) as instance:
+        given = extra if PROVES_STORAGE[0] else {**memory_event_log(), **(extra or {})}
+        with dg.instance_for_test(overrides=given) as instance:
             yield instance
         return
     url, saved = new_database(), os.environ.get(url_env())

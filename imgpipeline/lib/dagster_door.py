@@ -34,6 +34,9 @@ NAMES: dict[str, tuple[str, str]] = {
     "TickStatus": ("dagster._core.scheduler.instigation", "TickStatus"),
     # a backfill submitted to the instance (cli/redetect.py)
     "PartitionBackfill": ("dagster._core.execution.backfill", "PartitionBackfill"),
+    # the event log kept in memory, for tests whose proof does not depend on the instance's storage
+    # (imgpipeline_tests/instances.py)
+    "InMemoryEventLogStorage": ("dagster._core.storage.event_log", "InMemoryEventLogStorage"),
     # the SQLite event log's files (defs/streaming/upkeep.py) and run tables (bench soak's history)
     "SqliteEventLogStorage": ("dagster._core.storage.event_log.sqlite.sqlite_event_log",
                               "SqliteEventLogStorage"),

@@ -6,7 +6,7 @@ import inspect
 import dagster as dg
 
 from imgpipeline.lib import dagster_door
-from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.instances import fresh_instance, memory_event_log
 
 
 def parameters(record) -> set[str]:
@@ -42,10 +42,14 @@ def test_each_name_does_what_the_project_uses_it_for():
         # Sensors' saved state is asked for by instigator type (none yet on a fresh instance).
         assert list(instance.all_instigator_state(instigator_type=door.InstigatorType.SENSOR)) == []
         assert door.TickStatus.SUCCESS in set(door.TickStatus)
-        # The SQLite event log, whose files the purge deletes, is Dagster's own class there.
-        assert isinstance(instance.event_log_storage, door.SqliteEventLogStorage)
         assert {"run_id", "status"} <= {c.name for c in door.RunsTable.columns}
         assert {"run_id", "key", "value"} <= {c.name for c in door.RunTagsTable.columns}
+    # The SQLite event log, whose files the purge deletes, is Dagster's own class on a default instance;
+    # the tests that prove nothing of the instance's storage keep theirs in memory.
+    with dg.instance_for_test() as instance:
+        assert isinstance(instance.event_log_storage, door.SqliteEventLogStorage)
+    with dg.instance_for_test(overrides=memory_event_log()) as instance:
+        assert isinstance(instance.event_log_storage, door.InMemoryEventLogStorage)
     assert callable(door.dagster_cli_main)
     assert {"backfill_id", "status", "asset_selection"} <= parameters(door.PartitionBackfill)
     door.preload_cli()
