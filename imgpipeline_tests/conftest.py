@@ -130,7 +130,7 @@ def instance_server(tmp_path_factory):
 
 
 @contextmanager
-def on_postgres(patch: pytest.MonkeyPatch, server) -> Iterator[str | None]:
+def postgres_database(patch: pytest.MonkeyPatch, server) -> Iterator[str | None]:
     """The instance on a database of its own on `server` while in this block (its kind and URL in the
     environment); nothing changed with no server."""
     if server is None:
@@ -159,7 +159,7 @@ def instance_database(request, monkeypatch):
     if not request.node.stash.get(ON_POSTGRES, False) or "module_database" in request.fixturenames:
         yield None
         return
-    with on_postgres(monkeypatch, request.getfixturevalue("instance_server")) as url:
+    with postgres_database(monkeypatch, request.getfixturevalue("instance_server")) as url:
         yield url
 
 
@@ -171,7 +171,7 @@ def module_database(request):
         yield None
         return
     server = request.getfixturevalue("instance_server")
-    with pytest.MonkeyPatch.context() as patch, on_postgres(patch, server) as url:
+    with pytest.MonkeyPatch.context() as patch, postgres_database(patch, server) as url:
         yield url
 
 
