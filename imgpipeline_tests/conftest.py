@@ -78,8 +78,8 @@ def pytest_collection_modifyitems(config, items):
     """The files whose tests are marked `long` first, the most minutes first, then the rest by their
     number of tests (as pytest-xdist orders them): `.ci/run` takes them in this order
     (`--no-loadscope-reorder`), so that no long test is left for last while the other worker idles.
-    Which tests run on PostgreSQL (`on_postgres_by_mark`), and the files that have one (their module
-    fixtures' `dagster dev` runs on it too)."""
+    Which tests run on PostgreSQL (`on_postgres_by_mark`), and the module fixtures (with their parameter)
+    such a test uses: a `dagster dev` they share runs on it too (`module_database`)."""
     from imgpipeline_tests.instances import on_postgres_by_mark
 
     minutes, count = Counter(), Counter()
@@ -88,13 +88,16 @@ def pytest_collection_modifyitems(config, items):
         count[path] += 1
         minutes[path] += sum(mark.args[0] for mark in item.iter_markers("long"))
         item.stash[ON_POSTGRES] = on_postgres_by_mark(item)
-        if item.stash[ON_POSTGRES]:
-            config.stash.setdefault(FILES_ON_POSTGRES, set()).add(path)
+        if item.stash[ON_POSTGRES]:  # the file's fixtures of this test, with its parameters, go there too
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            config.stash.setdefault(SHARED_ON_POSTGRES, set()).update(
+                (path, name, repr(params.get(name))) for name in item.fixturenames)
     items.sort(key=lambda item: (-minutes[item.nodeid.split("::")[0]], -count[item.nodeid.split("::")[0]]))
 
 
 ON_POSTGRES = pytest.StashKey[bool]()
-FILES_ON_POSTGRES = pytest.StashKey[set]()
+SHARED_ON_POSTGRES = pytest.StashKey[set]()
+SHARING = pytest.StashKey[set]()
 
 
 @pytest.fixture(scope="session")
@@ -152,27 +155,36 @@ def postgres_database(patch: pytest.MonkeyPatch, server) -> Iterator[str | None]
 @pytest.fixture(autouse=True)
 def instance_database(request, monkeypatch):
     """A test that runs on PostgreSQL (`ON_POSTGRES`) has a database of its own, a copy of the template's
-    tables; the others keep their instances in SQLite files (`fresh_instance` says how)."""
+    tables, unless it uses its module's (`module_database`); the others keep their instances in SQLite
+    files (`fresh_instance` says how)."""
     from imgpipeline_tests.instances import PROVES_STORAGE, proves_storage
 
     PROVES_STORAGE[0] = proves_storage(request.node)
-    if not request.node.stash.get(ON_POSTGRES, False) or "module_database" in request.fixturenames:
+    shared = request.node.nodeid.split("::")[0] in request.config.stash.get(SHARING, set())
+    if not request.node.stash.get(ON_POSTGRES, False) or shared:
         yield None
         return
     with postgres_database(monkeypatch, request.getfixturevalue("instance_server")) as url:
         yield url
 
 
-@pytest.fixture(scope="module")
-def module_database(request):
-    """One database for a module's tests instead of one each, for tests that share a `dagster dev` (its
-    instance is that database), when a test of the module runs on PostgreSQL."""
-    if request.node.nodeid.split("::")[0] not in request.config.stash.get(FILES_ON_POSTGRES, set()):
+@contextmanager
+def module_database(request) -> Iterator[str | None]:
+    """For a module fixture its tests share (a `dagster dev`, whose instance this is), with its parameter:
+    one database on PostgreSQL when a test that uses it runs there, else nothing changed (SQLite)."""
+    path = request.node.nodeid.split("::")[0]
+    key = (path, request.fixturename, repr(getattr(request, "param", None)))
+    if key not in request.config.stash.get(SHARED_ON_POSTGRES, set()):
         yield None
         return
     server = request.getfixturevalue("instance_server")
+    sharing = request.config.stash.setdefault(SHARING, set())
     with pytest.MonkeyPatch.context() as patch, postgres_database(patch, server) as url:
-        yield url
+        sharing.add(path)
+        try:
+            yield url
+        finally:
+            sharing.discard(path)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
-from imgpipeline_tests.conftest import fresh_topics, s3_storage_resource
+from imgpipeline_tests.conftest import fresh_topics, module_database, s3_storage_resource
 from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog, wait_for
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
@@ -129,9 +129,10 @@ FAST_LANE = pytest.param("follow_frames", marks=pytest.mark.covered(
 
 
 @pytest.fixture(scope="module", params=["detect_frames", FAST_LANE])
-def daemon(request, services, module_database, tmp_path_factory):
+def daemon(request, services, tmp_path_factory):
     """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
-    S3 prefix of its own, launching runs of 100 frames at f32; then again with the fast lane."""
+    S3 prefix of its own, launching runs of 100 frames at f32; then again with the fast lane. Its instance
+    is on PostgreSQL where a test of that parameter runs there (`module_database`)."""
     home = tmp_path_factory.mktemp("faults")
     (home / "alerts.yaml").write_text(RULES)
     # The checkout's lines and zones of the street video, for the source the frames come from (`produce`).
@@ -139,7 +140,7 @@ def daemon(request, services, module_database, tmp_path_factory):
     (home / "zones.yaml").write_text(street.replace("street-cam:", "test:"))
     kafka = fresh_topics(services)
     storage = s3_storage_resource(services)
-    with pytest.MonkeyPatch.context() as patch:
+    with module_database(request), pytest.MonkeyPatch.context() as patch:
         for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                             "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
                             "IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": storage.endpoint_url,
