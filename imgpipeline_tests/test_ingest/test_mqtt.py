@@ -141,15 +141,30 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     bridge = start()
     client = publisher(mqtt)
     sent = images(300, "k")
-    publish(client, "yard/cam-k/f", sent)
+    killed = threading.Event()
+
+    def camera() -> None:
+        """Streams as a camera does, a frame every 10 ms; the last half waits for the kill, so the kill
+        always lands mid-stream and those frames wait in the bridge's session while it is away."""
+        for i, payload in enumerate(sent):
+            if i == 150:
+                killed.wait(120)
+            client.publish("yard/cam-k/f", payload, qos=1).wait_for_publish(timeout=30)
+            killed.wait(0.01)  # scenario: the camera's frame rate
+
+    streaming = threading.Thread(target=camera, daemon=True)
+    streaming.start()
     try:
         wait_for(lambda: len(read_all(kafka, kafka.frames_topic)) >= 80, 120, "the bridge's first 80 frames",
                  every_s=0.05)
     finally:
         os.killpg(bridge.pid, signal.SIGKILL)
-    bridge.wait()
+        bridge.wait()
+        killed.set()
     before = len(read_all(kafka, kafka.frames_topic))
-    assert 0 < before < 300, "the kill did not land mid-stream"
+    assert 80 <= before <= 150, before
+    streaming.join(timeout=60)
+    assert not streaming.is_alive(), "the camera could not publish its frames"
     bridge = start()  # its session kept what the first one had not acknowledged
     wanted = {f"cam-k-{sha256_hex(p)[:20]}" for p in sent}
 
