@@ -15,13 +15,14 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import psycopg2
 import pytest
 
 from imgpipeline.lib.instance import InstanceSettings, open_instance, url_env
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import env_name
 from imgpipeline.services import LocalServices, Postgres
-from imgpipeline.services.postgres import postgres_bin
+from imgpipeline.services.postgres import SCRAM_ITERATIONS, USER, postgres_bin
 from imgpipeline_tests.conftest import require_tool
 from imgpipeline_tests.pipeline import landing_records, produce, stop_at_once, video_backlog, wait_for
 
@@ -62,6 +63,13 @@ def test_services_up_with_the_instance_on_postgres(tmp_path):
         assert f":{password}@127.0.0.1:" in settings[url_env()]
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         assert password not in up.stdout + up.stderr
+        # The login is the password, its verifier stretched SCRAM_ITERATIONS rounds: a wrong one is refused.
+        server = Postgres(state / "services" / "postgres")
+        kept = server.sql(server.ports, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'")
+        assert kept.startswith(f"SCRAM-SHA-256${SCRAM_ITERATIONS}:"), kept[:20]
+        assert psycopg2.connect(settings[url_env()]).close() is None
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(settings[url_env()].replace(f":{password}@", ":not-it@"))
 
         # The instance the CLI and `dagster dev` open: the project's settings plus PostgreSQL storage.
         home = state / "dagster"
