@@ -271,14 +271,21 @@ def test_two_makes_at_once_make_the_int8_model_once(tmp_path):
     folder = model_folder(tmp_path, with_int8=False)
     gate = tmp_path / "gate"
     outputs = [tmp_path / "first.out", tmp_path / "second.out"]
+    makers = []
     with open(outputs[0], "w") as first_out, open(outputs[1], "w") as second_out:
-        first = maker(folder, gate, first_out)
-        wait_for(lambda: "scoring it against f32" in outputs[0].read_text(), 60, "the first to be scoring")
-        second = maker(folder, gate, second_out)
-        lock = folder / ".int8.lock"
-        wait_for(lambda: waiting_on(lock), 60, "the second waiting on the lock", every_s=0.05)
-        gate.touch()
-        assert [first.wait(timeout=60), second.wait(timeout=60)] == [0, 0]
+        try:
+            makers.append(maker(folder, gate, first_out))
+            scoring = "scoring it against f32"
+            wait_for(lambda: scoring in outputs[0].read_text(), 60, "the first to be scoring")
+            makers.append(maker(folder, gate, second_out))
+            lock = folder / ".int8.lock"
+            wait_for(lambda: waiting_on(lock), 60, "the second waiting on the lock", every_s=0.05)
+            gate.touch()
+            assert [process.wait(timeout=60) for process in makers] == [0, 0]
+        finally:  # a failed wait leaves no maker behind, holding the lock
+            for process in makers:
+                process.kill()
+                process.wait()
     said = [path.read_text() for path in outputs]
     assert "quantizing" in said[0] and "INT8 model made by another process meanwhile" in said[1], said
     assert "quantizing" not in said[1], said

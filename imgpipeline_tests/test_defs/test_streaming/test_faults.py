@@ -85,24 +85,26 @@ class Pipeline:
         return None
 
     def started_run(self, timeout_s: float = 180) -> dg.DagsterRun:
-        """A run of the job half a second into its step and still running."""
+        """A run of the job half a second into its step and still running; a follower (always in its
+        step, idle too) once it claimed a range of frames still to land."""
         while True:
             run = wait_for(lambda: self.in_its_step() or self.more_if_all_landed(), timeout_s,
                            f"a {self.job} run in its step")
             time.sleep(0.5)  # scenario: the fault lands half a second into the run's frames
-            if alive(int(run.tags[PID_TAG])):
-                return run
+            if not alive(int(run.tags[PID_TAG])):
+                continue
+            if self.job == "follow_frames":
+                self.looked = 0.0
+                self.more_if_all_landed()
+                wait_for(lambda: self.storage.open().list(CLAIMS) or self.more_if_all_landed(), 120,
+                         "the follower to claim a range", every_s=0.02)
+            return run
 
     def kill_a_started_run(self) -> dg.DagsterRun:
         """SIGKILL the worker of a run a second into its frames; a run that finished in the meantime
         (a range takes a few seconds) makes way for the next one."""
         while True:
             run = self.started_run()
-            if self.job == "follow_frames":  # a follower may be idle: killed once it claimed a range
-                self.looked = 0.0
-                self.more_if_all_landed()  # of frames still to land
-                wait_for(lambda: self.storage.open().list(CLAIMS), 120, "the follower to claim a range",
-                         every_s=0.02)
             try:
                 os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
                 return run
