@@ -43,6 +43,9 @@ NAMES: dict[str, tuple[str, str]] = {
     "RunsTable": ("dagster._core.storage.runs.schema", "RunsTable"),
     "RunTagsTable": ("dagster._core.storage.runs.schema", "RunTagsTable"),
 }
+# The backfill daemon's loop reads this name of `dagster._daemon.controller` as it starts (Dagster's 30 s:
+# lib/run_queue.py sets it).
+BACKFILL_INTERVAL_NAME = "DEFAULT_DAEMON_INTERVAL_SECONDS"
 
 
 def __getattr__(name: str):
@@ -59,6 +62,17 @@ def retry_cursor_key() -> str:
     import dagster as dg
 
     return __getattr__("retry_cursor_key_of")(dg.DagsterEventType.RUN_FAILURE)
+
+
+def set_backfill_interval(seconds: int) -> None:
+    """The seconds the backfill daemon waits between its passes, in this process: set before the daemon's
+    threads start (its loop reads it once). Dagster has no setting for it; the same name also paces the
+    automation daemon when automation is not evaluated by sensors, which it is here."""
+    controller = importlib.import_module("dagster._daemon.controller")
+    if not hasattr(controller, BACKFILL_INTERVAL_NAME):
+        raise AttributeError(f"dagster._daemon.controller has no {BACKFILL_INTERVAL_NAME}: "
+                             "see lib/run_queue.py")
+    setattr(controller, BACKFILL_INTERVAL_NAME, seconds)
 
 
 def preload_cli() -> None:

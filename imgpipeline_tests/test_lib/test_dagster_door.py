@@ -53,3 +53,46 @@ def test_each_name_does_what_the_project_uses_it_for():
     assert callable(door.dagster_cli_main)
     assert {"backfill_id", "status", "asset_selection"} <= parameters(door.PartitionBackfill)
     door.preload_cli()
+
+
+class Waits:
+    """A shutdown event that is never set and keeps what it was asked to wait."""
+
+    def __init__(self):
+        self.asked: list[float] = []
+
+    def wait(self, seconds: float) -> bool:
+        self.asked.append(seconds)
+        return False
+
+    def is_set(self) -> bool:
+        return False
+
+
+def test_the_instance_of_dagster_yaml_sets_the_pace_the_backfill_daemon_waits(tmp_path, monkeypatch):
+    """An instance built from the project's dagster.yaml, as the daemon builds it, sets the interval its
+    backfill loop then waits between passes (Dagster's 30 s, which the yaml lowers)."""
+    import importlib
+    import logging
+    import shutil
+    from types import SimpleNamespace
+
+    import yaml
+    from dagster._daemon.backfill import execute_backfill_iteration_loop
+
+    from imgpipeline.paths import PACKAGE_DIR
+
+    controller = importlib.import_module("dagster._daemon.controller")
+    monkeypatch.setattr(controller, dagster_door.BACKFILL_INTERVAL_NAME, 30)  # put back after the test
+    shutil.copy(PACKAGE_DIR.parent / "dagster.yaml", tmp_path / "dagster.yaml")
+    wanted = yaml.safe_load((tmp_path / "dagster.yaml").read_text())["run_coordinator"]["config"][
+        "backfill_interval_seconds"]
+    assert 0 < wanted < 30
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        # the yaml's run queue limits hold as they did with Dagster's own class
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+        waits = Waits()
+        loop = execute_backfill_iteration_loop(SimpleNamespace(instance=instance), logging.getLogger(), waits)
+        while not waits.asked:  # one pass (no backfill to make), then its wait
+            next(loop)
+    assert wanted - 1 < waits.asked[0] <= wanted

@@ -1,0 +1,33 @@
+"""Dagster's queued run coordinator, which also sets how often the backfill daemon passes.
+
+The automation sensors ask for an hour's tables through a backfill (defs/automation.py), which the
+backfill daemon launches on its next pass, and an hour counts as in progress until a later pass sees its
+run done: at Dagster's fixed 30 s, an hour's alerts wait up to a minute on passes alone. The daemon builds
+the instance's run coordinator before its threads start, so this one, configured in dagster.yaml
+(`backfill_interval_seconds`), sets the pace its backfill loop then reads.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from imgpipeline.lib import dagster_door
+
+DEFAULT_BACKFILL_INTERVAL_S = 30  # Dagster's own
+
+
+class QueuedRunCoordinator(dg.QueuedRunCoordinator):
+    """Dagster's queued run coordinator, with `backfill_interval_seconds`."""
+
+    @classmethod
+    def config_type(cls):
+        return {**super().config_type(), "backfill_interval_seconds": dg.Field(
+            dg.IntSource, is_required=False, default_value=DEFAULT_BACKFILL_INTERVAL_S,
+            description="Seconds between the backfill daemon's passes (Dagster's fixed 30 s otherwise).")}
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        config = dict(config_value)
+        interval = config.pop("backfill_interval_seconds", DEFAULT_BACKFILL_INTERVAL_S)
+        dagster_door.set_backfill_interval(interval)
+        return super().from_config_value(inst_data, config)
