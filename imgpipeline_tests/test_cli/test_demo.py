@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,25 @@ def test_the_viewer_the_demo_names_shows_its_day(demo_run):
     with urllib.request.urlopen(address, timeout=30) as answer:
         page = answer.read().decode()
     assert answer.status == 200 and "street-cam" in page
+
+
+def last_time(log: Path, pattern: str) -> datetime:
+    """The time of the last line of `log` that starts with a timestamp `pattern` (strptime) finds."""
+    said = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    stamps = re.findall(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", said, re.M)
+    return datetime.strptime(stamps[-1], pattern)
+
+
+def test_services_down_stops_the_demos_dagster_before_the_broker_it_reads(demo_run):
+    """The demo leaves `dagster dev` up; `services down` stops it before the broker, so no sensor of it is
+    left waiting on a broker that is gone (30 s of a Kafka call before it could end)."""
+    _, env = demo_run
+    down = subprocess.run([str(SCRIPT), "services", "down"], env=env, cwd=env["IMGPIPELINE_HOME"],
+                          capture_output=True, text=True, timeout=300)
+    assert down.returncode == 0 and "STILL RUNNING" not in down.stdout, down.stdout + down.stderr
+    services = Path(env["IMGPIPELINE_HOME"]) / ".imgpipeline" / "services"
+    dagster_done = last_time(services / "dagster" / "dagster.log", "%Y-%m-%d %H:%M:%S")
+    kafka_log = (services / "kafka" / "kafka.log").read_text()
+    stopping = re.search(r"^\[(\S+ \S+),\d+\] .*Transition from STARTED to SHUTTING_DOWN", kafka_log, re.M)
+    assert stopping, kafka_log[-2000:]
+    assert datetime.strptime(stopping[1], "%Y-%m-%d %H:%M:%S") >= dagster_done
