@@ -12,7 +12,7 @@ from imgpipeline.paths import state_dir
 pytestmark = [pytest.mark.integration, pytest.mark.long(7)]
 
 
-def test_a_short_chaos_loses_and_doubles_nothing(tmp_path, monkeypatch):
+def test_a_short_chaos_loses_and_doubles_nothing(tmp_path):
     from imgpipeline.cli.bench.chaos import bench_chaos
     from imgpipeline.cli.bench.chaos_faults import FAULTS
     from imgpipeline.cli.main import build_parser
@@ -20,9 +20,7 @@ def test_a_short_chaos_loses_and_doubles_nothing(tmp_path, monkeypatch):
     args = build_parser().parse_args(["bench", "chaos"])
     assert (args.what, args.minutes, args.every) == ("chaos", 30.0, 120.0)
     # Faults 5 s apart, each a few seconds long (a stop or a full disk 8 s), for 2 minutes or until every
-    # kind came once. The automation sensors look every 5 s, not 30: the hours' tables and alerts follow
-    # the last frames sooner, and settle sooner (what is made is the same).
-    monkeypatch.setenv("IMGPIPELINE_AUTOMATION_INTERVAL_S", "5")
+    # kind came once.
     result = bench_chaos(minutes=2, every_s=5, seed=7, settle_s=900, folder=tmp_path)
     assert json.loads((state_dir() / "bench" / "chaos.json").read_text()) == json.loads(json.dumps(result))
 
