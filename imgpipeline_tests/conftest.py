@@ -275,10 +275,19 @@ def s3_storage_resource(services, prefix: str | None = None) -> StorageResource:
     )
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.covered(
-    "the same test on a local folder: where frames are stored plays no part in the instance"))])
+ON_S3 = pytest.param("s3", marks=pytest.mark.covered(
+    "the same test on a local folder: where frames are stored plays no part in the instance"))
+# For a test of what reads a backend by itself, not through the Storage interface (DuckDB's views and
+# queries over S3, its own reader): the `storage` fixture on the S3 endpoint too.
+ON_EVERY_BACKEND = pytest.mark.parametrize("storage", ["local", ON_S3], indirect=True)
+
+
+@pytest.fixture(params=["local"])
 def storage(request, tmp_path) -> StorageResource:
-    """The project's storage resource on each backend: a local folder and the S3 endpoint."""
+    """The project's storage resource: a local folder. The domain's code reaches a backend only through
+    the Storage interface, which the contract test holds to one behaviour on every backend
+    (test_resources/test_storage_contract.py); a test of a reader of its own runs on the S3 endpoint too
+    (ON_EVERY_BACKEND)."""
     if request.param == "local":
         return StorageResource(uri=(tmp_path / "store").as_uri())
     return s3_storage_resource(request.getfixturevalue("services"))

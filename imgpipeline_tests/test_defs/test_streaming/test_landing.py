@@ -15,6 +15,7 @@ from imgpipeline.defs.records.reader import hour_records, parse_records, read_re
 from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, record_sources
 from imgpipeline.resources import StorageResource
+from imgpipeline_tests.conftest import ON_EVERY_BACKEND
 
 CONTRACTS = Path(__file__).parents[3] / "docs" / "contracts.md"
 
@@ -81,6 +82,7 @@ def test_a_run_screens_against_its_partitions_ranges_within_the_window(tmp_path)
 
 
 @pytest.mark.integration
+@ON_EVERY_BACKEND
 def test_status_reads_only_the_landing_files_written_since_its_window_began(storage):
     """A file last written before the window holds only records processed before it: `status` counts
     from the files written since (the store's clock, a slack for the runs' clock aside), so its cost is the

@@ -24,6 +24,7 @@ from imgpipeline.defs.tables import (
 )
 from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.resources import StorageResource
+from imgpipeline_tests.conftest import ON_EVERY_BACKEND
 from imgpipeline_tests.instances import fresh_instance
 
 DAY = date(2026, 11, 21)
@@ -88,6 +89,7 @@ def test_only_keys_of_the_layout_are_table_keys():
 
 
 @pytest.mark.integration
+@ON_EVERY_BACKEND
 def test_views_and_query_run_nothing_a_key_says(storage, tmp_path, capsys, monkeypatch):
     from imgpipeline.cli.main import main
     from imgpipeline.defs.tables.views import connect
@@ -120,6 +122,7 @@ def test_views_and_query_run_nothing_a_key_says(storage, tmp_path, capsys, monke
 @pytest.mark.integration
 @pytest.mark.instance
 @pytest.mark.edge
+@ON_EVERY_BACKEND
 def test_daily_summary_runs_nothing_a_key_says(storage, tmp_path):
     from dagster_duckdb import DuckDBResource
 

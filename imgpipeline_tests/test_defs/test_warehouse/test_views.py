@@ -10,12 +10,14 @@ import pytest
 
 from imgpipeline.defs.tables import FRAMES
 from imgpipeline.defs.tables.views import connect, known_days
+from imgpipeline_tests.conftest import ON_EVERY_BACKEND
 from imgpipeline_tests.test_defs.test_warehouse.test_keys_are_never_sql import DAY, write_hour
 
 OTHER_HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
 
 
 @pytest.mark.integration
+@ON_EVERY_BACKEND
 def test_views_of_a_day_never_read_another_days_files(storage, capsys, monkeypatch):
     from imgpipeline.cli.main import main
 

@@ -25,6 +25,7 @@ from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames
 from imgpipeline.resources import TrackingResource
 from imgpipeline.vision.quality import decode_image, encode_jpeg
+from imgpipeline_tests.conftest import ON_EVERY_BACKEND
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, landing_records
 
@@ -71,6 +72,7 @@ def expected_from_landing(records: list[dict]) -> pd.DataFrame:
 
 @pytest.mark.integration
 @pytest.mark.long(0.4)
+@ON_EVERY_BACKEND
 def test_two_days_backfilled_and_queried(kafka, storage, tmp_path):
     # Frames across midnight: the street video, a dark frame and a corrupt message.
     frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=120))
@@ -279,6 +281,7 @@ def test_daily_summary_frame_figures_are_those_of_the_frames(tmp_path):
 
 
 @pytest.mark.integration
+@ON_EVERY_BACKEND
 def test_the_daily_summary_sums_class_hours_only_where_they_are_of_the_stored_detections(
         kafka, storage, tmp_path):
     """Each hour's class_hours is made with its detections and stamped with their build; the summary sums
