@@ -34,9 +34,10 @@ _updated_since_requested = (
 )
 _when_nothing_in_progress = ~AC.any_deps_in_progress() & ~AC.in_progress()
 # Tracking waits for the detections a run is making, not for a backfill's: Dagster counts an hour of a
-# backfill as in progress until the backfill daemon's next pass (every 5 s: dagster.yaml,
-# lib/run_queue.py) sees its run done, which would hold the hour's tracks back that long after its tables
-# were made. Alerts keep waiting for the whole backfill: what they send cannot be taken back.
+# backfill as in progress until the backfill daemon's next pass (every 5 s under the project's
+# dagster.yaml, lib/run_queue.py; Dagster's own 30 s under deploy/) sees its run done, which would hold
+# the hour's tracks back that long after its tables were made. Alerts keep waiting for the whole
+# backfill: what they send cannot be taken back.
 _when_no_run_in_progress = ~AC.any_deps_match(AC.run_in_progress()) & ~AC.in_progress()
 
 # Late frames re-materialize their hour, whichever it is.
@@ -56,7 +57,8 @@ def automation_sensor(name: str, *keys: dg.AssetKey, policy: AutomationPolicy, p
     """The sensor that evaluates the conditions of a domain's assets (every 30 s by default).
 
     Hours asked for in one evaluation are made by one run over their range, through a backfill that the
-    backfill daemon launches on its next pass (up to 5 s later: dagster.yaml); with `run_per_hour`, for
+    backfill daemon launches on its next pass (up to 5 s later under the project's dagster.yaml, 30 s
+    under Dagster's own coordinator); with `run_per_hour`, for
     assets whose hours do not depend on each other, each hour is a run of its own, launched at once."""
     return dg.AutomationConditionSensorDefinition(
         name, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,

@@ -29,5 +29,8 @@ class QueuedRunCoordinator(dg.QueuedRunCoordinator):
     def from_config_value(cls, inst_data, config_value):
         config = dict(config_value)
         interval = config.pop("backfill_interval_seconds", DEFAULT_BACKFILL_INTERVAL_S)
+        if interval < 1:  # 0 would have the daemon pass over its backfills without a pause
+            raise ValueError(f"run_coordinator: backfill_interval_seconds in dagster.yaml is {interval}: "
+                             "set it to 1 or more (Dagster's own is 30)")
         dagster_door.set_backfill_interval(interval)
         return super().from_config_value(inst_data, config)

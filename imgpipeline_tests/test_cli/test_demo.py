@@ -104,6 +104,6 @@ def test_services_down_stops_the_demos_dagster_before_the_broker_it_reads(demo_r
     services = Path(env["IMGPIPELINE_HOME"]) / ".imgpipeline" / "services"
     dagster_done = last_time(services / "dagster" / "dagster.log", "%Y-%m-%d %H:%M:%S")
     kafka_log = (services / "kafka" / "kafka.log").read_text()
-    stopping = re.search(r"^\[(\S+ \S+),\d+\] .*Transition from STARTED to SHUTTING_DOWN", kafka_log, re.M)
+    stopping = re.findall(r"^\[(\S+ \S+),\d+\] .*Transition from STARTED to SHUTTING_DOWN", kafka_log, re.M)
     assert stopping, kafka_log[-2000:]
-    assert datetime.strptime(stopping[1], "%Y-%m-%d %H:%M:%S") >= dagster_done
+    assert datetime.strptime(stopping[-1], "%Y-%m-%d %H:%M:%S") >= dagster_done

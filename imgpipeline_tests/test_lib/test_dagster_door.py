@@ -4,6 +4,7 @@ found, and each does what the project uses it for."""
 import inspect
 
 import dagster as dg
+import pytest
 
 from imgpipeline.lib import dagster_door
 from imgpipeline_tests.instances import fresh_instance, memory_event_log
@@ -69,30 +70,48 @@ class Waits:
         return False
 
 
-def test_the_instance_of_dagster_yaml_sets_the_pace_the_backfill_daemon_waits(tmp_path, monkeypatch):
-    """An instance built from the project's dagster.yaml, as the daemon builds it, sets the interval its
-    backfill loop then waits between passes (Dagster's 30 s, which the yaml lowers)."""
-    import importlib
-    import logging
-    import shutil
-    from types import SimpleNamespace
-
+def project_instance_home(folder, **config) -> int:
+    """The project's dagster.yaml in `folder`, its run coordinator's config updated with `config`; the
+    backfill interval it sets."""
     import yaml
-    from dagster._daemon.backfill import execute_backfill_iteration_loop
 
     from imgpipeline.paths import PACKAGE_DIR
 
+    instance = yaml.safe_load((PACKAGE_DIR.parent / "dagster.yaml").read_text())
+    instance["run_coordinator"]["config"].update(config)
+    (folder / "dagster.yaml").write_text(yaml.safe_dump(instance))
+    return instance["run_coordinator"]["config"]["backfill_interval_seconds"]
+
+
+def test_the_instance_of_dagster_yaml_sets_the_pace_the_backfill_daemon_waits(tmp_path, monkeypatch):
+    """The daemon's daemons built from the project's dagster.yaml, as `dagster-daemon run` builds them,
+    set the interval its backfill loop then waits between passes (Dagster's 30 s, which the yaml lowers)."""
+    import importlib
+    import logging
+    from types import SimpleNamespace
+
+    from dagster._daemon.backfill import execute_backfill_iteration_loop
+    from dagster._daemon.controller import create_daemons_from_instance
+
     controller = importlib.import_module("dagster._daemon.controller")
     monkeypatch.setattr(controller, dagster_door.BACKFILL_INTERVAL_NAME, 30)  # put back after the test
-    shutil.copy(PACKAGE_DIR.parent / "dagster.yaml", tmp_path / "dagster.yaml")
-    wanted = yaml.safe_load((tmp_path / "dagster.yaml").read_text())["run_coordinator"]["config"][
-        "backfill_interval_seconds"]
+    wanted = project_instance_home(tmp_path)
     assert 0 < wanted < 30
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        daemons = create_daemons_from_instance(instance)
+        assert "BACKFILL" in {d.daemon_type() for d in daemons}
+        assert getattr(controller, dagster_door.BACKFILL_INTERVAL_NAME) == wanted
         # the yaml's run queue limits hold as they did with Dagster's own class
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
         waits = Waits()
         loop = execute_backfill_iteration_loop(SimpleNamespace(instance=instance), logging.getLogger(), waits)
         while not waits.asked:  # one pass (no backfill to make), then its wait
             next(loop)
-    assert wanted - 1 < waits.asked[0] <= wanted
+    assert 0 < waits.asked[0] <= wanted
+
+
+def test_a_backfill_interval_below_a_second_fails_at_load_saying_what_to_set(tmp_path):
+    project_instance_home(tmp_path, backfill_interval_seconds=0)
+    said = "backfill_interval_seconds in dagster.yaml is 0: set it to 1 or more"
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance, pytest.raises(ValueError, match=said):
+        instance.run_coordinator  # noqa: B018 (built when first asked for, as the daemon asks)

@@ -16,8 +16,8 @@ listen(LiveAlerts())
 def definitions(automation: AutomationPolicy, priority: RunPriority) -> dg.Definitions:
     # An hour's alerts read detections only (its own and the hours beside it), never another hour's
     # alerts, and their numbers come from the ledger whatever the order: each hour is a run launched as
-    # soon as it is asked for (not a backfill waiting for the backfill daemon's next pass, up to 30 s),
-    # one at a time (the `alerts` pool).
+    # soon as it is asked for (not a backfill waiting for the backfill daemon's next pass, up to 5 s, or
+    # 30 s under deploy/), one at a time (the `alerts` pool).
     sensor = automation_sensor("alerts_automation", ALERTS.key, policy=automation, priority=priority,
                                run_per_hour=True)
     return dg.Definitions(assets=[alerts], sensors=[sensor])

@@ -11,8 +11,11 @@ from collections import Counter
 import pytest
 
 from imgpipeline.defs.alerts.ledger import NEXT, Ledger
+from imgpipeline_tests.conftest import ON_EVERY_BACKEND
 
-pytestmark = pytest.mark.integration
+# Numbers are claimed by conditional writes, which each backend makes its own way (a folder's exclusive
+# create, S3's If-None-Match): every test here on each.
+pytestmark = [pytest.mark.integration, ON_EVERY_BACKEND]
 
 
 def test_numbers_are_given_once_and_kept(storage):

@@ -1,7 +1,7 @@
 """The current hour's tracks follow its detections as they are extended: each run reads only the detections
 added since the stored tracks, and comes out as the tracks of the hour made whole; when the detections
 were made whole (a new base) or the stored tracks say nothing readable, every detection is read again.
-Real materializations of both domains, on both backends."""
+Real materializations of both domains."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The current hour built incrementally: a run of one hour adds the landing files new since its last
 build, and comes out as the hour made whole would; what it cannot extend (a file landed again, late
-frames, a build cut short between its tables and its record) it makes whole. Real materializations on
-both backends."""
+frames, a build cut short between its tables and its record) it makes whole. Real materializations."""
 
 from __future__ import annotations
 
