@@ -58,8 +58,8 @@ def automation_sensor(name: str, *keys: dg.AssetKey, policy: AutomationPolicy, p
 
     Hours asked for in one evaluation are made by one run over their range, through a backfill that the
     backfill daemon launches on its next pass (up to 5 s later under the project's dagster.yaml, 30 s
-    under Dagster's own coordinator); with `run_per_hour`, for
-    assets whose hours do not depend on each other, each hour is a run of its own, launched at once."""
+    under Dagster's own coordinator); with `run_per_hour`, for assets whose hours do not depend on each
+    other, each hour is a run of its own, launched at once."""
     return dg.AutomationConditionSensorDefinition(
         name, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=policy.interval_s, emit_backfills=not run_per_hour,
