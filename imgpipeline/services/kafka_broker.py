@@ -50,6 +50,7 @@ POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
 """
 
 LOG4J2 = """status = warn
+shutdownHook = disable
 appender.out.type = Console
 appender.out.name = OUT
 appender.out.layout.type = PatternLayout
