@@ -1,6 +1,6 @@
-"""Landing compaction: a built hour's files become one per partition with the same
-records, the warehouse reads them the same way, a late frame still lands and is added, an hour not yet
-due or never built is left alone, and a compaction SIGKILLed midway is finished by the next one."""
+"""Landing compaction: a built hour's files become one per partition with the same records, the
+warehouse reads them the same way, a late frame still lands and is added, an hour not yet due or never
+built is left alone, and a compaction SIGKILLed midway is finished by the next one."""
 
 from __future__ import annotations
 
