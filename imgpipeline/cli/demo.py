@@ -161,13 +161,14 @@ def report_alerts(con, days: list[str]) -> None:
 
 def wait_for_landing(store: Storage, wanted: set[str], timeout_s: float) -> dict | None:
     """Poll the landing metadata until every wanted frame has a record; None on timeout."""
-    from imgpipeline.defs.records.reader import all_records
+    from imgpipeline.defs.records.reader import Landing
 
+    landing = Landing(store)
     deadline = time.monotonic() + timeout_s
     found: dict = {}
     last = -1
     while time.monotonic() < deadline:
-        found = {r.frame_id: r for r in all_records(store) if r.frame_id in wanted}
+        found = {r.frame_id: r for r in landing.records() if r.frame_id in wanted}
         if len(found) != last:
             print(f"  {len(found)}/{len(wanted)} frames landed")
             last = len(found)

@@ -18,6 +18,7 @@ import dagster as dg
 import psycopg2
 import pytest
 
+from imgpipeline.defs.records.reader import Landing
 from imgpipeline.lib.instance import InstanceSettings, open_instance, url_env
 from imgpipeline.resources import StorageResource
 from imgpipeline.resources.settings import env_name
@@ -193,7 +194,8 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
         os.killpg(server.pid, signal.SIGKILL)
         time.sleep(5)  # scenario: the server stays away five seconds
         server.start()
-        wait_for(lambda: len({r.frame_id for r in landing_records(storage)}) >= len(frames), 420,
+        landing = Landing(storage.open())
+        wait_for(lambda: len({r.frame_id for r in landing.records()}) >= len(frames), 420,
                  "every frame to land", every_s=2)
         with open_instance(local.dagster.dagster_home) as instance:
 

@@ -51,17 +51,15 @@ def topic_messages(kafka) -> dict[tuple[int, int], str | None]:
     return found
 
 
-def ledger_holes(chaos) -> int:
+def ledger_holes(chaos, instance) -> int:
     """Offsets of the frames topic, from each partition's beginning to its end, in no range of the
-    ledger: what no run has accounted for."""
+    ledger: what no run has accounted for (the sensor's generation from `dagster dev`'s instance)."""
     from kafka import TopicPartition
 
     from imgpipeline.defs.records.ledger import accounted_ranges, holes
     from imgpipeline.defs.streaming.reconcile import sensor_cursor
-    from imgpipeline.lib.instance import open_instance
 
-    with open_instance(chaos.local.dagster.dagster_home) as instance:
-        generation = sensor_cursor(instance).get("generation", 0)
+    generation = sensor_cursor(instance).get("generation", 0)
     consumer = chaos.kafka.consumer(group_id=None)
     try:
         topic = chaos.kafka.frames_topic
@@ -72,12 +70,6 @@ def ledger_holes(chaos) -> int:
     store = chaos.storage.open()
     return sum(end - start for tp in tps for start, end in holes(
         accounted_ranges(store, topic, tp.partition, generation), beginnings[tp], ends[tp]))
-
-
-def landed(store: Storage) -> list:
-    from imgpipeline.defs.records.reader import all_records
-
-    return all_records(store)
 
 
 def delivered(chaos, hook, records) -> bool:
@@ -94,38 +86,38 @@ def table_numbers(chaos, records) -> Counter:
     return Counter(ALERTS.stored_hours(chaos.storage.open(), hours, ["number"]).column("number").to_pylist())
 
 
-def settled_now(chaos, hook, sent: set, records: list) -> str | None:
+def settled_now(chaos, instance, hook, sent: set, records: list) -> str | None:
     """What is still to come (None: nothing): frames to land, offsets to account for, each hour's tables
     and alerts to make after its last frame was processed, alerts to deliver."""
     from imgpipeline.ingest.messages import parse_time
-    from imgpipeline.lib.instance import open_instance
 
     if missing := len(sent - {r.identity for r in records if r.processed}):
         return f"{missing} frames sent have not landed yet"
-    if unaccounted := ledger_holes(chaos):
+    if unaccounted := ledger_holes(chaos, instance):
         return f"{unaccounted} offsets of the topic are in no range of the ledger yet"
     last: dict[str, float] = {}  # each hour's: an hour the cameras left is made no more
     for r in records:
         if r.processed_at:
             hour = r.event_hour.strftime("%Y-%m-%d-%H:00")
             last[hour] = max(last.get(hour, 0.0), parse_time(r.processed_at).timestamp())
-    with open_instance(chaos.local.dagster.dagster_home) as instance:
-        if not all(made_after(instance, [hour], at) for hour, at in sorted(last.items())):
-            return "the hours' tables and alerts are not made after their last frame yet"
+    if not all(made_after(instance, [hour], at) for hour, at in sorted(last.items())):
+        return "the hours' tables and alerts are not made after their last frame yet"
     if not delivered(chaos, hook, records):
         return "alerts of the tables are not all on Kafka and at the webhook yet"
     return None
 
 
-def wait_settled(chaos, cameras, hook, settle_s: float) -> tuple[bool, list]:
+def wait_settled(chaos, instance, cameras, hook, settle_s: float) -> tuple[bool, list]:
     """Until nothing is still to come (settled_now), at most settle_s; the landing records."""
-    store = chaos.storage.open()
+    from imgpipeline.defs.records.reader import Landing
+
+    landing = Landing(chaos.storage.open())
     sent = {(c.source, f) for c in cameras for f in c.sent}
     started = time.monotonic()
     said, waiting, records = started, "", []
     while time.monotonic() < started + settle_s:
-        records = landed(store)
-        if (waiting := settled_now(chaos, hook, sent, records)) is None:
+        records = landing.records()
+        if (waiting := settled_now(chaos, instance, hook, sent, records)) is None:
             return True, records
         if time.monotonic() - said >= 60:
             said = time.monotonic()
@@ -161,7 +153,7 @@ def frame_counts(store: Storage, cameras, records) -> tuple[dict, dict]:
     return frames, {"checked": len(hours), "mismatched": len(mismatched), "which": mismatched}
 
 
-def offset_counts(chaos, records) -> dict:
+def offset_counts(chaos, instance, records) -> dict:
     """Every offset of the frames topic: a landing record at it, or a repeat of a frame landed from
     another offset (a producer's send again); and none in no range of the ledger."""
     messages = topic_messages(chaos.kafka)
@@ -170,7 +162,7 @@ def offset_counts(chaos, records) -> dict:
     without = [(p, o) for (p, o), frame in messages.items() if (p, o) not in at and frame not in frames]
     repeats = sum((p, o) not in at and frame in frames for (p, o), frame in messages.items())
     return {"end": len(messages), "with_record": len(at & set(messages)), "repeats": repeats,
-            "without_record": len(without), "holes": ledger_holes(chaos),
+            "without_record": len(without), "holes": ledger_holes(chaos, instance),
             "first_without": sorted(without)[:10]}
 
 
@@ -196,12 +188,15 @@ def alert_counts(chaos, hook, records) -> dict:
 
 
 def reckon(chaos, cameras, hook, settle_s: float, last_fault_s: float) -> dict:
+    from imgpipeline.lib.instance import open_instance
+
     print(f"cameras stopped; waiting for everything to land, be accounted for, made and delivered (at most "
           f"{settle_s:g} s) …")
-    settled, records = wait_settled(chaos, cameras, hook, settle_s)
-    settle = round(time.monotonic() - chaos.started - last_fault_s, 1)
-    store = chaos.storage.open()
-    frames, hours = frame_counts(store, cameras, records)
+    with open_instance(chaos.local.dagster.dagster_home) as instance:  # the faults are over: one will do
+        settled, records = wait_settled(chaos, instance, cameras, hook, settle_s)
+        settle = round(time.monotonic() - chaos.started - last_fault_s, 1)
+        offsets = offset_counts(chaos, instance, records)
+    frames, hours = frame_counts(chaos.storage.open(), cameras, records)
     return {"settled": settled, "settle_s": settle, "frames": frames, "hours": hours,
             "per_camera": {c.source: len(c.sent) for c in cameras},
-            "offsets": offset_counts(chaos, records), "alerts": alert_counts(chaos, hook, records)}
+            "offsets": offsets, "alerts": alert_counts(chaos, hook, records)}

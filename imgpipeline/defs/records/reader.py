@@ -51,3 +51,23 @@ def hour_records(store: Storage, hour: datetime,
 def all_records(store: Storage) -> list[LandingRecord]:
     """Every landing record of every hour."""
     return [record for key in landing_keys(store) for record in read_records(store, key)]
+
+
+class Landing:
+    """Every landing record of every hour, for whoever looks at a landing again and again while it grows
+    (a wait, a watch, a count): each look lists the landing with the version tags of its files
+    (`Storage.versions`) and reads only the files that are new or written again since the last look."""
+
+    def __init__(self, store: Storage):
+        self.store = store
+        self._files: dict[str, tuple[str, list[LandingRecord]]] = {}
+
+    def records(self) -> list[LandingRecord]:
+        """The records as all_records gives them now; a file gone since the last look is left out."""
+        files = {}
+        for key, tag in self.store.versions(f"{LANDING}/").items():
+            if key.endswith(".jsonl"):
+                held = self._files.get(key)
+                files[key] = held if held and held[0] == tag else (tag, list(read_records(self.store, key)))
+        self._files = files
+        return [record for _, records in files.values() for record in records]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imgpipeline.defs.records.keys import landing_key
-from imgpipeline.defs.records.reader import hour_records, parse_records, read_records
+from imgpipeline.defs.records.reader import Landing, all_records, hour_records, parse_records, read_records
 from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, record_sources
 from imgpipeline.resources import StorageResource
@@ -113,3 +113,42 @@ def test_status_reads_only_the_landing_files_written_since_its_window_began(stor
     assert activity.statuses["detected"] == 1
     (activity,) = health.source_activity(store, now, window, slack=timedelta(days=3650))  # a store far behind
     assert activity.statuses["detected"] == 2
+
+
+@ON_EVERY_BACKEND
+def test_a_landing_looked_at_again_reads_only_what_is_new_and_gives_what_a_full_read_gives(storage):
+    """`Landing` (the waits' and watches' view of a growing landing) against `all_records` after each
+    change a landing sees: a file added, a file written again under its key, files compacted into one and
+    deleted; only the files new or changed since the last look are read."""
+    store = storage.open()
+    hour = datetime(2026, 11, 21, 10, tzinfo=UTC)
+    read: list[str] = []
+    get = store.get
+    store.get = lambda key, **kw: read.append(key) or get(key, **kw)  # which files each look reads
+
+    def landed(name: str, *frames: str) -> str:
+        key = landing_key(hour, name)
+        lines = (dataclasses.replace(a_record(), frame_id=f).to_json() + b"\n" for f in frames)
+        store.put(key, b"".join(lines))
+        return key
+
+    def look() -> tuple[list[str], list[str]]:
+        """The frames the landing gives now, and the files it read for them."""
+        read.clear()
+        ids, reads = sorted(r.frame_id for r in landing.records()), list(read)
+        assert ids == sorted(r.frame_id for r in all_records(store))
+        return ids, reads
+
+    landing = Landing(store)
+    assert landing.records() == []
+    first = landed("frames-0-0-2", "f0", "f1")
+    assert look() == (["f0", "f1"], [first])
+    second = landed("frames-0-2-3", "f2")
+    assert look() == (["f0", "f1", "f2"], [second])
+    assert look() == (["f0", "f1", "f2"], [])  # nothing new: nothing read
+    landed("frames-0-2-3", "f2", "f3")  # written again under its key (a run over the same range)
+    assert look() == (["f0", "f1", "f2", "f3"], [second])
+    compacted = landed("frames-0-0-3", "f0", "f1", "f2", "f3")
+    store.delete(first)
+    store.delete(second)
+    assert look() == (["f0", "f1", "f2", "f3"], [compacted])

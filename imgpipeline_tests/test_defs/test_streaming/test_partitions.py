@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 from kafka.partitioner.default import murmur2
 
+from imgpipeline.defs.records.reader import Landing
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG
 from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.lib.instance import open_instance
@@ -84,7 +85,8 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
     local = LocalServices(tmp_path / ".imgpipeline")
     local.up_ui()
     try:
-        wait_for(lambda: len(landing_records(storage)) >= total, 400, "every frame to land", every_s=2)
+        landing = Landing(storage.open())
+        wait_for(lambda: len(landing.records()) >= total, 400, "every frame to land", every_s=2)
         with open_instance(local.dagster.dagster_home) as instance:
 
             def finished() -> list[dg.DagsterRun] | None:
