@@ -8,7 +8,7 @@ from datetime import datetime
 from imgpipeline.defs.hours import hour_path
 from imgpipeline.defs.records.keys import LANDING
 from imgpipeline.defs.records.record import LandingRecord
-from imgpipeline.resources.storage import Storage
+from imgpipeline.resources.storage import BadObject, Storage
 
 
 def landing_keys(store: Storage, hour: datetime | None = None) -> list[str]:
@@ -55,19 +55,26 @@ def all_records(store: Storage) -> list[LandingRecord]:
 
 class Landing:
     """Every landing record of every hour, for whoever looks at a landing again and again while it grows
-    (a wait, a watch, a count): each look lists the landing with the version tags of its files
-    (`Storage.versions`) and reads only the files that are new or written again since the last look."""
+    (a wait, a watch, a count): a look costs the files new or written again since the last one (by the
+    version tags of `Storage.versions`). The records it gives are shared between looks: not to be changed."""
 
     def __init__(self, store: Storage):
         self.store = store
         self._files: dict[str, tuple[str, list[LandingRecord]]] = {}
 
     def records(self) -> list[LandingRecord]:
-        """The records as all_records gives them now; a file gone since the last look is left out."""
+        """The records as all_records gives them now; a file gone since the listing (compacted, retired)
+        is left out."""
         files = {}
         for key, tag in self.store.versions(f"{LANDING}/").items():
             if key.endswith(".jsonl"):
                 held = self._files.get(key)
-                files[key] = held if held and held[0] == tag else (tag, list(read_records(self.store, key)))
+                if held and held[0] == tag:
+                    files[key] = held
+                    continue
+                try:
+                    files[key] = tag, list(read_records(self.store, key))
+                except BadObject:
+                    continue  # deleted since the listing
         self._files = files
         return [record for _, records in files.values() for record in records]

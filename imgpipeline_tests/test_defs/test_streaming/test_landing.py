@@ -118,8 +118,9 @@ def test_status_reads_only_the_landing_files_written_since_its_window_began(stor
 @ON_EVERY_BACKEND
 def test_a_landing_looked_at_again_reads_only_what_is_new_and_gives_what_a_full_read_gives(storage):
     """`Landing` (the waits' and watches' view of a growing landing) against `all_records` after each
-    change a landing sees: a file added, a file written again under its key, files compacted into one and
-    deleted; only the files new or changed since the last look are read."""
+    change a landing sees: a file added, a file written again under its key (the same size too), files
+    compacted into one and deleted, a file deleted between the listing and its read; only the files new or
+    changed since the last look are read."""
     store = storage.open()
     hour = datetime(2026, 11, 21, 10, tzinfo=UTC)
     read: list[str] = []
@@ -148,7 +149,15 @@ def test_a_landing_looked_at_again_reads_only_what_is_new_and_gives_what_a_full_
     assert look() == (["f0", "f1", "f2"], [])  # nothing new: nothing read
     landed("frames-0-2-3", "f2", "f3")  # written again under its key (a run over the same range)
     assert look() == (["f0", "f1", "f2", "f3"], [second])
+    landed("frames-0-2-3", "f2", "f4")  # and again, the same size
+    assert look() == (["f0", "f1", "f2", "f4"], [second])
+    landed("frames-0-2-3", "f2", "f3")
+    assert look() == (["f0", "f1", "f2", "f3"], [second])
     compacted = landed("frames-0-0-3", "f0", "f1", "f2", "f3")
     store.delete(first)
     store.delete(second)
     assert look() == (["f0", "f1", "f2", "f3"], [compacted])
+    gone = landed("frames-1-0-1", "f9")  # listed, then deleted before it is read (compacted meanwhile)
+    versions = store.versions
+    store.versions = lambda prefix: versions(prefix) | (store.delete(gone) or {})
+    assert sorted(r.frame_id for r in landing.records()) == ["f0", "f1", "f2", "f3"]
