@@ -48,7 +48,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         detections = DETECTIONS.stored_hours(store, at.around(hour), TRACKED_COLUMNS)
         per_source = at.event_frames(frames, detections)
         fired = evaluate(rules, per_source, zones, hour.timestamp(), hour.timestamp() + 3600)
-        numbers = [ledger.number(event.key) for event in fired]
+        numbers = [ledger.number(event.key, event.occurrence) for event in fired]
         evidence = draw_all(store, fired, numbers, frames, per_source, storage.max_frame_bytes)
         table = at.alert_rows(hour, fired, numbers, rules, evidence)
         ALERTS.write(store, ALERTS.hour_key(hour), table)

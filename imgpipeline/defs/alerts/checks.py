@@ -24,7 +24,8 @@ def check_hour(key: str, alerts: pa.Table, ledger, store: Storage, drawable: set
     if problems := schema_problems(alerts, ALERTS_SCHEMA):
         failures["alerts", "schema_as_declared"][key] = problems
     rows = alerts.to_pylist()
-    wrong = [f"{r['number']}: {r['alert_key']}" for r in rows if ledger.key_of(r["number"]) != r["alert_key"]]
+    wrong = [f"{r['number']}: {r['alert_key']}" for r in rows
+             if ledger.number_of(r["alert_key"]) != r["number"]]
     numbers, keys = [r["number"] for r in rows], [r["alert_key"] for r in rows]
     if len(set(numbers)) != len(numbers) or len(set(keys)) != len(keys) or wrong:
         failures["alerts", "one_number_per_alert"][key] = {"not_the_ledgers": wrong[:20],

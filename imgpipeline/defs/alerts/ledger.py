@@ -7,6 +7,7 @@ backfill finds the same numbers and notifies nobody twice.
     alerts/ledger/numbers/<number>.json   the key a number was claimed for (created once: put-if-absent)
     alerts/ledger/next.json   where the search for a free number starts: past the last number claimed
     alerts/ledger/keys/<sha256 of key>.json   the number given to the key (created once: put-if-absent)
+    alerts/ledger/occurrences/<sha256>.json   the number given to an alert about one object (created once)
     alerts/ledger/claims/<sha256 of key>.json   the number a run is claiming for the key, before it does
     alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered)
     alerts/ledger/retrying/<number>-<target>.json   a webhook send that failed, with when to try it again
@@ -16,6 +17,11 @@ does not exist, so two runs never take one number; the key is then bound to it t
 runs racing for one key agree on the number that was bound first (the other claim stays unused and is
 never given again). A run writes which number it is claiming before it claims it, so a run killed
 between the claim and the binding finds its own claim again instead of taking a second number.
+An alert about one object of one frame (a track rule's) is also known by its occurrence: the rule, the
+source, the frame and the detection. A key holds the track id, and an hour built again can give the same
+object another id (a late range made the tracker see frames it had not): the new key then finds the
+occurrence's number instead of taking a second one, and the alert is told once. The occurrence is bound
+before the key, so a run killed between the two binds the key to it when run again.
 Numbering costs the same however many numbers were given: a run starts from `next.json` (a hint, written
 after each claim; a run writing it late only makes the next run find a number or two taken), and a store
 from before it is listed once.
@@ -105,12 +111,25 @@ class Ledger:
                  if k.endswith(".json")]
         return max(taken, default=0) + 1
 
-    def number(self, key: str) -> int:
-        """The key's number: the one it was given, else the next free one, claimed and bound now."""
+    def number(self, key: str, occurrence: str | None = None) -> int:
+        """The key's number: the one it was given, else the one its occurrence was given (the same alert
+        found under another track id), else the next free one, claimed and bound now."""
         given = self.number_of(key)
         if given is not None:
             return given
         self.store.require_conditional_writes()  # numbers are given once only where put-if-absent holds
+        number = self._number_of_occurrence(occurrence)
+        if number is None:
+            number = self._claim(key)
+            if occurrence is not None and not self._create(
+                    self._occurrence_file(occurrence), {"occurrence": occurrence, "number": number}):
+                number = self._number_of_occurrence(occurrence)  # bound by another run first: its number
+        if not self._create(self._key_file(key), {"key": key, "number": number}):
+            return self.number_of(key)  # another run bound the key first: its number stands
+        return number
+
+    def _claim(self, key: str) -> int:
+        """The next free number, claimed for the key (or the one a run killed mid-way claimed for it)."""
         claim = self._read(self._claim_file(key))
         number = claim["number"] if claim is not None else self._first_free()
         while True:
@@ -122,9 +141,14 @@ class Ledger:
         self._next = max(self._first_free(), number + 1)
         if (self._written_next() or 0) < self._next:
             self._write(NEXT, {"number": self._next})
-        if not self._create(self._key_file(key), {"key": key, "number": number}):
-            return self.number_of(key)  # another run bound the key first: its number stands
         return number
+
+    def _occurrence_file(self, occurrence: str) -> str:
+        return f"{ROOT}/occurrences/{_digest(occurrence.encode())}.json"
+
+    def _number_of_occurrence(self, occurrence: str | None) -> int | None:
+        record = self._read(self._occurrence_file(occurrence)) if occurrence is not None else None
+        return record["number"] if record is not None else None
 
     def number_of(self, key: str) -> int | None:
         """The number given to a key, if one was."""

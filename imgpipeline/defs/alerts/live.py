@@ -227,7 +227,7 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
     """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each); the
     webhook sends per outcome."""
     store, ledger = landed.store, Ledger(landed.store)
-    numbers = [ledger.number(e.key) for e in fired]
+    numbers = [ledger.number(e.key, e.occurrence) for e in fired]
     by_frame = {(r.source_id, r.frame_id): r for r in records}
     seen = {(s, f.frame_id): f.seen for s, fs in frames.items() for f in fs}
     messages = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -126,6 +127,32 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
         assert stored_alerts(storage) == first
         assert len(read_all(kafka, kafka.alerts_topic)) == 4
         assert len(ops.requests) == 3
+
+
+def test_an_hour_made_whole_by_a_late_range_tells_its_alerts_once(tmp_path, kafka, hooks, monkeypatch):
+    """A range that lands late (frames captured between frames already built) makes the hour whole; the
+    tracker, seeing frames it had not, gives the person another track id. The alert of its visit to the
+    bench keeps its number and is told once; the crossing the late frames hold is a new alert."""
+    storage, resources = setup(tmp_path, kafka, hooks, monkeypatch)
+    store = storage.open()
+    found = records(store, ranges=None)
+    land(store, found[:52] + found[57:], "frames-0-0-100")  # the person lost for a second…
+    with fresh_instance() as instance:
+        materialize([hourly_tables, alerts], *RANGE, resources, instance)
+        before = {row["rule"]: row for row in stored_alerts(storage)}
+        land(store, found[52:57], "frames-0-100-200")  # …and found in a range that landed late
+        materialize([hourly_tables, alerts], RANGE[1], RANGE[1], resources, instance)
+    after = {row["rule"]: row for row in stored_alerts(storage)}
+    bench = before["on-the-bench"]
+    assert after["on-the-bench"]["track_id"] != bench["track_id"]  # the same visit, tracked anew
+    assert {k: after["on-the-bench"][k] for k in ("number", "frame_id", "detection_index")} == {
+        k: bench[k] for k in ("number", "frame_id", "detection_index")}
+    assert "person-through-door" not in before and after["person-through-door"]["number"] not in {
+        row["number"] for row in before.values()}
+    messages = [json.loads(m.value) for m in read_all(kafka, kafka.alerts_topic)]
+    assert sorted(m["number"] for m in messages) == sorted(row["number"] for row in after.values())
+    told = Counter((m["rule"], m["source_id"], m["frame_id"], m["detection_index"]) for m in messages)
+    assert [event for event, times in told.items() if times > 1] == []
 
 
 def test_no_rules_no_alerts_and_quiet_data_raises_none(tmp_path, kafka, hooks, monkeypatch):

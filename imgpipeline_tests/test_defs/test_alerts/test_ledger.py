@@ -70,6 +70,51 @@ def test_two_runs_racing_for_one_key_agree_on_its_number(storage):
     assert Ledger(store).number("next") > numbers[0]  # claims lost in the race are never given again
 
 
+# A track rule's alert under the ids two trackings gave its track: one object of one frame.
+BEFORE, AFTER = "door|cam|line|door|111000|in|f9", "door|cam|line|door|109000|in|f9"
+OCCURRENCE = "door|cam|f9|0"
+
+
+def test_an_alert_found_again_under_another_track_id_keeps_its_number(storage):
+    store = storage.open()
+    first = Ledger(store).number(BEFORE, OCCURRENCE)
+    assert Ledger(store).number(AFTER, OCCURRENCE) == first  # the hour built again: the same alert
+    assert Ledger(store).number(AFTER) == first and Ledger(store).number_of(BEFORE) == first
+    assert Ledger(store).number("door|cam|line|door|111000|in|f9x", "door|cam|f9|1") == first + 1  # another
+    assert Ledger(store).number("a frame rule's key") == first + 2  # about no object: by its key alone
+    # A run killed after binding an occurrence to the number it claimed, before binding the key: run
+    # again (under either key), the key is bound to that number; the number after it is still free.
+    ledger = Ledger(store)
+    store.put(ledger._claim_file("k1"), json.dumps({"key": "k1", "number": first + 3}).encode())
+    for name, record in ((Ledger.number_file(first + 3), {"key": "k1"}),
+                         (ledger._occurrence_file("o1"), {"occurrence": "o1", "number": first + 3})):
+        data = json.dumps(record, sort_keys=True).encode()
+        assert store.put_new(name, data, sha256="x") is None
+    assert Ledger(store).number("k2", "o1") == first + 3 and Ledger(store).number("k1", "o1") == first + 3
+    assert Ledger(store).number("k3") == first + 4
+
+
+def test_runs_numbering_one_alert_under_two_track_ids_at_once_agree_on_its_number(storage):
+    store = storage.open()
+    numbers: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def claim(key: str):  # the live lane and the hourly chain, each with the ids its tracking gave
+        ledger = Ledger(store)
+        barrier.wait()
+        numbers.append(ledger.number(key, OCCURRENCE))
+
+    threads = [threading.Thread(target=claim, args=(k,)) for k in (BEFORE, AFTER, BEFORE, AFTER)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(numbers) == 4 and len(set(numbers)) == 1
+    assert Ledger(store).number_of(BEFORE) == Ledger(store).number_of(AFTER) == numbers[0]
+    lost = [n for n in range(1, numbers[0] + 3) if n != numbers[0] and Ledger(store).key_of(n)]
+    assert all(Ledger(store).missing(n).endswith(f"that alert is number {numbers[0]}") for n in lost)
+
+
 def test_runs_claiming_at_once_never_share_a_number(storage):
     store = storage.open()
     given: dict[str, int] = {}
