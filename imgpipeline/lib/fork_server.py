@@ -38,6 +38,7 @@ class ForkServerClient:
         )
         self.ready = threading.Event()
         self._replies: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._asking = threading.Lock()  # one request at a time: each reply is the last request's
         threading.Thread(target=self._read, name="fork-server-replies", daemon=True).start()
 
     def _read(self) -> None:
@@ -67,9 +68,10 @@ class ForkServerClient:
         if not self.ready.is_set() or not self.alive():
             return None
         try:
-            self.process.stdin.write(f"{nice} {args_json}\n")
-            self.process.stdin.flush()
-            reply = self._replies.get(timeout=REPLY_TIMEOUT_S).split()
+            with self._asking:
+                self.process.stdin.write(f"{nice} {args_json}\n")
+                self.process.stdin.flush()
+                reply = self._replies.get(timeout=REPLY_TIMEOUT_S).split()
         except (OSError, queue.Empty):
             self.close()
             return None

@@ -37,6 +37,9 @@ READY_TIMEOUT_S = 15.0
 # Start times from /proc are whole clock ticks on a boot time in whole seconds: a process that started
 # more than this after its worker's recorded start is another one.
 START_SLACK_S = 2.0
+# The fork servers this process started, by code location modules and instance ref.
+_SERVERS: dict[tuple, ForkServerClient] = {}
+_SERVERS_LOCK = threading.Lock()
 
 
 class ForkingRunLauncher(dg.DefaultRunLauncher):
@@ -45,8 +48,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
     def __init__(self, inst_data=None, preload: list[str] | None = None):
         super().__init__(inst_data=inst_data)
         self.preload = list(preload or DEFAULT_PRELOAD)
-        self._server: ForkServerClient | None = None
-        self._lock = threading.Lock()
+        self._server_key: tuple | None = None
 
     @classmethod
     def config_type(cls):
@@ -69,12 +71,10 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
 
             args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id,
                                   instance_ref=self._instance.get_ref())
-            with self._lock:
-                server = self._fork_server()
+            server = self._fork_server()
             if server.wait_ready(READY_TIMEOUT_S):
-                with self._lock:
-                    nice = run_nice(run.tags, backfill_nice(run.tags))
-                    pid = server.fork_run(serialize_value(args), nice=nice)
+                nice = run_nice(run.tags, backfill_nice(run.tags))
+                pid = server.fork_run(serialize_value(args), nice=nice)
         if pid is None:
             super().launch_run(context)
             return
@@ -88,16 +88,21 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
 
     def warm(self, timeout_s: float = 0.0) -> bool:
         """Start the fork server if it is not up; True once it is ready (waits up to timeout_s)."""
-        with self._lock:
-            server = self._fork_server()
-        return server.wait_ready(timeout_s)
+        return self._fork_server().wait_ready(timeout_s)
 
     def _fork_server(self) -> ForkServerClient:
-        if self._server is None or not self._server.alive():
-            from imgpipeline.lib.dagster_door import serialize_value
+        """The process's fork server for this instance and code location: one, however many launchers
+        the process builds (Dagster builds an instance's launcher when first asked for it, and the run
+        queue's two launching threads can each build one at once)."""
+        from imgpipeline.lib.dagster_door import serialize_value
 
-            self._server = ForkServerClient(self.preload, serialize_value(self._instance.get_ref()))
-        return self._server
+        if self._server_key is None:
+            self._server_key = (tuple(self.preload), serialize_value(self._instance.get_ref()))
+        with _SERVERS_LOCK:
+            server = _SERVERS.get(self._server_key)
+            if server is None or not server.alive():
+                server = _SERVERS[self._server_key] = ForkServerClient(self.preload, self._server_key[1])
+            return server
 
     def _forkable(self, origin) -> bool:
         if origin is None:
@@ -174,8 +179,10 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         return True
 
     def dispose(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        with _SERVERS_LOCK:
+            server = _SERVERS.pop(self._server_key, None) if self._server_key else None
+        if server is not None:
+            server.close()
 
 
 def fail_orphaned_starts(instance: dg.DagsterInstance) -> list[str]:

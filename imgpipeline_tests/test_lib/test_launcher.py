@@ -113,6 +113,39 @@ def test_forked_runs_land_frames_and_see_a_changed_env(instance, kafka, tmp_path
     assert instance.run_launcher.warm(timeout_s=120), "the fork server did not come back"
 
 
+def fork_servers() -> set[int]:
+    """The fork servers this process started, by pid."""
+    import os
+    from pathlib import Path
+
+    mine = str(os.getpid())
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _server_of(p, mine)}
+
+
+def _server_of(proc, parent: str) -> bool:
+    try:
+        stat, argv = (proc / "stat").read_text(), (proc / "cmdline").read_bytes()
+    except OSError:  # gone since the listing
+        return False
+    return stat.rsplit(")", 1)[1].split()[1] == parent and b"imgpipeline.lib.fork_server" in argv
+
+
+def test_two_launchers_of_one_instance_start_one_fork_server(instance, kafka, tmp_path):
+    """Dagster builds an instance's launcher when first asked for it, and the run queue's two launching
+    threads can each build one: the process still starts one fork server, and runs fork from it."""
+    assert instance.run_launcher.warm(timeout_s=120)
+    first = fork_servers()
+    second = instance.get_ref().run_launcher  # what the second thread built
+    second.register_instance(instance)
+    assert second is not instance.run_launcher and second.warm(timeout_s=120)
+    assert len(first) == 1 and fork_servers() == first
+    produce(kafka, StorageResource(uri=(tmp_path / "first").as_uri()), tmp_path / "sent", video_backlog(4))
+    runs = wait_finished(instance, launch_backlog(instance, kafka))
+    assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+    assert all(PID_TAG in run.tags for run in runs)  # forked, not started the default way
+    assert fork_servers() == first
+
+
 @pytest.mark.parametrize("tags", [{NICE_TAG: "5"}, {BACKFILL_TAG: "from-the-ui"}])
 def test_a_forked_run_runs_as_nice_as_tagged_and_terminate_cancels_it(instance, kafka, tmp_path, tags,
                                                                      monkeypatch):
