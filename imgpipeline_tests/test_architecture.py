@@ -295,6 +295,15 @@ def test_query_and_services_do_not_load_the_definitions():
                 and m.endswith((".assets", "definitions", ".partitions", "_sensor", ".detect_frames"))}
 
 
+def test_the_code_location_loads_without_dagster_aws_or_the_instance_storage():
+    """Every process that loads the code location (code servers, the fork server, each `dagster` and many
+    `imgpipeline` commands) pays for what it imports: dagster-aws alone brings Dagster's test utilities,
+    SQLAlchemy and Alembic, about a second of CPU. It is for the instance's S3 run logs, loaded there."""
+    loaded = loaded_after("import imgpipeline.definitions")
+    assert "imgpipeline.resources.storage.s3" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("dagster_aws", "alembic", "sqlalchemy")}
+
+
 def test_the_contracts_document_names_every_column():
     from imgpipeline.defs.tables import TABLES
 

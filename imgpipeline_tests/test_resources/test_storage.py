@@ -129,12 +129,11 @@ def test_a_kms_refusal_is_one_object_s_while_the_store_reads():
         assert not resource.open().refused_alone("AccessDenied", 403)
 
 
-def test_the_s3_client_is_the_nested_dagster_aws_resource(services, monkeypatch):
-    """The storage resource's S3 client comes from its nested resource `s3`, dagster-aws's S3Resource,
-    whose endpoint, region and keys are the S3 settings: it reaches the endpoint they name, once per
-    resource. The code location's storage resource shows it nested in the Dagster UI."""
+def test_the_s3_client_is_the_nested_resource(services, monkeypatch):
+    """The storage resource's S3 client comes from its nested resource `s3`, whose endpoint, region and
+    keys are the S3 settings: it reaches the endpoint they name, once per resource. The code location's
+    storage resource shows it nested in the Dagster UI."""
     from dagster._core.remote_representation.external_data import NestedResourceType, RepositorySnap
-    from dagster_aws.s3 import S3Resource
 
     from imgpipeline.resources import S3ClientResource
 
@@ -143,7 +142,7 @@ def test_the_s3_client_is_the_nested_dagster_aws_resource(services, monkeypatch)
                         "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET, "AWS_REGION": "eu-west-3"}.items():
         monkeypatch.setenv(name, value)
     resource = StorageResource.from_env(uri=s3_storage_resource(services).uri)
-    assert isinstance(resource.s3, S3Resource) and resource.nested_resources == {"s3": resource.s3}
+    assert isinstance(resource.s3, S3ClientResource) and resource.nested_resources == {"s3": resource.s3}
     assert (resource.endpoint_url, resource.region) == (resource.s3.endpoint_url, "eu-west-3") == (
         endpoint, resource.s3.region_name)
     store = resource.open()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from dagster_aws.s3 import S3Resource
+import dagster as dg
 
 from imgpipeline import ConfigError
 from imgpipeline.environment import environment
@@ -257,11 +257,12 @@ class S3Storage(Storage):
             ) from None
 
 
-class S3ClientResource(FromEnv, S3Resource):
-    """The S3 client of the storage root: dagster-aws's `S3Resource` with its endpoint, region and keys
-    declared as settings (the keys as `dg.EnvVar`s), and what a store beside AWS needs on top: connect
-    and read timeouts, and path-style addressing on a custom endpoint (an S3-compatible store seldom
-    serves a bucket as a host name). Without keys, boto3's own chain is used."""
+class S3ClientResource(FromEnv, dg.ConfigurableResource):
+    """The S3 client of the storage root: the fields of dagster-aws's `S3Resource` (not imported: it costs
+    each process that loads the code location about a second), its endpoint, region and keys declared as
+    settings (the keys as `dg.EnvVar`s), and what a store beside AWS needs on top: connect and read
+    timeouts, and path-style addressing on a custom endpoint (an S3-compatible store seldom serves a
+    bucket as a host name). Without keys, boto3's own chain is used."""
 
     endpoint_url: str | None = setting(
         "AWS_ENDPOINT_URL", None, "an S3-compatible store: MinIO, Hetzner Object Storage, the local endpoint",
@@ -274,6 +275,10 @@ class S3ClientResource(FromEnv, S3Resource):
     aws_secret_access_key: str | None = setting("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (a secret)",
                                                 secret=True, shown="boto3's chain")
     max_attempts: int = 3
+    profile_name: str | None = None
+    use_ssl: bool = True
+    verify: bool | None = None
+    aws_session_token: str | None = None
     connect_timeout: float = 5
     read_timeout: float = 30
 
@@ -281,11 +286,10 @@ class S3ClientResource(FromEnv, S3Resource):
         """A boto3 S3 client; the keys resolved here too, outside a run (the command line)."""
         import boto3
         from botocore.config import Config
-        from dagster_aws.utils import construct_boto_client_retry_config
 
-        config = construct_boto_client_retry_config(self.max_attempts).merge(Config(
-            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-            s3={"addressing_style": "path"} if self.endpoint_url else None))
+        config = Config(retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                        connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                        s3={"addressing_style": "path"} if self.endpoint_url else None)
         return boto3.session.Session(profile_name=self.profile_name).client(
             "s3",
             endpoint_url=self.endpoint_url,
