@@ -64,22 +64,24 @@ class ForkServerClient:
     def fork_run(self, args_json: str, nice: int = 0) -> int | None:
         """The pid of the forked run, or None when the server is not ready (launch the default way).
 
-        The request line is the niceness, a space and the run's arguments (JSON, one line)."""
-        if not self.ready.is_set() or not self.alive():
-            return None
-        try:
-            with self._asking:
+        The request line is the niceness, a space and the run's arguments (JSON, one line). The launchers
+        of a process share the server: one request at a time, from the readiness check to what its reply
+        did (a server restarting, or closed for want of a reply, takes no request meanwhile)."""
+        with self._asking:
+            if not self.ready.is_set() or not self.alive():
+                return None
+            try:
                 self.process.stdin.write(f"{nice} {args_json}\n")
                 self.process.stdin.flush()
                 reply = self._replies.get(timeout=REPLY_TIMEOUT_S).split()
-        except (OSError, queue.Empty):
-            self.close()
-            return None
-        if not reply or not reply[0].isdigit():
-            return None
-        if "restarting" in reply:
-            self.ready.clear()  # the server loads the changed code before it forks again
-        return int(reply[0])
+            except (OSError, ValueError, queue.Empty):  # ValueError: its stdin closed meanwhile
+                self.close()
+                return None
+            if not reply or not reply[0].isdigit():
+                return None
+            if "restarting" in reply:
+                self.ready.clear()  # the server loads the changed code before it forks again
+            return int(reply[0])
 
     def close(self) -> None:
         self.ready.clear()

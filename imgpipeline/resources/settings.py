@@ -106,7 +106,7 @@ def _explain(model, exc: ValidationError, raw: dict[str, str]) -> str:
 
 def declared(model) -> list[str]:
     """A model's fields in the order its classes declare them, base classes first: a field a subclass
-    declares again (as the S3 client does dagster-aws's) takes the place the subclass gives it."""
+    declares again takes the place the subclass gives it."""
     import inspect
 
     order: list[str] = []

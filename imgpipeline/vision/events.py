@@ -34,11 +34,6 @@ class Event:
     track_id: int | None = None
     detection_index: int | None = None
     class_name: str | None = None
-
-    @property
-    def occurrence(self) -> str | None:
-        """What an alert about a tracked object is about whatever id its track was given (a track rule's
-        key holds the id): the rule on one detection of one frame (None: about no tracked object)."""
-        if self.track_id is None or self.detection_index is None:
-            return None
-        return f"{self.rule}|{self.source_id}|{self.frame_id}|{self.detection_index}"
+    # A track rule's alert about one detected object: its key with the detection's index in the frame
+    # instead of the track id (the same object's alert whatever id a tracking gave it); else None.
+    occurrence: str | None = None

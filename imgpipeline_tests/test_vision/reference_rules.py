@@ -72,25 +72,29 @@ def crosses(rule, crossing: counting.Crossing) -> bool:
 
 
 def crossing_event(rule, source: str, c: counting.Crossing, frame: EventFrame) -> Event:
+    seen = _tracked(frame, c.track_id)
     return Event(rule.name, source, f"{rule.name}|{source}|line|{c.line}|{c.track_id}|{c.way}|{c.frame_id}",
                  c.seconds, c.frame_id, (c.frame_id,),
-                 f"{c.class_name} crossed line {c.line} ({c.way})",
-                 *_subject(_tracked(frame, c.track_id)))
+                 f"{c.class_name} crossed line {c.line} ({c.way})", *_subject(seen),
+                 occurrence=seen and f"{rule.name}|{source}|line|{c.line}|#{seen.index}|{c.way}|{c.frame_id}")
 
 
 def visits(rule, visit: counting.Visit) -> bool:
     return visit.zone == rule.zone and _wanted(rule, visit.class_name)
 
 
-def _visit_key(rule, source: str, visit: counting.Visit) -> str:
-    return f"{rule.name}|{source}|zone|{visit.zone}|{visit.track_id}|{visit.frames[0][1]}"
+def _visit_key(rule, source: str, visit: counting.Visit, seen=None) -> str:
+    """The visit's key; with `seen`, its occurrence (the detection's index in place of the track id)."""
+    who = visit.track_id if seen is None else f"#{seen.index}"
+    return f"{rule.name}|{source}|zone|{visit.zone}|{who}|{visit.frames[0][1]}"
 
 
 def entry_event(rule, source: str, visit: counting.Visit, entry: EventFrame) -> Event:
     entered_at, entry_id = visit.frames[0]
+    seen = _tracked(entry, visit.track_id)
     return Event(rule.name, source, _visit_key(rule, source, visit), entered_at, entry_id, (entry_id,),
-                 f"{visit.class_name} entered zone {visit.zone}",
-                 *_subject(_tracked(entry, visit.track_id)))
+                 f"{visit.class_name} entered zone {visit.zone}", *_subject(seen),
+                 occurrence=seen and _visit_key(rule, source, visit, seen))
 
 
 def dwelt(rule, visit: counting.Visit) -> tuple[float, str] | None:
@@ -101,9 +105,10 @@ def dwelt(rule, visit: counting.Visit) -> tuple[float, str] | None:
 def dwell_event(rule, source: str, visit: counting.Visit, over: tuple[float, str],
                 frame: EventFrame) -> Event:
     entry = visit.frames[0][1]
+    seen = _tracked(frame, visit.track_id)
     return Event(rule.name, source, _visit_key(rule, source, visit), over[0], over[1], (entry, over[1]),
-                 f"{visit.class_name} in zone {visit.zone} for {rule.seconds:g} s",
-                 *_subject(_tracked(frame, visit.track_id)))
+                 f"{visit.class_name} in zone {visit.zone} for {rule.seconds:g} s", *_subject(seen),
+                 occurrence=seen and _visit_key(rule, source, visit, seen))
 
 
 # Rules that a frame fires by itself, given its source's frames before it (episodes over a condition).

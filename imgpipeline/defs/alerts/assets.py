@@ -55,7 +55,8 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         stored = ALERTS.read(store, ALERTS.hour_key(hour))
         drawable = {(f["source_id"], f["frame_id"]) for f in frames.select(at.FRAME_COLUMNS).to_pylist()
                     if f["status"] in at.DRAWN and f["uri"]}
-        checks.check_hour(hour_key(hour), stored, ledger, store, drawable, failures)
+        checks.check_hour(hour_key(hour), stored, ledger, store, drawable, failures,
+                          {e.key: e.occurrence for e in fired})
         messages = [notify.payload(row, alert_rules.viewer_url, store) for row in stored.to_pylist()]
         totals["kafka"] += notify.publish(kafka, ledger, messages)
         sent = notify.notify_webhooks(kafka, ledger, rules, messages, alert_rules.token)

@@ -19,13 +19,15 @@ CHECKS = {
 }
 
 
-def check_hour(key: str, alerts: pa.Table, ledger, store: Storage, drawable: set, failures: dict) -> None:
-    """`drawable`: the (source, frame) pairs whose image decoded when processed."""
+def check_hour(key: str, alerts: pa.Table, ledger, store: Storage, drawable: set, failures: dict,
+               occurrences: dict[str, str | None]) -> None:
+    """`drawable`: the (source, frame) pairs whose image decoded when processed; `occurrences`: the
+    occurrence of each alert key the rules raised (the number is the occurrence's when it has one)."""
     if problems := schema_problems(alerts, ALERTS_SCHEMA):
         failures["alerts", "schema_as_declared"][key] = problems
     rows = alerts.to_pylist()
     wrong = [f"{r['number']}: {r['alert_key']}" for r in rows
-             if ledger.number_of(r["alert_key"]) != r["number"]]
+             if ledger.given(r["alert_key"], occurrences.get(r["alert_key"])) != r["number"]]
     numbers, keys = [r["number"] for r in rows], [r["alert_key"] for r in rows]
     if len(set(numbers)) != len(numbers) or len(set(keys)) != len(keys) or wrong:
         failures["alerts", "one_number_per_alert"][key] = {"not_the_ledgers": wrong[:20],

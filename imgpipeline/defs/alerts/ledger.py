@@ -4,11 +4,11 @@ An alert is known by its key (what happened: rule, source, frame, track); the le
 next free number and remembers which notifications went out, so an hour made again, a replay or a
 backfill finds the same numbers and notifies nobody twice.
 
-    alerts/ledger/numbers/<number>.json   the key a number was claimed for (created once: put-if-absent)
+    alerts/ledger/numbers/<number>.json   the key (and occurrence) a number was claimed for (put-if-absent)
     alerts/ledger/next.json   where the search for a free number starts: past the last number claimed
     alerts/ledger/keys/<sha256 of key>.json   the number given to the key (created once: put-if-absent)
     alerts/ledger/occurrences/<sha256>.json   the number given to an alert about one object (created once)
-    alerts/ledger/claims/<sha256 of key>.json   the number a run is claiming for the key, before it does
+    alerts/ledger/claims/<sha256>.json   the number a run claims for a key (or occurrence), before it does
     alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered)
     alerts/ledger/retrying/<number>-<target>.json   a webhook send that failed, with when to try it again
 
@@ -17,11 +17,13 @@ does not exist, so two runs never take one number; the key is then bound to it t
 runs racing for one key agree on the number that was bound first (the other claim stays unused and is
 never given again). A run writes which number it is claiming before it claims it, so a run killed
 between the claim and the binding finds its own claim again instead of taking a second number.
-An alert about one object of one frame (a track rule's) is also known by its occurrence: the rule, the
-source, the frame and the detection. A key holds the track id, and an hour built again can give the same
-object another id (a late range made the tracker see frames it had not): the new key then finds the
-occurrence's number instead of taking a second one, and the alert is told once. The occurrence is bound
-before the key, so a run killed between the two binds the key to it when run again.
+A track rule's alert about one detected object is also known by its occurrence: its key with the
+detection's index in the frame instead of the track id. An hour built again can give the same object
+another id (a late range made the tracker see frames it had not), and ids are times of confirmation,
+so another object can even take the id the first had: the occurrence's number wins over the key's, the
+alert keeps its number and is told once, and a key whose number is another object's (its number file
+names another occurrence) claims a new one. The occurrence is bound before the key, so a run killed
+between the two binds the key to it when run again.
 Numbering costs the same however many numbers were given: a run starts from `next.json` (a hint, written
 after each claim; a run writing it late only makes the next run find a number or two taken), and a store
 from before it is listed once.
@@ -112,29 +114,55 @@ class Ledger:
         return max(taken, default=0) + 1
 
     def number(self, key: str, occurrence: str | None = None) -> int:
-        """The key's number: the one it was given, else the one its occurrence was given (the same alert
-        found under another track id), else the next free one, claimed and bound now."""
-        given = self.number_of(key)
-        if given is not None:
-            return given
-        self.store.require_conditional_writes()  # numbers are given once only where put-if-absent holds
+        """The alert's number: the one its occurrence was given (the same object's alert, whatever track id
+        it has now), else the one its key was given unless that number is another object's, else the next
+        free one, claimed and bound now."""
         number = self._number_of_occurrence(occurrence)
+        if number is not None:
+            return self._bind_key(key, number)
+        number = self._by_key(key, occurrence)
+        if number is not None and occurrence is None:
+            return number
         if number is None:
-            number = self._claim(key)
-            if occurrence is not None and not self._create(
-                    self._occurrence_file(occurrence), {"occurrence": occurrence, "number": number}):
-                number = self._number_of_occurrence(occurrence)  # bound by another run first: its number
-        if not self._create(self._key_file(key), {"key": key, "number": number}):
-            return self.number_of(key)  # another run bound the key first: its number stands
+            self.store.require_conditional_writes()  # numbers are given once only where put-if-absent holds
+            number = self._claim(key, occurrence)
+        # (Or numbered by its key alone, before occurrences were kept: the occurrence is bound to it now.)
+        if occurrence is not None and not self._create(
+                self._occurrence_file(occurrence), {"occurrence": occurrence, "number": number}):
+            number = self._number_of_occurrence(occurrence) or number  # bound first by another run: its own
+        return self._bind_key(key, number)
+
+    def given(self, key: str, occurrence: str | None = None) -> int | None:
+        """The number an alert was given, as `number` finds it, without giving one (None: none given)."""
+        number = self._number_of_occurrence(occurrence)
+        return number if number is not None else self._by_key(key, occurrence)
+
+    def _by_key(self, key: str, occurrence: str | None) -> int | None:
+        """The number given to the key, unless it was claimed for another object (the track id the key
+        holds was that object's when it was numbered)."""
+        number = self.number_of(key)
+        if number is not None and occurrence is not None and self._occurrence_at(number) not in (
+                None, occurrence):
+            return None
         return number
 
-    def _claim(self, key: str) -> int:
+    def _bind_key(self, key: str, number: int) -> int:
+        """Bind the key to the number unless it is bound already (to this number, or to the number of the
+        object that had the key's track id before); the number the key's alert has."""
+        self._create(self._key_file(key), {"key": key, "number": number})
+        return number
+
+    def _claim(self, key: str, occurrence: str | None) -> int:
         """The next free number, claimed for the key (or the one a run killed mid-way claimed for it)."""
-        claim = self._read(self._claim_file(key))
+        # Claimed for the occurrence when there is one: its key may be another object's claim from before.
+        claim_file = self._claim_file(occurrence if occurrence is not None else key)
+        claim = self._read(claim_file)
         number = claim["number"] if claim is not None else self._first_free()
+        record = {"key": key, **({"occurrence": occurrence} if occurrence is not None else {})}
         while True:
-            self._write(self._claim_file(key), {"key": key, "number": number})
-            if self._create(self.number_file(number), {"key": key}) or self.key_of(number) == key:
+            self._write(claim_file, {"key": key, "number": number})
+            taken = not self._create(self.number_file(number), record)
+            if not taken or self._read(self.number_file(number)) == record:
                 break  # ours now, or ours from before a crash
             # Taken by another run: start again past what the runs wrote down since, else at the next one.
             number = max(number + 1, self._written_next() or 0)
@@ -147,8 +175,21 @@ class Ledger:
         return f"{ROOT}/occurrences/{_digest(occurrence.encode())}.json"
 
     def _number_of_occurrence(self, occurrence: str | None) -> int | None:
-        record = self._read(self._occurrence_file(occurrence)) if occurrence is not None else None
-        return record["number"] if record is not None else None
+        """The number an occurrence was bound to (None: not bound, or its file is damaged: numbered by its
+        key then)."""
+        if occurrence is None:
+            return None
+        try:
+            record = self._read(self._occurrence_file(occurrence))
+        except ValueError:
+            return None
+        number = record.get("number") if isinstance(record, dict) else None
+        return number if _counted(number) and 0 < number < MAX_NUMBER else None
+
+    def _occurrence_at(self, number: int) -> str | None:
+        """The occurrence a number was claimed for (None: claimed by key alone)."""
+        record = self._read(self.number_file(number))
+        return record.get("occurrence") if record else None
 
     def number_of(self, key: str) -> int | None:
         """The number given to a key, if one was."""
@@ -158,10 +199,11 @@ class Ledger:
     def missing(self, number: int) -> str:
         """Why there is no alert with this number: never given, given to an alert the rules no longer
         raise, or claimed in a race another run won (the alert has that run's number)."""
-        key = self.key_of(number) if 0 < number < MAX_NUMBER else None
-        if key is None:
+        record = self._read(self.number_file(number)) if 0 < number < MAX_NUMBER else None
+        if not record:
             return f"there is no alert {number}"
-        given = self.number_of(key)
+        key = record["key"]
+        given = self._number_of_occurrence(record.get("occurrence")) or self.number_of(key)
         if given is not None and given != number:
             return f"{number} was claimed by a run that lost a race for it: that alert is number {given}"
         return f"alert {number} was given to {key}, which the current rules and frames no longer raise"

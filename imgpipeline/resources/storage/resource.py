@@ -18,10 +18,10 @@ class StorageResource(FromEnv, dg.ConfigurableResource):
     """Where frames, landing metadata and the warehouse live.
 
     `uri` is `file:///folder` (the default) or `s3://bucket/prefix`. An S3 root is reached through
-    the nested resource `s3` (`S3ClientResource`, dagster-aws's S3 resource: the endpoint of an
-    S3-compatible store such as MinIO, Hetzner Object Storage or the local endpoint, the region and the
-    keys); a local folder never uses it. Its settings read and may be given here under the names
-    `endpoint_url`, `region`, `access_key_id` and `secret_access_key`.
+    the nested resource `s3` (`S3ClientResource`: the endpoint of an S3-compatible store such as MinIO,
+    Hetzner Object Storage or the local endpoint, the region and the keys); a local folder never uses it.
+    Its settings read and may be given here under the names `endpoint_url`, `region`, `access_key_id`
+    and `secret_access_key`.
     """
 
     uri: str = setting(ROOT_SETTING, description="`file:///folder` or `s3://bucket/prefix`",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 import dagster as dg
+from pydantic import Field
 
 from imgpipeline import ConfigError
 from imgpipeline.environment import environment
@@ -274,13 +275,13 @@ class S3ClientResource(FromEnv, dg.ConfigurableResource):
                                             shown="boto3's chain")
     aws_secret_access_key: str | None = setting("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (a secret)",
                                                 secret=True, shown="boto3's chain")
-    max_attempts: int = 3
-    profile_name: str | None = None
-    use_ssl: bool = True
-    verify: bool | None = None
-    aws_session_token: str | None = None
-    connect_timeout: float = 5
-    read_timeout: float = 30
+    max_attempts: int = Field(3, description="attempts of each request (Botocore's standard retries)")
+    profile_name: str | None = Field(None, description="an AWS profile to take the session from")
+    use_ssl: bool = Field(True, description="whether to use TLS")
+    verify: bool | None = Field(None, description="whether to verify TLS certificates (Botocore's default)")
+    aws_session_token: str | None = Field(None, description="a session token for temporary keys")
+    connect_timeout: float = Field(5, description="seconds to connect")
+    read_timeout: float = Field(30, description="seconds to wait for an answer")
 
     def get_client(self):
         """A boto3 S3 client; the keys resolved here too, outside a run (the command line)."""

@@ -96,6 +96,14 @@ def visits(rule, visit: counting.Visit) -> bool:
     return visit.zone == rule.zone and wanted(rule, visit.class_name)
 
 
-def visit_key(rule, source: str, visit: counting.Visit) -> str:
-    """The key of a zone rule's alert on a visit: the same visit gives the same key, however found."""
-    return f"{rule.name}|{source}|zone|{visit.zone}|{visit.track_id}|{visit.frames[0][1]}"
+def visit_key(rule, source: str, visit: counting.Visit, who=None) -> str:
+    """The key of a zone rule's alert on a visit: the same visit gives the same key, however found (`who`
+    in place of the track id: the occurrence's)."""
+    who = visit.track_id if who is None else who
+    return f"{rule.name}|{source}|zone|{visit.zone}|{who}|{visit.frames[0][1]}"
+
+
+def occurrence(seen: Detection | None, key_of) -> str | None:
+    """A track rule's alert's occurrence: `key_of(who)` is its key with `who` in place of the track id,
+    here the detection's index in the frame (None: the track has no detection in the frame)."""
+    return key_of(f"#{seen.index}") if seen is not None and seen.index is not None else None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from imgpipeline.vision import counting
 from imgpipeline.vision.events import Event
 from imgpipeline.vision.rules import register
-from imgpipeline.vision.rules.base import Step, TrackKind, subject, tracked, visit_key, visits
+from imgpipeline.vision.rules.base import Step, TrackKind, occurrence, subject, tracked, visit_key, visits
 
 
 def dwelt(rule, visit: counting.Visit) -> tuple[float, str] | None:
@@ -26,7 +28,9 @@ class Dwell(TrackKind):
             over = dwelt(rule, visit) if visits(rule, visit) else None
             if over is None or over[1] != step.frame.frame_id:
                 continue
+            seen = tracked(step.frame, visit.track_id)
             fired.append(Event(rule.name, source, visit_key(rule, source, visit), over[0], over[1],
                                (visit.frames[0][1], over[1]), f"{visit.class_name} in zone {visit.zone} for "
-                               f"{rule.seconds:g} s", *subject(tracked(step.frame, visit.track_id))))
+                               f"{rule.seconds:g} s", *subject(seen),
+                               occurrence=occurrence(seen, partial(visit_key, rule, source, visit))))
         return fired

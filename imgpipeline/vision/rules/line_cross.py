@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imgpipeline.vision.events import Event
 from imgpipeline.vision.rules import register
-from imgpipeline.vision.rules.base import Step, TrackKind, subject, tracked, wanted
+from imgpipeline.vision.rules.base import Step, TrackKind, occurrence, subject, tracked, wanted
 
 
 @register
@@ -13,9 +13,16 @@ class LineCross(TrackKind):
     place = "line"
 
     def fires(self, rule, source: str, step: Step) -> list[Event]:
-        return [Event(rule.name, source, f"{rule.name}|{source}|line|{c.line}|{c.track_id}|{c.way}|"
-                      f"{c.frame_id}", c.seconds, c.frame_id, (c.frame_id,),
-                      f"{c.class_name} crossed line {c.line} ({c.way})",
-                      *subject(tracked(step.frame, c.track_id)))
-                for c in step.crossings
-                if c.line == rule.line and rule.direction in ("any", c.way) and wanted(rule, c.class_name)]
+        fired = []
+        for c in step.crossings:
+            if c.line != rule.line or rule.direction not in ("any", c.way) or not wanted(rule, c.class_name):
+                continue
+
+            def key(who, c=c):
+                return f"{rule.name}|{source}|line|{c.line}|{who}|{c.way}|{c.frame_id}"
+
+            seen = tracked(step.frame, c.track_id)
+            fired.append(Event(rule.name, source, key(c.track_id), c.seconds, c.frame_id, (c.frame_id,),
+                               f"{c.class_name} crossed line {c.line} ({c.way})", *subject(seen),
+                               occurrence=occurrence(seen, key)))
+        return fired

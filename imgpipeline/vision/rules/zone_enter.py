@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from imgpipeline.vision.events import Event
 from imgpipeline.vision.rules import register
-from imgpipeline.vision.rules.base import Step, TrackKind, subject, tracked, visit_key, visits
+from imgpipeline.vision.rules.base import Step, TrackKind, occurrence, subject, tracked, visit_key, visits
 
 
 @register
@@ -14,7 +16,12 @@ class ZoneEnter(TrackKind):
 
     def fires(self, rule, source: str, step: Step) -> list[Event]:
         entry = step.frame.frame_id
-        return [Event(rule.name, source, visit_key(rule, source, visit), visit.frames[0][0], entry, (entry,),
-                      f"{visit.class_name} entered zone {visit.zone}",
-                      *subject(tracked(step.frame, visit.track_id)))
-                for visit in step.inside if visits(rule, visit) and len(visit.frames) == 1]
+        fired = []
+        for visit in step.inside:
+            if visits(rule, visit) and len(visit.frames) == 1:
+                seen = tracked(step.frame, visit.track_id)
+                fired.append(Event(rule.name, source, visit_key(rule, source, visit), visit.frames[0][0],
+                                   entry, (entry,), f"{visit.class_name} entered zone {visit.zone}",
+                                   *subject(seen),
+                                   occurrence=occurrence(seen, partial(visit_key, rule, source, visit))))
+        return fired

@@ -330,7 +330,7 @@ def test_the_alert_checks_fail_on_tables_that_break_them(tmp_path):
     def failed(rows, drawable=frozenset()):
         failures = no_failures(ac.CHECKS, "alerts")
         table = pa.Table.from_pylist(rows, schema=ALERTS.schema)
-        ac.check_hour("h", table, ledger, store, drawable, failures)
+        ac.check_hour("h", table, ledger, store, drawable, failures, {})
         return {name for (_, name), found in failures.items() if found}
 
     assert failed([row]) == set()

@@ -70,9 +70,13 @@ def test_two_runs_racing_for_one_key_agree_on_its_number(storage):
     assert Ledger(store).number("next") > numbers[0]  # claims lost in the race are never given again
 
 
+def crossing(who) -> str:
+    """A track rule's key with `who` for the track id (its occurrence with the detection's index)."""
+    return f"door|cam|line|door|{who}|in|f9"
+
+
 # A track rule's alert under the ids two trackings gave its track: one object of one frame.
-BEFORE, AFTER = "door|cam|line|door|111000|in|f9", "door|cam|line|door|109000|in|f9"
-OCCURRENCE = "door|cam|f9|0"
+BEFORE, AFTER, OCCURRENCE = crossing(111000), crossing(109000), crossing("#0")
 
 
 def test_an_alert_found_again_under_another_track_id_keeps_its_number(storage):
@@ -80,7 +84,7 @@ def test_an_alert_found_again_under_another_track_id_keeps_its_number(storage):
     first = Ledger(store).number(BEFORE, OCCURRENCE)
     assert Ledger(store).number(AFTER, OCCURRENCE) == first  # the hour built again: the same alert
     assert Ledger(store).number(AFTER) == first and Ledger(store).number_of(BEFORE) == first
-    assert Ledger(store).number("door|cam|line|door|111000|in|f9x", "door|cam|f9|1") == first + 1  # another
+    assert Ledger(store).number(crossing(112000), crossing("#1")) == first + 1  # another object
     assert Ledger(store).number("a frame rule's key") == first + 2  # about no object: by its key alone
     # A run killed after binding an occurrence to the number it claimed, before binding the key: run
     # again (under either key), the key is bound to that number; the number after it is still free.
@@ -92,6 +96,33 @@ def test_an_alert_found_again_under_another_track_id_keeps_its_number(storage):
         assert store.put_new(name, data, sha256="x") is None
     assert Ledger(store).number("k2", "o1") == first + 3 and Ledger(store).number("k1", "o1") == first + 3
     assert Ledger(store).number("k3") == first + 4
+
+
+def test_an_object_given_another_objects_track_id_keeps_its_own_number(storage):
+    """Track ids are times of confirmation: tracked again, an hour can give the id one object had to
+    another. Each alert keeps its own object's number, and an alert new to the ledger under a key whose
+    number is another object's gets a number of its own: no number is given to two alerts."""
+    store = storage.open()
+    x = Ledger(store).number(crossing(5000), crossing("#0"))
+    y = Ledger(store).number(crossing(5001), crossing("#1"))
+    assert Ledger(store).number(crossing(5000), crossing("#1")) == y  # y confirmed first now: x's old id
+    assert Ledger(store).number(crossing(5001), crossing("#0")) == x
+    assert [Ledger(store).given(crossing(5000), crossing(f"#{i}")) for i in (0, 1, 2)] == [x, y, None]
+    z = Ledger(store).number(crossing(5000), crossing("#2"))  # a third object under that id, its alert new
+    assert len({x, y, z}) == 3 and Ledger(store).given(crossing(5000), crossing("#2")) == z
+
+
+def test_a_store_numbered_by_keys_alone_or_a_damaged_occurrence_keeps_its_numbers(storage):
+    store = storage.open()
+    old = Ledger(store).number(BEFORE)  # numbered before occurrences were kept
+    assert Ledger(store).number(BEFORE, OCCURRENCE) == old  # its occurrence bound to its number now
+    assert Ledger(store).number(AFTER, OCCURRENCE) == old
+    # An occurrence file that cannot be read: numbered by key, as before occurrences were kept.
+    damaged = crossing("#7")
+    store.put(Ledger(store)._occurrence_file(damaged), b"{damaged")
+    first = Ledger(store).number(crossing(7000), damaged)
+    assert Ledger(store).number(crossing(7000), damaged) == first != old
+    assert Ledger(store).given(crossing(7000), damaged) == first
 
 
 def test_runs_numbering_one_alert_under_two_track_ids_at_once_agree_on_its_number(storage):

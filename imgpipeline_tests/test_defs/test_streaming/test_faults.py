@@ -96,12 +96,23 @@ class Pipeline:
                 return runs[0]
         return None
 
+    def runs_seen(self) -> str:
+        """The job's latest runs as a failed wait tells them (status, whether forked, steps started), and
+        the end of the daemon's log."""
+        with self.instance() as instance:
+            runs = [(r, instance.all_logs(r.run_id, of_type=dg.DagsterEventType.STEP_START))
+                    for r in instance.get_runs(dg.RunsFilter(job_name=self.job), limit=5)]
+        seen = [f"{r.run_id[:8]} {r.status.value} pid {r.tags.get(PID_TAG, 'none: not forked')}, "
+                f"{len(steps)} steps started" for r, steps in runs]
+        log = Path(self.local.dagster.logfile).read_text(errors="replace").splitlines()[-25:]
+        return "; ".join(seen) + "\nthe daemon's log ends:\n" + "\n".join(log)
+
     def started_run(self, timeout_s: float = 180) -> dg.DagsterRun:
         """A run of the job half a second into its step and still running; a follower (always in its
         step, idle too) once it claimed a range of frames still to land."""
         while True:
             run = wait_for(lambda: self.in_its_step() or self.more_if_all_landed(), timeout_s,
-                           f"a {self.job} run in its step")
+                           f"a {self.job} run in its step", explain=self.runs_seen)
             time.sleep(0.5)  # scenario: the fault lands half a second into the run's frames
             if not alive(int(run.tags[PID_TAG])):
                 continue
