@@ -204,26 +204,34 @@ def reap(pid: int) -> None:
 
 
 def terminate(pid: int | None, grace_s: float = 30.0, first: int = signal.SIGTERM) -> bool:
-    """`first` (SIGTERM) to the process group, wait up to grace_s, then SIGKILL. True when it is gone."""
+    """`first` (SIGTERM) to the process group, wait up to grace_s, then SIGKILL. True when it is gone,
+    with every process of its group: a service is stopped only once nothing it started still works (a
+    Dagster run forked under `dagster dev` outlives it by seconds, reading the broker stopped next)."""
     if pid:
         reap(pid)  # one killed from outside: its pid must not stay taken by a zombie
-    if not alive(pid):
+    if not alive(pid) and not _group_left(pid):
         return True
     assert pid is not None
     _signal_group(pid, first)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         reap(pid)
-        if not alive(pid):
+        if not alive(pid) and not _group_left(pid):
             return True
         time.sleep(0.1)
     _signal_group(pid, signal.SIGKILL)
     for _ in range(50):
         reap(pid)
-        if not alive(pid):
+        if not alive(pid) and not _group_left(pid):
             return True
         time.sleep(0.1)
     return not alive(pid)
+
+
+def _group_left(group: int | None) -> list[int]:
+    """The processes of a process group still running (zombies are gone)."""
+    return [p for p, fields in _stats().items()
+            if group and int(fields[2]) == group and fields[0] not in "ZX"]
 
 
 def _signal_group(pid: int, sig: int) -> None:
