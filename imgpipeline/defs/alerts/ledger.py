@@ -119,7 +119,7 @@ class Ledger:
         free one, claimed and bound now."""
         number = self._number_of_occurrence(occurrence)
         if number is not None:
-            return self._bind_key(key, number)
+            return self._bind_key(key, number, occurrence)
         number = self._by_key(key, occurrence)
         if number is not None and occurrence is None:
             return number
@@ -130,7 +130,7 @@ class Ledger:
         if occurrence is not None and not self._create(
                 self._occurrence_file(occurrence), {"occurrence": occurrence, "number": number}):
             number = self._number_of_occurrence(occurrence) or number  # bound first by another run: its own
-        return self._bind_key(key, number)
+        return self._bind_key(key, number, occurrence)
 
     def given(self, key: str, occurrence: str | None = None) -> int | None:
         """The number an alert was given, as `number` finds it, without giving one (None: none given)."""
@@ -146,11 +146,14 @@ class Ledger:
             return None
         return number
 
-    def _bind_key(self, key: str, number: int) -> int:
-        """Bind the key to the number unless it is bound already (to this number, or to the number of the
-        object that had the key's track id before); the number the key's alert has."""
-        self._create(self._key_file(key), {"key": key, "number": number})
-        return number
+    def _bind_key(self, key: str, number: int, occurrence: str | None) -> int:
+        """Bind the key to the number unless it is bound already; the number the alert has. An occurrence's
+        number is its alert's whatever the key was bound to (this number, or that of the object that had
+        the key's track id before); an alert known by its key alone has the number bound first, by
+        whichever run of those racing for the key bound it."""
+        if self._create(self._key_file(key), {"key": key, "number": number}) or occurrence is not None:
+            return number
+        return self.number_of(key)
 
     def _claim(self, key: str, occurrence: str | None) -> int:
         """The next free number, claimed for the key (or the one a run killed mid-way claimed for it)."""

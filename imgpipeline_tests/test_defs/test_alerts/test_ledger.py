@@ -41,15 +41,58 @@ def test_a_claim_cut_short_is_found_again(storage):
     assert Ledger(store).number("d") == 4
 
 
+class _Held:
+    """The store of a run that stops at its first call of `method` on a file whose name holds `part`,
+    until let go."""
+
+    def __init__(self, store, method: str, part: str):
+        self._store, self._method, self._part = store, method, part
+        self.reached, self.go = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        found = getattr(self._store, name)
+        if name != self._method:
+            return found
+
+        def held(path, *args, **kwargs):
+            if self._part in path and not self.reached.is_set():
+                self.reached.set()
+                assert self.go.wait(timeout=60)
+            return found(path, *args, **kwargs)
+        return held
+
+
+def _number_in_thread(store, key: str, into: list[int]) -> threading.Thread:
+    run = threading.Thread(target=lambda: into.append(Ledger(store).number(key)))
+    run.start()
+    return run
+
+
 def test_two_runs_racing_for_one_key_agree_on_its_number(storage):
     store = storage.open()
+    # Run B finds the key without a number and no claim for it, and stops before it looks for a free
+    # number; run A claims number 1 and stops before it binds the key; B goes on, claims 2 and binds the
+    # key to it first: both give the alert the number bound first.
+    numbers: list[int] = []
+    b = _Held(store, "exists", NEXT)
+    run_b = _number_in_thread(b, "same", numbers)
+    assert b.reached.wait(timeout=60)
+    a = _Held(store, "put_new", "/keys/")
+    run_a = _number_in_thread(a, "same", numbers)
+    assert a.reached.wait(timeout=60)
+    b.go.set()
+    run_b.join(timeout=60)
+    a.go.set()
+    run_a.join(timeout=60)
+    assert numbers == [2, 2]
+    # …and four runs let go at once.
     numbers: list[int] = []
     barrier = threading.Barrier(4)
 
     def claim():
         ledger = Ledger(store)
         barrier.wait()
-        numbers.append(ledger.number("same"))
+        numbers.append(ledger.number("four"))
 
     threads = [threading.Thread(target=claim) for _ in range(4)]
     for thread in threads:
@@ -57,17 +100,13 @@ def test_two_runs_racing_for_one_key_agree_on_its_number(storage):
     for thread in threads:
         thread.join()
     assert len(set(numbers)) == 1 and len(numbers) == 4
-    assert Ledger(store).number_of("same") == numbers[0]
+    assert Ledger(store).number_of("same") == 2 and Ledger(store).number_of("four") == numbers[0]
     # What a number that is no alert in the tables says: a claim lost in a race points at the winner.
     ledger = Ledger(store)
-    lost = ledger.number("next") + 1
-    data = json.dumps({"key": "same"}, sort_keys=True).encode()
-    assert store.put_new(Ledger.number_file(lost), data, sha256="x") is None
-    assert ledger.missing(lost) == f"{lost} was claimed by a run that lost a race for it: that alert is " \
-                                   f"number {numbers[0]}"
-    assert ledger.missing(numbers[0]).endswith("which the current rules and frames no longer raise")
-    assert ledger.missing(lost + 1) == f"there is no alert {lost + 1}"
-    assert Ledger(store).number("next") > numbers[0]  # claims lost in the race are never given again
+    assert ledger.missing(1) == "1 was claimed by a run that lost a race for it: that alert is number 2"
+    assert ledger.missing(2).endswith("which the current rules and frames no longer raise")
+    assert ledger.missing(99) == "there is no alert 99"
+    assert Ledger(store).number("next") > max(2, numbers[0])  # claims lost in a race are never given again
 
 
 def crossing(who) -> str:
