@@ -31,9 +31,11 @@ HOST_TAG = "imgpipeline/run_worker_host"
 # (after a restart, or pids wrapping around) is not the run's worker.
 STARTED_TAG = "imgpipeline/run_worker_started"
 DEFAULT_PRELOAD = ["imgpipeline.definitions"]
-# A launch waits this long for a starting server: a run started the default way takes as long,
-# and would compete with the server's warm-up for the same cores.
-READY_TIMEOUT_S = 15.0
+# A launch waits this long for a starting server (a server that exits ends the wait at once): a run
+# started the default way takes as long, and would compete with the server's warm-up for the same cores.
+# On a busy machine the warm-up takes more than 15 s, and the daemon's first runs then went the default
+# way, each starting an interpreter of its own beside the server's.
+READY_TIMEOUT_S = 60.0
 # Start times from /proc are whole clock ticks on a boot time in whole seconds: a process that started
 # more than this after its worker's recorded start is another one.
 START_SLACK_S = 2.0
