@@ -20,7 +20,7 @@ SETTINGS = [
     ("IMGPIPELINE_MODELS_DIR", "`models/` of the checkout",
      "the model cfg, names, checksums, weights and ONNX form"),
     ("IMGPIPELINE_CACHE_DIR", "`$XDG_CACHE_HOME/imgpipeline`, else `~/.cache/imgpipeline`",
-     "broker jars, wheels, sample data"),
+     "broker jars, wheels, sample data, the INT8 model made here"),
 ]
 
 

