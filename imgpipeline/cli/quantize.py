@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -114,11 +115,11 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
 def cache_folder(folder: Path) -> Path:
     """Where this machine keeps the INT8 model and record made from the ONNX model in `folder`: keyed by
     the recipe (the ONNX model's sha256, NNCF's and OpenVINO's releases, the calibration, the floors),
-    the CPU and this module's code, so a new checkout or models folder on the same machine (a second
-    clone, CI's) takes it instead of quantizing and scoring again, and a change to any of them makes
-    it anew."""
-    key = json.dumps({"recipe": int8.recipe(folder), "cpu": int8.this_cpu(),
-                      "code": file_sha256(Path(__file__))}, sort_keys=True)
+    the CPU and the code that makes and scores it (this module's and `vision/int8.py`), so a new
+    checkout or models folder on the same machine (a second clone, CI's) takes it instead of quantizing
+    and scoring again, and a change to any of them makes it anew."""
+    code = [file_sha256(Path(module.__file__)) for module in (sys.modules[__name__], int8)]
+    key = json.dumps({"recipe": int8.recipe(folder), "cpu": int8.this_cpu(), "code": code}, sort_keys=True)
     return cache_dir() / "int8" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
