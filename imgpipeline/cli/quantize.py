@@ -112,6 +112,10 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
     return record
 
 
+# A copy into the cache older than this was killed mid-way: swept by the next.
+STALE_COPY_S = 600
+
+
 def cache_folder(folder: Path) -> Path:
     """Where this machine keeps the INT8 model and record made from the ONNX model in `folder`: keyed by
     the recipe (the ONNX model's sha256, NNCF's and OpenVINO's releases, the calibration, the floors),
@@ -149,6 +153,9 @@ def keep(folder: Path, record: dict, log=print) -> None:
     temp = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
+        for left in cached.parent.glob(".making.*"):  # by copies killed mid-way (one takes a second)
+            if time.time() - left.stat().st_mtime > STALE_COPY_S:
+                shutil.rmtree(left, ignore_errors=True)
         temp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".making."))
         for name in (INT8_XML, INT8_BIN, INT8_RECORD):
             shutil.copyfile(folder / name, temp / name)

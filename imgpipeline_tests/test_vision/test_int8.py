@@ -280,7 +280,12 @@ def test_a_model_made_on_this_machine_is_taken_by_another_models_folder_not_made
         assert_proven_here(folder)
         return said
 
+    # A copy into the cache killed mid-way long ago, and one under way now.
+    (cache / "int8" / ".making.killed").mkdir(parents=True)
+    (cache / "int8" / ".making.now").mkdir()
+    os.utime(cache / "int8" / ".making.killed", (1, 1))
     assert "quantizing" in make(folders[0])
+    assert sorted(p.name for p in (cache / "int8").glob(".*")) == [".making.now"]
     said = make(folders[1])
     assert "taken from" in said and "quantizing" not in said, said
     assert int8.read_record(folders[1]) == int8.read_record(folders[0])
