@@ -114,6 +114,8 @@ def make(folder: Path, input_size: int = 416, log: Callable[[str], None] = print
 
 # A copy into the cache older than this was killed mid-way: swept by the next.
 STALE_COPY_S = 600
+# The models the cache keeps, the latest made (older code, releases or CPUs made the others).
+KEPT_MODELS = 3
 
 
 def cache_folder(folder: Path) -> Path:
@@ -146,7 +148,7 @@ def _cached(folder: Path, scratch: Path, log) -> dict | None:
 
 def keep(folder: Path, record: dict, log=print) -> None:
     """The model and its record copied to the machine's cache (once; what cannot be written there is said
-    and fails nothing)."""
+    and fails nothing), which keeps the KEPT_MODELS made last."""
     cached = cache_folder(folder)
     if cached.exists():
         return
@@ -160,6 +162,11 @@ def keep(folder: Path, record: dict, log=print) -> None:
         for name in (INT8_XML, INT8_BIN, INT8_RECORD):
             shutil.copyfile(folder / name, temp / name)
         os.rename(temp, cached)  # whole or not there; another make's copy stands
+        made = sorted((p for p in cached.parent.iterdir() if not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for older in made[KEPT_MODELS:]:
+            if older != cached:
+                shutil.rmtree(older, ignore_errors=True)
     except OSError as error:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

@@ -144,12 +144,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _of_group(group: int | None) -> dict[int, list[str]]:
+    """The stat fields of each process of a process group (zombies too)."""
+    return {pid: fields for pid, fields in _stats().items() if group and int(fields[2]) == group}
+
+
 def group_cpu_seconds(group: int) -> dict[tuple[int, int], float]:
     """The CPU seconds (user and system) each live process of a process group has used, by its pid and
     start (a later process given the same pid is another key)."""
     tick = os.sysconf("SC_CLK_TCK")
     return {(pid, int(fields[19])): (int(fields[11]) + int(fields[12])) / tick
-            for pid, fields in _stats().items() if int(fields[2]) == group}
+            for pid, fields in _of_group(group).items()}
 
 
 def wait_stopped(pids: list[int] | None = None, group: int | None = None, timeout_s: float = 5.0) -> bool:
@@ -159,7 +164,7 @@ def wait_stopped(pids: list[int] | None = None, group: int | None = None, timeou
     deadline = time.monotonic() + timeout_s
     while True:
         if pids is None:
-            states = [fields[0] for fields in _stats().values() if int(fields[2]) == group]
+            states = [fields[0] for fields in _of_group(group).values()]
         else:
             states = [(_stat(pid) or ["X"])[0] for pid in pids]
         if all(state in "TtZX" for state in states):
@@ -230,8 +235,7 @@ def terminate(pid: int | None, grace_s: float = 30.0, first: int = signal.SIGTER
 
 def _group_left(group: int | None) -> list[int]:
     """The processes of a process group still running (zombies are gone)."""
-    return [p for p, fields in _stats().items()
-            if group and int(fields[2]) == group and fields[0] not in "ZX"]
+    return [pid for pid, fields in _of_group(group).items() if fields[0] not in "ZX"]
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -280,16 +280,21 @@ def test_a_model_made_on_this_machine_is_taken_by_another_models_folder_not_made
         assert_proven_here(folder)
         return said
 
-    # A copy into the cache killed mid-way long ago, and one under way now.
+    # A copy into the cache killed mid-way long ago, one under way now, and three models made before by
+    # other code: the cache keeps the three made last.
     (cache / "int8" / ".making.killed").mkdir(parents=True)
     (cache / "int8" / ".making.now").mkdir()
     os.utime(cache / "int8" / ".making.killed", (1, 1))
+    for age in (1, 2, 3):
+        (cache / "int8" / f"older-{age}").mkdir()
+        os.utime(cache / "int8" / f"older-{age}", (age, age))
     assert "quantizing" in make(folders[0])
     assert sorted(p.name for p in (cache / "int8").glob(".*")) == [".making.now"]
+    (kept,) = [p for p in (cache / "int8").iterdir() if not p.name.startswith((".", "older-"))]
+    assert sorted(p.name for p in (cache / "int8").glob("older-*")) == ["older-2", "older-3"]
     said = make(folders[1])
     assert "taken from" in said and "quantizing" not in said, said
     assert int8.read_record(folders[1]) == int8.read_record(folders[0])
-    (kept,) = [p for p in (cache / "int8").iterdir() if not p.name.startswith(".")]
     data = bytearray((kept / INT8_BIN).read_bytes())
     data[len(data) // 2] ^= 1
     (kept / INT8_BIN).write_bytes(bytes(data))
