@@ -31,6 +31,7 @@ _saved: dict[str, str | None] = {}
 SHARED_ENV = "IMGPIPELINE_TEST_SHARED_SERVICES"
 # Set by .ci/run, which installs every tool the tests need: there a missing one fails its tests.
 CI_ENV = "IMGPIPELINE_CI"
+DETECTOR_ENGINE = "IMGPIPELINE_DETECTOR_ENGINE"
 
 
 def pytest_configure(config):
@@ -49,6 +50,11 @@ def pytest_configure(config):
     for name in ("IMGPIPELINE_HOME", *_ISOLATED):
         _saved[name] = os.environ.pop(name, None)
     os.environ["IMGPIPELINE_HOME"] = home
+    # The sample frames are detected again and again: each frame's detections are OpenVINO's, kept per
+    # machine and given again (the `recorded` engine). Inference itself is proven by the engine tests, the
+    # demo's test (a newcomer's settings) and the fault tests, which run `openvino`.
+    _saved.setdefault(DETECTOR_ENGINE, os.environ.get(DETECTOR_ENGINE))
+    os.environ[DETECTOR_ENGINE] = "recorded"
     if hasattr(config, "workerinput") or not spread_over_workers(config):
         # The code location's definitions read their settings when first imported: imported here, under
         # the tests' clean settings, they are the same whichever test of the process comes first.

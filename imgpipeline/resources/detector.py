@@ -39,7 +39,9 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
         "IMGPIPELINE_DETECTOR_ENGINE", "openvino",
         "`openvino`, `onnxruntime` or `opencv` (the reference): what runs the model; "
         "every engine shares pre- and post-processing. `noop` runs no model and finds nothing: it exists "
-        "to measure orchestration (`imgpipeline bench scale`), never for real detection")
+        "to measure orchestration (`imgpipeline bench scale`), never for real detection. `recorded` runs as "
+        "`openvino` and keeps each frame's detections per machine, giving them again when the same frame "
+        "comes back (the tests' sample frames; rows say `recorded`)")
     precision: str = setting(
         "IMGPIPELINE_DETECTOR_PRECISION", "auto",
         "OpenVINO's inference precision: `auto` (the fastest proven on this CPU: `int8` where `imgpipeline "

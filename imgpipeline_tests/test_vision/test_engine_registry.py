@@ -138,8 +138,9 @@ def test_an_engine_registered_like_the_others_is_chosen_by_its_name_alone(regist
 
     # It accepts only `default`, as it declared: other precisions are refused with the fix.
     monkeypatch.setenv(env_name(DetectorResource, "precision"), "bf16")
-    with pytest.raises(ConfigError, match="=bf16 applies to the openvino engine only; opencv-onnx runs at "
-                                          "f32: unset it or use the openvino engine"):
+    with pytest.raises(ConfigError, match="=bf16 applies to the openvino or recorded engine only; "
+                                          "opencv-onnx runs at f32: unset it or use the openvino or "
+                                          "recorded engine"):
         DetectorResource.from_env()
 
 
@@ -149,7 +150,7 @@ def test_an_unknown_engine_fails_at_load_naming_every_registered_one(registry, m
     with pytest.raises(ConfigError) as refused:
         DetectorResource.from_env()
     assert str(refused.value) == (f"{env_name(DetectorResource, 'engine')}='tensorrt' is not known; "
-                                  "use one of opencv, openvino, onnxruntime, opencv-onnx, noop")
+                                  "use one of opencv, openvino, onnxruntime, opencv-onnx, recorded, noop")
 
 
 def test_an_engine_is_registered_once_under_a_name_the_setting_can_give(registry):
@@ -169,4 +170,4 @@ def test_an_engine_is_registered_once_under_a_name_the_setting_can_give(registry
         register(Shouting)
     with pytest.raises(ValueError, match="every engine accepts the precision `default`"):
         register(Strict)
-    assert engines.names() == ("opencv", "openvino", "onnxruntime", "noop")
+    assert engines.names() == ("opencv", "openvino", "onnxruntime", "recorded", "noop")
