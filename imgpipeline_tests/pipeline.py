@@ -50,7 +50,7 @@ def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
     Returns the executed (run request, result) pairs and the final cursor.
     """
     sensor = build_frames_sensor(policy)
-    resources = run_resources(kafka=kafka, storage=storage, detector=detector or DetectorResource())
+    resources = run_resources(kafka=kafka, storage=storage, detector=detector or DetectorResource.from_env())
     runs = []
     for _ in range(max_ticks):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})

@@ -78,7 +78,7 @@ def test_status_healthy_then_silent_source_failed_run_and_broker_down(kafka, tmp
         # A run fails; cam-b falls silent while cam-a goes on.
         failed = detect_frames.execute_in_process(
             run_config=detect_run_config(kafka.frames_topic, 0, 5, 5), instance=instance,
-            resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()),
+            resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource.from_env()),
             raise_on_error=False)
         assert not failed.success
         while time.time() - b_sent < GAP_S:

@@ -2,7 +2,7 @@
 comes back, for tests and benchmarks of the orchestration that detect the same sample frames many times.
 
 A frame is known by the sha256 of its decoded pixels; its detections are kept under a folder of the
-cache (`IMGPIPELINE_CACHE_DIR/recorded`) keyed by everything they depend on: the model file (its
+cache (`recorded/` in `environment.cache_dir()`) keyed by everything they depend on: the model file (its
 sha256), the precision it ran at, the input size, thresholds and class filter, the CPU (its model name
 and flags: INT8 and bf16 results differ between CPUs), OpenVINO's release and the code that detects.
 A frame seen for the first time, or whose kept detections cannot be read (a damaged file), is detected

@@ -43,7 +43,7 @@ def street(street_data):
         for hour in HOURS:
             assert dg.materialize([asset], instance=instance, partition_key=hour, resources={
                 "storage": storage, "tracking": resources["tracking"],
-                "detector": DetectorResource()}).success
+                "detector": DetectorResource.from_env()}).success
     return resources
 
 
@@ -203,7 +203,8 @@ def test_an_hour_one_model_lacks_is_named_and_left_out_of_the_comparison(env, ca
 def redetect(storage, street, hour: str) -> dict:
     """yolov3-tiny's re-detection of the hour in `storage`, as a backfill's run makes it: its metadata."""
     with fresh_instance() as instance:
-        resources = {"storage": storage, "tracking": street["tracking"], "detector": DetectorResource()}
+        resources = {"storage": storage, "tracking": street["tracking"],
+                     "detector": DetectorResource.from_env()}
         result = dg.materialize([redetections_asset(models.get("yolov3-tiny"))], instance=instance,
                                 partition_key=hour, resources=resources)
         assert result.success

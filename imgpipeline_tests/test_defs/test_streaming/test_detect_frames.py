@@ -134,7 +134,7 @@ def drain_one(request, kafka, storage, instance):
 
     return detect_frames.execute_in_process(
         run_config=request.run_config, instance=instance, tags=request.tags,
-        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()),
+        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource.from_env()),
     )
 
 
@@ -219,7 +219,7 @@ def test_explicit_frame_uris_are_processed(kafka, storage):
         result = detect_frames.execute_in_process(
             run_config={"ops": {"detect": {"config": {"uris": uris, "annotate": True}}}},
             instance=instance,
-            resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()),
+            resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource.from_env()),
         )
     assert result.success
     records = {r.frame_id: r for r in landing_records(storage)}

@@ -49,7 +49,7 @@ def follow(request, instance, kafka, storage, **config) -> dg.ExecuteInProcessRe
     run_config["ops"]["follow"]["config"].update({"idle_end_s": 1.5, **config})
     return follow_frames.execute_in_process(
         run_config=run_config, instance=instance, tags=request.tags,
-        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()))
+        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource.from_env()))
 
 
 def ends_of(kafka) -> dict[int, int]:

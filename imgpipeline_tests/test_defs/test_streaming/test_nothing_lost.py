@@ -47,7 +47,7 @@ def run(kafka, storage, instance, start: int, end: int, commit: bool = True, gen
     config["ops"]["detect"]["config"]["commit"] = commit
     return detect_frames.execute_in_process(
         run_config=config, instance=instance, raise_on_error=False,
-        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource()))
+        resources=run_resources(kafka=kafka, storage=storage, detector=DetectorResource.from_env()))
 
 
 def committed(kafka) -> int | None:
@@ -275,8 +275,8 @@ def test_reconciliation_names_a_missing_range_and_repair_fills_it(kafka, local):
         assert failed.metadata["missing_offsets"].value == 3
 
         lines = []
-        assert repair_holes(instance, run_resources(kafka=kafka, storage=local, detector=DetectorResource()),
-                            max_batch=2, log=lines.append)
+        resources = run_resources(kafka=kafka, storage=local, detector=DetectorResource.from_env())
+        assert repair_holes(instance, resources, max_batch=2, log=lines.append)
         assert "2 repair runs; 0 offsets still missing" in lines[-1]
         assert accounted_for(kafka, local, instance).passed
     assert sorted(r.frame_id for r in landing_records(local)) == [f"f{i}" for i in range(9)]
@@ -399,7 +399,8 @@ def test_letters_of_two_messages_never_share_a_key(kafka, local):
         for uris in ([missing[0]], [missing[1]], [missing[0]]):  # the last one: the first run retried
             assert detect_frames.execute_in_process(
                 run_config={"ops": {"detect": {"config": {"uris": uris}}}}, instance=instance,
-                resources=run_resources(kafka=kafka, storage=local, detector=DetectorResource())).success
+                resources=run_resources(kafka=kafka, storage=local,
+                                        detector=DetectorResource.from_env())).success
         for generation in (0, 1, 1):
             assert run(kafka, local, instance, 0, 1, generation=generation).success
     letters = dead_letters(kafka)
