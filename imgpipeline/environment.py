@@ -88,6 +88,22 @@ def models_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Per-machine cache for downloads that outlive a checkout: $IMGPIPELINE_CACHE_DIR."""
+    """Per-machine cache for downloads and made files that outlive a checkout: $IMGPIPELINE_CACHE_DIR."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgpipeline"
     return Path(environment().get("IMGPIPELINE_CACHE_DIR") or default)
+
+
+def keep_newest(folder: Path, count: int, keeping: Path | None = None) -> None:
+    """Of a cache folder's entries (each a folder of what one key made; names starting with a dot are
+    under way), the `count` modified last are kept, and `keeping`; the others removed. An entry removed
+    while a process reads it is made again by that process."""
+    import shutil
+
+    try:
+        entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for older in entries[count:]:
+        if older != keeping:
+            shutil.rmtree(older, ignore_errors=True)

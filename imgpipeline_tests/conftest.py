@@ -31,6 +31,7 @@ _saved: dict[str, str | None] = {}
 SHARED_ENV = "IMGPIPELINE_TEST_SHARED_SERVICES"
 # Set by .ci/run, which installs every tool the tests need: there a missing one fails its tests.
 CI_ENV = "IMGPIPELINE_CI"
+# The detector engine the tests run on (`recorded`, set below); a test of inference itself sets `openvino`.
 DETECTOR_ENGINE = "IMGPIPELINE_DETECTOR_ENGINE"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from imgpipeline import ConfigError
 from imgpipeline.durable import durable_temp, fsync_folder
-from imgpipeline.environment import cache_dir
+from imgpipeline.environment import cache_dir, keep_newest
 from imgpipeline.vision import int8
 from imgpipeline.vision.int8 import CALIBRATION, HELD_APART, KEPT, PHOTOS, SCORED_ON
 from imgpipeline.vision.model_files import INT8_BIN, INT8_RECORD, INT8_XML, ONNX, file_sha256
@@ -162,11 +162,7 @@ def keep(folder: Path, record: dict, log=print) -> None:
         for name in (INT8_XML, INT8_BIN, INT8_RECORD):
             shutil.copyfile(folder / name, temp / name)
         os.rename(temp, cached)  # whole or not there; another make's copy stands
-        made = sorted((p for p in cached.parent.iterdir() if not p.name.startswith(".")),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
-        for older in made[KEPT_MODELS:]:
-            if older != cached:
-                shutil.rmtree(older, ignore_errors=True)
+        keep_newest(cached.parent, KEPT_MODELS, keeping=cached)
     except OSError as error:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

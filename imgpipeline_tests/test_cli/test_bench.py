@@ -35,6 +35,17 @@ def test_bench_summary_agrees_with_mapreduce_and_writes_its_keys(tmp_path):
     assert written["days_summed_from_class_hours"] == 2  # the asset's way: both days from class_hours
 
 
+def test_a_bench_under_the_recorded_engine_says_its_figures_are_not_detections(monkeypatch, capsys):
+    from imgpipeline.cli.main import main
+    from imgpipeline_tests.conftest import DETECTOR_ENGINE
+
+    said = "IMGPIPELINE_DETECTOR_ENGINE=recorded: frames seen before get the detections kept for them"
+    for engine, warned in (("recorded", True), ("openvino", False)):
+        monkeypatch.setenv(DETECTOR_ENGINE, engine)
+        assert main(["bench", "summary", "--rows", "1000"]) == 0
+        assert (said in capsys.readouterr().out) is warned
+
+
 @pytest.mark.integration
 @pytest.mark.long(0.8)
 def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):

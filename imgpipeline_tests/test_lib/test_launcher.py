@@ -14,6 +14,7 @@ from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.lib.launcher import PID_TAG
 from imgpipeline.lib.run_priority import BACKFILL_TAG, NICE_TAG
 from imgpipeline.resources import StorageResource
+from imgpipeline_tests.conftest import DETECTOR_ENGINE
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import IMMEDIATE, landing_records, produce, video_backlog, wait_for
 
@@ -29,6 +30,7 @@ def instance(kafka, tmp_path, monkeypatch):
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
     monkeypatch.setenv("IMGPIPELINE_FRAMES_TOPIC", kafka.frames_topic)
     monkeypatch.delenv("IMGPIPELINE_STORAGE_URI", raising=False)
+    monkeypatch.setenv(DETECTOR_ENGINE, "openvino")  # runs that detect as they go: a kill lands mid-range
     write_env(tmp_path, "first")
     with fresh_instance({"run_launcher": LAUNCHER}) as instance:
         # Started before this process loads the code location, which copies `.env` into os.environ.

@@ -138,9 +138,8 @@ def test_an_engine_registered_like_the_others_is_chosen_by_its_name_alone(regist
 
     # It accepts only `default`, as it declared: other precisions are refused with the fix.
     monkeypatch.setenv(env_name(DetectorResource, "precision"), "bf16")
-    with pytest.raises(ConfigError, match="=bf16 applies to the openvino or recorded engine only; "
-                                          "opencv-onnx runs at f32: unset it or use the openvino or "
-                                          "recorded engine"):
+    with pytest.raises(ConfigError, match="=bf16 applies to the openvino engine only; opencv-onnx runs at "
+                                          "f32: unset it or use the openvino engine"):
         DetectorResource.from_env()
 
 

@@ -188,7 +188,7 @@ def test_bad_engine_settings_say_what_to_use(monkeypatch):
         DetectorResource.from_env()
     monkeypatch.setenv("IMGPIPELINE_DETECTOR_ENGINE", "onnxruntime")
     monkeypatch.setenv("IMGPIPELINE_DETECTOR_PRECISION", "bf16")
-    with pytest.raises(ConfigError, match="applies to the openvino or recorded engine only"):
+    with pytest.raises(ConfigError, match="applies to the openvino engine only"):
         DetectorResource.from_env()
     monkeypatch.setenv("IMGPIPELINE_DETECTOR_ENGINE", "OpenVINO")
     monkeypatch.setenv("IMGPIPELINE_DETECTOR_PRECISION", "F32")

@@ -28,6 +28,7 @@ from imgpipeline.vision.model_files import (
     WEIGHTS,
     file_sha256,
 )
+from imgpipeline_tests.conftest import DETECTOR_ENGINE
 from imgpipeline_tests.pipeline import wait_for
 
 
@@ -89,7 +90,7 @@ def test_check_names_the_precision_that_runs_and_why(kafka, tmp_path, monkeypatc
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
     monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", str(tmp_path / "store"))
-    monkeypatch.setenv("IMGPIPELINE_DETECTOR_ENGINE", "openvino")
+    monkeypatch.setenv(DETECTOR_ENGINE, "openvino")
     lines = []
     run_checks(log=lines.append)
     (said,) = [line for line in lines if "detector ok" in line]

@@ -6,6 +6,15 @@ from imgpipeline import ConfigError
 
 
 def bench(args) -> int:
+    from imgpipeline.resources import DetectorResource
+
+    try:
+        detector = DetectorResource.from_env()
+    except ConfigError:
+        detector = None  # said by the benchmarks that detect
+    if detector is not None and detector.engine == "recorded":  # the tests' engine
+        print(f"bench: {detector.env_setting('engine')}: frames seen before get the detections kept for "
+              "them, without inference; detection's figures here are not OpenVINO's")
     if args.what == "sensor":
         from imgpipeline.cli.bench.sensor import bench_sensor
 

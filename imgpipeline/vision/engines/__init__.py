@@ -58,8 +58,9 @@ def precisions() -> tuple[str, ...]:
 
 
 def taking(precision: str) -> list[str]:
-    """The engines that accept `precision`, in listing order."""
-    return [name for name in names() if precision == "auto" or precision in REGISTRY[name].precisions]
+    """The engines offered that accept `precision`, in listing order."""
+    return [name for name in names() if REGISTRY[name].listed
+            and (precision == "auto" or precision in REGISTRY[name].precisions)]
 
 
 # Each engine module registers itself when imported; the runtimes they run on are imported only

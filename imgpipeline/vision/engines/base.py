@@ -86,6 +86,8 @@ class Engine:
     default_means: ClassVar[str] = "runs at f32"
     # Where it stands in listings (lowest first): the reference first, engines that detect nothing last.
     order: ClassVar[int] = 50
+    # Offered where a precision setting is refused for another engine (`recorded`, the tests', is not).
+    listed: ClassVar[bool] = True
 
     def model_file_for(self, spec: ModelSpec, precision: str) -> str:
         """The file of the model's folder it runs at `precision`."""

@@ -29,6 +29,7 @@ from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.vision import models
+from imgpipeline_tests.conftest import DETECTOR_ENGINE
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain, stop_at_once, wait_for
 
@@ -77,7 +78,8 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
                         "IMGPIPELINE_STORAGE_URI": storage.uri, "IMGPIPELINE_HOME": str(tmp_path),
                         "IMGPIPELINE_SENSOR_INTERVAL_S": "1", "IMGPIPELINE_AUTOMATION_INTERVAL_S": "5",
                         # one detector on one thread: an hour's run takes seconds, long enough to be killed
-                        "IMGPIPELINE_DETECTOR_WORKERS": "1", "IMGPIPELINE_DETECTOR_THREADS": "1"}.items():
+                        "IMGPIPELINE_DETECTOR_WORKERS": "1", "IMGPIPELINE_DETECTOR_THREADS": "1",
+                        DETECTOR_ENGINE: "openvino"}.items():
         monkeypatch.setenv(name, value)
     from imgpipeline.cli.fetch import fetch_yolov3
 

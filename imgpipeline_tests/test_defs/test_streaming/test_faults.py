@@ -34,7 +34,7 @@ from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.services import LocalServices
 from imgpipeline.services.process import alive
 from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
-from imgpipeline_tests.conftest import fresh_topics, module_database, s3_storage_resource
+from imgpipeline_tests.conftest import DETECTOR_ENGINE, fresh_topics, module_database, s3_storage_resource
 from imgpipeline_tests.pipeline import produce, stop_at_once, video_backlog, wait_for
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
@@ -199,7 +199,7 @@ def daemon(request, services, tmp_path_factory):
                             # to be caught mid-range (at INT8 it can be done within a second).
                             # OpenVINO itself: no detections kept from an earlier run (`recorded`).
                             "IMGPIPELINE_DETECTOR_PRECISION": "f32",
-                            "IMGPIPELINE_DETECTOR_ENGINE": "openvino",
+                            DETECTOR_ENGINE: "openvino",
                             "IMGPIPELINE_FAST_LANE": str(int(request.param == "follow_frames")),
                             "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
                             "IMGPIPELINE_ALERTS_FILE": str(home / "alerts.yaml"),
