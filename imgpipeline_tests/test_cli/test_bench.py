@@ -43,7 +43,7 @@ def test_a_bench_under_the_recorded_engine_says_its_figures_are_not_detections(m
     for engine, warned in (("recorded", True), ("openvino", False)):
         monkeypatch.setenv(DETECTOR_ENGINE, engine)
         assert main(["bench", "summary", "--rows", "1000"]) == 0
-        assert (said in capsys.readouterr().out) is warned
+        assert (said in capsys.readouterr().err) is warned
 
 
 @pytest.mark.integration

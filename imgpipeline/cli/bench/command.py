@@ -6,15 +6,17 @@ from imgpipeline import ConfigError
 
 
 def bench(args) -> int:
+    import sys
+
     from imgpipeline.resources import DetectorResource
+    from imgpipeline.vision import engines
 
     try:
         detector = DetectorResource.from_env()
     except ConfigError:
         detector = None  # said by the benchmarks that detect
-    if detector is not None and detector.engine == "recorded":  # the tests' engine
-        print(f"bench: {detector.env_setting('engine')}: frames seen before get the detections kept for "
-              "them, without inference; detection's figures here are not OpenVINO's")
+    if detector is not None and (notice := engines.get(detector.engine).figures_notice):
+        print(f"bench: {detector.env_setting('engine')}: {notice}", file=sys.stderr)  # stdout may be JSON
     if args.what == "sensor":
         from imgpipeline.cli.bench.sensor import bench_sensor
 

@@ -88,6 +88,8 @@ class Engine:
     order: ClassVar[int] = 50
     # Offered where a precision setting is refused for another engine (`recorded`, the tests', is not).
     listed: ClassVar[bool] = True
+    # What a benchmark says when it runs on this engine, whose detection figures are not inference's.
+    figures_notice: ClassVar[str] = ""
 
     def model_file_for(self, spec: ModelSpec, precision: str) -> str:
         """The file of the model's folder it runs at `precision`."""

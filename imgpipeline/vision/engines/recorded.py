@@ -130,6 +130,8 @@ class Recorded(OpenVINO):
     default_means = "runs as openvino does, each frame's detections kept and given again"
     order = 90
     listed = False  # for tests and benchmarks: not offered where a setting is refused
+    figures_notice = ("frames seen before get the detections kept for them, without inference; detection's "
+                      "figures here are not OpenVINO's")
 
     def detectors(self, model: Model, count: int, threads: int, precision: str) -> list:
         from imgpipeline.environment import keep_newest
