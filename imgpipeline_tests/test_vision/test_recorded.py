@@ -169,3 +169,32 @@ def test_a_process_killed_while_keeping_a_frame_leaves_nothing_given_for_it(fram
     detector = DetectorResource(engine="recorded").load()
     assert detector.detect(frame) == real[at]
     assert [p.stem for p in kept(cache)] == [digest(frame)]
+
+
+BOTH = """
+from imgpipeline.resources import DetectorResource
+from imgpipeline_tests.test_vision.test_engines import video
+pool = DetectorResource(engine="recorded").load_pool()
+for frame in video(240)[::20]:
+    pool.detect(frame)
+"""
+
+
+def test_two_processes_keeping_the_same_frames_at_once_keep_what_openvino_gives(frames, real, cache):
+    children = [subprocess.Popen([sys.executable, "-c", BOTH]) for _ in range(2)]
+    assert [child.wait(timeout=300) for child in children] == [0, 0]
+    assert sorted(p.stem for p in kept(cache)) == sorted({digest(f) for f in frames})
+    assert list(cache.rglob(".*.json.*")) == []  # every part-file renamed
+    again = DetectorResource(engine="recorded").load_pool()
+    assert [again.detect(f) for f in frames] == real
+
+
+def test_a_key_pruned_while_its_detector_runs_is_kept_again(frames, real, cache):
+    import shutil
+
+    detector = DetectorResource(engine="recorded").load()
+    assert detector.detect(frames[0]) == real[0]
+    [folder] = cache.iterdir()
+    shutil.rmtree(folder)  # as another process's pruning removes it
+    assert [detector.detect(f) for f in frames[:3]] == real[:3]
+    assert len(kept(cache)) == 3
