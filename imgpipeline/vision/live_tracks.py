@@ -117,8 +117,9 @@ class TrackWatch:
 
     def __init__(self, rules: AlertRules, zones: Zones, settings: TrackerSettings,
                  seen_since: float = EARLIEST):
-        """`seen_since`: the capture time since which every frame of the partition is fed (EARLIEST: from
-        its first frame; a watch started after its state was lost: the first fed)."""
+        """`seen_since`: the capture time after which every frame of the partition is fed (EARLIEST: from
+        its first frame; a watch started after its state was lost: the last frame it was not fed, or the
+        start of what it read)."""
         self.rules_sha256, self.zones_sha256 = rules.sha256, zones.sha256
         # Only sources a track rule watches are tracked here (tracking every source would cost the lane a
         # tenth of its throughput); there a class rule's alert names its object's track too.

@@ -177,14 +177,9 @@ def test_frames_fed_twice_or_late_raise_nothing_and_changed_zones_start_afresh()
     assert TrackWatch(parse(b"rules: [{name: d, kind: class, classes: [dog]}]"), ZONES, SETTINGS).idle
 
 
-@pytest.mark.parametrize("saved", [
-    b"not json", b"[]", b'{"through": "x"}', b'{"through": 50, "watch": null, "tracks": null}',
-    b'{"through": 50, "watch": {"sources": 3}, "tracks": {"sources": {"a": {"tail": [[1]]}}}}',
-])
-def test_a_damaged_live_state_is_warmed_from_the_landing_and_fails_nothing(tmp_path, saved):
-    """A state file in storage that is not what the lane wrote (damaged, of another version, hostile)
-    gives new watches, warmed with the landed frames of the range's sources since the hour before: the
-    range goes on and fires what the hourly run gives it."""
+def warm(tmp_path, saved: bytes, landed_at: list[float]):
+    """The watches a range of "a" from START gets from `load_watches` with `saved` as the live state in
+    storage and frames of "a" landed at `landed_at` (by another range, a run killed since)."""
     from datetime import UTC, datetime
 
     from imgpipeline.defs.alerts.live import load_watches, state_key
@@ -193,18 +188,46 @@ def test_a_damaged_live_state_is_warmed_from_the_landing_and_fails_nothing(tmp_p
     from imgpipeline.defs.records.record import LandingRecord
     from imgpipeline.ingest.messages import iso_utc
     from imgpipeline.resources import StorageResource
-    from imgpipeline.vision.live_tracks import SLOWEST_RATE
 
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
     store.put(state_key("frames", 0), saved)
-    before = datetime.fromtimestamp(START - 60, UTC)  # a frame of another range, a minute before this one
-    record = LandingRecord(schema=1, frame_id="a-0", source_id="a", captured_at=iso_utc(before),
-                           status="detected", sha256="x")
-    store.put(landing_key(before.replace(minute=0, second=0), "frames-0-0-50"), record.to_json() + b"\n")
+    for n, seconds in enumerate(landed_at):
+        at = datetime.fromtimestamp(seconds, UTC)
+        record = LandingRecord(schema=1, frame_id=f"a-{n}", source_id="a", captured_at=iso_utc(at),
+                               status="detected", sha256="x")
+        store.put(landing_key(at.replace(minute=0, second=0, microsecond=0), f"frames-0-{n}-{n + 1}"),
+                  record.to_json() + b"\n")
     landed = LandedRange(None, None, store, "frames", 0, 50, 60, 0, lambda: iter(()), 1 << 20)
-    frames = {"a": [events.EventFrame("a-1", START, "detected")]}
-    watch, tracks = load_watches(store, landed, RULES, ZONES, SETTINGS, frames)
+    return load_watches(store, landed, RULES, ZONES, SETTINGS,
+                        {"a": [events.EventFrame("a-new", START, "detected")]})
+
+
+@pytest.mark.parametrize("saved", [
+    b"not json", b"[]", b'{"through": "x"}', b'{"through": 50, "watch": null, "tracks": null}',
+    b'{"through": 50, "watch": {"sources": 3}, "tracks": {"sources": {"a": {"tail": [[1]]}}}}',
+])
+def test_a_damaged_live_state_is_warmed_from_the_landing_and_fails_nothing(tmp_path, saved):
+    """A state file in storage that is not what the lane wrote (damaged, of another version, hostile)
+    gives new watches, warmed with the landed frames of the range's sources since the hour before: the
+    range goes on and fires what the hourly run gives it."""
+    watch, tracks = warm(tmp_path, saved, [START - 60])  # a frame of another range, a minute before
     assert watch.seen_since == START - START % HOUR - HOUR  # from the start of the hour before
     assert watch.sources["a"].last_frame == "a-0"  # fed what was landed
-    # The tracker only the last seconds, where "a" sent nothing.
-    assert tracks.seen_since == START - SETTINGS.replay_for(SLOWEST_RATE) and not tracks.sources
+    # The tracker only the last seconds, where "a" sent nothing: it sees every frame after "a-0".
+    assert tracks.seen_since == START - 60 and not tracks.sources
+
+
+@pytest.mark.parametrize(("landed_at", "blind"), [
+    # A camera's first frames landed by a run killed since: the tracker is fed them all and is not blind.
+    ([START - 5, START - 4], False),
+    ([START - 60, START - 5], False),  # the frame before them a minute back: its tracks are lost
+    # A frame just before the seconds the tracker is fed: a track of it may go on unseen, under another id.
+    ([START - SETTINGS.replay_for(0.5) - 1, START - 5], True),
+])
+def test_a_watch_warmed_after_its_run_was_killed_is_blind_only_where_it_did_not_read(tmp_path, landed_at,
+                                                                                        blind):
+    from imgpipeline.vision.evaluator import EARLIEST
+
+    _, tracks = warm(tmp_path, b"lost", landed_at)
+    assert tracks.sources["a"].last == (landed_at[-1], "a-1")
+    assert (tracks.sources["a"].blind_until != EARLIEST) is blind

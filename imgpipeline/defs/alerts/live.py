@@ -106,10 +106,13 @@ def warmed(store: Storage, rules, zones, settings, frames: dict[str, list[events
     # A range whose frames are late by hours reads three hours at most (its older frames are left blind).
     since = max(hour_of(min(moments)), hour_of(max(moments)) - HOUR) - HOUR
     tracked_since = max(since, min(moments) - settings.replay_for(SLOWEST_RATE))
-    watch = Evaluator(rules, seen_since=since)
-    tracks = TrackWatch(rules, zones, settings, seen_since=tracked_since)
     own = {(source, f.frame_id) for source, fs in frames.items() for f in fs}
     history = event_frames(landed_history(store, set(frames) | known, own, since, hour_of(max(moments))))
+    watch = Evaluator(rules, seen_since=since)
+    # Every frame read after the last one the tracker is not fed is fed: a camera whose history is all in
+    # the last seconds (a run killed in its first minute, taken over) is tracked whole, not blind.
+    unfed = [f.seconds for fs in history.values() for f in fs if f.seconds < tracked_since]
+    tracks = TrackWatch(rules, zones, settings, seen_since=max([since, *unfed]))
     for source in sorted(history):
         recent = {s.frame.frame_id: s for s in tracks.feed(source, [f for f in history[source]
                                                                     if f.seconds >= tracked_since])}
