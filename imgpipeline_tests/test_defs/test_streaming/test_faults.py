@@ -39,7 +39,7 @@ from imgpipeline_tests.pipeline import produce, stop_at_once, video_backlog, wai
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance, pytest.mark.long(0.7)]
-FRAMES = 100  # two runs of 50: one to fault mid-range, one beside it (at f32 each lasts seconds)
+FRAMES = 100  # two runs of 50: one to fault mid-range, one beside it (each detects for a second or more)
 # Rules that fire often on the street video: a person seen (each episode), every crossing, every visit.
 RULES = """rules:
   - {name: person, kind: class, classes: [person], cooldown_s: 0}
@@ -180,7 +180,7 @@ FAST_LANE = pytest.param("follow_frames", marks=pytest.mark.covered(
 @pytest.fixture(scope="module", params=["detect_frames", FAST_LANE])
 def daemon(request, services, tmp_path_factory):
     """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
-    S3 prefix of its own, launching runs of 50 frames at f32; then again with the fast lane. Its instance
+    S3 prefix of its own, launching runs of 50 frames; then again with the fast lane. Its instance
     is on PostgreSQL where a test of that parameter runs there (`module_database`)."""
     home = tmp_path_factory.mktemp("faults")
     (home / "alerts.yaml").write_text(RULES)
@@ -195,10 +195,9 @@ def daemon(request, services, tmp_path_factory):
                             "IMGPIPELINE_STORAGE_URI": storage.uri, "AWS_ENDPOINT_URL": storage.endpoint_url,
                             "AWS_ACCESS_KEY_ID": LOCAL_KEY_ID, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET,
                             "IMGPIPELINE_MAX_BATCH": "50", "IMGPIPELINE_MAX_BACKLOG_BATCH": "50",
-                            # The reference's precision, the slowest: a run of 50 frames lasts long enough
-                            # to be caught mid-range (at INT8 it can be done within a second).
-                            # OpenVINO itself: no detections kept from an earlier run (`recorded`).
-                            "IMGPIPELINE_DETECTOR_PRECISION": "f32",
+                            # OpenVINO itself at the CPU's own precision (`auto`): no detections kept from
+                            # an earlier run (`recorded`), so a run of 50 frames lasts long enough to be
+                            # caught mid-range (`started_run` takes the next run where one ended first).
                             DETECTOR_ENGINE: "openvino",
                             "IMGPIPELINE_FAST_LANE": str(int(request.param == "follow_frames")),
                             "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
