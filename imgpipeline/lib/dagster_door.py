@@ -43,6 +43,8 @@ NAMES: dict[str, tuple[str, str]] = {
     "RunsTable": ("dagster._core.storage.runs.schema", "RunsTable"),
     "RunTagsTable": ("dagster._core.storage.runs.schema", "RunTagsTable"),
 }
+# The module `dagster dev` runs its daemon from (`python -m …`; services/dagster_dev.py runs it alone).
+DAEMON_MODULE = "dagster._daemon"
 # The backfill daemon's loop reads this name of `dagster._daemon.controller` as it starts (Dagster's 30 s:
 # lib/run_queue.py sets it).
 BACKFILL_INTERVAL_NAME = "DEFAULT_DAEMON_INTERVAL_SECONDS"

@@ -52,7 +52,18 @@ class LocalServices:
 
     def up_ui(self) -> dict:
         """`dagster dev` in the background: UI, daemon, sensors, runs."""
+        return self._up_dagster(headless=False)
+
+    def up_daemon(self) -> dict:
+        """The daemon alone in the background (sensors, schedules, runs; no UI): the benchmarks' and the
+        fault tests' pipeline, without a webserver's CPU beside it."""
+        return self._up_dagster(headless=True)
+
+    def _up_dagster(self, headless: bool) -> dict:
         dagster_home(self.state)
+        if self.dagster.running() and bool(self.dagster.ports) == headless:
+            self.dagster.stop()  # running the other way
+        self.dagster.headless = headless
         return self.dagster.start()
 
     def up_viewer(self) -> dict:

@@ -1,12 +1,17 @@
-"""`dagster dev` (webserver, daemon, code server) in the background, for the demo and the UI."""
+"""`dagster dev` (webserver, daemon, code server) in the background, for the demo and the UI; or the
+daemon alone (`dagster-daemon run`: sensors, schedules, runs and their code server, no webserver), for
+the benchmarks and a host no one browses."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from imgpipeline.paths import HOME_ENV
 from imgpipeline.services.base import LocalService, answers_http
+
+BEATING_S = 90.0  # a daemon found running is healthy while its daemons beat within this (three beats)
 
 
 class DagsterDev(LocalService):
@@ -20,8 +25,16 @@ class DagsterDev(LocalService):
         super().__init__(workdir)
         self.dagster_home = dagster_home
         self.project_home = project_home
+        self.headless = False  # the next start: the daemon alone, with no port (LocalServices.up_daemon)
+        self.spawned_at = 0.0
+
+    @property
+    def port_names(self) -> tuple[str, ...]:
+        return () if self.headless else ("port",)
 
     def argv(self, ports: dict[str, int]) -> list[str]:
+        if not ports:
+            return daemon_argv()
         return dagster_dev_argv("127.0.0.1", ports["port"])
 
     def process_env(self) -> dict[str, str]:
@@ -31,12 +44,22 @@ class DagsterDev(LocalService):
         return f"http://127.0.0.1:{ports['port']}"
 
     def ready(self, ports: dict[str, int]) -> bool:
-        return (bool(ports) and answers_http(self.address(ports) + "/server_info")
-                and retries_armed(self.dagster_home))
+        """The UI answers (or, alone, every daemon has beaten since it started) and run retries watch."""
+        up = (answers_http(self.address(ports) + "/server_info") if ports
+              else daemons_beating(self.dagster_home, self.spawned_at or time.time() - BEATING_S))
+        return up and retries_armed(self.dagster_home)
+
+    def status(self) -> dict:
+        status = super().status()
+        if status["running"] and not self.ports:  # the daemon alone: healthy without an address
+            status["healthy"] = self.ready({})
+        return status
 
     def prepare(self, ports: dict[str, int]) -> None:
         """Runs a killed daemon left starting fail at once (and are retried), not after the start timeout."""
         from imgpipeline.lib.instance import open_instance
+
+        self.spawned_at = time.time()
         from imgpipeline.lib.launcher import fail_orphaned_starts
 
         try:
@@ -66,6 +89,29 @@ def retries_armed(home: Path) -> bool:
     except Exception:  # the instance's storage not answering yet: not ready
         return False
 
+
+
+def daemons_beating(home: Path, since: float) -> bool:
+    """Whether every daemon the instance needs has beaten since `since` (each beats as it starts, then
+    every 30 s)."""
+    from imgpipeline.lib.instance import open_instance
+
+    try:
+        with open_instance(home) as instance:
+            beats = instance.get_daemon_heartbeats()
+            return all(kind in beats and beats[kind].timestamp >= since
+                       for kind in instance.get_required_daemon_types())
+    except Exception:  # noqa: BLE001 - the instance's storage not answering yet: not ready
+        return False
+
+
+def daemon_argv() -> list[str]:
+    """`dagster-daemon run` for this code location, started the way `dagster dev` starts its own, with
+    this interpreter (no venv on PATH needed): its daemons load the code location in a code server of
+    their own."""
+    from imgpipeline.lib.dagster_door import DAEMON_MODULE
+
+    return [sys.executable, "-m", DAEMON_MODULE, "run", "-m", "imgpipeline.definitions"]
 
 
 def dagster_dev_argv(host: str, port: int) -> list[str]:

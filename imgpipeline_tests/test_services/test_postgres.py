@@ -187,7 +187,7 @@ def test_postgres_killed_under_a_working_daemon_loses_and_doubles_nothing(kafka,
     frames = video_backlog(300, "pg-cam")
     produce(kafka, storage, tmp_path, frames)
     local = LocalServices(tmp_path / ".imgpipeline")
-    local.up_ui()
+    local.up_daemon()
     try:
         wait_for(lambda: landing_records(storage), 180, "the first run's landing file")
         assert 0 < len(landing_records(storage)) < len(frames), "the kill must land mid-work"

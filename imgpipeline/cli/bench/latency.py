@@ -267,7 +267,7 @@ def wait_quiet(group: int, below: float = 0.15, at_most_s: float = 60.0) -> None
 
 @contextmanager
 def paused(group: int, pids: list[int] | None = None):
-    """The processes `pids`, else the process group (`dagster dev`: its daemon, code server and runs),
+    """The processes `pids`, else the process group (the daemon, its code server and runs),
     stopped (once each has, not once each was sent the signal), continued after, the benchmark itself
     stopped by SIGTERM or SIGHUP meanwhile too (a stopped process would stay stopped)."""
     from imgpipeline.services.process import wait_stopped

@@ -24,7 +24,7 @@ from imgpipeline.lib.stats import percentile
 
 @contextlib.contextmanager
 def daemon(kafka, storage, detector=None, env: dict | None = None, log=print):
-    """A real `dagster dev` (daemon, sensors, code server) on the given topic and store, with an
+    """A real Dagster daemon (sensors, runs, its code server; no UI) on the given topic and store, with an
     instance of its own (SQLite in a scratch folder, never the project's PostgreSQL): the LocalServices
     it runs under. `env` adds settings for it."""
     from imgpipeline.lib.instance import InstanceSettings
@@ -42,8 +42,8 @@ def daemon(kafka, storage, detector=None, env: dict | None = None, log=print):
     os.environ.update(overrides)
     local = LocalServices(home / ".imgpipeline")
     try:
-        log("  starting dagster dev (daemon, sensors) …")
-        local.up_ui()
+        log("  starting the Dagster daemon (sensors, runs) …")
+        local.up_daemon()
         yield local
     finally:
         local.dagster.stop()

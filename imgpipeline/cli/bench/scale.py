@@ -195,7 +195,7 @@ def bench_scale(sources: int = 1000, partitions: int = 12, fps: float = 1.0, sec
                 max_batch: int | None = None, *, resources: dict | None = None, folder: Path | None = None,
                 drain_timeout_s: float | None = None, progress_s: float = 10.0) -> dict:
     """`sources` cameras at `fps` each for `seconds` through the whole orchestration with the no-op
-    detector, on a fresh topic of `partitions` partitions, a fresh local folder and a `dagster dev` of
+    detector, on a fresh topic of `partitions` partitions, a fresh local folder and a Dagster daemon of
     its own; then the warehouse of the hours covered, built in this process."""
     from imgpipeline import ConfigError
     from imgpipeline.resources import StorageResource
@@ -225,7 +225,7 @@ def bench_scale(sources: int = 1000, partitions: int = 12, fps: float = 1.0, sec
 
 def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, seconds: float,
              max_batch: int | None, drain_timeout_s: float, progress_s: float) -> dict:
-    """Produce through a real `dagster dev` with the no-op engine forced on its processes; what the
+    """Produce through a real Dagster daemon with the no-op engine forced on its processes; what the
     topic, the ledgers and the instance say."""
     from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.ingest.messages import frame_key, sha256_hex
@@ -268,8 +268,8 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
         print(f"policy: at most {policy.max_batch} frames per run, partial batches after "
               f"{policy.max_wait_s:g} s, {cap} runs in flight ({cap_env}), "
               f"a tick every {policy.interval_s} s")
-        print("starting dagster dev (daemon, sensor, runs) with the no-op engine …")
-        local.up_ui()
+        print("starting the Dagster daemon (sensor, runs) with the no-op engine …")
+        local.up_daemon()
         with open_instance(local.dagster.dagster_home) as instance:
             live = drive(instance, kafka, watch, frame, sources, fps, seconds, drain_timeout_s, progress_s)
             live.update(instance_figures(instance, live["t0"]))
@@ -311,7 +311,7 @@ def drive(instance, kafka, watch: Watch, frame: Frame, sources: int, fps: float,
     while sum(watch.lag().values()) and time.monotonic() < deadline:
         time.sleep(0.5)
     if sum(watch.lag().values()):
-        raise SystemExit("the warm-up frame did not land within 180 s; see the dagster dev log")
+        raise SystemExit("the warm-up frame did not land within 180 s; see the daemon's log")
     watch.warm_up = set(watch.ledgers)
 
     t0 = time.time()

@@ -103,7 +103,7 @@ def test_stored_hours_redetected_with_the_second_model_survive_a_killed_run_besi
     assert len(detected) >= 200
 
     local = LocalServices(tmp_path / ".imgpipeline")
-    local.up_ui()
+    local.up_daemon()
     home = local.dagster.dagster_home
     try:
         # Hours given as a person would type them.

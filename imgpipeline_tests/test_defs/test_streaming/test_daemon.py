@@ -15,6 +15,7 @@ from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frames
 from imgpipeline.resources import StorageResource
 from imgpipeline.services import LocalServices
+from imgpipeline.services.base import answers_http
 from imgpipeline_tests.pipeline import landing_files, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
@@ -59,6 +60,14 @@ def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch):
         replayed = wait_for(lambda: landing_files(storage), 180, "the launched run to land the range")
         assert list(replayed) == [key]
         assert len(replayed[key].splitlines()) == 2
+        # The daemon alone in its place (as the benchmarks and fault tests run it): healthy, on the same
+        # instance, with no UI left answering.
+        alone = local.up_daemon()
+        assert alone["healthy"] and alone["address"] is None and alone["pid"] != ui["pid"]
+        assert not answers_http(ui["address"] + "/server_info")
+        # As `imgpipeline services status` sees it from another process (its state file has no port).
+        seen = LocalServices(tmp_path / ".imgpipeline").dagster.status()
+        assert (seen["healthy"], seen["address"], seen["pid"]) == (True, None, alone["pid"])
     finally:
         local.dagster.stop()
     assert not local.dagster.running()

@@ -1,11 +1,11 @@
-"""Faults under a real daemon (`dagster dev`), the real broker and the real S3 endpoint: a run worker
-SIGKILLed mid-range, the daemon killed and restarted mid-run, the broker SIGKILLed and restarted, the
-S3 endpoint frozen (SIGSTOP) for 30 s, one after the other under one `dagster dev`, with a detect_frames
-run per batch and again with the fast lane (one follow_frames run). Every time every frame lands exactly
-once, and no alert on the topic is sent twice or raised twice for one event. Alerts come in the fast-lane
-half, from the live lane, on rules and lines that fire often on the street video; with detect_frames they
-come from the hourly chain, which makes the latest hour's alerts as its detections come (test_webhooks.py
-and the chaos benchmark hold its deliveries).
+"""Faults under a real Dagster daemon (`dagster-daemon run`), the real broker and the real S3 endpoint: a
+run worker SIGKILLed mid-range, the daemon killed and restarted mid-run, the broker SIGKILLed and restarted,
+the S3 endpoint frozen (SIGSTOP) for 30 s, one after the other under one daemon, with a detect_frames run
+per batch and again with the fast lane (one follow_frames run). Every time every frame lands exactly once,
+and no alert on the topic is sent twice or raised twice for one event. Alerts come in the fast-lane half,
+from the live lane, on rules and lines that fire often on the street video; with detect_frames they come
+from the hourly chain, which makes the latest hour's alerts as its detections come (test_webhooks.py and the
+chaos benchmark hold its deliveries).
 
 Each case prints what it measured (frames sent, landed, duplicated, seconds from the fault until
 everything had landed); run with `-s` to see them. No timing is asserted."""
@@ -58,7 +58,7 @@ class Pipeline:
     folder: Path  # the producer's ledgers
     looked: float = 0.0  # when more_if_all_landed last listed the landing records
     landing: Landing | None = None  # the landing as the test last looked at it (read again only as it grows)
-    opened: dg.DagsterInstance | None = None  # the instance of `dagster dev`, opened once
+    opened: dg.DagsterInstance | None = None  # the daemon's instance, opened once
 
     def send(self) -> None:
         """FRAMES frames more, of ids of their own."""
@@ -82,7 +82,7 @@ class Pipeline:
         return None
 
     def instance(self) -> contextlib.AbstractContextManager[dg.DagsterInstance]:
-        """The instance `dagster dev` keeps its runs in, opened at the first look (a restarted `dagster dev`
+        """The instance the daemon keeps its runs in, opened at the first look (a restarted daemon
         keeps them in the same); closed by the fixture."""
         self.opened = self.opened or open_instance(self.local.dagster.dagster_home)
         return contextlib.nullcontext(self.opened)
@@ -179,7 +179,7 @@ FAST_LANE = pytest.param("follow_frames", marks=pytest.mark.covered(
 
 @pytest.fixture(scope="module", params=["detect_frames", FAST_LANE])
 def daemon(request, services, tmp_path_factory):
-    """One `dagster dev` for the module's tests (the one that kills it starts it again), on a topic and an
+    """One Dagster daemon for the module's tests (the one that kills it starts it again), on a topic and an
     S3 prefix of its own, launching runs of 50 frames; then again with the fast lane. Its instance
     is on PostgreSQL where a test of that parameter runs there (`module_database`)."""
     home = tmp_path_factory.mktemp("faults")
@@ -206,7 +206,7 @@ def daemon(request, services, tmp_path_factory):
                             "IMGPIPELINE_HOME": str(home)}.items():
             patch.setenv(name, value)
         local = LocalServices(home / ".imgpipeline")
-        local.up_ui()
+        local.up_daemon()
         try:
             yield local, kafka, storage, request.param
         finally:
@@ -215,7 +215,7 @@ def daemon(request, services, tmp_path_factory):
 
 @pytest.fixture
 def pipeline(daemon, tmp_path):
-    """FRAMES frames of this test's own sent to the module's `dagster dev`."""
+    """FRAMES frames of this test's own sent to the module's daemon."""
     local, kafka, storage, job = daemon
     pipeline = Pipeline(local, storage, [], job, kafka, tmp_path)
     pipeline.send()
@@ -236,7 +236,7 @@ def test_a_run_worker_killed_mid_range(pipeline):
         killed = killed.dagster_run
     assert killed.status == dg.DagsterRunStatus.FAILURE
     if pipeline.job == "detect_frames":
-        # Run retries took it up (`dagster dev` is ready only once they watch), not repair_sensor minutes
+        # Run retries took it up (the daemon is ready only once they watch), not repair_sensor minutes
         # later.
         assert AUTO_RETRY_RUN_ID_TAG in killed.tags
     else:  # not retried: the sensor launched the next follow_frames run, which took over the claim
@@ -250,11 +250,11 @@ def test_a_run_worker_killed_mid_range(pipeline):
 def test_the_daemon_killed_and_restarted_mid_run(pipeline):
     pipeline.started_run()
     pid = pipeline.local.dagster.pid
-    os.killpg(pid, signal.SIGKILL)  # dagster dev, its daemon, code server, fork server and runs
-    wait_for(lambda: not alive(pid), 60, "the killed dagster dev to be gone", every_s=0.1)
+    os.killpg(pid, signal.SIGKILL)  # the daemon, its code server, fork server and runs
+    wait_for(lambda: not alive(pid), 60, "the killed daemon to be gone", every_s=0.1)
     fault_at = time.monotonic()
-    pipeline.local.up_ui()
-    pipeline.landed_exactly_once(fault_at, "dagster dev SIGKILL + restart")
+    pipeline.local.up_daemon()
+    pipeline.landed_exactly_once(fault_at, "daemon SIGKILL + restart")
 
 
 @pytest.mark.edge  # the broker's outage, not where the instance keeps the runs that wait it out

@@ -1,6 +1,6 @@
-"""Partitions as the unit of parallelism, under a real daemon (`dagster dev`), its run queue and forked
-runs: a frames topic of 4 partitions fed by 8 cameras, one partition with a backlog ten times the
-others'. Runs of different partitions run side by side, never two of one partition (the queue's tag
+"""Partitions as the unit of parallelism, under a real Dagster daemon (`dagster-daemon run`), its run
+queue and forked runs: a frames topic of 4 partitions fed by 8 cameras, one partition with a backlog ten
+times the others'. Runs of different partitions run side by side, never two of one partition (the queue's tag
 limit, set to 1 here, while the sensor keeps 2 of a partition queued or running), every camera's frames
 land in the order it captured them, and the quiet partitions are served while the busy one still has a
 backlog."""
@@ -83,7 +83,7 @@ def test_runs_of_partitions_go_side_by_side_fairly_and_in_order(services, tmp_pa
     total = sum(len(ids) for ids in sent.values())
 
     local = LocalServices(tmp_path / ".imgpipeline")
-    local.up_ui()
+    local.up_daemon()
     try:
         landing = Landing(storage.open())
         wait_for(lambda: len(landing.records()) >= total, 400, "every frame to land", every_s=2)

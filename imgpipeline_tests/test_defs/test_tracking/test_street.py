@@ -106,7 +106,7 @@ def test_street_video_unique_objects_through_the_daemon(kafka, tmp_path, monkeyp
                         "IMGPIPELINE_ZONES_FILE": zones_file}.items():
         monkeypatch.setenv(name, value)
     local = LocalServices(tmp_path / ".imgpipeline")
-    local.up_ui()
+    assert local.up_daemon()["address"] is None  # the daemon alone: no UI
     try:
         frames = list(video_frames(str(sample("bikes.mp4")), "street-cam", start=START))
         FrameProducer(kafka, storage, "street-cam", ledger=Ledger(tmp_path / "sent")).send_all(
