@@ -38,7 +38,9 @@ def services(args) -> int:
     for status in local.status():
         state = "healthy" if status["healthy"] else ("unhealthy" if status["running"] else "stopped")
         healthy &= status["healthy"]
-        where = f" at {status['address']} (pid {status['pid']})" if status["running"] else ""
+        # The Dagster daemon alone (the benchmarks') has no address: no UI to browse.
+        at = f"at {status['address']}" if status["address"] else "with no UI"
+        where = f" {at} (pid {status['pid']})" if status["running"] else ""
         print(f"  {status['name']:<8} {state}{where}  log: {status['log']}")
     return 0 if healthy else 1
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from imgpipeline.cli.main import main
 from imgpipeline.cli.samples import sample
 from imgpipeline.defs.records.reader import parse_records
 from imgpipeline.ingest.producer import FrameProducer, Ledger
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.instance]
 
 
 @pytest.mark.long(0.75)
-def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch):
+def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch, capsys):
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
     monkeypatch.setenv("IMGPIPELINE_FRAMES_TOPIC", kafka.frames_topic)
@@ -68,6 +69,8 @@ def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch):
         # As `imgpipeline services status` sees it from another process (its state file has no port).
         seen = LocalServices(tmp_path / ".imgpipeline").dagster.status()
         assert (seen["healthy"], seen["address"], seen["pid"]) == (True, None, alone["pid"])
+        main(["services", "status"])  # the broker and endpoint of this home are not up: only its line
+        assert f"dagster  healthy with no UI (pid {alone['pid']})" in capsys.readouterr().out
     finally:
         local.dagster.stop()
     assert not local.dagster.running()
