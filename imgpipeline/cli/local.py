@@ -39,7 +39,8 @@ def services(args) -> int:
         state = "healthy" if status["healthy"] else ("unhealthy" if status["running"] else "stopped")
         healthy &= status["healthy"]
         # The Dagster daemon alone (the benchmarks') has no address: no UI to browse.
-        at = f"at {status['address']}" if status["address"] else "with no UI"
+        at = (f"at {status['address']}" if status["address"]
+              else "with no UI" if status["name"] == "dagster" else "with no address")
         where = f" {at} (pid {status['pid']})" if status["running"] else ""
         print(f"  {status['name']:<8} {state}{where}  log: {status['log']}")
     return 0 if healthy else 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from imgpipeline.paths import HOME_ENV
 from imgpipeline.services.base import LocalService, answers_http
+from imgpipeline.services.process import started_at
 
 BEATING_S = 90.0  # a daemon found running is healthy while its daemons beat within this (three beats)
 
@@ -26,7 +27,6 @@ class DagsterDev(LocalService):
         self.dagster_home = dagster_home
         self.project_home = project_home
         self.headless = False  # the next start: the daemon alone, with no port (LocalServices.up_daemon)
-        self.spawned_at = 0.0
 
     @property
     def port_names(self) -> tuple[str, ...]:
@@ -45,8 +45,12 @@ class DagsterDev(LocalService):
 
     def ready(self, ports: dict[str, int]) -> bool:
         """The UI answers (or, alone, every daemon has beaten since it started) and run retries watch."""
-        up = (answers_http(self.address(ports) + "/server_info") if ports
-              else daemons_beating(self.dagster_home, self.spawned_at or time.time() - BEATING_S))
+        if ports:
+            up = answers_http(self.address(ports) + "/server_info")
+        else:  # beaten since this process started (a daemon killed before it beat too), and lately
+            started = started_at(self.pid)
+            up = started is not None and daemons_beating(self.dagster_home,
+                                                         max(started, time.time() - BEATING_S))
         return up and retries_armed(self.dagster_home)
 
     def status(self) -> dict:
@@ -58,8 +62,6 @@ class DagsterDev(LocalService):
     def prepare(self, ports: dict[str, int]) -> None:
         """Runs a killed daemon left starting fail at once (and are retried), not after the start timeout."""
         from imgpipeline.lib.instance import open_instance
-
-        self.spawned_at = time.time()
         from imgpipeline.lib.launcher import fail_orphaned_starts
 
         try:

@@ -12,9 +12,10 @@ a restart) it raises its own alert.
 
 Between runs a `TrackWatch` is kept as JSON (`to_json`, `from_json`): each source's last seconds of
 frames with the ids given to them (replayed to take the tracker up where it was, as the hourly build
-replays the end of what is stored) and its open zone visits. A source it did not see from its first
-frames (a watch started after its state was lost) starts blind: tracks confirmed in its first seconds
-may be objects the hourly tracker knows from before, with other ids, and fire nothing here.
+replays the end of what is stored) and its open zone visits. A source that sent a frame the watch was not
+fed in the seconds before the first it was fed (a watch started after its state was lost) starts blind:
+tracks confirmed in its first seconds may be objects the hourly tracker knows from before, with other ids,
+and fire nothing here.
 """
 
 from __future__ import annotations
@@ -116,15 +117,17 @@ class TrackWatch:
     watches."""
 
     def __init__(self, rules: AlertRules, zones: Zones, settings: TrackerSettings,
-                 seen_since: float = EARLIEST):
+                 seen_since: float = EARLIEST, read: dict[str, float] | None = None):
         """`seen_since`: the capture time after which every frame of the partition is fed (EARLIEST: from
         its first frame; a watch started after its state was lost: the last frame it was not fed, or the
-        start of what it read)."""
+        start of what it read). `read`: the same for the sources whose history a warmed watch read (kept
+        until each is first fed; a watch read back goes by `seen_since`)."""
         self.rules_sha256, self.zones_sha256 = rules.sha256, zones.sha256
         # Only sources a track rule watches are tracked here (tracking every source would cost the lane a
         # tenth of its throughput); there a class rule's alert names its object's track too.
         self.rules = [r for r in rules.rules if isinstance(kind_of(r), TrackKind)]
         self.zones, self.settings, self.seen_since = zones, settings, seen_since
+        self.read = dict(read or {})
         self.sources: dict[str, SourceTracks] = {}
 
     @property
@@ -150,7 +153,8 @@ class TrackWatch:
                 # Tracks from before may go on into the first seconds fed: blind unless all of those
                 # seconds before were seen (and the source sent nothing in them).
                 window = self.settings.replay_for(SLOWEST_RATE)
-                until = frame.seconds + window if frame.seconds - window < self.seen_since else EARLIEST
+                seen = self.read.get(source_id, self.seen_since)
+                until = frame.seconds + window if frame.seconds - window < seen else EARLIEST
                 state = self.sources[source_id] = SourceTracks(self.zones, source_id, self.settings, until)
             steps.append(state.step(frame))
         return steps

@@ -177,9 +177,10 @@ def test_frames_fed_twice_or_late_raise_nothing_and_changed_zones_start_afresh()
     assert TrackWatch(parse(b"rules: [{name: d, kind: class, classes: [dog]}]"), ZONES, SETTINGS).idle
 
 
-def warm(tmp_path, saved: bytes, landed_at: list[float]):
-    """The watches a range of "a" from START gets from `load_watches` with `saved` as the live state in
-    storage and frames of "a" landed at `landed_at` (by another range, a run killed since)."""
+def warm(tmp_path, saved: bytes, landed_at: list[float], b_at: tuple[float, ...] = ()):
+    """The watches a range of "a" (and of "b" when `b_at` is given) from START gets from `load_watches` with
+    `saved` as the live state in storage and frames of "a" landed at `landed_at`, of "b" at `b_at` (by
+    another range, a run killed since)."""
     from datetime import UTC, datetime
 
     from imgpipeline.defs.alerts.live import load_watches, state_key
@@ -191,15 +192,17 @@ def warm(tmp_path, saved: bytes, landed_at: list[float]):
 
     store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
     store.put(state_key("frames", 0), saved)
-    for n, seconds in enumerate(landed_at):
+    landed = [("a", seconds) for seconds in landed_at] + [("b", seconds) for seconds in b_at]
+    for n, (source, seconds) in enumerate(landed):
         at = datetime.fromtimestamp(seconds, UTC)
-        record = LandingRecord(schema=1, frame_id=f"a-{n}", source_id="a", captured_at=iso_utc(at),
+        record = LandingRecord(schema=1, frame_id=f"{source}-{n}", source_id=source, captured_at=iso_utc(at),
                                status="detected", sha256="x")
         store.put(landing_key(at.replace(minute=0, second=0, microsecond=0), f"frames-0-{n}-{n + 1}"),
                   record.to_json() + b"\n")
-    landed = LandedRange(None, None, store, "frames", 0, 50, 60, 0, lambda: iter(()), 1 << 20)
-    return load_watches(store, landed, RULES, ZONES, SETTINGS,
-                        {"a": [events.EventFrame("a-new", START, "detected")]})
+    ranged = LandedRange(None, None, store, "frames", 0, 50, 60, 0, lambda: iter(()), 1 << 20)
+    frames = {source: [events.EventFrame(f"{source}-new", START, "detected")]
+              for source in ("a", "b")[:2 if b_at else 1]}
+    return load_watches(store, ranged, RULES, ZONES, SETTINGS, frames)
 
 
 @pytest.mark.parametrize("saved", [
@@ -231,3 +234,14 @@ def test_a_watch_warmed_after_its_run_was_killed_is_blind_only_where_it_did_not_
     _, tracks = warm(tmp_path, b"lost", landed_at)
     assert tracks.sources["a"].last == (landed_at[-1], "a-1")
     assert (tracks.sources["a"].blind_until != EARLIEST) is blind
+
+
+def test_a_camera_warmed_whole_is_not_blinded_by_another_cameras_frame_before(tmp_path):
+    """Two cameras of one partition: "b" sent a frame just before the seconds the tracker is fed, "a" only
+    within them. "b" starts blind, "a" does not."""
+    from imgpipeline.vision.evaluator import EARLIEST
+
+    _, tracks = warm(tmp_path, b"lost", [START - 5, START - 4],
+                     b_at=(START - SETTINGS.replay_for(0.5) - 1, START - 3))
+    assert tracks.sources["a"].blind_until == EARLIEST
+    assert tracks.sources["b"].blind_until != EARLIEST

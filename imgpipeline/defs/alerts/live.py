@@ -17,8 +17,9 @@ listener failed, rules changed) is warmed first: fed the frames of the range's s
 start of the hour before (what the hourly evaluation reads as history), whatever partition or lane
 landed them, with what they fire dropped (those belong to the ranges and hours before), so it fires
 from the range's first frames what the hourly alerts give them. The tracker is warmed with the last seconds
-before the range only: tracks confirmed in them (objects the hourly tracker may know from before, under
-other ids) are left to the hourly alerts.
+before the range only: where a source sent a frame just before those (a track of it may go on unseen),
+tracks confirmed in them (objects the hourly tracker may know from before, under other ids) are left to
+the hourly alerts.
 """
 
 from __future__ import annotations
@@ -109,10 +110,12 @@ def warmed(store: Storage, rules, zones, settings, frames: dict[str, list[events
     own = {(source, f.frame_id) for source, fs in frames.items() for f in fs}
     history = event_frames(landed_history(store, set(frames) | known, own, since, hour_of(max(moments))))
     watch = Evaluator(rules, seen_since=since)
-    # Every frame read after the last one the tracker is not fed is fed: a camera whose history is all in
-    # the last seconds (a run killed in its first minute, taken over) is tracked whole, not blind.
-    unfed = [f.seconds for fs in history.values() for f in fs if f.seconds < tracked_since]
-    tracks = TrackWatch(rules, zones, settings, seen_since=max([since, *unfed]))
+    # Each source's frames read after the last one the tracker is not fed are fed: a camera whose history
+    # is all in the last seconds (a run killed in its first minute, taken over) is tracked whole, not
+    # blind, whatever the partition's other cameras sent before.
+    read = {source: max([since, *(f.seconds for f in history.get(source, []) if f.seconds < tracked_since)])
+            for source in set(frames) | set(known) | set(history)}
+    tracks = TrackWatch(rules, zones, settings, seen_since=max([since, *read.values()]), read=read)
     for source in sorted(history):
         recent = {s.frame.frame_id: s for s in tracks.feed(source, [f for f in history[source]
                                                                     if f.seconds >= tracked_since])}
