@@ -249,10 +249,12 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
             admin.close()
 
     def ensure_topics(self, partitions: int | None = None, log=None) -> None:
-        """Create the frames and alerts topics and their dead-letter topics when they are missing; a
-        frames topic with fewer partitions than asked (`frames_partitions`) is grown, never shrunk."""
-        from kafka.admin import NewPartitions, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        """Create the frames and alerts topics and their dead-letter topics when they are missing, with
+        the cluster's own replication factor (`default.replication.factor`); a frames topic with fewer
+        partitions than asked (`frames_partitions`) is grown, never shrunk. A cluster that refuses to
+        create them is a ConfigError with the commands an operator runs to create them instead."""
+        from kafka import errors
+        from kafka.admin import NewPartitions
 
         partitions = partitions or self.frames_partitions
         admin = self.admin()
@@ -266,24 +268,45 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                     if log is not None:
                         log(f"topic {self.frames_topic}: {have} → {partitions} partitions; sources' new "
                             "frames may go to another partition from now on")
-            # The DLQs and alerts are compacted: letters are keyed by origin and alerts by number, so a
-            # retried run's second letter (or alert) replaces the first. They take messages up to
-            # Kafka's default limit even on a cluster set lower: a dead letter is bounded below it.
-            wanted = [
-                # The broker's append time dates a frame's arrival whatever the producer's clock says:
-                # it is the frame's ingested_at, and its wait under overload.
-                NewTopic(self.frames_topic, partitions, 1,
-                         topic_configs={"message.timestamp.type": "LogAppendTime"})
-                if name == self.frames_topic
-                else NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact",
-                                                         "max.message.bytes": str(MESSAGE_BYTES)})
-                for name in (self.frames_topic, self.alerts_topic, *self.dead_letter_topics)
-                if name not in existing
-            ]
+            wanted = {name: spec for name, spec in self.topic_specs(partitions).items()
+                      if name not in existing}
             if wanted:
                 try:
-                    admin.create_topics(wanted)
-                except TopicAlreadyExistsError:
-                    pass
+                    created = admin.create_topics(wanted, raise_errors=False)["topics"]
+                except errors.IncompatibleBrokerVersion as exc:  # before Kafka 2.4: no cluster default
+                    raise self._refused(wanted, str(exc)) from None
+                refused = {t["name"]: t["error_message"] or errors.for_code(t["error_code"]).__name__
+                           for t in created
+                           if t["error_code"] not in (0, errors.TopicAlreadyExistsError.errno)}
+                if refused:
+                    why = next(iter(refused.values()))
+                    raise self._refused({name: wanted[name] for name in refused}, why)
         finally:
             admin.close()
+
+    def topic_specs(self, partitions: int) -> dict[str, dict]:
+        """The topics the pipeline writes, as Kafka's CreateTopics takes them (replication -1: the
+        cluster's default)."""
+        # The broker's append time dates a frame's arrival whatever the producer's clock says: it is the
+        # frame's ingested_at, and its wait under overload.
+        specs = {self.frames_topic: {"num_partitions": partitions, "replication_factor": -1,
+                                     "configs": {"message.timestamp.type": "LogAppendTime"}}}
+        # The DLQs and alerts are compacted: letters are keyed by origin and alerts by number, so a retried
+        # run's second letter (or alert) replaces the first. They take messages up to Kafka's default limit
+        # even on a cluster set lower: a dead letter is bounded below it.
+        for name in (self.alerts_topic, *self.dead_letter_topics):
+            specs[name] = {"num_partitions": 1, "replication_factor": -1,
+                           "configs": {"cleanup.policy": "compact", "max.message.bytes": str(MESSAGE_BYTES)}}
+        return specs
+
+    def _refused(self, wanted: dict[str, dict], why: str) -> ConfigError:
+        commands = "\n".join(
+            f"  kafka-topics.sh --bootstrap-server {self.bootstrap_servers} --create --topic {name} "
+            f"--partitions {spec['num_partitions']} --replication-factor <replicas> "
+            + " ".join(f"--config {key}={value}" for key, value in spec["configs"].items())
+            for name, spec in wanted.items())
+        return ConfigError(
+            f"Kafka at {self.bootstrap_servers} refused to create the topics {', '.join(wanted)} (with the "
+            f"cluster's default replication factor): {why} Create them yourself, with the replicas your "
+            "cluster keeps (3 is usual), then start again:\n"
+            + commands)

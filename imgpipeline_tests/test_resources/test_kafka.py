@@ -3,6 +3,7 @@ from kafka import TopicPartition
 
 from imgpipeline import ConfigError
 from imgpipeline.resources import KafkaResource
+from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline.services.process import free_port
 
 pytestmark = pytest.mark.integration
@@ -73,3 +74,55 @@ def test_the_frames_topic_is_grown_to_its_partitions_never_shrunk(kafka, monkeyp
     monkeypatch.setenv("IMGPIPELINE_FRAMES_PARTITIONS", "0")
     with pytest.raises(ConfigError, match=r"IMGPIPELINE_FRAMES_PARTITIONS='0': .*greater than or equal to 1"):
         KafkaResource.from_env()
+
+
+class ThreeReplicasBroker(KafkaBroker):
+    """One broker of a cluster whose topics default to three replicas, as a site's would: it alone cannot
+    hold them, so it refuses to create a topic with the cluster's default."""
+
+    def server_properties(self, ports: dict[str, int]) -> str:
+        return super().server_properties(ports) + "default.replication.factor=3\n"
+
+    def ready(self, ports: dict[str, int]) -> bool:
+        """Ready when an admin client lists its topics (it makes none)."""
+        try:
+            admin = KafkaResource(bootstrap_servers=self.address(ports), connect_timeout_s=2).admin()
+        except ConfigError:
+            return False
+        try:
+            return isinstance(admin.list_topics(), list)
+        finally:
+            admin.close()
+
+
+def test_topics_are_made_with_the_clusters_replication_or_refused_with_the_commands_to_make_them(
+        kafka, tmp_path):
+    """The topics take the cluster's `default.replication.factor` (1 on the local broker, Kafka's own); a
+    cluster that cannot give it gets no topic of a factor it did not ask for: the error names each topic's
+    command."""
+    admin = kafka.admin()
+    try:
+        topics = admin.describe_topics([kafka.frames_topic, kafka.alerts_topic, kafka.dlq_topic])
+    finally:
+        admin.close()
+    assert {len(p["replica_nodes"]) for t in topics for p in t["partitions"]} == {1}  # Kafka's own default
+
+    three = ThreeReplicasBroker(tmp_path / "three")
+    three.start()
+    try:
+        resource = KafkaResource(bootstrap_servers=three.env(three.ports)["KAFKA_BOOTSTRAP_SERVERS"],
+                                 frames_topic="frames", connect_timeout_s=5)
+        with pytest.raises(ConfigError) as refused:
+            resource.ensure_topics(partitions=2)
+        said = str(refused.value)
+        assert "The target replication factor of 3 cannot be reached" in said
+        for name in ("frames", resource.alerts_topic, *resource.dead_letter_topics):
+            assert f"--create --topic {name} --partitions " in said
+        assert "--config message.timestamp.type=LogAppendTime" in said
+        admin = resource.admin()
+        try:
+            assert not {"frames", resource.alerts_topic} & set(admin.list_topics())
+        finally:
+            admin.close()
+    finally:
+        three.stop()
