@@ -38,7 +38,7 @@ GUIDE = DEPLOY / "README.md"
 SECTIONS = {
     "helm/values.yaml": {"dagsterWebserver", "dagster-user-deployments", "runLauncher", "postgresql",
                          "generatePostgresqlPasswordSecret", "global", "dagsterDaemon", "concurrency",
-                         "computeLogManager"},
+                         "computeLogManager", "retention"},
     "dagster.yaml": {"storage", "run_launcher", "run_coordinator", "concurrency", "run_retries",
                      "run_monitoring", "compute_logs", "retention"},
 }
@@ -90,6 +90,12 @@ CHART_KEYS = {
     ("concurrency",): {"enabled", "pools", "runs"},
     ("concurrency", "pools"): {"defaultLimit", "granularity", "opGranularityRunBuffer"},
     ("concurrency", "runs"): {"maxConcurrentRuns", "tagConcurrencyLimits"},
+    ("retention",): {"enabled", "sensor", "schedule", "autoMaterialize"},
+    ("retention", "sensor"): {"purgeAfterDays"},
+    ("retention", "schedule"): {"purgeAfterDays"},
+    # The chart's schema takes the four kinds or a number of days, not some of the kinds.
+    ("retention", "sensor", "purgeAfterDays"): {"skipped", "success", "failure", "started"},
+    ("retention", "schedule", "purgeAfterDays"): {"skipped", "success", "failure", "started"},
 }
 
 # What the Kafka, S3 and storage Secret must hold (docs/configuration.md).
@@ -364,6 +370,8 @@ def rendered(values: dict) -> dict:
                     "num_workers": daemon["sensors"]["numWorkers"]},
         "schedules": {"use_threads": daemon["schedules"]["useThreads"],
                       "num_workers": daemon["schedules"]["numWorkers"]},
+        "retention": {kind: {"purge_after_days": values["retention"][kind]["purgeAfterDays"]}
+                      for kind in ("sensor", "schedule") if values["retention"]["enabled"]},
         "run_launcher": {"module": "dagster_k8s", "class": values["runLauncher"]["type"],
                          "resources": launcher["resources"],
                          "load_incluster_config": launcher["loadInclusterConfig"],
@@ -377,6 +385,10 @@ def test_values_amount_to_the_instance_config(values, instance):
         assert instance[section] == chart[section], section
     coordinator = {key: instance["run_coordinator"][key] for key in ("class", "config")}
     assert coordinator == chart["run_coordinator"]
+    # Ticks kept as long (a started tick, which dagster.yaml leaves to Dagster's default, is kept).
+    for kind in ("sensor", "schedule"):
+        assert {"started": -1, **instance["retention"][kind]["purge_after_days"]} == \
+            chart["retention"][kind]["purge_after_days"], kind
     launcher = instance["run_launcher"]
     assert (launcher["module"], launcher["class"]) == (chart["run_launcher"]["module"],
                                                         chart["run_launcher"]["class"]) == ("dagster_k8s",
