@@ -93,9 +93,11 @@ CHART_KEYS = {
     ("retention",): {"enabled", "sensor", "schedule", "autoMaterialize"},
     ("retention", "sensor"): {"purgeAfterDays"},
     ("retention", "schedule"): {"purgeAfterDays"},
+    ("retention", "autoMaterialize"): {"purgeAfterDays"},
     # The chart's schema takes the four kinds or a number of days, not some of the kinds.
     ("retention", "sensor", "purgeAfterDays"): {"skipped", "success", "failure", "started"},
     ("retention", "schedule", "purgeAfterDays"): {"skipped", "success", "failure", "started"},
+    ("retention", "autoMaterialize", "purgeAfterDays"): {"skipped", "success", "failure", "started"},
 }
 
 # What the Kafka, S3 and storage Secret must hold (docs/configuration.md).
@@ -338,6 +340,10 @@ def test_values_write_the_same_run_logs_and_give_their_readers_the_keys(values, 
 # --- the Helm values agree with the instance config and the code --------------------------------------
 
 
+# The ticks' kinds as dagster.yaml and the chart's values name them (the chart writes each it is given).
+RETENTION_KINDS = {"sensor": "sensor", "schedule": "schedule", "auto_materialize": "autoMaterialize"}
+
+
 def rendered(values: dict) -> dict:
     """The instance config the chart writes from these values, for the parts deploy/dagster.yaml repeats
     (the chart's templates/configmap-instance.yaml and templates/helpers/instance/*.tpl). The run
@@ -370,8 +376,8 @@ def rendered(values: dict) -> dict:
                     "num_workers": daemon["sensors"]["numWorkers"]},
         "schedules": {"use_threads": daemon["schedules"]["useThreads"],
                       "num_workers": daemon["schedules"]["numWorkers"]},
-        "retention": {kind: {"purge_after_days": values["retention"][kind]["purgeAfterDays"]}
-                      for kind in ("sensor", "schedule") if values["retention"]["enabled"]},
+        "retention": {kind: {"purge_after_days": values["retention"][key]["purgeAfterDays"]}
+                      for kind, key in RETENTION_KINDS.items() if values["retention"]["enabled"]},
         "run_launcher": {"module": "dagster_k8s", "class": values["runLauncher"]["type"],
                          "resources": launcher["resources"],
                          "load_incluster_config": launcher["loadInclusterConfig"],
@@ -386,7 +392,7 @@ def test_values_amount_to_the_instance_config(values, instance):
     coordinator = {key: instance["run_coordinator"][key] for key in ("class", "config")}
     assert coordinator == chart["run_coordinator"]
     # Ticks kept as long (a started tick, which dagster.yaml leaves to Dagster's default, is kept).
-    for kind in ("sensor", "schedule"):
+    for kind in RETENTION_KINDS:
         assert {"started": -1, **instance["retention"][kind]["purge_after_days"]} == \
             chart["retention"][kind]["purge_after_days"], kind
     launcher = instance["run_launcher"]

@@ -275,12 +275,13 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                     created = admin.create_topics(wanted, raise_errors=False)["topics"]
                 except errors.IncompatibleBrokerVersion as exc:  # before Kafka 2.4: no cluster default
                     raise self._refused(wanted, str(exc)) from None
-                refused = {t["name"]: t["error_message"] or errors.for_code(t["error_code"]).__name__
-                           for t in created
-                           if t["error_code"] not in (0, errors.TopicAlreadyExistsError.errno)}
-                if refused:
-                    why = next(iter(refused.values()))
-                    raise self._refused({name: wanted[name] for name in refused}, why)
+                failed = {t["name"]: (errors.for_code(t["error_code"]), t["error_message"]) for t in created
+                          if t["error_code"] not in (0, errors.TopicAlreadyExistsError.errno)}
+                if any(error.retriable for error, _ in failed.values()):  # a timeout: it may yet be made
+                    raise ConfigError(f"Kafka at {self.bootstrap_servers} did not create the topics "
+                                      f"{', '.join(failed)} in time ({self._reasons(failed)}); try again")
+                if failed:
+                    raise self._refused({name: wanted[name] for name in failed}, self._reasons(failed))
         finally:
             admin.close()
 
@@ -299,14 +300,21 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                            "configs": {"cleanup.policy": "compact", "max.message.bytes": str(MESSAGE_BYTES)}}
         return specs
 
+    @staticmethod
+    def _reasons(failed: dict) -> str:
+        return "; ".join(f"{name}: {message or error.__name__}" for name, (error, message) in failed.items())
+
     def _refused(self, wanted: dict[str, dict], why: str) -> ConfigError:
+        config = "" if self.security_protocol == "PLAINTEXT" else " --command-config client.properties"
         commands = "\n".join(
-            f"  kafka-topics.sh --bootstrap-server {self.bootstrap_servers} --create --topic {name} "
-            f"--partitions {spec['num_partitions']} --replication-factor <replicas> "
+            f"  kafka-topics.sh --bootstrap-server {self.bootstrap_servers}{config} --create --topic {name} "
+            f"--partitions {spec['num_partitions']} --replication-factor \"$REPLICAS\" "
             + " ".join(f"--config {key}={value}" for key, value in spec["configs"].items())
             for name, spec in wanted.items())
+        login = ("; client.properties: this client's security settings as Kafka's tools read them "
+                 "(security.protocol, sasl.mechanism, sasl.jaas.config, ssl.truststore.location)")
+        login = login if config else ""
         return ConfigError(
             f"Kafka at {self.bootstrap_servers} refused to create the topics {', '.join(wanted)} (with the "
-            f"cluster's default replication factor): {why} Create them yourself, with the replicas your "
-            "cluster keeps (3 is usual), then start again:\n"
-            + commands)
+            f"cluster's default replication factor): {why}. Create them yourself with the replicas your "
+            f"cluster keeps, then start again{login}:\n  REPLICAS=3\n" + commands)

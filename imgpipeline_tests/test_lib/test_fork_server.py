@@ -33,7 +33,7 @@ with tempfile.TemporaryDirectory() as home:
 before = set(sys.modules)
 
 # What an hour's tracking, counting and tables do first (their runs import lazily).
-from imgpipeline.defs.tables import DETECTIONS
+from imgpipeline.defs.tables import DETECTIONS, from_parquet, to_parquet
 from imgpipeline.resources import TrackingResource
 from imgpipeline.vision.counting import CountedFrame, Counter, from_tracker
 from imgpipeline.vision.detection import Detection
@@ -49,15 +49,15 @@ for n in range(5):
     ids = {(frame.frame_id, index): track for index, (_, track) in tracker.step(frame).items()}
     for counted in from_tracker([frame], ids, 640, 272):
         counter.step(counted)
-DETECTIONS.empty()
+from_parquet(to_parquet(DETECTIONS.empty()), columns=["frame_id"])
 print(" ".join(sorted(set(sys.modules) - before)))
 """
 
 
 def test_a_run_forked_from_the_warmed_server_imports_nothing_to_track_count_or_read_a_table():
-    """The server's warm-up imports what the hourly runs' tracking, counting and tables import on first
-    use (each resource's `preload`): a run forked from it spends none of its time importing them
-    (supervision with SciPy and pandas: ~1 s a run on 2 cores)."""
+    """The server's warm-up imports what the hourly runs' tracking, counting and tables (written and
+    read as Parquet) import on first use (each resource's `preload`): a run forked from it spends none
+    of its time importing them (supervision with SciPy and pandas: ~1 s a run on 2 cores)."""
     result = subprocess.run([sys.executable, "-c", WARMED_RUN], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     imported = {name for name in result.stdout.split() if name.split(".")[0] != "imgpipeline"}

@@ -119,6 +119,8 @@ def test_topics_are_made_with_the_clusters_replication_or_refused_with_the_comma
         for name in ("frames", resource.alerts_topic, *resource.dead_letter_topics):
             assert f"--create --topic {name} --partitions " in said
         assert "--config message.timestamp.type=LogAppendTime" in said
+        assert 'REPLICAS=3\n' in said and said.count('--replication-factor "$REPLICAS"') == 4
+        assert "--command-config" not in said  # a PLAINTEXT broker: Kafka's tools need no client file
         admin = resource.admin()
         try:
             assert not {"frames", resource.alerts_topic} & set(admin.list_topics())
