@@ -22,7 +22,7 @@ def test_the_server_started_without_an_instance_says_how_to_start_it():
 
 
 WARMED_RUN = """
-import sys, tempfile
+import os, sys, tempfile
 import dagster as dg
 from imgpipeline.lib.dagster_door import serialize_value
 from imgpipeline.lib.fork_server import warm_up
@@ -35,7 +35,7 @@ before = set(sys.modules)
 # What an hour's tracking, counting and tables do first (their runs import lazily).
 from imgpipeline.defs.tables import DETECTIONS, from_parquet, to_parquet
 from imgpipeline.resources import TrackingResource
-from imgpipeline.vision.counting import CountedFrame, Counter, from_tracker
+from imgpipeline.vision.counting import Counter, from_tracker
 from imgpipeline.vision.detection import Detection
 from imgpipeline.vision.tracking import SourceTracker, TrackedFrame, frame_rate
 
@@ -50,7 +50,8 @@ for n in range(5):
     for counted in from_tracker([frame], ids, 640, 272):
         counter.step(counted)
 from_parquet(to_parquet(DETECTIONS.empty()), columns=["frame_id"])
-print(" ".join(sorted(set(sys.modules) - before)))
+print(" ".join(sorted(set(sys.modules) - before)), flush=True)
+os._exit(0)  # as a forked run ends (fork_server._run_child): the preloaded runtimes' threads are not joined
 """
 
 
