@@ -4,7 +4,8 @@
 `.imgpipeline/services.env`; a `.env` in the project root may hold a person's own settings.
 Every setting sees the shell's variables first, then `.env`, then `services.env` (`environment()`);
 nothing here writes to `os.environ`. The project home, which says where those files are, comes from
-the shell alone (`paths.project_home()`).
+the shell alone (`paths.project_home()`). The CPUs this process may use (`cores()`) are what the
+settings that scale with the machine default to.
 """
 
 from __future__ import annotations
@@ -91,6 +92,26 @@ def cache_dir() -> Path:
     """Per-machine cache for downloads and made files that outlive a checkout: $IMGPIPELINE_CACHE_DIR."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgpipeline"
     return Path(environment().get("IMGPIPELINE_CACHE_DIR") or default)
+
+
+def cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: those it may run on, fewer under a CPU quota (a Kubernetes pod's
+    CPU limit, cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`), rounded up to whole CPUs. A quota that
+    cannot be read or says none leaves the CPUs as they are."""
+    import math
+
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (cgroup / quota_file).read_text().split()
+            if period_file:
+                fields += (cgroup / period_file).read_text().split()
+            quota, period = float(fields[0]), float(fields[1])
+        except (OSError, ValueError, IndexError):  # absent, `max` (no quota) or unreadable
+            continue
+        if quota > 0 and period > 0 and math.isfinite(quota / period):
+            return max(1, min(count, math.ceil(quota / period)))
+    return count
 
 
 def keep_newest(folder: Path, count: int, keeping: Path | None = None) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
-from imgpipeline.environment import models_dir
+from imgpipeline.environment import cores, models_dir
 from imgpipeline.resources.settings import FromEnv, one_of, setting
 
 # Loaded ahead of any run by the fork server runs start from (imgpipeline.lib.fork_server): detectors
@@ -110,7 +109,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
 
     def load(self):
         """One detector; raises ConfigError for missing or corrupt model files."""
-        return self._build(1, self.threads or self._engine.threads_for_one(_cores()))[0]
+        return self._build(1, self.threads or self._engine.threads_for_one(cores()))[0]
 
     def load_pool(self):
         """The detectors of a run (loaded once per run), for frames detected in parallel threads."""
@@ -140,7 +139,7 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
             _preloaded[self._pool_key(workers)] = detectors  # each has run once
 
     def _pool_shape(self) -> tuple[int, int]:
-        return self._engine.pool_shape(self.workers, self.threads, _cores())
+        return self._engine.pool_shape(self.workers, self.threads, cores())
 
     def _pool_key(self, workers: int) -> tuple:
         spec, precision = self.spec(), self.resolved_precision()
@@ -196,10 +195,6 @@ class DetectorResource(FromEnv, dg.ConfigurableResource):
 
     def _build(self, count: int, threads: int):
         return self._engine.detectors(self._model(), count, threads, self.resolved_precision())
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _stat(path: Path):

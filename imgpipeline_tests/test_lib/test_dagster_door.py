@@ -2,10 +2,12 @@
 found, and each does what the project uses it for."""
 
 import inspect
+import os
 
 import dagster as dg
 import pytest
 
+from imgpipeline.environment import cores
 from imgpipeline.lib import dagster_door
 from imgpipeline_tests.instances import fresh_instance, memory_event_log
 
@@ -101,13 +103,43 @@ def test_the_instance_of_dagster_yaml_sets_the_pace_the_backfill_daemon_waits(tm
         daemons = create_daemons_from_instance(instance)
         assert "BACKFILL" in {d.daemon_type() for d in daemons}
         assert getattr(controller, dagster_door.BACKFILL_INTERVAL_NAME) == wanted
-        # the yaml's run queue limits hold as they did with Dagster's own class
-        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+        # the yaml's run queue limits hold as they did with Dagster's own class; runs at once, which it
+        # leaves unset, are the machine's cores
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_concurrent_runs == max(2, cores())
+        assert [limit["limit"] for limit in queue.tag_concurrency_limits] == [2, 1]
         waits = Waits()
         loop = execute_backfill_iteration_loop(SimpleNamespace(instance=instance), logging.getLogger(), waits)
         while not waits.asked:  # one pass (no backfill to make), then its wait
             next(loop)
     assert 0 < waits.asked[0] <= wanted
+
+
+def test_runs_at_once_follow_the_cores_the_daemon_may_use_unless_dagster_yaml_sets_them(tmp_path,
+                                                                                    monkeypatch):
+    """Six CPUs to run on: six runs at once and frames_sensor's twelve in flight; one CPU: two and four
+    (the fast lane's run holds a slot for good); a yaml that sets its runs at once keeps them, and
+    IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT set is what it says."""
+    import yaml
+
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    project_instance_home(tmp_path)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert cores() == 6 and instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 6
+    assert BatchPolicy.from_env().total_runs_in_flight == 12
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+    assert BatchPolicy.from_env().total_runs_in_flight == 4
+    monkeypatch.setenv("IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT", "5")
+    assert BatchPolicy.from_env().total_runs_in_flight == 5
+    instance = yaml.safe_load((tmp_path / "dagster.yaml").read_text())
+    instance["concurrency"]["runs"]["max_concurrent_runs"] = 3
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 3
 
 
 def test_a_backfill_interval_below_a_second_fails_at_load_saying_what_to_set(tmp_path):

@@ -1,8 +1,10 @@
+import os
+
 import pytest
 
 from imgpipeline import ConfigError
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
-from imgpipeline.environment import read_env_file
+from imgpipeline.environment import cores, read_env_file
 from imgpipeline.resources import KafkaResource, StorageResource
 from imgpipeline.resources.storage import parse_storage_uri
 
@@ -185,3 +187,24 @@ def test_a_renamed_setting_stops_the_check_with_its_new_name(monkeypatch):
     monkeypatch.setenv("IMGPIPELINE_RUNS_PER_PARTITION", "0")
     with pytest.raises(ConfigError, match=r"IMGPIPELINE_RUNS_PER_PARTITION='0': .*greater than or equal"):
         check_settings()
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({}, "all"),  # no cgroup files: the CPUs the process may run on
+    ({"cpu.max": "150000 100000"}, 2),  # a pod's limit of 1.5 CPUs: 2 whole ones
+    ({"cpu.max": "50000 100000"}, 1),
+    ({"cpu.max": "max 100000"}, "all"),  # cgroup v2 without a quota
+    ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, "all"),
+    # what cannot be a quota leaves the CPUs as they are
+    ({"cpu.max": ""}, "all"), ({"cpu.max": "garbage"}, "all"), ({"cpu.max": "0 100000"}, "all"),
+    ({"cpu.max": "100000 0"}, "all"), ({"cpu.max": "nan 1"}, "all"), ({"cpu.max": "1e309 1"}, "all"),
+    ({"cpu.max": "\x00\xff 1"}, "all"), ({"cpu/cpu.cfs_quota_us": "100000"}, "all"),
+])
+def test_the_cores_settings_scale_with_are_the_cpus_and_a_quota_lowers_them(tmp_path, monkeypatch, files,
+                                                                            expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cores(tmp_path) == (8 if expected == "all" else expected)

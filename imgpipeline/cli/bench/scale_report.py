@@ -3,8 +3,7 @@ month, each load against its limit ordered by when it bends, and the printed rep
 
 from __future__ import annotations
 
-import os
-
+from imgpipeline.environment import cores
 from imgpipeline.lib.stats import percentile
 
 NOTICE = ("THE DETECTOR IS A NO-OP (engine `noop`): frames are fetched, checked (sha256) and decoded, "
@@ -146,7 +145,7 @@ def figures(sources: int, partitions: int, fps: float, seconds: float, live: dic
         "runs_in_flight_peak": peak_overlap([(r["created"], r["ended"] or window_end) for r in runs]),
         "run_slot_occupancy": round(running / slots, 3),
         "cpu_busy_input": live["cpu_busy_input"], "cpu_busy_drain": live["cpu_busy_drain"],
-        "cores": _cores(),
+        "cores": cores(),
         "warehouse": {**warehouse, "hourly_s_per_frame": round(per_frame_h, 9),
                       "daily_s_per_frame": round(per_frame_d, 9), "hour_build_s": round(hourly_build, 2),
                       "hour_end_extension_s": extend_end},
@@ -172,10 +171,6 @@ def peak_overlap(spans: list[tuple[float, float]]) -> int:
 
 def mean_of(values: list[float], digits: int = 2) -> float | None:
     return round(sum(values) / len(values), digits) if values else None
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def bends(r: dict) -> list[dict]:

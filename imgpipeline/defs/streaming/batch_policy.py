@@ -5,13 +5,14 @@ import math
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from imgpipeline.lib.run_queue import runs_at_once
 from imgpipeline.resources.settings import FromEnv, setting
 
 # Settings that were renamed, with what to use instead: set, they stop `imgpipeline check` and `dev`.
 RENAMED = {
     "IMGPIPELINE_MAX_RUNS_IN_FLIGHT": "IMGPIPELINE_RUNS_PER_PARTITION, which counts runs per partition of "
                                       "the frames topic, and IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT, over all of "
-                                      "them (twice dagster.yaml's max_concurrent_runs)",
+                                      "them (twice the run queue's runs at once)",
 }
 
 
@@ -42,14 +43,16 @@ class BatchPolicy(FromEnv, BaseModel):
         "IMGPIPELINE_RUNS_PER_PARTITION", 2,
         "detect_frames runs queued or running at once per partition of the frames topic (the run "
         "queue's limits in dagster.yaml say how many run)", ge=1)
-    # Runs queued or running at once over all partitions: twice the run queue's slots (dagster.yaml:
-    # max_concurrent_runs 2), one starting while one runs. Under a backlog of many partitions the frames
-    # wait on the topic instead of in many small queued runs, and leave in larger runs as slots free.
+    # Runs queued or running at once over all partitions: twice the run queue's slots (as many as the
+    # machine's cores, two at least, unless dagster.yaml sets max_concurrent_runs), one starting while one
+    # runs. Under a
+    # backlog of many partitions the frames wait on the topic instead of in many small queued runs, and
+    # leave in larger runs as slots free.
     total_runs_in_flight: int = setting(
-        "IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT", 4,
-        "detect_frames runs queued or running at once over all partitions (twice dagster.yaml's "
-        "max_concurrent_runs): past it, frames wait on the topic and leave in larger runs as runs end; "
-        "the partitions served longest ago go first", ge=1)
+        "IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT", default_factory=lambda: 2 * runs_at_once(),
+        description="detect_frames runs queued or running at once over all partitions (twice the run "
+        "queue's runs at once): past it, frames wait on the topic and leave in larger runs as runs end; "
+        "the partitions served longest ago go first", shown="twice the machine's cores (4 at least)", ge=1)
     interval_s: int = setting("IMGPIPELINE_SENSOR_INTERVAL_S", 5, "seconds between sensor ticks", ge=1)
     # How long a tick that may launch a run watches for a burst of new frames (0: look once
     # and return). Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.
