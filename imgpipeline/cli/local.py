@@ -47,8 +47,9 @@ def services(args) -> int:
 
 
 def run_checks(*, log=print) -> None:
-    """Check every setting, then every configured part (broker, storage, the model file the detector
-    engine runs, the zones file); raise ConfigError on the first bad one."""
+    """Check every setting, then every configured part (broker and storage, with the permissions the
+    pipeline uses there; the model file the detector engine runs; the zones file); raise ConfigError on the
+    first bad one."""
     from imgpipeline.cli.settings import check_settings
     from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource, TrackingResource
 
@@ -56,7 +57,8 @@ def run_checks(*, log=print) -> None:
 
     kafka = KafkaResource.from_env()
     kafka.check()
-    log(f"  kafka    ok: {kafka.bootstrap_servers}")
+    log(f"  kafka    ok: {kafka.bootstrap_servers} (the topics and the consumer group allow what the "
+        "pipeline does)")
     storage = StorageResource.from_env()
     storage.open().check()
     log(f"  storage  ok: {storage.uri} (put-if-absent honoured: a stored frame is never replaced)")

@@ -241,12 +241,96 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
             raise self._unreachable(exc) from None
 
     def check(self) -> None:
-        """Raise ConfigError unless the cluster answers a metadata request."""
+        """Raise ConfigError unless the cluster answers a metadata request and grants this client every
+        operation the pipeline does (`missing_permissions`), each missing one named."""
         admin = self.admin()
         try:
             admin.list_topics()
+            missing = self.missing_permissions(admin)
         finally:
             admin.close()
+        if missing:
+            raise ConfigError(
+                f"Kafka at {self.bootstrap_servers} does not let {self.principal()} do what the pipeline "
+                "does (docs/operations.md, \"Permissions\"):\n" + "\n".join(
+                    f"  {operation} on {kind} {name}: {why}" for kind, name, operation, why in missing)
+                + "\nGrant them, e.g.:\n" + "\n".join(self._grant(*m[:3]) for m in missing))
+
+    def permissions(self) -> dict[tuple[str, str], dict[str, str]]:
+        """What the pipeline does on Kafka, by (kind, name): each operation and who needs it."""
+        retention = "the retention job sets how long dead letters stay"
+        return {
+            ("topic", self.frames_topic): {"READ": "frames_sensor and the detection runs read frames",
+                                           "WRITE": "producers and the MQTT bridge send frames"},
+            ("topic", self.dlq_topic): {"WRITE": "runs dead-letter the frames they cannot detect",
+                                        "ALTER_CONFIGS": retention},
+            ("topic", self.alerts_topic): {"WRITE": "alerts are published"},
+            ("topic", f"{self.alerts_topic}.dlq"): {"WRITE": "alerts no webhook took are dead-lettered",
+                                                   "ALTER_CONFIGS": retention},
+            ("group", CONSUMER_GROUP): {"READ": "runs commit the offsets they landed"},
+        }
+
+    def missing_permissions(self, admin) -> list[tuple[str, str, str, str]]:
+        """(kind, name, operation, why) of each operation of `permissions()` the cluster does not grant
+        this client, as the broker says it (the operations it authorizes, KIP-430); CREATE on the cluster
+        when a topic is still to be made. Of a topic the client may not describe (READ or WRITE would let
+        it) the broker says nothing: all its operations are named. A group with no offsets yet shows only
+        that it is described: its READ is proven at its first commit."""
+        from kafka import errors
+
+        wanted = self.permissions()
+        granted: dict[tuple[str, str], set[str]] = {}
+        absent = []
+        topics = [name for kind, name in wanted if kind == "topic"]
+        for topic in admin.describe_topics(topics):
+            code = topic.get("error_code", 0)
+            if code == errors.UnknownTopicOrPartitionError.errno:
+                absent.append(topic["name"])
+            granted["topic", topic["name"]] = set(topic.get("authorized_operations") or ()) if code in (
+                0, errors.UnknownTopicOrPartitionError.errno) else set()
+        granted["group", CONSUMER_GROUP] = self._group_operations(admin, wanted["group", CONSUMER_GROUP])
+        missing = [(kind, name, op, why) for (kind, name), ops in wanted.items() for op, why in ops.items()
+                   if op not in granted[kind, name]]
+        if absent and "CREATE" not in set(admin.describe_cluster().get("authorized_operations") or ()):
+            missing.append(("cluster", "kafka-cluster", "CREATE",
+                            f"the topics {', '.join(absent)} are still to be made (or make them: "
+                            "docs/operations.md)"))
+        return missing
+
+    @staticmethod
+    def _group_operations(admin, wanted: dict[str, str]) -> set[str]:
+        """The operations granted on the consumer group; all that is wanted where the group, without
+        offsets yet, was only found (DESCRIBE)."""
+        import time
+
+        from kafka import errors
+
+        for attempt in range(10):
+            try:
+                (group,) = admin.describe_groups([CONSUMER_GROUP],
+                                                 include_authorized_operations=True).values()
+            except errors.GroupAuthorizationFailedError:
+                return set()
+            except errors.KafkaError as error:
+                if not error.retriable or attempt == 9:  # the offsets topic still being made: asked again
+                    raise
+                time.sleep(0.5)
+                continue
+            operations = group.get("authorized_operations")
+            return set(wanted) if operations is None else set(operations)
+        return set()
+
+    def principal(self) -> str:
+        """Who this client is to the cluster's ACLs, as far as its settings say."""
+        return f"User:{self.sasl_username}" if self.security_protocol.startswith("SASL_") else (
+            "this client (its certificate's principal, or User:ANONYMOUS over PLAINTEXT)")
+
+    def _grant(self, kind: str, name: str, operation: str) -> str:
+        config = "" if self.security_protocol == "PLAINTEXT" else " --command-config client.properties"
+        principal = self.principal() if self.security_protocol.startswith("SASL_") else "User:<principal>"
+        resource = {"topic": f"--topic {name}", "group": f"--group {name}", "cluster": "--cluster"}[kind]
+        return (f"  kafka-acls.sh --bootstrap-server {self.bootstrap_servers}{config} --add "
+                f"--allow-principal {principal} --operation {operation.title().replace('_', '')} {resource}")
 
     def ensure_topics(self, partitions: int | None = None, log=None) -> None:
         """Create the frames and alerts topics and their dead-letter topics when they are missing, with

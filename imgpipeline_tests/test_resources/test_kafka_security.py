@@ -29,15 +29,19 @@ def secure_broker(tmp_path_factory):
     broker.stop()
 
 
-@pytest.fixture
-def secure(secure_broker, monkeypatch) -> KafkaResource:
+def sasl_client(broker: KafkaBroker, monkeypatch, **topics) -> KafkaResource:
     """A client of the SASL_SSL listener as `services.env` configures it; the password as an EnvVar."""
-    env = secure_broker.env(secure_broker.ports)
+    env = broker.env(broker.ports)
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", env["KAFKA_SASL_PASSWORD"])
     return KafkaResource(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], security_protocol="SASL_SSL",
                          sasl_mechanism="SCRAM-SHA-512", sasl_username=env["KAFKA_SASL_USERNAME"],
                          sasl_password=dg.EnvVar("KAFKA_SASL_PASSWORD"), ssl_cafile=env["KAFKA_SSL_CAFILE"],
-                         frames_topic=f"frames-{uuid.uuid4().hex[:8]}", connect_timeout_s=5)
+                         connect_timeout_s=5, **topics)
+
+
+@pytest.fixture
+def secure(secure_broker, monkeypatch) -> KafkaResource:
+    return sasl_client(secure_broker, monkeypatch, frames_topic=f"frames-{uuid.uuid4().hex[:8]}")
 
 
 def test_the_pipeline_runs_over_sasl_ssl(secure, tmp_path):

@@ -231,12 +231,50 @@ class S3Storage(Storage):
                 shown = "; ".join(f"{e.get('Key')}: {e.get('Code')}" for e in errors[:5])
                 raise OSError(f"S3 did not delete {len(errors)} of {len(batch)} objects: {shown}")
 
+    def missing_permissions(self) -> list[tuple[str, str]]:
+        """(action, why) of each S3 action the pipeline uses that the bucket refuses these keys, each tried
+        on a probe object of its own: listed, written, read, then deleted (refused, it stays, a few bytes
+        under `.imgpipeline-permission-check/`)."""
+        import uuid
+
+        from botocore.exceptions import ClientError
+
+        probe = self._object_key(f".imgpipeline-permission-check/{uuid.uuid4().hex}")
+        at = {"Bucket": self.bucket, "Key": probe}
+        actions = {
+            "s3:ListBucket": ("listing landing records, tables and what retention deletes",
+                              lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=probe)),
+            "s3:PutObject": ("storing frames, landing records, tables and marks",
+                             lambda: self.client.put_object(**at, Body=b"permission check")),
+            "s3:GetObject": ("reading frames, records and tables", lambda: self.client.get_object(**at)),
+            "s3:DeleteObject": ("retention, compaction and released claims delete objects",
+                                lambda: self.client.delete_object(**at)),
+        }
+        missing = []
+        for action, (why, call) in actions.items():
+            try:
+                call()
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("NoSuchKey", "404") and action == "s3:GetObject":
+                    continue  # allowed: the probe was not written (PutObject refused)
+                if code not in ("AccessDenied", "403"):
+                    raise
+                missing.append((action, why))
+        return missing
+
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            if missing := self.missing_permissions():
+                raise ConfigError(
+                    f"bucket {self.bucket!r}{where} refuses these keys what the pipeline does there "
+                    "(docs/operations.md, \"Permissions\"):\n" + "\n".join(
+                        f"  {action}: {why}" for action, why in missing)
+                    + f"\nAllow them on arn:aws:s3:::{self.bucket}/{self._object_key('*')} (s3:ListBucket on "
+                    f"arn:aws:s3:::{self.bucket}) to AWS_ACCESS_KEY_ID's user or role")
             self.require_conditional_writes()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
