@@ -7,9 +7,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -33,6 +36,8 @@ INSTANCE = DEPLOY / "dagster.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 GUIDE = DEPLOY / "README.md"
+MANIFESTS = DEPLOY / "k8s" / "viewer-and-metrics.yaml"  # several objects: its own tests, at the end
+APPS = ("imgpipeline-viewer", "imgpipeline-metrics")
 
 # The sections each YAML file of deploy/ must have at its top level.
 SECTIONS = {
@@ -170,7 +175,7 @@ def secret_names(sources: list[dict]) -> list[str]:
 
 def test_every_yaml_file_parses_with_its_sections():
     found = {path.relative_to(DEPLOY).as_posix() for path in DEPLOY.rglob("*.y*ml")}
-    assert found == set(SECTIONS)
+    assert found == set(SECTIONS) | {MANIFESTS.relative_to(DEPLOY).as_posix()}
     for name, sections in SECTIONS.items():
         data = load(DEPLOY / name)
         assert isinstance(data, dict), name
@@ -692,3 +697,126 @@ def test_guide_creates_the_secrets_and_maps_the_files_name(guide, values, instan
     url = instance["storage"]["postgres"]["postgres_url"]["env"]
     holding = [name for name in config["env_secrets"] if url in created.get(name, {})]
     assert holding and env_secret in config["env_secrets"]
+
+
+# --- the viewer and the metrics endpoint: deploy/k8s/viewer-and-metrics.yaml ------------------------------
+
+def manifests() -> dict[str, dict]:
+    """The file's objects by kind/name."""
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc
+            for doc in yaml.safe_load_all(MANIFESTS.read_text())}
+
+
+def container_of(app: str) -> dict:
+    (container,) = manifests()[f"Deployment/{app}"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_the_viewer_and_metrics_run_the_projects_command_behind_their_service(app, deployment, settings):
+    from imgpipeline.cli.main import build_parser
+    from imgpipeline.resources.viewer import ViewerAccess
+
+    objects = manifests()
+    assert set(objects) == {f"{kind}/{name}" for kind in ("Deployment", "Service") for name in APPS}
+    pod = objects[f"Deployment/{app}"]["spec"]["template"]
+    labels = pod["metadata"]["labels"].items()
+    assert objects[f"Deployment/{app}"]["spec"]["selector"]["matchLabels"].items() <= labels
+    service = objects[f"Service/{app}"]["spec"]
+    assert service["selector"].items() <= labels
+    container = container_of(app)
+    # The code location's image; a command of the project's, on every address, on the port its Service
+    # and its probes name.
+    assert container["image"] == f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    assert container["command"][0] == "imgpipeline"
+    args = build_parser().parse_args(container["command"][1:])
+    (port,) = container["ports"]
+    assert (args.host, args.port) == ("0.0.0.0", port["containerPort"])
+    assert [p["targetPort"] for p in service["ports"]] == [port["name"]]
+    assert all(container[probe]["tcpSocket"]["port"] == port["name"] for probe in ("readinessProbe",
+                                                                                      "livenessProbe"))
+    # Settings only, each secret from a Secret and nothing else from one; the Kafka and S3 settings from
+    # the Secret the code location reads; answering to the Service's names.
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env) <= set(settings)
+    assert {name: "valueFrom" in e for name, e in env.items()} == {name: settings[name] for name in env}
+    assert [s["secretRef"]["name"] for s in container["envFrom"]] == secret_names(deployment["envSecrets"])
+    hosts = ViewerAccess(hosts=env["IMGPIPELINE_TRUSTED_HOSTS"]["value"]).host_names()
+    assert {app, f"{app}.imgpipeline.svc"} <= set(hosts)
+    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    for e in env.values():  # a file or folder a setting points at is mounted
+        if e.get("value", "").startswith("/"):
+            assert any(e["value"].startswith(mount) for mount in mounts), e
+
+
+def started(app: str, port: int, env: dict, mounted: dict[str, Path]) -> subprocess.Popen:
+    """The container's command on this machine: its port swapped for a free one, its settings' mounted
+    paths for local ones, `env` for its Secrets."""
+    container = container_of(app)
+    own = str(container["ports"][0]["containerPort"])
+    command = [str(port) if c == own else c for c in container["command"]]
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for name, value in plain.items():
+        for mount, local in mounted.items():
+            plain[name] = value.replace(mount, str(local)) if value.startswith(mount) else plain[name]
+    return subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:]],
+                            env={**os.environ, **env, **plain}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("app", APPS)
+def test_the_viewer_and_metrics_commands_serve_their_services_names(app, kafka, tmp_path, instance_server,
+                                                                    monkeypatch):
+    """Each Deployment's command, run here with its settings and Secrets as the manifest gives them, opens
+    the port its probes look at, answers a request naming its Service (the viewer with its login) and
+    refuses one naming another host."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from imgpipeline.paths import PACKAGE_DIR
+    from imgpipeline.services.process import free_port, port_open
+    from imgpipeline_tests.conftest import postgres_database
+    from imgpipeline_tests.pipeline import wait_for
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for name in ("zones.yaml", "alerts.yaml"):
+        shutil.copy(PACKAGE_DIR.parent / name, site / name)
+    password = "a-viewer-password"
+    with postgres_database(monkeypatch, instance_server) as url:
+        secrets = {"IMGPIPELINE_STORAGE_URI": (tmp_path / "store").as_uri(),
+                   "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                   "IMGPIPELINE_VIEWER_PASSWORD": password, "IMGPIPELINE_POSTGRES_URL": url or ""}
+        port = free_port()
+        mounted = {"/etc/imgpipeline/site": site, "/tmp/imgpipeline": tmp_path / "home"}
+        process = started(app, port, secrets, mounted)
+        try:
+            wait_for(lambda: port_open(port) or process.poll() is not None, 60, f"{app} to open its port")
+            assert process.poll() is None, process.stderr.read()
+            path = "/" if app == "imgpipeline-viewer" else "/metrics"
+
+            def get(host: str, login: bool = False) -> tuple[int, str]:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+                if login:
+                    token = base64.b64encode(f"viewer:{password}".encode()).decode()
+                    request.add_header("Authorization", f"Basic {token}")
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as answer:
+                        return answer.status, answer.read().decode(errors="replace")
+                except urllib.error.HTTPError as error:
+                    return error.code, ""
+
+            named = f"{app}.imgpipeline.svc"
+            if app == "imgpipeline-viewer":
+                assert get(named)[0] == 401  # beyond loopback, every request logs in
+                assert get(named, login=True)[0] == 200
+            else:
+                status, body = get(named)
+                assert status == 200 and "imgpipeline_" in body
+                assert get(f"10.1.2.3:{port}")[0] == 200  # a scrape by the pod's address
+            assert get("attacker.example")[0] == 400
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
