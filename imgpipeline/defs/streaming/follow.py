@@ -16,6 +16,11 @@ again first with the same ends, so it rewrites the same landing files. The run q
 run of a topic at a time (the tag imgpipeline/fast-lane, limit 1 in dagster.yaml) and run retries
 leave it to the sensor, so two never read the same offsets.
 
+While it works, every `observe_s` the run observes kafka_frames (an asset observation the Dagster UI
+charts): each partition's position and lag, the frames detected per second and how long they took from
+the broker to their landing (p50, p95). Idle, it observes once a minute at most: an hour of a run holds
+3600 / `observe_s` observations at most.
+
 The run ends after `run_s` (the sensor launches the next: one run's events stay a bounded page in the
 UI), when the topic gains partitions (the next one follows them too), or when offsets go backwards
 (the topic re-created: the sensor starts a new generation).
@@ -38,6 +43,8 @@ from imgpipeline.defs.streaming.detect_frames import (
     peak_rss_mb,
 )
 from imgpipeline.defs.streaming.processing import Shedding, topic_id_of
+from imgpipeline.defs.tables import TOPIC_ASSET
+from imgpipeline.lib.stats import percentile
 from imgpipeline.resources import (
     AlertsResource,
     DetectorResource,
@@ -54,6 +61,7 @@ POSITIONS_TAG = "imgpipeline/fast-lane-positions"
 CLAIMS = "landing/claims"
 # Seconds between looks at the topic's partitions and id (each asks the cluster).
 TOPIC_CHECK_S = 30.0
+IDLE_OBSERVE_S = 60.0  # an idle follower's observation of kafka_frames comes this often at most
 
 
 class FollowConfig(dg.Config):
@@ -71,6 +79,8 @@ class FollowConfig(dg.Config):
     idle_end_s: float = Field(default=0.0, ge=0,
                               description="End after this many seconds without a new frame (0: never).")
     shed_after_s: float = Field(default=0.0, ge=0, description="As detect_frames' shed_after_s.")
+    observe_s: float = Field(default=5.0, ge=1, description="Seconds between observations of kafka_frames "
+                                                             "(positions, lag, frames/s, latency).")
 
 
 def claims_prefix(topic: str, partition: int, generation: int = 0) -> str:
@@ -122,6 +132,7 @@ class Follower:
         self.totals: dict[str, int] = {}
         self.ranges = 0
         self.progress_at = time.monotonic() + PROGRESS_S
+        self.watch = Watch(config.observe_s)
 
     def start(self, partitions: list[int]) -> None:
         from kafka import TopicPartition
@@ -177,6 +188,7 @@ class Follower:
         counts, _ = detect_range(lane, partition, start, end, generation, shedding=shedding, near=near,
                                  landed=self.landed_for(partition, start), live=True)
         lane.store.delete_many([claim])
+        self.watch.landed(counts.get("read", 0), shedding.take_appended())
         self.positions[partition] = end
         self.ranges += 1
         for name, value in counts.items():
@@ -201,6 +213,41 @@ class Follower:
             since, landed = start, {}
         self.landed[partition] = (since, landed)
         return landed
+
+
+class Watch:
+    """What the follower shows of its work: frames and their broker-to-landing latencies since the last
+    observation of kafka_frames, which comes every `every_s` while anything moved, else once a minute."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.frames, self.latencies = 0, []
+        self.at = time.monotonic()
+        self.shown: dict | None = None  # the positions and ends last observed
+
+    def landed(self, frames: int, appended_ms: list[int]) -> None:
+        """A range of `frames` landed now, of frames the broker appended at `appended_ms`."""
+        now = time.time()
+        self.frames += frames
+        self.latencies.extend(max(0.0, now - ms / 1000) for ms in appended_ms)
+
+    def observation(self, positions: dict[int, int], ends: dict[int, int]) -> dg.AssetObservation | None:
+        """The observation due now, if one is."""
+        elapsed = time.monotonic() - self.at
+        state = {"positions": dict(positions), "ends": {p: ends.get(p, o) for p, o in positions.items()}}
+        if elapsed < self.every_s or (state == self.shown and elapsed < IDLE_OBSERVE_S):
+            return None
+        lag = {p: max(0, state["ends"][p] - o) for p, o in positions.items()}
+        metadata = {"lag": dg.MetadataValue.int(sum(lag.values())),
+                    "frames_per_s": dg.MetadataValue.float(round(self.frames / elapsed, 2))}
+        for p, offset in sorted(positions.items()):
+            metadata[f"lag_partition_{p}"] = dg.MetadataValue.int(lag[p])
+            metadata[f"position_partition_{p}"] = dg.MetadataValue.int(offset)
+        if self.latencies:
+            for name, q in (("landed_p50_s", 0.5), ("landed_p95_s", 0.95)):
+                metadata[name] = dg.MetadataValue.float(round(percentile(self.latencies, q), 3))
+        self.frames, self.latencies, self.at, self.shown = 0, [], time.monotonic(), state
+        return dg.AssetObservation(asset_key=TOPIC_ASSET, metadata=metadata)
 
 
 def follow(follower: Follower, config: FollowConfig) -> str:
@@ -231,6 +278,8 @@ def follow(follower: Follower, config: FollowConfig) -> str:
             worked = follower.step(ends, until=began + config.run_s if config.run_s else None)
         except Superseded as exc:
             return str(exc)
+        if observation := follower.watch.observation(follower.positions, ends):
+            follower.lane.context.log_event(observation)
         if worked:
             idle_since = time.monotonic()
         elif config.idle_end_s and now - idle_since >= config.idle_end_s:

@@ -126,12 +126,20 @@ class Shedding:
         self.after_s = after_s
         self.clock = clock
         self.since_kept: dict[bytes | None, int] = {}  # per source (the message key)
+        self.appended_ms: list[int] = []  # the broker's append times of the frames marked: the fast lane's
 
     def mark(self, incoming: Iterator[Incoming]) -> Iterator[Incoming]:
         for item in incoming:
-            if self.after_s > 0 and item.timestamp_ms is not None:
-                item.shed = self.reason(item.key, self.clock() - item.timestamp_ms / 1000)
+            if item.timestamp_ms is not None:
+                self.appended_ms.append(item.timestamp_ms)
+                if self.after_s > 0:
+                    item.shed = self.reason(item.key, self.clock() - item.timestamp_ms / 1000)
             yield item
+
+    def take_appended(self) -> list[int]:
+        """The append times marked since the last call (the follower's latency figures)."""
+        taken, self.appended_ms = self.appended_ms, []
+        return taken
 
     def reason(self, source: bytes | None, waited: float) -> str | None:
         if waited <= self.after_s:

@@ -21,6 +21,7 @@ from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.follow import CLAIMS, FAST_LANE_TAG, claims_prefix, follow_frames
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.defs.streaming.run_queries import LANE_BACKOFF_S, lane_backoff
+from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import DetectorResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import (
@@ -100,7 +101,9 @@ def test_the_fast_lane_detects_frames_as_they_come_and_accounts_for_each_offset_
 
         trickle = threading.Thread(target=send_late)
         trickle.start()
-        result = follow(request, instance, kafka, storage)
+        began = time.monotonic()
+        result = follow(request, instance, kafka, storage, observe_s=1)
+        took = time.monotonic() - began
         trickle.join()
         assert result.success
         out = result.output_for_node("follow")
@@ -111,9 +114,21 @@ def test_the_fast_lane_detects_frames_as_they_come_and_accounts_for_each_offset_
         assert_each_offset_once(kafka, storage, sent)
         materialized = result.asset_materializations_for_node("follow")
         assert len(materialized) >= out["ranges"]  # each range's landing, reported as it landed
+        # It observed kafka_frames as it worked, once a second at most here: each partition's position
+        # and lag, frames/s, and the frames' time from the broker to their landing; the last observation
+        # where it ended, nothing left.
+        observed = [o.metadata for o in result.asset_observations_for_node("follow")
+                    if o.asset_key == TOPIC_ASSET]
+        assert 2 <= len(observed) <= took + 1
+        assert sum(o["frames_per_s"].value for o in observed) > 0
+        assert all(0 < o["landed_p50_s"].value <= o["landed_p95_s"].value < took for o in observed
+                   if "landed_p50_s" in o)
+        assert any("landed_p95_s" in o for o in observed)
+        ends, _ = ends_of(kafka)
+        assert {p: observed[-1][f"position_partition_{p}"].value for p in ends} == ends
+        assert observed[-1]["lag"].value == 0
 
         # The sensor's cursor follows the commit; the run ended, so it launches the next from there.
-        ends, _ = ends_of(kafka)
         # `imgpipeline status` shows the run and how far it got, as its positions tag says.
         lane = fast_lane(instance)
         assert lane["run_id"] == result.run_id[:8] and lane["status"] == "SUCCESS"
