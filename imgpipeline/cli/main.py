@@ -266,6 +266,9 @@ def add_load_benches(what) -> None:
                               "efficiency is their median")
     latency.add_argument("--settle", type=float, default=600.0,
                          help="seconds to wait after the input for the hours' alerts")
+    latency.add_argument("--cameras", type=int, default=1,
+                         help="cameras sending the street video at once, each at --rate, each with the "
+                              "street camera's lines and zones")
     latency.add_argument("--lane", choices=["fast", "batch"], default="fast",
                          help="fast: a follow_frames run detects frames as they come "
                               "(the fast lane); batch: a detect_frames run per batch")

@@ -257,18 +257,21 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
 @pytest.mark.integration
 @pytest.mark.long(2.5)
 def test_bench_latency_times_the_alerts_the_tables_hold(kafka, monkeypatch):
-    """The street video through the real daemon's fast lane and the whole hourly chain: every frame lands,
-    the chain settles, and each alert the alerts tables hold reached the Kafka topic (per kind of rule)."""
+    """The street video from two cameras at once through the real daemon's fast lane and the whole hourly
+    chain: every frame lands, the chain settles, and each alert the alerts tables hold reached the Kafka
+    topic (per kind of rule)."""
     from imgpipeline.cli.bench.latency import bench_latency
 
     # The chain's sensors look more often than by default: it settles sooner.
     monkeypatch.setenv("IMGPIPELINE_AUTOMATION_INTERVAL_S", "5")
     monkeypatch.setenv("IMGPIPELINE_SENSOR_INTERVAL_S", "1")
 
-    # 160 frames: past the one where the demo's street has four cars in a frame.
-    bench_latency(seconds=8, rate=20, backlog=10, settle_s=400, resources={"kafka": kafka}, rounds=2)
+    # 160 frames a camera: past the one where the demo's street has four cars in a frame.
+    bench_latency(seconds=8, rate=20, backlog=10, settle_s=400, resources={"kafka": kafka}, rounds=2,
+                  cameras=2)
     written = json.loads((state_dir() / "bench" / "latency.json").read_text())
-    assert written["settled"] is True and written["landed"]["count"] == written["frames"] == 160
+    assert written["settled"] is True and written["landed"]["count"] == written["frames"] == 2 * 160
+    assert written["cameras"] == 2
     assert written["alerts_stored"]["all"] >= 1
     assert written["alerts_received"] == written["alerts_stored"]["all"]
     for kind in ("frame_rule", "track_rule"):

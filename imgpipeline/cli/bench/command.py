@@ -51,7 +51,8 @@ def bench(args) -> int:
     elif args.what == "latency":
         from imgpipeline.cli.bench.latency import bench_latency
 
-        bench_latency(args.seconds, args.rate, args.backlog, args.settle, lane=args.lane, rounds=args.rounds)
+        bench_latency(args.seconds, args.rate, args.backlog, args.settle, lane=args.lane, rounds=args.rounds,
+                      cameras=args.cameras)
     elif args.what == "scale":
         from imgpipeline.cli.bench.scale import bench_scale
 

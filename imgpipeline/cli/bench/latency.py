@@ -9,6 +9,10 @@ same frames before the first backlog and after each, with the daemon and its run
 backlog waits until the daemon has caught up with the ticks it missed meanwhile. Each backlog's
 efficiency is against the bare runs either side of it, and the figure is their median.
 
+With `--cameras N` (more than one), N cameras send the street video at once, each at the rate, each
+with the street camera's lines and zones (a zones file of the benchmark's own): the figures are over all
+of them.
+
 With the fast lane (`--lane fast`) the alerts are raised live as each range lands, frame and track rules
 alike; with a run per batch (`--lane batch`) they come from the hourly chain (landing → the hour's
 tables → alerts). Either way the benchmark waits until each hour's detections were made again by a run
@@ -43,16 +47,16 @@ FRAME_RULES = ("class", "count", "dark", "frozen")  # decided by a frame (and th
 TRACK_RULES = TRACK_KINDS  # decided by a track
 
 
-def street_frames(count: int, start: datetime) -> list:
-    """`count` frames of bikes.mp4 as the street camera's, the video again after its end, captured at its
-    own pace from `start`."""
+def street_frames(count: int, start: datetime, source: str = SOURCE) -> list:
+    """`count` frames of bikes.mp4 as the street camera's (or `source`'s), the video again after its end,
+    captured at its own pace from `start`."""
     from imgpipeline.cli.samples import sample
     from imgpipeline.ingest.producer import Frame
     from imgpipeline.ingest.sources import video_frames
 
-    video = list(video_frames(str(sample("bikes.mp4")), SOURCE, start=start))
+    video = list(video_frames(str(sample("bikes.mp4")), source, start=start))
     length = video[-1].captured - video[0].captured + (video[1].captured - video[0].captured)
-    return [Frame(f"{SOURCE}-{i:06d}", f.data, f.captured + (i // len(video)) * length, f.width, f.height)
+    return [Frame(f"{source}-{i:06d}", f.data, f.captured + (i // len(video)) * length, f.width, f.height)
             for i, f in enumerate(video[i % len(video)] for i in range(count))]
 
 
@@ -114,11 +118,31 @@ def figures(values: list[float]) -> dict:
             "p95_s": round(percentile(values, 0.95), 2), "max_s": round(max(values), 2)}
 
 
-def alert_latencies(received: list[tuple[dict, float]], sent_at: dict[str, float]) -> dict:
+def cameras_of(count: int) -> list[str]:
+    """The sources of `count` cameras: the street camera alone, else numbered copies of it."""
+    return [SOURCE] if count == 1 else [f"{SOURCE}-{n}" for n in range(1, count + 1)]
+
+
+def zones_for(sources: list[str], folder) -> str:
+    """A zones file giving each source the street camera's lines and zones (zones.yaml's)."""
+    import yaml
+
+    from imgpipeline.paths import PACKAGE_DIR
+
+    street = yaml.safe_load((PACKAGE_DIR.parent / "zones.yaml").read_text())["sources"][SOURCE]
+    path = folder / "zones.yaml"
+    # a copy each: one object under several keys would be written as a YAML alias, which zones files refuse
+    copies = {source: json.loads(json.dumps(street)) for source in sources}
+    path.write_text(yaml.safe_dump({"sources": copies}))
+    return str(path)
+
+
+def alert_latencies(received: list[tuple[dict, float]], sent_at: dict[str, float],
+                    sources: list[str] = (SOURCE,)) -> dict:
     """Send → on the topic, per kind of rule, from each alert's first arrival (its evidence frame's send)."""
     first: dict[int, tuple[dict, float]] = {}
     for message, at in received:
-        if message["source_id"] == SOURCE:
+        if message["source_id"] in sources:
             first.setdefault(message["number"], (message, at))
     kinds = {"frame_rule": FRAME_RULES, "track_rule": TRACK_RULES}
     found = {}
@@ -130,37 +154,51 @@ def alert_latencies(received: list[tuple[dict, float]], sent_at: dict[str, float
 
 
 def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500, settle_s: float = 600.0,
-                  resources: dict | None = None, lane: str = "fast", rounds: int = 3) -> dict:
-    """Steady input, then a backlog, through one real daemon; each figure from this one run."""
+                  resources: dict | None = None, lane: str = "fast", rounds: int = 3,
+                  cameras: int = 1) -> dict:
+    """Steady input from `cameras` cameras at once, then a backlog, through one real daemon; each figure
+    from this one run."""
     from imgpipeline.ingest.producer import FrameProducer, Ledger
     from imgpipeline.lib.instance import open_instance
-    from imgpipeline.resources import DetectorResource
+    from imgpipeline.paths import PACKAGE_DIR
+    from imgpipeline.resources import AlertsResource, DetectorResource, TrackingResource
 
-    if seconds <= 0 or rate <= 0 or backlog < 1 or rounds < 1:
-        raise SystemExit("--seconds and --rate must be over 0, --backlog and --rounds at least 1")
+    if seconds <= 0 or rate <= 0 or backlog < 1 or rounds < 1 or cameras < 1:
+        raise SystemExit("--seconds and --rate must be over 0, --backlog, --rounds and --cameras at least 1")
     resources = resources or local_resources()
     kafka, storage, folder = fresh_topic_and_store(resources["kafka"], "latency")
     kafka = kafka.model_copy(update={"alerts_topic": f"{kafka.frames_topic}-alerts"})
     kafka.ensure_topics(partitions=1)
-    street = street_frames(max(2, round(seconds * rate)), datetime.now(UTC))
+    sources, start = cameras_of(cameras), datetime.now(UTC)
+    streams = {source: street_frames(max(2, round(seconds * rate)), start, source) for source in sources}
+    street = [frame for frames in streams.values() for frame in frames]
     detector = DetectorResource.from_env().model_copy(update={"threads": 0}).load()
     first_bare = bare_fps(bench_frames(backlog), detector)
     alerts = AlertsWatch(kafka)
     from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.resources.settings import env_name
 
-    with daemon(kafka, storage, env={env_name(BatchPolicy, "fast_lane"): str(int(lane == "fast"))}) as local:
+    env = {env_name(BatchPolicy, "fast_lane"): str(int(lane == "fast"))}
+    if cameras > 1:  # the demo's rules are used with the checkout's zones file alone: named here
+        env[env_name(TrackingResource, "zones_file")] = zones_for(sources, folder)
+        env[env_name(AlertsResource, "alerts_file")] = str(PACKAGE_DIR.parent / "alerts.yaml")
+    with daemon(kafka, storage, env=env) as local:
         producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
-        camera = FrameProducer(kafka, storage, SOURCE, ledger=Ledger(folder / "ledger"))
         watch = LandingWatch(storage)
         warm_up(producer, watch, bench_frames(1)[0], time.monotonic() + 300)
-        print(f"steady: {len(street)} frames of {SOURCE} at {rate:g} frames/s …")
+        print(f"steady: {len(street)} frames of {', '.join(sources)}, each at {rate:g} frames/s …")
         sent_at: dict[str, float] = {}
-        sender = threading.Thread(target=send_frames, args=(camera, street, rate, sent_at, 1))
-        sender.start()
+        sending = {source: FrameProducer(kafka, storage, source, ledger=Ledger(folder / f"ledger-{source}"))
+                   for source in sources}
+        senders = [threading.Thread(target=send_frames, args=(sending[source], frames, rate, sent_at, 1))
+                   for source, frames in streams.items()]
+        for sender in senders:
+            sender.start()
         landed = watch.wait_for(len(street), time.monotonic() + seconds + settle_s)
-        sender.join()
-        camera.producer.close()
+        for sender in senders:
+            sender.join()
+        for camera in sending.values():
+            camera.producer.close()
         if not landed:
             raise SystemExit(f"only {len(watch.landed_at)} of {len(street)} frames landed; see "
                              f"{local.dagster.logfile}")
@@ -171,7 +209,7 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
         settled = wait_settled(local.dagster.dagster_home, hours, max(steady_landed.values()), settle_s,
                                open_instance)
         time.sleep(3)  # the last alerts run's messages reach the topic's reader
-        stored = stored_alerts(storage, street)
+        stored = stored_alerts(storage, street, sources)
         stream = (lambda: follower_pids(local.dagster.dagster_home)) if lane == "fast" else None
         backlogs = backlog_rounds(local.dagster.pid, producer, watch, detector, backlog, rounds, first_bare,
                                   stream)
@@ -179,10 +217,10 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
     alerts.close()
     middle = sorted(backlogs, key=lambda r: r["efficiency"])[len(backlogs) // 2]  # the median round
     result = {
-        "frames": len(street), "rate": rate, "settled": settled,
+        "frames": len(street), "rate": rate, "cameras": cameras, "settled": settled,
         "landed": figures([steady_landed[k] - sent_at[k] for k in steady_landed if k in sent_at]),
-        **alert_latencies(alerts.received, sent_at),
-        "alerts_received": len({m["number"] for m, _ in alerts.received if m["source_id"] == SOURCE}),
+        **alert_latencies(alerts.received, sent_at, sources),
+        "alerts_received": len({m["number"] for m, _ in alerts.received if m["source_id"] in sources}),
         "alerts_stored": stored,
         "backlog": backlog, "backlog_fps": middle["backlog_fps"], "bare_fps": middle["bare_fps"],
         "efficiency": middle["efficiency"], "rounds": backlogs, "precision": detector.identity.precision,
@@ -295,13 +333,13 @@ def paused(group: int, pids: list[int] | None = None):
             signal.signal(sig, handler)
 
 
-def stored_alerts(storage, frames) -> dict[str, int]:
-    """The alerts tables' rows of the camera in the frames' hours, per kind of rule."""
+def stored_alerts(storage, frames, sources: list[str] = (SOURCE,)) -> dict[str, int]:
+    """The alerts tables' rows of the cameras in the frames' hours, per kind of rule."""
     from imgpipeline.defs.tables import ALERTS
 
     hours = sorted({f.captured.replace(minute=0, second=0, microsecond=0) for f in frames})
     rows = ALERTS.stored_hours(storage.open(), hours, ["kind", "source_id"]).to_pylist()
-    kinds = [row["kind"] for row in rows if row["source_id"] == SOURCE]
+    kinds = [row["kind"] for row in rows if row["source_id"] in sources]
     return {"frame_rule": sum(k in FRAME_RULES for k in kinds),
             "track_rule": sum(k in TRACK_RULES for k in kinds), "all": len(kinds)}
 
@@ -326,8 +364,9 @@ def print_latency(result: dict) -> None:
                 f"{found['max_s']:>7.2f}{rules}")
 
     lane = {"fast": "the fast lane (follow_frames)", "batch": "a detect_frames run per batch"}[result["lane"]]
-    print(f"\n{result['frames']} frames at {result['rate']:g} frames/s through {lane}, detected at "
-          f"{result['precision']}:")
+    cameras = f"{result['cameras']} cameras, each" if result["cameras"] > 1 else "one camera"
+    print(f"\n{result['frames']} frames from {cameras} at {result['rate']:g} frames/s through {lane}, "
+          f"detected at {result['precision']}:")
     print(f"  {'':<28} {'count':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
     print(row("send → landed", result["landed"]))
     print(row("send → alert, frame rule", result["frame_rule"]))
