@@ -101,7 +101,14 @@ def cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     import math
 
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+    try:  # cgroup v2 seen from outside the process's own namespace: its folder under the root
+        own = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split()[0].strip("/")
+    except (OSError, IndexError):
+        own = ""
+    candidates = [("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")]
+    candidates += [(f"{own}/cpu.max", None)] if own else []
+    allowed = count
+    for quota_file, period_file in candidates:
         try:
             fields = (cgroup / quota_file).read_text().split()
             if period_file:
@@ -110,8 +117,8 @@ def cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
         except (OSError, ValueError, IndexError):  # absent, `max` (no quota) or unreadable
             continue
         if quota > 0 and period > 0 and math.isfinite(quota / period):
-            return max(1, min(count, math.ceil(quota / period)))
-    return count
+            allowed = min(allowed, max(1, math.ceil(quota / period)))
+    return allowed
 
 
 def keep_newest(folder: Path, count: int, keeping: Path | None = None) -> None:

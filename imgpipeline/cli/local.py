@@ -49,19 +49,26 @@ def services(args) -> int:
 def run_checks(*, log=print) -> None:
     """Check every setting, then every configured part (broker and storage, with the permissions the
     pipeline uses there; the model file the detector engine runs; the zones file); raise ConfigError on the
-    first bad one."""
+    first bad one, or on both the broker's and the storage's when each has something to fix."""
+    from imgpipeline import ConfigError
     from imgpipeline.cli.settings import check_settings
     from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource, TrackingResource
 
     check_settings()
 
-    kafka = KafkaResource.from_env()
-    kafka.check()
-    log(f"  kafka    ok: {kafka.bootstrap_servers} (the topics and the consumer group allow what the "
-        "pipeline does)")
-    storage = StorageResource.from_env()
-    storage.open().check()
-    log(f"  storage  ok: {storage.uri} (put-if-absent honoured: a stored frame is never replaced)")
+    kafka, storage = KafkaResource.from_env(), StorageResource.from_env()
+    found = []
+    for name, part, said in (("kafka", kafka.check, f"{kafka.bootstrap_servers} (the topics and the consumer "
+                                                    "group allow what the pipeline does)"),
+                             ("storage", lambda: storage.open().check(),
+                              f"{storage.uri} (put-if-absent honoured: a stored frame is never replaced)")):
+        try:
+            part()
+            log(f"  {name:<8} ok: {said}")
+        except ConfigError as error:
+            found.append(str(error))
+    if found:
+        raise ConfigError("\n".join(found))
     detector = DetectorResource.from_env()
     path, digest = detector.model_file()
     precision = detector.load().identity.precision

@@ -262,7 +262,8 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         return {
             ("topic", self.frames_topic): {"READ": "frames_sensor and the detection runs read frames",
                                            "WRITE": "producers and the MQTT bridge send frames"},
-            ("topic", self.dlq_topic): {"WRITE": "runs dead-letter the frames they cannot detect",
+            ("topic", self.dlq_topic): {"WRITE": "runs and the MQTT bridge dead-letter the frames they "
+                                                 "cannot take",
                                         "ALTER_CONFIGS": retention},
             ("topic", self.alerts_topic): {"WRITE": "alerts are published"},
             ("topic", f"{self.alerts_topic}.dlq"): {"WRITE": "alerts no webhook took are dead-lettered",
@@ -272,30 +273,48 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
 
     def missing_permissions(self, admin) -> list[tuple[str, str, str, str]]:
         """(kind, name, operation, why) of each operation of `permissions()` the cluster does not grant
-        this client, as the broker says it (the operations it authorizes, KIP-430); CREATE on the cluster
-        when a topic is still to be made. Of a topic the client may not describe (READ or WRITE would let
-        it) the broker says nothing: all its operations are named. A group with no offsets yet shows only
-        that it is described: its READ is proven at its first commit."""
+        this client, as the broker says it (the operations it authorizes, KIP-430; a broker that says
+        nothing of them, before Kafka 2.3, is taken at its word); ALTER on the frames topic while it has
+        fewer partitions than asked; CREATE, asked of the cluster without making anything (CreateTopics
+        validate-only), for a topic still to be made. Of a topic the client may not describe (READ or
+        WRITE would let it) the broker says nothing: all its operations are named. A group with no offsets
+        yet shows only that it is described: its READ is proven at its first commit."""
         from kafka import errors
 
         wanted = self.permissions()
         granted: dict[tuple[str, str], set[str]] = {}
         absent = []
-        topics = [name for kind, name in wanted if kind == "topic"]
-        for topic in admin.describe_topics(topics):
-            code = topic.get("error_code", 0)
+        for topic in admin.describe_topics([name for kind, name in wanted if kind == "topic"]):
+            code, operations = topic.get("error_code", 0), topic.get("authorized_operations")
             if code == errors.UnknownTopicOrPartitionError.errno:
                 absent.append(topic["name"])
-            granted["topic", topic["name"]] = set(topic.get("authorized_operations") or ()) if code in (
-                0, errors.UnknownTopicOrPartitionError.errno) else set()
+            elif code == 0 and topic["name"] == self.frames_topic and (
+                    0 < len(topic.get("partitions") or []) < self.frames_partitions):
+                setting = env_name(type(self), "frames_partitions")
+                wanted["topic", self.frames_topic]["ALTER"] = f"it has fewer partitions than {setting}: added"
+            known = code in (0, errors.UnknownTopicOrPartitionError.errno)
+            asked = set(wanted["topic", topic["name"]])
+            granted["topic", topic["name"]] = (asked if known and operations is None
+                                               else set(operations or ()) if known else set())
         granted["group", CONSUMER_GROUP] = self._group_operations(admin, wanted["group", CONSUMER_GROUP])
         missing = [(kind, name, op, why) for (kind, name), ops in wanted.items() for op, why in ops.items()
                    if op not in granted[kind, name]]
-        if absent and "CREATE" not in set(admin.describe_cluster().get("authorized_operations") or ()):
-            missing.append(("cluster", "kafka-cluster", "CREATE",
-                            f"the topics {', '.join(absent)} are still to be made (or make them: "
-                            "docs/operations.md)"))
-        return missing
+        return missing + self._create_refused(admin, absent)
+
+    def _create_refused(self, admin, absent: list[str]) -> list[tuple[str, str, str, str]]:
+        """CREATE on each topic still to be made that the cluster would refuse this client (asked
+        validate-only: nothing is made)."""
+        from kafka import errors
+
+        if not absent:
+            return []
+        specs = self.topic_specs(self.frames_partitions)
+        answers = admin.create_topics({name: specs[name] for name in absent}, validate_only=True,
+                                      raise_errors=False)["topics"]
+        return [("topic", answer["name"], "CREATE", "it is still to be made (or make it yourself: "
+                 "docs/operations.md)") for answer in answers
+                if answer["error_code"] in (errors.TopicAuthorizationFailedError.errno,
+                                            errors.ClusterAuthorizationFailedError.errno)]
 
     @staticmethod
     def _group_operations(admin, wanted: dict[str, str]) -> set[str]:
@@ -315,6 +334,10 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
                 if not error.retriable or attempt == 9:  # the offsets topic still being made: asked again
                     raise
                 time.sleep(0.5)
+                continue
+            said = str(group.get("error") or "")
+            if any(name in said for name in ("CoordinatorLoadInProgress", "NotCoordinator")) and attempt < 9:
+                time.sleep(0.5)  # the coordinator moving or loading: asked again
                 continue
             operations = group.get("authorized_operations")
             return set(wanted) if operations is None else set(operations)

@@ -41,20 +41,26 @@ def authorizing_broker(tmp_path_factory):
     broker.stop()
 
 
+def pair(broker: KafkaBroker, monkeypatch) -> tuple[KafkaResource, KafkaResource]:
+    """The SASL user's client and the super user's, on topics of their own, not made yet."""
+    tag = uuid.uuid4().hex[:8]
+    topics = {"frames_topic": f"frames-{tag}", "alerts_topic": f"alerts-{tag}", "frames_partitions": 1}
+    user = sasl_client(broker, monkeypatch, **topics)
+    return user, KafkaResource(bootstrap_servers=broker.address(broker.ports), connect_timeout_s=5, **topics)
+
+
 @pytest.fixture
 def clients(authorizing_broker, monkeypatch) -> tuple[KafkaResource, KafkaResource]:
-    """The SASL user's client and the super user's, on topics of this test's own, made by the super user."""
-    broker = authorizing_broker
-    tag = uuid.uuid4().hex[:8]
-    topics = {"frames_topic": f"frames-{tag}", "alerts_topic": f"alerts-{tag}"}
-    user = sasl_client(broker, monkeypatch, **topics)
-    admin = KafkaResource(bootstrap_servers=broker.address(broker.ports), connect_timeout_s=5, **topics)
-    admin.ensure_topics(partitions=1)
+    """The pair, their topics made by the super user."""
+    user, admin = pair(authorizing_broker, monkeypatch)
+    admin.ensure_topics()
     return user, admin
 
 
-def grant(admin: KafkaResource, user: KafkaResource, leave_out: set[tuple[str, str]] = frozenset()) -> None:
-    """ACLs for what `user.permissions()` lists, but the (name, operation) pairs left out."""
+def grant(admin: KafkaResource, user: KafkaResource, leave_out: set[tuple[str, str]] = frozenset(),
+          more: tuple[tuple[str, str, str], ...] = ()) -> None:
+    """ACLs for what `user.permissions()` lists, but the (name, operation) pairs left out, and for the
+    (kind, name, operation) of `more`."""
     from kafka.admin import (
         ACL,
         ACLOperation,
@@ -68,6 +74,9 @@ def grant(admin: KafkaResource, user: KafkaResource, leave_out: set[tuple[str, s
                 ResourcePattern(ResourceType[kind.upper()], name, ACLResourcePatternType.LITERAL))
             for (kind, name), operations in user.permissions().items() for operation in operations
             if (name, operation) not in leave_out]
+    acls += [ACL(user.principal(), "*", ACLOperation[operation], ACLPermissionType.ALLOW,
+                 ResourcePattern(ResourceType[kind.upper()], name, ACLResourcePatternType.LITERAL))
+             for kind, name, operation in more]
     client = admin.admin()
     try:
         assert client.create_acls(acls)["failed"] == []
@@ -106,6 +115,49 @@ def test_a_missing_acl_is_named_with_the_command_that_grants_it_and_granted_all_
     wait_for(lambda: missing(user) == [], 30, "every ACL to apply", explain=lambda: str(missing(user)))
     user.check()
     runs_with_only_what_it_asked_for(user, tmp_path)
+
+
+def test_topics_still_to_be_made_need_create_which_the_check_asks_without_making_them(authorizing_broker,
+                                                                                        monkeypatch):
+    """Granted all but CREATE, the check names CREATE on each topic still to be made and makes none;
+    granted CREATE on the cluster, nothing is missing and the user makes the topics."""
+    user, admin = pair(authorizing_broker, monkeypatch)
+    grant(admin, user)
+    topics = [name for kind, name in user.permissions() if kind == "topic"]
+    wait_for(lambda: sorted(m[:3] for m in missing(user)) == sorted(("topic", t, "CREATE") for t in topics),
+             30, "the ACLs to apply", explain=lambda: str(missing(user)))
+    assert not set(topics) & set(admin.admin().list_topics())  # asked, not made
+    grant(admin, user, leave_out={(name, op) for (_, name), ops in user.permissions().items() for op in ops},
+          more=(("cluster", "kafka-cluster", "CREATE"),))
+    wait_for(lambda: missing(user) == [], 30, "CREATE to apply", explain=lambda: str(missing(user)))
+    user.ensure_topics()
+    assert set(topics) <= set(admin.admin().list_topics())
+
+
+def test_imgpipeline_check_names_the_missing_acl_and_the_missing_s3_permission_at_once(
+        authorizing_broker, enforcing_s3, s3_users, monkeypatch, tmp_path):
+    """The done-when of `imgpipeline check`: one pass names what the broker and the bucket each lack."""
+    from imgpipeline.cli.local import run_checks
+
+    user, admin = pair(authorizing_broker, monkeypatch)
+    admin.ensure_topics()
+    grant(admin, user, leave_out={(user.alerts_topic, "WRITE")})
+    wait_for(lambda: [m[:3] for m in missing(user)] == [("topic", user.alerts_topic, "WRITE")], 30,
+             "the ACLs to apply", explain=lambda: str(missing(user)))
+    prefix, keys, endpoint_url = s3_users
+    env = authorizing_broker.env(authorizing_broker.ports)
+    settings = {"IMGPIPELINE_FRAMES_TOPIC": user.frames_topic, "IMGPIPELINE_FRAMES_PARTITIONS": "1",
+                "IMGPIPELINE_ALERTS_TOPIC": user.alerts_topic, "IMGPIPELINE_STORAGE_URI": f"s3://{BUCKET}/{prefix}",
+                "AWS_ENDPOINT_URL": endpoint_url, "AWS_ACCESS_KEY_ID": keys["no-delete"]["access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": keys["no-delete"]["secret_access_key"]}
+    for name, value in {**env, **settings}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        run_checks(log=lambda line: None)
+    said = str(refused.value)
+    assert f"WRITE on topic {user.alerts_topic}: alerts are published" in said
+    assert "s3:DeleteObject: retention, compaction and released claims delete objects" in said
+    assert env["KAFKA_SASL_PASSWORD"] not in said and keys["no-delete"]["secret_access_key"] not in said
 
 
 def missing(user: KafkaResource) -> list:
@@ -157,8 +209,9 @@ ACTIONS = ("s3:ListBucket", "s3:PutObject", "s3:GetObject", "s3:DeleteObject")
 
 
 def users(endpoint: S3Endpoint, prefix: str) -> dict[str, dict]:
-    """Keys of a user allowed every action the pipeline uses under `prefix`, and of one without
-    s3:DeleteObject; then the endpoint's unchecked requests spent, so that it checks every later one."""
+    """Keys of a user allowed every action the pipeline uses under `prefix`, of one without
+    s3:DeleteObject and of one without s3:ListBucket; then the endpoint's unchecked requests spent, so
+    that it checks every later one."""
     import boto3
     from botocore.exceptions import ClientError
 
@@ -166,11 +219,13 @@ def users(endpoint: S3Endpoint, prefix: str) -> dict[str, dict]:
             "aws_access_key_id": LOCAL_KEY_ID, "aws_secret_access_key": LOCAL_SECRET}
     iam, s3 = boto3.client("iam", **root), boto3.client("s3", **root)
     made = {}
-    for name, actions in {"full": ACTIONS, "no-delete": ACTIONS[:3]}.items():
+    for name, actions in {"full": ACTIONS, "no-delete": ACTIONS[:3], "no-list": ACTIONS[1:]}.items():
         iam.create_user(UserName=name)
         statements = [{"Effect": "Allow", "Action": [a for a in actions if a != "s3:ListBucket"],
-                       "Resource": f"arn:aws:s3:::{BUCKET}/{prefix}/*"},
-                      {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{BUCKET}"}]
+                       "Resource": f"arn:aws:s3:::{BUCKET}/{prefix}/*"}]
+        if "s3:ListBucket" in actions:
+            statements.append({"Effect": "Allow", "Action": ["s3:ListBucket"],
+                               "Resource": f"arn:aws:s3:::{BUCKET}"})
         iam.put_user_policy(UserName=name, PolicyName="imgpipeline", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": statements}))
         key = iam.create_access_key(UserName=name)["AccessKey"]
@@ -183,26 +238,36 @@ def users(endpoint: S3Endpoint, prefix: str) -> dict[str, dict]:
     raise AssertionError("the S3 endpoint does not enforce IAM policies")
 
 
-def test_a_missing_s3_permission_is_named_and_the_keys_allowed_all_pass(enforcing_s3):
+@pytest.fixture(scope="module")
+def s3_users(enforcing_s3) -> tuple[str, dict[str, dict], str]:
+    """The users of `users` on a prefix of their own, made once (then every request is checked): the
+    prefix, their keys and the endpoint."""
     prefix = uuid.uuid4().hex[:8]
-    keys = users(enforcing_s3, prefix)
-    endpoint_url = enforcing_s3.address(enforcing_s3.ports)
+    return prefix, users(enforcing_s3, prefix), enforcing_s3.address(enforcing_s3.ports)
+
+
+def test_a_missing_s3_permission_is_named_and_the_keys_allowed_all_pass(s3_users):
+    prefix, keys, endpoint_url = s3_users
 
     def storage(user: str) -> StorageResource:
         return StorageResource(uri=f"s3://{BUCKET}/{prefix}", endpoint_url=endpoint_url, **keys[user])
 
-    with pytest.raises(ConfigError) as refused:
-        storage("no-delete").open().check()
-    said = str(refused.value)
+    def refused(user: str, uri: str = f"s3://{BUCKET}/{prefix}") -> tuple[list[str], str]:
+        """The actions the check names as refused to the user's keys, and all it said."""
+        with pytest.raises(ConfigError) as refusal:
+            StorageResource(uri=uri, endpoint_url=endpoint_url, **keys[user]).open().check()
+        said = str(refusal.value)
+        listed = said.split("\nAllow them")[0].splitlines()[1:]
+        return [line.split(":", 2)[0].strip() + ":" + line.split(":", 2)[1] for line in listed], said
+
+    named, said = refused("no-delete")
+    assert named == ["s3:DeleteObject"]
     assert "s3:DeleteObject: retention, compaction and released claims delete objects" in said
-    assert all(action not in said.split("Allow them")[0] for action in ACTIONS[:3])
     assert f"arn:aws:s3:::{BUCKET}/{prefix}/*" in said and keys["no-delete"]["secret_access_key"] not in said
+    assert refused("no-list")[0] == ["s3:ListBucket"]
     store = storage("full").open()
     store.check()  # every action allowed: the check passes, and put-if-absent is honoured
     uri = store.put("frames/cam1/a.jpg", b"frame")
     assert store.get("frames/cam1/a.jpg") == b"frame" and uri.startswith(f"s3://{BUCKET}/{prefix}/")
-    # Outside the prefix the keys are allowed nothing: the same check names all four.
-    with pytest.raises(ConfigError) as refused:
-        elsewhere = StorageResource(uri=f"s3://{BUCKET}/elsewhere", endpoint_url=endpoint_url, **keys["full"])
-        elsewhere.open().check()
-    assert all(action in str(refused.value) for action in ACTIONS)
+    # Outside the prefix the keys may list the bucket and nothing more: the check names the other three.
+    assert refused("full", f"s3://{BUCKET}/elsewhere")[0] == list(ACTIONS[1:])

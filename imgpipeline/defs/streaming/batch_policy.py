@@ -43,16 +43,17 @@ class BatchPolicy(FromEnv, BaseModel):
         "IMGPIPELINE_RUNS_PER_PARTITION", 2,
         "detect_frames runs queued or running at once per partition of the frames topic (the run "
         "queue's limits in dagster.yaml say how many run)", ge=1)
-    # Runs queued or running at once over all partitions: twice the run queue's slots (as many as the
-    # machine's cores, two at least, unless dagster.yaml sets max_concurrent_runs), one starting while one
-    # runs. Under a
+    # Runs queued or running at once over all partitions: twice the run queue's slots where dagster.yaml
+    # leaves them to the machine (its cores, two at least), one starting while one runs; a dagster.yaml
+    # that sets max_concurrent_runs wants this set to twice that too. Under a
     # backlog of many partitions the frames wait on the topic instead of in many small queued runs, and
     # leave in larger runs as slots free.
     total_runs_in_flight: int = setting(
         "IMGPIPELINE_TOTAL_RUNS_IN_FLIGHT", default_factory=lambda: 2 * runs_at_once(),
-        description="detect_frames runs queued or running at once over all partitions (twice the run "
-        "queue's runs at once): past it, frames wait on the topic and leave in larger runs as runs end; "
-        "the partitions served longest ago go first", shown="twice the machine's cores (4 at least)", ge=1)
+        description="detect_frames runs queued or running at once over all partitions (twice the runs at "
+        "once; set it with dagster.yaml's max_concurrent_runs): past it, frames wait on the topic and leave "
+        "in larger runs as runs end; the partitions served longest ago go first",
+        shown="twice the machine's cores (4 at least)", ge=1)
     interval_s: int = setting("IMGPIPELINE_SENSOR_INTERVAL_S", 5, "seconds between sensor ticks", ge=1)
     # How long a tick that may launch a run watches for a burst of new frames (0: look once
     # and return). Keep it under the daemon's 5 s loop, or the next tick waits a whole loop more.

@@ -10,7 +10,7 @@ from pydantic import Field
 from imgpipeline import ConfigError
 from imgpipeline.environment import environment
 from imgpipeline.ingest.messages import sha256_hex
-from imgpipeline.resources.settings import FromEnv, resolved, setting
+from imgpipeline.resources.settings import FromEnv, env_name, resolved, setting
 from imgpipeline.resources.storage.base import ROOT_SETTING, BadObject, Storage, StorageLocation, clean_key
 
 # S3 answers about the store or the request, never one object: our credentials (or every frame would be
@@ -260,6 +260,8 @@ class S3Storage(Storage):
                     continue  # allowed: the probe was not written (PutObject refused)
                 if code not in ("AccessDenied", "403"):
                     raise
+                if action == "s3:GetObject" and missing:  # S3 refuses a missing key to whoever may not list
+                    why += " (or only not proven: the probe could not be written)"
                 missing.append((action, why))
         return missing
 
@@ -274,7 +276,8 @@ class S3Storage(Storage):
                     "(docs/operations.md, \"Permissions\"):\n" + "\n".join(
                         f"  {action}: {why}" for action, why in missing)
                     + f"\nAllow them on arn:aws:s3:::{self.bucket}/{self._object_key('*')} (s3:ListBucket on "
-                    f"arn:aws:s3:::{self.bucket}) to AWS_ACCESS_KEY_ID's user or role")
+                    f"arn:aws:s3:::{self.bucket}) to the user or role of "
+                    f"{env_name(S3ClientResource, 'aws_access_key_id')}")
             self.require_conditional_writes()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
