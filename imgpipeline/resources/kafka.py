@@ -309,8 +309,11 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         if not absent:
             return []
         specs = self.topic_specs(self.frames_partitions)
-        answers = admin.create_topics({name: specs[name] for name in absent}, validate_only=True,
-                                      raise_errors=False)["topics"]
+        try:
+            answers = admin.create_topics({name: specs[name] for name in absent}, validate_only=True,
+                                          raise_errors=False)["topics"]
+        except errors.KafkaError:  # a broker that cannot be asked (before 2.4): ensure_topics says what to do
+            return []
         return [("topic", answer["name"], "CREATE", "it is still to be made (or make it yourself: "
                  "docs/operations.md)") for answer in answers
                 if answer["error_code"] in (errors.TopicAuthorizationFailedError.errno,

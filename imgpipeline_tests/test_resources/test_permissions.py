@@ -106,7 +106,7 @@ def test_a_missing_acl_is_named_with_the_command_that_grants_it_and_granted_all_
     with pytest.raises(ConfigError) as refused:
         user.check()
     said = str(refused.value)
-    assert f"WRITE on topic {user.dlq_topic}: runs dead-letter" in said
+    assert f"WRITE on topic {user.dlq_topic}: runs and the MQTT bridge dead-letter" in said
     assert (f"--add --allow-principal User:imgpipeline --operation Write --topic {user.dlq_topic}" in said
             and f"--operation Read --group {CONSUMER_GROUP}" in said)
     assert f"on topic {user.frames_topic}:" not in said
@@ -147,7 +147,8 @@ def test_imgpipeline_check_names_the_missing_acl_and_the_missing_s3_permission_a
     prefix, keys, endpoint_url = s3_users
     env = authorizing_broker.env(authorizing_broker.ports)
     settings = {"IMGPIPELINE_FRAMES_TOPIC": user.frames_topic, "IMGPIPELINE_FRAMES_PARTITIONS": "1",
-                "IMGPIPELINE_ALERTS_TOPIC": user.alerts_topic, "IMGPIPELINE_STORAGE_URI": f"s3://{BUCKET}/{prefix}",
+                "IMGPIPELINE_ALERTS_TOPIC": user.alerts_topic,
+                "IMGPIPELINE_STORAGE_URI": f"s3://{BUCKET}/{prefix}",
                 "AWS_ENDPOINT_URL": endpoint_url, "AWS_ACCESS_KEY_ID": keys["no-delete"]["access_key_id"],
                 "AWS_SECRET_ACCESS_KEY": keys["no-delete"]["secret_access_key"]}
     for name, value in {**env, **settings}.items():

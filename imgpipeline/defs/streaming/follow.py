@@ -16,10 +16,11 @@ again first with the same ends, so it rewrites the same landing files. The run q
 run of a topic at a time (the tag imgpipeline/fast-lane, limit 1 in dagster.yaml) and run retries
 leave it to the sensor, so two never read the same offsets.
 
-While it works, every `observe_s` the run observes kafka_frames (an asset observation the Dagster UI
-charts): each partition's position and lag, the frames detected per second and how long they took from
-the broker to their landing (p50, p95). Idle, it observes once a minute at most: an hour of a run holds
-3600 / `observe_s` observations at most.
+While it works, every `observe_s` (between passes over the partitions: under a backlog, a pass of a range
+per partition) the run observes kafka_frames (an asset observation the Dagster UI charts): each
+partition's position and lag, the frames read per second and how long they took from the broker to their
+range being accounted for (p50, p95), and once more as it ends. Idle, it observes once a minute at most:
+an hour of a run holds 3600 / `observe_s` observations at most.
 
 The run ends after `run_s` (the sensor launches the next: one run's events stay a bounded page in the
 UI), when the topic gains partitions (the next one follows them too), or when offsets go backwards
@@ -216,26 +217,32 @@ class Follower:
 
 
 class Watch:
-    """What the follower shows of its work: frames and their broker-to-landing latencies since the last
-    observation of kafka_frames, which comes every `every_s` while anything moved, else once a minute."""
+    """What the follower shows of its work: the frames it read and their latencies (the broker's append to
+    their range accounted for: landed, told and committed) since the last observation of kafka_frames,
+    which comes every `every_s` while anything moved, else once a minute, and once more at the run's end."""
 
     def __init__(self, every_s: float):
         self.every_s = every_s
         self.frames, self.latencies = 0, []
         self.at = time.monotonic()
         self.shown: dict | None = None  # the positions and ends last observed
+        self.ends: dict[int, int] = {}  # the partitions' ends last looked at
 
     def landed(self, frames: int, appended_ms: list[int]) -> None:
-        """A range of `frames` landed now, of frames the broker appended at `appended_ms`."""
+        """A range of `frames` was accounted for now, of frames the broker appended at `appended_ms`."""
         now = time.time()
         self.frames += frames
         self.latencies.extend(max(0.0, now - ms / 1000) for ms in appended_ms)
 
-    def observation(self, positions: dict[int, int], ends: dict[int, int]) -> dg.AssetObservation | None:
-        """The observation due now, if one is."""
-        elapsed = time.monotonic() - self.at
+    def observation(self, positions: dict[int, int], ends: dict[int, int],
+                    final: bool = False) -> dg.AssetObservation | None:
+        """The observation due now, if one is; `final`: the run's last, if anything was read since."""
+        elapsed = max(time.monotonic() - self.at, 1e-3)
         state = {"positions": dict(positions), "ends": {p: ends.get(p, o) for p, o in positions.items()}}
-        if elapsed < self.every_s or (state == self.shown and elapsed < IDLE_OBSERVE_S):
+        self.ends = state["ends"]
+        if final and not self.frames:
+            return None
+        if not final and (elapsed < self.every_s or (state == self.shown and elapsed < IDLE_OBSERVE_S)):
             return None
         lag = {p: max(0, state["ends"][p] - o) for p, o in positions.items()}
         metadata = {"lag": dg.MetadataValue.int(sum(lag.values())),
@@ -308,6 +315,8 @@ def follow_op(
                              consumer, config.topic or kafka.frames_topic), config, screening)
     try:
         why = follow(follower, config)
+        if last := follower.watch.observation(follower.positions, follower.watch.ends, final=True):
+            context.log_event(last)
     finally:
         consumer.close()
         if follower.ranges:

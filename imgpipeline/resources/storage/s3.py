@@ -260,8 +260,8 @@ class S3Storage(Storage):
                     continue  # allowed: the probe was not written (PutObject refused)
                 if code not in ("AccessDenied", "403"):
                     raise
-                if action == "s3:GetObject" and missing:  # S3 refuses a missing key to whoever may not list
-                    why += " (or only not proven: the probe could not be written)"
+                if action == "s3:GetObject" and {"s3:ListBucket", "s3:PutObject"} <= {m for m, _ in missing}:
+                    why += " (or only not proven: S3 refuses a key that is not there to whoever may not list)"
                 missing.append((action, why))
         return missing
 
@@ -287,15 +287,16 @@ class S3Storage(Storage):
                     f"{ROOT_SETTING}"
                 ) from None
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise ConfigError(
-                    f"access to bucket {self.bucket!r}{where} was denied ({code}); check "
-                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                ) from None
+                keys = " and ".join(env_name(S3ClientResource, f) for f in ("aws_access_key_id",
+                                                                           "aws_secret_access_key"))
+                raise ConfigError(f"access to bucket {self.bucket!r}{where} was denied ({code}); check "
+                                  f"{keys}") from None
             raise ConfigError(f"bucket {self.bucket!r}{where} cannot be used: {exc}") from None
         except BotoCoreError as exc:
             raise ConfigError(
-                f"S3 endpoint{where or ' (AWS)'} cannot be reached ({exc}); check AWS_ENDPOINT_URL "
-                "or start the local one with `imgpipeline services up`"
+                f"S3 endpoint{where or ' (AWS)'} cannot be reached ({exc}); check "
+                f"{env_name(S3ClientResource, 'endpoint_url')} or start the local one with "
+                "`imgpipeline services up`"
             ) from None
 
 
