@@ -3,6 +3,7 @@ its bucket through dagster-aws's S3ComputeLogManager, its keys from the environm
 
 import sys
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster._serdes import serialize_value
 
+from imgpipeline.defs.streaming.upkeep import delete_logs
 from imgpipeline.lib.instance import (
     MARK,
     InstanceSettings,
@@ -134,3 +136,9 @@ def test_a_runs_logs_are_objects_in_the_bucket_readable_after_the_run(s3_root, m
         assert not manager.has_local_file(log_key, ComputeIOType.STDOUT)
         data, _ = manager.get_log_data_for_type(log_key, ComputeIOType.STDOUT, 0, None)
         assert f"stdout says {marker}" in data.decode()
+        # Purged, the run's logs go with it: the objects, and the folder the run staged them in.
+        staged = Path(manager.local_manager.get_captured_local_path(log_key, "out")).parents[1]
+        assert staged.name == result.run_id and staged.exists()
+        delete_logs(reader, result.run_id)
+    assert not [key for key in store.list("compute_logs/") if result.run_id in key]
+    assert not staged.exists()

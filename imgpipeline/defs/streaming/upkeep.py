@@ -59,8 +59,8 @@ def purge_runs(instance: dg.DagsterInstance, retention: InstanceRetention, now: 
     """Delete the detect_frames and follow_frames runs past their keeping time, oldest first; how many of
     each status.
 
-    A run's event log goes before its record: a purge killed between the two leaves a run that the next
-    purge finds and deletes, never events of a run that no longer exists."""
+    A run's logs and event log go before its record: a purge killed between them leaves a run that the next
+    purge finds and deletes, never logs or events of a run that no longer exists."""
     now = time.time() if now is None else now
     deleted: Counter = Counter()
     for job, (statuses, days) in itertools.product(
@@ -73,12 +73,24 @@ def purge_runs(instance: dg.DagsterInstance, retention: InstanceRetention, now: 
                 limit=PURGE_BATCH, ascending=True):
             for record in records:
                 run_id = record.dagster_run.run_id
+                delete_logs(instance, run_id, log)
                 delete_events(instance, run_id)
                 instance.run_storage.delete_run(run_id)
                 deleted[record.dagster_run.status.value] += 1
             log(f"purged {sum(deleted.values())} runs so far, now of {job} (updated before "
                 f"{before:%Y-%m-%d %H:%M} UTC: {', '.join(s.value for s in statuses)})")
     return deleted
+
+
+def delete_logs(instance: dg.DagsterInstance, run_id: str, log=print) -> None:
+    """A run's stdout and stderr (Dagster's compute logs): in DAGSTER_HOME, or on S3 the objects under
+    `<prefix>/compute_logs/storage/<run id>/` and the folder the run staged them in (`/tmp/<run id>`, left
+    empty after each upload). A store that refuses is said and the purge goes on: the run's record is the
+    instance's weight."""
+    try:
+        instance.compute_log_manager.delete_logs(prefix=[run_id])
+    except Exception as exc:  # botocore's, OSError: the logs of this one run stay
+        log(f"the logs of run {run_id} were not deleted: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def delete_events(instance: dg.DagsterInstance, run_id: str) -> None:
