@@ -52,16 +52,23 @@ def run_checks(*, log=print) -> None:
     first bad one, or on both the broker's and the storage's when each has something to fix."""
     from imgpipeline import ConfigError
     from imgpipeline.cli.settings import check_settings
-    from imgpipeline.resources import DetectorResource, KafkaResource, StorageResource, TrackingResource
+    from imgpipeline.resources import (
+        DetectorResource,
+        KafkaResource,
+        StorageResource,
+        TrackingResource,
+        kafka_acls,
+    )
 
     check_settings()
 
     kafka, storage = KafkaResource.from_env(), StorageResource.from_env()
     found = []
-    for name, part, said in (("kafka", kafka.check, f"{kafka.bootstrap_servers} (the topics and the consumer "
-                                                    "group allow what the pipeline does)"),
-                             ("storage", lambda: storage.open().check(),
-                              f"{storage.uri} (put-if-absent honoured: a stored frame is never replaced)")):
+    parts = (("kafka", lambda: kafka_acls.check(kafka),
+              f"{kafka.bootstrap_servers} (the topics and the consumer group allow what the pipeline does)"),
+             ("storage", lambda: storage.open().check(),
+              f"{storage.uri} (put-if-absent honoured: a stored frame is never replaced)"))
+    for name, part, said in parts:
         try:
             part()
             log(f"  {name:<8} ok: {said}")

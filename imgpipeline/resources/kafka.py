@@ -241,122 +241,19 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
             raise self._unreachable(exc) from None
 
     def check(self) -> None:
-        """Raise ConfigError unless the cluster answers a metadata request and grants this client every
-        operation the pipeline does (`missing_permissions`), each missing one named."""
+        """Raise ConfigError unless the cluster answers a metadata request (`kafka_acls.check`: and grants
+        every operation the pipeline does)."""
         admin = self.admin()
         try:
             admin.list_topics()
-            missing = self.missing_permissions(admin)
         finally:
             admin.close()
-        if missing:
-            raise ConfigError(
-                f"Kafka at {self.bootstrap_servers} does not let {self.principal()} do what the pipeline "
-                "does (docs/operations.md, \"Permissions\"):\n" + "\n".join(
-                    f"  {operation} on {kind} {name}: {why}" for kind, name, operation, why in missing)
-                + "\nGrant them, e.g.:\n" + "\n".join(self._grant(*m[:3]) for m in missing))
 
-    def permissions(self) -> dict[tuple[str, str], dict[str, str]]:
-        """What the pipeline does on Kafka, by (kind, name): each operation and who needs it."""
-        retention = "the retention job sets how long dead letters stay"
-        return {
-            ("topic", self.frames_topic): {"READ": "frames_sensor and the detection runs read frames",
-                                           "WRITE": "producers and the MQTT bridge send frames"},
-            ("topic", self.dlq_topic): {"WRITE": "runs and the MQTT bridge dead-letter the frames they "
-                                                 "cannot take",
-                                        "ALTER_CONFIGS": retention},
-            ("topic", self.alerts_topic): {"WRITE": "alerts are published"},
-            ("topic", f"{self.alerts_topic}.dlq"): {"WRITE": "alerts no webhook took are dead-lettered",
-                                                   "ALTER_CONFIGS": retention},
-            ("group", CONSUMER_GROUP): {"READ": "runs commit the offsets they landed"},
-        }
+    def tool_options(self) -> str:
+        """What Kafka's own tools (kafka-topics.sh, kafka-acls.sh) need besides the servers to log in as
+        this client: nothing over PLAINTEXT, else a properties file of its security settings."""
+        return "" if self.security_protocol == "PLAINTEXT" else " --command-config client.properties"
 
-    def missing_permissions(self, admin) -> list[tuple[str, str, str, str]]:
-        """(kind, name, operation, why) of each operation of `permissions()` the cluster does not grant
-        this client, as the broker says it (the operations it authorizes, KIP-430; a broker that says
-        nothing of them, before Kafka 2.3, is taken at its word); ALTER on the frames topic while it has
-        fewer partitions than asked; CREATE, asked of the cluster without making anything (CreateTopics
-        validate-only), for a topic still to be made. Of a topic the client may not describe (READ or
-        WRITE would let it) the broker says nothing: all its operations are named. A group with no offsets
-        yet shows only that it is described: its READ is proven at its first commit."""
-        from kafka import errors
-
-        wanted = self.permissions()
-        granted: dict[tuple[str, str], set[str]] = {}
-        absent = []
-        for topic in admin.describe_topics([name for kind, name in wanted if kind == "topic"]):
-            code, operations = topic.get("error_code", 0), topic.get("authorized_operations")
-            if code == errors.UnknownTopicOrPartitionError.errno:
-                absent.append(topic["name"])
-            elif code == 0 and topic["name"] == self.frames_topic and (
-                    0 < len(topic.get("partitions") or []) < self.frames_partitions):
-                setting = env_name(type(self), "frames_partitions")
-                wanted["topic", self.frames_topic]["ALTER"] = f"it has fewer partitions than {setting}: added"
-            known = code in (0, errors.UnknownTopicOrPartitionError.errno)
-            asked = set(wanted["topic", topic["name"]])
-            granted["topic", topic["name"]] = (asked if known and operations is None
-                                               else set(operations or ()) if known else set())
-        granted["group", CONSUMER_GROUP] = self._group_operations(admin, wanted["group", CONSUMER_GROUP])
-        missing = [(kind, name, op, why) for (kind, name), ops in wanted.items() for op, why in ops.items()
-                   if op not in granted[kind, name]]
-        return missing + self._create_refused(admin, absent)
-
-    def _create_refused(self, admin, absent: list[str]) -> list[tuple[str, str, str, str]]:
-        """CREATE on each topic still to be made that the cluster would refuse this client (asked
-        validate-only: nothing is made)."""
-        from kafka import errors
-
-        if not absent:
-            return []
-        specs = self.topic_specs(self.frames_partitions)
-        try:
-            answers = admin.create_topics({name: specs[name] for name in absent}, validate_only=True,
-                                          raise_errors=False)["topics"]
-        except errors.KafkaError:  # a broker that cannot be asked (before 2.4): ensure_topics says what to do
-            return []
-        return [("topic", answer["name"], "CREATE", "it is still to be made (or make it yourself: "
-                 "docs/operations.md)") for answer in answers
-                if answer["error_code"] in (errors.TopicAuthorizationFailedError.errno,
-                                            errors.ClusterAuthorizationFailedError.errno)]
-
-    @staticmethod
-    def _group_operations(admin, wanted: dict[str, str]) -> set[str]:
-        """The operations granted on the consumer group; all that is wanted where the group, without
-        offsets yet, was only found (DESCRIBE)."""
-        import time
-
-        from kafka import errors
-
-        for attempt in range(10):
-            try:
-                (group,) = admin.describe_groups([CONSUMER_GROUP],
-                                                 include_authorized_operations=True).values()
-            except errors.GroupAuthorizationFailedError:
-                return set()
-            except errors.KafkaError as error:
-                if not error.retriable or attempt == 9:  # the offsets topic still being made: asked again
-                    raise
-                time.sleep(0.5)
-                continue
-            said = str(group.get("error") or "")
-            if any(name in said for name in ("CoordinatorLoadInProgress", "NotCoordinator")) and attempt < 9:
-                time.sleep(0.5)  # the coordinator moving or loading: asked again
-                continue
-            operations = group.get("authorized_operations")
-            return set(wanted) if operations is None else set(operations)
-        return set()
-
-    def principal(self) -> str:
-        """Who this client is to the cluster's ACLs, as far as its settings say."""
-        return f"User:{self.sasl_username}" if self.security_protocol.startswith("SASL_") else (
-            "this client (its certificate's principal, or User:ANONYMOUS over PLAINTEXT)")
-
-    def _grant(self, kind: str, name: str, operation: str) -> str:
-        config = "" if self.security_protocol == "PLAINTEXT" else " --command-config client.properties"
-        principal = self.principal() if self.security_protocol.startswith("SASL_") else "User:<principal>"
-        resource = {"topic": f"--topic {name}", "group": f"--group {name}", "cluster": "--cluster"}[kind]
-        return (f"  kafka-acls.sh --bootstrap-server {self.bootstrap_servers}{config} --add "
-                f"--allow-principal {principal} --operation {operation.title().replace('_', '')} {resource}")
 
     def ensure_topics(self, partitions: int | None = None, log=None) -> None:
         """Create the frames and alerts topics and their dead-letter topics when they are missing, with
@@ -415,7 +312,7 @@ class KafkaResource(FromEnv, dg.ConfigurableResource):
         return "; ".join(f"{name}: {message or error.__name__}" for name, (error, message) in failed.items())
 
     def _refused(self, wanted: dict[str, dict], why: str) -> ConfigError:
-        config = "" if self.security_protocol == "PLAINTEXT" else " --command-config client.properties"
+        config = self.tool_options()
         commands = "\n".join(
             f"  kafka-topics.sh --bootstrap-server {self.bootstrap_servers}{config} --create --topic {name} "
             f"--partitions {spec['num_partitions']} --replication-factor \"$REPLICAS\" "

@@ -12,7 +12,7 @@ import pytest
 from imgpipeline import ConfigError
 from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.messages import FrameMessage, sha256_hex
-from imgpipeline.resources import KafkaResource, StorageResource
+from imgpipeline.resources import KafkaResource, StorageResource, kafka_acls
 from imgpipeline.resources.kafka import CONSUMER_GROUP
 from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET, REGION, S3Endpoint
@@ -59,8 +59,8 @@ def clients(authorizing_broker, monkeypatch) -> tuple[KafkaResource, KafkaResour
 
 def grant(admin: KafkaResource, user: KafkaResource, leave_out: set[tuple[str, str]] = frozenset(),
           more: tuple[tuple[str, str, str], ...] = ()) -> None:
-    """ACLs for what `user.permissions()` lists, but the (name, operation) pairs left out, and for the
-    (kind, name, operation) of `more`."""
+    """ACLs for what `kafka_acls.permissions(user)` lists, but the (name, operation) pairs left out, and
+    for the (kind, name, operation) of `more`."""
     from kafka.admin import (
         ACL,
         ACLOperation,
@@ -70,11 +70,11 @@ def grant(admin: KafkaResource, user: KafkaResource, leave_out: set[tuple[str, s
         ResourceType,
     )
 
-    acls = [ACL(user.principal(), "*", ACLOperation[operation], ACLPermissionType.ALLOW,
+    acls = [ACL(kafka_acls.principal(user), "*", ACLOperation[operation], ACLPermissionType.ALLOW,
                 ResourcePattern(ResourceType[kind.upper()], name, ACLResourcePatternType.LITERAL))
-            for (kind, name), operations in user.permissions().items() for operation in operations
+            for (kind, name), operations in kafka_acls.permissions(user).items() for operation in operations
             if (name, operation) not in leave_out]
-    acls += [ACL(user.principal(), "*", ACLOperation[operation], ACLPermissionType.ALLOW,
+    acls += [ACL(kafka_acls.principal(user), "*", ACLOperation[operation], ACLPermissionType.ALLOW,
                  ResourcePattern(ResourceType[kind.upper()], name, ACLResourcePatternType.LITERAL))
              for kind, name, operation in more]
     client = admin.admin()
@@ -88,12 +88,12 @@ def test_a_missing_acl_is_named_with_the_command_that_grants_it_and_granted_all_
         clients, tmp_path):
     user, admin = clients
     with pytest.raises(ConfigError) as refused:
-        user.check()  # nothing granted yet: every operation is named, and the group's
+        kafka_acls.check(user)  # nothing granted yet: every operation is named, and the group's
     said = str(refused.value)
-    for (kind, name), operations in user.permissions().items():
+    for (kind, name), operations in kafka_acls.permissions(user).items():
         for operation in operations:
             assert f"{operation} on {kind} {name}:" in said
-    assert user.principal() == "User:imgpipeline" and "password" not in said.lower()
+    assert kafka_acls.principal(user) == "User:imgpipeline" and "password" not in said.lower()
 
     grant(admin, user, leave_out={(user.dlq_topic, "WRITE"), (CONSUMER_GROUP, "READ")})
     # The authorizer applies new ACLs within moments: asked until only what was left out is missing. The
@@ -104,7 +104,7 @@ def test_a_missing_acl_is_named_with_the_command_that_grants_it_and_granted_all_
     wait_for(lambda: [m[:3] for m in missing(user)] == expected, 30, "the ACLs to apply",
              explain=lambda: str(missing(user)))
     with pytest.raises(ConfigError) as refused:
-        user.check()
+        kafka_acls.check(user)
     said = str(refused.value)
     assert f"WRITE on topic {user.dlq_topic}: runs and the MQTT bridge dead-letter" in said
     assert (f"--add --allow-principal User:imgpipeline --operation Write --topic {user.dlq_topic}" in said
@@ -113,7 +113,7 @@ def test_a_missing_acl_is_named_with_the_command_that_grants_it_and_granted_all_
 
     grant(admin, user)
     wait_for(lambda: missing(user) == [], 30, "every ACL to apply", explain=lambda: str(missing(user)))
-    user.check()
+    kafka_acls.check(user)
     runs_with_only_what_it_asked_for(user, tmp_path)
 
 
@@ -123,12 +123,12 @@ def test_topics_still_to_be_made_need_create_which_the_check_asks_without_making
     granted CREATE on the cluster, nothing is missing and the user makes the topics."""
     user, admin = pair(authorizing_broker, monkeypatch)
     grant(admin, user)
-    topics = [name for kind, name in user.permissions() if kind == "topic"]
+    topics = [name for kind, name in kafka_acls.permissions(user) if kind == "topic"]
     wait_for(lambda: sorted(m[:3] for m in missing(user)) == sorted(("topic", t, "CREATE") for t in topics),
              30, "the ACLs to apply", explain=lambda: str(missing(user)))
     assert not set(topics) & set(admin.admin().list_topics())  # asked, not made
-    grant(admin, user, leave_out={(name, op) for (_, name), ops in user.permissions().items() for op in ops},
-          more=(("cluster", "kafka-cluster", "CREATE"),))
+    granted = {(name, op) for (_, name), ops in kafka_acls.permissions(user).items() for op in ops}
+    grant(admin, user, leave_out=granted, more=(("cluster", "kafka-cluster", "CREATE"),))
     wait_for(lambda: missing(user) == [], 30, "CREATE to apply", explain=lambda: str(missing(user)))
     user.ensure_topics()
     assert set(topics) <= set(admin.admin().list_topics())
@@ -164,7 +164,7 @@ def test_imgpipeline_check_names_the_missing_acl_and_the_missing_s3_permission_a
 def missing(user: KafkaResource) -> list:
     client = user.admin()
     try:
-        return user.missing_permissions(client)
+        return kafka_acls.missing(user, client)
     finally:
         client.close()
 
