@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from imgpipeline.environment import cache_dir
 from imgpipeline.resources import DetectorResource
 from imgpipeline.vision.engines.recorded import KEPT_KEYS
 from imgpipeline_tests.test_vision.test_engines import video
@@ -36,6 +37,10 @@ def real(frames):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
+    """A cache of the test's own for the kept detections; the machine's samples and wheels in it, so that
+    the processes a test starts neither download nor extract the video again."""
+    for shared in ("samples", "wheels"):
+        (tmp_path / shared).symlink_to(cache_dir() / shared, target_is_directory=True)
     monkeypatch.setenv("IMGPIPELINE_CACHE_DIR", str(tmp_path))
     return tmp_path / "recorded"
 
