@@ -60,6 +60,9 @@ def pytest_configure(config):
         # The code location's definitions read their settings when first imported: imported here, under
         # the tests' clean settings, they are the same whichever test of the process comes first.
         import imgpipeline.definitions  # noqa: F401
+        from imgpipeline.lib.dagster_door import read_migrations_once
+
+        read_migrations_once()  # the tests open hundreds of instances, as the CLI and the runs do
 
 
 def pytest_unconfigure(config):

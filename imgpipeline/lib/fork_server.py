@@ -133,9 +133,10 @@ def warm_up(instance_ref: str, modules: list[str]) -> None:
 
     cv2.setNumThreads(1)  # no OpenCV thread pool: children would wait on threads they lack
     loaded = [importlib.import_module(name) for name in modules]
-    from imgpipeline.lib.dagster_door import InstanceRef, deserialize_value, preload_cli
+    from imgpipeline.lib.dagster_door import InstanceRef, deserialize_value, preload_cli, read_migrations_once
 
     preload_cli()  # what a run imports before its code location
+    read_migrations_once()  # each run opens the instance's storage, and the run's event log
 
     # The instance's storage stack (SQLAlchemy, Alembic, the event log): ~1.3 s of imports.
     with dg.DagsterInstance.from_ref(deserialize_value(instance_ref, InstanceRef)) as instance:

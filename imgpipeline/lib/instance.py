@@ -184,5 +184,8 @@ def open_instance(home: Path):
     env file)."""
     import dagster as dg
 
+    from imgpipeline.lib.dagster_door import read_migrations_once
+
+    read_migrations_once()
     os.environ.update(instance_env())
     return dg.DagsterInstance.from_config(str(home))

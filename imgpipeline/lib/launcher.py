@@ -48,6 +48,9 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
     """Forks each run from a warm fork server; falls back to the default launcher."""
 
     def __init__(self, inst_data=None, preload: list[str] | None = None):
+        from imgpipeline.lib.dagster_door import read_migrations_once
+
+        read_migrations_once()  # the daemon's process opens each run's event log as it launches it
         super().__init__(inst_data=inst_data)
         self.preload = list(preload or DEFAULT_PRELOAD)
         self._server_key: tuple | None = None

@@ -2,6 +2,7 @@
 found, and each does what the project uses it for."""
 
 import inspect
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -147,3 +148,33 @@ def test_a_backfill_interval_below_a_second_fails_at_load_saying_what_to_set(tmp
     said = "backfill_interval_seconds in dagster.yaml is 0: set it to 1 or more"
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance, pytest.raises(ValueError, match=said):
         instance.run_coordinator  # noqa: B018 (built when first asked for, as the daemon asks)
+
+
+def test_migration_scripts_read_once_give_the_head_read_afresh_and_still_migrate(tmp_path):
+    """Read once a process (the tests' processes read them so from the start): the same scripts for the
+    same place, the same head as a fresh read, and a storage stamped a revision back migrated to it."""
+    import sqlite3
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    dagster_door.read_migrations_once()
+    dagster_door.read_migrations_once()  # a second call changes nothing
+    place = Path(dg.__file__).parent / "_core" / "storage" / "alembic"  # Dagster's migrations
+    first, second = Config(), Config()
+    for each in (first, second):
+        each.set_main_option("script_location", str(place))
+    kept = ScriptDirectory.from_config(first)
+    assert ScriptDirectory.from_config(second) is kept
+    head = kept.as_revision_number("head")
+    assert head == ScriptDirectory(str(place)).as_revision_number("head")
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        instance.get_runs()
+    [runs_db] = tmp_path.rglob("runs.db")
+    with sqlite3.connect(runs_db) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (head,)
+        db.execute("UPDATE alembic_version SET version_num = ?", (kept.get_revision(head).down_revision,))
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        instance.upgrade()
+    with sqlite3.connect(runs_db) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (head,)
