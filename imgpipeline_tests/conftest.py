@@ -33,6 +33,12 @@ SHARED_ENV = "IMGPIPELINE_TEST_SHARED_SERVICES"
 CI_ENV = "IMGPIPELINE_CI"
 # The detector engine the tests run on (`recorded`, set below); a test of inference itself sets `openvino`.
 DETECTOR_ENGINE = "IMGPIPELINE_DETECTOR_ENGINE"
+FAST_LANE = "IMGPIPELINE_FAST_LANE"
+
+
+def product_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane as a person gets it, the fast lane by default: the tests' own setting (batch) removed."""
+    monkeypatch.delenv(FAST_LANE, raising=False)
 
 
 def pytest_configure(config):
@@ -56,6 +62,12 @@ def pytest_configure(config):
     # demo's test (a newcomer's settings) and the fault tests, which run `openvino`.
     _saved.setdefault(DETECTOR_ENGINE, os.environ.get(DETECTOR_ENGINE))
     os.environ[DETECTOR_ENGINE] = "recorded"
+    # The lane: the tests of a detect_frames run per batch (the sensor evaluated in the test's process and
+    # its ranges run there, the launcher, the warehouse from those runs) set the fast lane off here; the
+    # tests of the pipeline as a person runs it (the demo, `imgpipeline dev`, the street video through the
+    # daemon, the fault suite, the chaos benchmark) run the product's default, the fast lane (`product_lane`).
+    _saved.setdefault(FAST_LANE, os.environ.get(FAST_LANE))
+    os.environ[FAST_LANE] = "0"
     if hasattr(config, "workerinput") or not spread_over_workers(config):
         # The code location's definitions read their settings when first imported: imported here, under
         # the tests' clean settings, they are the same whichever test of the process comes first.

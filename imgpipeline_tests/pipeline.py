@@ -13,7 +13,7 @@ from imgpipeline.defs.streaming.detect_frames import detect_frames
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.resources import DetectorResource
 
-IMMEDIATE = BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0)
+IMMEDIATE = BatchPolicy(fast_lane=False, max_batch=100, max_wait_s=0, watch_s=0)
 
 
 def wait_for(condition, timeout_s: float, what: str, explain=None, every_s: float = 0.2):

@@ -40,6 +40,7 @@ def demo(args) -> int:
 
 
 def run_demo(timeout_s: float = 600.0) -> int:
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.ingest.producer import FrameProducer
     from imgpipeline.ingest.sources import image_frame, video_frames
 
@@ -65,7 +66,9 @@ def run_demo(timeout_s: float = 600.0) -> int:
     stills = [image_frame(samples[name], name.split(".")[0], None) for name in ("bus.jpg", "zidane.jpg")]
     print("  photos (bus.jpg, zidane.jpg): " + photos.send_all(remember(stills), progress=False).line())
 
-    print("3/4 frames_sensor launches detect_frames runs; waiting for the landing metadata")
+    lane = ("keeps a follow_frames run detecting frames as they come (the fast lane)"
+            if BatchPolicy.from_env().fast_lane else "launches detect_frames runs")
+    print(f"3/4 frames_sensor {lane}; waiting for the landing metadata")
     records = wait_for_landing(resources["storage"].open(), set(ids), timeout_s)
     if records is None:
         print(f"  not all frames landed within {timeout_s:.0f} s; see the runs at {ui['address']}/runs")

@@ -16,7 +16,8 @@ BEATING_S = 90.0  # a daemon found running is healthy while its daemons beat wit
 
 
 class DagsterDev(LocalService):
-    """The UI and the daemon that runs frames_sensor and launches detect_frames runs."""
+    """The UI and the daemon that runs frames_sensor and the runs it launches (the fast lane's
+    follow_frames run, or detect_frames runs per batch)."""
 
     name = "dagster"
     start_timeout_s = 120.0

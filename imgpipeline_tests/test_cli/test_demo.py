@@ -52,6 +52,7 @@ def test_the_demo_lands_every_frame_it_sent_and_builds_every_table(demo_run):
     out = ran.stdout
     sent = int(re.search(r"street-cam \(bikes\.mp4\): sent (\d+), already present 0, failed 0", out)[1])
     assert "photos (bus.jpg, zidane.jpg): sent 2, already present 0, failed 0" in out
+    assert "frames_sensor keeps a follow_frames run detecting frames as they come (the fast lane)" in out
     found = int(re.search(r"found in (\d+) frames", out)[1])
     assert found == sent + 2
     frames = query(env, "SELECT source_id, count(*) AS n FROM frames GROUP BY 1 ORDER BY 1")

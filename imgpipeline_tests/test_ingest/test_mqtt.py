@@ -186,7 +186,8 @@ def test_a_bridge_killed_mid_stream_loses_and_duplicates_nothing(mqtt, kafka, tm
     assert all(len(versions) == 1 for versions in by_id.values())
     # …and lands once: detected, and one row each in the frames table.
     with fresh_instance() as instance:
-        drain(kafka, storage, instance, policy=BatchPolicy(max_batch=400, max_wait_s=0, watch_s=0))
+        drain(kafka, storage, instance, policy=BatchPolicy(fast_lane=False,
+                                                           max_batch=400, max_wait_s=0, watch_s=0))
         hours = sorted({r.event_hour for r in landing_records(storage)})
         resources = {"storage": storage, "tracking": TrackingResource(zones_file="none")}
         assert dg.materialize([hourly_tables], instance=instance, resources=resources, tags={

@@ -92,12 +92,15 @@ def warm_up(producer, watch: LandingWatch, frame, deadline: float) -> None:
 
 def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None,
                  flush_every: int = 1) -> dict:
-    """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing."""
+    """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing (the
+    batch lane: its runs' launch, start and memory are among what it measures)."""
     import threading
 
+    from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.ingest.producer import FrameProducer, Ledger
+    from imgpipeline.resources.settings import env_name
 
-    with daemon(kafka, storage, detector, log=log) as local:
+    with daemon(kafka, storage, detector, env={env_name(BatchPolicy, "fast_lane"): "0"}, log=log) as local:
         producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(local.state.parent / "ledger"),
                                  flush_every=100)
         watch = LandingWatch(storage)

@@ -255,6 +255,8 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
         env_name(DetectorResource, "precision"): "default",
         # An instance of the benchmark's own (SQLite in its scratch folder), never the project's PostgreSQL.
         env_name(InstanceSettings, "kind"): "sqlite",
+        # What it measures: detect_frames runs per batch, their queue and their cap.
+        env_name(BatchPolicy, "fast_lane"): "0",
     }
     if max_batch is not None:
         overrides[env_name(BatchPolicy, "max_batch")] = str(max_batch)

@@ -28,7 +28,7 @@ def bench_sensor(messages: int = 1_000_000) -> dict:
     producer.close()
     print(f"  produced in {time.perf_counter() - started:.1f} s")
 
-    sensor = build_frames_sensor(BatchPolicy(watch_s=0))
+    sensor = build_frames_sensor(BatchPolicy(fast_lane=False, watch_s=0))
     ticks = []
     cursor = None
     with dg.instance_for_test() as instance:

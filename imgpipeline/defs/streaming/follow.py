@@ -270,6 +270,7 @@ def follow(follower: Follower, config: FollowConfig) -> str:
     follower.start(partitions)
     tps = [TopicPartition(topic, p) for p in partitions]
     began = idle_since = looked = time.monotonic()
+    troubled = None  # what the last wait for frames ran into (said once)
     while True:
         now = time.monotonic()
         if config.run_s and now - began >= config.run_s:
@@ -292,15 +293,17 @@ def follow(follower: Follower, config: FollowConfig) -> str:
             idle_since = time.monotonic()
         elif config.idle_end_s and now - idle_since >= config.idle_end_s:
             return f"no new frame for {config.idle_end_s:g} s"
-        else:
-            wait_for_frames(consumer, tps, follower.positions, config.poll_s)
+        elif (trouble := wait_for_frames(consumer, tps, follower.positions, config.poll_s)) != troubled:
+            if trouble:
+                follower.lane.context.log.warning(f"waiting for frames: {trouble}")
+            troubled = trouble
 
 
-def wait_for_frames(consumer, tps: list, positions: dict[int, int], wait_s: float) -> None:
+def wait_for_frames(consumer, tps: list, positions: dict[int, int], wait_s: float) -> str | None:
     """Until a partition has a frame past its position, or `wait_s` passed: one fetch the broker holds
-    until a frame comes (an idle run wakes within milliseconds of a send, and costs the broker and itself
-    next to nothing, where asking the end offsets every 50 ms cost 7% of a CPU). The record it fetched is
-    read again with its range."""
+    until a frame comes (an idle run wakes as a frame comes, and costs the broker and itself next to
+    nothing, where asking the end offsets every 50 ms cost 7% of a CPU). The record it fetched is read
+    again with its range. What it ran into, if anything (a broker away, a permission refused)."""
     from kafka.errors import KafkaError
 
     consumer.assign(tps)
@@ -308,8 +311,10 @@ def wait_for_frames(consumer, tps: list, positions: dict[int, int], wait_s: floa
         consumer.seek(tp, positions[tp.partition])
     try:
         consumer.poll(timeout_ms=int(wait_s * 1000), max_records=1)
-    except KafkaError:  # a position retention has deleted, a broker away: the next pass sees to it
+    except KafkaError as error:  # a position retention has deleted, a broker away: the next pass sees to it
         time.sleep(wait_s)
+        return f"{type(error).__name__}: {error}"[:300]
+    return None
 
 
 @dg.op(name="follow", tags={"kind": "opencv"})
@@ -331,7 +336,14 @@ def follow_op(
     follower = Follower(Lane(context, kafka, store, frame_processor(context, store, storage, detector),
                              consumer, config.topic or kafka.frames_topic), config, screening)
     try:
-        why = follow(follower, config)
+        try:
+            why = follow(follower, config)
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+            if termination_requested(context):
+                raise  # terminated from the UI or the CLI: Dagster marks it canceled
+            # Its process told to stop (`imgpipeline dev` or `services down` stopped, a pod evicted): an end
+            # like its time's, not a failure; a range under way is detected again from its claim.
+            why = "its process was told to stop: the next run goes on from the ledger"
         if last := follower.watch.observation(follower.positions, follower.watch.ends, final=True):
             context.log_event(last)
     finally:
@@ -345,6 +357,12 @@ def follow_op(
                   **{k: dg.MetadataValue.int(v) for k, v in follower.totals.items()},
                   "peak_rss_mb": dg.MetadataValue.float(peak_rss_mb())},
     )
+
+
+def termination_requested(context: dg.OpExecutionContext) -> bool:
+    """Whether someone asked Dagster to end the run (it is canceling)."""
+    run = context.instance.get_run_by_id(context.run_id)
+    return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 
 
 @dg.job(

@@ -1,12 +1,12 @@
-"""frames_sensor: turns new Kafka offsets into detect_frames runs, reading offsets only.
+"""frames_sensor: keeps the fast lane's follow_frames run going, or turns new Kafka offsets into
+detect_frames runs; it reads offsets only.
 
-A tick reads the topic's offsets (offsets.py), plans the ranges to launch from its cursor, the next
-offset per partition (planning.py, by the settings of batch_policy.py), within the runs the
-partitions may still launch (run_queries.py), and requests one detect_frames run per range. It
-observes the topic's lag on kafka_frames.
-
-With the fast lane on (`fast_lane`), it launches no ranges: it keeps one follow_frames run of the topic
-alive (follow.py) and moves its cursor as far as that run accounted for the offsets.
+With the fast lane on (`fast_lane`, the default), it launches no ranges: it keeps one follow_frames run
+of the topic alive (follow.py) and moves its cursor as far as that run accounted for the offsets. With
+it off, a tick reads the topic's offsets (offsets.py), plans the ranges to launch from its cursor, the
+next offset per partition (planning.py, by the settings of batch_policy.py), within the runs the
+partitions may still launch (run_queries.py), and requests one detect_frames run per range. It observes
+the topic's lag on kafka_frames.
 """
 
 import json
@@ -60,15 +60,18 @@ def run_request(topic: str, partition: int, start: int, end: int, generation: in
 
 
 def sensor_description(policy: BatchPolicy) -> str:
+    if policy.fast_lane:
+        return ("Keeps one follow_frames run of the frames topic going (the fast lane): it detects each "
+                "partition's new frames as they come and raises their alerts live. Backfills, replays and "
+                f"repairs are detect_frames runs; {env_name(BatchPolicy, 'fast_lane')}=0 launches one per "
+                "batch.")
     return (
         f"Launches detect_frames over new offsets of the frames topic: up to {policy.max_batch} "
         f"frames per run, or fewer once the oldest has waited {policy.max_wait_s:g} s. "
         f"A tick watches for a burst of new frames for up to {policy.watch_s:g} s. At most "
         f"{policy.runs_per_partition} runs of a partition and {policy.total_runs_in_flight} in all are "
-        "queued or running; past that, frames wait on the topic and leave in larger runs. "
-        + ("The fast lane is on: one follow_frames run detects the topic's frames as they come instead."
-           if policy.fast_lane else "")
-    ).strip()
+        "queued or running; past that, frames wait on the topic and leave in larger runs."
+    )
 
 
 def build_frames_sensor(policy: BatchPolicy) -> dg.SensorDefinition:

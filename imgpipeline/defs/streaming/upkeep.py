@@ -1,9 +1,10 @@
 """Dagster's instance kept to a bounded size: detect_frames (and follow_frames) runs purged by age.
 
-frames_sensor launches a detect_frames run per batch: thousands an hour at a thousand cameras, each a
-run record and an event log in Dagster's storage, read by every page of the runs list and by each
-check that lists runs. What the runs made lives in the landing files, the range ledger and the
-warehouse, so their records are kept a stated time: `purge_runs` (daily) deletes the finished ones
+The fast lane keeps a follow_frames run a topic an hour; with it off, frames_sensor launches a
+detect_frames run per batch: thousands an hour at a thousand cameras. Each is a run record and an event
+log in Dagster's storage, read by every page of the runs list and by each check that lists runs. What
+the runs made lives in the landing files, the range ledger and the warehouse, so their records are kept
+a stated time: `purge_runs` (daily) deletes the finished ones
 older than IMGPIPELINE_RUNS_KEEP_DAYS, and failed ones after IMGPIPELINE_FAILED_RUNS_KEEP_DAYS (a failure
 is looked into later than a success). Runs of the asset jobs (an hour's tables, a day's summary) are
 few and hold Dagster's record of which partitions are made: they are kept. Sensor and schedule ticks

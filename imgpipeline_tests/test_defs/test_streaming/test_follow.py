@@ -153,7 +153,7 @@ def test_a_follower_in_flight_holds_the_sensor_back_and_turned_off_it_goes_on_fr
         # While a follow_frames run is in flight, neither mode launches anything beside it.
         instance.create_run_for_job(follow_frames, run_config=request.run_config, tags=request.tags)
         assert not tick(kafka, storage, instance, cursor=first.cursor).run_requests
-        off = BatchPolicy(max_batch=100, watch_s=0)
+        off = BatchPolicy(fast_lane=False, max_batch=100, watch_s=0)
         held = tick(kafka, storage, instance, cursor=first.cursor, policy=off)
         assert not held.run_requests and "still follows" in held.skip_message
         for run in instance.get_runs(dg.RunsFilter(job_name=follow_frames.name)):
@@ -206,6 +206,46 @@ def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(
     assert (0, end) in accounted_ranges(storage.open(), topic, partition)
     assert_each_offset_once(kafka, storage, [f.frame_id for f in frames + more])
     assert not storage.open().list(CLAIMS)
+
+
+def test_a_follower_whose_process_is_told_to_stop_ends_its_run_done_not_failed(kafka, tmp_path):
+    """`imgpipeline dev` or `services down` stopped, a pod evicted: SIGTERM to the run's process. The run
+    ends as at the end of its time, not failed (a failure would hold the next follower back and make
+    `imgpipeline status` fail for a day), and what it read is accounted for once."""
+    import os
+    import signal
+    import subprocess
+
+    from imgpipeline.resources import StorageResource
+
+    storage = StorageResource(uri=str(tmp_path / "store"))
+    frames = video_backlog(30, "cam-a")
+    produce(kafka, storage, tmp_path, frames)
+    ends, _ = ends_of(kafka)
+    starts = {str(p): 0 for p in ends}
+    config = {"ops": {"follow": {"config": {"topic": kafka.frames_topic, "starts": starts}}}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    home = bare_home(tmp_path / "dagster")
+    env = {**storage_env(storage), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic, "IMGPIPELINE_HOME": str(tmp_path),
+           "DAGSTER_HOME": home}
+    command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "imgpipeline.definitions",
+               "-j", follow_frames.name, "-c", str(tmp_path / "run.json")]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        wait_for(lambda: len(landing_records(storage)) == len(frames), 180, "the frames to land")
+        os.killpg(run.pid, signal.SIGTERM)
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    with dg.DagsterInstance.from_config(home) as instance:
+        [record] = instance.get_run_records(dg.RunsFilter(job_name=follow_frames.name))
+        logs = [e.message for e in instance.all_logs(record.dagster_run.run_id)]
+    assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    assert any("its process was told to stop" in message for message in logs)
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
 
 
 def test_followers_that_keep_failing_are_launched_again_later_not_in_a_loop(kafka, storage, tmp_path):

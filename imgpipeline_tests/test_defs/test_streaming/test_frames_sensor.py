@@ -33,7 +33,7 @@ def fill(kafka, count, partition=0):
 
 
 def test_plan_splits_backlog_and_waits_for_small_batches():
-    policy = BatchPolicy(max_batch=100, max_wait_s=5, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_wait_s=5, watch_s=0)
     plan = plan_ranges({}, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1000.0, policy=policy, budgets={0: 10, 1: 10})
     assert plan.ranges == [(0, 0, 100), (0, 100, 200)]
     assert plan.cursor["partitions"] == {"0": {"next": 200, "since": 1000.0},
@@ -41,7 +41,7 @@ def test_plan_splits_backlog_and_waits_for_small_batches():
     later = plan_ranges(plan.cursor, {0: 250, 1: 30}, {0: 0, 1: 0}, now=1005.0, policy=policy,
                         budgets={0: 10, 1: 10})
     assert later.ranges == [(0, 200, 250), (1, 0, 30)]
-    fixed = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=5, watch_s=0)
+    fixed = BatchPolicy(fast_lane=False, max_batch=100, max_backlog_batch=100, max_wait_s=5, watch_s=0)
     limited = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=fixed, budgets={0: 3})
     assert limited.ranges == [(0, 0, 100), (0, 100, 200), (0, 200, 300)]
     assert limited.cursor["partitions"]["0"]["next"] == 300
@@ -50,7 +50,7 @@ def test_plan_splits_backlog_and_waits_for_small_batches():
 def test_a_backlog_grows_the_runs_up_to_their_cap():
     """More frames than a partition's free runs take at max_batch: split evenly over those runs, each at
     most max_backlog_batch; what is left waits for the next runs."""
-    policy = BatchPolicy(max_batch=100, max_backlog_batch=400, max_wait_s=5, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_backlog_batch=400, max_wait_s=5, watch_s=0)
     even = plan_ranges({}, {0: 1000}, {0: 0}, now=0.0, policy=policy, budgets={0: 3})
     assert even.ranges == [(0, 0, 334), (0, 334, 668), (0, 668, 1000)]
     assert even.cursor["partitions"]["0"] == {"next": 1000, "since": None}
@@ -65,7 +65,7 @@ def test_a_backlog_grows_the_runs_up_to_their_cap():
 def test_plan_gives_each_partition_its_own_runs_in_turn():
     """A busy partition's backlog does not take a quiet partition's turn: each has its own budget, and
     the ranges alternate (the order the run queue starts them)."""
-    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=0, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_backlog_batch=100, max_wait_s=0, watch_s=0)
     ends, beginnings = {0: 1000, 1: 30, 2: 250, 3: 0}, {0: 0, 1: 0, 2: 0, 3: 0}
     plan = plan_ranges({}, ends, beginnings, now=0.0, policy=policy, budgets={0: 2, 1: 2, 2: 2, 3: 2})
     assert plan.ranges == [(0, 0, 100), (1, 0, 30), (2, 0, 100), (0, 100, 200), (2, 100, 200)]
@@ -79,7 +79,7 @@ def test_runs_in_flight_over_all_partitions_are_shared_in_turn_and_grow():
     """Past the room left over all partitions, frames wait on the topic: the room goes one run at a time
     to the partitions with frames pending, those served longest ago first, and each run takes the
     partition's backlog whole (up to max_backlog_batch) instead of a max_batch slice."""
-    policy = BatchPolicy(max_batch=100, max_backlog_batch=400, max_wait_s=0, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_backlog_batch=400, max_wait_s=0, watch_s=0)
     ends, beginnings = {0: 300, 1: 1000, 2: 50, 3: 0}, dict.fromkeys(range(4), 0)
     budgets = dict.fromkeys(range(4), 2)
     first = plan_ranges({}, ends, beginnings, now=10.0, policy=policy, budgets=budgets, room=2)
@@ -99,7 +99,7 @@ def test_runs_in_flight_over_all_partitions_are_shared_in_turn_and_grow():
 def test_the_room_goes_to_partitions_ready_to_launch():
     """A partition whose few frames still wait for IMGPIPELINE_MAX_WAIT_S takes none of the room: a
     partition with a full batch does, and the waiting one goes once its wait is over."""
-    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=10, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_backlog_batch=100, max_wait_s=10, watch_s=0)
     ends, beginnings, budgets = {0: 30, 1: 100}, {0: 0, 1: 0}, {0: 2, 1: 2}
     first = plan_ranges({}, ends, beginnings, now=0.0, policy=policy, budgets=budgets, room=1)
     assert first.ranges == [(1, 0, 100)]
@@ -114,7 +114,8 @@ def test_the_room_goes_to_partitions_ready_to_launch():
 
 def test_plan_skips_offsets_deleted_by_retention():
     plan = plan_ranges({"partitions": {"0": {"next": 10, "since": None}}, "gaps": 0}, {0: 60}, {0: 40},
-                       now=0.0, policy=BatchPolicy(max_batch=100, max_wait_s=0, watch_s=0), budgets={0: 5})
+                       now=0.0, policy=BatchPolicy(fast_lane=False,
+                                                   max_batch=100, max_wait_s=0, watch_s=0), budgets={0: 5})
     assert plan.ranges == [(0, 40, 60)]
     assert plan.cursor["gaps"] == 30
     assert "offsets 10..39 were deleted by retention" in plan.gaps[0]
@@ -123,7 +124,7 @@ def test_plan_skips_offsets_deleted_by_retention():
 @pytest.mark.integration
 def test_sensor_batches_a_backlog_into_ranges(kafka):
     fill(kafka, 250)
-    policy = BatchPolicy(max_batch=100, max_wait_s=3600, runs_per_partition=10, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_wait_s=3600, runs_per_partition=10, watch_s=0)
     with fresh_instance() as instance:
         result = tick(kafka, instance, policy)
         keys = [r.run_key for r in result.run_requests]
@@ -143,7 +144,8 @@ def test_sensor_batches_a_backlog_into_ranges(kafka):
 
 @pytest.mark.integration
 def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=4, settle_s=1.5)
+    policy = BatchPolicy(fast_lane=False,
+                         max_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=4, settle_s=1.5)
     with fresh_instance() as instance:
         quiet = tick(kafka, instance, policy)  # watches, sees nothing
         assert not quiet.run_requests
@@ -172,7 +174,8 @@ def test_idle_tick_watches_for_a_burst_and_launches_it_whole(kafka):
 @pytest.mark.integration
 def test_sensor_respects_runs_in_flight(kafka):
     fill(kafka, 500)
-    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
+    policy = BatchPolicy(fast_lane=False,
+                         max_batch=100, max_backlog_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
     with fresh_instance() as instance:
         result = tick(kafka, instance, policy)
         assert len(result.run_requests) == 2
@@ -187,7 +190,8 @@ def test_runs_in_flight_are_counted_per_partition(kafka):
 
     fill(kafka, 300, partition=0)
     fill(kafka, 300, partition=1)
-    policy = BatchPolicy(max_batch=100, max_backlog_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
+    policy = BatchPolicy(fast_lane=False,
+                         max_batch=100, max_backlog_batch=100, max_wait_s=0, runs_per_partition=2, watch_s=0)
     with fresh_instance() as instance:
         def run(tag: str):
             return instance.create_run_for_job(detect_frames, tags={PARTITION_TAG: tag})  # NOT_STARTED
@@ -205,7 +209,7 @@ def test_runs_in_flight_are_counted_per_partition(kafka):
 @pytest.mark.integration
 def test_new_partitions_and_retention_gaps(kafka):
     fill(kafka, 40)
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=10, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_wait_s=0, runs_per_partition=10, watch_s=0)
     with fresh_instance() as instance:
         first = tick(kafka, instance, policy)
         assert [r.run_key for r in first.run_requests] == [f"{kafka.frames_topic}-0-0-40"]
@@ -234,10 +238,10 @@ def test_missing_topic_and_dead_broker_skip_the_tick(services):
     with fresh_instance() as instance:
         missing = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
                                 frames_topic="no-such-topic")
-        result = tick(missing, instance, BatchPolicy(watch_s=0))
+        result = tick(missing, instance, BatchPolicy(fast_lane=False, watch_s=0))
         assert "topic 'no-such-topic' does not exist yet" in result.skip_message
         dead = KafkaResource(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout_s=1)
-        result = tick(dead, instance, BatchPolicy(watch_s=0))
+        result = tick(dead, instance, BatchPolicy(fast_lane=False, watch_s=0))
         assert result.skip_message.startswith("Kafka unreachable, tick skipped: cannot reach Kafka")
 
 
@@ -268,7 +272,7 @@ def test_a_re_created_topic_is_noticed_and_gets_new_run_keys(kafka):
     from kafka.admin import NewTopic
 
     fill(kafka, 30)
-    policy = BatchPolicy(max_batch=100, max_wait_s=0, runs_per_partition=10, watch_s=0)
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_wait_s=0, runs_per_partition=10, watch_s=0)
     with fresh_instance() as instance:
         first = tick(kafka, instance, policy)
         assert [r.run_key for r in first.run_requests] == [f"{kafka.frames_topic}-0-0-30"]
