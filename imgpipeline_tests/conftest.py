@@ -96,6 +96,55 @@ def pytest_unconfigure(config):
             os.environ[name] = value
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of the processes it started and waited for (a daemon stopped, a run's
+    worker ended); the session's broker, S3 endpoint and PostgreSQL are the session's, no test's."""
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _cpu_of(item, phase: str):
+    before = cpu_seconds()
+    yield
+    item.user_properties.append((f"cpu_s_{phase}", cpu_seconds() - before))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from _cpu_of(item, "setup")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield from _cpu_of(item, "call")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield from _cpu_of(item, "teardown")
+
+
+_cpu_by_test: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Each test's CPU seconds, once its teardown is reported (its report holds every phase's)."""
+    if report.when == "teardown":
+        _cpu_by_test[report.nodeid] = sum(v for k, v in report.user_properties if k.startswith("cpu_s_"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Beside the slowest tests, those that used the most CPU: on two cores the suite's time is its CPU's."""
+    if not _cpu_by_test:
+        return
+    terminalreporter.write_sep("=", "most CPU: the test's process and those it waited for")
+    for nodeid, seconds in sorted(_cpu_by_test.items(), key=lambda kv: -kv[1])[:10]:
+        terminalreporter.write_line(f"{seconds:8.2f}s cpu  {nodeid}")
+    terminalreporter.write_line(f"{sum(_cpu_by_test.values()):8.0f}s cpu  in all {len(_cpu_by_test)} tests")
+
+
 def pytest_collection_modifyitems(config, items):
     """The files whose tests are marked `long` first, the most minutes first, then the rest by their
     number of tests (as pytest-xdist orders them): `.ci/run` takes them in this order

@@ -9,6 +9,7 @@ import dagster as dg
 
 from imgpipeline.defs.records.reader import all_records, landing_keys
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
+from imgpipeline.defs.streaming.claims import CLAIMS
 from imgpipeline.defs.streaming.detect_frames import detect_frames
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.resources import DetectorResource
@@ -82,6 +83,48 @@ def storage_env(storage) -> dict:
     return {**os.environ, **{name: str(value) for name, value in given.items() if value}}
 
 
+# Prepended to a script run in a process of its own: `stop_after(owner, "method", when)` makes the process
+# stop itself (SIGSTOP) once `owner.method` returned for a call `when` picks, for `kill_once_stopped` to
+# SIGKILL it exactly there; killed by a poll from outside, a fast process raced past the point on a
+# loaded machine.
+STOP_AFTER = """
+import os, signal
+def stop_after(owner, name, when=lambda *args, **kwargs: True):
+    call = getattr(owner, name)
+    def stopping(*args, **kwargs):
+        result = call(*args, **kwargs)
+        if when(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return result
+    setattr(owner, name, stopping)
+"""
+
+
+def kill_once_stopped(process) -> None:
+    """SIGKILL a process started with a `stop_after` script once it stopped there; fails if it ended first."""
+    import os
+
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the process ended before the point it stops at (wait status {status})"
+    process.kill()
+    process.wait()
+
+
+def claims_of(store, run_id: str) -> list[str]:
+    """The keys of the claims `run_id` holds now. A claim listed can be deleted before it is read (its
+    range was accounted for meanwhile): it is then not held."""
+    from imgpipeline.resources.storage import BadObject
+
+    found = []
+    for key in store.list(CLAIMS):
+        try:
+            if json.loads(store.get(key))["run_id"] == run_id:
+                found.append(key)
+        except (BadObject, ValueError, KeyError):
+            continue
+    return found
+
+
 def landing_records(storage) -> list[dict]:
     return all_records(storage.open())
 
@@ -111,6 +154,20 @@ def produce(kafka, storage, folder, frames) -> None:
     from imgpipeline.ingest.producer import FrameProducer, Ledger
 
     FrameProducer(kafka, storage, "test", ledger=Ledger(folder / "ledger")).send_all(frames, progress=False)
+
+
+def stream_cameras(kafka, storage, folder, sources, rounds: int, count: int, sent: list[str]) -> None:
+    """`count` frames of each camera per round, as cameras send them a few at a time; their ids added to
+    `sent` as they go."""
+    from imgpipeline.ingest.producer import FrameProducer, Ledger
+
+    for round_ in range(rounds):
+        for source in sources:
+            frames = video_backlog(count, source)
+            FrameProducer(kafka, storage, source, ledger=Ledger(folder / f"ledger-{source}-{round_}")
+                          ).send_all(frames, progress=False)
+            sent.extend(f.frame_id for f in frames)
+        time.sleep(0.3)  # scenario: cameras that send a few frames a second
 
 
 def kill_when(command: list[str], env: dict, made, not_made, timeout_s: float = 180) -> None:

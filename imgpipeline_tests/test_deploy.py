@@ -262,7 +262,7 @@ def test_the_instance_runs_the_queue_monitoring_and_retries(tmp_path, instance):
         concurrency = built.get_concurrency_config()
         queue = concurrency.run_queue_config
         assert queue.max_concurrent_runs == instance["concurrency"]["runs"]["max_concurrent_runs"]
-        assert [limit["key"] for limit in queue.tag_concurrency_limits] == [PARTITION_TAG, FAST_LANE_TAG]
+        assert [limit["key"] for limit in queue.tag_concurrency_limits] == [PARTITION_TAG]
         assert concurrency.pool_config.default_pool_limit == 1
         assert concurrency.pool_config.pool_granularity.value == "run"
         assert built.run_monitoring_enabled
@@ -426,13 +426,16 @@ def test_pool_limit_is_the_projects(values):
 
 
 def test_partition_limit_is_on_the_tag_detect_frames_runs_carry(values, instance, deployment):
-    limit, lane = values["concurrency"]["runs"]["tagConcurrencyLimits"]
+    [limit] = values["concurrency"]["runs"]["tagConcurrencyLimits"]
     assert limit["key"] == PARTITION_TAG
     assert limit["value"] == {"applyLimitPerUniqueValue": True}
-    assert instance["concurrency"]["runs"]["tag_concurrency_limits"] == [limit, lane]
+    assert instance["concurrency"]["runs"]["tag_concurrency_limits"] == [limit]
     assert run_request("frames", 3, 0, 10).tags[PARTITION_TAG] == "frames-3"
-    # The fast lane: one follow_frames run of a topic at a time, on the tag the sensor gives it.
-    assert lane == {"key": FAST_LANE_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    # The fast lane's runs carry the topic as their tag (no queue limit: they share its partitions as a
+    # consumer group), and the deployment says how many to keep going.
+    followers = int(deployment["env"]["IMGPIPELINE_FOLLOWERS"])
+    assert 1 <= followers <= values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"].get(
+        "maxConcurrentRuns", instance["concurrency"]["runs"]["max_concurrent_runs"]) // 2
     cursor = {"partitions": {"3": {"next": 10, "since": None}}}
     assert follow_request("frames", cursor, BatchPolicy(fast_lane=True)).tags[FAST_LANE_TAG] == "frames"
     # The sensor keeps at most this many queued or running per partition; the tag limit bounds those

@@ -9,14 +9,19 @@ from imgpipeline.environment import services_env_file, write_services_env
 from imgpipeline.paths import state_dir
 
 
-def local_services(secure_kafka: bool = False):
+def local_services(secure_kafka: bool = False, host: str | None = None):
     from imgpipeline.services import LocalServices
 
-    return LocalServices(state_dir(), secure_kafka=secure_kafka)
+    return LocalServices(state_dir(), secure_kafka=secure_kafka, host=host)
 
 
 def services(args) -> int:
-    local = local_services(secure_kafka=getattr(args, "kafka", "plaintext") == "sasl_ssl")
+    host = (getattr(args, "host", None) or "127.0.0.1") if args.action == "up" else None
+    if host in ("0.0.0.0", "::", ""):
+        print(f"services up --host {host}: give the address the other hosts reach this one at (the broker "
+              "advertises it to its clients), not a wildcard")
+        return 2
+    local = local_services(secure_kafka=getattr(args, "kafka", "plaintext") == "sasl_ssl", host=host)
     if args.action == "up":
         for status in local.up(instance=getattr(args, "instance", "sqlite")):
             print(

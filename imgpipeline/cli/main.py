@@ -40,6 +40,11 @@ def add_setup(commands) -> None:
         help="with `up`: `postgres` also starts a local PostgreSQL server (Debian's postgresql package) and "
              "points the Dagster instance at it (written to services.env); "
              "default: SQLite files in .imgpipeline/dagster")
+    services.add_argument(
+        "--host", default=None, metavar="ADDRESS",
+        help="with `up`: the address the broker, the S3 endpoint and PostgreSQL listen on, for code servers "
+             "and runs on other hosts (written to services.env; default: 127.0.0.1, this machine only). "
+             "They are for trying a site out: PLAINTEXT Kafka and fixed S3 keys, open to that network")
     services.set_defaults(module="local", run="services")
 
     models = commands.add_parser("models", help="the models: fetch, list, add")
@@ -205,6 +210,9 @@ def add_bench(commands) -> None:
     pipeline.add_argument("--rate", type=float, help="steady input rate in frames/s (default: a backlog)")
     pipeline.add_argument("--repeat", type=int, default=1,
                           help="rounds of pipeline against plain consumer, in alternating order; medians")
+    pipeline.add_argument("--lane", choices=("batch", "fast"), default="batch",
+                          help="batch: detect_frames runs per batch (their launch and start measured); "
+                               "fast: the follow_frames runs the sensor keeps going")
     pipeline.add_argument("--engines", nargs="+", metavar="ENGINE",
                           help="detector engines whose pipelines race in each round, the first measured "
                                "against the plain consumer (default: the configured engine, then opencv)")
@@ -281,6 +289,9 @@ def add_load_benches(what) -> None:
     scale.add_argument("--seconds", type=float, default=120.0, help="how long the cameras send")
     scale.add_argument("--max-batch", type=int, metavar="N",
                        help="frames per run at most (default: the configured batch size)")
+    scale.add_argument("--lane", choices=["batch", "fast"], default="batch",
+                       help="batch: detect_frames runs per batch; fast: the follow_frames runs sharing "
+                            "the partitions (as many as the followers setting says)")
     soak = what.add_parser(
         "soak", help="a month of history written at the layout real runs write, then the recurring work "
                      "(sensor, runs, current hour, automation, coverage, status, viewer, summary) timed at "

@@ -144,23 +144,26 @@ def runs_section(now: datetime, report: Report, last: int = 8) -> dict:
     return {"instance": where, "reachable": True, "last": runs, "failed_24h": len(failed), "fast_lane": lane}
 
 
-def fast_lane(instance) -> dict | None:
-    """The latest follow_frames run (the fast lane's): its status and how far it accounted for each
-    partition; None when the fast lane never ran here."""
+def fast_lane(instance) -> list[dict]:
+    """The fast lane's follow_frames runs in flight, else its latest one: each one's status and how far it
+    accounted for the partitions it held; none when the fast lane never ran here."""
     import dagster as dg
 
+    from imgpipeline.defs.records.runs import ACTIVE
     from imgpipeline.defs.streaming.follow import POSITIONS_TAG, follow_frames
 
-    (record,) = instance.get_run_records(dg.RunsFilter(job_name=follow_frames.name), limit=1) or [None]
-    if record is None:
-        return None
-    try:
-        positions = json.loads(record.dagster_run.tags.get(POSITIONS_TAG, "{}")).get("positions", {})
-    except (ValueError, AttributeError):
-        positions = {}
-    return {"run_id": record.dagster_run.run_id[:8], "status": record.dagster_run.status.value,
-            "created": record.create_timestamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            "positions": positions}
+    records = (instance.get_run_records(dg.RunsFilter(job_name=follow_frames.name, statuses=ACTIVE))
+               or instance.get_run_records(dg.RunsFilter(job_name=follow_frames.name), limit=1))
+    lanes = []
+    for record in records:
+        try:
+            positions = json.loads(record.dagster_run.tags.get(POSITIONS_TAG, "{}")).get("positions", {})
+        except (ValueError, AttributeError):
+            positions = {}
+        lanes.append({"run_id": record.dagster_run.run_id[:8], "status": record.dagster_run.status.value,
+                      "created": record.create_timestamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                      "positions": positions})
+    return lanes
 
 
 def sources_section(storage, now: datetime, window: timedelta, silent_min: float, report: Report) -> dict:
@@ -228,7 +231,7 @@ def print_runs(runs: dict) -> None:
         for run in runs["last"]:
             took = f"{run['seconds']:>7.1f} s" if run["seconds"] is not None else "        "
             print(f"  {run['created']}  {run['job']:<24} {run['status']:<10} {took}  {run['run_id']}")
-        if (lane := runs.get("fast_lane")) is not None:
+        for lane in runs.get("fast_lane") or []:
             at = ", ".join(f"{p}: {o}" for p, o in lane["positions"].items()) or "no range yet"
             print(f"  fast lane: follow_frames {lane['run_id']} {lane['status']} since {lane['created']}; "
                   f"accounted up to offset {at} (by partition)")

@@ -26,6 +26,7 @@ NAMES: dict[str, tuple[str, str]] = {
     "dagster_cli_main": ("dagster._cli", "main"),
     "serialize_value": ("dagster._serdes", "serialize_value"),
     "deserialize_value": ("dagster._serdes", "deserialize_value"),
+    "GrpcServerCodeLocationOrigin": ("dagster._core.remote_origin", "GrpcServerCodeLocationOrigin"),
     # run retries (lib/retries.py, services/dagster_dev.py)
     "AUTO_RETRY_RUN_ID_TAG": ("dagster._core.storage.tags", "AUTO_RETRY_RUN_ID_TAG"),
     "WILL_RETRY_TAG": ("dagster._core.storage.tags", "WILL_RETRY_TAG"),

@@ -27,6 +27,8 @@ from imgpipeline.lib.run_priority import backfill_nice, run_nice
 
 PID_TAG = "imgpipeline/run_worker_pid"
 HOST_TAG = "imgpipeline/run_worker_host"
+# The code server a run of a location served elsewhere was started by (host:port).
+SERVER_TAG = "imgpipeline/run_worker_server"
 # When the worker process started (services.process.started_at): a later process given the same pid
 # (after a restart, or pids wrapping around) is not the run's worker.
 STARTED_TAG = "imgpipeline/run_worker_started"
@@ -54,6 +56,7 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         super().__init__(inst_data=inst_data)
         self.preload = list(preload or DEFAULT_PRELOAD)
         self._server_key: tuple | None = None
+        self._watch = ServerWatch()
 
     @classmethod
     def config_type(cls):
@@ -71,6 +74,10 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
     def launch_run(self, context) -> None:
         run = context.dagster_run
         pid = None
+        if (server := served_elsewhere(context)) is not None:
+            super().launch_run(context)  # the code server starts it, on its host
+            self._instance.add_run_tags(run.run_id, {SERVER_TAG: server})
+            return
         if self._forkable(run.job_code_origin):
             from imgpipeline.lib.dagster_door import ExecuteRunArgs, serialize_value
 
@@ -133,6 +140,8 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
         from imgpipeline.lib.dagster_door import CheckRunHealthResult, WorkerStatus
         from imgpipeline.services.process import alive, started_at
 
+        if SERVER_TAG in run.tags:
+            return self._server_health(run)
         here = socket.gethostname()
         host = run.tags.get(HOST_TAG, here)
         if host != here:
@@ -150,6 +159,29 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
                 WorkerStatus.FAILED, f"run worker {pid} is gone: that pid now belongs to a process started "
                 f"at {_clock(started)}, after the worker (by {_clock(started_by)})")
         return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker {pid} is running")
+
+    def _server_health(self, run: dg.DagsterRun):
+        """Whether the code server that started a run (its address as the launch recorded it) still
+        executes it. A server that does not answer leaves its runs as they are for SERVER_SILENT_S (a busy
+        or restarting server would otherwise lose them); silent longer, its host is taken as gone or cut
+        off, and its runs fail (their followers' partitions went to other hosts' once their sessions
+        lapsed)."""
+        from imgpipeline.lib.dagster_door import CheckRunHealthResult, WorkerStatus
+
+        client = self._get_grpc_client_for_termination(run.run_id)
+        if client is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no code server recorded for it yet")
+        where = f"{client.host}:{client.port or client.socket}"
+        current, silent_s = self._watch.ask(where, client)
+        if current is None and silent_s < SERVER_SILENT_S:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"the code server at {where} has not answered "
+                                        f"for {silent_s:.0f} s: taken as running for {SERVER_SILENT_S:g} s")
+        if current is None:
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"the code server at {where} has not answered "
+                                        f"for {silent_s:.0f} s: its host is gone or cut off")
+        if run.run_id in current:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"the code server at {where} executes it")
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"the code server at {where} no longer executes it")
 
     def _worker(self, run: dg.DagsterRun) -> tuple[int | None, float | None]:
         """The worker's pid and the latest time its process can have started: the recorded start time
@@ -188,6 +220,82 @@ class ForkingRunLauncher(dg.DefaultRunLauncher):
             server = _SERVERS.pop(self._server_key, None) if self._server_key else None
         if server is not None:
             server.close()
+
+
+def served_elsewhere(context) -> str | None:
+    """The address of the code server a run's code location is served by when that server is on another
+    host (a `grpc_server` entry of the workspace; on a site of several hosts), or None: the servers on
+    this host (those `dagster dev` and the daemon start, on a socket) serve the fork server's code. Such a
+    run executes where that server is, launched the default way, and its health is the server's to
+    say."""
+    from imgpipeline.lib.dagster_door import GrpcServerCodeLocationOrigin
+
+    origin = context.dagster_run.remote_job_origin
+    served = origin.repository_origin.code_location_origin if origin else None
+    if not isinstance(served, GrpcServerCodeLocationOrigin) or served.socket or on_this_host(served.host):
+        return None
+    return f"{served.host}:{served.port}"
+
+
+def on_this_host(host: str) -> bool:
+    """Whether `host` names an address of this host (one a socket can be bound to here)."""
+    try:
+        addresses = {info[4][0]: info[0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    for address, family in addresses.items():
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((address, 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+# A code server silent this long (its host gone, or cut off from the daemon's) has its runs failed.
+SERVER_SILENT_S = 60.0
+# One answer of a code server serves every run it started for this long (a monitoring pass asks once per
+# server, not once per run), and an answer is waited for this long (a host that drops packets would hold
+# the pass for the client's own minute).
+SERVER_ANSWER_S = 4.0
+SERVER_WAIT_S = 10.0
+
+
+class ServerWatch:
+    """What each code server last said it executes, and since when it has not answered, in the
+    daemon's memory (a daemon started again counts the silence afresh)."""
+
+    def __init__(self):
+        self.answers: dict[str, tuple[float, list[str] | None]] = {}
+        self.silent_since: dict[str, float] = {}
+
+    def ask(self, where: str, client) -> tuple[list[str] | None, float]:
+        """The runs the server executes (None: it does not answer), and for how long it has not."""
+        import time
+
+        from imgpipeline.lib.dagster_door import deserialize_value
+
+        now = time.monotonic()
+        asked, current = self.answers.get(where, (0.0, None))
+        if now - asked >= SERVER_ANSWER_S:
+            answer: list = []
+
+            def call() -> None:
+                try:
+                    answer.append(client.get_current_runs())
+                except Exception:  # noqa: BLE001, S110 - grpc's errors: it does not answer
+                    pass
+
+            asking = threading.Thread(target=call, daemon=True)
+            asking.start()
+            asking.join(SERVER_WAIT_S)
+            current = list(deserialize_value(answer[0]).current_runs) if answer else None
+            self.answers[where] = (time.monotonic(), current)
+        if current is not None:
+            self.silent_since.pop(where, None)
+            return current, 0.0
+        return None, now - self.silent_since.setdefault(where, now)
 
 
 def fail_orphaned_starts(instance: dg.DagsterInstance) -> list[str]:

@@ -12,6 +12,13 @@ from imgpipeline import ConfigError
 from imgpipeline.resources.settings import FromEnv, env_name, one_of, resolved, setting
 
 CONSUMER_GROUP = "imgpipeline-detect"
+
+
+def followers_group(topic: str) -> str:
+    """The consumer group whose members are the fast lane's follow_frames runs of `topic`."""
+    return f"{CONSUMER_GROUP}.follow.{topic}"
+
+
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MESSAGE_BYTES = 1_048_588  # Kafka's default max.message.bytes

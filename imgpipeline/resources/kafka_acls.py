@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from imgpipeline import ConfigError
-from imgpipeline.resources.kafka import CONSUMER_GROUP, KafkaResource
+from imgpipeline.resources.kafka import CONSUMER_GROUP, KafkaResource, followers_group
 from imgpipeline.resources.settings import env_name
 
 Missing = tuple[str, str, str, str]  # (kind, name, operation, who needs it)
@@ -39,6 +39,8 @@ def permissions(kafka: KafkaResource) -> dict[tuple[str, str], dict[str, str]]:
         ("topic", f"{kafka.alerts_topic}.dlq"): {"WRITE": "alerts no webhook took are dead-lettered",
                                                 "ALTER_CONFIGS": retention},
         ("group", CONSUMER_GROUP): {"READ": "runs commit the offsets they landed"},
+        ("group", followers_group(kafka.frames_topic)): {
+            "READ": "the fast lane's follow_frames runs share the frames topic's partitions as its members"},
     }
 
 
@@ -67,7 +69,9 @@ def missing(kafka: KafkaResource, admin) -> list[Missing]:
         asked = set(wanted["topic", topic["name"]])
         granted["topic", topic["name"]] = (asked if known and operations is None
                                            else set(operations or ()) if known else set())
-    granted["group", CONSUMER_GROUP] = group_operations(admin, wanted["group", CONSUMER_GROUP])
+    for kind, name in wanted:
+        if kind == "group":
+            granted[kind, name] = group_operations(admin, name, wanted[kind, name])
     found = [(kind, name, op, why) for (kind, name), ops in wanted.items() for op, why in ops.items()
              if op not in granted[kind, name]]
     return found + create_refused(kafka, admin, absent)
@@ -92,15 +96,15 @@ def create_refused(kafka: KafkaResource, admin, absent: list[str]) -> list[Missi
                                         errors.ClusterAuthorizationFailedError.errno)]
 
 
-def group_operations(admin, wanted: dict[str, str], attempts: int = 10) -> set[str]:
-    """The operations granted on the consumer group; all that is wanted where the group, without offsets
+def group_operations(admin, group_id: str, wanted: dict[str, str], attempts: int = 10) -> set[str]:
+    """The operations granted on a consumer group; all that is wanted where the group, without offsets
     yet, was only found (DESCRIBE), or its coordinator still moving after the last attempt."""
     from kafka import errors
 
     for attempt in range(attempts):
         last = attempt == attempts - 1
         try:
-            (group,) = admin.describe_groups([CONSUMER_GROUP], include_authorized_operations=True).values()
+            (group,) = admin.describe_groups([group_id], include_authorized_operations=True).values()
         except errors.GroupAuthorizationFailedError:
             return set()
         except errors.KafkaError as error:

@@ -20,18 +20,19 @@ class LocalServices:
     """The broker, the S3 endpoint and (on request) `dagster dev` and the viewer, under one state folder.
 
     state is the project's `.imgpipeline/`: services live in `services/`, Dagster's
-    instance in `dagster/`.
+    instance in `dagster/`. `host`: the address the broker, the S3 endpoint and PostgreSQL listen on and
+    their clients are given (None: where they last started, else 127.0.0.1).
     """
 
-    def __init__(self, state: Path, secure_kafka: bool = False):
+    def __init__(self, state: Path, secure_kafka: bool = False, host: str | None = None):
         self.state = Path(state)
         root = self.state / "services"
-        self.kafka = KafkaBroker(root / "kafka", secure=secure_kafka)
-        self.s3 = S3Endpoint(root / "s3")
+        self.kafka = KafkaBroker(root / "kafka", secure=secure_kafka, host=host)
+        self.s3 = S3Endpoint(root / "s3", host)
         self.dagster = DagsterDev(root / "dagster", self.state / "dagster", self.state.parent)
         self.viewer = ViewerService(root / "viewer", self.state.parent)
         self.mqtt = Mosquitto(root / "mqtt")
-        self.postgres = Postgres(root / "postgres")
+        self.postgres = Postgres(root / "postgres", host)
 
     @property
     def all(self) -> list[LocalService]:

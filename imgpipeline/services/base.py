@@ -9,6 +9,8 @@ from pathlib import Path
 
 from imgpipeline.services.process import PortClaims, alive, read_pid, spawn, terminate
 
+LOOPBACK = "127.0.0.1"
+
 
 class ServiceError(Exception):
     """A local service cannot be started; the message says why and what to do."""
@@ -22,8 +24,9 @@ class LocalService:
     preferred_ports: dict[str, int] = {}
     start_timeout_s = 60.0
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, host: str | None = None):
         self.workdir = Path(workdir)
+        self.wanted_host = host  # None: where it last listened, else 127.0.0.1
         self.pidfile = self.workdir / f"{self.name}.pid"
         self.logfile = self.workdir / f"{self.name}.log"
         self.statefile = self.workdir / "state.json"
@@ -79,6 +82,18 @@ class LocalService:
             return {}
 
     @property
+    def host(self) -> str:
+        """The address the service listens on and its clients are given: the one asked for, else the one
+        it last started on, else 127.0.0.1 (this machine only)."""
+        return self.wanted_host or self.started_on()
+
+    def started_on(self) -> str:
+        try:
+            return json.loads(self.statefile.read_text()).get("host") or LOOPBACK
+        except (OSError, ValueError, AttributeError):
+            return LOOPBACK
+
+    @property
     def pid(self) -> int | None:
         return read_pid(self.pidfile)
 
@@ -101,7 +116,7 @@ class LocalService:
 
     def start(self) -> dict:
         """Start (or find running) and wait until ready; returns status()."""
-        if self.running() and self.ready(self.ports):
+        if self.running() and self.started_on() == self.host and self.ready(self.ports):
             return self.status()
         self.stop()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +126,7 @@ class LocalService:
 
     def _start_on(self, ports: dict[str, int]) -> dict:
         self.prepare(ports)
-        self.statefile.write_text(json.dumps({"ports": ports}))
+        self.statefile.write_text(json.dumps({"ports": ports, "host": self.host}))
         started = time.monotonic()
         pid = spawn(self.argv(ports), pidfile=self.pidfile, logfile=self.logfile, cwd=self.workdir,
                     env=self.process_env(), **self.spawn_options())

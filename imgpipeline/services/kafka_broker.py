@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from imgpipeline.environment import cache_dir, environment
-from imgpipeline.services.base import LocalService, ServiceError
+from imgpipeline.services.base import LOOPBACK, LocalService, ServiceError
 
 BROKER_VERSION = "4.3.1"
 LOG4J_VERSION = "2.24.3"
@@ -170,7 +170,8 @@ SASL_USER = "imgpipeline"
 
 
 class KafkaBroker(LocalService):
-    """Kafka broker + controller in one JVM on 127.0.0.1, data under its workdir.
+    """Kafka broker + controller in one JVM on its host address (127.0.0.1 unless asked), the controller on
+    127.0.0.1; data under its workdir.
 
     With `secure`, a SASL_SSL listener too (SASL/PLAIN and SCRAM-SHA-256/512 over TLS with a self-made
     CA), for clients configured as against a real cluster; the PLAINTEXT listener stays for the
@@ -181,8 +182,8 @@ class KafkaBroker(LocalService):
     port_names = ("port", "controller_port")
     start_timeout_s = 90.0
 
-    def __init__(self, workdir: Path, secure: bool = False):
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, secure: bool = False, host: str | None = None):
+        super().__init__(workdir, host)
         self.secure = secure
         if secure:
             self.port_names = (*KafkaBroker.port_names, "secure_port")
@@ -203,7 +204,7 @@ class KafkaBroker(LocalService):
         return self.workdir / "tls" / "ca.pem"
 
     def listener_properties(self, ports: dict[str, int]) -> list[str]:
-        plain = f"PLAINTEXT://127.0.0.1:{ports['port']}"
+        plain = f"PLAINTEXT://{self.host}:{ports['port']}"
         controller = f"CONTROLLER://127.0.0.1:{ports['controller_port']}"
         if not self.secure:
             return [f"listeners={plain},{controller}", f"advertised.listeners={plain}",
@@ -225,6 +226,9 @@ class KafkaBroker(LocalService):
         ]
 
     def start(self) -> dict:
+        if self.secure and self.host != LOOPBACK:
+            raise ServiceError("the SASL_SSL listener's certificate names 127.0.0.1 only: start the broker "
+                               f"with it on 127.0.0.1 (`--host 127.0.0.1`), not {self.host}")
         if self.running() and set(self.ports) != set(self.port_names):
             self.stop()  # started with or without the SASL_SSL listener: the other way now
         return super().start()
@@ -303,7 +307,7 @@ class KafkaBroker(LocalService):
         return [*self._java(kafka_classpath()), "kafka.Kafka", str(self.workdir / "server.properties")]
 
     def address(self, ports: dict[str, int]) -> str:
-        return f"127.0.0.1:{ports['port']}"
+        return f"{self.host}:{ports['port']}"
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
         """Client settings: the PLAINTEXT listener, or with `secure` the SASL_SSL one (SCRAM-SHA-512)."""

@@ -19,7 +19,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from imgpipeline.services.base import LocalService, ServiceError
+from imgpipeline.services.base import LOOPBACK, LocalService, ServiceError
 
 INSTALL_HINT = "apt-get install postgresql (Debian, Ubuntu)"
 USER = "imgpipeline"
@@ -68,6 +68,9 @@ def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
     return f"SCRAM-SHA-256${iterations}:{encoded[0]}${encoded[1]}:{encoded[2]}"
 
 
+SUBNET_LOGIN = "host all all samenet scram-sha-256"
+
+
 class Postgres(LocalService):
     name = "postgres"
     login_user = USER
@@ -94,6 +97,7 @@ class Postgres(LocalService):
         mark = self.data / "imgpipeline-login.sha256"
         if (self.data / "PG_VERSION").exists():
             if mark.exists() and mark.read_text().strip() == self._login_mark():
+                self.admit_subnet()
                 return
             # Made with another login (the service's folder was deleted and a new password made): a
             # throwaway cluster, made again rather than left refusing every login.
@@ -122,10 +126,18 @@ class Postgres(LocalService):
             shutil.rmtree(self.data, ignore_errors=True)
             raise ServiceError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
         mark.write_text(self._login_mark() + "\n")
+        self.admit_subnet()
+
+    def admit_subnet(self) -> None:
+        """Listening on another address than 127.0.0.1: logins (by password) from the hosts of its subnets."""
+        hba = self.data / "pg_hba.conf"
+        if self.host != LOOPBACK and SUBNET_LOGIN not in hba.read_text():
+            with hba.open("a") as lines:
+                lines.write(f"\n{SUBNET_LOGIN}\n")
 
     def argv(self, ports: dict[str, int]) -> list[str]:
         return [postgres_bin("postgres") or "postgres", "-D", str(self.data), "-p", str(ports["port"]),
-                "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                "-c", f"listen_addresses={self.host}", "-c", "unix_socket_directories=",
                 # A daemon, a webserver, a code server and each run hold a few connections.
                 "-c", "max_connections=200", "-c", "fsync=on"]
 
@@ -133,11 +145,11 @@ class Postgres(LocalService):
         return _as_server_user()
 
     def address(self, ports: dict[str, int]) -> str:
-        return f"127.0.0.1:{ports['port']}"
+        return f"{self.host}:{ports['port']}"
 
     def url(self, ports: dict[str, int], database: str = DATABASE) -> str:
         creds = self.credentials()
-        return f"postgresql://{creds['user']}:{creds['password']}@127.0.0.1:{ports['port']}/{database}"
+        return f"postgresql://{creds['user']}:{creds['password']}@{self.host}:{ports['port']}/{database}"
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
         from imgpipeline.lib.instance import InstanceSettings
@@ -150,7 +162,7 @@ class Postgres(LocalService):
         """One statement through psql as the service's user; its output, or ServiceError."""
         creds = self.credentials()
         result = subprocess.run(
-            [postgres_bin("psql") or "psql", "-h", "127.0.0.1", "-p", str(ports["port"]), "-U", creds["user"],
+            [postgres_bin("psql") or "psql", "-h", self.host, "-p", str(ports["port"]), "-U", creds["user"],
              "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", statement],
             capture_output=True, text=True, timeout=30,
             env={**os.environ, "PGPASSWORD": creds["password"], "PGCONNECT_TIMEOUT": "3"})

@@ -31,10 +31,10 @@ class S3Endpoint(LocalService):
     start_timeout_s = 60.0
 
     def argv(self, ports: dict[str, int]) -> list[str]:
-        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["port"])]
+        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(ports["port"])]
 
     def address(self, ports: dict[str, int]) -> str:
-        return f"http://127.0.0.1:{ports['port']}"
+        return f"http://{self.host}:{ports['port']}"
 
     def env(self, ports: dict[str, int]) -> dict[str, str]:
         from imgpipeline.resources.settings import env_name

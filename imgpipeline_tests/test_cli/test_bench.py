@@ -75,6 +75,18 @@ def test_bench_pipeline_runs_every_path_and_writes_every_key(kafka):
                                     / round_["engines"]["opencv"]["pipeline_fps"], rel=0.01, abs=0.002)
 
 
+def test_bench_pipeline_on_the_fast_lane_times_the_follower_the_sensor_keeps(kafka):
+    from imgpipeline.resources import DetectorResource
+
+    result = bench_pipeline(frames=4, resources={"kafka": kafka, "detector": DetectorResource()},
+                            timeout_s=300, engines=["openvino"], lane="fast")
+    assert json.loads((state_dir() / "bench" / "pipeline.json").read_text()) == json.loads(json.dumps(result))
+    # The frames went through the follow_frames run(s) the sensor kept going since the warm-up frame.
+    assert result["lane"] == "fast" and result["runs"] >= 1 and result["first_launch_s"] is None
+    assert result["run_startup_s"] > 0 and result["rounds"][0]["runs"] == result["runs"]
+    assert result["pipeline_fps"] > 0 and result["efficiency"] > 0 and result["latency_p95_s"] >= 0
+
+
 def test_bench_pipeline_rounds_combine_into_medians_and_paired_ratios():
     """What `--repeat N` reports from its rounds: medians over rounds, each engine's speed-up paired
     within a round (the machine's drift between rounds cancels out), the pipeline's wins counted."""
@@ -253,6 +265,43 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
             "current hour builds"} <= {b["what"] for b in written["bends"]}
     assert f"{written['bends_first']['what']} " in printed and "What moves it:" in printed
 
+
+@pytest.mark.integration
+@pytest.mark.long(0.5)
+def test_bench_scale_on_the_fast_lane_lands_every_frame_once_through_the_followers(kafka, tmp_path, capsys):
+    """`bench scale --lane fast`: the cameras' frames go through the follow_frames runs (no detect_frames
+    run but the warm-up's, none at all here), each lands once, and the latency it prints is the landing
+    records' own (send → detected while the input lasted) and the followers' observations."""
+    from pathlib import Path
+
+    import dagster as dg
+
+    from imgpipeline.cli.bench.scale import WARM_UP, bench_scale
+    from imgpipeline.cli.main import build_parser
+    from imgpipeline.defs.records.reader import all_records
+    from imgpipeline.ingest.messages import parse_time
+    from imgpipeline.lib.instance import open_instance
+    from imgpipeline.lib.stats import percentile
+    from imgpipeline.resources import StorageResource
+
+    assert build_parser().parse_args(["bench", "scale", "--lane", "fast"]).lane == "fast"
+    result = bench_scale(sources=8, partitions=4, fps=5, seconds=6, resources={"kafka": kafka},
+                         folder=tmp_path, drain_timeout_s=120, lane="fast")
+    printed = capsys.readouterr().out
+    assert result["lane"] == "fast" and result["runs"] == 0
+    store = StorageResource(uri=result["store"]).open()
+    records = [r for r in all_records(store) if r.source_id != WARM_UP]
+    with open_instance(Path(result["dagster_home"])) as instance:
+        followers = {run.run_id for run in instance.get_runs(dg.RunsFilter(job_name="follow_frames"))}
+    assert followers and {r.run_id for r in records} <= followers
+    assert result["frames_sent"] == len(records) == len({r.frame_id for r in records}) == 8 * 5 * 6
+    assert result["drained"] and result["followers"] >= 1
+    waits = [(parse_time(r.processed_at) - parse_time(r.ingested_at)).total_seconds() for r in records]
+    assert result["wait_p95_s"] == round(percentile(waits, 0.95), 2)
+    assert result["input_wait_p95_s"] is not None and result["input_wait_p50_s"] <= result["input_wait_p95_s"]
+    assert result["landed_windows"] >= 1 and result["landed_p95_window_median_s"] > 0
+    assert result["landed_p95_window_median_s"] <= result["landed_p95_window_max_s"]
+    assert "fast lane" in printed and "landed latency" in {b["what"] for b in result["bends"]}
 
 @pytest.mark.integration
 @pytest.mark.long(2.5)

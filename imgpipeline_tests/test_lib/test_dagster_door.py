@@ -107,7 +107,7 @@ def test_the_instance_of_dagster_yaml_sets_the_pace_the_backfill_daemon_waits(tm
         # leaves unset, are the machine's cores
         queue = instance.get_concurrency_config().run_queue_config
         assert queue.max_concurrent_runs == max(2, cores())
-        assert [limit["limit"] for limit in queue.tag_concurrency_limits] == [2, 1]
+        assert [limit["limit"] for limit in queue.tag_concurrency_limits] == [2]
         waits = Waits()
         loop = execute_backfill_iteration_loop(SimpleNamespace(instance=instance), logging.getLogger(), waits)
         while not waits.asked:  # one pass (no backfill to make), then its wait

@@ -13,7 +13,7 @@ from imgpipeline import ConfigError
 from imgpipeline.cli.samples import sample
 from imgpipeline.ingest.messages import FrameMessage, sha256_hex
 from imgpipeline.resources import KafkaResource, StorageResource, kafka_acls
-from imgpipeline.resources.kafka import CONSUMER_GROUP
+from imgpipeline.resources.kafka import CONSUMER_GROUP, followers_group
 from imgpipeline.services.kafka_broker import KafkaBroker
 from imgpipeline.services.s3_endpoint import BUCKET, LOCAL_KEY_ID, LOCAL_SECRET, REGION, S3Endpoint
 from imgpipeline_tests.instances import fresh_instance
@@ -95,12 +95,13 @@ def test_a_missing_acl_is_named_with_the_command_that_grants_it_and_granted_all_
             assert f"{operation} on {kind} {name}:" in said
     assert kafka_acls.principal(user) == "User:imgpipeline" and "password" not in said.lower()
 
-    grant(admin, user, leave_out={(user.dlq_topic, "WRITE"), (CONSUMER_GROUP, "READ")})
+    followers = followers_group(user.frames_topic)
+    grant(admin, user, leave_out={(user.dlq_topic, "WRITE"), (CONSUMER_GROUP, "READ"), (followers, "READ")})
     # The authorizer applies new ACLs within moments: asked until only what was left out is missing. The
     # broker says nothing of a topic a client may not describe (WRITE would let it): the dead-letter
     # topic's ALTER_CONFIGS, granted, is named too.
     expected = [("topic", user.dlq_topic, "WRITE"), ("topic", user.dlq_topic, "ALTER_CONFIGS"),
-                ("group", CONSUMER_GROUP, "READ")]
+                ("group", CONSUMER_GROUP, "READ"), ("group", followers, "READ")]
     wait_for(lambda: [m[:3] for m in missing(user)] == expected, 30, "the ACLs to apply",
              explain=lambda: str(missing(user)))
     with pytest.raises(ConfigError) as refused:
@@ -108,7 +109,8 @@ def test_a_missing_acl_is_named_with_the_command_that_grants_it_and_granted_all_
     said = str(refused.value)
     assert f"WRITE on topic {user.dlq_topic}: runs and the MQTT bridge dead-letter" in said
     assert (f"--add --allow-principal User:imgpipeline --operation Write --topic {user.dlq_topic}" in said
-            and f"--operation Read --group {CONSUMER_GROUP}" in said)
+            and f"--operation Read --group {CONSUMER_GROUP}" in said
+            and f"--operation Read --group {followers}" in said)
     assert f"on topic {user.frames_topic}:" not in said
 
     grant(admin, user)

@@ -136,6 +136,39 @@ def test_delete_many_deletes_those_named_and_ignores_those_gone(store):
     assert store.size(keys[0]) is None
 
 
+def test_a_listing_beside_a_writer_whose_folders_come_and_go_lists_what_stays(store):
+    """Runs list a prefix while others write and delete under it (the fast lane's claims): a folder
+    emptied and removed mid-listing is skipped, never an error; a key that stays is always listed."""
+    import threading
+
+    store.put("claims/t/stays.json", b"{}")
+    done = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not done.is_set():
+            keys = [f"claims/t/{n % 7}/{n}.json", f"claims/t/{n % 7}/deep/{n}.json", f"claims/u/{n}.json"]
+            for key in keys:
+                store.put(key, b"{}")
+            store.delete_many(keys)
+            n += 1
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        listings = []
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until:
+            listings.append((store.list("claims/t/"), store.list("claims/u/"), store.list("claims/")))
+            assert "t" in store.folders("claims/")
+    finally:
+        done.set()
+        writer.join()
+    assert listings and all("claims/t/stays.json" in t and "claims/t/stays.json" in every
+                            for t, _, every in listings)
+    assert store.list("claims/") == ["claims/t/stays.json"] and store.list("claims/u/") == []
+
+
 def test_a_uri_is_the_root_and_the_key_and_a_key_is_read_back_from_it(store):
     uri = store.uri("frames/cam/2026-11-21/cam 1.jpg")
     assert uri.startswith(store.root_uri + "/")

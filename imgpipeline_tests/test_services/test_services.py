@@ -65,6 +65,12 @@ def test_services_up_status_down_leaves_nothing_running(tmp_path):
     assert re.search(r"kafka\s+stopped", after.stdout) and re.search(r"s3\s+stopped", after.stdout)
 
 
+def test_services_up_on_a_wildcard_address_is_refused(tmp_path):
+    done = imgpipeline(tmp_path, "services", "up", "--host", "0.0.0.0")
+    assert done.returncode == 2 and "give the address the other hosts reach" in done.stdout
+    assert not (tmp_path / ".imgpipeline" / "services").exists()
+
+
 def test_cluster_ids_never_look_like_an_option():
     import base64
 

@@ -28,7 +28,7 @@ def bench(args) -> int:
     elif args.what == "pipeline":
         from imgpipeline.cli.bench.pipeline import bench_pipeline
 
-        bench_pipeline(args.frames, args.rate, repeat=args.repeat, engines=args.engines)
+        bench_pipeline(args.frames, args.rate, repeat=args.repeat, engines=args.engines, lane=args.lane)
     elif args.what == "memory":
         from imgpipeline.cli.bench.memory import bench_memory
 
@@ -56,7 +56,7 @@ def bench(args) -> int:
     elif args.what == "scale":
         from imgpipeline.cli.bench.scale import bench_scale
 
-        bench_scale(args.sources, args.partitions, args.fps, args.seconds, args.max_batch)
+        bench_scale(args.sources, args.partitions, args.fps, args.seconds, args.max_batch, lane=args.lane)
     elif args.what == "soak":
         from imgpipeline.cli.bench.soak import bench_soak
 

@@ -91,16 +91,18 @@ def warm_up(producer, watch: LandingWatch, frame, deadline: float) -> None:
 
 
 def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, detector=None,
-                 flush_every: int = 1) -> dict:
-    """Produce → Kafka → frames_sensor → detect_frames runs launched by a real daemon → landing (the
-    batch lane: its runs' launch, start and memory are among what it measures)."""
+                 flush_every: int = 1, lane: str = "batch") -> dict:
+    """Produce → Kafka → frames_sensor → runs launched by a real daemon → landing. The batch lane:
+    detect_frames runs, whose launch, start and memory are among what it measures; the fast lane: the
+    follow_frames runs the sensor keeps going (started by the warm-up frame), a range at a time."""
     import threading
 
     from imgpipeline.defs.streaming.batch_policy import BatchPolicy
     from imgpipeline.ingest.producer import FrameProducer, Ledger
     from imgpipeline.resources.settings import env_name
 
-    with daemon(kafka, storage, detector, env={env_name(BatchPolicy, "fast_lane"): "0"}, log=log) as local:
+    fast_lane = {env_name(BatchPolicy, "fast_lane"): str(int(lane == "fast"))}
+    with daemon(kafka, storage, detector, env=fast_lane, log=log) as local:
         producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(local.state.parent / "ledger"),
                                  flush_every=100)
         watch = LandingWatch(storage)
@@ -112,7 +114,7 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
         watch.wait_for(len(frames), deadline)
         sender.join()
         producer.producer.close()
-        runs = run_timings(local.dagster.dagster_home, since=min(sent_at.values()))
+        runs = run_timings(local.dagster.dagster_home, since=min(sent_at.values()), lane=lane)
     if len(watch.landed_at) < len(frames):
         raise SystemExit(f"only {len(watch.landed_at)} of {len(frames)} frames landed within "
                          f"{timeout_s:.0f} s; see {local.dagster.logfile}")
@@ -120,22 +122,24 @@ def run_pipeline(frames, kafka, storage, rate, timeout_s: float, log=print, dete
             "dagster_home": local.dagster.dagster_home}
 
 
-def run_timings(dagster_home: Path, since: float) -> dict:
-    """Where the pipeline's fixed costs went, from the runs its daemon recorded after `since`."""
+def run_timings(dagster_home: Path, since: float, lane: str = "batch") -> dict:
+    """Where the pipeline's fixed costs went, from the runs its daemon recorded after `since` (the fast
+    lane's: those that were in flight then, the warm-up's included)."""
     import dagster as dg
 
     from imgpipeline.lib.instance import open_instance
     from imgpipeline.lib.launcher import PID_TAG
 
     with open_instance(dagster_home) as instance:
-        records = [r for r in instance.get_run_records(dg.RunsFilter(job_name="detect_frames"))
-                   if r.create_timestamp.timestamp() >= since]
+        job = "follow_frames" if lane == "fast" else "detect_frames"
+        records = [r for r in instance.get_run_records(dg.RunsFilter(job_name=job))
+                   if lane == "fast" or r.create_timestamp.timestamp() >= since]
     created = [r.create_timestamp.timestamp() for r in records]
     startups = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
     return {
         "runs": len(records),
         # first frame sent → its run created: the sensor's tick and wait
-        "first_launch_s": round(min(created) - since, 2) if created else None,
+        "first_launch_s": round(min(created) - since, 2) if created and lane == "batch" else None,
         # run created → run started: the queue, the run process and the code location loading
         "run_startup_s": round(sum(startups) / len(startups), 2) if startups else None,
         # runs forked from the launcher's warm server (the others started a new interpreter)
@@ -197,7 +201,8 @@ def engine_detectors(engines: list[str] | None = None) -> dict:
 
 
 def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: float = 1800.0,
-                   resources: dict | None = None, repeat: int = 1, engines: list[str] | None = None) -> dict:
+                   resources: dict | None = None, repeat: int = 1, engines: list[str] | None = None,
+                   lane: str = "batch") -> dict:
     """Bare detector, the whole pipeline through a real daemon on each engine, and a plain consumer,
     on the same frames.
 
@@ -224,10 +229,10 @@ def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: flo
     rounds, latencies = [], {e: [] for e in settings}
 
     def pipeline_leg(engine: str, round_: dict) -> None:
-        print(f"pipeline on {engine}: {frames} frames {mode} → Kafka → frames_sensor → "
-              "detect_frames (daemon) …")
+        runs = "follow_frames" if lane == "fast" else "detect_frames"
+        print(f"pipeline on {engine}: {frames} frames {mode} → Kafka → frames_sensor → {runs} (daemon) …")
         kafka, storage, _ = fresh_topic_and_store(resources["kafka"], "pipeline")
-        timing = run_pipeline(batch, kafka, storage, rate, timeout_s, detector=settings[engine])
+        timing = run_pipeline(batch, kafka, storage, rate, timeout_s, detector=settings[engine], lane=lane)
         fps, lat = _rates(timing)
         latencies[engine].append(lat)
         round_["engines"][engine] = {"pipeline_fps": fps, **timing["runs"]}
@@ -259,7 +264,7 @@ def bench_pipeline(frames: int = 1000, rate: float | None = None, timeout_s: flo
         rounds.append(round_)
 
     precisions = {e: d.identity.precision for e, d in detectors.items()}
-    result = combine_rounds(rounds, latencies, bares, frames, rate, precisions)
+    result = {"lane": lane, **combine_rounds(rounds, latencies, bares, frames, rate, precisions)}
     print_pipeline(result, repeat)
     write_result("pipeline", result)
     return result
@@ -345,6 +350,10 @@ def print_pipeline(result: dict, repeat: int) -> None:
                   f"{e['primary_speedup']:>14.2f}")
         print(f"(frames/s; the last column is the {primary} pipeline's frames/s ÷ this engine's, "
               "median of the rounds' paired ratios)")
+    if result.get("lane") == "fast":
+        print(f"pipeline on {primary}: the fast lane, {result['runs']} follow_frames run(s) (started by "
+              f"the warm-up frame, {result['run_startup_s']} s from created to started)")
+        return
     print(f"pipeline on {primary}: {result['runs']} runs ({result['runs_forked']} forked from the warm "
           "server); "
           f"first run created {result['first_launch_s']} s after the first frame was sent; "

@@ -27,6 +27,7 @@ from imgpipeline.lib.stats import percentile
 from imgpipeline.resources.storage import Storage
 
 WARM_UP = "warm-up"
+LANES = ("batch", "fast")
 
 
 def schedule(sources: int, fps: float, seconds: float, seed: int = 7):
@@ -193,27 +194,30 @@ def in_flight_cap(policy, partitions: int) -> tuple[int, str]:
 
 def bench_scale(sources: int = 1000, partitions: int = 12, fps: float = 1.0, seconds: float = 120.0,
                 max_batch: int | None = None, *, resources: dict | None = None, folder: Path | None = None,
-                drain_timeout_s: float | None = None, progress_s: float = 10.0) -> dict:
+                drain_timeout_s: float | None = None, progress_s: float = 10.0, lane: str = "batch") -> dict:
     """`sources` cameras at `fps` each for `seconds` through the whole orchestration with the no-op
     detector, on a fresh topic of `partitions` partitions, a fresh local folder and a Dagster daemon of
-    its own; then the warehouse of the hours covered, built in this process."""
+    its own, by `lane` (batch: detect_frames runs per batch; fast: the follow_frames runs); then the
+    warehouse of the hours covered, built in this process."""
     from imgpipeline import ConfigError
     from imgpipeline.resources import StorageResource
 
     if sources < 1 or partitions < 1 or fps <= 0 or seconds <= 0 or (max_batch is not None and max_batch < 1):
         raise ConfigError("bench scale: --sources, --partitions and --max-batch must be at least 1, "
                           "--fps and --seconds more than 0")
+    if lane not in LANES:
+        raise ConfigError(f"bench scale: --lane is one of {', '.join(LANES)}, not {lane!r}")
     banner = "!" * min(100, len(NOTICE))
     print(f"{banner}\n{NOTICE}\n{banner}")
     print(f"{sources:,} sources × {fps:g} frames/s for {seconds:g} s = {sources * fps:,.0f} frames/s asked, "
-          f"{partitions} partitions")
+          f"{partitions} partitions, the {lane} lane")
     resources = resources or local_resources()
     folder = Path(folder) if folder else scratch_dir("scale")
     drain_timeout_s = drain_timeout_s if drain_timeout_s is not None else max(180.0, 1.5 * seconds)
 
     live = run_live(resources["kafka"], folder, sources, partitions, fps, seconds, max_batch,
-                    drain_timeout_s, progress_s)
-    landing = landing_figures(live["storage"], live["warm_up_landing"])
+                    drain_timeout_s, progress_s, lane)
+    landing = landing_figures(live["storage"], live["warm_up_landing"], live["input_end"])
     empty = StorageResource(uri=(folder / "empty-store").as_uri())
     warehouse = build_warehouse(live["storage"], landing["hours"], live["dagster_home"], empty)
     screening = screening_cost(live["storage"], landing)
@@ -224,7 +228,7 @@ def bench_scale(sources: int = 1000, partitions: int = 12, fps: float = 1.0, sec
 
 
 def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, seconds: float,
-             max_batch: int | None, drain_timeout_s: float, progress_s: float) -> dict:
+             max_batch: int | None, drain_timeout_s: float, progress_s: float, lane: str = "batch") -> dict:
     """Produce through a real Dagster daemon with the no-op engine forced on its processes; what the
     topic, the ledgers and the instance say."""
     from imgpipeline.defs.streaming.batch_policy import BatchPolicy
@@ -255,8 +259,8 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
         env_name(DetectorResource, "precision"): "default",
         # An instance of the benchmark's own (SQLite in its scratch folder), never the project's PostgreSQL.
         env_name(InstanceSettings, "kind"): "sqlite",
-        # What it measures: detect_frames runs per batch, their queue and their cap.
-        env_name(BatchPolicy, "fast_lane"): "0",
+        # What it measures: detect_frames runs per batch, their queue and their cap; or the followers.
+        env_name(BatchPolicy, "fast_lane"): str(int(lane == "fast")),
     }
     if max_batch is not None:
         overrides[env_name(BatchPolicy, "max_batch")] = str(max_batch)
@@ -267,14 +271,19 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
     try:
         policy = BatchPolicy.from_env()
         cap, cap_env = in_flight_cap(policy, partitions)
-        print(f"policy: at most {policy.max_batch} frames per run, partial batches after "
-              f"{policy.max_wait_s:g} s, {cap} runs in flight ({cap_env}), "
-              f"a tick every {policy.interval_s} s")
+        if lane == "fast":
+            print(f"policy: {min(policy.followers, partitions)} follow_frames run(s) share the {partitions} "
+                  f"partitions ({env_name(BatchPolicy, 'followers')}), ranges of at most {policy.max_batch}")
+        else:
+            print(f"policy: at most {policy.max_batch} frames per run, partial batches after "
+                  f"{policy.max_wait_s:g} s, {cap} runs in flight ({cap_env}), "
+                  f"a tick every {policy.interval_s} s")
         print("starting the Dagster daemon (sensor, runs) with the no-op engine …")
         local.up_daemon()
         with open_instance(local.dagster.dagster_home) as instance:
             live = drive(instance, kafka, watch, frame, sources, fps, seconds, drain_timeout_s, progress_s)
             live.update(instance_figures(instance, live["t0"]))
+            live["observed"] = follower_observations(instance, live["t0"], live["input_end"])
             queue = instance.get_concurrency_config().run_queue_config
             live["max_concurrent_runs"] = queue.max_concurrent_runs if queue else None
     finally:
@@ -286,7 +295,8 @@ def run_live(kafka, folder: Path, sources: int, partitions: int, fps: float, sec
             else:
                 os.environ[name] = value
         delete_topics(kafka)
-    live.update(policy=policy.model_dump(), in_flight_cap=cap, in_flight_env=cap_env, storage=storage,
+    live.update(lane=lane, policy=policy.model_dump(), in_flight_cap=cap, in_flight_env=cap_env,
+                storage=storage,
                 topic=kafka.frames_topic, dagster_home=local.dagster.dagster_home,
                 ledgers=watch.measured(),
                 warm_up_landing=sorted({k for key in watch.warm_up
@@ -407,14 +417,35 @@ def instance_figures(instance, t0: float) -> dict:
             "runs": detect, "warm_up_runs": warm_up, "other_runs": dict(others)}
 
 
-def landing_figures(storage, warm_up_landing: list[str]) -> dict:
-    """Every landing file but the warm-up's: records, distinct frames, statuses, bytes, waits."""
+def follower_observations(instance, t0: float, input_end: float) -> list[dict]:
+    """The follow_frames runs' observations of kafka_frames while the input lasted: each window's frames/s
+    and latency from the broker to the range accounted for (landed p50, p95)."""
+    import dagster as dg
+
+    from imgpipeline.defs.tables import TOPIC_ASSET
+
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=TOPIC_ASSET, after_timestamp=t0, before_timestamp=input_end),
+        limit=10_000).records
+    found = []
+    for record in records:
+        metadata = record.asset_observation.metadata if record.asset_observation else {}
+        if "landed_p95_s" in metadata:
+            found.append({"at": record.timestamp, "frames_per_s": metadata["frames_per_s"].value,
+                          "landed_p50_s": metadata["landed_p50_s"].value,
+                          "landed_p95_s": metadata["landed_p95_s"].value})
+    return sorted(found, key=lambda o: o["at"])
+
+
+def landing_figures(storage, warm_up_landing: list[str], input_end: float | None = None) -> dict:
+    """Every landing file but the warm-up's: records, distinct frames, statuses, bytes, waits (from the
+    send to the frame's detection; those sent before `input_end` apart)."""
     from imgpipeline.defs.records.reader import landing_keys, parse_records
     from imgpipeline.ingest.messages import parse_time
 
     store = storage.open()
     files, size, records, frames = [], 0, 0, set()
-    statuses, per_hour, waits = Counter(), Counter(), []
+    statuses, per_hour, waits, during = Counter(), Counter(), [], []
     for key in landing_keys(store):
         if key in warm_up_landing:
             continue
@@ -430,11 +461,15 @@ def landing_figures(storage, warm_up_landing: list[str]) -> dict:
             per_hour[record.event_hour] += 1
             waited = parse_time(record.processed_at) - parse_time(record.ingested_at)
             waits.append(waited.total_seconds())
+            if input_end is not None and parse_time(record.ingested_at).timestamp() <= input_end:
+                during.append(waited.total_seconds())
     return {"files": files, "bytes": size, "records": records, "distinct": len(frames),
             "statuses": dict(statuses), "hours": sorted(per_hour), "per_hour": per_hour,
             "wait_p50_s": round(percentile(waits, 0.5), 2) if waits else None,
             "wait_p95_s": round(percentile(waits, 0.95), 2) if waits else None,
-            "wait_max_s": round(max(waits), 2) if waits else None}
+            "wait_max_s": round(max(waits), 2) if waits else None,
+            "input_wait_p50_s": round(percentile(during, 0.5), 2) if during else None,
+            "input_wait_p95_s": round(percentile(during, 0.95), 2) if during else None}
 
 
 def build_warehouse(storage, hours: list[datetime], dagster_home: Path, empty_store) -> dict:

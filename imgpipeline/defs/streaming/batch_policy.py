@@ -71,10 +71,18 @@ class BatchPolicy(FromEnv, BaseModel):
     # they come, instead of a detect_frames run per batch: landed within half a second instead of 4 to 7.
     fast_lane: bool = setting(
         "IMGPIPELINE_FAST_LANE", True,
-        "1: one follow_frames run detects every partition's new frames as they come (landed within ~0.5 s, "
-        "alerts raised live; it holds one of the run queue's slots for good); 0: a detect_frames run per "
-        "batch (landed in 4–7 s; docs/streaming.md). Backfills, replays and repairs are detect_frames runs "
-        "either way", shown="`1`")
+        "1: follow_frames runs (IMGPIPELINE_FOLLOWERS) detect the partitions' new frames as they come "
+        "(landed within ~0.5 s, alerts raised live; each holds one of the run queue's slots for good); "
+        "0: a detect_frames run per batch (landed in 4–7 s; docs/streaming.md). Backfills, replays and "
+        "repairs are detect_frames runs either way", shown="`1`")
+    # Followers share the topic's partitions (membership.py): each holds one of the run queue's slots for
+    # good, so by default they take half of them, the other half left to the hourly chain and backfills.
+    followers: int = setting(
+        "IMGPIPELINE_FOLLOWERS", default_factory=lambda: max(1, runs_at_once() // 2),
+        description="follow_frames runs the fast lane keeps going per code location, all sharing the "
+        "frames topic's partitions (no more than it has); each holds a run slot, and on Kubernetes is a pod "
+        "of its own",
+        shown="half the machine's cores (1 at least)", ge=1)
     fast_lane_run_s: float = setting(
         "IMGPIPELINE_FAST_LANE_RUN_S", 3600.0,
         "seconds a follow_frames run follows before it ends and the sensor launches the next", shown="`3600`",

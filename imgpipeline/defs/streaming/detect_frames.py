@@ -10,8 +10,8 @@ ledger); one landed only as an error is processed when it comes again.
 
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import dagster as dg
@@ -215,8 +215,8 @@ class Batch:
             spool.file.seek(0)
             yield from parse_records(spool.file.read())
 
-    def land_sources(self) -> list[str]:
-        return record_sources(self.store, self.latest)
+    def land_sources(self, wrote: dict[str, dict] | None = None) -> list[str]:
+        return record_sources(self.store, self.latest, wrote)
 
     def close(self) -> None:
         for spool in self.spools.values():
@@ -227,7 +227,8 @@ class Batch:
 
 @dataclass
 class Lane:
-    """What detects a run's ranges: the store, the detectors, the consumer reading the topic."""
+    """What detects a run's ranges: the store, the detectors, the consumer reading the topic, and what
+    the run wrote of its sources' times (record_sources)."""
 
     context: dg.OpExecutionContext
     kafka: KafkaResource
@@ -235,15 +236,23 @@ class Lane:
     processor: FrameProcessor
     consumer: object
     topic: str
+    sources: dict[str, dict] = field(default_factory=dict)
+
+
+class HandedOn(Exception):
+    """The group did not confirm the range's partition as the run's once its frames were processed (it went
+    to another run, or the group could not answer): nothing of it landed."""
 
 
 def detect_range(lane: Lane, partition: int, start: int, end: int, generation: int = 0, *,
                  shedding: Shedding | None = None, commit: bool = True, near: Neighbours | None = None,
-                 landed: dict | None = None, live: bool = False) -> tuple[dict, list[str]]:
+                 landed: dict | None = None, live: bool = False,
+                 held: Callable[[], bool] | None = None) -> tuple[dict, list[str]]:
     """Detect the offsets [start, end) of a partition and account for them: a landing file per event hour,
     the sources' latest times, the listeners told (`live`: the fast lane, whose ranges of a partition come
     one after the other), the range's ledger entry, the group's commit, the ledger's fold. Returns the
-    range's counts and the keys it wrote."""
+    range's counts and the keys it wrote. `held`, asked once the frames are processed and before anything
+    lands: False raises HandedOn (a follower's partition given to another meanwhile)."""
     topic, store = lane.topic, lane.store
     gaps: list[tuple[int, int]] = []  # filled by read_range as it reads
     incoming = read_range(lane.consumer, topic, partition, start, end, gaps, generation=generation)
@@ -251,9 +260,12 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
                   range_name(topic, partition, start, end, generation), near, landed)
     try:
         batch.process((shedding or Shedding(0)).mark(incoming))
+        if held is not None and not held():
+            raise HandedOn(f"partition {partition} went to another run (or the group could not say) while "
+                           f"[{start}, {end}) was detected")
         records = list(batch.landed_records()) if live else []  # before landing: an upload closes them
         written = batch.land()
-        batch.land_sources()
+        batch.land_sources(lane.sources)
         if live:
             tell(LandedRange(lane.context, lane.kafka, store, topic, partition, start, end, generation,
                              lambda: iter(records), lane.processor.max_bytes))

@@ -1,20 +1,22 @@
-"""follow_frames, the fast lane: one long-lived run detects every partition's new frames as they come.
+"""follow_frames, the fast lane: long-lived runs detect their partitions' new frames as they come.
 
 A detect_frames run per batch waits for a sensor tick (every 5 s) and a run start (a second when
 forked) before its first frame: seconds from send to landing however fast the detector. With the
-fast lane on (BatchPolicy.fast_lane), frames_sensor instead keeps one follow_frames run of the frames
-topic alive. It reads the partitions' end offsets and detects what is new as a range of its partition,
+fast lane on (BatchPolicy.fast_lane), frames_sensor instead keeps `followers` follow_frames runs of the
+frames topic alive, which share its partitions as a Kafka consumer group (membership.py). Each reads its
+partitions' end offsets and detects what is new as a range of its partition,
 up to `max_batch` frames, exactly as a detect_frames run would (detect_range): landing files named after
 the range, the ledger entry, the group's commit, the fold. Each range's landing is reported as a
 materialization of the run. Idle, it waits on a fetch the broker answers as soon as a frame comes.
 
 Before it reads a range the run claims it: `landing/claims/<topic>/<partition>/[g<N>/]<start>.json`
-holds its end. A run that starts, whatever ended the one before it (SIGKILL, a lost machine, the
-end of its time), goes on in each partition from where the range ledger accounts for every offset
-from the sensor's cursor without a hole; a range claimed there and never accounted for is detected
-again first with the same ends, so it rewrites the same landing files. The run queue starts one such
-run of a topic at a time (the tag imgpipeline/fast-lane, limit 1 in dagster.yaml) and run retries
-leave it to the sensor, so two never read the same offsets.
+holds its end. A run given a partition, whatever ended its holder before (SIGKILL, a lost machine, the
+end of its time), goes on in it from where the range ledger accounts for every offset from the sensor's
+cursor (or the group's commit, where lower) without a hole; a range claimed there and never accounted for
+is detected again first with the same ends, so it rewrites the same landing files. Ranges accounted for
+past the hole (detect_frames runs launched while no follower ran) are passed over. The group gives a
+partition to one run at a time and fences each range (membership.py); run retries leave the runs to the
+sensor, so two never read the same offsets.
 
 While it works, every `observe_s` (between passes over the partitions: under a backlog, a pass of a range
 per partition) the run observes kafka_frames (an asset observation the Dagster UI charts): each
@@ -33,9 +35,11 @@ import time
 import dagster as dg
 from pydantic import Field
 
-from imgpipeline.defs.records.ledger import accounted_ranges, contiguous_end
+from imgpipeline.defs.records.ledger import contiguous_end
+from imgpipeline.defs.streaming.claims import claims_prefix, resume
 from imgpipeline.defs.streaming.detect_frames import (
     PROGRESS_S,
+    HandedOn,
     Lane,
     Screening,
     detect_range,
@@ -43,9 +47,9 @@ from imgpipeline.defs.streaming.detect_frames import (
     of_generation,
     peak_rss_mb,
 )
+from imgpipeline.defs.streaming.membership import Membership
 from imgpipeline.defs.streaming.processing import Shedding, topic_id_of
-from imgpipeline.defs.tables import TOPIC_ASSET
-from imgpipeline.lib.stats import percentile
+from imgpipeline.defs.streaming.watch import Watch
 from imgpipeline.resources import (
     AlertsResource,
     DetectorResource,
@@ -53,16 +57,19 @@ from imgpipeline.resources import (
     StorageResource,
     TrackingResource,
 )
-from imgpipeline.resources.storage import BadObject, Storage
 
 FAST_LANE_TAG = "imgpipeline/fast-lane"
+# On a follow_frames run that shares its topic's partitions with the others (membership.py); a run without
+# it (launched before they did) reads every partition.
+SHARING_TAG = "imgpipeline/fast-lane-shares"
 # On a follow_frames run: how far it accounted for each partition's offsets from where it started
 # ({"generation": N, "positions": {"0": offset, …}}), brought up to date every PROGRESS_S and at its end.
 POSITIONS_TAG = "imgpipeline/fast-lane-positions"
-CLAIMS = "landing/claims"
 # Seconds between looks at the topic's partitions and id (each asks the cluster).
 TOPIC_CHECK_S = 30.0
-IDLE_OBSERVE_S = 60.0  # an idle follower's observation of kafka_frames comes this often at most
+# A pass gives the followers' group this long to hand out shares (0 would never let it), at most every
+# SHARE_EVERY_S (a rebalance waits for it that long; each range is fenced whatever the pass).
+SHARE_WAIT_S, SHARE_EVERY_S = 0.005, 0.25
 
 
 class FollowConfig(dg.Config):
@@ -85,38 +92,6 @@ class FollowConfig(dg.Config):
                                                              "(positions, lag, frames/s, latency).")
 
 
-def claims_prefix(topic: str, partition: int, generation: int = 0) -> str:
-    return f"{CLAIMS}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
-
-
-def resume(store: Storage, topic: str, partition: int, generation: int, floor: int) -> tuple[int, int | None]:
-    """Where a run goes on in a partition: how far from `floor` the ledger accounts for every offset, and
-    the end of a range claimed there and not accounted for (None: none). Older claims are deleted."""
-    position = contiguous_end(accounted_ranges(store, topic, partition, generation), floor)
-    prefix, claimed, stale = claims_prefix(topic, partition, generation), None, []
-    for key in store.list(prefix):
-        name = key[len(prefix):].removesuffix(".json")
-        if not name.isdigit():
-            continue
-        if int(name) < position:
-            stale.append(key)
-        elif int(name) == position:
-            claimed = claimed_end(store, key)
-            if claimed is None:
-                stale.append(key)
-    store.delete_many(stale)
-    return position, claimed if claimed is not None and claimed > position else None
-
-
-def claimed_end(store: Storage, key: str) -> int | None:
-    """A claim's end, or None when the claim cannot be read (damaged, or not a claim): its range is then
-    detected as one of the run's own, and screening lands each frame the killed run landed once."""
-    try:
-        return int(json.loads(store.get(key))["end"])
-    except (BadObject, ValueError, KeyError, TypeError):
-        return None
-
-
 class Superseded(Exception):
     """The run was cancelled: it ends, reading no further."""
 
@@ -124,17 +99,56 @@ class Superseded(Exception):
 class Follower:
     """One follow_frames run: its partitions' positions, and each range detected in turn."""
 
-    def __init__(self, lane: Lane, config: FollowConfig, screening: Screening):
-        self.lane, self.config = lane, config
-        self.positions: dict[int, int] = {}
+    def __init__(self, lane: Lane, config: FollowConfig, screening: Screening, membership: Membership):
+        self.lane, self.config, self.membership = lane, config, membership
+        self.positions: dict[int, int] = {}  # the partitions it holds: how far it accounted for each
+        self.reached: dict[int, int] = {}  # the partitions it handed on: how far it had
         self.claimed: dict[int, int] = {}  # partition: the end of a claimed range to detect again first
+        self.ahead: dict[int, list[tuple[int, int]]] = {}  # partition: ranges accounted past its position
         self.screening = screening
         self.landed: dict[int, tuple[int, dict]] = {}  # partition: (from offset, frames per event hour)
         self.shedding: dict[int, Shedding] = {}  # partition: its sources' one-in-k, kept between ranges
         self.totals: dict[str, int] = {}
         self.ranges = 0
+        self.unreported = False  # ranges accounted for since the positions tag was last written
         self.progress_at = time.monotonic() + PROGRESS_S
         self.watch = Watch(config.observe_s)
+        self.shared_at = time.monotonic() - SHARE_EVERY_S  # when the group was last asked for the share
+
+    def refresh(self, wait_s: float = SHARE_WAIT_S, due: bool = False) -> bool:
+        """Ask the group for the run's share (every SHARE_EVERY_S, or now if `due`) and hold it; False while
+        a rebalance is under way: the run reads nothing until it is done."""
+        if not due and time.monotonic() - self.shared_at < SHARE_EVERY_S:
+            return self.membership.settled
+        self.shared_at = time.monotonic()
+        share = self.membership.share(wait_s)
+        if share is not None:
+            self.hold(share, again=self.membership.given_again())
+        return share is not None
+
+    def hold(self, share: set[int], again: set[int] = frozenset()) -> None:
+        """Take up the partitions the group gave this run, and let go of those it gave another. One it
+        holds and is given `again` (a rebalance) is taken up afresh from the ledger, as a new one: if the
+        run's session lapsed meanwhile (frozen, starved), another run held it and went on."""
+        if gone := sorted(set(self.positions) - share):
+            self.let_go(gone)
+            self.lane.context.log.info(f"partitions {gone} handed to another follower")
+        was = {p: self.positions[p] for p in sorted(again & share) if p in self.positions}
+        self.let_go(list(was))
+        if new := sorted(share - set(self.positions)):
+            self.start(new)
+        for partition, position in sorted(was.items()):
+            if self.positions[partition] != position:
+                self.lane.context.log.warning(
+                    f"partition {partition}: another run went on with it while this one was out of the group "
+                    f"(its session lapsed): on from offset {self.positions[partition]}, not {position}")
+
+    def let_go(self, partitions: list[int]) -> None:
+        """Forget what the run kept of the partitions: how far it had goes to `reached`."""
+        for partition in partitions:
+            self.reached[partition] = self.positions.pop(partition)
+            for kept in (self.claimed, self.ahead, self.landed, self.shedding):
+                kept.pop(partition, None)
 
     def start(self, partitions: list[int]) -> None:
         from kafka import TopicPartition
@@ -147,34 +161,50 @@ class Follower:
             if floor is None:
                 committed = of_generation(consumer.committed(tp, metadata=True), generation)
                 floor = committed if committed is not None else beginnings[tp]
-            position, claimed = resume(self.lane.store, topic, tp.partition, generation, floor)
+            position, claimed, ahead = resume(self.lane.store, topic, tp.partition, generation, floor)
             self.positions[tp.partition] = position
+            if ahead:
+                self.ahead[tp.partition] = ahead
+                self.lane.context.log.info(
+                    f"partition {tp.partition}: offsets {position}..{ahead[0][0] - 1} are not accounted for, "
+                    f"{len(ahead)} ranges past them are: it detects the holes only")
             if claimed is not None:
                 self.claimed[tp.partition] = claimed
                 self.lane.context.log.info(
                     f"partition {tp.partition}: offsets {position}..{claimed - 1} were claimed by a run that "
                     "did not account for them: detecting them again first")
-        self.lane.context.log.info(f"following {topic} from {self.positions}")
+            self.reached.pop(tp.partition, None)
+        self.lane.context.log.info(
+            f"following {topic}: " + ", ".join(f"partition {p} from {self.positions[p]}" for p in partitions))
 
     def step(self, ends: dict[int, int], until: float | None = None) -> bool:
         """Detect what is new in each partition (up to max_batch each, none once the monotonic `until` has
-        passed); whether anything was."""
+        passed, none once a rebalance began: the group waits for the run); whether anything was."""
         worked = False
-        for partition, position in sorted(self.positions.items()):
-            if until is not None and time.monotonic() >= until:
+        for partition in sorted(self.positions):
+            if (until is not None and time.monotonic() >= until) or not self.refresh():
                 break
+            if partition not in self.positions:
+                continue  # handed on meanwhile
+            position = self.positions[partition]  # taken up again meanwhile: from the ledger
             end = ends.get(partition, position)
             if end < position:
                 raise dg.Failure(
                     f"{self.lane.topic}-{partition}: offsets went backwards (the log ends at {end}, this run "
                     f"is at {position}): the topic was re-created; frames_sensor starts a new generation")
-            stop = self.claimed.pop(partition, None) or min(end, position + self.config.max_batch)
-            if stop > position:
-                self.detect(partition, position, stop)
+            limit = next((start for start, _ in self.ahead.get(partition, ()) if start > position), end)
+            stop = self.claimed.get(partition) or min(end, position + self.config.max_batch, limit)
+            if stop <= position:
+                continue
+            if self.detect(partition, position, stop):
+                self.claimed.pop(partition, None)
                 worked = True
+            elif partition not in self.membership.held:  # its share went to another: let go of it
+                self.hold(set(self.positions) - {partition})
         return worked
 
-    def detect(self, partition: int, start: int, end: int) -> None:
+    def detect(self, partition: int, start: int, end: int) -> bool:
+        """Claim and detect the range, if the group still gives the run its partition (whether it did)."""
         lane, generation = self.lane, self.config.generation
         run = lane.context.instance.get_run_by_id(lane.context.run_id)
         if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
@@ -185,26 +215,51 @@ class Follower:
             raise dg.Failure(f"this run is {run.status.value}: another follow_frames run takes over")
         claim = f"{claims_prefix(lane.topic, partition, generation)}{start}.json"
         lane.store.put(claim, json.dumps({"end": end, "run_id": lane.context.run_id}).encode())
+        if not self.membership.fence(partition, start):
+            return False  # handed on (this run was frozen past its session): the next owner reads the claim
         near = self.screening.near(lane.topic, partition, generation, start)
         shedding = self.shedding.setdefault(partition, Shedding(self.config.shed_after_s))
-        counts, _ = detect_range(lane, partition, start, end, generation, shedding=shedding, near=near,
-                                 landed=self.landed_for(partition, start), live=True)
+        try:  # fenced again before anything lands: a run frozen mid-range lands nothing its successor does
+            counts, _ = detect_range(lane, partition, start, end, generation, shedding=shedding, near=near,
+                                     landed=self.landed_for(partition, start), live=True,
+                                     held=lambda: self.membership.fence(partition, start))
+        except HandedOn as handed:
+            # The frames screened as landed meanwhile did not land: the range is detected again (here or
+            # by the next holder) against the landing as it is, not as this attempt would have left it.
+            self.landed.pop(partition, None)
+            lane.context.log.info(f"{handed}: it detects the range again from the claim")
+            return False
         lane.store.delete_many([claim])
         self.watch.landed(counts.get("read", 0), shedding.take_appended())
-        self.positions[partition] = end
-        self.ranges += 1
+        self.positions[partition] = self.past(partition, end)
+        self.ranges, self.unreported = self.ranges + 1, True
         for name, value in counts.items():
             self.totals[name] = self.totals.get(name, 0) + value
         if time.monotonic() >= self.progress_at:
             self.progress_at = time.monotonic() + PROGRESS_S
             lane.context.log.info(f"{self.ranges} ranges, at {self.positions}: {self.totals}")
             self.report()
+        return True
+
+    def past(self, partition: int, end: int) -> int:
+        """Where the partition goes on once [.., end) is accounted for: past the ranges accounted for ahead
+        of it without a hole (those of a hole's far side)."""
+        ahead = self.ahead.get(partition)
+        if not ahead:
+            return end
+        position = contiguous_end(ahead, end)
+        if not (rest := [(start, stop) for start, stop in ahead if stop > position]):
+            self.ahead.pop(partition)
+        else:
+            self.ahead[partition] = rest
+        return position
 
     def report(self) -> None:
         """The positions as the run's tag: where the sensor's cursor goes on from."""
-        positions = {str(p): o for p, o in self.positions.items()}
+        positions = {str(p): o for p, o in {**self.reached, **self.positions}.items()}
         value = json.dumps({"generation": self.config.generation, "positions": positions})
         self.lane.context.instance.add_run_tags(self.lane.context.run_id, {POSITIONS_TAG: value})
+        self.unreported = False
 
     def landed_for(self, partition: int, start: int) -> dict:
         """The frames the partition's ranges screen against, kept between ranges (each adds its own) and
@@ -217,58 +272,15 @@ class Follower:
         return landed
 
 
-class Watch:
-    """What the follower shows of its work: the frames it read and their latencies (the broker's append to
-    their range accounted for: landed, told and committed) since the last observation of kafka_frames,
-    which comes every `every_s` while anything moved, else once a minute, and once more at the run's end."""
-
-    def __init__(self, every_s: float):
-        self.every_s = every_s
-        self.frames, self.latencies = 0, []
-        self.at = time.monotonic()
-        self.shown: dict | None = None  # the positions and ends last observed
-        self.ends: dict[int, int] = {}  # the partitions' ends last looked at
-
-    def landed(self, frames: int, appended_ms: list[int]) -> None:
-        """A range of `frames` was accounted for now, of frames the broker appended at `appended_ms`."""
-        now = time.time()
-        self.frames += frames
-        self.latencies.extend(max(0.0, now - ms / 1000) for ms in appended_ms)
-
-    def observation(self, positions: dict[int, int], ends: dict[int, int],
-                    final: bool = False) -> dg.AssetObservation | None:
-        """The observation due now, if one is; `final`: the run's last, if anything was read since."""
-        elapsed = max(time.monotonic() - self.at, 1e-3)
-        state = {"positions": dict(positions), "ends": {p: ends.get(p, o) for p, o in positions.items()}}
-        self.ends = state["ends"]
-        if final and not self.frames:
-            return None
-        if not final and (elapsed < self.every_s or (state == self.shown and elapsed < IDLE_OBSERVE_S)):
-            return None
-        lag = {p: max(0, state["ends"][p] - o) for p, o in positions.items()}
-        metadata = {"lag": dg.MetadataValue.int(sum(lag.values())),
-                    "frames_per_s": dg.MetadataValue.float(round(self.frames / elapsed, 2))}
-        for p, offset in sorted(positions.items()):
-            metadata[f"lag_partition_{p}"] = dg.MetadataValue.int(lag[p])
-            metadata[f"position_partition_{p}"] = dg.MetadataValue.int(offset)
-        if self.latencies:
-            for name, q in (("landed_p50_s", 0.5), ("landed_p95_s", 0.95)):
-                metadata[name] = dg.MetadataValue.float(round(percentile(self.latencies, q), 3))
-        self.frames, self.latencies, self.at, self.shown = 0, [], time.monotonic(), state
-        return dg.AssetObservation(asset_key=TOPIC_ASSET, metadata=metadata)
-
-
 def follow(follower: Follower, config: FollowConfig) -> str:
-    """Follow until the run's time is up, it idled `idle_end_s`, or the topic changed (new partitions,
-    another id); why it ended."""
+    """Follow the partitions the group gives the run until its time is up, it idled `idle_end_s` (once it
+    held a partition), or the topic changed (new partitions, another id); why it ended."""
     from kafka import TopicPartition
 
     consumer, topic = follower.lane.consumer, follower.lane.topic
     partitions, topic_id = sorted(consumer.partitions_for_topic(topic) or []), topic_id_of(consumer, topic)
     if not partitions:
         raise dg.Failure(f"topic {topic!r} does not exist")
-    follower.start(partitions)
-    tps = [TopicPartition(topic, p) for p in partitions]
     began = idle_since = looked = time.monotonic()
     troubled = None  # what the last wait for frames ran into (said once)
     while True:
@@ -282,15 +294,25 @@ def follow(follower: Follower, config: FollowConfig) -> str:
                 return "the topic has new partitions: the next run follows them too"
             if topic_id and topic_id_of(consumer, topic) not in (None, topic_id):
                 return "the topic was re-created: the sensor starts a new generation"
-        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
+        if not follower.refresh():  # a rebalance under way (or the group unreachable): waited for
+            follower.refresh(config.poll_s, due=True)
+            continue
+        tps = [TopicPartition(topic, p) for p in sorted(follower.positions)]
+        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()} if tps else {}
         try:
             worked = follower.step(ends, until=began + config.run_s if config.run_s else None)
         except Superseded as exc:
             return str(exc)
         if observation := follower.watch.observation(follower.positions, ends):
             follower.lane.context.log_event(observation)
+        tps = [tp for tp in tps if tp.partition in follower.positions]  # the share may have moved mid-pass
+        if not worked and follower.unreported:
+            follower.report()  # fallen idle: how far it got, for the sensor and `imgpipeline status`
         if worked:
             idle_since = time.monotonic()
+        elif not tps:  # holding nothing (more followers than partitions): it waits for a share
+            follower.refresh(config.poll_s, due=True)
+            idle_since = time.monotonic() if not follower.reached else idle_since
         elif config.idle_end_s and now - idle_since >= config.idle_end_s:
             return f"no new frame for {config.idle_end_s:g} s"
         elif (trouble := wait_for_frames(consumer, tps, follower.positions, config.poll_s)) != troubled:
@@ -332,9 +354,10 @@ def follow_op(
     listeners told of each range landed (the live alerts) read the tracking and the alert rules from the
     run's resources, as the hourly assets do."""
     store = storage.open()
-    consumer = kafka.consumer(auto_offset_reset="none")
+    consumer, topic = kafka.consumer(auto_offset_reset="none"), config.topic or kafka.frames_topic
+    membership = Membership(kafka, topic, context.log)
     follower = Follower(Lane(context, kafka, store, frame_processor(context, store, storage, detector),
-                             consumer, config.topic or kafka.frames_topic), config, screening)
+                             consumer, topic), config, screening, membership)
     try:
         try:
             why = follow(follower, config)
@@ -347,6 +370,7 @@ def follow_op(
         if last := follower.watch.observation(follower.positions, follower.watch.ends, final=True):
             context.log_event(last)
     finally:
+        membership.close()  # the other followers take its share at once
         consumer.close()
         if follower.ranges:
             follower.report()

@@ -14,7 +14,7 @@ from datetime import datetime
 from imgpipeline.defs.records.keys import RANGE_NAME, landing_key, ranges_of
 from imgpipeline.defs.records.reader import landing_keys, read_records
 from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
-from imgpipeline.ingest.messages import iso_utc, parse_time
+from imgpipeline.ingest.messages import BadInput, iso_utc, parse_time
 from imgpipeline.resources.storage import BadObject, Storage
 
 
@@ -91,22 +91,51 @@ def landed_frames(store: Storage, hour: datetime, except_name: str,
 
 
 SOURCES = "landing/sources"
+SOURCE_STEP_S = 10.0  # a run of many ranges writes a source's times when they moved this far
 
 
-def record_sources(store: Storage, last: dict[str, dict]) -> list[str]:
+def record_sources(store: Storage, last: dict[str, dict], wrote: dict[str, dict] | None = None) -> list[str]:
     """`landing/sources/<source_id>.json`: when each source's latest frame was captured, reached the
     broker and was processed. A run only moves these forward, so they say when a camera fell silent
-    long after its frames left the landing hours anyone reads; deleting a file retires the source."""
+    long after its frames left the landing hours anyone reads; deleting a file retires the source.
+    `wrote`: what this run wrote of each source before (a run of many ranges keeps it): a source whose
+    times moved less than SOURCE_STEP_S since is passed over (silence is told in minutes; a camera at
+    a frame a second would otherwise be read and written, synced, at every range)."""
     written = []
     for source, times in sorted(last.items()):
+        if wrote is not None and not moved(wrote.get(source), times):
+            continue
         key = f"{SOURCES}/{source}.json"
         known = source_times(store, key)
-        merged = {name: max(filter(None, (known.get(name), value)), default=None)  # ISO UTC: text order
+        merged = {name: max(filter(None, (valid_time(known.get(name)), value)), default=None)  # ISO UTC
                   for name, value in times.items()}
         if merged != {name: known.get(name) for name in times}:
             store.put(key, json.dumps({"source_id": source, **merged}).encode())
             written.append(key)
+        if wrote is not None:
+            wrote[source] = merged
     return written
+
+
+def valid_time(value) -> str | None:
+    """A time read from a source's file as ISO UTC (text order is time order), or None: a damaged one
+    (edited by hand, another writer's) is written over instead of winning every comparison."""
+    try:
+        return iso_utc(parse_time(value)) if isinstance(value, str) else None
+    except (BadInput, ValueError):
+        return None
+
+
+def moved(before: dict | None, times: dict) -> bool:
+    """Whether any of a source's times is SOURCE_STEP_S past what was written of it (or was never)."""
+    if before is None:
+        return True
+    try:
+        return any(value and (not before.get(name) or
+                              (parse_time(value) - parse_time(before[name])).total_seconds() >= SOURCE_STEP_S)
+                   for name, value in times.items())
+    except (BadInput, TypeError, ValueError, AttributeError):  # a time damaged in the file it came from
+        return True
 
 
 def latest_times(last: dict[str, dict], record: LandingRecord) -> None:

@@ -26,10 +26,13 @@ LANE_BACKOFF_MAX_S = 300.0
 
 
 def lane_backoff(context: dg.SensorEvaluationContext, topic: str, now: float) -> str | None:
-    """Why the next follow_frames run of `topic` waits (its predecessors failed, the last one lately), or
-    None. The first failure is taken over at once: a killed worker loses a tick, not minutes."""
-    records = tick_instance(context).get_run_records(
-        dg.RunsFilter(job_name=follow_frames.name, tags={FAST_LANE_TAG: topic}), limit=8)
+    """Why the next follow_frames run of `topic` of the sensor's code location waits (its predecessors
+    there failed, the last one lately), or None: another host's failing followers hold back none of this
+    one's. The first failure is taken over at once: a killed worker loses a tick, not minutes."""
+    here = sensor_location(context)
+    records = [record for record in tick_instance(context).get_run_records(
+        dg.RunsFilter(job_name=follow_frames.name, tags={FAST_LANE_TAG: topic}), limit=32)
+        if here in (None, location_of(record.dagster_run))][:8]
     failed = 0
     for record in records:
         if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
@@ -58,10 +61,31 @@ def runs_in_flight(context: dg.SensorEvaluationContext, topic: str,
     return counts
 
 
-def followers(active: list[dg.DagsterRun], topic: str) -> list[dg.DagsterRun]:
-    """The follow_frames runs of `topic` queued or running."""
+def followers(active: list[dg.DagsterRun], topic: str, location: str | None = None) -> list[dg.DagsterRun]:
+    """The follow_frames runs of `topic` queued or running: all of them, or those of one code location (a
+    run executes where its code location's server is: on a site of several hosts, each keeps its own)."""
     return [run for run in active
-            if run.job_name == follow_frames.name and run.tags.get(FAST_LANE_TAG) == topic]
+            if run.job_name == follow_frames.name and run.tags.get(FAST_LANE_TAG) == topic
+            and location in (None, location_of(run))]
+
+
+def own_followers(context: dg.SensorEvaluationContext, active: list[dg.DagsterRun],
+                  topic: str) -> list[dg.DagsterRun]:
+    """The followers of the sensor's own code location. Each keeps its own: on a site of several hosts a
+    host's runs execute where its code server is, so a host cut off takes only its own with it, and the
+    others' followers take its partitions over."""
+    return followers(active, topic, sensor_location(context))
+
+
+def sensor_location(context: dg.SensorEvaluationContext) -> str | None:
+    """The code location the sensor is evaluated in (None: in none, e.g. a test's context)."""
+    origin = context.code_location_origin
+    return origin.location_name if origin else None
+
+
+def location_of(run: dg.DagsterRun) -> str | None:
+    """The code location a run was launched from (None: launched from none, e.g. in a process)."""
+    return run.remote_job_origin.location_name if run.remote_job_origin else None
 
 
 def free_runs(in_flight: dict[int, int], partitions, policy: BatchPolicy) -> dict[int, int]:
@@ -75,15 +99,20 @@ def room_left(in_flight: dict[int, int], policy: BatchPolicy) -> int:
 
 
 def lane_positions(context: dg.SensorEvaluationContext, topic: str, lanes: list[dg.DagsterRun],
-                   cursor: dict) -> dict[int, int]:
-    """How far the follow_frames run in flight (else the latest) accounted for each partition, as its tag
-    says, if of the cursor's generation."""
-    runs = lanes or tick_instance(context).get_runs(
-        dg.RunsFilter(job_name=follow_frames.name, tags={FAST_LANE_TAG: topic}), limit=1)
-    try:
-        said = json.loads(runs[0].tags.get(POSITIONS_TAG, "{}")) if runs else {}
-        if said.get("generation", 0) != cursor.get("generation", 0):
-            return {}
-        return {int(p): int(o) for p, o in said.get("positions", {}).items()}
-    except (ValueError, TypeError, AttributeError):  # a tag edited by hand: the commit alone says
-        return {}
+                   cursor: dict, followers: int = 1) -> dict[int, int]:
+    """How far the follow_frames runs accounted for each partition, as their tags say (those of the
+    cursor's generation): the furthest of the runs in flight and the latest ones (a partition handed
+    from one run to another, the later one's)."""
+    latest = tick_instance(context).get_runs(
+        dg.RunsFilter(job_name=follow_frames.name, tags={FAST_LANE_TAG: topic}), limit=2 * followers + 2)
+    positions: dict[int, int] = {}
+    for run in {run.run_id: run for run in [*lanes, *latest]}.values():
+        try:
+            said = json.loads(run.tags.get(POSITIONS_TAG, "{}"))
+            if said.get("generation", 0) != cursor.get("generation", 0):
+                continue
+            for p, o in said.get("positions", {}).items():
+                positions[int(p)] = max(int(o), positions.get(int(p), int(o)))
+        except (ValueError, TypeError, AttributeError):  # a tag edited by hand: the others and the commit say
+            continue
+    return positions

@@ -79,12 +79,13 @@ class LocalStorage(Storage):
         base = self._path(prefix.rstrip("/")) if prefix else self.folder
         if base.is_file():
             return [prefix]
-        if not base.is_dir():
-            return []
+        # os.walk, not rglob: a folder another process empties and removes meanwhile (delete_many) is
+        # skipped, where rglob raised FileNotFoundError in the middle of the listing.
         return sorted(
-            p.relative_to(self.folder).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
+            Path(folder, name).relative_to(self.folder).as_posix()
+            for folder, _, names in os.walk(base)
+            for name in names
+            if not name.startswith(".") and os.path.isfile(os.path.join(folder, name))
         )
 
     def versions(self, prefix: str) -> dict[str, str]:
@@ -107,8 +108,11 @@ class LocalStorage(Storage):
         return found
 
     def folders(self, prefix: str) -> list[str]:
-        base = self._path(prefix.rstrip("/"))
-        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        try:
+            with os.scandir(self._path(prefix.rstrip("/"))) as entries:
+                return sorted(entry.name for entry in entries if entry.is_dir())
+        except (FileNotFoundError, NotADirectoryError):  # none, or removed meanwhile (delete_many)
+            return []
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -21,7 +21,8 @@ from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.live import state_key
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.records.ledger import range_key
-from imgpipeline.defs.streaming.follow import CLAIMS, follow_frames
+from imgpipeline.defs.streaming.claims import CLAIMS
+from imgpipeline.defs.streaming.follow import follow_frames
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.producer import Frame, FrameProducer, Ledger
 from imgpipeline.ingest.sources import video_frames

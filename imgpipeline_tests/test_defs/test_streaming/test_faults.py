@@ -26,7 +26,7 @@ import pytest
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
 
 from imgpipeline.defs.records.reader import Landing
-from imgpipeline.defs.streaming.follow import CLAIMS
+from imgpipeline.defs.streaming.claims import CLAIMS
 from imgpipeline.lib.instance import open_instance
 from imgpipeline.lib.launcher import PID_TAG
 from imgpipeline.paths import PACKAGE_DIR
@@ -152,9 +152,18 @@ class Pipeline:
                    f"duplicated {doubled}, recovered {recovered:.1f} s after the fault; runs {dict(runs)}")
         print(f"\n{figures}")
         missing = len(set(self.sent) - set(counts))
-        assert not missing, f"{missing} frames never landed ({figures})"
+        assert not missing, (f"{missing} frames never landed ({figures}); {self.runs_seen()}\n"
+                             f"{self.last_said()}")
         assert doubled == 0
         self.no_alert_doubled()
+
+    def last_said(self, lines: int = 30) -> str:
+        """What the job's latest run said last (its own messages, not Dagster's events)."""
+        with self.instance() as instance:
+            runs = instance.get_runs(dg.RunsFilter(job_name=self.job), limit=1)
+            said = [f"{e.dagster_event.event_type_value if e.dagster_event else ''} {e.user_message}"[:300]
+                    for e in instance.all_logs(runs[0].run_id)] if runs else []
+        return "its latest run said last:\n" + "\n".join(said[-lines:])
 
     def rules_alerted(self) -> set[str]:
         """The rules of the alerts on the topic so far about this test's frames."""

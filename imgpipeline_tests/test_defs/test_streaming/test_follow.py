@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 
 import dagster as dg
@@ -18,18 +19,21 @@ from imgpipeline.cli.status import fast_lane
 from imgpipeline.defs.records.keys import range_name
 from imgpipeline.defs.records.ledger import accounted_ranges, range_key
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
-from imgpipeline.defs.streaming.follow import CLAIMS, FAST_LANE_TAG, claims_prefix, follow_frames
+from imgpipeline.defs.streaming.claims import CLAIMS, claims_prefix
+from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, POSITIONS_TAG, follow_frames
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.defs.streaming.run_queries import LANE_BACKOFF_S, lane_backoff
 from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import DetectorResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import (
+    claims_of,
     kill_when,
     landing_records,
     produce,
     run_resources,
     storage_env,
+    stream_cameras,
     video_backlog,
     wait_for,
 )
@@ -64,8 +68,11 @@ def ends_of(kafka) -> dict[int, int]:
 
 def assert_each_offset_once(kafka, storage, sent: list[str]) -> None:
     """Every frame sent landed once; every partition's ledger covers [0, end) and the group committed end."""
-    landed = Counter(record.frame_id for record in landing_records(storage))
-    assert set(landed) == set(sent) and set(landed.values()) == {1}
+    records = landing_records(storage)
+    landed = Counter(record.frame_id for record in records)
+    twice = sorted((r.frame_id, r.partition, r.offset, (r.run_id or "")[:8])
+                   for r in records if landed[r.frame_id] > 1)
+    assert set(landed) == set(sent) and not twice, f"landed twice (frame, partition, offset, run): {twice}"
     ends, committed = ends_of(kafka)
     store = storage.open()
     for partition, end in ends.items():
@@ -132,7 +139,7 @@ def test_the_fast_lane_detects_frames_as_they_come_and_accounts_for_each_offset_
 
         # The sensor's cursor follows the commit; the run ended, so it launches the next from there.
         # `imgpipeline status` shows the run and how far it got, as its positions tag says.
-        lane = fast_lane(instance)
+        [lane] = fast_lane(instance)
         assert lane["run_id"] == result.run_id[:8] and lane["status"] == "SUCCESS"
         assert lane["positions"] == {str(p): o for p, o in ends.items()}
         second = tick(kafka, storage, instance, cursor=first.cursor)
@@ -169,6 +176,44 @@ def test_a_follower_in_flight_holds_the_sensor_back_and_turned_off_it_goes_on_fr
                    r.run_config["ops"]["detect"]["config"]["start_offset"]) for r in after.run_requests}
         assert ranges and all(start == ends[p] for p, start in ranges)
         assert "followed" not in json.loads(after.cursor)
+
+
+
+def test_the_sensor_keeps_the_followers_set_within_the_partitions_and_follows_the_furthest_of_them(
+        kafka, storage, tmp_path):
+    """IMGPIPELINE_FOLLOWERS=3 on a topic of two partitions: two follow_frames runs (a third would hold
+    nothing), then only the one missing; the cursor goes on from the furthest any of them accounted for
+    each partition (a partition handed from one to the other: the later holder's)."""
+    three = BatchPolicy(fast_lane=True, watch_s=0, followers=3)
+    produce(kafka, storage, tmp_path, video_backlog(10, "cam-a"))
+    with fresh_instance() as instance:
+        # A follower from before they shared the topic reads every partition outside the group: none
+        # starts beside it.
+        old = instance.create_run_for_job(follow_frames, tags={FAST_LANE_TAG: kafka.frames_topic})
+        assert not tick(kafka, storage, instance, policy=three).run_requests
+        instance.report_run_canceled(old)
+        first = tick(kafka, storage, instance, policy=three)
+        assert [r.job_name for r in first.run_requests] == [follow_frames.name] * 2
+        assert len({r.run_key for r in first.run_requests}) == 2
+        # They end a minute apart: the topic is never left to none while the next ones start.
+        run_s = [r.run_config["ops"]["follow"]["config"]["run_s"] for r in first.run_requests]
+        assert run_s[1] - run_s[0] == 60
+        a = instance.create_run_for_job(follow_frames, run_config=first.run_requests[0].run_config,
+                                        tags=first.run_requests[0].tags)
+        again = tick(kafka, storage, instance, cursor=first.cursor, policy=three)
+        assert [r.job_name for r in again.run_requests] == [follow_frames.name]
+        b = instance.create_run_for_job(follow_frames, run_config=again.run_requests[0].run_config,
+                                        tags=again.run_requests[0].tags)
+        ends, _ = ends_of(kafka)
+        (busy, end), = [(p, e) for p, e in ends.items() if e]
+        # a held both partitions and handed `busy` on at 3; b has got to 7 in it.
+        said = {a.run_id: {str(p): 3 if p == busy else 0 for p in ends}, b.run_id: {str(busy): 7}}
+        for run_id, positions in said.items():
+            tag = json.dumps({"generation": 0, "positions": positions})
+            instance.add_run_tags(run_id, {POSITIONS_TAG: tag})
+        later = tick(kafka, storage, instance, cursor=again.cursor or first.cursor, policy=three)
+        assert not later.run_requests
+        assert json.loads(later.cursor)["partitions"][str(busy)]["next"] == 7 < end
 
 
 def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(kafka, tmp_path):
@@ -234,7 +279,14 @@ def test_a_follower_whose_process_is_told_to_stop_ends_its_run_done_not_failed(k
     run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     try:
-        wait_for(lambda: len(landing_records(storage)) == len(frames), 180, "the frames to land")
+        # Landed and accounted for (the commit comes last): a range stopped mid-way is left to its claim.
+        wait_for(lambda: len(landing_records(storage)) == len(frames) and ends_of(kafka)[1] == ends, 180,
+                 "the frames to land and be accounted for")
+        # Fallen idle, it says how far it got (`imgpipeline status`, the sensor's cursor) while it runs.
+        with dg.DagsterInstance.from_config(home) as instance:
+            wait_for(lambda: [lane["positions"] for lane in fast_lane(instance)] == [
+                {str(p): o for p, o in ends.items()}], 60, "the follower's positions",
+                explain=lambda: str(fast_lane(instance)))
         os.killpg(run.pid, signal.SIGTERM)
         assert run.wait(timeout=60) == 0
     finally:
@@ -257,14 +309,81 @@ def test_followers_that_keep_failing_are_launched_again_later_not_in_a_loop(kafk
             run = instance.create_run_for_job(follow_frames, run_config=request.run_config, tags=request.tags)
             instance.report_run_failed(run)
             failed.append(run)
-            # One failure is taken over at once (a killed worker); two and more wait, longer each time.
+            # One failure is taken over at once (a killed worker); two and more wait, longer each time
+            # (meanwhile detect_frames runs take the frames: the next test).
             requests = tick(kafka, storage, instance).run_requests
-            assert [r.job_name for r in requests] == ([follow_frames.name] if attempt == 0 else [])
+            followers = [r for r in requests if r.job_name == follow_frames.name]
+            assert len(followers) == (1 if attempt == 0 else 0)
         context = dg.build_sensor_context(instance=instance)
         record = instance.get_run_record_by_id(failed[-1].run_id)
         ended = record.end_time or record.update_timestamp.timestamp()
         assert "the last 3 follow_frames runs failed" in lane_backoff(context, kafka.frames_topic, ended + 1)
         assert lane_backoff(context, kafka.frames_topic, ended + LANE_BACKOFF_S * 2) is None
+
+
+def test_while_followers_wait_detect_frames_takes_the_frames_and_the_next_follower_detects_what_failed(
+        kafka, storage, tmp_path):
+    """Followers failed one after the other: the next waits, and no run owns the partitions. The sensor
+    launches detect_frames ranges for the frames sent meanwhile; the second fails. Once the wait is over
+    and no range is in flight, the next follower goes on from the group's commit: it detects the failed
+    range's offsets and passes over the range accounted for past them. Every frame once, the ledger
+    without a hole or an overlap."""
+    from imgpipeline.defs.streaming.detect_frames import detect_frames
+
+    policy = BatchPolicy(fast_lane=True, watch_s=0)
+    resources = run_resources(kafka=kafka, storage=storage, detector=DetectorResource.from_env())
+    sent = []
+
+    def send(n: int) -> None:
+        frames = video_backlog(5, "cam-a")
+        produce(kafka, storage, tmp_path / f"sent-{n}", frames)
+        sent.extend(f.frame_id for f in frames)
+
+    def launched(cursor: str) -> tuple[dg.RunRequest, str]:
+        result = tick(kafka, storage, instance, cursor, policy)
+        assert [r.job_name for r in result.run_requests] == [detect_frames.name]
+        return result.run_requests[0], result.cursor or cursor
+
+    def execute(request: dg.RunRequest) -> None:
+        assert detect_frames.execute_in_process(run_config=request.run_config, instance=instance,
+                                                tags=request.tags, resources=resources).success
+
+    send(0)
+    with fresh_instance() as instance:
+        first = tick(kafka, storage, instance, policy=policy)
+        follower, cursor = first.run_requests[0], first.cursor
+        for _ in range(5):  # five failed in a row: the next waits 80 s
+            instance.report_run_failed(instance.create_run_for_job(
+                follow_frames, run_config=follower.run_config, tags=follower.tags))
+        ranges = []
+        for n in (1, 2, 3):  # each tick while no follower runs: a range of the new frames
+            request, cursor = launched(cursor)
+            ranges.append(request)
+            if n == 1:
+                execute(request)
+            elif n == 2:  # it fails
+                instance.report_run_failed(instance.create_run_for_job(
+                    detect_frames, run_config=request.run_config, tags=request.tags))
+            if n < 3:
+                send(n)
+        # A follower that ended well ends the wait, but the third range is in flight: no follower yet.
+        instance.create_run_for_job(follow_frames, run_config=follower.run_config, tags=follower.tags,
+                                    status=dg.DagsterRunStatus.SUCCESS)
+        queued = instance.create_run_for_job(detect_frames, run_config=ranges[2].run_config,
+                                             tags=ranges[2].tags)
+        assert not tick(kafka, storage, instance, cursor, policy).run_requests
+        instance.delete_run(queued.run_id)
+        execute(ranges[2])
+        [request] = tick(kafka, storage, instance, cursor, policy).run_requests
+        assert request.job_name == follow_frames.name
+        hole = ranges[1].run_config["ops"]["detect"]["config"]
+        partition = str(hole["partition"])
+        assert request.run_config["ops"]["follow"]["config"]["starts"][partition] == hole["start_offset"]
+        result = follow(request, instance, kafka, storage)
+    assert result.success
+    assert_each_offset_once(kafka, storage, sent)
+    ranges = accounted_ranges(storage.open(), kafka.frames_topic, int(partition))
+    assert (hole["start_offset"], hole["end_offset"]) in ranges and len(ranges) == 3
 
 
 def test_the_cursor_follows_the_fast_lane_as_far_as_its_runs_accounted_in_its_generation():
@@ -308,3 +427,299 @@ def test_a_damaged_claim_is_passed_over_and_nothing_is_lost_or_doubled(kafka, tm
     assert result.success
     assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
     assert not storage.open().list(CLAIMS)
+
+
+
+# Sources whose frames go to partitions 0, 1, 2 and 3 of a four-partition topic (keyed by source id).
+SOURCES = {"cam-7": 0, "cam-0": 1, "cam-4": 2, "cam-1": 3}
+# A rule every frame of the video meets whatever the CPU detects: one episode, one alert, per camera.
+LIT = "rules:\n  - {name: lit, kind: dark, max_brightness: 254}\n"
+
+
+def test_followers_share_the_topic_one_killed_one_added_nothing_lost_or_doubled(kafka, tmp_path):
+    """Three follow_frames runs on a topic of four partitions while four cameras stream: two share the
+    partitions, a third joins mid-stream and takes its share, one is SIGKILLed mid-range and the others
+    take its partitions over, its claimed range detected again with the same ends. Every frame landed
+    once, every offset accounted for once, every live alert sent once."""
+    import os
+    import signal
+    import subprocess
+
+    from imgpipeline.resources import StorageResource
+    from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+
+    kafka.ensure_topics(partitions=4)
+    topic, storage = kafka.frames_topic, StorageResource(uri=str(tmp_path / "store"))
+    store, folder = storage.open(), storage.open().folder
+    (tmp_path / "alerts.yaml").write_text(LIT)
+    config = {"ops": {"follow": {"config": {"topic": topic, "starts": {str(p): 0 for p in range(4)},
+                                            "max_batch": 15, "poll_s": 0.2}}}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    env = {**storage_env(storage), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "IMGPIPELINE_FRAMES_TOPIC": topic, "IMGPIPELINE_HOME": str(tmp_path),
+           "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
+           "IMGPIPELINE_ALERTS_FILE": str(tmp_path / "alerts.yaml")}
+    followers: dict[str, tuple[subprocess.Popen, str]] = {}
+
+    def start(name: str) -> None:
+        home = bare_home(tmp_path / name)
+        command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "imgpipeline.definitions",
+                   "-j", follow_frames.name, "-c", str(tmp_path / "run.json"), "--tags",
+                   json.dumps({"follower": name})]
+        process = subprocess.Popen(command, env={**env, "DAGSTER_HOME": home}, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        followers[name] = (process, home)
+
+    def run_of(name: str) -> dg.DagsterRun | None:
+        with dg.DagsterInstance.from_config(followers[name][1]) as instance:
+            runs = instance.get_runs(dg.RunsFilter(job_name=follow_frames.name, tags={"follower": name}))
+            return runs[0] if runs else None
+
+    def logs_of(name: str) -> list[str]:
+        with dg.DagsterInstance.from_config(followers[name][1]) as instance:
+            return [e.message for e in instance.all_logs(run_of(name).run_id)]
+
+    sent: list[str] = []
+
+    def stream(rounds: int) -> None:
+        stream_cameras(kafka, storage, tmp_path, SOURCES, rounds, 6, sent)
+
+    try:
+        start("a")
+        start("b")
+        stream(4)
+        wait_for(lambda: len(landing_records(storage)) >= 48 and run_of("a") and run_of("b"), 180,
+                 "the first two followers to land frames")
+        # Both hold a share of the partitions: each said what it follows.
+        for name in "ab":
+            wait_for(lambda name=name: any("following" in m for m in logs_of(name)), 60, f"{name} to follow")
+        start("c")  # added mid-stream
+        more = threading.Thread(target=stream, args=(16,))
+        more.start()
+        # It takes its share: one of the first two hands it a partition (four over three runs).
+        wait_for(lambda: run_of("c") and any("following" in m for m in logs_of("c")), 120, "c to follow")
+        victim = run_of("b").run_id
+        claim = wait_for(lambda: claims_of(store, victim), 180, "b to claim a range", every_s=0.01)
+        os.killpg(followers["b"][0].pid, signal.SIGKILL)
+        followers["b"][0].wait()
+        more.join()
+        [key] = claim
+        start_offset = int(key.rsplit("/", 1)[1].removesuffix(".json"))
+        partition = int(key.split("/")[-2])
+        end = json.loads((folder / key).read_text())["end"] if (folder / key).exists() else None
+        wait_for(lambda: Counter(r.frame_id for r in landing_records(storage)).keys() >= set(sent), 240,
+                 "every frame to land", explain=lambda: f"{len(landing_records(storage))} of {len(sent)}")
+        for name in "ac":
+            os.killpg(followers[name][0].pid, signal.SIGTERM)
+            assert followers[name][0].wait(timeout=60) == 0
+        assert_each_offset_once(kafka, storage, sent)
+        if end is not None:  # killed mid-range: the range was detected again, with the same ends
+            assert (start_offset, end) in accounted_ranges(store, topic, partition)
+        # The one added mid-stream took a share that one of the first two handed on; the killed one's
+        # partitions went to the others.
+        assert any("handed to another follower" in m for m in logs_of("a") + logs_of("b"))
+        assert run_of("a").status == run_of("c").status == dg.DagsterRunStatus.SUCCESS
+        assert not store.list(CLAIMS)
+    finally:
+        for process, _ in followers.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    # Live alerts: each camera's one episode raised once, from its first frame, whichever follower held its
+    # partition then, and sent once: none raised again by the followers that took the partition over.
+    alerts = [json.loads(r.value) for r in read_all(kafka, kafka.alerts_topic)]
+    first = {source: next(f for f in sent if f.startswith(f"{source}-")) for source in SOURCES}
+    assert sorted((m["rule"], m["source_id"], m["frame_id"]) for m in alerts) == sorted(
+        ("lit", source, frame) for source, frame in first.items())
+    assert len({m["number"] for m in alerts}) == len(SOURCES)
+
+
+def test_a_follower_that_joined_before_its_topic_had_partitions_is_given_them_soon(services):
+    """A follower that joined its group before the broker knew the topic's partitions (the topic made, or
+    grown, just then: the group's first share was of nothing) is given them within seconds, not at the
+    consumer's next metadata refresh, minutes later. Then the topic grows: the new partition is shared
+    out too."""
+    from imgpipeline.defs.streaming.membership import Membership
+    from imgpipeline.resources import KafkaResource
+
+    tag = uuid.uuid4().hex[:8]
+    kafka = KafkaResource(bootstrap_servers=services.kafka.address(services.kafka.ports),
+                          frames_topic=f"frames-{tag}", alerts_topic=f"alerts-{tag}")
+    membership = Membership(kafka, kafka.frames_topic)
+    try:
+        wait_for(lambda: membership.share(0.2) is not None, 60, "the group's first share")
+        assert membership.share() == set()  # the topic is not there yet
+        kafka.ensure_topics(partitions=2)
+        wait_for(lambda: membership.share(0.2) == {0, 1}, 20, "the follower to be given the new partitions",
+                 explain=lambda: f"it holds {membership.share()}")
+        kafka.ensure_topics(partitions=3)
+        wait_for(lambda: membership.share(0.2) == {0, 1, 2}, 20, "the follower to be given the third",
+                 explain=lambda: f"it holds {membership.share()}")
+    finally:
+        membership.close()
+
+
+def test_a_partition_given_again_by_a_rebalance_is_taken_up_from_the_ledger(kafka, tmp_path):
+    """A follower whose session lapsed while it held its partitions (frozen, starved) is given them again
+    when it rejoins, and another run went on in them meanwhile. Each rebalance gives a member all its
+    partitions again: the follower goes on from the ledger and the claims, never from where it had been
+    (it would detect again, under other range names, what the other run landed)."""
+    from imgpipeline.defs.records.ledger import record_range
+    from imgpipeline.defs.streaming.detect_frames import Lane, Screening
+    from imgpipeline.defs.streaming.follow import FollowConfig, Follower
+    from imgpipeline.defs.streaming.membership import Membership
+    from imgpipeline.resources import StorageResource
+
+    kafka.ensure_topics(partitions=2)
+    topic, store = kafka.frames_topic, StorageResource(uri=str(tmp_path / "store")).open()
+    with dg.build_op_context() as context:
+        consumer, membership = kafka.consumer(auto_offset_reset="none"), Membership(kafka, topic)
+        follower = Follower(Lane(context, kafka, store, None, consumer, topic),
+                            FollowConfig(topic=topic, starts={"0": 0, "1": 0}), Screening(), membership)
+        other = None
+        try:
+            wait_for(lambda: follower.refresh(0.1, due=True) and len(follower.positions) == 2, 60,
+                     "the follower to hold both partitions")
+            assert follower.positions == {0: 0, 1: 0}
+            # Meanwhile another run accounted for both partitions' first offsets and claimed the next ones
+            # of partition 0 (as one does once this run's session lapsed).
+            for partition in (0, 1):
+                record_range(store, topic, partition, 0, 7, 0, run_id="another", counts={}, gaps=[],
+                             duplicates=[], landing=[])
+            claim = json.dumps({"end": 9, "run_id": "another"}).encode()
+            store.put(f"{claims_prefix(topic, 0)}7.json", claim)
+            other = Membership(kafka, topic)  # a rebalance: the follower keeps one partition, given again
+            wait_for(lambda: [other.share(0.1), follower.refresh(0.1, due=True)][1] and other.settled
+                     and len(follower.positions) == 1, 60, "the group to share the partitions")
+            [kept] = follower.positions
+            assert follower.positions == {kept: 7}
+            other.close()  # another: both given again
+            other = None
+            wait_for(lambda: follower.refresh(0.1, due=True) and len(follower.positions) == 2, 60,
+                     "the follower to hold both partitions again")
+            assert follower.positions == {0: 7, 1: 7} and follower.claimed == {0: 9}
+        finally:
+            for member in (other, membership):
+                if member is not None:
+                    member.close()
+            consumer.close()
+
+
+def test_a_range_refused_at_its_second_fence_and_detected_again_lands_every_frame(kafka, storage, tmp_path):
+    """The group cannot confirm a follower's partition once the range's frames are detected (the broker
+    restarting): nothing lands, the partition stays the run's, and the range is detected again. The frames
+    of the refused attempt are not taken for frames already landed (they were screened as the attempt went):
+    every frame lands, none is a duplicate."""
+    from imgpipeline.defs.streaming.detect_frames import Lane, Screening, frame_processor
+    from imgpipeline.defs.streaming.follow import FollowConfig, Follower
+    from imgpipeline.defs.streaming.membership import Membership
+
+    class RefusedOnce(Membership):
+        """The group's answer to the first range's second fence does not come."""
+
+        fences = 0
+
+        def fence(self, partition: int, start: int) -> bool:
+            self.fences += 1
+            return self.fences != 2 and super().fence(partition, start)
+
+    frames = video_backlog(6, "cam-a")
+    produce(kafka, storage, tmp_path, frames)
+    ends, _ = ends_of(kafka)
+    topic, store = kafka.frames_topic, storage.open()
+    seen = {}
+
+    @dg.op
+    def refused_then_again(context) -> None:
+        """As follow_op, two passes of a follower over the partitions."""
+        consumer, membership = kafka.consumer(auto_offset_reset="none"), RefusedOnce(kafka, topic)
+        processor = frame_processor(context, store, storage, DetectorResource.from_env())
+        config = FollowConfig(topic=topic, starts={str(p): 0 for p in ends})
+        follower = Follower(Lane(context, kafka, store, processor, consumer, topic), config, Screening(),
+                            membership)
+        try:
+            wait_for(lambda: follower.refresh(0.1, due=True) and len(follower.positions) == len(ends), 60,
+                     "the follower to hold the partitions")
+            seen["first"] = follower.step(ends)
+            seen["landed"], seen["held"] = len(landing_records(storage)), set(follower.positions)
+            seen["again"] = follower.step(ends)
+        finally:
+            membership.close()
+            consumer.close()
+
+    assert dg.GraphDefinition(name="two_passes", node_defs=[refused_then_again]).to_job(
+        executor_def=dg.in_process_executor).execute_in_process().success
+    # Refused: nothing landed, the partitions kept; the second pass landed the range.
+    assert seen == {"first": False, "landed": 0, "held": set(ends), "again": True}
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
+    [partition] = [p for p, end in ends.items() if end]
+    assert all(not entry["duplicates"] for entry in (json.loads(store.get(key)) for key in store.list(
+        f"landing/ranges/{topic}/{partition}/")))
+
+
+def test_a_follower_frozen_past_its_session_mid_range_lands_nothing_its_successor_landed(kafka, tmp_path):
+    """A follower SIGSTOPped while it detects a range it claimed, past the group's session: a second one
+    is given the partition and detects the claimed range; the first, let go, finishes detecting it, is
+    refused by the group before anything lands (its second fence), and lands nothing. Every frame once,
+    all by the second."""
+    import os
+    import signal
+    import subprocess
+
+    from imgpipeline.defs.streaming.membership import SESSION_TIMEOUT_MS
+    from imgpipeline.resources import StorageResource
+    from imgpipeline_tests.conftest import DETECTOR_ENGINE
+
+    storage = StorageResource(uri=str(tmp_path / "store"))
+    frames = video_backlog(120, "cam-a")
+    produce(kafka, storage, tmp_path, frames)
+    ends, _ = ends_of(kafka)
+    (partition, end), = [(p, e) for p, e in ends.items() if e]
+    config = {"ops": {"follow": {"config": {"topic": kafka.frames_topic, "starts": {str(p): 0 for p in ends},
+                                            "max_batch": 120}}}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    # OpenVINO itself: a range of 120 frames takes seconds to detect, long enough to be caught in.
+    env = {**storage_env(storage), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic, "IMGPIPELINE_HOME": str(tmp_path),
+           DETECTOR_ENGINE: "openvino", "IMGPIPELINE_DETECTOR_PRECISION": "auto"}
+    folder = storage.open().folder
+    claim = folder / f"{claims_prefix(kafka.frames_topic, partition)}0.json"
+    runs: dict[str, subprocess.Popen] = {}
+
+    def start(name: str) -> None:
+        command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "imgpipeline.definitions",
+                   "-j", follow_frames.name, "-c", str(tmp_path / "run.json")]
+        runs[name] = subprocess.Popen(command, env={**env, "DAGSTER_HOME": bare_home(tmp_path / name)},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)
+
+    def logs_of(name: str) -> list[str]:
+        with dg.DagsterInstance.from_config(str(tmp_path / name)) as instance:
+            return [e.message for run in instance.get_runs(dg.RunsFilter(job_name=follow_frames.name))
+                    for e in instance.all_logs(run.run_id)]
+
+    try:
+        start("frozen")
+        wait_for(claim.exists, 180, "the first follower to claim the range", every_s=0.005)
+        time.sleep(0.3)  # scenario: past its claim's fence, into the frames
+        os.killpg(runs["frozen"].pid, signal.SIGSTOP)
+        assert not (folder / range_key(kafka.frames_topic, partition, 0, end)).exists()
+        frozen_at = time.monotonic()
+        start("next")
+        wait_for(lambda: len(landing_records(storage)) == len(frames)
+                 and (folder / range_key(kafka.frames_topic, partition, 0, end)).exists(), 180,
+                 "the second follower to detect the claimed range")
+        assert time.monotonic() - frozen_at >= SESSION_TIMEOUT_MS / 1000  # not before the session lapsed
+        landed_by = {r.run_id for r in landing_records(storage)}
+        os.killpg(runs["frozen"].pid, signal.SIGCONT)
+        wait_for(lambda: any("went to another run" in m for m in logs_of("frozen")), 120,
+                 "the first follower to be refused before landing",
+                 explain=lambda: str(logs_of("frozen")[-5:]))
+        for run in runs.values():
+            os.killpg(run.pid, signal.SIGTERM)
+            assert run.wait(timeout=60) == 0
+    finally:
+        for run in runs.values():
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames])
+    assert {r.run_id for r in landing_records(storage)} == landed_by and len(landed_by) == 1

@@ -161,3 +161,37 @@ def test_a_landing_looked_at_again_reads_only_what_is_new_and_gives_what_a_full_
     versions = store.versions
     store.versions = lambda prefix: versions(prefix) | (store.delete(gone) or {})
     assert sorted(r.frame_id for r in landing.records()) == ["f0", "f1", "f2", "f3"]
+
+
+def test_a_run_of_many_ranges_writes_a_sources_times_as_they_move_ten_seconds_never_back(tmp_path):
+    """A follower's ranges come a second apart: each source's times are written when they moved
+    SOURCE_STEP_S since the run last wrote them, not at every range, and never behind what another run
+    wrote meanwhile."""
+    from imgpipeline.defs.streaming.landing import SOURCE_STEP_S, source_times
+    from imgpipeline.resources import StorageResource
+
+    store = StorageResource(uri=str(tmp_path / "store")).open()
+    key = "landing/sources/cam.json"
+    wrote: dict[str, dict] = {}
+
+    def at(second: float) -> dict:
+        return {"cam": {"processed_at": f"2026-11-21T10:00:{second:06.3f}Z"}}
+
+    assert record_sources(store, at(1), wrote) == [key]
+    assert record_sources(store, at(1 + SOURCE_STEP_S - 1), wrote) == []  # moved 9 s: passed over
+    assert source_times(store, key)["processed_at"] == "2026-11-21T10:00:01.000Z"
+    assert record_sources(store, at(1 + SOURCE_STEP_S), wrote) == [key]
+    assert source_times(store, key)["processed_at"] == "2026-11-21T10:00:11.000Z"
+    # Another run wrote a later time meanwhile: this one's next write keeps it.
+    record_sources(store, at(40))
+    assert record_sources(store, at(30), wrote) == []
+    assert source_times(store, key)["processed_at"] == "2026-11-21T10:00:40.000Z"
+    # A second source is written at its first range, whatever the first one's state.
+    assert record_sources(store, {"cam-2": at(30)["cam"]}, wrote) == ["landing/sources/cam-2.json"]
+    # A time damaged in the file (by hand, or a value that is no time) is written over, not kept for good
+    # (text order put "yesterday" after every date) nor a failure at every range.
+    for damaged in ('"yesterday"', "5", "null"):
+        store.put(key, b'{"source_id": "cam", "processed_at": %s}' % damaged.encode())
+        wrote["cam"] = source_times(store, key)
+        assert record_sources(store, at(41), wrote) == [key]
+        assert source_times(store, key)["processed_at"] == "2026-11-21T10:00:41.000Z"

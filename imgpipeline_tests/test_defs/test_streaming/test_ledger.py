@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,7 +17,6 @@ from imgpipeline.defs.records.ledger import (
     accounted_ranges,
     contiguous_end,
     fold_ledger,
-    folded_prefix,
     holes,
     ledger_prefix,
     range_entry,
@@ -27,7 +25,7 @@ from imgpipeline.defs.records.ledger import (
 )
 from imgpipeline.resources import StorageResource
 from imgpipeline_tests.conftest import ON_EVERY_BACKEND, s3_relay
-from imgpipeline_tests.pipeline import storage_env
+from imgpipeline_tests.pipeline import STOP_AFTER, kill_once_stopped, storage_env
 
 pytestmark = [pytest.mark.integration]
 TOPIC = "frames"
@@ -94,10 +92,14 @@ def test_a_range_run_again_below_the_fold_joins_it_and_a_fold_that_lost_a_race_c
     assert read_ledger(store, TOPIC, 0).folded == (0, 2100)
 
 
-FOLD = """
-from imgpipeline.defs.records.ledger import fold_ledger
+FOLD = STOP_AFTER + """
+import sys
+from imgpipeline.defs.records.ledger import fold_ledger, folded_prefix
 from imgpipeline.resources import StorageResource
-fold_ledger(StorageResource.from_env().open(), "frames", 0, keep=50, fold_at=100)
+store = StorageResource.from_env().open()
+if sys.argv[1:] == ["stop"]:  # once its mark is written, before any entry is deleted
+    stop_after(store, "put", lambda key, *_, **__: key.startswith(folded_prefix("frames", 0)))
+fold_ledger(store, "frames", 0, keep=50, fold_at=100)
 """
 
 
@@ -108,16 +110,10 @@ def deletes_objects(method: str, path: str) -> bool:
 
 def fold_killed_at_its_deletes(storage) -> None:
     """A fold in a process of its own, SIGKILLed once its mark is written and before its entries are
-    all deleted. A folder's files take long enough to delete to be caught at it; S3 deletes them in one
-    request, which a relay in front of the endpoint holds until the process is dead."""
+    all deleted: a folder's fold stops itself there; S3 deletes them in one request, which a relay in
+    front of the endpoint holds until the process is dead."""
     if storage.location.scheme == "file":
-        folding = subprocess.Popen([sys.executable, "-c", FOLD], env=storage_env(storage))
-        store, deadline = storage.open(), time.monotonic() + 300
-        while (not store.list(folded_prefix(TOPIC, 0)) and folding.poll() is None
-               and time.monotonic() < deadline):
-            time.sleep(0.001)  # the mark is written before the folded entries are deleted
-        folding.send_signal(signal.SIGKILL)
-        folding.wait()
+        kill_once_stopped(subprocess.Popen([sys.executable, "-c", FOLD, "stop"], env=storage_env(storage)))
         return
     with s3_relay(storage.endpoint_url, hold=deletes_objects) as relay:
         relayed = StorageResource(**{**storage.model_dump(), "endpoint_url": relay.url})
@@ -132,7 +128,7 @@ def fold_killed_at_its_deletes(storage) -> None:
 @ON_EVERY_BACKEND  # S3 deletes a fold's entries in one request, held by a relay until the kill
 def test_a_fold_killed_midway_loses_nothing_and_the_next_finishes_it(storage):
     store = storage.open()
-    count = 800 if storage.location.scheme == "file" else 300
+    count = 300
     ranges = [(s, s + 10) for s in range(0, 10 * count, 10)]
     folded = (0, 10 * (count - 50))
     write_ledger(store, ranges)

@@ -5,7 +5,6 @@ the next one finishes it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from imgpipeline import ConfigError
 from imgpipeline.defs.streaming.detect_frames import detect_frames, detect_run_config
 from imgpipeline.defs.streaming.upkeep import DAY_S, InstanceRetention, purge_runs, purge_runs_job
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import run_resources
+from imgpipeline_tests.pipeline import STOP_AFTER, kill_once_stopped, run_resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
 KEEP = InstanceRetention(runs_keep_days=7, failed_runs_keep_days=30)
@@ -115,12 +114,13 @@ def test_a_shorter_keeping_time_for_failures_fails_at_load(monkeypatch):
         InstanceRetention.from_env()
 
 
-PURGE = """
+PURGE = STOP_AFTER + """
 import sys, time
 from dagster import DagsterInstance
 from dagster._serdes import deserialize_value
 from imgpipeline.defs.streaming.upkeep import InstanceRetention, purge_runs
 instance = DagsterInstance.from_ref(deserialize_value(sys.stdin.read()))
+stop_after(instance.run_storage, "delete_run")  # the oldest run deleted, the others not yet
 purge_runs(instance, InstanceRetention(), now=time.time() + 8 * 86400)
 """
 
@@ -133,11 +133,7 @@ def test_a_purge_killed_midway_is_finished_by_the_next():
                                  env=os.environ.copy())
         purge.stdin.write(serialize_value(instance.get_ref()))
         purge.stdin.close()
-        deadline = time.monotonic() + 120
-        while instance.get_run_by_id(old[0]) and purge.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)  # the oldest goes first
-        purge.send_signal(signal.SIGKILL)
-        purge.wait()
+        kill_once_stopped(purge)
         midway = kept(instance, old)
         assert 0 < midway.count(False) < len(old), "the purge was not killed midway"
 

@@ -4,10 +4,8 @@ built is left alone, and a compaction SIGKILLed midway is finished by the next o
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +23,7 @@ from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.defs.warehouse.compaction import Compaction, compact, compact_hour, compact_landing_job
 from imgpipeline.resources import TrackingResource
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import run_resources, storage_env
+from imgpipeline_tests.pipeline import STOP_AFTER, kill_once_stopped, run_resources, storage_env
 from imgpipeline_tests.scenes import frames_of, landing_records
 from imgpipeline_tests.test_defs.test_warehouse.test_builds import HOUR, build, scene, stored, whole_tables
 
@@ -126,12 +124,14 @@ def test_a_built_hour_is_compacted_per_partition_and_reads_the_same(storage):
         assert compact(store, Compaction(after_h=2), NOW, **QUIET)["files_after"] == 3
 
 
-COMPACT = """
+COMPACT = STOP_AFTER + """
 import sys
 from datetime import datetime
 from imgpipeline.defs.warehouse.compaction import Compaction, compact
 from imgpipeline.resources import StorageResource
-compact(StorageResource.from_env().open(), Compaction(after_h=2), datetime.fromisoformat(sys.argv[1]))
+store = StorageResource.from_env().open()
+stop_after(store, "put_file", lambda key, *_, **__: key == sys.argv[2])  # the first partition's span
+compact(store, Compaction(after_h=2), datetime.fromisoformat(sys.argv[1]))
 """
 
 
@@ -139,9 +139,8 @@ def test_a_compaction_killed_midway_is_finished_by_the_next(storage):
     store = storage.open()
     idle = frames_of([], HOUR + timedelta(seconds=50), 200, 5.0, "b")
     records = [*scene(), *landing_records(idle, source="b")]
-    # Many small ranges on two partitions: the first one's file is compacted while the second's are not
-    # (a local file is read in microseconds: more of them, for a window to kill in).
-    size = 2 if storage.location.scheme == "file" else 8
+    # Many small ranges on two partitions: killed once the first one's file is compacted, before the second's.
+    size = 8
     for n in range(0, len(records), size):
         land(store, records[n:n + size], f"frames-{n // size % 2}-{n}-{n + size}")
     before = lines(store)
@@ -150,13 +149,9 @@ def test_a_compaction_killed_midway_is_finished_by_the_next(storage):
     with fresh_instance() as instance:
         build(storage, instance)
         tables = stored(store)
-        compacting = subprocess.Popen([sys.executable, "-c", COMPACT, NOW.isoformat()],
+        compacting = subprocess.Popen([sys.executable, "-c", COMPACT, NOW.isoformat(), first],
                                       env=storage_env(storage))
-        deadline = time.monotonic() + 120
-        while not store.exists(first) and compacting.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        compacting.send_signal(signal.SIGKILL)
-        compacting.wait()
+        kill_once_stopped(compacting)
         assert store.exists(first) and not store.exists(second), "the compaction was not killed midway"
         # Cut short: lines twice at worst, the hour reads the same, and `status` counts each frame once.
         assert lines(store) == before
