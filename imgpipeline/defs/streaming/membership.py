@@ -30,6 +30,10 @@ SESSION_TIMEOUT_MS = 10_000
 # topic's partitions is shared out within seconds.
 METADATA_MAX_AGE_MS = 5_000
 
+# How long a poll waits while a rebalance is under way: kafka-python finishes a rejoin only in a poll that
+# awaits it, and one that gave up on it mid-way starts it again in the next.
+JOIN_WAIT_S = 1.0
+
 # Errors of a commit that say the share went to another member (kafka-python gives a generation moved on,
 # an unknown member or a rebalance under way as CommitFailedError): the partition is let go. Any other (a
 # coordinator moving, a timeout) puts the range off a moment; a refusal fails the run.
@@ -75,6 +79,8 @@ class Membership:
         by no one meanwhile)."""
         from kafka.errors import GroupAuthorizationFailedError, KafkaError
 
+        if not self.settled:  # a rejoin is finished only by a poll that waits for it
+            wait_s = max(wait_s, JOIN_WAIT_S)
         try:
             self.consumer.poll(timeout_ms=int(wait_s * 1000), max_records=1)
         except GroupAuthorizationFailedError:
@@ -86,7 +92,18 @@ class Membership:
             time.sleep(max(wait_s, 0.1))
             return None
         self.trouble(None)
+        self.mend_lost_join()
         return set(self.held) if self.settled else None
+
+    def mend_lost_join(self) -> None:
+        """kafka-python (3.0.12) loses a share that a change of the topic's partitions brought about when
+        a poll's wait ran out while the rejoin was in flight: the leader's assignment already counts as
+        done, so no later poll awaits the rejoin and this run would hold nothing until the group's next
+        rebalance. Asked to rejoin, the next poll (which waits for it: the run holds nothing settled)
+        joins afresh."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if getattr(coordinator, "_join_task", None) is not None and not coordinator.need_rejoin():
+            coordinator.request_rejoin()
 
     def given_again(self) -> set[int]:
         """The partitions the group assigned this run since it was last asked: each rebalance assigns
