@@ -52,6 +52,7 @@ def alerts(args) -> int:
         ("object", f"{found['object']} (track {found['track_id']})" if found["object"] else "-"),
         ("annotated", store.uri(found["annotated_key"]) if found["annotated_key"] else "-"),
         ("crop", store.uri(found["crop_key"]) if found["crop_key"] else "-"),
+        ("clip", store.uri(clip) if (clip := queries.stored_clip(store, found)) else "-"),
         ("notified", "; ".join(f"{t}: {d['state']}" + (f" ({d['reason']})" if d.get("reason") else "")
                                for t, d in sorted(deliveries.items())) or "not yet"),
         ("viewer", f"{viewer}/alerts/{found['number']}"),

@@ -159,7 +159,8 @@ def report_alerts(con, days: list[str]) -> None:
     for a in sorted(raised, key=lambda a: a["number"])[:8]:
         print(f"  {a['number']:>4}  {a['severity']:<8} {a['rule']:<18} {a['detail']}"
               + (f" ({a['object']})" if a["object"] else ""))
-    print("  imgpipeline alerts list   lists them; imgpipeline alerts show N   shows one")
+    print("  imgpipeline alerts list   lists them; imgpipeline alerts show N   shows one, with its clip "
+          "when it is about the video")
 
 
 def wait_for_landing(store: Storage, wanted: set[str], timeout_s: float) -> dict | None:

@@ -180,3 +180,9 @@ def annotated_key(source_id: str, captured: datetime, frame_id: str, variant: st
     its crop)."""
     name = frame_id if variant is None else f"{frame_id}.{variant}"
     return f"annotated/{source_id}/{captured.date().isoformat()}/{name}.jpg"
+
+
+def clip_key(alert_annotated_key: str) -> str:
+    """Where an alert's clip lives: beside its annotated frame (`<frame>.alert-<number>.webm`), kept and
+    deleted with it."""
+    return alert_annotated_key.removesuffix(".jpg") + ".webm"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import date
 
+from imgpipeline.resources.storage import BadObject, Storage
+
 PAGE_SIZE = 60
 EPOCH = date(1970, 1, 1)
 
@@ -67,6 +69,20 @@ def alerts(con, day: date | None = None, source: str | None = None, limit: int =
         WHERE (CAST(? AS DATE) IS NULL OR dt = CAST(? AS DATE))
           AND (CAST(? AS VARCHAR) IS NULL OR source_id = ?)
         ORDER BY fired_at DESC, number DESC LIMIT ?""", [day, day, source, source, limit]))
+
+
+def stored_clip(store: Storage, found: dict) -> str | None:
+    """The key of the alert's clip when one is stored (made once the frames around the alert are in; a
+    photo has none); None too when the row's key would leave the storage root."""
+    from imgpipeline.ingest.messages import clip_key
+
+    if not found["annotated_key"]:
+        return None
+    key = clip_key(found["annotated_key"])
+    try:
+        return key if store.exists(key) else None
+    except BadObject:
+        return None
 
 
 def alert(con, number: int) -> dict | None:

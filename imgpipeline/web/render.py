@@ -125,10 +125,11 @@ def _span(rows: list[dict], start: float) -> tuple[tuple[float, float], list[tup
     return (low, high), [(m, datetime.fromtimestamp(m, UTC).strftime(fmt)) for m in marks]
 
 
-def report(con, day: date, zones_sha256: str | None, images: dict[int, str], viewer_url: str) -> str:
+def report(con, day: date, zones_sha256: str | None, images: dict[int, str], viewer_url: str,
+           clips: frozenset[int] = frozenset()) -> str:
     """The day as one self-contained HTML file: counts, charts, operations and alerts with their images
-    (`images`: alert number → data: URI)."""
+    (`images`: alert number → data: URI) and a link to the viewer's clip of those in `clips`."""
     return render("report.html", **day_context(con, day, zones_sha256),
                   charts=charts_context(con, day), ops=operations_context(con, day),
-                  alerts=queries.alerts(con, day), images=images, viewer_url=viewer_url,
+                  alerts=queries.alerts(con, day), images=images, clips=clips, viewer_url=viewer_url,
                   made_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), standalone=True)

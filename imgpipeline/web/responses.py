@@ -12,8 +12,9 @@ from imgpipeline.web import render
 from imgpipeline.web.access import WarehouseAccess
 
 HEADERS = {
-    # Pages use inline styles and inline SVG only; images come from here (or data: in reports).
-    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    # Pages use inline styles and inline SVG only; images and clips come from here (or data: in reports).
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; media-src 'self'; "
+                               "style-src 'unsafe-inline'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     # Other sites learn nothing; the viewer's own forms name their origin (under `no-referrer` a browser
@@ -46,6 +47,11 @@ def not_found(request, exc) -> HTMLResponse:
 
 def jpeg(data: bytes) -> Response:
     return Response(data, media_type="image/jpeg",
+                    headers={**HEADERS, "Cache-Control": "private, max-age=300"})
+
+
+def webm(data: bytes) -> Response:
+    return Response(data, media_type="video/webm",
                     headers={**HEADERS, "Cache-Control": "private, max-age=300"})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-from datetime import UTC
+from datetime import UTC, date
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +17,7 @@ from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TABLES, to_parqu
 from imgpipeline.ingest.messages import parse_time
 from imgpipeline.web import queries
 from imgpipeline.web.app import create_app
+from imgpipeline.web.render import report_key
 from imgpipeline_tests.pipeline import wait_for
 from imgpipeline_tests.test_cli.street import DAY
 
@@ -35,7 +36,8 @@ def street(street_data):
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    """Where screenshots go: $SCREENSHOTS_DIR when set (docs/viewer.md's picture), else a temporary folder."""
+    """Where screenshots go: $SCREENSHOTS_DIR when set (docs/viewer.md's picture is its alert-clip.png),
+    else a temporary folder."""
     folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -146,6 +148,67 @@ def test_objects_are_named_by_their_number_of_the_day(street, browser, monkeypat
     assert f"object     {named} (track {about[-1]['track_id']})" in capsys.readouterr().out
     assert main(["alerts", "list", "--date", DAY]) == 0
     assert f"({named})" in capsys.readouterr().out
+
+
+def clip_windows(con, raised: list[dict]) -> dict[int, list[float]]:
+    """What the frames table says each alert's clip holds: the capture times of its source's frames that
+    were decoded, from CLIP_BEFORE_S before it fired to CLIP_AFTER_S after."""
+    from imgpipeline.defs.alerts.clips import CLIP_AFTER_S, CLIP_BEFORE_S
+
+    return {a["number"]: [t for (t,) in con.execute(
+        "SELECT epoch(captured_at) FROM frames WHERE source_id = ? "
+        "AND status IN ('detected', 'skipped_dark') AND epoch(captured_at) BETWEEN ? AND ? "
+        "ORDER BY captured_at",
+        [a["source_id"], a["fired_at"].timestamp() - CLIP_BEFORE_S,
+         a["fired_at"].timestamp() + CLIP_AFTER_S]).fetchall()] for a in raised}
+
+
+def test_a_video_alert_plays_its_clip_and_a_photo_keeps_its_snapshot(street, browser, shots, monkeypatch,
+                                                                    capsys):
+    """Each alert about a video's frame has a clip of the seconds around it (every decoded frame of its
+    source in the window, at their own times) that Chromium plays on the alert's page; an alert about a
+    photo (one frame in its window) has none. `alerts show` names the clip, the daily report links it."""
+    import io
+
+    import av
+
+    from imgpipeline.cli.main import main
+
+    viewer, resources, folder = street
+    warehouse = Warehouse(resources["storage"], resources["tracking"], resources["alert_rules"])
+    con, store = warehouse.cursor(), resources["storage"].open()
+    raised = queries.alerts(con, None)
+    windows = clip_windows(con, raised)
+    clips = {a["number"]: queries.stored_clip(store, a) for a in raised}
+    assert {n for n, key in clips.items() if key} == {
+        a["number"] for a in raised if a["annotated_key"] and len(windows[a["number"]]) >= 2}
+    videos = sorted(n for n, key in clips.items() if key)
+    assert videos, f"no alert has a clip: {[(a['number'], a['source_id']) for a in raised]}"
+    for number in videos:  # each clip holds its window's frames, at their own times
+        with av.open(io.BytesIO(store.get(clips[number]))) as clip:
+            assert sum(1 for _ in clip.decode(video=0)) == len(windows[number])
+    number, window = videos[0], windows[videos[0]]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{viewer.url}/alerts/{number}")
+    page.wait_for_function("() => document.querySelector('#clip').readyState >= 1", timeout=20_000)
+    duration = page.eval_on_selector("#clip", "v => v.duration")
+    assert window[-1] - window[0] <= duration <= window[-1] - window[0] + 0.5, (duration, window)
+    page.eval_on_selector("#clip", "v => { v.playbackRate = 4; return v.play() }")
+    page.wait_for_function("() => document.querySelector('#clip').ended", timeout=60_000)
+    played = page.eval_on_selector("#clip",
+                                   "v => [v.videoWidth, v.getVideoPlaybackQuality().totalVideoFrames]")
+    assert played[0] > 0 and played[1] >= len(window) - 1, (played, len(window))
+    page.eval_on_selector("#clip", "v => { v.currentTime = v.duration / 2 }")
+    page.wait_for_function("() => !document.querySelector('#clip').seeking", timeout=20_000)
+    page.screenshot(path=str(shots / "alert-clip.png"), full_page=True)
+    page.close()
+    monkeypatch.setenv("IMGPIPELINE_STORAGE_URI", resources["storage"].uri)
+    capsys.readouterr()
+    assert main(["alerts", "show", str(number)]) == 0
+    assert f"clip       {store.uri(clips[number])}" in capsys.readouterr().out
+    report = store.get(report_key(date.fromisoformat(DAY))).decode()
+    assert {str(a["day"]) for a in raised} == {DAY}
+    assert report.count("/clip.webm\"") == len(videos)
 
 
 def frames_with(con, class_name: str) -> list[tuple]:
@@ -269,7 +332,11 @@ def plant_forged_rows(store) -> None:
                    "x": 1, "y": 1, "w": 5, "h": 5}]
     alerts = [{**dict.fromkeys(ALERTS.schema.names), "number": 999_999, "fired_at": when,
                "hour_start": when, "source_id": "cam", "rule": "r", "kind": "class", "severity": "info",
-               "detail": "<img src=x onerror=alert(1)>", "frame_id": "evil", "frame_ids": ["evil"]}]
+               "detail": "<img src=x onerror=alert(1)>", "frame_id": "evil", "frame_ids": ["evil"]},
+              {**dict.fromkeys(ALERTS.schema.names), "number": 999_998, "fired_at": when,  # evidence outside
+               "hour_start": when, "source_id": "cam", "rule": "r", "kind": "class", "severity": "info",
+               "detail": "forged", "frame_id": "evil", "frame_ids": ["evil"],
+               "annotated_key": "../secret.jpg"}]
     for table, rows in (("frames", frames), ("detections", detections), ("alerts", alerts)):
         store.put(f"warehouse/{table}/dt=2026-11-18/hour=10/part-0.parquet",
                   to_parquet(pa.Table.from_pylist(rows, schema=TABLES[table].schema)))
@@ -280,6 +347,7 @@ def test_hostile_requests_get_nothing_outside_the_storage_root(street):
     plant_forged_rows(resources["storage"].open())
     secret = folder / "secret.txt"
     secret.write_text("top secret")
+    (folder / "secret.webm").write_text("top secret")  # where the forged alert's clip would lie
     requests = {
         "/frames/2026-11-18/cam/evil/image.jpg": 404,
         "/frames/2026-11-18/cam/evil2/thumb.jpg": 404,
@@ -316,6 +384,10 @@ def test_hostile_requests_get_nothing_outside_the_storage_root(street):
         assert "<script>x" not in body and "<img src=x" not in body, path
     assert "&lt;script&gt;x" in status(viewer.url + "/?date=2026-11-18")[1]
     assert "&lt;img src=x onerror=alert(1)&gt;" in status(viewer.url + "/alerts/999999")[1]
+    for path in ("/alerts/999998", "/alerts/999998/clip.webm", "/alerts/999998/annotated.jpg"):
+        code, body = status(viewer.url + path)
+        assert code == (200 if path == "/alerts/999998" else 404) and "top secret" not in body, (path, code)
+        assert 'id="clip"' not in body
     # Search text is data, never SQL or markup.
     code, body = status(viewer.url + "/frames?date=2026-11-20&name=%27%3B%20DROP%20VIEW%20frames%3B--%25_")
     assert code == 200 and "0 frames shown" in body

@@ -24,6 +24,7 @@ from imgpipeline.defs.tables import FRAMES, from_parquet
 from imgpipeline.defs.warehouse import assets, tracked
 from imgpipeline.defs.warehouse.assets import build_retrack_sensor, hourly_tables
 from imgpipeline.defs.warehouse.builds import build_key
+from imgpipeline.ingest.messages import clip_key
 from imgpipeline.lib.run_priority import RunPriority
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.conftest import ON_EVERY_BACKEND
@@ -63,7 +64,8 @@ OLD = ["frames/cam1/2026-10-20/a.jpg", "frames/cam1/2026-10-24/b.jpg", "frames/c
        "annotated/cam1/2026-10-20/a.jpg", "reports/daily/2025-11-01.html",
        "landing/ranges-archive/dt=2026-10-20/frames/0/0-1700.jsonl"]
 EVIDENCE = ["annotated/cam1/2026-10-20/a.alert-0000000001.jpg",
-            "annotated/cam1/2026-10-20/a.alert-0000000001.crop.jpg"]
+            "annotated/cam1/2026-10-20/a.alert-0000000001.crop.jpg",
+            clip_key("annotated/cam1/2026-10-20/a.alert-0000000001.jpg")]
 KEPT = ["frames/cam1/2026-11-20/c.jpg", "frames/cam1/2026-10-25/e.jpg", *EVIDENCE,
         "reports/daily/2026-10-20.html", "landing/ranges-archive/dt=2026-11-20/frames/0/1700-3400.jsonl",
         # not of the layout: never touched

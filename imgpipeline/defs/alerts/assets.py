@@ -9,6 +9,7 @@ import dagster as dg
 
 from imgpipeline.defs.alerts import checks, notify
 from imgpipeline.defs.alerts import rows as at
+from imgpipeline.defs.alerts.clips import make_clips, window_rows
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.automation import on_detections_update
 from imgpipeline.defs.hours import hour_key, hours_in
@@ -24,7 +25,8 @@ from imgpipeline.vision.evaluator import evaluate
     key=ALERTS.key,
     description="One row per alert, in the hour it fired: a number that is stable and never reused, the "
     "rule and severity, what it is about (source, frames, track, class) and its evidence (annotated image "
-    "and crop under annotated/). Published to Kafka `alerts` and the rules' webhooks, once each.",
+    "and crop under annotated/, and a clip of the seconds around it from a video or camera). Published "
+    "to Kafka `alerts` and the rules' webhooks, once each.",
     deps=[dg.AssetDep(table.key, partition_mapping=AROUND) for table in (DETECTIONS, FRAMES)],
     partitions_def=hourly_partitions,
     group_name="alerts",
@@ -42,7 +44,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     ledger = Ledger(store)
     hours = hours_in(context.partition_time_window)
     failures = no_failures(checks.CHECKS, "alerts")
-    totals = {"alerts": 0, "kafka": 0, "delivered": 0, "dead": 0, "retrying": 0}
+    totals = {"alerts": 0, "clips": 0, "kafka": 0, "delivered": 0, "dead": 0, "retrying": 0}
     for hour in hours:
         frames = FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS)
         detections = DETECTIONS.stored_hours(store, at.around(hour), TRACKED_COLUMNS)
@@ -50,6 +52,8 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         fired = evaluate(rules, per_source, zones, hour.timestamp(), hour.timestamp() + 3600)
         numbers = [ledger.number(event.key, event.occurrence) for event in fired]
         evidence = draw_all(store, fired, numbers, frames, per_source, storage.max_frame_bytes)
+        totals["clips"] += len(make_clips(store, fired, evidence, window_rows(frames, fired), per_source,
+                                          storage.max_frame_bytes))
         table = at.alert_rows(hour, fired, numbers, rules, evidence)
         ALERTS.write(store, ALERTS.hour_key(hour), table)
         stored = ALERTS.read(store, ALERTS.hour_key(hour))
@@ -69,13 +73,14 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     totals["dead"] += retried["dead"]
     totals["retrying"] = retried["retrying"]  # every refused send still waiting, of any hour
     context.log.info(
-        f"{len(hours)} hours: {totals['alerts']} alerts; newly sent: {totals['kafka']} to Kafka "
+        f"{len(hours)} hours: {totals['alerts']} alerts, {totals['clips']} with a clip; newly sent: "
+        f"{totals['kafka']} to Kafka "
         f"{kafka.alerts_topic}, {totals['delivered']} to webhooks, {totals['dead']} dead-lettered, "
         f"{totals['retrying']} waiting to be tried again "
         f"(rules {rules.path or 'none'}, sha256 {(rules.sha256 or '-')[:12]})"
     )
     yield dg.MaterializeResult(metadata={
-        "alerts": dg.MetadataValue.int(totals["alerts"]), "hours": len(hours),
+        "alerts": dg.MetadataValue.int(totals["alerts"]), "hours": len(hours), "clips": totals["clips"],
         "sent_to_kafka": totals["kafka"], "webhook_deliveries": totals["delivered"],
         "dead_lettered": totals["dead"], "webhook_sends_waiting": totals["retrying"],
         "rules_sha256": rules.sha256 or "(no rules file)",

@@ -39,8 +39,8 @@ def alert_images(store: Storage, alerts: list[dict], max_bytes: int, width: int 
 @dg.asset(
     key=REPORT_ASSET,
     description="One self-contained HTML file per day: objects per hour and source, line crossings, the "
-    "day's alerts with their images, image sizes, processing hours, brightness and the operations "
-    "figures. Its materialization links the file and the viewer's copy.",
+    "day's alerts with their images (and links to their clips), image sizes, processing hours, brightness "
+    "and the operations figures. Its materialization links the file and the viewer's copy.",
     deps=[DAILY_SUMMARY.key, ALERTS.key, OBJECT_COUNTS.key],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -56,8 +56,10 @@ def daily_report(context: dg.AssetExecutionContext, storage: StorageResource, tr
     sizes, alert_count = {}, 0
     for day in days:
         day_alerts = queries.alerts(con, day)
+        clips = frozenset(a["number"] for a in day_alerts if queries.stored_clip(store, a))
         html = render.report(con, day, tracking.zones().sha256,
-                             alert_images(store, day_alerts, storage.max_frame_bytes), alert_rules.viewer_url)
+                             alert_images(store, day_alerts, storage.max_frame_bytes), alert_rules.viewer_url,
+                             clips)
         store.put(report_key(day), html.encode())
         sizes[day] = len(html.encode())
         alert_count += len(day_alerts)

@@ -1,7 +1,7 @@
 """Deleting by age what the store keeps, and recording what was deleted.
 
 Every kind of object has the day it belongs to in its key (docs/contracts.md): `frames/<source>/<date>/`,
-`annotated/<source>/<date>/` (an alert's evidence there too, named `….alert-<number>….jpg`),
+`annotated/<source>/<date>/` (an alert's evidence there too, named `….alert-<number>…`),
 `landing/metadata/dt=<date>/`, `reports/daily/<date>.html`, the range ledger's archive
 `landing/ranges-archive/dt=<date of its fold>/` (kept as long as landing). A day goes once it is older
 than its kind's keeping time: with 30 days, on 2026-11-24 the days up to 2026-10-24 are deleted. The
@@ -51,8 +51,8 @@ class DataRetention(FromEnv, dg.ConfigurableResource):
         ge=0)
     evidence_keep_days: int = setting(
         "IMGPIPELINE_EVIDENCE_KEEP_DAYS", 0,
-        "days an alert's evidence images (annotated/….alert-<number>…) are kept; 0: for ever, as long as "
-        "the alert itself", ge=0)
+        "days an alert's evidence (its images and clip: annotated/….alert-<number>…) is kept; 0: for ever, "
+        "as long as the alert itself", ge=0)
     landing_keep_days: int = setting(
         "IMGPIPELINE_LANDING_KEEP_DAYS", 30,
         "days the landing files are kept; an older day's go once each of its hours has its tables, which "

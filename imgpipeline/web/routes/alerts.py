@@ -1,5 +1,5 @@
 """Alerts: a day's list (`/alerts`), one alert by its number with its deliveries, and its annotated
-image and crop."""
+image, crop and clip."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from imgpipeline.web.responses import (
     page,
     the_day,
     warehouse_of,
+    webm,
 )
 
 IMAGES = ("annotated", "crop")
@@ -75,7 +76,9 @@ def alert_page(request, con):
             warehouse.cursor([queries.confirmed_on(found["track_id"])], ("detections",)), [found])[0]
     else:
         found["object"] = None
-    return page("alert.html", a=found, day=found["day"], uris=image_uris(warehouse.store, found),
+    clip = queries.stored_clip(warehouse.store, found)
+    uris = image_uris(warehouse.store, found) | ({"clip": warehouse.store.uri(clip)} if clip else {})
+    return page("alert.html", a=found, day=found["day"], uris=uris,
                 deliveries=warehouse.ledger().deliveries(found["number"]))
 
 
@@ -93,9 +96,22 @@ def alert_image(request, con):
         raise NotFound(str(exc)) from None
 
 
+@guarded(tables=("alerts",))
+def alert_clip(request, con):
+    key = queries.stored_clip(warehouse_of(request).store, find_alert(request, con))
+    if key is None:
+        raise NotFound("this alert has no clip (a photo has none; a video's is made once the seconds after "
+                       "it are in)")
+    try:
+        return webm(warehouse_of(request).image(key))
+    except BadObject as exc:
+        raise NotFound(str(exc)) from None
+
+
 routes = [
     Route("/alerts", alerts_page),
     Route("/alerts/open", open_alert),
     Route("/alerts/{number:int}", alert_page),
     Route("/alerts/{number:int}/{kind:str}.jpg", alert_image),
+    Route("/alerts/{number:int}/clip.webm", alert_clip),
 ]

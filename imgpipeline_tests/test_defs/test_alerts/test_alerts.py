@@ -21,6 +21,7 @@ from imgpipeline.defs.tables import ALERTS, DETECTIONS
 from imgpipeline.defs.tables.views import connect
 from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.ingest.messages import clip_key
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, START, ZONES, records
@@ -84,8 +85,8 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
         crossing = by_rule["person-through-door"][0]
         assert crossing["track_id"] is not None and crossing["class_name"] == "person"
         assert crossing["fired_at"].hour == 11 and crossing["hour_start"].hour == 11
-        for row in first:  # the annotated frame always; the crop when the alert is about one object
-            assert store.exists(row["annotated_key"]), row
+        for row in first:  # the annotated frame and a clip always (a camera); the crop when about one object
+            assert store.exists(row["annotated_key"]) and store.exists(clip_key(row["annotated_key"])), row
             own = f"{row['frame_id']}.alert-{row['number']}.jpg"
             assert row["annotated_key"] == f"annotated/cam/2026-11-20/{own}"
         assert store.exists(crossing["crop_key"])
@@ -111,6 +112,7 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
         assert ledger.deliveries(bench["number"])["broken"]["state"] == "dead"
         metadata = result.asset_materializations_for_node("alerts")[0].metadata
         assert metadata["alerts"].value == 4 and metadata["dead_lettered"].value == 1
+        assert metadata["clips"].value == 4
         assert "t0ken" not in json.dumps({k: str(v) for k, v in metadata.items()})
 
         # The hour made again, and the range backfilled again: the same alerts, nobody told twice.
