@@ -46,14 +46,12 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     failures = no_failures(checks.CHECKS, "alerts")
     totals = {"alerts": 0, "clips": 0, "kafka": 0, "delivered": 0, "dead": 0, "retrying": 0}
     for hour in hours:
-        frames = FRAMES.stored_hours(store, at.around(hour), at.FRAME_COLUMNS)
+        frames = FRAMES.stored_hours(store, at.around(hour), [*at.FRAME_COLUMNS, "processed_at"])
         detections = DETECTIONS.stored_hours(store, at.around(hour), TRACKED_COLUMNS)
         per_source = at.event_frames(frames, detections)
         fired = evaluate(rules, per_source, zones, hour.timestamp(), hour.timestamp() + 3600)
         numbers = [ledger.number(event.key, event.occurrence) for event in fired]
         evidence = draw_all(store, fired, numbers, frames, per_source, storage.max_frame_bytes)
-        totals["clips"] += len(make_clips(store, fired, evidence, window_rows(frames, fired), per_source,
-                                          storage.max_frame_bytes))
         table = at.alert_rows(hour, fired, numbers, rules, evidence)
         ALERTS.write(store, ALERTS.hour_key(hour), table)
         stored = ALERTS.read(store, ALERTS.hour_key(hour))
@@ -67,6 +65,9 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         totals["delivered"] += sent["delivered"]
         totals["dead"] += sent["dead"]
         totals["alerts"] += stored.num_rows
+        # Clips after the notifications: encoding the seconds around each alert never holds one up.
+        totals["clips"] += len(make_clips(store, fired, evidence, window_rows(frames, fired), per_source,
+                                          storage.max_frame_bytes))
     # Refused sends of any hour whose pause is over: an outage delays an alert, it does not drop it.
     retried, _ = notify.retry_webhooks(kafka, ledger, rules, alert_rules.token)
     totals["delivered"] += retried["delivered"]
