@@ -100,12 +100,17 @@ def stop_after(owner, name, when=lambda *args, **kwargs: True):
 """
 
 
-def kill_once_stopped(process) -> None:
-    """SIGKILL a process started with a `stop_after` script once it stopped there; fails if it ended first."""
+def wait_stopped(process) -> None:
+    """Until a process started with a `stop_after` script stopped there; fails if it ended first."""
     import os
 
     _, status = os.waitpid(process.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status), f"the process ended before the point it stops at (wait status {status})"
+
+
+def kill_once_stopped(process) -> None:
+    """SIGKILL a process started with a `stop_after` script once it stopped there; fails if it ended first."""
+    wait_stopped(process)
     process.kill()
     process.wait()
 

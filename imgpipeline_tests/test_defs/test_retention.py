@@ -7,6 +7,8 @@ retention is set on the broker; the S3 lifecycle rules are ones an S3 endpoint t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +23,7 @@ from imgpipeline.defs.records.retired import is_retired
 from imgpipeline.defs.retention.definitions import retention_job
 from imgpipeline.defs.retention.sweep import DataRetention, lifecycle_rules, record_key, sweep, totals
 from imgpipeline.defs.tables import FRAMES, from_parquet
-from imgpipeline.defs.warehouse import assets, tracked
+from imgpipeline.defs.warehouse import tracked
 from imgpipeline.defs.warehouse.assets import build_retrack_sensor, hourly_tables
 from imgpipeline.defs.warehouse.builds import build_key
 from imgpipeline.ingest.messages import clip_key
@@ -29,7 +31,7 @@ from imgpipeline.lib.run_priority import RunPriority
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline_tests.conftest import ON_EVERY_BACKEND
 from imgpipeline_tests.instances import fresh_instance
-from imgpipeline_tests.pipeline import STOP_AFTER, kill_once_stopped, run_resources, storage_env
+from imgpipeline_tests.pipeline import STOP_AFTER, kill_once_stopped, run_resources, storage_env, wait_stopped
 
 pytestmark = [pytest.mark.integration]
 
@@ -127,28 +129,44 @@ def test_what_is_past_its_time_goes_and_the_rest_stays(storage):
     assert not any(store.exists(k) for k in EVIDENCE)
 
 
-def test_a_day_retired_while_a_whole_build_lists_its_hour_keeps_the_hour_as_built(tmp_path, monkeypatch):
+BUILD_WHOLE = STOP_AFTER + """
+import itertools, json
+import dagster as dg
+from imgpipeline.defs.warehouse import assets
+from imgpipeline.resources import StorageResource, TrackingResource
+looks = itertools.count(1)
+# The second look at the mark is landing_of's, before it lists the hour: the process stops right after it.
+stop_after(assets, "is_retired", when=lambda *args, **kwargs: next(looks) == 2)
+with dg.DagsterInstance.ephemeral() as instance:
+    result = dg.materialize([assets.hourly_tables], instance=instance, partition_key="2026-10-20-10:00",
+                            resources={"storage": StorageResource.from_env(), "tracking": TrackingResource()},
+                            tags={assets.WHOLE: "1"})
+made = result.asset_materializations_for_node("hourly_tables")[0].metadata
+print(json.dumps({"success": result.success, "kept": made["hours_kept_as_built"].value}))
+"""
+
+
+def test_a_day_retired_while_a_whole_build_lists_its_hour_keeps_the_hour_as_built(tmp_path):
     """Retention marks and empties the day after a whole build (a backfill, a retrack, a `whole` run) found
-    it unmarked and before it lists the hour: the build sees the mark after its read and writes nothing."""
+    it unmarked and before it lists the hour: the build sees the mark after its read and writes nothing.
+    The build runs in its own process, stopped between its look at the mark and its listing while the sweep
+    runs here."""
     storage = StorageResource(uri=(tmp_path / "store").as_uri())
     store = storage.open()
     land(store, OLD_HOUR, "frames-0-0-5", [record(f"f{i}", OLD_HOUR, i) for i in range(5)])
     build(storage, OLD_HOUR)
     built = store.get(FRAMES.hour_key(OLD_HOUR))
-    listing, swept = assets.landing_versions, []
-
-    def listed_after_a_sweep(store_, hour):
-        if not swept:  # the run has looked at the mark: retention goes first
-            swept.append(sweep(store_, DataRetention(), today=TODAY, **QUIET))
-        return listing(store_, hour)
-
-    monkeypatch.setattr(assets, "landing_versions", listed_after_a_sweep)
-    result = build(storage, OLD_HOUR, tags={assets.WHOLE: "1"})
-    assert swept and swept[0]["deleted"]["landing"] == {"2026-10-20": {"landing": 2}}
+    building = subprocess.Popen([sys.executable, "-c", BUILD_WHOLE], env=storage_env(storage),
+                                stdout=subprocess.PIPE, text=True)
+    wait_stopped(building)
+    swept = sweep(store, DataRetention(), today=TODAY, **QUIET)
+    os.kill(building.pid, signal.SIGCONT)
+    out, _ = building.communicate(timeout=300)
+    assert building.returncode == 0, out
+    assert swept["deleted"]["landing"] == {"2026-10-20": {"landing": 2}}
     assert from_parquet(store.get(FRAMES.hour_key(OLD_HOUR))).num_rows == 5
     assert store.get(FRAMES.hour_key(OLD_HOUR)) == built
-    materialized = result.asset_materializations_for_node("hourly_tables")[0]
-    assert materialized.metadata["hours_kept_as_built"].value == 1
+    assert json.loads(out.strip().splitlines()[-1]) == {"success": True, "kept": 1}
 
 
 def test_a_mark_on_a_retired_hour_ends_without_a_run(tmp_path):
