@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from imgpipeline.ingest.messages import clip_key
 from imgpipeline.resources.storage import BadObject, Storage
 
 PAGE_SIZE = 60
@@ -74,8 +75,6 @@ def alerts(con, day: date | None = None, source: str | None = None, limit: int =
 def stored_clip(store: Storage, found: dict) -> str | None:
     """The key of the alert's clip when one is stored (made once the frames around the alert are in; a
     photo has none); None too when the row's key would leave the storage root."""
-    from imgpipeline.ingest.messages import clip_key
-
     if not found["annotated_key"]:
         return None
     key = clip_key(found["annotated_key"])

@@ -45,10 +45,12 @@ def make_clips(store: Storage, fired: list[events.Event], evidence: dict,
         annotated = evidence.get(event.key, (None, None))[0]
         if annotated is None:
             continue  # no readable alert frame: no clip either
-        key = clip_key(annotated)
         seen = per_source.get(event.source_id, [])
         window = [f for f in seen if f.status in DRAWN
                   and event.seconds - CLIP_BEFORE_S <= f.seconds <= event.seconds + CLIP_AFTER_S]
+        if len(window) < 2:
+            continue  # a photo: its snapshot alone, and no look at the store
+        key = clip_key(annotated)
         landed = [row["processed_at"].timestamp() for f in window
                   if (row := frames.get((event.source_id, f.frame_id))) and row["processed_at"]]
         written = store.written(key).get(key)
@@ -56,7 +58,7 @@ def make_clips(store: Storage, fired: list[events.Event], evidence: dict,
             made[event.key] = key  # made with every frame its window has landed
             continue
         past = any(f.seconds > event.seconds + CLIP_AFTER_S for f in seen)
-        if len(window) < 2 or not (past or now >= event.seconds + CLIP_AFTER_S + CLIP_SETTLE_S):
+        if not (past or now >= event.seconds + CLIP_AFTER_S + CLIP_SETTLE_S):
             continue
         window.sort(key=lambda f: f.seconds)
         window = window[::math.ceil(len(window) / MAX_CLIP_FRAMES)]
