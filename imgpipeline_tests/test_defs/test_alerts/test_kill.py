@@ -1,6 +1,6 @@
-"""An alerts backfill SIGKILLed mid-work and run again: the alerts and numbers of an unbroken run, every
-alert on Kafka and at its webhook, a repeat (a kill between a send and its record) only ever the same
-alert under the same key."""
+"""An alerts backfill SIGKILLed mid-work and run again: the alerts, numbers and clips of an unbroken run,
+every alert on Kafka and at its webhook, a repeat (a kill between a send and its record) only ever the
+same alert under the same key."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ rules:
   - {name: on-the-bench, kind: zone_enter, zone: bench, classes: [person], notify: [ops]}
   - {name: car-seen, kind: class, classes: [car]}
 """
+
+
+def clips_of(storage) -> dict[str, int]:
+    """Each stored clip with the frames it holds."""
+    import io
+
+    import av
+
+    store, found = storage.open(), {}
+    for key in store.list("annotated/"):
+        if key.endswith(".webm"):
+            with av.open(io.BytesIO(store.get(key))) as clip:
+                found[key] = sum(1 for packet in clip.demux(video=0) if packet.size)
+    return found
 
 
 @pytest.mark.long(1)
@@ -82,6 +96,9 @@ def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kaf
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert stored_alerts(broken) == unbroken
+    # Each alert's clip, whole: the kill left none half-written, and the run again made those it had not.
+    clips = {name: clips_of(storage) for name, storage in (("unbroken", clean), ("again", broken))}
+    assert clips["again"] == clips["unbroken"] and len(clips["unbroken"]) == len(unbroken)
 
     # Kafka: every alert, and a repeat only as the very same message under the same key.
     by_number = defaultdict(set)
