@@ -54,8 +54,9 @@ def drain(kafka, storage, instance, policy=IMMEDIATE, cursor=None,
     resources = run_resources(kafka=kafka, storage=storage, detector=detector or DetectorResource.from_env())
     runs = []
     for _ in range(max_ticks):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
-        result = sensor.evaluate_tick(context)  # as the daemon evaluates it, its run requests checked
+        with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                     resources={"kafka": kafka, "storage": storage}) as context:
+            result = sensor.evaluate_tick(context)  # as the daemon evaluates it, its run requests checked
         requests = result.run_requests or []
         cursor = result.cursor or cursor
         for request in requests:

@@ -1,11 +1,13 @@
 """frames_sensor: keeps the fast lane's follow_frames run going, or turns new Kafka offsets into
-detect_frames runs; it reads offsets only.
+detect_frames runs; it reads offsets, and the range ledger and claims of partitions no follower holds.
 
 With the fast lane on (`fast_lane`, the default), it keeps `followers` follow_frames runs of the topic
 alive per code location (several hosts' code servers each keep their own), which all share its
 partitions (follow.py, membership.py), and moves its cursor as far as they accounted for the offsets; it
 launches ranges only while none is in flight anywhere and the next waits (those before it failed one
-after the other). With it off, a tick reads the topic's offsets (offsets.py),
+after the other): from where the ledger accounts for every offset, a range a follower claimed there and
+left unaccounted for first, with the claim's ends (the landing files it may have written are rewritten,
+not doubled; followers_left). With it off, a tick reads the topic's offsets (offsets.py),
 plans the ranges to launch from its cursor, the next offset per partition (planning.py, by the settings
 of batch_policy.py), within the runs the partitions may still launch (run_queries.py), and requests one
 detect_frames run per range. It observes the topic's lag on kafka_frames.
@@ -19,6 +21,7 @@ import dagster as dg
 
 from imgpipeline.defs.records.keys import range_name
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
+from imgpipeline.defs.streaming.claims import resume
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames, detect_run_config
 from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, SHARING_TAG, follow_frames
 from imgpipeline.defs.streaming.offsets import Offsets, read_offsets
@@ -155,11 +158,33 @@ def plan_tick(context: dg.SensorEvaluationContext, topic: str, cursor: dict, off
                                                                   policy.followers)).cursor
     else:
         base = cursor
+    base, claimed = followers_left(context, topic, base, offsets) if policy.fast_lane or cursor.get(
+        "followed") else (base, {})
     # Counted after the watch: a run may have finished meanwhile.
     in_flight = runs_in_flight(context, topic)
     budgets = free_runs(in_flight, offsets.ends, policy)
     return plan_ranges(base, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
-                       room_left(in_flight, policy)), in_flight
+                       room_left(in_flight, policy), claimed), in_flight
+
+
+def followers_left(context: dg.SensorEvaluationContext, topic: str, cursor: dict,
+                   offsets: Offsets) -> tuple[dict, dict[int, tuple[int, int]]]:
+    """Where the followers that ended left each partition, as the range ledger and their claims say (their
+    tags and the group's commit can lag it): the cursor, moved on to where the ledger accounts for every
+    offset; and per partition a range claimed from there and not accounted for (a follower killed
+    mid-range, its frames perhaps landed), for it to be planned with the same ends."""
+    store = bound(context, "storage").open()
+    generation, claimed = cursor.get("generation", 0), {}
+    partitions = {p: dict(state) for p, state in cursor.get("partitions", {}).items()}
+    for partition in sorted(offsets.ends):
+        if (state := partitions.get(str(partition))) is None:
+            continue
+        position, claim, _ = resume(store, topic, partition, generation, state["next"])
+        if position > state["next"]:
+            state["next"], state["since"] = min(position, offsets.ends[partition]), None
+        if claim is not None:
+            claimed[partition] = (position, claim)
+    return {**cursor, "partitions": partitions}, claimed
 
 
 def missing_followers(context: dg.SensorEvaluationContext, topic: str, lanes: list[dg.DagsterRun],

@@ -30,7 +30,8 @@ class Plan:
 
 
 def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], now: float,
-                policy: BatchPolicy, budgets: dict[int, int], room: int | None = None) -> Plan:
+                policy: BatchPolicy, budgets: dict[int, int], room: int | None = None,
+                claimed: dict[int, tuple[int, int]] | None = None) -> Plan:
     """Pure planning: which offset ranges to launch now, and the next cursor.
 
     cursor: {"partitions": {"0": {"next": 12, "since": 1700000000.0, "served": 1700000000.0}}, "gaps": 0}
@@ -38,8 +39,11 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
     launch together (None: no such limit), shared one at a time among the partitions ready to launch
     (a full batch pending, or waited long enough), those served longest ago first. The ranges come out
     alternating between partitions (each one's first, then each one's second …), the order the queue
-    starts them.
+    starts them. `claimed`: per partition, a range a follow_frames run claimed from its next offset and
+    did not account for; it goes first with those ends (the landing files the run may have written are
+    rewritten, not doubled), and nothing else of the partition before it.
     """
+    claimed = claimed or {}
     partitions = {p: dict(v) for p, v in cursor.get("partitions", {}).items()}
     plan = Plan(cursor={**cursor, "partitions": partitions, "gaps": cursor.get("gaps", 0)})
     for partition in sorted(ends):
@@ -53,31 +57,12 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
             plan.cursor["gaps"] += lost
             state["next"], state["since"] = beginnings[partition], None
     if room is not None:
-        wanting = [p for p in ends if ready(partitions[str(p)], ends[p], now, policy)]
+        wanting = [p for p in ends if p in claimed or ready(partitions[str(p)], ends[p], now, policy)]
         budgets = share_runs(budgets, room, sorted(
             wanting, key=lambda p: (partitions[str(p)].get("served", 0.0), p)))
     for partition in sorted(ends):
-        state = partitions[str(partition)]
-        pending = ends[partition] - state["next"]
-        budget = budgets.get(partition, 0)
-        batch = policy.batch_for(pending, budget)
-        grown = batch > policy.max_batch  # the backlog split evenly: the last run takes what is left
-        while budget > 0 and (pending >= batch or (grown and pending > 0)):
-            size = min(batch, pending)
-            plan.ranges.append((partition, state["next"], state["next"] + size))
-            state["next"] += size
-            pending -= size
-            budget -= 1
-            state["since"] = None
-        if pending <= 0:
-            state["since"] = None
-            continue
-        if state["since"] is None:
-            state["since"] = now
-        if now - state["since"] >= policy.max_wait_s and budget > 0:
-            plan.ranges.append((partition, state["next"], ends[partition]))
-            state["next"], state["since"] = ends[partition], None
-            budget -= 1
+        plan_partition(plan, partition, ends[partition], now, policy, budgets.get(partition, 0),
+                       claimed.get(partition))
     if room is not None:
         for partition in {r[0] for r in plan.ranges}:
             partitions[str(partition)]["served"] = now
@@ -88,6 +73,37 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
         ranked.append((nth[r[0]], r))
     plan.ranges = [r for _, r in sorted(ranked)]
     return plan
+
+
+def plan_partition(plan: Plan, partition: int, end: int, now: float, policy: BatchPolicy, budget: int,
+                   claim: tuple[int, int] | None = None) -> None:
+    """A partition's ranges for the plan, up to `budget`, its claimed range first (one that retention
+    cut into is not: its frames past the cut are planned as any)."""
+    state = plan.cursor["partitions"][str(partition)]
+    if claim is not None and state["next"] == claim[0] < claim[1] <= end:
+        if budget <= 0:
+            return  # the claimed range goes first, once the partition may launch a run
+        plan.ranges.append((partition, *claim))
+        state["next"], state["since"] = claim[1], None
+        budget -= 1
+    pending = end - state["next"]
+    batch = policy.batch_for(pending, budget)
+    grown = batch > policy.max_batch  # the backlog split evenly: the last run takes what is left
+    while budget > 0 and (pending >= batch or (grown and pending > 0)):
+        size = min(batch, pending)
+        plan.ranges.append((partition, state["next"], state["next"] + size))
+        state["next"] += size
+        pending -= size
+        budget -= 1
+        state["since"] = None
+    if pending <= 0:
+        state["since"] = None
+        return
+    if state["since"] is None:
+        state["since"] = now
+    if now - state["since"] >= policy.max_wait_s and budget > 0:
+        plan.ranges.append((partition, state["next"], end))
+        state["next"], state["since"] = end, None
 
 
 def ready(state: dict, end: int, now: float, policy: BatchPolicy) -> bool:

@@ -5,6 +5,8 @@ mid-range, is taken over by the next run with nothing lost or doubled."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -27,7 +29,9 @@ from imgpipeline.defs.tables import TOPIC_ASSET
 from imgpipeline.resources import DetectorResource
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import (
+    STOP_AFTER,
     claims_of,
+    kill_once_stopped,
     kill_when,
     landing_records,
     produce,
@@ -44,8 +48,9 @@ LANE = BatchPolicy(fast_lane=True, watch_s=0)
 
 def tick(kafka, storage, instance, cursor=None, policy=LANE):
     """One tick of frames_sensor as the daemon evaluates it (its run requests checked)."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
-    return build_frames_sensor(policy).evaluate_tick(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources={"kafka": kafka, "storage": storage}) as context:
+        return build_frames_sensor(policy).evaluate_tick(context)
 
 
 def follow(request, instance, kafka, storage, **config) -> dg.ExecuteInProcessResult:
@@ -216,21 +221,30 @@ def test_the_sensor_keeps_the_followers_set_within_the_partitions_and_follows_th
         assert json.loads(later.cursor)["partitions"][str(busy)]["next"] == 7 < end
 
 
-def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(kafka, tmp_path):
+def one_camera(kafka, tmp_path, count: int, **config):
+    """`count` frames of one camera sent: the storage, the frames, their partition and its end, the run config
+    of a follow_frames run of the topic from its beginning (with `config`), and the environment a process
+    running it needs."""
     from imgpipeline.resources import StorageResource
 
     storage = StorageResource(uri=str(tmp_path / "store"))
-    frames = video_backlog(80, "cam-a")
+    frames = video_backlog(count, "cam-a")
     produce(kafka, storage, tmp_path, frames)
     ends, _ = ends_of(kafka)
-    (partition, end), = [(p, e) for p, e in ends.items() if e]
+    (held,) = [(p, e) for p, e in ends.items() if e]
     topic = kafka.frames_topic
-    config = {"ops": {"follow": {"config": {"topic": topic, "starts": {str(p): 0 for p in ends},
-                                            "idle_end_s": 60}}}}
-    (tmp_path / "run.json").write_text(json.dumps(config))
+    run_config = {"ops": {"follow": {"config": {"topic": topic, "starts": {str(p): 0 for p in ends},
+                                                **config}}}}
     env = {**storage_env(storage), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "IMGPIPELINE_FRAMES_TOPIC": topic, "IMGPIPELINE_HOME": str(tmp_path),
-           "DAGSTER_HOME": bare_home(tmp_path / "dagster")}
+           "IMGPIPELINE_FRAMES_TOPIC": topic, "IMGPIPELINE_HOME": str(tmp_path)}
+    return storage, frames, held, run_config, env
+
+
+def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(kafka, tmp_path):
+    storage, frames, (partition, end), config, env = one_camera(kafka, tmp_path, 80, idle_end_s=60)
+    topic = kafka.frames_topic
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    env["DAGSTER_HOME"] = bare_home(tmp_path / "dagster")
     command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "imgpipeline.definitions",
                "-j", follow_frames.name, "-c", str(tmp_path / "run.json")]
     folder = storage.open().folder
@@ -251,6 +265,67 @@ def test_a_follower_killed_mid_range_is_taken_over_with_nothing_lost_or_doubled(
     assert (0, end) in accounted_ranges(storage.open(), topic, partition)
     assert_each_offset_once(kafka, storage, [f.frame_id for f in frames + more])
     assert not storage.open().list(CLAIMS)
+
+
+# A follow_frames run that stops itself right after its first range's frames landed (argv[2] "landed": the
+# range claimed and landed, neither accounted for nor committed), or once the range's ledger entry is
+# written ("accounted": the group's commit and the run's positions not yet).
+FOLLOW_UNTIL = STOP_AFTER + """
+import json, sys
+import dagster as dg
+from imgpipeline.configuration import Settings
+from imgpipeline.defs.streaming import detect_frames
+from imgpipeline.defs.streaming.follow import follow_frames
+if sys.argv[2] == "landed":
+    stop_after(detect_frames.Batch, "land")
+else:
+    stop_after(detect_frames, "record_range")
+with dg.DagsterInstance.ephemeral() as instance:
+    follow_frames.execute_in_process(run_config=json.loads(sys.argv[1]), instance=instance,
+                                     resources=Settings.from_env().resources())
+"""
+
+
+@pytest.mark.parametrize("killed", ["landed", "accounted"])
+def test_a_range_a_killed_follower_left_goes_to_detect_frames_with_the_same_ends(kafka, tmp_path, killed):
+    """Followers failed one after the other, the last killed once its range's frames landed (or once its
+    ledger entry was written), before the group's commit and its positions said so. No follower runs while
+    the next waits: the sensor plans detect_frames ranges from where the ledger accounts for every offset,
+    a claimed range there first with the claim's ends (the same landing files, rewritten), then the frames
+    sent since. Every frame lands once."""
+    from imgpipeline.defs.streaming.detect_frames import detect_frames
+
+    storage, frames, (partition, end), config, env = one_camera(kafka, tmp_path, 30, max_batch=20)
+    topic = kafka.frames_topic
+    kill_once_stopped(subprocess.Popen([sys.executable, "-c", FOLLOW_UNTIL, json.dumps(config), killed],
+                                       env={**os.environ, **env}))
+    store = storage.open()
+    assert json.loads(store.get(f"{claims_prefix(topic, partition)}0.json"))["end"] == 20
+    assert len(landing_records(storage)) == 20 and ends_of(kafka)[1][partition] == 0
+    assert accounted_ranges(store, topic, partition) == ([] if killed == "landed" else [(0, 20)])
+    more = video_backlog(15, "cam-a")
+    produce(kafka, storage, tmp_path / "more", more)
+
+    resources = run_resources(kafka=kafka, storage=storage, detector=DetectorResource.from_env())
+    with fresh_instance() as instance:
+        first = tick(kafka, storage, instance)
+        follower, cursor = first.run_requests[0], first.cursor
+        for _ in range(5):  # more failed: the next waits 80 s, and no run holds the partition
+            instance.report_run_failed(instance.create_run_for_job(
+                follow_frames, run_config=follower.run_config, tags=follower.tags))
+        planned = []
+        while (result := tick(kafka, storage, instance, cursor)).run_requests:
+            cursor = result.cursor or cursor
+            for request in result.run_requests:
+                assert request.job_name == detect_frames.name
+                detect = request.run_config["ops"]["detect"]["config"]
+                planned.append((detect["start_offset"], detect["end_offset"]))
+                assert detect_frames.execute_in_process(run_config=request.run_config, instance=instance,
+                                                        tags=request.tags, resources=resources).success
+    assert planned[0] == ((0, 20) if killed == "landed" else (20, end + len(more)))
+    assert planned[-1][1] == end + len(more)
+    assert_each_offset_once(kafka, storage, [f.frame_id for f in frames + more])
+    assert not store.list(CLAIMS)
 
 
 def test_a_follower_whose_process_is_told_to_stop_ends_its_run_done_not_failed(kafka, tmp_path):

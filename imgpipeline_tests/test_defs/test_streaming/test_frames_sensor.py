@@ -112,6 +112,26 @@ def test_the_room_goes_to_partitions_ready_to_launch():
     assert due.ranges == [(0, 0, 30)]  # waited 10 s, and served longer ago than partition 1
 
 
+def test_a_range_a_follower_claimed_goes_first_with_the_claims_ends():
+    """A range a follow_frames run claimed and left unaccounted for is planned first with its own ends,
+    whatever the batch size and the wait; with no run free nothing of its partition is, and it takes a
+    share of the room before partitions whose frames still wait."""
+    policy = BatchPolicy(fast_lane=False, max_batch=100, max_backlog_batch=100, max_wait_s=10, watch_s=0)
+    cursor = {"partitions": {"0": {"next": 40, "since": None}, "1": {"next": 0, "since": None}}, "gaps": 0}
+    ends, beginnings = {0: 400, 1: 50}, {0: 0, 1: 0}
+    plan = plan_ranges(cursor, ends, beginnings, now=0.0, policy=policy, budgets={0: 3, 1: 1},
+                       claimed={0: (40, 47)})
+    assert plan.ranges == [(0, 40, 47), (0, 47, 147), (0, 147, 247)]
+    assert plan_ranges(cursor, ends, beginnings, now=0.0, policy=policy, budgets={0: 0, 1: 1},
+                       claimed={0: (40, 47)}).ranges == []
+    assert plan_ranges(cursor, ends, beginnings, now=0.0, policy=policy, budgets={0: 2, 1: 1}, room=1,
+                       claimed={0: (40, 47)}).ranges == [(0, 40, 47)]
+    # One its partition's cursor is not at (retention deleted its first offsets) is planned as any.
+    cut = plan_ranges(cursor, ends, {0: 45, 1: 0}, now=0.0, policy=policy, budgets={0: 1, 1: 0},
+                      claimed={0: (40, 47)})
+    assert cut.ranges == [(0, 45, 145)]
+
+
 def test_plan_skips_offsets_deleted_by_retention():
     plan = plan_ranges({"partitions": {"0": {"next": 10, "since": None}}, "gaps": 0}, {0: 60}, {0: 40},
                        now=0.0, policy=BatchPolicy(fast_lane=False,
