@@ -78,6 +78,7 @@ class Settings:
         that is not drawn fails here, at load, and so does a rule naming a class the live model does not
         know."""
         self.alert_rules.check_against(self.tracking.zones(), self.detector.spec())
+        self.alert_rules.links()  # a link key too short says so now, not at the first alert
         return self
 
     def resources(self) -> dict:

@@ -140,6 +140,7 @@ def warehouse_from_env() -> Warehouse:
 def access_for(host: str):
     """Who the viewer lets in when it listens on `host` (web/guard.py): beyond loopback, only with a login
     (else a ConfigError that says which variable to set)."""
+    from imgpipeline.resources import AlertsResource
     from imgpipeline.resources.viewer import ViewerAccess
     from imgpipeline.web.guard import Access, is_loopback
 
@@ -154,7 +155,7 @@ def access_for(host: str):
         raise ConfigError(f"{settings.env('hosts')} names {', '.join(elsewhere)}: other machines reach the "
                           "viewer by it (through a proxy), so it needs a login: set "
                           f"{settings.env('password')} in the environment")
-    return Access.listening_on(host, settings.host_names(), login)
+    return Access.listening_on(host, settings.host_names(), login, AlertsResource.from_env().links())
 
 
 def serve(args) -> int:

@@ -51,6 +51,14 @@ def resolved(value):
     return get_value() if callable(get_value) else value
 
 
+def secret_kept(model: type, name: str, value):
+    """A secret setting's value as given: `from_env` gives a `dg.EnvVar` (a str naming the variable), kept as
+    it is and read when used; anything but text is refused."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{env_name(model, name)} is not text")
+    return value
+
+
 class FromEnv:
     """Mixin for pydantic models (and Dagster resources) whose fields are `setting`s."""
 

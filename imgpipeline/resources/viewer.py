@@ -9,7 +9,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from imgpipeline.resources.settings import FromEnv, env_name, resolved, setting
+from imgpipeline.resources.settings import FromEnv, env_name, resolved, secret_kept, setting
 
 HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}")
 
@@ -43,10 +43,7 @@ class ViewerAccess(FromEnv, BaseModel):
     @field_validator("password", mode="plain")
     @classmethod
     def _secret_kept(cls, value):
-        # from_env gives a `dg.EnvVar`, a str naming the variable: kept as it is, it is read when used.
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"{env_name(cls, 'password')} is not text")
-        return value
+        return secret_kept(cls, "password", value)
 
     def host_names(self) -> list[str]:
         """The configured names, lower case."""

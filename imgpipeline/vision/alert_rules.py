@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from imgpipeline import ConfigError, is_camera
 from imgpipeline.redaction import shown_url
@@ -26,20 +35,38 @@ ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}\Z")
 WITHIN_AN_HOUR = {"gt": 0, "lt": 3600}
 
 
+def _env_var(value: str) -> str:
+    if not ENV_NAME.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name (write its name, not its value)")
+    return value
+
+
+# The name of the environment variable that holds a secret (a token, a password): never the secret itself.
+EnvName = Annotated[str, AfterValidator(_env_var)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Webhook(_Strict):
-    """An HTTP(S) endpoint that receives each alert as a JSON POST."""
+class _Target(_Strict):
+    """Where alerts are sent, and how hard: tries at once, then later tries until `retry_for_s`."""
 
-    url: str = Field(max_length=2000)
-    token_env: str | None = None  # the variable holding a bearer token: the token itself never sits in a file
     attempts: int = Field(4, ge=1, le=10)
     backoff_s: float = Field(0.5, ge=0, le=60)  # doubled after each failed attempt
     timeout_s: float = Field(5.0, gt=0, le=60)
     # How long a refused alert is tried again by later ranges and runs before it is dead-lettered (0: not).
     retry_for_s: float = Field(3600, ge=0, le=7 * 86400)
+
+
+class Webhook(_Target):
+    """An HTTP(S) endpoint that receives each alert as a JSON POST: the alert's message (`json`), or a chat
+    message with its snapshot's link (`slack`: Slack's incoming webhooks, Mattermost, Rocket.Chat)."""
+
+    url: str = Field(max_length=2000)
+    format: Literal["json", "slack"] = "json"
+    inline_snapshot: bool = False  # the annotated frame's JPEG in the message too (base64), json only
+    token_env: EnvName | None = None  # the variable holding a bearer token: never the token itself
 
     @field_validator("url")
     @classmethod
@@ -48,19 +75,78 @@ class Webhook(_Strict):
             raise ValueError(f"{shown_url(value, path=False)!r} is not an http:// or https:// address")
         return value
 
-    @field_validator("token_env")
+    @model_validator(mode="after")
+    def _inline_in_json(self):
+        if self.inline_snapshot and self.format != "json":
+            raise ValueError("inline_snapshot is for `format: json` (a chat message links its snapshot)")
+        return self
+
+
+ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}\Z")
+HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})\Z")
+
+
+class Email(_Target):
+    """E-mail over SMTP: each alert as a message with its snapshot attached and its links."""
+
+    to: list[str] = Field(min_length=1, max_length=20)
+    sender: str = Field(alias="from")
+    smtp: str  # host:port of the mail server
+    security: Literal["starttls", "tls", "none"] = "starttls"  # none: only to a server on this machine
+    user: str | None = Field(None, max_length=256)
+    password_env: EnvName | None = None  # the variable holding the password: never the password itself
+
+    @field_validator("to")
     @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
-            raise ValueError(f"{value!r} is not an environment variable name (write its name, not its value)")
+    def _addresses(cls, value: list[str]) -> list[str]:
+        if bad := [a for a in value if not ADDRESS.match(a)]:
+            raise ValueError(f"not an e-mail address: {bad[0][:80]!r}")
         return value
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        if not ADDRESS.match(value):
+            raise ValueError(f"from: {value[:80]!r} is not an e-mail address")
+        return value
+
+    @field_validator("smtp")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if not HOST_PORT.match(value) or not 0 < int(HOST_PORT.match(value)["port"]) < 65536:
+            raise ValueError(f"smtp: {value[:80]!r} is not host:port (e.g. smtp.example.com:587)")
+        return value
+
+    @model_validator(mode="after")
+    def _no_password_in_the_clear(self):
+        if self.password_env and self.security == "none" and not self.on_this_machine():
+            raise ValueError("security: none would send the password in the clear to another machine: use "
+                             "starttls (port 587) or tls (port 465)")
+        if bool(self.user) != bool(self.password_env):
+            raise ValueError("user and password_env go together (a login), or neither")
+        return self
+
+    def address(self) -> tuple[str, int]:
+        found = HOST_PORT.match(self.smtp)
+        return found["host"].strip("[]"), int(found["port"])
+
+    def on_this_machine(self) -> bool:
+        return self.address()[0].lower() in ("localhost", "127.0.0.1", "::1")
+
+
+def _target_kind(value) -> str:
+    return "email" if isinstance(value, dict) and "to" in value or isinstance(value, Email) else "webhook"
+
+
+Target = Annotated[Annotated[Webhook, Tag("webhook")] | Annotated[Email, Tag("email")],
+                   Discriminator(_target_kind)]
 
 
 class _Rule(_Strict):
     name: str
     severity: Literal["info", "warning", "critical"] = "warning"
     sources: list[str] | None = Field(None, min_length=1, max_length=1000)  # unset: every source
-    notify: list[str] = Field(default_factory=list, max_length=20)  # webhook names
+    notify: list[str] = Field(default_factory=list, max_length=20)  # names of webhooks and e-mails
 
     @field_validator("name")
     @classmethod
@@ -161,7 +247,7 @@ TOPIC_RECORD = "kafka"
 
 
 class AlertsFile(_Strict):
-    notify: dict[str, Webhook] = Field(default_factory=dict, max_length=50)
+    notify: dict[str, Target] = Field(default_factory=dict, max_length=50)
     rules: list[Rule] = Field(default_factory=list, max_length=200)
 
     @model_validator(mode="after")

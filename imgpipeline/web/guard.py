@@ -22,11 +22,13 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import time
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 
+from imgpipeline.web.links import EvidenceLinks
 from imgpipeline.web.responses import HEADERS
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -73,9 +75,11 @@ class Access:
     names: frozenset[str]
     any_address: bool = False
     login: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
+    links: EvidenceLinks | None = dataclasses.field(default=None, repr=False)  # signed evidence links
 
     @classmethod
-    def listening_on(cls, listen: str, more_names=(), login: tuple[str, str] | None = None) -> Access:
+    def listening_on(cls, listen: str, more_names=(), login: tuple[str, str] | None = None,
+                     links: EvidenceLinks | None = None) -> Access:
         """The access of a server listening on `listen`: its own address (on loopback the loopback names),
         on every address (0.0.0.0, ::) any IP address and localhost, since a rebinding page always names
         a domain; plus `more_names`."""
@@ -85,7 +89,7 @@ class Access:
         names = {*more_names, "localhost" if every else str(address) if address else own}
         if is_loopback(own):
             names |= LOOPBACK_NAMES
-        return cls(frozenset(names), every, login)
+        return cls(frozenset(names), every, login, links)
 
     def trusts(self, host_header: str) -> bool:
         """Whether a Host header names this server."""
@@ -94,13 +98,17 @@ class Access:
             return False
         return name in self.names or (self.any_address and address_of(name) is not None)
 
-    def refusal(self, method: str, headers: Headers) -> PlainTextResponse | None:
+    def refusal(self, method: str, headers: Headers, path: str = "",
+                query: str = "") -> PlainTextResponse | None:
         """The answer to a request that may not go on: 400 for a Host not trusted, 401 without the login,
-        403 for a change asked by a page of another origin; None lets it through. Nothing the request
-        sent is echoed."""
+        403 for a change asked by a page of another origin; None lets it through. A GET of an alert's
+        evidence with a signed, unexpired link needs no login and may be shown in another site's page (a
+        chat, a webmail). Nothing the request sent is echoed."""
         hosts = headers.getlist("host")
         if len(hosts) != 1 or not self.trusts(hosts[0]):
             return refused(400, "This server does not answer to that host name.")
+        if method in ("GET", "HEAD") and self.links and self.links.allows(path, query, time.time()):
+            return None
         if self.login is not None and not logged_in(headers.get("authorization", ""), *self.login):
             return refused(401, "Log in to see the viewer.", {"WWW-Authenticate": LOGIN_CHALLENGE})
         if method not in SAFE_METHODS and from_elsewhere(headers, hosts[0]):
@@ -158,7 +166,8 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             headers = Headers(scope=scope)
-            answer = self.access.refusal(scope["method"], headers)
+            answer = self.access.refusal(scope["method"], headers, scope.get("path", ""),
+                                         scope.get("query_string", b"").decode("latin-1"))
             if answer is not None:
                 if answer.status_code == 401 and "authorization" in headers:
                     await asyncio.sleep(WRONG_LOGIN_PAUSE_S)  # a wrong login: guesses go slowly

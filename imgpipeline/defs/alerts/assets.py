@@ -41,7 +41,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     """Alerts of each hour in the range: evaluated, numbered, their evidence drawn, stored, then sent."""
     store = storage.open()
     rules, zones = alert_rules.rules(), tracking.zones()
-    ledger = Ledger(store)
+    ledger, links = Ledger(store), alert_rules.links()
     hours = hours_in(context.partition_time_window)
     failures = no_failures(checks.CHECKS, "alerts")
     totals = {"alerts": 0, "clips": 0, "kafka": 0, "delivered": 0, "dead": 0, "retrying": 0}
@@ -59,9 +59,9 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
                     if f["status"] in at.DRAWN and f["uri"]}
         checks.check_hour(hour_key(hour), stored, ledger, store, drawable, failures,
                           {e.key: e.occurrence for e in fired})
-        messages = [notify.payload(row, alert_rules.viewer_url, store) for row in stored.to_pylist()]
+        messages = [notify.payload(row, alert_rules.viewer_url, store, links) for row in stored.to_pylist()]
         totals["kafka"] += notify.publish(kafka, ledger, messages)
-        sent = notify.notify_webhooks(kafka, ledger, rules, messages, alert_rules.token)
+        sent = notify.notify_webhooks(kafka, ledger, rules, messages, alert_rules.token, store=store)
         totals["delivered"] += sent["delivered"]
         totals["dead"] += sent["dead"]
         totals["alerts"] += stored.num_rows
@@ -69,7 +69,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
         totals["clips"] += len(make_clips(store, fired, evidence, window_rows(frames, fired), per_source,
                                           storage.max_frame_bytes))
     # Refused sends of any hour whose pause is over: an outage delays an alert, it does not drop it.
-    retried, _ = notify.retry_webhooks(kafka, ledger, rules, alert_rules.token)
+    retried, _ = notify.retry_webhooks(kafka, ledger, rules, alert_rules.token, store=store)
     totals["delivered"] += retried["delivered"]
     totals["dead"] += retried["dead"]
     totals["retrying"] = retried["retrying"]  # every refused send still waiting, of any hour

@@ -224,7 +224,8 @@ class LiveAlerts:
         webhook's outage delays its alerts, range after range, and drops none."""
         if time.time() >= self.retries_at:
             ledger = Ledger(landed.store)
-            _, due = notify.retry_webhooks(landed.kafka, ledger, rules, resource.token, self.down)
+            _, due = notify.retry_webhooks(landed.kafka, ledger, rules, resource.token, self.down,
+                                           landed.store)
             self.retries_at = min(due, time.time() + RETRIES_EVERY_S)
 
 
@@ -232,7 +233,7 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
                  frames: dict[str, list[events.EventFrame]], down: set[str]) -> dict[str, int]:
     """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each); the
     webhook sends per outcome."""
-    store, ledger = landed.store, Ledger(landed.store)
+    store, ledger, links = landed.store, Ledger(landed.store), resource.links()
     numbers = [ledger.number(e.key, e.occurrence) for e in fired]
     by_frame = {(r.source_id, r.frame_id): r for r in records}
     seen = {(s, f.frame_id): f.seen for s, fs in frames.items() for f in fs}
@@ -244,9 +245,9 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
                     for e, n in mine}
         table = at.alert_rows(datetime.fromtimestamp(hour, UTC), [e for e, _ in mine], [n for _, n in mine],
                               rules, evidence)
-        messages += [notify.payload(row, resource.viewer_url, store) for row in table.to_pylist()]
+        messages += [notify.payload(row, resource.viewer_url, store, links) for row in table.to_pylist()]
     sent = notify.publish(landed.kafka, ledger, messages)
-    told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token, down)
+    told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token, down, store)
     said = ", ".join(f"{m['number']} {m['rule']} ({m['source_id']})" for m in messages)
     landed.context.log.info(f"live alerts: {said}; {sent} newly sent to Kafka, {told['delivered']} to "
                             f"webhooks, {told['dead']} dead-lettered, {told['retrying']} to try again")

@@ -1,4 +1,5 @@
-"""Telling people: every alert to the Kafka topic `alerts` (keyed by its number), and per rule to webhooks.
+"""Telling people: every alert to the Kafka topic `alerts` (keyed by its number), and per rule to webhooks
+and e-mail (SMTP, the snapshot attached), each a "target" of the rules file's `notify:`.
 
 Each notification is recorded in the ledger once it is acknowledged, so a second run over the same
 alerts sends nothing. A webhook is tried `attempts` times with a doubling pause; an alert it still
@@ -6,41 +7,85 @@ refuses is kept in the ledger and tried again by later ranges of the live lane a
 once per try with a pause that doubles (from the webhook's `backoff_s`, at most `MAX_PAUSE_S`), until
 the webhook's `retry_for_s` has passed since it first failed: only then is it dead-lettered to
 `<alerts topic>.dlq` with the reason, and recorded as such (an answer that will not change, a 4xx other
-than 408 and 429, at once). Webhooks get no redirects (a token must not follow one to another host) and
-their addresses are never logged: a webhook address often carries a secret.
+than 408 and 429, or an SMTP 5xx, at once). Webhooks get no redirects (a token must not follow one to
+another host) and their addresses are never logged: a webhook address often carries a secret.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import math
+import smtplib
+import ssl
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
 
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.redaction import redact
-from imgpipeline.resources.storage import Storage
-from imgpipeline.vision.alert_rules import TOPIC_RECORD
+from imgpipeline.resources.storage import BadObject, Storage
+from imgpipeline.vision.alert_rules import TOPIC_RECORD, Email
+from imgpipeline.web.links import EvidenceLinks
 
 KAFKA = TOPIC_RECORD  # an alert's publication, in the ledger beside its webhooks
 MAX_PAUSE_S = 60.0  # a webhook back from an outage hears of its waiting alerts within a minute
 MIN_PAUSE_S = 1.0
+MAX_INLINE_BYTES = 5 * 2**20  # a snapshot sent inline: at most this (base64 adds a third)
 
 
-def payload(row: dict, viewer_url: str, store: Storage) -> dict:
-    """What an alert says to the world: never a secret, always where to look."""
+def payload(row: dict, viewer_url: str, store: Storage, links: EvidenceLinks | None = None) -> dict:
+    """What an alert says to the world: never a secret, always where to look. `snapshot_url` and `clip_url`
+    open the annotated frame and the clip in the viewer, signed for whoever holds them when `links` is given
+    (web/links.py); the clip is there for a video or camera once the seconds after the alert are in."""
+    number, now = row["number"], time.time()
+
+    def evidence(name: str) -> str:
+        path = f"/alerts/{number}/{name}"
+        return viewer_url + (links.signed(path, now) if links else path)
+
     return {
-        "number": row["number"], "rule": row["rule"], "kind": row["kind"], "severity": row["severity"],
+        "number": number, "rule": row["rule"], "kind": row["kind"], "severity": row["severity"],
         "source_id": row["source_id"], "fired_at": row["fired_at"].isoformat().replace("+00:00", "Z"),
         "detail": row["detail"], "frame_id": row["frame_id"], "frame_ids": row["frame_ids"],
         "track_id": row["track_id"], "class_name": row["class_name"],
         "detection_index": row["detection_index"],
-        "url": f"{viewer_url}/alerts/{row['number']}",
+        "url": f"{viewer_url}/alerts/{number}",
         "annotated": store.uri(row["annotated_key"]) if row["annotated_key"] else None,
+        "snapshot_url": evidence("annotated.jpg") if row["annotated_key"] else None,
+        "clip_url": evidence("clip.webm"),
     }
+
+
+def body(webhook, message: dict, store: Storage | None) -> bytes:
+    """What a webhook is sent of an alert: its message, with the snapshot's JPEG when the webhook asks for it
+    inline (left out when it cannot be read, or is larger than a frame may be); or, for a chat, a line that
+    links the alert and its snapshot."""
+    if webhook.format == "slack":
+        return json.dumps(chat_message(message)).encode()
+    if webhook.inline_snapshot:
+        image = snapshot_of(message, store)
+        message = {**message, "snapshot_jpeg": base64.b64encode(image).decode() if image else None}
+    return json.dumps(message).encode()
+
+
+def chat_message(message: dict) -> dict:
+    """A Slack-style message (incoming webhooks: `text`, and `blocks` with the snapshot as an image)."""
+    def plain(text) -> str:  # Slack's mrkdwn takes &, < and > as markup
+        return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    text = (f"*{plain(message['severity'])}* alert #{message['number']} `{plain(message['rule'])}` on "
+            f"{plain(message['source_id'])} at {plain(message['fired_at'])}: {plain(message['detail'])} "
+            f"<{message['url']}|open it>")
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if message.get("snapshot_url"):
+        blocks.append({"type": "image", "image_url": message["snapshot_url"],
+                       "alt_text": f"alert {message['number']}: the frame with its detections"})
+    return {"text": text, "blocks": blocks}
 
 
 def publish(kafka, ledger: Ledger, messages: list[dict]) -> int:
@@ -108,21 +153,104 @@ def post(webhook, body: bytes, token: str | None, idempotency_key: str, sleep=ti
     return Delivery(False, attempts, reason)
 
 
+def deliver(target, message: dict, store: Storage | None, token_of, key: str,
+            attempts: int | None = None) -> Delivery:
+    """One alert to one target: POSTed to a webhook, or mailed."""
+    if isinstance(target, Email):
+        secret = token_of(target.password_env) if target.password_env else None
+        return mail(target, message, store, secret, key, attempts=attempts)
+    secret = token_of(target.token_env) if target.token_env else None
+    return post(target, body(target, message, store), secret, key, attempts=attempts)
+
+
+def mail(email: Email, message: dict, store: Storage | None, password: str | None, key: str,
+         sleep=time.sleep, attempts: int | None = None) -> Delivery:
+    """The alert as an e-mail, with its snapshot attached, until the server takes it, at most `attempts`
+    times; a 5xx answer is final. The password never appears in a reason."""
+    letter = letter_of(email, message, store, key)
+    reason, pause = "", email.backoff_s
+    attempts = attempts or email.attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            send_letter(email, letter, password)
+            return Delivery(True, attempt)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = sorted({code for code, _ in exc.recipients.values()})
+            reason = f"SMTP {', '.join(map(str, codes))}: every recipient refused"
+            if all(500 <= code < 600 for code in codes):
+                return Delivery(False, attempt, reason + " (final)", final=True)
+        except smtplib.SMTPResponseException as exc:
+            reason = f"SMTP {exc.smtp_code}: {exc.smtp_error[:200]!r}"
+            if 500 <= exc.smtp_code < 600:
+                return Delivery(False, attempt, reason + " (final)", final=True)
+        except (smtplib.SMTPException, OSError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if attempt < attempts:
+            sleep(pause)
+            pause *= 2
+    return Delivery(False, attempts, reason)
+
+
+def letter_of(email: Email, message: dict, store: Storage | None, key: str) -> EmailMessage:
+    """The e-mail of an alert: a subject that says what and where, the links, the snapshot attached."""
+    letter = EmailMessage()
+    letter["Subject"] = (f"[{message['severity']}] alert #{message['number']}: {message['rule']} on "
+                         f"{message['source_id']}")
+    letter["From"], letter["To"] = email.sender, ", ".join(email.to)
+    letter["Date"] = formatdate(usegmt=True)
+    letter["Message-ID"] = f"<{key}@imgpipeline>"  # the same for a send made again
+    lines = [f"{message['detail']}", f"at {message['fired_at']} on {message['source_id']}", "",
+             f"The alert: {message['url']}"]
+    links = (("Its snapshot", "snapshot_url"), ("Its clip", "clip_url"))
+    lines += [f"{what}: {message[field]}" for what, field in links if message.get(field)]
+    letter.set_content("\n".join(lines) + "\n")
+    image = snapshot_of(message, store)
+    if image is not None:
+        letter.add_attachment(image, maintype="image", subtype="jpeg",
+                              filename=f"alert-{message['number']}.jpg")
+    return letter
+
+
+def send_letter(email: Email, letter: EmailMessage, password: str | None) -> None:
+    host, port = email.address()
+    context = ssl.create_default_context()
+    if email.security == "tls":
+        server = smtplib.SMTP_SSL(host, port, timeout=email.timeout_s, context=context)
+    else:
+        server = smtplib.SMTP(host, port, timeout=email.timeout_s)
+    with server:
+        if email.security == "starttls":
+            server.starttls(context=context)
+        if email.user:
+            server.login(email.user, password or "")
+        server.send_message(letter)
+
+
+def snapshot_of(message: dict, store: Storage | None) -> bytes | None:
+    """The alert's annotated frame, when it can be read and is no larger than MAX_INLINE_BYTES."""
+    if store is None or not message.get("annotated"):
+        return None
+    try:
+        return store.get(store.key_for(message["annotated"]), max_bytes=MAX_INLINE_BYTES)
+    except (BadObject, OSError):
+        return None
+
+
 def notify_webhooks(kafka, ledger: Ledger, rules, messages: list[dict], token_of,
-                    down: set[str] | None = None) -> dict[str, int]:
+                    down: set[str] | None = None, store: Storage | None = None) -> dict[str, int]:
     """Each alert to its rule's webhooks, once; refusals kept for a retry, or dead-lettered past the
     webhook's retry horizon. Counts per outcome.
 
     A webhook that failed in this run gets one try per further alert (its retries would only hold the run
     up while it is down): a run's time on a dead webhook is one retry sequence. `down`: the webhooks that
     failed before, kept by a caller that notifies again and again (the live lane, range after range),
-    until one delivers."""
+    until one delivers. `store`: where a snapshot sent inline is read."""
     sends = [(m, target) for m in messages for target in rules.rule(m["rule"]).notify]
-    return _deliver(kafka, ledger, rules, sends, token_of, set() if down is None else down)[0]
+    return _deliver(kafka, ledger, rules, sends, token_of, set() if down is None else down, store)[0]
 
 
-def retry_webhooks(kafka, ledger: Ledger, rules, token_of,
-                   down: set[str] | None = None) -> tuple[dict[str, int], float]:
+def retry_webhooks(kafka, ledger: Ledger, rules, token_of, down: set[str] | None = None,
+                   store: Storage | None = None) -> tuple[dict[str, int], float]:
     """The refused sends whose pause is over, tried once more each (of any hour, raised by any run).
     Counts per outcome, and when the first send still waiting is due (inf: none waits)."""
     sends = []
@@ -131,7 +259,7 @@ def retry_webhooks(kafka, ledger: Ledger, rules, token_of,
             sends.append((retry["message"], retry["target"]))
         else:  # it ended, and the run that ended it was stopped before it forgot it
             ledger.forget_retry(retry["message"]["number"], retry["target"])
-    return _deliver(kafka, ledger, rules, sends, token_of, set() if down is None else down)
+    return _deliver(kafka, ledger, rules, sends, token_of, set() if down is None else down, store)
 
 
 def next_retry(before: dict | None, delivery: Delivery, webhook, now: float) -> dict | None:
@@ -148,14 +276,15 @@ def next_retry(before: dict | None, delivery: Delivery, webhook, now: float) -> 
             "next_at": min(now + pause, since + webhook.retry_for_s), "reason": delivery.reason}
 
 
-def _deliver(kafka, ledger: Ledger, rules, sends, token_of, down: set[str]) -> tuple[dict[str, int], float]:
+def _deliver(kafka, ledger: Ledger, rules, sends, token_of, down: set[str],
+             store: Storage | None = None) -> tuple[dict[str, int], float]:
     """Each send not made yet, whose pause (if it was refused before) is over; counts per outcome, and
     when the first send still waiting is due."""
     counts = {"delivered": 0, "dead": 0, "retrying": 0}
     letters, due = [], math.inf
     refused: dict[str, str] = {}  # webhooks that refused in this pass, and why: tried once, the rest wait
     for message, target in sends:
-        outcome, detail = _send(ledger, rules, message, target, token_of, down, time.time(), refused)
+        outcome, detail = _send(ledger, rules, message, target, token_of, down, time.time(), refused, store)
         if outcome == "dead":
             letters.append(detail)
         elif outcome == "retrying":
@@ -168,7 +297,7 @@ def _deliver(kafka, ledger: Ledger, rules, sends, token_of, down: set[str]) -> t
 
 
 def _send(ledger: Ledger, rules, message: dict, target: str, token_of, down: set[str], now: float,
-          refused: dict[str, str]):
+          refused: dict[str, str], store: Storage | None = None):
     """One alert to one webhook: (None, None) when that was done before; ("delivered", None); ("retrying",
     when it is due); ("dead", the letter to send). A webhook in `refused` (it refused an alert moments
     before, in this pass) is not tried again: the send waits as if refused, so that a webhook that hangs
@@ -185,10 +314,8 @@ def _send(ledger: Ledger, rules, message: dict, target: str, token_of, down: set
     if target in refused and webhook.retry_for_s > 0:  # kept for later (without retries: one try each)
         delivery = Delivery(False, 0, f"{refused[target]} (to another alert just before: not tried again)")
     else:
-        delivery = post(webhook, json.dumps(message).encode(),
-                        token_of(webhook.token_env) if webhook.token_env else None,
-                        f"imgpipeline-alert-{number}-{target}",
-                        attempts=1 if target in down or retry is not None else None)
+        delivery = deliver(webhook, message, store, token_of, f"imgpipeline-alert-{number}-{target}",
+                           attempts=1 if target in down or retry is not None else None)
     tries = (retry["tries"] if retry else 0) + delivery.attempts
     if delivery.delivered:
         ledger.record_sent(number, target, "delivered", attempts=tries)

@@ -3,6 +3,7 @@ Kafka and webhooks told once, through failures, re-materializing, replays and ba
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -358,3 +359,183 @@ def test_a_frame_captured_out_of_range_is_no_event_frame():
                                           row("b", "2099-01-01T00:00:00.000Z", "out_of_range")])
     found = event_frames(frames, DETECTIONS.schema.empty_table())
     assert [f.frame_id for f in found["cam"]] == ["a"]  # a clock decades ahead is no silence
+
+
+LINK_KEY = "a-link-key-of-forty-characters-and-more-0123"
+LINKED = """
+notify:
+  chat: {url: "%(chat)s", format: slack, attempts: 1}
+  inline: {url: "%(inline)s", inline_snapshot: true, attempts: 1}
+rules:
+  - {name: person-through-door, kind: line_cross, line: door, classes: [person], notify: [chat, inline]}
+"""
+
+
+def test_a_notification_carries_its_snapshot_which_the_links_holder_opens_without_the_login(tmp_path, kafka):
+    """A chat webhook gets a line with the snapshot's link, a JSON one the snapshot inline too; the viewer,
+    which has a login, serves the linked snapshot and clip to whoever holds the link, and nothing else to
+    such a link: another alert's, another object's, a changed expiry, an expired one."""
+    from imgpipeline.cli.serve import Running, Warehouse
+    from imgpipeline.web.app import create_app
+    from imgpipeline.web.guard import Access
+    from imgpipeline.web.links import EvidenceLinks
+    from imgpipeline_tests.test_web.test_guard import sent
+
+    chat, inline = BenchHook(), BenchHook()
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(LINKED % {"chat": chat.url, "inline": inline.url})
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    rules = AlertsResource(alerts_file=str(tmp_path / "alerts.yaml"), link_key=LINK_KEY)
+    tracking = TrackingResource(zones_file=str(tmp_path / "zones.yaml"))
+    store = storage.open()
+    records(store)
+    resources = {"storage": storage, "kafka": kafka, "tracking": tracking, "alert_rules": rules}
+    with fresh_instance() as instance:
+        materialize([hourly_tables, alerts], *RANGE, resources, instance)
+    [alert] = stored_alerts(storage)
+    [posted], [said] = [r["body"] for r in inline.requests], [r["body"] for r in chat.requests]
+    chat.close()
+    inline.close()
+    snapshot = store.get(alert["annotated_key"])
+    assert base64.b64decode(posted["snapshot_jpeg"]) == snapshot
+    [on_kafka] = [json.loads(m.value) for m in read_all(kafka, kafka.alerts_topic)]
+    assert on_kafka["snapshot_url"] == posted["snapshot_url"] and "snapshot_jpeg" not in on_kafka
+    assert said["blocks"][-1] == {"type": "image", "image_url": posted["snapshot_url"],
+                                  "alt_text": f"alert {alert['number']}: the frame with its detections"}
+    assert f"#{alert['number']}" in said["text"] and f"<{posted['url']}|open it>" in said["text"]
+
+    viewer = Running(create_app(Warehouse(storage, tracking, rules, refresh_s=1),
+                                Access.listening_on("127.0.0.1", (), ("ann", "a password"), rules.links())))
+    try:
+        def status(link: str, headers: dict | None = None) -> tuple[int, bytes]:
+            code, _, body = sent(viewer.url, link.removeprefix(rules.viewer_url), headers=headers)
+            return code, body
+
+        assert status(posted["snapshot_url"]) == (200, snapshot)
+        # Shown in another site's page (a webmail, a chat), as an image.
+        assert status(posted["snapshot_url"], {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
+                                               "Sec-Fetch-Dest": "image"}) == (200, snapshot)
+        assert status(posted["clip_url"]) == (200, store.get(clip_key(alert["annotated_key"])))
+        path, _, query = posted["snapshot_url"].removeprefix(rules.viewer_url).partition("?")
+        number = alert["number"]
+        expires = int(query.split("&")[0].removeprefix("expires="))
+        for link in (path, f"/alerts/{number}?{query}", f"/alerts/{number}/crop.jpg?{query}",
+                     f"/alerts/{number + 1}/annotated.jpg?{query}", f"{path}?{query}&x=1",
+                     f"{path}?{query}&{query}", f"{path}?{query.replace(str(expires), str(expires + 1))}",
+                     f"/alerts/{number}/../{number}/annotated.jpg?{query}"):
+            assert status(link)[0] == 401, link
+        expired = EvidenceLinks(LINK_KEY.encode(), 60).signed(path, time.time() - 61)
+        assert status(expired)[0] == 401
+        assert status(path, {"Authorization": "Basic " + base64.b64encode(b"ann:a password").decode()}) == (
+            200, snapshot)
+    finally:
+        viewer.stop()
+
+
+class MailServer:
+    """A real SMTP server (aiosmtpd) on a loopback port: every message it took, and the logins it was given;
+    it answers `answer` to each message (250 unless told), and takes the one login `login`."""
+
+    def __init__(self, answer: str = "250 OK", login: tuple[str, str] = ("alerts", "mail-secret")):
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        from imgpipeline.services.process import free_port
+
+        self.messages, self.logins = [], []
+        server = self
+
+        class Handler:
+            async def handle_DATA(self, smtp, session, envelope):
+                server.messages.append(envelope)
+                return answer
+
+        def check(smtp, session, envelope, mechanism, auth_data):
+            given = (auth_data.login.decode(), auth_data.password.decode())
+            server.logins.append(given)
+            return AuthResult(success=given == login, handled=False)  # refused: a 535 answer
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=free_port(), authenticator=check,
+                                     auth_require_tls=False)
+        self.controller.start()
+        self.address = f"127.0.0.1:{self.controller.port}"
+
+    def close(self) -> None:
+        self.controller.stop()
+
+
+MAILED = """
+notify:
+  mail: {to: [ops@example.com, guard@example.com], from: alerts@example.com, smtp: "%(mail)s", security: none,
+         user: alerts, password_env: MAIL_PASSWORD, attempts: 1}
+  refusing: {to: [ops@example.com], from: alerts@example.com, smtp: "%(refusing)s", security: none,
+             attempts: 1}
+rules:
+  - {name: person-through-door, kind: line_cross, line: door, classes: [person], notify: [mail, refusing]}
+"""
+
+
+def test_an_alert_is_mailed_once_with_its_snapshot_and_a_refusing_server_is_dead_lettered(
+        tmp_path, kafka, monkeypatch):
+    """A rule notifies by e-mail: the server, which wants a login, gets the alert once with its snapshot
+    attached and its links; another that answers 550 has it dead-lettered with that reason. Made again,
+    nobody is mailed twice; the password is in no reason or ledger entry."""
+    from email import message_from_bytes, policy
+
+    mail, refusing = MailServer(), MailServer(answer="550 mailbox unavailable")
+    monkeypatch.setenv("MAIL_PASSWORD", "mail-secret")
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(MAILED % {"mail": mail.address, "refusing": refusing.address})
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    rules = AlertsResource(alerts_file=str(tmp_path / "alerts.yaml"), link_key=LINK_KEY)
+    resources = {"storage": storage, "kafka": kafka, "alert_rules": rules,
+                 "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml"))}
+    store = storage.open()
+    records(store)
+    try:
+        with fresh_instance() as instance:
+            materialize([hourly_tables, alerts], *RANGE, resources, instance)
+            materialize([alerts], *RANGE, resources, instance)  # made again: nobody mailed twice
+    finally:
+        mail.close()
+        refusing.close()
+    [alert] = stored_alerts(storage)
+    [envelope] = mail.messages
+    assert mail.logins == [("alerts", "mail-secret")]
+    assert sorted(envelope.rcpt_tos) == ["guard@example.com", "ops@example.com"]
+    letter = message_from_bytes(envelope.content, policy=policy.default)
+    assert letter["Subject"] == f"[warning] alert #{alert['number']}: person-through-door on cam"
+    assert letter["Message-ID"] == f"<imgpipeline-alert-{alert['number']}-mail@imgpipeline>"
+    [attached] = list(letter.iter_attachments())
+    assert attached.get_content_type() == "image/jpeg"
+    assert attached.get_content() == store.get(alert["annotated_key"])
+    [on_kafka] = [json.loads(m.value) for m in read_all(kafka, kafka.alerts_topic)]
+    text = letter.get_body(("plain",)).get_content()
+    assert on_kafka["snapshot_url"] in text and on_kafka["url"] in text and alert["detail"] in text
+    ledger = Ledger(store)
+    assert ledger.deliveries(alert["number"])["mail"]["state"] == "delivered"
+    dead = ledger.deliveries(alert["number"])["refusing"]
+    assert (dead["state"], dead["reason"]) == ("dead", "SMTP 550: b'mailbox unavailable' (final)")
+    [letter_dead] = read_all(kafka, f"{kafka.alerts_topic}.dlq")
+    assert dict(letter_dead.headers)["target"] == b"refusing"
+    assert len(refusing.messages) == 1
+    assert "mail-secret" not in json.dumps(ledger.deliveries(alert["number"]))
+
+
+def test_a_wrong_mail_password_is_a_final_refusal_that_says_no_password(tmp_path):
+    from imgpipeline.defs.alerts.notify import mail as send_mail
+    from imgpipeline.vision.alert_rules import Email
+
+    server = MailServer()
+    try:
+        email = Email.model_validate({"to": ["ops@example.com"], "from": "alerts@example.com",
+                                      "smtp": server.address, "security": "none", "user": "alerts",
+                                      "password_env": "MAIL_PASSWORD", "attempts": 2, "backoff_s": 0})
+        message = {"number": 5, "severity": "info", "rule": "r", "source_id": "cam", "detail": "d",
+                   "fired_at": "2026-11-20T11:00:00Z", "url": "http://127.0.0.1:8765/alerts/5"}
+        delivery = send_mail(email, message, None, "wrong-secret-x", "imgpipeline-alert-5-mail")
+    finally:
+        server.close()
+    assert (delivery.delivered, delivery.final, delivery.attempts) == (False, True, 1)
+    assert delivery.reason.startswith("SMTP 535") and "wrong-secret-x" not in delivery.reason
+    assert server.messages == []

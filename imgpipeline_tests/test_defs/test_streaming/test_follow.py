@@ -652,7 +652,7 @@ def test_a_partition_given_again_by_a_rebalance_is_taken_up_from_the_ledger(kafk
         consumer, membership = kafka.consumer(auto_offset_reset="none"), Membership(kafka, topic)
         follower = Follower(Lane(context, kafka, store, None, consumer, topic),
                             FollowConfig(topic=topic, starts={"0": 0, "1": 0}), Screening(), membership)
-        other = None
+        other, poller, stop = None, None, threading.Event()
         try:
             wait_for(lambda: follower.refresh(0.1, due=True) and len(follower.positions) == 2, 60,
                      "the follower to hold both partitions")
@@ -664,17 +664,27 @@ def test_a_partition_given_again_by_a_rebalance_is_taken_up_from_the_ledger(kafk
                              duplicates=[], landing=[])
             claim = json.dumps({"end": 9, "run_id": "another"}).encode()
             store.put(f"{claims_prefix(topic, 0)}7.json", claim)
-            other = Membership(kafka, topic)  # a rebalance: the follower keeps one partition, given again
-            wait_for(lambda: [other.share(0.1), follower.refresh(0.1, due=True)][1] and other.settled
+            # A rebalance: the follower keeps one partition, given again. The other member polls in a thread
+            # of its own, as another run does in its own process (a member waits on the group in its polls).
+            other = Membership(kafka, topic)
+            poller = threading.Thread(target=lambda: [other.share(0.1) for _ in iter(stop.is_set, True)],
+                                      daemon=True)
+            poller.start()
+            wait_for(lambda: follower.refresh(0.1, due=True) and other.settled
                      and len(follower.positions) == 1, 60, "the group to share the partitions")
             [kept] = follower.positions
             assert follower.positions == {kept: 7}
+            stop.set()
+            poller.join(30)
             other.close()  # another: both given again
             other = None
             wait_for(lambda: follower.refresh(0.1, due=True) and len(follower.positions) == 2, 60,
                      "the follower to hold both partitions again")
             assert follower.positions == {0: 7, 1: 7} and follower.claimed == {0: 9}
         finally:
+            stop.set()
+            if poller is not None:
+                poller.join(30)
             for member in (other, membership):
                 if member is not None:
                     member.close()
