@@ -38,8 +38,8 @@ from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline.resources.viewer import ViewerAccess
 
 # The branches that runs read, by the resource key they are given under.
-RUN_RESOURCES = ("storage", "kafka", "detector", "tracking", "alert_rules", "screening", "source_policy",
-                 "instance_retention", "data_retention", "compaction")
+RUN_RESOURCES = ("storage", "kafka", "detector", "tracking", "alert_rules", "mqtt", "screening",
+                 "source_policy", "instance_retention", "data_retention", "compaction")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
-"""The MQTT broker the bridge reads: where it is, how to log in (the password from the environment) and
-whether TLS is spoken; paho clients made with these settings, and what to fix when the broker says no."""
+"""The MQTT broker the bridge reads and the alerts are published to: where it is, how to log in (the
+password from the environment) and whether TLS is spoken; paho clients made with these settings, and what to
+fix when the broker says no. A resource of the runs too: with a topic prefix set, they publish each alert,
+each camera's latest snapshot and Home Assistant's discovery there (defs/alerts/mqtt_out.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+import dagster as dg
+from pydantic import field_validator, model_validator
 
 from imgpipeline import ConfigError
 from imgpipeline.resources.settings import FromEnv, env_name, resolved, setting
@@ -15,11 +19,9 @@ LOGIN_REFUSED = {134: "Bad user name or password", 135: "Not authorized"}
 CLIENT_ID_REFUSED = 133
 
 
-class MqttSettings(FromEnv, BaseModel):
-    """Where the MQTT broker is, how the bridge logs in (the password from the environment only) and the
-    largest payload it takes."""
-
-    model_config = ConfigDict(extra="forbid")
+class MqttSettings(FromEnv, dg.ConfigurableResource):
+    """Where the MQTT broker is, how the bridge and the runs log in (the password from the environment only),
+    the largest payload the bridge takes, and the topics the runs publish under."""
 
     broker: str = setting("IMGPIPELINE_MQTT_BROKER", "127.0.0.1:1883", "the MQTT broker, HOST:PORT")
     username: str | None = setting("IMGPIPELINE_MQTT_USERNAME", None, "MQTT user name")
@@ -31,6 +33,11 @@ class MqttSettings(FromEnv, BaseModel):
         "IMGPIPELINE_MQTT_MAX_PAYLOAD_BYTES", 20_000_000,
         "the bridge dead-letters a larger MQTT payload (never stored or sent as a frame), acknowledges it "
         "and goes on", ge=1)
+    publish_prefix: str = setting(
+        "IMGPIPELINE_MQTT_PUBLISH_PREFIX", "",
+        "topic prefix the runs publish under (each alert on `<prefix>/alerts`, each camera's latest snapshot "
+        "and last alert retained, Home Assistant's discovery under `homeassistant/`: docs/alerts.md); empty: "
+        "nothing is published to MQTT", shown="— (off)")
     journal_days: int = setting(
         "IMGPIPELINE_MQTT_JOURNAL_DAYS", 7,
         "days the bridge remembers each frame's first capture time: a message delivered again within them "
@@ -51,6 +58,14 @@ class MqttSettings(FromEnv, BaseModel):
         # (pydantic's str validation would turn it into the variable's name).
         if value is not None and not isinstance(value, str):
             raise ValueError("IMGPIPELINE_MQTT_PASSWORD is not text")
+        return value
+
+    @field_validator("publish_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9_.-]{1,64}){0,3}", value):
+            raise ValueError(f"IMGPIPELINE_MQTT_PUBLISH_PREFIX={value[:80]!r}: a topic prefix is up to four "
+                             "levels of letters, digits, '.', '_' and '-' joined by '/' (no wildcards)")
         return value
 
     @field_validator("cafile")

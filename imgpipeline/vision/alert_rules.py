@@ -244,6 +244,7 @@ Rule = Annotated[
 
 # What the alerts ledger records an alert's publication to Kafka under, beside its webhooks' names.
 TOPIC_RECORD = "kafka"
+MQTT_RECORD = "mqtt"  # likewise, its publication to MQTT (defs/alerts/mqtt_out.py)
 
 
 class AlertsFile(_Strict):
@@ -258,8 +259,9 @@ class AlertsFile(_Strict):
         for target in self.notify:
             if not NAME.match(target):
                 raise ValueError(f"notify: {target!r}: a webhook name is 1–64 letters, digits, '.', '_', '-'")
-            if target.lower() == TOPIC_RECORD:
-                raise ValueError(f"notify: {target!r} names the Kafka topic's own record of each alert sent: "
+            if target.lower() in (TOPIC_RECORD, MQTT_RECORD):
+                where = "Kafka topic" if target.lower() == TOPIC_RECORD else "MQTT topic"
+                raise ValueError(f"notify: {target!r} names the {where}'s own record of each alert sent: "
                                  "give the webhook another name")
         for rule in self.rules:
             if unknown := [t for t in rule.notify if t not in self.notify]:

@@ -19,6 +19,7 @@ from imgpipeline.ingest.producer import FrameProducer, Ledger
 from imgpipeline.ingest.sources import image_frame, video_frames
 from imgpipeline.paths import PACKAGE_DIR
 from imgpipeline.resources import AlertsResource, TrackingResource
+from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import drain
 
@@ -52,6 +53,7 @@ def make_street(kafka, storage, folder) -> dict:
         "storage": storage, "kafka": kafka, "duckdb": DuckDBResource(database=":memory:"),
         "tracking": TrackingResource(zones_file=str(PACKAGE_DIR.parent / "zones.yaml")),
         "alert_rules": AlertsResource(alerts_file=str(PACKAGE_DIR.parent / "alerts.yaml")),
+        "mqtt": MqttSettings(),  # publishing nothing
     }
     with fresh_instance() as instance:
         drain(kafka, storage, instance)

@@ -7,7 +7,7 @@ again, replaying its frames or backfilling a range raises and sends nothing twic
 
 import dagster as dg
 
-from imgpipeline.defs.alerts import checks, notify
+from imgpipeline.defs.alerts import checks, mqtt_out, notify
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.clips import make_clips, window_rows
 from imgpipeline.defs.alerts.ledger import Ledger
@@ -17,6 +17,7 @@ from imgpipeline.defs.partitions import AROUND, hourly_partitions
 from imgpipeline.defs.tables import ALERTS, DETECTIONS, FRAMES, TRACKED_COLUMNS
 from imgpipeline.defs.tables.checks import check_results, check_specs, no_failures
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
+from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline.resources.storage import Storage
 from imgpipeline.vision.evaluator import evaluate
 
@@ -37,14 +38,14 @@ from imgpipeline.vision.evaluator import evaluate
     pool="alerts",  # one run at a time (dagster.yaml)
 )
 def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: KafkaResource,
-           tracking: TrackingResource, alert_rules: AlertsResource):
+           mqtt: MqttSettings, tracking: TrackingResource, alert_rules: AlertsResource):
     """Alerts of each hour in the range: evaluated, numbered, their evidence drawn, stored, then sent."""
     store = storage.open()
     rules, zones = alert_rules.rules(), tracking.zones()
     ledger, links = Ledger(store), alert_rules.links()
     hours = hours_in(context.partition_time_window)
     failures = no_failures(checks.CHECKS, "alerts")
-    totals = {"alerts": 0, "clips": 0, "kafka": 0, "delivered": 0, "dead": 0, "retrying": 0}
+    totals = {"alerts": 0, "clips": 0, "kafka": 0, "mqtt": 0, "delivered": 0, "dead": 0, "retrying": 0}
     for hour in hours:
         frames = FRAMES.stored_hours(store, at.around(hour), [*at.FRAME_COLUMNS, "processed_at"])
         detections = DETECTIONS.stored_hours(store, at.around(hour), TRACKED_COLUMNS)
@@ -61,6 +62,7 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
                           {e.key: e.occurrence for e in fired})
         messages = [notify.payload(row, alert_rules.viewer_url, store, links) for row in stored.to_pylist()]
         totals["kafka"] += notify.publish(kafka, ledger, messages)
+        totals["mqtt"] += mqtt_out.publish_alerts(mqtt, ledger, messages, context.log.warning)
         sent = notify.notify_webhooks(kafka, ledger, rules, messages, alert_rules.token, store=store)
         totals["delivered"] += sent["delivered"]
         totals["dead"] += sent["dead"]
@@ -82,7 +84,8 @@ def alerts(context: dg.AssetExecutionContext, storage: StorageResource, kafka: K
     )
     yield dg.MaterializeResult(metadata={
         "alerts": dg.MetadataValue.int(totals["alerts"]), "hours": len(hours), "clips": totals["clips"],
-        "sent_to_kafka": totals["kafka"], "webhook_deliveries": totals["delivered"],
+        "sent_to_kafka": totals["kafka"], "sent_to_mqtt": totals["mqtt"],
+        "webhook_deliveries": totals["delivered"],
         "dead_lettered": totals["dead"], "webhook_sends_waiting": totals["retrying"],
         "rules_sha256": rules.sha256 or "(no rules file)",
         "path": dg.MetadataValue.path(store.uri(ALERTS.folder.rstrip("/"))),

@@ -4,13 +4,16 @@ import dagster as dg
 
 from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.live import LiveAlerts
+from imgpipeline.defs.alerts.mqtt_out import CameraSnapshots
 from imgpipeline.defs.automation import AutomationPolicy, automation_sensor
 from imgpipeline.defs.records.listeners import listen
 from imgpipeline.defs.tables import ALERTS
 from imgpipeline.lib.run_priority import RunPriority
 
-# Frame rules are also raised live by the fast lane as each range lands, numbered by the same ledger.
+# Frame rules are also raised live by the fast lane as each range lands, numbered by the same ledger; with
+# MQTT publishing on, each camera's latest frame goes to its snapshot topic as it lands.
 listen(LiveAlerts())
+listen(CameraSnapshots())
 
 
 def definitions(automation: AutomationPolicy, priority: RunPriority) -> dg.Definitions:

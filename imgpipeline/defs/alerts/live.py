@@ -30,7 +30,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from imgpipeline import is_camera
-from imgpipeline.defs.alerts import notify
+from imgpipeline.defs.alerts import mqtt_out, notify
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.records.listeners import LandedRange
@@ -247,6 +247,8 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
                               rules, evidence)
         messages += [notify.payload(row, resource.viewer_url, store, links) for row in table.to_pylist()]
     sent = notify.publish(landed.kafka, ledger, messages)
+    mqtt_out.publish_alerts(getattr(landed.context.resources, "mqtt", None), ledger, messages,
+                            landed.context.log.warning)
     told = notify.notify_webhooks(landed.kafka, ledger, rules, messages, resource.token, down, store)
     said = ", ".join(f"{m['number']} {m['rule']} ({m['source_id']})" for m in messages)
     landed.context.log.info(f"live alerts: {said}; {sent} newly sent to Kafka, {told['delivered']} to "

@@ -174,6 +174,11 @@ def mail(email: Email, message: dict, store: Storage | None, password: str | Non
         try:
             send_letter(email, letter, password)
             return Delivery(True, attempt)
+        except smtplib.SMTPAuthenticationError as exc:  # a password changed: tried again until the horizon
+            reason = f"SMTP {exc.smtp_code}: the login was refused (the user, or the password's variable)"
+        except UnicodeError:  # smtplib sends the login as ASCII; its error would quote the password
+            return Delivery(False, attempt, "the login is not ASCII, which SMTP cannot send (final)",
+                            final=True)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = sorted({code for code, _ in exc.recipients.values()})
             reason = f"SMTP {', '.join(map(str, codes))}: every recipient refused"

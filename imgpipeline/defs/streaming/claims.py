@@ -14,12 +14,13 @@ def claims_prefix(topic: str, partition: int, generation: int = 0) -> str:
     return f"{CLAIMS}/{topic}/{partition}/" + (f"g{generation}/" if generation else "")
 
 
-def resume(store: Storage, topic: str, partition: int, generation: int,
-           floor: int) -> tuple[int, int | None, list[tuple[int, int]]]:
+def resume(store: Storage, topic: str, partition: int, generation: int, floor: int,
+           tidy: bool = True) -> tuple[int, int | None, list[tuple[int, int]]]:
     """Where a run goes on in a partition: how far from `floor` the ledger accounts for every offset; the
     end of a range claimed there and not accounted for (None: none); and the ranges accounted for past
     the hole there (detect_frames runs the sensor launched while no follower ran, beside one that
-    failed), which the run passes over. Older claims are deleted."""
+    failed), which the run passes over. Older claims are deleted (`tidy`: by a follower, which holds the
+    partition; frames_sensor only reads them, since a range it planned from a claim may still fail)."""
     accounted = accounted_ranges(store, topic, partition, generation)
     position = contiguous_end(accounted, floor)
     ahead = [(start, end) for start, end in accounted if start > position]
@@ -34,7 +35,8 @@ def resume(store: Storage, topic: str, partition: int, generation: int,
             claimed = claimed_end(store, key)
             if claimed is None:
                 stale.append(key)
-    store.delete_many(stale)
+    if tidy:
+        store.delete_many(stale)
     if claimed is not None and (claimed <= position or any(start < claimed for start, _ in ahead)):
         claimed = None  # not a range of the hole's
     return position, claimed, ahead

@@ -57,6 +57,7 @@ from imgpipeline.resources import (
     StorageResource,
     TrackingResource,
 )
+from imgpipeline.resources.mqtt import MqttSettings
 
 FAST_LANE_TAG = "imgpipeline/fast-lane"
 # On a follow_frames run that shares its topic's partitions with the others (membership.py); a run without
@@ -349,10 +350,11 @@ def follow_op(
     screening: Screening,
     tracking: TrackingResource,
     alert_rules: AlertsResource,
+    mqtt: MqttSettings,
 ) -> dg.Output[dict]:
     """Detect every partition's new frames as they come, a range at a time, as detect_frames would. The
-    listeners told of each range landed (the live alerts) read the tracking and the alert rules from the
-    run's resources, as the hourly assets do."""
+    listeners told of each range landed (the live alerts, the cameras' snapshots on MQTT) read the
+    tracking, the alert rules and MQTT from the run's resources, as the hourly assets do."""
     store = storage.open()
     consumer, topic = kafka.consumer(auto_offset_reset="none"), config.topic or kafka.frames_topic
     membership = Membership(kafka, topic, context.log)

@@ -163,8 +163,11 @@ def plan_tick(context: dg.SensorEvaluationContext, topic: str, cursor: dict, off
     # Counted after the watch: a run may have finished meanwhile.
     in_flight = runs_in_flight(context, topic)
     budgets = free_runs(in_flight, offsets.ends, policy)
-    return plan_ranges(base, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
-                       room_left(in_flight, policy), claimed), in_flight
+    plan = plan_ranges(base, offsets.ends, offsets.beginnings, time.time(), policy, budgets,
+                       room_left(in_flight, policy), claimed)
+    if any(plan.cursor["partitions"][str(p)]["next"] < end for p, (_, end) in claimed.items()):
+        plan.cursor["followed"] = True  # a claimed range not planned yet (no run free): looked at again
+    return plan, in_flight
 
 
 def followers_left(context: dg.SensorEvaluationContext, topic: str, cursor: dict,
@@ -179,7 +182,7 @@ def followers_left(context: dg.SensorEvaluationContext, topic: str, cursor: dict
     for partition in sorted(offsets.ends):
         if (state := partitions.get(str(partition))) is None:
             continue
-        position, claim, _ = resume(store, topic, partition, generation, state["next"])
+        position, claim, _ = resume(store, topic, partition, generation, state["next"], tidy=False)
         if position > state["next"]:
             state["next"], state["since"] = min(position, offsets.ends[partition]), None
         if claim is not None:

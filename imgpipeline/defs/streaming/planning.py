@@ -77,10 +77,10 @@ def plan_ranges(cursor: dict, ends: dict[int, int], beginnings: dict[int, int], 
 
 def plan_partition(plan: Plan, partition: int, end: int, now: float, policy: BatchPolicy, budget: int,
                    claim: tuple[int, int] | None = None) -> None:
-    """A partition's ranges for the plan, up to `budget`, its claimed range first (one that retention
-    cut into is not: its frames past the cut are planned as any)."""
+    """A partition's ranges for the plan, up to `budget`, its claimed range first (with its own ends
+    though retention deleted its first offsets: the run reads those as a gap)."""
     state = plan.cursor["partitions"][str(partition)]
-    if claim is not None and state["next"] == claim[0] < claim[1] <= end:
+    if claim is not None and claim[0] <= state["next"] < claim[1] <= end:
         if budget <= 0:
             return  # the claimed range goes first, once the partition may launch a run
         plan.ranges.append((partition, *claim))

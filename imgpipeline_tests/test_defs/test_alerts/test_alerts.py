@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dagster as dg
 import pyarrow as pa
 import pytest
 
@@ -25,6 +26,7 @@ from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.messages import clip_key
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
 from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.pipeline import wait_for
 from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, START, ZONES, records
 from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
 from imgpipeline_tests.test_defs.test_tracking.test_tracking import ELEVEN, TEN, land, materialize
@@ -522,7 +524,10 @@ def test_an_alert_is_mailed_once_with_its_snapshot_and_a_refusing_server_is_dead
     assert "mail-secret" not in json.dumps(ledger.deliveries(alert["number"]))
 
 
-def test_a_wrong_mail_password_is_a_final_refusal_that_says_no_password(tmp_path):
+def test_a_wrong_mail_password_is_tried_again_later_and_says_no_password(tmp_path):
+    """A login refused (a password changed) is tried `attempts` times and then again by later passes
+    until the horizon, like a webhook that is down; a password SMTP cannot send is final. Neither reason
+    holds any of the password."""
     from imgpipeline.defs.alerts.notify import mail as send_mail
     from imgpipeline.vision.alert_rules import Email
 
@@ -534,8 +539,142 @@ def test_a_wrong_mail_password_is_a_final_refusal_that_says_no_password(tmp_path
         message = {"number": 5, "severity": "info", "rule": "r", "source_id": "cam", "detail": "d",
                    "fired_at": "2026-11-20T11:00:00Z", "url": "http://127.0.0.1:8765/alerts/5"}
         delivery = send_mail(email, message, None, "wrong-secret-x", "imgpipeline-alert-5-mail")
+        unsendable = send_mail(email, message, None, "wröng-secret-ü", "imgpipeline-alert-5-mail")
     finally:
         server.close()
-    assert (delivery.delivered, delivery.final, delivery.attempts) == (False, True, 1)
+    assert (delivery.delivered, delivery.final, delivery.attempts) == (False, False, 2)
     assert delivery.reason.startswith("SMTP 535") and "wrong-secret-x" not in delivery.reason
-    assert server.messages == []
+    assert (unsendable.delivered, unsendable.final) == (False, True)
+    assert "ö" not in unsendable.reason and "ü" not in unsendable.reason and "secret" not in unsendable.reason
+    assert server.messages == [] and set(server.logins) == {("alerts", "wrong-secret-x")}
+
+
+PLAIN = """
+rules:
+  - {name: person-through-door, kind: line_cross, line: door, classes: [person], severity: critical}
+  - {name: car-seen, kind: class, classes: [car], severity: info}
+"""
+
+
+class Subscriber:
+    """A real MQTT client subscribed to `topics` (retained messages included): every message it got."""
+
+    def __init__(self, settings, topics: list[str]):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda client, data, m: self.messages.append((m.topic, m.payload, m.retain))
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        settings.connect(self.client)
+        self.client.loop_start()
+        self.client.subscribe([(topic, 1) for topic in topics])
+        assert subscribed.wait(30), "the broker never acknowledged the subscription"
+
+    def on(self, topic: str) -> list[bytes]:
+        return [payload for got, payload, _ in self.messages if got == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_each_camera(
+        tmp_path, kafka, services):
+    """With a publish prefix, the alerts run publishes every alert of the tables once on `<prefix>/alerts`
+    (made again, none twice), each camera's last alert retained, and Home Assistant's discovery of its
+    entities (checked against the keys the MQTT sensor and image schemas require); the fast lane's listener
+    puts each camera's latest frame, retained, on its snapshot topic."""
+    import uuid
+
+    from imgpipeline.defs.alerts.mqtt_out import CameraSnapshots, object_id
+    from imgpipeline.defs.records.listeners import LandedRange
+    from imgpipeline.resources.mqtt import MqttSettings
+    from imgpipeline_tests.conftest import require_tool
+
+    require_tool(None if services.mqtt.running() else "mosquitto is not running: apt-get install mosquitto")
+    prefix = f"site-{uuid.uuid4().hex[:8]}"
+    mqtt = MqttSettings(broker=services.mqtt.address(services.mqtt.ports), publish_prefix=prefix)
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(PLAIN)
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    resources = {"storage": storage, "kafka": kafka, "mqtt": mqtt,
+                 "alert_rules": AlertsResource(alerts_file=str(tmp_path / "alerts.yaml")),
+                 "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml"))}
+    store = storage.open()
+    landed = records(store)
+    source, config = landed[0].source_id, f"homeassistant/+/{object_id(landed[0].source_id)}/+/config"
+    live = Subscriber(mqtt, [f"{prefix}/#"])
+    try:
+        with fresh_instance() as instance:
+            result = materialize([hourly_tables, alerts], *RANGE, resources, instance)
+            materialize([alerts], *RANGE, resources, instance)  # made again: nothing published twice
+        with dg.build_op_context(resources={"mqtt": mqtt}) as context:
+            CameraSnapshots()(LandedRange(context, kafka, store, kafka.frames_topic, 0, 0, len(landed), 0,
+                                          lambda: iter(landed), storage.max_frame_bytes))
+        stored = stored_alerts(storage)
+        wait_for(lambda: len(live.on(f"{prefix}/alerts")) >= len(stored)
+                 and live.on(f"{prefix}/{source}/snapshot"), 30, "the alerts and the snapshot on MQTT")
+        time.sleep(1)  # scenario: a second for any message sent twice to arrive too
+        said = [json.loads(m) for m in live.on(f"{prefix}/alerts")]
+        assert sorted((m["number"], m["rule"], m["source_id"], m["frame_id"]) for m in said) == sorted(
+            (r["number"], r["rule"], r["source_id"], r["frame_id"]) for r in stored)
+        metadata = result.asset_materializations_for_node("alerts")[0].metadata
+        assert metadata["sent_to_mqtt"].value == len(stored)
+    finally:
+        live.close()
+    # Someone subscribing later (Home Assistant starting) gets each camera's retained state.
+    later = Subscriber(mqtt, [f"{prefix}/{source}/#", config])
+    try:
+        wait_for(lambda: len({t for t, _, retained in later.messages if retained}) >= 4, 30,
+                 "the retained messages", explain=lambda: str([t for t, _, _ in later.messages]))
+    finally:
+        later.close()
+    newest = max(landed, key=lambda r: r.captured_at)
+    assert later.on(f"{prefix}/{source}/snapshot") == [store.get(store.key_for(newest.uri))]
+    assert json.loads(later.on(f"{prefix}/{source}/alert")[0])["number"] == max(
+        r["number"] for r in stored if r["source_id"] == source)
+    configs = {t.split("/")[1]: json.loads(p) for t, p, _ in later.messages if t.startswith("homeassistant/")}
+    assert configs["sensor"]["state_topic"] == f"{prefix}/{source}/alert"
+    assert configs["image"]["image_topic"] == f"{prefix}/{source}/snapshot"
+    for entity in configs.values():
+        assert {"unique_id", "device", "name"} <= set(entity) and entity["device"]["identifiers"]
+
+
+def test_an_mqtt_broker_away_holds_up_no_alert_and_the_next_run_publishes_them(tmp_path, kafka, services):
+    """The broker away (a port nothing listens on): the alerts run succeeds, Kafka has every alert, the log
+    says MQTT missed them; the next run, the broker back, publishes each once."""
+    import uuid
+
+    from imgpipeline.resources.mqtt import MqttSettings
+    from imgpipeline.services.process import free_port
+    from imgpipeline_tests.conftest import require_tool
+
+    require_tool(None if services.mqtt.running() else "mosquitto is not running: apt-get install mosquitto")
+    prefix = f"site-{uuid.uuid4().hex[:8]}"
+    up = MqttSettings(broker=services.mqtt.address(services.mqtt.ports), publish_prefix=prefix)
+    away = MqttSettings(broker=f"127.0.0.1:{free_port()}", publish_prefix=prefix)
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(PLAIN)
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    resources = {"storage": storage, "kafka": kafka,
+                 "alert_rules": AlertsResource(alerts_file=str(tmp_path / "alerts.yaml")),
+                 "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml"))}
+    records(storage.open())
+    live = Subscriber(up, [f"{prefix}/alerts"])
+    try:
+        with fresh_instance() as instance:
+            missed = materialize([hourly_tables, alerts], *RANGE, {**resources, "mqtt": away}, instance)
+            logs = [e.message for e in instance.all_logs(missed.run_id)]
+            stored = stored_alerts(storage)
+            assert len(read_all(kafka, kafka.alerts_topic)) == len(stored) > 0
+            missed_said = [m for m in logs if m.startswith("MQTT: ") and "alerts not published" in m]
+            assert sum(int(m.split()[1]) for m in missed_said) == len(stored), logs
+            materialize([alerts], *RANGE, {**resources, "mqtt": up}, instance)
+        wait_for(lambda: len(live.on(f"{prefix}/alerts")) >= len(stored), 30, "the alerts on MQTT")
+        time.sleep(1)  # scenario: a second for any message sent twice to arrive too
+    finally:
+        live.close()
+    published = sorted(json.loads(m)["number"] for m in live.on(f"{prefix}/alerts"))
+    assert published == [r["number"] for r in stored]

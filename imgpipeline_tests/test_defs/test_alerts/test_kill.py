@@ -17,6 +17,7 @@ from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.tables import ALERTS
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.resources import AlertsResource, KafkaResource, StorageResource, TrackingResource
+from imgpipeline.resources.mqtt import MqttSettings
 from imgpipeline_tests.instances import bare_home, fresh_instance
 from imgpipeline_tests.pipeline import kill_when
 from imgpipeline_tests.test_defs.test_alerts.scene import START, ZONES, records
@@ -75,7 +76,8 @@ def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kaf
             resources = {"storage": storage, "kafka": topic, "tracking": tracking, "alert_rules": rules}
             assert dg.materialize([hourly_tables], instance=instance, resources=resources, tags=tags).success
         assert dg.materialize([alerts], instance=instance, tags=tags, resources={
-            "storage": clean, "kafka": clean_kafka, "tracking": tracking, "alert_rules": rules}).success
+            "storage": clean, "kafka": clean_kafka, "tracking": tracking, "alert_rules": rules,
+            "mqtt": MqttSettings()}).success
     unbroken = stored_alerts(clean)
     sent_unbroken = len(hook.requests)
     # A crossing and a visit an hour (the parked car: one episode, seen on every frame of the source)

@@ -126,10 +126,10 @@ def test_a_range_a_follower_claimed_goes_first_with_the_claims_ends():
                        claimed={0: (40, 47)}).ranges == []
     assert plan_ranges(cursor, ends, beginnings, now=0.0, policy=policy, budgets={0: 2, 1: 1}, room=1,
                        claimed={0: (40, 47)}).ranges == [(0, 40, 47)]
-    # One its partition's cursor is not at (retention deleted its first offsets) is planned as any.
+    # Retention deleted its first offsets: still planned with its ends (the run reads the cut as a gap).
     cut = plan_ranges(cursor, ends, {0: 45, 1: 0}, now=0.0, policy=policy, budgets={0: 1, 1: 0},
                       claimed={0: (40, 47)})
-    assert cut.ranges == [(0, 45, 145)]
+    assert cut.ranges == [(0, 40, 47)] and cut.cursor["gaps"] == 5
 
 
 def test_plan_skips_offsets_deleted_by_retention():

@@ -51,6 +51,10 @@ def land(store, records: list[LandingRecord], ranges: str = "frames-0-0-100") ->
 
 
 def materialize(assets, first: str, last: str, resources: dict, instance) -> dg.ExecuteInProcessResult:
+    """The assets materialized over the hours first … last (MQTT publishing off unless `resources` say)."""
+    from imgpipeline.resources.mqtt import MqttSettings
+
+    resources = {"mqtt": MqttSettings(), **resources}
     result = dg.materialize(assets, instance=instance, resources=resources, tags={
         "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
     assert result.success
