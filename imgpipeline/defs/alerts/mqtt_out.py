@@ -1,15 +1,17 @@
 """Alerts and cameras on MQTT, and in Home Assistant: with a publish prefix set (resources/mqtt.py), each
 alert goes to `<prefix>/alerts` (QoS 1, once: recorded in the alerts ledger as `mqtt`, beside Kafka and the
 webhooks) and, retained, to `<prefix>/<source>/alert`; as the fast lane lands frames, each camera's latest
-frame goes, retained, to `<prefix>/<source>/snapshot` (the JPEG). Home Assistant's MQTT discovery
+frame goes, retained, to `<prefix>/<source>/snapshot` (the JPEG), and what it shows to
+`<prefix>/<source>/state` (the objects in it per class). Home Assistant's MQTT discovery
 (`homeassistant/<component>/imgpipeline_<source>/<object>/config`, retained) makes each camera a device
-with two entities, its last alert (a sensor, the alert's fields as attributes) and its snapshot (an image),
-with nothing to configure there.
+with three entities, its last alert (a sensor, the alert's fields as attributes), the objects it sees now
+(a sensor, per class as attributes) and its snapshot (an image), with nothing to configure there.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from imgpipeline import ConfigError
 from imgpipeline.defs.alerts.ledger import Ledger
@@ -20,6 +22,7 @@ from imgpipeline.vision.alert_rules import MQTT_RECORD
 
 DISCOVERY = "homeassistant"
 PUBLISH_TIMEOUT_S = 10.0
+AWAY_S = 30.0  # after the broker failed, the cameras' state waits this long (each range would wait on it)
 
 
 class Publisher:
@@ -84,27 +87,42 @@ def object_id(source: str) -> str:
 
 
 def discovery(prefix: str, source: str) -> list[tuple[str, str, dict]]:
-    """(component, object, config) of a camera's entities: its last alert and its snapshot."""
+    """(component, object, config) of a camera's entities: its last alert, its objects now, its snapshot."""
     device = {"identifiers": [object_id(source)], "name": f"{source} (imgpipeline)",
               "manufacturer": "imgpipeline", "model": "camera"}
     alert = {"name": "Last alert", "unique_id": f"{object_id(source)}_last_alert", "device": device,
              "state_topic": f"{prefix}/{source}/alert", "value_template": "{{ value_json.rule }}",
              "json_attributes_topic": f"{prefix}/{source}/alert", "icon": "mdi:alert"}
+    objects = {"name": "Objects", "unique_id": f"{object_id(source)}_objects", "device": device,
+               "state_topic": f"{prefix}/{source}/state", "value_template": "{{ value_json.total }}",
+               "json_attributes_topic": f"{prefix}/{source}/state",
+               "json_attributes_template": "{{ value_json.objects | tojson }}", "state_class": "measurement",
+               "icon": "mdi:eye"}
     snapshot = {"name": "Snapshot", "unique_id": f"{object_id(source)}_snapshot", "device": device,
                 "image_topic": f"{prefix}/{source}/snapshot", "content_type": "image/jpeg"}
-    return [("sensor", "last_alert", alert), ("image", "snapshot", snapshot)]
+    return [("sensor", "last_alert", alert), ("sensor", "objects", objects), ("image", "snapshot", snapshot)]
 
 
 class CameraSnapshots:
-    """As the fast lane lands a range: each camera's latest frame of it, retained on its snapshot topic."""
+    """As the fast lane lands a range: each camera's latest frame of it, retained on its snapshot topic, and
+    the objects detected in it on its state topic."""
 
     def __init__(self):
         self.announced: set[str] = set()  # cameras whose discovery this run published
+        self.away_until = 0.0  # the broker failed: ranges until then publish nothing (a state, not a record)
 
     def __call__(self, landed: LandedRange) -> None:
         settings = getattr(landed.context.resources, "mqtt", None)
-        if settings is None or not settings.publish_prefix:
+        if settings is None or not settings.publish_prefix or time.monotonic() < self.away_until:
             return
+        try:
+            self.publish(landed, settings)
+        except (ConfigError, OSError) as exc:
+            self.away_until = time.monotonic() + AWAY_S
+            landed.context.log.warning(f"MQTT: cameras' snapshots not published ({exc}); tried again in "
+                                       f"{AWAY_S:g} s")
+
+    def publish(self, landed: LandedRange, settings: MqttSettings) -> None:
         latest: dict[str, object] = {}
         for record in landed.records():
             before = latest.get(record.source_id)
@@ -115,13 +133,23 @@ class CameraSnapshots:
             return
         with Publisher(settings) as publisher:
             for source, record in sorted(latest.items()):
-                image = frame_bytes(landed.store, record.uri, landed.max_frame_bytes)
-                if image is None:
-                    continue
                 if source not in self.announced:
                     announce(publisher, source)
                     self.announced.add(source)
-                publisher.send(f"{publisher.prefix}/{source}/snapshot", image, retain=True)
+                publisher.send(f"{publisher.prefix}/{source}/state", json.dumps(state_of(record)).encode(),
+                               retain=True)
+                if (image := frame_bytes(landed.store, record.uri, landed.max_frame_bytes)) is not None:
+                    publisher.send(f"{publisher.prefix}/{source}/snapshot", image, retain=True)
+
+
+def state_of(record) -> dict:
+    """What a camera's latest frame shows: its objects per class, and when it was captured."""
+    objects: dict[str, int] = {}
+    for detection in record.detections:
+        name = detection.get("class_name") or str(detection.get("class_id"))
+        objects[name] = objects.get(name, 0) + 1
+    return {"source_id": record.source_id, "frame_id": record.frame_id, "captured_at": record.captured_at,
+            "total": sum(objects.values()), "objects": dict(sorted(objects.items()))}
 
 
 def frame_bytes(store: Storage, uri: str, max_bytes: int) -> bytes | None:

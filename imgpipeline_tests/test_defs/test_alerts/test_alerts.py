@@ -627,7 +627,7 @@ def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_
     # Someone subscribing later (Home Assistant starting) gets each camera's retained state.
     later = Subscriber(mqtt, [f"{prefix}/{source}/#", config])
     try:
-        wait_for(lambda: len({t for t, _, retained in later.messages if retained}) >= 4, 30,
+        wait_for(lambda: len({t for t, _, retained in later.messages if retained}) >= 6, 30,
                  "the retained messages", explain=lambda: str([t for t, _, _ in later.messages]))
     finally:
         later.close()
@@ -635,11 +635,19 @@ def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_
     assert later.on(f"{prefix}/{source}/snapshot") == [store.get(store.key_for(newest.uri))]
     assert json.loads(later.on(f"{prefix}/{source}/alert")[0])["number"] == max(
         r["number"] for r in stored if r["source_id"] == source)
-    configs = {t.split("/")[1]: json.loads(p) for t, p, _ in later.messages if t.startswith("homeassistant/")}
-    assert configs["sensor"]["state_topic"] == f"{prefix}/{source}/alert"
-    assert configs["image"]["image_topic"] == f"{prefix}/{source}/snapshot"
-    for entity in configs.values():
+    seen = Counter(d["class_name"] for d in newest.detections)
+    assert json.loads(later.on(f"{prefix}/{source}/state")[0]) == {
+        "source_id": source, "frame_id": newest.frame_id, "captured_at": newest.captured_at,
+        "total": len(newest.detections), "objects": dict(sorted(seen.items()))} and seen
+    configs = {"/".join(t.split("/")[1::2]): json.loads(p) for t, p, _ in later.messages
+               if t.startswith("homeassistant/")}
+    assert set(configs) == {"sensor/last_alert", "sensor/objects", "image/snapshot"}
+    assert configs["sensor/last_alert"]["state_topic"] == f"{prefix}/{source}/alert"
+    assert configs["sensor/objects"]["state_topic"] == f"{prefix}/{source}/state"
+    assert configs["image/snapshot"]["image_topic"] == f"{prefix}/{source}/snapshot"
+    for entity in configs.values():  # the keys Home Assistant's MQTT sensor and image schemas require
         assert {"unique_id", "device", "name"} <= set(entity) and entity["device"]["identifiers"]
+        assert "state_topic" in entity or "image_topic" in entity
 
 
 def test_an_mqtt_broker_away_holds_up_no_alert_and_the_next_run_publishes_them(tmp_path, kafka, services):
@@ -647,6 +655,8 @@ def test_an_mqtt_broker_away_holds_up_no_alert_and_the_next_run_publishes_them(t
     says MQTT missed them; the next run, the broker back, publishes each once."""
     import uuid
 
+    from imgpipeline.defs.alerts.mqtt_out import CameraSnapshots
+    from imgpipeline.defs.records.listeners import LandedRange
     from imgpipeline.resources.mqtt import MqttSettings
     from imgpipeline.services.process import free_port
     from imgpipeline_tests.conftest import require_tool
@@ -661,7 +671,7 @@ def test_an_mqtt_broker_away_holds_up_no_alert_and_the_next_run_publishes_them(t
     resources = {"storage": storage, "kafka": kafka,
                  "alert_rules": AlertsResource(alerts_file=str(tmp_path / "alerts.yaml")),
                  "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml"))}
-    records(storage.open())
+    landed = records(storage.open())
     live = Subscriber(up, [f"{prefix}/alerts"])
     try:
         with fresh_instance() as instance:
@@ -672,6 +682,13 @@ def test_an_mqtt_broker_away_holds_up_no_alert_and_the_next_run_publishes_them(t
             missed_said = [m for m in logs if m.startswith("MQTT: ") and "alerts not published" in m]
             assert sum(int(m.split()[1]) for m in missed_said) == len(stored), logs
             materialize([alerts], *RANGE, {**resources, "mqtt": up}, instance)
+        # The fast lane's listener, the broker away: a warning, and the range goes on.
+        warned = []
+        with dg.build_op_context(resources={"mqtt": away}) as context:
+            context.log.warning = warned.append
+            CameraSnapshots()(LandedRange(context, kafka, storage.open(), kafka.frames_topic, 0, 0,
+                                          len(landed), 0, lambda: iter(landed), storage.max_frame_bytes))
+        assert len(warned) == 1 and warned[0].startswith("MQTT: cameras' snapshots not published"), warned
         wait_for(lambda: len(live.on(f"{prefix}/alerts")) >= len(stored), 30, "the alerts on MQTT")
         time.sleep(1)  # scenario: a second for any message sent twice to arrive too
     finally:
