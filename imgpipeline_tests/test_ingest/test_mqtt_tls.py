@@ -127,3 +127,26 @@ def test_a_misconfigured_bridge_says_what_to_fix(tls_broker, kafka, tmp_path, se
     assert all(words in output for words in says) and "did not confirm" not in output, output
     for password in (env["IMGPIPELINE_MQTT_PASSWORD"], tls_broker.credentials()["password"]):
         assert password not in output
+
+
+def test_alerts_are_published_with_the_login_and_a_refused_one_says_what_to_fix(tls_broker, monkeypatch,
+                                                                                 tmp_path):
+    """The alerts' publisher against the TLS broker that wants a login: with it, the alert is published
+    and recorded once; with a wrong password, nothing is, the run goes on, and the warning says to fix the
+    login without the password."""
+    from imgpipeline.defs.alerts.ledger import Ledger
+    from imgpipeline.defs.alerts.mqtt_out import MQTT_RECORD, publish_alerts
+    from imgpipeline.resources import StorageResource
+
+    for name, value in tls_broker.env(tls_broker.ports).items():
+        monkeypatch.setenv(name, value)
+    ledger = Ledger(StorageResource(uri=(tmp_path / "store").as_uri()).open())
+    message = {"number": 7, "rule": "r", "source_id": "cam", "frame_id": "f"}
+    wrong = secrets.token_urlsafe(12)
+    said: list[str] = []
+    refused = MqttSettings.from_env(password=wrong, publish_prefix="site")
+    assert publish_alerts(refused, ledger, [message], said.append) == 0
+    assert len(said) == 1 and "refused the credentials" in said[0] and wrong not in said[0], said
+    assert ledger.sent(7, MQTT_RECORD) is None
+    assert publish_alerts(MqttSettings.from_env(publish_prefix="site"), ledger, [message], said.append) == 1
+    assert ledger.sent(7, MQTT_RECORD)["state"] == "delivered" and len(said) == 1

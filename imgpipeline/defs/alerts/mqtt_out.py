@@ -11,6 +11,7 @@ with three entities, its last alert (a sensor, the alert's fields as attributes)
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from imgpipeline import ConfigError
@@ -32,9 +33,21 @@ class Publisher:
         self.settings, self.prefix = settings, settings.publish_prefix
 
     def __enter__(self) -> Publisher:
+        answered, said = threading.Event(), []
+
+        def on_connect(client, userdata, flags, reason_code, properties):
+            said.append(reason_code)
+            answered.set()
+
         self.client = self.settings.client()
+        self.client.on_connect = on_connect
         self.settings.connect(self.client)
         self.client.loop_start()
+        if not answered.wait(PUBLISH_TIMEOUT_S) or said[0].is_failure:
+            self.__exit__()
+            raise ConfigError(self.settings.refusal(said[0]) if said else
+                              f"the MQTT broker at {self.settings.broker} did not answer the login within "
+                              f"{PUBLISH_TIMEOUT_S:g} s")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -42,8 +55,11 @@ class Publisher:
         self.client.loop_stop()
 
     def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout=PUBLISH_TIMEOUT_S)
+        try:
+            info = self.client.publish(topic, payload, qos=1, retain=retain)
+            info.wait_for_publish(timeout=PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:  # the connection lost, the client's queue full
+            raise OSError(f"the MQTT broker at {self.settings.broker}: {exc}") from None
         if not info.is_published():
             raise OSError(f"the MQTT broker at {self.settings.broker} did not acknowledge {topic} within "
                           f"{PUBLISH_TIMEOUT_S:g} s")
