@@ -107,3 +107,17 @@ def test_the_demo_rules_come_only_with_the_demo_zones(tmp_path, monkeypatch):
     (tmp_path / "alerts.yaml").write_text("rules: [{name: r, kind: zone_enter, zone: road}]\n")
     with pytest.raises(ConfigError, match="zone 'road' is not drawn for any source"):
         Settings.from_env().checked().resources()  # a site's own rules are checked against its zones
+
+
+def test_the_example_rules_file_of_the_docs_loads(tmp_path):
+    """docs/alerts.md's example, webhooks, a chat and an e-mail included, is a rules file that loads."""
+    import re
+
+    from imgpipeline.vision.alert_rules import Email, Webhook
+
+    text = (PACKAGE_DIR.parent / "docs" / "alerts.md").read_text()
+    (tmp_path / "alerts.yaml").write_text(re.search(r"```yaml\n(notify:.*?)```", text, re.S).group(1))
+    rules = alert_rules.load(tmp_path / "alerts.yaml")
+    assert {name: type(target) for name, target in rules.spec.notify.items()} == {
+        "ops": Webhook, "team-chat": Webhook, "night-shift": Email}
+    assert rules.spec.notify["team-chat"].format == "slack" and rules.spec.notify["ops"].inline_snapshot
