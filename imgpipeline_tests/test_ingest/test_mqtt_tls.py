@@ -150,3 +150,10 @@ def test_alerts_are_published_with_the_login_and_a_refused_one_says_what_to_fix(
     assert ledger.sent(7, MQTT_RECORD) is None
     assert publish_alerts(MqttSettings.from_env(publish_prefix="site"), ledger, [message], said.append) == 1
     assert ledger.sent(7, MQTT_RECORD)["state"] == "delivered" and len(said) == 1
+
+
+@pytest.mark.parametrize("prefix", ["a/#", "+/alerts", "/site", "site/", "a/b/c/d/e", "sité", "a b", "a\nb"])
+def test_a_publish_prefix_that_is_no_plain_topic_is_refused(prefix):
+    with pytest.raises(ValueError, match="a topic prefix is up to four levels"):
+        MqttSettings(publish_prefix=prefix)
+    assert MqttSettings(publish_prefix="sites/north.gate_1").publish_prefix == "sites/north.gate_1"

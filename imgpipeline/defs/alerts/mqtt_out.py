@@ -16,9 +16,9 @@ import time
 
 from imgpipeline import ConfigError
 from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.alerts.notify import readable
 from imgpipeline.defs.records.listeners import LandedRange
 from imgpipeline.resources.mqtt import MqttSettings
-from imgpipeline.resources.storage import BadObject, Storage
 from imgpipeline.vision.alert_rules import MQTT_RECORD
 
 DISCOVERY = "homeassistant"
@@ -154,7 +154,7 @@ class CameraSnapshots:
                     self.announced.add(source)
                 publisher.send(f"{publisher.prefix}/{source}/state", json.dumps(state_of(record)).encode(),
                                retain=True)
-                if (image := frame_bytes(landed.store, record.uri, landed.max_frame_bytes)) is not None:
+                if (image := readable(landed.store, record.uri, landed.max_frame_bytes)) is not None:
                     publisher.send(f"{publisher.prefix}/{source}/snapshot", image, retain=True)
 
 
@@ -167,9 +167,3 @@ def state_of(record) -> dict:
     return {"source_id": record.source_id, "frame_id": record.frame_id, "captured_at": record.captured_at,
             "total": sum(objects.values()), "objects": dict(sorted(objects.items()))}
 
-
-def frame_bytes(store: Storage, uri: str, max_bytes: int) -> bytes | None:
-    try:
-        return store.get(store.key_for(uri), max_bytes=max_bytes)
-    except (BadObject, OSError):
-        return None

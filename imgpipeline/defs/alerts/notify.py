@@ -235,8 +235,14 @@ def snapshot_of(message: dict, store: Storage | None) -> bytes | None:
     """The alert's annotated frame, when it can be read and is no larger than MAX_INLINE_BYTES."""
     if store is None or not message.get("annotated"):
         return None
+    return readable(store, message["annotated"], MAX_INLINE_BYTES)
+
+
+def readable(store: Storage, uri: str, max_bytes: int) -> bytes | None:
+    """An image sent along with a notification: its bytes, or None when it cannot be read (gone, outside
+    the storage root, too large): the notification goes without it."""
     try:
-        return store.get(store.key_for(message["annotated"]), max_bytes=MAX_INLINE_BYTES)
+        return store.get(store.key_for(uri), max_bytes=max_bytes)
     except (BadObject, OSError):
         return None
 
