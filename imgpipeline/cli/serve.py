@@ -36,6 +36,7 @@ class Warehouse:
         self._cons: dict = {}  # (days, tables) → (connection, when made); the least recently used first
         self._days: tuple[list, float] = ([], -refresh_s)
         self._refused = ""
+        self._now, self._looking = None, threading.Lock()  # the live wall's view of the landing
 
     def cursor(self, days=None, tables=None):
         key = (None if days is None else tuple(sorted(set(days))), None if tables is None else tuple(tables))
@@ -71,6 +72,14 @@ class Warehouse:
 
     def ledger(self) -> Ledger:
         return Ledger(self.store)
+
+    def cameras_now(self) -> tuple[dict[str, dict], list[str]]:
+        from imgpipeline.defs.alerts.now import CamerasNow
+
+        with self._looking:
+            self._now = self._now or CamerasNow(self.store)
+            changed = self._now.look()
+            return {s: c.as_dict() for s, c in changed.items()}, list(self._now.cameras)
 
     def zones_sha256(self) -> str | None:
         return self.tracking.zones().sha256

@@ -9,7 +9,7 @@ from starlette.middleware import Middleware
 from imgpipeline.web.access import WarehouseAccess
 from imgpipeline.web.guard import Access, Guard
 from imgpipeline.web.responses import not_found
-from imgpipeline.web.routes import alerts, day, frames, laboratory, reports
+from imgpipeline.web.routes import alerts, day, frames, laboratory, live, reports
 
 
 def create_app(warehouse: WarehouseAccess, access: Access | None = None) -> Starlette:
@@ -19,7 +19,8 @@ def create_app(warehouse: WarehouseAccess, access: Access | None = None) -> Star
     access = access or Access.listening_on("127.0.0.1")
     app = Starlette(exception_handlers={404: not_found}, middleware=[Middleware(Guard, access=access)],
                     routes=[*day.routes, *alerts.routes, *frames.routes, *reports.routes,
-                            *laboratory.routes])
+                            *laboratory.routes, *live.routes])
     app.state.warehouse = warehouse
     app.state.thumbnails = frames.Thumbnails(warehouse)
+    app.state.wall = live.Wall(warehouse)
     return app

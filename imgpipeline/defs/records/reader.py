@@ -58,23 +58,41 @@ class Landing:
     (a wait, a watch, a count): a look costs the files new or written again since the last one (by the
     version tags of `Storage.versions`). The records it gives are shared between looks: not to be changed."""
 
-    def __init__(self, store: Storage):
-        self.store = store
-        self._files: dict[str, tuple[str, list[LandingRecord]]] = {}
+    def __init__(self, store: Storage, keep: bool = True):
+        """`keep`: hold every file's records (`records`); else only the files' version tags, for a look
+        that wants only what is new (`look`)."""
+        self.store, self.keep = store, keep
+        self._files: dict[str, tuple[str, list[LandingRecord] | None]] = {}
+        self.damaged: set[str] = set()  # files found to hold no landing records
 
-    def records(self) -> list[LandingRecord]:
-        """The records as all_records gives them now; a file gone since the listing (compacted, retired)
-        is left out."""
-        files = {}
-        for key, tag in self.store.versions(f"{LANDING}/").items():
-            if key.endswith(".jsonl"):
+    def look(self, hours: list[datetime] | None = None) -> list[LandingRecord]:
+        """The records of the files new or written again since the last look, in the folders of those
+        event-time `hours` only when given (the files of other hours are forgotten); a file gone since the
+        listing (compacted, retired) is left out, and so is one that holds no landing records."""
+        prefixes = [f"{LANDING}/"] if hours is None else [f"{LANDING}/{hour_path(h)}/" for h in hours]
+        files, new = {}, []
+        for prefix in prefixes:
+            for key, tag in self.store.versions(prefix).items():
+                if not key.endswith(".jsonl"):
+                    continue
                 held = self._files.get(key)
                 if held and held[0] == tag:
                     files[key] = held
                     continue
                 try:
-                    files[key] = tag, list(read_records(self.store, key))
+                    records = list(read_records(self.store, key))
                 except BadObject:
                     continue  # deleted since the listing
+                except (AttributeError, TypeError, ValueError):
+                    records = []  # not landing records (written by hand, damaged): read again once rewritten
+                    self.damaged.add(key)
+                files[key] = tag, records if self.keep else None
+                new += records
         self._files = files
-        return [record for _, records in files.values() for record in records]
+        return new
+
+    def records(self) -> list[LandingRecord]:
+        """The records as all_records gives them now; a file gone since the listing (compacted, retired)
+        is left out."""
+        self.look()
+        return [record for _, records in self._files.values() for record in records or ()]

@@ -1,0 +1,229 @@
+"""The live wall (`/live`, web/routes/live.py over defs/alerts/now.py): each camera's latest landed frame
+with its boxes and the live lane's track ids, pushed to the browsers watching as frames land, and what a
+hostile or stalled client gets."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pytest
+
+from imgpipeline.cli.serve import Running, Warehouse
+from imgpipeline.defs.alerts.live import LiveAlerts
+from imgpipeline.defs.alerts.now import CamerasNow
+from imgpipeline.defs.records.keys import landing_key
+from imgpipeline.defs.records.listeners import LandedRange
+from imgpipeline.defs.tables.views import connect
+from imgpipeline.defs.warehouse.assets import hourly_tables
+from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
+from imgpipeline.web.app import create_app
+from imgpipeline.web.routes.live import MAX_WATCHERS
+from imgpipeline_tests.instances import fresh_instance
+from imgpipeline_tests.test_defs.test_alerts.scene import ZONES, records
+from imgpipeline_tests.test_defs.test_tracking.test_tracking import land, materialize
+
+# A track rule on the camera's line for a class it never sees: the live lane tracks the camera, nothing fires.
+TRACKED = "rules: [{name: dog-through-door, kind: line_cross, line: door, classes: [dog]}]\n"
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A camera's frames of the last half minute with their images in storage (not landed yet), and the
+    resources of a run that tracks it live."""
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(TRACKED)
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    resources = {"storage": storage, "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml")),
+                 "alert_rules": AlertsResource(alerts_file=str(tmp_path / "alerts.yaml"))}
+    start = (datetime.now(UTC) - timedelta(seconds=40)).replace(microsecond=0)
+    return storage, resources, records(storage.open(), start=start, ranges=None)
+
+
+def land_live(storage, resources, found, start: int, end: int) -> None:
+    """Offsets start..end-1 landed as the fast lane lands a range, then told to the live alerts."""
+    store = storage.open()
+    land(store, found[start:end], f"frames-0-{start}-{end}")
+    for offset, record in enumerate(found[start:end], start):
+        record.offset = offset
+    with dg.build_op_context(resources={k: resources[k] for k in ("tracking", "alert_rules")}) as context:
+        LiveAlerts()(LandedRange(context, None, store, "frames", 0, start, end, 0,
+                                 lambda: iter(found[start:end]), 1 << 20))
+
+
+def viewer(storage, resources) -> Running:
+    return Running(create_app(Warehouse(storage, resources["tracking"], resources["alert_rules"])))
+
+
+def get(url: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    parts = urlsplit(url)
+    con = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        con.request("GET", path, headers=headers or {})
+        answer = con.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        con.close()
+
+
+class Stream:
+    """One browser's `/live/events`, read line by line (or not read at all)."""
+
+    def __init__(self, url: str, query: str = ""):
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        self.sock.sendall(f"GET /live/events{query} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        self.file = self.sock.makefile("rb")
+        self.status = int(self.file.readline().split()[1])
+        while self.file.readline() not in (b"\r\n", b""):
+            pass
+
+    def cameras(self, until) -> list[dict]:
+        """The cameras of the events read until `until(cameras)` holds (chunked lines: size, line)."""
+        for line in self.file:
+            if line.startswith(b"data: ") and until(found := json.loads(line[6:])):
+                return found
+        raise AssertionError("the stream ended")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def test_the_wall_shows_each_cameras_latest_frame_with_the_ids_the_hourly_tracker_gives(scene):
+    storage, resources, found = scene
+    half = len(found) // 2
+    land_live(storage, resources, found, 0, half)
+    now = CamerasNow(storage.open())
+    [camera] = now.look().values()
+    assert (camera.frame_id, camera.labelled) == (found[half - 1].frame_id, True)
+    hour = camera.captured_at.strftime("%Y-%m-%d-%H:00")
+    with fresh_instance() as instance:
+        materialize([hourly_tables], hour, hour, {**resources}, instance)
+    stored = connect(storage).sql(
+        "SELECT detection_index, class_name, track_id FROM detections WHERE frame_id = ? "
+        "ORDER BY detection_index", params=[camera.frame_id]).fetchall()
+    assert [(c, t) for c, _, _, t in camera.objects] == [(c, t) for _, c, t in stored]
+    assert any(t is not None for *_, t in camera.objects)
+
+    # An older frame landed late, a frame that failed and a damaged file change nothing.
+    store = storage.open()
+    late = found[0]
+    late.frame_id = "cam-late"
+    land(store, [late], "frames-0-900-901")
+    failed = found[half]
+    failed.status, failed.error = "error", "undecodable"
+    land(store, [failed], "frames-0-901-902")
+    store.put(landing_key(camera.captured_at.replace(minute=0, second=0, microsecond=0), "frames-0-902-903"),
+              b"\x00 not a landing record\n")
+    assert now.look() == {}
+    assert now.landing.damaged == {landing_key(camera.captured_at.replace(minute=0, second=0, microsecond=0),
+                                               "frames-0-902-903")}
+
+
+def test_a_frame_landed_appears_on_the_open_wall(scene, browser):
+    storage, resources, found = scene
+    land_live(storage, resources, found, 0, 10)
+    running = viewer(storage, resources)
+    page = browser.new_page()
+    try:
+        page.goto(f"{running.url}/live")
+        figure = page.locator("#camera-cam")
+        assert figure.get_attribute("data-frame") == found[9].frame_id
+        image = "document.querySelector('#camera-cam img')"
+        assert until(lambda: page.evaluate(f"{image}.naturalWidth")) == 640
+        landed = time.monotonic()
+        land_live(storage, resources, found, 10, len(found))
+        # Polled from here: the page's CSP allows no script but its own (wait_for_function evaluates in it).
+        assert until(lambda: figure.get_attribute("data-frame") == found[-1].frame_id
+                     and page.evaluate(f"{image}.complete && {image}.src.includes('{found[-1].frame_id}')"))
+        print(f"the frame landed was shown after {time.monotonic() - landed:.2f} s")
+        assert page.evaluate(f"{image}.naturalWidth") == 640
+        summary = page.locator("#camera-cam .summary").inner_text()
+        assert summary == ", ".join(f"{n} {c}" for c, n in sorted(count(found[-1]).items()))
+
+        page.goto(f"{running.url}/live?camera=cam")
+        assert page.locator("h1").inner_text() == "cam, live"
+        assert page.locator("#wall figure").count() == 1
+        assert "No alerts." in page.locator("main").inner_text()
+    finally:
+        page.close()
+        running.stop()
+
+
+def until(look, within_s: float = 10.0):
+    """What `look()` gives once it is true, looked at every 50 ms for `within_s`; the last look else."""
+    deadline = time.monotonic() + within_s
+    while not (seen := look()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # scenario: the browser gets the wall's events on its own time
+    return seen
+
+
+def count(record) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in record.detections:
+        counts[d["class_name"]] = counts.get(d["class_name"], 0) + 1
+    return counts
+
+
+def test_a_second_camera_joins_the_wall_and_a_restarted_viewer_shows_the_same(scene):
+    storage, resources, found = scene
+    land_live(storage, resources, found, 0, 10)
+    running = viewer(storage, resources)
+    try:
+        stream = Stream(running.url)
+        assert [c["frame_id"] for c in stream.cameras(bool)] == [found[9].frame_id]
+        other = found[10]
+        other.source_id, other.frame_id = "yard", "yard-0001"
+        land(storage.open(), [other], "frames-1-0-1")
+        [joined] = stream.cameras(bool)
+        assert (joined["source_id"], joined["frame_id"], "uri" in joined) == ("yard", "yard-0001", False)
+        stream.close()
+    finally:
+        running.stop()
+    again = viewer(storage, resources)
+    try:
+        frames = {c["source_id"]: c["frame_id"] for c in Stream(again.url).cameras(bool)}
+        assert frames == {"cam": found[9].frame_id, "yard": "yard-0001"}
+    finally:
+        again.stop()
+
+
+def test_hostile_requests_and_a_stalled_browser(scene):
+    storage, resources, found = scene
+    outside = found[3]
+    outside.source_id, outside.uri = "escape", "file:///etc/passwd"
+    land(storage.open(), [outside], "frames-1-0-1")
+    land_live(storage, resources, found, 0, 3)
+    running = viewer(storage, resources)
+    try:
+        for path, status in (("/live?camera=%3Cscript%3E", 400), ("/live/events?camera=..%2Fx", 400),
+                             ("/live/nobody.jpg", 404), ("/live/..%2F..%2Fetc%2Fpasswd.jpg", 404),
+                             ("/live/escape.jpg", 404), ("/live?camera=" + "x" * 300, 400)):
+            assert get(running.url, path)[0] == status, path
+        code, headers, body = get(running.url, "/live")
+        assert code == 200 and "script-src 'self'" in headers["content-security-policy"]
+        assert b'http-equiv="refresh"' in body  # without script the page reloads itself
+        # A browser that stopped reading (SIGSTOP) holds up no other, and every slot is freed when one goes.
+        stalled = Stream(running.url)
+        watchers = [Stream(running.url) for _ in range(MAX_WATCHERS - 1)]
+        assert Stream(running.url).status == 503
+        for watcher in watchers:
+            watcher.cameras(bool)
+        land_live(storage, resources, found, 3, 6)
+        for watcher in watchers:
+            assert watcher.cameras(lambda c: c[0]["frame_id"] == found[5].frame_id)
+            watcher.close()
+        stalled.close()
+        deadline = time.monotonic() + 10
+        while (late := Stream(running.url)).status == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)  # scenario: the server finds the closed streams as it next writes to them
+        assert late.status == 200
+        late.close()
+    finally:
+        running.stop()
