@@ -199,3 +199,22 @@ def rows(counts: Counts, line_names: list[str], zone_names: list[str]) -> list[d
                 }
             )
     return found
+
+
+def in_zones(zones: Zones, source_id: str, width: int, height: int,
+             detections: list[tuple[str, tuple[int, int, int, int]]]) -> dict[str, dict[str, int]]:
+    """Per zone of the source, the objects of one frame inside it now (its anchor in the polygon, as a
+    visit begins), per class: (class name, box x, y, w, h) each, tracked or not."""
+    import supervision as sv
+
+    _, areas = zones.geometry(source_id, width, height)
+    found: dict[str, dict[str, int]] = {name: {} for name in areas}
+    if not detections:
+        return found
+    boxes = sv.Detections(xyxy=np.array([[x, y, x + w, y + h] for _, (x, y, w, h) in detections],
+                                        dtype=np.float32).reshape(-1, 4))
+    for name, area in areas.items():
+        for (class_name, _), inside in zip(detections, area.trigger(boxes), strict=True):
+            if inside:
+                found[name][class_name] = found[name].get(class_name, 0) + 1
+    return found

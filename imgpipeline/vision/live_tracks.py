@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 from imgpipeline.vision import counting
 from imgpipeline.vision.alert_rules import AlertRules
@@ -33,6 +34,7 @@ from imgpipeline.vision.tracking import Continued, TrackedFrame, TrackerSettings
 from imgpipeline.vision.zones import Zones
 
 FORGET_S = 3600.0  # a source this long without a frame has no track left to go on
+CROSSED_S = 26 * 3600.0  # a source's crossings are kept per hour this long (a day and the hours before)
 # A source's first frame says nothing of its rate: a watch that did not see what came before takes it to be
 # sampled this slowly (every 2 s) to judge how long tracks from before may go on.
 SLOWEST_RATE = 0.5
@@ -50,6 +52,9 @@ class SourceTracks:
         self.tail: list[tuple[TrackedFrame, EventFrame]] = []  # the last seconds fed, with their ids
         self.tracking: Continued | None = None
         self.rate = 0.0
+        # Its crossings counted here per event hour (ISO UTC), line and class: [in, out], the last CROSSED_S
+        # (what MQTT publishes of the hours the hourly build has not counted yet: defs/alerts/mqtt_out.py).
+        self.crossed: dict[str, dict[str, dict[str, list[int]]]] = {}
 
     @property
     def last(self) -> tuple[float, str]:
@@ -76,11 +81,22 @@ class SourceTracks:
         since = frame.seconds - self.settings.replay_for(rate)
         self.tail = [(f, g) for f, g in self.tail if f.seconds >= since]
         crossings, _ = self.counter.step(counted(given))
+        self.count(frame.seconds, crossings)
         found = inside(self.counter, frame.frame_id)
         for key, visit in list(self.counter.open.items()):
             if visit.end < since:
                 del self.counter.open[key]  # its track is lost for good: no frame can go on with it
         return Step(given, crossings, found, self.blind_until)
+
+    def count(self, seconds: float, crossings) -> None:
+        if not crossings:
+            return
+        hour = datetime.fromtimestamp(seconds - seconds % 3600, UTC).isoformat().replace("+00:00", "Z")
+        lines = self.crossed.setdefault(hour, {})
+        for c in crossings:
+            lines.setdefault(c.line, {}).setdefault(c.class_name, [0, 0])[c.way == "out"] += 1
+        oldest = datetime.fromtimestamp(seconds - CROSSED_S, UTC).isoformat().replace("+00:00", "Z")
+        self.crossed = {h: counts for h, counts in self.crossed.items() if h >= oldest[:13]}
 
     def to_dict(self) -> dict:
         tail = [[g.frame_id, g.seconds, g.width, g.height,
@@ -89,7 +105,7 @@ class SourceTracks:
         visits = [[v.zone, v.track_id, v.class_name, v.start, v.end, [list(f) for f in v.frames]]
                   for v in self.counter.open.values()]
         return {"blind_until": None if self.blind_until == EARLIEST else self.blind_until,
-                "tail": tail, "visits": visits}
+                "tail": tail, "visits": visits, "crossed": self.crossed}
 
     @classmethod
     def from_dict(cls, zones: Zones, source_id: str, settings: TrackerSettings, saved: dict) -> SourceTracks:
@@ -109,6 +125,10 @@ class SourceTracks:
             tracks.counter.open[str(zone), int(track_id)] = counting.Visit(
                 str(zone), int(track_id), str(class_name), float(start), float(end),
                 [(float(s), str(f)) for s, f in frames])
+        tracks.crossed = {str(h): {str(line): {str(c): [int(n) for n in ways][:2]
+                                               for c, ways in classes.items()}
+                                   for line, classes in lines.items()}
+                          for h, lines in saved.get("crossed", {}).items()}  # none in states saved before
         return tracks
 
 

@@ -33,6 +33,7 @@ from imgpipeline import is_camera
 from imgpipeline.defs.alerts import mqtt_out, notify
 from imgpipeline.defs.alerts import rows as at
 from imgpipeline.defs.alerts.ledger import Ledger
+from imgpipeline.defs.alerts.watches import STATE, state_key
 from imgpipeline.defs.records.listeners import LandedRange
 from imgpipeline.defs.records.reader import landing_keys, read_records
 from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
@@ -44,12 +45,7 @@ from imgpipeline.vision.evaluator import HOUR, Evaluator, hour_of
 from imgpipeline.vision.live_tracks import SLOWEST_RATE, TrackWatch
 from imgpipeline.vision.rules import Step
 
-STATE = "alerts/live"
 RETRIES_EVERY_S = 60.0  # refused sends of other runs (the hourly, a run before) are looked for this often
-
-
-def state_key(topic: str, partition: int, generation: int = 0) -> str:
-    return f"{STATE}/{topic}/{partition}" + (f"-g{generation}" if generation else "") + ".json"
 
 
 def event_frames(records) -> dict[str, list[events.EventFrame]]:

@@ -9,21 +9,19 @@ viewer started again shows the same wall.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from imgpipeline import is_camera
-from imgpipeline.defs.alerts.live import STATE, state_key
+from imgpipeline.defs.alerts.watches import latest_key, saved_sources
 from imgpipeline.defs.records.reader import Landing
 from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.ingest.messages import BadInput, iso_utc, parse_time
-from imgpipeline.resources.storage import BadObject, Storage
+from imgpipeline.resources.storage import Storage
 
 SHOWN_S = 2 * 3600.0  # a camera with no frame captured in this long leaves the wall
 LABELS_WAIT_S = 30.0  # how long a tracked camera's latest frame is looked for among the saved watches
-MAX_STATE_BYTES = 64 << 20  # a saved watch larger than this is not read for labels
 
 
 @dataclass(frozen=True)
@@ -118,22 +116,11 @@ class CamerasNow:
     def tracked(self, topic: str, partition: int) -> dict[str, dict[str, dict[int, int]]]:
         """Per source and frame of the partition's saved watch (its latest generation): each detection's
         track id by its place in the frame."""
-        generations = {key: g for key in self.store.list(f"{STATE}/{topic}/")
-                       if (g := _generation(key)) is not None and key == state_key(topic, partition, g)}
-        if not generations:
-            return {}
-        latest = max(generations, key=generations.get)
-        try:
-            saved = json.loads(self.store.get(latest, max_bytes=MAX_STATE_BYTES))
-            return {source: {str(frame[0]): {int(s[0]): int(s[4]) for s in frame[4] if s[4] is not None}
-                             for frame in tracks["tail"]}
-                    for source, tracks in saved["tracks"]["sources"].items()}
-        except (BadObject, AttributeError, IndexError, KeyError, TypeError, ValueError):
-            return {}  # written over as it was read, or damaged: looked for again at the next look
-
-
-def _generation(key: str) -> int | None:
-    """The generation a saved watch's key names (`<partition>[-g<N>].json`), None for another file."""
-    name = key.rsplit("/", 1)[-1].removesuffix(".json")
-    generation = name.partition("-g")[2]
-    return int(generation) if generation.isdigit() else 0 if "-g" not in name else None
+        found = {}
+        for source, tracks in saved_sources(self.store, latest_key(self.store, topic, partition)).items():
+            try:
+                found[source] = {str(frame[0]): {int(s[0]): int(s[4]) for s in frame[4] if s[4] is not None}
+                                 for frame in tracks["tail"]}
+            except (IndexError, KeyError, TypeError, ValueError):
+                continue  # damaged: looked for again at the next look
+        return found

@@ -21,6 +21,7 @@ from imgpipeline.defs.alerts.assets import alerts
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.tables import ALERTS, DETECTIONS
 from imgpipeline.defs.tables.views import connect
+from imgpipeline.defs.tracking.assets import tracking_tables
 from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.messages import clip_key
@@ -580,16 +581,11 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_each_camera(
-        tmp_path, kafka, services):
-    """With a publish prefix, the alerts run publishes every alert of the tables once on `<prefix>/alerts`
-    (made again, none twice), each camera's last alert retained, and Home Assistant's discovery of its
-    entities (checked against the keys the MQTT sensor and image schemas require); the fast lane's listener
-    puts each camera's latest frame, retained, on its snapshot topic."""
+def publishing(tmp_path, kafka, services):
+    """A publish prefix of its own on the services' Mosquitto, the scene's zones and the PLAIN rules: the
+    prefix, the MQTT settings, the storage and the run's resources."""
     import uuid
 
-    from imgpipeline.defs.alerts.mqtt_out import CameraSnapshots, object_id
-    from imgpipeline.defs.records.listeners import LandedRange
     from imgpipeline.resources.mqtt import MqttSettings
     from imgpipeline_tests.conftest import require_tool
 
@@ -602,6 +598,20 @@ def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_
     resources = {"storage": storage, "kafka": kafka, "mqtt": mqtt,
                  "alert_rules": AlertsResource(alerts_file=str(tmp_path / "alerts.yaml")),
                  "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml"))}
+    return prefix, mqtt, storage, resources
+
+
+def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_each_camera(
+        tmp_path, kafka, services):
+    """With a publish prefix, the alerts run publishes every alert of the tables once on `<prefix>/alerts`
+    (made again, none twice), each camera's last alert retained, and Home Assistant's discovery of its
+    entities (checked against the keys the MQTT sensor and image schemas require); the fast lane's listener
+    puts each camera's latest frame, retained, on its snapshot topic."""
+
+    from imgpipeline.defs.alerts.mqtt_out import CameraSnapshots, object_id
+    from imgpipeline.defs.records.listeners import LandedRange
+
+    prefix, mqtt, storage, resources = publishing(tmp_path, kafka, services)
     store = storage.open()
     landed = records(store)
     source, config = landed[0].source_id, f"homeassistant/+/{object_id(landed[0].source_id)}/+/config"
@@ -610,7 +620,8 @@ def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_
         with fresh_instance() as instance:
             result = materialize([hourly_tables, alerts], *RANGE, resources, instance)
             materialize([alerts], *RANGE, resources, instance)  # made again: nothing published twice
-        with dg.build_op_context(resources={"mqtt": mqtt}) as context:
+            materialize([tracking_tables], *RANGE, resources, instance)  # the day's crossings, counted
+        with dg.build_op_context(resources={"mqtt": mqtt, "tracking": resources["tracking"]}) as context:
             CameraSnapshots()(LandedRange(context, kafka, store, kafka.frames_topic, 0, 0, len(landed), 0,
                                           lambda: iter(landed), storage.max_frame_bytes))
         stored = stored_alerts(storage)
@@ -627,7 +638,7 @@ def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_
     # Someone subscribing later (Home Assistant starting) gets each camera's retained state.
     later = Subscriber(mqtt, [f"{prefix}/{source}/#", config])
     try:
-        wait_for(lambda: len({t for t, _, retained in later.messages if retained}) >= 6, 30,
+        wait_for(lambda: len({t for t, _, retained in later.messages if retained}) >= 8, 30,
                  "the retained messages", explain=lambda: str([t for t, _, _ in later.messages]))
     finally:
         later.close()
@@ -635,19 +646,106 @@ def test_alerts_and_snapshots_reach_an_mqtt_subscriber_and_home_assistant_finds_
     assert later.on(f"{prefix}/{source}/snapshot") == [store.get(store.key_for(newest.uri))]
     assert json.loads(later.on(f"{prefix}/{source}/alert")[0])["number"] == max(
         r["number"] for r in stored if r["source_id"] == source)
-    seen = Counter(d["class_name"] for d in newest.detections)
-    assert json.loads(later.on(f"{prefix}/{source}/state")[0]) == {
-        "source_id": source, "frame_id": newest.frame_id, "captured_at": newest.captured_at,
-        "total": len(newest.detections), "objects": dict(sorted(seen.items()))} and seen
+    day = newest.captured_at[:10]
+    crossed = connect(storage).sql(
+        "SELECT class_name, sum(crossed_in)::INT, sum(crossed_out)::INT FROM object_counts "
+        "WHERE kind = 'line' AND name = 'door' AND dt = ? AND source_id = ? AND zones_sha256 = ? "
+        "GROUP BY ALL HAVING sum(crossed_in) + sum(crossed_out) > 0",
+        params=[day, source, resources["tracking"].zones().sha256]).fetchall()
+    assert crossed
+
+    def state(record) -> dict:
+        """The camera's state as its frame and the tables say: on the bench, an object whose box's bottom
+        centre lies in the zone (x 400..640, the frame's height); the door's crossings of the day."""
+        seen = Counter(d["class_name"] for d in record.detections)
+        benched = Counter(d["class_name"] for d in record.detections
+                          if 400 <= d["box"][0] + d["box"][2] / 2 <= 640)
+        return {"source_id": source, "frame_id": record.frame_id, "captured_at": record.captured_at,
+                "total": len(record.detections), "objects": dict(sorted(seen.items())),
+                "zones": {"bench": {"total": benched.total(), "objects": dict(sorted(benched.items()))}},
+                "lines": {"door": {"day": day, "total": sum(i + o for _, i, o in crossed),
+                                   "in": sum(i for _, i, _ in crossed), "out": sum(o for *_, o in crossed),
+                                   "classes": {c: {"in": i, "out": o} for c, i, o in sorted(crossed)}}}}
+
+    assert json.loads(later.on(f"{prefix}/{source}/state")[0]) == state(newest)
+    # A frame with the person on the bench: the zone's entity counts one.
+    on_bench = max(n for n, r in enumerate(landed) if state(r)["zones"]["bench"]["objects"].get("person"))
+    with dg.build_op_context(resources={"mqtt": mqtt, "tracking": resources["tracking"]}) as context:
+        CameraSnapshots()(LandedRange(context, kafka, store, kafka.frames_topic, 0, 0, on_bench + 1, 0,
+                                      lambda: iter(landed[:on_bench + 1]), storage.max_frame_bytes))
+    benched = Subscriber(mqtt, [f"{prefix}/{source}/state"])
+    try:
+        wait_for(lambda: benched.on(f"{prefix}/{source}/state"), 30, "the state retained")
+    finally:
+        benched.close()
+    assert json.loads(benched.on(f"{prefix}/{source}/state")[0]) == state(landed[on_bench])
     configs = {"/".join(t.split("/")[1::2]): json.loads(p) for t, p, _ in later.messages
                if t.startswith("homeassistant/")}
-    assert set(configs) == {"sensor/last_alert", "sensor/objects", "image/snapshot"}
+    assert set(configs) == {"sensor/last_alert", "sensor/objects", "image/snapshot", "sensor/zone_bench",
+                            "sensor/line_door"}
+    assert configs["sensor/zone_bench"]["value_template"] == '{{ value_json.zones["bench"].total }}'
+    assert configs["sensor/line_door"]["value_template"] == '{{ value_json.lines["door"].total }}'
     assert configs["sensor/last_alert"]["state_topic"] == f"{prefix}/{source}/alert"
     assert configs["sensor/objects"]["state_topic"] == f"{prefix}/{source}/state"
     assert configs["image/snapshot"]["image_topic"] == f"{prefix}/{source}/snapshot"
     for entity in configs.values():  # the keys Home Assistant's MQTT sensor and image schemas require
         assert {"unique_id", "device", "name"} <= set(entity) and entity["device"]["identifiers"]
         assert "state_topic" in entity or "image_topic" in entity
+
+
+def test_the_days_crossings_on_mqtt_are_counted_live_until_the_hourly_build_counts_them(
+        tmp_path, kafka, services):
+    """Ranges landed one by one on the fast lane: each camera's state on MQTT carries the door's crossings of
+    the day as the live alerts counted them (a range fed again after a kill counts nothing twice); once the
+    hours are built, as object_counts has them, and the two agree (the live tracker gives the hourly one's
+    ids)."""
+
+    from imgpipeline.defs.alerts.live import LiveAlerts
+    from imgpipeline.defs.alerts.mqtt_out import CameraSnapshots
+    from imgpipeline.defs.records.listeners import LandedRange
+
+    prefix, mqtt, storage, resources = publishing(tmp_path, kafka, services)
+    store = storage.open()
+    landed = records(store, ranges=None)
+    for n, record in enumerate(landed):
+        record.offset = n
+    lane, snapshots, size = LiveAlerts(), CameraSnapshots(), 20
+
+    def door() -> dict:
+        topic = f"{prefix}/cam/state"
+        said = Subscriber(mqtt, [topic])
+        try:
+            wait_for(lambda: said.on(topic), 30, "the camera's state")
+        finally:
+            said.close()
+        return json.loads(said.on(topic)[0])["lines"]["door"]
+
+    run = {k: resources[k] for k in ("tracking", "alert_rules", "mqtt")}
+    with dg.build_op_context(resources=run) as context:
+        for start in range(0, len(landed), size):
+            part = landed[start:start + size]
+            land(store, part, f"frames-0-{start}-{start + len(part)}")
+            ranged = LandedRange(context, kafka, store, "frames", 0, start, start + len(part), 0,
+                                 lambda part=part: iter(part), storage.max_frame_bytes)
+            lane(ranged)
+            snapshots(ranged)
+        live = door()
+        # The last range again, by a run taking over from one killed before it was accounted for: the
+        # saved watch has its frames, none is counted twice.
+        LiveAlerts()(ranged)
+        snapshots(ranged)
+        assert door() == live
+        with fresh_instance() as instance:
+            materialize([hourly_tables, tracking_tables], *RANGE, resources, instance)
+        snapshots(ranged)
+        built = door()
+    crossed = connect(storage).sql(
+        "SELECT class_name, sum(crossed_in)::INT, sum(crossed_out)::INT FROM object_counts "
+        "WHERE kind = 'line' AND name = 'door' AND source_id = 'cam' AND zones_sha256 = ? "
+        "GROUP BY ALL HAVING sum(crossed_in) + sum(crossed_out) > 0",
+        params=[resources["tracking"].zones().sha256]).fetchall()
+    assert built["classes"] == {c: {"in": i, "out": o} for c, i, o in crossed} and crossed
+    assert live == built
 
 
 def test_an_mqtt_broker_away_holds_up_no_alert_and_the_next_run_publishes_them(tmp_path, kafka, services):
