@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -101,3 +102,90 @@ def drawn_frames(store: Storage, event: events.Event, window: list[events.EventF
             if event.track_id is not None and seen.track_id == event.track_id:
                 drawing.highlight(drawn, seen.box)
         yield frame.seconds, drawn
+
+
+@dataclass
+class Wanted:
+    """A live alert's clip to make: its alert, where it goes, and its window's frames fed so far (with
+    their track ids, as the rules took them) and their images' URIs."""
+
+    event: events.Event
+    key: str
+    frames: list[events.EventFrame] = field(default_factory=list)
+    uris: dict[str, str] = field(default_factory=dict)
+
+    def takes(self, frame: events.EventFrame) -> bool:
+        return (frame.status in DRAWN and self.event.seconds - CLIP_BEFORE_S <= frame.seconds
+                <= self.event.seconds + CLIP_AFTER_S)
+
+
+class LiveClips:
+    """The clips of the alerts the fast lane raises, made as soon as their source sent a frame past the
+    window (or a frame of the partition captured CLIP_SETTLE_S after it came: the source stopped; a
+    backlog's clips wait for their frames, whatever the clock says), from the frames as the live rules
+    took them. Kept in
+    memory only, the seconds before each window included: a run that ends (or is killed) before a clip is
+    made leaves it to the hourly alerts run, which makes every clip an alert lacks; a clip made here with
+    every frame of its window is left as it is there."""
+
+    def __init__(self):
+        self.recent: dict[str, list[tuple[events.EventFrame, str | None]]] = {}  # source → last seconds
+        self.since: dict[str, float] = {}  # source → the capture time of the first frame fed here
+        self.wanted: list[Wanted] = []
+        self.latest = 0.0  # the latest capture time fed (of any source)
+
+    def feed(self, source: str, frames: list[events.EventFrame], uris: dict[str, str]) -> None:
+        """A source's frames of a range as the rules took them (their track ids given), with their URIs."""
+        if not frames:
+            return
+        self.since.setdefault(source, min(f.seconds for f in frames))
+        kept = self.recent.setdefault(source, [])
+        kept += [(f, uris.get(f.frame_id)) for f in frames]
+        latest = max(f.seconds for f, _ in kept)
+        self.latest = max(self.latest, latest)
+        self.recent[source] = [(f, u) for f, u in kept if f.seconds >= latest - CLIP_BEFORE_S - CLIP_AFTER_S]
+        for wanted in self.wanted:
+            if wanted.event.source_id == source:
+                wanted.frames += [f for f in frames if wanted.takes(f)]
+                wanted.uris.update({f.frame_id: uris[f.frame_id] for f in frames if f.frame_id in uris})
+
+    def want(self, event: events.Event, annotated: str | None) -> None:
+        """An alert just raised (its annotated frame at `annotated`): its clip is made when its window is,
+        if this run was fed its source from before the window (else the hourly run makes it whole)."""
+        if annotated is None or self.since.get(event.source_id, math.inf) > event.seconds - CLIP_BEFORE_S:
+            return
+        wanted = Wanted(event, clip_key(annotated))
+        for frame, uri in self.recent.get(event.source_id, []):
+            if wanted.takes(frame):
+                wanted.frames.append(frame)
+                if uri:
+                    wanted.uris[frame.frame_id] = uri
+        self.wanted.append(wanted)
+
+    def make(self, store: Storage, max_bytes: int) -> list[str]:
+        """Make the clips whose windows are whole; the keys of those made. A window of one frame (a
+        photo) keeps the snapshot alone."""
+        now = self.latest
+        made, waiting = [], []
+        for wanted in self.wanted:
+            end = wanted.event.seconds + CLIP_AFTER_S
+            latest = max((f.seconds for f, _ in self.recent.get(wanted.event.source_id, [])), default=0.0)
+            if latest <= end and now < end + CLIP_SETTLE_S:
+                waiting.append(wanted)
+                continue
+            window = sorted({f.frame_id: f for f in wanted.frames}.values(), key=lambda f: f.seconds)
+            window = window[::math.ceil(len(window) / MAX_CLIP_FRAMES)] if window else []
+            rows = {(wanted.event.source_id, f): {"uri": u} for f, u in wanted.uris.items()}
+            if len(window) < 2:
+                continue
+            try:
+                data, count = encode_webm(drawn_frames(store, wanted.event, window, rows, max_bytes))
+            except ValueError:  # none of the window's frames could be read: the hourly run tries again
+                continue
+            if count >= 2:
+                store.put(wanted.key, data)
+                made.append(wanted.key)
+        self.wanted = waiting
+        stale = now - CLIP_BEFORE_S - CLIP_AFTER_S - CLIP_SETTLE_S  # sources that stopped are let go
+        self.recent = {s: kept for s, kept in self.recent.items() if kept and kept[-1][0].seconds >= stale}
+        return made

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from imgpipeline import is_camera
 from imgpipeline.defs.alerts import mqtt_out, notify
 from imgpipeline.defs.alerts import rows as at
+from imgpipeline.defs.alerts.clips import LiveClips
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.alerts.watches import STATE, state_key
 from imgpipeline.defs.records.listeners import LandedRange
@@ -177,6 +178,7 @@ class LiveAlerts:
         self.watches: dict[tuple, tuple[int, Evaluator, TrackWatch]] = {}
         self.down: set[str] = set()  # webhooks that failed: one try per alert until one delivers
         self.retries_at = 0.0  # when a refused send (of any run) is due again: the ledger is looked at then
+        self.clips = LiveClips()
 
     def __call__(self, landed: LandedRange) -> None:
         # The run's own settings: those it was launched with, as the hourly assets read theirs.
@@ -197,22 +199,30 @@ class LiveAlerts:
                 carry_on(store, landed)  # nothing to feed: what was saved goes on past this range
                 return
             watch, tracks = load_watches(store, landed, rules, zones, settings, frames)
-        fired = []
+        fired, uris = [], {(r.source_id, r.frame_id): r.uri for r in records if r.uri}
         for source in sorted(frames):
             # Every rule sees the frames with their track ids, as the hourly tables give them.
-            fired += watch.feed(source, tracks.feed(source, frames[source]))
+            steps = tracks.feed(source, frames[source])
+            self.clips.feed(source, [s.frame for s in steps],
+                            {f.frame_id: uris[source, f.frame_id] for f in frames[source]
+                             if (source, f.frame_id) in uris})
+            fired += watch.feed(source, steps)
         if moments:
             fired += watch.time_passed(max(moments))
             tracks.forget(max(moments))
         fired.sort(key=lambda e: (e.seconds, e.source_id, e.rule, e.key))  # numbered as the hour orders them
         if fired:
-            told = raise_alerts(landed, resource, rules, fired, records, frames, self.down)
+            told, evidence = raise_alerts(landed, resource, rules, fired, records, frames, self.down)
             # Sends refused now: the ledger says when they are due.
             self.retries_at = 0.0 if told["retrying"] else self.retries_at
+            for event in fired:
+                self.clips.want(event, evidence.get(event.key, (None, None))[0])
         key = state_key(landed.topic, landed.partition, landed.generation)
         store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json()),
                                    "tracks": json.loads(tracks.to_json())}).encode())
         self.watches[place] = (landed.end, watch, tracks)
+        if made := self.clips.make(store, landed.max_frame_bytes):
+            landed.context.log.info(f"live alerts: {len(made)} clips made ({', '.join(made)})")
         self.retry_refused(landed, resource, rules)
 
     def retry_refused(self, landed: LandedRange, resource, rules) -> None:
@@ -226,19 +236,20 @@ class LiveAlerts:
 
 
 def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event], records,
-                 frames: dict[str, list[events.EventFrame]], down: set[str]) -> dict[str, int]:
+                 frames: dict[str, list[events.EventFrame]], down: set[str]) -> tuple[dict[str, int], dict]:
     """Number the alerts in the ledger, draw their evidence, tell Kafka and the webhooks (once each); the
-    webhook sends per outcome."""
+    webhook sends per outcome, and each alert's evidence (annotated, crop) by its key."""
     store, ledger, links = landed.store, Ledger(landed.store), resource.links()
     numbers = [ledger.number(e.key, e.occurrence) for e in fired]
     by_frame = {(r.source_id, r.frame_id): r for r in records}
     seen = {(s, f.frame_id): f.seen for s, fs in frames.items() for f in fs}
-    messages = []
+    messages, drawn = [], {}
     for hour in sorted({hour_of(e.seconds) for e in fired}):
         mine = [(e, n) for e, n in zip(fired, numbers, strict=True) if hour_of(e.seconds) == hour]
         evidence = {e.key: at.draw_evidence(store, e, n, frame_row(by_frame.get((e.source_id, e.frame_id))),
                                             seen.get((e.source_id, e.frame_id), []), landed.max_frame_bytes)
                     for e, n in mine}
+        drawn.update(evidence)
         table = at.alert_rows(datetime.fromtimestamp(hour, UTC), [e for e, _ in mine], [n for _, n in mine],
                               rules, evidence)
         messages += [notify.payload(row, resource.viewer_url, store, links) for row in table.to_pylist()]
@@ -249,7 +260,7 @@ def raise_alerts(landed: LandedRange, resource, rules, fired: list[events.Event]
     said = ", ".join(f"{m['number']} {m['rule']} ({m['source_id']})" for m in messages)
     landed.context.log.info(f"live alerts: {said}; {sent} newly sent to Kafka, {told['delivered']} to "
                             f"webhooks, {told['dead']} dead-lettered, {told['retrying']} to try again")
-    return told
+    return told, drawn
 
 
 def frame_row(record: LandingRecord | None) -> dict | None:

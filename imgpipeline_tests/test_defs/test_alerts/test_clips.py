@@ -155,3 +155,107 @@ def test_a_burst_of_frames_in_a_window_is_sampled_down(tmp_path, monkeypatch):
     event, evidence = alert_at(landed[len(landed) // 2])
     made = make_clips(store, [event], evidence, rows_of(landed), event_frames(landed), 1 << 24)
     assert 2 <= decoded(store.get(made[event.key]))[0] <= 10
+
+
+LANE_RULES = """
+rules:
+  - {name: person-through-door, kind: line_cross, line: door, classes: [person]}
+  - {name: car-seen, kind: class, classes: [car]}
+"""
+
+
+def lane_scene(tmp_path, kafka):
+    """The scene's camera, 20 s at 5 frames/s, not landed yet, with rules the live alerts raise on it: a car
+    parked from its first frame, a person through the door in its middle."""
+    import dagster as dg
+
+    from imgpipeline.resources import AlertsResource, TrackingResource
+    from imgpipeline_tests.test_defs.test_alerts.scene import ZONES
+
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(LANE_RULES)
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    resources = {"storage": storage, "kafka": kafka,
+                 "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml")),
+                 "alert_rules": AlertsResource(alerts_file=str(tmp_path / "alerts.yaml"))}
+    landed = records(storage.open(), ranges=None)
+    for n, record in enumerate(landed):
+        record.offset = n
+    context = dg.build_op_context(resources={k: resources[k] for k in ("tracking", "alert_rules")})
+    return storage, resources, landed, context
+
+
+def lane_ranges(storage, kafka, context, lanes, landed, size: int = 10):
+    """The frames landed range after range, each told to the live alerts (`lanes`: the run of each range):
+    per range, its last frame's capture time and the clips stored then."""
+    from imgpipeline.defs.records.listeners import LandedRange
+    from imgpipeline_tests.test_defs.test_tracking.test_tracking import land
+
+    store, seen = storage.open(), []
+    for n, start in enumerate(range(0, len(landed), size)):
+        part = landed[start:start + size]
+        land(store, part, f"frames-0-{start}-{start + len(part)}")
+        lanes(n)(LandedRange(context, kafka, store, kafka.frames_topic, 0, start, start + len(part), 0,
+                             lambda part=part: iter(part), storage.max_frame_bytes))
+        clips = sorted(k for k in store.list("annotated/") if k.endswith(".webm"))
+        seen.append((parse_time(part[-1].captured_at).timestamp(), clips))
+    return seen
+
+
+def test_the_fast_lane_makes_an_alerts_clip_once_the_seconds_after_it_landed(tmp_path, kafka):
+    """The person through the door: its clip is stored by the fast lane with the range that brings the
+    first frame past its window, every frame of the window in it; the car's alert, raised on the camera's
+    first frame (the seconds before it unseen by this run), is left to the hourly run, which leaves the
+    fast lane's clip as it is."""
+    from imgpipeline.defs.alerts.assets import alerts
+    from imgpipeline.defs.alerts.live import LiveAlerts
+    from imgpipeline.defs.warehouse.assets import hourly_tables
+    from imgpipeline_tests.instances import fresh_instance
+    from imgpipeline_tests.test_defs.test_alerts.scene import RANGE
+    from imgpipeline_tests.test_defs.test_tracking.test_tracking import materialize
+
+    storage, resources, landed, context = lane_scene(tmp_path, kafka)
+    lane = LiveAlerts()
+    with context:
+        seen = lane_ranges(storage, kafka, context, lambda n: lane, landed)
+    store = storage.open()
+    [(made_at, [key])] = [(at, clips) for at, clips in seen if clips][:1]
+    frame_id = key.rsplit("/", 1)[1].split(".alert-")[0]
+    [alerted] = [r for r in landed if r.frame_id == frame_id]
+    fired = parse_time(alerted.captured_at).timestamp()
+    assert frame_id != landed[0].frame_id  # the person's, not the car's
+    before = [at for at, clips in seen if not clips]
+    assert made_at > fired + CLIP_AFTER_S >= max(before)
+    window = [r for r in landed if abs(parse_time(r.captured_at).timestamp() - fired) <= CLIP_AFTER_S]
+    count, duration = decoded(store.get(key))
+    span = (parse_time(window[-1].captured_at) - parse_time(window[0].captured_at)).total_seconds()
+    assert count == len(window) > 2 and span <= duration <= span + 0.5
+    print(f"the fast lane's clip: {len(store.get(key))} bytes, {count} frames, {duration:.1f} s")
+    written = (tmp_path / "store" / key).stat().st_mtime_ns
+    with fresh_instance() as instance:
+        materialize([hourly_tables, alerts], *RANGE, resources, instance)
+    clips = sorted(k for k in store.list("annotated/") if k.endswith(".webm"))
+    assert len(clips) == 2 and key in clips  # the car's made by the hourly run
+    assert (tmp_path / "store" / key).stat().st_mtime_ns == written
+
+
+def test_a_run_that_ends_before_its_clip_is_made_leaves_it_to_the_hourly_run(tmp_path, kafka):
+    """Each range by a run of its own (a follow_frames run killed after each range, another taking over):
+    the clip waiting in the first run's memory is lost with it, none is made by the fast lane; the
+    hourly run makes it, whole."""
+    from imgpipeline.defs.alerts.assets import alerts
+    from imgpipeline.defs.alerts.live import LiveAlerts
+    from imgpipeline.defs.warehouse.assets import hourly_tables
+    from imgpipeline_tests.instances import fresh_instance
+    from imgpipeline_tests.test_defs.test_alerts.scene import RANGE
+    from imgpipeline_tests.test_defs.test_tracking.test_tracking import materialize
+
+    storage, resources, landed, context = lane_scene(tmp_path, kafka)
+    with context:
+        seen = lane_ranges(storage, kafka, context, lambda n: LiveAlerts(), landed, size=20)
+    assert all(not clips for _, clips in seen)
+    with fresh_instance() as instance:
+        materialize([hourly_tables, alerts], *RANGE, resources, instance)
+    store = storage.open()
+    clips = sorted(k for k in store.list("annotated/") if k.endswith(".webm"))
+    assert len(clips) == 2 and all(decoded(store.get(k))[0] > 2 for k in clips)
