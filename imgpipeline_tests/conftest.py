@@ -498,6 +498,15 @@ def browser():
         launched.close()
 
 
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: $SCREENSHOTS_DIR when set (docs/viewer.md's pictures are test_serve's
+    alert-clip.png and test_live's live.png), else a temporary folder."""
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def street_data(services, tmp_path_factory) -> tuple[dict, Path]:
     """The demo's data, made once per worker for the modules that read it (none writes to its day): the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -10,16 +10,17 @@ import numpy as np
 from imgpipeline.vision.detection import Detection
 
 
-def draw_detections(image: np.ndarray, detections: Iterable[Detection]) -> np.ndarray:
-    """A copy with each detection's box and label (its class, its track id when it has one, its
-    confidence), coloured by its class id (by its name when it has none)."""
+def draw_detections(image: np.ndarray, detections: Iterable[Detection],
+                    label: Callable[[Detection], str] | None = None) -> np.ndarray:
+    """A copy with each detection's box and label (`label(d)`, else its class and confidence), coloured by
+    its class id (by its name when it has none)."""
     canvas = image.copy()
     for d in detections:
         x, y, w, h = d.box
         color = _color(d.class_id if d.class_id is not None else sum(d.class_name.encode()) % 80)
         cv2.rectangle(canvas, (x, y), (x + w, y + h), color, 2)
-        label = f"{d.class_name}{'' if d.track_id is None else f' #{d.track_id}'} {d.confidence:.2f}"
-        cv2.putText(canvas, label, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,
+        text = label(d) if label else f"{d.class_name} {d.confidence:.2f}"
+        cv2.putText(canvas, text, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,
                     cv2.LINE_AA)
     return canvas
 

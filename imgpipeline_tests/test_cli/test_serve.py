@@ -3,11 +3,9 @@ page, what a person would check on it, and screenshots; then hostile requests, w
 
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.request
 from datetime import UTC, date
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -32,15 +30,6 @@ def street(street_data):
                                           resources["alert_rules"], refresh_s=1)))
     yield viewer, resources, folder
     viewer.stop()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    """Where screenshots go: $SCREENSHOTS_DIR when set (docs/viewer.md's picture is its alert-clip.png),
-    else a temporary folder."""
-    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def loaded(page, selector: str) -> bool:

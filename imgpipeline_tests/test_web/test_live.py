@@ -126,11 +126,11 @@ def test_the_wall_shows_each_cameras_latest_frame_with_the_ids_the_hourly_tracke
                                                "frames-0-902-903")}
 
 
-def test_a_frame_landed_appears_on_the_open_wall(scene, browser):
+def test_a_frame_landed_appears_on_the_open_wall(scene, browser, shots):
     storage, resources, found = scene
     land_live(storage, resources, found, 0, 10)
     running = viewer(storage, resources)
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1100, "height": 640})
     try:
         page.goto(f"{running.url}/live")
         figure = page.locator("#camera-cam")
@@ -144,6 +144,9 @@ def test_a_frame_landed_appears_on_the_open_wall(scene, browser):
                      and page.evaluate(f"{image}.complete && {image}.src.includes('{found[-1].frame_id}')"))
         print(f"the frame landed was shown after {time.monotonic() - landed:.2f} s")
         assert page.evaluate(f"{image}.naturalWidth") == 640
+        # Drawn with the ids the live lane gave (its watch saved after the range landed).
+        assert until(lambda: page.evaluate(f"{image}.complete && {image}.src.endsWith('labelled=1')"))
+        page.screenshot(path=str(shots / "live.png"))
         summary = page.locator("#camera-cam .summary").inner_text()
         assert summary == ", ".join(f"{n} {c}" for c, n in sorted(count(found[-1]).items()))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 
 from starlette.responses import Response, StreamingResponse
@@ -120,9 +120,18 @@ class Wall:
         image = decode_image(warehouse.image(warehouse.store.key_for(camera["uri"])), warehouse.max_pixels)
         drawn = encode_jpeg(drawing.draw_detections(image, [
             Detection(box=tuple(o["box"]), class_name=o["class_name"], confidence=o["confidence"],
-                      track_id=o["track_id"]) for o in camera["objects"]]), 85)
+                      track_id=o["track_id"]) for o in camera["objects"]], label=object_label), 85)
         self.images[source] = (drawn_for, drawn)
         return drawn
+
+
+def object_label(detection: Detection) -> str:
+    """`car since 10:59:56`: a tracked object by when its track was confirmed (what its id holds), else
+    its class and confidence."""
+    if detection.track_id is None:
+        return f"{detection.class_name} {detection.confidence:.2f}"
+    confirmed = datetime.fromtimestamp(detection.track_id // 1000 / 1000, UTC)
+    return f"{detection.class_name} since {confirmed:%H:%M:%S}"
 
 
 def wall_of(request) -> Wall:
