@@ -14,11 +14,14 @@ another host) and their addresses are never logged: a webhook address often carr
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import math
 import smtplib
+import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -217,18 +220,38 @@ def letter_of(email: Email, message: dict, store: Storage | None, key: str) -> E
 
 
 def send_letter(email: Email, letter: EmailMessage, password: str | None) -> None:
+    """One attempt, cut at `timeout_s` in all (a server that answers a byte at a time holds it no longer:
+    smtplib's timeout is per socket operation)."""
     host, port = email.address()
     context = ssl.create_default_context()
     if email.security == "tls":
-        server = smtplib.SMTP_SSL(host, port, timeout=email.timeout_s, context=context)
+        server = smtplib.SMTP_SSL(timeout=email.timeout_s, context=context)
     else:
-        server = smtplib.SMTP(host, port, timeout=email.timeout_s)
-    with server:
-        if email.security == "starttls":
-            server.starttls(context=context)
-        if email.user:
-            server.login(email.user, password or "")
-        server.send_message(letter)
+        server = smtplib.SMTP(timeout=email.timeout_s)
+    watchdog = threading.Timer(email.timeout_s, cut, [server])
+    watchdog.start()
+    try:
+        with server:
+            server.connect(host, port)
+            if email.security == "starttls":
+                server.starttls(context=context)
+            if email.user:
+                server.login(email.user, password or "")
+            server.send_message(letter)
+    except (smtplib.SMTPException, OSError):
+        if not watchdog.is_alive():
+            raise TimeoutError(f"the SMTP server took more than {email.timeout_s:g} s") from None
+        raise
+    finally:
+        watchdog.cancel()
+
+
+def cut(server: smtplib.SMTP) -> None:
+    """End an attempt that ran out of time: the socket shut, the call blocked on it fails."""
+    sock = getattr(server, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def snapshot_of(message: dict, store: Storage | None) -> bytes | None:

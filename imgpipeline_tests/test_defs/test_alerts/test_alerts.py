@@ -550,6 +550,50 @@ def test_a_wrong_mail_password_is_tried_again_later_and_says_no_password(tmp_pat
     assert server.messages == [] and set(server.logins) == {("alerts", "wrong-secret-x")}
 
 
+def test_a_mail_server_that_answers_a_line_at_a_time_holds_an_attempt_no_longer_than_its_timeout():
+    """A server whose greeting never ends (a line every 0.3 s: each read is within the timeout): each
+    attempt is cut at `timeout_s` in all, and the delivery fails saying so, to be tried again later."""
+    import socket
+    import threading
+
+    from imgpipeline.defs.alerts.notify import mail as send_mail
+    from imgpipeline.vision.alert_rules import Email
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                while not stop.wait(0.3):  # scenario: a server that answers slowly, line by line
+                    try:
+                        conn.sendall(b"220-still greeting\r\n")
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    email = Email.model_validate({"to": ["ops@example.com"], "from": "alerts@example.com",
+                                  "smtp": f"127.0.0.1:{listener.getsockname()[1]}", "security": "none",
+                                  "timeout_s": 1, "attempts": 2, "backoff_s": 0})
+    message = {"number": 6, "severity": "info", "rule": "r", "source_id": "cam", "detail": "d",
+               "fired_at": "2026-11-20T11:00:00Z", "url": "http://127.0.0.1:8765/alerts/6"}
+    done: list = []
+    sender = threading.Thread(target=lambda: done.append(send_mail(email, message, None, None, "k")))
+    sender.start()
+    sender.join(30)
+    stop.set()
+    listener.close()
+    assert done, "the attempts were never cut"
+    [delivery] = done
+    assert (delivery.delivered, delivery.final, delivery.attempts) == (False, False, 2)
+    assert delivery.reason == "TimeoutError: the SMTP server took more than 1 s"
+
+
 PLAIN = """
 rules:
   - {name: person-through-door, kind: line_cross, line: door, classes: [person], severity: critical}
