@@ -73,13 +73,12 @@ class Warehouse:
     def ledger(self) -> Ledger:
         return Ledger(self.store)
 
-    def cameras_now(self) -> tuple[dict[str, dict], list[str]]:
+    def cameras_now(self) -> dict[str, dict]:
         from imgpipeline.defs.alerts.now import CamerasNow
 
         with self._looking:
             self._now = self._now or CamerasNow(self.store)
-            changed = self._now.look()
-            return {s: c.as_dict() for s, c in changed.items()}, list(self._now.cameras)
+            return {source: camera.as_dict() for source, camera in self._now.look().items()}
 
     def zones_sha256(self) -> str | None:
         return self.tracking.zones().sha256

@@ -40,10 +40,9 @@ class WarehouseAccess(Protocol):
         """An object's bytes, only when the key lies under the storage root and the object is no
         larger than a frame may be (else BadObject)."""
 
-    def cameras_now(self) -> tuple[dict[str, dict], list[str]]:
-        """What the live wall shows (one wall per warehouse calls it): the cameras whose latest frame, or its
-        track labels, changed since the last call (defs/alerts/now.py's `CameraNow.as_dict`), and every
-        camera still shown."""
+    def cameras_now(self) -> dict[str, dict]:
+        """What the live wall shows, by camera: its latest frame and objects (defs/alerts/now.py's
+        `CameraNow.as_dict`)."""
 
     def ledger(self) -> AlertLedger:
         """The alert ledger in the same storage."""

@@ -46,7 +46,19 @@
     }
     if (state) state.textContent = "Updated as frames land.";
   };
+  events.addEventListener("gone", function (event) {
+    for (const source of JSON.parse(event.data)) {
+      const figure = document.getElementById("camera-" + source);
+      if (figure) figure.remove();
+    }
+  });
   events.onerror = function () {
-    if (state) state.textContent = "The viewer is not answering; trying again.";
+    if (events.readyState === EventSource.CLOSED) {
+      // Refused (the wall busy, a login, a proxy between): the page is loaded again in a while.
+      if (state) state.textContent = "Not updating (the viewer refused the updates); reloading in 10 s.";
+      setTimeout(function () { location.reload(); }, 10000);
+    } else if (state) {
+      state.textContent = "The viewer is not answering; trying again.";
+    }
   };
 })();

@@ -272,11 +272,12 @@ def test_bench_scale_on_the_fast_lane_lands_every_frame_once_through_the_followe
     """`bench scale --lane fast`: the cameras' frames go through the follow_frames runs (no detect_frames
     run but the warm-up's, none at all here), each lands once, and the latency it prints is the landing
     records' own (send → detected while the input lasted) and the followers' observations."""
+    import time
     from pathlib import Path
 
     import dagster as dg
 
-    from imgpipeline.cli.bench.scale import WARM_UP, bench_scale
+    from imgpipeline.cli.bench.scale import WARM_UP, bench_scale, follower_observations
     from imgpipeline.cli.main import build_parser
     from imgpipeline.defs.records.reader import all_records
     from imgpipeline.ingest.messages import parse_time
@@ -299,8 +300,13 @@ def test_bench_scale_on_the_fast_lane_lands_every_frame_once_through_the_followe
     waits = [(parse_time(r.processed_at) - parse_time(r.ingested_at)).total_seconds() for r in records]
     assert result["wait_p95_s"] == round(percentile(waits, 0.95), 2)
     assert result["input_wait_p95_s"] is not None and result["input_wait_p50_s"] <= result["input_wait_p95_s"]
-    assert result["landed_windows"] >= 1 and result["landed_p95_window_median_s"] > 0
-    assert result["landed_p95_window_median_s"] <= result["landed_p95_window_max_s"]
+    # The followers observed their latency (at the latest, each run's last observation); how many of
+    # those windows fell while the 6 s of input lasted depends on the machine's speed.
+    with open_instance(Path(result["dagster_home"])) as instance:
+        observed = follower_observations(instance, 0.0, time.time())
+    assert observed and result["landed_windows"] <= len(observed)
+    if result["landed_windows"]:
+        assert 0 < result["landed_p95_window_median_s"] <= result["landed_p95_window_max_s"]
     assert "fast lane" in printed and "landed latency" in {b["what"] for b in result["bends"]}
 
 @pytest.mark.integration

@@ -84,10 +84,16 @@ class Stream:
             pass
 
     def cameras(self, until) -> list[dict]:
-        """The cameras of the events read until `until(cameras)` holds (chunked lines: size, line)."""
+        """The cameras of the events read until `until(cameras)` holds (chunked lines: size, line; a
+        `gone` event's data is passed over)."""
+        kind = None
         for line in self.file:
-            if line.startswith(b"data: ") and until(found := json.loads(line[6:])):
-                return found
+            if line.startswith(b"event: "):
+                kind = line[7:].strip()
+            elif line.startswith(b"data: "):
+                if kind is None and until(found := json.loads(line[6:])):
+                    return found
+                kind = None
         raise AssertionError("the stream ended")
 
     def close(self) -> None:
@@ -111,19 +117,71 @@ def test_the_wall_shows_each_cameras_latest_frame_with_the_ids_the_hourly_tracke
     assert [(c, t) for c, _, _, t in camera.objects] == [(c, t) for _, c, t in stored]
     assert any(t is not None for *_, t in camera.objects)
 
-    # An older frame landed late, a frame that failed and a damaged file change nothing.
+    # An older frame landed late, a frame that failed, frames whose detections are no numbers, a file of
+    # garbage, one nested past any parser's depth and a damaged saved watch: the wall stays as it was,
+    # and a good frame after them still shows (without ids: its watch is damaged).
     store = storage.open()
+    hour = camera.captured_at.replace(minute=0, second=0, microsecond=0)
     late = found[0]
     late.frame_id = "cam-late"
     land(store, [late], "frames-0-900-901")
     failed = found[half]
     failed.status, failed.error = "error", "undecodable"
     land(store, [failed], "frames-0-901-902")
-    store.put(landing_key(camera.captured_at.replace(minute=0, second=0, microsecond=0), "frames-0-902-903"),
-              b"\x00 not a landing record\n")
-    assert now.look() == {}
-    assert now.landing.damaged == {landing_key(camera.captured_at.replace(minute=0, second=0, microsecond=0),
-                                               "frames-0-902-903")}
+    store.put(landing_key(hour, "frames-0-902-903"), b"\x00 not a landing record\n")
+    store.put(landing_key(hour, "frames-0-903-904"), b"[" * 200_000 + b"\n")
+    for n, value in ((1, float("nan")), (2, float("inf"))):
+        odd = found[half + n]
+        odd.detections = [{**odd.detections[0], "confidence": value}]
+        land(store, [odd], f"frames-0-{904 + n}-{905 + n}")
+    odd = found[half + 3]
+    odd.detections = [{**odd.detections[0], "box": [1e300, 0, 1, 1]}]
+    land(store, [odd], "frames-0-907-908")
+    assert now.look() == {"cam": camera}
+    assert now.landing.damaged == {landing_key(hour, f"frames-0-{n}-{n + 1}") for n in (902, 903)}
+    store.put("alerts/live/frames/0.json", b'{"tracks": {"sources": {"cam": {"tail": [["x", [[1]]]]}}}')
+    land(store, [found[half + 4]], "frames-0-908-909")
+    shown = now.look()["cam"]
+    assert (shown.frame_id, shown.labelled) == (found[half + 4].frame_id, False)
+
+
+def test_a_camera_that_leaves_the_wall_leaves_the_browsers_too():
+    """A camera whose latest frame is older than the hour before leaves the wall, and every stream is
+    told (`event: gone`); one that comes back is shown again."""
+    import asyncio
+
+    from imgpipeline.web.routes.live import Wall
+
+    class Shown:
+        """The warehouse's side of the wall, as a test sets it (web/access.py's `cameras_now`)."""
+
+        def __init__(self):
+            self.cameras = {"yard": {"source_id": "yard", "frame_id": "y1", "labelled": False}}
+
+        def cameras_now(self) -> dict:
+            return dict(self.cameras)
+
+    async def scenario() -> list[bytes]:
+        shown = Shown()
+        wall = Wall(shown)
+        await wall.fresh()
+        stream = wall.watch(None)
+        said = [await anext(stream), await anext(stream)]
+        shown.cameras = {}
+        wall.looked = -1.0
+        await wall.fresh()
+        said.append(await anext(stream))
+        shown.cameras = {"yard": {"source_id": "yard", "frame_id": "y2", "labelled": False}}
+        wall.looked = -1.0
+        await wall.fresh()
+        said.append(await anext(stream))
+        await stream.aclose()
+        return said
+
+    first, cameras, gone, back = asyncio.run(scenario())
+    assert first.startswith(b"retry:") and b'"frame_id": "y1"' in cameras
+    assert gone == b'event: gone\ndata: ["yard"]\n\n'
+    assert b'"frame_id": "y2"' in back and not back.startswith(b"event:")
 
 
 def test_a_frame_landed_appears_on_the_open_wall(scene, browser, shots):
@@ -179,8 +237,13 @@ def test_a_second_camera_joins_the_wall_and_a_restarted_viewer_shows_the_same(sc
     land_live(storage, resources, found, 0, 10)
     running = viewer(storage, resources)
     try:
+        first = Stream(running.url)
+        assert [c["frame_id"] for c in first.cameras(bool)] == [found[9].frame_id]
+        first.close()
+        # The ids the live lane gave reach the browsers (the first event may come before its watch).
         stream = Stream(running.url)
-        assert [c["frame_id"] for c in stream.cameras(bool)] == [found[9].frame_id]
+        [cam] = stream.cameras(lambda cs: cs[0]["labelled"])
+        assert any(o["track_id"] is not None for o in cam["objects"])
         other = found[10]
         other.source_id, other.frame_id = "yard", "yard-0001"
         land(storage.open(), [other], "frames-1-0-1")
@@ -212,10 +275,16 @@ def test_hostile_requests_and_a_stalled_browser(scene):
         code, headers, body = get(running.url, "/live")
         assert code == 200 and "script-src 'self'" in headers["content-security-policy"]
         assert b'http-equiv="refresh"' in body  # without script the page reloads itself
+        # Browsers opening the wall at once: as many as it takes, the others told it is busy.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(MAX_WATCHERS + 4) as pool:
+            opened = list(pool.map(lambda _: Stream(running.url), range(MAX_WATCHERS + 4)))
+        assert sorted(o.status for o in opened) == [200] * MAX_WATCHERS + [503] * 4
+        for refused in (o for o in opened if o.status == 503):
+            refused.close()
         # A browser that stopped reading (SIGSTOP) holds up no other, and every slot is freed when one goes.
-        stalled = Stream(running.url)
-        watchers = [Stream(running.url) for _ in range(MAX_WATCHERS - 1)]
-        assert Stream(running.url).status == 503
+        stalled, *watchers = [o for o in opened if o.status == 200]
         for watcher in watchers:
             watcher.cameras(bool)
         land_live(storage, resources, found, 3, 6)
@@ -225,6 +294,7 @@ def test_hostile_requests_and_a_stalled_browser(scene):
         stalled.close()
         deadline = time.monotonic() + 10
         while (late := Stream(running.url)).status == 503 and time.monotonic() < deadline:
+            late.close()
             time.sleep(0.2)  # scenario: the server finds the closed streams as it next writes to them
         assert late.status == 200
         late.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from imgpipeline.defs.hours import hour_path
@@ -58,19 +58,22 @@ class Landing:
     (a wait, a watch, a count): a look costs the files new or written again since the last one (by the
     version tags of `Storage.versions`). The records it gives are shared between looks: not to be changed."""
 
-    def __init__(self, store: Storage, keep: bool = True):
-        """`keep`: hold every file's records (`records`); else only the files' version tags, for a look
-        that wants only what is new (`look`)."""
-        self.store, self.keep = store, keep
+    def __init__(self, store: Storage, keep: bool = True, max_bytes: int | None = None):
+        """`keep`: hold every file's records (`records`), a file that holds no landing records an error;
+        else only the files' version tags, for a look that folds what is new file by file (`look`), a
+        damaged file (or one over `max_bytes`) passed over until it is written again."""
+        self.store, self.keep, self.max_bytes = store, keep, max_bytes
         self._files: dict[str, tuple[str, list[LandingRecord] | None]] = {}
-        self.damaged: set[str] = set()  # files found to hold no landing records
+        self.damaged: set[str] = set()  # the files passed over at the last look
 
-    def look(self, hours: list[datetime] | None = None) -> list[LandingRecord]:
+    def look(self, hours: list[datetime] | None = None,
+             fold: Callable[[list[LandingRecord]], None] | None = None) -> list[LandingRecord]:
         """The records of the files new or written again since the last look, in the folders of those
         event-time `hours` only when given (the files of other hours are forgotten); a file gone since the
-        listing (compacted, retired) is left out, and so is one that holds no landing records."""
+        listing (compacted, retired) is left out. With `fold`, each file's records go to it as the file is
+        read, and none are returned (memory stays one file's)."""
         prefixes = [f"{LANDING}/"] if hours is None else [f"{LANDING}/{hour_path(h)}/" for h in hours]
-        files, new = {}, []
+        files, new, damaged = {}, [], set()
         for prefix in prefixes:
             for key, tag in self.store.versions(prefix).items():
                 if not key.endswith(".jsonl"):
@@ -78,17 +81,26 @@ class Landing:
                 held = self._files.get(key)
                 if held and held[0] == tag:
                     files[key] = held
+                    damaged |= {key} & self.damaged
                     continue
                 try:
-                    records = list(read_records(self.store, key))
+                    records = list(parse_records(self.store.get(key, max_bytes=self.max_bytes)))
                 except BadObject:
-                    continue  # deleted since the listing
-                except (AttributeError, TypeError, ValueError):
-                    records = []  # not landing records (written by hand, damaged): read again once rewritten
-                    self.damaged.add(key)
+                    if self.keep or not self.store.exists(key):
+                        continue  # deleted since the listing
+                    records = []  # over max_bytes
+                    damaged.add(key)
+                except (AttributeError, TypeError, ValueError, RecursionError):
+                    if self.keep:
+                        raise
+                    records = []  # not landing records (written by hand, damaged): read once rewritten
+                    damaged.add(key)
                 files[key] = tag, records if self.keep else None
-                new += records
-        self._files = files
+                if fold is not None:
+                    fold(records)
+                else:
+                    new += records
+        self._files, self.damaged = files, damaged
         return new
 
     def records(self) -> list[LandingRecord]:

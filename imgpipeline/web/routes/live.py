@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
@@ -32,6 +33,8 @@ from imgpipeline.web.responses import HEADERS, NotFound, message, page, today, w
 LOOK_EVERY_S = 0.5
 MAX_WATCHERS = 16  # browsers watching the wall at once; more are told to come back later
 HEARTBEAT_S = 15.0  # a comment sent when nothing changed, so a browser gone is found out
+SEND_WITHIN_S = 30.0  # a browser that takes no event in this long (stopped, asleep) is let go
+STREAM_FOR_S = 600.0  # a stream ends after this long; the browser opens another (its slot is freed)
 RECENT_ALERTS = 8
 LIVE_HEADERS = {**HEADERS, "Content-Security-Policy": HEADERS["Content-Security-Policy"]
                 + "; script-src 'self'; connect-src 'self'", "Cache-Control": "no-store"}
@@ -45,84 +48,131 @@ class Wall:
         self.warehouse = warehouse
         self.cameras: dict[str, dict] = {}
         self.changed_at: dict[str, int] = {}
+        self.gone_at: dict[str, int] = {}  # cameras that left the wall, when (until they come back)
         self.version = 0
         self.looked = -LOOK_EVERY_S
         self.watchers = 0
         self.images: dict[str, tuple[tuple, bytes]] = {}  # source → (its frame and labels, the JPEG)
+        self.drawing: dict[str, threading.Lock] = {}  # one drawing of a camera at a time
+        self.failed = ""  # why the last look failed, while it does
         self._looking = asyncio.Lock()
         self._changed = asyncio.Event()  # set at a change, then made anew
         self._task: asyncio.Task | None = None
 
     async def fresh(self) -> None:
-        """Look at the storage unless the last look is recent (one look for every browser)."""
+        """Look at the storage unless the last look is recent (one look for every browser); a look that
+        fails leaves the wall as it was, and says why."""
         async with self._looking:
             if time.monotonic() - self.looked < LOOK_EVERY_S:
                 return
-            changed, shown = await asyncio.to_thread(self.warehouse.cameras_now)
             self.looked = time.monotonic()
+            try:
+                shown = await asyncio.to_thread(self.warehouse.cameras_now)
+            except Exception as exc:  # noqa: BLE001 (a storage away: the wall waits, the viewer goes on)
+                self.failed = f"the storage could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+                return
+            self.failed = ""
+            self.take(shown)
+
+    def take(self, shown: dict[str, dict]) -> None:
+        changed = {s: c for s, c in shown.items() if (s not in self.cameras or (
+            self.cameras[s]["frame_id"], self.cameras[s]["labelled"]) != (c["frame_id"], c["labelled"]))}
         gone = set(self.cameras) - set(shown)
-        if changed or gone:
-            self.version += 1
-            for source in gone:
-                self.cameras.pop(source, None)
-                self.images.pop(source, None)
-                self.changed_at.pop(source, None)
-            for source, camera in changed.items():
-                self.cameras[source], self.changed_at[source] = camera, self.version
-            told, self._changed = self._changed, asyncio.Event()
-            told.set()
+        if not (changed or gone):
+            return
+        self.version += 1
+        for source in gone:
+            del self.cameras[source], self.changed_at[source]
+            self.images.pop(source, None)
+            self.gone_at[source] = self.version
+        for source, camera in changed.items():
+            self.cameras[source], self.changed_at[source] = camera, self.version
+            self.gone_at.pop(source, None)
+        told, self._changed = self._changed, asyncio.Event()
+        told.set()
 
     async def _look_while_watched(self) -> None:
         while self.watchers:
-            try:
-                await self.fresh()
-            except Exception as exc:  # noqa: BLE001 (a storage away: the wall waits, the viewer goes on)
-                print(f"live wall: the storage could not be read ({type(exc).__name__}: {exc})", flush=True)
-                await asyncio.sleep(5 * LOOK_EVERY_S)
+            await self.fresh()
             await asyncio.sleep(LOOK_EVERY_S)
 
-    def since(self, version: int, camera: str | None) -> list[dict]:
-        return [self.cameras[s] for s in sorted(self.cameras)
-                if self.changed_at.get(s, 0) > version and camera in (None, s)]
+    def since(self, version: int, camera: str | None) -> tuple[list[dict], list[str]]:
+        """The cameras changed since `version` (the one, when given), and those gone since."""
+        changed = [self.cameras[s] for s in sorted(self.cameras)
+                   if self.changed_at[s] > version and camera in (None, s)]
+        return changed, sorted(s for s, at in self.gone_at.items() if at > version and camera in (None, s))
 
-    async def watch(self, camera: str | None):
-        """Server-sent events: every camera (or the one) now, then each change as it comes."""
+    def watching(self) -> bool:
+        """Take a browser's slot, if one is free (given back by EventStream)."""
+        if self.watchers >= MAX_WATCHERS:
+            return False
         self.watchers += 1
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._look_while_watched())
-        try:
-            sent = -1
-            yield b"retry: 2000\n\n"
-            while True:
-                changes = self.since(sent, camera)
-                sent = self.version
-                if changes:
-                    told = [{k: v for k, v in c.items() if k != "uri"} for c in changes]
-                    yield f"data: {json.dumps(told)}\n\n".encode()
-                if self.version == sent:
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), HEARTBEAT_S)
-                    except TimeoutError:
-                        yield b": still here\n\n"
-        finally:
-            self.watchers -= 1
+        return True
+
+    async def watch(self, camera: str | None):
+        """Server-sent events: every camera (or the one) now, then each change as it comes, for
+        STREAM_FOR_S."""
+        ends, sent = time.monotonic() + STREAM_FOR_S, -1
+        yield b"retry: 2000\n\n"
+        while time.monotonic() < ends:
+            changes, gone = self.since(sent, camera)
+            sent = self.version
+            if changes:
+                told = [{k: v for k, v in c.items() if k != "uri"} for c in changes]
+                yield f"data: {json.dumps(told)}\n\n".encode()
+            if gone:
+                yield f"event: gone\ndata: {json.dumps(gone)}\n\n".encode()
+            if self.version == sent:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), min(HEARTBEAT_S, ends - time.monotonic()))
+                except TimeoutError:
+                    yield b": still here\n\n"
 
     def image(self, source: str) -> bytes:
         """The camera's latest frame with its boxes and labels, drawn once per frame (and labels)."""
-        camera = self.cameras.get(source)
-        if camera is None:
-            raise NotFound(f"no camera {source} on the wall")
-        drawn_for = (camera["frame_id"], camera["labelled"])
-        held = self.images.get(source)
-        if held is not None and held[0] == drawn_for:
-            return held[1]
-        warehouse = self.warehouse
-        image = decode_image(warehouse.image(warehouse.store.key_for(camera["uri"])), warehouse.max_pixels)
-        drawn = encode_jpeg(drawing.draw_detections(image, [
-            Detection(box=tuple(o["box"]), class_name=o["class_name"], confidence=o["confidence"],
-                      track_id=o["track_id"]) for o in camera["objects"]], label=object_label), 85)
-        self.images[source] = (drawn_for, drawn)
-        return drawn
+        with self.drawing.setdefault(source, threading.Lock()):
+            camera = self.cameras.get(source)
+            if camera is None:
+                raise NotFound(f"no camera {source} on the wall")
+            drawn_for = (camera["frame_id"], camera["labelled"])
+            held = self.images.get(source)
+            if held is not None and held[0] == drawn_for:
+                return held[1]
+            warehouse = self.warehouse
+            image = decode_image(warehouse.image(warehouse.store.key_for(camera["uri"])),
+                                 warehouse.max_pixels)
+            drawn = encode_jpeg(drawing.draw_detections(image, [
+                Detection(box=tuple(o["box"]), class_name=o["class_name"], confidence=o["confidence"],
+                          track_id=o["track_id"]) for o in camera["objects"]], label=object_label), 85)
+            if self.cameras.get(source) is camera:  # still its latest frame: kept for the next browser
+                self.images[source] = (drawn_for, drawn)
+            return drawn
+
+
+class EventStream(StreamingResponse):
+    """A browser's events: its slot given back however the stream ends, and a browser that takes no event
+    within SEND_WITHIN_S let go."""
+
+    def __init__(self, wall: Wall, camera: str | None):
+        super().__init__(wall.watch(camera), media_type="text/event-stream",
+                         headers={**LIVE_HEADERS, "X-Accel-Buffering": "no"})
+        self.wall = wall
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* TimeoutError:
+            pass  # the browser stopped taking events (raised alone or from the response's task group)
+        finally:
+            self.wall.watchers -= 1
+
+    async def stream_response(self, send) -> None:
+        async def within(message) -> None:
+            await asyncio.wait_for(send(message), SEND_WITHIN_S)
+
+        await super().stream_response(within)
 
 
 def object_label(detection: Detection) -> str:
@@ -152,10 +202,10 @@ async def live_page(request):
         return message("Not understood", str(exc), 400)
     wall = wall_of(request)
     await wall.fresh()
-    shown = wall.since(0, camera)
+    shown = wall.since(0, camera)[0]
     alerts = await asyncio.to_thread(recent_alerts, request, camera) if camera else []
     response = page("live.html", day=today(), cameras=shown, camera=camera, alerts=alerts,
-                    missing=camera is not None and not shown)
+                    missing=camera is not None and not shown, failed=wall.failed)
     response.headers.update(LIVE_HEADERS)
     return response
 
@@ -173,11 +223,10 @@ async def live_events(request):
     except ValueError as exc:
         return message("Not understood", str(exc), 400)
     wall = wall_of(request)
-    if wall.watchers >= MAX_WATCHERS:
+    if not wall.watching():
         return message("The wall is busy", f"The live wall is open in {MAX_WATCHERS} browsers already; "
                        "close one or come back later.", 503)
-    return StreamingResponse(wall.watch(camera), media_type="text/event-stream",
-                             headers={**LIVE_HEADERS, "X-Accel-Buffering": "no"})
+    return EventStream(wall, camera)
 
 
 async def live_image(request):
@@ -188,8 +237,8 @@ async def live_image(request):
         data = await asyncio.to_thread(wall_of(request).image, source)
     except NotFound as exc:
         return message("Not found", str(exc), 404)
-    except (BadObject, UndecodableImage) as exc:
-        return message("Not found", f"the image cannot be shown: {exc}", 404)
+    except (BadObject, UndecodableImage, ValueError) as exc:
+        return message("Not found", f"the image cannot be shown: {str(exc)[:200]}", 404)
     return Response(data, media_type="image/jpeg", headers=LIVE_HEADERS)
 
 
