@@ -13,6 +13,7 @@ Without script the page reloads itself every few seconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -188,18 +189,21 @@ def wall_of(request) -> Wall:
     return request.app.state.wall
 
 
-def camera_param(request) -> str | None:
-    camera = request.query_params.get("camera") or None
-    if camera is not None and not FRAME_ID.match(camera):
-        raise ValueError("camera is not a source id")
-    return camera
+def with_camera(handler):
+    """A page of the wall or one camera (`?camera=`, a source id, else a 400 page): `handler(request,
+    camera)`."""
+
+    @functools.wraps(handler)
+    async def wrapped(request):
+        camera = request.query_params.get("camera") or None
+        if camera is not None and not FRAME_ID.match(camera):
+            return message("Not understood", "camera is not a source id", 400)
+        return await handler(request, camera)
+    return wrapped
 
 
-async def live_page(request):
-    try:
-        camera = camera_param(request)
-    except ValueError as exc:
-        return message("Not understood", str(exc), 400)
+@with_camera
+async def live_page(request, camera: str | None):
     wall = wall_of(request)
     await wall.fresh()
     shown = wall.since(0, camera)[0]
@@ -217,11 +221,8 @@ def recent_alerts(request, camera: str) -> list[dict]:
     return [a for day in days for a in queries.alerts(con, day, camera, RECENT_ALERTS)][:RECENT_ALERTS]
 
 
-async def live_events(request):
-    try:
-        camera = camera_param(request)
-    except ValueError as exc:
-        return message("Not understood", str(exc), 400)
+@with_camera
+async def live_events(request, camera: str | None):
     wall = wall_of(request)
     if not wall.watching():
         return message("The wall is busy", f"The live wall is open in {MAX_WATCHERS} browsers already; "
