@@ -293,10 +293,10 @@ def worker_lock(name: str, of: int = 1) -> Iterator[None]:
 
 
 # Tests marked `long` (a daemon or `dagster dev` of their own, services they kill, a benchmark) at once
-# over the workers: one per core (two at least). Three such stacks on two cores stretched each to three or
-# four times its time alone, their daemons' and sensors' polling growing with it; the worker that waits
-# for a slot idles, and the others go on with their tests (`.ci/run` starts one worker more than cores).
-STACKS_AT_ONCE = max(2, len(os.sched_getaffinity(0)))
+# over the workers. Three such stacks on two cores stretched each to three or four times its time alone,
+# their daemons' and sensors' polling growing with it; the worker that waits for a slot idles, and the
+# others go on with their tests.
+STACKS_AT_ONCE = 2
 
 
 class _StackSlot:

@@ -92,7 +92,6 @@ def hourly_alerts(kafka, storage, rules) -> list[dict]:
     return stored_alerts(storage)
 
 
-@pytest.mark.long(1)
 def test_live_alerts_are_the_hourly_alerts_even_after_a_sigkill(kafka, tmp_path, monkeypatch):
     rules = live_rules(kafka, tmp_path, monkeypatch, CHECKOUT_RULES.read_text() + MORE_RULES)
     storage = StorageResource(uri=str(tmp_path / "store"))

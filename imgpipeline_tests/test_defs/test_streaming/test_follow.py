@@ -520,7 +520,6 @@ SOURCES = {"cam-7": 0, "cam-0": 1, "cam-4": 2, "cam-1": 3}
 LIT = "rules:\n  - {name: lit, kind: dark, max_brightness: 254}\n"
 
 
-@pytest.mark.long(1)
 def test_followers_share_the_topic_one_killed_one_added_nothing_lost_or_doubled(kafka, tmp_path):
     """Three follow_frames runs on a topic of four partitions while four cameras stream: two share the
     partitions, a third joins mid-stream and takes its share, one is SIGKILLed mid-range and the others
