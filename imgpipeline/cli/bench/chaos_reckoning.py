@@ -124,7 +124,42 @@ def wait_settled(chaos, instance, cameras, hook, settle_s: float) -> tuple[bool,
             print(f"  {said - started:.0f} s: {waiting}", flush=True)
         time.sleep(5)
     print(f"  not settled within {settle_s:g} s: {waiting}; see {chaos.local.dagster.logfile}")
+    for line in in_flight(instance, records):
+        print(f"    {line}")
     return False, records
+
+
+def in_flight(instance, records) -> list[str]:
+    """What the instance still has going (runs not finished, backfills not done) and when each hour's
+    detections and alerts were last made: where a wait that gave up was stuck."""
+    import dagster as dg
+    from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+    from imgpipeline.defs.tables import ALERTS, DETECTIONS
+
+    now = time.time()
+    lines = [f"run {r.dagster_run.run_id[:8]} {r.dagster_run.job_name} {r.dagster_run.status.value} "
+             f"{now - r.create_timestamp.timestamp():.0f} s old "
+             f"{ {k: v for k, v in r.dagster_run.tags.items() if k.startswith('dagster/')} }"
+             for r in instance.get_run_records(dg.RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))]
+    for r in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]), limit=10):
+        failures = instance.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        error = failures[0].dagster_event.event_specific_data.error if failures else None
+        lines.append(f"failed run {r.dagster_run.run_id[:8]} {r.dagster_run.job_name} "
+                     f"{r.dagster_run.tags.get('dagster/partition', '')} "
+                     f"{now - r.create_timestamp.timestamp():.0f} s old: "
+                     + (error.message.strip().splitlines()[-1][:300] if error else "(no step failed)"))
+    lines += [f"backfill {b.backfill_id} {b.status.value} {now - b.backfill_timestamp:.0f} s old"
+              for b in instance.get_backfills(filters=BulkActionsFilter(
+                  statuses=[BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING]))]
+    for hour in sorted({r.event_hour.strftime("%Y-%m-%d-%H:00") for r in records}):
+        for key in (DETECTIONS.key, ALERTS.key):
+            made = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[hour]), limit=1).records
+            lines.append(f"{key.to_user_string()} {hour}: last made "
+                         + (f"{now - made[0].timestamp:.0f} s ago" if made else "never"))
+    return lines or ["nothing in flight"]
 
 
 def frame_counts(store: Storage, cameras, records) -> tuple[dict, dict]:
@@ -168,15 +203,19 @@ def offset_counts(chaos, instance, records) -> dict:
 
 def alert_counts(chaos, hook, records) -> dict:
     """The alerts tables' numbers against the alerts topic and the webhook's posts: each number once in
-    the tables, once on Kafka, posted once. A number on Kafka twice is an alert sent again under its
-    number (a kill between a send and its record, or the hourly run reading the ledger before the live
-    lane recorded its send: docs/alerts.md); `kafka_conflicting` counts numbers whose messages say
-    different alerts, which no resend explains."""
+    the tables, once on Kafka, posted once. A number on Kafka or at the webhook twice is an alert sent
+    again under its number (and at the webhook under its idempotency key): a kill between a send and its
+    record, or the hourly run reading the ledger before the live lane recorded its send (docs/alerts.md).
+    `kafka_conflicting` and `webhook_conflicting` count numbers whose messages say different alerts (or
+    come under different idempotency keys), which no resend explains."""
     tables = table_numbers(chaos, records)
     messages = [json.loads(r.value) for r in read_topic(chaos.kafka, chaos.kafka.alerts_topic)]
     on_kafka = Counter(m["number"] for m in messages)
     said = {(m["number"], m["rule"], m["source_id"], m["frame_id"], m["fired_at"]) for m in messages}
     posted = Counter(hook.delivered())
+    told = {(r["body"]["number"], r["body"]["rule"], r["body"]["source_id"], r["body"]["frame_id"],
+             r["body"]["fired_at"], r["headers"].get("Idempotency-Key")) for r in hook.requests
+            if r["status"] == 200}
     return {"tables": len(tables), "tables_doubled": sum(n - 1 for n in tables.values()),
             "kafka_missing": len(set(tables) - set(on_kafka)),
             "kafka_doubled": sum(n - 1 for n in on_kafka.values() if n > 1),
@@ -184,6 +223,7 @@ def alert_counts(chaos, hook, records) -> dict:
             "kafka_extra": len(set(on_kafka) - set(tables)),
             "webhook_missing": len(set(tables) - set(posted)),
             "webhook_doubled": sum(n - 1 for n in posted.values() if n > 1),
+            "webhook_conflicting": len(told) - len(posted),
             "webhook_extra": len(set(posted) - set(tables))}
 
 
