@@ -68,21 +68,26 @@ def draw_evidence(store: Storage, event: events.Event, number: int, frame: dict 
                   max_bytes: int) -> tuple[str | None, str | None]:
     """The alert frame with its detections drawn (the subject framed in white) and the subject's crop,
     stored under `annotated/` as the alert's own (`<frame>.alert-<number>[.crop].jpg`: two alerts on one
-    frame frame different subjects); (None, None) when the frame's image cannot be read."""
+    frame frame different subjects); (None, None) when the frame's image cannot be read.
+
+    An alert drawn before (by the live lane, or an earlier run of its hour) is not drawn again: under one
+    number the frame, its detections and the subject stay the same, and an hour is made again at each of
+    its new ranges. The crop is stored before the drawing, so a drawing found has its crop."""
     if frame is None or frame["status"] not in DRAWN or not frame["uri"]:
         return None, None
+    subject = next((s for s in seen if s.index == event.detection_index), None)
+    key = annotated_key(event.source_id, frame["captured_at"], event.frame_id, f"alert-{number}")
+    crop_key = None if subject is None else annotated_key(event.source_id, frame["captured_at"],
+                                                          event.frame_id, f"alert-{number}.crop")
+    if store.exists(key):
+        return key, crop_key
     try:
         image = decode_image(store.get(store.key_for(frame["uri"]), max_bytes=max_bytes))
     except (BadObject, UndecodableImage):
         return None, None
     annotated = drawing.draw_detections(image, seen)
-    subject = next((s for s in seen if s.index == event.detection_index), None)
-    crop_key = None
     if subject is not None:
         drawing.highlight(annotated, subject.box)
-        crop_key = annotated_key(event.source_id, frame["captured_at"], event.frame_id,
-                                 f"alert-{number}.crop")
         store.put(crop_key, encode_jpeg(drawing.crop(image, subject.box)))
-    key = annotated_key(event.source_id, frame["captured_at"], event.frame_id, f"alert-{number}")
     store.put(key, encode_jpeg(annotated))
     return key, crop_key

@@ -26,6 +26,7 @@ from imgpipeline.defs.warehouse import rows as warehouse_rows
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.ingest.messages import clip_key
 from imgpipeline.resources import AlertsResource, StorageResource, TrackingResource
+from imgpipeline.vision.quality import decode_image
 from imgpipeline_tests.instances import fresh_instance
 from imgpipeline_tests.pipeline import wait_for
 from imgpipeline_tests.test_defs.test_alerts.scene import RANGE, RULES, START, ZONES, records
@@ -119,12 +120,21 @@ def test_rules_fire_with_evidence_and_everyone_is_told_once(tmp_path, kafka, hoo
         assert metadata["clips"].value == 4
         assert "t0ken" not in json.dumps({k: str(v) for k, v in metadata.items()})
 
-        # The hour made again, and the range backfilled again: the same alerts, nobody told twice.
+        # The hour made again, and the range backfilled again: the same alerts, nobody told twice, and
+        # each alert's drawing and crop left as they were; one deleted meanwhile is drawn again.
+        evidence = [k for row in first for k in (row["annotated_key"], row["crop_key"]) if k]
+        drawn = {k: store.written(k)[k] for k in evidence}
+        store.delete(crossing["annotated_key"])
+        store.delete(crossing["crop_key"])
         materialize([alerts], RANGE[1], RANGE[1], resources, instance)
         materialize([hourly_tables, alerts], *RANGE, resources, instance)
         assert stored_alerts(storage) == first
         assert len(read_all(kafka, kafka.alerts_topic)) == 4
         assert len(ops.requests) == 3 and len(broken.requests) == 2
+        again = {k: store.written(k)[k] for k in evidence}
+        redrawn = {crossing["annotated_key"], crossing["crop_key"]}
+        assert {k for k in evidence if again[k] != drawn[k]} == redrawn
+        assert decode_image(store.get(crossing["crop_key"])).size > 0
 
         # The frames replayed: processed again by a later run over other offsets, the hours made again.
         replayed = [replace(r, processed_at="2026-11-21T09:00:00Z", run_id="replay") for r in landed]
