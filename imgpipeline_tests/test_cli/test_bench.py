@@ -116,6 +116,30 @@ def test_bench_pipeline_rounds_combine_into_medians_and_paired_ratios():
     assert result["engines"]["opencv"]["precision"] == "f32" and len(result["rounds"]) == 3
 
 
+def test_a_chaos_wait_that_gives_up_says_what_is_in_flight_and_why_runs_failed():
+    import dagster as dg
+
+    from imgpipeline.cli.bench.chaos_reckoning import in_flight
+
+    @dg.op
+    def store_away():
+        raise OSError("the S3 endpoint did not answer")
+
+    @dg.job
+    def hour():
+        store_away()
+
+    with dg.instance_for_test() as instance:
+        assert in_flight(instance, []) == ["nothing in flight"]
+        hour.execute_in_process(instance=instance, raise_on_error=False)
+        instance.add_run(dg.DagsterRun(job_name="alerts_of_the_hour", status=dg.DagsterRunStatus.STARTED,
+                                       run_id="5eed0000-0000-0000-0000-000000000000"))
+        said = in_flight(instance, [])
+    assert said[0].startswith("run 5eed0000 alerts_of_the_hour STARTED")
+    assert said[1].startswith("failed run ") and said[1].endswith("OSError: the S3 endpoint did not answer")
+    assert len(said) == 2
+
+
 def test_bench_detector_compares_engines_with_the_reference():
     result = bench_detector(frames=6, variants=("opencv", "onnxruntime", "openvino:f32"))
     written = json.loads((state_dir() / "bench" / "detector.json").read_text())

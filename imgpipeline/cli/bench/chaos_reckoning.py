@@ -133,26 +133,27 @@ def in_flight(instance, records) -> list[str]:
     """What the instance still has going (runs not finished, backfills not done) and when each hour's
     detections and alerts were last made: where a wait that gave up was stuck."""
     import dagster as dg
-    from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
-    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
     from imgpipeline.defs.tables import ALERTS, DETECTIONS
 
     now = time.time()
+    done = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
     lines = [f"run {r.dagster_run.run_id[:8]} {r.dagster_run.job_name} {r.dagster_run.status.value} "
              f"{now - r.create_timestamp.timestamp():.0f} s old "
              f"{ {k: v for k, v in r.dagster_run.tags.items() if k.startswith('dagster/')} }"
-             for r in instance.get_run_records(dg.RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))]
+             for r in instance.get_run_records(dg.RunsFilter(
+                 statuses=[s for s in dg.DagsterRunStatus if s not in done]))]
     for r in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]), limit=10):
         failures = instance.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
         error = failures[0].dagster_event.event_specific_data.error if failures else None
+        while error is not None and error.cause is not None:  # what the step itself raised
+            error = error.cause
         lines.append(f"failed run {r.dagster_run.run_id[:8]} {r.dagster_run.job_name} "
                      f"{r.dagster_run.tags.get('dagster/partition', '')} "
                      f"{now - r.create_timestamp.timestamp():.0f} s old: "
                      + (error.message.strip().splitlines()[-1][:300] if error else "(no step failed)"))
     lines += [f"backfill {b.backfill_id} {b.status.value} {now - b.backfill_timestamp:.0f} s old"
-              for b in instance.get_backfills(filters=BulkActionsFilter(
-                  statuses=[BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING]))]
+              for b in instance.get_backfills(limit=100) if b.status.value in ("REQUESTED", "CANCELING")]
     for hour in sorted({r.event_hour.strftime("%Y-%m-%d-%H:00") for r in records}):
         for key in (DETECTIONS.key, ALERTS.key):
             made = instance.fetch_materializations(
