@@ -228,7 +228,8 @@ def send_letter(email: Email, letter: EmailMessage, password: str | None) -> Non
         server = smtplib.SMTP_SSL(timeout=email.timeout_s, context=context)
     else:
         server = smtplib.SMTP(timeout=email.timeout_s)
-    watchdog = threading.Timer(email.timeout_s, cut, [server])
+    ran_out = threading.Event()
+    watchdog = threading.Timer(email.timeout_s, cut, [server, ran_out])
     watchdog.start()
     try:
         with server:
@@ -239,15 +240,17 @@ def send_letter(email: Email, letter: EmailMessage, password: str | None) -> Non
                 server.login(email.user, password or "")
             server.send_message(letter)
     except (smtplib.SMTPException, OSError):
-        if not watchdog.is_alive():
+        if ran_out.is_set():  # the error is the cut's, whatever the blocked call made of it
             raise TimeoutError(f"the SMTP server took more than {email.timeout_s:g} s") from None
         raise
     finally:
         watchdog.cancel()
 
 
-def cut(server: smtplib.SMTP) -> None:
-    """End an attempt that ran out of time: the socket shut, the call blocked on it fails."""
+def cut(server: smtplib.SMTP, ran_out: threading.Event) -> None:
+    """End an attempt that ran out of time: said first (the watchdog's thread may still be alive when
+    the blocked call fails, on a busy machine), then the socket shut, the call blocked on it fails."""
+    ran_out.set()
     sock = getattr(server, "sock", None)
     if sock is not None:
         with contextlib.suppress(OSError):

@@ -107,7 +107,7 @@ class Pipeline:
         log = Path(self.local.dagster.logfile).read_text(errors="replace").splitlines()[-25:]
         return "; ".join(seen) + "\nthe daemon's log ends:\n" + "\n".join(log)
 
-    def started_run(self, timeout_s: float = 180) -> dg.DagsterRun:
+    def started_run(self, timeout_s: float = 360) -> dg.DagsterRun:
         """A run of the job half a second into its step and still running; a follower (always in its
         step, idle too) once it claimed a range of frames still to land."""
         while True:
