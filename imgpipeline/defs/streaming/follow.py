@@ -35,13 +35,14 @@ import time
 import dagster as dg
 from pydantic import Field
 
-from imgpipeline.defs.records.ledger import contiguous_end
+from imgpipeline.defs.records.ledger import contiguous_end, read_ledger
 from imgpipeline.defs.streaming.claims import claims_prefix, resume
 from imgpipeline.defs.streaming.detect_frames import (
     PROGRESS_S,
     HandedOn,
     Lane,
     Screening,
+    commit_accounted,
     detect_range,
     frame_processor,
     of_generation,
@@ -175,8 +176,26 @@ class Follower:
                     f"partition {tp.partition}: offsets {position}..{claimed - 1} were claimed by a run that "
                     "did not account for them: detecting them again first")
             self.reached.pop(tp.partition, None)
+        self.commit_accounted_for(partitions)
         self.lane.context.log.info(
             f"following {topic}: " + ", ".join(f"partition {p} from {self.positions[p]}" for p in partitions))
+
+    def commit_accounted_for(self, partitions: list[int]) -> None:
+        """Move the group's commit of each partition as far as its ledger accounts for every offset: a run
+        stopped between a range's ledger entry and its commit (told to stop, or SIGKILLed) left the commit
+        behind, and no later range of the partition may come to move it. Done as a run takes partitions up
+        and as it ends; one that cannot be made now is a warning (the partition's next range makes it)."""
+        from kafka.errors import KafkaError
+
+        lane, generation = self.lane, self.config.generation
+        for partition in partitions:
+            try:
+                accounted = read_ledger(lane.store, lane.topic, partition, generation)
+                commit_accounted(lane.consumer, accounted, lane.topic, partition, generation)
+            except (KafkaError, OSError) as error:
+                said = f"{type(error).__name__}: {error}"[:300]
+                lane.context.log.warning(f"partition {partition}: the group's commit was not brought up to "
+                                         f"its ledger ({said})")
 
     def step(self, ends: dict[int, int], until: float | None = None) -> bool:
         """Detect what is new in each partition (up to max_batch each, none once the monotonic `until` has
@@ -371,6 +390,7 @@ def follow_op(
             why = "its process was told to stop: the next run goes on from the ledger"
         if last := follower.watch.observation(follower.positions, follower.watch.ends, final=True):
             context.log_event(last)
+        follower.commit_accounted_for(sorted(set(follower.positions) & membership.held))
     finally:
         membership.close()  # the other followers take its share at once
         consumer.close()

@@ -40,6 +40,7 @@ from imgpipeline_tests.pipeline import (
     stream_cameras,
     video_backlog,
     wait_for,
+    wait_stopped,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
@@ -335,6 +336,32 @@ def test_a_range_a_killed_follower_left_goes_to_detect_frames_with_the_same_ends
         assert follow(request, instance, kafka, storage).success
     assert_each_offset_once(kafka, storage, [f.frame_id for f in frames + more])
     assert not store.list(CLAIMS)
+
+
+def test_a_follower_told_to_stop_between_a_ranges_ledger_entry_and_its_commit_commits_it_as_it_ends(
+        kafka, tmp_path):
+    """SIGTERM while a range's ledger entry is written and its commit not yet made (the last range of the
+    partition: no later one would move the commit): the run ends done, the group's commit where the ledger
+    accounts for every offset. Lag tools and the next follower read the commit."""
+    import signal
+
+    storage, frames, (partition, end), config, env = one_camera(kafka, tmp_path, 30, max_batch=20)
+    told = "\nimport signal\nsignal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))\nif sys.argv"
+    script = FOLLOW_UNTIL.replace("\nif sys.argv", told, 1)  # SIGTERM as `dagster job execute` takes it
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(config), "accounted"],
+                               env={**os.environ, **env})
+    try:
+        wait_stopped(process)  # the range [0, 20) accounted for, not committed
+        assert accounted_ranges(storage.open(), kafka.frames_topic, partition) == [(0, 20)]
+        assert ends_of(kafka)[1][partition] == 0
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert ends_of(kafka)[1][partition] == 20
+    assert len(landing_records(storage)) == 20 < end
 
 
 def test_a_follower_whose_process_is_told_to_stop_ends_its_run_done_not_failed(kafka, tmp_path):
