@@ -3,7 +3,6 @@ launchers as `imgpipeline services`, on their own ports and folders."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,9 +146,9 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The files whose tests are marked `long`, the most minutes first, each followed by a file of short
-    tests, the most tests first (as pytest-xdist orders them): `.ci/run` takes them in this order
-    (`--no-loadscope-reorder`), so that no long test is left for last while the other workers idle.
+    """The files whose tests are marked `long` first, the most minutes first, then the rest by their
+    number of tests (as pytest-xdist orders them): `.ci/run` takes them in this order
+    (`--no-loadscope-reorder`), so that no long test is left for last while the other worker idles.
     Which tests run on PostgreSQL (`on_postgres_by_mark`), and the module fixtures (with their parameter)
     such a test uses: a `dagster dev` they share runs on it too (`module_database`)."""
     from imgpipeline_tests.instances import on_postgres_by_mark
@@ -164,13 +163,7 @@ def pytest_collection_modifyitems(config, items):
             params = item.callspec.params if hasattr(item, "callspec") else {}
             config.stash.setdefault(SHARED_ON_POSTGRES, set()).update(
                 (path, name, repr(params.get(name))) for name in item.fixturenames)
-    # The files with long tests and the others taken in turn: while a worker waits for a stack slot
-    # (STACKS_AT_ONCE), the others have files of short tests to go on with.
-    longs = sorted((path for path in count if minutes[path]), key=lambda path: -minutes[path])
-    shorts = sorted((path for path in count if not minutes[path]), key=lambda path: -count[path])
-    turns = [path for pair in itertools.zip_longest(longs, shorts) for path in pair if path]
-    rank = {path: n for n, path in enumerate(turns)}
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+    items.sort(key=lambda item: (-minutes[item.nodeid.split("::")[0]], -count[item.nodeid.split("::")[0]]))
 
 
 ON_POSTGRES = pytest.StashKey[bool]()
@@ -266,61 +259,17 @@ def module_database(request) -> Iterator[str | None]:
 
 
 @contextmanager
-def worker_lock(name: str, of: int = 1) -> Iterator[None]:
-    """Held by `of` workers of a run at most at a time (a no-op for a run without workers): one of `of`
-    locks, whichever is free first."""
+def worker_lock(name: str) -> Iterator[None]:
+    """Held by one worker of a run at a time (a no-op for a run without workers)."""
     import fcntl
-    import time
 
     shared = os.environ.get(SHARED_ENV)
     if not shared:
         yield
         return
-    files = [open(Path(shared) / f"{name}-{n}.lock", "w") for n in range(of)]  # noqa: SIM115 (closed below)
-    try:
-        while True:
-            for held in files:
-                try:
-                    fcntl.flock(held, fcntl.LOCK_EX | (fcntl.LOCK_NB if of > 1 else 0))
-                except BlockingIOError:
-                    continue
-                yield
-                return
-            time.sleep(0.5)
-    finally:
-        for file in files:
-            file.close()
-
-
-# Tests marked `long` (a daemon or `dagster dev` of their own, services they kill, a benchmark) at once
-# over the workers. Three such stacks on two cores stretched each to three or four times its time alone,
-# their daemons' and sensors' polling growing with it; the worker that waits for a slot idles, and the
-# others go on with their tests.
-STACKS_AT_ONCE = 2
-
-
-class _StackSlot:
-    """This worker's slot, while its tests marked `long` run."""
-
-    held = ExitStack()
-    holding = False
-
-
-def _long(item) -> bool:
-    return item is not None and item.get_closest_marker("long") is not None
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """A test marked `long` holds one of the STACKS_AT_ONCE slots from its setup to its teardown, kept
-    while the next test is a long one of the same file (its module's fixtures, a daemon, live on)."""
-    if _long(item) and not _StackSlot.holding:
-        _StackSlot.held.enter_context(worker_lock("stack", of=STACKS_AT_ONCE))
-        _StackSlot.holding = True
-    yield
-    if _StackSlot.holding and not (_long(nextitem) and nextitem.path == item.path):
-        _StackSlot.held.close()
-        _StackSlot.holding = False
+    with open(Path(shared) / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def spread_over_workers(config) -> bool:
