@@ -149,8 +149,10 @@ def test_the_hourly_run_tries_again_what_a_webhook_refused(tmp_path, kafka, monk
             first = materialize([alerts], *RANGE, resources, instance)
             assert read_all(kafka, f"{kafka.alerts_topic}.dlq") == []  # refused, not given up
             (waiting,) = ledger.retries()  # the bench alert: refused twice, kept, not dead-lettered
-            number = waiting["message"]["number"]
-            assert waiting["target"] == "broken" and waiting["tries"] == 2 and len(broken.requests) == 2
+            number, tries = waiting["message"]["number"], waiting["tries"]
+            # Its two attempts, and once more where the run lasted past the pause (its retries' pass at
+            # the end: a slow machine's run of four clips takes longer than two seconds).
+            assert waiting["target"] == "broken" and tries in (2, 3) and len(broken.requests) == tries
             assert ledger.sent(number, "broken") is None
             metadata = first.asset_materializations_for_node("alerts")[0].metadata
             assert metadata["webhook_sends_waiting"].value == 1
@@ -159,9 +161,10 @@ def test_the_hourly_run_tries_again_what_a_webhook_refused(tmp_path, kafka, monk
                 time.sleep(0.1)  # its pause: two seconds
             materialize([alerts], RANGE[0], RANGE[0], resources, instance)  # an hour that is not the alert's
             delivered = ledger.sent(number, "broken")
-            assert (delivered["state"], delivered["attempts"]) == ("delivered", 3)
+            assert (delivered["state"], delivered["attempts"]) == ("delivered", tries + 1)
             materialize([alerts], *RANGE, resources, instance)
-        assert [r["body"]["number"] for r in broken.requests] == [number] * 3  # delivered once, then never
+        # Delivered once, then never again.
+        assert [r["body"]["number"] for r in broken.requests] == [number] * (tries + 1)
         assert ledger.retries() == [] and read_all(kafka, f"{kafka.alerts_topic}.dlq") == []
     finally:
         ops.close()

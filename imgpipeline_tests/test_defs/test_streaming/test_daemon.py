@@ -51,11 +51,11 @@ def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch, capsy
         partition, start, end = (int(x) for x in range_name.rsplit("-", 3)[1:])
         config = {"ops": {"detect": {"config": {
             "topic": kafka.frames_topic, "partition": partition, "start_offset": start, "end_offset": end}}}}
-        launch = subprocess.run(
+        launch = subprocess.run(  # it loads the code location: a minute or more on a busy machine
             [sys.executable, "-m", "dagster", "job", "launch", "-m", "imgpipeline.definitions",
              "-j", "detect_frames", "--config-json", json.dumps(config)],
             env={**os.environ, "DAGSTER_HOME": str(local.dagster.dagster_home)},
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=300,
         )
         assert launch.returncode == 0, launch.stderr[-2000:]
         replayed = wait_for(lambda: landing_files(storage), 180, "the launched run to land the range")
