@@ -40,24 +40,28 @@ def test_landing_updates_request_their_hours_even_late(kafka, storage, tmp_path)
         resources={"storage": storage, "duckdb": DuckDBResource(database=":memory:"),
                    "tracking": TrackingResource()},
     )
+    at = datetime.now(UTC)  # every evaluation at one moment: an hour begun between two would be requested
     with fresh_instance() as instance:
         # The first evaluation sets the baseline, as the automation sensor's first tick does.
-        baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at)
         assert baseline.total_requested == 0
         produce(kafka, storage, tmp_path, datetime(2026, 11, 20, 10, 30, tzinfo=UTC), 5, "cam1")
         drain(kafka, storage, instance)
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at,
+                                             cursor=baseline.cursor)
         assert requested_hours(first, "frames") == {"2026-11-20-10:00"}
         assert requested_hours(first, "detections") == {"2026-11-20-10:00"}
 
         # Nothing new: nothing requested.
-        quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at,
+                                             cursor=first.cursor)
         assert requested_hours(quiet, "frames") == set()
 
         # A late frame for an old hour lands: that hour, and only that one, is requested.
         produce(kafka, storage, tmp_path, datetime(2026, 11, 19, 7, 15, tzinfo=UTC), 1, "late-cam")
         drain(kafka, storage, instance)
-        late = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+        late = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at,
+                                            cursor=quiet.cursor)
         assert requested_hours(late, "frames") == {"2026-11-19-07:00"}
 
 
@@ -84,12 +88,13 @@ def test_an_update_during_the_hours_run_asks_for_one_more(tmp_path, upstream, ta
         assets=[kafka_frames, landing_metadata, hourly_tables, tracking_tables], jobs=[job],
         resources={"storage": StorageResource(uri=tmp_path.as_uri()), "tracking": TrackingResource()},
     )
+    at = datetime.now(UTC)  # every evaluation at one moment: an hour begun between two would be requested
     with fresh_instance() as instance:
-        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at)
 
         def requested() -> set[str]:
             nonlocal evaluation
-            evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+            evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at,
                                                            cursor=evaluation.cursor)
             return {hour for key in targets for hour in evaluation.get_requested_partitions(key)}
 
