@@ -15,6 +15,9 @@ from imgpipeline.cli.bench.latency import made_after
 from imgpipeline.resources.storage import Storage
 
 READ_S = 120  # at most this long to read a topic to its end
+# Between two looks at whether all settled: each reads every landing record, the ledger, the instance and
+# the alerts topic (on a busy machine a second or more of CPU), so the settle time is known to this.
+POLL_S = 10
 
 
 def read_topic(kafka, topic: str) -> list:
@@ -122,7 +125,7 @@ def wait_settled(chaos, instance, cameras, hook, settle_s: float) -> tuple[bool,
         if time.monotonic() - said >= 60:
             said = time.monotonic()
             print(f"  {said - started:.0f} s: {waiting}", flush=True)
-        time.sleep(5)
+        time.sleep(POLL_S)
     print(f"  not settled within {settle_s:g} s: {waiting}; see {chaos.local.dagster.logfile}")
     for line in in_flight(instance, records):
         print(f"    {line}")
