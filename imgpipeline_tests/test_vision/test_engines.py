@@ -80,7 +80,7 @@ def test_shared_decoding_gives_exactly_what_opencvs_detection_model_gives(frames
     net = cv2.dnn.readNetFromDarknet(str(models_dir() / CFG), str(models_dir() / WEIGHTS))
     model = cv2.dnn.DetectionModel(net)
     model.setInputParams(scale=1 / 255.0, size=(416, 416), swapRB=True, crop=False)
-    for frame, ours in zip(frames[::10] + photos(), reference[::10] + [None, None], strict=True):
+    for frame, ours in zip(frames[::5] + photos(), reference[::5] + [None, None], strict=True):
         ours = ours or DetectorResource(engine="opencv").load().detect(frame)
         ids, scores, boxes = model.detect(frame, confThreshold=0.25, nmsThreshold=0.45)
         theirs = sorted((int(c), round(float(s), 4), tuple(int(v) for v in b)) for c, s, b in zip(
