@@ -150,7 +150,8 @@ def fast_lane(instance) -> list[dict]:
     import dagster as dg
 
     from imgpipeline.defs.records.runs import ACTIVE
-    from imgpipeline.defs.streaming.follow import POSITIONS_TAG, follow_frames
+    from imgpipeline.defs.streaming.follow import follow_frames
+    from imgpipeline.defs.streaming.follower import POSITIONS_TAG
 
     records = (instance.get_run_records(dg.RunsFilter(job_name=follow_frames.name, statuses=ACTIVE))
                or instance.get_run_records(dg.RunsFilter(job_name=follow_frames.name), limit=1))

@@ -205,7 +205,9 @@ def test_bench_scale_lands_every_frame_once_and_its_figures_reconcile(kafka, tmp
 
     import dagster as dg
 
-    from imgpipeline.cli.bench.scale import NOTICE, WARM_UP, bench_scale, source_names
+    from imgpipeline.cli.bench.scale import bench_scale
+    from imgpipeline.cli.bench.scale_figures import NOTICE
+    from imgpipeline.cli.bench.scale_input import WARM_UP, source_names
     from imgpipeline.cli.main import build_parser
     from imgpipeline.defs.records.reader import all_records
     from imgpipeline.defs.tables import from_parquet
@@ -301,7 +303,9 @@ def test_bench_scale_on_the_fast_lane_lands_every_frame_once_through_the_followe
 
     import dagster as dg
 
-    from imgpipeline.cli.bench.scale import WARM_UP, bench_scale, follower_observations
+    from imgpipeline.cli.bench.scale import bench_scale
+    from imgpipeline.cli.bench.scale_input import WARM_UP
+    from imgpipeline.cli.bench.scale_measure import follower_observations
     from imgpipeline.cli.main import build_parser
     from imgpipeline.defs.records.reader import all_records
     from imgpipeline.ingest.messages import parse_time

@@ -10,7 +10,8 @@ import dagster as dg
 from imgpipeline.defs.records.runs import ACTIVE
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.detect_frames import PARTITION_TAG, detect_frames
-from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, POSITIONS_TAG, follow_frames
+from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, follow_frames
+from imgpipeline.defs.streaming.follower import POSITIONS_TAG
 from imgpipeline.defs.ticks import tick_instance
 
 

@@ -22,7 +22,8 @@ from imgpipeline.defs.records.keys import range_name
 from imgpipeline.defs.records.ledger import accounted_ranges, range_key
 from imgpipeline.defs.streaming.batch_policy import BatchPolicy
 from imgpipeline.defs.streaming.claims import CLAIMS, claims_prefix
-from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, POSITIONS_TAG, follow_frames
+from imgpipeline.defs.streaming.follow import FAST_LANE_TAG, follow_frames
+from imgpipeline.defs.streaming.follower import POSITIONS_TAG
 from imgpipeline.defs.streaming.frames_sensor import build_frames_sensor
 from imgpipeline.defs.streaming.run_queries import LANE_BACKOFF_S, lane_backoff
 from imgpipeline.defs.tables import TOPIC_ASSET
@@ -678,7 +679,7 @@ def test_a_partition_given_again_by_a_rebalance_is_taken_up_from_the_ledger(kafk
     (it would detect again, under other range names, what the other run landed)."""
     from imgpipeline.defs.records.ledger import record_range
     from imgpipeline.defs.streaming.detect_frames import Lane, Screening
-    from imgpipeline.defs.streaming.follow import FollowConfig, Follower
+    from imgpipeline.defs.streaming.follower import FollowConfig, Follower
     from imgpipeline.defs.streaming.membership import Membership
     from imgpipeline.resources import StorageResource
 
@@ -733,7 +734,7 @@ def test_a_range_refused_at_its_second_fence_and_detected_again_lands_every_fram
     of the refused attempt are not taken for frames already landed (they were screened as the attempt went):
     every frame lands, none is a duplicate."""
     from imgpipeline.defs.streaming.detect_frames import Lane, Screening, frame_processor
-    from imgpipeline.defs.streaming.follow import FollowConfig, Follower
+    from imgpipeline.defs.streaming.follower import FollowConfig, Follower
     from imgpipeline.defs.streaming.membership import Membership
 
     class RefusedOnce(Membership):
