@@ -27,6 +27,11 @@ NAMES: dict[str, tuple[str, str]] = {
     "serialize_value": ("dagster._serdes", "serialize_value"),
     "deserialize_value": ("dagster._serdes", "deserialize_value"),
     "GrpcServerCodeLocationOrigin": ("dagster._core.remote_origin", "GrpcServerCodeLocationOrigin"),
+    # the daemon alone on a code server kept for its life, as `dagster dev` keeps its own
+    # (services/headless.py)
+    "ProxyServerManager": ("dagster._cli.proxy_server_manager", "ProxyServerManager"),
+    "ModuleTarget": ("dagster._core.workspace.load_target", "ModuleTarget"),
+    "DagsterGrpcClient": ("dagster._grpc.client", "DagsterGrpcClient"),
     # run retries (lib/retries.py, services/dagster_dev.py)
     "AUTO_RETRY_RUN_ID_TAG": ("dagster._core.storage.tags", "AUTO_RETRY_RUN_ID_TAG"),
     "WILL_RETRY_TAG": ("dagster._core.storage.tags", "WILL_RETRY_TAG"),
@@ -45,7 +50,7 @@ NAMES: dict[str, tuple[str, str]] = {
     "RunsTable": ("dagster._core.storage.runs.schema", "RunsTable"),
     "RunTagsTable": ("dagster._core.storage.runs.schema", "RunTagsTable"),
 }
-# The module `dagster dev` runs its daemon from (`python -m …`; services/dagster_dev.py runs it alone).
+# The module `dagster dev` runs its daemon from (`python -m …`; services/headless.py runs it alone).
 DAEMON_MODULE = "dagster._daemon"
 # The backfill daemon's loop reads this name of `dagster._daemon.controller` as it starts (Dagster's 30 s:
 # lib/run_queue.py sets it).

@@ -109,12 +109,10 @@ def daemons_beating(home: Path, since: float) -> bool:
 
 
 def daemon_argv() -> list[str]:
-    """`dagster-daemon run` for this code location, started the way `dagster dev` starts its own, with
-    this interpreter (no venv on PATH needed): its daemons load the code location in a code server of
-    their own."""
-    from imgpipeline.lib.dagster_door import DAEMON_MODULE
-
-    return [sys.executable, "-m", DAEMON_MODULE, "run", "-m", "imgpipeline.definitions"]
+    """`dagster-daemon run` for this code location on a code server kept for its life, as `dagster dev`
+    runs its own less the webserver (services/headless.py), with this interpreter (no venv on PATH
+    needed)."""
+    return [sys.executable, "-m", "imgpipeline.services.headless"]
 
 
 def dagster_dev_argv(host: str, port: int) -> list[str]:

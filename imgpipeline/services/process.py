@@ -144,6 +144,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line, its arguments joined by spaces ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _of_group(group: int | None) -> dict[int, list[str]]:
     """The stat fields of each process of a process group (zombies too)."""
     return {pid: fields for pid, fields in _stats().items() if group and int(fields[2]) == group}

@@ -14,20 +14,12 @@ import http.client
 import os
 import signal
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from imgpipeline.services.process import alive, descendants, terminate, wait_stopped
+from imgpipeline.services.process import alive, cmdline, descendants, terminate, wait_stopped
 
 # What a kill of a run worker takes: the fast lane's follow run has a fault of its own.
 FOLLOW_JOB = "follow_frames"
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def dagster_children(chaos, marker: str) -> list[int]:

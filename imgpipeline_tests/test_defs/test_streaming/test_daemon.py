@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from imgpipeline.ingest.sources import image_frames
 from imgpipeline.resources import StorageResource
 from imgpipeline.services import LocalServices
 from imgpipeline.services.base import answers_http
+from imgpipeline.services.process import alive, cmdline, descendants
 from imgpipeline_tests.pipeline import landing_files, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.instance]
@@ -71,7 +73,28 @@ def test_daemon_sensor_and_job_launch_replay(kafka, tmp_path, monkeypatch, capsy
         assert (seen["healthy"], seen["address"], seen["pid"]) == (True, None, alone["pid"])
         main(["services", "status"])  # the broker and endpoint of this home are not up: only its line
         assert f"dagster  healthy with no UI (pid {alone['pid']})" in capsys.readouterr().out
+        headless_code_server_killed_then_the_whole_stack(alone["pid"], kafka, storage, photos, tmp_path)
     finally:
         local.dagster.stop()
     assert not local.dagster.running()
     assert ui["address"].startswith("http://127.0.0.1:")
+
+
+def under(pid: int, marker: str) -> list[int]:
+    return [child for child in descendants(pid) if marker in cmdline(child)]
+
+
+def headless_code_server_killed_then_the_whole_stack(pid, kafka, storage, photos, tmp_path) -> None:
+    """The daemon alone keeps one code server for its life: SIGKILLed, it is loaded again and the sensor's
+    runs go on; the process that holds them SIGKILLed alone, its daemon goes with it."""
+    (server,) = wait_for(lambda: under(pid, " api grpc "), 60, "the daemon's code server")
+    os.kill(server, signal.SIGKILL)
+    wait_for(lambda: [p for p in under(pid, " api grpc ") if p != server], 90, "the code server loaded again")
+    FrameProducer(kafka, storage, "cam2", ledger=Ledger(tmp_path / "cam2.sent")).send_all(
+        image_frames(photos, "cam2"), progress=False)
+    wait_for(lambda: any(r.source_id == "cam2" for body in landing_files(storage).values()
+                         for r in parse_records(body)), 180, "the sensor's run to land cam2's frames")
+    daemons = under(pid, "dagster._daemon")
+    assert daemons
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(p) for p in daemons), 30, "the daemon to go with its holder")
