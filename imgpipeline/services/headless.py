@@ -5,10 +5,17 @@ for the daemon's life, and `dagster-daemon run` on a workspace that points at it
 `dagster-daemon run -m imgpipeline.definitions` starts a code server of its own and drops it for a new one
 at each refresh of its workspace, every minute: the code location imported again each time (an idle
 daemon with its broker and S3 endpoint kept 30 % of a core busy, 20 % this way). Here Dagster's own
-manager of `dagster dev`'s code servers keeps one, started again if it exits; a code server it holds that
-is gone (SIGKILLed, out of memory) is loaded again within CHECK_S × 2 (a daemon given the module did so
-at its next refresh). The daemon is this process's child and dies with it (a SIGKILL of this process
-alone takes it along); this process ends with the daemon's exit code.
+manager of `dagster dev`'s code servers keeps one: a `code-server start` process on a socket, started
+again on the same socket when it exits, which loads the code location in an `api grpc` child. A child
+gone for MISSING_S (SIGKILLed, out of memory) has its server ended, so that the manager starts both
+again; one that keeps going is started again less often (twice the wait each time, up to MAX_PAUSE_S).
+A server the manager could not start again for GIVE_UP_S ends this process with its daemon, so the
+service shows stopped instead of a daemon that cannot reach its code. The code location is loaded once:
+a setting or code changed takes effect when the daemon is started again.
+
+The daemon is this process's child and dies with it (a SIGKILL of this process alone takes it along);
+SIGTERM stops the code server first, then the daemon. This process ends with the daemon's exit code
+(128 + the signal that ended it), 1 when it gave up on the code server.
 """
 
 from __future__ import annotations
@@ -25,66 +32,128 @@ from pathlib import Path
 from imgpipeline.services.process import cmdline, descendants
 
 CODE_LOCATION = "imgpipeline.definitions"
-CHECK_S = 5.0  # between looks at the daemon and the code server
+CHECK_S = 5.0  # between looks at the code server
+MISSING_S = 20.0  # its child missing this long (not one starting on a busy machine): it is started again
+MAX_PAUSE_S = 300.0  # at most between starts of a code server whose child keeps going
+GIVE_UP_S = 60.0  # without a code server this long, the daemon is stopped
 PR_SET_PDEATHSIG = 1  # prctl(2)
+try:  # resolved here, before any thread: the child only calls it
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
 
 
-def die_with_parent() -> None:
-    """In the child, before it runs: SIGKILLed when its parent dies (Linux; elsewhere nothing)."""
+def die_with(parent: int):
+    """For the child, before it runs: SIGKILLed when `parent` dies (Linux), and gone at once if it
+    already has."""
+
+    def prepare() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    return prepare
+
+
+def under(marker: str) -> list[int]:
+    """The processes under this one whose command line holds `marker`."""
+    return [pid for pid in descendants(os.getpid()) if marker in cmdline(pid)]
+
+
+class Keeper:
+    """The looks at the code server. Its child missing for MISSING_S: the server is ended, for the manager
+    to start both again (at most every `pause`, which doubles while they keep going, up to MAX_PAUSE_S).
+    No server for GIVE_UP_S (the manager could not start it again): False."""
+
+    def __init__(self):
+        self.childless_since: float | None = None
+        self.serverless_since: float | None = None
+        self.ended_at, self.pause = float("-inf"), 0.0
+
+    def look(self, now: float) -> bool:
+        servers, children = under(" code-server start "), under(" api grpc ")
+        self.serverless_since = None if servers else (self.serverless_since or now)
+        if self.serverless_since is not None and now - self.serverless_since >= GIVE_UP_S:
+            return False
+        self.childless_since = (self.childless_since or now) if servers and not children else None
+        if children and now - self.ended_at >= MAX_PAUSE_S:
+            self.pause = 0.0  # up again for long: a later loss is not held back
+        if self.childless_since is not None and now - self.childless_since >= MISSING_S \
+                and now - self.ended_at >= self.pause:
+            say("the code server's child is gone: starting the code server again")
+            for pid in servers:
+                end(pid)
+            self.ended_at, self.childless_since = now, None
+            self.pause = min(MAX_PAUSE_S, max(MISSING_S, 2 * self.pause))
+        return True
+
+
+def end(pid: int) -> None:
+    """SIGKILL `pid` if it is still there."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
         pass
 
 
-def code_servers() -> list[int]:
-    """The code servers under this process (the managed server's own child, which loads the code)."""
-    return [pid for pid in descendants(os.getpid()) if " api grpc " in cmdline(pid)]
+def say(line: str) -> None:
+    print(f"headless: {line}", file=sys.stderr, flush=True)
 
 
-def reload_code(spec: dict) -> None:
-    """Ask the managed code server to load the code location again (it starts a new child for it)."""
-    from imgpipeline.lib.dagster_door import DagsterGrpcClient
+class Stopping(Exception):
+    """SIGTERM: the code server, then the daemon, stopped."""
 
-    server = spec["grpc_server"]
-    try:
-        DagsterGrpcClient(socket=server.get("socket"), host=server.get("host", "localhost"),
-                          port=server.get("port")).reload_code(timeout=120)
-    except Exception as error:  # noqa: BLE001 - tried again at the next look
-        print(f"headless: the code server could not be loaded again ({error})", file=sys.stderr, flush=True)
+
+def stop(_signum, _frame):
+    raise Stopping
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return run()
+    except Stopping:  # before the daemon started
+        return 0
+
+
+def run() -> int:
     import yaml
 
     from imgpipeline.lib.dagster_door import DAEMON_MODULE, ModuleTarget, ProxyServerManager
     from imgpipeline.lib.instance import open_instance
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     target = ModuleTarget(module_name=CODE_LOCATION, attribute=None, working_directory=None,
                           location_name=None)
     with open_instance(Path(os.environ["DAGSTER_HOME"])) as instance, \
-            ProxyServerManager(instance, target, "warning") as servers, \
             tempfile.TemporaryDirectory(prefix="imgpipeline-daemon-") as folder:
-        specs = servers.get_code_server_specs()
-        workspace = Path(folder) / "workspace.yaml"
-        workspace.write_text(yaml.safe_dump({"load_from": list(specs)}))
-        daemon = subprocess.Popen([sys.executable, "-m", DAEMON_MODULE, "run", "-w", str(workspace)],
-                                  preexec_fn=die_with_parent)
-        try:
-            missing = 0
-            while daemon.poll() is None:
-                time.sleep(CHECK_S)
-                missing = 0 if code_servers() else missing + 1
-                if missing >= 2:  # gone at two looks: not one being replaced
-                    for spec in specs:
-                        reload_code(spec)
-                    missing = 0
-        finally:
+        with ProxyServerManager(instance, target, "warning") as servers:
+            workspace = Path(folder) / "workspace.yaml"
+            workspace.write_text(yaml.safe_dump({"load_from": list(servers.get_code_server_specs())}))
+            daemon = subprocess.Popen([sys.executable, "-m", DAEMON_MODULE, "run", "-w", str(workspace)],
+                                      preexec_fn=die_with(os.getpid()))
+            gave_up = not keep(daemon)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
             if daemon.poll() is None:
                 daemon.terminate()
-                daemon.wait(timeout=60)
-        return daemon.returncode
+        # The code server is stopped (leaving the block) before the daemon is waited for: a server that
+        # the group's SIGTERM ended is not started again meanwhile.
+        code = daemon.wait(timeout=60)
+    return 1 if gave_up else (code if code >= 0 else 128 - code)
+
+
+def keep(daemon: subprocess.Popen) -> bool:
+    """Look after the code server while the daemon runs; False when it gave up on the code server."""
+    keeper = Keeper()
+    try:
+        while daemon.poll() is None:
+            time.sleep(CHECK_S)
+            if not keeper.look(time.monotonic()):
+                say(f"no code server for {GIVE_UP_S:.0f} s: stopping the daemon")
+                return False
+    except Stopping:
+        pass
+    return True
 
 
 if __name__ == "__main__":

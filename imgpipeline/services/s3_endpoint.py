@@ -1,4 +1,5 @@
-"""A local S3 HTTP endpoint (moto server) with the project bucket created.
+"""A local S3 HTTP endpoint (moto server, its conditional writes atomic: s3_server.py) with the project
+bucket created.
 
 It keeps objects in memory: they are gone when it stops. Point the storage root at a real store
 for data that must last.
@@ -31,7 +32,8 @@ class S3Endpoint(LocalService):
     start_timeout_s = 60.0
 
     def argv(self, ports: dict[str, int]) -> list[str]:
-        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(ports["port"])]
+        return [sys.executable, "-m", "imgpipeline.services.s3_server", "-H", self.host, "-p",
+                str(ports["port"])]
 
     def address(self, ports: dict[str, int]) -> str:
         return f"http://{self.host}:{ports['port']}"

@@ -89,7 +89,8 @@ def headless_code_server_killed_then_the_whole_stack(pid, kafka, storage, photos
     runs go on; the process that holds them SIGKILLed alone, its daemon goes with it."""
     (server,) = wait_for(lambda: under(pid, " api grpc "), 60, "the daemon's code server")
     os.kill(server, signal.SIGKILL)
-    wait_for(lambda: [p for p in under(pid, " api grpc ") if p != server], 90, "the code server loaded again")
+    wait_for(lambda: [p for p in under(pid, " api grpc ") if p != server], 180,
+             "the code server loaded again")
     FrameProducer(kafka, storage, "cam2", ledger=Ledger(tmp_path / "cam2.sent")).send_all(
         image_frames(photos, "cam2"), progress=False)
     wait_for(lambda: any(r.source_id == "cam2" for body in landing_files(storage).values()
