@@ -31,7 +31,6 @@ NAMES: dict[str, tuple[str, str]] = {
     # (services/headless.py)
     "ProxyServerManager": ("dagster._cli.proxy_server_manager", "ProxyServerManager"),
     "ModuleTarget": ("dagster._core.workspace.load_target", "ModuleTarget"),
-    "DagsterGrpcClient": ("dagster._grpc.client", "DagsterGrpcClient"),
     # run retries (lib/retries.py, services/dagster_dev.py)
     "AUTO_RETRY_RUN_ID_TAG": ("dagster._core.storage.tags", "AUTO_RETRY_RUN_ID_TAG"),
     "WILL_RETRY_TAG": ("dagster._core.storage.tags", "WILL_RETRY_TAG"),
