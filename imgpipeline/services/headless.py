@@ -56,9 +56,10 @@ def die_with(parent: int):
     return prepare
 
 
-def under(marker: str) -> list[int]:
-    """The processes under this one whose command line holds `marker`."""
-    return [pid for pid in descendants(os.getpid()) if marker in cmdline(pid)]
+def under(*markers: str) -> list[list[int]]:
+    """Per marker, the processes under this one whose command line holds it (one look at them all)."""
+    lines = {pid: cmdline(pid) for pid in descendants(os.getpid())}
+    return [[pid for pid, line in lines.items() if marker in line] for marker in markers]
 
 
 class Keeper:
@@ -72,7 +73,7 @@ class Keeper:
         self.ended_at, self.pause = float("-inf"), 0.0
 
     def look(self, now: float) -> bool:
-        servers, children = under(" code-server start "), under(" api grpc ")
+        servers, children = under(" code-server start ", " api grpc ")
         self.serverless_since = None if servers else (self.serverless_since or now)
         if self.serverless_since is not None and now - self.serverless_since >= GIVE_UP_S:
             return False

@@ -10,6 +10,7 @@ many runs of its test). Here such PUTs are answered one at a time; every other r
 
 from __future__ import annotations
 
+import io
 import threading
 
 from moto import server
@@ -25,6 +26,8 @@ class ConditionalWritesAtomic(DomainDispatcherApplication):
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") == "PUT" and any(name in environ for name in CONDITIONS):
+            if environ.get("CONTENT_LENGTH"):  # read before the lock: a slow sender holds no one else up
+                environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
             with self.writing:  # the check and the write, and the answer read out, under the lock
                 return list(super().__call__(environ, start_response))
         return super().__call__(environ, start_response)

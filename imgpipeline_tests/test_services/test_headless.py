@@ -15,7 +15,7 @@ def server_without_child(made: list[subprocess.Popen]) -> subprocess.Popen:
     """A process named like a `code-server start` whose `api grpc` child is gone."""
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "code-server", "start"])
     made.append(server)
-    wait_for(lambda: server.pid in under(" code-server start "), 30, "the stand-in code server")
+    wait_for(lambda: server.pid in under(" code-server start ")[0], 30, "the stand-in code server")
     return server
 
 
@@ -43,6 +43,6 @@ def test_a_code_server_without_its_child_is_started_again_less_often_while_it_ke
 
 def test_the_daemon_alone_gives_up_on_a_code_server_that_does_not_come_back():
     keeper, t = Keeper(), 1000.0
-    assert not under(" code-server start ")
+    assert not under(" code-server start ")[0]
     assert keeper.look(t) and keeper.look(t + GIVE_UP_S - 1)  # the manager may be starting it again
     assert not keeper.look(t + GIVE_UP_S)
