@@ -27,10 +27,6 @@ NAMES: dict[str, tuple[str, str]] = {
     "serialize_value": ("dagster._serdes", "serialize_value"),
     "deserialize_value": ("dagster._serdes", "deserialize_value"),
     "GrpcServerCodeLocationOrigin": ("dagster._core.remote_origin", "GrpcServerCodeLocationOrigin"),
-    # the daemon alone on a code server kept for its life, as `dagster dev` keeps its own
-    # (services/headless.py)
-    "ProxyServerManager": ("dagster._cli.proxy_server_manager", "ProxyServerManager"),
-    "ModuleTarget": ("dagster._core.workspace.load_target", "ModuleTarget"),
     # run retries (lib/retries.py, services/dagster_dev.py)
     "AUTO_RETRY_RUN_ID_TAG": ("dagster._core.storage.tags", "AUTO_RETRY_RUN_ID_TAG"),
     "WILL_RETRY_TAG": ("dagster._core.storage.tags", "WILL_RETRY_TAG"),

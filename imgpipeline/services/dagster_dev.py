@@ -28,6 +28,7 @@ class DagsterDev(LocalService):
         self.dagster_home = dagster_home
         self.project_home = project_home
         self.headless = False  # the next start: the daemon alone, with no port (LocalServices.up_daemon)
+        self._starting, self._kept = False, None  # while it starts: the instance its looks share
 
     @property
     def port_names(self) -> tuple[str, ...]:
@@ -46,13 +47,44 @@ class DagsterDev(LocalService):
 
     def ready(self, ports: dict[str, int]) -> bool:
         """The UI answers (or, alone, every daemon has beaten since it started) and run retries watch."""
-        if ports:
-            up = answers_http(self.address(ports) + "/server_info")
-        else:  # beaten since this process started (a daemon killed before it beat too), and lately
-            started = started_at(self.pid)
-            up = started is not None and daemons_beating(self.dagster_home,
-                                                         max(started, time.time() - BEATING_S))
-        return up and retries_armed(self.dagster_home)
+        if ports and not answers_http(self.address(ports) + "/server_info"):
+            return False
+        try:
+            instance = self._instance_to_look_in()
+        except Exception:  # noqa: BLE001 - the instance's storage not answering yet: not ready
+            return False
+        try:
+            if not ports:  # beaten since this process started (a daemon killed before it beat too), lately
+                started = started_at(self.pid)
+                if started is None or not daemons_beating(instance, max(started, time.time() - BEATING_S)):
+                    return False
+            return retries_armed(instance)
+        except Exception:  # noqa: BLE001 - the storage stopped answering: not ready
+            return False
+        finally:
+            if instance is not self._kept:
+                instance.dispose()
+
+    def _instance_to_look_in(self):
+        """The instance, opened once for all the looks of a start (opened for each look, four a second,
+        a look took ten times the CPU), and for each look otherwise."""
+        from imgpipeline.lib.instance import open_instance
+
+        if not self._starting:
+            return open_instance(self.dagster_home)
+        if self._kept is None:
+            self._kept = open_instance(self.dagster_home)
+        return self._kept
+
+    def _start_on(self, ports: dict[str, int]) -> dict:
+        self._starting = True
+        try:
+            return super()._start_on(ports)
+        finally:
+            self._starting = False
+            if self._kept is not None:
+                self._kept.dispose()
+                self._kept = None
 
     def status(self) -> dict:
         status = super().status()
@@ -72,7 +104,7 @@ class DagsterDev(LocalService):
             pass
 
 
-def retries_armed(home: Path) -> bool:
+def retries_armed(instance) -> bool:
     """Whether the daemon watches for failed runs, so that run retries can follow them.
 
     Dagster's run-retry daemon starts, on an instance it has never run on, from the newest event of
@@ -82,30 +114,18 @@ def retries_armed(home: Path) -> bool:
     run on before), or straight away where the instance has run retries off.
     """
     from imgpipeline.lib.dagster_door import retry_cursor_key
-    from imgpipeline.lib.instance import open_instance
 
     key = retry_cursor_key()  # the daemon's own name for its cursor
-    try:
-        with open_instance(home) as instance:
-            return not instance.run_retries_enabled or bool(
-                instance.daemon_cursor_storage.get_cursor_values({key}).get(key))
-    except Exception:  # the instance's storage not answering yet: not ready
-        return False
+    return not instance.run_retries_enabled or bool(
+        instance.daemon_cursor_storage.get_cursor_values({key}).get(key))
 
 
-
-def daemons_beating(home: Path, since: float) -> bool:
+def daemons_beating(instance, since: float) -> bool:
     """Whether every daemon the instance needs has beaten since `since` (each beats as it starts, then
     every 30 s)."""
-    from imgpipeline.lib.instance import open_instance
-
-    try:
-        with open_instance(home) as instance:
-            beats = instance.get_daemon_heartbeats()
-            return all(kind in beats and beats[kind].timestamp >= since
-                       for kind in instance.get_required_daemon_types())
-    except Exception:  # noqa: BLE001 - the instance's storage not answering yet: not ready
-        return False
+    beats = instance.get_daemon_heartbeats()
+    return all(kind in beats and beats[kind].timestamp >= since
+               for kind in instance.get_required_daemon_types())
 
 
 def daemon_argv() -> list[str]:
