@@ -86,7 +86,7 @@ def under(pid: int, marker: str) -> list[int]:
 
 def headless_code_server_killed_then_the_whole_stack(pid, kafka, storage, photos, tmp_path) -> None:
     """The daemon alone keeps one code server for its life: SIGKILLed, it is loaded again and the sensor's
-    runs go on; the process that holds them SIGKILLed alone, its daemon goes with it."""
+    runs go on; the process that holds them SIGKILLed alone, its daemon and code server go with it."""
     (server,) = wait_for(lambda: under(pid, " api grpc "), 60, "the daemon's code server")
     os.kill(server, signal.SIGKILL)
     wait_for(lambda: [p for p in under(pid, " api grpc ") if p != server], 180,
@@ -95,7 +95,8 @@ def headless_code_server_killed_then_the_whole_stack(pid, kafka, storage, photos
         image_frames(photos, "cam2"), progress=False)
     wait_for(lambda: any(r.source_id == "cam2" for body in landing_files(storage).values()
                          for r in parse_records(body)), 180, "the sensor's run to land cam2's frames")
-    daemons = under(pid, "dagster._daemon")
-    assert daemons
+    daemons, servers = under(pid, "dagster._daemon"), under(pid, " api grpc ")
+    assert daemons and servers
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not any(alive(p) for p in daemons), 30, "the daemon to go with its holder")
+    wait_for(lambda: not any(alive(p) for p in daemons + servers), 30,
+             "the daemon and its code server to go with their holder")
