@@ -143,11 +143,11 @@ def main() -> int:
 
 def run(keeper: Keeper, folder: Path) -> int:
     """The code server until it serves, then the daemon on it until it ends."""
-    while keeper.look(time.monotonic()) and not keeper.serving():
+    while not keeper.serving():
+        if not keeper.look(time.monotonic()):
+            say(f"no code server served within {GIVE_UP_S:.0f} s: not starting the daemon")
+            return 1
         time.sleep(0.2)
-    if not keeper.serving():
-        say(f"no code server served within {GIVE_UP_S:.0f} s: not starting the daemon")
-        return 1
     workspace = folder / "workspace.yaml"
     workspace.write_text("load_from:\n  - grpc_server:\n"
                          f"      socket: {keeper.socket}\n      location_name: {CODE_LOCATION}\n")
