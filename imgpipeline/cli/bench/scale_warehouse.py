@@ -106,7 +106,7 @@ def screening_cost(storage, landing: dict) -> dict:
     partition's ranges within the window (Screening.window). Timed here over the whole
     fullest hour, per record read."""
     from imgpipeline.defs.streaming.detect_frames import Screening
-    from imgpipeline.defs.streaming.landing import landed_frames
+    from imgpipeline.defs.streaming.landing import Landed
 
     window = Screening.from_env().window
     if not landing["hours"]:
@@ -114,7 +114,7 @@ def screening_cost(storage, landing: dict) -> dict:
     hour = max(landing["hours"], key=lambda h: landing["per_hour"][h])
     store = storage.open()
     started = time.perf_counter()
-    seen = landed_frames(store, hour, "")
+    seen = Landed().of(store, hour, "")
     elapsed = time.perf_counter() - started
     return {"hour_records": len(seen), "read_s": round(elapsed, 3),
             "s_per_record": elapsed / len(seen) if seen else 0.0, "window": window}

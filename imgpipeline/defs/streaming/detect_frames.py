@@ -19,13 +19,20 @@ from pydantic import Field
 
 from imgpipeline.defs.hours import hour_key
 from imgpipeline.defs.records.keys import landing_key, range_name, uris_name
-from imgpipeline.defs.records.ledger import Ledger, contiguous_end, fold_ledger, read_ledger, record_range
+from imgpipeline.defs.records.ledger import (
+    Ledger,
+    contiguous_end,
+    fold_ledger,
+    read_ledger,
+    record_range,
+    spans,
+)
 from imgpipeline.defs.records.listeners import LandedRange, tell
 from imgpipeline.defs.records.reader import parse_records
 from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
 from imgpipeline.defs.records.runs import DETECT_JOB
 from imgpipeline.defs.streaming.dead_letters import dead_letter
-from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, latest_times, record_sources
+from imgpipeline.defs.streaming.landing import Landed, Neighbours, Spool, latest_times, record_sources
 from imgpipeline.defs.streaming.processing import (
     FrameProcessor,
     Incoming,
@@ -102,7 +109,7 @@ class Batch:
 
     def __init__(self, context: dg.OpExecutionContext, kafka: KafkaResource, store: Storage,
                  processor: FrameProcessor, name: str, near: Neighbours | None = None,
-                 landed: dict[datetime, set[tuple]] | None = None):
+                 landed: Landed | None = None):
         self.context, self.kafka, self.store = context, kafka, store
         self.processor, self.name, self.near = processor, name, near
         self.counts = {"read": 0, "detected": 0, "skipped_dark": 0, "error": 0, "shed": 0,
@@ -110,9 +117,8 @@ class Batch:
         self.duplicates: list[int] = []  # offsets of messages for frames already processed
         self.spools: dict[datetime, Spool] = {}
         self.latest: dict[str, dict] = {}  # per source: the latest capture, ingest and processing times
-        # Per event hour, the frames processed there (read from landing once per hour); a run that detects
-        # many ranges passes one dict for all of them.
-        self.landed: dict[datetime, set[tuple]] = {} if landed is None else landed
+        # Per event hour, the frames processed there (read from landing); a run of many ranges passes one.
+        self.landed = Landed() if landed is None else landed
         self.producer = None
         self.letters: list = []  # the DLQ sends' futures, confirmed before anything lands
         self.progress_at = time.monotonic() + PROGRESS_S
@@ -183,12 +189,27 @@ class Batch:
         return record.identity in self.seen(record)
 
     def seen(self, record: LandingRecord) -> set[tuple]:
-        """The frames processed in the record's hour (by the neighbouring ranges), read from landing once
-        per hour."""
-        hour = record.event_hour
-        if (found := self.landed.get(hour)) is None:
-            found = self.landed[hour] = landed_frames(self.store, hour, self.name, self.near)
-        return found
+        """The frames processed in the record's hour (by the neighbouring ranges, and by this run)."""
+        return self.landed.of(self.store, record.event_hour, self.name, self.near)
+
+    def drop_landed_meanwhile(self) -> None:
+        """The frames another range landed while this run detected them (two runs of a partition side by
+        side after a takeover, each holding a copy): duplicates, not landed twice. What is left is the
+        moment both land at once."""
+        for hour, spool in list(self.spools.items()):
+            landed = self.landed.since(self.store, hour, self.name, self.near) & spool.frames
+            dropped = spool.drop(landed) if landed else []
+            for record in dropped:
+                self.counts[record.status] -= 1
+                self.counts["duplicate"] += 1
+                self.duplicates.append(record.offset)
+            if dropped:
+                offsets = spans([record.offset for record in dropped])
+                self.context.log.info(f"{len(dropped)} frames of {hour_key(hour)} landed by another range "
+                                      f"while this one detected them: duplicates (offsets {offsets})")
+            if not spool.records:  # nothing of the hour left to land
+                spool.close()
+                del self.spools[hour]
 
     def detect(self, item: tuple[Prepared, LandingRecord]) -> tuple[Prepared, LandingRecord]:
         prepared, record = item
@@ -201,6 +222,7 @@ class Batch:
             key = landing_key(hour, self.name)
             uri = spool.land(self.store, key)
             written.append(key)
+            self.landed.wrote(hour, key)
             self.context.log_event(dg.AssetMaterialization(
                 asset_key=LANDING_ASSET,
                 partition=hour_key(hour),
@@ -263,6 +285,7 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
         if held is not None and not held():
             raise HandedOn(f"partition {partition} went to another run (or the group could not say) while "
                            f"[{start}, {end}) was detected")
+        batch.drop_landed_meanwhile()
         records = list(batch.landed_records()) if live else []  # before landing: an upload closes them
         written = batch.land()
         batch.land_sources(lane.sources)

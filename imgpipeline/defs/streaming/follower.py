@@ -18,6 +18,7 @@ from imgpipeline.defs.streaming.detect_frames import (
     detect_range,
     of_generation,
 )
+from imgpipeline.defs.streaming.landing import Landed
 from imgpipeline.defs.streaming.membership import Membership
 from imgpipeline.defs.streaming.processing import Shedding
 from imgpipeline.defs.streaming.watch import Watch
@@ -64,7 +65,7 @@ class Follower:
         self.claimed: dict[int, int] = {}  # partition: the end of a claimed range to detect again first
         self.ahead: dict[int, list[tuple[int, int]]] = {}  # partition: ranges accounted past its position
         self.screening = screening
-        self.landed: dict[int, tuple[int, dict]] = {}  # partition: (from offset, frames per event hour)
+        self.landed: dict[int, tuple[int, Landed]] = {}  # partition: (from offset, frames per event hour)
         self.shedding: dict[int, Shedding] = {}  # partition: its sources' one-in-k, kept between ranges
         self.totals: dict[str, int] = {}
         self.ranges = 0
@@ -237,12 +238,12 @@ class Follower:
         self.lane.context.instance.add_run_tags(self.lane.context.run_id, {POSITIONS_TAG: value})
         self.unreported = False
 
-    def landed_for(self, partition: int, start: int) -> dict:
+    def landed_for(self, partition: int, start: int) -> Landed:
         """The frames the partition's ranges screen against, kept between ranges (each adds its own) and
         read again from landing once the run is a screening window past where it read them."""
-        since, landed = self.landed.get(partition, (start, {}))
+        since, landed = self.landed.get(partition) or (start, Landed())
         window = self.screening.window
         if window and start - since > window:
-            since, landed = start, {}
+            since, landed = start, Landed()
         self.landed[partition] = (since, landed)
         return landed

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from imgpipeline.defs.records.keys import RANGE_NAME, landing_key, ranges_of
-from imgpipeline.defs.records.reader import landing_keys, read_records
+from imgpipeline.defs.records.reader import landing_keys, parse_records, read_records
 from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
 from imgpipeline.ingest.messages import BadInput, iso_utc, parse_time
 from imgpipeline.resources.storage import BadObject, Storage
@@ -22,7 +22,7 @@ class Spool:
     """One hour's landing records on local disk until the run writes them: memory stays flat."""
 
     def __init__(self):
-        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close() or drop())
         self.sha256 = hashlib.sha256()
         self.records = 0
         self.frames: set[tuple] = set()
@@ -43,6 +43,20 @@ class Spool:
                     self.add(record)
         self.file.seek(0)
         return store.put_file(key, self.file, sha256=self.sha256.hexdigest())
+
+    def drop(self, frames: set[tuple]) -> list[LandingRecord]:
+        """Take the processed records of `frames` out of the spool (another range landed them); returns
+        them."""
+        self.file.seek(0)
+        kept, dropped = [], []
+        for record in parse_records(self.file.read()):
+            (dropped if record.processed and record.identity in frames else kept).append(record)
+        if dropped:
+            self.file.close()
+            self.__init__()
+            for record in kept:
+                self.add(record)
+        return dropped
 
     def close(self) -> None:
         self.file.close()
@@ -70,24 +84,48 @@ class Neighbours:
                 and int(end) > self.start - self.window)
 
 
-def landed_frames(store: Storage, hour: datetime, except_name: str,
-                  near: Neighbours | None = None) -> set[tuple]:
-    """The frames (source_id, frame_id) already processed in an event-time hour by other ranges (only the
-    `near` ones when given); a frame landed only as an error (or out of range) is not among them, so a
-    message sent again once right is processed."""
-    own = landing_key(hour, except_name)
-    keys = [key for key in landing_keys(store, hour) if key != own
-            and (near is None or near.include(key.rsplit("/", 1)[-1].removesuffix(".jsonl")))]
-    # The run's own range may lie inside a compacted file of its partition: its own records are not
-    # someone else's (a range run again detects every frame again).
-    mine = ranges_of([own])
-    found = set()
-    for key in keys:
-        same = ranges_of([key]).keys() & mine.keys()
-        start, end = (mine[next(iter(same))][0][:2]) if same else (0, 0)
-        found.update(record.identity for record in read_records(store, key) if record.processed
-                     and not (record.offset is not None and start <= record.offset < end))
-    return found
+class Landed:
+    """Per event-time hour, the frames (source_id, frame_id) other ranges processed there, as read from
+    landing, and the landing files they were read from. A run reads an hour at its first frame of it and,
+    once its frames are processed and before they land, the hour's files written since: a range of its
+    partition that landed meanwhile (two runs side by side after a takeover) has its frames taken as
+    duplicates instead of landed twice. A run of many ranges keeps one for all of them."""
+
+    def __init__(self):
+        self.frames: dict[datetime, set[tuple]] = {}
+        self.files: dict[datetime, set[str]] = {}
+
+    def of(self, store: Storage, hour: datetime, name: str, near: Neighbours | None = None) -> set[tuple]:
+        """The frames processed in the hour by the neighbouring ranges (and those this run adds)."""
+        if (found := self.frames.get(hour)) is None:
+            self.since(store, hour, name, near)
+            found = self.frames[hour]
+        return found
+
+    def since(self, store: Storage, hour: datetime, name: str, near: Neighbours | None = None) -> set[tuple]:
+        """The frames in the hour's files of other ranges (only the `near` ones when given) not read
+        before, added to those known. A frame landed only as an error (or out of range) is not among them,
+        so a message sent again once right is processed."""
+        own = landing_key(hour, name)
+        files = self.files.setdefault(hour, set())
+        keys = [key for key in landing_keys(store, hour) if key != own and key not in files
+                and (near is None or near.include(key.rsplit("/", 1)[-1].removesuffix(".jsonl")))]
+        files.update(keys)
+        # The run's own range may lie inside a compacted file of its partition: its own records are not
+        # someone else's (a range run again detects every frame again).
+        mine = ranges_of([own])
+        found = set()
+        for key in keys:
+            same = ranges_of([key]).keys() & mine.keys()
+            start, end = (mine[next(iter(same))][0][:2]) if same else (0, 0)
+            found.update(record.identity for record in read_records(store, key) if record.processed
+                         and not (record.offset is not None and start <= record.offset < end))
+        self.frames.setdefault(hour, set()).update(found)
+        return found
+
+    def wrote(self, hour: datetime, key: str) -> None:
+        """A landing file this run wrote: not read back as another range's."""
+        self.files.setdefault(hour, set()).add(key)
 
 
 SOURCES = "landing/sources"

@@ -128,6 +128,67 @@ def test_duplicates_and_replays_add_no_records(kafka, storage, tmp_path):
         assert strip_run(before[key]) == strip_run(after[key])
 
 
+def test_frames_another_run_landed_while_this_one_detected_them_are_its_duplicates(kafka, storage, tmp_path):
+    """Two runs of one partition side by side (a takeover after a daemon was killed), each holding one copy
+    of the same frames: the second lands while the first is between detecting and landing. The first
+    finds them landed meanwhile and accounts for its copies as duplicates: every frame lands once."""
+    import dagster as dg
+
+    from imgpipeline.defs.records.ledger import accounted_ranges
+    from imgpipeline.defs.streaming.detect_frames import Lane, detect_range, frame_processor
+
+    frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=12))
+    for ledger in ("a", "b"):  # a producer that sent them again
+        producer(kafka, storage, "bikes", tmp_path / ledger).send_all(frames, progress=False)
+    (partition, end), = [(tp.partition, n) for tp, n in end_offsets(kafka).items() if n]
+    assert end == 24
+    topic, store, counts, consumers = kafka.frames_topic, storage.open(), {}, []
+
+    @dg.op
+    def side_by_side(context) -> None:
+        processor = frame_processor(context, store, storage, DetectorResource.from_env())
+
+        def lane() -> Lane:
+            consumers.append(kafka.consumer(auto_offset_reset="none"))
+            return Lane(context, kafka, store, processor, consumers[-1], topic)
+
+        def second_lands_first() -> bool:  # asked once the first's frames are detected, before they land
+            counts["second"], _ = detect_range(lane(), partition, 12, 24)
+            return True
+
+        counts["first"], _ = detect_range(lane(), partition, 0, 12, held=second_lands_first)
+
+    try:
+        assert dg.GraphDefinition(name="side_by_side", node_defs=[side_by_side]).to_job(
+            executor_def=dg.in_process_executor).execute_in_process().success
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    landed = Counter(r.frame_id for r in landing_records(storage) if r.processed)
+    assert landed == Counter({f.frame_id: 1 for f in frames})
+    assert (counts["second"]["duplicate"], counts["first"]["duplicate"]) == (0, 12)
+    assert counts["first"]["read"] == 12
+    assert sum(counts["first"][status] for status in ("detected", "skipped_dark")) == 0
+    entries = [json.loads(store.get(key)) for key in store.list(f"landing/ranges/{topic}/{partition}/")]
+    assert sorted(span for entry in entries for span in entry.get("duplicates", [])) == [[0, 12]]
+    assert accounted_ranges(store, topic, partition) == [(0, 12), (12, 24)]
+    assert [key.rsplit("/", 1)[-1] for key in landing_files(storage)] == [f"{topic}-{partition}-12-24.jsonl"]
+    consumer = kafka.consumer()
+    try:
+        assert consumer.committed(TopicPartition(topic, partition)) == 24
+    finally:
+        consumer.close()
+
+
+def end_offsets(kafka) -> dict:
+    consumer = kafka.consumer(group_id=None)
+    try:
+        return consumer.end_offsets([TopicPartition(kafka.frames_topic, p)
+                                     for p in consumer.partitions_for_topic(kafka.frames_topic)])
+    finally:
+        consumer.close()
+
+
 def drain_one(request, kafka, storage, instance):
     from imgpipeline.defs.streaming.detect_frames import detect_frames
     from imgpipeline.resources import DetectorResource

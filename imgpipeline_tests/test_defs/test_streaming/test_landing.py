@@ -13,7 +13,7 @@ import pytest
 from imgpipeline.defs.records.keys import landing_key
 from imgpipeline.defs.records.reader import Landing, all_records, hour_records, parse_records, read_records
 from imgpipeline.defs.records.record import LandingRecord
-from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, record_sources
+from imgpipeline.defs.streaming.landing import Landed, Neighbours, Spool, record_sources
 from imgpipeline.resources import StorageResource
 from imgpipeline_tests.conftest import ON_EVERY_BACKEND
 
@@ -75,10 +75,42 @@ def test_a_run_screens_against_its_partitions_ranges_within_the_window(tmp_path)
         record = dataclasses.replace(a_record(), frame_id=frame_id)
         store.put(landing_key(hour, name), record.to_json() + b"\n")
     near = Neighbours("frames", 0, 0, start=200000, window=100000)
-    assert {f for _, f in landed_frames(store, hour, "frames-0-200000-200100", near)} == {
+    assert {f for _, f in Landed().of(store, hour, "frames-0-200000-200100", near)} == {
         "near", "after", "by-uri"}
-    every = landed_frames(store, hour, "frames-0-200000-200100")
+    every = Landed().of(store, hour, "frames-0-200000-200100")
     assert {f for _, f in every} == set(files.values()) - {"own"}
+
+
+def test_before_landing_a_run_reads_only_the_files_landed_since_and_drops_their_frames_from_its_spool(
+        tmp_path):
+    store = StorageResource(uri=(tmp_path / "store").as_uri()).open()
+    hour = a_record().event_hour
+
+    def land(name: str, *frame_ids: str, status: str = "detected") -> None:
+        lines = [dataclasses.replace(a_record(), frame_id=f, status=status).to_json() for f in frame_ids]
+        store.put(landing_key(hour, name), b"\n".join(lines) + b"\n")
+
+    landed = Landed()
+    land("frames-0-0-10", "a")
+    assert {f for _, f in landed.of(store, hour, "frames-0-10-20")} == {"a"}
+    land("frames-0-20-30", "b", "c")  # a range of the partition that landed meanwhile
+    land("frames-0-30-40", "x", status="error")  # errors are not frames processed
+    land("frames-0-40-50", "own")  # one this run wrote (a run of many ranges)
+    landed.wrote(hour, landing_key(hour, "frames-0-40-50"))
+    assert {f for _, f in landed.since(store, hour, "frames-0-10-20")} == {"b", "c"}
+    assert landed.since(store, hour, "frames-0-10-20") == set()
+    assert {f for _, f in landed.of(store, hour, "frames-0-10-20")} == {"a", "b", "c"}
+
+    spool = Spool()
+    for frame_id, status in (("b", "detected"), ("c", "error"), ("e", "detected")):
+        spool.add(dataclasses.replace(a_record(), frame_id=frame_id, status=status))
+    dropped = spool.drop({("cam", "b"), ("cam", "c")})
+    assert [r.frame_id for r in dropped] == ["b"]  # the error record of c stays: c was not processed here
+    key = landing_key(hour, "frames-0-10-20")
+    spool.land(store, key)
+    spool.close()
+    assert [(r.frame_id, r.status) for r in read_records(store, key)] == [("c", "error"), ("e", "detected")]
+    assert spool.records == 2
 
 
 @pytest.mark.integration

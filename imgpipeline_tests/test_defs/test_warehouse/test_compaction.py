@@ -17,7 +17,7 @@ from imgpipeline.defs.records.keys import landing_key, uris_name
 from imgpipeline.defs.records.reader import landing_keys, landing_versions
 from imgpipeline.defs.records.record import LandingRecord
 from imgpipeline.defs.streaming.health import source_activity
-from imgpipeline.defs.streaming.landing import Neighbours, Spool, landed_frames, record_sources
+from imgpipeline.defs.streaming.landing import Landed, Neighbours, Spool, record_sources
 from imgpipeline.defs.warehouse import builds
 from imgpipeline.defs.warehouse.assets import hourly_tables
 from imgpipeline.defs.warehouse.compaction import Compaction, compact, compact_hour, compact_landing_job
@@ -88,7 +88,7 @@ def test_a_built_hour_is_compacted_per_partition_and_reads_the_same(storage):
         assert lines(store) == before  # every record, once
         # A range run again screens against the compacted file as against its neighbours, less its own
         # frames: it detects them again.
-        again = landed_frames(store, HOUR, "frames-0-70-140", Neighbours("frames", 0, 0, 70, 100_000))
+        again = Landed().of(store, HOUR, "frames-0-70-140", Neighbours("frames", 0, 0, 70, 100_000))
         records = scene()
         assert {r.identity for r in records[70:140]}.isdisjoint(again)
         assert {r.identity for r in records[:70] + records[140:]} <= again
