@@ -4,6 +4,7 @@ same alert under the same key."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,82 @@ def test_a_killed_alerts_backfill_run_again_equals_an_unbroken_one(tmp_path, kaf
     assert sorted(keys) == sorted(row["number"] for row in unbroken if row["rule"] != "car-seen")
     assert all(r["headers"]["Idempotency-Key"] == keys[r["body"]["number"]] for r in later)
     hook.close()
+
+
+def test_an_alerts_run_killed_while_mqtt_is_stopped_publishes_each_alert_once_when_run_again(
+        tmp_path, kafka, services):
+    """Mosquitto stopped (SIGSTOP) under an alerts run: past Kafka, the run waits on MQTT's login and is
+    SIGKILLed there, none of its alerts recorded as published. Mosquitto goes on, the run again publishes
+    every alert on MQTT once (with its source's retained last alert); Kafka has each, a repeat only ever
+    the same message."""
+    import signal
+    import time
+    import uuid
+
+    from imgpipeline.defs.alerts.ledger import Ledger
+    from imgpipeline.resources.settings import env_name
+    from imgpipeline.vision.alert_rules import MQTT_RECORD
+    from imgpipeline_tests.conftest import require_tool
+    from imgpipeline_tests.pipeline import wait_for
+    from imgpipeline_tests.test_defs.test_alerts.scene import RANGE as SCENE
+    from imgpipeline_tests.test_defs.test_alerts.test_alerts import PLAIN, Subscriber
+
+    require_tool(None if services.mqtt.running() else "mosquitto is not running: apt-get install mosquitto")
+    prefix = f"site-{uuid.uuid4().hex[:8]}"
+    mqtt = MqttSettings(broker=services.mqtt.address(services.mqtt.ports), publish_prefix=prefix)
+    (tmp_path / "zones.yaml").write_text(ZONES)
+    (tmp_path / "alerts.yaml").write_text(PLAIN)
+    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    records(storage.open())
+    with fresh_instance() as instance:
+        assert dg.materialize([hourly_tables], instance=instance, resources={
+            "storage": storage, "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml"))},
+            tags={"dagster/asset_partition_range_start": SCENE[0],
+                  "dagster/asset_partition_range_end": SCENE[1]}).success
+    env = {**os.environ, "IMGPIPELINE_STORAGE_URI": storage.uri,
+           "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
+           "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
+           "IMGPIPELINE_ZONES_FILE": str(tmp_path / "zones.yaml"),
+           "IMGPIPELINE_ALERTS_FILE": str(tmp_path / "alerts.yaml"),
+           env_name(MqttSettings, "broker"): mqtt.broker, env_name(MqttSettings, "publish_prefix"): prefix,
+           "IMGPIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": bare_home(tmp_path / "dagster")}
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "imgpipeline.definitions",
+               "--select", "alerts", "--partition-range", "...".join(SCENE)]
+    broker = services.mqtt.pid
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+        # The first hour's alerts on Kafka: next the run logs in to MQTT, which waits 10 s for an answer.
+        wait_for(lambda: read_all(kafka, kafka.alerts_topic) or run.poll() is not None, 180,
+                 "the first alerts on Kafka")
+        assert run.poll() is None, "the run ended before it was killed"
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    ledger = Ledger(storage.open())
+    first = sorted({int(m.key) for m in read_all(kafka, kafka.alerts_topic)})
+    assert first and all(ledger.sent(number, MQTT_RECORD) is None for number in first)
+
+    live = Subscriber(mqtt, [f"{prefix}/alerts", f"{prefix}/+/alert"])
+    try:
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        stored = stored_alerts(storage)
+        wait_for(lambda: len(live.on(f"{prefix}/alerts")) >= len(stored), 30, "the alerts on MQTT")
+        time.sleep(1)  # scenario: a second for any message sent twice to arrive too
+    finally:
+        live.close()
+    published = sorted(json.loads(m)["number"] for m in live.on(f"{prefix}/alerts"))
+    assert published == [row["number"] for row in stored]
+    last = {}
+    for row in stored:
+        last[row["source_id"]] = row["number"]
+    assert {source: json.loads(live.on(f"{prefix}/{source}/alert")[-1])["number"] for source in last} == last
+    assert all(ledger.sent(row["number"], MQTT_RECORD) is not None for row in stored)
+    by_number = defaultdict(set)
+    for message in read_all(kafka, kafka.alerts_topic):
+        by_number[int(message.key)].add(message.value)
+    assert sorted(by_number) == [row["number"] for row in stored]
+    assert all(len(values) == 1 for values in by_number.values())
