@@ -44,14 +44,19 @@ def test_dev_with_no_setting_changed_raises_frame_alerts_live_from_produced_imag
     """`.venv/bin/imgpipeline dev`, as the README calls the tool with no activated venv and no setting of
     the lane, and `imgpipeline produce images` from three new cameras: each camera's frame-rule alert is on
     Kafka raised by the fast lane's follow_frames run as its frame landed (its log says so), and no
-    detect_frames run was launched. The seconds from send to alert are printed (`bench
-    latency` measures them)."""
+    detect_frames run was launched; a viewer's live wall, watched from before the frames were sent, shows
+    each camera's frame as it landed. The seconds from send to alert and to the wall are printed (`bench
+    latency` measures the first)."""
     from imgpipeline.cli.samples import sample
+    from imgpipeline.cli.serve import Running, Warehouse
     from imgpipeline.lib.instance import open_instance
+    from imgpipeline.resources import AlertsResource, TrackingResource
     from imgpipeline.services.dagster_dev import dagster_home
     from imgpipeline.services.s3_endpoint import LOCAL_KEY_ID, LOCAL_SECRET
+    from imgpipeline.web.app import create_app
     from imgpipeline_tests.conftest import s3_storage_resource
     from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+    from imgpipeline_tests.test_web.test_live import Stream
 
     script = Path(sys.executable).parent / "imgpipeline"
     storage = s3_storage_resource(services)
@@ -65,8 +70,11 @@ def test_dev_with_no_setting_changed_raises_frame_alerts_live_from_produced_imag
     port = free_port()
     process = subprocess.Popen([str(script), "dev", "--port", str(port)], env=env, cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    viewer = Running(create_app(Warehouse(storage, TrackingResource(),
+                                          AlertsResource(alerts_file=str(tmp_path / "alerts.yaml")))))
     try:
         answered(port, process)
+        wall = Stream(viewer.url, timeout_s=60)  # a browser on /live: its events, as frames land
         cameras = {"cam-a": "bus.jpg", "cam-b": "zidane.jpg", "cam-c": "bus.jpg"}
         for camera, photo in cameras.items():
             (tmp_path / camera).mkdir()
@@ -74,8 +82,19 @@ def test_dev_with_no_setting_changed_raises_frame_alerts_live_from_produced_imag
             subprocess.run([str(script), "produce", "images", str(tmp_path / camera), "--source", camera],
                            env=env, cwd=tmp_path, check=True, capture_output=True)
         # Sent: when the broker appended the camera's frame.
-        sent = {r.key.decode(): r.timestamp / 1000 for r in read_all(kafka, kafka.frames_topic)}
+        produced = read_all(kafka, kafka.frames_topic)
+        sent = {r.key.decode(): r.timestamp / 1000 for r in produced}
         assert set(sent) == set(cameras)
+        shown = {}
+
+        def on_the_wall(changed: list[dict]) -> bool:
+            shown.update({c["source_id"]: (c["frame_id"], time.time()) for c in changed})
+            return set(shown) >= set(cameras)
+
+        wall.cameras(on_the_wall)
+        wall.close()
+        assert {s: f for s, (f, _) in shown.items()} == {
+            r.key.decode(): json.loads(r.value)["frame_id"] for r in produced}
         deadline, alerts = time.monotonic() + 180, {}
         while time.monotonic() < deadline and set(alerts) != set(sent):
             for record in read_all(kafka, kafka.alerts_topic):
@@ -94,8 +113,10 @@ def test_dev_with_no_setting_changed_raises_frame_alerts_live_from_produced_imag
             said = f"{message['number']} {message['rule']} ({message['source_id']})"
             assert any(said in line for line in told), (said, told)
         assert {m["rule"] for m, _ in alerts.values()} == {"person-seen"}
-        print({camera: round(at - sent[camera], 2) for camera, (_, at) in alerts.items()})
+        print("send → alert", {camera: round(at - sent[camera], 2) for camera, (_, at) in alerts.items()},
+              "send → wall", {camera: round(at - sent[camera], 2) for camera, (_, at) in shown.items()})
     finally:
+        viewer.stop()
         stop(process)
 
 

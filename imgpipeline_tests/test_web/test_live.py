@@ -74,9 +74,9 @@ def get(url: str, path: str, headers: dict | None = None) -> tuple[int, dict, by
 class Stream:
     """One browser's `/live/events`, read line by line (or not read at all)."""
 
-    def __init__(self, url: str, query: str = ""):
+    def __init__(self, url: str, query: str = "", timeout_s: float = 10):
         parts = urlsplit(url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout_s)
         self.sock.sendall(f"GET /live/events{query} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
         self.file = self.sock.makefile("rb")
         self.status = int(self.file.readline().split()[1])
