@@ -49,6 +49,16 @@ def test_put_list_get(store):
     assert not store.exists("frames/cam1/2026-11-21/cam1-000002.jpg")
 
 
+def test_the_names_in_a_folder_that_start_alike_are_listed_with_their_versions(store):
+    for key in ("d/ab-1", "d/ab-2", "d/ac", "d/ab/3", "dab", "e/ab-4"):
+        store.put(key, b"x")
+    named = store.named("d/", "ab-")
+    assert sorted(named) == ["d/ab-1", "d/ab-2"] and named == {k: store.versions("d/")[k] for k in named}
+    store.put("d/ab-2", b"written again")
+    assert store.named("d/", "ab-")["d/ab-2"] != named["d/ab-2"]
+    assert store.named("none/", "ab") == {} and sorted(store.named("d/", "")) == ["d/ab-1", "d/ab-2", "d/ac"]
+
+
 def test_put_file_streams_a_large_object(store, tmp_path):
     # Over boto3's 8 MB multipart threshold: the S3 backend uploads it in parts.
     body = b"".join(b"%08d{}\n" % i for i in range(1_200_000))

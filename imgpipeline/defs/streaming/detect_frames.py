@@ -222,7 +222,7 @@ class Batch:
             key = landing_key(hour, self.name)
             uri = spool.land(self.store, key)
             written.append(key)
-            self.landed.wrote(hour, key)
+            self.landed.wrote(key)
             self.context.log_event(dg.AssetMaterialization(
                 asset_key=LANDING_ASSET,
                 partition=hour_key(hour),
@@ -282,10 +282,10 @@ def detect_range(lane: Lane, partition: int, start: int, end: int, generation: i
                   range_name(topic, partition, start, end, generation), near, landed)
     try:
         batch.process((shedding or Shedding(0)).mark(incoming))
+        batch.drop_landed_meanwhile()
         if held is not None and not held():
             raise HandedOn(f"partition {partition} went to another run (or the group could not say) while "
                            f"[{start}, {end}) was detected")
-        batch.drop_landed_meanwhile()
         records = list(batch.landed_records()) if live else []  # before landing: an upload closes them
         written = batch.land()
         batch.land_sources(lane.sources)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from imgpipeline.defs.records.keys import RANGE_NAME, landing_key, ranges_of
-from imgpipeline.defs.records.reader import landing_keys, parse_records, read_records
+from imgpipeline.defs.records.reader import parse_records, read_records
 from imgpipeline.defs.records.record import OUT_OF_RANGE, LandingRecord
 from imgpipeline.ingest.messages import BadInput, iso_utc, parse_time
 from imgpipeline.resources.storage import BadObject, Storage
@@ -86,14 +86,16 @@ class Neighbours:
 
 class Landed:
     """Per event-time hour, the frames (source_id, frame_id) other ranges processed there, as read from
-    landing, and the landing files they were read from. A run reads an hour at its first frame of it and,
-    once its frames are processed and before they land, the hour's files written since: a range of its
-    partition that landed meanwhile (two runs side by side after a takeover) has its frames taken as
-    duplicates instead of landed twice. A run of many ranges keeps one for all of them."""
+    landing, and the version of each landing file they were read from. A run reads an hour at its first
+    frame of it and, once its frames are processed and before it asks whether it may land them, the
+    hour's files of its neighbours that are new or written again since: a range of its partition that
+    landed meanwhile (two runs side by side after a takeover) has its frames taken as duplicates instead
+    of landed twice. A run of many ranges keeps one for all of them."""
 
     def __init__(self):
         self.frames: dict[datetime, set[tuple]] = {}
-        self.files: dict[datetime, set[str]] = {}
+        self.files: dict[datetime, dict[str, str]] = {}  # per hour: landing file → the version read
+        self.own: set[str] = set()  # the landing files this run wrote
 
     def of(self, store: Storage, hour: datetime, name: str, near: Neighbours | None = None) -> set[tuple]:
         """The frames processed in the hour by the neighbouring ranges (and those this run adds)."""
@@ -103,29 +105,43 @@ class Landed:
         return found
 
     def since(self, store: Storage, hour: datetime, name: str, near: Neighbours | None = None) -> set[tuple]:
-        """The frames in the hour's files of other ranges (only the `near` ones when given) not read
-        before, added to those known. A frame landed only as an error (or out of range) is not among them,
-        so a message sent again once right is processed."""
-        own = landing_key(hour, name)
-        files = self.files.setdefault(hour, set())
-        keys = [key for key in landing_keys(store, hour) if key != own and key not in files
-                and (near is None or near.include(key.rsplit("/", 1)[-1].removesuffix(".jsonl")))]
-        files.update(keys)
+        """The frames in the hour's files of other ranges (only the `near` ones when given: a listing of
+        their names alone) that are new or written again since they were read, added to those known. A
+        frame landed only as an error (or out of range) is not among them, so a message sent again once
+        right is processed. A file compacted away between the listing and its read is listed again."""
+        own, read = landing_key(hour, name), self.files.setdefault(hour, {})
         # The run's own range may lie inside a compacted file of its partition: its own records are not
         # someone else's (a range run again detects every frame again).
         mine = ranges_of([own])
-        found = set()
-        for key in keys:
-            same = ranges_of([key]).keys() & mine.keys()
-            start, end = (mine[next(iter(same))][0][:2]) if same else (0, 0)
-            found.update(record.identity for record in read_records(store, key) if record.processed
-                         and not (record.offset is not None and start <= record.offset < end))
+        found: set[tuple] = set()
+        for _ in range(3):
+            folder = landing_key(hour, "").removesuffix(".jsonl")
+            versions = {key: tag for start in (("",) if near is None else (f"{near.topic}-{near.partition}-",
+                                                                           "uris-"))
+                        for key, tag in store.named(folder, start).items() if key.endswith(".jsonl")}
+            keys = [key for key, tag in versions.items() if key != own and key not in self.own
+                    and read.get(key) != tag
+                    and (near is None or near.include(key.rsplit("/", 1)[-1].removesuffix(".jsonl")))]
+            vanished = False
+            for key in keys:
+                same = ranges_of([key]).keys() & mine.keys()
+                start, end = (mine[next(iter(same))][0][:2]) if same else (0, 0)
+                try:
+                    records = list(read_records(store, key))
+                except BadObject:  # deleted since the listing: compacted into a file the next listing has
+                    vanished = True
+                    continue
+                read[key] = versions[key]
+                found.update(record.identity for record in records if record.processed
+                             and not (record.offset is not None and start <= record.offset < end))
+            if not vanished:
+                break
         self.frames.setdefault(hour, set()).update(found)
         return found
 
-    def wrote(self, hour: datetime, key: str) -> None:
-        """A landing file this run wrote: not read back as another range's."""
-        self.files.setdefault(hour, set()).add(key)
+    def wrote(self, key: str) -> None:
+        """A landing file this run wrote: never read back as another range's."""
+        self.own.add(key)
 
 
 SOURCES = "landing/sources"

@@ -147,6 +147,13 @@ class Storage(ABC):
         """Each key below a prefix with a tag of its version (from the listing, no read): a key written
         again gets another tag (S3: its ETag and size; a folder: its size, modification time and inode)."""
 
+    def named(self, folder: str, start: str) -> dict[str, str]:
+        """The keys right in `folder` (ending in `/`) whose names start with `start`, each with the tag of
+        its version (as `versions`): a listing of those names alone where the store can (S3, a folder's
+        names), here the folder's, filtered."""
+        return {key: tag for key, tag in self.versions(folder).items()
+                if key[len(folder):].startswith(start) and "/" not in key[len(folder):]}
+
     @abstractmethod
     def written(self, prefix: str) -> dict[str, float]:
         """Each key below a prefix with the time it was last written (seconds since the epoch, the store's

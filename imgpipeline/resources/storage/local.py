@@ -7,6 +7,7 @@ import errno
 import io
 import os
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO
 
 from imgpipeline import ConfigError
@@ -87,6 +88,23 @@ class LocalStorage(Storage):
             for name in names
             if not name.startswith(".") and os.path.isfile(os.path.join(folder, name))
         )
+
+    def named(self, folder: str, start: str) -> dict[str, str]:
+        try:
+            names = sorted(entry.name for entry in os.scandir(self._path(folder.rstrip("/")))
+                           if entry.name.startswith(start) and not entry.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        found = {}
+        for name in names:
+            key = f"{folder.rstrip('/')}/{name}"
+            try:
+                stat = self._path(key).stat()
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            if S_ISREG(stat.st_mode):
+                found[key] = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+        return found
 
     def versions(self, prefix: str) -> dict[str, str]:
         found = {}

@@ -198,6 +198,11 @@ class S3Storage(Storage):
         full = self._object_key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
         return {key: f"{item['ETag']}:{item['Size']}" for key, item in sorted(self._listed(full).items())}
 
+    def named(self, folder: str, start: str) -> dict[str, str]:
+        full = self._object_key(folder.rstrip("/")) + "/" + start
+        return {key: f"{item['ETag']}:{item['Size']}" for key, item in sorted(self._listed(full).items())
+                if "/" not in key[len(folder):]}
+
     def written(self, prefix: str) -> dict[str, float]:
         full = self._object_key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
         return {key: item["LastModified"].timestamp() for key, item in sorted(self._listed(full).items())}

@@ -130,12 +130,14 @@ def test_duplicates_and_replays_add_no_records(kafka, storage, tmp_path):
 
 def test_frames_another_run_landed_while_this_one_detected_them_are_its_duplicates(kafka, storage, tmp_path):
     """Two runs of one partition side by side (a takeover after a daemon was killed), each holding one copy
-    of the same frames: the second lands while the first is between detecting and landing. The first
-    finds them landed meanwhile and accounts for its copies as duplicates: every frame lands once."""
+    of the same frames: the second lands while the first detects its last frame. The first finds them
+    landed meanwhile and accounts for its copies as duplicates: every frame lands once."""
     import dagster as dg
 
     from imgpipeline.defs.records.ledger import accounted_ranges
     from imgpipeline.defs.streaming.detect_frames import Lane, detect_range, frame_processor
+    from imgpipeline.defs.streaming.processing import FrameProcessor
+    from imgpipeline.vision.quality import DARK_THRESHOLD
 
     frames = list(video_frames(str(sample("bikes.mp4")), "bikes", start=START, max_frames=12))
     for ledger in ("a", "b"):  # a producer that sent them again
@@ -144,19 +146,28 @@ def test_frames_another_run_landed_while_this_one_detected_them_are_its_duplicat
     assert end == 24
     topic, store, counts, consumers = kafka.frames_topic, storage.open(), {}, []
 
+    class SecondLandsFirst(FrameProcessor):
+        """The first run's frames: as it detects the range's last one, the second run (with a detector of
+        its own) detects and lands its whole range."""
+
+        def finish(self, prepared):
+            record = super().finish(prepared)
+            if prepared.incoming.offset == 11:
+                counts["second"], _ = detect_range(self.second, partition, 12, 24)
+            return record
+
     @dg.op
     def side_by_side(context) -> None:
-        processor = frame_processor(context, store, storage, DetectorResource.from_env())
-
-        def lane() -> Lane:
+        def lane(processor) -> Lane:
             consumers.append(kafka.consumer(auto_offset_reset="none"))
             return Lane(context, kafka, store, processor, consumers[-1], topic)
 
-        def second_lands_first() -> bool:  # asked once the first's frames are detected, before they land
-            counts["second"], _ = detect_range(lane(), partition, 12, 24)
-            return True
-
-        counts["first"], _ = detect_range(lane(), partition, 0, 12, held=second_lands_first)
+        detector = DetectorResource.from_env()
+        first = SecondLandsFirst(store, detector.load_pool(), run_id=context.run_id,
+                                 dark_threshold=DARK_THRESHOLD, annotate=False,
+                                 max_bytes=storage.max_frame_bytes, max_pixels=detector.max_pixels)
+        first.second = lane(frame_processor(context, store, storage, detector))
+        counts["first"], _ = detect_range(lane(first), partition, 0, 12)
 
     try:
         assert dg.GraphDefinition(name="side_by_side", node_defs=[side_by_side]).to_job(

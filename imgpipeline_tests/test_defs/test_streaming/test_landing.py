@@ -96,10 +96,14 @@ def test_before_landing_a_run_reads_only_the_files_landed_since_and_drops_their_
     land("frames-0-20-30", "b", "c")  # a range of the partition that landed meanwhile
     land("frames-0-30-40", "x", status="error")  # errors are not frames processed
     land("frames-0-40-50", "own")  # one this run wrote (a run of many ranges)
-    landed.wrote(hour, landing_key(hour, "frames-0-40-50"))
-    assert {f for _, f in landed.since(store, hour, "frames-0-10-20")} == {"b", "c"}
-    assert landed.since(store, hour, "frames-0-10-20") == set()
-    assert {f for _, f in landed.of(store, hour, "frames-0-10-20")} == {"a", "b", "c"}
+    landed.wrote(landing_key(hour, "frames-0-40-50"))
+    near = Neighbours("frames", 0, 0, start=10, window=1000)
+    land("frames-1-0-10", "other-partition")
+    assert {f for _, f in landed.since(store, hour, "frames-0-10-20", near)} == {"b", "c"}
+    assert landed.since(store, hour, "frames-0-10-20", near) == set()
+    land("frames-0-20-30", "b", "c", "d")  # written again (a replay of that range): read again
+    assert {f for _, f in landed.since(store, hour, "frames-0-10-20", near)} == {"b", "c", "d"}
+    assert {f for _, f in landed.of(store, hour, "frames-0-10-20")} == {"a", "b", "c", "d"}
 
     spool = Spool()
     for frame_id, status in (("b", "detected"), ("c", "error"), ("e", "detected")):
