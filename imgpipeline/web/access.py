@@ -22,6 +22,9 @@ class AlertLedger(Protocol):
     def deliveries(self, number: int) -> dict[str, dict]:
         """How each notification of the alert ended, by target."""
 
+    def latest_told(self, count: int) -> list[dict]:
+        """What the alerts of the latest `count` numbers said on Kafka, newest first."""
+
 
 class WarehouseAccess(Protocol):
     """The storage and the warehouse views over it."""

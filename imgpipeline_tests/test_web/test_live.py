@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -45,15 +46,16 @@ def scene(tmp_path):
     return storage, resources, records(storage.open(), start=start, ranges=None)
 
 
-def land_live(storage, resources, found, start: int, end: int) -> None:
-    """Offsets start..end-1 landed as the fast lane lands a range, then told to the live alerts."""
+def land_live(storage, resources, found, start: int, end: int, kafka=None) -> None:
+    """Offsets start..end-1 landed as the fast lane lands a range, then told to the live alerts (which tell
+    `kafka` what they raise)."""
     store = storage.open()
     land(store, found[start:end], f"frames-0-{start}-{end}")
     for offset, record in enumerate(found[start:end], start):
         record.offset = offset
     with dg.build_op_context(resources={k: resources[k] for k in ("tracking", "alert_rules")}) as context:
-        LiveAlerts()(LandedRange(context, None, store, "frames", 0, start, end, 0,
-                                 lambda: iter(found[start:end]), 1 << 20))
+        LiveAlerts()(LandedRange(context, kafka, store, kafka.frames_topic if kafka else "frames", 0, start,
+                                 end, 0, lambda: iter(found[start:end]), 1 << 20))
 
 
 def viewer(storage, resources) -> Running:
@@ -301,4 +303,99 @@ def test_hostile_requests_and_a_stalled_browser(scene):
         assert late.status == 200
         late.close()
     finally:
+        running.stop()
+
+
+@pytest.mark.integration
+def test_the_enlarged_camera_lists_the_alerts_raised_live_before_their_hour_is_built(scene, kafka):
+    """A camera's alerts raised live are on its enlarged wall at once, from what the ledger says Kafka was
+    told; once the hour's alerts are built, each is listed once, from the table. A record of what Kafka was
+    told that is damaged or hostile is passed over or shown as text."""
+    from imgpipeline.defs.alerts.assets import alerts
+    from imgpipeline.defs.alerts.ledger import Ledger
+    from imgpipeline.vision.alert_rules import TOPIC_RECORD
+    from imgpipeline_tests.test_defs.test_streaming.test_detect_frames import read_all
+
+    storage, resources, found = scene
+    rules = Path(resources["alert_rules"].alerts_file)
+    rules.write_text("rules:\n  - {name: person-seen, kind: class, classes: [person]}\n"
+                     "  - {name: car-seen, kind: class, classes: [car]}\n")
+    land_live(storage, resources, found, 0, len(found), kafka)
+    told = sorted(json.loads(m.value)["number"] for m in read_all(kafka, kafka.alerts_topic))
+    assert len(told) >= 2
+    ledger = Ledger(storage.open())
+    # One record damaged (its time no time), one hostile (its rule markup): the page goes on without the
+    # first and shows the second as text.
+    damaged, hostile = told[0], told[1]
+    for number, change in ((damaged, {"fired_at": 5}), (hostile, {"rule": "<script>alert(1)</script>"})):
+        record = ledger.sent(number, TOPIC_RECORD)
+        ledger.record_sent(number, TOPIC_RECORD, "delivered", alert={**record["alert"], **change})
+    running = viewer(storage, resources)
+    try:
+        code, _, body = get(running.url, "/live?camera=cam")
+        page = body.decode()
+        assert code == 200 and "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+        listed = [n for n in told if f'data-number="{n}"' in page]
+        assert listed == [n for n in told if n != damaged][-8:] and "(live)" in page
+        code, _, body = get(running.url, f"/alerts/{hostile}")
+        assert "raised live" in body.decode() and "not in the alerts table" in body.decode()
+
+        hours = sorted({r.event_hour.strftime("%Y-%m-%d-%H:00") for r in found})
+        with fresh_instance() as instance:
+            materialize([hourly_tables, alerts], hours[0], hours[-1], {**resources, "kafka": kafka}, instance)
+        in_table = {row[0] for row in connect(storage).sql("SELECT number FROM alerts").fetchall()}
+        assert in_table == set(told)
+    finally:
+        running.stop()
+    running = viewer(storage, resources)  # its views over the hour built (a viewer refreshes its own in 10 s)
+    try:
+        page = get(running.url, "/live?camera=cam")[2].decode()
+    finally:
+        running.stop()
+    shown = [n for n in told if f'data-number="{n}"' in page]
+    assert shown == told[-8:] and all(page.count(f'data-number="{n}"') == 1 for n in shown)
+    assert "(live)" not in page
+
+
+def test_a_browser_whose_socket_stays_full_is_let_go_and_its_slot_freed(scene, monkeypatch):
+    """A browser that takes no more bytes (its receive window shut, the server's buffers full with a wall of
+    100 cameras of 100 objects each) holds its slot only until a send has waited SEND_WITHIN_S (2 s here):
+    then the server closes its stream, and a browser that was refused its slot gets one."""
+    import dataclasses
+
+    from imgpipeline.web.routes import live
+
+    monkeypatch.setattr(live, "SEND_WITHIN_S", 2.0)
+    storage, resources, found = scene
+    crowded = [dataclasses.replace(found[0], source_id=f"cam{n:03d}", frame_id=f"cam{n:03d}-000001",
+                                   detections=found[0].detections[:1] * 100, object_count=100)
+               for n in range(100)]
+    land(storage.open(), crowded, "frames-0-0-100")
+    running = viewer(storage, resources)
+    parts = urlsplit(running.url)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that shuts at once
+    watchers = []
+    try:
+        stalled.connect((parts.hostname, parts.port))
+        stalled.sendall(f"GET /live/events HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        time.sleep(0.5)  # scenario: the stalled browser takes its slot first
+        for _ in range(MAX_WATCHERS - 1):  # the other slots, taken by browsers that read the wall
+            watchers.append(Stream(running.url, timeout_s=30))
+            assert watchers[-1].status == 200 and len(watchers[-1].cameras(bool)) == 100
+        deadline, refused = time.monotonic() + 30, 0
+        while (late := Stream(running.url)).status == 503 and time.monotonic() < deadline:
+            refused += 1
+            late.close()
+            time.sleep(0.2)  # scenario: asked again until the stalled browser's slot is free
+        assert late.status == 200 and refused > 0, "the stalled browser's slot was never freed"
+        late.close()
+        # Its stream was closed by the server: what it had buffered, then the end.
+        stalled.settimeout(10)  # a stream still open would time out here
+        while stalled.recv(1 << 20):
+            continue
+    finally:
+        stalled.close()
+        for watcher in watchers:
+            watcher.close()
         running.stop()

@@ -9,7 +9,8 @@ backfill finds the same numbers and notifies nobody twice.
     alerts/ledger/keys/<sha256 of key>.json   the number given to the key (created once: put-if-absent)
     alerts/ledger/occurrences/<sha256>.json   the number given to an alert about one object (created once)
     alerts/ledger/claims/<sha256>.json   the number a run claims for a key (or occurrence), before it does
-    alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered)
+    alerts/ledger/sent/<number>/<target>.json   a notification that went out (or was dead-lettered); Kafka's
+        with what the alert said, so an alert raised live is known before its hour's alerts are built
     alerts/ledger/retrying/<number>-<target>.json   a webhook send that failed, with when to try it again
 
 Numbers are written zero-padded to ten digits. A number is claimed by creating its file only if it
@@ -38,6 +39,7 @@ import json
 from datetime import UTC, datetime
 
 from imgpipeline.resources.storage import BadObject, Storage
+from imgpipeline.vision.alert_rules import TOPIC_RECORD
 
 ROOT = "alerts/ledger"
 NEXT = f"{ROOT}/next.json"
@@ -209,7 +211,29 @@ class Ledger:
         given = self._number_of_occurrence(record.get("occurrence")) or self.number_of(key)
         if given is not None and given != number:
             return f"{number} was claimed by a run that lost a race for it: that alert is number {given}"
+        told = self.told(number)
+        if told is not None:
+            return (f"alert {number} ({told.get('rule')} on {told.get('source_id')}) was raised live at "
+                    f"{told.get('fired_at')} and told on Kafka; it is not in the alerts table: its hour's "
+                    "alerts are not built yet, or the current rules and frames no longer raise it")
         return f"alert {number} was given to {key}, which the current rules and frames no longer raise"
+
+    def told(self, number: int) -> dict | None:
+        """What the alert said on Kafka, as its publication was recorded (None: not told, told before this
+        was kept, or the record is damaged)."""
+        try:
+            record = self.sent(number, TOPIC_RECORD)
+        except (ValueError, BadObject):
+            return None
+        alert = record.get("alert") if isinstance(record, dict) else None
+        return alert if isinstance(alert, dict) and alert.get("number") == number else None
+
+    def latest_told(self, count: int) -> list[dict]:
+        """What the alerts of the latest `count` numbers said on Kafka, newest first (those not told are
+        passed over): the alerts raised live, before their hour's alerts are built. Costs `count` reads."""
+        last = (self._written_next() or self._listed_next()) - 1
+        return [told for number in range(last, max(0, last - count), -1)
+                if (told := self.told(number)) is not None]
 
     def key_of(self, number: int) -> str | None:
         record = self._read(self.number_file(number))

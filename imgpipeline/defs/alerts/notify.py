@@ -36,6 +36,10 @@ from imgpipeline.vision.alert_rules import TOPIC_RECORD, Email
 from imgpipeline.web.links import EvidenceLinks
 
 KAFKA = TOPIC_RECORD  # an alert's publication, in the ledger beside its webhooks
+# What the ledger keeps of an alert told on Kafka (no links: a signed one is a capability): the viewer lists
+# an alert raised live from it before its hour's alerts are built (Ledger.latest_told).
+TOLD = ("number", "rule", "kind", "severity", "source_id", "fired_at", "detail", "frame_id", "track_id",
+        "class_name")
 MAX_PAUSE_S = 60.0  # a webhook back from an outage hears of its waiting alerts within a minute
 MIN_PAUSE_S = 1.0
 MAX_INLINE_BYTES = 5 * 2**20  # a snapshot sent inline: at most this (base64 adds a third)
@@ -92,7 +96,8 @@ def chat_message(message: dict) -> dict:
 
 
 def publish(kafka, ledger: Ledger, messages: list[dict]) -> int:
-    """Alerts not yet on the topic go there, keyed by number; each is recorded once the broker has it."""
+    """Alerts not yet on the topic go there, keyed by number; each is recorded once the broker has it, with
+    what it said (TOLD)."""
     waiting = [m for m in messages if ledger.sent(m["number"], KAFKA) is None]
     if not waiting:
         return 0
@@ -104,7 +109,7 @@ def publish(kafka, ledger: Ledger, messages: list[dict]) -> int:
         for message, future in futures:
             metadata = future.get(timeout=30)
             ledger.record_sent(message["number"], KAFKA, "delivered", partition=metadata.partition,
-                               offset=metadata.offset)
+                               offset=metadata.offset, alert={k: message[k] for k in TOLD})
     finally:
         producer.close()
     return len(waiting)

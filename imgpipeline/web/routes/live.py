@@ -23,7 +23,7 @@ from importlib.resources import files
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imgpipeline.ingest.messages import FRAME_ID
+from imgpipeline.ingest.messages import FRAME_ID, BadInput, parse_time
 from imgpipeline.resources.storage import BadObject
 from imgpipeline.vision import drawing
 from imgpipeline.vision.detection import Detection
@@ -37,6 +37,7 @@ HEARTBEAT_S = 15.0  # a comment sent when nothing changed, so a browser gone is 
 SEND_WITHIN_S = 30.0  # a browser that takes no event in this long (stopped, asleep) is let go
 STREAM_FOR_S = 600.0  # a stream ends after this long; the browser opens another (its slot is freed)
 RECENT_ALERTS = 8
+LIVE_LOOKBACK = 64  # the latest numbers whose record says what they told, for the camera's live alerts
 LIVE_HEADERS = {**HEADERS, "Content-Security-Policy": HEADERS["Content-Security-Policy"]
                 + "; script-src 'self'; connect-src 'self'", "Cache-Control": "no-store"}
 SCRIPT = files("imgpipeline.web").joinpath("live.js").read_bytes()
@@ -215,10 +216,30 @@ async def live_page(request, camera: str | None):
 
 
 def recent_alerts(request, camera: str) -> list[dict]:
-    """The camera's latest alerts of today and yesterday, as the alerts table has them."""
+    """The camera's latest alerts: those of today and yesterday as the alerts table has them, and those
+    raised live that are not there yet (their hour not built), as the ledger says Kafka was told them."""
     days = [today(), today() - timedelta(days=1)]
-    con = warehouse_of(request).cursor(days, ("alerts", "detections", "tracks"))
-    return [a for day in days for a in queries.alerts(con, day, camera, RECENT_ALERTS)][:RECENT_ALERTS]
+    warehouse = warehouse_of(request)
+    con = warehouse.cursor(days, ("alerts", "detections", "tracks"))
+    stored = [a for day in days for a in queries.alerts(con, day, camera, RECENT_ALERTS)][:RECENT_ALERTS]
+    known = {a["number"] for a in stored}
+    live = [row for told in warehouse.ledger().latest_told(LIVE_LOOKBACK)
+            if (row := told_row(told, camera)) is not None and row["number"] not in known]
+    return sorted(stored + live, key=lambda a: (a["fired_at"], a["number"]), reverse=True)[:RECENT_ALERTS]
+
+
+def told_row(told: dict, camera: str) -> dict | None:
+    """An alert as Kafka was told it, as a row of the alerts list (None: another camera's, or a record
+    whose fields are not what the alerts' are)."""
+    fields = {name: told.get(name) for name in ("number", "rule", "severity", "detail")}
+    if told.get("source_id") != camera or type(fields["number"]) is not int or not all(
+            isinstance(fields[name], str) for name in ("rule", "severity", "detail")):
+        return None
+    try:
+        fired = parse_time(told.get("fired_at"))
+    except (BadInput, ValueError, TypeError):
+        return None
+    return {**fields, "source_id": camera, "fired_at": fired, "object": None, "live": True}
 
 
 @with_camera
