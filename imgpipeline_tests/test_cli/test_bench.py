@@ -354,6 +354,9 @@ def test_bench_latency_times_the_alerts_the_tables_hold(kafka, monkeypatch):
                   cameras=2)
     written = json.loads((state_dir() / "bench" / "latency.json").read_text())
     assert written["settled"] is True and written["landed"]["count"] == written["frames"] == 2 * 160
+    # The live wall showed frames of both cameras as they landed (a camera's latest at each look).
+    wall = written["on_the_wall"]
+    assert 2 <= wall["count"] <= written["frames"] and 0 < wall["p50_s"] <= wall["p95_s"] <= wall["max_s"]
     assert written["cameras"] == 2
     assert written["alerts_stored"]["all"] >= 1
     assert written["alerts_received"] == written["alerts_stored"]["all"]

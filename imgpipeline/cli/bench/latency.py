@@ -89,6 +89,46 @@ class AlertsWatch:
         self.thread.join(timeout=30)
 
 
+class WallWatch:
+    """When each frame first showed on the viewer's live wall (`/live/events`, read as a browser reads it,
+    by a thread), the viewer in this process over the same storage. The wall looks at the landing every
+    LOOK_EVERY_S (0.5 s) and shows each camera's latest frame: a frame overtaken within a look never shows."""
+
+    def __init__(self, storage):
+        from imgpipeline.cli.serve import Running, Warehouse
+        from imgpipeline.resources import AlertsResource, TrackingResource
+        from imgpipeline.web.app import create_app
+
+        self.shown_at: dict[str, float] = {}
+        self.running = Running(create_app(Warehouse(storage, TrackingResource(), AlertsResource())))
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.running.url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        try:
+            connection.request("GET", "/live/events")
+            kind = None
+            for line in connection.getresponse():
+                if line.startswith(b"event: "):
+                    kind = line[7:].strip()
+                elif line.startswith(b"data: "):
+                    now = time.time()
+                    for camera in json.loads(line[6:]) if kind is None else []:
+                        self.shown_at.setdefault(camera["frame_id"], now)
+                    kind = None
+        except OSError:
+            return  # the viewer stopped (or the stream ended): what was seen is kept
+
+    def close(self) -> None:
+        self.running.stop()
+        self.thread.join(timeout=30)
+
+
 def made_after(instance, hours: list[str], after: float) -> bool:
     """Whether each hour's detections were made again by a run created after `after`, and its alerts by
     a run created after those detections were written: the alerts of all that landed."""
@@ -186,6 +226,7 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
         producer = FrameProducer(kafka, storage, "bench", ledger=Ledger(folder / "ledger"), flush_every=100)
         watch = LandingWatch(storage)
         warm_up(producer, watch, bench_frames(1)[0], time.monotonic() + 300)
+        wall = WallWatch(storage)
         print(f"steady: {len(street)} frames of {', '.join(sources)}, each at {rate:g} frames/s …")
         sent_at: dict[str, float] = {}
         sending = {source: FrameProducer(kafka, storage, source, ledger=Ledger(folder / f"ledger-{source}"))
@@ -203,6 +244,7 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
             raise SystemExit(f"only {len(watch.landed_at)} of {len(street)} frames landed; see "
                              f"{local.dagster.logfile}")
         steady_landed = dict(watch.landed_at)
+        wall.close()
         hours = sorted({f.captured.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%d-%H:00")
                         for f in street})
         print(f"  all landed; waiting for the hours' tables, tracks and alerts (at most {settle_s:g} s) …")
@@ -219,6 +261,7 @@ def bench_latency(seconds: float = 120.0, rate: float = 2.0, backlog: int = 500,
     result = {
         "frames": len(street), "rate": rate, "cameras": cameras, "settled": settled,
         "landed": figures([steady_landed[k] - sent_at[k] for k in steady_landed if k in sent_at]),
+        "on_the_wall": figures([wall.shown_at[k] - sent_at[k] for k in wall.shown_at if k in sent_at]),
         **alert_latencies(alerts.received, sent_at, sources),
         "alerts_received": len({m["number"] for m, _ in alerts.received if m["source_id"] in sources}),
         "alerts_stored": stored,
@@ -369,6 +412,7 @@ def print_latency(result: dict) -> None:
           f"detected at {result['precision']}:")
     print(f"  {'':<28} {'count':>5} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
     print(row("send → landed", result["landed"]))
+    print(row("send → on the live wall", result["on_the_wall"]))
     print(row("send → alert, frame rule", result["frame_rule"]))
     print(row("send → alert, track rule", result["track_rule"]))
     print(f"alerts: {result['alerts_received']} on the topic, {result['alerts_stored']['all']} in the alerts "
