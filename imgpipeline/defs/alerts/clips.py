@@ -120,13 +120,13 @@ class Wanted:
 
 
 class LiveClips:
-    """The clips of the alerts the fast lane raises, made as soon as their source sent a frame past the
+    """The clips of the alerts the fast lane raises, due as soon as their source sent a frame past the
     window (or a frame of the partition captured CLIP_SETTLE_S after it came: the source stopped; a
     backlog's clips wait for their frames, whatever the clock says), from the frames as the live rules
-    took them. Kept in
-    memory only, the seconds before each window included: a run that ends (or is killed) before a clip is
-    made leaves it to the hourly alerts run, which makes every clip an alert lacks; a clip made here with
-    every frame of its window is left as it is there."""
+    took them, and drawn and encoded beside the next ranges (`make_due`, the live alerts' one encoding
+    thread). Kept in memory only, the seconds before each window included: a run that ends (or is killed)
+    before a clip is made leaves it to the hourly alerts run, which makes every clip an alert lacks; a clip
+    made here with every frame of its window is left as it is there."""
 
     def __init__(self):
         self.recent: dict[str, list[tuple[events.EventFrame, str | None]]] = {}  # source → last seconds
@@ -162,11 +162,11 @@ class LiveClips:
                     wanted.uris[frame.frame_id] = uri
         self.wanted.append(wanted)
 
-    def make(self, store: Storage, max_bytes: int) -> list[str]:
-        """Make the clips whose windows are whole; the keys of those made. A window of one frame (a
-        photo) keeps the snapshot alone."""
+    def due(self) -> list[tuple[Wanted, list[events.EventFrame]]]:
+        """The clips whose windows are whole, taken out of those wanted, each with the frames to draw (a
+        window of one frame, a photo, keeps the snapshot alone): `make_due` makes them, on any thread."""
         now = self.latest
-        made, waiting = [], []
+        due, waiting = [], []
         for wanted in self.wanted:
             end = wanted.event.seconds + CLIP_AFTER_S
             latest = max((f.seconds for f, _ in self.recent.get(wanted.event.source_id, [])), default=0.0)
@@ -175,17 +175,25 @@ class LiveClips:
                 continue
             window = sorted({f.frame_id: f for f in wanted.frames}.values(), key=lambda f: f.seconds)
             window = window[::math.ceil(len(window) / MAX_CLIP_FRAMES)] if window else []
-            rows = {(wanted.event.source_id, f): {"uri": u} for f, u in wanted.uris.items()}
-            if len(window) < 2:
-                continue
-            try:
-                data, count = encode_webm(drawn_frames(store, wanted.event, window, rows, max_bytes))
-            except ValueError:  # none of the window's frames could be read: the hourly run tries again
-                continue
-            if count >= 2:
-                store.put(wanted.key, data)
-                made.append(wanted.key)
+            if len(window) >= 2:
+                due.append((wanted, window))
         self.wanted = waiting
         stale = now - CLIP_BEFORE_S - CLIP_AFTER_S - CLIP_SETTLE_S  # sources that stopped are let go
         self.recent = {s: kept for s, kept in self.recent.items() if kept and kept[-1][0].seconds >= stale}
-        return made
+        return due
+
+
+def make_due(store: Storage, due: list[tuple[Wanted, list[events.EventFrame]]], max_bytes: int) -> list[str]:
+    """Draw and encode the clips `LiveClips.due` gave (they hold nothing it goes on changing); the keys of
+    those made."""
+    made = []
+    for wanted, window in due:
+        rows = {(wanted.event.source_id, f): {"uri": u} for f, u in wanted.uris.items()}
+        try:
+            data, count = encode_webm(drawn_frames(store, wanted.event, window, rows, max_bytes))
+        except ValueError:  # none of the window's frames could be read: the hourly run tries again
+            continue
+        if count >= 2:
+            store.put(wanted.key, data)
+            made.append(wanted.key)
+    return made

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
 from imgpipeline import is_camera
 from imgpipeline.defs.alerts import mqtt_out, notify
 from imgpipeline.defs.alerts import rows as at
-from imgpipeline.defs.alerts.clips import LiveClips
+from imgpipeline.defs.alerts.clips import LiveClips, make_due
 from imgpipeline.defs.alerts.ledger import Ledger
 from imgpipeline.defs.alerts.watches import STATE, state_key
 from imgpipeline.defs.records.listeners import LandedRange
@@ -179,6 +180,9 @@ class LiveAlerts:
         self.down: set[str] = set()  # webhooks that failed: one try per alert until one delivers
         self.retries_at = 0.0  # when a refused send (of any run) is due again: the ledger is looked at then
         self.clips = LiveClips()
+        # Clips are drawn and encoded beside the next ranges, one at a time: a range waits on none.
+        self.encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-clips")
+        self.encoded: list[Future] = []
 
     def __call__(self, landed: LandedRange) -> None:
         # The run's own settings: those it was launched with, as the hourly assets read theirs.
@@ -221,9 +225,27 @@ class LiveAlerts:
         store.put(key, json.dumps({"through": landed.end, "watch": json.loads(watch.to_json()),
                                    "tracks": json.loads(tracks.to_json())}).encode())
         self.watches[place] = (landed.end, watch, tracks)
-        if made := self.clips.make(store, landed.max_frame_bytes):
-            landed.context.log.info(f"live alerts: {len(made)} clips made ({', '.join(made)})")
+        if due := self.clips.due():
+            self.encoded.append(self.encoding.submit(make_due, store, due, landed.max_frame_bytes))
+        self.report_clips(landed.context.log)
         self.retry_refused(landed, resource, rules)
+
+    def report_clips(self, log, wait_s: float = 0.0) -> None:
+        """Log the clips made since the last report (waiting up to `wait_s` for those under way); a clip
+        that failed is the hourly run's to make."""
+        done = wait(self.encoded, timeout=wait_s).done
+        self.encoded = [f for f in self.encoded if f not in done]
+        for future in done:
+            try:
+                if made := future.result():
+                    log.info(f"live alerts: {len(made)} clips made ({', '.join(made)})")
+            except Exception as exc:  # noqa: BLE001 (the hourly alerts run makes every clip an alert lacks)
+                log.warning(f"live alerts: clips not made ({type(exc).__name__}: {exc}); the hourly run "
+                            "makes them")
+
+    def finish(self, log, wait_s: float = 120.0) -> None:
+        """At a run's end: the clips under way made (up to `wait_s`) and told."""
+        self.report_clips(log, wait_s)
 
     def retry_refused(self, landed: LandedRange, resource, rules) -> None:
         """Webhook sends refused before (by this run or another) tried again once their pause is over: a

@@ -55,3 +55,14 @@ def tell(landed: LandedRange) -> None:
                 f"{landed.topic}-{landed.partition} offsets {landed.start}..{landed.end - 1}: "
                 f"{type(listener).__name__} failed ({type(exc).__name__}: {exc}); the hourly "
                 "assets make up for it")
+
+
+def finish(context: dg.OpExecutionContext) -> None:
+    """At the end of a run that told the listeners of its ranges: each that works beside the ranges (the
+    live alerts' clips) finishes that work (`finish(log)`); one that fails is logged."""
+    for listener in _LISTENERS:
+        if (ending := getattr(listener, "finish", None)) is not None:
+            try:
+                ending(context.log)
+            except Exception as exc:  # noqa: BLE001 (what it left, the hourly assets make)
+                context.log.warning(f"{type(listener).__name__} did not finish ({type(exc).__name__}: {exc})")

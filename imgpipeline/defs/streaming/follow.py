@@ -33,6 +33,7 @@ import time
 
 import dagster as dg
 
+from imgpipeline.defs.records.listeners import finish
 from imgpipeline.defs.streaming.detect_frames import Lane, Screening, frame_processor, peak_rss_mb
 from imgpipeline.defs.streaming.follower import FollowConfig, Follower, Superseded
 from imgpipeline.defs.streaming.membership import Membership
@@ -158,6 +159,7 @@ def follow_op(
         consumer.close()
         if follower.ranges:
             follower.report()
+            finish(context)  # the live alerts' clips under way
     context.log.info(f"done ({why}): {follower.ranges} ranges, {follower.totals}")
     return dg.Output(
         {"counts": follower.totals, "ranges": follower.ranges, "positions": follower.positions},

@@ -187,7 +187,7 @@ def lane_scene(tmp_path, kafka):
 
 def lane_ranges(storage, kafka, context, lanes, landed, size: int = 10):
     """The frames landed range after range, each told to the live alerts (`lanes`: the run of each range):
-    per range, its last frame's capture time and the clips stored then."""
+    per range, its last frame's capture time and the clips stored once the clips it began were made."""
     from imgpipeline.defs.records.listeners import LandedRange
     from imgpipeline_tests.test_defs.test_tracking.test_tracking import land
 
@@ -195,8 +195,10 @@ def lane_ranges(storage, kafka, context, lanes, landed, size: int = 10):
     for n, start in enumerate(range(0, len(landed), size)):
         part = landed[start:start + size]
         land(store, part, f"frames-0-{start}-{start + len(part)}")
-        lanes(n)(LandedRange(context, kafka, store, kafka.frames_topic, 0, start, start + len(part), 0,
-                             lambda part=part: iter(part), storage.max_frame_bytes))
+        lane = lanes(n)
+        lane(LandedRange(context, kafka, store, kafka.frames_topic, 0, start, start + len(part), 0,
+                         lambda part=part: iter(part), storage.max_frame_bytes))
+        lane.finish(context.log)  # the clips it began beside the next range: made by now
         clips = sorted(k for k in store.list("annotated/") if k.endswith(".webm"))
         seen.append((parse_time(part[-1].captured_at).timestamp(), clips))
     return seen
