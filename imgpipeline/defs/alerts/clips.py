@@ -183,17 +183,23 @@ class LiveClips:
         return due
 
 
-def make_due(store: Storage, due: list[tuple[Wanted, list[events.EventFrame]]], max_bytes: int) -> list[str]:
-    """Draw and encode the clips `LiveClips.due` gave (they hold nothing it goes on changing); the keys of
-    those made."""
-    made = []
+def make_due(store: Storage, due: list[tuple[Wanted, list[events.EventFrame]]],
+             max_bytes: int) -> tuple[list[str], list[str]]:
+    """Draw and encode the clips `LiveClips.due` gave (they hold nothing it goes on changing): the keys of
+    those made, and why each that failed did (the hourly run makes those; the next is tried all the same).
+    A clip the hourly run stored meanwhile stays as it is."""
+    made, failed, begun = [], [], time.time()
     for wanted, window in due:
         rows = {(wanted.event.source_id, f): {"uri": u} for f, u in wanted.uris.items()}
         try:
             data, count = encode_webm(drawn_frames(store, wanted.event, window, rows, max_bytes))
+            if count < 2 or store.written(wanted.key).get(wanted.key, 0.0) > begun:
+                continue
+            store.put(wanted.key, data)
         except ValueError:  # none of the window's frames could be read: the hourly run tries again
             continue
-        if count >= 2:
-            store.put(wanted.key, data)
-            made.append(wanted.key)
-    return made
+        except Exception as exc:  # noqa: BLE001 (the store away: this clip is the hourly run's)
+            failed.append(f"{wanted.key}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        made.append(wanted.key)
+    return made, failed

@@ -223,7 +223,7 @@ class Ledger:
         was kept, or the record is damaged)."""
         try:
             record = self.sent(number, TOPIC_RECORD)
-        except (ValueError, BadObject):
+        except (ValueError, RecursionError, BadObject):  # damaged, or nested past the parser's depth
             return None
         alert = record.get("alert") if isinstance(record, dict) else None
         return alert if isinstance(alert, dict) and alert.get("number") == number else None

@@ -172,6 +172,10 @@ def _restored(load):
         return None
 
 
+MAX_ENCODING = 8  # ranges whose clips wait to be made; past that, the hourly run makes theirs
+FINISH_WAIT_S = 120.0  # how long a run that ends waits for its clips under way
+
+
 class LiveAlerts:
     """The watches of the partitions a run follows, kept between its ranges."""
 
@@ -226,7 +230,11 @@ class LiveAlerts:
                                    "tracks": json.loads(tracks.to_json())}).encode())
         self.watches[place] = (landed.end, watch, tracks)
         if due := self.clips.due():
-            self.encoded.append(self.encoding.submit(make_due, store, due, landed.max_frame_bytes))
+            if len(self.encoded) < MAX_ENCODING:
+                self.encoded.append(self.encoding.submit(make_due, store, due, landed.max_frame_bytes))
+            else:  # a backlog's alerts faster than clips are made: the hourly run makes these
+                landed.context.log.info(f"live alerts: {len(due)} clips left to the hourly run (the clips "
+                                        f"of {MAX_ENCODING} ranges are being made)")
         self.report_clips(landed.context.log)
         self.retry_refused(landed, resource, rules)
 
@@ -237,15 +245,21 @@ class LiveAlerts:
         self.encoded = [f for f in self.encoded if f not in done]
         for future in done:
             try:
-                if made := future.result():
-                    log.info(f"live alerts: {len(made)} clips made ({', '.join(made)})")
+                made, failed = future.result()
             except Exception as exc:  # noqa: BLE001 (the hourly alerts run makes every clip an alert lacks)
-                log.warning(f"live alerts: clips not made ({type(exc).__name__}: {exc}); the hourly run "
-                            "makes them")
+                made, failed = [], [f"{type(exc).__name__}: {exc}"]
+            if made:
+                log.info(f"live alerts: {len(made)} clips made ({', '.join(made)})")
+            if failed:
+                log.warning(f"live alerts: clips not made ({'; '.join(failed)}); the hourly run makes them")
 
-    def finish(self, log, wait_s: float = 120.0) -> None:
-        """At a run's end: the clips under way made (up to `wait_s`) and told."""
+    def finish(self, log, wait_s: float = FINISH_WAIT_S) -> None:
+        """At a run's end: the clips under way made (up to `wait_s`) and told; those not begun by then are
+        let go (the hourly run makes them), so the run's process ends with the clip it is making."""
         self.report_clips(log, wait_s)
+        if let_go := [future for future in self.encoded if future.cancel()]:
+            log.info(f"live alerts: the clips of {len(let_go)} ranges left to the hourly run")
+        self.encoded = [f for f in self.encoded if not f.cancelled()]
 
     def retry_refused(self, landed: LandedRange, resource, rules) -> None:
         """Webhook sends refused before (by this run or another) tried again once their pause is over: a

@@ -57,12 +57,13 @@ def tell(landed: LandedRange) -> None:
                 "assets make up for it")
 
 
-def finish(context: dg.OpExecutionContext) -> None:
+def finish(context: dg.OpExecutionContext, at_once: bool = False) -> None:
     """At the end of a run that told the listeners of its ranges: each that works beside the ranges (the
-    live alerts' clips) finishes that work (`finish(log)`); one that fails is logged."""
+    live alerts' clips) finishes that work (`finish(log, wait_s)`), at once when the run was told to stop;
+    one that fails is logged."""
     for listener in _LISTENERS:
         if (ending := getattr(listener, "finish", None)) is not None:
             try:
-                ending(context.log)
+                ending(context.log, **({"wait_s": 0.0} if at_once else {}))
             except Exception as exc:  # noqa: BLE001 (what it left, the hourly assets make)
                 context.log.warning(f"{type(listener).__name__} did not finish ({type(exc).__name__}: {exc})")

@@ -142,9 +142,10 @@ def follow_op(
     membership = Membership(kafka, topic, context.log)
     follower = Follower(Lane(context, kafka, store, frame_processor(context, store, storage, detector),
                              consumer, topic), config, screening, membership)
+    stopped = True  # told to stop, or failed: the listeners' work under way is let go at once
     try:
         try:
-            why = follow(follower, config)
+            why, stopped = follow(follower, config), False
         except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
             if termination_requested(context):
                 raise  # terminated from the UI or the CLI: Dagster marks it canceled
@@ -157,9 +158,9 @@ def follow_op(
     finally:
         membership.close()  # the other followers take its share at once
         consumer.close()
+        finish(context, at_once=stopped)  # the live alerts' clips under way
         if follower.ranges:
             follower.report()
-            finish(context)  # the live alerts' clips under way
     context.log.info(f"done ({why}): {follower.ranges} ranges, {follower.totals}")
     return dg.Output(
         {"counts": follower.totals, "ranges": follower.ranges, "positions": follower.positions},

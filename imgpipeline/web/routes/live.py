@@ -224,7 +224,8 @@ def recent_alerts(request, camera: str) -> list[dict]:
     stored = [a for day in days for a in queries.alerts(con, day, camera, RECENT_ALERTS)][:RECENT_ALERTS]
     known = {a["number"] for a in stored}
     live = [row for told in warehouse.ledger().latest_told(LIVE_LOOKBACK)
-            if (row := told_row(told, camera)) is not None and row["number"] not in known]
+            if (row := told_row(told, camera)) is not None and row["number"] not in known
+            and row["fired_at"].date() >= days[-1]]  # the table's days: an older alert is in its table
     return sorted(stored + live, key=lambda a: (a["fired_at"], a["number"]), reverse=True)[:RECENT_ALERTS]
 
 

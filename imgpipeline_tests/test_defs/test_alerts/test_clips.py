@@ -261,3 +261,47 @@ def test_a_run_that_ends_before_its_clip_is_made_leaves_it_to_the_hourly_run(tmp
     store = storage.open()
     clips = sorted(k for k in store.list("annotated/") if k.endswith(".webm"))
     assert len(clips) == 2 and all(decoded(store.get(k))[0] > 2 for k in clips)
+
+
+def test_a_run_told_to_stop_lets_its_clips_not_begun_go_to_the_hourly_run(tmp_path, kafka):
+    """The fast lane's clips wait their turn on its one encoding thread (held here by a clip that takes
+    long): a run told to stop lets those not begun go at once (its log says so), stores no part of them,
+    and the hourly run makes them whole."""
+    import threading
+
+    from imgpipeline.defs.alerts.assets import alerts
+    from imgpipeline.defs.alerts.live import LiveAlerts
+    from imgpipeline.defs.warehouse.assets import hourly_tables
+    from imgpipeline_tests.instances import fresh_instance
+    from imgpipeline_tests.test_defs.test_alerts.scene import RANGE
+    from imgpipeline_tests.test_defs.test_tracking.test_tracking import materialize
+
+    storage, resources, landed, context = lane_scene(tmp_path, kafka)
+    lane, busy, said = LiveAlerts(), threading.Event(), []
+    lane.encoded.append(lane.encoding.submit(lambda: (busy.wait(60), ([], []))[1]))
+    with context:
+        from imgpipeline.defs.records.listeners import LandedRange
+        from imgpipeline_tests.test_defs.test_tracking.test_tracking import land
+
+        store = storage.open()
+        for start in range(0, len(landed), 10):
+            part = landed[start:start + 10]
+            land(store, part, f"frames-0-{start}-{start + len(part)}")
+            lane(LandedRange(context, kafka, store, kafka.frames_topic, 0, start, start + len(part), 0,
+                             lambda part=part: iter(part), storage.max_frame_bytes))
+        waiting = len(lane.encoded)
+
+        class Log:
+            def info(self, message: str) -> None:
+                said.append(message)
+
+            warning = info
+
+        lane.finish(Log(), wait_s=0.0)
+    busy.set()
+    assert waiting >= 2 and any("left to the hourly run" in m for m in said), said
+    assert not [k for k in store.list("annotated/") if k.endswith(".webm")]
+    with fresh_instance() as instance:
+        materialize([hourly_tables, alerts], *RANGE, resources, instance)
+    clips = sorted(k for k in store.list("annotated/") if k.endswith(".webm"))
+    assert len(clips) == 2 and all(decoded(store.get(k))[0] > 2 for k in clips)
