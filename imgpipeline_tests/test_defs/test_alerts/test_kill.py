@@ -125,28 +125,20 @@ def test_an_alerts_run_killed_while_mqtt_is_stopped_publishes_each_alert_once_wh
     the same message."""
     import signal
     import time
-    import uuid
 
     from imgpipeline.defs.alerts.ledger import Ledger
     from imgpipeline.resources.settings import env_name
     from imgpipeline.vision.alert_rules import MQTT_RECORD
-    from imgpipeline_tests.conftest import require_tool
     from imgpipeline_tests.pipeline import wait_for
     from imgpipeline_tests.test_defs.test_alerts.scene import RANGE as SCENE
-    from imgpipeline_tests.test_defs.test_alerts.test_alerts import PLAIN, Subscriber
+    from imgpipeline_tests.test_defs.test_alerts.test_alerts import Subscriber, publishing
 
-    require_tool(None if services.mqtt.running() else "mosquitto is not running: apt-get install mosquitto")
-    prefix = f"site-{uuid.uuid4().hex[:8]}"
-    mqtt = MqttSettings(broker=services.mqtt.address(services.mqtt.ports), publish_prefix=prefix)
-    (tmp_path / "zones.yaml").write_text(ZONES)
-    (tmp_path / "alerts.yaml").write_text(PLAIN)
-    storage = StorageResource(uri=(tmp_path / "store").as_uri())
+    prefix, mqtt, storage, resources = publishing(tmp_path, kafka, services)
     records(storage.open())
     with fresh_instance() as instance:
-        assert dg.materialize([hourly_tables], instance=instance, resources={
-            "storage": storage, "tracking": TrackingResource(zones_file=str(tmp_path / "zones.yaml"))},
-            tags={"dagster/asset_partition_range_start": SCENE[0],
-                  "dagster/asset_partition_range_end": SCENE[1]}).success
+        assert dg.materialize([hourly_tables], instance=instance, resources=resources,
+                              tags={"dagster/asset_partition_range_start": SCENE[0],
+                                    "dagster/asset_partition_range_end": SCENE[1]}).success
     env = {**os.environ, "IMGPIPELINE_STORAGE_URI": storage.uri,
            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "IMGPIPELINE_FRAMES_TOPIC": kafka.frames_topic,
            "IMGPIPELINE_ALERTS_TOPIC": kafka.alerts_topic,
