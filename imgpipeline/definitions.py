@@ -9,6 +9,7 @@ from imgpipeline.defs.laboratory import definitions as laboratory
 from imgpipeline.defs.reports import definitions as reports
 from imgpipeline.defs.retention import definitions as retention
 from imgpipeline.defs.streaming import definitions as streaming
+from imgpipeline.defs.tables.io_manager import TablesIOManager
 from imgpipeline.defs.tracking import definitions as tracking
 from imgpipeline.defs.warehouse import definitions as warehouse
 
@@ -22,6 +23,8 @@ defs = dg.Definitions.merge(
     reports.defs,
     retention.defs,
     laboratory.defs,
-    # One process per run: a step subprocess would add seconds to every short asset run.
-    dg.Definitions(resources=settings.resources(), executor=dg.in_process_executor),
+    # One process per run: a step subprocess would add seconds to every short asset run. The IO manager
+    # hands the warehouse's tables to an asset of one's own that takes them (docs/warehouse.md).
+    dg.Definitions(resources=settings.resources() | {"io_manager": TablesIOManager(storage=settings.storage)},
+                   executor=dg.in_process_executor),
 )

@@ -31,6 +31,10 @@ def test_resources_are_bound():
 
     assert isinstance(defs, dg.Definitions)
     assert {"kafka", "storage", "detector"} <= set(defs.resources)
+    # Assets of one's own take the warehouse's tables through it (test_own_assets.py).
+    from imgpipeline.defs.tables.io_manager import TablesIOManager
+
+    assert isinstance(defs.resources["io_manager"], TablesIOManager)
 
 
 def test_the_daily_schedules_ask_for_the_day_before():
