@@ -1,6 +1,8 @@
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -18,6 +20,27 @@ def test_definitions_load_like_dagster_dev():
     result = validate({})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "imgpipeline" in result.stdout + result.stderr
+
+
+def test_dg_loads_the_same_code_location():
+    """`dg check defs` and `dg list defs` (the `[tool.dg]` project of pyproject.toml) load the code location
+    of workspace.yaml: the same assets, sensors and jobs."""
+    from imgpipeline.definitions import defs
+
+    root = Path(__file__).parents[2]
+    dg_bin = str(Path(sys.executable).with_name("dg"))
+    check = subprocess.run([dg_bin, "check", "defs"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "All definitions loaded successfully" in check.stdout + check.stderr
+    listed = subprocess.run([dg_bin, "list", "defs", "--json"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    repository = defs.get_repository_def()
+    assert {a["asset_key"] for a in found["assets"]} == {
+        k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}
+    assert {s["name"] for s in found["sensors"]} == {s.name for s in repository.sensor_defs}
+    assert {j["name"] for j in found["jobs"]} >= {"detect_frames", "follow_frames"}
 
 
 def test_bad_setting_fails_the_load_with_its_fix():

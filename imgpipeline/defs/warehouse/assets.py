@@ -31,12 +31,21 @@ from imgpipeline.lib.run_priority import RunPriority
 from imgpipeline.resources import StorageResource, TrackingResource
 from imgpipeline.resources.storage import BadObject, Storage
 
+# While frames land, the automation builds their hours within half a minute or so: no build for 10
+# minutes warns, for 30 fails (the automation, its runs or the daemon stopped, or the frames did, which
+# landing_metadata's own freshness says first). The daily summary is made at 00:30 UTC for the day before:
+# not made since midnight by 02:00 fails. The daemon evaluates both every 30 s (dagster.yaml: freshness).
+HOURLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=30),
+                                                  warn_window=timedelta(minutes=10))
+DAILY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 2 * * *", lower_bound_delta=timedelta(hours=2))
+
 
 def hourly_spec(table, description: str) -> dg.AssetSpec:
     """An hourly table the landing makes, kept up by the warehouse's automation."""
     return dg.AssetSpec(table.key, description=description, deps=[LANDING_ASSET],
                         partitions_def=hourly_partitions, group_name="warehouse",
-                        automation_condition=on_landing_update, kinds={"parquet"})
+                        automation_condition=on_landing_update, kinds={"parquet"},
+                        freshness_policy=HOURLY_FRESHNESS)
 
 
 def stale(context, marked: datetime | None) -> None:
@@ -200,6 +209,7 @@ def summarize_day(con, storage: StorageResource, day: date, failures: dict,
     group_name="warehouse",
     kinds={"duckdb", "parquet"},
     check_specs=check_specs(checks.CHECKS, "daily_summary"),
+    freshness_policy=DAILY_FRESHNESS,
 )
 def daily_summary(context: dg.AssetExecutionContext, storage: StorageResource, duckdb: DuckDBResource):
     """Per day × source × class: frames, objects (detections), unique objects (distinct tracks),
