@@ -83,7 +83,10 @@ def test_an_asset_of_ones_own_receives_the_hour_and_a_daily_one_the_day(storage,
         pd.testing.assert_frame_equal(result.output_for_node("busy_hours"), expected)
         assert result.output_for_node("busiest_class") == "car"
 
-        # The day's: both hours, as a pyarrow Table.
+        # The day's: both hours, as a pyarrow Table; a stray copy beside an hour's file (not of the layout's
+        # names) is not read.
+        stray = DETECTIONS.hour_key(HOURS[1]).replace("part-0", "part-0 (copy)")
+        store.put(stray, store.get(DETECTIONS.hour_key(HOURS[1])))
         result = materialize([busy_day], ["busy_day"], "2026-11-20", resources, instance)
         assert result.success
         assert result.output_for_node("busy_day") == len(stored[0]) + len(stored[1])
